@@ -1,0 +1,87 @@
+"""Process-wide knobs: threads, im2col workspace cap, determinism on the GPU."""
+from __future__ import annotations
+
+import os
+import threading
+
+_lock = threading.Lock()
+_num_threads: int | None = None          # None: resolve from the environment
+_workspace_limit: int = 256 * 2**20       # bytes
+_deterministic: bool = False
+
+
+def _physical_cores() -> int:
+    """Usable physical cores (as scikit-learn counts them): affinity set, SMT siblings merged."""
+    try:
+        usable = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS/Windows
+        return max(os.cpu_count() or 1, 1)
+    cores = set()
+    for cpu in usable:
+        path = f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list"
+        try:
+            with open(path) as f:
+                cores.add(f.read().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(len(cores), 1)
+
+
+def _env_int(name: str) -> int | None:
+    v = os.environ.get(name, "").strip()
+    if not v:
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}") from None
+    if n < 1:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    return n
+
+
+def get_num_threads() -> int:
+    """Threads the CPU kernels use: set_num_threads, else CONVKIT_NUM_THREADS, else
+    OMP_NUM_THREADS, else the usable physical cores."""
+    if _num_threads is not None:
+        return _num_threads
+    for name in ("CONVKIT_NUM_THREADS", "OMP_NUM_THREADS"):
+        n = _env_int(name)
+        if n is not None:
+            return n
+    return _physical_cores()
+
+
+def set_num_threads(n: int | None) -> None:
+    """Bound the CPU kernels' OpenMP team to ``n`` threads (None: back to the default)."""
+    global _num_threads
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"set_num_threads: n must be a positive int or None, got {n!r}")
+    with _lock:
+        _num_threads = n
+
+
+def get_workspace_limit() -> int:
+    """Largest scratch buffer (bytes) one CPU conv call may allocate for im2col."""
+    return _workspace_limit
+
+
+def set_workspace_limit(nbytes: int) -> None:
+    """Cap the im2col workspace (default 256 MiB).  Work is split into smaller pieces to
+    fit; if even one piece does not fit the call raises MemoryError naming the limit."""
+    global _workspace_limit
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 1:
+        raise ValueError(f"set_workspace_limit: nbytes must be a positive int, got {nbytes!r}")
+    with _lock:
+        _workspace_limit = nbytes
+
+
+def get_deterministic() -> bool:
+    return _deterministic
+
+
+def set_deterministic(flag: bool) -> None:
+    """Require deterministic kernels (GPU backwards without atomics); CPU ones always are."""
+    global _deterministic
+    _deterministic = bool(flag)

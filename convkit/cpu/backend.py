@@ -1,0 +1,41 @@
+"""CpuBackend: the Python wrappers of each op family (conv.py, pool.py, ...) around the compiled
+kernels, composed into one Backend.  Wrappers allocate outputs and pick the thread count; the
+kernels assume valid input (validated once in convkit.functional)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import Backend
+from . import batchnorm, boxes, conv, pool, roi
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+    xp = np
+    validates_indices = False
+
+    def asarray(self, a, dtype=None):
+        if hasattr(a, "__cuda_array_interface__"):
+            raise TypeError("the 'cpu' backend takes host arrays; copy device arrays to the "
+                            "host first (convkit.to_numpy(a))")
+        return np.asarray(a, dtype=dtype)
+
+    def info(self):
+        from ._omp import openmp_info
+
+        return openmp_info()
+
+    conv2d_forward = staticmethod(conv.conv2d_forward)
+    conv2d_backward = staticmethod(conv.conv2d_backward)
+    max_pool2d_forward = staticmethod(pool.max_pool2d_forward)
+    max_pool2d_backward = staticmethod(pool.max_pool2d_backward)
+    avg_pool2d_forward = staticmethod(pool.avg_pool2d_forward)
+    avg_pool2d_backward = staticmethod(pool.avg_pool2d_backward)
+    batch_norm_forward = staticmethod(batchnorm.batch_norm_forward)
+    batch_norm_backward = staticmethod(batchnorm.batch_norm_backward)
+    roi_pool_forward = staticmethod(roi.roi_pool_forward)
+    roi_pool_backward = staticmethod(roi.roi_pool_backward)
+    roi_align_forward = staticmethod(roi.roi_align_forward)
+    roi_align_backward = staticmethod(roi.roi_align_backward)
+    nms = staticmethod(boxes.nms)
+    box_iou = staticmethod(boxes.box_iou)

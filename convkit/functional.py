@@ -1,0 +1,570 @@
+"""The public ops: validate once, normalise, dispatch to the active backend.
+
+Semantics are PyTorch's (``torch.nn.functional``) and torchvision's (``torchvision.ops``);
+see shared/DESIGN.md.  All image tensors are NCHW, float32 or float64, one dtype per call.
+Inputs need not be contiguous; the boundary makes one C-contiguous copy where needed.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _validate as V
+from ._registry import get_backend
+from ._shapes import conv_out_size, pool_out_size, same_padding
+
+__all__ = [
+    "conv2d_forward", "conv2d_backward",
+    "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
+    "batch_norm_forward", "batch_norm_backward",
+    "roi_pool_forward", "roi_pool_backward", "roi_align_forward", "roi_align_backward",
+    "nms", "batched_nms", "box_iou", "asarray", "to_numpy",
+]
+
+
+def _c(be, a):
+    return a if a is None or a.flags.c_contiguous else be.xp.ascontiguousarray(a)
+
+
+# ---------------------------------------------------------------------------------------- conv
+def _conv_args(op, be, x, weight, stride, padding, dilation, groups):
+    V.array(op, "x", x, be, 4, "(N, C, H, W)")
+    V.array(op, "weight", weight, be, 4, "(F, C/groups, KH, KW)")
+    groups = V.positive_int(op, "groups", groups)
+    N, C, H, W = x.shape
+    F, Cg, KH, KW = weight.shape
+    if C % groups:
+        raise ValueError(f"{op}: groups={groups} must divide the input channels C={C}")
+    if F % groups:
+        raise ValueError(f"{op}: groups={groups} must divide the output channels F={F}")
+    if Cg != C // groups:
+        raise ValueError(f"{op}: weight has {Cg} input channels per group but x has C={C} "
+                         f"channels and groups={groups} (expected weight.shape[1] = {C // groups})")
+    if KH < 1 or KW < 1:
+        raise ValueError(f"{op}: kernel size must be positive, got weight shape {tuple(weight.shape)}")
+    stride = V.pair(op, "stride", stride, minimum=1)
+    dilation = V.pair(op, "dilation", dilation, minimum=1)
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            pad4 = (0, 0, 0, 0)
+        elif mode == "same":
+            if stride != (1, 1):
+                raise ValueError(f"{op}: padding='same' needs stride 1, got stride={stride}")
+            pad4 = same_padding(KH, dilation[0]) + same_padding(KW, dilation[1])
+        else:
+            raise ValueError(f"{op}: padding must be an int, a pair, 'same' or 'valid', "
+                             f"got {padding!r}")
+    else:
+        ph, pw = V.pair(op, "padding", padding, minimum=0)
+        pad4 = (ph, ph, pw, pw)
+    Ho = conv_out_size(H, KH, stride[0], pad4[0] + pad4[1], dilation[0])
+    Wo = conv_out_size(W, KW, stride[1], pad4[2] + pad4[3], dilation[1])
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{op}: output size would be {Ho}x{Wo} (< 1) for input {H}x{W}, kernel "
+                         f"{KH}x{KW}, stride {stride}, padding {pad4}, dilation {dilation}")
+    return stride, pad4, dilation, groups, (N, F, Ho, Wo)
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, out=None):
+    """2-D cross-correlation, ``torch.nn.functional.conv2d`` semantics.
+
+    x (array[N, C, H, W]), weight (array[F, C/groups, KH, KW]), bias (array[F] or None).
+    padding: int, pair, ``"same"`` (stride 1; an odd total goes to the bottom/right, as torch)
+    or ``"valid"``.  Returns y (array[N, F, Ho, Wo]) with
+    ``Ho = (H + 2*ph - dh*(KH-1) - 1)//sh + 1``.  ``out``: optional C-contiguous buffer for y.
+    """
+    op = "conv2d_forward"
+    be = get_backend()
+    stride, pad4, dilation, groups, yshape = _conv_args(op, be, x, weight, stride, padding,
+                                                        dilation, groups)
+    if bias is not None:
+        V.array(op, "bias", bias, be, 1, "(F,)")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    dt = V.float_dtype(op, x=x, weight=weight, bias=bias)
+    out = V.out_buffer(op, out, be, yshape, dt)
+    xp = be.xp
+    if x.size == 0 or weight.size == 0:   # N = 0, F = 0 or C = 0: nothing to correlate
+        y = out if out is not None else xp.empty(yshape, dtype=dt)
+        y[...] = 0 if bias is None else bias.reshape(1, -1, 1, 1)
+        return y
+    return be.conv2d_forward(_c(be, x), _c(be, weight), _c(be, bias), stride, pad4, dilation,
+                             groups, out=out)
+
+
+def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
+                    needs_input_grad=True, has_bias=True):
+    """Gradients of :func:`conv2d_forward`: returns (grad_x or None, grad_weight, grad_bias or None).
+
+    ``needs_input_grad=False`` skips grad_x (a first layer needs none); ``has_bias=False``
+    skips grad_bias.
+    """
+    op = "conv2d_backward"
+    be = get_backend()
+    stride, pad4, dilation, groups, yshape = _conv_args(op, be, x, weight, stride, padding,
+                                                        dilation, groups)
+    V.array(op, "grad_y", grad_y, be, 4, "(N, F, Ho, Wo)")
+    V.grad_shape(op, "grad_y", grad_y, yshape)
+    dt = V.float_dtype(op, grad_y=grad_y, x=x, weight=weight)
+    xp = be.xp
+    if x.size == 0 or weight.size == 0:
+        gx = xp.zeros(x.shape, dt) if needs_input_grad else None
+        gw = xp.zeros(weight.shape, dt)
+        gb = grad_y.sum(axis=(0, 2, 3)).astype(dt) if has_bias else None
+        return gx, gw, gb
+    return be.conv2d_backward(_c(be, grad_y), _c(be, x), _c(be, weight), stride, pad4, dilation,
+                              groups, bool(needs_input_grad), bool(has_bias))
+
+
+# ------------------------------------------------------------------------------------- pooling
+def _pool_args(op, be, x, kernel_size, stride, padding, dilation, ceil_mode, max_pool):
+    V.array(op, "x", x, be, 4, "(N, C, H, W)")
+    k = V.pair(op, "kernel_size", kernel_size, minimum=1)
+    s = k if stride is None else V.pair(op, "stride", stride, minimum=1)
+    p = V.pair(op, "padding", padding, minimum=0)
+    d = V.pair(op, "dilation", dilation, minimum=1)
+    for i in range(2):
+        # torch: pad must be at most half of the (effective) kernel size
+        limit = ((k[i] - 1) * d[i] + 1) // 2 if max_pool else k[i] // 2
+        if p[i] > limit:
+            raise ValueError(f"{op}: padding {p} must be at most half the kernel size "
+                             f"{k} (dilation {d}): max {limit}")
+    H, W = x.shape[2:]
+    Ho = pool_out_size(H, k[0], s[0], p[0], d[0], bool(ceil_mode))
+    Wo = pool_out_size(W, k[1], s[1], p[1], d[1], bool(ceil_mode))
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{op}: output size would be {Ho}x{Wo} (< 1) for input {H}x{W}, kernel "
+                         f"{k}, stride {s}, padding {p}, dilation {d}")
+    return k, s, p, d, (Ho, Wo)
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
+                       out=None):
+    """Max pooling, ``torch.nn.functional.max_pool2d(..., return_indices=True)``.
+
+    Returns (y (array[N, C, Ho, Wo]), indices (int64, same shape)): the flat ``h*W + w``
+    position of each maximum in the unpadded input plane.  stride None = kernel_size.
+    A NaN in a window is its maximum (torch).  ``out``: optional buffer for y.
+    """
+    op = "max_pool2d_forward"
+    be = get_backend()
+    k, s, p, d, ohw = _pool_args(op, be, x, kernel_size, stride, padding, dilation, ceil_mode, True)
+    dt = V.float_dtype(op, x=x)
+    N, C = x.shape[:2]
+    out = V.out_buffer(op, out, be, (N, C) + ohw, dt)
+    if x.size == 0:
+        xp = be.xp
+        return (out if out is not None else xp.empty((N, C) + ohw, dt),
+                xp.empty((N, C) + ohw, xp.int64))
+    return be.max_pool2d_forward(_c(be, x), k, s, p, d, ohw, out=out)
+
+
+def _check_indices(op, name, be, idx, lo, hi):
+    if idx.size and not getattr(be, "validates_indices", False):
+        mn, mx = int(idx.min()), int(idx.max())
+        if mn < lo or mx >= hi:
+            raise ValueError(f"{op}: {name} must lie in [{lo}, {hi}) for this input_shape, "
+                             f"got values in [{mn}, {mx}]")
+
+
+def max_pool2d_backward(grad_y, indices, input_shape):
+    """Gradient of max pooling: grad_y scattered (added) at ``indices`` into an input-shaped zero
+    array.  indices: from :func:`max_pool2d_forward`; input_shape: x.shape."""
+    op = "max_pool2d_backward"
+    be = get_backend()
+    V.array(op, "grad_y", grad_y, be, 4, "(N, C, Ho, Wo)")
+    V.array(op, "indices", indices, be, 4, "(N, C, Ho, Wo)")
+    V.int_array(op, "indices", indices)
+    shape = V.shape_tuple(op, "input_shape", input_shape)
+    V.grad_shape(op, "indices", indices, grad_y.shape)
+    if tuple(grad_y.shape[:2]) != shape[:2]:
+        raise ValueError(f"{op}: grad_y has (N, C) = {tuple(grad_y.shape[:2])} but input_shape "
+                         f"has {shape[:2]}")
+    dt = V.float_dtype(op, grad_y=grad_y)
+    xp = be.xp
+    if grad_y.size == 0 or shape[2] * shape[3] == 0:
+        return xp.zeros(shape, dt)
+    _check_indices(op, "indices", be, indices, 0, shape[2] * shape[3])
+    return be.max_pool2d_backward(_c(be, grad_y), _c(be, indices.astype(xp.int64, copy=False)),
+                                  shape)
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                       count_include_pad=True, *, out=None):
+    """Average pooling, ``torch.nn.functional.avg_pool2d`` semantics (no divisor_override).
+
+    With count_include_pad the divisor is the window clipped to the padded input; without, the
+    number of in-image elements.  Returns y (array[N, C, Ho, Wo]).
+    """
+    op = "avg_pool2d_forward"
+    be = get_backend()
+    k, s, p, _, ohw = _pool_args(op, be, x, kernel_size, stride, padding, 1, ceil_mode, False)
+    dt = V.float_dtype(op, x=x)
+    N, C = x.shape[:2]
+    out = V.out_buffer(op, out, be, (N, C) + ohw, dt)
+    if x.size == 0:
+        return out if out is not None else be.xp.empty((N, C) + ohw, dt)
+    return be.avg_pool2d_forward(_c(be, x), k, s, p, ohw, bool(count_include_pad), out=out)
+
+
+def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True):
+    """Gradient of :func:`avg_pool2d_forward` with the same arguments; returns grad_x."""
+    op = "avg_pool2d_backward"
+    be = get_backend()
+    V.array(op, "grad_y", grad_y, be, 4, "(N, C, Ho, Wo)")
+    shape = V.shape_tuple(op, "input_shape", input_shape)
+    dt = V.float_dtype(op, grad_y=grad_y)
+
+    k = V.pair(op, "kernel_size", kernel_size, minimum=1)
+    s = k if stride is None else V.pair(op, "stride", stride, minimum=1)
+    p = V.pair(op, "padding", padding, minimum=0)
+    for i in range(2):
+        if p[i] > k[i] // 2:
+            raise ValueError(f"{op}: padding {p} must be at most half the kernel size {k}")
+    ohw = tuple(pool_out_size(shape[2 + i], k[i], s[i], p[i], 1, bool(ceil_mode)) for i in range(2))
+    if min(ohw) < 1:
+        raise ValueError(f"{op}: output size would be {ohw[0]}x{ohw[1]} (< 1) for input_shape "
+                         f"{shape}")
+    V.grad_shape(op, "grad_y", grad_y, shape[:2] + ohw)
+    if grad_y.size == 0 or shape[2] * shape[3] == 0:
+        return be.xp.zeros(shape, dt)
+    return be.avg_pool2d_backward(_c(be, grad_y), shape, k, s, p, bool(count_include_pad))
+
+
+# ---------------------------------------------------------------------------------- batch norm
+def _vec(op, be, name, a, C):
+    if a is None:
+        return None
+    V.array(op, name, a, be, 1, f"(C,) with C={C}")
+    if a.shape[0] != C:
+        raise ValueError(f"{op}: {name} must have shape ({C},), got {tuple(a.shape)}")
+    return a
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1,
+                       eps=1e-5, *, out=None):
+    """Spatial batch norm, ``torch.nn.functional.batch_norm`` semantics.
+
+    x (array[N, C, H, W]); weight, bias (array[C] or None: no affine); running_mean,
+    running_var (array[C] or None), updated in place when training
+    (``r = (1 - momentum) * r + momentum * stat``, the variance unbiased as in torch).
+    Returns (y, save_mean, save_invstd), what :func:`batch_norm_backward` needs.
+    """
+    op = "batch_norm_forward"
+    be = get_backend()
+    V.array(op, "x", x, be, 4, "(N, C, H, W)")
+    N, C, H, W = x.shape
+    weight, bias = _vec(op, be, "weight", weight, C), _vec(op, be, "bias", bias, C)
+    running_mean = _vec(op, be, "running_mean", running_mean, C)
+    running_var = _vec(op, be, "running_var", running_var, C)
+    dt = V.float_dtype(op, x=x, weight=weight, bias=bias, running_mean=running_mean,
+                       running_var=running_var)
+    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+        if r is not None and not r.flags.c_contiguous:
+            raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place)")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: running_mean and running_var must both be given or both be None")
+    training = bool(training)
+    if not training and running_mean is None:
+        raise ValueError(f"{op}: training=False needs running_mean and running_var")
+    if training and N * H * W <= 1:
+        raise ValueError(f"{op}: training needs more than 1 value per channel, got x of shape "
+                         f"{tuple(x.shape)}")
+    momentum = V.real(op, "momentum", momentum)
+    eps = V.real(op, "eps", eps)
+    if eps < 0:
+        raise ValueError(f"{op}: eps must be >= 0, got {eps!r}")
+    xp = be.xp
+    if (weight is None) != (bias is None):   # one affine half given: complete it, as torch does
+        weight = xp.ones(C, dt) if weight is None else weight
+        bias = xp.zeros(C, dt) if bias is None else bias
+    out = V.out_buffer(op, out, be, x.shape, dt)
+    if x.size == 0:   # eval with N = 0 (training with N*H*W <= 1 was rejected above)
+        inv = 1.0 / xp.sqrt(running_var + eps) if running_var is not None else xp.zeros(C, dt)
+        mean = running_mean.copy() if running_mean is not None else xp.zeros(C, dt)
+        return (out if out is not None else xp.empty(x.shape, dt)), mean, inv.astype(dt)
+    return be.batch_norm_forward(_c(be, x), _c(be, weight), _c(be, bias), running_mean,
+                                 running_var, training, momentum, eps, out=out)
+
+
+def batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, training):
+    """Gradients of :func:`batch_norm_forward`: (grad_x, grad_weight|None, grad_bias|None).
+
+    save_mean / save_invstd are what the forward returned.  In eval mode the statistics are
+    constants, so grad_x = grad_y * weight * invstd.
+    """
+    op = "batch_norm_backward"
+    be = get_backend()
+    V.array(op, "x", x, be, 4, "(N, C, H, W)")
+    V.array(op, "grad_y", grad_y, be, 4, "(N, C, H, W)")
+    V.grad_shape(op, "grad_y", grad_y, x.shape)
+    C = x.shape[1]
+    weight = _vec(op, be, "weight", weight, C)
+    save_mean = _vec(op, be, "save_mean", save_mean, C)
+    save_invstd = _vec(op, be, "save_invstd", save_invstd, C)
+    if save_mean is None or save_invstd is None:
+        raise ValueError(f"{op}: save_mean and save_invstd are required (from batch_norm_forward)")
+    dt = V.float_dtype(op, grad_y=grad_y, x=x, weight=weight, save_mean=save_mean,
+                       save_invstd=save_invstd)
+    xp = be.xp
+    if x.size == 0:
+        z = xp.zeros(C, dt)
+        return xp.zeros(x.shape, dt), (z if weight is not None else None), \
+            (z.copy() if weight is not None else None)
+    return be.batch_norm_backward(_c(be, grad_y), _c(be, x), _c(be, weight), _c(be, save_mean),
+                                  _c(be, save_invstd), bool(training))
+
+
+# ----------------------------------------------------------------------------------------- roi
+def _rois(op, be, rois, N, dt):
+    """(K,5) rois, a (K,4) array (N = 1 only) or a list of per-image (Ki,4) arrays -> (K,5)
+    C-contiguous array of dtype dt, plus a boolean mask of rows with non-finite coordinates
+    (None when all are finite); those rows are zeroed so kernels never see them."""
+    xp = be.xp
+    if isinstance(rois, (list, tuple)):
+        parts = []
+        for i, b in enumerate(rois):
+            V.array(op, f"rois[{i}]", b, be, 2, "(Ki, 4)")
+            if b.shape[1] != 4:
+                raise ValueError(f"{op}: rois[{i}] must have shape (Ki, 4), got {tuple(b.shape)}")
+            V.float_dtype(op, **{"x": xp.empty(0, dt), f"rois[{i}]": b})
+            idx = xp.full((b.shape[0], 1), i, dtype=dt)
+            parts.append(xp.concatenate([idx, b.astype(dt, copy=False)], axis=1))
+        if len(rois) > N:
+            raise ValueError(f"{op}: rois is a list of {len(rois)} per-image box arrays but x "
+                             f"has N={N} images")
+        r = xp.concatenate(parts, axis=0) if parts else xp.zeros((0, 5), dt)
+    else:
+        V.array(op, "rois", rois, be, 2, "(K, 5)")
+        V.float_dtype(op, x=xp.empty(0, dt), rois=rois)
+        if rois.shape[1] == 4:
+            if N != 1:
+                raise ValueError(f"{op}: rois of shape (K, 4) are only accepted for N=1 (x has "
+                                 f"N={N}); pass (K, 5) rows [batch_index, x1, y1, x2, y2] or a "
+                                 f"list of per-image (Ki, 4) arrays")
+            r = xp.concatenate([xp.zeros((rois.shape[0], 1), dt), rois], axis=1)
+        elif rois.shape[1] == 5:
+            r = _c(be, rois)
+        else:
+            raise ValueError(f"{op}: rois must have shape (K, 5) or (K, 4), got {tuple(rois.shape)}")
+        bi = r[:, 0]
+        bad = ~((bi >= 0) & (bi < N) & (bi == xp.floor(bi)))
+        if bool(bad.any()):
+            row = int(xp.argmax(bad))
+            raise ValueError(f"{op}: rois[{row}, 0] = {float(bi[row])!r} is not an integer batch "
+                             f"index in [0, {N})")
+    finite = xp.isfinite(r[:, 1:]).all(axis=1)
+    mask = None
+    if not bool(finite.all()):
+        mask = ~finite
+        r = r.copy()
+        r[mask, 1:] = 0
+    return r, mask
+
+
+def _roi_common(op, be, x, output_size, spatial_scale):
+    V.array(op, "x", x, be, 4, "(N, C, H, W)")
+    osz = V.pair(op, "output_size", output_size, minimum=1)
+    scale = V.real(op, "spatial_scale", spatial_scale, positive=True)
+    return osz, scale
+
+
+def roi_pool_forward(x, rois, output_size, spatial_scale=1.0, *, out=None):
+    """RoI max pooling, ``torchvision.ops.roi_pool`` semantics.
+
+    x (array[N, C, H, W]); rois (array[K, 5] rows [batch_index, x1, y1, x2, y2] in input-image
+    pixels, or list of array[Ki, 4]).  Box corners are scaled by spatial_scale and rounded;
+    bins are floor/ceil-split and clipped to the feature map.  Returns (y (array[K, C, oh, ow]),
+    argmax (int64, flat h*W + w, -1 for an empty bin)).  A RoI with a non-finite coordinate gives
+    zeros (argmax -1).
+    """
+    op = "roi_pool_forward"
+    be = get_backend()
+    osz, scale = _roi_common(op, be, x, output_size, spatial_scale)
+    dt = V.float_dtype(op, x=x)
+    r, mask = _rois(op, be, rois, x.shape[0], dt)
+    K, C = r.shape[0], x.shape[1]
+    shape = (K, C) + osz
+    out = V.out_buffer(op, out, be, shape, dt)
+    xp = be.xp
+    if K == 0 or x.size == 0:
+        y = out if out is not None else xp.empty(shape, dt)
+        y[...] = 0
+        return y, xp.full(shape, -1, xp.int64)
+    y, argmax = be.roi_pool_forward(_c(be, x), r, osz, scale, out=out)
+    if mask is not None:
+        y[mask] = 0
+        argmax[mask] = -1
+    return y, argmax
+
+
+def roi_pool_backward(grad_y, argmax, input_shape, rois=None):
+    """Gradient of :func:`roi_pool_forward`: grad_y added at argmax into an input-shaped zero
+    array.  ``rois`` (the forward's rois) give each RoI's image; they may be omitted only
+    when N = 1.  (DESIGN.md's signature has no rois, but argmax indexes one H*W plane, so the
+    image of each RoI cannot be known otherwise.)"""
+    op = "roi_pool_backward"
+    be = get_backend()
+    V.array(op, "grad_y", grad_y, be, 4, "(K, C, oh, ow)")
+    V.array(op, "argmax", argmax, be, 4, "(K, C, oh, ow)")
+    V.int_array(op, "argmax", argmax)
+    V.grad_shape(op, "argmax", argmax, grad_y.shape)
+    shape = V.shape_tuple(op, "input_shape", input_shape)
+    N, C, H, W = shape
+    if grad_y.shape[1] != C:
+        raise ValueError(f"{op}: grad_y has C={grad_y.shape[1]} channels but input_shape has C={C}")
+    dt = V.float_dtype(op, grad_y=grad_y)
+    xp = be.xp
+    K = grad_y.shape[0]
+    if rois is None:
+        if N != 1 and K > 0:
+            raise ValueError(f"{op}: rois is required when input_shape has N={N} > 1 images")
+        r = xp.zeros((K, 5), dt)
+    else:
+        r, _ = _rois(op, be, rois, N, dt)
+        if r.shape[0] != K:
+            raise ValueError(f"{op}: rois has {r.shape[0]} rows but grad_y has K={K}")
+    if K == 0 or int(np.prod(shape)) == 0:
+        return xp.zeros(shape, dt)
+    _check_indices(op, "argmax", be, argmax, -1, H * W)
+    return be.roi_pool_backward(_c(be, grad_y), r,
+                                _c(be, argmax.astype(xp.int64, copy=False)), shape)
+
+
+def roi_align_forward(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
+                      *, out=None):
+    """RoI align, ``torchvision.ops.roi_align`` semantics.
+
+    rois as in :func:`roi_pool_forward`.  Coordinates are scaled by spatial_scale (minus 0.5
+    pixel when ``aligned``); without ``aligned`` a RoI is at least 1x1.  Each bin averages
+    bilinear samples on a grid of ``sampling_ratio`` (> 0) or ceil(bin size) points per axis
+    (<= 0, adaptive); samples beyond one pixel outside the map count as 0.
+    Returns y (array[K, C, oh, ow]).
+    """
+    op = "roi_align_forward"
+    be = get_backend()
+    osz, scale = _roi_common(op, be, x, output_size, spatial_scale)
+    sr = V._int(op, "sampling_ratio", sampling_ratio)
+    dt = V.float_dtype(op, x=x)
+    r, mask = _rois(op, be, rois, x.shape[0], dt)
+    K, C = r.shape[0], x.shape[1]
+    shape = (K, C) + osz
+    out = V.out_buffer(op, out, be, shape, dt)
+    xp = be.xp
+    if K == 0 or x.size == 0:
+        y = out if out is not None else xp.empty(shape, dt)
+        y[...] = 0
+        return y
+    y = be.roi_align_forward(_c(be, x), r, osz, scale, sr, bool(aligned), out=out)
+    if mask is not None:
+        y[mask] = 0
+    return y
+
+
+def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale=1.0,
+                       sampling_ratio=-1, aligned=False):
+    """Gradient of :func:`roi_align_forward` with the same arguments; returns grad_x."""
+    op = "roi_align_backward"
+    be = get_backend()
+    V.array(op, "grad_y", grad_y, be, 4, "(K, C, oh, ow)")
+    shape = V.shape_tuple(op, "input_shape", input_shape)
+    osz = V.pair(op, "output_size", output_size, minimum=1)
+    scale = V.real(op, "spatial_scale", spatial_scale, positive=True)
+    sr = V._int(op, "sampling_ratio", sampling_ratio)
+    dt = V.float_dtype(op, grad_y=grad_y)
+    r, mask = _rois(op, be, rois, shape[0], dt)
+    V.grad_shape(op, "grad_y", grad_y, (r.shape[0], shape[1]) + osz)
+    xp = be.xp
+    if r.shape[0] == 0 or int(np.prod(shape)) == 0:
+        return xp.zeros(shape, dt)
+    g = grad_y
+    if mask is not None:
+        g = g.copy()
+        g[mask] = 0
+    return be.roi_align_backward(_c(be, g), r, shape, osz, scale, sr, bool(aligned))
+
+
+# --------------------------------------------------------------------------------------- boxes
+def _boxes(op, be, name, b):
+    V.array(op, name, b, be, 2, "(N, 4)")
+    if b.shape[1] != 4:
+        raise ValueError(f"{op}: {name} must have shape (N, 4) xyxy, got {tuple(b.shape)}")
+    return b
+
+
+def nms(boxes, scores, iou_threshold):
+    """Non-maximum suppression, ``torchvision.ops.nms`` semantics.
+
+    boxes (array[N, 4] xyxy), scores (array[N]).  Returns int64 indices of the kept boxes by
+    decreasing score; ties keep the lower index first (on every backend).  A box is dropped
+    when its IoU with a kept, higher-scored box is > iou_threshold; a union of 0 gives IoU 0.
+    """
+    op = "nms"
+    be = get_backend()
+    _boxes(op, be, "boxes", boxes)
+    V.array(op, "scores", scores, be, 1, "(N,)")
+    if scores.shape[0] != boxes.shape[0]:
+        raise ValueError(f"{op}: scores must have shape ({boxes.shape[0]},), got {tuple(scores.shape)}")
+    V.float_dtype(op, boxes=boxes, scores=scores)
+    thr = V.real(op, "iou_threshold", iou_threshold, finite=False)
+    if boxes.shape[0] == 0:
+        return be.xp.zeros(0, be.xp.int64)
+    return be.nms(_c(be, boxes), _c(be, scores), thr)
+
+
+def batched_nms(boxes, scores, idxs, iou_threshold):
+    """NMS within each class of ``idxs`` (array[N] int); boxes of different classes never
+    suppress each other.  Returns kept indices by decreasing score (ties: lower index first)."""
+    op = "batched_nms"
+    be = get_backend()
+    _boxes(op, be, "boxes", boxes)
+    V.array(op, "scores", scores, be, 1, "(N,)")
+    V.array(op, "idxs", idxs, be, 1, "(N,)")
+    V.int_array(op, "idxs", idxs)
+    n = boxes.shape[0]
+    if scores.shape[0] != n or idxs.shape[0] != n:
+        raise ValueError(f"{op}: boxes, scores and idxs must have the same length, got "
+                         f"{n}, {scores.shape[0]}, {idxs.shape[0]}")
+    V.float_dtype(op, boxes=boxes, scores=scores)
+    thr = V.real(op, "iou_threshold", iou_threshold, finite=False)
+    xp = be.xp
+    if n == 0:
+        return xp.zeros(0, xp.int64)
+    boxes, scores = _c(be, boxes), _c(be, scores)
+    keeps = []
+    for c in be.to_numpy(xp.unique(idxs)).tolist():
+        sel = xp.nonzero(idxs == c)[0]
+        keeps.append(sel[be.nms(_c(be, boxes[sel]), _c(be, scores[sel]), thr)])
+    keep = xp.sort(xp.concatenate(keeps))
+    order = xp.argsort(-scores[keep], kind="stable")
+    return keep[order].astype(xp.int64, copy=False)
+
+
+def box_iou(boxes1, boxes2):
+    """Pairwise IoU, ``torchvision.ops.box_iou``: (array[N, 4], array[M, 4]) xyxy -> array[N, M].
+    area = (x2 - x1) * (y2 - y1); a pair whose union is 0 has IoU 0."""
+    op = "box_iou"
+    be = get_backend()
+    _boxes(op, be, "boxes1", boxes1)
+    _boxes(op, be, "boxes2", boxes2)
+    dt = V.float_dtype(op, boxes1=boxes1, boxes2=boxes2)
+    if boxes1.shape[0] == 0 or boxes2.shape[0] == 0:
+        return be.xp.zeros((boxes1.shape[0], boxes2.shape[0]), dt)
+    return be.box_iou(_c(be, boxes1), _c(be, boxes2))
+
+
+# -------------------------------------------------------------------------------------- arrays
+def asarray(a, dtype=None, backend=None):
+    """``a`` as an array of the active backend (or ``backend``): a NumPy array, a list, a CuPy
+    array or any DLPack / ``__cuda_array_interface__`` producer the backend can take."""
+    return get_backend(backend).asarray(a, dtype=dtype)
+
+
+def to_numpy(a):
+    """Any convkit array (NumPy or device) as a ``numpy.ndarray``."""
+    if isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "get") and hasattr(a, "__cuda_array_interface__"):
+        return a.get()
+    return np.asarray(a)

@@ -1,0 +1,3 @@
+"""Metrics: accuracy; VOC-style AP@0.5 and mAP; proposal recall."""
+from .classification import *  # noqa: F401,F403
+from .detection import *  # noqa: F401,F403
