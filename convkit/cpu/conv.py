@@ -1,9 +1,191 @@
-"""CPU conv ops -- placeholder while being written."""
+"""CPU conv2d: picks the kernel, the thread count and the im2col chunking, then calls _conv.
+
+Paths (all in convkit/cpu/_conv.pyx):
+
+* depthwise (groups == C, any channel multiplier): a direct kernel, one plane per task;
+* pointwise (1x1 kernel, stride 1, no padding): GEMMs straight on x, no workspace;
+* everything else: im2col into a workspace, then GEMMs on BLAS.  The batch goes through in
+  chunks of whole images -- or, for an image whose columns are bigger than the chunk size, in
+  blocks of output rows -- so the workspace stays below ``convkit.get_workspace_limit()``.
+
+The kernels call BLAS from inside their OpenMP team, so BLAS is pinned to one thread for the
+duration of a call (``_blas_single_thread``): one pool of ``convkit.get_num_threads()`` threads,
+never two pools competing for the cores.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from .._config import get_num_threads, get_workspace_limit
+from .._shapes import conv_out_size
+from . import _conv
+
+# Chunk size for the im2col columns.  Smaller chunks keep the columns in cache between im2col
+# and the GEMM that reads them and keep the workspace (and RSS) small; bigger ones mean fewer,
+# larger GEMMs.  Measured on the 2-core Xeon (see the report of the Cython CPU backend issue).
+_CHUNK_BYTES = 8 * 2**20
+# Below this many multiply-adds a call runs on one thread: starting the team costs more than it
+# saves (measured on lenet-sized layers).
+_SERIAL_MACS = 1 << 20
+# Workspaces kept between calls (per Python thread): reusing them avoids faulting fresh pages
+# in on every call.  Bigger ones are freed after the call.
+_KEEP_BYTES = 64 * 2**20
+
+_tls = threading.local()
 
 
+def _workspace(n: int, dtype) -> np.ndarray:
+    ws = getattr(_tls, "ws", {}).get(np.dtype(dtype))
+    if ws is None or ws.size < n:
+        ws = np.empty(max(n, 1), dtype=dtype)
+        if ws.nbytes <= _KEEP_BYTES:
+            if not hasattr(_tls, "ws"):
+                _tls.ws = {}
+            _tls.ws[np.dtype(dtype)] = ws
+    return ws
+
+
+# --------------------------------------------------------------------------- BLAS threads
+class _BlasPin:
+    """Process-wide, re-entrant pin of BLAS to one thread (threadpoolctl finds the libraries
+    once; entering then costs a couple of ctypes calls instead of a threadpool_limits context).
+    The first caller in saves the thread counts, the last one out restores them."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._libs = None
+        self._saved = []
+
+    def _controllers(self):
+        if self._libs is None:
+            try:
+                import scipy.linalg.cython_blas  # noqa: F401  (load the BLAS scipy calls)
+                from threadpoolctl import ThreadpoolController
+
+                self._libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+            except Exception:  # no threadpoolctl or an unknown BLAS: leave BLAS as it is
+                self._libs = []
+        return self._libs
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                libs = self._controllers()
+                self._saved = [lib.get_num_threads() for lib in libs]
+                for lib, n in zip(libs, self._saved):
+                    if n != 1:
+                        lib.set_num_threads(1)
+            self._depth += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for lib, n in zip(self._libs, self._saved):
+                    if n != 1:
+                        lib.set_num_threads(n)
+
+
+_blas_single_thread = _BlasPin()
+
+
+# --------------------------------------------------------------------------- planning
+def _threads(macs: int) -> int:
+    return 1 if macs < _SERIAL_MACS else get_num_threads()
+
+
+def _plan(N, C, KK, Ho, Wo, itemsize, op):
+    """(images per chunk, output rows per chunk, workspace elements) for the im2col path."""
+    limit = get_workspace_limit()
+    chunk = min(_CHUNK_BYTES, limit)
+    row = C * KK * Wo * itemsize          # columns of one output row of one image
+    image = row * Ho
+    if image <= chunk:
+        nb = min(N, chunk // image)
+        return nb, Ho, nb * C * KK * Ho * Wo
+    if row > limit:
+        raise MemoryError(
+            f"{op}: the im2col workspace needs {row} bytes even for one output row "
+            f"(C*KH*KW*Wo = {C}*{KK}*{Wo} values), over the workspace limit of {limit} bytes; "
+            f"raise it with convkit.set_workspace_limit()")
+    rows = max(1, chunk // row)
+    if rows >= Ho:
+        rows = Ho
+    return 1, rows, rows * C * KK * Wo
+
+
+def _geometry(x, weight, stride, padding, dilation):
+    N, C, H, W = x.shape
+    F, Cg, KH, KW = weight.shape
+    pt, pb, pl, pr = padding
+    Ho = conv_out_size(H, KH, stride[0], pt + pb, dilation[0])
+    Wo = conv_out_size(W, KW, stride[1], pl + pr, dilation[1])
+    return N, C, H, W, F, Cg, KH, KW, Ho, Wo
+
+
+def _is_pointwise(KH, KW, stride, padding):
+    return KH == 1 and KW == 1 and stride == (1, 1) and tuple(padding) == (0, 0, 0, 0)
+
+
+# --------------------------------------------------------------------------- ops
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None):
-    raise NotImplementedError
+    """x (N,C,H,W), weight (F,C/groups,KH,KW), bias (F,) or None -> y (N,F,Ho,Wo)."""
+    N, C, H, W, F, Cg, KH, KW, Ho, Wo = _geometry(x, weight, stride, padding, dilation)
+    y = out if out is not None else np.empty((N, F, Ho, Wo), dtype=x.dtype)
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(1, dtype=x.dtype)
+    sh, sw = stride
+    pt, _, pl, _ = padding
+    dh, dw = dilation
+    n_threads = _threads(N * F * Cg * KH * KW * Ho * Wo)
+    if groups == C and Cg == 1 and groups > 1:
+        _conv.conv2d_forward_depthwise(x, weight, b, has_bias, y, sh, sw, pt, pl, dh, dw,
+                                       n_threads)
+        return y
+    pointwise = _is_pointwise(KH, KW, stride, padding)
+    if pointwise:
+        nb, rows, ws = N, Ho, np.empty(1, dtype=x.dtype)
+    else:
+        nb, rows, n = _plan(N, C, KH * KW, Ho, Wo, x.itemsize, "conv2d_forward")
+        ws = _workspace(n, x.dtype)
+    with _blas_single_thread:
+        _conv.conv2d_forward_gemm(x, weight, b, has_bias, y, ws, nb, rows, sh, sw, pt, pl,
+                                  dh, dw, groups, pointwise, n_threads)
+    return y
 
 
-def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_input_grad, has_bias):
-    raise NotImplementedError
+def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_input_grad,
+                    has_bias):
+    """-> (grad_x or None, grad_weight, grad_bias or None); deterministic."""
+    N, C, H, W, F, Cg, KH, KW, Ho, Wo = _geometry(x, weight, stride, padding, dilation)
+    sh, sw = stride
+    pt, _, pl, _ = padding
+    dh, dw = dilation
+    dt = x.dtype
+    n_threads = _threads(N * F * Cg * KH * KW * Ho * Wo)
+    gx = np.empty(x.shape, dtype=dt) if needs_input_grad else np.empty((1, 1, 1, 1), dtype=dt)
+    gb = None
+    if has_bias:
+        gb = np.empty(F, dtype=dt)
+        _conv.bias_grad(grad_y, gb, _threads(grad_y.size))
+    if groups == C and Cg == 1 and groups > 1:
+        gw = np.empty(weight.shape, dtype=dt)
+        scratch = np.empty(n_threads * KH * KW * Wo, dtype=dt)
+        accs = np.empty(n_threads * KH * KW, dtype=np.float64)
+        _conv.conv2d_backward_depthwise(grad_y, x, weight, gx, gw, scratch, accs, sh, sw, pt, pl,
+                                        dh, dw, needs_input_grad, n_threads)
+    else:
+        gw = np.zeros(weight.shape, dtype=dt)
+        pointwise = _is_pointwise(KH, KW, stride, padding)
+        if pointwise:
+            nb, rows, ws = N, Ho, np.empty(1, dtype=dt)
+        else:
+            nb, rows, n = _plan(N, C, KH * KW, Ho, Wo, x.itemsize, "conv2d_backward")
+            ws = _workspace(n, dt)
+        with _blas_single_thread:
+            _conv.conv2d_backward_gemm(grad_y, x, weight, gx, gw, ws, nb, rows, sh, sw, pt, pl,
+                                       dh, dw, groups, pointwise, needs_input_grad, n_threads)
+    return (gx if needs_input_grad else None), gw, gb

@@ -1,0 +1,30 @@
+# cython: language_level=3
+"""Row-major GEMM on scipy's BLAS (scipy.linalg.cython_blas), callable without the GIL.
+
+BLAS is column-major; a row-major C = op(A) @ op(B) is the column-major C^T = op(B)^T @ op(A)^T,
+so the operands (and their flags) are swapped: no copies, no cblas.h, no link flags.
+Dimensions go to BLAS as 32-bit ints; callers keep every dimension and leading dimension
+below 2**31 (the conv wrapper chunks its work so that they are).
+"""
+from cython cimport floating
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+
+cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                      floating alpha, const floating* a, Py_ssize_t lda,
+                      const floating* b, Py_ssize_t ldb, floating beta,
+                      floating* c, Py_ssize_t ldc) noexcept nogil:
+    """c (m x n, row stride ldc) = alpha * op(a) @ op(b) + beta * c, all row-major.
+
+    op(a) is m x k (a stored k x m when trans_a), op(b) is k x n (b stored n x k when trans_b).
+    """
+    cdef char ta = b'T' if trans_a else b'N'
+    cdef char tb = b'T' if trans_b else b'N'
+    cdef int im = <int>m, in_ = <int>n, ik = <int>k
+    cdef int ilda = <int>lda, ildb = <int>ldb, ildc = <int>ldc
+    if floating is float:
+        sgemm(&tb, &ta, &in_, &im, &ik, &alpha, <float*>b, &ildb, <float*>a, &ilda,
+              &beta, c, &ildc)
+    else:
+        dgemm(&tb, &ta, &in_, &im, &ik, &alpha, <double*>b, &ildb, <double*>a, &ilda,
+              &beta, c, &ildc)
