@@ -1,0 +1,69 @@
+// Box kernels (compiled once per dtype: `typedef float|double scalar_t;` is prepended and
+// kernel names get a _f32 / _f64 suffix).  Boxes are (x1, y1, x2, y2) rows;
+// area = (x2 - x1) * (y2 - y1); a pair whose union is 0 has IoU 0.
+// NMS follows the 64-bit-mask scheme of torchvision's CUDA nms: one word per (box, block of
+// 64 later boxes) holding the boxes it suppresses, then a sequential pass over the mask.
+
+#define GRID_STRIDE_LOOP(i, n) \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+         i += (long long)blockDim.x * gridDim.x)
+
+__device__ __forceinline__ scalar_t iou(const scalar_t* a, const scalar_t* b)
+{
+    const scalar_t left = a[0] > b[0] ? a[0] : b[0];
+    const scalar_t top = a[1] > b[1] ? a[1] : b[1];
+    const scalar_t right = a[2] < b[2] ? a[2] : b[2];
+    const scalar_t bottom = a[3] < b[3] ? a[3] : b[3];
+    const scalar_t w = right - left > (scalar_t)0 ? right - left : (scalar_t)0;
+    const scalar_t h = bottom - top > (scalar_t)0 ? bottom - top : (scalar_t)0;
+    const scalar_t inter = w * h;
+    const scalar_t area_a = (a[2] - a[0]) * (a[3] - a[1]);
+    const scalar_t area_b = (b[2] - b[0]) * (b[3] - b[1]);
+    const scalar_t uni = area_a + area_b - inter;
+    return uni == (scalar_t)0 ? (scalar_t)0 : inter / uni;
+}
+
+// out[i * M + j] = IoU(b1[i], b2[j]).  Writes all of out.
+extern "C" __global__ void box_iou(const scalar_t* b1, const scalar_t* b2, long long N,
+                                   long long M, scalar_t* out)
+{
+    GRID_STRIDE_LOOP(t, N * M) {
+        const long long i = t / M, j = t % M;
+        out[t] = iou(b1 + 4 * i, b2 + 4 * j);
+    }
+}
+
+// boxes sorted by decreasing score.  mask[i * nblocks + b] has bit q set when box j = 64 * b + q
+// comes after box i (j > i) and IoU(i, j) > thr.  Writes all of mask.
+extern "C" __global__ void nms_mask(const scalar_t* boxes, long long N, long long nblocks,
+                                    scalar_t thr, unsigned long long* mask)
+{
+    GRID_STRIDE_LOOP(t, N * nblocks) {
+        const long long i = t / nblocks, b = t % nblocks;
+        const long long j0 = 64 * b, j1 = j0 + 64 < N ? j0 + 64 : N;
+        unsigned long long bits = 0;
+        for (long long j = (j0 > i + 1 ? j0 : i + 1); j < j1; ++j) {
+            if (iou(boxes + 4 * i, boxes + 4 * j) > thr) bits |= 1ULL << (j - j0);
+        }
+        mask[t] = bits;
+    }
+}
+
+// The greedy pass, in one thread: walk the boxes in score order, keep a box unless a kept box
+// suppressed it, and OR its mask row into `removed` (nblocks words, zero-filled by the
+// caller).  Writes keep[0 .. *nkeep) (positions in the sorted order) and *nkeep.
+extern "C" __global__ void nms_reduce(const unsigned long long* mask, long long N,
+                                      long long nblocks, unsigned long long* removed,
+                                      long long* keep, long long* nkeep)
+{
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    long long count = 0;
+    for (long long i = 0; i < N; ++i) {
+        const long long b = i >> 6;
+        if ((removed[b] >> (i & 63)) & 1ULL) continue;
+        keep[count++] = i;
+        const unsigned long long* row = mask + i * nblocks;
+        for (long long q = b; q < nblocks; ++q) removed[q] |= row[q];
+    }
+    *nkeep = count;
+}

@@ -1,0 +1,151 @@
+// Pooling kernels (compiled once per dtype: `typedef float|double scalar_t;` is prepended and
+// kernel names get a _f32 / _f64 suffix).  x is viewed as NC planes of H x W, y as NC planes
+// of Ho x Wo; indices are flat h*W + w into the unpadded input plane (torch's return_indices).
+// Window arithmetic follows torch's max_pool2d / avg_pool2d kernels.
+
+#define GRID_STRIDE_LOOP(i, n) \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+         i += (long long)blockDim.x * gridDim.x)
+
+// Writes every element of y and idx.  Padding counts as -inf; a NaN in the window wins
+// (`v > m || v != v`, as torch, so the last NaN's index is kept); ties keep the first
+// maximum in row-major window order (strict >).
+extern "C" __global__ void max_pool2d_fwd(
+    const scalar_t* x, long long NC, long long H, long long W, long long Ho, long long Wo,
+    long long kh, long long kw, long long sh, long long sw, long long ph, long long pw,
+    long long dh, long long dw, scalar_t* y, long long* idx)
+{
+    const long long total = NC * Ho * Wo;
+    GRID_STRIDE_LOOP(i, total) {
+        long long t = i;
+        const long long ow = t % Wo; t /= Wo;
+        const long long oh = t % Ho;
+        const long long nc = t / Ho;
+        long long hstart = oh * sh - ph, wstart = ow * sw - pw;
+        const long long hend0 = hstart + (kh - 1) * dh + 1, wend0 = wstart + (kw - 1) * dw + 1;
+        const long long hend = hend0 < H ? hend0 : H, wend = wend0 < W ? wend0 : W;
+        while (hstart < 0) hstart += dh;
+        while (wstart < 0) wstart += dw;
+        const scalar_t* xp = x + nc * H * W;
+        long long best = hstart * W + wstart;
+        scalar_t m = (scalar_t)__longlong_as_double(0xfff0000000000000ULL);   // -inf
+        for (long long h = hstart; h < hend; h += dh) {
+            for (long long w = wstart; w < wend; w += dw) {
+                const scalar_t v = xp[h * W + w];
+                if (v > m || v != v) {
+                    m = v;
+                    best = h * W + w;
+                }
+            }
+        }
+        y[i] = m;
+        idx[i] = best;
+    }
+}
+
+// gx (zero-filled by the caller) += gy scattered at idx, one thread per element of gy.
+// atomicAdd: the order of additions into one element of gx varies from run to run, so the
+// result is not bit-reproducible when windows overlap; see scatter_add_sorted for the
+// deterministic path.
+extern "C" __global__ void max_pool2d_bwd_atomic(
+    const scalar_t* gy, const long long* idx, long long NC, long long HoWo, long long HW,
+    scalar_t* gx)
+{
+    const long long total = NC * HoWo;
+    GRID_STRIDE_LOOP(i, total) {
+        const long long nc = i / HoWo;
+        atomicAdd(gx + nc * HW + idx[i], gy[i]);
+    }
+}
+
+// Deterministic scatter-add: out[key] = sum of vals[order[j]] over the run of equal keys in
+// keys_sorted (keys_sorted[j] = key of vals[order[j]], sorted ascending by a stable sort).
+// One thread per run, summing in sorted order -- same bits every run.  Negative keys are
+// skipped.  Writes only out[key] for keys present; the caller zero-fills out.
+extern "C" __global__ void scatter_add_sorted(
+    const scalar_t* vals, const long long* order, const long long* keys_sorted, long long L,
+    scalar_t* out)
+{
+    GRID_STRIDE_LOOP(i, L) {
+        const long long key = keys_sorted[i];
+        if (key < 0 || (i > 0 && keys_sorted[i - 1] == key)) continue;   // not a run's head
+        scalar_t acc = 0;
+        for (long long j = i; j < L && keys_sorted[j] == key; ++j) acc += vals[order[j]];
+        out[key] = acc;
+    }
+}
+
+// Writes every element of y.  Divisor as torch: with count_include_pad the window clipped to
+// the padded extent [-p, H + p); without, the number of in-image elements.
+extern "C" __global__ void avg_pool2d_fwd(
+    const scalar_t* x, long long NC, long long H, long long W, long long Ho, long long Wo,
+    long long kh, long long kw, long long sh, long long sw, long long ph, long long pw,
+    long long count_include_pad, scalar_t* y)
+{
+    const long long total = NC * Ho * Wo;
+    GRID_STRIDE_LOOP(i, total) {
+        long long t = i;
+        const long long ow = t % Wo; t /= Wo;
+        const long long oh = t % Ho;
+        const long long nc = t / Ho;
+        long long hstart = oh * sh - ph, wstart = ow * sw - pw;
+        long long hend = hstart + kh, wend = wstart + kw;
+        if (hend > H + ph) hend = H + ph;
+        if (wend > W + pw) wend = W + pw;
+        const long long pool_size = (hend - hstart) * (wend - wstart);
+        if (hstart < 0) hstart = 0;
+        if (wstart < 0) wstart = 0;
+        if (hend > H) hend = H;
+        if (wend > W) wend = W;
+        if (hstart >= hend || wstart >= wend) {
+            y[i] = 0;
+            continue;
+        }
+        const scalar_t* xp = x + nc * H * W;
+        scalar_t acc = 0;
+        for (long long h = hstart; h < hend; ++h)
+            for (long long w = wstart; w < wend; ++w) acc += xp[h * W + w];
+        const long long div = count_include_pad ? pool_size : (hend - hstart) * (wend - wstart);
+        y[i] = acc / (scalar_t)div;
+    }
+}
+
+// Gradient of avg_pool2d_fwd by gather: one thread per element of gx sums gy / divisor over
+// the windows that contain it (deterministic).  Writes every element of gx.
+extern "C" __global__ void avg_pool2d_bwd(
+    const scalar_t* gy, long long NC, long long H, long long W, long long Ho, long long Wo,
+    long long kh, long long kw, long long sh, long long sw, long long ph, long long pw,
+    long long count_include_pad, scalar_t* gx)
+{
+    const long long total = NC * H * W;
+    GRID_STRIDE_LOOP(i, total) {
+        long long t = i;
+        const long long w = t % W; t /= W;
+        const long long h = t % H;
+        const long long nc = t / H;
+        // windows oh with oh*sh - ph <= h < oh*sh - ph + kh (all indices non-negative here)
+        const long long ohs = (h + ph < kh) ? 0 : (h + ph - kh) / sh + 1;
+        const long long ohe0 = (h + ph) / sh + 1, ohe = ohe0 < Ho ? ohe0 : Ho;
+        const long long ows = (w + pw < kw) ? 0 : (w + pw - kw) / sw + 1;
+        const long long owe0 = (w + pw) / sw + 1, owe = owe0 < Wo ? owe0 : Wo;
+        const scalar_t* gp = gy + nc * Ho * Wo;
+        scalar_t acc = 0;
+        for (long long oh = ohs; oh < ohe; ++oh) {
+            for (long long ow = ows; ow < owe; ++ow) {
+                long long hstart = oh * sh - ph, wstart = ow * sw - pw;
+                long long hend = hstart + kh, wend = wstart + kw;
+                if (hend > H + ph) hend = H + ph;
+                if (wend > W + pw) wend = W + pw;
+                const long long pool_size = (hend - hstart) * (wend - wstart);
+                if (hstart < 0) hstart = 0;
+                if (wstart < 0) wstart = 0;
+                if (hend > H) hend = H;
+                if (wend > W) wend = W;
+                const long long div =
+                    count_include_pad ? pool_size : (hend - hstart) * (wend - wstart);
+                acc += gp[oh * Wo + ow] / (scalar_t)div;
+            }
+        }
+        gx[i] = acc;
+    }
+}

@@ -1,0 +1,348 @@
+// RoI pooling and RoI align (compiled once per dtype: `typedef float|double scalar_t;` is
+// prepended and kernel names get a _f32 / _f64 suffix).  Semantics are torchvision's
+// roi_pool / roi_align kernels (formulas, evaluation order and the bilinear edge rules are
+// kept so results agree with torchvision to rounding); the code is written for convkit.
+//
+// x (N, C, H, W); rois (K, 5) rows [batch_index, x1, y1, x2, y2] in input pixels, every
+// coordinate finite and every batch index valid (checked at the Python boundary);
+// y / gy (K, C, oh, ow).
+
+#define GRID_STRIDE_LOOP(i, n) \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+         i += (long long)blockDim.x * gridDim.x)
+
+// Casting a float beyond the range of long long is undefined; finite but huge RoI
+// coordinates are clamped to +-2^40 pixels first (far outside any feature map).
+__device__ __forceinline__ long long clamp_to_ll(scalar_t v)
+{
+    const scalar_t lim = (scalar_t)1099511627776.0;   // 2^40
+    return (long long)(v < -lim ? -lim : (v > lim ? lim : v));
+}
+
+// ----------------------------------------------------------------------------- RoI pool
+
+// Writes every element of y and argmax.  Box corners are scaled and rounded (half away from
+// zero); the box is at least 1x1; bin ph spans [floor(ph * bin_h), ceil((ph + 1) * bin_h))
+// rows from the box start, clipped to the map.  An empty bin gives 0 and argmax -1.  Strict
+// `>` from -FLT_MAX: ties keep the first maximum, NaN is never selected (torchvision).
+extern "C" __global__ void roi_pool_fwd(
+    const scalar_t* x, const scalar_t* rois, long long K, long long C, long long H, long long W,
+    long long oh, long long ow, scalar_t scale, scalar_t* y, long long* argmax)
+{
+    const long long total = K * C * oh * ow;
+    GRID_STRIDE_LOOP(i, total) {
+        long long t = i;
+        const long long pw = t % ow; t /= ow;
+        const long long ph = t % oh; t /= oh;
+        const long long c = t % C;
+        const long long k = t / C;
+        const scalar_t* r = rois + k * 5;
+        const long long n = (long long)r[0];
+        const long long rsw = clamp_to_ll(round(r[1] * scale));
+        const long long rsh = clamp_to_ll(round(r[2] * scale));
+        const long long rew = clamp_to_ll(round(r[3] * scale));
+        const long long reh = clamp_to_ll(round(r[4] * scale));
+        const long long rw = rew - rsw + 1 > 1 ? rew - rsw + 1 : 1;
+        const long long rh = reh - rsh + 1 > 1 ? reh - rsh + 1 : 1;
+        const scalar_t bin_h = (scalar_t)rh / (scalar_t)oh;
+        const scalar_t bin_w = (scalar_t)rw / (scalar_t)ow;
+        long long hstart = (long long)floor((scalar_t)ph * bin_h) + rsh;
+        long long hend = (long long)ceil((scalar_t)(ph + 1) * bin_h) + rsh;
+        long long wstart = (long long)floor((scalar_t)pw * bin_w) + rsw;
+        long long wend = (long long)ceil((scalar_t)(pw + 1) * bin_w) + rsw;
+        hstart = hstart < 0 ? 0 : (hstart > H ? H : hstart);
+        hend = hend < 0 ? 0 : (hend > H ? H : hend);
+        wstart = wstart < 0 ? 0 : (wstart > W ? W : wstart);
+        wend = wend < 0 ? 0 : (wend > W ? W : wend);
+        const bool empty = hend <= hstart || wend <= wstart;
+        scalar_t m = empty ? (scalar_t)0 : (scalar_t)-3.402823466e+38;   // -FLT_MAX
+        long long best = -1;
+        const scalar_t* xp = x + (n * C + c) * H * W;
+        for (long long h = hstart; h < hend; ++h) {
+            for (long long w = wstart; w < wend; ++w) {
+                const scalar_t v = xp[h * W + w];
+                if (v > m) {
+                    m = v;
+                    best = h * W + w;
+                }
+            }
+        }
+        y[i] = m;
+        argmax[i] = best;
+    }
+}
+
+// (RoI pool backward: grad_y is added at argmax through the deterministic sorted scatter in
+// pool.cu -- the backward receives no spatial_scale, so the bins cannot be recomputed here.)
+
+// ---------------------------------------------------------------------------- RoI align
+
+struct AlignGeom {
+    scalar_t y0, x0;          // box start (scaled, minus 0.5 when aligned)
+    scalar_t bin_h, bin_w;
+    long long gh, gw;         // sampling grid per bin
+    scalar_t count;           // max(gh * gw, 1)
+};
+
+__device__ __forceinline__ AlignGeom align_geom(const scalar_t* r, long long oh, long long ow,
+                                                scalar_t scale, long long sampling_ratio,
+                                                long long aligned)
+{
+    AlignGeom g;
+    const scalar_t off = aligned ? (scalar_t)0.5 : (scalar_t)0;
+    g.x0 = r[1] * scale - off;
+    g.y0 = r[2] * scale - off;
+    scalar_t rw = r[3] * scale - off - g.x0;
+    scalar_t rh = r[4] * scale - off - g.y0;
+    if (!aligned) {   // legacy mode: a RoI is at least 1x1
+        rw = rw > (scalar_t)1 ? rw : (scalar_t)1;
+        rh = rh > (scalar_t)1 ? rh : (scalar_t)1;
+    }
+    g.bin_h = rh / (scalar_t)oh;
+    g.bin_w = rw / (scalar_t)ow;
+    // adaptive grid: ceil(bin size) points per axis; clamped so the cast and the product
+    // below stay defined for absurd sizes (sample_range keeps the work bounded anyway)
+    const scalar_t lim = (scalar_t)1073741824.0;   // 2^30
+    scalar_t fh = sampling_ratio > 0 ? (scalar_t)sampling_ratio : ceil(rh / (scalar_t)oh);
+    scalar_t fw = sampling_ratio > 0 ? (scalar_t)sampling_ratio : ceil(rw / (scalar_t)ow);
+    fh = fh < -lim ? -lim : (fh > lim ? lim : fh);
+    fw = fw < -lim ? -lim : (fw > lim ? lim : fw);
+    g.gh = (long long)fh;
+    g.gw = (long long)fw;
+    const long long cnt = g.gh * g.gw;
+    g.count = (scalar_t)(cnt > 1 ? cnt : 1);
+    return g;
+}
+
+// Sample i of n in a bin lies at base + (i + 0.5) * bin / n (base = box start + bin index *
+// bin).  Sets [*i0, *i1) to a superset of the samples whose coordinate can fall in [lo, hi]
+// (with a margin for rounding: `mag` bounds the magnitude of the terms), so samples that
+// cannot touch the feature map -- or, for the gather backward, the pixel -- are skipped and
+// a huge RoI costs time in proportion to its part over the map, never a hang.  Skipped
+// samples contribute exactly 0.  When bin == 0 all n samples coincide: visit one, *rep = n.
+__device__ __forceinline__ void sample_range(scalar_t base, scalar_t bin, long long n,
+                                             double lo, double hi, double mag,
+                                             long long* i0, long long* i1, long long* rep)
+{
+    *rep = 1;
+    *i0 = 0;
+    *i1 = 0;
+    if (n <= 0) return;
+    const double step = (double)bin / (double)n;
+    if (step == 0.0) {
+        *i1 = 1;
+        *rep = n;
+        return;
+    }
+    double a = (lo - (double)base) / step - 0.5, b = (hi - (double)base) / step - 0.5;
+    if (a > b) {
+        const double tmp = a;
+        a = b;
+        b = tmp;
+    }
+    const double eps = sizeof(scalar_t) == 4 ? 1e-6 : 1e-14;
+    const double abs_step = step < 0 ? -step : step;
+    const double margin = 2.0 + eps * (mag + (lo < 0 ? -lo : lo) + (hi < 0 ? -hi : hi)) / abs_step;
+    double s = floor(a - margin), e = ceil(b + margin) + 1.0;
+    s = s > 0.0 ? s : 0.0;                          // NaN -> 0: the full range, still correct
+    e = e < (double)n ? e : (double)n;              // NaN -> n
+    if (e < s) e = s;
+    *i0 = (long long)s;
+    *i1 = (long long)e;
+}
+
+// Bilinear weights of the four neighbours of (y, x), torchvision's rules: a sample more than
+// one pixel outside the map gives false (weight 0); coordinates in [-1, 0] are clamped to 0;
+// at the last row/column both neighbours are the edge.
+__device__ __forceinline__ bool bilinear(long long H, long long W, scalar_t y, scalar_t x,
+                                         scalar_t* w, long long* yl, long long* yh,
+                                         long long* xl, long long* xh)
+{
+    if (y < (scalar_t)-1.0 || y > (scalar_t)H || x < (scalar_t)-1.0 || x > (scalar_t)W)
+        return false;
+    if (y <= 0) y = 0;
+    if (x <= 0) x = 0;
+    *yl = (long long)y;
+    *xl = (long long)x;
+    if (*yl >= H - 1) {
+        *yh = *yl = H - 1;
+        y = (scalar_t)*yl;
+    } else {
+        *yh = *yl + 1;
+    }
+    if (*xl >= W - 1) {
+        *xh = *xl = W - 1;
+        x = (scalar_t)*xl;
+    } else {
+        *xh = *xl + 1;
+    }
+    const scalar_t ly = y - (scalar_t)*yl, lx = x - (scalar_t)*xl;
+    const scalar_t hy = (scalar_t)1 - ly, hx = (scalar_t)1 - lx;
+    w[0] = hy * hx;
+    w[1] = hy * lx;
+    w[2] = ly * hx;
+    w[3] = ly * lx;
+    return true;
+}
+
+__device__ __forceinline__ double absd(double v) { return v < 0 ? -v : v; }
+
+// Writes every element of y: the mean of the bilinear samples of each bin.
+extern "C" __global__ void roi_align_fwd(
+    const scalar_t* x, const scalar_t* rois, long long K, long long C, long long H, long long W,
+    long long oh, long long ow, scalar_t scale, long long sampling_ratio, long long aligned,
+    scalar_t* y)
+{
+    const long long total = K * C * oh * ow;
+    GRID_STRIDE_LOOP(i, total) {
+        long long t = i;
+        const long long pw = t % ow; t /= ow;
+        const long long ph = t % oh; t /= oh;
+        const long long c = t % C;
+        const long long k = t / C;
+        const scalar_t* r = rois + k * 5;
+        const long long n = (long long)r[0];
+        const AlignGeom g = align_geom(r, oh, ow, scale, sampling_ratio, aligned);
+        const scalar_t* xp = x + (n * C + c) * H * W;
+        const scalar_t ybase = g.y0 + (scalar_t)ph * g.bin_h;
+        const scalar_t xbase = g.x0 + (scalar_t)pw * g.bin_w;
+        long long iy0, iy1, ry, ix0, ix1, rx;
+        sample_range(ybase, g.bin_h, g.gh, -1.0, (double)H,
+                     absd(g.y0) + absd((double)ph * g.bin_h) + absd(g.bin_h), &iy0, &iy1, &ry);
+        sample_range(xbase, g.bin_w, g.gw, -1.0, (double)W,
+                     absd(g.x0) + absd((double)pw * g.bin_w) + absd(g.bin_w), &ix0, &ix1, &rx);
+        const scalar_t rep = (scalar_t)(ry * rx);
+        scalar_t acc = 0;
+        for (long long iy = iy0; iy < iy1; ++iy) {
+            const scalar_t yy = ybase + ((scalar_t)iy + (scalar_t)0.5) * g.bin_h / (scalar_t)g.gh;
+            for (long long ix = ix0; ix < ix1; ++ix) {
+                const scalar_t xx = xbase + ((scalar_t)ix + (scalar_t)0.5) * g.bin_w / (scalar_t)g.gw;
+                scalar_t w[4];
+                long long yl, yh, xl, xh;
+                if (!bilinear(H, W, yy, xx, w, &yl, &yh, &xl, &xh)) continue;
+                const scalar_t v = w[0] * xp[yl * W + xl] + w[1] * xp[yl * W + xh]
+                                 + w[2] * xp[yh * W + xl] + w[3] * xp[yh * W + xh];
+                acc += rep == (scalar_t)1 ? v : rep * v;
+            }
+        }
+        y[i] = acc / g.count;
+    }
+}
+
+// Gradient of roi_align_fwd by scatter: one thread per element of gy adds its share to the
+// four neighbours of every sample with atomicAdd into gx (zero-filled by the caller).  The
+// order of the additions into one element of gx varies between runs: not bit-reproducible.
+extern "C" __global__ void roi_align_bwd_atomic(
+    const scalar_t* gy, const scalar_t* rois, long long K, long long C, long long H, long long W,
+    long long oh, long long ow, scalar_t scale, long long sampling_ratio, long long aligned,
+    scalar_t* gx)
+{
+    const long long total = K * C * oh * ow;
+    GRID_STRIDE_LOOP(i, total) {
+        long long t = i;
+        const long long pw = t % ow; t /= ow;
+        const long long ph = t % oh; t /= oh;
+        const long long c = t % C;
+        const long long k = t / C;
+        const scalar_t* r = rois + k * 5;
+        const long long n = (long long)r[0];
+        const AlignGeom g = align_geom(r, oh, ow, scale, sampling_ratio, aligned);
+        scalar_t* gp = gx + (n * C + c) * H * W;
+        const scalar_t grad = gy[i];
+        const scalar_t ybase = g.y0 + (scalar_t)ph * g.bin_h;
+        const scalar_t xbase = g.x0 + (scalar_t)pw * g.bin_w;
+        long long iy0, iy1, ry, ix0, ix1, rx;
+        sample_range(ybase, g.bin_h, g.gh, -1.0, (double)H,
+                     absd(g.y0) + absd((double)ph * g.bin_h) + absd(g.bin_h), &iy0, &iy1, &ry);
+        sample_range(xbase, g.bin_w, g.gw, -1.0, (double)W,
+                     absd(g.x0) + absd((double)pw * g.bin_w) + absd(g.bin_w), &ix0, &ix1, &rx);
+        const scalar_t rep = (scalar_t)(ry * rx);
+        for (long long iy = iy0; iy < iy1; ++iy) {
+            const scalar_t yy = ybase + ((scalar_t)iy + (scalar_t)0.5) * g.bin_h / (scalar_t)g.gh;
+            for (long long ix = ix0; ix < ix1; ++ix) {
+                const scalar_t xx = xbase + ((scalar_t)ix + (scalar_t)0.5) * g.bin_w / (scalar_t)g.gw;
+                scalar_t w[4];
+                long long yl, yh, xl, xh;
+                if (!bilinear(H, W, yy, xx, w, &yl, &yh, &xl, &xh)) continue;
+                atomicAdd(gp + yl * W + xl, rep * (grad * w[0] / g.count));
+                atomicAdd(gp + yl * W + xh, rep * (grad * w[1] / g.count));
+                atomicAdd(gp + yh * W + xl, rep * (grad * w[2] / g.count));
+                atomicAdd(gp + yh * W + xh, rep * (grad * w[3] / g.count));
+            }
+        }
+    }
+}
+
+// Deterministic gradient of roi_align_fwd by gather: one thread per element (n, c, h, w) of
+// gx visits the RoIs of image n in order, and within a RoI only the bins and samples whose
+// coordinates can touch row h / column w (within one pixel), adding the same terms as the
+// atomic kernel in a fixed order.  Same bits every run.  Writes every element of gx.
+extern "C" __global__ void roi_align_bwd_gather(
+    const scalar_t* gy, const scalar_t* rois, long long K, long long N, long long C, long long H,
+    long long W, long long oh, long long ow, scalar_t scale, long long sampling_ratio,
+    long long aligned, scalar_t* gx)
+{
+    const long long total = N * C * H * W;
+    GRID_STRIDE_LOOP(i, total) {
+        long long t = i;
+        const long long w = t % W; t /= W;
+        const long long h = t % H; t /= H;
+        const long long c = t % C;
+        const long long n = t / C;
+        // a sample touches row h when its coordinate is in [h - 1, h + 1]; from [h - 2, h - 1)
+        // only as the zero-weight neighbour of a coordinate in [-1, 0) clamped to 0 (h = 1),
+        // which the atomic kernel adds too (it matters only for a non-finite gy)
+        const double ylo = (double)h - 2.0, yhi = (double)h + 1.0;
+        const double xlo = (double)w - 2.0, xhi = (double)w + 1.0;
+        scalar_t acc = 0;
+        for (long long k = 0; k < K; ++k) {
+            const scalar_t* r = rois + k * 5;
+            if ((long long)r[0] != n) continue;
+            const AlignGeom g = align_geom(r, oh, ow, scale, sampling_ratio, aligned);
+            // cheap rejection: every sample of the RoI lies between its start and end
+            const double yend = (double)g.y0 + (double)oh * g.bin_h;
+            const double xend = (double)g.x0 + (double)ow * g.bin_w;
+            const double slack_y = 2.0 + 1e-5 * (absd(g.y0) + absd(yend));
+            const double slack_x = 2.0 + 1e-5 * (absd(g.x0) + absd(xend));
+            const double ymin = g.y0 < yend ? g.y0 : yend, ymax = g.y0 < yend ? yend : g.y0;
+            const double xmin = g.x0 < xend ? g.x0 : xend, xmax = g.x0 < xend ? xend : g.x0;
+            if (yhi < ymin - slack_y || ylo > ymax + slack_y) continue;
+            if (xhi < xmin - slack_x || xlo > xmax + slack_x) continue;
+            const scalar_t* gp = gy + (k * C + c) * oh * ow;
+            for (long long ph = 0; ph < oh; ++ph) {
+                const scalar_t ybase = g.y0 + (scalar_t)ph * g.bin_h;
+                long long iy0, iy1, ry;
+                sample_range(ybase, g.bin_h, g.gh, ylo, yhi,
+                             absd(g.y0) + absd((double)ph * g.bin_h) + absd(g.bin_h),
+                             &iy0, &iy1, &ry);
+                if (iy0 >= iy1) continue;
+                for (long long pw = 0; pw < ow; ++pw) {
+                    const scalar_t xbase = g.x0 + (scalar_t)pw * g.bin_w;
+                    long long ix0, ix1, rx;
+                    sample_range(xbase, g.bin_w, g.gw, xlo, xhi,
+                                 absd(g.x0) + absd((double)pw * g.bin_w) + absd(g.bin_w),
+                                 &ix0, &ix1, &rx);
+                    if (ix0 >= ix1) continue;
+                    const scalar_t grad = gp[ph * ow + pw];
+                    const scalar_t rep = (scalar_t)(ry * rx);
+                    for (long long iy = iy0; iy < iy1; ++iy) {
+                        const scalar_t yy =
+                            ybase + ((scalar_t)iy + (scalar_t)0.5) * g.bin_h / (scalar_t)g.gh;
+                        for (long long ix = ix0; ix < ix1; ++ix) {
+                            const scalar_t xx =
+                                xbase + ((scalar_t)ix + (scalar_t)0.5) * g.bin_w / (scalar_t)g.gw;
+                            scalar_t wt[4];
+                            long long yl, yh, xl, xh;
+                            if (!bilinear(H, W, yy, xx, wt, &yl, &yh, &xl, &xh)) continue;
+                            if (yl == h && xl == w) acc += rep * (grad * wt[0] / g.count);
+                            if (yl == h && xh == w) acc += rep * (grad * wt[1] / g.count);
+                            if (yh == h && xl == w) acc += rep * (grad * wt[2] / g.count);
+                            if (yh == h && xh == w) acc += rep * (grad * wt[3] / g.count);
+                        }
+                    }
+                }
+            }
+        }
+        gx[i] = acc;
+    }
+}
