@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 import convkit
+from convkit.data import shapes
+from convkit.nn import Adam
 from convkit.metrics import (average_precision_per_class, mean_average_precision,
                              proposal_recall, voc_ap)
 from convkit.models import AnchorGenerator, assign_anchor_targets, sample_labels
@@ -118,3 +120,152 @@ def test_proposal_recall_hand_made():
     assert r[0.5] == pytest.approx(1.0) and r[0.7] == pytest.approx(1 / 3)
     r = proposal_recall(props, gt, top_n=3, iou_thresholds=(0.7,))
     assert r[0.7] == pytest.approx(2 / 3)
+
+
+# ------------------------------------------------------------------- gradient checks (float64)
+from convkit.models import (FasterRCNN, RegionProposalNetwork, RoIHeads, fast_rcnn_loss,  # noqa: E402
+                            flatten_rpn_outputs, rpn_loss, unflatten_rpn_grads)
+from helpers import check_backward  # noqa: E402
+
+
+def _set(arrays, values):
+    for a, v in zip(arrays, values):
+        a[...] = v
+
+
+def test_rpn_head_and_loss_gradient(backend):
+    rng = np.random.default_rng(0)
+    with convkit.use_backend(backend) as be:
+        rpn = RegionProposalNetwork(4, AnchorGenerator((8, 16), (0.5, 1.0, 2.0), stride=4),
+                                    mid_channels=5, batch_size_per_image=32, dtype=np.float64,
+                                    seed=0)
+        gt = [np.array([[2, 3, 11, 13], [5, 1, 15, 9]], np.float64),
+              np.array([[0, 6, 9, 16]], np.float64)]
+        anchors = rpn.anchors((4, 4), np.float64)
+        labels, targets = rpn.targets(anchors, [be.asarray(g) for g in gt])
+        lab = be.to_numpy(labels)
+        assert (lab == 1).sum() >= 3 and (lab == 0).sum() >= 20      # both terms are live
+        head = rpn.head
+        params = [head.conv.params["weight"], head.conv.params["bias"],
+                  head.cls_logits.params["weight"], head.bbox_pred.params["weight"]]
+        grads = [head.conv.grads["weight"], head.conv.grads["bias"],
+                 head.cls_logits.grads["weight"], head.bbox_pred.grads["weight"]]
+        x0 = rng.standard_normal((2, 4, 4, 4))
+        p0 = [rng.standard_normal(p.shape) * 0.5 for p in params]
+
+        def loss(x, *ps):
+            _set(params, [be.asarray(p) for p in ps])
+            cls, reg = head.forward(be.asarray(x))
+            cf, rf = flatten_rpn_outputs(cls, reg)
+            lc, lr, gc, gr = rpn_loss(cf, rf, labels, targets)
+            return lc, lr, gc, gr
+
+        def fwd(x, *ps):
+            lc, lr, _, _ = loss(x, *ps)
+            return np.asarray(float(lc) + float(lr))
+
+        def bwd(gy, x, *ps):
+            _, _, gc, gr = loss(x, *ps)
+            head.zero_grad()
+            gcc, grr = unflatten_rpn_grads(gc * float(gy), gr * float(gy), (4, 4))
+            gx = head.backward(gcc, grr)
+            return [be.to_numpy(gx)] + [be.to_numpy(g).copy() for g in grads]
+
+        check_backward(fwd, bwd, [x0] + p0, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("roi_op", ["align", "pool"])
+def test_roi_head_and_loss_gradient(backend, roi_op):
+    rng = np.random.default_rng(1)
+    with convkit.use_backend(backend) as be:
+        heads = RoIHeads(3, num_classes=2, spatial_scale=0.5, roi_op=roi_op, output_size=3,
+                         sampling_ratio=2, representation=6, dtype=np.float64, seed=0)
+        # RoI corners chosen off the bin and pixel boundaries of the 8x8 map (scale 0.5)
+        rois = be.asarray(np.array([[0, 1.3, 2.1, 9.7, 12.9], [1, 3.3, 0.7, 14.1, 8.3],
+                                    [0, 6.1, 5.3, 15.3, 15.1], [1, 0.9, 4.1, 7.3, 13.7]]))
+        labels = be.asarray(np.array([1, 0, 2, 2], np.int64))
+        targets = be.asarray(rng.standard_normal((4, 4)))
+        mods = [heads.box_head[1], heads.box_head[3], heads.cls_score, heads.bbox_pred]
+        params = [m.params["weight"] for m in mods]
+        grads = [m.grads["weight"] for m in mods]
+        x0 = rng.permutation(2 * 3 * 8 * 8).reshape(2, 3, 8, 8) / 50.0   # distinct values
+        p0 = [rng.standard_normal(p.shape) * 0.4 for p in params]
+
+        def loss(x, *ps):
+            _set(params, [be.asarray(p) for p in ps])
+            logits, deltas = heads.head(heads.pool(be.asarray(x), rois))
+            return fast_rcnn_loss(logits, deltas, labels, targets, beta=1.0)
+
+        def fwd(x, *ps):
+            lc, lb, _, _ = loss(x, *ps)
+            return np.asarray(float(lc) + float(lb))
+
+        def bwd(gy, x, *ps):
+            _, _, gl, gd = loss(x, *ps)
+            heads.zero_grad()
+            gx = heads.pool_backward(heads.head_backward(gl * float(gy), gd * float(gy)))
+            return [be.to_numpy(gx)] + [be.to_numpy(g).copy() for g in grads]
+
+        check_backward(fwd, bwd, [x0] + p0, rtol=1e-6, atol=1e-9)
+
+
+def test_faster_rcnn_end_to_end_gradient_reaches_first_conv(backend):
+    # The summed four losses as a function of the first conv's weight.  Faster R-CNN's joint
+    # training treats the proposals as constants (no gradient through their coordinates), so
+    # they are frozen here; the samplers are re-seeded so every evaluation draws the same
+    # anchors and RoIs.  The gradient then comes back from the RoI head through RoI align and
+    # from the RPN head, into the backbone.
+    d = shapes(2, size=32, max_objects=2, seed=4)
+    with convkit.use_backend(backend) as be:
+        m = FasterRCNN(3, anchor_sizes=(8, 12, 16), width=4, dtype=np.float64, seed=0,
+                       rpn_kwargs=dict(batch_size_per_image=64),
+                       roi_kwargs=dict(output_size=3, representation=8,
+                                       batch_size_per_image=16))
+        w = m.backbone[0].params["weight"]
+        gw = m.backbone[0].grads["weight"]
+        m.loss(d.images, d.boxes, d.labels)
+        frozen = m.last_proposals
+        m.rpn.proposals = lambda *args: frozen
+
+        def losses(wv):
+            w[...] = be.asarray(wv)
+            m.rpn.sampler_rng = np.random.default_rng(1)
+            m.roi_heads.sampler_rng = np.random.default_rng(2)
+            return m.loss(d.images, d.boxes, d.labels)
+
+        def fwd(wv):
+            return np.asarray(sum(float(v) for v in losses(wv).values()))
+
+        def bwd(gy, wv):
+            losses(wv)
+            m.zero_grad()
+            m.backward()
+            return [be.to_numpy(gw) * float(gy)]
+
+        w0 = be.to_numpy(w).copy()
+        check_backward(fwd, bwd, [w0], rtol=1e-6, atol=1e-10)
+        losses(w0)
+        m.zero_grad()
+        assert m.backbone.backward(m.roi_heads.backward()) is None   # first conv: no dx
+        assert float(np.abs(be.to_numpy(gw)).sum()) > 0   # the RoI head alone reaches it
+
+
+# --------------------------------------------------------------------------- tiny training run
+def test_tiny_detector_training_loss_falls(backend):
+    d = shapes(4, size=32, max_objects=2, seed=5)
+    with convkit.use_backend(backend):
+        m = FasterRCNN(3, anchor_sizes=(8, 12, 16), width=6, seed=0,
+                       rpn_kwargs=dict(pre_nms_top_n=(300, 300), post_nms_top_n=(60, 60)),
+                       roi_kwargs=dict(representation=32, batch_size_per_image=32))
+        opt = Adam(m, lr=3e-3)
+        totals = []
+        for _ in range(15):
+            losses = m.loss(d.images, d.boxes, d.labels)
+            totals.append(sum(float(v) for v in losses.values()))
+            m.zero_grad()
+            m.backward()
+            opt.step()
+    assert np.mean(totals[-5:]) < 0.5 * np.mean(totals[:3]), totals
+    m.eval()
+    dets = m.forward(d.images)
+    assert len(dets) == 4 and all(x["boxes"].shape[1] == 4 for x in dets)

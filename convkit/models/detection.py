@@ -1,4 +1,123 @@
-"""The detector: Faster R-CNN (placeholder while being written; anchors are in anchors.py)."""
-from .anchors import AnchorGenerator, assign_anchor_targets, sample_labels, host_box_iou
+"""Faster R-CNN (Ren et al. 2015) built from convkit.nn layers, trained end to end with explicit
+backward passes.
 
-__all__ = ["AnchorGenerator", "assign_anchor_targets", "sample_labels", "host_box_iou"]
+Pieces (each in its own module, re-exported here):
+
+* :mod:`.anchors` -- :class:`AnchorGenerator`, the paper's anchor labelling, the sampler;
+* :mod:`.rpn` -- :class:`RPNHead` (channel layout documented there),
+  :class:`RegionProposalNetwork`, :func:`rpn_loss`;
+* :mod:`.roi_heads` -- :class:`RoIHeads` (RoI align or RoI pool, box head, class-specific
+  regression, per-class NMS), :func:`fast_rcnn_loss`;
+* here -- :func:`small_backbone` and :class:`FasterRCNN`.
+
+Training step (approximate joint training: proposals are treated as constants, gradients of the
+four losses flow from the RoI head through RoI align / pool into the backbone, and from the RPN
+head into the backbone)::
+
+    losses = model.loss(images, gt_boxes, gt_labels)     # dict of 0-d arrays
+    model.zero_grad(); model.backward(); opt.step()
+
+Inference: ``model.eval(); dets = model.forward(images)`` -> per image
+``{"boxes", "scores", "labels"}``; ``model.last_proposals`` holds the RPN's proposals.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..nn import Conv2d, MaxPool2d, Module, Normalize, ReLU, Sequential, ToFloat
+from ..nn.init import make_rng
+from .anchors import AnchorGenerator, assign_anchor_targets, host_box_iou, sample_labels
+from .roi_heads import RoIHeads, fast_rcnn_loss
+from .rpn import (RegionProposalNetwork, RPNHead, flatten_rpn_outputs, rpn_loss,
+                  unflatten_rpn_grads)
+
+__all__ = ["AnchorGenerator", "assign_anchor_targets", "sample_labels", "host_box_iou",
+           "RPNHead", "RegionProposalNetwork", "rpn_loss", "flatten_rpn_outputs",
+           "unflatten_rpn_grads", "RoIHeads", "fast_rcnn_loss", "small_backbone", "FasterRCNN"]
+
+
+def small_backbone(width=16, dtype=np.float32, seed=0):
+    """A VGG-style feature extractor of stride 4: (Sequential, out_channels, stride).
+
+    conv3x3(3, w) ReLU maxpool2 | conv3x3(w, 2w) ReLU conv3x3(2w, 2w) ReLU maxpool2 |
+    conv3x3(2w, 4w) ReLU conv3x3(4w, 4w, dilation 2) ReLU.  Receptive field 38 pixels (46 after
+    the RPN's 3x3 conv), enough for objects up to ~40 pixels at stride 4.
+    """
+    rng = make_rng(seed)
+    w = int(width)
+    net = Sequential(
+        Conv2d(3, w, 3, padding=1, needs_input_grad=False, dtype=dtype, seed=rng), ReLU(),
+        MaxPool2d(2),
+        Conv2d(w, 2 * w, 3, padding=1, dtype=dtype, seed=rng), ReLU(),
+        Conv2d(2 * w, 2 * w, 3, padding=1, dtype=dtype, seed=rng), ReLU(),
+        MaxPool2d(2),
+        Conv2d(2 * w, 4 * w, 3, padding=1, dtype=dtype, seed=rng), ReLU(),
+        Conv2d(4 * w, 4 * w, 3, padding=2, dilation=2, dtype=dtype, seed=rng), ReLU(),
+    )
+    return net, 4 * w, 4
+
+
+class FasterRCNN(Module):
+    """Backbone + :class:`RegionProposalNetwork` + :class:`RoIHeads`.
+
+    num_classes: object classes (no background).  backbone: a Module mapping float images
+    (N, 3, H, W) to features (N, C, H/stride, W/stride), given with ``backbone_channels`` and
+    ``stride``; default :func:`small_backbone` (``width``).  Images given to :meth:`forward` and
+    :meth:`loss` are uint8 (N, 3, H, W) (or floats on the 0..255 scale); the model scales them to
+    [0, 1] and normalises with mean 0.5, std 0.25 (:class:`convkit.nn.ToFloat`,
+    :class:`convkit.nn.Normalize`).  roi_op: ``"align"`` or ``"pool"``.  ``rpn_kwargs`` /
+    ``roi_kwargs`` go to :class:`RegionProposalNetwork` / :class:`RoIHeads`.
+    """
+
+    def __init__(self, num_classes, backbone=None, backbone_channels=None, stride=None,
+                 anchor_sizes=(16, 32, 64), aspect_ratios=(0.5, 1.0, 2.0), roi_op="align",
+                 width=16, rpn_kwargs=None, roi_kwargs=None, dtype=np.float32, seed=0):
+        super().__init__()
+        rng = make_rng(seed)
+        if backbone is None:
+            backbone, backbone_channels, stride = small_backbone(width, dtype, rng)
+        elif backbone_channels is None or stride is None:
+            raise ValueError("FasterRCNN: a custom backbone needs backbone_channels and stride")
+        self.num_classes, self.stride, self.dtype = int(num_classes), int(stride), np.dtype(dtype)
+        self.transform = Sequential(ToFloat(dtype), Normalize((0.5,) * 3, (0.25,) * 3, dtype))
+        self.backbone = backbone
+        self.rpn = RegionProposalNetwork(
+            backbone_channels, AnchorGenerator(anchor_sizes, aspect_ratios, stride),
+            dtype=dtype, seed=rng, **(rpn_kwargs or {}))
+        self.roi_heads = RoIHeads(backbone_channels, num_classes, 1.0 / stride, roi_op=roi_op,
+                                  dtype=dtype, seed=rng, **(roi_kwargs or {}))
+        self.last_proposals = None
+        self._feature_shape = None
+
+    def features(self, images):
+        x = self.transform.forward(self.xp.asarray(images))
+        return self.backbone.forward(x)
+
+    def loss(self, images, gt_boxes, gt_labels):
+        """Training forward: images (N, 3, H, W), gt_boxes (list of array[Gi, 4] xyxy pixels),
+        gt_labels (list of int array[Gi], 0-based).  Returns the four losses (0-d arrays):
+        ``rpn_objectness``, ``rpn_box``, ``roi_classifier``, ``roi_box``; their sum is what
+        :meth:`backward` differentiates."""
+        feats = self.features(images)
+        size = tuple(images.shape[2:])
+        props, losses = self.rpn.forward(feats, size, gt_boxes)
+        self.last_proposals = props
+        losses.update(self.roi_heads.forward(feats, [b for b, _ in props], size, gt_boxes,
+                                             gt_labels))
+        return losses
+
+    def backward(self):
+        """Gradients of the summed losses of the last :meth:`loss` into every parameter
+        (accumulated into ``grads``, as :class:`convkit.nn.Module` does)."""
+        g = self.rpn.backward() + self.roi_heads.backward()
+        self.backbone.backward(g)
+
+    def forward(self, images):
+        """Detections per image: dicts with ``boxes`` (array[D, 4] xyxy), ``scores`` (array[D])
+        and ``labels`` (int64 array[D], 0-based).  The RPN proposals (list of (boxes, scores))
+        are left in ``last_proposals``."""
+        feats = self.features(images)
+        size = tuple(images.shape[2:])
+        props, _ = self.rpn.forward(feats, size)
+        self.last_proposals = props
+        return self.roi_heads.forward(feats, [b for b, _ in props], size)
