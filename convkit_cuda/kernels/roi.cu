@@ -11,11 +11,13 @@
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
          i += (long long)blockDim.x * gridDim.x)
 
-// Casting a float beyond the range of long long is undefined; finite but huge RoI
-// coordinates are clamped to +-2^40 pixels first (far outside any feature map).
+// Casting a float beyond the range of long long (or a NaN) is undefined; huge RoI
+// coordinates (a finite corner times spatial_scale can still overflow to inf in float32) are
+// clamped to +-2^40 pixels first, far outside any feature map.
 __device__ __forceinline__ long long clamp_to_ll(scalar_t v)
 {
     const scalar_t lim = (scalar_t)1099511627776.0;   // 2^40
+    if (v != v) return 0;
     return (long long)(v < -lim ? -lim : (v > lim ? lim : v));
 }
 
@@ -105,8 +107,8 @@ __device__ __forceinline__ AlignGeom align_geom(const scalar_t* r, long long oh,
     const scalar_t lim = (scalar_t)1073741824.0;   // 2^30
     scalar_t fh = sampling_ratio > 0 ? (scalar_t)sampling_ratio : ceil(rh / (scalar_t)oh);
     scalar_t fw = sampling_ratio > 0 ? (scalar_t)sampling_ratio : ceil(rw / (scalar_t)ow);
-    fh = fh < -lim ? -lim : (fh > lim ? lim : fh);
-    fw = fw < -lim ? -lim : (fw > lim ? lim : fw);
+    fh = fh != fh ? (scalar_t)0 : (fh < -lim ? -lim : (fh > lim ? lim : fh));
+    fw = fw != fw ? (scalar_t)0 : (fw < -lim ? -lim : (fw > lim ? lim : fw));
     g.gh = (long long)fh;
     g.gw = (long long)fw;
     const long long cnt = g.gh * g.gw;
@@ -120,6 +122,8 @@ __device__ __forceinline__ AlignGeom align_geom(const scalar_t* r, long long oh,
 // cannot touch the feature map -- or, for the gather backward, the pixel -- are skipped and
 // a huge RoI costs time in proportion to its part over the map, never a hang.  Skipped
 // samples contribute exactly 0.  When bin == 0 all n samples coincide: visit one, *rep = n.
+// A non-finite base or bin (overflow of huge coordinates) gives no samples: bilinear() would
+// reject every one of them anyway.
 __device__ __forceinline__ void sample_range(scalar_t base, scalar_t bin, long long n,
                                              double lo, double hi, double mag,
                                              long long* i0, long long* i1, long long* rep)
@@ -127,14 +131,16 @@ __device__ __forceinline__ void sample_range(scalar_t base, scalar_t bin, long l
     *rep = 1;
     *i0 = 0;
     *i1 = 0;
-    if (n <= 0) return;
-    const double step = (double)bin / (double)n;
+    const double inf = __longlong_as_double(0x7ff0000000000000ULL);
+    const double db = (double)base, dbin = (double)bin;
+    if (n <= 0 || !(db > -inf && db < inf) || !(dbin > -inf && dbin < inf)) return;
+    const double step = dbin / (double)n;
     if (step == 0.0) {
         *i1 = 1;
         *rep = n;
         return;
     }
-    double a = (lo - (double)base) / step - 0.5, b = (hi - (double)base) / step - 0.5;
+    double a = (lo - db) / step - 0.5, b = (hi - db) / step - 0.5;
     if (a > b) {
         const double tmp = a;
         a = b;
@@ -153,12 +159,13 @@ __device__ __forceinline__ void sample_range(scalar_t base, scalar_t bin, long l
 
 // Bilinear weights of the four neighbours of (y, x), torchvision's rules: a sample more than
 // one pixel outside the map gives false (weight 0); coordinates in [-1, 0] are clamped to 0;
-// at the last row/column both neighbours are the edge.
+// at the last row/column both neighbours are the edge.  Written so that a NaN coordinate
+// gives false too (never an index computed from a NaN).
 __device__ __forceinline__ bool bilinear(long long H, long long W, scalar_t y, scalar_t x,
                                          scalar_t* w, long long* yl, long long* yh,
                                          long long* xl, long long* xh)
 {
-    if (y < (scalar_t)-1.0 || y > (scalar_t)H || x < (scalar_t)-1.0 || x > (scalar_t)W)
+    if (!(y >= (scalar_t)-1.0 && y <= (scalar_t)H && x >= (scalar_t)-1.0 && x <= (scalar_t)W))
         return false;
     if (y <= 0) y = 0;
     if (x <= 0) x = 0;

@@ -1,0 +1,53 @@
+"""NMS and box IoU on the GPU (``kernels/boxes.cu``)."""
+from __future__ import annotations
+
+import cupy
+import numpy as np
+
+from ._kernels import grid_for, launch, on_device
+
+STEM = "boxes"
+_I = np.int64
+
+
+def box_iou(boxes1, boxes2):
+    """(N,4), (M,4) xyxy -> (N,M) IoU; area = (x2-x1)*(y2-y1); union 0 -> 0."""
+    with on_device(boxes1):
+        N, M = boxes1.shape[0], boxes2.shape[0]
+        out = cupy.empty((N, M), dtype=boxes1.dtype)
+        grid, block = grid_for(N * M)
+        launch(STEM, "box_iou", boxes1.dtype, grid, block, (boxes1, boxes2, _I(N), _I(M), out))
+        return out
+
+
+def nms(boxes, scores, iou_threshold):
+    """-> int64 indices of the kept boxes by decreasing score.
+
+    The order is a *stable* descending sort of the scores, so equal scores keep the lower
+    index first (the contract on every backend; torchvision leaves ties unspecified).  A box is
+    suppressed when its IoU with a kept, higher-ranked box is > iou_threshold.  The mask
+    kernel compares every box with the later ones in blocks of 64 (one bit each); a one-thread
+    kernel then walks the boxes in order, so only the kept count travels to the host.
+    """
+    with on_device(boxes):
+        N = boxes.shape[0]
+        dt = boxes.dtype
+        # stable ascending sort of -score == stable descending sort of score (ties: lower index)
+        order = cupy.argsort(-scores)
+        sorted_boxes = cupy.ascontiguousarray(boxes[order])
+        nblocks = (N + 63) // 64
+        mask = cupy.empty(N * nblocks, dtype=np.uint64)
+        grid, block = grid_for(N * nblocks)
+        # a threshold beyond the dtype's range compares like the clipped value (NaN stays NaN:
+        # nothing is suppressed, as in torch)
+        fmax = float(np.finfo(dt).max)
+        thr = dt.type(np.clip(iou_threshold, -fmax, fmax))
+        launch(STEM, "nms_mask", dt, grid, block,
+               (sorted_boxes, _I(N), _I(nblocks), thr, mask))
+        removed = cupy.zeros(nblocks, dtype=np.uint64)
+        keep = cupy.empty(N, dtype=np.int64)
+        nkeep = cupy.zeros(1, dtype=np.int64)
+        launch(STEM, "nms_reduce", dt, (1,), (1,),
+               (mask, _I(N), _I(nblocks), removed, keep, nkeep))
+        n = int(cupy.asnumpy(nkeep)[0])        # the one device -> host copy: the output's length
+        return order[keep[:n]].astype(np.int64, copy=False)

@@ -1,0 +1,98 @@
+"""Max and average pooling on the GPU (torch's window, index and divisor rules; see
+``kernels/pool.cu``), plus the deterministic sorted scatter-add that the max-pool and
+RoI-pool backwards share."""
+from __future__ import annotations
+
+import cupy
+import numpy as np
+
+from convkit._config import get_deterministic
+
+from ._kernels import grid_for, launch, on_device
+
+STEM = "pool"
+_I = np.int64
+
+
+def scatter_add(values, keys, size):
+    """Deterministic ``out[keys[j]] += values[j]`` into a zero ``out`` of ``size`` elements.
+
+    values (array[L] float), keys (array[L] int64, -1 = skip).  A stable sort groups equal
+    keys (keeping their original order); one thread per group sums it in that order -- same
+    bits every run, and the same order as a serial loop.
+    """
+    out = cupy.zeros(size, dtype=values.dtype)
+    L = values.size
+    if L == 0:
+        return out
+    order = cupy.argsort(keys)                       # CuPy's sort is stable
+    keys_sorted = cupy.ascontiguousarray(keys[order])
+    grid, block = grid_for(L)
+    launch(STEM, "scatter_add_sorted", values.dtype, grid, block,
+           (values, order.astype(np.int64, copy=False), keys_sorted, _I(L), out))
+    return out
+
+
+def max_pool2d_forward(x, kernel_size, stride, padding, dilation, out_hw, out=None):
+    """-> (y, indices int64): flat h*W + w of each maximum in the unpadded plane; padding is
+    -inf, a NaN wins, ties keep the first maximum (row-major window order)."""
+    with on_device(x):
+        N, C, H, W = x.shape
+        Ho, Wo = out_hw
+        y = out if out is not None else cupy.empty((N, C, Ho, Wo), dtype=x.dtype)
+        idx = cupy.empty((N, C, Ho, Wo), dtype=np.int64)
+        grid, block = grid_for(N * C * Ho * Wo)
+        launch(STEM, "max_pool2d_fwd", x.dtype, grid, block,
+               (x, _I(N * C), _I(H), _I(W), _I(Ho), _I(Wo), _I(kernel_size[0]),
+                _I(kernel_size[1]), _I(stride[0]), _I(stride[1]), _I(padding[0]), _I(padding[1]),
+                _I(dilation[0]), _I(dilation[1]), y, idx))
+        return y, idx
+
+
+def max_pool2d_backward(grad_y, indices, input_shape):
+    """grad_y added at ``indices`` into a zero array of ``input_shape``.
+
+    By default an ``atomicAdd`` scatter: where pooling windows overlap, the order of the
+    additions into one input element varies, so results may differ in the last bits from run
+    to run.  With ``convkit.set_deterministic(True)`` a sorted scatter is used instead (same
+    bits every run, the order of a serial loop)."""
+    with on_device(grad_y):
+        N, C, H, W = input_shape
+        NC, HoWo, HW = N * C, grad_y.shape[2] * grad_y.shape[3], H * W
+        if get_deterministic():
+            plane = cupy.arange(NC, dtype=np.int64).reshape(N, C, 1, 1)
+            keys = (plane * HW + indices).ravel()
+            return scatter_add(grad_y.ravel(), keys, NC * HW).reshape(input_shape)
+        gx = cupy.zeros(input_shape, dtype=grad_y.dtype)
+        grid, block = grid_for(NC * HoWo)
+        launch(STEM, "max_pool2d_bwd_atomic", grad_y.dtype, grid, block,
+               (grad_y, indices, _I(NC), _I(HoWo), _I(HW), gx))
+        return gx
+
+
+def avg_pool2d_forward(x, kernel_size, stride, padding, out_hw, count_include_pad, out=None):
+    """-> y; divisor as torch (see ``kernels/pool.cu``)."""
+    with on_device(x):
+        N, C, H, W = x.shape
+        Ho, Wo = out_hw
+        y = out if out is not None else cupy.empty((N, C, Ho, Wo), dtype=x.dtype)
+        grid, block = grid_for(N * C * Ho * Wo)
+        launch(STEM, "avg_pool2d_fwd", x.dtype, grid, block,
+               (x, _I(N * C), _I(H), _I(W), _I(Ho), _I(Wo), _I(kernel_size[0]),
+                _I(kernel_size[1]), _I(stride[0]), _I(stride[1]), _I(padding[0]), _I(padding[1]),
+                _I(bool(count_include_pad)), y))
+        return y
+
+
+def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride, padding, count_include_pad):
+    """-> grad_x, by gather over the windows containing each element (deterministic)."""
+    with on_device(grad_y):
+        N, C, H, W = input_shape
+        Ho, Wo = grad_y.shape[2:]
+        gx = cupy.empty(input_shape, dtype=grad_y.dtype)
+        grid, block = grid_for(N * C * H * W)
+        launch(STEM, "avg_pool2d_bwd", grad_y.dtype, grid, block,
+               (grad_y, _I(N * C), _I(H), _I(W), _I(Ho), _I(Wo), _I(kernel_size[0]),
+                _I(kernel_size[1]), _I(stride[0]), _I(stride[1]), _I(padding[0]), _I(padding[1]),
+                _I(bool(count_include_pad)), gx))
+        return gx
