@@ -608,6 +608,27 @@ def compare_outputs(got, want, rtol=1e-3):
     return None
 
 
+_REFERENCE_CACHE: dict = {}
+
+
+def reference_outputs(case, pas, exclude, seed=0):
+    """(name, host outputs) of the oracle for ``case``/``pas`` on ``case.inputs(seed)``: torch
+    (torchvision for RoI ops and NMS) where importable, else the numpy backend; None when the
+    only oracle would be ``exclude``, the backend under test.  Cached per process."""
+    order = ["torch"] if (case.family not in ("roi", "nms") or _has_torchvision()) else []
+    order.append("numpy")
+    for name in order:
+        if name == exclude or (name == "torch" and _torch() is None):
+            continue
+        key = (case, pas, name, seed)
+        if key not in _REFERENCE_CACHE:
+            runner = make_runner(case, name, case.inputs(np.random.default_rng(seed)))
+            with runner.context():
+                _REFERENCE_CACHE[key] = to_host(runner.fns[pas]())
+        return name, _REFERENCE_CACHE[key]
+    return None
+
+
 # ============================================================================ measuring
 @dataclass
 class Row:
@@ -862,15 +883,13 @@ def machine_info():
 
     info["convkit"] = convkit.__version__
     info["threads"] = convkit.get_num_threads()
-    t = _torch()
-    if t is not None:
-        info["torch"] = t.__version__
-    try:
-        import torchvision
+    import importlib.metadata as md
 
-        info["torchvision"] = torchvision.__version__
-    except Exception:
-        info["torchvision"] = None
+    for dist in ("torch", "torchvision", "cupy"):   # versions without importing them
+        try:
+            info[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            info[dist] = None
     try:
         from threadpoolctl import threadpool_info
 
@@ -889,6 +908,10 @@ def _fmt(v, digits=3):
     if v >= 100:
         return f"{v:.0f}"
     return f"{v:.{digits}g}"
+
+
+def _size(nbytes):
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
 
 
 def _table(header, lines):
@@ -951,9 +974,8 @@ def print_report(rows, backends, summary, memory, show_summary, file=sys.stdout)
             print(f"memory {m['op']} {m['backend']}: error: {m['error']}", file=file)
         else:
             print(f"memory {m['op']} forward+backward on {m['backend']}: peak RSS growth "
-                  f"{m['peak_rss_growth_bytes'] / 2**20:.1f} MiB = {m['ratio']:.2f}x the "
-                  f"{m['tensor_bytes'] / 2**20:.1f} MiB of its tensors (x, w, b, y, grads)",
-                  file=file)
+                  f"{_size(m['peak_rss_growth_bytes'])} = {m['ratio']:.2f}x the "
+                  f"{_size(m['tensor_bytes'])} of its tensors (x, w, b, y, grads)", file=file)
     if show_summary:
         for b, s in summary.items():
             print(f"summary: geometric mean of {s['reference']}/{b} over {s['rows']} rows = "
@@ -974,7 +996,8 @@ def markdown_report(rows, backends, summary, targets, memory):
     if targets:
         out += ["", "| target | want | got | met? |", "|---|---|---|---|"]
         for t in targets:
-            out.append(f"| {t['what']} | {t['want']} | {_fmt(t['got'])}x | "
+            got = "not measured" if t["got"] is None else f"{_fmt(t['got'])}x"
+            out.append(f"| {t['what']} | {t['want']} | {got} | "
                        f"{'met' if t['met'] else '**not met**'} |")
     if memory:
         out += ["", "| memory: forward+backward | backend | peak RSS growth MiB | tensor MiB | "
@@ -1159,8 +1182,10 @@ def run(args) -> int:
               "numpy only --ops pool,bn,roi,nms)", file=sys.stderr)
     tv = _has_torchvision()
     info = machine_info()
-    print(f"convkit bench: backends {', '.join(backends)}; {threads} threads "
-          f"(torch.set_num_threads({threads})); {args.repeat} timed calls after "
+    torch_threads = (f" (torch.set_num_threads({threads}))"
+                     if any(b in TORCH_NAMES for b in backends) else "")
+    print(f"convkit bench: backends {', '.join(backends)}; {threads} threads{torch_threads}; "
+          f"{args.repeat} timed calls after "
           f"{1 + args.warmup} untimed; device sync {'on' if device_sync else 'off'}; "
           f"torchvision {'present' if tv else 'absent (RoI/NMS compared with numpy only)'}")
     print(f"machine: {info.get('cpu_model')}, {info.get('logical_cpus')} logical CPUs, "
@@ -1208,7 +1233,8 @@ def run(args) -> int:
     if args.summary and targets:
         print("targets (issue 'Cython CPU backend', cpu backend):")
         for t in targets:
-            print(f"  {'met    ' if t['met'] else 'NOT MET'}  {t['what']}: {_fmt(t['got'])}x, "
+            got = "not measured" if t["got"] is None else f"{_fmt(t['got'])}x"
+            print(f"  {'met    ' if t['met'] else 'NOT MET'}  {t['what']}: {got}, "
                   f"want {t['want']}")
 
     if args.json:

@@ -1,0 +1,249 @@
+"""``convkit bench``: the CLI end to end on tiny shapes (JSON checked value by value), and the
+counting / comparison helpers it reports with, against hand-computed values."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import convkit
+from convkit import benchmark as B
+
+ROOT = Path(__file__).resolve().parents[1]
+OPS = ["lenet_c1", "dw_56", "stem_224", "maxpool_3x3s2", "avgpool_3x3s2", "bn_train", "roi_align",
+       "roi_pool", "nms"]
+
+
+def _bench(*args, timeout=120):
+    env = dict(os.environ, CONVKIT_NUM_THREADS="1")   # tiny shapes: no thread start-up noise
+    return subprocess.run([sys.executable, "-m", "convkit", "bench", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def _torch_importable():
+    return importlib.util.find_spec("torch") is not None
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    backends = ["numpy", "cpu"] + (["torch"] if _torch_importable() else [])
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    p = _bench("--quick", "--json", str(out), "--backends", ",".join(backends), "--ops",
+               ",".join(OPS), "--repeat", "3", "--no-progress", "--summary")
+    return backends, p, out
+
+
+def test_quick_run_exits_cleanly(quick_run):
+    backends, p, out = quick_run
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "mallopt" in p.stdout               # says what it did to the allocator
+    assert "summary: geometric mean" in p.stdout
+    assert out.exists()
+
+
+def test_quick_json_has_every_op_pass_and_backend(quick_run):
+    backends, p, out = quick_run
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["backends"] == backends
+    assert doc["meta"]["quick"] is True and doc["meta"]["repeat"] == 3
+    got = {(r["op"], r["pass"]) for r in doc["results"]}
+    want = {(c.name, pas) for c in B.QUICK_CASES if c.name in OPS for pas in c.passes}
+    assert got == want
+    tv = B._has_torchvision()
+    for r in doc["results"]:
+        expected = [b for b in backends
+                    if not (b == "torch" and r["family"] in ("roi", "nms") and not tv)]
+        assert sorted(r["medians_ms"]) == sorted(expected), r["op"]
+        assert not r["errors"], r["errors"]
+        # every backend's result was checked against the oracle, and agreed
+        assert r["check"]["reference"] in ("torch", "numpy")
+        for b in expected:
+            if b != r["check"]["reference"]:
+                assert r["check"][b] == "ok", (r["op"], r["pass"], b, r["check"][b])
+
+
+def test_quick_json_medians_ratios_and_throughput_are_consistent(quick_run):
+    backends, p, out = quick_run
+    doc = json.loads(out.read_text())
+    n_torch_ratios = 0
+    for r in doc["results"]:
+        for b, med in r["medians_ms"].items():
+            times = r["times_ms"][b]
+            assert len(times) == 3 and all(t > 0 for t in times)
+            assert med > 0 and med == pytest.approx(statistics.median(times))
+            assert r["first_call_ms"][b] > 0
+            if r["unit"] is not None:
+                assert r["throughput"][b] == pytest.approx(r["work"] / 1e9 / (med / 1e3))
+        for b, refs in r["ratios"].items():
+            for ref, ratio in refs.items():
+                assert ratio == pytest.approx(r["medians_ms"][ref] / r["medians_ms"][b])
+                n_torch_ratios += ref == "torch"
+        # ratio vs numpy reported for the cpu backend on every op (numpy ran everywhere)
+        assert r["ratios"]["cpu"]["numpy"] > 0
+    if "torch" in backends:
+        assert n_torch_ratios >= 2 * 5   # conv, pool and bn rows, cpu and numpy each
+        s = doc["summary"]["cpu"]
+        ratios = [r["ratios"]["cpu"]["torch"] for r in doc["results"]
+                  if "torch" in r["ratios"].get("cpu", {})]
+        assert s["rows"] == len(ratios)
+        assert s["geomean"] == pytest.approx(math.exp(np.mean(np.log(ratios))))
+
+
+def test_quick_json_work_is_counted_as_documented(quick_run):
+    _, _, out = quick_run
+    rows = {(r["op"], r["pass"]): r for r in json.loads(out.read_text())["results"]}
+    # lenet_c1 quick: N=2, F=3, 12x12 out (pad 2, 5x5), C=1 -> 2*2*3*12*12*1*25 flops
+    f = 2 * 2 * 3 * 12 * 12 * 1 * 25
+    assert rows["lenet_c1", B.FWD]["work"] == f and rows["lenet_c1", B.FWD]["unit"] == "GFLOP/s"
+    assert rows["lenet_c1", B.FB]["work"] == 3 * f
+    # stem_224 quick: 2,3,16,16 -> 4 filters 7x7 s2 p3: 8x8 out; no grad_x -> 2x
+    f = 2 * 2 * 4 * 8 * 8 * 3 * 49
+    assert rows["stem_224", B.FB]["work"] == 2 * f
+    # dw_56 quick: groups = C = 8, so C/groups = 1
+    assert rows["dw_56", B.FWD]["work"] == 2 * 2 * 8 * 10 * 10 * 1 * 9
+    # max pool 3x3/s2/p1 on (2,4,12,12) -> 6x6: x + y + int64 indices; backward gy + idx + gx
+    nx, ny = 2 * 4 * 144 * 4, 2 * 4 * 36 * 4
+    assert rows["maxpool_3x3s2", B.FWD]["work"] == nx + 3 * ny
+    assert rows["maxpool_3x3s2", B.FB]["work"] == 2 * (nx + 3 * ny)
+    assert rows["avgpool_3x3s2", B.FB]["work"] == 2 * (nx + ny)
+    assert rows["bn_train", B.FB]["work"] == 5 * nx
+    assert rows["nms", B.FWD]["unit"] is None and ("nms", B.FB) not in rows
+
+
+def test_memory_measurement_counts_the_tensors(tmp_path):
+    out = tmp_path / "mem.json"
+    p = _bench("--quick", "--json", str(out), "--backends", "numpy", "--ops", "res_28",
+               "--repeat", "1", "--no-progress", "--memory")
+    assert p.returncode == 0, p.stdout + p.stderr
+    (m,) = json.loads(out.read_text())["memory"]
+    # res_28 quick: x, y, grad_x (2,8,7,7); w, grad_w (8,8,3,3); b, grad_b (8,); float32
+    assert m["tensor_bytes"] == 4 * (3 * 2 * 8 * 49 + 2 * 8 * 8 * 9 + 2 * 8)
+    assert m["peak_rss_growth_bytes"] >= 0
+    assert m["ratio"] == pytest.approx(m["peak_rss_growth_bytes"] / m["tensor_bytes"])
+    assert "peak RSS growth" in p.stdout
+
+
+def test_bad_arguments_are_refused_with_a_message():
+    p = _bench("--backends", "nosuch", "--quick")
+    assert p.returncode == 2 and "unknown backend 'nosuch'" in p.stderr
+    p = _bench("--ops", "res_99", "--quick", "--backends", "numpy")
+    assert p.returncode == 2 and "unknown op(s) res_99" in p.stderr
+
+
+# ------------------------------------------------------------------------------- in process
+def test_full_table_matches_the_issue():
+    rows = {c.name: c for c in B.CASES}
+    spec = {"lenet_c1": (64, 1, 28, 28, 6, 5, 1, 2, 1), "vgg_56": (8, 64, 56, 56, 64, 3, 1, 1, 1),
+            "res_28": (8, 128, 28, 28, 128, 3, 1, 1, 1),
+            "res_14": (8, 256, 14, 14, 256, 3, 1, 1, 1),
+            "pw_14": (8, 256, 14, 14, 1024, 1, 1, 0, 1),
+            "stem_224": (8, 3, 224, 224, 64, 7, 2, 3, 1),
+            "rpn_3x3": (1, 512, 38, 50, 512, 3, 1, 1, 1),
+            "rpn_cls1x1": (1, 512, 38, 50, 18, 1, 1, 0, 1),
+            "dw_56": (8, 128, 56, 56, 128, 3, 1, 1, 128)}
+    for name, t in spec.items():
+        c = rows[name]
+        assert (c.N, c.C, c.H, c.W, c.F, c.K, c.stride, c.pad, c.groups) == t
+        assert c.first_layer == (name == "stem_224")
+    # vgg_56 forward: 2*8*64*56*56*64*9 flops
+    assert rows["vgg_56"].flops_forward() == 2 * 8 * 64 * 56 * 56 * 64 * 9
+    assert rows["stem_224"].out_hw == (112, 112)
+    assert {c.name for c in B.QUICK_CASES} == set(rows)
+    assert rows["nms"].n == 6000 and rows["roi_align"].K == 512
+    assert rows["maxpool_3x3s2"].out_shape == (8, 64, 56, 56)
+
+
+def test_bench_shapes_reexports_the_same_table():
+    spec = importlib.util.spec_from_file_location("bench_shapes", ROOT / "bench" / "shapes.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.CASES is B.CASES and mod.QUICK_CASES is B.QUICK_CASES
+
+
+def test_select_cases_by_name_and_family():
+    names = [c.name for c in B.select_cases("pool,res_28")]
+    assert names == ["res_28", "maxpool_3x3s2", "maxpool_2x2s2", "avgpool_3x3s2"]
+    assert len(B.select_cases(None)) == len(B.CASES)
+    with pytest.raises(ValueError, match="unknown op"):
+        B.select_cases("conv,bogus")
+
+
+def test_generated_boxes_lie_inside_the_image():
+    rng = np.random.default_rng(0)
+    rois = B.random_rois(rng, 512, 2, (800, 1088))
+    assert rois.shape == (512, 5) and set(np.unique(rois[:, 0])) <= {0.0, 1.0}
+    assert (rois[:, 1] >= 0).all() and (rois[:, 3] <= 1088).all()
+    assert (rois[:, 2] >= 0).all() and (rois[:, 4] <= 800).all()
+    assert (rois[:, 3] - rois[:, 1] >= 16 - 1e-3).all()
+    boxes, scores = B.clustered_boxes(rng, 6000, (800, 1088), 300)
+    assert boxes.shape == (6000, 4) and scores.shape == (6000,)
+    assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+    # "realistic overlapping": NMS at 0.7 removes a good share, but not nearly all
+    keep = convkit.get_backend("numpy").nms(boxes, scores, 0.7)
+    assert 300 <= len(keep) <= 4000
+
+
+def test_compare_outputs_flags_real_differences():
+    a = np.linspace(-2, 2, 24, dtype=np.float32).reshape(2, 3, 4)
+    assert B.compare_outputs([a], [a.copy()]) is None
+    b = a.copy()
+    b[1, 2, 3] += 0.01
+    assert "max abs error" in B.compare_outputs([b], [a])
+    assert "shape" in B.compare_outputs([a[:1]], [a])
+    assert "integers differ" in B.compare_outputs([np.array([0, 2])], [np.array([0, 1])])
+    nan = a.copy()
+    nan[0, 0, 0] = np.nan
+    assert B.compare_outputs([nan], [a]) is not None
+    assert "outputs" in B.compare_outputs([a], [a, a])
+
+
+def test_ratios_summary_and_targets_on_hand_made_rows():
+    r1 = B.Row("res_28", "conv", B.FWD, "", "GFLOP/s", 2e9, medians_ms={"cpu": 10.0, "torch": 9.0})
+    r2 = B.Row("res_28", "conv", B.FB, "", "GFLOP/s", 6e9, medians_ms={"cpu": 20.0, "torch": 40.0})
+    r3 = B.Row("nms", "nms", B.FWD, "", None, None, medians_ms={"cpu": 1.0, "numpy": 30.0})
+    assert r1.ratio("torch", "cpu") == pytest.approx(0.9)
+    assert r1.throughput("cpu") == pytest.approx(200.0)      # 2 GFLOP in 10 ms
+    assert r3.throughput("cpu") is None and r3.ratio("torch", "cpu") is None
+    s = B.summarize([r1, r2, r3], ["cpu", "torch"])
+    assert s["cpu"]["rows"] == 2 and s["cpu"]["geomean"] == pytest.approx(math.sqrt(0.9 * 2.0))
+    mem = [{"op": "res_28", "backend": "cpu", "ratio": 2.5}]
+    t = {x["what"].split(":")[0]: x for x in B.evaluate_targets([r1, r2, r3], s, mem)}
+    assert t["res_28 forward"]["met"] is True              # 0.9 >= 0.85
+    assert t["res_28 forward+backward"]["met"] is True     # 2.0 >= 0.85
+    assert t["nms forward"]["met"] is True                 # 30 >= 20
+    mem_row = next(v for k, v in t.items() if k.startswith("res_28 forward+backward peak"))
+    assert mem_row["met"] is False                         # 2.5 > 2
+    geo = next(v for k, v in t.items() if k.startswith("geomean"))
+    assert geo["met"] is True and geo["got"] == pytest.approx(math.sqrt(1.8))
+    assert B.geomean([2.0, 8.0]) == pytest.approx(4.0) and B.geomean([]) is None
+
+
+def test_measure_interleaves_and_times_every_runner():
+    calls = []
+
+    def runner(name, result):
+        return B.Runner(name, {B.FWD: lambda: calls.append(name) or result},
+                        lambda: __import__("contextlib").nullcontext(), lambda: None)
+
+    case = B.QUICK_CASES[0]
+    good = np.ones(3, np.float32)
+    row = B.measure(case, B.FWD, [runner("numpy", good), runner("cpu", good + 1)], repeat=4,
+                    warmup=1, device_sync=False)
+    # first calls, one warm-up round, then 4 rounds with the order rotated each round
+    assert calls == ["numpy", "cpu"] * 2 + ["numpy", "cpu", "cpu", "numpy"] * 2
+    assert len(row.times_ms["numpy"]) == 4 and len(row.times_ms["cpu"]) == 4
+    assert row.check == {"reference": "numpy", "cpu": row.check["cpu"]}
+    assert "max abs error" in row.check["cpu"]      # a wrong result is reported, not hidden
+
+
+def test_set_mallopt_is_applied_once_and_says_so():
+    msg = B.set_mallopt()
+    assert "mallopt" in msg and B.set_mallopt() is msg
