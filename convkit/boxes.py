@@ -259,7 +259,8 @@ def decode_boxes(deltas, boxes, weights=(1.0, 1.0, 1.0, 1.0),
     then clamped from above at ``bbox_xform_clip`` (default log(1000/16)) before ``exp``, so a
     wild prediction cannot overflow.  With ``w = x2 - x1``, ``cx = x1 + 0.5 * w``::
 
-        pcx = dx * w + cx    pw = exp(dw) * w    ->  (pcx - pw/2, pcy - ph/2, pcx + pw/2, pcy + ph/2)
+        pcx = dx * w + cx    pw = exp(dw) * w
+        -> (pcx - pw/2, pcy - ph/2, pcx + pw/2, pcy + ph/2)
 
     Returns xyxy array[K, 4 * num_classes] of the deltas' dtype.  Boxes are not clipped to
     the image (use :func:`clip_boxes`).

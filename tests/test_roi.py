@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 
-import convkit
 from convkit import functional as F
 from helpers import check_backward, run, tol
 
