@@ -1,0 +1,333 @@
+"""The cpu backend's conv2d: its special paths (1x1 no-copy, depthwise direct, grouped, chunked
+batch, row-chunked image), dtypes, read-only and non-contiguous inputs, out=, workspace cap,
+threads and determinism.  Oracles: torch (when installed), a plain NumPy correlation written
+here, adjoint identities in float64 and the lecture's hand-computed example.
+"""
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import convkit
+from helpers import tol
+
+ok, why = convkit.backend_status("cpu")
+pytestmark = pytest.mark.skipif(not ok, reason=why[:300])
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    x: tuple                 # (N, C, H, W)
+    w: tuple                 # (F, C/groups, KH, KW)
+    stride: tuple = (1, 1)
+    padding: object = (0, 0)
+    dilation: tuple = (1, 1)
+    groups: int = 1
+
+
+CASES = [
+    Case("3x3_pad1", (2, 3, 9, 11), (4, 3, 3, 3), padding=(1, 1)),
+    Case("pointwise", (2, 8, 7, 9), (5, 8, 1, 1)),                               # no-copy GEMM
+    Case("pointwise_grouped", (3, 8, 5, 6), (6, 4, 1, 1), groups=2),
+    Case("pointwise_stride2", (2, 4, 7, 7), (3, 4, 1, 1), stride=(2, 2)),        # im2col path
+    Case("depthwise", (2, 6, 10, 7), (6, 1, 3, 3), padding=(1, 1), groups=6),    # direct kernel
+    Case("depthwise_mult2", (2, 6, 10, 7), (12, 1, 3, 3), padding=(1, 1), groups=6),
+    Case("depthwise_s2_dil", (3, 4, 11, 9), (4, 1, 3, 2), stride=(2, 1), padding=(1, 2),
+         dilation=(1, 2), groups=4),
+    Case("grouped", (2, 6, 10, 7), (6, 2, 3, 3), stride=(2, 3), padding=(2, 0),
+         dilation=(2, 1), groups=3),
+    Case("same_even", (1, 5, 8, 8), (7, 5, 4, 4), padding="same"),              # asymmetric pad
+    Case("stem_like", (2, 3, 15, 13), (5, 3, 7, 7), stride=(2, 2), padding=(3, 3)),
+    Case("pad_bigger_than_input", (1, 2, 3, 3), (2, 2, 3, 3), padding=(4, 4)),
+]
+
+
+def _pads(case):
+    if case.padding == "same":
+        KH, KW = case.w[2:]
+        d = case.dilation
+        t, b = (d[0] * (KH - 1)) // 2, d[0] * (KH - 1) - (d[0] * (KH - 1)) // 2
+        l, r = (d[1] * (KW - 1)) // 2, d[1] * (KW - 1) - (d[1] * (KW - 1)) // 2
+        return t, b, l, r
+    ph, pw = case.padding
+    return ph, ph, pw, pw
+
+
+def np_conv2d(x, w, b, stride, pads, dilation, groups):
+    """Plain NumPy cross-correlation (the oracle): pad, gather every tap, one einsum per group."""
+    N, C, H, W = x.shape
+    F, Cg, KH, KW = w.shape
+    t, bo, l, r = pads
+    xp = np.zeros((N, C, H + t + bo, W + l + r), dtype=np.float64)
+    xp[:, :, t:t + H, l:l + W] = x
+    sh, sw = stride
+    dh, dw = dilation
+    Ho = (H + t + bo - dh * (KH - 1) - 1) // sh + 1
+    Wo = (W + l + r - dw * (KW - 1) - 1) // sw + 1
+    taps = np.empty((N, C, KH, KW, Ho, Wo))
+    for kh in range(KH):
+        for kw in range(KW):
+            taps[:, :, kh, kw] = xp[:, :, kh * dh:kh * dh + sh * (Ho - 1) + 1:sh,
+                                    kw * dw:kw * dw + sw * (Wo - 1) + 1:sw]
+    Fg = F // groups
+    y = np.empty((N, F, Ho, Wo))
+    for g in range(groups):
+        y[:, g * Fg:(g + 1) * Fg] = np.einsum("ncklij,fckl->nfij",
+                                              taps[:, g * Cg:(g + 1) * Cg],
+                                              w[g * Fg:(g + 1) * Fg].astype(np.float64))
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    return y
+
+
+def _inputs(case, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(case.x).astype(dtype)
+    w = rng.standard_normal(case.w).astype(dtype)
+    b = rng.standard_normal(case.w[0]).astype(dtype)
+    return x, w, b
+
+
+def _args(case):
+    return dict(stride=case.stride, padding=case.padding, dilation=case.dilation,
+                groups=case.groups)
+
+
+def _cpu_forward(x, w, b, case, **kw):
+    with convkit.use_backend("cpu"):
+        return convkit.conv2d_forward(x, w, b, **_args(case), **kw)
+
+
+def _cpu_backward(gy, x, w, case, **kw):
+    with convkit.use_backend("cpu"):
+        return convkit.conv2d_backward(gy, x, w, **_args(case), **kw)
+
+
+# ----------------------------------------------------------------------- values
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_forward_matches_numpy_oracle(case, dtype):
+    x, w, b = _inputs(case, dtype)
+    y = _cpu_forward(x, w, b, case)
+    assert y.dtype == dtype
+    want = np_conv2d(x, w, b, case.stride, _pads(case), case.dilation, case.groups)
+    np.testing.assert_allclose(y, want, **tol(dtype), err_msg=case.id)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_forward_backward_match_torch(case, dtype, torch):
+    x, w, b = _inputs(case, dtype)
+    y = _cpu_forward(x, w, b, case)
+    gy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    gx, gw, gb = _cpu_backward(gy, x, w, case)
+    assert gx.dtype == gw.dtype == gb.dtype == dtype
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = torch.nn.functional.conv2d(tx, tw, tb, **_args(case))
+    ty.backward(torch.tensor(gy))
+    t = tol(dtype)
+    if dtype == np.float32:   # sums of up to a few hundred float32 products
+        t = dict(rtol=1e-4, atol=1e-4)
+    for name, got, want in [("y", y, ty), ("gx", gx, tx.grad), ("gw", gw, tw.grad),
+                            ("gb", gb, tb.grad)]:
+        np.testing.assert_allclose(got, want.detach().numpy(), **t, err_msg=f"{case.id} {name}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_backward_adjoint_identities(case):
+    """<conv(x, w), gy> = <x, gx> = <w, gw> (conv is linear in x and in w), float64."""
+    x, w, _ = _inputs(case, np.float64)
+    y = _cpu_forward(x, w, None, case)
+    gy = np.random.default_rng(2).standard_normal(y.shape)
+    gx, gw, gb = _cpu_backward(gy, x, w, case)
+    lhs = np.vdot(y, gy)
+    np.testing.assert_allclose(np.vdot(x, gx), lhs, rtol=1e-10)
+    np.testing.assert_allclose(np.vdot(w, gw), lhs, rtol=1e-10)
+    np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), rtol=1e-12)
+
+
+def test_lecture_worked_example():
+    x = np.array([[1, 128, 100, 255], [4, 100, 80, 0], [20, 90, 70, 0], [40, 50, 60, 2]],
+                 dtype=np.float64).reshape(1, 1, 4, 4)
+    w = np.array([[[[1, 2], [0, 0.5]]], [[[0, 0.1], [1, 2]]]])
+    with convkit.use_backend("cpu"):
+        y = convkit.conv2d_forward(x, w, np.zeros(2), padding=1)
+    assert y.shape == (1, 2, 5, 5)
+    np.testing.assert_allclose(y[0, 0, :2, :2], [[0.5, 64], [4, 307]], rtol=1e-12)
+    np.testing.assert_allclose(y[0, 1, :2, :2], [[2, 257], [8.1, 216.8]], rtol=1e-12)
+
+
+# ----------------------------------------------------------------------- inputs and outputs
+def test_read_only_inputs():
+    case = CASES[0]
+    x, w, b = _inputs(case, np.float32)
+    want = _cpu_forward(x, w, b, case)
+    gy = np.ones_like(want)
+    want_b = _cpu_backward(gy, x, w, case)
+    for a in (x, w, b, gy):
+        a.setflags(write=False)
+    np.testing.assert_array_equal(_cpu_forward(x, w, b, case), want)
+    for got, exp in zip(_cpu_backward(gy, x, w, case), want_b):
+        np.testing.assert_array_equal(got, exp)
+    dw = CASES[4]
+    x, w, b = _inputs(dw, np.float64)
+    for a in (x, w, b):
+        a.setflags(write=False)
+    np.testing.assert_allclose(_cpu_forward(x, w, b, dw),
+                               np_conv2d(x, w, b, dw.stride, _pads(dw), dw.dilation, dw.groups),
+                               **tol(np.float64))
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4]], ids=lambda c: c.id)
+def test_non_contiguous_inputs(case):
+    x, w, b = _inputs(case, np.float64)
+    # the same values, laid out transposed / strided
+    xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    wt = np.asfortranarray(w)
+    b2 = np.repeat(b, 2)[::2]
+    assert not (xt.flags.c_contiguous or wt.flags.c_contiguous or b2.flags.c_contiguous)
+    np.testing.assert_array_equal(_cpu_forward(xt, wt, b2, case), _cpu_forward(x, w, b, case))
+    gy = np.random.default_rng(3).standard_normal(_cpu_forward(x, w, b, case).shape)
+    gyt = np.ascontiguousarray(gy[:, :, ::-1])[:, :, ::-1]
+    for got, want in zip(_cpu_backward(gyt, xt, wt, case), _cpu_backward(gy, x, w, case)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4]], ids=lambda c: c.id)
+def test_out_buffer(case):
+    x, w, b = _inputs(case, np.float32)
+    want = _cpu_forward(x, w, b, case)
+    out = np.full(want.shape, np.nan, dtype=np.float32)
+    got = _cpu_forward(x, w, b, case, out=out)
+    assert got is out
+    np.testing.assert_array_equal(out, want)
+
+
+def test_needs_input_grad_false_skips_grad_x():
+    case = CASES[-2]
+    x, w, _ = _inputs(case, np.float64)
+    gy = np.random.default_rng(4).standard_normal(_cpu_forward(x, w, None, case).shape)
+    gx, gw, gb = _cpu_backward(gy, x, w, case, needs_input_grad=False, has_bias=False)
+    assert gx is None and gb is None
+    np.testing.assert_array_equal(gw, _cpu_backward(gy, x, w, case)[1])
+
+
+def test_nan_propagates():
+    case = CASES[0]
+    x, w, b = _inputs(case, np.float32)
+    x[0, 1, 4, 5] = np.nan
+    y = _cpu_forward(x, w, b, case)
+    assert np.isnan(y[0, :, 3:6, 4:7]).all()
+    assert not np.isnan(y[1]).any() and not np.isnan(y[0, :, :2]).any()
+
+
+# ----------------------------------------------------------------------- workspace
+@pytest.fixture
+def workspace_limit():
+    old = convkit.get_workspace_limit()
+    yield convkit.set_workspace_limit
+    convkit.set_workspace_limit(old)
+
+
+@pytest.mark.parametrize("limit", [80_000, 12_000, 3_000],
+                         ids=["images_per_chunk", "rows_per_chunk", "one_row_per_chunk"])
+def test_workspace_cap_works_in_pieces(workspace_limit, limit):
+    # 3x3, C=4, 12x10 output: one image's columns are 36*120*8 = 34560 bytes, one row 2880:
+    # chunks of 2 images, of 4 output rows, of 1 output row
+    case = Case("chunked", (5, 4, 12, 10), (6, 4, 3, 3), padding=(1, 1))
+    x, w, b = _inputs(case, np.float64)
+    y0 = _cpu_forward(x, w, b, case)
+    gy = np.random.default_rng(5).standard_normal(y0.shape)
+    g0 = _cpu_backward(gy, x, w, case)
+    workspace_limit(limit)
+    y1 = _cpu_forward(x, w, b, case)
+    g1 = _cpu_backward(gy, x, w, case)
+    np.testing.assert_allclose(y1, y0, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(y1, np_conv2d(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+                               **tol(np.float64))
+    for a, c in zip(g1, g0):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+
+
+def test_workspace_cap_below_one_row_raises(workspace_limit):
+    case = Case("big_row", (1, 16, 8, 40), (4, 16, 3, 3), padding=(1, 1))
+    x, w, b = _inputs(case, np.float32)
+    workspace_limit(1000)      # one output row needs 16*9*40*4 = 23040 bytes
+    with pytest.raises(MemoryError, match=r"23040 bytes.*limit of 1000 bytes"):
+        _cpu_forward(x, w, b, case)
+    gy = np.ones((1, 4, 8, 40), np.float32)
+    with pytest.raises(MemoryError, match="1000 bytes"):
+        _cpu_backward(gy, x, w, case)
+
+
+def test_pointwise_and_depthwise_need_no_workspace(workspace_limit):
+    """1x1 stride-1 convs read x in place and depthwise convs run directly: a 1-byte workspace
+    cap does not stop them (it does stop the same 1x1 conv at stride 2, which needs im2col)."""
+    workspace_limit(1)
+    for case in (CASES[1], CASES[2], CASES[4], CASES[5]):
+        x, w, b = _inputs(case, np.float64)
+        np.testing.assert_allclose(
+            _cpu_forward(x, w, b, case),
+            np_conv2d(x, w, b, case.stride, _pads(case), case.dilation, case.groups),
+            **tol(np.float64))
+        gy = np.ones(_cpu_forward(x, w, b, case).shape)
+        _cpu_backward(gy, x, w, case)
+    x, w, b = _inputs(CASES[3], np.float64)
+    with pytest.raises(MemoryError, match="limit of 1 bytes"):
+        _cpu_forward(x, w, b, CASES[3])
+
+
+# ----------------------------------------------------------------------- threads, determinism
+BIG = [Case("big_gemm", (4, 16, 20, 20), (24, 16, 3, 3), padding=(1, 1)),
+       Case("big_pointwise", (4, 64, 16, 16), (40, 64, 1, 1)),
+       Case("big_depthwise", (4, 64, 32, 32), (64, 1, 3, 3), padding=(1, 1), groups=64),
+       Case("big_grouped", (3, 32, 16, 16), (32, 8, 3, 3), padding=(1, 1), groups=4)]
+# (each is above the size below which a call runs on one thread, so both thread counts run)
+
+
+def _fwd_bwd(case, dtype=np.float32):
+    x, w, b = _inputs(case, dtype)
+    y = _cpu_forward(x, w, b, case)
+    gy = np.random.default_rng(6).standard_normal(y.shape).astype(dtype)
+    return (y,) + tuple(_cpu_backward(gy, x, w, case))
+
+
+@pytest.mark.parametrize("case", BIG, ids=lambda c: c.id)
+def test_deterministic_and_thread_count_independent(case):
+    convkit.set_num_threads(2)
+    first = _fwd_bwd(case)
+    again = _fwd_bwd(case)
+    convkit.set_num_threads(1)
+    serial = _fwd_bwd(case)
+    for a, b_, c in zip(first, again, serial):
+        np.testing.assert_array_equal(a, b_)
+        np.testing.assert_array_equal(a, c)
+
+
+def test_two_python_threads_get_serial_results():
+    want = {c.id: _fwd_bwd(c) for c in BIG}
+    got, errors = {}, []
+
+    def work(cases):
+        try:
+            for _ in range(3):
+                for c in cases:
+                    got.setdefault(c.id, []).append(_fwd_bwd(c))
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(BIG,)),
+               threading.Thread(target=work, args=(BIG[::-1],))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for cid, runs in got.items():
+        assert len(runs) == 6
+        for run in runs:
+            for a, b_ in zip(run, want[cid]):
+                np.testing.assert_array_equal(a, b_, err_msg=cid)
