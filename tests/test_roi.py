@@ -112,6 +112,62 @@ def roi_align_oracle(x, rois, output_size, scale, sampling_ratio, aligned):
     return y
 
 
+def bilinear_taps(y, x, H, W):
+    """The four (row, col, weight) taps of one sample, or [] when it is out of range
+    (torchvision's bilinear_interpolate_gradient)."""
+    dt = type(y)
+    if y < -1 or y > H or x < -1 or x > W:
+        return []
+    y, x = max(y, dt(0)), max(x, dt(0))
+    yl, xl = int(y), int(x)
+    if yl >= H - 1:
+        yh = yl = H - 1
+        y = dt(yl)
+    else:
+        yh = yl + 1
+    if xl >= W - 1:
+        xh = xl = W - 1
+        x = dt(xl)
+    else:
+        xh = xl + 1
+    ly, lx = y - dt(yl), x - dt(xl)
+    hy, hx = dt(1) - ly, dt(1) - lx
+    return [(yl, xl, hy * hx), (yl, xh, hy * lx), (yh, xl, ly * hx), (yh, xh, ly * lx)]
+
+
+def roi_align_backward_oracle(g, rois, input_shape, output_size, scale, sampling_ratio,
+                              aligned):
+    dt = g.dtype.type
+    N, C, H, W = input_shape
+    oh, ow = output_size
+    gx = np.zeros(input_shape, g.dtype)
+    off = dt(0.5) if aligned else dt(0)
+    for k in range(rois.shape[0]):
+        b = int(rois[k, 0])
+        if not np.isfinite(rois[k, 1:]).all():
+            continue
+        sw, sh = dt(rois[k, 1]) * dt(scale) - off, dt(rois[k, 2]) * dt(scale) - off
+        rw = dt(rois[k, 3]) * dt(scale) - off - sw
+        rh = dt(rois[k, 4]) * dt(scale) - off - sh
+        if not aligned:
+            rw, rh = max(rw, dt(1)), max(rh, dt(1))
+        bh, bw = rh / dt(oh), rw / dt(ow)
+        gh = sampling_ratio if sampling_ratio > 0 else int(math.ceil(rh / dt(oh)))
+        gw = sampling_ratio if sampling_ratio > 0 else int(math.ceil(rw / dt(ow)))
+        count = max(gh * gw, 1)
+        for c in range(C):
+            for ph in range(oh):
+                for pw in range(ow):
+                    for iy in range(gh):
+                        yy = sh + dt(ph) * bh + dt(iy + 0.5) * bh / dt(gh)
+                        for ix in range(gw):
+                            xx = sw + dt(pw) * bw + dt(ix + 0.5) * bw / dt(gw)
+                            for r, q, w in bilinear_taps(yy, xx, H, W):
+                                with np.errstate(invalid="ignore"):
+                                    gx[b, c, r, q] += g[k, c, ph, pw] * w / dt(count)
+    return gx
+
+
 # ------------------------------------------------------------------------------------ data
 def make_x(dtype, shape=(2, 3, 9, 11), seed=0):
     """Distinct values (a permutation), so max/argmax have no ties."""
@@ -402,6 +458,35 @@ def test_roi_pool_backward_is_the_adjoint(backend, scale):
     for k, c, i, j in zip(*np.nonzero(am >= 0)):
         want[int(rois[k, 0]), c].flat[am[k, c, i, j]] += g[k, c, i, j]
     np.testing.assert_allclose(gx, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [1.0, 0.5])
+@pytest.mark.parametrize("sampling_ratio", [-1, 2])
+@pytest.mark.parametrize("aligned", [False, True])
+def test_roi_align_backward_matches_oracle(backend, dtype, scale, sampling_ratio, aligned):
+    x = make_x(dtype)
+    rois = make_rois(dtype, scale)
+    g = _rand((len(rois), 3, 2, 3), 5).astype(dtype)
+    gx = run(backend, F.roi_align_backward, g, rois, x.shape, (2, 3), scale, sampling_ratio,
+             aligned)
+    want = roi_align_backward_oracle(g, rois, x.shape, (2, 3), scale, sampling_ratio, aligned)
+    assert gx.dtype == dtype
+    np.testing.assert_allclose(gx, want, **tol(dtype))
+
+
+def test_roi_align_backward_nan_grad_reaches_only_the_sampled_pixels(backend):
+    """A NaN in one bin's grad lands on the taps of that bin's samples (zero-weight taps
+    included, as the kernel multiplies), nowhere else."""
+    x = make_x(np.float64, (1, 2, 8, 8))
+    rois = np.array([[0, 0.5, 0.5, 6.5, 6.5], [0, 1.25, 2.0, 4.0, 6.0]])
+    g = _rand((2, 2, 3, 3), 6)
+    g[0, 1, 1, 2] = np.nan
+    gx = run(backend, F.roi_align_backward, g, rois, x.shape, 3, 1.0, 2, False)
+    want = roi_align_backward_oracle(g, rois, x.shape, (3, 3), 1.0, 2, False)
+    np.testing.assert_allclose(gx, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+    assert np.isnan(gx[0, 1]).any() and not np.isnan(gx[0, 1]).all()
+    assert np.isfinite(gx[0, 0]).all()
 
 
 def test_roi_align_numerical_gradient(backend):
