@@ -10,8 +10,8 @@ and the elementwise arithmetic run in float64, also for float32 input; results a
 the input dtype once at the end.  Statistics of a float32 batch summed in float32 lose digits
 with N*H*W (and a one-pass variance loses them all when |mean| >> std), so accumulating in
 float64 is what keeps this oracle within 1e-5 relative of torch (whose CPU kernels also
-accumulate float32 statistics in double, ``at::acc_type``).  The variance is two-pass (mean first, then the mean of squared
-deviations), never E[x^2] - E[x]^2.
+accumulate float32 statistics in double, ``at::acc_type``).  The variance is two-pass (mean
+first, then the mean of squared deviations), never E[x^2] - E[x]^2.
 """
 from __future__ import annotations
 
