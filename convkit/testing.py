@@ -1,0 +1,84 @@
+"""Backend conformance check for plugin authors: ``convkit.testing.check_backend("name")``.
+
+Runs every op of the contract, forward and backward, on a small fixed table of cases through the
+public API with backend ``name`` active, and compares each result with the ``numpy`` reference.
+Raises AssertionError naming the op, the case and the dtype on the first mismatch; returns the
+number of comparisons made.  The full parametrised suite lives in the project's tests/.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import functional as F
+from ._registry import get_backend, use_backend
+
+_TOL = {np.float32: (1e-4, 1e-4), np.float64: (1e-10, 1e-10)}
+
+
+def _cases(dtype, rng):
+    def r(*s):
+        return rng.standard_normal(s).astype(dtype)
+
+    x = r(2, 4, 9, 7)
+    xp = rng.permutation(2 * 4 * 9 * 7).reshape(2, 4, 9, 7).astype(dtype)  # distinct: no ties
+    rois = np.array([[0, 0.5, 1.0, 5.2, 7.9], [1, -2, 1, 3, 3], [1, 2.2, 0.3, 6.6, 4.1]], dtype)
+    boxes = np.abs(r(30, 4)) * 10
+    boxes[:, 2:] += boxes[:, :2]
+    scores = r(30)
+    w, b = r(6, 2, 3, 2), r(6)
+    conv_kw = dict(stride=(2, 1), padding=(1, 0), dilation=1, groups=2)
+    y = F.conv2d_forward(x, w, b, **conv_kw)
+    gy = r(*y.shape)
+    yield "conv2d_forward", F.conv2d_forward, (x, w, b), conv_kw
+    yield "conv2d_backward", F.conv2d_backward, (gy, x, w), conv_kw
+    yield "max_pool2d_forward", F.max_pool2d_forward, (xp, 3, 2, 1), dict(ceil_mode=True)
+    yp, idx = F.max_pool2d_forward(xp, 3, 2, 1, ceil_mode=True)
+    yield "max_pool2d_backward", F.max_pool2d_backward, (r(*yp.shape), idx, xp.shape), {}
+    yield "avg_pool2d_forward", F.avg_pool2d_forward, (x, 3, 2, 1), dict(count_include_pad=False)
+    ya = F.avg_pool2d_forward(x, 3, 2, 1)
+    yield "avg_pool2d_backward", F.avg_pool2d_backward, (r(*ya.shape), x.shape, 3, 2, 1), {}
+    g, bb = r(4), r(4)
+    yield "batch_norm_forward", F.batch_norm_forward, (x, g, bb, None, None, True), {}
+    _, m, s = F.batch_norm_forward(x, g, bb, None, None, True)
+    yield "batch_norm_backward", F.batch_norm_backward, (r(*x.shape), x, g, m, s, True), {}
+    yield "roi_pool_forward", F.roi_pool_forward, (xp, rois, (2, 3), 0.5), {}
+    yr, am = F.roi_pool_forward(xp, rois, (2, 3), 0.5)
+    yield "roi_pool_backward", F.roi_pool_backward, (r(*yr.shape), am, xp.shape), dict(rois=rois)
+    for aligned in (False, True):
+        kw = dict(spatial_scale=0.5, sampling_ratio=-1, aligned=aligned)
+        yield f"roi_align_forward aligned={aligned}", F.roi_align_forward, (x, rois, 3), kw
+        yield (f"roi_align_backward aligned={aligned}", F.roi_align_backward,
+               (r(3, 4, 3, 3), rois, x.shape, 3), kw)
+    yield "nms", F.nms, (boxes, scores, 0.3), {}
+    yield "box_iou", F.box_iou, (boxes[:7], boxes), {}
+
+
+def _as_tuple(v):
+    return v if isinstance(v, tuple) else (v,)
+
+
+def check_backend(name: str, seed: int = 0) -> int:
+    """Compare backend ``name`` with the numpy reference on every op; returns #comparisons."""
+    be = get_backend(name)
+    n = 0
+    for dtype in (np.float32, np.float64):
+        with use_backend("numpy"):
+            cases = list(_cases(dtype, np.random.default_rng(seed)))
+        for label, fn, args, kw in cases:
+            with use_backend("numpy"):
+                want = _as_tuple(fn(*args, **kw))
+            with use_backend(name):
+                moved = [be.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+                kwm = {k: be.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+                got = _as_tuple(fn(*moved, **kwm))
+                be.synchronize()
+            rtol, atol = _TOL[dtype]
+            for i, (g, w) in enumerate(zip(got, want)):
+                if w is None:
+                    assert g is None, f"{name}: {label} output {i} should be None"
+                    continue
+                np.testing.assert_allclose(be.to_numpy(g), w, rtol=rtol, atol=atol,
+                                           err_msg=f"backend {name!r}: {label} output {i} "
+                                                   f"({np.dtype(dtype).name})")
+                n += 1
+    return n
