@@ -328,8 +328,8 @@ class RoiCase:
                 ck.roi_align_forward(x, rois, o, sc, sr, False, out=y)
                 return ck.roi_align_backward(gy, rois, x.shape, o, sc, sr, False)
         else:
-            def fwd():
-                return ck.roi_pool_forward(x, rois, o, sc, out=y)
+            def fwd():   # y only: torchvision's roi_pool returns no argmax to compare
+                return ck.roi_pool_forward(x, rois, o, sc, out=y)[0]
 
             def fwd_bwd():
                 _, argmax = ck.roi_pool_forward(x, rois, o, sc, out=y)
@@ -586,7 +586,7 @@ def to_host(out):
         return [out.detach().cpu().numpy()]
     if hasattr(out, "get") and hasattr(out, "__cuda_array_interface__"):
         return [out.get()]
-    return [np.asarray(out)]
+    return [np.array(out)]   # a copy: forwards write into reused out= buffers
 
 
 def compare_outputs(got, want, rtol=1e-3):
@@ -1000,15 +1000,14 @@ def markdown_report(rows, backends, summary, targets, memory):
             out.append(f"| {t['what']} | {t['want']} | {got} | "
                        f"{'met' if t['met'] else '**not met**'} |")
     if memory:
-        out += ["", "| memory: forward+backward | backend | peak RSS growth MiB | tensor MiB | "
-                "ratio |", "|---|---|---|---|---|"]
+        out += ["", "| memory: forward+backward | backend | peak RSS growth | tensors (x, w, b, "
+                "y, grads) | ratio |", "|---|---|---|---|---|"]
         for m in memory:
             if "error" in m:
                 out.append(f"| {m['op']} | {m['backend']} | error: {m['error']} | | |")
             else:
-                out.append(f"| {m['op']} | {m['backend']} | "
-                           f"{m['peak_rss_growth_bytes'] / 2**20:.1f} | "
-                           f"{m['tensor_bytes'] / 2**20:.1f} | {m['ratio']:.2f}x |")
+                out.append(f"| {m['op']} | {m['backend']} | {_size(m['peak_rss_growth_bytes'])} "
+                           f"| {_size(m['tensor_bytes'])} | {m['ratio']:.2f}x |")
     return "\n".join(out) + "\n"
 
 
@@ -1088,6 +1087,9 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--ops", default=None,
                    help="comma list of op names and/or families (conv, pool, bn, roi, nms); "
                         "default all. Ops: " + ", ".join(c.name for c in CASES))
+    p.add_argument("--only", action="append", default=[], metavar="BACKEND=OPS",
+                   help="restrict one backend to some ops or families, e.g. "
+                        "numpy=pool,bn,roi,nms (repeatable)")
     p.add_argument("--repeat", type=int, default=7, help="timed calls per backend (default 7)")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed rounds after the first call (default 1)")
@@ -1153,12 +1155,26 @@ def parse_backends(spec):
     return names
 
 
+def parse_only(specs, backends, quick):
+    """``["numpy=pool,bn"]`` -> {"numpy": {op names}}: the ops each restricted backend runs."""
+    only = {}
+    for spec in specs:
+        b, sep, ops = spec.partition("=")
+        b = b.strip().lower()
+        if not sep or b not in backends:
+            raise ValueError(f"--only {spec!r}: expected BACKEND=OPS with BACKEND one of "
+                             f"{', '.join(backends)}")
+        only[b] = {c.name for c in select_cases(ops, quick)}
+    return only
+
+
 def run(args) -> int:
     import convkit
 
     try:
         backends = parse_backends(args.backends)
         cases = select_cases(args.ops, args.quick)
+        only = parse_only(args.only, backends, args.quick)
     except ValueError as e:
         print(f"convkit bench: {e}", file=sys.stderr)
         return 2
@@ -1176,7 +1192,8 @@ def run(args) -> int:
     if gpu and not device_sync:
         print("warning: --no-device-sync with a GPU backend times kernel launches, not kernels",
               file=sys.stderr)
-    if "numpy" in backends and not args.quick and any(c.family == "conv" for c in cases):
+    if "numpy" in backends and not args.quick and any(
+            c.family == "conv" and c.name in only.get("numpy", {c.name}) for c in cases):
         print("warning: numpy is the readable reference, not a fast path: full-size conv layers "
               "can take seconds per call there (time them with --ops conv --repeat 3, or give "
               "numpy only --ops pool,bn,roi,nms)", file=sys.stderr)
@@ -1200,6 +1217,8 @@ def run(args) -> int:
             data = case.inputs(np.random.default_rng(args.seed))
             runners = []
             for b in backends:
+                if case.name not in only.get(b, {case.name}):
+                    continue
                 if b in TORCH_NAMES and case.family in ("roi", "nms") and not tv:
                     notes.add(f"{b}: torchvision is not importable, so no {b} timing for "
                               f"RoI ops and NMS")
@@ -1221,7 +1240,7 @@ def run(args) -> int:
         mem_ops = [c.name for c in cases if c.family == "conv"] if args.ops else ["res_28"]
         for op in mem_ops:
             for b in backends:
-                if not is_gpu_backend(b):
+                if not is_gpu_backend(b) and op in only.get(b, {op}):
                     memory.append(measure_memory(op, b, args.quick, threads))
 
     summary = summarize(rows, backends)
@@ -1242,7 +1261,8 @@ def run(args) -> int:
                                                                      timespec="seconds"),
                         "command": "convkit bench " + " ".join(sys.argv[2:])
                         if sys.argv[1:2] == ["bench"] else " ".join(sys.argv),
-                        "backends": backends, "repeat": args.repeat, "warmup": args.warmup,
+                        "backends": backends, "only": {b: sorted(v) for b, v in only.items()},
+                        "repeat": args.repeat, "warmup": args.warmup,
                         "quick": args.quick, "device_sync": device_sync,
                         "allocator": None if args.no_mallopt else set_mallopt(),
                         "notes": sorted(notes), **info},

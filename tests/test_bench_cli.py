@@ -35,9 +35,11 @@ def _torch_importable():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     backends = ["numpy", "cpu"] + (["torch"] if _torch_importable() else [])
-    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    d = tmp_path_factory.mktemp("bench")
+    out = d / "quick.json"
     p = _bench("--quick", "--json", str(out), "--backends", ",".join(backends), "--ops",
-               ",".join(OPS), "--repeat", "3", "--no-progress", "--summary")
+               ",".join(OPS), "--repeat", "3", "--no-progress", "--summary",
+               "--markdown", str(d / "quick.md"))
     return backends, p, out
 
 
@@ -46,7 +48,10 @@ def test_quick_run_exits_cleanly(quick_run):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "mallopt" in p.stdout               # says what it did to the allocator
     assert "summary: geometric mean" in p.stdout
-    assert out.exists()
+    md = (out.parent / "quick.md").read_text()
+    for op in OPS:
+        assert f"| {op} | fwd |" in md
+    assert "| target | want | got | met? |" in md
 
 
 def test_quick_json_has_every_op_pass_and_backend(quick_run):
@@ -131,11 +136,22 @@ def test_memory_measurement_counts_the_tensors(tmp_path):
     assert "peak RSS growth" in p.stdout
 
 
+def test_only_restricts_one_backend(tmp_path):
+    out = tmp_path / "only.json"
+    p = _bench("--quick", "--json", str(out), "--backends", "numpy,cpu", "--ops",
+               "pw_14,avgpool_3x3s2", "--only", "numpy=pool", "--repeat", "1", "--no-progress")
+    rows = json.loads(out.read_text())["results"]
+    assert {r["op"]: sorted(r["medians_ms"]) for r in rows} == {
+        "pw_14": ["cpu"], "avgpool_3x3s2": ["cpu", "numpy"]}, p.stdout + p.stderr
+
+
 def test_bad_arguments_are_refused_with_a_message():
     p = _bench("--backends", "nosuch", "--quick")
     assert p.returncode == 2 and "unknown backend 'nosuch'" in p.stderr
     p = _bench("--ops", "res_99", "--quick", "--backends", "numpy")
     assert p.returncode == 2 and "unknown op(s) res_99" in p.stderr
+    p = _bench("--quick", "--backends", "numpy", "--only", "cpu=conv")
+    assert p.returncode == 2 and "--only 'cpu=conv'" in p.stderr
 
 
 # ------------------------------------------------------------------------------- in process
