@@ -117,24 +117,28 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
 
 
 # ------------------------------------------------------------------------------------- pooling
-def _pool_args(op, be, x, kernel_size, stride, padding, dilation, ceil_mode, max_pool):
+def _pool_args(op, be, x, kernel_size, stride, padding, dilation, ceil_mode):
     V.array(op, "x", x, be, 4, "(N, C, H, W)")
     k = V.pair(op, "kernel_size", kernel_size, minimum=1)
     s = k if stride is None else V.pair(op, "stride", stride, minimum=1)
     p = V.pair(op, "padding", padding, minimum=0)
     d = V.pair(op, "dilation", dilation, minimum=1)
     for i in range(2):
-        # torch: pad must be at most half of the (effective) kernel size
-        limit = ((k[i] - 1) * d[i] + 1) // 2 if max_pool else k[i] // 2
-        if p[i] > limit:
-            raise ValueError(f"{op}: padding {p} must be at most half the kernel size "
-                             f"{k} (dilation {d}): max {limit}")
+        if p[i] > k[i] // 2:   # torch's rule, with or without dilation
+            raise ValueError(f"{op}: padding {p} must be at most half the kernel size {k}")
     H, W = x.shape[2:]
     Ho = pool_out_size(H, k[0], s[0], p[0], d[0], bool(ceil_mode))
     Wo = pool_out_size(W, k[1], s[1], p[1], d[1], bool(ceil_mode))
     if Ho < 1 or Wo < 1:
         raise ValueError(f"{op}: output size would be {Ho}x{Wo} (< 1) for input {H}x{W}, kernel "
                          f"{k}, stride {s}, padding {p}, dilation {d}")
+    for size, n, ki, si, pi, di in ((H, Ho, k[0], s[0], p[0], d[0]), (W, Wo, k[1], s[1], p[1], d[1])):
+        if di > 1:   # a dilated window can skip over the whole image: it would have no maximum
+            for o in range(n):
+                start = o * si - pi
+                if not any(0 <= start + j * di < size for j in range(ki)):
+                    raise ValueError(f"{op}: window {o} of kernel {k} with dilation {d}, stride {s}"
+                                     f" and padding {p} covers only padding for input {H}x{W}")
     return k, s, p, d, (Ho, Wo)
 
 
@@ -148,7 +152,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     """
     op = "max_pool2d_forward"
     be = get_backend()
-    k, s, p, d, ohw = _pool_args(op, be, x, kernel_size, stride, padding, dilation, ceil_mode, True)
+    k, s, p, d, ohw = _pool_args(op, be, x, kernel_size, stride, padding, dilation, ceil_mode)
     dt = V.float_dtype(op, x=x)
     N, C = x.shape[:2]
     out = V.out_buffer(op, out, be, (N, C) + ohw, dt)
@@ -198,7 +202,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     """
     op = "avg_pool2d_forward"
     be = get_backend()
-    k, s, p, _, ohw = _pool_args(op, be, x, kernel_size, stride, padding, 1, ceil_mode, False)
+    k, s, p, _, ohw = _pool_args(op, be, x, kernel_size, stride, padding, 1, ceil_mode)
     dt = V.float_dtype(op, x=x)
     N, C = x.shape[:2]
     out = V.out_buffer(op, out, be, (N, C) + ohw, dt)

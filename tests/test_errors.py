@@ -251,3 +251,9 @@ def test_out_buffer_checked(backend):
     x = x4(1, 2, 4, 4)
     raises(backend, ValueError, r"out must have shape \(1, 2, 2, 2\) and dtype float32",
            convkit.avg_pool2d_forward, x, 2, out=np.zeros((1, 2, 2, 2), f64))
+
+
+def test_max_pool_dilated_window_all_padding_is_rejected(backend):
+    # H=2, k=2, d=3, p=1: the window reads rows -1 and 2, both outside the image
+    raises(backend, ValueError, r"covers only padding", convkit.max_pool2d_forward,
+           x4(1, 1, 2, 3), (2, 1), 1, (1, 0), (3, 1))
