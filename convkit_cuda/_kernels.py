@@ -81,7 +81,7 @@ SIGNATURES: dict[str, dict[str, tuple[str, ...]]] = {
         # b1, b2, N, M, out
         "box_iou": ("S*", "S*", "I", "I", "S*"),
         # boxes_sorted, N, nblocks, thr, mask
-        "nms_mask": ("S*", "I", "I", "S", "U*"),
+        "nms_mask": ("S*", "I", "I", "D", "U*"),
         # mask, N, nblocks, removed, keep, nkeep
         "nms_reduce": ("U*", "I", "I", "U*", "I*", "I*"),
     },

@@ -38,10 +38,7 @@ def nms(boxes, scores, iou_threshold):
         nblocks = (N + 63) // 64
         mask = cupy.empty(N * nblocks, dtype=np.uint64)
         grid, block = grid_for(N * nblocks)
-        # a threshold beyond the dtype's range compares like the clipped value (NaN stays NaN:
-        # nothing is suppressed, as in torch)
-        fmax = float(np.finfo(dt).max)
-        thr = dt.type(np.clip(iou_threshold, -fmax, fmax))
+        thr = np.float64(iou_threshold)    # the kernel compares in double (see boxes.cu)
         launch(STEM, "nms_mask", dt, grid, block,
                (sorted_boxes, _I(N), _I(nblocks), thr, mask))
         removed = cupy.zeros(nblocks, dtype=np.uint64)

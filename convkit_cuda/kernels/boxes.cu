@@ -34,16 +34,18 @@ extern "C" __global__ void box_iou(const scalar_t* b1, const scalar_t* b2, long 
 }
 
 // boxes sorted by decreasing score.  mask[i * nblocks + b] has bit q set when box j = 64 * b + q
-// comes after box i (j > i) and IoU(i, j) > thr.  Writes all of mask.
+// comes after box i (j > i) and IoU(i, j) > thr.  The threshold stays a double and the IoU
+// (computed in scalar_t) is compared in double, as torchvision's CPU kernel does: rounding the
+// threshold to float would move it (0.3f > 0.3).  Writes all of mask.
 extern "C" __global__ void nms_mask(const scalar_t* boxes, long long N, long long nblocks,
-                                    scalar_t thr, unsigned long long* mask)
+                                    double thr, unsigned long long* mask)
 {
     GRID_STRIDE_LOOP(t, N * nblocks) {
         const long long i = t / nblocks, b = t % nblocks;
         const long long j0 = 64 * b, j1 = j0 + 64 < N ? j0 + 64 : N;
         unsigned long long bits = 0;
         for (long long j = (j0 > i + 1 ? j0 : i + 1); j < j1; ++j) {
-            if (iou(boxes + 4 * i, boxes + 4 * j) > thr) bits |= 1ULL << (j - j0);
+            if ((double)iou(boxes + 4 * i, boxes + 4 * j) > thr) bits |= 1ULL << (j - j0);
         }
         mask[t] = bits;
     }

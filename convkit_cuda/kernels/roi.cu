@@ -57,7 +57,7 @@ extern "C" __global__ void roi_pool_fwd(
         wstart = wstart < 0 ? 0 : (wstart > W ? W : wstart);
         wend = wend < 0 ? 0 : (wend > W ? W : wend);
         const bool empty = hend <= hstart || wend <= wstart;
-        scalar_t m = empty ? (scalar_t)0 : (scalar_t)-3.402823466e+38;   // -FLT_MAX
+        scalar_t m = empty ? (scalar_t)0 : (scalar_t)-3.40282346638528859811704183484516925e+38;   // -FLT_MAX
         long long best = -1;
         const scalar_t* xp = x + (n * C + c) * H * W;
         for (long long h = hstart; h < hend; ++h) {
