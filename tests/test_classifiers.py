@@ -70,10 +70,10 @@ TOL = {np.float64: dict(rtol=1e-9, atol=1e-11), np.float32: dict(rtol=1e-4, atol
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("arch", ["lenet5", "resnet"])
-def test_training_matches_torch(torch, arch, dtype):
+def test_training_matches_torch(torch, backend, arch, dtype):
     """Same weights, same batches, 5 SGD steps (momentum, weight decay): same losses, params and
     BN running statistics as torch."""
-    with convkit.use_backend("numpy"):
+    with convkit.use_backend(backend) as be:
         if arch == "lenet5":
             model, tmodel = LeNet5(dtype=dtype, seed=0), _torch_lenet5(torch.nn)
         else:
@@ -82,8 +82,8 @@ def test_training_matches_torch(torch, arch, dtype):
         opt = nn.SGD(model, lr=0.05, momentum=0.9, weight_decay=1e-4)
         topt = torch.optim.SGD(tmodel.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
         model.train(), tmodel.train()
-        for step, (x, y) in enumerate(_batches(dtype, 5)):
-            loss, g = nn.softmax_cross_entropy(model.forward(x), y)
+        for step, (x, y) in enumerate(_batches(dtype, 5, batch=12)):
+            loss, g = nn.softmax_cross_entropy(model.forward(be.asarray(x)), be.asarray(y))
             model.zero_grad()
             model.backward(g)
             opt.step()
@@ -99,8 +99,8 @@ def test_training_matches_torch(torch, arch, dtype):
             np.testing.assert_allclose(v, tsd[k].numpy(), **TOL[dtype], err_msg=k)
         model.eval(), tmodel.eval()
         x, _ = next(_batches(dtype, 1, seed=1))
-        np.testing.assert_allclose(model.forward(x), tmodel(torch.from_numpy(x)).detach().numpy(),
-                                   **TOL[dtype])
+        np.testing.assert_allclose(be.to_numpy(model.forward(be.asarray(x))),
+                                   tmodel(torch.from_numpy(x)).detach().numpy(), **TOL[dtype])
 
 
 @pytest.mark.parametrize("name", ["lenet5", "vgg", "resnet"])
