@@ -1,5 +1,11 @@
-"""convkit_cuda: the ``cuda`` backend plugin (CuPy RawKernels), registered through the
+"""convkit_cuda: the ``cuda`` backend plugin (CuPy RawKernels + cuBLAS), registered through the
 ``convkit.backends`` entry point exactly as a third-party backend would be.
+
+Layout: ``kernels/{conv,pool,batchnorm,roi,boxes}.cu`` hold the CUDA sources; ``_kernels``
+turns them into one ``extern "C"`` kernel per dtype, compiles on first use (cached per kernel,
+dtype and device) and checks every launch against the declared parameter types;
+``{conv,pool,batchnorm,roi,boxes}.py`` are the launchers; ``backend.CudaBackend`` composes
+them.  ``_host_emulation`` runs the same kernels on the CPU for tests on machines without a GPU.
 
 Importing this package does no GPU work and does not import CuPy.
 """

@@ -200,7 +200,8 @@ class CudaBackend(Backend):
     def roi_align_backward(self, grad_y, rois, input_shape, output_size, spatial_scale,
                            sampling_ratio, aligned):
         """Atomic scatter by default (not bit-reproducible); a deterministic gather kernel
-        under ``convkit.set_deterministic(True)``.  See :func:`convkit_cuda.roi.roi_align_backward`."""
+        under ``convkit.set_deterministic(True)``
+        (see :func:`convkit_cuda.roi.roi_align_backward`)."""
         return self._roi.roi_align_backward(grad_y, rois, input_shape, output_size,
                                             spatial_scale, sampling_ratio, aligned)
 

@@ -115,7 +115,7 @@ def test_signature_table_matches_cu(stem):
     assert set(parsed) == set(SIGNATURES[stem]), (sorted(parsed), sorted(SIGNATURES[stem]))
     for name, codes in parsed.items():
         assert SIGNATURES[stem][name] == codes, \
-            f"{stem}.cu {name}: .cu declares {codes}, the launch table says {SIGNATURES[stem][name]}"
+            f"{stem}.cu {name}: .cu declares {codes}, the table says {SIGNATURES[stem][name]}"
 
 
 def test_parse_signatures_sees_a_mismatch():
