@@ -1,0 +1,409 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""Max / average pooling kernels (torch semantics), one (H, W) plane at a time.
+
+Each OpenMP thread owns whole (n, c) planes of the output (forward) or of grad_x (backward),
+so the backward scatter-adds run in a fixed order: bit-identical results on every run.
+Window bounds come precomputed from ``pool.py`` (no division in the inner loops; all indices
+non-negative, so ``cdivision`` is safe here).
+"""
+from cython cimport floating
+from cython.parallel cimport parallel, prange
+from libc.stdlib cimport free, malloc
+from libc.stdint cimport int64_t
+from libc.string cimport memset
+from libc.math cimport INFINITY
+
+cdef extern from *:
+    """
+    /* Row kernels of the stride-2 pooling fast paths: output column o reads row[2o .. 2o+K-1].
+       SSE2 (every x86-64 CPU) four floats / two doubles at a time, plain C elsewhere and for
+       the tail.  Each lane does exactly what the scalar code does (same compares, same
+       additions in the same order), so results do not depend on the path taken.
+       Max: "replace if greater or NaN" over the K taps from the left, then merged into
+       (accv, accr) by the same rule; accr keeps the winner as rel + tap (small exact floats).
+       Avg: acc += tap, taps in order. */
+    #include <stddef.h>
+    #if defined(__SSE2__) || defined(_M_X64)
+    #include <emmintrin.h>
+    #define CK_SSE2 1
+    #endif
+
+    #define CK_UPD(b, m) ((b) > (m) || (b) != (b))
+    #define CK_SCALAR_ROWS(T, S)                                                              \
+    static void ck_max_row_tail_##S(const T* row, ptrdiff_t o, ptrdiff_t n, int K, T rel,     \
+                                    T* accv, T* accr) {                                       \
+        for (; o < n; o++) {                                                                  \
+            T m = row[2 * o], j = 0, b;                                                       \
+            b = row[2 * o + 1];                                                               \
+            if (CK_UPD(b, m)) { m = b; j = 1; }                                               \
+            if (K == 3) { b = row[2 * o + 2]; if (CK_UPD(b, m)) { m = b; j = 2; } }           \
+            if (CK_UPD(m, accv[o])) { accv[o] = m; accr[o] = rel + j; }                       \
+        }                                                                                     \
+    }                                                                                         \
+    static void ck_avg_row_tail_##S(const T* row, ptrdiff_t o, ptrdiff_t n, int K, T* acc) {  \
+        for (; o < n; o++) {                                                                  \
+            T s = acc[o];                                                                     \
+            s = s + row[2 * o];                                                               \
+            s = s + row[2 * o + 1];                                                           \
+            if (K == 3) s = s + row[2 * o + 2];                                               \
+            acc[o] = s;                                                                       \
+        }                                                                                     \
+    }
+    CK_SCALAR_ROWS(float, f)
+    CK_SCALAR_ROWS(double, d)
+
+    #ifdef CK_SSE2
+    static inline __m128 ck_sel_ps(__m128 u, __m128 a, __m128 b) {
+        return _mm_or_ps(_mm_and_ps(u, a), _mm_andnot_ps(u, b));
+    }
+    static inline __m128 ck_upd_ps(__m128 b, __m128 m) {
+        return _mm_or_ps(_mm_cmpgt_ps(b, m), _mm_cmpunord_ps(b, b));
+    }
+    static inline __m128d ck_sel_pd(__m128d u, __m128d a, __m128d b) {
+        return _mm_or_pd(_mm_and_pd(u, a), _mm_andnot_pd(u, b));
+    }
+    static inline __m128d ck_upd_pd(__m128d b, __m128d m) {
+        return _mm_or_pd(_mm_cmpgt_pd(b, m), _mm_cmpunord_pd(b, b));
+    }
+    /* taps of outputs o..o+3: a = row[2o+0,2,4,6], b = row[2o+1,3,5,7] and, for K = 3,
+       c = row[2o+2,4,6,8]; reads nothing past the last tap of output o+3 */
+    static inline void ck_taps_ps(const float* r, int K, __m128* a, __m128* b, __m128* c) {
+        __m128 p0 = _mm_loadu_ps(r), p1 = _mm_loadu_ps(r + 4), t;
+        *a = _mm_shuffle_ps(p0, p1, _MM_SHUFFLE(2, 0, 2, 0));
+        *b = _mm_shuffle_ps(p0, p1, _MM_SHUFFLE(3, 1, 3, 1));
+        if (K == 3) {
+            t = _mm_shuffle_ps(*a, _mm_load_ss(r + 8), _MM_SHUFFLE(0, 0, 3, 3));  /* a3 a3 r8 r8 */
+            *c = _mm_shuffle_ps(*a, t, _MM_SHUFFLE(2, 0, 2, 1));                 /* a1 a2 a3 r8 */
+        }
+    }
+    #endif
+
+    static void ck_max_row_f(const float* row, ptrdiff_t n, int K, float rel,
+                             float* accv, float* accr) {
+        ptrdiff_t o = 0;
+    #ifdef CK_SSE2
+        const __m128 one = _mm_set1_ps(1.0f), two = _mm_set1_ps(2.0f), vr = _mm_set1_ps(rel);
+        for (; o + 4 <= n; o += 4) {
+            __m128 a, b, c, m, j, u, best, r;
+            ck_taps_ps(row + 2 * o, K, &a, &b, &c);
+            m = a;
+            u = ck_upd_ps(b, m); m = ck_sel_ps(u, b, m); j = _mm_and_ps(u, one);
+            if (K == 3) { u = ck_upd_ps(c, m); m = ck_sel_ps(u, c, m); j = ck_sel_ps(u, two, j); }
+            best = _mm_loadu_ps(accv + o); r = _mm_loadu_ps(accr + o);
+            u = ck_upd_ps(m, best);
+            _mm_storeu_ps(accv + o, ck_sel_ps(u, m, best));
+            _mm_storeu_ps(accr + o, ck_sel_ps(u, _mm_add_ps(vr, j), r));
+        }
+    #endif
+        ck_max_row_tail_f(row, o, n, K, rel, accv, accr);
+    }
+
+    static void ck_max_row_d(const double* row, ptrdiff_t n, int K, double rel,
+                             double* accv, double* accr) {
+        ptrdiff_t o = 0;
+    #ifdef CK_SSE2
+        const __m128d one = _mm_set1_pd(1.0), two = _mm_set1_pd(2.0), vr = _mm_set1_pd(rel);
+        for (; o + 2 <= n; o += 2) {
+            const double* q = row + 2 * o;
+            __m128d p0 = _mm_loadu_pd(q), p1 = _mm_loadu_pd(q + 2), m, j, u, best, r, b, c;
+            m = _mm_unpacklo_pd(p0, p1);                          /* q0 q2 */
+            b = _mm_unpackhi_pd(p0, p1);                          /* q1 q3 */
+            u = ck_upd_pd(b, m); m = ck_sel_pd(u, b, m); j = _mm_and_pd(u, one);
+            if (K == 3) {
+                c = _mm_unpacklo_pd(p1, _mm_load_sd(q + 4));      /* q2 q4 */
+                u = ck_upd_pd(c, m); m = ck_sel_pd(u, c, m); j = ck_sel_pd(u, two, j);
+            }
+            best = _mm_loadu_pd(accv + o); r = _mm_loadu_pd(accr + o);
+            u = ck_upd_pd(m, best);
+            _mm_storeu_pd(accv + o, ck_sel_pd(u, m, best));
+            _mm_storeu_pd(accr + o, ck_sel_pd(u, _mm_add_pd(vr, j), r));
+        }
+    #endif
+        ck_max_row_tail_d(row, o, n, K, rel, accv, accr);
+    }
+
+    static void ck_avg_row_f(const float* row, ptrdiff_t n, int K, float* acc) {
+        ptrdiff_t o = 0;
+    #ifdef CK_SSE2
+        for (; o + 4 <= n; o += 4) {
+            __m128 a, b, c, s;
+            ck_taps_ps(row + 2 * o, K, &a, &b, &c);
+            s = _mm_add_ps(_mm_add_ps(_mm_loadu_ps(acc + o), a), b);
+            if (K == 3) s = _mm_add_ps(s, c);
+            _mm_storeu_ps(acc + o, s);
+        }
+    #endif
+        ck_avg_row_tail_f(row, o, n, K, acc);
+    }
+
+    static void ck_avg_row_d(const double* row, ptrdiff_t n, int K, double* acc) {
+        ptrdiff_t o = 0;
+    #ifdef CK_SSE2
+        for (; o + 2 <= n; o += 2) {
+            const double* q = row + 2 * o;
+            __m128d p0 = _mm_loadu_pd(q), p1 = _mm_loadu_pd(q + 2), s;
+            s = _mm_add_pd(_mm_add_pd(_mm_loadu_pd(acc + o), _mm_unpacklo_pd(p0, p1)),
+                           _mm_unpackhi_pd(p0, p1));
+            if (K == 3) s = _mm_add_pd(s, _mm_unpacklo_pd(p1, _mm_load_sd(q + 4)));
+            _mm_storeu_pd(acc + o, s);
+        }
+    #endif
+        ck_avg_row_tail_d(row, o, n, K, acc);
+    }
+    """
+    void ck_max_row_f(const float* row, Py_ssize_t n, int K, float rel, float* accv, float* accr) noexcept nogil
+    void ck_max_row_d(const double* row, Py_ssize_t n, int K, double rel, double* accv, double* accr) noexcept nogil
+    void ck_avg_row_f(const float* row, Py_ssize_t n, int K, float* acc) noexcept nogil
+    void ck_avg_row_d(const double* row, Py_ssize_t n, int K, double* acc) noexcept nogil
+
+
+cdef void max_pool2d_plane(const floating* x, Py_ssize_t W,
+                           const Py_ssize_t* hbase, const Py_ssize_t* h0, const Py_ssize_t* h1,
+                           const Py_ssize_t* wbase, const Py_ssize_t* w0, const Py_ssize_t* w1,
+                           Py_ssize_t dh, Py_ssize_t dw,
+                           floating* y, int64_t* idx, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    cdef Py_ssize_t oh, ow, i, j, r, best_i, col0
+    cdef floating v, best
+    cdef const floating* row
+    for oh in range(Ho):
+        for ow in range(Wo):
+            # torch: start from -inf at the first in-image tap; NaN always replaces (so a NaN wins)
+            best = -INFINITY
+            col0 = wbase[ow] + w0[ow] * dw
+            best_i = (hbase[oh] + h0[oh] * dh) * W + col0
+            for i in range(h0[oh], h1[oh]):
+                r = (hbase[oh] + i * dh) * W
+                row = x + r
+                for j in range(w0[ow], w1[ow]):
+                    v = row[wbase[ow] + j * dw]
+                    if v > best or v != v:
+                        best = v
+                        best_i = r + wbase[ow] + j * dw
+            y[oh * Wo + ow] = best
+            idx[oh * Wo + ow] = best_i
+
+
+cdef inline void _max_one(const floating* x, Py_ssize_t W, Py_ssize_t hb, Py_ssize_t i0,
+                          Py_ssize_t i1, Py_ssize_t wb, Py_ssize_t j0, Py_ssize_t j1,
+                          Py_ssize_t dh, Py_ssize_t dw, floating* y, int64_t* idx) noexcept nogil:
+    cdef Py_ssize_t i, j, r, best_i
+    cdef floating v, best = -INFINITY
+    best_i = (hb + i0 * dh) * W + wb + j0 * dw
+    for i in range(i0, i1):
+        r = (hb + i * dh) * W + wb
+        for j in range(j0, j1):
+            v = x[r + j * dw]
+            if v > best or v != v:
+                best = v
+                best_i = r + j * dw
+    y[0] = best
+    idx[0] = best_i
+
+
+
+cdef void max_pool2d_s2_plane(const floating* x, Py_ssize_t W, Py_ssize_t K,
+                              const Py_ssize_t* hbase, const Py_ssize_t* h0, const Py_ssize_t* h1,
+                              const Py_ssize_t* wbase, const Py_ssize_t* w0, const Py_ssize_t* w1,
+                              floating* y, int64_t* idx, Py_ssize_t Ho, Py_ssize_t Wo,
+                              floating* accv, floating* accr) noexcept nogil:
+    """Kernel width K (2 or 3), column stride 2, no dilation: branch-free and vectorised over
+    the output columns, one window row at a time.
+
+    Row-major visiting with "replace if greater or NaN" equals taking each window row's
+    (max, first position) and merging the rows in order with the same rule, so values and
+    indices (NaN and ties included) are exactly max_pool2d_plane's.  The winning tap is kept
+    as a small floating offset from the window's first tap (exact: the caller only takes
+    this path when K*W < 2**23), so every lane has the width of the data.  accv/accr: Wo
+    scratch values owned by the calling thread.
+    """
+    cdef Py_ssize_t oh, ow, i, c, cb = wbase[0], lo = 0, hi = Wo
+    cdef floating rel
+    cdef const floating* row
+    # interior columns: all K taps inside the image
+    while lo < Wo and (w0[lo] != 0 or w1[lo] != K):
+        lo += 1
+    while hi > lo and (w0[hi - 1] != 0 or w1[hi - 1] != K):
+        hi -= 1
+    for oh in range(Ho):
+        for ow in range(lo, hi):
+            accv[ow] = -INFINITY
+            accr[ow] = 0
+        for i in range(h0[oh], h1[oh]):
+            row = x + (hbase[oh] + i) * W
+            rel = (i - h0[oh]) * W
+            if floating is float:
+                ck_max_row_f(row + cb + 2 * lo, hi - lo, <int>K, rel, accv + lo, accr + lo)
+            else:
+                ck_max_row_d(row + cb + 2 * lo, hi - lo, <int>K, rel, accv + lo, accr + lo)
+        c = (hbase[oh] + h0[oh]) * W + cb
+        for ow in range(lo, hi):
+            y[oh * Wo + ow] = accv[ow]
+            idx[oh * Wo + ow] = c + 2 * ow + <Py_ssize_t>accr[ow]
+        # edge columns (clipped windows): the general loop
+        for ow in range(lo):
+            _max_one(x, W, hbase[oh], h0[oh], h1[oh], wbase[ow], w0[ow], w1[ow], 1, 1,
+                     &y[oh * Wo + ow], &idx[oh * Wo + ow])
+        for ow in range(hi, Wo):
+            _max_one(x, W, hbase[oh], h0[oh], h1[oh], wbase[ow], w0[ow], w1[ow], 1, 1,
+                     &y[oh * Wo + ow], &idx[oh * Wo + ow])
+
+
+cdef int max_pool2d_plane_backward(const floating* gy, const int64_t* idx, Py_ssize_t HoWo,
+                                   floating* gx, Py_ssize_t HW) noexcept nogil:
+    """gx (HW values) = 0, then gx[idx[o]] += gy[o] in output order.  Returns 1 (and writes
+    nothing out of range) if an index is outside [0, HW)."""
+    cdef Py_ssize_t o
+    cdef int64_t k
+    cdef int bad = 0
+    memset(gx, 0, HW * sizeof(floating))
+    for o in range(HoWo):
+        k = idx[o]
+        if k < 0 or k >= HW:
+            bad = 1
+        else:
+            gx[k] += gy[o]
+    return bad
+
+
+cdef void avg_pool2d_plane(const floating* x, Py_ssize_t W,
+                           const Py_ssize_t* hbase, const Py_ssize_t* h0, const Py_ssize_t* h1,
+                           const Py_ssize_t* wbase, const Py_ssize_t* w0, const Py_ssize_t* w1,
+                           const floating* div, floating* y, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    cdef Py_ssize_t oh, ow, i, j
+    cdef floating s
+    cdef const floating* row
+    for oh in range(Ho):
+        for ow in range(Wo):
+            s = 0
+            for i in range(h0[oh], h1[oh]):
+                row = x + (hbase[oh] + i) * W + wbase[ow]
+                for j in range(w0[ow], w1[ow]):
+                    s = s + row[j]
+            # sum then divide, in the input precision (torch's order)
+            y[oh * Wo + ow] = s / div[oh * Wo + ow]
+
+
+cdef void avg_pool2d_s2_plane(const floating* x, Py_ssize_t W, Py_ssize_t K,
+                              const Py_ssize_t* hbase, const Py_ssize_t* h0, const Py_ssize_t* h1,
+                              const Py_ssize_t* wbase, const Py_ssize_t* w0, const Py_ssize_t* w1,
+                              const floating* div, floating* y, Py_ssize_t Ho, Py_ssize_t Wo,
+                              floating* acc) noexcept nogil:
+    """Kernel width K (2 or 3), column stride 2: vectorised over the output columns.  Each
+    output still sums its taps in row-major order, then divides (avg_pool2d_plane's
+    arithmetic, bit for bit).  acc: Wo scratch values owned by the calling thread."""
+    cdef Py_ssize_t oh, ow, i, j, cb = wbase[0], lo = 0, hi = Wo
+    cdef floating s
+    cdef const floating* row
+    while lo < Wo and (w0[lo] != 0 or w1[lo] != K):
+        lo += 1
+    while hi > lo and (w0[hi - 1] != 0 or w1[hi - 1] != K):
+        hi -= 1
+    for oh in range(Ho):
+        for ow in range(lo, hi):
+            acc[ow] = 0
+        for i in range(h0[oh], h1[oh]):
+            row = x + (hbase[oh] + i) * W
+            if floating is float:
+                ck_avg_row_f(row + cb + 2 * lo, hi - lo, <int>K, acc + lo)
+            else:
+                ck_avg_row_d(row + cb + 2 * lo, hi - lo, <int>K, acc + lo)
+        for ow in range(Wo):
+            if lo <= ow < hi:
+                s = acc[ow]
+            else:
+                s = 0
+                for i in range(h0[oh], h1[oh]):
+                    row = x + (hbase[oh] + i) * W + wbase[ow]
+                    for j in range(w0[ow], w1[ow]):
+                        s = s + row[j]
+            y[oh * Wo + ow] = s / div[oh * Wo + ow]
+
+
+cdef void avg_pool2d_plane_backward(const floating* gy, Py_ssize_t W, Py_ssize_t HW,
+                                    const Py_ssize_t* hbase, const Py_ssize_t* h0, const Py_ssize_t* h1,
+                                    const Py_ssize_t* wbase, const Py_ssize_t* w0, const Py_ssize_t* w1,
+                                    const floating* div, floating* gx,
+                                    Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    cdef Py_ssize_t oh, ow, i, j
+    cdef floating g
+    cdef floating* row
+    memset(gx, 0, HW * sizeof(floating))
+    for oh in range(Ho):
+        for ow in range(Wo):
+            g = gy[oh * Wo + ow] / div[oh * Wo + ow]
+            for i in range(h0[oh], h1[oh]):
+                row = gx + (hbase[oh] + i) * W + wbase[ow]
+                for j in range(w0[ow], w1[ow]):
+                    row[j] += g
+
+
+# ---------------------------------------------------------------- Python-callable drivers
+def max_pool2d_forward(const floating[:, :, ::1] x, Py_ssize_t W,
+                       const Py_ssize_t[::1] hbase, const Py_ssize_t[::1] h0, const Py_ssize_t[::1] h1,
+                       const Py_ssize_t[::1] wbase, const Py_ssize_t[::1] w0, const Py_ssize_t[::1] w1,
+                       Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t fast_k,
+                       floating[:, :, ::1] y, int64_t[:, :, ::1] idx, int n_threads):
+    """x (P, H, W) planes -> y, idx (P, Ho, Wo).  fast_k = 2 or 3: kernel width fast_k,
+    column stride 2, no dilation (the branch-free path); 0: the general loop."""
+    cdef Py_ssize_t P = x.shape[0], Ho = y.shape[1], Wo = y.shape[2], p
+    cdef floating* accv
+    cdef floating* accr
+    with nogil, parallel(num_threads=n_threads):
+        accv = <floating*>malloc(Wo * sizeof(floating))
+        accr = <floating*>malloc(Wo * sizeof(floating))
+        for p in prange(P, schedule="static"):
+            if fast_k and accv != NULL and accr != NULL:
+                max_pool2d_s2_plane(&x[p, 0, 0], W, fast_k, &hbase[0], &h0[0], &h1[0],
+                                    &wbase[0], &w0[0], &w1[0], &y[p, 0, 0], &idx[p, 0, 0],
+                                    Ho, Wo, accv, accr)
+            else:
+                max_pool2d_plane(&x[p, 0, 0], W, &hbase[0], &h0[0], &h1[0],
+                                 &wbase[0], &w0[0], &w1[0], dh, dw, &y[p, 0, 0], &idx[p, 0, 0],
+                                 Ho, Wo)
+        free(accv)
+        free(accr)
+
+
+def max_pool2d_backward(const floating[:, ::1] gy, const int64_t[:, ::1] idx,
+                        floating[:, ::1] gx, int n_threads):
+    """gy, idx (P, Ho*Wo) -> gx (P, H*W).  Returns the number of planes holding an index
+    outside [0, H*W) (those planes hold partial sums; the caller discards gx)."""
+    cdef Py_ssize_t P = gy.shape[0], HoWo = gy.shape[1], HW = gx.shape[1], p
+    cdef Py_ssize_t bad = 0
+    with nogil:
+        for p in prange(P, schedule="static", num_threads=n_threads):
+            bad += max_pool2d_plane_backward(&gy[p, 0], &idx[p, 0], HoWo, &gx[p, 0], HW)
+    return bad
+
+
+def avg_pool2d_forward(const floating[:, :, ::1] x, Py_ssize_t W,
+                       const Py_ssize_t[::1] hbase, const Py_ssize_t[::1] h0, const Py_ssize_t[::1] h1,
+                       const Py_ssize_t[::1] wbase, const Py_ssize_t[::1] w0, const Py_ssize_t[::1] w1,
+                       const floating[:, ::1] div, Py_ssize_t fast_k, floating[:, :, ::1] y,
+                       int n_threads):
+    """x (P, H, W) -> y (P, Ho, Wo); div (Ho, Wo) divisors.  fast_k = 2 or 3: kernel width,
+    column stride 2 (the vectorised path); 0: the general loop."""
+    cdef Py_ssize_t P = x.shape[0], Ho = y.shape[1], Wo = y.shape[2], p
+    cdef floating* acc
+    with nogil, parallel(num_threads=n_threads):
+        acc = <floating*>malloc(Wo * sizeof(floating))
+        for p in prange(P, schedule="static"):
+            if fast_k and acc != NULL:
+                avg_pool2d_s2_plane(&x[p, 0, 0], W, fast_k, &hbase[0], &h0[0], &h1[0],
+                                    &wbase[0], &w0[0], &w1[0], &div[0, 0], &y[p, 0, 0],
+                                    Ho, Wo, acc)
+            else:
+                avg_pool2d_plane(&x[p, 0, 0], W, &hbase[0], &h0[0], &h1[0], &wbase[0], &w0[0],
+                                 &w1[0], &div[0, 0], &y[p, 0, 0], Ho, Wo)
+        free(acc)
+
+
+def avg_pool2d_backward(const floating[:, :, ::1] gy, Py_ssize_t W,
+                        const Py_ssize_t[::1] hbase, const Py_ssize_t[::1] h0, const Py_ssize_t[::1] h1,
+                        const Py_ssize_t[::1] wbase, const Py_ssize_t[::1] w0, const Py_ssize_t[::1] w1,
+                        const floating[:, ::1] div, floating[:, ::1] gx, int n_threads):
+    cdef Py_ssize_t P = gy.shape[0], Ho = gy.shape[1], Wo = gy.shape[2], HW = gx.shape[1], p
+    with nogil:
+        for p in prange(P, schedule="static", num_threads=n_threads):
+            avg_pool2d_plane_backward(&gy[p, 0, 0], W, HW, &hbase[0], &h0[0], &h1[0],
+                                      &wbase[0], &w0[0], &w1[0], &div[0, 0], &gx[p, 0], Ho, Wo)
