@@ -180,10 +180,10 @@ MAX_BLOCKS = 65535 * 8   # grid-stride loops cover the rest
 
 
 def grid_for(n: int, block: int = BLOCK) -> tuple[tuple[int], tuple[int]]:
-    """(grid, block) for ``n`` work items (n >= 1) with a grid-stride kernel."""
-    if n < 1:
-        raise ValueError(f"grid_for: no work to launch (n={n})")
-    return (min((n + block - 1) // block, MAX_BLOCKS),), (block,)
+    """(grid, block) for ``n`` work items with a grid-stride kernel; a grid of 0 blocks when
+    there is no work, which :func:`launch` skips (the boundary filters empty inputs already,
+    but a launcher reached with no work must not launch an invalid configuration)."""
+    return (max(0, min((n + block - 1) // block, MAX_BLOCKS)),), (block,)
 
 
 def launch(stem: str, name: str, dtype, grid, block, args) -> None:

@@ -125,14 +125,20 @@ def test_device_problem_reaches_backend_status(monkeypatch):
         _registry._failures.pop("cuda", None)   # monkeypatch restores the original entry
 
 
-def test_grid_never_empty():
+def test_grid_and_no_empty_launch(monkeypatch):
+    from convkit_cuda import _kernels
     from convkit_cuda._kernels import MAX_BLOCKS, grid_for
 
     assert grid_for(1) == ((1,), (256,))
     assert grid_for(257) == ((2,), (256,))
     assert grid_for(10**12)[0] == (MAX_BLOCKS,)
-    with pytest.raises(ValueError, match="no work"):
-        grid_for(0)
+    assert grid_for(0) == ((0,), (256,))
+
+    def no_kernel(*a):
+        raise AssertionError("a grid of 0 blocks must not be launched")
+
+    monkeypatch.setattr(_kernels, "get_kernel", no_kernel)
+    _kernels.launch("boxes", "box_iou", np.float32, *grid_for(0), ())
 
 
 # ============================================================ 2. host emulation of the kernels
@@ -252,6 +258,29 @@ def test_emulated_conv_workspace_chunks(emulated, torch, groups):
                 run("cuda", F.conv2d_forward, x, w, None, **kw)
     finally:
         convkit.set_workspace_limit(old)
+
+
+def test_emulated_ops_called_with_no_work(emulated):
+    """Backend methods reached with empty arrays (the boundary normally stops them first)
+    return correctly shaped results and launch nothing invalid."""
+    be = emulated
+    x = np.zeros((0, 3, 5, 5), np.float32)
+    y, idx = be.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), (2, 2))
+    assert y.shape == idx.shape == (0, 3, 2, 2)
+    assert be.max_pool2d_backward(y, idx, x.shape).shape == x.shape
+    assert be.avg_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (2, 2), True).shape == (0, 3, 2, 2)
+    assert be.avg_pool2d_backward(y, x.shape, (2, 2), (2, 2), (0, 0), True).shape == x.shape
+    w = np.zeros((4, 3, 3, 3), np.float32)
+    assert be.conv2d_forward(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1).shape == (0, 4, 5, 5)
+    rois = np.zeros((0, 5), np.float32)
+    xr = np.ones((1, 3, 5, 5), np.float32)
+    assert be.roi_align_forward(xr, rois, (2, 2), 1.0, -1, False).shape == (0, 3, 2, 2)
+    g = np.zeros((0, 3, 2, 2), np.float32)
+    np.testing.assert_array_equal(
+        be.roi_align_backward(g, rois, xr.shape, (2, 2), 1.0, -1, False), np.zeros_like(xr))
+    np.testing.assert_array_equal(
+        be.roi_pool_backward(g, rois, np.zeros(g.shape, np.int64), xr.shape), np.zeros_like(xr))
+    assert be.box_iou(np.zeros((0, 4), np.float32), np.ones((3, 4), np.float32)).shape == (0, 3)
 
 
 def test_emulated_precompile_and_info(emulated):
