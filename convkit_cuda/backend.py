@@ -90,21 +90,29 @@ class CudaBackend(Backend):
 
     # ------------------------------------------------------------------ arrays
     def asarray(self, a, dtype=None):
-        """A ``cupy.ndarray`` from a CuPy array, a NumPy array or list (copied to the current
-        device), a ``__cuda_array_interface__`` producer or a CUDA DLPack producer (a torch
-        CUDA tensor; zero-copy)."""
+        """A ``cupy.ndarray`` from a CuPy array, a CUDA DLPack producer (a torch CUDA tensor:
+        zero-copy, stream-ordered by the DLPack protocol), a ``__cuda_array_interface__``
+        producer (zero-copy), or host data -- a NumPy array, a list -- copied to the current
+        device."""
         cp = self.xp
         if isinstance(a, cp.ndarray):
             return a if dtype is None else a.astype(dtype, copy=False)
-        if hasattr(a, "__cuda_array_interface__"):
+        if hasattr(a, "__dlpack__") and self._dlpack_on_gpu(a):
+            out = cp.from_dlpack(a)     # the producer's own error if it cannot export
+        elif self._has_cai(a):
             out = cp.asarray(a)
-        elif hasattr(a, "__dlpack__") and self._dlpack_on_gpu(a):
-            out = cp.from_dlpack(a)
         else:   # host data: NumPy arrays, lists, CPU DLPack / buffer producers
             import numpy as np
 
             out = cp.asarray(np.asarray(a))
         return out if dtype is None else out.astype(dtype, copy=False)
+
+    @staticmethod
+    def _has_cai(a) -> bool:
+        try:
+            return hasattr(a, "__cuda_array_interface__")
+        except Exception:    # the property exists but refuses (e.g. a tensor needing grad):
+            return True      # let cupy.asarray raise the producer's explanation
 
     @staticmethod
     def _dlpack_on_gpu(a) -> bool:

@@ -283,6 +283,38 @@ def test_emulated_ops_called_with_no_work(emulated):
     assert be.box_iou(np.zeros((0, 4), np.float32), np.ones((3, 4), np.float32)).shape == (0, 3)
 
 
+def test_emulated_asarray_routes(emulated, monkeypatch):
+    """DLPack producers on a CUDA device go through from_dlpack, __cuda_array_interface__
+    producers through asarray, host data is copied; dtype= converts."""
+    be = emulated
+    calls = []
+    host = np.arange(6, dtype=np.float64).reshape(2, 3)
+
+    class GpuDLPack:
+        def __dlpack__(self, stream=None):
+            raise AssertionError("from_dlpack is stubbed")
+
+        def __dlpack_device__(self):
+            return (2, 0)                        # kDLCUDA
+
+    class CudaIface:
+        @property
+        def __cuda_array_interface__(self):
+            raise RuntimeError("refuses: needs grad")
+
+    monkeypatch.setattr(be.xp, "from_dlpack", lambda a: calls.append("dlpack") or host)
+    real_asarray = np.asarray
+    monkeypatch.setattr(be.xp, "asarray",
+                        lambda a, *k, **kw: calls.append("asarray") or real_asarray(a, *k, **kw),
+                        raising=False)
+    assert be.asarray(GpuDLPack(), dtype=np.float32).dtype == np.float32
+    assert calls == ["dlpack"]
+    be.asarray(CudaIface())      # handed to cupy.asarray, which would raise the refusal
+    assert calls == ["dlpack", "asarray"]
+    np.testing.assert_array_equal(be.asarray([[1, 2], [3, 4]]), [[1, 2], [3, 4]])
+    assert be.is_native(be.asarray(host)) and be.to_numpy(host) is not None
+
+
 def test_emulated_precompile_and_info(emulated):
     t = convkit.precompile("cuda")
     assert set(t) == {f"{s}:{d}" for s in ("conv", "pool", "batchnorm", "roi", "boxes")
