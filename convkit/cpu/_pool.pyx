@@ -323,18 +323,28 @@ cdef void avg_pool2d_plane_backward(const floating* gy, Py_ssize_t W, Py_ssize_t
                                     const Py_ssize_t* hbase, const Py_ssize_t* h0, const Py_ssize_t* h1,
                                     const Py_ssize_t* wbase, const Py_ssize_t* w0, const Py_ssize_t* w1,
                                     const floating* div, floating* gx,
-                                    Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
-    cdef Py_ssize_t oh, ow, i, j
+                                    Py_ssize_t Ho, Py_ssize_t Wo, floating* e) noexcept nogil:
+    """gx = 0, then for each output row: e[w] = sum over the windows of that row covering
+    column w of grad/divisor (a short scalar scatter along one row), and e is added to every
+    input row the windows span (a contiguous, vectorised add).  The order of additions is fixed,
+    so the result is the same on every run.  e: W scratch values owned by the calling thread."""
+    cdef Py_ssize_t oh, ow, i, j, lo, hi
     cdef floating g
     cdef floating* row
     memset(gx, 0, HW * sizeof(floating))
+    lo = wbase[0] + w0[0]                 # columns any window touches: [lo, hi)
+    hi = wbase[Wo - 1] + w1[Wo - 1]
     for oh in range(Ho):
+        for j in range(lo, hi):
+            e[j] = 0
         for ow in range(Wo):
             g = gy[oh * Wo + ow] / div[oh * Wo + ow]
-            for i in range(h0[oh], h1[oh]):
-                row = gx + (hbase[oh] + i) * W + wbase[ow]
-                for j in range(w0[ow], w1[ow]):
-                    row[j] += g
+            for j in range(wbase[ow] + w0[ow], wbase[ow] + w1[ow]):
+                e[j] += g
+        for i in range(h0[oh], h1[oh]):
+            row = gx + (hbase[oh] + i) * W
+            for j in range(lo, hi):
+                row[j] += e[j]
 
 
 # ---------------------------------------------------------------- Python-callable drivers
@@ -402,8 +412,19 @@ def avg_pool2d_backward(const floating[:, :, ::1] gy, Py_ssize_t W,
                         const Py_ssize_t[::1] hbase, const Py_ssize_t[::1] h0, const Py_ssize_t[::1] h1,
                         const Py_ssize_t[::1] wbase, const Py_ssize_t[::1] w0, const Py_ssize_t[::1] w1,
                         const floating[:, ::1] div, floating[:, ::1] gx, int n_threads):
+    """gy (P, Ho, Wo) -> gx (P, H*W).  Returns 0, or -1 if scratch memory ran out."""
     cdef Py_ssize_t P = gy.shape[0], Ho = gy.shape[1], Wo = gy.shape[2], HW = gx.shape[1], p
-    with nogil:
-        for p in prange(P, schedule="static", num_threads=n_threads):
-            avg_pool2d_plane_backward(&gy[p, 0, 0], W, HW, &hbase[0], &h0[0], &h1[0],
-                                      &wbase[0], &w0[0], &w1[0], &div[0, 0], &gx[p, 0], Ho, Wo)
+    cdef floating* e
+    cdef Py_ssize_t failed = 0
+    with nogil, parallel(num_threads=n_threads):
+        e = <floating*>malloc(W * sizeof(floating))
+        for p in prange(P, schedule="static"):
+            if e == NULL:
+                failed += 1
+            else:
+                avg_pool2d_plane_backward(&gy[p, 0, 0], W, HW, &hbase[0], &h0[0], &h1[0],
+                                          &wbase[0], &w0[0], &w1[0], &div[0, 0], &gx[p, 0],
+                                          Ho, Wo, e)
+        free(e)
+    if failed:
+        raise MemoryError("avg_pool2d_backward: out of memory for a row of scratch")

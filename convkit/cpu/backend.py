@@ -12,7 +12,7 @@ from . import batchnorm, boxes, conv, pool, roi
 class CpuBackend(Backend):
     name = "cpu"
     xp = np
-    validates_indices = False
+    validates_indices = True   # the pool / roi-pool backward kernels range-check indices themselves
 
     def asarray(self, a, dtype=None):
         if hasattr(a, "__cuda_array_interface__"):
