@@ -328,12 +328,14 @@ def test_emulated_precompile_and_info(emulated):
 @needs_cxx
 @pytest.mark.slow
 def test_generic_op_suites_on_emulated_cuda():
-    """tests/test_{conv,pool,batchnorm,roi,boxes}.py, cuda parametrisations only, on the host
-    emulation of the kernels (a subprocess: the stand-in cupy must be in place before
-    conftest asks which backends load)."""
+    """The generic op suites (tests/test_{conv,pool,batchnorm,roi,boxes}.py, the error and
+    conformance tests, the model layers), cuda parametrisations only, on the host emulation of
+    the kernels (a subprocess: the stand-in cupy must be in place before conftest asks which
+    backends load)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    files = [os.path.join(here, f"test_{s}.py") for s in ("conv", "pool", "batchnorm", "roi",
-                                                          "boxes")]
+    files = [os.path.join(here, f"test_{s}.py") for s in (
+        "conv", "pool", "batchnorm", "roi", "boxes", "errors", "conformance", "nn", "detection")]
+    files = [f for f in files if os.path.exists(f)]
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                         "-p", "convkit_cuda._host_emulation", "-k", "cuda", *files],
                        capture_output=True, text=True, cwd=os.path.dirname(here), timeout=900)
