@@ -40,34 +40,44 @@ cdef inline void _wo_range(Py_ssize_t off, Py_ssize_t sw, Py_ssize_t W, Py_ssize
 
 
 # ---------------------------------------------------------------------------- plane kernels
+cdef void _im2col_taps(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
+                      Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                      Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t Wo, Py_ssize_t h0,
+                      Py_ssize_t nrows, floating* cols, Py_ssize_t ldc) noexcept nogil:
+    """The KW rows of tap row kh (row kw of cols, stride ldc): see im2col_plane."""
+    cdef Py_ssize_t kw, r, wo, hi, lo, up, off
+    cdef floating* dst
+    cdef const floating* src
+    for kw in range(KW):
+        off = kw * dw - pl
+        _wo_range(off, sw, W, Wo, &lo, &up)
+        for r in range(nrows):
+            dst = cols + kw * ldc + r * Wo
+            hi = (h0 + r) * sh - pt + kh * dh
+            if hi < 0 or hi >= H or lo == up:
+                memset(dst, 0, Wo * sizeof(floating))
+                continue
+            src = x + hi * W + off
+            if lo > 0:
+                memset(dst, 0, lo * sizeof(floating))
+            if sw == 1:
+                memcpy(dst + lo, src + lo, (up - lo) * sizeof(floating))
+            else:
+                for wo in range(lo, up):
+                    dst[wo] = src[wo * sw]
+            if up < Wo:
+                memset(dst + up, 0, (Wo - up) * sizeof(floating))
+
+
 cdef void im2col_plane(const floating* x, Py_ssize_t H, Py_ssize_t W,
                        Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                        Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                        Py_ssize_t Wo, Py_ssize_t h0, Py_ssize_t nrows,
                        floating* cols, Py_ssize_t ldc) noexcept nogil:
-    cdef Py_ssize_t kh, kw, r, wo, hi, lo, up, off
-    cdef floating* dst
-    cdef const floating* src
+    cdef Py_ssize_t kh
     for kh in range(KH):
-        for kw in range(KW):
-            off = kw * dw - pl
-            _wo_range(off, sw, W, Wo, &lo, &up)
-            for r in range(nrows):
-                dst = cols + (kh * KW + kw) * ldc + r * Wo
-                hi = (h0 + r) * sh - pt + kh * dh
-                if hi < 0 or hi >= H or lo == up:
-                    memset(dst, 0, Wo * sizeof(floating))
-                    continue
-                src = x + hi * W + off
-                if lo > 0:
-                    memset(dst, 0, lo * sizeof(floating))
-                if sw == 1:
-                    memcpy(dst + lo, src + lo, (up - lo) * sizeof(floating))
-                else:
-                    for wo in range(lo, up):
-                        dst[wo] = src[wo * sw]
-                if up < Wo:
-                    memset(dst + up, 0, (Wo - up) * sizeof(floating))
+        _im2col_taps(x, H, W, kh, KW, sh, sw, pt, pl, dh, dw, Wo, h0, nrows,
+                     cols + kh * KW * ldc, ldc)
 
 
 cdef void col2im_plane(const floating* cols, Py_ssize_t ldc, Py_ssize_t H, Py_ssize_t W,
@@ -212,177 +222,132 @@ cdef double plane_sum(const floating* p, Py_ssize_t n) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------- drivers
-cdef inline Py_ssize_t _gcd(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    while b:
-        a, b = b, a % b
-    return a
-
-
-cdef inline Py_ssize_t _nblocks(Py_ssize_t items, Py_ssize_t n_threads) noexcept nogil:
-    """Split each of ``items`` equal tasks into this many blocks so the team gets equal shares
-    (items * blocks is a multiple of n_threads)."""
-    if n_threads <= 1 or items <= 0:
-        return 1
-    return n_threads // _gcd(items, n_threads)
-
-
-cdef inline Py_ssize_t _block_width(Py_ssize_t total, Py_ssize_t nblocks) noexcept nogil:
-    """Width of each of nblocks column blocks of ``total`` columns, rounded up to 16."""
-    cdef Py_ssize_t bw = (total + nblocks - 1) // nblocks
-    return ((bw + 15) // 16) * 16
-
-
 def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                         const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
-                        floating[::1] ws, Py_ssize_t nb, Py_ssize_t rows,
+                        floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t rows,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups, bint pointwise,
                         int n_threads):
-    """y = conv(x, w) + bias by im2col + GEMM, nb images (or ``rows`` output rows of one
-    image) at a time through the workspace ws (IN: x, w, bias; OUT: y; scratch: ws).
+    """y = conv(x, w) + bias by im2col + GEMM (IN: x, w, bias; OUT: y; scratch: ws).
 
+    Tasks are (image, block of ``rows`` output rows), independent of each other: one parallel
+    region, no barrier inside, dynamic scheduling (a thread slowed by other load takes fewer
+    tasks; the results do not depend on who ran what).  A task writes its columns into its
+    thread's slice of ws (ws_per_thread elements), then one GEMM per group writes y.
     pointwise (1x1 kernel, stride 1, no padding): the GEMMs read x in place; ws is unused.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
     cdef Py_ssize_t Ho = y.shape[2], Wo = y.shape[3], HoWo = Ho * Wo
     cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
-    cdef Py_ssize_t n0, h0, nbc, hr, L, ld, img_stride, ncb, bw, nitems
-    cdef Py_ssize_t it, i, c, g, cb, j0, jw, f, jj
-    cdef const floating* colbase
+    cdef Py_ssize_t nrb = (Ho + rows - 1) // rows
+    cdef Py_ssize_t t, n, rb, h0, hr, L, ld, c, g, f, j
+    cdef const floating* cols
+    cdef floating* buf
     cdef floating* yp
     cdef floating beta, bv
     with nogil:
-        n0 = 0
-        while n0 < N:
-            nbc = _min(nb, N - n0)
-            h0 = 0
-            while h0 < Ho:
-                hr = _min(rows, Ho - h0)
-                L = hr * Wo
-                if pointwise:
-                    colbase = &x[n0, 0, 0, 0]
-                    img_stride = C * H * W
-                    ld = H * W
-                else:
-                    colbase = &ws[0]
-                    img_stride = L
-                    ld = nbc * L
-                    for it in prange(nbc * C, schedule="static", num_threads=n_threads):
-                        i = it // C
-                        c = it - i * C
-                        im2col_plane(&x[n0 + i, c, 0, 0], H, W, KH, KW, sh, sw, pt, pl, dh, dw,
-                                     Wo, h0, hr, &ws[c * KK * ld + i * L], ld)
-                ncb = _nblocks(nbc * G, n_threads)
-                bw = _block_width(L, ncb)
-                nitems = nbc * G * ncb
-                for it in prange(nitems, schedule="static", num_threads=n_threads):
-                    i = it // (G * ncb)
-                    g = (it - i * G * ncb) // ncb
-                    cb = it - i * G * ncb - g * ncb
-                    j0 = cb * bw
-                    jw = _min(L - j0, bw)
-                    if jw > 0:
-                        yp = &y[n0 + i, g * Fg, 0, 0] + h0 * Wo + j0
-                        beta = 0
-                        if has_bias:
-                            beta = 1
-                            for f in range(Fg):
-                                bv = bias[g * Fg + f]
-                                for jj in range(jw):
-                                    yp[f * HoWo + jj] = bv
-                        gemm(False, False, Fg, jw, CgKK, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
-                             colbase + i * img_stride + g * CgKK * ld + j0, ld,
-                             beta, yp, HoWo)
-                h0 += hr
-            n0 += nbc
+        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
+            n = t // nrb
+            rb = t - n * nrb
+            h0 = rb * rows
+            hr = _min(rows, Ho - h0)
+            L = hr * Wo
+            if pointwise:
+                cols = &x[n, 0, 0, 0] + h0 * Wo
+                ld = H * W
+            else:
+                buf = &ws[0] + threadid() * ws_per_thread
+                for c in range(C):
+                    im2col_plane(&x[n, c, 0, 0], H, W, KH, KW, sh, sw, pt, pl, dh, dw,
+                                 Wo, h0, hr, buf + c * KK * L, L)
+                cols = buf
+                ld = L
+            for g in range(G):
+                yp = &y[n, g * Fg, 0, 0] + h0 * Wo
+                beta = 0
+                if has_bias:
+                    beta = 1
+                    for f in range(Fg):
+                        bv = bias[g * Fg + f]
+                        for j in range(L):
+                            yp[f * HoWo + j] = bv
+                gemm(False, False, Fg, L, CgKK, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
+                     cols + g * CgKK * ld, ld, beta, yp, HoWo)
     return y
 
 
 def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
                          const floating[:, :, :, ::1] w, floating[:, :, :, ::1] gx,
-                         floating[:, :, :, ::1] gw, floating[::1] ws, Py_ssize_t nb,
-                         Py_ssize_t rows, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                         floating[:, :, :, ::1] gw, floating[::1] ws, Py_ssize_t ws_per_thread,
+                         Py_ssize_t units_w, Py_ssize_t rows_w, Py_ssize_t chans_x,
+                         Py_ssize_t rows_x, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
                          Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
                          bint pointwise, bint needs_input_grad, int n_threads):
-    """grad_weight (gw, OUT, zero-filled by the caller) and, when needs_input_grad, grad_x
-    (gx, OUT, any contents) of conv2d_forward_gemm.
+    """grad_weight into gw (OUT, zero-filled by the caller) and, when needs_input_grad, grad_x
+    into gx (OUT, any contents) of conv2d_forward_gemm.
 
-    gw[g] += gy[n, g] @ cols[n, g]^T image after image (a fixed order: deterministic);
-    cols_grad = w[g]^T @ gy[n, g], then col2im into gx (each thread owns whole planes).
+    grad_weight: a task owns a block of ``units_w`` (channel, kh) tap rows -- a column block
+    of gw[g] -- and adds gy[n, g] @ cols^T for n = 0, 1, ... in order, ``rows_w`` output rows
+    at a time: the sum runs in the same order whatever the thread count (deterministic).
+    grad_x: a task owns ``chans_x`` channels of one image: cols_grad = w^T @ gy, ``rows_x``
+    output rows at a time, then col2im into those gx planes.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
     cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo
     cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
-    cdef Py_ssize_t n0, h0, nbc, hr, L, ld, img_stride, ncb, bw, nitems
-    cdef Py_ssize_t it, i, c, g, cb, j0, jw
-    cdef const floating* colbase
-    cdef floating* cgrad
+    cdef Py_ssize_t Ug = Cg * KH, ntw = (Ug + units_w - 1) // units_w
+    cdef Py_ssize_t ntx = (Cg + chans_x - 1) // chans_x
+    cdef Py_ssize_t t, n, g, u0, u1, u, h0, hr, L, c, c0, nc
+    cdef const floating* cols
+    cdef floating* buf
     with nogil:
-        n0 = 0
-        while n0 < N:
-            nbc = _min(nb, N - n0)
-            h0 = 0
-            while h0 < Ho:
-                hr = _min(rows, Ho - h0)
-                L = hr * Wo
+        for t in prange(G * ntw, schedule="dynamic", num_threads=n_threads):
+            g = t // ntw
+            u0 = (t - g * ntw) * units_w
+            u1 = _min(Ug, u0 + units_w)
+            buf = &ws[0] + threadid() * ws_per_thread
+            for n in range(N):
+                if pointwise:   # units are channels; x is its own column matrix
+                    gemm(False, True, Fg, u1 - u0, HoWo, <floating>1, &gy[n, g * Fg, 0, 0], HoWo,
+                         &x[n, g * Cg + u0, 0, 0], HoWo, <floating>1,
+                         &gw[g * Fg, 0, 0, 0] + u0, CgKK)
+                    continue
+                h0 = 0
+                while h0 < Ho:
+                    hr = _min(rows_w, Ho - h0)
+                    L = hr * Wo
+                    for u in range(u0, u1):
+                        _im2col_taps(&x[n, g * Cg + u // KH, 0, 0], H, W, u % KH, KW, sh, sw,
+                                     pt, pl, dh, dw, Wo, h0, hr, buf + (u - u0) * KW * L, L)
+                    gemm(False, True, Fg, (u1 - u0) * KW, L, <floating>1,
+                         &gy[n, g * Fg, 0, 0] + h0 * Wo, HoWo, buf, L, <floating>1,
+                         &gw[g * Fg, 0, 0, 0] + u0 * KW, CgKK)
+                    h0 = h0 + hr
+        if needs_input_grad:
+            for t in prange(N * G * ntx, schedule="dynamic", num_threads=n_threads):
+                n = t // (G * ntx)
+                g = (t - n * G * ntx) // ntx
+                c0 = (t - n * G * ntx - g * ntx) * chans_x
+                nc = _min(Cg - c0, chans_x)
                 if pointwise:
-                    colbase = &x[n0, 0, 0, 0]
-                    img_stride = C * H * W
-                    ld = H * W
-                else:
-                    colbase = &ws[0]
-                    img_stride = L
-                    ld = nbc * L
-                    for it in prange(nbc * C, schedule="static", num_threads=n_threads):
-                        i = it // C
-                        c = it - i * C
-                        im2col_plane(&x[n0 + i, c, 0, 0], H, W, KH, KW, sh, sw, pt, pl, dh, dw,
-                                     Wo, h0, hr, &ws[c * KK * ld + i * L], ld)
-                # grad_weight: each task owns a column block of gw[g]; images in order
-                ncb = _nblocks(G, n_threads)
-                bw = _block_width(CgKK, ncb)
-                for it in prange(G * ncb, schedule="static", num_threads=n_threads):
-                    g = it // ncb
-                    cb = it - g * ncb
-                    j0 = cb * bw
-                    jw = _min(CgKK - j0, bw)
-                    if jw > 0:
-                        for i in range(nbc):
-                            gemm(False, True, Fg, jw, L, <floating>1,
-                                 &gy[n0 + i, g * Fg, 0, 0] + h0 * Wo, HoWo,
-                                 colbase + i * img_stride + (g * CgKK + j0) * ld, ld,
-                                 <floating>1, &gw[g * Fg, 0, 0, 0] + j0, CgKK)
-                if needs_input_grad:
-                    # columns' gradient (into gx directly when pointwise, else into ws)
-                    ncb = _nblocks(nbc * G, n_threads)
-                    bw = _block_width(L, ncb)
-                    nitems = nbc * G * ncb
-                    for it in prange(nitems, schedule="static", num_threads=n_threads):
-                        i = it // (G * ncb)
-                        g = (it - i * G * ncb) // ncb
-                        cb = it - i * G * ncb - g * ncb
-                        j0 = cb * bw
-                        jw = _min(L - j0, bw)
-                        if jw > 0:
-                            if pointwise:
-                                cgrad = &gx[n0 + i, g * Cg, 0, 0] + j0
-                            else:
-                                cgrad = &ws[0] + g * CgKK * ld + i * L + j0
-                            gemm(True, False, CgKK, jw, Fg, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
-                                 &gy[n0 + i, g * Fg, 0, 0] + h0 * Wo + j0, HoWo,
-                                 <floating>0, cgrad, ld)
-                    if not pointwise:
-                        for it in prange(nbc * C, schedule="static", num_threads=n_threads):
-                            i = it // C
-                            c = it - i * C
-                            if h0 == 0:
-                                memset(&gx[n0 + i, c, 0, 0], 0, H * W * sizeof(floating))
-                            col2im_plane(&ws[c * KK * ld + i * L], ld, H, W, KH, KW, sh, sw,
-                                         pt, pl, dh, dw, Wo, h0, hr, &gx[n0 + i, c, 0, 0])
-                h0 += hr
-            n0 += nbc
+                    gemm(True, False, nc, HoWo, Fg, <floating>1, &w[g * Fg, c0, 0, 0], CgKK,
+                         &gy[n, g * Fg, 0, 0], HoWo, <floating>0, &gx[n, g * Cg + c0, 0, 0], HoWo)
+                    continue
+                buf = &ws[0] + threadid() * ws_per_thread
+                for c in range(nc):
+                    memset(&gx[n, g * Cg + c0 + c, 0, 0], 0, H * W * sizeof(floating))
+                h0 = 0
+                while h0 < Ho:
+                    hr = _min(rows_x, Ho - h0)
+                    L = hr * Wo
+                    gemm(True, False, nc * KK, L, Fg, <floating>1, &w[g * Fg, c0, 0, 0], CgKK,
+                         &gy[n, g * Fg, 0, 0] + h0 * Wo, HoWo, <floating>0, buf, L)
+                    for c in range(nc):
+                        col2im_plane(buf + c * KK * L, L, H, W, KH, KW, sh, sw, pt, pl, dh, dw,
+                                     Wo, h0, hr, &gx[n, g * Cg + c0 + c, 0, 0])
+                    h0 = h0 + hr
 
 
 def conv2d_forward_depthwise(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,

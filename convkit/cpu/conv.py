@@ -22,10 +22,10 @@ from .._config import get_num_threads, get_workspace_limit
 from .._shapes import conv_out_size
 from . import _conv
 
-# Chunk size for the im2col columns.  Smaller chunks keep the columns in cache between im2col
-# and the GEMM that reads them and keep the workspace (and RSS) small; bigger ones mean fewer,
-# larger GEMMs.  Measured on the 2-core Xeon (see the report of the Cython CPU backend issue).
-_CHUNK_BYTES = 8 * 2**20
+# Workspace per thread for the im2col columns.  Smaller pieces keep the columns in cache
+# between im2col and the GEMM that reads them and keep the workspace (and RSS) small; bigger ones
+# mean fewer, larger GEMMs.
+_CHUNK_BYTES = 4 * 2**20
 # Below this many multiply-adds a call runs on one thread: starting the team costs more than it
 # saves (measured on lenet-sized layers).
 _SERIAL_MACS = 1 << 20
@@ -97,24 +97,53 @@ def _threads(macs: int) -> int:
     return 1 if macs < _SERIAL_MACS else get_num_threads()
 
 
-def _plan(N, C, KK, Ho, Wo, itemsize, op):
-    """(images per chunk, output rows per chunk, workspace elements) for the im2col path."""
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _team(op, n_threads, min_bytes, what):
+    """(threads, per-thread workspace budget in bytes): each thread gets its own slice of the
+    workspace, so fewer threads run when the limit cannot give each one its smallest piece."""
     limit = get_workspace_limit()
-    chunk = min(_CHUNK_BYTES, limit)
-    row = C * KK * Wo * itemsize          # columns of one output row of one image
-    image = row * Ho
-    if image <= chunk:
-        nb = min(N, chunk // image)
-        return nb, Ho, nb * C * KK * Ho * Wo
-    if row > limit:
+    if min_bytes > limit:
         raise MemoryError(
-            f"{op}: the im2col workspace needs {row} bytes even for one output row "
-            f"(C*KH*KW*Wo = {C}*{KK}*{Wo} values), over the workspace limit of {limit} bytes; "
-            f"raise it with convkit.set_workspace_limit()")
-    rows = max(1, chunk // row)
-    if rows >= Ho:
-        rows = Ho
-    return 1, rows, rows * C * KK * Wo
+            f"{op}: the im2col workspace needs {min_bytes} bytes even for {what}, over the "
+            f"workspace limit of {limit} bytes; raise it with convkit.set_workspace_limit()")
+    n_threads = max(1, min(n_threads, limit // min_bytes))
+    return n_threads, max(min_bytes, min(_CHUNK_BYTES, limit // n_threads))
+
+
+def _plan_forward(N, C, KK, Ho, Wo, itemsize, n_threads, pointwise):
+    """(threads, output rows per task, workspace elements per thread)."""
+    if pointwise:
+        rows, per_row = Ho, 0
+    else:
+        per_row = C * KK * Wo * itemsize          # columns of one output row of one image
+        n_threads, budget = _team("conv2d_forward", n_threads, per_row,
+                                  "one output row of one image")
+        rows = min(Ho, budget // per_row)
+    if n_threads > 1 and N * _ceil_div(Ho, rows) < 2 * n_threads:   # enough tasks for the team
+        rows = max(1, _ceil_div(Ho, _ceil_div(2 * n_threads, N)))
+    return n_threads, rows, rows * per_row // itemsize
+
+
+def _plan_backward(N, C, Cg, G, KH, KW, Ho, Wo, itemsize, n_threads, pointwise, needs_gx):
+    """(threads, units_w, rows_w, chans_x, rows_x, workspace elements per thread)."""
+    Ug = Cg * KH
+    if pointwise:
+        units_w = _ceil_div(Ug, _ceil_div(n_threads, G))
+        chans_x = _ceil_div(Cg, _ceil_div(2 * n_threads, N * G))
+        return n_threads, units_w, Ho, chans_x, Ho, 0
+    unit_w = KW * Wo * itemsize                    # one (channel, kh) tap row, one output row
+    unit_x = KH * KW * Wo * itemsize               # one channel's taps, one output row
+    n_threads, budget = _team("conv2d_backward", n_threads, unit_x if needs_gx else unit_w,
+                              "one output row of one channel")
+    units_w = min(_ceil_div(Ug, _ceil_div(n_threads, G)), budget // unit_w)
+    rows_w = min(Ho, budget // (units_w * unit_w))
+    chans_x = min(_ceil_div(Cg, _ceil_div(2 * n_threads, N * G)), budget // unit_x)
+    rows_x = min(Ho, budget // (chans_x * unit_x)) if needs_gx else 1
+    ws = max(units_w * rows_w * unit_w, chans_x * rows_x * unit_x if needs_gx else 0)
+    return n_threads, units_w, rows_w, chans_x, rows_x, ws // itemsize
 
 
 def _geometry(x, weight, stride, padding, dilation):
@@ -146,13 +175,11 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
                                        n_threads)
         return y
     pointwise = _is_pointwise(KH, KW, stride, padding)
-    if pointwise:
-        nb, rows, ws = N, Ho, np.empty(1, dtype=x.dtype)
-    else:
-        nb, rows, n = _plan(N, C, KH * KW, Ho, Wo, x.itemsize, "conv2d_forward")
-        ws = _workspace(n, x.dtype)
+    n_threads, rows, per_thread = _plan_forward(N, C, KH * KW, Ho, Wo, x.itemsize, n_threads,
+                                                pointwise)
+    ws = _workspace(n_threads * per_thread, x.dtype)
     with _blas_single_thread:
-        _conv.conv2d_forward_gemm(x, weight, b, has_bias, y, ws, nb, rows, sh, sw, pt, pl,
+        _conv.conv2d_forward_gemm(x, weight, b, has_bias, y, ws, per_thread, rows, sh, sw, pt, pl,
                                   dh, dw, groups, pointwise, n_threads)
     return y
 
@@ -180,12 +207,12 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
     else:
         gw = np.zeros(weight.shape, dtype=dt)
         pointwise = _is_pointwise(KH, KW, stride, padding)
-        if pointwise:
-            nb, rows, ws = N, Ho, np.empty(1, dtype=dt)
-        else:
-            nb, rows, n = _plan(N, C, KH * KW, Ho, Wo, x.itemsize, "conv2d_backward")
-            ws = _workspace(n, dt)
+        n_threads, units_w, rows_w, chans_x, rows_x, per_thread = _plan_backward(
+            N, C, Cg, groups, KH, KW, Ho, Wo, x.itemsize, n_threads, pointwise,
+            needs_input_grad)
+        ws = _workspace(n_threads * per_thread, dt)
         with _blas_single_thread:
-            _conv.conv2d_backward_gemm(grad_y, x, weight, gx, gw, ws, nb, rows, sh, sw, pt, pl,
-                                       dh, dw, groups, pointwise, needs_input_grad, n_threads)
+            _conv.conv2d_backward_gemm(grad_y, x, weight, gx, gw, ws, per_thread, units_w, rows_w,
+                                       chans_x, rows_x, sh, sw, pt, pl, dh, dw, groups, pointwise,
+                                       needs_input_grad, n_threads)
     return (gx if needs_input_grad else None), gw, gb
