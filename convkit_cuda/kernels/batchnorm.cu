@@ -71,7 +71,8 @@ extern "C" __global__ void bn_forward_apply(
     }
 }
 
-// training: gx = w * invstd * (gy - sum_gy / M - xhat * sum_gy_xhat / M), xhat = (x - mean) * invstd
+// training: gx = w * invstd * (gy - sum_gy / M - xhat * sum_gy_xhat / M),
+//           xhat = (x - mean) * invstd
 // eval (statistics are constants): gx = gy * w * invstd.
 // sums[c * 2] = sum gy, sums[c * 2 + 1] = sum gy * xhat (from bn_partial_sums mode 2).
 extern "C" __global__ void bn_backward_apply(
@@ -85,7 +86,8 @@ extern "C" __global__ void bn_backward_apply(
         const double inv = invstd[c], w = (double)weight[c], g = (double)gy[i];
         if (training) {
             const double xhat = ((double)x[i] - mean[c]) * inv;
-            gx[i] = (scalar_t)(w * inv * (g - sums[2 * c] * inv_m - xhat * sums[2 * c + 1] * inv_m));
+            gx[i] = (scalar_t)(w * inv * (g - sums[2 * c] * inv_m
+                                          - xhat * sums[2 * c + 1] * inv_m));
         } else {
             gx[i] = (scalar_t)(g * w * inv);
         }

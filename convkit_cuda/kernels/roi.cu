@@ -14,12 +14,18 @@
 // Casting a float beyond the range of long long (or a NaN) is undefined; huge RoI
 // coordinates (a finite corner times spatial_scale can still overflow to inf in float32) are
 // clamped to +-2^40 pixels first, far outside any feature map.
-__device__ __forceinline__ long long clamp_to_ll(scalar_t v)
+__device__ __forceinline__ long long clamp_to_ll(double v)
 {
-    const scalar_t lim = (scalar_t)1099511627776.0;   // 2^40
+    const double lim = 1099511627776.0;   // 2^40
     if (v != v) return 0;
     return (long long)(v < -lim ? -lim : (v > lim ? lim : v));
 }
+
+// round / floor / ceil of a scalar_t, evaluated in double: the same integer as the float
+// overloads (a float converts to double exactly), without relying on them being declared.
+__device__ __forceinline__ double round_d(double v) { return round(v); }
+__device__ __forceinline__ double floor_d(double v) { return floor(v); }
+__device__ __forceinline__ double ceil_d(double v) { return ceil(v); }
 
 // ----------------------------------------------------------------------------- RoI pool
 
@@ -40,24 +46,25 @@ extern "C" __global__ void roi_pool_fwd(
         const long long k = t / C;
         const scalar_t* r = rois + k * 5;
         const long long n = (long long)r[0];
-        const long long rsw = clamp_to_ll(round(r[1] * scale));
-        const long long rsh = clamp_to_ll(round(r[2] * scale));
-        const long long rew = clamp_to_ll(round(r[3] * scale));
-        const long long reh = clamp_to_ll(round(r[4] * scale));
+        const long long rsw = clamp_to_ll(round_d(r[1] * scale));
+        const long long rsh = clamp_to_ll(round_d(r[2] * scale));
+        const long long rew = clamp_to_ll(round_d(r[3] * scale));
+        const long long reh = clamp_to_ll(round_d(r[4] * scale));
         const long long rw = rew - rsw + 1 > 1 ? rew - rsw + 1 : 1;
         const long long rh = reh - rsh + 1 > 1 ? reh - rsh + 1 : 1;
         const scalar_t bin_h = (scalar_t)rh / (scalar_t)oh;
         const scalar_t bin_w = (scalar_t)rw / (scalar_t)ow;
-        long long hstart = (long long)floor((scalar_t)ph * bin_h) + rsh;
-        long long hend = (long long)ceil((scalar_t)(ph + 1) * bin_h) + rsh;
-        long long wstart = (long long)floor((scalar_t)pw * bin_w) + rsw;
-        long long wend = (long long)ceil((scalar_t)(pw + 1) * bin_w) + rsw;
+        long long hstart = (long long)floor_d((scalar_t)ph * bin_h) + rsh;
+        long long hend = (long long)ceil_d((scalar_t)(ph + 1) * bin_h) + rsh;
+        long long wstart = (long long)floor_d((scalar_t)pw * bin_w) + rsw;
+        long long wend = (long long)ceil_d((scalar_t)(pw + 1) * bin_w) + rsw;
         hstart = hstart < 0 ? 0 : (hstart > H ? H : hstart);
         hend = hend < 0 ? 0 : (hend > H ? H : hend);
         wstart = wstart < 0 ? 0 : (wstart > W ? W : wstart);
         wend = wend < 0 ? 0 : (wend > W ? W : wend);
         const bool empty = hend <= hstart || wend <= wstart;
-        scalar_t m = empty ? (scalar_t)0 : (scalar_t)-3.40282346638528859811704183484516925e+38;   // -FLT_MAX
+        const scalar_t neg_flt_max = (scalar_t)-3.40282346638528859811704183484516925e+38;
+        scalar_t m = empty ? (scalar_t)0 : neg_flt_max;
         long long best = -1;
         const scalar_t* xp = x + (n * C + c) * H * W;
         for (long long h = hstart; h < hend; ++h) {
@@ -105,8 +112,9 @@ __device__ __forceinline__ AlignGeom align_geom(const scalar_t* r, long long oh,
     // adaptive grid: ceil(bin size) points per axis; clamped so the cast and the product
     // below stay defined for absurd sizes (sample_range keeps the work bounded anyway)
     const scalar_t lim = (scalar_t)1073741824.0;   // 2^30
-    scalar_t fh = sampling_ratio > 0 ? (scalar_t)sampling_ratio : ceil(rh / (scalar_t)oh);
-    scalar_t fw = sampling_ratio > 0 ? (scalar_t)sampling_ratio : ceil(rw / (scalar_t)ow);
+    const scalar_t sr = (scalar_t)sampling_ratio;
+    scalar_t fh = sampling_ratio > 0 ? sr : (scalar_t)ceil_d(rh / (scalar_t)oh);
+    scalar_t fw = sampling_ratio > 0 ? sr : (scalar_t)ceil_d(rw / (scalar_t)ow);
     fh = fh != fh ? (scalar_t)0 : (fh < -lim ? -lim : (fh > lim ? lim : fh));
     fw = fw != fw ? (scalar_t)0 : (fw < -lim ? -lim : (fw > lim ? lim : fw));
     g.gh = (long long)fh;
@@ -221,9 +229,11 @@ extern "C" __global__ void roi_align_fwd(
         const scalar_t rep = (scalar_t)(ry * rx);
         scalar_t acc = 0;
         for (long long iy = iy0; iy < iy1; ++iy) {
-            const scalar_t yy = ybase + ((scalar_t)iy + (scalar_t)0.5) * g.bin_h / (scalar_t)g.gh;
+            const scalar_t yy =
+                ybase + ((scalar_t)iy + (scalar_t)0.5) * g.bin_h / (scalar_t)g.gh;
             for (long long ix = ix0; ix < ix1; ++ix) {
-                const scalar_t xx = xbase + ((scalar_t)ix + (scalar_t)0.5) * g.bin_w / (scalar_t)g.gw;
+                const scalar_t xx =
+                    xbase + ((scalar_t)ix + (scalar_t)0.5) * g.bin_w / (scalar_t)g.gw;
                 scalar_t w[4];
                 long long yl, yh, xl, xh;
                 if (!bilinear(H, W, yy, xx, w, &yl, &yh, &xl, &xh)) continue;
@@ -265,9 +275,11 @@ extern "C" __global__ void roi_align_bwd_atomic(
                      absd(g.x0) + absd((double)pw * g.bin_w) + absd(g.bin_w), &ix0, &ix1, &rx);
         const scalar_t rep = (scalar_t)(ry * rx);
         for (long long iy = iy0; iy < iy1; ++iy) {
-            const scalar_t yy = ybase + ((scalar_t)iy + (scalar_t)0.5) * g.bin_h / (scalar_t)g.gh;
+            const scalar_t yy =
+                ybase + ((scalar_t)iy + (scalar_t)0.5) * g.bin_h / (scalar_t)g.gh;
             for (long long ix = ix0; ix < ix1; ++ix) {
-                const scalar_t xx = xbase + ((scalar_t)ix + (scalar_t)0.5) * g.bin_w / (scalar_t)g.gw;
+                const scalar_t xx =
+                    xbase + ((scalar_t)ix + (scalar_t)0.5) * g.bin_w / (scalar_t)g.gw;
                 scalar_t w[4];
                 long long yl, yh, xl, xh;
                 if (!bilinear(H, W, yy, xx, w, &yl, &yh, &xl, &xh)) continue;
