@@ -398,3 +398,21 @@ def test_optimiser_bad_arguments():
         nn.Adam(p, betas=(1.0, 0.9))
     with pytest.raises(ValueError, match="empty"):
         nn.Adam([])
+
+
+def test_module_base_class_errors():
+    class NoForward(nn.Module):
+        pass
+
+    class NoInit(nn.Module):
+        def __init__(self):
+            self.conv = nn.Conv2d(1, 1, 1)
+
+    with pytest.raises(TypeError, match="forward"):
+        NoForward().forward(np.zeros(1))
+    with pytest.raises(TypeError, match="backward"):
+        NoForward().backward(np.zeros(1))
+    with pytest.raises(AttributeError, match="super"):
+        NoInit()
+    with pytest.raises(TypeError, match="Module"):
+        nn.Sequential(nn.ReLU(), "relu")

@@ -110,10 +110,14 @@ class Module:
         return use_backend(self.backend.name)
 
     def forward(self, x):
-        raise NotImplementedError(f"{type(self).__name__} does not define forward")
+        """Subclasses compute y from x and keep in ``self._cache`` what backward needs."""
+        raise TypeError(f"{type(self).__name__} must define forward(x) (subclass Module and "
+                        f"override it)")
 
     def backward(self, grad_y):
-        raise NotImplementedError(f"{type(self).__name__} does not define backward")
+        """Subclasses return grad_x (or None) and add parameter gradients into ``self.grads``."""
+        raise TypeError(f"{type(self).__name__} must define backward(grad_y) (subclass Module "
+                        f"and override it)")
 
     def __call__(self, x):
         return self.forward(x)
