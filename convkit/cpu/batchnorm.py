@@ -1,9 +1,66 @@
-"""CPU batchnorm ops -- placeholder while being written."""
+"""CPU spatial batch norm: Python wrappers around ``_batchnorm`` (torch semantics).
+
+The kernels work channel by channel (one OpenMP thread per channel at a time); the wrappers
+allocate outputs, update the running statistics (C values, NumPy) and pick the thread count.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._config import get_num_threads
+from . import _batchnorm
+
+# Below this many elements a call runs on one thread (the OpenMP fork costs ~10 us).
+_PARALLEL_MIN = 1 << 15
 
 
-def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, out=None):
-    raise NotImplementedError
+def _threads(C, size):
+    return 1 if size < _PARALLEL_MIN else max(1, min(get_num_threads(), C))
+
+
+def _affine(weight, bias, dt):
+    if weight is None:            # no affine: empty vectors tell the kernel
+        return np.empty(0, dt), np.empty(0, dt)
+    return weight, bias
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
+                       out=None):
+    N, C, H, W = x.shape
+    dt = x.dtype
+    y = out if out is not None else np.empty(x.shape, dt)
+    w, b = _affine(weight, bias, dt)
+    nt = _threads(C, x.size)
+    x3, y3 = x.reshape(N, C, H * W), y.reshape(N, C, H * W)
+    if training:
+        mean, var = np.empty(C), np.empty(C)
+        save_mean, save_invstd = np.empty(C, dt), np.empty(C, dt)
+        _batchnorm.batch_norm_train_forward(x3, w, b, float(eps), y3, mean, var, save_mean,
+                                            save_invstd, nt)
+        if running_mean is not None:
+            M = N * H * W
+            # torch: r = (1 - momentum) * r + momentum * stat, the variance unbiased
+            running_mean *= 1.0 - momentum
+            running_mean += (momentum * mean).astype(dt)
+            running_var *= 1.0 - momentum
+            running_var += (momentum * var * (M / (M - 1))).astype(dt)
+        return y, save_mean, save_invstd
+    save_mean = running_mean.copy()
+    save_invstd = (1.0 / np.sqrt(running_var.astype(np.float64) + eps)).astype(dt)
+    _batchnorm.batch_norm_eval_forward(x3, save_mean, save_invstd, w, b, y3, nt)
+    return y, save_mean, save_invstd
 
 
 def batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, training):
-    raise NotImplementedError
+    N, C, H, W = x.shape
+    dt = x.dtype
+    gx = np.empty(x.shape, dt)
+    gw, gb = np.empty(C, dt), np.empty(C, dt)
+    w = weight if weight is not None else np.empty(0, dt)
+    nt = _threads(C, x.size)
+    _batchnorm.batch_norm_backward(grad_y.reshape(N, C, H * W), x.reshape(N, C, H * W), w,
+                                   save_mean, save_invstd, bool(training),
+                                   gx.reshape(N, C, H * W), gw, gb, nt)
+    if weight is None:
+        return gx, None, None
+    return gx, gw, gb
