@@ -405,3 +405,21 @@ def test_deterministic_roi_align_backward_is_bitwise_reproducible():
                                    rtol=1e-4, atol=1e-4)
     finally:
         convkit.set_deterministic(False)
+
+
+@needs_gpu
+def test_deterministic_max_pool_backward_is_bitwise_reproducible():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 32, 56, 56)).astype(np.float32)
+    x[:, :, ::2, ::2] = 5.0           # plateaus: one input is the maximum of several windows
+    y, idx = run("cuda", F.max_pool2d_forward, x, 3, 1, 1)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    try:
+        convkit.set_deterministic(True)
+        a = run("cuda", F.max_pool2d_backward, gy, idx, x.shape)
+        np.testing.assert_array_equal(a, run("cuda", F.max_pool2d_backward, gy, idx, x.shape))
+        convkit.set_deterministic(False)
+        np.testing.assert_allclose(a, run("cuda", F.max_pool2d_backward, gy, idx, x.shape),
+                                   rtol=1e-5, atol=1e-5)
+    finally:
+        convkit.set_deterministic(False)
