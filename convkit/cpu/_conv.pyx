@@ -43,26 +43,50 @@ cdef inline void _wo_range(Py_ssize_t off, Py_ssize_t sw, Py_ssize_t W, Py_ssize
 cdef void _im2col_taps(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
                       Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                       Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t Wo, Py_ssize_t h0,
-                      Py_ssize_t nrows, floating* cols, Py_ssize_t ldc) noexcept nogil:
-    """The KW rows of tap row kh (row kw of cols, stride ldc): see im2col_plane."""
-    cdef Py_ssize_t kw, r, wo, hi, lo, up, off
+                      Py_ssize_t nrows, floating* cols, Py_ssize_t ldc,
+                      floating* xs) noexcept nogil:
+    """The KW rows of tap row kh (row kw of cols, stride ldc): see im2col_plane.
+
+    xs: NULL, or scratch of W + sw elements.  With a stride sw > 1 each input row is first split
+    into its sw phases (x[p::sw], each Wq long) so that every tap row becomes one memcpy instead
+    of a strided gather: KW strided copies of Wo values per row become one of W values.
+    """
+    cdef Py_ssize_t kw, r, wo, hi, lo, up, off, p, q, j
+    cdef Py_ssize_t Wq = (W + sw - 1) // sw
     cdef floating* dst
     cdef const floating* src
-    for kw in range(KW):
-        off = kw * dw - pl
-        _wo_range(off, sw, W, Wo, &lo, &up)
-        for r in range(nrows):
+    cdef const floating* xrow
+    for r in range(nrows):
+        hi = (h0 + r) * sh - pt + kh * dh
+        if hi < 0 or hi >= H:
+            for kw in range(KW):
+                memset(cols + kw * ldc + r * Wo, 0, Wo * sizeof(floating))
+            continue
+        xrow = x + hi * W
+        if sw > 1 and xs != NULL:
+            for p in range(sw):
+                j = 0
+                while p + j * sw < W:
+                    xs[p * Wq + j] = xrow[p + j * sw]
+                    j = j + 1
+        for kw in range(KW):
             dst = cols + kw * ldc + r * Wo
-            hi = (h0 + r) * sh - pt + kh * dh
-            if hi < 0 or hi >= H or lo == up:
+            off = kw * dw - pl
+            _wo_range(off, sw, W, Wo, &lo, &up)
+            if lo == up:
                 memset(dst, 0, Wo * sizeof(floating))
                 continue
-            src = x + hi * W + off
             if lo > 0:
                 memset(dst, 0, lo * sizeof(floating))
             if sw == 1:
-                memcpy(dst + lo, src + lo, (up - lo) * sizeof(floating))
+                memcpy(dst + lo, xrow + off + lo, (up - lo) * sizeof(floating))
+            elif xs != NULL:
+                # column wo*sw + off = (wo + q)*sw + p with p = off mod sw (floor), q exact
+                p = ((off % sw) + sw) % sw
+                q = (off - p) // sw
+                memcpy(dst + lo, xs + p * Wq + q + lo, (up - lo) * sizeof(floating))
             else:
+                src = xrow + off
                 for wo in range(lo, up):
                     dst[wo] = src[wo * sw]
             if up < Wo:
@@ -77,7 +101,7 @@ cdef void im2col_plane(const floating* x, Py_ssize_t H, Py_ssize_t W,
     cdef Py_ssize_t kh
     for kh in range(KH):
         _im2col_taps(x, H, W, kh, KW, sh, sw, pt, pl, dh, dw, Wo, h0, nrows,
-                     cols + kh * KW * ldc, ldc)
+                     cols + kh * KW * ldc, ldc, NULL)
 
 
 cdef void col2im_plane(const floating* cols, Py_ssize_t ldc, Py_ssize_t H, Py_ssize_t W,
@@ -233,7 +257,8 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     Tasks are (image, block of ``rows`` output rows), independent of each other: one parallel
     region, no barrier inside, dynamic scheduling (a thread slowed by other load takes fewer
     tasks; the results do not depend on who ran what).  A task writes its columns into its
-    thread's slice of ws (ws_per_thread elements), then one GEMM per group writes y.
+    thread's slice of ws (ws_per_thread elements: the columns, then W + sw for _im2col_taps),
+    then one GEMM per group writes y.
     pointwise (1x1 kernel, stride 1, no padding): the GEMMs read x in place; ws is unused.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -241,7 +266,7 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     cdef Py_ssize_t Ho = y.shape[2], Wo = y.shape[3], HoWo = Ho * Wo
     cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
     cdef Py_ssize_t nrb = (Ho + rows - 1) // rows
-    cdef Py_ssize_t t, n, rb, h0, hr, L, ld, c, g, f, j
+    cdef Py_ssize_t t, n, rb, h0, hr, L, ld, c, g, f, j, kh
     cdef const floating* cols
     cdef floating* buf
     cdef floating* yp
@@ -259,8 +284,10 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
             else:
                 buf = &ws[0] + threadid() * ws_per_thread
                 for c in range(C):
-                    im2col_plane(&x[n, c, 0, 0], H, W, KH, KW, sh, sw, pt, pl, dh, dw,
-                                 Wo, h0, hr, buf + c * KK * L, L)
+                    for kh in range(KH):
+                        _im2col_taps(&x[n, c, 0, 0], H, W, kh, KW, sh, sw, pt, pl, dh, dw,
+                                     Wo, h0, hr, buf + (c * KK + kh * KW) * L, L,
+                                     buf + C * KK * L)
                 cols = buf
                 ld = L
             for g in range(G):
@@ -320,7 +347,8 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
                     L = hr * Wo
                     for u in range(u0, u1):
                         _im2col_taps(&x[n, g * Cg + u // KH, 0, 0], H, W, u % KH, KW, sh, sw,
-                                     pt, pl, dh, dw, Wo, h0, hr, buf + (u - u0) * KW * L, L)
+                                     pt, pl, dh, dw, Wo, h0, hr, buf + (u - u0) * KW * L, L,
+                                     buf + (u1 - u0) * KW * L)
                     gemm(False, True, Fg, (u1 - u0) * KW, L, <floating>1,
                          &gy[n, g * Fg, 0, 0] + h0 * Wo, HoWo, buf, L, <floating>1,
                          &gw[g * Fg, 0, 0, 0] + u0 * KW, CgKK)

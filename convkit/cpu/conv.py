@@ -113,7 +113,7 @@ def _team(op, n_threads, min_bytes, what):
     return n_threads, max(min_bytes, min(_CHUNK_BYTES, limit // n_threads))
 
 
-def _plan_forward(N, C, KK, Ho, Wo, itemsize, n_threads, pointwise):
+def _plan_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise):
     """(threads, output rows per task, workspace elements per thread)."""
     if pointwise:
         rows, per_row = Ho, 0
@@ -124,10 +124,11 @@ def _plan_forward(N, C, KK, Ho, Wo, itemsize, n_threads, pointwise):
         rows = min(Ho, budget // per_row)
     if n_threads > 1 and N * _ceil_div(Ho, rows) < 2 * n_threads:   # enough tasks for the team
         rows = max(1, _ceil_div(Ho, _ceil_div(2 * n_threads, N)))
-    return n_threads, rows, rows * per_row // itemsize
+    return n_threads, rows, rows * per_row // itemsize + (W + sw if not pointwise else 0)
 
 
-def _plan_backward(N, C, Cg, G, KH, KW, Ho, Wo, itemsize, n_threads, pointwise, needs_gx):
+def _plan_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
+                   needs_gx):
     """(threads, units_w, rows_w, chans_x, rows_x, workspace elements per thread)."""
     Ug = Cg * KH
     if pointwise:
@@ -143,7 +144,7 @@ def _plan_backward(N, C, Cg, G, KH, KW, Ho, Wo, itemsize, n_threads, pointwise, 
     chans_x = min(_ceil_div(Cg, _ceil_div(2 * n_threads, N * G)), budget // unit_x)
     rows_x = min(Ho, budget // (chans_x * unit_x)) if needs_gx else 1
     ws = max(units_w * rows_w * unit_w, chans_x * rows_x * unit_x if needs_gx else 0)
-    return n_threads, units_w, rows_w, chans_x, rows_x, ws // itemsize
+    return n_threads, units_w, rows_w, chans_x, rows_x, ws // itemsize + W + sw
 
 
 def _geometry(x, weight, stride, padding, dilation):
@@ -175,7 +176,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
                                        n_threads)
         return y
     pointwise = _is_pointwise(KH, KW, stride, padding)
-    n_threads, rows, per_thread = _plan_forward(N, C, KH * KW, Ho, Wo, x.itemsize, n_threads,
+    n_threads, rows, per_thread = _plan_forward(N, C, KH * KW, Ho, Wo, W, sw, x.itemsize, n_threads,
                                                 pointwise)
     ws = _workspace(n_threads * per_thread, x.dtype)
     with _blas_single_thread:
@@ -208,7 +209,7 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
         gw = np.zeros(weight.shape, dtype=dt)
         pointwise = _is_pointwise(KH, KW, stride, padding)
         n_threads, units_w, rows_w, chans_x, rows_x, per_thread = _plan_backward(
-            N, C, Cg, groups, KH, KW, Ho, Wo, x.itemsize, n_threads, pointwise,
+            N, C, Cg, groups, KH, KW, Ho, Wo, W, sw, x.itemsize, n_threads, pointwise,
             needs_input_grad)
         ws = _workspace(n_threads * per_thread, dt)
         with _blas_single_thread:
