@@ -1,17 +1,67 @@
-"""CPU roi ops -- placeholder while being written."""
+"""CPU RoI pooling and RoI align: Python wrappers around ``_roi`` (torchvision's rules; see
+convkit/reference/roi.py for the statement of each rule).
+
+roi_align runs on an NHWC copy of the map (made by a parallel transpose), so each bilinear
+sample is four contiguous channel vectors; its backward accumulates an NHWC gradient and
+transposes it back.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._config import get_num_threads
+from . import _roi
+
+# Below this many output values (K*C*ph*pw) a call runs on one thread (OpenMP fork ~10 us).
+_PARALLEL_MIN = 1 << 12
+
+
+def _threads(work):
+    return 1 if work < _PARALLEL_MIN else get_num_threads()
 
 
 def roi_pool_forward(x, rois, output_size, spatial_scale, out=None):
-    raise NotImplementedError
+    K, C = rois.shape[0], x.shape[1]
+    shape = (K, C) + tuple(output_size)
+    y = out if out is not None else np.empty(shape, x.dtype)
+    argmax = np.empty(shape, np.int64)
+    _roi.roi_pool_forward(x, rois, float(spatial_scale), y, argmax,
+                          _threads(y.size * 4))
+    return y, argmax
 
 
 def roi_pool_backward(grad_y, rois, argmax, input_shape):
-    raise NotImplementedError
+    N, C, H, W = input_shape
+    K = grad_y.shape[0]
+    gx = np.empty(input_shape, grad_y.dtype)
+    bad = _roi.roi_pool_backward(grad_y.reshape(K, C, -1), rois, argmax.reshape(K, C, -1),
+                                 gx.reshape(N, C, H * W), _threads(grad_y.size + gx.size))
+    if bad:
+        raise ValueError(f"roi_pool_backward: argmax must lie in [-1, {H * W}) for this "
+                         f"input_shape, got values in [{int(argmax.min())}, {int(argmax.max())}]")
+    return gx
 
 
 def roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, aligned, out=None):
-    raise NotImplementedError
+    N, C, H, W = x.shape
+    K = rois.shape[0]
+    shape = (K, C) + tuple(output_size)
+    y = out if out is not None else np.empty(shape, x.dtype)
+    nt = _threads(K * C * shape[2] * shape[3] + x.size)
+    xt = np.empty((N, H, W, C), x.dtype)
+    _roi.nchw_to_nhwc(x, xt, nt)
+    _roi.roi_align_forward(xt, rois, float(spatial_scale), int(sampling_ratio), bool(aligned),
+                           y, nt)
+    return y
 
 
-def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sampling_ratio, aligned):
-    raise NotImplementedError
+def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sampling_ratio,
+                       aligned):
+    N, C, H, W = input_shape
+    nt = _threads(grad_y.size + N * C * H * W)
+    gxt = np.zeros((N, H, W, C), grad_y.dtype)
+    _roi.roi_align_backward(grad_y, rois, float(spatial_scale), int(sampling_ratio),
+                            bool(aligned), gxt, nt)
+    gx = np.empty(input_shape, grad_y.dtype)
+    _roi.nhwc_to_nchw(gxt, gx, nt)
+    return gx

@@ -1,0 +1,490 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""RoI max pooling and RoI align (torchvision's rules, restated in convkit/reference/roi.py).
+
+roi_pool works on the NCHW map directly, one RoI per OpenMP task.  roi_align first copies the
+map to NHWC (one parallel pass), so every bilinear sample reads four contiguous channel
+vectors: the per-sample arithmetic is the same as torchvision's, but it runs down the
+channels, which the compiler vectorises.  Sample positions and weights are computed once per
+RoI and axis (separable), then reused for every channel.
+
+Backwards are gathers by channel: each OpenMP thread owns a block of channels of grad_x and
+walks every RoI in order, so the sums are the same bits on every run and for any thread count.
+"""
+from cython cimport floating
+from cython.parallel cimport parallel, prange
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
+from libc.math cimport ceil, fabs, floor, fmax, fmin, isfinite, round
+from libc.float cimport DBL_EPSILON, FLT_EPSILON, FLT_MAX
+
+
+# ------------------------------------------------------------------------------ roi pool
+cdef inline Py_ssize_t _edge(double e, Py_ssize_t limit) noexcept nogil:
+    """A bin edge clipped to [0, limit] in floating point, then cast (NaN -> 0)."""
+    if e != e:
+        return 0
+    if e < 0:
+        return 0
+    if e > limit:
+        return limit
+    return <Py_ssize_t>e
+
+
+cdef void roi_pool_bins(const floating* roi, floating scale, Py_ssize_t pooled_h,
+                        Py_ssize_t pooled_w, Py_ssize_t H, Py_ssize_t W,
+                        Py_ssize_t* hs, Py_ssize_t* he, Py_ssize_t* ws,
+                        Py_ssize_t* we) noexcept nogil:
+    """Bin edges of one RoI (row [batch, x1, y1, x2, y2]): corners scaled in the data type and
+    rounded half away from zero, the RoI at least 1x1 cell, bin p = [floor(p*bin),
+    ceil((p+1)*bin)) from the start, clipped to the map."""
+    cdef double sw = round(roi[1] * scale), sh = round(roi[2] * scale)
+    cdef double ew = round(roi[3] * scale), eh = round(roi[4] * scale)
+    cdef double rw = ew - sw + 1, rh = eh - sh + 1
+    cdef floating bw, bh
+    cdef Py_ssize_t p
+    # max(size, 1) as NumPy does it: NaN (inf - inf) stays NaN and empties the bins
+    if rw < 1:
+        rw = 1
+    if rh < 1:
+        rh = 1
+    bh = <floating>rh / <floating>pooled_h
+    bw = <floating>rw / <floating>pooled_w
+    for p in range(pooled_h):
+        hs[p] = _edge(floor(<floating>p * bh) + sh, H)
+        he[p] = _edge(ceil(<floating>(p + 1) * bh) + sh, H)
+    for p in range(pooled_w):
+        ws[p] = _edge(floor(<floating>p * bw) + sw, W)
+        we[p] = _edge(ceil(<floating>(p + 1) * bw) + sw, W)
+
+
+cdef void roi_pool_one(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                       Py_ssize_t pooled_h, Py_ssize_t pooled_w,
+                       const Py_ssize_t* hs, const Py_ssize_t* he,
+                       const Py_ssize_t* ws, const Py_ssize_t* we,
+                       floating* y, int64_t* argmax) noexcept nogil:
+    """One RoI, all channels: x is the RoI's image (C, H, W); y, argmax (C, ph, pw)."""
+    cdef Py_ssize_t c, p, q, h, w, best_i, o = 0
+    cdef floating best, v
+    cdef const floating* plane
+    cdef const floating* row
+    for c in range(C):
+        plane = x + c * H * W
+        for p in range(pooled_h):
+            for q in range(pooled_w):
+                if he[p] <= hs[p] or we[q] <= ws[q]:
+                    y[o] = 0
+                    argmax[o] = -1
+                else:
+                    # torchvision starts at -FLT_MAX (for double too) and needs a strict '>':
+                    # the first maximum wins and NaN never does
+                    best = -FLT_MAX
+                    best_i = -1
+                    for h in range(hs[p], he[p]):
+                        row = plane + h * W
+                        for w in range(ws[q], we[q]):
+                            v = row[w]
+                            if v > best:
+                                best = v
+                                best_i = h * W + w
+                    y[o] = best
+                    argmax[o] = best_i
+                o += 1
+
+
+def roi_pool_forward(const floating[:, :, :, ::1] x, const floating[:, ::1] rois,
+                     double spatial_scale, floating[:, :, :, ::1] y,
+                     int64_t[:, :, :, ::1] argmax, int n_threads):
+    """y, argmax (K, C, ph, pw); rois (K, 5) valid (checked at the boundary)."""
+    cdef Py_ssize_t K = rois.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t ph = y.shape[2], pw = y.shape[3], k, b
+    cdef floating scale = <floating>spatial_scale
+    cdef Py_ssize_t* edges
+    cdef int failed_flag = 0
+    cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
+    with nogil, parallel(num_threads=n_threads):
+        edges = <Py_ssize_t*>malloc(2 * (ph + pw) * sizeof(Py_ssize_t))
+        for k in prange(K, schedule="dynamic"):
+            if edges == NULL:
+                failed[0] = 1
+            else:
+                b = <Py_ssize_t>rois[k, 0]
+                roi_pool_bins(&rois[k, 0], scale, ph, pw, H, W, edges, edges + ph,
+                              edges + 2 * ph, edges + 2 * ph + pw)
+                roi_pool_one(&x[b, 0, 0, 0], C, H, W, ph, pw, edges, edges + ph,
+                             edges + 2 * ph, edges + 2 * ph + pw, &y[k, 0, 0, 0],
+                             &argmax[k, 0, 0, 0])
+        free(edges)
+    if failed_flag:
+        raise MemoryError("roi_pool_forward: out of memory for bin tables")
+
+
+def roi_pool_backward(const floating[:, :, ::1] gy, const floating[:, ::1] rois,
+                      const int64_t[:, :, ::1] argmax, floating[:, :, ::1] gx, int n_threads):
+    """gy, argmax (K, C, ph*pw); gx (N, C, H*W) (written whole).  Each thread owns whole
+    channels and adds the RoIs in order.  Returns the number of argmax entries outside
+    [-1, H*W) (skipped; the caller raises and discards gx)."""
+    cdef Py_ssize_t K = gy.shape[0], C = gy.shape[1], P = gy.shape[2]
+    cdef Py_ssize_t N = gx.shape[0], HW = gx.shape[2], c, n, k, o, b
+    cdef int64_t a
+    cdef Py_ssize_t bad = 0
+    with nogil:
+        for c in prange(C, schedule="static", num_threads=n_threads):
+            for n in range(N):
+                memset(&gx[n, c, 0], 0, HW * sizeof(floating))
+            for k in range(K):
+                b = <Py_ssize_t>rois[k, 0]
+                for o in range(P):
+                    a = argmax[k, c, o]
+                    if a >= 0 and a < HW:
+                        gx[b, c, a] += gy[k, c, o]
+                    elif a != -1:
+                        bad += 1
+    return bad
+
+
+# ----------------------------------------------------------------------------- roi align
+cdef Py_ssize_t roi_align_axis_taps(floating start, floating bin_size, floating grid,
+                                    Py_ssize_t pooled, Py_ssize_t size, Py_ssize_t cap,
+                                    Py_ssize_t* first, Py_ssize_t* low, Py_ssize_t* high,
+                                    floating* w_low, floating* w_high) noexcept nogil:
+    """Bilinear taps along one axis of one RoI.
+
+    Sample i of bin p sits at ``(start + p*bin) + ((i + 0.5)*bin)/grid`` (data type,
+    torchvision's order), i in [0, grid).  Samples outside [-1, size] are dropped (they add
+    nothing); the rest become (low, high, w_low, w_high) after torchvision's clamp-at-0 and
+    snap-to-last-pixel rules.  Only the index window that can land in [-1, size] is visited
+    (found in double with a safety margin, then tested exactly), so a 1e30-wide RoI costs
+    O(size) samples.  Bin p's taps are [first[p], first[p+1]).  Writes at most ``cap`` taps
+    and returns how many there are (the caller retries with more room if that is > cap).
+    With a zero bin (an empty aligned RoI and a fixed grid) all ``grid`` samples coincide:
+    they are one tap whose weights carry the multiplicity.
+    """
+    cdef double g = grid, s64 = start, b64 = bin_size, step, base, err, t1, t2, lo, hi, cnt, lim
+    cdef double eps = FLT_EPSILON if floating is float else DBL_EPSILON
+    cdef Py_ssize_t p, n = 0, i, i0, i1, lw
+    cdef floating pos, mult
+    first[0] = 0
+    if not (g >= 1 and isfinite(g) and isfinite(s64) and isfinite(b64)):
+        for p in range(pooled):
+            first[p + 1] = 0
+        return 0           # grid 0 (an empty aligned RoI) or a geometry that overflowed
+    step = b64 / g
+    err = 8 * eps * (fabs(s64) + pooled * fabs(b64) + size + 2)
+    for p in range(pooled):
+        base = s64 + p * b64
+        mult = 1
+        if step == 0:
+            lo = 0
+            cnt = 1 if (base >= -1 - err and base <= size + err) else 0
+            mult = <floating>g
+        else:
+            t1 = (-1 - base) / step - 0.5
+            t2 = (size - base) / step - 0.5
+            lim = 2 + ceil(fmin(err / fabs(step), 1099511627776.0))   # margin, at most 2**40
+            lo = fmin(fmax(floor(fmin(t1, t2)) - lim, 0), g)
+            hi = fmin(fmax(ceil(fmax(t1, t2)) + lim, -1), g - 1)
+            # at most (size + 1)/|step| + 1 samples fit in [-1, size]
+            cnt = fmin(fmax(hi - lo + 1, 0),
+                       floor(fmin((size + 1) / fabs(step), 1152921504606846976.0)) + 6)
+        i0 = <Py_ssize_t>lo
+        i1 = i0 + <Py_ssize_t>cnt
+        for i in range(i0, i1):
+            pos = (start + <floating>p * bin_size) + ((<floating>i + <floating>0.5) * bin_size) / grid
+            if not (pos >= -1 and pos <= size):
+                continue
+            if n < cap:
+                if pos < 0:
+                    pos = 0
+                lw = <Py_ssize_t>pos
+                if lw >= size - 1:
+                    lw = size - 1
+                    low[n] = lw
+                    high[n] = lw
+                    pos = <floating>lw
+                else:
+                    low[n] = lw
+                    high[n] = lw + 1
+                w_high[n] = (pos - <floating>lw) * mult
+                w_low[n] = (1 - (pos - <floating>lw)) * mult
+            n += 1
+        first[p + 1] = n
+    return n
+
+
+cdef struct _Taps:
+    Py_ssize_t cap
+    Py_ssize_t* first
+    Py_ssize_t* low
+    Py_ssize_t* high
+    void* w_low
+    void* w_high
+
+
+cdef int _taps_reserve(_Taps* t, Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
+    """Room for n taps (keeps the old buffers when they are big enough).  0 on failure."""
+    if n <= t.cap and t.low != NULL:
+        return 1
+    free(t.low)
+    free(t.high)
+    free(t.w_low)
+    free(t.w_high)
+    t.low = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t) + 1)
+    t.high = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t) + 1)
+    t.w_low = malloc(n * itemsize + 1)
+    t.w_high = malloc(n * itemsize + 1)
+    t.cap = n
+    if t.low == NULL or t.high == NULL or t.w_low == NULL or t.w_high == NULL:
+        t.cap = 0
+        return 0
+    return 1
+
+
+cdef void _taps_free(_Taps* t) noexcept nogil:
+    if t == NULL:
+        return
+    free(t.first)
+    free(t.low)
+    free(t.high)
+    free(t.w_low)
+    free(t.w_high)
+    free(t)
+
+
+cdef int _roi_taps(const floating* roi, floating scale, floating offset, bint aligned,
+                   Py_ssize_t sampling_ratio, Py_ssize_t pooled_h, Py_ssize_t pooled_w,
+                   Py_ssize_t H, Py_ssize_t W, _Taps* ty, _Taps* tx, double* count) noexcept nogil:
+    """Geometry of one RoI (torchvision's, in the data type) and its taps on both axes.
+    Returns 0 when memory ran out."""
+    cdef floating sw = roi[1] * scale - offset, sh = roi[2] * scale - offset
+    cdef floating rw = (roi[3] * scale - offset) - sw, rh = (roi[4] * scale - offset) - sh
+    cdef floating bw, bh, gw, gh
+    cdef Py_ssize_t n
+    if not aligned:     # legacy mode: a malformed RoI is forced to 1x1 (NaN stays NaN)
+        if rw < 1:
+            rw = 1
+        if rh < 1:
+            rh = 1
+    bh = rh / <floating>pooled_h
+    bw = rw / <floating>pooled_w
+    if sampling_ratio > 0:
+        gh = <floating>sampling_ratio
+        gw = <floating>sampling_ratio
+    else:               # adaptive: ceil(roi / pooled), 0 for an empty aligned RoI
+        gh = ceil(rh / <floating>pooled_h)
+        gw = ceil(rw / <floating>pooled_w)
+    # torchvision: count = max(grid_h * grid_w, 1); in double, so it cannot overflow
+    count[0] = fmax(<double>gh * <double>gw, 1.0)
+    if not (count[0] == count[0]):
+        count[0] = 1
+    n = roi_align_axis_taps(sh, bh, gh, pooled_h, H, ty.cap, ty.first, ty.low, ty.high,
+                            <floating*>ty.w_low, <floating*>ty.w_high)
+    if n > ty.cap:
+        if not _taps_reserve(ty, n, sizeof(floating)):
+            return 0
+        roi_align_axis_taps(sh, bh, gh, pooled_h, H, ty.cap, ty.first, ty.low, ty.high,
+                            <floating*>ty.w_low, <floating*>ty.w_high)
+    n = roi_align_axis_taps(sw, bw, gw, pooled_w, W, tx.cap, tx.first, tx.low, tx.high,
+                            <floating*>tx.w_low, <floating*>tx.w_high)
+    if n > tx.cap:
+        if not _taps_reserve(tx, n, sizeof(floating)):
+            return 0
+        roi_align_axis_taps(sw, bw, gw, pooled_w, W, tx.cap, tx.first, tx.low, tx.high,
+                            <floating*>tx.w_low, <floating*>tx.w_high)
+    return 1
+
+
+cdef _Taps* _taps_new(Py_ssize_t pooled, Py_ssize_t itemsize) noexcept nogil:
+    """Tap tables for one axis with room for 16 samples per bin (grown on demand)."""
+    cdef _Taps* t = <_Taps*>malloc(sizeof(_Taps))
+    if t == NULL:
+        return NULL
+    t.cap = 0
+    t.low = NULL
+    t.high = NULL
+    t.w_low = NULL
+    t.w_high = NULL
+    t.first = <Py_ssize_t*>malloc((pooled + 1) * sizeof(Py_ssize_t))
+    if t.first == NULL or not _taps_reserve(t, 16 * pooled, itemsize):
+        _taps_free(t)
+        return NULL
+    return t
+
+
+cdef void _align_roi_forward(const floating* xt, Py_ssize_t C, Py_ssize_t W,
+                             Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t pooled_h,
+                             Py_ssize_t pooled_w, _Taps* ty, _Taps* tx, double count,
+                             floating* acc, floating* y) noexcept nogil:
+    """One RoI, channels [c0, c1): xt is the RoI's image in HWC; y the RoI's (C, ph, pw)."""
+    cdef Py_ssize_t p, q, a, b, c
+    cdef const floating* wly = <const floating*>ty.w_low
+    cdef const floating* why = <const floating*>ty.w_high
+    cdef const floating* wlx = <const floating*>tx.w_low
+    cdef const floating* whx = <const floating*>tx.w_high
+    cdef floating w1, w2, w3, w4, fcount = <floating>count
+    cdef const floating* r1
+    cdef const floating* r2
+    cdef const floating* r3
+    cdef const floating* r4
+    for p in range(pooled_h):
+        for q in range(pooled_w):
+            for c in range(c0, c1):
+                acc[c] = 0
+            for a in range(ty.first[p], ty.first[p + 1]):
+                for b in range(tx.first[q], tx.first[q + 1]):
+                    # torchvision's weights and sum order: hy*hx, hy*lx, ly*hx, ly*lx
+                    w1 = wly[a] * wlx[b]
+                    w2 = wly[a] * whx[b]
+                    w3 = why[a] * wlx[b]
+                    w4 = why[a] * whx[b]
+                    r1 = xt + (ty.low[a] * W + tx.low[b]) * C
+                    r2 = xt + (ty.low[a] * W + tx.high[b]) * C
+                    r3 = xt + (ty.high[a] * W + tx.low[b]) * C
+                    r4 = xt + (ty.high[a] * W + tx.high[b]) * C
+                    for c in range(c0, c1):
+                        acc[c] = acc[c] + (w1 * r1[c] + w2 * r2[c] + w3 * r3[c] + w4 * r4[c])
+            if fcount == count:
+                # count is exact in the data type: one division there is the same correctly
+                # rounded quotient as dividing in double and rounding (the reference's way)
+                for c in range(c0, c1):
+                    y[(c * pooled_h + p) * pooled_w + q] = acc[c] / fcount
+            else:
+                for c in range(c0, c1):
+                    y[(c * pooled_h + p) * pooled_w + q] = <floating>(<double>acc[c] / count)
+
+
+cdef void _align_roi_backward(floating* gxt, Py_ssize_t C, Py_ssize_t W,
+                              Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t pooled_h,
+                              Py_ssize_t pooled_w, _Taps* ty, _Taps* tx, double count,
+                              const floating* gy, floating* g) noexcept nogil:
+    """Adjoint of _align_roi_forward: gy the RoI's (C, ph, pw) grad, gxt its image's HWC grad."""
+    cdef Py_ssize_t p, q, a, b, c
+    cdef const floating* wly = <const floating*>ty.w_low
+    cdef const floating* why = <const floating*>ty.w_high
+    cdef const floating* wlx = <const floating*>tx.w_low
+    cdef const floating* whx = <const floating*>tx.w_high
+    cdef floating w1, w2, w3, w4, fcount = <floating>count
+    cdef floating* r1
+    cdef floating* r2
+    cdef floating* r3
+    cdef floating* r4
+    for p in range(pooled_h):
+        for q in range(pooled_w):
+            if ty.first[p + 1] == ty.first[p] or tx.first[q + 1] == tx.first[q]:
+                continue
+            if fcount == count:     # exact in the data type: the same rounding (see forward)
+                for c in range(c0, c1):
+                    g[c] = gy[(c * pooled_h + p) * pooled_w + q] / fcount
+            else:
+                for c in range(c0, c1):
+                    g[c] = <floating>(<double>gy[(c * pooled_h + p) * pooled_w + q] / count)
+            for a in range(ty.first[p], ty.first[p + 1]):
+                for b in range(tx.first[q], tx.first[q + 1]):
+                    w1 = wly[a] * wlx[b]
+                    w2 = wly[a] * whx[b]
+                    w3 = why[a] * wlx[b]
+                    w4 = why[a] * whx[b]
+                    r1 = gxt + (ty.low[a] * W + tx.low[b]) * C
+                    r2 = gxt + (ty.low[a] * W + tx.high[b]) * C
+                    r3 = gxt + (ty.high[a] * W + tx.low[b]) * C
+                    r4 = gxt + (ty.high[a] * W + tx.high[b]) * C
+                    # one corner at a time: corners may coincide (snapped to the last pixel)
+                    for c in range(c0, c1):
+                        r1[c] += g[c] * w1
+                    for c in range(c0, c1):
+                        r2[c] += g[c] * w2
+                    for c in range(c0, c1):
+                        r3[c] += g[c] * w3
+                    for c in range(c0, c1):
+                        r4[c] += g[c] * w4
+
+
+def nchw_to_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt, int n_threads):
+    """xt (N, H, W, C) = x (N, C, H, W) transposed; (n, h) rows split across threads."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t nh, n, h, w, blk, c0, cc
+    with nogil:
+        for nh in prange(N * H, schedule="static", num_threads=n_threads):
+            n = nh // H
+            h = nh % H
+            for blk in range((C + 15) // 16):   # 16-channel blocks keep the writes in cache
+                c0 = blk * 16
+                for w in range(W):
+                    for cc in range(c0, min(c0 + 16, C)):
+                        xt[n, h, w, cc] = x[n, cc, h, w]
+
+
+def nhwc_to_nchw(const floating[:, :, :, ::1] xt, floating[:, :, :, ::1] x, int n_threads):
+    """x (N, C, H, W) = xt (N, H, W, C) transposed; (n, c) planes split across threads."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t nc, n, c, h, w
+    with nogil:
+        for nc in prange(N * C, schedule="static", num_threads=n_threads):
+            n = nc // C
+            c = nc % C
+            for h in range(H):
+                for w in range(W):
+                    x[n, c, h, w] = xt[n, h, w, c]
+
+
+def roi_align_forward(const floating[:, :, :, ::1] xt, const floating[:, ::1] rois,
+                      double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
+                      floating[:, :, :, ::1] y, int n_threads):
+    """xt: the map in NHWC; y (K, C, ph, pw).  Threads split the channels in blocks; each
+    walks all RoIs."""
+    _roi_align(xt, rois, spatial_scale, sampling_ratio, aligned, y, n_threads, 0)
+
+
+def roi_align_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1] rois,
+                       double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
+                       floating[:, :, :, ::1] gxt, int n_threads):
+    """gy (K, C, ph, pw) -> gxt (N, H, W, C), zero-filled by the caller.  Threads split the
+    channels in blocks and walk the RoIs in order: the same sums on every run."""
+    _roi_align(gxt, rois, spatial_scale, sampling_ratio, aligned, gy, n_threads, 1)
+
+
+cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
+                double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
+                const floating[:, :, :, ::1] per_roi, int n_threads, bint backward):
+    """Shared driver.  Forward: img = x in NHWC (read), per_roi = y (written).  Backward:
+    per_roi = grad_y (read), img = grad_x in NHWC (written)."""
+    cdef Py_ssize_t H = img.shape[1], W = img.shape[2], C = img.shape[3]
+    cdef Py_ssize_t K = rois.shape[0], ph = per_roi.shape[2], pw = per_roi.shape[3]
+    cdef Py_ssize_t nb = max(1, min(n_threads, C)), blk, c0, c1, k, b
+    cdef floating scale = <floating>spatial_scale
+    cdef floating offset = <floating>0.5 if aligned else <floating>0
+    cdef _Taps* ty
+    cdef _Taps* tx
+    cdef floating* buf
+    cdef double count
+    cdef int failed_flag = 0
+    cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
+    with nogil, parallel(num_threads=nb):
+        buf = <floating*>malloc(C * sizeof(floating) + 1)
+        ty = _taps_new(ph, sizeof(floating))
+        tx = _taps_new(pw, sizeof(floating))
+        if buf == NULL or ty == NULL or tx == NULL:
+            failed[0] = 1
+        for blk in prange(nb, schedule="static"):
+            if failed[0]:
+                continue
+            c0 = C * blk // nb
+            c1 = C * (blk + 1) // nb
+            count = 1
+            for k in range(K):
+                if not _roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw,
+                                 H, W, ty, tx, &count):
+                    failed[0] = 1
+                    break
+                b = <Py_ssize_t>rois[k, 0]
+                if backward:
+                    _align_roi_backward(<floating*>&img[b, 0, 0, 0], C, W, c0, c1, ph, pw,
+                                        ty, tx, count, &per_roi[k, 0, 0, 0], buf)
+                else:
+                    _align_roi_forward(&img[b, 0, 0, 0], C, W, c0, c1, ph, pw, ty, tx, count,
+                                       buf, <floating*>&per_roi[k, 0, 0, 0])
+        free(buf)
+        _taps_free(ty)
+        _taps_free(tx)
+    if failed_flag:
+        raise MemoryError("roi_align: out of memory for the sample tables")
