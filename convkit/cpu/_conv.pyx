@@ -245,6 +245,105 @@ cdef double plane_sum(const floating* p, Py_ssize_t n) noexcept nogil:
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
+# ---------------------------------------------------------------------------- depthwise, stride 1
+# The plane kernels above update a whole output row once per tap (a load and a store of y per
+# multiply-add).  For stride 1 the drivers below first copy the plane into a zero-padded scratch
+# plane, then keep 16 outputs in registers across all taps (one store per 16 * KH * KW
+# multiply-adds) -- the common depthwise case, measured 2-3x faster.
+cdef void _pad_plane(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
+                     Py_ssize_t left, floating* xp, Py_ssize_t Hp, Py_ssize_t Wp) noexcept nogil:
+    """xp (Hp, Wp)[r, s] = x[r - top, s - left], 0 outside x (top/left may be negative)."""
+    cdef Py_ssize_t r, src, lo, up
+    lo = left if left > 0 else 0
+    up = _min(Wp, left + W)
+    for r in range(Hp):
+        src = r - top
+        if src < 0 or src >= H or lo >= up:
+            memset(xp + r * Wp, 0, Wp * sizeof(floating))
+            continue
+        if lo > 0:
+            memset(xp + r * Wp, 0, lo * sizeof(floating))
+        memcpy(xp + r * Wp + lo, x + src * W + lo - left, (up - lo) * sizeof(floating))
+        if up < Wp:
+            memset(xp + r * Wp + up, 0, (Wp - up) * sizeof(floating))
+
+
+cdef void _correlate_padded(const floating* xp, Py_ssize_t Wp, const floating* w,
+                            Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw,
+                            floating* y, Py_ssize_t Ho, Py_ssize_t Wo, floating init,
+                            bint accumulate) noexcept nogil:
+    """y[ho, wo] = (y[ho, wo] if accumulate else init)
+                   + sum_{kh,kw} w[kh, kw] * xp[ho + kh*dh, wo + kw*dw]   (stride 1)."""
+    cdef floating acc[16]
+    cdef Py_ssize_t ho, wo, kh, kw, j, nb
+    cdef floating wv
+    cdef floating* yrow
+    cdef const floating* xk
+    for ho in range(Ho):
+        yrow = y + ho * Wo
+        wo = 0
+        while wo < Wo:
+            nb = _min(16, Wo - wo)
+            if nb == 16:
+                if accumulate:
+                    for j in range(16):
+                        acc[j] = yrow[wo + j]
+                else:
+                    for j in range(16):
+                        acc[j] = init
+                for kh in range(KH):
+                    for kw in range(KW):
+                        wv = w[kh * KW + kw]
+                        xk = xp + (ho + kh * dh) * Wp + wo + kw * dw
+                        for j in range(16):
+                            acc[j] += wv * xk[j]
+                for j in range(16):
+                    yrow[wo + j] = acc[j]
+            else:
+                for j in range(nb):
+                    acc[j] = yrow[wo + j] if accumulate else init
+                for kh in range(KH):
+                    for kw in range(KW):
+                        wv = w[kh * KW + kw]
+                        xk = xp + (ho + kh * dh) * Wp + wo + kw * dw
+                        for j in range(nb):
+                            acc[j] += wv * xk[j]
+                for j in range(nb):
+                    yrow[wo + j] = acc[j]
+            wo = wo + nb
+
+
+cdef void _weight_grad_padded(const floating* gy, Py_ssize_t Ho, Py_ssize_t Wo,
+                              const floating* xp, Py_ssize_t Wp, Py_ssize_t KH, Py_ssize_t KW,
+                              Py_ssize_t dh, Py_ssize_t dw, double* out) noexcept nogil:
+    """out[kh*KW + kw] += sum_{ho,wo} gy[ho, wo] * xp[ho + kh*dh, wo + kw*dw]   (stride 1).
+
+    16 partial sums per tap (lane j takes the columns wo = j mod 16), added in a fixed order."""
+    cdef floating acc[16]
+    cdef Py_ssize_t ho, wo, kh, kw, j
+    cdef const floating* g
+    cdef const floating* xk
+    cdef double s
+    for kh in range(KH):
+        for kw in range(KW):
+            for j in range(16):
+                acc[j] = 0
+            for ho in range(Ho):
+                g = gy + ho * Wo
+                xk = xp + (ho + kh * dh) * Wp + kw * dw
+                wo = 0
+                while wo + 16 <= Wo:
+                    for j in range(16):
+                        acc[j] += g[wo + j] * xk[wo + j]
+                    wo = wo + 16
+                for j in range(Wo - wo):
+                    acc[j] += g[wo + j] * xk[wo + j]
+            s = 0
+            for j in range(16):
+                s += acc[j]
+            out[kh * KW + kw] += s
+
+
 # ---------------------------------------------------------------------------- drivers
 def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                         const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
@@ -380,20 +479,38 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
 
 def conv2d_forward_depthwise(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                              const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
-                             Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                             Py_ssize_t dh, Py_ssize_t dw, int n_threads):
-    """groups == C: output channel f reads input channel f // (F // C) only (direct kernel)."""
+                             floating[::1] scratch, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                             Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, int n_threads):
+    """groups == C: output channel f reads input channel c = f // m only (m = F // C); a direct
+    kernel, one task per (image, input channel) writing its m output planes.
+
+    scratch: n_threads * Hp*Wp elements (Hp = Ho + (KH-1)*dh, Wp = Wo + (KW-1)*dw) for the
+    padded plane of the stride-1 kernel (unused at other strides).
+    """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], KH = w.shape[2], KW = w.shape[3]
     cdef Py_ssize_t Ho = y.shape[2], Wo = y.shape[3], m = F // C
-    cdef Py_ssize_t it, n, f
+    cdef Py_ssize_t Hp = Ho + (KH - 1) * dh, Wp = Wo + (KW - 1) * dw
+    cdef bint fast = sh == 1 and sw == 1
+    cdef Py_ssize_t it, n, c, f, j
+    cdef floating* xp
     with nogil:
-        for it in prange(N * F, schedule="static", num_threads=n_threads):
-            n = it // F
-            f = it - n * F
-            depthwise_forward_plane(&x[n, f // m, 0, 0], H, W, &w[f, 0, 0, 0], KH, KW,
-                                    sh, sw, pt, pl, dh, dw,
-                                    bias[f] if has_bias else <floating>0, &y[n, f, 0, 0], Ho, Wo)
+        for it in prange(N * C, schedule="dynamic", num_threads=n_threads):
+            n = it // C
+            c = it - n * C
+            if fast:
+                xp = &scratch[0] + threadid() * Hp * Wp
+                _pad_plane(&x[n, c, 0, 0], H, W, pt, pl, xp, Hp, Wp)
+            for j in range(m):
+                f = c * m + j
+                if fast:
+                    _correlate_padded(xp, Wp, &w[f, 0, 0, 0], KH, KW, dh, dw, &y[n, f, 0, 0],
+                                      Ho, Wo, bias[f] if has_bias else <floating>0, False)
+                else:
+                    depthwise_forward_plane(&x[n, c, 0, 0], H, W, &w[f, 0, 0, 0], KH, KW,
+                                            sh, sw, pt, pl, dh, dw,
+                                            bias[f] if has_bias else <floating>0,
+                                            &y[n, f, 0, 0], Ho, Wo)
     return y
 
 
@@ -404,38 +521,61 @@ def conv2d_backward_depthwise(const floating[:, :, :, ::1] gy, const floating[:,
                               Py_ssize_t dh, Py_ssize_t dw, bint needs_input_grad, int n_threads):
     """grad_weight into gw (OUT) and, when needs_input_grad, grad_x into gx (OUT).
 
-    scratch: n_threads * KH*KW*Wo elements, accs: n_threads * KH*KW doubles (per-thread scratch).
+    scratch: n_threads * S elements with S >= max(KH*KW*Wo, Hp*Wp, (H + (KH-1)*dh) *
+    (W + (KW-1)*dw) + KH*KW); accs: n_threads * KH*KW doubles.
     Gather by what is written: a thread owns whole gx planes (all m filters of that channel, in
     order) and whole filters of gw (images in order): deterministic.
+    At stride 1, grad_x is the correlation of gy, padded by (KH-1)*dh - pt on top (and so on),
+    with the flipped filter -- the forward's fast kernel.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], KH = w.shape[2], KW = w.shape[3], KK = KH * KW
     cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], m = F // C
-    cdef Py_ssize_t it, n, c, f, j, k, t
+    cdef Py_ssize_t S = scratch.shape[0] // n_threads
+    cdef Py_ssize_t Hp = Ho + (KH - 1) * dh, Wp = Wo + (KW - 1) * dw
+    cdef Py_ssize_t Hq = H + (KH - 1) * dh, Wq = W + (KW - 1) * dw
+    cdef bint fast = sh == 1 and sw == 1
+    cdef Py_ssize_t it, n, c, f, j, k
     cdef floating* tmp
+    cdef floating* wf
     cdef double* acc
     with nogil:
         if needs_input_grad:
-            for it in prange(N * C, schedule="static", num_threads=n_threads):
+            for it in prange(N * C, schedule="dynamic", num_threads=n_threads):
                 n = it // C
                 c = it - n * C
-                memset(&gx[n, c, 0, 0], 0, H * W * sizeof(floating))
+                tmp = &scratch[0] + threadid() * S
+                if not fast:
+                    memset(&gx[n, c, 0, 0], 0, H * W * sizeof(floating))
                 for j in range(m):
                     f = c * m + j
-                    depthwise_backward_input_plane(&gy[n, f, 0, 0], Ho, Wo, &w[f, 0, 0, 0],
-                                                   KH, KW, sh, sw, pt, pl, dh, dw,
-                                                   &gx[n, c, 0, 0], H, W)
-        for f in prange(F, schedule="static", num_threads=n_threads):
-            t = threadid()
-            tmp = &scratch[t * KK * Wo]
-            acc = &accs[t * KK]
+                    if fast:
+                        wf = tmp + Hq * Wq
+                        for k in range(KK):
+                            wf[k] = w[f, 0, (KK - 1 - k) // KW, (KK - 1 - k) % KW]
+                        _pad_plane(&gy[n, f, 0, 0], Ho, Wo, (KH - 1) * dh - pt,
+                                   (KW - 1) * dw - pl, tmp, Hq, Wq)
+                        _correlate_padded(tmp, Wq, wf, KH, KW, dh, dw, &gx[n, c, 0, 0], H, W,
+                                          <floating>0, j > 0)
+                    else:
+                        depthwise_backward_input_plane(&gy[n, f, 0, 0], Ho, Wo, &w[f, 0, 0, 0],
+                                                       KH, KW, sh, sw, pt, pl, dh, dw,
+                                                       &gx[n, c, 0, 0], H, W)
+        for f in prange(F, schedule="dynamic", num_threads=n_threads):
+            tmp = &scratch[0] + threadid() * S
+            acc = &accs[0] + threadid() * KK
             for k in range(KK):
                 acc[k] = 0
             for n in range(N):
-                depthwise_backward_weight_plane(&gy[n, f, 0, 0], Ho, Wo, &x[n, f // m, 0, 0],
-                                                H, W, KH, KW, sh, sw, pt, pl, dh, dw, tmp, acc)
+                if fast:
+                    _pad_plane(&x[n, f // m, 0, 0], H, W, pt, pl, tmp, Hp, Wp)
+                    _weight_grad_padded(&gy[n, f, 0, 0], Ho, Wo, tmp, Wp, KH, KW, dh, dw, acc)
+                else:
+                    depthwise_backward_weight_plane(&gy[n, f, 0, 0], Ho, Wo, &x[n, f // m, 0, 0],
+                                                    H, W, KH, KW, sh, sw, pt, pl, dh, dw,
+                                                    tmp, acc)
             for k in range(KK):
-                gw[f, 0, k // KW, k - (k // KW) * KW] = <floating>acc[k]
+                gw[f, 0, k // KW, k % KW] = <floating>acc[k]
 
 
 def bias_grad(const floating[:, :, :, ::1] gy, floating[::1] gb, int n_threads):

@@ -172,7 +172,9 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
     dh, dw = dilation
     n_threads = _threads(N * F * Cg * KH * KW * Ho * Wo)
     if groups == C and Cg == 1 and groups > 1:
-        _conv.conv2d_forward_depthwise(x, weight, b, has_bias, y, sh, sw, pt, pl, dh, dw,
+        Hp, Wp = Ho + (KH - 1) * dh, Wo + (KW - 1) * dw
+        scratch = _workspace(n_threads * Hp * Wp, x.dtype)
+        _conv.conv2d_forward_depthwise(x, weight, b, has_bias, y, scratch, sh, sw, pt, pl, dh, dw,
                                        n_threads)
         return y
     pointwise = _is_pointwise(KH, KW, stride, padding)
@@ -201,7 +203,9 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
         _conv.bias_grad(grad_y, gb, _threads(grad_y.size))
     if groups == C and Cg == 1 and groups > 1:
         gw = np.empty(weight.shape, dtype=dt)
-        scratch = np.empty(n_threads * KH * KW * Wo, dtype=dt)
+        per_thread = max(KH * KW * Wo, (Ho + (KH - 1) * dh) * (Wo + (KW - 1) * dw),
+                         (H + (KH - 1) * dh) * (W + (KW - 1) * dw) + KH * KW)
+        scratch = _workspace(n_threads * per_thread, dt)[:n_threads * per_thread]
         accs = np.empty(n_threads * KH * KW, dtype=np.float64)
         _conv.conv2d_backward_depthwise(grad_y, x, weight, gx, gw, scratch, accs, sh, sw, pt, pl,
                                         dh, dw, needs_input_grad, n_threads)
