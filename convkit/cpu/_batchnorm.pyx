@@ -254,6 +254,8 @@ def batch_norm_backward(const floating[:, :, ::1] gy, const floating[:, :, ::1] 
     cdef double sg, sd, w, inv, M = <double>(N * HW)
     with nogil:
         for c in prange(C, schedule="static", num_threads=n_threads):
+            sg = 0      # assigned here so that Cython makes them thread-private
+            sd = 0
             bn_channel_grad_sums(&gy[0, c, 0], &x[0, c, 0], N, C * HW, HW, mean[c], &sg, &sd)
             inv = invstd[c]
             w = weight[c] if affine else 1.0
