@@ -31,6 +31,9 @@ def add_arguments(p):
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--shift", type=int, default=1,
+                   help="augmentation: random translation of each training image by up to this "
+                        "many pixels (0: none)")
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--train-subset", type=int, default=None,
                    help="train on only the first N training images (quick runs)")
@@ -50,6 +53,22 @@ def _progress(iterable, total, desc, enabled):
             bar = tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr)
             return bar, bar
     return iterable, None
+
+
+def random_shift(x, max_shift, rng):
+    """Translate each image of x (N, C, H, W) by a random (dy, dx) in [-max_shift, max_shift],
+    filling with zeros (the digits' background)."""
+    if max_shift <= 0:
+        return x
+    N, C, H, W = x.shape
+    s = max_shift
+    padded = np.zeros((N, C, H + 2 * s, W + 2 * s), x.dtype)
+    padded[:, :, s:s + H, s:s + W] = x
+    dy = rng.integers(0, 2 * s + 1, N)
+    dx = rng.integers(0, 2 * s + 1, N)
+    rows = (dy[:, None] + np.arange(H))[:, None, :, None]      # (N, 1, H, 1)
+    cols = (dx[:, None] + np.arange(W))[:, None, None, :]      # (N, 1, 1, W)
+    return padded[np.arange(N)[:, None, None, None], np.arange(C)[None, :, None, None], rows, cols]
 
 
 def evaluate(model, x, y, batch_size=256) -> float:
@@ -89,7 +108,8 @@ def train(args, log=print) -> dict:
     opt = SGD(model, lr=lr, momentum=args.momentum, weight_decay=args.weight_decay)
     log(f"convkit demo classify: {args.model} ({model.num_parameters()} parameters, {dtype}) on "
         f"backend {be.name!r}; {len(ytr)} train / {len(data.y_test)} test digits; "
-        f"{epochs} epochs, batch {args.batch_size}, SGD lr {lr} momentum {args.momentum}")
+        f"{epochs} epochs, batch {args.batch_size}, SGD lr {lr} momentum {args.momentum}, "
+        f"random shifts up to {args.shift} px")
     rng = np.random.default_rng(args.seed)
     n = len(ytr)
     steps = (n + args.batch_size - 1) // args.batch_size
@@ -106,7 +126,8 @@ def train(args, log=print) -> dict:
             # cosine decay of the learning rate over the whole run
             opt.lr = lr * 0.5 * (1 + np.cos(np.pi * (epoch * steps + s) / max(1, epochs * steps)))
             idx = order[s * args.batch_size:(s + 1) * args.batch_size]
-            logits = model.forward(be.asarray(xtr[idx]))
+            xb = random_shift(xtr[idx], args.shift, rng)
+            logits = model.forward(be.asarray(xb))
             loss, g = softmax_cross_entropy(logits, be.asarray(ytr[idx]))
             model.zero_grad()
             model.backward(g)

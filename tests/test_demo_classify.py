@@ -46,3 +46,27 @@ def test_demo_classify_rejects_bad_args():
         main(["demo", "classify", "--model", "alexnet"])
     with pytest.raises(ValueError, match="batch-size"):
         main(["demo", "classify", "--backend", "numpy", "--batch-size", "0", "--no-progress"])
+
+
+def test_random_shift_translates_each_image():
+    from convkit.demo_classify import random_shift
+
+    x = np.zeros((200, 2, 5, 5), np.float32)
+    x[:, 0, 2, 2] = 1.0
+    x[:, 1, 0, 0] = 2.0            # a corner pixel falls off for some shifts
+    y = random_shift(x, 1, np.random.default_rng(0))
+    assert y.shape == x.shape and y.dtype == x.dtype
+    seen = set()
+    for img_in, img in zip(x, y):
+        (r,), (c,) = np.nonzero(img[0])
+        dy, dx = r - 2, c - 2
+        assert abs(dy) <= 1 and abs(dx) <= 1
+        seen.add((dy, dx))
+        np.testing.assert_array_equal(img[0], np.roll(img_in[0], (dy, dx), axis=(0, 1)))
+        # the other channel moves by the same shift; pixels moved outside are dropped
+        want = np.zeros((5, 5), np.float32)
+        if dy >= 0 and dx >= 0:
+            want[dy, dx] = 2.0
+        np.testing.assert_array_equal(img[1], want)
+    assert len(seen) == 9
+    assert random_shift(x, 0, np.random.default_rng(0)) is x
