@@ -11,7 +11,9 @@ Target assignment follows the Faster R-CNN paper (Ren et al. 2015, section 3.1.2
 positive if its IoU with some box is >= 0.7, or if it has the highest IoU of all anchors with
 some box (so every box gets at least one anchor); negative if its best IoU is < 0.3 and it is
 not positive; ignored otherwise.  Training uses a random sample of 256 labelled anchors per
-image with at most half of them positive.
+image with at most half of them positive.  Unlike the paper (and like torchvision), anchors that
+cross the image border take part in training: on small images most anchors near an object at
+the border cross it, and the proposals are clipped to the image anyway.
 """
 from __future__ import annotations
 

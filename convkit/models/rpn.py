@@ -20,7 +20,7 @@ import numpy as np
 from .. import boxes as B
 from .. import functional as F
 from .._registry import get_backend
-from ..nn import Conv2d, Module, ReLU, softmax_cross_entropy, smooth_l1_loss
+from ..nn import Conv2d, Module, ReLU, sigmoid, softmax_cross_entropy, smooth_l1_loss
 from ..nn.init import make_rng
 from .anchors import AnchorGenerator, assign_anchor_targets, sample_labels
 
@@ -195,8 +195,7 @@ class RegionProposalNetwork(Module):
                 keep = B.remove_small_boxes(b, self.min_size)
                 b, s_i = xp.ascontiguousarray(b[keep]), xp.ascontiguousarray(s[order][keep])
                 keep = F.nms(b, s_i, self.nms_thresh)[:post_n]
-                prob = 1.0 / (1.0 + xp.exp(-s_i[keep]))
-                out.append((b[keep], prob.astype(b.dtype, copy=False)))
+                out.append((b[keep], sigmoid(s_i[keep]).astype(b.dtype, copy=False)))
         return out
 
     # ------------------------------------------------------------------ forward / backward
