@@ -141,6 +141,8 @@ def train(args, log=print):
             total += loss
             if bar is not None:
                 bar.set_postfix(loss=f"{loss:.3f}")
+            elif not args.no_progress and (s + 1) % max(1, steps // 5) == 0:
+                log(f"  epoch {epoch + 1} step {s + 1}/{steps}: loss {loss:.4f}")  # no tqdm
         if bar is not None:
             bar.close()
         hist["epoch_loss"].append(total / steps)

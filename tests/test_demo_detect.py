@@ -33,3 +33,14 @@ def test_demo_detect_runs_and_writes_outputs(tmp_path, capsys):
 def test_demo_detect_rejects_bad_arguments():
     with pytest.raises(ValueError, match="--epochs"):
         main(["demo", "detect", "--backend", "numpy", "--epochs", "-1", "--no-progress"])
+
+
+def test_demo_detect_plain_progress_without_tqdm(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)          # `import tqdm` raises ImportError
+    rc = main(["demo", "detect", "--backend", "numpy", "--epochs", "1", "--images", "4",
+               "--test-images", "2", "--size", "32", "--width", "4", "--batch-size", "2"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "epoch 1 step 1/2: loss" in text and "epoch 1 step 2/2: loss" in text
