@@ -269,3 +269,59 @@ def test_tiny_detector_training_loss_falls(backend):
     m.eval()
     dets = m.forward(d.images)
     assert len(dets) == 4 and all(x["boxes"].shape[1] == 4 for x in dets)
+
+
+# ---------------------------------------------------------------- proposals and detections
+def test_rpn_proposals_decode_clip_and_rank_by_hand(backend):
+    # zero weights: every anchor gets the head's biases.  Anchors are 8x8 squares at stride 8
+    # on a 2x2 map of a 16x16 image: [0,0,8,8] [8,0,16,8] [0,8,8,16] [8,8,16,16].
+    with convkit.use_backend(backend) as be:
+        rpn = RegionProposalNetwork(2, AnchorGenerator((8,), (1.0,), stride=8), mid_channels=2,
+                                    min_size=1.0, dtype=np.float64, seed=0)
+        for m in (rpn.head.conv, rpn.head.cls_logits, rpn.head.bbox_pred):
+            m.params["weight"][...] = 0
+        rpn.head.cls_logits.params["bias"][...] = be.asarray(np.array([1.0, 0.0]))
+        # dx = 0.5 (half a width right), dy = 0, dw = log 2 (twice as wide), dh = 0
+        rpn.head.bbox_pred.params["bias"][...] = be.asarray(np.array([0.5, 0, np.log(2), 0]))
+        rpn.eval()
+        props, losses = rpn.forward(be.asarray(np.zeros((1, 2, 2, 2))), (16, 16))
+    assert losses == {}
+    boxes, scores = (be.to_numpy(a) for a in props[0])
+    # centres move 4 px right and widths double to 16, then boxes are clipped to [0, 16]:
+    #   [0,0,8,8] -> [0,0,16,8];  [8,0,16,8] -> [8,0,24,8] -> [8,0,16,8];  rows 8..16 likewise.
+    #   IoU([0,0,16,8], [8,0,16,8]) = 0.5 <= 0.7, so NMS keeps all four; equal scores keep the
+    #   anchor order; score = softmax([1, 0])[0] = sigmoid(1).
+    np.testing.assert_allclose(boxes, [[0, 0, 16, 8], [8, 0, 16, 8], [0, 8, 16, 16],
+                                       [8, 8, 16, 16]], atol=1e-12)
+    np.testing.assert_allclose(scores, np.full(4, 1 / (1 + np.exp(-1.0))), rtol=1e-12)
+
+
+@pytest.mark.parametrize("roi_op", ["align", "pool"])
+def test_detector_outputs_respect_their_contract(backend, roi_op):
+    d = shapes(2, size=32, max_objects=3, seed=9)
+    with convkit.use_backend(backend) as be:
+        m = FasterRCNN(3, anchor_sizes=(8, 12, 16), width=4, roi_op=roi_op, seed=1,
+                       rpn_kwargs=dict(post_nms_top_n=(40, 40)),
+                       roi_kwargs=dict(representation=16, score_thresh=0.2,
+                                       detections_per_img=30))
+        m.eval()
+        dets = m.forward(d.images)
+        props = [(be.to_numpy(b), be.to_numpy(s)) for b, s in m.last_proposals]
+        dets = [{k: be.to_numpy(v) for k, v in x.items()} for x in dets]
+    from convkit.metrics import box_iou_np
+    assert sum(len(x["boxes"]) for x in dets) > 0
+    for b, s in props:
+        assert 0 < len(b) <= 40 and (np.diff(s) <= 0).all()
+        assert (b[:, :2] >= 0).all() and (b[:, 2:] <= 32).all()
+        assert ((b[:, 2:] - b[:, :2]) >= 1.0).all()
+        iou = box_iou_np(b, b)
+        assert (iou[np.triu_indices(len(b), 1)] <= 0.7 + 1e-6).all()
+    for x in dets:
+        b, s, lab = x["boxes"], x["scores"], x["labels"]
+        assert len(b) <= 30 and (s > 0.2).all() and (np.diff(s) <= 0).all()
+        assert set(lab.tolist()) <= {0, 1, 2} and lab.dtype == np.int64
+        assert (b[:, :2] >= 0).all() and (b[:, 2:] <= 32).all()
+        for c in range(3):
+            bc = b[lab == c]
+            iou = box_iou_np(bc, bc)
+            assert (iou[np.triu_indices(len(bc), 1)] <= 0.5 + 1e-6).all()
