@@ -1023,7 +1023,7 @@ def save_plot(path, rows, backends):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    conv = [b for b in backends if b not in TORCH_NAMES]
+    conv = [b for b in backends if b not in TORCH_NAMES and b != "numpy"]   # numpy: the reference
     series = []
     for b in conv:
         for ref in (torch_ref(b), "numpy"):
@@ -1032,15 +1032,16 @@ def save_plot(path, rows, backends):
                 series.append((f"{ref}/{b}", vals))
     if not series:
         raise ValueError("no ratio to plot (run a convkit backend next to torch or numpy)")
-    labels = [f"{r.op}\n{'fwd' if r.pas == FWD else 'f+b'}" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(rows)), 4.5))
+    labels = [f"{r.op} {'fwd' if r.pas == FWD else 'fwd+bwd'}" for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 5.5))
     width = 0.8 / max(len(series), 1)
     for i, (name, vals) in enumerate(series):
         xs = [j + i * width for j, v in enumerate(vals) if v is not None]
         ax.bar(xs, [v for v in vals if v is not None], width, label=name)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_yscale("log")
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], labels, fontsize=7)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))], labels, fontsize=7,
+                  rotation=60, ha="right")
     ax.set_ylabel("reference time / backend time (> 1: backend faster)")
     ax.legend(fontsize=8)
     fig.tight_layout()
