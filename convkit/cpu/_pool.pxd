@@ -27,4 +27,5 @@ cdef void avg_pool2d_plane_backward(const floating* gy, Py_ssize_t W, Py_ssize_t
                                     const Py_ssize_t* hbase, const Py_ssize_t* h0, const Py_ssize_t* h1,
                                     const Py_ssize_t* wbase, const Py_ssize_t* w0, const Py_ssize_t* w1,
                                     const floating* div, floating* gx,
-                                    Py_ssize_t Ho, Py_ssize_t Wo, floating* e) noexcept nogil
+                                    Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t fast_k,
+                                    floating* e, floating* g) noexcept nogil

@@ -103,6 +103,8 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride, padding, count
     gx = np.empty(input_shape, grad_y.dtype)
     P = N * C
     nt = _threads(P, P * Ho * Wo * kernel_size[0] * kernel_size[1])
-    _pool.avg_pool2d_backward(grad_y.reshape(P, Ho, Wo), W, hb, h0, h1, wb, w0, w1, div,
+    kw = kernel_size[1]
+    fast_k = kw if (kw in (2, 3) and stride[1] == 2) else 0
+    _pool.avg_pool2d_backward(grad_y.reshape(P, Ho, Wo), W, hb, h0, h1, wb, w0, w1, div, fast_k,
                               gx.reshape(P, H * W), nt)
     return gx
