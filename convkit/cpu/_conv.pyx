@@ -3,14 +3,17 @@
 """conv2d kernels for the ``cpu`` backend: im2col + BLAS GEMM, a no-copy 1x1 path, and a direct
 kernel for depthwise convs (groups == C).
 
-Every loop runs without the GIL.  Work is split so that each OpenMP thread owns a disjoint part of
-what is written (whole channel planes for im2col/col2im, column blocks of GEMM outputs), and every
-sum runs in an order that does not depend on the thread count or timing, so results -- backward
-included -- are the same bits every run.  The GEMMs call BLAS from inside the OpenMP team; the
+Every loop runs without the GIL.  Each parallel region is a set of independent tasks (an image's
+block of output rows, a block of grad_weight columns, an image's block of channels) taken by the
+OpenMP team with dynamic scheduling and no barrier inside: a thread slowed down by other load on
+the machine simply takes fewer tasks.  A task writes a part of the output no other task writes,
+and every sum runs in an order fixed by the task, never by the thread that ran it, so results --
+backward included -- are the same bits every run.  The GEMMs call BLAS from inside the team; the
 Python wrapper (convkit/cpu/conv.py) pins BLAS to one thread around the call so the two thread
 pools do not oversubscribe the cores.
 
-cdivision is on: every ``//`` and ``%`` below has non-negative operands (see _wo_range).
+cdivision is on: every ``//`` and ``%`` below has non-negative operands (see _wo_range), except
+the one stride-phase remainder in _im2col_taps, which corrects C's truncation explicitly.
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
