@@ -538,26 +538,20 @@ def test_backward_dtypes_follow_grad(backend, dtype):
     np.testing.assert_allclose(gx, gx64, **tol(dtype))
 
 
-@pytest.mark.slow
-def test_numpy_reference_is_fast_enough_for_a_detector():
-    """Hundreds of RoIs on a (2, 256, 50, 68) map run in seconds on the reference (a per-pixel
-    Python loop would take minutes), and channels stay independent: the first 4 channels
-    of the batched result equal a run on those 4 channels alone."""
-    import time
-
+def test_detector_sized_rois_channels_independent():
+    """Detector-sized work (300 RoIs on (2, 256, 50, 68)) on the reference: channels stay
+    independent -- the first 4 channels of the batched result equal a run on those 4 channels
+    alone -- and the gradients are finite and non-zero.  (Speed is measured in bench/, not here.)"""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 256, 50, 68)).astype(np.float32)
     K = 300
     xy = rng.uniform(-50, 1000, (K, 2))
     wh = rng.uniform(16, 600, (K, 2))
     rois = np.concatenate([rng.integers(0, 2, (K, 1)), xy, xy + wh], 1).astype(np.float32)
-    t0 = time.perf_counter()
     ya = run("numpy", F.roi_align_forward, x, rois, 7, 1 / 16, -1, True)
     ga = run("numpy", F.roi_align_backward, ya, rois, x.shape, 7, 1 / 16, -1, True)
     yp, am = run("numpy", F.roi_pool_forward, x, rois, 7, 1 / 16)
     gp = run("numpy", F.roi_pool_backward, yp, am, x.shape, rois=rois)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 60, f"reference RoI ops took {elapsed:.1f}s for {K} RoIs"
     x4 = np.ascontiguousarray(x[:, :4])
     np.testing.assert_array_equal(ya[:, :4], run("numpy", F.roi_align_forward, x4, rois, 7,
                                                  1 / 16, -1, True))
