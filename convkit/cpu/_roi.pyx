@@ -311,6 +311,154 @@ cdef _Taps* _taps_new(Py_ssize_t pooled, Py_ssize_t itemsize) noexcept nogil:
     return t
 
 
+cdef extern from *:
+    """
+    /* RoI-align forward for float32 on the NHWC map, SSE2: eight channels at a time, all the
+       bins of the RoI in turn, the bin's sum kept in registers.  Each sample adds
+       ((w1*v1 + w2*v2) + w3*v3) + w4*v4 to the bin's sum, as torchvision's kernel does.
+       off/w: 4 corners (pixel offset * C, weight) per sample; bin b's samples are
+       [first[b], first[b+1]).  y: the RoI's (C, nbins) output. */
+    #include <stddef.h>
+    #if defined(__SSE2__) || defined(_M_X64)
+    #include <emmintrin.h>
+    #define CK_ROI_SSE2 1
+    #endif
+    static int ck_align_simd(void) {
+    #ifdef CK_ROI_SSE2
+        return 1;
+    #else
+        return 0;
+    #endif
+    }
+    static void ck_align_store_f(float* y, ptrdiff_t stride, const float* v, int n,
+                                 float fcount, double count, int exact) {
+        for (int l = 0; l < n; l++)
+            y[l * stride] = exact ? v[l] / fcount : (float)((double)v[l] / count);
+    }
+    static void ck_align_bins_f(const float* img, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t nbins,
+                                const ptrdiff_t* first, const ptrdiff_t* off, const float* w,
+                                float fcount, double count, float* y) {
+        int exact = (double)fcount == count;
+        ptrdiff_t c = c0, b, s;
+        float buf[8];
+    #ifdef CK_ROI_SSE2
+        for (; c + 8 <= c1; c += 8) {
+            const float* base = img + c;
+            for (b = 0; b < nbins; b++) {
+                __m128 a0 = _mm_setzero_ps(), a1 = _mm_setzero_ps();
+                for (s = first[b]; s < first[b + 1]; s++) {
+                    const ptrdiff_t* o = off + 4 * s;
+                    const float* ww = w + 4 * s;
+                    __m128 w0 = _mm_set1_ps(ww[0]), w1 = _mm_set1_ps(ww[1]);
+                    __m128 w2 = _mm_set1_ps(ww[2]), w3 = _mm_set1_ps(ww[3]);
+                    __m128 v0 = _mm_add_ps(_mm_mul_ps(w0, _mm_loadu_ps(base + o[0])),
+                                           _mm_mul_ps(w1, _mm_loadu_ps(base + o[1])));
+                    __m128 v1 = _mm_add_ps(_mm_mul_ps(w0, _mm_loadu_ps(base + o[0] + 4)),
+                                           _mm_mul_ps(w1, _mm_loadu_ps(base + o[1] + 4)));
+                    v0 = _mm_add_ps(v0, _mm_mul_ps(w2, _mm_loadu_ps(base + o[2])));
+                    v1 = _mm_add_ps(v1, _mm_mul_ps(w2, _mm_loadu_ps(base + o[2] + 4)));
+                    v0 = _mm_add_ps(v0, _mm_mul_ps(w3, _mm_loadu_ps(base + o[3])));
+                    v1 = _mm_add_ps(v1, _mm_mul_ps(w3, _mm_loadu_ps(base + o[3] + 4)));
+                    a0 = _mm_add_ps(a0, v0);
+                    a1 = _mm_add_ps(a1, v1);
+                }
+                _mm_storeu_ps(buf, a0);
+                _mm_storeu_ps(buf + 4, a1);
+                ck_align_store_f(y + c * nbins + b, nbins, buf, 8, fcount, count, exact);
+            }
+        }
+    #endif
+        for (; c < c1; c++) {
+            for (b = 0; b < nbins; b++) {
+                float a = 0;
+                for (s = first[b]; s < first[b + 1]; s++) {
+                    const ptrdiff_t* o = off + 4 * s;
+                    const float* ww = w + 4 * s;
+                    a = a + (((ww[0] * img[o[0] + c] + ww[1] * img[o[1] + c])
+                              + ww[2] * img[o[2] + c]) + ww[3] * img[o[3] + c]);
+                }
+                ck_align_store_f(y + c * nbins + b, nbins, &a, 1, fcount, count, exact);
+            }
+        }
+    }
+    """
+    int ck_align_simd() noexcept nogil
+    void ck_align_bins_f(const float* img, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t nbins,
+                         const Py_ssize_t* first, const Py_ssize_t* off, const float* w,
+                         float fcount, double count, float* y) noexcept nogil
+
+
+cdef struct _Pairs:
+    # every (y-sample, x-sample) pair of a RoI's bins: 4 corners (pixel offset * C, weight)
+    Py_ssize_t cap
+    Py_ssize_t* first          # ph*pw + 1
+    Py_ssize_t* off            # 4 per sample
+    float* w                   # 4 per sample
+
+
+cdef _Pairs* _pairs_new(Py_ssize_t nbins) noexcept nogil:
+    cdef _Pairs* q = <_Pairs*>malloc(sizeof(_Pairs))
+    if q == NULL:
+        return NULL
+    q.cap = 0
+    q.off = NULL
+    q.w = NULL
+    q.first = <Py_ssize_t*>malloc((nbins + 1) * sizeof(Py_ssize_t))
+    if q.first == NULL:
+        free(q)
+        return NULL
+    return q
+
+
+cdef void _pairs_free(_Pairs* q) noexcept nogil:
+    if q != NULL:
+        free(q.first)
+        free(q.off)
+        free(q.w)
+        free(q)
+
+
+cdef int _pairs_fill(_Pairs* q, _Taps* ty, _Taps* tx, Py_ssize_t W, Py_ssize_t C,
+                     Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """Lay out the corners of every sample of every bin (float32 weights, torchvision's
+    products).  0 when memory ran out."""
+    cdef Py_ssize_t n = 0, p, qq, a, b, k
+    cdef const float* wly = <const float*>ty.w_low
+    cdef const float* why = <const float*>ty.w_high
+    cdef const float* wlx = <const float*>tx.w_low
+    cdef const float* whx = <const float*>tx.w_high
+    for p in range(ph):
+        for qq in range(pw):
+            n += (ty.first[p + 1] - ty.first[p]) * (tx.first[qq + 1] - tx.first[qq])
+    if n > q.cap:
+        free(q.off)
+        free(q.w)
+        q.off = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t) + 1)
+        q.w = <float*>malloc(4 * n * sizeof(float) + 1)
+        q.cap = n
+        if q.off == NULL or q.w == NULL:
+            q.cap = 0
+            return 0
+    k = 0
+    q.first[0] = 0
+    for p in range(ph):
+        for qq in range(pw):
+            for a in range(ty.first[p], ty.first[p + 1]):
+                for b in range(tx.first[qq], tx.first[qq + 1]):
+                    q.off[4 * k] = (ty.low[a] * W + tx.low[b]) * C
+                    q.off[4 * k + 1] = (ty.low[a] * W + tx.high[b]) * C
+                    q.off[4 * k + 2] = (ty.high[a] * W + tx.low[b]) * C
+                    q.off[4 * k + 3] = (ty.high[a] * W + tx.high[b]) * C
+                    q.w[4 * k] = wly[a] * wlx[b]
+                    q.w[4 * k + 1] = wly[a] * whx[b]
+                    q.w[4 * k + 2] = why[a] * wlx[b]
+                    q.w[4 * k + 3] = why[a] * whx[b]
+                    k += 1
+            q.first[p * pw + qq + 1] = k
+    return 1
+
+
+
 cdef void _align_roi_forward(const floating* xt, Py_ssize_t C, Py_ssize_t W,
                              Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t pooled_h,
                              Py_ssize_t pooled_w, _Taps* ty, _Taps* tx, double count,
@@ -455,15 +603,19 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
     cdef floating offset = <floating>0.5 if aligned else <floating>0
     cdef _Taps* ty
     cdef _Taps* tx
+    cdef _Pairs* pairs
     cdef floating* buf
     cdef double count
     cdef int failed_flag = 0
     cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
+    # float32 forward: the SIMD kernel over all the (y, x) sample pairs of each bin
+    cdef bint simd = (floating is float) and not backward and ck_align_simd()
     with nogil, parallel(num_threads=nb):
         buf = <floating*>malloc(C * sizeof(floating) + 1)
         ty = _taps_new(ph, sizeof(floating))
         tx = _taps_new(pw, sizeof(floating))
-        if buf == NULL or ty == NULL or tx == NULL:
+        pairs = _pairs_new(ph * pw) if simd else NULL
+        if buf == NULL or ty == NULL or tx == NULL or (simd and pairs == NULL):
             failed[0] = 1
         for blk in prange(nb, schedule="static"):
             if failed[0]:
@@ -477,7 +629,15 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
                     failed[0] = 1
                     break
                 b = <Py_ssize_t>rois[k, 0]
-                if backward:
+                if simd:
+                    if floating is float:
+                        if not _pairs_fill(pairs, ty, tx, W, C, ph, pw):
+                            failed[0] = 1
+                            break
+                        ck_align_bins_f(&img[b, 0, 0, 0], c0, c1, ph * pw, pairs.first,
+                                        pairs.off, pairs.w, <float>count, count,
+                                        <float*>&per_roi[k, 0, 0, 0])
+                elif backward:
                     _align_roi_backward(<floating*>&img[b, 0, 0, 0], C, W, c0, c1, ph, pw,
                                         ty, tx, count, &per_roi[k, 0, 0, 0], buf)
                 else:
@@ -486,5 +646,6 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
         free(buf)
         _taps_free(ty)
         _taps_free(tx)
+        _pairs_free(pairs)
     if failed_flag:
         raise MemoryError("roi_align: out of memory for the sample tables")
