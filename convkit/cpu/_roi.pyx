@@ -381,8 +381,55 @@ cdef extern from *:
             }
         }
     }
+    /* Adjoint of ck_align_bins_f: each bin's grad / count (8 channels at a time) times each
+       corner weight, added into the NHWC gradient -- per channel in the same order as the
+       plain kernel (bin, sample, corner), so the result is the same bits. */
+    static void ck_align_bins_backward_f(float* gimg, ptrdiff_t c0, ptrdiff_t c1,
+                                         ptrdiff_t nbins, const ptrdiff_t* first,
+                                         const ptrdiff_t* off, const float* w, float fcount,
+                                         double count, const float* gy) {
+        int exact = (double)fcount == count;
+        ptrdiff_t c = c0, b, s, l;
+        float buf[8];
+    #ifdef CK_ROI_SSE2
+        for (; c + 8 <= c1; c += 8) {
+            float* base = gimg + c;
+            for (b = 0; b < nbins; b++) {
+                __m128 g0, g1;
+                if (first[b + 1] == first[b]) continue;
+                for (l = 0; l < 8; l++) {
+                    float v = gy[(c + l) * nbins + b];
+                    buf[l] = exact ? v / fcount : (float)((double)v / count);
+                }
+                g0 = _mm_loadu_ps(buf);
+                g1 = _mm_loadu_ps(buf + 4);
+                for (s = first[b]; s < first[b + 1]; s++) {
+                    for (int t = 0; t < 4; t++) {
+                        float* r = base + off[4 * s + t];
+                        __m128 wt = _mm_set1_ps(w[4 * s + t]);
+                        _mm_storeu_ps(r, _mm_add_ps(_mm_loadu_ps(r), _mm_mul_ps(g0, wt)));
+                        _mm_storeu_ps(r + 4, _mm_add_ps(_mm_loadu_ps(r + 4), _mm_mul_ps(g1, wt)));
+                    }
+                }
+            }
+        }
+    #endif
+        for (; c < c1; c++) {
+            for (b = 0; b < nbins; b++) {
+                float g;
+                if (first[b + 1] == first[b]) continue;
+                g = exact ? gy[c * nbins + b] / fcount : (float)((double)gy[c * nbins + b] / count);
+                for (s = first[b]; s < first[b + 1]; s++)
+                    for (int t = 0; t < 4; t++)
+                        gimg[off[4 * s + t] + c] += g * w[4 * s + t];
+            }
+        }
+    }
     """
     int ck_align_simd() noexcept nogil
+    void ck_align_bins_backward_f(float* gimg, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t nbins,
+                                  const Py_ssize_t* first, const Py_ssize_t* off, const float* w,
+                                  float fcount, double count, const float* gy) noexcept nogil
     void ck_align_bins_f(const float* img, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t nbins,
                          const Py_ssize_t* first, const Py_ssize_t* off, const float* w,
                          float fcount, double count, float* y) noexcept nogil
@@ -563,16 +610,19 @@ def nchw_to_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt, int 
 
 
 def nhwc_to_nchw(const floating[:, :, :, ::1] xt, floating[:, :, :, ::1] x, int n_threads):
-    """x (N, C, H, W) = xt (N, H, W, C) transposed; (n, c) planes split across threads."""
+    """x (N, C, H, W) = xt (N, H, W, C) transposed; (n, h) rows split across threads, 16
+    channels at a time (reads of 16 contiguous values, writes to 16 contiguous rows)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t nc, n, c, h, w
+    cdef Py_ssize_t nh, n, h, w, blk, c0, cc
     with nogil:
-        for nc in prange(N * C, schedule="static", num_threads=n_threads):
-            n = nc // C
-            c = nc % C
-            for h in range(H):
+        for nh in prange(N * H, schedule="static", num_threads=n_threads):
+            n = nh // H
+            h = nh % H
+            for blk in range((C + 15) // 16):
+                c0 = blk * 16
                 for w in range(W):
-                    x[n, c, h, w] = xt[n, h, w, c]
+                    for cc in range(c0, min(c0 + 16, C)):
+                        x[n, cc, h, w] = xt[n, h, w, cc]
 
 
 def roi_align_forward(const floating[:, :, :, ::1] xt, const floating[:, ::1] rois,
@@ -608,8 +658,8 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
     cdef double count
     cdef int failed_flag = 0
     cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
-    # float32 forward: the SIMD kernel over all the (y, x) sample pairs of each bin
-    cdef bint simd = (floating is float) and not backward and ck_align_simd()
+    # float32: the SIMD kernels over all the (y, x) sample pairs of each bin
+    cdef bint simd = (floating is float) and ck_align_simd()
     with nogil, parallel(num_threads=nb):
         buf = <floating*>malloc(C * sizeof(floating) + 1)
         ty = _taps_new(ph, sizeof(floating))
@@ -634,9 +684,14 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
                         if not _pairs_fill(pairs, ty, tx, W, C, ph, pw):
                             failed[0] = 1
                             break
-                        ck_align_bins_f(&img[b, 0, 0, 0], c0, c1, ph * pw, pairs.first,
-                                        pairs.off, pairs.w, <float>count, count,
-                                        <float*>&per_roi[k, 0, 0, 0])
+                        if backward:
+                            ck_align_bins_backward_f(<float*>&img[b, 0, 0, 0], c0, c1, ph * pw,
+                                                     pairs.first, pairs.off, pairs.w,
+                                                     <float>count, count, &per_roi[k, 0, 0, 0])
+                        else:
+                            ck_align_bins_f(&img[b, 0, 0, 0], c0, c1, ph * pw, pairs.first,
+                                            pairs.off, pairs.w, <float>count, count,
+                                            <float*>&per_roi[k, 0, 0, 0])
                 elif backward:
                     _align_roi_backward(<floating*>&img[b, 0, 0, 0], C, W, c0, c1, ph, pw,
                                         ty, tx, count, &per_roi[k, 0, 0, 0], buf)
