@@ -119,6 +119,36 @@ def roi_pool_forward(const floating[:, :, :, ::1] x, const floating[:, ::1] rois
         raise MemoryError("roi_pool_forward: out of memory for bin tables")
 
 
+def roi_pool_forward_nhwc(const float[:, :, :, ::1] xt, const float[:, ::1] rois,
+                          double spatial_scale, float[:, :, ::1] y, int64_t[:, :, ::1] argmax,
+                          Py_ssize_t ph, Py_ssize_t pw, int n_threads):
+    """float32 on the NHWC map xt (N, H, W, C) (H*W < 2**31): y, argmax (K, C, ph*pw), the
+    SIMD kernel, one RoI per task.  Same bins and results as roi_pool_forward."""
+    cdef Py_ssize_t K = rois.shape[0], H = xt.shape[1], W = xt.shape[2], C = xt.shape[3], k, b
+    cdef float scale = <float>spatial_scale
+    cdef Py_ssize_t* edges
+    cdef int failed_flag = 0
+    cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
+    with nogil, parallel(num_threads=n_threads):
+        edges = <Py_ssize_t*>malloc(2 * (ph + pw) * sizeof(Py_ssize_t))
+        for k in prange(K, schedule="dynamic"):
+            if edges == NULL:
+                failed[0] = 1
+            else:
+                b = <Py_ssize_t>rois[k, 0]
+                roi_pool_bins(&rois[k, 0], scale, ph, pw, H, W, edges, edges + ph,
+                              edges + 2 * ph, edges + 2 * ph + pw)
+                ck_roi_pool_f(&xt[b, 0, 0, 0], W, C, ph, pw, edges, edges + ph,
+                              edges + 2 * ph, edges + 2 * ph + pw, &y[k, 0, 0], &argmax[k, 0, 0])
+        free(edges)
+    if failed_flag:
+        raise MemoryError("roi_pool_forward: out of memory for bin tables")
+
+
+def simd_available():
+    return bool(ck_align_simd())
+
+
 def roi_pool_backward(const floating[:, :, ::1] gy, const floating[:, ::1] rois,
                       const int64_t[:, :, ::1] argmax, floating[:, :, ::1] gx, int n_threads):
     """gy, argmax (K, C, ph*pw); gx (N, C, H*W) (written whole).  Each thread owns whole
@@ -319,6 +349,8 @@ cdef extern from *:
        off/w: 4 corners (pixel offset * C, weight) per sample; bin b's samples are
        [first[b], first[b+1]).  y: the RoI's (C, nbins) output. */
     #include <stddef.h>
+    #include <stdint.h>
+    #include <float.h>
     #if defined(__SSE2__) || defined(_M_X64)
     #include <emmintrin.h>
     #define CK_ROI_SSE2 1
@@ -425,8 +457,77 @@ cdef extern from *:
             }
         }
     }
+    /* RoI max pool of one RoI on the NHWC map, float32, SSE2: eight channels at a time, each
+       bin scanned in row-major order with a strict '>' (first maximum wins, NaN never does;
+       the start is -FLT_MAX with argmax -1, as torchvision).  Pixel indices ride in int32
+       lanes (the caller checks H*W < 2**31).  y, am: the RoI's (C, nbins) outputs. */
+    static void ck_roi_pool_f(const float* img, ptrdiff_t W, ptrdiff_t C, ptrdiff_t ph,
+                              ptrdiff_t pw, const ptrdiff_t* hs, const ptrdiff_t* he,
+                              const ptrdiff_t* ws, const ptrdiff_t* we, float* y, int64_t* am) {
+        ptrdiff_t nb = ph * pw, c = 0, p, q, h, w, l;
+        float bv[8];
+        int bi[8];
+    #ifdef CK_ROI_SSE2
+        for (; c + 8 <= C; c += 8) {
+            for (p = 0; p < ph; p++) {
+                for (q = 0; q < pw; q++) {
+                    ptrdiff_t b = p * pw + q;
+                    __m128 b0 = _mm_set1_ps(-FLT_MAX), b1 = b0;
+                    __m128i i0 = _mm_set1_epi32(-1), i1 = i0;
+                    if (he[p] <= hs[p] || we[q] <= ws[q]) {
+                        for (l = 0; l < 8; l++) { y[(c + l) * nb + b] = 0; am[(c + l) * nb + b] = -1; }
+                        continue;
+                    }
+                    for (h = hs[p]; h < he[p]; h++) {
+                        for (w = ws[q]; w < we[q]; w++) {
+                            const float* r = img + (h * W + w) * C + c;
+                            __m128i pix = _mm_set1_epi32((int)(h * W + w));
+                            __m128 v0 = _mm_loadu_ps(r), v1 = _mm_loadu_ps(r + 4);
+                            __m128 m0 = _mm_cmpgt_ps(v0, b0), m1 = _mm_cmpgt_ps(v1, b1);
+                            __m128i n0 = _mm_castps_si128(m0), n1 = _mm_castps_si128(m1);
+                            b0 = _mm_or_ps(_mm_and_ps(m0, v0), _mm_andnot_ps(m0, b0));
+                            b1 = _mm_or_ps(_mm_and_ps(m1, v1), _mm_andnot_ps(m1, b1));
+                            i0 = _mm_or_si128(_mm_and_si128(n0, pix), _mm_andnot_si128(n0, i0));
+                            i1 = _mm_or_si128(_mm_and_si128(n1, pix), _mm_andnot_si128(n1, i1));
+                        }
+                    }
+                    _mm_storeu_ps(bv, b0); _mm_storeu_ps(bv + 4, b1);
+                    _mm_storeu_si128((__m128i*)bi, i0); _mm_storeu_si128((__m128i*)(bi + 4), i1);
+                    for (l = 0; l < 8; l++) {
+                        y[(c + l) * nb + b] = bv[l];
+                        am[(c + l) * nb + b] = bi[l];
+                    }
+                }
+            }
+        }
+    #endif
+        for (; c < C; c++) {
+            for (p = 0; p < ph; p++) {
+                for (q = 0; q < pw; q++) {
+                    ptrdiff_t b = p * pw + q, best_i = -1;
+                    float best = -FLT_MAX;
+                    if (he[p] <= hs[p] || we[q] <= ws[q]) {
+                        y[c * nb + b] = 0; am[c * nb + b] = -1;
+                        continue;
+                    }
+                    for (h = hs[p]; h < he[p]; h++)
+                        for (w = ws[q]; w < we[q]; w++)
+                            if (img[(h * W + w) * C + c] > best) {
+                                best = img[(h * W + w) * C + c];
+                                best_i = h * W + w;
+                            }
+                    y[c * nb + b] = best;
+                    am[c * nb + b] = best_i;
+                }
+            }
+        }
+    }
     """
     int ck_align_simd() noexcept nogil
+    void ck_roi_pool_f(const float* img, Py_ssize_t W, Py_ssize_t C, Py_ssize_t ph,
+                       Py_ssize_t pw, const Py_ssize_t* hs, const Py_ssize_t* he,
+                       const Py_ssize_t* ws, const Py_ssize_t* we, float* y,
+                       int64_t* am) noexcept nogil
     void ck_align_bins_backward_f(float* gimg, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t nbins,
                                   const Py_ssize_t* first, const Py_ssize_t* off, const float* w,
                                   float fcount, double count, const float* gy) noexcept nogil
