@@ -41,6 +41,9 @@ CASES = [
     Case("same_even", (1, 5, 8, 8), (7, 5, 4, 4), padding="same"),              # asymmetric pad
     Case("stem_like", (2, 3, 15, 13), (5, 3, 7, 7), stride=(2, 2), padding=(3, 3)),
     Case("pad_bigger_than_input", (1, 2, 3, 3), (2, 2, 3, 3), padding=(4, 4)),
+    Case("winograd", (2, 16, 9, 11), (20, 16, 3, 3), padding=(1, 1)),           # F(2x2, 3x3)
+    Case("winograd_odd_pad0", (3, 17, 7, 10), (16, 17, 3, 3)),
+    Case("winograd_pad2", (1, 16, 5, 6), (18, 16, 3, 3), padding=(2, 2)),
 ]
 
 

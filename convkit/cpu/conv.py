@@ -153,6 +153,34 @@ def _plan_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, poin
     return n_threads, units_w, rows_w, chans_x, rows_x, ws // itemsize + W + sw
 
 
+# Winograd F(2x2, 3x3) for 3x3 stride-1 convs with at least this many input and output channels
+# (below, the transforms cost more than the multiplications they save).
+_WINOGRAD_MIN_CHANNELS = 16
+
+
+def _winograd_ok(x, weight, stride, dilation, groups):
+    F, Cg, KH, KW = weight.shape
+    return (KH == 3 and KW == 3 and stride == (1, 1) and dilation == (1, 1) and groups == 1
+            and min(F, Cg) >= _WINOGRAD_MIN_CHANNELS)
+
+
+def _plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes):
+    """(threads, tile rows per task, workspace elements per thread), or None when not even one
+    tile row per thread fits the workspace limit (the caller then takes the im2col path)."""
+    tw = (Wo + 1) // 2
+    th = (Ho + 1) // 2
+    per_row = 16 * (C + F) * tw * itemsize      # V and M of one row of 2x2 tiles
+    try:
+        n_threads, budget = _team("conv2d_forward", n_threads, per_row, "one row of tiles",
+                                  weight_bytes)
+    except MemoryError:
+        return None
+    trows = min(th, budget // per_row)
+    if n_threads > 1 and N * _ceil_div(th, trows) < 2 * n_threads:
+        trows = max(1, _ceil_div(th, _ceil_div(2 * n_threads, N)))
+    return n_threads, trows, trows * per_row // itemsize
+
+
 def _geometry(x, weight, stride, padding, dilation):
     N, C, H, W = x.shape
     F, Cg, KH, KW = weight.shape
@@ -183,6 +211,17 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
         _conv.conv2d_forward_depthwise(x, weight, b, has_bias, y, scratch, sh, sw, pt, pl, dh, dw,
                                        n_threads)
         return y
+    if _winograd_ok(x, weight, stride, dilation, groups):
+        plan = _plan_winograd(N, C, F, Ho, Wo, x.itemsize, n_threads, weight.nbytes)
+        if plan is not None:
+            n_threads, trows, per_thread = plan
+            U = np.empty((16, F, C), dtype=x.dtype)
+            _conv.winograd_filters(weight, U, n_threads)
+            ws = _workspace(n_threads * per_thread, x.dtype)
+            with _blas_single_thread:
+                _conv.conv2d_forward_winograd(x, U, b, has_bias, y, ws, per_thread, trows, pt, pl,
+                                              n_threads)
+            return y
     pointwise = _is_pointwise(KH, KW, stride, padding)
     n_threads, rows, per_thread = _plan_forward(N, C, KH * KW, Ho, Wo, W, sw, x.itemsize, n_threads,
                                                 pointwise, weight.nbytes)
