@@ -477,34 +477,6 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
 # rounding error stays that of a few extra additions.
 #   V = B^T d B (4x4 input tile d), U = G g G^T (the wrapper computes it), Y = A^T (U . V) A
 #   B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]],  A^T = [[1,1,1,0],[0,1,-1,-1]]
-cdef inline void _wino_input_tile(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
-                                  Py_ssize_t c0, floating* v, Py_ssize_t vs) noexcept nogil:
-    """v[e * vs] = (B^T d B)[e // 4, e % 4] for the tile d = x[r0:r0+4, c0:c0+4] (0 outside)."""
-    cdef floating d[16]
-    cdef floating t[16]
-    cdef Py_ssize_t r, k, hr, wc
-    if r0 >= 0 and c0 >= 0 and r0 + 4 <= H and c0 + 4 <= W:
-        for r in range(4):
-            for k in range(4):
-                d[r * 4 + k] = x[(r0 + r) * W + c0 + k]
-    else:
-        for r in range(4):
-            hr = r0 + r
-            for k in range(4):
-                wc = c0 + k
-                d[r * 4 + k] = x[hr * W + wc] if 0 <= hr < H and 0 <= wc < W else <floating>0
-    for k in range(4):                                  # B^T d
-        t[k] = d[k] - d[8 + k]
-        t[4 + k] = d[4 + k] + d[8 + k]
-        t[8 + k] = d[8 + k] - d[4 + k]
-        t[12 + k] = d[4 + k] - d[12 + k]
-    for r in range(4):                                  # (B^T d) B
-        v[(r * 4) * vs] = t[r * 4] - t[r * 4 + 2]
-        v[(r * 4 + 1) * vs] = t[r * 4 + 1] + t[r * 4 + 2]
-        v[(r * 4 + 2) * vs] = t[r * 4 + 2] - t[r * 4 + 1]
-        v[(r * 4 + 3) * vs] = t[r * 4 + 1] - t[r * 4 + 3]
-
-
 cdef inline void _wino_filter(const floating* g, floating* u, Py_ssize_t us) noexcept nogil:
     """u[e * us] = (G g G^T)[e // 4, e % 4] for one 3x3 filter g (row-major)."""
     cdef floating t[12]
@@ -522,24 +494,6 @@ cdef inline void _wino_filter(const floating* g, floating* u, Py_ssize_t us) noe
         u[(k * 4 + 3) * us] = t[k * 3 + 2]
 
 
-cdef inline void _wino_output_tile(const floating* m, Py_ssize_t ms, floating bias,
-                                   floating* y, Py_ssize_t Wo, Py_ssize_t nr,
-                                   Py_ssize_t nc) noexcept nogil:
-    """y[r, q] = (A^T m A)[r, q] + bias for r < nr, q < nc (m[e * ms] = element e)."""
-    cdef floating s[8]
-    cdef Py_ssize_t q
-    for q in range(4):                                  # A^T m
-        s[q] = m[q * ms] + m[(4 + q) * ms] + m[(8 + q) * ms]
-        s[4 + q] = m[(4 + q) * ms] - m[(8 + q) * ms] - m[(12 + q) * ms]
-    y[0] = s[0] + s[1] + s[2] + bias
-    if nc > 1:
-        y[1] = s[1] - s[2] - s[3] + bias
-    if nr > 1:
-        y[Wo] = s[4] + s[5] + s[6] + bias
-        if nc > 1:
-            y[Wo + 1] = s[5] - s[6] - s[7] + bias
-
-
 def winograd_filters(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int n_threads):
     """U[(a*4 + b), f, c] = (G w[f, c] G^T)[a, b] (OUT: U (16, F, C)) for 3x3 filters w,
     G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]."""
@@ -550,47 +504,120 @@ def winograd_filters(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int 
             _wino_filter(&w[it // C, it % C, 0, 0], &U[0, it // C, it % C], F * C)
 
 
+cdef void _wino_input_row(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
+                          Py_ssize_t pl, Py_ssize_t tw, floating* v, Py_ssize_t vs,
+                          floating* scratch) noexcept nogil:
+    """One row of tiles: v[e * vs + j] = (B^T d_j B)[e // 4, e % 4] for the tiles
+    d_j = x[r0:r0+4, 2j-pl : 2j-pl+4] (0 outside x), j < tw.  scratch: 8 * (2*tw + 2).
+
+    Row-wise so the loops run over whole rows (vectorisable): first B^T down the 4 input rows,
+    then B across each tile's 4 columns."""
+    cdef Py_ssize_t Wb = 2 * tw + 2, k, col, lo, up, j
+    cdef floating* R = scratch              # 4 zero-padded input rows, columns -pl .. Wb-1-pl
+    cdef floating* T = scratch + 4 * Wb     # B^T applied down the rows
+    cdef floating* t
+    lo = pl if pl > 0 else 0
+    up = _min(Wb, pl + W)
+    for k in range(4):
+        if r0 + k < 0 or r0 + k >= H or lo >= up:
+            memset(R + k * Wb, 0, Wb * sizeof(floating))
+            continue
+        if lo > 0:
+            memset(R + k * Wb, 0, lo * sizeof(floating))
+        memcpy(R + k * Wb + lo, x + (r0 + k) * W + lo - pl, (up - lo) * sizeof(floating))
+        if up < Wb:
+            memset(R + k * Wb + up, 0, (Wb - up) * sizeof(floating))
+    for col in range(Wb):
+        T[col] = R[col] - R[2 * Wb + col]
+        T[Wb + col] = R[Wb + col] + R[2 * Wb + col]
+        T[2 * Wb + col] = R[2 * Wb + col] - R[Wb + col]
+        T[3 * Wb + col] = R[Wb + col] - R[3 * Wb + col]
+    for k in range(4):
+        t = T + k * Wb
+        for j in range(tw):
+            v[(k * 4) * vs + j] = t[2 * j] - t[2 * j + 2]
+            v[(k * 4 + 1) * vs + j] = t[2 * j + 1] + t[2 * j + 2]
+            v[(k * 4 + 2) * vs + j] = t[2 * j + 2] - t[2 * j + 1]
+            v[(k * 4 + 3) * vs + j] = t[2 * j + 1] - t[2 * j + 3]
+
+
+cdef void _wino_output_row(const floating* m, Py_ssize_t ms, Py_ssize_t tw, floating bias,
+                           floating* y, Py_ssize_t Wo, bint two_rows) noexcept nogil:
+    """One row of tiles: y[r, 2j + q] = (A^T m_j A)[r, q] + bias (m_j element e at
+    m[e * ms + j]); writes rows 0 and (if two_rows) 1 of y, Wo columns."""
+    cdef Py_ssize_t j, jf = Wo // 2
+    cdef floating s0, s1, s2, s3, s4, s5, s6, s7
+    for j in range(jf):
+        s0 = m[j] + m[4 * ms + j] + m[8 * ms + j]
+        s1 = m[ms + j] + m[5 * ms + j] + m[9 * ms + j]
+        s2 = m[2 * ms + j] + m[6 * ms + j] + m[10 * ms + j]
+        s3 = m[3 * ms + j] + m[7 * ms + j] + m[11 * ms + j]
+        y[2 * j] = s0 + s1 + s2 + bias
+        y[2 * j + 1] = s1 - s2 - s3 + bias
+    if jf < tw:     # odd Wo: the last tile has one column
+        j = jf
+        y[2 * j] = (m[j] + m[4 * ms + j] + m[8 * ms + j]) + (m[ms + j] + m[5 * ms + j]
+                    + m[9 * ms + j]) + (m[2 * ms + j] + m[6 * ms + j] + m[10 * ms + j]) + bias
+    if not two_rows:
+        return
+    y = y + Wo
+    for j in range(jf):
+        s4 = m[4 * ms + j] - m[8 * ms + j] - m[12 * ms + j]
+        s5 = m[5 * ms + j] - m[9 * ms + j] - m[13 * ms + j]
+        s6 = m[6 * ms + j] - m[10 * ms + j] - m[14 * ms + j]
+        s7 = m[7 * ms + j] - m[11 * ms + j] - m[15 * ms + j]
+        y[2 * j] = s4 + s5 + s6 + bias
+        y[2 * j + 1] = s5 - s6 - s7 + bias
+    if jf < tw:
+        j = jf
+        y[2 * j] = (m[4 * ms + j] - m[8 * ms + j] - m[12 * ms + j]) + (m[5 * ms + j]
+                    - m[9 * ms + j] - m[13 * ms + j]) + (m[6 * ms + j] - m[10 * ms + j]
+                    - m[14 * ms + j]) + bias
+
+
 def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
                             const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
                             floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
                             Py_ssize_t pt, Py_ssize_t pl, int n_threads):
     """3x3, stride 1, dilation 1, groups 1: y = conv(x, w) + bias by Winograd F(2x2, 3x3).
 
-    U (16, F, C): the transformed filters G w G^T.  Tasks are (image, block of ``trows`` rows
-    of 2x2 output tiles), independent (dynamic schedule, no barrier).  A task's slice of ws
-    holds V (16, C, tiles) and M (16, F, tiles): ws_per_thread >= 16 * (C + F) * trows * tw.
+    U (16, F, C): the transformed filters G w G^T.  The batch's rows of 2x2 output tiles
+    (N * ceil(Ho/2) of them, numbered image after image) go in blocks of ``trows`` -- a block
+    may span images, so small images still make wide GEMMs.  Blocks are independent tasks
+    (dynamic schedule, no barrier).  A task's slice of ws holds V (16, C, tiles), M (16, F,
+    tiles) and the row scratch: ws_per_thread >= 16*(C + F)*trows*tw + 8*(2*tw + 2).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = U.shape[1], Ho = y.shape[2], Wo = y.shape[3]
-    cdef Py_ssize_t th = (Ho + 1) // 2, tw = (Wo + 1) // 2, nrb = (th + trows - 1) // trows
-    cdef Py_ssize_t t, n, ti0, nt, P, c, e, f, i, j, ho
+    cdef Py_ssize_t th = (Ho + 1) // 2, tw = (Wo + 1) // 2
+    cdef Py_ssize_t nrb = (N * th + trows - 1) // trows
+    cdef Py_ssize_t t, g0, nt, P, c, e, f, k, n, i
     cdef floating* V
     cdef floating* M
     cdef floating bv
     with nogil:
-        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
-            n = t // nrb
-            ti0 = (t - n * nrb) * trows
-            nt = _min(trows, th - ti0)
+        for t in prange(nrb, schedule="dynamic", num_threads=n_threads):
+            g0 = t * trows
+            nt = _min(trows, N * th - g0)
             P = nt * tw
             V = &ws[0] + threadid() * ws_per_thread
             M = V + 16 * C * P
             for c in range(C):
-                for i in range(nt):
-                    for j in range(tw):
-                        _wino_input_tile(&x[n, c, 0, 0], H, W, 2 * (ti0 + i) - pt, 2 * j - pl,
-                                         V + c * P + i * tw + j, C * P)
+                for k in range(nt):
+                    n = (g0 + k) // th
+                    i = g0 + k - n * th
+                    _wino_input_row(&x[n, c, 0, 0], H, W, 2 * i - pt, pl, tw,
+                                    V + c * P + k * tw, C * P, M + 16 * F * P)
             for e in range(16):
                 gemm(False, False, F, P, C, <floating>1, &U[e, 0, 0], C, V + e * C * P, P,
                      <floating>0, M + e * F * P, P)
             for f in range(F):
                 bv = bias[f] if has_bias else <floating>0
-                for i in range(nt):
-                    ho = 2 * (ti0 + i)
-                    for j in range(tw):
-                        _wino_output_tile(M + f * P + i * tw + j, F * P, bv,
-                                          &y[n, f, 0, 0] + ho * Wo + 2 * j, Wo,
-                                          _min(2, Ho - ho), _min(2, Wo - 2 * j))
+                for k in range(nt):
+                    n = (g0 + k) // th
+                    i = g0 + k - n * th
+                    _wino_output_row(M + f * P + k * tw, F * P, tw, bv,
+                                     &y[n, f, 0, 0] + 2 * i * Wo, Wo, 2 * i + 1 < Ho)
     return y
 
 

@@ -175,10 +175,10 @@ def _plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes):
                                   weight_bytes)
     except MemoryError:
         return None
-    trows = min(th, budget // per_row)
-    if n_threads > 1 and N * _ceil_div(th, trows) < 2 * n_threads:
-        trows = max(1, _ceil_div(th, _ceil_div(2 * n_threads, N)))
-    return n_threads, trows, trows * per_row // itemsize
+    trows = min(N * th, budget // per_row)     # rows of tiles of the whole batch per task
+    if n_threads > 1 and _ceil_div(N * th, trows) < 2 * n_threads:
+        trows = max(1, _ceil_div(N * th, 2 * n_threads))
+    return n_threads, trows, trows * per_row // itemsize + 8 * (2 * tw + 2)
 
 
 def _geometry(x, weight, stride, padding, dilation):
