@@ -18,6 +18,8 @@ from libc.string cimport memset
 from libc.math cimport ceil, fabs, floor, fmax, fmin, isfinite, round
 from libc.float cimport DBL_EPSILON, FLT_EPSILON, FLT_MAX
 
+import numpy as np
+
 
 # ------------------------------------------------------------------------------ roi pool
 cdef inline Py_ssize_t _edge(double e, Py_ssize_t limit) noexcept nogil:
@@ -536,163 +538,92 @@ cdef extern from *:
                          float fcount, double count, float* y) noexcept nogil
 
 
-cdef struct _Pairs:
-    # every (y-sample, x-sample) pair of a RoI's bins: 4 corners (pixel offset * C, weight)
-    Py_ssize_t cap
-    Py_ssize_t* first          # ph*pw + 1
-    Py_ssize_t* off            # 4 per sample
-    float* w                   # 4 per sample
-
-
-cdef _Pairs* _pairs_new(Py_ssize_t nbins) noexcept nogil:
-    cdef _Pairs* q = <_Pairs*>malloc(sizeof(_Pairs))
-    if q == NULL:
-        return NULL
-    q.cap = 0
-    q.off = NULL
-    q.w = NULL
-    q.first = <Py_ssize_t*>malloc((nbins + 1) * sizeof(Py_ssize_t))
-    if q.first == NULL:
-        free(q)
-        return NULL
-    return q
-
-
-cdef void _pairs_free(_Pairs* q) noexcept nogil:
-    if q != NULL:
-        free(q.first)
-        free(q.off)
-        free(q.w)
-        free(q)
-
-
-cdef int _pairs_fill(_Pairs* q, _Taps* ty, _Taps* tx, Py_ssize_t W, Py_ssize_t C,
-                     Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
-    """Lay out the corners of every sample of every bin (float32 weights, torchvision's
-    products).  0 when memory ran out."""
-    cdef Py_ssize_t n = 0, p, qq, a, b, k
-    cdef const float* wly = <const float*>ty.w_low
-    cdef const float* why = <const float*>ty.w_high
-    cdef const float* wlx = <const float*>tx.w_low
-    cdef const float* whx = <const float*>tx.w_high
-    for p in range(ph):
-        for qq in range(pw):
-            n += (ty.first[p + 1] - ty.first[p]) * (tx.first[qq + 1] - tx.first[qq])
-    if n > q.cap:
-        free(q.off)
-        free(q.w)
-        q.off = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t) + 1)
-        q.w = <float*>malloc(4 * n * sizeof(float) + 1)
-        q.cap = n
-        if q.off == NULL or q.w == NULL:
-            q.cap = 0
-            return 0
-    k = 0
-    q.first[0] = 0
-    for p in range(ph):
-        for qq in range(pw):
-            for a in range(ty.first[p], ty.first[p + 1]):
-                for b in range(tx.first[qq], tx.first[qq + 1]):
-                    q.off[4 * k] = (ty.low[a] * W + tx.low[b]) * C
-                    q.off[4 * k + 1] = (ty.low[a] * W + tx.high[b]) * C
-                    q.off[4 * k + 2] = (ty.high[a] * W + tx.low[b]) * C
-                    q.off[4 * k + 3] = (ty.high[a] * W + tx.high[b]) * C
-                    q.w[4 * k] = wly[a] * wlx[b]
-                    q.w[4 * k + 1] = wly[a] * whx[b]
-                    q.w[4 * k + 2] = why[a] * wlx[b]
-                    q.w[4 * k + 3] = why[a] * whx[b]
-                    k += 1
-            q.first[p * pw + qq + 1] = k
-    return 1
-
-
-
-cdef void _align_roi_forward(const floating* xt, Py_ssize_t C, Py_ssize_t W,
-                             Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t pooled_h,
-                             Py_ssize_t pooled_w, _Taps* ty, _Taps* tx, double count,
-                             floating* acc, floating* y) noexcept nogil:
-    """One RoI, channels [c0, c1): xt is the RoI's image in HWC; y the RoI's (C, ph, pw)."""
-    cdef Py_ssize_t p, q, a, b, c
+cdef void _pairs_fill(_Taps* ty, _Taps* tx, Py_ssize_t W, Py_ssize_t C, Py_ssize_t ph,
+                      Py_ssize_t pw, Py_ssize_t k, Py_ssize_t* first, Py_ssize_t* off,
+                      floating* w) noexcept nogil:
+    """Lay out the four corners (pixel offset * C, torchvision's weight products) of every
+    (y-sample, x-sample) pair of every bin, from sample index k on; bin b's samples are
+    [first[b], first[b+1])."""
+    cdef Py_ssize_t p, q, a, b
     cdef const floating* wly = <const floating*>ty.w_low
     cdef const floating* why = <const floating*>ty.w_high
     cdef const floating* wlx = <const floating*>tx.w_low
     cdef const floating* whx = <const floating*>tx.w_high
+    first[0] = k
+    for p in range(ph):
+        for q in range(pw):
+            for a in range(ty.first[p], ty.first[p + 1]):
+                for b in range(tx.first[q], tx.first[q + 1]):
+                    off[4 * k] = (ty.low[a] * W + tx.low[b]) * C
+                    off[4 * k + 1] = (ty.low[a] * W + tx.high[b]) * C
+                    off[4 * k + 2] = (ty.high[a] * W + tx.low[b]) * C
+                    off[4 * k + 3] = (ty.high[a] * W + tx.high[b]) * C
+                    w[4 * k] = wly[a] * wlx[b]
+                    w[4 * k + 1] = wly[a] * whx[b]
+                    w[4 * k + 2] = why[a] * wlx[b]
+                    w[4 * k + 3] = why[a] * whx[b]
+                    k += 1
+            first[p * pw + q + 1] = k
+
+
+cdef void _bins_forward(const floating* img, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t nbins,
+                        const Py_ssize_t* first, const Py_ssize_t* off, const floating* w,
+                        double count, floating* acc, floating* y) noexcept nogil:
+    """One RoI, channels [c0, c1): img is its image in HWC, y its (C, nbins) output.  Each
+    sample adds ((w1*v1 + w2*v2) + w3*v3) + w4*v4 (torchvision's order); the sum is divided
+    by count once.  (ck_align_bins_f is the SSE2 float32 twin, same arithmetic.)"""
+    cdef Py_ssize_t b, s, c
     cdef floating w1, w2, w3, w4, fcount = <floating>count
     cdef const floating* r1
     cdef const floating* r2
     cdef const floating* r3
     cdef const floating* r4
-    for p in range(pooled_h):
-        for q in range(pooled_w):
+    for b in range(nbins):
+        for c in range(c0, c1):
+            acc[c] = 0
+        for s in range(first[b], first[b + 1]):
+            w1 = w[4 * s]
+            w2 = w[4 * s + 1]
+            w3 = w[4 * s + 2]
+            w4 = w[4 * s + 3]
+            r1 = img + off[4 * s]
+            r2 = img + off[4 * s + 1]
+            r3 = img + off[4 * s + 2]
+            r4 = img + off[4 * s + 3]
             for c in range(c0, c1):
-                acc[c] = 0
-            for a in range(ty.first[p], ty.first[p + 1]):
-                for b in range(tx.first[q], tx.first[q + 1]):
-                    # torchvision's weights and sum order: hy*hx, hy*lx, ly*hx, ly*lx
-                    w1 = wly[a] * wlx[b]
-                    w2 = wly[a] * whx[b]
-                    w3 = why[a] * wlx[b]
-                    w4 = why[a] * whx[b]
-                    r1 = xt + (ty.low[a] * W + tx.low[b]) * C
-                    r2 = xt + (ty.low[a] * W + tx.high[b]) * C
-                    r3 = xt + (ty.high[a] * W + tx.low[b]) * C
-                    r4 = xt + (ty.high[a] * W + tx.high[b]) * C
-                    for c in range(c0, c1):
-                        acc[c] = acc[c] + (w1 * r1[c] + w2 * r2[c] + w3 * r3[c] + w4 * r4[c])
+                acc[c] = acc[c] + (((w1 * r1[c] + w2 * r2[c]) + w3 * r3[c]) + w4 * r4[c])
+        if fcount == count:
+            # count is exact in the data type: one division there is the same correctly
+            # rounded quotient as dividing in double and rounding (the reference's way)
+            for c in range(c0, c1):
+                y[c * nbins + b] = acc[c] / fcount
+        else:
+            for c in range(c0, c1):
+                y[c * nbins + b] = <floating>(<double>acc[c] / count)
+
+
+cdef void _bins_backward(floating* gimg, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t nbins,
+                         const Py_ssize_t* first, const Py_ssize_t* off, const floating* w,
+                         double count, const floating* gy, floating* g) noexcept nogil:
+    """Adjoint of _bins_forward: gy the RoI's (C, nbins) grad, gimg its image's HWC grad.
+    (ck_align_bins_backward_f is the SSE2 float32 twin, same arithmetic and order.)"""
+    cdef Py_ssize_t b, s, c, t
+    cdef floating wt, fcount = <floating>count
+    cdef floating* r
+    for b in range(nbins):
+        if first[b + 1] == first[b]:
+            continue
+        for c in range(c0, c1):
             if fcount == count:
-                # count is exact in the data type: one division there is the same correctly
-                # rounded quotient as dividing in double and rounding (the reference's way)
-                for c in range(c0, c1):
-                    y[(c * pooled_h + p) * pooled_w + q] = acc[c] / fcount
+                g[c] = gy[c * nbins + b] / fcount
             else:
+                g[c] = <floating>(<double>gy[c * nbins + b] / count)
+        for s in range(first[b], first[b + 1]):
+            for t in range(4):
+                r = gimg + off[4 * s + t]
+                wt = w[4 * s + t]
                 for c in range(c0, c1):
-                    y[(c * pooled_h + p) * pooled_w + q] = <floating>(<double>acc[c] / count)
-
-
-cdef void _align_roi_backward(floating* gxt, Py_ssize_t C, Py_ssize_t W,
-                              Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t pooled_h,
-                              Py_ssize_t pooled_w, _Taps* ty, _Taps* tx, double count,
-                              const floating* gy, floating* g) noexcept nogil:
-    """Adjoint of _align_roi_forward: gy the RoI's (C, ph, pw) grad, gxt its image's HWC grad."""
-    cdef Py_ssize_t p, q, a, b, c
-    cdef const floating* wly = <const floating*>ty.w_low
-    cdef const floating* why = <const floating*>ty.w_high
-    cdef const floating* wlx = <const floating*>tx.w_low
-    cdef const floating* whx = <const floating*>tx.w_high
-    cdef floating w1, w2, w3, w4, fcount = <floating>count
-    cdef floating* r1
-    cdef floating* r2
-    cdef floating* r3
-    cdef floating* r4
-    for p in range(pooled_h):
-        for q in range(pooled_w):
-            if ty.first[p + 1] == ty.first[p] or tx.first[q + 1] == tx.first[q]:
-                continue
-            if fcount == count:     # exact in the data type: the same rounding (see forward)
-                for c in range(c0, c1):
-                    g[c] = gy[(c * pooled_h + p) * pooled_w + q] / fcount
-            else:
-                for c in range(c0, c1):
-                    g[c] = <floating>(<double>gy[(c * pooled_h + p) * pooled_w + q] / count)
-            for a in range(ty.first[p], ty.first[p + 1]):
-                for b in range(tx.first[q], tx.first[q + 1]):
-                    w1 = wly[a] * wlx[b]
-                    w2 = wly[a] * whx[b]
-                    w3 = why[a] * wlx[b]
-                    w4 = why[a] * whx[b]
-                    r1 = gxt + (ty.low[a] * W + tx.low[b]) * C
-                    r2 = gxt + (ty.low[a] * W + tx.high[b]) * C
-                    r3 = gxt + (ty.high[a] * W + tx.low[b]) * C
-                    r4 = gxt + (ty.high[a] * W + tx.high[b]) * C
-                    # one corner at a time: corners may coincide (snapped to the last pixel)
-                    for c in range(c0, c1):
-                        r1[c] += g[c] * w1
-                    for c in range(c0, c1):
-                        r2[c] += g[c] * w2
-                    for c in range(c0, c1):
-                        r3[c] += g[c] * w3
-                    for c in range(c0, c1):
-                        r4[c] += g[c] * w4
+                    r[c] += g[c] * wt
 
 
 def nchw_to_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt, int n_threads):
@@ -729,16 +660,16 @@ def nhwc_to_nchw(const floating[:, :, :, ::1] xt, floating[:, :, :, ::1] x, int 
 def roi_align_forward(const floating[:, :, :, ::1] xt, const floating[:, ::1] rois,
                       double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
                       floating[:, :, :, ::1] y, int n_threads):
-    """xt: the map in NHWC; y (K, C, ph, pw).  Threads split the channels in blocks; each
-    walks all RoIs."""
+    """xt: the map in NHWC; y (K, C, ph, pw).  One RoI per task (dynamic schedule)."""
     _roi_align(xt, rois, spatial_scale, sampling_ratio, aligned, y, n_threads, 0)
 
 
 def roi_align_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1] rois,
                        double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
                        floating[:, :, :, ::1] gxt, int n_threads):
-    """gy (K, C, ph, pw) -> gxt (N, H, W, C), zero-filled by the caller.  Threads split the
-    channels in blocks and walk the RoIs in order: the same sums on every run."""
+    """gy (K, C, ph, pw) -> gxt (N, H, W, C), zero-filled by the caller.  One block of 16
+    channels per task; each walks the RoIs in order: the same sums on every run, for any
+    thread count."""
     _roi_align(gxt, rois, spatial_scale, sampling_ratio, aligned, gy, n_threads, 1)
 
 
@@ -746,62 +677,104 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
                 double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
                 const floating[:, :, :, ::1] per_roi, int n_threads, bint backward):
     """Shared driver.  Forward: img = x in NHWC (read), per_roi = y (written).  Backward:
-    per_roi = grad_y (read), img = grad_x in NHWC (written)."""
+    per_roi = grad_y (read), img = grad_x in NHWC (written).
+
+    1. every RoI's taps -> how many sample pairs it has;
+    2. the pairs of all RoIs laid out once in one table;
+    3. the channel work (the only parallel region): forward one RoI per task, backward one
+    channel block per task.  Dynamic tasks keep a busy machine from stalling on one late
+    thread.
+    """
     cdef Py_ssize_t H = img.shape[1], W = img.shape[2], C = img.shape[3]
     cdef Py_ssize_t K = rois.shape[0], ph = per_roi.shape[2], pw = per_roi.shape[3]
-    cdef Py_ssize_t nb = max(1, min(n_threads, C)), blk, c0, c1, k, b
+    # backward: channel blocks of 64 (8 vectors per corner update), at least 2 per thread
+    cdef Py_ssize_t cb = max(8, min(64, (C // (2 * n_threads)) // 8 * 8))
+    cdef Py_ssize_t nbins = ph * pw, k, b, blk, c0, c1, nblk = (C + cb - 1) // cb
     cdef floating scale = <floating>spatial_scale
     cdef floating offset = <floating>0.5 if aligned else <floating>0
     cdef _Taps* ty
     cdef _Taps* tx
-    cdef _Pairs* pairs
     cdef floating* buf
-    cdef double count
     cdef int failed_flag = 0
     cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
-    # float32: the SIMD kernels over all the (y, x) sample pairs of each bin
     cdef bint simd = (floating is float) and ck_align_simd()
-    with nogil, parallel(num_threads=nb):
-        buf = <floating*>malloc(C * sizeof(floating) + 1)
+    dt = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t[::1] npairs = np.zeros(K, np.intp)
+    cdef double[::1] count = np.ones(K)
+    # the geometry is ~1% of the work: serial, so the call has a single parallel region
+    with nogil:
         ty = _taps_new(ph, sizeof(floating))
         tx = _taps_new(pw, sizeof(floating))
-        pairs = _pairs_new(ph * pw) if simd else NULL
-        if buf == NULL or ty == NULL or tx == NULL or (simd and pairs == NULL):
+        if ty == NULL or tx == NULL:
             failed[0] = 1
-        for blk in prange(nb, schedule="static"):
+        for k in range(K):
             if failed[0]:
-                continue
-            c0 = C * blk // nb
-            c1 = C * (blk + 1) // nb
-            count = 1
-            for k in range(K):
-                if not _roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw,
-                                 H, W, ty, tx, &count):
-                    failed[0] = 1
-                    break
+                break
+            if _roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
+                         ty, tx, &count[k]):
+                npairs[k] = ty.first[ph] * tx.first[pw]
+            else:
+                failed[0] = 1
+        _taps_free(ty)
+        _taps_free(tx)
+    if failed_flag:
+        raise MemoryError("roi_align: out of memory for the sample tables")
+    cdef Py_ssize_t[::1] start = np.concatenate([[0], np.cumsum(npairs)]).astype(np.intp)
+    cdef Py_ssize_t total = start[K]
+    cdef Py_ssize_t[:, ::1] first = np.empty((K, nbins + 1), np.intp)
+    cdef Py_ssize_t[::1] off = np.empty(4 * total + 1, np.intp)
+    cdef floating[::1] w = np.empty(4 * total + 1, dt)
+    with nogil:
+        ty = _taps_new(ph, sizeof(floating))
+        tx = _taps_new(pw, sizeof(floating))
+        if ty == NULL or tx == NULL:
+            failed[0] = 1
+        for k in range(K):
+            if failed[0]:
+                break
+            if _roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
+                         ty, tx, &count[k]):
+                _pairs_fill(ty, tx, W, C, ph, pw, start[k], &first[k, 0], &off[0], &w[0])
+            else:
+                failed[0] = 1
+        _taps_free(ty)
+        _taps_free(tx)
+    if failed_flag:
+        raise MemoryError("roi_align: out of memory for the sample tables")
+    with nogil, parallel(num_threads=n_threads):
+        buf = <floating*>malloc(C * sizeof(floating) + 1)
+        if buf == NULL:
+            failed[0] = 1
+        if backward:
+            for blk in prange(nblk, schedule="dynamic"):
+                if buf == NULL:
+                    continue
+                c0 = blk * cb
+                c1 = min(c0 + cb, C)
+                for k in range(K):      # fixed RoI order: the same sums on every run
+                    b = <Py_ssize_t>rois[k, 0]
+                    if simd:
+                        if floating is float:
+                            ck_align_bins_backward_f(<float*>&img[b, 0, 0, 0], c0, c1, nbins,
+                                                     &first[k, 0], &off[0], &w[0],
+                                                     <float>count[k], count[k],
+                                                     &per_roi[k, 0, 0, 0])
+                    else:
+                        _bins_backward(<floating*>&img[b, 0, 0, 0], c0, c1, nbins, &first[k, 0],
+                                       &off[0], &w[0], count[k], &per_roi[k, 0, 0, 0], buf)
+        else:
+            for k in prange(K, schedule="dynamic"):
+                if buf == NULL:
+                    continue
                 b = <Py_ssize_t>rois[k, 0]
                 if simd:
                     if floating is float:
-                        if not _pairs_fill(pairs, ty, tx, W, C, ph, pw):
-                            failed[0] = 1
-                            break
-                        if backward:
-                            ck_align_bins_backward_f(<float*>&img[b, 0, 0, 0], c0, c1, ph * pw,
-                                                     pairs.first, pairs.off, pairs.w,
-                                                     <float>count, count, &per_roi[k, 0, 0, 0])
-                        else:
-                            ck_align_bins_f(&img[b, 0, 0, 0], c0, c1, ph * pw, pairs.first,
-                                            pairs.off, pairs.w, <float>count, count,
-                                            <float*>&per_roi[k, 0, 0, 0])
-                elif backward:
-                    _align_roi_backward(<floating*>&img[b, 0, 0, 0], C, W, c0, c1, ph, pw,
-                                        ty, tx, count, &per_roi[k, 0, 0, 0], buf)
+                        ck_align_bins_f(&img[b, 0, 0, 0], 0, C, nbins, &first[k, 0], &off[0],
+                                        &w[0], <float>count[k], count[k],
+                                        <float*>&per_roi[k, 0, 0, 0])
                 else:
-                    _align_roi_forward(&img[b, 0, 0, 0], C, W, c0, c1, ph, pw, ty, tx, count,
-                                       buf, <floating*>&per_roi[k, 0, 0, 0])
+                    _bins_forward(&img[b, 0, 0, 0], 0, C, nbins, &first[k, 0], &off[0], &w[0],
+                                  count[k], buf, <floating*>&per_roi[k, 0, 0, 0])
         free(buf)
-        _taps_free(ty)
-        _taps_free(tx)
-        _pairs_free(pairs)
     if failed_flag:
-        raise MemoryError("roi_align: out of memory for the sample tables")
+        raise MemoryError("roi_align: out of memory for a channel buffer")
