@@ -504,9 +504,9 @@ def winograd_filters(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int 
             _wino_filter(&w[it // C, it % C, 0, 0], &U[0, it // C, it % C], F * C)
 
 
-cdef void _wino_input_row(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
-                          Py_ssize_t pl, Py_ssize_t tw, floating* v, Py_ssize_t vs,
-                          floating* scratch) noexcept nogil:
+cdef inline void _wino_input_row(const floating* x, Py_ssize_t H, Py_ssize_t W,
+                                 Py_ssize_t r0, Py_ssize_t pl, Py_ssize_t tw, floating* v,
+                                 Py_ssize_t vs, floating* scratch) noexcept nogil:
     """One row of tiles: v[e * vs + j] = (B^T d_j B)[e // 4, e % 4] for the tiles
     d_j = x[r0:r0+4, 2j-pl : 2j-pl+4] (0 outside x), j < tw.  scratch: 8 * (2*tw + 2).
 
@@ -541,8 +541,9 @@ cdef void _wino_input_row(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssiz
             v[(k * 4 + 3) * vs + j] = t[2 * j + 1] - t[2 * j + 3]
 
 
-cdef void _wino_output_row(const floating* m, Py_ssize_t ms, Py_ssize_t tw, floating bias,
-                           floating* y, Py_ssize_t Wo, bint two_rows) noexcept nogil:
+cdef inline void _wino_output_row(const floating* m, Py_ssize_t ms, Py_ssize_t tw,
+                                  floating bias, floating* y, Py_ssize_t Wo,
+                                  bint two_rows) noexcept nogil:
     """One row of tiles: y[r, 2j + q] = (A^T m_j A)[r, q] + bias (m_j element e at
     m[e * ms + j]); writes rows 0 and (if two_rows) 1 of y, Wo columns."""
     cdef Py_ssize_t j, jf = Wo // 2
@@ -575,6 +576,31 @@ cdef void _wino_output_row(const floating* m, Py_ssize_t ms, Py_ssize_t tw, floa
                     - m[14 * ms + j]) + bias
 
 
+cdef void _wino_input_rows(const floating* x, Py_ssize_t img_stride, Py_ssize_t H,
+                           Py_ssize_t W, Py_ssize_t th, Py_ssize_t g0, Py_ssize_t nt,
+                           Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t tw, floating* v,
+                           Py_ssize_t vs, floating* scratch) noexcept nogil:
+    """_wino_input_row for the batch's tile rows g0 .. g0+nt-1 of one channel (x: image 0's
+    plane of that channel; rows are numbered image after image, th per image)."""
+    cdef Py_ssize_t k, n, i
+    for k in range(nt):
+        n = (g0 + k) // th
+        i = g0 + k - n * th
+        _wino_input_row(x + n * img_stride, H, W, 2 * i - pt, pl, tw, v + k * tw, vs, scratch)
+
+
+cdef void _wino_output_rows(const floating* m, Py_ssize_t ms, Py_ssize_t th, Py_ssize_t g0,
+                            Py_ssize_t nt, Py_ssize_t tw, floating bias, floating* y,
+                            Py_ssize_t img_stride, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    """_wino_output_row for tile rows g0 .. g0+nt-1 of one filter (y: image 0's plane)."""
+    cdef Py_ssize_t k, n, i
+    for k in range(nt):
+        n = (g0 + k) // th
+        i = g0 + k - n * th
+        _wino_output_row(m + k * tw, ms, tw, bias, y + n * img_stride + 2 * i * Wo, Wo,
+                         2 * i + 1 < Ho)
+
+
 def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
                             const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
                             floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
@@ -591,10 +617,9 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     cdef Py_ssize_t F = U.shape[1], Ho = y.shape[2], Wo = y.shape[3]
     cdef Py_ssize_t th = (Ho + 1) // 2, tw = (Wo + 1) // 2
     cdef Py_ssize_t nrb = (N * th + trows - 1) // trows
-    cdef Py_ssize_t t, g0, nt, P, c, e, f, k, n, i
+    cdef Py_ssize_t t, g0, nt, P, c, e, f
     cdef floating* V
     cdef floating* M
-    cdef floating bv
     with nogil:
         for t in prange(nrb, schedule="dynamic", num_threads=n_threads):
             g0 = t * trows
@@ -603,21 +628,15 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
             V = &ws[0] + threadid() * ws_per_thread
             M = V + 16 * C * P
             for c in range(C):
-                for k in range(nt):
-                    n = (g0 + k) // th
-                    i = g0 + k - n * th
-                    _wino_input_row(&x[n, c, 0, 0], H, W, 2 * i - pt, pl, tw,
-                                    V + c * P + k * tw, C * P, M + 16 * F * P)
+                _wino_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
+                                 V + c * P, C * P, M + 16 * F * P)
             for e in range(16):
                 gemm(False, False, F, P, C, <floating>1, &U[e, 0, 0], C, V + e * C * P, P,
                      <floating>0, M + e * F * P, P)
             for f in range(F):
-                bv = bias[f] if has_bias else <floating>0
-                for k in range(nt):
-                    n = (g0 + k) // th
-                    i = g0 + k - n * th
-                    _wino_output_row(M + f * P + k * tw, F * P, tw, bv,
-                                     &y[n, f, 0, 0] + 2 * i * Wo, Wo, 2 * i + 1 < Ho)
+                _wino_output_rows(M + f * P, F * P, th, g0, nt, tw,
+                                  bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
+                                  F * Ho * Wo, Ho, Wo)
     return y
 
 
