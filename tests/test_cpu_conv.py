@@ -44,6 +44,7 @@ CASES = [
     Case("winograd", (2, 16, 9, 11), (20, 16, 3, 3), padding=(1, 1)),           # F(2x2, 3x3)
     Case("winograd_odd_pad0", (3, 17, 7, 10), (16, 17, 3, 3)),
     Case("winograd_pad2", (1, 16, 5, 6), (18, 16, 3, 3), padding=(2, 2)),
+    Case("winograd_pad3", (2, 16, 5, 6), (16, 16, 3, 3), padding=(3, 1)),   # grad_x crops
 ]
 
 

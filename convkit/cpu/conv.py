@@ -181,6 +181,24 @@ def _plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes):
     return n_threads, trows, trows * per_row // itemsize + 8 * (2 * tw + 2)
 
 
+def _winograd(x, weight, b, has_bias, y, pt, pl, n_threads):
+    """y = conv(x, weight) + b by Winograd F(2x2, 3x3); False (nothing done) when not even one
+    row of tiles per thread fits the workspace limit."""
+    N, C = x.shape[:2]
+    F = weight.shape[0]
+    plan = _plan_winograd(N, C, F, y.shape[2], y.shape[3], x.itemsize, n_threads, weight.nbytes)
+    if plan is None:
+        return False
+    n_threads, trows, per_thread = plan
+    U = np.empty((16, F, C), dtype=x.dtype)
+    _conv.winograd_filters(weight, U, n_threads)
+    ws = _workspace(n_threads * per_thread, x.dtype)
+    with _blas_single_thread:
+        _conv.conv2d_forward_winograd(x, U, b, has_bias, y, ws, per_thread, trows, pt, pl,
+                                      n_threads)
+    return True
+
+
 def _geometry(x, weight, stride, padding, dilation):
     N, C, H, W = x.shape
     F, Cg, KH, KW = weight.shape
@@ -211,17 +229,9 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
         _conv.conv2d_forward_depthwise(x, weight, b, has_bias, y, scratch, sh, sw, pt, pl, dh, dw,
                                        n_threads)
         return y
-    if _winograd_ok(x, weight, stride, dilation, groups):
-        plan = _plan_winograd(N, C, F, Ho, Wo, x.itemsize, n_threads, weight.nbytes)
-        if plan is not None:
-            n_threads, trows, per_thread = plan
-            U = np.empty((16, F, C), dtype=x.dtype)
-            _conv.winograd_filters(weight, U, n_threads)
-            ws = _workspace(n_threads * per_thread, x.dtype)
-            with _blas_single_thread:
-                _conv.conv2d_forward_winograd(x, U, b, has_bias, y, ws, per_thread, trows, pt, pl,
-                                              n_threads)
-            return y
+    if _winograd_ok(x, weight, stride, dilation, groups) and _winograd(x, weight, b, has_bias,
+                                                                        y, pt, pl, n_threads):
+        return y
     pointwise = _is_pointwise(KH, KW, stride, padding)
     n_threads, rows, per_thread = _plan_forward(N, C, KH * KW, Ho, Wo, W, sw, x.itemsize, n_threads,
                                                 pointwise, weight.nbytes)
@@ -241,6 +251,7 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
     dh, dw = dilation
     dt = x.dtype
     n_threads = _threads(N * F * Cg * KH * KW * Ho * Wo)
+    winograd_gx = False
     gx = np.empty(x.shape, dtype=dt) if needs_input_grad else np.empty((1, 1, 1, 1), dtype=dt)
     gb = None
     if has_bias:
@@ -257,6 +268,15 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
     else:
         gw = np.zeros(weight.shape, dtype=dt)
         pointwise = _is_pointwise(KH, KW, stride, padding)
+        if needs_input_grad and _winograd_ok(x, weight, stride, dilation, groups):
+            # grad_x of a 3x3 stride-1 conv is the conv of grad_y with the filters flipped and
+            # transposed (C <- F), padded by 2 - pt on top and 2 - pl on the left (negative
+            # padding crops; the Winograd input rows handle both)
+            w_t = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+            if _winograd(grad_y, w_t, np.zeros(1, dtype=dt), False, gx, 2 - pt, 2 - pl,
+                         n_threads):
+                needs_input_grad = False     # done; the GEMM pass below computes grad_weight
+                winograd_gx = True
         n_threads, units_w, rows_w, chans_x, rows_x, per_thread = _plan_backward(
             N, C, Cg, groups, KH, KW, Ho, Wo, W, sw, x.itemsize, n_threads, pointwise,
             needs_input_grad, weight.nbytes)
@@ -265,4 +285,4 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             _conv.conv2d_backward_gemm(grad_y, x, weight, gx, gw, ws, per_thread, units_w, rows_w,
                                        chans_x, rows_x, sh, sw, pt, pl, dh, dw, groups, pointwise,
                                        needs_input_grad, n_threads)
-    return (gx if needs_input_grad else None), gw, gb
+    return (gx if needs_input_grad or winograd_gx else None), gw, gb
