@@ -410,3 +410,84 @@ def test_out_buffers_are_filled_and_returned(dtype):
             assert got is out
             want = fn(None)
             np.testing.assert_array_equal(out, want)
+
+
+# ------------------------------------------------------------------------------- cimport
+USER_PYX = """
+# cython: language_level=3, boundscheck=False, wraparound=False
+import numpy as np
+from libc.stdint cimport int64_t
+from convkit.cpu._pool cimport max_pool2d_plane_backward
+from convkit.cpu._batchnorm cimport bn_channel_stats
+from convkit.cpu._roi cimport roi_pool_bins
+from convkit.cpu._boxes cimport nms_sorted, box_iou_row
+
+def run_all(const double[::1] x, const double[::1] gy, const int64_t[::1] idx,
+            const double[::1] roi, const double[:, ::1] boxes):
+    cdef double mean, var
+    cdef double[::1] gx = np.empty(x.shape[0])
+    cdef Py_ssize_t[::1] edges = np.empty(8, np.intp)
+    cdef Py_ssize_t n = boxes.shape[0], nk
+    cdef double[::1] x1 = np.ascontiguousarray(boxes[:, 0]), y1 = np.ascontiguousarray(boxes[:, 1])
+    cdef double[::1] x2 = np.ascontiguousarray(boxes[:, 2]), y2 = np.ascontiguousarray(boxes[:, 3])
+    cdef double[::1] area = (np.asarray(x2) - x1) * (np.asarray(y2) - y1)
+    cdef unsigned char[::1] sup = np.zeros(n, np.uint8)
+    cdef int64_t[::1] keep = np.empty(n, np.int64)
+    cdef double[::1] iou = np.empty(n)
+    cdef int bad
+    with nogil:
+        bn_channel_stats(&x[0], 1, x.shape[0], x.shape[0], &mean, &var)
+        bad = max_pool2d_plane_backward(&gy[0], &idx[0], gy.shape[0], &gx[0], x.shape[0])
+        roi_pool_bins(&roi[0], 1.0, 2, 2, 4, 4, &edges[0], &edges[2], &edges[4], &edges[6])
+        nk = nms_sorted(&x1[0], &y1[0], &x2[0], &y2[0], &area[0], n, 0.5, &sup[0], &keep[0])
+        box_iou_row(&boxes[0, 0], &boxes[0, 0], n, &iou[0])
+    return mean, var, bad, np.asarray(gx), np.asarray(edges), np.asarray(keep)[:nk], np.asarray(iou)
+"""
+
+
+def test_pxd_kernels_can_be_cimported(tmp_path):
+    """Other Cython code can cimport the pool / batch-norm / RoI / box kernels (the .pxd
+    declarations, noexcept nogil) and gets the documented results."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+    import textwrap
+    from pathlib import Path
+
+    pytest.importorskip("Cython")
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        pytest.skip("no C compiler to build a cimporting extension")
+    root = str(Path(convkit.__file__).resolve().parent.parent)
+    (tmp_path / "user_kernels.pyx").write_text(textwrap.dedent(USER_PYX).lstrip())
+    (tmp_path / "setup.py").write_text(
+        "import numpy as np\nfrom Cython.Build import cythonize\n"
+        "from setuptools import Extension, setup\n"
+        "setup(ext_modules=cythonize([Extension('user_kernels', ['user_kernels.pyx'], "
+        f"include_dirs=[np.get_include()])], include_path={[root]!r}, quiet=True))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"],
+                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import user_kernels
+    finally:
+        sys.path.remove(str(tmp_path))
+
+    x = np.array([1.0, 2.0, 4.0, 9.0])
+    gy = np.array([1.0, 2.0, 3.0])
+    idx = np.array([3, 0, 3], np.int64)
+    roi = np.array([0, 0.4, 1.6, 2.5, 3.0])
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [0, 0, 10, 9.0]])
+    mean, var, bad, gx, edges, keep, iou = user_kernels.run_all(x, gy, idx, roi, boxes)
+    assert mean == pytest.approx(4.0) and var == pytest.approx(np.var(x))
+    assert bad == 0
+    np.testing.assert_array_equal(gx, [2.0, 0, 0, 4.0])
+    # roi_pool_bins: x 0.4 -> 0, 2.5 -> 3 (half away from zero): 4 cells, bins [0,2),[2,4);
+    # y 1.6 -> 2, 3.0 -> 3: 2 cells, bins [2,3),[3,4)
+    np.testing.assert_array_equal(edges, [2, 3, 3, 4, 0, 2, 2, 4])
+    np.testing.assert_array_equal(keep, [0, 2])          # box 1 (IoU .81) and 3 (.9) suppressed
+    np.testing.assert_allclose(iou, [1.0, 0.81, 0.0, 0.9])
