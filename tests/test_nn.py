@@ -416,3 +416,16 @@ def test_module_base_class_errors():
         NoInit()
     with pytest.raises(TypeError, match="Module"):
         nn.Sequential(nn.ReLU(), "relu")
+
+
+def test_relu_values_nan_and_kink(torch):
+    x = np.array([[-1.5, 0.0, 2.0, np.nan, -0.0, 1e-30]])
+    with convkit.use_backend("numpy"):
+        r = nn.ReLU()
+        y = r.forward(x)
+        g = r.backward(np.full_like(x, 3.0))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.relu(tx)
+    ty.backward(torch.full_like(tx, 3.0))
+    np.testing.assert_array_equal(y, ty.detach().numpy())      # NaN propagates, 0 at the kink
+    np.testing.assert_array_equal(g, tx.grad.numpy())          # gradient 0 at x = 0

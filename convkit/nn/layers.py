@@ -166,13 +166,13 @@ class ReLU(Module):
 
     def forward(self, x):
         check_float_input("ReLU", x)
-        mask = x > 0
-        self._cache = (mask,)
-        return x * mask
+        y = self.xp.maximum(x, 0)    # NaN stays NaN, as in torch
+        self._cache = (y,)
+        return y
 
     def backward(self, grad_y):
-        (mask,) = self._cache
-        return grad_y * mask
+        (y,) = self._cache
+        return grad_y * (y > 0)
 
 
 class MaxPool2d(Module):
