@@ -172,7 +172,7 @@ class ReLU(Module):
 
     def backward(self, grad_y):
         (y,) = self._cache
-        return grad_y * (y > 0)
+        return grad_y * (y != 0)    # y >= 0 or NaN; NaN passes the gradient, as in torch
 
 
 class MaxPool2d(Module):
