@@ -10,8 +10,10 @@ import numpy as np
 from .._config import get_num_threads
 from . import _batchnorm
 
-# Below this many elements a call runs on one thread (the OpenMP fork costs ~10 us).
-_PARALLEL_MIN = 1 << 15
+# Below this many elements a call runs on one thread.  Measured (2-core Xeon, training forward
+# on (1, 16, hw, hw), 1 vs 2 threads): 4096 elements 8.7 vs 10.5 us, 9216: 13.3 vs 13.4 us,
+# 16384: 20.7 vs 15.6 us.
+_PARALLEL_MIN = 1 << 13
 
 
 def _threads(C, size):
