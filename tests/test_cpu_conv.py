@@ -256,6 +256,22 @@ def test_workspace_cap_works_in_pieces(workspace_limit, limit):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
 
 
+def test_workspace_cap_winograd_in_pieces(workspace_limit):
+    """Winograd (3x3, >= 16 channels): one row of 2x2 tiles needs 16*(C+F)*tw*8 = 20480 bytes
+    here, so a 50 kB cap runs one tile row per task; forward and grad_x still match."""
+    case = Case("winograd_chunked", (3, 16, 12, 10), (16, 16, 3, 3), padding=(1, 1))
+    x, w, b = _inputs(case, np.float64)
+    y0 = _cpu_forward(x, w, b, case)
+    gy = np.random.default_rng(7).standard_normal(y0.shape)
+    g0 = _cpu_backward(gy, x, w, case)
+    workspace_limit(50_000)
+    np.testing.assert_allclose(_cpu_forward(x, w, b, case), y0, rtol=1e-13, atol=1e-13)
+    for a, c in zip(_cpu_backward(gy, x, w, case), g0):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y0, np_conv2d(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+                               **tol(np.float64))
+
+
 def test_workspace_cap_below_one_row_raises(workspace_limit):
     case = Case("big_row", (1, 16, 8, 40), (4, 16, 3, 3), padding=(1, 1))
     x, w, b = _inputs(case, np.float32)
