@@ -1,14 +1,16 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 """RoI max pooling and RoI align (torchvision's rules, restated in convkit/reference/roi.py).
 
-roi_pool works on the NCHW map directly, one RoI per OpenMP task.  roi_align first copies the
-map to NHWC (one parallel pass), so every bilinear sample reads four contiguous channel
-vectors: the per-sample arithmetic is the same as torchvision's, but it runs down the
-channels, which the compiler vectorises.  Sample positions and weights are computed once per
-RoI and axis (separable), then reused for every channel.
+Both work on an NHWC copy of the map (one parallel transpose), so a pixel's channels are
+contiguous and the kernels run down the channels eight at a time (SSE2 for float32; plain
+loops the compiler vectorises otherwise).  roi_pool: one RoI per OpenMP task (float64, or no
+SSE2: the NCHW loop).  roi_align: each RoI's bilinear samples are worked out once (positions
+and weights are separable; only samples that land on the map are kept) and laid out as
+(corner offset, weight) pairs, then reused for every channel; the per-sample arithmetic and
+order are torchvision's.
 
-Backwards are gathers by channel: each OpenMP thread owns a block of channels of grad_x and
-walks every RoI in order, so the sums are the same bits on every run and for any thread count.
+Backwards are gathers by channel: each OpenMP task owns a block of channels of grad_x and walks
+every RoI in order, so the sums are the same bits on every run and for any thread count.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange

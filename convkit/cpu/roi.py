@@ -1,8 +1,8 @@
 """CPU RoI pooling and RoI align: Python wrappers around ``_roi`` (torchvision's rules; see
 convkit/reference/roi.py for the statement of each rule).
 
-roi_align runs on an NHWC copy of the map (made by a parallel transpose), so each bilinear
-sample is four contiguous channel vectors; its backward accumulates an NHWC gradient and
+roi_align (and float32 roi_pool) run on an NHWC copy of the map (made by a parallel transpose),
+so a pixel's channels are contiguous; roi_align's backward accumulates an NHWC gradient and
 transposes it back.
 """
 from __future__ import annotations
