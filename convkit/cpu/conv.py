@@ -176,8 +176,12 @@ def _plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes):
     except MemoryError:
         return None
     trows = min(N * th, budget // per_row)     # rows of tiles of the whole batch per task
-    if n_threads > 1 and _ceil_div(N * th, trows) < 2 * n_threads:
-        trows = max(1, _ceil_div(N * th, 2 * n_threads))
+    if n_threads > 1:
+        # at least 2 tasks per thread, and a multiple of the team when there are few tasks
+        tasks = max(_ceil_div(N * th, trows), 2 * n_threads)
+        if tasks < 8 * n_threads:
+            tasks = _ceil_div(tasks, n_threads) * n_threads
+        trows = max(1, _ceil_div(N * th, tasks))
     return n_threads, trows, trows * per_row // itemsize + 8 * (2 * tw + 2)
 
 
