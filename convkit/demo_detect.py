@@ -19,10 +19,10 @@ from ._registry import get_backend, use_backend
 def add_arguments(p):
     p.add_argument("--backend", default=None,
                    help="numpy, cpu, cuda or auto (default: CONVKIT_BACKEND, else cpu)")
-    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the data (test set: seed + 10000), the weights and the order")
-    p.add_argument("--images", type=int, default=1000, help="training images")
+    p.add_argument("--images", type=int, default=600, help="training images")
     p.add_argument("--test-images", type=int, default=200, help="held-out images (>= 200 for "
                                                                  "the reported figures)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
