@@ -8,7 +8,10 @@ from convkit.data import shapes
 from convkit.nn import Adam
 from convkit.metrics import (average_precision_per_class, mean_average_precision,
                              proposal_recall, voc_ap)
-from convkit.models import AnchorGenerator, assign_anchor_targets, sample_labels
+from convkit.models import (AnchorGenerator, FasterRCNN, RegionProposalNetwork, RoIHeads,
+                            assign_anchor_targets, fast_rcnn_loss, flatten_rpn_outputs,
+                            rpn_loss, sample_labels, unflatten_rpn_grads)
+from helpers import check_backward
 
 
 # ------------------------------------------------------------------------------------ anchors
@@ -123,10 +126,6 @@ def test_proposal_recall_hand_made():
 
 
 # ------------------------------------------------------------------- gradient checks (float64)
-from convkit.models import (FasterRCNN, RegionProposalNetwork, RoIHeads, fast_rcnn_loss,  # noqa: E402
-                            flatten_rpn_outputs, rpn_loss, unflatten_rpn_grads)
-from helpers import check_backward  # noqa: E402
-
 
 def _set(arrays, values):
     for a, v in zip(arrays, values):

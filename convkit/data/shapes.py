@@ -75,7 +75,8 @@ def _background(rng, size):
         a = rng.uniform(0, np.pi)
         tex = np.sin(2 * np.pi * (np.cos(a) * xx + np.sin(a) * yy) * size / period)
     elif texture == 1:        # checker
-        tex = np.sign(np.sin(2 * np.pi * xx * size / period) * np.sin(2 * np.pi * yy * size / period))
+        tex = np.sign(np.sin(2 * np.pi * xx * size / period)
+                      * np.sin(2 * np.pi * yy * size / period))
     else:                     # blotches: a few random low-frequency waves
         tex = sum(np.sin(2 * np.pi * (rng.uniform(-2, 2) * xx + rng.uniform(-2, 2) * yy)
                          + rng.uniform(0, 2 * np.pi)) for _ in range(3)) / 3

@@ -14,7 +14,7 @@ from .. import functional as F
 from .._registry import get_backend
 from ..nn import Flatten, Linear, Module, ReLU, Sequential, softmax_cross_entropy, smooth_l1_loss
 from ..nn.init import make_rng
-from .anchors import sample_labels
+from .anchors import host_box_iou, sample_labels
 
 __all__ = ["RoIHeads", "fast_rcnn_loss"]
 
@@ -134,8 +134,6 @@ class RoIHeads(Module):
     def sample(self, proposals, gt_boxes, gt_labels):
         """rois (array[R, 5]), labels (int64 array[R]), box targets (array[R, 4]) for the
         per-image proposal boxes and gt boxes / 0-based gt labels (see the class docstring)."""
-        from .anchors import host_box_iou
-
         be = self.backend
         rois, labels, targets = [], [], []
         for i, (p, g, gl) in enumerate(zip(proposals, gt_boxes, gt_labels)):
