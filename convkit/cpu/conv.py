@@ -4,9 +4,11 @@ Paths (all in convkit/cpu/_conv.pyx):
 
 * depthwise (groups == C, any channel multiplier): a direct kernel, one plane per task;
 * pointwise (1x1 kernel, stride 1, no padding): GEMMs straight on x, no workspace;
-* everything else: im2col into a workspace, then GEMMs on BLAS.  The batch goes through in
-  chunks of whole images -- or, for an image whose columns are bigger than the chunk size, in
-  blocks of output rows -- so the workspace stays below ``convkit.get_workspace_limit()``.
+* 3x3, stride 1, dilation 1, groups 1, >= 16 channels in and out: Winograd F(2x2, 3x3) for the
+  forward and for grad_x (16 GEMMs on transformed tiles, 2.25x fewer multiplies);
+* everything else (and grad_weight): im2col into a workspace, then GEMMs on BLAS.  Tasks take
+  blocks of output rows (of whole images where they fit), each thread with its own slice of the
+  workspace, so the workspace stays below ``convkit.get_workspace_limit()``.
 
 The kernels call BLAS from inside their OpenMP team, so BLAS is pinned to one thread for the
 duration of a call (``_blas_single_thread``): one pool of ``convkit.get_num_threads()`` threads,
@@ -41,14 +43,15 @@ _KEEP_BYTES = 64 * 2**20
 _tls = threading.local()
 
 
-def _workspace(n: int, dtype) -> np.ndarray:
-    ws = getattr(_tls, "ws", {}).get(np.dtype(dtype))
+def _workspace(n: int, dtype, slot: str = "cols") -> np.ndarray:
+    """A scratch array of at least n elements, kept per Python thread and slot between calls."""
+    cache = _tls.__dict__.setdefault("ws", {})
+    key = (slot, np.dtype(dtype))
+    ws = cache.get(key)
     if ws is None or ws.size < n:
         ws = np.empty(max(n, 1), dtype=dtype)
         if ws.nbytes <= _KEEP_BYTES:
-            if not hasattr(_tls, "ws"):
-                _tls.ws = {}
-            _tls.ws[np.dtype(dtype)] = ws
+            cache[key] = ws
     return ws
 
 
@@ -194,7 +197,7 @@ def _winograd(x, weight, b, has_bias, y, pt, pl, n_threads):
     if plan is None:
         return False
     n_threads, trows, per_thread = plan
-    U = np.empty((16, F, C), dtype=x.dtype)
+    U = _workspace(16 * F * C, x.dtype, "winograd")[:16 * F * C].reshape(16, F, C)
     _conv.winograd_filters(weight, U, n_threads)
     ws = _workspace(n_threads * per_thread, x.dtype)
     with _blas_single_thread:
