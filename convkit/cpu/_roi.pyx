@@ -155,25 +155,30 @@ def simd_available():
 
 def roi_pool_backward(const floating[:, :, ::1] gy, const floating[:, ::1] rois,
                       const int64_t[:, :, ::1] argmax, floating[:, :, ::1] gx, int n_threads):
-    """gy, argmax (K, C, ph*pw); gx (N, C, H*W) (written whole).  Each thread owns whole
-    channels and adds the RoIs in order.  Returns the number of argmax entries outside
+    """gy, argmax (K, C, ph*pw); gx (N, C, H*W) (written whole).  Each task owns a block of
+    32 channels and adds the RoIs in order (the RoI loop outside, so each RoI's slice of
+    argmax / grad_y is read contiguously).  Returns the number of argmax entries outside
     [-1, H*W) (skipped; the caller raises and discards gx)."""
     cdef Py_ssize_t K = gy.shape[0], C = gy.shape[1], P = gy.shape[2]
-    cdef Py_ssize_t N = gx.shape[0], HW = gx.shape[2], c, n, k, o, b
+    cdef Py_ssize_t N = gx.shape[0], HW = gx.shape[2], n, k, o, b, c, blk, c0, c1
+    cdef Py_ssize_t CB = 32, nblk = (C + 31) // 32
     cdef int64_t a
     cdef Py_ssize_t bad = 0
     with nogil:
-        for c in prange(C, schedule="static", num_threads=n_threads):
+        for blk in prange(nblk, schedule="dynamic", num_threads=n_threads):
+            c0 = blk * CB
+            c1 = min(c0 + CB, C)
             for n in range(N):
-                memset(&gx[n, c, 0], 0, HW * sizeof(floating))
+                memset(&gx[n, c0, 0], 0, (c1 - c0) * HW * sizeof(floating))
             for k in range(K):
                 b = <Py_ssize_t>rois[k, 0]
-                for o in range(P):
-                    a = argmax[k, c, o]
-                    if a >= 0 and a < HW:
-                        gx[b, c, a] += gy[k, c, o]
-                    elif a != -1:
-                        bad += 1
+                for c in range(c0, c1):
+                    for o in range(P):
+                        a = argmax[k, c, o]
+                        if a >= 0 and a < HW:
+                            gx[b, c, a] += gy[k, c, o]
+                        elif a != -1:
+                            bad += 1
     return bad
 
 
