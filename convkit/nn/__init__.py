@@ -13,6 +13,9 @@ Module API (stable; the detection models build on it)
   ``params``/``grads``    dict name -> array (own trainable arrays and their gradients)
   ``buffers``             dict name -> array (non-trainable state, e.g. BN running stats)
   ``add_param(name, a)``, ``add_buffer(name, a)``   register arrays in a custom Module
+  ``with self._pinned():``  custom layers wrap their convkit.functional calls in it so the ops
+                          run on ``self.backend`` whatever backend is active at call time
+  ``_cache``              what the last forward kept for backward (a small tuple)
   children                registered by attribute assignment (``self.head = Conv2d(...)``)
   ``parameters()``        yields (qualified name, param, grad), e.g. ("0.weight", W, dW)
   ``named_modules()``, ``children()``, ``num_parameters()``
