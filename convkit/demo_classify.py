@@ -104,6 +104,8 @@ def train(args, log=print) -> dict:
     wd = cfg["weight_decay"] if args.weight_decay is None else args.weight_decay
     if epochs < 0 or args.batch_size < 1:
         raise ValueError("--epochs must be >= 0 and --batch-size >= 1")
+    if args.train_subset is not None and args.train_subset < 1:
+        raise ValueError("--train-subset must be >= 1")
     dtype = np.dtype(args.dtype)
     data = digits(seed=args.seed, test_fraction=args.test_fraction, dtype=dtype)
     xtr, ytr = data.x_train, data.y_train

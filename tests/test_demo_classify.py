@@ -46,6 +46,8 @@ def test_demo_classify_rejects_bad_args():
         main(["demo", "classify", "--model", "alexnet"])
     with pytest.raises(ValueError, match="batch-size"):
         main(["demo", "classify", "--backend", "numpy", "--batch-size", "0", "--no-progress"])
+    with pytest.raises(ValueError, match="train-subset"):
+        main(["demo", "classify", "--backend", "numpy", "--train-subset", "0", "--no-progress"])
 
 
 def test_random_shift_translates_each_image():
