@@ -201,6 +201,25 @@ def test_roi_pool_detector_sized_matches_reference(dtype):
                                ref(F.roi_pool_backward, gy, am0, x.shape, rois=rois), **tol(dtype))
 
 
+def test_roi_avx2_and_sse2_paths_give_the_same_bits():
+    """The AVX2 kernels (picked at run time) do lane for lane what the SSE2 ones do."""
+    from convkit.cpu import _roi
+
+    x, rois = _detector_inputs(np.float32, K=40, C=37)        # 37: 16 + 16 + 5 tail lanes
+    gy = np.random.default_rng(21).standard_normal((40, 37, 7, 7)).astype(np.float32)
+    outs = []
+    try:
+        for on in (True, False):
+            _roi.use_avx2(on)
+            outs.append([cpu(F.roi_align_forward, x, rois, 7, 1 / 16, 2, False),
+                         cpu(F.roi_align_backward, gy, rois, x.shape, 7, 1 / 16, -1, True),
+                         *cpu(F.roi_pool_forward, x, rois, 7, 1 / 16)])
+    finally:
+        _roi.use_avx2(True)
+    for a, b in zip(*outs):
+        assert a.tobytes() == b.tobytes()
+
+
 def test_roi_align_huge_sampling_grid_is_bounded():
     """A RoI ~1e6 px wide with the adaptive grid (~1e4 samples per bin per axis) visits only
     the samples that land on the map: fast, and equal to the reference."""

@@ -150,7 +150,14 @@ def roi_pool_forward_nhwc(const float[:, :, :, ::1] xt, const float[:, ::1] rois
 
 
 def simd_available():
+    """True when the SSE2 kernels were compiled in (x86-64)."""
     return bool(ck_align_simd())
+
+
+def use_avx2(bint on):
+    """Allow (default) or forbid the AVX2 kernels; returns whether they are now in use.
+    Both paths give the same bits (tests compare them)."""
+    return bool(ck_set_avx2(on))
 
 
 def roi_pool_backward(const floating[:, :, ::1] gy, const floating[:, ::1] rois,
@@ -376,12 +383,144 @@ cdef extern from *:
         for (int l = 0; l < n; l++)
             y[l * stride] = exact ? v[l] / fcount : (float)((double)v[l] / count);
     }
+
+    /* AVX2 twins (GCC/clang on x86, chosen at run time by CPUID): sixteen channels per step,
+       lane for lane the same multiplies and adds as the SSE2 code (no FMA, which would round
+       differently), so the results do not depend on the path.  Each returns the first
+       channel it left for the SSE2 / scalar code. */
+    #if defined(CK_ROI_SSE2) && (defined(__GNUC__) || defined(__clang__)) && \
+        (defined(__x86_64__) || defined(__i386__))
+    #include <immintrin.h>
+    #define CK_ROI_AVX2 1
+    static int ck_avx2_allowed = 1;     /* tests switch the AVX2 path off to compare */
+    static int ck_has_avx2(void) {
+        static int known = -1;
+        if (known < 0) {
+            __builtin_cpu_init();
+            known = __builtin_cpu_supports("avx2") ? 1 : 0;
+        }
+        return known && ck_avx2_allowed;
+    }
+    __attribute__((target("avx2")))
+    static ptrdiff_t ck_align_bins_f_avx2(const float* img, ptrdiff_t c0, ptrdiff_t c1,
+                                          ptrdiff_t nbins, const ptrdiff_t* first,
+                                          const ptrdiff_t* off, const float* w, float fcount,
+                                          double count, int exact, float* y) {
+        ptrdiff_t c = c0, b, s;
+        float buf[16];
+        for (; c + 16 <= c1; c += 16) {
+            const float* base = img + c;
+            for (b = 0; b < nbins; b++) {
+                __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+                for (s = first[b]; s < first[b + 1]; s++) {
+                    const ptrdiff_t* o = off + 4 * s;
+                    const float* ww = w + 4 * s;
+                    __m256 w0 = _mm256_set1_ps(ww[0]), w1 = _mm256_set1_ps(ww[1]);
+                    __m256 w2 = _mm256_set1_ps(ww[2]), w3 = _mm256_set1_ps(ww[3]);
+                    __m256 v0 = _mm256_add_ps(_mm256_mul_ps(w0, _mm256_loadu_ps(base + o[0])),
+                                              _mm256_mul_ps(w1, _mm256_loadu_ps(base + o[1])));
+                    __m256 v1 = _mm256_add_ps(_mm256_mul_ps(w0, _mm256_loadu_ps(base + o[0] + 8)),
+                                              _mm256_mul_ps(w1, _mm256_loadu_ps(base + o[1] + 8)));
+                    v0 = _mm256_add_ps(v0, _mm256_mul_ps(w2, _mm256_loadu_ps(base + o[2])));
+                    v1 = _mm256_add_ps(v1, _mm256_mul_ps(w2, _mm256_loadu_ps(base + o[2] + 8)));
+                    v0 = _mm256_add_ps(v0, _mm256_mul_ps(w3, _mm256_loadu_ps(base + o[3])));
+                    v1 = _mm256_add_ps(v1, _mm256_mul_ps(w3, _mm256_loadu_ps(base + o[3] + 8)));
+                    a0 = _mm256_add_ps(a0, v0);
+                    a1 = _mm256_add_ps(a1, v1);
+                }
+                _mm256_storeu_ps(buf, a0);
+                _mm256_storeu_ps(buf + 8, a1);
+                ck_align_store_f(y + c * nbins + b, nbins, buf, 16, fcount, count, exact);
+            }
+        }
+        return c;
+    }
+    __attribute__((target("avx2")))
+    static ptrdiff_t ck_align_bins_backward_f_avx2(float* gimg, ptrdiff_t c0, ptrdiff_t c1,
+                                                   ptrdiff_t nbins, const ptrdiff_t* first,
+                                                   const ptrdiff_t* off, const float* w,
+                                                   float fcount, double count, int exact,
+                                                   const float* gy) {
+        ptrdiff_t c = c0, b, s, l;
+        float buf[16];
+        for (; c + 16 <= c1; c += 16) {
+            float* base = gimg + c;
+            for (b = 0; b < nbins; b++) {
+                __m256 g0, g1;
+                if (first[b + 1] == first[b]) continue;
+                for (l = 0; l < 16; l++) {
+                    float v = gy[(c + l) * nbins + b];
+                    buf[l] = exact ? v / fcount : (float)((double)v / count);
+                }
+                g0 = _mm256_loadu_ps(buf);
+                g1 = _mm256_loadu_ps(buf + 8);
+                for (s = first[b]; s < first[b + 1]; s++) {
+                    for (int t = 0; t < 4; t++) {
+                        float* r = base + off[4 * s + t];
+                        __m256 wt = _mm256_set1_ps(w[4 * s + t]);
+                        _mm256_storeu_ps(r, _mm256_add_ps(_mm256_loadu_ps(r), _mm256_mul_ps(g0, wt)));
+                        _mm256_storeu_ps(r + 8, _mm256_add_ps(_mm256_loadu_ps(r + 8),
+                                                              _mm256_mul_ps(g1, wt)));
+                    }
+                }
+            }
+        }
+        return c;
+    }
+    __attribute__((target("avx2")))
+    static ptrdiff_t ck_roi_pool_f_avx2(const float* img, ptrdiff_t W, ptrdiff_t C,
+                                        ptrdiff_t ph, ptrdiff_t pw, const ptrdiff_t* hs,
+                                        const ptrdiff_t* he, const ptrdiff_t* ws,
+                                        const ptrdiff_t* we, float* y, int64_t* am) {
+        ptrdiff_t nb = ph * pw, c = 0, p, q, h, ww, l;
+        float bv[16];
+        int bi[16];
+        for (; c + 16 <= C; c += 16) {
+            for (p = 0; p < ph; p++) {
+                for (q = 0; q < pw; q++) {
+                    ptrdiff_t b = p * pw + q;
+                    __m256 b0 = _mm256_set1_ps(-FLT_MAX), b1 = b0;
+                    __m256 i0 = _mm256_castsi256_ps(_mm256_set1_epi32(-1)), i1 = i0;
+                    if (he[p] <= hs[p] || we[q] <= ws[q]) {
+                        for (l = 0; l < 16; l++) { y[(c + l) * nb + b] = 0; am[(c + l) * nb + b] = -1; }
+                        continue;
+                    }
+                    for (h = hs[p]; h < he[p]; h++) {
+                        for (ww = ws[q]; ww < we[q]; ww++) {
+                            const float* r = img + (h * W + ww) * C + c;
+                            __m256 pix = _mm256_castsi256_ps(_mm256_set1_epi32((int)(h * W + ww)));
+                            __m256 v0 = _mm256_loadu_ps(r), v1 = _mm256_loadu_ps(r + 8);
+                            __m256 m0 = _mm256_cmp_ps(v0, b0, _CMP_GT_OQ);
+                            __m256 m1 = _mm256_cmp_ps(v1, b1, _CMP_GT_OQ);
+                            b0 = _mm256_blendv_ps(b0, v0, m0);
+                            b1 = _mm256_blendv_ps(b1, v1, m1);
+                            i0 = _mm256_blendv_ps(i0, pix, m0);
+                            i1 = _mm256_blendv_ps(i1, pix, m1);
+                        }
+                    }
+                    _mm256_storeu_ps(bv, b0); _mm256_storeu_ps(bv + 8, b1);
+                    _mm256_storeu_si256((__m256i*)bi, _mm256_castps_si256(i0));
+                    _mm256_storeu_si256((__m256i*)(bi + 8), _mm256_castps_si256(i1));
+                    for (l = 0; l < 16; l++) {
+                        y[(c + l) * nb + b] = bv[l];
+                        am[(c + l) * nb + b] = bi[l];
+                    }
+                }
+            }
+        }
+        return c;
+    }
+    #endif
     static void ck_align_bins_f(const float* img, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t nbins,
                                 const ptrdiff_t* first, const ptrdiff_t* off, const float* w,
                                 float fcount, double count, float* y) {
         int exact = (double)fcount == count;
         ptrdiff_t c = c0, b, s;
         float buf[8];
+    #ifdef CK_ROI_AVX2
+        if (ck_has_avx2())
+            c = ck_align_bins_f_avx2(img, c0, c1, nbins, first, off, w, fcount, count, exact, y);
+    #endif
     #ifdef CK_ROI_SSE2
         for (; c + 8 <= c1; c += 8) {
             const float* base = img + c;
@@ -432,6 +571,11 @@ cdef extern from *:
         int exact = (double)fcount == count;
         ptrdiff_t c = c0, b, s, l;
         float buf[8];
+    #ifdef CK_ROI_AVX2
+        if (ck_has_avx2())
+            c = ck_align_bins_backward_f_avx2(gimg, c0, c1, nbins, first, off, w, fcount, count,
+                                              exact, gy);
+    #endif
     #ifdef CK_ROI_SSE2
         for (; c + 8 <= c1; c += 8) {
             float* base = gimg + c;
@@ -476,6 +620,10 @@ cdef extern from *:
         ptrdiff_t nb = ph * pw, c = 0, p, q, h, w, l;
         float bv[8];
         int bi[8];
+    #ifdef CK_ROI_AVX2
+        if (ck_has_avx2())
+            c = ck_roi_pool_f_avx2(img, W, C, ph, pw, hs, he, ws, we, y, am);
+    #endif
     #ifdef CK_ROI_SSE2
         for (; c + 8 <= C; c += 8) {
             for (p = 0; p < ph; p++) {
@@ -531,7 +679,17 @@ cdef extern from *:
             }
         }
     }
+    static int ck_set_avx2(int on) {
+    #ifdef CK_ROI_AVX2
+        ck_avx2_allowed = on;
+        return ck_has_avx2();
+    #else
+        (void)on;
+        return 0;
+    #endif
+    }
     """
+    int ck_set_avx2(int on) noexcept nogil
     int ck_align_simd() noexcept nogil
     void ck_roi_pool_f(const float* img, Py_ssize_t W, Py_ssize_t C, Py_ssize_t ph,
                        Py_ssize_t pw, const Py_ssize_t* hs, const Py_ssize_t* he,
