@@ -272,6 +272,21 @@ def test_workspace_cap_winograd_in_pieces(workspace_limit):
                                **tol(np.float64))
 
 
+def test_workspace_cap_grad_weight_only(workspace_limit):
+    """needs_input_grad=False needs only one tap row per output row (5*16*8 = 640 bytes here),
+    less than grad_x's piece (25*16*8 = 3200): a 2000-byte cap still works."""
+    case = Case("gw_only", (2, 8, 20, 20), (8, 8, 5, 5))
+    x, w, _ = _inputs(case, np.float64)
+    gy = np.random.default_rng(8).standard_normal((2, 8, 16, 16))
+    want = _cpu_backward(gy, x, w, case)[1]
+    workspace_limit(2000)
+    gx, gw, _ = _cpu_backward(gy, x, w, case, needs_input_grad=False)
+    assert gx is None
+    np.testing.assert_allclose(gw, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(MemoryError, match="limit of 2000 bytes"):
+        _cpu_backward(gy, x, w, case)
+
+
 def test_workspace_cap_below_one_row_raises(workspace_limit):
     case = Case("big_row", (1, 16, 8, 40), (4, 16, 3, 3), padding=(1, 1))
     x, w, b = _inputs(case, np.float32)

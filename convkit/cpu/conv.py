@@ -150,8 +150,11 @@ def _plan_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, poin
                               "one output row of one channel", weight_bytes)
     units_w = min(_ceil_div(Ug, _ceil_div(n_threads, G)), budget // unit_w)
     rows_w = min(Ho, budget // (units_w * unit_w))
-    chans_x = min(_ceil_div(Cg, _ceil_div(2 * n_threads, N * G)), budget // unit_x)
-    rows_x = min(Ho, budget // (chans_x * unit_x)) if needs_gx else 1
+    if needs_gx:
+        chans_x = min(_ceil_div(Cg, _ceil_div(2 * n_threads, N * G)), budget // unit_x)
+        rows_x = min(Ho, budget // (chans_x * unit_x))
+    else:
+        chans_x, rows_x = Cg, Ho        # unused: no grad_x pass
     ws = max(units_w * rows_w * unit_w, chans_x * rows_x * unit_x if needs_gx else 0)
     return n_threads, units_w, rows_w, chans_x, rows_x, ws // itemsize + W + sw
 
