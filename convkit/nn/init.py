@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-__all__ = ["make_rng", "fans", "kaiming_normal", "kaiming_uniform", "xavier_uniform", "xavier_normal"]
+__all__ = ["make_rng", "fans", "kaiming_normal", "kaiming_uniform", "xavier_uniform",
+           "xavier_normal"]
 
 
 def make_rng(seed) -> np.random.Generator:

@@ -130,7 +130,8 @@ class BatchNorm2d(Module):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32):
         super().__init__()
         dt = _dtype(dtype)
-        self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
+        self.num_features, self.affine = num_features, affine
+        self.eps, self.momentum = eps, momentum
         if affine:
             self.add_param("weight", self.xp.ones(num_features, dt))
             self.add_param("bias", self.xp.zeros(num_features, dt))

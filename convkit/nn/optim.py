@@ -79,7 +79,8 @@ class Adam(Optimizer):
             raise ValueError(f"Adam: betas must be in [0, 1), got {betas!r}")
         if eps < 0 or weight_decay < 0:
             raise ValueError("Adam: eps and weight_decay must be >= 0")
-        self.betas, self.eps, self.weight_decay = (float(b1), float(b2)), float(eps), float(weight_decay)
+        self.betas = (float(b1), float(b2))
+        self.eps, self.weight_decay = float(eps), float(weight_decay)
 
     def step(self):
         b1, b2 = self.betas
