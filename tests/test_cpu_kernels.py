@@ -230,6 +230,33 @@ def test_roi_align_huge_sampling_grid_is_bounded():
                                rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("sr", [9, 40, 3000])
+def test_roi_align_dense_grids_take_the_separable_route_and_match(sr):
+    """More than 64 sample pairs per bin: interpolated along x then y (no pair table) --
+    same values as the reference, NaN spreading only where sampled, forward and backward."""
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((2, 3, 9, 11))
+    x[0, 1, 3, 4] = np.nan
+    rois = np.array([[0, 0.5, 0.5, 8.0, 6.0], [1, -3, -2, 14, 12], [0, 2, 2, 2.5, 2.5],
+                     [1, 1, 1, 5, 5]])
+    g = rng.standard_normal((4, 3, 3, 2))
+    for aligned in (False, True):
+        want = ref(F.roi_align_forward, x[1:], rois[[1, 3]] - [1, 0, 0, 0, 0], (3, 2), 1.0,
+                   sr, aligned)
+        got = cpu(F.roi_align_forward, x[1:], rois[[1, 3]] - [1, 0, 0, 0, 0], (3, 2), 1.0,
+                  sr, aligned)
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+        if sr <= 40:     # the reference's NaN path enumerates every pair (workspace-bound)
+            np.testing.assert_allclose(cpu(F.roi_align_forward, x, rois, (3, 2), 1.0, sr,
+                                           aligned),
+                                       ref(F.roi_align_forward, x, rois, (3, 2), 1.0, sr,
+                                           aligned), rtol=1e-9, atol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(cpu(F.roi_align_backward, g, rois, x.shape, (3, 2), 1.0, sr,
+                                       aligned),
+                                   ref(F.roi_align_backward, g, rois, x.shape, (3, 2), 1.0, sr,
+                                       aligned), rtol=1e-9, atol=1e-12)
+
+
 def test_roi_pool_backward_bad_argmax_names_argmax():
     x, rois = _detector_inputs(np.float32, K=4, C=2)
     y, am = cpu(F.roi_pool_forward, x, rois, 2, 1 / 16)

@@ -15,6 +15,7 @@ every RoI in order, so the sums are the same bits on every run and for any threa
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 from libc.math cimport ceil, fabs, floor, fmax, fmin, isfinite, round
@@ -791,6 +792,107 @@ cdef void _bins_backward(floating* gimg, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_
                     r[c] += g[c] * wt
 
 
+cdef int _separable(const floating* img, floating* gimg, Py_ssize_t W, Py_ssize_t C,
+                    Py_ssize_t c0, Py_ssize_t c1, _Taps* ty, _Taps* tx, Py_ssize_t ph,
+                    Py_ssize_t pw, double count, floating* y, const floating* gy,
+                    bint backward) noexcept nogil:
+    """RoI align of one RoI with a dense sampling grid (many samples per bin), channels
+    [c0, c1), by separability: interpolate along x first, R[r, q] = sum over bin q's x-samples
+    of (w_low * X[r, low] + w_high * X[r, high]) for every row r the y-samples touch, then along
+    y.  O(rows * x-samples + y-samples) per channel instead of O(y-samples * x-samples).
+    A NaN/inf under a zero weight still spreads as in torchvision (0 * NaN is NaN either way).
+    Backward (gimg, gy): the adjoint, in a fixed order.  Returns 0 when memory ran out."""
+    cdef Py_ssize_t r0 = PY_SSIZE_T_MAX, r1 = 0, nr, nc = c1 - c0, a, b, p, q, r, c, ny = ty.first[ph]
+    cdef const floating* wly = <const floating*>ty.w_low
+    cdef const floating* why = <const floating*>ty.w_high
+    cdef const floating* wlx = <const floating*>tx.w_low
+    cdef const floating* whx = <const floating*>tx.w_high
+    cdef floating* R
+    cdef floating* acc
+    cdef floating* Rl
+    cdef floating* Rh
+    cdef floating* x1
+    cdef floating* x2
+    cdef const floating* s1
+    cdef const floating* s2
+    cdef floating wl, wh, fcount = <floating>count
+    for a in range(ny):
+        r0 = min(r0, ty.low[a])
+        r1 = max(r1, ty.high[a] + 1)
+    if r1 <= r0 or nc <= 0:
+        if not backward:
+            for c in range(c0, c1):
+                for p in range(ph * pw):
+                    y[c * ph * pw + p] = 0
+        return 1
+    nr = r1 - r0
+    R = <floating*>malloc((nr * pw + 1) * nc * sizeof(floating))
+    if R == NULL:
+        return 0
+    acc = R + nr * pw * nc
+    memset(R, 0, nr * pw * nc * sizeof(floating))
+    if not backward:
+        for r in range(r0, r1):
+            for q in range(pw):
+                Rl = R + ((r - r0) * pw + q) * nc
+                for b in range(tx.first[q], tx.first[q + 1]):
+                    s1 = img + (r * W + tx.low[b]) * C + c0
+                    s2 = img + (r * W + tx.high[b]) * C + c0
+                    wl = wlx[b]
+                    wh = whx[b]
+                    for c in range(nc):
+                        Rl[c] = Rl[c] + (wl * s1[c] + wh * s2[c])
+        for p in range(ph):
+            for q in range(pw):
+                for c in range(nc):
+                    acc[c] = 0
+                for a in range(ty.first[p], ty.first[p + 1]):
+                    Rl = R + ((ty.low[a] - r0) * pw + q) * nc
+                    Rh = R + ((ty.high[a] - r0) * pw + q) * nc
+                    wl = wly[a]
+                    wh = why[a]
+                    for c in range(nc):
+                        acc[c] = acc[c] + (wl * Rl[c] + wh * Rh[c])
+                for c in range(nc):
+                    if fcount == count:
+                        y[(c0 + c) * ph * pw + p * pw + q] = acc[c] / fcount
+                    else:
+                        y[(c0 + c) * ph * pw + p * pw + q] = <floating>(<double>acc[c] / count)
+    else:
+        for p in range(ph):
+            for q in range(pw):
+                if ty.first[p + 1] == ty.first[p] or tx.first[q + 1] == tx.first[q]:
+                    continue
+                for c in range(nc):
+                    if fcount == count:
+                        acc[c] = gy[(c0 + c) * ph * pw + p * pw + q] / fcount
+                    else:
+                        acc[c] = <floating>(<double>gy[(c0 + c) * ph * pw + p * pw + q] / count)
+                for a in range(ty.first[p], ty.first[p + 1]):
+                    Rl = R + ((ty.low[a] - r0) * pw + q) * nc
+                    Rh = R + ((ty.high[a] - r0) * pw + q) * nc
+                    wl = wly[a]
+                    wh = why[a]
+                    for c in range(nc):
+                        Rl[c] += wl * acc[c]
+                    for c in range(nc):
+                        Rh[c] += wh * acc[c]
+        for r in range(r0, r1):
+            for q in range(pw):
+                Rl = R + ((r - r0) * pw + q) * nc
+                for b in range(tx.first[q], tx.first[q + 1]):
+                    x1 = gimg + (r * W + tx.low[b]) * C + c0
+                    x2 = gimg + (r * W + tx.high[b]) * C + c0
+                    wl = wlx[b]
+                    wh = whx[b]
+                    for c in range(nc):
+                        x1[c] += wl * Rl[c]
+                    for c in range(nc):
+                        x2[c] += wh * Rl[c]
+    free(R)
+    return 1
+
+
 def nchw_to_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt, int n_threads):
     """xt (N, H, W, C) = x (N, C, H, W) transposed; (n, h) rows split across threads."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -844,8 +946,9 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
     """Shared driver.  Forward: img = x in NHWC (read), per_roi = y (written).  Backward:
     per_roi = grad_y (read), img = grad_x in NHWC (written).
 
-    1. every RoI's taps -> how many sample pairs it has;
-    2. the pairs of all RoIs laid out once in one table;
+    1. every RoI's taps -> how many sample pairs it has (more than 64 per bin: "dense", done
+       by separability in step 3, with no pair table);
+    2. the pairs of all other RoIs laid out once in one table;
     3. the channel work (the only parallel region): forward one RoI per task, backward one
     channel block per task.  Dynamic tasks keep a busy machine from stalling on one late
     thread.
@@ -860,12 +963,15 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
     cdef _Taps* ty
     cdef _Taps* tx
     cdef floating* buf
+    cdef double cnt
     cdef int failed_flag = 0
     cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
     cdef bint simd = (floating is float) and ck_align_simd()
     dt = np.float32 if floating is float else np.float64
     cdef Py_ssize_t[::1] npairs = np.zeros(K, np.intp)
     cdef double[::1] count = np.ones(K)
+    # a RoI with more than 64 sample pairs per bin (grid > 8 x 8) takes the separable route
+    cdef unsigned char[::1] dense = np.zeros(K, np.uint8)
     # the geometry is ~1% of the work: serial, so the call has a single parallel region
     with nogil:
         ty = _taps_new(ph, sizeof(floating))
@@ -878,6 +984,9 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
             if _roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
                          ty, tx, &count[k]):
                 npairs[k] = ty.first[ph] * tx.first[pw]
+                if npairs[k] > 64 * nbins:
+                    dense[k] = 1
+                    npairs[k] = 0
             else:
                 failed[0] = 1
         _taps_free(ty)
@@ -897,8 +1006,10 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
         for k in range(K):
             if failed[0]:
                 break
-            if _roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
-                         ty, tx, &count[k]):
+            if dense[k]:
+                first[k, :] = start[k]
+            elif _roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
+                           ty, tx, &count[k]):
                 _pairs_fill(ty, tx, W, C, ph, pw, start[k], &first[k, 0], &off[0], &w[0])
             else:
                 failed[0] = 1
@@ -908,17 +1019,27 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
         raise MemoryError("roi_align: out of memory for the sample tables")
     with nogil, parallel(num_threads=n_threads):
         buf = <floating*>malloc(C * sizeof(floating) + 1)
-        if buf == NULL:
+        ty = _taps_new(ph, sizeof(floating))
+        tx = _taps_new(pw, sizeof(floating))
+        if buf == NULL or ty == NULL or tx == NULL:
             failed[0] = 1
         if backward:
             for blk in prange(nblk, schedule="dynamic"):
-                if buf == NULL:
+                if buf == NULL or ty == NULL or tx == NULL:
                     continue
                 c0 = blk * cb
                 c1 = min(c0 + cb, C)
                 for k in range(K):      # fixed RoI order: the same sums on every run
                     b = <Py_ssize_t>rois[k, 0]
-                    if simd:
+                    if dense[k]:
+                        cnt = 1         # thread-private (count[k] is already known)
+                        if not (_roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio,
+                                          ph, pw, H, W, ty, tx, &cnt)
+                                and _separable(&img[b, 0, 0, 0], <floating*>&img[b, 0, 0, 0],
+                                               W, C, c0, c1, ty, tx, ph, pw, count[k], NULL,
+                                               &per_roi[k, 0, 0, 0], 1)):
+                            failed[0] = 1
+                    elif simd:
                         if floating is float:
                             ck_align_bins_backward_f(<float*>&img[b, 0, 0, 0], c0, c1, nbins,
                                                      &first[k, 0], &off[0], &w[0],
@@ -929,10 +1050,17 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
                                        &off[0], &w[0], count[k], &per_roi[k, 0, 0, 0], buf)
         else:
             for k in prange(K, schedule="dynamic"):
-                if buf == NULL:
+                if buf == NULL or ty == NULL or tx == NULL:
                     continue
                 b = <Py_ssize_t>rois[k, 0]
-                if simd:
+                if dense[k]:
+                    cnt = 1
+                    if not (_roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio,
+                                      ph, pw, H, W, ty, tx, &cnt)
+                            and _separable(&img[b, 0, 0, 0], NULL, W, C, 0, C, ty, tx, ph, pw,
+                                           count[k], <floating*>&per_roi[k, 0, 0, 0], NULL, 0)):
+                        failed[0] = 1
+                elif simd:
                     if floating is float:
                         ck_align_bins_f(&img[b, 0, 0, 0], 0, C, nbins, &first[k, 0], &off[0],
                                         &w[0], <float>count[k], count[k],
@@ -941,5 +1069,7 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
                     _bins_forward(&img[b, 0, 0, 0], 0, C, nbins, &first[k, 0], &off[0], &w[0],
                                   count[k], buf, <floating*>&per_roi[k, 0, 0, 0])
         free(buf)
+        _taps_free(ty)
+        _taps_free(tx)
     if failed_flag:
-        raise MemoryError("roi_align: out of memory for a channel buffer")
+        raise MemoryError("roi_align: out of memory for a channel buffer or the separable rows")
