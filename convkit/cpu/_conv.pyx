@@ -256,19 +256,21 @@ cdef double plane_sum(const floating* p, Py_ssize_t n) noexcept nogil:
 cdef extern from *:
     """
     /* Depthwise stride-1 inner blocks with GCC/clang vector extensions (SSE2 at the x86-64
-       baseline; the loop vectorizer left the 16-wide register blocks scalar).  Other compilers
-       get plain loops.  CK_ACC(T) keeps 16 outputs in registers across all taps. */
+       baseline; the loop vectorizer left these register blocks scalar).  Other compilers get
+       plain loops.  ck_block<WD> keeps WD outputs in registers across all taps; ck_dot<WD>
+       keeps WD partial sums (lane j takes elements j, j + WD, ...). */
     #include <string.h>
     #if defined(__GNUC__) || defined(__clang__)
     typedef float ck_vf __attribute__((vector_size(16)));
     typedef double ck_vd __attribute__((vector_size(16)));
-    #define CK_DEFINE(T, V, SUF)                                                              \\
+    #define CK_HELPERS(T, V, SUF)                                                             \\
     static inline V ck_ld_##SUF(const T* p) { V v; memcpy(&v, p, sizeof(V)); return v; }      \\
-    static inline void ck_st_##SUF(T* p, V v) { memcpy(p, &v, sizeof(V)); }                   \\
-    static void ck_block16_##SUF(const T* xp, Py_ssize_t Wp, const T* w, Py_ssize_t KH,       \\
-                                 Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, T* y, T init,   \\
-                                 int accumulate) {                                            \\
-        enum { L = sizeof(V) / sizeof(T), NV = 16 / (sizeof(V) / sizeof(T)) };               \\
+    static inline void ck_st_##SUF(T* p, V v) { memcpy(p, &v, sizeof(V)); }
+    #define CK_DEFINE(T, V, SUF, WD)                                                          \\
+    static void ck_block##WD##_##SUF(const T* xp, Py_ssize_t Wp, const T* w, Py_ssize_t KH,   \\
+                                     Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, T* y,       \\
+                                     T init, int accumulate) {                                \\
+        enum { L = sizeof(V) / sizeof(T), NV = WD / (sizeof(V) / sizeof(T)) };               \\
         V acc[NV]; Py_ssize_t kh, kw; int v;                                                  \\
         for (v = 0; v < NV; v++) {                                                            \\
             if (accumulate) acc[v] = ck_ld_##SUF(y + v * L);                                  \\
@@ -282,37 +284,42 @@ cdef extern from *:
             }                                                                                 \\
         for (v = 0; v < NV; v++) ck_st_##SUF(y + v * L, acc[v]);                              \\
     }                                                                                         \\
-    static void ck_dot16_##SUF(const T* a, const T* b, Py_ssize_t n16, T* out16) {            \\
-        enum { L = sizeof(V) / sizeof(T), NV = 16 / (sizeof(V) / sizeof(T)) };               \\
+    static void ck_dot##WD##_##SUF(const T* a, const T* b, Py_ssize_t n, T* out) {           \\
+        enum { L = sizeof(V) / sizeof(T), NV = WD / (sizeof(V) / sizeof(T)) };               \\
         V acc[NV]; Py_ssize_t i; int v;                                                       \\
-        for (v = 0; v < NV; v++) acc[v] = ck_ld_##SUF(out16 + v * L);                         \\
-        for (i = 0; i < n16; i += 16)                                                         \\
+        for (v = 0; v < NV; v++) acc[v] = ck_ld_##SUF(out + v * L);                           \\
+        for (i = 0; i < n; i += WD)                                                         \\
             for (v = 0; v < NV; v++)                                                          \\
                 acc[v] += ck_ld_##SUF(a + i + v * L) * ck_ld_##SUF(b + i + v * L);            \\
-        for (v = 0; v < NV; v++) ck_st_##SUF(out16 + v * L, acc[v]);                          \\
+        for (v = 0; v < NV; v++) ck_st_##SUF(out + v * L, acc[v]);                            \\
     }
     #else
-    #define CK_DEFINE(T, V, SUF)                                                              \\
-    static void ck_block16_##SUF(const T* xp, Py_ssize_t Wp, const T* w, Py_ssize_t KH,       \\
-                                 Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, T* y, T init,   \\
-                                 int accumulate) {                                            \\
-        T acc[16]; Py_ssize_t kh, kw; int j;                                                  \\
-        for (j = 0; j < 16; j++) acc[j] = accumulate ? y[j] : init;                           \\
+    #define CK_HELPERS(T, V, SUF)
+    #define CK_DEFINE(T, V, SUF, WD)                                                          \\
+    static void ck_block##WD##_##SUF(const T* xp, Py_ssize_t Wp, const T* w, Py_ssize_t KH,   \\
+                                     Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, T* y,       \\
+                                     T init, int accumulate) {                                \\
+        T acc[WD]; Py_ssize_t kh, kw; int j;                                                  \\
+        for (j = 0; j < WD; j++) acc[j] = accumulate ? y[j] : init;                           \\
         for (kh = 0; kh < KH; kh++)                                                           \\
             for (kw = 0; kw < KW; kw++) {                                                     \\
                 const T* xk = xp + kh * dh * Wp + kw * dw; T wv = w[kh * KW + kw];            \\
-                for (j = 0; j < 16; j++) acc[j] += wv * xk[j];                                \\
+                for (j = 0; j < WD; j++) acc[j] += wv * xk[j];                                \\
             }                                                                                 \\
-        for (j = 0; j < 16; j++) y[j] = acc[j];                                               \\
+        for (j = 0; j < WD; j++) y[j] = acc[j];                                               \\
     }                                                                                         \\
-    static void ck_dot16_##SUF(const T* a, const T* b, Py_ssize_t n16, T* out16) {            \\
+    static void ck_dot##WD##_##SUF(const T* a, const T* b, Py_ssize_t n, T* out) {           \\
         Py_ssize_t i; int j;                                                                  \\
-        for (i = 0; i < n16; i += 16)                                                         \\
-            for (j = 0; j < 16; j++) out16[j] += a[i + j] * b[i + j];                         \\
+        for (i = 0; i < n; i += WD)                                                           \\
+            for (j = 0; j < WD; j++) out[j] += a[i + j] * b[i + j];                           \\
     }
     #endif
-    CK_DEFINE(float, ck_vf, f)
-    CK_DEFINE(double, ck_vd, d)
+    CK_HELPERS(float, ck_vf, f)
+    CK_HELPERS(double, ck_vd, d)
+    CK_DEFINE(float, ck_vf, f, 16)
+    CK_DEFINE(double, ck_vd, d, 16)
+    CK_DEFINE(float, ck_vf, f, 8)
+    CK_DEFINE(double, ck_vd, d, 8)
     """
     void ck_block16_f(const float* xp, Py_ssize_t Wp, const float* w, Py_ssize_t KH,
                       Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, float* y, float init,
@@ -320,9 +327,16 @@ cdef extern from *:
     void ck_block16_d(const double* xp, Py_ssize_t Wp, const double* w, Py_ssize_t KH,
                       Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, double* y, double init,
                       int accumulate) noexcept nogil
-    void ck_dot16_f(const float* a, const float* b, Py_ssize_t n16, float* out16) noexcept nogil
-    void ck_dot16_d(const double* a, const double* b, Py_ssize_t n16,
-                    double* out16) noexcept nogil
+    void ck_dot16_f(const float* a, const float* b, Py_ssize_t n, float* out) noexcept nogil
+    void ck_dot16_d(const double* a, const double* b, Py_ssize_t n, double* out) noexcept nogil
+    void ck_block8_f(const float* xp, Py_ssize_t Wp, const float* w, Py_ssize_t KH,
+                     Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, float* y, float init,
+                     int accumulate) noexcept nogil
+    void ck_block8_d(const double* xp, Py_ssize_t Wp, const double* w, Py_ssize_t KH,
+                     Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, double* y, double init,
+                     int accumulate) noexcept nogil
+    void ck_dot8_f(const float* a, const float* b, Py_ssize_t n, float* out) noexcept nogil
+    void ck_dot8_d(const double* a, const double* b, Py_ssize_t n, double* out) noexcept nogil
 
 
 cdef void _pad_plane(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
@@ -366,6 +380,14 @@ cdef void _correlate_padded(const floating* xp, Py_ssize_t Wp, const floating* w
                 else:
                     ck_block16_d(xp + ho * Wp + wo, Wp, w, KH, KW, dh, dw, yrow + wo, init,
                                  accumulate)
+            elif nb >= 8:
+                nb = 8
+                if floating is float:
+                    ck_block8_f(xp + ho * Wp + wo, Wp, w, KH, KW, dh, dw, yrow + wo, init,
+                                accumulate)
+                else:
+                    ck_block8_d(xp + ho * Wp + wo, Wp, w, KH, KW, dh, dw, yrow + wo, init,
+                                accumulate)
             else:
                 for j in range(nb):
                     acc[j] = yrow[wo + j] if accumulate else init
@@ -403,6 +425,12 @@ cdef void _weight_grad_padded(const floating* gy, Py_ssize_t Ho, Py_ssize_t Wo,
                     ck_dot16_f(g, xk, wo, acc)
                 else:
                     ck_dot16_d(g, xk, wo, acc)
+                if Wo - wo >= 8:
+                    if floating is float:
+                        ck_dot8_f(g + wo, xk + wo, 8, acc)
+                    else:
+                        ck_dot8_d(g + wo, xk + wo, 8, acc)
+                    wo = wo + 8
                 for j in range(Wo - wo):
                     acc[j] += g[wo + j] * xk[wo + j]
             s = 0
