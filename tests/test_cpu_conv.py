@@ -34,6 +34,7 @@ CASES = [
     Case("pointwise_stride2", (2, 4, 7, 7), (3, 4, 1, 1), stride=(2, 2)),        # im2col path
     Case("depthwise", (2, 6, 10, 7), (6, 1, 3, 3), padding=(1, 1), groups=6),    # direct kernel
     Case("depthwise_mult2", (2, 6, 10, 7), (12, 1, 3, 3), padding=(1, 1), groups=6),
+    Case("depthwise_wide", (2, 4, 9, 29), (8, 1, 3, 3), padding=(1, 1), groups=4),  # 16+8+5
     Case("depthwise_s2_dil", (3, 4, 11, 9), (4, 1, 3, 2), stride=(2, 1), padding=(1, 2),
          dilation=(1, 2), groups=4),
     Case("grouped", (2, 6, 10, 7), (6, 2, 3, 3), stride=(2, 3), padding=(2, 0),
@@ -46,6 +47,9 @@ CASES = [
     Case("winograd_pad2", (1, 16, 5, 6), (18, 16, 3, 3), padding=(2, 2)),
     Case("winograd_pad3", (2, 16, 5, 6), (16, 16, 3, 3), padding=(3, 1)),   # grad_x crops
 ]
+
+
+CASE = {c.id: c for c in CASES}
 
 
 def _pads(case):
@@ -166,7 +170,7 @@ def test_lecture_worked_example():
 
 # ----------------------------------------------------------------------- inputs and outputs
 def test_read_only_inputs():
-    case = CASES[0]
+    case = CASE["3x3_pad1"]
     x, w, b = _inputs(case, np.float32)
     want = _cpu_forward(x, w, b, case)
     gy = np.ones_like(want)
@@ -176,7 +180,7 @@ def test_read_only_inputs():
     np.testing.assert_array_equal(_cpu_forward(x, w, b, case), want)
     for got, exp in zip(_cpu_backward(gy, x, w, case), want_b):
         np.testing.assert_array_equal(got, exp)
-    dw = CASES[4]
+    dw = CASE["depthwise"]
     x, w, b = _inputs(dw, np.float64)
     for a in (x, w, b):
         a.setflags(write=False)
@@ -185,7 +189,8 @@ def test_read_only_inputs():
                                **tol(np.float64))
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4]], ids=lambda c: c.id)
+@pytest.mark.parametrize("case", [CASE["3x3_pad1"], CASE["pointwise"], CASE["depthwise"]],
+                         ids=lambda c: c.id)
 def test_non_contiguous_inputs(case):
     x, w, b = _inputs(case, np.float64)
     # the same values, laid out transposed / strided
@@ -200,7 +205,8 @@ def test_non_contiguous_inputs(case):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[4]], ids=lambda c: c.id)
+@pytest.mark.parametrize("case", [CASE["3x3_pad1"], CASE["pointwise"], CASE["depthwise"]],
+                         ids=lambda c: c.id)
 def test_out_buffer(case):
     x, w, b = _inputs(case, np.float32)
     want = _cpu_forward(x, w, b, case)
@@ -211,7 +217,7 @@ def test_out_buffer(case):
 
 
 def test_needs_input_grad_false_skips_grad_x():
-    case = CASES[-2]
+    case = CASE["stem_like"]
     x, w, _ = _inputs(case, np.float64)
     gy = np.random.default_rng(4).standard_normal(_cpu_forward(x, w, None, case).shape)
     gx, gw, gb = _cpu_backward(gy, x, w, case, needs_input_grad=False, has_bias=False)
@@ -220,7 +226,7 @@ def test_needs_input_grad_false_skips_grad_x():
 
 
 def test_nan_propagates():
-    case = CASES[0]
+    case = CASE["3x3_pad1"]
     x, w, b = _inputs(case, np.float32)
     x[0, 1, 4, 5] = np.nan
     y = _cpu_forward(x, w, b, case)
@@ -302,7 +308,8 @@ def test_pointwise_and_depthwise_need_no_workspace(workspace_limit):
     """1x1 stride-1 convs read x in place and depthwise convs run directly: a 1-byte workspace
     cap does not stop them (it does stop the same 1x1 conv at stride 2, which needs im2col)."""
     workspace_limit(1)
-    for case in (CASES[1], CASES[2], CASES[4], CASES[5]):
+    for case in (CASE["pointwise"], CASE["pointwise_grouped"], CASE["depthwise"],
+                 CASE["depthwise_mult2"]):
         x, w, b = _inputs(case, np.float64)
         np.testing.assert_allclose(
             _cpu_forward(x, w, b, case),
@@ -310,9 +317,9 @@ def test_pointwise_and_depthwise_need_no_workspace(workspace_limit):
             **tol(np.float64))
         gy = np.ones(_cpu_forward(x, w, b, case).shape)
         _cpu_backward(gy, x, w, case)
-    x, w, b = _inputs(CASES[3], np.float64)
+    x, w, b = _inputs(CASE["pointwise_stride2"], np.float64)
     with pytest.raises(MemoryError, match="limit of 1 bytes"):
-        _cpu_forward(x, w, b, CASES[3])
+        _cpu_forward(x, w, b, CASE["pointwise_stride2"])
 
 
 # ----------------------------------------------------------------------- threads, determinism
