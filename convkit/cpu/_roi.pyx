@@ -429,9 +429,16 @@ cdef extern from *:
                     a0 = _mm256_add_ps(a0, v0);
                     a1 = _mm256_add_ps(a1, v1);
                 }
-                _mm256_storeu_ps(buf, a0);
-                _mm256_storeu_ps(buf + 8, a1);
-                ck_align_store_f(y + c * nbins + b, nbins, buf, 16, fcount, count, exact);
+                if (exact) {        /* the same correctly rounded quotient, 8 at a time */
+                    __m256 vc = _mm256_set1_ps(fcount);
+                    _mm256_storeu_ps(buf, _mm256_div_ps(a0, vc));
+                    _mm256_storeu_ps(buf + 8, _mm256_div_ps(a1, vc));
+                    for (int l = 0; l < 16; l++) y[(c + l) * nbins + b] = buf[l];
+                } else {
+                    _mm256_storeu_ps(buf, a0);
+                    _mm256_storeu_ps(buf + 8, a1);
+                    ck_align_store_f(y + c * nbins + b, nbins, buf, 16, fcount, count, exact);
+                }
             }
         }
         return c;
@@ -543,9 +550,16 @@ cdef extern from *:
                     a0 = _mm_add_ps(a0, v0);
                     a1 = _mm_add_ps(a1, v1);
                 }
-                _mm_storeu_ps(buf, a0);
-                _mm_storeu_ps(buf + 4, a1);
-                ck_align_store_f(y + c * nbins + b, nbins, buf, 8, fcount, count, exact);
+                if (exact) {
+                    __m128 vc = _mm_set1_ps(fcount);
+                    _mm_storeu_ps(buf, _mm_div_ps(a0, vc));
+                    _mm_storeu_ps(buf + 4, _mm_div_ps(a1, vc));
+                    for (int l = 0; l < 8; l++) y[(c + l) * nbins + b] = buf[l];
+                } else {
+                    _mm_storeu_ps(buf, a0);
+                    _mm_storeu_ps(buf + 4, a1);
+                    ck_align_store_f(y + c * nbins + b, nbins, buf, 8, fcount, count, exact);
+                }
             }
         }
     #endif
