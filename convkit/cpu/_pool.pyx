@@ -2,9 +2,15 @@
 """Max / average pooling kernels (torch semantics), one (H, W) plane at a time.
 
 Each OpenMP thread owns whole (n, c) planes of the output (forward) or of grad_x (backward),
-so the backward scatter-adds run in a fixed order: bit-identical results on every run.
-Window bounds come precomputed from ``pool.py`` (no division in the inner loops; all indices
-non-negative, so ``cdivision`` is safe here).
+so the backward scatter-adds run in a fixed order: bit-identical results on every run and for
+any thread count.  Window bounds come precomputed from ``pool.py`` (no division in the inner
+loops; all indices non-negative, so ``cdivision`` is safe here).
+
+Stride-2 kernels of width 2 or 3 (the ResNet / VGG pools) take branch-free SSE2 row kernels
+for the windows that lie inside the image (values, indices, NaN and tie rules exactly those
+of the general loop; torch's summation order for average pooling).  Backwards build each
+gradient plane in a per-thread scratch that stays in cache and stream it out with
+non-temporal stores (no read-for-ownership of grad_x).
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange
