@@ -293,11 +293,23 @@ def test_workspace_cap_grad_weight_only(workspace_limit):
         _cpu_backward(gy, x, w, case)
 
 
+def test_workspace_stays_under_a_lowered_cap(workspace_limit):
+    from convkit.cpu import conv as cpu_conv
+
+    case = Case("cap", (4, 8, 16, 16), (8, 8, 3, 3), padding=(1, 1))
+    x, w, b = _inputs(case, np.float64)
+    y0 = _cpu_forward(x, w, b, case)           # caches a workspace of up to 512 KiB per thread
+    workspace_limit(20_000)
+    np.testing.assert_allclose(_cpu_forward(x, w, b, case), y0, rtol=1e-13, atol=1e-13)
+    kept = cpu_conv._tls.ws[("cols", np.dtype(np.float64))]
+    assert kept.nbytes <= 20_000
+
+
 def test_workspace_cap_below_one_row_raises(workspace_limit):
     case = Case("big_row", (1, 16, 8, 40), (4, 16, 3, 3), padding=(1, 1))
     x, w, b = _inputs(case, np.float32)
-    workspace_limit(1000)      # one output row needs 16*9*40*4 = 23040 bytes
-    with pytest.raises(MemoryError, match=r"23040 bytes.*limit of 1000 bytes"):
+    workspace_limit(1000)      # one output row: 16*9*40*4 = 23040 bytes + a (W+1)*4 row scratch
+    with pytest.raises(MemoryError, match=r"23204 bytes.*limit of 1000 bytes"):
         _cpu_forward(x, w, b, case)
     gy = np.ones((1, 4, 8, 40), np.float32)
     with pytest.raises(MemoryError, match="1000 bytes"):

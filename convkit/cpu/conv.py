@@ -48,7 +48,8 @@ def _workspace(n: int, dtype, slot: str = "cols") -> np.ndarray:
     cache = _tls.__dict__.setdefault("ws", {})
     key = (slot, np.dtype(dtype))
     ws = cache.get(key)
-    if ws is None or ws.size < n:
+    if ws is None or ws.size < n or ws.nbytes > max(get_workspace_limit(), n * ws.itemsize):
+        # (a cached buffer above a since lowered limit is let go, not kept around)
         ws = np.empty(max(n, 1), dtype=dtype)
         if ws.nbytes <= _KEEP_BYTES:
             cache[key] = ws
@@ -109,17 +110,18 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _team(op, n_threads, min_bytes, what, weight_bytes):
-    """(threads, per-thread workspace budget in bytes): each thread gets its own slice of the
-    workspace, so fewer threads run when the limit cannot give each one its smallest piece."""
+def _team(op, n_threads, min_bytes, what, weight_bytes, extra=0):
+    """(threads, per-thread budget in bytes for the pieces): each thread gets its own slice of
+    the workspace -- a piece of at least min_bytes plus ``extra`` bytes of row scratch -- so
+    fewer threads run when the limit cannot give each one its smallest slice."""
     limit = get_workspace_limit()
-    if min_bytes > limit:
+    if min_bytes + extra > limit:
         raise MemoryError(
-            f"{op}: the im2col workspace needs {min_bytes} bytes even for {what}, over the "
-            f"workspace limit of {limit} bytes; raise it with convkit.set_workspace_limit()")
-    n_threads = max(1, min(n_threads, limit // min_bytes))
+            f"{op}: the im2col workspace needs {min_bytes + extra} bytes even for {what}, over "
+            f"the workspace limit of {limit} bytes; raise it with convkit.set_workspace_limit()")
+    n_threads = max(1, min(n_threads, limit // (min_bytes + extra)))
     chunk = min(max(2 * weight_bytes, _CHUNK_MIN), _CHUNK_MAX)
-    return n_threads, max(min_bytes, min(chunk, limit // n_threads))
+    return n_threads, max(min_bytes, min(chunk, limit // n_threads - extra))
 
 
 def _plan_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise, weight_bytes):
@@ -129,7 +131,8 @@ def _plan_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise, weigh
     else:
         per_row = C * KK * Wo * itemsize          # columns of one output row of one image
         n_threads, budget = _team("conv2d_forward", n_threads, per_row,
-                                  "one output row of one image", weight_bytes)
+                                  "one output row of one image", weight_bytes,
+                                  (W + sw) * itemsize)
         rows = min(Ho, budget // per_row)
     if n_threads > 1 and N * _ceil_div(Ho, rows) < 2 * n_threads:   # enough tasks for the team
         rows = max(1, _ceil_div(Ho, _ceil_div(2 * n_threads, N)))
@@ -147,7 +150,8 @@ def _plan_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, poin
     unit_w = KW * Wo * itemsize                    # one (channel, kh) tap row, one output row
     unit_x = KH * KW * Wo * itemsize               # one channel's taps, one output row
     n_threads, budget = _team("conv2d_backward", n_threads, unit_x if needs_gx else unit_w,
-                              "one output row of one channel", weight_bytes)
+                              "one output row of one channel", weight_bytes,
+                              (W + sw) * itemsize)
     units_w = min(_ceil_div(Ug, _ceil_div(n_threads, G)), budget // unit_w)
     rows_w = min(Ho, budget // (units_w * unit_w))
     if needs_gx:
@@ -178,7 +182,7 @@ def _plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes):
     per_row = 16 * (C + F) * tw * itemsize      # V and M of one row of 2x2 tiles
     try:
         n_threads, budget = _team("conv2d_forward", n_threads, per_row, "one row of tiles",
-                                  weight_bytes)
+                                  weight_bytes, 8 * (2 * tw + 2) * itemsize)
     except MemoryError:
         return None
     trows = min(N * th, budget // per_row)     # rows of tiles of the whole batch per task
