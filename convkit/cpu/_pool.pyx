@@ -196,7 +196,8 @@ cdef inline void _stream_copy(floating* dst, const floating* src, Py_ssize_t n) 
 
 # A plane up to this many bytes is built in a per-thread scratch (L2-resident) and streamed out;
 # bigger planes are written in place.
-DEF _SCRATCH_MAX = 1 << 20
+cdef enum:
+    _SCRATCH_MAX = 1 << 20
 
 
 cdef void max_pool2d_plane(const floating* x, Py_ssize_t W,
