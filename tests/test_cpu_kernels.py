@@ -123,6 +123,18 @@ def test_avg_pool_fast_path_matches_torch_bit_for_bit(torch):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pool_backward_of_planes_too_big_for_the_scratch(dtype):
+    """Planes over 1 MB are written in place instead of through the cached scratch."""
+    x = _pool_x(dtype, (1, 2, 520, 521), 23)
+    y, idx = cpu(F.max_pool2d_forward, x, 3, 2, 1)
+    gy = _pool_x(dtype, y.shape, 24)
+    np.testing.assert_allclose(cpu(F.max_pool2d_backward, gy, idx, x.shape),
+                               ref(F.max_pool2d_backward, gy, idx, x.shape), **tol(dtype))
+    np.testing.assert_allclose(cpu(F.avg_pool2d_backward, gy, x.shape, 3, 2, 1),
+                               ref(F.avg_pool2d_backward, gy, x.shape, 3, 2, 1), **tol(dtype))
+
+
 def test_max_pool_backward_bad_index_names_indices():
     x = _pool_x(np.float32, (1, 2, 6, 6), 7)
     y, idx = cpu(F.max_pool2d_forward, x, 2)
