@@ -54,7 +54,7 @@ cdef void _im2col_taps(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t
     into its sw phases (x[p::sw], each Wq long) so that every tap row becomes one memcpy instead
     of a strided gather: KW strided copies of Wo values per row become one of W values.
     """
-    cdef Py_ssize_t kw, r, wo, hi, lo, up, off, p, q, j
+    cdef Py_ssize_t kw, r, wo, hi, off, lo = 0, up = 0, p, q, j
     cdef Py_ssize_t Wq = (W + sw - 1) // sw
     cdef floating* dst
     cdef const floating* src
@@ -112,7 +112,7 @@ cdef void col2im_plane(const floating* cols, Py_ssize_t ldc, Py_ssize_t H, Py_ss
                        Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                        Py_ssize_t Wo, Py_ssize_t h0, Py_ssize_t nrows,
                        floating* gx) noexcept nogil:
-    cdef Py_ssize_t kh, kw, r, wo, hi, lo, up, off
+    cdef Py_ssize_t kh, kw, r, wo, hi, off, lo = 0, up = 0
     cdef const floating* src
     cdef floating* dst
     for kh in range(KH):
@@ -140,7 +140,7 @@ cdef void depthwise_forward_plane(const floating* x, Py_ssize_t H, Py_ssize_t W,
                                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                                   Py_ssize_t dh, Py_ssize_t dw, floating bias,
                                   floating* y, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
-    cdef Py_ssize_t ho, wo, kh, kw, hi, lo, up, off
+    cdef Py_ssize_t ho, wo, kh, kw, hi, off, lo = 0, up = 0
     cdef floating wv
     cdef floating* yrow
     cdef const floating* xrow
@@ -170,7 +170,7 @@ cdef void depthwise_backward_input_plane(const floating* gy, Py_ssize_t Ho, Py_s
                                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
                                          Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                                          floating* gx, Py_ssize_t H, Py_ssize_t W) noexcept nogil:
-    cdef Py_ssize_t ho, wo, kh, kw, hi, lo, up, off
+    cdef Py_ssize_t ho, wo, kh, kw, hi, off, lo = 0, up = 0
     cdef floating wv
     cdef floating* gxrow
     cdef const floating* gyrow
@@ -202,7 +202,7 @@ cdef void depthwise_backward_weight_plane(const floating* gy, Py_ssize_t Ho, Py_
     # Products are summed per output column into tmp (a vectorisable elementwise loop; a plain
     # dot-product reduction would stay scalar without -ffast-math), then each tap's Wo partial
     # sums go into acc in double.
-    cdef Py_ssize_t ho, wo, kh, kw, hi, lo, up, off, k
+    cdef Py_ssize_t ho, wo, kh, kw, hi, off, k, lo = 0, up = 0
     cdef floating* t
     cdef const floating* gyrow
     cdef const floating* xrow
@@ -684,14 +684,13 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
     grad_x: a task owns ``chans_x`` channels of one image: cols_grad = w^T @ gy, ``rows_x``
     output rows at a time, then col2im into those gx planes.
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
     cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo
     cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
     cdef Py_ssize_t Ug = Cg * KH, ntw = (Ug + units_w - 1) // units_w
     cdef Py_ssize_t ntx = (Cg + chans_x - 1) // chans_x
     cdef Py_ssize_t t, n, g, u0, u1, u, h0, hr, L, c, c0, nc
-    cdef const floating* cols
     cdef floating* buf
     with nogil:
         for t in prange(G * ntw, schedule="dynamic", num_threads=n_threads):
@@ -763,8 +762,8 @@ def conv2d_forward_depthwise(const floating[:, :, :, ::1] x, const floating[:, :
         for it in prange(N * C, schedule="dynamic", num_threads=n_threads):
             n = it // C
             c = it - n * C
+            xp = &scratch[0] + threadid() * Hp * Wp
             if fast:
-                xp = &scratch[0] + threadid() * Hp * Wp
                 _pad_plane(&x[n, c, 0, 0], H, W, pt, pl, xp, Hp, Wp)
             for j in range(m):
                 f = c * m + j
