@@ -728,10 +728,11 @@ def geomean(values):
 
 
 def summarize(rows, backends):
-    """Per convkit backend: geometric mean of torch_time/backend_time over every row with both."""
+    """Per fast convkit backend (not numpy, the reference): geometric mean of
+    torch_time/backend_time over every row with both."""
     out = {}
     for b in backends:
-        if b in TORCH_NAMES:
+        if b in TORCH_NAMES or b == "numpy":
             continue
         ref = torch_ref(b)
         ratios = [r.ratio(ref, b) for r in rows]
@@ -927,7 +928,7 @@ def _table(header, lines):
 
 def result_columns(rows, backends):
     """Header and lines of the results table (shared by the text and markdown output)."""
-    conv = [b for b in backends if b not in TORCH_NAMES]
+    conv = [b for b in backends if b not in TORCH_NAMES and b != "numpy"]   # numpy: a reference
     ran = [b for b in backends if any(b in r.medians_ms for r in rows)]
     header = ["op", "pass"] + [f"{b} ms" for b in ran] + [f"{b} thrpt" for b in ran]
     ratio_cols = []
