@@ -657,6 +657,15 @@ class Row:
             return None
         return m[ref] / m[b]
 
+    def ratio_spread(self, ref, b):
+        """Quartiles (q1, q3) of the per-round ratios ref_i / b_i (the two calls of a round run
+        back to back, so drift cancels); None with fewer than 2 rounds."""
+        t = self.times_ms
+        if ref == b or ref not in t or b not in t or min(len(t[ref]), len(t[b])) < 2:
+            return None
+        q = statistics.quantiles([x / y for x, y in zip(t[ref], t[b])], n=4)
+        return q[0], q[2]
+
     def to_json(self, backends):
         conv = [b for b in backends if b not in TORCH_NAMES]
         ratios = {}
@@ -672,6 +681,8 @@ class Row:
             "first_call_ms": self.first_call_ms,
             "throughput": {b: self.throughput(b) for b in self.medians_ms} if self.unit else {},
             "ratios": ratios,
+            "ratio_quartiles": {b: {ref: self.ratio_spread(ref, b) for ref in refs}
+                                for b, refs in ratios.items()},
             "gpu_cpu_speedup": self.ratio("cpu", "cuda"),
             "errors": self.errors, "check": self.check, "load_avg_1min": self.load_avg,
         }
@@ -946,7 +957,10 @@ def result_columns(rows, backends):
         ln += [_fmt(r.medians_ms.get(b)) if b in r.medians_ms else
                ("error" if b in r.errors else "-") for b in ran]
         ln += [f"{_fmt(r.throughput(b))} {r.unit}" if r.throughput(b) else "-" for b in ran]
-        ln += [_fmt(r.ratio(ref, b)) + ("x" if r.ratio(ref, b) else "") for ref, b in ratio_cols]
+        for ref, b in ratio_cols:
+            v, q = r.ratio(ref, b), r.ratio_spread(ref, b)
+            ln.append("-" if v is None else f"{_fmt(v)}x" + (
+                f" ({_fmt(q[0], 2)}-{_fmt(q[1], 2)})" if q else ""))
         if gpu:
             ln.append(_fmt(r.ratio("cpu", "cuda")))
         lines.append(ln)
@@ -957,7 +971,8 @@ def print_report(rows, backends, summary, memory, show_summary, file=sys.stdout)
     header, lines = result_columns(rows, backends)
     print("\n".join(_table(header, lines)), file=file)
     print("medians of the timed calls; thrpt = GFLOP/s (conv) or GB/s (pool, bn); "
-          "ref/b = ref median / b median (> 1: b faster)", file=file)
+          "ref/b = ref median / b median (> 1: b faster), in brackets the quartiles of the "
+          "per-round ratios", file=file)
     slow_first = []
     for r in rows:
         for b, ms in r.first_call_ms.items():

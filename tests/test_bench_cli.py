@@ -90,6 +90,9 @@ def test_quick_json_medians_ratios_and_throughput_are_consistent(quick_run):
         for b, refs in r["ratios"].items():
             for ref, ratio in refs.items():
                 assert ratio == pytest.approx(r["medians_ms"][ref] / r["medians_ms"][b])
+                paired = [x / y for x, y in zip(r["times_ms"][ref], r["times_ms"][b])]
+                q = statistics.quantiles(paired, n=4)
+                assert r["ratio_quartiles"][b][ref] == pytest.approx([q[0], q[2]])
                 n_torch_ratios += ref == "torch"
         # ratio vs numpy reported for the cpu backend on every op (numpy ran everywhere)
         assert r["ratios"]["cpu"]["numpy"] > 0
@@ -240,6 +243,11 @@ def test_ratios_summary_and_targets_on_hand_made_rows():
     geo = next(v for k, v in t.items() if k.startswith("geomean"))
     assert geo["met"] is True and geo["got"] == pytest.approx(math.sqrt(1.8))
     assert B.geomean([2.0, 8.0]) == pytest.approx(4.0) and B.geomean([]) is None
+    # quartiles of the per-round ratios: rounds (4/2, 6/2, 8/2, 10/2) = (2, 3, 4, 5)
+    r4 = B.Row("x", "conv", B.FWD, "", None, None,
+               times_ms={"torch": [4.0, 6.0, 8.0, 10.0], "cpu": [2.0, 2.0, 2.0, 2.0]})
+    assert r4.ratio_spread("torch", "cpu") == pytest.approx((2.25, 4.75))   # "exclusive" method
+    assert r4.ratio_spread("cpu", "cpu") is None and r1.ratio_spread("torch", "cpu") is None
 
 
 def test_measure_interleaves_and_times_every_runner():
