@@ -764,7 +764,8 @@ def evaluate_targets(rows, summary, memory, backend="cpu"):
                 continue
             got = r.ratio(ref, backend)
             res.append({"what": f"{op} {pas}: {ref}/{backend}", "want": f">= {want:g}x",
-                        "got": got, "met": got is not None and got >= want})
+                        "got": got, "quartiles": r.ratio_spread(ref, backend),
+                        "met": got is not None and got >= want})
     if backend in summary:
         g = summary[backend]["geomean"]
         res.append({"what": f"geomean torch/{backend} over {summary[backend]['rows']} rows",
@@ -1015,10 +1016,12 @@ def markdown_report(rows, backends, summary, targets, memory):
             out.append(f"Geometric mean of {s['reference']}/{b} over {s['rows']} rows: "
                        f"**{s['geomean']:.3f}x**.")
     if targets:
-        out += ["", "| target | want | got | met? |", "|---|---|---|---|"]
+        out += ["", "| target | want | got | per-round quartiles | met? |", "|---|---|---|---|---|"]
         for t in targets:
             got = "not measured" if t["got"] is None else f"{_fmt(t['got'])}x"
-            out.append(f"| {t['what']} | {t['want']} | {got} | "
+            q = t.get("quartiles")
+            q = f"{_fmt(q[0], 2)}-{_fmt(q[1], 2)}" if q else ""
+            out.append(f"| {t['what']} | {t['want']} | {got} | {q} | "
                        f"{'met' if t['met'] else '**not met**'} |")
     if memory:
         out += ["", "| memory: forward+backward | backend | peak RSS growth | tensors (x, w, b, "

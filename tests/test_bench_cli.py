@@ -51,7 +51,7 @@ def test_quick_run_exits_cleanly(quick_run):
     md = (out.parent / "quick.md").read_text()
     for op in OPS:
         assert f"| {op} | fwd |" in md
-    assert "| target | want | got | met? |" in md
+    assert "| target | want | got | per-round quartiles | met? |" in md
 
 
 def test_quick_json_has_every_op_pass_and_backend(quick_run):
