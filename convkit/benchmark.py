@@ -985,6 +985,11 @@ def print_report(rows, backends, summary, memory, show_summary, file=sys.stdout)
         print("first-call latency (compile / first touch), where > 5x the median:", file=file)
         for s in slow_first:
             print("  " + s, file=file)
+    checks = [c for r in rows for b, c in r.check.items() if b != "reference"]
+    if checks:
+        bad = sum(c != "ok" for c in checks)
+        print(f"results checked against torch (numpy where torch has no such op): "
+              f"{len(checks) - bad} agree, {bad} differ", file=file)
     for r in rows:
         for b, e in r.errors.items():
             print(f"ERROR {b} {r.op} {r.pas}: {e}", file=file)
