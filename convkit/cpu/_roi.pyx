@@ -361,10 +361,9 @@ cdef _Taps* _taps_new(Py_ssize_t pooled, Py_ssize_t itemsize) noexcept nogil:
 cdef extern from *:
     """
     /* RoI-align forward for float32 on the NHWC map, SSE2: eight channels at a time, all the
-       bins of the RoI in turn, the bin's sum kept in registers.  Each sample adds
-       ((w1*v1 + w2*v2) + w3*v3) + w4*v4 to the bin's sum, as torchvision's kernel does.
-       off/w: 4 corners (pixel offset * C, weight) per sample; bin b's samples are
-       [first[b], first[b+1]).  y: the RoI's (C, nbins) output. */
+       bins of the RoI in turn, the bin's sum kept in registers (two interleaved partial sums).
+       off/w: one tap (pixel offset * C, weight) per distinct pixel a bin's samples touch;
+       bin b's taps are [first[b], first[b+1]).  y: the RoI's (C, nbins) output. */
     #include <stddef.h>
     #include <stdint.h>
     #include <float.h>
@@ -407,28 +406,28 @@ cdef extern from *:
                                           ptrdiff_t nbins, const ptrdiff_t* first,
                                           const ptrdiff_t* off, const float* w, float fcount,
                                           double count, int exact, float* y) {
-        ptrdiff_t c = c0, b, s;
+        ptrdiff_t c = c0, b, t;
         float buf[16];
         for (; c + 16 <= c1; c += 16) {
             const float* base = img + c;
             for (b = 0; b < nbins; b++) {
-                __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-                for (s = first[b]; s < first[b + 1]; s++) {
-                    const ptrdiff_t* o = off + 4 * s;
-                    const float* ww = w + 4 * s;
-                    __m256 w0 = _mm256_set1_ps(ww[0]), w1 = _mm256_set1_ps(ww[1]);
-                    __m256 w2 = _mm256_set1_ps(ww[2]), w3 = _mm256_set1_ps(ww[3]);
-                    __m256 v0 = _mm256_add_ps(_mm256_mul_ps(w0, _mm256_loadu_ps(base + o[0])),
-                                              _mm256_mul_ps(w1, _mm256_loadu_ps(base + o[1])));
-                    __m256 v1 = _mm256_add_ps(_mm256_mul_ps(w0, _mm256_loadu_ps(base + o[0] + 8)),
-                                              _mm256_mul_ps(w1, _mm256_loadu_ps(base + o[1] + 8)));
-                    v0 = _mm256_add_ps(v0, _mm256_mul_ps(w2, _mm256_loadu_ps(base + o[2])));
-                    v1 = _mm256_add_ps(v1, _mm256_mul_ps(w2, _mm256_loadu_ps(base + o[2] + 8)));
-                    v0 = _mm256_add_ps(v0, _mm256_mul_ps(w3, _mm256_loadu_ps(base + o[3])));
-                    v1 = _mm256_add_ps(v1, _mm256_mul_ps(w3, _mm256_loadu_ps(base + o[3] + 8)));
-                    a0 = _mm256_add_ps(a0, v0);
-                    a1 = _mm256_add_ps(a1, v1);
+                __m256 a0 = _mm256_setzero_ps(), a1 = a0, e0 = a0, e1 = a0;
+                for (t = first[b]; t + 2 <= first[b + 1]; t += 2) {
+                    const float *p = base + off[t], *q = base + off[t + 1];
+                    __m256 wa = _mm256_set1_ps(w[t]), wb = _mm256_set1_ps(w[t + 1]);
+                    a0 = _mm256_add_ps(a0, _mm256_mul_ps(wa, _mm256_loadu_ps(p)));
+                    a1 = _mm256_add_ps(a1, _mm256_mul_ps(wa, _mm256_loadu_ps(p + 8)));
+                    e0 = _mm256_add_ps(e0, _mm256_mul_ps(wb, _mm256_loadu_ps(q)));
+                    e1 = _mm256_add_ps(e1, _mm256_mul_ps(wb, _mm256_loadu_ps(q + 8)));
                 }
+                if (t < first[b + 1]) {
+                    const float* p = base + off[t];
+                    __m256 wa = _mm256_set1_ps(w[t]);
+                    a0 = _mm256_add_ps(a0, _mm256_mul_ps(wa, _mm256_loadu_ps(p)));
+                    a1 = _mm256_add_ps(a1, _mm256_mul_ps(wa, _mm256_loadu_ps(p + 8)));
+                }
+                a0 = _mm256_add_ps(a0, e0);
+                a1 = _mm256_add_ps(a1, e1);
                 if (exact) {        /* the same correctly rounded quotient, 8 at a time */
                     __m256 vc = _mm256_set1_ps(fcount);
                     _mm256_storeu_ps(buf, _mm256_div_ps(a0, vc));
@@ -449,7 +448,7 @@ cdef extern from *:
                                                    const ptrdiff_t* off, const float* w,
                                                    float fcount, double count, int exact,
                                                    const float* gy) {
-        ptrdiff_t c = c0, b, s, l;
+        ptrdiff_t c = c0, b, t, l;
         float buf[16];
         for (; c + 16 <= c1; c += 16) {
             float* base = gimg + c;
@@ -462,14 +461,12 @@ cdef extern from *:
                 }
                 g0 = _mm256_loadu_ps(buf);
                 g1 = _mm256_loadu_ps(buf + 8);
-                for (s = first[b]; s < first[b + 1]; s++) {
-                    for (int t = 0; t < 4; t++) {
-                        float* r = base + off[4 * s + t];
-                        __m256 wt = _mm256_set1_ps(w[4 * s + t]);
-                        _mm256_storeu_ps(r, _mm256_add_ps(_mm256_loadu_ps(r), _mm256_mul_ps(g0, wt)));
-                        _mm256_storeu_ps(r + 8, _mm256_add_ps(_mm256_loadu_ps(r + 8),
-                                                              _mm256_mul_ps(g1, wt)));
-                    }
+                for (t = first[b]; t < first[b + 1]; t++) {
+                    float* r = base + off[t];
+                    __m256 wt = _mm256_set1_ps(w[t]);
+                    _mm256_storeu_ps(r, _mm256_add_ps(_mm256_loadu_ps(r), _mm256_mul_ps(g0, wt)));
+                    _mm256_storeu_ps(r + 8, _mm256_add_ps(_mm256_loadu_ps(r + 8),
+                                                          _mm256_mul_ps(g1, wt)));
                 }
             }
         }
@@ -523,7 +520,7 @@ cdef extern from *:
                                 const ptrdiff_t* first, const ptrdiff_t* off, const float* w,
                                 float fcount, double count, float* y) {
         int exact = (double)fcount == count;
-        ptrdiff_t c = c0, b, s;
+        ptrdiff_t c = c0, b, t;
         float buf[8];
     #ifdef CK_ROI_AVX2
         if (ck_has_avx2())
@@ -533,23 +530,23 @@ cdef extern from *:
         for (; c + 8 <= c1; c += 8) {
             const float* base = img + c;
             for (b = 0; b < nbins; b++) {
-                __m128 a0 = _mm_setzero_ps(), a1 = _mm_setzero_ps();
-                for (s = first[b]; s < first[b + 1]; s++) {
-                    const ptrdiff_t* o = off + 4 * s;
-                    const float* ww = w + 4 * s;
-                    __m128 w0 = _mm_set1_ps(ww[0]), w1 = _mm_set1_ps(ww[1]);
-                    __m128 w2 = _mm_set1_ps(ww[2]), w3 = _mm_set1_ps(ww[3]);
-                    __m128 v0 = _mm_add_ps(_mm_mul_ps(w0, _mm_loadu_ps(base + o[0])),
-                                           _mm_mul_ps(w1, _mm_loadu_ps(base + o[1])));
-                    __m128 v1 = _mm_add_ps(_mm_mul_ps(w0, _mm_loadu_ps(base + o[0] + 4)),
-                                           _mm_mul_ps(w1, _mm_loadu_ps(base + o[1] + 4)));
-                    v0 = _mm_add_ps(v0, _mm_mul_ps(w2, _mm_loadu_ps(base + o[2])));
-                    v1 = _mm_add_ps(v1, _mm_mul_ps(w2, _mm_loadu_ps(base + o[2] + 4)));
-                    v0 = _mm_add_ps(v0, _mm_mul_ps(w3, _mm_loadu_ps(base + o[3])));
-                    v1 = _mm_add_ps(v1, _mm_mul_ps(w3, _mm_loadu_ps(base + o[3] + 4)));
-                    a0 = _mm_add_ps(a0, v0);
-                    a1 = _mm_add_ps(a1, v1);
+                __m128 a0 = _mm_setzero_ps(), a1 = a0, e0 = a0, e1 = a0;
+                for (t = first[b]; t + 2 <= first[b + 1]; t += 2) {
+                    const float *p = base + off[t], *q = base + off[t + 1];
+                    __m128 wa = _mm_set1_ps(w[t]), wb = _mm_set1_ps(w[t + 1]);
+                    a0 = _mm_add_ps(a0, _mm_mul_ps(wa, _mm_loadu_ps(p)));
+                    a1 = _mm_add_ps(a1, _mm_mul_ps(wa, _mm_loadu_ps(p + 4)));
+                    e0 = _mm_add_ps(e0, _mm_mul_ps(wb, _mm_loadu_ps(q)));
+                    e1 = _mm_add_ps(e1, _mm_mul_ps(wb, _mm_loadu_ps(q + 4)));
                 }
+                if (t < first[b + 1]) {
+                    const float* p = base + off[t];
+                    __m128 wa = _mm_set1_ps(w[t]);
+                    a0 = _mm_add_ps(a0, _mm_mul_ps(wa, _mm_loadu_ps(p)));
+                    a1 = _mm_add_ps(a1, _mm_mul_ps(wa, _mm_loadu_ps(p + 4)));
+                }
+                a0 = _mm_add_ps(a0, e0);
+                a1 = _mm_add_ps(a1, e1);
                 if (exact) {
                     __m128 vc = _mm_set1_ps(fcount);
                     _mm_storeu_ps(buf, _mm_div_ps(a0, vc));
@@ -563,28 +560,28 @@ cdef extern from *:
             }
         }
     #endif
-        for (; c < c1; c++) {
+        for (; c < c1; c++) {       /* the same two interleaved sums as the vector lanes */
             for (b = 0; b < nbins; b++) {
-                float a = 0;
-                for (s = first[b]; s < first[b + 1]; s++) {
-                    const ptrdiff_t* o = off + 4 * s;
-                    const float* ww = w + 4 * s;
-                    a = a + (((ww[0] * img[o[0] + c] + ww[1] * img[o[1] + c])
-                              + ww[2] * img[o[2] + c]) + ww[3] * img[o[3] + c]);
+                float a = 0, e = 0;
+                for (t = first[b]; t + 2 <= first[b + 1]; t += 2) {
+                    a = a + w[t] * img[off[t] + c];
+                    e = e + w[t + 1] * img[off[t + 1] + c];
                 }
+                if (t < first[b + 1]) a = a + w[t] * img[off[t] + c];
+                a = a + e;
                 ck_align_store_f(y + c * nbins + b, nbins, &a, 1, fcount, count, exact);
             }
         }
     }
     /* Adjoint of ck_align_bins_f: each bin's grad / count (8 channels at a time) times each
-       corner weight, added into the NHWC gradient -- per channel in the same order as the
-       plain kernel (bin, sample, corner), so the result is the same bits. */
+       tap weight, added into the NHWC gradient in tap order (the same per channel on every
+       path, so the result is the same bits). */
     static void ck_align_bins_backward_f(float* gimg, ptrdiff_t c0, ptrdiff_t c1,
                                          ptrdiff_t nbins, const ptrdiff_t* first,
                                          const ptrdiff_t* off, const float* w, float fcount,
                                          double count, const float* gy) {
         int exact = (double)fcount == count;
-        ptrdiff_t c = c0, b, s, l;
+        ptrdiff_t c = c0, b, t, l;
         float buf[8];
     #ifdef CK_ROI_AVX2
         if (ck_has_avx2())
@@ -603,13 +600,11 @@ cdef extern from *:
                 }
                 g0 = _mm_loadu_ps(buf);
                 g1 = _mm_loadu_ps(buf + 4);
-                for (s = first[b]; s < first[b + 1]; s++) {
-                    for (int t = 0; t < 4; t++) {
-                        float* r = base + off[4 * s + t];
-                        __m128 wt = _mm_set1_ps(w[4 * s + t]);
-                        _mm_storeu_ps(r, _mm_add_ps(_mm_loadu_ps(r), _mm_mul_ps(g0, wt)));
-                        _mm_storeu_ps(r + 4, _mm_add_ps(_mm_loadu_ps(r + 4), _mm_mul_ps(g1, wt)));
-                    }
+                for (t = first[b]; t < first[b + 1]; t++) {
+                    float* r = base + off[t];
+                    __m128 wt = _mm_set1_ps(w[t]);
+                    _mm_storeu_ps(r, _mm_add_ps(_mm_loadu_ps(r), _mm_mul_ps(g0, wt)));
+                    _mm_storeu_ps(r + 4, _mm_add_ps(_mm_loadu_ps(r + 4), _mm_mul_ps(g1, wt)));
                 }
             }
         }
@@ -619,9 +614,8 @@ cdef extern from *:
                 float g;
                 if (first[b + 1] == first[b]) continue;
                 g = exact ? gy[c * nbins + b] / fcount : (float)((double)gy[c * nbins + b] / count);
-                for (s = first[b]; s < first[b + 1]; s++)
-                    for (int t = 0; t < 4; t++)
-                        gimg[off[4 * s + t] + c] += g * w[4 * s + t];
+                for (t = first[b]; t < first[b + 1]; t++)
+                    gimg[off[t] + c] += g * w[t];
             }
         }
     }
@@ -718,30 +712,96 @@ cdef extern from *:
                          float fcount, double count, float* y) noexcept nogil
 
 
-cdef void _pairs_fill(_Taps* ty, _Taps* tx, Py_ssize_t W, Py_ssize_t C, Py_ssize_t ph,
-                      Py_ssize_t pw, Py_ssize_t k, Py_ssize_t* first, Py_ssize_t* off,
-                      floating* w) noexcept nogil:
-    """Lay out the four corners (pixel offset * C, torchvision's weight products) of every
-    (y-sample, x-sample) pair of every bin, from sample index k on; bin b's samples are
-    [first[b], first[b+1])."""
+cdef struct _Merged:
+    # one axis of one RoI: per bin, the distinct pixels its samples touch and their summed
+    # bilinear weights (bin p: entries [first[p], first[p+1]))
+    Py_ssize_t cap
+    Py_ssize_t* first
+    Py_ssize_t* idx
+    void* w
+
+
+cdef _Merged* _merged_new(Py_ssize_t pooled) noexcept nogil:
+    cdef _Merged* m = <_Merged*>malloc(sizeof(_Merged))
+    if m == NULL:
+        return NULL
+    m.cap = 0
+    m.idx = NULL
+    m.w = NULL
+    m.first = <Py_ssize_t*>malloc((pooled + 1) * sizeof(Py_ssize_t))
+    if m.first == NULL:
+        free(m)
+        return NULL
+    return m
+
+
+cdef void _merged_free(_Merged* m) noexcept nogil:
+    if m != NULL:
+        free(m.first)
+        free(m.idx)
+        free(m.w)
+        free(m)
+
+
+cdef int _merge_axis(_Taps* t, Py_ssize_t pooled, _Merged* m, bint merge,
+                     floating kind) noexcept nogil:
+    """Per bin, the pixels its samples' corners touch, with weights.  ``merge``: sum the
+    weights of corners that land on the same pixel (both corners of a snapped sample,
+    neighbouring samples in one cell) -- only for finite data, since torchvision multiplies
+    every corner separately and 0 * inf is NaN where (0 + w) * inf is not.  Without merging,
+    the product of the two axes' lists is exactly torchvision's four corners of every sample,
+    with its weight products.  ``kind`` only selects the data type.  0: no memory."""
+    cdef Py_ssize_t need = 2 * t.first[pooled] + 1, n = 0, p, a, j, e, px
+    cdef floating wt
+    cdef floating* mw
+    if need > m.cap:
+        free(m.idx)
+        free(m.w)
+        m.idx = <Py_ssize_t*>malloc(need * sizeof(Py_ssize_t))
+        m.w = malloc(need * sizeof(floating))
+        m.cap = need
+        if m.idx == NULL or m.w == NULL:
+            m.cap = 0
+            return 0
+    mw = <floating*>m.w
+    for p in range(pooled):
+        m.first[p] = n
+        for a in range(t.first[p], t.first[p + 1]):
+            for e in range(2):
+                px = t.low[a] if e == 0 else t.high[a]
+                wt = (<floating*>t.w_low)[a] if e == 0 else (<floating*>t.w_high)[a]
+                if merge:
+                    for j in range(m.first[p], n):
+                        if m.idx[j] == px:
+                            mw[j] += wt
+                            break
+                    else:
+                        m.idx[n] = px
+                        mw[n] = wt
+                        n += 1
+                else:
+                    m.idx[n] = px
+                    mw[n] = wt
+                    n += 1
+    m.first[pooled] = n
+    return 1
+
+
+cdef void _taps_fill(_Merged* my, _Merged* mx, Py_ssize_t W, Py_ssize_t C, Py_ssize_t ph,
+                     Py_ssize_t pw, Py_ssize_t k, Py_ssize_t* first, Py_ssize_t* off,
+                     floating* w) noexcept nogil:
+    """Bin (p, q) reads pixel (r, c) with weight wy[r] * wx[c] for every distinct row r and
+    column c its samples touch; taps from index k on, bin b's are [first[b], first[b+1])."""
     cdef Py_ssize_t p, q, a, b
-    cdef const floating* wly = <const floating*>ty.w_low
-    cdef const floating* why = <const floating*>ty.w_high
-    cdef const floating* wlx = <const floating*>tx.w_low
-    cdef const floating* whx = <const floating*>tx.w_high
+    cdef const floating* wy = <const floating*>my.w
+    cdef const floating* wx = <const floating*>mx.w
     first[0] = k
     for p in range(ph):
         for q in range(pw):
-            for a in range(ty.first[p], ty.first[p + 1]):
-                for b in range(tx.first[q], tx.first[q + 1]):
-                    off[4 * k] = (ty.low[a] * W + tx.low[b]) * C
-                    off[4 * k + 1] = (ty.low[a] * W + tx.high[b]) * C
-                    off[4 * k + 2] = (ty.high[a] * W + tx.low[b]) * C
-                    off[4 * k + 3] = (ty.high[a] * W + tx.high[b]) * C
-                    w[4 * k] = wly[a] * wlx[b]
-                    w[4 * k + 1] = wly[a] * whx[b]
-                    w[4 * k + 2] = why[a] * wlx[b]
-                    w[4 * k + 3] = why[a] * whx[b]
+            for a in range(my.first[p], my.first[p + 1]):
+                for b in range(mx.first[q], mx.first[q + 1]):
+                    off[k] = (my.idx[a] * W + mx.idx[b]) * C
+                    w[k] = wy[a] * wx[b]
                     k += 1
             first[p * pw + q + 1] = k
 
@@ -749,29 +809,20 @@ cdef void _pairs_fill(_Taps* ty, _Taps* tx, Py_ssize_t W, Py_ssize_t C, Py_ssize
 cdef void _bins_forward(const floating* img, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t nbins,
                         const Py_ssize_t* first, const Py_ssize_t* off, const floating* w,
                         double count, floating* acc, floating* y) noexcept nogil:
-    """One RoI, channels [c0, c1): img is its image in HWC, y its (C, nbins) output.  Each
-    sample adds ((w1*v1 + w2*v2) + w3*v3) + w4*v4 (torchvision's order); the sum is divided
-    by count once.  (ck_align_bins_f is the SSE2 float32 twin, same arithmetic.)"""
-    cdef Py_ssize_t b, s, c
-    cdef floating w1, w2, w3, w4, fcount = <floating>count
-    cdef const floating* r1
-    cdef const floating* r2
-    cdef const floating* r3
-    cdef const floating* r4
+    """One RoI, channels [c0, c1): img is its image in HWC, y its (C, nbins) output; the
+    bin's taps summed, then divided by count once.  (ck_align_bins_f is the SSE2/AVX2
+    float32 kernel.)"""
+    cdef Py_ssize_t b, t, c
+    cdef floating wt, fcount = <floating>count
+    cdef const floating* r
     for b in range(nbins):
         for c in range(c0, c1):
             acc[c] = 0
-        for s in range(first[b], first[b + 1]):
-            w1 = w[4 * s]
-            w2 = w[4 * s + 1]
-            w3 = w[4 * s + 2]
-            w4 = w[4 * s + 3]
-            r1 = img + off[4 * s]
-            r2 = img + off[4 * s + 1]
-            r3 = img + off[4 * s + 2]
-            r4 = img + off[4 * s + 3]
+        for t in range(first[b], first[b + 1]):
+            wt = w[t]
+            r = img + off[t]
             for c in range(c0, c1):
-                acc[c] = acc[c] + (((w1 * r1[c] + w2 * r2[c]) + w3 * r3[c]) + w4 * r4[c])
+                acc[c] = acc[c] + wt * r[c]
         if fcount == count:
             # count is exact in the data type: one division there is the same correctly
             # rounded quotient as dividing in double and rounding (the reference's way)
@@ -785,9 +836,8 @@ cdef void _bins_forward(const floating* img, Py_ssize_t c0, Py_ssize_t c1, Py_ss
 cdef void _bins_backward(floating* gimg, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t nbins,
                          const Py_ssize_t* first, const Py_ssize_t* off, const floating* w,
                          double count, const floating* gy, floating* g) noexcept nogil:
-    """Adjoint of _bins_forward: gy the RoI's (C, nbins) grad, gimg its image's HWC grad.
-    (ck_align_bins_backward_f is the SSE2 float32 twin, same arithmetic and order.)"""
-    cdef Py_ssize_t b, s, c, t
+    """Adjoint of _bins_forward: gy the RoI's (C, nbins) grad, gimg its image's HWC grad."""
+    cdef Py_ssize_t b, t, c
     cdef floating wt, fcount = <floating>count
     cdef floating* r
     for b in range(nbins):
@@ -798,12 +848,11 @@ cdef void _bins_backward(floating* gimg, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_
                 g[c] = gy[c * nbins + b] / fcount
             else:
                 g[c] = <floating>(<double>gy[c * nbins + b] / count)
-        for s in range(first[b], first[b + 1]):
-            for t in range(4):
-                r = gimg + off[4 * s + t]
-                wt = w[4 * s + t]
-                for c in range(c0, c1):
-                    r[c] += g[c] * wt
+        for t in range(first[b], first[b + 1]):
+            wt = w[t]
+            r = gimg + off[t]
+            for c in range(c0, c1):
+                r[c] += g[c] * wt
 
 
 cdef int _separable(const floating* img, floating* gimg, Py_ssize_t W, Py_ssize_t C,
@@ -907,19 +956,26 @@ cdef int _separable(const floating* img, floating* gimg, Py_ssize_t W, Py_ssize_
     return 1
 
 
-def nchw_to_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt, int n_threads):
-    """xt (N, H, W, C) = x (N, C, H, W) transposed; (n, h) rows split across threads."""
+def nchw_to_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
+                 unsigned char[::1] row_finite, int n_threads):
+    """xt (N, H, W, C) = x (N, C, H, W) transposed; (n, h) rows split across threads.
+    row_finite[n*H + h]: 1 when that row of every channel holds no NaN/inf."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t nh, n, h, w, blk, c0, cc
+    cdef floating v, z
     with nogil:
         for nh in prange(N * H, schedule="static", num_threads=n_threads):
             n = nh // H
             h = nh % H
+            z = 0
             for blk in range((C + 15) // 16):   # 16-channel blocks keep the writes in cache
                 c0 = blk * 16
                 for w in range(W):
                     for cc in range(c0, min(c0 + 16, C)):
-                        xt[n, h, w, cc] = x[n, cc, h, w]
+                        v = x[n, cc, h, w]
+                        xt[n, h, w, cc] = v
+                        z = z + (v - v)         # stays 0 unless a NaN or inf passes
+            row_finite[nh] = z == 0
 
 
 def nhwc_to_nchw(const floating[:, :, :, ::1] xt, floating[:, :, :, ::1] x, int n_threads):
@@ -940,29 +996,35 @@ def nhwc_to_nchw(const floating[:, :, :, ::1] xt, floating[:, :, :, ::1] x, int 
 
 def roi_align_forward(const floating[:, :, :, ::1] xt, const floating[:, ::1] rois,
                       double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
-                      floating[:, :, :, ::1] y, int n_threads):
-    """xt: the map in NHWC; y (K, C, ph, pw).  One RoI per task (dynamic schedule)."""
-    _roi_align(xt, rois, spatial_scale, sampling_ratio, aligned, y, n_threads, 0)
+                      floating[:, :, :, ::1] y, const unsigned char[::1] image_finite,
+                      int n_threads):
+    """xt: the map in NHWC; y (K, C, ph, pw).  One RoI per task (dynamic schedule).
+    image_finite[n]: image n holds no NaN/inf (its RoIs may merge taps on one pixel)."""
+    _roi_align(xt, rois, spatial_scale, sampling_ratio, aligned, y, image_finite, n_threads, 0)
 
 
 def roi_align_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1] rois,
                        double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
                        floating[:, :, :, ::1] gxt, int n_threads):
-    """gy (K, C, ph, pw) -> gxt (N, H, W, C), zero-filled by the caller.  One block of 16
-    channels per task; each walks the RoIs in order: the same sums on every run, for any
+    """gy (K, C, ph, pw) -> gxt (N, H, W, C), zero-filled by the caller.  One block of channels
+    per task; each walks the RoIs in order: the same sums on every run, for any
     thread count."""
-    _roi_align(gxt, rois, spatial_scale, sampling_ratio, aligned, gy, n_threads, 1)
+    # no merged taps: grad_y may hold inf, and inf * (0 + w) is not torchvision's inf*0 + inf*w
+    cdef unsigned char[::1] no_merge = np.zeros(gxt.shape[0], np.uint8)
+    _roi_align(gxt, rois, spatial_scale, sampling_ratio, aligned, gy, no_merge, n_threads, 1)
 
 
 cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
                 double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
-                const floating[:, :, :, ::1] per_roi, int n_threads, bint backward):
+                const floating[:, :, :, ::1] per_roi, const unsigned char[::1] merge,
+                int n_threads, bint backward):
     """Shared driver.  Forward: img = x in NHWC (read), per_roi = y (written).  Backward:
     per_roi = grad_y (read), img = grad_x in NHWC (written).
 
-    1. every RoI's taps -> how many sample pairs it has (more than 64 per bin: "dense", done
-       by separability in step 3, with no pair table);
-    2. the pairs of all other RoIs laid out once in one table;
+    1. every RoI's samples (more than 64 (y, x) pairs per bin: "dense", done by separability
+       in step 3, with no table); per bin and axis the distinct pixels touched, with summed
+       weights;
+    2. for all other RoIs, every bin's (pixel, weight) taps laid out once in one table;
     3. the channel work (the only parallel region): forward one RoI per task, backward one
     channel block per task.  Dynamic tasks keep a busy machine from stalling on one late
     thread.
@@ -976,6 +1038,8 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
     cdef floating offset = <floating>0.5 if aligned else <floating>0
     cdef _Taps* ty
     cdef _Taps* tx
+    cdef _Merged* my
+    cdef _Merged* mx
     cdef floating* buf
     cdef double cnt
     cdef int failed_flag = 0
@@ -990,45 +1054,57 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
     with nogil:
         ty = _taps_new(ph, sizeof(floating))
         tx = _taps_new(pw, sizeof(floating))
-        if ty == NULL or tx == NULL:
+        my = _merged_new(ph)
+        mx = _merged_new(pw)
+        if ty == NULL or tx == NULL or my == NULL or mx == NULL:
             failed[0] = 1
         for k in range(K):
             if failed[0]:
                 break
-            if _roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
-                         ty, tx, &count[k]):
-                npairs[k] = ty.first[ph] * tx.first[pw]
-                if npairs[k] > 64 * nbins:
-                    dense[k] = 1
-                    npairs[k] = 0
+            b = <Py_ssize_t>rois[k, 0]
+            if not _roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
+                             ty, tx, &count[k]):
+                failed[0] = 1
+            elif ty.first[ph] * tx.first[pw] > 64 * nbins:
+                dense[k] = 1
+            elif _merge_axis(ty, ph, my, merge[b], <floating>0) and _merge_axis(tx, pw, mx, merge[b], <floating>0):
+                npairs[k] = my.first[ph] * mx.first[pw]
             else:
                 failed[0] = 1
         _taps_free(ty)
         _taps_free(tx)
+        _merged_free(my)
+        _merged_free(mx)
     if failed_flag:
         raise MemoryError("roi_align: out of memory for the sample tables")
     cdef Py_ssize_t[::1] start = np.concatenate([[0], np.cumsum(npairs)]).astype(np.intp)
     cdef Py_ssize_t total = start[K]
     cdef Py_ssize_t[:, ::1] first = np.empty((K, nbins + 1), np.intp)
-    cdef Py_ssize_t[::1] off = np.empty(4 * total + 1, np.intp)
-    cdef floating[::1] w = np.empty(4 * total + 1, dt)
+    cdef Py_ssize_t[::1] off = np.empty(total + 1, np.intp)
+    cdef floating[::1] w = np.empty(total + 1, dt)
     with nogil:
         ty = _taps_new(ph, sizeof(floating))
         tx = _taps_new(pw, sizeof(floating))
-        if ty == NULL or tx == NULL:
+        my = _merged_new(ph)
+        mx = _merged_new(pw)
+        if ty == NULL or tx == NULL or my == NULL or mx == NULL:
             failed[0] = 1
         for k in range(K):
             if failed[0]:
                 break
+            b = <Py_ssize_t>rois[k, 0]
             if dense[k]:
                 first[k, :] = start[k]
-            elif _roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
-                           ty, tx, &count[k]):
-                _pairs_fill(ty, tx, W, C, ph, pw, start[k], &first[k, 0], &off[0], &w[0])
+            elif (_roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
+                            ty, tx, &count[k])
+                  and _merge_axis(ty, ph, my, merge[b], <floating>0) and _merge_axis(tx, pw, mx, merge[b], <floating>0)):
+                _taps_fill(my, mx, W, C, ph, pw, start[k], &first[k, 0], &off[0], &w[0])
             else:
                 failed[0] = 1
         _taps_free(ty)
         _taps_free(tx)
+        _merged_free(my)
+        _merged_free(mx)
     if failed_flag:
         raise MemoryError("roi_align: out of memory for the sample tables")
     with nogil, parallel(num_threads=n_threads):

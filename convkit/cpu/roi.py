@@ -30,7 +30,7 @@ def roi_pool_forward(x, rois, output_size, spatial_scale, out=None):
     if x.dtype == np.float32 and H * W < 2**31 and _roi.simd_available():
         # float32: channel-vectorised on an NHWC copy (eight channels per compare)
         xt = np.empty((N, H, W, C), x.dtype)
-        _roi.nchw_to_nhwc(x, xt, nt)
+        _roi.nchw_to_nhwc(x, xt, np.empty(N * H, np.uint8), nt)
         _roi.roi_pool_forward_nhwc(xt, rois, float(spatial_scale), y.reshape(K, C, -1),
                                    argmax.reshape(K, C, -1), shape[2], shape[3], nt)
     else:
@@ -57,9 +57,11 @@ def roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, align
     y = out if out is not None else np.empty(shape, x.dtype)
     nt = _threads(K * C * shape[2] * shape[3] + x.size)
     xt = np.empty((N, H, W, C), x.dtype)
-    _roi.nchw_to_nhwc(x, xt, nt)
+    rows_ok = np.empty(N * H, np.uint8)
+    _roi.nchw_to_nhwc(x, xt, rows_ok, nt)
+    image_finite = rows_ok.reshape(N, H).all(axis=1).astype(np.uint8)
     _roi.roi_align_forward(xt, rois, float(spatial_scale), int(sampling_ratio), bool(aligned),
-                           y, nt)
+                           y, image_finite, nt)
     return y
 
 
