@@ -269,6 +269,30 @@ def test_roi_align_dense_grids_take_the_separable_route_and_match(sr):
                                        aligned), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_roi_align_inf_in_data_or_grad_meets_every_corner_weight(dtype):
+    """Taps on one pixel are merged only for finite data / grads: an inf under a zero corner
+    weight must give NaN (inf * 0), as torchvision's separate corners do."""
+    rng = np.random.default_rng(25)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(dtype)
+    x[0, 1, 2, 3] = np.inf
+    x[1, 2, 5, 5] = -np.inf
+    rois = np.array([[0, 0.5, 0.5, 6.5, 6.5], [0, 1.0, 2.0, 4.0, 3.0], [1, 0.2, 0.2, 7.9, 7.9],
+                     [1, 4.0, 4.0, 6.0, 6.0]], dtype)
+    for sr, aligned in ((2, False), (-1, True)):
+        np.testing.assert_allclose(cpu(F.roi_align_forward, x, rois, 3, 1.0, sr, aligned),
+                                   ref(F.roi_align_forward, x, rois, 3, 1.0, sr, aligned),
+                                   **tol(dtype), equal_nan=True)
+        g = rng.standard_normal((4, 3, 3, 3)).astype(dtype)
+        g[0, 1, 1, 2] = np.inf
+        g[2, 0, 0, 0] = -np.inf
+        got = cpu(F.roi_align_backward, g, rois, x.shape, 3, 1.0, sr, aligned)
+        want = ref(F.roi_align_backward, g, rois, x.shape, 3, 1.0, sr, aligned)
+        np.testing.assert_allclose(got, want, **tol(dtype), equal_nan=True)
+        if not aligned:     # RoI 0's samples sit on whole pixels: zero corner weights
+            assert np.isnan(got[0, 1]).any() and np.isinf(got[0, 1]).any()
+
+
 def test_roi_pool_backward_bad_argmax_names_argmax():
     x, rois = _detector_inputs(np.float32, K=4, C=2)
     y, am = cpu(F.roi_pool_forward, x, rois, 2, 1 / 16)

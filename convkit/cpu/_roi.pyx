@@ -996,22 +996,21 @@ def nhwc_to_nchw(const floating[:, :, :, ::1] xt, floating[:, :, :, ::1] x, int 
 
 def roi_align_forward(const floating[:, :, :, ::1] xt, const floating[:, ::1] rois,
                       double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
-                      floating[:, :, :, ::1] y, const unsigned char[::1] image_finite,
-                      int n_threads):
+                      floating[:, :, :, ::1] y, const unsigned char[::1] merge, int n_threads):
     """xt: the map in NHWC; y (K, C, ph, pw).  One RoI per task (dynamic schedule).
-    image_finite[n]: image n holds no NaN/inf (its RoIs may merge taps on one pixel)."""
-    _roi_align(xt, rois, spatial_scale, sampling_ratio, aligned, y, image_finite, n_threads, 0)
+    merge[k]: RoI k's image holds no NaN/inf, so its taps on one pixel may be merged."""
+    _roi_align(xt, rois, spatial_scale, sampling_ratio, aligned, y, merge, n_threads, 0)
 
 
 def roi_align_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1] rois,
                        double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
-                       floating[:, :, :, ::1] gxt, int n_threads):
+                       floating[:, :, :, ::1] gxt, const unsigned char[::1] merge,
+                       int n_threads):
     """gy (K, C, ph, pw) -> gxt (N, H, W, C), zero-filled by the caller.  One block of channels
-    per task; each walks the RoIs in order: the same sums on every run, for any
-    thread count."""
-    # no merged taps: grad_y may hold inf, and inf * (0 + w) is not torchvision's inf*0 + inf*w
-    cdef unsigned char[::1] no_merge = np.zeros(gxt.shape[0], np.uint8)
-    _roi_align(gxt, rois, spatial_scale, sampling_ratio, aligned, gy, no_merge, n_threads, 1)
+    per task; each walks the RoIs in order: the same sums on every run, for any thread count.
+    merge[k]: RoI k's grad is finite, so its taps on one pixel may be merged (an inf grad
+    must meet each corner weight separately: inf * 0 is NaN where inf * (0 + w) is not)."""
+    _roi_align(gxt, rois, spatial_scale, sampling_ratio, aligned, gy, merge, n_threads, 1)
 
 
 cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
@@ -1067,7 +1066,7 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
                 failed[0] = 1
             elif ty.first[ph] * tx.first[pw] > 64 * nbins:
                 dense[k] = 1
-            elif _merge_axis(ty, ph, my, merge[b], <floating>0) and _merge_axis(tx, pw, mx, merge[b], <floating>0):
+            elif _merge_axis(ty, ph, my, merge[k], <floating>0) and _merge_axis(tx, pw, mx, merge[k], <floating>0):
                 npairs[k] = my.first[ph] * mx.first[pw]
             else:
                 failed[0] = 1
@@ -1097,7 +1096,7 @@ cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
                 first[k, :] = start[k]
             elif (_roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
                             ty, tx, &count[k])
-                  and _merge_axis(ty, ph, my, merge[b], <floating>0) and _merge_axis(tx, pw, mx, merge[b], <floating>0)):
+                  and _merge_axis(ty, ph, my, merge[k], <floating>0) and _merge_axis(tx, pw, mx, merge[k], <floating>0)):
                 _taps_fill(my, mx, W, C, ph, pw, start[k], &first[k, 0], &off[0], &w[0])
             else:
                 failed[0] = 1
