@@ -455,12 +455,17 @@ cdef extern from *:
             for (b = 0; b < nbins; b++) {
                 __m256 g0, g1;
                 if (first[b + 1] == first[b]) continue;
-                for (l = 0; l < 16; l++) {
-                    float v = gy[(c + l) * nbins + b];
-                    buf[l] = exact ? v / fcount : (float)((double)v / count);
+                if (exact) {        /* gather, then one vector division (same quotients) */
+                    __m256 vc = _mm256_set1_ps(fcount);
+                    for (l = 0; l < 16; l++) buf[l] = gy[(c + l) * nbins + b];
+                    g0 = _mm256_div_ps(_mm256_loadu_ps(buf), vc);
+                    g1 = _mm256_div_ps(_mm256_loadu_ps(buf + 8), vc);
+                } else {
+                    for (l = 0; l < 16; l++)
+                        buf[l] = (float)((double)gy[(c + l) * nbins + b] / count);
+                    g0 = _mm256_loadu_ps(buf);
+                    g1 = _mm256_loadu_ps(buf + 8);
                 }
-                g0 = _mm256_loadu_ps(buf);
-                g1 = _mm256_loadu_ps(buf + 8);
                 for (t = first[b]; t < first[b + 1]; t++) {
                     float* r = base + off[t];
                     __m256 wt = _mm256_set1_ps(w[t]);
@@ -594,12 +599,17 @@ cdef extern from *:
             for (b = 0; b < nbins; b++) {
                 __m128 g0, g1;
                 if (first[b + 1] == first[b]) continue;
-                for (l = 0; l < 8; l++) {
-                    float v = gy[(c + l) * nbins + b];
-                    buf[l] = exact ? v / fcount : (float)((double)v / count);
+                if (exact) {
+                    __m128 vc = _mm_set1_ps(fcount);
+                    for (l = 0; l < 8; l++) buf[l] = gy[(c + l) * nbins + b];
+                    g0 = _mm_div_ps(_mm_loadu_ps(buf), vc);
+                    g1 = _mm_div_ps(_mm_loadu_ps(buf + 4), vc);
+                } else {
+                    for (l = 0; l < 8; l++)
+                        buf[l] = (float)((double)gy[(c + l) * nbins + b] / count);
+                    g0 = _mm_loadu_ps(buf);
+                    g1 = _mm_loadu_ps(buf + 4);
                 }
-                g0 = _mm_loadu_ps(buf);
-                g1 = _mm_loadu_ps(buf + 4);
                 for (t = first[b]; t < first[b + 1]; t++) {
                     float* r = base + off[t];
                     __m128 wt = _mm_set1_ps(w[t]);
