@@ -217,7 +217,7 @@ def batch_norm_train_forward(const floating[:, :, ::1] x, const floating[::1] we
     cdef bint affine = weight.shape[0] > 0
     cdef double invstd, w, b
     with nogil:
-        for c in prange(C, schedule="static", num_threads=n_threads):
+        for c in prange(C, schedule="dynamic", num_threads=n_threads):
             bn_channel_stats(&x[0, c, 0], N, C * HW, HW, &mean[c], &var[c])
             invstd = 1.0 / sqrt(var[c] + eps)
             save_mean[c] = <floating>mean[c]
@@ -234,7 +234,7 @@ def batch_norm_eval_forward(const floating[:, :, ::1] x, const floating[::1] mea
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], HW = x.shape[2], c
     cdef bint affine = weight.shape[0] > 0
     with nogil:
-        for c in prange(C, schedule="static", num_threads=n_threads):
+        for c in prange(C, schedule="dynamic", num_threads=n_threads):
             if affine:
                 bn_channel_apply(&x[0, c, 0], &y[0, c, 0], N, C * HW, HW, mean[c],
                                  invstd[c] * weight[c], bias[c])
@@ -253,7 +253,7 @@ def batch_norm_backward(const floating[:, :, ::1] gy, const floating[:, :, ::1] 
     cdef bint affine = weight.shape[0] > 0
     cdef double sg, sd, w, inv, M = <double>(N * HW)
     with nogil:
-        for c in prange(C, schedule="static", num_threads=n_threads):
+        for c in prange(C, schedule="dynamic", num_threads=n_threads):
             sg = 0      # assigned here so that Cython makes them thread-private
             sd = 0
             bn_channel_grad_sums(&gy[0, c, 0], &x[0, c, 0], N, C * HW, HW, mean[c], &sg, &sd)

@@ -133,7 +133,7 @@ cdef Py_ssize_t _nms(const floating* x1, const floating* y1, const floating* x2,
         # the block's kept boxes suppress every later box: chunks of later boxes per thread
         nch = (n - e + CH - 1) // CH
         if nk > k0:
-            for ch in prange(nch, schedule="static", num_threads=n_threads):
+            for ch in prange(nch, schedule="dynamic", num_threads=n_threads):
                 j0 = e + ch * CH
                 j1 = min(j0 + CH, n)
                 for t in range(k0, nk):
@@ -183,5 +183,5 @@ def box_iou(const floating[:, ::1] boxes1, const floating[:, ::1] boxes2,
             floating[:, ::1] out, int n_threads):
     cdef Py_ssize_t N = boxes1.shape[0], M = boxes2.shape[0], i
     with nogil:
-        for i in prange(N, schedule="static", num_threads=n_threads):
+        for i in prange(N, schedule="dynamic", chunksize=16, num_threads=n_threads):
             box_iou_row(&boxes1[i, 0], &boxes2[0, 0], M, &out[i, 0])

@@ -435,7 +435,7 @@ def max_pool2d_forward(const floating[:, :, ::1] x, Py_ssize_t W,
     with nogil, parallel(num_threads=n_threads):
         accv = <floating*>malloc(Wo * sizeof(floating))
         accr = <floating*>malloc(Wo * sizeof(floating))
-        for p in prange(P, schedule="static"):
+        for p in prange(P, schedule="dynamic", chunksize=4):
             if fast_k and accv != NULL and accr != NULL:
                 max_pool2d_s2_plane(&x[p, 0, 0], W, fast_k, &hbase[0], &h0[0], &h1[0],
                                     &wbase[0], &w0[0], &w1[0], &y[p, 0, 0], &idx[p, 0, 0],
@@ -458,7 +458,7 @@ def max_pool2d_backward(const floating[:, ::1] gy, const int64_t[:, ::1] idx,
     cdef bint scratch = HW * <Py_ssize_t>sizeof(floating) <= _SCRATCH_MAX
     with nogil, parallel(num_threads=n_threads):
         plane = <floating*>malloc(HW * sizeof(floating)) if scratch else NULL
-        for p in prange(P, schedule="static"):
+        for p in prange(P, schedule="dynamic", chunksize=4):
             if plane != NULL:
                 bad += max_pool2d_plane_backward(&gy[p, 0], &idx[p, 0], HoWo, plane, HW)
                 _stream_copy(&gx[p, 0], plane, HW)
@@ -479,7 +479,7 @@ def avg_pool2d_forward(const floating[:, :, ::1] x, Py_ssize_t W,
     cdef floating* acc
     with nogil, parallel(num_threads=n_threads):
         acc = <floating*>malloc(Wo * sizeof(floating))
-        for p in prange(P, schedule="static"):
+        for p in prange(P, schedule="dynamic", chunksize=4):
             if fast_k and acc != NULL:
                 avg_pool2d_s2_plane(&x[p, 0, 0], W, fast_k, &hbase[0], &h0[0], &h1[0],
                                     &wbase[0], &w0[0], &w1[0], &div[0, 0], &y[p, 0, 0],
@@ -505,7 +505,7 @@ def avg_pool2d_backward(const floating[:, :, ::1] gy, Py_ssize_t W,
     with nogil, parallel(num_threads=n_threads):
         e = <floating*>malloc((W + Wo) * sizeof(floating))
         plane = <floating*>malloc(HW * sizeof(floating)) if scratch else NULL
-        for p in prange(P, schedule="static"):
+        for p in prange(P, schedule="dynamic", chunksize=4):
             if e == NULL:
                 failed += 1
             elif plane != NULL:

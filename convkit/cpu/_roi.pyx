@@ -974,7 +974,7 @@ def nchw_to_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
     cdef Py_ssize_t nh, n, h, w, blk, c0, cc
     cdef floating v, z
     with nogil:
-        for nh in prange(N * H, schedule="static", num_threads=n_threads):
+        for nh in prange(N * H, schedule="dynamic", chunksize=2, num_threads=n_threads):
             n = nh // H
             h = nh % H
             z = 0
@@ -994,7 +994,7 @@ def nhwc_to_nchw(const floating[:, :, :, ::1] xt, floating[:, :, :, ::1] x, int 
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t nh, n, h, w, blk, c0, cc
     with nogil:
-        for nh in prange(N * H, schedule="static", num_threads=n_threads):
+        for nh in prange(N * H, schedule="dynamic", chunksize=2, num_threads=n_threads):
             n = nh // H
             h = nh % H
             for blk in range((C + 15) // 16):
