@@ -46,6 +46,14 @@ CASES = [
     Case("winograd_odd_pad0", (3, 17, 7, 10), (16, 17, 3, 3)),
     Case("winograd_pad2", (1, 16, 5, 6), (18, 16, 3, 3), padding=(2, 2)),
     Case("winograd_pad3", (2, 16, 5, 6), (16, 16, 3, 3), padding=(3, 1)),   # grad_x crops
+    # small output maps (<= 64 positions): whole-batch im2col, one GEMM per block of images
+    Case("batch_3x3_s2", (3, 5, 7, 6), (4, 5, 3, 3), stride=(2, 2), padding=(1, 1)),
+    Case("batch_grouped_dil", (3, 6, 6, 5), (4, 3, 3, 2), stride=(1, 2), padding=(2, 1),
+         dilation=(2, 1), groups=2),
+    Case("batch_5x5_lenet", (2, 6, 4, 4), (16, 6, 5, 5), padding=(2, 2)),
+    Case("batch_2x2_over_winograd", (3, 20, 2, 2), (24, 20, 3, 3), padding=(1, 1)),
+    Case("batch_taps_in_padding", (2, 3, 3, 3), (2, 3, 3, 3), padding=(3, 3)),
+    Case("winograd_gx_batch_gw", (2, 16, 8, 8), (16, 16, 3, 3), padding=(1, 1)),
 ]
 
 
@@ -278,6 +286,31 @@ def test_workspace_cap_winograd_in_pieces(workspace_limit):
                                **tol(np.float64))
 
 
+@pytest.mark.parametrize("limit", [20_000, 9_000],
+                         ids=["batch_in_blocks", "batch_too_big_falls_back"])
+def test_workspace_cap_small_maps(workspace_limit, limit):
+    """Small maps: per image the forward needs ((C*9 + F)*16 + C*36)*8 = 6528 bytes, grad_x 4608
+    and grad_weight (gy side by side: 3840) one channel over the batch, 7200.  20 kB runs
+    blocks of 3 images and 2 channels per grad_weight task; 9 kB leaves the backward no room
+    for batch-wide columns, so it takes the per-image path.  Same values either way."""
+    case = Case("small_chunked", (5, 4, 4, 4), (6, 4, 3, 3), padding=(1, 1))
+    x, w, b = _inputs(case, np.float64)
+    y0 = _cpu_forward(x, w, b, case)
+    gy = np.random.default_rng(9).standard_normal(y0.shape)
+    g0 = _cpu_backward(gy, x, w, case)
+    workspace_limit(limit)
+    y1 = _cpu_forward(x, w, b, case)
+    g1 = _cpu_backward(gy, x, w, case)
+    np.testing.assert_allclose(y1, y0, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(y1, np_conv2d(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+                               **tol(np.float64))
+    for a, c in zip(g1, g0):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+    lhs = np.vdot(y1 - b.reshape(1, -1, 1, 1), gy)
+    np.testing.assert_allclose(np.vdot(x, g1[0]), lhs, rtol=1e-10)
+    np.testing.assert_allclose(np.vdot(w, g1[1]), lhs, rtol=1e-10)
+
+
 def test_workspace_cap_grad_weight_only(workspace_limit):
     """needs_input_grad=False needs only one tap row per output row (5*16*8 = 640 bytes here),
     less than grad_x's piece (25*16*8 = 3200): a 2000-byte cap still works."""
@@ -338,7 +371,10 @@ def test_pointwise_and_depthwise_need_no_workspace(workspace_limit):
 BIG = [Case("big_gemm", (4, 16, 20, 20), (24, 16, 3, 3), padding=(1, 1)),
        Case("big_pointwise", (4, 64, 16, 16), (40, 64, 1, 1)),
        Case("big_depthwise", (4, 64, 32, 32), (64, 1, 3, 3), padding=(1, 1), groups=64),
-       Case("big_grouped", (3, 32, 16, 16), (32, 8, 3, 3), padding=(1, 1), groups=4)]
+       Case("big_grouped", (3, 32, 16, 16), (32, 8, 3, 3), padding=(1, 1), groups=4),
+       Case("big_small_maps", (8, 16, 4, 4), (24, 16, 3, 3), padding=(1, 1)),
+       Case("big_small_maps_s2", (6, 8, 8, 8), (16, 8, 3, 3), stride=(2, 2), padding=(1, 1)),
+       Case("big_small_maps_grouped", (6, 8, 5, 5), (12, 4, 3, 3), padding=(1, 1), groups=2)]
 # (each is above the size below which a call runs on one thread, so both thread counts run)
 
 

@@ -853,3 +853,142 @@ def bias_grad(const floating[:, :, :, ::1] gy, floating[::1] gb, int n_threads):
             for n in range(N):
                 s = s + plane_sum(&gy[n, f, 0, 0], HW)
             gb[f] = <floating>s
+
+
+# ---------------------------------------------------------------------------- batch-wide GEMMs
+# For small output maps a per-image GEMM is (F x C*KK) @ (C*KK x Ho*Wo) with Ho*Wo = 4..64
+# columns: BLAS spends more on packing the weight and on call overhead than on the multiplies.
+# The drivers below put several images side by side in one column matrix (C*KK, nb*HoWo) and
+# issue one GEMM per block of nb images (the whole batch on one thread).
+
+cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssize_t nb,
+                        Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
+                        Py_ssize_t KW, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh,
+                        Py_ssize_t dw, Py_ssize_t Hp, Py_ssize_t Wp, const Py_ssize_t* idx,
+                        Py_ssize_t L, floating* cols, floating* xp) noexcept nogil:
+    """cols ((c1-c0)*KH*KW, L): the columns of channels [c0, c1) of images n0..n0+nb-1 (x: image
+    0, channel 0; img: elements per image), image j in columns [j*HoWo, (j+1)*HoWo).
+
+    The planes are first copied into xp ((c1-c0), nb*Hp*Wp), each zero-padded to exactly the
+    rows and columns the taps read; idx[q] (q < L = nb*HoWo) is the offset in xp's row of the
+    top-left tap of column q.  Row (c, kh, kw) of cols is then one flat gather
+    xp[c, kh*dh*Wp + kw*dw + idx[q]]: no bounds checks and no per-output-row calls, which for
+    rows of 2-8 outputs cost more than the copying itself."""
+    cdef Py_ssize_t HpWp = Hp * Wp, lx = nb * HpWp, j, c, kh, kw, q
+    cdef floating* dst
+    cdef const floating* src
+    for c in range(c0, c1):
+        for j in range(nb):
+            _pad_plane(x + (n0 + j) * img + c * H * W, H, W, pt, pl,
+                       xp + (c - c0) * lx + j * HpWp, Hp, Wp)
+        for kh in range(KH):
+            for kw in range(KW):
+                dst = cols + ((c - c0) * KH * KW + kh * KW + kw) * L
+                src = xp + (c - c0) * lx + kh * dh * Wp + kw * dw
+                for q in range(L):
+                    dst[q] = src[idx[q]]
+
+
+def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                         const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
+                         floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t imgs,
+                         const Py_ssize_t[::1] idx, Py_ssize_t Hp, Py_ssize_t Wp,
+                         Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                         Py_ssize_t groups, int n_threads):
+    """y = conv(x, w) + bias, one GEMM per group for each block of ``imgs`` images.
+
+    A task (block of images) writes cols (C*KK, L), L = nb*HoWo, and the GEMM result (F, L) into
+    its thread's slice of ws (ws_per_thread >= (C*KK + F)*imgs*HoWo + W + sw), then copies each
+    image's (F, HoWo) into y.  Every output is one GEMM's dot product over C*KK in BLAS's order,
+    whatever the block: the same bits for any imgs and thread count.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t Ho = y.shape[2], Wo = y.shape[3], HoWo = Ho * Wo
+    cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
+    cdef Py_ssize_t nblk = (N + imgs - 1) // imgs
+    cdef Py_ssize_t t, n0, nb, L, g, f, j, p
+    cdef floating* cols
+    cdef floating* ybuf
+    cdef floating* src
+    cdef floating* dst
+    cdef floating bv
+    with nogil:
+        for t in prange(nblk, schedule="dynamic", num_threads=n_threads):
+            n0 = t * imgs
+            nb = _min(imgs, N - n0)
+            L = nb * HoWo
+            cols = &ws[0] + threadid() * ws_per_thread
+            ybuf = cols + C * KK * L
+            _batch_im2col(&x[0, 0, 0, 0], C * H * W, n0, nb, 0, C, H, W, KH, KW, pt, pl, dh, dw,
+                          Hp, Wp, &idx[0], L, cols, ybuf + F * L)
+            for g in range(G):
+                gemm(False, False, Fg, L, CgKK, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
+                     cols + g * CgKK * L, L, <floating>0, ybuf + g * Fg * L, L)
+            for j in range(nb):
+                for f in range(F):
+                    src = ybuf + f * L + j * HoWo
+                    dst = &y[n0 + j, f, 0, 0]
+                    if has_bias:
+                        bv = bias[f]
+                        for p in range(HoWo):
+                            dst[p] = src[p] + bv
+                    else:
+                        memcpy(dst, src, HoWo * sizeof(floating))
+    return y
+
+
+def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
+                          const floating[:, :, :, ::1] w, floating[:, :, :, ::1] gx,
+                          floating[:, :, :, ::1] gw, floating[::1] gyt, floating[::1] ws,
+                          Py_ssize_t ws_per_thread, Py_ssize_t chans_w, Py_ssize_t imgs,
+                          const Py_ssize_t[::1] idx, Py_ssize_t Hp, Py_ssize_t Wp,
+                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                          Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
+                          bint needs_input_grad, int n_threads):
+    """grad_weight into gw (OUT, any contents) and, when needs_input_grad, grad_x into gx (OUT,
+    any contents) with batch-wide GEMMs.
+
+    gyt (F, N*HoWo): gy with the images side by side (filled here).
+    grad_weight: a task owns ``chans_w`` input channels of one group -- a column block of gw[g]
+    -- and computes it as one GEMM gyt[g] @ cols^T over the whole batch (K = N*HoWo): every
+    entry is the same dot product whatever the block or thread count.
+    grad_x: a task owns a block of ``imgs`` images: cols_grad = w^T @ gyt[:, block], then
+    col2im into their gx planes.
+    ws_per_thread >= max(chans_w*KK*N*HoWo, Cg*KK*imgs*HoWo) + W + sw.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo, LN = N * HoWo
+    cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
+    cdef Py_ssize_t ntw = (Cg + chans_w - 1) // chans_w, nblk = (N + imgs - 1) // imgs
+    cdef Py_ssize_t t, n, f, g, c0, c1, n0, nb, L, j, c
+    cdef floating* buf
+    with nogil:
+        for n in prange(N, schedule="static", num_threads=n_threads):
+            for f in range(F):
+                memcpy(&gyt[0] + f * LN + n * HoWo, &gy[n, f, 0, 0], HoWo * sizeof(floating))
+        for t in prange(G * ntw, schedule="dynamic", num_threads=n_threads):
+            g = t // ntw
+            c0 = (t - g * ntw) * chans_w
+            c1 = _min(Cg, c0 + chans_w)
+            buf = &ws[0] + threadid() * ws_per_thread
+            _batch_im2col(&x[0, 0, 0, 0], C * H * W, 0, N, g * Cg + c0, g * Cg + c1, H, W, KH,
+                          KW, pt, pl, dh, dw, Hp, Wp, &idx[0], LN, buf,
+                          buf + (c1 - c0) * KK * LN)
+            gemm(False, True, Fg, (c1 - c0) * KK, LN, <floating>1, &gyt[0] + g * Fg * LN, LN,
+                 buf, LN, <floating>0, &gw[g * Fg, 0, 0, 0] + c0 * KK, CgKK)
+        if needs_input_grad:
+            for t in prange(nblk * G, schedule="dynamic", num_threads=n_threads):
+                g = t // nblk
+                n0 = (t - g * nblk) * imgs
+                nb = _min(imgs, N - n0)
+                L = nb * HoWo
+                buf = &ws[0] + threadid() * ws_per_thread
+                gemm(True, False, CgKK, L, Fg, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
+                     &gyt[0] + g * Fg * LN + n0 * HoWo, LN, <floating>0, buf, L)
+                for j in range(nb):
+                    for c in range(Cg):
+                        memset(&gx[n0 + j, g * Cg + c, 0, 0], 0, H * W * sizeof(floating))
+                        col2im_plane(buf + c * KK * L + j * HoWo, L, H, W, KH, KW, sh, sw, pt,
+                                     pl, dh, dw, Wo, 0, Ho, &gx[n0 + j, g * Cg + c, 0, 0])
