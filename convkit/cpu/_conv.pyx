@@ -861,32 +861,139 @@ def bias_grad(const floating[:, :, :, ::1] gy, floating[::1] gb, int n_threads):
 # The drivers below put several images side by side in one column matrix (C*KK, nb*HoWo) and
 # issue one GEMM per block of nb images (the whole batch on one thread).
 
+cdef inline void _copy_short(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
+    """memcpy of n values; the widths of small maps (2, 4, 8) as fixed-size copies the compiler
+    turns into one or two vector moves instead of a library call."""
+    if n == 4:
+        memcpy(dst, src, 4 * sizeof(floating))
+    elif n == 8:
+        memcpy(dst, src, 8 * sizeof(floating))
+    elif n == 2:
+        memcpy(dst, src, 2 * sizeof(floating))
+    else:
+        memcpy(dst, src, n * sizeof(floating))
+
+
+cdef inline void _add_short(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
+    """dst[:n] += src[:n], with the small-map widths as fixed trip counts (unrolled, vector)."""
+    cdef Py_ssize_t i
+    if n == 4:
+        for i in range(4):
+            dst[i] += src[i]
+    elif n == 8:
+        for i in range(8):
+            dst[i] += src[i]
+    elif n == 2:
+        for i in range(2):
+            dst[i] += src[i]
+    else:
+        for i in range(n):
+            dst[i] += src[i]
+
+
+cdef void _batch_pad(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssize_t nb,
+                     Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t H, Py_ssize_t W, Py_ssize_t pt,
+                     Py_ssize_t pl, Py_ssize_t Hp, Py_ssize_t Wp, floating* xp) noexcept nogil:
+    """xp ((c1-c0), nb*Hp*Wp): channels [c0, c1) of images n0..n0+nb-1, each plane zero-padded
+    to Hp x Wp (padded row r, column s hold x[r - pt, s - pl]): one memset, then the rows."""
+    cdef Py_ssize_t HpWp = Hp * Wp, lx = nb * HpWp, j, c, h, r0, r1, lo, up
+    cdef floating* dst
+    cdef const floating* src
+    memset(xp, 0, (c1 - c0) * lx * sizeof(floating))
+    r0 = pt if pt > 0 else 0                    # padded rows [r0, r1) come from x
+    r1 = _min(Hp, pt + H)
+    lo = pl if pl > 0 else 0                    # padded columns [lo, up) come from x
+    up = _min(Wp, pl + W)
+    if r0 >= r1 or lo >= up:
+        return
+    for c in range(c0, c1):
+        for j in range(nb):
+            src = x + (n0 + j) * img + c * H * W
+            dst = xp + (c - c0) * lx + j * HpWp
+            for h in range(r0, r1):
+                _copy_short(dst + h * Wp + lo, src + (h - pt) * W + lo - pl, up - lo)
+
+
 cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssize_t nb,
                         Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
                         Py_ssize_t KW, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh,
                         Py_ssize_t dw, Py_ssize_t Hp, Py_ssize_t Wp, const Py_ssize_t* idx,
-                        Py_ssize_t L, floating* cols, floating* xp) noexcept nogil:
+                        Py_ssize_t L, Py_ssize_t Wo, bint unit_stride, floating* cols,
+                        floating* xp) noexcept nogil:
     """cols ((c1-c0)*KH*KW, L): the columns of channels [c0, c1) of images n0..n0+nb-1 (x: image
     0, channel 0; img: elements per image), image j in columns [j*HoWo, (j+1)*HoWo).
 
     The planes are first copied into xp ((c1-c0), nb*Hp*Wp), each zero-padded to exactly the
     rows and columns the taps read; idx[q] (q < L = nb*HoWo) is the offset in xp's row of the
     top-left tap of column q.  Row (c, kh, kw) of cols is then one flat gather
-    xp[c, kh*dh*Wp + kw*dw + idx[q]]: no bounds checks and no per-output-row calls, which for
-    rows of 2-8 outputs cost more than the copying itself."""
-    cdef Py_ssize_t HpWp = Hp * Wp, lx = nb * HpWp, j, c, kh, kw, q
+    xp[c, kh*dh*Wp + kw*dw + idx[q]] -- with unit column stride, Wo contiguous values per
+    output row: no bounds checks and no per-row library calls, which for rows of 2-8 outputs
+    cost more than the copying itself."""
+    cdef Py_ssize_t lx = nb * Hp * Wp, c, kh, kw, q
     cdef floating* dst
     cdef const floating* src
+    _batch_pad(x, img, n0, nb, c0, c1, H, W, pt, pl, Hp, Wp, xp)
     for c in range(c0, c1):
-        for j in range(nb):
-            _pad_plane(x + (n0 + j) * img + c * H * W, H, W, pt, pl,
-                       xp + (c - c0) * lx + j * HpWp, Hp, Wp)
         for kh in range(KH):
             for kw in range(KW):
                 dst = cols + ((c - c0) * KH * KW + kh * KW + kw) * L
                 src = xp + (c - c0) * lx + kh * dh * Wp + kw * dw
-                for q in range(L):
-                    dst[q] = src[idx[q]]
+                if unit_stride:
+                    q = 0
+                    while q < L:
+                        _copy_short(dst + q, src + idx[q], Wo)
+                        q = q + Wo
+                else:
+                    for q in range(L):
+                        dst[q] = src[idx[q]]
+
+
+cdef void _batch_col2im(const floating* cols, Py_ssize_t L, Py_ssize_t nb, Py_ssize_t C,
+                        Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw,
+                        Py_ssize_t Hp, Py_ssize_t Wp, const Py_ssize_t* idx, Py_ssize_t Wo,
+                        bint unit_stride, floating* xp, floating* gx, Py_ssize_t img, Py_ssize_t H, Py_ssize_t W, Py_ssize_t pt,
+                        Py_ssize_t pl) noexcept nogil:
+    """The adjoint of _batch_im2col for C channels of nb images: every row (c, kh, kw) of cols
+    is added into padded planes xp (C, nb*Hp*Wp) through the same index table, taps in order,
+    then each image's planes are cropped into gx (image j at gx + j*img, channel c at c*H*W;
+    input pixels no tap reads get 0).  Fixed order: the same bits every run."""
+    cdef Py_ssize_t HpWp = Hp * Wp, lx = nb * HpWp, c, kh, kw, q, j, h, r, lo, up
+    cdef floating* dst
+    cdef const floating* src
+    cdef floating* g
+    memset(xp, 0, C * lx * sizeof(floating))
+    for c in range(C):
+        for kh in range(KH):
+            for kw in range(KW):
+                src = cols + (c * KH * KW + kh * KW + kw) * L
+                dst = xp + c * lx + kh * dh * Wp + kw * dw
+                if unit_stride:
+                    q = 0
+                    while q < L:
+                        _add_short(dst + idx[q], src + q, Wo)
+                        q = q + Wo
+                else:
+                    for q in range(L):
+                        dst[idx[q]] += src[q]
+    # input column w sits at padded column w + pl; only [lo, up) of them exist in xp
+    lo = _min(W, -pl) if pl < 0 else 0
+    up = _min(W, Wp - pl)
+    if up < lo:
+        up = lo
+    for j in range(nb):
+        for c in range(C):
+            for h in range(H):
+                g = gx + j * img + c * H * W + h * W
+                r = h + pt
+                if r < 0 or r >= Hp:
+                    memset(g, 0, W * sizeof(floating))
+                    continue
+                if lo > 0:
+                    memset(g, 0, lo * sizeof(floating))
+                memcpy(g + lo, xp + c * lx + j * HpWp + r * Wp + lo + pl,
+                       (up - lo) * sizeof(floating))
+                if up < W:
+                    memset(g + up, 0, (W - up) * sizeof(floating))
 
 
 def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
@@ -908,6 +1015,7 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
     cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
     cdef Py_ssize_t nblk = (N + imgs - 1) // imgs
     cdef Py_ssize_t t, n0, nb, L, g, f, j, p
+    cdef bint unit_stride = Wo == 1 or idx[1] - idx[0] == 1     # column stride 1
     cdef floating* cols
     cdef floating* ybuf
     cdef floating* src
@@ -921,7 +1029,7 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
             cols = &ws[0] + threadid() * ws_per_thread
             ybuf = cols + C * KK * L
             _batch_im2col(&x[0, 0, 0, 0], C * H * W, n0, nb, 0, C, H, W, KH, KW, pt, pl, dh, dw,
-                          Hp, Wp, &idx[0], L, cols, ybuf + F * L)
+                          Hp, Wp, &idx[0], L, Wo, unit_stride, cols, ybuf + F * L)
             for g in range(G):
                 gemm(False, False, Fg, L, CgKK, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
                      cols + g * CgKK * L, L, <floating>0, ybuf + g * Fg * L, L)
@@ -955,7 +1063,7 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
     entry is the same dot product whatever the block or thread count.
     grad_x: a task owns a block of ``imgs`` images: cols_grad = w^T @ gyt[:, block], then
     col2im into their gx planes.
-    ws_per_thread >= max(chans_w*KK*N*HoWo, Cg*KK*imgs*HoWo) + W + sw.
+    ws_per_thread >= max((chans_w*KK*HoWo + chans_w*Hp*Wp)*N, (Cg*KK*HoWo + Cg*Hp*Wp)*imgs).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
@@ -974,7 +1082,7 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
             c1 = _min(Cg, c0 + chans_w)
             buf = &ws[0] + threadid() * ws_per_thread
             _batch_im2col(&x[0, 0, 0, 0], C * H * W, 0, N, g * Cg + c0, g * Cg + c1, H, W, KH,
-                          KW, pt, pl, dh, dw, Hp, Wp, &idx[0], LN, buf,
+                          KW, pt, pl, dh, dw, Hp, Wp, &idx[0], LN, Wo, sw == 1, buf,
                           buf + (c1 - c0) * KK * LN)
             gemm(False, True, Fg, (c1 - c0) * KK, LN, <floating>1, &gyt[0] + g * Fg * LN, LN,
                  buf, LN, <floating>0, &gw[g * Fg, 0, 0, 0] + c0 * KK, CgKK)
@@ -987,8 +1095,6 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                 buf = &ws[0] + threadid() * ws_per_thread
                 gemm(True, False, CgKK, L, Fg, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
                      &gyt[0] + g * Fg * LN + n0 * HoWo, LN, <floating>0, buf, L)
-                for j in range(nb):
-                    for c in range(Cg):
-                        memset(&gx[n0 + j, g * Cg + c, 0, 0], 0, H * W * sizeof(floating))
-                        col2im_plane(buf + c * KK * L + j * HoWo, L, H, W, KH, KW, sh, sw, pt,
-                                     pl, dh, dw, Wo, 0, Ho, &gx[n0 + j, g * Cg + c, 0, 0])
+                _batch_col2im(buf, L, nb, Cg, KH, KW, dh, dw, Hp, Wp, &idx[0], Wo, sw == 1,
+                              buf + CgKK * L,
+                              &gx[n0, g * Cg, 0, 0], C * H * W, H, W, pt, pl)

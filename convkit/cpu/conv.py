@@ -222,7 +222,7 @@ def _plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs
     (gy side by side, plus one channel's columns and padded planes over the batch)."""
     limit = get_workspace_limit() - F * N * HoWo * itemsize
     unit_w = (KK * HoWo + HpWp) * N * itemsize
-    unit_x = Cg * KK * HoWo * itemsize
+    unit_x = Cg * (KK * HoWo + HpWp) * itemsize
     if limit < max(unit_w, unit_x if needs_gx else 0):
         return None
     chans_w = min(_ceil_div(Cg, _BATCH_W_BLOCKS), limit // unit_w)
