@@ -50,6 +50,8 @@ CASES = [
     Case("batch_3x3_s2", (3, 5, 7, 6), (4, 5, 3, 3), stride=(2, 2), padding=(1, 1)),
     Case("batch_grouped_dil", (3, 6, 6, 5), (4, 3, 3, 2), stride=(1, 2), padding=(2, 1),
          dilation=(2, 1), groups=2),
+    Case("batch_grouped_dil_s1", (2, 6, 5, 6), (4, 3, 3, 2), padding=(2, 1), dilation=(2, 1),
+         groups=2),                        # stride 1: grad_x as a conv of grad_y, per group
     Case("batch_5x5_lenet", (2, 6, 4, 4), (16, 6, 5, 5), padding=(2, 2)),
     Case("batch_2x2_over_winograd", (3, 20, 2, 2), (24, 20, 3, 3), padding=(1, 1)),
     Case("batch_taps_in_padding", (2, 3, 3, 3), (2, 3, 3, 3), padding=(3, 3)),

@@ -164,16 +164,15 @@ def _plan_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, poin
 
 
 # Batch-wide im2col for small output maps: up to this many output positions per image, the
-# columns of several images go side by side into one GEMM (conv2d_forward_batch) instead of a
-# GEMM per image.  Up to _BATCH_OVER_WINOGRAD_HOWO positions it also beats Winograd for 3x3
-# stride-1 convs.  Measured 10:00-10:05 UTC (2-core Xeon, 1 thread, batch 64, float32, medians
-# of 7 interleaved rounds, us fwd / bwd; /tmp/ck/prof.py): per-image im2col + GEMM vs batch:
-# 16->32 3x3 s2 on 8x8 (Ho*Wo 16) 883 / 1462 vs 311 / 641; 32->64 3x3 s2 on 4x4 (Ho*Wo 4)
-# 869 / 1523 vs 338 / 727; 6->16 5x5 on 4x4 568 / 1049 vs 289 / 534.  Winograd vs batch:
-# 64->64 3x3 on 2x2 919 / 2165 vs 804 / 1880; 32->32 on 4x4 726 / 1825 vs 1105 / 2154 and
-# 878 / 2387 vs 1157 / 2183 (about even); 16->16 on 8x8 802 / 2142 vs 1747 / 3000 (Winograd).
+# columns of several images go side by side into one GEMM per block of images
+# (conv2d_forward_batch) instead of a GEMM per image, and it is preferred to Winograd.
+# Measured 10:00-10:11 UTC (2-core Xeon, 1 thread, batch 64, float32, medians of 7-9
+# interleaved rounds, us forward / backward; /tmp/ck/prof.py, /tmp/ck/ab.py): per-image im2col +
+# GEMM vs batch: 16->32 3x3 s2 on 8x8 (Ho*Wo 16) 883 / 1462 vs 311 / 641; 32->64 3x3 s2 on 4x4
+# (Ho*Wo 4) 869 / 1523 vs 338 / 727; 6->16 5x5 on 4x4 568 / 1049 vs 289 / 534.  Winograd vs
+# batch: 64->64 3x3 on 2x2 919 / 2165 vs 804 / 1880; 16->16 3x3 on 8x8 (Ho*Wo 64) 1180 / 2178
+# vs 794 / 1851; 32->32 on 4x4 even.  (Larger maps keep their per-image GEMMs / Winograd.)
 _BATCH_MAX_HOWO = 64
-_BATCH_OVER_WINOGRAD_HOWO = 16
 
 
 def _batch_ok(Ho, Wo, pointwise):
@@ -181,8 +180,7 @@ def _batch_ok(Ho, Wo, pointwise):
 
 
 def _prefer_winograd(x, weight, stride, dilation, groups, Ho, Wo):
-    return (_winograd_ok(x, weight, stride, dilation, groups)
-            and Ho * Wo > _BATCH_OVER_WINOGRAD_HOWO)
+    return _winograd_ok(x, weight, stride, dilation, groups) and Ho * Wo > _BATCH_MAX_HOWO
 
 
 def _batch_geometry(N, Ho, Wo, KH, KW, stride, dilation):
@@ -294,6 +292,32 @@ def _is_pointwise(KH, KW, stride, padding):
     return KH == 1 and KW == 1 and stride == (1, 1) and tuple(padding) == (0, 0, 0, 0)
 
 
+def _batch_forward(x, weight, b, has_bias, y, stride, pt, pl, dilation, groups, n_threads):
+    """y = conv(x, weight) + b by batch-wide GEMMs; False (nothing done) when not even one
+    image fits the workspace limit."""
+    N, C = x.shape[:2]
+    F, _, KH, KW = weight.shape
+    Ho, Wo = y.shape[2:]
+    Hp, Wp, idx = _batch_geometry(N, Ho, Wo, KH, KW, stride, dilation)
+    plan = _plan_batch_forward(N, C, F, KH * KW, Hp * Wp, Ho * Wo, x.itemsize, n_threads)
+    if plan is None:
+        return False
+    n_threads, imgs, per_thread = plan
+    ws = _workspace(n_threads * per_thread, x.dtype)
+    with _blas_single_thread:
+        _conv.conv2d_forward_batch(x, weight, b, has_bias, y, ws, per_thread, imgs, idx, Hp, Wp,
+                                   pt, pl, dilation[0], dilation[1], groups, n_threads)
+    return True
+
+
+def _flipped_transposed(weight, groups):
+    """The filters of grad_x as a stride-1 conv of grad_y: per group, w[f, c] -> w_t[c, f],
+    each flipped in both axes; (C, F/groups, KH, KW)."""
+    F, Cg, KH, KW = weight.shape
+    w = weight.reshape(groups, F // groups, Cg, KH, KW).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(w[..., ::-1, ::-1]).reshape(groups * Cg, F // groups, KH, KW)
+
+
 # --------------------------------------------------------------------------- ops
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None):
     """x (N,C,H,W), weight (F,C/groups,KH,KW), bias (F,) or None -> y (N,F,Ho,Wo)."""
@@ -315,16 +339,9 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
     if (_prefer_winograd(x, weight, stride, dilation, groups, Ho, Wo)
             and _winograd(x, weight, b, has_bias, y, pt, pl, n_threads)):
         return y
-    if _batch_ok(Ho, Wo, pointwise):
-        Hp, Wp, idx = _batch_geometry(N, Ho, Wo, KH, KW, stride, dilation)
-        plan = _plan_batch_forward(N, C, F, KH * KW, Hp * Wp, Ho * Wo, x.itemsize, n_threads)
-        if plan is not None:
-            n_threads, imgs, per_thread = plan
-            ws = _workspace(n_threads * per_thread, x.dtype)
-            with _blas_single_thread:
-                _conv.conv2d_forward_batch(x, weight, b, has_bias, y, ws, per_thread, imgs, idx,
-                                           Hp, Wp, pt, pl, dh, dw, groups, n_threads)
-            return y
+    if _batch_ok(Ho, Wo, pointwise) and _batch_forward(x, weight, b, has_bias, y, stride, pt, pl,
+                                                      dilation, groups, n_threads):
+        return y
     n_threads, rows, per_thread = _plan_forward(N, C, KH * KW, Ho, Wo, W, sw, x.itemsize, n_threads,
                                                 pointwise, weight.nbytes)
     ws = _workspace(n_threads * per_thread, x.dtype)
@@ -343,7 +360,7 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
     dh, dw = dilation
     dt = x.dtype
     n_threads = _threads(N * F * Cg * KH * KW * Ho * Wo)
-    winograd_gx = False
+    gx_done = False
     gx = np.empty(x.shape, dtype=dt) if needs_input_grad else np.empty((1, 1, 1, 1), dtype=dt)
     gb = None
     if has_bias:
@@ -367,7 +384,17 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             if _winograd(grad_y, w_t, np.zeros(1, dtype=dt), False, gx, 2 - pt, 2 - pl,
                          n_threads):
                 needs_input_grad = False     # done; the pass below computes grad_weight
-                winograd_gx = True
+                gx_done = True
+        if (needs_input_grad and stride == (1, 1) and _batch_ok(H, W, pointwise)
+                and _batch_forward(grad_y, _flipped_transposed(weight, groups),
+                                   np.zeros(1, dtype=dt), False, gx, (1, 1),
+                                   (KH - 1) * dh - pt, (KW - 1) * dw - pl, dilation, groups,
+                                   n_threads)):
+            # stride 1: grad_x is the conv of grad_y with the flipped, transposed filters,
+            # padded by (KH-1)*dh - pt on top, (KW-1)*dw - pl on the left (negative: cropped);
+            # a gather into columns with K = F*KH*KW instead of a K = F GEMM and a scatter-add
+            needs_input_grad = False
+            gx_done = True
         plan = None
         if _batch_ok(Ho, Wo, pointwise):
             Hp, Wp, idx = _batch_geometry(N, Ho, Wo, KH, KW, stride, dilation)
@@ -382,7 +409,7 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
                 _conv.conv2d_backward_batch(grad_y, x, weight, gx, gw, gyt, ws, per_thread,
                                             chans_w, imgs, idx, Hp, Wp, sh, sw, pt, pl, dh, dw,
                                             groups, needs_input_grad, n_threads)
-            return (gx if needs_input_grad or winograd_gx else None), gw, gb
+            return (gx if needs_input_grad or gx_done else None), gw, gb
         gw = np.zeros(weight.shape, dtype=dt)
         n_threads, units_w, rows_w, chans_x, rows_x, per_thread = _plan_backward(
             N, C, Cg, groups, KH, KW, Ho, Wo, W, sw, x.itemsize, n_threads, pointwise,
@@ -392,4 +419,4 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             _conv.conv2d_backward_gemm(grad_y, x, weight, gx, gw, ws, per_thread, units_w, rows_w,
                                        chans_x, rows_x, sh, sw, pt, pl, dh, dw, groups, pointwise,
                                        needs_input_grad, n_threads)
-    return (gx if needs_input_grad or winograd_gx else None), gw, gb
+    return (gx if needs_input_grad or gx_done else None), gw, gb
