@@ -1,7 +1,8 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 # cython: language_level=3
-"""conv2d kernels for the ``cpu`` backend: im2col + BLAS GEMM, a no-copy 1x1 path, and a direct
-kernel for depthwise convs (groups == C).
+"""conv2d kernels for the ``cpu`` backend: im2col + BLAS GEMM (per image, or batch-wide for small
+output maps), a no-copy 1x1 path, Winograd F(2x2, 3x3), and a direct kernel for depthwise convs
+(groups == C).
 
 Every loop runs without the GIL.  Each parallel region is a set of independent tasks (an image's
 block of output rows, a block of grad_weight columns, an image's block of channels) taken by the
@@ -1005,7 +1006,8 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
     """y = conv(x, w) + bias, one GEMM per group for each block of ``imgs`` images.
 
     A task (block of images) writes cols (C*KK, L), L = nb*HoWo, and the GEMM result (F, L) into
-    its thread's slice of ws (ws_per_thread >= (C*KK + F)*imgs*HoWo + W + sw), then copies each
+    its thread's slice of ws (ws_per_thread >= ((C*KK + F)*HoWo + C*Hp*Wp)*imgs: columns, GEMM
+    result, padded planes), then copies each
     image's (F, HoWo) into y.  Every output is one GEMM's dot product over C*KK in BLAS's order,
     whatever the block: the same bits for any imgs and thread count.
     """

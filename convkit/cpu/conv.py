@@ -4,8 +4,13 @@ Paths (all in convkit/cpu/_conv.pyx):
 
 * depthwise (groups == C, any channel multiplier): a direct kernel, one plane per task;
 * pointwise (1x1 kernel, stride 1, no padding): GEMMs straight on x, no workspace;
-* 3x3, stride 1, dilation 1, groups 1, >= 16 channels in and out: Winograd F(2x2, 3x3) for the
-  forward and for grad_x (16 GEMMs on transformed tiles, 2.25x fewer multiplies);
+* small output maps (<= 64 positions per image, e.g. 2x2-8x8): the batch's columns side by
+  side, one GEMM per block of images (forward; stride-1 grad_x as the conv of grad_y with the
+  flipped filters; other grad_x GEMM + col2im) and one over the whole batch for grad_weight --
+  per-image GEMMs of 4-64 columns are mostly BLAS overhead;
+* 3x3, stride 1, dilation 1, groups 1, >= 16 channels in and out, larger maps: Winograd
+  F(2x2, 3x3) for the forward and for grad_x (16 GEMMs on transformed tiles, 2.25x fewer
+  multiplies);
 * everything else (and grad_weight): im2col into a workspace, then GEMMs on BLAS.  Tasks take
   blocks of output rows (of whole images where they fit), each thread with its own slice of the
   workspace, so the workspace stays below ``convkit.get_workspace_limit()``.
@@ -16,6 +21,7 @@ never two pools competing for the cores.
 """
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -183,6 +189,7 @@ def _prefer_winograd(x, weight, stride, dilation, groups, Ho, Wo):
     return _winograd_ok(x, weight, stride, dilation, groups) and Ho * Wo > _BATCH_MAX_HOWO
 
 
+@functools.lru_cache(maxsize=64)
 def _batch_geometry(N, Ho, Wo, KH, KW, stride, dilation):
     """(Hp, Wp, idx): the padded plane _batch_im2col gathers from (exactly the rows and columns
     the taps read) and idx[q], the offset of column q's top-left tap in a row of padded planes
@@ -191,6 +198,7 @@ def _batch_geometry(N, Ho, Wo, KH, KW, stride, dilation):
     Wp = (Wo - 1) * stride[1] + (KW - 1) * dilation[1] + 1
     per_img = (np.arange(Ho)[:, None] * (stride[0] * Wp) + np.arange(Wo) * stride[1]).ravel()
     idx = (np.arange(N)[:, None] * (Hp * Wp) + per_img).ravel().astype(np.intp)
+    idx.flags.writeable = False      # cached: shared by every later call of this geometry
     return Hp, Wp, idx
 
 
