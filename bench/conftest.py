@@ -12,7 +12,6 @@ convkit.get_num_threads()).
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 import convkit
@@ -40,7 +39,7 @@ def _backends(config):
     spec = config.getoption("--bench-backends")
     if spec:
         return B.parse_backends(spec), True
-    names = [b for b in convkit.available_backends()]
+    names = list(convkit.available_backends())
     torch = B._torch()
     if torch is not None:
         names.append("torch")

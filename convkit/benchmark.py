@@ -303,8 +303,8 @@ class RoiCase:
         return (self.K, self.shape[1], self.out, self.out)
 
     def describe(self):
-        return (f"{self.kind} {self.out}x{self.out} scale 1/{round(1 / self.scale)} on {self.shape}, "
-                f"{self.K} boxes in {self.image_hw[0]}x{self.image_hw[1]}")
+        return (f"{self.kind} {self.out}x{self.out} scale 1/{round(1 / self.scale)} on "
+                f"{self.shape}, {self.K} boxes in {self.image_hw[0]}x{self.image_hw[1]}")
 
     def work(self, pas):
         return None, None
