@@ -1075,9 +1075,11 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
     cdef Py_ssize_t t, n, f, g, c0, c1, n0, nb, L, j, c
     cdef floating* buf
     with nogil:
-        for n in prange(N, schedule="static", num_threads=n_threads):
+        # (a plain copy, serial: one parallel region less, whose end barrier costs a time
+        # slice whenever the other core is busy with another process)
+        for n in range(N):
             for f in range(F):
-                memcpy(&gyt[0] + f * LN + n * HoWo, &gy[n, f, 0, 0], HoWo * sizeof(floating))
+                _copy_short(&gyt[0] + f * LN + n * HoWo, &gy[n, f, 0, 0], HoWo)
         for t in prange(G * ntw, schedule="dynamic", num_threads=n_threads):
             g = t // ntw
             c0 = (t - g * ntw) * chans_w
