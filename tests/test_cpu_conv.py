@@ -288,13 +288,14 @@ def test_workspace_cap_winograd_in_pieces(workspace_limit):
                                **tol(np.float64))
 
 
-@pytest.mark.parametrize("limit", [20_000, 9_000],
+@pytest.mark.parametrize("limit", [12_000, 9_000],
                          ids=["batch_in_blocks", "batch_too_big_falls_back"])
 def test_workspace_cap_small_maps(workspace_limit, limit):
-    """Small maps: per image the forward needs ((C*9 + F)*16 + C*36)*8 = 6528 bytes, grad_x 4608
-    and grad_weight (gy side by side: 3840) one channel over the batch, 7200.  20 kB runs
-    blocks of 3 images and 2 channels per grad_weight task; 9 kB leaves the backward no room
-    for batch-wide columns, so it takes the per-image path.  Same values either way."""
+    """Small maps, float64: per image the forward needs ((C*9 + F)*16 + C*36)*8 = 6528 bytes,
+    grad_x C*(9*16 + 36)*8 = 5760 and grad_weight 1440 per channel, after grad_y side by side
+    (3840 bytes).  12 kB runs one image per forward / grad_x task and grad_weight over blocks
+    of 2 images (summed in order); 9 kB leaves grad_x no room, so the backward takes the
+    per-image path.  Same values either way."""
     case = Case("small_chunked", (5, 4, 4, 4), (6, 4, 3, 3), padding=(1, 1))
     x, w, b = _inputs(case, np.float64)
     y0 = _cpu_forward(x, w, b, case)
@@ -375,6 +376,7 @@ BIG = [Case("big_gemm", (4, 16, 20, 20), (24, 16, 3, 3), padding=(1, 1)),
        Case("big_depthwise", (4, 64, 32, 32), (64, 1, 3, 3), padding=(1, 1), groups=64),
        Case("big_grouped", (3, 32, 16, 16), (32, 8, 3, 3), padding=(1, 1), groups=4),
        Case("big_small_maps", (8, 16, 4, 4), (24, 16, 3, 3), padding=(1, 1)),
+       Case("big_small_maps_8x8", (16, 16, 8, 8), (16, 16, 3, 3), padding=(1, 1)),  # blocks
        Case("big_small_maps_s2", (6, 8, 8, 8), (16, 8, 3, 3), stride=(2, 2), padding=(1, 1)),
        Case("big_small_maps_grouped", (6, 8, 5, 5), (12, 4, 3, 3), padding=(1, 1), groups=2)]
 # (each is above the size below which a call runs on one thread, so both thread counts run)

@@ -1051,8 +1051,8 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
 def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
                           const floating[:, :, :, ::1] w, floating[:, :, :, ::1] gx,
                           floating[:, :, :, ::1] gw, floating[::1] gyt, floating[::1] ws,
-                          Py_ssize_t ws_per_thread, Py_ssize_t chans_w, Py_ssize_t imgs,
-                          const Py_ssize_t[::1] idx, Py_ssize_t Hp, Py_ssize_t Wp,
+                          Py_ssize_t ws_per_thread, Py_ssize_t chans_w, Py_ssize_t kimgs,
+                          Py_ssize_t imgs, const Py_ssize_t[::1] idx, Py_ssize_t Hp, Py_ssize_t Wp,
                           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                           Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
                           bint needs_input_grad, int n_threads):
@@ -1061,11 +1061,11 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
 
     gyt (F, N*HoWo): gy with the images side by side (filled here).
     grad_weight: a task owns ``chans_w`` input channels of one group -- a column block of gw[g]
-    -- and computes it as one GEMM gyt[g] @ cols^T over the whole batch (K = N*HoWo): every
-    entry is the same dot product whatever the block or thread count.
+    -- as GEMMs gyt[g] @ cols^T over blocks of ``kimgs`` images (columns that stay in cache),
+    added in image order: every entry is the same sum whatever the thread count.
     grad_x: a task owns a block of ``imgs`` images: cols_grad = w^T @ gyt[:, block], then
     col2im into their gx planes.
-    ws_per_thread >= max((chans_w*KK*HoWo + chans_w*Hp*Wp)*N, (Cg*KK*HoWo + Cg*Hp*Wp)*imgs).
+    ws_per_thread >= max(chans_w*(KK*HoWo + Hp*Wp)*kimgs, Cg*(KK*HoWo + Hp*Wp)*imgs).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
@@ -1085,11 +1085,17 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
             c0 = (t - g * ntw) * chans_w
             c1 = _min(Cg, c0 + chans_w)
             buf = &ws[0] + threadid() * ws_per_thread
-            _batch_im2col(&x[0, 0, 0, 0], C * H * W, 0, N, g * Cg + c0, g * Cg + c1, H, W, KH,
-                          KW, pt, pl, dh, dw, Hp, Wp, &idx[0], LN, Wo, sw == 1, buf,
-                          buf + (c1 - c0) * KK * LN)
-            gemm(False, True, Fg, (c1 - c0) * KK, LN, <floating>1, &gyt[0] + g * Fg * LN, LN,
-                 buf, LN, <floating>0, &gw[g * Fg, 0, 0, 0] + c0 * KK, CgKK)
+            n0 = 0
+            while n0 < N:       # images in blocks of kimgs, summed in order
+                nb = _min(kimgs, N - n0)
+                L = nb * HoWo
+                _batch_im2col(&x[0, 0, 0, 0], C * H * W, n0, nb, g * Cg + c0, g * Cg + c1, H, W,
+                              KH, KW, pt, pl, dh, dw, Hp, Wp, &idx[0], L, Wo, sw == 1, buf,
+                              buf + (c1 - c0) * KK * L)
+                gemm(False, True, Fg, (c1 - c0) * KK, L, <floating>1,
+                     &gyt[0] + g * Fg * LN + n0 * HoWo, LN, buf, L,
+                     <floating>(1 if n0 > 0 else 0), &gw[g * Fg, 0, 0, 0] + c0 * KK, CgKK)
+                n0 = n0 + nb
         if needs_input_grad:
             for t in prange(nblk * G, schedule="dynamic", num_threads=n_threads):
                 g = t // nblk
