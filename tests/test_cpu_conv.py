@@ -314,6 +314,22 @@ def test_workspace_cap_small_maps(workspace_limit, limit):
     np.testing.assert_allclose(np.vdot(w, g1[1]), lhs, rtol=1e-10)
 
 
+def test_workspace_cap_small_maps_grad_weight_only(workspace_limit):
+    """Small maps, needs_input_grad=False: 5400 bytes leave room for grad_y side by side (3840)
+    and one channel of one image (1440) but not for grad_x's piece (5760): grad_weight alone
+    still runs batch-wide, one channel and one image per block."""
+    case = Case("small_gw_only", (5, 4, 4, 4), (6, 4, 3, 3), padding=(1, 1))
+    x, w, _ = _inputs(case, np.float64)
+    gy = np.random.default_rng(10).standard_normal((5, 6, 4, 4))
+    want = _cpu_backward(gy, x, w, case)[1]
+    workspace_limit(5400)
+    gx, gw, _ = _cpu_backward(gy, x, w, case, needs_input_grad=False)
+    assert gx is None
+    np.testing.assert_allclose(gw, want, rtol=1e-12, atol=1e-12)
+    y = np_conv2d(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    np.testing.assert_allclose(np.vdot(w, gw), np.vdot(y, gy), rtol=1e-10)
+
+
 def test_workspace_cap_grad_weight_only(workspace_limit):
     """needs_input_grad=False needs only one tap row per output row (5*16*8 = 640 bytes here),
     less than grad_x's piece (25*16*8 = 3200): a 2000-byte cap still works."""

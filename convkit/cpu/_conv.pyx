@@ -952,8 +952,8 @@ cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssi
 cdef void _batch_col2im(const floating* cols, Py_ssize_t L, Py_ssize_t nb, Py_ssize_t C,
                         Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw,
                         Py_ssize_t Hp, Py_ssize_t Wp, const Py_ssize_t* idx, Py_ssize_t Wo,
-                        bint unit_stride, floating* xp, floating* gx, Py_ssize_t img, Py_ssize_t H, Py_ssize_t W, Py_ssize_t pt,
-                        Py_ssize_t pl) noexcept nogil:
+                        bint unit_stride, floating* xp, floating* gx, Py_ssize_t img,
+                        Py_ssize_t H, Py_ssize_t W, Py_ssize_t pt, Py_ssize_t pl) noexcept nogil:
     """The adjoint of _batch_im2col for C channels of nb images: every row (c, kh, kw) of cols
     is added into padded planes xp (C, nb*Hp*Wp) through the same index table, taps in order,
     then each image's planes are cropped into gx (image j at gx + j*img, channel c at c*H*W;

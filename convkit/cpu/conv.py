@@ -6,8 +6,8 @@ Paths (all in convkit/cpu/_conv.pyx):
 * pointwise (1x1 kernel, stride 1, no padding): GEMMs straight on x, no workspace;
 * small output maps (<= 64 positions per image, e.g. 2x2-8x8): the batch's columns side by
   side, one GEMM per block of images (forward; stride-1 grad_x as the conv of grad_y with the
-  flipped filters; other grad_x GEMM + col2im) and one over the whole batch for grad_weight --
-  per-image GEMMs of 4-64 columns are mostly BLAS overhead;
+  flipped filters; other grad_x GEMM + col2im), grad_weight summed over the same blocks in
+  image order -- per-image GEMMs of 4-64 columns are mostly BLAS overhead;
 * 3x3, stride 1, dilation 1, groups 1, >= 16 channels in and out, larger maps: Winograd
   F(2x2, 3x3) for the forward and for grad_x (16 GEMMs on transformed tiles, 2.25x fewer
   multiplies);
@@ -202,7 +202,6 @@ def _batch_geometry(N, Ho, Wo, KH, KW, stride, dilation):
     return Hp, Wp, idx
 
 
-
 # The blocks of the batch paths do not depend on the thread count: BLAS picks its kernels
 # (small-matrix paths, edge kernels) by the matrix sizes, so a block size that followed the
 # team would change the bits of the result.  _BATCH_BLOCKS blocks of images (4: two tasks per
@@ -240,11 +239,12 @@ def _plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs
         return None
     chans_w = min(_ceil_div(Cg, _BATCH_W_BLOCKS), limit // unit_w)
     kimgs = min(N, limit // (chans_w * unit_w), max(1, _BATCH_CACHE // (chans_w * unit_w)))
-    imgs = min(_ceil_div(N, _BATCH_BLOCKS), limit // unit_x,
-               max(1, _BATCH_CACHE // (Cg * KK * HoWo * itemsize)))
+    imgs = max(1, min(_ceil_div(N, _BATCH_BLOCKS), limit // unit_x,   # (1 if unused)
+                      max(1, _BATCH_CACHE // (Cg * KK * HoWo * itemsize))))
     ws = max(chans_w * kimgs * unit_w, imgs * unit_x if needs_gx else 0)
     n_threads = max(1, min(n_threads, limit // ws))
     return n_threads, chans_w, kimgs, imgs, ws // itemsize
+
 
 # Winograd F(2x2, 3x3) for 3x3 stride-1 convs with at least this many input and output channels
 # (below, the transforms cost more than the multiplications they save).
@@ -424,8 +424,8 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             ws = _workspace(n_threads * per_thread, dt)
             with _blas_single_thread:
                 _conv.conv2d_backward_batch(grad_y, x, weight, gx, gw, gyt, ws, per_thread,
-                                            chans_w, kimgs, imgs, idx, Hp, Wp, sh, sw, pt, pl, dh, dw,
-                                            groups, needs_input_grad, n_threads)
+                                            chans_w, kimgs, imgs, idx, Hp, Wp, sh, sw, pt, pl,
+                                            dh, dw, groups, needs_input_grad, n_threads)
             return (gx if needs_input_grad or gx_done else None), gw, gb
         gw = np.zeros(weight.shape, dtype=dt)
         n_threads, units_w, rows_w, chans_x, rows_x, per_thread = _plan_backward(
