@@ -1053,7 +1053,7 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                           floating[:, :, :, ::1] gw, floating[::1] gyt, floating[::1] ws,
                           Py_ssize_t ws_per_thread, Py_ssize_t chans_w, Py_ssize_t kimgs,
                           Py_ssize_t imgs, const Py_ssize_t[::1] idx, Py_ssize_t Hp, Py_ssize_t Wp,
-                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                          Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                           Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
                           bint needs_input_grad, int n_threads):
     """grad_weight into gw (OUT, any contents) and, when needs_input_grad, grad_x into gx (OUT,

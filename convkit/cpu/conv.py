@@ -424,7 +424,7 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             ws = _workspace(n_threads * per_thread, dt)
             with _blas_single_thread:
                 _conv.conv2d_backward_batch(grad_y, x, weight, gx, gw, gyt, ws, per_thread,
-                                            chans_w, kimgs, imgs, idx, Hp, Wp, sh, sw, pt, pl,
+                                            chans_w, kimgs, imgs, idx, Hp, Wp, sw, pt, pl,
                                             dh, dw, groups, needs_input_grad, n_threads)
             return (gx if needs_input_grad or gx_done else None), gw, gb
         gw = np.zeros(weight.shape, dtype=dt)
