@@ -198,6 +198,28 @@ cdef inline void _stream_copy(floating* dst, const floating* src, Py_ssize_t n) 
 # bigger planes are written in place.
 cdef enum:
     _SCRATCH_MAX = 1 << 20
+    # ... and only when the whole gradient is too big to stay in cache anyway: streaming stores
+    # of small planes flush partial write-combining buffers and an sfence per plane (a
+    # (64, 64, 2, 2) avg-pool backward took 1.3 ms that way, 20 us in place).
+    _STREAM_MIN_TOTAL = 1 << 22
+
+
+cdef inline bint _use_scratch(Py_ssize_t planes, Py_ssize_t plane_bytes) noexcept nogil:
+    return plane_bytes <= _SCRATCH_MAX and planes * plane_bytes >= _STREAM_MIN_TOTAL
+
+
+cdef inline Py_ssize_t _plane_chunk(Py_ssize_t planes, Py_ssize_t plane_elems,
+                                    int n_threads) noexcept nogil:
+    """Planes per dynamic-schedule chunk: at least 4, and enough for ~16K elements, since every
+    chunk costs one trip through the OpenMP scheduler (4096 planes of 2x2 in chunks of 4 spent
+    most of a 130 us avg-pool forward there); capped so each thread still gets several chunks."""
+    cdef Py_ssize_t c = 16384 // (plane_elems if plane_elems > 0 else 1)
+    cdef Py_ssize_t cap = planes // (4 * n_threads)
+    if c > cap:
+        c = cap
+    if c < 4:
+        c = 4
+    return c
 
 
 cdef void max_pool2d_plane(const floating* x, Py_ssize_t W,
@@ -429,13 +451,14 @@ def max_pool2d_forward(const floating[:, :, ::1] x, Py_ssize_t W,
                        floating[:, :, ::1] y, int64_t[:, :, ::1] idx, int n_threads):
     """x (P, H, W) planes -> y, idx (P, Ho, Wo).  fast_k = 2 or 3: kernel width fast_k,
     column stride 2, no dilation (the branch-free path); 0: the general loop."""
-    cdef Py_ssize_t P = x.shape[0], Ho = y.shape[1], Wo = y.shape[2], p
+    cdef Py_ssize_t P = x.shape[0], Ho = y.shape[1], Wo = y.shape[2], p, chunk
     cdef floating* accv
     cdef floating* accr
+    chunk = _plane_chunk(P, x.shape[1] * x.shape[2], n_threads)
     with nogil, parallel(num_threads=n_threads):
         accv = <floating*>malloc(Wo * sizeof(floating))
         accr = <floating*>malloc(Wo * sizeof(floating))
-        for p in prange(P, schedule="dynamic", chunksize=4):
+        for p in prange(P, schedule="dynamic", chunksize=chunk):
             if fast_k and accv != NULL and accr != NULL:
                 max_pool2d_s2_plane(&x[p, 0, 0], W, fast_k, &hbase[0], &h0[0], &h1[0],
                                     &wbase[0], &w0[0], &w1[0], &y[p, 0, 0], &idx[p, 0, 0],
@@ -452,13 +475,14 @@ def max_pool2d_backward(const floating[:, ::1] gy, const int64_t[:, ::1] idx,
                         floating[:, ::1] gx, int n_threads):
     """gy, idx (P, Ho*Wo) -> gx (P, H*W).  Returns the number of planes holding an index
     outside [0, H*W) (those planes hold partial sums; the caller discards gx)."""
-    cdef Py_ssize_t P = gy.shape[0], HoWo = gy.shape[1], HW = gx.shape[1], p
+    cdef Py_ssize_t P = gy.shape[0], HoWo = gy.shape[1], HW = gx.shape[1], p, chunk
     cdef Py_ssize_t bad = 0
     cdef floating* plane
-    cdef bint scratch = HW * <Py_ssize_t>sizeof(floating) <= _SCRATCH_MAX
+    cdef bint scratch = _use_scratch(P, HW * <Py_ssize_t>sizeof(floating))
+    chunk = _plane_chunk(P, HW, n_threads)
     with nogil, parallel(num_threads=n_threads):
         plane = <floating*>malloc(HW * sizeof(floating)) if scratch else NULL
-        for p in prange(P, schedule="dynamic", chunksize=4):
+        for p in prange(P, schedule="dynamic", chunksize=chunk):
             if plane != NULL:
                 bad += max_pool2d_plane_backward(&gy[p, 0], &idx[p, 0], HoWo, plane, HW)
                 _stream_copy(&gx[p, 0], plane, HW)
@@ -475,11 +499,12 @@ def avg_pool2d_forward(const floating[:, :, ::1] x, Py_ssize_t W,
                        int n_threads):
     """x (P, H, W) -> y (P, Ho, Wo); div (Ho, Wo) divisors.  fast_k = 2 or 3: kernel width,
     column stride 2 (the vectorised path); 0: the general loop."""
-    cdef Py_ssize_t P = x.shape[0], Ho = y.shape[1], Wo = y.shape[2], p
+    cdef Py_ssize_t P = x.shape[0], Ho = y.shape[1], Wo = y.shape[2], p, chunk
     cdef floating* acc
+    chunk = _plane_chunk(P, x.shape[1] * x.shape[2], n_threads)
     with nogil, parallel(num_threads=n_threads):
         acc = <floating*>malloc(Wo * sizeof(floating))
-        for p in prange(P, schedule="dynamic", chunksize=4):
+        for p in prange(P, schedule="dynamic", chunksize=chunk):
             if fast_k and acc != NULL:
                 avg_pool2d_s2_plane(&x[p, 0, 0], W, fast_k, &hbase[0], &h0[0], &h1[0],
                                     &wbase[0], &w0[0], &w1[0], &div[0, 0], &y[p, 0, 0],
@@ -497,15 +522,16 @@ def avg_pool2d_backward(const floating[:, :, ::1] gy, Py_ssize_t W,
                         int n_threads):
     """gy (P, Ho, Wo) -> gx (P, H*W).  fast_k: 2 or 3 for kernel width fast_k at column
     stride 2, else 0."""
-    cdef Py_ssize_t P = gy.shape[0], Ho = gy.shape[1], Wo = gy.shape[2], HW = gx.shape[1], p
+    cdef Py_ssize_t P = gy.shape[0], Ho = gy.shape[1], Wo = gy.shape[2], HW = gx.shape[1], p, chunk
     cdef floating* e
     cdef floating* plane
     cdef Py_ssize_t failed = 0
-    cdef bint scratch = HW * <Py_ssize_t>sizeof(floating) <= _SCRATCH_MAX
+    cdef bint scratch = _use_scratch(P, HW * <Py_ssize_t>sizeof(floating))
+    chunk = _plane_chunk(P, HW, n_threads)
     with nogil, parallel(num_threads=n_threads):
         e = <floating*>malloc((W + Wo) * sizeof(floating))
         plane = <floating*>malloc(HW * sizeof(floating)) if scratch else NULL
-        for p in prange(P, schedule="dynamic", chunksize=4):
+        for p in prange(P, schedule="dynamic", chunksize=chunk):
             if e == NULL:
                 failed += 1
             elif plane != NULL:
