@@ -179,6 +179,80 @@ def test_batch_norm_running_stats_updated_in_place():
     np.testing.assert_allclose(rv, 0.75 + 0.25 * x.var(axis=(0, 2, 3)) * M / (M - 1), rtol=1e-5)
 
 
+def _bn_small_order(x, g, eps=1e-5):
+    """float64 statistics of (N, C, HW) data with HW < 4, added in the order the kernel documents
+    for short runs: per channel, per image a chain from +0.0 over the run, added to the total
+    (NumPy float64 additions are the same IEEE operations, done for all channels at once)."""
+    N, C, HW = x.shape
+    M = float(N * HW)
+
+    def sums(m, a, b=None):
+        s, q = np.zeros(C), np.zeros(C)
+        for n in range(N):
+            ts, tq = np.zeros(C), np.zeros(C)
+            for i in range(HW):
+                if b is None:
+                    d = a[n, :, i] - m
+                    ts, tq = ts + d, tq + d * d
+                else:
+                    ts, tq = ts + a[n, :, i], tq + a[n, :, i] * (b[n, :, i] - m)
+            s, q = s + ts, q + tq
+        return s, q
+
+    s, _ = sums(0.0, x)
+    mean = s / M
+    s, q = sums(mean, x)
+    var = np.maximum((q - s * s / M) / M, 0)
+    invstd = 1.0 / np.sqrt(var + eps)
+    sg, sd = sums(mean, g, x)
+    return mean, invstd, sg, sd * invstd
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 2), (1, 3)])
+def test_batch_norm_small_planes_follow_documented_order(hw):
+    """The channel-block path for small planes adds exactly as documented: bit for bit equal to
+    a NumPy replay of the order (float64, where no rounding to the storage type hides it)."""
+    rng = np.random.default_rng(21)
+    x = (5 + 3 * rng.standard_normal((37, 70) + hw))
+    g = rng.standard_normal(x.shape)
+    w, b = rng.standard_normal(70), rng.standard_normal(70)
+    mean, invstd, gb, gw = _bn_small_order(x.reshape(37, 70, -1), g.reshape(37, 70, -1))
+    y, sm, si = cpu(F.batch_norm_forward, x, w, b, np.zeros(70), np.ones(70), True)
+    assert np.array_equal(sm, mean) and np.array_equal(si, invstd)
+    gx, gwc, gbc = cpu(F.batch_norm_backward, g, x, w, sm, si, True)
+    assert np.array_equal(gbc, gb) and np.array_equal(gwc, gw)
+    np.testing.assert_allclose(y, (x - mean[:, None, None]) * (invstd * w)[:, None, None]
+                               + b[:, None, None], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(9, 37, 2, 2), (5, 70, 1, 3), (6, 19, 4, 4), (4, 21, 8, 8),
+                                   (3, 5, 9, 9)])
+def test_batch_norm_kernels_bit_identical_for_any_thread_count(dtype, shape):
+    """Small planes go through channel blocks whose size follows the thread count; the bytes
+    of every output must not (forward train/eval, backward train/eval)."""
+    from convkit.cpu import _batchnorm as K
+    rng = np.random.default_rng(22)
+    N, C, H, W = shape
+    x = (2 + rng.standard_normal((N, C, H * W))).astype(dtype)
+    g = rng.standard_normal(x.shape).astype(dtype)
+    w, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    outs = []
+    for nt in (1, 2, 3, 1):
+        y, ye, gx, gxe = (np.empty_like(x) for _ in range(4))
+        mean, var = np.empty(C), np.empty(C)
+        sm, si, gw, gb, gwe, gbe = (np.empty(C, dtype) for _ in range(6))
+        K.batch_norm_train_forward(x, w, b, 1e-5, y, mean, var, sm, si, nt)
+        K.batch_norm_eval_forward(x, sm, si, w, b, ye, nt)
+        K.batch_norm_backward(g, x, w, sm, si, True, gx, gw, gb, nt)
+        K.batch_norm_backward(g, x, w, sm, si, False, gxe, gwe, gbe, nt)
+        outs.append([a.tobytes() for a in (y, ye, gx, gxe, mean, var, sm, si, gw, gb, gwe, gbe)])
+    assert all(o == outs[0] for o in outs[1:])
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean(axis=(0, 2)), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(var, x64.var(axis=(0, 2)), rtol=1e-10)
+
+
 # ---------------------------------------------------------------------------------- roi ops
 def _detector_inputs(dtype, K=64, C=16, seed=10):
     rng = np.random.default_rng(seed)

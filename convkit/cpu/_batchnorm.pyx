@@ -206,7 +206,217 @@ cdef void bn_channel_grad_apply(const floating* gy, const floating* x, floating*
             out[i] = gs[i] * k_gy + (xs[i] - mean) * k_xmu + shift
 
 
+# ------------------------------------------------- channel blocks, for small planes
+# With a small H*W a channel is N runs of a few values, 4 KB or more apart.  Instead, one task
+# takes CB consecutive channels and walks each image's contiguous (CB, HW) slab.  Every channel
+# still gets exactly the per-run sums, in the same order, as bn_channel_stats/_grad_sums (the
+# loops over n and over the channels are merely swapped), so the results are bit-identical to
+# the per-channel path and independent of CB and of the thread count.  The elementwise passes
+# expand the per-channel coefficients to one value per slab position so that their inner loop
+# runs over the whole slab.
+cdef enum:
+    BN_SLAB = 1024      # most values in one (CB, HW) slab: CB * HW <= BN_SLAB
+    BN_SMALL_HW = 64    # planes of at most this many values take the channel-block path
+
+
+cdef inline void bn_small_sums(const floating* xs, Py_ssize_t HW, Py_ssize_t CB,
+                               const double* m, double* s, double* q, double* ts,
+                               double* tq) noexcept nogil:
+    """s[j] += sum(x - m[j]), q[j] += sum((x - m[j])^2) over channel j's run of HW < 8 values
+    in the slab xs, for every j < CB.  For such short runs ck_bn_sums_* does only its scalar
+    tail (one dependent add chain from +0.0); this does the same additions in the same order,
+    but with the channels innermost, so that the chains of different channels overlap."""
+    cdef Py_ssize_t j, i
+    cdef double d
+    for j in range(CB):
+        ts[j] = 0.0
+        tq[j] = 0.0
+    for i in range(HW):
+        for j in range(CB):
+            d = <double>xs[j * HW + i] - m[j]
+            ts[j] += d
+            tq[j] += d * d
+    for j in range(CB):
+        s[j] += ts[j]
+        q[j] += tq[j]
+
+
+cdef inline void bn_small_dot(const floating* gs, const floating* xs, Py_ssize_t HW,
+                              Py_ssize_t CB, const floating* m, double* sg, double* sd,
+                              double* tg, double* td) noexcept nogil:
+    """The ck_bn_dot_* sums for runs of HW < 8 values (its scalar tail), channels innermost."""
+    cdef Py_ssize_t j, i
+    for j in range(CB):
+        tg[j] = 0.0
+        td[j] = 0.0
+    for i in range(HW):
+        for j in range(CB):
+            tg[j] += <double>gs[j * HW + i]
+            td[j] += <double>gs[j * HW + i] * (<double>xs[j * HW + i] - <double>m[j])
+    for j in range(CB):
+        sg[j] += tg[j]
+        sd[j] += td[j]
+
+
+cdef void bn_block_train(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t stride,
+                         Py_ssize_t HW, Py_ssize_t CB, const floating* weight,
+                         const floating* bias, bint affine, double eps, double* mean,
+                         double* var, floating* save_mean, floating* save_invstd) noexcept nogil:
+    """Training forward of channels [0, CB) of the block at x (element (0, c0, 0))."""
+    cdef double s[BN_SLAB]
+    cdef double q[BN_SLAB]
+    cdef double ts[BN_SLAB]
+    cdef double tq[BN_SLAB]
+    cdef double zero[BN_SLAB]
+    cdef floating em[BN_SLAB]
+    cdef floating es[BN_SLAB]
+    cdef floating eb[BN_SLAB]
+    cdef Py_ssize_t n, j, i, L = CB * HW
+    cdef double M = <double>(N * HW), m, invstd, w, b
+    cdef const floating* xs
+    cdef floating* ys
+    for j in range(CB):
+        s[j] = 0
+        q[j] = 0
+        zero[j] = 0
+    for n in range(N):
+        xs = x + n * stride
+        if HW < 8:
+            bn_small_sums(xs, HW, CB, zero, s, q, ts, tq)
+            continue
+        for j in range(CB):
+            if floating is float:
+                ck_bn_sums_f(xs + j * HW, HW, 0.0, &s[j], &q[j])
+            else:
+                ck_bn_sums_d(xs + j * HW, HW, 0.0, &s[j], &q[j])
+    for j in range(CB):
+        mean[j] = s[j] / M
+        s[j] = 0
+        q[j] = 0
+    for n in range(N):
+        xs = x + n * stride
+        if HW < 8:
+            bn_small_sums(xs, HW, CB, mean, s, q, ts, tq)
+            continue
+        for j in range(CB):
+            if floating is float:
+                ck_bn_sums_f(xs + j * HW, HW, mean[j], &s[j], &q[j])
+            else:
+                ck_bn_sums_d(xs + j * HW, HW, mean[j], &s[j], &q[j])
+    for j in range(CB):
+        m = mean[j]
+        var[j] = (q[j] - s[j] * s[j] / M) / M
+        if var[j] < 0:
+            var[j] = 0
+        invstd = 1.0 / sqrt(var[j] + eps)
+        save_mean[j] = <floating>m
+        save_invstd[j] = <floating>invstd
+        w = weight[j] if affine else 1.0
+        b = bias[j] if affine else 0.0
+        for i in range(HW):
+            em[j * HW + i] = <floating>m
+            es[j * HW + i] = <floating>(invstd * w)
+            eb[j * HW + i] = <floating>b
+    for n in range(N):
+        xs = x + n * stride
+        ys = y + n * stride
+        for i in range(L):
+            ys[i] = (xs[i] - em[i]) * es[i] + eb[i]
+
+
+cdef void bn_block_eval(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t stride,
+                        Py_ssize_t HW, Py_ssize_t CB, const floating* mean,
+                        const floating* invstd, const floating* weight, const floating* bias,
+                        bint affine) noexcept nogil:
+    cdef floating em[BN_SLAB]
+    cdef floating es[BN_SLAB]
+    cdef floating eb[BN_SLAB]
+    cdef Py_ssize_t n, j, i, L = CB * HW
+    cdef floating sc, sh
+    cdef const floating* xs
+    cdef floating* ys
+    for j in range(CB):
+        sc = invstd[j] * weight[j] if affine else invstd[j]
+        sh = bias[j] if affine else 0
+        for i in range(HW):
+            em[j * HW + i] = mean[j]
+            es[j * HW + i] = sc
+            eb[j * HW + i] = sh
+    for n in range(N):
+        xs = x + n * stride
+        ys = y + n * stride
+        for i in range(L):
+            ys[i] = (xs[i] - em[i]) * es[i] + eb[i]
+
+
+cdef void bn_block_backward(const floating* gy, const floating* x, floating* gx,
+                            Py_ssize_t N, Py_ssize_t stride, Py_ssize_t HW, Py_ssize_t CB,
+                            const floating* weight, bint affine, const floating* mean,
+                            const floating* invstd, bint training, floating* grad_weight,
+                            floating* grad_bias) noexcept nogil:
+    cdef double sg[BN_SLAB]
+    cdef double sd[BN_SLAB]
+    cdef double tg[BN_SLAB]
+    cdef double td[BN_SLAB]
+    cdef floating eg[BN_SLAB]
+    cdef floating em[BN_SLAB]
+    cdef floating ex[BN_SLAB]
+    cdef floating eb[BN_SLAB]
+    cdef Py_ssize_t n, j, i, L = CB * HW
+    cdef double M = <double>(N * HW), w, inv
+    cdef floating k_gy, k_xmu, shift
+    cdef const floating* gs
+    cdef const floating* xs
+    cdef floating* out
+    for j in range(CB):
+        sg[j] = 0
+        sd[j] = 0
+    for n in range(N):
+        gs = gy + n * stride
+        xs = x + n * stride
+        if HW < 8 if floating is float else HW < 4:     # where ck_bn_dot_* is tail-only
+            bn_small_dot(gs, xs, HW, CB, mean, sg, sd, tg, td)
+            continue
+        for j in range(CB):
+            if floating is float:
+                ck_bn_dot_f(gs + j * HW, xs + j * HW, HW, mean[j], &sg[j], &sd[j])
+            else:
+                ck_bn_dot_d(gs + j * HW, xs + j * HW, HW, mean[j], &sg[j], &sd[j])
+    for j in range(CB):
+        inv = invstd[j]
+        w = weight[j] if affine else 1.0
+        grad_bias[j] = <floating>sg[j]
+        grad_weight[j] = <floating>(sd[j] * inv)
+        k_gy = <floating>(w * inv)
+        if training:
+            k_xmu = <floating>(-w * inv * inv * inv * sd[j] / M)
+            shift = <floating>(-w * inv * sg[j] / M)
+        else:
+            k_xmu = 0
+            shift = 0
+        for i in range(HW):
+            eg[j * HW + i] = k_gy
+            em[j * HW + i] = mean[j]
+            ex[j * HW + i] = k_xmu
+            eb[j * HW + i] = shift
+    for n in range(N):
+        gs = gy + n * stride
+        xs = x + n * stride
+        out = gx + n * stride
+        for i in range(L):
+            out[i] = gs[i] * eg[i] + (xs[i] - em[i]) * ex[i] + eb[i]
+
+
 # ---------------------------------------------------------------- Python-callable drivers
+cdef Py_ssize_t block_channels(Py_ssize_t C, Py_ssize_t HW, int n_threads) noexcept nogil:
+    """Channels per task on the block path: a slab of at most BN_SLAB values, and at least one
+    block per thread.  (The results do not depend on it.)"""
+    cdef Py_ssize_t cb = BN_SLAB // HW, per = (C + n_threads - 1) // n_threads
+    if per < cb:
+        cb = per
+    return cb if cb > 0 else 1
+
+
 def batch_norm_train_forward(const floating[:, :, ::1] x, const floating[::1] weight,
                              const floating[::1] bias, double eps, floating[:, :, ::1] y,
                              double[::1] mean, double[::1] var, floating[::1] save_mean,
@@ -216,6 +426,18 @@ def batch_norm_train_forward(const floating[:, :, ::1] x, const floating[::1] we
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], HW = x.shape[2], c
     cdef bint affine = weight.shape[0] > 0
     cdef double invstd, w, b
+    cdef Py_ssize_t cb, nb, blk, c0
+    if HW <= BN_SMALL_HW:
+        cb = block_channels(C, HW, n_threads)
+        nb = (C + cb - 1) // cb
+        with nogil:
+            for blk in prange(nb, schedule="static", num_threads=n_threads):
+                c0 = blk * cb
+                bn_block_train(&x[0, c0, 0], &y[0, c0, 0], N, C * HW, HW, min(cb, C - c0),
+                               &weight[c0] if affine else NULL,
+                               &bias[c0] if affine else NULL, affine, eps, &mean[c0],
+                               &var[c0], &save_mean[c0], &save_invstd[c0])
+        return
     with nogil:
         for c in prange(C, schedule="dynamic", num_threads=n_threads):
             bn_channel_stats(&x[0, c, 0], N, C * HW, HW, &mean[c], &var[c])
@@ -233,6 +455,17 @@ def batch_norm_eval_forward(const floating[:, :, ::1] x, const floating[::1] mea
                             const floating[::1] bias, floating[:, :, ::1] y, int n_threads):
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], HW = x.shape[2], c
     cdef bint affine = weight.shape[0] > 0
+    cdef Py_ssize_t cb, nb, blk, c0
+    if HW <= BN_SMALL_HW:
+        cb = block_channels(C, HW, n_threads)
+        nb = (C + cb - 1) // cb
+        with nogil:
+            for blk in prange(nb, schedule="static", num_threads=n_threads):
+                c0 = blk * cb
+                bn_block_eval(&x[0, c0, 0], &y[0, c0, 0], N, C * HW, HW, min(cb, C - c0),
+                              &mean[c0], &invstd[c0], &weight[c0] if affine else NULL,
+                              &bias[c0] if affine else NULL, affine)
+        return
     with nogil:
         for c in prange(C, schedule="dynamic", num_threads=n_threads):
             if affine:
@@ -252,6 +485,18 @@ def batch_norm_backward(const floating[:, :, ::1] gy, const floating[:, :, ::1] 
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], HW = x.shape[2], c
     cdef bint affine = weight.shape[0] > 0
     cdef double sg, sd, w, inv, M = <double>(N * HW)
+    cdef Py_ssize_t cb, nb, blk, c0
+    if HW <= BN_SMALL_HW:
+        cb = block_channels(C, HW, n_threads)
+        nb = (C + cb - 1) // cb
+        with nogil:
+            for blk in prange(nb, schedule="static", num_threads=n_threads):
+                c0 = blk * cb
+                bn_block_backward(&gy[0, c0, 0], &x[0, c0, 0], &gx[0, c0, 0], N, C * HW, HW,
+                                  min(cb, C - c0), &weight[c0] if affine else NULL, affine,
+                                  &mean[c0], &invstd[c0], training, &grad_weight[c0],
+                                  &grad_bias[c0])
+        return
     with nogil:
         for c in prange(C, schedule="dynamic", num_threads=n_threads):
             sg = 0      # assigned here so that Cython makes them thread-private
