@@ -417,12 +417,32 @@ cdef Py_ssize_t block_channels(Py_ssize_t C, Py_ssize_t HW, int n_threads) noexc
     return cb if cb > 0 else 1
 
 
+cdef void update_running(const double[::1] mean, const double[::1] var,
+                         floating[::1] running_mean, floating[::1] running_var, double momentum,
+                         double unbias) noexcept nogil:
+    """The wrapper's former NumPy update, operation for operation (so the same bits): r *= 1 - m
+    in the storage type, then r += (m * stat) rounded to it.  A few C values: one thread."""
+    cdef Py_ssize_t c
+    cdef floating keep = <floating>(1.0 - momentum)
+    if running_mean.shape[0] == 0:
+        return
+    for c in range(running_mean.shape[0]):
+        running_mean[c] = running_mean[c] * keep
+        running_mean[c] = running_mean[c] + <floating>(momentum * mean[c])
+        running_var[c] = running_var[c] * keep
+        running_var[c] = running_var[c] + <floating>(momentum * var[c] * unbias)
+
+
 def batch_norm_train_forward(const floating[:, :, ::1] x, const floating[::1] weight,
                              const floating[::1] bias, double eps, floating[:, :, ::1] y,
                              double[::1] mean, double[::1] var, floating[::1] save_mean,
-                             floating[::1] save_invstd, int n_threads):
+                             floating[::1] save_invstd, int n_threads,
+                             floating[::1] running_mean, floating[::1] running_var,
+                             double momentum, double unbias):
     """x, y (N, C, HW).  Fills mean/var (double, biased var) and save_mean/save_invstd.
-    weight/bias: length C, or length 0 for no affine."""
+    weight/bias: length C, or length 0 for no affine.  running_mean/var: length C (updated in
+    place as NumPy would, torch's r = r * (1 - momentum) + momentum * stat in the storage type,
+    the variance times unbias = M / (M - 1)) or length 0."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], HW = x.shape[2], c
     cdef bint affine = weight.shape[0] > 0
     cdef double invstd, w, b
@@ -437,6 +457,7 @@ def batch_norm_train_forward(const floating[:, :, ::1] x, const floating[::1] we
                                &weight[c0] if affine else NULL,
                                &bias[c0] if affine else NULL, affine, eps, &mean[c0],
                                &var[c0], &save_mean[c0], &save_invstd[c0])
+        update_running(mean, var, running_mean, running_var, momentum, unbias)
         return
     with nogil:
         for c in prange(C, schedule="dynamic", num_threads=n_threads):
@@ -448,6 +469,7 @@ def batch_norm_train_forward(const floating[:, :, ::1] x, const floating[::1] we
             b = bias[c] if affine else 0.0
             bn_channel_apply(&x[0, c, 0], &y[0, c, 0], N, C * HW, HW, <floating>mean[c],
                              <floating>(invstd * w), <floating>b)
+    update_running(mean, var, running_mean, running_var, momentum, unbias)
 
 
 def batch_norm_eval_forward(const floating[:, :, ::1] x, const floating[::1] mean,
