@@ -29,6 +29,8 @@ def _physical_cores() -> int:
 
 def _env_int(name: str) -> int | None:
     v = os.environ.get(name, "").strip()
+    if name == "OMP_NUM_THREADS":
+        v = v.split(",")[0].strip()   # OpenMP allows a list for nested teams: the outer one is ours
     if not v:
         return None
     try:

@@ -19,7 +19,11 @@ def config_lines() -> list[str]:
         lines.append(f"backend in use: {name} ({why})")
     except (RuntimeError, ValueError) as e:
         lines.append(f"backend in use: none ({e})")
-    lines.append(f"threads: {_config.get_num_threads()} (set_num_threads / CONVKIT_NUM_THREADS / "
+    try:
+        nt = _config.get_num_threads()
+    except ValueError as e:   # a bad CONVKIT_NUM_THREADS is reported, not a traceback
+        nt = f"invalid setting: {e}"
+    lines.append(f"threads: {nt} (set_num_threads / CONVKIT_NUM_THREADS / "
                  f"OMP_NUM_THREADS / physical cores)")
     lines.append(f"im2col workspace limit: {_config.get_workspace_limit() / 2**20:.0f} MiB")
     try:
@@ -35,7 +39,11 @@ def config_lines() -> list[str]:
         ok, why = _registry.backend_status(n)
         lines.append(f"  {n:8s} {'ok' if ok else 'unavailable'}" + ("" if ok else f": {why}"))
         if ok:
-            for k, v in _registry.get_backend(n).info().items():
+            try:
+                facts = _registry.get_backend(n).info()
+            except Exception as e:  # a backend's facts must never break `convkit info`
+                facts = {"info": f"unavailable ({type(e).__name__}: {e})"}
+            for k, v in facts.items():
                 lines.append(f"      {k}: {v}")
     return lines
 

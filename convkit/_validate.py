@@ -10,6 +10,7 @@ import operator
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_MAX_PARAM = 2**31 - 1     # kernel sizes, strides, paddings, dilations: C ints downstream
 
 
 def _int(op: str, name: str, v) -> int:
@@ -34,6 +35,8 @@ def pair(op: str, name: str, v, *, minimum: int) -> tuple[int, int]:
     if a < minimum or b < minimum:
         what = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{op}: {name} must be {what}, got {v!r}")
+    if a > _MAX_PARAM or b > _MAX_PARAM:
+        raise ValueError(f"{op}: {name} must be at most {_MAX_PARAM}, got {v!r}")
     return a, b
 
 
@@ -115,4 +118,22 @@ def out_buffer(op: str, out, be, shape, dtype):
                          f"got shape {tuple(out.shape)} and dtype {out.dtype}")
     if not out.flags.c_contiguous:
         raise ValueError(f"{op}: out must be C-contiguous")
+    if not getattr(out.flags, "writeable", True):
+        raise ValueError(f"{op}: out must be writeable")
     return out
+
+
+def no_overlap(op: str, be, out, **inputs) -> None:
+    """An ``out=`` buffer must not share memory with an input: kernels read inputs while they
+    write the output, so an overlap would give a wrong answer with no error."""
+    if out is None:
+        return
+    may_share = getattr(be.xp, "may_share_memory", None) or np.may_share_memory
+    for name, a in inputs.items():
+        if a is not None and may_share(out, a):
+            raise ValueError(f"{op}: out must not share memory with {name}")
+
+
+def writeable(op: str, name: str, a) -> None:
+    if a is not None and not getattr(a.flags, "writeable", True):
+        raise ValueError(f"{op}: {name} must be writeable (it is updated in place)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _validate as V
+from ._config import get_workspace_limit
 from ._registry import get_backend
 from ._shapes import conv_out_size, pool_out_size, same_padding
 
@@ -83,6 +84,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
             raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     dt = V.float_dtype(op, x=x, weight=weight, bias=bias)
     out = V.out_buffer(op, out, be, yshape, dt)
+    V.no_overlap(op, be, out, x=x, weight=weight, bias=bias)
     xp = be.xp
     if x.size == 0 or weight.size == 0:   # N = 0, F = 0 or C = 0: nothing to correlate
         y = out if out is not None else xp.empty(yshape, dtype=dt)
@@ -127,6 +129,8 @@ def _pool_args(op, be, x, kernel_size, stride, padding, dilation, ceil_mode):
         if p[i] > k[i] // 2:   # torch's rule, with or without dilation
             raise ValueError(f"{op}: padding {p} must be at most half the kernel size {k}")
     H, W = x.shape[2:]
+    if H == 0 or W == 0:   # torch refuses too: every window would be padding only
+        raise ValueError(f"{op}: x must have non-zero height and width, got shape {tuple(x.shape)}")
     Ho = pool_out_size(H, k[0], s[0], p[0], d[0], bool(ceil_mode))
     Wo = pool_out_size(W, k[1], s[1], p[1], d[1], bool(ceil_mode))
     if Ho < 1 or Wo < 1:
@@ -156,6 +160,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     dt = V.float_dtype(op, x=x)
     N, C = x.shape[:2]
     out = V.out_buffer(op, out, be, (N, C) + ohw, dt)
+    V.no_overlap(op, be, out, x=x)
     if x.size == 0:
         xp = be.xp
         return (out if out is not None else xp.empty((N, C) + ohw, dt),
@@ -206,6 +211,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     dt = V.float_dtype(op, x=x)
     N, C = x.shape[:2]
     out = V.out_buffer(op, out, be, (N, C) + ohw, dt)
+    V.no_overlap(op, be, out, x=x)
     if x.size == 0:
         return out if out is not None else be.xp.empty((N, C) + ohw, dt)
     return be.avg_pool2d_forward(_c(be, x), k, s, p, ohw, bool(count_include_pad), out=out)
@@ -267,6 +273,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     for name, r in (("running_mean", running_mean), ("running_var", running_var)):
         if r is not None and not r.flags.c_contiguous:
             raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place)")
+        if training:
+            V.writeable(op, name, r)
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: running_mean and running_var must both be given or both be None")
     training = bool(training)
@@ -284,6 +292,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
         weight = xp.ones(C, dt) if weight is None else weight
         bias = xp.zeros(C, dt) if bias is None else bias
     out = V.out_buffer(op, out, be, x.shape, dt)
+    V.no_overlap(op, be, out, x=x, weight=weight, bias=bias, running_mean=running_mean,
+                 running_var=running_var)
     if x.size == 0:   # eval with N = 0 (training with N*H*W <= 1 was rejected above)
         inv = 1.0 / xp.sqrt(running_var + eps) if running_var is not None else xp.zeros(C, dt)
         mean = running_mean.copy() if running_mean is not None else xp.zeros(C, dt)
@@ -391,6 +401,7 @@ def roi_pool_forward(x, rois, output_size, spatial_scale=1.0, *, out=None):
     K, C = r.shape[0], x.shape[1]
     shape = (K, C) + osz
     out = V.out_buffer(op, out, be, shape, dt)
+    V.no_overlap(op, be, out, x=x, rois=r)
     xp = be.xp
     if K == 0 or x.size == 0:
         y = out if out is not None else xp.empty(shape, dt)
@@ -436,6 +447,21 @@ def roi_pool_backward(grad_y, argmax, input_shape, rois=None):
                                 _c(be, argmax.astype(xp.int64, copy=False)), shape)
 
 
+def _sampling_ratio(op, sampling_ratio, K, osz):
+    """sampling_ratio as an int; a fixed grid whose per-RoI sample tables (about 24 bytes per
+    sample row/column of every bin) would exceed the workspace limit is a MemoryError, not an
+    allocation of gigabytes or a loop of 2**40 samples."""
+    sr = V._int(op, "sampling_ratio", sampling_ratio)
+    if sr > 0:
+        need = 24 * max(K, 1) * (osz[0] + osz[1]) * sr
+        limit = get_workspace_limit()
+        if need > limit:
+            raise MemoryError(f"{op}: sampling_ratio={sr} needs about {need} bytes of sample "
+                              f"tables for {K} RoIs, over the workspace limit of {limit} bytes "
+                              f"(convkit.set_workspace_limit)")
+    return sr
+
+
 def roi_align_forward(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
                       *, out=None):
     """RoI align, ``torchvision.ops.roi_align`` semantics.
@@ -449,12 +475,13 @@ def roi_align_forward(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1
     op = "roi_align_forward"
     be = get_backend()
     osz, scale = _roi_common(op, be, x, output_size, spatial_scale)
-    sr = V._int(op, "sampling_ratio", sampling_ratio)
     dt = V.float_dtype(op, x=x)
     r, mask = _rois(op, be, rois, x.shape[0], dt)
     K, C = r.shape[0], x.shape[1]
+    sr = _sampling_ratio(op, sampling_ratio, K, osz)
     shape = (K, C) + osz
     out = V.out_buffer(op, out, be, shape, dt)
+    V.no_overlap(op, be, out, x=x, rois=r)
     xp = be.xp
     if K == 0 or x.size == 0:
         y = out if out is not None else xp.empty(shape, dt)
@@ -475,9 +502,9 @@ def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale=1.0
     shape = V.shape_tuple(op, "input_shape", input_shape)
     osz = V.pair(op, "output_size", output_size, minimum=1)
     scale = V.real(op, "spatial_scale", spatial_scale, positive=True)
-    sr = V._int(op, "sampling_ratio", sampling_ratio)
     dt = V.float_dtype(op, grad_y=grad_y)
     r, mask = _rois(op, be, rois, shape[0], dt)
+    sr = _sampling_ratio(op, sampling_ratio, r.shape[0], osz)
     V.grad_shape(op, "grad_y", grad_y, (r.shape[0], shape[1]) + osz)
     xp = be.xp
     if r.shape[0] == 0 or int(np.prod(shape)) == 0:

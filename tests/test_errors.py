@@ -257,3 +257,73 @@ def test_max_pool_dilated_window_all_padding_is_rejected(backend):
     # H=2, k=2, d=3, p=1: the window reads rows -1 and 2, both outside the image
     raises(backend, ValueError, r"covers only padding", convkit.max_pool2d_forward,
            x4(1, 1, 2, 3), (2, 1), 1, (1, 0), (3, 1))
+
+
+# ------------------------------------------------------------------------------ review findings
+@pytest.mark.parametrize("fn", [convkit.max_pool2d_forward, convkit.avg_pool2d_forward])
+def test_pool_of_empty_plane_is_refused(backend, fn):
+    # padding would give a 1x1 output made only of padding: torch refuses, so do we (no garbage)
+    raises(backend, ValueError, r"x must have non-zero height and width", fn,
+           np.zeros((1, 1, 0, 0), f32), 2, 1, 1)
+
+
+def test_out_overlapping_an_input_is_refused(backend):
+    x = x4(1, 4, 6, 6)
+    with convkit.use_backend(backend) as be:
+        xb = be.asarray(x)
+        with pytest.raises(ValueError, match="out must not share memory with x"):
+            convkit.conv2d_forward(xb, be.asarray(x4(4, 4, 1, 1)), out=xb)
+        with pytest.raises(ValueError, match="out must not share memory with x"):
+            convkit.max_pool2d_forward(xb, 3, 1, 1, out=xb)
+        with pytest.raises(ValueError, match="out must not share memory with x"):
+            convkit.avg_pool2d_forward(xb, 3, 1, 1, out=xb)
+        with pytest.raises(ValueError, match="out must not share memory with x"):
+            convkit.batch_norm_forward(xb, None, None, None, None, True, out=xb)
+        rois = be.asarray(np.array([[0, 0, 0, 5, 5]], f32))
+        with pytest.raises(ValueError, match="out must not share memory with x"):
+            convkit.roi_align_forward(xb, rois, 6, out=xb)
+
+
+def test_read_only_out_is_refused():
+    y = np.zeros((1, 2, 2, 2), f32)
+    y.flags.writeable = False
+    raises("numpy", ValueError, r"out must be writeable", convkit.avg_pool2d_forward,
+           x4(1, 2, 4, 4), 2, out=y)
+
+
+def test_batch_norm_read_only_running_stats_refused_before_any_update(backend):
+    if backend != "numpy" and backend != "cpu":
+        pytest.skip("host arrays only")
+    rm, rv = np.zeros(3, f32), np.ones(3, f32)
+    rv.flags.writeable = False
+    raises(backend, ValueError, r"running_var must be writeable", convkit.batch_norm_forward,
+           x4(2, 3, 4, 4), None, None, rm, rv, True)
+    assert not rm.any()           # nothing was half-updated
+
+
+def test_huge_sampling_ratio_is_a_memory_error_not_a_hang(backend):
+    x = x4(1, 2, 6, 6)
+    rois = np.array([[0, 1, 1, 4, 4]], f32)
+    for sr in (2**24, 2**40):
+        raises(backend, MemoryError, r"sampling_ratio=\d+ needs about \d+ bytes .* workspace "
+               r"limit", convkit.roi_align_forward, x, rois, 2, 1.0, sr)
+        raises(backend, MemoryError, r"sampling_ratio", convkit.roi_align_backward,
+               x4(1, 2, 2, 2), rois, x.shape, 2, 1.0, sr)
+
+
+def test_huge_int_parameters_name_the_argument(backend):
+    raises(backend, ValueError, r"stride must be at most", convkit.conv2d_forward,
+           x4(1, 1, 4, 4), x4(1, 1, 1, 1), None, 2**63)
+    raises(backend, ValueError, r"padding must be at most", convkit.conv2d_forward,
+           x4(1, 1, 4, 4), x4(1, 1, 1, 1), None, 1, 2**62)
+
+
+def test_thread_settings_from_the_environment(monkeypatch):
+    monkeypatch.delenv("CONVKIT_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3,2")      # nested-team list: the outer count is ours
+    assert convkit.get_num_threads() == 3
+    monkeypatch.setenv("CONVKIT_NUM_THREADS", "abc")
+    from convkit._info import config_lines
+
+    text = "\n".join(config_lines())                   # reported, not a traceback
+    assert "invalid setting" in text and "CONVKIT_NUM_THREADS" in text
