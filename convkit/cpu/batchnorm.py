@@ -1,7 +1,8 @@
 """CPU spatial batch norm: Python wrappers around ``_batchnorm`` (torch semantics).
 
-The kernels work channel by channel (one OpenMP thread per channel at a time); the wrappers
-allocate outputs, update the running statistics (C values, NumPy) and pick the thread count.
+The kernels give each OpenMP thread whole channels (one at a time, or a block of channels when
+H*W <= 64); they also update the running statistics.  The wrappers allocate outputs and pick the
+thread count.
 """
 from __future__ import annotations
 
