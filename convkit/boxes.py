@@ -199,6 +199,19 @@ def remove_small_boxes(boxes, min_size):
     return xp.nonzero(keep)[0].astype(xp.int64, copy=False)
 
 
+def score_order(scores):
+    """Indices that sort ``scores`` (array[N]) in decreasing order, the order every backend's
+    nms walks: stable, so equal scores keep the lower index first; NaN scores come first, as
+    torch's descending sort (which torchvision's nms uses) puts them (a NaN and a +inf score
+    tie, lower index first)."""
+    xp = _xp(scores)
+    key = -scores
+    nan = xp.isnan(key)
+    if bool(nan.any()):
+        key = xp.where(nan, -xp.inf, key)
+    return xp.argsort(key, kind="stable")
+
+
 def box_area(boxes):
     """Area ``(x2 - x1) * (y2 - y1)`` of xyxy array[..., 4] -> array[...] (negative for an
     inverted box, as torchvision)."""

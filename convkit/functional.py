@@ -12,6 +12,7 @@ from . import _validate as V
 from ._config import get_workspace_limit
 from ._registry import get_backend
 from ._shapes import conv_out_size, pool_out_size, same_padding
+from .boxes import score_order
 
 __all__ = [
     "conv2d_forward", "conv2d_backward",
@@ -568,7 +569,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
         sel = xp.nonzero(idxs == c)[0]
         keeps.append(sel[be.nms(_c(be, boxes[sel]), _c(be, scores[sel]), thr)])
     keep = xp.sort(xp.concatenate(keeps))
-    order = xp.argsort(-scores[keep], kind="stable")
+    order = score_order(scores[keep])
     return keep[order].astype(xp.int64, copy=False)
 
 

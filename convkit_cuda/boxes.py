@@ -4,6 +4,8 @@ from __future__ import annotations
 import cupy
 import numpy as np
 
+from convkit.boxes import score_order
+
 from ._kernels import grid_for, launch, on_device
 
 STEM = "boxes"
@@ -33,7 +35,7 @@ def nms(boxes, scores, iou_threshold):
         N = boxes.shape[0]
         dt = boxes.dtype
         # stable ascending sort of -score == stable descending sort of score (ties: lower index)
-        order = cupy.argsort(-scores)
+        order = score_order(scores)
         sorted_boxes = cupy.ascontiguousarray(boxes[order])
         nblocks = (N + 63) // 64
         mask = cupy.empty(N * nblocks, dtype=np.uint64)

@@ -270,3 +270,19 @@ def test_box_helpers_validate_arguments():
         B.normalize_boxes(good, (0, 10))
     with pytest.raises(ValueError, match="in_fmt"):
         B.box_convert(good, "xyz", "xyxy")
+
+
+def test_nms_nan_scores_come_first_like_torch(backend):
+    """torch's descending sort (torchvision's nms order) puts NaN scores first."""
+    b = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10], [50, 50, 60, 60]], np.float32)
+    s = np.array([np.nan, 0.8, 0.9, np.nan], np.float32)
+    keep = run(backend, F.nms, b, s, 0.5)
+    np.testing.assert_array_equal(keep, [0, 3])        # box 0 (NaN) suppresses 1 and 2
+    keep = run(backend, F.batched_nms, b, s, np.array([0, 0, 1, 1]), 0.5)
+    np.testing.assert_array_equal(keep, [0, 3, 2])
+
+
+def test_nms_nan_order_matches_torch_sort(torch):
+    s = np.array([0.3, np.nan, 0.9, 0.3, np.nan, -1.0], np.float32)
+    want = torch.sort(torch.from_numpy(s), descending=True, stable=True).indices.numpy()
+    np.testing.assert_array_equal(B.score_order(s), want)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._config import get_num_threads
+from ..boxes import score_order
 from . import _boxes
 
 # Fewer boxes than this: one thread.  6000 RPN proposals take ~5 ms on one core; the block
@@ -27,7 +28,7 @@ def _float_below(thr):
 
 def nms(boxes, scores, iou_threshold):
     n = boxes.shape[0]
-    order = np.argsort(-scores, kind="stable")
+    order = score_order(scores)
     b = boxes[order]
     x1, y1, x2, y2 = (np.ascontiguousarray(b[:, i]) for i in range(4))
     area = (x2 - x1) * (y2 - y1)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..boxes import score_order
+
 
 def _iou_one_to_many(box, boxes, area, areas):
     """IoU of one box (4,) with boxes (M, 4), given their areas; union 0 -> 0."""
@@ -29,7 +31,7 @@ def nms(boxes, scores, iou_threshold):
     areas = (x2 - x1) * (y2 - y1)
     # stable, so equal scores keep index order; -scores (not a reversed ascending sort, which
     # would put the higher index first among ties)
-    order = np.argsort(-scores, kind="stable")
+    order = score_order(scores)
     # compared in float64, as torchvision's kernels compare a float IoU with a double threshold
     thr = np.float64(iou_threshold)
     suppressed = np.zeros(boxes.shape[0], bool)
