@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""Row-major GEMM on scipy's BLAS (scipy.linalg.cython_blas), callable without the GIL.
+"""Row-major GEMM callable without the GIL: float32 on convkit's own AVX-512 kernel (_sgemm.h)
+where the CPU has AVX-512F, everything else on scipy's BLAS (scipy.linalg.cython_blas).
 
 BLAS is column-major; a row-major C = op(A) @ op(B) is the column-major C^T = op(B)^T @ op(A)^T,
 so the operands (and their flags) are swapped: no copies, no cblas.h, no link flags.
@@ -8,6 +9,12 @@ below 2**31 (the conv wrapper chunks its work so that they are).
 """
 from cython cimport floating
 from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+
+cdef extern from "_sgemm.h" nogil:
+    int ck_sgemm(int ta, int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
+                 const float* a, Py_ssize_t lda, const float* b, Py_ssize_t ldb, float beta,
+                 float* c, Py_ssize_t ldc)
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -23,6 +30,8 @@ cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py
     cdef int im = <int>m, in_ = <int>n, ik = <int>k
     cdef int ilda = <int>lda, ildb = <int>ldb, ildc = <int>ldc
     if floating is float:
+        if ck_sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+            return
         sgemm(&tb, &ta, &in_, &im, &ik, &alpha, <float*>b, &ildb, <float*>a, &ilda,
               &beta, c, &ildc)
     else:

@@ -525,12 +525,29 @@ cdef inline void _wino_filter(const floating* g, floating* u, Py_ssize_t us) noe
 
 def winograd_filters(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int n_threads):
     """U[(a*4 + b), f, c] = (G w[f, c] G^T)[a, b] (OUT: U (16, F, C)) for 3x3 filters w,
-    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]."""
+    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
+
+    A task transforms 16 channels of one filter into a small buffer and writes 16 runs of 16:
+    one filter at a time would store its 16 values F*C elements apart, all in one cache set."""
     cdef Py_ssize_t F = w.shape[0], C = w.shape[1]
+    cdef Py_ssize_t nb = (C + 15) // 16
     cdef Py_ssize_t it
     with nogil:
-        for it in prange(F * C, schedule="static", num_threads=n_threads):
-            _wino_filter(&w[it // C, it % C, 0, 0], &U[0, it // C, it % C], F * C)
+        for it in prange(F * nb, schedule="static", num_threads=n_threads):
+            _wino_filter_block(w, U, it // nb, (it % nb) * 16)
+
+
+cdef void _wino_filter_block(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, Py_ssize_t f,
+                             Py_ssize_t c0) noexcept nogil:
+    """Channels c0 .. c0+15 (or to C) of filter f into U, through a buffer on this thread's stack."""
+    cdef floating buf[256]
+    cdef Py_ssize_t c1 = _min(c0 + 16, w.shape[1])
+    cdef Py_ssize_t c, e
+    for c in range(c0, c1):
+        _wino_filter(&w[f, c, 0, 0], &buf[c - c0], 16)
+    for e in range(16):
+        for c in range(c0, c1):
+            U[e, f, c] = buf[e * 16 + c - c0]
 
 
 cdef inline void _wino_input_row(const floating* x, Py_ssize_t H, Py_ssize_t W,

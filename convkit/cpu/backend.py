@@ -21,9 +21,14 @@ class CpuBackend(Backend):
         return np.asarray(a, dtype=dtype)
 
     def info(self):
+        from ._gemm import own_sgemm_active
         from ._omp import openmp_info
 
-        return openmp_info()
+        facts = dict(openmp_info())
+        facts["float32 GEMM"] = ("convkit's AVX-512 kernel" if own_sgemm_active()
+                                 else "BLAS (scipy's; this CPU or build has no AVX-512 kernel)")
+        facts["float64 GEMM"] = "BLAS (scipy's)"
+        return facts
 
     conv2d_forward = staticmethod(conv.conv2d_forward)
     conv2d_backward = staticmethod(conv.conv2d_backward)

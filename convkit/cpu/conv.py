@@ -15,12 +15,17 @@ Paths (all in convkit/cpu/_conv.pyx):
   blocks of output rows (of whole images where they fit), each thread with its own slice of the
   workspace, so the workspace stays below ``convkit.get_workspace_limit()``.
 
-The kernels call BLAS from inside their OpenMP team, so BLAS is pinned to one thread for the
-duration of a call (``_blas_single_thread``): one pool of ``convkit.get_num_threads()`` threads,
-never two pools competing for the cores.
+Every GEMM runs inside the kernels' OpenMP team.  float32 GEMMs run on convkit's own AVX-512
+kernel (``_sgemm.h``) where the CPU has AVX-512F; it keeps 0.8 MiB of packing buffers per
+OpenMP thread, for the life of the thread.  GEMMs on BLAS (float64, or float32 without AVX-512)
+pin BLAS to one thread for the duration of a call (``_blas_pin(dtype)``): one pool of
+``convkit.get_num_threads()`` threads, never two pools competing for the cores.  Calls that use
+no BLAS leave it alone: re-setting OpenBLAS's thread count wakes its threads, which then spin on
+the cores the kernels need.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 
@@ -28,7 +33,7 @@ import numpy as np
 
 from .._config import get_num_threads, get_workspace_limit
 from .._shapes import conv_out_size
-from . import _conv
+from . import _conv, _gemm
 
 # Workspace per thread for the im2col columns: twice the weight's bytes, clamped to
 # [_CHUNK_MIN, _CHUNK_MAX].  Small pieces keep the columns in cache between im2col and the GEMM
@@ -105,6 +110,17 @@ class _BlasPin:
 
 
 _blas_single_thread = _BlasPin()
+_no_pin = contextlib.nullcontext()
+
+
+def _blas_pin(dtype):
+    """The BLAS pin when this dtype's GEMMs go to BLAS, else a no-op context."""
+    if dtype == np.float32 and _OWN_SGEMM:
+        return _no_pin
+    return _blas_single_thread
+
+
+_OWN_SGEMM = _gemm.own_sgemm_active()
 
 
 # --------------------------------------------------------------------------- planning
@@ -290,7 +306,7 @@ def _winograd(x, weight, b, has_bias, y, pt, pl, n_threads):
     U = _workspace(16 * F * C, x.dtype, "winograd")[:16 * F * C].reshape(16, F, C)
     _conv.winograd_filters(weight, U, n_threads)
     ws = _workspace(n_threads * per_thread, x.dtype)
-    with _blas_single_thread:
+    with _blas_pin(x.dtype):
         _conv.conv2d_forward_winograd(x, U, b, has_bias, y, ws, per_thread, trows, pt, pl,
                                       n_threads)
     return True
@@ -321,7 +337,7 @@ def _batch_forward(x, weight, b, has_bias, y, stride, pt, pl, dilation, groups, 
         return False
     n_threads, imgs, per_thread = plan
     ws = _workspace(n_threads * per_thread, x.dtype)
-    with _blas_single_thread:
+    with _blas_pin(x.dtype):
         _conv.conv2d_forward_batch(x, weight, b, has_bias, y, ws, per_thread, imgs, idx, Hp, Wp,
                                    pt, pl, dilation[0], dilation[1], groups, n_threads)
     return True
@@ -362,7 +378,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
     n_threads, rows, per_thread = _plan_forward(N, C, KH * KW, Ho, Wo, W, sw, x.itemsize, n_threads,
                                                 pointwise, weight.nbytes)
     ws = _workspace(n_threads * per_thread, x.dtype)
-    with _blas_single_thread:
+    with _blas_pin(x.dtype):
         _conv.conv2d_forward_gemm(x, weight, b, has_bias, y, ws, per_thread, rows, sh, sw, pt, pl,
                                   dh, dw, groups, pointwise, n_threads)
     return y
@@ -422,7 +438,7 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             gw = np.empty(weight.shape, dtype=dt)
             gyt = _workspace(F * N * Ho * Wo, dt, "gyt")
             ws = _workspace(n_threads * per_thread, dt)
-            with _blas_single_thread:
+            with _blas_pin(x.dtype):
                 _conv.conv2d_backward_batch(grad_y, x, weight, gx, gw, gyt, ws, per_thread,
                                             chans_w, kimgs, imgs, idx, Hp, Wp, sw, pt, pl,
                                             dh, dw, groups, needs_input_grad, n_threads)
@@ -432,7 +448,7 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             N, C, Cg, groups, KH, KW, Ho, Wo, W, sw, x.itemsize, n_threads, pointwise,
             needs_input_grad, weight.nbytes)
         ws = _workspace(n_threads * per_thread, dt)
-        with _blas_single_thread:
+        with _blas_pin(x.dtype):
             _conv.conv2d_backward_gemm(grad_y, x, weight, gx, gw, ws, per_thread, units_w, rows_w,
                                        chans_x, rows_x, sh, sw, pt, pl, dh, dw, groups, pointwise,
                                        needs_input_grad, n_threads)

@@ -1,0 +1,306 @@
+/* convkit's packed single-precision GEMM for x86-64 CPUs with AVX-512F.
+ *
+ * Row-major C (m x n, row stride ldc) = alpha * op(A) @ op(B) + beta * C, where op(A) is m x k
+ * (A stored k x m when ta) and op(B) is k x n (B stored n x k when tb).  beta == 0 never reads C.
+ *
+ * Why our own: scipy's OpenBLAS re-packs both operands on every call and runs the conv shapes
+ * (64 x 147 x 12544 for a 7x7 stem, 64 x 576 x 3136 for a 3x3 layer) at 70-110 GFLOP/s on one
+ * core, where the core's AVX-512 peak is about 160 (bench/RESULTS.md, "own GEMM").
+ *
+ * Scheme (the classic blocked GEMM): B is packed per (KC x NC) block into NR-wide panels, A per
+ * (MC x KC) block into MR-tall panels, and an 8 x 48 register tile (24 zmm accumulators; each k
+ * step loads three vectors of B and broadcasts 8 scalars of A) runs over the packed panels.
+ * MR = 8 divides every usual channel count (a 12-row tile wastes 11% of a 64-row GEMM); each
+ * B panel is packed just before its first use, so it is in L1 for that pass.  KC = 192 keeps a
+ * B panel (36 KiB) in L1 beside the streamed A panel; NC ~ 1000 keeps the B block in L2.
+ * The shapes were picked by timing 8 conv GEMM shapes (bench/RESULTS.md, "own GEMM").
+ * Edge tiles are computed whole into a scratch tile (the packs are zero-padded) and the valid
+ * part is copied out.  The summation order over k is fixed (k ascending within a KC block, blocks
+ * in order), so the result is the same on every run and for any thread count of the caller.
+ *
+ * Single-threaded: every caller in convkit runs it inside its own OpenMP team.  Each thread keeps
+ * its packing buffers for reuse: CK_MC*CK_KC + CK_KC*CK_NC floats = 0.8 MiB per thread, allocated
+ * on the thread's first call and never more (documented in convkit/cpu/conv.py).
+ *
+ * ck_sgemm returns 0 when it did nothing (no AVX-512F on this CPU or OS, a non-GCC compiler, or
+ * the buffers could not be allocated); the caller then uses BLAS.
+ */
+#ifndef CONVKIT_SGEMM_H
+#define CONVKIT_SGEMM_H
+
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(CONVKIT_NO_SGEMM)
+#define CK_SGEMM_BUILT 1
+#include <immintrin.h>
+#else
+#define CK_SGEMM_BUILT 0
+#endif
+
+#if CK_SGEMM_BUILT
+
+#ifndef CK_MR
+#define CK_MR 8
+#endif
+#ifndef CK_NV
+#define CK_NV 3  /* zmm vectors per tile row */
+#endif
+#define CK_NR (16 * CK_NV)
+#ifndef CK_KC
+#define CK_KC 192
+#endif
+#ifndef CK_MC
+#define CK_MC 96   /* a multiple of CK_MR */
+#endif
+#ifndef CK_NC
+#define CK_NC (CK_NR * (1024 / CK_NR))  /* about 1024 columns, a multiple of CK_NR */
+#endif
+
+static __thread float *ck_pack_a = NULL;
+static __thread float *ck_pack_b = NULL;
+
+static int ck_sgemm_available(void)
+{
+    static int state = -1;  /* benign race: every thread computes the same value */
+    if (state < 0) {
+        __builtin_cpu_init();
+        state = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    }
+    return state;
+}
+
+static int ck_buffers(void)
+{
+    if (ck_pack_a == NULL)
+        ck_pack_a = (float *)aligned_alloc(64, sizeof(float) * CK_MC * CK_KC);
+    if (ck_pack_b == NULL)
+        ck_pack_b = (float *)aligned_alloc(64, sizeof(float) * CK_KC * CK_NC);
+    return ck_pack_a != NULL && ck_pack_b != NULL;
+}
+
+/* The packing routines move each element with vector loads, stores and in-register 16 x 16
+ * transposes: for a 64-row GEMM every element of B feeds only 64 multiply-adds (two cycles of
+ * the kernel), so a scalar element-by-element pack would cost as much as the arithmetic. */
+#define CK_TARGET __attribute__((target("avx512f")))
+
+static inline __mmask16 ck_mask(ptrdiff_t n)
+{
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
+
+/* r[i] (16 rows of 16) becomes its transpose in place. */
+CK_TARGET static inline void ck_transpose16(__m512 r[16])
+{
+    __m512 t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {  /* u[i + q]: column 4L + q of rows i..i+3, lane L */
+        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int q = 0; q < 4; ++q) {
+        __m512 x01 = _mm512_shuffle_f32x4(u[q], u[4 + q], 0x44);
+        __m512 x23 = _mm512_shuffle_f32x4(u[q], u[4 + q], 0xEE);
+        __m512 y01 = _mm512_shuffle_f32x4(u[8 + q], u[12 + q], 0x44);
+        __m512 y23 = _mm512_shuffle_f32x4(u[8 + q], u[12 + q], 0xEE);
+        r[q] = _mm512_shuffle_f32x4(x01, y01, 0x88);
+        r[4 + q] = _mm512_shuffle_f32x4(x01, y01, 0xDD);
+        r[8 + q] = _mm512_shuffle_f32x4(x23, y23, 0x88);
+        r[12 + q] = _mm512_shuffle_f32x4(x23, y23, 0xDD);
+    }
+}
+
+/* rows [0, rows) of a row-major block (row stride ld), columns [0, kc), go to
+ * out[p * ostride + row] for p < kc; rows [rows, width) of out are zero.  width <= 16. */
+CK_TARGET static void ck_pack_transposed(const float *src, ptrdiff_t ld, ptrdiff_t rows,
+                                         ptrdiff_t width, ptrdiff_t kc, float *out,
+                                         ptrdiff_t ostride)
+{
+    __m512 r[16];
+    __mmask16 wmask = ck_mask(width);
+    for (ptrdiff_t p0 = 0; p0 < kc; p0 += 16) {
+        ptrdiff_t pw = kc - p0 < 16 ? kc - p0 : 16;
+        __mmask16 pm = ck_mask(pw);
+        for (int i = 0; i < 16; ++i)
+            r[i] = i < rows ? _mm512_maskz_loadu_ps(pm, src + i * ld + p0) : _mm512_setzero_ps();
+        ck_transpose16(r);
+        for (ptrdiff_t q = 0; q < pw; ++q)
+            _mm512_mask_storeu_ps(out + (p0 + q) * ostride, wmask, r[q]);
+    }
+}
+
+/* A rows [0, mc) x cols [0, kc) of op(A) (already offset) into MR-tall panels, zero-padded. */
+CK_TARGET static void ck_pack_a_block(int ta, const float *a, ptrdiff_t lda, ptrdiff_t mc,
+                                      ptrdiff_t kc, float *out)
+{
+    for (ptrdiff_t i0 = 0; i0 < mc; i0 += CK_MR) {
+        ptrdiff_t mr = mc - i0 < CK_MR ? mc - i0 : CK_MR;
+        if (!ta) {
+            ck_pack_transposed(a + i0 * lda, lda, mr, CK_MR, kc, out, CK_MR);
+        } else {
+            __mmask16 m = ck_mask(mr);
+            for (ptrdiff_t p = 0; p < kc; ++p)
+                _mm512_mask_storeu_ps(out + p * CK_MR, ck_mask(CK_MR),
+                                      _mm512_maskz_loadu_ps(m, a + p * lda + i0));
+        }
+        out += CK_MR * kc;
+    }
+}
+
+/* op(B) rows [0, kc) x cols [0, nc) (already offset) into NR-wide panels, zero-padded.
+ * prefetch_next: the NR columns after the block exist and are packed next. */
+CK_TARGET static void ck_pack_b_block(int tb, const float *b, ptrdiff_t ldb, ptrdiff_t kc,
+                                      ptrdiff_t nc, float *out, int prefetch_next)
+{
+    for (ptrdiff_t j0 = 0; j0 < nc; j0 += CK_NR) {
+        ptrdiff_t nr = nc - j0 < CK_NR ? nc - j0 : CK_NR;
+        if (!tb) {
+            for (ptrdiff_t p = 0; p < kc; ++p) {
+                const float *src = b + p * ldb + j0;
+                /* the rows are ldb apart, each in its own page: the hardware prefetchers miss
+                 * them, so fetch the next panel's part of this row now (it is packed after
+                 * this panel's kernels have run) */
+                if (prefetch_next)
+                    for (int v = 0; v < CK_NV; ++v)
+                        _mm_prefetch((const char *)(src + CK_NR + 16 * v), _MM_HINT_T1);
+                for (int v = 0; v < CK_NV; ++v)
+                    _mm512_store_ps(out + p * CK_NR + 16 * v,
+                                    _mm512_maskz_loadu_ps(ck_mask(nr - 16 * v), src + 16 * v));
+            }
+        } else {
+            for (int v = 0; v < CK_NV; ++v) {
+                ptrdiff_t rows = nr - 16 * v;
+                ck_pack_transposed(b + (j0 + 16 * v) * ldb, ldb, rows < 0 ? 0 : rows, 16, kc,
+                                   out + 16 * v, CK_NR);
+            }
+        }
+        out += CK_NR * kc;
+    }
+}
+
+/* c (MR x NR, row stride ldc) = alpha * (packed a panel @ packed b panel) + beta * c.  The
+ * loops over the tile are fully unrolled, so the accumulators live in registers (no spills:
+ * MR * NV + NV + 1 <= 32 zmm). */
+CK_TARGET static void ck_kernel(ptrdiff_t kc, const float *a, const float *b, float *c, ptrdiff_t ldc,
+                      float alpha, float beta)
+{
+    __m512 acc[CK_MR][CK_NV];
+#pragma GCC unroll 16
+    for (int r = 0; r < CK_MR; ++r)
+#pragma GCC unroll 4
+        for (int v = 0; v < CK_NV; ++v)
+            acc[r][v] = _mm512_setzero_ps();
+    for (ptrdiff_t p = 0; p < kc; ++p) {
+        __m512 bv[CK_NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < CK_NV; ++v)
+            bv[v] = _mm512_load_ps(b + 16 * v);
+        _mm_prefetch((const char *)(b + 8 * CK_NR), _MM_HINT_T0);
+#pragma GCC unroll 16
+        for (int r = 0; r < CK_MR; ++r) {
+            __m512 av = _mm512_set1_ps(a[r]);
+#pragma GCC unroll 4
+            for (int v = 0; v < CK_NV; ++v)
+                acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+        }
+        a += CK_MR;
+        b += CK_NR;
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 16
+    for (int r = 0; r < CK_MR; ++r) {
+        float *cr = c + r * ldc;
+#pragma GCC unroll 4
+        for (int v = 0; v < CK_NV; ++v) {
+            __m512 y = _mm512_mul_ps(acc[r][v], va);
+            if (beta != 0.0f)
+                y = _mm512_fmadd_ps(_mm512_loadu_ps(cr + 16 * v), vb, y);
+            _mm512_storeu_ps(cr + 16 * v, y);
+        }
+    }
+}
+
+CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
+                                     float alpha, const float *a, ptrdiff_t lda, const float *b,
+                                     ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc)
+{
+    if (m <= 0 || n <= 0)
+        return 1;
+    if (k <= 0) {  /* C = beta * C */
+        for (ptrdiff_t i = 0; i < m; ++i)
+            for (ptrdiff_t j = 0; j < n; ++j)
+                c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
+        return 1;
+    }
+    float tile[CK_MR * CK_NR] __attribute__((aligned(64)));
+    float *pa = ck_pack_a, *pb = ck_pack_b;
+    for (ptrdiff_t jc = 0; jc < n; jc += CK_NC) {
+        ptrdiff_t nc = n - jc < CK_NC ? n - jc : CK_NC;
+        for (ptrdiff_t pc = 0; pc < k; pc += CK_KC) {
+            ptrdiff_t kc = k - pc < CK_KC ? k - pc : CK_KC;
+            float bet = pc == 0 ? beta : 1.0f;
+            const float *bsrc = tb ? b + jc * ldb + pc : b + pc * ldb + jc;
+            for (ptrdiff_t ic = 0; ic < m; ic += CK_MC) {
+                ptrdiff_t mc = m - ic < CK_MC ? m - ic : CK_MC;
+                ck_pack_a_block(ta, ta ? a + pc * lda + ic : a + ic * lda + pc, lda, mc, kc, pa);
+                for (ptrdiff_t jr = 0; jr < nc; jr += CK_NR) {
+                    ptrdiff_t nr = nc - jr < CK_NR ? nc - jr : CK_NR;
+                    float *bp = pb + (jr / CK_NR) * CK_NR * kc;
+                    if (ic == 0)  /* packed just before its first use: hot in L1 for this pass */
+                        ck_pack_b_block(tb, tb ? bsrc + jr * ldb : bsrc + jr, ldb, kc, nr, bp,
+                                        jr + CK_NR < nc);
+                    for (ptrdiff_t ir = 0; ir < mc; ir += CK_MR) {
+                        ptrdiff_t mr = mc - ir < CK_MR ? mc - ir : CK_MR;
+                        const float *ap = pa + (ir / CK_MR) * CK_MR * kc;
+                        float *cp = c + (ic + ir) * ldc + jc + jr;
+                        if (mr == CK_MR && nr == CK_NR) {
+                            ck_kernel(kc, ap, bp, cp, ldc, alpha, bet);
+                        } else {
+                            ck_kernel(kc, ap, bp, tile, CK_NR, 1.0f, 0.0f);
+                            for (ptrdiff_t i = 0; i < mr; ++i)
+                                for (ptrdiff_t j = 0; j < nr; ++j) {
+                                    float v = alpha * tile[i * CK_NR + j];
+                                    cp[i * ldc + j] = bet == 0.0f ? v : v + bet * cp[i * ldc + j];
+                                }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return 1;
+}
+
+static int ck_sgemm(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                    const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb, float beta,
+                    float *c, ptrdiff_t ldc)
+{
+    if (!ck_sgemm_available() || !ck_buffers())
+        return 0;
+    return ck_sgemm_avx512(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+#else  /* no AVX-512 build: BLAS does every GEMM */
+
+static int ck_sgemm_available(void)
+{
+    return 0;
+}
+
+static int ck_sgemm(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                    const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb, float beta,
+                    float *c, ptrdiff_t ldc)
+{
+    (void)ta; (void)tb; (void)m; (void)n; (void)k; (void)alpha; (void)a; (void)lda;
+    (void)b; (void)ldb; (void)beta; (void)c; (void)ldc;
+    return 0;
+}
+
+#endif
+#endif

@@ -1,0 +1,98 @@
+"""The GEMM under every cpu conv (convkit/cpu/_blas.pxd): float32 on convkit's own AVX-512 kernel
+(convkit/cpu/_sgemm.h) where the CPU has it, float64 on BLAS.  Checked against a float64 NumPy
+product over shapes that hit every edge of the 8 x 48 register tile and of the 96 / 192 / ~1000
+cache blocks, with each operand transposed or not."""
+import platform
+
+import numpy as np
+import pytest
+
+_gemm = pytest.importorskip("convkit.cpu._gemm", reason="the cpu extensions are not built")
+
+# (m, n, k): single elements; under one tile; exact tiles; one past a tile (9 rows, 49 columns);
+# several MC blocks (m > 96) with a ragged end; k over one KC block (192) with a remainder;
+# n over one NC block (1008) with a remainder; the conv shapes of the benchmark suite.
+SHAPES = [(1, 1, 1), (3, 5, 2), (8, 48, 192), (9, 49, 193), (17, 97, 7), (100, 50, 400),
+          (200, 1100, 30), (64, 1009, 385), (6, 784, 25), (64, 300, 147), (130, 33, 1)]
+
+
+def _operands(rng, m, n, k, ta, tb, dtype):
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    return a, b
+
+
+def _want(a, b, ta, tb, alpha, beta, c0):
+    A = (a.T if ta else a).astype(np.float64)
+    B = (b.T if tb else b).astype(np.float64)
+    return alpha * (A @ B) + (beta * c0.astype(np.float64) if beta else 0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_gemm_matches_float64_product(m, n, k, ta, tb, dtype):
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    a, b = _operands(rng, m, n, k, ta, tb, dtype)
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    for alpha, beta in ((1.0, 0.0), (1.0, 1.0), (-0.5, 0.25)):
+        c = c0.copy()
+        _gemm.gemm_into(ta, tb, alpha, a, b, beta, c)
+        want = _want(a, b, ta, tb, alpha, beta, c0)
+        # each output is a k-term dot product: the error bound grows like sqrt(k) * eps * |terms|
+        scale = np.sqrt(k) * (np.abs(a).max() * np.abs(b).max() + np.abs(c0).max())
+        atol = (4e-7 if dtype == np.float32 else 1e-15) * scale * 4
+        np.testing.assert_allclose(c, want, rtol=0, atol=atol)
+
+
+def test_beta_zero_never_reads_c():
+    """beta == 0 overwrites C: NaN and inf already there must not leak into the result."""
+    rng = np.random.default_rng(1)
+    for m, n, k in [(9, 49, 193), (64, 300, 147), (3, 5, 2)]:
+        a, b = _operands(rng, m, n, k, False, False, np.float32)
+        c = np.full((m, n), np.nan, dtype=np.float32)
+        c[::2] = np.inf
+        _gemm.gemm_into(False, False, 1.0, a, b, 0.0, c)
+        assert np.isfinite(c).all()
+        np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-4)
+
+
+def test_gemm_writes_only_its_rows_and_columns():
+    """C as rows of a bigger array: the rows around it keep their values (the edge tiles go
+    through a scratch tile, never past the last row or column of C)."""
+    rng = np.random.default_rng(2)
+    m, n, k = 11, 53, 200
+    a, b = _operands(rng, m, n, k, False, False, np.float32)
+    # (gemm_into takes C-contiguous views: the rows above and below C are the neighbours)
+    big2 = rng.standard_normal((m + 4, n)).astype(np.float32)
+    before2 = big2.copy()
+    _gemm.gemm_into(False, False, 1.0, a, b, 0.0, big2[2:2 + m])
+    np.testing.assert_array_equal(big2[:2], before2[:2])
+    np.testing.assert_array_equal(big2[2 + m:], before2[2 + m:])
+    np.testing.assert_allclose(big2[2:2 + m], a.astype(np.float64) @ b, rtol=1e-5, atol=1e-4)
+
+
+def test_gemm_is_deterministic():
+    rng = np.random.default_rng(3)
+    a, b = _operands(rng, 70, 500, 700, False, True, np.float32)
+    c1 = np.empty((70, 500), np.float32)
+    c2 = np.empty((70, 500), np.float32)
+    _gemm.gemm_into(False, True, 1.0, a, b, 0.0, c1)
+    _gemm.gemm_into(False, True, 1.0, a, b, 0.0, c2)
+    np.testing.assert_array_equal(c1, c2)
+
+
+def _cpu_has_avx512f():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not _cpu_has_avx512f(),
+                    reason="the own float32 GEMM needs an x86-64 CPU with AVX-512F")
+def test_own_sgemm_is_used_where_the_cpu_has_avx512():
+    """On an AVX-512 machine (this project's CI) float32 convs must not silently fall back to
+    BLAS: the kernel's speed is what the benchmarks measure."""
+    assert _gemm.own_sgemm_active()
