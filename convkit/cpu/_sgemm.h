@@ -19,7 +19,7 @@
  * in order), so the result is the same on every run and for any thread count of the caller.
  *
  * Single-threaded: every caller in convkit runs it inside its own OpenMP team.  Each thread keeps
- * its packing buffers for reuse: CK_MC*CK_KC + CK_KC*CK_NC floats = 0.8 MiB per thread, allocated
+ * its packing buffers for reuse: (CK_MC + CK_NC) * CK_KC_MAX floats = 1.0 MiB per thread, allocated
  * on the thread's first call and never more (documented in convkit/cpu/conv.py).
  *
  * ck_sgemm returns 0 when it did nothing (no AVX-512F on this CPU or OS, a non-GCC compiler, or
@@ -51,6 +51,7 @@
 #ifndef CK_KC
 #define CK_KC 192
 #endif
+#define CK_KC_MAX (CK_KC + CK_KC / 4)  /* the most k one block takes (B panel 45 KiB at most) */
 #ifndef CK_MC
 #define CK_MC 96   /* a multiple of CK_MR */
 #endif
@@ -74,9 +75,9 @@ static int ck_sgemm_available(void)
 static int ck_buffers(void)
 {
     if (ck_pack_a == NULL)
-        ck_pack_a = (float *)aligned_alloc(64, sizeof(float) * CK_MC * CK_KC);
+        ck_pack_a = (float *)aligned_alloc(64, sizeof(float) * CK_MC * CK_KC_MAX);
     if (ck_pack_b == NULL)
-        ck_pack_b = (float *)aligned_alloc(64, sizeof(float) * CK_KC * CK_NC);
+        ck_pack_b = (float *)aligned_alloc(64, sizeof(float) * CK_KC_MAX * CK_NC);
     return ck_pack_a != NULL && ck_pack_b != NULL;
 }
 
@@ -240,10 +241,17 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
     }
     float tile[CK_MR * CK_NR] __attribute__((aligned(64)));
     float *pa = ck_pack_a, *pb = ck_pack_b;
+    /* k in near-equal blocks of about CK_KC (at most CK_KC_MAX): k = 196 (a 14x14 map's
+     * grad_weight) as one block of 196, not 192 + 4, whose second pass re-reads and re-writes
+     * C for 4 products */
+    ptrdiff_t kblocks = (k + CK_KC - 1) / CK_KC;
+    if (kblocks > 1 && k <= (kblocks - 1) * CK_KC_MAX)
+        --kblocks;
+    ptrdiff_t kstep = (k + kblocks - 1) / kblocks;
     for (ptrdiff_t jc = 0; jc < n; jc += CK_NC) {
         ptrdiff_t nc = n - jc < CK_NC ? n - jc : CK_NC;
-        for (ptrdiff_t pc = 0; pc < k; pc += CK_KC) {
-            ptrdiff_t kc = k - pc < CK_KC ? k - pc : CK_KC;
+        for (ptrdiff_t pc = 0; pc < k; pc += kstep) {
+            ptrdiff_t kc = k - pc < kstep ? k - pc : kstep;
             float bet = pc == 0 ? beta : 1.0f;
             const float *bsrc = tb ? b + jc * ldb + pc : b + pc * ldb + jc;
             for (ptrdiff_t ic = 0; ic < m; ic += CK_MC) {
