@@ -96,3 +96,63 @@ def test_own_sgemm_is_used_where_the_cpu_has_avx512():
     """On an AVX-512 machine (this project's CI) float32 convs must not silently fall back to
     BLAS: the kernel's speed is what the benchmarks measure."""
     assert _gemm.own_sgemm_active()
+
+
+_PATHS_SCRIPT = r"""
+import sys, numpy as np, convkit
+from convkit.cpu import conv as C
+rng = np.random.default_rng(5)
+out = {}
+# Winograd cases: odd and even widths, more than 16 tiles per row (two 16-tile steps),
+# padding 0..3 (grad_x pads by 2 - p, so p = 3 crops), batches whose tile rows span images
+for i, (x_shape, F, pad) in enumerate([((2, 16, 9, 11), 20, 1), ((1, 17, 7, 40), 16, 0),
+                                       ((3, 16, 12, 35), 24, 2), ((2, 16, 6, 37), 16, 3),
+                                       ((1, 32, 33, 33), 16, 1)]):
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((F, x_shape[1], 3, 3)).astype(np.float32)
+    b = rng.standard_normal(F).astype(np.float32)
+    with convkit.use_backend("cpu"):
+        y = convkit.conv2d_forward(x, w, b, padding=pad)
+        gy = rng.standard_normal(y.shape).astype(np.float32)
+        gx, gw, gb = convkit.conv2d_backward(gy, x, w, padding=pad)
+    out[f"y{i}"], out[f"gx{i}"], out[f"gw{i}"] = y, gx, gw
+    # the same conv on the im2col path: Winograd must match it within float32 rounding
+    prefer = C._prefer_winograd
+    C._prefer_winograd = lambda *a: False
+    try:
+        with convkit.use_backend("cpu"):
+            out[f"y_im2col{i}"] = convkit.conv2d_forward(x, w, b, padding=pad)
+    finally:
+        C._prefer_winograd = prefer
+np.savez(sys.argv[1], **out)
+"""
+
+
+def _run_paths(tmp_path, disable):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.pop("CONVKIT_DISABLE_AVX512", None)
+    if disable:
+        env["CONVKIT_DISABLE_AVX512"] = "1"
+    f = tmp_path / f"paths_{int(disable)}.npz"
+    subprocess.run([sys.executable, "-c", _PATHS_SCRIPT, str(f)], check=True, env=env,
+                   timeout=300)
+    return np.load(f)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not _cpu_has_avx512f(),
+                    reason="compares the AVX-512 paths with the portable ones")
+def test_avx512_paths_match_portable_paths(tmp_path):
+    """CONVKIT_DISABLE_AVX512=1 runs BLAS and the portable Winograd transforms instead of the
+    AVX-512 GEMM and transforms: forward, grad_x (Winograd) and grad_weight (GEMM) agree, and
+    on each path the Winograd forward agrees with the im2col forward."""
+    fast = _run_paths(tmp_path, False)
+    slow = _run_paths(tmp_path, True)
+    for k in fast.files:
+        np.testing.assert_allclose(fast[k], slow[k], rtol=2e-5, atol=2e-5, err_msg=k)
+    for i in range(5):
+        for d in (fast, slow):
+            np.testing.assert_allclose(d[f"y{i}"], d[f"y_im2col{i}"], rtol=2e-5, atol=2e-5)

@@ -23,6 +23,14 @@ from libc.string cimport memcpy, memset
 from ._blas cimport gemm
 
 
+cdef extern from "_wino.h" nogil:
+    int ck_wino_input_row_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
+                            Py_ssize_t pl, Py_ssize_t tw, float* v, Py_ssize_t vs,
+                            float* scratch)
+    int ck_wino_output_row_f(const float* m, Py_ssize_t ms, Py_ssize_t tw, float bias, float* y,
+                             Py_ssize_t Wo, int two_rows)
+
+
 cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
 
@@ -560,6 +568,9 @@ cdef inline void _wino_input_row(const floating* x, Py_ssize_t H, Py_ssize_t W,
     then B across each tile's 4 columns."""
     cdef Py_ssize_t Wb = 2 * tw + 2, k, col, lo, up, j
     cdef floating* R = scratch              # 4 zero-padded input rows, columns -pl .. Wb-1-pl
+    if floating is float:                   # the same additions, 16 tiles at a time (_wino.h)
+        if ck_wino_input_row_f(x, H, W, r0, pl, tw, v, vs, scratch):
+            return
     cdef floating* T = scratch + 4 * Wb     # B^T applied down the rows
     cdef floating* t
     lo = pl if pl > 0 else 0
@@ -594,6 +605,9 @@ cdef inline void _wino_output_row(const floating* m, Py_ssize_t ms, Py_ssize_t t
     m[e * ms + j]); writes rows 0 and (if two_rows) 1 of y, Wo columns."""
     cdef Py_ssize_t j, jf = Wo // 2
     cdef floating s0, s1, s2, s3, s4, s5, s6, s7
+    if floating is float:                   # the same additions, 16 tiles at a time (_wino.h)
+        if ck_wino_output_row_f(m, ms, tw, bias, y, Wo, two_rows):
+            return
     for j in range(jf):
         s0 = m[j] + m[4 * ms + j] + m[8 * ms + j]
         s1 = m[ms + j] + m[5 * ms + j] + m[9 * ms + j]

@@ -22,8 +22,9 @@
  * its packing buffers for reuse: (CK_MC + CK_NC) * CK_KC_MAX floats = 1.0 MiB per thread, allocated
  * on the thread's first call and never more (documented in convkit/cpu/conv.py).
  *
- * ck_sgemm returns 0 when it did nothing (no AVX-512F on this CPU or OS, a non-GCC compiler, or
- * the buffers could not be allocated); the caller then uses BLAS.
+ * ck_sgemm returns 0 when it did nothing (no AVX-512F on this CPU or OS, a non-GCC compiler,
+ * CONVKIT_DISABLE_AVX512=1 in the environment, or the buffers could not be allocated); the
+ * caller then uses BLAS.
  */
 #ifndef CONVKIT_SGEMM_H
 #define CONVKIT_SGEMM_H
@@ -66,8 +67,12 @@ static int ck_sgemm_available(void)
 {
     static int state = -1;  /* benign race: every thread computes the same value */
     if (state < 0) {
+        /* CONVKIT_DISABLE_AVX512=1 (read once): BLAS and the portable loops everywhere, for
+         * tests of those paths and for comparing against them */
+        const char *off = getenv("CONVKIT_DISABLE_AVX512");
         __builtin_cpu_init();
-        state = __builtin_cpu_supports("avx512f") ? 1 : 0;
+        state = (off != NULL && off[0] != '\0' && off[0] != '0') ? 0
+                : __builtin_cpu_supports("avx512f") ? 1 : 0;
     }
     return state;
 }
@@ -185,29 +190,30 @@ CK_TARGET static void ck_pack_b_block(int tb, const float *b, ptrdiff_t ldb, ptr
     }
 }
 
-/* c (MR x NR, row stride ldc) = alpha * (packed a panel @ packed b panel) + beta * c.  The
- * loops over the tile are fully unrolled, so the accumulators live in registers (no spills:
- * MR * NV + NV + 1 <= 32 zmm). */
-CK_TARGET static void ck_kernel(ptrdiff_t kc, const float *a, const float *b, float *c, ptrdiff_t ldc,
-                      float alpha, float beta)
+/* c (MR x 16*nv, row stride ldc) = alpha * (packed a panel @ the first 16*nv columns of the
+ * packed b panel) + beta * c.  nv is a constant in each instance below, so the loops over the
+ * tile unroll fully and the accumulators live in registers (no spills: MR*nv + nv + 1 <= 32). */
+CK_TARGET static inline __attribute__((always_inline)) void
+ck_kernel_body(int nv, ptrdiff_t kc, const float *a, const float *b, float *c, ptrdiff_t ldc,
+               float alpha, float beta)
 {
     __m512 acc[CK_MR][CK_NV];
 #pragma GCC unroll 16
     for (int r = 0; r < CK_MR; ++r)
 #pragma GCC unroll 4
-        for (int v = 0; v < CK_NV; ++v)
+        for (int v = 0; v < nv; ++v)
             acc[r][v] = _mm512_setzero_ps();
     for (ptrdiff_t p = 0; p < kc; ++p) {
         __m512 bv[CK_NV];
 #pragma GCC unroll 4
-        for (int v = 0; v < CK_NV; ++v)
+        for (int v = 0; v < nv; ++v)
             bv[v] = _mm512_load_ps(b + 16 * v);
         _mm_prefetch((const char *)(b + 8 * CK_NR), _MM_HINT_T0);
 #pragma GCC unroll 16
         for (int r = 0; r < CK_MR; ++r) {
             __m512 av = _mm512_set1_ps(a[r]);
 #pragma GCC unroll 4
-            for (int v = 0; v < CK_NV; ++v)
+            for (int v = 0; v < nv; ++v)
                 acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
         }
         a += CK_MR;
@@ -218,13 +224,34 @@ CK_TARGET static void ck_kernel(ptrdiff_t kc, const float *a, const float *b, fl
     for (int r = 0; r < CK_MR; ++r) {
         float *cr = c + r * ldc;
 #pragma GCC unroll 4
-        for (int v = 0; v < CK_NV; ++v) {
+        for (int v = 0; v < nv; ++v) {
             __m512 y = _mm512_mul_ps(acc[r][v], va);
             if (beta != 0.0f)
                 y = _mm512_fmadd_ps(_mm512_loadu_ps(cr + 16 * v), vb, y);
             _mm512_storeu_ps(cr + 16 * v, y);
         }
     }
+}
+
+/* The full tile, and the narrower ones for a last panel of at most 16 or 32 columns (a GEMM of
+ * 56 columns computes 48 + 16, not 48 + 48). */
+CK_TARGET static void ck_kernel(ptrdiff_t kc, const float *a, const float *b, float *c,
+                                ptrdiff_t ldc, float alpha, float beta)
+{
+    ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta);
+}
+
+CK_TARGET static void ck_kernel_edge(ptrdiff_t nr, ptrdiff_t kc, const float *a, const float *b,
+                                     float *c, ptrdiff_t ldc, float alpha, float beta)
+{
+#if CK_NV > 2
+    if (nr <= 16)
+        ck_kernel_body(1, kc, a, b, c, ldc, alpha, beta);
+    else if (nr <= 32)
+        ck_kernel_body(2, kc, a, b, c, ldc, alpha, beta);
+    else
+#endif
+        ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta);
 }
 
 CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
@@ -269,8 +296,10 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                         float *cp = c + (ic + ir) * ldc + jc + jr;
                         if (mr == CK_MR && nr == CK_NR) {
                             ck_kernel(kc, ap, bp, cp, ldc, alpha, bet);
+                        } else if (mr == CK_MR && nr % 16 == 0) {
+                            ck_kernel_edge(nr, kc, ap, bp, cp, ldc, alpha, bet);
                         } else {
-                            ck_kernel(kc, ap, bp, tile, CK_NR, 1.0f, 0.0f);
+                            ck_kernel_edge(nr, kc, ap, bp, tile, CK_NR, 1.0f, 0.0f);
                             for (ptrdiff_t i = 0; i < mr; ++i)
                                 for (ptrdiff_t j = 0; j < nr; ++j) {
                                     float v = alpha * tile[i * CK_NR + j];
