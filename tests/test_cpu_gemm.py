@@ -156,3 +156,26 @@ def test_avx512_paths_match_portable_paths(tmp_path):
     for i in range(5):
         for d in (fast, slow):
             np.testing.assert_allclose(d[f"y{i}"], d[f"y_im2col{i}"], rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("m,n,k", [(9, 49, 193), (64, 300, 576), (17, 97, 7), (100, 1100, 500)])
+def test_prepacked_a_matches_float64_product(m, n, k, tb):
+    """The weights of a conv are packed once per call (pack_a) and every task's GEMM reads them
+    prepacked: the same product as packing inside the GEMM."""
+    if not _gemm.packed_a_floats(m, k):
+        pytest.skip("no own float32 GEMM on this CPU: nothing is prepacked")
+    rng = np.random.default_rng(m + n + k)
+    a = rng.standard_normal((2, m, k)).astype(np.float32)
+    out = np.full((2, _gemm.packed_a_floats(m, k)), np.nan, np.float32)
+    assert _gemm.pack_a(a, out)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+    c0 = rng.standard_normal((m, n)).astype(np.float32)
+    for beta in (0.0, 0.5):
+        c = c0.copy()
+        _gemm.gemm_packed_into(out[1:], tb, b, beta, c, k)
+        want = a[1].astype(np.float64) @ (b.T if tb else b) + beta * c0
+        np.testing.assert_allclose(c, want, rtol=0, atol=1e-5 * np.sqrt(k) * 8)
+        c_unpacked = c0.copy()
+        _gemm.gemm_into(False, tb, 1.0, a[1], b, beta, c_unpacked)
+        np.testing.assert_array_equal(c, c_unpacked)   # same kernel, same order: same bits

@@ -15,6 +15,11 @@ cdef extern from "_sgemm.h" nogil:
     int ck_sgemm(int ta, int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
                  const float* a, Py_ssize_t lda, const float* b, Py_ssize_t ldb, float beta,
                  float* c, Py_ssize_t ldc)
+    Py_ssize_t ck_sgemm_packed_a_floats(Py_ssize_t m, Py_ssize_t k)
+    int ck_sgemm_pack_a(int ta, Py_ssize_t m, Py_ssize_t k, const float* a, Py_ssize_t lda,
+                        float* out)
+    int ck_sgemm_apacked(int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* apk,
+                         const float* b, Py_ssize_t ldb, float beta, float* c, Py_ssize_t ldc)
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -37,3 +42,15 @@ cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py
     else:
         dgemm(&tb, &ta, &in_, &im, &ik, &alpha, <double*>b, &ildb, <double*>a, &ilda,
               &beta, c, &ildc)
+
+
+cdef inline void gemm_pk(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                         const floating* a, Py_ssize_t lda, const float* apk,
+                         const floating* b, Py_ssize_t ldb, floating beta,
+                         floating* c, Py_ssize_t ldc) noexcept nogil:
+    """gemm with alpha 1, on op(a) prepacked by ck_sgemm_pack_a when apk is not NULL (float32
+    on the own kernel: the weights of a conv are packed once per call, not once per task)."""
+    if floating is float:
+        if apk != NULL and ck_sgemm_apacked(trans_b, m, n, k, apk, b, ldb, beta, c, ldc):
+            return
+    gemm(trans_a, trans_b, m, n, k, <floating>1, a, lda, b, ldb, beta, c, ldc)

@@ -20,7 +20,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
-from ._blas cimport gemm
+from ._blas cimport gemm, gemm_pk
 
 
 cdef extern from "_wino.h" nogil:
@@ -454,8 +454,9 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
                         floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t rows,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups, bint pointwise,
-                        int n_threads):
+                        int n_threads, const float[:, ::1] apk):
     """y = conv(x, w) + bias by im2col + GEMM (IN: x, w, bias; OUT: y; scratch: ws).
+    apk: group g's weights prepacked for the own float32 GEMM in row g (no rows: none).
 
     Tasks are (image, block of ``rows`` output rows), independent of each other: one parallel
     region, no barrier inside, dynamic scheduling (a thread slowed by other load takes fewer
@@ -502,8 +503,9 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
                         bv = bias[g * Fg + f]
                         for j in range(L):
                             yp[f * HoWo + j] = bv
-                gemm(False, False, Fg, L, CgKK, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
-                     cols + g * CgKK * ld, ld, beta, yp, HoWo)
+                gemm_pk(False, False, Fg, L, CgKK, &w[g * Fg, 0, 0, 0], CgKK,
+                        &apk[g, 0] if apk.shape[0] > g else <const float*>NULL,
+                        cols + g * CgKK * ld, ld, beta, yp, HoWo)
     return y
 
 
@@ -664,8 +666,10 @@ cdef void _wino_output_rows(const floating* m, Py_ssize_t ms, Py_ssize_t th, Py_
 def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
                             const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
                             floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
-                            Py_ssize_t pt, Py_ssize_t pl, int n_threads):
+                            Py_ssize_t pt, Py_ssize_t pl, int n_threads,
+                            const float[:, ::1] apk):
     """3x3, stride 1, dilation 1, groups 1: y = conv(x, w) + bias by Winograd F(2x2, 3x3).
+    apk: U[e] prepacked for the own float32 GEMM in row e (no rows: none).
 
     U (16, F, C): the transformed filters G w G^T.  The batch's rows of 2x2 output tiles
     (N * ceil(Ho/2) of them, numbered image after image) go in blocks of ``trows`` -- a block
@@ -691,8 +695,9 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
                 _wino_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
                                  V + c * P, C * P, M + 16 * F * P)
             for e in range(16):
-                gemm(False, False, F, P, C, <floating>1, &U[e, 0, 0], C, V + e * C * P, P,
-                     <floating>0, M + e * F * P, P)
+                gemm_pk(False, False, F, P, C, &U[e, 0, 0], C,
+                        &apk[e, 0] if apk.shape[0] > e else <const float*>NULL,
+                        V + e * C * P, P, <floating>0, M + e * F * P, P)
             for f in range(F):
                 _wino_output_rows(M + f * P, F * P, th, g0, nt, tw,
                                   bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],

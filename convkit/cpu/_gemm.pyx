@@ -3,7 +3,7 @@
 ``convkit info``: float32 goes to convkit's own AVX-512 kernel (``_sgemm.h``) where the CPU has
 AVX-512F, float64 (and float32 elsewhere) to scipy's BLAS."""
 from cython cimport floating
-from ._blas cimport gemm
+from ._blas cimport gemm, gemm_pk, ck_sgemm_packed_a_floats, ck_sgemm_pack_a
 
 
 cdef extern from "_sgemm.h" nogil:
@@ -24,3 +24,30 @@ def gemm_into(bint trans_a, bint trans_b, double alpha, const floating[:, ::1] a
     with nogil:
         gemm(trans_a, trans_b, m, n, k, <floating>alpha, &a[0, 0], a.shape[1], &b[0, 0],
              b.shape[1], <floating>beta, &c[0, 0], c.shape[1])
+
+
+def packed_a_floats(Py_ssize_t m, Py_ssize_t k):
+    """Floats a prepacked m x k float32 A takes (0: no own kernel, nothing to prepack)."""
+    return ck_sgemm_packed_a_floats(m, k)
+
+
+def pack_a(const float[:, :, ::1] a, float[:, ::1] out):
+    """out[g] = a[g] (m x k) prepacked for gemm_pk, for each g; False when there is no own
+    kernel (out is then unused)."""
+    cdef Py_ssize_t g, G = a.shape[0], m = a.shape[1], k = a.shape[2]
+    cdef int ok = 1
+    if G == 0 or m == 0 or k == 0:
+        return True
+    with nogil:
+        for g in range(G):
+            ok = ok and ck_sgemm_pack_a(0, m, k, &a[g, 0, 0], k, &out[g, 0])
+    return bool(ok)
+
+
+def gemm_packed_into(const float[:, ::1] apk, bint trans_b, const float[:, ::1] b, double beta,
+                     float[:, ::1] c, Py_ssize_t k):
+    """c = A @ op(b) + beta * c with A given prepacked (apk[0], from pack_a) -- for the tests."""
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1]
+    with nogil:
+        gemm_pk(False, trans_b, m, n, k, <const float*>NULL, 0, &apk[0, 0], &b[0, 0], b.shape[1],
+                <float>beta, &c[0, 0], c.shape[1])

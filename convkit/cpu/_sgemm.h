@@ -254,9 +254,40 @@ CK_TARGET static void ck_kernel_edge(ptrdiff_t nr, ptrdiff_t kc, const float *a,
         ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta);
 }
 
+/* k in near-equal blocks of about CK_KC (at most CK_KC_MAX): k = 196 (a 14x14 map's
+ * grad_weight) as one block of 196, not 192 + 4, whose second pass re-reads and re-writes C
+ * for 4 products.  Returns the block length. */
+static inline ptrdiff_t ck_kstep(ptrdiff_t k)
+{
+    ptrdiff_t kblocks = (k + CK_KC - 1) / CK_KC;
+    if (kblocks > 1 && k <= (kblocks - 1) * CK_KC_MAX)
+        --kblocks;
+    return (k + kblocks - 1) / kblocks;
+}
+
+/* rows rounded up to whole MR panels: a prepacked A of m x k takes ck_mpad(m) * k floats */
+static inline ptrdiff_t ck_mpad(ptrdiff_t m)
+{
+    return (m + CK_MR - 1) / CK_MR * CK_MR;
+}
+
+/* all of op(A) (m x k) packed as ck_sgemm_avx512 packs it block by block: k block [pc, pc+kc)
+ * at out + pc * ck_mpad(m), MR-tall panels of kc x MR in it */
+CK_TARGET static void ck_pack_a_all(int ta, ptrdiff_t m, ptrdiff_t k, const float *a,
+                                    ptrdiff_t lda, float *out)
+{
+    ptrdiff_t kstep = ck_kstep(k), mp = ck_mpad(m);
+    for (ptrdiff_t pc = 0; pc < k; pc += kstep) {
+        ptrdiff_t kc = k - pc < kstep ? k - pc : kstep;
+        ck_pack_a_block(ta, ta ? a + pc * lda : a + pc, lda, m, kc, out + pc * mp);
+    }
+}
+
+/* apk: op(A) packed by ck_pack_a_all (then a, lda, ta and alpha are not used), or NULL */
 CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                                      float alpha, const float *a, ptrdiff_t lda, const float *b,
-                                     ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc)
+                                     ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc,
+                                     const float *apk)
 {
     if (m <= 0 || n <= 0)
         return 1;
@@ -268,13 +299,7 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
     }
     float tile[CK_MR * CK_NR] __attribute__((aligned(64)));
     float *pa = ck_pack_a, *pb = ck_pack_b;
-    /* k in near-equal blocks of about CK_KC (at most CK_KC_MAX): k = 196 (a 14x14 map's
-     * grad_weight) as one block of 196, not 192 + 4, whose second pass re-reads and re-writes
-     * C for 4 products */
-    ptrdiff_t kblocks = (k + CK_KC - 1) / CK_KC;
-    if (kblocks > 1 && k <= (kblocks - 1) * CK_KC_MAX)
-        --kblocks;
-    ptrdiff_t kstep = (k + kblocks - 1) / kblocks;
+    ptrdiff_t kstep = ck_kstep(k), mp = ck_mpad(m);
     for (ptrdiff_t jc = 0; jc < n; jc += CK_NC) {
         ptrdiff_t nc = n - jc < CK_NC ? n - jc : CK_NC;
         for (ptrdiff_t pc = 0; pc < k; pc += kstep) {
@@ -283,7 +308,11 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
             const float *bsrc = tb ? b + jc * ldb + pc : b + pc * ldb + jc;
             for (ptrdiff_t ic = 0; ic < m; ic += CK_MC) {
                 ptrdiff_t mc = m - ic < CK_MC ? m - ic : CK_MC;
-                ck_pack_a_block(ta, ta ? a + pc * lda + ic : a + ic * lda + pc, lda, mc, kc, pa);
+                if (apk != NULL)
+                    pa = (float *)apk + pc * mp + ic * kc;
+                else
+                    ck_pack_a_block(ta, ta ? a + pc * lda + ic : a + ic * lda + pc, lda, mc, kc,
+                                    pa);
                 for (ptrdiff_t jr = 0; jr < nc; jr += CK_NR) {
                     ptrdiff_t nr = nc - jr < CK_NR ? nc - jr : CK_NR;
                     float *bp = pb + (jr / CK_NR) * CK_NR * kc;
@@ -320,13 +349,59 @@ static int ck_sgemm(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float
 {
     if (!ck_sgemm_available() || !ck_buffers())
         return 0;
-    return ck_sgemm_avx512(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return ck_sgemm_avx512(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, NULL);
+}
+
+/* Prepacked A, for an operand used by many GEMMs (a conv's weights across its tasks):
+ * ck_sgemm_packed_a_floats(m, k) floats (0: no own kernel here), filled once by
+ * ck_sgemm_pack_a, then passed to ck_sgemm_apacked (alpha 1) instead of A. */
+static ptrdiff_t ck_sgemm_packed_a_floats(ptrdiff_t m, ptrdiff_t k)
+{
+    return ck_sgemm_available() ? ck_mpad(m) * k : 0;
+}
+
+static int ck_sgemm_pack_a(int ta, ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t lda,
+                           float *out)
+{
+    if (!ck_sgemm_available())
+        return 0;
+    ck_pack_a_all(ta, m, k, a, lda, out);
+    return 1;
+}
+
+static int ck_sgemm_apacked(int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *apk,
+                            const float *b, ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc)
+{
+    if (!ck_sgemm_available() || !ck_buffers())
+        return 0;
+    return ck_sgemm_avx512(0, tb, m, n, k, 1.0f, NULL, 0, b, ldb, beta, c, ldc, apk);
 }
 
 #else  /* no AVX-512 build: BLAS does every GEMM */
 
 static int ck_sgemm_available(void)
 {
+    return 0;
+}
+
+static ptrdiff_t ck_sgemm_packed_a_floats(ptrdiff_t m, ptrdiff_t k)
+{
+    (void)m; (void)k;
+    return 0;
+}
+
+static int ck_sgemm_pack_a(int ta, ptrdiff_t m, ptrdiff_t k, const float *a, ptrdiff_t lda,
+                           float *out)
+{
+    (void)ta; (void)m; (void)k; (void)a; (void)lda; (void)out;
+    return 0;
+}
+
+static int ck_sgemm_apacked(int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *apk,
+                            const float *b, ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc)
+{
+    (void)tb; (void)m; (void)n; (void)k; (void)apk; (void)b; (void)ldb; (void)beta; (void)c;
+    (void)ldc;
     return 0;
 }
 

@@ -121,6 +121,19 @@ def _blas_pin(dtype):
 
 
 _OWN_SGEMM = _gemm.own_sgemm_active()
+_NO_PACK = np.zeros((0, 1), np.float32)
+
+
+def _packed_a(a3):
+    """a3 (G, m, k): each a3[g] prepacked for the own float32 GEMM, in row g of the result --
+    a conv's weights are packed once per call, not once per task; an array with no rows when
+    the GEMMs go to BLAS."""
+    if a3.dtype != np.float32 or not _OWN_SGEMM:
+        return _NO_PACK
+    G, m, k = a3.shape
+    n = _gemm.packed_a_floats(m, k)
+    out = _workspace(G * n, np.float32, "packed_a")[:G * n].reshape(G, n)
+    return out if _gemm.pack_a(np.ascontiguousarray(a3), out) else _NO_PACK
 
 
 # --------------------------------------------------------------------------- planning
@@ -308,7 +321,7 @@ def _winograd(x, weight, b, has_bias, y, pt, pl, n_threads):
     ws = _workspace(n_threads * per_thread, x.dtype)
     with _blas_pin(x.dtype):
         _conv.conv2d_forward_winograd(x, U, b, has_bias, y, ws, per_thread, trows, pt, pl,
-                                      n_threads)
+                                      n_threads, _packed_a(U))
     return True
 
 
@@ -380,7 +393,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
     ws = _workspace(n_threads * per_thread, x.dtype)
     with _blas_pin(x.dtype):
         _conv.conv2d_forward_gemm(x, weight, b, has_bias, y, ws, per_thread, rows, sh, sw, pt, pl,
-                                  dh, dw, groups, pointwise, n_threads)
+                                  dh, dw, groups, pointwise, n_threads,
+                                  _packed_a(weight.reshape(groups, F // groups, -1)))
     return y
 
 
