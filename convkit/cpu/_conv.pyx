@@ -23,6 +23,10 @@ from libc.string cimport memcpy, memset
 from ._blas cimport gemm, gemm_pk
 
 
+cdef extern from "_vsum.h" nogil:
+    int ck_sum_f(const float* p, Py_ssize_t n, double* out)
+
+
 cdef extern from "_wino.h" nogil:
     int ck_wino_input_row_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
                             Py_ssize_t pl, Py_ssize_t tw, float* v, Py_ssize_t vs,
@@ -241,6 +245,9 @@ cdef double plane_sum(const floating* p, Py_ssize_t n) noexcept nogil:
     # eight independent accumulators: no loop-carried add latency, and a fixed order
     cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
     cdef Py_ssize_t i = 0
+    if floating is float:                   # AVX-512 where the CPU has it (_vsum.h)
+        if ck_sum_f(p, n, &s0):
+            return s0
     while i + 8 <= n:
         s0 += p[i]
         s1 += p[i + 1]
