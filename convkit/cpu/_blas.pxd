@@ -19,7 +19,8 @@ cdef extern from "_sgemm.h" nogil:
     int ck_sgemm_pack_a(int ta, Py_ssize_t m, Py_ssize_t k, const float* a, Py_ssize_t lda,
                         float* out)
     int ck_sgemm_apacked(int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* apk,
-                         const float* b, Py_ssize_t ldb, float beta, float* c, Py_ssize_t ldc)
+                         const float* b, Py_ssize_t ldb, float beta, float* c, Py_ssize_t ldc,
+                         const float* rowbias)
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -47,10 +48,19 @@ cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py
 cdef inline void gemm_pk(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                          const floating* a, Py_ssize_t lda, const float* apk,
                          const floating* b, Py_ssize_t ldb, floating beta,
-                         floating* c, Py_ssize_t ldc) noexcept nogil:
-    """gemm with alpha 1, on op(a) prepacked by ck_sgemm_pack_a when apk is not NULL (float32
-    on the own kernel: the weights of a conv are packed once per call, not once per task)."""
+                         floating* c, Py_ssize_t ldc, const floating* rowbias) noexcept nogil:
+    """c = op(a) @ op(b) + beta * c, or (rowbias not NULL, beta 0) + rowbias[i] on row i; on
+    op(a) prepacked by ck_sgemm_pack_a when apk is not NULL (float32 on the own kernel: a conv's
+    weights are packed once per call, not once per task, and its bias is added as the products
+    are stored, not written into c first)."""
+    cdef Py_ssize_t i, j
     if floating is float:
-        if apk != NULL and ck_sgemm_apacked(trans_b, m, n, k, apk, b, ldb, beta, c, ldc):
+        if apk != NULL and ck_sgemm_apacked(trans_b, m, n, k, apk, b, ldb, beta, c, ldc,
+                                            rowbias):
             return
+    if rowbias != NULL:
+        for i in range(m):
+            for j in range(n):
+                c[i * ldc + j] = rowbias[i]
+        beta = 1
     gemm(trans_a, trans_b, m, n, k, <floating>1, a, lda, b, ldb, beta, c, ldc)

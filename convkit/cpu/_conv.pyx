@@ -477,11 +477,10 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     cdef Py_ssize_t Ho = y.shape[2], Wo = y.shape[3], HoWo = Ho * Wo
     cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
     cdef Py_ssize_t nrb = (Ho + rows - 1) // rows
-    cdef Py_ssize_t t, n, rb, h0, hr, L, ld, c, g, f, j, kh
+    cdef Py_ssize_t t, n, rb, h0, hr, L, ld, c, g, kh
     cdef const floating* cols
     cdef floating* buf
     cdef floating* yp
-    cdef floating beta, bv
     with nogil:
         for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
             n = t // nrb
@@ -503,16 +502,10 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
                 ld = L
             for g in range(G):
                 yp = &y[n, g * Fg, 0, 0] + h0 * Wo
-                beta = 0
-                if has_bias:
-                    beta = 1
-                    for f in range(Fg):
-                        bv = bias[g * Fg + f]
-                        for j in range(L):
-                            yp[f * HoWo + j] = bv
                 gemm_pk(False, False, Fg, L, CgKK, &w[g * Fg, 0, 0, 0], CgKK,
                         &apk[g, 0] if apk.shape[0] > g else <const float*>NULL,
-                        cols + g * CgKK * ld, ld, beta, yp, HoWo)
+                        cols + g * CgKK * ld, ld, <floating>0, yp, HoWo,
+                        &bias[g * Fg] if has_bias else <const floating*>NULL)
     return y
 
 
@@ -704,7 +697,7 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
             for e in range(16):
                 gemm_pk(False, False, F, P, C, &U[e, 0, 0], C,
                         &apk[e, 0] if apk.shape[0] > e else <const float*>NULL,
-                        V + e * C * P, P, <floating>0, M + e * F * P, P)
+                        V + e * C * P, P, <floating>0, M + e * F * P, P, <const floating*>NULL)
             for f in range(F):
                 _wino_output_rows(M + f * P, F * P, th, g0, nt, tw,
                                   bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],

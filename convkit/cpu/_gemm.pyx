@@ -50,4 +50,4 @@ def gemm_packed_into(const float[:, ::1] apk, bint trans_b, const float[:, ::1] 
     cdef Py_ssize_t m = c.shape[0], n = c.shape[1]
     with nogil:
         gemm_pk(False, trans_b, m, n, k, <const float*>NULL, 0, &apk[0, 0], &b[0, 0], b.shape[1],
-                <float>beta, &c[0, 0], c.shape[1])
+                <float>beta, &c[0, 0], c.shape[1], <const float*>NULL)

@@ -191,11 +191,11 @@ CK_TARGET static void ck_pack_b_block(int tb, const float *b, ptrdiff_t ldb, ptr
 }
 
 /* c (MR x 16*nv, row stride ldc) = alpha * (packed a panel @ the first 16*nv columns of the
- * packed b panel) + beta * c.  nv is a constant in each instance below, so the loops over the
+ * packed b panel) + beta * c (+ rb[r] on row r when rb is not NULL).  nv is a constant in each instance below, so the loops over the
  * tile unroll fully and the accumulators live in registers (no spills: MR*nv + nv + 1 <= 32). */
 CK_TARGET static inline __attribute__((always_inline)) void
 ck_kernel_body(int nv, ptrdiff_t kc, const float *a, const float *b, float *c, ptrdiff_t ldc,
-               float alpha, float beta)
+               float alpha, float beta, const float *rb)
 {
     __m512 acc[CK_MR][CK_NV];
 #pragma GCC unroll 16
@@ -228,6 +228,8 @@ ck_kernel_body(int nv, ptrdiff_t kc, const float *a, const float *b, float *c, p
             __m512 y = _mm512_mul_ps(acc[r][v], va);
             if (beta != 0.0f)
                 y = _mm512_fmadd_ps(_mm512_loadu_ps(cr + 16 * v), vb, y);
+            if (rb != NULL)
+                y = _mm512_add_ps(y, _mm512_set1_ps(rb[r]));
             _mm512_storeu_ps(cr + 16 * v, y);
         }
     }
@@ -236,9 +238,12 @@ ck_kernel_body(int nv, ptrdiff_t kc, const float *a, const float *b, float *c, p
 /* The full tile, and the narrower ones for a last panel of at most 16 or 32 columns (a GEMM of
  * 56 columns computes 48 + 16, not 48 + 48). */
 CK_TARGET static void ck_kernel(ptrdiff_t kc, const float *a, const float *b, float *c,
-                                ptrdiff_t ldc, float alpha, float beta)
+                                ptrdiff_t ldc, float alpha, float beta, const float *rb)
 {
-    ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta);
+    if (rb == NULL)
+        ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta, NULL);
+    else
+        ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta, rb);
 }
 
 CK_TARGET static void ck_kernel_edge(ptrdiff_t nr, ptrdiff_t kc, const float *a, const float *b,
@@ -246,12 +251,12 @@ CK_TARGET static void ck_kernel_edge(ptrdiff_t nr, ptrdiff_t kc, const float *a,
 {
 #if CK_NV > 2
     if (nr <= 16)
-        ck_kernel_body(1, kc, a, b, c, ldc, alpha, beta);
+        ck_kernel_body(1, kc, a, b, c, ldc, alpha, beta, NULL);
     else if (nr <= 32)
-        ck_kernel_body(2, kc, a, b, c, ldc, alpha, beta);
+        ck_kernel_body(2, kc, a, b, c, ldc, alpha, beta, NULL);
     else
 #endif
-        ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta);
+        ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta, NULL);
 }
 
 /* k in near-equal blocks of about CK_KC (at most CK_KC_MAX): k = 196 (a 14x14 map's
@@ -283,11 +288,13 @@ CK_TARGET static void ck_pack_a_all(int ta, ptrdiff_t m, ptrdiff_t k, const floa
     }
 }
 
-/* apk: op(A) packed by ck_pack_a_all (then a, lda, ta and alpha are not used), or NULL */
+/* apk: op(A) packed by ck_pack_a_all (then a, lda, ta and alpha are not used), or NULL.
+ * rowbias: NULL, or m values: C = alpha * op(A) op(B) + rowbias[i] on row i (beta must be 0),
+ * added as the first k block is stored -- a conv's bias without a pass that fills C first. */
 CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                                      float alpha, const float *a, ptrdiff_t lda, const float *b,
                                      ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc,
-                                     const float *apk)
+                                     const float *apk, const float *rowbias)
 {
     if (m <= 0 || n <= 0)
         return 1;
@@ -305,6 +312,7 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
         for (ptrdiff_t pc = 0; pc < k; pc += kstep) {
             ptrdiff_t kc = k - pc < kstep ? k - pc : kstep;
             float bet = pc == 0 ? beta : 1.0f;
+            const float *rbias = pc == 0 ? rowbias : NULL;
             const float *bsrc = tb ? b + jc * ldb + pc : b + pc * ldb + jc;
             for (ptrdiff_t ic = 0; ic < m; ic += CK_MC) {
                 ptrdiff_t mc = m - ic < CK_MC ? m - ic : CK_MC;
@@ -323,15 +331,18 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                         ptrdiff_t mr = mc - ir < CK_MR ? mc - ir : CK_MR;
                         const float *ap = pa + (ir / CK_MR) * CK_MR * kc;
                         float *cp = c + (ic + ir) * ldc + jc + jr;
+                        const float *rb = rbias != NULL ? rbias + ic + ir : NULL;
                         if (mr == CK_MR && nr == CK_NR) {
-                            ck_kernel(kc, ap, bp, cp, ldc, alpha, bet);
-                        } else if (mr == CK_MR && nr % 16 == 0) {
+                            ck_kernel(kc, ap, bp, cp, ldc, alpha, bet, rb);
+                        } else if (mr == CK_MR && nr % 16 == 0 && rb == NULL) {
                             ck_kernel_edge(nr, kc, ap, bp, cp, ldc, alpha, bet);
                         } else {
                             ck_kernel_edge(nr, kc, ap, bp, tile, CK_NR, 1.0f, 0.0f);
                             for (ptrdiff_t i = 0; i < mr; ++i)
                                 for (ptrdiff_t j = 0; j < nr; ++j) {
                                     float v = alpha * tile[i * CK_NR + j];
+                                    if (rb != NULL)
+                                        v += rb[i];
                                     cp[i * ldc + j] = bet == 0.0f ? v : v + bet * cp[i * ldc + j];
                                 }
                         }
@@ -349,12 +360,13 @@ static int ck_sgemm(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float
 {
     if (!ck_sgemm_available() || !ck_buffers())
         return 0;
-    return ck_sgemm_avx512(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, NULL);
+    return ck_sgemm_avx512(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, NULL, NULL);
 }
 
 /* Prepacked A, for an operand used by many GEMMs (a conv's weights across its tasks):
  * ck_sgemm_packed_a_floats(m, k) floats (0: no own kernel here), filled once by
- * ck_sgemm_pack_a, then passed to ck_sgemm_apacked (alpha 1) instead of A. */
+ * ck_sgemm_pack_a, then passed to ck_sgemm_apacked (alpha 1) instead of A; rowbias as in
+ * ck_sgemm_avx512. */
 static ptrdiff_t ck_sgemm_packed_a_floats(ptrdiff_t m, ptrdiff_t k)
 {
     return ck_sgemm_available() ? ck_mpad(m) * k : 0;
@@ -370,11 +382,12 @@ static int ck_sgemm_pack_a(int ta, ptrdiff_t m, ptrdiff_t k, const float *a, ptr
 }
 
 static int ck_sgemm_apacked(int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *apk,
-                            const float *b, ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc)
+                            const float *b, ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc,
+                            const float *rowbias)
 {
     if (!ck_sgemm_available() || !ck_buffers())
         return 0;
-    return ck_sgemm_avx512(0, tb, m, n, k, 1.0f, NULL, 0, b, ldb, beta, c, ldc, apk);
+    return ck_sgemm_avx512(0, tb, m, n, k, 1.0f, NULL, 0, b, ldb, beta, c, ldc, apk, rowbias);
 }
 
 #else  /* no AVX-512 build: BLAS does every GEMM */
@@ -398,10 +411,11 @@ static int ck_sgemm_pack_a(int ta, ptrdiff_t m, ptrdiff_t k, const float *a, ptr
 }
 
 static int ck_sgemm_apacked(int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *apk,
-                            const float *b, ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc)
+                            const float *b, ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc,
+                            const float *rowbias)
 {
     (void)tb; (void)m; (void)n; (void)k; (void)apk; (void)b; (void)ldb; (void)beta; (void)c;
-    (void)ldc;
+    (void)ldc; (void)rowbias;
     return 0;
 }
 
