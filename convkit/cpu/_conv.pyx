@@ -440,6 +440,232 @@ cdef void _weight_grad_padded(const floating* gy, Py_ssize_t Ho, Py_ssize_t Wo,
             out[kh * KW + kw] += s
 
 
+# ---------------------------------------------------------------------------- depthwise 3x3, stride 1
+# The shape of nearly every depthwise layer (MobileNet-style 3x3, stride 1, dilation 1, one filter
+# per channel) gets its own kernels: nine weights held in vector registers, four blocks of
+# outputs per row in flight, and the widest vectors the CPU has (AVX2 / AVX-512 picked at run
+# time; the build itself targets the x86-64 baseline).  The backward runs as one task per plane:
+# grad_x, the nine weight-gradient sums and the bias-gradient sum from one read of grad_y and x.
+cdef extern from *:
+    """
+    /* Depthwise 3x3, stride 1, dilation 1, one filter per channel: the kernels of
+       conv2d_forward_depthwise3x3 / conv2d_backward_depthwise3x3.  Each works on one plane whose
+       input has been copied into a zero-padded scratch plane xp ((Ho + 2) rows of Wp >= Wo + 2).
+       A row of Wo outputs is cut into ceil(Wo / L) blocks of L lanes; when L does not divide Wo the
+       last block is moved left to end at Wo (it overlaps the one before: the forward rewrites the
+       same values, the weight gradient masks the lanes already counted).  So every load stays
+       inside the row and Wo >= L is all a level needs.
+       Levels: 1 = 16-byte vectors (the x86-64 baseline, SSE2; NEON elsewhere), 2 = AVX2 + FMA,
+       3 = AVX-512F, the widest the CPU has picked once by CPUID.  A level fixes the order of every
+       sum (lanes, then blocks, then rows), so results do not depend on the thread count; levels
+       differ from one another in the last bits (FMA, lane count). */
+    #include <string.h>
+    #if defined(__GNUC__) || defined(__clang__)
+    #define CK_DW3 1
+    #define CK_DW3_LD(V, p) ({ V v_; memcpy(&v_, (p), sizeof(V)); v_; })
+    #define CK_DW3_ST(p, v) do { __typeof__(v) t_ = (v); memcpy((p), &t_, sizeof(t_)); } while (0)
+
+    /* a += three taps of row r at column s: k[o], k[o+1], k[o+2] times r[s], r[s+1], r[s+2] */
+    #define CK_DW3_ROW(V, a, r, s, o)                                                        \\
+        a += k[o] * CK_DW3_LD(V, (r) + (s));                                                 \\
+        a += k[(o) + 1] * CK_DW3_LD(V, (r) + (s) + 1);                                       \\
+        a += k[(o) + 2] * CK_DW3_LD(V, (r) + (s) + 2)
+    #define CK_DW3_TAPS(V, a, s)                                                             \\
+        CK_DW3_ROW(V, a, r0, s, 0); CK_DW3_ROW(V, a, r1, s, 3); CK_DW3_ROW(V, a, r2, s, 6)
+
+    #define CK_DW3_MASKED(acc, p) acc += (V)((M)(gv * CK_DW3_LD(V, p)) & keep)
+
+    #define CK_DW3_DEFINE(T, IT, SUF, VB, ATTR)                                              \\
+    typedef T ck_dw3v_##SUF##VB __attribute__((vector_size(VB)));                           \\
+    typedef IT ck_dw3m_##SUF##VB __attribute__((vector_size(VB)));                          \\
+    /* y[h, j] = bias + sum_{a,b} w'[a, b] * xp[h + a, j + b]; w' = w, or w flipped in both   \\
+       axes (grad_x as the correlation of the padded grad_y) */                              \\
+    ATTR static void ck_dw3_fwd_##SUF##VB(const T* xp, Py_ssize_t Wp, const T* w, int flip,  \\
+                                          T bias, T* y, Py_ssize_t Ho, Py_ssize_t Wo) {      \\
+        typedef ck_dw3v_##SUF##VB V;                                                         \\
+        enum { L = VB / sizeof(T) };                                                         \\
+        V k[9], b0, z = {0};                                                                 \\
+        Py_ssize_t h, j, i, nb = (Wo + L - 1) / L, last = Wo - L, s0, s1, s2, s3;            \\
+        for (i = 0; i < 9; i++) k[i] = z + w[flip ? 8 - i : i];                              \\
+        b0 = z + bias;                                                                       \\
+        for (h = 0; h < Ho; h++) {                                                           \\
+            const T* r0 = xp + h * Wp;                                                       \\
+            const T* r1 = r0 + Wp;                                                           \\
+            const T* r2 = r1 + Wp;                                                           \\
+            T* yr = y + h * Wo;                                                              \\
+            for (j = 0; j + 4 <= nb; j += 4) {                                               \\
+                V a0 = b0, a1 = b0, a2 = b0, a3 = b0;                                        \\
+                s0 = j * L; s1 = s0 + L; s2 = s1 + L; s3 = s2 + L;                           \\
+                if (s3 > last) s3 = last;                                                    \\
+                CK_DW3_TAPS(V, a0, s0); CK_DW3_TAPS(V, a1, s1);                              \\
+                CK_DW3_TAPS(V, a2, s2); CK_DW3_TAPS(V, a3, s3);                              \\
+                CK_DW3_ST(yr + s0, a0); CK_DW3_ST(yr + s1, a1);                              \\
+                CK_DW3_ST(yr + s2, a2); CK_DW3_ST(yr + s3, a3);                              \\
+            }                                                                                \\
+            for (; j < nb; j++) {                                                            \\
+                V a0 = b0;                                                                   \\
+                s0 = j * L < last ? j * L : last;                                            \\
+                CK_DW3_TAPS(V, a0, s0);                                                      \\
+                CK_DW3_ST(yr + s0, a0);                                                      \\
+            }                                                                                \\
+        }                                                                                    \\
+    }                                                                                        \\
+    /* out[a*3 + b] = sum_{h,j} gy[h, j] * xp[h + a, j + b] (the weight gradient of the plane), \\
+       out[9] = sum_{h,j} gy[h, j] (the bias gradient): L float partial sums per tap, added in  \\
+       lane order in double at the end */                                                    \\
+    ATTR static void ck_dw3_wgrad_##SUF##VB(const T* gy, Py_ssize_t Ho, Py_ssize_t Wo,       \\
+                                            const T* xp, Py_ssize_t Wp, double* out) {       \\
+        typedef ck_dw3v_##SUF##VB V;                                                         \\
+        typedef ck_dw3m_##SUF##VB M;                                                         \\
+        enum { L = VB / sizeof(T) };                                                         \\
+        V a[10], z = {0};                                                                    \\
+        M keep;                                                                              \\
+        IT lanes[L];                                                                         \\
+        T part[L];                                                                           \\
+        Py_ssize_t h, j, i, nfull = Wo / L, last = Wo - L, dup = nfull * L - last;           \\
+        for (i = 0; i < 10; i++) a[i] = z;                                                   \\
+        for (i = 0; i < L; i++) lanes[i] = i < dup ? 0 : -1;                                 \\
+        memcpy(&keep, lanes, sizeof keep);                                                   \\
+        for (h = 0; h < Ho; h++) {                                                           \\
+            const T* g = gy + h * Wo;                                                        \\
+            const T* r0 = xp + h * Wp;                                                       \\
+            const T* r1 = r0 + Wp;                                                           \\
+            const T* r2 = r1 + Wp;                                                           \\
+            for (j = 0; j < nfull * L; j += L) {                                             \\
+                V gv = CK_DW3_LD(V, g + j);                                                  \\
+                a[9] += gv;                                                                  \\
+                a[0] += gv * CK_DW3_LD(V, r0 + j);                                           \\
+                a[1] += gv * CK_DW3_LD(V, r0 + j + 1);                                       \\
+                a[2] += gv * CK_DW3_LD(V, r0 + j + 2);                                       \\
+                a[3] += gv * CK_DW3_LD(V, r1 + j);                                           \\
+                a[4] += gv * CK_DW3_LD(V, r1 + j + 1);                                       \\
+                a[5] += gv * CK_DW3_LD(V, r1 + j + 2);                                       \\
+                a[6] += gv * CK_DW3_LD(V, r2 + j);                                           \\
+                a[7] += gv * CK_DW3_LD(V, r2 + j + 1);                                       \\
+                a[8] += gv * CK_DW3_LD(V, r2 + j + 2);                                       \\
+            }                                                                                \\
+            if (dup < L) {     /* the tail: a block ending at Wo, its first dup lanes masked */ \\
+                V gv = CK_DW3_LD(V, g + last);                                               \\
+                a[9] += (V)((M)gv & keep);                                                   \\
+                CK_DW3_MASKED(a[0], r0 + last); CK_DW3_MASKED(a[1], r0 + last + 1);          \\
+                CK_DW3_MASKED(a[2], r0 + last + 2); CK_DW3_MASKED(a[3], r1 + last);          \\
+                CK_DW3_MASKED(a[4], r1 + last + 1); CK_DW3_MASKED(a[5], r1 + last + 2);      \\
+                CK_DW3_MASKED(a[6], r2 + last); CK_DW3_MASKED(a[7], r2 + last + 1);          \\
+                CK_DW3_MASKED(a[8], r2 + last + 2);                                          \\
+            }                                                                                \\
+        }                                                                                    \\
+        for (i = 0; i < 10; i++) {                                                           \\
+            double s = 0;                                                                    \\
+            int l;                                                                           \\
+            memcpy(part, &a[i], sizeof part);                                                \\
+            for (l = 0; l < L; l++) s += (double)part[l];                                    \\
+            out[i] = s;                                                                      \\
+        }                                                                                    \\
+    }
+
+    #if defined(__x86_64__) || defined(__i386__)
+    #define CK_DW3_X86 1
+    #endif
+
+    CK_DW3_DEFINE(float, int, f, 16, )
+    CK_DW3_DEFINE(double, long long, d, 16, )
+    #ifdef CK_DW3_X86
+    CK_DW3_DEFINE(float, int, f, 32, __attribute__((target("avx2,fma"))))
+    CK_DW3_DEFINE(double, long long, d, 32, __attribute__((target("avx2,fma"))))
+    CK_DW3_DEFINE(float, int, f, 64, __attribute__((target("avx512f,avx2,fma"))))
+    CK_DW3_DEFINE(double, long long, d, 64, __attribute__((target("avx512f,avx2,fma"))))
+    #endif
+
+    static int ck_dw3_cap = 3;      /* the widest level allowed; tests lower it to run the others */
+
+    static int ck_dw3_isa(void) {
+        static int known = 0;
+        if (!known) {
+    #ifdef CK_DW3_X86
+            __builtin_cpu_init();
+            known = __builtin_cpu_supports("avx512f") ? 3
+                    : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 2 : 1;
+    #else
+            known = 1;
+    #endif
+        }
+        return known < ck_dw3_cap ? known : ck_dw3_cap;
+    }
+    #else
+    static int ck_dw3_cap = 0;
+    static int ck_dw3_isa(void) { return 0; }
+    #endif
+
+    /* the widest level (<= the CPU's, <= the cap) whose vectors of itemsize-byte elements fit in
+       a row of n; 0: none (the general depthwise kernels run) */
+    static int ck_dw3_level(int itemsize, Py_ssize_t n) {
+        int lvl = ck_dw3_isa();
+        while (lvl > 0 && (Py_ssize_t)((8 << lvl) / itemsize) > n) lvl--;
+        return lvl;
+    }
+    static int ck_dw3_set_cap(int cap) { int old = ck_dw3_cap; ck_dw3_cap = cap; return old; }
+
+    #define CK_DW3_DISPATCH(T, SUF)                                                          \\
+    static void ck_dw3_fwd_##SUF(int lvl, const T* xp, Py_ssize_t Wp, const T* w, int flip,  \\
+                                 T bias, T* y, Py_ssize_t Ho, Py_ssize_t Wo) {               \\
+        CK_DW3_SWITCH(lvl, ck_dw3_fwd_##SUF, (xp, Wp, w, flip, bias, y, Ho, Wo))             \\
+    }                                                                                        \\
+    static void ck_dw3_wgrad_##SUF(int lvl, const T* gy, Py_ssize_t Ho, Py_ssize_t Wo,       \\
+                                   const T* xp, Py_ssize_t Wp, double* out) {                \\
+        CK_DW3_SWITCH(lvl, ck_dw3_wgrad_##SUF, (gy, Ho, Wo, xp, Wp, out))                    \\
+    }
+    #if defined(CK_DW3_X86)
+    #define CK_DW3_SWITCH(lvl, f, args)                                                      \\
+        if (lvl >= 3) f##64 args; else if (lvl == 2) f##32 args; else f##16 args;
+    #elif defined(CK_DW3)
+    #define CK_DW3_SWITCH(lvl, f, args) f##16 args;
+    #else
+    #define CK_DW3_SWITCH(lvl, f, args)
+    #endif
+    CK_DW3_DISPATCH(float, f)
+    CK_DW3_DISPATCH(double, d)
+    """
+    int ck_dw3_level(int itemsize, Py_ssize_t n) noexcept nogil
+    int ck_dw3_set_cap(int cap) noexcept nogil
+    void ck_dw3_fwd_f(int lvl, const float* xp, Py_ssize_t Wp, const float* w, int flip,
+                      float bias, float* y, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil
+    void ck_dw3_fwd_d(int lvl, const double* xp, Py_ssize_t Wp, const double* w, int flip,
+                      double bias, double* y, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil
+    void ck_dw3_wgrad_f(int lvl, const float* gy, Py_ssize_t Ho, Py_ssize_t Wo,
+                        const float* xp, Py_ssize_t Wp, double* out) noexcept nogil
+    void ck_dw3_wgrad_d(int lvl, const double* gy, Py_ssize_t Ho, Py_ssize_t Wo,
+                        const double* xp, Py_ssize_t Wp, double* out) noexcept nogil
+
+
+def depthwise3x3_level(Py_ssize_t itemsize, Py_ssize_t n):
+    """The vector level of the 3x3 stride-1 depthwise kernels for rows of n elements of
+    itemsize bytes: 3 AVX-512, 2 AVX2, 1 16-byte vectors, 0 none (the rows are too short, or
+    the compiler has no vector extensions): the general depthwise kernels run."""
+    return ck_dw3_level(<int>itemsize, n)
+
+
+def depthwise3x3_cap(int cap):
+    """Allow levels up to cap only (tests run the narrower paths with it); returns the old cap."""
+    return ck_dw3_set_cap(cap)
+
+
+cdef inline void _dw3_fwd(int lvl, const floating* xp, Py_ssize_t Wp, const floating* w,
+                          int flip, floating bias, floating* y, Py_ssize_t Ho,
+                          Py_ssize_t Wo) noexcept nogil:
+    if floating is float:
+        ck_dw3_fwd_f(lvl, xp, Wp, w, flip, bias, y, Ho, Wo)
+    else:
+        ck_dw3_fwd_d(lvl, xp, Wp, w, flip, bias, y, Ho, Wo)
+
+
+cdef inline void _dw3_wgrad(int lvl, const floating* gy, Py_ssize_t Ho, Py_ssize_t Wo,
+                            const floating* xp, Py_ssize_t Wp, double* out) noexcept nogil:
+    if floating is float:
+        ck_dw3_wgrad_f(lvl, gy, Ho, Wo, xp, Wp, out)
+    else:
+        ck_dw3_wgrad_d(lvl, gy, Ho, Wo, xp, Wp, out)
+
+
 # ---------------------------------------------------------------------------- drivers
 def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                         const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
@@ -841,6 +1067,77 @@ def conv2d_backward_depthwise(const floating[:, :, :, ::1] gy, const floating[:,
                                                     tmp, acc)
             for k in range(KK):
                 gw[f, 0, k // KW, k % KW] = <floating>acc[k]
+
+
+def conv2d_forward_depthwise3x3(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                                const floating[::1] bias, bint has_bias,
+                                floating[:, :, :, ::1] y, floating[::1] scratch, Py_ssize_t pt,
+                                Py_ssize_t pl, int level, int n_threads):
+    """groups == C == F, 3x3, stride 1, dilation 1 (any padding); level from
+    depthwise3x3_level(itemsize, Wo), > 0.  One task per (image, channel) plane: the plane is
+    copied into a zero-padded scratch plane, then every output row is computed from it.
+
+    scratch: n_threads * (Ho + 2) * (Wo + 2) elements.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t Ho = y.shape[2], Wo = y.shape[3], Wp = Wo + 2, P = (Ho + 2) * (Wo + 2)
+    cdef Py_ssize_t it, n, c
+    cdef floating* xp
+    with nogil:
+        for it in prange(N * C, schedule="dynamic", num_threads=n_threads):
+            n = it // C
+            c = it - n * C
+            xp = &scratch[0] + threadid() * P
+            _pad_plane(&x[n, c, 0, 0], H, W, pt, pl, xp, Ho + 2, Wp)
+            _dw3_fwd(level, xp, Wp, &w[c, 0, 0, 0], 0, bias[c] if has_bias else <floating>0,
+                     &y[n, c, 0, 0], Ho, Wo)
+    return y
+
+
+def conv2d_backward_depthwise3x3(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
+                                 const floating[:, :, :, ::1] w, floating[:, :, :, ::1] gx,
+                                 floating[:, :, :, ::1] gw, floating[::1] gb, bint has_bias,
+                                 bint needs_input_grad, floating[::1] scratch,
+                                 double[::1] parts, Py_ssize_t pt, Py_ssize_t pl, int level,
+                                 int n_threads):
+    """The backward of conv2d_forward_depthwise3x3: grad_weight into gw, grad_bias into gb
+    when has_bias, grad_x into gx when needs_input_grad (all OUT); level from
+    depthwise3x3_level(itemsize, min(W, Wo)), > 0.
+
+    One task per (image, channel) plane reads grad_y and x once: grad_x is the correlation of
+    grad_y, zero-padded by 2 - pt on top and 2 - pl on the left (negative: cropped), with the
+    flipped filter; the plane's nine weight-gradient sums and its grad_y sum go to
+    parts[(n*C + c)*10 : +10] (double), which are then added over the images in image order --
+    the same bits for any thread count.
+
+    scratch: n_threads * ((Ho + 2) * (Wo + 2) + (H + 2) * (W + 2)) elements; parts: N*C*10.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3]
+    cdef Py_ssize_t Px = (Ho + 2) * (Wo + 2), Pg = (H + 2) * (W + 2)
+    cdef Py_ssize_t it, n, c, k
+    cdef floating* buf
+    cdef double s
+    with nogil:
+        for it in prange(N * C, schedule="dynamic", num_threads=n_threads):
+            n = it // C
+            c = it - n * C
+            buf = &scratch[0] + threadid() * (Px + Pg)
+            if needs_input_grad:
+                _pad_plane(&gy[n, c, 0, 0], Ho, Wo, 2 - pt, 2 - pl, buf + Px, H + 2, W + 2)
+                _dw3_fwd(level, buf + Px, W + 2, &w[c, 0, 0, 0], 1, <floating>0,
+                         &gx[n, c, 0, 0], H, W)
+            _pad_plane(&x[n, c, 0, 0], H, W, pt, pl, buf, Ho + 2, Wo + 2)
+            _dw3_wgrad(level, &gy[n, c, 0, 0], Ho, Wo, buf, Wo + 2, &parts[it * 10])
+        for c in range(C):
+            for k in range(10):
+                s = 0
+                for n in range(N):
+                    s = s + parts[(n * C + c) * 10 + k]
+                if k < 9:
+                    gw[c, 0, k // 3, k % 3] = <floating>s
+                elif has_bias:
+                    gb[c] = <floating>s
 
 
 def bias_grad(const floating[:, :, :, ::1] gy, floating[::1] gb, int n_threads):
