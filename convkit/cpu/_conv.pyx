@@ -465,19 +465,37 @@ cdef extern from *:
     #define CK_DW3_LD(V, p) ({ V v_; memcpy(&v_, (p), sizeof(V)); v_; })
     #define CK_DW3_ST(p, v) do { __typeof__(v) t_ = (v); memcpy((p), &t_, sizeof(t_)); } while (0)
 
-    /* a += three taps of row r at column s: k[o], k[o+1], k[o+2] times r[s], r[s+1], r[s+2] */
-    #define CK_DW3_ROW(V, a, r, s, o)                                                        \\
-        a += k[o] * CK_DW3_LD(V, (r) + (s));                                                 \\
-        a += k[(o) + 1] * CK_DW3_LD(V, (r) + (s) + 1);                                       \\
-        a += k[(o) + 2] * CK_DW3_LD(V, (r) + (s) + 2)
-    #define CK_DW3_TAPS(V, a, s)                                                             \\
-        CK_DW3_ROW(V, a, r0, s, 0); CK_DW3_ROW(V, a, r1, s, 3); CK_DW3_ROW(V, a, r2, s, 6)
-
-    #define CK_DW3_MASKED(acc, p) acc += (V)((M)(gv * CK_DW3_LD(V, p)) & keep)
-
+    /* Both kernels walk down the rows of a group of NB blocks of a row (NB = 4, 2 or 1, unrolled
+       by the compiler), loading each padded input row once: its three shifted vectors serve the
+       three output rows (forward) or three grad_y rows (weight gradient) that it touches. */
     #define CK_DW3_DEFINE(T, IT, SUF, VB, ATTR)                                              \\
     typedef T ck_dw3v_##SUF##VB __attribute__((vector_size(VB)));                           \\
     typedef IT ck_dw3m_##SUF##VB __attribute__((vector_size(VB)));                          \\
+    /* rows h of y, blocks s[0..NB): y[h, s + j] = bias + sum_{a,b} k[3a + b] * xp[h + a, s + j + b]: \\
+       input row r finishes output row r - 2, continues r - 1 and starts r (the sums run in the    \\
+       order bias, tap 0, 1, ..., 8) */                                                      \\
+    ATTR static inline __attribute__((always_inline)) void                                  \\
+    ck_dw3_fwd_group_##SUF##VB(const T* xp, Py_ssize_t Wp, const ck_dw3v_##SUF##VB* k,       \\
+                               ck_dw3v_##SUF##VB b0, T* y, Py_ssize_t Ho, Py_ssize_t Wo,     \\
+                               const Py_ssize_t* s, const int NB) {                          \\
+        typedef ck_dw3v_##SUF##VB V;                                                         \\
+        V p0[4], p1[4];                                                                      \\
+        Py_ssize_t r;                                                                        \\
+        int b;                                                                               \\
+        for (b = 0; b < NB; b++) { p0[b] = b0; p1[b] = b0; }                                 \\
+        for (r = 0; r < Ho + 2; r++) {                                                       \\
+            const T* xr = xp + r * Wp;                                                       \\
+            for (b = 0; b < NB; b++) {                                                       \\
+                V v0 = CK_DW3_LD(V, xr + s[b]);                                              \\
+                V v1 = CK_DW3_LD(V, xr + s[b] + 1);                                          \\
+                V v2 = CK_DW3_LD(V, xr + s[b] + 2);                                          \\
+                V o = p0[b] + k[6] * v0 + k[7] * v1 + k[8] * v2;                             \\
+                p0[b] = p1[b] + k[3] * v0 + k[4] * v1 + k[5] * v2;                           \\
+                p1[b] = b0 + k[0] * v0 + k[1] * v1 + k[2] * v2;                              \\
+                if (r >= 2) CK_DW3_ST(y + (r - 2) * Wo + s[b], o);                           \\
+            }                                                                                \\
+        }                                                                                    \\
+    }                                                                                        \\
     /* y[h, j] = bias + sum_{a,b} w'[a, b] * xp[h + a, j + b]; w' = w, or w flipped in both   \\
        axes (grad_x as the correlation of the padded grad_y) */                              \\
     ATTR static void ck_dw3_fwd_##SUF##VB(const T* xp, Py_ssize_t Wp, const T* w, int flip,  \\
@@ -485,81 +503,95 @@ cdef extern from *:
         typedef ck_dw3v_##SUF##VB V;                                                         \\
         enum { L = VB / sizeof(T) };                                                         \\
         V k[9], b0, z = {0};                                                                 \\
-        Py_ssize_t h, j, i, nb = (Wo + L - 1) / L, last = Wo - L, s0, s1, s2, s3;            \\
+        Py_ssize_t j, i, nb = (Wo + L - 1) / L, s[4];                                        \\
         for (i = 0; i < 9; i++) k[i] = z + w[flip ? 8 - i : i];                              \\
         b0 = z + bias;                                                                       \\
-        for (h = 0; h < Ho; h++) {                                                           \\
-            const T* r0 = xp + h * Wp;                                                       \\
-            const T* r1 = r0 + Wp;                                                           \\
-            const T* r2 = r1 + Wp;                                                           \\
-            T* yr = y + h * Wo;                                                              \\
-            for (j = 0; j + 4 <= nb; j += 4) {                                               \\
-                V a0 = b0, a1 = b0, a2 = b0, a3 = b0;                                        \\
-                s0 = j * L; s1 = s0 + L; s2 = s1 + L; s3 = s2 + L;                           \\
-                if (s3 > last) s3 = last;                                                    \\
-                CK_DW3_TAPS(V, a0, s0); CK_DW3_TAPS(V, a1, s1);                              \\
-                CK_DW3_TAPS(V, a2, s2); CK_DW3_TAPS(V, a3, s3);                              \\
-                CK_DW3_ST(yr + s0, a0); CK_DW3_ST(yr + s1, a1);                              \\
-                CK_DW3_ST(yr + s2, a2); CK_DW3_ST(yr + s3, a3);                              \\
-            }                                                                                \\
-            for (; j < nb; j++) {                                                            \\
-                V a0 = b0;                                                                   \\
-                s0 = j * L < last ? j * L : last;                                            \\
-                CK_DW3_TAPS(V, a0, s0);                                                      \\
-                CK_DW3_ST(yr + s0, a0);                                                      \\
+        for (j = 0; j < nb; ) {                                                              \\
+            int NB = nb - j >= 4 ? 4 : nb - j >= 2 ? 2 : 1;                                  \\
+            for (i = 0; i < NB; i++)    /* the last block ends at Wo */                      \\
+                s[i] = (j + i) * L < Wo - L ? (j + i) * L : Wo - L;                          \\
+            if (NB == 4) ck_dw3_fwd_group_##SUF##VB(xp, Wp, k, b0, y, Ho, Wo, s, 4);         \\
+            else if (NB == 2) ck_dw3_fwd_group_##SUF##VB(xp, Wp, k, b0, y, Ho, Wo, s, 2);    \\
+            else ck_dw3_fwd_group_##SUF##VB(xp, Wp, k, b0, y, Ho, Wo, s, 1);                 \\
+            j += NB;                                                                         \\
+        }                                                                                    \\
+    }                                                                                        \\
+    /* a[3a + b] += sum over rows h, lanes of the blocks s[0..NB) of gy[h, s + j] *             \\
+       xp[h + a, s + j + b], a[9] += the same sums of gy: input row r meets grad_y rows r, r-1, r-2 */ \\
+    ATTR static inline __attribute__((always_inline)) void                                  \\
+    ck_dw3_wgrad_group_##SUF##VB(const T* gy, Py_ssize_t Ho, Py_ssize_t Wo, const T* xp,    \\
+                                 Py_ssize_t Wp, const Py_ssize_t* s, const int NB,           \\
+                                 ck_dw3v_##SUF##VB* acc) {                                   \\
+        typedef ck_dw3v_##SUF##VB V;                                                         \\
+        V a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3], a4 = acc[4];                   \\
+        V a5 = acc[5], a6 = acc[6], a7 = acc[7], a8 = acc[8], a9 = acc[9];                   \\
+        Py_ssize_t r;                                                                        \\
+        int b;                                                                               \\
+        for (r = 0; r < Ho + 2; r++) {                                                       \\
+            const T* xr = xp + r * Wp;                                                       \\
+            const T* g0 = gy + r * Wo;                                                       \\
+            const T* g1 = g0 - Wo;                                                           \\
+            const T* g2 = g1 - Wo;                                                           \\
+            int u0 = r < Ho, u1 = r >= 1 && r <= Ho, u2 = r >= 2;                            \\
+            for (b = 0; b < NB; b++) {                                                       \\
+                V v0 = CK_DW3_LD(V, xr + s[b]);                                              \\
+                V v1 = CK_DW3_LD(V, xr + s[b] + 1);                                          \\
+                V v2 = CK_DW3_LD(V, xr + s[b] + 2);                                          \\
+                if (u0) {                                                                    \\
+                    V g = CK_DW3_LD(V, g0 + s[b]);                                           \\
+                    a9 += g; a0 += g * v0; a1 += g * v1; a2 += g * v2;                       \\
+                }                                                                            \\
+                if (u1) {                                                                    \\
+                    V g = CK_DW3_LD(V, g1 + s[b]);                                           \\
+                    a3 += g * v0; a4 += g * v1; a5 += g * v2;                                \\
+                }                                                                            \\
+                if (u2) {                                                                    \\
+                    V g = CK_DW3_LD(V, g2 + s[b]);                                           \\
+                    a6 += g * v0; a7 += g * v1; a8 += g * v2;                                \\
+                }                                                                            \\
             }                                                                                \\
         }                                                                                    \\
+        acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3; acc[4] = a4;                     \\
+        acc[5] = a5; acc[6] = a6; acc[7] = a7; acc[8] = a8; acc[9] = a9;                     \\
     }                                                                                        \\
     /* out[a*3 + b] = sum_{h,j} gy[h, j] * xp[h + a, j + b] (the weight gradient of the plane), \\
        out[9] = sum_{h,j} gy[h, j] (the bias gradient): L float partial sums per tap, added in  \\
-       lane order in double at the end */                                                    \\
+       lane order in double at the end.  A last block that overlaps the one before sums into   \\
+       its own partial sums, whose lanes already counted are dropped (bitwise, so an inf or a   \\
+       NaN there drops too) */                                                               \\
     ATTR static void ck_dw3_wgrad_##SUF##VB(const T* gy, Py_ssize_t Ho, Py_ssize_t Wo,       \\
                                             const T* xp, Py_ssize_t Wp, double* out) {       \\
         typedef ck_dw3v_##SUF##VB V;                                                         \\
         typedef ck_dw3m_##SUF##VB M;                                                         \\
         enum { L = VB / sizeof(T) };                                                         \\
-        V a[10], z = {0};                                                                    \\
+        V a[10], t[10], z = {0};                                                             \\
         M keep;                                                                              \\
         IT lanes[L];                                                                         \\
         T part[L];                                                                           \\
-        Py_ssize_t h, j, i, nfull = Wo / L, last = Wo - L, dup = nfull * L - last;           \\
+        Py_ssize_t j, i, nfull = Wo / L, s[4];                                               \\
         for (i = 0; i < 10; i++) a[i] = z;                                                   \\
-        for (i = 0; i < L; i++) lanes[i] = i < dup ? 0 : -1;                                 \\
-        memcpy(&keep, lanes, sizeof keep);                                                   \\
-        for (h = 0; h < Ho; h++) {                                                           \\
-            const T* g = gy + h * Wo;                                                        \\
-            const T* r0 = xp + h * Wp;                                                       \\
-            const T* r1 = r0 + Wp;                                                           \\
-            const T* r2 = r1 + Wp;                                                           \\
-            for (j = 0; j < nfull * L; j += L) {                                             \\
-                V gv = CK_DW3_LD(V, g + j);                                                  \\
-                a[9] += gv;                                                                  \\
-                a[0] += gv * CK_DW3_LD(V, r0 + j);                                           \\
-                a[1] += gv * CK_DW3_LD(V, r0 + j + 1);                                       \\
-                a[2] += gv * CK_DW3_LD(V, r0 + j + 2);                                       \\
-                a[3] += gv * CK_DW3_LD(V, r1 + j);                                           \\
-                a[4] += gv * CK_DW3_LD(V, r1 + j + 1);                                       \\
-                a[5] += gv * CK_DW3_LD(V, r1 + j + 2);                                       \\
-                a[6] += gv * CK_DW3_LD(V, r2 + j);                                           \\
-                a[7] += gv * CK_DW3_LD(V, r2 + j + 1);                                       \\
-                a[8] += gv * CK_DW3_LD(V, r2 + j + 2);                                       \\
-            }                                                                                \\
-            if (dup < L) {     /* the tail: a block ending at Wo, its first dup lanes masked */ \\
-                V gv = CK_DW3_LD(V, g + last);                                               \\
-                a[9] += (V)((M)gv & keep);                                                   \\
-                CK_DW3_MASKED(a[0], r0 + last); CK_DW3_MASKED(a[1], r0 + last + 1);          \\
-                CK_DW3_MASKED(a[2], r0 + last + 2); CK_DW3_MASKED(a[3], r1 + last);          \\
-                CK_DW3_MASKED(a[4], r1 + last + 1); CK_DW3_MASKED(a[5], r1 + last + 2);      \\
-                CK_DW3_MASKED(a[6], r2 + last); CK_DW3_MASKED(a[7], r2 + last + 1);          \\
-                CK_DW3_MASKED(a[8], r2 + last + 2);                                          \\
-            }                                                                                \\
+        for (j = 0; j < nfull; ) {                                                           \\
+            int NB = nfull - j >= 4 ? 4 : nfull - j >= 2 ? 2 : 1;                            \\
+            for (i = 0; i < NB; i++) s[i] = (j + i) * L;                                     \\
+            if (NB == 4) ck_dw3_wgrad_group_##SUF##VB(gy, Ho, Wo, xp, Wp, s, 4, a);          \\
+            else if (NB == 2) ck_dw3_wgrad_group_##SUF##VB(gy, Ho, Wo, xp, Wp, s, 2, a);     \\
+            else ck_dw3_wgrad_group_##SUF##VB(gy, Ho, Wo, xp, Wp, s, 1, a);                  \\
+            j += NB;                                                                         \\
+        }                                                                                    \\
+        if (nfull * L < Wo) {                                                                \\
+            for (i = 0; i < 10; i++) t[i] = z;                                               \\
+            s[0] = Wo - L;                                                                   \\
+            ck_dw3_wgrad_group_##SUF##VB(gy, Ho, Wo, xp, Wp, s, 1, t);                       \\
+            for (i = 0; i < L; i++) lanes[i] = i < nfull * L - s[0] ? 0 : -1;                \\
+            memcpy(&keep, lanes, sizeof keep);                                               \\
+            for (i = 0; i < 10; i++) a[i] += (V)((M)t[i] & keep);                            \\
         }                                                                                    \\
         for (i = 0; i < 10; i++) {                                                           \\
-            double s = 0;                                                                    \\
+            double sum = 0;                                                                  \\
             int l;                                                                           \\
             memcpy(part, &a[i], sizeof part);                                                \\
-            for (l = 0; l < L; l++) s += (double)part[l];                                    \\
-            out[i] = s;                                                                      \\
+            for (l = 0; l < L; l++) sum += (double)part[l];                                  \\
+            out[i] = sum;                                                                    \\
         }                                                                                    \\
     }
 
