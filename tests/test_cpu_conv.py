@@ -248,12 +248,17 @@ def test_nan_propagates():
 # 3x3 stride-1 depthwise convs with one filter per channel run their own vector kernels, at
 # the widest level the CPU has (3 AVX-512, 2 AVX2, 1 16-byte vectors) whose vector fits in a
 # row; a row not a multiple of the vector ends with a block moved left over the one before.
-DW3 = [Case("dw3_w4", (2, 3, 5, 4), (3, 1, 3, 3), padding=(1, 1), groups=3),
+# Padding 1 all round reads the planes as they are (columns 0 and W-1 one by one, W - 2 >= one
+# vector); other paddings and narrower rows read a zero-padded copy.
+DW3 = [Case("dw3_w4", (2, 3, 5, 4), (3, 1, 3, 3), padding=(1, 1), groups=3),   # padded copy
        Case("dw3_w5", (2, 3, 6, 5), (3, 1, 3, 3), padding=(1, 1), groups=3),
        Case("dw3_w17", (1, 4, 3, 17), (4, 1, 3, 3), padding=(1, 1), groups=4),
        Case("dw3_pad0_wo16", (2, 2, 7, 18), (2, 1, 3, 3), groups=2),
        Case("dw3_pad2", (1, 3, 4, 37), (3, 1, 3, 3), padding=(2, 2), groups=3),
-       Case("dw3_56", (2, 2, 9, 56), (2, 1, 3, 3), padding=(1, 1), groups=2),
+       Case("dw3_56", (2, 2, 9, 56), (2, 1, 3, 3), padding=(1, 1), groups=2),      # unpadded
+       Case("dw3_w18", (2, 3, 4, 18), (3, 1, 3, 3), padding=(1, 1), groups=3),
+       Case("dw3_w19", (1, 2, 2, 19), (2, 1, 3, 3), padding=(1, 1), groups=2),
+       Case("dw3_w35_h1", (2, 2, 1, 35), (2, 1, 3, 3), padding=(1, 1), groups=2),
        Case("dw3_pad3_crops", (1, 2, 5, 33), (2, 1, 3, 3), padding=(3, 1), groups=2),
        Case("dw3_one_row", (1, 2, 1, 20), (2, 1, 3, 3), padding=(1, 1), groups=2),
        Case("dw3_pad_w_only", (1, 2, 6, 9), (2, 1, 3, 3), padding=(0, 2), groups=2)]
@@ -268,11 +273,27 @@ def dw3_cap(request):
     _conv.depthwise3x3_cap(old)
 
 
+def _dw3_plan(case, dtype):
+    """(level, same) the cpu backend picks for a DW3 case (same: padding 1, unpadded planes)."""
+    from convkit.cpu import conv as cpu_conv
+    N, C, H, W = case.x
+    t, b, l, r = _pads(case)
+    return cpu_conv._depthwise3x3_plan(case.w[0], C, 3, 3, case.stride, (t, b, l, r),
+                                       case.dilation, np.dtype(dtype).itemsize, W,
+                                       W + l + r - 2)
+
+
 def _dw3_level(case, dtype):
+    return _dw3_plan(case, dtype)[0]
+
+
+def test_depthwise3x3_plans_cover_both_kernels():
+    """The DW3 cases run both forms of the kernels, at the widest level and below it."""
     from convkit.cpu import _conv
-    W = case.x[3]
-    Wo = W + 2 * case.padding[1] - 2
-    return _conv.depthwise3x3_level(np.dtype(dtype).itemsize, min(W, Wo))
+    top = _conv.depthwise3x3_level(4, 1 << 20)
+    plans = {_dw3_plan(c, dt) for c in DW3 for dt in (np.float32, np.float64)}
+    assert (top, True) in plans and (top, False) in plans
+    assert (1, True) in plans and (1, False) in plans
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
