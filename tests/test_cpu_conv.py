@@ -244,6 +244,163 @@ def test_nan_propagates():
     assert not np.isnan(y[1]).any() and not np.isnan(y[0, :, :2]).any()
 
 
+# ----------------------------------------------------------------------- depthwise 3x3 kernels
+# 3x3 stride-1 depthwise convs with one filter per channel run their own vector kernels, at
+# the widest level the CPU has (3 AVX-512, 2 AVX2, 1 16-byte vectors) whose vector fits in a
+# row; a row not a multiple of the vector ends with a block moved left over the one before.
+# Padding 1 all round reads the planes as they are (columns 0 and W-1 one by one, W - 2 >= one
+# vector); other paddings and narrower rows read a zero-padded copy.
+DW3 = [Case("dw3_w4", (2, 3, 5, 4), (3, 1, 3, 3), padding=(1, 1), groups=3),   # padded copy
+       Case("dw3_w5", (2, 3, 6, 5), (3, 1, 3, 3), padding=(1, 1), groups=3),
+       Case("dw3_w17", (1, 4, 3, 17), (4, 1, 3, 3), padding=(1, 1), groups=4),
+       Case("dw3_pad0_wo16", (2, 2, 7, 18), (2, 1, 3, 3), groups=2),
+       Case("dw3_pad2", (1, 3, 4, 37), (3, 1, 3, 3), padding=(2, 2), groups=3),
+       Case("dw3_56", (2, 2, 9, 56), (2, 1, 3, 3), padding=(1, 1), groups=2),      # unpadded
+       Case("dw3_w18", (2, 3, 4, 18), (3, 1, 3, 3), padding=(1, 1), groups=3),
+       Case("dw3_w19", (1, 2, 2, 19), (2, 1, 3, 3), padding=(1, 1), groups=2),
+       Case("dw3_w35_h1", (2, 2, 1, 35), (2, 1, 3, 3), padding=(1, 1), groups=2),
+       Case("dw3_pad3_crops", (1, 2, 5, 33), (2, 1, 3, 3), padding=(3, 1), groups=2),
+       Case("dw3_one_row", (1, 2, 1, 20), (2, 1, 3, 3), padding=(1, 1), groups=2),
+       Case("dw3_pad_w_only", (1, 2, 6, 9), (2, 1, 3, 3), padding=(0, 2), groups=2)]
+
+
+@pytest.fixture(params=[1, 2, 3], ids=["vec16", "avx2", "avx512"])
+def dw3_cap(request):
+    """Caps the 3x3 depthwise kernels at a level (a CPU without it runs its widest)."""
+    from convkit.cpu import _conv
+    old = _conv.depthwise3x3_cap(request.param)
+    yield request.param
+    _conv.depthwise3x3_cap(old)
+
+
+def _dw3_plan(case, dtype):
+    """(level, same) the cpu backend picks for a DW3 case (same: padding 1, unpadded planes)."""
+    from convkit.cpu import conv as cpu_conv
+    N, C, H, W = case.x
+    t, b, l, r = _pads(case)
+    return cpu_conv._depthwise3x3_plan(case.w[0], C, 3, 3, case.stride, (t, b, l, r),
+                                       case.dilation, np.dtype(dtype).itemsize, W,
+                                       W + l + r - 2)
+
+
+def _dw3_level(case, dtype):
+    return _dw3_plan(case, dtype)[0]
+
+
+def test_depthwise3x3_plans_cover_both_kernels():
+    """The DW3 cases run both forms of the kernels, at the widest level and below it."""
+    from convkit.cpu import _conv
+    top = _conv.depthwise3x3_level(4, 1 << 20)
+    plans = {_dw3_plan(c, dt) for c in DW3 for dt in (np.float32, np.float64)}
+    assert (top, True) in plans and (top, False) in plans
+    assert (1, True) in plans and (1, False) in plans
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", DW3, ids=lambda c: c.id)
+def test_depthwise3x3_matches_oracles(case, dtype, dw3_cap):
+    level = _dw3_level(case, dtype)
+    assert 1 <= level <= dw3_cap          # the vector kernels run, not the general ones
+    x, w, b = _inputs(case, dtype)
+    y = _cpu_forward(x, w, b, case)
+    np.testing.assert_allclose(y, np_conv2d(x, w, b, case.stride, _pads(case), case.dilation,
+                                            case.groups), **tol(dtype), err_msg=case.id)
+    gy = np.random.default_rng(11).standard_normal(y.shape).astype(dtype)
+    gx, gw, gb = _cpu_backward(gy, x, w, case)
+    x64, w64, gy64 = (a.astype(np.float64) for a in (x, w, gy))
+    lhs = np.vdot(np_conv2d(x64, w64, None, case.stride, _pads(case), case.dilation,
+                            case.groups), gy64)
+    rtol = 1e-10 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(np.vdot(x64, gx), lhs, rtol=rtol)
+    np.testing.assert_allclose(np.vdot(w64, gw), lhs, rtol=rtol)
+    # each tap alone: grad_w[c, 0, a, b] = <gy[:, c], x[:, c] shifted by (a, b)>
+    t, _, l, _ = _pads(case)
+    Ho, Wo = gy.shape[2:]
+    xp = np.pad(x64, ((0, 0), (0, 0), (t, t + 2), (l, l + 2)))
+    want = np.array([[[np.vdot(gy64[:, c], xp[:, c, a:a + Ho, e:e + Wo]) for e in range(3)]
+                      for a in range(3)] for c in range(case.x[1])])[:, None]
+    np.testing.assert_allclose(gw, want, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(gb, gy64.sum(axis=(0, 2, 3)), rtol=rtol, atol=rtol)
+    gx_only_w = _cpu_backward(gy, x, w, case, needs_input_grad=False, has_bias=False)
+    assert gx_only_w[0] is None and gx_only_w[2] is None
+    np.testing.assert_array_equal(gx_only_w[1], gw)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", DW3, ids=lambda c: c.id)
+def test_depthwise3x3_matches_torch(case, dtype, dw3_cap, torch):
+    x, w, b = _inputs(case, dtype)
+    y = _cpu_forward(x, w, b, case)
+    gy = np.random.default_rng(12).standard_normal(y.shape).astype(dtype)
+    gx, gw, gb = _cpu_backward(gy, x, w, case)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = torch.nn.functional.conv2d(tx, tw, tb, **_args(case))
+    ty.backward(torch.tensor(gy))
+    t = tol(dtype) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
+    for name, got, want in [("y", y, ty), ("gx", gx, tx.grad), ("gw", gw, tw.grad),
+                            ("gb", gb, tb.grad)]:
+        np.testing.assert_allclose(got, want.detach().numpy(), **t, err_msg=f"{case.id} {name}")
+
+
+def test_depthwise3x3_levels_agree():
+    """Every level computes the same conv: the results agree to rounding."""
+    from convkit.cpu import _conv
+    case = Case("dw3_levels", (2, 5, 11, 45), (5, 1, 3, 3), padding=(1, 1), groups=5)
+    x, w, b = _inputs(case, np.float32)
+    gy = np.random.default_rng(13).standard_normal((2, 5, 11, 45)).astype(np.float32)
+    runs = []
+    old = _conv.depthwise3x3_cap(3)
+    try:
+        for cap in (1, 2, 3):
+            _conv.depthwise3x3_cap(cap)
+            runs.append((_cpu_forward(x, w, b, case),) + tuple(_cpu_backward(gy, x, w, case)))
+    finally:
+        _conv.depthwise3x3_cap(old)
+    for run in runs[1:]:
+        for a, c in zip(run, runs[0]):
+            np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise3x3_short_rows_take_general_kernels():
+    """Rows shorter than one vector (here 2 float64 outputs) and channel multipliers run the
+    general depthwise kernels, with the same results as the oracle."""
+    from convkit.cpu import _conv
+    assert _conv.depthwise3x3_level(8, 1) == 0
+    for case in (Case("dw3_w1", (2, 3, 4, 1), (3, 1, 3, 3), padding=(1, 1), groups=3),
+                 Case("dw3_pad0_wo1", (2, 3, 4, 3), (3, 1, 3, 3), groups=3)):
+        x, w, b = _inputs(case, np.float64)
+        y = _cpu_forward(x, w, b, case)
+        np.testing.assert_allclose(y, np_conv2d(x, w, b, case.stride, _pads(case),
+                                                case.dilation, case.groups), **tol(np.float64))
+        gy = np.random.default_rng(14).standard_normal(y.shape)
+        gx, gw, gb = _cpu_backward(gy, x, w, case)
+        lhs = np.vdot(y - b.reshape(1, -1, 1, 1), gy)
+        np.testing.assert_allclose(np.vdot(x, gx), lhs, rtol=1e-10)
+        np.testing.assert_allclose(np.vdot(w, gw), lhs, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_depthwise3x3_inf_in_overlapped_tail(dtype, dw3_cap):
+    """The shifted last block of a row re-reads columns the block before already summed; those
+    lanes must add exactly nothing -- also where x is inf (0 * inf would be NaN)."""
+    case = Case("dw3_inf", (1, 1, 3, 17), (1, 1, 3, 3), padding=(1, 1), groups=1)
+    x, w, b = _inputs(case, dtype)
+    w = np.abs(w) + dtype(0.5)
+    x[0, 0, 1, 15] = np.inf            # in every level's shifted tail block, for every tap
+    gy = np.ones((1, 1, 3, 17), dtype)
+    c = Case("dw3_inf_dw", (1, 2, 3, 17), (2, 1, 3, 3), padding=(1, 1), groups=2)
+    x2 = np.concatenate([x, x], axis=1)          # groups = C = 2: the depthwise path
+    w2 = np.concatenate([w, w], axis=0)
+    gy2 = np.concatenate([gy, gy], axis=1)
+    assert _dw3_level(c, dtype) >= 1
+    y = _cpu_forward(x2, w2, None, c)
+    assert np.isposinf(y[0, :, :, 14:]).all() and np.isfinite(y[0, :, :, :14]).all()
+    gx, gw, gb = _cpu_backward(gy2, x2, w2, c)
+    assert np.isposinf(gw).all()
+    np.testing.assert_allclose(gb, [51, 51])
+    assert np.isfinite(gx).all()
+
+
 # ----------------------------------------------------------------------- workspace
 @pytest.fixture
 def workspace_limit():

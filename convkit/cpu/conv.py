@@ -3,6 +3,9 @@
 Paths (all in convkit/cpu/_conv.pyx):
 
 * depthwise (groups == C, any channel multiplier): a direct kernel, one plane per task;
+  3x3 stride-1 ones with one filter per channel get their own vector kernels (AVX2 /
+  AVX-512 picked at run time) and a backward that makes grad_x, grad_weight and grad_bias
+  in one pass per plane;
 * pointwise (1x1 kernel, stride 1, no padding): GEMMs straight on x, no workspace;
 * small output maps (<= 64 positions per image, e.g. 2x2-8x8): the batch's columns side by
   side, one GEMM per block of images (forward; stride-1 grad_x as the conv of grad_y with the
@@ -364,6 +367,19 @@ def _flipped_transposed(weight, groups):
     return np.ascontiguousarray(w[..., ::-1, ::-1]).reshape(groups * Cg, F // groups, KH, KW)
 
 
+def _depthwise3x3_plan(F, C, KH, KW, stride, padding, dilation, itemsize, W, Wo):
+    """(level, same) of the 3x3 stride-1 depthwise kernels for this conv; level 0 when they
+    do not apply (another shape, a channel multiplier, rows shorter than one vector): then the
+    general depthwise kernels run.  same: padding 1 all round, read without a padded copy."""
+    if F != C or (KH, KW) != (3, 3) or tuple(stride) != (1, 1) or tuple(dilation) != (1, 1):
+        return 0, False
+    if tuple(padding) == (1, 1, 1, 1):
+        level = _conv.depthwise3x3_level(itemsize, W - 2)
+        if level:
+            return level, True
+    return _conv.depthwise3x3_level(itemsize, min(W, Wo)), False
+
+
 # --------------------------------------------------------------------------- ops
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None):
     """x (N,C,H,W), weight (F,C/groups,KH,KW), bias (F,) or None -> y (N,F,Ho,Wo)."""
@@ -376,6 +392,13 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
     dh, dw = dilation
     n_threads = _threads(N * F * Cg * KH * KW * Ho * Wo)
     if groups == C and Cg == 1 and groups > 1:
+        level, same = _depthwise3x3_plan(F, C, KH, KW, stride, padding, dilation, x.itemsize,
+                                         W, Wo)
+        if level:
+            scratch = _workspace(1 if same else n_threads * (Ho + 2) * (Wo + 2), x.dtype)
+            _conv.conv2d_forward_depthwise3x3(x, weight, b, has_bias, y, scratch, pt, pl, level,
+                                              same, n_threads)
+            return y
         Hp, Wp = Ho + (KH - 1) * dh, Wo + (KW - 1) * dw
         scratch = _workspace(n_threads * Hp * Wp, x.dtype)
         _conv.conv2d_forward_depthwise(x, weight, b, has_bias, y, scratch, sh, sw, pt, pl, dh, dw,
@@ -409,9 +432,23 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
     n_threads = _threads(N * F * Cg * KH * KW * Ho * Wo)
     gx_done = False
     gx = np.empty(x.shape, dtype=dt) if needs_input_grad else np.empty((1, 1, 1, 1), dtype=dt)
-    gb = None
+    gb = np.empty(F, dtype=dt) if has_bias else None
+    level, same = 0, False
+    if groups == C and Cg == 1 and groups > 1:
+        level, same = _depthwise3x3_plan(F, C, KH, KW, stride, padding, dilation, x.itemsize,
+                                         W, Wo)
+    if level:
+        # one pass per plane: grad_x, grad_weight and grad_bias together
+        gw = np.empty(weight.shape, dtype=dt)
+        scratch = _workspace(1 if same else
+                             n_threads * ((Ho + 2) * (Wo + 2) + (H + 2) * (W + 2)), dt)
+        parts = _workspace(N * C * 10, np.float64, "parts")
+        _conv.conv2d_backward_depthwise3x3(grad_y, x, weight, gx, gw,
+                                           gb if has_bias else np.empty(1, dtype=dt), has_bias,
+                                           needs_input_grad, scratch, parts, pt, pl, level,
+                                           same, n_threads)
+        return (gx if needs_input_grad else None), gw, gb
     if has_bias:
-        gb = np.empty(F, dtype=dt)
         _conv.bias_grad(grad_y, gb, _threads(grad_y.size))
     if groups == C and Cg == 1 and groups > 1:
         gw = np.empty(weight.shape, dtype=dt)
