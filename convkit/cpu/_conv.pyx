@@ -481,6 +481,7 @@ cdef extern from *:
        3 = AVX-512F, the widest the CPU has, picked once by CPUID.  A level fixes the order of every
        sum (lanes, then blocks, then rows), so results do not depend on the thread count; levels
        differ from one another in the last bits (FMA, lane count). */
+    #include <stdlib.h>
     #include <string.h>
     #if defined(__GNUC__) || defined(__clang__)
     #define CK_DW3 1
@@ -802,6 +803,11 @@ cdef extern from *:
             __builtin_cpu_init();
             known = __builtin_cpu_supports("avx512f") ? 3
                     : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 2 : 1;
+            {   /* CONVKIT_DISABLE_AVX512=1: no AVX-512 anywhere in the cpu backend */
+                const char *off = getenv("CONVKIT_DISABLE_AVX512");
+                if (known == 3 && off != NULL && off[0] != '\0' && off[0] != '0')
+                    known = 2;
+            }
     #else
             known = 1;
     #endif
