@@ -58,8 +58,8 @@ def test_beta_zero_never_reads_c():
 
 
 def test_gemm_writes_only_its_rows_and_columns():
-    """C as rows of a bigger array: the rows around it keep their values (the edge tiles go
-    through a scratch tile, never past the last row or column of C)."""
+    """C as rows of a bigger array: the rows around it keep their values (the edge tiles store
+    with row counts and lane masks, never past the last row or column of C)."""
     rng = np.random.default_rng(2)
     m, n, k = 11, 53, 200
     a, b = _operands(rng, m, n, k, False, False, np.float32)

@@ -14,8 +14,8 @@
  * B panel is packed just before its first use, so it is in L1 for that pass.  KC = 192 keeps a
  * B panel (36 KiB) in L1 beside the streamed A panel; NC ~ 1000 keeps the B block in L2.
  * The shapes were picked by timing 8 conv GEMM shapes (bench/RESULTS.md, "own GEMM").
- * Edge tiles are computed whole into a scratch tile (the packs are zero-padded) and the valid
- * part is copied out.  The summation order over k is fixed (k ascending within a KC block, blocks
+ * Edge tiles run a narrower kernel (1-3 vectors per row) over the zero-padded packs and store
+ * only their rows and columns (masked stores).  The summation order over k is fixed (k ascending within a KC block, blocks
  * in order), so the result is the same on every run and for any thread count of the caller.
  *
  * Single-threaded: every caller in convkit runs it inside its own OpenMP team.  Each thread keeps
@@ -191,11 +191,14 @@ CK_TARGET static void ck_pack_b_block(int tb, const float *b, ptrdiff_t ldb, ptr
 }
 
 /* c (MR x 16*nv, row stride ldc) = alpha * (packed a panel @ the first 16*nv columns of the
- * packed b panel) + beta * c (+ rb[r] on row r when rb is not NULL).  nv is a constant in each instance below, so the loops over the
- * tile unroll fully and the accumulators live in registers (no spills: MR*nv + nv + 1 <= 32). */
+ * packed b panel) + beta * c (+ rb[r] on row r when rb is not NULL), written for rows
+ * r < mrows and, in the last vector of each row, the lanes in `last` only: the edges of C
+ * need no scratch tile and no scalar copy.  nv is a constant in each instance below, so the
+ * loops over the tile unroll fully and the accumulators live in registers (no spills:
+ * MR*nv + nv + 1 <= 32). */
 CK_TARGET static inline __attribute__((always_inline)) void
 ck_kernel_body(int nv, ptrdiff_t kc, const float *a, const float *b, float *c, ptrdiff_t ldc,
-               float alpha, float beta, const float *rb)
+               float alpha, float beta, const float *rb, int mrows, __mmask16 last)
 {
     __m512 acc[CK_MR][CK_NV];
 #pragma GCC unroll 16
@@ -222,15 +225,18 @@ ck_kernel_body(int nv, ptrdiff_t kc, const float *a, const float *b, float *c, p
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
 #pragma GCC unroll 16
     for (int r = 0; r < CK_MR; ++r) {
+        if (r >= mrows)
+            break;
         float *cr = c + r * ldc;
 #pragma GCC unroll 4
         for (int v = 0; v < nv; ++v) {
+            __mmask16 mk = v == nv - 1 ? last : (__mmask16)0xFFFF;
             __m512 y = _mm512_mul_ps(acc[r][v], va);
             if (beta != 0.0f)
-                y = _mm512_fmadd_ps(_mm512_loadu_ps(cr + 16 * v), vb, y);
+                y = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, cr + 16 * v), vb, y);
             if (rb != NULL)
                 y = _mm512_add_ps(y, _mm512_set1_ps(rb[r]));
-            _mm512_storeu_ps(cr + 16 * v, y);
+            _mm512_mask_storeu_ps(cr + 16 * v, mk, y);
         }
     }
 }
@@ -241,22 +247,26 @@ CK_TARGET static void ck_kernel(ptrdiff_t kc, const float *a, const float *b, fl
                                 ptrdiff_t ldc, float alpha, float beta, const float *rb)
 {
     if (rb == NULL)
-        ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta, NULL);
+        ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta, NULL, CK_MR, 0xFFFF);
     else
-        ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta, rb);
+        ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta, rb, CK_MR, 0xFFFF);
 }
 
-CK_TARGET static void ck_kernel_edge(ptrdiff_t nr, ptrdiff_t kc, const float *a, const float *b,
-                                     float *c, ptrdiff_t ldc, float alpha, float beta)
+/* an edge tile: mr <= MR rows, nr <= NR columns, with as few vectors per row as cover nr */
+CK_TARGET static void ck_kernel_edge(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t kc, const float *a,
+                                     const float *b, float *c, ptrdiff_t ldc, float alpha,
+                                     float beta, const float *rb)
 {
+    int nv = (int)((nr + 15) / 16), rows = (int)mr;
+    __mmask16 last = ck_mask(nr - 16 * (nv - 1));
+    if (nv == 1)
+        ck_kernel_body(1, kc, a, b, c, ldc, alpha, beta, rb, rows, last);
 #if CK_NV > 2
-    if (nr <= 16)
-        ck_kernel_body(1, kc, a, b, c, ldc, alpha, beta, NULL);
-    else if (nr <= 32)
-        ck_kernel_body(2, kc, a, b, c, ldc, alpha, beta, NULL);
-    else
+    else if (nv == 2)
+        ck_kernel_body(2, kc, a, b, c, ldc, alpha, beta, rb, rows, last);
 #endif
-        ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta, NULL);
+    else
+        ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta, rb, rows, last);
 }
 
 /* k in near-equal blocks of about CK_KC (at most CK_KC_MAX): k = 196 (a 14x14 map's
@@ -304,7 +314,6 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                 c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
         return 1;
     }
-    float tile[CK_MR * CK_NR] __attribute__((aligned(64)));
     float *pa = ck_pack_a, *pb = ck_pack_b;
     ptrdiff_t kstep = ck_kstep(k), mp = ck_mpad(m);
     for (ptrdiff_t jc = 0; jc < n; jc += CK_NC) {
@@ -332,20 +341,10 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                         const float *ap = pa + (ir / CK_MR) * CK_MR * kc;
                         float *cp = c + (ic + ir) * ldc + jc + jr;
                         const float *rb = rbias != NULL ? rbias + ic + ir : NULL;
-                        if (mr == CK_MR && nr == CK_NR) {
+                        if (mr == CK_MR && nr == CK_NR)
                             ck_kernel(kc, ap, bp, cp, ldc, alpha, bet, rb);
-                        } else if (mr == CK_MR && nr % 16 == 0 && rb == NULL) {
-                            ck_kernel_edge(nr, kc, ap, bp, cp, ldc, alpha, bet);
-                        } else {
-                            ck_kernel_edge(nr, kc, ap, bp, tile, CK_NR, 1.0f, 0.0f);
-                            for (ptrdiff_t i = 0; i < mr; ++i)
-                                for (ptrdiff_t j = 0; j < nr; ++j) {
-                                    float v = alpha * tile[i * CK_NR + j];
-                                    if (rb != NULL)
-                                        v += rb[i];
-                                    cp[i * ldc + j] = bet == 0.0f ? v : v + bet * cp[i * ldc + j];
-                                }
-                        }
+                        else
+                            ck_kernel_edge(mr, nr, kc, ap, bp, cp, ldc, alpha, bet, rb);
                     }
                 }
             }
