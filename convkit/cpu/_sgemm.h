@@ -52,6 +52,9 @@
 #ifndef CK_KC
 #define CK_KC 192
 #endif
+#ifndef CK_DIRECT_MAX_M
+#define CK_DIRECT_MAX_M 24  /* up to this many rows of C, B (not transposed) is not packed */
+#endif
 #define CK_KC_MAX (CK_KC + CK_KC / 4)  /* the most k one block takes (B panel 45 KiB at most) */
 #ifndef CK_MC
 #define CK_MC 96   /* a multiple of CK_MR */
@@ -191,14 +194,15 @@ CK_TARGET static void ck_pack_b_block(int tb, const float *b, ptrdiff_t ldb, ptr
 }
 
 /* c (MR x 16*nv, row stride ldc) = alpha * (packed a panel @ the first 16*nv columns of the
- * packed b panel) + beta * c (+ rb[r] on row r when rb is not NULL), written for rows
+ * b panel: packed (bs = NR), or rows of B itself (bs = ldb)) + beta * c (+ rb[r] on row r when rb is not NULL), written for rows
  * r < mrows and, in the last vector of each row, the lanes in `last` only: the edges of C
  * need no scratch tile and no scalar copy.  nv is a constant in each instance below, so the
  * loops over the tile unroll fully and the accumulators live in registers (no spills:
  * MR*nv + nv + 1 <= 32). */
 CK_TARGET static inline __attribute__((always_inline)) void
-ck_kernel_body(int nv, ptrdiff_t kc, const float *a, const float *b, float *c, ptrdiff_t ldc,
-               float alpha, float beta, const float *rb, int mrows, __mmask16 last)
+ck_kernel_body(int nv, ptrdiff_t kc, const float *a, const float *b, ptrdiff_t bs, float *c,
+               ptrdiff_t ldc, float alpha, float beta, const float *rb, int mrows,
+               __mmask16 last)
 {
     __m512 acc[CK_MR][CK_NV];
 #pragma GCC unroll 16
@@ -210,8 +214,11 @@ ck_kernel_body(int nv, ptrdiff_t kc, const float *a, const float *b, float *c, p
         __m512 bv[CK_NV];
 #pragma GCC unroll 4
         for (int v = 0; v < nv; ++v)
-            bv[v] = _mm512_load_ps(b + 16 * v);
-        _mm_prefetch((const char *)(b + 8 * CK_NR), _MM_HINT_T0);
+            bv[v] = _mm512_loadu_ps(b + 16 * v);
+        _mm_prefetch((const char *)(b + 8 * bs), _MM_HINT_T0);
+        if (bs != CK_NR)  /* B's own rows: every line of the row 8 ahead (a page apart) */
+            for (int v = 1; v < nv; ++v)
+                _mm_prefetch((const char *)(b + 8 * bs + 16 * v), _MM_HINT_T0);
 #pragma GCC unroll 16
         for (int r = 0; r < CK_MR; ++r) {
             __m512 av = _mm512_set1_ps(a[r]);
@@ -220,7 +227,7 @@ ck_kernel_body(int nv, ptrdiff_t kc, const float *a, const float *b, float *c, p
                 acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
         }
         a += CK_MR;
-        b += CK_NR;
+        b += bs;
     }
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
 #pragma GCC unroll 16
@@ -247,9 +254,17 @@ CK_TARGET static void ck_kernel(ptrdiff_t kc, const float *a, const float *b, fl
                                 ptrdiff_t ldc, float alpha, float beta, const float *rb)
 {
     if (rb == NULL)
-        ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta, NULL, CK_MR, 0xFFFF);
+        ck_kernel_body(CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, NULL, CK_MR, 0xFFFF);
     else
-        ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta, rb, CK_MR, 0xFFFF);
+        ck_kernel_body(CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, CK_MR, 0xFFFF);
+}
+
+/* any tile rows, a full-width panel read straight from B's rows (bs = ldb, not packed) */
+CK_TARGET static void ck_kernel_direct(ptrdiff_t mr, ptrdiff_t kc, const float *a,
+                                       const float *b, ptrdiff_t bs, float *c, ptrdiff_t ldc,
+                                       float alpha, float beta, const float *rb)
+{
+    ck_kernel_body(CK_NV, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF);
 }
 
 /* an edge tile: mr <= MR rows, nr <= NR columns, with as few vectors per row as cover nr */
@@ -260,13 +275,13 @@ CK_TARGET static void ck_kernel_edge(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t kc, c
     int nv = (int)((nr + 15) / 16), rows = (int)mr;
     __mmask16 last = ck_mask(nr - 16 * (nv - 1));
     if (nv == 1)
-        ck_kernel_body(1, kc, a, b, c, ldc, alpha, beta, rb, rows, last);
+        ck_kernel_body(1, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
 #if CK_NV > 2
     else if (nv == 2)
-        ck_kernel_body(2, kc, a, b, c, ldc, alpha, beta, rb, rows, last);
+        ck_kernel_body(2, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
 #endif
     else
-        ck_kernel_body(CK_NV, kc, a, b, c, ldc, alpha, beta, rb, rows, last);
+        ck_kernel_body(CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
 }
 
 /* k in near-equal blocks of about CK_KC (at most CK_KC_MAX): k = 196 (a 14x14 map's
@@ -316,6 +331,7 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
     }
     float *pa = ck_pack_a, *pb = ck_pack_b;
     ptrdiff_t kstep = ck_kstep(k), mp = ck_mpad(m);
+    int direct = !tb && m <= CK_DIRECT_MAX_M;
     for (ptrdiff_t jc = 0; jc < n; jc += CK_NC) {
         ptrdiff_t nc = n - jc < CK_NC ? n - jc : CK_NC;
         for (ptrdiff_t pc = 0; pc < k; pc += kstep) {
@@ -333,6 +349,18 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                 for (ptrdiff_t jr = 0; jr < nc; jr += CK_NR) {
                     ptrdiff_t nr = nc - jr < CK_NR ? nc - jr : CK_NR;
                     float *bp = pb + (jr / CK_NR) * CK_NR * kc;
+                    if (direct && nr == CK_NR) {
+                        /* few rows of C: each B element feeds at most 2*MR products, fewer
+                         * than a pack costs; the kernels read B's rows in place */
+                        for (ptrdiff_t ir = 0; ir < mc; ir += CK_MR) {
+                            ptrdiff_t mr = mc - ir < CK_MR ? mc - ir : CK_MR;
+                            const float *rb = rbias != NULL ? rbias + ic + ir : NULL;
+                            ck_kernel_direct(mr, kc, pa + (ir / CK_MR) * CK_MR * kc, bsrc + jr,
+                                             ldb, c + (ic + ir) * ldc + jc + jr, ldc, alpha,
+                                             bet, rb);
+                        }
+                        continue;
+                    }
                     if (ic == 0)  /* packed just before its first use: hot in L1 for this pass */
                         ck_pack_b_block(tb, tb ? bsrc + jr * ldb : bsrc + jr, ldb, kc, nr, bp,
                                         jr + CK_NR < nc);
