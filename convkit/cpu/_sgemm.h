@@ -53,7 +53,7 @@
 #define CK_KC 192
 #endif
 #ifndef CK_DIRECT_MAX_M
-#define CK_DIRECT_MAX_M 24  /* up to this many rows of C, B (not transposed) is not packed */
+#define CK_DIRECT_MAX_M CK_MC  /* up to this many rows of C, B (not transposed) is not packed */
 #endif
 #define CK_KC_MAX (CK_KC + CK_KC / 4)  /* the most k one block takes (B panel 45 KiB at most) */
 #ifndef CK_MC
@@ -350,8 +350,12 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                     ptrdiff_t nr = nc - jr < CK_NR ? nc - jr : CK_NR;
                     float *bp = pb + (jr / CK_NR) * CK_NR * kc;
                     if (direct && nr == CK_NR) {
-                        /* few rows of C: each B element feeds at most 2*MR products, fewer
-                         * than a pack costs; the kernels read B's rows in place */
+                        /* all rows of C in one pass (m <= MC): a packed B panel would serve
+                         * this pass only, and the kernels read B's rows in place as fast as
+                         * the packed copy (64 x 576 x 3136: 96-105 GFLOP/s packed, 142-147
+                         * direct; 64 x 147 x 784: 120-147 vs 150-168; 1 thread).  With more
+                         * passes (m > MC) the packed panel is reused and wins (128 x 128 x
+                         * 1568: 148 vs 125; 512 x 4608 x 1900: 82 vs 63). */
                         for (ptrdiff_t ir = 0; ir < mc; ir += CK_MR) {
                             ptrdiff_t mr = mc - ir < CK_MR ? mc - ir : CK_MR;
                             const float *rb = rbias != NULL ? rbias + ic + ir : NULL;
