@@ -16,7 +16,7 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int32_t, int64_t
 from cpython.pyport cimport PY_SSIZE_T_MAX
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 from libc.math cimport ceil, fabs, floor, fmax, fmin, isfinite, round
 from libc.float cimport DBL_EPSILON, FLT_EPSILON, FLT_MAX
@@ -124,14 +124,16 @@ def roi_pool_forward(const floating[:, :, :, ::1] x, const floating[:, ::1] rois
         raise MemoryError("roi_pool_forward: out of memory for bin tables")
 
 
-def roi_pool_forward_nhwc(const float[:, :, :, ::1] xt, const float[:, ::1] rois,
-                          double spatial_scale, float[:, :, ::1] y, int64_t[:, :, ::1] argmax,
-                          Py_ssize_t ph, Py_ssize_t pw, int n_threads):
-    """float32 on the NHWC map xt (N, H, W, C) (H*W < 2**31): y, argmax (K, C, ph*pw), the
-    SIMD kernel, one RoI per task (bins found once, each bin's pixels scanned for all
-    channels, results transposed from a (bins, C) scratch).  Same bins and results as
-    roi_pool_forward."""
+def roi_pool_forward_nhwc(const float[:, :, :, ::1] x, float[:, :, :, ::1] xt,
+                          const float[:, ::1] rois, double spatial_scale, float[:, :, ::1] y,
+                          int64_t[:, :, ::1] argmax, Py_ssize_t ph, Py_ssize_t pw,
+                          int n_threads):
+    """float32, x (N, C, H, W) (H*W < 2**31): y, argmax (K, C, ph*pw); xt (N, H, W, C) is
+    scratch.  One parallel region: the map goes to NHWC ((n, h) rows as tasks), then one RoI
+    per task (bins found once, each bin's pixels scanned for all channels, results
+    transposed from a (bins, channels) scratch).  Same bins and results as roi_pool_forward."""
     cdef Py_ssize_t K = rois.shape[0], H = xt.shape[1], W = xt.shape[2], C = xt.shape[3], k, b
+    cdef Py_ssize_t nh, NH = xt.shape[0] * xt.shape[1]
     cdef float scale = <float>spatial_scale
     cdef Py_ssize_t* edges
     cdef void* scratch
@@ -139,7 +141,9 @@ def roi_pool_forward_nhwc(const float[:, :, :, ::1] xt, const float[:, ::1] rois
     cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
     with nogil, parallel(num_threads=n_threads):
         edges = <Py_ssize_t*>malloc(2 * (ph + pw) * sizeof(Py_ssize_t))
-        scratch = malloc(ck_roi_scratch_bytes(ph * pw))
+        scratch = ck_malloc64(ck_roi_scratch_bytes(ph * pw))
+        for nh in prange(NH, schedule="dynamic", chunksize=2):
+            ck_transpose_f(&x[nh // H, 0, nh % H, 0], H * W, C, W, &xt[nh // H, nh % H, 0, 0], C)
         for k in prange(K, schedule="dynamic"):
             if edges == NULL or scratch == NULL:
                 failed[0] = 1
@@ -151,7 +155,7 @@ def roi_pool_forward_nhwc(const float[:, :, :, ::1] xt, const float[:, ::1] rois
                               edges + 2 * ph, edges + 2 * ph + pw, scratch, &y[k, 0, 0],
                               &argmax[k, 0, 0])
         free(edges)
-        free(scratch)
+        ck_free64(scratch)
     if failed_flag:
         raise MemoryError("roi_pool_forward: out of memory for bin tables")
 
@@ -385,6 +389,7 @@ cdef extern from *:
     #include <float.h>
     #include <math.h>
     #include <string.h>
+    #include <stdlib.h>
     #if defined(__SSE2__) || defined(_M_X64)
     #include <emmintrin.h>
     #define CK_ROI_SSE2 1
@@ -705,6 +710,29 @@ cdef extern from *:
         memcpy(dst, src, bytes);
     #endif
     }
+    /* 64-byte aligned scratch (whole vectors never straddle a cache line); free with
+       ck_free64 */
+    static void* ck_malloc64(size_t n) {
+        char* raw = (char*)malloc(n + 64 + sizeof(void*));
+        char* p;
+        if (raw == NULL) return NULL;
+        p = (char*)(((uintptr_t)(raw + sizeof(void*)) + 63) & ~(uintptr_t)63);
+        ((void**)p)[-1] = raw;
+        return p;
+    }
+    static void ck_free64(void* p) {
+        if (p != NULL) free(((void**)p)[-1]);
+    }
+    /* Ask for bytes from p into cache ahead of use (a no-op without GCC/clang builtins). */
+    static void ck_prefetch(const void* p, size_t bytes) {
+    #if defined(__GNUC__) || defined(__clang__)
+        const char* c = (const char*)p;
+        size_t i;
+        for (i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 3);
+    #else
+        (void)p; (void)bytes;
+    #endif
+    }
     /* Row stride for a (rows, n) float scratch: n rounded up to an odd multiple of 16, so that
        rows do not fall on the same few L1 sets when read down a column. */
     static ptrdiff_t ck_pad_ld(ptrdiff_t n) {
@@ -859,6 +887,9 @@ cdef extern from *:
     int ck_simd_level() noexcept nogil
     int ck_align_simd() noexcept nogil
     size_t ck_roi_scratch_bytes(Py_ssize_t nbins) noexcept nogil
+    void* ck_malloc64(size_t n) noexcept nogil
+    void ck_prefetch(const void* p, size_t bytes) noexcept nogil
+    void ck_free64(void* p) noexcept nogil
     void ck_pool_roi_f(const float* img, Py_ssize_t W, Py_ssize_t C, Py_ssize_t ph,
                        Py_ssize_t pw, const Py_ssize_t* hs, const Py_ssize_t* he,
                        const Py_ssize_t* ws, const Py_ssize_t* we, void* scratch,
@@ -1115,252 +1146,255 @@ cdef int _separable(const floating* img, floating* gimg, Py_ssize_t W, Py_ssize_
     return 1
 
 
-def rows_finite(const floating[:, ::1] a, unsigned char[::1] out, int n_threads):
-    """out[k] = 1 when row k of a holds no NaN/inf."""
-    cdef Py_ssize_t K = a.shape[0], n = a.shape[1], k
-    with nogil:
-        for k in prange(K, schedule="dynamic", chunksize=8, num_threads=n_threads):
-            if floating is float:
-                out[k] = ck_all_finite_f(&a[k, 0], n)
-            else:
-                out[k] = ck_all_finite_d(&a[k, 0], n)
+cdef inline bint _nhwc_row(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
+                           Py_ssize_t n, Py_ssize_t h) noexcept nogil:
+    """Row h of image n to NHWC: xt[n, h] (W, C) = x[n, :, h] (C, W).  Returns 1 when it holds
+    no NaN/inf."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3], w, blk, c0, cc
+    if floating is float:
+        ck_transpose_f(&x[n, 0, h, 0], H * W, C, W, &xt[n, h, 0, 0], C)
+        return ck_all_finite_f(&xt[n, h, 0, 0], W * C)
+    else:
+        for blk in range((C + 15) // 16):   # 16-channel blocks keep the writes in cache
+            c0 = blk * 16
+            for w in range(W):
+                for cc in range(c0, min(c0 + 16, C)):
+                    xt[n, h, w, cc] = x[n, cc, h, w]
+        return ck_all_finite_d(&xt[n, h, 0, 0], W * C)
 
 
-def nchw_to_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
-                 unsigned char[::1] row_finite, int n_threads):
-    """xt (N, H, W, C) = x (N, C, H, W) transposed; (n, h) rows split across threads.
-    row_finite[n*H + h]: 1 when that row of every channel holds no NaN/inf."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t nh, n, h, w, blk, c0, cc
-    with nogil:
-        for nh in prange(N * H, schedule="dynamic", chunksize=2, num_threads=n_threads):
-            n = nh // H
-            h = nh % H
-            if floating is float:   # (C, W) slice, row stride H*W -> (W, C) row of xt
-                ck_transpose_f(&x[n, 0, h, 0], H * W, C, W, &xt[n, h, 0, 0], C)
-                row_finite[nh] = ck_all_finite_f(&xt[n, h, 0, 0], W * C)
-            else:
-                for blk in range((C + 15) // 16):   # 16-channel blocks keep the writes in cache
-                    c0 = blk * 16
-                    for w in range(W):
-                        for cc in range(c0, min(c0 + 16, C)):
-                            xt[n, h, w, cc] = x[n, cc, h, w]
-                row_finite[nh] = ck_all_finite_d(&xt[n, h, 0, 0], W * C)
+cdef struct _Geo:
+    # one thread's scratch for the geometry of one RoI
+    _Taps* ty
+    _Taps* tx
+    _Merged* my
+    _Merged* mx
 
 
-cdef struct _Tables:
-    # every RoI's bilinear taps: RoI k's bin b reads pixel off[t] (h*W + w) with weight w[t]
-    # for t in [first[k*(nbins+1) + b], first[k*(nbins+1) + b + 1]); dense RoIs (grid above
-    # 8 x 8) have no taps and go by separability; count[k] is the bin's sample count
+cdef _Geo* _geo_new(Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t itemsize) noexcept nogil:
+    """A thread's geometry scratch (NULL when memory ran out)."""
+    cdef _Geo* g = <_Geo*>malloc(sizeof(_Geo))
+    if g == NULL:
+        return NULL
+    g.ty = _taps_new(ph, itemsize)
+    g.tx = _taps_new(pw, itemsize)
+    g.my = _merged_new(ph)
+    g.mx = _merged_new(pw)
+    if g.ty == NULL or g.tx == NULL or g.my == NULL or g.mx == NULL:
+        _geo_free(g)
+        return NULL
+    return g
+
+
+cdef void _geo_free(_Geo* g) noexcept nogil:
+    if g != NULL:
+        _taps_free(g.ty)
+        _taps_free(g.tx)
+        _merged_free(g.my)
+        _merged_free(g.mx)
+        free(g)
+
+
+cdef struct _RoiTab:
+    # one RoI's bilinear taps: bin b reads pixel off[t] (h*W + w) with weight w[t] for t in
+    # [first[b], first[b+1]); a dense RoI (grid above 8 x 8) has none and goes by
+    # separability; count is its bins' sample count
     Py_ssize_t* first
     Py_ssize_t* off
     void* w
-    unsigned char* dense
-    double* count
+    Py_ssize_t cap
+    double count
+    bint dense
 
 
-cdef class _AlignTables:
-    """The tap tables of one roi_align call (numpy arrays; views handed to the kernels)."""
-    cdef object first_a, off_a, w_a, dense_a, count_a
-    cdef _Tables t
+cdef _RoiTab* _tab_new(Py_ssize_t nbins) noexcept nogil:
+    """A thread's table for one RoI at a time (NULL when memory ran out)."""
+    cdef _RoiTab* t = <_RoiTab*>calloc(1, sizeof(_RoiTab))
+    if t == NULL:
+        return NULL
+    t.first = <Py_ssize_t*>malloc((nbins + 1) * sizeof(Py_ssize_t))
+    if t.first == NULL:
+        free(t)
+        return NULL
+    return t
 
 
-cdef _AlignTables _align_tables(const floating[:, ::1] rois, double spatial_scale,
-                                Py_ssize_t sampling_ratio, bint aligned, Py_ssize_t H,
-                                Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw,
-                                const unsigned char[::1] merge):
-    """Every RoI's samples (more than 64 (y, x) pairs per bin: "dense", no table); per bin and
-    axis the distinct pixels touched with summed weights (merge[k]), then every bin's
-    (pixel, weight) taps laid out once in one table.  Serial: ~5% of the channel work."""
-    cdef Py_ssize_t K = rois.shape[0], nbins = ph * pw, k
-    cdef floating scale = <floating>spatial_scale
-    cdef floating offset = <floating>0.5 if aligned else <floating>0
-    cdef _Taps* ty
-    cdef _Taps* tx
-    cdef _Merged* my
-    cdef _Merged* mx
-    cdef int failed = 0
-    dt = np.float32 if floating is float else np.float64
-    cdef Py_ssize_t[::1] npairs = np.zeros(K, np.intp)
-    cdef double[::1] count = np.ones(K)
-    cdef unsigned char[::1] dense = np.zeros(K, np.uint8)
-    with nogil:
-        ty = _taps_new(ph, sizeof(floating))
-        tx = _taps_new(pw, sizeof(floating))
-        my = _merged_new(ph)
-        mx = _merged_new(pw)
-        if ty == NULL or tx == NULL or my == NULL or mx == NULL:
-            failed = 1
-        for k in range(K):
-            if failed:
-                break
-            if not _roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
-                             ty, tx, &count[k]):
-                failed = 1
-            elif ty.first[ph] * tx.first[pw] > 64 * nbins:
-                dense[k] = 1
-            elif (_merge_axis(ty, ph, my, merge[k], <floating>0)
-                  and _merge_axis(tx, pw, mx, merge[k], <floating>0)):
-                npairs[k] = my.first[ph] * mx.first[pw]
-            else:
-                failed = 1
-        _taps_free(ty)
-        _taps_free(tx)
-        _merged_free(my)
-        _merged_free(mx)
-    if failed:
-        raise MemoryError("roi_align: out of memory for the sample tables")
-    cdef Py_ssize_t[::1] start = np.concatenate([[0], np.cumsum(npairs)]).astype(np.intp)
-    cdef Py_ssize_t total = start[K]
-    cdef Py_ssize_t[:, ::1] first = np.empty((K, nbins + 1), np.intp)
-    cdef Py_ssize_t[::1] off = np.empty(total + 1, np.intp)
-    cdef floating[::1] w = np.empty(total + 1, dt)
-    with nogil:
-        ty = _taps_new(ph, sizeof(floating))
-        tx = _taps_new(pw, sizeof(floating))
-        my = _merged_new(ph)
-        mx = _merged_new(pw)
-        if ty == NULL or tx == NULL or my == NULL or mx == NULL:
-            failed = 1
-        for k in range(K):
-            if failed:
-                break
-            if dense[k]:
-                first[k, :] = start[k]
-            elif (_roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
-                            ty, tx, &count[k])
-                  and _merge_axis(ty, ph, my, merge[k], <floating>0)
-                  and _merge_axis(tx, pw, mx, merge[k], <floating>0)):
-                _taps_fill(my, mx, W, ph, pw, start[k], &first[k, 0], &off[0], &w[0])
-            else:
-                failed = 1
-        _taps_free(ty)
-        _taps_free(tx)
-        _merged_free(my)
-        _merged_free(mx)
-    if failed:
-        raise MemoryError("roi_align: out of memory for the sample tables")
-    cdef _AlignTables r = _AlignTables()
-    r.first_a, r.off_a, r.w_a = first.base, off.base, w.base
-    r.dense_a, r.count_a = dense.base, count.base
-    r.t.first = &first[0, 0]
-    r.t.off = &off[0]
-    r.t.w = <void*>&w[0]
-    r.t.dense = &dense[0]
-    r.t.count = &count[0]
-    return r
+cdef void _tab_free(_RoiTab* t) noexcept nogil:
+    if t != NULL:
+        free(t.first)
+        free(t.off)
+        free(t.w)
+        free(t)
 
 
-def roi_align_forward(const floating[:, :, :, ::1] xt, const floating[:, ::1] rois,
-                      double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
-                      floating[:, :, :, ::1] y, const unsigned char[::1] merge, int n_threads):
-    """xt: the map in NHWC; y (K, C, ph, pw).  One RoI per task (dynamic schedule): each bin
-    summed over its taps for all channels into a (bins, C) scratch, transposed into y.
-    merge[k]: RoI k's image holds no NaN/inf, so its taps on one pixel may be merged."""
-    cdef Py_ssize_t H = xt.shape[1], W = xt.shape[2], C = xt.shape[3]
+cdef int _roi_table(const floating* roi, floating scale, floating offset, bint aligned,
+                    Py_ssize_t sampling_ratio, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t H,
+                    Py_ssize_t W, bint merge, _Geo* g, _RoiTab* t) noexcept nogil:
+    """One RoI's samples, per bin and axis the distinct pixels touched (with summed weights
+    when ``merge``), laid out as taps in t (grown as needed; g.ty/g.tx keep the per-axis
+    samples, which the separable route of a dense RoI uses).  0 when memory ran out."""
+    cdef Py_ssize_t n, b, nbins = ph * pw
+    if not _roi_taps(roi, scale, offset, aligned, sampling_ratio, ph, pw, H, W, g.ty, g.tx,
+                     &t.count):
+        return 0
+    t.dense = g.ty.first[ph] * g.tx.first[pw] > 64 * nbins
+    if t.dense:
+        for b in range(nbins + 1):
+            t.first[b] = 0
+        return 1
+    if not (_merge_axis(g.ty, ph, g.my, merge, <floating>0)
+            and _merge_axis(g.tx, pw, g.mx, merge, <floating>0)):
+        return 0
+    n = g.my.first[ph] * g.mx.first[pw]
+    if n > t.cap or t.off == NULL:
+        free(t.off)
+        free(t.w)
+        t.off = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t) + 1)
+        t.w = malloc(n * sizeof(floating) + 1)
+        t.cap = n
+        if t.off == NULL or t.w == NULL:
+            t.cap = 0
+            return 0
+    _taps_fill(g.my, g.mx, W, ph, pw, 0, t.first, t.off, <floating*>t.w)
+    return 1
+
+
+def roi_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
+                      const floating[:, ::1] rois, double spatial_scale,
+                      Py_ssize_t sampling_ratio, bint aligned, floating[:, :, :, ::1] y,
+                      unsigned char[::1] row_finite, int n_threads):
+    """x (N, C, H, W) -> y (K, C, ph, pw); xt (N, H, W, C) and row_finite (N*H) are scratch.
+    One parallel region: the map goes to NHWC ((n, h) rows as tasks), then one RoI per task
+    (dynamic schedule): its taps found, each bin summed over them for all channels, results
+    transposed into y.  A RoI's taps on one pixel are merged only when its image holds no
+    NaN/inf (0 * inf must stay NaN)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = rois.shape[0], ph = y.shape[2], pw = y.shape[3], nbins = ph * pw
-    cdef Py_ssize_t k, b
+    cdef Py_ssize_t k, b, nh, h
     cdef floating scale = <floating>spatial_scale
     cdef floating offset = <floating>0.5 if aligned else <floating>0
-    cdef _AlignTables tab = _align_tables(rois, spatial_scale, sampling_ratio, aligned, H, W,
-                                          ph, pw, merge)
-    cdef _Tables t = tab.t
-    cdef const floating* w = <const floating*>t.w
+    cdef bint merge
     cdef floating* buf
-    cdef _Taps* ty
-    cdef _Taps* tx
-    cdef double cnt
+    cdef _Geo* geo
+    cdef _RoiTab* tab
     cdef int failed_flag = 0
     cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
     with nogil, parallel(num_threads=n_threads):
-        # float32: the kernel's scratch; float64: one bin's channel sums
-        buf = <floating*>malloc(max(ck_roi_scratch_bytes(nbins), C * sizeof(floating) + 1))
-        ty = _taps_new(ph, sizeof(floating))
-        tx = _taps_new(pw, sizeof(floating))
-        if buf == NULL or ty == NULL or tx == NULL:
+        buf = <floating*>ck_malloc64(max(ck_roi_scratch_bytes(nbins), C * sizeof(floating) + 1))
+        tab = _tab_new(nbins)
+        geo = _geo_new(ph, pw, sizeof(floating))
+        if geo == NULL or buf == NULL or tab == NULL:
             failed[0] = 1
+        for nh in prange(N * H, schedule="dynamic", chunksize=2):
+            row_finite[nh] = _nhwc_row(x, xt, nh // H, nh % H)
         for k in prange(K, schedule="dynamic"):
-            if buf == NULL or ty == NULL or tx == NULL:
+            if failed[0]:
                 continue
             b = <Py_ssize_t>rois[k, 0]
-            if t.dense[k]:
-                cnt = 1         # thread-private (count[k] is already known)
-                if not (_roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio,
-                                  ph, pw, H, W, ty, tx, &cnt)
-                        and _separable(&xt[b, 0, 0, 0], NULL, W, C, 0, C, ty, tx, ph, pw,
-                                       t.count[k], &y[k, 0, 0, 0], NULL, 0)):
+            merge = 1
+            for h in range(H):
+                merge = merge and row_finite[b * H + h]
+            if not _roi_table(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
+                              merge, geo, tab):
+                failed[0] = 1
+            elif tab.dense:
+                if not _separable(&xt[b, 0, 0, 0], NULL, W, C, 0, C, geo.ty, geo.tx, ph, pw,
+                                  tab.count, &y[k, 0, 0, 0], NULL, 0):
                     failed[0] = 1
             elif floating is float:
-                ck_align_roi_f(&xt[b, 0, 0, 0], C, nbins, &t.first[k * (nbins + 1)], t.off, w,
-                               <float>t.count[k], t.count[k], buf, &y[k, 0, 0, 0])
+                ck_align_roi_f(&xt[b, 0, 0, 0], C, nbins, tab.first, tab.off,
+                               <const float*>tab.w, <float>tab.count, tab.count, buf,
+                               &y[k, 0, 0, 0])
             else:
-                _bins_forward(&xt[b, 0, 0, 0], C, nbins, &t.first[k * (nbins + 1)], t.off, w,
-                              t.count[k], buf, &y[k, 0, 0, 0])
-        free(buf)
-        _taps_free(ty)
-        _taps_free(tx)
+                _bins_forward(&xt[b, 0, 0, 0], C, nbins, tab.first, tab.off,
+                              <const floating*>tab.w, tab.count, buf, &y[k, 0, 0, 0])
+        ck_free64(buf)
+        _tab_free(tab)
+        _geo_free(geo)
     if failed_flag:
-        raise MemoryError("roi_align: out of memory for a scratch buffer or the separable rows")
+        raise MemoryError("roi_align: out of memory for the sample tables or a scratch buffer")
 
 
 def roi_align_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1] rois,
                        double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
-                       floating[:, :, :, ::1] gx, const unsigned char[::1] merge,
-                       int n_threads):
-    """gy (K, C, ph, pw) -> gx (N, C, H, W) (written whole).  One block of 32 channels per task:
-    its gradient is accumulated in a private (N, H*W, 32) scratch (zeroed, then every RoI added
-    in order: the same sums on every run and for any thread count), then transposed into
-    gx's planes of those channels.  merge[k]: RoI k's grad is finite, so its taps on one pixel
-    may be merged (an inf grad must meet each corner weight separately: inf * 0 is NaN where
-    inf * (0 + w) is not)."""
+                       floating[:, :, :, ::1] gx, int n_threads):
+    """gy (K, C, ph, pw) -> gx (N, C, H, W) (written whole).  One parallel region: every RoI's
+    taps (a task per RoI), then one block of 32 channels per task: its gradient accumulated in
+    a private (N, H*W, 32) scratch (zeroed, then every RoI added in order: the same sums on
+    every run and for any thread count), then transposed into gx's planes of those channels.
+    Taps on one pixel are merged, except for a RoI whose grad in the block holds a NaN/inf:
+    that one gets torchvision's separate corners (inf * 0 must give NaN, inf * (0 + w) does
+    not)."""
     cdef Py_ssize_t N = gx.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
     cdef Py_ssize_t K = rois.shape[0], ph = gy.shape[2], pw = gy.shape[3], nbins = ph * pw
-    cdef Py_ssize_t HW = H * W, CB = 32, nblk = (C + 31) // 32
+    cdef Py_ssize_t HW = H * W, CB = 64, nblk = (C + 63) // 64
     cdef Py_ssize_t k, b, blk, c0, nc, n, j, i, r
     cdef floating scale = <floating>spatial_scale
     cdef floating offset = <floating>0.5 if aligned else <floating>0
-    cdef _AlignTables tab = _align_tables(rois, spatial_scale, sampling_ratio, aligned, H, W,
-                                          ph, pw, merge)
-    cdef _Tables t = tab.t
-    cdef const floating* w = <const floating*>t.w
     cdef floating* gb
     cdef floating* gt
     cdef floating* src
     cdef floating* dst
-    cdef _Taps* ty
-    cdef _Taps* tx
-    cdef double cnt
+    cdef _RoiTab* use
+    cdef _Geo* geo
+    cdef _RoiTab* own       # a thread's table for a RoI with a non-finite grad, or dense
+    cdef bint finite
     cdef int failed_flag = 0
     cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
+    cdef _RoiTab* tabs = <_RoiTab*>calloc(K, sizeof(_RoiTab))
+    cdef Py_ssize_t* firsts = <Py_ssize_t*>malloc(K * (nbins + 1) * sizeof(Py_ssize_t))
+    if tabs == NULL or firsts == NULL:
+        free(tabs)
+        free(firsts)
+        raise MemoryError("roi_align: out of memory for the sample tables")
+    for k in range(K):
+        tabs[k].first = firsts + k * (nbins + 1)
     with nogil, parallel(num_threads=n_threads):
-        gb = <floating*>malloc(N * HW * CB * sizeof(floating) + 1)
-        gt = <floating*>malloc(nbins * CB * sizeof(floating) + 1)
-        ty = _taps_new(ph, sizeof(floating))
-        tx = _taps_new(pw, sizeof(floating))
-        if gb == NULL or gt == NULL or ty == NULL or tx == NULL:
+        gb = <floating*>ck_malloc64(N * HW * CB * sizeof(floating) + 1)
+        gt = <floating*>ck_malloc64(nbins * CB * sizeof(floating) + 1)
+        own = _tab_new(nbins)
+        geo = _geo_new(ph, pw, sizeof(floating))
+        if geo == NULL or gb == NULL or gt == NULL or own == NULL:
             failed[0] = 1
+        for k in prange(K, schedule="dynamic", chunksize=4):
+            if failed[0]:
+                continue
+            if not _roi_table(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw,
+                              H, W, 1, geo, &tabs[k]):
+                failed[0] = 1
         for blk in prange(nblk, schedule="dynamic"):
-            if gb == NULL or gt == NULL or ty == NULL or tx == NULL:
+            if failed[0]:
                 continue
             c0 = blk * CB
             nc = min(CB, C - c0)
             memset(gb, 0, N * HW * nc * sizeof(floating))
             for k in range(K):      # fixed RoI order: the same sums on every run
                 b = <Py_ssize_t>rois[k, 0]
-                if t.dense[k]:
-                    cnt = 1
-                    if not (_roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio,
-                                      ph, pw, H, W, ty, tx, &cnt)
-                            and _separable(NULL, gb + b * HW * nc, W, nc, 0, nc, ty, tx, ph, pw,
-                                           t.count[k], NULL, &gy[k, c0, 0, 0], 1)):
-                        failed[0] = 1
-                elif floating is float:
-                    ck_align_roi_bwd_f(gb + b * HW * nc, nc, nbins, &t.first[k * (nbins + 1)],
-                                       t.off, w, <float>t.count[k], t.count[k], &gy[k, c0, 0, 0],
-                                       gt)
+                if k + 1 < K:       # the next RoI's grad block, from memory meanwhile
+                    ck_prefetch(&gy[k + 1, c0, 0, 0], nc * nbins * sizeof(floating))
+                if floating is float:
+                    finite = ck_all_finite_f(&gy[k, c0, 0, 0], nc * nbins)
                 else:
-                    _bins_backward(gb + b * HW * nc, nc, nbins, &t.first[k * (nbins + 1)], t.off,
-                                   w, t.count[k], &gy[k, c0, 0, 0], gt)
+                    finite = ck_all_finite_d(&gy[k, c0, 0, 0], nc * nbins)
+                use = &tabs[k]
+                if not finite or use.dense:     # per-corner taps, or the samples of a dense RoI
+                    if not _roi_table(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph,
+                                      pw, H, W, 0, geo, own):
+                        failed[0] = 1
+                        break
+                    use = own
+                if use.dense:
+                    if not _separable(NULL, gb + b * HW * nc, W, nc, 0, nc, geo.ty, geo.tx, ph,
+                                      pw, use.count, NULL, &gy[k, c0, 0, 0], 1):
+                        failed[0] = 1
+                        break
+                elif floating is float:
+                    ck_align_roi_bwd_f(gb + b * HW * nc, nc, nbins, use.first, use.off,
+                                       <const float*>use.w, <float>use.count, use.count,
+                                       &gy[k, c0, 0, 0], gt)
+                else:
+                    _bins_backward(gb + b * HW * nc, nc, nbins, use.first, use.off,
+                                   <const floating*>use.w, use.count, &gy[k, c0, 0, 0], gt)
             for n in range(N):      # (H*W, nc) block -> the nc planes of gx, 64 pixels a step
                 src = gb + n * HW * nc
                 dst = &gx[n, c0, 0, 0]
@@ -1371,9 +1405,14 @@ def roi_align_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1] r
                         for j in range(nc):
                             for r in range(i, min(i + 64, HW)):
                                 dst[j * HW + r] = src[r * nc + j]
-        free(gb)
-        free(gt)
-        _taps_free(ty)
-        _taps_free(tx)
+        ck_free64(gb)
+        ck_free64(gt)
+        _tab_free(own)
+        _geo_free(geo)
+    for k in range(K):
+        free(tabs[k].off)
+        free(tabs[k].w)
+    free(tabs)
+    free(firsts)
     if failed_flag:
-        raise MemoryError("roi_align: out of memory for a scratch buffer or the separable rows")
+        raise MemoryError("roi_align: out of memory for the sample tables or a scratch buffer")

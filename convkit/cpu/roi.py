@@ -7,6 +7,8 @@ of 32 channels in a private pixel-major scratch and transposes it into grad_x's 
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .._config import get_num_threads
@@ -17,7 +19,59 @@ _PARALLEL_MIN = 1 << 12
 
 
 def _threads(work):
-    return 1 if work < _PARALLEL_MIN else get_num_threads()
+    """OpenMP team size for a call: 1 for small work, and 1 while threads of other processes
+    already keep every CPU busy.  Then a second thread gains nothing (the CPUs are shared out
+    anyway), while libgomp's spin-waits burn our own share whenever one of the two is
+    descheduled: measured on 2 CPUs with two other busy processes, 2 threads ran roi_align /
+    roi_pool 2-3x slower than 1.  Results do not depend on the team size."""
+    if work < _PARALLEL_MIN:
+        return 1
+    n = get_num_threads()
+    if n > 1 and _busy_elsewhere() >= _cpus():
+        return 1
+    return n
+
+
+_NCPU = None
+
+
+def _cpus():
+    global _NCPU
+    if _NCPU is None:
+        try:
+            _NCPU = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):   # pragma: no cover - not Linux
+            _NCPU = os.cpu_count() or 1
+    return _NCPU
+
+
+def _busy_elsewhere():
+    """Running or runnable threads of other processes right now (Linux: /proc/loadavg's
+    count minus this process's threads in state R; ~35 us).  0 where /proc is missing."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            total = int(f.read().split()[3].split(b"/")[0])
+        own = 0
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue        # the thread ended meanwhile
+            own += stat[stat.rindex(b")") + 2] == ord("R")
+        return max(total - own, 0)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _empty64(shape, dtype):
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary (the
+    kernels' whole-vector loads of a pixel's channels then never straddle cache lines)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    raw = np.empty(n * dtype.itemsize + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def roi_pool_forward(x, rois, output_size, spatial_scale, out=None):
@@ -28,11 +82,10 @@ def roi_pool_forward(x, rois, output_size, spatial_scale, out=None):
     N, _, H, W = x.shape
     nt = _threads(y.size * 4)
     if x.dtype == np.float32 and H * W < 2**31 and _roi.simd_available():
-        # float32: channel-vectorised on an NHWC copy (eight channels per compare)
-        xt = np.empty((N, H, W, C), x.dtype)
-        _roi.nchw_to_nhwc(x, xt, np.empty(N * H, np.uint8), nt)
-        _roi.roi_pool_forward_nhwc(xt, rois, float(spatial_scale), y.reshape(K, C, -1),
-                                   argmax.reshape(K, C, -1), shape[2], shape[3], nt)
+        # float32: channel-vectorised on an NHWC copy
+        _roi.roi_pool_forward_nhwc(x, _empty64((N, H, W, C), x.dtype), rois, float(spatial_scale),
+                                   y.reshape(K, C, -1), argmax.reshape(K, C, -1), shape[2],
+                                   shape[3], nt)
     else:
         _roi.roi_pool_forward(x, rois, float(spatial_scale), y, argmax, nt)
     return y, argmax
@@ -56,25 +109,15 @@ def roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, align
     shape = (K, C) + tuple(output_size)
     y = out if out is not None else np.empty(shape, x.dtype)
     nt = _threads(K * C * shape[2] * shape[3] + x.size)
-    xt = np.empty((N, H, W, C), x.dtype)
-    rows_ok = np.empty(N * H, np.uint8)
-    _roi.nchw_to_nhwc(x, xt, rows_ok, nt)
-    # a RoI may merge the taps that fall on one pixel only where its image is finite
-    merge = rows_ok.reshape(N, H).all(axis=1)[rois[:, 0].astype(np.intp)].astype(np.uint8)
-    _roi.roi_align_forward(xt, rois, float(spatial_scale), int(sampling_ratio), bool(aligned),
-                           y, merge, nt)
+    _roi.roi_align_forward(x, _empty64((N, H, W, C), x.dtype), rois, float(spatial_scale),
+                           int(sampling_ratio), bool(aligned), y, np.empty(N * H, np.uint8), nt)
     return y
 
 
 def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sampling_ratio,
                        aligned):
     N, C, H, W = input_shape
-    K = grad_y.shape[0]
-    nt = _threads(grad_y.size + N * C * H * W)
-    # merged taps only for RoIs whose grad is finite (one parallel pass over grad_y)
-    merge = np.empty(K, np.uint8)
-    _roi.rows_finite(grad_y.reshape(K, -1), merge, nt)
     gx = np.empty(input_shape, grad_y.dtype)
     _roi.roi_align_backward(grad_y, rois, float(spatial_scale), int(sampling_ratio),
-                            bool(aligned), gx, merge, nt)
+                            bool(aligned), gx, _threads(grad_y.size + N * C * H * W))
     return gx
