@@ -1,16 +1,25 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 """RoI max pooling and RoI align (torchvision's rules, restated in convkit/reference/roi.py).
 
-Both work on an NHWC copy of the map (one parallel transpose), so a pixel's channels are
-contiguous and the kernels run down the channels eight at a time (SSE2 for float32; plain
-loops the compiler vectorises otherwise).  roi_pool: one RoI per OpenMP task (float64, or no
-SSE2: the NCHW loop).  roi_align: each RoI's bilinear samples are worked out once (positions
-and weights are separable; only samples that land on the map are kept) and laid out as
-(corner offset, weight) pairs, then reused for every channel; the per-sample arithmetic and
-order are torchvision's.
+The forwards work on an NHWC copy of the map (made inside the call), so a pixel's channels are
+contiguous.  float32 kernels (roi_align forward/backward, roi_pool forward) are written once
+(the CK_*_BODY macros) and built for SSE2, AVX2 and AVX-512 (picked by CPUID; every path does
+the same multiplies and adds per lane, no FMA, so the bits never depend on it).  Per RoI:
+each bin is summed (or maxed) over its taps for all channels at once, so each tapped pixel's
+channels are read as one contiguous run; results go through an L1-sized (bins, channels)
+scratch and are transposed into the (C, bins) output.  roi_align's taps: each RoI's bilinear
+samples are worked out once (positions and weights are separable; only samples that land on
+the map are kept), corners on one pixel merged where the data is finite, laid out as
+(pixel, weight) pairs and reused for every channel.  float64 (and roi_pool without SSE2) use
+plain loops.
 
-Backwards are gathers by channel: each OpenMP task owns a block of channels of grad_x and walks
-every RoI in order, so the sums are the same bits on every run and for any thread count.
+Backwards own blocks of channels: each task zeroes its block of grad_x and adds every RoI in
+order, so the sums are the same bits on every run and for any thread count.
+
+Threads: the float32/float64 RoI drivers run their tasks on ck_parallel_for (threads started
+per call, tasks handed out by an atomic counter, joined by sleeping), not on OpenMP regions,
+whose spin-waits made two threads 2-3x slower than one while other processes kept both CPUs
+of this machine busy.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange
@@ -124,42 +133,6 @@ def roi_pool_forward(const floating[:, :, :, ::1] x, const floating[:, ::1] rois
         raise MemoryError("roi_pool_forward: out of memory for bin tables")
 
 
-def roi_pool_forward_nhwc(const float[:, :, :, ::1] x, float[:, :, :, ::1] xt,
-                          const float[:, ::1] rois, double spatial_scale, float[:, :, ::1] y,
-                          int64_t[:, :, ::1] argmax, Py_ssize_t ph, Py_ssize_t pw,
-                          int n_threads):
-    """float32, x (N, C, H, W) (H*W < 2**31): y, argmax (K, C, ph*pw); xt (N, H, W, C) is
-    scratch.  One parallel region: the map goes to NHWC ((n, h) rows as tasks), then one RoI
-    per task (bins found once, each bin's pixels scanned for all channels, results
-    transposed from a (bins, channels) scratch).  Same bins and results as roi_pool_forward."""
-    cdef Py_ssize_t K = rois.shape[0], H = xt.shape[1], W = xt.shape[2], C = xt.shape[3], k, b
-    cdef Py_ssize_t nh, NH = xt.shape[0] * xt.shape[1]
-    cdef float scale = <float>spatial_scale
-    cdef Py_ssize_t* edges
-    cdef void* scratch
-    cdef int failed_flag = 0
-    cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
-    with nogil, parallel(num_threads=n_threads):
-        edges = <Py_ssize_t*>malloc(2 * (ph + pw) * sizeof(Py_ssize_t))
-        scratch = ck_malloc64(ck_roi_scratch_bytes(ph * pw))
-        for nh in prange(NH, schedule="dynamic", chunksize=2):
-            ck_transpose_f(&x[nh // H, 0, nh % H, 0], H * W, C, W, &xt[nh // H, nh % H, 0, 0], C)
-        for k in prange(K, schedule="dynamic"):
-            if edges == NULL or scratch == NULL:
-                failed[0] = 1
-            else:
-                b = <Py_ssize_t>rois[k, 0]
-                roi_pool_bins(&rois[k, 0], scale, ph, pw, H, W, edges, edges + ph,
-                              edges + 2 * ph, edges + 2 * ph + pw)
-                ck_pool_roi_f(&xt[b, 0, 0, 0], W, C, ph, pw, edges, edges + ph,
-                              edges + 2 * ph, edges + 2 * ph + pw, scratch, &y[k, 0, 0],
-                              &argmax[k, 0, 0])
-        free(edges)
-        ck_free64(scratch)
-    if failed_flag:
-        raise MemoryError("roi_pool_forward: out of memory for bin tables")
-
-
 def simd_available():
     """True when the SSE2 kernels were compiled in (x86-64)."""
     return bool(ck_align_simd())
@@ -176,35 +149,6 @@ def use_avx2(bint on):
     """Allow (default) or forbid the AVX2 and AVX-512 kernels; returns whether AVX2 or wider
     is now in use.  All paths give the same bits (tests compare them)."""
     return ck_set_simd_cap(2 if on else 0) >= 1
-
-
-def roi_pool_backward(const floating[:, :, ::1] gy, const floating[:, ::1] rois,
-                      const int64_t[:, :, ::1] argmax, floating[:, :, ::1] gx, int n_threads):
-    """gy, argmax (K, C, ph*pw); gx (N, C, H*W) (written whole).  Each task owns a block of
-    32 channels and adds the RoIs in order (the RoI loop outside, so each RoI's slice of
-    argmax / grad_y is read contiguously).  Returns the number of argmax entries outside
-    [-1, H*W) (skipped; the caller raises and discards gx)."""
-    cdef Py_ssize_t K = gy.shape[0], C = gy.shape[1], P = gy.shape[2]
-    cdef Py_ssize_t N = gx.shape[0], HW = gx.shape[2], n, k, o, b, c, blk, c0, c1
-    cdef Py_ssize_t CB = 32, nblk = (C + 31) // 32
-    cdef int64_t a
-    cdef Py_ssize_t bad = 0
-    with nogil:
-        for blk in prange(nblk, schedule="dynamic", num_threads=n_threads):
-            c0 = blk * CB
-            c1 = min(c0 + CB, C)
-            for n in range(N):
-                memset(&gx[n, c0, 0], 0, (c1 - c0) * HW * sizeof(floating))
-            for k in range(K):
-                b = <Py_ssize_t>rois[k, 0]
-                for c in range(c0, c1):
-                    for o in range(P):
-                        a = argmax[k, c, o]
-                        if a >= 0 and a < HW:
-                            gx[b, c, a] += gy[k, c, o]
-                        elif a != -1:
-                            bad += 1
-    return bad
 
 
 # ----------------------------------------------------------------------------- roi align
@@ -733,6 +677,88 @@ cdef extern from *:
         (void)p; (void)bytes;
     #endif
     }
+    /* ---- the task runner the RoI drivers use instead of OpenMP regions ----
+       fn(ctx, i, tid) for every i in [0, n), handed out `chunk` at a time (an atomic counter)
+       to up to nthreads threads, tid in [0, nthreads) (0 is the caller).  Threads are started
+       per call and joined by sleeping: nothing spins.  libgomp spins at its barriers, and on
+       a machine whose CPUs are all taken that burns the very share a descheduled partner
+       thread needs (measured: 2 threads 2-3x slower than 1 there); here a thread that runs
+       out of tasks just ends, and the caller sleeps in pthread_join.  Without pthreads
+       (Windows) OpenMP runs the same loop; without either, the caller runs it alone. */
+    #if (defined(__unix__) || defined(__APPLE__)) && (defined(__GNUC__) || defined(__clang__))
+    #include <pthread.h>
+    #define CK_PTHREADS 1
+    #elif defined(_OPENMP)
+    #include <omp.h>
+    #endif
+    #if defined(_MSC_VER)
+    #include <intrin.h>
+    #endif
+    #define CK_MAX_THREADS 256
+    typedef void (*ck_task_fn)(void* ctx, ptrdiff_t i, int tid);
+    typedef struct {
+        ck_task_fn fn;
+        void* ctx;
+        ptrdiff_t n, chunk;
+        volatile ptrdiff_t next;
+    } ck_loop_t;
+    typedef struct {
+        ck_loop_t* loop;
+        int tid;
+    } ck_worker_t;
+    static ptrdiff_t ck_take(ck_loop_t* L) {
+    #if defined(_MSC_VER)
+        return (ptrdiff_t)_InterlockedExchangeAdd64((volatile long long*)&L->next, L->chunk);
+    #else
+        return __atomic_fetch_add(&L->next, L->chunk, __ATOMIC_RELAXED);
+    #endif
+    }
+    static void ck_loop_run(ck_loop_t* L, int tid) {
+        for (;;) {
+            ptrdiff_t i = ck_take(L), e;
+            if (i >= L->n) return;
+            e = L->n - i > L->chunk ? i + L->chunk : L->n;
+            for (; i < e; i++) L->fn(L->ctx, i, tid);
+        }
+    }
+    #ifdef CK_PTHREADS
+    static void* ck_worker_main(void* arg) {
+        ck_worker_t* w = (ck_worker_t*)arg;
+        ck_loop_run(w->loop, w->tid);
+        return NULL;
+    }
+    #endif
+    static void ck_parallel_for(ptrdiff_t n, ptrdiff_t chunk, int nthreads, ck_task_fn fn,
+                                void* ctx) {
+        ck_loop_t L;
+        ptrdiff_t tasks;
+        L.fn = fn; L.ctx = ctx; L.n = n; L.chunk = chunk < 1 ? 1 : chunk; L.next = 0;
+        tasks = (n + L.chunk - 1) / L.chunk;
+        if (nthreads > CK_MAX_THREADS) nthreads = CK_MAX_THREADS;
+        if ((ptrdiff_t)nthreads > tasks) nthreads = (int)tasks;
+        if (nthreads < 1) nthreads = 1;
+    #if defined(CK_PTHREADS)
+        {
+            pthread_t th[CK_MAX_THREADS];
+            ck_worker_t w[CK_MAX_THREADS];
+            int i, started = 0;
+            for (i = 1; i < nthreads; i++) {       /* a thread that cannot start is not needed */
+                w[i].loop = &L;
+                w[i].tid = i;
+                if (pthread_create(&th[i], NULL, ck_worker_main, &w[i]) != 0) break;
+                started = i;
+            }
+            ck_loop_run(&L, 0);
+            for (i = 1; i <= started; i++) pthread_join(th[i], NULL);
+        }
+    #elif defined(_OPENMP)
+        #pragma omp parallel num_threads(nthreads)
+        ck_loop_run(&L, omp_get_thread_num());
+    #else
+        ck_loop_run(&L, 0);
+    #endif
+    }
+
     /* Row stride for a (rows, n) float scratch: n rounded up to an odd multiple of 16, so that
        rows do not fall on the same few L1 sets when read down a column. */
     static ptrdiff_t ck_pad_ld(ptrdiff_t n) {
@@ -888,6 +914,9 @@ cdef extern from *:
     int ck_align_simd() noexcept nogil
     size_t ck_roi_scratch_bytes(Py_ssize_t nbins) noexcept nogil
     void* ck_malloc64(size_t n) noexcept nogil
+    ctypedef void (*ck_task_fn)(void* ctx, Py_ssize_t i, int tid) noexcept nogil
+    void ck_parallel_for(Py_ssize_t n, Py_ssize_t chunk, int nthreads, ck_task_fn fn,
+                         void* ctx) noexcept nogil
     void ck_prefetch(const void* p, size_t bytes) noexcept nogil
     void ck_free64(void* p) noexcept nogil
     void ck_pool_roi_f(const float* img, Py_ssize_t W, Py_ssize_t C, Py_ssize_t ph,
@@ -1146,23 +1175,6 @@ cdef int _separable(const floating* img, floating* gimg, Py_ssize_t W, Py_ssize_
     return 1
 
 
-cdef inline bint _nhwc_row(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
-                           Py_ssize_t n, Py_ssize_t h) noexcept nogil:
-    """Row h of image n to NHWC: xt[n, h] (W, C) = x[n, :, h] (C, W).  Returns 1 when it holds
-    no NaN/inf."""
-    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3], w, blk, c0, cc
-    if floating is float:
-        ck_transpose_f(&x[n, 0, h, 0], H * W, C, W, &xt[n, h, 0, 0], C)
-        return ck_all_finite_f(&xt[n, h, 0, 0], W * C)
-    else:
-        for blk in range((C + 15) // 16):   # 16-channel blocks keep the writes in cache
-            c0 = blk * 16
-            for w in range(W):
-                for cc in range(c0, min(c0 + 16, C)):
-                    xt[n, h, w, cc] = x[n, cc, h, w]
-        return ck_all_finite_d(&xt[n, h, 0, 0], W * C)
-
-
 cdef struct _Geo:
     # one thread's scratch for the geometry of one RoI
     _Taps* ty
@@ -1259,160 +1271,404 @@ cdef int _roi_table(const floating* roi, floating scale, floating offset, bint a
     return 1
 
 
+cdef inline bint _nhwc_row(const floating* x, floating* xt, Py_ssize_t C, Py_ssize_t H,
+                           Py_ssize_t W, Py_ssize_t nh) noexcept nogil:
+    """Row h of image n (nh = n*H + h) to NHWC: xt[n, h] (W, C) = x[n, :, h] (C, W).
+    Returns 1 when it holds no NaN/inf."""
+    cdef Py_ssize_t n = nh // H, h = nh % H, w, blk, c0, cc
+    cdef const floating* src = x + n * C * H * W + h * W
+    cdef floating* dst = xt + nh * W * C
+    if floating is float:
+        ck_transpose_f(src, H * W, C, W, dst, C)
+        return ck_all_finite_f(dst, W * C)
+    else:
+        for blk in range((C + 15) // 16):   # 16-channel blocks keep the writes in cache
+            c0 = blk * 16
+            for w in range(W):
+                for cc in range(c0, min(c0 + 16, C)):
+                    dst[w * C + cc] = src[cc * H * W + w]
+        return ck_all_finite_d(dst, W * C)
+
+
+cdef struct _Job:
+    # one roi_align / roi_pool call as seen by its tasks (arrays as raw pointers; the data
+    # type is float64 when dbl, else float32)
+    bint dbl
+    const void* x           # forward: the map (N, C, H, W); backward: grad_y (K, C, ph, pw)
+    void* xt                # forward: the NHWC copy (N, H, W, C)
+    const void* rois        # (K, 5)
+    void* y                 # forward: y (K, C, ph, pw); backward: grad_x (N, C, H, W)
+    int64_t* am             # roi_pool: argmax (K, C, ph, pw)
+    unsigned char* row_finite
+    Py_ssize_t N, C, H, W, K, ph, pw, sr, CB
+    double scale
+    bint aligned
+    _RoiTab* tabs           # roi_align backward: every RoI's taps
+    # per thread (index tid), made on first use
+    void** buf
+    void** buf2
+    _Geo** geo
+    _RoiTab** tab
+    Py_ssize_t* bad
+    int failed
+
+
+cdef int _job_init(_Job* j, int nt) except -1:
+    j.buf = <void**>calloc(nt, sizeof(void*))
+    j.buf2 = <void**>calloc(nt, sizeof(void*))
+    j.geo = <_Geo**>calloc(nt, sizeof(_Geo*))
+    j.tab = <_RoiTab**>calloc(nt, sizeof(_RoiTab*))
+    j.bad = <Py_ssize_t*>calloc(nt, sizeof(Py_ssize_t))
+    j.tabs = NULL
+    j.failed = 0
+    if j.buf == NULL or j.buf2 == NULL or j.geo == NULL or j.tab == NULL or j.bad == NULL:
+        _job_free(j, nt)
+        raise MemoryError("roi: out of memory for thread scratch")
+    return 0
+
+
+cdef void _job_free(_Job* j, int nt) noexcept nogil:
+    cdef int t
+    for t in range(nt):
+        if j.buf != NULL:
+            ck_free64(j.buf[t])
+        if j.buf2 != NULL:
+            ck_free64(j.buf2[t])
+        if j.geo != NULL:
+            _geo_free(j.geo[t])
+        if j.tab != NULL:
+            _tab_free(j.tab[t])
+    free(j.buf)
+    free(j.buf2)
+    free(j.geo)
+    free(j.tab)
+    free(j.bad)
+
+
+cdef void _rows_task(void* p, Py_ssize_t nh, int tid) noexcept nogil:
+    """Forward phase 1: one (n, h) row of the map to NHWC."""
+    cdef _Job* j = <_Job*>p
+    if j.dbl:
+        j.row_finite[nh] = _nhwc_row(<const double*>j.x, <double*>j.xt, j.C, j.H, j.W, nh)
+    else:
+        j.row_finite[nh] = _nhwc_row(<const float*>j.x, <float*>j.xt, j.C, j.H, j.W, nh)
+
+
+cdef void _align_fwd_task(void* p, Py_ssize_t k, int tid) noexcept nogil:
+    cdef _Job* j = <_Job*>p
+    if j.dbl:
+        _align_fwd_one(j, k, tid, <double>0)
+    else:
+        _align_fwd_one(j, k, tid, <float>0)
+
+
+cdef void _align_fwd_one(_Job* j, Py_ssize_t k, int tid, floating kind) noexcept nogil:
+    """Forward phase 2: RoI k's taps, then each bin summed over them for all channels."""
+    cdef Py_ssize_t C = j.C, H = j.H, W = j.W, ph = j.ph, pw = j.pw, nbins = ph * pw, b, h
+    cdef const floating* roi = <const floating*>j.rois + k * 5
+    cdef const floating* img
+    cdef floating* y = <floating*>j.y + k * C * nbins
+    cdef bint merge = 1
+    if j.failed:
+        return
+    if j.buf[tid] == NULL:
+        j.buf[tid] = ck_malloc64(max(ck_roi_scratch_bytes(nbins), C * sizeof(floating) + 1))
+        j.geo[tid] = _geo_new(ph, pw, sizeof(floating))
+        j.tab[tid] = _tab_new(nbins)
+    if j.buf[tid] == NULL or j.geo[tid] == NULL or j.tab[tid] == NULL:
+        j.failed = 1
+        return
+    b = <Py_ssize_t>roi[0]
+    img = <const floating*>j.xt + b * H * W * C
+    for h in range(H):      # taps on one pixel merge only where the image is finite
+        merge = merge and j.row_finite[b * H + h]
+    if not _roi_table(roi, <floating>j.scale, <floating>0.5 if j.aligned else <floating>0,
+                      j.aligned, j.sr, ph, pw, H, W, merge, j.geo[tid], j.tab[tid]):
+        j.failed = 1
+    elif j.tab[tid].dense:
+        if not _separable(img, NULL, W, C, 0, C, j.geo[tid].ty, j.geo[tid].tx, ph, pw,
+                          j.tab[tid].count, y, NULL, 0):
+            j.failed = 1
+    elif floating is float:
+        ck_align_roi_f(img, C, nbins, j.tab[tid].first, j.tab[tid].off,
+                       <const float*>j.tab[tid].w, <float>j.tab[tid].count, j.tab[tid].count,
+                       j.buf[tid], y)
+    else:
+        _bins_forward(img, C, nbins, j.tab[tid].first, j.tab[tid].off,
+                      <const floating*>j.tab[tid].w, j.tab[tid].count, <floating*>j.buf[tid], y)
+
+
 def roi_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
                       const floating[:, ::1] rois, double spatial_scale,
                       Py_ssize_t sampling_ratio, bint aligned, floating[:, :, :, ::1] y,
                       unsigned char[::1] row_finite, int n_threads):
     """x (N, C, H, W) -> y (K, C, ph, pw); xt (N, H, W, C) and row_finite (N*H) are scratch.
-    One parallel region: the map goes to NHWC ((n, h) rows as tasks), then one RoI per task
-    (dynamic schedule): its taps found, each bin summed over them for all channels, results
-    transposed into y.  A RoI's taps on one pixel are merged only when its image holds no
-    NaN/inf (0 * inf must stay NaN)."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t K = rois.shape[0], ph = y.shape[2], pw = y.shape[3], nbins = ph * pw
-    cdef Py_ssize_t k, b, nh, h
-    cdef floating scale = <floating>spatial_scale
-    cdef floating offset = <floating>0.5 if aligned else <floating>0
-    cdef bint merge
-    cdef floating* buf
-    cdef _Geo* geo
-    cdef _RoiTab* tab
-    cdef int failed_flag = 0
-    cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
-    with nogil, parallel(num_threads=n_threads):
-        buf = <floating*>ck_malloc64(max(ck_roi_scratch_bytes(nbins), C * sizeof(floating) + 1))
-        tab = _tab_new(nbins)
-        geo = _geo_new(ph, pw, sizeof(floating))
-        if geo == NULL or buf == NULL or tab == NULL:
-            failed[0] = 1
-        for nh in prange(N * H, schedule="dynamic", chunksize=2):
-            row_finite[nh] = _nhwc_row(x, xt, nh // H, nh % H)
-        for k in prange(K, schedule="dynamic"):
-            if failed[0]:
-                continue
-            b = <Py_ssize_t>rois[k, 0]
-            merge = 1
-            for h in range(H):
-                merge = merge and row_finite[b * H + h]
-            if not _roi_table(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
-                              merge, geo, tab):
-                failed[0] = 1
-            elif tab.dense:
-                if not _separable(&xt[b, 0, 0, 0], NULL, W, C, 0, C, geo.ty, geo.tx, ph, pw,
-                                  tab.count, &y[k, 0, 0, 0], NULL, 0):
-                    failed[0] = 1
-            elif floating is float:
-                ck_align_roi_f(&xt[b, 0, 0, 0], C, nbins, tab.first, tab.off,
-                               <const float*>tab.w, <float>tab.count, tab.count, buf,
-                               &y[k, 0, 0, 0])
-            else:
-                _bins_forward(&xt[b, 0, 0, 0], C, nbins, tab.first, tab.off,
-                              <const floating*>tab.w, tab.count, buf, &y[k, 0, 0, 0])
-        ck_free64(buf)
-        _tab_free(tab)
-        _geo_free(geo)
-    if failed_flag:
+    The map goes to NHWC ((n, h) rows as tasks), then one RoI per task: its taps found, each
+    bin summed over them for all channels, results transposed into y.  A RoI's taps on one
+    pixel are merged only when its image holds no NaN/inf (0 * inf must stay NaN)."""
+    cdef _Job j
+    cdef int nt = max(1, n_threads)
+    _job_init(&j, nt)
+    j.dbl = floating is double
+    j.x, j.xt, j.rois, j.y, j.row_finite = &x[0, 0, 0, 0], &xt[0, 0, 0, 0], &rois[0, 0], \
+        &y[0, 0, 0, 0], &row_finite[0]
+    j.N, j.C, j.H, j.W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    j.K, j.ph, j.pw = rois.shape[0], y.shape[2], y.shape[3]
+    j.scale, j.sr, j.aligned = spatial_scale, sampling_ratio, aligned
+    with nogil:
+        ck_parallel_for(j.N * j.H, 2, nt, _rows_task, &j)
+        ck_parallel_for(j.K, 1, nt, _align_fwd_task, &j)
+        _job_free(&j, nt)
+    if j.failed:
         raise MemoryError("roi_align: out of memory for the sample tables or a scratch buffer")
 
 
-def roi_align_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1] rois,
-                       double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
-                       floating[:, :, :, ::1] gx, int n_threads):
-    """gy (K, C, ph, pw) -> gx (N, C, H, W) (written whole).  One parallel region: every RoI's
-    taps (a task per RoI), then one block of 32 channels per task: its gradient accumulated in
-    a private (N, H*W, 32) scratch (zeroed, then every RoI added in order: the same sums on
-    every run and for any thread count), then transposed into gx's planes of those channels.
-    Taps on one pixel are merged, except for a RoI whose grad in the block holds a NaN/inf:
-    that one gets torchvision's separate corners (inf * 0 must give NaN, inf * (0 + w) does
-    not)."""
-    cdef Py_ssize_t N = gx.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
-    cdef Py_ssize_t K = rois.shape[0], ph = gy.shape[2], pw = gy.shape[3], nbins = ph * pw
-    cdef Py_ssize_t HW = H * W, CB = 64, nblk = (C + 63) // 64
-    cdef Py_ssize_t k, b, blk, c0, nc, n, j, i, r
-    cdef floating scale = <floating>spatial_scale
-    cdef floating offset = <floating>0.5 if aligned else <floating>0
+cdef void _align_tab_task(void* p, Py_ssize_t k, int tid) noexcept nogil:
+    cdef _Job* j = <_Job*>p
+    if j.dbl:
+        _align_tab_one(j, k, tid, <double>0)
+    else:
+        _align_tab_one(j, k, tid, <float>0)
+
+
+cdef void _align_tab_one(_Job* j, Py_ssize_t k, int tid, floating kind) noexcept nogil:
+    """Backward phase 1: RoI k's merged taps."""
+    if j.failed:
+        return
+    if j.geo[tid] == NULL:
+        j.geo[tid] = _geo_new(j.ph, j.pw, sizeof(floating))
+        if j.geo[tid] == NULL:
+            j.failed = 1
+            return
+    if not _roi_table(<const floating*>j.rois + k * 5, <floating>j.scale,
+                      <floating>0.5 if j.aligned else <floating>0, j.aligned, j.sr, j.ph, j.pw,
+                      j.H, j.W, 1, j.geo[tid], &j.tabs[k]):
+        j.failed = 1
+
+
+cdef void _align_bwd_task(void* p, Py_ssize_t blk, int tid) noexcept nogil:
+    cdef _Job* j = <_Job*>p
+    if j.dbl:
+        _align_bwd_one(j, blk, tid, <double>0)
+    else:
+        _align_bwd_one(j, blk, tid, <float>0)
+
+
+cdef void _align_bwd_one(_Job* j, Py_ssize_t blk, int tid, floating kind) noexcept nogil:
+    """Backward phase 2: channels [c0, c0 + nc) of grad_x, accumulated in a private
+    (N, H*W, nc) block over every RoI in order, then transposed into grad_x's planes."""
+    cdef Py_ssize_t N = j.N, C = j.C, H = j.H, W = j.W, HW = j.H * j.W, K = j.K
+    cdef Py_ssize_t ph = j.ph, pw = j.pw, nbins = ph * pw
+    cdef Py_ssize_t c0 = blk * j.CB, nc = min(j.CB, C - c0), k, b, n, i, r, q
+    cdef const floating* gy = <const floating*>j.x
+    cdef const floating* rois = <const floating*>j.rois
+    cdef const floating* gyk
+    cdef floating* gx = <floating*>j.y
     cdef floating* gb
     cdef floating* gt
     cdef floating* src
     cdef floating* dst
     cdef _RoiTab* use
     cdef _Geo* geo
-    cdef _RoiTab* own       # a thread's table for a RoI with a non-finite grad, or dense
     cdef bint finite
-    cdef int failed_flag = 0
-    cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
-    cdef _RoiTab* tabs = <_RoiTab*>calloc(K, sizeof(_RoiTab))
-    cdef Py_ssize_t* firsts = <Py_ssize_t*>malloc(K * (nbins + 1) * sizeof(Py_ssize_t))
-    if tabs == NULL or firsts == NULL:
-        free(tabs)
+    if j.failed:
+        return
+    if j.buf[tid] == NULL:
+        j.buf[tid] = ck_malloc64(N * HW * j.CB * sizeof(floating) + 1)
+        j.buf2[tid] = ck_malloc64(nbins * j.CB * sizeof(floating) + 1)
+        if j.geo[tid] == NULL:
+            j.geo[tid] = _geo_new(ph, pw, sizeof(floating))
+        j.tab[tid] = _tab_new(nbins)
+    if j.buf[tid] == NULL or j.buf2[tid] == NULL or j.geo[tid] == NULL or j.tab[tid] == NULL:
+        j.failed = 1
+        return
+    gb = <floating*>j.buf[tid]
+    gt = <floating*>j.buf2[tid]
+    geo = j.geo[tid]
+    memset(gb, 0, N * HW * nc * sizeof(floating))
+    for k in range(K):      # fixed RoI order: the same sums on every run
+        b = <Py_ssize_t>rois[k * 5]
+        gyk = gy + (k * C + c0) * nbins
+        if k + 1 < K:       # the next RoI's grad block, from memory meanwhile
+            ck_prefetch(gyk + C * nbins, nc * nbins * sizeof(floating))
+        if floating is float:
+            finite = ck_all_finite_f(gyk, nc * nbins)
+        else:
+            finite = ck_all_finite_d(gyk, nc * nbins)
+        use = &j.tabs[k]
+        if not finite or use.dense:     # per-corner taps, or the samples of a dense RoI
+            if not _roi_table(rois + k * 5, <floating>j.scale,
+                              <floating>0.5 if j.aligned else <floating>0, j.aligned, j.sr,
+                              ph, pw, H, W, 0, geo, j.tab[tid]):
+                j.failed = 1
+                return
+            use = j.tab[tid]
+        if use.dense:
+            if not _separable(NULL, gb + b * HW * nc, W, nc, 0, nc, geo.ty, geo.tx, ph, pw,
+                              use.count, NULL, gyk, 1):
+                j.failed = 1
+                return
+        elif floating is float:
+            ck_align_roi_bwd_f(gb + b * HW * nc, nc, nbins, use.first, use.off,
+                               <const float*>use.w, <float>use.count, use.count, gyk, gt)
+        else:
+            _bins_backward(gb + b * HW * nc, nc, nbins, use.first, use.off,
+                           <const floating*>use.w, use.count, gyk, gt)
+    for n in range(N):      # (H*W, nc) block -> the nc planes of gx, 64 pixels a step
+        src = gb + n * HW * nc
+        dst = gx + (n * C + c0) * HW
+        for i in range(0, HW, 64):
+            if floating is float:
+                ck_transpose_f(src + i * nc, nc, min(64, HW - i), nc, dst + i, HW)
+            else:
+                for q in range(nc):
+                    for r in range(i, min(i + 64, HW)):
+                        dst[q * HW + r] = src[r * nc + q]
+
+
+def roi_align_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1] rois,
+                       double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
+                       floating[:, :, :, ::1] gx, int n_threads):
+    """gy (K, C, ph, pw) -> gx (N, C, H, W) (written whole).  Every RoI's taps (a task per
+    RoI), then one block of 64 channels per task: its gradient accumulated in a private
+    (N, H*W, 64) scratch (zeroed, then every RoI added in order: the same sums on every run
+    and for any thread count), then transposed into gx's planes of those channels.  Taps on
+    one pixel are merged, except for a RoI whose grad in the block holds a NaN/inf: that one
+    gets torchvision's separate corners (inf * 0 must give NaN, inf * (0 + w) does not)."""
+    cdef _Job j
+    cdef int nt = max(1, n_threads)
+    cdef Py_ssize_t k, K = rois.shape[0], nbins = gy.shape[2] * gy.shape[3]
+    cdef Py_ssize_t* firsts
+    _job_init(&j, nt)
+    j.tabs = <_RoiTab*>calloc(K, sizeof(_RoiTab))
+    firsts = <Py_ssize_t*>malloc(K * (nbins + 1) * sizeof(Py_ssize_t))
+    if j.tabs == NULL or firsts == NULL:
+        free(j.tabs)
         free(firsts)
+        _job_free(&j, nt)
         raise MemoryError("roi_align: out of memory for the sample tables")
     for k in range(K):
-        tabs[k].first = firsts + k * (nbins + 1)
-    with nogil, parallel(num_threads=n_threads):
-        gb = <floating*>ck_malloc64(N * HW * CB * sizeof(floating) + 1)
-        gt = <floating*>ck_malloc64(nbins * CB * sizeof(floating) + 1)
-        own = _tab_new(nbins)
-        geo = _geo_new(ph, pw, sizeof(floating))
-        if geo == NULL or gb == NULL or gt == NULL or own == NULL:
-            failed[0] = 1
-        for k in prange(K, schedule="dynamic", chunksize=4):
-            if failed[0]:
-                continue
-            if not _roi_table(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw,
-                              H, W, 1, geo, &tabs[k]):
-                failed[0] = 1
-        for blk in prange(nblk, schedule="dynamic"):
-            if failed[0]:
-                continue
-            c0 = blk * CB
-            nc = min(CB, C - c0)
-            memset(gb, 0, N * HW * nc * sizeof(floating))
-            for k in range(K):      # fixed RoI order: the same sums on every run
-                b = <Py_ssize_t>rois[k, 0]
-                if k + 1 < K:       # the next RoI's grad block, from memory meanwhile
-                    ck_prefetch(&gy[k + 1, c0, 0, 0], nc * nbins * sizeof(floating))
-                if floating is float:
-                    finite = ck_all_finite_f(&gy[k, c0, 0, 0], nc * nbins)
-                else:
-                    finite = ck_all_finite_d(&gy[k, c0, 0, 0], nc * nbins)
-                use = &tabs[k]
-                if not finite or use.dense:     # per-corner taps, or the samples of a dense RoI
-                    if not _roi_table(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph,
-                                      pw, H, W, 0, geo, own):
-                        failed[0] = 1
-                        break
-                    use = own
-                if use.dense:
-                    if not _separable(NULL, gb + b * HW * nc, W, nc, 0, nc, geo.ty, geo.tx, ph,
-                                      pw, use.count, NULL, &gy[k, c0, 0, 0], 1):
-                        failed[0] = 1
-                        break
-                elif floating is float:
-                    ck_align_roi_bwd_f(gb + b * HW * nc, nc, nbins, use.first, use.off,
-                                       <const float*>use.w, <float>use.count, use.count,
-                                       &gy[k, c0, 0, 0], gt)
-                else:
-                    _bins_backward(gb + b * HW * nc, nc, nbins, use.first, use.off,
-                                   <const floating*>use.w, use.count, &gy[k, c0, 0, 0], gt)
-            for n in range(N):      # (H*W, nc) block -> the nc planes of gx, 64 pixels a step
-                src = gb + n * HW * nc
-                dst = &gx[n, c0, 0, 0]
-                for i in range(0, HW, 64):
-                    if floating is float:
-                        ck_transpose_f(src + i * nc, nc, min(64, HW - i), nc, dst + i, HW)
-                    else:
-                        for j in range(nc):
-                            for r in range(i, min(i + 64, HW)):
-                                dst[j * HW + r] = src[r * nc + j]
-        ck_free64(gb)
-        ck_free64(gt)
-        _tab_free(own)
-        _geo_free(geo)
-    for k in range(K):
-        free(tabs[k].off)
-        free(tabs[k].w)
-    free(tabs)
-    free(firsts)
-    if failed_flag:
+        j.tabs[k].first = firsts + k * (nbins + 1)
+    j.dbl = floating is double
+    j.x, j.rois, j.y = &gy[0, 0, 0, 0], &rois[0, 0], &gx[0, 0, 0, 0]
+    j.N, j.C, j.H, j.W = gx.shape[0], gx.shape[1], gx.shape[2], gx.shape[3]
+    j.K, j.ph, j.pw, j.CB = K, gy.shape[2], gy.shape[3], 64
+    j.scale, j.sr, j.aligned = spatial_scale, sampling_ratio, aligned
+    with nogil:
+        ck_parallel_for(K, 4, nt, _align_tab_task, &j)
+        ck_parallel_for((j.C + j.CB - 1) // j.CB, 1, nt, _align_bwd_task, &j)
+        for k in range(K):
+            free(j.tabs[k].off)
+            free(j.tabs[k].w)
+        free(j.tabs)
+        free(firsts)
+        _job_free(&j, nt)
+    if j.failed:
         raise MemoryError("roi_align: out of memory for the sample tables or a scratch buffer")
+
+
+# ------------------------------------------------------------------ roi pool on the task runner
+cdef void _pool_fwd_task(void* p, Py_ssize_t k, int tid) noexcept nogil:
+    """One RoI of the float32 NHWC max pool: bins found once, each bin's pixels scanned for
+    all channels, results transposed from a (bins, channels) scratch."""
+    cdef _Job* j = <_Job*>p
+    cdef Py_ssize_t ph = j.ph, pw = j.pw, C = j.C, b
+    cdef const float* roi = <const float*>j.rois + k * 5
+    cdef Py_ssize_t* e
+    if j.failed:
+        return
+    if j.buf[tid] == NULL:
+        j.buf[tid] = ck_malloc64(ck_roi_scratch_bytes(ph * pw))
+        j.buf2[tid] = ck_malloc64(2 * (ph + pw) * sizeof(Py_ssize_t))
+    if j.buf[tid] == NULL or j.buf2[tid] == NULL:
+        j.failed = 1
+        return
+    e = <Py_ssize_t*>j.buf2[tid]
+    b = <Py_ssize_t>roi[0]
+    roi_pool_bins(roi, <float>j.scale, ph, pw, j.H, j.W, e, e + ph, e + 2 * ph,
+                  e + 2 * ph + pw)
+    ck_pool_roi_f(<const float*>j.xt + b * j.H * j.W * C, j.W, C, ph, pw, e, e + ph,
+                  e + 2 * ph, e + 2 * ph + pw, j.buf[tid], <float*>j.y + k * C * ph * pw,
+                  j.am + k * C * ph * pw)
+
+
+def roi_pool_forward_nhwc(const float[:, :, :, ::1] x, float[:, :, :, ::1] xt,
+                          const float[:, ::1] rois, double spatial_scale, float[:, :, ::1] y,
+                          int64_t[:, :, ::1] argmax, Py_ssize_t ph, Py_ssize_t pw,
+                          int n_threads):
+    """float32, x (N, C, H, W) (H*W < 2**31): y, argmax (K, C, ph*pw); xt (N, H, W, C) is
+    scratch.  The map goes to NHWC ((n, h) rows as tasks), then one RoI per task.  Same bins
+    and results as roi_pool_forward."""
+    cdef _Job j
+    cdef int nt = max(1, n_threads)
+    cdef unsigned char[::1] rows = np.empty(x.shape[0] * x.shape[2], np.uint8)
+    _job_init(&j, nt)
+    j.dbl = 0
+    j.x, j.xt, j.rois, j.y, j.am, j.row_finite = &x[0, 0, 0, 0], &xt[0, 0, 0, 0], \
+        &rois[0, 0], &y[0, 0, 0], &argmax[0, 0, 0], &rows[0]
+    j.N, j.C, j.H, j.W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    j.K, j.ph, j.pw, j.scale = rois.shape[0], ph, pw, spatial_scale
+    with nogil:
+        ck_parallel_for(j.N * j.H, 2, nt, _rows_task, &j)
+        ck_parallel_for(j.K, 1, nt, _pool_fwd_task, &j)
+        _job_free(&j, nt)
+    if j.failed:
+        raise MemoryError("roi_pool_forward: out of memory for a scratch buffer")
+
+
+cdef void _pool_bwd_task(void* p, Py_ssize_t blk, int tid) noexcept nogil:
+    cdef _Job* j = <_Job*>p
+    if j.dbl:
+        _pool_bwd_one(j, blk, tid, <double>0)
+    else:
+        _pool_bwd_one(j, blk, tid, <float>0)
+
+
+cdef void _pool_bwd_one(_Job* j, Py_ssize_t blk, int tid, floating kind) noexcept nogil:
+    """Channels [c0, c0 + 32) of grad_x (zeroed, then every RoI's grad added at its argmax,
+    RoIs in order: the same sums on every run and for any thread count)."""
+    cdef Py_ssize_t C = j.C, HW = j.H * j.W, P = j.ph * j.pw, n, k, o, b, c
+    cdef Py_ssize_t c0 = blk * j.CB, c1 = min(c0 + j.CB, C)
+    cdef const floating* gy = <const floating*>j.x
+    cdef const floating* rois = <const floating*>j.rois
+    cdef floating* gx = <floating*>j.y
+    cdef const floating* g
+    cdef const int64_t* am
+    cdef floating* plane
+    cdef int64_t a
+    for n in range(j.N):
+        memset(gx + (n * C + c0) * HW, 0, (c1 - c0) * HW * sizeof(floating))
+    for k in range(j.K):
+        b = <Py_ssize_t>rois[k * 5]
+        for c in range(c0, c1):
+            g = gy + (k * C + c) * P
+            am = j.am + (k * C + c) * P
+            plane = gx + (b * C + c) * HW
+            for o in range(P):
+                a = am[o]
+                if a >= 0 and a < HW:
+                    plane[a] += g[o]
+                elif a != -1:
+                    j.bad[tid] += 1
+
+
+def roi_pool_backward(const floating[:, :, ::1] gy, const floating[:, ::1] rois,
+                      const int64_t[:, :, ::1] argmax, floating[:, :, ::1] gx, int n_threads):
+    """gy, argmax (K, C, ph*pw); gx (N, C, H*W) (written whole).  Each task owns a block of
+    32 channels and adds the RoIs in order (the RoI loop outside, so each RoI's slice of
+    argmax / grad_y is read contiguously).  Returns the number of argmax entries outside
+    [-1, H*W) (skipped; the caller raises and discards gx)."""
+    cdef _Job j
+    cdef int nt = max(1, n_threads), t
+    cdef Py_ssize_t bad = 0
+    _job_init(&j, nt)
+    j.dbl = floating is double
+    j.x, j.rois, j.y, j.am = &gy[0, 0, 0], &rois[0, 0], &gx[0, 0, 0], <int64_t*>&argmax[0, 0, 0]
+    j.N, j.C, j.H, j.W = gx.shape[0], gy.shape[1], 1, gx.shape[2]
+    j.K, j.ph, j.pw, j.CB = gy.shape[0], 1, gy.shape[2], 32
+    with nogil:
+        ck_parallel_for((j.C + 31) // 32, 1, nt, _pool_bwd_task, &j)
+        for t in range(nt):
+            bad += j.bad[t]
+        _job_free(&j, nt)
+    return bad

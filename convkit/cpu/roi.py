@@ -3,65 +3,22 @@ convkit/reference/roi.py for the statement of each rule).
 
 roi_align (and float32 roi_pool) forwards run on an NHWC copy of the map (made by a parallel
 transpose), so a pixel's channels are contiguous; roi_align's backward accumulates each block
-of 32 channels in a private pixel-major scratch and transposes it into grad_x's planes.
+of 64 channels in a private pixel-major scratch and transposes it into grad_x's planes.
+Threads come from _roi's own task runner (joined by sleeping, not spinning).
 """
 from __future__ import annotations
-
-import os
 
 import numpy as np
 
 from .._config import get_num_threads
 from . import _roi
 
-# Below this many output values (K*C*ph*pw) a call runs on one thread (OpenMP fork ~10 us).
+# Below this many output values (K*C*ph*pw) a call runs on one thread (a thread start ~10 us).
 _PARALLEL_MIN = 1 << 12
 
 
 def _threads(work):
-    """OpenMP team size for a call: 1 for small work, and 1 while threads of other processes
-    already keep every CPU busy.  Then a second thread gains nothing (the CPUs are shared out
-    anyway), while libgomp's spin-waits burn our own share whenever one of the two is
-    descheduled: measured on 2 CPUs with two other busy processes, 2 threads ran roi_align /
-    roi_pool 2-3x slower than 1.  Results do not depend on the team size."""
-    if work < _PARALLEL_MIN:
-        return 1
-    n = get_num_threads()
-    if n > 1 and _busy_elsewhere() >= _cpus():
-        return 1
-    return n
-
-
-_NCPU = None
-
-
-def _cpus():
-    global _NCPU
-    if _NCPU is None:
-        try:
-            _NCPU = len(os.sched_getaffinity(0))
-        except (AttributeError, OSError):   # pragma: no cover - not Linux
-            _NCPU = os.cpu_count() or 1
-    return _NCPU
-
-
-def _busy_elsewhere():
-    """Running or runnable threads of other processes right now (Linux: /proc/loadavg's
-    count minus this process's threads in state R; ~35 us).  0 where /proc is missing."""
-    try:
-        with open("/proc/loadavg", "rb") as f:
-            total = int(f.read().split()[3].split(b"/")[0])
-        own = 0
-        for tid in os.listdir("/proc/self/task"):
-            try:
-                with open(f"/proc/self/task/{tid}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue        # the thread ended meanwhile
-            own += stat[stat.rindex(b")") + 2] == ord("R")
-        return max(total - own, 0)
-    except (OSError, ValueError, IndexError):
-        return 0
+    return 1 if work < _PARALLEL_MIN else get_num_threads()
 
 
 def _empty64(shape, dtype):
