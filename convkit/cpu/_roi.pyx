@@ -595,6 +595,37 @@ cdef extern from *:
             for (r = 0; r < rows; r++)
                 dst[c * ldd + r] = src[r * lds + c];
     }
+    /* dst[c*ldd + r] = src[r*lds + c] * inv (kind 1) or / fcount (kind 2), as ck_transpose_f:
+       a RoI's grad block transposed to bin-major and divided by the sample count in one pass
+       (kind 0, the division in double, is left to the caller). */
+    static void ck_transpose_scale_f(const float* src, ptrdiff_t lds, ptrdiff_t rows,
+                                     ptrdiff_t cols, float* dst, ptrdiff_t ldd, int kind,
+                                     float inv, float fcount) {
+        ptrdiff_t r, c = 0, i;
+    #ifdef CK_ROI_SSE2
+        if (kind != 0) {
+            __m128 m = _mm_set1_ps(kind == 1 ? inv : fcount);
+            for (; c + 4 <= cols; c += 4) {
+                for (r = 0; r + 4 <= rows; r += 4) {
+                    __m128 v[4];
+                    for (i = 0; i < 4; i++) v[i] = _mm_loadu_ps(src + (r + i) * lds + c);
+                    _MM_TRANSPOSE4_PS(v[0], v[1], v[2], v[3]);
+                    for (i = 0; i < 4; i++)
+                        _mm_storeu_ps(dst + (c + i) * ldd + r,
+                                      kind == 1 ? _mm_mul_ps(v[i], m) : _mm_div_ps(v[i], m));
+                }
+                for (; r < rows; r++)
+                    for (i = 0; i < 4; i++)
+                        dst[(c + i) * ldd + r] = kind == 1 ? src[r * lds + c + i] * inv
+                                                           : src[r * lds + c + i] / fcount;
+            }
+        }
+    #endif
+        for (; c < cols; c++)
+            for (r = 0; r < rows; r++)
+                dst[c * ldd + r] = kind == 1 ? src[r * lds + c] * inv
+                                 : kind == 2 ? src[r * lds + c] / fcount : src[r * lds + c];
+    }
     /* The same for int32 -> int64 (pool argmax). */
     static void ck_transpose_i(const int32_t* src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
                                int64_t* dst, ptrdiff_t ldd) {
@@ -830,10 +861,9 @@ cdef extern from *:
         float inv = 1.0f / fcount;
         ptrdiff_t c = 0, b, t, n = nbins * cb;
         (void)lv;
-        ck_transpose_f(gyk, nbins, cb, nbins, gt, cb);
-        if (kind == 1) for (t = 0; t < n; t++) gt[t] = gt[t] * inv;
-        else if (kind == 2) for (t = 0; t < n; t++) gt[t] = gt[t] / fcount;
-        else for (t = 0; t < n; t++) gt[t] = (float)((double)gt[t] / count);
+        ck_transpose_scale_f(gyk, nbins, cb, nbins, gt, cb, kind, inv, fcount);
+        if (kind == 0)
+            for (t = 0; t < n; t++) gt[t] = (float)((double)gt[t] / count);
     #ifdef CK_ROI_WIDE
         if (lv == 2) c = ck_align_bwd_z(gb, cb, nbins, first, off, w, gt);
         else if (lv == 1) c = ck_align_bwd_y(gb, cb, nbins, first, off, w, gt);
