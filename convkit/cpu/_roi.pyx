@@ -1340,7 +1340,16 @@ cdef struct _Job:
     _Geo** geo
     _RoiTab** tab
     Py_ssize_t* bad
+    const Py_ssize_t* order     # forwards: the order the RoIs are handed out in
     int failed
+
+
+def _local_order(rois):
+    """RoIs by image, then by the row of their centre: handed out in this order, RoIs that
+    follow each other read mostly the same pixels, which are then still in cache (~10% of a
+    forward on one thread).  Outputs do not depend on it (each RoI is written alone)."""
+    r = np.asarray(rois)
+    return np.lexsort((r[:, 1] + r[:, 3], r[:, 2] + r[:, 4], r[:, 0])).astype(np.intp)
 
 
 cdef int _job_init(_Job* j, int nt) except -1:
@@ -1350,6 +1359,7 @@ cdef int _job_init(_Job* j, int nt) except -1:
     j.tab = <_RoiTab**>calloc(nt, sizeof(_RoiTab*))
     j.bad = <Py_ssize_t*>calloc(nt, sizeof(Py_ssize_t))
     j.tabs = NULL
+    j.order = NULL
     j.failed = 0
     if j.buf == NULL or j.buf2 == NULL or j.geo == NULL or j.tab == NULL or j.bad == NULL:
         _job_free(j, nt)
@@ -1384,8 +1394,9 @@ cdef void _rows_task(void* p, Py_ssize_t nh, int tid) noexcept nogil:
         j.row_finite[nh] = _nhwc_row(<const float*>j.x, <float*>j.xt, j.C, j.H, j.W, nh)
 
 
-cdef void _align_fwd_task(void* p, Py_ssize_t k, int tid) noexcept nogil:
+cdef void _align_fwd_task(void* p, Py_ssize_t i, int tid) noexcept nogil:
     cdef _Job* j = <_Job*>p
+    cdef Py_ssize_t k = j.order[i]
     if j.dbl:
         _align_fwd_one(j, k, tid, <double>0)
     else:
@@ -1438,10 +1449,12 @@ def roi_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
     pixel are merged only when its image holds no NaN/inf (0 * inf must stay NaN)."""
     cdef _Job j
     cdef int nt = max(1, n_threads)
+    cdef Py_ssize_t[::1] order = _local_order(rois)
     _job_init(&j, nt)
     j.dbl = floating is double
     j.x, j.xt, j.rois, j.y, j.row_finite = &x[0, 0, 0, 0], &xt[0, 0, 0, 0], &rois[0, 0], \
         &y[0, 0, 0, 0], &row_finite[0]
+    j.order = &order[0]
     j.N, j.C, j.H, j.W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
     j.K, j.ph, j.pw = rois.shape[0], y.shape[2], y.shape[3]
     j.scale, j.sr, j.aligned = spatial_scale, sampling_ratio, aligned
@@ -1598,11 +1611,11 @@ def roi_align_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1] r
 
 
 # ------------------------------------------------------------------ roi pool on the task runner
-cdef void _pool_fwd_task(void* p, Py_ssize_t k, int tid) noexcept nogil:
+cdef void _pool_fwd_task(void* p, Py_ssize_t i, int tid) noexcept nogil:
     """One RoI of the float32 NHWC max pool: bins found once, each bin's pixels scanned for
     all channels, results transposed from a (bins, channels) scratch."""
     cdef _Job* j = <_Job*>p
-    cdef Py_ssize_t ph = j.ph, pw = j.pw, C = j.C, b
+    cdef Py_ssize_t ph = j.ph, pw = j.pw, C = j.C, b, k = j.order[i]
     cdef const float* roi = <const float*>j.rois + k * 5
     cdef Py_ssize_t* e
     if j.failed:
@@ -1632,7 +1645,9 @@ def roi_pool_forward_nhwc(const float[:, :, :, ::1] x, float[:, :, :, ::1] xt,
     cdef _Job j
     cdef int nt = max(1, n_threads)
     cdef unsigned char[::1] rows = np.empty(x.shape[0] * x.shape[2], np.uint8)
+    cdef Py_ssize_t[::1] order = _local_order(rois)
     _job_init(&j, nt)
+    j.order = &order[0]
     j.dbl = 0
     j.x, j.xt, j.rois, j.y, j.am, j.row_finite = &x[0, 0, 0, 0], &xt[0, 0, 0, 0], \
         &rois[0, 0], &y[0, 0, 0], &argmax[0, 0, 0], &rows[0]
