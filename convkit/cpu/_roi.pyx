@@ -567,64 +567,80 @@ cdef extern from *:
     static ptrdiff_t ck_pool_z(CK_POOL_ARGS) CK_POOL_BODY(CK_Z)
     #endif
 
-    /* dst[c*ldd + r] = src[r*lds + c] for r < rows, c < cols: 4x4 register blocks (SSE2),
-       columns outer (each block of 4 dst rows is written as one run). */
-    static void ck_transpose_f(const float* src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
-                               float* dst, ptrdiff_t ldd) {
-        ptrdiff_t r, c = 0;
-    #ifdef CK_ROI_SSE2
-        for (; c + 4 <= cols; c += 4) {
-            for (r = 0; r + 4 <= rows; r += 4) {
-                __m128 a = _mm_loadu_ps(src + r * lds + c), b = _mm_loadu_ps(src + (r + 1) * lds + c);
-                __m128 e = _mm_loadu_ps(src + (r + 2) * lds + c), f = _mm_loadu_ps(src + (r + 3) * lds + c);
-                _MM_TRANSPOSE4_PS(a, b, e, f);
-                _mm_storeu_ps(dst + c * ldd + r, a);
-                _mm_storeu_ps(dst + (c + 1) * ldd + r, b);
-                _mm_storeu_ps(dst + (c + 2) * ldd + r, e);
-                _mm_storeu_ps(dst + (c + 3) * ldd + r, f);
+    /* dst[c*ldd + r] = op(src[r*lds + c]) for r < rows, c < cols, op: x * inv (kind 1),
+       x / fcount (kind 2), x (else) -- a RoI's grad block is transposed to bin-major and
+       divided by the sample count in one pass.  8x8 register blocks (AVX2), then 4x4 (SSE2),
+       then single values; columns outer (each block of dst rows is written as one run). */
+    #define CK_TR_OP(v) (kind == 1 ? (v) * inv : kind == 2 ? (v) / fcount : (v))
+    #ifdef CK_ROI_WIDE
+    __attribute__((target("avx2")))
+    static ptrdiff_t ck_transpose8(const float* src, ptrdiff_t lds, ptrdiff_t rows,
+                                   ptrdiff_t cols, float* dst, ptrdiff_t ldd, int kind,
+                                   float inv, float fcount) {
+        ptrdiff_t c = 0, r, i;
+        __m256 m = _mm256_set1_ps(kind == 1 ? inv : fcount);
+        for (; c + 8 <= cols; c += 8) {
+            for (r = 0; r + 8 <= rows; r += 8) {
+                __m256 a[8], t[8], u[8];
+                for (i = 0; i < 8; i++) a[i] = _mm256_loadu_ps(src + (r + i) * lds + c);
+                for (i = 0; i < 8; i += 2) {
+                    t[i] = _mm256_unpacklo_ps(a[i], a[i + 1]);
+                    t[i + 1] = _mm256_unpackhi_ps(a[i], a[i + 1]);
+                }
+                for (i = 0; i < 8; i += 4) {
+                    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+                    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+                    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+                    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+                }
+                for (i = 0; i < 4; i++) {
+                    a[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+                    a[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+                }
+                for (i = 0; i < 8; i++) {
+                    if (kind == 1) a[i] = _mm256_mul_ps(a[i], m);
+                    else if (kind == 2) a[i] = _mm256_div_ps(a[i], m);
+                    _mm256_storeu_ps(dst + (c + i) * ldd + r, a[i]);
+                }
             }
-            for (; r < rows; r++) {
-                dst[c * ldd + r] = src[r * lds + c];
-                dst[(c + 1) * ldd + r] = src[r * lds + c + 1];
-                dst[(c + 2) * ldd + r] = src[r * lds + c + 2];
-                dst[(c + 3) * ldd + r] = src[r * lds + c + 3];
-            }
+            for (; r < rows; r++)
+                for (i = 0; i < 8; i++) dst[(c + i) * ldd + r] = CK_TR_OP(src[r * lds + c + i]);
         }
-    #endif
-        for (; c < cols; c++)
-            for (r = 0; r < rows; r++)
-                dst[c * ldd + r] = src[r * lds + c];
+        return c;
     }
-    /* dst[c*ldd + r] = src[r*lds + c] * inv (kind 1) or / fcount (kind 2), as ck_transpose_f:
-       a RoI's grad block transposed to bin-major and divided by the sample count in one pass
-       (kind 0, the division in double, is left to the caller). */
-    static void ck_transpose_scale_f(const float* src, ptrdiff_t lds, ptrdiff_t rows,
-                                     ptrdiff_t cols, float* dst, ptrdiff_t ldd, int kind,
-                                     float inv, float fcount) {
+    #endif
+    static void ck_transpose_sf(const float* src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
+                                float* dst, ptrdiff_t ldd, int kind, float inv, float fcount) {
         ptrdiff_t r, c = 0, i;
+    #ifdef CK_ROI_WIDE
+        if (ck_simd_level() >= 1) c = ck_transpose8(src, lds, rows, cols, dst, ldd, kind, inv, fcount);
+    #endif
     #ifdef CK_ROI_SSE2
-        if (kind != 0) {
+        {
             __m128 m = _mm_set1_ps(kind == 1 ? inv : fcount);
             for (; c + 4 <= cols; c += 4) {
                 for (r = 0; r + 4 <= rows; r += 4) {
                     __m128 v[4];
                     for (i = 0; i < 4; i++) v[i] = _mm_loadu_ps(src + (r + i) * lds + c);
                     _MM_TRANSPOSE4_PS(v[0], v[1], v[2], v[3]);
-                    for (i = 0; i < 4; i++)
-                        _mm_storeu_ps(dst + (c + i) * ldd + r,
-                                      kind == 1 ? _mm_mul_ps(v[i], m) : _mm_div_ps(v[i], m));
+                    for (i = 0; i < 4; i++) {
+                        if (kind == 1) v[i] = _mm_mul_ps(v[i], m);
+                        else if (kind == 2) v[i] = _mm_div_ps(v[i], m);
+                        _mm_storeu_ps(dst + (c + i) * ldd + r, v[i]);
+                    }
                 }
                 for (; r < rows; r++)
-                    for (i = 0; i < 4; i++)
-                        dst[(c + i) * ldd + r] = kind == 1 ? src[r * lds + c + i] * inv
-                                                           : src[r * lds + c + i] / fcount;
+                    for (i = 0; i < 4; i++) dst[(c + i) * ldd + r] = CK_TR_OP(src[r * lds + c + i]);
             }
         }
     #endif
         for (; c < cols; c++)
             for (r = 0; r < rows; r++)
-                dst[c * ldd + r] = kind == 1 ? src[r * lds + c] * inv
-                                 : kind == 2 ? src[r * lds + c] / fcount : src[r * lds + c];
+                dst[c * ldd + r] = CK_TR_OP(src[r * lds + c]);
+    }
+    static void ck_transpose_f(const float* src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
+                               float* dst, ptrdiff_t ldd) {
+        ck_transpose_sf(src, lds, rows, cols, dst, ldd, 0, 1.0f, 1.0f);
     }
     /* The same for int32 -> int64 (pool argmax). */
     static void ck_transpose_i(const int32_t* src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
@@ -861,7 +877,7 @@ cdef extern from *:
         float inv = 1.0f / fcount;
         ptrdiff_t c = 0, b, t, n = nbins * cb;
         (void)lv;
-        ck_transpose_scale_f(gyk, nbins, cb, nbins, gt, cb, kind, inv, fcount);
+        ck_transpose_sf(gyk, nbins, cb, nbins, gt, cb, kind, inv, fcount);
         if (kind == 0)
             for (t = 0; t < n; t++) gt[t] = (float)((double)gt[t] / count);
     #ifdef CK_ROI_WIDE
