@@ -714,16 +714,6 @@ cdef extern from *:
     static void ck_free64(void* p) {
         if (p != NULL) free(((void**)p)[-1]);
     }
-    /* Ask for bytes from p into cache ahead of use (a no-op without GCC/clang builtins). */
-    static void ck_prefetch(const void* p, size_t bytes) {
-    #if defined(__GNUC__) || defined(__clang__)
-        const char* c = (const char*)p;
-        size_t i;
-        for (i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 3);
-    #else
-        (void)p; (void)bytes;
-    #endif
-    }
     /* ---- the task runner the RoI drivers use instead of OpenMP regions ----
        fn(ctx, i, tid) for every i in [0, n), handed out `chunk` at a time (an atomic counter)
        to up to nthreads threads, tid in [0, nthreads) (0 is the caller).  Threads are started
@@ -963,7 +953,6 @@ cdef extern from *:
     ctypedef void (*ck_task_fn)(void* ctx, Py_ssize_t i, int tid) noexcept nogil
     void ck_parallel_for(Py_ssize_t n, Py_ssize_t chunk, int nthreads, ck_task_fn fn,
                          void* ctx) noexcept nogil
-    void ck_prefetch(const void* p, size_t bytes) noexcept nogil
     void ck_free64(void* p) noexcept nogil
     void ck_pool_roi_f(const float* img, Py_ssize_t W, Py_ssize_t C, Py_ssize_t ph,
                        Py_ssize_t pw, const Py_ssize_t* hs, const Py_ssize_t* he,
@@ -1548,8 +1537,6 @@ cdef void _align_bwd_one(_Job* j, Py_ssize_t blk, int tid, floating kind) noexce
     for k in range(K):      # fixed RoI order: the same sums on every run
         b = <Py_ssize_t>rois[k * 5]
         gyk = gy + (k * C + c0) * nbins
-        if k + 1 < K:       # the next RoI's grad block, from memory meanwhile
-            ck_prefetch(gyk + C * nbins, nc * nbins * sizeof(floating))
         if floating is float:
             finite = ck_all_finite_f(gyk, nc * nbins)
         else:
