@@ -186,6 +186,9 @@ cdef Py_ssize_t roi_align_axis_taps(floating start, floating bin_size, floating 
             lo = 0
             cnt = 1 if (base >= -1 - err and base <= size + err) else 0
             mult = <floating>g
+        elif g <= 64:       # a small grid: every sample is tried (the test below filters)
+            lo = 0
+            cnt = g
         else:
             t1 = (-1 - base) / step - 0.5
             t2 = (size - base) / step - 0.5
@@ -1046,17 +1049,28 @@ cdef void _taps_fill(_Merged* my, _Merged* mx, Py_ssize_t W, Py_ssize_t ph, Py_s
     """Bin (p, q) reads pixel (r, c) (off = r*W + c) with weight wy[r] * wx[c] for every
     distinct row r and column c its samples touch; taps from index k on, bin b's are
     [first[b], first[b+1])."""
-    cdef Py_ssize_t p, q, a, b
+    cdef Py_ssize_t p, q, a, b, a0, a1, b0, b1, row
     cdef const floating* wy = <const floating*>my.w
     cdef const floating* wx = <const floating*>mx.w
+    cdef const Py_ssize_t* iy = my.idx
+    cdef const Py_ssize_t* ix = mx.idx
+    cdef const Py_ssize_t* fy = my.first
+    cdef const Py_ssize_t* fx = mx.first
+    cdef floating v
     first[0] = k
     for p in range(ph):
+        a0 = fy[p]
+        a1 = fy[p + 1]
         for q in range(pw):
-            for a in range(my.first[p], my.first[p + 1]):
-                for b in range(mx.first[q], mx.first[q + 1]):
-                    off[k] = my.idx[a] * W + mx.idx[b]
-                    w[k] = wy[a] * wx[b]
-                    k += 1
+            b0 = fx[q]
+            b1 = fx[q + 1]
+            for a in range(a0, a1):
+                row = iy[a] * W
+                v = wy[a]
+                for b in range(b0, b1):
+                    off[k + b - b0] = row + ix[b]
+                    w[k + b - b0] = v * wx[b]
+                k += b1 - b0
             first[p * pw + q + 1] = k
 
 
