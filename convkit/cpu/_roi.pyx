@@ -16,13 +16,12 @@ plain loops.
 Backwards own blocks of channels: each task zeroes its block of grad_x and adds every RoI in
 order, so the sums are the same bits on every run and for any thread count.
 
-Threads: the float32/float64 RoI drivers run their tasks on ck_parallel_for (threads started
-per call, tasks handed out by an atomic counter, joined by sleeping), not on OpenMP regions,
-whose spin-waits made two threads 2-3x slower than one while other processes kept both CPUs
-of this machine busy.
+Threads: every driver runs its tasks on ck_parallel_for (threads started per call, tasks
+handed out by an atomic counter, joined by sleeping), not on OpenMP regions, whose spin-waits
+made two threads 2-3x slower than one while other processes kept both CPUs of this machine
+busy.
 """
 from cython cimport floating
-from cython.parallel cimport parallel, prange
 from libc.stdint cimport int32_t, int64_t
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.stdlib cimport calloc, free, malloc
@@ -104,33 +103,6 @@ cdef void roi_pool_one(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t
                     y[o] = best
                     argmax[o] = best_i
                 o += 1
-
-
-def roi_pool_forward(const floating[:, :, :, ::1] x, const floating[:, ::1] rois,
-                     double spatial_scale, floating[:, :, :, ::1] y,
-                     int64_t[:, :, :, ::1] argmax, int n_threads):
-    """y, argmax (K, C, ph, pw); rois (K, 5) valid (checked at the boundary)."""
-    cdef Py_ssize_t K = rois.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t ph = y.shape[2], pw = y.shape[3], k, b
-    cdef floating scale = <floating>spatial_scale
-    cdef Py_ssize_t* edges
-    cdef int failed_flag = 0
-    cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
-    with nogil, parallel(num_threads=n_threads):
-        edges = <Py_ssize_t*>malloc(2 * (ph + pw) * sizeof(Py_ssize_t))
-        for k in prange(K, schedule="dynamic"):
-            if edges == NULL:
-                failed[0] = 1
-            else:
-                b = <Py_ssize_t>rois[k, 0]
-                roi_pool_bins(&rois[k, 0], scale, ph, pw, H, W, edges, edges + ph,
-                              edges + 2 * ph, edges + 2 * ph + pw)
-                roi_pool_one(&x[b, 0, 0, 0], C, H, W, ph, pw, edges, edges + ph,
-                             edges + 2 * ph, edges + 2 * ph + pw, &y[k, 0, 0, 0],
-                             &argmax[k, 0, 0, 0])
-        free(edges)
-    if failed_flag:
-        raise MemoryError("roi_pool_forward: out of memory for bin tables")
 
 
 def simd_available():
@@ -1734,3 +1706,49 @@ def roi_pool_backward(const floating[:, :, ::1] gy, const floating[:, ::1] rois,
             bad += j.bad[t]
         _job_free(&j, nt)
     return bad
+
+
+cdef void _pool_nchw_task(void* p, Py_ssize_t k, int tid) noexcept nogil:
+    cdef _Job* j = <_Job*>p
+    if j.dbl:
+        _pool_nchw_one(j, k, tid, <double>0)
+    else:
+        _pool_nchw_one(j, k, tid, <float>0)
+
+
+cdef void _pool_nchw_one(_Job* j, Py_ssize_t k, int tid, floating kind) noexcept nogil:
+    """One RoI of the plain max pool on the NCHW map (float64, or no SSE2)."""
+    cdef Py_ssize_t C = j.C, H = j.H, W = j.W, ph = j.ph, pw = j.pw, b
+    cdef const floating* roi = <const floating*>j.rois + k * 5
+    cdef Py_ssize_t* e
+    if j.failed:
+        return
+    if j.buf[tid] == NULL:
+        j.buf[tid] = ck_malloc64(2 * (ph + pw) * sizeof(Py_ssize_t))
+        if j.buf[tid] == NULL:
+            j.failed = 1
+            return
+    e = <Py_ssize_t*>j.buf[tid]
+    b = <Py_ssize_t>roi[0]
+    roi_pool_bins(roi, <floating>j.scale, ph, pw, H, W, e, e + ph, e + 2 * ph, e + 2 * ph + pw)
+    roi_pool_one(<const floating*>j.x + b * C * H * W, C, H, W, ph, pw, e, e + ph, e + 2 * ph,
+                 e + 2 * ph + pw, <floating*>j.y + k * C * ph * pw, j.am + k * C * ph * pw)
+
+
+def roi_pool_forward(const floating[:, :, :, ::1] x, const floating[:, ::1] rois,
+                     double spatial_scale, floating[:, :, :, ::1] y,
+                     int64_t[:, :, :, ::1] argmax, int n_threads):
+    """y, argmax (K, C, ph, pw); rois (K, 5) valid (checked at the boundary).  One RoI per
+    task on the NCHW map (float64, or no SSE2; float32 goes by roi_pool_forward_nhwc)."""
+    cdef _Job j
+    cdef int nt = max(1, n_threads)
+    _job_init(&j, nt)
+    j.dbl = floating is double
+    j.x, j.rois, j.y, j.am = &x[0, 0, 0, 0], &rois[0, 0], &y[0, 0, 0, 0], &argmax[0, 0, 0, 0]
+    j.N, j.C, j.H, j.W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    j.K, j.ph, j.pw, j.scale = rois.shape[0], y.shape[2], y.shape[3], spatial_scale
+    with nogil:
+        ck_parallel_for(j.K, 1, nt, _pool_nchw_task, &j)
+        _job_free(&j, nt)
+    if j.failed:
+        raise MemoryError("roi_pool_forward: out of memory for bin tables")
