@@ -691,12 +691,14 @@ cdef extern from *:
     }
     /* ---- the task runner the RoI drivers use instead of OpenMP regions ----
        fn(ctx, i, tid) for every i in [0, n), handed out `chunk` at a time (an atomic counter)
-       to up to nthreads threads, tid in [0, nthreads) (0 is the caller).  Threads are started
-       per call and joined by sleeping: nothing spins.  libgomp spins at its barriers, and on
-       a machine whose CPUs are all taken that burns the very share a descheduled partner
-       thread needs (measured: 2 threads 2-3x slower than 1 there); here a thread that runs
-       out of tasks just ends, and the caller sleeps in pthread_join.  Without pthreads
-       (Windows) OpenMP runs the same loop; without either, the caller runs it alone. */
+       to up to nthreads threads, tid in [0, nthreads) (0 is the caller).  Helper threads are
+       started per call, detached; the caller works too, then sleeps (condition variable)
+       until every task that was handed out is done -- it never waits for a helper that has
+       not taken a task yet (on a busy machine one may not be scheduled before the work is
+       over; it then finds nothing left and ends).  Nothing spins: libgomp spins at its
+       barriers, and on a machine whose CPUs are all taken that burns the very share a
+       descheduled partner needs (measured: 2 threads 2-3x slower than 1 there).  Without
+       pthreads (Windows) OpenMP runs the same loop; without either, the caller runs it. */
     #if (defined(__unix__) || defined(__APPLE__)) && (defined(__GNUC__) || defined(__clang__))
     #include <pthread.h>
     #define CK_PTHREADS 1
@@ -712,62 +714,110 @@ cdef extern from *:
         ck_task_fn fn;
         void* ctx;
         ptrdiff_t n, chunk;
-        volatile ptrdiff_t next;
+        volatile ptrdiff_t next;    /* next task to hand out */
+        volatile ptrdiff_t done;    /* tasks finished */
+        volatile int refs;          /* the caller and the helpers still to end */
+        int tid_next;               /* helpers' tids */
+    #ifdef CK_PTHREADS
+        pthread_mutex_t mu;
+        pthread_cond_t cv;
+    #endif
     } ck_loop_t;
-    typedef struct {
-        ck_loop_t* loop;
-        int tid;
-    } ck_worker_t;
-    static ptrdiff_t ck_take(ck_loop_t* L) {
+    static ptrdiff_t ck_fetch_add(volatile ptrdiff_t* p, ptrdiff_t v) {
     #if defined(_MSC_VER)
-        return (ptrdiff_t)_InterlockedExchangeAdd64((volatile long long*)&L->next, L->chunk);
+        return (ptrdiff_t)_InterlockedExchangeAdd64((volatile long long*)p, v);
     #else
-        return __atomic_fetch_add(&L->next, L->chunk, __ATOMIC_RELAXED);
+        return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL);
     #endif
     }
     static void ck_loop_run(ck_loop_t* L, int tid) {
         for (;;) {
-            ptrdiff_t i = ck_take(L), e;
+            ptrdiff_t i = ck_fetch_add(&L->next, L->chunk), e, k;
             if (i >= L->n) return;
             e = L->n - i > L->chunk ? i + L->chunk : L->n;
-            for (; i < e; i++) L->fn(L->ctx, i, tid);
+            for (k = i; k < e; k++) L->fn(L->ctx, k, tid);
+    #ifdef CK_PTHREADS
+            if (ck_fetch_add(&L->done, e - i) + (e - i) == L->n) {
+                pthread_mutex_lock(&L->mu);     /* the last task: wake the caller */
+                pthread_cond_signal(&L->cv);
+                pthread_mutex_unlock(&L->mu);
+            }
+    #endif
         }
     }
     #ifdef CK_PTHREADS
+    static void ck_loop_release(ck_loop_t* L) {
+        if (__atomic_sub_fetch(&L->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+            pthread_mutex_destroy(&L->mu);
+            pthread_cond_destroy(&L->cv);
+            free(L);
+        }
+    }
     static void* ck_worker_main(void* arg) {
-        ck_worker_t* w = (ck_worker_t*)arg;
-        ck_loop_run(w->loop, w->tid);
+        ck_loop_t* L = (ck_loop_t*)arg;
+        ck_loop_run(L, __atomic_add_fetch(&L->tid_next, 1, __ATOMIC_RELAXED));
+        ck_loop_release(L);
         return NULL;
     }
     #endif
     static void ck_parallel_for(ptrdiff_t n, ptrdiff_t chunk, int nthreads, ck_task_fn fn,
                                 void* ctx) {
-        ck_loop_t L;
         ptrdiff_t tasks;
-        L.fn = fn; L.ctx = ctx; L.n = n; L.chunk = chunk < 1 ? 1 : chunk; L.next = 0;
-        tasks = (n + L.chunk - 1) / L.chunk;
+        if (chunk < 1) chunk = 1;
+        tasks = (n + chunk - 1) / chunk;
         if (nthreads > CK_MAX_THREADS) nthreads = CK_MAX_THREADS;
         if ((ptrdiff_t)nthreads > tasks) nthreads = (int)tasks;
-        if (nthreads < 1) nthreads = 1;
     #if defined(CK_PTHREADS)
-        {
-            pthread_t th[CK_MAX_THREADS];
-            ck_worker_t w[CK_MAX_THREADS];
-            int i, started = 0;
-            for (i = 1; i < nthreads; i++) {       /* a thread that cannot start is not needed */
-                w[i].loop = &L;
-                w[i].tid = i;
-                if (pthread_create(&th[i], NULL, ck_worker_main, &w[i]) != 0) break;
-                started = i;
+        if (nthreads > 1) {
+            ck_loop_t* L = (ck_loop_t*)malloc(sizeof(ck_loop_t));
+            pthread_attr_t attr;
+            int i;
+            if (L != NULL && pthread_attr_init(&attr) == 0) {
+                L->fn = fn; L->ctx = ctx; L->n = n; L->chunk = chunk;
+                L->next = 0; L->done = 0; L->refs = 1; L->tid_next = 0;
+                pthread_mutex_init(&L->mu, NULL);
+                pthread_cond_init(&L->cv, NULL);
+                pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+                for (i = 1; i < nthreads; i++) {   /* a helper that cannot start is not needed */
+                    pthread_t th;
+                    __atomic_add_fetch(&L->refs, 1, __ATOMIC_ACQ_REL);
+                    if (pthread_create(&th, &attr, ck_worker_main, L) != 0) {
+                        __atomic_sub_fetch(&L->refs, 1, __ATOMIC_ACQ_REL);
+                        break;
+                    }
+                }
+                pthread_attr_destroy(&attr);
+                ck_loop_run(L, 0);
+                pthread_mutex_lock(&L->mu);
+                while (__atomic_load_n(&L->done, __ATOMIC_ACQUIRE) < n)
+                    pthread_cond_wait(&L->cv, &L->mu);
+                pthread_mutex_unlock(&L->mu);
+                ck_loop_release(L);
+                return;
             }
-            ck_loop_run(&L, 0);
-            for (i = 1; i <= started; i++) pthread_join(th[i], NULL);
+            free(L);
         }
-    #elif defined(_OPENMP)
-        #pragma omp parallel num_threads(nthreads)
-        ck_loop_run(&L, omp_get_thread_num());
+        {
+            ck_loop_t L1;
+            L1.fn = fn; L1.ctx = ctx; L1.n = n; L1.chunk = chunk; L1.next = 0; L1.done = 0;
+            pthread_mutex_init(&L1.mu, NULL);
+            pthread_cond_init(&L1.cv, NULL);
+            ck_loop_run(&L1, 0);
+            pthread_mutex_destroy(&L1.mu);
+            pthread_cond_destroy(&L1.cv);
+        }
     #else
-        ck_loop_run(&L, 0);
+        {
+            ck_loop_t L;
+            L.fn = fn; L.ctx = ctx; L.n = n; L.chunk = chunk; L.next = 0; L.done = 0;
+    #if defined(_OPENMP)
+            if (nthreads < 1) nthreads = 1;
+            #pragma omp parallel num_threads(nthreads)
+            ck_loop_run(&L, omp_get_thread_num());
+    #else
+            ck_loop_run(&L, 0);
+    #endif
+        }
     #endif
     }
 
