@@ -1538,19 +1538,19 @@ cdef void _align_bwd_task(void* p, Py_ssize_t blk, int tid) noexcept nogil:
         _align_bwd_one(j, blk, tid, <float>0)
 
 
-cdef void _align_bwd_one(_Job* j, Py_ssize_t blk, int tid, floating kind) noexcept nogil:
-    """Backward phase 2: channels [c0, c0 + nc) of grad_x, accumulated in a private
-    (N, H*W, nc) block over every RoI in order, then transposed into grad_x's planes."""
-    cdef Py_ssize_t N = j.N, C = j.C, H = j.H, W = j.W, HW = j.H * j.W, K = j.K
-    cdef Py_ssize_t ph = j.ph, pw = j.pw, nbins = ph * pw
-    cdef Py_ssize_t c0 = blk * j.CB, nc = min(j.CB, C - c0), k, b, n, i, r, q
+cdef void _align_bwd_one(_Job* j, Py_ssize_t task, int tid, floating kind) noexcept nogil:
+    """Backward phase 2: image n, channels [c0, c0 + nc) of grad_x, accumulated in a private
+    (H*W, nc) block over the image's RoIs in order, then transposed into grad_x's planes."""
+    cdef Py_ssize_t C = j.C, H = j.H, W = j.W, HW = j.H * j.W, K = j.K
+    cdef Py_ssize_t ph = j.ph, pw = j.pw, nbins = ph * pw, nblk = (C + j.CB - 1) // j.CB
+    cdef Py_ssize_t n = task // nblk, c0 = task % nblk * j.CB, nc = min(j.CB, C - c0)
+    cdef Py_ssize_t k, i, r, q
     cdef const floating* gy = <const floating*>j.x
     cdef const floating* rois = <const floating*>j.rois
     cdef const floating* gyk
     cdef floating* gx = <floating*>j.y
     cdef floating* gb
     cdef floating* gt
-    cdef floating* src
     cdef floating* dst
     cdef _RoiTab* use
     cdef _Geo* geo
@@ -1558,7 +1558,7 @@ cdef void _align_bwd_one(_Job* j, Py_ssize_t blk, int tid, floating kind) noexce
     if j.failed:
         return
     if j.buf[tid] == NULL:
-        j.buf[tid] = ck_malloc64(N * HW * j.CB * sizeof(floating) + 1)
+        j.buf[tid] = ck_malloc64(HW * j.CB * sizeof(floating) + 1)
         j.buf2[tid] = ck_malloc64(nbins * j.CB * sizeof(floating) + 1)
         if j.geo[tid] == NULL:
             j.geo[tid] = _geo_new(ph, pw, sizeof(floating))
@@ -1569,9 +1569,10 @@ cdef void _align_bwd_one(_Job* j, Py_ssize_t blk, int tid, floating kind) noexce
     gb = <floating*>j.buf[tid]
     gt = <floating*>j.buf2[tid]
     geo = j.geo[tid]
-    memset(gb, 0, N * HW * nc * sizeof(floating))
+    memset(gb, 0, HW * nc * sizeof(floating))
     for k in range(K):      # fixed RoI order: the same sums on every run
-        b = <Py_ssize_t>rois[k * 5]
+        if <Py_ssize_t>rois[k * 5] != n:
+            continue
         gyk = gy + (k * C + c0) * nbins
         if floating is float:
             finite = ck_all_finite_f(gyk, nc * nbins)
@@ -1586,35 +1587,33 @@ cdef void _align_bwd_one(_Job* j, Py_ssize_t blk, int tid, floating kind) noexce
                 return
             use = j.tab[tid]
         if use.dense:
-            if not _separable(NULL, gb + b * HW * nc, W, nc, 0, nc, geo.ty, geo.tx, ph, pw,
-                              use.count, NULL, gyk, 1):
+            if not _separable(NULL, gb, W, nc, 0, nc, geo.ty, geo.tx, ph, pw, use.count, NULL,
+                              gyk, 1):
                 j.failed = 1
                 return
         elif floating is float:
-            ck_align_roi_bwd_f(gb + b * HW * nc, nc, nbins, use.first, use.off,
-                               <const float*>use.w, <float>use.count, use.count, gyk, gt)
+            ck_align_roi_bwd_f(gb, nc, nbins, use.first, use.off, <const float*>use.w,
+                               <float>use.count, use.count, gyk, gt)
         else:
-            _bins_backward(gb + b * HW * nc, nc, nbins, use.first, use.off,
-                           <const floating*>use.w, use.count, gyk, gt)
-    for n in range(N):      # (H*W, nc) block -> the nc planes of gx, 64 pixels a step
-        src = gb + n * HW * nc
-        dst = gx + (n * C + c0) * HW
-        for i in range(0, HW, 64):
-            if floating is float:
-                ck_transpose_f(src + i * nc, nc, min(64, HW - i), nc, dst + i, HW)
-            else:
-                for q in range(nc):
-                    for r in range(i, min(i + 64, HW)):
-                        dst[q * HW + r] = src[r * nc + q]
+            _bins_backward(gb, nc, nbins, use.first, use.off, <const floating*>use.w,
+                           use.count, gyk, gt)
+    dst = gx + (n * C + c0) * HW    # (H*W, nc) block -> the nc planes of gx, 64 pixels a step
+    for i in range(0, HW, 64):
+        if floating is float:
+            ck_transpose_f(gb + i * nc, nc, min(64, HW - i), nc, dst + i, HW)
+        else:
+            for q in range(nc):
+                for r in range(i, min(i + 64, HW)):
+                    dst[q * HW + r] = gb[r * nc + q]
 
 
 def roi_align_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1] rois,
                        double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
                        floating[:, :, :, ::1] gx, int n_threads):
     """gy (K, C, ph, pw) -> gx (N, C, H, W) (written whole).  Every RoI's taps (a task per
-    RoI), then one block of 64 channels per task: its gradient accumulated in a private
-    (N, H*W, 64) scratch (zeroed, then every RoI added in order: the same sums on every run
-    and for any thread count), then transposed into gx's planes of those channels.  Taps on
+    RoI), then one (image, block of 64 channels) per task: its gradient accumulated in a
+    private (H*W, 64) scratch (zeroed, then the image's RoIs added in order: the same sums on
+    every run and for any thread count), then transposed into gx's planes of those channels.  Taps on
     one pixel are merged, except for a RoI whose grad in the block holds a NaN/inf: that one
     gets torchvision's separate corners (inf * 0 must give NaN, inf * (0 + w) does not)."""
     cdef _Job j
@@ -1638,7 +1637,7 @@ def roi_align_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1] r
     j.scale, j.sr, j.aligned = spatial_scale, sampling_ratio, aligned
     with nogil:
         ck_parallel_for(K, 4, nt, _align_tab_task, &j)
-        ck_parallel_for((j.C + j.CB - 1) // j.CB, 1, nt, _align_bwd_task, &j)
+        ck_parallel_for(j.N * ((j.C + j.CB - 1) // j.CB), 1, nt, _align_bwd_task, &j)
         for k in range(K):
             free(j.tabs[k].off)
             free(j.tabs[k].w)

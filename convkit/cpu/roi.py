@@ -3,7 +3,8 @@ convkit/reference/roi.py for the statement of each rule).
 
 roi_align (and float32 roi_pool) forwards run on an NHWC copy of the map (made by a parallel
 transpose), so a pixel's channels are contiguous; roi_align's backward accumulates each block
-of 64 channels in a private pixel-major scratch and transposes it into grad_x's planes.
+of 64 channels of one image in a private pixel-major scratch and transposes it into grad_x's
+planes.
 Threads come from _roi's own task runner (joined by sleeping, not spinning).
 """
 from __future__ import annotations
