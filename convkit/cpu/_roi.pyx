@@ -821,12 +821,6 @@ cdef extern from *:
     #endif
     }
 
-    /* Row stride for a (rows, n) float scratch: n rounded up to an odd multiple of 16, so that
-       rows do not fall on the same few L1 sets when read down a column. */
-    static ptrdiff_t ck_pad_ld(ptrdiff_t n) {
-        ptrdiff_t ld = (n + 15) / 16 * 16;
-        return (ld / 16) % 2 ? ld : ld + 16;
-    }
 
     /* The forward kernels work on blocks of CK_CHUNK channels: a block's (bins, channels)
        results sit in an L1-sized scratch, are transposed into a second one and streamed out to
@@ -966,7 +960,6 @@ cdef extern from *:
     #endif
     """
     int ck_set_simd_cap(int cap) noexcept nogil
-    Py_ssize_t ck_pad_ld(Py_ssize_t n) noexcept nogil
     int ck_all_finite_f(const float* a, Py_ssize_t n) noexcept nogil
     int ck_all_finite_d(const double* a, Py_ssize_t n) noexcept nogil
     void ck_transpose_f(const float* src, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t cols,
