@@ -13,13 +13,14 @@ the map are kept), corners on one pixel merged where the data is finite, laid ou
 (pixel, weight) pairs and reused for every channel.  float64 (and roi_pool without SSE2) use
 plain loops.
 
-Backwards own blocks of channels: each task zeroes its block of grad_x and adds every RoI in
-order, so the sums are the same bits on every run and for any thread count.
+Backwards own blocks of grad_x (roi_align: 64 channels of one image, accumulated pixel-major
+in L2 and transposed out; roi_pool: 32 channels): each task zeroes its block and adds the
+RoIs in order, so the sums are the same bits on every run and for any thread count.
 
-Threads: every driver runs its tasks on ck_parallel_for (threads started per call, tasks
-handed out by an atomic counter, joined by sleeping), not on OpenMP regions, whose spin-waits
-made two threads 2-3x slower than one while other processes kept both CPUs of this machine
-busy.
+Threads: every driver runs its tasks on ck_parallel_for (helper threads started per call,
+tasks handed out by an atomic counter, the caller sleeping until the handed-out tasks are
+done), not on OpenMP regions, whose spin-waits made two threads 2-3x slower than one while
+other processes kept both CPUs of this machine busy.
 """
 from cython cimport floating
 from libc.stdint cimport int32_t, int64_t
