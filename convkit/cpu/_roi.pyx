@@ -882,22 +882,34 @@ cdef extern from *:
        image's (H*W, cb) gradient block. */
     static void ck_align_roi_bwd_f(float* gb, ptrdiff_t cb, ptrdiff_t nbins,
                                    const ptrdiff_t* first, const ptrdiff_t* off, const float* w,
-                                   float fcount, double count, const float* gyk, float* gt) {
+                                   float fcount, double count, const float* gyk, float* gt,
+                                   const float* next) {
         int kind = ck_scale_kind(fcount, count), lv = ck_simd_level();
         float inv = 1.0f / fcount;
-        ptrdiff_t c = 0, b, t, n = nbins * cb;
+        ptrdiff_t c = 0, b, t, n = nbins * cb, b0, b1, pf = 0;
         (void)lv;
         ck_transpose_sf(gyk, nbins, cb, nbins, gt, cb, kind, inv, fcount);
         if (kind == 0)
             for (t = 0; t < n; t++) gt[t] = (float)((double)gt[t] / count);
+        /* bins in 8 slices; between them an eighth of the next RoI's grad block is asked for,
+           so its memory reads overlap this RoI's arithmetic */
+        for (b0 = 0; b0 < nbins; b0 = b1) {
+            b1 = b0 + (nbins + 7) / 8 < nbins ? b0 + (nbins + 7) / 8 : nbins;
+    #if defined(__GNUC__) || defined(__clang__)
+            if (next != NULL)
+                for (; pf < n * (ptrdiff_t)sizeof(float) * b1 / nbins; pf += 64)
+                    __builtin_prefetch((const char*)next + pf, 0, 3);
+    #endif
+            c = 0;
     #ifdef CK_ROI_WIDE
-        if (lv == 2) c = ck_align_bwd_z(gb, cb, nbins, first, off, w, gt);
-        else if (lv == 1) c = ck_align_bwd_y(gb, cb, nbins, first, off, w, gt);
-        else
+            if (lv == 2) c = ck_align_bwd_z(gb, cb, b1 - b0, first + b0, off, w, gt + b0 * cb);
+            else if (lv == 1) c = ck_align_bwd_y(gb, cb, b1 - b0, first + b0, off, w, gt + b0 * cb);
+            else
     #endif
     #ifdef CK_ROI_SSE2
-        c = ck_align_bwd_x(gb, cb, nbins, first, off, w, gt);
+            c = ck_align_bwd_x(gb, cb, b1 - b0, first + b0, off, w, gt + b0 * cb);
     #endif
+        }
         for (; c < cb; c++)
             for (b = 0; b < nbins; b++)
                 for (t = first[b]; t < first[b + 1]; t++)
@@ -982,7 +994,7 @@ cdef extern from *:
                         void* scratch, float* y) noexcept nogil
     void ck_align_roi_bwd_f(float* gb, Py_ssize_t cb, Py_ssize_t nbins, const Py_ssize_t* first,
                             const Py_ssize_t* off, const float* w, float fcount, double count,
-                            const float* gyk, float* gt) noexcept nogil
+                            const float* gyk, float* gt, const float* next) noexcept nogil
 
 
 cdef struct _Merged:
@@ -1538,7 +1550,7 @@ cdef void _align_bwd_one(_Job* j, Py_ssize_t task, int tid, floating kind) noexc
     cdef Py_ssize_t C = j.C, H = j.H, W = j.W, HW = j.H * j.W, K = j.K
     cdef Py_ssize_t ph = j.ph, pw = j.pw, nbins = ph * pw, nblk = (C + j.CB - 1) // j.CB
     cdef Py_ssize_t n = task // nblk, c0 = task % nblk * j.CB, nc = min(j.CB, C - c0)
-    cdef Py_ssize_t k, i, r, q
+    cdef Py_ssize_t k, i, r, q, knext
     cdef const floating* gy = <const floating*>j.x
     cdef const floating* rois = <const floating*>j.rois
     cdef const floating* gyk
@@ -1564,10 +1576,15 @@ cdef void _align_bwd_one(_Job* j, Py_ssize_t task, int tid, floating kind) noexc
     gt = <floating*>j.buf2[tid]
     geo = j.geo[tid]
     memset(gb, 0, HW * nc * sizeof(floating))
+    knext = 0
     for k in range(K):      # fixed RoI order: the same sums on every run
         if <Py_ssize_t>rois[k * 5] != n:
             continue
         gyk = gy + (k * C + c0) * nbins
+        if knext <= k:      # the image's next RoI, whose grad block is prefetched meanwhile
+            knext = k + 1
+            while knext < K and <Py_ssize_t>rois[knext * 5] != n:
+                knext += 1
         if floating is float:
             finite = ck_all_finite_f(gyk, nc * nbins)
         else:
@@ -1587,7 +1604,8 @@ cdef void _align_bwd_one(_Job* j, Py_ssize_t task, int tid, floating kind) noexc
                 return
         elif floating is float:
             ck_align_roi_bwd_f(gb, nc, nbins, use.first, use.off, <const float*>use.w,
-                               <float>use.count, use.count, gyk, gt)
+                               <float>use.count, use.count, gyk, gt,
+                               gy + (knext * C + c0) * nbins if knext < K else NULL)
         else:
             _bins_backward(gb, nc, nbins, use.first, use.off, <const floating*>use.w,
                            use.count, gyk, gt)
