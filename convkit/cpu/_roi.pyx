@@ -363,6 +363,7 @@ cdef extern from *:
 
     /* ---- per-ISA operations used by the bodies ---- */
     #define CK_X_L 4
+    #define CK_X_R 4         /* vectors of channels per register block */
     #define CK_X_V __m128
     #define CK_X_LD(p) _mm_loadu_ps(p)
     #define CK_X_ST(p, v) _mm_storeu_ps(p, v)
@@ -380,6 +381,7 @@ cdef extern from *:
     #define CK_X_IST(p, v) _mm_storeu_si128((__m128i*)(p), v)
 
     #define CK_Y_L 8
+    #define CK_Y_R 4
     #define CK_Y_V __m256
     #define CK_Y_LD(p) _mm256_loadu_ps(p)
     #define CK_Y_ST(p, v) _mm256_storeu_ps(p, v)
@@ -397,6 +399,7 @@ cdef extern from *:
     #define CK_Y_IST(p, v) _mm256_storeu_si256((__m256i*)(p), v)
 
     #define CK_Z_L 16
+    #define CK_Z_R 8         /* 32 registers: 8 x 2 partial sums fit */
     #define CK_Z_V __m512
     #define CK_Z_LD(p) _mm512_loadu_ps(p)
     #define CK_Z_ST(p, v) _mm512_storeu_ps(p, v)
@@ -445,7 +448,8 @@ cdef extern from *:
         {                                                                                   \\
             ptrdiff_t b, t, c;                                                              \\
             for (b = 0; b < nbins; b++) {                                                   \\
-                for (c = c0; c + 4 * X##_L <= c1; c += 4 * X##_L) CK_ALIGN_FWD_STEP(X, 4)   \\
+                for (c = c0; c + X##_R * X##_L <= c1; c += X##_R * X##_L)                  \\
+                    CK_ALIGN_FWD_STEP(X, X##_R)                                             \\
                 for (; c + X##_L <= c1; c += X##_L) CK_ALIGN_FWD_STEP(X, 1)                 \\
             }                                                                               \\
             return c1 - (c1 - c0) % X##_L;                                                  \\
@@ -513,7 +517,8 @@ cdef extern from *:
                 for (q = 0; q < pw; q++) {                                                  \\
                     b = p * pw + q;                                                         \\
                     if (he[p] <= hs[p] || we[q] <= ws[q]) continue;                         \\
-                    for (c = c0; c + 4 * X##_L <= c1; c += 4 * X##_L) CK_POOL_STEP(X, 4)    \\
+                    for (c = c0; c + X##_R * X##_L <= c1; c += X##_R * X##_L)              \\
+                        CK_POOL_STEP(X, X##_R)                                              \\
                     for (; c + X##_L <= c1; c += X##_L) CK_POOL_STEP(X, 1)                  \\
                 }                                                                           \\
             }                                                                               \\
