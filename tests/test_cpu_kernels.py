@@ -306,6 +306,87 @@ def test_roi_avx2_and_sse2_paths_give_the_same_bits():
         assert a.tobytes() == b.tobytes()
 
 
+def test_roi_every_simd_level_gives_the_same_bits():
+    """AVX-512, AVX2 and SSE2 kernels (whatever the CPU offers) do lane for lane the same
+    multiplies and adds; channel counts below one vector, across the 128-channel blocks of
+    the forward scratch and with scalar tails all agree bit for bit."""
+    from convkit.cpu import _roi
+
+    outs = {}
+    try:
+        for level in (2, 1, 0):
+            got = _roi.set_simd_level(level)
+            res = []
+            for C in (3, 37, 150):
+                x, rois = _detector_inputs(np.float32, K=24, C=C, seed=C)
+                gy = np.random.default_rng(C).standard_normal((24, C, 7, 7)).astype(np.float32)
+                res += [cpu(F.roi_align_forward, x, rois, 7, 1 / 16, 2, False),
+                        cpu(F.roi_align_forward, x, rois, 7, 1 / 16, -1, True),
+                        cpu(F.roi_align_backward, gy, rois, x.shape, 7, 1 / 16, 2, False),
+                        *cpu(F.roi_pool_forward, x, rois, 7, 1 / 16)]
+            outs.setdefault(got, res)
+    finally:
+        _roi.set_simd_level(2)
+    levels = sorted(outs)
+    for lv in levels[1:]:
+        for a, b in zip(outs[levels[0]], outs[lv]):
+            assert a.tobytes() == b.tobytes(), (levels[0], lv)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_roi_wide_maps_match_reference(dtype):
+    """More channels than one 128-channel forward block (and than one 64-channel backward
+    block), not a multiple of the vector width: equal to the reference."""
+    x, rois = _detector_inputs(dtype, K=20, C=150, seed=31)
+    gy = np.random.default_rng(32).standard_normal((20, 150, 7, 7)).astype(dtype)
+    np.testing.assert_allclose(cpu(F.roi_align_forward, x, rois, 7, 1 / 16, 2, False),
+                               ref(F.roi_align_forward, x, rois, 7, 1 / 16, 2, False),
+                               **tol(dtype))
+    np.testing.assert_allclose(cpu(F.roi_align_backward, gy, rois, x.shape, 7, 1 / 16, 2, False),
+                               ref(F.roi_align_backward, gy, rois, x.shape, 7, 1 / 16, 2, False),
+                               **tol(dtype))
+    y, am = cpu(F.roi_pool_forward, x, rois, 7, 1 / 16)
+    y0, am0 = ref(F.roi_pool_forward, x, rois, 7, 1 / 16)
+    np.testing.assert_array_equal(am, am0)
+    np.testing.assert_array_equal(y, y0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_roi_align_backward_inf_grad_in_one_channel_block(dtype):
+    """A NaN/inf grad in one 64-channel block of one RoI: that block of that RoI gets
+    torchvision's separate corners (inf * 0 = NaN where samples sit on whole pixels), the
+    other blocks and RoIs stay finite and match the reference."""
+    rng = np.random.default_rng(33)
+    x = rng.standard_normal((1, 130, 9, 9)).astype(dtype)
+    rois = np.array([[0, 0.5, 0.5, 6.5, 6.5], [0, 1.3, 2.1, 7.7, 8.2]], dtype)   # 0: whole pixels
+    g = rng.standard_normal((2, 130, 3, 3)).astype(dtype)
+    g[0, 70, 1, 1] = np.inf
+    got = cpu(F.roi_align_backward, g, rois, x.shape, 3, 1.0, 2, False)
+    want = ref(F.roi_align_backward, g, rois, x.shape, 3, 1.0, 2, False)
+    np.testing.assert_allclose(got, want, **tol(dtype), equal_nan=True)
+    assert np.isnan(got[0, 70]).any() and np.isinf(got[0, 70]).any()
+    assert np.isfinite(np.delete(got, 70, axis=1)).all()
+
+
+def test_roi_kernels_thread_counts_give_the_same_bits():
+    """The task runner hands out RoIs / channel blocks to any number of threads (more than
+    the tasks, too): every output is the same bytes."""
+    x, rois = _detector_inputs(np.float32, K=40, C=150, seed=34)
+    gy = np.random.default_rng(35).standard_normal((40, 150, 7, 7)).astype(np.float32)
+    outs = []
+    with convkit.use_backend("cpu"):
+        try:
+            for nt in (1, 2, 3, 7):
+                convkit.set_num_threads(nt)
+                y, am = F.roi_pool_forward(x, rois, 7, 1 / 16)
+                outs.append(_bytes((F.roi_align_forward(x, rois, 7, 1 / 16, 2, False),
+                                    F.roi_align_backward(gy, rois, x.shape, 7, 1 / 16, 2, False),
+                                    y, am, F.roi_pool_backward(gy, am, x.shape, rois=rois))))
+        finally:
+            convkit.set_num_threads(None)
+    assert all(o == outs[0] for o in outs[1:])
+
+
 def test_roi_align_huge_sampling_grid_is_bounded():
     """A RoI ~1e6 px wide with the adaptive grid (~1e4 samples per bin per axis) visits only
     the samples that land on the map: fast, and equal to the reference."""

@@ -1,22 +1,31 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 """RoI max pooling and RoI align (torchvision's rules, restated in convkit/reference/roi.py).
 
-Both work on an NHWC copy of the map (one parallel transpose), so a pixel's channels are
-contiguous and the kernels run down the channels eight at a time (SSE2 for float32; plain
-loops the compiler vectorises otherwise).  roi_pool: one RoI per OpenMP task (float64, or no
-SSE2: the NCHW loop).  roi_align: each RoI's bilinear samples are worked out once (positions
-and weights are separable; only samples that land on the map are kept) and laid out as
-(corner offset, weight) pairs, then reused for every channel; the per-sample arithmetic and
-order are torchvision's.
+The forwards work on an NHWC copy of the map (made inside the call), so a pixel's channels are
+contiguous.  float32 kernels (roi_align forward/backward, roi_pool forward) are written once
+(the CK_*_BODY macros) and built for SSE2, AVX2 and AVX-512 (picked by CPUID; every path does
+the same multiplies and adds per lane, no FMA, so the bits never depend on it).  Per RoI:
+each bin is summed (or maxed) over its taps for all channels at once, so each tapped pixel's
+channels are read as one contiguous run; results go through an L1-sized (bins, channels)
+scratch and are transposed into the (C, bins) output.  roi_align's taps: each RoI's bilinear
+samples are worked out once (positions and weights are separable; only samples that land on
+the map are kept), corners on one pixel merged where the data is finite, laid out as
+(pixel, weight) pairs and reused for every channel.  float64 (and roi_pool without SSE2) use
+plain loops.
 
-Backwards are gathers by channel: each OpenMP task owns a block of channels of grad_x and walks
-every RoI in order, so the sums are the same bits on every run and for any thread count.
+Backwards own blocks of grad_x (roi_align: 64 channels of one image, accumulated pixel-major
+in L2 and transposed out; roi_pool: 32 channels): each task zeroes its block and adds the
+RoIs in order, so the sums are the same bits on every run and for any thread count.
+
+Threads: every driver runs its tasks on ck_parallel_for (helper threads started per call,
+tasks handed out by an atomic counter, the caller sleeping until the handed-out tasks are
+done), not on OpenMP regions, whose spin-waits made two threads 2-3x slower than one while
+other processes kept both CPUs of this machine busy.
 """
 from cython cimport floating
-from cython.parallel cimport parallel, prange
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 from cpython.pyport cimport PY_SSIZE_T_MAX
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 from libc.math cimport ceil, fabs, floor, fmax, fmin, isfinite, round
 from libc.float cimport DBL_EPSILON, FLT_EPSILON, FLT_MAX
@@ -97,97 +106,22 @@ cdef void roi_pool_one(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t
                 o += 1
 
 
-def roi_pool_forward(const floating[:, :, :, ::1] x, const floating[:, ::1] rois,
-                     double spatial_scale, floating[:, :, :, ::1] y,
-                     int64_t[:, :, :, ::1] argmax, int n_threads):
-    """y, argmax (K, C, ph, pw); rois (K, 5) valid (checked at the boundary)."""
-    cdef Py_ssize_t K = rois.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t ph = y.shape[2], pw = y.shape[3], k, b
-    cdef floating scale = <floating>spatial_scale
-    cdef Py_ssize_t* edges
-    cdef int failed_flag = 0
-    cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
-    with nogil, parallel(num_threads=n_threads):
-        edges = <Py_ssize_t*>malloc(2 * (ph + pw) * sizeof(Py_ssize_t))
-        for k in prange(K, schedule="dynamic"):
-            if edges == NULL:
-                failed[0] = 1
-            else:
-                b = <Py_ssize_t>rois[k, 0]
-                roi_pool_bins(&rois[k, 0], scale, ph, pw, H, W, edges, edges + ph,
-                              edges + 2 * ph, edges + 2 * ph + pw)
-                roi_pool_one(&x[b, 0, 0, 0], C, H, W, ph, pw, edges, edges + ph,
-                             edges + 2 * ph, edges + 2 * ph + pw, &y[k, 0, 0, 0],
-                             &argmax[k, 0, 0, 0])
-        free(edges)
-    if failed_flag:
-        raise MemoryError("roi_pool_forward: out of memory for bin tables")
-
-
-def roi_pool_forward_nhwc(const float[:, :, :, ::1] xt, const float[:, ::1] rois,
-                          double spatial_scale, float[:, :, ::1] y, int64_t[:, :, ::1] argmax,
-                          Py_ssize_t ph, Py_ssize_t pw, int n_threads):
-    """float32 on the NHWC map xt (N, H, W, C) (H*W < 2**31): y, argmax (K, C, ph*pw), the
-    SIMD kernel, one RoI per task.  Same bins and results as roi_pool_forward."""
-    cdef Py_ssize_t K = rois.shape[0], H = xt.shape[1], W = xt.shape[2], C = xt.shape[3], k, b
-    cdef float scale = <float>spatial_scale
-    cdef Py_ssize_t* edges
-    cdef int failed_flag = 0
-    cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
-    with nogil, parallel(num_threads=n_threads):
-        edges = <Py_ssize_t*>malloc(2 * (ph + pw) * sizeof(Py_ssize_t))
-        for k in prange(K, schedule="dynamic"):
-            if edges == NULL:
-                failed[0] = 1
-            else:
-                b = <Py_ssize_t>rois[k, 0]
-                roi_pool_bins(&rois[k, 0], scale, ph, pw, H, W, edges, edges + ph,
-                              edges + 2 * ph, edges + 2 * ph + pw)
-                ck_roi_pool_f(&xt[b, 0, 0, 0], W, C, ph, pw, edges, edges + ph,
-                              edges + 2 * ph, edges + 2 * ph + pw, &y[k, 0, 0], &argmax[k, 0, 0])
-        free(edges)
-    if failed_flag:
-        raise MemoryError("roi_pool_forward: out of memory for bin tables")
-
-
 def simd_available():
     """True when the SSE2 kernels were compiled in (x86-64)."""
     return bool(ck_align_simd())
 
 
+def set_simd_level(int cap):
+    """Cap the float32 kernels' vector width (2: AVX-512, 1: AVX2, 0: SSE2; default 2) and
+    return the level now in use (also limited by the CPU).  Every level gives the same bits
+    (tests compare them)."""
+    return ck_set_simd_cap(cap)
+
+
 def use_avx2(bint on):
-    """Allow (default) or forbid the AVX2 kernels; returns whether they are now in use.
-    Both paths give the same bits (tests compare them)."""
-    return bool(ck_set_avx2(on))
-
-
-def roi_pool_backward(const floating[:, :, ::1] gy, const floating[:, ::1] rois,
-                      const int64_t[:, :, ::1] argmax, floating[:, :, ::1] gx, int n_threads):
-    """gy, argmax (K, C, ph*pw); gx (N, C, H*W) (written whole).  Each task owns a block of
-    32 channels and adds the RoIs in order (the RoI loop outside, so each RoI's slice of
-    argmax / grad_y is read contiguously).  Returns the number of argmax entries outside
-    [-1, H*W) (skipped; the caller raises and discards gx)."""
-    cdef Py_ssize_t K = gy.shape[0], C = gy.shape[1], P = gy.shape[2]
-    cdef Py_ssize_t N = gx.shape[0], HW = gx.shape[2], n, k, o, b, c, blk, c0, c1
-    cdef Py_ssize_t CB = 32, nblk = (C + 31) // 32
-    cdef int64_t a
-    cdef Py_ssize_t bad = 0
-    with nogil:
-        for blk in prange(nblk, schedule="dynamic", num_threads=n_threads):
-            c0 = blk * CB
-            c1 = min(c0 + CB, C)
-            for n in range(N):
-                memset(&gx[n, c0, 0], 0, (c1 - c0) * HW * sizeof(floating))
-            for k in range(K):
-                b = <Py_ssize_t>rois[k, 0]
-                for c in range(c0, c1):
-                    for o in range(P):
-                        a = argmax[k, c, o]
-                        if a >= 0 and a < HW:
-                            gx[b, c, a] += gy[k, c, o]
-                        elif a != -1:
-                            bad += 1
-    return bad
+    """Allow (default) or forbid the AVX2 and AVX-512 kernels; returns whether AVX2 or wider
+    is now in use.  All paths give the same bits (tests compare them)."""
+    return ck_set_simd_cap(2 if on else 0) >= 1
 
 
 # ----------------------------------------------------------------------------- roi align
@@ -225,6 +159,9 @@ cdef Py_ssize_t roi_align_axis_taps(floating start, floating bin_size, floating 
             lo = 0
             cnt = 1 if (base >= -1 - err and base <= size + err) else 0
             mult = <floating>g
+        elif g <= 64:       # a small grid: every sample is tried (the test below filters)
+            lo = 0
+            cnt = g
         else:
             t1 = (-1 - base) / step - 0.5
             t2 = (size - base) / step - 0.5
@@ -360,17 +297,35 @@ cdef _Taps* _taps_new(Py_ssize_t pooled, Py_ssize_t itemsize) noexcept nogil:
 
 cdef extern from *:
     """
-    /* RoI-align forward for float32 on the NHWC map, SSE2: eight channels at a time, all the
-       bins of the RoI in turn, the bin's sum kept in registers (two interleaved partial sums).
-       off/w: one tap (pixel offset * C, weight) per distinct pixel a bin's samples touch;
-       bin b's taps are [first[b], first[b+1]).  y: the RoI's (C, nbins) output. */
+    /* float32 kernels on the NHWC map, written once (the CK_*_BODY macros) and instantiated for
+       SSE2 (4 lanes), AVX2 (8) and AVX-512 (16; both picked at run time by CPUID).  Every path
+       does lane for lane the same multiplies and adds in the same order as the scalar tail
+       (no FMA: contraction is switched off below), so the bits never depend on the path.
+       Work per RoI is bin-major: for each bin, all channels (register blocks of 4 vectors) over
+       the bin's taps, so each tapped pixel's channels are read as one contiguous run; results
+       go to a bin-major scratch row and are transposed into the (C, bins) output once. */
     #include <stddef.h>
     #include <stdint.h>
     #include <float.h>
+    #include <math.h>
+    #include <string.h>
+    #include <stdlib.h>
     #if defined(__SSE2__) || defined(_M_X64)
     #include <emmintrin.h>
     #define CK_ROI_SSE2 1
     #endif
+    #if defined(CK_ROI_SSE2) && (defined(__GNUC__) || defined(__clang__)) && \\
+        (defined(__x86_64__) || defined(__i386__))
+    #include <immintrin.h>
+    #define CK_ROI_WIDE 1
+    #endif
+    #if defined(__clang__)
+    #pragma clang fp contract(off)
+    #elif defined(__GNUC__)
+    #pragma GCC push_options
+    #pragma GCC optimize("fp-contract=off")
+    #endif
+
     static int ck_align_simd(void) {
     #ifdef CK_ROI_SSE2
         return 1;
@@ -378,348 +333,673 @@ cdef extern from *:
         return 0;
     #endif
     }
-    static void ck_align_store_f(float* y, ptrdiff_t stride, const float* v, int n,
-                                 float fcount, double count, int exact) {
-        for (int l = 0; l < n; l++)
-            y[l * stride] = exact ? v[l] / fcount : (float)((double)v[l] / count);
-    }
-
-    /* AVX2 twins (GCC/clang on x86, chosen at run time by CPUID): sixteen channels per step,
-       lane for lane the same multiplies and adds as the SSE2 code (no FMA, which would round
-       differently), so the results do not depend on the path.  Each returns the first
-       channel it left for the SSE2 / scalar code. */
-    #if defined(CK_ROI_SSE2) && (defined(__GNUC__) || defined(__clang__)) && \
-        (defined(__x86_64__) || defined(__i386__))
-    #include <immintrin.h>
-    #define CK_ROI_AVX2 1
-    static int ck_avx2_allowed = 1;     /* tests switch the AVX2 path off to compare */
-    static int ck_has_avx2(void) {
-        static int known = -1;
-        if (known < 0) {
+    /* widest vector path in use: 2 AVX-512, 1 AVX2, 0 SSE2 (or none); tests lower the cap */
+    static int ck_simd_cap = 2;
+    static int ck_simd_level(void) {
+    #ifdef CK_ROI_WIDE
+        static int hw = -1;
+        if (hw < 0) {
             __builtin_cpu_init();
-            known = __builtin_cpu_supports("avx2") ? 1 : 0;
+            hw = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
         }
-        return known && ck_avx2_allowed;
-    }
-    __attribute__((target("avx2")))
-    static ptrdiff_t ck_align_bins_f_avx2(const float* img, ptrdiff_t c0, ptrdiff_t c1,
-                                          ptrdiff_t nbins, const ptrdiff_t* first,
-                                          const ptrdiff_t* off, const float* w, float fcount,
-                                          double count, int exact, float* y) {
-        ptrdiff_t c = c0, b, t;
-        float buf[16];
-        for (; c + 16 <= c1; c += 16) {
-            const float* base = img + c;
-            for (b = 0; b < nbins; b++) {
-                __m256 a0 = _mm256_setzero_ps(), a1 = a0, e0 = a0, e1 = a0;
-                for (t = first[b]; t + 2 <= first[b + 1]; t += 2) {
-                    const float *p = base + off[t], *q = base + off[t + 1];
-                    __m256 wa = _mm256_set1_ps(w[t]), wb = _mm256_set1_ps(w[t + 1]);
-                    a0 = _mm256_add_ps(a0, _mm256_mul_ps(wa, _mm256_loadu_ps(p)));
-                    a1 = _mm256_add_ps(a1, _mm256_mul_ps(wa, _mm256_loadu_ps(p + 8)));
-                    e0 = _mm256_add_ps(e0, _mm256_mul_ps(wb, _mm256_loadu_ps(q)));
-                    e1 = _mm256_add_ps(e1, _mm256_mul_ps(wb, _mm256_loadu_ps(q + 8)));
-                }
-                if (t < first[b + 1]) {
-                    const float* p = base + off[t];
-                    __m256 wa = _mm256_set1_ps(w[t]);
-                    a0 = _mm256_add_ps(a0, _mm256_mul_ps(wa, _mm256_loadu_ps(p)));
-                    a1 = _mm256_add_ps(a1, _mm256_mul_ps(wa, _mm256_loadu_ps(p + 8)));
-                }
-                a0 = _mm256_add_ps(a0, e0);
-                a1 = _mm256_add_ps(a1, e1);
-                if (exact) {        /* the same correctly rounded quotient, 8 at a time */
-                    __m256 vc = _mm256_set1_ps(fcount);
-                    _mm256_storeu_ps(buf, _mm256_div_ps(a0, vc));
-                    _mm256_storeu_ps(buf + 8, _mm256_div_ps(a1, vc));
-                    for (int l = 0; l < 16; l++) y[(c + l) * nbins + b] = buf[l];
-                } else {
-                    _mm256_storeu_ps(buf, a0);
-                    _mm256_storeu_ps(buf + 8, a1);
-                    ck_align_store_f(y + c * nbins + b, nbins, buf, 16, fcount, count, exact);
-                }
-            }
-        }
-        return c;
-    }
-    __attribute__((target("avx2")))
-    static ptrdiff_t ck_align_bins_backward_f_avx2(float* gimg, ptrdiff_t c0, ptrdiff_t c1,
-                                                   ptrdiff_t nbins, const ptrdiff_t* first,
-                                                   const ptrdiff_t* off, const float* w,
-                                                   float fcount, double count, int exact,
-                                                   const float* gy) {
-        ptrdiff_t c = c0, b, t, l;
-        float buf[16];
-        for (; c + 16 <= c1; c += 16) {
-            float* base = gimg + c;
-            for (b = 0; b < nbins; b++) {
-                __m256 g0, g1;
-                if (first[b + 1] == first[b]) continue;
-                if (exact) {        /* gather, then one vector division (same quotients) */
-                    __m256 vc = _mm256_set1_ps(fcount);
-                    for (l = 0; l < 16; l++) buf[l] = gy[(c + l) * nbins + b];
-                    g0 = _mm256_div_ps(_mm256_loadu_ps(buf), vc);
-                    g1 = _mm256_div_ps(_mm256_loadu_ps(buf + 8), vc);
-                } else {
-                    for (l = 0; l < 16; l++)
-                        buf[l] = (float)((double)gy[(c + l) * nbins + b] / count);
-                    g0 = _mm256_loadu_ps(buf);
-                    g1 = _mm256_loadu_ps(buf + 8);
-                }
-                for (t = first[b]; t < first[b + 1]; t++) {
-                    float* r = base + off[t];
-                    __m256 wt = _mm256_set1_ps(w[t]);
-                    _mm256_storeu_ps(r, _mm256_add_ps(_mm256_loadu_ps(r), _mm256_mul_ps(g0, wt)));
-                    _mm256_storeu_ps(r + 8, _mm256_add_ps(_mm256_loadu_ps(r + 8),
-                                                          _mm256_mul_ps(g1, wt)));
-                }
-            }
-        }
-        return c;
-    }
-    __attribute__((target("avx2")))
-    static ptrdiff_t ck_roi_pool_f_avx2(const float* img, ptrdiff_t W, ptrdiff_t C,
-                                        ptrdiff_t ph, ptrdiff_t pw, const ptrdiff_t* hs,
-                                        const ptrdiff_t* he, const ptrdiff_t* ws,
-                                        const ptrdiff_t* we, float* y, int64_t* am) {
-        ptrdiff_t nb = ph * pw, c = 0, p, q, h, ww, l;
-        float bv[16];
-        int bi[16];
-        for (; c + 16 <= C; c += 16) {
-            for (p = 0; p < ph; p++) {
-                for (q = 0; q < pw; q++) {
-                    ptrdiff_t b = p * pw + q;
-                    __m256 b0 = _mm256_set1_ps(-FLT_MAX), b1 = b0;
-                    __m256 i0 = _mm256_castsi256_ps(_mm256_set1_epi32(-1)), i1 = i0;
-                    if (he[p] <= hs[p] || we[q] <= ws[q]) {
-                        for (l = 0; l < 16; l++) { y[(c + l) * nb + b] = 0; am[(c + l) * nb + b] = -1; }
-                        continue;
-                    }
-                    for (h = hs[p]; h < he[p]; h++) {
-                        for (ww = ws[q]; ww < we[q]; ww++) {
-                            const float* r = img + (h * W + ww) * C + c;
-                            __m256 pix = _mm256_castsi256_ps(_mm256_set1_epi32((int)(h * W + ww)));
-                            __m256 v0 = _mm256_loadu_ps(r), v1 = _mm256_loadu_ps(r + 8);
-                            __m256 m0 = _mm256_cmp_ps(v0, b0, _CMP_GT_OQ);
-                            __m256 m1 = _mm256_cmp_ps(v1, b1, _CMP_GT_OQ);
-                            b0 = _mm256_blendv_ps(b0, v0, m0);
-                            b1 = _mm256_blendv_ps(b1, v1, m1);
-                            i0 = _mm256_blendv_ps(i0, pix, m0);
-                            i1 = _mm256_blendv_ps(i1, pix, m1);
-                        }
-                    }
-                    _mm256_storeu_ps(bv, b0); _mm256_storeu_ps(bv + 8, b1);
-                    _mm256_storeu_si256((__m256i*)bi, _mm256_castps_si256(i0));
-                    _mm256_storeu_si256((__m256i*)(bi + 8), _mm256_castps_si256(i1));
-                    for (l = 0; l < 16; l++) {
-                        y[(c + l) * nb + b] = bv[l];
-                        am[(c + l) * nb + b] = bi[l];
-                    }
-                }
-            }
-        }
-        return c;
-    }
-    #endif
-    static void ck_align_bins_f(const float* img, ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t nbins,
-                                const ptrdiff_t* first, const ptrdiff_t* off, const float* w,
-                                float fcount, double count, float* y) {
-        int exact = (double)fcount == count;
-        ptrdiff_t c = c0, b, t;
-        float buf[8];
-    #ifdef CK_ROI_AVX2
-        if (ck_has_avx2())
-            c = ck_align_bins_f_avx2(img, c0, c1, nbins, first, off, w, fcount, count, exact, y);
-    #endif
-    #ifdef CK_ROI_SSE2
-        for (; c + 8 <= c1; c += 8) {
-            const float* base = img + c;
-            for (b = 0; b < nbins; b++) {
-                __m128 a0 = _mm_setzero_ps(), a1 = a0, e0 = a0, e1 = a0;
-                for (t = first[b]; t + 2 <= first[b + 1]; t += 2) {
-                    const float *p = base + off[t], *q = base + off[t + 1];
-                    __m128 wa = _mm_set1_ps(w[t]), wb = _mm_set1_ps(w[t + 1]);
-                    a0 = _mm_add_ps(a0, _mm_mul_ps(wa, _mm_loadu_ps(p)));
-                    a1 = _mm_add_ps(a1, _mm_mul_ps(wa, _mm_loadu_ps(p + 4)));
-                    e0 = _mm_add_ps(e0, _mm_mul_ps(wb, _mm_loadu_ps(q)));
-                    e1 = _mm_add_ps(e1, _mm_mul_ps(wb, _mm_loadu_ps(q + 4)));
-                }
-                if (t < first[b + 1]) {
-                    const float* p = base + off[t];
-                    __m128 wa = _mm_set1_ps(w[t]);
-                    a0 = _mm_add_ps(a0, _mm_mul_ps(wa, _mm_loadu_ps(p)));
-                    a1 = _mm_add_ps(a1, _mm_mul_ps(wa, _mm_loadu_ps(p + 4)));
-                }
-                a0 = _mm_add_ps(a0, e0);
-                a1 = _mm_add_ps(a1, e1);
-                if (exact) {
-                    __m128 vc = _mm_set1_ps(fcount);
-                    _mm_storeu_ps(buf, _mm_div_ps(a0, vc));
-                    _mm_storeu_ps(buf + 4, _mm_div_ps(a1, vc));
-                    for (int l = 0; l < 8; l++) y[(c + l) * nbins + b] = buf[l];
-                } else {
-                    _mm_storeu_ps(buf, a0);
-                    _mm_storeu_ps(buf + 4, a1);
-                    ck_align_store_f(y + c * nbins + b, nbins, buf, 8, fcount, count, exact);
-                }
-            }
-        }
-    #endif
-        for (; c < c1; c++) {       /* the same two interleaved sums as the vector lanes */
-            for (b = 0; b < nbins; b++) {
-                float a = 0, e = 0;
-                for (t = first[b]; t + 2 <= first[b + 1]; t += 2) {
-                    a = a + w[t] * img[off[t] + c];
-                    e = e + w[t + 1] * img[off[t + 1] + c];
-                }
-                if (t < first[b + 1]) a = a + w[t] * img[off[t] + c];
-                a = a + e;
-                ck_align_store_f(y + c * nbins + b, nbins, &a, 1, fcount, count, exact);
-            }
-        }
-    }
-    /* Adjoint of ck_align_bins_f: each bin's grad / count (8 channels at a time) times each
-       tap weight, added into the NHWC gradient in tap order (the same per channel on every
-       path, so the result is the same bits). */
-    static void ck_align_bins_backward_f(float* gimg, ptrdiff_t c0, ptrdiff_t c1,
-                                         ptrdiff_t nbins, const ptrdiff_t* first,
-                                         const ptrdiff_t* off, const float* w, float fcount,
-                                         double count, const float* gy) {
-        int exact = (double)fcount == count;
-        ptrdiff_t c = c0, b, t, l;
-        float buf[8];
-    #ifdef CK_ROI_AVX2
-        if (ck_has_avx2())
-            c = ck_align_bins_backward_f_avx2(gimg, c0, c1, nbins, first, off, w, fcount, count,
-                                              exact, gy);
-    #endif
-    #ifdef CK_ROI_SSE2
-        for (; c + 8 <= c1; c += 8) {
-            float* base = gimg + c;
-            for (b = 0; b < nbins; b++) {
-                __m128 g0, g1;
-                if (first[b + 1] == first[b]) continue;
-                if (exact) {
-                    __m128 vc = _mm_set1_ps(fcount);
-                    for (l = 0; l < 8; l++) buf[l] = gy[(c + l) * nbins + b];
-                    g0 = _mm_div_ps(_mm_loadu_ps(buf), vc);
-                    g1 = _mm_div_ps(_mm_loadu_ps(buf + 4), vc);
-                } else {
-                    for (l = 0; l < 8; l++)
-                        buf[l] = (float)((double)gy[(c + l) * nbins + b] / count);
-                    g0 = _mm_loadu_ps(buf);
-                    g1 = _mm_loadu_ps(buf + 4);
-                }
-                for (t = first[b]; t < first[b + 1]; t++) {
-                    float* r = base + off[t];
-                    __m128 wt = _mm_set1_ps(w[t]);
-                    _mm_storeu_ps(r, _mm_add_ps(_mm_loadu_ps(r), _mm_mul_ps(g0, wt)));
-                    _mm_storeu_ps(r + 4, _mm_add_ps(_mm_loadu_ps(r + 4), _mm_mul_ps(g1, wt)));
-                }
-            }
-        }
-    #endif
-        for (; c < c1; c++) {
-            for (b = 0; b < nbins; b++) {
-                float g;
-                if (first[b + 1] == first[b]) continue;
-                g = exact ? gy[c * nbins + b] / fcount : (float)((double)gy[c * nbins + b] / count);
-                for (t = first[b]; t < first[b + 1]; t++)
-                    gimg[off[t] + c] += g * w[t];
-            }
-        }
-    }
-    /* RoI max pool of one RoI on the NHWC map, float32, SSE2: eight channels at a time, each
-       bin scanned in row-major order with a strict '>' (first maximum wins, NaN never does;
-       the start is -FLT_MAX with argmax -1, as torchvision).  Pixel indices ride in int32
-       lanes (the caller checks H*W < 2**31).  y, am: the RoI's (C, nbins) outputs. */
-    static void ck_roi_pool_f(const float* img, ptrdiff_t W, ptrdiff_t C, ptrdiff_t ph,
-                              ptrdiff_t pw, const ptrdiff_t* hs, const ptrdiff_t* he,
-                              const ptrdiff_t* ws, const ptrdiff_t* we, float* y, int64_t* am) {
-        ptrdiff_t nb = ph * pw, c = 0, p, q, h, w, l;
-        float bv[8];
-        int bi[8];
-    #ifdef CK_ROI_AVX2
-        if (ck_has_avx2())
-            c = ck_roi_pool_f_avx2(img, W, C, ph, pw, hs, he, ws, we, y, am);
-    #endif
-    #ifdef CK_ROI_SSE2
-        for (; c + 8 <= C; c += 8) {
-            for (p = 0; p < ph; p++) {
-                for (q = 0; q < pw; q++) {
-                    ptrdiff_t b = p * pw + q;
-                    __m128 b0 = _mm_set1_ps(-FLT_MAX), b1 = b0;
-                    __m128i i0 = _mm_set1_epi32(-1), i1 = i0;
-                    if (he[p] <= hs[p] || we[q] <= ws[q]) {
-                        for (l = 0; l < 8; l++) { y[(c + l) * nb + b] = 0; am[(c + l) * nb + b] = -1; }
-                        continue;
-                    }
-                    for (h = hs[p]; h < he[p]; h++) {
-                        for (w = ws[q]; w < we[q]; w++) {
-                            const float* r = img + (h * W + w) * C + c;
-                            __m128i pix = _mm_set1_epi32((int)(h * W + w));
-                            __m128 v0 = _mm_loadu_ps(r), v1 = _mm_loadu_ps(r + 4);
-                            __m128 m0 = _mm_cmpgt_ps(v0, b0), m1 = _mm_cmpgt_ps(v1, b1);
-                            __m128i n0 = _mm_castps_si128(m0), n1 = _mm_castps_si128(m1);
-                            b0 = _mm_or_ps(_mm_and_ps(m0, v0), _mm_andnot_ps(m0, b0));
-                            b1 = _mm_or_ps(_mm_and_ps(m1, v1), _mm_andnot_ps(m1, b1));
-                            i0 = _mm_or_si128(_mm_and_si128(n0, pix), _mm_andnot_si128(n0, i0));
-                            i1 = _mm_or_si128(_mm_and_si128(n1, pix), _mm_andnot_si128(n1, i1));
-                        }
-                    }
-                    _mm_storeu_ps(bv, b0); _mm_storeu_ps(bv + 4, b1);
-                    _mm_storeu_si128((__m128i*)bi, i0); _mm_storeu_si128((__m128i*)(bi + 4), i1);
-                    for (l = 0; l < 8; l++) {
-                        y[(c + l) * nb + b] = bv[l];
-                        am[(c + l) * nb + b] = bi[l];
-                    }
-                }
-            }
-        }
-    #endif
-        for (; c < C; c++) {
-            for (p = 0; p < ph; p++) {
-                for (q = 0; q < pw; q++) {
-                    ptrdiff_t b = p * pw + q, best_i = -1;
-                    float best = -FLT_MAX;
-                    if (he[p] <= hs[p] || we[q] <= ws[q]) {
-                        y[c * nb + b] = 0; am[c * nb + b] = -1;
-                        continue;
-                    }
-                    for (h = hs[p]; h < he[p]; h++)
-                        for (w = ws[q]; w < we[q]; w++)
-                            if (img[(h * W + w) * C + c] > best) {
-                                best = img[(h * W + w) * C + c];
-                                best_i = h * W + w;
-                            }
-                    y[c * nb + b] = best;
-                    am[c * nb + b] = best_i;
-                }
-            }
-        }
-    }
-    static int ck_set_avx2(int on) {
-    #ifdef CK_ROI_AVX2
-        ck_avx2_allowed = on;
-        return ck_has_avx2();
+        return hw < ck_simd_cap ? hw : ck_simd_cap;
     #else
-        (void)on;
         return 0;
     #endif
     }
+    static int ck_set_simd_cap(int cap) {
+        ck_simd_cap = cap;
+        return ck_simd_level();
+    }
+
+    /* How a bin's sum becomes the mean: 1 multiply by 1/count (count a power of two, so the
+       product is the same correctly rounded quotient), 2 divide in float (count exact in
+       float), 0 divide in double afterwards (the caller). */
+    static int ck_scale_kind(float fcount, double count) {
+        int e;
+        if ((double)fcount != count) return 0;
+        return frexp(count, &e) == 0.5 ? 1 : 2;
+    }
+
+    /* ---- per-ISA operations used by the bodies ---- */
+    #define CK_X_L 4
+    #define CK_X_R 4         /* vectors of channels per register block */
+    #define CK_X_V __m128
+    #define CK_X_LD(p) _mm_loadu_ps(p)
+    #define CK_X_ST(p, v) _mm_storeu_ps(p, v)
+    #define CK_X_ADD(a, b) _mm_add_ps(a, b)
+    #define CK_X_MUL(a, b) _mm_mul_ps(a, b)
+    #define CK_X_DIV(a, b) _mm_div_ps(a, b)
+    #define CK_X_SET1(s) _mm_set1_ps(s)
+    #define CK_X_M __m128
+    #define CK_X_GT(a, b) _mm_cmpgt_ps(a, b)
+    #define CK_X_SEL(m, a, b) _mm_or_ps(_mm_and_ps(m, a), _mm_andnot_ps(m, b))
+    #define CK_X_IV __m128i
+    #define CK_X_ISET1(s) _mm_set1_epi32(s)
+    #define CK_X_ISEL(m, a, b) _mm_or_si128(_mm_and_si128(_mm_castps_si128(m), a), \\
+                                            _mm_andnot_si128(_mm_castps_si128(m), b))
+    #define CK_X_IST(p, v) _mm_storeu_si128((__m128i*)(p), v)
+
+    #define CK_Y_L 8
+    #define CK_Y_R 4
+    #define CK_Y_V __m256
+    #define CK_Y_LD(p) _mm256_loadu_ps(p)
+    #define CK_Y_ST(p, v) _mm256_storeu_ps(p, v)
+    #define CK_Y_ADD(a, b) _mm256_add_ps(a, b)
+    #define CK_Y_MUL(a, b) _mm256_mul_ps(a, b)
+    #define CK_Y_DIV(a, b) _mm256_div_ps(a, b)
+    #define CK_Y_SET1(s) _mm256_set1_ps(s)
+    #define CK_Y_M __m256
+    #define CK_Y_GT(a, b) _mm256_cmp_ps(a, b, _CMP_GT_OQ)
+    #define CK_Y_SEL(m, a, b) _mm256_blendv_ps(b, a, m)
+    #define CK_Y_IV __m256i
+    #define CK_Y_ISET1(s) _mm256_set1_epi32(s)
+    #define CK_Y_ISEL(m, a, b) _mm256_castps_si256(_mm256_blendv_ps( \\
+        _mm256_castsi256_ps(b), _mm256_castsi256_ps(a), m))
+    #define CK_Y_IST(p, v) _mm256_storeu_si256((__m256i*)(p), v)
+
+    #define CK_Z_L 16
+    #define CK_Z_R 8         /* 32 registers: 8 x 2 partial sums fit */
+    #define CK_Z_V __m512
+    #define CK_Z_LD(p) _mm512_loadu_ps(p)
+    #define CK_Z_ST(p, v) _mm512_storeu_ps(p, v)
+    #define CK_Z_ADD(a, b) _mm512_add_ps(a, b)
+    #define CK_Z_MUL(a, b) _mm512_mul_ps(a, b)
+    #define CK_Z_DIV(a, b) _mm512_div_ps(a, b)
+    #define CK_Z_SET1(s) _mm512_set1_ps(s)
+    #define CK_Z_M __mmask16
+    #define CK_Z_GT(a, b) _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ)
+    #define CK_Z_SEL(m, a, b) _mm512_mask_blend_ps(m, b, a)
+    #define CK_Z_IV __m512i
+    #define CK_Z_ISET1(s) _mm512_set1_epi32(s)
+    #define CK_Z_ISEL(m, a, b) _mm512_mask_blend_epi32(m, b, a)
+    #define CK_Z_IST(p, v) _mm512_storeu_si512((void*)(p), v)
+
+    /* RoI-align forward, one RoI: bin b's sum over its taps t in [first[b], first[b+1])
+       (pixel off[t], weight w[t]) as two interleaved partial sums (even and odd taps), added,
+       then scaled (kind, as ck_scale_kind); into tb[b*C + c].  Returns the channels done. */
+    #define CK_ALIGN_FWD_STEP(X, R)                                                         \\
+        {                                                                                   \\
+            X##_V a[R], e[R];                                                               \\
+            int j;                                                                          \\
+            for (j = 0; j < R; j++) { a[j] = X##_SET1(0.0f); e[j] = a[j]; }                 \\
+            for (t = first[b]; t + 2 <= first[b + 1]; t += 2) {                             \\
+                const float *p = img + off[t] * C + c, *q = img + off[t + 1] * C + c;       \\
+                X##_V wa = X##_SET1(w[t]), wb = X##_SET1(w[t + 1]);                         \\
+                for (j = 0; j < R; j++) {                                                   \\
+                    a[j] = X##_ADD(a[j], X##_MUL(wa, X##_LD(p + j * X##_L)));               \\
+                    e[j] = X##_ADD(e[j], X##_MUL(wb, X##_LD(q + j * X##_L)));               \\
+                }                                                                           \\
+            }                                                                               \\
+            if (t < first[b + 1]) {                                                         \\
+                const float* p = img + off[t] * C + c;                                      \\
+                X##_V wa = X##_SET1(w[t]);                                                  \\
+                for (j = 0; j < R; j++)                                                     \\
+                    a[j] = X##_ADD(a[j], X##_MUL(wa, X##_LD(p + j * X##_L)));               \\
+            }                                                                               \\
+            for (j = 0; j < R; j++) {                                                       \\
+                a[j] = X##_ADD(a[j], e[j]);                                                 \\
+                if (kind == 1) a[j] = X##_MUL(a[j], X##_SET1(inv));                         \\
+                else if (kind == 2) a[j] = X##_DIV(a[j], X##_SET1(fcount));                 \\
+                X##_ST(tb + b * ld + (c - c0) + j * X##_L, a[j]);                            \\
+            }                                                                               \\
+        }
+    #define CK_ALIGN_FWD_BODY(X)                                                            \\
+        {                                                                                   \\
+            ptrdiff_t b, t, c;                                                              \\
+            for (b = 0; b < nbins; b++) {                                                   \\
+                for (c = c0; c + X##_R * X##_L <= c1; c += X##_R * X##_L)                  \\
+                    CK_ALIGN_FWD_STEP(X, X##_R)                                             \\
+                for (; c + X##_L <= c1; c += X##_L) CK_ALIGN_FWD_STEP(X, 1)                 \\
+            }                                                                               \\
+            return c1 - (c1 - c0) % X##_L;                                                  \\
+        }
+    #define CK_ALIGN_FWD_ARGS const float* img, ptrdiff_t C, ptrdiff_t nbins,                \\
+        const ptrdiff_t* first, const ptrdiff_t* off, const float* w, int kind, float inv,  \\
+        float fcount, ptrdiff_t c0, ptrdiff_t c1, float* tb, ptrdiff_t ld
+
+    /* Adjoint, one RoI, cb channels: gb (the image's (H*W, cb) gradient block) +=
+       w[t] * g[b] for every tap of every bin, in tap order; g = gt + b*cb (scaled grads). */
+    #define CK_ALIGN_BWD_STEP(X, R)                                                         \\
+        {                                                                                   \\
+            int j;                                                                          \\
+            for (j = 0; j < R; j++)                                                         \\
+                X##_ST(r + c + j * X##_L, X##_ADD(X##_LD(r + c + j * X##_L),                \\
+                                                  X##_MUL(X##_LD(g + c + j * X##_L), wt))); \\
+        }
+    #define CK_ALIGN_BWD_BODY(X)                                                            \\
+        {                                                                                   \\
+            ptrdiff_t b, t, c;                                                              \\
+            for (b = 0; b < nbins; b++) {                                                   \\
+                const float* g = gt + b * cb;                                               \\
+                for (t = first[b]; t < first[b + 1]; t++) {                                 \\
+                    float* r = gb + off[t] * cb;                                            \\
+                    X##_V wt = X##_SET1(w[t]);                                              \\
+                    for (c = 0; c + 4 * X##_L <= cb; c += 4 * X##_L) CK_ALIGN_BWD_STEP(X, 4) \\
+                    for (; c + X##_L <= cb; c += X##_L) CK_ALIGN_BWD_STEP(X, 1)             \\
+                }                                                                           \\
+            }                                                                               \\
+            return cb - cb % X##_L;                                                         \\
+        }
+    #define CK_ALIGN_BWD_ARGS float* gb, ptrdiff_t cb, ptrdiff_t nbins,                      \\
+        const ptrdiff_t* first, const ptrdiff_t* off, const float* w, const float* gt
+
+    /* RoI max pool, one RoI: each non-empty bin scanned in row-major order with a strict '>'
+       from -FLT_MAX / index -1 (first maximum wins, NaN never does), R vectors of channels at
+       a time; pixel indices ride in int32 lanes (the caller checks H*W < 2**31). */
+    #define CK_POOL_STEP(X, R)                                                              \\
+        {                                                                                   \\
+            X##_V v[R];                                                                     \\
+            X##_IV ix[R];                                                                   \\
+            int j;                                                                          \\
+            for (j = 0; j < R; j++) { v[j] = X##_SET1(-FLT_MAX); ix[j] = X##_ISET1(-1); }   \\
+            for (h = hs[p]; h < he[p]; h++) {                                               \\
+                for (x = ws[q]; x < we[q]; x++) {                                           \\
+                    const float* s = img + (h * W + x) * C + c;                             \\
+                    X##_IV pix = X##_ISET1((int)(h * W + x));                               \\
+                    for (j = 0; j < R; j++) {                                               \\
+                        X##_V u = X##_LD(s + j * X##_L);                                    \\
+                        X##_M m = X##_GT(u, v[j]);                                          \\
+                        v[j] = X##_SEL(m, u, v[j]);                                         \\
+                        ix[j] = X##_ISEL(m, pix, ix[j]);                                    \\
+                    }                                                                       \\
+                }                                                                           \\
+            }                                                                               \\
+            for (j = 0; j < R; j++) {                                                       \\
+                X##_ST(tb + b * ld + (c - c0) + j * X##_L, v[j]);                           \\
+                X##_IST(ti + b * ld + (c - c0) + j * X##_L, ix[j]);                         \\
+            }                                                                               \\
+        }
+    #define CK_POOL_BODY(X)                                                                 \\
+        {                                                                                   \\
+            ptrdiff_t p, q, h, x, c, b;                                                     \\
+            for (p = 0; p < ph; p++) {                                                      \\
+                for (q = 0; q < pw; q++) {                                                  \\
+                    b = p * pw + q;                                                         \\
+                    if (he[p] <= hs[p] || we[q] <= ws[q]) continue;                         \\
+                    for (c = c0; c + X##_R * X##_L <= c1; c += X##_R * X##_L)              \\
+                        CK_POOL_STEP(X, X##_R)                                              \\
+                    for (; c + X##_L <= c1; c += X##_L) CK_POOL_STEP(X, 1)                  \\
+                }                                                                           \\
+            }                                                                               \\
+            return c1 - (c1 - c0) % X##_L;                                                  \\
+        }
+    #define CK_POOL_ARGS const float* img, ptrdiff_t W, ptrdiff_t C, ptrdiff_t ph,           \\
+        ptrdiff_t pw, const ptrdiff_t* hs, const ptrdiff_t* he, const ptrdiff_t* ws,        \\
+        const ptrdiff_t* we, ptrdiff_t c0, ptrdiff_t c1, float* tb, int32_t* ti, ptrdiff_t ld
+
+    #ifdef CK_ROI_SSE2
+    static ptrdiff_t ck_align_fwd_x(CK_ALIGN_FWD_ARGS) CK_ALIGN_FWD_BODY(CK_X)
+    static ptrdiff_t ck_align_bwd_x(CK_ALIGN_BWD_ARGS) CK_ALIGN_BWD_BODY(CK_X)
+    static ptrdiff_t ck_pool_x(CK_POOL_ARGS) CK_POOL_BODY(CK_X)
+    #endif
+    #ifdef CK_ROI_WIDE
+    __attribute__((target("avx2")))
+    static ptrdiff_t ck_align_fwd_y(CK_ALIGN_FWD_ARGS) CK_ALIGN_FWD_BODY(CK_Y)
+    __attribute__((target("avx2")))
+    static ptrdiff_t ck_align_bwd_y(CK_ALIGN_BWD_ARGS) CK_ALIGN_BWD_BODY(CK_Y)
+    __attribute__((target("avx2")))
+    static ptrdiff_t ck_pool_y(CK_POOL_ARGS) CK_POOL_BODY(CK_Y)
+    __attribute__((target("avx512f")))
+    static ptrdiff_t ck_align_fwd_z(CK_ALIGN_FWD_ARGS) CK_ALIGN_FWD_BODY(CK_Z)
+    __attribute__((target("avx512f")))
+    static ptrdiff_t ck_align_bwd_z(CK_ALIGN_BWD_ARGS) CK_ALIGN_BWD_BODY(CK_Z)
+    __attribute__((target("avx512f")))
+    static ptrdiff_t ck_pool_z(CK_POOL_ARGS) CK_POOL_BODY(CK_Z)
+    #endif
+
+    /* dst[c*ldd + r] = op(src[r*lds + c]) for r < rows, c < cols, op: x * inv (kind 1),
+       x / fcount (kind 2), x (else) -- a RoI's grad block is transposed to bin-major and
+       divided by the sample count in one pass.  8x8 register blocks (AVX2), then 4x4 (SSE2),
+       then single values; columns outer (each block of dst rows is written as one run). */
+    #define CK_TR_OP(v) (kind == 1 ? (v) * inv : kind == 2 ? (v) / fcount : (v))
+    #ifdef CK_ROI_WIDE
+    __attribute__((target("avx2")))
+    static ptrdiff_t ck_transpose8(const float* src, ptrdiff_t lds, ptrdiff_t rows,
+                                   ptrdiff_t cols, float* dst, ptrdiff_t ldd, int kind,
+                                   float inv, float fcount) {
+        ptrdiff_t c = 0, r, i;
+        __m256 m = _mm256_set1_ps(kind == 1 ? inv : fcount);
+        for (; c + 8 <= cols; c += 8) {
+            for (r = 0; r + 8 <= rows; r += 8) {
+                __m256 a[8], t[8], u[8];
+                for (i = 0; i < 8; i++) a[i] = _mm256_loadu_ps(src + (r + i) * lds + c);
+                for (i = 0; i < 8; i += 2) {
+                    t[i] = _mm256_unpacklo_ps(a[i], a[i + 1]);
+                    t[i + 1] = _mm256_unpackhi_ps(a[i], a[i + 1]);
+                }
+                for (i = 0; i < 8; i += 4) {
+                    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+                    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+                    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+                    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+                }
+                for (i = 0; i < 4; i++) {
+                    a[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+                    a[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+                }
+                for (i = 0; i < 8; i++) {
+                    if (kind == 1) a[i] = _mm256_mul_ps(a[i], m);
+                    else if (kind == 2) a[i] = _mm256_div_ps(a[i], m);
+                    _mm256_storeu_ps(dst + (c + i) * ldd + r, a[i]);
+                }
+            }
+            for (; r < rows; r++)
+                for (i = 0; i < 8; i++) dst[(c + i) * ldd + r] = CK_TR_OP(src[r * lds + c + i]);
+        }
+        return c;
+    }
+    #endif
+    static void ck_transpose_sf(const float* src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
+                                float* dst, ptrdiff_t ldd, int kind, float inv, float fcount) {
+        ptrdiff_t r, c = 0, i;
+    #ifdef CK_ROI_WIDE
+        if (ck_simd_level() >= 1) c = ck_transpose8(src, lds, rows, cols, dst, ldd, kind, inv, fcount);
+    #endif
+    #ifdef CK_ROI_SSE2
+        {
+            __m128 m = _mm_set1_ps(kind == 1 ? inv : fcount);
+            for (; c + 4 <= cols; c += 4) {
+                for (r = 0; r + 4 <= rows; r += 4) {
+                    __m128 v[4];
+                    for (i = 0; i < 4; i++) v[i] = _mm_loadu_ps(src + (r + i) * lds + c);
+                    _MM_TRANSPOSE4_PS(v[0], v[1], v[2], v[3]);
+                    for (i = 0; i < 4; i++) {
+                        if (kind == 1) v[i] = _mm_mul_ps(v[i], m);
+                        else if (kind == 2) v[i] = _mm_div_ps(v[i], m);
+                        _mm_storeu_ps(dst + (c + i) * ldd + r, v[i]);
+                    }
+                }
+                for (; r < rows; r++)
+                    for (i = 0; i < 4; i++) dst[(c + i) * ldd + r] = CK_TR_OP(src[r * lds + c + i]);
+            }
+        }
+    #endif
+        for (; c < cols; c++)
+            for (r = 0; r < rows; r++)
+                dst[c * ldd + r] = CK_TR_OP(src[r * lds + c]);
+    }
+    static void ck_transpose_f(const float* src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
+                               float* dst, ptrdiff_t ldd) {
+        ck_transpose_sf(src, lds, rows, cols, dst, ldd, 0, 1.0f, 1.0f);
+    }
+    /* The same for int32 -> int64 (pool argmax). */
+    static void ck_transpose_i(const int32_t* src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
+                               int64_t* dst, ptrdiff_t ldd) {
+        ptrdiff_t r, c = 0, i;
+    #ifdef CK_ROI_SSE2
+        for (; c + 4 <= cols; c += 4) {
+            for (r = 0; r + 4 <= rows; r += 4) {
+                __m128 v[4];
+                for (i = 0; i < 4; i++) v[i] = _mm_loadu_ps((const float*)(src + (r + i) * lds + c));
+                _MM_TRANSPOSE4_PS(v[0], v[1], v[2], v[3]);
+                for (i = 0; i < 4; i++) {   /* sign-extend four int32 lanes to int64 */
+                    __m128i x = _mm_castps_si128(v[i]), sgn = _mm_srai_epi32(x, 31);
+                    _mm_storeu_si128((__m128i*)(dst + (c + i) * ldd + r), _mm_unpacklo_epi32(x, sgn));
+                    _mm_storeu_si128((__m128i*)(dst + (c + i) * ldd + r + 2), _mm_unpackhi_epi32(x, sgn));
+                }
+            }
+            for (; r < rows; r++)
+                for (i = 0; i < 4; i++) dst[(c + i) * ldd + r] = src[r * lds + c + i];
+        }
+    #endif
+        for (; c < cols; c++)
+            for (r = 0; r < rows; r++)
+                dst[c * ldd + r] = src[r * lds + c];
+    }
+    /* 1 when none of n floats is NaN/inf: an OR of (exponent bits + 1 ulp of exponent), whose
+       top bit is set only by an all-ones exponent (integer ops, so it vectorises). */
+    static int ck_all_finite_f(const float* a, ptrdiff_t n) {
+        const uint32_t* u = (const uint32_t*)a;
+        uint32_t m = 0;
+        ptrdiff_t i;
+        for (i = 0; i < n; i++) m |= (u[i] & 0x7f800000u) + 0x00800000u;
+        return (m & 0x80000000u) == 0;
+    }
+    static int ck_all_finite_d(const double* a, ptrdiff_t n) {
+        const uint64_t* u = (const uint64_t*)a;
+        uint64_t m = 0;
+        ptrdiff_t i;
+        for (i = 0; i < n; i++) m |= (u[i] & 0x7ff0000000000000ull) + 0x0010000000000000ull;
+        return (m & 0x8000000000000000ull) == 0;
+    }
+    /* dst = src (bytes), with non-temporal stores where dst is 16-byte aligned: a RoI's output
+       block is written once and not read back here, so it need not be fetched into cache first
+       (halves the memory traffic of the output).  Ends with a store fence. */
+    static void ck_stream_copy(void* dst, const void* src, size_t bytes) {
+    #ifdef CK_ROI_SSE2
+        char* d = (char*)dst;
+        const char* s = (const char*)src;
+        size_t head = (16 - ((uintptr_t)d & 15)) & 15, i;
+        if (head > bytes) head = bytes;
+        memcpy(d, s, head);
+        d += head; s += head; bytes -= head;
+        for (i = 0; i + 16 <= bytes; i += 16)
+            _mm_stream_si128((__m128i*)(d + i), _mm_loadu_si128((const __m128i*)(s + i)));
+        memcpy(d + i, s + i, bytes - i);
+        _mm_sfence();
+    #else
+        memcpy(dst, src, bytes);
+    #endif
+    }
+    /* 64-byte aligned scratch (whole vectors never straddle a cache line); free with
+       ck_free64 */
+    static void* ck_malloc64(size_t n) {
+        char* raw = (char*)malloc(n + 64 + sizeof(void*));
+        char* p;
+        if (raw == NULL) return NULL;
+        p = (char*)(((uintptr_t)(raw + sizeof(void*)) + 63) & ~(uintptr_t)63);
+        ((void**)p)[-1] = raw;
+        return p;
+    }
+    static void ck_free64(void* p) {
+        if (p != NULL) free(((void**)p)[-1]);
+    }
+    /* ---- the task runner the RoI drivers use instead of OpenMP regions ----
+       fn(ctx, i, tid) for every i in [0, n), handed out `chunk` at a time (an atomic counter)
+       to up to nthreads threads, tid in [0, nthreads) (0 is the caller).  Helper threads are
+       started per call, detached; the caller works too, then sleeps (condition variable)
+       until every task that was handed out is done -- it never waits for a helper that has
+       not taken a task yet (on a busy machine one may not be scheduled before the work is
+       over; it then finds nothing left and ends).  Nothing spins: libgomp spins at its
+       barriers, and on a machine whose CPUs are all taken that burns the very share a
+       descheduled partner needs (measured: 2 threads 2-3x slower than 1 there).  Without
+       pthreads (Windows) OpenMP runs the same loop; without either, the caller runs it. */
+    #if (defined(__unix__) || defined(__APPLE__)) && (defined(__GNUC__) || defined(__clang__))
+    #include <pthread.h>
+    #define CK_PTHREADS 1
+    #elif defined(_OPENMP)
+    #include <omp.h>
+    #endif
+    #if defined(_MSC_VER)
+    #include <intrin.h>
+    #endif
+    #define CK_MAX_THREADS 256
+    typedef void (*ck_task_fn)(void* ctx, ptrdiff_t i, int tid);
+    typedef struct {
+        ck_task_fn fn;
+        void* ctx;
+        ptrdiff_t n, chunk;
+        volatile ptrdiff_t next;    /* next task to hand out */
+        volatile ptrdiff_t done;    /* tasks finished */
+        volatile int refs;          /* the caller and the helpers still to end */
+        int tid_next;               /* helpers' tids */
+    #ifdef CK_PTHREADS
+        pthread_mutex_t mu;
+        pthread_cond_t cv;
+    #endif
+    } ck_loop_t;
+    static ptrdiff_t ck_fetch_add(volatile ptrdiff_t* p, ptrdiff_t v) {
+    #if defined(_MSC_VER)
+        return (ptrdiff_t)_InterlockedExchangeAdd64((volatile long long*)p, v);
+    #else
+        return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL);
+    #endif
+    }
+    static void ck_loop_run(ck_loop_t* L, int tid) {
+        for (;;) {
+            ptrdiff_t i = ck_fetch_add(&L->next, L->chunk), e, k;
+            if (i >= L->n) return;
+            e = L->n - i > L->chunk ? i + L->chunk : L->n;
+            for (k = i; k < e; k++) L->fn(L->ctx, k, tid);
+    #ifdef CK_PTHREADS
+            if (ck_fetch_add(&L->done, e - i) + (e - i) == L->n) {
+                pthread_mutex_lock(&L->mu);     /* the last task: wake the caller */
+                pthread_cond_signal(&L->cv);
+                pthread_mutex_unlock(&L->mu);
+            }
+    #endif
+        }
+    }
+    #ifdef CK_PTHREADS
+    static void ck_loop_release(ck_loop_t* L) {
+        if (__atomic_sub_fetch(&L->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+            pthread_mutex_destroy(&L->mu);
+            pthread_cond_destroy(&L->cv);
+            free(L);
+        }
+    }
+    static void* ck_worker_main(void* arg) {
+        ck_loop_t* L = (ck_loop_t*)arg;
+        ck_loop_run(L, __atomic_add_fetch(&L->tid_next, 1, __ATOMIC_RELAXED));
+        ck_loop_release(L);
+        return NULL;
+    }
+    #endif
+    static void ck_parallel_for(ptrdiff_t n, ptrdiff_t chunk, int nthreads, ck_task_fn fn,
+                                void* ctx) {
+        ptrdiff_t tasks;
+        if (chunk < 1) chunk = 1;
+        tasks = (n + chunk - 1) / chunk;
+        if (nthreads > CK_MAX_THREADS) nthreads = CK_MAX_THREADS;
+        if ((ptrdiff_t)nthreads > tasks) nthreads = (int)tasks;
+    #if defined(CK_PTHREADS)
+        if (nthreads > 1) {
+            ck_loop_t* L = (ck_loop_t*)malloc(sizeof(ck_loop_t));
+            pthread_attr_t attr;
+            int i;
+            if (L != NULL && pthread_attr_init(&attr) == 0) {
+                L->fn = fn; L->ctx = ctx; L->n = n; L->chunk = chunk;
+                L->next = 0; L->done = 0; L->refs = 1; L->tid_next = 0;
+                pthread_mutex_init(&L->mu, NULL);
+                pthread_cond_init(&L->cv, NULL);
+                pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+                for (i = 1; i < nthreads; i++) {   /* a helper that cannot start is not needed */
+                    pthread_t th;
+                    __atomic_add_fetch(&L->refs, 1, __ATOMIC_ACQ_REL);
+                    if (pthread_create(&th, &attr, ck_worker_main, L) != 0) {
+                        __atomic_sub_fetch(&L->refs, 1, __ATOMIC_ACQ_REL);
+                        break;
+                    }
+                }
+                pthread_attr_destroy(&attr);
+                ck_loop_run(L, 0);
+                pthread_mutex_lock(&L->mu);
+                while (__atomic_load_n(&L->done, __ATOMIC_ACQUIRE) < n)
+                    pthread_cond_wait(&L->cv, &L->mu);
+                pthread_mutex_unlock(&L->mu);
+                ck_loop_release(L);
+                return;
+            }
+            free(L);
+        }
+        {
+            ck_loop_t L1;
+            L1.fn = fn; L1.ctx = ctx; L1.n = n; L1.chunk = chunk; L1.next = 0; L1.done = 0;
+            pthread_mutex_init(&L1.mu, NULL);
+            pthread_cond_init(&L1.cv, NULL);
+            ck_loop_run(&L1, 0);
+            pthread_mutex_destroy(&L1.mu);
+            pthread_cond_destroy(&L1.cv);
+        }
+    #else
+        {
+            ck_loop_t L;
+            L.fn = fn; L.ctx = ctx; L.n = n; L.chunk = chunk; L.next = 0; L.done = 0;
+    #if defined(_OPENMP)
+            if (nthreads < 1) nthreads = 1;
+            #pragma omp parallel num_threads(nthreads)
+            ck_loop_run(&L, omp_get_thread_num());
+    #else
+            ck_loop_run(&L, 0);
+    #endif
+        }
+    #endif
+    }
+
+
+    /* The forward kernels work on blocks of CK_CHUNK channels: a block's (bins, channels)
+       results sit in an L1-sized scratch, are transposed into a second one and streamed out to
+       the (C, bins) output, whose rows of that block are one contiguous run. */
+    #define CK_CHUNK 128
+    #define CK_LD 144       /* CK_CHUNK rounded up to an odd multiple of 16 floats (no L1 set
+                               conflicts when read down a column) */
+    /* bytes of scratch a thread needs for ck_align_roi_f / ck_pool_roi_f */
+    static size_t ck_roi_scratch_bytes(ptrdiff_t nbins) {
+        return (size_t)nbins * (CK_LD * (sizeof(float) + sizeof(int32_t))
+                                + CK_CHUNK * (sizeof(float) + sizeof(int64_t))) + 64;
+    }
+
+    /* One RoI's align forward: taps as in CK_ALIGN_FWD_BODY, y the RoI's (C, nbins) output. */
+    static void ck_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nbins,
+                               const ptrdiff_t* first, const ptrdiff_t* off, const float* w,
+                               float fcount, double count, void* scratch, float* y) {
+        int kind = ck_scale_kind(fcount, count), lv = ck_simd_level();
+        float inv = 1.0f / fcount;
+        float* tb = (float*)scratch;
+        float* tr = tb + nbins * CK_LD;
+        ptrdiff_t c0, c1, c, b, t;
+        (void)lv;
+        for (c0 = 0; c0 < C; c0 = c1) {
+            c1 = C - c0 > CK_CHUNK ? c0 + CK_CHUNK : C;
+            c = c0;
+    #ifdef CK_ROI_WIDE
+            if (lv == 2) c = ck_align_fwd_z(img, C, nbins, first, off, w, kind, inv, fcount, c0, c1, tb, CK_LD);
+            else if (lv == 1) c = ck_align_fwd_y(img, C, nbins, first, off, w, kind, inv, fcount, c0, c1, tb, CK_LD);
+            else
+    #endif
+    #ifdef CK_ROI_SSE2
+            c = ck_align_fwd_x(img, C, nbins, first, off, w, kind, inv, fcount, c0, c1, tb, CK_LD);
+    #endif
+            for (; c < c1; c++) {       /* the lanes' arithmetic, one channel at a time */
+                for (b = 0; b < nbins; b++) {
+                    float a = 0, e = 0;
+                    for (t = first[b]; t + 2 <= first[b + 1]; t += 2) {
+                        a = a + w[t] * img[off[t] * C + c];
+                        e = e + w[t + 1] * img[off[t + 1] * C + c];
+                    }
+                    if (t < first[b + 1]) a = a + w[t] * img[off[t] * C + c];
+                    a = a + e;
+                    tb[b * CK_LD + c - c0] = kind == 1 ? a * inv : kind == 2 ? a / fcount : a;
+                }
+            }
+            if (kind == 0)
+                for (b = 0; b < nbins; b++)
+                    for (c = 0; c < c1 - c0; c++)
+                        tb[b * CK_LD + c] = (float)((double)tb[b * CK_LD + c] / count);
+            ck_transpose_f(tb, CK_LD, nbins, c1 - c0, tr, nbins);
+            ck_stream_copy(y + c0 * nbins, tr, (size_t)(nbins * (c1 - c0)) * sizeof(float));
+        }
+    }
+
+    /* One RoI's align backward for a block of cb channels: gyk is the RoI's grad at the
+       block's first channel ((cb, nbins), rows of nbins), gt a (nbins, cb) scratch, gb the
+       image's (H*W, cb) gradient block. */
+    static void ck_align_roi_bwd_f(float* gb, ptrdiff_t cb, ptrdiff_t nbins,
+                                   const ptrdiff_t* first, const ptrdiff_t* off, const float* w,
+                                   float fcount, double count, const float* gyk, float* gt,
+                                   const float* next) {
+        int kind = ck_scale_kind(fcount, count), lv = ck_simd_level();
+        float inv = 1.0f / fcount;
+        ptrdiff_t c = 0, b, t, n = nbins * cb, b0, b1, pf = 0;
+        (void)lv;
+        ck_transpose_sf(gyk, nbins, cb, nbins, gt, cb, kind, inv, fcount);
+        if (kind == 0)
+            for (t = 0; t < n; t++) gt[t] = (float)((double)gt[t] / count);
+        /* bins in 8 slices; between them an eighth of the next RoI's grad block is asked for,
+           so its memory reads overlap this RoI's arithmetic */
+        for (b0 = 0; b0 < nbins; b0 = b1) {
+            b1 = b0 + (nbins + 7) / 8 < nbins ? b0 + (nbins + 7) / 8 : nbins;
+    #if defined(__GNUC__) || defined(__clang__)
+            if (next != NULL)
+                for (; pf < n * (ptrdiff_t)sizeof(float) * b1 / nbins; pf += 64)
+                    __builtin_prefetch((const char*)next + pf, 0, 3);
+    #endif
+            c = 0;
+    #ifdef CK_ROI_WIDE
+            if (lv == 2) c = ck_align_bwd_z(gb, cb, b1 - b0, first + b0, off, w, gt + b0 * cb);
+            else if (lv == 1) c = ck_align_bwd_y(gb, cb, b1 - b0, first + b0, off, w, gt + b0 * cb);
+            else
+    #endif
+    #ifdef CK_ROI_SSE2
+            c = ck_align_bwd_x(gb, cb, b1 - b0, first + b0, off, w, gt + b0 * cb);
+    #endif
+        }
+        for (; c < cb; c++)
+            for (b = 0; b < nbins; b++)
+                for (t = first[b]; t < first[b + 1]; t++)
+                    gb[off[t] * cb + c] += gt[b * cb + c] * w[t];
+    }
+
+    /* One RoI's max pool on the NHWC map: y/am the RoI's (C, nbins) outputs (an empty bin
+       gives 0 and -1); blocks of CK_CHUNK channels as in ck_align_roi_f. */
+    static void ck_pool_roi_f(const float* img, ptrdiff_t W, ptrdiff_t C, ptrdiff_t ph,
+                              ptrdiff_t pw, const ptrdiff_t* hs, const ptrdiff_t* he,
+                              const ptrdiff_t* ws, const ptrdiff_t* we, void* scratch,
+                              float* y, int64_t* am) {
+        ptrdiff_t nb = ph * pw, c0, c1, c, p, q, x, b;
+        float* tb = (float*)scratch;
+        int32_t* ti = (int32_t*)(tb + nb * CK_LD);
+        float* tr = (float*)(ti + nb * CK_LD);
+        int64_t* tri = (int64_t*)(((uintptr_t)(tr + nb * CK_CHUNK) + 15) & ~(uintptr_t)15);
+        int lv = ck_simd_level();
+        (void)lv;
+        for (c0 = 0; c0 < C; c0 = c1) {
+            c1 = C - c0 > CK_CHUNK ? c0 + CK_CHUNK : C;
+            c = c0;
+    #ifdef CK_ROI_WIDE
+            if (lv == 2) c = ck_pool_z(img, W, C, ph, pw, hs, he, ws, we, c0, c1, tb, ti, CK_LD);
+            else if (lv == 1) c = ck_pool_y(img, W, C, ph, pw, hs, he, ws, we, c0, c1, tb, ti, CK_LD);
+            else
+    #endif
+    #ifdef CK_ROI_SSE2
+            c = ck_pool_x(img, W, C, ph, pw, hs, he, ws, we, c0, c1, tb, ti, CK_LD);
+    #endif
+            for (p = 0; p < ph; p++) {
+                for (q = 0; q < pw; q++) {
+                    b = p * pw + q;
+                    if (he[p] <= hs[p] || we[q] <= ws[q]) {
+                        for (x = 0; x < c1 - c0; x++) { tb[b * CK_LD + x] = 0; ti[b * CK_LD + x] = -1; }
+                        continue;
+                    }
+                    for (x = c; x < c1; x++) {
+                        float best = -FLT_MAX;
+                        int32_t bi = -1;
+                        ptrdiff_t hh, ww;
+                        for (hh = hs[p]; hh < he[p]; hh++)
+                            for (ww = ws[q]; ww < we[q]; ww++)
+                                if (img[(hh * W + ww) * C + x] > best) {
+                                    best = img[(hh * W + ww) * C + x];
+                                    bi = (int32_t)(hh * W + ww);
+                                }
+                        tb[b * CK_LD + x - c0] = best;
+                        ti[b * CK_LD + x - c0] = bi;
+                    }
+                }
+            }
+            ck_transpose_f(tb, CK_LD, nb, c1 - c0, tr, nb);
+            ck_stream_copy(y + c0 * nb, tr, (size_t)(nb * (c1 - c0)) * sizeof(float));
+            ck_transpose_i(ti, CK_LD, nb, c1 - c0, tri, nb);
+            ck_stream_copy(am + c0 * nb, tri, (size_t)(nb * (c1 - c0)) * sizeof(int64_t));
+        }
+    }
+    #if defined(__GNUC__) && !defined(__clang__)
+    #pragma GCC pop_options
+    #endif
     """
-    int ck_set_avx2(int on) noexcept nogil
+    int ck_set_simd_cap(int cap) noexcept nogil
+    int ck_all_finite_f(const float* a, Py_ssize_t n) noexcept nogil
+    int ck_all_finite_d(const double* a, Py_ssize_t n) noexcept nogil
+    void ck_transpose_f(const float* src, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t cols,
+                        float* dst, Py_ssize_t ldd) noexcept nogil
+    int ck_simd_level() noexcept nogil
     int ck_align_simd() noexcept nogil
-    void ck_roi_pool_f(const float* img, Py_ssize_t W, Py_ssize_t C, Py_ssize_t ph,
+    size_t ck_roi_scratch_bytes(Py_ssize_t nbins) noexcept nogil
+    void* ck_malloc64(size_t n) noexcept nogil
+    ctypedef void (*ck_task_fn)(void* ctx, Py_ssize_t i, int tid) noexcept nogil
+    void ck_parallel_for(Py_ssize_t n, Py_ssize_t chunk, int nthreads, ck_task_fn fn,
+                         void* ctx) noexcept nogil
+    void ck_free64(void* p) noexcept nogil
+    void ck_pool_roi_f(const float* img, Py_ssize_t W, Py_ssize_t C, Py_ssize_t ph,
                        Py_ssize_t pw, const Py_ssize_t* hs, const Py_ssize_t* he,
-                       const Py_ssize_t* ws, const Py_ssize_t* we, float* y,
-                       int64_t* am) noexcept nogil
-    void ck_align_bins_backward_f(float* gimg, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t nbins,
-                                  const Py_ssize_t* first, const Py_ssize_t* off, const float* w,
-                                  float fcount, double count, const float* gy) noexcept nogil
-    void ck_align_bins_f(const float* img, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t nbins,
-                         const Py_ssize_t* first, const Py_ssize_t* off, const float* w,
-                         float fcount, double count, float* y) noexcept nogil
+                       const Py_ssize_t* ws, const Py_ssize_t* we, void* scratch,
+                       float* y, int64_t* am) noexcept nogil
+    void ck_align_roi_f(const float* img, Py_ssize_t C, Py_ssize_t nbins, const Py_ssize_t* first,
+                        const Py_ssize_t* off, const float* w, float fcount, double count,
+                        void* scratch, float* y) noexcept nogil
+    void ck_align_roi_bwd_f(float* gb, Py_ssize_t cb, Py_ssize_t nbins, const Py_ssize_t* first,
+                            const Py_ssize_t* off, const float* w, float fcount, double count,
+                            const float* gyk, float* gt, const float* next) noexcept nogil
 
 
 cdef struct _Merged:
@@ -797,71 +1077,82 @@ cdef int _merge_axis(_Taps* t, Py_ssize_t pooled, _Merged* m, bint merge,
     return 1
 
 
-cdef void _taps_fill(_Merged* my, _Merged* mx, Py_ssize_t W, Py_ssize_t C, Py_ssize_t ph,
-                     Py_ssize_t pw, Py_ssize_t k, Py_ssize_t* first, Py_ssize_t* off,
-                     floating* w) noexcept nogil:
-    """Bin (p, q) reads pixel (r, c) with weight wy[r] * wx[c] for every distinct row r and
-    column c its samples touch; taps from index k on, bin b's are [first[b], first[b+1])."""
-    cdef Py_ssize_t p, q, a, b
+cdef void _taps_fill(_Merged* my, _Merged* mx, Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw,
+                     Py_ssize_t k, Py_ssize_t* first, Py_ssize_t* off, floating* w) noexcept nogil:
+    """Bin (p, q) reads pixel (r, c) (off = r*W + c) with weight wy[r] * wx[c] for every
+    distinct row r and column c its samples touch; taps from index k on, bin b's are
+    [first[b], first[b+1])."""
+    cdef Py_ssize_t p, q, a, b, a0, a1, b0, b1, row
     cdef const floating* wy = <const floating*>my.w
     cdef const floating* wx = <const floating*>mx.w
+    cdef const Py_ssize_t* iy = my.idx
+    cdef const Py_ssize_t* ix = mx.idx
+    cdef const Py_ssize_t* fy = my.first
+    cdef const Py_ssize_t* fx = mx.first
+    cdef floating v
     first[0] = k
     for p in range(ph):
+        a0 = fy[p]
+        a1 = fy[p + 1]
         for q in range(pw):
-            for a in range(my.first[p], my.first[p + 1]):
-                for b in range(mx.first[q], mx.first[q + 1]):
-                    off[k] = (my.idx[a] * W + mx.idx[b]) * C
-                    w[k] = wy[a] * wx[b]
-                    k += 1
+            b0 = fx[q]
+            b1 = fx[q + 1]
+            for a in range(a0, a1):
+                row = iy[a] * W
+                v = wy[a]
+                for b in range(b0, b1):
+                    off[k + b - b0] = row + ix[b]
+                    w[k + b - b0] = v * wx[b]
+                k += b1 - b0
             first[p * pw + q + 1] = k
 
 
-cdef void _bins_forward(const floating* img, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t nbins,
+cdef void _bins_forward(const floating* img, Py_ssize_t C, Py_ssize_t nbins,
                         const Py_ssize_t* first, const Py_ssize_t* off, const floating* w,
                         double count, floating* acc, floating* y) noexcept nogil:
-    """One RoI, channels [c0, c1): img is its image in HWC, y its (C, nbins) output; the
-    bin's taps summed, then divided by count once.  (ck_align_bins_f is the SSE2/AVX2
-    float32 kernel.)"""
+    """One RoI, all channels: img is its image in HWC, y its (C, nbins) output; the bin's
+    taps summed, then divided by count once.  (ck_align_roi_f is the float32 kernel.)"""
     cdef Py_ssize_t b, t, c
     cdef floating wt, fcount = <floating>count
     cdef const floating* r
     for b in range(nbins):
-        for c in range(c0, c1):
+        for c in range(C):
             acc[c] = 0
         for t in range(first[b], first[b + 1]):
             wt = w[t]
-            r = img + off[t]
-            for c in range(c0, c1):
+            r = img + off[t] * C
+            for c in range(C):
                 acc[c] = acc[c] + wt * r[c]
         if fcount == count:
             # count is exact in the data type: one division there is the same correctly
             # rounded quotient as dividing in double and rounding (the reference's way)
-            for c in range(c0, c1):
+            for c in range(C):
                 y[c * nbins + b] = acc[c] / fcount
         else:
-            for c in range(c0, c1):
+            for c in range(C):
                 y[c * nbins + b] = <floating>(<double>acc[c] / count)
 
 
-cdef void _bins_backward(floating* gimg, Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t nbins,
+cdef void _bins_backward(floating* gb, Py_ssize_t cb, Py_ssize_t nbins,
                          const Py_ssize_t* first, const Py_ssize_t* off, const floating* w,
-                         double count, const floating* gy, floating* g) noexcept nogil:
-    """Adjoint of _bins_forward: gy the RoI's (C, nbins) grad, gimg its image's HWC grad."""
+                         double count, const floating* gyk, floating* g) noexcept nogil:
+    """Adjoint of _bins_forward for cb channels: gyk the RoI's grad at the block's first
+    channel ((cb, nbins)), gb its image's (H*W, cb) gradient block."""
     cdef Py_ssize_t b, t, c
     cdef floating wt, fcount = <floating>count
     cdef floating* r
     for b in range(nbins):
         if first[b + 1] == first[b]:
             continue
-        for c in range(c0, c1):
+        for c in range(cb):
             if fcount == count:
-                g[c] = gy[c * nbins + b] / fcount
+                g[c] = gyk[c * nbins + b] / fcount
             else:
-                g[c] = <floating>(<double>gy[c * nbins + b] / count)
+                g[c] = <floating>(<double>gyk[c * nbins + b] / count)
         for t in range(first[b], first[b + 1]):
             wt = w[t]
-            r = gimg + off[t]
-            for c in range(c0, c1):
+            r = gb + off[t] * cb
+            for c in range(cb):
                 r[c] += g[c] * wt
 
 
@@ -966,209 +1257,564 @@ cdef int _separable(const floating* img, floating* gimg, Py_ssize_t W, Py_ssize_
     return 1
 
 
-def nchw_to_nhwc(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
-                 unsigned char[::1] row_finite, int n_threads):
-    """xt (N, H, W, C) = x (N, C, H, W) transposed; (n, h) rows split across threads.
-    row_finite[n*H + h]: 1 when that row of every channel holds no NaN/inf."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t nh, n, h, w, blk, c0, cc
-    cdef floating v, z
+cdef struct _Geo:
+    # one thread's scratch for the geometry of one RoI
+    _Taps* ty
+    _Taps* tx
+    _Merged* my
+    _Merged* mx
+
+
+cdef _Geo* _geo_new(Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t itemsize) noexcept nogil:
+    """A thread's geometry scratch (NULL when memory ran out)."""
+    cdef _Geo* g = <_Geo*>malloc(sizeof(_Geo))
+    if g == NULL:
+        return NULL
+    g.ty = _taps_new(ph, itemsize)
+    g.tx = _taps_new(pw, itemsize)
+    g.my = _merged_new(ph)
+    g.mx = _merged_new(pw)
+    if g.ty == NULL or g.tx == NULL or g.my == NULL or g.mx == NULL:
+        _geo_free(g)
+        return NULL
+    return g
+
+
+cdef void _geo_free(_Geo* g) noexcept nogil:
+    if g != NULL:
+        _taps_free(g.ty)
+        _taps_free(g.tx)
+        _merged_free(g.my)
+        _merged_free(g.mx)
+        free(g)
+
+
+cdef struct _RoiTab:
+    # one RoI's bilinear taps: bin b reads pixel off[t] (h*W + w) with weight w[t] for t in
+    # [first[b], first[b+1]); a dense RoI (grid above 8 x 8) has none and goes by
+    # separability; count is its bins' sample count
+    Py_ssize_t* first
+    Py_ssize_t* off
+    void* w
+    Py_ssize_t cap
+    double count
+    bint dense
+
+
+cdef _RoiTab* _tab_new(Py_ssize_t nbins) noexcept nogil:
+    """A thread's table for one RoI at a time (NULL when memory ran out)."""
+    cdef _RoiTab* t = <_RoiTab*>calloc(1, sizeof(_RoiTab))
+    if t == NULL:
+        return NULL
+    t.first = <Py_ssize_t*>malloc((nbins + 1) * sizeof(Py_ssize_t))
+    if t.first == NULL:
+        free(t)
+        return NULL
+    return t
+
+
+cdef void _tab_free(_RoiTab* t) noexcept nogil:
+    if t != NULL:
+        free(t.first)
+        free(t.off)
+        free(t.w)
+        free(t)
+
+
+cdef int _roi_table(const floating* roi, floating scale, floating offset, bint aligned,
+                    Py_ssize_t sampling_ratio, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t H,
+                    Py_ssize_t W, bint merge, _Geo* g, _RoiTab* t) noexcept nogil:
+    """One RoI's samples, per bin and axis the distinct pixels touched (with summed weights
+    when ``merge``), laid out as taps in t (grown as needed; g.ty/g.tx keep the per-axis
+    samples, which the separable route of a dense RoI uses).  0 when memory ran out."""
+    cdef Py_ssize_t n, b, nbins = ph * pw
+    if not _roi_taps(roi, scale, offset, aligned, sampling_ratio, ph, pw, H, W, g.ty, g.tx,
+                     &t.count):
+        return 0
+    t.dense = g.ty.first[ph] * g.tx.first[pw] > 64 * nbins
+    if t.dense:
+        for b in range(nbins + 1):
+            t.first[b] = 0
+        return 1
+    if not (_merge_axis(g.ty, ph, g.my, merge, <floating>0)
+            and _merge_axis(g.tx, pw, g.mx, merge, <floating>0)):
+        return 0
+    n = g.my.first[ph] * g.mx.first[pw]
+    if n > t.cap or t.off == NULL:
+        free(t.off)
+        free(t.w)
+        t.off = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t) + 1)
+        t.w = malloc(n * sizeof(floating) + 1)
+        t.cap = n
+        if t.off == NULL or t.w == NULL:
+            t.cap = 0
+            return 0
+    _taps_fill(g.my, g.mx, W, ph, pw, 0, t.first, t.off, <floating*>t.w)
+    return 1
+
+
+cdef inline bint _nhwc_row(const floating* x, floating* xt, Py_ssize_t C, Py_ssize_t H,
+                           Py_ssize_t W, Py_ssize_t nh) noexcept nogil:
+    """Row h of image n (nh = n*H + h) to NHWC: xt[n, h] (W, C) = x[n, :, h] (C, W).
+    Returns 1 when it holds no NaN/inf."""
+    cdef Py_ssize_t n = nh // H, h = nh % H, w, blk, c0, cc
+    cdef const floating* src = x + n * C * H * W + h * W
+    cdef floating* dst = xt + nh * W * C
+    if floating is float:
+        ck_transpose_f(src, H * W, C, W, dst, C)
+        return ck_all_finite_f(dst, W * C)
+    else:
+        for blk in range((C + 15) // 16):   # 16-channel blocks keep the writes in cache
+            c0 = blk * 16
+            for w in range(W):
+                for cc in range(c0, min(c0 + 16, C)):
+                    dst[w * C + cc] = src[cc * H * W + w]
+        return ck_all_finite_d(dst, W * C)
+
+
+cdef struct _Job:
+    # one roi_align / roi_pool call as seen by its tasks (arrays as raw pointers; the data
+    # type is float64 when dbl, else float32)
+    bint dbl
+    const void* x           # forward: the map (N, C, H, W); backward: grad_y (K, C, ph, pw)
+    void* xt                # forward: the NHWC copy (N, H, W, C)
+    const void* rois        # (K, 5)
+    void* y                 # forward: y (K, C, ph, pw); backward: grad_x (N, C, H, W)
+    int64_t* am             # roi_pool: argmax (K, C, ph, pw)
+    unsigned char* row_finite
+    Py_ssize_t N, C, H, W, K, ph, pw, sr, CB
+    double scale
+    bint aligned
+    _RoiTab* tabs           # roi_align backward: every RoI's taps
+    # per thread (index tid), made on first use
+    void** buf
+    void** buf2
+    _Geo** geo
+    _RoiTab** tab
+    Py_ssize_t* bad
+    const Py_ssize_t* order     # forwards: the order the RoIs are handed out in
+    int failed
+
+
+def _local_order(rois):
+    """RoIs by image, then by the row of their centre: handed out in this order, RoIs that
+    follow each other read mostly the same pixels, which are then still in cache (~10% of a
+    forward on one thread).  Outputs do not depend on it (each RoI is written alone)."""
+    r = np.asarray(rois)
+    return np.lexsort((r[:, 1] + r[:, 3], r[:, 2] + r[:, 4], r[:, 0])).astype(np.intp)
+
+
+cdef int _job_init(_Job* j, int nt) except -1:
+    j.buf = <void**>calloc(nt, sizeof(void*))
+    j.buf2 = <void**>calloc(nt, sizeof(void*))
+    j.geo = <_Geo**>calloc(nt, sizeof(_Geo*))
+    j.tab = <_RoiTab**>calloc(nt, sizeof(_RoiTab*))
+    j.bad = <Py_ssize_t*>calloc(nt, sizeof(Py_ssize_t))
+    j.tabs = NULL
+    j.order = NULL
+    j.failed = 0
+    if j.buf == NULL or j.buf2 == NULL or j.geo == NULL or j.tab == NULL or j.bad == NULL:
+        _job_free(j, nt)
+        raise MemoryError("roi: out of memory for thread scratch")
+    return 0
+
+
+cdef void _job_free(_Job* j, int nt) noexcept nogil:
+    cdef int t
+    for t in range(nt):
+        if j.buf != NULL:
+            ck_free64(j.buf[t])
+        if j.buf2 != NULL:
+            ck_free64(j.buf2[t])
+        if j.geo != NULL:
+            _geo_free(j.geo[t])
+        if j.tab != NULL:
+            _tab_free(j.tab[t])
+    free(j.buf)
+    free(j.buf2)
+    free(j.geo)
+    free(j.tab)
+    free(j.bad)
+
+
+cdef void _rows_task(void* p, Py_ssize_t nh, int tid) noexcept nogil:
+    """Forward phase 1: one (n, h) row of the map to NHWC."""
+    cdef _Job* j = <_Job*>p
+    if j.dbl:
+        j.row_finite[nh] = _nhwc_row(<const double*>j.x, <double*>j.xt, j.C, j.H, j.W, nh)
+    else:
+        j.row_finite[nh] = _nhwc_row(<const float*>j.x, <float*>j.xt, j.C, j.H, j.W, nh)
+
+
+cdef void _align_fwd_task(void* p, Py_ssize_t i, int tid) noexcept nogil:
+    cdef _Job* j = <_Job*>p
+    cdef Py_ssize_t k = j.order[i]
+    if j.dbl:
+        _align_fwd_one(j, k, tid, <double>0)
+    else:
+        _align_fwd_one(j, k, tid, <float>0)
+
+
+cdef void _align_fwd_one(_Job* j, Py_ssize_t k, int tid, floating kind) noexcept nogil:
+    """Forward phase 2: RoI k's taps, then each bin summed over them for all channels."""
+    cdef Py_ssize_t C = j.C, H = j.H, W = j.W, ph = j.ph, pw = j.pw, nbins = ph * pw, b, h
+    cdef const floating* roi = <const floating*>j.rois + k * 5
+    cdef const floating* img
+    cdef floating* y = <floating*>j.y + k * C * nbins
+    cdef bint merge = 1
+    if j.failed:
+        return
+    if j.buf[tid] == NULL:
+        j.buf[tid] = ck_malloc64(max(ck_roi_scratch_bytes(nbins), C * sizeof(floating) + 1))
+        j.geo[tid] = _geo_new(ph, pw, sizeof(floating))
+        j.tab[tid] = _tab_new(nbins)
+    if j.buf[tid] == NULL or j.geo[tid] == NULL or j.tab[tid] == NULL:
+        j.failed = 1
+        return
+    b = <Py_ssize_t>roi[0]
+    img = <const floating*>j.xt + b * H * W * C
+    for h in range(H):      # taps on one pixel merge only where the image is finite
+        merge = merge and j.row_finite[b * H + h]
+    if not _roi_table(roi, <floating>j.scale, <floating>0.5 if j.aligned else <floating>0,
+                      j.aligned, j.sr, ph, pw, H, W, merge, j.geo[tid], j.tab[tid]):
+        j.failed = 1
+    elif j.tab[tid].dense:
+        if not _separable(img, NULL, W, C, 0, C, j.geo[tid].ty, j.geo[tid].tx, ph, pw,
+                          j.tab[tid].count, y, NULL, 0):
+            j.failed = 1
+    elif floating is float:
+        ck_align_roi_f(img, C, nbins, j.tab[tid].first, j.tab[tid].off,
+                       <const float*>j.tab[tid].w, <float>j.tab[tid].count, j.tab[tid].count,
+                       j.buf[tid], y)
+    else:
+        _bins_forward(img, C, nbins, j.tab[tid].first, j.tab[tid].off,
+                      <const floating*>j.tab[tid].w, j.tab[tid].count, <floating*>j.buf[tid], y)
+
+
+def roi_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
+                      const floating[:, ::1] rois, double spatial_scale,
+                      Py_ssize_t sampling_ratio, bint aligned, floating[:, :, :, ::1] y,
+                      unsigned char[::1] row_finite, int n_threads):
+    """x (N, C, H, W) -> y (K, C, ph, pw); xt (N, H, W, C) and row_finite (N*H) are scratch.
+    The map goes to NHWC ((n, h) rows as tasks), then one RoI per task: its taps found, each
+    bin summed over them for all channels, results transposed into y.  A RoI's taps on one
+    pixel are merged only when its image holds no NaN/inf (0 * inf must stay NaN)."""
+    cdef _Job j
+    cdef int nt = max(1, n_threads)
+    cdef Py_ssize_t[::1] order = _local_order(rois)
+    _job_init(&j, nt)
+    j.dbl = floating is double
+    j.x, j.xt, j.rois, j.y, j.row_finite = &x[0, 0, 0, 0], &xt[0, 0, 0, 0], &rois[0, 0], \
+        &y[0, 0, 0, 0], &row_finite[0]
+    j.order = &order[0]
+    j.N, j.C, j.H, j.W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    j.K, j.ph, j.pw = rois.shape[0], y.shape[2], y.shape[3]
+    j.scale, j.sr, j.aligned = spatial_scale, sampling_ratio, aligned
     with nogil:
-        for nh in prange(N * H, schedule="dynamic", chunksize=2, num_threads=n_threads):
-            n = nh // H
-            h = nh % H
-            z = 0
-            for blk in range((C + 15) // 16):   # 16-channel blocks keep the writes in cache
-                c0 = blk * 16
-                for w in range(W):
-                    for cc in range(c0, min(c0 + 16, C)):
-                        v = x[n, cc, h, w]
-                        xt[n, h, w, cc] = v
-                        z = z + (v - v)         # stays 0 unless a NaN or inf passes
-            row_finite[nh] = z == 0
+        ck_parallel_for(j.N * j.H, 2, nt, _rows_task, &j)
+        ck_parallel_for(j.K, 1, nt, _align_fwd_task, &j)
+        _job_free(&j, nt)
+    if j.failed:
+        raise MemoryError("roi_align: out of memory for the sample tables or a scratch buffer")
 
 
-def nhwc_to_nchw(const floating[:, :, :, ::1] xt, floating[:, :, :, ::1] x, int n_threads):
-    """x (N, C, H, W) = xt (N, H, W, C) transposed; (n, h) rows split across threads, 16
-    channels at a time (reads of 16 contiguous values, writes to 16 contiguous rows)."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t nh, n, h, w, blk, c0, cc
-    with nogil:
-        for nh in prange(N * H, schedule="dynamic", chunksize=2, num_threads=n_threads):
-            n = nh // H
-            h = nh % H
-            for blk in range((C + 15) // 16):
-                c0 = blk * 16
-                for w in range(W):
-                    for cc in range(c0, min(c0 + 16, C)):
-                        x[n, cc, h, w] = xt[n, h, w, cc]
+cdef void _align_tab_task(void* p, Py_ssize_t k, int tid) noexcept nogil:
+    cdef _Job* j = <_Job*>p
+    if j.dbl:
+        _align_tab_one(j, k, tid, <double>0)
+    else:
+        _align_tab_one(j, k, tid, <float>0)
 
 
-def roi_align_forward(const floating[:, :, :, ::1] xt, const floating[:, ::1] rois,
-                      double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
-                      floating[:, :, :, ::1] y, const unsigned char[::1] merge, int n_threads):
-    """xt: the map in NHWC; y (K, C, ph, pw).  One RoI per task (dynamic schedule).
-    merge[k]: RoI k's image holds no NaN/inf, so its taps on one pixel may be merged."""
-    _roi_align(xt, rois, spatial_scale, sampling_ratio, aligned, y, merge, n_threads, 0)
+cdef void _align_tab_one(_Job* j, Py_ssize_t k, int tid, floating kind) noexcept nogil:
+    """Backward phase 1: RoI k's merged taps."""
+    if j.failed:
+        return
+    if j.geo[tid] == NULL:
+        j.geo[tid] = _geo_new(j.ph, j.pw, sizeof(floating))
+        if j.geo[tid] == NULL:
+            j.failed = 1
+            return
+    if not _roi_table(<const floating*>j.rois + k * 5, <floating>j.scale,
+                      <floating>0.5 if j.aligned else <floating>0, j.aligned, j.sr, j.ph, j.pw,
+                      j.H, j.W, 1, j.geo[tid], &j.tabs[k]):
+        j.failed = 1
+
+
+cdef void _align_bwd_task(void* p, Py_ssize_t blk, int tid) noexcept nogil:
+    cdef _Job* j = <_Job*>p
+    if j.dbl:
+        _align_bwd_one(j, blk, tid, <double>0)
+    else:
+        _align_bwd_one(j, blk, tid, <float>0)
+
+
+cdef void _align_bwd_one(_Job* j, Py_ssize_t task, int tid, floating kind) noexcept nogil:
+    """Backward phase 2: image n, channels [c0, c0 + nc) of grad_x, accumulated in a private
+    (H*W, nc) block over the image's RoIs in order, then transposed into grad_x's planes."""
+    cdef Py_ssize_t C = j.C, H = j.H, W = j.W, HW = j.H * j.W, K = j.K
+    cdef Py_ssize_t ph = j.ph, pw = j.pw, nbins = ph * pw, nblk = (C + j.CB - 1) // j.CB
+    cdef Py_ssize_t n = task // nblk, c0 = task % nblk * j.CB, nc = min(j.CB, C - c0)
+    cdef Py_ssize_t k, i, r, q, knext
+    cdef const floating* gy = <const floating*>j.x
+    cdef const floating* rois = <const floating*>j.rois
+    cdef const floating* gyk
+    cdef floating* gx = <floating*>j.y
+    cdef floating* gb
+    cdef floating* gt
+    cdef floating* dst
+    cdef _RoiTab* use
+    cdef _Geo* geo
+    cdef bint finite
+    if j.failed:
+        return
+    if j.buf[tid] == NULL:
+        j.buf[tid] = ck_malloc64(HW * j.CB * sizeof(floating) + 1)
+        j.buf2[tid] = ck_malloc64(nbins * j.CB * sizeof(floating) + 1)
+        if j.geo[tid] == NULL:
+            j.geo[tid] = _geo_new(ph, pw, sizeof(floating))
+        j.tab[tid] = _tab_new(nbins)
+    if j.buf[tid] == NULL or j.buf2[tid] == NULL or j.geo[tid] == NULL or j.tab[tid] == NULL:
+        j.failed = 1
+        return
+    gb = <floating*>j.buf[tid]
+    gt = <floating*>j.buf2[tid]
+    geo = j.geo[tid]
+    memset(gb, 0, HW * nc * sizeof(floating))
+    knext = 0
+    for k in range(K):      # fixed RoI order: the same sums on every run
+        if <Py_ssize_t>rois[k * 5] != n:
+            continue
+        gyk = gy + (k * C + c0) * nbins
+        if knext <= k:      # the image's next RoI, whose grad block is prefetched meanwhile
+            knext = k + 1
+            while knext < K and <Py_ssize_t>rois[knext * 5] != n:
+                knext += 1
+        if floating is float:
+            finite = ck_all_finite_f(gyk, nc * nbins)
+        else:
+            finite = ck_all_finite_d(gyk, nc * nbins)
+        use = &j.tabs[k]
+        if not finite or use.dense:     # per-corner taps, or the samples of a dense RoI
+            if not _roi_table(rois + k * 5, <floating>j.scale,
+                              <floating>0.5 if j.aligned else <floating>0, j.aligned, j.sr,
+                              ph, pw, H, W, 0, geo, j.tab[tid]):
+                j.failed = 1
+                return
+            use = j.tab[tid]
+        if use.dense:
+            if not _separable(NULL, gb, W, nc, 0, nc, geo.ty, geo.tx, ph, pw, use.count, NULL,
+                              gyk, 1):
+                j.failed = 1
+                return
+        elif floating is float:
+            ck_align_roi_bwd_f(gb, nc, nbins, use.first, use.off, <const float*>use.w,
+                               <float>use.count, use.count, gyk, gt,
+                               gy + (knext * C + c0) * nbins if knext < K else NULL)
+        else:
+            _bins_backward(gb, nc, nbins, use.first, use.off, <const floating*>use.w,
+                           use.count, gyk, gt)
+    dst = gx + (n * C + c0) * HW    # (H*W, nc) block -> the nc planes of gx, 64 pixels a step
+    for i in range(0, HW, 64):
+        if floating is float:
+            ck_transpose_f(gb + i * nc, nc, min(64, HW - i), nc, dst + i, HW)
+        else:
+            for q in range(nc):
+                for r in range(i, min(i + 64, HW)):
+                    dst[q * HW + r] = gb[r * nc + q]
 
 
 def roi_align_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1] rois,
                        double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
-                       floating[:, :, :, ::1] gxt, const unsigned char[::1] merge,
-                       int n_threads):
-    """gy (K, C, ph, pw) -> gxt (N, H, W, C), zero-filled by the caller.  One block of channels
-    per task; each walks the RoIs in order: the same sums on every run, for any thread count.
-    merge[k]: RoI k's grad is finite, so its taps on one pixel may be merged (an inf grad
-    must meet each corner weight separately: inf * 0 is NaN where inf * (0 + w) is not)."""
-    _roi_align(gxt, rois, spatial_scale, sampling_ratio, aligned, gy, merge, n_threads, 1)
-
-
-cdef _roi_align(const floating[:, :, :, ::1] img, const floating[:, ::1] rois,
-                double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
-                const floating[:, :, :, ::1] per_roi, const unsigned char[::1] merge,
-                int n_threads, bint backward):
-    """Shared driver.  Forward: img = x in NHWC (read), per_roi = y (written).  Backward:
-    per_roi = grad_y (read), img = grad_x in NHWC (written).
-
-    1. every RoI's samples (more than 64 (y, x) pairs per bin: "dense", done by separability
-       in step 3, with no table); per bin and axis the distinct pixels touched, with summed
-       weights;
-    2. for all other RoIs, every bin's (pixel, weight) taps laid out once in one table;
-    3. the channel work (the only parallel region): forward one RoI per task, backward one
-    channel block per task.  Dynamic tasks keep a busy machine from stalling on one late
-    thread.
-    """
-    cdef Py_ssize_t H = img.shape[1], W = img.shape[2], C = img.shape[3]
-    cdef Py_ssize_t K = rois.shape[0], ph = per_roi.shape[2], pw = per_roi.shape[3]
-    # backward: channel blocks of 64 (8 vectors per corner update), at least 2 per thread
-    cdef Py_ssize_t cb = max(8, min(64, (C // (2 * n_threads)) // 8 * 8))
-    cdef Py_ssize_t nbins = ph * pw, k, b, blk, c0, c1, nblk = (C + cb - 1) // cb
-    cdef floating scale = <floating>spatial_scale
-    cdef floating offset = <floating>0.5 if aligned else <floating>0
-    cdef _Taps* ty
-    cdef _Taps* tx
-    cdef _Merged* my
-    cdef _Merged* mx
-    cdef floating* buf
-    cdef double cnt
-    cdef int failed_flag = 0
-    cdef int* failed = &failed_flag      # written through a pointer: shared by the threads
-    cdef bint simd = (floating is float) and ck_align_simd()
-    dt = np.float32 if floating is float else np.float64
-    cdef Py_ssize_t[::1] npairs = np.zeros(K, np.intp)
-    cdef double[::1] count = np.ones(K)
-    # a RoI with more than 64 sample pairs per bin (grid > 8 x 8) takes the separable route
-    cdef unsigned char[::1] dense = np.zeros(K, np.uint8)
-    # the geometry is ~1% of the work: serial, so the call has a single parallel region
-    with nogil:
-        ty = _taps_new(ph, sizeof(floating))
-        tx = _taps_new(pw, sizeof(floating))
-        my = _merged_new(ph)
-        mx = _merged_new(pw)
-        if ty == NULL or tx == NULL or my == NULL or mx == NULL:
-            failed[0] = 1
-        for k in range(K):
-            if failed[0]:
-                break
-            b = <Py_ssize_t>rois[k, 0]
-            if not _roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
-                             ty, tx, &count[k]):
-                failed[0] = 1
-            elif ty.first[ph] * tx.first[pw] > 64 * nbins:
-                dense[k] = 1
-            elif _merge_axis(ty, ph, my, merge[k], <floating>0) and _merge_axis(tx, pw, mx, merge[k], <floating>0):
-                npairs[k] = my.first[ph] * mx.first[pw]
-            else:
-                failed[0] = 1
-        _taps_free(ty)
-        _taps_free(tx)
-        _merged_free(my)
-        _merged_free(mx)
-    if failed_flag:
+                       floating[:, :, :, ::1] gx, int n_threads):
+    """gy (K, C, ph, pw) -> gx (N, C, H, W) (written whole).  Every RoI's taps (a task per
+    RoI), then one (image, block of 64 channels) per task: its gradient accumulated in a
+    private (H*W, 64) scratch (zeroed, then the image's RoIs added in order: the same sums on
+    every run and for any thread count), then transposed into gx's planes of those channels.  Taps on
+    one pixel are merged, except for a RoI whose grad in the block holds a NaN/inf: that one
+    gets torchvision's separate corners (inf * 0 must give NaN, inf * (0 + w) does not)."""
+    cdef _Job j
+    cdef int nt = max(1, n_threads)
+    cdef Py_ssize_t k, K = rois.shape[0], nbins = gy.shape[2] * gy.shape[3]
+    cdef Py_ssize_t* firsts
+    _job_init(&j, nt)
+    j.tabs = <_RoiTab*>calloc(K, sizeof(_RoiTab))
+    firsts = <Py_ssize_t*>malloc(K * (nbins + 1) * sizeof(Py_ssize_t))
+    if j.tabs == NULL or firsts == NULL:
+        free(j.tabs)
+        free(firsts)
+        _job_free(&j, nt)
         raise MemoryError("roi_align: out of memory for the sample tables")
-    cdef Py_ssize_t[::1] start = np.concatenate([[0], np.cumsum(npairs)]).astype(np.intp)
-    cdef Py_ssize_t total = start[K]
-    cdef Py_ssize_t[:, ::1] first = np.empty((K, nbins + 1), np.intp)
-    cdef Py_ssize_t[::1] off = np.empty(total + 1, np.intp)
-    cdef floating[::1] w = np.empty(total + 1, dt)
+    for k in range(K):
+        j.tabs[k].first = firsts + k * (nbins + 1)
+    j.dbl = floating is double
+    j.x, j.rois, j.y = &gy[0, 0, 0, 0], &rois[0, 0], &gx[0, 0, 0, 0]
+    j.N, j.C, j.H, j.W = gx.shape[0], gx.shape[1], gx.shape[2], gx.shape[3]
+    j.K, j.ph, j.pw, j.CB = K, gy.shape[2], gy.shape[3], 64
+    j.scale, j.sr, j.aligned = spatial_scale, sampling_ratio, aligned
     with nogil:
-        ty = _taps_new(ph, sizeof(floating))
-        tx = _taps_new(pw, sizeof(floating))
-        my = _merged_new(ph)
-        mx = _merged_new(pw)
-        if ty == NULL or tx == NULL or my == NULL or mx == NULL:
-            failed[0] = 1
+        ck_parallel_for(K, 4, nt, _align_tab_task, &j)
+        ck_parallel_for(j.N * ((j.C + j.CB - 1) // j.CB), 1, nt, _align_bwd_task, &j)
         for k in range(K):
-            if failed[0]:
-                break
-            b = <Py_ssize_t>rois[k, 0]
-            if dense[k]:
-                first[k, :] = start[k]
-            elif (_roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio, ph, pw, H, W,
-                            ty, tx, &count[k])
-                  and _merge_axis(ty, ph, my, merge[k], <floating>0) and _merge_axis(tx, pw, mx, merge[k], <floating>0)):
-                _taps_fill(my, mx, W, C, ph, pw, start[k], &first[k, 0], &off[0], &w[0])
-            else:
-                failed[0] = 1
-        _taps_free(ty)
-        _taps_free(tx)
-        _merged_free(my)
-        _merged_free(mx)
-    if failed_flag:
-        raise MemoryError("roi_align: out of memory for the sample tables")
-    with nogil, parallel(num_threads=n_threads):
-        buf = <floating*>malloc(C * sizeof(floating) + 1)
-        ty = _taps_new(ph, sizeof(floating))
-        tx = _taps_new(pw, sizeof(floating))
-        if buf == NULL or ty == NULL or tx == NULL:
-            failed[0] = 1
-        if backward:
-            for blk in prange(nblk, schedule="dynamic"):
-                if buf == NULL or ty == NULL or tx == NULL:
-                    continue
-                c0 = blk * cb
-                c1 = min(c0 + cb, C)
-                for k in range(K):      # fixed RoI order: the same sums on every run
-                    b = <Py_ssize_t>rois[k, 0]
-                    if dense[k]:
-                        cnt = 1         # thread-private (count[k] is already known)
-                        if not (_roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio,
-                                          ph, pw, H, W, ty, tx, &cnt)
-                                and _separable(&img[b, 0, 0, 0], <floating*>&img[b, 0, 0, 0],
-                                               W, C, c0, c1, ty, tx, ph, pw, count[k], NULL,
-                                               &per_roi[k, 0, 0, 0], 1)):
-                            failed[0] = 1
-                    elif simd:
-                        if floating is float:
-                            ck_align_bins_backward_f(<float*>&img[b, 0, 0, 0], c0, c1, nbins,
-                                                     &first[k, 0], &off[0], &w[0],
-                                                     <float>count[k], count[k],
-                                                     &per_roi[k, 0, 0, 0])
-                    else:
-                        _bins_backward(<floating*>&img[b, 0, 0, 0], c0, c1, nbins, &first[k, 0],
-                                       &off[0], &w[0], count[k], &per_roi[k, 0, 0, 0], buf)
-        else:
-            for k in prange(K, schedule="dynamic"):
-                if buf == NULL or ty == NULL or tx == NULL:
-                    continue
-                b = <Py_ssize_t>rois[k, 0]
-                if dense[k]:
-                    cnt = 1
-                    if not (_roi_taps(&rois[k, 0], scale, offset, aligned, sampling_ratio,
-                                      ph, pw, H, W, ty, tx, &cnt)
-                            and _separable(&img[b, 0, 0, 0], NULL, W, C, 0, C, ty, tx, ph, pw,
-                                           count[k], <floating*>&per_roi[k, 0, 0, 0], NULL, 0)):
-                        failed[0] = 1
-                elif simd:
-                    if floating is float:
-                        ck_align_bins_f(&img[b, 0, 0, 0], 0, C, nbins, &first[k, 0], &off[0],
-                                        &w[0], <float>count[k], count[k],
-                                        <float*>&per_roi[k, 0, 0, 0])
-                else:
-                    _bins_forward(&img[b, 0, 0, 0], 0, C, nbins, &first[k, 0], &off[0], &w[0],
-                                  count[k], buf, <floating*>&per_roi[k, 0, 0, 0])
-        free(buf)
-        _taps_free(ty)
-        _taps_free(tx)
-    if failed_flag:
-        raise MemoryError("roi_align: out of memory for a channel buffer or the separable rows")
+            free(j.tabs[k].off)
+            free(j.tabs[k].w)
+        free(j.tabs)
+        free(firsts)
+        _job_free(&j, nt)
+    if j.failed:
+        raise MemoryError("roi_align: out of memory for the sample tables or a scratch buffer")
+
+
+# ------------------------------------------------------------------ roi pool on the task runner
+cdef void _pool_fwd_task(void* p, Py_ssize_t i, int tid) noexcept nogil:
+    """One RoI of the float32 NHWC max pool: bins found once, each bin's pixels scanned for
+    all channels, results transposed from a (bins, channels) scratch."""
+    cdef _Job* j = <_Job*>p
+    cdef Py_ssize_t ph = j.ph, pw = j.pw, C = j.C, b, k = j.order[i]
+    cdef const float* roi = <const float*>j.rois + k * 5
+    cdef Py_ssize_t* e
+    if j.failed:
+        return
+    if j.buf[tid] == NULL:
+        j.buf[tid] = ck_malloc64(ck_roi_scratch_bytes(ph * pw))
+        j.buf2[tid] = ck_malloc64(2 * (ph + pw) * sizeof(Py_ssize_t))
+    if j.buf[tid] == NULL or j.buf2[tid] == NULL:
+        j.failed = 1
+        return
+    e = <Py_ssize_t*>j.buf2[tid]
+    b = <Py_ssize_t>roi[0]
+    roi_pool_bins(roi, <float>j.scale, ph, pw, j.H, j.W, e, e + ph, e + 2 * ph,
+                  e + 2 * ph + pw)
+    ck_pool_roi_f(<const float*>j.xt + b * j.H * j.W * C, j.W, C, ph, pw, e, e + ph,
+                  e + 2 * ph, e + 2 * ph + pw, j.buf[tid], <float*>j.y + k * C * ph * pw,
+                  j.am + k * C * ph * pw)
+
+
+def roi_pool_forward_nhwc(const float[:, :, :, ::1] x, float[:, :, :, ::1] xt,
+                          const float[:, ::1] rois, double spatial_scale, float[:, :, ::1] y,
+                          int64_t[:, :, ::1] argmax, Py_ssize_t ph, Py_ssize_t pw,
+                          int n_threads):
+    """float32, x (N, C, H, W) (H*W < 2**31): y, argmax (K, C, ph*pw); xt (N, H, W, C) is
+    scratch.  The map goes to NHWC ((n, h) rows as tasks), then one RoI per task.  Same bins
+    and results as roi_pool_forward."""
+    cdef _Job j
+    cdef int nt = max(1, n_threads)
+    cdef unsigned char[::1] rows = np.empty(x.shape[0] * x.shape[2], np.uint8)
+    cdef Py_ssize_t[::1] order = _local_order(rois)
+    _job_init(&j, nt)
+    j.order = &order[0]
+    j.dbl = 0
+    j.x, j.xt, j.rois, j.y, j.am, j.row_finite = &x[0, 0, 0, 0], &xt[0, 0, 0, 0], \
+        &rois[0, 0], &y[0, 0, 0], &argmax[0, 0, 0], &rows[0]
+    j.N, j.C, j.H, j.W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    j.K, j.ph, j.pw, j.scale = rois.shape[0], ph, pw, spatial_scale
+    with nogil:
+        ck_parallel_for(j.N * j.H, 2, nt, _rows_task, &j)
+        ck_parallel_for(j.K, 1, nt, _pool_fwd_task, &j)
+        _job_free(&j, nt)
+    if j.failed:
+        raise MemoryError("roi_pool_forward: out of memory for a scratch buffer")
+
+
+cdef void _pool_bwd_task(void* p, Py_ssize_t blk, int tid) noexcept nogil:
+    cdef _Job* j = <_Job*>p
+    if j.dbl:
+        _pool_bwd_one(j, blk, tid, <double>0)
+    else:
+        _pool_bwd_one(j, blk, tid, <float>0)
+
+
+cdef void _pool_bwd_one(_Job* j, Py_ssize_t blk, int tid, floating kind) noexcept nogil:
+    """Channels [c0, c0 + 32) of grad_x (zeroed, then every RoI's grad added at its argmax,
+    RoIs in order: the same sums on every run and for any thread count)."""
+    cdef Py_ssize_t C = j.C, HW = j.H * j.W, P = j.ph * j.pw, n, k, o, b, c
+    cdef Py_ssize_t c0 = blk * j.CB, c1 = min(c0 + j.CB, C)
+    cdef const floating* gy = <const floating*>j.x
+    cdef const floating* rois = <const floating*>j.rois
+    cdef floating* gx = <floating*>j.y
+    cdef const floating* g
+    cdef const int64_t* am
+    cdef floating* plane
+    cdef int64_t a
+    for n in range(j.N):
+        memset(gx + (n * C + c0) * HW, 0, (c1 - c0) * HW * sizeof(floating))
+    for k in range(j.K):
+        b = <Py_ssize_t>rois[k * 5]
+        for c in range(c0, c1):
+            g = gy + (k * C + c) * P
+            am = j.am + (k * C + c) * P
+            plane = gx + (b * C + c) * HW
+            for o in range(P):
+                a = am[o]
+                if a >= 0 and a < HW:
+                    plane[a] += g[o]
+                elif a != -1:
+                    j.bad[tid] += 1
+
+
+def roi_pool_backward(const floating[:, :, ::1] gy, const floating[:, ::1] rois,
+                      const int64_t[:, :, ::1] argmax, floating[:, :, ::1] gx, int n_threads):
+    """gy, argmax (K, C, ph*pw); gx (N, C, H*W) (written whole).  Each task owns a block of
+    32 channels and adds the RoIs in order (the RoI loop outside, so each RoI's slice of
+    argmax / grad_y is read contiguously).  Returns the number of argmax entries outside
+    [-1, H*W) (skipped; the caller raises and discards gx)."""
+    cdef _Job j
+    cdef int nt = max(1, n_threads), t
+    cdef Py_ssize_t bad = 0
+    _job_init(&j, nt)
+    j.dbl = floating is double
+    j.x, j.rois, j.y, j.am = &gy[0, 0, 0], &rois[0, 0], &gx[0, 0, 0], <int64_t*>&argmax[0, 0, 0]
+    j.N, j.C, j.H, j.W = gx.shape[0], gy.shape[1], 1, gx.shape[2]
+    j.K, j.ph, j.pw, j.CB = gy.shape[0], 1, gy.shape[2], 32
+    with nogil:
+        ck_parallel_for((j.C + 31) // 32, 1, nt, _pool_bwd_task, &j)
+        for t in range(nt):
+            bad += j.bad[t]
+        _job_free(&j, nt)
+    return bad
+
+
+cdef void _pool_nchw_task(void* p, Py_ssize_t k, int tid) noexcept nogil:
+    cdef _Job* j = <_Job*>p
+    if j.dbl:
+        _pool_nchw_one(j, k, tid, <double>0)
+    else:
+        _pool_nchw_one(j, k, tid, <float>0)
+
+
+cdef void _pool_nchw_one(_Job* j, Py_ssize_t k, int tid, floating kind) noexcept nogil:
+    """One RoI of the plain max pool on the NCHW map (float64, or no SSE2)."""
+    cdef Py_ssize_t C = j.C, H = j.H, W = j.W, ph = j.ph, pw = j.pw, b
+    cdef const floating* roi = <const floating*>j.rois + k * 5
+    cdef Py_ssize_t* e
+    if j.failed:
+        return
+    if j.buf[tid] == NULL:
+        j.buf[tid] = ck_malloc64(2 * (ph + pw) * sizeof(Py_ssize_t))
+        if j.buf[tid] == NULL:
+            j.failed = 1
+            return
+    e = <Py_ssize_t*>j.buf[tid]
+    b = <Py_ssize_t>roi[0]
+    roi_pool_bins(roi, <floating>j.scale, ph, pw, H, W, e, e + ph, e + 2 * ph, e + 2 * ph + pw)
+    roi_pool_one(<const floating*>j.x + b * C * H * W, C, H, W, ph, pw, e, e + ph, e + 2 * ph,
+                 e + 2 * ph + pw, <floating*>j.y + k * C * ph * pw, j.am + k * C * ph * pw)
+
+
+def roi_pool_forward(const floating[:, :, :, ::1] x, const floating[:, ::1] rois,
+                     double spatial_scale, floating[:, :, :, ::1] y,
+                     int64_t[:, :, :, ::1] argmax, int n_threads):
+    """y, argmax (K, C, ph, pw); rois (K, 5) valid (checked at the boundary).  One RoI per
+    task on the NCHW map (float64, or no SSE2; float32 goes by roi_pool_forward_nhwc)."""
+    cdef _Job j
+    cdef int nt = max(1, n_threads)
+    _job_init(&j, nt)
+    j.dbl = floating is double
+    j.x, j.rois, j.y, j.am = &x[0, 0, 0, 0], &rois[0, 0], &y[0, 0, 0, 0], &argmax[0, 0, 0, 0]
+    j.N, j.C, j.H, j.W = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    j.K, j.ph, j.pw, j.scale = rois.shape[0], y.shape[2], y.shape[3], spatial_scale
+    with nogil:
+        ck_parallel_for(j.K, 1, nt, _pool_nchw_task, &j)
+        _job_free(&j, nt)
+    if j.failed:
+        raise MemoryError("roi_pool_forward: out of memory for bin tables")

@@ -1,9 +1,11 @@
 """CPU RoI pooling and RoI align: Python wrappers around ``_roi`` (torchvision's rules; see
 convkit/reference/roi.py for the statement of each rule).
 
-roi_align (and float32 roi_pool) run on an NHWC copy of the map (made by a parallel transpose),
-so a pixel's channels are contiguous; roi_align's backward accumulates an NHWC gradient and
-transposes it back.
+roi_align (and float32 roi_pool) forwards run on an NHWC copy of the map (made by a parallel
+transpose), so a pixel's channels are contiguous; roi_align's backward accumulates each block
+of 64 channels of one image in a private pixel-major scratch and transposes it into grad_x's
+planes.
+Threads come from _roi's own task runner (joined by sleeping, not spinning).
 """
 from __future__ import annotations
 
@@ -12,12 +14,22 @@ import numpy as np
 from .._config import get_num_threads
 from . import _roi
 
-# Below this many output values (K*C*ph*pw) a call runs on one thread (OpenMP fork ~10 us).
+# Below this many output values (K*C*ph*pw) a call runs on one thread (a thread start ~10 us).
 _PARALLEL_MIN = 1 << 12
 
 
 def _threads(work):
     return 1 if work < _PARALLEL_MIN else get_num_threads()
+
+
+def _empty64(shape, dtype):
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary (the
+    kernels' whole-vector loads of a pixel's channels then never straddle cache lines)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    raw = np.empty(n * dtype.itemsize + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def roi_pool_forward(x, rois, output_size, spatial_scale, out=None):
@@ -28,11 +40,10 @@ def roi_pool_forward(x, rois, output_size, spatial_scale, out=None):
     N, _, H, W = x.shape
     nt = _threads(y.size * 4)
     if x.dtype == np.float32 and H * W < 2**31 and _roi.simd_available():
-        # float32: channel-vectorised on an NHWC copy (eight channels per compare)
-        xt = np.empty((N, H, W, C), x.dtype)
-        _roi.nchw_to_nhwc(x, xt, np.empty(N * H, np.uint8), nt)
-        _roi.roi_pool_forward_nhwc(xt, rois, float(spatial_scale), y.reshape(K, C, -1),
-                                   argmax.reshape(K, C, -1), shape[2], shape[3], nt)
+        # float32: channel-vectorised on an NHWC copy
+        _roi.roi_pool_forward_nhwc(x, _empty64((N, H, W, C), x.dtype), rois, float(spatial_scale),
+                                   y.reshape(K, C, -1), argmax.reshape(K, C, -1), shape[2],
+                                   shape[3], nt)
     else:
         _roi.roi_pool_forward(x, rois, float(spatial_scale), y, argmax, nt)
     return y, argmax
@@ -56,25 +67,15 @@ def roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, align
     shape = (K, C) + tuple(output_size)
     y = out if out is not None else np.empty(shape, x.dtype)
     nt = _threads(K * C * shape[2] * shape[3] + x.size)
-    xt = np.empty((N, H, W, C), x.dtype)
-    rows_ok = np.empty(N * H, np.uint8)
-    _roi.nchw_to_nhwc(x, xt, rows_ok, nt)
-    # a RoI may merge the taps that fall on one pixel only where its image is finite
-    merge = rows_ok.reshape(N, H).all(axis=1)[rois[:, 0].astype(np.intp)].astype(np.uint8)
-    _roi.roi_align_forward(xt, rois, float(spatial_scale), int(sampling_ratio), bool(aligned),
-                           y, merge, nt)
+    _roi.roi_align_forward(x, _empty64((N, H, W, C), x.dtype), rois, float(spatial_scale),
+                           int(sampling_ratio), bool(aligned), y, np.empty(N * H, np.uint8), nt)
     return y
 
 
 def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sampling_ratio,
                        aligned):
     N, C, H, W = input_shape
-    nt = _threads(grad_y.size + N * C * H * W)
-    gxt = np.zeros((N, H, W, C), grad_y.dtype)
-    # merged taps only for RoIs whose grad is finite (one pass, ~1 ms for 512x256x7x7)
-    merge = np.isfinite(grad_y.reshape(grad_y.shape[0], -1)).all(axis=1).astype(np.uint8)
-    _roi.roi_align_backward(grad_y, rois, float(spatial_scale), int(sampling_ratio),
-                            bool(aligned), gxt, merge, nt)
     gx = np.empty(input_shape, grad_y.dtype)
-    _roi.nhwc_to_nchw(gxt, gx, nt)
+    _roi.roi_align_backward(grad_y, rois, float(spatial_scale), int(sampling_ratio),
+                            bool(aligned), gx, _threads(grad_y.size + N * C * H * W))
     return gx
