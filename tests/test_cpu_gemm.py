@@ -13,7 +13,9 @@ _gemm = pytest.importorskip("convkit.cpu._gemm", reason="the cpu extensions are 
 # several MC blocks (m > 96) with a ragged end; k over one KC block (192) with a remainder;
 # n over one NC block (1008) with a remainder; the conv shapes of the benchmark suite.
 SHAPES = [(1, 1, 1), (3, 5, 2), (8, 48, 192), (9, 49, 193), (17, 97, 7), (100, 50, 400),
-          (200, 1100, 30), (64, 1009, 385), (6, 784, 25), (64, 300, 147), (130, 33, 1)]
+          (200, 1100, 30), (64, 1009, 385), (6, 784, 25), (64, 300, 147), (130, 33, 1),
+          # last panels of 1-4 rows with 1, 2 or 3 vectors of columns (the 4-row edge kernels)
+          (4, 40, 10), (2, 20, 300), (18, 100, 512), (12, 32, 256), (99, 143, 20)]
 
 
 def _operands(rng, m, n, k, ta, tb, dtype):
@@ -61,15 +63,17 @@ def test_gemm_writes_only_its_rows_and_columns():
     """C as rows of a bigger array: the rows around it keep their values (the edge tiles store
     with row counts and lane masks, never past the last row or column of C)."""
     rng = np.random.default_rng(2)
-    m, n, k = 11, 53, 200
-    a, b = _operands(rng, m, n, k, False, False, np.float32)
-    # (gemm_into takes C-contiguous views: the rows above and below C are the neighbours)
-    big2 = rng.standard_normal((m + 4, n)).astype(np.float32)
-    before2 = big2.copy()
-    _gemm.gemm_into(False, False, 1.0, a, b, 0.0, big2[2:2 + m])
-    np.testing.assert_array_equal(big2[:2], before2[:2])
-    np.testing.assert_array_equal(big2[2 + m:], before2[2 + m:])
-    np.testing.assert_allclose(big2[2:2 + m], a.astype(np.float64) @ b, rtol=1e-5, atol=1e-4)
+    for m, n, k in [(11, 53, 200), (4, 40, 10), (2, 20, 300), (18, 100, 512), (99, 143, 20)]:
+        for tb in (False, True):
+            a, b = _operands(rng, m, n, k, False, tb, np.float32)
+            # (gemm_into takes C-contiguous views: the rows above and below C are the neighbours)
+            big2 = rng.standard_normal((m + 4, n)).astype(np.float32)
+            before2 = big2.copy()
+            _gemm.gemm_into(False, tb, 1.0, a, b, 0.5, big2[2:2 + m])
+            np.testing.assert_array_equal(big2[:2], before2[:2])
+            np.testing.assert_array_equal(big2[2 + m:], before2[2 + m:])
+            want = a.astype(np.float64) @ (b.T if tb else b) + 0.5 * before2[2:2 + m]
+            np.testing.assert_allclose(big2[2:2 + m], want, rtol=1e-5, atol=1e-4)
 
 
 def test_gemm_is_deterministic():

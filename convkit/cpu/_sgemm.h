@@ -196,17 +196,18 @@ CK_TARGET static void ck_pack_b_block(int tb, const float *b, ptrdiff_t ldb, ptr
 /* c (MR x 16*nv, row stride ldc) = alpha * (packed a panel @ the first 16*nv columns of the
  * b panel: packed (bs = NR), or rows of B itself (bs = ldb)) + beta * c (+ rb[r] on row r when rb is not NULL), written for rows
  * r < mrows and, in the last vector of each row, the lanes in `last` only: the edges of C
- * need no scratch tile and no scalar copy.  nv is a constant in each instance below, so the
- * loops over the tile unroll fully and the accumulators live in registers (no spills:
- * MR*nv + nv + 1 <= 32). */
+ * need no scratch tile and no scalar copy.  Only the first mrc rows are computed (mrows <=
+ * mrc <= MR: a last panel of 1-4 rows costs half a full one or less).  mrc and nv are
+ * constants in each instance below, so the loops over the tile unroll fully and the
+ * accumulators live in registers (no spills: MR*nv + nv + 1 <= 32). */
 CK_TARGET static inline __attribute__((always_inline)) void
-ck_kernel_body(int nv, ptrdiff_t kc, const float *a, const float *b, ptrdiff_t bs, float *c,
-               ptrdiff_t ldc, float alpha, float beta, const float *rb, int mrows,
+ck_kernel_body(int mrc, int nv, ptrdiff_t kc, const float *a, const float *b, ptrdiff_t bs,
+               float *c, ptrdiff_t ldc, float alpha, float beta, const float *rb, int mrows,
                __mmask16 last)
 {
     __m512 acc[CK_MR][CK_NV];
 #pragma GCC unroll 16
-    for (int r = 0; r < CK_MR; ++r)
+    for (int r = 0; r < mrc; ++r)
 #pragma GCC unroll 4
         for (int v = 0; v < nv; ++v)
             acc[r][v] = _mm512_setzero_ps();
@@ -220,7 +221,7 @@ ck_kernel_body(int nv, ptrdiff_t kc, const float *a, const float *b, ptrdiff_t b
             for (int v = 1; v < nv; ++v)
                 _mm_prefetch((const char *)(b + 8 * bs + 16 * v), _MM_HINT_T0);
 #pragma GCC unroll 16
-        for (int r = 0; r < CK_MR; ++r) {
+        for (int r = 0; r < mrc; ++r) {
             __m512 av = _mm512_set1_ps(a[r]);
 #pragma GCC unroll 4
             for (int v = 0; v < nv; ++v)
@@ -231,7 +232,7 @@ ck_kernel_body(int nv, ptrdiff_t kc, const float *a, const float *b, ptrdiff_t b
     }
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
 #pragma GCC unroll 16
-    for (int r = 0; r < CK_MR; ++r) {
+    for (int r = 0; r < mrc; ++r) {
         if (r >= mrows)
             break;
         float *cr = c + r * ldc;
@@ -254,9 +255,9 @@ CK_TARGET static void ck_kernel(ptrdiff_t kc, const float *a, const float *b, fl
                                 ptrdiff_t ldc, float alpha, float beta, const float *rb)
 {
     if (rb == NULL)
-        ck_kernel_body(CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, NULL, CK_MR, 0xFFFF);
+        ck_kernel_body(CK_MR, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, NULL, CK_MR, 0xFFFF);
     else
-        ck_kernel_body(CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, CK_MR, 0xFFFF);
+        ck_kernel_body(CK_MR, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, CK_MR, 0xFFFF);
 }
 
 /* any tile rows, a full-width panel read straight from B's rows (bs = ldb, not packed) */
@@ -264,7 +265,12 @@ CK_TARGET static void ck_kernel_direct(ptrdiff_t mr, ptrdiff_t kc, const float *
                                        const float *b, ptrdiff_t bs, float *c, ptrdiff_t ldc,
                                        float alpha, float beta, const float *rb)
 {
-    ck_kernel_body(CK_NV, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF);
+    if (mr <= 2)
+        ck_kernel_body(2, CK_NV, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF);
+    else if (mr <= 4)
+        ck_kernel_body(4, CK_NV, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF);
+    else
+        ck_kernel_body(CK_MR, CK_NV, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF);
 }
 
 /* an edge tile: mr <= MR rows, nr <= NR columns, with as few vectors per row as cover nr */
@@ -274,14 +280,23 @@ CK_TARGET static void ck_kernel_edge(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t kc, c
 {
     int nv = (int)((nr + 15) / 16), rows = (int)mr;
     __mmask16 last = ck_mask(nr - 16 * (nv - 1));
-    if (nv == 1)
-        ck_kernel_body(1, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
+    if (rows <= 4) {  /* a last panel of few rows: half the products (most of them padding) */
+        if (nv == 1)
+            ck_kernel_body(4, 1, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
+#if CK_NV > 2
+        else if (nv == 2)
+            ck_kernel_body(4, 2, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
+#endif
+        else
+            ck_kernel_body(4, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
+    } else if (nv == 1)
+        ck_kernel_body(CK_MR, 1, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
 #if CK_NV > 2
     else if (nv == 2)
-        ck_kernel_body(2, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
+        ck_kernel_body(CK_MR, 2, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
 #endif
     else
-        ck_kernel_body(CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
+        ck_kernel_body(CK_MR, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
 }
 
 /* k in near-equal blocks of about CK_KC (at most CK_KC_MAX): k = 196 (a 14x14 map's
