@@ -1125,3 +1125,96 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                 _batch_col2im(buf, L, nb, Cg, KH, KW, dh, dw, Hp, Wp, &idx[0], Wo, sw == 1,
                               buf + CgKK * L,
                               &gx[n0, g * Cg, 0, 0], C * H * W, H, W, pt, pl)
+
+
+# ---------------------------------------------------------------------------- dense maps
+# For tiny planes (2x2 with a 3x3 kernel) the conv is a small dense linear map from an image's
+# C*H*W inputs to its F*Ho*Wo outputs, Wd[(c, hi, wi), (f, ho, wo)] = w[f, c, kh, kw] (0 where no
+# tap connects them).  With x as the (N, C*H*W) matrix it already is, y = x @ Wd is one GEMM
+# straight into y's layout -- no im2col, no copies -- and grad_x = gy @ Wd^T,
+# grad_Wd = x^T @ gy; grad_weight folds grad_Wd back onto the taps.  It does H*W / (KH*KW) times
+# the multiplies of im2col (4/9 for 2x2 under a 3x3 kernel: the taps that read padding are
+# skipped).
+
+def dense_weight(const floating[:, :, :, ::1] w, floating[:, ::1] wd, Py_ssize_t H, Py_ssize_t W,
+                 Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                 Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw):
+    """wd (C*H*W, F*Ho*Wo) = the dense map of the (groups = 1) conv w: zeroed, then each tap's
+    weights written at (c, hi, wi), (f, ho, wo)."""
+    cdef Py_ssize_t F = w.shape[0], C = w.shape[1], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t HW = H * W, HoWo = Ho * Wo, c, f, kh, kw, ho, wo, hi, wi, o
+    cdef floating* row
+    with nogil:
+        memset(&wd[0, 0], 0, wd.shape[0] * wd.shape[1] * sizeof(floating))
+        for c in range(C):
+            for kh in range(KH):
+                for kw in range(KW):
+                    for ho in range(Ho):
+                        hi = ho * sh + kh * dh - pt
+                        if hi < 0 or hi >= H:
+                            continue
+                        for wo in range(Wo):
+                            wi = wo * sw + kw * dw - pl
+                            if wi < 0 or wi >= W:
+                                continue
+                            row = &wd[c * HW + hi * W + wi, 0]
+                            o = ho * Wo + wo
+                            for f in range(F):
+                                row[f * HoWo + o] = w[f, c, kh, kw]
+
+
+def dense_fold(const floating[:, ::1] gwd, floating[:, :, :, ::1] gw, Py_ssize_t H,
+               Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t sh, Py_ssize_t sw,
+               Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw):
+    """gw (OUT, any contents)[f, c, kh, kw] = the sum of gwd over the (input, output) pairs tap
+    (kh, kw) connects, in (ho, wo) order: the adjoint of dense_weight."""
+    cdef Py_ssize_t F = gw.shape[0], C = gw.shape[1], KH = gw.shape[2], KW = gw.shape[3]
+    cdef Py_ssize_t HW = H * W, HoWo = Ho * Wo, c, f, kh, kw, ho, wo, hi, wi, o
+    cdef bint first
+    cdef const floating* row
+    with nogil:
+        for c in range(C):
+            for kh in range(KH):
+                for kw in range(KW):
+                    first = True
+                    for ho in range(Ho):
+                        hi = ho * sh + kh * dh - pt
+                        if hi < 0 or hi >= H:
+                            continue
+                        for wo in range(Wo):
+                            wi = wo * sw + kw * dw - pl
+                            if wi < 0 or wi >= W:
+                                continue
+                            row = &gwd[c * HW + hi * W + wi, 0]
+                            o = ho * Wo + wo
+                            if first:
+                                for f in range(F):
+                                    gw[f, c, kh, kw] = row[f * HoWo + o]
+                                first = False
+                            else:
+                                for f in range(F):
+                                    gw[f, c, kh, kw] += row[f * HoWo + o]
+                    if first:           # a tap that only ever reads padding
+                        for f in range(F):
+                            gw[f, c, kh, kw] = 0
+
+
+def gemm_rows(bint trans_a, bint trans_b, const floating[:, ::1] a, const floating[:, ::1] b,
+              floating[:, ::1] c, Py_ssize_t k, int n_threads):
+    """c (m x n) = op(a) @ op(b) (op(a) m x k), its rows split into one block per thread (a
+    multiple of 8 rows each).  Rows are independent sums in the GEMM's fixed k order, so the
+    bits do not depend on the split."""
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], lda = a.shape[1], ldb = b.shape[1]
+    cdef Py_ssize_t rows = (((m + n_threads - 1) // n_threads) + 7) // 8 * 8
+    cdef Py_ssize_t nblk = (m + rows - 1) // rows, t, i0, mb
+    with nogil:
+        if nblk <= 1:
+            gemm(trans_a, trans_b, m, n, k, <floating>1, &a[0, 0], lda, &b[0, 0], ldb,
+                 <floating>0, &c[0, 0], n)
+        else:
+            for t in prange(nblk, schedule="static", num_threads=n_threads):
+                i0 = t * rows
+                mb = _min(rows, m - i0)
+                gemm(trans_a, trans_b, mb, n, k, <floating>1,
+                     (&a[0, 0] + i0) if trans_a else (&a[0, 0] + i0 * lda), lda, &b[0, 0], ldb,
+                     <floating>0, &c[0, 0] + i0 * n, n)

@@ -1,0 +1,128 @@
+"""The cpu backend's paths for tiny maps (the small ResNet on 8x8 digits): the dense-map conv
+(planes no bigger than the kernel, e.g. 2x2 under 3x3: one GEMM with the conv's dense matrix),
+against torch and a float64 adjoint check, thread-count independence, and the workspace cap.
+"""
+import numpy as np
+import pytest
+
+import convkit
+from convkit.cpu import conv as cpu_conv
+
+ok, why = convkit.backend_status("cpu")
+pytestmark = pytest.mark.skipif(not ok, reason=why[:300])
+
+# (id, x shape, w shape, stride, padding, dilation)
+DENSE = [
+    ("2x2_3x3_pad1", (5, 7, 2, 2), (6, 7, 3, 3), (1, 1), (1, 1), (1, 1)),
+    ("1x1_3x3_pad1", (4, 3, 1, 1), (5, 3, 3, 3), (1, 1), (1, 1), (1, 1)),
+    ("3x3_valid", (3, 4, 3, 3), (2, 4, 3, 3), (1, 1), (0, 0), (1, 1)),
+    ("2x3_s2_asym", (3, 5, 2, 3), (4, 5, 3, 3), (2, 1), (1, 2), (1, 1)),
+    ("2x2_dil2", (2, 3, 2, 2), (4, 3, 3, 3), (1, 1), (2, 2), (2, 2)),
+    ("2x2_5x5_s2", (3, 2, 2, 2), (3, 2, 5, 5), (2, 2), (2, 2), (1, 1)),
+    ("2x2_same_even", (3, 4, 2, 2), (5, 4, 2, 2), (1, 1), "same", (1, 1)),    # pad 0 / 1
+    ("taps_only_padding", (2, 3, 2, 2), (2, 3, 3, 3), (1, 1), (3, 3), (1, 1)),
+]
+
+
+def _case_args(case):
+    _, xs, ws, stride, pad, dil = case
+    return xs, ws, dict(stride=stride, padding=pad, dilation=dil)
+
+
+def _run(x, w, b, gy, kw, needs_input_grad=True):
+    with convkit.use_backend("cpu"):
+        y = convkit.conv2d_forward(x, w, b, **kw)
+        if gy is None:
+            return y
+        g = convkit.conv2d_backward(gy, x, w, **kw, needs_input_grad=needs_input_grad,
+                                    has_bias=b is not None)
+    return (y,) + tuple(g)
+
+
+def test_cases_take_the_dense_path():
+    for case in DENSE:
+        (N, C, H, W), (F, _, KH, KW), _ = _case_args(case)
+        assert cpu_conv._dense_ok(C, H, W, F, KH, KW, 1, 1, 1), case[0]
+    # a 4x4 plane under a 3x3 kernel stays on the batch im2col path
+    assert not cpu_conv._dense_ok(32, 4, 4, 32, 3, 3, 4, 4, 1)
+    assert not cpu_conv._dense_ok(8, 2, 2, 8, 3, 3, 2, 2, 2)      # grouped
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", DENSE, ids=lambda c: c[0])
+def test_dense_matches_torch(case, dtype, torch):
+    xs, ws, kw = _case_args(case)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = torch.nn.functional.conv2d(tx, tw, tb, **kw)
+    gy = rng.standard_normal(tuple(ty.shape)).astype(dtype)
+    ty.backward(torch.tensor(gy))
+    y, gx, gw, gb = _run(x, w, b, gy, kw)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for name, got, want in [("y", y, ty), ("gx", gx, tx.grad), ("gw", gw, tw.grad),
+                            ("gb", gb, tb.grad)]:
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want.detach().numpy(), **tol, err_msg=name)
+    _, gx2, gw2, _ = _run(x, w, b, gy, kw, needs_input_grad=False)
+    assert gx2 is None
+    np.testing.assert_array_equal(gw2, gw)
+
+
+@pytest.mark.parametrize("case", DENSE, ids=lambda c: c[0])
+def test_dense_adjoint_identities(case):
+    xs, ws, kw = _case_args(case)
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    y = _run(x, w, None, None, kw)
+    gy = rng.standard_normal(y.shape)
+    _, gx, gw, _ = _run(x, w, None, gy, kw)
+    lhs = np.vdot(y, gy)
+    np.testing.assert_allclose(np.vdot(x, gx), lhs, rtol=1e-10)
+    np.testing.assert_allclose(np.vdot(w, gw), lhs, rtol=1e-10)
+
+
+def test_dense_thread_count_independent_and_deterministic():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((37, 64, 2, 2)).astype(np.float32)    # 37: a ragged row split
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((37, 64, 2, 2)).astype(np.float32)
+    kw = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1))
+    before = convkit.get_num_threads()
+    try:
+        convkit.set_num_threads(2)
+        a = _run(x, w, None, gy, kw)
+        b = _run(x, w, None, gy, kw)
+        convkit.set_num_threads(1)
+        c = _run(x, w, None, gy, kw)
+    finally:
+        convkit.set_num_threads(before)
+    for u, v, s in zip(a, b, c):
+        if u is None:
+            continue
+        np.testing.assert_array_equal(u, v)
+        np.testing.assert_array_equal(u, s)
+
+
+def test_dense_too_big_for_the_workspace_takes_another_path():
+    """A dense matrix over the workspace limit is not built: the batch path runs instead,
+    with the same values."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 16, 2, 2))
+    w = rng.standard_normal((16, 16, 3, 3))
+    kw = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1))
+    y0 = _run(x, w, None, None, kw)
+    gy = rng.standard_normal(y0.shape)
+    g0 = _run(x, w, None, gy, kw)
+    before = convkit.get_workspace_limit()
+    try:
+        convkit.set_workspace_limit(40_000)    # the 64 x 64 matrix and its gradient need 64 KiB
+        assert not cpu_conv._dense_ok(16, 2, 2, 16, 3, 3, 2, 2, 1)
+        g1 = _run(x, w, None, gy, kw)
+    finally:
+        convkit.set_workspace_limit(before)
+    assert g0[3] is None and g1[3] is None
+    for u, v in zip(g0[:3], g1[:3]):
+        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
