@@ -126,3 +126,28 @@ def test_dense_too_big_for_the_workspace_takes_another_path():
     assert g0[3] is None and g1[3] is None
     for u, v in zip(g0[:3], g1[:3]):
         np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------ whole-plane average pool
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(128, 64, 2, 2), (3, 5, 3, 4), (2, 3, 1, 1)])
+def test_whole_plane_avg_pool_matches_torch_and_the_window_sum(shape, dtype, torch):
+    N, C, H, W = shape
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape).astype(dtype)
+    gy = rng.standard_normal((N, C, 1, 1)).astype(dtype)
+    with convkit.use_backend("cpu"):
+        y = convkit.avg_pool2d_forward(x, (H, W))
+        gx = convkit.avg_pool2d_backward(gy, shape, (H, W))
+    # the general kernel's arithmetic: taps summed in row-major order, then one division
+    s = np.zeros((N, C), dtype)
+    for i in range(H):
+        for j in range(W):
+            s = s + x[:, :, i, j]
+    np.testing.assert_array_equal(y.reshape(N, C), s / dtype(H * W))
+    np.testing.assert_array_equal(gx, np.broadcast_to(gy / dtype(H * W), shape))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.avg_pool2d(tx, (H, W))
+    ty.backward(torch.tensor(gy))
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-6, atol=1e-6)
