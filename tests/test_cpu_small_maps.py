@@ -151,3 +151,59 @@ def test_whole_plane_avg_pool_matches_torch_and_the_window_sum(shape, dtype, tor
     ty.backward(torch.tensor(gy))
     np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ small-plane batch norm
+def _np_bn_train(x, w, b, eps):
+    x64 = x.astype(np.float64)
+    m = x64.mean(axis=(0, 2, 3))
+    v = x64.var(axis=(0, 2, 3))
+    inv = 1.0 / np.sqrt(v + eps)
+    y = (x64 - m[None, :, None, None]) * (inv * w)[None, :, None, None] + b[None, :, None, None]
+    return y, m, v, inv
+
+
+@pytest.mark.parametrize("shape", [(128, 16, 8, 8), (37, 64, 2, 2), (5, 3, 3, 5), (64, 33, 1, 1)])
+def test_small_plane_batch_norm_accurate_and_thread_count_independent(shape):
+    """The slab path (H*W <= 64) against a float64 NumPy reference, with a large mean offset
+    (the two-pass variance must not cancel), and the same bits on 1 and 2 threads."""
+    rng = np.random.default_rng(8)
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 0.5 + 100.0).astype(np.float32)
+    w = rng.standard_normal(C).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    gy = rng.standard_normal(shape).astype(np.float32)
+
+    def run():
+        rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+        with convkit.use_backend("cpu"):
+            y, mean, invstd = convkit.batch_norm_forward(x, w, b, rm, rv, True, 0.1, 1e-5)
+            g = convkit.batch_norm_backward(gy, x, w, mean, invstd, True)
+        return (y, mean, invstd, rm, rv) + tuple(g)
+
+    before = convkit.get_num_threads()
+    try:
+        convkit.set_num_threads(2)
+        two = run()
+        convkit.set_num_threads(1)
+        one = run()
+    finally:
+        convkit.set_num_threads(before)
+    for u, v in zip(two, one):
+        np.testing.assert_array_equal(u, v)
+    y, mean, invstd = one[:3]
+    y64, m64, v64, inv64 = _np_bn_train(x, w.astype(np.float64), b.astype(np.float64), 1e-5)
+    np.testing.assert_allclose(mean, m64, rtol=1e-6)
+    np.testing.assert_allclose(invstd, inv64, rtol=1e-5)
+    np.testing.assert_allclose(y, y64, rtol=1e-3, atol=1e-3)
+    # grad_x of y's sum weighted by gy, float64 closed form
+    M = shape[0] * shape[2] * shape[3]
+    xhat = (x.astype(np.float64) - m64[None, :, None, None]) * inv64[None, :, None, None]
+    g64 = gy.astype(np.float64)
+    gb = g64.sum(axis=(0, 2, 3))
+    gw = (g64 * xhat).sum(axis=(0, 2, 3))
+    gx = (w * inv64)[None, :, None, None] * (
+        g64 - gb[None, :, None, None] / M - xhat * gw[None, :, None, None] / M)
+    np.testing.assert_allclose(one[5], gx, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(one[6], gw, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(one[7], gb, rtol=1e-4, atol=1e-3)
