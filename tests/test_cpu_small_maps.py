@@ -207,3 +207,53 @@ def test_small_plane_batch_norm_accurate_and_thread_count_independent(shape):
     np.testing.assert_allclose(one[5], gx, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(one[6], gw, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(one[7], gb, rtol=1e-4, atol=1e-3)
+
+
+# ------------------------------------------------------------------ shifted im2col gather
+SHIFTED = [
+    ("8x8_3x3", (5, 3, 8, 8), (4, 3, 3, 3), 1, (1, 1)),
+    ("4x4_3x3", (7, 6, 4, 4), (5, 6, 3, 3), 1, (1, 1)),
+    ("4x4_dil2", (3, 2, 4, 4), (3, 2, 3, 3), 2, (2, 2)),
+    ("8x2_5x5", (4, 3, 8, 2), (2, 3, 5, 5), 1, (2, 2)),     # taps shifted past whole rows
+    ("4x4_even_same", (3, 4, 4, 4), (6, 4, 2, 2), 1, "same"),
+    ("4x4_grouped", (3, 4, 4, 4), (6, 2, 3, 3), 1, (1, 1)),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", SHIFTED, ids=lambda c: c[0])
+def test_shifted_gather_gives_the_general_gathers_bits(case, dtype, monkeypatch, torch):
+    """Stride-1 convs with Wo == W gather columns by masked vector loads straight from x (on
+    AVX-512 CPUs); the columns, and so every result, must equal the padded-plane gather's
+    bit for bit, and torch's values."""
+    name, xs, ws, dil, pad = case
+    groups = xs[1] // ws[1]
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal(ws).astype(dtype)
+    kw = dict(stride=1, padding=pad, dilation=dil, groups=groups)
+    y = _run(x, w, None, None, kw)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    fast = _run(x, w, None, gy, kw)
+    monkeypatch.setattr(cpu_conv, "_shift_masks", lambda *a: np.zeros(0, np.uint16))
+    slow = _run(x, w, None, gy, kw)
+    for u, v in zip(fast[:3], slow[:3]):
+        np.testing.assert_array_equal(u, v)
+    tx, tw = (torch.tensor(a, requires_grad=True) for a in (x, w))
+    ty = torch.nn.functional.conv2d(tx, tw, None, **kw)
+    ty.backward(torch.tensor(gy))
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for got, want in [(fast[0], ty), (fast[1], tx.grad), (fast[2], tw.grad)]:
+        np.testing.assert_allclose(got, want.detach().numpy(), **tol)
+
+
+def test_shift_masks_mark_the_taps_that_read_x():
+    if not cpu_conv._conv.shift_available():
+        pytest.skip("no AVX-512 on this CPU: the shifted gather is not used")
+    m = cpu_conv._shift_masks(4, 4, 4, 4, 3, 3, (1, 1), 1, 1, (1, 1), 4)
+    assert m.shape == (9,)
+    # tap (0, 0) reads x for outputs with ho >= 1 and wo >= 1; the centre tap for all 16
+    want00 = sum(1 << (ho * 4 + wo) for ho in range(1, 4) for wo in range(1, 4))
+    assert m[0] == want00 and m[4] == 0xFFFF
+    assert cpu_conv._shift_masks(4, 4, 2, 2, 3, 3, (2, 2), 1, 1, (1, 1), 4).size == 0

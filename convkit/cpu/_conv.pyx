@@ -932,12 +932,70 @@ cdef void _batch_pad(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssize_
                 _copy_short(dst + h * Wp + lo, src + (h - pt) * W + lo - pl, up - lo)
 
 
+cdef extern from *:
+    """
+    /* Masked shifted copies for the small-map im2col (AVX-512F, chosen at run time): lane i of
+       vector v of an image's columns is x[16v + i + off] where its mask bit is set, else 0.
+       Masked-off lanes are never read (AVX-512 masked loads do not touch them), so shifts that
+       point before or after a plane read nothing outside it. */
+    #include <stddef.h>
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+    #include <immintrin.h>
+    #define CK_SHIFT_BUILT 1
+    __attribute__((target("avx512f")))
+    static void ck_shift_f(const float* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t off,
+                           const unsigned short* masks, ptrdiff_t nv, float* dst) {
+        for (ptrdiff_t j = 0; j < nb; j++) {
+            const float* src = x + j * img;
+            float* d = dst + j * nv * 16;
+            for (ptrdiff_t v = 0; v < nv; v++)
+                _mm512_storeu_ps(d + 16 * v,
+                                 _mm512_maskz_loadu_ps((__mmask16)masks[v], src + off + 16 * v));
+        }
+    }
+    __attribute__((target("avx512f")))
+    static void ck_shift_d(const double* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t off,
+                           const unsigned short* masks, ptrdiff_t nv, double* dst) {
+        for (ptrdiff_t j = 0; j < nb; j++) {
+            const double* src = x + j * img;
+            double* d = dst + j * nv * 8;
+            for (ptrdiff_t v = 0; v < nv; v++)
+                _mm512_storeu_pd(d + 8 * v,
+                                 _mm512_maskz_loadu_pd((__mmask8)masks[v], src + off + 8 * v));
+        }
+    }
+    static int ck_shift_available(void) {
+        static int state = -1;
+        if (state < 0) { __builtin_cpu_init(); state = __builtin_cpu_supports("avx512f") ? 1 : 0; }
+        return state;
+    }
+    #else
+    #define CK_SHIFT_BUILT 0
+    static void ck_shift_f(const float* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t off,
+                           const unsigned short* masks, ptrdiff_t nv, float* dst) {}
+    static void ck_shift_d(const double* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t off,
+                           const unsigned short* masks, ptrdiff_t nv, double* dst) {}
+    static int ck_shift_available(void) { return 0; }
+    #endif
+    """
+    void ck_shift_f(const float* x, Py_ssize_t img, Py_ssize_t nb, Py_ssize_t off,
+                    const unsigned short* masks, Py_ssize_t nv, float* dst) noexcept nogil
+    void ck_shift_d(const double* x, Py_ssize_t img, Py_ssize_t nb, Py_ssize_t off,
+                    const unsigned short* masks, Py_ssize_t nv, double* dst) noexcept nogil
+    int ck_shift_available() noexcept nogil
+
+
+def shift_available():
+    """True when the small-map im2col can use masked AVX-512 loads (_batch_im2col)."""
+    return ck_shift_available() != 0
+
+
 cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssize_t nb,
                         Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
                         Py_ssize_t KW, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh,
                         Py_ssize_t dw, Py_ssize_t Hp, Py_ssize_t Wp, const Py_ssize_t* idx,
-                        Py_ssize_t L, Py_ssize_t Wo, bint unit_stride, floating* cols,
-                        floating* xp) noexcept nogil:
+                        Py_ssize_t L, Py_ssize_t Wo, bint unit_stride,
+                        const unsigned short* masks, floating* cols, floating* xp) noexcept nogil:
     """cols ((c1-c0)*KH*KW, L): the columns of channels [c0, c1) of images n0..n0+nb-1 (x: image
     0, channel 0; img: elements per image), image j in columns [j*HoWo, (j+1)*HoWo).
 
@@ -946,10 +1004,32 @@ cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssi
     top-left tap of column q.  Row (c, kh, kw) of cols is then one flat gather
     xp[c, kh*dh*Wp + kw*dw + idx[q]] -- with unit column stride, Wo contiguous values per
     output row: no bounds checks and no per-row library calls, which for rows of 2-8 outputs
-    cost more than the copying itself."""
-    cdef Py_ssize_t lx = nb * Hp * Wp, c, kh, kw, q
+    cost more than the copying itself.
+
+    masks (not NULL: stride 1, Wo == W, HoWo a multiple of the vector width, an AVX-512 CPU):
+    output position p of an image reads input p + a*W + b through tap (kh, kw)
+    (a = kh*dh - pt, b = kw*dw - pl) or padding, so each tap's columns of an image are masked
+    vector loads straight from x (masks[tap * nv + v]: which lanes of vector v read x) -- no
+    padded planes, no index table."""
+    cdef bint shifted = masks != NULL
+    cdef Py_ssize_t lx = nb * Hp * Wp, c, kh, kw, q, j, HoWo = L // nb
     cdef floating* dst
     cdef const floating* src
+    cdef Py_ssize_t nv, t
+    if shifted:
+        nv = HoWo // (16 if floating is float else 8)
+        for c in range(c0, c1):
+            for t in range(KH * KW):
+                kh = t // KW
+                kw = t - kh * KW
+                dst = cols + ((c - c0) * KH * KW + t) * L
+                if floating is float:
+                    ck_shift_f(x + n0 * img + c * H * W, img, nb,
+                               (kh * dh - pt) * W + kw * dw - pl, masks + t * nv, nv, dst)
+                else:
+                    ck_shift_d(x + n0 * img + c * H * W, img, nb,
+                               (kh * dh - pt) * W + kw * dw - pl, masks + t * nv, nv, dst)
+        return
     _batch_pad(x, img, n0, nb, c0, c1, H, W, pt, pl, Hp, Wp, xp)
     for c in range(c0, c1):
         for kh in range(KH):
@@ -1019,8 +1099,9 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
                          floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t imgs,
                          const Py_ssize_t[::1] idx, Py_ssize_t Hp, Py_ssize_t Wp,
                          Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
-                         Py_ssize_t groups, int n_threads):
+                         Py_ssize_t groups, const unsigned short[::1] masks, int n_threads):
     """y = conv(x, w) + bias, one GEMM per group for each block of ``imgs`` images.
+    masks: empty, or the shifted gather's lane masks (see _batch_im2col).
 
     A task (block of images) writes cols (C*KK, L), L = nb*HoWo, and the GEMM result (F, L) into
     its thread's slice of ws (ws_per_thread >= ((C*KK + F)*HoWo + C*Hp*Wp)*imgs: columns, GEMM
@@ -1035,6 +1116,7 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
     cdef Py_ssize_t nblk = (N + imgs - 1) // imgs
     cdef Py_ssize_t t, n0, nb, L, g, f, j, p
     cdef bint unit_stride = Wo == 1 or idx[1] - idx[0] == 1     # column stride 1
+    cdef const unsigned short* mp = &masks[0] if masks.shape[0] > 0 else NULL
     cdef floating* cols
     cdef floating* ybuf
     cdef floating* src
@@ -1048,7 +1130,7 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
             cols = &ws[0] + threadid() * ws_per_thread
             ybuf = cols + C * KK * L
             _batch_im2col(&x[0, 0, 0, 0], C * H * W, n0, nb, 0, C, H, W, KH, KW, pt, pl, dh, dw,
-                          Hp, Wp, &idx[0], L, Wo, unit_stride, cols, ybuf + F * L)
+                          Hp, Wp, &idx[0], L, Wo, unit_stride, mp, cols, ybuf + F * L)
             for g in range(G):
                 gemm(False, False, Fg, L, CgKK, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
                      cols + g * CgKK * L, L, <floating>0, ybuf + g * Fg * L, L)
@@ -1072,7 +1154,7 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                           Py_ssize_t imgs, const Py_ssize_t[::1] idx, Py_ssize_t Hp, Py_ssize_t Wp,
                           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                           Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
-                          bint needs_input_grad, int n_threads):
+                          bint needs_input_grad, const unsigned short[::1] masks, int n_threads):
     """grad_weight into gw (OUT, any contents) and, when needs_input_grad, grad_x into gx (OUT,
     any contents) with batch-wide GEMMs.
 
@@ -1090,6 +1172,7 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
     cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
     cdef Py_ssize_t ntw = (Cg + chans_w - 1) // chans_w, nblk = (N + imgs - 1) // imgs
     cdef Py_ssize_t t, n, f, g, c0, c1, n0, nb, L, j, c
+    cdef const unsigned short* mp = &masks[0] if masks.shape[0] > 0 else NULL
     cdef floating* buf
     with nogil:
         # (a plain copy, serial: one parallel region less, whose end barrier costs a time
@@ -1107,8 +1190,8 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                 nb = _min(kimgs, N - n0)
                 L = nb * HoWo
                 _batch_im2col(&x[0, 0, 0, 0], C * H * W, n0, nb, g * Cg + c0, g * Cg + c1, H, W,
-                              KH, KW, pt, pl, dh, dw, Hp, Wp, &idx[0], L, Wo, sw == 1, buf,
-                              buf + (c1 - c0) * KK * L)
+                              KH, KW, pt, pl, dh, dw, Hp, Wp, &idx[0], L, Wo, sw == 1, mp,
+                              buf, buf + (c1 - c0) * KK * L)
                 gemm(False, True, Fg, (c1 - c0) * KK, L, <floating>1,
                      &gyt[0] + g * Fg * LN + n0 * HoWo, LN, buf, L,
                      <floating>(1 if n0 > 0 else 0), &gw[g * Fg, 0, 0, 0] + c0 * KK, CgKK)

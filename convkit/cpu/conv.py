@@ -256,6 +256,32 @@ _BATCH_W_BLOCKS = 2
 # images) 536 / 1129 and 513 / 1312; 256 KiB 828 / 1593; 64 KiB 948 / 3043 under load; the
 # 2x2-4x4 maps (fewer images per block already) unchanged within noise.
 _BATCH_CACHE = 128 * 2**10
+# Stride-1 convs whose output is as wide as the input gather their columns with masked vector
+# loads straight from x (_conv._batch_im2col, "shifted"; AVX-512 CPUs), not through padded
+# planes and an index table.  Same columns, so the same bits; False forces the general gather.
+_SHIFTED = _conv.shift_available()
+
+
+@functools.lru_cache(maxsize=64)
+def _shift_masks(H, W, Ho, Wo, KH, KW, stride, pt, pl, dilation, itemsize):
+    """uint16 array[KH*KW * HoWo/lanes]: bit i of entry (tap, v) is set when output position
+    v*lanes + i reads x (not padding) through that tap; empty when the shifted gather does not
+    apply (stride 1, Wo == W, HoWo a multiple of the lanes per vector, an AVX-512 CPU)."""
+    lanes = 64 // itemsize
+    if not (_SHIFTED and stride == (1, 1) and Wo == W and (Ho * Wo) % lanes == 0):
+        masks = np.zeros(0, np.uint16)
+    else:
+        p = np.arange(Ho * Wo)
+        ho, wo = p // Wo, p % Wo
+        rows = []
+        for kh in range(KH):
+            for kw in range(KW):
+                r, c = ho + kh * dilation[0] - pt, wo + kw * dilation[1] - pl
+                ok = ((r >= 0) & (r < H) & (c >= 0) & (c < W)).reshape(-1, lanes)
+                rows.append((ok * (1 << np.arange(lanes))).sum(axis=1))
+        masks = np.concatenate(rows).astype(np.uint16)
+    masks.flags.writeable = False
+    return masks
 
 
 def _plan_batch_forward(N, C, F, KK, HpWp, HoWo, itemsize, n_threads):
@@ -365,7 +391,9 @@ def _batch_forward(x, weight, b, has_bias, y, stride, pt, pl, dilation, groups, 
     ws = _workspace(n_threads * per_thread, x.dtype)
     with _blas_pin(x.dtype):
         _conv.conv2d_forward_batch(x, weight, b, has_bias, y, ws, per_thread, imgs, idx, Hp, Wp,
-                                   pt, pl, dilation[0], dilation[1], groups, n_threads)
+                                   pt, pl, dilation[0], dilation[1], groups,
+                                   _shift_masks(x.shape[2], x.shape[3], Ho, Wo, KH, KW, stride,
+                                                pt, pl, dilation, x.itemsize), n_threads)
     return True
 
 
@@ -486,7 +514,9 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             with _blas_pin(x.dtype):
                 _conv.conv2d_backward_batch(grad_y, x, weight, gx, gw, gyt, ws, per_thread,
                                             chans_w, kimgs, imgs, idx, Hp, Wp, sw, pt, pl,
-                                            dh, dw, groups, needs_input_grad, n_threads)
+                                            dh, dw, groups, needs_input_grad,
+                                            _shift_masks(H, W, Ho, Wo, KH, KW, stride, pt, pl,
+                                                         dilation, x.itemsize), n_threads)
             return (gx if needs_input_grad or gx_done else None), gw, gb
         gw = np.zeros(weight.shape, dtype=dt)
         n_threads, units_w, rows_w, chans_x, rows_x, per_thread = _plan_backward(
