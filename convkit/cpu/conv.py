@@ -284,6 +284,18 @@ def _shift_masks(H, W, Ho, Wo, KH, KW, stride, pt, pl, dilation, itemsize):
     return masks
 
 
+# The float32 GEMM (_sgemm.h) computes C in panels of 48 columns, a partial panel at the cost of
+# a whole one: blocks of images are rounded down to whole panels of columns (imgs * HoWo a
+# multiple of 48) where they hold at least one.  The GEMM's k order does not depend on the
+# number of columns, so the forward's bits do not change.
+_GEMM_PANEL = 48
+
+
+def _panel_images(imgs, HoWo):
+    q = _GEMM_PANEL // np.gcd(_GEMM_PANEL, HoWo)       # images per whole panel
+    return imgs // q * q if imgs >= q else imgs
+
+
 def _plan_batch_forward(N, C, F, KK, HpWp, HoWo, itemsize, n_threads):
     """(threads, images per task, workspace elements per thread), or None when one image does
     not fit the workspace limit."""
@@ -291,8 +303,8 @@ def _plan_batch_forward(N, C, F, KK, HpWp, HoWo, itemsize, n_threads):
     per_img = ((C * KK + F) * HoWo + C * HpWp) * itemsize
     if per_img > limit:
         return None
-    imgs = min(_ceil_div(N, _BATCH_BLOCKS), limit // per_img,
-               max(1, _BATCH_CACHE // (C * KK * HoWo * itemsize)))
+    imgs = _panel_images(min(_ceil_div(N, _BATCH_BLOCKS), limit // per_img,
+                             max(1, _BATCH_CACHE // (C * KK * HoWo * itemsize))), HoWo)
     n_threads = max(1, min(n_threads, limit // (imgs * per_img), _ceil_div(N, imgs)))
     return n_threads, imgs, imgs * per_img // itemsize
 
@@ -307,8 +319,8 @@ def _plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs
         return None
     chans_w = min(_ceil_div(Cg, _BATCH_W_BLOCKS), limit // unit_w)
     kimgs = min(N, limit // (chans_w * unit_w), max(1, _BATCH_CACHE // (chans_w * unit_w)))
-    imgs = max(1, min(_ceil_div(N, _BATCH_BLOCKS), limit // unit_x,   # (1 if unused)
-                      max(1, _BATCH_CACHE // (Cg * KK * HoWo * itemsize))))
+    imgs = _panel_images(max(1, min(_ceil_div(N, _BATCH_BLOCKS), limit // unit_x,  # (1 if unused)
+                                    max(1, _BATCH_CACHE // (Cg * KK * HoWo * itemsize)))), HoWo)
     ws = max(chans_w * kimgs * unit_w, imgs * unit_x if needs_gx else 0)
     n_threads = max(1, min(n_threads, limit // ws))
     return n_threads, chans_w, kimgs, imgs, ws // itemsize
