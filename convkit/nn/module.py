@@ -10,11 +10,14 @@ Arrays are never rebound: ``params``, ``grads`` and ``buffers`` entries are upda
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
 
-from .._registry import get_backend, use_backend
+from .._registry import _override, get_backend, use_backend
+
+_ALREADY_PINNED = contextlib.nullcontext()
 
 __all__ = ["Module", "Sequential", "check_float_input"]
 
@@ -106,8 +109,13 @@ class Module:
 
     # ------------------------------------------------------------------ compute
     def _pinned(self):
-        """Run functional ops on the backend this module was built on."""
-        return use_backend(self.backend.name)
+        """Run functional ops on the backend this module was built on.  When a use_backend
+        context already names it (a training loop inside ``with use_backend(...)``), there is
+        nothing to switch: no new context per layer call."""
+        name = self.backend.name
+        if _override.get() == name:
+            return _ALREADY_PINNED
+        return use_backend(name)
 
     def forward(self, x):
         """Subclasses compute y from x and keep in ``self._cache`` what backward needs."""
