@@ -257,3 +257,34 @@ def test_shift_masks_mark_the_taps_that_read_x():
     want00 = sum(1 << (ho * 4 + wo) for ho in range(1, 4) for wo in range(1, 4))
     assert m[0] == want00 and m[4] == 0xFFFF
     assert cpu_conv._shift_masks(4, 4, 2, 2, 3, 3, (2, 2), 1, 1, (1, 1), 4).size == 0
+
+
+# ------------------------------------------------------------------ grad_weight batch parts
+@pytest.mark.parametrize("xs,ws", [((3, 16, 8, 8), (16, 16, 3, 3)),     # 2 parts of 1 + 2 images
+                                   ((5, 1, 8, 8), (16, 1, 3, 3)),       # the stem: 1 channel
+                                   ((1, 16, 4, 4), (8, 16, 3, 3))])     # 1 image: 1 part
+def test_grad_weight_in_batch_parts_matches_torch_on_any_thread_count(xs, ws, torch):
+    """grad_weight of a small map with few channel blocks sums fixed parts of the batch
+    separately (conv._plan_batch_backward's nsplit) and adds them in order."""
+    plan = cpu_conv._plan_batch_backward(xs[0], ws[1], 1, ws[0], 9, 100, xs[2] * xs[3], 4, 2,
+                                         True)
+    assert plan[4] == min(xs[0], 2)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    gy = rng.standard_normal((xs[0], ws[0], xs[2], xs[3])).astype(np.float32)
+    kw = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1))
+    before = convkit.get_num_threads()
+    try:
+        convkit.set_num_threads(2)
+        two = _run(x, w, None, gy, kw)
+        convkit.set_num_threads(1)
+        one = _run(x, w, None, gy, kw)
+    finally:
+        convkit.set_num_threads(before)
+    for u, v in zip(two[:3], one[:3]):
+        np.testing.assert_array_equal(u, v)
+    tx, tw = (torch.tensor(a, requires_grad=True) for a in (x, w))
+    torch.nn.functional.conv2d(tx, tw, None, **kw).backward(torch.tensor(gy))
+    np.testing.assert_allclose(one[1], tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(one[2], tw.grad.numpy(), rtol=1e-4, atol=1e-4)

@@ -1154,9 +1154,15 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                           Py_ssize_t imgs, const Py_ssize_t[::1] idx, Py_ssize_t Hp, Py_ssize_t Wp,
                           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                           Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
-                          bint needs_input_grad, const unsigned short[::1] masks, int n_threads):
+                          bint needs_input_grad, const unsigned short[::1] masks,
+                          Py_ssize_t nsplit, floating[::1] gwp, int n_threads):
     """grad_weight into gw (OUT, any contents) and, when needs_input_grad, grad_x into gx (OUT,
     any contents) with batch-wide GEMMs.
+
+    nsplit: grad_weight tasks also split the batch into nsplit fixed parts (images
+    [s*N/nsplit, (s+1)*N/nsplit)); part 0 sums into gw, part s > 0 into gwp[(s-1)*F*Cg*KK:]
+    (laid out as gw), and the parts are added into gw in order after: the same bits for any
+    thread count.
 
     gyt (F, N*HoWo): gy with the images side by side (filled here).
     grad_weight: a task owns ``chans_w`` input channels of one group -- a column block of gw[g]
@@ -1171,31 +1177,42 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
     cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo, LN = N * HoWo
     cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
     cdef Py_ssize_t ntw = (Cg + chans_w - 1) // chans_w, nblk = (N + imgs - 1) // imgs
-    cdef Py_ssize_t t, n, f, g, c0, c1, n0, nb, L, j, c
+    cdef Py_ssize_t t, n, f, g, c0, c1, n0, nb, L, j, c, sp, tw, na, nz, i
+    cdef Py_ssize_t gwn = F * CgKK
     cdef const unsigned short* mp = &masks[0] if masks.shape[0] > 0 else NULL
     cdef floating* buf
+    cdef floating* dst
+    cdef floating* gwf = &gw[0, 0, 0, 0]
     with nogil:
         # (a plain copy, serial: one parallel region less, whose end barrier costs a time
         # slice whenever the other core is busy with another process)
         for n in range(N):
             for f in range(F):
                 _copy_short(&gyt[0] + f * LN + n * HoWo, &gy[n, f, 0, 0], HoWo)
-        for t in prange(G * ntw, schedule="dynamic", num_threads=n_threads):
-            g = t // ntw
-            c0 = (t - g * ntw) * chans_w
+        for t in prange(G * ntw * nsplit, schedule="dynamic", num_threads=n_threads):
+            sp = t % nsplit
+            tw = t // nsplit
+            g = tw // ntw
+            c0 = (tw - g * ntw) * chans_w
             c1 = _min(Cg, c0 + chans_w)
+            na = sp * N // nsplit
+            nz = (sp + 1) * N // nsplit
+            dst = (gwf if sp == 0 else &gwp[0] + (sp - 1) * gwn) + g * Fg * CgKK + c0 * KK
             buf = &ws[0] + threadid() * ws_per_thread
-            n0 = 0
-            while n0 < N:       # images in blocks of kimgs, summed in order
-                nb = _min(kimgs, N - n0)
+            n0 = na
+            while n0 < nz:      # images in blocks of kimgs, summed in order
+                nb = _min(kimgs, nz - n0)
                 L = nb * HoWo
                 _batch_im2col(&x[0, 0, 0, 0], C * H * W, n0, nb, g * Cg + c0, g * Cg + c1, H, W,
                               KH, KW, pt, pl, dh, dw, Hp, Wp, &idx[0], L, Wo, sw == 1, mp,
                               buf, buf + (c1 - c0) * KK * L)
                 gemm(False, True, Fg, (c1 - c0) * KK, L, <floating>1,
                      &gyt[0] + g * Fg * LN + n0 * HoWo, LN, buf, L,
-                     <floating>(1 if n0 > 0 else 0), &gw[g * Fg, 0, 0, 0] + c0 * KK, CgKK)
+                     <floating>(1 if n0 > na else 0), dst, CgKK)
                 n0 = n0 + nb
+        for sp in range(1, nsplit):     # the parts, in order
+            for i in range(gwn):
+                gwf[i] = gwf[i] + gwp[(sp - 1) * gwn + i]
         if needs_input_grad:
             for t in prange(nblk * G, schedule="dynamic", num_threads=n_threads):
                 g = t // nblk

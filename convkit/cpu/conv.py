@@ -310,20 +310,32 @@ def _plan_batch_forward(N, C, F, KK, HpWp, HoWo, itemsize, n_threads):
 
 
 def _plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_gx):
-    """(threads, chans_w, kimgs, imgs, workspace elements per thread), or None when it does not
-    fit (gy side by side, plus one channel's columns and padded plane of one image)."""
-    limit = get_workspace_limit() - F * N * HoWo * itemsize
+    """(threads, chans_w, kimgs, imgs, nsplit, workspace elements per thread), or None when it
+    does not fit (gy side by side, the partial grad_weights, plus one channel's columns and
+    padded plane of one image).
+
+    grad_weight's column blocks (chans_w channels * KK taps) are whole 48-column panels of the
+    GEMM where the channels allow; when that leaves fewer than _BATCH_W_BLOCKS blocks, the
+    batch is split into nsplit fixed parts summed separately (tasks for the team) and added
+    after.  Neither depends on the thread count."""
+    q = _GEMM_PANEL // int(np.gcd(_GEMM_PANEL, KK))      # channels per whole panel
+    chans_w = min(Cg, _ceil_div(_ceil_div(Cg, _BATCH_W_BLOCKS), q) * q)
+    nsplit = max(1, min(N, _BATCH_W_BLOCKS // (G * _ceil_div(Cg, chans_w))))
     unit_w = (KK * HoWo + HpWp) * itemsize              # one channel of one image
     unit_x = Cg * (KK * HoWo + HpWp) * itemsize          # all channels of one image
+    limit = get_workspace_limit() - (F * N * HoWo + (nsplit - 1) * F * Cg * KK) * itemsize
+    if nsplit > 1 and limit < max(unit_w, unit_x if needs_gx else 0):
+        nsplit = 1                                      # no room for the partial sums
+        limit = get_workspace_limit() - F * N * HoWo * itemsize
     if limit < max(unit_w, unit_x if needs_gx else 0):
         return None
-    chans_w = min(_ceil_div(Cg, _BATCH_W_BLOCKS), limit // unit_w)
+    chans_w = min(chans_w, limit // unit_w)
     kimgs = min(N, limit // (chans_w * unit_w), max(1, _BATCH_CACHE // (chans_w * unit_w)))
     imgs = _panel_images(max(1, min(_ceil_div(N, _BATCH_BLOCKS), limit // unit_x,  # (1 if unused)
                                     max(1, _BATCH_CACHE // (Cg * KK * HoWo * itemsize)))), HoWo)
     ws = max(chans_w * kimgs * unit_w, imgs * unit_x if needs_gx else 0)
     n_threads = max(1, min(n_threads, limit // ws))
-    return n_threads, chans_w, kimgs, imgs, ws // itemsize
+    return n_threads, chans_w, kimgs, imgs, nsplit, ws // itemsize
 
 
 # Winograd F(2x2, 3x3) for 3x3 stride-1 convs with at least this many input and output channels
@@ -519,8 +531,9 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             plan = _plan_batch_backward(N, Cg, groups, F, KH * KW, Hp * Wp, Ho * Wo, x.itemsize,
                                         n_threads, needs_input_grad)
         if plan is not None:
-            n_threads, chans_w, kimgs, imgs, per_thread = plan
+            n_threads, chans_w, kimgs, imgs, nsplit, per_thread = plan
             gw = np.empty(weight.shape, dtype=dt)
+            gwp = _workspace(max(1, (nsplit - 1) * gw.size), dt, "gw_parts")
             gyt = _workspace(F * N * Ho * Wo, dt, "gyt")
             ws = _workspace(n_threads * per_thread, dt)
             with _blas_pin(x.dtype):
@@ -528,7 +541,8 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
                                             chans_w, kimgs, imgs, idx, Hp, Wp, sw, pt, pl,
                                             dh, dw, groups, needs_input_grad,
                                             _shift_masks(H, W, Ho, Wo, KH, KW, stride, pt, pl,
-                                                         dilation, x.itemsize), n_threads)
+                                                         dilation, x.itemsize), nsplit, gwp,
+                                            n_threads)
             return (gx if needs_input_grad or gx_done else None), gw, gb
         gw = np.zeros(weight.shape, dtype=dt)
         n_threads, units_w, rows_w, chans_x, rows_x, per_thread = _plan_backward(
