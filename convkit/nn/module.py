@@ -96,8 +96,12 @@ class Module:
         return sum(int(p.size) for _, p, _ in self.parameters())
 
     def zero_grad(self) -> None:
-        for _, _, g in self.parameters():
-            g[...] = 0
+        stack = [self]          # (every module once; no qualified names needed)
+        while stack:
+            m = stack.pop()
+            for g in m.grads.values():
+                g.fill(0)
+            stack.extend(m._modules.values())
 
     def train(self, mode: bool = True):
         for _, m in self.named_modules():
