@@ -48,6 +48,7 @@ def test_cases_take_the_dense_path():
     assert not cpu_conv._dense_ok(8, 2, 2, 8, 3, 3, 2, 2, 2)      # grouped
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", DENSE, ids=lambda c: c[0])
 def test_dense_matches_torch(case, dtype, torch):

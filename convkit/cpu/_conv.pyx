@@ -1242,15 +1242,15 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
 
 def dense_weight(const floating[:, :, :, ::1] w, floating[:, ::1] wd, Py_ssize_t H, Py_ssize_t W,
                  Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
-                 Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw):
+                 Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, int n_threads):
     """wd (C*H*W, F*Ho*Wo) = the dense map of the (groups = 1) conv w: zeroed, then each tap's
-    weights written at (c, hi, wi), (f, ho, wo)."""
+    weights written at (c, hi, wi), (f, ho, wo); a task per input channel (its rows)."""
     cdef Py_ssize_t F = w.shape[0], C = w.shape[1], KH = w.shape[2], KW = w.shape[3]
     cdef Py_ssize_t HW = H * W, HoWo = Ho * Wo, c, f, kh, kw, ho, wo, hi, wi, o
     cdef floating* row
     with nogil:
-        memset(&wd[0, 0], 0, wd.shape[0] * wd.shape[1] * sizeof(floating))
-        for c in range(C):
+        for c in prange(C, schedule="static", num_threads=n_threads):
+            memset(&wd[c * HW, 0], 0, HW * wd.shape[1] * sizeof(floating))
             for kh in range(KH):
                 for kw in range(KW):
                     for ho in range(Ho):
@@ -1269,15 +1269,16 @@ def dense_weight(const floating[:, :, :, ::1] w, floating[:, ::1] wd, Py_ssize_t
 
 def dense_fold(const floating[:, ::1] gwd, floating[:, :, :, ::1] gw, Py_ssize_t H,
                Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t sh, Py_ssize_t sw,
-               Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw):
+               Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, int n_threads):
     """gw (OUT, any contents)[f, c, kh, kw] = the sum of gwd over the (input, output) pairs tap
-    (kh, kw) connects, in (ho, wo) order: the adjoint of dense_weight."""
+    (kh, kw) connects, in (ho, wo) order: the adjoint of dense_weight (a task per channel)."""
     cdef Py_ssize_t F = gw.shape[0], C = gw.shape[1], KH = gw.shape[2], KW = gw.shape[3]
     cdef Py_ssize_t HW = H * W, HoWo = Ho * Wo, c, f, kh, kw, ho, wo, hi, wi, o
     cdef bint first
     cdef const floating* row
     with nogil:
-        for c in range(C):
+        for c in prange(C, schedule="static", num_threads=n_threads):
+            first = True        # (assigned in the loop body: thread-private)
             for kh in range(KH):
                 for kw in range(KW):
                     first = True

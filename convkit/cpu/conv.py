@@ -214,12 +214,12 @@ def _dense_ok(C, H, W, F, KH, KW, Ho, Wo, groups):
             and C * H * W * F * Ho * Wo <= min(_DENSE_MAX_ELEMS, get_workspace_limit() // 16))
 
 
-def _dense_matrix(weight, H, W, Ho, Wo, stride, pt, pl, dilation):
+def _dense_matrix(weight, H, W, Ho, Wo, stride, pt, pl, dilation, n_threads):
     F, C = weight.shape[:2]
     wd = _workspace(C * H * W * F * Ho * Wo, weight.dtype, "dense")[:C * H * W * F * Ho * Wo]
     wd = wd.reshape(C * H * W, F * Ho * Wo)
     _conv.dense_weight(weight, wd, H, W, Ho, Wo, stride[0], stride[1], pt, pl, dilation[0],
-                       dilation[1])
+                       dilation[1], n_threads)
     return wd
 
 
@@ -448,7 +448,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
         return y
     pointwise = _is_pointwise(KH, KW, stride, padding)
     if _dense_ok(C, H, W, F, KH, KW, Ho, Wo, groups):
-        wd = _dense_matrix(weight, H, W, Ho, Wo, stride, pt, pl, dilation)
+        wd = _dense_matrix(weight, H, W, Ho, Wo, stride, pt, pl, dilation, n_threads)
         with _blas_pin(x.dtype):
             _conv.gemm_rows(False, False, x.reshape(N, C * H * W), wd, y.reshape(N, F * Ho * Wo),
                             C * H * W, n_threads)
@@ -495,7 +495,7 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
                                         dh, dw, needs_input_grad, n_threads)
     elif _dense_ok(C, H, W, F, KH, KW, Ho, Wo, groups):
         gw = np.empty(weight.shape, dtype=dt)
-        wd = _dense_matrix(weight, H, W, Ho, Wo, stride, pt, pl, dilation)
+        wd = _dense_matrix(weight, H, W, Ho, Wo, stride, pt, pl, dilation, n_threads)
         gwd = _workspace(wd.size, dt, "dense_grad")[:wd.size].reshape(wd.shape)
         gy2 = grad_y.reshape(N, F * Ho * Wo)
         with _blas_pin(dt):
@@ -503,7 +503,7 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
                 _conv.gemm_rows(False, True, gy2, wd, gx.reshape(N, C * H * W), F * Ho * Wo,
                                 n_threads)
             _conv.gemm_rows(True, False, x.reshape(N, C * H * W), gy2, gwd, N, n_threads)
-        _conv.dense_fold(gwd, gw, H, W, Ho, Wo, sh, sw, pt, pl, dh, dw)
+        _conv.dense_fold(gwd, gw, H, W, Ho, Wo, sh, sw, pt, pl, dh, dw, n_threads)
     else:
         pointwise = _is_pointwise(KH, KW, stride, padding)
         if needs_input_grad and _prefer_winograd(x, weight, stride, dilation, groups, Ho, Wo):
