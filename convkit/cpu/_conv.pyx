@@ -913,6 +913,43 @@ cdef inline void _add_short(floating* dst, const floating* src, Py_ssize_t n) no
             dst[i] += src[i]
 
 
+cdef inline void _gather_row(floating* dst, const floating* src, Py_ssize_t n,
+                             Py_ssize_t cs) noexcept nogil:
+    """dst[i] = src[i * cs], i < n: one output row's columns at column stride cs; the
+    stride-2 rows of small maps (2, 4, 8 wide) with fixed trip counts (unrolled)."""
+    cdef Py_ssize_t i
+    if cs == 2 and n == 4:
+        for i in range(4):
+            dst[i] = src[2 * i]
+    elif cs == 2 and n == 2:
+        for i in range(2):
+            dst[i] = src[2 * i]
+    elif cs == 2 and n == 8:
+        for i in range(8):
+            dst[i] = src[2 * i]
+    else:
+        for i in range(n):
+            dst[i] = src[i * cs]
+
+
+cdef inline void _scatter_add_row(floating* dst, const floating* src, Py_ssize_t n,
+                                  Py_ssize_t cs) noexcept nogil:
+    """dst[i * cs] += src[i], i < n (the adjoint of _gather_row)."""
+    cdef Py_ssize_t i
+    if cs == 2 and n == 4:
+        for i in range(4):
+            dst[2 * i] += src[i]
+    elif cs == 2 and n == 2:
+        for i in range(2):
+            dst[2 * i] += src[i]
+    elif cs == 2 and n == 8:
+        for i in range(8):
+            dst[2 * i] += src[i]
+    else:
+        for i in range(n):
+            dst[i * cs] += src[i]
+
+
 cdef void _batch_pad(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssize_t nb,
                      Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t H, Py_ssize_t W, Py_ssize_t pt,
                      Py_ssize_t pl, Py_ssize_t Hp, Py_ssize_t Wp, floating* xp) noexcept nogil:
@@ -1016,7 +1053,7 @@ cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssi
     vector loads straight from x (masks[tap * nv + v]: which lanes of vector v read x) -- no
     padded planes, no index table."""
     cdef bint shifted = masks != NULL
-    cdef Py_ssize_t lx = nb * Hp * Wp, c, kh, kw, q, j, HoWo = L // nb
+    cdef Py_ssize_t lx = nb * Hp * Wp, c, kh, kw, q, j, HoWo = L // nb, cs
     cdef floating* dst
     cdef const floating* src
     cdef Py_ssize_t nv, t
@@ -1045,9 +1082,12 @@ cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssi
                     while q < L:
                         _copy_short(dst + q, src + idx[q], Wo)
                         q = q + Wo
-                else:
-                    for q in range(L):
-                        dst[q] = src[idx[q]]
+                else:       # output rows of Wo columns, cs apart in the padded plane
+                    cs = idx[1] - idx[0] if Wo > 1 else 1
+                    q = 0
+                    while q < L:
+                        _gather_row(dst + q, src + idx[q], Wo, cs)
+                        q = q + Wo
 
 
 cdef void _batch_col2im(const floating* cols, Py_ssize_t L, Py_ssize_t nb, Py_ssize_t C,
@@ -1059,7 +1099,7 @@ cdef void _batch_col2im(const floating* cols, Py_ssize_t L, Py_ssize_t nb, Py_ss
     is added into padded planes xp (C, nb*Hp*Wp) through the same index table, taps in order,
     then each image's planes are cropped into gx (image j at gx + j*img, channel c at c*H*W;
     input pixels no tap reads get 0).  Fixed order: the same bits every run."""
-    cdef Py_ssize_t HpWp = Hp * Wp, lx = nb * HpWp, c, kh, kw, q, j, h, r, lo, up
+    cdef Py_ssize_t HpWp = Hp * Wp, lx = nb * HpWp, c, kh, kw, q, j, h, r, lo, up, cs
     cdef floating* dst
     cdef const floating* src
     cdef floating* g
@@ -1075,8 +1115,11 @@ cdef void _batch_col2im(const floating* cols, Py_ssize_t L, Py_ssize_t nb, Py_ss
                         _add_short(dst + idx[q], src + q, Wo)
                         q = q + Wo
                 else:
-                    for q in range(L):
-                        dst[idx[q]] += src[q]
+                    cs = idx[1] - idx[0] if Wo > 1 else 1
+                    q = 0
+                    while q < L:
+                        _scatter_add_row(dst + idx[q], src + q, Wo, cs)
+                        q = q + Wo
     # input column w sits at padded column w + pl; only [lo, up) of them exist in xp
     lo = _min(W, -pl) if pl < 0 else 0
     up = _min(W, Wp - pl)
