@@ -255,7 +255,11 @@ _BATCH_W_BLOCKS = 2
 # UTC, /tmp/ck/prof.py): uncapped (32 images, 1.2 MB of columns) 1014 / 2295; 128 KiB (3
 # images) 536 / 1129 and 513 / 1312; 256 KiB 828 / 1593; 64 KiB 948 / 3043 under load; the
 # 2x2-4x4 maps (fewer images per block already) unchanged within noise.
-_BATCH_CACHE = 128 * 2**10
+# Re-measured with the own AVX-512 GEMM (it packs B in 48-column panels, so the block need not
+# sit in L1), 11:58-12:00 UTC, 1 thread, batch 128, us fwd / bwd, 128K vs 512K (interleaved,
+# /tmp/ab5.py): 16->16 on 8x8 745 / 1487 vs 674 / 1329 and 804 / 1661 vs 792 / 1599;
+# 32->32 on 4x4 478 / 968 vs 457 / 918; 16->32 s2 on 8x8 536 / 1082 vs 482 / 843.
+_BATCH_CACHE = 512 * 2**10
 # Stride-1 convs whose output is as wide as the input gather their columns with masked vector
 # loads straight from x (_conv._batch_im2col, "shifted"; AVX-512 CPUs), not through padded
 # planes and an index table.  Same columns, so the same bits; False forces the general gather.
