@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 
 import numpy as np
@@ -296,14 +297,20 @@ _GEMM_PANEL = 48
 
 
 def _panel_images(imgs, HoWo):
-    q = _GEMM_PANEL // np.gcd(_GEMM_PANEL, HoWo)       # images per whole panel
+    q = _GEMM_PANEL // math.gcd(_GEMM_PANEL, HoWo)       # images per whole panel
     return imgs // q * q if imgs >= q else imgs
 
 
 def _plan_batch_forward(N, C, F, KK, HpWp, HoWo, itemsize, n_threads):
     """(threads, images per task, workspace elements per thread), or None when one image does
-    not fit the workspace limit."""
-    limit = get_workspace_limit()
+    not fit the workspace limit.  (Cached per geometry and limit: a few us of Python per call
+    otherwise, which for the small ResNet's convs is a good part of a call at batch 1.)"""
+    return _plan_batch_forward_at(N, C, F, KK, HpWp, HoWo, itemsize, n_threads,
+                                  get_workspace_limit())
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_batch_forward_at(N, C, F, KK, HpWp, HoWo, itemsize, n_threads, limit):
     per_img = ((C * KK + F) * HoWo + C * HpWp) * itemsize
     if per_img > limit:
         return None
@@ -321,16 +328,23 @@ def _plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs
     grad_weight's column blocks (chans_w channels * KK taps) are whole 48-column panels of the
     GEMM where the channels allow; when that leaves fewer than _BATCH_W_BLOCKS blocks, the
     batch is split into nsplit fixed parts summed separately (tasks for the team) and added
-    after.  Neither depends on the thread count."""
-    q = _GEMM_PANEL // int(np.gcd(_GEMM_PANEL, KK))      # channels per whole panel
+    after.  Neither depends on the thread count.  (Cached, as _plan_batch_forward.)"""
+    return _plan_batch_backward_at(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_gx,
+                                   get_workspace_limit())
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_batch_backward_at(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_gx,
+                            workspace_limit):
+    q = _GEMM_PANEL // math.gcd(_GEMM_PANEL, KK)      # channels per whole panel
     chans_w = min(Cg, _ceil_div(_ceil_div(Cg, _BATCH_W_BLOCKS), q) * q)
     nsplit = max(1, min(N, _BATCH_W_BLOCKS // (G * _ceil_div(Cg, chans_w))))
     unit_w = (KK * HoWo + HpWp) * itemsize              # one channel of one image
     unit_x = Cg * (KK * HoWo + HpWp) * itemsize          # all channels of one image
-    limit = get_workspace_limit() - (F * N * HoWo + (nsplit - 1) * F * Cg * KK) * itemsize
+    limit = workspace_limit - (F * N * HoWo + (nsplit - 1) * F * Cg * KK) * itemsize
     if nsplit > 1 and limit < max(unit_w, unit_x if needs_gx else 0):
         nsplit = 1                                      # no room for the partial sums
-        limit = get_workspace_limit() - F * N * HoWo * itemsize
+        limit = workspace_limit - F * N * HoWo * itemsize
     if limit < max(unit_w, unit_x if needs_gx else 0):
         return None
     chans_w = min(chans_w, limit // unit_w)
