@@ -180,26 +180,27 @@ def test_batch_norm_running_stats_updated_in_place():
 
 
 def _bn_small_order(x, g, eps=1e-5):
-    """float64 statistics of (N, C, HW) data with HW < 4, added in the order the kernel documents
-    for short runs: per channel, per image a chain from +0.0 over the run, added to the total
-    (NumPy float64 additions are the same IEEE operations, done for all channels at once)."""
+    """float64 statistics of (N, C, HW) data with HW <= 64, added in the order the kernel
+    documents for small planes: per slab position a chain from +0.0 over the images, then per
+    channel a chain from +0.0 over its positions (NumPy float64 additions are the same IEEE
+    operations, done for all positions at once)."""
     N, C, HW = x.shape
     M = float(N * HW)
 
     def sums(m, a, b=None):
-        s, q = np.zeros(C), np.zeros(C)
+        S, Q = np.zeros((C, HW)), np.zeros((C, HW))
         for n in range(N):
-            ts, tq = np.zeros(C), np.zeros(C)
-            for i in range(HW):
-                if b is None:
-                    d = a[n, :, i] - m
-                    ts, tq = ts + d, tq + d * d
-                else:
-                    ts, tq = ts + a[n, :, i], tq + a[n, :, i] * (b[n, :, i] - m)
-            s, q = s + ts, q + tq
+            if b is None:
+                d = a[n] - m[:, None]
+                S, Q = S + d, Q + d * d
+            else:
+                S, Q = S + a[n], Q + a[n] * (b[n] - m[:, None])
+        s, q = np.zeros(C), np.zeros(C)
+        for i in range(HW):
+            s, q = s + S[:, i], q + Q[:, i]
         return s, q
 
-    s, _ = sums(0.0, x)
+    s, _ = sums(np.zeros(C), x)
     mean = s / M
     s, q = sums(mean, x)
     var = np.maximum((q - s * s / M) / M, 0)
@@ -208,7 +209,7 @@ def _bn_small_order(x, g, eps=1e-5):
     return mean, invstd, sg, sd * invstd
 
 
-@pytest.mark.parametrize("hw", [(1, 1), (1, 2), (1, 3)])
+@pytest.mark.parametrize("hw", [(1, 1), (1, 2), (1, 3), (2, 2), (4, 4), (5, 7)])
 def test_batch_norm_small_planes_follow_documented_order(hw):
     """The channel-block path for small planes adds exactly as documented: bit for bit equal to
     a NumPy replay of the order (float64, where no rounding to the storage type hides it)."""

@@ -208,12 +208,85 @@ cdef void bn_channel_grad_apply(const floating* gy, const floating* x, floating*
 
 # ------------------------------------------------- channel blocks, for small planes
 # With a small H*W a channel is N runs of a few values, 4 KB or more apart.  Instead, one task
-# takes CB consecutive channels and walks each image's contiguous (CB, HW) slab.  Every channel
-# still gets exactly the per-run sums, in the same order, as bn_channel_stats/_grad_sums (the
-# loops over n and over the channels are merely swapped), so the results are bit-identical to
-# the per-channel path and independent of CB and of the thread count.  The elementwise passes
-# expand the per-channel coefficients to one value per slab position so that their inner loop
-# runs over the whole slab.
+# takes CB consecutive channels and walks each image's contiguous (CB, HW) slab, accumulating
+# one double per slab position over the images (a vector loop over the whole slab), then sums
+# each channel's HW positions in order.  Every channel's sums run in an order fixed by N and
+# HW alone -- the same bits for any CB and thread count -- and are as accurate as the
+# per-channel path's (double accumulation, two passes), though not bit-identical to it.  The
+# elementwise passes expand the per-channel coefficients to one value per slab position so
+# that their inner loop runs over the whole slab.
+cdef extern from *:
+    """
+    /* Slab loops of the small-plane batch norm.  GCC builds each twice (AVX-512F and the
+       x86-64 baseline) and picks one at load time; fp-contract=off keeps the arithmetic
+       (no fused multiply-adds) the same bits in both builds. */
+    #include <stddef.h>
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+    #define CK_BNV __attribute__((target_clones("avx512f", "default"), optimize("fp-contract=off")))
+    #else
+    #define CK_BNV
+    #endif
+    #define CK_BNV_DEFINE(T, SUF)                                                               \
+    /* s[l] += x[l] */                                                                        \
+    CK_BNV static void ck_bnv_sum_##SUF(const T* __restrict x, ptrdiff_t L,                   \
+                                        double* __restrict s) {                               \
+        for (ptrdiff_t l = 0; l < L; l++) s[l] += (double)x[l];                               \
+    }                                                                                         \
+    /* d = x[l] - m[l]: s[l] += d, q[l] += d * d */                                           \
+    CK_BNV static void ck_bnv_dev_##SUF(const T* __restrict x, ptrdiff_t L,                   \
+                                        const double* __restrict m, double* __restrict s,     \
+                                        double* __restrict q) {                               \
+        for (ptrdiff_t l = 0; l < L; l++) {                                                   \
+            double d = (double)x[l] - m[l];                                                   \
+            s[l] += d; q[l] += d * d;                                                         \
+        }                                                                                     \
+    }                                                                                         \
+    /* sg[l] += g[l], sd[l] += g[l] * (x[l] - m[l]) */                                        \
+    CK_BNV static void ck_bnv_dot_##SUF(const T* __restrict g, const T* __restrict x,         \
+                                        ptrdiff_t L, const double* __restrict m,              \
+                                        double* __restrict sg, double* __restrict sd) {       \
+        for (ptrdiff_t l = 0; l < L; l++) {                                                   \
+            double gv = (double)g[l];                                                         \
+            sg[l] += gv; sd[l] += gv * ((double)x[l] - m[l]);                                 \
+        }                                                                                     \
+    }                                                                                         \
+    /* y[l] = (x[l] - m[l]) * a[l] + b[l] */                                                  \
+    CK_BNV static void ck_bnv_affine_##SUF(const T* __restrict x, T* __restrict y,            \
+                                           ptrdiff_t L, const T* __restrict m,                \
+                                           const T* __restrict a, const T* __restrict b) {    \
+        for (ptrdiff_t l = 0; l < L; l++) y[l] = (x[l] - m[l]) * a[l] + b[l];                 \
+    }                                                                                         \
+    /* o[l] = g[l] * kg[l] + (x[l] - m[l]) * kx[l] + b[l] */                                  \
+    CK_BNV static void ck_bnv_grad_##SUF(const T* __restrict g, const T* __restrict x,        \
+                                         T* __restrict o, ptrdiff_t L,                        \
+                                         const T* __restrict kg, const T* __restrict m,       \
+                                         const T* __restrict kx, const T* __restrict b) {     \
+        for (ptrdiff_t l = 0; l < L; l++) o[l] = g[l] * kg[l] + (x[l] - m[l]) * kx[l] + b[l]; \
+    }
+    CK_BNV_DEFINE(float, f)
+    CK_BNV_DEFINE(double, d)
+    """
+    void ck_bnv_sum_f(const float* x, Py_ssize_t L, double* s) noexcept nogil
+    void ck_bnv_sum_d(const double* x, Py_ssize_t L, double* s) noexcept nogil
+    void ck_bnv_dev_f(const float* x, Py_ssize_t L, const double* m, double* s,
+                      double* q) noexcept nogil
+    void ck_bnv_dev_d(const double* x, Py_ssize_t L, const double* m, double* s,
+                      double* q) noexcept nogil
+    void ck_bnv_dot_f(const float* g, const float* x, Py_ssize_t L, const double* m,
+                      double* sg, double* sd) noexcept nogil
+    void ck_bnv_dot_d(const double* g, const double* x, Py_ssize_t L, const double* m,
+                      double* sg, double* sd) noexcept nogil
+    void ck_bnv_affine_f(const float* x, float* y, Py_ssize_t L, const float* m,
+                         const float* a, const float* b) noexcept nogil
+    void ck_bnv_affine_d(const double* x, double* y, Py_ssize_t L, const double* m,
+                         const double* a, const double* b) noexcept nogil
+    void ck_bnv_grad_f(const float* g, const float* x, float* o, Py_ssize_t L, const float* kg,
+                       const float* m, const float* kx, const float* b) noexcept nogil
+    void ck_bnv_grad_d(const double* g, const double* x, double* o, Py_ssize_t L,
+                       const double* kg, const double* m, const double* kx,
+                       const double* b) noexcept nogil
+
+
 cdef enum:
     BN_SLAB = 1024      # most values in one (CB, HW) slab: CB * HW <= BN_SLAB
     # Planes of at most BN_SMALL_HW values take the channel-block path.  Measured (2-core Xeon,
@@ -223,43 +296,20 @@ cdef enum:
     BN_SMALL_HW = 64
 
 
-cdef inline void bn_small_sums(const floating* xs, Py_ssize_t HW, Py_ssize_t CB,
-                               const double* m, double* s, double* q, double* ts,
-                               double* tq) noexcept nogil:
-    """s[j] += sum(x - m[j]), q[j] += sum((x - m[j])^2) over channel j's run of HW < 8 values
-    in the slab xs, for every j < CB.  For such short runs ck_bn_sums_* does only its scalar
-    tail (one dependent add chain from +0.0); this does the same additions in the same order,
-    but with the channels innermost, so that the chains of different channels overlap."""
-    cdef Py_ssize_t j, i
-    cdef double d
-    for j in range(CB):
-        ts[j] = 0.0
-        tq[j] = 0.0
-    for i in range(HW):
-        for j in range(CB):
-            d = <double>xs[j * HW + i] - m[j]
-            ts[j] += d
-            tq[j] += d * d
-    for j in range(CB):
-        s[j] += ts[j]
-        q[j] += tq[j]
+cdef inline void bn_affine(const floating* x, floating* y, Py_ssize_t L, const floating* m,
+                           const floating* a, const floating* b) noexcept nogil:
+    if floating is float:
+        ck_bnv_affine_f(x, y, L, m, a, b)
+    else:
+        ck_bnv_affine_d(x, y, L, m, a, b)
 
 
-cdef inline void bn_small_dot(const floating* gs, const floating* xs, Py_ssize_t HW,
-                              Py_ssize_t CB, const floating* m, double* sg, double* sd,
-                              double* tg, double* td) noexcept nogil:
-    """The ck_bn_dot_* sums for runs of HW < 8 values (its scalar tail), channels innermost."""
-    cdef Py_ssize_t j, i
-    for j in range(CB):
-        tg[j] = 0.0
-        td[j] = 0.0
-    for i in range(HW):
-        for j in range(CB):
-            tg[j] += <double>gs[j * HW + i]
-            td[j] += <double>gs[j * HW + i] * (<double>xs[j * HW + i] - <double>m[j])
-    for j in range(CB):
-        sg[j] += tg[j]
-        sd[j] += td[j]
+cdef inline double bn_run_sum(const double* v, Py_ssize_t n) noexcept nogil:
+    cdef double t = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        t += v[i]
+    return t
 
 
 cdef void bn_block_train(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t stride,
@@ -269,47 +319,37 @@ cdef void bn_block_train(const floating* x, floating* y, Py_ssize_t N, Py_ssize_
     """Training forward of channels [0, CB) of the block at x (element (0, c0, 0))."""
     cdef double s[BN_SLAB]
     cdef double q[BN_SLAB]
-    cdef double ts[BN_SLAB]
-    cdef double tq[BN_SLAB]
-    cdef double zero[BN_SLAB]
+    cdef double md[BN_SLAB]
     cdef floating em[BN_SLAB]
     cdef floating es[BN_SLAB]
     cdef floating eb[BN_SLAB]
     cdef Py_ssize_t n, j, i, L = CB * HW
-    cdef double M = <double>(N * HW), m, invstd, w, b
-    cdef const floating* xs
-    cdef floating* ys
-    for j in range(CB):
-        s[j] = 0
-        q[j] = 0
-        zero[j] = 0
+    cdef double M = <double>(N * HW), m, invstd, w, b, sj, qj
+    for i in range(L):
+        s[i] = 0
+        q[i] = 0
     for n in range(N):
-        xs = x + n * stride
-        if HW < 8:
-            bn_small_sums(xs, HW, CB, zero, s, q, ts, tq)
-            continue
-        for j in range(CB):
-            if floating is float:
-                ck_bn_sums_f(xs + j * HW, HW, 0.0, &s[j], &q[j])
-            else:
-                ck_bn_sums_d(xs + j * HW, HW, 0.0, &s[j], &q[j])
+        if floating is float:
+            ck_bnv_sum_f(x + n * stride, L, s)
+        else:
+            ck_bnv_sum_d(x + n * stride, L, s)
     for j in range(CB):
-        mean[j] = s[j] / M
-        s[j] = 0
-        q[j] = 0
+        mean[j] = bn_run_sum(s + j * HW, HW) / M
+        for i in range(HW):
+            md[j * HW + i] = mean[j]
+            s[j * HW + i] = 0
     for n in range(N):
-        xs = x + n * stride
-        if HW < 8:
-            bn_small_sums(xs, HW, CB, mean, s, q, ts, tq)
-            continue
-        for j in range(CB):
-            if floating is float:
-                ck_bn_sums_f(xs + j * HW, HW, mean[j], &s[j], &q[j])
-            else:
-                ck_bn_sums_d(xs + j * HW, HW, mean[j], &s[j], &q[j])
+        if floating is float:
+            ck_bnv_dev_f(x + n * stride, L, md, s, q)
+        else:
+            ck_bnv_dev_d(x + n * stride, L, md, s, q)
     for j in range(CB):
         m = mean[j]
-        var[j] = (q[j] - s[j] * s[j] / M) / M
+        sj = bn_run_sum(s + j * HW, HW)
+        qj = bn_run_sum(q + j * HW, HW)
+        # sj = sum(x - m) is ~0; subtracting sj*sj/M makes the result the exact two-pass
+        # variance of the rounded mean (the "corrected two-pass" formula)
+        var[j] = (qj - sj * sj / M) / M
         if var[j] < 0:
             var[j] = 0
         invstd = 1.0 / sqrt(var[j] + eps)
@@ -322,10 +362,7 @@ cdef void bn_block_train(const floating* x, floating* y, Py_ssize_t N, Py_ssize_
             es[j * HW + i] = <floating>(invstd * w)
             eb[j * HW + i] = <floating>b
     for n in range(N):
-        xs = x + n * stride
-        ys = y + n * stride
-        for i in range(L):
-            ys[i] = (xs[i] - em[i]) * es[i] + eb[i]
+        bn_affine(x + n * stride, y + n * stride, L, em, es, eb)
 
 
 cdef void bn_block_eval(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t stride,
@@ -337,8 +374,6 @@ cdef void bn_block_eval(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t
     cdef floating eb[BN_SLAB]
     cdef Py_ssize_t n, j, i, L = CB * HW
     cdef floating sc, sh
-    cdef const floating* xs
-    cdef floating* ys
     for j in range(CB):
         sc = invstd[j] * weight[j] if affine else invstd[j]
         sh = bias[j] if affine else 0
@@ -347,10 +382,7 @@ cdef void bn_block_eval(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t
             es[j * HW + i] = sc
             eb[j * HW + i] = sh
     for n in range(N):
-        xs = x + n * stride
-        ys = y + n * stride
-        for i in range(L):
-            ys[i] = (xs[i] - em[i]) * es[i] + eb[i]
+        bn_affine(x + n * stride, y + n * stride, L, em, es, eb)
 
 
 cdef void bn_block_backward(const floating* gy, const floating* x, floating* gx,
@@ -360,41 +392,35 @@ cdef void bn_block_backward(const floating* gy, const floating* x, floating* gx,
                             floating* grad_bias) noexcept nogil:
     cdef double sg[BN_SLAB]
     cdef double sd[BN_SLAB]
-    cdef double tg[BN_SLAB]
-    cdef double td[BN_SLAB]
+    cdef double md[BN_SLAB]
     cdef floating eg[BN_SLAB]
     cdef floating em[BN_SLAB]
     cdef floating ex[BN_SLAB]
     cdef floating eb[BN_SLAB]
     cdef Py_ssize_t n, j, i, L = CB * HW
-    cdef double M = <double>(N * HW), w, inv
+    cdef double M = <double>(N * HW), w, inv, sgj, sdj
     cdef floating k_gy, k_xmu, shift
-    cdef const floating* gs
-    cdef const floating* xs
-    cdef floating* out
     for j in range(CB):
-        sg[j] = 0
-        sd[j] = 0
+        for i in range(HW):
+            md[j * HW + i] = <double>mean[j]
+            sg[j * HW + i] = 0
+            sd[j * HW + i] = 0
     for n in range(N):
-        gs = gy + n * stride
-        xs = x + n * stride
-        if HW < 8 if floating is float else HW < 4:     # where ck_bn_dot_* is tail-only
-            bn_small_dot(gs, xs, HW, CB, mean, sg, sd, tg, td)
-            continue
-        for j in range(CB):
-            if floating is float:
-                ck_bn_dot_f(gs + j * HW, xs + j * HW, HW, mean[j], &sg[j], &sd[j])
-            else:
-                ck_bn_dot_d(gs + j * HW, xs + j * HW, HW, mean[j], &sg[j], &sd[j])
+        if floating is float:
+            ck_bnv_dot_f(gy + n * stride, x + n * stride, L, md, sg, sd)
+        else:
+            ck_bnv_dot_d(gy + n * stride, x + n * stride, L, md, sg, sd)
     for j in range(CB):
+        sgj = bn_run_sum(sg + j * HW, HW)
+        sdj = bn_run_sum(sd + j * HW, HW)
         inv = invstd[j]
         w = weight[j] if affine else 1.0
-        grad_bias[j] = <floating>sg[j]
-        grad_weight[j] = <floating>(sd[j] * inv)
+        grad_bias[j] = <floating>sgj
+        grad_weight[j] = <floating>(sdj * inv)
         k_gy = <floating>(w * inv)
         if training:
-            k_xmu = <floating>(-w * inv * inv * inv * sd[j] / M)
-            shift = <floating>(-w * inv * sg[j] / M)
+            k_xmu = <floating>(-w * inv * inv * inv * sdj / M)
+            shift = <floating>(-w * inv * sgj / M)
         else:
             k_xmu = 0
             shift = 0
@@ -404,11 +430,10 @@ cdef void bn_block_backward(const floating* gy, const floating* x, floating* gx,
             ex[j * HW + i] = k_xmu
             eb[j * HW + i] = shift
     for n in range(N):
-        gs = gy + n * stride
-        xs = x + n * stride
-        out = gx + n * stride
-        for i in range(L):
-            out[i] = gs[i] * eg[i] + (xs[i] - em[i]) * ex[i] + eb[i]
+        if floating is float:
+            ck_bnv_grad_f(gy + n * stride, x + n * stride, gx + n * stride, L, eg, em, ex, eb)
+        else:
+            ck_bnv_grad_d(gy + n * stride, x + n * stride, gx + n * stride, L, eg, em, ex, eb)
 
 
 # ---------------------------------------------------------------- Python-callable drivers

@@ -1447,12 +1447,16 @@ def bias_grad(const floating[:, :, :, ::1] gy, floating[::1] gb, int n_threads):
 # issue one GEMM per block of nb images (the whole batch on one thread).
 
 cdef inline void _copy_short(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
-    """memcpy of n values; the widths of small maps (2, 4, 8) as fixed-size copies the compiler
-    turns into one or two vector moves instead of a library call."""
+    """memcpy of n values; the widths and planes of small maps (2, 4, 8, 16, 64) as fixed-size
+    copies the compiler turns into a few vector moves instead of a library call."""
     if n == 4:
         memcpy(dst, src, 4 * sizeof(floating))
     elif n == 8:
         memcpy(dst, src, 8 * sizeof(floating))
+    elif n == 16:
+        memcpy(dst, src, 16 * sizeof(floating))
+    elif n == 64:
+        memcpy(dst, src, 64 * sizeof(floating))
     elif n == 2:
         memcpy(dst, src, 2 * sizeof(floating))
     else:
@@ -1474,6 +1478,43 @@ cdef inline void _add_short(floating* dst, const floating* src, Py_ssize_t n) no
     else:
         for i in range(n):
             dst[i] += src[i]
+
+
+cdef inline void _gather_row(floating* dst, const floating* src, Py_ssize_t n,
+                             Py_ssize_t cs) noexcept nogil:
+    """dst[i] = src[i * cs], i < n: one output row's columns at column stride cs; the
+    stride-2 rows of small maps (2, 4, 8 wide) with fixed trip counts (unrolled)."""
+    cdef Py_ssize_t i
+    if cs == 2 and n == 4:
+        for i in range(4):
+            dst[i] = src[2 * i]
+    elif cs == 2 and n == 2:
+        for i in range(2):
+            dst[i] = src[2 * i]
+    elif cs == 2 and n == 8:
+        for i in range(8):
+            dst[i] = src[2 * i]
+    else:
+        for i in range(n):
+            dst[i] = src[i * cs]
+
+
+cdef inline void _scatter_add_row(floating* dst, const floating* src, Py_ssize_t n,
+                                  Py_ssize_t cs) noexcept nogil:
+    """dst[i * cs] += src[i], i < n (the adjoint of _gather_row)."""
+    cdef Py_ssize_t i
+    if cs == 2 and n == 4:
+        for i in range(4):
+            dst[2 * i] += src[i]
+    elif cs == 2 and n == 2:
+        for i in range(2):
+            dst[2 * i] += src[i]
+    elif cs == 2 and n == 8:
+        for i in range(8):
+            dst[2 * i] += src[i]
+    else:
+        for i in range(n):
+            dst[i * cs] += src[i]
 
 
 cdef void _batch_pad(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssize_t nb,
@@ -1499,12 +1540,70 @@ cdef void _batch_pad(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssize_
                 _copy_short(dst + h * Wp + lo, src + (h - pt) * W + lo - pl, up - lo)
 
 
+cdef extern from *:
+    """
+    /* Masked shifted copies for the small-map im2col (AVX-512F, chosen at run time): lane i of
+       vector v of an image's columns is x[16v + i + off] where its mask bit is set, else 0.
+       Masked-off lanes are never read (AVX-512 masked loads do not touch them), so shifts that
+       point before or after a plane read nothing outside it. */
+    #include <stddef.h>
+    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+    #include <immintrin.h>
+    #define CK_SHIFT_BUILT 1
+    __attribute__((target("avx512f")))
+    static void ck_shift_f(const float* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t off,
+                           const unsigned short* masks, ptrdiff_t nv, float* dst) {
+        for (ptrdiff_t j = 0; j < nb; j++) {
+            const float* src = x + j * img;
+            float* d = dst + j * nv * 16;
+            for (ptrdiff_t v = 0; v < nv; v++)
+                _mm512_storeu_ps(d + 16 * v,
+                                 _mm512_maskz_loadu_ps((__mmask16)masks[v], src + off + 16 * v));
+        }
+    }
+    __attribute__((target("avx512f")))
+    static void ck_shift_d(const double* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t off,
+                           const unsigned short* masks, ptrdiff_t nv, double* dst) {
+        for (ptrdiff_t j = 0; j < nb; j++) {
+            const double* src = x + j * img;
+            double* d = dst + j * nv * 8;
+            for (ptrdiff_t v = 0; v < nv; v++)
+                _mm512_storeu_pd(d + 8 * v,
+                                 _mm512_maskz_loadu_pd((__mmask8)masks[v], src + off + 8 * v));
+        }
+    }
+    static int ck_shift_available(void) {
+        static int state = -1;
+        if (state < 0) { __builtin_cpu_init(); state = __builtin_cpu_supports("avx512f") ? 1 : 0; }
+        return state;
+    }
+    #else
+    #define CK_SHIFT_BUILT 0
+    static void ck_shift_f(const float* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t off,
+                           const unsigned short* masks, ptrdiff_t nv, float* dst) {}
+    static void ck_shift_d(const double* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t off,
+                           const unsigned short* masks, ptrdiff_t nv, double* dst) {}
+    static int ck_shift_available(void) { return 0; }
+    #endif
+    """
+    void ck_shift_f(const float* x, Py_ssize_t img, Py_ssize_t nb, Py_ssize_t off,
+                    const unsigned short* masks, Py_ssize_t nv, float* dst) noexcept nogil
+    void ck_shift_d(const double* x, Py_ssize_t img, Py_ssize_t nb, Py_ssize_t off,
+                    const unsigned short* masks, Py_ssize_t nv, double* dst) noexcept nogil
+    int ck_shift_available() noexcept nogil
+
+
+def shift_available():
+    """True when the small-map im2col can use masked AVX-512 loads (_batch_im2col)."""
+    return ck_shift_available() != 0
+
+
 cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssize_t nb,
                         Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t H, Py_ssize_t W, Py_ssize_t KH,
                         Py_ssize_t KW, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh,
                         Py_ssize_t dw, Py_ssize_t Hp, Py_ssize_t Wp, const Py_ssize_t* idx,
-                        Py_ssize_t L, Py_ssize_t Wo, bint unit_stride, floating* cols,
-                        floating* xp) noexcept nogil:
+                        Py_ssize_t L, Py_ssize_t Wo, bint unit_stride,
+                        const unsigned short* masks, floating* cols, floating* xp) noexcept nogil:
     """cols ((c1-c0)*KH*KW, L): the columns of channels [c0, c1) of images n0..n0+nb-1 (x: image
     0, channel 0; img: elements per image), image j in columns [j*HoWo, (j+1)*HoWo).
 
@@ -1513,10 +1612,32 @@ cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssi
     top-left tap of column q.  Row (c, kh, kw) of cols is then one flat gather
     xp[c, kh*dh*Wp + kw*dw + idx[q]] -- with unit column stride, Wo contiguous values per
     output row: no bounds checks and no per-row library calls, which for rows of 2-8 outputs
-    cost more than the copying itself."""
-    cdef Py_ssize_t lx = nb * Hp * Wp, c, kh, kw, q
+    cost more than the copying itself.
+
+    masks (not NULL: stride 1, Wo == W, HoWo a multiple of the vector width, an AVX-512 CPU):
+    output position p of an image reads input p + a*W + b through tap (kh, kw)
+    (a = kh*dh - pt, b = kw*dw - pl) or padding, so each tap's columns of an image are masked
+    vector loads straight from x (masks[tap * nv + v]: which lanes of vector v read x) -- no
+    padded planes, no index table."""
+    cdef bint shifted = masks != NULL
+    cdef Py_ssize_t lx = nb * Hp * Wp, c, kh, kw, q, j, HoWo = L // nb, cs
     cdef floating* dst
     cdef const floating* src
+    cdef Py_ssize_t nv, t
+    if shifted:
+        nv = HoWo // (16 if floating is float else 8)
+        for c in range(c0, c1):
+            for t in range(KH * KW):
+                kh = t // KW
+                kw = t - kh * KW
+                dst = cols + ((c - c0) * KH * KW + t) * L
+                if floating is float:
+                    ck_shift_f(x + n0 * img + c * H * W, img, nb,
+                               (kh * dh - pt) * W + kw * dw - pl, masks + t * nv, nv, dst)
+                else:
+                    ck_shift_d(x + n0 * img + c * H * W, img, nb,
+                               (kh * dh - pt) * W + kw * dw - pl, masks + t * nv, nv, dst)
+        return
     _batch_pad(x, img, n0, nb, c0, c1, H, W, pt, pl, Hp, Wp, xp)
     for c in range(c0, c1):
         for kh in range(KH):
@@ -1528,9 +1649,12 @@ cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssi
                     while q < L:
                         _copy_short(dst + q, src + idx[q], Wo)
                         q = q + Wo
-                else:
-                    for q in range(L):
-                        dst[q] = src[idx[q]]
+                else:       # output rows of Wo columns, cs apart in the padded plane
+                    cs = idx[1] - idx[0] if Wo > 1 else 1
+                    q = 0
+                    while q < L:
+                        _gather_row(dst + q, src + idx[q], Wo, cs)
+                        q = q + Wo
 
 
 cdef void _batch_col2im(const floating* cols, Py_ssize_t L, Py_ssize_t nb, Py_ssize_t C,
@@ -1542,7 +1666,7 @@ cdef void _batch_col2im(const floating* cols, Py_ssize_t L, Py_ssize_t nb, Py_ss
     is added into padded planes xp (C, nb*Hp*Wp) through the same index table, taps in order,
     then each image's planes are cropped into gx (image j at gx + j*img, channel c at c*H*W;
     input pixels no tap reads get 0).  Fixed order: the same bits every run."""
-    cdef Py_ssize_t HpWp = Hp * Wp, lx = nb * HpWp, c, kh, kw, q, j, h, r, lo, up
+    cdef Py_ssize_t HpWp = Hp * Wp, lx = nb * HpWp, c, kh, kw, q, j, h, r, lo, up, cs
     cdef floating* dst
     cdef const floating* src
     cdef floating* g
@@ -1558,8 +1682,11 @@ cdef void _batch_col2im(const floating* cols, Py_ssize_t L, Py_ssize_t nb, Py_ss
                         _add_short(dst + idx[q], src + q, Wo)
                         q = q + Wo
                 else:
-                    for q in range(L):
-                        dst[idx[q]] += src[q]
+                    cs = idx[1] - idx[0] if Wo > 1 else 1
+                    q = 0
+                    while q < L:
+                        _scatter_add_row(dst + idx[q], src + q, Wo, cs)
+                        q = q + Wo
     # input column w sits at padded column w + pl; only [lo, up) of them exist in xp
     lo = _min(W, -pl) if pl < 0 else 0
     up = _min(W, Wp - pl)
@@ -1586,8 +1713,9 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
                          floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t imgs,
                          const Py_ssize_t[::1] idx, Py_ssize_t Hp, Py_ssize_t Wp,
                          Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
-                         Py_ssize_t groups, int n_threads):
+                         Py_ssize_t groups, const unsigned short[::1] masks, int n_threads):
     """y = conv(x, w) + bias, one GEMM per group for each block of ``imgs`` images.
+    masks: empty, or the shifted gather's lane masks (see _batch_im2col).
 
     A task (block of images) writes cols (C*KK, L), L = nb*HoWo, and the GEMM result (F, L) into
     its thread's slice of ws (ws_per_thread >= ((C*KK + F)*HoWo + C*Hp*Wp)*imgs: columns, GEMM
@@ -1602,6 +1730,7 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
     cdef Py_ssize_t nblk = (N + imgs - 1) // imgs
     cdef Py_ssize_t t, n0, nb, L, g, f, j, p
     cdef bint unit_stride = Wo == 1 or idx[1] - idx[0] == 1     # column stride 1
+    cdef const unsigned short* mp = &masks[0] if masks.shape[0] > 0 else NULL
     cdef floating* cols
     cdef floating* ybuf
     cdef floating* src
@@ -1615,7 +1744,7 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
             cols = &ws[0] + threadid() * ws_per_thread
             ybuf = cols + C * KK * L
             _batch_im2col(&x[0, 0, 0, 0], C * H * W, n0, nb, 0, C, H, W, KH, KW, pt, pl, dh, dw,
-                          Hp, Wp, &idx[0], L, Wo, unit_stride, cols, ybuf + F * L)
+                          Hp, Wp, &idx[0], L, Wo, unit_stride, mp, cols, ybuf + F * L)
             for g in range(G):
                 gemm(False, False, Fg, L, CgKK, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
                      cols + g * CgKK * L, L, <floating>0, ybuf + g * Fg * L, L)
@@ -1628,7 +1757,7 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
                         for p in range(HoWo):
                             dst[p] = src[p] + bv
                     else:
-                        memcpy(dst, src, HoWo * sizeof(floating))
+                        _copy_short(dst, src, HoWo)
     return y
 
 
@@ -1639,9 +1768,15 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                           Py_ssize_t imgs, const Py_ssize_t[::1] idx, Py_ssize_t Hp, Py_ssize_t Wp,
                           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                           Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
-                          bint needs_input_grad, int n_threads):
+                          bint needs_input_grad, const unsigned short[::1] masks,
+                          Py_ssize_t nsplit, floating[::1] gwp, int n_threads):
     """grad_weight into gw (OUT, any contents) and, when needs_input_grad, grad_x into gx (OUT,
     any contents) with batch-wide GEMMs.
+
+    nsplit: grad_weight tasks also split the batch into nsplit fixed parts (images
+    [s*N/nsplit, (s+1)*N/nsplit)); part 0 sums into gw, part s > 0 into gwp[(s-1)*F*Cg*KK:]
+    (laid out as gw), and the parts are added into gw in order after: the same bits for any
+    thread count.
 
     gyt (F, N*HoWo): gy with the images side by side (filled here).
     grad_weight: a task owns ``chans_w`` input channels of one group -- a column block of gw[g]
@@ -1656,30 +1791,42 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
     cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo, LN = N * HoWo
     cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
     cdef Py_ssize_t ntw = (Cg + chans_w - 1) // chans_w, nblk = (N + imgs - 1) // imgs
-    cdef Py_ssize_t t, n, f, g, c0, c1, n0, nb, L, j, c
+    cdef Py_ssize_t t, n, f, g, c0, c1, n0, nb, L, j, c, sp, tw, na, nz, i
+    cdef Py_ssize_t gwn = F * CgKK
+    cdef const unsigned short* mp = &masks[0] if masks.shape[0] > 0 else NULL
     cdef floating* buf
+    cdef floating* dst
+    cdef floating* gwf = &gw[0, 0, 0, 0]
     with nogil:
         # (a plain copy, serial: one parallel region less, whose end barrier costs a time
         # slice whenever the other core is busy with another process)
         for n in range(N):
             for f in range(F):
                 _copy_short(&gyt[0] + f * LN + n * HoWo, &gy[n, f, 0, 0], HoWo)
-        for t in prange(G * ntw, schedule="dynamic", num_threads=n_threads):
-            g = t // ntw
-            c0 = (t - g * ntw) * chans_w
+        for t in prange(G * ntw * nsplit, schedule="dynamic", num_threads=n_threads):
+            sp = t % nsplit
+            tw = t // nsplit
+            g = tw // ntw
+            c0 = (tw - g * ntw) * chans_w
             c1 = _min(Cg, c0 + chans_w)
+            na = sp * N // nsplit
+            nz = (sp + 1) * N // nsplit
+            dst = (gwf if sp == 0 else &gwp[0] + (sp - 1) * gwn) + g * Fg * CgKK + c0 * KK
             buf = &ws[0] + threadid() * ws_per_thread
-            n0 = 0
-            while n0 < N:       # images in blocks of kimgs, summed in order
-                nb = _min(kimgs, N - n0)
+            n0 = na
+            while n0 < nz:      # images in blocks of kimgs, summed in order
+                nb = _min(kimgs, nz - n0)
                 L = nb * HoWo
                 _batch_im2col(&x[0, 0, 0, 0], C * H * W, n0, nb, g * Cg + c0, g * Cg + c1, H, W,
-                              KH, KW, pt, pl, dh, dw, Hp, Wp, &idx[0], L, Wo, sw == 1, buf,
-                              buf + (c1 - c0) * KK * L)
+                              KH, KW, pt, pl, dh, dw, Hp, Wp, &idx[0], L, Wo, sw == 1, mp,
+                              buf, buf + (c1 - c0) * KK * L)
                 gemm(False, True, Fg, (c1 - c0) * KK, L, <floating>1,
                      &gyt[0] + g * Fg * LN + n0 * HoWo, LN, buf, L,
-                     <floating>(1 if n0 > 0 else 0), &gw[g * Fg, 0, 0, 0] + c0 * KK, CgKK)
+                     <floating>(1 if n0 > na else 0), dst, CgKK)
                 n0 = n0 + nb
+        for sp in range(1, nsplit):     # the parts, in order
+            for i in range(gwn):
+                gwf[i] = gwf[i] + gwp[(sp - 1) * gwn + i]
         if needs_input_grad:
             for t in prange(nblk * G, schedule="dynamic", num_threads=n_threads):
                 g = t // nblk
@@ -1692,3 +1839,97 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                 _batch_col2im(buf, L, nb, Cg, KH, KW, dh, dw, Hp, Wp, &idx[0], Wo, sw == 1,
                               buf + CgKK * L,
                               &gx[n0, g * Cg, 0, 0], C * H * W, H, W, pt, pl)
+
+
+# ---------------------------------------------------------------------------- dense maps
+# For tiny planes (2x2 with a 3x3 kernel) the conv is a small dense linear map from an image's
+# C*H*W inputs to its F*Ho*Wo outputs, Wd[(c, hi, wi), (f, ho, wo)] = w[f, c, kh, kw] (0 where no
+# tap connects them).  With x as the (N, C*H*W) matrix it already is, y = x @ Wd is one GEMM
+# straight into y's layout -- no im2col, no copies -- and grad_x = gy @ Wd^T,
+# grad_Wd = x^T @ gy; grad_weight folds grad_Wd back onto the taps.  It does H*W / (KH*KW) times
+# the multiplies of im2col (4/9 for 2x2 under a 3x3 kernel: the taps that read padding are
+# skipped).
+
+def dense_weight(const floating[:, :, :, ::1] w, floating[:, ::1] wd, Py_ssize_t H, Py_ssize_t W,
+                 Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                 Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, int n_threads):
+    """wd (C*H*W, F*Ho*Wo) = the dense map of the (groups = 1) conv w: zeroed, then each tap's
+    weights written at (c, hi, wi), (f, ho, wo); a task per input channel (its rows)."""
+    cdef Py_ssize_t F = w.shape[0], C = w.shape[1], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t HW = H * W, HoWo = Ho * Wo, c, f, kh, kw, ho, wo, hi, wi, o
+    cdef floating* row
+    with nogil:
+        for c in prange(C, schedule="dynamic", num_threads=n_threads):
+            memset(&wd[c * HW, 0], 0, HW * wd.shape[1] * sizeof(floating))
+            for kh in range(KH):
+                for kw in range(KW):
+                    for ho in range(Ho):
+                        hi = ho * sh + kh * dh - pt
+                        if hi < 0 or hi >= H:
+                            continue
+                        for wo in range(Wo):
+                            wi = wo * sw + kw * dw - pl
+                            if wi < 0 or wi >= W:
+                                continue
+                            row = &wd[c * HW + hi * W + wi, 0]
+                            o = ho * Wo + wo
+                            for f in range(F):
+                                row[f * HoWo + o] = w[f, c, kh, kw]
+
+
+def dense_fold(const floating[:, ::1] gwd, floating[:, :, :, ::1] gw, Py_ssize_t H,
+               Py_ssize_t W, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t sh, Py_ssize_t sw,
+               Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, int n_threads):
+    """gw (OUT, any contents)[f, c, kh, kw] = the sum of gwd over the (input, output) pairs tap
+    (kh, kw) connects, in (ho, wo) order: the adjoint of dense_weight (a task per channel)."""
+    cdef Py_ssize_t F = gw.shape[0], C = gw.shape[1], KH = gw.shape[2], KW = gw.shape[3]
+    cdef Py_ssize_t HW = H * W, HoWo = Ho * Wo, c, f, kh, kw, ho, wo, hi, wi, o
+    cdef bint first
+    cdef const floating* row
+    with nogil:
+        for c in prange(C, schedule="dynamic", num_threads=n_threads):
+            first = True        # (assigned in the loop body: thread-private)
+            for kh in range(KH):
+                for kw in range(KW):
+                    first = True
+                    for ho in range(Ho):
+                        hi = ho * sh + kh * dh - pt
+                        if hi < 0 or hi >= H:
+                            continue
+                        for wo in range(Wo):
+                            wi = wo * sw + kw * dw - pl
+                            if wi < 0 or wi >= W:
+                                continue
+                            row = &gwd[c * HW + hi * W + wi, 0]
+                            o = ho * Wo + wo
+                            if first:
+                                for f in range(F):
+                                    gw[f, c, kh, kw] = row[f * HoWo + o]
+                                first = False
+                            else:
+                                for f in range(F):
+                                    gw[f, c, kh, kw] += row[f * HoWo + o]
+                    if first:           # a tap that only ever reads padding
+                        for f in range(F):
+                            gw[f, c, kh, kw] = 0
+
+
+def gemm_rows(bint trans_a, bint trans_b, const floating[:, ::1] a, const floating[:, ::1] b,
+              floating[:, ::1] c, Py_ssize_t k, int n_threads):
+    """c (m x n) = op(a) @ op(b) (op(a) m x k), its rows split into one block per thread (a
+    multiple of 8 rows each).  Rows are independent sums in the GEMM's fixed k order, so the
+    bits do not depend on the split."""
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], lda = a.shape[1], ldb = b.shape[1]
+    cdef Py_ssize_t rows = (((m + n_threads - 1) // n_threads) + 7) // 8 * 8
+    cdef Py_ssize_t nblk = (m + rows - 1) // rows, t, i0, mb
+    with nogil:
+        if nblk <= 1:
+            gemm(trans_a, trans_b, m, n, k, <floating>1, &a[0, 0], lda, &b[0, 0], ldb,
+                 <floating>0, &c[0, 0], n)
+        else:
+            for t in prange(nblk, schedule="dynamic", num_threads=n_threads):
+                i0 = t * rows
+                mb = _min(rows, m - i0)
+                gemm(trans_a, trans_b, mb, n, k, <floating>1,
+                     (&a[0, 0] + i0) if trans_a else (&a[0, 0] + i0 * lda), lda, &b[0, 0], ldb,
+                     <floating>0, &c[0, 0] + i0 * n, n)

@@ -551,3 +551,30 @@ def avg_pool2d_backward(const floating[:, :, ::1] gy, Py_ssize_t W,
         free(plane)
     if failed:
         raise MemoryError("avg_pool2d_backward: out of memory for a row of scratch")
+
+
+# ------------------------------------------------------------- a window that is the whole plane
+# (the ResNet's final 2x2 average pool: per plane one sum, no window tables).  Same arithmetic as
+# avg_pool2d_plane / avg_pool2d_plane_backward for this window, so the same bits.
+
+def global_avg_forward(const floating[:, ::1] x, floating[::1] y, int n_threads):
+    """y[p] = (x[p, 0] + x[p, 1] + ... in order) / HW: x (P, HW), y (P,)."""
+    cdef Py_ssize_t P = x.shape[0], HW = x.shape[1], p, i
+    cdef floating s, d = <floating>HW
+    with nogil:
+        for p in prange(P, schedule="static", num_threads=n_threads):
+            s = 0
+            for i in range(HW):
+                s = s + x[p, i]
+            y[p] = s / d
+
+
+def global_avg_backward(const floating[::1] gy, floating[:, ::1] gx, int n_threads):
+    """gx[p, :] = gy[p] / HW: gy (P,), gx (P, HW)."""
+    cdef Py_ssize_t P = gx.shape[0], HW = gx.shape[1], p, i
+    cdef floating g, d = <floating>HW
+    with nogil:
+        for p in prange(P, schedule="static", num_threads=n_threads):
+            g = gy[p] / d
+            for i in range(HW):
+                gx[p, i] = g

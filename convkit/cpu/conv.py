@@ -7,6 +7,9 @@ Paths (all in convkit/cpu/_conv.pyx):
   AVX-512 picked at run time) and a backward that makes grad_x, grad_weight and grad_bias
   in one pass per plane;
 * pointwise (1x1 kernel, stride 1, no padding): GEMMs straight on x, no workspace;
+* planes no bigger than the kernel (H*W <= KH*KW, e.g. 2x2 under 3x3), groups 1: one GEMM with
+  the conv's dense (C*H*W, F*Ho*Wo) matrix, straight from x into y (grad_x and the dense
+  grad_weight likewise, folded back onto the taps);
 * small output maps (<= 64 positions per image, e.g. 2x2-8x8): the batch's columns side by
   side, one GEMM per block of images (forward; stride-1 grad_x as the conv of grad_y with the
   flipped filters; other grad_x GEMM + col2im), grad_weight summed over the same blocks in
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 
 import numpy as np
@@ -213,6 +217,29 @@ def _plan_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, poin
 _BATCH_MAX_HOWO = 64
 
 
+# Dense maps: when an image's plane is no bigger than the kernel (H*W <= KH*KW, e.g. 2x2 under
+# a 3x3 kernel) the conv is one GEMM with the dense (C*H*W, F*Ho*Wo) matrix of the map
+# (_conv.dense_weight), at most as many multiplies as im2col and no column copies.  Measured
+# (11:25-11:30 UTC, 1 thread, batch 128, float32, us forward / backward, /tmp/convmb.py):
+# 64->64 3x3 on 2x2: batch im2col 925 / 1686, dense 197 / 376 (torch 342 / 1276); 32->64 3x3 s2
+# on 4x4 (16/9 the multiplies): batch 349 / 738-990, dense 459-501 / 664-942, so H*W <= KH*KW.
+_DENSE_MAX_ELEMS = 1 << 20
+
+
+def _dense_ok(C, H, W, F, KH, KW, Ho, Wo, groups):
+    return (groups == 1 and H * W <= KH * KW
+            and C * H * W * F * Ho * Wo <= min(_DENSE_MAX_ELEMS, get_workspace_limit() // 16))
+
+
+def _dense_matrix(weight, H, W, Ho, Wo, stride, pt, pl, dilation, n_threads):
+    F, C = weight.shape[:2]
+    wd = _workspace(C * H * W * F * Ho * Wo, weight.dtype, "dense")[:C * H * W * F * Ho * Wo]
+    wd = wd.reshape(C * H * W, F * Ho * Wo)
+    _conv.dense_weight(weight, wd, H, W, Ho, Wo, stride[0], stride[1], pt, pl, dilation[0],
+                       dilation[1], n_threads)
+    return wd
+
+
 def _batch_ok(Ho, Wo, pointwise):
     return Ho * Wo <= _BATCH_MAX_HOWO and not pointwise
 
@@ -245,37 +272,104 @@ _BATCH_W_BLOCKS = 2
 # UTC, /tmp/ck/prof.py): uncapped (32 images, 1.2 MB of columns) 1014 / 2295; 128 KiB (3
 # images) 536 / 1129 and 513 / 1312; 256 KiB 828 / 1593; 64 KiB 948 / 3043 under load; the
 # 2x2-4x4 maps (fewer images per block already) unchanged within noise.
-_BATCH_CACHE = 128 * 2**10
+# Re-measured with the own AVX-512 GEMM (it packs B in 48-column panels, so the block need not
+# sit in L1), 11:58-12:00 UTC, 1 thread, batch 128, us fwd / bwd, 128K vs 512K (interleaved,
+# /tmp/ab5.py): 16->16 on 8x8 745 / 1487 vs 674 / 1329 and 804 / 1661 vs 792 / 1599;
+# 32->32 on 4x4 478 / 968 vs 457 / 918; 16->32 s2 on 8x8 536 / 1082 vs 482 / 843.
+_BATCH_CACHE = 512 * 2**10
+# Stride-1 convs whose output is as wide as the input gather their columns with masked vector
+# loads straight from x (_conv._batch_im2col, "shifted"; AVX-512 CPUs), not through padded
+# planes and an index table.  Same columns, so the same bits; False forces the general gather.
+_SHIFTED = _conv.shift_available()
+
+
+@functools.lru_cache(maxsize=64)
+def _shift_masks(H, W, Ho, Wo, KH, KW, stride, pt, pl, dilation, itemsize):
+    """uint16 array[KH*KW * HoWo/lanes]: bit i of entry (tap, v) is set when output position
+    v*lanes + i reads x (not padding) through that tap; empty when the shifted gather does not
+    apply (stride 1, Wo == W, HoWo a multiple of the lanes per vector, an AVX-512 CPU)."""
+    lanes = 64 // itemsize
+    if not (_SHIFTED and stride == (1, 1) and Wo == W and (Ho * Wo) % lanes == 0):
+        masks = np.zeros(0, np.uint16)
+    else:
+        p = np.arange(Ho * Wo)
+        ho, wo = p // Wo, p % Wo
+        rows = []
+        for kh in range(KH):
+            for kw in range(KW):
+                r, c = ho + kh * dilation[0] - pt, wo + kw * dilation[1] - pl
+                ok = ((r >= 0) & (r < H) & (c >= 0) & (c < W)).reshape(-1, lanes)
+                rows.append((ok * (1 << np.arange(lanes))).sum(axis=1))
+        masks = np.concatenate(rows).astype(np.uint16)
+    masks.flags.writeable = False
+    return masks
+
+
+# The float32 GEMM (_sgemm.h) computes C in panels of 48 columns, a partial panel at the cost of
+# a whole one: blocks of images are rounded down to whole panels of columns (imgs * HoWo a
+# multiple of 48) where they hold at least one.  The GEMM's k order does not depend on the
+# number of columns, so the forward's bits do not change.
+_GEMM_PANEL = 48
+
+
+def _panel_images(imgs, HoWo):
+    q = _GEMM_PANEL // math.gcd(_GEMM_PANEL, HoWo)       # images per whole panel
+    return imgs // q * q if imgs >= q else imgs
 
 
 def _plan_batch_forward(N, C, F, KK, HpWp, HoWo, itemsize, n_threads):
     """(threads, images per task, workspace elements per thread), or None when one image does
-    not fit the workspace limit."""
-    limit = get_workspace_limit()
+    not fit the workspace limit.  (Cached per geometry and limit: a few us of Python per call
+    otherwise, which for the small ResNet's convs is a good part of a call at batch 1.)"""
+    return _plan_batch_forward_at(N, C, F, KK, HpWp, HoWo, itemsize, n_threads,
+                                  get_workspace_limit())
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_batch_forward_at(N, C, F, KK, HpWp, HoWo, itemsize, n_threads, limit):
     per_img = ((C * KK + F) * HoWo + C * HpWp) * itemsize
     if per_img > limit:
         return None
-    imgs = min(_ceil_div(N, _BATCH_BLOCKS), limit // per_img,
-               max(1, _BATCH_CACHE // (C * KK * HoWo * itemsize)))
+    imgs = _panel_images(min(_ceil_div(N, _BATCH_BLOCKS), limit // per_img,
+                             max(1, _BATCH_CACHE // (C * KK * HoWo * itemsize))), HoWo)
     n_threads = max(1, min(n_threads, limit // (imgs * per_img), _ceil_div(N, imgs)))
     return n_threads, imgs, imgs * per_img // itemsize
 
 
 def _plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_gx):
-    """(threads, chans_w, kimgs, imgs, workspace elements per thread), or None when it does not
-    fit (gy side by side, plus one channel's columns and padded plane of one image)."""
-    limit = get_workspace_limit() - F * N * HoWo * itemsize
+    """(threads, chans_w, kimgs, imgs, nsplit, workspace elements per thread), or None when it
+    does not fit (gy side by side, the partial grad_weights, plus one channel's columns and
+    padded plane of one image).
+
+    grad_weight's column blocks (chans_w channels * KK taps) are whole 48-column panels of the
+    GEMM where the channels allow; when that leaves fewer than _BATCH_W_BLOCKS blocks, the
+    batch is split into nsplit fixed parts summed separately (tasks for the team) and added
+    after.  Neither depends on the thread count.  (Cached, as _plan_batch_forward.)"""
+    return _plan_batch_backward_at(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_gx,
+                                   get_workspace_limit())
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_batch_backward_at(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_gx,
+                            workspace_limit):
+    q = _GEMM_PANEL // math.gcd(_GEMM_PANEL, KK)      # channels per whole panel
+    chans_w = min(Cg, _ceil_div(_ceil_div(Cg, _BATCH_W_BLOCKS), q) * q)
+    nsplit = max(1, min(N, _BATCH_W_BLOCKS // (G * _ceil_div(Cg, chans_w))))
     unit_w = (KK * HoWo + HpWp) * itemsize              # one channel of one image
     unit_x = Cg * (KK * HoWo + HpWp) * itemsize          # all channels of one image
+    limit = workspace_limit - (F * N * HoWo + (nsplit - 1) * F * Cg * KK) * itemsize
+    if nsplit > 1 and limit < max(unit_w, unit_x if needs_gx else 0):
+        nsplit = 1                                      # no room for the partial sums
+        limit = workspace_limit - F * N * HoWo * itemsize
     if limit < max(unit_w, unit_x if needs_gx else 0):
         return None
-    chans_w = min(_ceil_div(Cg, _BATCH_W_BLOCKS), limit // unit_w)
+    chans_w = min(chans_w, limit // unit_w)
     kimgs = min(N, limit // (chans_w * unit_w), max(1, _BATCH_CACHE // (chans_w * unit_w)))
-    imgs = max(1, min(_ceil_div(N, _BATCH_BLOCKS), limit // unit_x,   # (1 if unused)
-                      max(1, _BATCH_CACHE // (Cg * KK * HoWo * itemsize))))
+    imgs = _panel_images(max(1, min(_ceil_div(N, _BATCH_BLOCKS), limit // unit_x,  # (1 if unused)
+                                    max(1, _BATCH_CACHE // (Cg * KK * HoWo * itemsize)))), HoWo)
     ws = max(chans_w * kimgs * unit_w, imgs * unit_x if needs_gx else 0)
     n_threads = max(1, min(n_threads, limit // ws))
-    return n_threads, chans_w, kimgs, imgs, ws // itemsize
+    return n_threads, chans_w, kimgs, imgs, nsplit, ws // itemsize
 
 
 # Winograd F(2x2, 3x3) for 3x3 stride-1 convs with at least this many input and output channels
@@ -355,7 +449,9 @@ def _batch_forward(x, weight, b, has_bias, y, stride, pt, pl, dilation, groups, 
     ws = _workspace(n_threads * per_thread, x.dtype)
     with _blas_pin(x.dtype):
         _conv.conv2d_forward_batch(x, weight, b, has_bias, y, ws, per_thread, imgs, idx, Hp, Wp,
-                                   pt, pl, dilation[0], dilation[1], groups, n_threads)
+                                   pt, pl, dilation[0], dilation[1], groups,
+                                   _shift_masks(x.shape[2], x.shape[3], Ho, Wo, KH, KW, stride,
+                                                pt, pl, dilation, x.itemsize), n_threads)
     return True
 
 
@@ -405,6 +501,14 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
                                        n_threads)
         return y
     pointwise = _is_pointwise(KH, KW, stride, padding)
+    if _dense_ok(C, H, W, F, KH, KW, Ho, Wo, groups):
+        wd = _dense_matrix(weight, H, W, Ho, Wo, stride, pt, pl, dilation, n_threads)
+        with _blas_pin(x.dtype):
+            _conv.gemm_rows(False, False, x.reshape(N, C * H * W), wd, y.reshape(N, F * Ho * Wo),
+                            C * H * W, n_threads)
+        if has_bias:
+            y += bias.reshape(1, F, 1, 1)
+        return y
     if (_prefer_winograd(x, weight, stride, dilation, groups, Ho, Wo)
             and _winograd(x, weight, b, has_bias, y, pt, pl, n_threads)):
         return y
@@ -458,6 +562,17 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
         accs = np.empty(n_threads * KH * KW, dtype=np.float64)
         _conv.conv2d_backward_depthwise(grad_y, x, weight, gx, gw, scratch, accs, sh, sw, pt, pl,
                                         dh, dw, needs_input_grad, n_threads)
+    elif _dense_ok(C, H, W, F, KH, KW, Ho, Wo, groups):
+        gw = np.empty(weight.shape, dtype=dt)
+        wd = _dense_matrix(weight, H, W, Ho, Wo, stride, pt, pl, dilation, n_threads)
+        gwd = _workspace(wd.size, dt, "dense_grad")[:wd.size].reshape(wd.shape)
+        gy2 = grad_y.reshape(N, F * Ho * Wo)
+        with _blas_pin(dt):
+            if needs_input_grad:
+                _conv.gemm_rows(False, True, gy2, wd, gx.reshape(N, C * H * W), F * Ho * Wo,
+                                n_threads)
+            _conv.gemm_rows(True, False, x.reshape(N, C * H * W), gy2, gwd, N, n_threads)
+        _conv.dense_fold(gwd, gw, H, W, Ho, Wo, sh, sw, pt, pl, dh, dw, n_threads)
     else:
         pointwise = _is_pointwise(KH, KW, stride, padding)
         if needs_input_grad and _prefer_winograd(x, weight, stride, dilation, groups, Ho, Wo):
@@ -485,14 +600,18 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             plan = _plan_batch_backward(N, Cg, groups, F, KH * KW, Hp * Wp, Ho * Wo, x.itemsize,
                                         n_threads, needs_input_grad)
         if plan is not None:
-            n_threads, chans_w, kimgs, imgs, per_thread = plan
+            n_threads, chans_w, kimgs, imgs, nsplit, per_thread = plan
             gw = np.empty(weight.shape, dtype=dt)
+            gwp = _workspace(max(1, (nsplit - 1) * gw.size), dt, "gw_parts")
             gyt = _workspace(F * N * Ho * Wo, dt, "gyt")
             ws = _workspace(n_threads * per_thread, dt)
             with _blas_pin(x.dtype):
                 _conv.conv2d_backward_batch(grad_y, x, weight, gx, gw, gyt, ws, per_thread,
                                             chans_w, kimgs, imgs, idx, Hp, Wp, sw, pt, pl,
-                                            dh, dw, groups, needs_input_grad, n_threads)
+                                            dh, dw, groups, needs_input_grad,
+                                            _shift_masks(H, W, Ho, Wo, KH, KW, stride, pt, pl,
+                                                         dilation, x.itemsize), nsplit, gwp,
+                                            n_threads)
             return (gx if needs_input_grad or gx_done else None), gw, gb
         gw = np.zeros(weight.shape, dtype=dt)
         n_threads, units_w, rows_w, chans_x, rows_x, per_thread = _plan_backward(

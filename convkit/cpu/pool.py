@@ -89,9 +89,19 @@ def _avg_tables(H, W, Ho, Wo, k, s, p, count_include_pad, dtype):
     return hb, h0, h1, wb, w0, w1, div
 
 
+def _whole_plane(H, W, Ho, Wo, kernel_size, padding):
+    """The one window is the whole plane (a global average): no tables, one sum per plane."""
+    return (Ho, Wo) == (1, 1) and tuple(kernel_size) == (H, W) and tuple(padding) == (0, 0)
+
+
 def avg_pool2d_forward(x, kernel_size, stride, padding, out_hw, count_include_pad, out=None):
     N, C, H, W = x.shape
     Ho, Wo = out_hw
+    if _whole_plane(H, W, Ho, Wo, kernel_size, padding):
+        y = out if out is not None else np.empty((N, C, 1, 1), x.dtype)
+        P = N * C
+        _pool.global_avg_forward(x.reshape(P, H * W), y.reshape(P), _threads(P, P * H * W))
+        return y
     hb, h0, h1, wb, w0, w1, div = _avg_tables(H, W, Ho, Wo, kernel_size, stride, padding,
                                               count_include_pad, np.dtype(x.dtype))
     y = out if out is not None else np.empty((N, C, Ho, Wo), x.dtype)
@@ -107,6 +117,11 @@ def avg_pool2d_forward(x, kernel_size, stride, padding, out_hw, count_include_pa
 def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride, padding, count_include_pad):
     N, C, H, W = input_shape
     Ho, Wo = grad_y.shape[2:]
+    if _whole_plane(H, W, Ho, Wo, kernel_size, padding):
+        gx = np.empty(input_shape, grad_y.dtype)
+        P = N * C
+        _pool.global_avg_backward(grad_y.reshape(P), gx.reshape(P, H * W), _threads(P, P * H * W))
+        return gx
     hb, h0, h1, wb, w0, w1, div = _avg_tables(H, W, Ho, Wo, kernel_size, stride, padding,
                                               count_include_pad, np.dtype(grad_y.dtype))
     gx = np.empty(input_shape, grad_y.dtype)

@@ -10,11 +10,14 @@ Arrays are never rebound: ``params``, ``grads`` and ``buffers`` entries are upda
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
 
-from .._registry import get_backend, use_backend
+from .._registry import _override, get_backend, use_backend
+
+_ALREADY_PINNED = contextlib.nullcontext()
 
 __all__ = ["Module", "Sequential", "check_float_input"]
 
@@ -93,8 +96,12 @@ class Module:
         return sum(int(p.size) for _, p, _ in self.parameters())
 
     def zero_grad(self) -> None:
-        for _, _, g in self.parameters():
-            g[...] = 0
+        stack = [self]          # (every module once; no qualified names needed)
+        while stack:
+            m = stack.pop()
+            for g in m.grads.values():
+                g.fill(0)
+            stack.extend(m._modules.values())
 
     def train(self, mode: bool = True):
         for _, m in self.named_modules():
@@ -106,8 +113,13 @@ class Module:
 
     # ------------------------------------------------------------------ compute
     def _pinned(self):
-        """Run functional ops on the backend this module was built on."""
-        return use_backend(self.backend.name)
+        """Run functional ops on the backend this module was built on.  When a use_backend
+        context already names it (a training loop inside ``with use_backend(...)``), there is
+        nothing to switch: no new context per layer call."""
+        name = self.backend.name
+        if _override.get() == name:
+            return _ALREADY_PINNED
+        return use_backend(name)
 
     def forward(self, x):
         """Subclasses compute y from x and keep in ``self._cache`` what backward needs."""

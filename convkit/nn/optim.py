@@ -63,7 +63,10 @@ class SGD(Optimizer):
                     buf = st["momentum_buffer"] = d.copy()
                 else:
                     buf *= mu
-                    buf += (1.0 - self.dampening) * d
+                    if self.dampening:
+                        buf += (1.0 - self.dampening) * d
+                    else:       # (1 - 0) * d is d: the same bits, one temporary less
+                        buf += d
                 d = d + mu * buf if self.nesterov else buf
             p -= self.lr * d
 
