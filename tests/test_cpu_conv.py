@@ -56,6 +56,12 @@ CASES = [
     Case("batch_2x2_over_winograd", (3, 20, 2, 2), (24, 20, 3, 3), padding=(1, 1)),
     Case("batch_taps_in_padding", (2, 3, 3, 3), (2, 3, 3, 3), padding=(3, 3)),
     Case("winograd_gx_batch_gw", (2, 16, 8, 8), (16, 16, 3, 3), padding=(1, 1)),
+    # stride 1, rows computed Wo + (KW-1)*dw wide (conv2d_forward_wide): lenet_c1's shape, a
+    # dilated one, asymmetric "same" padding, none (the last taps read the slack past the plane)
+    Case("wide_lenet_c1", (3, 1, 28, 28), (6, 1, 5, 5), padding=(2, 2)),
+    Case("wide_dilated", (2, 3, 20, 21), (4, 3, 3, 3), padding=(2, 2), dilation=(2, 2)),
+    Case("wide_same_asym", (1, 5, 16, 16), (7, 5, 4, 4), padding="same"),
+    Case("wide_pad0", (2, 2, 12, 30), (3, 2, 3, 5)),
 ]
 
 

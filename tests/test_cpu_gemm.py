@@ -183,3 +183,29 @@ def test_prepacked_a_matches_float64_product(m, n, k, tb):
         c_unpacked = c0.copy()
         _gemm.gemm_into(False, tb, 1.0, a[1], b, beta, c_unpacked)
         np.testing.assert_array_equal(c, c_unpacked)   # same kernel, same order: same bits
+
+
+@pytest.mark.parametrize("m,n,k", [(6, 896, 25), (64, 500, 147), (100, 300, 40), (3, 60, 400)])
+def test_rows_at_offsets_match_explicit_columns(m, n, k):
+    """The implicit im2col of the wide stride-1 forward: row p of B read at b[boff[p]:] (rows
+    overlapping each other, as a conv's taps do) -- the same product as B built row by row,
+    in the one-pass (m <= 96) and the packed (m > 96) schemes, with a bias per row."""
+    if not _gemm.packed_a_floats(m, k):
+        pytest.skip("no own float32 GEMM on this CPU")
+    rng = np.random.default_rng(m * k)
+    flat = rng.standard_normal(n + 7 * k + 64).astype(np.float32)
+    boff = (np.arange(k) * 7 + rng.integers(0, 3, k)).astype(np.intp)     # overlapping rows
+    B = np.stack([flat[o:o + n] for o in boff])
+    a = rng.standard_normal((1, m, k)).astype(np.float32)
+    apk = np.zeros((1, _gemm.packed_a_floats(m, k)), np.float32)
+    assert _gemm.pack_a(a, apk)
+    bias = rng.standard_normal(m).astype(np.float32)
+    c = np.full((m, n), np.nan, np.float32)
+    assert _gemm.gemm_rows_into(apk, flat, boff, 0.0, c, bias)
+    want = a[0].astype(np.float64) @ B + bias[:, None]
+    np.testing.assert_allclose(c, want, rtol=0, atol=1e-5 * np.sqrt(k) * 8)
+    c1 = np.empty((m, n), np.float32)
+    assert _gemm.gemm_rows_into(apk, flat, boff, 0.0, c1)
+    c2 = np.empty((m, n), np.float32)
+    _gemm.gemm_packed_into(apk, False, B, 0.0, c2, k)
+    np.testing.assert_array_equal(c1, c2)   # same kernel, same order: same bits

@@ -21,6 +21,9 @@ cdef extern from "_sgemm.h" nogil:
     int ck_sgemm_apacked(int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* apk,
                          const float* b, Py_ssize_t ldb, float beta, float* c, Py_ssize_t ldc,
                          const float* rowbias)
+    int ck_sgemm_apacked_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* apk,
+                              const float* b, const Py_ssize_t* boff, float beta, float* c,
+                              Py_ssize_t ldc, const float* rowbias)
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,

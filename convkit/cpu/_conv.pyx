@@ -20,11 +20,29 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
-from ._blas cimport gemm, gemm_pk
+from ._blas cimport gemm, gemm_pk, ck_sgemm_apacked_rows
 
 
 cdef extern from "_vsum.h" nogil:
     int ck_sum_f(const float* p, Py_ssize_t n, double* out)
+    int ck_short_copy_f(float* dst, const float* src, Py_ssize_t n)
+    int ck_im2col_taps_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
+                         Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                         Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t Wo,
+                         Py_ssize_t h0, Py_ssize_t nrows, float* cols, Py_ssize_t ldc,
+                         float* xs)
+
+
+cdef inline void _row_copy(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
+    """memcpy of a row (memset to 0 when src is NULL); rows of up to 64 float32 values by masked
+    vector moves where the CPU has AVX-512, not a library call each."""
+    if floating is float:
+        if ck_short_copy_f(dst, src, n):
+            return
+    if src == NULL:
+        memset(dst, 0, n * sizeof(floating))
+    else:
+        memcpy(dst, src, n * sizeof(floating))
 
 
 cdef extern from "_wino.h" nogil:
@@ -72,11 +90,15 @@ cdef void _im2col_taps(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t
     cdef floating* dst
     cdef const floating* src
     cdef const floating* xrow
+    if floating is float:   # the same loop in C with the row copies inlined (_vsum.h)
+        if ck_im2col_taps_f(x, H, W, kh, KW, sh, sw, pt, pl, dh, dw, Wo, h0, nrows, cols, ldc,
+                            xs):
+            return
     for r in range(nrows):
         hi = (h0 + r) * sh - pt + kh * dh
         if hi < 0 or hi >= H:
             for kw in range(KW):
-                memset(cols + kw * ldc + r * Wo, 0, Wo * sizeof(floating))
+                _row_copy(cols + kw * ldc + r * Wo, NULL, Wo)
             continue
         xrow = x + hi * W
         if sw > 1 and xs != NULL:
@@ -90,23 +112,23 @@ cdef void _im2col_taps(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t
             off = kw * dw - pl
             _wo_range(off, sw, W, Wo, &lo, &up)
             if lo == up:
-                memset(dst, 0, Wo * sizeof(floating))
+                _row_copy(dst, NULL, Wo)
                 continue
             if lo > 0:
-                memset(dst, 0, lo * sizeof(floating))
+                _row_copy(dst, NULL, lo)
             if sw == 1:
-                memcpy(dst + lo, xrow + off + lo, (up - lo) * sizeof(floating))
+                _row_copy(dst + lo, xrow + off + lo, up - lo)
             elif xs != NULL:
                 # column wo*sw + off = (wo + q)*sw + p with p = off mod sw (floor), q exact
                 p = ((off % sw) + sw) % sw
                 q = (off - p) // sw
-                memcpy(dst + lo, xs + p * Wq + q + lo, (up - lo) * sizeof(floating))
+                _row_copy(dst + lo, xs + p * Wq + q + lo, up - lo)
             else:
                 src = xrow + off
                 for wo in range(lo, up):
                     dst[wo] = src[wo * sw]
             if up < Wo:
-                memset(dst + up, 0, (Wo - up) * sizeof(floating))
+                _row_copy(dst + up, NULL, Wo - up)
 
 
 cdef void im2col_plane(const floating* x, Py_ssize_t H, Py_ssize_t W,
@@ -972,6 +994,63 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
                         &apk[g, 0] if apk.shape[0] > g else <const float*>NULL,
                         cols + g * CgKK * ld, ld, <floating>0, yp, HoWo,
                         &bias[g * Fg] if has_bias else <const floating*>NULL)
+    return y
+
+
+# ---------------------------------------------------------------------------- stride 1, wide rows
+def conv2d_forward_wide(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                        const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
+                        floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t pt, Py_ssize_t pl,
+                        Py_ssize_t dh, Py_ssize_t dw, int n_threads, const float[:, ::1] apk,
+                        const Py_ssize_t[::1] boff):
+    """Stride 1, groups 1: y = conv(x, w) + bias with output rows computed Wp = Wo + (KW-1)*dw
+    wide, one image per task.
+
+    An image is zero-padded once into xp (C, Hp, Wp); then the column of tap (c, kh, kw) for
+    all output positions is ONE contiguous run of xp, Ho*Wp long, from c*Hp*Wp + kh*dh*Wp +
+    kw*dw: a memcpy per tap instead of a copy per tap and output row (small maps, lenet_c1's
+    28-wide rows: the per-row copies were half of the forward).  The GEMM computes the Wp - Wo
+    extra columns of each row too (they read past the row's end into the next: discarded), then
+    the Wo real ones are copied into y.  ws_per_thread >= C*Hp*Wp + (KW-1)*dw (xp and its
+    slack) + C*KH*KW*Ho*Wp (columns) + F*Ho*Wp (the wide result).
+    With the own float32 GEMM (apk given) the columns are not even copied: the GEMM reads row
+    (c, kh, kw) of B at xp + boff[(c*KH + kh)*KW + kw] (boff: those CKK offsets).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = w.shape[0], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t Ho = y.shape[2], Wo = y.shape[3], KK = KH * KW, CKK = C * KK
+    cdef Py_ssize_t Hp = Ho + (KH - 1) * dh, Wp = Wo + (KW - 1) * dw, HpWp = Hp * Wp
+    cdef Py_ssize_t Lw = Ho * Wp, slack = (KW - 1) * dw
+    cdef Py_ssize_t n, c, kh, kw, f, h
+    cdef floating* xp
+    cdef floating* cols
+    cdef floating* out
+    with nogil:
+        for n in prange(N, schedule="dynamic", num_threads=n_threads):
+            xp = &ws[0] + threadid() * ws_per_thread
+            cols = xp + C * HpWp + slack
+            out = cols + CKK * Lw
+            _batch_pad(&x[0, 0, 0, 0], C * H * W, n, 1, 0, C, H, W, pt, pl, Hp, Wp, xp)
+            memset(xp + C * HpWp, 0, slack * sizeof(floating))
+            if floating is float:
+                if apk.shape[0] > 0 and ck_sgemm_apacked_rows(
+                        F, Lw, CKK, &apk[0, 0], xp, &boff[0], 0, out, Lw,
+                        &bias[0] if has_bias else <const float*>NULL):
+                    for f in range(F):
+                        for h in range(Ho):
+                            _row_copy(&y[n, f, h, 0], out + f * Lw + h * Wp, Wo)
+                    continue
+            for c in range(C):
+                for kh in range(KH):
+                    for kw in range(KW):
+                        memcpy(cols + ((c * KH + kh) * KW + kw) * Lw,
+                               xp + c * HpWp + kh * dh * Wp + kw * dw, Lw * sizeof(floating))
+            gemm_pk(False, False, F, Lw, CKK, &w[0, 0, 0, 0], CKK,
+                    &apk[0, 0] if apk.shape[0] > 0 else <const float*>NULL, cols, Lw,
+                    <floating>0, out, Lw, &bias[0] if has_bias else <const floating*>NULL)
+            for f in range(F):
+                for h in range(Ho):
+                    _row_copy(&y[n, f, h, 0], out + f * Lw + h * Wp, Wo)
     return y
 
 

@@ -3,7 +3,8 @@
 ``convkit info``: float32 goes to convkit's own AVX-512 kernel (``_sgemm.h``) where the CPU has
 AVX-512F, float64 (and float32 elsewhere) to scipy's BLAS."""
 from cython cimport floating
-from ._blas cimport gemm, gemm_pk, ck_sgemm_packed_a_floats, ck_sgemm_pack_a
+from ._blas cimport (gemm, gemm_pk, ck_sgemm_packed_a_floats, ck_sgemm_pack_a,
+                     ck_sgemm_apacked_rows)
 
 
 cdef extern from "_sgemm.h" nogil:
@@ -51,3 +52,15 @@ def gemm_packed_into(const float[:, ::1] apk, bint trans_b, const float[:, ::1] 
     with nogil:
         gemm_pk(False, trans_b, m, n, k, <const float*>NULL, 0, &apk[0, 0], &b[0, 0], b.shape[1],
                 <float>beta, &c[0, 0], c.shape[1], <const float*>NULL)
+
+
+def gemm_rows_into(const float[:, ::1] apk, const float[::1] b, const Py_ssize_t[::1] boff,
+                   double beta, float[:, ::1] c, const float[::1] rowbias=None):
+    """c = A @ B (+ beta * c, + rowbias[i] on row i) with A prepacked (apk[0]) and row p of B at
+    b[boff[p]:boff[p] + n] -- for the tests; False when there is no own kernel."""
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1], k = boff.shape[0]
+    cdef int ok
+    with nogil:
+        ok = ck_sgemm_apacked_rows(m, n, k, &apk[0, 0], &b[0], &boff[0], <float>beta, &c[0, 0],
+                                   c.shape[1], &rowbias[0] if rowbias is not None else NULL)
+    return bool(ok)

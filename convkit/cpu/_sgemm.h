@@ -14,8 +14,10 @@
  * B panel is packed just before its first use, so it is in L1 for that pass.  KC = 192 keeps a
  * B panel (36 KiB) in L1 beside the streamed A panel; NC ~ 1000 keeps the B block in L2.
  * The shapes were picked by timing 8 conv GEMM shapes (bench/RESULTS.md, "own GEMM").
- * Edge tiles run a narrower kernel (1-3 vectors per row) over the zero-padded packs and store
- * only their rows and columns (masked stores).  The summation order over k is fixed (k ascending within a KC block, blocks
+ * When all of C's rows fit one pass (m <= MC) and B is not transposed, B is not packed: the
+ * kernel reads its rows in place (or at listed row offsets: an implicit im2col).  Edge tiles run
+ * a narrower kernel (1-4 rows, 1-3 vectors per row) and store only their rows and columns
+ * (masked stores).  The summation order over k is fixed (k ascending within a KC block, blocks
  * in order), so the result is the same on every run and for any thread count of the caller.
  *
  * Single-threaded: every caller in convkit runs it inside its own OpenMP team.  Each thread keeps
@@ -163,15 +165,17 @@ CK_TARGET static void ck_pack_a_block(int ta, const float *a, ptrdiff_t lda, ptr
 }
 
 /* op(B) rows [0, kc) x cols [0, nc) (already offset) into NR-wide panels, zero-padded.
- * prefetch_next: the NR columns after the block exist and are packed next. */
+ * prefetch_next: the NR columns after the block exist and are packed next.  boff (B not
+ * transposed): row p at b + boff[p] instead of b + p * ldb. */
 CK_TARGET static void ck_pack_b_block(int tb, const float *b, ptrdiff_t ldb, ptrdiff_t kc,
-                                      ptrdiff_t nc, float *out, int prefetch_next)
+                                      ptrdiff_t nc, float *out, int prefetch_next,
+                                      const ptrdiff_t *boff)
 {
     for (ptrdiff_t j0 = 0; j0 < nc; j0 += CK_NR) {
         ptrdiff_t nr = nc - j0 < CK_NR ? nc - j0 : CK_NR;
         if (!tb) {
             for (ptrdiff_t p = 0; p < kc; ++p) {
-                const float *src = b + p * ldb + j0;
+                const float *src = (boff != NULL ? b + boff[p] : b + p * ldb) + j0;
                 /* the rows are ldb apart, each in its own page: the hardware prefetchers miss
                  * them, so fetch the next panel's part of this row now (it is packed after
                  * this panel's kernels have run) */
@@ -194,7 +198,8 @@ CK_TARGET static void ck_pack_b_block(int tb, const float *b, ptrdiff_t ldb, ptr
 }
 
 /* c (MR x 16*nv, row stride ldc) = alpha * (packed a panel @ the first 16*nv columns of the
- * b panel: packed (bs = NR), or rows of B itself (bs = ldb)) + beta * c (+ rb[r] on row r when rb is not NULL), written for rows
+ * b panel: packed (bs = NR), or rows of B itself (bs = ldb)) + beta * c (+ rb[r] on row r
+ * when rb is not NULL), written for rows
  * r < mrows and, in the last vector of each row, the lanes in `last` only: the edges of C
  * need no scratch tile and no scalar copy.  Only the first mrc rows are computed (mrows <=
  * mrc <= MR: a last panel of 1-4 rows costs half a full one or less).  mrc and nv are
@@ -203,7 +208,7 @@ CK_TARGET static void ck_pack_b_block(int tb, const float *b, ptrdiff_t ldb, ptr
 CK_TARGET static inline __attribute__((always_inline)) void
 ck_kernel_body(int mrc, int nv, ptrdiff_t kc, const float *a, const float *b, ptrdiff_t bs,
                float *c, ptrdiff_t ldc, float alpha, float beta, const float *rb, int mrows,
-               __mmask16 last)
+               __mmask16 last, const ptrdiff_t *boff)
 {
     __m512 acc[CK_MR][CK_NV];
 #pragma GCC unroll 16
@@ -213,13 +218,20 @@ ck_kernel_body(int mrc, int nv, ptrdiff_t kc, const float *a, const float *b, pt
             acc[r][v] = _mm512_setzero_ps();
     for (ptrdiff_t p = 0; p < kc; ++p) {
         __m512 bv[CK_NV];
+        const float *bp = boff != NULL ? b + boff[p] : b;
 #pragma GCC unroll 4
         for (int v = 0; v < nv; ++v)
-            bv[v] = _mm512_loadu_ps(b + 16 * v);
-        _mm_prefetch((const char *)(b + 8 * bs), _MM_HINT_T0);
-        if (bs != CK_NR)  /* B's own rows: every line of the row 8 ahead (a page apart) */
-            for (int v = 1; v < nv; ++v)
-                _mm_prefetch((const char *)(b + 8 * bs + 16 * v), _MM_HINT_T0);
+            bv[v] = _mm512_loadu_ps(bp + 16 * v);
+        if (boff != NULL) {  /* rows at listed offsets: the row 8 ahead, every line of it */
+            const float *ahead = p + 8 < kc ? b + boff[p + 8] : bp;
+            for (int v = 0; v < nv; ++v)
+                _mm_prefetch((const char *)(ahead + 16 * v), _MM_HINT_T0);
+        } else {
+            _mm_prefetch((const char *)(b + 8 * bs), _MM_HINT_T0);
+            if (bs != CK_NR)  /* B's own rows: every line of the row 8 ahead (a page apart) */
+                for (int v = 1; v < nv; ++v)
+                    _mm_prefetch((const char *)(b + 8 * bs + 16 * v), _MM_HINT_T0);
+        }
 #pragma GCC unroll 16
         for (int r = 0; r < mrc; ++r) {
             __m512 av = _mm512_set1_ps(a[r]);
@@ -228,7 +240,8 @@ ck_kernel_body(int mrc, int nv, ptrdiff_t kc, const float *a, const float *b, pt
                 acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
         }
         a += CK_MR;
-        b += bs;
+        if (boff == NULL)
+            b += bs;
     }
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
 #pragma GCC unroll 16
@@ -255,22 +268,35 @@ CK_TARGET static void ck_kernel(ptrdiff_t kc, const float *a, const float *b, fl
                                 ptrdiff_t ldc, float alpha, float beta, const float *rb)
 {
     if (rb == NULL)
-        ck_kernel_body(CK_MR, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, NULL, CK_MR, 0xFFFF);
+        ck_kernel_body(CK_MR, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, NULL, CK_MR, 0xFFFF,
+                       NULL);
     else
-        ck_kernel_body(CK_MR, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, CK_MR, 0xFFFF);
+        ck_kernel_body(CK_MR, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, CK_MR, 0xFFFF,
+                       NULL);
 }
 
-/* any tile rows, a full-width panel read straight from B's rows (bs = ldb, not packed) */
+/* any tile rows, a full-width panel read straight from B's rows (bs = ldb, or the offsets
+ * boff[p] from b when boff is not NULL), not packed */
 CK_TARGET static void ck_kernel_direct(ptrdiff_t mr, ptrdiff_t kc, const float *a,
                                        const float *b, ptrdiff_t bs, float *c, ptrdiff_t ldc,
-                                       float alpha, float beta, const float *rb)
+                                       float alpha, float beta, const float *rb,
+                                       const ptrdiff_t *boff)
 {
+    if (boff != NULL) {  /* B's rows at listed offsets from b (an implicit im2col) */
+        if (mr <= 4)
+            ck_kernel_body(4, CK_NV, kc, a, b, 0, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF,
+                           boff);
+        else
+            ck_kernel_body(CK_MR, CK_NV, kc, a, b, 0, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF,
+                           boff);
+        return;
+    }
     if (mr <= 2)
-        ck_kernel_body(2, CK_NV, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF);
+        ck_kernel_body(2, CK_NV, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF, NULL);
     else if (mr <= 4)
-        ck_kernel_body(4, CK_NV, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF);
+        ck_kernel_body(4, CK_NV, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF, NULL);
     else
-        ck_kernel_body(CK_MR, CK_NV, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF);
+        ck_kernel_body(CK_MR, CK_NV, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF, NULL);
 }
 
 /* an edge tile: mr <= MR rows, nr <= NR columns, with as few vectors per row as cover nr */
@@ -282,21 +308,21 @@ CK_TARGET static void ck_kernel_edge(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t kc, c
     __mmask16 last = ck_mask(nr - 16 * (nv - 1));
     if (rows <= 4) {  /* a last panel of few rows: half the products (most of them padding) */
         if (nv == 1)
-            ck_kernel_body(4, 1, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
+            ck_kernel_body(4, 1, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
 #if CK_NV > 2
         else if (nv == 2)
-            ck_kernel_body(4, 2, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
+            ck_kernel_body(4, 2, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
 #endif
         else
-            ck_kernel_body(4, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
+            ck_kernel_body(4, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
     } else if (nv == 1)
-        ck_kernel_body(CK_MR, 1, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
+        ck_kernel_body(CK_MR, 1, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
 #if CK_NV > 2
     else if (nv == 2)
-        ck_kernel_body(CK_MR, 2, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
+        ck_kernel_body(CK_MR, 2, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
 #endif
     else
-        ck_kernel_body(CK_MR, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last);
+        ck_kernel_body(CK_MR, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
 }
 
 /* k in near-equal blocks of about CK_KC (at most CK_KC_MAX): k = 196 (a 14x14 map's
@@ -330,11 +356,14 @@ CK_TARGET static void ck_pack_a_all(int ta, ptrdiff_t m, ptrdiff_t k, const floa
 
 /* apk: op(A) packed by ck_pack_a_all (then a, lda, ta and alpha are not used), or NULL.
  * rowbias: NULL, or m values: C = alpha * op(A) op(B) + rowbias[i] on row i (beta must be 0),
- * added as the first k block is stored -- a conv's bias without a pass that fills C first. */
+ * added as the first k block is stored -- a conv's bias without a pass that fills C first.
+ * boff: NULL, or (tb 0) k offsets: row p of B is at b + boff[p] (ldb unused) -- the columns of
+ * a stride-1 conv read straight from its zero-padded image, with no im2col copy. */
 CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k,
                                      float alpha, const float *a, ptrdiff_t lda, const float *b,
                                      ptrdiff_t ldb, float beta, float *c, ptrdiff_t ldc,
-                                     const float *apk, const float *rowbias)
+                                     const float *apk, const float *rowbias,
+                                     const ptrdiff_t *boff)
 {
     if (m <= 0 || n <= 0)
         return 1;
@@ -353,7 +382,8 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
             ptrdiff_t kc = k - pc < kstep ? k - pc : kstep;
             float bet = pc == 0 ? beta : 1.0f;
             const float *rbias = pc == 0 ? rowbias : NULL;
-            const float *bsrc = tb ? b + jc * ldb + pc : b + pc * ldb + jc;
+            const float *bsrc = tb ? b + jc * ldb + pc : boff != NULL ? b + jc : b + pc * ldb + jc;
+            const ptrdiff_t *bo = boff != NULL ? boff + pc : NULL;
             for (ptrdiff_t ic = 0; ic < m; ic += CK_MC) {
                 ptrdiff_t mc = m - ic < CK_MC ? m - ic : CK_MC;
                 if (apk != NULL)
@@ -376,13 +406,13 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                             const float *rb = rbias != NULL ? rbias + ic + ir : NULL;
                             ck_kernel_direct(mr, kc, pa + (ir / CK_MR) * CK_MR * kc, bsrc + jr,
                                              ldb, c + (ic + ir) * ldc + jc + jr, ldc, alpha,
-                                             bet, rb);
+                                             bet, rb, bo);
                         }
                         continue;
                     }
                     if (ic == 0)  /* packed just before its first use: hot in L1 for this pass */
                         ck_pack_b_block(tb, tb ? bsrc + jr * ldb : bsrc + jr, ldb, kc, nr, bp,
-                                        jr + CK_NR < nc);
+                                        jr + CK_NR < nc, bo);
                     for (ptrdiff_t ir = 0; ir < mc; ir += CK_MR) {
                         ptrdiff_t mr = mc - ir < CK_MR ? mc - ir : CK_MR;
                         const float *ap = pa + (ir / CK_MR) * CK_MR * kc;
@@ -406,7 +436,8 @@ static int ck_sgemm(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float
 {
     if (!ck_sgemm_available() || !ck_buffers())
         return 0;
-    return ck_sgemm_avx512(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, NULL, NULL);
+    return ck_sgemm_avx512(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, NULL, NULL,
+                           NULL);
 }
 
 /* Prepacked A, for an operand used by many GEMMs (a conv's weights across its tasks):
@@ -433,7 +464,18 @@ static int ck_sgemm_apacked(int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const
 {
     if (!ck_sgemm_available() || !ck_buffers())
         return 0;
-    return ck_sgemm_avx512(0, tb, m, n, k, 1.0f, NULL, 0, b, ldb, beta, c, ldc, apk, rowbias);
+    return ck_sgemm_avx512(0, tb, m, n, k, 1.0f, NULL, 0, b, ldb, beta, c, ldc, apk, rowbias,
+                           NULL);
+}
+
+/* ck_sgemm_apacked with B's row p at b + boff[p] (B not transposed) */
+static int ck_sgemm_apacked_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *apk,
+                                 const float *b, const ptrdiff_t *boff, float beta, float *c,
+                                 ptrdiff_t ldc, const float *rowbias)
+{
+    if (!ck_sgemm_available() || !ck_buffers())
+        return 0;
+    return ck_sgemm_avx512(0, 0, m, n, k, 1.0f, NULL, 0, b, 0, beta, c, ldc, apk, rowbias, boff);
 }
 
 #else  /* no AVX-512 build: BLAS does every GEMM */
@@ -462,6 +504,15 @@ static int ck_sgemm_apacked(int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const
 {
     (void)tb; (void)m; (void)n; (void)k; (void)apk; (void)b; (void)ldb; (void)beta; (void)c;
     (void)ldc; (void)rowbias;
+    return 0;
+}
+
+static int ck_sgemm_apacked_rows(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float *apk,
+                                 const float *b, const ptrdiff_t *boff, float beta, float *c,
+                                 ptrdiff_t ldc, const float *rowbias)
+{
+    (void)m; (void)n; (void)k; (void)apk; (void)b; (void)boff; (void)beta; (void)c; (void)ldc;
+    (void)rowbias;
     return 0;
 }
 

@@ -1,4 +1,5 @@
-/* AVX-512 sum of a float32 run in double precision (bias gradients: one sum per output plane).
+/* Small AVX-512 helpers of _conv.pyx: short row copies, and the sum of a float32 run in double
+ * precision (bias gradients: one sum per output plane).
  * Four 8-double accumulators over 32 floats per step, combined in a fixed order, so a given
  * length always adds in the same order; it differs from the portable 8-accumulator loop of
  * _conv.pyx (plane_sum), which runs where the CPU has no AVX-512F.  The SSE2-compiled loop
@@ -30,6 +31,113 @@ CK_TARGET static double ck_sum_f_avx512(const float *p, ptrdiff_t n)
     return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(s0, s1), _mm512_add_pd(s2, s3)));
 }
 
+/* dst[:n] = src[:n] (or 0 when src is NULL) for n <= 64 by masked vector moves: the rows of
+ * small-map im2col (28 floats for lenet_c1) were memcpy/memset calls, half its forward. */
+CK_TARGET static void ck_short_copy_avx512(float *dst, const float *src, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i += 16) {
+        __mmask16 m = ck_mask(n - i);
+        __m512 v = src != NULL ? _mm512_maskz_loadu_ps(m, src + i) : _mm512_setzero_ps();
+        _mm512_mask_storeu_ps(dst + i, m, v);
+    }
+}
+
+/* 1 when done (n <= 64 and AVX-512F), else 0: the caller copies */
+static inline int ck_short_copy_f(float *dst, const float *src, ptrdiff_t n)
+{
+    if (n > 64 || !ck_sgemm_available())
+        return 0;
+    ck_short_copy_avx512(dst, src, n);
+    return 1;
+}
+
+/* _conv.pyx's _im2col_taps (same arguments, same values) with the row copies inlined: a
+ * library call or an out-of-line copy per row of 28 values cost more than the copy. */
+static inline void ck_wo_range(ptrdiff_t off, ptrdiff_t sw, ptrdiff_t W, ptrdiff_t Wo,
+                               ptrdiff_t *lo, ptrdiff_t *hi)
+{
+    ptrdiff_t a = 0, b = 0;
+    if (off < 0)
+        a = (-off + sw - 1) / sw;
+    if (W - 1 - off >= 0)
+        b = (W - 1 - off) / sw + 1;
+    if (b > Wo)
+        b = Wo;
+    if (a > b)
+        a = b;
+    *lo = a;
+    *hi = b;
+}
+
+CK_TARGET static inline __attribute__((always_inline)) void
+ck_row_copy(float *dst, const float *src, ptrdiff_t n)
+{
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(dst + i, src != NULL ? _mm512_loadu_ps(src + i) : _mm512_setzero_ps());
+    if (i < n) {
+        __mmask16 m = ck_mask(n - i);
+        _mm512_mask_storeu_ps(dst + i, m, src != NULL ? _mm512_maskz_loadu_ps(m, src + i)
+                                                      : _mm512_setzero_ps());
+    }
+}
+
+CK_TARGET static void ck_im2col_taps_avx512(const float *x, ptrdiff_t H, ptrdiff_t W,
+                                            ptrdiff_t kh, ptrdiff_t KW, ptrdiff_t sh,
+                                            ptrdiff_t sw, ptrdiff_t pt, ptrdiff_t pl,
+                                            ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t Wo,
+                                            ptrdiff_t h0, ptrdiff_t nrows, float *cols,
+                                            ptrdiff_t ldc, float *xs)
+{
+    ptrdiff_t Wq = (W + sw - 1) / sw;
+    for (ptrdiff_t r = 0; r < nrows; ++r) {
+        ptrdiff_t hi = (h0 + r) * sh - pt + kh * dh;
+        if (hi < 0 || hi >= H) {
+            for (ptrdiff_t kw = 0; kw < KW; ++kw)
+                ck_row_copy(cols + kw * ldc + r * Wo, NULL, Wo);
+            continue;
+        }
+        const float *xrow = x + hi * W;
+        if (sw > 1 && xs != NULL)
+            for (ptrdiff_t p = 0; p < sw; ++p)
+                for (ptrdiff_t j = 0; p + j * sw < W; ++j)
+                    xs[p * Wq + j] = xrow[p + j * sw];
+        for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+            float *dst = cols + kw * ldc + r * Wo;
+            ptrdiff_t off = kw * dw - pl, lo, up;
+            ck_wo_range(off, sw, W, Wo, &lo, &up);
+            if (lo == up) {
+                ck_row_copy(dst, NULL, Wo);
+                continue;
+            }
+            if (lo > 0)
+                ck_row_copy(dst, NULL, lo);
+            if (sw == 1) {
+                ck_row_copy(dst + lo, xrow + off + lo, up - lo);
+            } else if (xs != NULL) {
+                ptrdiff_t p = ((off % sw) + sw) % sw, q = (off - p) / sw;
+                ck_row_copy(dst + lo, xs + p * Wq + q + lo, up - lo);
+            } else {
+                for (ptrdiff_t wo = lo; wo < up; ++wo)
+                    dst[wo] = xrow[off + wo * sw];
+            }
+            if (up < Wo)
+                ck_row_copy(dst + up, NULL, Wo - up);
+        }
+    }
+}
+
+static int ck_im2col_taps_f(const float *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
+                            ptrdiff_t KW, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t pt, ptrdiff_t pl,
+                            ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t Wo, ptrdiff_t h0,
+                            ptrdiff_t nrows, float *cols, ptrdiff_t ldc, float *xs)
+{
+    if (!ck_sgemm_available())
+        return 0;
+    ck_im2col_taps_avx512(x, H, W, kh, KW, sh, sw, pt, pl, dh, dw, Wo, h0, nrows, cols, ldc, xs);
+    return 1;
+}
+
 /* 1 with *out = the sum, or 0 (no AVX-512F: the caller sums) */
 static int ck_sum_f(const float *p, ptrdiff_t n, double *out)
 {
@@ -40,6 +148,22 @@ static int ck_sum_f(const float *p, ptrdiff_t n, double *out)
 }
 
 #else
+
+static int ck_im2col_taps_f(const float *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
+                            ptrdiff_t KW, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t pt, ptrdiff_t pl,
+                            ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t Wo, ptrdiff_t h0,
+                            ptrdiff_t nrows, float *cols, ptrdiff_t ldc, float *xs)
+{
+    (void)x; (void)H; (void)W; (void)kh; (void)KW; (void)sh; (void)sw; (void)pt; (void)pl;
+    (void)dh; (void)dw; (void)Wo; (void)h0; (void)nrows; (void)cols; (void)ldc; (void)xs;
+    return 0;
+}
+
+static inline int ck_short_copy_f(float *dst, const float *src, ptrdiff_t n)
+{
+    (void)dst; (void)src; (void)n;
+    return 0;
+}
 
 static int ck_sum_f(const float *p, ptrdiff_t n, double *out)
 {

@@ -166,6 +166,36 @@ def _team(op, n_threads, min_bytes, what, weight_bytes, extra=0):
     return n_threads, max(min_bytes, min(chunk, limit // n_threads - extra))
 
 
+# The wide-row forward (conv2d_forward_wide) takes an image per task when its workspace stays
+# in L2 and the rows widen by at most a quarter: lenet_c1 (64 images, 1 -> 6, 5x5, pad 2)
+# 0.43-0.45 ms -> ... on 2 threads, torch 0.36 (bench/RESULTS.md, run H).
+_WIDE_MAX_BYTES = 1 << 20
+
+
+@functools.lru_cache(maxsize=64)
+def _wide_offsets(C, KH, KW, Hp, Wp, dh, dw):
+    """Offset of tap (c, kh, kw)'s column in a padded image (C, Hp, Wp), in tap order."""
+    o = (np.arange(C)[:, None, None] * (Hp * Wp) + np.arange(KH)[:, None] * (dh * Wp)
+         + np.arange(KW) * dw).ravel().astype(np.intp)
+    o.flags.writeable = False
+    return o
+
+
+def _plan_wide(x, weight, stride, groups, pointwise, Ho, Wo, dilation):
+    """Workspace elements per thread of conv2d_forward_wide, or None when it does not apply."""
+    if stride != (1, 1) or groups != 1 or pointwise:
+        return None
+    C = x.shape[1]
+    F, _, KH, KW = weight.shape
+    Hp, Wp = Ho + (KH - 1) * dilation[0], Wo + (KW - 1) * dilation[1]
+    if 4 * Wp > 5 * Wo:
+        return None
+    per = C * Hp * Wp + (KW - 1) * dilation[1] + (C * KH * KW + F) * Ho * Wp
+    if per * x.itemsize > min(_WIDE_MAX_BYTES, get_workspace_limit()):
+        return None
+    return per
+
+
 def _plan_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise, weight_bytes):
     """(threads, output rows per task, workspace elements per thread)."""
     if pointwise:
@@ -514,6 +544,15 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
         return y
     if _batch_ok(Ho, Wo, pointwise) and _batch_forward(x, weight, b, has_bias, y, stride, pt, pl,
                                                       dilation, groups, n_threads):
+        return y
+    wide = _plan_wide(x, weight, stride, groups, pointwise, Ho, Wo, dilation)
+    if wide is not None:
+        ws = _workspace(wide * n_threads, x.dtype)
+        with _blas_pin(x.dtype):
+            _conv.conv2d_forward_wide(x, weight, b, has_bias, y, ws, wide, pt, pl, dh, dw,
+                                      min(n_threads, N), _packed_a(weight.reshape(1, F, -1)),
+                                      _wide_offsets(C, KH, KW, Ho + (KH - 1) * dh,
+                                                    Wo + (KW - 1) * dw, dh, dw))
         return y
     n_threads, rows, per_thread = _plan_forward(N, C, KH * KW, Ho, Wo, W, sw, x.itemsize, n_threads,
                                                 pointwise, weight.nbytes)
