@@ -167,8 +167,9 @@ def _team(op, n_threads, min_bytes, what, weight_bytes, extra=0):
 
 
 # The wide-row forward (conv2d_forward_wide) takes an image per task when its workspace stays
-# in L2 and the rows widen by at most a quarter: lenet_c1 (64 images, 1 -> 6, 5x5, pad 2)
-# 0.43-0.45 ms -> ... on 2 threads, torch 0.36 (bench/RESULTS.md, run H).
+# in L2 and the rows widen by at most a quarter (the extra columns are computed and dropped).
+# lenet_c1 (64 images, 1 -> 6, 5x5, pad 2), interleaved: 421-485 us on the im2col path ->
+# 172 us on 2 threads, 502 -> 254 us on 1 (torch 360-570 us on 2).
 _WIDE_MAX_BYTES = 1 << 20
 
 
