@@ -62,6 +62,12 @@ CASES = [
     Case("wide_dilated", (2, 3, 20, 21), (4, 3, 3, 3), padding=(2, 2), dilation=(2, 2)),
     Case("wide_same_asym", (1, 5, 16, 16), (7, 5, 4, 4), padding="same"),
     Case("wide_pad0", (2, 2, 12, 30), (3, 2, 3, 5)),
+    # strided, output rows >= 32 wide, float32 on the own GEMM (conv2d_forward_phases):
+    # polyphase planes, one GEMM per output row; several row blocks, a ragged last one
+    Case("phases_stem", (2, 3, 70, 66), (5, 3, 7, 7), stride=(2, 2), padding=(3, 3)),
+    Case("phases_s23_dil", (1, 2, 40, 110), (3, 2, 3, 4), stride=(2, 3), padding=(1, 2),
+         dilation=(2, 1)),
+    Case("phases_pad0_s3", (2, 4, 20, 100), (9, 4, 5, 3), stride=(3, 3)),
 ]
 
 

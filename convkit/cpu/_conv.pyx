@@ -997,6 +997,60 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     return y
 
 
+# ---------------------------------------------------------------------------- strided, polyphase
+def conv2d_forward_phases(const float[:, :, :, ::1] x, const float[::1] bias, bint has_bias,
+                          float[:, :, :, ::1] y, float[::1] ws, Py_ssize_t ws_per_thread,
+                          Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                          Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                          Py_ssize_t rows, int n_threads, const float[:, ::1] apk,
+                          const Py_ssize_t[::1] boff):
+    """groups 1, float32 on the own GEMM (apk: the weights prepacked): y = conv(x, w) + bias
+    with no im2col.  The zero-padded image P (P[r, q] = x[r - pt, q - pl]) is split into its
+    sh x sw phases Q[ph, pw][i, j] = P[i*sh + ph, j*sw + pw], each Wq = Wo + ((KW-1)*dw)//sw
+    wide: tap (c, kh, kw) reads, for output row ho, the Wo contiguous values of phase
+    (kh*dh % sh, kw*dw % sw) from row ho + kh*dh//sh, column kw*dw//sw -- so each output row is
+    one GEMM (F x Wo) whose B rows sit at fixed offsets (boff, CKK of them) in the phase planes,
+    written straight into y.  Each input value is copied once (into its phase), not KH*KW/(sh*sw)
+    times as in im2col.  Tasks: (image, block of ``rows`` output rows), each building the phase
+    rows it reads: Rq = rows + (KH-1)*dh//sh of them per phase, so ws_per_thread >=
+    C*sh*sw*Rq*Wq + (KW-1)*dw//sw (slack read past the last row).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3], HoWo = Ho * Wo
+    cdef Py_ssize_t CKK = C * KH * KW
+    cdef Py_ssize_t Wq = Wo + ((KW - 1) * dw) // sw, Rq = rows + ((KH - 1) * dh) // sh
+    cdef Py_ssize_t plane = Rq * Wq, nrb = (Ho + rows - 1) // rows
+    cdef Py_ssize_t t, n, h0, hr, c, ph, pw, i, j, r, q, ho
+    cdef float* Q
+    cdef float* dst
+    cdef const float* src
+    with nogil:
+        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
+            n = t // nrb
+            h0 = (t - n * nrb) * rows
+            hr = _min(rows, Ho - h0)
+            Q = &ws[0] + threadid() * ws_per_thread
+            for c in range(C):
+                for ph in range(sh):
+                    for pw in range(sw):
+                        dst = Q + ((c * sh + ph) * sw + pw) * plane
+                        for i in range(Rq):
+                            r = (h0 + i) * sh + ph - pt
+                            if r < 0 or r >= H:
+                                memset(dst + i * Wq, 0, Wq * sizeof(float))
+                                continue
+                            src = &x[n, c, r, 0]
+                            for j in range(Wq):
+                                q = j * sw + pw - pl
+                                dst[i * Wq + j] = src[q] if 0 <= q < W else 0
+            memset(Q + C * sh * sw * plane, 0, (((KW - 1) * dw) // sw) * sizeof(float))
+            for ho in range(h0, h0 + hr):
+                ck_sgemm_apacked_rows(F, Wo, CKK, &apk[0, 0], Q + (ho - h0) * Wq, &boff[0], 0,
+                                      &y[n, 0, ho, 0], HoWo,
+                                      &bias[0] if has_bias else <const float*>NULL)
+    return y
+
+
 # ---------------------------------------------------------------------------- stride 1, wide rows
 def conv2d_forward_wide(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                         const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,

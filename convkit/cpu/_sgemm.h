@@ -220,8 +220,9 @@ ck_kernel_body(int mrc, int nv, ptrdiff_t kc, const float *a, const float *b, pt
         __m512 bv[CK_NV];
         const float *bp = boff != NULL ? b + boff[p] : b;
 #pragma GCC unroll 4
-        for (int v = 0; v < nv; ++v)
-            bv[v] = _mm512_loadu_ps(bp + 16 * v);
+        for (int v = 0; v < nv; ++v)  /* (masked: a partial panel read in place ends there) */
+            bv[v] = v == nv - 1 ? _mm512_maskz_loadu_ps(last, bp + 16 * v)
+                                : _mm512_loadu_ps(bp + 16 * v);
         if (boff != NULL) {  /* rows at listed offsets: the row 8 ahead, every line of it */
             const float *ahead = p + 8 < kc ? b + boff[p + 8] : bp;
             for (int v = 0; v < nv; ++v)
@@ -275,29 +276,43 @@ CK_TARGET static void ck_kernel(ptrdiff_t kc, const float *a, const float *b, fl
                        NULL);
 }
 
-/* any tile rows, a full-width panel read straight from B's rows (bs = ldb, or the offsets
- * boff[p] from b when boff is not NULL), not packed */
-CK_TARGET static void ck_kernel_direct(ptrdiff_t mr, ptrdiff_t kc, const float *a,
+/* any tile rows and columns (mr <= MR, nr <= NR), read straight from B's rows (bs = ldb, or
+ * the offsets boff[p] from b when boff is not NULL), not packed */
+#define CK_DIRECT_CASE(MRC, NVC)                                                             \
+    do {                                                                                     \
+        if (boff != NULL)                                                                    \
+            ck_kernel_body(MRC, NVC, kc, a, b, 0, c, ldc, alpha, beta, rb, (int)mr, last,    \
+                           boff);                                                            \
+        else                                                                                 \
+            ck_kernel_body(MRC, NVC, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, last,   \
+                           NULL);                                                            \
+    } while (0)
+
+CK_TARGET static void ck_kernel_direct(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t kc, const float *a,
                                        const float *b, ptrdiff_t bs, float *c, ptrdiff_t ldc,
                                        float alpha, float beta, const float *rb,
                                        const ptrdiff_t *boff)
 {
-    if (boff != NULL) {  /* B's rows at listed offsets from b (an implicit im2col) */
-        if (mr <= 4)
-            ck_kernel_body(4, CK_NV, kc, a, b, 0, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF,
-                           boff);
+    int nv = (int)((nr + 15) / 16);
+    __mmask16 last = ck_mask(nr - 16 * (nv - 1));
+    if (mr <= 4) {
+        if (nv == 1)
+            CK_DIRECT_CASE(4, 1);
+        else if (nv == 2)
+            CK_DIRECT_CASE(4, 2);
         else
-            ck_kernel_body(CK_MR, CK_NV, kc, a, b, 0, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF,
-                           boff);
-        return;
+            CK_DIRECT_CASE(4, CK_NV);
+    } else {
+        if (nv == 1)
+            CK_DIRECT_CASE(CK_MR, 1);
+        else if (nv == 2)
+            CK_DIRECT_CASE(CK_MR, 2);
+        else
+            CK_DIRECT_CASE(CK_MR, CK_NV);
     }
-    if (mr <= 2)
-        ck_kernel_body(2, CK_NV, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF, NULL);
-    else if (mr <= 4)
-        ck_kernel_body(4, CK_NV, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF, NULL);
-    else
-        ck_kernel_body(CK_MR, CK_NV, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, 0xFFFF, NULL);
 }
+
+#undef CK_DIRECT_CASE
 
 /* an edge tile: mr <= MR rows, nr <= NR columns, with as few vectors per row as cover nr */
 CK_TARGET static void ck_kernel_edge(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t kc, const float *a,
@@ -394,7 +409,7 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                 for (ptrdiff_t jr = 0; jr < nc; jr += CK_NR) {
                     ptrdiff_t nr = nc - jr < CK_NR ? nc - jr : CK_NR;
                     float *bp = pb + (jr / CK_NR) * CK_NR * kc;
-                    if (direct && nr == CK_NR) {
+                    if (direct) {
                         /* all rows of C in one pass (m <= MC): a packed B panel would serve
                          * this pass only, and the kernels read B's rows in place as fast as
                          * the packed copy (64 x 576 x 3136: 96-105 GFLOP/s packed, 142-147
@@ -404,9 +419,9 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                         for (ptrdiff_t ir = 0; ir < mc; ir += CK_MR) {
                             ptrdiff_t mr = mc - ir < CK_MR ? mc - ir : CK_MR;
                             const float *rb = rbias != NULL ? rbias + ic + ir : NULL;
-                            ck_kernel_direct(mr, kc, pa + (ir / CK_MR) * CK_MR * kc, bsrc + jr,
-                                             ldb, c + (ic + ir) * ldc + jc + jr, ldc, alpha,
-                                             bet, rb, bo);
+                            ck_kernel_direct(mr, nr, kc, pa + (ir / CK_MR) * CK_MR * kc,
+                                             bsrc + jr, ldb, c + (ic + ir) * ldc + jc + jr, ldc,
+                                             alpha, bet, rb, bo);
                         }
                         continue;
                     }

@@ -173,6 +173,47 @@ def _team(op, n_threads, min_bytes, what, weight_bytes, extra=0):
 _WIDE_MAX_BYTES = 1 << 20
 
 
+# Strided convs (stem_224: 7x7/s2 on 224x224) on the own float32 GEMM: polyphase planes and one
+# GEMM per output row, no im2col (conv2d_forward_phases), for output rows of >= 32 values (a
+# GEMM call per row of fewer costs more than it saves).  Rows per task: enough that the phase
+# rows shared between neighbouring tasks ((KH-1)*dh//sh of them) are a small part.
+_PHASES_MIN_WO = 32
+_PHASES_ROWS = 16
+
+
+def _plan_phases(x, weight, stride, groups, pointwise, Ho, Wo, dilation, n_threads):
+    """(output rows per task, workspace floats per thread) of conv2d_forward_phases, or None."""
+    sh, sw = stride
+    if (x.dtype != np.float32 or not _OWN_SGEMM or groups != 1 or pointwise
+            or stride == (1, 1) or Wo < _PHASES_MIN_WO):
+        return None
+    N, C = x.shape[:2]
+    F, _, KH, KW = weight.shape
+    rows = min(Ho, _PHASES_ROWS)
+    if n_threads > 1 and N * _ceil_div(Ho, rows) < 4 * n_threads:
+        rows = max(1, _ceil_div(Ho, _ceil_div(4 * n_threads, N)))
+    Wq = Wo + (KW - 1) * dilation[1] // sw
+    Rq = rows + (KH - 1) * dilation[0] // sh
+    per = C * sh * sw * Rq * Wq + (KW - 1) * dilation[1] // sw
+    if per * 4 * n_threads > get_workspace_limit():
+        return None
+    return rows, per
+
+
+@functools.lru_cache(maxsize=64)
+def _phase_offsets(C, KH, KW, sh, sw, dh, dw, rows, Wo):
+    """Offset of tap (c, kh, kw)'s row in a task's phase planes (conv2d_forward_phases), in tap
+    order: phase (kh*dh % sh, kw*dw % sw) of channel c, row kh*dh // sh, column kw*dw // sw."""
+    Wq = Wo + (KW - 1) * dw // sw
+    plane = (rows + (KH - 1) * dh // sh) * Wq
+    kh = np.arange(KH)[:, None] * dh
+    kw = np.arange(KW)[None, :] * dw
+    per_c = ((kh % sh) * sw + kw % sw) * plane + (kh // sh) * Wq + kw // sw
+    o = (np.arange(C)[:, None, None] * (sh * sw * plane) + per_c).ravel().astype(np.intp)
+    o.flags.writeable = False
+    return o
+
+
 @functools.lru_cache(maxsize=64)
 def _wide_offsets(C, KH, KW, Hp, Wp, dh, dw):
     """Offset of tap (c, kh, kw)'s column in a padded image (C, Hp, Wp), in tap order."""
@@ -545,6 +586,14 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
         return y
     if _batch_ok(Ho, Wo, pointwise) and _batch_forward(x, weight, b, has_bias, y, stride, pt, pl,
                                                       dilation, groups, n_threads):
+        return y
+    phases = _plan_phases(x, weight, stride, groups, pointwise, Ho, Wo, dilation, n_threads)
+    if phases is not None:
+        rows, per_thread = phases
+        ws = _workspace(per_thread * n_threads, x.dtype)
+        _conv.conv2d_forward_phases(x, b, has_bias, y, ws, per_thread, KH, KW, sh, sw, pt, pl,
+                                    dh, dw, rows, n_threads, _packed_a(weight.reshape(1, F, -1)),
+                                    _phase_offsets(C, KH, KW, sh, sw, dh, dw, rows, Wo))
         return y
     wide = _plan_wide(x, weight, stride, groups, pointwise, Ho, Wo, dilation)
     if wide is not None:
