@@ -1132,28 +1132,39 @@ cdef inline void _wino_filter(const floating* g, floating* u, Py_ssize_t us) noe
         u[(k * 4 + 3) * us] = t[k * 3 + 2]
 
 
-def winograd_filters(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int n_threads):
+def winograd_filters(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int n_threads,
+                     bint transpose_flip=False):
     """U[(a*4 + b), f, c] = (G w[f, c] G^T)[a, b] (OUT: U (16, F, C)) for 3x3 filters w,
     G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
+    transpose_flip: the filters of grad_x instead, w'[f, c] = w[c, f] turned by 180 degrees
+    (U (16, C, F) for w (F, C, 3, 3)), without making w' first.
 
     A task transforms 16 channels of one filter into a small buffer and writes 16 runs of 16:
     one filter at a time would store its 16 values F*C elements apart, all in one cache set."""
-    cdef Py_ssize_t F = w.shape[0], C = w.shape[1]
+    cdef Py_ssize_t F = U.shape[1], C = U.shape[2]
     cdef Py_ssize_t nb = (C + 15) // 16
     cdef Py_ssize_t it
     with nogil:
         for it in prange(F * nb, schedule="static", num_threads=n_threads):
-            _wino_filter_block(w, U, it // nb, (it % nb) * 16)
+            _wino_filter_block(w, U, it // nb, (it % nb) * 16, transpose_flip)
 
 
 cdef void _wino_filter_block(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, Py_ssize_t f,
-                             Py_ssize_t c0) noexcept nogil:
+                             Py_ssize_t c0, bint transpose_flip) noexcept nogil:
     """Channels c0 .. c0+15 (or to C) of filter f into U, through a buffer on this thread's stack."""
     cdef floating buf[256]
-    cdef Py_ssize_t c1 = _min(c0 + 16, w.shape[1])
-    cdef Py_ssize_t c, e
+    cdef floating g[9]
+    cdef Py_ssize_t c1 = _min(c0 + 16, U.shape[2])
+    cdef Py_ssize_t c, e, i
+    cdef const floating* src
     for c in range(c0, c1):
-        _wino_filter(&w[f, c, 0, 0], &buf[c - c0], 16)
+        if transpose_flip:
+            src = &w[c, f, 0, 0]
+            for i in range(9):          # flipping both axes of a 3x3 reverses its 9 values
+                g[i] = src[8 - i]
+            _wino_filter(g, &buf[c - c0], 16)
+        else:
+            _wino_filter(&w[f, c, 0, 0], &buf[c - c0], 16)
     for e in range(16):
         for c in range(c0, c1):
             U[e, f, c] = buf[e * 16 + c - c0]

@@ -266,7 +266,18 @@ def _plan_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, poin
     n_threads, budget = _team("conv2d_backward", n_threads, unit_x if needs_gx else unit_w,
                               "one output row of one channel", weight_bytes,
                               (W + sw) * itemsize)
-    units_w = min(_ceil_div(Ug, _ceil_div(n_threads, G)), budget // unit_w)
+    units_w = _ceil_div(Ug, _ceil_div(n_threads, G))
+    if n_threads > 1:
+        # several tasks per thread (a thread held up by other load, or a slower last task,
+        # otherwise leaves the other waiting: res_14's two grad_weight tasks spent 15% of the
+        # backward in libgomp's barrier), each a whole number of the own GEMM's 48-column
+        # panels where that still leaves two tasks per thread; each task packs grad_y again,
+        # which costs ~5% of a GEMM at these shapes
+        step = _GEMM_PANEL // math.gcd(_GEMM_PANEL, KW)
+        whole = _ceil_div(_ceil_div(Ug, _ceil_div(4 * n_threads, G)), step) * step
+        if _ceil_div(Ug, whole) >= 2 * n_threads:
+            units_w = whole     # (else, e.g. a 3-channel stem, one task per thread as before)
+    units_w = min(units_w, budget // unit_w)
     rows_w = min(Ho, budget // (units_w * unit_w))
     if needs_gx:
         chans_x = min(_ceil_div(Cg, _ceil_div(2 * n_threads, N * G)), budget // unit_x)
@@ -476,17 +487,18 @@ def _plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes):
     return n_threads, trows, trows * per_row // itemsize + 8 * (2 * tw + 2)
 
 
-def _winograd(x, weight, b, has_bias, y, pt, pl, n_threads):
+def _winograd(x, weight, b, has_bias, y, pt, pl, n_threads, transpose_flip=False):
     """y = conv(x, weight) + b by Winograd F(2x2, 3x3); False (nothing done) when not even one
-    row of tiles per thread fits the workspace limit."""
+    row of tiles per thread fits the workspace limit.  transpose_flip: conv with the filters of
+    grad_x, weight (F, C) transposed and turned by 180 degrees (x then has F channels)."""
     N, C = x.shape[:2]
-    F = weight.shape[0]
+    F = weight.shape[1] if transpose_flip else weight.shape[0]
     plan = _plan_winograd(N, C, F, y.shape[2], y.shape[3], x.itemsize, n_threads, weight.nbytes)
     if plan is None:
         return False
     n_threads, trows, per_thread = plan
     U = _workspace(16 * F * C, x.dtype, "winograd")[:16 * F * C].reshape(16, F, C)
-    _conv.winograd_filters(weight, U, n_threads)
+    _conv.winograd_filters(weight, U, n_threads, transpose_flip)
     ws = _workspace(n_threads * per_thread, x.dtype)
     with _blas_pin(x.dtype):
         _conv.conv2d_forward_winograd(x, U, b, has_bias, y, ws, per_thread, trows, pt, pl,
@@ -668,9 +680,8 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             # grad_x of a 3x3 stride-1 conv is the conv of grad_y with the filters flipped and
             # transposed (C <- F), padded by 2 - pt on top and 2 - pl on the left (negative
             # padding crops; the Winograd input rows handle both)
-            w_t = np.ascontiguousarray(weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-            if _winograd(grad_y, w_t, np.zeros(1, dtype=dt), False, gx, 2 - pt, 2 - pl,
-                         n_threads):
+            if _winograd(grad_y, weight, np.zeros(1, dtype=dt), False, gx, 2 - pt, 2 - pl,
+                         n_threads, transpose_flip=True):
                 needs_input_grad = False     # done; the pass below computes grad_weight
                 gx_done = True
         if (needs_input_grad and stride == (1, 1) and _batch_ok(H, W, pointwise)
