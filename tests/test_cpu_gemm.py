@@ -209,3 +209,35 @@ def test_rows_at_offsets_match_explicit_columns(m, n, k):
     c2 = np.empty((m, n), np.float32)
     _gemm.gemm_packed_into(apk, False, B, 0.0, c2, k)
     np.testing.assert_array_equal(c1, c2)   # same kernel, same order: same bits
+
+
+def _rss_mib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+
+
+@pytest.mark.skipif(not platform.system() == "Linux", reason="reads /proc/self/status")
+def test_packing_buffers_are_freed_when_their_thread_exits():
+    """Each thread's 1 MiB of packing buffers goes when the thread ends: 64 short-lived threads,
+    each filling its whole B buffer (m > 96 packs B; 240 x 1008 floats), must not leave 64 MiB."""
+    import threading
+
+    if not _gemm.own_sgemm_active():
+        pytest.skip("no own float32 GEMM: BLAS keeps its own buffers")
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((128, 240)).astype(np.float32)
+    b = rng.standard_normal((240, 1008)).astype(np.float32)
+
+    def work():
+        c = np.empty((128, 1008), np.float32)
+        _gemm.gemm_into(False, False, 1.0, a, b, 0.0, c)
+
+    work()
+    before = _rss_mib()
+    for _ in range(64):
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    assert _rss_mib() - before < 24

@@ -21,8 +21,8 @@
  * in order), so the result is the same on every run and for any thread count of the caller.
  *
  * Single-threaded: every caller in convkit runs it inside its own OpenMP team.  Each thread keeps
- * its packing buffers for reuse: (CK_MC + CK_NC) * CK_KC_MAX floats = 1.0 MiB per thread, allocated
- * on the thread's first call and never more (documented in convkit/cpu/conv.py).
+ * its packing buffers for reuse: (CK_MC + CK_NC) * CK_KC_MAX floats = 1.0 MiB per thread,
+ * allocated on the thread's first call, freed when the thread exits (README, "Memory").
  *
  * ck_sgemm returns 0 when it did nothing (no AVX-512F on this CPU or OS, a non-GCC compiler,
  * CONVKIT_DISABLE_AVX512=1 in the environment, or the buffers could not be allocated); the
@@ -38,6 +38,7 @@
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(CONVKIT_NO_SGEMM)
 #define CK_SGEMM_BUILT 1
 #include <immintrin.h>
+#include <pthread.h>
 #else
 #define CK_SGEMM_BUILT 0
 #endif
@@ -82,12 +83,36 @@ static int ck_sgemm_available(void)
     return state;
 }
 
+/* The buffers are freed when their thread exits (a thread-specific key's destructor), so a
+ * program that calls convs from many short-lived threads does not keep 1 MiB per thread. */
+static pthread_key_t ck_buffers_key;
+static pthread_once_t ck_buffers_once = PTHREAD_ONCE_INIT;
+static int ck_buffers_key_ok = 0;
+
+static void ck_buffers_free(void *unused)
+{
+    (void)unused;
+    free(ck_pack_a);
+    free(ck_pack_b);
+    ck_pack_a = ck_pack_b = NULL;
+}
+
+static void ck_buffers_key_init(void)
+{
+    ck_buffers_key_ok = pthread_key_create(&ck_buffers_key, ck_buffers_free) == 0;
+}
+
 static int ck_buffers(void)
 {
+    if (ck_pack_a != NULL && ck_pack_b != NULL)
+        return 1;
+    pthread_once(&ck_buffers_once, ck_buffers_key_init);
     if (ck_pack_a == NULL)
         ck_pack_a = (float *)aligned_alloc(64, sizeof(float) * CK_MC * CK_KC_MAX);
     if (ck_pack_b == NULL)
         ck_pack_b = (float *)aligned_alloc(64, sizeof(float) * CK_KC_MAX * CK_NC);
+    if (ck_buffers_key_ok)  /* any non-NULL value makes the destructor run at thread exit */
+        pthread_setspecific(ck_buffers_key, (void *)1);
     return ck_pack_a != NULL && ck_pack_b != NULL;
 }
 
