@@ -1021,6 +1021,7 @@ def conv2d_forward_phases(const float[:, :, :, ::1] x, const float[::1] bias, bi
     cdef Py_ssize_t Wq = Wo + ((KW - 1) * dw) // sw, Rq = rows + ((KH - 1) * dh) // sh
     cdef Py_ssize_t plane = Rq * Wq, nrb = (Ho + rows - 1) // rows
     cdef Py_ssize_t t, n, h0, hr, c, ph, pw, i, j, r, q, ho
+    cdef Py_ssize_t failed = 0
     cdef float* Q
     cdef float* dst
     cdef const float* src
@@ -1045,9 +1046,12 @@ def conv2d_forward_phases(const float[:, :, :, ::1] x, const float[::1] bias, bi
                                 dst[i * Wq + j] = src[q] if 0 <= q < W else 0
             memset(Q + C * sh * sw * plane, 0, (((KW - 1) * dw) // sw) * sizeof(float))
             for ho in range(h0, h0 + hr):
-                ck_sgemm_apacked_rows(F, Wo, CKK, &apk[0, 0], Q + (ho - h0) * Wq, &boff[0], 0,
-                                      &y[n, 0, ho, 0], HoWo,
-                                      &bias[0] if has_bias else <const float*>NULL)
+                if not ck_sgemm_apacked_rows(F, Wo, CKK, &apk[0, 0], Q + (ho - h0) * Wq,
+                                             &boff[0], 0, &y[n, 0, ho, 0], HoWo,
+                                             &bias[0] if has_bias else <const float*>NULL):
+                    failed += 1     # its packing buffers could not be allocated
+    if failed:
+        raise MemoryError("conv2d_forward: out of memory for a thread's GEMM packing buffers")
     return y
 
 
