@@ -90,3 +90,17 @@ def set_deterministic(flag: bool) -> None:
     """Require deterministic kernels (GPU backwards without atomics); CPU ones always are."""
     global _deterministic
     _deterministic = bool(flag)
+
+
+@functools.cache
+def blas_controllers() -> list:
+    """threadpoolctl controllers of every BLAS loaded in this process (scipy's, which the cpu
+    kernels call, loaded first), found once; [] without threadpoolctl or with an unknown BLAS.
+    The cpu conv pin and convkit.nn's small host GEMMs set BLAS threads through these."""
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (load the BLAS scipy calls)
+        from threadpoolctl import ThreadpoolController
+
+        return list(ThreadpoolController().select(user_api="blas").lib_controllers)
+    except Exception:  # no threadpoolctl or an unknown BLAS: leave BLAS as it is
+        return []

@@ -38,7 +38,7 @@ import threading
 
 import numpy as np
 
-from .._config import get_num_threads, get_workspace_limit
+from .._config import blas_controllers, get_num_threads, get_workspace_limit
 from .._shapes import conv_out_size
 from . import _conv, _gemm
 
@@ -83,24 +83,13 @@ class _BlasPin:
     def __init__(self):
         self._lock = threading.Lock()
         self._depth = 0
-        self._libs = None
+        self._libs = []
         self._saved = []
-
-    def _controllers(self):
-        if self._libs is None:
-            try:
-                import scipy.linalg.cython_blas  # noqa: F401  (load the BLAS scipy calls)
-                from threadpoolctl import ThreadpoolController
-
-                self._libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
-            except Exception:  # no threadpoolctl or an unknown BLAS: leave BLAS as it is
-                self._libs = []
-        return self._libs
 
     def __enter__(self):
         with self._lock:
             if self._depth == 0:
-                libs = self._controllers()
+                libs = self._libs = blas_controllers()
                 self._saved = [lib.get_num_threads() for lib in libs]
                 for lib, n in zip(libs, self._saved):
                     if n != 1:

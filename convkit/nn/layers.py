@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from .._config import blas_controllers
 from .init import INITS, make_rng
 from .module import Module, Sequential, check_float_input
 
@@ -26,23 +27,10 @@ class _SerialBlas:
 
     MAX_MACS = 1 << 22   # above this, BLAS threads pay for themselves
 
-    def __init__(self):
-        self._libs = None
-
-    def _controllers(self):
-        if self._libs is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-
-                self._libs = list(ThreadpoolController().select(user_api="blas").lib_controllers)
-            except Exception:   # no threadpoolctl or an unknown BLAS: leave BLAS as it is
-                self._libs = []
-        return self._libs
-
     def matmul(self, a, b):
         if a.shape[0] * a.shape[1] * b.shape[1] > self.MAX_MACS:
             return a @ b
-        libs = self._controllers()
+        libs = blas_controllers()
         saved = [lib.get_num_threads() for lib in libs]
         for lib, n in zip(libs, saved):
             if n != 1:
