@@ -79,3 +79,38 @@ def numeric_grad(f, x, eps=1e-6):
         x[i] = old
         g[i] = (fp - fm) / (2 * eps)
     return g
+
+
+def build_cimporting_extension(tmp_path, name, pyx_source):
+    """Compile ``pyx_source`` (which cimports convkit's .pxd kernels) as module ``name`` in
+    tmp_path and import it; skips without Cython or a C compiler."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+    import textwrap
+    from pathlib import Path
+
+    import pytest
+
+    pytest.importorskip("Cython")
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        pytest.skip("no C compiler to build a cimporting extension")
+    root = str(Path(convkit.__file__).resolve().parent.parent)   # holds convkit/cpu/*.pxd
+    (tmp_path / f"{name}.pyx").write_text(textwrap.dedent(pyx_source).lstrip())
+    (tmp_path / "setup.py").write_text(
+        "import numpy as np\nfrom Cython.Build import cythonize\n"
+        "from setuptools import Extension, setup\n"
+        f"setup(ext_modules=cythonize([Extension({name!r}, [{name + '.pyx'!r}], "
+        f"include_dirs=[np.get_include()])], include_path={[root]!r}, quiet=True))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"],
+                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    sys.path.insert(0, str(tmp_path))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(tmp_path))

@@ -1,15 +1,8 @@
 """Other Cython code can ``cimport`` the cpu conv kernels (convkit/cpu/_conv.pxd, _blas.pxd):
 build a tiny extension against them in a temporary directory and check what it computes."""
-import os
-import shutil
-import subprocess
-import sys
-import sysconfig
-import textwrap
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers import build_cimporting_extension
 
 import convkit
 
@@ -41,37 +34,8 @@ def conv_one_plane(const double[:, ::1] x, const double[:, ::1] w, Py_ssize_t pa
     return np.asarray(y1).reshape(Ho, Wo), np.asarray(y2).reshape(Ho, Wo), total
 """
 
-SETUP_PY = """
-import numpy as np
-from Cython.Build import cythonize
-from setuptools import Extension, setup
-
-setup(ext_modules=cythonize(
-    [Extension("user_conv", ["user_conv.pyx"], include_dirs=[np.get_include()])],
-    include_path={include!r}, quiet=True))
-"""
-
-
-def _have_compiler():
-    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
-    return shutil.which(cc) is not None
-
-
-@pytest.mark.skipif(not _have_compiler(), reason="no C compiler to build a cimporting extension")
 def test_cimport_conv_kernels(tmp_path):
-    pytest.importorskip("Cython")
-    root = str(Path(convkit.__file__).resolve().parent.parent)   # holds convkit/cpu/*.pxd
-    (tmp_path / "user_conv.pyx").write_text(textwrap.dedent(USER_PYX).lstrip())
-    (tmp_path / "setup.py").write_text(SETUP_PY.format(include=[root]))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"],
-                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import user_conv
-    finally:
-        sys.path.remove(str(tmp_path))
+    user_conv = build_cimporting_extension(tmp_path, "user_conv", USER_PYX)
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((6, 7))

@@ -427,9 +427,15 @@ def test_workspace_cap_works_in_pieces(workspace_limit, limit):
     # 3x3, C=4, 12x10 output: one image's columns are 36*120*8 = 34560 bytes, one row 2880:
     # chunks of 2 images, of 4 output rows, of 1 output row
     case = Case("chunked", (5, 4, 12, 10), (6, 4, 3, 3), padding=(1, 1))
+    _check_under_limit(case, workspace_limit, limit, seed=5)
+
+
+def _check_under_limit(case, workspace_limit, limit, seed):
+    """A float64 3x3/pad-1 conv under the workspace ``limit`` gives the unlimited run's values
+    (and the reference forward); returns x, w, b, gy, y, grads for further checks."""
     x, w, b = _inputs(case, np.float64)
     y0 = _cpu_forward(x, w, b, case)
-    gy = np.random.default_rng(5).standard_normal(y0.shape)
+    gy = np.random.default_rng(seed).standard_normal(y0.shape)
     g0 = _cpu_backward(gy, x, w, case)
     workspace_limit(limit)
     y1 = _cpu_forward(x, w, b, case)
@@ -439,6 +445,7 @@ def test_workspace_cap_works_in_pieces(workspace_limit, limit):
                                **tol(np.float64))
     for a, c in zip(g1, g0):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+    return x, w, b, gy, y1, g1
 
 
 def test_workspace_cap_winograd_in_pieces(workspace_limit):
@@ -466,18 +473,7 @@ def test_workspace_cap_small_maps(workspace_limit, limit):
     of 2 images (summed in order); 9 kB leaves grad_x no room, so the backward takes the
     per-image path.  Same values either way."""
     case = Case("small_chunked", (5, 4, 4, 4), (6, 4, 3, 3), padding=(1, 1))
-    x, w, b = _inputs(case, np.float64)
-    y0 = _cpu_forward(x, w, b, case)
-    gy = np.random.default_rng(9).standard_normal(y0.shape)
-    g0 = _cpu_backward(gy, x, w, case)
-    workspace_limit(limit)
-    y1 = _cpu_forward(x, w, b, case)
-    g1 = _cpu_backward(gy, x, w, case)
-    np.testing.assert_allclose(y1, y0, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(y1, np_conv2d(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1),
-                               **tol(np.float64))
-    for a, c in zip(g1, g0):
-        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+    x, w, b, gy, y1, g1 = _check_under_limit(case, workspace_limit, limit, seed=9)
     lhs = np.vdot(y1 - b.reshape(1, -1, 1, 1), gy)
     np.testing.assert_allclose(np.vdot(x, g1[0]), lhs, rtol=1e-10)
     np.testing.assert_allclose(np.vdot(w, g1[1]), lhs, rtol=1e-10)

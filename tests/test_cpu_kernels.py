@@ -686,34 +686,9 @@ def run_all(const double[::1] x, const double[::1] gy, const int64_t[::1] idx,
 def test_pxd_kernels_can_be_cimported(tmp_path):
     """Other Cython code can cimport the pool / batch-norm / RoI / box kernels (the .pxd
     declarations, noexcept nogil) and gets the documented results."""
-    import os
-    import shutil
-    import subprocess
-    import sys
-    import sysconfig
-    import textwrap
-    from pathlib import Path
+    from helpers import build_cimporting_extension
 
-    pytest.importorskip("Cython")
-    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
-    if shutil.which(cc) is None:
-        pytest.skip("no C compiler to build a cimporting extension")
-    root = str(Path(convkit.__file__).resolve().parent.parent)
-    (tmp_path / "user_kernels.pyx").write_text(textwrap.dedent(USER_PYX).lstrip())
-    (tmp_path / "setup.py").write_text(
-        "import numpy as np\nfrom Cython.Build import cythonize\n"
-        "from setuptools import Extension, setup\n"
-        "setup(ext_modules=cythonize([Extension('user_kernels', ['user_kernels.pyx'], "
-        f"include_dirs=[np.get_include()])], include_path={[root]!r}, quiet=True))\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"],
-                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    sys.path.insert(0, str(tmp_path))
-    try:
-        import user_kernels
-    finally:
-        sys.path.remove(str(tmp_path))
+    user_kernels = build_cimporting_extension(tmp_path, "user_kernels", USER_PYX)
 
     x = np.array([1.0, 2.0, 4.0, 9.0])
     gy = np.array([1.0, 2.0, 3.0])
