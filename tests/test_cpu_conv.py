@@ -68,6 +68,15 @@ CASES = [
     Case("phases_s23_dil", (1, 2, 40, 110), (3, 2, 3, 4), stride=(2, 3), padding=(1, 2),
          dilation=(2, 1)),
     Case("phases_pad0_s3", (2, 4, 20, 100), (9, 4, 5, 3), stride=(3, 3)),
+    # weight gradients as dot products along the output positions, taps read in the phase
+    # planes (conv2d_backward_weight_dot; <= 320 taps, float32 on AVX-512F): filters not a
+    # multiple of the 8-row tile, taps not a multiple of its 3 columns, rows that end in a
+    # partial 16-lane vector, several phase blocks and tile passes with ragged last ones
+    Case("dot_stem", (2, 3, 70, 66), (13, 3, 7, 7), stride=(2, 2), padding=(3, 3)),
+    Case("dot_s1_ragged", (2, 2, 40, 37), (9, 2, 5, 2), padding=(2, 1)),
+    Case("dot_s32_dil", (2, 3, 50, 61), (4, 3, 3, 4), stride=(3, 2), padding=(2, 1),
+         dilation=(2, 3)),
+    Case("dot_same_even", (1, 4, 30, 20), (3, 4, 4, 4), padding="same"),
 ]
 
 
@@ -551,6 +560,36 @@ def test_pointwise_and_depthwise_need_no_workspace(workspace_limit):
         _cpu_forward(x, w, b, CASE["pointwise_stride2"])
 
 
+def _dot_plan(case):
+    from convkit.cpu import conv as cc
+    x = np.empty(case.x, np.float32)
+    w = np.empty(case.w, np.float32)
+    pads = _pads(case)
+    *_, KH, KW, Ho, Wo = cc._geometry(x, w, case.stride, pads, case.dilation)
+    return cc._plan_weight_dot(x, w, case.groups, cc._is_pointwise(KH, KW, case.stride, pads),
+                               Ho, Wo, case.stride, case.dilation, 2)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.id.startswith("dot_")] + [
+    Case("stem_224", (8, 3, 224, 224), (64, 3, 7, 7), stride=(2, 2), padding=(3, 3)),
+    Case("lenet_c1", (64, 1, 28, 28), (6, 1, 5, 5), padding=(2, 2))], ids=lambda c: c.id)
+def test_dot_weight_gradient_is_planned(case):
+    """The dot cases above (and the suite's stem and lenet layers) take that path wherever the
+    own float32 GEMM runs, so the value tests check it rather than a fallback."""
+    from convkit.cpu import conv as cc
+    if not cc._OWN_SGEMM:
+        assert _dot_plan(case) is None
+        return
+    rows, kr, fchunk, per = _dot_plan(case)
+    assert 1 <= kr <= rows and fchunk % 8 == 0
+
+
+def test_dot_weight_gradient_skips_wide_tap_sets():
+    """Above 320 taps per filter (64 -> 128 3x3: 576) the packed GEMM path keeps the gradient."""
+    assert _dot_plan(Case("wide_taps", (2, 64, 30, 30), (128, 64, 3, 3), stride=(2, 2),
+                          padding=(1, 1))) is None
+
+
 # ----------------------------------------------------------------------- threads, determinism
 BIG = [Case("big_gemm", (4, 16, 20, 20), (24, 16, 3, 3), padding=(1, 1)),
        Case("big_pointwise", (4, 64, 16, 16), (40, 64, 1, 1)),
@@ -559,7 +598,8 @@ BIG = [Case("big_gemm", (4, 16, 20, 20), (24, 16, 3, 3), padding=(1, 1)),
        Case("big_small_maps", (8, 16, 4, 4), (24, 16, 3, 3), padding=(1, 1)),
        Case("big_small_maps_8x8", (16, 16, 8, 8), (16, 16, 3, 3), padding=(1, 1)),  # blocks
        Case("big_small_maps_s2", (6, 8, 8, 8), (16, 8, 3, 3), stride=(2, 2), padding=(1, 1)),
-       Case("big_small_maps_grouped", (6, 8, 5, 5), (12, 4, 3, 3), padding=(1, 1), groups=2)]
+       Case("big_small_maps_grouped", (6, 8, 5, 5), (12, 4, 3, 3), padding=(1, 1), groups=2),
+       Case("big_dot_stem", (4, 3, 64, 64), (24, 3, 7, 7), stride=(2, 2), padding=(3, 3))]
 # (each is above the size below which a call runs on one thread, so both thread counts run)
 
 

@@ -31,6 +31,23 @@ cdef extern from "_vsum.h" nogil:
                          Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t Wo,
                          Py_ssize_t h0, Py_ssize_t nrows, float* cols, Py_ssize_t ldc,
                          float* xs)
+    void ck_phases_f(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t sh,
+                     Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t h0, Py_ssize_t Rq,
+                     Py_ssize_t Wq, Py_ssize_t plane, float* Q)
+
+
+cdef extern from "_sdot.h" nogil:
+    void ck_sdot_accum(Py_ssize_t m, Py_ssize_t n, Py_ssize_t R, Py_ssize_t wn, const float* a,
+                       Py_ssize_t lda, Py_ssize_t ars, const float* b, const Py_ssize_t* boff,
+                       Py_ssize_t brs, float* part, const float* pf, Py_ssize_t pf_rows,
+                       Py_ssize_t pf_len, Py_ssize_t pf_ld)
+    void ck_sdot_copy(Py_ssize_t m, Py_ssize_t R, Py_ssize_t wn, const float* a, Py_ssize_t lda,
+                      Py_ssize_t ars, float* dst, Py_ssize_t ds, float* sums)
+
+
+cdef inline float* _align64(float* p) noexcept nogil:
+    """p rounded up to a 64-byte boundary (at most 15 floats on)."""
+    return <float*>((<size_t>p + 63) & ~(<size_t>63))
 
 
 cdef inline void _row_copy(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
@@ -1020,30 +1037,16 @@ def conv2d_forward_phases(const float[:, :, :, ::1] x, const float[::1] bias, bi
     cdef Py_ssize_t CKK = C * KH * KW
     cdef Py_ssize_t Wq = Wo + ((KW - 1) * dw) // sw, Rq = rows + ((KH - 1) * dh) // sh
     cdef Py_ssize_t plane = Rq * Wq, nrb = (Ho + rows - 1) // rows
-    cdef Py_ssize_t t, n, h0, hr, c, ph, pw, i, j, r, q, ho
+    cdef Py_ssize_t t, n, h0, hr, ho
     cdef Py_ssize_t failed = 0
     cdef float* Q
-    cdef float* dst
-    cdef const float* src
     with nogil:
         for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
             n = t // nrb
             h0 = (t - n * nrb) * rows
             hr = _min(rows, Ho - h0)
             Q = &ws[0] + threadid() * ws_per_thread
-            for c in range(C):
-                for ph in range(sh):
-                    for pw in range(sw):
-                        dst = Q + ((c * sh + ph) * sw + pw) * plane
-                        for i in range(Rq):
-                            r = (h0 + i) * sh + ph - pt
-                            if r < 0 or r >= H:
-                                memset(dst + i * Wq, 0, Wq * sizeof(float))
-                                continue
-                            src = &x[n, c, r, 0]
-                            for j in range(Wq):
-                                q = j * sw + pw - pl
-                                dst[i * Wq + j] = src[q] if 0 <= q < W else 0
+            ck_phases_f(&x[n, 0, 0, 0], C, H, W, sh, sw, pt, pl, h0, Rq, Wq, plane, Q)
             memset(Q + C * sh * sw * plane, 0, (((KW - 1) * dw) // sw) * sizeof(float))
             for ho in range(h0, h0 + hr):
                 if not ck_sgemm_apacked_rows(F, Wo, CKK, &apk[0, 0], Q + (ho - h0) * Wq,
@@ -1053,6 +1056,92 @@ def conv2d_forward_phases(const float[:, :, :, ::1] x, const float[::1] bias, bi
     if failed:
         raise MemoryError("conv2d_forward: out of memory for a thread's GEMM packing buffers")
     return y
+
+
+def conv2d_backward_weight_dot(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
+                               float[:, ::1] gw, float[::1] gb, bint has_bias, float[::1] ws,
+                               Py_ssize_t ws_per_thread, Py_ssize_t KH, Py_ssize_t KW,
+                               Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                               Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t rows, Py_ssize_t kr,
+                               Py_ssize_t fchunk, const Py_ssize_t[::1] boff, int n_threads):
+    """groups 1, float32 with AVX-512F: gw (F x C*KH*KW, OUT) = grad_weight and, when has_bias,
+    gb (OUT) = grad_bias, as dot products along the output positions (_sdot.h): no im2col and
+    no packing.  The taps are read in the phase planes of conv2d_forward_phases (built per
+    image and block of ``rows`` output rows; boff: _phase_offsets(..., rows, Wo)); grad_y is
+    copied ``kr`` output rows at a time into an aligned buffer (its bias sums taken on the way)
+    and each such pass runs the 8 x 3 tiles over every tap.  A task owns ``fchunk`` filters (a
+    multiple of 8) and goes through every image in order, so every value of gw is summed in the
+    same order whatever the thread count.  ws_per_thread >= weight_dot_floats(...).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = gy.shape[1], Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo
+    cdef Py_ssize_t CKK = C * KH * KW, ntf = (F + fchunk - 1) // fchunk
+    cdef Py_ssize_t Wq = Wo + ((KW - 1) * dw) // sw, Rx = ((KH - 1) * dh) // sh
+    cdef Py_ssize_t plane = (rows + Rx) * Wq, planes = C * sh * sw * plane
+    cdef Py_ssize_t ds = (Wo + 15) // 16 * 16
+    cdef Py_ssize_t t, n, f0, fc, h0, hr, r0, rr, i, l, pfr
+    cdef const float* pf
+    cdef float* Q
+    cdef float* part
+    cdef float* A
+    cdef const float* p
+    cdef double s
+    if ws_per_thread < weight_dot_floats(C, KH, KW, sh, sw, dh, dw, Wo, rows, kr, fchunk):
+        raise ValueError("conv2d_backward_weight_dot: workspace too small")
+    with nogil:
+        for t in prange(ntf, schedule="dynamic", num_threads=n_threads):
+            f0 = t * fchunk
+            fc = _min(fchunk, F - f0)
+            Q = _align64(&ws[0] + threadid() * ws_per_thread)
+            part = _align64(Q + planes)
+            A = _align64(part + (fc * CKK + fc) * 16)
+            memset(part, 0, (fc * CKK + fc) * 16 * sizeof(float))
+            for n in range(N):
+                h0 = 0
+                while h0 < Ho:
+                    hr = _min(rows, Ho - h0)
+                    ck_phases_f(&x[n, 0, 0, 0], C, H, W, sh, sw, pt, pl, h0, hr + Rx, Wq, plane,
+                                Q)
+                    r0 = h0
+                    while r0 < h0 + hr:
+                        rr = _min(kr, h0 + hr - r0)
+                        ck_sdot_copy(fc, rr, Wo, &gy[n, f0, r0, 0], HoWo, Wo, A, ds,
+                                     part + fc * CKK * 16 if has_bias else <float*>NULL)
+                        # the next pass's grad_y rows: this image's next ones, else the
+                        # next image's first (prefetched while this pass computes)
+                        if r0 + rr < Ho:
+                            pf = &gy[n, f0, r0 + rr, 0]
+                            pfr = _min(kr, Ho - r0 - rr)
+                        elif n + 1 < N:
+                            pf = &gy[n + 1, f0, 0, 0]
+                            pfr = _min(kr, Ho)
+                        else:
+                            pf = NULL
+                            pfr = 0
+                        ck_sdot_accum(fc, CKK, rr, Wo, A, rr * ds, ds, Q + (r0 - h0) * Wq,
+                                      &boff[0], Wq, part, pf, fc, pfr * Wo, HoWo)
+                        r0 = r0 + rr
+                    h0 = h0 + hr
+            for i in range(fc * CKK + (fc if has_bias else 0)):
+                p = part + i * 16
+                s = 0
+                for l in range(16):
+                    s = s + p[l]
+                if i < fc * CKK:
+                    gw[f0 + i // CKK, i % CKK] = <float>s
+                else:
+                    gb[f0 + i - fc * CKK] = <float>s
+    return gw
+
+
+def weight_dot_floats(Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t Wo, Py_ssize_t rows,
+                      Py_ssize_t kr, Py_ssize_t fchunk):
+    """Workspace floats per thread of conv2d_backward_weight_dot: the phase planes, the 16-lane
+    partial sums of fchunk filters' taps and biases, the aligned grad_y block, 3 alignments."""
+    cdef Py_ssize_t Wq = Wo + ((KW - 1) * dw) // sw, Rx = ((KH - 1) * dh) // sh
+    return (C * sh * sw * (rows + Rx) * Wq + (fchunk * C * KH * KW + fchunk) * 16
+            + fchunk * kr * ((Wo + 15) // 16 * 16) + 3 * 16)
 
 
 # ---------------------------------------------------------------------------- stride 1, wide rows
@@ -1325,9 +1414,10 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
                          Py_ssize_t units_w, Py_ssize_t rows_w, Py_ssize_t chans_x,
                          Py_ssize_t rows_x, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
                          Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
-                         bint pointwise, bint needs_input_grad, int n_threads):
-    """grad_weight into gw (OUT, zero-filled by the caller) and, when needs_input_grad, grad_x
-    into gx (OUT, any contents) of conv2d_forward_gemm.
+                         bint pointwise, bint needs_input_grad, bint needs_weight_grad,
+                         int n_threads):
+    """grad_weight into gw (OUT, zero-filled by the caller; when needs_weight_grad) and, when
+    needs_input_grad, grad_x into gx (OUT, any contents) of conv2d_forward_gemm.
 
     grad_weight: a task owns a block of ``units_w`` (channel, kh) tap rows -- a column block
     of gw[g] -- and adds gy[n, g] @ cols^T for n = 0, 1, ... in order, ``rows_w`` output rows
@@ -1344,7 +1434,8 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
     cdef Py_ssize_t t, n, g, u0, u1, u, h0, hr, L, c, c0, nc
     cdef floating* buf
     with nogil:
-        for t in prange(G * ntw, schedule="dynamic", num_threads=n_threads):
+        for t in prange(G * ntw if needs_weight_grad else 0, schedule="dynamic",
+                        num_threads=n_threads):
             g = t // ntw
             u0 = (t - g * ntw) * units_w
             u1 = _min(Ug, u0 + units_w)

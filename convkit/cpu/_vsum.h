@@ -82,6 +82,20 @@ ck_row_copy(float *dst, const float *src, ptrdiff_t n)
     }
 }
 
+/* dst[j] = src[j*2 + o] for j < n (src[q] for q in [0, W) only: the caller keeps the range):
+ * the even or odd values of a row, 16 at a time from two loads and one two-source permute. */
+CK_TARGET static inline void ck_deinterleave2(float *dst, const float *src, ptrdiff_t n)
+{
+    const __m512i idx = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4,
+                                         2, 0);
+    ptrdiff_t j = 0;
+    for (; j + 16 <= n && 2 * j + 32 <= 2 * n - 1; j += 16)
+        _mm512_storeu_ps(dst + j, _mm512_permutex2var_ps(_mm512_loadu_ps(src + 2 * j), idx,
+                                                         _mm512_loadu_ps(src + 2 * j + 16)));
+    for (; j < n; ++j)
+        dst[j] = src[2 * j];
+}
+
 CK_TARGET static void ck_im2col_taps_avx512(const float *x, ptrdiff_t H, ptrdiff_t W,
                                             ptrdiff_t kh, ptrdiff_t KW, ptrdiff_t sh,
                                             ptrdiff_t sw, ptrdiff_t pt, ptrdiff_t pl,
@@ -172,4 +186,54 @@ static int ck_sum_f(const float *p, ptrdiff_t n, double *out)
 }
 
 #endif
+/* One image's zero-padded input P (P[c, r, q] = x[c, r - pt, q - pl], 0 outside x) split into
+ * its sh x sw stride phases, for the Rq phase rows from h0 on: phase (ph, pw) of channel c is
+ * the plane Q + ((c*sh + ph)*sw + pw)*plane, whose row i, column j holds
+ * P[c, (h0 + i)*sh + ph, j*sw + pw] for j < Wq.  Shared by the strided forward and the
+ * weight gradient (conv2d_forward_phases, conv2d_backward_weight_dot). */
+static void ck_phases_f(const float *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t sh,
+                        ptrdiff_t sw, ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t h0, ptrdiff_t Rq,
+                        ptrdiff_t Wq, ptrdiff_t plane, float *Q)
+{
+#if CK_SGEMM_BUILT
+    const int vec = sw == 2 && ck_sgemm_available();
+#else
+    const int vec = 0;
+#endif
+    for (ptrdiff_t c = 0; c < C; ++c)
+        for (ptrdiff_t ph = 0; ph < sh; ++ph)
+            for (ptrdiff_t pw = 0; pw < sw; ++pw) {
+                float *dst = Q + ((c * sh + ph) * sw + pw) * plane;
+                /* columns j with 0 <= j*sw + pw - pl < W: [lo, up) */
+                const ptrdiff_t off = pw - pl;
+                ptrdiff_t lo = off < 0 ? (-off + sw - 1) / sw : 0;
+                ptrdiff_t up = W - 1 - off >= 0 ? (W - 1 - off) / sw + 1 : 0;
+                if (up > Wq)
+                    up = Wq;
+                if (lo > up)
+                    lo = up;
+                for (ptrdiff_t i = 0; i < Rq; ++i, dst += Wq) {
+                    const ptrdiff_t r = (h0 + i) * sh + ph - pt;
+                    if (r < 0 || r >= H || lo == up) {
+                        memset(dst, 0, Wq * sizeof(float));
+                        continue;
+                    }
+                    const float *src = x + (c * H + r) * W + off;
+                    if (lo > 0)
+                        memset(dst, 0, lo * sizeof(float));
+                    if (sw == 1)
+                        memcpy(dst + lo, src + lo, (up - lo) * sizeof(float));
+#if CK_SGEMM_BUILT
+                    else if (vec)
+                        ck_deinterleave2(dst + lo, src + lo * 2, up - lo);
+#endif
+                    else
+                        for (ptrdiff_t j = lo; j < up; ++j)
+                            dst[j] = src[j * sw];
+                    if (up < Wq)
+                        memset(dst + up, 0, (Wq - up) * sizeof(float));
+                }
+            }
+}
+
 #endif

@@ -212,6 +212,46 @@ def _wide_offsets(C, KH, KW, Hp, Wp, dh, dw):
     return o
 
 
+# Weight gradients with few taps per filter (C*KH*KW <= _DOT_MAX_TAPS; groups 1, float32 on
+# AVX-512F): dot products of grad_y's rows with the taps' rows, read in place in the phase planes
+# of the strided forward (conv2d_backward_weight_dot, _sdot.h) -- no im2col, no packing.
+# Measured (13:26 UTC, 2 threads, float32, medians of 9 interleaved rounds, ms, dot vs the im2col
+# GEMM path, grad_weight + grad_bias): stem_224 10.6 vs 16.3; lenet_c1 0.28 vs 0.75; 6->16 5x5
+# on 14x14 0.37 vs 0.52; 16->32 3x3 on 56x56 1.84 vs 2.36; 32->32 3x3/s2 on 56x56 1.60 vs 1.77;
+# 3->16 3x3 on 32x32 (batch 128) 1.09 vs 3.09; but 64->128 3x3/s2 (576 taps) 6.9 vs 6.2 and
+# 128->128 3x3 (1152 taps) 14.8 vs 10.6: with many taps the packed GEMM's register tile reuses
+# each load more.  Output rows per phase block (_DOT_ROWS) and per tile pass (_DOT_PASS floats
+# of a grad_y row block: 8 rows of it stay in L1 across the taps) were picked by timing stem_224
+# (13:27 UTC: 16-112 rows per block within noise; passes of 4-8 rows of 112 within 10%).
+_DOT_MAX_TAPS = 320
+_DOT_ROWS = 28
+_DOT_PASS = 700
+_DOT_PART_BYTES = 1 << 19     # a task's 16-lane partial sums (filters x taps x 16 floats)
+
+
+def _plan_weight_dot(x, weight, groups, pointwise, Ho, Wo, stride, dilation, n_threads):
+    """(rows, pass rows, filters per task, workspace floats per thread) of
+    conv2d_backward_weight_dot, or None where the im2col GEMM path is used."""
+    N, C = x.shape[:2]
+    F, _, KH, KW = weight.shape
+    taps = C * KH * KW
+    if (x.dtype != np.float32 or not _OWN_SGEMM or groups != 1 or pointwise
+            or taps > _DOT_MAX_TAPS or _batch_ok(Ho, Wo, pointwise)):
+        return None
+    sh, sw = stride
+    dh, dw = dilation
+    kr = max(1, min(Ho, _DOT_PASS // Wo))
+    rows = min(Ho, max(kr, _DOT_ROWS))
+    # two tasks per thread where the filters allow (a thread slowed by other load takes
+    # fewer), whole 8-filter tiles, the partial sums within L2
+    fchunk = _ceil_div(_ceil_div(F, 2 * n_threads), 8) * 8
+    fchunk = max(8, min(fchunk, _DOT_PART_BYTES // (64 * taps) // 8 * 8))
+    per = _conv.weight_dot_floats(C, KH, KW, sh, sw, dh, dw, Wo, rows, kr, fchunk)
+    if per * 4 * n_threads > get_workspace_limit():
+        return None
+    return rows, kr, fchunk, per
+
+
 def _plan_wide(x, weight, stride, groups, pointwise, Ho, Wo, dilation):
     """Workspace elements per thread of conv2d_forward_wide, or None when it does not apply."""
     if stride != (1, 1) or groups != 1 or pointwise:
@@ -642,7 +682,10 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
                                            needs_input_grad, scratch, parts, pt, pl, level,
                                            same, n_threads)
         return (gx if needs_input_grad else None), gw, gb
-    if has_bias:
+    pointwise = _is_pointwise(KH, KW, stride, padding)
+    dot = (None if _dense_ok(C, H, W, F, KH, KW, Ho, Wo, groups) else
+           _plan_weight_dot(x, weight, groups, pointwise, Ho, Wo, stride, dilation, n_threads))
+    if has_bias and dot is None:
         _conv.bias_grad(grad_y, gb, _threads(grad_y.size))
     if groups == C and Cg == 1 and groups > 1:
         gw = np.empty(weight.shape, dtype=dt)
@@ -664,7 +707,6 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             _conv.gemm_rows(True, False, x.reshape(N, C * H * W), gy2, gwd, N, n_threads)
         _conv.dense_fold(gwd, gw, H, W, Ho, Wo, sh, sw, pt, pl, dh, dw, n_threads)
     else:
-        pointwise = _is_pointwise(KH, KW, stride, padding)
         if needs_input_grad and _prefer_winograd(x, weight, stride, dilation, groups, Ho, Wo):
             # grad_x of a 3x3 stride-1 conv is the conv of grad_y with the filters flipped and
             # transposed (C <- F), padded by 2 - pt on top and 2 - pl on the left (negative
@@ -683,6 +725,20 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             # a gather into columns with K = F*KH*KW instead of a K = F GEMM and a scatter-add
             needs_input_grad = False
             gx_done = True
+        needs_weight_grad = True
+        if dot is not None:
+            rows, kr, fchunk, per_thread = dot
+            gw = np.empty(weight.shape, dtype=dt)
+            ws = _workspace(n_threads * per_thread, dt)
+            _conv.conv2d_backward_weight_dot(grad_y, x, gw.reshape(F, -1),
+                                             gb if has_bias else np.empty(1, dtype=dt),
+                                             has_bias, ws, per_thread, KH, KW, sh, sw, pt, pl,
+                                             dh, dw, rows, kr, fchunk,
+                                             _phase_offsets(C, KH, KW, sh, sw, dh, dw, rows, Wo),
+                                             n_threads)
+            if not needs_input_grad:
+                return (gx if gx_done else None), gw, gb
+            needs_weight_grad = False    # the pass below computes grad_x only
         plan = None
         if _batch_ok(Ho, Wo, pointwise):
             Hp, Wp, idx = _batch_geometry(N, Ho, Wo, KH, KW, stride, dilation)
@@ -702,7 +758,8 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
                                                          dilation, x.itemsize), nsplit, gwp,
                                             n_threads)
             return (gx if needs_input_grad or gx_done else None), gw, gb
-        gw = np.zeros(weight.shape, dtype=dt)
+        if needs_weight_grad:
+            gw = np.zeros(weight.shape, dtype=dt)
         n_threads, units_w, rows_w, chans_x, rows_x, per_thread = _plan_backward(
             N, C, Cg, groups, KH, KW, Ho, Wo, W, sw, x.itemsize, n_threads, pointwise,
             needs_input_grad, weight.nbytes)
@@ -710,5 +767,5 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
         with _blas_pin(x.dtype):
             _conv.conv2d_backward_gemm(grad_y, x, weight, gx, gw, ws, per_thread, units_w, rows_w,
                                        chans_x, rows_x, sh, sw, pt, pl, dh, dw, groups, pointwise,
-                                       needs_input_grad, n_threads)
+                                       needs_input_grad, needs_weight_grad, n_threads)
     return (gx if needs_input_grad or gx_done else None), gw, gb
