@@ -519,6 +519,26 @@ def test_workspace_cap_grad_weight_only(workspace_limit):
         _cpu_backward(gy, x, w, case)
 
 
+def test_workspace_cap_below_the_dot_gradient_falls_back(workspace_limit):
+    """float32, 147 taps: the dot-product weight gradient needs its phase planes, partial sums
+    and grad_y block per thread (about 160 kB here); under a 60 kB cap the im2col GEMM path
+    (one tap row per output row) computes the same gradient."""
+    from convkit.cpu import conv as cc
+    case = CASE["dot_stem"]
+    x, w, _ = _inputs(case, np.float32)
+    gy = np.random.default_rng(11).standard_normal((2, 13, 35, 33)).astype(np.float32)
+    want = _cpu_backward(gy, x, w, case, needs_input_grad=False)
+    workspace_limit(60_000)
+    assert _dot_plan(case) is None
+    gx, gw, gb = _cpu_backward(gy, x, w, case, needs_input_grad=False)
+    assert gx is None
+    np.testing.assert_allclose(gw, want[1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gb, want[2], rtol=1e-5, atol=1e-4)
+    if cc._OWN_SGEMM:
+        workspace_limit(1 << 28)
+        assert _dot_plan(case) is not None
+
+
 def test_workspace_stays_under_a_lowered_cap(workspace_limit):
     from convkit.cpu import conv as cpu_conv
 
