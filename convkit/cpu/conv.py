@@ -283,11 +283,12 @@ def _plan_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise, weigh
 
 
 def _plan_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
-                   needs_gx, weight_bytes):
+                   needs_gx, weight_bytes, own_gemm=True):
     """(threads, units_w, rows_w, chans_x, rows_x, workspace elements per thread)."""
     Ug = Cg * KH
     if pointwise:
-        units_w = _ceil_div(Ug, _ceil_div(n_threads, G))
+        units_w = _ceil_div(Ug, _ceil_div(n_threads, G) if own_gemm else
+                            _ceil_div(Ug, _BLAS_TASK_COLS))     # (see below)
         chans_x = _ceil_div(Cg, _ceil_div(2 * n_threads, N * G))
         return n_threads, units_w, Ho, chans_x, Ho, 0
     unit_w = KW * Wo * itemsize                    # one (channel, kh) tap row, one output row
@@ -296,7 +297,13 @@ def _plan_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, poin
                               "one output row of one channel", weight_bytes,
                               (W + sw) * itemsize)
     units_w = _ceil_div(Ug, _ceil_div(n_threads, G))
-    if n_threads > 1:
+    if not own_gemm:
+        # BLAS (float64, or a CPU without AVX-512F) may sum a column's products in an order
+        # that depends on the width of the block it is given (OpenBLAS did for a 3-channel
+        # 7x7 stem: 147 columns in one task vs 77 + 70 in two): column blocks of a size set by
+        # the layer alone, ~_BLAS_TASK_COLS wide, keep grad_weight thread-count independent
+        units_w = _ceil_div(Ug, _ceil_div(Ug * KW, _BLAS_TASK_COLS))
+    elif n_threads > 1:
         # several tasks per thread (a thread held up by other load, or a slower last task,
         # otherwise leaves the other waiting: res_14's two grad_weight tasks spent 15% of the
         # backward in libgomp's barrier), each a whole number of the own GEMM's 48-column
@@ -422,6 +429,7 @@ def _shift_masks(H, W, Ho, Wo, KH, KW, stride, pt, pl, dilation, itemsize):
 # multiple of 48) where they hold at least one.  The GEMM's k order does not depend on the
 # number of columns, so the forward's bits do not change.
 _GEMM_PANEL = 48
+_BLAS_TASK_COLS = 96
 
 
 def _panel_images(imgs, HoWo):
@@ -762,7 +770,7 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             gw = np.zeros(weight.shape, dtype=dt)
         n_threads, units_w, rows_w, chans_x, rows_x, per_thread = _plan_backward(
             N, C, Cg, groups, KH, KW, Ho, Wo, W, sw, x.itemsize, n_threads, pointwise,
-            needs_input_grad, weight.nbytes)
+            needs_input_grad, weight.nbytes, dt == np.float32 and _OWN_SGEMM)
         ws = _workspace(n_threads * per_thread, dt)
         with _blas_pin(x.dtype):
             _conv.conv2d_backward_gemm(grad_y, x, weight, gx, gw, ws, per_thread, units_w, rows_w,
