@@ -600,8 +600,8 @@ def test_dot_weight_gradient_is_planned(case):
     if not cc._OWN_SGEMM:
         assert _dot_plan(case) is None
         return
-    rows, kr, fchunk, per = _dot_plan(case)
-    assert 1 <= kr <= rows and fchunk % 8 == 0
+    rows, kr, fchunk, groups_n, floats = _dot_plan(case)
+    assert 1 <= kr <= rows and fchunk % 8 == 0 and 1 <= groups_n <= case.x[0]
 
 
 def test_dot_weight_gradient_skips_wide_tap_sets():

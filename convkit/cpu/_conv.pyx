@@ -1060,43 +1060,55 @@ def conv2d_forward_phases(const float[:, :, :, ::1] x, const float[::1] bias, bi
 
 def conv2d_backward_weight_dot(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
                                float[:, ::1] gw, float[::1] gb, bint has_bias, float[::1] ws,
-                               Py_ssize_t ws_per_thread, Py_ssize_t KH, Py_ssize_t KW,
-                               Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                               Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t rows, Py_ssize_t kr,
-                               Py_ssize_t fchunk, const Py_ssize_t[::1] boff, int n_threads):
+                               Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                               Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                               Py_ssize_t rows, Py_ssize_t kr, Py_ssize_t fchunk,
+                               Py_ssize_t groups_n, const Py_ssize_t[::1] boff, int n_threads):
     """groups 1, float32 with AVX-512F: gw (F x C*KH*KW, OUT) = grad_weight and, when has_bias,
     gb (OUT) = grad_bias, as dot products along the output positions (_sdot.h): no im2col and
     no packing.  The taps are read in the phase planes of conv2d_forward_phases (built per
     image and block of ``rows`` output rows; boff: _phase_offsets(..., rows, Wo)); grad_y is
     copied ``kr`` output rows at a time into an aligned buffer (its bias sums taken on the way)
-    and each such pass runs the 8 x 3 tiles over every tap.  A task owns ``fchunk`` filters (a
-    multiple of 8) and goes through every image in order, so every value of gw is summed in the
-    same order whatever the thread count.  ws_per_thread >= weight_dot_floats(...).
+    and each such pass runs the 8 x 3 tiles over every tap.
+
+    Tasks: (``fchunk`` filters, a multiple of 8) x (one of ``groups_n`` groups of images), each
+    summing its images in order into its own 16-lane partial sums; then each value of gw is
+    the sum over groups in order, lanes in order.  The grouping of the images is set by the
+    caller from the batch alone, so every value is summed in the same order whatever the
+    thread count.  ws: weight_dot_floats(...) = (per thread, per task) floats, n_threads of
+    the first then one of the second per task.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = gy.shape[1], Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo
     cdef Py_ssize_t CKK = C * KH * KW, ntf = (F + fchunk - 1) // fchunk
+    cdef Py_ssize_t G = groups_n, per_group = (N + G - 1) // G
     cdef Py_ssize_t Wq = Wo + ((KW - 1) * dw) // sw, Rx = ((KH - 1) * dh) // sh
     cdef Py_ssize_t plane = (rows + Rx) * Wq, planes = C * sh * sw * plane
-    cdef Py_ssize_t ds = (Wo + 15) // 16 * 16
-    cdef Py_ssize_t t, n, f0, fc, h0, hr, r0, rr, i, l, pfr
+    cdef Py_ssize_t ds = (Wo + 15) // 16 * 16, cols = CKK + (1 if has_bias else 0)
+    cdef Py_ssize_t t, g, n, n1, f0, fc, h0, hr, r0, rr, i, j, l, pfr
+    cdef Py_ssize_t per_thread, per_task
     cdef const float* pf
     cdef float* Q
     cdef float* part
+    cdef float* parts
     cdef float* A
     cdef const float* p
     cdef double s
-    if ws_per_thread < weight_dot_floats(C, KH, KW, sh, sw, dh, dw, Wo, rows, kr, fchunk):
+    per_thread, per_task = weight_dot_floats(C, KH, KW, sh, sw, dh, dw, Wo, rows, kr, fchunk)
+    if ws.shape[0] < n_threads * per_thread + ntf * G * per_task + 16:
         raise ValueError("conv2d_backward_weight_dot: workspace too small")
+    parts = _align64(&ws[0] + n_threads * per_thread)
     with nogil:
-        for t in prange(ntf, schedule="dynamic", num_threads=n_threads):
-            f0 = t * fchunk
+        for t in prange(ntf * G, schedule="dynamic", num_threads=n_threads):
+            f0 = (t // G) * fchunk
             fc = _min(fchunk, F - f0)
-            Q = _align64(&ws[0] + threadid() * ws_per_thread)
-            part = _align64(Q + planes)
-            A = _align64(part + (fc * CKK + fc) * 16)
+            g = t % G
+            Q = _align64(&ws[0] + threadid() * per_thread)
+            A = _align64(Q + planes)
+            part = parts + t * per_task         # (fc*CKK + fc) * 16 floats, aligned
             memset(part, 0, (fc * CKK + fc) * 16 * sizeof(float))
-            for n in range(N):
+            n1 = _min(N, (g + 1) * per_group)
+            for n in range(g * per_group, n1):
                 h0 = 0
                 while h0 < Ho:
                     hr = _min(rows, Ho - h0)
@@ -1112,7 +1124,7 @@ def conv2d_backward_weight_dot(const float[:, :, :, ::1] gy, const float[:, :, :
                         if r0 + rr < Ho:
                             pf = &gy[n, f0, r0 + rr, 0]
                             pfr = _min(kr, Ho - r0 - rr)
-                        elif n + 1 < N:
+                        elif n + 1 < n1:
                             pf = &gy[n + 1, f0, 0, 0]
                             pfr = _min(kr, Ho)
                         else:
@@ -1122,26 +1134,34 @@ def conv2d_backward_weight_dot(const float[:, :, :, ::1] gy, const float[:, :, :
                                       &boff[0], Wq, part, pf, fc, pfr * Wo, HoWo)
                         r0 = r0 + rr
                     h0 = h0 + hr
-            for i in range(fc * CKK + (fc if has_bias else 0)):
-                p = part + i * 16
+        # the sums over groups and lanes, one filter per task
+        for i in prange(F, schedule="static", num_threads=n_threads):
+            t = (i // fchunk) * G
+            fc = _min(fchunk, F - (i // fchunk) * fchunk)
+            for j in range(cols):
                 s = 0
-                for l in range(16):
-                    s = s + p[l]
-                if i < fc * CKK:
-                    gw[f0 + i // CKK, i % CKK] = <float>s
+                for g in range(G):
+                    # filter i's row in its chunk's partials: taps first, then the biases
+                    p = (parts + (t + g) * per_task
+                         + ((i % fchunk) * CKK + j if j < CKK else fc * CKK + i % fchunk) * 16)
+                    for l in range(16):
+                        s = s + p[l]
+                if j < CKK:
+                    gw[i, j] = <float>s
                 else:
-                    gb[f0 + i - fc * CKK] = <float>s
+                    gb[i] = <float>s
     return gw
 
 
 def weight_dot_floats(Py_ssize_t C, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t Wo, Py_ssize_t rows,
                       Py_ssize_t kr, Py_ssize_t fchunk):
-    """Workspace floats per thread of conv2d_backward_weight_dot: the phase planes, the 16-lane
-    partial sums of fchunk filters' taps and biases, the aligned grad_y block, 3 alignments."""
+    """Workspace floats of conv2d_backward_weight_dot: (per thread: the phase planes and the
+    aligned grad_y block; per task: the 16-lane partial sums of fchunk filters' taps and
+    biases), with room to align each to 64 bytes."""
     cdef Py_ssize_t Wq = Wo + ((KW - 1) * dw) // sw, Rx = ((KH - 1) * dh) // sh
-    return (C * sh * sw * (rows + Rx) * Wq + (fchunk * C * KH * KW + fchunk) * 16
-            + fchunk * kr * ((Wo + 15) // 16 * 16) + 3 * 16)
+    return (C * sh * sw * (rows + Rx) * Wq + fchunk * kr * ((Wo + 15) // 16 * 16) + 2 * 16,
+            (fchunk * C * KH * KW + fchunk) * 16)
 
 
 # ---------------------------------------------------------------------------- stride 1, wide rows

@@ -227,10 +227,11 @@ _DOT_MAX_TAPS = 320
 _DOT_ROWS = 28
 _DOT_PASS = 700
 _DOT_PART_BYTES = 1 << 19     # a task's 16-lane partial sums (filters x taps x 16 floats)
+_DOT_IMAGE_GROUPS = 4          # tasks per filter chunk: the batch in this many groups
 
 
 def _plan_weight_dot(x, weight, groups, pointwise, Ho, Wo, stride, dilation, n_threads):
-    """(rows, pass rows, filters per task, workspace floats per thread) of
+    """(rows, pass rows, filters per task, image groups, workspace floats) of
     conv2d_backward_weight_dot, or None where the im2col GEMM path is used."""
     N, C = x.shape[:2]
     F, _, KH, KW = weight.shape
@@ -242,14 +243,19 @@ def _plan_weight_dot(x, weight, groups, pointwise, Ho, Wo, stride, dilation, n_t
     dh, dw = dilation
     kr = max(1, min(Ho, _DOT_PASS // Wo))
     rows = min(Ho, max(kr, _DOT_ROWS))
-    # two tasks per thread where the filters allow (a thread slowed by other load takes
-    # fewer), whole 8-filter tiles, the partial sums within L2
-    fchunk = _ceil_div(_ceil_div(F, 2 * n_threads), 8) * 8
+    # a filter chunk per thread (whole 8-filter tiles, its partial sums within L2), times a
+    # fixed split of the batch: several tasks per thread (one slowed by other load takes
+    # fewer), each building the phase planes of its own images only; the split depends on
+    # the batch alone, so the sums do not depend on the thread count
+    fchunk = _ceil_div(_ceil_div(F, n_threads), 8) * 8
     fchunk = max(8, min(fchunk, _DOT_PART_BYTES // (64 * taps) // 8 * 8))
-    per = _conv.weight_dot_floats(C, KH, KW, sh, sw, dh, dw, Wo, rows, kr, fchunk)
-    if per * 4 * n_threads > get_workspace_limit():
+    groups_n = min(N, _DOT_IMAGE_GROUPS)
+    per_thread, per_task = _conv.weight_dot_floats(C, KH, KW, sh, sw, dh, dw, Wo, rows, kr,
+                                                   fchunk)
+    floats = n_threads * per_thread + _ceil_div(F, fchunk) * groups_n * per_task + 16
+    if floats * 4 > get_workspace_limit():
         return None
-    return rows, kr, fchunk, per
+    return rows, kr, fchunk, groups_n, floats
 
 
 def _plan_wide(x, weight, stride, groups, pointwise, Ho, Wo, dilation):
@@ -735,13 +741,12 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             gx_done = True
         needs_weight_grad = True
         if dot is not None:
-            rows, kr, fchunk, per_thread = dot
+            rows, kr, fchunk, groups_n, floats = dot
             gw = np.empty(weight.shape, dtype=dt)
-            ws = _workspace(n_threads * per_thread, dt)
             _conv.conv2d_backward_weight_dot(grad_y, x, gw.reshape(F, -1),
                                              gb if has_bias else np.empty(1, dtype=dt),
-                                             has_bias, ws, per_thread, KH, KW, sh, sw, pt, pl,
-                                             dh, dw, rows, kr, fchunk,
+                                             has_bias, _workspace(floats, dt), KH, KW, sh, sw,
+                                             pt, pl, dh, dw, rows, kr, fchunk, groups_n,
                                              _phase_offsets(C, KH, KW, sh, sw, dh, dw, rows, Wo),
                                              n_threads)
             if not needs_input_grad:
