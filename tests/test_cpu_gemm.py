@@ -136,7 +136,9 @@ np.savez(sys.argv[1], **out)
 """
 
 
-def _run_paths(tmp_path, disable):
+def _run_paths(tmp_path, disable, script=_PATHS_SCRIPT, name="paths"):
+    """The arrays a script saves, run in a fresh process with or without
+    CONVKIT_DISABLE_AVX512=1."""
     import os
     import subprocess
     import sys
@@ -145,9 +147,8 @@ def _run_paths(tmp_path, disable):
     env.pop("CONVKIT_DISABLE_AVX512", None)
     if disable:
         env["CONVKIT_DISABLE_AVX512"] = "1"
-    f = tmp_path / f"paths_{int(disable)}.npz"
-    subprocess.run([sys.executable, "-c", _PATHS_SCRIPT, str(f)], check=True, env=env,
-                   timeout=300)
+    f = tmp_path / f"{name}_{int(disable)}.npz"
+    subprocess.run([sys.executable, "-c", script, str(f)], check=True, env=env, timeout=300)
     return np.load(f)
 
 
@@ -245,3 +246,46 @@ def test_packing_buffers_are_freed_when_their_thread_exits():
         t.start()
         t.join()
     assert _rss_mib() - before < 24
+
+
+_FILTERS_SCRIPT = r"""
+import sys
+import numpy as np
+from convkit.cpu import _conv
+rng = np.random.default_rng(1)
+out = {}
+for F, C in ((40, 33), (5, 3)):
+    w = rng.standard_normal((F, C, 3, 3)).astype(np.float32)
+    for flip in (False, True):
+        U = np.empty((16, C, F) if flip else (16, F, C), np.float32)
+        _conv.winograd_filters(w, U, 2, flip)
+        out[f"{F}_{C}_{int(flip)}"] = U
+np.savez(sys.argv[1], **out)
+"""
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["forward", "grad_x"])
+def test_winograd_filter_transform(flip):
+    """U[a*4 + b, f, c] = (G w[f, c] G^T)[a, b] (grad_x: of w[c, f] turned by 180 degrees),
+    against the matrix product in float64; 16 filters per AVX-512 step with a ragged last one
+    (33 channels, 3 channels)."""
+    from convkit.cpu import _conv
+    G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
+    rng = np.random.default_rng(3)
+    for F, C in ((40, 33), (5, 3)):
+        w = rng.standard_normal((F, C, 3, 3)).astype(np.float32)
+        wf = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1] if flip else w
+        U = np.full((16,) + wf.shape[:2], np.nan, np.float32)
+        _conv.winograd_filters(w, U, 2, flip)
+        want = np.einsum("ai,fcij,bj->abfc", G, wf.astype(np.float64), G).reshape(U.shape)
+        np.testing.assert_allclose(U, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not _cpu_has_avx512f(),
+                    reason="compares the AVX-512 transform with the portable one")
+def test_winograd_filter_transform_same_bits_as_portable(tmp_path):
+    """The AVX-512 filter transform does the portable loop's operations in the same order."""
+    fast = _run_paths(tmp_path, False, _FILTERS_SCRIPT, "filters")
+    slow = _run_paths(tmp_path, True, _FILTERS_SCRIPT, "filters")
+    for k in fast.files:
+        np.testing.assert_array_equal(fast[k], slow[k], err_msg=k)

@@ -68,6 +68,8 @@ cdef extern from "_wino.h" nogil:
                             float* scratch)
     int ck_wino_output_row_f(const float* m, Py_ssize_t ms, Py_ssize_t tw, float bias, float* y,
                              Py_ssize_t Wo, int two_rows)
+    int ck_wino_filters_f(const float* g, Py_ssize_t ls, Py_ssize_t nl, int flip, float* u,
+                          Py_ssize_t us)
 
 
 cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -1270,6 +1272,14 @@ cdef void _wino_filter_block(const floating[:, :, :, ::1] w, floating[:, :, ::1]
     cdef Py_ssize_t c1 = _min(c0 + 16, U.shape[2])
     cdef Py_ssize_t c, e, i
     cdef const floating* src
+    if floating is float:       # 16 filters per step, stored straight into U (_wino.h)
+        if transpose_flip:
+            if ck_wino_filters_f(&w[c0, f, 0, 0], w.shape[1] * 9, c1 - c0, 1, &U[0, f, c0],
+                                 U.shape[1] * U.shape[2]):
+                return
+        elif ck_wino_filters_f(&w[f, c0, 0, 0], 9, c1 - c0, 0, &U[0, f, c0],
+                               U.shape[1] * U.shape[2]):
+            return
     for c in range(c0, c1):
         if transpose_flip:
             src = &w[c, f, 0, 0]

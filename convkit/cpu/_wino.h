@@ -133,6 +133,48 @@ static int ck_wino_output_row_f(const float *m, ptrdiff_t ms, ptrdiff_t tw, floa
     return 1;
 }
 
+/* The filter transform of _conv.pyx's _wino_filter (U = G g G^T) for up to 16 filters at
+ * once, one per lane: filter l's 9 values start at g + l*ls (reversed when flip: grad_x's
+ * filters, turned by 180 degrees), its 16 outputs go to u[e*us + l].  Same operations in the
+ * same order as the scalar code.  The scalar code took 0.7 ms (forward) and 1.1 ms (grad_x)
+ * of a 256 x 256 layer's 6-9 ms on two cores. */
+CK_TARGET static void ck_wino_filters_avx512(const float *g, ptrdiff_t ls, ptrdiff_t nl, int flip,
+                                             float *u, ptrdiff_t us)
+{
+    const __mmask16 m = ck_mask(nl);
+    const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6,
+                                                            5, 4, 3, 2, 1, 0),
+                                           _mm512_set1_epi32((int)ls));
+    const __m512 h = _mm512_set1_ps(0.5f);
+    __m512 v[9], t[12];
+    for (int k = 0; k < 9; ++k)
+        v[k] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, g + (flip ? 8 - k : k), 4);
+    for (int k = 0; k < 3; ++k) {                              /* t (4x3) = G g */
+        t[k] = v[k];
+        t[3 + k] = _mm512_mul_ps(h, _mm512_add_ps(_mm512_add_ps(v[k], v[3 + k]), v[6 + k]));
+        t[6 + k] = _mm512_mul_ps(h, _mm512_add_ps(_mm512_sub_ps(v[k], v[3 + k]), v[6 + k]));
+        t[9 + k] = v[6 + k];
+    }
+    for (int k = 0; k < 4; ++k) {                              /* row k of t G^T */
+        const __m512 a = t[k * 3], b = t[k * 3 + 1], c = t[k * 3 + 2];
+        _mm512_mask_storeu_ps(u + (k * 4) * us, m, a);
+        _mm512_mask_storeu_ps(u + (k * 4 + 1) * us, m,
+                              _mm512_mul_ps(h, _mm512_add_ps(_mm512_add_ps(a, b), c)));
+        _mm512_mask_storeu_ps(u + (k * 4 + 2) * us, m,
+                              _mm512_mul_ps(h, _mm512_add_ps(_mm512_sub_ps(a, b), c)));
+        _mm512_mask_storeu_ps(u + (k * 4 + 3) * us, m, c);
+    }
+}
+
+static int ck_wino_filters_f(const float *g, ptrdiff_t ls, ptrdiff_t nl, int flip, float *u,
+                             ptrdiff_t us)
+{
+    if (!ck_sgemm_available() || ls * 15 + 9 > 0x7fffffff)
+        return 0;
+    ck_wino_filters_avx512(g, ls, nl, flip, u, us);
+    return 1;
+}
+
 #else
 
 static int ck_wino_input_row_f(const float *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0,
@@ -146,6 +188,13 @@ static int ck_wino_output_row_f(const float *m, ptrdiff_t ms, ptrdiff_t tw, floa
                                 ptrdiff_t Wo, int two_rows)
 {
     (void)m; (void)ms; (void)tw; (void)bias; (void)y; (void)Wo; (void)two_rows;
+    return 0;
+}
+
+static int ck_wino_filters_f(const float *g, ptrdiff_t ls, ptrdiff_t nl, int flip, float *u,
+                             ptrdiff_t us)
+{
+    (void)g; (void)ls; (void)nl; (void)flip; (void)u; (void)us;
     return 0;
 }
 
