@@ -2,7 +2,9 @@
 # cython: language_level=3
 """conv2d kernels for the ``cpu`` backend: im2col + BLAS GEMM (per image, or batch-wide for small
 output maps), a no-copy 1x1 path, Winograd F(2x2, 3x3), and a direct kernel for depthwise convs
-(groups == C).
+(groups == C).  With convkit's float32 GEMM (AVX-512F) also: forwards that read the taps in place
+(wide rows for stride 1, stride-phase planes for strided convs) and, for filters of <= 320 taps,
+weight gradients as dot products along the output positions (_sdot.h).
 
 Every loop runs without the GIL.  Each parallel region is a set of independent tasks (an image's
 block of output rows, a block of grad_weight columns, an image's block of channels) taken by the
