@@ -249,7 +249,7 @@ def _plan_weight_dot(x, weight, groups, pointwise, Ho, Wo, stride, dilation, n_t
     # the batch alone, so the sums do not depend on the thread count
     fchunk = _ceil_div(_ceil_div(F, n_threads), 8) * 8
     fchunk = max(8, min(fchunk, _DOT_PART_BYTES // (64 * taps) // 8 * 8))
-    groups_n = min(N, _DOT_IMAGE_GROUPS)
+    groups_n = max(1, min(N, _DOT_IMAGE_GROUPS))
     per_thread, per_task = _conv.weight_dot_floats(C, KH, KW, sh, sw, dh, dw, Wo, rows, kr,
                                                    fchunk)
     floats = n_threads * per_thread + _ceil_div(F, fchunk) * groups_n * per_task + 16
