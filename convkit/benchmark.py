@@ -874,6 +874,35 @@ def set_mallopt():
     return _MALLOPT_DONE
 
 
+def core_probe(rounds=7, calls=40):
+    """GFLOP/s of one core on a fixed float32 GEMM (64 x 147 x 784: the stem_224 forward's GEMM
+    for 7 output rows) on convkit's own kernel, best of ``rounds``; None where that kernel is not
+    built or the CPU lacks AVX-512F (BLAS's own threads would blur it).
+
+    Printed at the start and the end of a run: on shared machines the arithmetic a core gives
+    changes from minute to minute (a busy SMT sibling took this one from ~150 to ~106 on
+    2026-11-28), and FMA-bound kernels lose more of it than slower ones, so ratios to torch
+    from such a spell read low (bench/RESULTS.md, "stem_224: met, and how")."""
+    try:
+        from convkit.cpu import _gemm
+    except ImportError:
+        return None
+    if not _gemm.own_sgemm_active():
+        return None
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 147)).astype(np.float32)
+    b = rng.standard_normal((147, 784)).astype(np.float32)
+    c = np.empty((64, 784), np.float32)
+    _gemm.gemm_into(False, False, 1.0, a, b, 0.0, c)     # the thread's packing buffers, warm
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(calls):
+            _gemm.gemm_into(False, False, 1.0, a, b, 0.0, c)
+        best = min(best, time.perf_counter() - t)
+    return round(2 * 64 * 147 * 784 * calls / best / 1e9, 1)
+
+
 def machine_info():
     info = {"python": platform.python_version(), "platform": platform.platform(),
             "numpy": np.__version__, "cpu_model": None, "logical_cpus": os.cpu_count(),
@@ -1235,8 +1264,11 @@ def run(args) -> int:
           f"{args.repeat} timed calls after "
           f"{1 + args.warmup} untimed; device sync {'on' if device_sync else 'off'}; "
           f"torchvision {'present' if tv else 'absent (RoI/NMS compared with numpy only)'}")
+    probe = [core_probe()]
     print(f"machine: {info.get('cpu_model')}, {info.get('logical_cpus')} logical CPUs, "
-          f"load {info.get('load_avg')}")
+          f"load {info.get('load_avg')}"
+          + (f"; one-core probe {probe[0]} GFLOP/s (own float32 GEMM 64x147x784)"
+             if probe[0] is not None else ""))
 
     steps = sum(len(c.passes) for c in cases)
     progress = _Progress(steps, enabled=not args.no_progress)
@@ -1283,6 +1315,11 @@ def run(args) -> int:
     if loads:
         print(f"1-minute load average during the run: {min(loads):.2f} to {max(loads):.2f} "
               f"on {os.cpu_count()} logical CPUs")
+    probe.append(core_probe())
+    if probe[0] is not None:
+        print(f"one-core probe: {probe[0]} GFLOP/s at the start, {probe[1]} at the end (a drop "
+              f"between runs means the host gave less arithmetic; compare ratios from runs "
+              f"with similar readings)")
     if args.summary and targets:
         print("targets (issue 'Cython CPU backend', cpu backend):")
         for t in targets:
@@ -1299,7 +1336,7 @@ def run(args) -> int:
                         "repeat": args.repeat, "warmup": args.warmup,
                         "quick": args.quick, "device_sync": device_sync,
                         "allocator": None if args.no_mallopt else set_mallopt(),
-                        "notes": sorted(notes), **info},
+                        "notes": sorted(notes), "core_probe_gflops": probe, **info},
                "results": [r.to_json(backends) for r in rows],
                "summary": summary, "targets": targets, "memory": memory}
         with open(args.json, "w") as f:
