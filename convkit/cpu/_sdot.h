@@ -11,13 +11,14 @@
  * positions: per 16 positions it loads 8 rows of grad_y (copied block by block into an aligned
  * buffer, ck_sdot_copy) and 3 tap rows read in place (in the forward's phase planes, at a fixed
  * offset per tap: no im2col) and does 24 multiply-adds; 8 x 3 divides the usual 64 filters and
- * 147 taps of a stem.  The lane sums go into a per-thread buffer of 16-float partials per pair,
+ * 147 taps of a stem.  The lane sums go into the task's buffer of 16-float partials per pair,
  * added once per pass over a block of rows (no horizontal sum in the loop) and reduced once at
  * the end.  One core: 140-150 GFLOP/s in the loop (peak ~177), 105-115 for a whole stem_224
  * weight gradient (its 25.7 MB of grad_y come from memory).
  *
- * The order of every sum is fixed by the loop structure (rows ascending, 16 lanes, lanes reduced
- * in order), so the result is the same on every run, whichever thread computes a pair.
+ * The order of every sum is fixed by the loop structure (rows ascending, 16 lanes; the caller
+ * adds its tasks' partials and lanes in a fixed order), so the result is the same on every run,
+ * whichever thread computes a pair.
  */
 #ifndef CONVKIT_SDOT_H
 #define CONVKIT_SDOT_H
@@ -44,8 +45,10 @@ CK_TARGET static void ck_sdot_accum(ptrdiff_t m, ptrdiff_t n, ptrdiff_t R, ptrdi
      * pf_ld apart), prefetched into L2 a few lines per tile so that its reads from memory
      * overlap this block's arithmetic instead of stalling the copy (13% of a stem_224
      * gradient on one core) */
-    const ptrdiff_t pf_lines_row = (pf_len + 15) / 16, pf_lines = pf != NULL ? pf_rows * pf_lines_row : 0;
-    const ptrdiff_t tiles = ((m + CK_DOT_MR - 1) / CK_DOT_MR) * ((n + CK_DOT_NR - 1) / CK_DOT_NR);
+    const ptrdiff_t pf_lines_row = (pf_len + 15) / 16;
+    const ptrdiff_t pf_lines = pf != NULL ? pf_rows * pf_lines_row : 0;
+    const ptrdiff_t tiles = ((m + CK_DOT_MR - 1) / CK_DOT_MR)
+                            * ((n + CK_DOT_NR - 1) / CK_DOT_NR);
     const ptrdiff_t pf_step = (pf_lines + tiles - 1) / (tiles > 0 ? tiles : 1);
     ptrdiff_t pf_next = 0;
     for (ptrdiff_t i0 = 0; i0 < m; i0 += CK_DOT_MR) {
