@@ -273,7 +273,8 @@ def _plan_wide(x, weight, stride, groups, pointwise, Ho, Wo, dilation):
     return per
 
 
-def _plan_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise, weight_bytes):
+def _plan_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise, weight_bytes,
+                  own_gemm=True):
     """(threads, output rows per task, workspace elements per thread)."""
     if pointwise:
         rows, per_row = Ho, 0
@@ -283,7 +284,9 @@ def _plan_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise, weigh
                                   "one output row of one image", weight_bytes,
                                   (W + sw) * itemsize)
         rows = min(Ho, budget // per_row)
-    if n_threads > 1 and N * _ceil_div(Ho, rows) < 2 * n_threads:   # enough tasks for the team
+    if not own_gemm:    # (BLAS: tasks set by the batch, not the threads; see _plan_winograd)
+        rows = max(1, min(rows, _ceil_div(Ho, _ceil_div(8, N))))
+    elif n_threads > 1 and N * _ceil_div(Ho, rows) < 2 * n_threads:   # enough tasks for the team
         rows = max(1, _ceil_div(Ho, _ceil_div(2 * n_threads, N)))
     return n_threads, rows, rows * per_row // itemsize + (W + sw if not pointwise else 0)
 
@@ -322,8 +325,12 @@ def _plan_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, poin
     units_w = min(units_w, budget // unit_w)
     rows_w = min(Ho, budget // (units_w * unit_w))
     if needs_gx:
-        chans_x = min(_ceil_div(Cg, _ceil_div(2 * n_threads, N * G)), budget // unit_x)
-        rows_x = min(Ho, budget // (chans_x * unit_x))
+        # output rows per GEMM from the group's channel count, not from the channels per task
+        # (which follow the thread count): col2im adds a block's taps before the next block's,
+        # so the row blocks fix the order of grad_x's sums
+        rows_x = max(1, min(Ho, budget // (Cg * unit_x)))
+        chans_x = max(1, min(_ceil_div(Cg, _ceil_div(2 * n_threads, N * G)),
+                             budget // (rows_x * unit_x)))
     else:
         chans_x, rows_x = Cg, Ho        # unused: no grad_x pass
     ws = max(units_w * rows_w * unit_w, chans_x * rows_x * unit_x if needs_gx else 0)
@@ -509,7 +516,7 @@ def _winograd_ok(x, weight, stride, dilation, groups):
             and min(F, Cg) >= _WINOGRAD_MIN_CHANNELS)
 
 
-def _plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes):
+def _plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm=True):
     """(threads, tile rows per task, workspace elements per thread), or None when not even one
     tile row per thread fits the workspace limit (the caller then takes the im2col path)."""
     tw = (Wo + 1) // 2
@@ -521,7 +528,12 @@ def _plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes):
     except MemoryError:
         return None
     trows = min(N * th, budget // per_row)     # rows of tiles of the whole batch per task
-    if n_threads > 1:
+    if not own_gemm:
+        # BLAS may sum differently for a different number of columns (tiles): tasks set by the
+        # batch alone (8 of them where the rows allow), not by the thread count, keep the bits
+        # the same for any thread count (as the own kernel's are anyway)
+        trows = max(1, min(trows, _ceil_div(N * th, 8)))
+    elif n_threads > 1:
         # at least 2 tasks per thread, and a multiple of the team when there are few tasks
         tasks = max(_ceil_div(N * th, trows), 2 * n_threads)
         if tasks < 8 * n_threads:
@@ -536,7 +548,8 @@ def _winograd(x, weight, b, has_bias, y, pt, pl, n_threads, transpose_flip=False
     grad_x, weight (F, C) transposed and turned by 180 degrees (x then has F channels)."""
     N, C = x.shape[:2]
     F = weight.shape[1] if transpose_flip else weight.shape[0]
-    plan = _plan_winograd(N, C, F, y.shape[2], y.shape[3], x.itemsize, n_threads, weight.nbytes)
+    plan = _plan_winograd(N, C, F, y.shape[2], y.shape[3], x.itemsize, n_threads, weight.nbytes,
+                          x.dtype == np.float32 and _OWN_SGEMM)
     if plan is None:
         return False
     n_threads, trows, per_thread = plan
@@ -660,7 +673,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
                                                     Wo + (KW - 1) * dw, dh, dw))
         return y
     n_threads, rows, per_thread = _plan_forward(N, C, KH * KW, Ho, Wo, W, sw, x.itemsize, n_threads,
-                                                pointwise, weight.nbytes)
+                                                pointwise, weight.nbytes,
+                                                x.dtype == np.float32 and _OWN_SGEMM)
     ws = _workspace(n_threads * per_thread, x.dtype)
     with _blas_pin(x.dtype):
         _conv.conv2d_forward_gemm(x, weight, b, has_bias, y, ws, per_thread, rows, sh, sw, pt, pl,
