@@ -77,6 +77,11 @@ CASES = [
     Case("dot_s32_dil", (2, 3, 50, 61), (4, 3, 3, 4), stride=(3, 2), padding=(2, 1),
          dilation=(2, 3)),
     Case("dot_same_even", (1, 4, 30, 20), (3, 4, 4, 4), padding="same"),
+    # grouped: each task builds its conv group's channels only; 4 and 12 filters per group
+    # (a half-empty and a ragged 8-row tile), 3 groups of 3 channels with stride 2
+    Case("dot_grouped_fg4", (2, 8, 20, 19), (8, 4, 3, 3), padding=(1, 1), groups=2),
+    Case("dot_grouped_s2", (3, 9, 30, 40), (36, 3, 5, 3), stride=(2, 2), padding=(2, 1),
+         groups=3),
 ]
 
 
@@ -605,9 +610,14 @@ def test_dot_weight_gradient_is_planned(case):
 
 
 def test_dot_weight_gradient_skips_wide_tap_sets():
-    """Above 320 taps per filter (64 -> 128 3x3: 576) the packed GEMM path keeps the gradient."""
+    """Above 320 taps per filter (64 -> 128 3x3: 576), above 160 in a grouped conv (4 groups of
+    32 channels: 288) and for depthwise convs, the gradient stays on its other paths."""
     assert _dot_plan(Case("wide_taps", (2, 64, 30, 30), (128, 64, 3, 3), stride=(2, 2),
                           padding=(1, 1))) is None
+    assert _dot_plan(Case("grouped_288", (2, 128, 20, 20), (128, 32, 3, 3), padding=(1, 1),
+                          groups=4)) is None
+    assert _dot_plan(Case("depthwise", (2, 16, 20, 20), (16, 1, 3, 3), padding=(1, 1),
+                          groups=16)) is None
 
 
 # ----------------------------------------------------------------------- threads, determinism
@@ -619,7 +629,8 @@ BIG = [Case("big_gemm", (4, 16, 20, 20), (24, 16, 3, 3), padding=(1, 1)),
        Case("big_small_maps_8x8", (16, 16, 8, 8), (16, 16, 3, 3), padding=(1, 1)),  # blocks
        Case("big_small_maps_s2", (6, 8, 8, 8), (16, 8, 3, 3), stride=(2, 2), padding=(1, 1)),
        Case("big_small_maps_grouped", (6, 8, 5, 5), (12, 4, 3, 3), padding=(1, 1), groups=2),
-       Case("big_dot_stem", (4, 3, 64, 64), (24, 3, 7, 7), stride=(2, 2), padding=(3, 3))]
+       Case("big_dot_stem", (4, 3, 64, 64), (24, 3, 7, 7), stride=(2, 2), padding=(3, 3)),
+       Case("big_dot_grouped", (4, 32, 24, 24), (40, 4, 3, 3), padding=(1, 1), groups=8)]
 # (each is above the size below which a call runs on one thread, so both thread counts run)
 
 

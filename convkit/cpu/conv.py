@@ -212,8 +212,7 @@ def _wide_offsets(C, KH, KW, Hp, Wp, dh, dw):
     return o
 
 
-# Weight gradients with few taps per filter (C*KH*KW <= _DOT_MAX_TAPS; groups 1, float32 on
-# AVX-512F): dot products of grad_y's rows with the taps' rows, read in place in the phase planes
+# Weight gradients with few taps per filter (C*KH*KW <= _DOT_MAX_TAPS; float32 on AVX-512F): dot products of grad_y's rows with the taps' rows, read in place in the phase planes
 # of the strided forward (conv2d_backward_weight_dot, _sdot.h) -- no im2col, no packing.
 # Measured (13:26 UTC, 2 threads, float32, medians of 9 interleaved rounds, ms, dot vs the im2col
 # GEMM path, grad_weight + grad_bias): stem_224 10.6 vs 16.3; lenet_c1 0.28 vs 0.75; 6->16 5x5
@@ -224,6 +223,14 @@ def _wide_offsets(C, KH, KW, Hp, Wp, dh, dw):
 # of a grad_y row block: 8 rows of it stay in L1 across the taps) were picked by timing stem_224
 # (13:27 UTC: 16-112 rows per block within noise; passes of 4-8 rows of 112 within 10%).
 _DOT_MAX_TAPS = 320
+# Grouped convs (each group's filters against its channels' taps; not depthwise, which has its
+# own kernels), 15:10 UTC, 1 / 2 threads, medians of 11 interleaved rounds, ms, im2col GEMM per
+# group vs dot: 128 -> 128 3x3 in 32 groups on 28x28 (36 taps, 4 filters per group) 4.29 /
+# 2.29 vs 1.96 / 1.02; 64 -> 64 3x3/s2 in 8 groups on 56x56 (72 taps) 3.94 / 1.96 vs 1.71 /
+# 0.84; 256 in 64 groups on 14x14 (36 taps) 2.64 / 1.34 vs 1.50 / 0.75; 32 -> 64 in 2 groups on
+# 32x32, batch 32 (144 taps) 7.97 / 3.84 vs 6.40 / 3.03; but 288 taps (4 groups of 32 on 28x28)
+# 5.93 / 3.11 vs 6.96 / 3.48, and even on 56x56.  So grouped convs take it up to 160 taps.
+_DOT_MAX_TAPS_GROUPED = 160
 _DOT_ROWS = 28
 _DOT_PASS = 700
 _DOT_PART_BYTES = 1 << 19     # a task's 16-lane partial sums (filters x taps x 16 floats)
@@ -234,11 +241,13 @@ def _plan_weight_dot(x, weight, groups, pointwise, Ho, Wo, stride, dilation, n_t
     """(rows, pass rows, filters per task, image groups, workspace floats) of
     conv2d_backward_weight_dot, or None where the im2col GEMM path is used."""
     N, C = x.shape[:2]
-    F, _, KH, KW = weight.shape
-    taps = C * KH * KW
-    if (x.dtype != np.float32 or not _OWN_SGEMM or groups != 1 or pointwise
-            or taps > _DOT_MAX_TAPS or _batch_ok(Ho, Wo, pointwise)):
-        return None
+    F, Cg, KH, KW = weight.shape
+    taps = Cg * KH * KW
+    if (x.dtype != np.float32 or not _OWN_SGEMM or (groups > 1 and Cg == 1) or pointwise
+            or taps > (_DOT_MAX_TAPS if groups == 1 else _DOT_MAX_TAPS_GROUPED)
+            or _batch_ok(Ho, Wo, pointwise)):
+        return None     # (depthwise convs have their own kernels)
+    Fg = F // groups
     sh, sw = stride
     dh, dw = dilation
     kr = max(1, min(Ho, _DOT_PASS // Wo))
@@ -247,12 +256,13 @@ def _plan_weight_dot(x, weight, groups, pointwise, Ho, Wo, stride, dilation, n_t
     # fixed split of the batch: several tasks per thread (one slowed by other load takes
     # fewer), each building the phase planes of its own images only; the split depends on
     # the batch alone, so the sums do not depend on the thread count
-    fchunk = _ceil_div(_ceil_div(F, n_threads), 8) * 8
+    fchunk = _ceil_div(_ceil_div(Fg, n_threads if groups == 1 else 1), 8) * 8
     fchunk = max(8, min(fchunk, _DOT_PART_BYTES // (64 * taps) // 8 * 8))
     groups_n = max(1, min(N, _DOT_IMAGE_GROUPS))
-    per_thread, per_task = _conv.weight_dot_floats(C, KH, KW, sh, sw, dh, dw, Wo, rows, kr,
+    per_thread, per_task = _conv.weight_dot_floats(Cg, KH, KW, sh, sw, dh, dw, Wo, rows, kr,
                                                    fchunk)
-    floats = n_threads * per_thread + _ceil_div(F, fchunk) * groups_n * per_task + 16
+    floats = (n_threads * per_thread + groups * _ceil_div(Fg, fchunk) * groups_n * per_task
+              + 16)
     if floats * 4 > get_workspace_limit():
         return None
     return rows, kr, fchunk, groups_n, floats
@@ -761,8 +771,9 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
                                              gb if has_bias else np.empty(1, dtype=dt),
                                              has_bias, _workspace(floats, dt), KH, KW, sh, sw,
                                              pt, pl, dh, dw, rows, kr, fchunk, groups_n,
-                                             _phase_offsets(C, KH, KW, sh, sw, dh, dw, rows, Wo),
-                                             n_threads)
+                                             _phase_offsets(Cg, KH, KW, sh, sw, dh, dw, rows,
+                                                            Wo),
+                                             n_threads, groups)
             if not needs_input_grad:
                 return (gx if gx_done else None), gw, gb
             needs_weight_grad = False    # the pass below computes grad_x only
