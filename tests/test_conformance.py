@@ -59,3 +59,19 @@ def test_the_named_backend_runs(monkeypatch):
         convkit.conv2d_forward(x, x)
     convkit.conv2d_forward(x, x)      # outside: not the spy
     assert calls == ["conv"]
+
+
+def test_check_backend_calls_the_backend_objects_public_ops(monkeypatch):
+    """The public ops of the Backend object are exercised too: one replaced on the instance
+    (class-level overrides are refused) is caught."""
+    from convkit.reference import NumpyBackend
+
+    class Sneaky(NumpyBackend):
+        name = "sneaky"
+
+        def __init__(self):
+            self.box_iou = lambda a, b: convkit.box_iou(a, b, backend="numpy") * 0.5
+
+    _plugin(monkeypatch, "sneaky", Sneaky)
+    with pytest.raises(AssertionError, match=r"Backend\.box_iou vs the functional op"):
+        check_backend("sneaky")

@@ -423,3 +423,12 @@ def test_deterministic_max_pool_backward_is_bitwise_reproducible():
                                    rtol=1e-5, atol=1e-5)
     finally:
         convkit.set_deterministic(False)
+
+
+def test_emulated_check_backend_through_functional_and_backend_object(emulated):
+    """convkit.testing.check_backend on the real CudaBackend (emulated kernels): every op through
+    the functional API against numpy, and through the Backend object's public ops against the
+    functional results."""
+    from convkit.testing import check_backend
+
+    assert check_backend("cuda") >= 60
