@@ -1,5 +1,5 @@
 """CpuBackend: the Python wrappers of each op family (conv.py, pool.py, ...) around the compiled
-kernels, composed into one Backend.  Wrappers allocate outputs and pick the thread count; the
+kernels, bound as the Backend's hooks.  Wrappers allocate outputs and pick the thread count; the
 kernels assume valid input (validated once in convkit.functional)."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The ``numpy`` backend: plain vectorised NumPy, readable, the oracle for every other backend.
 
-One module per op family; each function has the signature of the Backend method it implements
+One module per op family; each function has the signature of the Backend hook it implements
 (see :mod:`convkit.backend` for what the boundary guarantees).
 """
 from __future__ import annotations
