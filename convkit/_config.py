@@ -95,8 +95,7 @@ def set_deterministic(flag: bool) -> None:
 @functools.cache
 def blas_controllers() -> list:
     """threadpoolctl controllers of every BLAS loaded in this process (scipy's, which the cpu
-    kernels call, loaded first), found once; [] without threadpoolctl or with an unknown BLAS.
-    The cpu conv pin and convkit.nn's small host GEMMs set BLAS threads through these."""
+    kernels call, loaded first), found once; [] without threadpoolctl or with an unknown BLAS."""
     try:
         import scipy.linalg.cython_blas  # noqa: F401  (load the BLAS scipy calls)
         from threadpoolctl import ThreadpoolController
@@ -104,3 +103,74 @@ def blas_controllers() -> list:
         return list(ThreadpoolController().select(user_api="blas").lib_controllers)
     except Exception:  # no threadpoolctl or an unknown BLAS: leave BLAS as it is
         return []
+
+
+def _openblas_calls(ctrl):
+    """(get, set) of a pthreads OpenBLAS's own thread-count functions, or None.
+
+    threadpoolctl (>= 3.6) lets only the first Python thread that set a pthreads OpenBLAS's
+    thread count change it later; a call from any other thread silently does nothing.  A conv
+    in a worker thread then ran its GEMMs on OpenBLAS's two threads, whose partition changed
+    the result's bits.  OpenBLAS's count is process-wide, so convkit calls it directly.
+    """
+    if getattr(ctrl, "internal_api", None) != "openblas" or \
+            getattr(ctrl, "threading_layer", None) == "openmp":
+        return None
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL(ctrl.filepath)
+    except OSError:
+        return None
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_", "_64"):
+            get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+            set_ = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                set_.restype, set_.argtypes = None, [ctypes.c_int]
+                return get, set_
+    return None
+
+
+@functools.cache
+def _blas_thread_calls() -> list:
+    calls = []
+    for ctrl in blas_controllers():
+        calls.append(_openblas_calls(ctrl) or (ctrl.get_num_threads, ctrl.set_num_threads))
+    return calls
+
+
+class BlasPin:
+    """Process-wide, re-entrant pin of every loaded BLAS to one thread: the first caller in
+    saves the thread counts, the last one out restores them.  The cpu conv's BLAS GEMMs run
+    inside convkit's own OpenMP team under it (one pool of threads, never two competing for
+    the cores), and convkit.nn's small host GEMMs under it (waking BLAS's threads costs more
+    than a small GEMM computes).  Entering costs a couple of C calls."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: list = []
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                calls = _blas_thread_calls()
+                self._saved = [get() for get, _ in calls]
+                for (_, set_), n in zip(calls, self._saved):
+                    if n != 1:
+                        set_(1)
+            self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for (_, set_), n in zip(_blas_thread_calls(), self._saved):
+                    if n != 1:
+                        set_(n)
+
+
+blas_single_thread = BlasPin()
