@@ -9,6 +9,11 @@ _lock = threading.Lock()
 _num_threads: int | None = None          # None: resolve from the environment
 _workspace_limit: int = 256 * 2**20       # bytes
 _deterministic: bool = False
+_MAX_THREADS = 4096                       # DESIGN.md: set_num_threads takes 1..4096
+# True in a process forked (os.fork, multiprocessing's fork start method) from one that had
+# loaded convkit's OpenMP kernels: libgomp cannot start a thread team in such a child (its
+# first parallel region hangs), so the child runs every CPU kernel on one thread.
+_forked_child: bool = False
 
 
 @functools.cache
@@ -39,15 +44,18 @@ def _env_int(name: str) -> int | None:
     try:
         n = int(v)
     except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}") from None
-    if n < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        raise ValueError(f"{name} must be an integer in 1..{_MAX_THREADS}, got {v!r}") from None
+    if not 1 <= n <= _MAX_THREADS:
+        raise ValueError(f"{name} must be an integer in 1..{_MAX_THREADS}, got {v!r}")
     return n
 
 
 def get_num_threads() -> int:
     """Threads the CPU kernels use: set_num_threads, else CONVKIT_NUM_THREADS, else
-    OMP_NUM_THREADS, else the usable physical cores."""
+    OMP_NUM_THREADS, else the usable physical cores; 1 in a child forked after convkit's
+    OpenMP kernels were loaded (see _forked_child)."""
+    if _forked_child:
+        return 1
     if _num_threads is not None:
         return _num_threads
     for name in ("CONVKIT_NUM_THREADS", "OMP_NUM_THREADS"):
@@ -58,13 +66,27 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int | None) -> None:
-    """Bound the CPU kernels' OpenMP team to ``n`` threads (None: back to the default)."""
+    """Bound the CPU kernels' OpenMP team to ``n`` threads, 1..4096 (None: back to the
+    default).  In a forked child convkit runs on one thread whatever ``n`` says."""
     global _num_threads
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"set_num_threads: n must be a positive int or None, got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _MAX_THREADS:
+            raise ValueError(f"set_num_threads: n must be an int in 1..{_MAX_THREADS} or None, "
+                             f"got {n!r}")
     with _lock:
         _num_threads = n
+
+
+def _after_fork_in_child() -> None:
+    global _forked_child, _lock
+    import sys
+
+    _lock = threading.Lock()            # a lock some other thread held at the fork stays held
+    blas_single_thread._reset()
+    # only convkit's OpenMP extensions start libgomp teams; a parent that never loaded them
+    # leaves the child free to run parallel
+    if any(m.startswith("convkit.cpu._") for m in list(sys.modules)):
+        _forked_child = True
 
 
 def get_workspace_limit() -> int:
@@ -164,6 +186,11 @@ class BlasPin:
             self._depth += 1
         return self
 
+    def _reset(self):
+        """In a forked child: no caller is inside (the parent's threads did not come along)."""
+        self._lock = threading.Lock()
+        self._depth = 0
+
     def __exit__(self, *exc):
         with self._lock:
             self._depth -= 1
@@ -174,3 +201,6 @@ class BlasPin:
 
 
 blas_single_thread = BlasPin()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
