@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import convkit
+from helpers import run
 
 
 @pytest.mark.parametrize("n", [0, -1, 4097, 2**40, 2.0, True, "2"])
@@ -85,3 +86,37 @@ def test_child_forked_after_parallel_work_neither_hangs_nor_differs(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "ok"
 
+
+
+# ------------------------------------------------------------- non-finite values, batch norm
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (1, 3, 16, 16)])   # channel blocks / per channel
+def test_batch_norm_variance_overflow_gives_zeros_like_torch(backend, torch, shape):
+    """Finite float64 data whose squares overflow: var = +inf, invstd = 0, y = 0 (torch), not
+    NaN from inf - inf in the corrected two-pass formula."""
+    x = np.tile(np.array([1e200, -1e200, 3e200, 0.0]).reshape(1, 1, 2, 2),
+                (1, shape[1], shape[2] // 2, shape[3] // 2))
+    with np.errstate(over="ignore", invalid="ignore"):
+        y, _, invstd = run(backend, convkit.batch_norm_forward, x, None, None, None, None, True)
+    want = torch.nn.functional.batch_norm(torch.from_numpy(x), None, None, training=True)
+    np.testing.assert_array_equal(y, want.numpy())
+    np.testing.assert_array_equal(invstd, 0.0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("shape", [(2, 3, 2, 2), (2, 3, 16, 16)])
+def test_batch_norm_eval_grad_x_does_not_read_x(backend, torch, bad, shape):
+    """In eval mode grad_x = grad_y * weight * invstd: a NaN or inf in x reaches grad_weight
+    (as in torch) but not grad_x (it did on cpu, through 0 * (x - mean))."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    x[0, 1, 0, 0] = bad
+    w, rm, rv = rng.uniform(0.5, 2, 3), rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    gy = rng.standard_normal(shape)
+    _, mean, invstd = run(backend, convkit.batch_norm_forward, x, w, None, rm, rv, False)
+    gx, gw, _ = run(backend, convkit.batch_norm_backward, gy, x, w, mean, invstd, False)
+    tx = torch.from_numpy(x).requires_grad_()
+    tw = torch.from_numpy(w).requires_grad_()
+    torch.nn.functional.batch_norm(tx, torch.from_numpy(rm), torch.from_numpy(rv), tw, None,
+                                   False).backward(torch.from_numpy(gy))
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-12)
+    np.testing.assert_array_equal(np.isnan(gw), np.isnan(tw.grad.numpy()))
