@@ -31,12 +31,12 @@ __all__ = [
 def _backend(backend):
     """The Backend an op runs on: ``backend`` (a name or a Backend object), else the selected
     one.  Naming one runs that call there; it does not change the selection."""
+    if backend is None or isinstance(backend, str):
+        return get_backend(backend)
     if isinstance(backend, Backend):
         return backend
-    if backend is not None and not isinstance(backend, str):
-        raise TypeError(f"backend must be None, a backend name or a convkit.Backend, got "
-                        f"{type(backend).__name__}")
-    return get_backend(backend)
+    raise TypeError(f"backend must be None, a backend name or a convkit.Backend, got "
+                    f"{type(backend).__name__}")
 
 
 def _c(be, a):
