@@ -2,8 +2,8 @@
 
 Users call a Backend object's **public ops** (``be.conv2d_forward(x, w, padding=1)``): they have
 exactly the signatures of :mod:`convkit.functional` and run its validation, because each one is
-the functional op called with ``backend=self``.  Nothing reachable from a Backend object skips the
-checks.
+the functional op called with ``backend=self``.  No public name of a Backend object skips the
+checks; the ``_``-prefixed hooks are for the boundary alone.
 
 Implementers override the **protected hooks** (``_conv2d_forward``, ``_roi_align_backward``, ...,
 one per op; ``batched_nms`` runs ``_nms`` per class).  A subclass that overrides a public op is
@@ -70,7 +70,8 @@ class Backend(abc.ABC):
 
     #: True when ``_max_pool2d_backward`` and ``_roi_pool_backward`` range-check every index
     #: they read (read once, checked before use, ``ValueError`` naming the argument after the
-    #: kernel); the boundary then neither scans nor copies ``indices``/``argmax``.
+    #: kernel); the boundary then neither scans nor copies ``indices``/``argmax``.  It is
+    #: inherited: a subclass replacing those hooks with kernels that trust indices sets it False.
     validates_indices: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
