@@ -43,4 +43,4 @@ def test_demo_detect_plain_progress_without_tqdm(monkeypatch, capsys):
                "--test-images", "2", "--size", "32", "--width", "4", "--batch-size", "2"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "epoch 1 step 1/2: loss" in text and "epoch 1 step 2/2: loss" in text
+    assert "epoch 1/1 step 1/2: loss" in text and "epoch 1/1 step 2/2: loss" in text

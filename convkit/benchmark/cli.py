@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 
+from ..cli import Progress
 from .adapters import TORCH_NAMES, _has_torchvision, _torch, is_gpu_backend, make_runner
 from .cases import CASES, select_cases
 from .memory import measure_memory
@@ -17,41 +18,6 @@ from .probe import core_probe, machine_info
 from .report import _fmt, markdown_report, print_report
 from .summary import evaluate_targets, summarize
 from .timing import measure, set_mallopt
-
-class _Progress:
-    """tqdm on stderr when installed, else a plain "[i/n] op pass" line."""
-
-    def __init__(self, total, enabled=True):
-        self.total, self.i, self.bar = total, 0, None
-        self.enabled = enabled
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, file=sys.stderr, unit="op", leave=False)
-            except ImportError:
-                pass
-
-    def start(self, label):
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.set_description_str(label)
-        else:
-            print(f"\r[{self.i + 1}/{self.total}] {label:40s}", end="", file=sys.stderr,
-                  flush=True)
-
-    def done(self):
-        self.i += 1
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-        elif self.enabled and self.i:
-            print(file=sys.stderr)
-
 
 def add_arguments(p: argparse.ArgumentParser):
     import convkit.benchmark as pkg
@@ -66,9 +32,9 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--only", action="append", default=[], metavar="BACKEND=OPS",
                    help="restrict one backend to some ops or families, e.g. "
                         "numpy=pool,bn,roi,nms (repeatable)")
-    p.add_argument("--repeat", type=int, default=7, help="timed calls per backend (default 7)")
+    p.add_argument("--repeat", type=int, default=7, help="timed calls per backend")
     p.add_argument("--warmup", type=int, default=1,
-                   help="untimed rounds after the first call (default 1)")
+                   help="untimed rounds after the first call")
     p.add_argument("--quick", action="store_true", help="tiny shapes (for tests)")
     p.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
     p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
@@ -82,10 +48,12 @@ def add_arguments(p: argparse.ArgumentParser):
     sync.add_argument("--device-sync", dest="device_sync", action="store_true", default=None,
                       help="synchronise GPU work before reading the clock (default: on when a "
                            "GPU backend runs)")
-    sync.add_argument("--no-device-sync", dest="device_sync", action="store_false")
+    sync.add_argument("--no-device-sync", dest="device_sync", action="store_false",
+                      help="read the clock without waiting for the GPU (times launches only)")
     p.add_argument("--no-mallopt", action="store_true",
                    help="leave glibc's allocator thresholds at their defaults")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (one is drawn only when stderr is a terminal)")
     p.add_argument("--seed", type=int, default=0, help="seed of the input generator")
 
 
@@ -188,7 +156,7 @@ def run(args) -> int:
              if probe[0] is not None else ""))
 
     steps = sum(len(c.passes) for c in cases)
-    progress = _Progress(steps, enabled=not args.no_progress)
+    progress = Progress(steps, enabled=not args.no_progress, unit="op")
     rows = []
     notes = set()
     try:
@@ -207,9 +175,9 @@ def run(args) -> int:
                 except Exception as e:
                     notes.add(f"{b} {case.name}: could not set up ({type(e).__name__}: {e})")
             for pas in case.passes:
-                progress.start(f"{case.name} {pas}")
+                progress.describe(f"{case.name} {pas}")
                 rows.append(measure(case, pas, runners, args.repeat, args.warmup, device_sync))
-                progress.done()
+                progress.update()
             del runners, data
     finally:
         progress.close()

@@ -5,54 +5,39 @@ with predicted boxes, class names and scores), ``loss.png`` (the loss curves), `
 and ``weights.npz``."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-from ._registry import get_backend, use_backend
+from .._registry import get_backend
+from ._common import add_common_arguments, epoch_progress, on_backend
+
+PROG = "convkit demo detect"
 
 
 def add_arguments(p):
-    p.add_argument("--backend", default=None,
-                   help="numpy, cpu, cuda or auto (default: CONVKIT_BACKEND, else cpu)")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0,
-                   help="seeds the data (test set: seed + 10000), the weights and the order")
+    add_common_arguments(p, seed_help="seeds the data (test set: seed + 10000), the weights and "
+                                      "the order",
+                         out_help="directory for the PNGs, history and weights")
+    p.add_argument("--epochs", type=int, default=6, help="passes over the training images")
     p.add_argument("--images", type=int, default=600, help="training images")
-    p.add_argument("--test-images", type=int, default=200, help="held-out images (>= 200 for "
-                                                                 "the reported figures)")
+    p.add_argument("--test-images", type=int, default=200, help="held-out images; >= 200 for the "
+                                                                 "reported figures")
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--width", type=int, default=16, help="backbone width (channels of conv1)")
-    p.add_argument("--roi-op", default="align", choices=["align", "pool"])
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--roi-op", default="align", choices=["align", "pool"],
+                   help="how proposals are cut out of the feature map")
+    p.add_argument("--batch-size", type=int, default=8, help="training images per step")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (cosine decay)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--show", type=int, default=12, help="test images drawn in detections.png")
-    p.add_argument("--out", default=None, help="directory for the PNGs, history and weights")
-    p.add_argument("--no-progress", action="store_true", help="plain output, no tqdm bar")
-
-
-def _progress(iterable, total, desc, enabled):
-    """tqdm bar when installed and wanted, else the plain iterable (and None)."""
-    if enabled:
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            pass
-        else:
-            bar = tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr)
-            return bar, bar
-    return iterable, None
 
 
 def build_model(num_classes, size, width=16, roi_op="align", dtype=np.float32, seed=0):
     """The demo's detector: stride-4 :func:`small_backbone`, 3 anchor sizes spanning the shapes'
     0.2-0.5 x ``size`` objects x 3 aspect ratios, RoI align (or pool) to 7x7."""
-    from .models import FasterRCNN
+    from ..models import FasterRCNN
 
     sizes = tuple(round(f * size, 1) for f in (0.22, 0.31, 0.44))
     return FasterRCNN(num_classes, anchor_sizes=sizes, aspect_ratios=(0.5, 1.0, 2.0),
@@ -76,7 +61,7 @@ def _flip(images, boxes, mask, size):
 
 def evaluate(model, data, batch_size=16, top_n=300):
     """(mAP@0.5, per-class AP, RPN recall {0.5, 0.7} at ``top_n``, detections as NumPy)."""
-    from .metrics import mean_average_precision, proposal_recall
+    from ..metrics import mean_average_precision, proposal_recall
 
     be = model.backend
     was = model.training
@@ -96,8 +81,8 @@ def evaluate(model, data, batch_size=16, top_n=300):
 
 def train(args, log=print):
     """Train per ``args`` on the active backend; returns (model, history)."""
-    from .data import shapes
-    from .nn import Adam
+    from ..data import shapes
+    from ..nn import Adam
 
     if args.epochs < 0 or args.batch_size < 1 or args.images < 1:
         raise ValueError("--epochs must be >= 0, --batch-size and --images >= 1")
@@ -107,7 +92,7 @@ def train(args, log=print):
     model = build_model(len(data.class_names), args.size, args.width, args.roi_op, dtype,
                         args.seed)
     opt = Adam(model, lr=args.lr)
-    log(f"convkit demo detect: Faster R-CNN ({model.num_parameters()} parameters, {dtype}, "
+    log(f"{PROG}: Faster R-CNN ({model.num_parameters()} parameters, {dtype}, "
         f"RoI {args.roi_op}) on backend {be.name!r}; {args.images} training images "
         f"{args.size}x{args.size}; {args.epochs} epochs, batch {args.batch_size}, Adam lr "
         f"{args.lr}")
@@ -118,10 +103,9 @@ def train(args, log=print):
     for epoch in range(args.epochs):
         te = time.perf_counter()
         order = rng.permutation(n)
-        it, bar = _progress(range(steps), steps, f"epoch {epoch + 1}/{args.epochs}",
-                            not args.no_progress)
+        bar = epoch_progress(args, steps, epoch, args.epochs, log=log)
         total = 0.0
-        for s in it:
+        for s in range(steps):
             t = (epoch * steps + s) / max(1, args.epochs * steps)
             warm = min(1.0, (epoch * steps + s + 1) / 50)         # short warm-up
             opt.lr = args.lr * warm * 0.5 * (1 + np.cos(np.pi * t))
@@ -139,12 +123,8 @@ def train(args, log=print):
                                          f"{vals}")
             hist["step_losses"].append(vals)
             total += loss
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss:.3f}")
-            elif not args.no_progress and (s + 1) % max(1, steps // 5) == 0:
-                log(f"  epoch {epoch + 1} step {s + 1}/{steps}: loss {loss:.4f}")  # no tqdm
-        if bar is not None:
-            bar.close()
+            bar.update(loss=f"{loss:.4f}")
+        bar.close()
         hist["epoch_loss"].append(total / steps)
         hist["epoch_time"].append(time.perf_counter() - te)
         log(f"epoch {epoch + 1}/{args.epochs}: loss {total / steps:.4f} "
@@ -210,11 +190,11 @@ def _plot_losses(path, hist):
 
 
 def run(args) -> int:
-    from .data import shapes
+    from ..data import shapes
 
-    ctx = use_backend(args.backend) if args.backend else contextlib.nullcontext()
-    with ctx:
-        be = get_backend()
+    with on_backend(args, PROG) as be:
+        if be is None:
+            return 2
         t0 = time.perf_counter()
         model, hist = train(args)
         train_time = time.perf_counter() - t0
