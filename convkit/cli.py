@@ -99,7 +99,8 @@ class Progress:
             print(file=self.stream)
 
 
-def main(argv=None) -> int:
+def build_parser() -> Parser:
+    """The ``convkit`` parser with every subcommand's arguments."""
     p = Parser(prog="convkit", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="versions, backends and whether each loads, threads, BLAS, GPUs")
@@ -108,7 +109,13 @@ def main(argv=None) -> int:
     benchmark.add_arguments(sub.add_parser("bench", help="time the layer suite: convkit backends "
                                                          "vs torch, side by side"))
     demos.add_arguments(sub.add_parser("demo", help="train a model: " + ", ".join(demos.DEMOS)))
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    from . import benchmark, demos
+
+    args = build_parser().parse_args(argv)
     if args.cmd == "info":
         from ._info import show_config
 
