@@ -43,8 +43,9 @@ from .cases import (CASES, F32, FAMILIES, FB, FWD, QUICK_CASES, BatchNormCase, C
 from .cli import add_arguments, default_backends, parse_backends, parse_only, run
 from .memory import measure_memory
 from .probe import core_probe, machine_info
-from .report import markdown_report, print_report, result_columns
-from .summary import GEOMEAN_TARGET, MEMORY_TARGET, TARGETS, evaluate_targets, geomean, summarize
+from .report import markdown_report, print_report, print_summary, result_columns
+from .summary import (GEOMEAN_TARGET, MEMORY_TARGET, TARGETS, evaluate_targets, family_summaries,
+                      geomean, layer_targets, summarize, user_targets)
 from .timing import Row, measure, set_mallopt, time_call
 
 __all__ = [
@@ -53,6 +54,6 @@ __all__ = [
     "TORCH_NAMES", "Runner", "make_runner", "is_gpu_backend", "to_host", "compare_outputs",
     "reference_outputs", "torch_ref", "Row", "measure", "time_call", "set_mallopt",
     "measure_memory", "core_probe", "machine_info", "TARGETS", "GEOMEAN_TARGET", "MEMORY_TARGET",
-    "geomean", "summarize", "evaluate_targets", "result_columns", "print_report",
-    "markdown_report", "add_arguments", "default_backends", "parse_backends", "parse_only", "run",
+    "geomean", "summarize", "evaluate_targets", "layer_targets", "user_targets",
+    "family_summaries", "result_columns", "print_report", "print_summary", "markdown_report", "add_arguments", "default_backends", "parse_backends", "parse_only", "run",
 ]

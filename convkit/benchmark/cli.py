@@ -15,9 +15,10 @@ from .cases import CASES, select_cases
 from .memory import measure_memory
 from .plot import save_plot
 from .probe import core_probe, machine_info
-from .report import _fmt, markdown_report, print_report
-from .summary import evaluate_targets, summarize
+from .report import markdown_report, print_report, print_summary
+from .summary import layer_targets, summarize, user_targets
 from .timing import measure, set_mallopt
+
 
 def add_arguments(p: argparse.ArgumentParser):
     import convkit.benchmark as pkg
@@ -40,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
     p.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios (matplotlib)")
     p.add_argument("--summary", action="store_true",
-                   help="print the geometric mean of the ratio to torch and the issue targets")
+                   help="print how each convkit backend compares with torch per op family, and "
+                        "the targets for the cpu backend")
     p.add_argument("--memory", action="store_true",
                    help="also measure peak RSS growth of forward+backward in a fresh process "
                         "(res_28, or the conv ops named in --ops) against its tensors' bytes")
@@ -191,7 +193,9 @@ def run(args) -> int:
                     memory.append(measure_memory(op, b, args.quick, threads))
 
     summary = summarize(rows, backends)
-    targets = evaluate_targets(rows, summary, memory, "cpu") if "cpu" in backends else []
+    layer, user = ((layer_targets(rows, "cpu"), user_targets(summary, memory, "cpu"))
+                   if "cpu" in backends else ([], []))
+    targets = layer + user    # as evaluate_targets: the JSON and Markdown list them all
     print()
     print_report(rows, backends, summary, memory, args.summary)
     for n in sorted(notes):
@@ -205,12 +209,8 @@ def run(args) -> int:
         print(f"one-core probe: {probe[0]} GFLOP/s at the start, {probe[1]} at the end (a drop "
               f"between runs means the host gave less arithmetic; compare ratios from runs "
               f"with similar readings)")
-    if args.summary and targets:
-        print("targets (issue 'Cython CPU backend', cpu backend):")
-        for t in targets:
-            got = "not measured" if t["got"] is None else f"{_fmt(t['got'])}x"
-            print(f"  {'met    ' if t['met'] else 'NOT MET'}  {t['what']}: {got}, "
-                  f"want {t['want']}")
+    if args.summary:
+        print_summary(rows, backends, user, layer)
 
     if args.json:
         doc = {"meta": {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(

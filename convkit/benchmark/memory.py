@@ -13,6 +13,7 @@ import numpy as np
 from .adapters import TORCH_NAMES, _torch, make_runner, to_host
 from .cases import CASES, FB, QUICK_CASES
 
+
 def _proc_status_kb(key):
     with open("/proc/self/status") as f:
         for line in f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from .adapters import TORCH_NAMES, torch_ref
 from .cases import FWD
 
+
 def save_plot(path, rows, backends):
     """Bar chart of the ratios (log scale, 1x line) per op and pass; needs matplotlib."""
     import matplotlib

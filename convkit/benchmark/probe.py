@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+
 def core_probe(rounds=7, calls=40):
     """GFLOP/s of one core on a fixed float32 GEMM (64 x 147 x 784: the stem_224 forward's GEMM
     for 7 output rows) on convkit's own kernel, best of ``rounds``; None where that kernel is not

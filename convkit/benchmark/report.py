@@ -6,6 +6,8 @@ import sys
 
 from .adapters import TORCH_NAMES, torch_ref
 from .cases import FWD
+from .summary import family_summaries
+
 
 def _fmt(v, digits=3):
     if v is None:
@@ -21,12 +23,16 @@ def _size(nbytes):
 
 def _table(header, lines):
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
-    fmt = "  ".join(("{:<%d}" if i < 2 else "{:>%d}") % w for i, w in enumerate(widths))
-    return [fmt.format(*header)] + [fmt.format(*ln) for ln in lines]
+    # op, pass and the last column (the shapes) read left to right; the numbers align right
+    last = len(widths) - 1
+    fmt = "  ".join(("{:<%d}" if i < 2 or i == last else "{:>%d}") % w
+                    for i, w in enumerate(widths))
+    return [fmt.format(*ln).rstrip() for ln in [header, *lines]]
 
 
 def result_columns(rows, backends):
-    """Header and lines of the results table (shared by the text and markdown output)."""
+    """Header and lines of the results table (shared by the text and markdown output); the last
+    column says what was timed (input and weight shapes, stride, padding...)."""
     conv = [b for b in backends if b not in TORCH_NAMES and b != "numpy"]   # numpy: a reference
     ran = [b for b in backends if any(b in r.medians_ms for r in rows)]
     header = ["op", "pass"] + [f"{b} ms" for b in ran] + [f"{b} thrpt" for b in ran]
@@ -39,6 +45,7 @@ def result_columns(rows, backends):
     gpu = any(r.ratio("cpu", "cuda") is not None for r in rows)
     if gpu:
         header.append("cuda speed-up vs cpu")
+    header.append("shapes")
     lines = []
     for r in rows:
         ln = [r.op, "fwd" if r.pas == FWD else "fwd+bwd"]
@@ -51,6 +58,7 @@ def result_columns(rows, backends):
                 f" ({_fmt(q[0], 2)}-{_fmt(q[1], 2)})" if q else ""))
         if gpu:
             ln.append(_fmt(r.ratio("cpu", "cuda")))
+        ln.append(r.shape)
         lines.append(ln)
     return header, lines
 
@@ -125,3 +133,36 @@ def markdown_report(rows, backends, summary, targets, memory):
                 out.append(f"| {m['op']} | {m['backend']} | {_size(m['peak_rss_growth_bytes'])} "
                            f"| {_size(m['tensor_bytes'])} | {m['ratio']:.2f}x |")
     return "\n".join(out) + "\n"
+
+
+def print_summary(rows, backends, user, layer, file=sys.stdout):
+    """``--summary``: per op family, how each fast convkit backend compares with torch (and the
+    numpy reference); then the ``user`` targets, one line each, and how many of the per-layer
+    development goals ``layer`` were met."""
+    for b in backends:
+        if b in TORCH_NAMES or b == "numpy":
+            continue
+        fams = family_summaries(rows, b)
+        if not fams:
+            continue
+        print(f"{b} backend on this machine, per op family (ratio = reference time / {b} time; "
+              f"> 1x: {b} faster):", file=file)
+        width = max(len(f["title"]) for f in fams)
+        for i, f in enumerate(fams):
+            title = "" if i and fams[i - 1]["family"] == f["family"] else f["title"]
+            n = f["rows"]
+            detail = (f" (geometric mean; slowest {f['slowest']} {_fmt(f['slowest_ratio'])}x)"
+                      if n > 1 else "")
+            print(f"  {title:{width}s}  {f['reference']}/{b} {_fmt(f['geomean'])}x over {n} "
+                  f"row{'s' * (n > 1)}{detail}", file=file)
+    if user:
+        print("targets for the cpu backend:", file=file)
+        for t in user:
+            got = "not measured" if t["got"] is None else f"{_fmt(t['got'])}x"
+            print(f"  {'met    ' if t['met'] else 'NOT MET'}  {t['what']}: {got}, want "
+                  f"{t['want']}", file=file)
+    measured = [t for t in layer if t["got"] is not None]
+    if measured:
+        print(f"per-layer development goals (bench/RESULTS.md): {sum(t['met'] for t in measured)} "
+              f"of {len(measured)} measured met; --markdown FILE or --json FILE lists each",
+              file=file)

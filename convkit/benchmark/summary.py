@@ -1,14 +1,19 @@
-"""What a run adds up to: geometric means of the ratios to torch, and the per-layer targets the
-project holds the ``cpu`` backend to (recorded in the JSON and Markdown reports, kept in
-bench/RESULTS.md)."""
+"""What a run adds up to: geometric means of the ratios to torch (overall and per op family), and
+the targets.
+
+Two kinds of target: the two a user of the ``cpu`` backend can hold it to -- as fast as torch
+over the whole suite (:data:`GEOMEAN_TARGET`) and a forward+backward that needs at most
+:data:`MEMORY_TARGET` times its tensors' bytes -- which ``--summary`` prints; and the per-layer
+goals the developers track in bench/RESULTS.md (:data:`TARGETS`), which the JSON and Markdown
+reports list row by row and ``--summary`` only counts."""
 from __future__ import annotations
 
 import math
 
 from .adapters import TORCH_NAMES, torch_ref
-from .cases import FB, FWD
+from .cases import FAMILIES, FB, FWD
 
-# The issues' targets, evaluated for the ``cpu`` backend: (op, reference, minimum ratio, passes).
+# Per-layer development goals for the ``cpu`` backend: (op, reference, minimum ratio, passes).
 _BIG_CONVS = ("vgg_56", "res_28", "res_14", "pw_14", "rpn_3x3")
 _EDGE_CONVS = ("lenet_c1", "stem_224", "rpn_cls1x1", "dw_56")
 TARGETS = (
@@ -44,7 +49,13 @@ def summarize(rows, backends):
 
 
 def evaluate_targets(rows, summary, memory, backend="cpu"):
-    """The issue's targets for ``backend``: list of dicts (what, want, got, met)."""
+    """Every target for ``backend``: the per-layer goals, then the user targets; a list of
+    dicts (what, want, got, met; per-layer goals also quartiles)."""
+    return layer_targets(rows, backend) + user_targets(summary, memory, backend)
+
+
+def layer_targets(rows, backend="cpu"):
+    """The per-layer development goals of :data:`TARGETS` that ``rows`` measured."""
     by = {(r.op, r.pas): r for r in rows}
     res = []
     for op, ref, want, passes in TARGETS:
@@ -56,6 +67,13 @@ def evaluate_targets(rows, summary, memory, backend="cpu"):
             res.append({"what": f"{op} {pas}: {ref}/{backend}", "want": f">= {want:g}x",
                         "got": got, "quartiles": r.ratio_spread(ref, backend),
                         "met": got is not None and got >= want})
+    return res
+
+
+def user_targets(summary, memory, backend="cpu"):
+    """What a user can hold ``backend`` to: as fast as torch over the suite (geometric mean of
+    the ratios), and res_28's forward+backward within a small multiple of its tensors' bytes."""
+    res = []
     if backend in summary:
         g = summary[backend]["geomean"]
         res.append({"what": f"geomean torch/{backend} over {summary[backend]['rows']} rows",
@@ -66,3 +84,25 @@ def evaluate_targets(rows, summary, memory, backend="cpu"):
                                 f"({backend})", "want": f"<= {MEMORY_TARGET:g}x",
                         "got": m["ratio"], "met": m["ratio"] <= MEMORY_TARGET})
     return res
+
+
+FAMILY_TITLES = {"conv": "convolution layers", "pool": "pooling", "bn": "batch norm (training)",
+                 "roi": "RoI align / RoI pool", "nms": "NMS"}
+
+
+def family_summaries(rows, backend):
+    """Per op family and reference (torch first, then numpy): the geometric mean of
+    reference_time / backend_time over the family's rows, and its slowest row."""
+    out = []
+    for fam in FAMILIES:
+        for ref in (torch_ref(backend), "numpy"):
+            got = [(r.ratio(ref, backend), r) for r in rows if r.family == fam]
+            got = [(v, r) for v, r in got if v is not None]
+            if not got:
+                continue
+            low, r = min(got, key=lambda vr: vr[0])
+            out.append({"family": fam, "title": FAMILY_TITLES[fam], "reference": ref,
+                        "rows": len(got), "geomean": geomean([v for v, _ in got]),
+                        "slowest": f"{r.op} {r.pas}", "slowest_ratio": low})
+    return out
+
