@@ -108,7 +108,8 @@ def build_parser() -> Parser:
 
     benchmark.add_arguments(sub.add_parser("bench", help="time the layer suite: convkit backends "
                                                          "vs torch, side by side"))
-    demos.add_arguments(sub.add_parser("demo", help="train a model: " + ", ".join(demos.DEMOS)))
+    demos.add_arguments(sub.add_parser("demo", help="train a model: " + ", ".join(demos.DEMOS),
+                                       description=demos.__doc__.split("\n\n")[0]))
     return p
 
 
