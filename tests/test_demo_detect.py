@@ -143,7 +143,7 @@ def test_class_agnostic_nms_option_and_its_check(tmp_path, capsys):
             "--test-images", "2", "--size", "32", "--width", "4", "--no-progress"]
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
     text = capsys.readouterr().out
-    assert "mAP@0.5 after class-agnostic NMS at IoU 0.5 (as drawn): " in text
+    assert "mAP@0.5 after class-agnostic NMS at IoU 0.3 (as drawn): " in text
     s = json.loads((tmp_path / "a" / "history.json").read_text())["summary"]
     assert 0 <= s["mAP@0.5_class_agnostic_nms"] <= 1
     assert main(args + ["--no-class-agnostic-nms", "--out", str(tmp_path / "b")]) == 0

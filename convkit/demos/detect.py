@@ -22,6 +22,7 @@ from .._registry import get_backend, use_backend
 from ._common import add_common_arguments, epoch_progress, on_backend
 
 PROG = "convkit demo detect"
+AGNOSTIC_IOU = 0.3
 
 
 def add_arguments(p):
@@ -44,7 +45,9 @@ def add_arguments(p):
                         "higher-scored box of any class by IoU > --agnostic-iou, so that one "
                         "object carries one label in detections.png (the first mAP figure is "
                         "measured without it)")
-    p.add_argument("--agnostic-iou", type=float, default=0.5,
+    # The shapes' objects overlap little (IoU <= 0.15 between ground-truth boxes of the default
+    # test set), so 0.3 removes a second label on one object without touching a neighbour.
+    p.add_argument("--agnostic-iou", type=float, default=AGNOSTIC_IOU,
                    help="IoU threshold of the class-agnostic NMS")
 
 
@@ -109,7 +112,7 @@ def class_agnostic_nms(det, iou_threshold):
     return {k: v[keep] for k, v in det.items()}
 
 
-def drawn_detections(det, score_min=0.5, agnostic_iou=0.5):
+def drawn_detections(det, score_min=0.5, agnostic_iou=AGNOSTIC_IOU):
     """What detections.png draws for one image: the boxes scoring >= ``score_min``, after the
     class-agnostic NMS at ``agnostic_iou`` (None: without it)."""
     keep = np.nonzero(det["scores"] >= score_min)[0]
@@ -173,7 +176,7 @@ def train(args, log=print):
 _COLOURS = ["#ff3030", "#30ff30", "#30b0ff", "#ffff30", "#ff30ff"]
 
 
-def detections_figure(data, dets, n, score_min=0.5, agnostic_iou=0.5):
+def detections_figure(data, dets, n, score_min=0.5, agnostic_iou=AGNOSTIC_IOU):
     """The first ``n`` test images with their ground truth (dashed outlines) and the drawn
     detections (:func:`drawn_detections`: solid boxes with class and score), a legend below.
     Returns (matplotlib figure, the drawn detections of each image)."""
@@ -220,7 +223,7 @@ def detections_figure(data, dets, n, score_min=0.5, agnostic_iou=0.5):
     return fig, drawn
 
 
-def _plot_detections(path, data, dets, n, score_min=0.5, agnostic_iou=0.5):
+def _plot_detections(path, data, dets, n, score_min=0.5, agnostic_iou=AGNOSTIC_IOU):
     import matplotlib.pyplot as plt
 
     fig, drawn = detections_figure(data, dets, n, score_min, agnostic_iou)
