@@ -55,5 +55,6 @@ __all__ = [
     "reference_outputs", "torch_ref", "Row", "measure", "time_call", "set_mallopt",
     "measure_memory", "core_probe", "machine_info", "TARGETS", "GEOMEAN_TARGET", "MEMORY_TARGET",
     "geomean", "summarize", "evaluate_targets", "layer_targets", "user_targets",
-    "family_summaries", "result_columns", "print_report", "print_summary", "markdown_report", "add_arguments", "default_backends", "parse_backends", "parse_only", "run",
+    "family_summaries", "result_columns", "print_report", "print_summary", "markdown_report",
+    "add_arguments", "default_backends", "parse_backends", "parse_only", "run",
 ]
