@@ -9,6 +9,7 @@ _lock = threading.Lock()
 _num_threads: int | None = None          # None: resolve from the environment
 _workspace_limit: int = 256 * 2**20       # bytes
 _deterministic: bool = False
+_allow_tf32: bool = False
 
 
 @functools.cache
@@ -90,6 +91,17 @@ def set_deterministic(flag: bool) -> None:
     """Require deterministic kernels (GPU backwards without atomics); CPU ones always are."""
     global _deterministic
     _deterministic = bool(flag)
+
+
+def get_allow_tf32() -> bool:
+    return _allow_tf32
+
+
+def set_allow_tf32(flag: bool) -> None:
+    """Let float32 GEMMs on the GPU use TF32 tensor cores (10-bit mantissa inputs, as cuDNN's
+    default for convolutions); off by default: full FP32.  CPU backends ignore it."""
+    global _allow_tf32
+    _allow_tf32 = bool(flag)
 
 
 @functools.cache

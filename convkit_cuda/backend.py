@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from convkit._config import get_allow_tf32
 from convkit.backend import Backend
 
 _INSTALL = "`pip install 'convkit[cuda12]'` or `pip install 'convkit[cuda13]'`"
@@ -71,19 +72,44 @@ def _check_device(cupy) -> int:
                        f"{hint}{why}; check `nvidia-smi` and CUDA_VISIBLE_DEVICES")
 
 
+def _check_libraries(cupy) -> None:
+    """RuntimeError unless NVRTC (the kernels are compiled at first use) and cuBLAS (the
+    GEMMs of conv2d) load: a ``cupy-cudaXXx`` wheel without the CUDA toolkit imports and sees
+    the device, and would otherwise fail only at the first op."""
+    fix = (f"install the CUDA toolkit libraries from PyPI with {_INSTALL} (they bring "
+           f"CuPy's [ctk] extra), or a local CUDA toolkit")
+    try:
+        cupy.cuda.nvrtc.getVersion()
+    except Exception as e:
+        raise RuntimeError(f"CuPy {cupy.__version__} sees the GPU but cannot load NVRTC, the "
+                           f"runtime compiler the cuda backend builds its kernels with "
+                           f"({type(e).__name__}: {e}); {fix}") from None
+    try:
+        cupy.cuda.device.get_cublas_handle()
+    except Exception as e:
+        raise RuntimeError(f"CuPy {cupy.__version__} sees the GPU but cannot load cuBLAS, "
+                           f"which conv2d's matrix products use ({type(e).__name__}: {e}); "
+                           f"{fix}") from None
+
+
 class CudaBackend(Backend):
     """CuPy arrays on an NVIDIA GPU.  ``xp`` is ``cupy``."""
 
     name = "cuda"
-    # indices passed to the backwards are range-checked at the boundary (the atomic
-    # scatter kernels trust them)
-    validates_indices = False
+    # the max-pool / roi-pool backwards range-check their indices on the device (one error
+    # flag read per call) instead of the boundary's two reductions and host syncs
+    validates_indices = True
 
     def __init__(self):
         cupy = _import_cupy()
         self._n_devices = _check_device(cupy)
+        from . import _kernels
+
+        dev = cupy.cuda.Device()
+        _kernels.check_capability(dev.compute_capability, dev.id)
+        _check_libraries(cupy)
         self.xp = cupy
-        from . import _kernels, batchnorm, boxes, conv, pool, roi
+        from . import batchnorm, boxes, conv, pool, roi
 
         self._kernels, self._conv, self._pool = _kernels, conv, pool
         self._bn, self._roi, self._boxes = batchnorm, roi, boxes
@@ -149,7 +175,12 @@ class CudaBackend(Backend):
             "runtime": f"CUDA {_cuda_version(rt.runtimeGetVersion())}",
             "cupy": cp.__version__,
             "kernels": "NVRTC, compiled on first use per dtype and device "
-                       "(convkit.precompile() compiles them all)",
+                       "(convkit.precompile() compiles them all); needs compute capability "
+                       "6.0+ (float64 atomicAdd)",
+            "numerics": "no multiply-add contraction (--fmad=false); float32 kernels flush "
+                        "subnormals (CuPy's -ftz=true); float32 GEMMs "
+                        + ("may use TF32 (convkit.set_allow_tf32(True))" if get_allow_tf32()
+                           else "in full FP32 (TF32 off)"),
         }
 
     def precompile(self) -> dict:

@@ -51,7 +51,8 @@ def _affine(weight, bias, C, dtype):
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
                        out=None):
     """-> (y, save_mean (C,), save_invstd (C,)); running_* updated in place when training."""
-    with on_device(x):
+    with on_device("batch_norm_forward", x=x, weight=weight, bias=bias,
+                   running_mean=running_mean, running_var=running_var, out=out):
         N, C, H, W = x.shape
         M = N * H * W
         dt = x.dtype
@@ -81,7 +82,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
 
 def batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, training):
     """-> (grad_x, grad_weight or None, grad_bias or None)."""
-    with on_device(x):
+    with on_device("batch_norm_backward", grad_y=grad_y, x=x, weight=weight,
+                   save_mean=save_mean, save_invstd=save_invstd):
         N, C, H, W = x.shape
         M = N * H * W
         dt = x.dtype

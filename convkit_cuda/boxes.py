@@ -14,7 +14,7 @@ _I = np.int64
 
 def box_iou(boxes1, boxes2):
     """(N,4), (M,4) xyxy -> (N,M) IoU; area = (x2-x1)*(y2-y1); union 0 -> 0."""
-    with on_device(boxes1):
+    with on_device("box_iou", boxes1=boxes1, boxes2=boxes2):
         N, M = boxes1.shape[0], boxes2.shape[0]
         out = cupy.empty((N, M), dtype=boxes1.dtype)
         grid, block = grid_for(N * M)
@@ -31,7 +31,7 @@ def nms(boxes, scores, iou_threshold):
     kernel compares every box with the later ones in blocks of 64 (one bit each); a one-thread
     kernel then walks the boxes in order, so only the kept count travels to the host.
     """
-    with on_device(boxes):
+    with on_device("nms", boxes=boxes, scores=scores):
         N = boxes.shape[0]
         dt = boxes.dtype
         # stable ascending sort of -score == stable descending sort of score (ties: lower index)

@@ -9,10 +9,12 @@ direct kernels gather, and the weight gradients are reduced in a fixed order.
 """
 from __future__ import annotations
 
+import contextlib
+
 import cupy
 import numpy as np
 
-from convkit._config import get_workspace_limit
+from convkit._config import get_allow_tf32, get_workspace_limit
 
 from ._kernels import grid_for, launch, on_device
 
@@ -29,6 +31,28 @@ def _out_hw(H, W, KH, KW, stride, padding, dilation):
 
 def _is_pointwise(KH, KW, stride, padding):
     return KH == 1 and KW == 1 and stride == (1, 1) and padding == (0, 0, 0, 0)
+
+
+@contextlib.contextmanager
+def _gemm_mode(dtype):
+    """cuBLAS compute type of the float32 GEMMs inside the block: TF32 under
+    ``convkit.set_allow_tf32(True)``, else full FP32 (even when CUPY_TF32=1 is set), then
+    CuPy's setting is put back.  CuPy keeps the compute type process-wide, so two threads
+    running float32 convs with different settings at once may see each other's."""
+    if dtype != np.float32:
+        yield
+        return
+    L = cupy._core._routines_linalg    # loaded with cupy (cupy._core imports from it)
+    want = L.COMPUTE_TYPE_TF32 if get_allow_tf32() else L.COMPUTE_TYPE_FP32
+    old = L.get_compute_type(dtype)
+    if old == want:
+        yield
+        return
+    L.set_compute_type(dtype, want)
+    try:
+        yield
+    finally:
+        L.set_compute_type(dtype, old)
 
 
 def _images_per_chunk(op, N, per_image_bytes):
@@ -110,7 +134,8 @@ def _direct_bwd_weight(grad_y, x, w_shape, stride, padding, dilation, groups):
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None):
     """x (N,C,H,W), weight (F,C/groups,KH,KW), bias (F,) or None -> y (N,F,Ho,Wo).
     padding is (top, bottom, left, right)."""
-    with on_device(x):
+    with on_device("conv2d_forward", x=x, weight=weight, bias=bias, out=out), \
+            _gemm_mode(x.dtype):
         N, C, H, W = x.shape
         F, Cg, KH, KW = weight.shape
         Ho, Wo = _out_hw(H, W, KH, KW, stride, padding, dilation)
@@ -139,7 +164,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
 def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_input_grad,
                     has_bias):
     """-> (grad_x or None, grad_weight, grad_bias or None)."""
-    with on_device(x):
+    with on_device("conv2d_backward", grad_y=grad_y, x=x, weight=weight), \
+            _gemm_mode(x.dtype):
         N, C, H, W = x.shape
         F, Cg, KH, KW = weight.shape
         Ho, Wo = grad_y.shape[2:]

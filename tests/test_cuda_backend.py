@@ -5,7 +5,7 @@ Three layers, so that a machine without a GPU still checks most of it:
 1. everywhere: importing the plugin does no GPU work; an unusable backend says exactly why
    and how to fix it (each cause exercised through a stand-in ``cupy``);
 2. wherever a C++ compiler is found: the real launchers and the real ``.cu`` kernels run on
-   the host through ``convkit_cuda._host_emulation`` (same kernel source, every
+   the host through ``tests/cuda_emulation.py`` (same kernel source, every
    (block, thread) executed, the grid capped so grid-stride loops stride, every argument
    type-checked as the GPU would need it) -- the cuda-specific paths here, and the generic
    op suites (tests/test_conv.py, ...) on the emulated backend in a subprocess;
@@ -98,7 +98,7 @@ class FakeCUDARuntimeError(RuntimeError):
      "no CUDA device is visible.*cudaErrorNoDevice"),
 ], ids=["no-driver", "no-driver-error", "driver-too-old", "no-device", "no-device-error"])
 def test_device_problems_are_named(monkeypatch, kw, expect):
-    from convkit_cuda._host_emulation import fake_cupy
+    from cuda_emulation import fake_cupy
     from convkit_cuda.backend import CudaBackend
 
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy(**kw))
@@ -111,7 +111,7 @@ def test_device_problems_are_named(monkeypatch, kw, expect):
 
 
 def test_device_problem_reaches_backend_status(monkeypatch):
-    from convkit_cuda._host_emulation import fake_cupy
+    from cuda_emulation import fake_cupy
 
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy(device_count=0, driver=12080, runtime=12040))
     monkeypatch.delitem(_registry._instances, "cuda", raising=False)
@@ -141,23 +141,68 @@ def test_grid_and_no_empty_launch(monkeypatch):
     _kernels.launch("boxes", "box_iou", np.float32, *grid_for(0), ())
 
 
+@pytest.mark.parametrize("kw, expect", [
+    (dict(nvrtc_error=OSError("libnvrtc.so.12: cannot open shared object file")),
+     r"cannot load NVRTC.*libnvrtc\.so\.12"),
+    (dict(cublas_error=OSError("libcublas.so.12: cannot open shared object file")),
+     r"cannot load cuBLAS.*libcublas\.so\.12"),
+], ids=["no-nvrtc", "no-cublas"])
+def test_missing_toolkit_libraries_are_named(monkeypatch, kw, expect):
+    """cupy-cuda12x without the toolkit sees the GPU; the backend must still say it is unusable
+    (and how to fix it) instead of failing at the first op."""
+    from cuda_emulation import fake_cupy
+    from convkit_cuda.backend import CudaBackend
+
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(**kw))
+    with pytest.raises(RuntimeError, match=expect) as e:
+        CudaBackend()
+    assert "pip install 'convkit[cuda12]'" in str(e.value) and "[ctk]" in str(e.value)
+
+
+def test_pre_pascal_device_is_refused(monkeypatch):
+    from cuda_emulation import fake_cupy
+    from convkit_cuda import _kernels
+    from convkit_cuda.backend import CudaBackend
+
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(capability="52"))
+    with pytest.raises(RuntimeError, match=r"compute capability 5\.2; the cuda backend needs "
+                                           r"6\.0 or newer \(.*float64 atomicAdd\)"):
+        CudaBackend()
+    _kernels.check_capability("60", 0)
+    _kernels.check_capability("9.0", 0)
+
+
+def test_extras_bring_the_toolkit():
+    import tomllib
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(here, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert extras["cuda12"] == ["cupy-cuda12x[ctk]>=14"]
+    assert extras["cuda13"] == ["cupy-cuda13x[ctk]>=14"]
+
+
+def test_host_emulation_is_not_shipped():
+    import convkit_cuda
+
+    pkg = os.path.dirname(convkit_cuda.__file__)
+    assert not any("emulation" in f for f in os.listdir(pkg))
+
+
 # ============================================================ 2. host emulation of the kernels
 @pytest.fixture
 def emulated(monkeypatch):
     """The real CudaBackend over the stand-in cupy, registered as 'cuda' for this test."""
     if not HAVE_CXX:
         pytest.skip("no C++ compiler for the host emulation of the CUDA kernels")
-    import convkit_cuda
-    from convkit_cuda import _host_emulation as emu
+    import cuda_emulation as emu
     from convkit_cuda import _kernels
 
-    monkeypatch.setitem(sys.modules, "cupy", emu.fake_cupy())
-    for name in emu._OP_MODULES:                     # re-import the op modules over the stand-in
-        monkeypatch.delitem(sys.modules, f"convkit_cuda.{name}", raising=False)
-        monkeypatch.delattr(convkit_cuda, name, raising=False)
+    monkeypatch.setitem(sys.modules, "cupy", emu.fake_cupy(device_count=2))
+    emu.drop_op_modules()                            # re-import the op modules over the stand-in
     monkeypatch.setattr(_kernels, "_modules", {})
     monkeypatch.setattr(_kernels, "_functions", {})
-    monkeypatch.setattr(_kernels, "on_device", emu._host_on_device)
+    monkeypatch.setattr(_kernels, "device_id", emu._device_id)
     from convkit_cuda.backend import CudaBackend
 
     be = CudaBackend()
@@ -165,10 +210,8 @@ def emulated(monkeypatch):
     monkeypatch.setitem(_registry._instances, "cuda", be)
     yield be
     convkit.set_deterministic(False)
-    for name in emu._OP_MODULES:                     # drop the stand-in-bound op modules
-        sys.modules.pop(f"convkit_cuda.{name}", None)
-        if hasattr(convkit_cuda, name):
-            delattr(convkit_cuda, name)
+    convkit.set_allow_tf32(False)
+    emu.drop_op_modules()                            # drop the stand-in-bound op modules
 
 
 def _roi_case(dtype, K=12, seed=0):
@@ -336,13 +379,173 @@ def test_generic_op_suites_on_emulated_cuda():
     files = [os.path.join(here, f"test_{s}.py") for s in (
         "conv", "pool", "batchnorm", "roi", "boxes", "errors", "conformance", "nn", "detection")]
     files = [f for f in files if os.path.exists(f)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                        "-p", "convkit_cuda._host_emulation", "-k", "cuda", *files],
-                       capture_output=True, text=True, cwd=os.path.dirname(here), timeout=900)
+                        "-p", "cuda_emulation", "-k", "cuda", *files],
+                       capture_output=True, text=True, cwd=os.path.dirname(here), timeout=900,
+                       env=env)
     tail = p.stdout[-4000:] + p.stderr[-2000:]
     assert p.returncode == 0, tail
     summary = p.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary, tail
+
+
+def test_emulated_mixed_devices_are_a_type_error(emulated):
+    from cuda_emulation import on_gpu
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    w = on_gpu(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), 1)
+    with convkit.use_backend("cuda"):
+        with pytest.raises(TypeError, match=r"conv2d_forward: weight is on GPU 1 but x is on "
+                                            r"GPU 0; the arrays of one call must share"):
+            convkit.conv2d_forward(x, w)
+        y, idx = convkit.max_pool2d_forward(x, 2)
+        with pytest.raises(TypeError, match=r"max_pool2d_backward: indices is on GPU 1"):
+            convkit.max_pool2d_backward(y, on_gpu(idx, 1), x.shape)
+        rois = on_gpu(np.array([[0, 0, 0, 3, 3]], np.float32), 1)
+        with pytest.raises(TypeError, match=r"roi_align_forward: rois is on GPU 1 but x"):
+            emulated.roi_align_forward(x, rois, (2, 2), 1.0, -1, False)
+
+
+def test_emulated_op_runs_on_its_inputs_device(emulated):
+    """Inputs on GPU 1 while GPU 0 is current: every launch of the op happens on GPU 1, and
+    the caller's current device is untouched afterwards."""
+    import cuda_emulation as emu
+
+    rng = np.random.default_rng(0)
+    x = emu.on_gpu(rng.standard_normal((2, 4, 6, 6)), 1)
+    w = emu.on_gpu(rng.standard_normal((4, 2, 3, 3)), 1)
+    gy = emu.on_gpu(rng.standard_normal((2, 4, 6, 6)), 1)
+    emu.LAUNCHES.clear()
+    with convkit.use_backend("cuda"):
+        assert emulated.xp.cuda.runtime.getDevice() == 0
+        y = convkit.conv2d_forward(x, w, padding=1, groups=2)
+        convkit.conv2d_backward(gy, x, w, padding=1, groups=2)
+        convkit.batch_norm_forward(x, None, None, None, None, training=True)
+        p, idx = convkit.max_pool2d_forward(x, 2)
+        convkit.max_pool2d_backward(emu.on_gpu(np.ones(p.shape), 1), emu.on_gpu(idx, 1),
+                                    x.shape)
+        assert emulated.xp.cuda.runtime.getDevice() == 0
+    assert len(emu.LAUNCHES) >= 6
+    assert {d for _, d in emu.LAUNCHES} == {1}, emu.LAUNCHES
+    want = run("numpy", F.conv2d_forward, np.asarray(x), np.asarray(w), None, 1, 1, 1, 2)
+    np.testing.assert_allclose(y, want, **tol(np.float64))
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_emulated_backwards_check_indices_on_the_device(emulated, deterministic):
+    """The boundary leaves the range check to the kernels (validates_indices): bad indices
+    reach the kernel, which skips them and raises the boundary's error through one flag --
+    also when the backend method is called directly, past the boundary."""
+    assert type(emulated).validates_indices is True
+    convkit.set_deterministic(deterministic)
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    y, idx = run("cuda", F.max_pool2d_forward, x, 2)
+    gy = np.ones_like(y)
+    for bad_value in (16, -1, 10**15):
+        bad = idx.copy()
+        bad[0, 1, 1, 0] = bad_value
+        with pytest.raises(ValueError, match=r"max_pool2d_backward: indices must lie in "
+                                             r"\[0, 16\) for this input_shape"):
+            emulated.max_pool2d_backward(gy, bad, x.shape)
+        with pytest.raises(ValueError, match=r"indices must lie in \[0, 16\)"):
+            run("cuda", F.max_pool2d_backward, gy, bad, x.shape)
+    rois = np.array([[0, 0, 0, 3, 3], [0, 1, 1, 2, 3]], np.float32)
+    yr, am = run("cuda", F.roi_pool_forward, x, rois, (2, 2))
+    g = np.ones_like(yr)
+    good = emulated.roi_pool_backward(g, rois, am, x.shape)
+    np.testing.assert_allclose(good, run("numpy", F.roi_pool_backward, g, am, x.shape, rois))
+    for bad_value in (16, -2):
+        bad = am.copy()
+        bad[1, 0, 0, 1] = bad_value
+        with pytest.raises(ValueError, match=r"roi_pool_backward: argmax must lie in "
+                                             r"\[-1, 16\)"):
+            emulated.roi_pool_backward(g, rois, bad, x.shape)
+    bad_rois = rois.copy()
+    bad_rois[1, 0] = 7               # a batch index another thread changed after the check
+    with pytest.raises(ValueError, match="roi_pool_backward"):
+        emulated.roi_pool_backward(g, bad_rois, am, x.shape)
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_emulated_tf32_mode_is_opt_in_and_restored(emulated, allow):
+    cp = emulated.xp
+    L = cp._core._routines_linalg
+    rng = np.random.default_rng(0)
+    x32 = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    w32 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    assert convkit.get_allow_tf32() is False
+    convkit.set_allow_tf32(allow)
+    cp.matmul_log.clear()
+    y = run("cuda", F.conv2d_forward, x32, w32, None, 1, 1)
+    run("cuda", F.conv2d_backward, np.ones_like(y), x32, w32, 1, 1)
+    run("cuda", F.conv2d_forward, x32.astype(np.float64), w32.astype(np.float64), None, 1, 1)
+    want = L.COMPUTE_TYPE_TF32 if allow else L.COMPUTE_TYPE_FP32
+    f32 = [t for d, t in cp.matmul_log if d == "float32"]
+    f64 = [t for d, t in cp.matmul_log if d == "float64"]
+    assert f32 and set(f32) == {want}
+    assert f64 and set(f64) == {L.COMPUTE_TYPE_DEFAULT}       # float64 GEMMs untouched
+    assert L.get_compute_type(np.float32) == L.COMPUTE_TYPE_DEFAULT   # CuPy's setting restored
+    assert ("TF32" in emulated.info()["numerics"]) and (
+        ("may use TF32" in emulated.info()["numerics"]) == allow)
+
+
+def test_emulated_float32_flushes_subnormals_float64_does_not(emulated):
+    """The emulation has the GPU's -ftz=true for float32 (not for float64): a subnormal input
+    to a float32 kernel reads as 0."""
+    tiny32 = np.full((1, 1, 2, 2), 1e-39, np.float32)       # subnormal in float32
+    assert run("cuda", F.avg_pool2d_forward, tiny32, 2).item() == 0.0
+    assert run("numpy", F.avg_pool2d_forward, tiny32, 2).item() > 0.0
+    tiny64 = np.full((1, 1, 2, 2), 1e-310, np.float64)      # subnormal in float64
+    assert run("cuda", F.avg_pool2d_forward, tiny64, 2).item() == 1e-310
+    normal = np.full((1, 1, 2, 2), 3e-38, np.float32)
+    assert run("cuda", F.avg_pool2d_forward, normal, 2).item() == np.float32(3e-38)
+
+
+_BARRIER_SRC = """typedef float scalar_t;
+extern "C" __global__ void reverse_block(const scalar_t* x, long long n, scalar_t* y)
+{
+    __shared__ scalar_t s[256];
+    const long long t = threadIdx.x;
+    s[t] = x[t];
+    SYNC
+    y[t] = s[n - 1 - t];
+}
+extern "C" __global__ void divergent(const scalar_t* x, long long n, scalar_t* y)
+{
+    if (threadIdx.x % 2) __syncthreads();
+    y[threadIdx.x] = x[threadIdx.x];
+}
+"""
+
+
+@needs_cxx
+def test_emulation_runs_block_threads_to_each_barrier(tmp_path, monkeypatch):
+    """Kernels with __syncthreads run as fibers: with the barrier a block-wide reversal through
+    shared memory is right; without it the same code reads slots not yet written -- so the
+    emulation checks barrier-separated shared-memory code; a barrier only some threads reach
+    is an error."""
+    import cuda_emulation as emu
+    from convkit_cuda import _kernels
+
+    x = np.arange(64, dtype=np.float32)
+    n = np.int64(64)
+
+    def run_src(sync):
+        mod = emu.EmuModule(_BARRIER_SRC.replace("SYNC", sync), options=_kernels.OPTIONS,
+                            cache_dir=str(tmp_path))
+        y = np.zeros_like(x)
+        mod.get_function("reverse_block")((1,), (64,), (x, n, y))
+        return mod, y
+
+    mod, y = run_src("__syncthreads();")
+    np.testing.assert_array_equal(y, x[::-1])
+    _, y = run_src("")
+    assert not np.array_equal(y, x[::-1])
+    with pytest.raises(RuntimeError, match=r"divergent: __syncthreads\(\) not reached"):
+        mod.get_function("divergent")((1,), (64,), (x, n, np.zeros_like(x)))
 
 
 # ================================================================== 3. on a real GPU

@@ -46,15 +46,39 @@ extern "C" __global__ void max_pool2d_fwd(
 // gx (zero-filled by the caller) += gy scattered at idx, one thread per element of gy.
 // atomicAdd: the order of additions into one element of gx varies from run to run, so the
 // result is not bit-reproducible when windows overlap; see scatter_add_sorted for the
-// deterministic path.
+// deterministic path.  An index outside [0, HW) is skipped and sets *bad = 1 (the launcher
+// reads the flag once and raises): the kernel never trusts the caller's range check.
 extern "C" __global__ void max_pool2d_bwd_atomic(
     const scalar_t* gy, const long long* idx, long long NC, long long HoWo, long long HW,
-    scalar_t* gx)
+    scalar_t* gx, unsigned long long* bad)
 {
     const long long total = NC * HoWo;
     GRID_STRIDE_LOOP(i, total) {
         const long long nc = i / HoWo;
-        atomicAdd(gx + nc * HW + idx[i], gy[i]);
+        const long long j = idx[i];
+        if (j < 0 || j >= HW) {
+            *bad = 1ULL;
+            continue;
+        }
+        atomicAdd(gx + nc * HW + j, gy[i]);
+    }
+}
+
+// keys[i] = nc * HW + idx[i], the flat input element of gradient i (for scatter_add_sorted);
+// an index outside [0, HW) gives key -1 (skipped) and sets *bad = 1.  Writes all of keys.
+extern "C" __global__ void max_pool2d_keys(
+    const long long* idx, long long NC, long long HoWo, long long HW, long long* keys,
+    unsigned long long* bad)
+{
+    const long long total = NC * HoWo;
+    GRID_STRIDE_LOOP(i, total) {
+        const long long j = idx[i];
+        if (j < 0 || j >= HW) {
+            *bad = 1ULL;
+            keys[i] = -1;
+        } else {
+            keys[i] = (i / HoWo) * HW + j;
+        }
     }
 }
 
