@@ -504,6 +504,24 @@ def test_emulated_float32_flushes_subnormals_float64_does_not(emulated):
     assert run("cuda", F.avg_pool2d_forward, normal, 2).item() == np.float32(3e-38)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("thr", [0.2, 0.6])
+def test_emulated_nms_one_block_pass(emulated, monkeypatch, shared, thr):
+    """The block-wide greedy pass (shared-memory `removed`, a barrier per 64 boxes), run by the
+    emulation's fibers with alternating thread order, over 11 mask words, against the loop;
+    also with `removed` in global memory (the path for more than 262144 boxes)."""
+    from test_boxes import nms_oracle, random_boxes
+
+    if not shared:
+        monkeypatch.setattr(emulated._boxes, "_NMS_SHARED_WORDS", 0)
+    boxes = random_boxes(700, np.float32, seed=3, size=300.0)
+    scores = np.random.default_rng(4).integers(0, 50, 700).astype(np.float32) / 50
+    keep = run("cuda", F.nms, boxes, scores, thr)
+    want = nms_oracle(boxes, scores, thr)
+    assert 20 < len(want) < 690            # suppressions within and across the 64-box words
+    np.testing.assert_array_equal(keep, want)
+
+
 _BARRIER_SRC = """typedef float scalar_t;
 extern "C" __global__ void reverse_block(const scalar_t* x, long long n, scalar_t* y)
 {
