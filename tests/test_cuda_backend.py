@@ -522,6 +522,41 @@ def test_emulated_nms_one_block_pass(emulated, monkeypatch, shared, thr):
     np.testing.assert_array_equal(keep, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_emulated_batch_norm_three_launches_and_accurate_statistics(emulated, dtype):
+    """Fused batch norm: three kernel launches a direction, and statistics that stay accurate
+    when |mean| >> std (shifted partial sums, merged in order) -- against the float64 two-pass
+    NumPy reference; the running statistics are updated in place."""
+    import cuda_emulation as emu
+
+    rng = np.random.default_rng(0)
+    x = (1e4 + 1e-2 * rng.standard_normal((3, 4, 7, 9))).astype(dtype)
+    w, b = rng.standard_normal(4).astype(dtype), rng.standard_normal(4).astype(dtype)
+    rm, rv = np.zeros(4, dtype), np.ones(4, dtype)
+    emu.LAUNCHES.clear()
+    with convkit.use_backend("cuda"):
+        y, sm, si = convkit.batch_norm_forward(x, w, b, rm, rv, training=True, momentum=0.3)
+        n_fwd = len(emu.LAUNCHES)
+        gy = rng.standard_normal(x.shape).astype(dtype)
+        gx, gw, gb = convkit.batch_norm_backward(gy, x, w, sm, si, training=True)
+    assert n_fwd == 3 and len(emu.LAUNCHES) == 6, emu.LAUNCHES
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=(0, 2, 3)), x64.var(axis=(0, 2, 3))
+    t = dict(rtol=1e-12, atol=0) if dtype == np.float64 else dict(rtol=1e-6, atol=0)
+    np.testing.assert_allclose(sm, mean, **t)
+    np.testing.assert_allclose(si, 1 / np.sqrt(var + 1e-5), **t)
+    np.testing.assert_allclose(rm, 0.3 * mean, **t)
+    np.testing.assert_allclose(rv, 0.7 + 0.3 * var * x[:, 0].size / (x[:, 0].size - 1), **t)
+    # x - mean is ill-conditioned here (an ulp of 1e4 times invstd ~ 100): a float64 looser
+    # bound than tol(); float32 rounding dominates that
+    yt = dict(rtol=1e-8, atol=1e-8) if dtype == np.float64 else tol(dtype)
+    ref = run("numpy", F.batch_norm_forward, x, w, b, None, None, True)
+    np.testing.assert_allclose(y, ref[0], **yt)
+    refb = run("numpy", F.batch_norm_backward, gy, x, w, ref[1], ref[2], True)
+    for got, want in zip((gx, gw, gb), refb):
+        np.testing.assert_allclose(got, want, **yt)
+
+
 _BARRIER_SRC = """typedef float scalar_t;
 extern "C" __global__ void reverse_block(const scalar_t* x, long long n, scalar_t* y)
 {
