@@ -9,7 +9,7 @@ _lock = threading.Lock()
 _num_threads: int | None = None          # None: resolve from the environment
 _workspace_limit: int = 256 * 2**20       # bytes
 _deterministic: bool = False
-_allow_tf32: bool = False
+_allow_tf32: bool = os.environ.get("CONVKIT_ALLOW_TF32", "") == "1"    # set_allow_tf32
 
 
 @functools.cache
@@ -99,7 +99,8 @@ def get_allow_tf32() -> bool:
 
 def set_allow_tf32(flag: bool) -> None:
     """Let float32 GEMMs on the GPU use TF32 tensor cores (10-bit mantissa inputs, as cuDNN's
-    default for convolutions); off by default: full FP32.  CPU backends ignore it."""
+    default for convolutions); off by default (full FP32) unless CONVKIT_ALLOW_TF32=1.  CPU
+    backends ignore it."""
     global _allow_tf32
     _allow_tf32 = bool(flag)
 
