@@ -138,10 +138,10 @@ def get_kernel(stem: str, name: str, dtype):
     device, cached per (kernel, dtype, device)."""
     import cupy
 
-    dt = np.dtype(dtype).name
-    key = (stem, name, dt, cupy.cuda.runtime.getDevice())
+    key = (stem, name, dtype, cupy.cuda.runtime.getDevice())
     fn = _functions.get(key)
-    if fn is None:
+    if fn is None:       # (a dtype's .name costs microseconds: only worked out here)
+        dt = np.dtype(dtype).name
         fn = _module(stem, dt, key[3]).get_function(suffixed(name, dt))
         with _lock:
             _functions[key] = fn
@@ -154,7 +154,7 @@ _POINTER_DTYPES = {"I*": np.dtype(np.int64), "D*": np.dtype(np.float64),
 
 
 @functools.cache
-def _spec(stem: str, name: str, dtype: str) -> tuple:
+def _spec(stem: str, name: str, dtype) -> tuple:
     """Per parameter: (True, element dtype) for a pointer, (False, scalar type) otherwise --
     worked out once per kernel and dtype, so a launch only compares."""
     dt = np.dtype(dtype)
@@ -167,14 +167,14 @@ def check_args(stem: str, name: str, dtype, args) -> None:
     """Raise TypeError unless ``args`` match the kernel's declared parameter types exactly:
     scalars must already be NumPy scalars of the declared width (the launcher casts them),
     arrays must be C-contiguous with the declared element type."""
-    spec = _spec(stem, name, np.dtype(dtype).name)
+    spec = _spec(stem, name, dtype)
     if len(args) != len(spec):
         raise TypeError(f"{name}: kernel takes {len(spec)} arguments, launcher passed "
                         f"{len(args)}")
     for i, ((ptr, want), a) in enumerate(zip(spec, args)):
         if ptr:
             try:
-                ok = a.dtype == want and a.flags.c_contiguous
+                ok = (a.dtype is want or a.dtype == want) and a.flags.c_contiguous
             except AttributeError:
                 ok = False
             if not ok:
