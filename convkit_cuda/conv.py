@@ -65,15 +65,32 @@ def _images_per_chunk(op, N, per_image_bytes):
 
 
 # ----------------------------------------------------------------------------- launchers
-def _im2col(x, KH, KW, stride, padding, dilation, Ho, Wo, col):
-    """col (B, C*KH*KW, Ho*Wo) <- x (B, C, H, W); writes all of col."""
-    B, C, H, W = x.shape
-    n = B * C * KH * KW * Ho * Wo
-    grid, block = grid_for(n)
-    launch(STEM, "conv_im2col", x.dtype, grid, block,
-           (x, _I(B), _I(C), _I(H), _I(W), _I(KH), _I(KW), _I(stride[0]), _I(stride[1]),
+_SMALL = 2**31 - 1
+
+
+def _small(x_shape, KH, KW, stride, padding, dilation, Ho, Wo):
+    """Whether every index and intermediate of im2col / col2im for this call fits the kernels'
+    32-bit path: both arrays under 2**31 elements, window reach under 2**31."""
+    B, C, H, W = x_shape
+    return (B * C * KH * KW * Ho * Wo <= _SMALL and B * C * H * W <= _SMALL
+            and Ho * stride[0] + KH * dilation[0] + H + padding[0] <= _SMALL
+            and Wo * stride[1] + KW * dilation[1] + W + padding[2] <= _SMALL)
+
+
+def _col_args(x_shape, KH, KW, stride, padding, dilation, Ho, Wo):
+    B, C, H, W = x_shape
+    return (_I(B), _I(C), _I(H), _I(W), _I(KH), _I(KW), _I(stride[0]), _I(stride[1]),
             _I(padding[0]), _I(padding[2]), _I(dilation[0]), _I(dilation[1]), _I(Ho), _I(Wo),
-            col))
+            _I(_small(x_shape, KH, KW, stride, padding, dilation, Ho, Wo)))
+
+
+def _im2col(x, KH, KW, stride, padding, dilation, Ho, Wo, col, transposed=False):
+    """col (B, C*KH*KW, Ho*Wo) <- x (B, C, H, W), or with ``transposed`` the position-major
+    col (B, Ho*Wo, C*KH*KW); writes all of col."""
+    B, C = x.shape[:2]
+    grid, block = grid_for(B * C * KH * KW * Ho * Wo)
+    launch(STEM, "conv_im2col_t" if transposed else "conv_im2col", x.dtype, grid, block,
+           (x,) + _col_args(x.shape, KH, KW, stride, padding, dilation, Ho, Wo) + (col,))
 
 
 def _col2im(col, x_shape, KH, KW, stride, padding, dilation, Ho, Wo, gx):
@@ -81,9 +98,7 @@ def _col2im(col, x_shape, KH, KW, stride, padding, dilation, Ho, Wo, gx):
     B, C, H, W = x_shape
     grid, block = grid_for(B * C * H * W)
     launch(STEM, "conv_col2im", col.dtype, grid, block,
-           (col, _I(B), _I(C), _I(H), _I(W), _I(KH), _I(KW), _I(stride[0]), _I(stride[1]),
-            _I(padding[0]), _I(padding[2]), _I(dilation[0]), _I(dilation[1]), _I(Ho), _I(Wo),
-            gx))
+           (col,) + _col_args(x_shape, KH, KW, stride, padding, dilation, Ho, Wo) + (gx,))
 
 
 def _direct_fwd(x, weight, bias, stride, padding, dilation, groups, y):
@@ -184,26 +199,24 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
         gx = cupy.empty(x.shape, dtype=x.dtype) if needs_input_grad else None
         pointwise = _is_pointwise(KH, KW, stride, padding)
         item = x.dtype.itemsize
-        # per image: its columns (unless pointwise), their gradient (if needed) and its (F, K)
-        # weight-gradient product
-        per_image = (0 if pointwise else K * Ho * Wo * item) \
+        # per image: its position-major columns (for the weight gradient), the columns'
+        # gradient (if needed, unless pointwise) and its (F, K) weight-gradient product
+        per_image = K * Ho * Wo * item \
             + (K * Ho * Wo * item if needs_input_grad and not pointwise else 0) + F * K * item
         nb = _images_per_chunk("conv2d_backward", N, per_image)
-        col = None if pointwise else cupy.empty((nb, K, Ho * Wo), dtype=x.dtype)
+        colT = cupy.empty((nb, Ho * Wo, K), dtype=x.dtype)
         gcol = cupy.empty((nb, K, Ho * Wo), dtype=x.dtype) \
             if needs_input_grad and not pointwise else None
         gw = cupy.zeros((F, K), dtype=x.dtype)
-        w2t = w2.T
+        w2t = cupy.ascontiguousarray(w2.T)            # (K, F): small, copied once per call
         for n0 in range(0, N, nb):
             n1 = min(N, n0 + nb)
             g = gy3[n0:n1]
-            if pointwise:
-                c = x[n0:n1].reshape(n1 - n0, C, H * W)
-            else:
-                c = col[: n1 - n0]
-                _im2col(x[n0:n1], KH, KW, stride, padding, dilation, Ho, Wo, c)
-            # (b, F, HoWo) @ (b, HoWo, K) -> (b, F, K), summed over b in order
-            gw += cupy.matmul(g, c.transpose(0, 2, 1)).sum(axis=0)
+            cT = colT[: n1 - n0]
+            _im2col(x[n0:n1], KH, KW, stride, padding, dilation, Ho, Wo, cT, transposed=True)
+            # (b, F, HoWo) @ (b, HoWo, K) -> (b, F, K), both operands C-contiguous, summed
+            # over b in order
+            gw += cupy.matmul(g, cT).sum(axis=0)
             if needs_input_grad:
                 if pointwise:
                     cupy.matmul(w2t, g, out=gx[n0:n1].reshape(n1 - n0, C, H * W))

@@ -303,6 +303,43 @@ def test_emulated_conv_workspace_chunks(emulated, torch, groups):
         convkit.set_workspace_limit(old)
 
 
+def test_emulated_conv_32_and_64_bit_index_paths_agree(emulated, monkeypatch, torch):
+    """im2col / position-major im2col / col2im: the 32-bit index path (taken here) and the
+    64-bit one (forced) give the same bits, and the gradients are torch's."""
+    conv = emulated._conv
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 9, 7))
+    w = rng.standard_normal((4, 3, 3, 2))
+    kw = dict(stride=(2, 1), padding=(2, 1), dilation=(1, 2))
+    gy = rng.standard_normal(run("cuda", F.conv2d_forward, x, w, None, **kw).shape)
+    launched = []
+    real = conv.launch
+    monkeypatch.setattr(conv, "launch", lambda *a: launched.append((a[1], a[5][-2])) or real(*a))
+    y32 = run("cuda", F.conv2d_forward, x, w, None, **kw)
+    g32 = run("cuda", F.conv2d_backward, gy, x, w, **kw, has_bias=False)
+    assert {n for n, _ in launched} == {"conv_im2col", "conv_im2col_t", "conv_col2im"}
+    assert all(small == 1 for _, small in launched)
+    launched.clear()
+    monkeypatch.setattr(conv, "_SMALL", 0)
+    y64 = run("cuda", F.conv2d_forward, x, w, None, **kw)
+    g64 = run("cuda", F.conv2d_backward, gy, x, w, **kw, has_bias=False)
+    assert launched and all(small == 0 for _, small in launched)
+    np.testing.assert_array_equal(y32, y64)
+    for a, b in zip(g32, g64):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    torch.nn.functional.conv2d(tx, tw, **kw).backward(torch.tensor(gy))
+    np.testing.assert_allclose(g32[0], tx.grad.numpy(), **tol(np.float64))
+    np.testing.assert_allclose(g32[1], tw.grad.numpy(), **tol(np.float64))
+    # the predicate: big arrays or a window reach past 2**31 take the 64-bit path
+    small = conv._small
+    monkeypatch.setattr(conv, "_SMALL", 2**31 - 1)
+    assert small((1, 1, 8, 8), 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 8, 8)
+    assert not small((1, 1, 8, 8), 3, 3, (2**30, 1), (2**30, 2**30, 1, 1), (1, 1), 3, 8)
+    assert not small((64, 512, 128, 128), 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 128, 128)
+
+
 def test_emulated_ops_called_with_no_work(emulated):
     """Backend methods reached with empty arrays (the boundary normally stops them first)
     return correctly shaped results and launch nothing invalid."""
