@@ -38,6 +38,7 @@ load), or :func:`install` / :func:`fake_cupy` from a test.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -410,6 +411,36 @@ def install():
     drop_op_modules()
     _kernels.device_id = _device_id
     return cp
+
+
+@contextlib.contextmanager
+def emulated_backend(**fake_kw):
+    """A CudaBackend over the stand-in cupy for the block, beside whatever ``cupy`` and
+    ``convkit_cuda`` op modules the process had (a real GPU backend keeps working after)."""
+    import convkit_cuda
+
+    names = ["cupy"] + [f"convkit_cuda.{n}" for n in _OP_MODULES]
+    saved_mods = {k: sys.modules.get(k) for k in names}
+    saved_attrs = {n: getattr(convkit_cuda, n) for n in _OP_MODULES if hasattr(convkit_cuda, n)}
+    saved_k = (_kernels.device_id, _kernels._modules, _kernels._functions)
+    try:
+        _kernels._modules, _kernels._functions = {}, {}
+        sys.modules["cupy"] = fake_cupy(**fake_kw)
+        drop_op_modules()
+        _kernels.device_id = _device_id
+        from convkit_cuda.backend import CudaBackend
+
+        yield CudaBackend()
+    finally:
+        drop_op_modules()
+        _kernels.device_id, _kernels._modules, _kernels._functions = saved_k
+        for k, v in saved_mods.items():
+            if v is not None:
+                sys.modules[k] = v
+            else:
+                sys.modules.pop(k, None)
+        for n, v in saved_attrs.items():
+            setattr(convkit_cuda, n, v)
 
 
 # pytest plugin (-p cuda_emulation, with tests/ on PYTHONPATH): install before the conftest

@@ -716,3 +716,124 @@ def test_deterministic_max_pool_backward_is_bitwise_reproducible():
                                    rtol=1e-5, atol=1e-5)
     finally:
         convkit.set_deterministic(False)
+
+
+needs_two_gpus = pytest.mark.skipif(
+    not (CUDA_OK and convkit.get_backend("cuda").xp.cuda.runtime.getDeviceCount() >= 2),
+    reason="needs CuPy and two CUDA GPUs")
+
+
+@needs_two_gpus
+def test_mixed_gpus_type_error_and_inputs_device_on_gpu():
+    be = convkit.get_backend("cuda")
+    cp = be.xp
+    rng = np.random.default_rng(0)
+    with cp.cuda.Device(1):
+        x1 = cp.asarray(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
+        w1 = cp.asarray(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
+    with cp.cuda.Device(0):
+        w0 = cp.asarray(cp.asnumpy(w1))
+        with convkit.use_backend("cuda"):
+            with pytest.raises(TypeError, match="conv2d_forward: weight is on GPU 0 but x is on "
+                                                "GPU 1"):
+                convkit.conv2d_forward(x1, w0)
+            y = convkit.conv2d_forward(x1, w1, padding=1)      # current device 0, inputs on 1
+            assert y.device.id == 1 and cp.cuda.runtime.getDevice() == 0
+            want = run("numpy", F.conv2d_forward, cp.asnumpy(x1), cp.asnumpy(w1), None, 1, 1)
+            np.testing.assert_allclose(cp.asnumpy(y), want, **tol(np.float32))
+
+
+def _bitwise_cases(be, dtype):
+    """Kernels without atomics or GEMMs, through the backend's launchers (no boundary)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 13, 11)).astype(dtype)
+    x[0, 0, 0, :3] = np.array([1e-39, -1e-39, 3e-39], dtype)      # subnormal in float32
+    rois = np.array([[0, 0.3, 1.2, 9.7, 8.1], [1, -2, 3, 5.5, 12.25]], dtype)
+    w = rng.standard_normal((6, 1, 3, 3)).astype(dtype)
+    xa, ra, wa = be.asarray(x), be.asarray(rois), be.asarray(w)
+    out = dict(
+        pool=be.avg_pool2d_forward(xa, (3, 2), (2, 1), (1, 1), (7, 12), False),
+        maxpool=be.max_pool2d_forward(xa, (3, 3), (2, 2), (1, 1), (1, 1), (7, 6))[0],
+        align=be.roi_align_forward(xa, ra, (3, 4), 0.7, 2, True),
+        align_grad=None,
+        bn=be.batch_norm_forward(xa, None, None, None, None, True, 0.1, 1e-5)[0],
+        dwconv=be.conv2d_forward(xa, wa, None, (1, 1), (1, 1, 1, 1), (1, 1), 3))
+    convkit.set_deterministic(True)
+    try:
+        out["align_grad"] = be.roi_align_backward(be.asarray(np.ones((2, 3, 3, 4), dtype)), ra,
+                                                  x.shape, (3, 4), 0.7, 2, True)
+    finally:
+        convkit.set_deterministic(False)
+    return {k: be.to_numpy(v) for k, v in out.items()}
+
+
+@needs_cxx
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_emulated_backend_context_gives_the_fixtures_bits(emulated, dtype):
+    """The harness the GPU comparison below uses: a second emulated backend in a context
+    gives the same bits as the registered one, and leaves it working."""
+    import cuda_emulation as emu
+
+    with emu.emulated_backend() as other:
+        b = _bitwise_cases(other, dtype)
+    a = _bitwise_cases(emulated, dtype)
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@needs_gpu
+@needs_cxx
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gpu_kernels_give_the_emulations_bits(dtype):
+    """--fmad=false and IEEE division/sqrt on the GPU, no contraction and the same flush mode
+    in the emulation: kernels without atomics or GEMMs give the same bits on both."""
+    import cuda_emulation as emu
+
+    got = _bitwise_cases(convkit.get_backend("cuda"), dtype)
+    with emu.emulated_backend() as ebe:
+        want = _bitwise_cases(ebe, dtype)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+@needs_gpu
+def test_gpu_bad_indices_caught_on_device():
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    y, idx = run("cuda", F.max_pool2d_forward, x, 2)
+    idx[0, 1, 1, 0] = 99
+    be = convkit.get_backend("cuda")
+    for det in (False, True):
+        convkit.set_deterministic(det)
+        try:
+            with pytest.raises(ValueError, match=r"indices must lie in \[0, 16\)"):
+                be.max_pool2d_backward(be.asarray(np.ones_like(y)), be.asarray(idx), x.shape)
+        finally:
+            convkit.set_deterministic(False)
+
+
+@needs_gpu
+def test_gpu_tf32_opt_in_changes_float32_conv_only_within_tf32_error():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 64, 28, 28)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    want = run("numpy", F.conv2d_forward, x.astype(np.float64), w.astype(np.float64), None, 1, 1)
+    fp32 = run("cuda", F.conv2d_forward, x, w, None, 1, 1)
+    np.testing.assert_allclose(fp32, want, rtol=1e-4, atol=1e-4)
+    try:
+        convkit.set_allow_tf32(True)
+        tf32 = run("cuda", F.conv2d_forward, x, w, None, 1, 1)
+    finally:
+        convkit.set_allow_tf32(False)
+    # TF32 keeps 10 mantissa bits: ~1e-3 relative per product, ~sqrt(576) * that summed
+    np.testing.assert_allclose(tf32, want, rtol=0, atol=0.1)
+
+
+@needs_gpu
+def test_gpu_nms_many_boxes_matches_cpu():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 1000, (6000, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 80, (6000, 2))], axis=1).astype(np.float32)
+    scores = rng.uniform(0, 1, 6000).astype(np.float32)
+    np.testing.assert_array_equal(run("cuda", F.nms, boxes, scores, 0.5),
+                                  run("cpu", F.nms, boxes, scores, 0.5))
