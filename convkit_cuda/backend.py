@@ -78,18 +78,16 @@ def _check_libraries(cupy) -> None:
     the device, and would otherwise fail only at the first op."""
     fix = (f"install the CUDA toolkit libraries from PyPI with {_INSTALL} (they bring "
            f"CuPy's [ctk] extra), or a local CUDA toolkit")
-    try:
-        cupy.cuda.nvrtc.getVersion()
-    except Exception as e:
-        raise RuntimeError(f"CuPy {cupy.__version__} sees the GPU but cannot load NVRTC, the "
-                           f"runtime compiler the cuda backend builds its kernels with "
-                           f"({type(e).__name__}: {e}); {fix}") from None
-    try:
-        cupy.cuda.device.get_cublas_handle()
-    except Exception as e:
-        raise RuntimeError(f"CuPy {cupy.__version__} sees the GPU but cannot load cuBLAS, "
-                           f"which conv2d's matrix products use ({type(e).__name__}: {e}); "
-                           f"{fix}") from None
+    for lib, load, use in (
+            ("NVRTC", lambda: cupy.cuda.nvrtc.getVersion(),
+             "the runtime compiler the cuda backend builds its kernels with"),
+            ("cuBLAS", lambda: cupy.cuda.device.get_cublas_handle(),
+             "which conv2d's matrix products use")):
+        try:
+            load()
+        except Exception as e:
+            raise RuntimeError(f"CuPy {cupy.__version__} sees the GPU but cannot load {lib}, "
+                               f"{use} ({type(e).__name__}: {e}); {fix}") from None
 
 
 class CudaBackend(Backend):

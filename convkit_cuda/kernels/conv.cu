@@ -13,6 +13,13 @@
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
          i += (long long)blockDim.x * gridDim.x)
 
+// x[plane, h, w], or 0 outside the image (the zero padding of the columns).
+__device__ __forceinline__ scalar_t x_or_zero(const scalar_t* x, long long plane, long long H,
+                                              long long W, long long h, long long w)
+{
+    return (h >= 0 && h < H && w >= 0 && w < W) ? x[(plane * H + h) * W + w] : (scalar_t)0;
+}
+
 // Index arithmetic in IDX (long long, or unsigned int when the launcher's `small` says every
 // index of the call fits in 32 bits: the division chains below are several times cheaper).
 // Each body is expanded for both types; `small` is the same for every thread (no divergence).
@@ -29,8 +36,7 @@
             const IDX bc = t;                                                              \
             const long long h = (long long)(oh * (IDX)sh + kh * (IDX)dh) - pt;             \
             const long long w = (long long)(ow * (IDX)sw + kw * (IDX)dw) - pl;             \
-            col[i] = (h >= 0 && h < H && w >= 0 && w < W)                                  \
-                ? x[((IDX)bc * (IDX)H + (IDX)h) * (IDX)W + (IDX)w] : (scalar_t)0;          \
+            col[i] = x_or_zero(x, (long long)bc, H, W, h, w);                             \
         }                                                                                  \
     }
 
@@ -63,8 +69,7 @@ extern "C" __global__ void conv_im2col(
             const IDX b = t / (IDX)Ho;                                                     \
             const long long h = (long long)(oh * (IDX)sh + kh * (IDX)dh) - pt;             \
             const long long w = (long long)(ow * (IDX)sw + kw * (IDX)dw) - pl;             \
-            colT[i] = (h >= 0 && h < H && w >= 0 && w < W)                                 \
-                ? x[((b * (IDX)C + c) * (IDX)H + (IDX)h) * (IDX)W + (IDX)w] : (scalar_t)0; \
+            colT[i] = x_or_zero(x, (long long)(b * (IDX)C + c), H, W, h, w);              \
         }                                                                                  \
     }
 
