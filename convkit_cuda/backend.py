@@ -201,8 +201,8 @@ class CudaBackend(Backend):
                                              out=out)
 
     def max_pool2d_backward(self, grad_y, indices, input_shape):
-        """Atomic scatter by default (not bit-reproducible where windows overlap); sorted,
-        deterministic scatter under ``convkit.set_deterministic(True)``."""
+        """Atomic scatter by default (not bit-reproducible where windows overlap); a
+        deterministic gather under ``convkit.set_deterministic(True)``."""
         return self._pool.max_pool2d_backward(grad_y, indices, input_shape)
 
     def avg_pool2d_forward(self, x, kernel_size, stride, padding, out_hw, count_include_pad,

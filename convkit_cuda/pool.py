@@ -1,6 +1,6 @@
 """Max and average pooling on the GPU (torch's window, index and divisor rules; see
-``kernels/pool.cu``), plus the deterministic sorted scatter-add that the max-pool and
-RoI-pool backwards share."""
+``kernels/pool.cu``), plus the deterministic gather-add that the max-pool and RoI-pool
+backwards share."""
 from __future__ import annotations
 
 import cupy
@@ -24,22 +24,28 @@ def check_flag(bad, op, name, idx, lo, hi):
                          f"values in [{mn}, {mx}]")
 
 
-def scatter_add(values, keys, size):
+def gather_add(values, keys, size):
     """Deterministic ``out[keys[j]] += values[j]`` into a zero ``out`` of ``size`` elements.
 
-    values (array[L] float), keys (array[L] int64, -1 = skip).  A stable sort groups equal
-    keys (keeping their original order); one thread per group sums it in that order -- same
-    bits every run, and the same order as a serial loop.
+    values (array[L] float), keys (array[L] int64, -1 = skip).  An inverse index (per output
+    element, the j pointing at it: counted, prefix-summed, filled) lets one thread per output
+    element sort its few j and add them in increasing j -- same bits every run, the order of a
+    serial loop -- without sorting all L keys.
     """
-    out = cupy.zeros(size, dtype=values.dtype)
     L = values.size
     if L == 0:
-        return out
-    order = cupy.argsort(keys)                       # CuPy's sort is stable
-    keys_sorted = cupy.ascontiguousarray(keys[order])
+        return cupy.zeros(size, dtype=values.dtype)
+    counts = cupy.zeros(size, dtype=np.uint64)
     grid, block = grid_for(L)
-    launch(STEM, "scatter_add_sorted", values.dtype, grid, block,
-           (values, order.astype(np.int64, copy=False), keys_sorted, _I(L), out))
+    launch(STEM, "csr_count", values.dtype, grid, block, (keys, _I(L), counts))
+    ends = cupy.cumsum(counts, dtype=np.uint64)
+    cursor = cupy.zeros(size, dtype=np.uint64)
+    lst = cupy.empty(L, dtype=np.int64)
+    launch(STEM, "csr_fill", values.dtype, grid, block, (keys, _I(L), counts, ends, cursor, lst))
+    out = cupy.empty(size, dtype=values.dtype)
+    grid, block = grid_for(size)
+    launch(STEM, "csr_gather", values.dtype, grid, block,
+           (values, counts, ends, _I(size), lst, out))
     return out
 
 
@@ -64,8 +70,8 @@ def max_pool2d_backward(grad_y, indices, input_shape):
 
     By default an ``atomicAdd`` scatter: where pooling windows overlap, the order of the
     additions into one input element varies, so results may differ in the last bits from run
-    to run.  With ``convkit.set_deterministic(True)`` a sorted scatter is used instead (same
-    bits every run, the order of a serial loop)."""
+    to run.  With ``convkit.set_deterministic(True)`` a gather over an inverse index is used
+    instead (same bits every run, the order of a serial loop)."""
     with on_device("max_pool2d_backward", grad_y=grad_y, indices=indices):
         N, C, H, W = input_shape
         NC, HoWo, HW = N * C, grad_y.shape[2] * grad_y.shape[3], H * W
@@ -76,7 +82,7 @@ def max_pool2d_backward(grad_y, indices, input_shape):
             launch(STEM, "max_pool2d_keys", grad_y.dtype, grid, block,
                    (indices, _I(NC), _I(HoWo), _I(HW), keys, bad))
             check_flag(bad, "max_pool2d_backward", "indices", indices, 0, HW)
-            return scatter_add(grad_y.ravel(), keys, NC * HW).reshape(input_shape)
+            return gather_add(grad_y.ravel(), keys, NC * HW).reshape(input_shape)
         gx = cupy.zeros(input_shape, dtype=grad_y.dtype)
         launch(STEM, "max_pool2d_bwd_atomic", grad_y.dtype, grid, block,
                (grad_y, indices, _I(NC), _I(HoWo), _I(HW), gx, bad))

@@ -12,7 +12,7 @@ import numpy as np
 from convkit._config import get_deterministic
 
 from ._kernels import grid_for, launch, on_device
-from .pool import check_flag, scatter_add
+from .pool import check_flag, gather_add
 
 STEM = "roi"
 _I = np.int64
@@ -41,8 +41,8 @@ def roi_pool_forward(x, rois, output_size, spatial_scale, out=None):
 
 def roi_pool_backward(grad_y, rois, argmax, input_shape):
     """grad_y added at argmax (in the plane of each RoI's image and channel) into a zero array
-    of ``input_shape``.  Deterministic always: a stable sort groups the bins that chose the
-    same input element and one thread sums each group in order (no atomics)."""
+    of ``input_shape``.  Deterministic always: one thread per input element adds the bins that
+    chose it in order (:func:`convkit_cuda.pool.gather_add`)."""
     with on_device("roi_pool_backward", grad_y=grad_y, rois=rois, argmax=argmax):
         N, C, H, W = input_shape
         K, _, oh, ow = grad_y.shape
@@ -52,7 +52,7 @@ def roi_pool_backward(grad_y, rois, argmax, input_shape):
         launch(STEM, "roi_pool_keys", grad_y.dtype, grid, block,
                (argmax, rois, _I(K), _I(N), _I(C), _I(oh * ow), _I(H * W), keys, bad))
         check_flag(bad, "roi_pool_backward", "argmax", argmax, -1, H * W)
-        return scatter_add(grad_y.ravel(), keys, N * C * H * W).reshape(input_shape)
+        return gather_add(grad_y.ravel(), keys, N * C * H * W).reshape(input_shape)
 
 
 def roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, aligned, out=None):

@@ -250,7 +250,7 @@ def test_emulated_max_pool_deterministic_backward_matches_atomic(emulated):
     atomic = run("cuda", F.max_pool2d_backward, gy, idx, x.shape)
     convkit.set_deterministic(True)
     det = run("cuda", F.max_pool2d_backward, gy, idx, x.shape)
-    # the serial emulation adds in output order, as the sorted scatter does: same bits
+    # the serial emulation adds in output order, as the deterministic gather does: same bits
     np.testing.assert_array_equal(det, atomic)
     want = np.zeros(x.size, np.float64)
     planes = (np.arange(6) * 81).reshape(2, 3, 1, 1)
@@ -258,8 +258,35 @@ def test_emulated_max_pool_deterministic_backward_matches_atomic(emulated):
     np.testing.assert_allclose(det, want.reshape(x.shape).astype(np.float32), **tol(np.float32))
 
 
+def test_emulated_gather_add_sorts_each_segment(emulated):
+    """csr_gather adds each element's contributions in increasing j whatever order the atomic
+    fill left them in (shuffled here by hand): the bits of a serial loop."""
+    from convkit_cuda import _kernels
+
+    rng = np.random.default_rng(0)
+    L, size = 300, 17
+    keys = rng.integers(-1, size, L).astype(np.int64)
+    vals = rng.standard_normal(L).astype(np.float32) * np.float32(1e4) ** rng.integers(0, 3, L)
+    vals = vals.astype(np.float32)
+    got = emulated._pool.gather_add(vals, keys, size)
+    want = np.zeros(size, np.float32)
+    for j in range(L):                      # the serial loop, in float32
+        if keys[j] >= 0:
+            want[keys[j]] += vals[j]
+    np.testing.assert_array_equal(got, want)
+    # the gather alone, over segments in a scrambled order
+    counts = np.bincount(keys[keys >= 0], minlength=size).astype(np.uint64)
+    ends = np.cumsum(counts).astype(np.uint64)
+    lst = np.concatenate([rng.permutation(np.flatnonzero(keys == e)) for e in range(size)])
+    out = np.empty(size, np.float32)
+    I = np.int64
+    _kernels.launch("pool", "csr_gather", np.float32, (1,), (256,),
+                    (vals, counts, ends, I(size), lst.astype(np.int64), out))
+    np.testing.assert_array_equal(out, want)
+
+
 def test_emulated_roi_pool_backward_sums_shared_argmax(emulated):
-    # many RoIs over the same pixels: argmax entries coincide, the sorted scatter adds them
+    # many RoIs over the same pixels: argmax entries coincide, the gather adds them
     x, rois = _roi_case(np.float64, K=40)
     y, am = run("cuda", F.roi_pool_forward, x, rois, (2, 3), 0.5)
     gy = np.random.default_rng(5).standard_normal(y.shape)

@@ -81,7 +81,7 @@ extern "C" __global__ void roi_pool_fwd(
     }
 }
 
-// RoI pool backward: grad_y is added at argmax through the deterministic sorted scatter in
+// RoI pool backward: grad_y is added at argmax through the deterministic csr_* gather in
 // pool.cu -- the backward receives no spatial_scale, so the bins cannot be recomputed here.
 // keys[i] = (n * C + c) * HW + argmax[i] with n = rois[k, 0] for i = ((k * C + c) * oh + ph)
 // * ow + pw; -1 (skipped) for an empty bin (argmax -1).  An argmax outside [-1, HW) or a
