@@ -40,7 +40,7 @@ _SIG_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', 
 
 def parse_params(text: str) -> dict[str, list[tuple[str, str]]]:
     """{kernel: [(type code, parameter name), ...]} of the ``extern "C"`` kernels in a ``.cu``
-    text -- the one parser of kernel signatures: the launch check (:data:`SIGNATURES`) and the
+    text -- the one parser of kernel signatures: the launch check (:func:`signatures`) and the
     host emulation of the tests both read the ``.cu`` files through it.  A parameter of a type
     not in :data:`CTYPES` is a ValueError naming the kernel."""
     out = {}

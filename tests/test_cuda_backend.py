@@ -368,26 +368,26 @@ def test_emulated_conv_32_and_64_bit_index_paths_agree(emulated, monkeypatch, to
 
 
 def test_emulated_ops_called_with_no_work(emulated):
-    """Backend methods reached with empty arrays (the boundary normally stops them first)
+    """Backend hooks reached with empty arrays (the boundary normally stops them first)
     return correctly shaped results and launch nothing invalid."""
     be = emulated
     x = np.zeros((0, 3, 5, 5), np.float32)
-    y, idx = be.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), (2, 2))
+    y, idx = be._max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), (2, 2))
     assert y.shape == idx.shape == (0, 3, 2, 2)
-    assert be.max_pool2d_backward(y, idx, x.shape).shape == x.shape
-    assert be.avg_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (2, 2), True).shape == (0, 3, 2, 2)
-    assert be.avg_pool2d_backward(y, x.shape, (2, 2), (2, 2), (0, 0), True).shape == x.shape
+    assert be._max_pool2d_backward(y, idx, x.shape).shape == x.shape
+    assert be._avg_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (2, 2), True).shape == (0, 3, 2, 2)
+    assert be._avg_pool2d_backward(y, x.shape, (2, 2), (2, 2), (0, 0), True).shape == x.shape
     w = np.zeros((4, 3, 3, 3), np.float32)
-    assert be.conv2d_forward(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1).shape == (0, 4, 5, 5)
+    assert be._conv2d_forward(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1).shape == (0, 4, 5, 5)
     rois = np.zeros((0, 5), np.float32)
     xr = np.ones((1, 3, 5, 5), np.float32)
-    assert be.roi_align_forward(xr, rois, (2, 2), 1.0, -1, False).shape == (0, 3, 2, 2)
+    assert be._roi_align_forward(xr, rois, (2, 2), 1.0, -1, False).shape == (0, 3, 2, 2)
     g = np.zeros((0, 3, 2, 2), np.float32)
     np.testing.assert_array_equal(
-        be.roi_align_backward(g, rois, xr.shape, (2, 2), 1.0, -1, False), np.zeros_like(xr))
+        be._roi_align_backward(g, rois, xr.shape, (2, 2), 1.0, -1, False), np.zeros_like(xr))
     np.testing.assert_array_equal(
-        be.roi_pool_backward(g, rois, np.zeros(g.shape, np.int64), xr.shape), np.zeros_like(xr))
-    assert be.box_iou(np.zeros((0, 4), np.float32), np.ones((3, 4), np.float32)).shape == (0, 3)
+        be._roi_pool_backward(g, rois, np.zeros(g.shape, np.int64), xr.shape), np.zeros_like(xr))
+    assert be._box_iou(np.zeros((0, 4), np.float32), np.ones((3, 4), np.float32)).shape == (0, 3)
 
 
 def test_emulated_asarray_routes(emulated, monkeypatch):
@@ -470,7 +470,7 @@ def test_emulated_mixed_devices_are_a_type_error(emulated):
             convkit.max_pool2d_backward(y, on_gpu(idx, 1), x.shape)
         rois = on_gpu(np.array([[0, 0, 0, 3, 3]], np.float32), 1)
         with pytest.raises(TypeError, match=r"roi_align_forward: rois is on GPU 1 but x"):
-            emulated.roi_align_forward(x, rois, (2, 2), 1.0, -1, False)
+            emulated._roi_align_forward(x, rois, (2, 2), 1.0, -1, False)
 
 
 def test_emulated_op_runs_on_its_inputs_device(emulated):
@@ -513,24 +513,24 @@ def test_emulated_backwards_check_indices_on_the_device(emulated, deterministic)
         bad[0, 1, 1, 0] = bad_value
         with pytest.raises(ValueError, match=r"max_pool2d_backward: indices must lie in "
                                              r"\[0, 16\) for this input_shape"):
-            emulated.max_pool2d_backward(gy, bad, x.shape)
+            emulated._max_pool2d_backward(gy, bad, x.shape)
         with pytest.raises(ValueError, match=r"indices must lie in \[0, 16\)"):
             run("cuda", F.max_pool2d_backward, gy, bad, x.shape)
     rois = np.array([[0, 0, 0, 3, 3], [0, 1, 1, 2, 3]], np.float32)
     yr, am = run("cuda", F.roi_pool_forward, x, rois, (2, 2))
     g = np.ones_like(yr)
-    good = emulated.roi_pool_backward(g, rois, am, x.shape)
+    good = emulated._roi_pool_backward(g, rois, am, x.shape)
     np.testing.assert_allclose(good, run("numpy", F.roi_pool_backward, g, am, x.shape, rois))
     for bad_value in (16, -2):
         bad = am.copy()
         bad[1, 0, 0, 1] = bad_value
         with pytest.raises(ValueError, match=r"roi_pool_backward: argmax must lie in "
                                              r"\[-1, 16\)"):
-            emulated.roi_pool_backward(g, rois, bad, x.shape)
+            emulated._roi_pool_backward(g, rois, bad, x.shape)
     bad_rois = rois.copy()
     bad_rois[1, 0] = 7               # a batch index another thread changed after the check
     with pytest.raises(ValueError, match="roi_pool_backward"):
-        emulated.roi_pool_backward(g, bad_rois, am, x.shape)
+        emulated._roi_pool_backward(g, bad_rois, am, x.shape)
 
 
 @pytest.mark.parametrize("allow", [False, True])
@@ -779,16 +779,16 @@ def _bitwise_cases(be, dtype):
     w = rng.standard_normal((6, 1, 3, 3)).astype(dtype)
     xa, ra, wa = be.asarray(x), be.asarray(rois), be.asarray(w)
     out = dict(
-        pool=be.avg_pool2d_forward(xa, (3, 2), (2, 1), (1, 1), (7, 12), False),
-        maxpool=be.max_pool2d_forward(xa, (3, 3), (2, 2), (1, 1), (1, 1), (7, 6))[0],
-        align=be.roi_align_forward(xa, ra, (3, 4), 0.7, 2, True),
+        pool=be._avg_pool2d_forward(xa, (3, 2), (2, 1), (1, 1), (7, 12), False),
+        maxpool=be._max_pool2d_forward(xa, (3, 3), (2, 2), (1, 1), (1, 1), (7, 6))[0],
+        align=be._roi_align_forward(xa, ra, (3, 4), 0.7, 2, True),
         align_grad=None,
-        bn=be.batch_norm_forward(xa, None, None, None, None, True, 0.1, 1e-5)[0],
-        dwconv=be.conv2d_forward(xa, wa, None, (1, 1), (1, 1, 1, 1), (1, 1), 3))
+        bn=be._batch_norm_forward(xa, None, None, None, None, True, 0.1, 1e-5)[0],
+        dwconv=be._conv2d_forward(xa, wa, None, (1, 1), (1, 1, 1, 1), (1, 1), 3))
     convkit.set_deterministic(True)
     try:
-        out["align_grad"] = be.roi_align_backward(be.asarray(np.ones((2, 3, 3, 4), dtype)), ra,
-                                                  x.shape, (3, 4), 0.7, 2, True)
+        out["align_grad"] = be._roi_align_backward(be.asarray(np.ones((2, 3, 3, 4), dtype)),
+                                                   ra, x.shape, (3, 4), 0.7, 2, True)
     finally:
         convkit.set_deterministic(False)
     return {k: be.to_numpy(v) for k, v in out.items()}
@@ -834,7 +834,7 @@ def test_gpu_bad_indices_caught_on_device():
         convkit.set_deterministic(det)
         try:
             with pytest.raises(ValueError, match=r"indices must lie in \[0, 16\)"):
-                be.max_pool2d_backward(be.asarray(np.ones_like(y)), be.asarray(idx), x.shape)
+                be._max_pool2d_backward(be.asarray(np.ones_like(y)), be.asarray(idx), x.shape)
         finally:
             convkit.set_deterministic(False)
 
@@ -864,3 +864,12 @@ def test_gpu_nms_many_boxes_matches_cpu():
     scores = rng.uniform(0, 1, 6000).astype(np.float32)
     np.testing.assert_array_equal(run("cuda", F.nms, boxes, scores, 0.5),
                                   run("cpu", F.nms, boxes, scores, 0.5))
+
+
+def test_emulated_check_backend_through_functional_and_backend_object(emulated):
+    """convkit.testing.check_backend on the real CudaBackend (emulated kernels): every op through
+    the functional API against numpy, and through the Backend object's public ops against the
+    functional results."""
+    from convkit.testing import check_backend
+
+    assert check_backend("cuda") >= 60
