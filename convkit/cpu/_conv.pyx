@@ -4,7 +4,7 @@
 output maps), a no-copy 1x1 path, Winograd F(2x2, 3x3), and a direct kernel for depthwise convs
 (groups == C).  With convkit's float32 GEMM (AVX-512F) also: forwards that read the taps in place
 (wide rows for stride 1, stride-phase planes for strided convs) and, for filters of <= 320 taps,
-weight gradients as dot products along the output positions (_sdot.h).
+weight gradients as dot products along the output positions (csrc/sdot.h).
 
 Every loop runs without the GIL.  Each parallel region is a set of independent tasks (an image's
 block of output rows, a block of grad_weight columns, an image's block of channels) taken by the
@@ -23,28 +23,12 @@ from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm, gemm_pk, ck_sgemm_apacked_rows
-
-
-cdef extern from "_vsum.h" nogil:
-    int ck_sum_f(const float* p, Py_ssize_t n, double* out)
-    int ck_short_copy_f(float* dst, const float* src, Py_ssize_t n)
-    int ck_im2col_taps_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
-                         Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
-                         Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t Wo,
-                         Py_ssize_t h0, Py_ssize_t nrows, float* cols, Py_ssize_t ldc,
-                         float* xs)
-    void ck_phases_f(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t sh,
-                     Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t h0, Py_ssize_t Rq,
-                     Py_ssize_t Wq, Py_ssize_t plane, float* Q)
-
-
-cdef extern from "_sdot.h" nogil:
-    void ck_sdot_accum(Py_ssize_t m, Py_ssize_t n, Py_ssize_t R, Py_ssize_t wn, const float* a,
-                       Py_ssize_t lda, Py_ssize_t ars, const float* b, const Py_ssize_t* boff,
-                       Py_ssize_t brs, float* part, const float* pf, Py_ssize_t pf_rows,
-                       Py_ssize_t pf_len, Py_ssize_t pf_ld)
-    void ck_sdot_copy(Py_ssize_t m, Py_ssize_t R, Py_ssize_t wn, const float* a, Py_ssize_t lda,
-                      Py_ssize_t ars, float* dst, Py_ssize_t ds, float* sums)
+from ._conv_csrc cimport (
+    ck_sum_f, ck_short_copy_f, ck_im2col_taps_f, ck_phases_f, ck_sdot_accum, ck_sdot_copy,
+    ck_wino_input_row_f, ck_wino_output_row_f, ck_wino_filters_f, ck_block16_f, ck_block16_d,
+    ck_dot16_f, ck_dot16_d, ck_block8_f, ck_block8_d, ck_dot8_f, ck_dot8_d, ck_dw3_level,
+    ck_dw3_set_cap, ck_dw3_fwd_f, ck_dw3_fwd_d, ck_dw3_wgrad_f, ck_dw3_wgrad_d, ck_dw3_fwd1_f,
+    ck_dw3_fwd1_d, ck_dw3_wgrad1_f, ck_dw3_wgrad1_d, ck_shift_f, ck_shift_d, ck_shift_available)
 
 
 cdef inline float* _align64(float* p) noexcept nogil:
@@ -62,16 +46,6 @@ cdef inline void _row_copy(floating* dst, const floating* src, Py_ssize_t n) noe
         memset(dst, 0, n * sizeof(floating))
     else:
         memcpy(dst, src, n * sizeof(floating))
-
-
-cdef extern from "_wino.h" nogil:
-    int ck_wino_input_row_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
-                            Py_ssize_t pl, Py_ssize_t tw, float* v, Py_ssize_t vs,
-                            float* scratch)
-    int ck_wino_output_row_f(const float* m, Py_ssize_t ms, Py_ssize_t tw, float bias, float* y,
-                             Py_ssize_t Wo, int two_rows)
-    int ck_wino_filters_f(const float* g, Py_ssize_t ls, Py_ssize_t nl, int flip, float* u,
-                          Py_ssize_t us)
 
 
 cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -111,7 +85,7 @@ cdef void _im2col_taps(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t
     cdef floating* dst
     cdef const floating* src
     cdef const floating* xrow
-    if floating is float:   # the same loop in C with the row copies inlined (_vsum.h)
+    if floating is float:   # the same loop in C with the row copies inlined (csrc/vsum.h)
         if ck_im2col_taps_f(x, H, W, kh, KW, sh, sw, pt, pl, dh, dw, Wo, h0, nrows, cols, ldc,
                             xs):
             return
@@ -288,7 +262,7 @@ cdef double plane_sum(const floating* p, Py_ssize_t n) noexcept nogil:
     # eight independent accumulators: no loop-carried add latency, and a fixed order
     cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
     cdef Py_ssize_t i = 0
-    if floating is float:                   # AVX-512 where the CPU has it (_vsum.h)
+    if floating is float:                   # AVX-512 where the CPU has it (csrc/vsum.h)
         if ck_sum_f(p, n, &s0):
             return s0
     while i + 8 <= n:
@@ -312,90 +286,6 @@ cdef double plane_sum(const floating* p, Py_ssize_t n) noexcept nogil:
 # multiply-add).  For stride 1 the drivers below first copy the plane into a zero-padded scratch
 # plane, then keep 16 outputs in registers across all taps (one store per 16 * KH * KW
 # multiply-adds) -- the common depthwise case, measured 2-3x faster.
-cdef extern from *:
-    """
-    /* Depthwise stride-1 inner blocks with GCC/clang vector extensions (SSE2 at the x86-64
-       baseline; the loop vectorizer left these register blocks scalar).  Other compilers get
-       plain loops.  ck_block<WD> keeps WD outputs in registers across all taps; ck_dot<WD>
-       keeps WD partial sums (lane j takes elements j, j + WD, ...). */
-    #include <string.h>
-    #if defined(__GNUC__) || defined(__clang__)
-    typedef float ck_vf __attribute__((vector_size(16)));
-    typedef double ck_vd __attribute__((vector_size(16)));
-    #define CK_HELPERS(T, V, SUF)                                                             \\
-    static inline V ck_ld_##SUF(const T* p) { V v; memcpy(&v, p, sizeof(V)); return v; }      \\
-    static inline void ck_st_##SUF(T* p, V v) { memcpy(p, &v, sizeof(V)); }
-    #define CK_DEFINE(T, V, SUF, WD)                                                          \\
-    static void ck_block##WD##_##SUF(const T* xp, Py_ssize_t Wp, const T* w, Py_ssize_t KH,   \\
-                                     Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, T* y,       \\
-                                     T init, int accumulate) {                                \\
-        enum { L = sizeof(V) / sizeof(T), NV = WD / (sizeof(V) / sizeof(T)) };               \\
-        V acc[NV]; Py_ssize_t kh, kw; int v;                                                  \\
-        for (v = 0; v < NV; v++) {                                                            \\
-            if (accumulate) acc[v] = ck_ld_##SUF(y + v * L);                                  \\
-            else { V b = {0}; acc[v] = b + init; }                                            \\
-        }                                                                                     \\
-        for (kh = 0; kh < KH; kh++)                                                           \\
-            for (kw = 0; kw < KW; kw++) {                                                     \\
-                const T* xk = xp + kh * dh * Wp + kw * dw;                                    \\
-                V wv = {0}; wv = wv + w[kh * KW + kw];                                        \\
-                for (v = 0; v < NV; v++) acc[v] += wv * ck_ld_##SUF(xk + v * L);              \\
-            }                                                                                 \\
-        for (v = 0; v < NV; v++) ck_st_##SUF(y + v * L, acc[v]);                              \\
-    }                                                                                         \\
-    static void ck_dot##WD##_##SUF(const T* a, const T* b, Py_ssize_t n, T* out) {           \\
-        enum { L = sizeof(V) / sizeof(T), NV = WD / (sizeof(V) / sizeof(T)) };               \\
-        V acc[NV]; Py_ssize_t i; int v;                                                       \\
-        for (v = 0; v < NV; v++) acc[v] = ck_ld_##SUF(out + v * L);                           \\
-        for (i = 0; i < n; i += WD)                                                         \\
-            for (v = 0; v < NV; v++)                                                          \\
-                acc[v] += ck_ld_##SUF(a + i + v * L) * ck_ld_##SUF(b + i + v * L);            \\
-        for (v = 0; v < NV; v++) ck_st_##SUF(out + v * L, acc[v]);                            \\
-    }
-    #else
-    #define CK_HELPERS(T, V, SUF)
-    #define CK_DEFINE(T, V, SUF, WD)                                                          \\
-    static void ck_block##WD##_##SUF(const T* xp, Py_ssize_t Wp, const T* w, Py_ssize_t KH,   \\
-                                     Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, T* y,       \\
-                                     T init, int accumulate) {                                \\
-        T acc[WD]; Py_ssize_t kh, kw; int j;                                                  \\
-        for (j = 0; j < WD; j++) acc[j] = accumulate ? y[j] : init;                           \\
-        for (kh = 0; kh < KH; kh++)                                                           \\
-            for (kw = 0; kw < KW; kw++) {                                                     \\
-                const T* xk = xp + kh * dh * Wp + kw * dw; T wv = w[kh * KW + kw];            \\
-                for (j = 0; j < WD; j++) acc[j] += wv * xk[j];                                \\
-            }                                                                                 \\
-        for (j = 0; j < WD; j++) y[j] = acc[j];                                               \\
-    }                                                                                         \\
-    static void ck_dot##WD##_##SUF(const T* a, const T* b, Py_ssize_t n, T* out) {           \\
-        Py_ssize_t i; int j;                                                                  \\
-        for (i = 0; i < n; i += WD)                                                           \\
-            for (j = 0; j < WD; j++) out[j] += a[i + j] * b[i + j];                           \\
-    }
-    #endif
-    CK_HELPERS(float, ck_vf, f)
-    CK_HELPERS(double, ck_vd, d)
-    CK_DEFINE(float, ck_vf, f, 16)
-    CK_DEFINE(double, ck_vd, d, 16)
-    CK_DEFINE(float, ck_vf, f, 8)
-    CK_DEFINE(double, ck_vd, d, 8)
-    """
-    void ck_block16_f(const float* xp, Py_ssize_t Wp, const float* w, Py_ssize_t KH,
-                      Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, float* y, float init,
-                      int accumulate) noexcept nogil
-    void ck_block16_d(const double* xp, Py_ssize_t Wp, const double* w, Py_ssize_t KH,
-                      Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, double* y, double init,
-                      int accumulate) noexcept nogil
-    void ck_dot16_f(const float* a, const float* b, Py_ssize_t n, float* out) noexcept nogil
-    void ck_dot16_d(const double* a, const double* b, Py_ssize_t n, double* out) noexcept nogil
-    void ck_block8_f(const float* xp, Py_ssize_t Wp, const float* w, Py_ssize_t KH,
-                     Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, float* y, float init,
-                     int accumulate) noexcept nogil
-    void ck_block8_d(const double* xp, Py_ssize_t Wp, const double* w, Py_ssize_t KH,
-                     Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, double* y, double init,
-                     int accumulate) noexcept nogil
-    void ck_dot8_f(const float* a, const float* b, Py_ssize_t n, float* out) noexcept nogil
-    void ck_dot8_d(const double* a, const double* b, Py_ssize_t n, double* out) noexcept nogil
 
 
 cdef void _pad_plane(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
@@ -508,415 +398,6 @@ cdef void _weight_grad_padded(const floating* gy, Py_ssize_t Ho, Py_ssize_t Wo,
 # of grad_y and x.  Measured on (8,128,56,56) float32, 2 threads, against torch 2.13 in the same
 # process: forward 0.91 vs 1.96 ms, forward + backward 2.85 vs 6.43 ms (the general depthwise
 # kernel below: 2.12 and 9.18 ms).
-cdef extern from *:
-    """
-    /* Depthwise 3x3, stride 1, dilation 1, one filter per channel: the kernels of
-       conv2d_forward_depthwise3x3 / conv2d_backward_depthwise3x3, one plane per call.
-       ck_dw3_fwd / ck_dw3_wgrad read the input from a zero-padded copy xp ((Ho + 2) rows of
-       Wp >= Wo + 2; any padding); ck_dw3_fwd1 / ck_dw3_wgrad1 (padding 1 all round, the common
-       case) read the planes as they are.
-       A row of outputs is cut into blocks of L lanes; when L does not divide it the last block is
-       moved left to end with the row (it overlaps the one before: the forward rewrites the same
-       values, the weight gradient drops the lanes already counted).  So every load stays inside
-       the row, and a level needs rows of at least L outputs (W - 2 >= L for the unpadded kernels,
-       which sum columns 0 and W-1 one by one).
-       Levels: 1 = 16-byte vectors (the x86-64 baseline, SSE2; NEON elsewhere), 2 = AVX2 + FMA,
-       3 = AVX-512F, the widest the CPU has, picked once by CPUID.  A level fixes the order of every
-       sum (lanes, then blocks, then rows), so results do not depend on the thread count; levels
-       differ from one another in the last bits (FMA, lane count). */
-    #include <stdlib.h>
-    #include <string.h>
-    #if defined(__GNUC__) || defined(__clang__)
-    #define CK_DW3 1
-    #define CK_DW3_LD(V, p) ({ V v_; memcpy(&v_, (p), sizeof(V)); v_; })
-    #define CK_DW3_ST(p, v) do { __typeof__(v) t_ = (v); memcpy((p), &t_, sizeof(t_)); } while (0)
-
-    /* Both kernels walk down the rows of a group of NB blocks of a row (NB = 4, 2 or 1, unrolled
-       by the compiler), loading each padded input row once: its three shifted vectors serve the
-       three output rows (forward) or three grad_y rows (weight gradient) that it touches. */
-    #define CK_DW3_DEFINE(T, IT, SUF, VB, ATTR)                                              \\
-    typedef T ck_dw3v_##SUF##VB __attribute__((vector_size(VB)));                           \\
-    typedef IT ck_dw3m_##SUF##VB __attribute__((vector_size(VB)));                          \\
-    /* rows h of y, blocks s[0..NB): y[h, s + j] = bias + sum_{a,b} k[3a + b] * xp[h + a, s + j + b]: \\
-       input row r finishes output row r - 2, continues r - 1 and starts r (the sums run in the    \\
-       order bias, tap 0, 1, ..., 8) */                                                      \\
-    ATTR static inline __attribute__((always_inline)) void                                  \\
-    ck_dw3_fwd_group_##SUF##VB(const T* xp, Py_ssize_t Wp, const ck_dw3v_##SUF##VB* k,       \\
-                               ck_dw3v_##SUF##VB b0, T* y, Py_ssize_t Ho, Py_ssize_t Wo,     \\
-                               const Py_ssize_t* s, const int NB) {                          \\
-        typedef ck_dw3v_##SUF##VB V;                                                         \\
-        V p0[4], p1[4];                                                                      \\
-        Py_ssize_t r;                                                                        \\
-        int b;                                                                               \\
-        for (b = 0; b < NB; b++) { p0[b] = b0; p1[b] = b0; }                                 \\
-        for (r = 0; r < Ho + 2; r++) {                                                       \\
-            const T* xr = xp + r * Wp;                                                       \\
-            for (b = 0; b < NB; b++) {                                                       \\
-                V v0 = CK_DW3_LD(V, xr + s[b]);                                              \\
-                V v1 = CK_DW3_LD(V, xr + s[b] + 1);                                          \\
-                V v2 = CK_DW3_LD(V, xr + s[b] + 2);                                          \\
-                V o = p0[b] + k[6] * v0 + k[7] * v1 + k[8] * v2;                             \\
-                p0[b] = p1[b] + k[3] * v0 + k[4] * v1 + k[5] * v2;                           \\
-                p1[b] = b0 + k[0] * v0 + k[1] * v1 + k[2] * v2;                              \\
-                if (r >= 2) CK_DW3_ST(y + (r - 2) * Wo + s[b], o);                           \\
-            }                                                                                \\
-        }                                                                                    \\
-    }                                                                                        \\
-    /* y[h, j] = bias + sum_{a,b} w'[a, b] * xp[h + a, j + b]; w' = w, or w flipped in both   \\
-       axes (grad_x as the correlation of the padded grad_y) */                              \\
-    ATTR static void ck_dw3_fwd_##SUF##VB(const T* xp, Py_ssize_t Wp, const T* w, int flip,  \\
-                                          T bias, T* y, Py_ssize_t Ho, Py_ssize_t Wo) {      \\
-        typedef ck_dw3v_##SUF##VB V;                                                         \\
-        enum { L = VB / sizeof(T) };                                                         \\
-        V k[9], b0, z = {0};                                                                 \\
-        Py_ssize_t j, i, nb = (Wo + L - 1) / L, s[4];                                        \\
-        for (i = 0; i < 9; i++) k[i] = z + w[flip ? 8 - i : i];                              \\
-        b0 = z + bias;                                                                       \\
-        for (j = 0; j < nb; ) {                                                              \\
-            int NB = nb - j >= 4 ? 4 : nb - j >= 2 ? 2 : 1;                                  \\
-            for (i = 0; i < NB; i++)    /* the last block ends at Wo */                      \\
-                s[i] = (j + i) * L < Wo - L ? (j + i) * L : Wo - L;                          \\
-            if (NB == 4) ck_dw3_fwd_group_##SUF##VB(xp, Wp, k, b0, y, Ho, Wo, s, 4);         \\
-            else if (NB == 2) ck_dw3_fwd_group_##SUF##VB(xp, Wp, k, b0, y, Ho, Wo, s, 2);    \\
-            else ck_dw3_fwd_group_##SUF##VB(xp, Wp, k, b0, y, Ho, Wo, s, 1);                 \\
-            j += NB;                                                                         \\
-        }                                                                                    \\
-    }                                                                                        \\
-    /* a[3a + b] += sum over rows h, lanes of the blocks s[0..NB) of gy[h, s + j] *             \\
-       xp[h + a, s + j + b], a[9] += the same sums of gy: input row r meets grad_y rows r, r-1, r-2 */ \\
-    ATTR static inline __attribute__((always_inline)) void                                  \\
-    ck_dw3_wgrad_group_##SUF##VB(const T* gy, Py_ssize_t Ho, Py_ssize_t Wo, const T* xp,    \\
-                                 Py_ssize_t Wp, const Py_ssize_t* s, const int NB,           \\
-                                 ck_dw3v_##SUF##VB* acc) {                                   \\
-        typedef ck_dw3v_##SUF##VB V;                                                         \\
-        V a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3], a4 = acc[4];                   \\
-        V a5 = acc[5], a6 = acc[6], a7 = acc[7], a8 = acc[8], a9 = acc[9];                   \\
-        Py_ssize_t r;                                                                        \\
-        int b;                                                                               \\
-        for (r = 0; r < Ho + 2; r++) {                                                       \\
-            const T* xr = xp + r * Wp;                                                       \\
-            const T* g0 = gy + r * Wo;                                                       \\
-            const T* g1 = g0 - Wo;                                                           \\
-            const T* g2 = g1 - Wo;                                                           \\
-            int u0 = r < Ho, u1 = r >= 1 && r <= Ho, u2 = r >= 2;                            \\
-            for (b = 0; b < NB; b++) {                                                       \\
-                V v0 = CK_DW3_LD(V, xr + s[b]);                                              \\
-                V v1 = CK_DW3_LD(V, xr + s[b] + 1);                                          \\
-                V v2 = CK_DW3_LD(V, xr + s[b] + 2);                                          \\
-                if (u0) {                                                                    \\
-                    V g = CK_DW3_LD(V, g0 + s[b]);                                           \\
-                    a9 += g; a0 += g * v0; a1 += g * v1; a2 += g * v2;                       \\
-                }                                                                            \\
-                if (u1) {                                                                    \\
-                    V g = CK_DW3_LD(V, g1 + s[b]);                                           \\
-                    a3 += g * v0; a4 += g * v1; a5 += g * v2;                                \\
-                }                                                                            \\
-                if (u2) {                                                                    \\
-                    V g = CK_DW3_LD(V, g2 + s[b]);                                           \\
-                    a6 += g * v0; a7 += g * v1; a8 += g * v2;                                \\
-                }                                                                            \\
-            }                                                                                \\
-        }                                                                                    \\
-        acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3; acc[4] = a4;                     \\
-        acc[5] = a5; acc[6] = a6; acc[7] = a7; acc[8] = a8; acc[9] = a9;                     \\
-    }                                                                                        \\
-    /* out[a*3 + b] = sum_{h,j} gy[h, j] * xp[h + a, j + b] (the weight gradient of the plane), \\
-       out[9] = sum_{h,j} gy[h, j] (the bias gradient): L float partial sums per tap, added in  \\
-       lane order in double at the end.  A last block that overlaps the one before sums into   \\
-       its own partial sums, whose lanes already counted are dropped (bitwise, so an inf or a   \\
-       NaN there drops too) */                                                               \\
-    ATTR static void ck_dw3_wgrad_##SUF##VB(const T* gy, Py_ssize_t Ho, Py_ssize_t Wo,       \\
-                                            const T* xp, Py_ssize_t Wp, double* out) {       \\
-        typedef ck_dw3v_##SUF##VB V;                                                         \\
-        typedef ck_dw3m_##SUF##VB M;                                                         \\
-        enum { L = VB / sizeof(T) };                                                         \\
-        V a[10], t[10], z = {0};                                                             \\
-        M keep;                                                                              \\
-        IT lanes[L];                                                                         \\
-        T part[L];                                                                           \\
-        Py_ssize_t j, i, nfull = Wo / L, s[4];                                               \\
-        for (i = 0; i < 10; i++) a[i] = z;                                                   \\
-        for (j = 0; j < nfull; ) {                                                           \\
-            int NB = nfull - j >= 4 ? 4 : nfull - j >= 2 ? 2 : 1;                            \\
-            for (i = 0; i < NB; i++) s[i] = (j + i) * L;                                     \\
-            if (NB == 4) ck_dw3_wgrad_group_##SUF##VB(gy, Ho, Wo, xp, Wp, s, 4, a);          \\
-            else if (NB == 2) ck_dw3_wgrad_group_##SUF##VB(gy, Ho, Wo, xp, Wp, s, 2, a);     \\
-            else ck_dw3_wgrad_group_##SUF##VB(gy, Ho, Wo, xp, Wp, s, 1, a);                  \\
-            j += NB;                                                                         \\
-        }                                                                                    \\
-        if (nfull * L < Wo) {                                                                \\
-            for (i = 0; i < 10; i++) t[i] = z;                                               \\
-            s[0] = Wo - L;                                                                   \\
-            ck_dw3_wgrad_group_##SUF##VB(gy, Ho, Wo, xp, Wp, s, 1, t);                       \\
-            for (i = 0; i < L; i++) lanes[i] = i < nfull * L - s[0] ? 0 : -1;                \\
-            memcpy(&keep, lanes, sizeof keep);                                               \\
-            for (i = 0; i < 10; i++) a[i] += (V)((M)t[i] & keep);                            \\
-        }                                                                                    \\
-        for (i = 0; i < 10; i++) {                                                           \\
-            double sum = 0;                                                                  \\
-            int l;                                                                           \\
-            memcpy(part, &a[i], sizeof part);                                                \\
-            for (l = 0; l < L; l++) sum += (double)part[l];                                  \\
-            out[i] = sum;                                                                    \\
-        }                                                                                    \\
-    }
-
-    /* The same convolutions with padding 1 on every side ("same": Ho = H, Wo = W), straight from
-       the unpadded planes: the blocks cover the output columns 1 .. W-2 (their loads, columns
-       s-1 .. s+L, stay inside the row; W - 2 >= L), columns 0 and W-1 are summed one by one, and
-       the rows above and below the plane are skipped.  The sums run in the order of the padded
-       kernels (bias, tap 0, ..., tap 8, a tap on padding adding nothing), so both give the same
-       bits. */
-    #define CK_DW3_DEFINE_SAME(T, IT, SUF, VB, ATTR)                                         \\
-    /* input row r finishes output row r - 1, continues r and starts r + 1 */               \\
-    ATTR static inline __attribute__((always_inline)) void                                  \\
-    ck_dw3_fwd1_group_##SUF##VB(const T* x, Py_ssize_t H, Py_ssize_t W,                      \\
-                                const ck_dw3v_##SUF##VB* k, ck_dw3v_##SUF##VB b0, T* y,      \\
-                                const Py_ssize_t* s, const int NB) {                         \\
-        typedef ck_dw3v_##SUF##VB V;                                                         \\
-        V p0[4], p1[4];                                                                      \\
-        Py_ssize_t r;                                                                        \\
-        int b;                                                                               \\
-        for (b = 0; b < NB; b++) { p0[b] = b0; p1[b] = b0; }                                 \\
-        for (r = 0; r < H; r++) {                                                            \\
-            const T* xr = x + r * W;                                                         \\
-            for (b = 0; b < NB; b++) {                                                       \\
-                V v0 = CK_DW3_LD(V, xr + s[b] - 1);                                          \\
-                V v1 = CK_DW3_LD(V, xr + s[b]);                                              \\
-                V v2 = CK_DW3_LD(V, xr + s[b] + 1);                                          \\
-                V o = p0[b] + k[6] * v0 + k[7] * v1 + k[8] * v2;                             \\
-                p0[b] = p1[b] + k[3] * v0 + k[4] * v1 + k[5] * v2;                           \\
-                p1[b] = b0 + k[0] * v0 + k[1] * v1 + k[2] * v2;                              \\
-                if (r >= 1) CK_DW3_ST(y + (r - 1) * W + s[b], o);                            \\
-            }                                                                                \\
-        }                                                                                    \\
-        for (b = 0; b < NB; b++) CK_DW3_ST(y + (H - 1) * W + s[b], p0[b]);                   \\
-    }                                                                                        \\
-    /* y[h, j] = bias + sum_{a,b} w'[a, b] * x[h + a - 1, j + b - 1] (0 outside x) */          \\
-    ATTR static void ck_dw3_fwd1_##SUF##VB(const T* x, const T* w, int flip, T bias, T* y,   \\
-                                           Py_ssize_t H, Py_ssize_t W) {                     \\
-        typedef ck_dw3v_##SUF##VB V;                                                         \\
-        enum { L = VB / sizeof(T) };                                                         \\
-        V k[9], b0, z = {0};                                                                 \\
-        T c[9], e0, e1, f0, f1, o;                                                           \\
-        Py_ssize_t j, i, r, nb = (W - 2 + L - 1) / L, s[4];                                  \\
-        for (i = 0; i < 9; i++) { c[i] = w[flip ? 8 - i : i]; k[i] = z + c[i]; }             \\
-        b0 = z + bias;                                                                       \\
-        for (j = 0; j < nb; ) {                                                              \\
-            int NB = nb - j >= 4 ? 4 : nb - j >= 2 ? 2 : 1;                                  \\
-            for (i = 0; i < NB; i++)    /* the last block ends at W - 1 */                   \\
-                s[i] = 1 + (j + i) * L < W - 1 - L ? 1 + (j + i) * L : W - 1 - L;            \\
-            if (NB == 4) ck_dw3_fwd1_group_##SUF##VB(x, H, W, k, b0, y, s, 4);               \\
-            else if (NB == 2) ck_dw3_fwd1_group_##SUF##VB(x, H, W, k, b0, y, s, 2);          \\
-            else ck_dw3_fwd1_group_##SUF##VB(x, H, W, k, b0, y, s, 1);                       \\
-            j += NB;                                                                         \\
-        }                                                                                    \\
-        /* columns 0 (taps b = 1, 2) and W-1 (taps b = 0, 1), rolling down the rows */        \\
-        e0 = f0 = e1 = f1 = bias;                                                            \\
-        for (r = 0; r < H; r++) {                                                            \\
-            const T* xr = x + r * W;                                                         \\
-            o = e0 + c[7] * xr[0] + c[8] * xr[1];                                            \\
-            e0 = f0 + c[4] * xr[0] + c[5] * xr[1];                                           \\
-            f0 = bias + c[1] * xr[0] + c[2] * xr[1];                                         \\
-            if (r >= 1) y[(r - 1) * W] = o;                                                  \\
-            o = e1 + c[6] * xr[W - 2] + c[7] * xr[W - 1];                                    \\
-            e1 = f1 + c[3] * xr[W - 2] + c[4] * xr[W - 1];                                   \\
-            f1 = bias + c[0] * xr[W - 2] + c[1] * xr[W - 1];                                 \\
-            if (r >= 1) y[(r - 1) * W + W - 1] = o;                                          \\
-        }                                                                                    \\
-        y[(H - 1) * W] = e0;                                                                 \\
-        y[(H - 1) * W + W - 1] = e1;                                                         \\
-    }                                                                                        \\
-    /* x row r meets grad_y rows r + 1 (taps 0-2), r (taps 3-5) and r - 1 (taps 6-8) */      \\
-    ATTR static inline __attribute__((always_inline)) void                                  \\
-    ck_dw3_wgrad1_group_##SUF##VB(const T* gy, const T* x, Py_ssize_t H, Py_ssize_t W,       \\
-                                  const Py_ssize_t* s, const int NB, ck_dw3v_##SUF##VB* acc) { \\
-        typedef ck_dw3v_##SUF##VB V;                                                         \\
-        V a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3], a4 = acc[4];                   \\
-        V a5 = acc[5], a6 = acc[6], a7 = acc[7], a8 = acc[8], a9 = acc[9];                   \\
-        Py_ssize_t r;                                                                        \\
-        int b;                                                                               \\
-        for (r = 0; r < H; r++) {                                                            \\
-            const T* xr = x + r * W;                                                         \\
-            const T* g = gy + r * W;                                                         \\
-            int up = r + 1 < H, down = r >= 1;                                               \\
-            for (b = 0; b < NB; b++) {                                                       \\
-                V v0 = CK_DW3_LD(V, xr + s[b] - 1);                                          \\
-                V v1 = CK_DW3_LD(V, xr + s[b]);                                              \\
-                V v2 = CK_DW3_LD(V, xr + s[b] + 1);                                          \\
-                V gv;                                                                        \\
-                if (up) {                                                                    \\
-                    gv = CK_DW3_LD(V, g + W + s[b]);                                         \\
-                    a0 += gv * v0; a1 += gv * v1; a2 += gv * v2;                             \\
-                }                                                                            \\
-                gv = CK_DW3_LD(V, g + s[b]);                                                 \\
-                a9 += gv; a3 += gv * v0; a4 += gv * v1; a5 += gv * v2;                       \\
-                if (down) {                                                                  \\
-                    gv = CK_DW3_LD(V, g - W + s[b]);                                         \\
-                    a6 += gv * v0; a7 += gv * v1; a8 += gv * v2;                             \\
-                }                                                                            \\
-            }                                                                                \\
-        }                                                                                    \\
-        acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3; acc[4] = a4;                     \\
-        acc[5] = a5; acc[6] = a6; acc[7] = a7; acc[8] = a8; acc[9] = a9;                     \\
-    }                                                                                        \\
-    /* out as ck_dw3_wgrad for padding 1: out[3a + b] = sum_{h,j} gy[h, j] *                   \\
-       x[h + a - 1, j + b - 1] (0 outside x), out[9] = sum gy */                              \\
-    ATTR static void ck_dw3_wgrad1_##SUF##VB(const T* gy, const T* x, Py_ssize_t H,          \\
-                                             Py_ssize_t W, double* out) {                    \\
-        typedef ck_dw3v_##SUF##VB V;                                                         \\
-        typedef ck_dw3m_##SUF##VB M;                                                         \\
-        enum { L = VB / sizeof(T) };                                                         \\
-        V a[10], t[10], z = {0};                                                             \\
-        M keep;                                                                              \\
-        IT lanes[L];                                                                         \\
-        T part[L];                                                                           \\
-        double e[10], e1 = 0, e4 = 0, e7 = 0, e9 = 0;                                        \\
-        Py_ssize_t j, i, r, nfull = (W - 2) / L, s[4];                                       \\
-        for (i = 0; i < 10; i++) { a[i] = z; e[i] = 0; }                                     \\
-        for (j = 0; j < nfull; ) {                                                           \\
-            int NB = nfull - j >= 4 ? 4 : nfull - j >= 2 ? 2 : 1;                            \\
-            for (i = 0; i < NB; i++) s[i] = 1 + (j + i) * L;                                 \\
-            if (NB == 4) ck_dw3_wgrad1_group_##SUF##VB(gy, x, H, W, s, 4, a);                \\
-            else if (NB == 2) ck_dw3_wgrad1_group_##SUF##VB(gy, x, H, W, s, 2, a);           \\
-            else ck_dw3_wgrad1_group_##SUF##VB(gy, x, H, W, s, 1, a);                        \\
-            j += NB;                                                                         \\
-        }                                                                                    \\
-        if (nfull * L < W - 2) {                                                             \\
-            for (i = 0; i < 10; i++) t[i] = z;                                               \\
-            s[0] = W - 1 - L;                                                                \\
-            ck_dw3_wgrad1_group_##SUF##VB(gy, x, H, W, s, 1, t);                             \\
-            for (i = 0; i < L; i++) lanes[i] = i < 1 + nfull * L - s[0] ? 0 : -1;            \\
-            memcpy(&keep, lanes, sizeof keep);                                               \\
-            for (i = 0; i < 10; i++) a[i] += (V)((M)t[i] & keep);                            \\
-        }                                                                                    \\
-        /* grad_y columns 0 (taps b = 1, 2) and W-1 (taps b = 0, 1), in double, one sum per  \\
-           (tap, column) so that no sum waits on another */                                  \\
-        for (r = 0; r < H; r++) {                                                            \\
-            const T* xr = x + r * W;                                                         \\
-            const T* g = gy + r * W;                                                         \\
-            double xa = xr[0], xb = xr[1], xc = xr[W - 2], xd = xr[W - 1], g0, g1;           \\
-            g0 = g[0]; g1 = g[W - 1];                                                        \\
-            e[9] += g0; e9 += g1;                                                            \\
-            e[3] += g1 * xc; e[4] += g0 * xa; e4 += g1 * xd; e[5] += g0 * xb;                \\
-            if (r + 1 < H) {                                                                 \\
-                g0 = g[W]; g1 = g[2 * W - 1];                                                \\
-                e[0] += g1 * xc; e[1] += g0 * xa; e1 += g1 * xd; e[2] += g0 * xb;            \\
-            }                                                                                \\
-            if (r >= 1) {                                                                    \\
-                g0 = g[-W]; g1 = g[-1];                                                      \\
-                e[6] += g1 * xc; e[7] += g0 * xa; e7 += g1 * xd; e[8] += g0 * xb;            \\
-            }                                                                                \\
-        }                                                                                    \\
-        e[1] += e1; e[4] += e4; e[7] += e7; e[9] += e9;                                      \\
-        for (i = 0; i < 10; i++) {                                                           \\
-            double sum = 0;                                                                  \\
-            int l;                                                                           \\
-            memcpy(part, &a[i], sizeof part);                                                \\
-            for (l = 0; l < L; l++) sum += (double)part[l];                                  \\
-            out[i] = sum + e[i];                                                             \\
-        }                                                                                    \\
-    }
-
-    #if defined(__x86_64__) || defined(__i386__)
-    #define CK_DW3_X86 1
-    #endif
-
-    CK_DW3_DEFINE(float, int, f, 16, )
-    CK_DW3_DEFINE_SAME(float, int, f, 16, )
-    CK_DW3_DEFINE(double, long long, d, 16, )
-    CK_DW3_DEFINE_SAME(double, long long, d, 16, )
-    #ifdef CK_DW3_X86
-    CK_DW3_DEFINE(float, int, f, 32, __attribute__((target("avx2,fma"))))
-    CK_DW3_DEFINE_SAME(float, int, f, 32, __attribute__((target("avx2,fma"))))
-    CK_DW3_DEFINE(double, long long, d, 32, __attribute__((target("avx2,fma"))))
-    CK_DW3_DEFINE_SAME(double, long long, d, 32, __attribute__((target("avx2,fma"))))
-    CK_DW3_DEFINE(float, int, f, 64, __attribute__((target("avx512f,avx2,fma"))))
-    CK_DW3_DEFINE_SAME(float, int, f, 64, __attribute__((target("avx512f,avx2,fma"))))
-    CK_DW3_DEFINE(double, long long, d, 64, __attribute__((target("avx512f,avx2,fma"))))
-    CK_DW3_DEFINE_SAME(double, long long, d, 64, __attribute__((target("avx512f,avx2,fma"))))
-    #endif
-
-    static int ck_dw3_cap = 3;      /* the widest level allowed; tests lower it to run the others */
-
-    static int ck_dw3_isa(void) {
-        static int known = 0;
-        if (!known) {
-    #ifdef CK_DW3_X86
-            __builtin_cpu_init();
-            known = __builtin_cpu_supports("avx512f") ? 3
-                    : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 2 : 1;
-            {   /* CONVKIT_DISABLE_AVX512=1: no AVX-512 anywhere in the cpu backend */
-                const char *off = getenv("CONVKIT_DISABLE_AVX512");
-                if (known == 3 && off != NULL && off[0] != '\0' && off[0] != '0')
-                    known = 2;
-            }
-    #else
-            known = 1;
-    #endif
-        }
-        return known < ck_dw3_cap ? known : ck_dw3_cap;
-    }
-    #else
-    static int ck_dw3_cap = 0;
-    static int ck_dw3_isa(void) { return 0; }
-    #endif
-
-    /* the widest level (<= the CPU's, <= the cap) whose vectors of itemsize-byte elements fit in
-       a row of n; 0: none (the general depthwise kernels run) */
-    static int ck_dw3_level(int itemsize, Py_ssize_t n) {
-        int lvl = ck_dw3_isa();
-        while (lvl > 0 && (Py_ssize_t)((8 << lvl) / itemsize) > n) lvl--;
-        return lvl;
-    }
-    static int ck_dw3_set_cap(int cap) { int old = ck_dw3_cap; ck_dw3_cap = cap; return old; }
-
-    #define CK_DW3_DISPATCH(T, SUF)                                                          \\
-    static void ck_dw3_fwd_##SUF(int lvl, const T* xp, Py_ssize_t Wp, const T* w, int flip,  \\
-                                 T bias, T* y, Py_ssize_t Ho, Py_ssize_t Wo) {               \\
-        CK_DW3_SWITCH(lvl, ck_dw3_fwd_##SUF, (xp, Wp, w, flip, bias, y, Ho, Wo))             \\
-    }                                                                                        \\
-    static void ck_dw3_wgrad_##SUF(int lvl, const T* gy, Py_ssize_t Ho, Py_ssize_t Wo,       \\
-                                   const T* xp, Py_ssize_t Wp, double* out) {                \\
-        CK_DW3_SWITCH(lvl, ck_dw3_wgrad_##SUF, (gy, Ho, Wo, xp, Wp, out))                    \\
-    }                                                                                        \\
-    static void ck_dw3_fwd1_##SUF(int lvl, const T* x, const T* w, int flip, T bias, T* y,   \\
-                                  Py_ssize_t H, Py_ssize_t W) {                              \\
-        CK_DW3_SWITCH(lvl, ck_dw3_fwd1_##SUF, (x, w, flip, bias, y, H, W))                   \\
-    }                                                                                        \\
-    static void ck_dw3_wgrad1_##SUF(int lvl, const T* gy, const T* x, Py_ssize_t H,          \\
-                                    Py_ssize_t W, double* out) {                             \\
-        CK_DW3_SWITCH(lvl, ck_dw3_wgrad1_##SUF, (gy, x, H, W, out))                          \\
-    }
-    #if defined(CK_DW3_X86)
-    #define CK_DW3_SWITCH(lvl, f, args)                                                      \\
-        if (lvl >= 3) f##64 args; else if (lvl == 2) f##32 args; else f##16 args;
-    #elif defined(CK_DW3)
-    #define CK_DW3_SWITCH(lvl, f, args) f##16 args;
-    #else
-    #define CK_DW3_SWITCH(lvl, f, args)
-    #endif
-    CK_DW3_DISPATCH(float, f)
-    CK_DW3_DISPATCH(double, d)
-    """
-    int ck_dw3_level(int itemsize, Py_ssize_t n) noexcept nogil
-    int ck_dw3_set_cap(int cap) noexcept nogil
-    void ck_dw3_fwd_f(int lvl, const float* xp, Py_ssize_t Wp, const float* w, int flip,
-                      float bias, float* y, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil
-    void ck_dw3_fwd_d(int lvl, const double* xp, Py_ssize_t Wp, const double* w, int flip,
-                      double bias, double* y, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil
-    void ck_dw3_wgrad_f(int lvl, const float* gy, Py_ssize_t Ho, Py_ssize_t Wo,
-                        const float* xp, Py_ssize_t Wp, double* out) noexcept nogil
-    void ck_dw3_wgrad_d(int lvl, const double* gy, Py_ssize_t Ho, Py_ssize_t Wo,
-                        const double* xp, Py_ssize_t Wp, double* out) noexcept nogil
-    void ck_dw3_fwd1_f(int lvl, const float* x, const float* w, int flip, float bias,
-                       float* y, Py_ssize_t H, Py_ssize_t W) noexcept nogil
-    void ck_dw3_fwd1_d(int lvl, const double* x, const double* w, int flip, double bias,
-                       double* y, Py_ssize_t H, Py_ssize_t W) noexcept nogil
-    void ck_dw3_wgrad1_f(int lvl, const float* gy, const float* x, Py_ssize_t H, Py_ssize_t W,
-                         double* out) noexcept nogil
-    void ck_dw3_wgrad1_d(int lvl, const double* gy, const double* x, Py_ssize_t H,
-                         Py_ssize_t W, double* out) noexcept nogil
 
 
 def depthwise3x3_level(Py_ssize_t itemsize, Py_ssize_t n):
@@ -1070,7 +551,7 @@ def conv2d_backward_weight_dot(const float[:, :, :, ::1] gy, const float[:, :, :
                                Py_ssize_t groups_n, const Py_ssize_t[::1] boff, int n_threads,
                                Py_ssize_t groups=1):
     """float32 with AVX-512F: gw (F x C/groups*KH*KW, OUT) = grad_weight and, when has_bias,
-    gb (OUT) = grad_bias, as dot products along the output positions (_sdot.h): no im2col and
+    gb (OUT) = grad_bias, as dot products along the output positions (csrc/sdot.h): no im2col and
     no packing.  The taps are read in the phase planes of conv2d_forward_phases (built per
     image and block of ``rows`` output rows; boff: _phase_offsets(..., rows, Wo)); grad_y is
     copied ``kr`` output rows at a time into an aligned buffer (its bias sums taken on the way)
@@ -1281,7 +762,7 @@ cdef void _wino_filter_block(const floating[:, :, :, ::1] w, floating[:, :, ::1]
     cdef Py_ssize_t c1 = _min(c0 + 16, U.shape[2])
     cdef Py_ssize_t c, e, i
     cdef const floating* src
-    if floating is float:       # 16 filters per step, stored straight into U (_wino.h)
+    if floating is float:       # 16 filters per step, stored straight into U (csrc/wino.h)
         if transpose_flip:
             if ck_wino_filters_f(&w[c0, f, 0, 0], w.shape[1] * 9, c1 - c0, 1, &U[0, f, c0],
                                  U.shape[1] * U.shape[2]):
@@ -1312,7 +793,7 @@ cdef inline void _wino_input_row(const floating* x, Py_ssize_t H, Py_ssize_t W,
     then B across each tile's 4 columns."""
     cdef Py_ssize_t Wb = 2 * tw + 2, k, col, lo, up, j
     cdef floating* R = scratch              # 4 zero-padded input rows, columns -pl .. Wb-1-pl
-    if floating is float:                   # the same additions, 16 tiles at a time (_wino.h)
+    if floating is float:                   # the same additions, 16 tiles at a time (csrc/wino.h)
         if ck_wino_input_row_f(x, H, W, r0, pl, tw, v, vs, scratch):
             return
     cdef floating* T = scratch + 4 * Wb     # B^T applied down the rows
@@ -1349,7 +830,7 @@ cdef inline void _wino_output_row(const floating* m, Py_ssize_t ms, Py_ssize_t t
     m[e * ms + j]); writes rows 0 and (if two_rows) 1 of y, Wo columns."""
     cdef Py_ssize_t j, jf = Wo // 2
     cdef floating s0, s1, s2, s3, s4, s5, s6, s7
-    if floating is float:                   # the same additions, 16 tiles at a time (_wino.h)
+    if floating is float:                   # the same additions, 16 tiles at a time (csrc/wino.h)
         if ck_wino_output_row_f(m, ms, tw, bias, y, Wo, two_rows):
             return
     for j in range(jf):
@@ -1818,57 +1299,6 @@ cdef void _batch_pad(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssize_
                 _copy_short(dst + h * Wp + lo, src + (h - pt) * W + lo - pl, up - lo)
 
 
-cdef extern from *:
-    """
-    /* Masked shifted copies for the small-map im2col (AVX-512F, chosen at run time): lane i of
-       vector v of an image's columns is x[16v + i + off] where its mask bit is set, else 0.
-       Masked-off lanes are never read (AVX-512 masked loads do not touch them), so shifts that
-       point before or after a plane read nothing outside it. */
-    #include <stddef.h>
-    #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-    #include <immintrin.h>
-    #define CK_SHIFT_BUILT 1
-    __attribute__((target("avx512f")))
-    static void ck_shift_f(const float* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t off,
-                           const unsigned short* masks, ptrdiff_t nv, float* dst) {
-        for (ptrdiff_t j = 0; j < nb; j++) {
-            const float* src = x + j * img;
-            float* d = dst + j * nv * 16;
-            for (ptrdiff_t v = 0; v < nv; v++)
-                _mm512_storeu_ps(d + 16 * v,
-                                 _mm512_maskz_loadu_ps((__mmask16)masks[v], src + off + 16 * v));
-        }
-    }
-    __attribute__((target("avx512f")))
-    static void ck_shift_d(const double* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t off,
-                           const unsigned short* masks, ptrdiff_t nv, double* dst) {
-        for (ptrdiff_t j = 0; j < nb; j++) {
-            const double* src = x + j * img;
-            double* d = dst + j * nv * 8;
-            for (ptrdiff_t v = 0; v < nv; v++)
-                _mm512_storeu_pd(d + 8 * v,
-                                 _mm512_maskz_loadu_pd((__mmask8)masks[v], src + off + 8 * v));
-        }
-    }
-    static int ck_shift_available(void) {
-        static int state = -1;
-        if (state < 0) { __builtin_cpu_init(); state = __builtin_cpu_supports("avx512f") ? 1 : 0; }
-        return state;
-    }
-    #else
-    #define CK_SHIFT_BUILT 0
-    static void ck_shift_f(const float* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t off,
-                           const unsigned short* masks, ptrdiff_t nv, float* dst) {}
-    static void ck_shift_d(const double* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t off,
-                           const unsigned short* masks, ptrdiff_t nv, double* dst) {}
-    static int ck_shift_available(void) { return 0; }
-    #endif
-    """
-    void ck_shift_f(const float* x, Py_ssize_t img, Py_ssize_t nb, Py_ssize_t off,
-                    const unsigned short* masks, Py_ssize_t nv, float* dst) noexcept nogil
-    void ck_shift_d(const double* x, Py_ssize_t img, Py_ssize_t nb, Py_ssize_t off,
-                    const unsigned short* masks, Py_ssize_t nv, double* dst) noexcept nogil
-    int ck_shift_available() noexcept nogil
 
 
 def shift_available():

@@ -22,7 +22,7 @@ Paths (all in convkit/cpu/_conv.pyx):
   workspace, so the workspace stays below ``convkit.get_workspace_limit()``.
 
 Every GEMM runs inside the kernels' OpenMP team.  float32 GEMMs run on convkit's own AVX-512
-kernel (``_sgemm.h``) where the CPU has AVX-512F; it keeps 0.8 MiB of packing buffers per
+kernel (``csrc/sgemm.h``) where the CPU has AVX-512F; it keeps 0.8 MiB of packing buffers per
 OpenMP thread, for the life of the thread.  GEMMs on BLAS (float64, or float32 without AVX-512)
 pin BLAS to one thread for the duration of a call (``_blas_pin(dtype)``): one pool of
 ``convkit.get_num_threads()`` threads, never two pools competing for the cores.  Calls that use
@@ -182,7 +182,7 @@ def _wide_offsets(C, KH, KW, Hp, Wp, dh, dw):
 
 
 # Weight gradients with few taps per filter (C*KH*KW <= _DOT_MAX_TAPS; float32 on AVX-512F): dot products of grad_y's rows with the taps' rows, read in place in the phase planes
-# of the strided forward (conv2d_backward_weight_dot, _sdot.h) -- no im2col, no packing.
+# of the strided forward (conv2d_backward_weight_dot, csrc/sdot.h) -- no im2col, no packing.
 # Measured (13:26 UTC, 2 threads, float32, medians of 9 interleaved rounds, ms, dot vs the im2col
 # GEMM path, grad_weight + grad_bias): stem_224 10.6 vs 16.3; lenet_c1 0.28 vs 0.75; 6->16 5x5
 # on 14x14 0.37 vs 0.52; 16->32 3x3 on 56x56 1.84 vs 2.36; 32->32 3x3/s2 on 56x56 1.60 vs 1.77;
@@ -425,7 +425,7 @@ def _shift_masks(H, W, Ho, Wo, KH, KW, stride, pt, pl, dilation, itemsize):
     return masks
 
 
-# The float32 GEMM (_sgemm.h) computes C in panels of 48 columns, a partial panel at the cost of
+# The float32 GEMM (csrc/sgemm.h) computes C in panels of 48 columns, a partial panel at the cost of
 # a whole one: blocks of images are rounded down to whole panels of columns (imgs * HoWo a
 # multiple of 48) where they hold at least one.  The GEMM's k order does not depend on the
 # number of columns, so the forward's bits do not change.
