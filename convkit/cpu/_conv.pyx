@@ -395,9 +395,8 @@ cdef void _weight_grad_padded(const floating* gy, Py_ssize_t Ho, Py_ssize_t Wo,
 # meets), the widest vectors the CPU has (AVX2 / AVX-512 picked at run time; the build itself
 # targets the x86-64 baseline), and no padded copy for padding 1.  The backward runs as one
 # task per plane: grad_x, the nine weight-gradient sums and the bias-gradient sum from one read
-# of grad_y and x.  Measured on (8,128,56,56) float32, 2 threads, against torch 2.13 in the same
-# process: forward 0.91 vs 1.96 ms, forward + backward 2.85 vs 6.43 ms (the general depthwise
-# kernel below: 2.12 and 9.18 ms).
+# of grad_y and x.  The C is in csrc/dw3x3.h; measured in bench/RESULTS.md, "Conv plan tuning"
+# (2-3x the general depthwise kernel below).
 
 
 def depthwise3x3_level(Py_ssize_t itemsize, Py_ssize_t n):
