@@ -1,5 +1,5 @@
 """CPU conv2d: asks convkit/cpu/conv_plan.py for the plan of a conv, then runs it -- one runner
-per algorithm below, each calling its kernel in convkit/cpu/_conv.pyx.
+per algorithm below, each calling its kernel in convkit/cpu/_conv_<algorithm>.pyx.
 
 The plan (forward, grad_x and grad_weight chosen independently; the algorithms are listed in
 conv_plan's docstring) is a pure function of the shapes, the dtype, the thread count, the
@@ -26,7 +26,10 @@ import numpy as np
 
 from .._config import blas_single_thread, get_num_threads, get_workspace_limit
 from .._shapes import conv_out_size
-from . import _conv, _gemm
+from . import _conv, _gemm  # (_conv re-exports the kernels: their old home, tests use it)
+from . import (_conv_batch as _batch, _conv_dense as _dense, _conv_depthwise as _depthwise,
+               _conv_dot as _dot, _conv_im2col as _im2col, _conv_phases as _phases,
+               _conv_winograd as _winograd)
 from . import conv_plan as P
 from .tuning import KEEP_BYTES as _KEEP_BYTES
 
@@ -79,7 +82,7 @@ _caps_by_level = {}
 
 def _caps():
     """This machine's ConvCaps (the depthwise 3x3 level is read each time: tests lower it)."""
-    level = _conv.depthwise3x3_level(1, 1 << 30)
+    level = _depthwise.depthwise3x3_level(1, 1 << 30)
     caps = _caps_by_level.get(level)
     if caps is None:
         caps = _caps_by_level[level] = P.ConvCaps(own_sgemm=_OWN_SGEMM,
@@ -97,7 +100,7 @@ def _plan(x, weight, stride, padding, dilation, groups, needs_input_grad=True):
     take tens of microseconds at batch 1)."""
     key = (x.shape, weight.shape, stride, tuple(padding), dilation, groups, x.dtype,
            needs_input_grad, get_num_threads(), get_workspace_limit(),
-           _conv.depthwise3x3_level(1, 1 << 30))
+           _depthwise.depthwise3x3_level(1, 1 << 30))
     rule = _prefer_winograd is _PREFER_WINOGRAD        # (else a test replaced the rule)
     hit = _plans.get(key) if rule else None
     if hit is None:
@@ -192,9 +195,9 @@ def _batch_geometry(N, Ho, Wo, KH, KW, stride, dilation):
 
 
 # Stride-1 convs whose output is as wide as the input gather their columns with masked vector
-# loads straight from x (_conv._batch_im2col, "shifted"; AVX-512 CPUs), not through padded
+# loads straight from x (_conv_batch._batch_im2col, "shifted"; AVX-512 CPUs), not through padded
 # planes and an index table.  Same columns, so the same bits; False forces the general gather.
-_SHIFTED = _conv.shift_available()
+_SHIFTED = _batch.shift_available()
 
 
 @functools.lru_cache(maxsize=64)
@@ -231,7 +234,7 @@ def _dense_matrix(weight, H, W, Ho, Wo, stride, pt, pl, dilation, n_threads):
     F, C = weight.shape[:2]
     wd = _workspace(C * H * W * F * Ho * Wo, weight.dtype, "dense")[:C * H * W * F * Ho * Wo]
     wd = wd.reshape(C * H * W, F * Ho * Wo)
-    _conv.dense_weight(weight, wd, H, W, Ho, Wo, stride[0], stride[1], pt, pl, dilation[0],
+    _dense.dense_weight(weight, wd, H, W, Ho, Wo, stride[0], stride[1], pt, pl, dilation[0],
                        dilation[1], n_threads)
     return wd
 
@@ -249,7 +252,7 @@ def _fwd_depthwise3x3(x, weight, b, has_bias, y, s, step):
     same, n = step.params["same"], step.threads
     Ho, Wo = y.shape[2:]
     scratch = _workspace(1 if same else n * (Ho + 2) * (Wo + 2), x.dtype)
-    _conv.conv2d_forward_depthwise3x3(x, weight, b, has_bias, y, scratch, s.padding[0],
+    _depthwise.conv2d_forward_depthwise3x3(x, weight, b, has_bias, y, scratch, s.padding[0],
                                       s.padding[2], step.params["level"], same, n)
 
 
@@ -257,7 +260,7 @@ def _fwd_depthwise(x, weight, b, has_bias, y, s, step):
     (sh, sw), (dh, dw), n = s.stride, s.dilation, step.threads
     Ho, Wo = y.shape[2:]
     scratch = _workspace(n * (Ho + (s.KH - 1) * dh) * (Wo + (s.KW - 1) * dw), x.dtype)
-    _conv.conv2d_forward_depthwise(x, weight, b, has_bias, y, scratch, sh, sw, s.padding[0],
+    _depthwise.conv2d_forward_depthwise(x, weight, b, has_bias, y, scratch, sh, sw, s.padding[0],
                                    s.padding[2], dh, dw, n)
 
 
@@ -267,7 +270,7 @@ def _fwd_dense(x, weight, b, has_bias, y, s, step):
     wd = _dense_matrix(weight, H, W, Ho, Wo, s.stride, s.padding[0], s.padding[2], s.dilation,
                        step.threads)
     with _blas_pin(x.dtype):
-        _conv.gemm_rows(False, False, x.reshape(N, C * H * W), wd, y.reshape(N, F * Ho * Wo),
+        _dense.gemm_rows(False, False, x.reshape(N, C * H * W), wd, y.reshape(N, F * Ho * Wo),
                         C * H * W, step.threads, step.params["row_blocks"])
     if has_bias:
         y += b.reshape(1, F, 1, 1)
@@ -280,10 +283,10 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
     F = weight.shape[1] if transpose_flip else weight.shape[0]
     n, p = step.threads, step.params
     U = _workspace(16 * F * C, x.dtype, "winograd")[:16 * F * C].reshape(16, F, C)
-    _conv.winograd_filters(weight, U, n, transpose_flip)
+    _winograd.winograd_filters(weight, U, n, transpose_flip)
     ws = _workspace(n * p["per_thread"], x.dtype)
     with _blas_pin(x.dtype):
-        _conv.conv2d_forward_winograd(x, U, b, has_bias, y, ws, p["per_thread"], p["trows"],
+        _winograd.conv2d_forward_winograd(x, U, b, has_bias, y, ws, p["per_thread"], p["trows"],
                                       s.padding[0] if pt is None else pt,
                                       s.padding[2] if pl is None else pl, n, _packed_a(U))
 
@@ -299,7 +302,7 @@ def _fwd_batch(x, weight, b, has_bias, y, s, step, stride=None, pt=None, pl=None
     n, p = step.threads, step.params
     ws = _workspace(n * p["per_thread"], x.dtype)
     with _blas_pin(x.dtype):
-        _conv.conv2d_forward_batch(x, weight, b, has_bias, y, ws, p["per_thread"], p["imgs"],
+        _batch.conv2d_forward_batch(x, weight, b, has_bias, y, ws, p["per_thread"], p["imgs"],
                                    idx, Hp, Wp, pt, pl, s.dilation[0], s.dilation[1], s.groups,
                                    _shift_masks(x.shape[2], x.shape[3], Ho, Wo, KH, KW, stride,
                                                 pt, pl, s.dilation, x.itemsize), n)
@@ -309,7 +312,7 @@ def _fwd_phases(x, weight, b, has_bias, y, s, step):
     C, (KH, KW), (sh, sw), (dh, dw) = s.C, (s.KH, s.KW), s.stride, s.dilation
     rows, per = step.params["rows"], step.params["per_thread"]
     ws = _workspace(per * step.threads, x.dtype)
-    _conv.conv2d_forward_phases(x, b, has_bias, y, ws, per, KH, KW, sh, sw, s.padding[0],
+    _phases.conv2d_forward_phases(x, b, has_bias, y, ws, per, KH, KW, sh, sw, s.padding[0],
                                 s.padding[2], dh, dw, rows, step.threads,
                                 _packed_a(weight.reshape(1, s.F, -1)),
                                 _phase_offsets(C, KH, KW, sh, sw, dh, dw, rows, y.shape[3]))
@@ -320,7 +323,7 @@ def _fwd_wide(x, weight, b, has_bias, y, s, step):
     Ho, Wo = y.shape[2:]
     ws = _workspace(per * step.threads, x.dtype)
     with _blas_pin(x.dtype):
-        _conv.conv2d_forward_wide(x, weight, b, has_bias, y, ws, per, s.padding[0],
+        _batch.conv2d_forward_wide(x, weight, b, has_bias, y, ws, per, s.padding[0],
                                   s.padding[2], dh, dw, step.threads,
                                   _packed_a(weight.reshape(1, s.F, -1)),
                                   _wide_offsets(s.C, s.KH, s.KW, Ho + (s.KH - 1) * dh,
@@ -332,7 +335,7 @@ def _fwd_im2col(x, weight, b, has_bias, y, s, step):
     (sh, sw), (dh, dw), G = s.stride, s.dilation, s.groups
     ws = _workspace(step.threads * p["per_thread"], x.dtype)
     with _blas_pin(x.dtype):
-        _conv.conv2d_forward_gemm(x, weight, b, has_bias, y, ws, p["per_thread"], p["rows"], sh,
+        _im2col.conv2d_forward_gemm(x, weight, b, has_bias, y, ws, p["per_thread"], p["rows"], sh,
                                   sw, s.padding[0], s.padding[2], dh, dw, G,
                                   step.algo == "pointwise", step.threads,
                                   _packed_a(weight.reshape(G, s.F // G, -1)))
@@ -361,7 +364,7 @@ def _bwd_depthwise3x3(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     same = step.params["same"]
     scratch = _workspace(1 if same else n * ((Ho + 2) * (Wo + 2) + (H + 2) * (W + 2)), dt)
     parts = _workspace(s.N * s.C * 10, np.float64, "parts")
-    _conv.conv2d_backward_depthwise3x3(gy, x, weight, gx, gw,
+    _depthwise.conv2d_backward_depthwise3x3(gy, x, weight, gx, gw,
                                        gb if gb is not None else np.empty(1, dtype=dt),
                                        gb is not None, needs_gx, scratch, parts, s.padding[0],
                                        s.padding[2], step.params["level"], same, n)
@@ -374,7 +377,7 @@ def _bwd_depthwise(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
               (H + (KH - 1) * dh) * (W + (KW - 1) * dw) + KH * KW)
     scratch = _workspace(n * per, x.dtype)[:n * per]
     accs = np.empty(n * KH * KW, dtype=np.float64)
-    _conv.conv2d_backward_depthwise(gy, x, weight, gx, gw, scratch, accs, s.stride[0],
+    _depthwise.conv2d_backward_depthwise(gy, x, weight, gx, gw, scratch, accs, s.stride[0],
                                     s.stride[1], s.padding[0], s.padding[2], dh, dw, needs_gx, n)
 
 
@@ -388,9 +391,9 @@ def _bwd_dense(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     gy2 = gy.reshape(N, F * Ho * Wo)
     with _blas_pin(dt):
         if needs_gx:
-            _conv.gemm_rows(False, True, gy2, wd, gx.reshape(N, C * H * W), F * Ho * Wo, n, rb)
-        _conv.gemm_rows(True, False, x.reshape(N, C * H * W), gy2, gwd, N, n, rb)
-    _conv.dense_fold(gwd, gw, H, W, Ho, Wo, s.stride[0], s.stride[1], pt, pl, s.dilation[0],
+            _dense.gemm_rows(False, True, gy2, wd, gx.reshape(N, C * H * W), F * Ho * Wo, n, rb)
+        _dense.gemm_rows(True, False, x.reshape(N, C * H * W), gy2, gwd, N, n, rb)
+    _dense.dense_fold(gwd, gw, H, W, Ho, Wo, s.stride[0], s.stride[1], pt, pl, s.dilation[0],
                      s.dilation[1], n)
 
 
@@ -417,7 +420,7 @@ def _bwd_batch(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     gyt = _workspace(F * N * Ho * Wo, dt, "gyt")
     ws = _workspace(step.threads * p["per_thread"], dt)
     with _blas_pin(dt):
-        _conv.conv2d_backward_batch(gy, x, weight, gx, gw, gyt, ws, p["per_thread"],
+        _batch.conv2d_backward_batch(gy, x, weight, gx, gw, gyt, ws, p["per_thread"],
                                     p["chans_w"], p["kimgs"], p["imgs"], idx, Hp, Wp,
                                     s.stride[1], pt, pl, s.dilation[0], s.dilation[1], s.groups,
                                     needs_gx,
@@ -429,7 +432,7 @@ def _bwd_batch(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
 def _bwd_weight_dot(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     """grad_weight and grad_bias as dot products along the output positions."""
     p, dt, (sh, sw), (dh, dw) = step.params, x.dtype, s.stride, s.dilation
-    _conv.conv2d_backward_weight_dot(gy, x, gw.reshape(s.F, -1),
+    _dot.conv2d_backward_weight_dot(gy, x, gw.reshape(s.F, -1),
                                      gb if gb is not None else np.empty(1, dtype=dt),
                                      gb is not None, _workspace(p["floats"], dt), s.KH, s.KW,
                                      sh, sw, s.padding[0], s.padding[2], dh, dw, p["rows"],
@@ -446,7 +449,7 @@ def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
         gw[...] = 0         # (the kernel adds each task's columns into it)
     ws = _workspace(step.threads * p["per_thread"], dt)
     with _blas_pin(dt):
-        _conv.conv2d_backward_gemm(gy, x, weight, gx, gw, ws, p["per_thread"], p["units_w"],
+        _im2col.conv2d_backward_gemm(gy, x, weight, gx, gw, ws, p["per_thread"], p["units_w"],
                                    p["rows_w"], p["chans_x"], p["rows_x"], sh, sw, s.padding[0],
                                    s.padding[2], dh, dw, s.groups, step.algo == "pointwise",
                                    needs_gx, needs_gw, step.threads)
@@ -467,7 +470,7 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
     gb = np.empty(s.F, dtype=dt) if has_bias else None
     gx_step, gw_step = plan.grad_x, plan.grad_weight
     if has_bias and plan.grad_bias == "sum":
-        _conv.bias_grad(grad_y, gb, plan.grad_bias_threads)
+        _im2col.bias_grad(grad_y, gb, plan.grad_bias_threads)
     if gx_step is not None and gx_step is not gw_step:        # grad_x on its own
         _BACKWARD[gx_step.algo](grad_y, x, weight, gx, gw, None, s, gx_step, True, False)
     _BACKWARD[gw_step.algo](grad_y, x, weight, gx, gw, gb, s, gw_step, gx_step is gw_step, True)

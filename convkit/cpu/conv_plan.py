@@ -3,7 +3,7 @@ which task split and workspace -- a pure function of the shapes, the dtype, the 
 the workspace limit and the machine's abilities (``ConvCaps``).  convkit/cpu/conv.py runs the
 plan (one runner per algorithm); the constants are in convkit/cpu/tuning.py.
 
-Algorithms (the kernels are in convkit/cpu/_conv.pyx):
+Algorithms (the kernels are in convkit/cpu/_conv_<algorithm>.pyx, listed in _conv.pyx):
 
 =============== ====================================================================== ========
 name            what                                                                   passes
@@ -353,7 +353,7 @@ def plan_wide(s: ConvShape, Ho, Wo, itemsize, pointwise, limit):
 def plan_weight_dot(s: ConvShape, Ho, Wo, float32, own_sgemm, pointwise, n_threads, limit):
     """(rows, pass rows, filters per task, image groups, workspace floats) of the dot-product
     weight gradient, or None where it does not apply or fit."""
-    from ._conv import weight_dot_floats      # (a pure size computation, shared with the kernel)
+    from ._conv_dot import weight_dot_floats  # (a pure size computation, shared with the kernel)
     N, F, Cg, KH, KW, groups = s.N, s.F, s.Cg, s.KH, s.KW, s.groups
     taps = Cg * KH * KW
     if (not float32 or not own_sgemm or (groups > 1 and Cg == 1) or pointwise
