@@ -214,8 +214,8 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
     if pointwise:
         units_w = ceil_div(Ug, ceil_div(n_threads, G) if own_gemm else
                            ceil_div(Ug, T.BLAS_TASK_COLS))     # (see below)
-        chans_x = ceil_div(Cg, ceil_div(2 * n_threads, N * G) if own_gemm else
-                           ceil_div(T.BLAS_GRAD_X_TASKS, N * G))   # (BLAS: see chans_x below)
+        chans_x = ceil_div(Cg, ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G)
+                           if own_gemm else ceil_div(T.BLAS_GRAD_X_TASKS, N * G))  # (see below)
         return n_threads, units_w, Ho, chans_x, Ho, 0
     unit_w = KW * Wo * itemsize                    # one (channel, kh) tap row, one output row
     unit_x = KH * KW * Wo * itemsize               # one channel's taps, one output row
@@ -235,7 +235,7 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
         step = T.GEMM_PANEL // math.gcd(T.GEMM_PANEL, KW)
         whole = ceil_div(ceil_div(Ug, ceil_div(T.GRAD_WEIGHT_TASKS_PER_THREAD * n_threads, G)),
                          step) * step
-        if ceil_div(Ug, whole) >= 2 * n_threads:
+        if ceil_div(Ug, whole) >= T.GRAD_WEIGHT_MIN_TASKS_PER_THREAD * n_threads:
             units_w = whole     # (else, e.g. a 3-channel stem, one task per thread as before)
     units_w = min(units_w, budget // unit_w)
     rows_w = min(Ho, budget // (units_w * unit_w))
@@ -245,7 +245,7 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
         rows_x = max(1, min(Ho, budget // (Cg * unit_x)))
         # channels per task: on BLAS from the layer alone (OpenBLAS's kernels follow the GEMM's
         # row count, so a split that followed the thread count changed grad_x's bits)
-        split = (ceil_div(2 * n_threads, N * G) if own_gemm
+        split = (ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G) if own_gemm
                  else ceil_div(T.BLAS_GRAD_X_TASKS, N * G))
         chans_x = max(1, min(ceil_div(Cg, split), budget // (rows_x * unit_x)))
     else:

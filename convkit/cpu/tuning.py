@@ -18,7 +18,8 @@ SERIAL_MACS = 1 << 15
 
 # ----------------------------------------------------------------------------- workspaces
 # im2col piece per thread: twice the weight's bytes, clamped to [CHUNK_MIN, CHUNK_MAX]; small
-# pieces stay in cache, but each piece repacks the weight.  RESULTS.md "Conv plan tuning" / im2col piece.
+# pieces stay in cache, but each piece repacks the weight.
+# RESULTS.md "Conv plan tuning" / im2col piece.
 CHUNK_MIN = 512 * 2**10
 CHUNK_MAX = 8 * 2**20
 # Workspaces up to this size are kept per Python thread between calls (no page faults per call).
@@ -38,6 +39,12 @@ BLAS_GRAD_X_TASKS = 4
 # im2col grad_weight on the own GEMM: aim for this many tasks per thread (res_14's two tasks
 # spent 15% of the backward in libgomp's barrier).  Not measured in RESULTS.md.
 GRAD_WEIGHT_TASKS_PER_THREAD = 4
+# ... rounded to whole GEMM panels only where that still leaves this many tasks per thread
+# (else, e.g. a 3-channel stem, one task per thread).  Not measured in RESULTS.md.
+GRAD_WEIGHT_MIN_TASKS_PER_THREAD = 2
+# im2col grad_x on the own GEMM: channel blocks for at least this many tasks per thread.
+# Not measured in RESULTS.md.
+GRAD_X_TASKS_PER_THREAD = 2
 # im2col grad_weight on BLAS: column blocks about this wide, set by the layer (OpenBLAS gave a
 # 3-channel stem other bits on 1 and 2 threads).  RESULTS.md "Other changes measured this session".
 BLAS_TASK_COLS = 96
@@ -64,7 +71,8 @@ BATCH_BLOCKS = 4
 # Column blocks of the batch grad_weight (the batch is split in fixed parts below this).
 # Not measured in RESULTS.md.
 BATCH_W_BLOCKS = 2
-# A block of images' columns is capped to stay in L2.  RESULTS.md "Conv plan tuning" / batch block cap.
+# A block of images' columns is capped to stay in L2.
+# RESULTS.md "Conv plan tuning" / batch block cap.
 BATCH_CACHE = 512 * 2**10
 # Dense maps (H*W <= KH*KW, groups 1): one GEMM with the conv's dense matrix, of at most this
 # many elements (and 1/16 of the workspace limit).  RESULTS.md "Conv plan tuning" / dense maps.
@@ -81,7 +89,8 @@ WIDE_MAX_WIDENING = (5, 4)
 
 # ----------------------------------------------------------------------------- phase planes
 # Strided forward on the own GEMM by polyphase planes for output rows of at least this many
-# values (a GEMM per shorter row costs more than it saves).  RESULTS.md "stem_224: not met then, and why".
+# values (a GEMM per shorter row costs more than it saves).
+# RESULTS.md "stem_224: not met then, and why".
 PHASES_MIN_WO = 32
 # Output rows per task, lowered until there are PHASES_TASKS_PER_THREAD tasks per thread.
 # Not measured in RESULTS.md.
