@@ -118,6 +118,12 @@ def set_simd_level(int cap):
     return ck_set_simd_cap(cap)
 
 
+def _use_openmp(bint on):
+    """A/B switch for bench/bench_threading.py: run the tasks on OpenMP regions."""
+    global ck_force_omp
+    ck_force_omp = on
+
+
 def use_avx2(bint on):
     """Allow (default) or forbid the AVX2 and AVX-512 kernels; returns whether AVX2 or wider
     is now in use.  All paths give the same bits (tests compare them)."""
@@ -708,9 +714,11 @@ cdef extern from *:
     #if (defined(__unix__) || defined(__APPLE__)) && (defined(__GNUC__) || defined(__clang__))
     #include <pthread.h>
     #define CK_PTHREADS 1
-    #elif defined(_OPENMP)
+    #endif
+    #if defined(_OPENMP)
     #include <omp.h>
     #endif
+    static int ck_force_omp = 0;
     #if defined(_MSC_VER)
     #include <intrin.h>
     #endif
@@ -773,6 +781,19 @@ cdef extern from *:
         tasks = (n + chunk - 1) / chunk;
         if (nthreads > CK_MAX_THREADS) nthreads = CK_MAX_THREADS;
         if ((ptrdiff_t)nthreads > tasks) nthreads = (int)tasks;
+    #if defined(CK_PTHREADS) && defined(_OPENMP)
+        if (ck_force_omp && nthreads > 1) {
+            ck_loop_t L1;
+            L1.fn = fn; L1.ctx = ctx; L1.n = n; L1.chunk = chunk; L1.next = 0; L1.done = 0;
+            pthread_mutex_init(&L1.mu, NULL);
+            pthread_cond_init(&L1.cv, NULL);
+            #pragma omp parallel num_threads(nthreads)
+            ck_loop_run(&L1, omp_get_thread_num());
+            pthread_mutex_destroy(&L1.mu);
+            pthread_cond_destroy(&L1.cv);
+            return;
+        }
+    #endif
     #if defined(CK_PTHREADS)
         if (nthreads > 1) {
             ck_loop_t* L = (ck_loop_t*)malloc(sizeof(ck_loop_t));
@@ -978,6 +999,7 @@ cdef extern from *:
     #endif
     """
     int ck_set_simd_cap(int cap) noexcept nogil
+    int ck_force_omp
     int ck_all_finite_f(const float* a, Py_ssize_t n) noexcept nogil
     int ck_all_finite_d(const double* a, Py_ssize_t n) noexcept nogil
     void ck_transpose_f(const float* src, Py_ssize_t lds, Py_ssize_t rows, Py_ssize_t cols,

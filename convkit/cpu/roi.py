@@ -79,3 +79,9 @@ def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sa
     _roi.roi_align_backward(grad_y, rois, float(spatial_scale), int(sampling_ratio),
                             bool(aligned), gx, _threads(grad_y.size + N * C * H * W))
     return gx
+
+
+def _use_openmp(on):
+    """bench/bench_threading.py's A/B switch: the RoI tasks on OpenMP regions (True) or on
+    the pthread task runner (False)."""
+    _roi._use_openmp(on)
