@@ -6,8 +6,9 @@ The suite's RoI cases (``roi_align`` and ``roi_pool`` of convkit.benchmark.CASES
 (2, 256, 50, 68) map, forward+backward) timed with each runtime, rounds interleaved, medians in
 ms; then again with a Python busy loop pinned to the last CPU (``taskset``), the situation of
 bench/RESULTS.md's OMP_WAIT_POLICY note.  The runtime is switched with
-``convkit.cpu.roi._use_openmp(on)``, which exists only in builds that still carry both
-runtimes (the commit that introduced this script); OMP_WAIT_POLICY is left as the caller set it.
+``convkit.cpu.roi._use_openmp(on)``, which only commit b0d8b6b has (the RoI task runner beside
+OpenMP; since then RoI runs on OpenMP alone, README "Threads" says why): build that commit to
+rerun the comparison.  OMP_WAIT_POLICY is left as the caller set it.
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def main(argv=None):
     import convkit
     from convkit.cpu import roi
 
+    if not hasattr(roi, "_use_openmp"):
+        sys.exit("this build has one threading runtime (OpenMP): build commit b0d8b6b to compare")
     convkit.set_num_threads(args.threads)
     runtimes = {"tasks": lambda: roi._use_openmp(False), "openmp": lambda: roi._use_openmp(True)}
     fns = _cases()

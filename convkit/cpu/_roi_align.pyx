@@ -213,39 +213,56 @@ cdef _Taps* _taps_new(Py_ssize_t pooled, Py_ssize_t itemsize) noexcept nogil:
 
 
 
-cdef struct _Merged:
-    # one axis of one RoI: per bin, the distinct pixels its samples touch and their summed
-    # bilinear weights (bin p: entries [first[p], first[p+1]))
-    Py_ssize_t cap
+cdef struct _Lists:
+    # per bin b, entries [first[b], first[b+1]) of (index, weight): one axis's merged corners
+    # (idx: the row or column each touches, with its summed bilinear weight), or one RoI's
+    # taps (idx: the pixel h*W + w read with weight w; count: the bins' sample count; a dense
+    # RoI, grid above 8 x 8, has no taps and goes by separability)
     Py_ssize_t* first
     Py_ssize_t* idx
     void* w
+    Py_ssize_t cap
+    double count
+    bint dense
 
 
-cdef _Merged* _merged_new(Py_ssize_t pooled) noexcept nogil:
-    cdef _Merged* m = <_Merged*>malloc(sizeof(_Merged))
-    if m == NULL:
+cdef _Lists* _lists_new(Py_ssize_t nbins) noexcept nogil:
+    """Empty lists for nbins bins (NULL when memory ran out); entries come with _lists_reserve."""
+    cdef _Lists* t = <_Lists*>calloc(1, sizeof(_Lists))
+    if t == NULL:
         return NULL
-    m.cap = 0
-    m.idx = NULL
-    m.w = NULL
-    m.first = <Py_ssize_t*>malloc((pooled + 1) * sizeof(Py_ssize_t))
-    if m.first == NULL:
-        free(m)
+    t.first = <Py_ssize_t*>malloc((nbins + 1) * sizeof(Py_ssize_t))
+    if t.first == NULL:
+        free(t)
         return NULL
-    return m
+    return t
 
 
-cdef void _merged_free(_Merged* m) noexcept nogil:
-    if m != NULL:
-        free(m.first)
-        free(m.idx)
-        free(m.w)
-        free(m)
+cdef int _lists_reserve(_Lists* t, Py_ssize_t n, size_t itemsize) noexcept nogil:
+    """Room for n entries (the old arrays kept when big enough).  0 when memory ran out."""
+    if n <= t.cap and t.idx != NULL:
+        return 1
+    free(t.idx)
+    free(t.w)
+    t.idx = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t) + 1)
+    t.w = malloc(n * itemsize + 1)
+    t.cap = n
+    if t.idx == NULL or t.w == NULL:
+        t.cap = 0
+        return 0
+    return 1
+
+
+cdef void _lists_free(_Lists* t) noexcept nogil:
+    if t != NULL:
+        free(t.first)
+        free(t.idx)
+        free(t.w)
+        free(t)
 
 
 cdef int _merge_axis(_Taps* t, const floating* w_low, const floating* w_high,
-                     Py_ssize_t pooled, _Merged* m, bint merge) noexcept nogil:
+                     Py_ssize_t pooled, _Lists* m, bint merge) noexcept nogil:
     """Per bin, the pixels its samples' corners touch, with weights.  ``merge``: sum the
     weights of corners that land on the same pixel (both corners of a snapped sample,
     neighbouring samples in one cell) -- only for finite data, since torchvision multiplies
@@ -255,15 +272,8 @@ cdef int _merge_axis(_Taps* t, const floating* w_low, const floating* w_high,
     cdef Py_ssize_t need = 2 * t.first[pooled] + 1, n = 0, p, a, j, e, px
     cdef floating wt
     cdef floating* mw
-    if need > m.cap:
-        free(m.idx)
-        free(m.w)
-        m.idx = <Py_ssize_t*>malloc(need * sizeof(Py_ssize_t))
-        m.w = malloc(need * sizeof(floating))
-        m.cap = need
-        if m.idx == NULL or m.w == NULL:
-            m.cap = 0
-            return 0
+    if not _lists_reserve(m, need, sizeof(floating)):
+        return 0
     mw = <floating*>m.w
     for p in range(pooled):
         m.first[p] = n
@@ -288,7 +298,7 @@ cdef int _merge_axis(_Taps* t, const floating* w_low, const floating* w_high,
     return 1
 
 
-cdef void _taps_fill(_Merged* my, _Merged* mx, Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw,
+cdef void _taps_fill(_Lists* my, _Lists* mx, Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw,
                      Py_ssize_t k, Py_ssize_t* first, Py_ssize_t* off, floating* w) noexcept nogil:
     """Bin (p, q) reads pixel (r, c) (off = r*W + c) with weight wy[r] * wx[c] for every
     distinct row r and column c its samples touch; taps from index k on, bin b's are
@@ -472,8 +482,8 @@ cdef struct _Geo:
     # one thread's scratch for the geometry of one RoI
     _Taps* ty
     _Taps* tx
-    _Merged* my
-    _Merged* mx
+    _Lists* my
+    _Lists* mx
 
 
 cdef _Geo* _geo_new(Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t itemsize) noexcept nogil:
@@ -483,8 +493,8 @@ cdef _Geo* _geo_new(Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t itemsize) noexcept 
         return NULL
     g.ty = _taps_new(ph, itemsize)
     g.tx = _taps_new(pw, itemsize)
-    g.my = _merged_new(ph)
-    g.mx = _merged_new(pw)
+    g.my = _lists_new(ph)
+    g.mx = _lists_new(pw)
     if g.ty == NULL or g.tx == NULL or g.my == NULL or g.mx == NULL:
         _geo_free(g)
         return NULL
@@ -495,46 +505,14 @@ cdef void _geo_free(_Geo* g) noexcept nogil:
     if g != NULL:
         _taps_free(g.ty)
         _taps_free(g.tx)
-        _merged_free(g.my)
-        _merged_free(g.mx)
+        _lists_free(g.my)
+        _lists_free(g.mx)
         free(g)
-
-
-cdef struct _RoiTab:
-    # one RoI's bilinear taps: bin b reads pixel off[t] (h*W + w) with weight w[t] for t in
-    # [first[b], first[b+1]); a dense RoI (grid above 8 x 8) has none and goes by
-    # separability; count is its bins' sample count
-    Py_ssize_t* first
-    Py_ssize_t* off
-    void* w
-    Py_ssize_t cap
-    double count
-    bint dense
-
-
-cdef _RoiTab* _tab_new(Py_ssize_t nbins) noexcept nogil:
-    """A thread's table for one RoI at a time (NULL when memory ran out)."""
-    cdef _RoiTab* t = <_RoiTab*>calloc(1, sizeof(_RoiTab))
-    if t == NULL:
-        return NULL
-    t.first = <Py_ssize_t*>malloc((nbins + 1) * sizeof(Py_ssize_t))
-    if t.first == NULL:
-        free(t)
-        return NULL
-    return t
-
-
-cdef void _tab_free(_RoiTab* t) noexcept nogil:
-    if t != NULL:
-        free(t.first)
-        free(t.off)
-        free(t.w)
-        free(t)
 
 
 cdef int _roi_table(const floating* roi, floating scale, floating offset, bint aligned,
                     Py_ssize_t sampling_ratio, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t H,
-                    Py_ssize_t W, bint merge, _Geo* g, _RoiTab* t) noexcept nogil:
+                    Py_ssize_t W, bint merge, _Geo* g, _Lists* t) noexcept nogil:
     """One RoI's samples, per bin and axis the distinct pixels touched (with summed weights
     when ``merge``), laid out as taps in t (grown as needed; g.ty/g.tx keep the per-axis
     samples, which the separable route of a dense RoI uses).  0 when memory ran out."""
@@ -553,16 +531,9 @@ cdef int _roi_table(const floating* roi, floating scale, floating offset, bint a
                             g.mx, merge)):
         return 0
     n = g.my.first[ph] * g.mx.first[pw]
-    if n > t.cap or t.off == NULL:
-        free(t.off)
-        free(t.w)
-        t.off = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t) + 1)
-        t.w = malloc(n * sizeof(floating) + 1)
-        t.cap = n
-        if t.off == NULL or t.w == NULL:
-            t.cap = 0
-            return 0
-    _taps_fill(g.my, g.mx, W, ph, pw, 0, t.first, t.off, <floating*>t.w)
+    if not _lists_reserve(t, n, sizeof(floating)):
+        return 0
+    _taps_fill(g.my, g.mx, W, ph, pw, 0, t.first, t.idx, <floating*>t.w)
     return 1
 
 
@@ -571,7 +542,7 @@ cdef int _roi_table(const floating* roi, floating scale, floating offset, bint a
 cdef int _forward_roi(const floating* xt, const unsigned char* row_finite, const floating* roi,
                       Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t ph,
                       Py_ssize_t pw, floating scale, bint aligned, Py_ssize_t sr, void* buf,
-                      _Geo* geo, _RoiTab* tab, floating* y) noexcept nogil:
+                      _Geo* geo, _Lists* tab, floating* y) noexcept nogil:
     """One RoI of the forward: its taps, then each bin summed over them for all channels into
     y, the RoI's (C, ph*pw) output.  1: done, 0: out of memory, -1: bad batch index."""
     cdef Py_ssize_t b = batch_index(roi[0], N), h, nbins = ph * pw
@@ -588,10 +559,10 @@ cdef int _forward_roi(const floating* xt, const unsigned char* row_finite, const
     if tab.dense:
         return _separable(img, NULL, W, C, 0, C, geo.ty, geo.tx, ph, pw, tab.count, y, NULL, 0)
     if floating is float:
-        ck_align_roi_f(img, C, nbins, tab.first, tab.off, <const float*>tab.w,
+        ck_align_roi_f(img, C, nbins, tab.first, tab.idx, <const float*>tab.w,
                        <float>tab.count, tab.count, buf, y)
     else:
-        _bins_forward(img, C, nbins, tab.first, tab.off, <const floating*>tab.w, tab.count,
+        _bins_forward(img, C, nbins, tab.first, tab.idx, <const floating*>tab.w, tab.count,
                       <floating*>buf, y)
     return 1
 
@@ -616,7 +587,7 @@ def roi_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
     cdef unsigned char* rf = &row_finite[0]
     cdef void* buf
     cdef _Geo* geo
-    cdef _RoiTab* tab
+    cdef _Lists* tab
     cdef int r
     with nogil:
         for nh in prange(N * H, schedule="dynamic", chunksize=2,
@@ -625,7 +596,7 @@ def roi_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
         with parallel(num_threads=team(n_threads, K)):
             buf = ck_malloc64(max(ck_roi_scratch_bytes(nbins), C * sizeof(floating) + 1))
             geo = _geo_new(ph, pw, sizeof(floating))
-            tab = _tab_new(nbins)
+            tab = _lists_new(nbins)
             for i in prange(K, schedule="dynamic", chunksize=1):
                 k = order[i]
                 if buf == NULL or geo == NULL or tab == NULL:
@@ -640,17 +611,17 @@ def roi_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
                         bad += 1
             ck_free64(buf)
             _geo_free(geo)
-            _tab_free(tab)
+            _lists_free(tab)
     if failed:
         raise MemoryError("roi_align: out of memory for the sample tables or a scratch buffer")
     return bad
 
 
-cdef int _backward_block(const floating* gy, const floating* rois, _RoiTab* tabs,
+cdef int _backward_block(const floating* gy, const floating* rois, _Lists* tabs,
                          Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t K,
                          Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t CB, Py_ssize_t task,
                          floating scale, bint aligned, Py_ssize_t sr, floating* gb,
-                         floating* gt, _Geo* geo, _RoiTab* tab, floating* gx) noexcept nogil:
+                         floating* gt, _Geo* geo, _Lists* tab, floating* gx) noexcept nogil:
     """Image n, channels [c0, c0 + nc) of grad_x (task = n * blocks + block), accumulated in a
     private (H*W, nc) block gb over the image's RoIs in order, then transposed into grad_x's
     planes.  tabs: every RoI's merged taps.  1: done, 0: out of memory, 2: done, but a RoI's
@@ -660,7 +631,7 @@ cdef int _backward_block(const floating* gy, const floating* rois, _RoiTab* tabs
     cdef Py_ssize_t k, i, r, q, b, knext
     cdef const floating* gyk
     cdef floating* dst
-    cdef _RoiTab* use
+    cdef _Lists* use
     cdef bint finite
     cdef int ret = 1
     memset(gb, 0, HW * nc * sizeof(floating))
@@ -691,11 +662,11 @@ cdef int _backward_block(const floating* gy, const floating* rois, _RoiTab* tabs
                               gyk, 1):
                 return 0
         elif floating is float:
-            ck_align_roi_bwd_f(gb, nc, nbins, use.first, use.off, <const float*>use.w,
+            ck_align_roi_bwd_f(gb, nc, nbins, use.first, use.idx, <const float*>use.w,
                                <float>use.count, use.count, gyk, gt,
                                gy + (knext * C + c0) * nbins if knext < K else NULL)
         else:
-            _bins_backward(gb, nc, nbins, use.first, use.off, <const floating*>use.w,
+            _bins_backward(gb, nc, nbins, use.first, use.idx, <const floating*>use.w,
                            use.count, gyk, gt)
     dst = gx + (n * C + c0) * HW    # (H*W, nc) block -> the nc planes of gx, 64 pixels a step
     for i in range(0, HW, 64):
@@ -726,12 +697,12 @@ def roi_align_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1] r
     cdef const floating* rp = &rois[0, 0]
     cdef floating* gxp = &gx[0, 0, 0, 0]
     cdef floating off = <floating>0.5 if aligned else <floating>0
-    cdef _RoiTab* tabs = <_RoiTab*>calloc(K, sizeof(_RoiTab))
+    cdef _Lists* tabs = <_Lists*>calloc(K, sizeof(_Lists))
     cdef Py_ssize_t* firsts = <Py_ssize_t*>malloc(K * (nbins + 1) * sizeof(Py_ssize_t))
     cdef floating* gb
     cdef floating* gt
     cdef _Geo* geo
-    cdef _RoiTab* tab
+    cdef _Lists* tab
     cdef int r
     if tabs == NULL or firsts == NULL:
         free(tabs)
@@ -753,7 +724,7 @@ def roi_align_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1] r
                 gb = <floating*>ck_malloc64(H * W * CB * sizeof(floating) + 1)
                 gt = <floating*>ck_malloc64(nbins * CB * sizeof(floating) + 1)
                 geo = _geo_new(ph, pw, sizeof(floating))
-                tab = _tab_new(nbins)
+                tab = _lists_new(nbins)
                 for task in prange(ntasks, schedule="dynamic", chunksize=1):
                     if gb == NULL or gt == NULL or geo == NULL or tab == NULL:
                         failed += 1
@@ -768,9 +739,9 @@ def roi_align_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1] r
                 ck_free64(gb)
                 ck_free64(gt)
                 _geo_free(geo)
-                _tab_free(tab)
+                _lists_free(tab)
         for k in range(K):
-            free(tabs[k].off)
+            free(tabs[k].idx)
             free(tabs[k].w)
         free(tabs)
         free(firsts)

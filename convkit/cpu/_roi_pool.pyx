@@ -97,15 +97,11 @@ cdef void roi_pool_one(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t
 
 
 def simd_available():
-    """True when the SSE2 kernels were compiled in (x86-64)."""
-    return bool(ck_align_simd())
+    return bool(ck_align_simd())    # as _roi_align.simd_available
 
 
 def set_simd_level(int cap):
-    """Cap this module's float32 kernels' vector width (2: AVX-512, 1: AVX2, 0: SSE2; default
-    2) and return the level now in use (also limited by the CPU); convkit.cpu.roi sets it for
-    both RoI modules.  Every level gives the same bits (tests compare them)."""
-    return ck_set_simd_cap(cap)
+    return ck_set_simd_cap(cap)     # this module's cap (see _roi_align.set_simd_level)
 
 
 def roi_pool_forward_nhwc(const float[:, :, :, ::1] x, float[:, :, :, ::1] xt,

@@ -10,59 +10,46 @@
 #define CK_BN_SSE2 1
 #endif
 
-/* s += sum(x - m), q += sum((x - m)^2) */
-static void ck_bn_sums_f(const float* x, ptrdiff_t n, double m, double* s, double* q) {
-    ptrdiff_t i = 0;
-    double ts = 0, tq = 0;
 #ifdef CK_BN_SSE2
-    __m128d vm = _mm_set1_pd(m), s0 = _mm_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
-    __m128d q0 = s0, q1 = s0, q2 = s0, q3 = s0, d0, d1, d2, d3;
-    double buf[2];
-    for (; i + 8 <= n; i += 8) {
-        __m128 a = _mm_loadu_ps(x + i), b = _mm_loadu_ps(x + i + 4);
-        d0 = _mm_sub_pd(_mm_cvtps_pd(a), vm);
-        d1 = _mm_sub_pd(_mm_cvtps_pd(_mm_movehl_ps(a, a)), vm);
-        d2 = _mm_sub_pd(_mm_cvtps_pd(b), vm);
-        d3 = _mm_sub_pd(_mm_cvtps_pd(_mm_movehl_ps(b, b)), vm);
-        s0 = _mm_add_pd(s0, d0); s1 = _mm_add_pd(s1, d1);
-        s2 = _mm_add_pd(s2, d2); s3 = _mm_add_pd(s3, d3);
-        q0 = _mm_add_pd(q0, _mm_mul_pd(d0, d0)); q1 = _mm_add_pd(q1, _mm_mul_pd(d1, d1));
-        q2 = _mm_add_pd(q2, _mm_mul_pd(d2, d2)); q3 = _mm_add_pd(q3, _mm_mul_pd(d3, d3));
-    }
-    _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(s0, s1), _mm_add_pd(s2, s3)));
-    ts = buf[0] + buf[1];
-    _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(q0, q1), _mm_add_pd(q2, q3)));
-    tq = buf[0] + buf[1];
-#endif
-    for (; i < n; i++) { double d = (double)x[i] - m; ts += d; tq += d * d; }
-    *s += ts; *q += tq;
+/* two values of x widened to double (exact for float) */
+static inline __m128d ck_bn_ld2_f(const float* x) {
+    return _mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)x)));
 }
+static inline __m128d ck_bn_ld2_d(const double* x) { return _mm_loadu_pd(x); }
+/* the vector part of ck_bn_sums: four pairs of accumulators, eight values a step */
+#define CK_BN_SUMS_SSE2(S)                                                                    \
+    __m128d vm = _mm_set1_pd(m), s0 = _mm_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;            \
+    __m128d q0 = s0, q1 = s0, q2 = s0, q3 = s0, d0, d1, d2, d3;                               \
+    double buf[2];                                                                            \
+    for (; i + 8 <= n; i += 8) {                                                              \
+        d0 = _mm_sub_pd(ck_bn_ld2_##S(x + i), vm);                                            \
+        d1 = _mm_sub_pd(ck_bn_ld2_##S(x + i + 2), vm);                                        \
+        d2 = _mm_sub_pd(ck_bn_ld2_##S(x + i + 4), vm);                                        \
+        d3 = _mm_sub_pd(ck_bn_ld2_##S(x + i + 6), vm);                                        \
+        s0 = _mm_add_pd(s0, d0); s1 = _mm_add_pd(s1, d1);                                     \
+        s2 = _mm_add_pd(s2, d2); s3 = _mm_add_pd(s3, d3);                                     \
+        q0 = _mm_add_pd(q0, _mm_mul_pd(d0, d0)); q1 = _mm_add_pd(q1, _mm_mul_pd(d1, d1));     \
+        q2 = _mm_add_pd(q2, _mm_mul_pd(d2, d2)); q3 = _mm_add_pd(q3, _mm_mul_pd(d3, d3));     \
+    }                                                                                         \
+    _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(s0, s1), _mm_add_pd(s2, s3)));                   \
+    ts = buf[0] + buf[1];                                                                     \
+    _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(q0, q1), _mm_add_pd(q2, q3)));                   \
+    tq = buf[0] + buf[1];
+#else
+#define CK_BN_SUMS_SSE2(S)
+#endif
 
-static void ck_bn_sums_d(const double* x, ptrdiff_t n, double m, double* s, double* q) {
-    ptrdiff_t i = 0;
-    double ts = 0, tq = 0;
-#ifdef CK_BN_SSE2
-    __m128d vm = _mm_set1_pd(m), s0 = _mm_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
-    __m128d q0 = s0, q1 = s0, q2 = s0, q3 = s0, d0, d1, d2, d3;
-    double buf[2];
-    for (; i + 8 <= n; i += 8) {
-        d0 = _mm_sub_pd(_mm_loadu_pd(x + i), vm);
-        d1 = _mm_sub_pd(_mm_loadu_pd(x + i + 2), vm);
-        d2 = _mm_sub_pd(_mm_loadu_pd(x + i + 4), vm);
-        d3 = _mm_sub_pd(_mm_loadu_pd(x + i + 6), vm);
-        s0 = _mm_add_pd(s0, d0); s1 = _mm_add_pd(s1, d1);
-        s2 = _mm_add_pd(s2, d2); s3 = _mm_add_pd(s3, d3);
-        q0 = _mm_add_pd(q0, _mm_mul_pd(d0, d0)); q1 = _mm_add_pd(q1, _mm_mul_pd(d1, d1));
-        q2 = _mm_add_pd(q2, _mm_mul_pd(d2, d2)); q3 = _mm_add_pd(q3, _mm_mul_pd(d3, d3));
-    }
-    _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(s0, s1), _mm_add_pd(s2, s3)));
-    ts = buf[0] + buf[1];
-    _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(q0, q1), _mm_add_pd(q2, q3)));
-    tq = buf[0] + buf[1];
-#endif
-    for (; i < n; i++) { double d = x[i] - m; ts += d; tq += d * d; }
-    *s += ts; *q += tq;
+/* s += sum(x - m), q += sum((x - m)^2) */
+#define CK_BN_SUMS(T, S)                                                                      \
+static void ck_bn_sums_##S(const T* x, ptrdiff_t n, double m, double* s, double* q) {        \
+    ptrdiff_t i = 0;                                                                          \
+    double ts = 0, tq = 0;                                                                    \
+    CK_BN_SUMS_SSE2(S)                                                                        \
+    for (; i < n; i++) { double d = (double)x[i] - m; ts += d; tq += d * d; }                 \
+    *s += ts; *q += tq;                                                                       \
 }
+CK_BN_SUMS(float, f)
+CK_BN_SUMS(double, d)
 
 /* sg += sum(g), sd += sum(g * (x - m)) */
 static void ck_bn_dot_f(const float* g, const float* x, ptrdiff_t n, double m,

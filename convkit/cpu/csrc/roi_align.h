@@ -4,12 +4,7 @@
 #ifndef CK_ROI_ALIGN_H
 #define CK_ROI_ALIGN_H
 #include "roi_simd.h"
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC optimize("fp-contract=off")
-#endif
+CK_ROI_STRICT_FP_BEGIN
 
 /* How a bin's sum becomes the mean: 1 multiply by 1/count (count a power of two, so the
    product is the same correctly rounded quotient), 2 divide in float (count exact in
@@ -89,20 +84,8 @@ static int ck_scale_kind(float fcount, double count) {
 #define CK_ALIGN_BWD_ARGS float* gb, ptrdiff_t cb, ptrdiff_t nbins,                      \
     const ptrdiff_t* first, const ptrdiff_t* off, const float* w, const float* gt
 
-#ifdef CK_ROI_SSE2
-static ptrdiff_t ck_align_fwd_x(CK_ALIGN_FWD_ARGS) CK_ALIGN_FWD_BODY(CK_X)
-static ptrdiff_t ck_align_bwd_x(CK_ALIGN_BWD_ARGS) CK_ALIGN_BWD_BODY(CK_X)
-#endif
-#ifdef CK_ROI_WIDE
-__attribute__((target("avx2")))
-static ptrdiff_t ck_align_fwd_y(CK_ALIGN_FWD_ARGS) CK_ALIGN_FWD_BODY(CK_Y)
-__attribute__((target("avx2")))
-static ptrdiff_t ck_align_bwd_y(CK_ALIGN_BWD_ARGS) CK_ALIGN_BWD_BODY(CK_Y)
-__attribute__((target("avx512f")))
-static ptrdiff_t ck_align_fwd_z(CK_ALIGN_FWD_ARGS) CK_ALIGN_FWD_BODY(CK_Z)
-__attribute__((target("avx512f")))
-static ptrdiff_t ck_align_bwd_z(CK_ALIGN_BWD_ARGS) CK_ALIGN_BWD_BODY(CK_Z)
-#endif
+CK_ROI_INSTANTIATE(ck_align_fwd, CK_ALIGN_FWD_ARGS, CK_ALIGN_FWD_BODY)
+CK_ROI_INSTANTIATE(ck_align_bwd, CK_ALIGN_BWD_ARGS, CK_ALIGN_BWD_BODY)
 
 /* One RoI's align forward: taps as in CK_ALIGN_FWD_BODY, y the RoI's (C, nbins) output. */
 static void ck_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nbins,
@@ -117,13 +100,9 @@ static void ck_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nbins,
     for (c0 = 0; c0 < C; c0 = c1) {
         c1 = C - c0 > CK_CHUNK ? c0 + CK_CHUNK : C;
         c = c0;
-#ifdef CK_ROI_WIDE
-        if (lv == 2) c = ck_align_fwd_z(img, C, nbins, first, off, w, kind, inv, fcount, c0, c1, tb, CK_LD);
-        else if (lv == 1) c = ck_align_fwd_y(img, C, nbins, first, off, w, kind, inv, fcount, c0, c1, tb, CK_LD);
-        else
-#endif
 #ifdef CK_ROI_SSE2
-        c = ck_align_fwd_x(img, C, nbins, first, off, w, kind, inv, fcount, c0, c1, tb, CK_LD);
+        c = CK_ROI_CALL(lv, ck_align_fwd, img, C, nbins, first, off, w, kind, inv, fcount, c0,
+                        c1, tb, CK_LD);
 #endif
         for (; c < c1; c++) {       /* the lanes' arithmetic, one channel at a time */
             for (b = 0; b < nbins; b++) {
@@ -170,13 +149,8 @@ static void ck_align_roi_bwd_f(float* gb, ptrdiff_t cb, ptrdiff_t nbins,
                 __builtin_prefetch((const char*)next + pf, 0, 3);
 #endif
         c = 0;
-#ifdef CK_ROI_WIDE
-        if (lv == 2) c = ck_align_bwd_z(gb, cb, b1 - b0, first + b0, off, w, gt + b0 * cb);
-        else if (lv == 1) c = ck_align_bwd_y(gb, cb, b1 - b0, first + b0, off, w, gt + b0 * cb);
-        else
-#endif
 #ifdef CK_ROI_SSE2
-        c = ck_align_bwd_x(gb, cb, b1 - b0, first + b0, off, w, gt + b0 * cb);
+        c = CK_ROI_CALL(lv, ck_align_bwd, gb, cb, b1 - b0, first + b0, off, w, gt + b0 * cb);
 #endif
     }
     for (; c < cb; c++)
@@ -185,7 +159,5 @@ static void ck_align_roi_bwd_f(float* gb, ptrdiff_t cb, ptrdiff_t nbins,
                 gb[off[t] * cb + c] += gt[b * cb + c] * w[t];
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC pop_options
-#endif
+CK_ROI_STRICT_FP_END
 #endif

@@ -3,12 +3,7 @@
 #ifndef CK_ROI_POOL_H
 #define CK_ROI_POOL_H
 #include "roi_simd.h"
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC optimize("fp-contract=off")
-#endif
+CK_ROI_STRICT_FP_BEGIN
 
 /* RoI max pool, one RoI: each non-empty bin scanned in row-major order with a strict '>'
    from -FLT_MAX / index -1 (first maximum wins, NaN never does), R vectors of channels at
@@ -54,15 +49,7 @@
     ptrdiff_t pw, const ptrdiff_t* hs, const ptrdiff_t* he, const ptrdiff_t* ws,        \
     const ptrdiff_t* we, ptrdiff_t c0, ptrdiff_t c1, float* tb, int32_t* ti, ptrdiff_t ld
 
-#ifdef CK_ROI_SSE2
-static ptrdiff_t ck_pool_x(CK_POOL_ARGS) CK_POOL_BODY(CK_X)
-#endif
-#ifdef CK_ROI_WIDE
-__attribute__((target("avx2")))
-static ptrdiff_t ck_pool_y(CK_POOL_ARGS) CK_POOL_BODY(CK_Y)
-__attribute__((target("avx512f")))
-static ptrdiff_t ck_pool_z(CK_POOL_ARGS) CK_POOL_BODY(CK_Z)
-#endif
+CK_ROI_INSTANTIATE(ck_pool, CK_POOL_ARGS, CK_POOL_BODY)
 
 /* The same for int32 -> int64 (pool argmax). */
 static void ck_transpose_i(const int32_t* src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
@@ -104,13 +91,8 @@ static void ck_pool_roi_f(const float* img, ptrdiff_t W, ptrdiff_t C, ptrdiff_t 
     for (c0 = 0; c0 < C; c0 = c1) {
         c1 = C - c0 > CK_CHUNK ? c0 + CK_CHUNK : C;
         c = c0;
-#ifdef CK_ROI_WIDE
-        if (lv == 2) c = ck_pool_z(img, W, C, ph, pw, hs, he, ws, we, c0, c1, tb, ti, CK_LD);
-        else if (lv == 1) c = ck_pool_y(img, W, C, ph, pw, hs, he, ws, we, c0, c1, tb, ti, CK_LD);
-        else
-#endif
 #ifdef CK_ROI_SSE2
-        c = ck_pool_x(img, W, C, ph, pw, hs, he, ws, we, c0, c1, tb, ti, CK_LD);
+        c = CK_ROI_CALL(lv, ck_pool, img, W, C, ph, pw, hs, he, ws, we, c0, c1, tb, ti, CK_LD);
 #endif
         for (p = 0; p < ph; p++) {
             for (q = 0; q < pw; q++) {
@@ -140,7 +122,5 @@ static void ck_pool_roi_f(const float* img, ptrdiff_t W, ptrdiff_t C, ptrdiff_t 
         ck_stream_copy(am + c0 * nb, tri, (size_t)(nb * (c1 - c0)) * sizeof(int64_t));
     }
 }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC pop_options
-#endif
+CK_ROI_STRICT_FP_END
 #endif

@@ -26,12 +26,20 @@
 #include <immintrin.h>
 #define CK_ROI_WIDE 1
 #endif
+/* The kernels' arithmetic is exactly what the C says (no FMA contraction: every vector path
+   and the scalar tails give the same bits): each header brackets its functions with these. */
 #if defined(__clang__)
-#pragma clang fp contract(off)
+#define CK_ROI_STRICT_FP_BEGIN _Pragma("clang fp contract(off)")
+#define CK_ROI_STRICT_FP_END
 #elif defined(__GNUC__)
-#pragma GCC push_options
-#pragma GCC optimize("fp-contract=off")
+#define CK_ROI_STRICT_FP_BEGIN                                                              \
+    _Pragma("GCC push_options") _Pragma("GCC optimize(\"fp-contract=off\")")
+#define CK_ROI_STRICT_FP_END _Pragma("GCC pop_options")
+#else
+#define CK_ROI_STRICT_FP_BEGIN
+#define CK_ROI_STRICT_FP_END
 #endif
+CK_ROI_STRICT_FP_BEGIN
 
 static int ck_align_simd(void) {
 #ifdef CK_ROI_SSE2
@@ -112,6 +120,25 @@ static int ck_set_simd_cap(int cap) {
 #define CK_Z_ISET1(s) _mm512_set1_epi32(s)
 #define CK_Z_ISEL(m, a, b) _mm512_mask_blend_epi32(m, b, a)
 #define CK_Z_IST(p, v) _mm512_storeu_si512((void*)(p), v)
+
+/* A kernel body (BODY(X), X one of CK_X / CK_Y / CK_Z) built for every vector path this
+   compiler has: NAME_x (SSE2), NAME_y (AVX2), NAME_z (AVX-512F); CK_ROI_CALL(lv, NAME, ...)
+   calls the one for level lv (as ck_simd_level gives it).  Only with CK_ROI_SSE2. */
+#if defined(CK_ROI_WIDE)
+#define CK_ROI_INSTANTIATE(NAME, ARGS, BODY)                                                \
+    static ptrdiff_t NAME##_x(ARGS) BODY(CK_X)                                              \
+    __attribute__((target("avx2")))                                                         \
+    static ptrdiff_t NAME##_y(ARGS) BODY(CK_Y)                                              \
+    __attribute__((target("avx512f")))                                                      \
+    static ptrdiff_t NAME##_z(ARGS) BODY(CK_Z)
+#define CK_ROI_CALL(lv, NAME, ...)                                                          \
+    ((lv) == 2 ? NAME##_z(__VA_ARGS__) : (lv) == 1 ? NAME##_y(__VA_ARGS__) : NAME##_x(__VA_ARGS__))
+#elif defined(CK_ROI_SSE2)
+#define CK_ROI_INSTANTIATE(NAME, ARGS, BODY) static ptrdiff_t NAME##_x(ARGS) BODY(CK_X)
+#define CK_ROI_CALL(lv, NAME, ...) NAME##_x(__VA_ARGS__)
+#else
+#define CK_ROI_INSTANTIATE(NAME, ARGS, BODY)
+#endif
 
 /* dst[c*ldd + r] = op(src[r*lds + c]) for r < rows, c < cols, op: x * inv (kind 1),
    x / fcount (kind 2), x (else) -- a RoI's grad block is transposed to bin-major and
@@ -248,7 +275,5 @@ static size_t ck_roi_scratch_bytes(ptrdiff_t nbins) {
                             + CK_CHUNK * (sizeof(float) + sizeof(int64_t))) + 64;
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC pop_options
-#endif
+CK_ROI_STRICT_FP_END
 #endif
