@@ -75,8 +75,7 @@ class CudaBackend(Backend):
     """CuPy arrays on an NVIDIA GPU.  ``xp`` is ``cupy``."""
 
     name = "cuda"
-    # indices passed to the backwards are range-checked at the boundary (the atomic
-    # scatter kernels trust them)
+    # the atomic scatter kernels trust indices/argmax: the boundary range-checks a private copy
     validates_indices = False
 
     def __init__(self):
@@ -157,64 +156,64 @@ class CudaBackend(Backend):
         seconds spent per (kernel file, dtype)."""
         return self._kernels.precompile()
 
-    # ------------------------------------------------------------------ ops
-    def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups, out=None):
+    # ------------------------------------------------------------------ hooks
+    def _conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups, out=None):
         return self._conv.conv2d_forward(x, weight, bias, stride, padding, dilation, groups,
                                          out=out)
 
-    def conv2d_backward(self, grad_y, x, weight, stride, padding, dilation, groups,
-                        needs_input_grad, has_bias):
+    def _conv2d_backward(self, grad_y, x, weight, stride, padding, dilation, groups,
+                         needs_input_grad, has_bias):
         return self._conv.conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups,
                                           needs_input_grad, has_bias)
 
-    def max_pool2d_forward(self, x, kernel_size, stride, padding, dilation, out_hw, out=None):
+    def _max_pool2d_forward(self, x, kernel_size, stride, padding, dilation, out_hw, out=None):
         return self._pool.max_pool2d_forward(x, kernel_size, stride, padding, dilation, out_hw,
                                              out=out)
 
-    def max_pool2d_backward(self, grad_y, indices, input_shape):
+    def _max_pool2d_backward(self, grad_y, indices, input_shape):
         """Atomic scatter by default (not bit-reproducible where windows overlap); sorted,
         deterministic scatter under ``convkit.set_deterministic(True)``."""
         return self._pool.max_pool2d_backward(grad_y, indices, input_shape)
 
-    def avg_pool2d_forward(self, x, kernel_size, stride, padding, out_hw, count_include_pad,
-                           out=None):
+    def _avg_pool2d_forward(self, x, kernel_size, stride, padding, out_hw, count_include_pad,
+                            out=None):
         return self._pool.avg_pool2d_forward(x, kernel_size, stride, padding, out_hw,
                                              count_include_pad, out=out)
 
-    def avg_pool2d_backward(self, grad_y, input_shape, kernel_size, stride, padding,
-                            count_include_pad):
+    def _avg_pool2d_backward(self, grad_y, input_shape, kernel_size, stride, padding,
+                             count_include_pad):
         return self._pool.avg_pool2d_backward(grad_y, input_shape, kernel_size, stride, padding,
                                               count_include_pad)
 
-    def batch_norm_forward(self, x, weight, bias, running_mean, running_var, training,
-                           momentum, eps, out=None):
+    def _batch_norm_forward(self, x, weight, bias, running_mean, running_var, training,
+                            momentum, eps, out=None):
         return self._bn.batch_norm_forward(x, weight, bias, running_mean, running_var,
                                            training, momentum, eps, out=out)
 
-    def batch_norm_backward(self, grad_y, x, weight, save_mean, save_invstd, training):
+    def _batch_norm_backward(self, grad_y, x, weight, save_mean, save_invstd, training):
         return self._bn.batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, training)
 
-    def roi_pool_forward(self, x, rois, output_size, spatial_scale, out=None):
+    def _roi_pool_forward(self, x, rois, output_size, spatial_scale, out=None):
         return self._roi.roi_pool_forward(x, rois, output_size, spatial_scale, out=out)
 
-    def roi_pool_backward(self, grad_y, rois, argmax, input_shape):
+    def _roi_pool_backward(self, grad_y, rois, argmax, input_shape):
         return self._roi.roi_pool_backward(grad_y, rois, argmax, input_shape)
 
-    def roi_align_forward(self, x, rois, output_size, spatial_scale, sampling_ratio, aligned,
-                          out=None):
+    def _roi_align_forward(self, x, rois, output_size, spatial_scale, sampling_ratio, aligned,
+                           out=None):
         return self._roi.roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio,
                                            aligned, out=out)
 
-    def roi_align_backward(self, grad_y, rois, input_shape, output_size, spatial_scale,
-                           sampling_ratio, aligned):
+    def _roi_align_backward(self, grad_y, rois, input_shape, output_size, spatial_scale,
+                            sampling_ratio, aligned):
         """Atomic scatter by default (not bit-reproducible); a deterministic gather kernel
         under ``convkit.set_deterministic(True)``
         (see :func:`convkit_cuda.roi.roi_align_backward`)."""
         return self._roi.roi_align_backward(grad_y, rois, input_shape, output_size,
                                             spatial_scale, sampling_ratio, aligned)
 
-    def nms(self, boxes, scores, iou_threshold):
+    def _nms(self, boxes, scores, iou_threshold):
         return self._boxes.nms(boxes, scores, iou_threshold)
 
-    def box_iou(self, boxes1, boxes2):
+    def _box_iou(self, boxes1, boxes2):
         return self._boxes.box_iou(boxes1, boxes2)

@@ -261,26 +261,26 @@ def test_emulated_conv_workspace_chunks(emulated, torch, groups):
 
 
 def test_emulated_ops_called_with_no_work(emulated):
-    """Backend methods reached with empty arrays (the boundary normally stops them first)
+    """Backend hooks reached with empty arrays (the boundary normally stops them first)
     return correctly shaped results and launch nothing invalid."""
     be = emulated
     x = np.zeros((0, 3, 5, 5), np.float32)
-    y, idx = be.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), (2, 2))
+    y, idx = be._max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), (2, 2))
     assert y.shape == idx.shape == (0, 3, 2, 2)
-    assert be.max_pool2d_backward(y, idx, x.shape).shape == x.shape
-    assert be.avg_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (2, 2), True).shape == (0, 3, 2, 2)
-    assert be.avg_pool2d_backward(y, x.shape, (2, 2), (2, 2), (0, 0), True).shape == x.shape
+    assert be._max_pool2d_backward(y, idx, x.shape).shape == x.shape
+    assert be._avg_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (2, 2), True).shape == (0, 3, 2, 2)
+    assert be._avg_pool2d_backward(y, x.shape, (2, 2), (2, 2), (0, 0), True).shape == x.shape
     w = np.zeros((4, 3, 3, 3), np.float32)
-    assert be.conv2d_forward(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1).shape == (0, 4, 5, 5)
+    assert be._conv2d_forward(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1).shape == (0, 4, 5, 5)
     rois = np.zeros((0, 5), np.float32)
     xr = np.ones((1, 3, 5, 5), np.float32)
-    assert be.roi_align_forward(xr, rois, (2, 2), 1.0, -1, False).shape == (0, 3, 2, 2)
+    assert be._roi_align_forward(xr, rois, (2, 2), 1.0, -1, False).shape == (0, 3, 2, 2)
     g = np.zeros((0, 3, 2, 2), np.float32)
     np.testing.assert_array_equal(
-        be.roi_align_backward(g, rois, xr.shape, (2, 2), 1.0, -1, False), np.zeros_like(xr))
+        be._roi_align_backward(g, rois, xr.shape, (2, 2), 1.0, -1, False), np.zeros_like(xr))
     np.testing.assert_array_equal(
-        be.roi_pool_backward(g, rois, np.zeros(g.shape, np.int64), xr.shape), np.zeros_like(xr))
-    assert be.box_iou(np.zeros((0, 4), np.float32), np.ones((3, 4), np.float32)).shape == (0, 3)
+        be._roi_pool_backward(g, rois, np.zeros(g.shape, np.int64), xr.shape), np.zeros_like(xr))
+    assert be._box_iou(np.zeros((0, 4), np.float32), np.ones((3, 4), np.float32)).shape == (0, 3)
 
 
 def test_emulated_asarray_routes(emulated, monkeypatch):
@@ -423,3 +423,12 @@ def test_deterministic_max_pool_backward_is_bitwise_reproducible():
                                    rtol=1e-5, atol=1e-5)
     finally:
         convkit.set_deterministic(False)
+
+
+def test_emulated_check_backend_through_functional_and_backend_object(emulated):
+    """convkit.testing.check_backend on the real CudaBackend (emulated kernels): every op through
+    the functional API against numpy, and through the Backend object's public ops against the
+    functional results."""
+    from convkit.testing import check_backend
+
+    assert check_backend("cuda") >= 60
