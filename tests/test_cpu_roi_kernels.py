@@ -61,27 +61,30 @@ def test_both_dtypes_match_the_reference_with_the_same_bits_on_1_to_4_threads(dt
 
 
 @pytest.mark.parametrize("value", [5e6, -1.0, np.nan, 1e30])
-def test_backend_object_ops_refuse_a_bad_batch_index(value):
-    """The backend object skips the boundary's checks; the kernels refuse the index
-    themselves (this call used to read far outside x)."""
+def test_kernels_refuse_a_bad_batch_index_the_boundary_did_not_check(value):
+    """The cpu Backend's hooks (what its public ops call after validating) take rois as
+    they are; the kernels refuse a bad batch index themselves (this roi_align call used to
+    read far outside x, the roi_pool backward to write there)."""
     be = convkit.get_backend("cpu")
     x = np.ones((1, 2, 4, 4), np.float32)
     rois = np.array([[value, 0, 0, 4, 4]], np.float32)
     gy = np.ones((1, 2, 2, 2), np.float32)
     argmax = np.zeros((1, 2, 2, 2), np.int64)
     calls = {
-        "roi_align_forward": lambda: be.roi_align_forward(x, rois, (2, 2), 1.0, -1, False),
-        "roi_pool_forward": lambda: be.roi_pool_forward(x, rois, (2, 2), 1.0),
-        "roi_align_backward": lambda: be.roi_align_backward(gy, rois, x.shape, (2, 2), 1.0, -1,
-                                                            False),
-        "roi_pool_backward": lambda: be.roi_pool_backward(gy, rois, argmax, x.shape),
+        "roi_align_forward": lambda: be._roi_align_forward(x, rois, (2, 2), 1.0, -1, False),
+        "roi_pool_forward": lambda: be._roi_pool_forward(x, rois, (2, 2), 1.0),
+        "roi_align_backward": lambda: be._roi_align_backward(gy, rois, x.shape, (2, 2), 1.0, -1,
+                                                             False),
+        "roi_pool_backward": lambda: be._roi_pool_backward(gy, rois, argmax, x.shape),
     }
     for op, fn in calls.items():
         with pytest.raises(ValueError, match=rf"{op}: rois\[:, 0\] must be batch indices"):
             fn()
     rois64 = rois.astype(np.float64)
     with pytest.raises(ValueError, match="roi_pool_forward"):   # the float64 NCHW kernel
-        be.roi_pool_forward(x.astype(np.float64), rois64, (2, 2), 1.0)
+        be._roi_pool_forward(x.astype(np.float64), rois64, (2, 2), 1.0)
+    with pytest.raises(ValueError, match="roi_align_forward"):  # and the public op's check
+        be.roi_align_forward(x, rois, (2, 2), 1.0, -1, False)
 
 
 def test_a_thread_changing_rois_and_indices_mid_call_cannot_crash_the_process():
