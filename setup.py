@@ -49,6 +49,7 @@ def _extensions():
             continue
         exts.append(Extension(
             f"convkit.cpu.{stem}", [pyx],
+            # the C the kernels include lives in convkit/cpu/csrc/*.h
             include_dirs=[np.get_include(), os.path.join("convkit", "cpu", "csrc")],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=cflags + (omp[0] if omp else []),
