@@ -71,6 +71,8 @@ try:
     import cloudpickle
     import dask
     import dask.array as da
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
 except ImportError as e:  # pragma: no cover - depends on the installed extras
     raise ImportError("convkit.dask needs dask: pip install 'convkit[dask]'") from e
 
@@ -196,20 +198,43 @@ def _plan(x, wins) -> _Plan:
     return _Plan(tuple(wins), *axes)
 
 
-def _gather(x, plan: _Plan):
-    """``x`` rechunked so that block (i, j) along (H, W) holds exactly the input window of
-    output block (i, j): overlapping windows are sliced out and concatenated."""
-    for ax, p in ((2, plan.h), (3, plan.w)):
-        if len(p.windows) == 1 and p.windows[0] == (0, x.shape[ax]):
-            x = x.rechunk({ax: -1})
-            continue
-        idx = [slice(None)] * 4
-        parts = []
-        for lo, hi in p.windows:
-            idx[ax] = slice(lo, hi)
-            parts.append(x[tuple(idx)])
-        x = da.concatenate(parts, axis=ax).rechunk({ax: tuple(hi - lo for lo, hi in p.windows)})
-    return x
+def _overlapping(starts, lo, hi):
+    """Indices of the chunks (starting at ``starts``, the last entry the total) that meet
+    rows [lo, hi)."""
+    first = int(np.searchsorted(starts, lo, side="right")) - 1
+    last = int(np.searchsorted(starts, hi, side="left"))
+    return range(first, last)
+
+
+def _tile(func, blocks, crop, block_id, *args):
+    """Assemble a block's input window from the input blocks it meets, then run ``func``."""
+    tile = blocks[0][0] if len(blocks) == 1 and len(blocks[0]) == 1 else np.block(blocks)
+    h0, h1, w0, w1 = crop
+    return func(tile[:, :, h0:h1, w0:w1], *args, block_id=block_id)
+
+
+def _tiled(name, x, plan: _Plan, func, args, out_channels, dtype):
+    """A dask array with one task per output block of ``plan``: ``func(window, *args,
+    block_id=...)`` where window is the block's input window (array[n, C, rows, cols]) cut from
+    the input blocks it overlaps -- no intermediate rechunk, so a tile costs one task.
+    Delayed objects in ``args`` become graph dependencies (one key each)."""
+    deps = [x] + [a for a in args if isinstance(a, Delayed)]
+    args = tuple(a.key if isinstance(a, Delayed) else a for a in args)
+    sh = np.cumsum((0,) + x.chunks[2])
+    sw = np.cumsum((0,) + x.chunks[3])
+    layer = {}
+    for n in range(len(x.chunks[0])):
+        for i, (hlo, hhi) in enumerate(plan.h.windows):
+            rows = _overlapping(sh, hlo, hhi)
+            for j, (wlo, whi) in enumerate(plan.w.windows):
+                cols = _overlapping(sw, wlo, whi)
+                keys = [[(x.name, n, 0, a, b) for b in cols] for a in rows]
+                crop = (hlo - int(sh[rows[0]]), hhi - int(sh[rows[0]]),
+                        wlo - int(sw[cols[0]]), whi - int(sw[cols[0]]))
+                layer[(name, n, 0, i, j)] = (_tile, func, keys, crop, (n, 0, i, j)) + args
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)
+    chunks = (x.chunks[0], (out_channels,), plan.h.out_chunks, plan.w.out_chunks)
+    return da.Array(graph, name, chunks, meta=_out_meta(dtype))
 
 
 def _avg_factor(w: _Window, ax, size, a, b, dtype):
@@ -346,11 +371,10 @@ def _windowed(op, x, win, ymeta, fn, call_args, params, backend):
     name = f"convkit-{op}"
     if plan.h.native and plan.w.native:
         return da.map_blocks(_call_block, x, fn, _ship(call_args), backend, chunks=chunks,
-                             meta=_out_meta(ymeta.dtype), name=f"{name}-{dask.base.tokenize(x, call_args, backend)}")
-    xw = _gather(x, plan)
-    return da.map_blocks(_op_block, xw, _ship(plan), _ship(params), backend, chunks=chunks,
-                         meta=_out_meta(ymeta.dtype),
-                         name=f"{name}-{dask.base.tokenize(xw, plan, params, backend)}")
+                             meta=_out_meta(ymeta.dtype),
+                             name=f"{name}-{dask.base.tokenize(x, call_args, backend)}")
+    return _tiled(f"{name}-{dask.base.tokenize(x, plan, params, backend)}", x, plan, _op_block,
+                  (_ship(plan), _ship(params), backend), ymeta.shape[1], ymeta.dtype)
 
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
@@ -588,10 +612,8 @@ def predict(model, x, *, backend=None):
     token = dask.base.tokenize(spec.token, x, backend)
     if stop:
         plan = _plan(x, wins)
-        xw = _gather(x, plan)
-        chunks = (x.chunks[0], (meta.shape[1],), plan.h.out_chunks, plan.w.out_chunks)
-        x = da.map_blocks(_predict_tile, xw, shipped, _ship(plan), stop, backend, chunks=chunks,
-                          meta=_out_meta(meta.dtype), name=f"convkit-predict-tiles-{token}")
+        x = _tiled(f"convkit-predict-tiles-{token}", x, plan, _predict_tile,
+                   (shipped, _ship(plan), stop, backend), meta.shape[1], meta.dtype)
         if stop == len(layers):
             return x
     # the rest of the model on whole feature maps, per batch block
