@@ -30,14 +30,17 @@ below 0 or at/after H are padding.  Pooling's ``ceil_mode`` changes only how man
 are (the last window may hang past ``H + p_a``); its rows are read the same way.
 
 1. *Choose the output chunks.*  An input chunk starting at row ``S`` starts the output chunk at
-   ``ceil((S + p_b) / s)``, the first output whose window starts at or after ``S`` (clipped to
-   [0, Ho]; repeated boundaries merge, so a chunk smaller than the stride gives no output chunk
-   of its own).  An output chunk whose rows would all be padding is merged into its neighbour.
-2. *Map each output chunk to its input window* with the formula above, clipped to [0, H).  The
-   window overlaps the next input chunk by ``d*(k-1) - s + 1`` rows when that is positive (the
-   halo: on the right only, since chunks start where their first window starts), plus whatever
-   the stride alignment adds; the windows are cut from x by slicing and rechunking, so each
-   block holds exactly its window.
+   ``ceil(S / s)``: output ``o`` belongs to the input chunk that holds row ``o*s``, where its
+   window starts before the padding shift.  Input chunks that are multiples of the stride give
+   the input chunks divided by the stride (a "same" convolution keeps the chunks: regular chunks
+   stay regular, as ``to_zarr`` needs).  Boundaries are clipped to [0, Ho] and repeated ones
+   merge, so a chunk smaller than the stride gives no output chunk of its own; an output chunk
+   whose rows would all be padding is merged into its neighbour.
+2. *Map each output chunk to its input window* with the formula above, clipped to [0, H).  For
+   chunks aligned to the stride the window reaches ``p_b`` rows into the chunk before and
+   ``d*(k-1) - p_b - s + 1`` rows into the chunk after (the halo, when positive).  A block's
+   window is assembled in its task from the input blocks it meets, so each output tile costs
+   one task and nothing is copied but the halo.
 3. *Pad at image borders only*: the clipped-away part of a window (rows < 0 or >= H) is padding,
    added explicitly to the block (zeros for conv and avg pooling, -inf for max pooling), and the
    op runs on the block with no padding of its own and stride/dilation unchanged.  It then
@@ -153,8 +156,8 @@ def _plan_axis(ax, chunks, wins, native) -> _Axis:
     for c in chunks[:-1]:
         start += c
         b = start
-        for w, n in zip(wins, sizes[1:]):   # first output whose window starts at or after b
-            b = min(max(-(-(b + w.pad[ax][0]) // w.s[ax]), 0), n)
+        for w, n in zip(wins, sizes[1:]):   # first output o with o*s >= b
+            b = min(-(-b // w.s[ax]), n)
         edges.add(b)
     edges = sorted(edges)
     blocks = [[a, b] for a, b in zip(edges[:-1], edges[1:])]

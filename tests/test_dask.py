@@ -370,3 +370,20 @@ def test_channel_chunks_are_merged():
     y = ckd.conv2d_forward(da.from_array(x, chunks=(1, 2, 5, 10)), w, padding=1)
     np.testing.assert_allclose(y.compute(scheduler="sync"), convkit.conv2d_forward(x, w, padding=1),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_windows_of_padding_only():
+    """A 1x1 conv with stride 3 and padding 1 on 2 rows split 1 + 1: every output row reads
+    padding only (the bias), and tiles that would read nothing merge."""
+    x = _data((1, 2, 2, 8))
+    w, b = _data((3, 2, 1, 1)), _data((3,))
+    want = convkit.conv2d_forward(x, w, b, stride=3, padding=1)
+    y = ckd.conv2d_forward(da.from_array(x, chunks=(1, 2, 1, 3)), w, b, stride=3, padding=1)
+    np.testing.assert_allclose(y.compute(scheduler="sync"), want, rtol=1e-6, atol=1e-6)
+    x = _data((1, 2, 9, 9))
+    want = convkit.conv2d_forward(x, w, b, stride=2, padding=3)
+    y = ckd.conv2d_forward(da.from_array(x, chunks=(1, 2, (1, 1, 7), (8, 1))), w, b, stride=2,
+                           padding=3)
+    got = y.compute(scheduler="sync")
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
