@@ -209,32 +209,57 @@ def _overlapping(starts, lo, hi):
     return range(first, last)
 
 
-def _tile(func, blocks, crop, block_id, *args):
-    """Assemble a block's input window from the input blocks it meets, then run ``func``."""
-    tile = blocks[0][0] if len(blocks) == 1 and len(blocks[0]) == 1 else np.block(blocks)
-    h0, h1, w0, w1 = crop
-    return func(tile[:, :, h0:h1, w0:w1], *args, block_id=block_id)
+def _cut(block, parts):
+    """The parts of one input block that neighbouring tiles need (their halos)."""
+    return tuple(block[:, :, r0:r1, c0:c1] for r0, r1, c0, c1 in parts)
+
+
+def _tile(func, pieces, picks, block_id, *args):
+    """Assemble a block's input window from its pieces (whole input blocks, or part ``k`` of an
+    input block's cuts), then run ``func`` on it."""
+    pieces = [[p if k is None else p[k] for p, k in zip(row, ks)]
+              for row, ks in zip(pieces, picks)]
+    tile = pieces[0][0] if len(pieces) == 1 and len(pieces[0]) == 1 else np.block(pieces)
+    return func(tile, *args, block_id=block_id)
 
 
 def _tiled(name, x, plan: _Plan, func, args, out_channels, dtype):
     """A dask array with one task per output block of ``plan``: ``func(window, *args,
-    block_id=...)`` where window is the block's input window (array[n, C, rows, cols]) cut from
-    the input blocks it overlaps -- no intermediate rechunk, so a tile costs one task.
-    Delayed objects in ``args`` become graph dependencies (one key each)."""
+    block_id=...)`` where window is the block's input window (array[n, C, rows, cols]),
+    assembled from the input blocks it meets.  Of a block that tiles need only in part, one
+    task on that block's worker cuts all those parts (the halo strips), so only strips travel
+    between workers and the graph has at most one extra task per input block.  Delayed
+    objects in ``args`` become graph dependencies (one key each)."""
     deps = [x] + [a for a in args if isinstance(a, Delayed)]
     args = tuple(a.key if isinstance(a, Delayed) else a for a in args)
+    cut = "cut-" + name
     sh = np.cumsum((0,) + x.chunks[2])
     sw = np.cumsum((0,) + x.chunks[3])
+    cuts: dict = {}       # (n, a, b) -> [(r0, r1, c0, c1), ...] parts other tiles need
     layer = {}
     for n in range(len(x.chunks[0])):
         for i, (hlo, hhi) in enumerate(plan.h.windows):
-            rows = _overlapping(sh, hlo, hhi)
             for j, (wlo, whi) in enumerate(plan.w.windows):
-                cols = _overlapping(sw, wlo, whi)
-                keys = [[(x.name, n, 0, a, b) for b in cols] for a in rows]
-                crop = (hlo - int(sh[rows[0]]), hhi - int(sh[rows[0]]),
-                        wlo - int(sw[cols[0]]), whi - int(sw[cols[0]]))
-                layer[(name, n, 0, i, j)] = (_tile, func, keys, crop, (n, 0, i, j)) + args
+                pieces, picks = [], []
+                for a in _overlapping(sh, hlo, hhi):
+                    r0, r1 = int(max(hlo, sh[a]) - sh[a]), int(min(hhi, sh[a + 1]) - sh[a])
+                    row, ks = [], []
+                    for b in _overlapping(sw, wlo, whi):
+                        c0, c1 = int(max(wlo, sw[b]) - sw[b]), int(min(whi, sw[b + 1]) - sw[b])
+                        if (r0, r1, c0, c1) == (0, sh[a + 1] - sh[a], 0, sw[b + 1] - sw[b]):
+                            row.append((x.name, n, 0, a, b))
+                            ks.append(None)
+                        else:
+                            parts = cuts.setdefault((n, a, b), [])
+                            if (r0, r1, c0, c1) not in parts:
+                                parts.append((r0, r1, c0, c1))
+                            row.append((cut, n, a, b))
+                            ks.append(parts.index((r0, r1, c0, c1)))
+                    pieces.append(row)
+                    picks.append(ks)
+                layer[(name, n, 0, i, j)] = (_tile, func, pieces, picks, (n, 0, i, j)) + args
+    for (n, a, b), parts in cuts.items():
+        layer[(cut, n, a, b)] = (_cut, (x.name, n, 0, a, b), parts)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)
     chunks = (x.chunks[0], (out_channels,), plan.h.out_chunks, plan.w.out_chunks)
     return da.Array(graph, name, chunks, meta=_out_meta(dtype))
