@@ -5,9 +5,11 @@
 (C is brought into one chunk) and return a lazy dask array equal to the in-memory call:
 
 * only N chunked: every block is the in-memory call on that slice of the batch, with the same
-  arguments, so the result has the bits of the in-memory call wherever that call's own result does
-  not depend on the batch size (float64 everywhere; float32 convolutions that go through BLAS may
-  round differently for another batch size, since BLAS picks its kernels by matrix size);
+  arguments, so the result has the in-memory call's bits wherever that call's result does not
+  depend on the batch size (pooling, pointwise layers).  GEMM-based layers (convolutions, Linear)
+  run on BLAS where convkit's own AVX-512 GEMM does not, and BLAS may round a GEMM with another
+  row count differently (OpenBLAS on an AMD EPYC did, in float32 and float64): there the blocks
+  agree with the whole-batch call within float tolerance;
 * H or W chunked: each output tile is computed from its input window with the border padding
   added explicitly, within float tolerance of the in-memory call (a smaller tile can select
   another algorithm).
@@ -39,8 +41,9 @@ are (the last window may hang past ``H + p_a``); its rows are read the same way.
 2. *Map each output chunk to its input window* with the formula above, clipped to [0, H).  For
    chunks aligned to the stride the window reaches ``p_b`` rows into the chunk before and
    ``d*(k-1) - p_b - s + 1`` rows into the chunk after (the halo, when positive).  A block's
-   window is assembled in its task from the input blocks it meets, so each output tile costs
-   one task and nothing is copied but the halo.
+   window is assembled in its task from the input blocks it meets; the parts it needs of its
+   neighbours (halo strips) are cut by one task per input block, on that block's worker, so
+   only strips travel and a tile costs one task.
 3. *Pad at image borders only*: the clipped-away part of a window (rows < 0 or >= H) is padding,
    added explicitly to the block (zeros for conv and avg pooling, -inf for max pooling), and the
    op runs on the block with no padding of its own and stride/dilation unchanged.  It then
