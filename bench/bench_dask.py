@@ -70,7 +70,8 @@ def main(argv=None):
         gen = da.random.default_rng(0)     # data made on the workers; a copy for in-memory
         on = {k: client.persist(gen.standard_normal(shape, chunks=c, dtype=f32))
               for k, shape, c in (("xb", (batch, 16, 32, 32), (nchunk, 16, 32, 32)),
-                                  ("xd", (batch * 32, 1, 8, 8), (batch * 16 // args.workers, 1, 8, 8)),
+                                  ("xd", (batch * 32, 1, 8, 8),
+                                   (batch * 16 // args.workers, 1, 8, 8)),
                                   ("xi", (1, 16, img, img), (1, 16, tile, tile)),
                                   ("xs", (1, 3, img, img), (1, 3, tile, tile)))}
         distributed.wait(list(on.values()))

@@ -85,7 +85,7 @@ def test_worker_setup_sets_backend_and_threads_on_every_worker(client):
         w = _data((4, 2, 3, 3), np.float64)
         got = _run(client, ckd.conv2d_forward(da.from_array(x, chunks=(2, 2, 3, 5)), w,
                                               padding=1))[0]
-        np.testing.assert_allclose(got, convkit.conv2d_forward(x, w, padding=1, ), rtol=1e-12,
+        np.testing.assert_allclose(got, convkit.conv2d_forward(x, w, padding=1), rtol=1e-12,
                                    atol=1e-12)
     finally:
         client.register_plugin(ckd.WorkerSetup("cpu", threads=1))   # replaces it (same name)
@@ -253,10 +253,13 @@ def test_spatial_chunks_on_the_cluster_with_halo(client, serial):
     x = _data((2, 6, 29, 23))
     xd = client.persist(da.from_array(x, chunks=(1, 6, 5, (7, 7, 9))))
     w3, w4 = _data((8, 6, 3, 3)), _data((4, 6, 4, 4))
-    lazy = [ckd.conv2d_forward(xd, w3, None, 2, 1, 2), ckd.conv2d_forward(xd, w4, None, 1, "same"),
+    lazy = [ckd.conv2d_forward(xd, w3, None, 2, 1, 2),
+            ckd.conv2d_forward(xd, w4, None, 1, "same"),
             ckd.max_pool2d_forward(xd, 3, 2, 1), ckd.avg_pool2d_forward(xd, 2, 2, 1, True, False)]
-    want = [convkit.conv2d_forward(x, w3, None, 2, 1, 2), convkit.conv2d_forward(x, w4, None, 1, "same"),
-            convkit.max_pool2d_forward(x, 3, 2, 1)[0], convkit.avg_pool2d_forward(x, 2, 2, 1, True, False)]
+    want = [convkit.conv2d_forward(x, w3, None, 2, 1, 2),
+            convkit.conv2d_forward(x, w4, None, 1, "same"),
+            convkit.max_pool2d_forward(x, 3, 2, 1)[0],
+            convkit.avg_pool2d_forward(x, 2, 2, 1, True, False)]
     for got, y, ref in zip(_run(client, *lazy), lazy, want):
         assert len(y.chunks[2]) > 1 and len(y.chunks[3]) > 1   # really tiled
         assert got.shape == ref.shape

@@ -1,5 +1,5 @@
-"""convkit.distributed: the sharding helpers here, and the MPI parts in a real ``mpiexec -n 2`` run of
-this file (``python tests/test_distributed.py --mpi`` under mpiexec): allreduce_gradients against
+"""convkit.distributed: the sharding helpers here, and the MPI parts in a real ``mpiexec -n 2`` run
+of this file (``python tests/test_distributed.py --mpi`` under mpiexec): allreduce_gradients against
 hand-computed means, one Allreduce per step, broadcast_parameters, and sharded LeNet5 training
 against one process trained in the same rank.  Skipped, with the reason, only without mpi4py
 (the ``mpi`` extra; CI installs it)."""
