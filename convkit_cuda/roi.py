@@ -93,6 +93,13 @@ def roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, align
         return y
 
 
+def row_tile(H: int) -> int:
+    """Rows per bucket of the deterministic roi_align gather's RoI index: at most 32 tiles per
+    image, so the index (<= K * tiles entries) stays small and each input element visits only
+    the RoIs near its rows."""
+    return max(4, -(-H // 32))
+
+
 def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sampling_ratio,
                        aligned):
     """-> grad_x of ``input_shape``.
@@ -101,8 +108,9 @@ def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sa
     each sample, as torchvision's CUDA kernel does): fast, but where samples share an input
     element the order of the additions varies, so the result may differ in the last bits from
     run to run.  With ``convkit.set_deterministic(True)`` a gather kernel is used instead:
-    one thread per input element visits the RoIs of its image in order -- same bits every run,
-    slower when there are many RoIs.
+    one thread per input element visits, in order, the RoIs of its image that can reach its
+    rows (an index of RoIs per image and row tile, built on the device first) -- same bits
+    every run.
     """
     with on_device("roi_align_backward", grad_y=grad_y, rois=rois):
         N, C, H, W = input_shape
@@ -112,11 +120,23 @@ def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sa
         scale = dt.type(spatial_scale)
         bad = cupy.zeros(1, dtype=np.uint64)
         if get_deterministic():
+            geom = (_I(oh), _I(ow), scale, _sr(sampling_ratio), _I(bool(aligned)))
+            tile = row_tile(H)
+            ntiles = -(-H // tile)
+            ends = cupy.empty(N * ntiles, dtype=np.int64)
+            members = cupy.empty(max(K * ntiles, 1), dtype=np.int64)   # a RoI is in <= ntiles
+            grid, block = grid_for(N * ntiles)
+            for fill in (0, 1):
+                launch(STEM, "roi_align_buckets", dt, grid, block,
+                       (rois, _I(K), _I(N), _I(H), *geom, _I(tile), _I(ntiles), _I(fill), ends,
+                        members))
+                if not fill:
+                    ends = cupy.cumsum(ends)
             gx = cupy.empty(input_shape, dtype=dt)
             grid, block = grid_for(N * C * H * W)
             launch(STEM, "roi_align_bwd_gather", dt, grid, block,
-                   (grad_y, rois, _I(K), _I(N), _I(C), _I(H), _I(W), _I(oh), _I(ow), scale,
-                    _sr(sampling_ratio), _I(bool(aligned)), gx, bad))
+                   (grad_y, rois, _I(K), _I(N), _I(C), _I(H), _I(W), *geom, _I(tile),
+                    _I(ntiles), ends, members, gx, bad))
         else:
             gx = cupy.zeros(input_shape, dtype=dt)
             grid, block = grid_for(K * C * oh * ow)

@@ -243,6 +243,49 @@ def test_emulated_roi_align_gather_backward_matches_atomic(emulated, aligned, sr
                    [x])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_emulated_roi_align_gather_buckets_give_the_unbucketed_bits(emulated, monkeypatch,
+                                                                     dtype):
+    """The deterministic gather visits only the RoIs indexed for its image and row tile: the
+    same bits as one tile per image (every RoI of the image, in order -- the kernel before the
+    index), on many RoIs of every shape (tiny, huge, inverted, off the map, non-finite), while
+    the index really leaves most RoIs out of most tiles."""
+    from convkit_cuda import roi
+
+    rng = np.random.default_rng(7)
+    K, N, H, W = 300, 3, 40, 13
+    x = rng.standard_normal((N, 2, H, W)).astype(dtype)
+    xy = rng.uniform(-4, 42, (K, 2))
+    wh = rng.uniform(-1, 12, (K, 2)) * rng.choice([0.2, 1, 1, 6], (K, 1))
+    rois = np.concatenate([rng.integers(0, N, (K, 1)), xy, xy + wh], axis=1).astype(dtype)
+    rois[5, 2], rois[9] = np.nan, [1, -1e6, -1e6, 1e6, 1e6]
+    gy = rng.standard_normal((K, 2, 3, 2)).astype(dtype)
+    cp = sys.modules["cupy"]
+    sizes = []
+
+    def cumsum(a, *args, **kw):
+        out = np.cumsum(a, *args, **kw)
+        sizes.append(int(out[-1]))
+        return out
+
+    monkeypatch.setattr(cp, "cumsum", cumsum)
+    convkit.set_deterministic(True)
+    for sr, aligned in ((-1, False), (2, True)):
+        args = (gy, rois, x.shape, (3, 2), 0.5, sr, aligned)
+        assert H // roi.row_tile(H) >= 8
+        sizes.clear()
+        tiled = run("cuda", F.roi_align_backward, *args)
+        assert sizes and sizes[-1] < K * (H // roi.row_tile(H)) // 2, sizes   # vs K * tiles
+        with monkeypatch.context() as m:
+            m.setattr(roi, "row_tile", lambda H: H)
+            whole = run("cuda", F.roi_align_backward, *args)
+        np.testing.assert_array_equal(tiled, whole)
+        convkit.set_deterministic(False)
+        atomic = run("cuda", F.roi_align_backward, *args)
+        convkit.set_deterministic(True)
+        np.testing.assert_allclose(tiled, atomic, **tol(dtype))
+
+
 def test_emulated_max_pool_deterministic_backward_matches_atomic(emulated):
     rng = np.random.default_rng(0)
     x = rng.permutation(2 * 3 * 9 * 9).reshape(2, 3, 9, 9).astype(np.float32)

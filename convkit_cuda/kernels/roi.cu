@@ -366,14 +366,56 @@ extern "C" __global__ void roi_align_bwd_atomic(
     }
 }
 
+// Cheap rejection: every sample of a RoI along one axis lies between start and
+// start + n * bin; false when none can come within reach of [lo, hi].  A NaN passes.
+__device__ __forceinline__ bool span_may_touch(double start, scalar_t bin, long long n,
+                                               double lo, double hi)
+{
+    const double end = start + (double)n * bin;
+    const double slack = 2.0 + 1e-5 * (absd(start) + absd(end));
+    const double mn = start < end ? start : end, mx = start < end ? end : start;
+    return !(hi < mn - slack || lo > mx + slack);
+}
+
+// The RoI index of the deterministic gather: bucket b = n * ntiles + t lists, in increasing
+// k, the valid finite RoIs of image n whose rows can touch row tile t (rows [t * tile,
+// t * tile + tile) clipped to H) -- a superset of those roi_align_bwd_gather would not reject
+// for any row of the tile, so it adds the same terms in the same order.  One thread per
+// bucket.  fill = 0: counts[b] = its size; fill = 1: members[ends[b - 1] .. ends[b]) = its
+// RoIs, with ends the inclusive prefix sum of counts.
+extern "C" __global__ void roi_align_buckets(
+    const scalar_t* rois, long long K, long long N, long long H, long long oh, long long ow,
+    scalar_t scale, long long sampling_ratio, long long aligned, long long tile,
+    long long ntiles, long long fill, long long* ends, long long* members)
+{
+    GRID_STRIDE_LOOP(b, N * ntiles) {
+        const long long n = b / ntiles, t0 = (b % ntiles) * tile;
+        const long long t1 = t0 + tile < H ? t0 + tile : H;
+        // a row h of the tile tests [h - 2, h + 1], inside [t0 - 2, t1]
+        const double ylo = (double)t0 - 2.0, yhi = (double)t1;
+        long long j = fill && b ? ends[b - 1] : 0;
+        for (long long k = 0; k < K; ++k) {
+            const scalar_t* r = rois + k * 5;
+            if (roi_batch(r, N) != n || !roi_finite(r)) continue;
+            const AlignGeom g = align_geom(r, oh, ow, scale, sampling_ratio, aligned);
+            if (!span_may_touch((double)g.y0, g.bin_h, oh, ylo, yhi)) continue;
+            if (fill) members[j] = k;
+            ++j;
+        }
+        if (!fill) ends[b] = j;
+    }
+}
+
 // Deterministic gradient of roi_align_fwd by gather: one thread per element (n, c, h, w) of
-// gx visits the RoIs of image n in order, and within a RoI only the bins and samples whose
-// coordinates can touch row h / column w (within one pixel), adding the same terms as the
-// atomic kernel in a fixed order.  Same bits every run.  Writes every element of gx.
+// gx visits the RoIs of its bucket (image n, the row tile of h; see roi_align_buckets) in
+// order, and within a RoI only the bins and samples whose coordinates can touch row h /
+// column w (within one pixel), adding the same terms as the atomic kernel in a fixed order.
+// Same bits every run, and the same as visiting every RoI of image n.  Writes all of gx.
 extern "C" __global__ void roi_align_bwd_gather(
     const scalar_t* gy, const scalar_t* rois, long long K, long long N, long long C, long long H,
     long long W, long long oh, long long ow, scalar_t scale, long long sampling_ratio,
-    long long aligned, scalar_t* gx, unsigned long long* bad)
+    long long aligned, long long tile, long long ntiles, const long long* ends,
+    const long long* members, scalar_t* gx, unsigned long long* bad)
 {
     check_rois(rois, K, N, bad);
     const long long total = N * C * H * W;
@@ -389,19 +431,14 @@ extern "C" __global__ void roi_align_bwd_gather(
         const double ylo = (double)h - 2.0, yhi = (double)h + 1.0;
         const double xlo = (double)w - 2.0, xhi = (double)w + 1.0;
         scalar_t acc = 0;
-        for (long long k = 0; k < K; ++k) {
+        const long long bucket = n * ntiles + h / tile;
+        const long long j1 = ends[bucket];
+        for (long long j = bucket ? ends[bucket - 1] : 0; j < j1; ++j) {
+            const long long k = members[j];
             const scalar_t* r = rois + k * 5;
-            if (roi_batch(r, N) != n || !roi_finite(r)) continue;
             const AlignGeom g = align_geom(r, oh, ow, scale, sampling_ratio, aligned);
-            // cheap rejection: every sample of the RoI lies between its start and end
-            const double yend = (double)g.y0 + (double)oh * g.bin_h;
-            const double xend = (double)g.x0 + (double)ow * g.bin_w;
-            const double slack_y = 2.0 + 1e-5 * (absd(g.y0) + absd(yend));
-            const double slack_x = 2.0 + 1e-5 * (absd(g.x0) + absd(xend));
-            const double ymin = g.y0 < yend ? g.y0 : yend, ymax = g.y0 < yend ? yend : g.y0;
-            const double xmin = g.x0 < xend ? g.x0 : xend, xmax = g.x0 < xend ? xend : g.x0;
-            if (yhi < ymin - slack_y || ylo > ymax + slack_y) continue;
-            if (xhi < xmin - slack_x || xlo > xmax + slack_x) continue;
+            if (!span_may_touch((double)g.y0, g.bin_h, oh, ylo, yhi)) continue;
+            if (!span_may_touch((double)g.x0, g.bin_w, ow, xlo, xhi)) continue;
             const scalar_t* gp = gy + (k * C + c) * oh * ow;
             for (long long ph = 0; ph < oh; ++ph) {
                 const scalar_t ybase = g.y0 + (scalar_t)ph * g.bin_h;
