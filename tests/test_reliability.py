@@ -166,3 +166,33 @@ def test_conv_nonfinite_values_land_where_torchs_do(backend, torch, bad, where, 
     (x if where == "x" else w)[(0,) * 4] = bad
     kw = {k: v for k, v in shape.items() if k in ("stride", "groups")}
     _conv_nonfinite_case(torch, backend, x, w, shape["padding"], **kw)
+
+
+# --------------------------------------------------------------- scratch under the workspace cap
+@pytest.mark.parametrize("dilation", [4096, 2**20])
+def test_depthwise_padded_planes_respect_the_workspace_limit(dilation):
+    """The depthwise kernels' padded plane ignored the limit: padding = dilation = 4096 on a
+    4x4 image grew RSS by 276 MiB under a 16 MiB limit, and 2**30 failed in numpy.  Over the
+    limit the conv runs in im2col's pieces instead, with the reference's values."""
+    import resource
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 4, 4)).astype(np.float32)
+    w = rng.standard_normal((2, 1, 3, 3)).astype(np.float32)
+    kw = dict(padding=dilation, dilation=dilation, groups=2)
+    before = convkit.get_workspace_limit()
+    convkit.set_workspace_limit(16 << 20)
+    try:
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        y = run("cpu", convkit.conv2d_forward, x, w, **kw)
+        gy = rng.standard_normal(y.shape).astype(np.float32)
+        g = run("cpu", convkit.conv2d_backward, gy, x, w, **kw)
+        grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    finally:
+        convkit.set_workspace_limit(before)
+    assert grown_mib < 32, grown_mib
+    # each output reads only the centre tap (the others fall in the padding): y = w[1,1] * x
+    centre = w[:, 0, 1, 1].reshape(1, 2, 1, 1)
+    np.testing.assert_allclose(y, x * centre, rtol=1e-6)
+    np.testing.assert_allclose(g[0], gy * centre, rtol=1e-6)
+    np.testing.assert_allclose(g[1][:, 0, 1, 1], (gy * x).sum(axis=(0, 2, 3)), rtol=1e-5)

@@ -150,6 +150,12 @@ def depthwise3x3_plan(F, C, KH, KW, stride, padding, dilation, itemsize, W, Wo, 
     return dw3_level(max_level, itemsize, min(W, Wo)), False
 
 
+def scratch_threads(n: int, per_thread_bytes: int, limit: int) -> int:
+    """Threads (<= n) whose per-thread scratch planes fit the workspace limit together; 0 when
+    not even one does (the caller then takes a path that works in pieces)."""
+    return min(n, limit // per_thread_bytes) if per_thread_bytes else n
+
+
 def dense_ok(C, H, W, F, KH, KW, Ho, Wo, groups, limit):
     return (groups == 1 and H * W <= KH * KW
             and C * H * W * F * Ho * Wo <= min(T.DENSE_MAX_ELEMS, limit // T.DENSE_LIMIT_SHARE))
@@ -405,9 +411,17 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     if is_depthwise(C, Cg, s.groups):
         level, same = depthwise3x3_plan(F, C, KH, KW, s.stride, s.padding, s.dilation, itemsize,
                                         W, Wo, caps.depthwise3x3_level)
-        if level:
-            return Step("depthwise3x3", n, {"level": level, "same": same})
-        return Step("depthwise", n)
+        dh, dw = s.dilation
+        per = (0 if same else (Ho + 2) * (Wo + 2)) if level else \
+            (Ho + (KH - 1) * dh) * (Wo + (KW - 1) * dw)
+        m = scratch_threads(n, per * itemsize, limit)
+        if m and level:
+            return Step("depthwise3x3", m, {"level": level, "same": same})
+        if m:
+            return Step("depthwise", m)
+        # (a padded plane over the limit, e.g. padding 4096: im2col's pieces fit it)
+        return _plan_im2col_forward(s, N, C, KH, KW, Ho, Wo, W, itemsize, n, pointwise, wbytes,
+                                    own, limit)
     if dense_ok(C, H, W, F, KH, KW, Ho, Wo, s.groups, limit):
         return Step("dense", n, {"row_blocks": row_blocks(own)})
     if winograd is None:
@@ -460,11 +474,21 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     if is_depthwise(C, Cg, G):
         level, same = depthwise3x3_plan(F, C, KH, KW, s.stride, s.padding, s.dilation, itemsize,
                                         W, Wo, caps.depthwise3x3_level)
-        if level:     # one pass per plane: grad_x, grad_weight and grad_bias together
-            step = Step("depthwise3x3", n, {"level": level, "same": same})
-            return (step if needs_input_grad else None), step, "fused", n
-        step = Step("depthwise", n)
-        return (step if needs_input_grad else None), step, "sum", bias_n
+        dh, dw = s.dilation
+        if level:
+            per = 0 if same else (Ho + 2) * (Wo + 2) + (H + 2) * (W + 2)
+        else:
+            per = max(KH * KW * Wo, (Ho + (KH - 1) * dh) * (Wo + (KW - 1) * dw),
+                      (H + (KH - 1) * dh) * (W + (KW - 1) * dw) + KH * KW)
+        m = scratch_threads(n, per * itemsize, limit)
+        if m and level:     # one pass per plane: grad_x, grad_weight and grad_bias together
+            step = Step("depthwise3x3", m, {"level": level, "same": same})
+            return (step if needs_input_grad else None), step, "fused", m
+        if m:
+            step = Step("depthwise", m)
+            return (step if needs_input_grad else None), step, "sum", bias_n
+        return _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointwise,
+                                     needs_input_grad, wbytes, own, limit, None, None, bias_n)
     if dense_ok(C, H, W, F, KH, KW, Ho, Wo, G, limit):
         step = Step("dense", n, {"row_blocks": row_blocks(own)})
         return (step if needs_input_grad else None), step, "sum", bias_n
