@@ -148,10 +148,12 @@ class RegionProposalNetwork(Module):
         self.sampler_rng = np.random.default_rng(rng.integers(2 ** 63))
         self._anchor_cache = {}
 
+    _transient = ("_caches", "_anchor_cache")
+
     # ------------------------------------------------------------------ anchors, targets
     def anchors(self, feature_hw, dtype):
         """Backend array[Hf*Wf*k, 4] of anchors (cached per feature size and dtype)."""
-        key = (tuple(int(v) for v in feature_hw), np.dtype(dtype).str)
+        key = (self.backend.name, tuple(int(v) for v in feature_hw), np.dtype(dtype).str)
         if key not in self._anchor_cache:
             self._anchor_cache[key] = self.backend.asarray(
                 self.anchor_generator.grid_anchors(feature_hw, dtype))
@@ -186,16 +188,15 @@ class RegionProposalNetwork(Module):
         # p(object) = sigmoid(l_obj - l_bg): the softmax of the pair, computed stably
         logit = cls_flat[..., 0] - cls_flat[..., 1]
         out = []
-        with self._pinned():
-            for i in range(cls_flat.shape[0]):
-                s = logit[i]
-                order = xp.argsort(-s, kind="stable")[:pre_n]
-                b = B.decode_boxes(xp.ascontiguousarray(reg_flat[i][order]), anchors[order])
-                b = B.clip_boxes(b, image_size)
-                keep = B.remove_small_boxes(b, self.min_size)
-                b, s_i = xp.ascontiguousarray(b[keep]), xp.ascontiguousarray(s[order][keep])
-                keep = F.nms(b, s_i, self.nms_thresh)[:post_n]
-                out.append((b[keep], sigmoid(s_i[keep]).astype(b.dtype, copy=False)))
+        for i in range(cls_flat.shape[0]):
+            s = logit[i]
+            order = xp.argsort(-s, kind="stable")[:pre_n]
+            b = B.decode_boxes(xp.ascontiguousarray(reg_flat[i][order]), anchors[order])
+            b = B.clip_boxes(b, image_size)
+            keep = B.remove_small_boxes(b, self.min_size)
+            b, s_i = xp.ascontiguousarray(b[keep]), xp.ascontiguousarray(s[order][keep])
+            keep = F.nms(b, s_i, self.nms_thresh)[:post_n]
+            out.append((b[keep], sigmoid(s_i[keep]).astype(b.dtype, copy=False)))
         return out
 
     # ------------------------------------------------------------------ forward / backward
@@ -209,18 +210,18 @@ class RegionProposalNetwork(Module):
         anchors = self.anchors(hw, features.dtype)
         props = self.proposals(cls_f, reg_f, anchors, image_size)
         losses = {}
-        self._grads = None
         if gt_boxes is not None:
             labels, targets = self.targets(anchors, gt_boxes)
             l_cls, l_reg, g_cls, g_reg = rpn_loss(cls_f, reg_f, labels, targets, self.beta)
             losses = {"rpn_objectness": l_cls, "rpn_box": l_reg}
-            self._grads = (g_cls, g_reg, hw)
+            self._push((g_cls, g_reg, hw))
         return props, losses
 
     def backward(self, scale=1.0):
         """Back-propagate the summed RPN losses (times ``scale``) into the head; returns the
-        gradient w.r.t. the features."""
-        g_cls, g_reg, hw = self._grads
+        gradient w.r.t. the features.  Each forward with ``gt_boxes`` keeps its loss gradients;
+        backward consumes the latest (RuntimeError when none is pending)."""
+        g_cls, g_reg, hw = self._pop()
         gc, gr = unflatten_rpn_grads(g_cls, g_reg, hw)
         if scale != 1.0:
             gc, gr = gc * scale, gr * scale

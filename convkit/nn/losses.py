@@ -13,7 +13,7 @@ import numpy as np
 from .._registry import get_backend
 
 __all__ = ["softmax_cross_entropy", "binary_cross_entropy_with_logits", "smooth_l1_loss",
-           "sigmoid_focal_loss", "sigmoid", "log_softmax"]
+           "mse_loss", "sigmoid_focal_loss", "sigmoid", "log_softmax"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -132,6 +132,19 @@ def smooth_l1_loss(pred, target, beta=1.0, reduction="mean"):
         grad = xp.where(small, d / beta, xp.sign(d))
     return _reduce(xp, loss.astype(pred.dtype, copy=False), grad.astype(pred.dtype, copy=False),
                    reduction)
+
+
+def mse_loss(pred, target, reduction="mean"):
+    """``F.mse_loss``: (pred - target)^2 per element.  Returns (loss, grad w.r.t. pred) with
+    grad = 2 (pred - target) (divided by the count for "mean")."""
+    op = "mse_loss"
+    _check(op, pred, reduction)
+    xp = _xp(pred)
+    if target.shape != pred.shape:
+        raise ValueError(f"{op}: target must have shape {tuple(pred.shape)}, got "
+                         f"{tuple(target.shape)}")
+    d = pred - target.astype(pred.dtype, copy=False)
+    return _reduce(xp, d * d, d * pred.dtype.type(2), reduction)
 
 
 def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0, reduction="mean"):
