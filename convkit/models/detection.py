@@ -89,7 +89,7 @@ class FasterRCNN(Module):
                                   dtype=dtype, seed=rng, **(roi_kwargs or {}))
         self.last_proposals = None
 
-    _transient = ("_caches", "last_proposals")
+    _transient = ("last_proposals",)
 
     def _set_dtype(self, dt):
         self.dtype = dt

@@ -98,7 +98,7 @@ class RoIHeads(Module):
         self.sampler_rng = np.random.default_rng(rng.integers(2 ** 63))
         self._pool_caches = []
 
-    _transient = ("_caches", "_pool_caches")
+    _pending = ("_caches", "_pool_caches")
 
     # ------------------------------------------------------------------ RoI features
     def pool(self, features, rois):

@@ -148,7 +148,7 @@ class RegionProposalNetwork(Module):
         self.sampler_rng = np.random.default_rng(rng.integers(2 ** 63))
         self._anchor_cache = {}
 
-    _transient = ("_caches", "_anchor_cache")
+    _transient = ("_anchor_cache",)
 
     # ------------------------------------------------------------------ anchors, targets
     def anchors(self, feature_hw, dtype):

@@ -384,7 +384,7 @@ class AdaptiveAvgPool2d(Module):
     or a pair with None (keep that input size).  Written as two small averaging matrices,
     y = P_h @ x @ P_w^T (array code over the backend's xp), so any input size works."""
 
-    _transient = ("_caches", "_mats")
+    _transient = ("_mats",)
 
     def __init__(self, output_size):
         super().__init__()

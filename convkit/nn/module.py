@@ -34,7 +34,7 @@ _grad_enabled: ContextVar[bool] = ContextVar("convkit_nn_grad_enabled", default=
 
 # attribute names that hold arrays, never children
 _NOT_CONTAINERS = frozenset(("params", "grads", "buffers", "frozen"))
-_CONTAINER = object()   # marks a plain list/tuple/dict attribute in ``_modules``
+_CONTAINER = None   # marks a plain list/tuple/dict attribute in ``_modules`` (pickles as itself)
 
 
 @contextlib.contextmanager
@@ -80,7 +80,8 @@ class Module:
     (``"layer1.conv1.weight"``).  A module reachable twice (shared weights) counts once.
     """
 
-    _transient = ("_caches",)   # attributes reset on pickling (and ``to``): per-call state
+    _pending = ("_caches",)     # stacks of pending forward caches (emptied by train/eval/to)
+    _transient = ()             # more per-call state left out of pickles (dicts: emptied)
 
     def __init__(self):
         object.__setattr__(self, "_modules", {})
@@ -115,12 +116,11 @@ class Module:
 
     def __getstate__(self):
         state = dict(self.__dict__)
+        for k in self._pending:
+            state[k] = []
         for k in self._transient:
-            v = state.get(k)
-            if isinstance(v, (list, dict)):
-                state[k] = type(v)()
-            elif k in state:
-                state[k] = None
+            if k in state:
+                state[k] = {} if isinstance(state[k], dict) else None
         return state
 
     def __setstate__(self, state):
@@ -155,6 +155,8 @@ class Module:
                 yield name, m
                 continue
             c = self.__dict__.get(name)
+            if not isinstance(c, (list, tuple, dict)):   # reset by unpickling
+                continue
             for k, v in (c.items() if isinstance(c, dict) else enumerate(c)):
                 if isinstance(v, Module):
                     yield f"{name}.{k}", v
@@ -236,10 +238,8 @@ class Module:
         return self
 
     def _clear_pending(self) -> None:
-        for k in self._transient:
-            v = self.__dict__.get(k)
-            if isinstance(v, list):
-                v.clear()
+        for k in self._pending:
+            self.__dict__[k].clear()
 
     # ------------------------------------------------------------------ compute
     def _push(self, cache, stack=None) -> None:
@@ -298,9 +298,10 @@ class Module:
                 for k, a in d.items():
                     if k not in m._host_buffers:
                         d[k] = fn(a)
+            m._clear_pending()
             for k in m._transient:
                 v = m.__dict__.get(k)
-                if isinstance(v, (list, dict)):
+                if isinstance(v, dict):
                     v.clear()
 
     def to(self, backend):
