@@ -40,7 +40,8 @@ def _zeros_like(p):
 
 
 def _entries(params, who):
-    """[(name, param, grad, owning module or None, key)] from a Module or triples."""
+    """[(name, param, grad, owning module or None, key)] from a Module or triples; the
+    optimiser appends each entry's index."""
     if hasattr(params, "_param_slots"):
         return [(n, m.params[k], m.grads[k], m, k) for n, m, k in params._param_slots()]
     out = []
@@ -60,7 +61,7 @@ class Optimizer:
     def __init__(self, params, defaults: dict):
         self.defaults = dict(defaults)
         self.param_groups: list[dict] = []
-        self.state: dict[str, dict] = {}
+        self.state: dict[int, dict] = {}
         groups = list(params) if isinstance(params, (list, tuple)) else None
         if groups and all(isinstance(g, dict) for g in groups):
             for g in groups:
@@ -80,17 +81,20 @@ class Optimizer:
             raise ValueError(f"{who}: unknown hyper-parameters {unknown} in a parameter group; "
                              f"known: {sorted(self.defaults)}")
         entries = _entries(group["params"], who)
-        taken = {e[0] for g in self.param_groups for e in g["params"]}
-        dup = sorted({e[0] for e in entries} & taken)
-        if dup or len({e[0] for e in entries}) != len(entries):
-            raise ValueError(f"{who}: parameters {dup or 'with repeated names'} appear in more "
-                             f"than one place; each parameter belongs to one group")
+        taken = {id(e[1]) for g in self.param_groups for e in g["params"]}
+        ids = [id(e[1]) for e in entries]
+        if len(set(ids)) != len(ids) or taken & set(ids):
+            raise ValueError(f"{who}: a parameter appears in more than one place; each "
+                             f"parameter belongs to one group, once")
         g = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
         self._check(g)
-        g["params"] = entries
+        # state is keyed by the parameter's position over all groups (torch's rule): names
+        # given by different sub-modules may repeat ("weight"), positions do not
+        start = sum(len(x["params"]) for x in self.param_groups)
+        g["params"] = [e + (start + i,) for i, e in enumerate(entries)]
         self.param_groups.append(g)
-        for e in entries:
-            self.state.setdefault(e[0], {})
+        for e in g["params"]:
+            self.state[e[5]] = {}
 
     @property
     def params(self):
@@ -126,55 +130,60 @@ class Optimizer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        """``{"state": {param name: {key: numpy copy or number}}, "param_groups": [{hyper-
-        parameters..., "params": [names]}]}`` (torch's layout, keyed by parameter names)."""
-        state = {n: {k: (np.array(to_numpy(v), copy=True) if hasattr(v, "shape") else v)
-                     for k, v in st.items()} for n, st in self.state.items() if st}
+        """torch's layout: ``{"state": {index: {key: numpy copy or number}}, "param_groups":
+        [{hyper-parameters..., "params": [indices], "param_names": [names]}]}``; a parameter's
+        index is its position over all groups."""
+        state = {i: {k: (np.array(to_numpy(v), copy=True) if hasattr(v, "shape") else v)
+                     for k, v in st.items()} for i, st in self.state.items() if st}
         groups = [{**{k: v for k, v in g.items() if k != "params"},
-                   "params": [e[0] for e in g["params"]]} for g in self.param_groups]
+                   "params": [e[5] for e in g["params"]],
+                   "param_names": [e[0] for e in g["params"]]} for g in self.param_groups]
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, sd: dict) -> None:
         """Restore hyper-parameters and per-parameter state from :meth:`state_dict` (the same
-        parameter names in the same groups; ValueError otherwise).  Arrays are copied."""
+        groups of the same sizes, names and shapes; ValueError otherwise).  Arrays are copied."""
         who = type(self).__name__
         groups = sd["param_groups"]
         if len(groups) != len(self.param_groups) or any(
-                list(s["params"]) != [e[0] for e in g["params"]]
+                list(s["params"]) != [e[5] for e in g["params"]]
+                or list(s.get("param_names", [e[0] for e in g["params"]]))
+                != [e[0] for e in g["params"]]
                 for s, g in zip(groups, self.param_groups)):
             raise ValueError(f"{who}.load_state_dict: the saved parameter groups do not match "
                              f"this optimiser's (same model and groups needed)")
-        owner = {e[0]: e[1] for g in self.param_groups for e in g["params"]}
-        unknown = sorted(set(sd["state"]) - set(owner))
+        owner = {e[5]: e for g in self.param_groups for e in g["params"]}
+        state = {int(i): st for i, st in sd["state"].items()}
+        unknown = sorted(set(state) - set(owner))
         if unknown:
             raise ValueError(f"{who}.load_state_dict: state for unknown parameters {unknown}")
         for s, g in zip(groups, self.param_groups):
             for k, v in s.items():
-                if k != "params":
+                if k not in ("params", "param_names"):
                     g[k] = tuple(v) if isinstance(v, (list, tuple)) else v
             self._check(g)
-        self.state = {n: {} for n in owner}
-        for n, st in sd["state"].items():
-            p = owner[n]
+        self.state = {i: {} for i in owner}
+        for i, st in state.items():
+            name, p = owner[i][0], owner[i][1]
             for k, v in st.items():
                 if hasattr(v, "shape") and np.ndim(v) > 0:
                     v = np.asarray(v)
                     if v.shape != tuple(p.shape):
-                        raise ValueError(f"{who}.load_state_dict: {n}.{k} has shape {v.shape}, "
-                                         f"the parameter {tuple(p.shape)}")
+                        raise ValueError(f"{who}.load_state_dict: {name}.{k} has shape "
+                                         f"{v.shape}, the parameter {tuple(p.shape)}")
                     buf = _zeros_like(p)
                     buf[...] = v.astype(p.dtype) if isinstance(p, np.ndarray) \
                         else get_backend().asarray(v.astype(p.dtype))
                     v = buf
                 elif hasattr(v, "shape"):
                     v = v.item()
-                self.state[n][k] = v
+                self.state[i][k] = v
 
     def save(self, path: str | os.PathLike) -> None:
         """Write :meth:`state_dict` to ``.npz`` (arrays as ``state/<param>/<key>``, the groups
         as JSON in ``param_groups``)."""
         sd = self.state_dict()
-        flat = {f"state/{n}/{k}": np.asarray(v) for n, st in sd["state"].items()
+        flat = {f"state/{i}/{k}": np.asarray(v) for i, st in sd["state"].items()
                 for k, v in st.items()}
         flat["param_groups"] = np.array(json.dumps(sd["param_groups"]))
         np.savez(path, **flat)
@@ -184,8 +193,8 @@ class Optimizer:
             state: dict = {}
             for key in f.files:
                 if key.startswith("state/"):
-                    n, k = key[len("state/"):].rsplit("/", 1)
-                    state.setdefault(n, {})[k] = f[key]
+                    i, k = key[len("state/"):].split("/", 1)
+                    state.setdefault(int(i), {})[k] = f[key]
             groups = json.loads(str(f["param_groups"]))
         self.load_state_dict({"state": state, "param_groups": groups})
 
@@ -213,10 +222,10 @@ class SGD(Optimizer):
     def _update(self, group, entries):
         mu, wd, lr = group["momentum"], group["weight_decay"], group["lr"]
         damp, nesterov = group["dampening"], group["nesterov"]
-        for name, p, g, _, _ in entries:
+        for _, p, g, _, _, i in entries:
             d = g + wd * p if wd else g
             if mu:
-                st = self.state[name]
+                st = self.state[i]
                 buf = st.get("momentum_buffer")
                 if buf is None:
                     buf = st["momentum_buffer"] = d.copy()
@@ -250,8 +259,8 @@ class Adam(Optimizer):
     def _update(self, group, entries):
         b1, b2 = group["betas"]
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-        for name, p, g, _, _ in entries:
-            st = self.state[name]
+        for _, p, g, _, _, i in entries:
+            st = self.state[i]
             if not st:
                 st["step"] = 0
                 st["exp_avg"] = _zeros_like(p)
@@ -319,8 +328,8 @@ class StepLR(LRScheduler):
 
 
 class CosineAnnealingLR(LRScheduler):
-    """``eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2`` for t <= T_max, then
-    eta_min (torch's CosineAnnealingLR closed form, without restarts)."""
+    """``eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2`` (torch's
+    CosineAnnealingLR closed form: past T_max the cosine goes on, back up, as torch's does)."""
 
     def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):
         if T_max < 1:
@@ -329,7 +338,6 @@ class CosineAnnealingLR(LRScheduler):
         super().__init__(optimizer)
 
     def lr_at(self, t, base_lr):
-        t = min(t, self.T_max)
         return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
 
 
