@@ -176,14 +176,24 @@ class Module:
             yield from m.named_modules(f"{prefix}.{name}" if prefix else name, seen)
 
     def modules(self):
-        """Every module once (this one first, depth first), without building names."""
+        """Every module once, this one first (no names built: zero_grad runs it each step)."""
         seen, out, stack = set(), [], [self]
         while stack:
             m = stack.pop()
-            if id(m) not in seen:
-                seen.add(id(m))
-                out.append(m)
-                stack.extend(reversed([c for _, c in m.named_children()]))
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            out.append(m)
+            for name, c in m._modules.items():
+                if c is not _CONTAINER:
+                    stack.append(c)
+                    continue
+                c = m.__dict__.get(name)
+                if isinstance(c, dict):
+                    c = c.values()
+                elif not isinstance(c, (list, tuple)):
+                    continue
+                stack.extend(e for e in c if isinstance(e, Module))
         return out
 
     def _param_slots(self):
