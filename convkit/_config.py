@@ -9,6 +9,11 @@ _lock = threading.Lock()
 _num_threads: int | None = None          # None: resolve from the environment
 _workspace_limit: int = 256 * 2**20       # bytes
 _deterministic: bool = False
+_MAX_THREADS = 4096                       # DESIGN.md: set_num_threads takes 1..4096
+# True in a process forked (os.fork, multiprocessing's fork start method) from one that had
+# loaded convkit's OpenMP kernels: libgomp cannot start a thread team in such a child (its
+# first parallel region hangs), so the child runs every CPU kernel on one thread.
+_forked_child: bool = False
 
 
 @functools.cache
@@ -39,15 +44,18 @@ def _env_int(name: str) -> int | None:
     try:
         n = int(v)
     except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}") from None
-    if n < 1:
-        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        raise ValueError(f"{name} must be an integer in 1..{_MAX_THREADS}, got {v!r}") from None
+    if not 1 <= n <= _MAX_THREADS:
+        raise ValueError(f"{name} must be an integer in 1..{_MAX_THREADS}, got {v!r}")
     return n
 
 
 def get_num_threads() -> int:
     """Threads the CPU kernels use: set_num_threads, else CONVKIT_NUM_THREADS, else
-    OMP_NUM_THREADS, else the usable physical cores."""
+    OMP_NUM_THREADS, else the usable physical cores; 1 in a child forked after convkit's
+    OpenMP kernels were loaded (see _forked_child)."""
+    if _forked_child:
+        return 1
     if _num_threads is not None:
         return _num_threads
     for name in ("CONVKIT_NUM_THREADS", "OMP_NUM_THREADS"):
@@ -58,13 +66,27 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int | None) -> None:
-    """Bound the CPU kernels' OpenMP team to ``n`` threads (None: back to the default)."""
+    """Bound the CPU kernels' OpenMP team to ``n`` threads, 1..4096 (None: back to the
+    default).  In a forked child convkit runs on one thread whatever ``n`` says."""
     global _num_threads
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"set_num_threads: n must be a positive int or None, got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= _MAX_THREADS:
+            raise ValueError(f"set_num_threads: n must be an int in 1..{_MAX_THREADS} or None, "
+                             f"got {n!r}")
     with _lock:
         _num_threads = n
+
+
+def _after_fork_in_child() -> None:
+    global _forked_child, _lock
+    import sys
+
+    _lock = threading.Lock()            # a lock some other thread held at the fork stays held
+    blas_single_thread._reset()
+    # only convkit's OpenMP extensions start libgomp teams; a parent that never loaded them
+    # leaves the child free to run parallel
+    if any(m.startswith("convkit.cpu._") for m in list(sys.modules)):
+        _forked_child = True
 
 
 def get_workspace_limit() -> int:
@@ -95,8 +117,7 @@ def set_deterministic(flag: bool) -> None:
 @functools.cache
 def blas_controllers() -> list:
     """threadpoolctl controllers of every BLAS loaded in this process (scipy's, which the cpu
-    kernels call, loaded first), found once; [] without threadpoolctl or with an unknown BLAS.
-    The cpu conv pin and convkit.nn's small host GEMMs set BLAS threads through these."""
+    kernels call, loaded first), found once; [] without threadpoolctl or with an unknown BLAS."""
     try:
         import scipy.linalg.cython_blas  # noqa: F401  (load the BLAS scipy calls)
         from threadpoolctl import ThreadpoolController
@@ -104,3 +125,82 @@ def blas_controllers() -> list:
         return list(ThreadpoolController().select(user_api="blas").lib_controllers)
     except Exception:  # no threadpoolctl or an unknown BLAS: leave BLAS as it is
         return []
+
+
+def _openblas_calls(ctrl):
+    """(get, set) of a pthreads OpenBLAS's own thread-count functions, or None.
+
+    threadpoolctl (>= 3.6) lets only the first Python thread that set a pthreads OpenBLAS's
+    thread count change it later; a call from any other thread silently does nothing.  A conv
+    in a worker thread then ran its GEMMs on OpenBLAS's two threads, whose partition changed
+    the result's bits.  OpenBLAS's count is process-wide, so convkit calls it directly.
+    """
+    if getattr(ctrl, "internal_api", None) != "openblas" or \
+            getattr(ctrl, "threading_layer", None) == "openmp":
+        return None
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL(ctrl.filepath)
+    except OSError:
+        return None
+    for prefix in ("", "scipy_"):
+        for suffix in ("", "64_", "_64"):
+            get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+            set_ = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                set_.restype, set_.argtypes = None, [ctypes.c_int]
+                return get, set_
+    return None
+
+
+@functools.cache
+def _blas_thread_calls() -> list:
+    calls = []
+    for ctrl in blas_controllers():
+        calls.append(_openblas_calls(ctrl) or (ctrl.get_num_threads, ctrl.set_num_threads))
+    return calls
+
+
+class BlasPin:
+    """Process-wide, re-entrant pin of every loaded BLAS to one thread: the first caller in
+    saves the thread counts, the last one out restores them.  The cpu conv's BLAS GEMMs run
+    inside convkit's own OpenMP team under it (one pool of threads, never two competing for
+    the cores), and convkit.nn's small host GEMMs under it (waking BLAS's threads costs more
+    than a small GEMM computes).  Entering costs a couple of C calls."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: list = []
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                calls = _blas_thread_calls()
+                self._saved = [get() for get, _ in calls]
+                for (_, set_), n in zip(calls, self._saved):
+                    if n != 1:
+                        set_(1)
+            self._depth += 1
+        return self
+
+    def _reset(self):
+        """In a forked child: no caller is inside (the parent's threads did not come along)."""
+        self._lock = threading.Lock()
+        self._depth = 0
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for (_, set_), n in zip(_blas_thread_calls(), self._saved):
+                    if n != 1:
+                        set_(n)
+
+
+blas_single_thread = BlasPin()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

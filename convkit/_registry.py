@@ -194,3 +194,12 @@ def _reset_for_tests() -> None:
         _instances.clear()
         _failures.clear()
         _specs.cache_clear()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()   # another thread may have held it (loading a backend) at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -685,3 +685,26 @@ def test_two_python_threads_get_serial_results():
         for run in runs:
             for a, b_ in zip(run, want[cid]):
                 np.testing.assert_array_equal(a, b_, err_msg=cid)
+
+
+def test_blas_pin_holds_in_any_python_thread():
+    """threadpoolctl lets only the first Python thread that set a pthreads OpenBLAS's thread
+    count change it again; convkit's pin must hold in every thread (a conv in a worker thread
+    otherwise ran its GEMMs on OpenBLAS's whole pool, with other bits)."""
+    from convkit._config import _blas_thread_calls, blas_single_thread
+
+    calls = _blas_thread_calls()
+    if not calls:
+        pytest.skip("no BLAS whose thread count convkit can read")
+    with blas_single_thread:                    # the main thread pins first
+        pass
+    seen = []
+
+    def work():
+        with blas_single_thread:
+            seen.append([get() for get, _ in calls])
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen == [[1] * len(calls)]

@@ -9,7 +9,7 @@ so the second pass and the output pass read it from L2.
 """
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.math cimport INFINITY, sqrt
 
 cdef extern from *:
     """
@@ -161,6 +161,8 @@ cdef void bn_channel_stats(const floating* x, Py_ssize_t N, Py_ssize_t stride, P
     var[0] = (q - s * s / M) / M
     if var[0] < 0:
         var[0] = 0
+    if q == INFINITY:   # finite data whose squares overflow: var is +inf (torch: y = 0), not NaN
+        var[0] = INFINITY
 
 
 cdef void bn_channel_apply(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t stride,
@@ -193,15 +195,20 @@ cdef void bn_channel_grad_apply(const floating* gy, const floating* x, floating*
                                 Py_ssize_t N, Py_ssize_t stride, Py_ssize_t HW,
                                 floating k_gy, floating mean, floating k_xmu,
                                 floating shift) noexcept nogil:
-    """gx = gy * k_gy + (x - mean) * k_xmu + shift over one channel."""
+    """gx = gy * k_gy + (x - mean) * k_xmu + shift over one channel; x == NULL (eval: x does
+    not enter grad_x, so a non-finite x must not reach it): gx = gy * k_gy."""
     cdef Py_ssize_t n, i
     cdef const floating* gs
     cdef const floating* xs
     cdef floating* out
     for n in range(N):
         gs = gy + n * stride
-        xs = x + n * stride
         out = gx + n * stride
+        if x == NULL:
+            for i in range(HW):
+                out[i] = gs[i] * k_gy
+            continue
+        xs = x + n * stride
         for i in range(HW):
             out[i] = gs[i] * k_gy + (xs[i] - mean) * k_xmu + shift
 
@@ -352,6 +359,8 @@ cdef void bn_block_train(const floating* x, floating* y, Py_ssize_t N, Py_ssize_
         var[j] = (qj - sj * sj / M) / M
         if var[j] < 0:
             var[j] = 0
+        if qj == INFINITY:  # (see bn_channel_stats)
+            var[j] = INFINITY
         invstd = 1.0 / sqrt(var[j] + eps)
         save_mean[j] = <floating>m
         save_invstd[j] = <floating>invstd
@@ -429,6 +438,11 @@ cdef void bn_block_backward(const floating* gy, const floating* x, floating* gx,
             em[j * HW + i] = mean[j]
             ex[j * HW + i] = k_xmu
             eb[j * HW + i] = shift
+    if not training:    # gx = gy * w * invstd: x does not enter it (nor may its NaN / inf)
+        for j in range(CB):
+            bn_channel_grad_apply(gy + j * HW, NULL, gx + j * HW, N, stride, HW, eg[j * HW], 0,
+                                  0, 0)
+        return
     for n in range(N):
         if floating is float:
             ck_bnv_grad_f(gy + n * stride, x + n * stride, gx + n * stride, L, eg, em, ex, eb)
@@ -563,5 +577,5 @@ def batch_norm_backward(const floating[:, :, ::1] gy, const floating[:, :, ::1] 
                                       <floating>(-w * inv * inv * inv * sd / M),
                                       <floating>(-w * inv * sg / M))
             else:
-                bn_channel_grad_apply(&gy[0, c, 0], &x[0, c, 0], &gx[0, c, 0], N, C * HW, HW,
+                bn_channel_grad_apply(&gy[0, c, 0], NULL, &gx[0, c, 0], N, C * HW, HW,
                                       <floating>(w * inv), mean[c], 0, 0)

@@ -38,7 +38,7 @@ import threading
 
 import numpy as np
 
-from .._config import blas_controllers, get_num_threads, get_workspace_limit
+from .._config import blas_single_thread, get_num_threads, get_workspace_limit
 from .._shapes import conv_out_size
 from . import _conv, _gemm
 
@@ -75,37 +75,6 @@ def _workspace(n: int, dtype, slot: str = "cols") -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- BLAS threads
-class _BlasPin:
-    """Process-wide, re-entrant pin of BLAS to one thread (threadpoolctl finds the libraries
-    once; entering then costs a couple of ctypes calls instead of a threadpool_limits context).
-    The first caller in saves the thread counts, the last one out restores them."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._libs = []
-        self._saved = []
-
-    def __enter__(self):
-        with self._lock:
-            if self._depth == 0:
-                libs = self._libs = blas_controllers()
-                self._saved = [lib.get_num_threads() for lib in libs]
-                for lib, n in zip(libs, self._saved):
-                    if n != 1:
-                        lib.set_num_threads(1)
-            self._depth += 1
-
-    def __exit__(self, *exc):
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                for lib, n in zip(self._libs, self._saved):
-                    if n != 1:
-                        lib.set_num_threads(n)
-
-
-_blas_single_thread = _BlasPin()
 _no_pin = contextlib.nullcontext()
 
 
@@ -113,7 +82,7 @@ def _blas_pin(dtype):
     """The BLAS pin when this dtype's GEMMs go to BLAS, else a no-op context."""
     if dtype == np.float32 and _OWN_SGEMM:
         return _no_pin
-    return _blas_single_thread
+    return blas_single_thread
 
 
 _OWN_SGEMM = _gemm.own_sgemm_active()
@@ -308,7 +277,8 @@ def _plan_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, poin
     if pointwise:
         units_w = _ceil_div(Ug, _ceil_div(n_threads, G) if own_gemm else
                             _ceil_div(Ug, _BLAS_TASK_COLS))     # (see below)
-        chans_x = _ceil_div(Cg, _ceil_div(2 * n_threads, N * G))
+        chans_x = _ceil_div(Cg, _ceil_div(2 * n_threads, N * G) if own_gemm else
+                            _ceil_div(4, N * G))        # (BLAS: see chans_x below)
         return n_threads, units_w, Ho, chans_x, Ho, 0
     unit_w = KW * Wo * itemsize                    # one (channel, kh) tap row, one output row
     unit_x = KH * KW * Wo * itemsize               # one channel's taps, one output row
@@ -339,8 +309,10 @@ def _plan_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, poin
         # (which follow the thread count): col2im adds a block's taps before the next block's,
         # so the row blocks fix the order of grad_x's sums
         rows_x = max(1, min(Ho, budget // (Cg * unit_x)))
-        chans_x = max(1, min(_ceil_div(Cg, _ceil_div(2 * n_threads, N * G)),
-                             budget // (rows_x * unit_x)))
+        # channels per task: on BLAS from the layer alone (OpenBLAS's kernels follow the GEMM's
+        # row count, so a split that followed the thread count changed grad_x's bits)
+        split = _ceil_div(2 * n_threads, N * G) if own_gemm else _ceil_div(4, N * G)
+        chans_x = max(1, min(_ceil_div(Cg, split), budget // (rows_x * unit_x)))
     else:
         chans_x, rows_x = Cg, Ho        # unused: no grad_x pass
     ws = max(units_w * rows_w * unit_w, chans_x * rows_x * unit_x if needs_gx else 0)
@@ -366,6 +338,12 @@ _BATCH_MAX_HOWO = 64
 # 64->64 3x3 on 2x2: batch im2col 925 / 1686, dense 197 / 376 (torch 342 / 1276); 32->64 3x3 s2
 # on 4x4 (16/9 the multiplies): batch 349 / 738-990, dense 459-501 / 664-942, so H*W <= KH*KW.
 _DENSE_MAX_ELEMS = 1 << 20
+
+
+def _row_blocks(dtype) -> int:
+    """Row blocks for gemm_rows: one per thread on the own GEMM (its bits do not depend on the
+    split); _BATCH_BLOCKS on BLAS, whose kernels follow the row count."""
+    return 0 if dtype == np.float32 and _OWN_SGEMM else _BATCH_BLOCKS
 
 
 def _dense_ok(C, H, W, F, KH, KW, Ho, Wo, groups):
@@ -655,7 +633,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
         wd = _dense_matrix(weight, H, W, Ho, Wo, stride, pt, pl, dilation, n_threads)
         with _blas_pin(x.dtype):
             _conv.gemm_rows(False, False, x.reshape(N, C * H * W), wd, y.reshape(N, F * Ho * Wo),
-                            C * H * W, n_threads)
+                            C * H * W, n_threads, _row_blocks(x.dtype))
         if has_bias:
             y += bias.reshape(1, F, 1, 1)
         return y
@@ -741,8 +719,9 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
         with _blas_pin(dt):
             if needs_input_grad:
                 _conv.gemm_rows(False, True, gy2, wd, gx.reshape(N, C * H * W), F * Ho * Wo,
-                                n_threads)
-            _conv.gemm_rows(True, False, x.reshape(N, C * H * W), gy2, gwd, N, n_threads)
+                                n_threads, _row_blocks(dt))
+            _conv.gemm_rows(True, False, x.reshape(N, C * H * W), gy2, gwd, N, n_threads,
+                            _row_blocks(dt))
         _conv.dense_fold(gwd, gw, H, W, Ho, Wo, sh, sw, pt, pl, dh, dw, n_threads)
     else:
         if needs_input_grad and _prefer_winograd(x, weight, stride, dilation, groups, Ho, Wo):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from .._config import blas_controllers
+from .._config import blas_single_thread
 from .._registry import get_backend
 from .._shapes import conv_out_size
 from .init import INITS, make_rng
@@ -21,34 +21,18 @@ __all__ = ["Conv2d", "ConvTranspose2d", "BatchNorm2d", "ReLU", "LeakyReLU", "Sig
            "ToFloat", "Normalize", "Identity", "ResidualBlock"]
 
 
-class _SerialBlas:
-    """Run small host GEMMs on one BLAS thread.
-
-    Waking BLAS worker threads costs more than a small GEMM computes, and on a busy machine a
-    lot more: (64, 120) @ (120, 84) float32 took 16 ms with OpenBLAS's 2 threads against
-    18 us on one (bench/RESULTS_classify.md).  Pinning costs ~3 us (threadpoolctl, loaded once).
-    Device GEMMs (CuPy) are not affected by the pin.
-    """
-
-    MAX_MACS = 1 << 22   # above this, BLAS threads pay for themselves
-
-    def matmul(self, a, b):
-        if a.shape[0] * a.shape[1] * b.shape[1] > self.MAX_MACS:
-            return a @ b
-        libs = blas_controllers()
-        saved = [lib.get_num_threads() for lib in libs]
-        for lib, n in zip(libs, saved):
-            if n != 1:
-                lib.set_num_threads(1)
-        try:
-            return a @ b
-        finally:
-            for lib, n in zip(libs, saved):
-                if n != 1:
-                    lib.set_num_threads(n)
+def _small_matmul(a, b):
+    """a @ b, on one BLAS thread when small: waking BLAS's threads costs more than a small GEMM
+    computes, and on a busy machine a lot more ((64, 120) @ (120, 84) float32 took 16 ms on
+    OpenBLAS's 2 threads against 18 us on one, bench/RESULTS_classify.md).  Above _SMALL_MACS
+    BLAS threads pay for themselves.  Device GEMMs (CuPy) are not affected by the pin."""
+    if a.shape[0] * a.shape[1] * b.shape[1] > _SMALL_MACS:
+        return a @ b
+    with blas_single_thread:
+        return a @ b
 
 
-_gemm = _SerialBlas()
+_SMALL_MACS = 1 << 22
 
 
 def _init(init):
@@ -452,7 +436,7 @@ class Linear(Module):
         w = self.params["weight"]
         if x.dtype != w.dtype:
             raise TypeError(f"Linear: x is {x.dtype} but the layer is {w.dtype}")
-        y = _gemm.matmul(x, w.T)
+        y = _small_matmul(x, w.T)
         if self.has_bias:
             y += self.params["bias"]
         self._push(x)
@@ -462,10 +446,10 @@ class Linear(Module):
         x = self._pop()
         w = self.params["weight"]
         if "weight" not in self.frozen:
-            self.grads["weight"] += _gemm.matmul(grad_y.T, x)
+            self.grads["weight"] += _small_matmul(grad_y.T, x)
         if self.has_bias:
             self._accumulate("bias", grad_y.sum(axis=0))
-        return _gemm.matmul(grad_y, w)
+        return _small_matmul(grad_y, w)
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}"

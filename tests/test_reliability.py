@@ -1,0 +1,122 @@
+"""Threads and processes: bounded thread counts, and children forked after parallel work."""
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import convkit
+from helpers import run
+
+
+@pytest.mark.parametrize("n", [0, -1, 4097, 2**40, 2.0, True, "2"])
+def test_set_num_threads_out_of_range_is_a_value_error(n):
+    before = convkit.get_num_threads()
+    with pytest.raises(ValueError, match="set_num_threads: n must be an int in 1..4096"):
+        convkit.set_num_threads(n)
+    assert convkit.get_num_threads() == before
+
+
+def test_set_num_threads_bounds_are_inclusive():
+    try:
+        convkit.set_num_threads(4096)
+        assert convkit.get_num_threads() == 4096
+        convkit.set_num_threads(1)
+        assert convkit.get_num_threads() == 1
+    finally:
+        convkit.set_num_threads(None)
+
+
+@pytest.mark.parametrize("value", ["5000", "0", "two"])
+def test_thread_count_from_the_environment_is_bounded(monkeypatch, value):
+    monkeypatch.setenv("CONVKIT_NUM_THREADS", value)
+    convkit.set_num_threads(None)
+    with pytest.raises(ValueError, match=r"CONVKIT_NUM_THREADS must be an integer in 1\.\.4096"):
+        convkit.get_num_threads()
+
+
+_FORK_SCRIPT = textwrap.dedent("""
+    import multiprocessing as mp, sys
+    import numpy as np, convkit
+
+    def work(_):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((8, 16, 24, 24)).astype(np.float32)
+        w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+        rois = np.array([[i % 8, 1, 2, 15 + i % 5, 20] for i in range(64)], np.float32)
+        y = convkit.conv2d_forward(x, w, padding=1)
+        g = convkit.conv2d_backward(np.ones_like(y), x, w, padding=1)
+        p, idx = convkit.max_pool2d_forward(x, 2)
+        b = convkit.batch_norm_forward(x, None, None, None, None, True)[0]
+        r = convkit.roi_align_forward(x, rois, (7, 7), 0.5)
+        q = convkit.roi_pool_forward(x, rois, (7, 7), 0.5)[0]
+        return [y, *g[:2], p, b, r, q], convkit.get_num_threads()
+
+    if __name__ == "__main__":
+        convkit.set_num_threads(2)
+        want, _ = work(0)                 # the parent runs its OpenMP teams first
+        ctx = mp.get_context("fork")
+        with ctx.Pool(2) as pool:
+            for got, threads in pool.map(work, range(4)):
+                assert threads == 1, threads
+                for a, b in zip(got, want):
+                    assert np.array_equal(a, b)
+        # a bare os.fork child too, after the pool
+        import os
+        pid = os.fork()
+        if pid == 0:
+            got, _ = work(0)
+            os._exit(0 if all(np.array_equal(a, b) for a, b in zip(got, want)) else 3)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        print("ok")
+""")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no os.fork on this platform")
+def test_child_forked_after_parallel_work_neither_hangs_nor_differs(tmp_path):
+    """libgomp cannot start a thread team in a child forked after the parent ran one (the
+    child's first parallel region hung): convkit runs serially there, with the same bits."""
+    if convkit.get_backend().name != "cpu":
+        pytest.skip("the fork rule is about the cpu backend's OpenMP kernels")
+    script = tmp_path / "fork_after_parallel.py"
+    script.write_text(_FORK_SCRIPT)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "ok"
+
+
+
+# ------------------------------------------------------------- non-finite values, batch norm
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (1, 3, 16, 16)])   # channel blocks / per channel
+def test_batch_norm_variance_overflow_gives_zeros_like_torch(backend, torch, shape):
+    """Finite float64 data whose squares overflow: var = +inf, invstd = 0, y = 0 (torch), not
+    NaN from inf - inf in the corrected two-pass formula."""
+    x = np.tile(np.array([1e200, -1e200, 3e200, 0.0]).reshape(1, 1, 2, 2),
+                (1, shape[1], shape[2] // 2, shape[3] // 2))
+    with np.errstate(over="ignore", invalid="ignore"):
+        y, _, invstd = run(backend, convkit.batch_norm_forward, x, None, None, None, None, True)
+    want = torch.nn.functional.batch_norm(torch.from_numpy(x), None, None, training=True)
+    np.testing.assert_array_equal(y, want.numpy())
+    np.testing.assert_array_equal(invstd, 0.0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("shape", [(2, 3, 2, 2), (2, 3, 16, 16)])
+def test_batch_norm_eval_grad_x_does_not_read_x(backend, torch, bad, shape):
+    """In eval mode grad_x = grad_y * weight * invstd: a NaN or inf in x reaches grad_weight
+    (as in torch) but not grad_x (it did on cpu, through 0 * (x - mean))."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    x[0, 1, 0, 0] = bad
+    w, rm, rv = rng.uniform(0.5, 2, 3), rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    gy = rng.standard_normal(shape)
+    _, mean, invstd = run(backend, convkit.batch_norm_forward, x, w, None, rm, rv, False)
+    gx, gw, _ = run(backend, convkit.batch_norm_backward, gy, x, w, mean, invstd, False)
+    tx = torch.from_numpy(x).requires_grad_()
+    tw = torch.from_numpy(w).requires_grad_()
+    torch.nn.functional.batch_norm(tx, torch.from_numpy(rm), torch.from_numpy(rv), tw, None,
+                                   False).backward(torch.from_numpy(gy))
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-12)
+    np.testing.assert_array_equal(np.isnan(gw), np.isnan(tw.grad.numpy()))
