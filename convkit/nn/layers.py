@@ -66,6 +66,24 @@ def _pair(v):
     return (int(v), int(v)) if np.isscalar(v) else tuple(int(e) for e in v)
 
 
+def _add_conv_params(layer, op, in_channels, out_channels, kernel_size, groups, bias, dtype,
+                     seed, init, transposed):
+    """Check groups, draw the weight ((F, C/groups) or, transposed, (C_in, C_out/groups), then
+    the kernel) and register weight and a zero bias (array[out_channels]) on ``layer``."""
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"{op}: groups={groups} must divide in_channels={in_channels} and "
+                         f"out_channels={out_channels}")
+    k = _pair(kernel_size)
+    dt = _dtype(dtype)
+    lead = (in_channels, out_channels // groups) if transposed else \
+        (out_channels, in_channels // groups)
+    be = get_backend()
+    layer.add_param("weight", be.asarray(_init(init)(lead + k, make_rng(seed), dt)))
+    if bias:
+        layer.add_param("bias", be.xp.zeros(out_channels, dt))
+    return k
+
+
 class Conv2d(Module):
     """2-D convolution (cross-correlation), torch's ``nn.Conv2d`` layout.
 
@@ -79,19 +97,11 @@ class Conv2d(Module):
                  groups=1, bias=True, needs_input_grad=True, dtype=np.float32, seed=None,
                  init="kaiming"):
         super().__init__()
-        k = _pair(kernel_size)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} and "
-                             f"out_channels={out_channels}")
+        k = _add_conv_params(self, "Conv2d", in_channels, out_channels, kernel_size, groups,
+                             bias, dtype, seed, init, transposed=False)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.has_bias, self.needs_input_grad = bool(bias), bool(needs_input_grad)
-        dt = _dtype(dtype)
-        w = _init(init)((out_channels, in_channels // groups) + k, make_rng(seed), dt)
-        be = get_backend()
-        self.add_param("weight", be.asarray(w))
-        if self.has_bias:
-            self.add_param("bias", be.xp.zeros(out_channels, dt))
 
     def forward(self, x):
         check_float_input("Conv2d", x)
@@ -132,10 +142,6 @@ class ConvTranspose2d(Module):
                  output_padding=0, groups=1, bias=True, dilation=1, dtype=np.float32, seed=None,
                  init="kaiming"):
         super().__init__()
-        k = _pair(kernel_size)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"ConvTranspose2d: groups={groups} must divide in_channels="
-                             f"{in_channels} and out_channels={out_channels}")
         self.stride, self.padding = _pair(stride), _pair(padding)
         self.output_padding, self.dilation = _pair(output_padding), _pair(dilation)
         for name in ("stride", "dilation"):
@@ -148,14 +154,10 @@ class ConvTranspose2d(Module):
             if op >= max(s, d):
                 raise ValueError(f"ConvTranspose2d: output_padding {self.output_padding} must be "
                                  f"smaller than stride {self.stride} or dilation {self.dilation}")
+        k = _add_conv_params(self, "ConvTranspose2d", in_channels, out_channels, kernel_size,
+                             groups, bias, dtype, seed, init, transposed=True)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
         self.groups, self.has_bias = groups, bool(bias)
-        dt = _dtype(dtype)
-        w = _init(init)((in_channels, out_channels // groups) + k, make_rng(seed), dt)
-        be = get_backend()
-        self.add_param("weight", be.asarray(w))
-        if self.has_bias:
-            self.add_param("bias", be.xp.zeros(out_channels, dt))
 
     def _conv(self):
         return self.stride, self.padding, self.dilation, self.groups
