@@ -342,6 +342,7 @@ def test_pickled_model_has_no_caches():
         blob = pickle.dumps(model)
         # params, their gradients and buffers: about twice the state dict, not the activations
         assert len(blob) < 2.5 * sd_bytes + 20_000, (len(blob), sd_bytes)
+        assert b"Backend" not in blob and b"_registry" not in blob   # no backend objects
         assert len(model[0]._caches) == 2                    # the live model keeps them
         clone = pickle.loads(blob)
         assert not clone[0]._caches

@@ -135,7 +135,8 @@ class ConvTranspose2d(Module):
     It is the adjoint of :func:`convkit.conv2d_forward` with the same weight read as a conv
     weight (F = C_in, C = C_out): the forward is conv2d_backward's grad_x, the input gradient is a
     conv2d_forward of grad_y, and the weight gradient is conv2d_backward's grad_weight with the
-    roles of input and output swapped.
+    roles of input and output swapped.  (Built from the conv2d ops until convkit has a
+    conv_transpose2d op: the forward also computes, and drops, a weight gradient.)
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
