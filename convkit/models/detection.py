@@ -70,6 +70,8 @@ class FasterRCNN(Module):
     ``roi_kwargs`` go to :class:`RegionProposalNetwork` / :class:`RoIHeads`.
     """
 
+    _transient = ("last_proposals",)      # inspection only: not pickled
+
     def __init__(self, num_classes, backbone=None, backbone_channels=None, stride=None,
                  anchor_sizes=(16, 32, 64), aspect_ratios=(0.5, 1.0, 2.0), roi_op="align",
                  width=16, rpn_kwargs=None, roi_kwargs=None, dtype=np.float32, seed=0):
@@ -88,8 +90,6 @@ class FasterRCNN(Module):
         self.roi_heads = RoIHeads(backbone_channels, num_classes, 1.0 / stride, roi_op=roi_op,
                                   dtype=dtype, seed=rng, **(roi_kwargs or {}))
         self.last_proposals = None
-
-    _transient = ("last_proposals",)
 
     def _set_dtype(self, dt):
         self.dtype = dt

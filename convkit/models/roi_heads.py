@@ -62,6 +62,8 @@ class RoIHeads(Module):
     ``detections_per_img`` best.
     """
 
+    _pending = ("_caches", "_pool_caches")   # loss gradients; RoI-op inputs
+
     def __init__(self, in_channels, num_classes, spatial_scale, roi_op="align", output_size=7,
                  sampling_ratio=2, representation=128, fg_iou=0.5, bg_iou=0.5,
                  batch_size_per_image=64, positive_fraction=0.25,
@@ -97,8 +99,6 @@ class RoIHeads(Module):
             w[...] = self.backend.asarray((rng.standard_normal(w.shape) * std).astype(w.dtype))
         self.sampler_rng = np.random.default_rng(rng.integers(2 ** 63))
         self._pool_caches = []
-
-    _pending = ("_caches", "_pool_caches")
 
     # ------------------------------------------------------------------ RoI features
     def pool(self, features, rois):

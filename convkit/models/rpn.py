@@ -130,6 +130,8 @@ class RegionProposalNetwork(Module):
     ``seed``; box targets :func:`convkit.boxes.encode_boxes` with unit weights.
     """
 
+    _transient = ("_anchor_cache",)       # rebuilt on demand: not pickled
+
     def __init__(self, in_channels, anchor_generator=None, mid_channels=None,
                  pre_nms_top_n=(1000, 1000), post_nms_top_n=(300, 300), nms_thresh=0.7,
                  min_size=1.0, fg_iou=0.7, bg_iou=0.3, batch_size_per_image=256,
@@ -147,8 +149,6 @@ class RegionProposalNetwork(Module):
         self.beta = float(beta)
         self.sampler_rng = np.random.default_rng(rng.integers(2 ** 63))
         self._anchor_cache = {}
-
-    _transient = ("_anchor_cache",)
 
     # ------------------------------------------------------------------ anchors, targets
     def anchors(self, feature_hw, dtype):
