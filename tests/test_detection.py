@@ -6,6 +6,7 @@ import pytest
 import convkit
 from convkit.data import shapes
 from convkit.nn import Adam
+from convkit.nn import no_grad as nn_no_grad
 from convkit.metrics import (average_precision_per_class, mean_average_precision,
                              proposal_recall, voc_ap)
 from convkit.models import (AnchorGenerator, FasterRCNN, RegionProposalNetwork, RoIHeads,
@@ -357,6 +358,12 @@ def test_detector_rejects_badly_shaped_or_scaled_images():
         for da, db in zip(a, b):
             np.testing.assert_array_equal(da["boxes"], db["boxes"])
         assert all(not x._caches for x in m.modules())           # inference keeps no caches
+        m.train()
+        m.forward(d.images)
+        with nn_no_grad():
+            feats = m.features(d.images)
+        m.rpn.forward(feats, (32, 32))                            # proposals only
+        assert all(not x._caches for x in m.modules()) and not m.roi_heads._pool_caches
 
 
 def test_detector_checks_targets_and_clips_boxes_that_reach_outside():

@@ -12,7 +12,8 @@ import numpy as np
 from .. import boxes as B
 from .. import functional as F
 from .._registry import get_backend
-from ..nn import Flatten, Linear, Module, ReLU, Sequential, softmax_cross_entropy, smooth_l1_loss
+from ..nn import (Flatten, Linear, Module, ReLU, Sequential, no_grad, softmax_cross_entropy,
+                  smooth_l1_loss)
 from ..nn.init import make_rng
 from .anchors import host_box_iou, sample_labels
 
@@ -179,7 +180,8 @@ class RoIHeads(Module):
         parts = [xp.concatenate([xp.full((p.shape[0], 1), i, dt), p.astype(dt, copy=False)],
                                 axis=1) for i, p in enumerate(proposals)]
         rois = xp.concatenate(parts) if parts else xp.zeros((0, 5), dt)
-        logits, deltas = self.head(self.pool(features, rois))
+        with no_grad():                      # detections are not differentiated
+            logits, deltas = self.head(self.pool(features, rois))
         return self.postprocess(logits, deltas, proposals, image_size)
 
     def backward(self, scale=1.0):

@@ -15,12 +15,14 @@ array[N, Hf*Wf*k, 4]) whose row ``(y * Wf + x) * k + a`` matches the anchor list
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from .. import boxes as B
 from .. import functional as F
 from .._registry import get_backend
-from ..nn import Conv2d, Module, ReLU, sigmoid, softmax_cross_entropy, smooth_l1_loss
+from ..nn import Conv2d, Module, ReLU, no_grad, sigmoid, softmax_cross_entropy, smooth_l1_loss
 from ..nn.init import make_rng
 from .anchors import AnchorGenerator, assign_anchor_targets, sample_labels
 
@@ -203,8 +205,10 @@ class RegionProposalNetwork(Module):
     def forward(self, features, image_size, gt_boxes=None):
         """features (array[N, C, Hf, Wf]) -> (list of (boxes, scores) proposals per image,
         dict of losses).  With ``gt_boxes`` (a list of array[Gi, 4]) it also computes the
-        losses ``rpn_objectness``, ``rpn_box`` and keeps their gradients for :meth:`backward`."""
-        cls, reg = self.head.forward(features)
+        losses ``rpn_objectness``, ``rpn_box`` and keeps their gradients for :meth:`backward`;
+        without, nothing is differentiated and the head keeps no caches."""
+        with contextlib.nullcontext() if gt_boxes is not None else no_grad():
+            cls, reg = self.head.forward(features)
         cls_f, reg_f = flatten_rpn_outputs(cls, reg)
         hw = features.shape[2:]
         anchors = self.anchors(hw, features.dtype)
