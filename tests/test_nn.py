@@ -204,7 +204,7 @@ def test_uint8_input_raises_and_tofloat_converts():
         assert model.backward(np.ones_like(y)) is None   # no gradient into integer images
 
 
-# ------------------------------------------------------------------------------ backend at call time
+# ------------------------------------------------------------------------- backend at call time
 def test_layer_runs_on_backend_active_at_call_time(monkeypatch):
     from convkit.reference import NumpyBackend
 

@@ -51,6 +51,6 @@ def test_readme_names_only_files_that_exist():
     text = open(README, encoding="utf-8").read()
     paths = _named_paths(text)
     assert "bench/RESULTS.md" in paths and "convkit/functional.py" in paths
-    missing = [p for p in paths
-               if not glob.glob(os.path.join(ROOT, p)) and not glob.glob(os.path.join(ROOT, "*", p))]
+    missing = [p for p in paths if not glob.glob(os.path.join(ROOT, p))
+               and not glob.glob(os.path.join(ROOT, "*", p))]
     assert not missing, f"README.md names files that are not in the repository: {missing}"

@@ -90,7 +90,7 @@ class Module:
         self.buffers: dict = {}
         self.frozen: set = set()
         self._host_buffers: set = set()      # buffers kept as host arrays (counters)
-        self._volatile: set = set()          # buffers left out of state_dict (torch: persistent=False)
+        self._volatile: set = set()          # buffers not in state_dict (torch: persistent=False)
         self.training = True
         self._caches: list = []
 

@@ -338,7 +338,8 @@ class CosineAnnealingLR(LRScheduler):
         super().__init__(optimizer)
 
     def lr_at(self, t, base_lr):
-        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
+        cos = math.cos(math.pi * t / self.T_max)
+        return self.eta_min + (base_lr - self.eta_min) * (1 + cos) / 2
 
 
 class LinearWarmup(LRScheduler):
@@ -356,7 +357,8 @@ class LinearWarmup(LRScheduler):
                              f"got {warmup_steps}, {start_factor}")
         if after is not None and after.optimizer is not optimizer:
             raise ValueError("LinearWarmup: 'after' must schedule the same optimiser")
-        self.warmup_steps, self.start_factor, self.after = int(warmup_steps), float(start_factor), after
+        self.warmup_steps, self.start_factor = int(warmup_steps), float(start_factor)
+        self.after = after
         super().__init__(optimizer)
         if after is not None:
             self.base_lrs = list(after.base_lrs)
