@@ -18,15 +18,31 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from convkit.benchmark.cases import CASES  # noqa: E402
+
+_CONVS = {c.name: c for c in CASES}
+
+
+def conv_gemm(op, kind, rows=None):
+    """(m, k, n) of one image's GEMM in conv ``op`` of the shape table: "fwd" weights @ im2col,
+    "grad_w" grad_y @ im2col^T, "grad_x" weights^T @ grad_y; ``rows``: that many output rows."""
+    c = _CONVS[op]
+    Ho, Wo = c.out_hw
+    taps, pixels = c.C // c.groups * c.K * c.K, (rows or Ho) * Wo
+    return {"fwd": (c.F, taps, pixels), "grad_w": (c.F, pixels, taps),
+            "grad_x": (taps, c.F, pixels)}[kind]
+
+
 SHAPES = [  # (name, m, k, n, ta, tb)
-    ("vgg_56 fwd im2col (per image)", 64, 576, 3136, False, False),
+    ("vgg_56 fwd im2col (per image)", *conv_gemm("vgg_56", "fwd"), False, False),
+    # Winograd's GEMMs are sized by its tiling (filters x channels x tiles per block)
     ("vgg_56 Winograd (56 tiles)", 64, 64, 56, False, False),
     ("res_14 Winograd (batch)", 256, 256, 392, False, False),
-    ("res_28 fwd im2col", 128, 1152, 784, False, False),
-    ("stem_224 fwd (7 rows)", 64, 147, 784, False, False),
-    ("res_14 grad_w (tb)", 256, 196, 2304, False, True),
-    ("res_14 grad_x (ta)", 2304, 256, 196, True, False),
-    ("rpn_3x3 grad_w (tb)", 512, 1900, 4608, False, True),
+    ("res_28 fwd im2col", *conv_gemm("res_28", "fwd"), False, False),
+    ("stem_224 fwd (7 rows)", *conv_gemm("stem_224", "fwd", rows=7), False, False),
+    ("res_14 grad_w (tb)", *conv_gemm("res_14", "grad_w"), False, True),
+    ("res_14 grad_x (ta)", *conv_gemm("res_14", "grad_x"), True, False),
+    ("rpn_3x3 grad_w (tb)", *conv_gemm("rpn_3x3", "grad_w"), False, True),
 ]
 
 

@@ -11,7 +11,6 @@ is convkit images/s over torch images/s (> 1: convkit is faster).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import platform
 import statistics
@@ -55,14 +54,6 @@ def torch_mirror(torch, name, widths=(16, 32, 64)):
         cin = w
     layers += [tnn.AvgPool2d(2), tnn.Flatten(), tnn.Linear(cin, 10)]
     return tnn.Sequential(*layers)
-
-
-def _steady_allocator():
-    """Keep freed buffers in the process (BENCHMARKING.md: page faults decide timings)."""
-    libc = ctypes.CDLL("libc.so.6")
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 def bench_model(name, batch, backend, rounds, steps, torch, convkit):
@@ -137,7 +128,9 @@ def main(argv=None):
                    help="mallopt: keep freed memory in the process (both sides)")
     args = p.parse_args(argv)
     if args.steady_allocator:
-        _steady_allocator()
+        from convkit.benchmark.timing import set_mallopt
+
+        print("# " + set_mallopt())
     import torch
 
     import convkit

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from ._config import (get_deterministic, get_num_threads, get_workspace_limit, set_deterministic,
-                      set_num_threads, set_workspace_limit)
+from ._config import (get_allow_tf32, get_deterministic, get_num_threads, get_workspace_limit,
+                      set_allow_tf32, set_deterministic, set_num_threads, set_workspace_limit)
 from ._registry import (available_backends, backend_status, get_backend, known_backends,
                         set_backend, use_backend)
 from .backend import Backend
@@ -23,7 +23,7 @@ __all__ = [
     "Backend", "get_backend", "set_backend", "use_backend", "available_backends",
     "known_backends", "backend_status", "show_config", "precompile",
     "set_num_threads", "get_num_threads", "set_workspace_limit", "get_workspace_limit",
-    "set_deterministic", "get_deterministic",
+    "set_deterministic", "get_deterministic", "set_allow_tf32", "get_allow_tf32",
     "conv2d_forward", "conv2d_backward", "max_pool2d_forward", "max_pool2d_backward",
     "avg_pool2d_forward", "avg_pool2d_backward", "batch_norm_forward", "batch_norm_backward",
     "roi_pool_forward", "roi_pool_backward", "roi_align_forward", "roi_align_backward",

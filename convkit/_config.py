@@ -9,6 +9,7 @@ _lock = threading.Lock()
 _num_threads: int | None = None          # None: resolve from the environment
 _workspace_limit: int = 256 * 2**20       # bytes
 _deterministic: bool = False
+_allow_tf32: bool = os.environ.get("CONVKIT_ALLOW_TF32", "") == "1"    # set_allow_tf32
 _MAX_THREADS = 4096                       # DESIGN.md: set_num_threads takes 1..4096
 # True in a process forked (os.fork, multiprocessing's fork start method) from one that had
 # loaded convkit's OpenMP kernels: libgomp cannot start a thread team in such a child (its
@@ -112,6 +113,18 @@ def set_deterministic(flag: bool) -> None:
     """Require deterministic kernels (GPU backwards without atomics); CPU ones always are."""
     global _deterministic
     _deterministic = bool(flag)
+
+
+def get_allow_tf32() -> bool:
+    return _allow_tf32
+
+
+def set_allow_tf32(flag: bool) -> None:
+    """Let float32 GEMMs on the GPU use TF32 tensor cores (10-bit mantissa inputs, as cuDNN's
+    default for convolutions); off by default (full FP32) unless CONVKIT_ALLOW_TF32=1.  CPU
+    backends ignore it."""
+    global _allow_tf32
+    _allow_tf32 = bool(flag)
 
 
 @functools.cache

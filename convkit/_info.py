@@ -55,6 +55,4 @@ def show_config() -> None:
 
 def precompile(backend: str | None = None) -> dict:
     """Warm up a backend's lazily compiled kernels (the GPU ones); returns what it reports."""
-    be = _registry.get_backend(backend)
-    fn = getattr(be, "precompile", None)
-    return fn() if fn is not None else {}
+    return _registry.get_backend(backend).precompile()

@@ -1,7 +1,14 @@
-"""The Backend interface: the whole contract a backend (built-in or plugin) implements.
+"""The Backend interface: public ops for users, protected hooks for implementers.
 
-The public functions in :mod:`convkit.functional` validate and normalise their
-arguments once and then call these methods, so a backend method receives:
+Users call a Backend object's **public ops** (``be.conv2d_forward(x, w, padding=1)``): they have
+exactly the signatures of :mod:`convkit.functional` and run its validation, because each one is
+the functional op called with ``backend=self``.  No public name of a Backend object skips the
+checks; the ``_``-prefixed hooks are for the boundary alone.
+
+Implementers override the **protected hooks** (``_conv2d_forward``, ``_roi_align_backward``, ...,
+one per op; ``batched_nms`` runs ``_nms`` per class).  A subclass that overrides a public op is
+refused at class creation, and one that lacks a hook cannot be instantiated (the ``TypeError``
+names the hook).  The boundary validates and normalises once, so a hook receives:
 
 * arrays of the backend's own kind (``numpy.ndarray`` for ``numpy``/``cpu``,
   ``cupy.ndarray`` for ``cuda``), C-contiguous, all of one dtype
@@ -11,30 +18,71 @@ arguments once and then call these methods, so a backend method receives:
   asymmetric for even kernels, as in torch), pooling padding as ``(ph, pw)``;
 * output sizes already computed by :mod:`convkit._shapes` (``out_hw``), so no
   kernel re-derives them (ceil_mode is folded into ``out_hw``);
-* rois as an ``(K, 5)`` array ``[batch_index, x1, y1, x2, y2]`` with every
-  coordinate finite and every batch index an integer in ``[0, N)``
-  (rows with non-finite coordinates are zeroed by the boundary, and the
-  boundary zeroes their outputs/gradients afterwards).
+* rois as a private ``(K, 5)`` array ``[batch_index, x1, y1, x2, y2]`` (copied from the
+  caller's before it was checked, so no other thread can change it) with every coordinate
+  finite and every batch index an integer in ``[0, N)`` (rows with non-finite coordinates are
+  zeroed by the boundary, and the boundary zeroes their outputs/gradients afterwards);
+* max-pool ``indices`` and roi-pool ``argmax`` as a private copy checked to lie in range --
+  unless the class declares ``validates_indices = True``: its kernels then get the caller's
+  array and must read each index once and range-check it before use.
 
 Zero-size inputs (N = 0, K = 0, no boxes) are handled by the boundary too:
-backend methods are only called with non-empty work.
+hooks are only called with non-empty work.
 
-Backends must not keep references to their inputs and must not modify them,
-except ``running_mean``/``running_var`` in ``batch_norm_forward`` (updated in
+Hooks must not keep references to their inputs and must not modify them,
+except ``running_mean``/``running_var`` in ``_batch_norm_forward`` (updated in
 place in training mode) and ``out=`` buffers.
+
+Optional abilities are declared class attributes with defaults here (``validates_indices``,
+``precompile``), never looked up with ``getattr``.
 """
 from __future__ import annotations
 
 import abc
+import functools
 from types import ModuleType
 from typing import Any, ClassVar
 
+# public op -> the hook a subclass overrides instead
+PUBLIC_OPS = {
+    "conv2d_forward": "_conv2d_forward", "conv2d_backward": "_conv2d_backward",
+    "max_pool2d_forward": "_max_pool2d_forward", "max_pool2d_backward": "_max_pool2d_backward",
+    "avg_pool2d_forward": "_avg_pool2d_forward", "avg_pool2d_backward": "_avg_pool2d_backward",
+    "batch_norm_forward": "_batch_norm_forward", "batch_norm_backward": "_batch_norm_backward",
+    "roi_pool_forward": "_roi_pool_forward", "roi_pool_backward": "_roi_pool_backward",
+    "roi_align_forward": "_roi_align_forward", "roi_align_backward": "_roi_align_backward",
+    "nms": "_nms", "batched_nms": "_nms", "box_iou": "_box_iou",
+}
+
+
+@functools.cache
+def _functional():
+    # imported on first use: convkit.functional imports the registry, which imports this module
+    from . import functional
+    return functional
+
 
 class Backend(abc.ABC):
-    """Abstract backend.  Subclasses missing an op cannot be instantiated."""
+    """Abstract backend.  Subclasses override the ``_``-prefixed hooks, never the public ops."""
 
     name: ClassVar[str]
     xp: ModuleType
+
+    #: True when ``_max_pool2d_backward`` and ``_roi_pool_backward`` range-check every index
+    #: they read (read once, checked before use, ``ValueError`` naming the argument after the
+    #: kernel); the boundary then neither scans nor copies ``indices``/``argmax``.  It is
+    #: inherited: a subclass replacing those hooks with kernels that trust indices sets it False.
+    validates_indices: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for op, hook in PUBLIC_OPS.items():
+            owner = next(k for k in cls.__mro__ if op in vars(k))
+            if owner is not Backend:
+                raise TypeError(
+                    f"{cls.__qualname__}: {owner.__qualname__} overrides the public op {op!r}, "
+                    f"which validates its arguments before calling the backend; override the "
+                    f"hook {hook!r} instead (it receives normalised arguments)")
 
     # ------------------------------------------------------------ arrays
     def asarray(self, a: Any, dtype=None):
@@ -58,9 +106,97 @@ class Backend(abc.ABC):
         """Free-form facts for ``convkit info`` (threads, devices, versions)."""
         return {}
 
-    # ------------------------------------------------------------ conv
+    def precompile(self) -> dict:
+        """Compile lazily built kernels now (``convkit.precompile()``); returns what was done,
+        e.g. seconds per kernel.  Backends with nothing to compile keep this default: ``{}``."""
+        return {}
+
+    # ------------------------------------------------------------ public ops
+    # Each is the functional op of the same name run on this backend: same signature, same
+    # checks, same results (see convkit.functional for the semantics).
+    def conv2d_forward(self, x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                       out=None):
+        """:func:`convkit.conv2d_forward` on this backend."""
+        return _functional().conv2d_forward(x, weight, bias, stride, padding, dilation, groups,
+                                            out=out, backend=self)
+
+    def conv2d_backward(self, grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
+                        needs_input_grad=True, has_bias=True):
+        """:func:`convkit.conv2d_backward` on this backend."""
+        return _functional().conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups,
+                                             needs_input_grad, has_bias, backend=self)
+
+    def max_pool2d_forward(self, x, kernel_size, stride=None, padding=0, dilation=1,
+                           ceil_mode=False, *, out=None):
+        """:func:`convkit.max_pool2d_forward` on this backend."""
+        return _functional().max_pool2d_forward(x, kernel_size, stride, padding, dilation,
+                                                ceil_mode, out=out, backend=self)
+
+    def max_pool2d_backward(self, grad_y, indices, input_shape):
+        """:func:`convkit.max_pool2d_backward` on this backend."""
+        return _functional().max_pool2d_backward(grad_y, indices, input_shape, backend=self)
+
+    def avg_pool2d_forward(self, x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                           count_include_pad=True, *, out=None):
+        """:func:`convkit.avg_pool2d_forward` on this backend."""
+        return _functional().avg_pool2d_forward(x, kernel_size, stride, padding, ceil_mode,
+                                                count_include_pad, out=out, backend=self)
+
+    def avg_pool2d_backward(self, grad_y, input_shape, kernel_size, stride=None, padding=0,
+                            ceil_mode=False, count_include_pad=True):
+        """:func:`convkit.avg_pool2d_backward` on this backend."""
+        return _functional().avg_pool2d_backward(grad_y, input_shape, kernel_size, stride,
+                                                 padding, ceil_mode, count_include_pad,
+                                                 backend=self)
+
+    def batch_norm_forward(self, x, weight, bias, running_mean, running_var, training,
+                           momentum=0.1, eps=1e-5, *, out=None):
+        """:func:`convkit.batch_norm_forward` on this backend."""
+        return _functional().batch_norm_forward(x, weight, bias, running_mean, running_var,
+                                                training, momentum, eps, out=out, backend=self)
+
+    def batch_norm_backward(self, grad_y, x, weight, save_mean, save_invstd, training):
+        """:func:`convkit.batch_norm_backward` on this backend."""
+        return _functional().batch_norm_backward(grad_y, x, weight, save_mean, save_invstd,
+                                                 training, backend=self)
+
+    def roi_pool_forward(self, x, rois, output_size, spatial_scale=1.0, *, out=None):
+        """:func:`convkit.roi_pool_forward` on this backend."""
+        return _functional().roi_pool_forward(x, rois, output_size, spatial_scale, out=out,
+                                              backend=self)
+
+    def roi_pool_backward(self, grad_y, argmax, input_shape, rois=None):
+        """:func:`convkit.roi_pool_backward` on this backend (rois required when N > 1)."""
+        return _functional().roi_pool_backward(grad_y, argmax, input_shape, rois, backend=self)
+
+    def roi_align_forward(self, x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                          aligned=False, *, out=None):
+        """:func:`convkit.roi_align_forward` on this backend."""
+        return _functional().roi_align_forward(x, rois, output_size, spatial_scale,
+                                               sampling_ratio, aligned, out=out, backend=self)
+
+    def roi_align_backward(self, grad_y, rois, input_shape, output_size, spatial_scale=1.0,
+                           sampling_ratio=-1, aligned=False):
+        """:func:`convkit.roi_align_backward` on this backend."""
+        return _functional().roi_align_backward(grad_y, rois, input_shape, output_size,
+                                                spatial_scale, sampling_ratio, aligned,
+                                                backend=self)
+
+    def nms(self, boxes, scores, iou_threshold):
+        """:func:`convkit.nms` on this backend."""
+        return _functional().nms(boxes, scores, iou_threshold, backend=self)
+
+    def batched_nms(self, boxes, scores, idxs, iou_threshold):
+        """:func:`convkit.batched_nms` on this backend (``_nms`` once per class)."""
+        return _functional().batched_nms(boxes, scores, idxs, iou_threshold, backend=self)
+
+    def box_iou(self, boxes1, boxes2):
+        """:func:`convkit.box_iou` on this backend."""
+        return _functional().box_iou(boxes1, boxes2, backend=self)
+
+    # ------------------------------------------------------------ hooks: conv
     @abc.abstractmethod
-    def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups, out=None):
+    def _conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups, out=None):
         """x (N,C,H,W), weight (F,C/groups,KH,KW), bias (F,) or None -> y (N,F,Ho,Wo).
 
         stride/dilation: (sh, sw)/(dh, dw); padding: (top, bottom, left, right).
@@ -68,13 +204,13 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def conv2d_backward(self, grad_y, x, weight, stride, padding, dilation, groups,
-                        needs_input_grad, has_bias):
+    def _conv2d_backward(self, grad_y, x, weight, stride, padding, dilation, groups,
+                         needs_input_grad, has_bias):
         """-> (grad_x or None, grad_weight, grad_bias or None)."""
 
-    # ------------------------------------------------------------ pooling
+    # ------------------------------------------------------------ hooks: pooling
     @abc.abstractmethod
-    def max_pool2d_forward(self, x, kernel_size, stride, padding, dilation, out_hw, out=None):
+    def _max_pool2d_forward(self, x, kernel_size, stride, padding, dilation, out_hw, out=None):
         """-> (y (N,C,Ho,Wo), indices int64 (N,C,Ho,Wo)): flat h*W+w into the unpadded plane.
 
         Padding counts as -inf (never selected unless the whole window is padding,
@@ -83,24 +219,24 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def max_pool2d_backward(self, grad_y, indices, input_shape):
+    def _max_pool2d_backward(self, grad_y, indices, input_shape):
         """-> grad_x of ``input_shape`` (scatter-add of grad_y at indices)."""
 
     @abc.abstractmethod
-    def avg_pool2d_forward(self, x, kernel_size, stride, padding, out_hw, count_include_pad,
-                           out=None):
+    def _avg_pool2d_forward(self, x, kernel_size, stride, padding, out_hw, count_include_pad,
+                            out=None):
         """-> y (N,C,Ho,Wo).  Divisor as torch: with count_include_pad, the window clipped
         to the padded extent [-p, H+p); without, the number of in-image elements."""
 
     @abc.abstractmethod
-    def avg_pool2d_backward(self, grad_y, input_shape, kernel_size, stride, padding,
-                            count_include_pad):
+    def _avg_pool2d_backward(self, grad_y, input_shape, kernel_size, stride, padding,
+                             count_include_pad):
         """-> grad_x of ``input_shape``.  Output size is grad_y.shape[2:]."""
 
-    # ------------------------------------------------------------ batch norm
+    # ------------------------------------------------------------ hooks: batch norm
     @abc.abstractmethod
-    def batch_norm_forward(self, x, weight, bias, running_mean, running_var, training,
-                           momentum, eps, out=None):
+    def _batch_norm_forward(self, x, weight, bias, running_mean, running_var, training,
+                            momentum, eps, out=None):
         """-> (y, save_mean (C,), save_invstd (C,)).
 
         training: batch mean/biased var over (N,H,W); save_invstd = 1/sqrt(var+eps);
@@ -111,35 +247,35 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def batch_norm_backward(self, grad_y, x, weight, save_mean, save_invstd, training):
+    def _batch_norm_backward(self, grad_y, x, weight, save_mean, save_invstd, training):
         """-> (grad_x, grad_weight or None, grad_bias or None).  weight None -> no affine:
         grad_weight and grad_bias are None."""
 
-    # ------------------------------------------------------------ roi
+    # ------------------------------------------------------------ hooks: roi
     @abc.abstractmethod
-    def roi_pool_forward(self, x, rois, output_size, spatial_scale, out=None):
+    def _roi_pool_forward(self, x, rois, output_size, spatial_scale, out=None):
         """-> (y (K,C,oh,ow), argmax int64 (K,C,oh,ow): flat h*W+w, -1 for an empty bin)."""
 
     @abc.abstractmethod
-    def roi_pool_backward(self, grad_y, rois, argmax, input_shape):
+    def _roi_pool_backward(self, grad_y, rois, argmax, input_shape):
         """-> grad_x of ``input_shape``; rois (K,5) give each RoI's batch index."""
 
     @abc.abstractmethod
-    def roi_align_forward(self, x, rois, output_size, spatial_scale, sampling_ratio, aligned,
-                          out=None):
+    def _roi_align_forward(self, x, rois, output_size, spatial_scale, sampling_ratio, aligned,
+                           out=None):
         """-> y (K,C,oh,ow), torchvision's roi_align semantics."""
 
     @abc.abstractmethod
-    def roi_align_backward(self, grad_y, rois, input_shape, output_size, spatial_scale,
-                           sampling_ratio, aligned):
+    def _roi_align_backward(self, grad_y, rois, input_shape, output_size, spatial_scale,
+                            sampling_ratio, aligned):
         """-> grad_x of ``input_shape``."""
 
-    # ------------------------------------------------------------ boxes
+    # ------------------------------------------------------------ hooks: boxes
     @abc.abstractmethod
-    def nms(self, boxes, scores, iou_threshold):
+    def _nms(self, boxes, scores, iou_threshold):
         """boxes (N,4) xyxy, scores (N,) -> keep int64 indices by decreasing score
         (stable: ties keep the lower index first).  IoU > thr suppresses; a union of 0 -> IoU 0."""
 
     @abc.abstractmethod
-    def box_iou(self, boxes1, boxes2):
+    def _box_iou(self, boxes1, boxes2):
         """(N,4), (M,4) xyxy -> (N,M) IoU; area = (x2-x1)*(y2-y1); union 0 -> 0."""

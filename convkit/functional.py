@@ -1,4 +1,8 @@
-"""The public ops: validate once, normalise, dispatch to the active backend.
+"""The public ops: validate once, normalise, dispatch to the active backend's hooks.
+
+Every op takes ``backend=None``: a backend name or a :class:`~convkit.backend.Backend` object
+runs that call there without changing the selected backend.  A Backend object's public ops
+(``convkit.get_backend("cpu").conv2d_forward(...)``) are these functions with ``backend=self``.
 
 Semantics are PyTorch's (``torch.nn.functional``) and torchvision's (``torchvision.ops``);
 see shared/DESIGN.md.  All image tensors are NCHW, float32 or float64, one dtype per call.
@@ -11,6 +15,7 @@ import numpy as np
 from . import _validate as V
 from ._config import get_workspace_limit
 from ._registry import get_backend
+from .backend import Backend
 from ._shapes import conv_out_size, pool_out_size, same_padding
 from .boxes import score_order
 
@@ -21,6 +26,17 @@ __all__ = [
     "roi_pool_forward", "roi_pool_backward", "roi_align_forward", "roi_align_backward",
     "nms", "batched_nms", "box_iou", "asarray", "to_numpy",
 ]
+
+
+def _backend(backend):
+    """The Backend an op runs on: ``backend`` (a name or a Backend object), else the selected
+    one.  Naming one runs that call there; it does not change the selection."""
+    if backend is None or isinstance(backend, str):
+        return get_backend(backend)
+    if isinstance(backend, Backend):
+        return backend
+    raise TypeError(f"backend must be None, a backend name or a convkit.Backend, got "
+                    f"{type(backend).__name__}")
 
 
 def _c(be, a):
@@ -67,7 +83,8 @@ def _conv_args(op, be, x, weight, stride, padding, dilation, groups):
     return stride, pad4, dilation, groups, (N, F, Ho, Wo)
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, out=None):
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, out=None,
+                   backend=None):
     """2-D cross-correlation, ``torch.nn.functional.conv2d`` semantics.
 
     x (array[N, C, H, W]), weight (array[F, C/groups, KH, KW]), bias (array[F] or None).
@@ -76,7 +93,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     ``Ho = (H + 2*ph - dh*(KH-1) - 1)//sh + 1``.  ``out``: optional C-contiguous buffer for y.
     """
     op = "conv2d_forward"
-    be = get_backend()
+    be = _backend(backend)
     stride, pad4, dilation, groups, yshape = _conv_args(op, be, x, weight, stride, padding,
                                                         dilation, groups)
     if bias is not None:
@@ -91,19 +108,19 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         y = out if out is not None else xp.empty(yshape, dtype=dt)
         y[...] = 0 if bias is None else bias.reshape(1, -1, 1, 1)
         return y
-    return be.conv2d_forward(_c(be, x), _c(be, weight), _c(be, bias), stride, pad4, dilation,
+    return be._conv2d_forward(_c(be, x), _c(be, weight), _c(be, bias), stride, pad4, dilation,
                              groups, out=out)
 
 
 def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
-                    needs_input_grad=True, has_bias=True):
+                    needs_input_grad=True, has_bias=True, *, backend=None):
     """Gradients of :func:`conv2d_forward`: returns (grad_x or None, grad_weight, grad_bias or None).
 
     ``needs_input_grad=False`` skips grad_x (a first layer needs none); ``has_bias=False``
     skips grad_bias.
     """
     op = "conv2d_backward"
-    be = get_backend()
+    be = _backend(backend)
     stride, pad4, dilation, groups, yshape = _conv_args(op, be, x, weight, stride, padding,
                                                         dilation, groups)
     V.array(op, "grad_y", grad_y, be, 4, "(N, F, Ho, Wo)")
@@ -115,7 +132,7 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
         gw = xp.zeros(weight.shape, dt)
         gb = grad_y.sum(axis=(0, 2, 3)).astype(dt) if has_bias else None
         return gx, gw, gb
-    return be.conv2d_backward(_c(be, grad_y), _c(be, x), _c(be, weight), stride, pad4, dilation,
+    return be._conv2d_backward(_c(be, grad_y), _c(be, x), _c(be, weight), stride, pad4, dilation,
                               groups, bool(needs_input_grad), bool(has_bias))
 
 
@@ -148,7 +165,7 @@ def _pool_args(op, be, x, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-                       out=None):
+                       out=None, backend=None):
     """Max pooling, ``torch.nn.functional.max_pool2d(..., return_indices=True)``.
 
     Returns (y (array[N, C, Ho, Wo]), indices (int64, same shape)): the flat ``h*W + w``
@@ -156,7 +173,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     A NaN in a window is its maximum (torch).  ``out``: optional buffer for y.
     """
     op = "max_pool2d_forward"
-    be = get_backend()
+    be = _backend(backend)
     k, s, p, d, ohw = _pool_args(op, be, x, kernel_size, stride, padding, dilation, ceil_mode)
     dt = V.float_dtype(op, x=x)
     N, C = x.shape[:2]
@@ -166,22 +183,30 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
         xp = be.xp
         return (out if out is not None else xp.empty((N, C) + ohw, dt),
                 xp.empty((N, C) + ohw, xp.int64))
-    return be.max_pool2d_forward(_c(be, x), k, s, p, d, ohw, out=out)
+    return be._max_pool2d_forward(_c(be, x), k, s, p, d, ohw, out=out)
 
 
-def _check_indices(op, name, be, idx, lo, hi):
-    if idx.size and not getattr(be, "validates_indices", False):
-        mn, mx = int(idx.min()), int(idx.max())
-        if mn < lo or mx >= hi:
-            raise ValueError(f"{op}: {name} must lie in [{lo}, {hi}) for this input_shape, "
-                             f"got values in [{mn}, {mx}]")
+def _indices(op, name, be, idx, lo, hi):
+    """int64 C-contiguous indices a hook may index with.  A backend whose kernels range-check
+    each index they read (``validates_indices``) gets the caller's array; any other gets a
+    private copy, checked after it was made, so a thread changing ``idx`` meanwhile cannot slip
+    an index past the check."""
+    xp = be.xp
+    if be.validates_indices:
+        return _c(be, idx.astype(xp.int64, copy=False))
+    idx = idx.astype(xp.int64, order="C", copy=True)
+    mn, mx = int(idx.min()), int(idx.max())
+    if mn < lo or mx >= hi:
+        raise ValueError(f"{op}: {name} must lie in [{lo}, {hi}) for this input_shape, "
+                         f"got values in [{mn}, {mx}]")
+    return idx
 
 
-def max_pool2d_backward(grad_y, indices, input_shape):
+def max_pool2d_backward(grad_y, indices, input_shape, *, backend=None):
     """Gradient of max pooling: grad_y scattered (added) at ``indices`` into an input-shaped zero
     array.  indices: from :func:`max_pool2d_forward`; input_shape: x.shape."""
     op = "max_pool2d_backward"
-    be = get_backend()
+    be = _backend(backend)
     V.array(op, "grad_y", grad_y, be, 4, "(N, C, Ho, Wo)")
     V.array(op, "indices", indices, be, 4, "(N, C, Ho, Wo)")
     V.int_array(op, "indices", indices)
@@ -194,20 +219,19 @@ def max_pool2d_backward(grad_y, indices, input_shape):
     xp = be.xp
     if grad_y.size == 0 or shape[2] * shape[3] == 0:
         return xp.zeros(shape, dt)
-    _check_indices(op, "indices", be, indices, 0, shape[2] * shape[3])
-    return be.max_pool2d_backward(_c(be, grad_y), _c(be, indices.astype(xp.int64, copy=False)),
-                                  shape)
+    indices = _indices(op, "indices", be, indices, 0, shape[2] * shape[3])
+    return be._max_pool2d_backward(_c(be, grad_y), indices, shape)
 
 
 def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-                       count_include_pad=True, *, out=None):
+                       count_include_pad=True, *, out=None, backend=None):
     """Average pooling, ``torch.nn.functional.avg_pool2d`` semantics (no divisor_override).
 
     With count_include_pad the divisor is the window clipped to the padded input; without, the
     number of in-image elements.  Returns y (array[N, C, Ho, Wo]).
     """
     op = "avg_pool2d_forward"
-    be = get_backend()
+    be = _backend(backend)
     k, s, p, _, ohw = _pool_args(op, be, x, kernel_size, stride, padding, 1, ceil_mode)
     dt = V.float_dtype(op, x=x)
     N, C = x.shape[:2]
@@ -215,14 +239,14 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     V.no_overlap(op, be, out, x=x)
     if x.size == 0:
         return out if out is not None else be.xp.empty((N, C) + ohw, dt)
-    return be.avg_pool2d_forward(_c(be, x), k, s, p, ohw, bool(count_include_pad), out=out)
+    return be._avg_pool2d_forward(_c(be, x), k, s, p, ohw, bool(count_include_pad), out=out)
 
 
 def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0, ceil_mode=False,
-                        count_include_pad=True):
+                        count_include_pad=True, *, backend=None):
     """Gradient of :func:`avg_pool2d_forward` with the same arguments; returns grad_x."""
     op = "avg_pool2d_backward"
-    be = get_backend()
+    be = _backend(backend)
     V.array(op, "grad_y", grad_y, be, 4, "(N, C, Ho, Wo)")
     shape = V.shape_tuple(op, "input_shape", input_shape)
     dt = V.float_dtype(op, grad_y=grad_y)
@@ -240,7 +264,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     V.grad_shape(op, "grad_y", grad_y, shape[:2] + ohw)
     if grad_y.size == 0 or shape[2] * shape[3] == 0:
         return be.xp.zeros(shape, dt)
-    return be.avg_pool2d_backward(_c(be, grad_y), shape, k, s, p, bool(count_include_pad))
+    return be._avg_pool2d_backward(_c(be, grad_y), shape, k, s, p, bool(count_include_pad))
 
 
 # ---------------------------------------------------------------------------------- batch norm
@@ -254,7 +278,7 @@ def _vec(op, be, name, a, C):
 
 
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1,
-                       eps=1e-5, *, out=None):
+                       eps=1e-5, *, out=None, backend=None):
     """Spatial batch norm, ``torch.nn.functional.batch_norm`` semantics.
 
     x (array[N, C, H, W]); weight, bias (array[C] or None: no affine); running_mean,
@@ -263,7 +287,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     Returns (y, save_mean, save_invstd), what :func:`batch_norm_backward` needs.
     """
     op = "batch_norm_forward"
-    be = get_backend()
+    be = _backend(backend)
     V.array(op, "x", x, be, 4, "(N, C, H, W)")
     N, C, H, W = x.shape
     weight, bias = _vec(op, be, "weight", weight, C), _vec(op, be, "bias", bias, C)
@@ -299,18 +323,18 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
         inv = 1.0 / xp.sqrt(running_var + eps) if running_var is not None else xp.zeros(C, dt)
         mean = running_mean.copy() if running_mean is not None else xp.zeros(C, dt)
         return (out if out is not None else xp.empty(x.shape, dt)), mean, inv.astype(dt)
-    return be.batch_norm_forward(_c(be, x), _c(be, weight), _c(be, bias), running_mean,
+    return be._batch_norm_forward(_c(be, x), _c(be, weight), _c(be, bias), running_mean,
                                  running_var, training, momentum, eps, out=out)
 
 
-def batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, training):
+def batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, training, *, backend=None):
     """Gradients of :func:`batch_norm_forward`: (grad_x, grad_weight|None, grad_bias|None).
 
     save_mean / save_invstd are what the forward returned.  In eval mode the statistics are
     constants, so grad_x = grad_y * weight * invstd.
     """
     op = "batch_norm_backward"
-    be = get_backend()
+    be = _backend(backend)
     V.array(op, "x", x, be, 4, "(N, C, H, W)")
     V.array(op, "grad_y", grad_y, be, 4, "(N, C, H, W)")
     V.grad_shape(op, "grad_y", grad_y, x.shape)
@@ -327,15 +351,17 @@ def batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, training):
         z = xp.zeros(C, dt)
         return xp.zeros(x.shape, dt), (z if weight is not None else None), \
             (z.copy() if weight is not None else None)
-    return be.batch_norm_backward(_c(be, grad_y), _c(be, x), _c(be, weight), _c(be, save_mean),
+    return be._batch_norm_backward(_c(be, grad_y), _c(be, x), _c(be, weight), _c(be, save_mean),
                                   _c(be, save_invstd), bool(training))
 
 
 # ----------------------------------------------------------------------------------------- roi
 def _rois(op, be, rois, N, dt):
-    """(K,5) rois, a (K,4) array (N = 1 only) or a list of per-image (Ki,4) arrays -> (K,5)
-    C-contiguous array of dtype dt, plus a boolean mask of rows with non-finite coordinates
-    (None when all are finite); those rows are zeroed so kernels never see them."""
+    """(K,5) rois, a (K,4) array (N = 1 only) or a list of per-image (Ki,4) arrays -> a private
+    (K,5) C-contiguous array of dtype dt, plus a boolean mask of rows with non-finite coordinates
+    (None when all are finite); those rows are zeroed so kernels never see them.  Every check
+    runs on the private copy: kernels index with its batch indices and coordinates, and a
+    thread changing the caller's array meanwhile must not slip a value past the checks."""
     xp = be.xp
     if isinstance(rois, (list, tuple)):
         parts = []
@@ -360,7 +386,7 @@ def _rois(op, be, rois, N, dt):
                                  f"list of per-image (Ki, 4) arrays")
             r = xp.concatenate([xp.zeros((rois.shape[0], 1), dt), rois], axis=1)
         elif rois.shape[1] == 5:
-            r = _c(be, rois)
+            r = rois.copy(order="C")
         else:
             raise ValueError(f"{op}: rois must have shape (K, 5) or (K, 4), got {tuple(rois.shape)}")
         bi = r[:, 0]
@@ -373,8 +399,7 @@ def _rois(op, be, rois, N, dt):
     mask = None
     if not bool(finite.all()):
         mask = ~finite
-        r = r.copy()
-        r[mask, 1:] = 0
+        r[mask, 1:] = 0     # r is already private (copied or concatenated above)
     return r, mask
 
 
@@ -385,7 +410,7 @@ def _roi_common(op, be, x, output_size, spatial_scale):
     return osz, scale
 
 
-def roi_pool_forward(x, rois, output_size, spatial_scale=1.0, *, out=None):
+def roi_pool_forward(x, rois, output_size, spatial_scale=1.0, *, out=None, backend=None):
     """RoI max pooling, ``torchvision.ops.roi_pool`` semantics.
 
     x (array[N, C, H, W]); rois (array[K, 5] rows [batch_index, x1, y1, x2, y2] in input-image
@@ -395,7 +420,7 @@ def roi_pool_forward(x, rois, output_size, spatial_scale=1.0, *, out=None):
     zeros (argmax -1).
     """
     op = "roi_pool_forward"
-    be = get_backend()
+    be = _backend(backend)
     osz, scale = _roi_common(op, be, x, output_size, spatial_scale)
     dt = V.float_dtype(op, x=x)
     r, mask = _rois(op, be, rois, x.shape[0], dt)
@@ -408,20 +433,19 @@ def roi_pool_forward(x, rois, output_size, spatial_scale=1.0, *, out=None):
         y = out if out is not None else xp.empty(shape, dt)
         y[...] = 0
         return y, xp.full(shape, -1, xp.int64)
-    y, argmax = be.roi_pool_forward(_c(be, x), r, osz, scale, out=out)
+    y, argmax = be._roi_pool_forward(_c(be, x), r, osz, scale, out=out)
     if mask is not None:
         y[mask] = 0
         argmax[mask] = -1
     return y, argmax
 
 
-def roi_pool_backward(grad_y, argmax, input_shape, rois=None):
+def roi_pool_backward(grad_y, argmax, input_shape, rois=None, *, backend=None):
     """Gradient of :func:`roi_pool_forward`: grad_y added at argmax into an input-shaped zero
-    array.  ``rois`` (the forward's rois) give each RoI's image; they may be omitted only
-    when N = 1.  (DESIGN.md's signature has no rois, but argmax indexes one H*W plane, so the
-    image of each RoI cannot be known otherwise.)"""
+    array.  ``rois`` (the forward's rois) give each RoI's image, since argmax indexes one H*W
+    plane; they may be omitted only when N = 1."""
     op = "roi_pool_backward"
-    be = get_backend()
+    be = _backend(backend)
     V.array(op, "grad_y", grad_y, be, 4, "(K, C, oh, ow)")
     V.array(op, "argmax", argmax, be, 4, "(K, C, oh, ow)")
     V.int_array(op, "argmax", argmax)
@@ -443,9 +467,8 @@ def roi_pool_backward(grad_y, argmax, input_shape, rois=None):
             raise ValueError(f"{op}: rois has {r.shape[0]} rows but grad_y has K={K}")
     if K == 0 or int(np.prod(shape)) == 0:
         return xp.zeros(shape, dt)
-    _check_indices(op, "argmax", be, argmax, -1, H * W)
-    return be.roi_pool_backward(_c(be, grad_y), r,
-                                _c(be, argmax.astype(xp.int64, copy=False)), shape)
+    argmax = _indices(op, "argmax", be, argmax, -1, H * W)
+    return be._roi_pool_backward(_c(be, grad_y), r, argmax, shape)
 
 
 def _sampling_ratio(op, sampling_ratio, K, osz):
@@ -464,7 +487,7 @@ def _sampling_ratio(op, sampling_ratio, K, osz):
 
 
 def roi_align_forward(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
-                      *, out=None):
+                      *, out=None, backend=None):
     """RoI align, ``torchvision.ops.roi_align`` semantics.
 
     rois as in :func:`roi_pool_forward`.  Coordinates are scaled by spatial_scale (minus 0.5
@@ -474,7 +497,7 @@ def roi_align_forward(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1
     Returns y (array[K, C, oh, ow]).
     """
     op = "roi_align_forward"
-    be = get_backend()
+    be = _backend(backend)
     osz, scale = _roi_common(op, be, x, output_size, spatial_scale)
     dt = V.float_dtype(op, x=x)
     r, mask = _rois(op, be, rois, x.shape[0], dt)
@@ -488,17 +511,17 @@ def roi_align_forward(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1
         y = out if out is not None else xp.empty(shape, dt)
         y[...] = 0
         return y
-    y = be.roi_align_forward(_c(be, x), r, osz, scale, sr, bool(aligned), out=out)
+    y = be._roi_align_forward(_c(be, x), r, osz, scale, sr, bool(aligned), out=out)
     if mask is not None:
         y[mask] = 0
     return y
 
 
 def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale=1.0,
-                       sampling_ratio=-1, aligned=False):
+                       sampling_ratio=-1, aligned=False, *, backend=None):
     """Gradient of :func:`roi_align_forward` with the same arguments; returns grad_x."""
     op = "roi_align_backward"
-    be = get_backend()
+    be = _backend(backend)
     V.array(op, "grad_y", grad_y, be, 4, "(K, C, oh, ow)")
     shape = V.shape_tuple(op, "input_shape", input_shape)
     osz = V.pair(op, "output_size", output_size, minimum=1)
@@ -514,7 +537,7 @@ def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale=1.0
     if mask is not None:
         g = g.copy()
         g[mask] = 0
-    return be.roi_align_backward(_c(be, g), r, shape, osz, scale, sr, bool(aligned))
+    return be._roi_align_backward(_c(be, g), r, shape, osz, scale, sr, bool(aligned))
 
 
 # --------------------------------------------------------------------------------------- boxes
@@ -525,7 +548,7 @@ def _boxes(op, be, name, b):
     return b
 
 
-def nms(boxes, scores, iou_threshold):
+def nms(boxes, scores, iou_threshold, *, backend=None):
     """Non-maximum suppression, ``torchvision.ops.nms`` semantics.
 
     boxes (array[N, 4] xyxy), scores (array[N]).  Returns int64 indices of the kept boxes by
@@ -533,7 +556,7 @@ def nms(boxes, scores, iou_threshold):
     when its IoU with a kept, higher-scored box is > iou_threshold; a union of 0 gives IoU 0.
     """
     op = "nms"
-    be = get_backend()
+    be = _backend(backend)
     _boxes(op, be, "boxes", boxes)
     V.array(op, "scores", scores, be, 1, "(N,)")
     if scores.shape[0] != boxes.shape[0]:
@@ -542,14 +565,14 @@ def nms(boxes, scores, iou_threshold):
     thr = V.real(op, "iou_threshold", iou_threshold, finite=False)
     if boxes.shape[0] == 0:
         return be.xp.zeros(0, be.xp.int64)
-    return be.nms(_c(be, boxes), _c(be, scores), thr)
+    return be._nms(_c(be, boxes), _c(be, scores), thr)
 
 
-def batched_nms(boxes, scores, idxs, iou_threshold):
+def batched_nms(boxes, scores, idxs, iou_threshold, *, backend=None):
     """NMS within each class of ``idxs`` (array[N] int); boxes of different classes never
     suppress each other.  Returns kept indices by decreasing score (ties: lower index first)."""
     op = "batched_nms"
-    be = get_backend()
+    be = _backend(backend)
     _boxes(op, be, "boxes", boxes)
     V.array(op, "scores", scores, be, 1, "(N,)")
     V.array(op, "idxs", idxs, be, 1, "(N,)")
@@ -567,30 +590,31 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
     keeps = []
     for c in be.to_numpy(xp.unique(idxs)).tolist():
         sel = xp.nonzero(idxs == c)[0]
-        keeps.append(sel[be.nms(_c(be, boxes[sel]), _c(be, scores[sel]), thr)])
+        keeps.append(sel[be._nms(_c(be, boxes[sel]), _c(be, scores[sel]), thr)])
     keep = xp.sort(xp.concatenate(keeps))
     order = score_order(scores[keep])
     return keep[order].astype(xp.int64, copy=False)
 
 
-def box_iou(boxes1, boxes2):
+def box_iou(boxes1, boxes2, *, backend=None):
     """Pairwise IoU, ``torchvision.ops.box_iou``: (array[N, 4], array[M, 4]) xyxy -> array[N, M].
     area = (x2 - x1) * (y2 - y1); a pair whose union is 0 has IoU 0."""
     op = "box_iou"
-    be = get_backend()
+    be = _backend(backend)
     _boxes(op, be, "boxes1", boxes1)
     _boxes(op, be, "boxes2", boxes2)
     dt = V.float_dtype(op, boxes1=boxes1, boxes2=boxes2)
     if boxes1.shape[0] == 0 or boxes2.shape[0] == 0:
         return be.xp.zeros((boxes1.shape[0], boxes2.shape[0]), dt)
-    return be.box_iou(_c(be, boxes1), _c(be, boxes2))
+    return be._box_iou(_c(be, boxes1), _c(be, boxes2))
 
 
 # -------------------------------------------------------------------------------------- arrays
 def asarray(a, dtype=None, backend=None):
-    """``a`` as an array of the active backend (or ``backend``): a NumPy array, a list, a CuPy
-    array or any DLPack / ``__cuda_array_interface__`` producer the backend can take."""
-    return get_backend(backend).asarray(a, dtype=dtype)
+    """``a`` as an array of the active backend (or ``backend``, a name or a Backend object): a
+    NumPy array, a list, a CuPy array or any DLPack / ``__cuda_array_interface__`` producer the
+    backend can take."""
+    return _backend(backend).asarray(a, dtype=dtype)
 
 
 def to_numpy(a):

@@ -1,9 +1,12 @@
 """Backend conformance check for plugin authors: ``convkit.testing.check_backend("name")``.
 
 Runs every op of the contract, forward and backward, on a small fixed table of cases through the
-public API with backend ``name`` active, and compares each result with the ``numpy`` reference.
-Raises AssertionError naming the op, the case and the dtype on the first mismatch; returns the
-number of comparisons made.  The full parametrised suite lives in the project's tests/.
+functional API with backend ``name`` active, and compares each result with the ``numpy``
+reference; then calls the same op through the plugin's Backend object (``be.conv2d_forward(...)``,
+the functional signature, another backend selected meanwhile) and compares that with the
+functional result.  Raises AssertionError naming the op, the case and the dtype on the first
+mismatch; returns the number of comparisons made.  The full parametrised suite lives in the
+project's tests/.
 """
 from __future__ import annotations
 
@@ -67,18 +70,30 @@ def check_backend(name: str, seed: int = 0) -> int:
         for label, fn, args, kw in cases:
             with use_backend("numpy"):
                 want = _as_tuple(fn(*args, **kw))
+            moved = [be.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+            kwm = {k: be.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
             with use_backend(name):
-                moved = [be.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
-                kwm = {k: be.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
                 got = _as_tuple(fn(*moved, **kwm))
                 be.synchronize()
-            rtol, atol = _TOL[dtype]
-            for i, (g, w) in enumerate(zip(got, want)):
-                if w is None:
-                    assert g is None, f"{name}: {label} output {i} should be None"
-                    continue
-                np.testing.assert_allclose(be.to_numpy(g), w, rtol=rtol, atol=atol,
-                                           err_msg=f"backend {name!r}: {label} output {i} "
-                                                   f"({np.dtype(dtype).name})")
-                n += 1
+            n += _compare(be, got, want, dtype, f"backend {name!r}: {label}")
+            # the Backend object's public op: same signature, runs on be whatever is selected
+            with use_backend("numpy"):
+                via = _as_tuple(getattr(be, fn.__name__)(*moved, **kwm))
+                be.synchronize()
+            n += _compare(be, via, [None if g is None else be.to_numpy(g) for g in got], dtype,
+                          f"backend {name!r}: Backend.{label} vs the functional op")
+    return n
+
+
+def _compare(be, got, want, dtype, what) -> int:
+    rtol, atol = _TOL[dtype]
+    assert len(got) == len(want), f"{what}: {len(got)} outputs, expected {len(want)}"
+    n = 0
+    for i, (g, w) in enumerate(zip(got, want)):
+        if w is None:
+            assert g is None, f"{what} output {i} should be None"
+            continue
+        np.testing.assert_allclose(be.to_numpy(g), w, rtol=rtol, atol=atol,
+                                   err_msg=f"{what} output {i} ({np.dtype(dtype).name})")
+        n += 1
     return n

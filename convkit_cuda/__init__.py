@@ -5,7 +5,8 @@ Layout: ``kernels/{conv,pool,batchnorm,roi,boxes}.cu`` hold the CUDA sources; ``
 turns them into one ``extern "C"`` kernel per dtype, compiles on first use (cached per kernel,
 dtype and device) and checks every launch against the declared parameter types;
 ``{conv,pool,batchnorm,roi,boxes}.py`` are the launchers; ``backend.CudaBackend`` composes
-them.  ``_host_emulation`` runs the same kernels on the CPU for tests on machines without a GPU.
+them.  The tests run the same kernels on the CPU through a host emulation
+(``tests/cuda_emulation.py``, test support, not shipped) on machines without a GPU.
 
 Importing this package does no GPU work and does not import CuPy.
 """

@@ -8,11 +8,11 @@ compiler errors point at the right line of the ``.cu`` file.  Plain ``extern "C"
 (no ``name_expressions``) let CuPy's on-disk kernel cache hold the compiled module, so a
 new process does not recompile (STYLE.md 16-17).
 
-:data:`SIGNATURES` lists, next to every kernel name, the C type of each parameter.
+:func:`signatures` parses, from the ``.cu`` files themselves (:func:`parse_params`, the one
+parser, which the tests' host emulation uses too), the C type of each kernel parameter.
 :func:`launch` checks each argument against it before a launch -- a Python int or float,
 a wrong-width NumPy scalar or an array of the wrong dtype would otherwise be packed with
-the wrong size and silently shift every later argument (STYLE.md 18) -- and
-``tests/test_cuda_build.py`` checks the table against the ``.cu`` signatures.
+the wrong size and silently shift every later argument (STYLE.md 18).
 
 Nothing here imports CuPy at module level: the build test imports :func:`kernel_source`
 on machines without CuPy.
@@ -30,62 +30,35 @@ import numpy as np
 STEMS = ("conv", "pool", "batchnorm", "roi", "boxes")
 DTYPES = {"float32": ("float", "f32"), "float64": ("double", "f64")}
 
-# Parameter type codes: S = scalar_t, I = long long, D = double; a trailing * = pointer.
-SIGNATURES: dict[str, dict[str, tuple[str, ...]]] = {
-    "conv": {
-        # x, B, C, H, W, KH, KW, sh, sw, pt, pl, dh, dw, Ho, Wo, col
-        "conv_im2col": ("S*",) + ("I",) * 14 + ("S*",),
-        # col, B, C, H, W, KH, KW, sh, sw, pt, pl, dh, dw, Ho, Wo, gx
-        "conv_col2im": ("S*",) + ("I",) * 14 + ("S*",),
-        # x, w, bias, has_bias, N, C, H, W, F, KH, KW, sh, sw, pt, pl, dh, dw, Ho, Wo, groups, y
-        "conv_direct_fwd": ("S*", "S*", "S*") + ("I",) * 17 + ("S*",),
-        # gy, w, N, C, H, W, F, KH, KW, sh, sw, pt, pl, dh, dw, Ho, Wo, groups, gx
-        "conv_direct_bwd_data": ("S*", "S*") + ("I",) * 16 + ("S*",),
-        # gy, x, N, C, H, W, F, KH, KW, sh, sw, pt, pl, dh, dw, Ho, Wo, groups, P, partial
-        "conv_direct_bwd_weight": ("S*", "S*") + ("I",) * 17 + ("D*",),
-    },
-    "pool": {
-        # x, NC, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw, y, idx
-        "max_pool2d_fwd": ("S*",) + ("I",) * 13 + ("S*", "I*"),
-        # gy, idx, NC, HoWo, HW, gx
-        "max_pool2d_bwd_atomic": ("S*", "I*", "I", "I", "I", "S*"),
-        # vals, order, keys_sorted, L, out
-        "scatter_add_sorted": ("S*", "I*", "I*", "I", "S*"),
-        # x, NC, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, count_include_pad, y
-        "avg_pool2d_fwd": ("S*",) + ("I",) * 12 + ("S*",),
-        # gy, NC, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, count_include_pad, gx
-        "avg_pool2d_bwd": ("S*",) + ("I",) * 12 + ("S*",),
-    },
-    "batchnorm": {
-        # x, gy, mean, invstd, N, C, HW, P, mode, partial
-        "bn_partial_sums": ("S*", "S*", "D*", "D*", "I", "I", "I", "I", "I", "D*"),
-        # partial, C, P, sums
-        "bn_reduce": ("D*", "I", "I", "D*"),
-        # x, mean, invstd, weight, bias, C, HW, total, y
-        "bn_forward_apply": ("S*", "D*", "D*", "S*", "S*", "I", "I", "I", "S*"),
-        # gy, x, mean, invstd, weight, sums, C, HW, total, M, training, gx
-        "bn_backward_apply": ("S*", "S*", "D*", "D*", "S*", "D*", "I", "I", "I", "I", "I", "S*"),
-    },
-    "roi": {
-        # x, rois, K, C, H, W, oh, ow, scale, y, argmax
-        "roi_pool_fwd": ("S*", "S*", "I", "I", "I", "I", "I", "I", "S", "S*", "I*"),
-        # x, rois, K, C, H, W, oh, ow, scale, sampling_ratio, aligned, y
-        "roi_align_fwd": ("S*", "S*", "I", "I", "I", "I", "I", "I", "S", "I", "I", "S*"),
-        # gy, rois, K, C, H, W, oh, ow, scale, sampling_ratio, aligned, gx
-        "roi_align_bwd_atomic": ("S*", "S*", "I", "I", "I", "I", "I", "I", "S", "I", "I", "S*"),
-        # gy, rois, K, N, C, H, W, oh, ow, scale, sampling_ratio, aligned, gx
-        "roi_align_bwd_gather": ("S*", "S*", "I", "I", "I", "I", "I", "I", "I", "S", "I", "I",
-                                 "S*"),
-    },
-    "boxes": {
-        # b1, b2, N, M, out
-        "box_iou": ("S*", "S*", "I", "I", "S*"),
-        # boxes_sorted, N, nblocks, thr, mask
-        "nms_mask": ("S*", "I", "I", "D", "U*"),
-        # mask, N, nblocks, removed, keep, nkeep
-        "nms_reduce": ("U*", "I", "I", "U*", "I*", "I*"),
-    },
-}
+# Parameter type codes: S = scalar_t, I = long long, D = double, U = unsigned long long;
+# a trailing * = pointer.  Kernels take no other parameter types (`int` would be packed at
+# another width than the int64 the launchers pass).
+CTYPES = {"scalar_t*": "S*", "longlong*": "I*", "double*": "D*", "unsignedlonglong*": "U*",
+          "scalar_t": "S", "longlong": "I", "double": "D"}
+_SIG_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
+
+
+def parse_params(text: str) -> dict[str, list[tuple[str, str]]]:
+    """{kernel: [(type code, parameter name), ...]} of the ``extern "C"`` kernels in a ``.cu``
+    text -- the one parser of kernel signatures: the launch check (:func:`signatures`) and the
+    host emulation of the tests both read the ``.cu`` files through it.  A parameter of a type
+    not in :data:`CTYPES` is a ValueError naming the kernel."""
+    out = {}
+    for name, params in _SIG_RE.findall(text):
+        ps = []
+        for p in params.split(","):
+            p = re.sub(r"\b(const|__restrict__)\b", " ", p).strip()
+            m = re.fullmatch(r"(.*?[\s*])(\w+)", p)
+            if m is None:
+                raise ValueError(f"{name}: cannot parse kernel parameter {p!r}")
+            ctype = re.sub(r"\s+", "", m.group(1))
+            if ctype not in CTYPES:
+                raise ValueError(f"{name}: parameter {m.group(2)} has type {ctype!r}, not one "
+                                 f"of {sorted(CTYPES)}")
+            ps.append((CTYPES[ctype], m.group(2)))
+        out[name] = ps
+    return out
+
 
 _KERNEL_RE = re.compile(r'(extern\s+"C"\s+__global__\s+void\s+)([A-Za-z_]\w*)(\s*\()')
 
@@ -93,6 +66,12 @@ _KERNEL_RE = re.compile(r'(extern\s+"C"\s+__global__\s+void\s+)([A-Za-z_]\w*)(\s
 @functools.cache
 def _text(stem: str) -> str:
     return (files("convkit_cuda") / "kernels" / f"{stem}.cu").read_text()
+
+
+@functools.cache
+def signatures(stem: str) -> dict[str, tuple[str, ...]]:
+    """{kernel: (type code, ...)} of ``kernels/<stem>.cu``, parsed from the file."""
+    return {k: tuple(c for c, _ in ps) for k, ps in parse_params(_text(stem)).items()}
 
 
 def kernel_names(stem: str) -> list[str]:
@@ -112,12 +91,33 @@ def kernel_source(stem: str, dtype: str) -> str:
     return f'typedef {ctype} scalar_t;\n#line 1 "{stem}.cu"\n{body}'
 
 
-# NVRTC options: C++14 is all the kernels need.  CuPy adds -arch for the current device.
-OPTIONS = ("--std=c++14",)
+# NVRTC options, chosen so that the arithmetic is reproducible and the host emulation of the
+# tests does the same (README, "CUDA numerics"):
+# * --fmad=false: no multiply-add contraction.  Every + and * is rounded as written, so a
+#   kernel without atomics gives the bits of the host emulation (built with
+#   -ffp-contract=off); the kernels are memory-bound, the lost FMAs cost little.
+# * CuPy appends -ftz=true to every RawModule and the later option wins (cupy issue 9576),
+#   so float32 kernels flush subnormal inputs and results to zero, as CuPy's own kernels do;
+#   float64 is unaffected.  The emulation sets the same mode for float32 (FLUSH_SUBNORMALS).
+# * division and sqrt stay IEEE round-to-nearest (NVRTC's --prec-div/--prec-sqrt defaults).
+OPTIONS = ("--std=c++14", "--fmad=false")
+FLUSH_SUBNORMALS = {"float32": True, "float64": False}
+
+# float64 atomicAdd (the atomic backwards) exists from compute capability 6.0 on.
+MIN_CAPABILITY = 60
 
 _modules: dict[tuple[str, str, int], object] = {}
 _functions: dict[tuple[str, str, str, int], object] = {}
 _lock = threading.Lock()
+
+
+def check_capability(cc, device) -> None:
+    """RuntimeError unless compute capability ``cc`` ("86", 86 or "8.6") runs the kernels."""
+    v = int(str(cc).replace(".", ""))
+    if v < MIN_CAPABILITY:
+        raise RuntimeError(f"CUDA device {device} has compute capability {v // 10}.{v % 10}; "
+                           f"the cuda backend needs 6.0 or newer (its backwards use float64 "
+                           f"atomicAdd)")
 
 
 def _module(stem: str, dtype: str, device: int):
@@ -128,6 +128,7 @@ def _module(stem: str, dtype: str, device: int):
     with _lock:
         mod = _modules.get(key)
         if mod is None:
+            check_capability(cupy.cuda.Device(device).compute_capability, device)
             mod = _modules[key] = cupy.RawModule(code=kernel_source(stem, dtype), options=OPTIONS)
     return mod
 
@@ -137,10 +138,10 @@ def get_kernel(stem: str, name: str, dtype):
     device, cached per (kernel, dtype, device)."""
     import cupy
 
-    dt = np.dtype(dtype).name
-    key = (stem, name, dt, cupy.cuda.runtime.getDevice())
+    key = (stem, name, dtype, cupy.cuda.runtime.getDevice())
     fn = _functions.get(key)
-    if fn is None:
+    if fn is None:       # (a dtype's .name costs microseconds: only worked out here)
+        dt = np.dtype(dtype).name
         fn = _module(stem, dt, key[3]).get_function(suffixed(name, dt))
         with _lock:
             _functions[key] = fn
@@ -152,27 +153,37 @@ _POINTER_DTYPES = {"I*": np.dtype(np.int64), "D*": np.dtype(np.float64),
                    "U*": np.dtype(np.uint64)}
 
 
+@functools.cache
+def _spec(stem: str, name: str, dtype) -> tuple:
+    """Per parameter: (True, element dtype) for a pointer, (False, scalar type) otherwise --
+    worked out once per kernel and dtype, so a launch only compares."""
+    dt = np.dtype(dtype)
+    return tuple((True, dt if c == "S*" else _POINTER_DTYPES[c]) if c.endswith("*")
+                 else (False, dt.type if c == "S" else _SCALAR_TYPES[c])
+                 for c in signatures(stem)[name])
+
+
 def check_args(stem: str, name: str, dtype, args) -> None:
     """Raise TypeError unless ``args`` match the kernel's declared parameter types exactly:
     scalars must already be NumPy scalars of the declared width (the launcher casts them),
     arrays must be C-contiguous with the declared element type."""
-    sig = SIGNATURES[stem][name]
-    dt = np.dtype(dtype)
-    if len(args) != len(sig):
-        raise TypeError(f"{name}: kernel takes {len(sig)} arguments, launcher passed {len(args)}")
-    for i, (code, a) in enumerate(zip(sig, args)):
-        if code.endswith("*"):
-            want = dt if code == "S*" else _POINTER_DTYPES[code]
-            if not hasattr(a, "dtype") or not hasattr(a, "flags") or a.dtype != want \
-                    or not a.flags.c_contiguous:
+    spec = _spec(stem, name, dtype)
+    if len(args) != len(spec):
+        raise TypeError(f"{name}: kernel takes {len(spec)} arguments, launcher passed "
+                        f"{len(args)}")
+    for i, ((ptr, want), a) in enumerate(zip(spec, args)):
+        if ptr:
+            try:
+                ok = (a.dtype is want or a.dtype == want) and a.flags.c_contiguous
+            except AttributeError:
+                ok = False
+            if not ok:
                 got = getattr(a, "dtype", type(a).__name__)
                 raise TypeError(f"{name}: argument {i} must be a C-contiguous {want} array, "
                                 f"got {got}")
-        else:
-            want = dt.type if code == "S" else _SCALAR_TYPES[code]
-            if type(a) is not want:
-                raise TypeError(f"{name}: argument {i} must be {want.__name__}, "
-                                f"got {type(a).__name__}")
+        elif type(a) is not want:
+            raise TypeError(f"{name}: argument {i} must be {want.__name__}, "
+                            f"got {type(a).__name__}")
 
 
 BLOCK = 256
@@ -187,7 +198,8 @@ def grid_for(n: int, block: int = BLOCK) -> tuple[tuple[int], tuple[int]]:
 
 
 def launch(stem: str, name: str, dtype, grid, block, args) -> None:
-    """Check ``args`` against :data:`SIGNATURES` and launch on the current device and stream."""
+    """Check ``args`` against the kernel's signature in the ``.cu`` file and launch on the
+    current device and stream."""
     if grid[0] < 1:   # never launch an empty grid (CUDA would report an invalid configuration)
         return
     check_args(stem, name, dtype, args)
@@ -207,6 +219,40 @@ def precompile(dtypes=("float32", "float64")) -> dict[str, float]:
     return timings
 
 
-def on_device(a):
-    """Context manager making ``a``'s device current (``with on_device(x):``)."""
-    return a.device
+def device_id(a) -> int:
+    """The id of the GPU holding ``a`` (a cupy.ndarray)."""
+    return a.device.id
+
+
+def common_device(op: str, **arrays) -> int:
+    """The device of the named arrays (None skipped); a TypeError naming the argument when
+    they are not all on one GPU -- CuPy's raw launch would not notice."""
+    dev = first = None
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        d = device_id(a)
+        if dev is None:
+            dev, first = d, name
+        elif d != dev:
+            raise TypeError(f"{op}: {name} is on GPU {d} but {first} is on GPU {dev}; the arrays "
+                            f"of one call must share a device (copy one over, e.g. "
+                            f"`with cupy.cuda.Device({dev}): {name} = cupy.asarray({name})`)")
+    return dev
+
+
+def on_device(op: str, **arrays):
+    """``with on_device(op, x=x, w=w):`` -- checks that the arrays share a GPU and makes it the
+    current device for the block, whatever the caller's current device is: the kernels, the
+    allocations and cuBLAS calls inside then all run there."""
+    import cupy
+
+    return cupy.cuda.Device(common_device(op, **arrays))
+
+
+def read_flag(flag) -> int:
+    """The value of a one-element device error flag (the one device -> host copy of a
+    device-side check)."""
+    import cupy
+
+    return int(cupy.asnumpy(flag)[0])

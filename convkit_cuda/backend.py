@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from convkit._config import get_allow_tf32
 from convkit.backend import Backend
 
 _INSTALL = "`pip install 'convkit[cuda12]'` or `pip install 'convkit[cuda13]'`"
@@ -71,19 +72,42 @@ def _check_device(cupy) -> int:
                        f"{hint}{why}; check `nvidia-smi` and CUDA_VISIBLE_DEVICES")
 
 
+def _check_libraries(cupy) -> None:
+    """RuntimeError unless NVRTC (the kernels are compiled at first use) and cuBLAS (the
+    GEMMs of conv2d) load: a ``cupy-cudaXXx`` wheel without the CUDA toolkit imports and sees
+    the device, and would otherwise fail only at the first op."""
+    fix = (f"install the CUDA toolkit libraries from PyPI with {_INSTALL} (they bring "
+           f"CuPy's [ctk] extra), or a local CUDA toolkit")
+    for lib, load, use in (
+            ("NVRTC", lambda: cupy.cuda.nvrtc.getVersion(),
+             "the runtime compiler the cuda backend builds its kernels with"),
+            ("cuBLAS", lambda: cupy.cuda.device.get_cublas_handle(),
+             "which conv2d's matrix products use")):
+        try:
+            load()
+        except Exception as e:
+            raise RuntimeError(f"CuPy {cupy.__version__} sees the GPU but cannot load {lib}, "
+                               f"{use} ({type(e).__name__}: {e}); {fix}") from None
+
+
 class CudaBackend(Backend):
     """CuPy arrays on an NVIDIA GPU.  ``xp`` is ``cupy``."""
 
     name = "cuda"
-    # indices passed to the backwards are range-checked at the boundary (the atomic
-    # scatter kernels trust them)
-    validates_indices = False
+    # the max-pool / roi-pool backward kernels read each index once and range-check it on the
+    # device (one error flag read per call): the boundary neither copies nor scans them
+    validates_indices = True
 
     def __init__(self):
         cupy = _import_cupy()
         self._n_devices = _check_device(cupy)
+        from . import _kernels
+
+        dev = cupy.cuda.Device()
+        _kernels.check_capability(dev.compute_capability, dev.id)
+        _check_libraries(cupy)
         self.xp = cupy
-        from . import _kernels, batchnorm, boxes, conv, pool, roi
+        from . import batchnorm, boxes, conv, pool, roi
 
         self._kernels, self._conv, self._pool = _kernels, conv, pool
         self._bn, self._roi, self._boxes = batchnorm, roi, boxes
@@ -149,7 +173,12 @@ class CudaBackend(Backend):
             "runtime": f"CUDA {_cuda_version(rt.runtimeGetVersion())}",
             "cupy": cp.__version__,
             "kernels": "NVRTC, compiled on first use per dtype and device "
-                       "(convkit.precompile() compiles them all)",
+                       "(convkit.precompile() compiles them all); needs compute capability "
+                       "6.0+ (float64 atomicAdd)",
+            "numerics": "no multiply-add contraction (--fmad=false); float32 kernels flush "
+                        "subnormals (CuPy's -ftz=true); float32 GEMMs "
+                        + ("may use TF32 (convkit.set_allow_tf32(True))" if get_allow_tf32()
+                           else "in full FP32 (TF32 off)"),
         }
 
     def precompile(self) -> dict:
@@ -157,64 +186,64 @@ class CudaBackend(Backend):
         seconds spent per (kernel file, dtype)."""
         return self._kernels.precompile()
 
-    # ------------------------------------------------------------------ ops
-    def conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups, out=None):
+    # ------------------------------------------------------------------ hooks
+    def _conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups, out=None):
         return self._conv.conv2d_forward(x, weight, bias, stride, padding, dilation, groups,
                                          out=out)
 
-    def conv2d_backward(self, grad_y, x, weight, stride, padding, dilation, groups,
-                        needs_input_grad, has_bias):
+    def _conv2d_backward(self, grad_y, x, weight, stride, padding, dilation, groups,
+                         needs_input_grad, has_bias):
         return self._conv.conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups,
                                           needs_input_grad, has_bias)
 
-    def max_pool2d_forward(self, x, kernel_size, stride, padding, dilation, out_hw, out=None):
+    def _max_pool2d_forward(self, x, kernel_size, stride, padding, dilation, out_hw, out=None):
         return self._pool.max_pool2d_forward(x, kernel_size, stride, padding, dilation, out_hw,
                                              out=out)
 
-    def max_pool2d_backward(self, grad_y, indices, input_shape):
-        """Atomic scatter by default (not bit-reproducible where windows overlap); sorted,
-        deterministic scatter under ``convkit.set_deterministic(True)``."""
+    def _max_pool2d_backward(self, grad_y, indices, input_shape):
+        """Atomic scatter by default (not bit-reproducible where windows overlap); a
+        deterministic gather under ``convkit.set_deterministic(True)``."""
         return self._pool.max_pool2d_backward(grad_y, indices, input_shape)
 
-    def avg_pool2d_forward(self, x, kernel_size, stride, padding, out_hw, count_include_pad,
-                           out=None):
+    def _avg_pool2d_forward(self, x, kernel_size, stride, padding, out_hw, count_include_pad,
+                            out=None):
         return self._pool.avg_pool2d_forward(x, kernel_size, stride, padding, out_hw,
                                              count_include_pad, out=out)
 
-    def avg_pool2d_backward(self, grad_y, input_shape, kernel_size, stride, padding,
-                            count_include_pad):
+    def _avg_pool2d_backward(self, grad_y, input_shape, kernel_size, stride, padding,
+                             count_include_pad):
         return self._pool.avg_pool2d_backward(grad_y, input_shape, kernel_size, stride, padding,
                                               count_include_pad)
 
-    def batch_norm_forward(self, x, weight, bias, running_mean, running_var, training,
-                           momentum, eps, out=None):
+    def _batch_norm_forward(self, x, weight, bias, running_mean, running_var, training,
+                            momentum, eps, out=None):
         return self._bn.batch_norm_forward(x, weight, bias, running_mean, running_var,
                                            training, momentum, eps, out=out)
 
-    def batch_norm_backward(self, grad_y, x, weight, save_mean, save_invstd, training):
+    def _batch_norm_backward(self, grad_y, x, weight, save_mean, save_invstd, training):
         return self._bn.batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, training)
 
-    def roi_pool_forward(self, x, rois, output_size, spatial_scale, out=None):
+    def _roi_pool_forward(self, x, rois, output_size, spatial_scale, out=None):
         return self._roi.roi_pool_forward(x, rois, output_size, spatial_scale, out=out)
 
-    def roi_pool_backward(self, grad_y, rois, argmax, input_shape):
+    def _roi_pool_backward(self, grad_y, rois, argmax, input_shape):
         return self._roi.roi_pool_backward(grad_y, rois, argmax, input_shape)
 
-    def roi_align_forward(self, x, rois, output_size, spatial_scale, sampling_ratio, aligned,
-                          out=None):
+    def _roi_align_forward(self, x, rois, output_size, spatial_scale, sampling_ratio, aligned,
+                           out=None):
         return self._roi.roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio,
                                            aligned, out=out)
 
-    def roi_align_backward(self, grad_y, rois, input_shape, output_size, spatial_scale,
-                           sampling_ratio, aligned):
+    def _roi_align_backward(self, grad_y, rois, input_shape, output_size, spatial_scale,
+                            sampling_ratio, aligned):
         """Atomic scatter by default (not bit-reproducible); a deterministic gather kernel
         under ``convkit.set_deterministic(True)``
         (see :func:`convkit_cuda.roi.roi_align_backward`)."""
         return self._roi.roi_align_backward(grad_y, rois, input_shape, output_size,
                                             spatial_scale, sampling_ratio, aligned)
 
-    def nms(self, boxes, scores, iou_threshold):
+    def _nms(self, boxes, scores, iou_threshold):
         return self._boxes.nms(boxes, scores, iou_threshold)
 
-    def box_iou(self, boxes1, boxes2):
+    def _box_iou(self, boxes1, boxes2):
         return self._boxes.box_iou(boxes1, boxes2)

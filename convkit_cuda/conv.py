@@ -9,10 +9,12 @@ direct kernels gather, and the weight gradients are reduced in a fixed order.
 """
 from __future__ import annotations
 
+import contextlib
+
 import cupy
 import numpy as np
 
-from convkit._config import get_workspace_limit
+from convkit._config import get_allow_tf32, get_workspace_limit
 
 from ._kernels import grid_for, launch, on_device
 
@@ -31,6 +33,28 @@ def _is_pointwise(KH, KW, stride, padding):
     return KH == 1 and KW == 1 and stride == (1, 1) and padding == (0, 0, 0, 0)
 
 
+@contextlib.contextmanager
+def _gemm_mode(dtype):
+    """cuBLAS compute type of the float32 GEMMs inside the block: TF32 under
+    ``convkit.set_allow_tf32(True)``, else full FP32 (even when CUPY_TF32=1 is set), then
+    CuPy's setting is put back.  CuPy keeps the compute type process-wide, so two threads
+    running float32 convs with different settings at once may see each other's."""
+    if dtype != np.float32:
+        yield
+        return
+    L = cupy._core._routines_linalg    # loaded with cupy (cupy._core imports from it)
+    want = L.COMPUTE_TYPE_TF32 if get_allow_tf32() else L.COMPUTE_TYPE_FP32
+    old = L.get_compute_type(dtype)
+    if old == want:
+        yield
+        return
+    L.set_compute_type(dtype, want)
+    try:
+        yield
+    finally:
+        L.set_compute_type(dtype, old)
+
+
 def _images_per_chunk(op, N, per_image_bytes):
     limit = get_workspace_limit()
     if per_image_bytes > limit:
@@ -41,15 +65,32 @@ def _images_per_chunk(op, N, per_image_bytes):
 
 
 # ----------------------------------------------------------------------------- launchers
-def _im2col(x, KH, KW, stride, padding, dilation, Ho, Wo, col):
-    """col (B, C*KH*KW, Ho*Wo) <- x (B, C, H, W); writes all of col."""
-    B, C, H, W = x.shape
-    n = B * C * KH * KW * Ho * Wo
-    grid, block = grid_for(n)
-    launch(STEM, "conv_im2col", x.dtype, grid, block,
-           (x, _I(B), _I(C), _I(H), _I(W), _I(KH), _I(KW), _I(stride[0]), _I(stride[1]),
+_SMALL = 2**31 - 1
+
+
+def _small(x_shape, KH, KW, stride, padding, dilation, Ho, Wo):
+    """Whether every index and intermediate of im2col / col2im for this call fits the kernels'
+    32-bit path: both arrays under 2**31 elements, window reach under 2**31."""
+    B, C, H, W = x_shape
+    return (B * C * KH * KW * Ho * Wo <= _SMALL and B * C * H * W <= _SMALL
+            and Ho * stride[0] + KH * dilation[0] + H + padding[0] <= _SMALL
+            and Wo * stride[1] + KW * dilation[1] + W + padding[2] <= _SMALL)
+
+
+def _col_args(x_shape, KH, KW, stride, padding, dilation, Ho, Wo):
+    B, C, H, W = x_shape
+    return (_I(B), _I(C), _I(H), _I(W), _I(KH), _I(KW), _I(stride[0]), _I(stride[1]),
             _I(padding[0]), _I(padding[2]), _I(dilation[0]), _I(dilation[1]), _I(Ho), _I(Wo),
-            col))
+            _I(_small(x_shape, KH, KW, stride, padding, dilation, Ho, Wo)))
+
+
+def _im2col(x, KH, KW, stride, padding, dilation, Ho, Wo, col, transposed=False):
+    """col (B, C*KH*KW, Ho*Wo) <- x (B, C, H, W), or with ``transposed`` the position-major
+    col (B, Ho*Wo, C*KH*KW); writes all of col."""
+    B, C = x.shape[:2]
+    grid, block = grid_for(B * C * KH * KW * Ho * Wo)
+    launch(STEM, "conv_im2col_t" if transposed else "conv_im2col", x.dtype, grid, block,
+           (x,) + _col_args(x.shape, KH, KW, stride, padding, dilation, Ho, Wo) + (col,))
 
 
 def _col2im(col, x_shape, KH, KW, stride, padding, dilation, Ho, Wo, gx):
@@ -57,9 +98,7 @@ def _col2im(col, x_shape, KH, KW, stride, padding, dilation, Ho, Wo, gx):
     B, C, H, W = x_shape
     grid, block = grid_for(B * C * H * W)
     launch(STEM, "conv_col2im", col.dtype, grid, block,
-           (col, _I(B), _I(C), _I(H), _I(W), _I(KH), _I(KW), _I(stride[0]), _I(stride[1]),
-            _I(padding[0]), _I(padding[2]), _I(dilation[0]), _I(dilation[1]), _I(Ho), _I(Wo),
-            gx))
+           (col,) + _col_args(x_shape, KH, KW, stride, padding, dilation, Ho, Wo) + (gx,))
 
 
 def _direct_fwd(x, weight, bias, stride, padding, dilation, groups, y):
@@ -110,7 +149,8 @@ def _direct_bwd_weight(grad_y, x, w_shape, stride, padding, dilation, groups):
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None):
     """x (N,C,H,W), weight (F,C/groups,KH,KW), bias (F,) or None -> y (N,F,Ho,Wo).
     padding is (top, bottom, left, right)."""
-    with on_device(x):
+    with on_device("conv2d_forward", x=x, weight=weight, bias=bias, out=out), \
+            _gemm_mode(x.dtype):
         N, C, H, W = x.shape
         F, Cg, KH, KW = weight.shape
         Ho, Wo = _out_hw(H, W, KH, KW, stride, padding, dilation)
@@ -139,7 +179,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None)
 def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_input_grad,
                     has_bias):
     """-> (grad_x or None, grad_weight, grad_bias or None)."""
-    with on_device(x):
+    with on_device("conv2d_backward", grad_y=grad_y, x=x, weight=weight), \
+            _gemm_mode(x.dtype):
         N, C, H, W = x.shape
         F, Cg, KH, KW = weight.shape
         Ho, Wo = grad_y.shape[2:]
@@ -158,26 +199,24 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
         gx = cupy.empty(x.shape, dtype=x.dtype) if needs_input_grad else None
         pointwise = _is_pointwise(KH, KW, stride, padding)
         item = x.dtype.itemsize
-        # per image: its columns (unless pointwise), their gradient (if needed) and its (F, K)
-        # weight-gradient product
-        per_image = (0 if pointwise else K * Ho * Wo * item) \
+        # per image: its position-major columns (for the weight gradient), the columns'
+        # gradient (if needed, unless pointwise) and its (F, K) weight-gradient product
+        per_image = K * Ho * Wo * item \
             + (K * Ho * Wo * item if needs_input_grad and not pointwise else 0) + F * K * item
         nb = _images_per_chunk("conv2d_backward", N, per_image)
-        col = None if pointwise else cupy.empty((nb, K, Ho * Wo), dtype=x.dtype)
+        colT = cupy.empty((nb, Ho * Wo, K), dtype=x.dtype)
         gcol = cupy.empty((nb, K, Ho * Wo), dtype=x.dtype) \
             if needs_input_grad and not pointwise else None
         gw = cupy.zeros((F, K), dtype=x.dtype)
-        w2t = w2.T
+        w2t = cupy.ascontiguousarray(w2.T)            # (K, F): small, copied once per call
         for n0 in range(0, N, nb):
             n1 = min(N, n0 + nb)
             g = gy3[n0:n1]
-            if pointwise:
-                c = x[n0:n1].reshape(n1 - n0, C, H * W)
-            else:
-                c = col[: n1 - n0]
-                _im2col(x[n0:n1], KH, KW, stride, padding, dilation, Ho, Wo, c)
-            # (b, F, HoWo) @ (b, HoWo, K) -> (b, F, K), summed over b in order
-            gw += cupy.matmul(g, c.transpose(0, 2, 1)).sum(axis=0)
+            cT = colT[: n1 - n0]
+            _im2col(x[n0:n1], KH, KW, stride, padding, dilation, Ho, Wo, cT, transposed=True)
+            # (b, F, HoWo) @ (b, HoWo, K) -> (b, F, K), both operands C-contiguous, summed
+            # over b in order
+            gw += cupy.matmul(g, cT).sum(axis=0)
             if needs_input_grad:
                 if pointwise:
                     cupy.matmul(w2t, g, out=gx[n0:n1].reshape(n1 - n0, C, H * W))

@@ -12,7 +12,7 @@ import numpy as np
 from convkit._config import get_deterministic
 
 from ._kernels import grid_for, launch, on_device
-from .pool import scatter_add
+from .pool import check_flag, gather_add
 
 STEM = "roi"
 _I = np.int64
@@ -26,7 +26,7 @@ def _sr(sampling_ratio):
 
 def roi_pool_forward(x, rois, output_size, spatial_scale, out=None):
     """-> (y (K,C,oh,ow), argmax int64 (K,C,oh,ow): flat h*W + w, -1 for an empty bin)."""
-    with on_device(x):
+    with on_device("roi_pool_forward", x=x, rois=rois, out=out):
         N, C, H, W = x.shape
         K = rois.shape[0]
         oh, ow = output_size
@@ -41,20 +41,23 @@ def roi_pool_forward(x, rois, output_size, spatial_scale, out=None):
 
 def roi_pool_backward(grad_y, rois, argmax, input_shape):
     """grad_y added at argmax (in the plane of each RoI's image and channel) into a zero array
-    of ``input_shape``.  Deterministic always: a stable sort groups the bins that chose the
-    same input element and one thread sums each group in order (no atomics)."""
-    with on_device(grad_y):
+    of ``input_shape``.  Deterministic always: one thread per input element adds the bins that
+    chose it in order (:func:`convkit_cuda.pool.gather_add`)."""
+    with on_device("roi_pool_backward", grad_y=grad_y, rois=rois, argmax=argmax):
         N, C, H, W = input_shape
-        K = grad_y.shape[0]
-        batch = rois[:, 0].astype(np.int64).reshape(K, 1, 1, 1)
-        chan = cupy.arange(C, dtype=np.int64).reshape(1, C, 1, 1)
-        keys = cupy.where(argmax >= 0, (batch * C + chan) * (H * W) + argmax, -1).ravel()
-        return scatter_add(grad_y.ravel(), keys, N * C * H * W).reshape(input_shape)
+        K, _, oh, ow = grad_y.shape
+        keys = cupy.empty(grad_y.size, dtype=np.int64)
+        bad = cupy.zeros(1, dtype=np.uint64)
+        grid, block = grid_for(grad_y.size)
+        launch(STEM, "roi_pool_keys", grad_y.dtype, grid, block,
+               (argmax, rois, _I(K), _I(N), _I(C), _I(oh * ow), _I(H * W), keys, bad))
+        check_flag(bad, "roi_pool_backward", "argmax", argmax, -1, H * W)
+        return gather_add(grad_y.ravel(), keys, N * C * H * W).reshape(input_shape)
 
 
 def roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, aligned, out=None):
     """-> y (K,C,oh,ow): each bin the mean of its bilinear samples (torchvision's roi_align)."""
-    with on_device(x):
+    with on_device("roi_align_forward", x=x, rois=rois, out=out):
         N, C, H, W = x.shape
         K = rois.shape[0]
         oh, ow = output_size
@@ -77,7 +80,7 @@ def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale, sa
     one thread per input element visits the RoIs of its image in order -- same bits every run,
     slower when there are many RoIs.
     """
-    with on_device(grad_y):
+    with on_device("roi_align_backward", grad_y=grad_y, rois=rois):
         N, C, H, W = input_shape
         K = grad_y.shape[0]
         oh, ow = output_size

@@ -3,6 +3,7 @@ counting / comparison helpers it reports with, against hand-computed values."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import math
 import os
@@ -52,6 +53,42 @@ def test_quick_run_exits_cleanly(quick_run):
     for op in OPS:
         assert f"| {op} | fwd |" in md
     assert "| target | want | got | per-round quartiles | met? |" in md
+
+
+def test_quick_table_shows_what_each_row_timed(quick_run):
+    backends, p, out = quick_run
+    table = [ln for ln in p.stdout.splitlines() if ln.startswith(("op ", *OPS))]
+    assert table[0].split()[:2] == ["op", "pass"] and table[0].endswith("shapes")
+    lines = {tuple(ln.split()[:2]): ln for ln in table[1:]}
+    # lenet_c1 quick: x (2,1,12,12), w (3,1,5,5), stride 1, padding 2
+    assert lines["lenet_c1", "fwd"].endswith("x(2,1,12,12) w(3,1,5,5) s1 p2")
+    assert lines["lenet_c1", "fwd+bwd"].endswith("x(2,1,12,12) w(3,1,5,5) s1 p2")
+    assert lines["dw_56", "fwd"].endswith("x(2,8,10,10) w(8,1,3,3) s1 p1 g8")
+    assert lines["stem_224", "fwd"].endswith("x(2,3,16,16) w(4,3,7,7) s2 p3 no-dx")
+    assert lines["maxpool_3x3s2", "fwd"].endswith("max 3x3/s2/p1 on (2, 4, 12, 12)")
+    md = (out.parent / "quick.md").read_text()
+    assert md.splitlines()[0].endswith("| shapes |")
+    row = next(ln for ln in md.splitlines() if ln.startswith("| lenet_c1 | fwd |"))
+    assert row.endswith("| x(2,1,12,12) w(3,1,5,5) s1 p2 |")
+
+
+def test_quick_summary_speaks_to_users(quick_run):
+    backends, p, out = quick_run
+    text = p.stdout
+    assert "issue" not in text.lower()
+    # per op family, the ratio to each reference that ran, as the JSON rows give them
+    doc = json.loads(out.read_text())
+    conv = [r["ratios"]["cpu"]["numpy"] for r in doc["results"] if r["family"] == "conv"]
+    want = f"numpy/cpu {B.report._fmt(math.exp(np.mean(np.log(conv))))}x over {len(conv)} rows"
+    assert "cpu backend on this machine, per op family" in text and want in text
+    assert "NMS" in text and "RoI align / RoI pool" in text
+    # the per-layer goals are counted, not listed one per line
+    assert "per-layer development goals (bench/RESULTS.md):" in text
+    assert not any(ln.strip().startswith(("met ", "NOT MET")) and "forward" in ln
+                   for ln in text.splitlines())
+    if "torch" in backends:
+        assert "targets for the cpu backend:" in text
+        assert f"geomean torch/cpu over {doc['summary']['cpu']['rows']} rows" in text
 
 
 def test_quick_json_has_every_op_pass_and_backend(quick_run):
@@ -150,6 +187,12 @@ def test_only_restricts_one_backend(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert {r["op"]: sorted(r["medians_ms"]) for r in rows} == {
         "pw_14": ["cpu"], "avgpool_3x3s2": ["cpu", "numpy"]}, p.stdout + p.stderr
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal():
+    p = _bench("--quick", "--backends", "numpy", "--ops", "nms,bn_train", "--repeat", "1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "\r" not in p.stderr and "bn_train forward" not in p.stderr, p.stderr
 
 
 def test_bad_arguments_are_refused_with_a_message():
@@ -270,6 +313,39 @@ def test_measure_interleaves_and_times_every_runner():
     assert len(row.times_ms["numpy"]) == 4 and len(row.times_ms["cpu"]) == 4
     assert row.check == {"reference": "numpy", "cpu": row.check["cpu"]}
     assert "max abs error" in row.check["cpu"]      # a wrong result is reported, not hidden
+
+
+def test_summary_per_family_and_user_targets_on_hand_made_rows():
+    rows = [B.Row("res_28", "conv", B.FWD, "", None, None, medians_ms={"cpu": 10.0, "torch": 8.0}),
+            B.Row("res_28", "conv", B.FB, "", None, None, medians_ms={"cpu": 10.0, "torch": 20.0}),
+            B.Row("maxpool_2x2s2", "pool", B.FWD, "", None, None,
+                  medians_ms={"cpu": 1.0, "torch": 3.0, "numpy": 9.0}),
+            B.Row("nms", "nms", B.FWD, "", None, None, medians_ms={"cpu": 1.0, "numpy": 30.0})]
+    fams = {(f["family"], f["reference"]): f for f in B.family_summaries(rows, "cpu")}
+    assert set(fams) == {("conv", "torch"), ("pool", "torch"), ("pool", "numpy"),
+                         ("nms", "numpy")}
+    assert fams["conv", "torch"]["geomean"] == pytest.approx(math.sqrt(0.8 * 2.0))
+    assert fams["conv", "torch"]["slowest"] == "res_28 forward"
+    assert fams["conv", "torch"]["slowest_ratio"] == pytest.approx(0.8)
+    assert fams["pool", "numpy"]["geomean"] == pytest.approx(9.0)
+    s = B.summarize(rows, ["cpu", "torch", "numpy"])
+    mem = [{"op": "res_28", "backend": "cpu", "ratio": 1.5}]
+    user = B.user_targets(s, mem, "cpu")
+    layer = B.layer_targets(rows, "cpu")
+    assert B.evaluate_targets(rows, s, mem, "cpu") == layer + user
+    assert [t["met"] for t in user] == [True, True]      # geomean (0.8*2*3)^(1/3) >= 1; 1.5 <= 2
+    buf = io.StringIO()
+    B.print_summary(rows, ["numpy", "cpu", "torch"], user, layer, file=buf)
+    text = buf.getvalue()
+    assert "  convolution layers  torch/cpu 1.26x over 2 rows (geometric mean; slowest res_28 " \
+           "forward 0.8x)" in text
+    assert "  pooling             torch/cpu 3x over 1 row\n" in text
+    assert "                      numpy/cpu 9x over 1 row\n" in text      # same family: no title
+    assert "  NMS                 numpy/cpu 30x over 1 row\n" in text
+    assert "met      geomean torch/cpu over 3 rows: 1.69x, want >= 1x" in text
+    assert "met      res_28 forward+backward peak RSS growth / tensor bytes (cpu): 1.5x" in text
+    # res_28 fwd 0.8 < 0.85 and fwd+bwd 2.0 >= 0.85; maxpool 3 >= 2; nms 30 >= 20
+    assert "per-layer development goals (bench/RESULTS.md): 3 of 4 measured met" in text
 
 
 def test_set_mallopt_is_applied_once_and_says_so():

@@ -31,8 +31,8 @@ def test_check_backend_catches_an_off_by_one(monkeypatch):
     class Shifted(NumpyBackend):
         name = "shifted"
 
-        def avg_pool2d_forward(self, x, *a, **kw):   # wrong: divides by one too many
-            y = super().avg_pool2d_forward(x, *a, **kw)
+        def _avg_pool2d_forward(self, x, *a, **kw):   # wrong: divides by one too many
+            y = super()._avg_pool2d_forward(x, *a, **kw)
             return y * 0.999
 
     _plugin(monkeypatch, "shifted", Shifted)
@@ -41,7 +41,7 @@ def test_check_backend_catches_an_off_by_one(monkeypatch):
 
 
 def test_the_named_backend_runs(monkeypatch):
-    """Which backend ran is observable: the op goes to the active backend's method."""
+    """Which backend ran is observable: the op goes to the active backend's hook."""
     from convkit.reference import NumpyBackend
 
     calls = []
@@ -49,9 +49,9 @@ def test_the_named_backend_runs(monkeypatch):
     class Spy(NumpyBackend):
         name = "spy"
 
-        def conv2d_forward(self, *a, **kw):
+        def _conv2d_forward(self, *a, **kw):
             calls.append("conv")
-            return super().conv2d_forward(*a, **kw)
+            return super()._conv2d_forward(*a, **kw)
 
     _plugin(monkeypatch, "spy", Spy)
     x = np.ones((1, 1, 3, 3), np.float32)
@@ -59,3 +59,19 @@ def test_the_named_backend_runs(monkeypatch):
         convkit.conv2d_forward(x, x)
     convkit.conv2d_forward(x, x)      # outside: not the spy
     assert calls == ["conv"]
+
+
+def test_check_backend_calls_the_backend_objects_public_ops(monkeypatch):
+    """The public ops of the Backend object are exercised too: one replaced on the instance
+    (class-level overrides are refused) is caught."""
+    from convkit.reference import NumpyBackend
+
+    class Sneaky(NumpyBackend):
+        name = "sneaky"
+
+        def __init__(self):
+            self.box_iou = lambda a, b: convkit.box_iou(a, b, backend="numpy") * 0.5
+
+    _plugin(monkeypatch, "sneaky", Sneaky)
+    with pytest.raises(AssertionError, match=r"Backend\.box_iou vs the functional op"):
+        check_backend("sneaky")

@@ -5,7 +5,7 @@ Three layers, so that a machine without a GPU still checks most of it:
 1. everywhere: importing the plugin does no GPU work; an unusable backend says exactly why
    and how to fix it (each cause exercised through a stand-in ``cupy``);
 2. wherever a C++ compiler is found: the real launchers and the real ``.cu`` kernels run on
-   the host through ``convkit_cuda._host_emulation`` (same kernel source, every
+   the host through ``tests/cuda_emulation.py`` (same kernel source, every
    (block, thread) executed, the grid capped so grid-stride loops stride, every argument
    type-checked as the GPU would need it) -- the cuda-specific paths here, and the generic
    op suites (tests/test_conv.py, ...) on the emulated backend in a subprocess;
@@ -98,7 +98,7 @@ class FakeCUDARuntimeError(RuntimeError):
      "no CUDA device is visible.*cudaErrorNoDevice"),
 ], ids=["no-driver", "no-driver-error", "driver-too-old", "no-device", "no-device-error"])
 def test_device_problems_are_named(monkeypatch, kw, expect):
-    from convkit_cuda._host_emulation import fake_cupy
+    from cuda_emulation import fake_cupy
     from convkit_cuda.backend import CudaBackend
 
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy(**kw))
@@ -111,7 +111,7 @@ def test_device_problems_are_named(monkeypatch, kw, expect):
 
 
 def test_device_problem_reaches_backend_status(monkeypatch):
-    from convkit_cuda._host_emulation import fake_cupy
+    from cuda_emulation import fake_cupy
 
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy(device_count=0, driver=12080, runtime=12040))
     monkeypatch.delitem(_registry._instances, "cuda", raising=False)
@@ -141,23 +141,68 @@ def test_grid_and_no_empty_launch(monkeypatch):
     _kernels.launch("boxes", "box_iou", np.float32, *grid_for(0), ())
 
 
+@pytest.mark.parametrize("kw, expect", [
+    (dict(nvrtc_error=OSError("libnvrtc.so.12: cannot open shared object file")),
+     r"cannot load NVRTC.*libnvrtc\.so\.12"),
+    (dict(cublas_error=OSError("libcublas.so.12: cannot open shared object file")),
+     r"cannot load cuBLAS.*libcublas\.so\.12"),
+], ids=["no-nvrtc", "no-cublas"])
+def test_missing_toolkit_libraries_are_named(monkeypatch, kw, expect):
+    """cupy-cuda12x without the toolkit sees the GPU; the backend must still say it is unusable
+    (and how to fix it) instead of failing at the first op."""
+    from cuda_emulation import fake_cupy
+    from convkit_cuda.backend import CudaBackend
+
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(**kw))
+    with pytest.raises(RuntimeError, match=expect) as e:
+        CudaBackend()
+    assert "pip install 'convkit[cuda12]'" in str(e.value) and "[ctk]" in str(e.value)
+
+
+def test_pre_pascal_device_is_refused(monkeypatch):
+    from cuda_emulation import fake_cupy
+    from convkit_cuda import _kernels
+    from convkit_cuda.backend import CudaBackend
+
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(capability="52"))
+    with pytest.raises(RuntimeError, match=r"compute capability 5\.2; the cuda backend needs "
+                                           r"6\.0 or newer \(.*float64 atomicAdd\)"):
+        CudaBackend()
+    _kernels.check_capability("60", 0)
+    _kernels.check_capability("9.0", 0)
+
+
+def test_extras_bring_the_toolkit():
+    import tomllib
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(here, "pyproject.toml"), "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    assert extras["cuda12"] == ["cupy-cuda12x[ctk]>=14"]
+    assert extras["cuda13"] == ["cupy-cuda13x[ctk]>=14"]
+
+
+def test_host_emulation_is_not_shipped():
+    import convkit_cuda
+
+    pkg = os.path.dirname(convkit_cuda.__file__)
+    assert not any("emulation" in f for f in os.listdir(pkg))
+
+
 # ============================================================ 2. host emulation of the kernels
 @pytest.fixture
 def emulated(monkeypatch):
     """The real CudaBackend over the stand-in cupy, registered as 'cuda' for this test."""
     if not HAVE_CXX:
         pytest.skip("no C++ compiler for the host emulation of the CUDA kernels")
-    import convkit_cuda
-    from convkit_cuda import _host_emulation as emu
+    import cuda_emulation as emu
     from convkit_cuda import _kernels
 
-    monkeypatch.setitem(sys.modules, "cupy", emu.fake_cupy())
-    for name in emu._OP_MODULES:                     # re-import the op modules over the stand-in
-        monkeypatch.delitem(sys.modules, f"convkit_cuda.{name}", raising=False)
-        monkeypatch.delattr(convkit_cuda, name, raising=False)
+    monkeypatch.setitem(sys.modules, "cupy", emu.fake_cupy(device_count=2))
+    emu.drop_op_modules()                            # re-import the op modules over the stand-in
     monkeypatch.setattr(_kernels, "_modules", {})
     monkeypatch.setattr(_kernels, "_functions", {})
-    monkeypatch.setattr(_kernels, "on_device", emu._host_on_device)
+    monkeypatch.setattr(_kernels, "device_id", emu._device_id)
     from convkit_cuda.backend import CudaBackend
 
     be = CudaBackend()
@@ -165,10 +210,8 @@ def emulated(monkeypatch):
     monkeypatch.setitem(_registry._instances, "cuda", be)
     yield be
     convkit.set_deterministic(False)
-    for name in emu._OP_MODULES:                     # drop the stand-in-bound op modules
-        sys.modules.pop(f"convkit_cuda.{name}", None)
-        if hasattr(convkit_cuda, name):
-            delattr(convkit_cuda, name)
+    convkit.set_allow_tf32(False)
+    emu.drop_op_modules()                            # drop the stand-in-bound op modules
 
 
 def _roi_case(dtype, K=12, seed=0):
@@ -207,7 +250,7 @@ def test_emulated_max_pool_deterministic_backward_matches_atomic(emulated):
     atomic = run("cuda", F.max_pool2d_backward, gy, idx, x.shape)
     convkit.set_deterministic(True)
     det = run("cuda", F.max_pool2d_backward, gy, idx, x.shape)
-    # the serial emulation adds in output order, as the sorted scatter does: same bits
+    # the serial emulation adds in output order, as the deterministic gather does: same bits
     np.testing.assert_array_equal(det, atomic)
     want = np.zeros(x.size, np.float64)
     planes = (np.arange(6) * 81).reshape(2, 3, 1, 1)
@@ -215,8 +258,35 @@ def test_emulated_max_pool_deterministic_backward_matches_atomic(emulated):
     np.testing.assert_allclose(det, want.reshape(x.shape).astype(np.float32), **tol(np.float32))
 
 
+def test_emulated_gather_add_sorts_each_segment(emulated):
+    """csr_gather adds each element's contributions in increasing j whatever order the atomic
+    fill left them in (shuffled here by hand): the bits of a serial loop."""
+    from convkit_cuda import _kernels
+
+    rng = np.random.default_rng(0)
+    L, size = 300, 17
+    keys = rng.integers(-1, size, L).astype(np.int64)
+    vals = rng.standard_normal(L).astype(np.float32) * np.float32(1e4) ** rng.integers(0, 3, L)
+    vals = vals.astype(np.float32)
+    got = emulated._pool.gather_add(vals, keys, size)
+    want = np.zeros(size, np.float32)
+    for j in range(L):                      # the serial loop, in float32
+        if keys[j] >= 0:
+            want[keys[j]] += vals[j]
+    np.testing.assert_array_equal(got, want)
+    # the gather alone, over segments in a scrambled order
+    counts = np.bincount(keys[keys >= 0], minlength=size).astype(np.uint64)
+    ends = np.cumsum(counts).astype(np.uint64)
+    lst = np.concatenate([rng.permutation(np.flatnonzero(keys == e)) for e in range(size)])
+    out = np.empty(size, np.float32)
+    I = np.int64
+    _kernels.launch("pool", "csr_gather", np.float32, (1,), (256,),
+                    (vals, counts, ends, I(size), lst.astype(np.int64), out))
+    np.testing.assert_array_equal(out, want)
+
+
 def test_emulated_roi_pool_backward_sums_shared_argmax(emulated):
-    # many RoIs over the same pixels: argmax entries coincide, the sorted scatter adds them
+    # many RoIs over the same pixels: argmax entries coincide, the gather adds them
     x, rois = _roi_case(np.float64, K=40)
     y, am = run("cuda", F.roi_pool_forward, x, rois, (2, 3), 0.5)
     gy = np.random.default_rng(5).standard_normal(y.shape)
@@ -260,27 +330,64 @@ def test_emulated_conv_workspace_chunks(emulated, torch, groups):
         convkit.set_workspace_limit(old)
 
 
+def test_emulated_conv_32_and_64_bit_index_paths_agree(emulated, monkeypatch, torch):
+    """im2col / position-major im2col / col2im: the 32-bit index path (taken here) and the
+    64-bit one (forced) give the same bits, and the gradients are torch's."""
+    conv = emulated._conv
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 9, 7))
+    w = rng.standard_normal((4, 3, 3, 2))
+    kw = dict(stride=(2, 1), padding=(2, 1), dilation=(1, 2))
+    gy = rng.standard_normal(run("cuda", F.conv2d_forward, x, w, None, **kw).shape)
+    launched = []
+    real = conv.launch
+    monkeypatch.setattr(conv, "launch", lambda *a: launched.append((a[1], a[5][-2])) or real(*a))
+    y32 = run("cuda", F.conv2d_forward, x, w, None, **kw)
+    g32 = run("cuda", F.conv2d_backward, gy, x, w, **kw, has_bias=False)
+    assert {n for n, _ in launched} == {"conv_im2col", "conv_im2col_t", "conv_col2im"}
+    assert all(small == 1 for _, small in launched)
+    launched.clear()
+    monkeypatch.setattr(conv, "_SMALL", 0)
+    y64 = run("cuda", F.conv2d_forward, x, w, None, **kw)
+    g64 = run("cuda", F.conv2d_backward, gy, x, w, **kw, has_bias=False)
+    assert launched and all(small == 0 for _, small in launched)
+    np.testing.assert_array_equal(y32, y64)
+    for a, b in zip(g32, g64):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    torch.nn.functional.conv2d(tx, tw, **kw).backward(torch.tensor(gy))
+    np.testing.assert_allclose(g32[0], tx.grad.numpy(), **tol(np.float64))
+    np.testing.assert_allclose(g32[1], tw.grad.numpy(), **tol(np.float64))
+    # the predicate: big arrays or a window reach past 2**31 take the 64-bit path
+    small = conv._small
+    monkeypatch.setattr(conv, "_SMALL", 2**31 - 1)
+    assert small((1, 1, 8, 8), 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 8, 8)
+    assert not small((1, 1, 8, 8), 3, 3, (2**30, 1), (2**30, 2**30, 1, 1), (1, 1), 3, 8)
+    assert not small((64, 512, 128, 128), 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 128, 128)
+
+
 def test_emulated_ops_called_with_no_work(emulated):
-    """Backend methods reached with empty arrays (the boundary normally stops them first)
+    """Backend hooks reached with empty arrays (the boundary normally stops them first)
     return correctly shaped results and launch nothing invalid."""
     be = emulated
     x = np.zeros((0, 3, 5, 5), np.float32)
-    y, idx = be.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), (2, 2))
+    y, idx = be._max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), (2, 2))
     assert y.shape == idx.shape == (0, 3, 2, 2)
-    assert be.max_pool2d_backward(y, idx, x.shape).shape == x.shape
-    assert be.avg_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (2, 2), True).shape == (0, 3, 2, 2)
-    assert be.avg_pool2d_backward(y, x.shape, (2, 2), (2, 2), (0, 0), True).shape == x.shape
+    assert be._max_pool2d_backward(y, idx, x.shape).shape == x.shape
+    assert be._avg_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (2, 2), True).shape == (0, 3, 2, 2)
+    assert be._avg_pool2d_backward(y, x.shape, (2, 2), (2, 2), (0, 0), True).shape == x.shape
     w = np.zeros((4, 3, 3, 3), np.float32)
-    assert be.conv2d_forward(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1).shape == (0, 4, 5, 5)
+    assert be._conv2d_forward(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1).shape == (0, 4, 5, 5)
     rois = np.zeros((0, 5), np.float32)
     xr = np.ones((1, 3, 5, 5), np.float32)
-    assert be.roi_align_forward(xr, rois, (2, 2), 1.0, -1, False).shape == (0, 3, 2, 2)
+    assert be._roi_align_forward(xr, rois, (2, 2), 1.0, -1, False).shape == (0, 3, 2, 2)
     g = np.zeros((0, 3, 2, 2), np.float32)
     np.testing.assert_array_equal(
-        be.roi_align_backward(g, rois, xr.shape, (2, 2), 1.0, -1, False), np.zeros_like(xr))
+        be._roi_align_backward(g, rois, xr.shape, (2, 2), 1.0, -1, False), np.zeros_like(xr))
     np.testing.assert_array_equal(
-        be.roi_pool_backward(g, rois, np.zeros(g.shape, np.int64), xr.shape), np.zeros_like(xr))
-    assert be.box_iou(np.zeros((0, 4), np.float32), np.ones((3, 4), np.float32)).shape == (0, 3)
+        be._roi_pool_backward(g, rois, np.zeros(g.shape, np.int64), xr.shape), np.zeros_like(xr))
+    assert be._box_iou(np.zeros((0, 4), np.float32), np.ones((3, 4), np.float32)).shape == (0, 3)
 
 
 def test_emulated_asarray_routes(emulated, monkeypatch):
@@ -336,13 +443,226 @@ def test_generic_op_suites_on_emulated_cuda():
     files = [os.path.join(here, f"test_{s}.py") for s in (
         "conv", "pool", "batchnorm", "roi", "boxes", "errors", "conformance", "nn", "detection")]
     files = [f for f in files if os.path.exists(f)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                        "-p", "convkit_cuda._host_emulation", "-k", "cuda", *files],
-                       capture_output=True, text=True, cwd=os.path.dirname(here), timeout=900)
+                        "-p", "cuda_emulation", "-k", "cuda", *files],
+                       capture_output=True, text=True, cwd=os.path.dirname(here), timeout=900,
+                       env=env)
     tail = p.stdout[-4000:] + p.stderr[-2000:]
     assert p.returncode == 0, tail
     summary = p.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary, tail
+
+
+def test_emulated_mixed_devices_are_a_type_error(emulated):
+    from cuda_emulation import on_gpu
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    w = on_gpu(rng.standard_normal((3, 2, 3, 3)).astype(np.float32), 1)
+    with convkit.use_backend("cuda"):
+        with pytest.raises(TypeError, match=r"conv2d_forward: weight is on GPU 1 but x is on "
+                                            r"GPU 0; the arrays of one call must share"):
+            convkit.conv2d_forward(x, w)
+        y, idx = convkit.max_pool2d_forward(x, 2)
+        with pytest.raises(TypeError, match=r"max_pool2d_backward: indices is on GPU 1"):
+            convkit.max_pool2d_backward(y, on_gpu(idx, 1), x.shape)
+        rois = on_gpu(np.array([[0, 0, 0, 3, 3]], np.float32), 1)
+        with pytest.raises(TypeError, match=r"roi_align_forward: rois is on GPU 1 but x"):
+            emulated._roi_align_forward(x, rois, (2, 2), 1.0, -1, False)
+
+
+def test_emulated_op_runs_on_its_inputs_device(emulated):
+    """Inputs on GPU 1 while GPU 0 is current: every launch of the op happens on GPU 1, and
+    the caller's current device is untouched afterwards."""
+    import cuda_emulation as emu
+
+    rng = np.random.default_rng(0)
+    x = emu.on_gpu(rng.standard_normal((2, 4, 6, 6)), 1)
+    w = emu.on_gpu(rng.standard_normal((4, 2, 3, 3)), 1)
+    gy = emu.on_gpu(rng.standard_normal((2, 4, 6, 6)), 1)
+    emu.LAUNCHES.clear()
+    with convkit.use_backend("cuda"):
+        assert emulated.xp.cuda.runtime.getDevice() == 0
+        y = convkit.conv2d_forward(x, w, padding=1, groups=2)
+        convkit.conv2d_backward(gy, x, w, padding=1, groups=2)
+        convkit.batch_norm_forward(x, None, None, None, None, training=True)
+        p, idx = convkit.max_pool2d_forward(x, 2)
+        convkit.max_pool2d_backward(emu.on_gpu(np.ones(p.shape), 1), emu.on_gpu(idx, 1),
+                                    x.shape)
+        assert emulated.xp.cuda.runtime.getDevice() == 0
+    assert len(emu.LAUNCHES) >= 6
+    assert {d for _, d in emu.LAUNCHES} == {1}, emu.LAUNCHES
+    want = run("numpy", F.conv2d_forward, np.asarray(x), np.asarray(w), None, 1, 1, 1, 2)
+    np.testing.assert_allclose(y, want, **tol(np.float64))
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_emulated_backwards_check_indices_on_the_device(emulated, deterministic):
+    """The boundary leaves the range check to the kernels (validates_indices): bad indices
+    reach the kernel, which skips them and raises the boundary's error through one flag --
+    also when the backend method is called directly, past the boundary."""
+    assert type(emulated).validates_indices is True
+    convkit.set_deterministic(deterministic)
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    y, idx = run("cuda", F.max_pool2d_forward, x, 2)
+    gy = np.ones_like(y)
+    for bad_value in (16, -1, 10**15):
+        bad = idx.copy()
+        bad[0, 1, 1, 0] = bad_value
+        with pytest.raises(ValueError, match=r"max_pool2d_backward: indices must lie in "
+                                             r"\[0, 16\) for this input_shape"):
+            emulated._max_pool2d_backward(gy, bad, x.shape)
+        with pytest.raises(ValueError, match=r"indices must lie in \[0, 16\)"):
+            run("cuda", F.max_pool2d_backward, gy, bad, x.shape)
+    rois = np.array([[0, 0, 0, 3, 3], [0, 1, 1, 2, 3]], np.float32)
+    yr, am = run("cuda", F.roi_pool_forward, x, rois, (2, 2))
+    g = np.ones_like(yr)
+    good = emulated._roi_pool_backward(g, rois, am, x.shape)
+    np.testing.assert_allclose(good, run("numpy", F.roi_pool_backward, g, am, x.shape, rois))
+    for bad_value in (16, -2):
+        bad = am.copy()
+        bad[1, 0, 0, 1] = bad_value
+        with pytest.raises(ValueError, match=r"roi_pool_backward: argmax must lie in "
+                                             r"\[-1, 16\)"):
+            emulated._roi_pool_backward(g, rois, bad, x.shape)
+    bad_rois = rois.copy()
+    bad_rois[1, 0] = 7               # a batch index another thread changed after the check
+    with pytest.raises(ValueError, match="roi_pool_backward"):
+        emulated._roi_pool_backward(g, bad_rois, am, x.shape)
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_emulated_tf32_mode_is_opt_in_and_restored(emulated, allow):
+    cp = emulated.xp
+    L = cp._core._routines_linalg
+    rng = np.random.default_rng(0)
+    x32 = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    w32 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    assert convkit.get_allow_tf32() is False
+    convkit.set_allow_tf32(allow)
+    cp.matmul_log.clear()
+    y = run("cuda", F.conv2d_forward, x32, w32, None, 1, 1)
+    run("cuda", F.conv2d_backward, np.ones_like(y), x32, w32, 1, 1)
+    run("cuda", F.conv2d_forward, x32.astype(np.float64), w32.astype(np.float64), None, 1, 1)
+    want = L.COMPUTE_TYPE_TF32 if allow else L.COMPUTE_TYPE_FP32
+    f32 = [t for d, t in cp.matmul_log if d == "float32"]
+    f64 = [t for d, t in cp.matmul_log if d == "float64"]
+    assert f32 and set(f32) == {want}
+    assert f64 and set(f64) == {L.COMPUTE_TYPE_DEFAULT}       # float64 GEMMs untouched
+    assert L.get_compute_type(np.float32) == L.COMPUTE_TYPE_DEFAULT   # CuPy's setting restored
+    assert ("TF32" in emulated.info()["numerics"]) and (
+        ("may use TF32" in emulated.info()["numerics"]) == allow)
+
+
+def test_emulated_float32_flushes_subnormals_float64_does_not(emulated):
+    """The emulation has the GPU's -ftz=true for float32 (not for float64): a subnormal input
+    to a float32 kernel reads as 0."""
+    tiny32 = np.full((1, 1, 2, 2), 1e-39, np.float32)       # subnormal in float32
+    assert run("cuda", F.avg_pool2d_forward, tiny32, 2).item() == 0.0
+    assert run("numpy", F.avg_pool2d_forward, tiny32, 2).item() > 0.0
+    tiny64 = np.full((1, 1, 2, 2), 1e-310, np.float64)      # subnormal in float64
+    assert run("cuda", F.avg_pool2d_forward, tiny64, 2).item() == 1e-310
+    normal = np.full((1, 1, 2, 2), 3e-38, np.float32)
+    assert run("cuda", F.avg_pool2d_forward, normal, 2).item() == np.float32(3e-38)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("thr", [0.2, 0.6])
+def test_emulated_nms_one_block_pass(emulated, monkeypatch, shared, thr):
+    """The block-wide greedy pass (shared-memory `removed`, a barrier per 64 boxes), run by the
+    emulation's fibers with alternating thread order, over 11 mask words, against the loop;
+    also with `removed` in global memory (the path for more than 262144 boxes)."""
+    from test_boxes import nms_oracle, random_boxes
+
+    if not shared:
+        monkeypatch.setattr(emulated._boxes, "_NMS_SHARED_WORDS", 0)
+    boxes = random_boxes(700, np.float32, seed=3, size=300.0)
+    scores = np.random.default_rng(4).integers(0, 50, 700).astype(np.float32) / 50
+    keep = run("cuda", F.nms, boxes, scores, thr)
+    want = nms_oracle(boxes, scores, thr)
+    assert 20 < len(want) < 690            # suppressions within and across the 64-box words
+    np.testing.assert_array_equal(keep, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_emulated_batch_norm_three_launches_and_accurate_statistics(emulated, dtype):
+    """Fused batch norm: three kernel launches a direction, and statistics that stay accurate
+    when |mean| >> std (shifted partial sums, merged in order) -- against the float64 two-pass
+    NumPy reference; the running statistics are updated in place."""
+    import cuda_emulation as emu
+
+    rng = np.random.default_rng(0)
+    x = (1e4 + 1e-2 * rng.standard_normal((3, 4, 7, 9))).astype(dtype)
+    w, b = rng.standard_normal(4).astype(dtype), rng.standard_normal(4).astype(dtype)
+    rm, rv = np.zeros(4, dtype), np.ones(4, dtype)
+    emu.LAUNCHES.clear()
+    with convkit.use_backend("cuda"):
+        y, sm, si = convkit.batch_norm_forward(x, w, b, rm, rv, training=True, momentum=0.3)
+        n_fwd = len(emu.LAUNCHES)
+        gy = rng.standard_normal(x.shape).astype(dtype)
+        gx, gw, gb = convkit.batch_norm_backward(gy, x, w, sm, si, training=True)
+    assert n_fwd == 3 and len(emu.LAUNCHES) == 6, emu.LAUNCHES
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=(0, 2, 3)), x64.var(axis=(0, 2, 3))
+    t = dict(rtol=1e-12, atol=0) if dtype == np.float64 else dict(rtol=1e-6, atol=0)
+    np.testing.assert_allclose(sm, mean, **t)
+    np.testing.assert_allclose(si, 1 / np.sqrt(var + 1e-5), **t)
+    np.testing.assert_allclose(rm, 0.3 * mean, **t)
+    np.testing.assert_allclose(rv, 0.7 + 0.3 * var * x[:, 0].size / (x[:, 0].size - 1), **t)
+    # x - mean is ill-conditioned here (an ulp of 1e4 times invstd ~ 100): a float64 looser
+    # bound than tol(); float32 rounding dominates that
+    yt = dict(rtol=1e-8, atol=1e-8) if dtype == np.float64 else tol(dtype)
+    ref = run("numpy", F.batch_norm_forward, x, w, b, None, None, True)
+    np.testing.assert_allclose(y, ref[0], **yt)
+    refb = run("numpy", F.batch_norm_backward, gy, x, w, ref[1], ref[2], True)
+    for got, want in zip((gx, gw, gb), refb):
+        np.testing.assert_allclose(got, want, **yt)
+
+
+_BARRIER_SRC = """typedef float scalar_t;
+extern "C" __global__ void reverse_block(const scalar_t* x, long long n, scalar_t* y)
+{
+    __shared__ scalar_t s[256];
+    const long long t = threadIdx.x;
+    s[t] = x[t];
+    SYNC
+    y[t] = s[n - 1 - t];
+}
+extern "C" __global__ void divergent(const scalar_t* x, long long n, scalar_t* y)
+{
+    if (threadIdx.x % 2) __syncthreads();
+    y[threadIdx.x] = x[threadIdx.x];
+}
+"""
+
+
+@needs_cxx
+def test_emulation_runs_block_threads_to_each_barrier(tmp_path, monkeypatch):
+    """Kernels with __syncthreads run as fibers: with the barrier a block-wide reversal through
+    shared memory is right; without it the same code reads slots not yet written -- so the
+    emulation checks barrier-separated shared-memory code; a barrier only some threads reach
+    is an error."""
+    import cuda_emulation as emu
+    from convkit_cuda import _kernels
+
+    x = np.arange(64, dtype=np.float32)
+    n = np.int64(64)
+
+    def run_src(sync):
+        mod = emu.EmuModule(_BARRIER_SRC.replace("SYNC", sync), options=_kernels.OPTIONS,
+                            cache_dir=str(tmp_path))
+        y = np.zeros_like(x)
+        mod.get_function("reverse_block")((1,), (64,), (x, n, y))
+        return mod, y
+
+    mod, y = run_src("__syncthreads();")
+    np.testing.assert_array_equal(y, x[::-1])
+    _, y = run_src("")
+    assert not np.array_equal(y, x[::-1])
+    with pytest.raises(RuntimeError, match=r"divergent: __syncthreads\(\) not reached"):
+        mod.get_function("divergent")((1,), (64,), (x, n, np.zeros_like(x)))
 
 
 # ================================================================== 3. on a real GPU
@@ -423,3 +743,133 @@ def test_deterministic_max_pool_backward_is_bitwise_reproducible():
                                    rtol=1e-5, atol=1e-5)
     finally:
         convkit.set_deterministic(False)
+
+
+needs_two_gpus = pytest.mark.skipif(
+    not (CUDA_OK and convkit.get_backend("cuda").xp.cuda.runtime.getDeviceCount() >= 2),
+    reason="needs CuPy and two CUDA GPUs")
+
+
+@needs_two_gpus
+def test_mixed_gpus_type_error_and_inputs_device_on_gpu():
+    be = convkit.get_backend("cuda")
+    cp = be.xp
+    rng = np.random.default_rng(0)
+    with cp.cuda.Device(1):
+        x1 = cp.asarray(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
+        w1 = cp.asarray(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
+    with cp.cuda.Device(0):
+        w0 = cp.asarray(cp.asnumpy(w1))
+        with convkit.use_backend("cuda"):
+            with pytest.raises(TypeError, match="conv2d_forward: weight is on GPU 0 but x is on "
+                                                "GPU 1"):
+                convkit.conv2d_forward(x1, w0)
+            y = convkit.conv2d_forward(x1, w1, padding=1)      # current device 0, inputs on 1
+            assert y.device.id == 1 and cp.cuda.runtime.getDevice() == 0
+            want = run("numpy", F.conv2d_forward, cp.asnumpy(x1), cp.asnumpy(w1), None, 1, 1)
+            np.testing.assert_allclose(cp.asnumpy(y), want, **tol(np.float32))
+
+
+def _bitwise_cases(be, dtype):
+    """Kernels without atomics or GEMMs, through the backend's launchers (no boundary)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 13, 11)).astype(dtype)
+    x[0, 0, 0, :3] = np.array([1e-39, -1e-39, 3e-39], dtype)      # subnormal in float32
+    rois = np.array([[0, 0.3, 1.2, 9.7, 8.1], [1, -2, 3, 5.5, 12.25]], dtype)
+    w = rng.standard_normal((6, 1, 3, 3)).astype(dtype)
+    xa, ra, wa = be.asarray(x), be.asarray(rois), be.asarray(w)
+    out = dict(
+        pool=be._avg_pool2d_forward(xa, (3, 2), (2, 1), (1, 1), (7, 12), False),
+        maxpool=be._max_pool2d_forward(xa, (3, 3), (2, 2), (1, 1), (1, 1), (7, 6))[0],
+        align=be._roi_align_forward(xa, ra, (3, 4), 0.7, 2, True),
+        align_grad=None,
+        bn=be._batch_norm_forward(xa, None, None, None, None, True, 0.1, 1e-5)[0],
+        dwconv=be._conv2d_forward(xa, wa, None, (1, 1), (1, 1, 1, 1), (1, 1), 3))
+    convkit.set_deterministic(True)
+    try:
+        out["align_grad"] = be._roi_align_backward(be.asarray(np.ones((2, 3, 3, 4), dtype)),
+                                                   ra, x.shape, (3, 4), 0.7, 2, True)
+    finally:
+        convkit.set_deterministic(False)
+    return {k: be.to_numpy(v) for k, v in out.items()}
+
+
+@needs_cxx
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_emulated_backend_context_gives_the_fixtures_bits(emulated, dtype):
+    """The harness the GPU comparison below uses: a second emulated backend in a context
+    gives the same bits as the registered one, and leaves it working."""
+    import cuda_emulation as emu
+
+    with emu.emulated_backend() as other:
+        b = _bitwise_cases(other, dtype)
+    a = _bitwise_cases(emulated, dtype)
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@needs_gpu
+@needs_cxx
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gpu_kernels_give_the_emulations_bits(dtype):
+    """--fmad=false and IEEE division/sqrt on the GPU, no contraction and the same flush mode
+    in the emulation: kernels without atomics or GEMMs give the same bits on both."""
+    import cuda_emulation as emu
+
+    got = _bitwise_cases(convkit.get_backend("cuda"), dtype)
+    with emu.emulated_backend() as ebe:
+        want = _bitwise_cases(ebe, dtype)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+@needs_gpu
+def test_gpu_bad_indices_caught_on_device():
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    y, idx = run("cuda", F.max_pool2d_forward, x, 2)
+    idx[0, 1, 1, 0] = 99
+    be = convkit.get_backend("cuda")
+    for det in (False, True):
+        convkit.set_deterministic(det)
+        try:
+            with pytest.raises(ValueError, match=r"indices must lie in \[0, 16\)"):
+                be._max_pool2d_backward(be.asarray(np.ones_like(y)), be.asarray(idx), x.shape)
+        finally:
+            convkit.set_deterministic(False)
+
+
+@needs_gpu
+def test_gpu_tf32_opt_in_changes_float32_conv_only_within_tf32_error():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 64, 28, 28)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    want = run("numpy", F.conv2d_forward, x.astype(np.float64), w.astype(np.float64), None, 1, 1)
+    fp32 = run("cuda", F.conv2d_forward, x, w, None, 1, 1)
+    np.testing.assert_allclose(fp32, want, rtol=1e-4, atol=1e-4)
+    try:
+        convkit.set_allow_tf32(True)
+        tf32 = run("cuda", F.conv2d_forward, x, w, None, 1, 1)
+    finally:
+        convkit.set_allow_tf32(False)
+    # TF32 keeps 10 mantissa bits: ~1e-3 relative per product, ~sqrt(576) * that summed
+    np.testing.assert_allclose(tf32, want, rtol=0, atol=0.1)
+
+
+@needs_gpu
+def test_gpu_nms_many_boxes_matches_cpu():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 1000, (6000, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 80, (6000, 2))], axis=1).astype(np.float32)
+    scores = rng.uniform(0, 1, 6000).astype(np.float32)
+    np.testing.assert_array_equal(run("cuda", F.nms, boxes, scores, 0.5),
+                                  run("cpu", F.nms, boxes, scores, 0.5))
+
+
+def test_emulated_check_backend_through_functional_and_backend_object(emulated):
+    """convkit.testing.check_backend on the real CudaBackend (emulated kernels): every op through
+    the functional API against numpy, and through the Backend object's public ops against the
+    functional results."""
+    from convkit.testing import check_backend
+
+    assert check_backend("cuda") >= 60

@@ -2,9 +2,11 @@
 
 * every ``convkit_cuda/kernels/*.cu`` compiles with ``nvcc -ptx`` for sm_80 and sm_90 in both
   dtypes, from exactly the text the loader hands to NVRTC (:func:`kernel_source`);
-* the launch-signature table the launchers are checked against at run time
-  (``convkit_cuda._kernels.SIGNATURES``) matches every ``extern "C" __global__`` signature in
-  the ``.cu`` files, parameter by parameter;
+* the one parser of kernel signatures (``convkit_cuda._kernels.parse_params``, used by the
+  launch check and the tests' host emulation) reads every ``.cu`` file and refuses parameter
+  types a launcher could mis-pack;
+* the PTX has the arithmetic the NVRTC options promise (no fused multiply-adds; float32
+  flushes subnormals, float64 does not);
 * the run-time argument check rejects what CuPy would silently mis-pack.
 
 Only ``convkit_cuda._kernels`` is imported (it imports no CuPy).
@@ -21,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from convkit_cuda._kernels import (DTYPES, SIGNATURES, STEMS, check_args, kernel_names,
-                                   kernel_source)
+from convkit_cuda._kernels import (DTYPES, OPTIONS, STEMS, check_args, kernel_names,
+                                   kernel_source, parse_params, signatures)
 
 ARCHS = ("sm_80", "sm_90")
 CASES = [(stem, dt, arch) for stem in STEMS for dt in DTYPES for arch in ARCHS]
@@ -47,8 +49,9 @@ def ptx_results(tmp_path_factory):
         if not src.exists():
             src.write_text(kernel_source(stem, dt))
         out = d / f"{stem}_{dt}_{arch}.ptx"
-        p = subprocess.run([nvcc, "-ptx", f"-arch={arch}", "--std=c++14", "-o", str(out),
-                            str(src)], capture_output=True, text=True, timeout=300)
+        # the NVRTC options, plus the -ftz=true CuPy appends to every RawModule
+        p = subprocess.run([nvcc, "-ptx", f"-arch={arch}", *OPTIONS, "-ftz=true", "-o",
+                            str(out), str(src)], capture_output=True, text=True, timeout=300)
         ptx = out.read_text() if out.exists() else ""
         return p.returncode, p.stdout + p.stderr, ptx
 
@@ -70,6 +73,23 @@ def test_kernels_compile_to_ptx(ptx_results, case):
     assert entries == {f"{n}_{suffix}" for n in kernel_names(stem)}, entries
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(c))
+def test_ptx_arithmetic_matches_the_documented_flags(ptx_results, case):
+    """--fmad=false: no fma instruction the source did not ask for; float32 arithmetic
+    flushes subnormals (.ftz), float64 never does -- what the host emulation models."""
+    stem, dt, arch = case
+    _, _, ptx = ptx_results[case]
+    assert not re.search(r"\bfma\.rn\.(ftz\.)?f(32|64)\b", ptx), "contracted multiply-add"
+    # every float32 add/sub/mul/div rounds explicitly (.rn: ptxas may not fuse it) and, in
+    # the float32 kernels, flushes; float64 arithmetic has no flush mode
+    assert not re.search(r"^\s*(add|sub|mul|div)(\.ftz)?\.f(32|64)\b", ptx, re.M)
+    assert not re.search(r"\b(add|sub|mul|div)\.rn\.ftz\.f64\b", ptx)
+    if dt == "float32":
+        assert not re.search(r"\b(add|sub|mul|div)\.rn\.f32\b", ptx), "float32 without .ftz"
+        if stem == "roi":     # (some files do their float32 arithmetic in double)
+            assert re.search(r"\bmul\.rn\.ftz\.f32\b", ptx)
+
+
 def test_kernel_source_substitution():
     for stem in STEMS:
         names = kernel_names(stem)
@@ -85,46 +105,27 @@ def test_kernel_source_substitution():
             assert "name_expressions" not in src and "template" not in src
 
 
-# ------------------------------------------------------------------ signature table vs .cu
-_CTYPES = {"scalar_t*": "S*", "longlong*": "I*", "double*": "D*", "unsignedlonglong*": "U*",
-           "scalar_t": "S", "longlong": "I", "double": "D"}
-_SIG_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
-
-
-def parse_signatures(text):
-    """{kernel name: (type code, ...)} from the extern "C" kernels of a .cu source."""
-    out = {}
-    for name, params in _SIG_RE.findall(text):
-        codes = []
-        for p in params.split(","):
-            p = re.sub(r"\b(const|__restrict__)\b", " ", p).strip()
-            m = re.fullmatch(r"(.*?[\s*])(\w+)", p)
-            assert m, f"cannot parse parameter {p!r} of {name}"
-            ctype = re.sub(r"\s+", "", m.group(1))
-            assert ctype in _CTYPES, f"{name}: parameter type {ctype!r} is not one of {_CTYPES}"
-            codes.append(_CTYPES[ctype])
-        out[name] = tuple(codes)
-    return out
-
-
+# ------------------------------------------------------------------ the one signature parser
 @pytest.mark.parametrize("stem", STEMS)
-def test_signature_table_matches_cu(stem):
+def test_signatures_parsed_from_every_cu(stem):
     from convkit_cuda._kernels import _text
 
-    parsed = parse_signatures(_text(stem))
-    assert set(parsed) == set(SIGNATURES[stem]), (sorted(parsed), sorted(SIGNATURES[stem]))
-    for name, codes in parsed.items():
-        assert SIGNATURES[stem][name] == codes, \
-            f"{stem}.cu {name}: .cu declares {codes}, the table says {SIGNATURES[stem][name]}"
+    sigs = signatures(stem)
+    assert set(sigs) == set(kernel_names(stem))
+    params = parse_params(_text(stem))
+    for name, codes in sigs.items():
+        assert codes and codes == tuple(c for c, _ in params[name])
+        # every parameter has a name the emulation's runner can pass on
+        assert all(re.fullmatch(r"[A-Za-z_]\w*", n) for _, n in params[name])
 
 
-def test_parse_signatures_sees_a_mismatch():
-    # the checker itself must notice a wrong width (int instead of long long)
-    with pytest.raises(AssertionError, match="parameter type 'int'"):
-        parse_signatures('extern "C" __global__ void k(const scalar_t* x, int n) {}')
-    assert parse_signatures('extern "C" __global__ void k(const scalar_t* __restrict__ x,\n'
-                            ' long long n, unsigned long long* m, double d) {}') == \
-        {"k": ("S*", "I", "U*", "D")}
+def test_parser_refuses_types_a_launcher_would_mispack():
+    # `int` is packed as 4 bytes but the launchers pass int64: refused, naming the kernel
+    with pytest.raises(ValueError, match=r"k: parameter n has type 'int'"):
+        parse_params('extern "C" __global__ void k(const scalar_t* x, int n) {}')
+    assert parse_params('extern "C" __global__ void k(const scalar_t* __restrict__ x,\n'
+                        ' long long n, unsigned long long* m, double d) {}') == \
+        {"k": [("S*", "x"), ("I", "n"), ("U*", "m"), ("D", "d")]}
 
 
 # ------------------------------------------------------------------ run-time argument check

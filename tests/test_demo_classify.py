@@ -29,7 +29,7 @@ def test_demo_classify_tiny_run(tmp_path, capsys):
     # the saved weights give the same accuracy in a fresh model
     import convkit
     from convkit.data import digits
-    from convkit.demo_classify import evaluate
+    from convkit.demos.classify import evaluate
     from convkit.models import LeNet5
 
     with convkit.use_backend("numpy"):
@@ -51,7 +51,7 @@ def test_demo_classify_rejects_bad_args():
 
 
 def test_random_shift_translates_each_image():
-    from convkit.demo_classify import random_shift
+    from convkit.demos.classify import random_shift
 
     x = np.zeros((200, 2, 5, 5), np.float32)
     x[:, 0, 2, 2] = 1.0

@@ -209,13 +209,13 @@ def test_layer_runs_on_backend_active_at_call_time(monkeypatch):
     from convkit.reference import NumpyBackend
 
     calls = []
-    orig = NumpyBackend.conv2d_forward
+    orig = NumpyBackend._conv2d_forward
 
     def spy(*a, **k):
         calls.append(1)
         return orig(*a, **k)
 
-    monkeypatch.setattr(NumpyBackend, "conv2d_forward", staticmethod(spy))
+    monkeypatch.setattr(NumpyBackend, "_conv2d_forward", staticmethod(spy))
     with convkit.use_backend("cpu"):
         conv = nn.Conv2d(1, 2, 3, seed=0)
     x = np.ones((1, 1, 5, 5), np.float32)

@@ -176,9 +176,9 @@ def test_third_party_backend_through_registry(monkeypatch):
         name = "tagged"
         calls = 0
 
-        def box_iou(self, a, b):
+        def _box_iou(self, a, b):
             Tagged.calls += 1
-            return super().box_iou(a, b)
+            return super()._box_iou(a, b)
 
     mod = types.ModuleType("convkit_tagged_plugin")
     mod.Tagged = Tagged

@@ -1,5 +1,5 @@
 """CpuBackend: the Python wrappers of each op family (conv.py, pool.py, ...) around the compiled
-kernels, composed into one Backend.  Wrappers allocate outputs and pick the thread count; the
+kernels, bound as the Backend's hooks.  Wrappers allocate outputs and pick the thread count; the
 kernels assume valid input (validated once in convkit.functional)."""
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from . import batchnorm, boxes, conv, pool, roi
 class CpuBackend(Backend):
     name = "cpu"
     xp = np
-    validates_indices = True   # the pool / roi-pool backward kernels range-check indices themselves
+    # the max-pool / roi-pool backward kernels read each index once and range-check it before
+    # use (then the wrapper raises), so the boundary passes indices/argmax without a copy
+    validates_indices = True
 
     def asarray(self, a, dtype=None):
         if hasattr(a, "__cuda_array_interface__"):
@@ -30,17 +32,17 @@ class CpuBackend(Backend):
         facts["float64 GEMM"] = "BLAS (scipy's)"
         return facts
 
-    conv2d_forward = staticmethod(conv.conv2d_forward)
-    conv2d_backward = staticmethod(conv.conv2d_backward)
-    max_pool2d_forward = staticmethod(pool.max_pool2d_forward)
-    max_pool2d_backward = staticmethod(pool.max_pool2d_backward)
-    avg_pool2d_forward = staticmethod(pool.avg_pool2d_forward)
-    avg_pool2d_backward = staticmethod(pool.avg_pool2d_backward)
-    batch_norm_forward = staticmethod(batchnorm.batch_norm_forward)
-    batch_norm_backward = staticmethod(batchnorm.batch_norm_backward)
-    roi_pool_forward = staticmethod(roi.roi_pool_forward)
-    roi_pool_backward = staticmethod(roi.roi_pool_backward)
-    roi_align_forward = staticmethod(roi.roi_align_forward)
-    roi_align_backward = staticmethod(roi.roi_align_backward)
-    nms = staticmethod(boxes.nms)
-    box_iou = staticmethod(boxes.box_iou)
+    _conv2d_forward = staticmethod(conv.conv2d_forward)
+    _conv2d_backward = staticmethod(conv.conv2d_backward)
+    _max_pool2d_forward = staticmethod(pool.max_pool2d_forward)
+    _max_pool2d_backward = staticmethod(pool.max_pool2d_backward)
+    _avg_pool2d_forward = staticmethod(pool.avg_pool2d_forward)
+    _avg_pool2d_backward = staticmethod(pool.avg_pool2d_backward)
+    _batch_norm_forward = staticmethod(batchnorm.batch_norm_forward)
+    _batch_norm_backward = staticmethod(batchnorm.batch_norm_backward)
+    _roi_pool_forward = staticmethod(roi.roi_pool_forward)
+    _roi_pool_backward = staticmethod(roi.roi_pool_backward)
+    _roi_align_forward = staticmethod(roi.roi_align_forward)
+    _roi_align_backward = staticmethod(roi.roi_align_backward)
+    _nms = staticmethod(boxes.nms)
+    _box_iou = staticmethod(boxes.box_iou)

@@ -1,6 +1,6 @@
 """The ``numpy`` backend: plain vectorised NumPy, readable, the oracle for every other backend.
 
-One module per op family; each function has the signature of the Backend method it implements
+One module per op family; each function has the signature of the Backend hook it implements
 (see :mod:`convkit.backend` for what the boundary guarantees).
 """
 from __future__ import annotations
@@ -24,17 +24,17 @@ class NumpyBackend(Backend):
     def info(self):
         return {"kind": "vectorised NumPy reference (no compiler needed)"}
 
-    conv2d_forward = staticmethod(conv.conv2d_forward)
-    conv2d_backward = staticmethod(conv.conv2d_backward)
-    max_pool2d_forward = staticmethod(pool.max_pool2d_forward)
-    max_pool2d_backward = staticmethod(pool.max_pool2d_backward)
-    avg_pool2d_forward = staticmethod(pool.avg_pool2d_forward)
-    avg_pool2d_backward = staticmethod(pool.avg_pool2d_backward)
-    batch_norm_forward = staticmethod(batchnorm.batch_norm_forward)
-    batch_norm_backward = staticmethod(batchnorm.batch_norm_backward)
-    roi_pool_forward = staticmethod(roi.roi_pool_forward)
-    roi_pool_backward = staticmethod(roi.roi_pool_backward)
-    roi_align_forward = staticmethod(roi.roi_align_forward)
-    roi_align_backward = staticmethod(roi.roi_align_backward)
-    nms = staticmethod(boxes.nms)
-    box_iou = staticmethod(boxes.box_iou)
+    _conv2d_forward = staticmethod(conv.conv2d_forward)
+    _conv2d_backward = staticmethod(conv.conv2d_backward)
+    _max_pool2d_forward = staticmethod(pool.max_pool2d_forward)
+    _max_pool2d_backward = staticmethod(pool.max_pool2d_backward)
+    _avg_pool2d_forward = staticmethod(pool.avg_pool2d_forward)
+    _avg_pool2d_backward = staticmethod(pool.avg_pool2d_backward)
+    _batch_norm_forward = staticmethod(batchnorm.batch_norm_forward)
+    _batch_norm_backward = staticmethod(batchnorm.batch_norm_backward)
+    _roi_pool_forward = staticmethod(roi.roi_pool_forward)
+    _roi_pool_backward = staticmethod(roi.roi_pool_backward)
+    _roi_align_forward = staticmethod(roi.roi_align_forward)
+    _roi_align_backward = staticmethod(roi.roi_align_backward)
+    _nms = staticmethod(boxes.nms)
+    _box_iou = staticmethod(boxes.box_iou)

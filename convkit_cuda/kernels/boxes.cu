@@ -2,7 +2,7 @@
 // kernel names get a _f32 / _f64 suffix).  Boxes are (x1, y1, x2, y2) rows;
 // area = (x2 - x1) * (y2 - y1); a pair whose union is 0 has IoU 0.
 // NMS follows the 64-bit-mask scheme of torchvision's CUDA nms: one word per (box, block of
-// 64 later boxes) holding the boxes it suppresses, then a sequential pass over the mask.
+// 64 later boxes) holding the boxes it suppresses, then one block's greedy pass over the mask.
 
 #define GRID_STRIDE_LOOP(i, n) \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
@@ -51,21 +51,39 @@ extern "C" __global__ void nms_mask(const scalar_t* boxes, long long N, long lon
     }
 }
 
-// The greedy pass, in one thread: walk the boxes in score order, keep a box unless a kept box
-// suppressed it, and OR its mask row into `removed` (nblocks words, zero-filled by the
-// caller).  Writes keep[0 .. *nkeep) (positions in the sorted order) and *nkeep.
+// The greedy pass, in one block (torchvision's scheme): `removed` (nblocks words, in shared
+// memory when use_shared != 0 and nblocks <= NMS_SHARED_WORDS, else in removed_g) collects
+// the suppressed boxes.  For each word b every thread copies removed[b] into a register and
+// walks its 64 boxes; a kept box ORs its mask word b into that register (every thread, same
+// value) and its later words into removed[] (thread t owns words b + 1 + t + k * blockDim,
+// so no two threads write one word); a barrier per word makes removed[b + 1] complete before
+// it is read.  Writes keep[0 .. *nkeep) (positions in the sorted order) and *nkeep.
+#define NMS_SHARED_WORDS 4096   // 32 KiB: up to 262144 boxes in shared memory
 extern "C" __global__ void nms_reduce(const unsigned long long* mask, long long N,
-                                      long long nblocks, unsigned long long* removed,
-                                      long long* keep, long long* nkeep)
+                                      long long nblocks, long long use_shared,
+                                      unsigned long long* removed_g, long long* keep,
+                                      long long* nkeep)
 {
-    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    __shared__ unsigned long long removed_s[NMS_SHARED_WORDS];
+    if (blockIdx.x != 0) return;      // launched as one block; any other has nothing to do
+    unsigned long long* removed =
+        (use_shared && nblocks <= NMS_SHARED_WORDS) ? removed_s : removed_g;
+    const long long tid = threadIdx.x, nt = blockDim.x;
+    for (long long q = tid; q < nblocks; q += nt) removed[q] = 0ULL;
+    __syncthreads();
     long long count = 0;
-    for (long long i = 0; i < N; ++i) {
-        const long long b = i >> 6;
-        if ((removed[b] >> (i & 63)) & 1ULL) continue;
-        keep[count++] = i;
-        const unsigned long long* row = mask + i * nblocks;
-        for (long long q = b; q < nblocks; ++q) removed[q] |= row[q];
+    for (long long b = 0; b < nblocks; ++b) {
+        unsigned long long rem = removed[b];
+        const long long i1 = 64 * b + 64 < N ? 64 * b + 64 : N;
+        for (long long i = 64 * b; i < i1; ++i) {
+            if ((rem >> (i & 63)) & 1ULL) continue;
+            if (tid == 0) keep[count] = i;
+            ++count;
+            const unsigned long long* row = mask + i * nblocks;
+            rem |= row[b];
+            for (long long q = b + 1 + tid; q < nblocks; q += nt) removed[q] |= row[q];
+        }
+        __syncthreads();
     }
-    *nkeep = count;
+    if (tid == 0) *nkeep = count;
 }

@@ -6,66 +6,119 @@
 //   col (B, C*KH*KW, Ho*Wo): col[b, (c*KH + kh)*KW + kw, oh*Wo + ow]
 //       = x[b, c, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw]   (0 outside the image)
 // Only the top/left padding (pt, pl) enters the index maths; the bottom/right padding is
-// already folded into Ho/Wo by the caller.  Every index is 64-bit; every loop is grid-stride.
+// already folded into Ho/Wo by the caller.  Every loop is grid-stride; im2col / col2im do their
+// index arithmetic in 32 bits when the call's arrays allow (`small`), else in 64 bits.
 
 #define GRID_STRIDE_LOOP(i, n) \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
          i += (long long)blockDim.x * gridDim.x)
 
-// Writes every element of col.
+// x[plane, h, w], or 0 outside the image (the zero padding of the columns).
+__device__ __forceinline__ scalar_t x_or_zero(const scalar_t* x, long long plane, long long H,
+                                              long long W, long long h, long long w)
+{
+    return (h >= 0 && h < H && w >= 0 && w < W) ? x[(plane * H + h) * W + w] : (scalar_t)0;
+}
+
+// Index arithmetic in IDX (long long, or unsigned int when the launcher's `small` says every
+// index of the call fits in 32 bits: the division chains below are several times cheaper).
+// Each body is expanded for both types; `small` is the same for every thread (no divergence).
+#define IM2COL_BODY(IDX)                                                                   \
+    {                                                                                      \
+        const IDX total_ = (IDX)(B * C * KH * KW * Ho * Wo);                              \
+        for (IDX i = (IDX)blockIdx.x * blockDim.x + threadIdx.x; i < total_;              \
+             i += (IDX)blockDim.x * gridDim.x) {                                           \
+            IDX t = i;                                                                     \
+            const IDX ow = t % (IDX)Wo; t /= (IDX)Wo;                                      \
+            const IDX oh = t % (IDX)Ho; t /= (IDX)Ho;                                      \
+            const IDX kw = t % (IDX)KW; t /= (IDX)KW;                                      \
+            const IDX kh = t % (IDX)KH; t /= (IDX)KH;                                      \
+            const IDX bc = t;                                                              \
+            const long long h = (long long)(oh * (IDX)sh + kh * (IDX)dh) - pt;             \
+            const long long w = (long long)(ow * (IDX)sw + kw * (IDX)dw) - pl;             \
+            col[i] = x_or_zero(x, (long long)bc, H, W, h, w);                             \
+        }                                                                                  \
+    }
+
+// col[b, (c*KH + kh)*KW + kw, oh*Wo + ow] = x[b, c, ...] (0 outside).  Writes every element of
+// col.  `small` != 0: every index of x and col fits in 32 bits.
 extern "C" __global__ void conv_im2col(
     const scalar_t* x, long long B, long long C, long long H, long long W,
     long long KH, long long KW, long long sh, long long sw, long long pt, long long pl,
-    long long dh, long long dw, long long Ho, long long Wo, scalar_t* col)
+    long long dh, long long dw, long long Ho, long long Wo, long long small, scalar_t* col)
 {
-    const long long total = B * C * KH * KW * Ho * Wo;
-    GRID_STRIDE_LOOP(i, total) {
-        long long t = i;
-        const long long ow = t % Wo; t /= Wo;
-        const long long oh = t % Ho; t /= Ho;
-        const long long kw = t % KW; t /= KW;
-        const long long kh = t % KH; t /= KH;
-        const long long c = t % C;
-        const long long b = t / C;
-        const long long h = oh * sh - pt + kh * dh;
-        const long long w = ow * sw - pl + kw * dw;
-        col[i] = (h >= 0 && h < H && w >= 0 && w < W) ? x[((b * C + c) * H + h) * W + w]
-                                                      : (scalar_t)0;
+    if (small) IM2COL_BODY(unsigned int) else IM2COL_BODY(long long)
+}
+
+// The same columns position-major, colT[b, oh*Wo + ow, (c*KH + kh)*KW + kw], for the weight
+// gradient: gw = sum_b gy_b (F, Ho*Wo) @ colT_b (Ho*Wo, K) is then a product of two
+// C-contiguous operands -- no transposed copy of the columns.  Consecutive threads write
+// consecutive elements.  Writes every element of colT.
+#define IM2COL_T_BODY(IDX)                                                                 \
+    {                                                                                      \
+        const IDX K_ = (IDX)(C * KH * KW), P_ = (IDX)(Ho * Wo);                            \
+        const IDX total_ = (IDX)B * P_ * K_;                                               \
+        for (IDX i = (IDX)blockIdx.x * blockDim.x + threadIdx.x; i < total_;              \
+             i += (IDX)blockDim.x * gridDim.x) {                                           \
+            IDX t = i;                                                                     \
+            const IDX kw = t % (IDX)KW; t /= (IDX)KW;                                      \
+            const IDX kh = t % (IDX)KH; t /= (IDX)KH;                                      \
+            const IDX c = t % (IDX)C; t /= (IDX)C;                                         \
+            const IDX ow = t % (IDX)Wo; t /= (IDX)Wo;                                      \
+            const IDX oh = t % (IDX)Ho;                                                    \
+            const IDX b = t / (IDX)Ho;                                                     \
+            const long long h = (long long)(oh * (IDX)sh + kh * (IDX)dh) - pt;             \
+            const long long w = (long long)(ow * (IDX)sw + kw * (IDX)dw) - pl;             \
+            colT[i] = x_or_zero(x, (long long)(b * (IDX)C + c), H, W, h, w);              \
+        }                                                                                  \
     }
+
+extern "C" __global__ void conv_im2col_t(
+    const scalar_t* x, long long B, long long C, long long H, long long W,
+    long long KH, long long KW, long long sh, long long sw, long long pt, long long pl,
+    long long dh, long long dw, long long Ho, long long Wo, long long small, scalar_t* colT)
+{
+    if (small) IM2COL_T_BODY(unsigned int) else IM2COL_T_BODY(long long)
 }
 
 // Adjoint of conv_im2col, by gather: each thread owns one element of gx and sums the col
 // entries that copied it, in a fixed order (no atomics: deterministic).  Writes all of gx.
+#define COL2IM_BODY(IDX)                                                                   \
+    {                                                                                      \
+        const IDX total_ = (IDX)(B * C * H * W);                                           \
+        for (IDX i = (IDX)blockIdx.x * blockDim.x + threadIdx.x; i < total_;              \
+             i += (IDX)blockDim.x * gridDim.x) {                                           \
+            IDX t = i;                                                                     \
+            const IDX w = t % (IDX)W; t /= (IDX)W;                                         \
+            const IDX h = t % (IDX)H; t /= (IDX)H;                                         \
+            const IDX bc = t;                                       /* b * C + c */        \
+            const scalar_t* cb = col + bc * (IDX)(KH * KW * Ho * Wo);                      \
+            scalar_t acc = 0;                                                              \
+            for (long long kh = 0; kh < KH; ++kh) {                                        \
+                const long long yy = (long long)h + pt - kh * dh;  /* = oh * sh if used */ \
+                if (yy < 0) break;                           /* larger kh: further up */   \
+                if ((IDX)yy % (IDX)sh != 0) continue;                                      \
+                const IDX oh = (IDX)yy / (IDX)sh;                                          \
+                if ((long long)oh >= Ho) continue;                                         \
+                for (long long kw = 0; kw < KW; ++kw) {                                    \
+                    const long long xx = (long long)w + pl - kw * dw;                      \
+                    if (xx < 0) break;                                                     \
+                    if ((IDX)xx % (IDX)sw != 0) continue;                                  \
+                    const IDX ow = (IDX)xx / (IDX)sw;                                      \
+                    if ((long long)ow >= Wo) continue;                                     \
+                    acc += cb[(((IDX)kh * (IDX)KW + (IDX)kw) * (IDX)Ho + oh) * (IDX)Wo + ow]; \
+                }                                                                          \
+            }                                                                              \
+            gx[i] = acc;                                                                   \
+        }                                                                                  \
+    }
+
 extern "C" __global__ void conv_col2im(
     const scalar_t* col, long long B, long long C, long long H, long long W,
     long long KH, long long KW, long long sh, long long sw, long long pt, long long pl,
-    long long dh, long long dw, long long Ho, long long Wo, scalar_t* gx)
+    long long dh, long long dw, long long Ho, long long Wo, long long small, scalar_t* gx)
 {
-    const long long total = B * C * H * W;
-    GRID_STRIDE_LOOP(i, total) {
-        long long t = i;
-        const long long w = t % W; t /= W;
-        const long long h = t % H; t /= H;
-        const long long bc = t;                       // b * C + c
-        const scalar_t* cb = col + bc * KH * KW * Ho * Wo;
-        scalar_t acc = 0;
-        for (long long kh = 0; kh < KH; ++kh) {
-            const long long yy = h + pt - kh * dh;    // = oh * sh when this tap is used
-            if (yy < 0) break;                        // larger kh only go further up
-            if (yy % sh != 0) continue;
-            const long long oh = yy / sh;
-            if (oh >= Ho) continue;
-            for (long long kw = 0; kw < KW; ++kw) {
-                const long long xx = w + pl - kw * dw;
-                if (xx < 0) break;
-                if (xx % sw != 0) continue;
-                const long long ow = xx / sw;
-                if (ow >= Wo) continue;
-                acc += cb[((kh * KW + kw) * Ho + oh) * Wo + ow];
-            }
-        }
-        gx[i] = acc;
-    }
+    if (small) COL2IM_BODY(unsigned int) else COL2IM_BODY(long long)
 }
 
 // Grouped / depthwise forward, one thread per output element.  bias is read only when

@@ -45,33 +45,95 @@ extern "C" __global__ void max_pool2d_fwd(
 
 // gx (zero-filled by the caller) += gy scattered at idx, one thread per element of gy.
 // atomicAdd: the order of additions into one element of gx varies from run to run, so the
-// result is not bit-reproducible when windows overlap; see scatter_add_sorted for the
-// deterministic path.
+// result is not bit-reproducible when windows overlap; see the csr_* gather for the
+// deterministic path (csr_*).  An index outside [0, HW) is skipped and sets *bad = 1 (the launcher
+// reads the flag once and raises): the kernel never trusts the caller's range check.
 extern "C" __global__ void max_pool2d_bwd_atomic(
     const scalar_t* gy, const long long* idx, long long NC, long long HoWo, long long HW,
-    scalar_t* gx)
+    scalar_t* gx, unsigned long long* bad)
 {
     const long long total = NC * HoWo;
     GRID_STRIDE_LOOP(i, total) {
         const long long nc = i / HoWo;
-        atomicAdd(gx + nc * HW + idx[i], gy[i]);
+        const long long j = idx[i];
+        if (j < 0 || j >= HW) {
+            *bad = 1ULL;
+            continue;
+        }
+        atomicAdd(gx + nc * HW + j, gy[i]);
     }
 }
 
-// Deterministic scatter-add: out[key] = sum of vals[order[j]] over the run of equal keys in
-// keys_sorted (keys_sorted[j] = key of vals[order[j]], sorted ascending by a stable sort).
-// One thread per run, summing in sorted order -- same bits every run.  Negative keys are
-// skipped.  Writes only out[key] for keys present; the caller zero-fills out.
-extern "C" __global__ void scatter_add_sorted(
-    const scalar_t* vals, const long long* order, const long long* keys_sorted, long long L,
-    scalar_t* out)
+// keys[i] = nc * HW + idx[i], the flat input element of gradient i (for the csr_* gather);
+// an index outside [0, HW) gives key -1 (skipped) and sets *bad = 1.  Writes all of keys.
+extern "C" __global__ void max_pool2d_keys(
+    const long long* idx, long long NC, long long HoWo, long long HW, long long* keys,
+    unsigned long long* bad)
 {
-    GRID_STRIDE_LOOP(i, L) {
-        const long long key = keys_sorted[i];
-        if (key < 0 || (i > 0 && keys_sorted[i - 1] == key)) continue;   // not a run's head
+    const long long total = NC * HoWo;
+    GRID_STRIDE_LOOP(i, total) {
+        const long long j = idx[i];
+        if (j < 0 || j >= HW) {
+            *bad = 1ULL;
+            keys[i] = -1;
+        } else {
+            keys[i] = (i / HoWo) * HW + j;
+        }
+    }
+}
+
+// Deterministic scatter-add as a gather, in three kernels over an inverse index (CSR):
+// out[e] = sum of vals[j] over the j with keys[j] == e, added in increasing j -- the order of
+// a serial loop, so the same bits every run and on every device.  Negative keys are skipped.
+// csr_count: counts[e] = number of j with keys[j] == e (integer atomics: exact).
+extern "C" __global__ void csr_count(const long long* keys, long long L,
+                                     unsigned long long* counts)
+{
+    GRID_STRIDE_LOOP(j, L) {
+        const long long e = keys[j];
+        if (e >= 0) atomicAdd(counts + e, 1ULL);
+    }
+}
+
+// csr_fill: list[ends[e] - counts[e] + slot] = j, slot from an atomic cursor per element (so
+// a segment's order varies between runs; csr_gather sorts it).  cursor zero-filled by the
+// caller.
+extern "C" __global__ void csr_fill(const long long* keys, long long L,
+                                    const unsigned long long* counts,
+                                    const unsigned long long* ends, unsigned long long* cursor,
+                                    long long* list)
+{
+    GRID_STRIDE_LOOP(j, L) {
+        const long long e = keys[j];
+        if (e < 0) continue;
+        const unsigned long long slot = atomicAdd(cursor + e, 1ULL);
+        list[ends[e] - counts[e] + slot] = j;
+    }
+}
+
+// csr_gather: one thread per output element sorts its segment of list (insertion sort in
+// place: a segment holds the outputs that chose one input -- a few for pooling windows,
+// longer only for contrived indices) and adds vals in that order.  Writes every element of
+// out (0 where no key points).
+extern "C" __global__ void csr_gather(const scalar_t* vals, const unsigned long long* counts,
+                                      const unsigned long long* ends, long long size,
+                                      long long* list, scalar_t* out)
+{
+    GRID_STRIDE_LOOP(e, size) {
+        const long long n = (long long)counts[e];
+        long long* seg = list + ((long long)ends[e] - n);
+        for (long long a = 1; a < n; ++a) {
+            const long long v = seg[a];
+            long long b = a - 1;
+            while (b >= 0 && seg[b] > v) {
+                seg[b + 1] = seg[b];
+                --b;
+            }
+            seg[b + 1] = v;
+        }
         scalar_t acc = 0;
-        for (long long j = i; j < L && keys_sorted[j] == key; ++j) acc += vals[order[j]];
-        out[key] = acc;
+        for (long long a = 0; a < n; ++a) acc += vals[seg[a]];
+        out[e] = acc;
     }
 }
 

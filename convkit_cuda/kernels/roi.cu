@@ -81,8 +81,29 @@ extern "C" __global__ void roi_pool_fwd(
     }
 }
 
-// (RoI pool backward: grad_y is added at argmax through the deterministic sorted scatter in
-// pool.cu -- the backward receives no spatial_scale, so the bins cannot be recomputed here.)
+// RoI pool backward: grad_y is added at argmax through the deterministic csr_* gather in
+// pool.cu -- the backward receives no spatial_scale, so the bins cannot be recomputed here.
+// keys[i] = (n * C + c) * HW + argmax[i] with n = rois[k, 0] for i = ((k * C + c) * oh + ph)
+// * ow + pw; -1 (skipped) for an empty bin (argmax -1).  An argmax outside [-1, HW) or a
+// batch index outside [0, N) gives -1 and sets *bad = 1.  Writes all of keys.
+extern "C" __global__ void roi_pool_keys(
+    const long long* argmax, const scalar_t* rois, long long K, long long N, long long C,
+    long long ohow, long long HW, long long* keys, unsigned long long* bad)
+{
+    const long long total = K * C * ohow;
+    GRID_STRIDE_LOOP(i, total) {
+        const long long a = argmax[i];
+        const long long kc = i / ohow;
+        const scalar_t b = rois[(kc / C) * 5];
+        const bool batch_ok = b >= (scalar_t)0 && b < (scalar_t)N;
+        if (a < -1 || a >= HW || !batch_ok) {
+            *bad = 1ULL;
+            keys[i] = -1;
+        } else {
+            keys[i] = a < 0 ? -1 : ((long long)b * C + kc % C) * HW + a;
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------- RoI align
 

@@ -3,15 +3,16 @@ on the chosen backend, print the test accuracy and the time; optionally save the
 per-step history and a loss/accuracy plot."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-from ._registry import get_backend, use_backend
+from .._registry import get_backend
+from ._common import add_common_arguments, epoch_progress, on_backend
+
+PROG = "convkit demo classify"
 
 # Per model: SGD settings that reach >= 97% test accuracy on the digits.  LeNet5's were chosen by
 # a 5-seed sweep on the numpy backend (seeds 0-4): 15 epochs with weight decay 5e-3 gave
@@ -25,39 +26,25 @@ DEFAULTS = {
 
 
 def add_arguments(p):
-    p.add_argument("--backend", default=None,
-                   help="numpy, cpu, cuda or auto (default: CONVKIT_BACKEND, else cpu)")
-    p.add_argument("--model", default="lenet5", choices=sorted(DEFAULTS))
-    p.add_argument("--epochs", type=int, default=None, help="default: 15 (lenet5), 6 (vgg, resnet)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the split, the weights, the order")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=None, help="SGD learning rate (default 0.05)")
-    p.add_argument("--momentum", type=float, default=0.9)
+    add_common_arguments(p, seed_help="seeds the split, the weights and the order",
+                         out_help="directory for weights.npz, history.json and curves.png")
+    p.add_argument("--model", default="lenet5", choices=sorted(DEFAULTS),
+                   help="LeNet5, a small VGG or a small ResNet")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="default: 15 (lenet5), 6 (vgg, resnet)")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch")
+    p.add_argument("--lr", type=float, default=None,
+                   help="SGD learning rate, cosine decay over the run (default 0.05)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, default=None,
                    help="default: 5e-3 (lenet5), 5e-4 (vgg, resnet)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--shift", type=int, default=0,
                    help="augmentation: random translation of each training image by up to this "
                         "many pixels (0: none)")
-    p.add_argument("--test-fraction", type=float, default=0.25)
+    p.add_argument("--test-fraction", type=float, default=0.25,
+                   help="share of the digits held out for the test accuracy")
     p.add_argument("--train-subset", type=int, default=None,
                    help="train on only the first N training images (quick runs)")
-    p.add_argument("--out", default=None,
-                   help="directory for weights.npz, history.json and curves.png")
-    p.add_argument("--no-progress", action="store_true", help="plain output, no tqdm bars")
-
-
-def _progress(iterable, total, desc, enabled):
-    """tqdm bar when installed and wanted, else the plain iterable (and None)."""
-    if enabled:
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            pass
-        else:
-            bar = tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr)
-            return bar, bar
-    return iterable, None
 
 
 def random_shift(x, max_shift, rng):
@@ -78,7 +65,7 @@ def random_shift(x, max_shift, rng):
 
 def evaluate(model, x, y, batch_size=256) -> float:
     """Test accuracy of ``model`` (eval mode) on NumPy arrays x, y."""
-    from .metrics import accuracy
+    from ..metrics import accuracy
 
     be = model.backend
     was = model.training
@@ -94,9 +81,9 @@ def evaluate(model, x, y, batch_size=256) -> float:
 def train(args, log=print) -> dict:
     """Train per ``args`` (the parsed demo arguments) on the active backend; returns the history
     (per-step losses, per-epoch loss/accuracy/time) and the model."""
-    from .data import digits
-    from .models import build_classifier
-    from .nn import SGD, softmax_cross_entropy
+    from ..data import digits
+    from ..models import build_classifier
+    from ..nn import SGD, softmax_cross_entropy
 
     cfg = DEFAULTS[args.model]
     epochs = cfg["epochs"] if args.epochs is None else args.epochs
@@ -114,7 +101,7 @@ def train(args, log=print) -> dict:
     be = get_backend()
     model = build_classifier(args.model, dtype=dtype, seed=args.seed)
     opt = SGD(model, lr=lr, momentum=args.momentum, weight_decay=wd)
-    log(f"convkit demo classify: {args.model} ({model.num_parameters()} parameters, {dtype}) on "
+    log(f"{PROG}: {args.model} ({model.num_parameters()} parameters, {dtype}) on "
         f"backend {be.name!r}; {len(ytr)} train / {len(data.y_test)} test digits; "
         f"{epochs} epochs, batch {args.batch_size}, SGD lr {lr} momentum {args.momentum} "
         f"weight decay {wd}, "
@@ -128,10 +115,9 @@ def train(args, log=print) -> dict:
     for epoch in range(epochs):
         te = time.perf_counter()
         order = rng.permutation(n)
-        it, bar = _progress(range(steps), steps, f"epoch {epoch + 1}/{epochs}",
-                            not args.no_progress)
+        bar = epoch_progress(args, steps, epoch, epochs)
         total = 0.0
-        for s in it:
+        for s in range(steps):
             # cosine decay of the learning rate over the whole run
             opt.lr = lr * 0.5 * (1 + np.cos(np.pi * (epoch * steps + s) / max(1, epochs * steps)))
             idx = order[s * args.batch_size:(s + 1) * args.batch_size]
@@ -144,10 +130,8 @@ def train(args, log=print) -> dict:
             v = float(loss)
             hist["step_loss"].append(v)
             total += v * len(idx)
-            if bar is not None:
-                bar.set_postfix(loss=f"{v:.4f}", refresh=False)
-        if bar is not None:
-            bar.close()
+            bar.update(loss=f"{v:.4f}")
+        bar.close()
         acc = evaluate(model, data.x_test, data.y_test)
         hist["epoch_loss"].append(total / n)
         hist["test_acc"].append(acc)
@@ -183,8 +167,9 @@ def _plot(hist, path) -> bool:
 
 
 def run(args) -> int:
-    ctx = use_backend(args.backend) if args.backend else contextlib.nullcontext()
-    with ctx:
+    with on_backend(args, PROG) as be:
+        if be is None:
+            return 2
         res = train(args)
     hist, model = res["history"], res["model"]
     print(f"final test accuracy: {hist['final_test_acc']:.4f}  "
