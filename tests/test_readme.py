@@ -36,12 +36,14 @@ def test_model_layer_example_runs_verbatim(tmp_path, monkeypatch, capsys):
 
 
 def _named_paths(text):
-    """Repository paths the README names: backticked tokens and lines of its code blocks that
-    look like paths (a '/' and a known top-level folder, or a .md file)."""
+    """Repository paths the README names: tokens that look like paths (a '/' and a known
+    top-level folder, or a .md file); globs count when they match something."""
     tops = ("convkit/", "convkit_cuda/", "bench/", "tests/", "shared/", ".ci/")
     out = set()
-    for tok in re.findall(r"[\w.*\-]+(?:/[\w.*\-]*)+|[\w\-]+\.md\b", text):
+    for tok in re.findall(r"[\w.*<>\-]+(?:/[\w.*<>\-]*)+|[\w\-]+\.md\b", text):
         tok = tok.rstrip(".,")
+        if "<" in tok:                 # a pattern of files a command writes (results-<UTC>/)
+            continue
         if tok.startswith(tops) or tok.endswith(".md"):
             out.add(tok)
     return sorted(out)
