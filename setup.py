@@ -49,7 +49,8 @@ def _extensions():
             continue
         exts.append(Extension(
             f"convkit.cpu.{stem}", [pyx],
-            include_dirs=[np.get_include()],
+            # the C the kernels include lives in convkit/cpu/csrc/*.h
+            include_dirs=[np.get_include(), os.path.join("convkit", "cpu", "csrc")],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=cflags + (omp[0] if omp else []),
             extra_link_args=omp[1] if omp else [],

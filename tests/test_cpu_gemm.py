@@ -1,5 +1,5 @@
 """The GEMM under every cpu conv (convkit/cpu/_blas.pxd): float32 on convkit's own AVX-512 kernel
-(convkit/cpu/_sgemm.h) where the CPU has it, float64 on BLAS.  Checked against a float64 NumPy
+(convkit/cpu/csrc/sgemm.h) where the CPU has it, float64 on BLAS.  Checked against a float64 NumPy
 product over shapes that hit every edge of the 8 x 48 register tile and of the 96 / 192 / ~1000
 cache blocks, with each operand transposed or not."""
 import platform

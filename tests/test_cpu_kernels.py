@@ -290,7 +290,7 @@ def test_roi_pool_detector_sized_matches_reference(dtype):
 
 def test_roi_avx2_and_sse2_paths_give_the_same_bits():
     """The AVX2 kernels (picked at run time) do lane for lane what the SSE2 ones do."""
-    from convkit.cpu import _roi
+    from convkit.cpu import roi as _roi
 
     x, rois = _detector_inputs(np.float32, K=40, C=37)        # 37: 16 + 16 + 5 tail lanes
     gy = np.random.default_rng(21).standard_normal((40, 37, 7, 7)).astype(np.float32)
@@ -311,7 +311,7 @@ def test_roi_every_simd_level_gives_the_same_bits():
     """AVX-512, AVX2 and SSE2 kernels (whatever the CPU offers) do lane for lane the same
     multiplies and adds; channel counts below one vector, across the 128-channel blocks of
     the forward scratch and with scalar tails all agree bit for bit."""
-    from convkit.cpu import _roi
+    from convkit.cpu import roi as _roi
 
     outs = {}
     try:
@@ -657,7 +657,7 @@ import numpy as np
 from libc.stdint cimport int64_t
 from convkit.cpu._pool cimport max_pool2d_plane_backward
 from convkit.cpu._batchnorm cimport bn_channel_stats
-from convkit.cpu._roi cimport roi_pool_bins
+from convkit.cpu._roi_pool cimport roi_pool_bins
 from convkit.cpu._boxes cimport nms_sorted, box_iou_row
 
 def run_all(const double[::1] x, const double[::1] gy, const int64_t[::1] idx,

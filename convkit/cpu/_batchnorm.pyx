@@ -5,136 +5,16 @@ Each OpenMP thread owns whole channels, so every per-channel sum is accumulated 
 in a fixed order: the same bits on every run and for any thread count.  Statistics are two-pass
 (mean, then the mean squared deviation) and accumulated in double, also for float32 data, which
 keeps them as accurate as torch's.  A channel of a (8, 64, 112, 112) float32 batch is 400 KB,
-so the second pass and the output pass read it from L2.
+so the second pass and the output pass read it from L2.  The SSE2 sums and the slab loops are
+C in csrc/batchnorm.h.
 """
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, sqrt
 
-cdef extern from *:
-    """
-    /* Double-precision sums over one contiguous run, SSE2 (every x86-64 CPU) with several
-       independent accumulators (a plain C loop would be one serial add chain: C forbids the
-       compiler to reorder floating-point additions).  Plain C elsewhere. */
-    #include <stddef.h>
-    #if defined(__SSE2__) || defined(_M_X64)
-    #include <emmintrin.h>
-    #define CK_BN_SSE2 1
-    #endif
-
-    /* s += sum(x - m), q += sum((x - m)^2) */
-    static void ck_bn_sums_f(const float* x, ptrdiff_t n, double m, double* s, double* q) {
-        ptrdiff_t i = 0;
-        double ts = 0, tq = 0;
-    #ifdef CK_BN_SSE2
-        __m128d vm = _mm_set1_pd(m), s0 = _mm_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
-        __m128d q0 = s0, q1 = s0, q2 = s0, q3 = s0, d0, d1, d2, d3;
-        double buf[2];
-        for (; i + 8 <= n; i += 8) {
-            __m128 a = _mm_loadu_ps(x + i), b = _mm_loadu_ps(x + i + 4);
-            d0 = _mm_sub_pd(_mm_cvtps_pd(a), vm);
-            d1 = _mm_sub_pd(_mm_cvtps_pd(_mm_movehl_ps(a, a)), vm);
-            d2 = _mm_sub_pd(_mm_cvtps_pd(b), vm);
-            d3 = _mm_sub_pd(_mm_cvtps_pd(_mm_movehl_ps(b, b)), vm);
-            s0 = _mm_add_pd(s0, d0); s1 = _mm_add_pd(s1, d1);
-            s2 = _mm_add_pd(s2, d2); s3 = _mm_add_pd(s3, d3);
-            q0 = _mm_add_pd(q0, _mm_mul_pd(d0, d0)); q1 = _mm_add_pd(q1, _mm_mul_pd(d1, d1));
-            q2 = _mm_add_pd(q2, _mm_mul_pd(d2, d2)); q3 = _mm_add_pd(q3, _mm_mul_pd(d3, d3));
-        }
-        _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(s0, s1), _mm_add_pd(s2, s3)));
-        ts = buf[0] + buf[1];
-        _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(q0, q1), _mm_add_pd(q2, q3)));
-        tq = buf[0] + buf[1];
-    #endif
-        for (; i < n; i++) { double d = (double)x[i] - m; ts += d; tq += d * d; }
-        *s += ts; *q += tq;
-    }
-
-    static void ck_bn_sums_d(const double* x, ptrdiff_t n, double m, double* s, double* q) {
-        ptrdiff_t i = 0;
-        double ts = 0, tq = 0;
-    #ifdef CK_BN_SSE2
-        __m128d vm = _mm_set1_pd(m), s0 = _mm_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
-        __m128d q0 = s0, q1 = s0, q2 = s0, q3 = s0, d0, d1, d2, d3;
-        double buf[2];
-        for (; i + 8 <= n; i += 8) {
-            d0 = _mm_sub_pd(_mm_loadu_pd(x + i), vm);
-            d1 = _mm_sub_pd(_mm_loadu_pd(x + i + 2), vm);
-            d2 = _mm_sub_pd(_mm_loadu_pd(x + i + 4), vm);
-            d3 = _mm_sub_pd(_mm_loadu_pd(x + i + 6), vm);
-            s0 = _mm_add_pd(s0, d0); s1 = _mm_add_pd(s1, d1);
-            s2 = _mm_add_pd(s2, d2); s3 = _mm_add_pd(s3, d3);
-            q0 = _mm_add_pd(q0, _mm_mul_pd(d0, d0)); q1 = _mm_add_pd(q1, _mm_mul_pd(d1, d1));
-            q2 = _mm_add_pd(q2, _mm_mul_pd(d2, d2)); q3 = _mm_add_pd(q3, _mm_mul_pd(d3, d3));
-        }
-        _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(s0, s1), _mm_add_pd(s2, s3)));
-        ts = buf[0] + buf[1];
-        _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(q0, q1), _mm_add_pd(q2, q3)));
-        tq = buf[0] + buf[1];
-    #endif
-        for (; i < n; i++) { double d = x[i] - m; ts += d; tq += d * d; }
-        *s += ts; *q += tq;
-    }
-
-    /* sg += sum(g), sd += sum(g * (x - m)) */
-    static void ck_bn_dot_f(const float* g, const float* x, ptrdiff_t n, double m,
-                            double* sg, double* sd) {
-        ptrdiff_t i = 0;
-        double tg = 0, td = 0;
-    #ifdef CK_BN_SSE2
-        __m128d vm = _mm_set1_pd(m), s0 = _mm_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
-        __m128d q0 = s0, q1 = s0, q2 = s0, q3 = s0, g0, g1, g2, g3;
-        double buf[2];
-        for (; i + 8 <= n; i += 8) {
-            __m128 a = _mm_loadu_ps(x + i), b = _mm_loadu_ps(x + i + 4);
-            __m128 ga = _mm_loadu_ps(g + i), gb = _mm_loadu_ps(g + i + 4);
-            g0 = _mm_cvtps_pd(ga); g1 = _mm_cvtps_pd(_mm_movehl_ps(ga, ga));
-            g2 = _mm_cvtps_pd(gb); g3 = _mm_cvtps_pd(_mm_movehl_ps(gb, gb));
-            s0 = _mm_add_pd(s0, g0); s1 = _mm_add_pd(s1, g1);
-            s2 = _mm_add_pd(s2, g2); s3 = _mm_add_pd(s3, g3);
-            q0 = _mm_add_pd(q0, _mm_mul_pd(g0, _mm_sub_pd(_mm_cvtps_pd(a), vm)));
-            q1 = _mm_add_pd(q1, _mm_mul_pd(g1, _mm_sub_pd(_mm_cvtps_pd(_mm_movehl_ps(a, a)), vm)));
-            q2 = _mm_add_pd(q2, _mm_mul_pd(g2, _mm_sub_pd(_mm_cvtps_pd(b), vm)));
-            q3 = _mm_add_pd(q3, _mm_mul_pd(g3, _mm_sub_pd(_mm_cvtps_pd(_mm_movehl_ps(b, b)), vm)));
-        }
-        _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(s0, s1), _mm_add_pd(s2, s3)));
-        tg = buf[0] + buf[1];
-        _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(q0, q1), _mm_add_pd(q2, q3)));
-        td = buf[0] + buf[1];
-    #endif
-        for (; i < n; i++) { tg += (double)g[i]; td += (double)g[i] * ((double)x[i] - m); }
-        *sg += tg; *sd += td;
-    }
-
-    static void ck_bn_dot_d(const double* g, const double* x, ptrdiff_t n, double m,
-                            double* sg, double* sd) {
-        ptrdiff_t i = 0;
-        double tg = 0, td = 0;
-    #ifdef CK_BN_SSE2
-        __m128d vm = _mm_set1_pd(m), s0 = _mm_setzero_pd(), s1 = s0;
-        __m128d q0 = s0, q1 = s0, g0, g1;
-        double buf[2];
-        for (; i + 4 <= n; i += 4) {
-            g0 = _mm_loadu_pd(g + i); g1 = _mm_loadu_pd(g + i + 2);
-            s0 = _mm_add_pd(s0, g0); s1 = _mm_add_pd(s1, g1);
-            q0 = _mm_add_pd(q0, _mm_mul_pd(g0, _mm_sub_pd(_mm_loadu_pd(x + i), vm)));
-            q1 = _mm_add_pd(q1, _mm_mul_pd(g1, _mm_sub_pd(_mm_loadu_pd(x + i + 2), vm)));
-        }
-        _mm_storeu_pd(buf, _mm_add_pd(s0, s1));
-        tg = buf[0] + buf[1];
-        _mm_storeu_pd(buf, _mm_add_pd(q0, q1));
-        td = buf[0] + buf[1];
-    #endif
-        for (; i < n; i++) { tg += g[i]; td += g[i] * (x[i] - m); }
-        *sg += tg; *sd += td;
-    }
-    """
-    void ck_bn_sums_f(const float* x, Py_ssize_t n, double m, double* s, double* q) noexcept nogil
-    void ck_bn_sums_d(const double* x, Py_ssize_t n, double m, double* s, double* q) noexcept nogil
-    void ck_bn_dot_f(const float* g, const float* x, Py_ssize_t n, double m,
-                     double* sg, double* sd) noexcept nogil
-    void ck_bn_dot_d(const double* g, const double* x, Py_ssize_t n, double m,
-                     double* sg, double* sd) noexcept nogil
+from convkit.cpu.csrc.batchnorm cimport (ck_bn_sums_f, ck_bn_sums_d, ck_bn_dot_f, ck_bn_dot_d,
+    ck_bnv_sum_f, ck_bnv_sum_d, ck_bnv_dev_f, ck_bnv_dev_d, ck_bnv_dot_f, ck_bnv_dot_d,
+    ck_bnv_affine_f, ck_bnv_affine_d, ck_bnv_grad_f, ck_bnv_grad_d)
 
 
 cdef void bn_channel_stats(const floating* x, Py_ssize_t N, Py_ssize_t stride, Py_ssize_t HW,
@@ -222,76 +102,6 @@ cdef void bn_channel_grad_apply(const floating* gy, const floating* x, floating*
 # per-channel path's (double accumulation, two passes), though not bit-identical to it.  The
 # elementwise passes expand the per-channel coefficients to one value per slab position so
 # that their inner loop runs over the whole slab.
-cdef extern from *:
-    """
-    /* Slab loops of the small-plane batch norm.  GCC builds each twice (AVX-512F and the
-       x86-64 baseline) and picks one at load time; fp-contract=off keeps the arithmetic
-       (no fused multiply-adds) the same bits in both builds. */
-    #include <stddef.h>
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-    #define CK_BNV __attribute__((target_clones("avx512f", "default"), optimize("fp-contract=off")))
-    #else
-    #define CK_BNV
-    #endif
-    #define CK_BNV_DEFINE(T, SUF)                                                               \
-    /* s[l] += x[l] */                                                                        \
-    CK_BNV static void ck_bnv_sum_##SUF(const T* __restrict x, ptrdiff_t L,                   \
-                                        double* __restrict s) {                               \
-        for (ptrdiff_t l = 0; l < L; l++) s[l] += (double)x[l];                               \
-    }                                                                                         \
-    /* d = x[l] - m[l]: s[l] += d, q[l] += d * d */                                           \
-    CK_BNV static void ck_bnv_dev_##SUF(const T* __restrict x, ptrdiff_t L,                   \
-                                        const double* __restrict m, double* __restrict s,     \
-                                        double* __restrict q) {                               \
-        for (ptrdiff_t l = 0; l < L; l++) {                                                   \
-            double d = (double)x[l] - m[l];                                                   \
-            s[l] += d; q[l] += d * d;                                                         \
-        }                                                                                     \
-    }                                                                                         \
-    /* sg[l] += g[l], sd[l] += g[l] * (x[l] - m[l]) */                                        \
-    CK_BNV static void ck_bnv_dot_##SUF(const T* __restrict g, const T* __restrict x,         \
-                                        ptrdiff_t L, const double* __restrict m,              \
-                                        double* __restrict sg, double* __restrict sd) {       \
-        for (ptrdiff_t l = 0; l < L; l++) {                                                   \
-            double gv = (double)g[l];                                                         \
-            sg[l] += gv; sd[l] += gv * ((double)x[l] - m[l]);                                 \
-        }                                                                                     \
-    }                                                                                         \
-    /* y[l] = (x[l] - m[l]) * a[l] + b[l] */                                                  \
-    CK_BNV static void ck_bnv_affine_##SUF(const T* __restrict x, T* __restrict y,            \
-                                           ptrdiff_t L, const T* __restrict m,                \
-                                           const T* __restrict a, const T* __restrict b) {    \
-        for (ptrdiff_t l = 0; l < L; l++) y[l] = (x[l] - m[l]) * a[l] + b[l];                 \
-    }                                                                                         \
-    /* o[l] = g[l] * kg[l] + (x[l] - m[l]) * kx[l] + b[l] */                                  \
-    CK_BNV static void ck_bnv_grad_##SUF(const T* __restrict g, const T* __restrict x,        \
-                                         T* __restrict o, ptrdiff_t L,                        \
-                                         const T* __restrict kg, const T* __restrict m,       \
-                                         const T* __restrict kx, const T* __restrict b) {     \
-        for (ptrdiff_t l = 0; l < L; l++) o[l] = g[l] * kg[l] + (x[l] - m[l]) * kx[l] + b[l]; \
-    }
-    CK_BNV_DEFINE(float, f)
-    CK_BNV_DEFINE(double, d)
-    """
-    void ck_bnv_sum_f(const float* x, Py_ssize_t L, double* s) noexcept nogil
-    void ck_bnv_sum_d(const double* x, Py_ssize_t L, double* s) noexcept nogil
-    void ck_bnv_dev_f(const float* x, Py_ssize_t L, const double* m, double* s,
-                      double* q) noexcept nogil
-    void ck_bnv_dev_d(const double* x, Py_ssize_t L, const double* m, double* s,
-                      double* q) noexcept nogil
-    void ck_bnv_dot_f(const float* g, const float* x, Py_ssize_t L, const double* m,
-                      double* sg, double* sd) noexcept nogil
-    void ck_bnv_dot_d(const double* g, const double* x, Py_ssize_t L, const double* m,
-                      double* sg, double* sd) noexcept nogil
-    void ck_bnv_affine_f(const float* x, float* y, Py_ssize_t L, const float* m,
-                         const float* a, const float* b) noexcept nogil
-    void ck_bnv_affine_d(const double* x, double* y, Py_ssize_t L, const double* m,
-                         const double* a, const double* b) noexcept nogil
-    void ck_bnv_grad_f(const float* g, const float* x, float* o, Py_ssize_t L, const float* kg,
-                       const float* m, const float* kx, const float* b) noexcept nogil
-    void ck_bnv_grad_d(const double* g, const double* x, double* o, Py_ssize_t L,
-                       const double* kg, const double* m, const double* kx,
-                       const double* b) noexcept nogil
 
 
 cdef enum:

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Row-major GEMM callable without the GIL: float32 on convkit's own AVX-512 kernel (_sgemm.h)
+"""Row-major GEMM callable without the GIL: float32 on convkit's own AVX-512 kernel (csrc/sgemm.h)
 where the CPU has AVX-512F, everything else on scipy's BLAS (scipy.linalg.cython_blas).
 
 BLAS is column-major; a row-major C = op(A) @ op(B) is the column-major C^T = op(B)^T @ op(A)^T,
@@ -11,7 +11,7 @@ from cython cimport floating
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 
-cdef extern from "_sgemm.h" nogil:
+cdef extern from "csrc/sgemm.h" nogil:
     int ck_sgemm(int ta, int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
                  const float* a, Py_ssize_t lda, const float* b, Py_ssize_t ldb, float beta,
                  float* c, Py_ssize_t ldc)

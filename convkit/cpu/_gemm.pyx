@@ -1,13 +1,13 @@
 # cython: language_level=3
 """The GEMM every cpu conv kernel calls (``_blas.pxd``), exposed to Python for the tests and for
-``convkit info``: float32 goes to convkit's own AVX-512 kernel (``_sgemm.h``) where the CPU has
+``convkit info``: float32 goes to convkit's own AVX-512 kernel (``csrc/sgemm.h``) where the CPU has
 AVX-512F, float64 (and float32 elsewhere) to scipy's BLAS."""
 from cython cimport floating
 from ._blas cimport (gemm, gemm_pk, ck_sgemm_packed_a_floats, ck_sgemm_pack_a,
                      ck_sgemm_apacked_rows)
 
 
-cdef extern from "_sgemm.h" nogil:
+cdef extern from "csrc/sgemm.h" nogil:
     int ck_sgemm_available()
     int CK_SGEMM_BUILT
 

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""C-level RoI kernels (torchvision's roi_pool / roi_align rules) for other Cython code to
+"""C-level RoI max-pool kernels (torchvision's roi_pool rule) for other Cython code to
 ``cimport``.  Geometry is computed in the data type, in torchvision's order of operations, and
 clamped in floating point before any integer cast (a 1e30 corner is safe)."""
 from cython cimport floating
@@ -15,8 +15,3 @@ cdef void roi_pool_one(const floating* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t
                        const Py_ssize_t* hs, const Py_ssize_t* he,
                        const Py_ssize_t* ws, const Py_ssize_t* we,
                        floating* y, int64_t* argmax) noexcept nogil
-
-cdef Py_ssize_t roi_align_axis_taps(floating start, floating bin_size, floating grid,
-                                    Py_ssize_t pooled, Py_ssize_t size, Py_ssize_t cap,
-                                    Py_ssize_t* first, Py_ssize_t* low, Py_ssize_t* high,
-                                    floating* w_low, floating* w_high) noexcept nogil

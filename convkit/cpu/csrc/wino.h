@@ -9,7 +9,7 @@
 #ifndef CONVKIT_WINO_H
 #define CONVKIT_WINO_H
 
-#include "_sgemm.h"
+#include "sgemm.h"
 
 #if CK_SGEMM_BUILT
 

@@ -23,7 +23,7 @@
 #ifndef CONVKIT_SDOT_H
 #define CONVKIT_SDOT_H
 
-#include "_sgemm.h"
+#include "sgemm.h"
 
 #if CK_SGEMM_BUILT
 

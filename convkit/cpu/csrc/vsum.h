@@ -7,7 +7,7 @@
 #ifndef CONVKIT_VSUM_H
 #define CONVKIT_VSUM_H
 
-#include "_sgemm.h"
+#include "sgemm.h"
 
 #if CK_SGEMM_BUILT
 

@@ -1,0 +1,94 @@
+# cython: language_level=3
+"""Declarations of the C kernels in csrc/ that the conv modules call (private: not for cimport
+by users; the public plane kernels are in _conv.pxd).  One header per kernel family:
+
+    csrc/sgemm.h   the own float32 AVX-512 GEMM (declared in _blas.pxd)
+    csrc/vsum.h    float32 sums, short row copies, im2col tap rows, stride-phase planes (AVX-512)
+    csrc/sdot.h    the dot-product weight gradient's tile loop (AVX-512)
+    csrc/wino.h    Winograd F(2x2, 3x3) transforms, 16 tiles / filters per step (AVX-512)
+    csrc/dwconv.h  depthwise stride-1 register blocks (GCC/clang vector extensions)
+    csrc/dw3x3.h   depthwise 3x3 stride-1 kernels (16-byte / AVX2 / AVX-512, picked by CPUID)
+    csrc/shift.h   masked shifted copies for the small-map im2col (AVX-512)
+
+The AVX-512 bodies are compiled with target attributes and picked at run time, so every build
+carries them and a CPU without AVX-512 takes the portable paths.
+"""
+
+cdef extern from "csrc/vsum.h" nogil:
+    int ck_sum_f(const float* p, Py_ssize_t n, double* out)
+    int ck_short_copy_f(float* dst, const float* src, Py_ssize_t n)
+    int ck_im2col_taps_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
+                         Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                         Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t Wo,
+                         Py_ssize_t h0, Py_ssize_t nrows, float* cols, Py_ssize_t ldc,
+                         float* xs)
+    void ck_phases_f(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t sh,
+                     Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t h0, Py_ssize_t Rq,
+                     Py_ssize_t Wq, Py_ssize_t plane, float* Q)
+
+
+cdef extern from "csrc/sdot.h" nogil:
+    void ck_sdot_accum(Py_ssize_t m, Py_ssize_t n, Py_ssize_t R, Py_ssize_t wn, const float* a,
+                       Py_ssize_t lda, Py_ssize_t ars, const float* b, const Py_ssize_t* boff,
+                       Py_ssize_t brs, float* part, const float* pf, Py_ssize_t pf_rows,
+                       Py_ssize_t pf_len, Py_ssize_t pf_ld)
+    void ck_sdot_copy(Py_ssize_t m, Py_ssize_t R, Py_ssize_t wn, const float* a, Py_ssize_t lda,
+                      Py_ssize_t ars, float* dst, Py_ssize_t ds, float* sums)
+
+
+cdef extern from "csrc/wino.h" nogil:
+    int ck_wino_input_row_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
+                            Py_ssize_t pl, Py_ssize_t tw, float* v, Py_ssize_t vs,
+                            float* scratch)
+    int ck_wino_output_row_f(const float* m, Py_ssize_t ms, Py_ssize_t tw, float bias, float* y,
+                             Py_ssize_t Wo, int two_rows)
+    int ck_wino_filters_f(const float* g, Py_ssize_t ls, Py_ssize_t nl, int flip, float* u,
+                          Py_ssize_t us)
+
+
+cdef extern from "csrc/dwconv.h" nogil:
+    void ck_block16_f(const float* xp, Py_ssize_t Wp, const float* w, Py_ssize_t KH,
+                      Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, float* y, float init,
+                      int accumulate)
+    void ck_block16_d(const double* xp, Py_ssize_t Wp, const double* w, Py_ssize_t KH,
+                      Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, double* y, double init,
+                      int accumulate)
+    void ck_dot16_f(const float* a, const float* b, Py_ssize_t n, float* out)
+    void ck_dot16_d(const double* a, const double* b, Py_ssize_t n, double* out)
+    void ck_block8_f(const float* xp, Py_ssize_t Wp, const float* w, Py_ssize_t KH,
+                     Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, float* y, float init,
+                     int accumulate)
+    void ck_block8_d(const double* xp, Py_ssize_t Wp, const double* w, Py_ssize_t KH,
+                     Py_ssize_t KW, Py_ssize_t dh, Py_ssize_t dw, double* y, double init,
+                     int accumulate)
+    void ck_dot8_f(const float* a, const float* b, Py_ssize_t n, float* out)
+    void ck_dot8_d(const double* a, const double* b, Py_ssize_t n, double* out)
+
+
+cdef extern from "csrc/dw3x3.h" nogil:
+    int ck_dw3_level(int itemsize, Py_ssize_t n)
+    int ck_dw3_set_cap(int cap)
+    void ck_dw3_fwd_f(int lvl, const float* xp, Py_ssize_t Wp, const float* w, int flip,
+                      float bias, float* y, Py_ssize_t Ho, Py_ssize_t Wo)
+    void ck_dw3_fwd_d(int lvl, const double* xp, Py_ssize_t Wp, const double* w, int flip,
+                      double bias, double* y, Py_ssize_t Ho, Py_ssize_t Wo)
+    void ck_dw3_wgrad_f(int lvl, const float* gy, Py_ssize_t Ho, Py_ssize_t Wo,
+                        const float* xp, Py_ssize_t Wp, double* out)
+    void ck_dw3_wgrad_d(int lvl, const double* gy, Py_ssize_t Ho, Py_ssize_t Wo,
+                        const double* xp, Py_ssize_t Wp, double* out)
+    void ck_dw3_fwd1_f(int lvl, const float* x, const float* w, int flip, float bias,
+                       float* y, Py_ssize_t H, Py_ssize_t W)
+    void ck_dw3_fwd1_d(int lvl, const double* x, const double* w, int flip, double bias,
+                       double* y, Py_ssize_t H, Py_ssize_t W)
+    void ck_dw3_wgrad1_f(int lvl, const float* gy, const float* x, Py_ssize_t H, Py_ssize_t W,
+                         double* out)
+    void ck_dw3_wgrad1_d(int lvl, const double* gy, const double* x, Py_ssize_t H,
+                         Py_ssize_t W, double* out)
+
+
+cdef extern from "csrc/shift.h" nogil:
+    void ck_shift_f(const float* x, Py_ssize_t img, Py_ssize_t nb, Py_ssize_t off,
+                    const unsigned short* masks, Py_ssize_t nv, float* dst)
+    void ck_shift_d(const double* x, Py_ssize_t img, Py_ssize_t nb, Py_ssize_t off,
+                    const unsigned short* masks, Py_ssize_t nv, double* dst)
+    int ck_shift_available()

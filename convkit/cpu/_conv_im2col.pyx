@@ -1,0 +1,276 @@
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+# cython: language_level=3
+"""im2col + GEMM conv kernels (the general path) and the plane kernels others may ``cimport``
+(convkit/cpu/_conv.pxd re-exports them): im2col_plane / col2im_plane write and fold back a
+plane's tap rows; conv2d_forward_gemm / conv2d_backward_gemm run the GEMMs per task (a 1x1
+stride-1 conv reads x in place, no columns); bias_grad sums grad_y per filter.
+
+Part of the conv kernels laid out by algorithm: see convkit/cpu/_conv.pyx.
+"""
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+from libc.string cimport memcpy, memset
+
+from ._blas cimport gemm, gemm_pk
+from ._conv_csrc cimport ck_sum_f, ck_im2col_taps_f
+from ._conv_common cimport _row_copy, _min, _wo_range
+
+
+cdef void _im2col_taps(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
+                      Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                      Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t Wo, Py_ssize_t h0,
+                      Py_ssize_t nrows, floating* cols, Py_ssize_t ldc,
+                      floating* xs) noexcept nogil:
+    """The KW rows of tap row kh (row kw of cols, stride ldc): see im2col_plane.
+
+    xs: NULL, or scratch of W + sw elements.  With a stride sw > 1 each input row is first split
+    into its sw phases (x[p::sw], each Wq long) so that every tap row becomes one memcpy instead
+    of a strided gather: KW strided copies of Wo values per row become one of W values.
+    """
+    cdef Py_ssize_t kw, r, wo, hi, off, lo = 0, up = 0, p, q, j
+    cdef Py_ssize_t Wq = (W + sw - 1) // sw
+    cdef floating* dst
+    cdef const floating* src
+    cdef const floating* xrow
+    if floating is float:   # the same loop in C with the row copies inlined (csrc/vsum.h)
+        if ck_im2col_taps_f(x, H, W, kh, KW, sh, sw, pt, pl, dh, dw, Wo, h0, nrows, cols, ldc,
+                            xs):
+            return
+    for r in range(nrows):
+        hi = (h0 + r) * sh - pt + kh * dh
+        if hi < 0 or hi >= H:
+            for kw in range(KW):
+                _row_copy(cols + kw * ldc + r * Wo, NULL, Wo)
+            continue
+        xrow = x + hi * W
+        if sw > 1 and xs != NULL:
+            for p in range(sw):
+                j = 0
+                while p + j * sw < W:
+                    xs[p * Wq + j] = xrow[p + j * sw]
+                    j = j + 1
+        for kw in range(KW):
+            dst = cols + kw * ldc + r * Wo
+            off = kw * dw - pl
+            _wo_range(off, sw, W, Wo, &lo, &up)
+            if lo == up:
+                _row_copy(dst, NULL, Wo)
+                continue
+            if lo > 0:
+                _row_copy(dst, NULL, lo)
+            if sw == 1:
+                _row_copy(dst + lo, xrow + off + lo, up - lo)
+            elif xs != NULL:
+                # column wo*sw + off = (wo + q)*sw + p with p = off mod sw (floor), q exact
+                p = ((off % sw) + sw) % sw
+                q = (off - p) // sw
+                _row_copy(dst + lo, xs + p * Wq + q + lo, up - lo)
+            else:
+                src = xrow + off
+                for wo in range(lo, up):
+                    dst[wo] = src[wo * sw]
+            if up < Wo:
+                _row_copy(dst + up, NULL, Wo - up)
+
+
+cdef void im2col_plane(const floating* x, Py_ssize_t H, Py_ssize_t W,
+                       Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                       Py_ssize_t Wo, Py_ssize_t h0, Py_ssize_t nrows,
+                       floating* cols, Py_ssize_t ldc) noexcept nogil:
+    cdef Py_ssize_t kh
+    for kh in range(KH):
+        _im2col_taps(x, H, W, kh, KW, sh, sw, pt, pl, dh, dw, Wo, h0, nrows,
+                     cols + kh * KW * ldc, ldc, NULL)
+
+
+cdef void col2im_plane(const floating* cols, Py_ssize_t ldc, Py_ssize_t H, Py_ssize_t W,
+                       Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                       Py_ssize_t Wo, Py_ssize_t h0, Py_ssize_t nrows,
+                       floating* gx) noexcept nogil:
+    cdef Py_ssize_t kh, kw, r, wo, hi, off, lo = 0, up = 0
+    cdef const floating* src
+    cdef floating* dst
+    for kh in range(KH):
+        for kw in range(KW):
+            off = kw * dw - pl
+            _wo_range(off, sw, W, Wo, &lo, &up)
+            if lo == up:
+                continue
+            for r in range(nrows):
+                hi = (h0 + r) * sh - pt + kh * dh
+                if hi < 0 or hi >= H:
+                    continue
+                src = cols + (kh * KW + kw) * ldc + r * Wo
+                dst = gx + hi * W + off
+                if sw == 1:
+                    for wo in range(lo, up):
+                        dst[wo] += src[wo]
+                else:
+                    for wo in range(lo, up):
+                        dst[wo * sw] += src[wo]
+
+
+cdef double plane_sum(const floating* p, Py_ssize_t n) noexcept nogil:
+    # eight independent accumulators: no loop-carried add latency, and a fixed order
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
+    cdef Py_ssize_t i = 0
+    if floating is float:                   # AVX-512 where the CPU has it (csrc/vsum.h)
+        if ck_sum_f(p, n, &s0):
+            return s0
+    while i + 8 <= n:
+        s0 += p[i]
+        s1 += p[i + 1]
+        s2 += p[i + 2]
+        s3 += p[i + 3]
+        s4 += p[i + 4]
+        s5 += p[i + 5]
+        s6 += p[i + 6]
+        s7 += p[i + 7]
+        i += 8
+    while i < n:
+        s0 += p[i]
+        i += 1
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                        const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
+                        floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t rows,
+                        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups, bint pointwise,
+                        int n_threads, const float[:, ::1] apk):
+    """y = conv(x, w) + bias by im2col + GEMM (IN: x, w, bias; OUT: y; scratch: ws).
+    apk: group g's weights prepacked for the own float32 GEMM in row g (no rows: none).
+
+    Tasks are (image, block of ``rows`` output rows), independent of each other: one parallel
+    region, no barrier inside, dynamic scheduling (a thread slowed by other load takes fewer
+    tasks; the results do not depend on who ran what).  A task writes its columns into its
+    thread's slice of ws (ws_per_thread elements: the columns, then W + sw for _im2col_taps),
+    then one GEMM per group writes y.
+    pointwise (1x1 kernel, stride 1, no padding): the GEMMs read x in place; ws is unused.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t Ho = y.shape[2], Wo = y.shape[3], HoWo = Ho * Wo
+    cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
+    cdef Py_ssize_t nrb = (Ho + rows - 1) // rows
+    cdef Py_ssize_t t, n, rb, h0, hr, L, ld, c, g, kh
+    cdef const floating* cols
+    cdef floating* buf
+    cdef floating* yp
+    with nogil:
+        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
+            n = t // nrb
+            rb = t - n * nrb
+            h0 = rb * rows
+            hr = _min(rows, Ho - h0)
+            L = hr * Wo
+            if pointwise:
+                cols = &x[n, 0, 0, 0] + h0 * Wo
+                ld = H * W
+            else:
+                buf = &ws[0] + threadid() * ws_per_thread
+                for c in range(C):
+                    for kh in range(KH):
+                        _im2col_taps(&x[n, c, 0, 0], H, W, kh, KW, sh, sw, pt, pl, dh, dw,
+                                     Wo, h0, hr, buf + (c * KK + kh * KW) * L, L,
+                                     buf + C * KK * L)
+                cols = buf
+                ld = L
+            for g in range(G):
+                yp = &y[n, g * Fg, 0, 0] + h0 * Wo
+                gemm_pk(False, False, Fg, L, CgKK, &w[g * Fg, 0, 0, 0], CgKK,
+                        &apk[g, 0] if apk.shape[0] > g else <const float*>NULL,
+                        cols + g * CgKK * ld, ld, <floating>0, yp, HoWo,
+                        &bias[g * Fg] if has_bias else <const floating*>NULL)
+    return y
+
+
+def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
+                         const floating[:, :, :, ::1] w, floating[:, :, :, ::1] gx,
+                         floating[:, :, :, ::1] gw, floating[::1] ws, Py_ssize_t ws_per_thread,
+                         Py_ssize_t units_w, Py_ssize_t rows_w, Py_ssize_t chans_x,
+                         Py_ssize_t rows_x, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                         Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
+                         bint pointwise, bint needs_input_grad, bint needs_weight_grad,
+                         int n_threads):
+    """grad_weight into gw (OUT, zero-filled by the caller; when needs_weight_grad) and, when
+    needs_input_grad, grad_x into gx (OUT, any contents) of conv2d_forward_gemm.
+
+    grad_weight: a task owns a block of ``units_w`` (channel, kh) tap rows -- a column block
+    of gw[g] -- and adds gy[n, g] @ cols^T for n = 0, 1, ... in order, ``rows_w`` output rows
+    at a time: the sum runs in the same order whatever the thread count (deterministic).
+    grad_x: a task owns ``chans_x`` channels of one image: cols_grad = w^T @ gy, ``rows_x``
+    output rows at a time, then col2im into those gx planes.
+    """
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo
+    cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
+    cdef Py_ssize_t Ug = Cg * KH, ntw = (Ug + units_w - 1) // units_w
+    cdef Py_ssize_t ntx = (Cg + chans_x - 1) // chans_x
+    cdef Py_ssize_t t, n, g, u0, u1, u, h0, hr, L, c, c0, nc
+    cdef floating* buf
+    with nogil:
+        for t in prange(G * ntw if needs_weight_grad else 0, schedule="dynamic",
+                        num_threads=n_threads):
+            g = t // ntw
+            u0 = (t - g * ntw) * units_w
+            u1 = _min(Ug, u0 + units_w)
+            buf = &ws[0] + threadid() * ws_per_thread
+            for n in range(N):
+                if pointwise:   # units are channels; x is its own column matrix
+                    gemm(False, True, Fg, u1 - u0, HoWo, <floating>1, &gy[n, g * Fg, 0, 0], HoWo,
+                         &x[n, g * Cg + u0, 0, 0], HoWo, <floating>1,
+                         &gw[g * Fg, 0, 0, 0] + u0, CgKK)
+                    continue
+                h0 = 0
+                while h0 < Ho:
+                    hr = _min(rows_w, Ho - h0)
+                    L = hr * Wo
+                    for u in range(u0, u1):
+                        _im2col_taps(&x[n, g * Cg + u // KH, 0, 0], H, W, u % KH, KW, sh, sw,
+                                     pt, pl, dh, dw, Wo, h0, hr, buf + (u - u0) * KW * L, L,
+                                     buf + (u1 - u0) * KW * L)
+                    gemm(False, True, Fg, (u1 - u0) * KW, L, <floating>1,
+                         &gy[n, g * Fg, 0, 0] + h0 * Wo, HoWo, buf, L, <floating>1,
+                         &gw[g * Fg, 0, 0, 0] + u0 * KW, CgKK)
+                    h0 = h0 + hr
+        if needs_input_grad:
+            for t in prange(N * G * ntx, schedule="dynamic", num_threads=n_threads):
+                n = t // (G * ntx)
+                g = (t - n * G * ntx) // ntx
+                c0 = (t - n * G * ntx - g * ntx) * chans_x
+                nc = _min(Cg - c0, chans_x)
+                if pointwise:
+                    gemm(True, False, nc, HoWo, Fg, <floating>1, &w[g * Fg, c0, 0, 0], CgKK,
+                         &gy[n, g * Fg, 0, 0], HoWo, <floating>0, &gx[n, g * Cg + c0, 0, 0], HoWo)
+                    continue
+                buf = &ws[0] + threadid() * ws_per_thread
+                for c in range(nc):
+                    memset(&gx[n, g * Cg + c0 + c, 0, 0], 0, H * W * sizeof(floating))
+                h0 = 0
+                while h0 < Ho:
+                    hr = _min(rows_x, Ho - h0)
+                    L = hr * Wo
+                    gemm(True, False, nc * KK, L, Fg, <floating>1, &w[g * Fg, c0, 0, 0], CgKK,
+                         &gy[n, g * Fg, 0, 0] + h0 * Wo, HoWo, <floating>0, buf, L)
+                    for c in range(nc):
+                        col2im_plane(buf + c * KK * L, L, H, W, KH, KW, sh, sw, pt, pl, dh, dw,
+                                     Wo, h0, hr, &gx[n, g * Cg + c0 + c, 0, 0])
+                    h0 = h0 + hr
+
+
+def bias_grad(const floating[:, :, :, ::1] gy, floating[::1] gb, int n_threads):
+    """gb[f] = sum over n, ho, wo of gy[n, f] (double accumulation, images in order)."""
+    cdef Py_ssize_t N = gy.shape[0], F = gy.shape[1], HW = gy.shape[2] * gy.shape[3]
+    cdef Py_ssize_t f, n
+    cdef double s
+    with nogil:
+        for f in prange(F, schedule="static", num_threads=n_threads):
+            s = 0
+            for n in range(N):
+                s = s + plane_sum(&gy[n, f, 0, 0], HW)
+            gb[f] = <floating>s

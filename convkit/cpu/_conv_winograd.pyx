@@ -1,0 +1,230 @@
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+# cython: language_level=3
+"""Winograd F(2x2, 3x3) for 3x3 stride-1 convs (conv_plan "winograd"): filter transform
+(winograd_filters), input / output tile transforms (csrc/wino.h for float32 on AVX-512) and 16
+GEMMs per task on the transformed tiles.
+
+Part of the conv kernels laid out by algorithm: see convkit/cpu/_conv.pyx.
+"""
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+from libc.string cimport memcpy, memset
+
+from ._blas cimport gemm_pk
+from ._conv_csrc cimport ck_wino_input_row_f, ck_wino_output_row_f, ck_wino_filters_f
+from ._conv_common cimport _min
+
+
+# ---------------------------------------------------------------------------- Winograd F(2x2, 3x3)
+# 3x3 stride-1 forwards as 16 GEMMs of (F x C) @ (C x tiles) instead of one (F x 9C) @ (9C x
+# outputs): 2.25x fewer multiplications (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+# Networks", 2016).  With 2x2 output tiles every transform coefficient is 0, +-1 or 1/2, so the
+# rounding error stays that of a few extra additions.
+#   V = B^T d B (4x4 input tile d), U = G g G^T (the wrapper computes it), Y = A^T (U . V) A
+#   B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]],  A^T = [[1,1,1,0],[0,1,-1,-1]]
+cdef inline void _wino_filter(const floating* g, floating* u, Py_ssize_t us) noexcept nogil:
+    """u[e * us] = (G g G^T)[e // 4, e % 4] for one 3x3 filter g (row-major)."""
+    cdef floating t[12]
+    cdef floating h = 0.5
+    cdef Py_ssize_t k
+    for k in range(3):                                  # t (4x3) = G g
+        t[k] = g[k]
+        t[3 + k] = h * (g[k] + g[3 + k] + g[6 + k])
+        t[6 + k] = h * (g[k] - g[3 + k] + g[6 + k])
+        t[9 + k] = g[6 + k]
+    for k in range(4):                                  # row k of t G^T
+        u[(k * 4) * us] = t[k * 3]
+        u[(k * 4 + 1) * us] = h * (t[k * 3] + t[k * 3 + 1] + t[k * 3 + 2])
+        u[(k * 4 + 2) * us] = h * (t[k * 3] - t[k * 3 + 1] + t[k * 3 + 2])
+        u[(k * 4 + 3) * us] = t[k * 3 + 2]
+
+
+def winograd_filters(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int n_threads,
+                     bint transpose_flip=False):
+    """U[(a*4 + b), f, c] = (G w[f, c] G^T)[a, b] (OUT: U (16, F, C)) for 3x3 filters w,
+    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
+    transpose_flip: the filters of grad_x instead, w'[f, c] = w[c, f] turned by 180 degrees
+    (U (16, C, F) for w (F, C, 3, 3)), without making w' first.
+
+    A task transforms 16 channels of one filter into a small buffer and writes 16 runs of 16:
+    one filter at a time would store its 16 values F*C elements apart, all in one cache set."""
+    cdef Py_ssize_t F = U.shape[1], C = U.shape[2]
+    cdef Py_ssize_t nb = (C + 15) // 16
+    cdef Py_ssize_t it
+    with nogil:
+        for it in prange(F * nb, schedule="static", num_threads=n_threads):
+            _wino_filter_block(w, U, it // nb, (it % nb) * 16, transpose_flip)
+
+
+cdef void _wino_filter_block(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, Py_ssize_t f,
+                             Py_ssize_t c0, bint transpose_flip) noexcept nogil:
+    """Channels c0 .. c0+15 (or to C) of filter f into U, through a buffer on this thread's stack."""
+    cdef floating buf[256]
+    cdef floating g[9]
+    cdef Py_ssize_t c1 = _min(c0 + 16, U.shape[2])
+    cdef Py_ssize_t c, e, i
+    cdef const floating* src
+    if floating is float:       # 16 filters per step, stored straight into U (csrc/wino.h)
+        if transpose_flip:
+            if ck_wino_filters_f(&w[c0, f, 0, 0], w.shape[1] * 9, c1 - c0, 1, &U[0, f, c0],
+                                 U.shape[1] * U.shape[2]):
+                return
+        elif ck_wino_filters_f(&w[f, c0, 0, 0], 9, c1 - c0, 0, &U[0, f, c0],
+                               U.shape[1] * U.shape[2]):
+            return
+    for c in range(c0, c1):
+        if transpose_flip:
+            src = &w[c, f, 0, 0]
+            for i in range(9):          # flipping both axes of a 3x3 reverses its 9 values
+                g[i] = src[8 - i]
+            _wino_filter(g, &buf[c - c0], 16)
+        else:
+            _wino_filter(&w[f, c, 0, 0], &buf[c - c0], 16)
+    for e in range(16):
+        for c in range(c0, c1):
+            U[e, f, c] = buf[e * 16 + c - c0]
+
+
+cdef inline void _wino_input_row(const floating* x, Py_ssize_t H, Py_ssize_t W,
+                                 Py_ssize_t r0, Py_ssize_t pl, Py_ssize_t tw, floating* v,
+                                 Py_ssize_t vs, floating* scratch) noexcept nogil:
+    """One row of tiles: v[e * vs + j] = (B^T d_j B)[e // 4, e % 4] for the tiles
+    d_j = x[r0:r0+4, 2j-pl : 2j-pl+4] (0 outside x), j < tw.  scratch: 8 * (2*tw + 2).
+
+    Row-wise so the loops run over whole rows (vectorisable): first B^T down the 4 input rows,
+    then B across each tile's 4 columns."""
+    cdef Py_ssize_t Wb = 2 * tw + 2, k, col, lo, up, j
+    cdef floating* R = scratch              # 4 zero-padded input rows, columns -pl .. Wb-1-pl
+    if floating is float:                   # the same additions, 16 tiles at a time (csrc/wino.h)
+        if ck_wino_input_row_f(x, H, W, r0, pl, tw, v, vs, scratch):
+            return
+    cdef floating* T = scratch + 4 * Wb     # B^T applied down the rows
+    cdef floating* t
+    lo = pl if pl > 0 else 0
+    up = _min(Wb, pl + W)
+    for k in range(4):
+        if r0 + k < 0 or r0 + k >= H or lo >= up:
+            memset(R + k * Wb, 0, Wb * sizeof(floating))
+            continue
+        if lo > 0:
+            memset(R + k * Wb, 0, lo * sizeof(floating))
+        memcpy(R + k * Wb + lo, x + (r0 + k) * W + lo - pl, (up - lo) * sizeof(floating))
+        if up < Wb:
+            memset(R + k * Wb + up, 0, (Wb - up) * sizeof(floating))
+    for col in range(Wb):
+        T[col] = R[col] - R[2 * Wb + col]
+        T[Wb + col] = R[Wb + col] + R[2 * Wb + col]
+        T[2 * Wb + col] = R[2 * Wb + col] - R[Wb + col]
+        T[3 * Wb + col] = R[Wb + col] - R[3 * Wb + col]
+    for k in range(4):
+        t = T + k * Wb
+        for j in range(tw):
+            v[(k * 4) * vs + j] = t[2 * j] - t[2 * j + 2]
+            v[(k * 4 + 1) * vs + j] = t[2 * j + 1] + t[2 * j + 2]
+            v[(k * 4 + 2) * vs + j] = t[2 * j + 2] - t[2 * j + 1]
+            v[(k * 4 + 3) * vs + j] = t[2 * j + 1] - t[2 * j + 3]
+
+
+cdef inline void _wino_output_row(const floating* m, Py_ssize_t ms, Py_ssize_t tw,
+                                  floating bias, floating* y, Py_ssize_t Wo,
+                                  bint two_rows) noexcept nogil:
+    """One row of tiles: y[r, 2j + q] = (A^T m_j A)[r, q] + bias (m_j element e at
+    m[e * ms + j]); writes rows 0 and (if two_rows) 1 of y, Wo columns."""
+    cdef Py_ssize_t j, jf = Wo // 2
+    cdef floating s0, s1, s2, s3, s4, s5, s6, s7
+    if floating is float:                   # the same additions, 16 tiles at a time (csrc/wino.h)
+        if ck_wino_output_row_f(m, ms, tw, bias, y, Wo, two_rows):
+            return
+    for j in range(jf):
+        s0 = m[j] + m[4 * ms + j] + m[8 * ms + j]
+        s1 = m[ms + j] + m[5 * ms + j] + m[9 * ms + j]
+        s2 = m[2 * ms + j] + m[6 * ms + j] + m[10 * ms + j]
+        s3 = m[3 * ms + j] + m[7 * ms + j] + m[11 * ms + j]
+        y[2 * j] = s0 + s1 + s2 + bias
+        y[2 * j + 1] = s1 - s2 - s3 + bias
+    if jf < tw:     # odd Wo: the last tile has one column
+        j = jf
+        y[2 * j] = (m[j] + m[4 * ms + j] + m[8 * ms + j]) + (m[ms + j] + m[5 * ms + j]
+                    + m[9 * ms + j]) + (m[2 * ms + j] + m[6 * ms + j] + m[10 * ms + j]) + bias
+    if not two_rows:
+        return
+    y = y + Wo
+    for j in range(jf):
+        s4 = m[4 * ms + j] - m[8 * ms + j] - m[12 * ms + j]
+        s5 = m[5 * ms + j] - m[9 * ms + j] - m[13 * ms + j]
+        s6 = m[6 * ms + j] - m[10 * ms + j] - m[14 * ms + j]
+        s7 = m[7 * ms + j] - m[11 * ms + j] - m[15 * ms + j]
+        y[2 * j] = s4 + s5 + s6 + bias
+        y[2 * j + 1] = s5 - s6 - s7 + bias
+    if jf < tw:
+        j = jf
+        y[2 * j] = (m[4 * ms + j] - m[8 * ms + j] - m[12 * ms + j]) + (m[5 * ms + j]
+                    - m[9 * ms + j] - m[13 * ms + j]) + (m[6 * ms + j] - m[10 * ms + j]
+                    - m[14 * ms + j]) + bias
+
+
+cdef void _wino_input_rows(const floating* x, Py_ssize_t img_stride, Py_ssize_t H,
+                           Py_ssize_t W, Py_ssize_t th, Py_ssize_t g0, Py_ssize_t nt,
+                           Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t tw, floating* v,
+                           Py_ssize_t vs, floating* scratch) noexcept nogil:
+    """_wino_input_row for the batch's tile rows g0 .. g0+nt-1 of one channel (x: image 0's
+    plane of that channel; rows are numbered image after image, th per image)."""
+    cdef Py_ssize_t k, n, i
+    for k in range(nt):
+        n = (g0 + k) // th
+        i = g0 + k - n * th
+        _wino_input_row(x + n * img_stride, H, W, 2 * i - pt, pl, tw, v + k * tw, vs, scratch)
+
+
+cdef void _wino_output_rows(const floating* m, Py_ssize_t ms, Py_ssize_t th, Py_ssize_t g0,
+                            Py_ssize_t nt, Py_ssize_t tw, floating bias, floating* y,
+                            Py_ssize_t img_stride, Py_ssize_t Ho, Py_ssize_t Wo) noexcept nogil:
+    """_wino_output_row for tile rows g0 .. g0+nt-1 of one filter (y: image 0's plane)."""
+    cdef Py_ssize_t k, n, i
+    for k in range(nt):
+        n = (g0 + k) // th
+        i = g0 + k - n * th
+        _wino_output_row(m + k * tw, ms, tw, bias, y + n * img_stride + 2 * i * Wo, Wo,
+                         2 * i + 1 < Ho)
+
+
+def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
+                            const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
+                            floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
+                            Py_ssize_t pt, Py_ssize_t pl, int n_threads,
+                            const float[:, ::1] apk):
+    """3x3, stride 1, dilation 1, groups 1: y = conv(x, w) + bias by Winograd F(2x2, 3x3).
+    apk: U[e] prepacked for the own float32 GEMM in row e (no rows: none).
+
+    U (16, F, C): the transformed filters G w G^T.  The batch's rows of 2x2 output tiles
+    (N * ceil(Ho/2) of them, numbered image after image) go in blocks of ``trows`` -- a block
+    may span images, so small images still make wide GEMMs.  Blocks are independent tasks
+    (dynamic schedule, no barrier).  A task's slice of ws holds V (16, C, tiles), M (16, F,
+    tiles) and the row scratch: ws_per_thread >= 16*(C + F)*trows*tw + 8*(2*tw + 2).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = U.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t th = (Ho + 1) // 2, tw = (Wo + 1) // 2
+    cdef Py_ssize_t nrb = (N * th + trows - 1) // trows
+    cdef Py_ssize_t t, g0, nt, P, c, e, f
+    cdef floating* V
+    cdef floating* M
+    with nogil:
+        for t in prange(nrb, schedule="dynamic", num_threads=n_threads):
+            g0 = t * trows
+            nt = _min(trows, N * th - g0)
+            P = nt * tw
+            V = &ws[0] + threadid() * ws_per_thread
+            M = V + 16 * C * P
+            for c in range(C):
+                _wino_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
+                                 V + c * P, C * P, M + 16 * F * P)
+            for e in range(16):
+                gemm_pk(False, False, F, P, C, &U[e, 0, 0], C,
+                        &apk[e, 0] if apk.shape[0] > e else <const float*>NULL,
+                        V + e * C * P, P, <floating>0, M + e * F * P, P, <const floating*>NULL)
+            for f in range(F):
+                _wino_output_rows(M + f * P, F * P, th, g0, nt, tw,
+                                  bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
+                                  F * Ho * Wo, Ho, Wo)
+    return y

@@ -1,0 +1,515 @@
+"""The cpu conv plan: which algorithm computes the forward, grad_x and grad_weight of a conv, with
+which task split and workspace -- a pure function of the shapes, the dtype, the thread count,
+the workspace limit and the machine's abilities (``ConvCaps``).  convkit/cpu/conv.py runs the
+plan (one runner per algorithm); the constants are in convkit/cpu/tuning.py.
+
+Algorithms (the kernels are in convkit/cpu/_conv_<algorithm>.pyx, listed in _conv.pyx):
+
+=============== ====================================================================== ========
+name            what                                                                   passes
+=============== ====================================================================== ========
+depthwise3x3    3x3 stride-1 depthwise, one filter per channel: vector kernels          f, x, w
+depthwise       any other depthwise conv (groups == C): a direct kernel per plane       f, x, w
+dense           plane no bigger than the kernel: one GEMM with the conv's dense matrix  f, x, w
+winograd        3x3 stride 1, >= 16 channels, maps > 64 positions: F(2x2, 3x3)         f, x
+batch           maps <= 64 positions: the batch's columns side by side in one GEMM      f, x, w
+phases          strided, float32 on the own GEMM: polyphase planes, a GEMM per row      f
+wide            stride 1, padded rows <= 5/4 of the output's: taps read in place        f
+weight_dot      <= 320 taps per filter, float32 on the own GEMM: dot products           w (+ b)
+pointwise       1x1, stride 1, no padding: GEMMs straight on x                          f, x, w
+im2col          everything else: im2col into a workspace, then GEMMs                    f, x, w
+=============== ====================================================================== ========
+
+grad_x by ``winograd`` or ``batch`` is the forward algorithm run on grad_y with the filters
+flipped and transposed (stride-1 convs only).  A step that cannot fit the workspace limit
+carries the MemoryError message its runner raises (``Step.error``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from .._shapes import conv_out_size
+from . import tuning as T
+
+
+class ConvShape(NamedTuple):
+    """The shape facts a plan depends on (padding top, bottom, left, right)."""
+    N: int
+    C: int
+    H: int
+    W: int
+    F: int
+    Cg: int
+    KH: int
+    KW: int
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+
+    @classmethod
+    def of(cls, x_shape, w_shape, stride, padding, dilation, groups):
+        N, C, H, W = (int(v) for v in x_shape)
+        F, Cg, KH, KW = (int(v) for v in w_shape)
+        return cls(N, C, H, W, F, Cg, KH, KW, tuple(stride), tuple(padding), tuple(dilation),
+                   int(groups))
+
+    @property
+    def out(self):
+        """(Ho, Wo)."""
+        pt, pb, pl, pr = self.padding
+        return (conv_out_size(self.H, self.KH, self.stride[0], pt + pb, self.dilation[0]),
+                conv_out_size(self.W, self.KW, self.stride[1], pl + pr, self.dilation[1]))
+
+
+@dataclass(frozen=True)
+class ConvCaps:
+    """What the machine and the build offer the plan.
+
+    own_sgemm: float32 GEMMs run on convkit's AVX-512 kernel (csrc/sgemm.h), not BLAS.
+    depthwise3x3_level: the widest vector level of the 3x3 depthwise kernels (csrc/dw3x3.h):
+    0 none, 1 16-byte vectors, 2 AVX2, 3 AVX-512."""
+    own_sgemm: bool
+    depthwise3x3_level: int
+
+
+@dataclass(frozen=True)
+class Step:
+    """One pass of a conv: the algorithm, its thread count, its parameters (named per
+    algorithm, see the planners below) and, when it cannot fit the workspace limit, the
+    MemoryError message its runner raises instead."""
+    algo: str
+    threads: int
+    params: dict = field(default_factory=dict)
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    forward: Step
+    grad_x: Optional[Step]          # None when grad_x is not asked for
+    grad_weight: Step
+    grad_bias: str                  # "fused" (by the grad_weight step) or "sum" (its own pass)
+    grad_bias_threads: int
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def threads_for(macs: int, threads: int) -> int:
+    """The team for a call of this many multiply-adds (one thread below tuning.SERIAL_MACS)."""
+    return 1 if macs < T.SERIAL_MACS else threads
+
+
+def team(op, n_threads, min_bytes, what, weight_bytes, limit, extra=0):
+    """(threads, per-thread budget in bytes for the pieces): each thread gets its own slice of
+    the workspace -- a piece of at least min_bytes plus ``extra`` bytes of row scratch -- so
+    fewer threads run when the limit cannot give each one its smallest slice."""
+    if min_bytes + extra > limit:
+        raise MemoryError(
+            f"{op}: the im2col workspace needs {min_bytes + extra} bytes even for {what}, over "
+            f"the workspace limit of {limit} bytes; raise it with convkit.set_workspace_limit()")
+    n_threads = max(1, min(n_threads, limit // (min_bytes + extra)))
+    chunk = min(max(2 * weight_bytes, T.CHUNK_MIN), T.CHUNK_MAX)
+    return n_threads, max(min_bytes, min(chunk, limit // n_threads - extra))
+
+
+# --------------------------------------------------------------------------- the rules
+def is_pointwise(KH, KW, stride, padding):
+    return KH == 1 and KW == 1 and tuple(stride) == (1, 1) and tuple(padding) == (0, 0, 0, 0)
+
+
+def is_depthwise(C, Cg, groups):
+    return groups == C and Cg == 1 and groups > 1
+
+
+def dw3_level(max_level, itemsize, n):
+    """The widest level <= max_level whose vectors fit a row of n elements (csrc/dw3x3.h's
+    ck_dw3_level; tests check the two agree)."""
+    lvl = max_level
+    while lvl > 0 and (8 << lvl) // itemsize > n:
+        lvl -= 1
+    return lvl
+
+
+def depthwise3x3_plan(F, C, KH, KW, stride, padding, dilation, itemsize, W, Wo, max_level):
+    """(level, same) of the 3x3 stride-1 depthwise kernels for this conv; level 0 when they
+    do not apply (another shape, a channel multiplier, rows shorter than one vector): then the
+    general depthwise kernels run.  same: padding 1 all round, read without a padded copy."""
+    if F != C or (KH, KW) != (3, 3) or tuple(stride) != (1, 1) or tuple(dilation) != (1, 1):
+        return 0, False
+    if tuple(padding) == (1, 1, 1, 1):
+        level = dw3_level(max_level, itemsize, W - 2)
+        if level:
+            return level, True
+    return dw3_level(max_level, itemsize, min(W, Wo)), False
+
+
+def dense_ok(C, H, W, F, KH, KW, Ho, Wo, groups, limit):
+    return (groups == 1 and H * W <= KH * KW
+            and C * H * W * F * Ho * Wo <= min(T.DENSE_MAX_ELEMS, limit // T.DENSE_LIMIT_SHARE))
+
+
+def batch_ok(Ho, Wo, pointwise):
+    return Ho * Wo <= T.BATCH_MAX_HOWO and not pointwise
+
+
+def winograd_ok(F, Cg, KH, KW, stride, dilation, groups):
+    return (KH == 3 and KW == 3 and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+            and groups == 1 and min(F, Cg) >= T.WINOGRAD_MIN_CHANNELS)
+
+
+def prefer_winograd(F, Cg, KH, KW, stride, dilation, groups, Ho, Wo):
+    return (winograd_ok(F, Cg, KH, KW, stride, dilation, groups)
+            and Ho * Wo > T.BATCH_MAX_HOWO)
+
+
+def row_blocks(own_gemm):
+    """Row blocks for gemm_rows: one per thread on the own GEMM (its bits do not depend on the
+    split); tuning.BATCH_BLOCKS on BLAS, whose kernels follow the row count."""
+    return 0 if own_gemm else T.BATCH_BLOCKS
+
+
+def batch_padded(Ho, Wo, KH, KW, stride, dilation):
+    """(Hp, Wp): the padded plane the batch im2col gathers from (the rows and columns the taps
+    read)."""
+    return ((Ho - 1) * stride[0] + (KH - 1) * dilation[0] + 1,
+            (Wo - 1) * stride[1] + (KW - 1) * dilation[1] + 1)
+
+
+def panel_images(imgs, HoWo):
+    """imgs rounded down to whole GEMM panels of columns where that leaves at least one."""
+    q = T.GEMM_PANEL // math.gcd(T.GEMM_PANEL, HoWo)       # images per whole panel
+    return imgs // q * q if imgs >= q else imgs
+
+
+# --------------------------------------------------------------------------- the planners
+def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise, weight_bytes,
+                        own_gemm, limit):
+    """(threads, output rows per task, workspace elements per thread)."""
+    if pointwise:
+        rows, per_row = Ho, 0
+    else:
+        per_row = C * KK * Wo * itemsize          # columns of one output row of one image
+        n_threads, budget = team("conv2d_forward", n_threads, per_row,
+                                 "one output row of one image", weight_bytes, limit,
+                                 (W + sw) * itemsize)
+        rows = min(Ho, budget // per_row)
+    if not own_gemm:    # (BLAS: tasks set by the batch, not the threads; see plan_winograd)
+        rows = max(1, min(rows, ceil_div(Ho, ceil_div(T.BLAS_TASKS, N))))
+    elif n_threads > 1 and N * ceil_div(Ho, rows) < T.FORWARD_TASKS_PER_THREAD * n_threads:
+        rows = max(1, ceil_div(Ho, ceil_div(T.FORWARD_TASKS_PER_THREAD * n_threads, N)))
+    return n_threads, rows, rows * per_row // itemsize + (W + sw if not pointwise else 0)
+
+
+def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
+                         needs_gx, weight_bytes, own_gemm, limit):
+    """(threads, units_w, rows_w, chans_x, rows_x, workspace elements per thread)."""
+    Ug = Cg * KH
+    if pointwise:
+        units_w = ceil_div(Ug, ceil_div(n_threads, G) if own_gemm else
+                           ceil_div(Ug, T.BLAS_TASK_COLS))     # (see below)
+        chans_x = ceil_div(Cg, ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G)
+                           if own_gemm else ceil_div(T.BLAS_GRAD_X_TASKS, N * G))  # (see below)
+        return n_threads, units_w, Ho, chans_x, Ho, 0
+    unit_w = KW * Wo * itemsize                    # one (channel, kh) tap row, one output row
+    unit_x = KH * KW * Wo * itemsize               # one channel's taps, one output row
+    n_threads, budget = team("conv2d_backward", n_threads, unit_x if needs_gx else unit_w,
+                             "one output row of one channel", weight_bytes, limit,
+                             (W + sw) * itemsize)
+    units_w = ceil_div(Ug, ceil_div(n_threads, G))
+    if not own_gemm:
+        # BLAS (float64, or a CPU without AVX-512F) may sum a column's products in an order
+        # that depends on the width of the block it is given: column blocks of a size set by
+        # the layer alone keep grad_weight thread-count independent
+        units_w = ceil_div(Ug, ceil_div(Ug * KW, T.BLAS_TASK_COLS))
+    elif n_threads > 1:
+        # several tasks per thread (a thread held up by other load otherwise leaves the other
+        # waiting), each a whole number of the own GEMM's panels where that still leaves two
+        # tasks per thread; each task packs grad_y again (~5% of a GEMM at these shapes)
+        step = T.GEMM_PANEL // math.gcd(T.GEMM_PANEL, KW)
+        whole = ceil_div(ceil_div(Ug, ceil_div(T.GRAD_WEIGHT_TASKS_PER_THREAD * n_threads, G)),
+                         step) * step
+        if ceil_div(Ug, whole) >= T.GRAD_WEIGHT_MIN_TASKS_PER_THREAD * n_threads:
+            units_w = whole     # (else, e.g. a 3-channel stem, one task per thread as before)
+    units_w = min(units_w, budget // unit_w)
+    rows_w = min(Ho, budget // (units_w * unit_w))
+    if needs_gx:
+        # output rows per GEMM from the group's channel count, not from the channels per task
+        # (which follow the thread count): the row blocks fix the order of grad_x's sums
+        rows_x = max(1, min(Ho, budget // (Cg * unit_x)))
+        # channels per task: on BLAS from the layer alone (OpenBLAS's kernels follow the GEMM's
+        # row count, so a split that followed the thread count changed grad_x's bits)
+        split = (ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G) if own_gemm
+                 else ceil_div(T.BLAS_GRAD_X_TASKS, N * G))
+        chans_x = max(1, min(ceil_div(Cg, split), budget // (rows_x * unit_x)))
+    else:
+        chans_x, rows_x = Cg, Ho        # unused: no grad_x pass
+    ws = max(units_w * rows_w * unit_w, chans_x * rows_x * unit_x if needs_gx else 0)
+    return n_threads, units_w, rows_w, chans_x, rows_x, ws // itemsize + W + sw
+
+
+def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, limit):
+    """(threads, tile rows per task, workspace elements per thread), or None when not even one
+    tile row per thread fits the workspace limit."""
+    tw = (Wo + 1) // 2
+    th = (Ho + 1) // 2
+    per_row = 16 * (C + F) * tw * itemsize      # V and M of one row of 2x2 tiles
+    try:
+        n_threads, budget = team("conv2d_forward", n_threads, per_row, "one row of tiles",
+                                 weight_bytes, limit, 8 * (2 * tw + 2) * itemsize)
+    except MemoryError:
+        return None
+    trows = min(N * th, budget // per_row)     # rows of tiles of the whole batch per task
+    if not own_gemm:
+        # BLAS may sum differently for a different number of columns (tiles): tasks set by the
+        # batch alone keep the bits the same for any thread count
+        trows = max(1, min(trows, ceil_div(N * th, T.BLAS_TASKS)))
+    elif n_threads > 1:
+        tasks = max(ceil_div(N * th, trows), T.WINOGRAD_TASKS_PER_THREAD * n_threads)
+        if tasks < T.WINOGRAD_EVEN_TASKS * n_threads:
+            tasks = ceil_div(tasks, n_threads) * n_threads
+        trows = max(1, ceil_div(N * th, tasks))
+    return n_threads, trows, trows * per_row // itemsize + 8 * (2 * tw + 2)
+
+
+def plan_batch_forward(N, C, F, KK, HpWp, HoWo, itemsize, n_threads, limit):
+    """(threads, images per task, workspace elements per thread), or None when one image does
+    not fit the workspace limit."""
+    per_img = ((C * KK + F) * HoWo + C * HpWp) * itemsize
+    if per_img > limit:
+        return None
+    imgs = panel_images(min(ceil_div(N, T.BATCH_BLOCKS), limit // per_img,
+                            max(1, T.BATCH_CACHE // (C * KK * HoWo * itemsize))), HoWo)
+    n_threads = max(1, min(n_threads, limit // (imgs * per_img), ceil_div(N, imgs)))
+    return n_threads, imgs, imgs * per_img // itemsize
+
+
+def plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_gx, limit):
+    """(threads, chans_w, kimgs, imgs, nsplit, workspace elements per thread), or None when it
+    does not fit (gy side by side, the partial grad_weights, plus one channel's columns and
+    padded plane of one image).
+
+    grad_weight's column blocks (chans_w channels * KK taps) are whole GEMM panels where the
+    channels allow; when that leaves fewer than tuning.BATCH_W_BLOCKS blocks, the batch is split
+    into nsplit fixed parts summed separately and added after.  Neither depends on the thread
+    count."""
+    q = T.GEMM_PANEL // math.gcd(T.GEMM_PANEL, KK)      # channels per whole panel
+    chans_w = min(Cg, ceil_div(ceil_div(Cg, T.BATCH_W_BLOCKS), q) * q)
+    nsplit = max(1, min(N, T.BATCH_W_BLOCKS // (G * ceil_div(Cg, chans_w))))
+    unit_w = (KK * HoWo + HpWp) * itemsize              # one channel of one image
+    unit_x = Cg * (KK * HoWo + HpWp) * itemsize          # all channels of one image
+    room = limit - (F * N * HoWo + (nsplit - 1) * F * Cg * KK) * itemsize
+    if nsplit > 1 and room < max(unit_w, unit_x if needs_gx else 0):
+        nsplit = 1                                      # no room for the partial sums
+        room = limit - F * N * HoWo * itemsize
+    if room < max(unit_w, unit_x if needs_gx else 0):
+        return None
+    chans_w = min(chans_w, room // unit_w)
+    kimgs = min(N, room // (chans_w * unit_w), max(1, T.BATCH_CACHE // (chans_w * unit_w)))
+    imgs = panel_images(max(1, min(ceil_div(N, T.BATCH_BLOCKS), room // unit_x,  # (1 if unused)
+                                   max(1, T.BATCH_CACHE // (Cg * KK * HoWo * itemsize)))), HoWo)
+    ws = max(chans_w * kimgs * unit_w, imgs * unit_x if needs_gx else 0)
+    n_threads = max(1, min(n_threads, room // ws))
+    return n_threads, chans_w, kimgs, imgs, nsplit, ws // itemsize
+
+
+def plan_phases(s: ConvShape, Ho, Wo, float32, own_sgemm, pointwise, n_threads, limit):
+    """(output rows per task, workspace floats per thread) of the polyphase forward, or None."""
+    sh, sw = s.stride
+    if (not float32 or not own_sgemm or s.groups != 1 or pointwise
+            or s.stride == (1, 1) or Wo < T.PHASES_MIN_WO):
+        return None
+    rows = min(Ho, T.PHASES_ROWS)
+    if n_threads > 1 and s.N * ceil_div(Ho, rows) < T.PHASES_TASKS_PER_THREAD * n_threads:
+        rows = max(1, ceil_div(Ho, ceil_div(T.PHASES_TASKS_PER_THREAD * n_threads, s.N)))
+    Wq = Wo + (s.KW - 1) * s.dilation[1] // sw
+    Rq = rows + (s.KH - 1) * s.dilation[0] // sh
+    per = s.C * sh * sw * Rq * Wq + (s.KW - 1) * s.dilation[1] // sw
+    if per * 4 * n_threads > limit:
+        return None
+    return rows, per
+
+
+def plan_wide(s: ConvShape, Ho, Wo, itemsize, pointwise, limit):
+    """Workspace elements per thread of the wide-row forward, or None when it does not apply."""
+    if s.stride != (1, 1) or s.groups != 1 or pointwise:
+        return None
+    Hp, Wp = Ho + (s.KH - 1) * s.dilation[0], Wo + (s.KW - 1) * s.dilation[1]
+    num, den = T.WIDE_MAX_WIDENING
+    if den * Wp > num * Wo:
+        return None
+    per = s.C * Hp * Wp + (s.KW - 1) * s.dilation[1] + (s.C * s.KH * s.KW + s.F) * Ho * Wp
+    if per * itemsize > min(T.WIDE_MAX_BYTES, limit):
+        return None
+    return per
+
+
+def plan_weight_dot(s: ConvShape, Ho, Wo, float32, own_sgemm, pointwise, n_threads, limit):
+    """(rows, pass rows, filters per task, image groups, workspace floats) of the dot-product
+    weight gradient, or None where it does not apply or fit."""
+    from ._conv_dot import weight_dot_floats  # (a pure size computation, shared with the kernel)
+    N, F, Cg, KH, KW, groups = s.N, s.F, s.Cg, s.KH, s.KW, s.groups
+    taps = Cg * KH * KW
+    if (not float32 or not own_sgemm or (groups > 1 and Cg == 1) or pointwise
+            or taps > (T.DOT_MAX_TAPS if groups == 1 else T.DOT_MAX_TAPS_GROUPED)
+            or batch_ok(Ho, Wo, pointwise)):
+        return None     # (depthwise convs have their own kernels)
+    Fg = F // groups
+    sh, sw = s.stride
+    dh, dw = s.dilation
+    kr = max(1, min(Ho, T.DOT_PASS // Wo))
+    rows = min(Ho, max(kr, T.DOT_ROWS))
+    # a filter chunk per thread (whole 8-filter tiles, its partial sums within L2), times a
+    # fixed split of the batch: the split depends on the batch alone, so the sums do not
+    # depend on the thread count
+    fchunk = ceil_div(ceil_div(Fg, n_threads if groups == 1 else 1), 8) * 8
+    fchunk = max(8, min(fchunk, T.DOT_PART_BYTES // (64 * taps) // 8 * 8))
+    groups_n = max(1, min(N, T.DOT_IMAGE_GROUPS))
+    per_thread, per_task = weight_dot_floats(Cg, KH, KW, sh, sw, dh, dw, Wo, rows, kr, fchunk)
+    floats = (n_threads * per_thread + groups * ceil_div(Fg, fchunk) * groups_n * per_task
+              + 16)
+    if floats * 4 > limit:
+        return None
+    return rows, kr, fchunk, groups_n, floats
+
+
+# --------------------------------------------------------------------------- the plan
+def _or_error(fn, *args):
+    """(fn(*args), None), or (None, the message) when fn finds the workspace limit too low."""
+    try:
+        return fn(*args), None
+    except MemoryError as e:
+        return None, str(e)
+
+
+def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
+                 winograd: Optional[bool] = None) -> Step:
+    """The forward's Step (see plan_conv)."""
+    dtype = np.dtype(dtype)
+    itemsize, f32 = dtype.itemsize, dtype == np.float32
+    own = f32 and caps.own_sgemm
+    N, C, H, W, F, Cg, KH, KW = s[:8]
+    Ho, Wo = s.out
+    wbytes = F * Cg * KH * KW * itemsize
+    n = threads_for(N * F * Cg * KH * KW * Ho * Wo, threads)
+    if is_depthwise(C, Cg, s.groups):
+        level, same = depthwise3x3_plan(F, C, KH, KW, s.stride, s.padding, s.dilation, itemsize,
+                                        W, Wo, caps.depthwise3x3_level)
+        if level:
+            return Step("depthwise3x3", n, {"level": level, "same": same})
+        return Step("depthwise", n)
+    pointwise = is_pointwise(KH, KW, s.stride, s.padding)
+    if dense_ok(C, H, W, F, KH, KW, Ho, Wo, s.groups, limit):
+        return Step("dense", n, {"row_blocks": row_blocks(own)})
+    if winograd is None:
+        winograd = prefer_winograd(F, Cg, KH, KW, s.stride, s.dilation, s.groups, Ho, Wo)
+    if winograd:
+        p = plan_winograd(N, C, F, Ho, Wo, itemsize, n, wbytes, own, limit)
+        if p is not None:
+            return Step("winograd", p[0], {"trows": p[1], "per_thread": p[2]})
+    if batch_ok(Ho, Wo, pointwise):
+        Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
+        p = plan_batch_forward(N, C, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, limit)
+        if p is not None:
+            return Step("batch", p[0], {"imgs": p[1], "per_thread": p[2]})
+    p = plan_phases(s, Ho, Wo, f32, caps.own_sgemm, pointwise, n, limit)
+    if p is not None:
+        return Step("phases", n, {"rows": p[0], "per_thread": p[1]})
+    p = plan_wide(s, Ho, Wo, itemsize, pointwise, limit)
+    if p is not None:
+        return Step("wide", min(n, N), {"per_thread": p})
+    algo = "pointwise" if pointwise else "im2col"
+    p, err = _or_error(plan_im2col_forward, N, C, KH * KW, Ho, Wo, W, s.stride[1],
+                         itemsize, n, pointwise, wbytes, own, limit)
+    if p is None:
+        return Step(algo, n, error=err)
+    return Step(algo, p[0], {"rows": p[1], "per_thread": p[2]})
+
+
+def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
+                  needs_input_grad: bool = True, winograd: Optional[bool] = None):
+    """(grad_x Step or None, grad_weight Step, grad_bias, grad_bias threads) (see plan_conv)."""
+    dtype = np.dtype(dtype)
+    itemsize, f32 = dtype.itemsize, dtype == np.float32
+    own = f32 and caps.own_sgemm
+    N, C, H, W, F, Cg, KH, KW = s[:8]
+    G = s.groups
+    Ho, Wo = s.out
+    wbytes = F * Cg * KH * KW * itemsize
+    n = threads_for(N * F * Cg * KH * KW * Ho * Wo, threads)
+    bias_n = threads_for(N * F * Ho * Wo, threads)
+    if is_depthwise(C, Cg, G):
+        level, same = depthwise3x3_plan(F, C, KH, KW, s.stride, s.padding, s.dilation, itemsize,
+                                        W, Wo, caps.depthwise3x3_level)
+        if level:     # one pass per plane: grad_x, grad_weight and grad_bias together
+            step = Step("depthwise3x3", n, {"level": level, "same": same})
+            return (step if needs_input_grad else None), step, "fused", n
+        step = Step("depthwise", n)
+        return (step if needs_input_grad else None), step, "sum", bias_n
+    pointwise = is_pointwise(KH, KW, s.stride, s.padding)
+    if dense_ok(C, H, W, F, KH, KW, Ho, Wo, G, limit):
+        step = Step("dense", n, {"row_blocks": row_blocks(own)})
+        return (step if needs_input_grad else None), step, "sum", bias_n
+    dot = plan_weight_dot(s, Ho, Wo, f32, caps.own_sgemm, pointwise, n, limit)
+    gx = None
+    if needs_input_grad:
+        if winograd is None:
+            winograd = prefer_winograd(F, Cg, KH, KW, s.stride, s.dilation, G, Ho, Wo)
+        if winograd:
+            # the conv of grad_y (F channels) with the flipped, transposed filters (C out)
+            p = plan_winograd(N, F, Cg, H, W, itemsize, n, wbytes, own, limit)
+            if p is not None:
+                gx = Step("winograd", p[0], {"trows": p[1], "per_thread": p[2]})
+        if gx is None and s.stride == (1, 1) and batch_ok(H, W, pointwise):
+            Hp, Wp = batch_padded(H, W, KH, KW, (1, 1), s.dilation)
+            p = plan_batch_forward(N, F, C, KH * KW, Hp * Wp, H * W, itemsize, n, limit)
+            if p is not None:
+                gx = Step("batch", p[0], {"imgs": p[1], "per_thread": p[2], "flipped": True})
+    gx_left = needs_input_grad and gx is None       # still to do by a backward kernel below
+    gw = None
+    if dot is not None:
+        rows, kr, fchunk, groups_n, floats = dot
+        gw = Step("weight_dot", n, {"rows": rows, "kr": kr, "fchunk": fchunk,
+                                    "groups_n": groups_n, "floats": floats})
+        if not gx_left:
+            return gx, gw, "fused", n
+    if batch_ok(Ho, Wo, pointwise):      # (never together with weight_dot)
+        Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
+        p = plan_batch_backward(N, Cg, G, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, gx_left,
+                                limit)
+        if p is not None:
+            step = Step("batch", p[0], {"chans_w": p[1], "kimgs": p[2], "imgs": p[3],
+                                        "nsplit": p[4], "per_thread": p[5]})
+            return (step if gx_left else gx), step, "sum", bias_n
+    algo = "pointwise" if pointwise else "im2col"
+    p, err = _or_error(plan_im2col_backward, N, C, Cg, G, KH, KW, Ho, Wo, W,
+                         s.stride[1], itemsize, n, pointwise, gx_left, wbytes, own, limit)
+    if p is None:
+        step = Step(algo, n, error=err)
+    else:
+        step = Step(algo, p[0], {"units_w": p[1], "rows_w": p[2], "chans_x": p[3],
+                                 "rows_x": p[4], "per_thread": p[5]})
+    if gw is not None:       # grad_weight by dot products: the im2col pass makes grad_x only
+        return step, gw, "fused", n
+    return (step if gx_left else gx), step, "sum", bias_n
+
+
+def plan_conv(shape: ConvShape, dtype, threads: int, caps: ConvCaps, workspace_limit: int,
+              needs_input_grad: bool = True, winograd: Optional[bool] = None) -> ConvPlan:
+    """The plan of a conv: forward, grad_x and grad_weight chosen independently.
+
+    shape: ConvShape.of(x.shape, weight.shape, stride, padding, dilation, groups); threads:
+    convkit.get_num_threads() (calls below tuning.SERIAL_MACS run on one); caps: the machine's
+    abilities; workspace_limit: convkit.get_workspace_limit().  winograd: None applies the
+    rule (prefer_winograd); True / False decide it (tests compare Winograd with im2col).
+    Pure: the same arguments give the same plan, on any machine."""
+    gx, gw, gb, gb_threads = plan_backward(shape, dtype, threads, caps, workspace_limit,
+                                           needs_input_grad, winograd)
+    return ConvPlan(plan_forward(shape, dtype, threads, caps, workspace_limit, winograd),
+                    gx, gw, gb, gb_threads)

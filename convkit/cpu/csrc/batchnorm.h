@@ -1,0 +1,155 @@
+/* Batch-norm sums and slab loops (declared in csrc/batchnorm.pxd, used by _batchnorm.pyx). */
+#ifndef CK_BATCHNORM_H
+#define CK_BATCHNORM_H
+/* Double-precision sums over one contiguous run, SSE2 (every x86-64 CPU) with several
+   independent accumulators (a plain C loop would be one serial add chain: C forbids the
+   compiler to reorder floating-point additions).  Plain C elsewhere. */
+#include <stddef.h>
+#if defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+#define CK_BN_SSE2 1
+#endif
+
+#ifdef CK_BN_SSE2
+/* two values of x widened to double (exact for float) */
+static inline __m128d ck_bn_ld2_f(const float* x) {
+    return _mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i*)x)));
+}
+static inline __m128d ck_bn_ld2_d(const double* x) { return _mm_loadu_pd(x); }
+/* the vector part of ck_bn_sums: four pairs of accumulators, eight values a step */
+#define CK_BN_SUMS_SSE2(S)                                                                    \
+    __m128d vm = _mm_set1_pd(m), s0 = _mm_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;            \
+    __m128d q0 = s0, q1 = s0, q2 = s0, q3 = s0, d0, d1, d2, d3;                               \
+    double buf[2];                                                                            \
+    for (; i + 8 <= n; i += 8) {                                                              \
+        d0 = _mm_sub_pd(ck_bn_ld2_##S(x + i), vm);                                            \
+        d1 = _mm_sub_pd(ck_bn_ld2_##S(x + i + 2), vm);                                        \
+        d2 = _mm_sub_pd(ck_bn_ld2_##S(x + i + 4), vm);                                        \
+        d3 = _mm_sub_pd(ck_bn_ld2_##S(x + i + 6), vm);                                        \
+        s0 = _mm_add_pd(s0, d0); s1 = _mm_add_pd(s1, d1);                                     \
+        s2 = _mm_add_pd(s2, d2); s3 = _mm_add_pd(s3, d3);                                     \
+        q0 = _mm_add_pd(q0, _mm_mul_pd(d0, d0)); q1 = _mm_add_pd(q1, _mm_mul_pd(d1, d1));     \
+        q2 = _mm_add_pd(q2, _mm_mul_pd(d2, d2)); q3 = _mm_add_pd(q3, _mm_mul_pd(d3, d3));     \
+    }                                                                                         \
+    _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(s0, s1), _mm_add_pd(s2, s3)));                   \
+    ts = buf[0] + buf[1];                                                                     \
+    _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(q0, q1), _mm_add_pd(q2, q3)));                   \
+    tq = buf[0] + buf[1];
+#else
+#define CK_BN_SUMS_SSE2(S)
+#endif
+
+/* s += sum(x - m), q += sum((x - m)^2) */
+#define CK_BN_SUMS(T, S)                                                                      \
+static void ck_bn_sums_##S(const T* x, ptrdiff_t n, double m, double* s, double* q) {        \
+    ptrdiff_t i = 0;                                                                          \
+    double ts = 0, tq = 0;                                                                    \
+    CK_BN_SUMS_SSE2(S)                                                                        \
+    for (; i < n; i++) { double d = (double)x[i] - m; ts += d; tq += d * d; }                 \
+    *s += ts; *q += tq;                                                                       \
+}
+CK_BN_SUMS(float, f)
+CK_BN_SUMS(double, d)
+
+/* sg += sum(g), sd += sum(g * (x - m)) */
+static void ck_bn_dot_f(const float* g, const float* x, ptrdiff_t n, double m,
+                        double* sg, double* sd) {
+    ptrdiff_t i = 0;
+    double tg = 0, td = 0;
+#ifdef CK_BN_SSE2
+    __m128d vm = _mm_set1_pd(m), s0 = _mm_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+    __m128d q0 = s0, q1 = s0, q2 = s0, q3 = s0, g0, g1, g2, g3;
+    double buf[2];
+    for (; i + 8 <= n; i += 8) {
+        __m128 a = _mm_loadu_ps(x + i), b = _mm_loadu_ps(x + i + 4);
+        __m128 ga = _mm_loadu_ps(g + i), gb = _mm_loadu_ps(g + i + 4);
+        g0 = _mm_cvtps_pd(ga); g1 = _mm_cvtps_pd(_mm_movehl_ps(ga, ga));
+        g2 = _mm_cvtps_pd(gb); g3 = _mm_cvtps_pd(_mm_movehl_ps(gb, gb));
+        s0 = _mm_add_pd(s0, g0); s1 = _mm_add_pd(s1, g1);
+        s2 = _mm_add_pd(s2, g2); s3 = _mm_add_pd(s3, g3);
+        q0 = _mm_add_pd(q0, _mm_mul_pd(g0, _mm_sub_pd(_mm_cvtps_pd(a), vm)));
+        q1 = _mm_add_pd(q1, _mm_mul_pd(g1, _mm_sub_pd(_mm_cvtps_pd(_mm_movehl_ps(a, a)), vm)));
+        q2 = _mm_add_pd(q2, _mm_mul_pd(g2, _mm_sub_pd(_mm_cvtps_pd(b), vm)));
+        q3 = _mm_add_pd(q3, _mm_mul_pd(g3, _mm_sub_pd(_mm_cvtps_pd(_mm_movehl_ps(b, b)), vm)));
+    }
+    _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(s0, s1), _mm_add_pd(s2, s3)));
+    tg = buf[0] + buf[1];
+    _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(q0, q1), _mm_add_pd(q2, q3)));
+    td = buf[0] + buf[1];
+#endif
+    for (; i < n; i++) { tg += (double)g[i]; td += (double)g[i] * ((double)x[i] - m); }
+    *sg += tg; *sd += td;
+}
+
+static void ck_bn_dot_d(const double* g, const double* x, ptrdiff_t n, double m,
+                        double* sg, double* sd) {
+    ptrdiff_t i = 0;
+    double tg = 0, td = 0;
+#ifdef CK_BN_SSE2
+    __m128d vm = _mm_set1_pd(m), s0 = _mm_setzero_pd(), s1 = s0;
+    __m128d q0 = s0, q1 = s0, g0, g1;
+    double buf[2];
+    for (; i + 4 <= n; i += 4) {
+        g0 = _mm_loadu_pd(g + i); g1 = _mm_loadu_pd(g + i + 2);
+        s0 = _mm_add_pd(s0, g0); s1 = _mm_add_pd(s1, g1);
+        q0 = _mm_add_pd(q0, _mm_mul_pd(g0, _mm_sub_pd(_mm_loadu_pd(x + i), vm)));
+        q1 = _mm_add_pd(q1, _mm_mul_pd(g1, _mm_sub_pd(_mm_loadu_pd(x + i + 2), vm)));
+    }
+    _mm_storeu_pd(buf, _mm_add_pd(s0, s1));
+    tg = buf[0] + buf[1];
+    _mm_storeu_pd(buf, _mm_add_pd(q0, q1));
+    td = buf[0] + buf[1];
+#endif
+    for (; i < n; i++) { tg += g[i]; td += g[i] * (x[i] - m); }
+    *sg += tg; *sd += td;
+}
+
+/* Slab loops of the small-plane batch norm.  GCC builds each twice (AVX-512F and the
+   x86-64 baseline) and picks one at load time; fp-contract=off keeps the arithmetic
+   (no fused multiply-adds) the same bits in both builds. */
+#include <stddef.h>
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define CK_BNV __attribute__((target_clones("avx512f", "default"), optimize("fp-contract=off")))
+#else
+#define CK_BNV
+#endif
+#define CK_BNV_DEFINE(T, SUF)                                                               \
+/* s[l] += x[l] */                                                                        \
+CK_BNV static void ck_bnv_sum_##SUF(const T* __restrict x, ptrdiff_t L,                   \
+                                    double* __restrict s) {                               \
+    for (ptrdiff_t l = 0; l < L; l++) s[l] += (double)x[l];                               \
+}                                                                                         \
+/* d = x[l] - m[l]: s[l] += d, q[l] += d * d */                                           \
+CK_BNV static void ck_bnv_dev_##SUF(const T* __restrict x, ptrdiff_t L,                   \
+                                    const double* __restrict m, double* __restrict s,     \
+                                    double* __restrict q) {                               \
+    for (ptrdiff_t l = 0; l < L; l++) {                                                   \
+        double d = (double)x[l] - m[l];                                                   \
+        s[l] += d; q[l] += d * d;                                                         \
+    }                                                                                     \
+}                                                                                         \
+/* sg[l] += g[l], sd[l] += g[l] * (x[l] - m[l]) */                                        \
+CK_BNV static void ck_bnv_dot_##SUF(const T* __restrict g, const T* __restrict x,         \
+                                    ptrdiff_t L, const double* __restrict m,              \
+                                    double* __restrict sg, double* __restrict sd) {       \
+    for (ptrdiff_t l = 0; l < L; l++) {                                                   \
+        double gv = (double)g[l];                                                         \
+        sg[l] += gv; sd[l] += gv * ((double)x[l] - m[l]);                                 \
+    }                                                                                     \
+}                                                                                         \
+/* y[l] = (x[l] - m[l]) * a[l] + b[l] */                                                  \
+CK_BNV static void ck_bnv_affine_##SUF(const T* __restrict x, T* __restrict y,            \
+                                       ptrdiff_t L, const T* __restrict m,                \
+                                       const T* __restrict a, const T* __restrict b) {    \
+    for (ptrdiff_t l = 0; l < L; l++) y[l] = (x[l] - m[l]) * a[l] + b[l];                 \
+}                                                                                         \
+/* o[l] = g[l] * kg[l] + (x[l] - m[l]) * kx[l] + b[l] */                                  \
+CK_BNV static void ck_bnv_grad_##SUF(const T* __restrict g, const T* __restrict x,        \
+                                     T* __restrict o, ptrdiff_t L,                        \
+                                     const T* __restrict kg, const T* __restrict m,       \
+                                     const T* __restrict kx, const T* __restrict b) {     \
+    for (ptrdiff_t l = 0; l < L; l++) o[l] = g[l] * kg[l] + (x[l] - m[l]) * kx[l] + b[l]; \
+}
+CK_BNV_DEFINE(float, f)
+CK_BNV_DEFINE(double, d)
+#endif

@@ -1,0 +1,116 @@
+"""Every threshold and tuning constant of the cpu conv plan (convkit/cpu/conv_plan.py), in one
+place.  Each has a one-line reason and a pointer to where its measurement is recorded: a section
+of bench/RESULTS.md, or "not measured in RESULTS.md" where the numbers were only ever kept in the
+code (they are in bench/RESULTS.md's section "Conv plan tuning: measurements behind
+convkit/cpu/tuning.py", moved there from the comments).  All were tuned on the 2-core AVX-512
+Xeon of the 2026-11-28 sessions.
+
+Several constants fix how work is cut into tasks *independently of the thread count*: BLAS
+picks its kernels by matrix size, so a split that followed the team would change the bits of
+the result; changing one of those changes results (not just speed) and needs the bit-identity
+tests.
+"""
+
+# ----------------------------------------------------------------------------- threads
+# Below this many multiply-adds a call runs on one thread: the team costs more than it saves.
+# RESULTS.md "Conv plan tuning" / serial threshold (9.2k MACs even, 74k MACs 1.1x on 2).
+SERIAL_MACS = 1 << 15
+
+# ----------------------------------------------------------------------------- workspaces
+# im2col piece per thread: twice the weight's bytes, clamped to [CHUNK_MIN, CHUNK_MAX]; small
+# pieces stay in cache, but each piece repacks the weight.
+# RESULTS.md "Conv plan tuning" / im2col piece.
+CHUNK_MIN = 512 * 2**10
+CHUNK_MAX = 8 * 2**20
+# Workspaces up to this size are kept per Python thread between calls (no page faults per call).
+# Not measured in RESULTS.md.
+KEEP_BYTES = 64 * 2**20
+
+# ----------------------------------------------------------------------------- task splits
+# im2col / pointwise forward on the own GEMM: at least this many tasks per thread (balance).
+# Not measured in RESULTS.md.
+FORWARD_TASKS_PER_THREAD = 2
+# im2col forward, Winograd and im2col grad_x on BLAS: the batch cut into this many tasks,
+# whatever the thread count (BLAS bits follow the block size).  Not measured in RESULTS.md.
+BLAS_TASKS = 8
+# im2col grad_x on BLAS: channel blocks per (image, group) set by the layer alone, this many
+# tasks in all.  Not measured in RESULTS.md.
+BLAS_GRAD_X_TASKS = 4
+# im2col grad_weight on the own GEMM: aim for this many tasks per thread (res_14's two tasks
+# spent 15% of the backward in libgomp's barrier).  Not measured in RESULTS.md.
+GRAD_WEIGHT_TASKS_PER_THREAD = 4
+# ... rounded to whole GEMM panels only where that still leaves this many tasks per thread
+# (else, e.g. a 3-channel stem, one task per thread).  Not measured in RESULTS.md.
+GRAD_WEIGHT_MIN_TASKS_PER_THREAD = 2
+# im2col grad_x on the own GEMM: channel blocks for at least this many tasks per thread.
+# Not measured in RESULTS.md.
+GRAD_X_TASKS_PER_THREAD = 2
+# im2col grad_weight on BLAS: column blocks about this wide, set by the layer (OpenBLAS gave a
+# 3-channel stem other bits on 1 and 2 threads).  RESULTS.md "Other changes measured this session".
+BLAS_TASK_COLS = 96
+# The own float32 GEMM computes C in panels of this many columns (a partial panel costs a whole
+# one): task blocks are rounded to whole panels.  RESULTS.md "The GEMM under every float32 conv".
+GEMM_PANEL = 48
+
+# ----------------------------------------------------------------------------- Winograd
+# Winograd F(2x2, 3x3) for 3x3 stride-1 convs with at least this many channels in and out
+# (below, the transforms cost more than the multiplies saved).  Not measured in RESULTS.md.
+WINOGRAD_MIN_CHANNELS = 16
+# Own GEMM: at least this many tile-row tasks per thread, rounded to a multiple of the team
+# below WINOGRAD_EVEN_TASKS per thread.  Not measured in RESULTS.md.
+WINOGRAD_TASKS_PER_THREAD = 2
+WINOGRAD_EVEN_TASKS = 8
+
+# ----------------------------------------------------------------------------- small maps
+# Up to this many output positions per image, the batch's columns go side by side into one GEMM
+# per block of images, preferred to Winograd.  RESULTS.md "Conv plan tuning" / batch-wide GEMMs.
+BATCH_MAX_HOWO = 64
+# Blocks of images of the batch paths (two tasks per thread on 2 cores), set by the batch alone.
+# Not measured in RESULTS.md.
+BATCH_BLOCKS = 4
+# Column blocks of the batch grad_weight (the batch is split in fixed parts below this).
+# Not measured in RESULTS.md.
+BATCH_W_BLOCKS = 2
+# A block of images' columns is capped to stay in L2.
+# RESULTS.md "Conv plan tuning" / batch block cap.
+BATCH_CACHE = 512 * 2**10
+# Dense maps (H*W <= KH*KW, groups 1): one GEMM with the conv's dense matrix, of at most this
+# many elements (and 1/16 of the workspace limit).  RESULTS.md "Conv plan tuning" / dense maps.
+DENSE_MAX_ELEMS = 1 << 20
+DENSE_LIMIT_SHARE = 16
+
+# ----------------------------------------------------------------------------- wide rows
+# Stride-1 forward reading taps in place (an image per task) when its workspace stays in L2 ...
+# RESULTS.md "Conv plan tuning" / wide rows (lenet_c1 2.4x faster than im2col).
+WIDE_MAX_BYTES = 1 << 20
+# ... and the padded rows widen the output by at most 5/4 (extra columns computed and dropped).
+# Not measured in RESULTS.md.
+WIDE_MAX_WIDENING = (5, 4)
+
+# ----------------------------------------------------------------------------- phase planes
+# Strided forward on the own GEMM by polyphase planes for output rows of at least this many
+# values (a GEMM per shorter row costs more than it saves).
+# RESULTS.md "stem_224: not met then, and why".
+PHASES_MIN_WO = 32
+# Output rows per task, lowered until there are PHASES_TASKS_PER_THREAD tasks per thread.
+# Not measured in RESULTS.md.
+PHASES_ROWS = 16
+PHASES_TASKS_PER_THREAD = 4
+
+# ----------------------------------------------------------------------------- dot weight gradient
+# Dot-product grad_weight (float32, own GEMM) up to this many taps per filter; above, the packed
+# GEMM's tile reuses each load more.  RESULTS.md "stem_224: met, and how" (576 taps 6.9 vs 6.2 ms).
+DOT_MAX_TAPS = 320
+# The same for grouped convs (not depthwise).  RESULTS.md "Other changes measured this session"
+# (288 taps: the GEMM stays).
+DOT_MAX_TAPS_GROUPED = 160
+# Output rows per phase block, and floats of a grad_y row block per tile pass (8 rows of it stay
+# in L1 across the taps).  RESULTS.md "Conv plan tuning" / dot rows and passes.
+DOT_ROWS = 28
+DOT_PASS = 700
+# A task's 16-lane partial sums (filters x taps x 16 floats) stay within this many bytes (L2).
+# Not measured in RESULTS.md.
+DOT_PART_BYTES = 1 << 19
+# Tasks per filter chunk: the batch in this many fixed groups (sums added in order, so the
+# result does not depend on the thread count).  RESULTS.md "stem_224: met, and how".
+DOT_IMAGE_GROUPS = 4

@@ -1,0 +1,180 @@
+"""The cpu conv plan (convkit/cpu/conv_plan.py): which algorithm each pass of a shape takes, on a
+machine with convkit's own AVX-512 float32 GEMM and on one without (the plan is pure, so both
+are asserted on any machine), the thread-count independence of the BLAS task splits, and the
+plan's agreement with the kernels it describes."""
+import numpy as np
+import pytest
+
+import convkit
+from convkit.cpu import conv_plan as P
+from convkit.cpu import tuning
+
+ok, why = convkit.backend_status("cpu")
+pytestmark = pytest.mark.skipif(not ok, reason=why[:300])
+
+OWN = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3)       # an AVX-512 Xeon
+BLAS = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2)     # AVX2 only (this CI's EPYC)
+LIMIT = 256 * 2**20                                           # the default workspace limit
+
+
+def _shape(N, C, H, W, F, K, stride=1, pad=0, groups=1, dilation=1):
+    return P.ConvShape.of((N, C, H, W), (F, C // groups, K, K), (stride, stride), (pad,) * 4,
+                          (dilation, dilation), groups)
+
+
+def _algos(plan):
+    return (plan.forward.algo, plan.grad_x.algo if plan.grad_x else None, plan.grad_weight.algo)
+
+
+# The suite's conv layers (convkit/benchmark.py CASES, full size) and the small-map, grouped and
+# depthwise shapes the model layer uses: (forward, grad_x, grad_weight) with the own GEMM and
+# on BLAS, float32, 2 threads.
+SUITE = [
+    ("stem_224", _shape(8, 3, 224, 224, 64, 7, 2, 3),
+     ("phases", "im2col", "weight_dot"), ("im2col", "im2col", "im2col")),
+    ("lenet_c1", _shape(64, 1, 28, 28, 6, 5, 1, 2),
+     ("wide", "im2col", "weight_dot"), ("wide", "im2col", "im2col")),
+    ("vgg_56", _shape(8, 64, 56, 56, 64, 3, 1, 1),
+     ("winograd", "winograd", "im2col"), ("winograd", "winograd", "im2col")),
+    ("res_28", _shape(8, 128, 28, 28, 128, 3, 1, 1),
+     ("winograd", "winograd", "im2col"), ("winograd", "winograd", "im2col")),
+    ("res_14", _shape(8, 256, 14, 14, 256, 3, 1, 1),
+     ("winograd", "winograd", "im2col"), ("winograd", "winograd", "im2col")),
+    ("pw_14", _shape(8, 256, 14, 14, 1024, 1),
+     ("pointwise", "pointwise", "pointwise"), ("pointwise", "pointwise", "pointwise")),
+    ("rpn_3x3", _shape(1, 512, 38, 50, 512, 3, 1, 1),
+     ("winograd", "winograd", "im2col"), ("winograd", "winograd", "im2col")),
+    ("rpn_cls1x1", _shape(1, 512, 38, 50, 18, 1),
+     ("pointwise", "pointwise", "pointwise"), ("pointwise", "pointwise", "pointwise")),
+    ("dw_56", _shape(8, 128, 56, 56, 128, 3, 1, 1, groups=128),
+     ("depthwise3x3",) * 3, ("depthwise3x3",) * 3),
+    ("depthwise_mult2", _shape(8, 32, 28, 28, 64, 3, 1, 1, groups=32),
+     ("depthwise",) * 3, ("depthwise",) * 3),
+    ("depthwise_5x5_s2", _shape(8, 32, 28, 28, 32, 5, 2, 2, groups=32),
+     ("depthwise",) * 3, ("depthwise",) * 3),
+    # small maps: <= 64 output positions per image
+    ("small_16_8x8", _shape(128, 16, 8, 8, 16, 3, 1, 1),
+     ("batch",) * 3, ("batch",) * 3),
+    ("small_s2_8x8", _shape(64, 16, 8, 8, 32, 3, 2, 1),
+     ("batch",) * 3, ("batch",) * 3),
+    ("dense_2x2", _shape(128, 64, 2, 2, 64, 3, 1, 1),
+     ("dense",) * 3, ("dense",) * 3),
+    ("res_16x16", _shape(128, 16, 16, 16, 16, 3, 1, 1),
+     ("winograd", "winograd", "weight_dot"), ("winograd", "winograd", "im2col")),
+    # grouped (not depthwise): 36 taps per filter take the dot weight gradient, 288 do not
+    ("grouped_32", _shape(8, 128, 28, 28, 128, 3, 1, 1, groups=32),
+     ("im2col", "im2col", "weight_dot"), ("im2col", "im2col", "im2col")),
+    ("grouped_288", _shape(2, 128, 20, 20, 128, 3, 1, 1, groups=4),
+     ("im2col", "im2col", "im2col"), ("im2col", "im2col", "im2col")),
+    ("strided_14", _shape(8, 64, 28, 28, 128, 3, 2, 1),
+     ("im2col", "im2col", "im2col"), ("im2col", "im2col", "im2col")),
+]
+
+
+@pytest.mark.parametrize("name,shape,own,blas", SUITE, ids=[c[0] for c in SUITE])
+def test_suite_layers_take_their_plans(name, shape, own, blas):
+    assert _algos(P.plan_conv(shape, np.float32, 2, OWN, LIMIT)) == own
+    assert _algos(P.plan_conv(shape, np.float32, 2, BLAS, LIMIT)) == blas
+    # float64 GEMMs always go to BLAS: the own-GEMM-only paths never appear
+    f64 = _algos(P.plan_conv(shape, np.float64, 2, OWN, LIMIT))
+    assert not {"phases", "weight_dot"} & set(f64)
+
+
+def test_first_layer_and_bias():
+    stem = _shape(8, 3, 224, 224, 64, 7, 2, 3)
+    plan = P.plan_conv(stem, np.float32, 2, OWN, LIMIT, needs_input_grad=False)
+    assert plan.grad_x is None and plan.grad_weight.algo == "weight_dot"
+    assert plan.grad_bias == "fused"            # the dot kernel sums grad_bias on the way
+    plan = P.plan_conv(stem, np.float32, 2, BLAS, LIMIT, needs_input_grad=False)
+    assert plan.grad_x is None and plan.grad_bias == "sum"
+    # depthwise 3x3: grad_x, grad_weight and grad_bias in one pass, the same step
+    dw = P.plan_conv(_shape(8, 128, 56, 56, 128, 3, 1, 1, groups=128), np.float32, 2, OWN, LIMIT)
+    assert dw.grad_x is dw.grad_weight and dw.grad_bias == "fused"
+    assert dw.forward.params == {"level": 3, "same": True}
+
+
+def test_depthwise3x3_follows_the_cpus_level():
+    dw = _shape(8, 128, 56, 56, 128, 3, 1, 1, groups=128)
+    for level in (1, 2, 3):
+        caps = P.ConvCaps(own_sgemm=False, depthwise3x3_level=level)
+        assert P.plan_conv(dw, np.float32, 2, caps, LIMIT).forward.params["level"] == level
+    none = P.ConvCaps(own_sgemm=False, depthwise3x3_level=0)
+    assert _algos(P.plan_conv(dw, np.float32, 2, none, LIMIT)) == ("depthwise",) * 3
+    # rows shorter than a vector take the narrower level, then the general kernel
+    narrow = _shape(2, 8, 6, 6, 8, 3, 1, 1, groups=8)        # W - 2 = 4 floats per row
+    assert P.plan_conv(narrow, np.float32, 1, OWN, LIMIT).forward.params["level"] == 1
+    assert P.plan_conv(narrow, np.float64, 1, OWN, LIMIT).forward.algo == "depthwise3x3"
+    assert P.plan_conv(_shape(2, 8, 3, 3, 8, 3, 1, 1, groups=8), np.float32, 1, OWN,
+                       LIMIT).forward.algo == "depthwise"
+
+
+def test_dw3_level_mirrors_the_kernels_choice():
+    from convkit.cpu import _conv
+    old = _conv.depthwise3x3_cap(3)
+    try:
+        for cap in (0, 1, 2, 3):
+            _conv.depthwise3x3_cap(cap)
+            top = _conv.depthwise3x3_level(1, 1 << 30)
+            assert top <= cap
+            for itemsize in (4, 8):
+                for n in range(0, 40):
+                    assert P.dw3_level(top, itemsize, n) == _conv.depthwise3x3_level(itemsize, n)
+    finally:
+        _conv.depthwise3x3_cap(old)
+
+
+def test_winograd_override_and_channel_threshold():
+    vgg = _shape(8, 64, 56, 56, 64, 3, 1, 1)
+    # (its wide-row workspace, 9 MB, is over tuning.WIDE_MAX_BYTES)
+    assert _algos(P.plan_conv(vgg, np.float32, 2, OWN, LIMIT, winograd=False)) == (
+        "im2col", "im2col", "im2col")
+    few = _shape(8, tuning.WINOGRAD_MIN_CHANNELS - 1, 56, 56, 64, 3, 1, 1)
+    assert P.plan_conv(few, np.float32, 2, OWN, LIMIT).forward.algo != "winograd"
+
+
+@pytest.mark.parametrize("shape", [_shape(8, 3, 224, 224, 64, 7, 2, 3),
+                                   _shape(8, 256, 14, 14, 256, 3, 1, 1),
+                                   _shape(4, 32, 20, 20, 48, 3, 2, 1),
+                                   _shape(8, 256, 14, 14, 1024, 1),
+                                   _shape(64, 16, 8, 8, 32, 3, 2, 1)],
+                         ids=["stem", "res_14", "strided", "pointwise", "small"])
+def test_blas_task_splits_do_not_follow_the_thread_count(shape):
+    """On BLAS the bits of a GEMM follow its block sizes: every split that shapes a sum must be
+    the same for 1, 2 and 3 threads (the bit-identity tests' precondition)."""
+    def splits(threads):
+        plan = P.plan_conv(shape, np.float32, threads, BLAS, LIMIT)
+        keep = ("rows", "trows", "imgs", "units_w", "rows_w", "chans_x", "rows_x", "chans_w",
+                "kimgs", "nsplit", "row_blocks")
+        return [(s.algo, {k: v for k, v in s.params.items() if k in keep})
+                for s in (plan.forward, plan.grad_x, plan.grad_weight)]
+    assert splits(1) == splits(2) == splits(3)
+
+
+def test_small_calls_run_on_one_thread():
+    tiny = _shape(1, 4, 6, 6, 4, 3, 1, 1)            # 4*4*9*36 MACs < tuning.SERIAL_MACS
+    plan = P.plan_conv(tiny, np.float32, 8, OWN, LIMIT)
+    assert plan.forward.threads == plan.grad_weight.threads == 1
+    big = P.plan_conv(_shape(8, 64, 56, 56, 64, 3, 1, 1), np.float32, 8, OWN, LIMIT)
+    assert big.forward.threads == 8
+
+
+def test_a_limit_below_one_row_is_carried_to_the_runner():
+    shape = _shape(1, 16, 8, 40, 4, 3, 1, 1)
+    plan = P.plan_conv(shape, np.float32, 2, BLAS, 1000)
+    assert plan.forward.algo == "im2col" and "limit of 1000 bytes" in plan.forward.error
+    assert plan.grad_weight.error is not None
+    ok = P.plan_conv(shape, np.float32, 2, BLAS, LIMIT)
+    assert ok.forward.error is None and ok.grad_weight.error is None
+
+
+def test_the_backend_runs_the_plan_it_reports():
+    """conv.py asks the plan with this machine's caps: the step it runs is the one plan_conv
+    gives for the same arguments."""
+    from convkit.cpu import conv as cc
+    x = np.zeros((2, 16, 12, 12), np.float32)
+    w = np.zeros((16, 16, 3, 3), np.float32)
+    s, Ho, Wo, plan = cc._plan(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert (Ho, Wo) == (12, 12)
+    want = P.plan_conv(s, np.float32, convkit.get_num_threads(), cc._caps(),
+                       convkit.get_workspace_limit())
+    assert plan == want and plan.forward.algo == "winograd"
