@@ -21,7 +21,9 @@ names the hook).  The boundary validates and normalises once, so a hook receives
 * rois as a private ``(K, 5)`` array ``[batch_index, x1, y1, x2, y2]`` (copied from the
   caller's before it was checked, so no other thread can change it) with every coordinate
   finite and every batch index an integer in ``[0, N)`` (rows with non-finite coordinates are
-  zeroed by the boundary, and the boundary zeroes their outputs/gradients afterwards);
+  zeroed by the boundary, and the boundary zeroes their outputs/gradients afterwards) --
+  unless the class declares ``validates_rois = True``: the hooks then get the private copy
+  unchecked and check it themselves;
 * max-pool ``indices`` and roi-pool ``argmax`` as a private copy checked to lie in range --
   unless the class declares ``validates_indices = True``: its kernels then get the caller's
   array and must read each index once and range-check it before use.
@@ -39,6 +41,7 @@ Optional abilities are declared class attributes with defaults here (``validates
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 from types import ModuleType
 from typing import Any, ClassVar
@@ -53,6 +56,9 @@ PUBLIC_OPS = {
     "roi_align_forward": "_roi_align_forward", "roi_align_backward": "_roi_align_backward",
     "nms": "_nms", "batched_nms": "_nms", "box_iou": "_box_iou",
 }
+
+
+_NO_DEVICE = contextlib.nullcontext()    # reusable: it keeps no state
 
 
 @functools.cache
@@ -73,6 +79,13 @@ class Backend(abc.ABC):
     #: kernel); the boundary then neither scans nor copies ``indices``/``argmax``.  It is
     #: inherited: a subclass replacing those hooks with kernels that trust indices sets it False.
     validates_indices: ClassVar[bool] = False
+
+    #: True when the RoI hooks' kernels check the rois themselves: each skips a row whose batch
+    #: index is not an integer in ``[0, N)`` and then raises the boundary's ``ValueError``
+    #: (``convkit.functional._check_batch_indices``), and gives a row with a non-finite
+    #: coordinate zero outputs (argmax -1) and no gradient.  The boundary then hands the private
+    #: rois copy over unchecked and unsanitised (no device -> host read before the kernel).
+    validates_rois: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -101,6 +114,13 @@ class Backend(abc.ABC):
     def is_native(self, a: Any) -> bool:
         """True when ``a`` is an array this backend's ops accept without conversion."""
         return isinstance(a, self.xp.ndarray)
+
+    def device_of(self, a: Any):
+        """A context manager under which the boundary does its own array work (copies, casts,
+        zero fills) for an op whose first array argument is ``a``: for a device backend, ``a``'s
+        device made current, so inputs on a device other than the current one stay there.
+        The default does nothing (host memory has one device)."""
+        return _NO_DEVICE
 
     def info(self) -> dict:
         """Free-form facts for ``convkit info`` (threads, devices, versions)."""

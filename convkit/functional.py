@@ -10,6 +10,8 @@ Inputs need not be contiguous; the boundary makes one C-contiguous copy where ne
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import _validate as V
@@ -37,6 +39,21 @@ def _backend(backend):
         return backend
     raise TypeError(f"backend must be None, a backend name or a convkit.Backend, got "
                     f"{type(backend).__name__}")
+
+
+def _on_inputs_device(fn):
+    """Run op ``fn``'s boundary work on the device of its first array argument
+    (:meth:`Backend.device_of`): copies, casts and zero fills made here then land beside the
+    inputs whatever the current device is, and the hooks see arrays of one device."""
+    @functools.wraps(fn)
+    def op(*args, backend=None, **kwargs):
+        be = _backend(backend)
+        for a in (*args, *kwargs.values()):
+            if be.is_native(a):
+                with be.device_of(a):
+                    return fn(*args, backend=be, **kwargs)
+        return fn(*args, backend=be, **kwargs)
+    return op
 
 
 def _c(be, a):
@@ -361,7 +378,9 @@ def _rois(op, be, rois, N, dt):
     (K,5) C-contiguous array of dtype dt, plus a boolean mask of rows with non-finite coordinates
     (None when all are finite); those rows are zeroed so kernels never see them.  Every check
     runs on the private copy: kernels index with its batch indices and coordinates, and a
-    thread changing the caller's array meanwhile must not slip a value past the checks."""
+    thread changing the caller's array meanwhile must not slip a value past the checks.
+    A ``validates_rois`` backend gets the private copy unchecked (mask None): reading the
+    checks back would cost it two device -> host syncs per call."""
     xp = be.xp
     if isinstance(rois, (list, tuple)):
         parts = []
@@ -389,18 +408,28 @@ def _rois(op, be, rois, N, dt):
             r = rois.copy(order="C")
         else:
             raise ValueError(f"{op}: rois must have shape (K, 5) or (K, 4), got {tuple(rois.shape)}")
-        bi = r[:, 0]
-        bad = ~((bi >= 0) & (bi < N) & (bi == xp.floor(bi)))
-        if bool(bad.any()):
-            row = int(xp.argmax(bad))
-            raise ValueError(f"{op}: rois[{row}, 0] = {float(bi[row])!r} is not an integer batch "
-                             f"index in [0, {N})")
+        if not be.validates_rois:
+            _check_batch_indices(op, xp, r, N)
+    if be.validates_rois:   # the kernels check batch indices and skip non-finite rows
+        return r, None
     finite = xp.isfinite(r[:, 1:]).all(axis=1)
     mask = None
     if not bool(finite.all()):
         mask = ~finite
         r[mask, 1:] = 0     # r is already private (copied or concatenated above)
     return r, mask
+
+
+def _check_batch_indices(op, xp, r, N):
+    """ValueError naming the first row of the (K, 5) rois ``r`` whose batch index is not an
+    integer in [0, N).  Reads back to the host: a ``validates_rois`` backend calls it only
+    after its kernel flagged a bad row, or where no kernel runs."""
+    bi = r[:, 0]
+    bad = ~((bi >= 0) & (bi < N) & (bi == xp.floor(bi)))
+    if bool(bad.any()):
+        row = int(xp.argmax(bad))
+        raise ValueError(f"{op}: rois[{row}, 0] = {float(bi[row])!r} is not an integer batch "
+                         f"index in [0, {N})")
 
 
 def _roi_common(op, be, x, output_size, spatial_scale):
@@ -430,6 +459,7 @@ def roi_pool_forward(x, rois, output_size, spatial_scale=1.0, *, out=None, backe
     V.no_overlap(op, be, out, x=x, rois=r)
     xp = be.xp
     if K == 0 or x.size == 0:
+        _check_batch_indices(op, xp, r, x.shape[0])   # no kernel runs to check them
         y = out if out is not None else xp.empty(shape, dt)
         y[...] = 0
         return y, xp.full(shape, -1, xp.int64)
@@ -466,6 +496,7 @@ def roi_pool_backward(grad_y, argmax, input_shape, rois=None, *, backend=None):
         if r.shape[0] != K:
             raise ValueError(f"{op}: rois has {r.shape[0]} rows but grad_y has K={K}")
     if K == 0 or int(np.prod(shape)) == 0:
+        _check_batch_indices(op, xp, r, N)
         return xp.zeros(shape, dt)
     argmax = _indices(op, "argmax", be, argmax, -1, H * W)
     return be._roi_pool_backward(_c(be, grad_y), r, argmax, shape)
@@ -508,6 +539,7 @@ def roi_align_forward(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1
     V.no_overlap(op, be, out, x=x, rois=r)
     xp = be.xp
     if K == 0 or x.size == 0:
+        _check_batch_indices(op, xp, r, x.shape[0])
         y = out if out is not None else xp.empty(shape, dt)
         y[...] = 0
         return y
@@ -532,6 +564,7 @@ def roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale=1.0
     V.grad_shape(op, "grad_y", grad_y, (r.shape[0], shape[1]) + osz)
     xp = be.xp
     if r.shape[0] == 0 or int(np.prod(shape)) == 0:
+        _check_batch_indices(op, xp, r, shape[0])
         return xp.zeros(shape, dt)
     g = grad_y
     if mask is not None:
@@ -607,6 +640,12 @@ def box_iou(boxes1, boxes2, *, backend=None):
     if boxes1.shape[0] == 0 or boxes2.shape[0] == 0:
         return be.xp.zeros((boxes1.shape[0], boxes2.shape[0]), dt)
     return be._box_iou(_c(be, boxes1), _c(be, boxes2))
+
+
+for _name in __all__:
+    if _name not in ("asarray", "to_numpy"):     # these two pick their own device
+        globals()[_name] = _on_inputs_device(globals()[_name])
+del _name
 
 
 # -------------------------------------------------------------------------------------- arrays

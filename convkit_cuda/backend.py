@@ -97,6 +97,9 @@ class CudaBackend(Backend):
     # the max-pool / roi-pool backward kernels read each index once and range-check it on the
     # device (one error flag read per call): the boundary neither copies nor scans them
     validates_indices = True
+    # the RoI kernels check batch indices (same flag) and zero non-finite RoIs themselves, so
+    # an RoI call reads nothing back before its kernel
+    validates_rois = True
 
     def __init__(self):
         cupy = _import_cupy()
@@ -148,6 +151,11 @@ class CudaBackend(Backend):
 
     def to_numpy(self, a):
         return self.xp.asnumpy(a)
+
+    def device_of(self, a):
+        """``a``'s GPU as a context manager (``cupy.cuda.Device``): the boundary's copies and
+        casts for an op run there, beside its inputs, whatever the current device is."""
+        return self.xp.cuda.Device(self._kernels.device_id(a))
 
     def synchronize(self) -> None:
         """Wait for all work queued on the current device."""

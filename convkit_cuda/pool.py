@@ -14,14 +14,19 @@ STEM = "pool"
 _I = np.int64
 
 
+def index_error(op, name, idx, lo, hi) -> ValueError:
+    """The boundary's ValueError for ``idx`` having values outside [lo, hi) (error path only:
+    it reads the range of idx back to the host)."""
+    mn, mx = int(idx.min()), int(idx.max())
+    return ValueError(f"{op}: {name} must lie in [{lo}, {hi}) for this input_shape, got "
+                      f"values in [{mn}, {mx}]")
+
+
 def check_flag(bad, op, name, idx, lo, hi):
-    """Raise the boundary's ValueError when a kernel set the error flag ``bad`` for an index
-    outside [lo, hi): one device -> host read of one word; the range of the offending array is
-    only worked out on the error path."""
+    """Raise :func:`index_error` when a kernel set the error flag ``bad`` for an index outside
+    [lo, hi): one device -> host read of one word."""
     if read_flag(bad):
-        mn, mx = int(idx.min()), int(idx.max())
-        raise ValueError(f"{op}: {name} must lie in [{lo}, {hi}) for this input_shape, got "
-                         f"values in [{mn}, {mx}]")
+        raise index_error(op, name, idx, lo, hi)
 
 
 def gather_add(values, keys, size):

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import re
@@ -72,6 +73,7 @@ static ck_dim3 blockIdx, threadIdx, blockDim, gridDim;
 #define __forceinline__ inline
 #define __shared__ static
 template <typename T> static inline T atomicAdd(T* p, T v) { T old = *p; *p = old + v; return old; }
+template <typename T> static inline T atomicOr(T* p, T v) { T old = *p; *p = old | v; return old; }
 static inline double __longlong_as_double(long long v)
 { double d; std::memcpy(&d, &v, sizeof d); return d; }
 
@@ -292,12 +294,31 @@ class _Device:
 
 
 class OnDevice(np.ndarray):
-    """A NumPy array that the emulation treats as living on GPU ``emu_device``."""
+    """A NumPy array that the emulation treats as living on GPU ``emu_device``.
+
+    As in CuPy, a view stays on its base's device and a new buffer (a copy, a cast, a ufunc's
+    result) is allocated on the current device -- so boundary work done on the wrong device
+    shows up as a device mismatch."""
 
     emu_device = 0
 
     def __array_finalize__(self, obj):
-        self.emu_device = getattr(obj, "emu_device", 0)
+        dev = getattr(obj, "emu_device", None) if self.base is not None else None
+        self.emu_device = _current_device() if dev is None else dev
+
+
+def _allocating_on_current_device(f):
+    """numpy function ``f`` as the stand-in's: while a GPU other than 0 is current, a new
+    plain-NumPy result is tagged as living there (plain arrays count as GPU 0)."""
+    @functools.wraps(f)
+    def g(*args, **kwargs):
+        out = f(*args, **kwargs)
+        dev = _current_device()
+        if dev and type(out) is np.ndarray:
+            out = out.view(OnDevice)
+            out.emu_device = dev
+        return out
+    return g
 
 
 def on_gpu(a, device: int):
@@ -343,8 +364,10 @@ def fake_cupy(device_count=1, driver=13000, runtime=13000, device_error=None,
     m.from_dlpack = np.from_dlpack
     m.RawModule = EmuModule
     # CuPy's sorts are stable (thrust); NumPy's default is not
-    m.argsort = lambda a, axis=-1, kind=None: np.argsort(a, axis=axis, kind="stable")
-    m.sort = lambda a, axis=-1, kind=None: np.sort(a, axis=axis, kind="stable")
+    m.argsort = _allocating_on_current_device(
+        lambda a, axis=-1, kind=None: np.argsort(a, axis=axis, kind="stable"))
+    m.sort = _allocating_on_current_device(
+        lambda a, axis=-1, kind=None: np.sort(a, axis=axis, kind="stable"))
 
     matmul_log = []
 
@@ -357,7 +380,9 @@ def fake_cupy(device_count=1, driver=13000, runtime=13000, device_error=None,
     m.matmul_log = matmul_log
 
     def __getattr__(name):           # everything else: NumPy's function of the same name
-        return getattr(np, name)
+        f = getattr(np, name)
+        return (_allocating_on_current_device(f)
+                if callable(f) and not isinstance(f, (type, np.ufunc)) else f)
 
     m.__getattr__ = __getattr__
 

@@ -80,6 +80,15 @@ def test_suite_layers_take_their_plans(name, shape, own, blas):
     assert not {"phases", "weight_dot"} & set(f64)
 
 
+@pytest.mark.parametrize("name,shape,own,blas", SUITE, ids=[c[0] for c in SUITE])
+def test_a_nonfinite_operand_takes_im2col_everywhere(name, shape, own, blas):
+    """exact=True (a NaN or inf among the operands): every pass on the im2col (or pointwise)
+    GEMMs, whose outputs read only their own windows, on any machine."""
+    for caps in (OWN, BLAS):
+        algos = set(_algos(P.plan_conv(shape, np.float32, 2, caps, LIMIT, exact=True)))
+        assert algos <= {"im2col", "pointwise"}, (name, algos)
+
+
 def test_first_layer_and_bias():
     stem = _shape(8, 3, 224, 224, 64, 7, 2, 3)
     plan = P.plan_conv(stem, np.float32, 2, OWN, LIMIT, needs_input_grad=False)

@@ -16,6 +16,7 @@ Three layers, so that a machine without a GPU still checks most of it:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -240,6 +241,49 @@ def test_emulated_roi_align_gather_backward_matches_atomic(emulated, aligned, sr
                    lambda g, x_: (run("cuda", F.roi_align_backward, g, rois, x_.shape, (3, 2),
                                       0.75, sr, aligned),),
                    [x])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_emulated_roi_align_gather_buckets_give_the_unbucketed_bits(emulated, monkeypatch,
+                                                                     dtype):
+    """The deterministic gather visits only the RoIs indexed for its image and row tile: the
+    same bits as one tile per image (every RoI of the image, in order -- the kernel before the
+    index), on many RoIs of every shape (tiny, huge, inverted, off the map, non-finite), while
+    the index really leaves most RoIs out of most tiles."""
+    from convkit_cuda import roi
+
+    rng = np.random.default_rng(7)
+    K, N, H, W = 300, 3, 40, 13
+    x = rng.standard_normal((N, 2, H, W)).astype(dtype)
+    xy = rng.uniform(-4, 42, (K, 2))
+    wh = rng.uniform(-1, 12, (K, 2)) * rng.choice([0.2, 1, 1, 6], (K, 1))
+    rois = np.concatenate([rng.integers(0, N, (K, 1)), xy, xy + wh], axis=1).astype(dtype)
+    rois[5, 2], rois[9] = np.nan, [1, -1e6, -1e6, 1e6, 1e6]
+    gy = rng.standard_normal((K, 2, 3, 2)).astype(dtype)
+    cp = sys.modules["cupy"]
+    sizes = []
+
+    def cumsum(a, *args, **kw):
+        out = np.cumsum(a, *args, **kw)
+        sizes.append(int(out[-1]))
+        return out
+
+    monkeypatch.setattr(cp, "cumsum", cumsum)
+    convkit.set_deterministic(True)
+    for sr, aligned in ((-1, False), (2, True)):
+        args = (gy, rois, x.shape, (3, 2), 0.5, sr, aligned)
+        assert H // roi.row_tile(H) >= 8
+        sizes.clear()
+        tiled = run("cuda", F.roi_align_backward, *args)
+        assert sizes and sizes[-1] < K * (H // roi.row_tile(H)) // 2, sizes   # vs K * tiles
+        with monkeypatch.context() as m:
+            m.setattr(roi, "row_tile", lambda H: H)
+            whole = run("cuda", F.roi_align_backward, *args)
+        np.testing.assert_array_equal(tiled, whole)
+        convkit.set_deterministic(False)
+        atomic = run("cuda", F.roi_align_backward, *args)
+        convkit.set_deterministic(True)
+        np.testing.assert_allclose(tiled, atomic, **tol(dtype))
 
 
 def test_emulated_max_pool_deterministic_backward_matches_atomic(emulated):
@@ -498,6 +542,48 @@ def test_emulated_op_runs_on_its_inputs_device(emulated):
     np.testing.assert_allclose(y, want, **tol(np.float64))
 
 
+def test_emulated_boundary_work_runs_on_the_inputs_device(emulated):
+    """Every op with all its inputs on GPU 1 while GPU 0 is current: the boundary's own array
+    work (contiguous copies, the rois copy, a completed affine half, zero-size results) is
+    done on GPU 1 too (Backend.device_of), so no hook sees a mixed-device call, every result
+    lives on GPU 1 and the caller's current device is untouched."""
+    import cuda_emulation as emu
+
+    rng = np.random.default_rng(0)
+
+    def g1(a):
+        return emu.on_gpu(a, 1)
+
+    xh = rng.standard_normal((2, 4, 7, 6)).transpose(0, 1, 3, 2)      # not C-contiguous
+    wh = rng.standard_normal((4, 4, 3, 3))
+    roish = np.array([[0, 0, 0, 4, 4], [1, 1, 1, 5, 3.5]])
+    boxes = np.array([[0, 0, 2, 2], [0.5, 0.5, 2, 2], [3, 3, 4, 5]])
+    x, w, rois = g1(xh), g1(wh), g1(roish)
+    emu.LAUNCHES.clear()
+    with convkit.use_backend("cuda"):
+        assert emulated.xp.cuda.runtime.getDevice() == 0
+        y = convkit.conv2d_forward(x, w, padding=1)
+        p, idx = convkit.max_pool2d_forward(x, 2)
+        ra = convkit.roi_align_forward(x, rois, 2, 0.5)
+        outs = [y, p, idx, ra,
+                *convkit.conv2d_backward(g1(np.ones(y.shape)), x, w, padding=1),
+                convkit.conv2d_forward(x[:0], w),                       # zero-size path
+                convkit.max_pool2d_backward(g1(np.ones(p.shape)), idx, x.shape),
+                convkit.avg_pool2d_forward(x, 2),
+                *convkit.batch_norm_forward(x, g1(np.ones(4)), None, None, None, True),
+                *convkit.roi_pool_forward(x, rois, 2, 0.5),
+                convkit.roi_align_backward(g1(np.ones(ra.shape)), rois, x.shape, 2, 0.5),
+                convkit.nms(g1(boxes), g1(np.array([0.9, 0.8, 0.7])), 0.5),
+                convkit.box_iou(g1(boxes), g1(boxes))]
+        assert emulated.xp.cuda.runtime.getDevice() == 0
+    assert [emu._device_id(o) for o in outs] == [1] * len(outs)
+    assert emu.LAUNCHES and {d for _, d in emu.LAUNCHES} == {1}, emu.LAUNCHES
+    np.testing.assert_allclose(y, run("numpy", F.conv2d_forward, xh, wh, None, 1, 1),
+                               **tol(np.float64))
+    np.testing.assert_allclose(ra, run("numpy", F.roi_align_forward, xh, roish, 2, 0.5),
+                               **tol(np.float64))
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_emulated_backwards_check_indices_on_the_device(emulated, deterministic):
     """The boundary leaves the range check to the kernels (validates_indices): bad indices
@@ -531,6 +617,81 @@ def test_emulated_backwards_check_indices_on_the_device(emulated, deterministic)
     bad_rois[1, 0] = 7               # a batch index another thread changed after the check
     with pytest.raises(ValueError, match="roi_pool_backward"):
         emulated._roi_pool_backward(g, bad_rois, am, x.shape)
+
+
+def _host_read_log(monkeypatch):
+    """(events, Counting): every device -> host read of a ``Counting`` array (bool/int/float/
+    item/tolist, as CuPy syncs for) and every ``cupy.asnumpy`` appends "read"; every kernel
+    launch appends "launch"."""
+    import cuda_emulation as emu
+
+    events = []
+
+    def reading(name):
+        base = getattr(emu.OnDevice, name)
+
+        def f(self, *a):
+            events.append("read")
+            return base(self, *a)
+        return f
+
+    Counting = type("Counting", (emu.OnDevice,), {n: reading(n) for n in (
+        "__bool__", "__int__", "__float__", "__index__", "item", "tolist")})
+    cp = sys.modules["cupy"]
+    asnumpy, call = cp.asnumpy, emu.EmuFunction.__call__
+
+    def logged_asnumpy(a, *args, **kw):
+        events.append("read")
+        return asnumpy(a, *args, **kw)
+
+    def logged_call(self, *args, **kw):
+        events.append("launch")
+        return call(self, *args, **kw)
+
+    monkeypatch.setattr(cp, "asnumpy", logged_asnumpy)
+    monkeypatch.setattr(emu.EmuFunction, "__call__", logged_call)
+    return events, Counting
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_emulated_roi_calls_read_nothing_back_before_their_kernel(emulated, monkeypatch,
+                                                                  deterministic):
+    """validates_rois: the boundary neither checks batch indices nor looks for non-finite
+    coordinates on the device (each a device -> host sync); the kernels do, and the one read
+    of an RoI call is the kernel's error flag, after it ran.  Results still match numpy."""
+    events, Counting = _host_read_log(monkeypatch)
+    convkit.set_deterministic(deterministic)
+    x, rois = _roi_case(np.float64, K=10)
+    rois[4, 3] = np.nan                        # a non-finite RoI: zeros, no gradient
+    rois[7, 1] = -np.inf
+    xd, rd = x.view(Counting), rois.view(Counting)
+    gy = np.random.default_rng(5).standard_normal((10, 3, 2, 3))
+    gyd = gy.view(Counting)
+    calls = [
+        ("roi_align_forward", (xd, rd, (2, 3), 0.5, 2, True), (x, rois, (2, 3), 0.5, 2, True)),
+        ("roi_align_backward", (gyd, rd, x.shape, (2, 3), 0.5, -1, False),
+         (gy, rois, x.shape, (2, 3), 0.5, -1, False)),
+        ("roi_pool_forward", (xd, rd, (2, 3), 0.5), (x, rois, (2, 3), 0.5)),
+    ]
+    with convkit.use_backend("cuda"):
+        for op, dargs, hargs in calls:
+            events.clear()
+            got = getattr(convkit, op)(*dargs)
+            assert events and events[0] == "launch", (op, events)
+            assert events.count("read") == 1, (op, events)      # the error flag
+            want = run("numpy", getattr(F, op), *hargs)
+            for g, w in zip(got if isinstance(got, tuple) else (got,),
+                            want if isinstance(want, tuple) else (want,)):
+                np.testing.assert_allclose(np.asarray(g), w, rtol=1e-12, atol=1e-12)
+        assert not np.asarray(got[0])[[4, 7]].any() and (np.asarray(got[1])[[4, 7]] == -1).all()
+        events.clear()
+        convkit.roi_pool_backward(gyd, got[1].view(Counting), x.shape, rd)
+        assert events and events[0] == "launch", events
+        bad = rois.copy()
+        bad[6, 0] = 2                          # reported after the kernel, boundary's message
+        with pytest.raises(ValueError, match=re.escape(
+                "roi_align_forward: rois[6, 0] = 2.0 is not an integer batch index in [0, 2)")):
+            convkit.roi_align_forward(x, bad, (2, 3), 0.5)
 
 
 @pytest.mark.parametrize("allow", [False, True])

@@ -147,10 +147,11 @@ def test_check_args_rejects_what_cupy_would_mispack():
                                                     np.int64(1), np.int64(1), x))
     # scalar_t scalars must have the kernel's width: float64 into a float kernel is rejected
     roi = ("roi", "roi_align_fwd", np.float32)
-    args = [x, x] + [np.int64(1)] * 6 + [np.float32(0.5), np.int64(0), np.int64(0), x]
+    args = [x, x] + [np.int64(1)] * 7 + [np.float32(0.5), np.int64(0), np.int64(0), x,
+                                         np.zeros(1, np.uint64)]
     check_args(*roi, tuple(args))
-    args[8] = np.float64(0.5)
-    with pytest.raises(TypeError, match="argument 8 must be float32, got float64"):
+    args[9] = np.float64(0.5)
+    with pytest.raises(TypeError, match="argument 9 must be float32, got float64"):
         check_args(*roi, tuple(args))
     # and a double parameter takes float64 whatever the kernel's dtype
     with pytest.raises(TypeError, match="argument 3 must be float64, got float32"):

@@ -120,9 +120,7 @@ def _conv_oracle(x, w, b, case, gy):
 @FUZZ
 @given(data=st.data(), case=conv_cases())
 def test_conv2d_forward_backward_against_torch(backend, dtype, data, case):
-    # non-finite inputs: the numpy reference only until the cpu fast paths (Winograd, dense,
-    # batch-wide, depthwise) check their input and fall back (issue 11, item 1)
-    nonfinite = backend == "numpy" and data.draw(st.booleans(), label="nonfinite")
+    nonfinite = data.draw(st.booleans(), label="nonfinite")
     x = _values(data, case["xs"], dtype, nonfinite)
     w = _values(data, case["ws"], dtype, nonfinite)
     b = _values(data, (case["ws"][0],), dtype, nonfinite) if case["bias"] else None

@@ -120,3 +120,49 @@ def test_batch_norm_eval_grad_x_does_not_read_x(backend, torch, bad, shape):
                                    False).backward(torch.from_numpy(gy))
     np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-12)
     np.testing.assert_array_equal(np.isnan(gw), np.isnan(tw.grad.numpy()))
+
+
+# ------------------------------------------------------------------- non-finite values, conv
+def _conv_nonfinite_case(torch, backend, x, w, padding, **kw):
+    y = run(backend, convkit.conv2d_forward, x, w, padding=padding, **kw)
+    gy = np.ones_like(y)
+    gx, gw, _ = run(backend, convkit.conv2d_backward, gy, x, w, padding=padding, **kw)
+    tx = torch.from_numpy(x.astype(np.float64)).requires_grad_()
+    tw = torch.from_numpy(w.astype(np.float64)).requires_grad_()
+    ty = torch.nn.functional.conv2d(tx, tw, padding=padding, **kw)
+    ty.backward(torch.ones_like(ty))
+    for got, want in ((y, ty), (gx, tx.grad), (gw, tw.grad)):
+        want = want.detach().numpy()
+        for f in (np.isnan, np.isposinf, np.isneginf):
+            np.testing.assert_array_equal(f(got), f(want))
+    return y
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_nan_reaches_only_the_windows_that_hold_it(backend, torch, dtype):
+    """The issue's dense-path case: one NaN pixel under a 3x3 all-ones filter with padding 1
+    makes 4 outputs NaN in torch; the cpu dense path made all 9 NaN."""
+    x = np.ones((1, 1, 3, 3), dtype)
+    x[0, 0, 2, 2] = np.nan
+    y = _conv_nonfinite_case(torch, backend, x, np.ones((1, 1, 3, 3), dtype), 1)
+    assert np.isnan(y).sum() == 4
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", ["x", "w"])
+@pytest.mark.parametrize("shape", [
+    dict(xs=(1, 16, 9, 9), ws=(16, 16, 3, 3), padding=1),            # Winograd on cpu
+    dict(xs=(2, 8, 4, 4), ws=(12, 8, 3, 3), padding=1),              # batch-wide small maps
+    dict(xs=(2, 6, 10, 10), ws=(6, 1, 3, 3), padding=1, groups=6),   # depthwise 3x3
+    dict(xs=(2, 4, 2, 2), ws=(5, 4, 3, 3), padding=1),               # dense tiny planes
+    dict(xs=(1, 3, 12, 12), ws=(8, 3, 5, 5), padding=2, stride=2)])  # im2col
+def test_conv_nonfinite_values_land_where_torchs_do(backend, torch, bad, where, shape):
+    """The issue's Winograd case (one +inf pixel in (1,16,9,9): 128 NaN and 16 inf on cpu, 144
+    inf in torch) and the other value-mixing paths: every output and gradient is NaN / +inf /
+    -inf exactly where torch's is."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.5, 1.5, shape["xs"]).astype(np.float32)
+    w = rng.uniform(0.5, 1.5, shape["ws"]).astype(np.float32)
+    (x if where == "x" else w)[(0,) * 4] = bad
+    kw = {k: v for k, v in shape.items() if k in ("stride", "groups")}
+    _conv_nonfinite_case(torch, backend, x, w, shape["padding"], **kw)

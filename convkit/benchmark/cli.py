@@ -14,7 +14,7 @@ from .adapters import TORCH_NAMES, _has_torchvision, _torch, is_gpu_backend, mak
 from .cases import CASES, select_cases
 from .memory import measure_memory
 from .plot import save_plot
-from .probe import core_probe, machine_info
+from .probe import core_probe, machine_info, probe_kernel
 from .report import markdown_report, print_report, print_summary
 from .summary import layer_targets, summarize, user_targets
 from .timing import measure, set_mallopt
@@ -154,7 +154,7 @@ def run(args) -> int:
     probe = [core_probe()]
     print(f"machine: {info.get('cpu_model')}, {info.get('logical_cpus')} logical CPUs, "
           f"load {info.get('load_avg')}"
-          + (f"; one-core probe {probe[0]} GFLOP/s (own float32 GEMM 64x147x784)"
+          + (f"; one-core probe {probe[0]} GFLOP/s ({probe_kernel()} 64x147x784)"
              if probe[0] is not None else ""))
 
     steps = sum(len(c.passes) for c in cases)

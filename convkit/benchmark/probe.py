@@ -10,32 +10,50 @@ import time
 import numpy as np
 
 
+def probe_kernel() -> str | None:
+    """Which GEMM core_probe times here: convkit's own AVX-512 kernel, else BLAS's sgemm pinned
+    to one thread (convkit.cpu's BLAS path on CPUs without AVX-512F); None without the cpu
+    extension."""
+    try:
+        from convkit.cpu import _gemm
+    except ImportError:
+        return None
+    return "own float32 GEMM" if _gemm.own_sgemm_active() else "BLAS sgemm, one thread"
+
+
 def core_probe(rounds=7, calls=40):
     """GFLOP/s of one core on a fixed float32 GEMM (64 x 147 x 784: the stem_224 forward's GEMM
-    for 7 output rows) on convkit's own kernel, best of ``rounds``; None where that kernel is not
-    built or the CPU lacks AVX-512F (BLAS's own threads would blur it).
+    for 7 output rows), best of ``rounds``, on the kernel :func:`probe_kernel` names (BLAS with
+    its threads pinned to one, or they would blur it); None without the cpu extension.
 
     Printed at the start and the end of a run: on shared machines the arithmetic a core gives
     changes from minute to minute (a busy SMT sibling took this one from ~150 to ~106 on
     2026-11-28), and FMA-bound kernels lose more of it than slower ones, so ratios to torch
     from such a spell read low (bench/RESULTS.md, "stem_224: met, and how")."""
-    try:
-        from convkit.cpu import _gemm
-    except ImportError:
+    kernel = probe_kernel()
+    if kernel is None:
         return None
-    if not _gemm.own_sgemm_active():
-        return None
+    from convkit._config import blas_single_thread
+    from convkit.cpu import _gemm
+
     rng = np.random.default_rng(0)
     a = rng.standard_normal((64, 147)).astype(np.float32)
     b = rng.standard_normal((147, 784)).astype(np.float32)
     c = np.empty((64, 784), np.float32)
-    _gemm.gemm_into(False, False, 1.0, a, b, 0.0, c)     # the thread's packing buffers, warm
-    best = float("inf")
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(calls):
+    if kernel == "own float32 GEMM":
+        def gemm():
             _gemm.gemm_into(False, False, 1.0, a, b, 0.0, c)
-        best = min(best, time.perf_counter() - t)
+    else:
+        def gemm():
+            np.matmul(a, b, out=c)
+    with blas_single_thread:
+        gemm()                                            # packing buffers / pages, warm
+        best = float("inf")
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for _ in range(calls):
+                gemm()
+            best = min(best, time.perf_counter() - t)
     return round(2 * 64 * 147 * 784 * calls / best / 1e9, 1)
 
 

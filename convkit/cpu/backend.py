@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._hostarray import host_asarray
 from ..backend import Backend
 from . import batchnorm, boxes, conv, pool, roi
 
@@ -17,10 +18,7 @@ class CpuBackend(Backend):
     validates_indices = True
 
     def asarray(self, a, dtype=None):
-        if hasattr(a, "__cuda_array_interface__"):
-            raise TypeError("the 'cpu' backend takes host arrays; copy device arrays to the "
-                            "host first (convkit.to_numpy(a))")
-        return np.asarray(a, dtype=dtype)
+        return host_asarray(a, dtype, self.name)
 
     def info(self):
         from ._gemm import own_sgemm_active

@@ -94,13 +94,21 @@ _plans = {}
 _MAX_PLANS = 256
 
 
-def _plan(x, weight, stride, padding, dilation, groups, needs_input_grad=True):
+def _finite(*arrays) -> bool:
+    """True when no array holds a NaN or an infinity: one summing pass each, no temporary (a
+    NaN or inf makes the sum non-finite; a finite sum that overflows only sends the call to
+    the exact path, never a wrong answer)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return all(np.isfinite(a.sum(dtype=a.dtype)) for a in arrays)
+
+
+def _plan(x, weight, stride, padding, dilation, groups, needs_input_grad=True, exact=False):
     """(ConvShape, Ho, Wo, ConvPlan) of this call, cached per geometry, dtype, thread count,
-    workspace limit and depthwise 3x3 level (a dict lookup per call: the small ResNet's convs
-    take tens of microseconds at batch 1)."""
+    workspace limit, depthwise 3x3 level and finiteness (a dict lookup per call: the small
+    ResNet's convs take tens of microseconds at batch 1)."""
     key = (x.shape, weight.shape, stride, tuple(padding), dilation, groups, x.dtype,
            needs_input_grad, get_num_threads(), get_workspace_limit(),
-           _depthwise.depthwise3x3_level(1, 1 << 30))
+           _depthwise.depthwise3x3_level(1, 1 << 30), exact)
     rule = _prefer_winograd is _PREFER_WINOGRAD        # (else a test replaced the rule)
     hit = _plans.get(key) if rule else None
     if hit is None:
@@ -108,7 +116,7 @@ def _plan(x, weight, stride, padding, dilation, groups, needs_input_grad=True):
         Ho, Wo = s.out
         wino = None if rule else _prefer_winograd(x, weight, s.stride, s.dilation, groups, Ho, Wo)
         hit = (s, Ho, Wo, P.plan_conv(s, x.dtype, key[8], _caps(), key[9], needs_input_grad,
-                                      wino))
+                                      wino, exact))
         if rule:
             if len(_plans) >= _MAX_PLANS:
                 _plans.clear()
@@ -348,7 +356,8 @@ _FORWARD = {"depthwise3x3": _fwd_depthwise3x3, "depthwise": _fwd_depthwise, "den
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None):
     """x (N,C,H,W), weight (F,C/groups,KH,KW), bias (F,) or None -> y (N,F,Ho,Wo)."""
-    s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups)
+    s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups,
+                            exact=not _finite(x, weight))
     y = out if out is not None else np.empty((s.N, s.F, Ho, Wo), dtype=x.dtype)
     has_bias = bias is not None
     b = bias if has_bias else np.zeros(1, dtype=x.dtype)
@@ -463,7 +472,8 @@ _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "de
 def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_input_grad,
                     has_bias):
     """-> (grad_x or None, grad_weight, grad_bias or None); deterministic."""
-    s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups, needs_input_grad)
+    s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups, needs_input_grad,
+                            exact=not _finite(grad_y, x, weight))
     dt = x.dtype
     gx = np.empty(x.shape, dtype=dt) if needs_input_grad else np.empty((1, 1, 1, 1), dtype=dt)
     gw = np.empty(weight.shape, dtype=dt)

@@ -389,7 +389,7 @@ def _or_error(fn, *args):
 
 
 def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
-                 winograd: Optional[bool] = None) -> Step:
+                 winograd: Optional[bool] = None, exact: bool = False) -> Step:
     """The forward's Step (see plan_conv)."""
     dtype = np.dtype(dtype)
     itemsize, f32 = dtype.itemsize, dtype == np.float32
@@ -398,13 +398,16 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     Ho, Wo = s.out
     wbytes = F * Cg * KH * KW * itemsize
     n = threads_for(N * F * Cg * KH * KW * Ho * Wo, threads)
+    pointwise = is_pointwise(KH, KW, s.stride, s.padding)
+    if exact:
+        return _plan_im2col_forward(s, N, C, KH, KW, Ho, Wo, W, itemsize, n, pointwise, wbytes,
+                                    own, limit)
     if is_depthwise(C, Cg, s.groups):
         level, same = depthwise3x3_plan(F, C, KH, KW, s.stride, s.padding, s.dilation, itemsize,
                                         W, Wo, caps.depthwise3x3_level)
         if level:
             return Step("depthwise3x3", n, {"level": level, "same": same})
         return Step("depthwise", n)
-    pointwise = is_pointwise(KH, KW, s.stride, s.padding)
     if dense_ok(C, H, W, F, KH, KW, Ho, Wo, s.groups, limit):
         return Step("dense", n, {"row_blocks": row_blocks(own)})
     if winograd is None:
@@ -424,6 +427,11 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     p = plan_wide(s, Ho, Wo, itemsize, pointwise, limit)
     if p is not None:
         return Step("wide", min(n, N), {"per_thread": p})
+    return _plan_im2col_forward(s, N, C, KH, KW, Ho, Wo, W, itemsize, n, pointwise, wbytes, own,
+                                limit)
+
+
+def _plan_im2col_forward(s, N, C, KH, KW, Ho, Wo, W, itemsize, n, pointwise, wbytes, own, limit):
     algo = "pointwise" if pointwise else "im2col"
     p, err = _or_error(plan_im2col_forward, N, C, KH * KW, Ho, Wo, W, s.stride[1],
                          itemsize, n, pointwise, wbytes, own, limit)
@@ -433,7 +441,8 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
 
 
 def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
-                  needs_input_grad: bool = True, winograd: Optional[bool] = None):
+                  needs_input_grad: bool = True, winograd: Optional[bool] = None,
+                  exact: bool = False):
     """(grad_x Step or None, grad_weight Step, grad_bias, grad_bias threads) (see plan_conv)."""
     dtype = np.dtype(dtype)
     itemsize, f32 = dtype.itemsize, dtype == np.float32
@@ -444,6 +453,10 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     wbytes = F * Cg * KH * KW * itemsize
     n = threads_for(N * F * Cg * KH * KW * Ho * Wo, threads)
     bias_n = threads_for(N * F * Ho * Wo, threads)
+    pointwise = is_pointwise(KH, KW, s.stride, s.padding)
+    if exact:
+        return _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointwise,
+                                     needs_input_grad, wbytes, own, limit, None, None, bias_n)
     if is_depthwise(C, Cg, G):
         level, same = depthwise3x3_plan(F, C, KH, KW, s.stride, s.padding, s.dilation, itemsize,
                                         W, Wo, caps.depthwise3x3_level)
@@ -452,7 +465,6 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             return (step if needs_input_grad else None), step, "fused", n
         step = Step("depthwise", n)
         return (step if needs_input_grad else None), step, "sum", bias_n
-    pointwise = is_pointwise(KH, KW, s.stride, s.padding)
     if dense_ok(C, H, W, F, KH, KW, Ho, Wo, G, limit):
         step = Step("dense", n, {"row_blocks": row_blocks(own)})
         return (step if needs_input_grad else None), step, "sum", bias_n
@@ -487,6 +499,14 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             step = Step("batch", p[0], {"chans_w": p[1], "kimgs": p[2], "imgs": p[3],
                                         "nsplit": p[4], "per_thread": p[5]})
             return (step if gx_left else gx), step, "sum", bias_n
+    return _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointwise,
+                                 gx_left, wbytes, own, limit, gx, gw, bias_n)
+
+
+def _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointwise, gx_left,
+                          wbytes, own, limit, gx, gw, bias_n):
+    """The im2col backward Step for what is left: grad_x (when gx_left) and grad_weight
+    (unless gw, a weight_dot Step, makes it)."""
     algo = "pointwise" if pointwise else "im2col"
     p, err = _or_error(plan_im2col_backward, N, C, Cg, G, KH, KW, Ho, Wo, W,
                          s.stride[1], itemsize, n, pointwise, gx_left, wbytes, own, limit)
@@ -501,15 +521,21 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
 
 
 def plan_conv(shape: ConvShape, dtype, threads: int, caps: ConvCaps, workspace_limit: int,
-              needs_input_grad: bool = True, winograd: Optional[bool] = None) -> ConvPlan:
+              needs_input_grad: bool = True, winograd: Optional[bool] = None,
+              exact: bool = False) -> ConvPlan:
     """The plan of a conv: forward, grad_x and grad_weight chosen independently.
 
     shape: ConvShape.of(x.shape, weight.shape, stride, padding, dilation, groups); threads:
     convkit.get_num_threads() (calls below tuning.SERIAL_MACS run on one); caps: the machine's
     abilities; workspace_limit: convkit.get_workspace_limit().  winograd: None applies the
     rule (prefer_winograd); True / False decide it (tests compare Winograd with im2col).
+    exact: some operand holds a NaN or an infinity.  Every algorithm but im2col (pointwise) mixes
+    values across outputs -- Winograd's tile transforms, the dense and batch-wide matrices'
+    structural zeros, the depthwise kernels' skipped padding taps -- so a NaN or inf would
+    reach other outputs than torch's (or miss a 0 * inf that torch's has); im2col computes each
+    output from its own window, padding included, as torch and the numpy reference do.
     Pure: the same arguments give the same plan, on any machine."""
     gx, gw, gb, gb_threads = plan_backward(shape, dtype, threads, caps, workspace_limit,
-                                           needs_input_grad, winograd)
-    return ConvPlan(plan_forward(shape, dtype, threads, caps, workspace_limit, winograd),
+                                           needs_input_grad, winograd, exact)
+    return ConvPlan(plan_forward(shape, dtype, threads, caps, workspace_limit, winograd, exact),
                     gx, gw, gb, gb_threads)

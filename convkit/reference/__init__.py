@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._hostarray import host_asarray
 from ..backend import Backend
 from . import batchnorm, boxes, conv, pool, roi
 
@@ -16,10 +17,7 @@ class NumpyBackend(Backend):
     xp = np
 
     def asarray(self, a, dtype=None):
-        if hasattr(a, "__cuda_array_interface__"):
-            raise TypeError("the 'numpy' backend takes host arrays; copy device arrays to the "
-                            "host first (convkit.to_numpy(a))")
-        return np.asarray(a, dtype=dtype)
+        return host_asarray(a, dtype, self.name)
 
     def info(self):
         return {"kind": "vectorised NumPy reference (no compiler needed)"}

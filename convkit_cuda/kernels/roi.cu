@@ -3,9 +3,12 @@
 // roi_pool / roi_align kernels (formulas, evaluation order and the bilinear edge rules are
 // kept so results agree with torchvision to rounding); the code is written for convkit.
 //
-// x (N, C, H, W); rois (K, 5) rows [batch_index, x1, y1, x2, y2] in input pixels, every
-// coordinate finite and every batch index valid (checked at the Python boundary);
-// y / gy (K, C, oh, ow).
+// x (N, C, H, W); rois (K, 5) rows [batch_index, x1, y1, x2, y2] in input pixels, exactly as
+// the caller gave them (the boundary does not look at them on the device: that would cost a
+// device -> host sync per call).  The kernels check them instead: a row whose batch index is
+// not an integer in [0, N) is skipped and sets bit BAD_BATCH of the error flag (the launcher
+// raises the boundary's error after the kernel); a row with a non-finite coordinate gives
+// zeros (argmax -1) and no gradient.  y / gy (K, C, oh, ow).
 
 #define GRID_STRIDE_LOOP(i, n) \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
@@ -21,6 +24,39 @@ __device__ __forceinline__ long long clamp_to_ll(double v)
     return (long long)(v < -lim ? -lim : (v > lim ? lim : v));
 }
 
+// error flag bits (convkit_cuda/roi.py reads the flag once, after the kernel)
+#define BAD_INDEX 1ULL   // an argmax outside [-1, H*W)
+#define BAD_BATCH 2ULL   // a batch index that is not an integer in [0, N)
+
+// The image of RoI row r, or -1 when r[0] is not an integer in [0, N) (NaN included).
+__device__ __forceinline__ long long roi_batch(const scalar_t* r, long long N)
+{
+    const double b = (double)r[0];
+    if (!(b >= 0.0 && b < (double)N && b == floor(b))) return -1;
+    return (long long)b;
+}
+
+// True when the four coordinates of RoI row r are finite.
+__device__ __forceinline__ bool roi_finite(const scalar_t* r)
+{
+    const double lim = sizeof(scalar_t) == 4 ? 3.4028234663852886e38 : 1.7976931348623157e308;
+    for (int j = 1; j < 5; ++j) {
+        const double v = (double)r[j];
+        if (!(v >= -lim && v <= lim)) return false;
+    }
+    return true;
+}
+
+// Every kernel taking rois runs this over its grid first: it sets *bad for any bad batch
+// index, also where no thread of the main loop reads that row.
+__device__ __forceinline__ void check_rois(const scalar_t* rois, long long K, long long N,
+                                           unsigned long long* bad)
+{
+    GRID_STRIDE_LOOP(k, K) {
+        if (roi_batch(rois + k * 5, N) < 0) atomicOr(bad, BAD_BATCH);
+    }
+}
+
 // round / floor / ceil of a scalar_t, evaluated in double: the same integer as the float
 // overloads (a float converts to double exactly), without relying on them being declared.
 __device__ __forceinline__ double round_d(double v) { return round(v); }
@@ -34,9 +70,11 @@ __device__ __forceinline__ double ceil_d(double v) { return ceil(v); }
 // rows from the box start, clipped to the map.  An empty bin gives 0 and argmax -1.  Strict
 // `>` from -FLT_MAX: ties keep the first maximum, NaN is never selected (torchvision).
 extern "C" __global__ void roi_pool_fwd(
-    const scalar_t* x, const scalar_t* rois, long long K, long long C, long long H, long long W,
-    long long oh, long long ow, scalar_t scale, scalar_t* y, long long* argmax)
+    const scalar_t* x, const scalar_t* rois, long long K, long long N, long long C, long long H,
+    long long W, long long oh, long long ow, scalar_t scale, scalar_t* y, long long* argmax,
+    unsigned long long* bad)
 {
+    check_rois(rois, K, N, bad);
     const long long total = K * C * oh * ow;
     GRID_STRIDE_LOOP(i, total) {
         long long t = i;
@@ -45,7 +83,12 @@ extern "C" __global__ void roi_pool_fwd(
         const long long c = t % C;
         const long long k = t / C;
         const scalar_t* r = rois + k * 5;
-        const long long n = (long long)r[0];
+        const long long n = roi_batch(r, N);
+        if (n < 0 || !roi_finite(r)) {
+            y[i] = 0;
+            argmax[i] = -1;
+            continue;
+        }
         const long long rsw = clamp_to_ll(round_d(r[1] * scale));
         const long long rsh = clamp_to_ll(round_d(r[2] * scale));
         const long long rew = clamp_to_ll(round_d(r[3] * scale));
@@ -85,7 +128,8 @@ extern "C" __global__ void roi_pool_fwd(
 // pool.cu -- the backward receives no spatial_scale, so the bins cannot be recomputed here.
 // keys[i] = (n * C + c) * HW + argmax[i] with n = rois[k, 0] for i = ((k * C + c) * oh + ph)
 // * ow + pw; -1 (skipped) for an empty bin (argmax -1).  An argmax outside [-1, HW) or a
-// batch index outside [0, N) gives -1 and sets *bad = 1.  Writes all of keys.
+// batch index that is not an integer in [0, N) gives -1 and sets the BAD_INDEX / BAD_BATCH bit
+// of *bad.  Writes all of keys.
 extern "C" __global__ void roi_pool_keys(
     const long long* argmax, const scalar_t* rois, long long K, long long N, long long C,
     long long ohow, long long HW, long long* keys, unsigned long long* bad)
@@ -94,13 +138,15 @@ extern "C" __global__ void roi_pool_keys(
     GRID_STRIDE_LOOP(i, total) {
         const long long a = argmax[i];
         const long long kc = i / ohow;
-        const scalar_t b = rois[(kc / C) * 5];
-        const bool batch_ok = b >= (scalar_t)0 && b < (scalar_t)N;
-        if (a < -1 || a >= HW || !batch_ok) {
-            *bad = 1ULL;
+        const long long n = roi_batch(rois + (kc / C) * 5, N);
+        if (n < 0) {
+            atomicOr(bad, BAD_BATCH);
+            keys[i] = -1;
+        } else if (a < -1 || a >= HW) {
+            atomicOr(bad, BAD_INDEX);
             keys[i] = -1;
         } else {
-            keys[i] = a < 0 ? -1 : ((long long)b * C + kc % C) * HW + a;
+            keys[i] = a < 0 ? -1 : (n * C + kc % C) * HW + a;
         }
     }
 }
@@ -225,10 +271,11 @@ __device__ __forceinline__ double absd(double v) { return v < 0 ? -v : v; }
 
 // Writes every element of y: the mean of the bilinear samples of each bin.
 extern "C" __global__ void roi_align_fwd(
-    const scalar_t* x, const scalar_t* rois, long long K, long long C, long long H, long long W,
-    long long oh, long long ow, scalar_t scale, long long sampling_ratio, long long aligned,
-    scalar_t* y)
+    const scalar_t* x, const scalar_t* rois, long long K, long long N, long long C, long long H,
+    long long W, long long oh, long long ow, scalar_t scale, long long sampling_ratio,
+    long long aligned, scalar_t* y, unsigned long long* bad)
 {
+    check_rois(rois, K, N, bad);
     const long long total = K * C * oh * ow;
     GRID_STRIDE_LOOP(i, total) {
         long long t = i;
@@ -237,7 +284,11 @@ extern "C" __global__ void roi_align_fwd(
         const long long c = t % C;
         const long long k = t / C;
         const scalar_t* r = rois + k * 5;
-        const long long n = (long long)r[0];
+        const long long n = roi_batch(r, N);
+        if (n < 0 || !roi_finite(r)) {
+            y[i] = 0;
+            continue;
+        }
         const AlignGeom g = align_geom(r, oh, ow, scale, sampling_ratio, aligned);
         const scalar_t* xp = x + (n * C + c) * H * W;
         const scalar_t ybase = g.y0 + (scalar_t)ph * g.bin_h;
@@ -271,10 +322,11 @@ extern "C" __global__ void roi_align_fwd(
 // four neighbours of every sample with atomicAdd into gx (zero-filled by the caller).  The
 // order of the additions into one element of gx varies between runs: not bit-reproducible.
 extern "C" __global__ void roi_align_bwd_atomic(
-    const scalar_t* gy, const scalar_t* rois, long long K, long long C, long long H, long long W,
-    long long oh, long long ow, scalar_t scale, long long sampling_ratio, long long aligned,
-    scalar_t* gx)
+    const scalar_t* gy, const scalar_t* rois, long long K, long long N, long long C, long long H,
+    long long W, long long oh, long long ow, scalar_t scale, long long sampling_ratio,
+    long long aligned, scalar_t* gx, unsigned long long* bad)
 {
+    check_rois(rois, K, N, bad);
     const long long total = K * C * oh * ow;
     GRID_STRIDE_LOOP(i, total) {
         long long t = i;
@@ -283,7 +335,8 @@ extern "C" __global__ void roi_align_bwd_atomic(
         const long long c = t % C;
         const long long k = t / C;
         const scalar_t* r = rois + k * 5;
-        const long long n = (long long)r[0];
+        const long long n = roi_batch(r, N);
+        if (n < 0 || !roi_finite(r)) continue;
         const AlignGeom g = align_geom(r, oh, ow, scale, sampling_ratio, aligned);
         scalar_t* gp = gx + (n * C + c) * H * W;
         const scalar_t grad = gy[i];
@@ -313,15 +366,58 @@ extern "C" __global__ void roi_align_bwd_atomic(
     }
 }
 
+// Cheap rejection: every sample of a RoI along one axis lies between start and
+// start + n * bin; false when none can come within reach of [lo, hi].  A NaN passes.
+__device__ __forceinline__ bool span_may_touch(double start, scalar_t bin, long long n,
+                                               double lo, double hi)
+{
+    const double end = start + (double)n * bin;
+    const double slack = 2.0 + 1e-5 * (absd(start) + absd(end));
+    const double mn = start < end ? start : end, mx = start < end ? end : start;
+    return !(hi < mn - slack || lo > mx + slack);
+}
+
+// The RoI index of the deterministic gather: bucket b = n * ntiles + t lists, in increasing
+// k, the valid finite RoIs of image n whose rows can touch row tile t (rows [t * tile,
+// t * tile + tile) clipped to H) -- a superset of those roi_align_bwd_gather would not reject
+// for any row of the tile, so it adds the same terms in the same order.  One thread per
+// bucket.  fill = 0: counts[b] = its size; fill = 1: members[ends[b - 1] .. ends[b]) = its
+// RoIs, with ends the inclusive prefix sum of counts.
+extern "C" __global__ void roi_align_buckets(
+    const scalar_t* rois, long long K, long long N, long long H, long long oh, long long ow,
+    scalar_t scale, long long sampling_ratio, long long aligned, long long tile,
+    long long ntiles, long long fill, long long* ends, long long* members)
+{
+    GRID_STRIDE_LOOP(b, N * ntiles) {
+        const long long n = b / ntiles, t0 = (b % ntiles) * tile;
+        const long long t1 = t0 + tile < H ? t0 + tile : H;
+        // a row h of the tile tests [h - 2, h + 1], inside [t0 - 2, t1]
+        const double ylo = (double)t0 - 2.0, yhi = (double)t1;
+        long long j = fill && b ? ends[b - 1] : 0;
+        for (long long k = 0; k < K; ++k) {
+            const scalar_t* r = rois + k * 5;
+            if (roi_batch(r, N) != n || !roi_finite(r)) continue;
+            const AlignGeom g = align_geom(r, oh, ow, scale, sampling_ratio, aligned);
+            if (!span_may_touch((double)g.y0, g.bin_h, oh, ylo, yhi)) continue;
+            if (fill) members[j] = k;
+            ++j;
+        }
+        if (!fill) ends[b] = j;
+    }
+}
+
 // Deterministic gradient of roi_align_fwd by gather: one thread per element (n, c, h, w) of
-// gx visits the RoIs of image n in order, and within a RoI only the bins and samples whose
-// coordinates can touch row h / column w (within one pixel), adding the same terms as the
-// atomic kernel in a fixed order.  Same bits every run.  Writes every element of gx.
+// gx visits the RoIs of its bucket (image n, the row tile of h; see roi_align_buckets) in
+// order, and within a RoI only the bins and samples whose coordinates can touch row h /
+// column w (within one pixel), adding the same terms as the atomic kernel in a fixed order.
+// Same bits every run, and the same as visiting every RoI of image n.  Writes all of gx.
 extern "C" __global__ void roi_align_bwd_gather(
     const scalar_t* gy, const scalar_t* rois, long long K, long long N, long long C, long long H,
     long long W, long long oh, long long ow, scalar_t scale, long long sampling_ratio,
-    long long aligned, scalar_t* gx)
+    long long aligned, long long tile, long long ntiles, const long long* ends,
+    const long long* members, scalar_t* gx, unsigned long long* bad)
 {
+    check_rois(rois, K, N, bad);
     const long long total = N * C * H * W;
     GRID_STRIDE_LOOP(i, total) {
         long long t = i;
@@ -335,19 +431,14 @@ extern "C" __global__ void roi_align_bwd_gather(
         const double ylo = (double)h - 2.0, yhi = (double)h + 1.0;
         const double xlo = (double)w - 2.0, xhi = (double)w + 1.0;
         scalar_t acc = 0;
-        for (long long k = 0; k < K; ++k) {
+        const long long bucket = n * ntiles + h / tile;
+        const long long j1 = ends[bucket];
+        for (long long j = bucket ? ends[bucket - 1] : 0; j < j1; ++j) {
+            const long long k = members[j];
             const scalar_t* r = rois + k * 5;
-            if ((long long)r[0] != n) continue;
             const AlignGeom g = align_geom(r, oh, ow, scale, sampling_ratio, aligned);
-            // cheap rejection: every sample of the RoI lies between its start and end
-            const double yend = (double)g.y0 + (double)oh * g.bin_h;
-            const double xend = (double)g.x0 + (double)ow * g.bin_w;
-            const double slack_y = 2.0 + 1e-5 * (absd(g.y0) + absd(yend));
-            const double slack_x = 2.0 + 1e-5 * (absd(g.x0) + absd(xend));
-            const double ymin = g.y0 < yend ? g.y0 : yend, ymax = g.y0 < yend ? yend : g.y0;
-            const double xmin = g.x0 < xend ? g.x0 : xend, xmax = g.x0 < xend ? xend : g.x0;
-            if (yhi < ymin - slack_y || ylo > ymax + slack_y) continue;
-            if (xhi < xmin - slack_x || xlo > xmax + slack_x) continue;
+            if (!span_may_touch((double)g.y0, g.bin_h, oh, ylo, yhi)) continue;
+            if (!span_may_touch((double)g.x0, g.bin_w, ow, xlo, xhi)) continue;
             const scalar_t* gp = gy + (k * C + c) * oh * ow;
             for (long long ph = 0; ph < oh; ++ph) {
                 const scalar_t ybase = g.y0 + (scalar_t)ph * g.bin_h;

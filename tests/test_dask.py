@@ -1,0 +1,392 @@
+"""convkit.dask on the real engines: a dask.distributed LocalCluster of 2 worker processes started
+here (spawned, not forked: a fork after parallel convkit work may hang), and dask's synchronous
+scheduler for the geometry grid.  Oracles: the in-memory convkit call on the same data.
+
+Bitwise claims: a batch-chunked result equals the in-memory call on each batch slice exactly,
+and the whole-batch call exactly where that call's result does not depend on the batch size
+(pooling; every layer without a GEMM).  Convolutions and Linear layers go through BLAS on this
+machine, and OpenBLAS rounds a GEMM with another row count differently (even float64), so there
+the whole-batch comparison is within tolerance.
+"""
+import itertools
+import logging
+
+import numpy as np
+import pytest
+
+import convkit
+
+dask = pytest.importorskip("dask", reason="convkit.dask needs the dask extra: "
+                                          "pip install 'convkit[dask]'")
+da = pytest.importorskip("dask.array", reason="dask[array] is not installed")
+distributed = pytest.importorskip("distributed", reason="convkit.dask's cluster tests need the "
+                                                        "dask extra (distributed)")
+import convkit.dask as ckd  # noqa: E402
+from convkit.models import LeNet5, SmallResNet  # noqa: E402
+from convkit.nn import (AvgPool2d, BatchNorm2d, Conv2d, MaxPool2d, ReLU,  # noqa: E402
+                        Sequential)
+
+TIMEOUT = 120   # seconds for any one cluster computation
+
+
+def _worker_state():
+    import convkit as ck
+
+    return ck.get_backend().name, ck.get_num_threads()
+
+
+@pytest.fixture(scope="module")
+def client():
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, memory_limit="2GiB",
+                                           silence_logs=logging.ERROR)
+    try:
+        c = distributed.Client(cluster, timeout="60s")
+        try:
+            c.wait_for_workers(2, timeout=TIMEOUT)
+            c.register_plugin(ckd.WorkerSetup("cpu", threads=1))
+            yield c
+        finally:
+            c.close()
+    finally:
+        cluster.close()
+
+
+def _run(client, *collections):
+    futures = client.compute(list(collections))
+    distributed.wait(futures, timeout=TIMEOUT)
+    return client.gather(futures)
+
+
+@pytest.fixture
+def serial():
+    """The in-memory oracle on one thread, as the workers run (WorkerSetup threads=1)."""
+    convkit.set_num_threads(1)
+
+
+RNG = np.random.default_rng(0)
+
+
+def _data(shape, dtype=np.float32):
+    return RNG.standard_normal(shape).astype(dtype)
+
+
+# ------------------------------------------------------------------------------ worker setup
+def test_worker_setup_sets_backend_and_threads_on_every_worker(client):
+    assert set(client.run(_worker_state).values()) == {("cpu", 1)}
+    client.register_plugin(ckd.WorkerSetup("numpy", threads=2))
+    try:
+        state = client.run(_worker_state)
+        assert len(state) == 2 and set(state.values()) == {("numpy", 2)}
+        # a task (in a worker's thread pool, not its event loop) sees the same
+        assert client.submit(_worker_state, pure=False).result(timeout=TIMEOUT) == ("numpy", 2)
+        x = _data((3, 2, 6, 5), np.float64)
+        w = _data((4, 2, 3, 3), np.float64)
+        got = _run(client, ckd.conv2d_forward(da.from_array(x, chunks=(2, 2, 3, 5)), w,
+                                              padding=1))[0]
+        np.testing.assert_allclose(got, convkit.conv2d_forward(x, w, padding=1), rtol=1e-12,
+                                   atol=1e-12)
+    finally:
+        client.register_plugin(ckd.WorkerSetup("cpu", threads=1))   # replaces it (same name)
+    assert set(client.run(_worker_state).values()) == {("cpu", 1)}
+
+
+def test_worker_setup_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        ckd.WorkerSetup("nope")
+    for bad in (0, -1, 2.0, True, 5000):
+        with pytest.raises(ValueError, match="threads must be"):
+            ckd.WorkerSetup("cpu", threads=bad)
+
+
+# ------------------------------------------------------------------------------ batch chunks
+CONV_CASES = [   # (C, F, k, stride, padding, dilation, groups, H, W)
+    (3, 8, 3, 1, 1, 1, 1, 12, 10),
+    (4, 6, 3, 2, "valid", 2, 2, 13, 11),
+    (6, 6, 2, 1, "same", 1, 3, 9, 9),
+    (8, 16, 1, 1, 0, 1, 1, 7, 7),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_chunks_equal_in_memory(client, serial, dtype):
+    n_chunks = (5, 1, 7, 3)
+    x = _data((16, 8, 13, 11), dtype)
+    xd = client.persist(da.from_array(x, chunks=(n_chunks, 8, 13, 11)))   # data on the workers
+    slices = np.cumsum((0,) + n_chunks)
+    cases, lazy = [], []
+    for C, F, k, s, p, d, g, H, W in CONV_CASES:
+        w, b = _data((F, C // g, k, k), dtype), _data((F,), dtype)
+        xs = xd[:, :C, :H, :W]
+        cases.append(("conv", lambda a, w=w, b=b, s=s, p=p, d=d, g=g:
+                      convkit.conv2d_forward(a, w, b, s, p, d, g), (C, H, W)))
+        lazy.append(ckd.conv2d_forward(xs, w, b, s, p, d, g))
+    cases.append(("max", lambda a: convkit.max_pool2d_forward(a, 3, 2, 1, 1, True)[0],
+                  (8, 13, 11)))
+    lazy.append(ckd.max_pool2d_forward(xd, 3, 2, 1, 1, True))
+    cases.append(("avg", lambda a: convkit.avg_pool2d_forward(a, 3, 2, 1, True, False),
+                  (8, 13, 11)))
+    lazy.append(ckd.avg_pool2d_forward(xd, 3, 2, 1, True, False))
+    results = _run(client, *lazy)
+    for (kind, fn, (C, H, W)), y, got in zip(cases, lazy, results):
+        a = x[:, :C, :H, :W]
+        assert y.chunks[0] == n_chunks
+        per_slice = np.concatenate([fn(a[i:j]) for i, j in zip(slices[:-1], slices[1:])])
+        np.testing.assert_array_equal(got, per_slice, err_msg=kind)
+        whole = fn(a)
+        if kind == "conv":
+            tol = 1e-5 if dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(got, whole, rtol=tol, atol=tol, err_msg=kind)
+        else:
+            np.testing.assert_array_equal(got, whole, err_msg=kind)
+
+
+def test_predict_batch_chunks_on_the_cluster(client, serial):
+    model = SmallResNet(seed=3)
+    for _, m in model.named_modules():     # non-trivial running statistics
+        if isinstance(m, BatchNorm2d):
+            m.buffers["running_mean"][...] = _data(m.num_features) * 0.1
+            m.buffers["running_var"][...] = 1 + RNG.random(m.num_features).astype(np.float32)
+    model.eval()
+    x = _data((40, 1, 8, 8))
+    n_chunks = (16, 3, 21)
+    y = ckd.predict(model, client.persist(da.from_array(x, chunks=(n_chunks, 1, 8, 8))))
+    assert y.chunks == (n_chunks, (10,))
+    got = _run(client, y)[0]
+    slices = np.cumsum((0,) + n_chunks)
+    np.testing.assert_array_equal(got, np.concatenate(
+        [model.forward(x[i:j]) for i, j in zip(slices[:-1], slices[1:])]))
+    np.testing.assert_allclose(got, model.forward(x), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- spatial chunks
+H, W = 13, 11
+CHUNKINGS = [(1,), (2, 3), (4,), (5, 1), (3,), (6,), (7, 2), (13,)]   # repeated to cover H / W
+
+
+def _chunks(size, pattern):
+    out = []
+    for c in itertools.cycle(pattern):
+        if sum(out) >= size:
+            return tuple(out)
+        out.append(min(c, size - sum(out)))
+
+
+def _grid():
+    cases = []
+    i = 0
+    for k, s, d, p in itertools.product((1, 2, 3, 5), (1, 2, 3), (1, 2), (0, 1, 2, "same")):
+        if p == "same" and s != 1:
+            continue
+        cases.append(("conv", dict(k=k, stride=s, dilation=d, padding=p), CHUNKINGS[i % 8],
+                      CHUNKINGS[(i + 3) % 8]))
+        i += 1
+    for k, s, d, p, ceil in itertools.product((1, 2, 3), (1, 2, 3), (1, 2), (0, 1),
+                                              (False, True)):
+        cases.append(("max", dict(kernel_size=k, stride=s, padding=p, dilation=d,
+                                  ceil_mode=ceil), CHUNKINGS[i % 8], CHUNKINGS[(i + 5) % 8]))
+        i += 1
+    for k, s, p, ceil, cip in itertools.product((1, 2, 3, 4), (1, 2, 3), (0, 1, 2),
+                                                (False, True), (True, False)):
+        if p > k // 2:   # refused (the conv and max cases check that errors match)
+            continue
+        cases.append(("avg", dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil,
+                                  count_include_pad=cip), CHUNKINGS[i % 8], CHUNKINGS[(i + 2) % 8]))
+        i += 1
+    return cases
+
+
+def _in_memory(kind, x, kw, w=None):
+    if kind == "conv":
+        kw = dict(kw)
+        kw.pop("k")
+        return convkit.conv2d_forward(x, w, **kw)
+    if kind == "max":
+        return convkit.max_pool2d_forward(x, **kw)[0]
+    return convkit.avg_pool2d_forward(x, **kw)
+
+
+def _lazy(kind, xd, kw, w=None):
+    if kind == "conv":
+        kw = dict(kw)
+        kw.pop("k")
+        return ckd.conv2d_forward(xd, w, **kw)
+    if kind == "max":
+        return ckd.max_pool2d_forward(xd, **kw)
+    return ckd.avg_pool2d_forward(xd, **kw)
+
+
+def test_spatial_chunks_grid_equal_in_memory_with_exact_block_shapes(serial):
+    """Every kernel/stride/dilation/padding of the grid, with odd, tiny and uneven chunks along
+    H and W: each block has the shape its chunks declare, and together they are the in-memory
+    result (float32, within tolerance; the tiles may select other algorithms)."""
+    x = _data((1, 4, H, W))       # one image: batch chunks are tested above
+    w = {k: _data((5, 4, k, k)) for k in (1, 2, 3, 5)}
+    checked = 0
+    for kind, kw, ch, cw in _grid():
+        weight = w[kw["k"]] if kind == "conv" else None
+        try:
+            want = _in_memory(kind, x, kw, weight)
+        except ValueError as e:   # the same arguments fail the same way, before any block runs
+            with pytest.raises(ValueError, match=str(e).split(":")[0]):
+                _lazy(kind, da.from_array(x, chunks=(1, 4, _chunks(H, ch), _chunks(W, cw))), kw,
+                      weight)
+            continue
+        xd = da.from_array(x, chunks=(1, 4, _chunks(H, ch), _chunks(W, cw)))
+        y = _lazy(kind, xd, kw, weight)
+        assert y.shape == want.shape, (kind, kw)
+        blocks = dask.compute(y.to_delayed(optimize_graph=False).tolist(), scheduler="sync")[0]
+        for idx in itertools.product(*(range(len(c)) for c in y.chunks)):
+            b = blocks[idx[0]][idx[1]][idx[2]][idx[3]]
+            assert b.shape == tuple(c[i] for c, i in zip(y.chunks, idx)), (kind, kw, ch, cw, idx)
+        got = np.block(blocks)
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5,
+                                   err_msg=f"{kind} {kw} chunks {ch} x {cw}")
+        checked += 1
+    assert checked > 150
+
+
+def test_spatial_chunks_on_the_cluster_with_halo(client, serial):
+    """Tiles with halos on the worker processes: 3x3 stride 2 dilation 2 over 5x5 tiles, a
+    'same' even kernel, and pooling, against the in-memory call."""
+    x = _data((2, 6, 29, 23))
+    xd = client.persist(da.from_array(x, chunks=(1, 6, 5, (7, 7, 9))))
+    w3, w4 = _data((8, 6, 3, 3)), _data((4, 6, 4, 4))
+    lazy = [ckd.conv2d_forward(xd, w3, None, 2, 1, 2),
+            ckd.conv2d_forward(xd, w4, None, 1, "same"),
+            ckd.max_pool2d_forward(xd, 3, 2, 1), ckd.avg_pool2d_forward(xd, 2, 2, 1, True, False)]
+    want = [convkit.conv2d_forward(x, w3, None, 2, 1, 2),
+            convkit.conv2d_forward(x, w4, None, 1, "same"),
+            convkit.max_pool2d_forward(x, 3, 2, 1)[0],
+            convkit.avg_pool2d_forward(x, 2, 2, 1, True, False)]
+    for got, y, ref in zip(_run(client, *lazy), lazy, want):
+        assert len(y.chunks[2]) > 1 and len(y.chunks[3]) > 1   # really tiled
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)
+
+
+def _fully_convolutional(dtype=np.float32):
+    m = Sequential(Conv2d(3, 8, 3, padding=1, seed=0, dtype=dtype), BatchNorm2d(8, dtype=dtype),
+                   ReLU(), MaxPool2d(2),
+                   Conv2d(8, 8, 3, stride=2, dilation=2, seed=1, dtype=dtype), ReLU(),
+                   AvgPool2d(3, 1, 1, count_include_pad=False),
+                   Sequential(Conv2d(8, 2, 1, seed=2, dtype=dtype)))
+    m[1].buffers["running_mean"][...] = _data(8, dtype)
+    m[1].buffers["running_var"][...] = 0.5 + RNG.random(8)
+    return m.eval()
+
+
+def test_predict_tiles_a_fully_convolutional_model(client, serial):
+    model = _fully_convolutional()
+    x = _data((2, 3, 67, 53))
+    want = model.forward(x)
+    lazy = [ckd.predict(model, client.persist(da.from_array(x, chunks=ch)))
+            for ch in ((1, 3, 16, 16), (2, 3, (7, 5, 30, 25), 9))]
+    for y, got in zip(lazy, _run(client, *lazy)):
+        assert len(y.chunks[2]) > 1 and y.chunks[2:] != ((want.shape[2],), (want.shape[3],))
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_predict_classifier_with_spatial_chunks(client, serial):
+    """LeNet5's conv/pool front runs on tiles, the fc head on the whole feature map."""
+    model = LeNet5(seed=1).eval()
+    x = _data((9, 1, 8, 8))
+    y = ckd.predict(model, da.from_array(x, chunks=(4, 1, 3, 5)))
+    assert y.chunks == ((4, 4, 1), (10,))
+    np.testing.assert_allclose(_run(client, y)[0], model.forward(x), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------- laziness and the model
+def _unreadable(block):
+    raise RuntimeError("a block was read")
+
+
+def test_building_the_graph_reads_no_block():
+    x = da.zeros((4, 3, 20, 20), chunks=(2, 3, 7, 5), dtype=np.float32)
+    x = x.map_blocks(_unreadable, meta=np.empty((0, 0, 0, 0), np.float32))
+    model = _fully_convolutional()
+    lazy = [ckd.conv2d_forward(x, _data((4, 3, 3, 3)), None, 2, "valid", 2),
+            ckd.conv2d_forward(x.rechunk((4, 3, 20, 20)), _data((4, 3, 3, 3))),
+            ckd.max_pool2d_forward(x, 2), ckd.avg_pool2d_forward(x, 3, 1, 1),
+            ckd.predict(model, x), ckd.predict(LeNet5(in_channels=3, input_size=20).eval(), x)]
+    for y in lazy:       # built without error; computing reads the source
+        with pytest.raises(RuntimeError, match="a block was read"):
+            y.compute(scheduler="sync")
+
+
+def test_model_is_shipped_once_as_state_without_caches():
+    model = _fully_convolutional()
+    model.forward(_data((64, 3, 64, 64)))      # fills every layer's cache (MiBs)
+    y = ckd.predict(model, da.from_array(_data((4, 3, 20, 20)), chunks=(1, 3, 10, 10)))
+    graph = dict(y.__dask_graph__())
+    specs = [getattr(v, "value", None) for v in graph.values()]
+    specs = [s for s in specs if isinstance(s, ckd._ModelSpec)]
+    assert len(specs) == 1                     # one key; every tile task depends on it
+    spec = specs[0]
+    assert len(spec.skeleton) < 16384          # structure only: no caches, no weights
+    assert spec.state.keys() == model.state_dict().keys()
+    rebuilt = spec.build(convkit.get_backend("cpu"))
+    assert not rebuilt.training
+    for k, v in rebuilt.state_dict().items():
+        np.testing.assert_array_equal(v, model.state_dict()[k])
+    x = _data((2, 3, 12, 12))
+    np.testing.assert_array_equal(rebuilt.forward(x), model.forward(x))
+
+
+def test_predict_refuses_a_model_in_training_mode():
+    model = LeNet5()
+    x = da.zeros((4, 1, 8, 8), chunks=2, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"training mode .*model\.eval\(\)"):
+        ckd.predict(model, x)
+    model.eval()
+    model[3].train()                           # one layer left in training is enough
+    with pytest.raises(ValueError, match="training mode"):
+        ckd.predict(model, x)
+
+
+def test_bad_input_is_refused_with_the_in_memory_messages():
+    x = da.zeros((2, 4, 9, 9), chunks=(1, 4, 4, 4), dtype=np.float32)
+    w = np.zeros((3, 4, 3, 3), np.float32)
+    with pytest.raises(TypeError, match="x must be a dask array"):
+        ckd.conv2d_forward(np.zeros((2, 4, 9, 9), np.float32), w)
+    with pytest.raises(TypeError, match="weight must be an array in memory"):
+        ckd.conv2d_forward(x, da.from_array(w))
+    with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+        ckd.conv2d_forward(x, w, stride=2, padding="same")
+    with pytest.raises(ValueError, match="channels"):
+        ckd.conv2d_forward(x, np.zeros((3, 2, 3, 3), np.float32))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        ckd.max_pool2d_forward(x.astype(np.int32), 2)
+    with pytest.raises(ValueError, match="4-D"):
+        ckd.avg_pool2d_forward(x[0], 2)
+    with pytest.raises(TypeError, match="convkit.nn.Module"):
+        ckd.predict(lambda a: a, x)
+    with pytest.raises(TypeError, match="float"):      # a float32 model on float64 data
+        ckd.predict(LeNet5(in_channels=4, input_size=9).eval(), x.astype(np.float64))
+
+
+def test_channel_chunks_are_merged():
+    x = _data((2, 6, 10, 10))
+    w = _data((4, 6, 3, 3))
+    y = ckd.conv2d_forward(da.from_array(x, chunks=(1, 2, 5, 10)), w, padding=1)
+    np.testing.assert_allclose(y.compute(scheduler="sync"), convkit.conv2d_forward(x, w, padding=1),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_windows_of_padding_only():
+    """A 1x1 conv with stride 3 and padding 1 on 2 rows split 1 + 1: every output row reads
+    padding only (the bias), and tiles that would read nothing merge."""
+    x = _data((1, 2, 2, 8))
+    w, b = _data((3, 2, 1, 1)), _data((3,))
+    want = convkit.conv2d_forward(x, w, b, stride=3, padding=1)
+    y = ckd.conv2d_forward(da.from_array(x, chunks=(1, 2, 1, 3)), w, b, stride=3, padding=1)
+    np.testing.assert_allclose(y.compute(scheduler="sync"), want, rtol=1e-6, atol=1e-6)
+    x = _data((1, 2, 9, 9))
+    want = convkit.conv2d_forward(x, w, b, stride=2, padding=3)
+    y = ckd.conv2d_forward(da.from_array(x, chunks=(1, 2, (1, 1, 7), (8, 1))), w, b, stride=2,
+                           padding=3)
+    got = y.compute(scheduler="sync")
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
