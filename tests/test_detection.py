@@ -6,6 +6,7 @@ import pytest
 import convkit
 from convkit.data import shapes
 from convkit.nn import Adam
+from convkit.nn import no_grad as nn_no_grad
 from convkit.metrics import (average_precision_per_class, mean_average_precision,
                              proposal_recall, voc_ap)
 from convkit.models import (AnchorGenerator, FasterRCNN, RegionProposalNetwork, RoIHeads,
@@ -324,3 +325,76 @@ def test_detector_outputs_respect_their_contract(backend, roi_op):
             bc = b[lab == c]
             iou = box_iou_np(bc, bc)
             assert (iou[np.triu_indices(len(bc), 1)] <= 0.5 + 1e-6).all()
+
+
+# ---------------------------------------------------------------------------- input checks
+def _tiny_detector():
+    return FasterRCNN(3, anchor_sizes=(8, 12, 16), width=4, seed=0,
+                      roi_kwargs=dict(representation=8, output_size=3))
+
+
+def test_detector_rejects_badly_shaped_or_scaled_images():
+    d = shapes(2, size=32, max_objects=2, seed=1)
+    with convkit.use_backend("numpy"):
+        m = _tiny_detector().eval()
+        img = d.images[0]                                       # (3, 32, 32)
+        with pytest.raises(ValueError, match=r"images\[None\]"):
+            m.forward(img)                                      # missing batch dimension
+        with pytest.raises(ValueError, match=r"HWC.*transpose\(2, 0, 1\)\[None\]"):
+            m.forward(img.transpose(1, 2, 0))                   # one HWC image
+        with pytest.raises(ValueError, match=r"NHWC.*transpose\(0, 3, 1, 2\)"):
+            m.forward(d.images.transpose(0, 2, 3, 1))           # an NHWC batch
+        with pytest.raises(ValueError, match="3 channels"):
+            m.forward(d.images[:, :1])
+        with pytest.raises(ValueError, match=r"0\.\.255 scale.*multiply by 255"):
+            m.forward(d.images / 255.0)                          # floats in [0, 1]
+        with pytest.raises(ValueError, match=r"0\.\.255 scale"):
+            m.loss(d.images.astype(np.float32) / 255, d.boxes, d.labels)
+        with pytest.raises(TypeError, match="uint8"):
+            m.forward(d.images.astype(bool))
+        # floats on the 0..255 scale are what uint8 would give
+        a = m.forward(d.images)
+        b = m.forward(d.images.astype(np.float32))
+        for da, db in zip(a, b):
+            np.testing.assert_array_equal(da["boxes"], db["boxes"])
+        assert all(not x._caches for x in m.modules())           # inference keeps no caches
+        m.train()
+        m.forward(d.images)
+        with nn_no_grad():
+            feats = m.features(d.images)
+        m.rpn.forward(feats, (32, 32))                            # proposals only
+        assert all(not x._caches for x in m.modules()) and not m.roi_heads._pool_caches
+
+
+def test_detector_checks_targets_and_clips_boxes_that_reach_outside():
+    d = shapes(2, size=32, max_objects=2, seed=2)
+    with convkit.use_backend("numpy"):
+        m = _tiny_detector()
+        boxes = [b.copy() for b in d.boxes]
+        with pytest.raises(ValueError, match=r"gt_boxes\[1\]\[0\].*outside the 32x32 image"):
+            m.loss(d.images, [boxes[0], np.array([[40, 2, 50, 9]], np.float32)], d.labels[:1]
+                   + [np.array([0])])
+        with pytest.raises(ValueError, match=r"gt_boxes\[0\]\[0\].*not a box"):
+            m.loss(d.images, [np.array([[5, 5, 2, 9]], np.float32), boxes[1]],
+                   [np.array([0]), d.labels[1]])
+        with pytest.raises(ValueError, match=r"gt_boxes\[0\]\[0\].*not a box"):
+            m.loss(d.images, [np.array([[5, np.nan, 8, 9]], np.float32), boxes[1]],
+                   [np.array([0]), d.labels[1]])
+        with pytest.raises(ValueError, match=r"gt_labels\[0\]\[0\] = 3 is not in \[0, 3\)"):
+            m.loss(d.images, boxes, [np.full(len(boxes[0]), 3), d.labels[1]])
+        with pytest.raises(ValueError, match=r"one gt_boxes and one gt_labels entry per image"):
+            m.loss(d.images, boxes[:1], d.labels[:1])
+        with pytest.raises(ValueError, match=r"gt_boxes\[0\] must be \(G, 4\)"):
+            m.loss(d.images, [boxes[0][:, :3], boxes[1]], d.labels)
+        # a box reaching outside is clipped to the image: the same losses as the clipped box
+        wide = [b.copy() for b in boxes]
+        wide[0][0] = [-6, -3, wide[0][0, 2], 40]
+        clipped = [b.copy() for b in wide]
+        clipped[0][0] = np.clip(clipped[0][0], 0, 32)
+        got, want = [], []
+        for bx, out in ((wide, got), (clipped, want)):
+            m.rpn.sampler_rng = np.random.default_rng(1)
+            m.roi_heads.sampler_rng = np.random.default_rng(2)
+            out.append({k: float(v) for k, v in m.loss(d.images, bx, d.labels).items()})
+            m.clear_caches()
+        assert got == want

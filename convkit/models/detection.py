@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..nn import Conv2d, MaxPool2d, Module, Normalize, ReLU, Sequential, ToFloat
+from ..functional import to_numpy
+from ..nn import Conv2d, MaxPool2d, Module, Normalize, ReLU, Sequential, ToFloat, no_grad
 from ..nn.init import make_rng
 from .anchors import AnchorGenerator, assign_anchor_targets, host_box_iou, sample_labels
 from .roi_heads import RoIHeads, fast_rcnn_loss
@@ -63,11 +64,14 @@ class FasterRCNN(Module):
     num_classes: object classes (no background).  backbone: a Module mapping float images
     (N, 3, H, W) to features (N, C, H/stride, W/stride), given with ``backbone_channels`` and
     ``stride``; default :func:`small_backbone` (``width``).  Images given to :meth:`forward` and
-    :meth:`loss` are uint8 (N, 3, H, W) (or floats on the 0..255 scale); the model scales them to
-    [0, 1] and normalises with mean 0.5, std 0.25 (:class:`convkit.nn.ToFloat`,
-    :class:`convkit.nn.Normalize`).  roi_op: ``"align"`` or ``"pool"``.  ``rpn_kwargs`` /
-    ``roi_kwargs`` go to :class:`RegionProposalNetwork` / :class:`RoIHeads`.
+    :meth:`loss` are uint8 (N, 3, H, W) (or floats on the 0..255 scale; checked, see
+    :meth:`check_images`); the model scales them to [0, 1] and normalises with mean 0.5, std
+    0.25 (:class:`convkit.nn.ToFloat`, :class:`convkit.nn.Normalize`).  roi_op: ``"align"`` or
+    ``"pool"``.  ``rpn_kwargs`` / ``roi_kwargs`` go to :class:`RegionProposalNetwork` /
+    :class:`RoIHeads`.
     """
+
+    _transient = ("last_proposals",)      # inspection only: not pickled
 
     def __init__(self, num_classes, backbone=None, backbone_channels=None, stride=None,
                  anchor_sizes=(16, 32, 64), aspect_ratios=(0.5, 1.0, 2.0), roi_op="align",
@@ -87,19 +91,96 @@ class FasterRCNN(Module):
         self.roi_heads = RoIHeads(backbone_channels, num_classes, 1.0 / stride, roi_op=roi_op,
                                   dtype=dtype, seed=rng, **(roi_kwargs or {}))
         self.last_proposals = None
-        self._feature_shape = None
+
+    def _set_dtype(self, dt):
+        self.dtype = dt
+
+    def check_images(self, images):
+        """The input contract of :meth:`loss` and :meth:`forward`: images (N, 3, H, W), uint8
+        (0..255) or floats on the same 0..255 scale.  Raises ValueError / TypeError for an HWC
+        image or an NHWC batch, a missing batch dimension, a wrong channel count, non-numeric
+        data, and floats that all lie in [0, 1] (an image already scaled to [0, 1] would be
+        scaled again: multiply by 255 or pass uint8)."""
+        shape = tuple(getattr(images, "shape", ()))
+        if len(shape) == 3:
+            hint = ("it looks like one HWC image: use img.transpose(2, 0, 1)[None]"
+                    if shape[-1] == 3 and shape[0] != 3 else
+                    "add the batch dimension: images[None]")
+            raise ValueError(f"FasterRCNN: images must be a batch (N, 3, H, W), got shape "
+                             f"{shape}; {hint}")
+        if len(shape) != 4:
+            raise ValueError(f"FasterRCNN: images must be (N, 3, H, W), got shape {shape}")
+        if shape[1] != 3:
+            hint = ("; it looks like NHWC: use images.transpose(0, 3, 1, 2)"
+                    if shape[3] == 3 else "")
+            raise ValueError(f"FasterRCNN: images must have 3 channels in dimension 1 "
+                             f"(N, 3, H, W), got shape {shape}{hint}")
+        kind = np.dtype(images.dtype).kind
+        if kind not in "uif":
+            raise TypeError(f"FasterRCNN: images must be uint8 (0..255) or floats on the "
+                            f"0..255 scale, got {images.dtype}")
+        if kind == "f" and images.size:
+            lo, hi = float(images.min()), float(images.max())
+            if 0.0 <= lo and 0.0 < hi <= 1.0:
+                raise ValueError(f"FasterRCNN: float images must be on the 0..255 scale (the "
+                                 f"model divides by 255), but these lie in [{lo:g}, {hi:g}]; "
+                                 f"multiply by 255 or pass uint8 images")
+
+    def check_targets(self, image_size, gt_boxes, gt_labels, n):
+        """Host copies of the targets of :meth:`loss`, checked: one (Gi, 4) xyxy float box array
+        and one (Gi,) int label array in [0, num_classes) per image; coordinates finite with
+        x1 < x2 and y1 < y2.  A box reaching outside the image is clipped to it (as an
+        augmentation's crop would leave it); one that lies wholly outside is an error."""
+        h, w = image_size
+        if len(gt_boxes) != n or len(gt_labels) != n:
+            raise ValueError(f"FasterRCNN.loss: need one gt_boxes and one gt_labels entry per "
+                             f"image ({n}), got {len(gt_boxes)} and {len(gt_labels)}")
+        boxes, labels = [], []
+        for i, (b, lab) in enumerate(zip(gt_boxes, gt_labels)):
+            b = np.asarray(to_numpy(b), np.float64)
+            lab = np.asarray(to_numpy(lab))
+            if b.size == 0:
+                b = b.reshape(0, 4)
+            if b.ndim != 2 or b.shape[1] != 4:
+                raise ValueError(f"FasterRCNN.loss: gt_boxes[{i}] must be (G, 4) xyxy, got "
+                                 f"shape {b.shape}")
+            if lab.shape != (b.shape[0],) or (lab.size and np.dtype(lab.dtype).kind not in "iu"):
+                raise ValueError(f"FasterRCNN.loss: gt_labels[{i}] must be {b.shape[0]} integer "
+                                 f"labels, got {lab.dtype} of shape {lab.shape}")
+            bad = np.nonzero((lab < 0) | (lab >= self.num_classes))[0]
+            if bad.size:
+                raise ValueError(f"FasterRCNN.loss: gt_labels[{i}][{bad[0]}] = {lab[bad[0]]} is "
+                                 f"not in [0, {self.num_classes})")
+            for j, (x1, y1, x2, y2) in enumerate(b):
+                if not np.isfinite([x1, y1, x2, y2]).all() or x2 <= x1 or y2 <= y1:
+                    raise ValueError(f"FasterRCNN.loss: gt_boxes[{i}][{j}] = {b[j].tolist()} is "
+                                     f"not a box (x1 < x2, y1 < y2, finite)")
+                if x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
+                    raise ValueError(f"FasterRCNN.loss: gt_boxes[{i}][{j}] = {b[j].tolist()} "
+                                     f"lies outside the {w}x{h} image (boxes are xyxy pixels)")
+            b = np.clip(b, 0, [w, h, w, h])
+            boxes.append(b)
+            labels.append(lab.astype(np.int64))
+        return boxes, labels
 
     def features(self, images):
-        x = self.transform.forward(self.xp.asarray(images))
-        return self.backbone.forward(x)
+        """Backbone features of checked images."""
+        self.check_images(images)
+        return self._features(images)
+
+    def _features(self, images):
+        return self.backbone.forward(self.transform.forward(self.xp.asarray(images)))
 
     def loss(self, images, gt_boxes, gt_labels):
-        """Training forward: images (N, 3, H, W), gt_boxes (list of array[Gi, 4] xyxy pixels),
-        gt_labels (list of int array[Gi], 0-based).  Returns the four losses (0-d arrays):
+        """Training forward: images (N, 3, H, W) (see :meth:`check_images`), gt_boxes (list of
+        array[Gi, 4] xyxy pixels; see :meth:`check_targets`), gt_labels (list of int array[Gi],
+        0-based).  Returns the four losses (0-d arrays):
         ``rpn_objectness``, ``rpn_box``, ``roi_classifier``, ``roi_box``; their sum is what
         :meth:`backward` differentiates."""
-        feats = self.features(images)
+        self.check_images(images)
         size = tuple(images.shape[2:])
+        gt_boxes, gt_labels = self.check_targets(size, gt_boxes, gt_labels, images.shape[0])
+        feats = self._features(images)
         props, losses = self.rpn.forward(feats, size, gt_boxes)
         self.last_proposals = props
         losses.update(self.roi_heads.forward(feats, [b for b, _ in props], size, gt_boxes,
@@ -115,9 +196,11 @@ class FasterRCNN(Module):
     def forward(self, images):
         """Detections per image: dicts with ``boxes`` (array[D, 4] xyxy), ``scores`` (array[D])
         and ``labels`` (int64 array[D], 0-based).  The RPN proposals (list of (boxes, scores))
-        are left in ``last_proposals``."""
-        feats = self.features(images)
-        size = tuple(images.shape[2:])
-        props, _ = self.rpn.forward(feats, size)
-        self.last_proposals = props
-        return self.roi_heads.forward(feats, [b for b, _ in props], size)
+        are left in ``last_proposals``.  Runs under :func:`convkit.nn.no_grad` (nothing here
+        is differentiated)."""
+        with no_grad():
+            feats = self.features(images)
+            size = tuple(images.shape[2:])
+            props, _ = self.rpn.forward(feats, size)
+            self.last_proposals = props
+            return self.roi_heads.forward(feats, [b for b, _ in props], size)

@@ -12,7 +12,8 @@ import numpy as np
 from .. import boxes as B
 from .. import functional as F
 from .._registry import get_backend
-from ..nn import Flatten, Linear, Module, ReLU, Sequential, softmax_cross_entropy, smooth_l1_loss
+from ..nn import (Flatten, Linear, Module, ReLU, Sequential, no_grad, softmax_cross_entropy,
+                  smooth_l1_loss)
 from ..nn.init import make_rng
 from .anchors import host_box_iou, sample_labels
 
@@ -62,6 +63,8 @@ class RoIHeads(Module):
     ``detections_per_img`` best.
     """
 
+    _pending = ("_caches", "_pool_caches")   # loss gradients; RoI-op inputs
+
     def __init__(self, in_channels, num_classes, spatial_scale, roi_op="align", output_size=7,
                  sampling_ratio=2, representation=128, fg_iou=0.5, bg_iou=0.5,
                  batch_size_per_image=64, positive_fraction=0.25,
@@ -96,30 +99,26 @@ class RoIHeads(Module):
             w = m.params["weight"]
             w[...] = self.backend.asarray((rng.standard_normal(w.shape) * std).astype(w.dtype))
         self.sampler_rng = np.random.default_rng(rng.integers(2 ** 63))
-        self._grads = None
+        self._pool_caches = []
 
     # ------------------------------------------------------------------ RoI features
     def pool(self, features, rois):
         """RoI features array[R, C, oh, ow] for rois array[R, 5] (batch index, xyxy pixels)."""
-        with self._pinned():
-            if self.roi_op == "align":
-                y = F.roi_align_forward(features, rois, self.output_size, self.spatial_scale,
-                                        self.sampling_ratio, aligned=True)
-                self._pool_cache = (rois, features.shape, None)
-            else:
-                y, argmax = F.roi_pool_forward(features, rois, self.output_size,
-                                               self.spatial_scale)
-                self._pool_cache = (rois, features.shape, argmax)
+        if self.roi_op == "align":
+            y = F.roi_align_forward(features, rois, self.output_size, self.spatial_scale,
+                                    self.sampling_ratio, aligned=True)
+            argmax = None
+        else:
+            y, argmax = F.roi_pool_forward(features, rois, self.output_size, self.spatial_scale)
+        self._push((rois, features.shape, argmax), self._pool_caches)
         return y
 
     def pool_backward(self, grad_y):
-        rois, shape, argmax = self._pool_cache
-        with self._pinned():
-            if self.roi_op == "align":
-                return F.roi_align_backward(grad_y, rois, shape, self.output_size,
-                                            self.spatial_scale, self.sampling_ratio,
-                                            aligned=True)
-            return F.roi_pool_backward(grad_y, argmax, shape, rois)
+        rois, shape, argmax = self._pop(self._pool_caches)
+        if self.roi_op == "align":
+            return F.roi_align_backward(grad_y, rois, shape, self.output_size,
+                                        self.spatial_scale, self.sampling_ratio, aligned=True)
+        return F.roi_pool_backward(grad_y, argmax, shape, rois)
 
     def head(self, roi_features):
         """(class_logits array[R, K+1], box_deltas array[R, 4(K+1)])."""
@@ -170,25 +169,25 @@ class RoIHeads(Module):
         otherwise the detections: a list of dicts with ``boxes`` (array[D, 4]), ``scores``
         (array[D]), ``labels`` (int64 array[D], 0-based classes)."""
         xp = self.xp
-        self._grads = None
         if gt_boxes is not None:
             rois, labels, targets = self.sample(proposals, gt_boxes, gt_labels)
             logits, deltas = self.head(self.pool(features, rois))
             l_cls, l_box, g_logits, g_deltas = fast_rcnn_loss(logits, deltas, labels, targets,
                                                               self.beta)
-            self._grads = (g_logits, g_deltas)
+            self._push((g_logits, g_deltas))
             return {"roi_classifier": l_cls, "roi_box": l_box}
         dt = features.dtype
         parts = [xp.concatenate([xp.full((p.shape[0], 1), i, dt), p.astype(dt, copy=False)],
                                 axis=1) for i, p in enumerate(proposals)]
         rois = xp.concatenate(parts) if parts else xp.zeros((0, 5), dt)
-        logits, deltas = self.head(self.pool(features, rois))
+        with no_grad():                      # detections are not differentiated
+            logits, deltas = self.head(self.pool(features, rois))
         return self.postprocess(logits, deltas, proposals, image_size)
 
     def backward(self, scale=1.0):
         """Back-propagate the summed RoI-head losses (times ``scale``) through the box head and
         the RoI op; returns the gradient w.r.t. the features."""
-        g_logits, g_deltas = self._grads
+        g_logits, g_deltas = self._pop()
         if scale != 1.0:
             g_logits, g_deltas = g_logits * scale, g_deltas * scale
         return self.pool_backward(self.head_backward(g_logits, g_deltas))
@@ -200,24 +199,23 @@ class RoIHeads(Module):
         probs = xp.exp(z)
         probs /= probs.sum(axis=1, keepdims=True)
         out, start = [], 0
-        with self._pinned():
-            for p in proposals:
-                n = p.shape[0]
-                sl = slice(start, start + n)
-                start += n
-                boxes = B.decode_boxes(deltas[sl], p.astype(deltas.dtype, copy=False),
-                                       self.box_weights)
-                boxes = B.clip_boxes(boxes.reshape(n, k + 1, 4), image_size)[:, 1:]
-                scores = probs[sl, 1:]
-                labels = xp.broadcast_to(xp.arange(k, dtype=xp.int64)[None], (n, k))
-                boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
-                keep = xp.nonzero(scores > self.score_thresh)[0]
-                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-                keep = B.remove_small_boxes(boxes, self.min_size)
-                boxes = xp.ascontiguousarray(boxes[keep])
-                scores = xp.ascontiguousarray(scores[keep])
-                labels = xp.ascontiguousarray(labels[keep])
-                keep = F.batched_nms(boxes, scores, labels, self.nms_thresh)
-                keep = keep[:self.detections_per_img]
-                out.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        for p in proposals:
+            n = p.shape[0]
+            sl = slice(start, start + n)
+            start += n
+            boxes = B.decode_boxes(deltas[sl], p.astype(deltas.dtype, copy=False),
+                                   self.box_weights)
+            boxes = B.clip_boxes(boxes.reshape(n, k + 1, 4), image_size)[:, 1:]
+            scores = probs[sl, 1:]
+            labels = xp.broadcast_to(xp.arange(k, dtype=xp.int64)[None], (n, k))
+            boxes, scores, labels = boxes.reshape(-1, 4), scores.reshape(-1), labels.reshape(-1)
+            keep = xp.nonzero(scores > self.score_thresh)[0]
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = B.remove_small_boxes(boxes, self.min_size)
+            boxes = xp.ascontiguousarray(boxes[keep])
+            scores = xp.ascontiguousarray(scores[keep])
+            labels = xp.ascontiguousarray(labels[keep])
+            keep = F.batched_nms(boxes, scores, labels, self.nms_thresh)
+            keep = keep[:self.detections_per_img]
+            out.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return out

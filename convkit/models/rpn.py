@@ -15,12 +15,14 @@ array[N, Hf*Wf*k, 4]) whose row ``(y * Wf + x) * k + a`` matches the anchor list
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from .. import boxes as B
 from .. import functional as F
 from .._registry import get_backend
-from ..nn import Conv2d, Module, ReLU, sigmoid, softmax_cross_entropy, smooth_l1_loss
+from ..nn import Conv2d, Module, ReLU, no_grad, sigmoid, softmax_cross_entropy, smooth_l1_loss
 from ..nn.init import make_rng
 from .anchors import AnchorGenerator, assign_anchor_targets, sample_labels
 
@@ -130,6 +132,8 @@ class RegionProposalNetwork(Module):
     ``seed``; box targets :func:`convkit.boxes.encode_boxes` with unit weights.
     """
 
+    _transient = ("_anchor_cache",)       # rebuilt on demand: not pickled
+
     def __init__(self, in_channels, anchor_generator=None, mid_channels=None,
                  pre_nms_top_n=(1000, 1000), post_nms_top_n=(300, 300), nms_thresh=0.7,
                  min_size=1.0, fg_iou=0.7, bg_iou=0.3, batch_size_per_image=256,
@@ -151,7 +155,7 @@ class RegionProposalNetwork(Module):
     # ------------------------------------------------------------------ anchors, targets
     def anchors(self, feature_hw, dtype):
         """Backend array[Hf*Wf*k, 4] of anchors (cached per feature size and dtype)."""
-        key = (tuple(int(v) for v in feature_hw), np.dtype(dtype).str)
+        key = (self.backend.name, tuple(int(v) for v in feature_hw), np.dtype(dtype).str)
         if key not in self._anchor_cache:
             self._anchor_cache[key] = self.backend.asarray(
                 self.anchor_generator.grid_anchors(feature_hw, dtype))
@@ -186,41 +190,42 @@ class RegionProposalNetwork(Module):
         # p(object) = sigmoid(l_obj - l_bg): the softmax of the pair, computed stably
         logit = cls_flat[..., 0] - cls_flat[..., 1]
         out = []
-        with self._pinned():
-            for i in range(cls_flat.shape[0]):
-                s = logit[i]
-                order = xp.argsort(-s, kind="stable")[:pre_n]
-                b = B.decode_boxes(xp.ascontiguousarray(reg_flat[i][order]), anchors[order])
-                b = B.clip_boxes(b, image_size)
-                keep = B.remove_small_boxes(b, self.min_size)
-                b, s_i = xp.ascontiguousarray(b[keep]), xp.ascontiguousarray(s[order][keep])
-                keep = F.nms(b, s_i, self.nms_thresh)[:post_n]
-                out.append((b[keep], sigmoid(s_i[keep]).astype(b.dtype, copy=False)))
+        for i in range(cls_flat.shape[0]):
+            s = logit[i]
+            order = xp.argsort(-s, kind="stable")[:pre_n]
+            b = B.decode_boxes(xp.ascontiguousarray(reg_flat[i][order]), anchors[order])
+            b = B.clip_boxes(b, image_size)
+            keep = B.remove_small_boxes(b, self.min_size)
+            b, s_i = xp.ascontiguousarray(b[keep]), xp.ascontiguousarray(s[order][keep])
+            keep = F.nms(b, s_i, self.nms_thresh)[:post_n]
+            out.append((b[keep], sigmoid(s_i[keep]).astype(b.dtype, copy=False)))
         return out
 
     # ------------------------------------------------------------------ forward / backward
     def forward(self, features, image_size, gt_boxes=None):
         """features (array[N, C, Hf, Wf]) -> (list of (boxes, scores) proposals per image,
         dict of losses).  With ``gt_boxes`` (a list of array[Gi, 4]) it also computes the
-        losses ``rpn_objectness``, ``rpn_box`` and keeps their gradients for :meth:`backward`."""
-        cls, reg = self.head.forward(features)
+        losses ``rpn_objectness``, ``rpn_box`` and keeps their gradients for :meth:`backward`;
+        without, nothing is differentiated and the head keeps no caches."""
+        with contextlib.nullcontext() if gt_boxes is not None else no_grad():
+            cls, reg = self.head.forward(features)
         cls_f, reg_f = flatten_rpn_outputs(cls, reg)
         hw = features.shape[2:]
         anchors = self.anchors(hw, features.dtype)
         props = self.proposals(cls_f, reg_f, anchors, image_size)
         losses = {}
-        self._grads = None
         if gt_boxes is not None:
             labels, targets = self.targets(anchors, gt_boxes)
             l_cls, l_reg, g_cls, g_reg = rpn_loss(cls_f, reg_f, labels, targets, self.beta)
             losses = {"rpn_objectness": l_cls, "rpn_box": l_reg}
-            self._grads = (g_cls, g_reg, hw)
+            self._push((g_cls, g_reg, hw))
         return props, losses
 
     def backward(self, scale=1.0):
         """Back-propagate the summed RPN losses (times ``scale``) into the head; returns the
-        gradient w.r.t. the features."""
-        g_cls, g_reg, hw = self._grads
+        gradient w.r.t. the features.  Each forward with ``gt_boxes`` keeps its loss gradients;
+        backward consumes the latest (RuntimeError when none is pending)."""
+        g_cls, g_reg, hw = self._pop()
         gc, gr = unflatten_rpn_grads(g_cls, g_reg, hw)
         if scale != 1.0:
             gc, gr = gc * scale, gr * scale

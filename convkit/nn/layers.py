@@ -1,7 +1,8 @@
 """Layers: explicit forward/backward over the public ops of :mod:`convkit.functional`.
 
-Each layer keeps in ``self._cache`` exactly what its backward needs and calls only
-``convkit.functional`` ops and its backend's ``xp`` -- never a backend-specific branch.
+Each forward call pushes exactly what its backward needs (``self._push``); each backward pops the
+latest (``self._pop``).  Layers call only ``convkit.functional`` ops and the active backend's
+``xp`` -- never a backend-specific branch.
 """
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import numpy as np
 
 from .. import functional as F
 from .._config import blas_single_thread
+from .._registry import get_backend
+from .._shapes import conv_out_size
 from .init import INITS, make_rng
+from .losses import sigmoid
 from .module import Module, Sequential, check_float_input
 
-__all__ = ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "AvgPool2d", "Linear", "Flatten",
-           "Dropout", "ToFloat", "Normalize", "Identity", "ResidualBlock"]
+__all__ = ["Conv2d", "ConvTranspose2d", "BatchNorm2d", "ReLU", "LeakyReLU", "Sigmoid",
+           "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "Flatten", "Dropout",
+           "ToFloat", "Normalize", "Identity", "ResidualBlock"]
 
 
 def _small_matmul(a, b):
@@ -30,11 +35,24 @@ def _small_matmul(a, b):
 _SMALL_MACS = 1 << 22
 
 
-def _init(name):
+def _init(init):
+    """``init``: a name from :data:`convkit.nn.init.INITS`, or a callable
+    ``fn(shape, rng, dtype) -> array`` (drawn on the host; checked for shape and dtype)."""
+    if callable(init):
+        def draw(shape, rng, dtype):
+            w = np.asarray(init(shape, rng, dtype))
+            if w.shape != tuple(shape):
+                raise ValueError(f"init callable {init!r} returned shape {w.shape}, expected "
+                                 f"{tuple(shape)}")
+            if np.dtype(w.dtype).kind != "f":
+                raise TypeError(f"init callable {init!r} returned {w.dtype}, expected floats")
+            return w.astype(dtype, copy=False)
+        return draw
     try:
-        return INITS[name]
-    except KeyError:
-        raise ValueError(f"unknown init {name!r}; choose one of {sorted(INITS)}") from None
+        return INITS[init]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown init {init!r}; choose one of {sorted(INITS)} or pass a "
+                         f"callable fn(shape, rng, dtype) -> array") from None
 
 
 def _dtype(dtype):
@@ -44,49 +62,64 @@ def _dtype(dtype):
     return dt
 
 
+def _pair(v):
+    return (int(v), int(v)) if np.isscalar(v) else tuple(int(e) for e in v)
+
+
+def _add_conv_params(layer, op, in_channels, out_channels, kernel_size, groups, bias, dtype,
+                     seed, init, transposed):
+    """Check groups, draw the weight ((F, C/groups) or, transposed, (C_in, C_out/groups), then
+    the kernel) and register weight and a zero bias (array[out_channels]) on ``layer``."""
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"{op}: groups={groups} must divide in_channels={in_channels} and "
+                         f"out_channels={out_channels}")
+    k = _pair(kernel_size)
+    dt = _dtype(dtype)
+    lead = (in_channels, out_channels // groups) if transposed else \
+        (out_channels, in_channels // groups)
+    be = get_backend()
+    layer.add_param("weight", be.asarray(_init(init)(lead + k, make_rng(seed), dt)))
+    if bias:
+        layer.add_param("bias", be.xp.zeros(out_channels, dt))
+    return k
+
+
 class Conv2d(Module):
     """2-D convolution (cross-correlation), torch's ``nn.Conv2d`` layout.
 
-    weight (array[F, C/groups, KH, KW]) initialised with ``init`` (Kaiming normal by default) from
-    ``np.random.default_rng(seed)``; bias (array[F]) zero.  ``needs_input_grad=False`` makes
-    backward skip grad_x and return None (a first layer: the image needs no gradient).
+    weight (array[F, C/groups, KH, KW]) initialised with ``init`` (Kaiming normal by default, a
+    name or a callable ``fn(shape, rng, dtype)``) from ``np.random.default_rng(seed)``; bias
+    (array[F]) zero.  ``needs_input_grad=False`` makes backward skip grad_x and return None (a
+    first layer: the image needs no gradient).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, needs_input_grad=True, dtype=np.float32, seed=None,
                  init="kaiming"):
         super().__init__()
-        k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} and "
-                             f"out_channels={out_channels}")
+        k = _add_conv_params(self, "Conv2d", in_channels, out_channels, kernel_size, groups,
+                             bias, dtype, seed, init, transposed=False)
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.has_bias, self.needs_input_grad = bool(bias), bool(needs_input_grad)
-        dt = _dtype(dtype)
-        w = _init(init)((out_channels, in_channels // groups) + k, make_rng(seed), dt)
-        self.add_param("weight", self.backend.asarray(w))
-        if self.has_bias:
-            self.add_param("bias", self.xp.zeros(out_channels, dt))
 
     def forward(self, x):
         check_float_input("Conv2d", x)
-        with self._pinned():
-            y = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"), self.stride,
-                                 self.padding, self.dilation, self.groups)
-        self._cache = (x,)
+        self._active()
+        y = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"), self.stride,
+                             self.padding, self.dilation, self.groups)
+        self._push(x)
         return y
 
     def backward(self, grad_y):
-        (x,) = self._cache
-        with self._pinned():
-            gx, gw, gb = F.conv2d_backward(grad_y, x, self.params["weight"], self.stride,
-                                           self.padding, self.dilation, self.groups,
-                                           needs_input_grad=self.needs_input_grad,
-                                           has_bias=self.has_bias)
-        self.grads["weight"] += gw
+        x = self._pop()
+        gx, gw, gb = F.conv2d_backward(grad_y, x, self.params["weight"], self.stride,
+                                       self.padding, self.dilation, self.groups,
+                                       needs_input_grad=self.needs_input_grad,
+                                       has_bias=self.has_bias)
+        self._accumulate("weight", gw)
         if self.has_bias:
-            self.grads["bias"] += gb
+            self._accumulate("bias", gb)
         return gx
 
     def extra_repr(self):
@@ -94,40 +127,136 @@ class Conv2d(Module):
                 f"stride={self.stride}, padding={self.padding}")
 
 
+class ConvTranspose2d(Module):
+    """Transposed convolution, torch's ``nn.ConvTranspose2d`` (weight (array[C_in, C_out/groups,
+    KH, KW]), bias (array[C_out])); output size
+    ``Ho = (H - 1)*sh - 2*ph + dh*(KH - 1) + oph + 1``, ``output_padding < max(stride, dilation)``.
+
+    It is the adjoint of :func:`convkit.conv2d_forward` with the same weight read as a conv
+    weight (F = C_in, C = C_out): the forward is conv2d_backward's grad_x, the input gradient is a
+    conv2d_forward of grad_y, and the weight gradient is conv2d_backward's grad_weight with the
+    roles of input and output swapped.  (Built from the conv2d ops until convkit has a
+    conv_transpose2d op: the forward also computes, and drops, a weight gradient.)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, dtype=np.float32, seed=None,
+                 init="kaiming"):
+        super().__init__()
+        self.stride, self.padding = _pair(stride), _pair(padding)
+        self.output_padding, self.dilation = _pair(output_padding), _pair(dilation)
+        for name in ("stride", "dilation"):
+            if min(getattr(self, name)) < 1:
+                raise ValueError(f"ConvTranspose2d: {name} must be >= 1, got "
+                                 f"{getattr(self, name)}")
+        if min(self.padding) < 0 or min(self.output_padding) < 0:
+            raise ValueError("ConvTranspose2d: padding and output_padding must be >= 0")
+        for op, s, d in zip(self.output_padding, self.stride, self.dilation):
+            if op >= max(s, d):
+                raise ValueError(f"ConvTranspose2d: output_padding {self.output_padding} must be "
+                                 f"smaller than stride {self.stride} or dilation {self.dilation}")
+        k = _add_conv_params(self, "ConvTranspose2d", in_channels, out_channels, kernel_size,
+                             groups, bias, dtype, seed, init, transposed=True)
+        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, k
+        self.groups, self.has_bias = groups, bool(bias)
+
+    def _conv(self):
+        return self.stride, self.padding, self.dilation, self.groups
+
+    def output_shape(self, shape):
+        """(N, C_out, Ho, Wo) for an input of ``shape`` (N, C_in, H, W)."""
+        out = []
+        for n, s, p, d, k, op in zip(shape[2:], self.stride, self.padding, self.dilation,
+                                     self.kernel_size, self.output_padding):
+            out.append((n - 1) * s - 2 * p + d * (k - 1) + op + 1)
+        if min(out) < 1:
+            raise ValueError(f"ConvTranspose2d: input {tuple(shape)} gives an output size "
+                             f"{tuple(out)} < 1")
+        return (shape[0], self.out_channels, *out)
+
+    def forward(self, x):
+        check_float_input("ConvTranspose2d", x)
+        be = self._active()
+        xp = be.xp
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"ConvTranspose2d: x must be (N, {self.in_channels}, H, W), got "
+                             f"shape {tuple(x.shape)}")
+        yshape = self.output_shape(x.shape)
+        # the conv of a (Ho, Wo) map has at least x's size; more when output_padding >= stride
+        # (allowed below the dilation): those extra conv outputs see zeros here
+        hw = tuple(conv_out_size(n, k, s, 2 * p, d) for n, k, s, p, d in zip(
+            yshape[2:], self.kernel_size, self.stride, self.padding, self.dilation))
+        xg = x
+        if hw != tuple(x.shape[2:]):
+            xg = xp.zeros(x.shape[:2] + hw, x.dtype)
+            xg[:, :, :x.shape[2], :x.shape[3]] = x
+        w = self.params["weight"]
+        y, _, _ = F.conv2d_backward(xg, xp.zeros(yshape, x.dtype), w, *self._conv(),
+                                    needs_input_grad=True, has_bias=False)
+        if self.has_bias:
+            y += self.params["bias"].reshape(1, -1, 1, 1)
+        self._push((xg, tuple(x.shape[2:])))
+        return y
+
+    def backward(self, grad_y):
+        xg, (h, w_) = self._pop()
+        w = self.params["weight"]
+        gx = F.conv2d_forward(grad_y, w, None, *self._conv())
+        if gx.shape[2:] != (h, w_):
+            gx = self.xp.ascontiguousarray(gx[:, :, :h, :w_])
+        _, gw, _ = F.conv2d_backward(xg, grad_y, w, *self._conv(), needs_input_grad=False,
+                                     has_bias=False)
+        self._accumulate("weight", gw)
+        if self.has_bias:
+            self._accumulate("bias", grad_y.sum(axis=(0, 2, 3)))
+        return gx
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, "
+                f"output_padding={self.output_padding}")
+
+
 class BatchNorm2d(Module):
     """Spatial batch norm (torch's ``nn.BatchNorm2d``): params weight (ones) and bias (zeros),
     buffers running_mean (zeros) and running_var (ones), updated in training with ``momentum``
-    (running_var from the unbiased batch variance).  eval() normalises with the running stats."""
+    (running_var from the unbiased batch variance), and ``num_batches_tracked`` (an int64 host
+    counter of training forwards, as torch keeps it).  eval() normalises with the running
+    stats."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32):
         super().__init__()
         dt = _dtype(dtype)
+        xp = get_backend().xp
         self.num_features, self.affine = num_features, affine
         self.eps, self.momentum = eps, momentum
         if affine:
-            self.add_param("weight", self.xp.ones(num_features, dt))
-            self.add_param("bias", self.xp.zeros(num_features, dt))
-        self.add_buffer("running_mean", self.xp.zeros(num_features, dt))
-        self.add_buffer("running_var", self.xp.ones(num_features, dt))
+            self.add_param("weight", xp.ones(num_features, dt))
+            self.add_param("bias", xp.zeros(num_features, dt))
+        self.add_buffer("running_mean", xp.zeros(num_features, dt))
+        self.add_buffer("running_var", xp.ones(num_features, dt))
+        self.add_buffer("num_batches_tracked", np.zeros((), np.int64))
+        self._host_buffers.add("num_batches_tracked")
 
     def forward(self, x):
         check_float_input("BatchNorm2d", x)
-        with self._pinned():
-            y, mean, invstd = F.batch_norm_forward(
-                x, self.params.get("weight"), self.params.get("bias"),
-                self.buffers["running_mean"], self.buffers["running_var"], self.training,
-                self.momentum, self.eps)
-        self._cache = (x, mean, invstd, self.training)
+        self._active()
+        b = self.buffers
+        y, mean, invstd = F.batch_norm_forward(
+            x, self.params.get("weight"), self.params.get("bias"), b["running_mean"],
+            b["running_var"], self.training, self.momentum, self.eps)
+        if self.training:
+            b["num_batches_tracked"] += 1
+        self._push((x, mean, invstd, self.training))
         return y
 
     def backward(self, grad_y):
-        x, mean, invstd, training = self._cache
-        with self._pinned():
-            gx, gw, gb = F.batch_norm_backward(grad_y, x, self.params.get("weight"), mean, invstd,
-                                               training)
+        x, mean, invstd, training = self._pop()
+        gx, gw, gb = F.batch_norm_backward(grad_y, x, self.params.get("weight"), mean, invstd,
+                                           training)
         if self.affine:
-            self.grads["weight"] += gw
-            self.grads["bias"] += gb
+            self._accumulate("weight", gw)
+            self._accumulate("bias", gb)
         return gx
 
     def extra_repr(self):
@@ -140,12 +269,48 @@ class ReLU(Module):
     def forward(self, x):
         check_float_input("ReLU", x)
         y = self.xp.maximum(x, 0)    # NaN stays NaN, as in torch
-        self._cache = (y,)
+        self._push(y)
         return y
 
     def backward(self, grad_y):
-        (y,) = self._cache
+        y = self._pop()
         return grad_y * (y != 0)    # y >= 0 or NaN; NaN passes the gradient, as in torch
+
+
+class LeakyReLU(Module):
+    """x where x > 0, else ``negative_slope * x`` (torch's ``nn.LeakyReLU``; the gradient at 0
+    is negative_slope, NaN propagates)."""
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x):
+        check_float_input("LeakyReLU", x)
+        pos = x > 0
+        self._push(pos)
+        return self.xp.where(pos, x, x * self.negative_slope)
+
+    def backward(self, grad_y):
+        pos = self._pop()
+        return self.xp.where(pos, grad_y, grad_y * self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope:g}"
+
+
+class Sigmoid(Module):
+    """1 / (1 + exp(-x)), computed without overflow; gradient y (1 - y)."""
+
+    def forward(self, x):
+        check_float_input("Sigmoid", x)
+        y = sigmoid(x)
+        self._push(y)
+        return y
+
+    def backward(self, grad_y):
+        y = self._pop()
+        return grad_y * y * (1 - y)
 
 
 class MaxPool2d(Module):
@@ -158,16 +323,14 @@ class MaxPool2d(Module):
 
     def forward(self, x):
         check_float_input("MaxPool2d", x)
-        with self._pinned():
-            y, idx = F.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding,
-                                          self.dilation, self.ceil_mode)
-        self._cache = (idx, x.shape)
+        y, idx = F.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding,
+                                      self.dilation, self.ceil_mode)
+        self._push((idx, x.shape))
         return y
 
     def backward(self, grad_y):
-        idx, shape = self._cache
-        with self._pinned():
-            return F.max_pool2d_backward(grad_y, idx, shape)
+        idx, shape = self._pop()
+        return F.max_pool2d_backward(grad_y, idx, shape)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -184,20 +347,73 @@ class AvgPool2d(Module):
 
     def forward(self, x):
         check_float_input("AvgPool2d", x)
-        with self._pinned():
-            y = F.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding,
-                                     self.ceil_mode, self.count_include_pad)
-        self._cache = (x.shape,)
+        y = F.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding,
+                                 self.ceil_mode, self.count_include_pad)
+        self._push(x.shape)
         return y
 
     def backward(self, grad_y):
-        (shape,) = self._cache
-        with self._pinned():
-            return F.avg_pool2d_backward(grad_y, shape, self.kernel_size, self.stride,
-                                         self.padding, self.ceil_mode, self.count_include_pad)
+        shape = self._pop()
+        return F.avg_pool2d_backward(grad_y, shape, self.kernel_size, self.stride,
+                                     self.padding, self.ceil_mode, self.count_include_pad)
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+def adaptive_bins(n_in: int, n_out: int) -> list[tuple[int, int]]:
+    """torch's adaptive pooling bins: [floor(i*n_in/n_out), ceil((i+1)*n_in/n_out))."""
+    return [((i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)) for i in range(n_out)]
+
+
+class AdaptiveAvgPool2d(Module):
+    """Average over torch's adaptive bins (``nn.AdaptiveAvgPool2d``): output_size an int, a pair,
+    or a pair with None (keep that input size).  Written as two small averaging matrices,
+    y = P_h @ x @ P_w^T (array code over the backend's xp), so any input size works."""
+
+    _transient = ("_mats",)
+
+    def __init__(self, output_size):
+        super().__init__()
+        osz = (output_size, output_size) if output_size is None or np.isscalar(output_size) \
+            else tuple(output_size)
+        if len(osz) != 2 or any(o is not None and int(o) < 1 for o in osz):
+            raise ValueError(f"AdaptiveAvgPool2d: output_size must be a positive int or pair "
+                             f"(None keeps the input size), got {output_size!r}")
+        self.output_size = tuple(None if o is None else int(o) for o in osz)
+        self._mats = {}
+
+    def _matrices(self, be, hw, dtype):
+        key = (be.name, hw, np.dtype(dtype).str)
+        m = self._mats.get(key)
+        if m is None:
+            mats = []
+            for n_in, o in zip(hw, self.output_size):
+                o = n_in if o is None else o
+                p = np.zeros((o, n_in), np.float64)
+                for i, (s, e) in enumerate(adaptive_bins(n_in, o)):
+                    p[i, s:e] = 1.0 / (e - s)
+                mats.append(be.asarray(p.astype(dtype)))
+            m = self._mats[key] = (mats[0], be.xp.ascontiguousarray(mats[1].T))
+        return m
+
+    def forward(self, x):
+        check_float_input("AdaptiveAvgPool2d", x)
+        if x.ndim != 4 or 0 in x.shape[2:]:
+            raise ValueError(f"AdaptiveAvgPool2d: x must be (N, C, H, W) with H, W >= 1, got "
+                             f"shape {tuple(x.shape)}")
+        be = get_backend()
+        ph, pwt = self._matrices(be, tuple(x.shape[2:]), x.dtype)
+        self._push((ph, pwt))
+        return be.xp.matmul(be.xp.matmul(ph, x), pwt)
+
+    def backward(self, grad_y):
+        ph, pwt = self._pop()
+        xp = self.xp
+        return xp.matmul(xp.matmul(ph.T, grad_y), pwt.T)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
 
 
 class Linear(Module):
@@ -209,30 +425,33 @@ class Linear(Module):
         dt = _dtype(dtype)
         self.in_features, self.out_features, self.has_bias = in_features, out_features, bool(bias)
         w = _init(init)((out_features, in_features), make_rng(seed), dt)
-        self.add_param("weight", self.backend.asarray(w))
+        be = get_backend()
+        self.add_param("weight", be.asarray(w))
         if self.has_bias:
-            self.add_param("bias", self.xp.zeros(out_features, dt))
+            self.add_param("bias", be.xp.zeros(out_features, dt))
 
     def forward(self, x):
         check_float_input("Linear", x)
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear: x must be 2-D (N, {self.in_features}), got shape "
                              f"{tuple(x.shape)} (use Flatten() after a conv stack)")
+        self._active()
         w = self.params["weight"]
         if x.dtype != w.dtype:
             raise TypeError(f"Linear: x is {x.dtype} but the layer is {w.dtype}")
         y = _small_matmul(x, w.T)
         if self.has_bias:
             y += self.params["bias"]
-        self._cache = (x,)
+        self._push(x)
         return y
 
     def backward(self, grad_y):
-        (x,) = self._cache
+        x = self._pop()
         w = self.params["weight"]
-        self.grads["weight"] += _small_matmul(grad_y.T, x)
+        if "weight" not in self.frozen:
+            self.grads["weight"] += _small_matmul(grad_y.T, x)
         if self.has_bias:
-            self.grads["bias"] += grad_y.sum(axis=0)
+            self._accumulate("bias", grad_y.sum(axis=0))
         return _small_matmul(grad_y, w)
 
     def extra_repr(self):
@@ -243,12 +462,11 @@ class Flatten(Module):
     """(N, ...) -> (N, prod(...))."""
 
     def forward(self, x):
-        self._cache = (x.shape,)
+        self._push(x.shape)
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad_y):
-        (shape,) = self._cache
-        return grad_y.reshape(shape)
+        return grad_y.reshape(self._pop())
 
 
 class Identity(Module):
@@ -274,16 +492,15 @@ class Dropout(Module):
     def forward(self, x):
         check_float_input("Dropout", x)
         if not self.training or self.p == 0.0:
-            self._cache = (None,)
+            self._push(None)
             return x
         keep = self.rng.random(x.shape) >= self.p
-        scale = (keep / (1.0 - self.p)).astype(x.dtype)
-        scale = self.backend.asarray(scale)
-        self._cache = (scale,)
+        scale = get_backend().asarray((keep / (1.0 - self.p)).astype(x.dtype))
+        self._push(scale)
         return x * scale
 
     def backward(self, grad_y):
-        (scale,) = self._cache
+        scale = self._pop()
         return grad_y if scale is None else grad_y * scale
 
     def extra_repr(self):
@@ -300,6 +517,9 @@ class ToFloat(Module):
         self.dtype = _dtype(dtype)
         self.scale = float(scale)
 
+    def _set_dtype(self, dt):
+        self.dtype = dt
+
     def forward(self, x):
         x = self.xp.asarray(x)
         y = x.astype(self.dtype)
@@ -315,7 +535,9 @@ class ToFloat(Module):
 
 
 class Normalize(Module):
-    """Per-channel (x - mean) / std on (N, C, H, W) float input (torchvision's Normalize)."""
+    """Per-channel (x - mean) / std on (N, C, H, W) float input (torchvision's Normalize).
+    mean and 1/std are non-persistent buffers: they move with ``to`` / ``astype`` and stay out
+    of the state dict."""
 
     def __init__(self, mean, std, dtype=np.float32):
         super().__init__()
@@ -324,14 +546,17 @@ class Normalize(Module):
         std = np.asarray(std, dt).reshape(1, -1, 1, 1)
         if np.any(std <= 0):
             raise ValueError("Normalize: std must be positive")
-        self.mean, self.inv_std = self.backend.asarray(mean), self.backend.asarray(1.0 / std)
+        be = get_backend()
+        self.add_buffer("mean", be.asarray(mean), persistent=False)
+        self.add_buffer("inv_std", be.asarray(1.0 / std), persistent=False)
 
     def forward(self, x):
         check_float_input("Normalize", x)
-        return (x - self.mean) * self.inv_std
+        self._active()
+        return (x - self.buffers["mean"]) * self.buffers["inv_std"]
 
     def backward(self, grad_y):
-        return grad_y * self.inv_std
+        return grad_y * self.buffers["inv_std"]
 
 
 class ResidualBlock(Module):

@@ -13,7 +13,7 @@ import numpy as np
 from .._registry import get_backend
 
 __all__ = ["softmax_cross_entropy", "binary_cross_entropy_with_logits", "smooth_l1_loss",
-           "sigmoid_focal_loss", "sigmoid", "log_softmax"]
+           "mse_loss", "sigmoid_focal_loss", "sigmoid", "log_softmax"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -30,6 +30,15 @@ def _check(op, logits, reduction):
         raise TypeError(f"{op}: input must be float32 or float64, got {logits.dtype}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _elementwise(op, x, other, other_name, reduction):
+    """The checks of an elementwise loss of x against ``other`` (same shape); returns x's xp."""
+    _check(op, x, reduction)
+    if other.shape != x.shape:
+        raise ValueError(f"{op}: {other_name} must have shape {tuple(x.shape)}, got "
+                         f"{tuple(other.shape)}")
+    return _xp(x)
 
 
 def _reduce(xp, loss, grad, reduction, count=None):
@@ -95,12 +104,7 @@ def binary_cross_entropy_with_logits(logits, targets, weight=None, reduction="me
     logits, targets (same shape, float; targets in [0, 1]); weight broadcastable.
     Returns (loss, grad) with grad = weight * (sigmoid(x) - t) (divided by the count for "mean").
     """
-    op = "binary_cross_entropy_with_logits"
-    _check(op, logits, reduction)
-    xp = _xp(logits)
-    if targets.shape != logits.shape:
-        raise ValueError(f"{op}: targets must have shape {tuple(logits.shape)}, got "
-                         f"{tuple(targets.shape)}")
+    xp = _elementwise("binary_cross_entropy_with_logits", logits, targets, "targets", reduction)
     t = targets.astype(logits.dtype, copy=False)
     loss = xp.maximum(logits, 0) - logits * t + xp.log1p(xp.exp(-xp.abs(logits)))
     grad = sigmoid(logits) - t
@@ -115,13 +119,9 @@ def smooth_l1_loss(pred, target, beta=1.0, reduction="mean"):
     """``F.smooth_l1_loss``: 0.5 * d^2 / beta where |d| < beta, else |d| - 0.5 * beta
     (d = pred - target); beta = 0 is the L1 loss.  Returns (loss, grad w.r.t. pred)."""
     op = "smooth_l1_loss"
-    _check(op, pred, reduction)
+    xp = _elementwise(op, pred, target, "target", reduction)
     if beta < 0:
         raise ValueError(f"{op}: beta must be >= 0, got {beta!r}")
-    xp = _xp(pred)
-    if target.shape != pred.shape:
-        raise ValueError(f"{op}: target must have shape {tuple(pred.shape)}, got "
-                         f"{tuple(target.shape)}")
     d = pred - target.astype(pred.dtype, copy=False)
     ad = xp.abs(d)
     if beta == 0:
@@ -134,19 +134,23 @@ def smooth_l1_loss(pred, target, beta=1.0, reduction="mean"):
                    reduction)
 
 
+def mse_loss(pred, target, reduction="mean"):
+    """``F.mse_loss``: (pred - target)^2 per element.  Returns (loss, grad w.r.t. pred) with
+    grad = 2 (pred - target) (divided by the count for "mean")."""
+    xp = _elementwise("mse_loss", pred, target, "target", reduction)
+    d = pred - target.astype(pred.dtype, copy=False)
+    return _reduce(xp, d * d, d * pred.dtype.type(2), reduction)
+
+
 def sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0, reduction="mean"):
     """Focal loss (Lin et al. 2017), ``torchvision.ops.sigmoid_focal_loss``:
     ``alpha_t * BCE(x, t) * (1 - p_t)^gamma`` with p = sigmoid(x), p_t = p*t + (1-p)*(1-t),
     alpha_t = alpha*t + (1-alpha)*(1-t); alpha < 0 disables the alpha weighting.
     Returns (loss, grad w.r.t. logits)."""
     op = "sigmoid_focal_loss"
-    _check(op, logits, reduction)
+    xp = _elementwise(op, logits, targets, "targets", reduction)
     if gamma < 0:
         raise ValueError(f"{op}: gamma must be >= 0, got {gamma!r}")
-    xp = _xp(logits)
-    if targets.shape != logits.shape:
-        raise ValueError(f"{op}: targets must have shape {tuple(logits.shape)}, got "
-                         f"{tuple(targets.shape)}")
     t = targets.astype(logits.dtype, copy=False)
     p = sigmoid(logits)
     ce, dce = binary_cross_entropy_with_logits(logits, t, reduction="none")
