@@ -203,6 +203,17 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     return be._max_pool2d_forward(_c(be, x), k, s, p, d, ohw, out=out)
 
 
+def _snapshot(xp, a, dtype):
+    """A private C-contiguous copy of ``a`` as ``dtype``.  Host arrays are copied while this
+    thread holds the GIL (numpy's own copies release it above a few hundred elements, and a
+    byte-wise memcpy then let a Python thread's write land half-way through an int64: a torn
+    index 2**62 / 199 read as 0, a valid index with a wrong answer)."""
+    if xp is np:
+        a = np.ascontiguousarray(a, dtype)
+        return np.frombuffer(bytearray(a), dtype).reshape(a.shape)
+    return a.astype(dtype, order="C", copy=True)
+
+
 def _indices(op, name, be, idx, lo, hi):
     """int64 C-contiguous indices a hook may index with.  A backend whose kernels range-check
     each index they read (``validates_indices``) gets the caller's array; any other gets a
@@ -211,7 +222,7 @@ def _indices(op, name, be, idx, lo, hi):
     xp = be.xp
     if be.validates_indices:
         return _c(be, idx.astype(xp.int64, copy=False))
-    idx = idx.astype(xp.int64, order="C", copy=True)
+    idx = _snapshot(xp, idx, xp.int64)
     mn, mx = int(idx.min()), int(idx.max())
     if mn < lo or mx >= hi:
         raise ValueError(f"{op}: {name} must lie in [{lo}, {hi}) for this input_shape, "
@@ -405,7 +416,7 @@ def _rois(op, be, rois, N, dt):
                                  f"list of per-image (Ki, 4) arrays")
             r = xp.concatenate([xp.zeros((rois.shape[0], 1), dt), rois], axis=1)
         elif rois.shape[1] == 5:
-            r = rois.copy(order="C")
+            r = _snapshot(xp, rois, rois.dtype)
         else:
             raise ValueError(f"{op}: rois must have shape (K, 5) or (K, 4), got {tuple(rois.shape)}")
         if not be.validates_rois:
