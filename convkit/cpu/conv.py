@@ -94,6 +94,17 @@ _plans = {}
 _MAX_PLANS = 256
 
 
+# Algorithms whose outputs can take a NaN or inf from another output's operands (Winograd's
+# tile transforms, the dense and batch matrices' structural zeros; the dot weight gradient's
+# padded planes): all operands are checked before them.  The depthwise kernels skip padding
+# taps instead of multiplying zeros, so only a non-finite weight (forward) or grad_y / weight
+# (backward) makes them differ from torch; x is not read twice for them.  im2col, pointwise,
+# wide and phases compute each output from its own window, padding included, as torch does:
+# no check, no cost.
+_MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot"})
+_MIXES_W = frozenset({"depthwise", "depthwise3x3"})
+
+
 def _finite(*arrays) -> bool:
     """True when no array holds a NaN or an infinity: one summing pass each, no temporary (a
     NaN or inf makes the sum non-finite; a finite sum that overflows only sends the call to
@@ -356,8 +367,12 @@ _FORWARD = {"depthwise3x3": _fwd_depthwise3x3, "depthwise": _fwd_depthwise, "den
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None):
     """x (N,C,H,W), weight (F,C/groups,KH,KW), bias (F,) or None -> y (N,F,Ho,Wo)."""
-    s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups,
-                            exact=not _finite(x, weight))
+    s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups)
+    algo = plan.forward.algo
+    # which operands can reach other outputs than torch's on this plan (see _MIXES_X)
+    if (algo in _MIXES_X and not _finite(x, weight)) or \
+            (algo in _MIXES_W and not _finite(weight)):
+        s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups, exact=True)
     y = out if out is not None else np.empty((s.N, s.F, Ho, Wo), dtype=x.dtype)
     has_bias = bias is not None
     b = bias if has_bias else np.zeros(1, dtype=x.dtype)
@@ -472,16 +487,41 @@ _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "de
 def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_input_grad,
                     has_bias):
     """-> (grad_x or None, grad_weight, grad_bias or None); deterministic."""
-    s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups, needs_input_grad,
-                            exact=not _finite(grad_y, x, weight))
+    s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups, needs_input_grad)
+    algos = {plan.grad_weight.algo, plan.grad_x.algo if plan.grad_x is not None else "im2col"}
+    sums_check = False      # grad_y checked through the per-filter sums the kernel makes anyway
+    if algos & _MIXES_X and not _finite(grad_y, x, weight):
+        plan = None
+    elif algos & _MIXES_W:
+        if not _finite(weight):
+            plan = None
+        elif plan.grad_bias == "fused" or has_bias:
+            sums_check = True
+        elif not _finite(grad_y):
+            plan = None
+    if plan is None:
+        s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups, needs_input_grad,
+                                exact=True)
+    out = _backward(plan, s, grad_y, x, weight, needs_input_grad, has_bias or sums_check)
+    if sums_check and not np.isfinite(out[2].sum()):
+        # a NaN or inf in grad_y: the depthwise kernels would differ from torch (they skip
+        # the padding taps torch multiplies); run again on im2col
+        s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups, needs_input_grad,
+                                exact=True)
+        out = _backward(plan, s, grad_y, x, weight, needs_input_grad, has_bias)
+    gx, gw, gb = out
+    return (gx if needs_input_grad else None), gw, (gb if has_bias else None)
+
+
+def _backward(plan, s, grad_y, x, weight, needs_input_grad, with_bias):
     dt = x.dtype
     gx = np.empty(x.shape, dtype=dt) if needs_input_grad else np.empty((1, 1, 1, 1), dtype=dt)
     gw = np.empty(weight.shape, dtype=dt)
-    gb = np.empty(s.F, dtype=dt) if has_bias else None
+    gb = np.empty(s.F, dtype=dt) if with_bias else None
     gx_step, gw_step = plan.grad_x, plan.grad_weight
-    if has_bias and plan.grad_bias == "sum":
+    if with_bias and plan.grad_bias == "sum":
         _im2col.bias_grad(grad_y, gb, plan.grad_bias_threads)
     if gx_step is not None and gx_step is not gw_step:        # grad_x on its own
         _BACKWARD[gx_step.algo](grad_y, x, weight, gx, gw, None, s, gx_step, True, False)
     _BACKWARD[gw_step.algo](grad_y, x, weight, gx, gw, gb, s, gw_step, gx_step is gw_step, True)
-    return (gx if needs_input_grad else None), gw, gb
+    return gx, gw, gb
