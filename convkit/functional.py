@@ -48,6 +48,8 @@ def _on_inputs_device(fn):
     @functools.wraps(fn)
     def op(*args, backend=None, **kwargs):
         be = _backend(backend)
+        if type(be).device_of is Backend.device_of:     # host backends: nothing to switch
+            return fn(*args, backend=be, **kwargs)
         for a in (*args, *kwargs.values()):
             if be.is_native(a):
                 with be.device_of(a):
