@@ -196,3 +196,65 @@ def test_depthwise_padded_planes_respect_the_workspace_limit(dilation):
     np.testing.assert_allclose(y, x * centre, rtol=1e-6)
     np.testing.assert_allclose(g[0], gy * centre, rtol=1e-6)
     np.testing.assert_allclose(g[1][:, 0, 1, 1], (gy * x).sum(axis=(0, 2, 3)), rtol=1e-5)
+
+
+# ------------------------------------------------------- same bits for any thread count, every op
+def _random_calls(seed):
+    """One call of every cpu op with a parallel path, on shapes drawn from ``seed`` (sizes above
+    the one-thread cut-offs, so the team really splits the work)."""
+    rng = np.random.default_rng(seed)
+    dt = rng.choice([np.float32, np.float64])
+    N, C = int(rng.integers(1, 5)), int(rng.integers(1, 24))
+    small = rng.random() < 0.4          # 2x2 / 3x3 maps: the dense and batch-wide conv paths
+    if small:
+        N, C, H = int(rng.integers(20, 40)), int(rng.integers(16, 65)), int(rng.integers(2, 4))
+        W = H
+    else:
+        H, W = int(rng.integers(8, 40)), int(rng.integers(8, 40))
+    x = rng.standard_normal((N, C, H, W)).astype(dt)
+    k = 3 if small else int(rng.choice([1, 3, 5, 7]))
+    g = 1 if small else (int(rng.choice([1, C])) if rng.random() < 0.3 else 1)
+    w = rng.standard_normal((int(rng.integers(16, 65)) if small else
+                             int(rng.integers(1, 40)) * g, C // g, k, k)).astype(dt)
+    conv = dict(stride=1 if small else int(rng.integers(1, 3)), padding=k // 2, groups=g)
+    rois = np.concatenate([rng.integers(0, N, (64, 1)), rng.uniform(-4, W, (64, 2)),
+                           rng.uniform(0, W + 4, (64, 2))], axis=1).astype(dt)
+    rois[:, 3:] += rois[:, 1:3]
+    boxes = rng.uniform(0, 50, (300, 2))
+    boxes = np.concatenate([boxes, boxes + rng.uniform(1, 20, (300, 2))], axis=1).astype(dt)
+    scores = rng.random(300).astype(dt)
+
+    def run_all():
+        y = convkit.conv2d_forward(x, w, **conv)
+        out = [y, *convkit.conv2d_backward(np.cos(y), x, w, **conv)]
+        p, idx = convkit.max_pool2d_forward(x, 3, 2, 1)
+        out += [p, convkit.max_pool2d_backward(np.sin(p), idx, x.shape)]
+        a = convkit.avg_pool2d_forward(x, 3, 2, 1)
+        out += [a, convkit.avg_pool2d_backward(np.sin(a), x.shape, 3, 2, 1)]
+        b, m, s = convkit.batch_norm_forward(x, None, None, None, None, True)
+        out += [b, *convkit.batch_norm_backward(np.cos(b), x, None, m, s, True)[:1]]
+        r = convkit.roi_align_forward(x, rois, (5, 5), 0.5, -1, True)
+        out += [r, convkit.roi_align_backward(np.cos(r), rois, x.shape, (5, 5), 0.5, -1, True)]
+        q, am = convkit.roi_pool_forward(x, rois, (4, 4), 0.5)
+        out += [q, convkit.roi_pool_backward(np.cos(q), am, x.shape, rois)]
+        out += [convkit.nms(boxes, scores, 0.5)]
+        return out
+    return run_all
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_every_parallel_op_gives_the_same_bits_for_any_thread_count(seed):
+    """DESIGN.md: CPU results are the same bits for any thread count.  Random shapes (both
+    dtypes, grouped and depthwise convs, many RoIs) at 1, 2, 3, 4 and 8 threads."""
+    if convkit.get_backend().name != "cpu":
+        pytest.skip("about the cpu backend's parallel kernels")
+    run_all = _random_calls(seed)
+    try:
+        convkit.set_num_threads(1)
+        want = run_all()
+        for n in (2, 3, 4, 8):
+            convkit.set_num_threads(n)
+            for i, (a, b) in enumerate(zip(run_all(), want)):
+                np.testing.assert_array_equal(a, b, err_msg=f"output {i} at {n} threads")
+    finally:
+        convkit.set_num_threads(None)
