@@ -134,6 +134,15 @@ def no_overlap(op: str, be, out, **inputs) -> None:
             raise ValueError(f"{op}: out must not share memory with {name}")
 
 
+def no_alias(op: str, be, name: str, a, **inputs) -> None:
+    """``a`` (an array written in place) must not share memory with the other arguments."""
+    may_share = getattr(be.xp, "may_share_memory", None) or np.may_share_memory
+    for other, b in inputs.items():
+        if b is not None and may_share(a, b):
+            raise ValueError(f"{op}: {name} must not share memory with {other} (it is updated "
+                             f"in place while {other} is read)")
+
+
 def writeable(op: str, name: str, a) -> None:
     if a is not None and not getattr(a.flags, "writeable", True):
         raise ValueError(f"{op}: {name} must be writeable (it is updated in place)")

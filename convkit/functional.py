@@ -222,6 +222,10 @@ def _indices(op, name, be, idx, lo, hi):
     private copy, checked after it was made, so a thread changing ``idx`` meanwhile cannot slip
     an index past the check."""
     xp = be.xp
+    if idx.dtype.kind == "u" and idx.size and int(idx.max()) > np.iinfo(np.int64).max:
+        # (int64 would wrap 2**64-1 to -1, and the message would name -1)
+        raise ValueError(f"{op}: {name} must lie in [{lo}, {hi}) for this input_shape, got "
+                         f"values up to {int(idx.max())}")
     if be.validates_indices:
         return _c(be, idx.astype(xp.int64, copy=False))
     idx = _snapshot(xp, idx, xp.int64)
@@ -342,6 +346,18 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     eps = V.real(op, "eps", eps)
     if eps < 0:
         raise ValueError(f"{op}: eps must be >= 0, got {eps!r}")
+    if training and eps == 0:
+        # torch refuses it too (a constant channel would divide by zero); in eval the running
+        # variance is the caller's, as in torch
+        raise ValueError(f"{op}: eps must be > 0 in training, got {eps!r}")
+    # running stats are written in place while the kernels read the other arguments: a
+    # running_mean that is also the weight (or x, or running_var) would be read half-updated
+    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+        others = dict(x=x, weight=weight, bias=bias)
+        if name == "running_mean":
+            others["running_var"] = running_var
+        if r is not None and training:
+            V.no_alias(op, be, name, r, **others)
     xp = be.xp
     if (weight is None) != (bias is None):   # one affine half given: complete it, as torch does
         weight = xp.ones(C, dt) if weight is None else weight
@@ -520,6 +536,8 @@ def _sampling_ratio(op, sampling_ratio, K, osz):
     sample row/column of every bin) would exceed the workspace limit is a MemoryError, not an
     allocation of gigabytes or a loop of 2**40 samples."""
     sr = V._int(op, "sampling_ratio", sampling_ratio)
+    if sr <= 0:
+        return -1      # any value <= 0 means the adaptive grid (torchvision); -2**70 included
     if sr > 0:
         need = 24 * max(K, 1) * (osz[0] + osz[1]) * sr
         limit = get_workspace_limit()

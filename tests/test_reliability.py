@@ -258,3 +258,58 @@ def test_every_parallel_op_gives_the_same_bits_for_any_thread_count(seed):
                 np.testing.assert_array_equal(a, b, err_msg=f"output {i} at {n} threads")
     finally:
         convkit.set_num_threads(None)
+
+
+# ------------------------------------------------------------------- the boundary's small rules
+def test_batch_norm_eps_zero_is_refused_in_training_as_in_torch(backend):
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 4))
+    with pytest.raises(ValueError, match="eps must be > 0 in training"):
+        run(backend, convkit.batch_norm_forward, x, None, None, None, None, True, 0.1, 0.0)
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        run(backend, convkit.batch_norm_forward, x, None, None, None, None, True, 0.1, -1e-5)
+    # eval uses the caller's running variance: eps = 0 stays allowed, as in torch
+    y = run(backend, convkit.batch_norm_forward, x, None, None, np.zeros(3), np.ones(3), False,
+            0.1, 0.0)[0]
+    np.testing.assert_allclose(y, x)
+
+
+@pytest.mark.parametrize("alias", ["weight", "bias", "running_var"])
+def test_running_stats_that_alias_another_argument_are_refused(backend, alias):
+    """The backends disagreed (each read a half-updated weight differently); now a ValueError
+    names both arguments."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4, 4))
+    shared = rng.uniform(0.5, 2, 3)
+    args = dict(weight=rng.uniform(0.5, 2, 3), bias=rng.standard_normal(3),
+                running_var=rng.uniform(0.5, 2, 3))
+    args[alias] = shared
+    with convkit.use_backend(backend) as be:
+        shared_b = be.asarray(shared)
+        a = {k: (shared_b if k == alias else be.asarray(v)) for k, v in args.items()}
+        with pytest.raises(ValueError, match=f"running_mean must not share memory with {alias}"):
+            convkit.batch_norm_forward(be.asarray(x), a["weight"], a["bias"], shared_b,
+                                       a["running_var"], True)
+
+
+def test_huge_negative_sampling_ratio_means_adaptive(backend):
+    """-2**70 gave a bare OverflowError on cpu; any value <= 0 is torchvision's adaptive grid."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 2, 8, 8))
+    rois = np.array([[0, 0.5, 1.0, 6.0, 7.5]])
+    want = run(backend, convkit.roi_align_forward, x, rois, (2, 2), 1.0, -1)
+    got = run(backend, convkit.roi_align_forward, x, rois, (2, 2), 1.0, -2**70)
+    np.testing.assert_array_equal(got, want)
+    g = run(backend, convkit.roi_align_backward, np.ones_like(want), rois, x.shape, (2, 2), 1.0,
+            -2**70)
+    np.testing.assert_array_equal(
+        g, run(backend, convkit.roi_align_backward, np.ones_like(want), rois, x.shape, (2, 2)))
+
+
+def test_uint64_index_past_int64_is_named_as_it_is(backend):
+    """2**64-1 used to be reported as -1 (wrapped to int64 before the range check)."""
+    x = np.random.default_rng(0).standard_normal((1, 1, 8, 8))
+    y, idx = run(backend, convkit.max_pool2d_forward, x, 2)
+    bad = idx.astype(np.uint64)
+    bad[0, 0, 0, 0] = 2**64 - 1
+    with pytest.raises(ValueError, match=f"values up to {2**64 - 1}"):
+        run(backend, convkit.max_pool2d_backward, np.ones_like(y), bad, x.shape)
