@@ -64,6 +64,9 @@ def array(op: str, name: str, a, be, ndim: int | None = None, layout: str = ""):
         kind = type(a).__module__.split(".")[0] + "." + type(a).__name__
         raise TypeError(f"{op}: {name} must be a {be.xp.__name__}.ndarray for the {be.name!r} "
                         f"backend, got {kind}; convert it with convkit.asarray({name})")
+    if isinstance(a, np.matrix):    # its indexing keeps 2-D rows: backends broke differently
+        raise TypeError(f"{op}: {name} is a numpy.matrix, whose indexing and * follow matrix "
+                        f"rules; pass np.asarray({name})")
     if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{op}: {name} must be {ndim}-D {layout}".rstrip()
                          + f", got shape {tuple(a.shape)}")

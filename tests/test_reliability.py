@@ -313,3 +313,30 @@ def test_uint64_index_past_int64_is_named_as_it_is(backend):
     bad[0, 0, 0, 0] = 2**64 - 1
     with pytest.raises(ValueError, match=f"values up to {2**64 - 1}"):
         run(backend, convkit.max_pool2d_backward, np.ones_like(y), bad, x.shape)
+
+
+@pytest.mark.parametrize("op", ["max", "avg"])
+def test_numpy_pool_with_a_huge_kernel_names_the_limit(op):
+    """kernel_size 2**31-1 (padding 2**30-1) on the numpy reference gave numpy's "array is too
+    big"; its padded copy counts against the workspace limit like every scratch buffer."""
+    x = np.random.default_rng(0).standard_normal((1, 1, 4, 4))
+    with convkit.use_backend("numpy"), pytest.raises(
+            MemoryError, match=rf"{op}_pool2d_forward: kernel_size=\(2147483647, 2147483647\) "
+                               r"with padding=\(1073741823, 1073741823\) needs a padded copy"):
+        getattr(convkit, f"{op}_pool2d_forward")(x, 2**31 - 1, 1, 2**30 - 1)
+    if op == "avg":
+        with convkit.use_backend("numpy"), pytest.raises(MemoryError, match="workspace limit"):
+            convkit.avg_pool2d_backward(np.ones((1, 1, 4, 4)), x.shape, 2**31 - 1, 1, 2**30 - 1)
+
+
+@pytest.mark.parametrize("op", ["box_iou", "nms"])
+def test_numpy_matrix_boxes_are_a_clear_type_error(backend, op):
+    """np.matrix boxes failed inside the numpy backend (matrix indexing) and with Cython's
+    "No matching signature" on cpu; now one TypeError names the argument and the fix."""
+    m = np.matrix([[0, 0, 2, 2], [1, 1, 3, 3]], dtype=np.float64)
+    args = (m, m) if op == "box_iou" else (m, np.array([0.5, 0.4]), 0.5)
+    with convkit.use_backend(backend), pytest.raises(
+            TypeError, match=r"boxes1? is a numpy.matrix.*pass np.asarray\(boxes1?\)"):
+        getattr(convkit, op)(*args)
+    fixed = (np.asarray(m), np.asarray(m)) if op == "box_iou" else (np.asarray(m),) + args[1:]
+    run(backend, getattr(convkit, op), *fixed)

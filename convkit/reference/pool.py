@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._config import get_workspace_limit
+
 
 def _padded_extent(size, k, s, p, d, out):
     """Length of the padded axis that windows [0, out) read: from -p to the last window's last
@@ -22,12 +24,27 @@ def _padded_extent(size, k, s, p, d, out):
     return max(size + 2 * p, (out - 1) * s + (k - 1) * d + 1)
 
 
-def _pad(x, kernel_size, stride, padding, dilation, out_hw, fill):
-    """x (N, C, H, W) -> (N, C, Hp, Wp) filled with ``fill``, x at offset (ph, pw)."""
-    N, C, H, W = x.shape
+def _padded_plane(op, shape, dtype, kernel_size, stride, padding, dilation, out_hw, fill):
+    """The (N, C, Hp, Wp) padded copy this reference works on, filled with ``fill``.  It counts
+    against the workspace limit like every scratch buffer (a kernel of 2**31-1 asked numpy for
+    an array it called "too big", naming no argument; its KH*KW window loop would not end)."""
+    N, C, H, W = shape
     Hp = _padded_extent(H, kernel_size[0], stride[0], padding[0], dilation[0], out_hw[0])
     Wp = _padded_extent(W, kernel_size[1], stride[1], padding[1], dilation[1], out_hw[1])
-    xpad = np.full((N, C, Hp, Wp), fill, dtype=x.dtype)
+    need, limit = N * C * Hp * Wp * np.dtype(dtype).itemsize, get_workspace_limit()
+    if need > limit:
+        raise MemoryError(f"{op}: kernel_size={tuple(kernel_size)} with padding="
+                          f"{tuple(padding)} needs a padded copy of {need} bytes in the numpy "
+                          f"reference, over the workspace limit of {limit} bytes "
+                          f"(convkit.set_workspace_limit)")
+    return np.full((N, C, Hp, Wp), fill, dtype=dtype)
+
+
+def _pad(op, x, kernel_size, stride, padding, dilation, out_hw, fill):
+    """x (N, C, H, W) -> (N, C, Hp, Wp) filled with ``fill``, x at offset (ph, pw)."""
+    N, C, H, W = x.shape
+    xpad = _padded_plane(op, x.shape, x.dtype, kernel_size, stride, padding, dilation, out_hw,
+                         fill)
     xpad[:, :, padding[0]:padding[0] + H, padding[1]:padding[1] + W] = x
     return xpad
 
@@ -61,7 +78,8 @@ def max_pool2d_forward(x, kernel_size, stride, padding, dilation, out_hw, out=No
     N, C, H, W = x.shape
     Ho, Wo = out_hw
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    xpad = _pad(x, kernel_size, stride, padding, dilation, out_hw, -np.inf)
+    xpad = _pad("max_pool2d_forward", x, kernel_size, stride, padding, dilation, out_hw,
+                -np.inf)
 
     # window starts in unpadded coordinates, and the first in-image tap of each window
     # (start rounded up to >= 0 in steps of the dilation): the index reported when no tap
@@ -139,7 +157,7 @@ def avg_pool2d_forward(x, kernel_size, stride, padding, out_hw, count_include_pa
     """
     N, C, H, W = x.shape
     Ho, Wo = out_hw
-    xpad = _pad(x, kernel_size, stride, padding, (1, 1), out_hw, 0)
+    xpad = _pad("avg_pool2d_forward", x, kernel_size, stride, padding, (1, 1), out_hw, 0)
     acc = np.zeros((N, C, Ho, Wo), dtype=x.dtype)
     for i in range(kernel_size[0]):
         for j in range(kernel_size[1]):
@@ -167,9 +185,8 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride, padding, count
     div = np.outer(_avg_divisor(H, kernel_size[0], stride[0], padding[0], Ho, count_include_pad),
                    _avg_divisor(W, kernel_size[1], stride[1], padding[1], Wo, count_include_pad))
     g = grad_y / div.astype(grad_y.dtype)
-    Hp = _padded_extent(H, kernel_size[0], stride[0], padding[0], 1, Ho)
-    Wp = _padded_extent(W, kernel_size[1], stride[1], padding[1], 1, Wo)
-    gxpad = np.zeros((N, C, Hp, Wp), dtype=grad_y.dtype)
+    gxpad = _padded_plane("avg_pool2d_backward", input_shape, grad_y.dtype, kernel_size, stride,
+                          padding, (1, 1), (Ho, Wo), 0)
     for i in range(kernel_size[0]):
         for j in range(kernel_size[1]):
             # positions within one strided slice are distinct, so += is a correct scatter-add
