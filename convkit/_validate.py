@@ -103,6 +103,11 @@ def shape_tuple(op: str, name: str, shape, ndim: int = 4) -> tuple[int, ...]:
         raise TypeError(f"{op}: {name} must be a tuple of {ndim} ints, got {shape!r}") from None
     if len(t) != ndim or any(s < 0 for s in t):
         raise ValueError(f"{op}: {name} must be {ndim} non-negative ints, got {shape!r}")
+    n = 1
+    for s in t:
+        n *= s
+    if n * 8 > np.iinfo(np.intp).max:   # numpy said "array is too big" or a bare OverflowError
+        raise ValueError(f"{op}: {name} {t} has {n} elements, more than an array can hold")
     return t
 
 

@@ -340,3 +340,18 @@ def test_numpy_matrix_boxes_are_a_clear_type_error(backend, op):
         getattr(convkit, op)(*args)
     fixed = (np.asarray(m), np.asarray(m)) if op == "box_iou" else (np.asarray(m),) + args[1:]
     run(backend, getattr(convkit, op), *fixed)
+
+
+@pytest.mark.parametrize("op", ["max_pool2d_backward", "roi_align_backward", "roi_pool_backward"])
+def test_an_input_shape_no_array_can_hold_is_named(backend, op):
+    """input_shape (1, 1, 2**40, 2**40) gave a bare OverflowError (max pool) or numpy's "array
+    is too big" (RoI) on the numpy backend."""
+    gy = np.ones((1, 1, 2, 2))
+    rois = np.array([[0, 0, 0, 4, 4.0]])
+    shape = (1, 1, 2**40, 2**40)
+    args = {"max_pool2d_backward": (gy, np.zeros((1, 1, 2, 2), np.int64), shape),
+            "roi_align_backward": (gy, rois, shape, (2, 2)),
+            "roi_pool_backward": (gy, np.zeros((1, 1, 2, 2), np.int64), shape, rois)}[op]
+    with pytest.raises(ValueError, match=r"input_shape \(1, 1, 1099511627776, 1099511627776\) "
+                                         r"has \d+ elements, more than an array can hold"):
+        run(backend, getattr(convkit, op), *args)
