@@ -369,3 +369,25 @@ def test_no_op_leaks_memory_over_thousands_of_calls():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("rounds: RSS") == 5
+
+
+@pytest.mark.parametrize("xs,ws,pad,dtype", [
+    ((1, 21, 19, 19), (3, 21, 7, 7), 3, np.float32),     # grad_weight differed by 1.8e-5
+    ((1, 13, 33, 33), (32, 13, 5, 5), 2, np.float64)])   # grad_x differed by 1.4e-14
+def test_the_issues_thread_count_cases_give_the_same_bits(xs, ws, pad, dtype):
+    """Issue 11's two shapes whose conv backward differed between 1 and 2 threads."""
+    if convkit.get_backend().name != "cpu":
+        pytest.skip("about the cpu backend's parallel kernels")
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+    res = []
+    try:
+        for n in (1, 2, 3, 4, 8):
+            convkit.set_num_threads(n)
+            y = convkit.conv2d_forward(x, w, padding=pad)
+            res.append((y, *convkit.conv2d_backward(np.cos(y), x, w, padding=pad)))
+    finally:
+        convkit.set_num_threads(None)
+    for r in res[1:]:
+        for a, b in zip(r, res[0]):
+            np.testing.assert_array_equal(a, b)
