@@ -57,6 +57,21 @@ PUBLIC_OPS = {
     "nms": "_nms", "batched_nms": "_nms", "box_iou": "_box_iou",
 }
 
+# ops added after the first release: their hooks have defaults that raise NotImplementedError
+# naming the op and the backend, so a plugin written before them still loads, runs the ops it
+# has, and is told which it lacks (convkit.testing.missing_hooks, check_backend)
+EXTENSION_OPS = (
+    "roi_avg_pool_forward", "roi_avg_pool_backward",
+    "roi_max_align_forward", "roi_max_align_backward",
+    "ps_roi_align_forward", "ps_roi_align_backward",
+    "ps_roi_pool_forward", "ps_roi_pool_backward",
+    "conv_transpose2d_forward", "conv_transpose2d_backward",
+    "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
+    "adaptive_max_pool2d_forward", "adaptive_max_pool2d_backward",
+    "deform_conv2d_forward", "deform_conv2d_backward",
+)
+PUBLIC_OPS.update({op: "_" + op for op in EXTENSION_OPS})
+
 
 _NO_DEVICE = contextlib.nullcontext()    # reusable: it keeps no state
 
@@ -87,8 +102,17 @@ class Backend(abc.ABC):
     #: rois copy over unchecked and unsanitised (no device -> host read before the kernel).
     validates_rois: ClassVar[bool] = False
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, hook_modules=(), **kwargs):
+        """``hook_modules``: the backend's op-family modules; each module function named like
+        a public op (``conv2d_forward``, ``nms``) becomes that op's hook (``_conv2d_forward``,
+        ``_nms``) unless the class body defines the hook itself.  Runs before ABCMeta counts
+        the abstract hooks, so bound hooks count as implemented."""
         super().__init_subclass__(**kwargs)
+        for module in hook_modules:
+            for op, hook in PUBLIC_OPS.items():
+                fn = getattr(module, op, None)
+                if hook == "_" + op and callable(fn) and hook not in vars(cls):
+                    setattr(cls, hook, staticmethod(fn))
         for op, hook in PUBLIC_OPS.items():
             owner = next(k for k in cls.__mro__ if op in vars(k))
             if owner is not Backend:
@@ -214,6 +238,95 @@ class Backend(abc.ABC):
         """:func:`convkit.box_iou` on this backend."""
         return _functional().box_iou(boxes1, boxes2, backend=self)
 
+    # -- ops beyond the first release (DESIGN.md "Functional API"): hooks default to
+    # NotImplementedError, see EXTENSION_OPS
+    def roi_avg_pool_forward(self, x, rois, output_size, spatial_scale=1.0):
+        """:func:`convkit.roi_avg_pool_forward` on this backend."""
+        return _functional().roi_avg_pool_forward(x, rois, output_size, spatial_scale,
+                                                  backend=self)
+
+    def roi_avg_pool_backward(self, grad_y, rois, input_shape, output_size, spatial_scale=1.0):
+        """:func:`convkit.roi_avg_pool_backward` on this backend."""
+        return _functional().roi_avg_pool_backward(grad_y, rois, input_shape, output_size,
+                                                   spatial_scale, backend=self)
+
+    def roi_max_align_forward(self, x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                              aligned=False):
+        """:func:`convkit.roi_max_align_forward` on this backend."""
+        return _functional().roi_max_align_forward(x, rois, output_size, spatial_scale,
+                                                   sampling_ratio, aligned, backend=self)
+
+    def roi_max_align_backward(self, grad_y, argmax, rois, input_shape, output_size,
+                               spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+        """:func:`convkit.roi_max_align_backward` on this backend."""
+        return _functional().roi_max_align_backward(grad_y, argmax, rois, input_shape,
+                                                    output_size, spatial_scale, sampling_ratio,
+                                                    aligned, backend=self)
+
+    def ps_roi_align_forward(self, x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1):
+        """:func:`convkit.ps_roi_align_forward` on this backend."""
+        return _functional().ps_roi_align_forward(x, rois, output_size, spatial_scale,
+                                                  sampling_ratio, backend=self)
+
+    def ps_roi_align_backward(self, grad_y, rois, input_shape, output_size, spatial_scale=1.0,
+                              sampling_ratio=-1):
+        """:func:`convkit.ps_roi_align_backward` on this backend."""
+        return _functional().ps_roi_align_backward(grad_y, rois, input_shape, output_size,
+                                                   spatial_scale, sampling_ratio, backend=self)
+
+    def ps_roi_pool_forward(self, x, rois, output_size, spatial_scale=1.0):
+        """:func:`convkit.ps_roi_pool_forward` on this backend."""
+        return _functional().ps_roi_pool_forward(x, rois, output_size, spatial_scale,
+                                                 backend=self)
+
+    def ps_roi_pool_backward(self, grad_y, rois, input_shape, output_size, spatial_scale=1.0):
+        """:func:`convkit.ps_roi_pool_backward` on this backend."""
+        return _functional().ps_roi_pool_backward(grad_y, rois, input_shape, output_size,
+                                                  spatial_scale, backend=self)
+
+    def conv_transpose2d_forward(self, x, weight, bias=None, stride=1, padding=0,
+                                 output_padding=0, groups=1, dilation=1):
+        """:func:`convkit.conv_transpose2d_forward` on this backend."""
+        return _functional().conv_transpose2d_forward(x, weight, bias, stride, padding,
+                                                      output_padding, groups, dilation,
+                                                      backend=self)
+
+    def conv_transpose2d_backward(self, grad_y, x, weight, stride=1, padding=0, output_padding=0,
+                                  groups=1, dilation=1, needs_input_grad=True, has_bias=True):
+        """:func:`convkit.conv_transpose2d_backward` on this backend."""
+        return _functional().conv_transpose2d_backward(grad_y, x, weight, stride, padding,
+                                                       output_padding, groups, dilation,
+                                                       needs_input_grad, has_bias, backend=self)
+
+    def adaptive_avg_pool2d_forward(self, x, output_size):
+        """:func:`convkit.adaptive_avg_pool2d_forward` on this backend."""
+        return _functional().adaptive_avg_pool2d_forward(x, output_size, backend=self)
+
+    def adaptive_avg_pool2d_backward(self, grad_y, input_shape):
+        """:func:`convkit.adaptive_avg_pool2d_backward` on this backend."""
+        return _functional().adaptive_avg_pool2d_backward(grad_y, input_shape, backend=self)
+
+    def adaptive_max_pool2d_forward(self, x, output_size):
+        """:func:`convkit.adaptive_max_pool2d_forward` on this backend."""
+        return _functional().adaptive_max_pool2d_forward(x, output_size, backend=self)
+
+    def adaptive_max_pool2d_backward(self, grad_y, indices, input_shape):
+        """:func:`convkit.adaptive_max_pool2d_backward` on this backend."""
+        return _functional().adaptive_max_pool2d_backward(grad_y, indices, input_shape,
+                                                          backend=self)
+
+    def deform_conv2d_forward(self, x, offset, weight, bias=None, stride=1, padding=0,
+                              dilation=1, mask=None):
+        """:func:`convkit.deform_conv2d_forward` on this backend."""
+        return _functional().deform_conv2d_forward(x, offset, weight, bias, stride, padding,
+                                                   dilation, mask, backend=self)
+
+    def deform_conv2d_backward(self, grad_y, x, offset, weight, stride=1, padding=0, dilation=1,
+                               mask=None, has_bias=True):
+        """:func:`convkit.deform_conv2d_backward` on this backend."""
+        return _functional().deform_conv2d_backward(grad_y, x, offset, weight, stride, padding,
+                                                    dilation, mask, has_bias, backend=self)
+
     # ------------------------------------------------------------ hooks: conv
     @abc.abstractmethod
     def _conv2d_forward(self, x, weight, bias, stride, padding, dilation, groups, out=None):
@@ -299,3 +412,27 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def _box_iou(self, boxes1, boxes2):
         """(N,4), (M,4) xyxy -> (N,M) IoU; area = (x2-x1)*(y2-y1); union 0 -> 0."""
+
+    # ------------------------------------------------------------ hooks: extension ops
+    # Defaults for the ops in EXTENSION_OPS: a backend that lacks one says so.  Each family's
+    # normalised arguments are documented in the numpy reference module that implements it
+    # (convkit/reference/<family>.py).
+    def _missing(self, op):
+        raise NotImplementedError(
+            f"backend {self.name!r} does not implement {op} (its class {type(self).__qualname__} "
+            f"has no hook {'_' + op!r}); run it on another backend with backend='cpu' or "
+            f"'numpy', or add the hook (convkit.testing.missing_hooks lists what is missing)")
+
+
+def _extension_hook(op):
+    def hook(self, *args, **kwargs):
+        self._missing(op)
+    hook.__name__ = hook.__qualname__ = "_" + op
+    hook.__doc__ = f"Default: NotImplementedError naming {op!r} (see convkit.backend.EXTENSION_OPS)."
+    hook._convkit_missing = True      # how convkit.testing.missing_hooks recognises a default
+    return hook
+
+
+for _op in EXTENSION_OPS:
+    setattr(Backend, "_" + _op, _extension_hook(_op))
+del _op

@@ -673,6 +673,30 @@ def box_iou(boxes1, boxes2, *, backend=None):
     return be._box_iou(_c(be, boxes1), _c(be, boxes2))
 
 
+# ------------------------------------------------------------------- roi_avg_pool, roi_max_align
+# (the lecture's other two aggregators; hooks in <backend>/roi_variants.py)
+
+
+# ------------------------------------------------------------------ ps_roi_align, ps_roi_pool
+# (position-sensitive RoI ops; hooks in <backend>/psroi.py)
+
+
+# ------------------------------------------------------------------------ multi_scale_roi_align
+# (FPN level mapping over roi_align: no hook of its own)
+
+
+# ----------------------------------------------------------------------------- conv_transpose2d
+# (hooks in <backend>/conv_transpose.py)
+
+
+# ------------------------------------------------------------------------------- adaptive pools
+# (hooks in <backend>/adaptive_pool.py)
+
+
+# ------------------------------------------------------------------------------- deform_conv2d
+# (hooks in <backend>/deform_conv.py)
+
+
 for _name in __all__:
     if _name not in ("asarray", "to_numpy"):     # these two pick their own device
         globals()[_name] = _on_inputs_device(globals()[_name])

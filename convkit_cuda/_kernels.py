@@ -27,7 +27,9 @@ from importlib.resources import files
 
 import numpy as np
 
-STEMS = ("conv", "pool", "batchnorm", "roi", "boxes")
+# one .cu file per op family; every file in kernels/ is one (a new family needs no list edit)
+STEMS = tuple(sorted(p.name[:-3] for p in (files("convkit_cuda") / "kernels").iterdir()
+                     if p.name.endswith(".cu")))
 DTYPES = {"float32": ("float", "f32"), "float64": ("double", "f64")}
 
 # Parameter type codes: S = scalar_t, I = long long, D = double, U = unsigned long long;

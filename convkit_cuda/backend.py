@@ -13,8 +13,34 @@ from __future__ import annotations
 
 import os
 
+import importlib
+
 from convkit._config import get_allow_tf32
 from convkit.backend import Backend
+
+# the op families beyond the first release: hook "_<op>" runs convkit_cuda.<module>.<op>,
+# imported at the first call (the modules import CuPy)
+_FAMILY_OPS = {
+    "roi_variants": ("roi_avg_pool_forward", "roi_avg_pool_backward",
+                     "roi_max_align_forward", "roi_max_align_backward"),
+    "psroi": ("ps_roi_align_forward", "ps_roi_align_backward",
+              "ps_roi_pool_forward", "ps_roi_pool_backward"),
+    "conv_transpose": ("conv_transpose2d_forward", "conv_transpose2d_backward"),
+    "adaptive_pool": ("adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
+                      "adaptive_max_pool2d_forward", "adaptive_max_pool2d_backward"),
+    "deform_conv": ("deform_conv2d_forward", "deform_conv2d_backward"),
+}
+
+
+def _family_hook(module, op):
+    def hook(self, *args, **kwargs):
+        fn = getattr(importlib.import_module(f"convkit_cuda.{module}"), op, None)
+        if fn is None:
+            self._missing(op)
+        return fn(*args, **kwargs)
+    hook.__name__ = hook.__qualname__ = "_" + op
+    hook.__doc__ = f"``convkit_cuda.{module}.{op}``."
+    return hook
 
 _INSTALL = "`pip install 'convkit[cuda12]'` or `pip install 'convkit[cuda13]'`"
 
@@ -255,3 +281,9 @@ class CudaBackend(Backend):
 
     def _box_iou(self, boxes1, boxes2):
         return self._boxes.box_iou(boxes1, boxes2)
+
+
+for _module, _ops in _FAMILY_OPS.items():
+    for _op in _ops:
+        setattr(CudaBackend, "_" + _op, _family_hook(_module, _op))
+del _module, _ops, _op

@@ -413,7 +413,8 @@ def fake_cupy(device_count=1, driver=13000, runtime=13000, device_error=None,
     return m
 
 
-_OP_MODULES = ("batchnorm", "boxes", "conv", "pool", "roi")
+_OP_MODULES = ("batchnorm", "boxes", "conv", "pool", "roi", "roi_variants", "psroi",
+               "conv_transpose", "adaptive_pool", "deform_conv")
 
 
 def drop_op_modules():

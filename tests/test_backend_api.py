@@ -16,7 +16,11 @@ from convkit.backend import PUBLIC_OPS, Backend
 from convkit.reference import NumpyBackend
 from helpers import _to_backend, _to_numpy, run
 
-OPS = sorted(PUBLIC_OPS)
+from convkit.backend import EXTENSION_OPS
+from convkit.testing import _FAMILY_CASES
+
+# the public ops convkit.functional has (an extension op's boundary lands with its family)
+OPS = sorted(op for op in PUBLIC_OPS if hasattr(F, op))
 
 
 def _cases(dtype):
@@ -65,7 +69,14 @@ def _cases(dtype):
         ("nms", (boxes, scores, 0.3), {}),
         ("batched_nms", (boxes, scores, np.arange(20) % 3, 0.4), {}),
         ("box_iou", (boxes[:7], boxes), {}),
-    ]
+    ] + _family_cases(dtype, rng, r)
+
+
+def _family_cases(dtype, rng, r):
+    """The extension op families' cases from convkit.testing (their inputs made on numpy)."""
+    with convkit.use_backend("numpy"):
+        return [(fn.__name__, args, kw) for family in _FAMILY_CASES
+                for _, fn, args, kw in family(dtype, rng, r)]
 
 
 def _other_than(name):
@@ -85,7 +96,10 @@ def _assert_same(got, want, name, what):
 
 
 def test_every_functional_op_is_a_public_op_with_its_signature():
-    assert set(PUBLIC_OPS) == set(F.__all__) - {"asarray", "to_numpy"}
+    ops = set(F.__all__) - {"asarray", "to_numpy", "multi_scale_roi_align",
+                             "multi_scale_roi_align_backward"}     # compositions: no hook
+    assert ops <= set(PUBLIC_OPS)
+    assert set(PUBLIC_OPS) - ops <= set(EXTENSION_OPS)
     for op in OPS:
         f = [p for p in inspect.signature(getattr(F, op)).parameters.values()
              if p.name != "backend"]
@@ -203,6 +217,40 @@ def test_a_plugin_missing_a_hook_cannot_be_instantiated():
     Partial = type("Partial", (Backend,), dict(ns, name="partial", xp=np))
     with pytest.raises(TypeError, match="_box_iou"):
         Partial()
+
+
+def test_a_plugin_without_the_extension_hooks_loads_and_is_told_which_it_lacks():
+    """A plugin written against the first release's hooks still instantiates and runs them; an
+    extension op on it is a NotImplementedError naming the op and the hook."""
+    from convkit.testing import missing_hooks
+
+    Old = type("Old", (Backend,), {h: inspect.getattr_static(NumpyBackend, h)
+                                   for h in set(PUBLIC_OPS.values())
+                                   if h[1:] not in EXTENSION_OPS} | dict(name="old", xp=np))
+    be = Old()
+    assert missing_hooks(be) == list(EXTENSION_OPS)
+    assert missing_hooks("numpy") == [op for op in EXTENSION_OPS if not hasattr(F, op)]
+    np.testing.assert_array_equal(be.box_iou(np.zeros((1, 4)), np.ones((1, 4))), [[0.0]])
+    for op in EXTENSION_OPS:
+        with pytest.raises(NotImplementedError, match=f"'old' does not implement {op} .*'_{op}'"):
+            getattr(be, "_" + op)()
+
+
+def test_hook_modules_bind_each_op_named_function_as_its_hook():
+    import types
+
+    fam = types.ModuleType("fam")
+    fam.box_iou = lambda b1, b2: "from fam"
+    fam.nms = lambda b, s, t: "fam nms"
+    fam.batched_nms = lambda *a: "never a hook: batched_nms runs _nms"
+    Own = type("Own", (NumpyBackend,), {"_nms": staticmethod(lambda b, s, t: "own nms")})
+    Bound = Backend.__class__("Bound", (Own,), {"name": "bound"}, hook_modules=(fam,))
+    assert Bound._box_iou(None, None) == "from fam"
+    assert Bound._nms(None, None, 0) == "fam nms"          # Own's is inherited, not in vars
+    Kept = Backend.__class__("Kept", (NumpyBackend,),
+                             {"name": "kept", "_nms": staticmethod(lambda b, s, t: "own nms")},
+                             hook_modules=(fam,))
+    assert Kept._nms(None, None, 0) == "own nms"          # the class body wins over a module
 
 
 def test_optional_abilities_are_declared_with_defaults():

@@ -1,0 +1,1 @@
+"""Adaptive average and max pooling (torch's bin rule) -- cpu backend."""

@@ -1,0 +1,1 @@
+"""Transposed convolution (conv_transpose2d), built on the conv family -- cuda backend."""

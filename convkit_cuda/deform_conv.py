@@ -1,0 +1,1 @@
+"""Deformable convolution (deform_conv2d, torchvision semantics) -- cuda backend."""

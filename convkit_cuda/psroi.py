@@ -1,0 +1,1 @@
+"""Position-sensitive RoI ops (R-FCN): ps_roi_align, ps_roi_pool -- cuda backend."""
