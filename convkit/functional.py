@@ -686,26 +686,36 @@ def box_iou(boxes1, boxes2, *, backend=None):
 _LEVEL_EPS = 1e-6        # torchvision's LevelMapper eps: a box on a level boundary goes up
 
 
-def _feature_maps(op, be, features):
-    """features: a list/tuple or an (ordered) dict of (N, C, Hl, Wl) arrays of one backend, one
-    float dtype, one N and one C -> (list of arrays, dtype)."""
-    if isinstance(features, dict):
-        items = [(f"features[{k!r}]", a) for k, a in features.items()]
-    elif isinstance(features, (list, tuple)):
-        items = [(f"features[{i}]", a) for i, a in enumerate(features)]
+def _per_level(op, name, value, is_entry, what):
+    """``value``: a list/tuple or an ordered dict (torchvision's featmap_names) holding one
+    entry per feature map, finest first -> [(label for messages, entry)]."""
+    if isinstance(value, dict):
+        items = [(f"{name}[{k!r}]", v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple)) and all(is_entry(v) for v in value):
+        items = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
     else:
-        raise TypeError(f"{op}: features must be a list or a dict of (N, C, H, W) arrays (one per "
-                        f"FPN level, finest first), got {type(features).__name__}")
+        raise TypeError(f"{op}: {name} must be a list or a dict of {what}, one per feature map "
+                        f"(FPN level, finest first), got {type(value).__name__}")
     if not items:
-        raise ValueError(f"{op}: features must hold at least one feature map, got none")
-    for name, a in items:
-        V.array(op, name, a, be, 4, "(N, C, H, W)")
+        raise ValueError(f"{op}: {name} must hold at least one feature map, got none")
+    return items
+
+
+def _same_n_c(op, labels, shapes):
+    for label, s in zip(labels[1:], shapes[1:]):
+        if tuple(s[:2]) != tuple(shapes[0][:2]):
+            raise ValueError(f"{op}: every feature map must have the same (N, C); {labels[0]} "
+                             f"has {tuple(shapes[0][:2])} but {label} has {tuple(s[:2])}")
+
+
+def _feature_maps(op, be, features):
+    """features (list or dict of (N, C, Hl, Wl) arrays of one backend, float dtype, N and C)
+    -> (list of arrays, dtype)."""
+    items = _per_level(op, "features", features, lambda a: True, "(N, C, H, W) arrays")
+    for label, a in items:
+        V.array(op, label, a, be, 4, "(N, C, H, W)")
     dt = V.float_dtype(op, **dict(items))
-    first, a0 = items[0]
-    for name, a in items[1:]:
-        if tuple(a.shape[:2]) != tuple(a0.shape[:2]):
-            raise ValueError(f"{op}: every feature map must have the same (N, C); {first} has "
-                             f"{tuple(a0.shape[:2])} but {name} has {tuple(a.shape[:2])}")
+    _same_n_c(op, [label for label, _ in items], [a.shape for _, a in items])
     return [a for _, a in items], dt
 
 
@@ -800,21 +810,10 @@ def multi_scale_roi_align_backward(grad_y, rois, levels, feature_shapes, output_
     """
     op = "multi_scale_roi_align_backward"
     be = _backend(backend)
-    if isinstance(feature_shapes, dict):
-        named = [(f"feature_shapes[{k!r}]", s) for k, s in feature_shapes.items()]
-    elif isinstance(feature_shapes, (list, tuple)) and all(
-            isinstance(s, (list, tuple)) for s in feature_shapes):
-        named = [(f"feature_shapes[{i}]", s) for i, s in enumerate(feature_shapes)]
-    else:
-        raise TypeError(f"{op}: feature_shapes must be a list of (N, C, H, W) shapes, one per "
-                        f"feature map, got {feature_shapes!r}")
-    if not named:
-        raise ValueError(f"{op}: feature_shapes must hold at least one shape, got none")
-    shapes = [V.shape_tuple(op, name, s) for name, s in named]
-    for (name, _), s in zip(named[1:], shapes[1:]):
-        if s[:2] != shapes[0][:2]:
-            raise ValueError(f"{op}: every feature map must have the same (N, C); "
-                             f"{named[0][0]} has {shapes[0][:2]} but {name} has {s[:2]}")
+    named = _per_level(op, "feature_shapes", feature_shapes,
+                       lambda v: isinstance(v, (list, tuple)), "(N, C, H, W) shapes")
+    shapes = [V.shape_tuple(op, label, v) for label, v in named]
+    _same_n_c(op, [label for label, _ in named], shapes)
     V.array(op, "grad_y", grad_y, be, 4, "(K, C, oh, ow)")
     osz = V.pair(op, "output_size", output_size, minimum=1)
     scales, _ = _level_scales(op, spatial_scales, len(shapes))

@@ -106,10 +106,6 @@ def paired_boxes(n, seed):
     return b1, b2
 
 
-def run_loss(backend, fn, b1, b2, **kw):
-    return run(backend, fn, b1, b2, **kw)
-
-
 # ------------------------------------------------------------------------- pairwise (N x M)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", sorted(PAIRWISE))
@@ -248,7 +244,7 @@ def test_exported():
 @pytest.mark.parametrize("kind", sorted(LOSSES))
 def test_loss_and_grad_match_torch_autograd(backend, torch, kind, reduction):
     b1, b2 = paired_boxes(40, 6)
-    loss, grad = run_loss(backend, LOSSES[kind], b1, b2, reduction=reduction)
+    loss, grad = run(backend, LOSSES[kind], b1, b2, reduction=reduction)
     t1 = torch.from_numpy(b1).requires_grad_(True)
     want = torch_loss(torch, kind, t1, torch.from_numpy(b2))
     if reduction == "mean":
@@ -266,7 +262,7 @@ def test_loss_and_grad_match_torch_autograd(backend, torch, kind, reduction):
 def test_loss_float32_matches_float64(backend, torch, kind):
     b1, b2 = paired_boxes(30, 7)
     b1, b2 = b1.astype(np.float32), b2.astype(np.float32)
-    loss, grad = run_loss(backend, LOSSES[kind], b1, b2, reduction="none")
+    loss, grad = run(backend, LOSSES[kind], b1, b2, reduction="none")
     assert loss.dtype == np.float32 and grad.dtype == np.float32
     t1 = torch.from_numpy(b1.astype(np.float64)).requires_grad_(True)
     want = torch_loss(torch, kind, t1, torch.from_numpy(b2.astype(np.float64)))
@@ -369,10 +365,10 @@ def test_loss_zero_area_boxes(torch):
 @pytest.mark.parametrize("kind", sorted(LOSSES))
 def test_loss_empty(backend, kind):
     e = np.zeros((0, 4))
-    loss, grad = run_loss(backend, LOSSES[kind], e, e, reduction="none")
+    loss, grad = run(backend, LOSSES[kind], e, e, reduction="none")
     assert loss.shape == (0,) and grad.shape == (0, 4)
     for reduction in ("sum", "mean"):     # torchvision: the mean of no pairs is 0, not NaN
-        loss, grad = run_loss(backend, LOSSES[kind], e, e, reduction=reduction)
+        loss, grad = run(backend, LOSSES[kind], e, e, reduction=reduction)
         assert loss.shape == () and float(loss) == 0.0 and grad.shape == (0, 4)
 
 
