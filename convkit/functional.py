@@ -683,6 +683,176 @@ def box_iou(boxes1, boxes2, *, backend=None):
 
 # ------------------------------------------------------------------------ multi_scale_roi_align
 # (FPN level mapping over roi_align: no hook of its own)
+_LEVEL_EPS = 1e-6        # torchvision's LevelMapper eps: a box on a level boundary goes up
+
+
+def _per_level(op, name, value, is_entry, what):
+    """``value``: a list/tuple or an ordered dict (torchvision's featmap_names) holding one
+    entry per feature map, finest first -> [(label for messages, entry)]."""
+    if isinstance(value, dict):
+        items = [(f"{name}[{k!r}]", v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple)) and all(is_entry(v) for v in value):
+        items = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        raise TypeError(f"{op}: {name} must be a list or a dict of {what}, one per feature map "
+                        f"(FPN level, finest first), got {type(value).__name__}")
+    if not items:
+        raise ValueError(f"{op}: {name} must hold at least one feature map, got none")
+    return items
+
+
+def _same_n_c(op, labels, shapes):
+    for label, s in zip(labels[1:], shapes[1:]):
+        if tuple(s[:2]) != tuple(shapes[0][:2]):
+            raise ValueError(f"{op}: every feature map must have the same (N, C); {labels[0]} "
+                             f"has {tuple(shapes[0][:2])} but {label} has {tuple(s[:2])}")
+
+
+def _feature_maps(op, be, features):
+    """features (list or dict of (N, C, Hl, Wl) arrays of one backend, float dtype, N and C)
+    -> (list of arrays, dtype)."""
+    items = _per_level(op, "features", features, lambda a: True, "(N, C, H, W) arrays")
+    for label, a in items:
+        V.array(op, label, a, be, 4, "(N, C, H, W)")
+    dt = V.float_dtype(op, **dict(items))
+    _same_n_c(op, [label for label, _ in items], [a.shape for _, a in items])
+    return [a for _, a in items], dt
+
+
+def _level_scales(op, spatial_scales, levels):
+    """One spatial scale per feature map, each a power of 2 (torchvision infers them so) and
+    each half the one before (consecutive FPN levels, finest first) -> (scales, k_min) with
+    level k_min = -log2(scales[0])."""
+    if isinstance(spatial_scales, (str, bytes)) or not hasattr(spatial_scales, "__len__"):
+        raise TypeError(f"{op}: spatial_scales must be a sequence of {levels} numbers (one per "
+                        f"feature map), got {spatial_scales!r}")
+    if len(spatial_scales) != levels:
+        raise ValueError(f"{op}: spatial_scales must have one scale per feature map ({levels}), "
+                         f"got {len(spatial_scales)}: {list(spatial_scales)!r}")
+    scales = [V.real(op, "spatial_scales", s, positive=True) for s in spatial_scales]
+    for i, s in enumerate(scales):
+        if np.frexp(s)[0] != 0.5:
+            raise ValueError(f"{op}: spatial_scales[{i}] = {s!r} is not a power of 2 (FPN levels "
+                             f"are 2**-k of the image, as torchvision infers them)")
+        if i and s != scales[i - 1] / 2:
+            raise ValueError(f"{op}: spatial_scales must halve from each feature map to the next "
+                             f"(consecutive FPN levels, finest first), got {scales!r}")
+    return scales, 1 - int(np.frexp(scales[0])[1])
+
+
+def _fpn_levels(xp, r, k_min, num_levels, canonical_scale, canonical_level):
+    """torchvision's LevelMapper (FPN paper, eqn. 1) on (K, 5) rois of the features' dtype:
+    ``k = floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)`` clamped to
+    [k_min, k_max], minus k_min.  A box of zero, negative or NaN area gets the finest level."""
+    with np.errstate(over="ignore"):     # an area past the dtype's range is inf: coarsest
+        area = (r[:, 3] - r[:, 1]) * (r[:, 4] - r[:, 2])
+    ok = area > 0
+    s = xp.sqrt(xp.where(ok, area, 1))
+    k = xp.floor(canonical_level + xp.log2(s / canonical_scale) + _LEVEL_EPS)
+    k = xp.clip(xp.where(ok, k, k_min), k_min, k_min + num_levels - 1)
+    return (k - k_min).astype(xp.int64)
+
+
+def multi_scale_roi_align(features, rois, output_size, spatial_scales, sampling_ratio=-1,
+                          canonical_scale=224, canonical_level=4, *, backend=None):
+    """RoI align over a feature pyramid, ``torchvision.ops.MultiScaleRoIAlign`` semantics.
+
+    features: a list (or an ordered dict, torchvision's featmap_names) of (N, C, Hl, Wl) arrays,
+    one per FPN level, finest first; spatial_scales: one per map, powers of 2 halving from each
+    map to the next (e.g. ``[1/4, 1/8, 1/16, 1/32]``), so map l is level ``k_min + l`` with
+    ``k_min = -log2(spatial_scales[0])``.  rois as in :func:`roi_align_forward`, in image pixels.
+    Each RoI goes to the level of the FPN paper's rule (torchvision's LevelMapper)::
+
+        k = floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)
+
+    clamped to the levels there are (area = (x2 - x1) * (y2 - y1); zero, negative or non-finite
+    areas go to the finest map), and is pooled from that map by :func:`roi_align_forward` with
+    its scale, ``sampling_ratio`` and ``aligned=False``.  Returns (y (array[K, C, oh, ow], the
+    RoIs' order), levels (int64 array[K], the index into ``features`` each RoI used)).
+    Composed of roi_align, it runs on every backend; a non-finite RoI gives zeros.
+    """
+    op = "multi_scale_roi_align"
+    be = _backend(backend)
+    maps, dt = _feature_maps(op, be, features)
+    osz = V.pair(op, "output_size", output_size, minimum=1)
+    scales, k_min = _level_scales(op, spatial_scales, len(maps))
+    cs = V.real(op, "canonical_scale", canonical_scale, positive=True)
+    cl = V._int(op, "canonical_level", canonical_level)
+    N, C = maps[0].shape[:2]
+    if be.is_native(rois):      # (a list of per-image boxes is checked box by box in _rois)
+        V.float_dtype(op, features=maps[0], rois=rois)
+    r, mask = _rois(op, be, rois, N, dt)
+    K = r.shape[0]
+    sr = _sampling_ratio(op, sampling_ratio, K, osz)
+    xp = be.xp
+    levels = _fpn_levels(xp, r, k_min, len(maps), cs, cl)
+    y = xp.zeros((K, C) + osz, dt)
+    if K == 0:
+        _check_batch_indices(op, xp, r, N)
+        return y, levels
+    for level, (x, scale) in enumerate(zip(maps, scales)):
+        idx = xp.nonzero(levels == level)[0]
+        if idx.size:
+            y[idx] = roi_align_forward(x, r[idx], osz, scale, sr, False, backend=be)
+    if mask is not None:
+        y[mask] = 0
+    return y, levels
+
+
+def multi_scale_roi_align_backward(grad_y, rois, levels, feature_shapes, output_size,
+                                   spatial_scales, sampling_ratio=-1, *, backend=None):
+    """Gradient of :func:`multi_scale_roi_align`: returns a list with grad_x of each feature map.
+
+    grad_y (array[K, C, oh, ow]); rois and levels (the forward's rois and returned levels);
+    feature_shapes: the maps' (N, C, Hl, Wl) shapes in the forward's order (a list, or a dict
+    whose values are taken in order); output_size, spatial_scales and sampling_ratio as in the
+    forward.  Each map's gradient is :func:`roi_align_backward` over the RoIs of its level.
+    """
+    op = "multi_scale_roi_align_backward"
+    be = _backend(backend)
+    named = _per_level(op, "feature_shapes", feature_shapes,
+                       lambda v: isinstance(v, (list, tuple)), "(N, C, H, W) shapes")
+    shapes = [V.shape_tuple(op, label, v) for label, v in named]
+    _same_n_c(op, [label for label, _ in named], shapes)
+    V.array(op, "grad_y", grad_y, be, 4, "(K, C, oh, ow)")
+    osz = V.pair(op, "output_size", output_size, minimum=1)
+    scales, _ = _level_scales(op, spatial_scales, len(shapes))
+    dt = V.float_dtype(op, grad_y=grad_y)
+    N, C = shapes[0][:2]
+    if be.is_native(rois):
+        V.float_dtype(op, grad_y=grad_y, rois=rois)
+    r, mask = _rois(op, be, rois, N, dt)
+    K = r.shape[0]
+    sr = _sampling_ratio(op, sampling_ratio, K, osz)
+    V.grad_shape(op, "grad_y", grad_y, (K, C) + osz)
+    V.array(op, "levels", levels, be, 1, "(K,)")
+    V.int_array(op, "levels", levels)
+    V.grad_shape(op, "levels", levels, (K,))
+    xp = be.xp
+    if K == 0:
+        _check_batch_indices(op, xp, r, N)
+        return [xp.zeros(s, dt) for s in shapes]
+    lv = _snapshot(xp, levels, xp.int64)    # checked here: it only selects rows, no kernel reads it
+    lo, hi = int(lv.min()), int(lv.max())
+    if lo < 0 or hi >= len(shapes):
+        raise ValueError(f"{op}: levels must lie in [0, {len(shapes)}) (one index per feature "
+                         f"map), got values in [{lo}, {hi}]")
+    g = grad_y
+    if mask is not None:    # their rows of r were zeroed by _rois: keep them out of the sum
+        g = g.copy()
+        g[mask] = 0
+    grads = []
+    for level, (shape, scale) in enumerate(zip(shapes, scales)):
+        idx = xp.nonzero(lv == level)[0]
+        if idx.size:
+            grads.append(roi_align_backward(_c(be, g[idx]), r[idx], shape, osz, scale, sr, False,
+                                            backend=be))
+        else:
+            grads.append(xp.zeros(shape, dt))
+    return grads
+
+
+__all__ += ["multi_scale_roi_align", "multi_scale_roi_align_backward"]
 
 
 # ----------------------------------------------------------------------------- conv_transpose2d
