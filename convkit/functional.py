@@ -695,6 +695,7 @@ __all__ += ["adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
             "adaptive_max_pool2d_forward", "adaptive_max_pool2d_backward"]
 
 _BIN_PRODUCT_LIMIT = 2**62    # the bin rule's i*H (i < oh) must fit a signed 64-bit integer
+_INTP_MAX = int(np.iinfo(np.intp).max)
 
 
 def _adaptive_size(op, output_size, H, W):
@@ -723,7 +724,7 @@ def _adaptive_plane(op, name, shape, ohw, itemsize):
     if ohw[0] * H >= _BIN_PRODUCT_LIMIT or ohw[1] * W >= _BIN_PRODUCT_LIMIT:
         raise ValueError(f"{op}: output_size {tuple(ohw)} for input {H}x{W} is too large "
                          f"(output size times input size must stay below 2**62)")
-    if N * C * ohw[0] * ohw[1] * itemsize > np.iinfo(np.intp).max:
+    if N * C * ohw[0] * ohw[1] * itemsize > _INTP_MAX:
         raise ValueError(f"{op}: output_size {tuple(ohw)} gives an output of "
                          f"{N * C * ohw[0] * ohw[1]} elements, more than an array can hold")
 

@@ -1,1 +1,109 @@
-"""Adaptive average and max pooling (torch's bin rule) -- cpu backend."""
+"""Adaptive average and max pooling (torch's bin rule) -- cpu backend.
+
+An adaptive bin is a pooling window of its own size: output o pools input positions
+[start[o], end[o]) with start = floor(o*size/out), end = ceil((o+1)*size/out).  Written as
+``_pool``'s window tables (base = start, first tap 0, stop = end - start, dilation 1) the plane
+kernels of ``_pool.pyx`` compute it unchanged: the max with torch's NaN and tie rules, the
+average as the bin's sum in the input precision divided by its area, the backwards with one
+OpenMP task per (n, c) plane and additions in a fixed order (bit-identical for any thread
+count, though neighbouring bins overlap when out does not divide size).
+
+Global average pooling (a 1x1 output, a classifier head) is one sum per plane
+(``_adaptive_pool.global_avg_forward``: eight accumulators in double, a fixed order); its
+backward is a fill, ``_pool.global_avg_backward``.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from . import _adaptive_pool, _pool
+from .pool import _threads
+
+
+@lru_cache(maxsize=256)
+def _bin_table(size, out):
+    """(base, first, stop) of ``_pool``'s window tables for the adaptive bins of one axis, and
+    the bin lengths; read-only, cached per geometry."""
+    o = np.arange(out, dtype=np.intp)
+    base = (o * size) // out
+    length = -((-(o + 1) * size) // out) - base
+    first = np.zeros(out, np.intp)
+    for a in (base, first, length):
+        a.flags.writeable = False
+    return base, first, length
+
+
+@lru_cache(maxsize=256)
+def _tables(H, W, oh, ow, dtype):
+    hb, h0, hl = _bin_table(H, oh)
+    wb, w0, wl = _bin_table(W, ow)
+    div = np.multiply.outer(hl, wl).astype(dtype)
+    div.flags.writeable = False
+    return hb, h0, hl, wb, w0, wl, div
+
+
+def _work(H, W, oh, ow):
+    """Bin elements read per plane (more than H*W where bins overlap)."""
+    return int(_bin_table(H, oh)[2].sum()) * int(_bin_table(W, ow)[2].sum())
+
+
+def adaptive_avg_pool2d_forward(x, out_hw, out=None):
+    N, C, H, W = x.shape
+    oh, ow = out_hw
+    P = N * C
+    y = out if out is not None else np.empty((N, C, oh, ow), x.dtype)
+    if (oh, ow) == (1, 1):
+        _adaptive_pool.global_avg_forward(x.reshape(P, H * W), y.reshape(P),
+                                          _threads(P, P * H * W))
+        return y
+    hb, _, hl, wb, _, wl, div = _tables(H, W, oh, ow, np.dtype(x.dtype))
+    _adaptive_pool.adaptive_avg_forward(x.reshape(P, H, W), hb, hl, wb, wl, div,
+                                        y.reshape(P, oh, ow), _threads(P, P * _work(H, W, oh, ow)))
+    return y
+
+
+def adaptive_avg_pool2d_backward(grad_y, input_shape):
+    N, C, H, W = input_shape
+    oh, ow = grad_y.shape[2:]
+    P = N * C
+    gx = np.empty(input_shape, grad_y.dtype)
+    if (oh, ow) == (1, 1):
+        _pool.global_avg_backward(grad_y.reshape(P), gx.reshape(P, H * W), _threads(P, P * H * W))
+        return gx
+    hb, h0, h1, wb, w0, w1, div = _tables(H, W, oh, ow, np.dtype(grad_y.dtype))
+    # each thread owns whole planes of gx and adds the bins of a plane in order: overlapping
+    # bins cannot race, and the sums come out the same for any thread count
+    _pool.avg_pool2d_backward(grad_y.reshape(P, oh, ow), W, hb, h0, h1, wb, w0, w1, div, 0,
+                              gx.reshape(P, H * W), _threads(P, P * _work(H, W, oh, ow)))
+    return gx
+
+
+def adaptive_max_pool2d_forward(x, out_hw, out=None):
+    N, C, H, W = x.shape
+    oh, ow = out_hw
+    P = N * C
+    hb, h0, h1, wb, w0, w1, _ = _tables(H, W, oh, ow, np.dtype(x.dtype))
+    y = out if out is not None else np.empty((N, C, oh, ow), x.dtype)
+    idx = np.empty((N, C, oh, ow), np.int64)
+    _pool.max_pool2d_forward(x.reshape(P, H, W), W, hb, h0, h1, wb, w0, w1, 1, 1, 0,
+                             y.reshape(P, oh, ow), idx.reshape(P, oh, ow),
+                             _threads(P, P * _work(H, W, oh, ow)))
+    return y, idx
+
+
+def adaptive_max_pool2d_backward(grad_y, indices, input_shape):
+    """The max-pool backward kernel: it reads each index once and range-checks it before use
+    (this backend declares ``validates_indices``), so ``indices`` may be the caller's array."""
+    N, C, H, W = input_shape
+    P, HW = N * C, H * W
+    HoWo = grad_y.shape[2] * grad_y.shape[3]
+    gx = np.empty(input_shape, grad_y.dtype)
+    bad = _pool.max_pool2d_backward(grad_y.reshape(P, HoWo), indices.reshape(P, HoWo),
+                                    gx.reshape(P, HW), _threads(P, P * (HoWo + HW)))
+    if bad:
+        mn, mx = int(indices.min()), int(indices.max())
+        raise ValueError(f"adaptive_max_pool2d_backward: indices must lie in [0, {HW}) for this "
+                         f"input_shape, got values in [{mn}, {mx}]")
+    return gx
