@@ -51,10 +51,11 @@ def adaptive_avg_pool2d_forward(x, out_hw, out=None):
     N, C = x.shape[:2]
     (hs, he), (ws, we) = _bins2d(x.shape, out_hw)
     y = out if out is not None else np.empty((N, C) + tuple(out_hw), x.dtype)
-    for i in range(out_hw[0]):
-        for j in range(out_hw[1]):
-            area = (he[i] - hs[i]) * (we[j] - ws[j])
-            y[:, :, i, j] = x[:, :, hs[i]:he[i], ws[j]:we[j]].sum(axis=(2, 3)) / x.dtype.type(area)
+    with np.errstate(invalid="ignore"):     # inf - inf in a bin: NaN, as torch, no warning
+        for i in range(out_hw[0]):
+            for j in range(out_hw[1]):
+                area = x.dtype.type((he[i] - hs[i]) * (we[j] - ws[j]))
+                y[:, :, i, j] = x[:, :, hs[i]:he[i], ws[j]:we[j]].sum(axis=(2, 3)) / area
     return y
 
 
