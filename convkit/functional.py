@@ -729,32 +729,29 @@ def _adaptive_plane(op, name, shape, ohw, itemsize):
                          f"{N * C * ohw[0] * ohw[1]} elements, more than an array can hold")
 
 
-def _adaptive_forward_args(op, be, x, output_size, out):
+def _adaptive_forward_args(op, be, x, output_size):
     V.array(op, "x", x, be, 4, "(N, C, H, W)")
     N, C, H, W = x.shape
     dt = V.float_dtype(op, x=x)
     ohw = _adaptive_size(op, output_size, H, W)
     _adaptive_plane(op, "x", x.shape, ohw, dt.itemsize)
-    yshape = (N, C) + tuple(ohw)
-    out = V.out_buffer(op, out, be, yshape, dt)
-    V.no_overlap(op, be, out, x=x)
-    return ohw, yshape, dt, out
+    return ohw, (N, C) + tuple(ohw), dt
 
 
-def adaptive_avg_pool2d_forward(x, output_size, *, out=None, backend=None):
+def adaptive_avg_pool2d_forward(x, output_size, *, backend=None):
     """Adaptive average pooling, ``torch.nn.functional.adaptive_avg_pool2d`` semantics.
 
     x (array[N, C, H, W]); output_size: int or pair (oh, ow), an entry None meaning that input
     size.  Output row i averages input rows ``[floor(i*H/oh), ceil((i+1)*H/oh))`` (columns
     likewise), so bins overlap when oh does not divide H and repeat rows when oh > H.
-    Returns y (array[N, C, oh, ow]).  ``out``: optional C-contiguous buffer for y.
+    Returns y (array[N, C, oh, ow]).
     """
     op = "adaptive_avg_pool2d_forward"
     be = _backend(backend)
-    ohw, yshape, dt, out = _adaptive_forward_args(op, be, x, output_size, out)
+    ohw, yshape, dt = _adaptive_forward_args(op, be, x, output_size)
     if x.size == 0:    # N = 0 or C = 0
-        return out if out is not None else be.xp.empty(yshape, dt)
-    return be._adaptive_avg_pool2d_forward(_c(be, x), ohw, out=out)
+        return be.xp.empty(yshape, dt)
+    return be._adaptive_avg_pool2d_forward(_c(be, x), ohw)
 
 
 def adaptive_avg_pool2d_backward(grad_y, input_shape, *, backend=None):
@@ -774,21 +771,21 @@ def adaptive_avg_pool2d_backward(grad_y, input_shape, *, backend=None):
     return be._adaptive_avg_pool2d_backward(_c(be, grad_y), shape)
 
 
-def adaptive_max_pool2d_forward(x, output_size, *, out=None, backend=None):
+def adaptive_max_pool2d_forward(x, output_size, *, backend=None):
     """Adaptive max pooling, ``torch.nn.functional.adaptive_max_pool2d(..., return_indices=True)``.
 
     Bins as :func:`adaptive_avg_pool2d_forward`.  Returns (y (array[N, C, oh, ow]), indices
     (int64, same shape)): the flat ``h*W + w`` of each maximum in the input plane.  As torch: a
     NaN in a bin is its maximum (the last NaN in row-major order when there are several), ties
-    keep the first maximum in row-major order.  ``out``: optional buffer for y.
+    keep the first maximum in row-major order.
     """
     op = "adaptive_max_pool2d_forward"
     be = _backend(backend)
-    ohw, yshape, dt, out = _adaptive_forward_args(op, be, x, output_size, out)
+    ohw, yshape, dt = _adaptive_forward_args(op, be, x, output_size)
     if x.size == 0:
         xp = be.xp
-        return (out if out is not None else xp.empty(yshape, dt), xp.empty(yshape, xp.int64))
-    return be._adaptive_max_pool2d_forward(_c(be, x), ohw, out=out)
+        return xp.empty(yshape, dt), xp.empty(yshape, xp.int64)
+    return be._adaptive_max_pool2d_forward(_c(be, x), ohw)
 
 
 def adaptive_max_pool2d_backward(grad_y, indices, input_shape, *, backend=None):

@@ -49,11 +49,11 @@ def _work(H, W, oh, ow):
     return int(_bin_table(H, oh)[2].sum()) * int(_bin_table(W, ow)[2].sum())
 
 
-def adaptive_avg_pool2d_forward(x, out_hw, out=None):
+def adaptive_avg_pool2d_forward(x, out_hw):
     N, C, H, W = x.shape
     oh, ow = out_hw
     P = N * C
-    y = out if out is not None else np.empty((N, C, oh, ow), x.dtype)
+    y = np.empty((N, C, oh, ow), x.dtype)
     if (oh, ow) == (1, 1):
         _adaptive_pool.global_avg_forward(x.reshape(P, H * W), y.reshape(P),
                                           _threads(P, P * H * W))
@@ -80,12 +80,12 @@ def adaptive_avg_pool2d_backward(grad_y, input_shape):
     return gx
 
 
-def adaptive_max_pool2d_forward(x, out_hw, out=None):
+def adaptive_max_pool2d_forward(x, out_hw):
     N, C, H, W = x.shape
     oh, ow = out_hw
     P = N * C
     hb, h0, h1, wb, w0, w1, _ = _tables(H, W, oh, ow, np.dtype(x.dtype))
-    y = out if out is not None else np.empty((N, C, oh, ow), x.dtype)
+    y = np.empty((N, C, oh, ow), x.dtype)
     idx = np.empty((N, C, oh, ow), np.int64)
     _pool.max_pool2d_forward(x.reshape(P, H, W), W, hb, h0, h1, wb, w0, w1, 1, 1, 0,
                              y.reshape(P, oh, ow), idx.reshape(P, oh, ow),

@@ -15,7 +15,6 @@ Normalised arguments the hooks receive (besides :mod:`convkit.backend`'s general
   ``i * H`` never overflows 64 bits;
 * ``indices`` (max backward): int64 C-contiguous, checked to lie in ``[0, H*W)`` unless the
   backend declares ``validates_indices``;
-* ``out``: an optional C-contiguous buffer for ``y`` of the right shape and dtype.
 
 Each op loops over the output bins, one vectorised (N, C) slice per bin.
 """
@@ -38,11 +37,11 @@ def _bins2d(shape, out_hw):
     return adaptive_bins(H, out_hw[0]), adaptive_bins(W, out_hw[1])
 
 
-def adaptive_avg_pool2d_forward(x, out_hw, out=None):
+def adaptive_avg_pool2d_forward(x, out_hw):
     """Mean of each bin.
 
     Args:
-        x (array[N, C, H, W]); out_hw (oh, ow); out: optional array[N, C, oh, ow].
+        x (array[N, C, H, W]); out_hw (oh, ow).
 
     Returns:
         y (array[N, C, oh, ow]): the bin's sum divided by its element count.  A NaN or inf in a
@@ -50,7 +49,7 @@ def adaptive_avg_pool2d_forward(x, out_hw, out=None):
     """
     N, C = x.shape[:2]
     (hs, he), (ws, we) = _bins2d(x.shape, out_hw)
-    y = out if out is not None else np.empty((N, C) + tuple(out_hw), x.dtype)
+    y = np.empty((N, C) + tuple(out_hw), x.dtype)
     with np.errstate(invalid="ignore"):     # inf - inf in a bin: NaN, as torch, no warning
         for i in range(out_hw[0]):
             for j in range(out_hw[1]):
@@ -79,11 +78,11 @@ def adaptive_avg_pool2d_backward(grad_y, input_shape):
     return gx
 
 
-def adaptive_max_pool2d_forward(x, out_hw, out=None):
+def adaptive_max_pool2d_forward(x, out_hw):
     """Maximum of each bin and where it is.
 
     Args:
-        x (array[N, C, H, W]); out_hw (oh, ow); out: optional array[N, C, oh, ow].
+        x (array[N, C, H, W]); out_hw (oh, ow).
 
     Returns:
         y (array[N, C, oh, ow]) and indices (int64, same shape): the flat ``h*W + w`` of the
@@ -96,7 +95,7 @@ def adaptive_max_pool2d_forward(x, out_hw, out=None):
     """
     N, C, H, W = x.shape
     (hs, he), (ws, we) = _bins2d(x.shape, out_hw)
-    y = out if out is not None else np.empty((N, C) + tuple(out_hw), x.dtype)
+    y = np.empty((N, C) + tuple(out_hw), x.dtype)
     idx = np.empty((N, C) + tuple(out_hw), np.int64)
     for i in range(out_hw[0]):
         for j in range(out_hw[1]):
