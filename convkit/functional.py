@@ -738,6 +738,17 @@ def _adaptive_forward_args(op, be, x, output_size):
     return ohw, (N, C) + tuple(ohw), dt
 
 
+def _adaptive_backward_args(op, grad_y, input_shape):
+    """input_shape as a tuple and the dtype, once grad_y (N, C, oh, ow) is known to be 4-D."""
+    shape = V.shape_tuple(op, "input_shape", input_shape)
+    dt = V.float_dtype(op, grad_y=grad_y)
+    if tuple(grad_y.shape[:2]) != shape[:2]:
+        raise ValueError(f"{op}: grad_y has (N, C) = {tuple(grad_y.shape[:2])} but input_shape "
+                         f"has {shape[:2]}")
+    _adaptive_plane(op, "input_shape", shape, tuple(grad_y.shape[2:]), dt.itemsize)
+    return shape, dt
+
+
 def adaptive_avg_pool2d_forward(x, output_size, *, backend=None):
     """Adaptive average pooling, ``torch.nn.functional.adaptive_avg_pool2d`` semantics.
 
@@ -760,12 +771,7 @@ def adaptive_avg_pool2d_backward(grad_y, input_shape, *, backend=None):
     op = "adaptive_avg_pool2d_backward"
     be = _backend(backend)
     V.array(op, "grad_y", grad_y, be, 4, "(N, C, oh, ow)")
-    shape = V.shape_tuple(op, "input_shape", input_shape)
-    dt = V.float_dtype(op, grad_y=grad_y)
-    if tuple(grad_y.shape[:2]) != shape[:2]:
-        raise ValueError(f"{op}: grad_y has (N, C) = {tuple(grad_y.shape[:2])} but input_shape "
-                         f"has {shape[:2]}")
-    _adaptive_plane(op, "input_shape", shape, tuple(grad_y.shape[2:]), dt.itemsize)
+    shape, dt = _adaptive_backward_args(op, grad_y, input_shape)
     if grad_y.size == 0:
         return be.xp.zeros(shape, dt)
     return be._adaptive_avg_pool2d_backward(_c(be, grad_y), shape)
@@ -796,18 +802,12 @@ def adaptive_max_pool2d_backward(grad_y, indices, input_shape, *, backend=None):
     V.array(op, "grad_y", grad_y, be, 4, "(N, C, oh, ow)")
     V.array(op, "indices", indices, be, 4, "(N, C, oh, ow)")
     V.int_array(op, "indices", indices)
-    shape = V.shape_tuple(op, "input_shape", input_shape)
     V.grad_shape(op, "indices", indices, grad_y.shape)
-    dt = V.float_dtype(op, grad_y=grad_y)
-    if tuple(grad_y.shape[:2]) != shape[:2]:
-        raise ValueError(f"{op}: grad_y has (N, C) = {tuple(grad_y.shape[:2])} but input_shape "
-                         f"has {shape[:2]}")
-    _adaptive_plane(op, "input_shape", shape, tuple(grad_y.shape[2:]), dt.itemsize)
+    shape, dt = _adaptive_backward_args(op, grad_y, input_shape)
     if grad_y.size == 0:
         return be.xp.zeros(shape, dt)
     indices = _indices(op, "indices", be, indices, 0, shape[2] * shape[3])
     return be._adaptive_max_pool2d_backward(_c(be, grad_y), indices, shape)
-
 
 
 # ------------------------------------------------------------------------------- deform_conv2d

@@ -18,6 +18,23 @@ __device__ __forceinline__ long long bin_end(long long i, long long size, long l
     return ((i + 1) * size + out - 1) / out;
 }
 
+// Output element i of NC planes of oh x ow: its plane and the input rows [h0, h1) and
+// columns [w0, w1) of its bin.
+struct Bin { long long nc, h0, h1, w0, w1; };
+
+__device__ __forceinline__ Bin output_bin(long long i, long long H, long long W, long long oh,
+                                          long long ow)
+{
+    const long long q = i % ow, o = (i / ow) % oh;
+    Bin b;
+    b.nc = i / (ow * oh);
+    b.h0 = bin_start(o, H, oh);
+    b.h1 = bin_end(o, H, oh);
+    b.w0 = bin_start(q, W, ow);
+    b.w1 = bin_end(q, W, ow);
+    return b;
+}
+
 // One thread per output: the bin's sum in row-major order, divided by its area.  Writes
 // every element of y.
 extern "C" __global__ void adaptive_avg_pool2d_fwd(
@@ -26,18 +43,13 @@ extern "C" __global__ void adaptive_avg_pool2d_fwd(
 {
     const long long total = NC * oh * ow;
     GRID_STRIDE_LOOP(i, total) {
-        long long t = i;
-        const long long q = t % ow; t /= ow;
-        const long long o = t % oh;
-        const long long nc = t / oh;
-        const long long h0 = bin_start(o, H, oh), h1 = bin_end(o, H, oh);
-        const long long w0 = bin_start(q, W, ow), w1 = bin_end(q, W, ow);
-        const scalar_t* xp = x + nc * H * W;
+        const Bin b = output_bin(i, H, W, oh, ow);
+        const scalar_t* xp = x + b.nc * H * W;
         scalar_t s = 0;
-        for (long long h = h0; h < h1; ++h)
-            for (long long w = w0; w < w1; ++w)
+        for (long long h = b.h0; h < b.h1; ++h)
+            for (long long w = b.w0; w < b.w1; ++w)
                 s += xp[h * W + w];
-        y[i] = s / (scalar_t)((h1 - h0) * (w1 - w0));
+        y[i] = s / (scalar_t)((b.h1 - b.h0) * (b.w1 - b.w0));
     }
 }
 
@@ -106,17 +118,12 @@ extern "C" __global__ void adaptive_max_pool2d_fwd(
 {
     const long long total = NC * oh * ow;
     GRID_STRIDE_LOOP(i, total) {
-        long long t = i;
-        const long long q = t % ow; t /= ow;
-        const long long o = t % oh;
-        const long long nc = t / oh;
-        const long long h0 = bin_start(o, H, oh), h1 = bin_end(o, H, oh);
-        const long long w0 = bin_start(q, W, ow), w1 = bin_end(q, W, ow);
-        const scalar_t* xp = x + nc * H * W;
-        long long best = h0 * W + w0;
+        const Bin b = output_bin(i, H, W, oh, ow);
+        const scalar_t* xp = x + b.nc * H * W;
+        long long best = b.h0 * W + b.w0;
         scalar_t m = (scalar_t)__longlong_as_double(0xfff0000000000000ULL);   // -inf
-        for (long long h = h0; h < h1; ++h) {
-            for (long long w = w0; w < w1; ++w) {
+        for (long long h = b.h0; h < b.h1; ++h) {
+            for (long long w = b.w0; w < b.w1; ++w) {
                 const scalar_t v = xp[h * W + w];
                 if (v > m || v != v) {
                     m = v;
