@@ -227,6 +227,30 @@ def test_max_ties_first_in_row_major_order(backend, dtype, torch):
         np.testing.assert_array_equal(idx, tidx, err_msg=str(size))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_few_distinct_values_vs_torch(backend, dtype, torch):
+    """Random planes of a few values (NaN, +-inf, +-0, ties) over many bin geometries: max
+    values (sign of zero included), indices and the average's non-finite pattern match torch
+    element for element."""
+    rng = np.random.default_rng(15)
+    vals = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 2.0], dtype)
+    for trial in range(12):
+        H, W = rng.integers(1, 14, 2)
+        size = tuple(int(v) for v in rng.integers(1, 16, 2))
+        p = rng.dirichlet(np.ones(len(vals)))
+        x = vals[rng.choice(len(vals), size=(2, 3, H, W), p=p)]
+        y, idx = max_fwd(backend, x, size)
+        ty, tidx, _ = _torch_max(torch, x, size)
+        msg = f"trial {trial}: {x.shape} -> {size}"
+        np.testing.assert_array_equal(y, ty, err_msg=msg)
+        np.testing.assert_array_equal(np.signbit(y), np.signbit(ty), err_msg=msg)
+        np.testing.assert_array_equal(idx, tidx, err_msg=msg)
+        a = avg_fwd(backend, x, size)
+        ta, _ = _torch_avg(torch, x, size)
+        for test in (np.isnan, np.isposinf, np.isneginf):
+            np.testing.assert_array_equal(test(a), test(ta), err_msg=msg)
+
+
 # ------------------------------------------------------------------------------ gradients
 def test_avg_check_backward_and_adjoint(backend):
     """Directional numerical derivative, and (the mean being linear) the adjoint identity

@@ -1,19 +1,25 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
-"""Adaptive average pooling kernels (torch's bins), one (n, c) plane per OpenMP task.
+"""Adaptive pooling forwards (torch's bins), one (n, c) plane per OpenMP task.
 
-The max pool and both backwards run ``_pool.pyx``'s plane kernels on adaptive window tables
-(see adaptive_pool.py); the average forward is here because a bin's sum can be taken faster
-than window by window: per output row, the column sums of the bin's input rows (an
-element-wise, vectorised add), then each bin's run of column sums (csrc/adaptive_pool.h).  A
-1x1 output -- global average pooling, the classifier head -- is one run sum per plane.  Sums
-run in the input precision in a fixed order: the same bits on every run and for any thread
-count (each task owns whole planes of the output).
+The backwards run ``_pool.pyx``'s plane kernels on adaptive window tables (see
+adaptive_pool.py).  The forwards are here because a bin can be reduced faster than window by
+window:
+
+* average: per output row, the column sums of the bin's input rows (an element-wise,
+  vectorised add), then each bin's run of column sums (csrc/adaptive_pool.h); a 1x1 output --
+  global average pooling, the classifier head -- is one run sum per plane.  Sums run in the
+  input precision in a fixed order;
+* max: a branch-free maximum and NaN test per bin, then the position (ck_bin_max: torch's
+  NaN and tie rules exactly); a bin of whole rows is one contiguous run.
+
+Each task owns whole planes of the output: the same bits on every run and for any thread count.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange
+from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
-from convkit.cpu.csrc.adaptive_pool cimport ck_run_sum_f, ck_run_sum_d
+from convkit.cpu.csrc.adaptive_pool cimport ck_run_sum_f, ck_run_sum_d, ck_bin_max_f, ck_bin_max_d
 
 
 cdef inline floating _run_sum(const floating* p, Py_ssize_t n) noexcept nogil:
@@ -73,3 +79,37 @@ def global_avg_forward(const floating[:, ::1] x, floating[::1] y, int n_threads)
     with nogil:
         for p in prange(P, schedule="static", num_threads=n_threads):
             y[p] = _run_sum(&x[p, 0], HW) / d
+
+
+cdef void adaptive_max_plane(const floating* x, Py_ssize_t W,
+                             const Py_ssize_t* hs, const Py_ssize_t* hl,
+                             const Py_ssize_t* ws, const Py_ssize_t* wl,
+                             floating* y, int64_t* idx, Py_ssize_t oh, Py_ssize_t ow) noexcept nogil:
+    """y, idx (oh x ow) = each bin's maximum of plane x and its flat position h*W + w."""
+    cdef Py_ssize_t o, q, rows, cols, pos
+    cdef const floating* corner
+    cdef floating v
+    for o in range(oh):
+        for q in range(ow):
+            corner = x + hs[o] * W + ws[q]
+            rows, cols = hl[o], wl[q]
+            if cols == W:                   # whole rows: one contiguous run
+                rows, cols = 1, rows * W
+            if floating is float:
+                ck_bin_max_f(corner, W, rows, cols, &v, &pos)
+            else:
+                ck_bin_max_d(corner, W, rows, cols, &v, &pos)
+            y[o * ow + q] = v
+            idx[o * ow + q] = hs[o] * W + ws[q] + pos
+
+
+def adaptive_max_forward(const floating[:, :, ::1] x,
+                         const Py_ssize_t[::1] hs, const Py_ssize_t[::1] hl,
+                         const Py_ssize_t[::1] ws, const Py_ssize_t[::1] wl,
+                         floating[:, :, ::1] y, int64_t[:, :, ::1] idx, int n_threads):
+    """x (P, H, W) -> y, idx (P, oh, ow): bin starts hs/ws and lengths hl/wl."""
+    cdef Py_ssize_t P = x.shape[0], W = x.shape[2], oh = y.shape[1], ow = y.shape[2], p
+    with nogil:
+        for p in prange(P, schedule="static", num_threads=n_threads):
+            adaptive_max_plane(&x[p, 0, 0], W, &hs[0], &hl[0], &ws[0], &wl[0], &y[p, 0, 0],
+                               &idx[p, 0, 0], oh, ow)

@@ -2,15 +2,12 @@
 
 An adaptive bin is a pooling window of its own size: output o pools input positions
 [start[o], end[o]) with start = floor(o*size/out), end = ceil((o+1)*size/out).  Written as
-``_pool``'s window tables (base = start, first tap 0, stop = end - start, dilation 1) the plane
-kernels of ``_pool.pyx`` compute it unchanged: the max with torch's NaN and tie rules, the
-average as the bin's sum in the input precision divided by its area, the backwards with one
-OpenMP task per (n, c) plane and additions in a fixed order (bit-identical for any thread
-count, though neighbouring bins overlap when out does not divide size).
-
-Global average pooling (a 1x1 output, a classifier head) is one sum per plane
-(``_adaptive_pool.global_avg_forward``: eight accumulators in double, a fixed order); its
-backward is a fill, ``_pool.global_avg_backward``.
+``_pool``'s window tables (base = start, first tap 0, stop = end - start, dilation 1) the
+backward plane kernels of ``_pool.pyx`` compute it unchanged, one OpenMP task per (n, c) plane
+with additions in a fixed order (bit-identical for any thread count, though neighbouring bins
+overlap when out does not divide size); the backward of a 1x1 average is a fill
+(``_pool.global_avg_backward``).  The forwards are ``_adaptive_pool.pyx``'s bin reductions
+(vectorised sums; a two-pass maximum with torch's NaN and tie rules).
 """
 from __future__ import annotations
 
@@ -84,12 +81,12 @@ def adaptive_max_pool2d_forward(x, out_hw):
     N, C, H, W = x.shape
     oh, ow = out_hw
     P = N * C
-    hb, h0, h1, wb, w0, w1, _ = _tables(H, W, oh, ow, np.dtype(x.dtype))
+    hb, _, hl, wb, _, wl, _ = _tables(H, W, oh, ow, np.dtype(x.dtype))
     y = np.empty((N, C, oh, ow), x.dtype)
     idx = np.empty((N, C, oh, ow), np.int64)
-    _pool.max_pool2d_forward(x.reshape(P, H, W), W, hb, h0, h1, wb, w0, w1, 1, 1, 0,
-                             y.reshape(P, oh, ow), idx.reshape(P, oh, ow),
-                             _threads(P, P * _work(H, W, oh, ow)))
+    _adaptive_pool.adaptive_max_forward(x.reshape(P, H, W), hb, hl, wb, wl,
+                                        y.reshape(P, oh, ow), idx.reshape(P, oh, ow),
+                                        _threads(P, P * _work(H, W, oh, ow)))
     return y, idx
 
 
