@@ -457,3 +457,42 @@ def test_cpu_bits_independent_of_thread_count(dtype, shape, size):
         for r0, r in zip(results[0], other):
             np.testing.assert_array_equal(r, r0)
     np.testing.assert_allclose(results[0][0], avg_fwd("numpy", x, size), **tol(dtype))
+
+
+# ------------------------------------------------------------------- cimport (other Cython code)
+USER_PYX = """
+# cython: language_level=3, boundscheck=False, wraparound=False
+import numpy as np
+from libc.stdint cimport int64_t
+from convkit.cpu._adaptive_pool cimport adaptive_avg_plane, adaptive_max_plane
+
+def pool_plane(const double[:, ::1] x, Py_ssize_t oh, Py_ssize_t ow):
+    cdef Py_ssize_t H = x.shape[0], W = x.shape[1]
+    o, q = np.arange(oh), np.arange(ow)
+    cdef Py_ssize_t[::1] hs = (o * H) // oh, hl = -((-(o + 1) * H) // oh) - (o * H) // oh
+    cdef Py_ssize_t[::1] ws = (q * W) // ow, wl = -((-(q + 1) * W) // ow) - (q * W) // ow
+    cdef double[::1] div = np.multiply.outer(np.asarray(hl), np.asarray(wl)).astype(float).ravel()
+    cdef double[::1] avg = np.empty(oh * ow), mx = np.empty(oh * ow), colsum = np.empty(W)
+    cdef int64_t[::1] idx = np.empty(oh * ow, np.int64)
+    with nogil:
+        adaptive_avg_plane(&x[0, 0], W, &hs[0], &hl[0], &ws[0], &wl[0], &div[0], &avg[0], oh, ow,
+                           &colsum[0])
+        adaptive_max_plane(&x[0, 0], W, &hs[0], &hl[0], &ws[0], &wl[0], &mx[0], &idx[0], oh, ow)
+    return (np.asarray(avg).reshape(oh, ow), np.asarray(mx).reshape(oh, ow),
+            np.asarray(idx).reshape(oh, ow))
+"""
+
+
+def test_cimport_plane_kernels(tmp_path):
+    ok, why = convkit.backend_status("cpu")
+    if not ok:
+        pytest.skip(why[:300])
+    from helpers import build_cimporting_extension
+
+    user = build_cimporting_extension(tmp_path, "user_adaptive", USER_PYX)
+    x = np.random.default_rng(16).standard_normal((1, 1, 9, 11))
+    avg, mx, idx = user.pool_plane(x[0, 0], 4, 3)
+    np.testing.assert_allclose(avg, avg_fwd("numpy", x, (4, 3))[0, 0], rtol=1e-12, atol=1e-12)
+    y, ridx = max_fwd("numpy", x, (4, 3))
+    np.testing.assert_array_equal(mx, y[0, 0])
+    np.testing.assert_array_equal(idx, ridx[0, 0])
