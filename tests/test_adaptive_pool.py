@@ -437,6 +437,29 @@ def test_unsigned_indices_beyond_int64_are_refused(backend):
         max_bwd(backend, np.ones((1, 1, 2, 2)), idx, (1, 1, 4, 4))
 
 
+def test_cpu_bin_tables_count_against_the_workspace_limit():
+    """The cpu backend's per-call bin tables are scratch: over the limit, a MemoryError that
+    names it (an output_size near 2**31 must not allocate gigabytes of tables or hang)."""
+    ok, why = convkit.backend_status("cpu")
+    if not ok:
+        pytest.skip(why[:300])
+    x = np.random.default_rng(17).standard_normal((1, 2, 5, 5))
+    old = convkit.get_workspace_limit()
+    convkit.set_workspace_limit(1024)
+    try:
+        for fn, args in ((F.adaptive_avg_pool2d_forward, (x, 40)),
+                         (F.adaptive_max_pool2d_forward, (x, 40)),
+                         (F.adaptive_avg_pool2d_backward, (np.ones((1, 2, 40, 40)), x.shape))):
+            with pytest.raises(MemoryError, match=r"output_size \(40, 40\) needs bin tables of "
+                                                  r"\d+ bytes, over the workspace limit of 1024"):
+                run("cpu", fn, *args)
+        assert avg_fwd("cpu", x, 3).shape == (1, 2, 3, 3)     # small tables still fit
+    finally:
+        convkit.set_workspace_limit(old)
+    with pytest.raises(MemoryError, match="workspace limit"):
+        run("cpu", F.adaptive_avg_pool2d_forward, x, (2**31 - 1, 2**20))
+
+
 # ------------------------------------------------------------------ cpu: any thread count
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape,size", [((4, 16, 37, 29), (5, 6)), ((3, 32, 13, 11), (17, 4)),

@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .._config import get_workspace_limit
 from . import _adaptive_pool, _pool
 from .pool import _threads
 
@@ -32,8 +33,19 @@ def _bin_table(size, out):
     return base, first, length
 
 
+def _tables(op, H, W, oh, ow, dtype):
+    """The window tables of both axes and the (oh, ow) bin areas -- scratch that counts
+    against the workspace limit (an output_size of 2**31-1 would ask for gigabytes)."""
+    need, limit = (oh + ow) * 3 * 8 + oh * ow * np.dtype(dtype).itemsize, get_workspace_limit()
+    if need > limit:
+        raise MemoryError(f"{op}: output_size ({oh}, {ow}) needs bin tables of {need} bytes, "
+                          f"over the workspace limit of {limit} bytes "
+                          f"(convkit.set_workspace_limit)")
+    return _cached_tables(H, W, oh, ow, dtype)
+
+
 @lru_cache(maxsize=256)
-def _tables(H, W, oh, ow, dtype):
+def _cached_tables(H, W, oh, ow, dtype):
     hb, h0, hl = _bin_table(H, oh)
     wb, w0, wl = _bin_table(W, ow)
     div = np.multiply.outer(hl, wl).astype(dtype)
@@ -50,12 +62,14 @@ def adaptive_avg_pool2d_forward(x, out_hw):
     N, C, H, W = x.shape
     oh, ow = out_hw
     P = N * C
-    y = np.empty((N, C, oh, ow), x.dtype)
     if (oh, ow) == (1, 1):
+        y = np.empty((N, C, 1, 1), x.dtype)
         _adaptive_pool.global_avg_forward(x.reshape(P, H * W), y.reshape(P),
                                           _threads(P, P * H * W))
         return y
-    hb, _, hl, wb, _, wl, div = _tables(H, W, oh, ow, np.dtype(x.dtype))
+    hb, _, hl, wb, _, wl, div = _tables("adaptive_avg_pool2d_forward", H, W, oh, ow,
+                                        np.dtype(x.dtype))
+    y = np.empty((N, C, oh, ow), x.dtype)
     _adaptive_pool.adaptive_avg_forward(x.reshape(P, H, W), hb, hl, wb, wl, div,
                                         y.reshape(P, oh, ow), _threads(P, P * _work(H, W, oh, ow)))
     return y
@@ -65,11 +79,13 @@ def adaptive_avg_pool2d_backward(grad_y, input_shape):
     N, C, H, W = input_shape
     oh, ow = grad_y.shape[2:]
     P = N * C
-    gx = np.empty(input_shape, grad_y.dtype)
     if (oh, ow) == (1, 1):
+        gx = np.empty(input_shape, grad_y.dtype)
         _pool.global_avg_backward(grad_y.reshape(P), gx.reshape(P, H * W), _threads(P, P * H * W))
         return gx
-    hb, h0, h1, wb, w0, w1, div = _tables(H, W, oh, ow, np.dtype(grad_y.dtype))
+    hb, h0, h1, wb, w0, w1, div = _tables("adaptive_avg_pool2d_backward", H, W, oh, ow,
+                                          np.dtype(grad_y.dtype))
+    gx = np.empty(input_shape, grad_y.dtype)
     # each thread owns whole planes of gx and adds the bins of a plane in order: overlapping
     # bins cannot race, and the sums come out the same for any thread count
     _pool.avg_pool2d_backward(grad_y.reshape(P, oh, ow), W, hb, h0, h1, wb, w0, w1, div, 0,
@@ -81,7 +97,8 @@ def adaptive_max_pool2d_forward(x, out_hw):
     N, C, H, W = x.shape
     oh, ow = out_hw
     P = N * C
-    hb, _, hl, wb, _, wl, _ = _tables(H, W, oh, ow, np.dtype(x.dtype))
+    hb, _, hl, wb, _, wl, _ = _tables("adaptive_max_pool2d_forward", H, W, oh, ow,
+                                      np.dtype(x.dtype))
     y = np.empty((N, C, oh, ow), x.dtype)
     idx = np.empty((N, C, oh, ow), np.int64)
     _adaptive_pool.adaptive_max_forward(x.reshape(P, H, W), hb, hl, wb, wl,
