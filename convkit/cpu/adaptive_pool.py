@@ -22,8 +22,9 @@ from .pool import _threads
 
 @lru_cache(maxsize=256)
 def _bin_table(size, out):
-    """(base, first, stop) of ``_pool``'s window tables for the adaptive bins of one axis, and
-    the bin lengths; read-only, cached per geometry."""
+    """(base, first, stop) of ``_pool``'s window tables for the adaptive bins of one axis:
+    base = the bin's start, first = 0, stop = its length (the kernels of _adaptive_pool.pyx
+    take base and stop as bin starts and lengths); read-only, cached per geometry."""
     o = np.arange(out, dtype=np.intp)
     base = (o * size) // out
     length = -((-(o + 1) * size) // out) - base
