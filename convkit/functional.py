@@ -861,6 +861,123 @@ __all__ += ["multi_scale_roi_align", "multi_scale_roi_align_backward"]
 
 # ------------------------------------------------------------------------------- adaptive pools
 # (hooks in <backend>/adaptive_pool.py)
+__all__ += ["adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
+            "adaptive_max_pool2d_forward", "adaptive_max_pool2d_backward"]
+
+_BIN_PRODUCT_LIMIT = 2**62    # the bin rule's i*H (i < oh) must fit a signed 64-bit integer
+_INTP_MAX = int(np.iinfo(np.intp).max)
+
+
+def _adaptive_size(op, output_size, H, W):
+    """output_size (an int, or a pair of ints / None, None meaning that input size, as torch)
+    -> (oh, ow), each >= 1 where given."""
+    if output_size is None:
+        raise TypeError(f"{op}: output_size must be an int or a pair (of ints or None), got None")
+    pair = isinstance(output_size, (tuple, list)) or (
+        isinstance(output_size, np.ndarray) and output_size.shape == (2,))
+    if not pair:
+        return V.pair(op, "output_size", output_size, minimum=1)
+    if len(output_size) != 2:
+        raise ValueError(f"{op}: output_size must be an int or a pair, got {output_size!r}")
+    given = V.pair(op, "output_size", [1 if v is None else v for v in output_size], minimum=1)
+    return tuple(size if v is None else g for v, g, size in zip(output_size, given, (H, W)))
+
+
+def _adaptive_plane(op, name, shape, ohw, itemsize):
+    """Checks shared by the four ops once (N, C, H, W) and (oh, ow) are known."""
+    N, C, H, W = shape
+    if N * C and (H == 0 or W == 0):     # torch refuses too: a bin would have no element
+        raise ValueError(f"{op}: {name} must have non-zero height and width, got "
+                         f"{tuple(shape)}")
+    if N * C and (ohw[0] < 1 or ohw[1] < 1):
+        raise ValueError(f"{op}: output size must be at least 1x1, got {ohw[0]}x{ohw[1]}")
+    if ohw[0] * H >= _BIN_PRODUCT_LIMIT or ohw[1] * W >= _BIN_PRODUCT_LIMIT:
+        raise ValueError(f"{op}: output_size {tuple(ohw)} for input {H}x{W} is too large "
+                         f"(output size times input size must stay below 2**62)")
+    if N * C * ohw[0] * ohw[1] * itemsize > _INTP_MAX:
+        raise ValueError(f"{op}: output_size {tuple(ohw)} gives an output of "
+                         f"{N * C * ohw[0] * ohw[1]} elements, more than an array can hold")
+
+
+def _adaptive_forward_args(op, be, x, output_size):
+    V.array(op, "x", x, be, 4, "(N, C, H, W)")
+    N, C, H, W = x.shape
+    dt = V.float_dtype(op, x=x)
+    ohw = _adaptive_size(op, output_size, H, W)
+    _adaptive_plane(op, "x", x.shape, ohw, dt.itemsize)
+    return ohw, (N, C) + tuple(ohw), dt
+
+
+def _adaptive_backward_args(op, grad_y, input_shape):
+    """input_shape as a tuple and the dtype, once grad_y (N, C, oh, ow) is known to be 4-D."""
+    shape = V.shape_tuple(op, "input_shape", input_shape)
+    dt = V.float_dtype(op, grad_y=grad_y)
+    if tuple(grad_y.shape[:2]) != shape[:2]:
+        raise ValueError(f"{op}: grad_y has (N, C) = {tuple(grad_y.shape[:2])} but input_shape "
+                         f"has {shape[:2]}")
+    _adaptive_plane(op, "input_shape", shape, tuple(grad_y.shape[2:]), dt.itemsize)
+    return shape, dt
+
+
+def adaptive_avg_pool2d_forward(x, output_size, *, backend=None):
+    """Adaptive average pooling, ``torch.nn.functional.adaptive_avg_pool2d`` semantics.
+
+    x (array[N, C, H, W]); output_size: int or pair (oh, ow), an entry None meaning that input
+    size.  Output row i averages input rows ``[floor(i*H/oh), ceil((i+1)*H/oh))`` (columns
+    likewise), so bins overlap when oh does not divide H and repeat rows when oh > H.
+    Returns y (array[N, C, oh, ow]).
+    """
+    op = "adaptive_avg_pool2d_forward"
+    be = _backend(backend)
+    ohw, yshape, dt = _adaptive_forward_args(op, be, x, output_size)
+    if x.size == 0:    # N = 0 or C = 0
+        return be.xp.empty(yshape, dt)
+    return be._adaptive_avg_pool2d_forward(_c(be, x), ohw)
+
+
+def adaptive_avg_pool2d_backward(grad_y, input_shape, *, backend=None):
+    """Gradient of :func:`adaptive_avg_pool2d_forward`: each grad_y / (bin area) added to every
+    element of its bin.  grad_y (array[N, C, oh, ow]); input_shape: x.shape.  Returns grad_x."""
+    op = "adaptive_avg_pool2d_backward"
+    be = _backend(backend)
+    V.array(op, "grad_y", grad_y, be, 4, "(N, C, oh, ow)")
+    shape, dt = _adaptive_backward_args(op, grad_y, input_shape)
+    if grad_y.size == 0:
+        return be.xp.zeros(shape, dt)
+    return be._adaptive_avg_pool2d_backward(_c(be, grad_y), shape)
+
+
+def adaptive_max_pool2d_forward(x, output_size, *, backend=None):
+    """Adaptive max pooling, ``torch.nn.functional.adaptive_max_pool2d(..., return_indices=True)``.
+
+    Bins as :func:`adaptive_avg_pool2d_forward`.  Returns (y (array[N, C, oh, ow]), indices
+    (int64, same shape)): the flat ``h*W + w`` of each maximum in the input plane.  As torch: a
+    NaN in a bin is its maximum (the last NaN in row-major order when there are several), ties
+    keep the first maximum in row-major order.
+    """
+    op = "adaptive_max_pool2d_forward"
+    be = _backend(backend)
+    ohw, yshape, dt = _adaptive_forward_args(op, be, x, output_size)
+    if x.size == 0:
+        xp = be.xp
+        return xp.empty(yshape, dt), xp.empty(yshape, xp.int64)
+    return be._adaptive_max_pool2d_forward(_c(be, x), ohw)
+
+
+def adaptive_max_pool2d_backward(grad_y, indices, input_shape, *, backend=None):
+    """Gradient of adaptive max pooling: grad_y added at ``indices`` (from
+    :func:`adaptive_max_pool2d_forward`) into an input-shaped zero array."""
+    op = "adaptive_max_pool2d_backward"
+    be = _backend(backend)
+    V.array(op, "grad_y", grad_y, be, 4, "(N, C, oh, ow)")
+    V.array(op, "indices", indices, be, 4, "(N, C, oh, ow)")
+    V.int_array(op, "indices", indices)
+    V.grad_shape(op, "indices", indices, grad_y.shape)
+    shape, dt = _adaptive_backward_args(op, grad_y, input_shape)
+    if grad_y.size == 0:
+        return be.xp.zeros(shape, dt)
+    indices = _indices(op, "indices", be, indices, 0, shape[2] * shape[3])
+    return be._adaptive_max_pool2d_backward(_c(be, grad_y), indices, shape)
 
 
 # ------------------------------------------------------------------------------- deform_conv2d

@@ -77,6 +77,22 @@ _FAMILY_CASES = []
 
 
 # adaptive pools
+def _adaptive_pool_cases(dtype, rng, r):
+    x = r(2, 3, 7, 9)
+    xd = rng.permutation(2 * 3 * 7 * 9).reshape(2, 3, 7, 9).astype(dtype)   # distinct: no ties
+    # (3, 4): overlapping bins (7 % 3, 9 % 4 != 0); (None, 12): input height, repeated columns
+    for size in ((3, 4), 1, (None, 12)):
+        yield f"adaptive_avg_pool2d_forward {size}", F.adaptive_avg_pool2d_forward, (x, size), {}
+        y = F.adaptive_avg_pool2d_forward(x, size)
+        yield (f"adaptive_avg_pool2d_backward {size}", F.adaptive_avg_pool2d_backward,
+               (r(*y.shape), x.shape), {})
+        yield f"adaptive_max_pool2d_forward {size}", F.adaptive_max_pool2d_forward, (xd, size), {}
+        y, idx = F.adaptive_max_pool2d_forward(xd, size)
+        yield (f"adaptive_max_pool2d_backward {size}", F.adaptive_max_pool2d_backward,
+               (r(*y.shape), idx, xd.shape), {})
+
+
+_FAMILY_CASES.append(_adaptive_pool_cases)
 
 
 # deform_conv2d

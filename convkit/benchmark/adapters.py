@@ -197,6 +197,54 @@ _TORCH = {"conv": _conv_torch, "pool": _pool_torch, "bn": _bn_torch, "roi": _roi
           "nms": _nms_torch}
 
 
+# ---- adaptive pooling (issue 14)
+def _adaptive_convkit(case, be, d):
+    x, gy = be.asarray(d["x"]), be.asarray(d["gy"])
+    o = case.out
+    if case.kind == "max":
+        def fwd():
+            return ck.adaptive_max_pool2d_forward(x, o)
+
+        def fwd_bwd():
+            _, idx = ck.adaptive_max_pool2d_forward(x, o)
+            return ck.adaptive_max_pool2d_backward(gy, idx, x.shape)
+    else:
+        def fwd():
+            return ck.adaptive_avg_pool2d_forward(x, o)
+
+        def fwd_bwd():
+            ck.adaptive_avg_pool2d_forward(x, o)
+            return ck.adaptive_avg_pool2d_backward(gy, x.shape)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
+def _adaptive_torch(case, torch, dev, d):
+    import torch.nn.functional as tF
+
+    x = torch.from_numpy(d["x"]).to(dev).requires_grad_(True)
+    gy = torch.from_numpy(d["gy"]).to(dev)
+    o = case.out
+    if case.kind == "max":
+        def fwd():   # with indices: the same result convkit's forward returns
+            with torch.no_grad():
+                return tF.adaptive_max_pool2d(x, o, return_indices=True)
+
+        def fwd_bwd():
+            return torch.autograd.grad(tF.adaptive_max_pool2d(x, o), [x], gy)
+    else:
+        def fwd():
+            with torch.no_grad():
+                return tF.adaptive_avg_pool2d(x, o)
+
+        def fwd_bwd():
+            return torch.autograd.grad(tF.adaptive_avg_pool2d(x, o), [x], gy)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
+_CONVKIT["adaptive"] = _adaptive_convkit
+_TORCH["adaptive"] = _adaptive_torch
+
+
 TORCH_NAMES = ("torch", "torch-cuda")
 
 

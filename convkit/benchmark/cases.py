@@ -254,6 +254,45 @@ QUICK_CASES = (
 """Tiny twins of :data:`CASES` (same names, same structure) for tests: ``--quick``."""
 
 
+# ---- adaptive pooling (issue 14): a ResNet classifier head (7x7 -> 1x1, global pooling) and a
+# 56x56 map to 7x7, average and max
+@dataclass(frozen=True)
+class AdaptivePoolCase:
+    """adaptive avg or max pooling to ``out`` x ``out``, float32 NCHW."""
+    name: str
+    kind: str          # "avg" | "max"
+    shape: tuple
+    out: int
+    family: str = "adaptive"
+    passes: tuple = (FWD, FB)
+
+    @property
+    def out_shape(self):
+        return self.shape[:2] + (self.out, self.out)
+
+    def describe(self):
+        return f"adaptive {self.kind} to {self.out}x{self.out} on {self.shape}"
+
+    def work(self, pas):
+        nx, ny = math.prod(self.shape) * 4, math.prod(self.out_shape) * 4
+        idx = 2 * ny if self.kind == "max" else 0   # int64 indices: twice a float32 output
+        fwd = nx + ny + idx
+        return "GB/s", fwd if pas == FWD else fwd + ny + idx + nx
+
+    def inputs(self, rng):
+        return {"x": rng.standard_normal(self.shape, F32),
+                "gy": rng.standard_normal(self.out_shape, F32)}
+
+
+FAMILIES += ("adaptive",)
+CASES += tuple(AdaptivePoolCase(f"adaptive_{k}_{n}", k, shape, out)
+               for n, shape, out in (("head", (8, 512, 7, 7), 1), ("56to7", (8, 64, 56, 56), 7))
+               for k in ("avg", "max"))
+QUICK_CASES += tuple(AdaptivePoolCase(f"adaptive_{k}_{n}", k, shape, out)
+                     for n, shape, out in (("head", (2, 8, 7, 7), 1), ("56to7", (2, 4, 12, 12), 7))
+                     for k in ("avg", "max"))
+
+
 def select_cases(spec: str | None, quick: bool = False):
     """Cases named by ``spec`` ("res_28,pool,nms": op names and/or families; None: all)."""
     table = QUICK_CASES if quick else CASES
