@@ -23,6 +23,7 @@ TARGETS = (
     ("bn_train", "torch", 1.0, (FB,)),
     *((op, "numpy", 20.0, (FWD, FB)) for op in ("roi_align", "roi_pool")),
     ("nms", "numpy", 20.0, (FWD,)),
+    ("convt_28", "torch", 1.0, (FWD, FB)),
 )
 GEOMEAN_TARGET = 1.0
 MEMORY_TARGET = 2.0
