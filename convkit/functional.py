@@ -145,14 +145,18 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     V.array(op, "grad_y", grad_y, be, 4, "(N, F, Ho, Wo)")
     V.grad_shape(op, "grad_y", grad_y, yshape)
     dt = V.float_dtype(op, grad_y=grad_y, x=x, weight=weight)
-    xp = be.xp
     if x.size == 0 or weight.size == 0:
-        gx = xp.zeros(x.shape, dt) if needs_input_grad else None
-        gw = xp.zeros(weight.shape, dt)
-        gb = grad_y.sum(axis=(0, 2, 3)).astype(dt) if has_bias else None
-        return gx, gw, gb
+        return _empty_conv_grads(be.xp, grad_y, x, weight, dt, needs_input_grad, has_bias)
     return be._conv2d_backward(_c(be, grad_y), _c(be, x), _c(be, weight), stride, pad4, dilation,
                               groups, bool(needs_input_grad), bool(has_bias))
+
+
+def _empty_conv_grads(xp, grad_y, x, weight, dt, needs_input_grad, has_bias):
+    """A conv's (or conv_transpose's) gradients when x or weight is empty: zeros, and
+    grad_bias the sum of grad_y."""
+    gx = xp.zeros(x.shape, dt) if needs_input_grad else None
+    gb = grad_y.sum(axis=(0, 2, 3)).astype(dt) if has_bias else None
+    return gx, xp.zeros(weight.shape, dt), gb
 
 
 # ------------------------------------------------------------------------------------- pooling
@@ -787,18 +791,14 @@ def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_pad
     V.array(op, "grad_y", grad_y, be, 4, "(N, C_out, Ho, Wo)")
     V.grad_shape(op, "grad_y", grad_y, yshape)
     dt = V.float_dtype(op, grad_y=grad_y, x=x, weight=weight)
-    xp = be.xp
     if x.size == 0 or weight.size == 0:
-        gx = xp.zeros(x.shape, dt) if needs_input_grad else None
-        gw = xp.zeros(weight.shape, dt)
-        gb = grad_y.sum(axis=(0, 2, 3)).astype(dt) if has_bias else None
-        return gx, gw, gb
+        return _empty_conv_grads(be.xp, grad_y, x, weight, dt, needs_input_grad, has_bias)
     gx, gw, gb = _named_memory_error(
         op, be._conv_transpose2d_backward, _c(be, grad_y),
         _conv_transpose_extend(be, _c(be, x), conv_hw), _c(be, weight), stride, pad4, dilation,
         groups, bool(needs_input_grad), bool(has_bias))
     if gx is not None and tuple(gx.shape) != tuple(x.shape):    # (rows the boundary added)
-        gx = xp.ascontiguousarray(gx[:, :, :x.shape[2], :x.shape[3]])
+        gx = be.xp.ascontiguousarray(gx[:, :, :x.shape[2], :x.shape[3]])
     return gx, gw, gb
 
 

@@ -9,25 +9,11 @@ per image chunk as there.
 """
 from __future__ import annotations
 
+import functools
+
+from convkit.reference.conv_transpose import adjoint_backward, adjoint_forward
+
 from . import conv as _conv
 
-
-def conv_transpose2d_forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
-    """-> y (array[N, C_out, Ho, Wo]) = conv2d's grad_x of grad_y = x, plus bias."""
-    C_out = weight.shape[1] * groups
-    y = _conv.conv2d_grad_input(x, weight, (x.shape[0], C_out) + tuple(out_hw), stride,
-                                padding, dilation, groups)
-    if bias is not None:
-        y += bias.reshape(1, C_out, 1, 1)
-    return y
-
-
-def conv_transpose2d_backward(grad_y, x, weight, stride, padding, dilation, groups,
-                              needs_input_grad, has_bias):
-    """-> (grad_x (array[N, C_in, Hc, Wc]) or None, grad_weight, grad_bias or None)."""
-    gx = _conv.conv2d_forward(grad_y, weight, None, stride, padding, dilation, groups) \
-        if needs_input_grad else None
-    gw = _conv.conv2d_backward(x, grad_y, weight, stride, padding, dilation, groups, False,
-                               False)[1]
-    gb = grad_y.sum(axis=(0, 2, 3)) if has_bias else None
-    return gx, gw, gb
+conv_transpose2d_forward = functools.partial(adjoint_forward, _conv)
+conv_transpose2d_backward = functools.partial(adjoint_backward, _conv)

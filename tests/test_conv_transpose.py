@@ -3,15 +3,10 @@
 Oracle: torch in float64 (forward, and autograd for the backward).  Also: the op is conv2d's
 adjoint (forward = conv2d's grad_x, bit for bit on numpy and cpu; <T x, v> = <x, conv2d(v)>),
 a float64 numerical gradient check, the error rules, empty inputs, NaN/inf element for element
-as torch, cpu bits independent of the thread count, the workspace limit, and the emulated cuda
-backend (a subprocess running this file's cuda cases over tests/cuda_emulation.py).
+as torch, cpu bits independent of the thread count, the workspace limit.  The cuda cases also
+run on the host emulation of the kernels (tests/test_cuda_backend.py's generic suites).
 """
 from __future__ import annotations
-
-import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -335,24 +330,3 @@ def test_noncontiguous_inputs(backend, torch):
     wt = w[:, ::-1][:, ::-1]
     y = run(backend, F.conv_transpose2d_forward, xt, wt, b, **kw)
     np.testing.assert_allclose(y, want["y"], **_tol(np.float64))
-
-
-# ------------------------------------------------------------------------- emulated cuda
-@pytest.mark.slow
-@pytest.mark.skipif(not (os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")),
-                    reason="no C++ compiler for the host emulation of the CUDA kernels")
-def test_cuda_cases_on_emulated_cuda():
-    """This file's cuda cases on the host emulation of the kernels (a subprocess: the stand-in
-    cupy must be in place before conftest asks which backends load)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                        "-p", "cuda_emulation", "-k", "cuda and not emulated",
-                        os.path.abspath(__file__)],
-                       capture_output=True, text=True, cwd=os.path.dirname(here), timeout=900,
-                       env=env)
-    tail = p.stdout[-4000:] + p.stderr[-2000:]
-    assert p.returncode == 0, tail
-    summary = p.stdout.strip().splitlines()[-1]
-    assert " passed" in summary and "failed" not in summary, tail

@@ -211,21 +211,10 @@ class NmsCase:
 
 
 @dataclass(frozen=True)
-class ConvTransposeCase:
+class ConvTransposeCase(ConvCase):
     """conv_transpose2d (a decoder's upsampling layer), float32 NCHW, square kernel, symmetric
-    padding, bias; C in, F out; weight (C, F, K, K) as torch's."""
-    name: str
-    N: int
-    C: int
-    H: int
-    W: int
-    F: int
-    K: int
-    stride: int = 1
-    pad: int = 0
+    padding, bias: C channels in, F out, weight (C, F, K, K) as torch's; groups 1."""
     output_padding: int = 0
-    family: str = "conv"
-    passes: tuple = (FWD, FB)
 
     @property
     def out_hw(self):
@@ -237,12 +226,8 @@ class ConvTransposeCase:
                 f"{self.K},{self.K}) s{self.stride} p{self.pad}"
                 + (f" op{self.output_padding}" if self.output_padding else ""))
 
-    def flops_forward(self):
+    def flops_forward(self):      # each input pixel meets every tap of every filter
         return 2 * self.N * self.C * self.H * self.W * self.F * self.K * self.K
-
-    def work(self, pas):
-        f = self.flops_forward()
-        return "GFLOP/s", f if pas == FWD else 3 * f
 
     def inputs(self, rng):
         scale = 1.0 / math.sqrt(self.C * self.K * self.K / self.stride ** 2)
