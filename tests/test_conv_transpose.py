@@ -303,6 +303,36 @@ def test_cpu_bits_do_not_depend_on_thread_count(name, dtype):
             np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(NONFINITE))
+def test_cpu_forward_is_the_grad_x_step_of_every_conv_algorithm(name, dtype):
+    """conv2d_grad_input runs conv2d_backward's grad_x step alone (the runners that make
+    grad_weight anyway on a zero stand-in for x): the same bits, whatever algorithm the plan
+    picks for grad_x (the NONFINITE shapes reach each of them)."""
+    xs, cog, k, kw = NONFINITE[name]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal((xs[1], cog, k, k)).astype(dtype)
+    y = run("cpu", F.conv_transpose2d_forward, x, w, **kw)
+    ckw = _conv_kwargs(kw)
+    want = run("cpu", F.conv2d_backward, x, y, w, **ckw, has_bias=False)[0]
+    np.testing.assert_array_equal(y, want)
+
+
+def test_cpu_nonfinite_shapes_reach_every_grad_x_algorithm():
+    from convkit.cpu import conv as cpu_conv
+
+    algos = set()
+    for xs, cog, k, kw in NONFINITE.values():
+        ckw = _conv_kwargs(kw)
+        s, p = ckw["stride"], ckw["padding"]
+        H = (xs[2] - 1) * s - 2 * p + k + kw.get("output_padding", 0)
+        y = np.empty((xs[0], cog * ckw["groups"], H, H))
+        w = np.empty((xs[1], cog, k, k))
+        algos.add(cpu_conv._plan(y, w, (s, s), (p,) * 4, (1, 1), ckw["groups"])[3].grad_x.algo)
+    assert algos == {"dense", "batch", "winograd", "depthwise3x3", "depthwise", "im2col"}
+
+
 @pytest.fixture
 def workspace_limit():
     old = convkit.get_workspace_limit()
