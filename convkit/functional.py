@@ -145,14 +145,18 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     V.array(op, "grad_y", grad_y, be, 4, "(N, F, Ho, Wo)")
     V.grad_shape(op, "grad_y", grad_y, yshape)
     dt = V.float_dtype(op, grad_y=grad_y, x=x, weight=weight)
-    xp = be.xp
     if x.size == 0 or weight.size == 0:
-        gx = xp.zeros(x.shape, dt) if needs_input_grad else None
-        gw = xp.zeros(weight.shape, dt)
-        gb = grad_y.sum(axis=(0, 2, 3)).astype(dt) if has_bias else None
-        return gx, gw, gb
+        return _empty_conv_grads(be.xp, grad_y, x, weight, dt, needs_input_grad, has_bias)
     return be._conv2d_backward(_c(be, grad_y), _c(be, x), _c(be, weight), stride, pad4, dilation,
                               groups, bool(needs_input_grad), bool(has_bias))
+
+
+def _empty_conv_grads(xp, grad_y, x, weight, dt, needs_input_grad, has_bias):
+    """A conv's (or conv_transpose's) gradients when x or weight is empty: zeros, and
+    grad_bias the sum of grad_y."""
+    gx = xp.zeros(x.shape, dt) if needs_input_grad else None
+    gb = grad_y.sum(axis=(0, 2, 3)).astype(dt) if has_bias else None
+    return gx, xp.zeros(weight.shape, dt), gb
 
 
 # ------------------------------------------------------------------------------------- pooling
@@ -857,6 +861,115 @@ __all__ += ["multi_scale_roi_align", "multi_scale_roi_align_backward"]
 
 # ----------------------------------------------------------------------------- conv_transpose2d
 # (hooks in <backend>/conv_transpose.py)
+__all__ += ["conv_transpose2d_forward", "conv_transpose2d_backward"]
+
+
+def _conv_transpose_args(op, be, x, weight, stride, padding, output_padding, groups, dilation):
+    """-> (stride, pad4, dilation, groups, yshape, conv_hw).  The op is the adjoint of the
+    conv2d with weight ``weight`` (F = C_in) over an input of y's shape; conv_hw is that conv's
+    output size: (H, W), or more rows/columns when output_padding >= stride (torch allows it
+    below the dilation), which the boundary fills with zeros (see _conv_transpose_extend)."""
+    V.array(op, "x", x, be, 4, "(N, C_in, H, W)")
+    V.array(op, "weight", weight, be, 4, "(C_in, C_out/groups, KH, KW)")
+    groups = V.positive_int(op, "groups", groups)
+    N, C, H, W = x.shape
+    Cw, Cog, KH, KW = weight.shape
+    if C % groups:
+        raise ValueError(f"{op}: groups={groups} must divide the input channels C_in={C}")
+    if Cw != C:
+        raise ValueError(f"{op}: weight has {Cw} input channels (weight.shape[0]) but x has "
+                         f"C_in={C}")
+    if KH < 1 or KW < 1:
+        raise ValueError(f"{op}: kernel size must be positive, got weight shape {tuple(weight.shape)}")
+    stride = V.pair(op, "stride", stride, minimum=1)
+    ph, pw = V.pair(op, "padding", padding, minimum=0)
+    out_pad = V.pair(op, "output_padding", output_padding, minimum=0)
+    dilation = V.pair(op, "dilation", dilation, minimum=1)
+    for a in (0, 1):
+        if out_pad[a] >= stride[a] and out_pad[a] >= dilation[a]:
+            raise ValueError(f"{op}: output_padding must be smaller than either stride or "
+                             f"dilation, got output_padding={out_pad}, stride={stride}, "
+                             f"dilation={dilation}")
+    pad4 = (ph, ph, pw, pw)
+    Ho = (H - 1) * stride[0] - 2 * ph + dilation[0] * (KH - 1) + out_pad[0] + 1
+    Wo = (W - 1) * stride[1] - 2 * pw + dilation[1] * (KW - 1) + out_pad[1] + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{op}: output size would be {Ho}x{Wo} (< 1) for input {H}x{W}, kernel "
+                         f"{KH}x{KW}, stride {stride}, padding {(ph, pw)}, output_padding "
+                         f"{out_pad}, dilation {dilation}")
+    conv_hw = (conv_out_size(Ho, KH, stride[0], 2 * ph, dilation[0]),
+               conv_out_size(Wo, KW, stride[1], 2 * pw, dilation[1]))
+    return stride, pad4, dilation, groups, (N, Cog * groups, Ho, Wo), conv_hw
+
+
+def _conv_transpose_extend(be, a, hw):
+    """a (N, C, H, W) zero-extended at the bottom/right to hw (a itself when it has that size)."""
+    if tuple(a.shape[2:]) == tuple(hw):
+        return a
+    e = be.xp.zeros(a.shape[:2] + tuple(hw), dtype=a.dtype)
+    e[:, :, :a.shape[2], :a.shape[3]] = a
+    return e
+
+
+def _named_memory_error(op, fn, *args):
+    # the conv machinery's workspace message names the conv2d pass it ran; say which op it was
+    try:
+        return fn(*args)
+    except MemoryError as e:
+        raise MemoryError(f"{op} (through conv2d's adjoint): {e}") from None
+
+
+def conv_transpose2d_forward(x, weight, bias=None, stride=1, padding=0, output_padding=0,
+                             groups=1, dilation=1, *, backend=None):
+    """Transposed 2-D convolution, ``torch.nn.functional.conv_transpose2d`` semantics: the
+    gradient of conv2d with respect to its input.
+
+    x (array[N, C_in, H, W]), weight (array[C_in, C_out/groups, KH, KW]), bias (array[C_out]
+    or None).  Returns y (array[N, C_out, Ho, Wo]) with
+    ``Ho = (H-1)*sh - 2*ph + dh*(KH-1) + output_padding_h + 1``; output_padding (extra rows and
+    columns at the bottom/right) must be smaller than the stride or the dilation.
+    """
+    op = "conv_transpose2d_forward"
+    be = _backend(backend)
+    stride, pad4, dilation, groups, yshape, conv_hw = _conv_transpose_args(
+        op, be, x, weight, stride, padding, output_padding, groups, dilation)
+    if bias is not None:
+        V.array(op, "bias", bias, be, 1, "(C_out,)")
+        if bias.shape[0] != yshape[1]:
+            raise ValueError(f"{op}: bias must have shape ({yshape[1]},), got {tuple(bias.shape)}")
+    dt = V.float_dtype(op, x=x, weight=weight, bias=bias)
+    if x.size == 0 or weight.size == 0:    # N = 0, C_in = 0 or C_out = 0: nothing to spread
+        y = be.xp.empty(yshape, dtype=dt)
+        y[...] = 0 if bias is None else bias.reshape(1, -1, 1, 1)
+        return y
+    return _named_memory_error(op, be._conv_transpose2d_forward,
+                               _conv_transpose_extend(be, _c(be, x), conv_hw), _c(be, weight),
+                               _c(be, bias), stride, pad4, dilation, groups, yshape[2:])
+
+
+def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0, groups=1,
+                              dilation=1, needs_input_grad=True, has_bias=True, *, backend=None):
+    """Gradients of :func:`conv_transpose2d_forward`: returns (grad_x or None, grad_weight,
+    grad_bias or None).  grad_x is conv2d_forward(grad_y, weight); grad_weight is conv2d's
+    weight gradient with the roles of x and grad_y swapped.  ``needs_input_grad=False`` skips
+    grad_x; ``has_bias=False`` skips grad_bias.
+    """
+    op = "conv_transpose2d_backward"
+    be = _backend(backend)
+    stride, pad4, dilation, groups, yshape, conv_hw = _conv_transpose_args(
+        op, be, x, weight, stride, padding, output_padding, groups, dilation)
+    V.array(op, "grad_y", grad_y, be, 4, "(N, C_out, Ho, Wo)")
+    V.grad_shape(op, "grad_y", grad_y, yshape)
+    dt = V.float_dtype(op, grad_y=grad_y, x=x, weight=weight)
+    if x.size == 0 or weight.size == 0:
+        return _empty_conv_grads(be.xp, grad_y, x, weight, dt, needs_input_grad, has_bias)
+    gx, gw, gb = _named_memory_error(
+        op, be._conv_transpose2d_backward, _c(be, grad_y),
+        _conv_transpose_extend(be, _c(be, x), conv_hw), _c(be, weight), stride, pad4, dilation,
+        groups, bool(needs_input_grad), bool(has_bias))
+    if gx is not None and tuple(gx.shape) != tuple(x.shape):    # (rows the boundary added)
+        gx = be.xp.ascontiguousarray(gx[:, :, :x.shape[2], :x.shape[3]])
+    return gx, gw, gb
 
 
 # ------------------------------------------------------------------------------- adaptive pools

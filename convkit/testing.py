@@ -74,6 +74,18 @@ _FAMILY_CASES = []
 
 
 # conv_transpose2d
+def _conv_transpose_cases(dtype, rng, r):
+    x, w, b = r(2, 4, 5, 4), r(4, 3, 3, 2), r(6)
+    for kw in (dict(stride=2, padding=1, output_padding=1, groups=2),
+               dict(stride=(1, 2), padding=(0, 1), output_padding=(1, 0), dilation=(2, 1))):
+        bias = b if kw.get("groups", 1) == 2 else b[:3]
+        label = f"conv_transpose2d {kw}"
+        yield label + " forward", F.conv_transpose2d_forward, (x, w, bias), kw
+        y = F.conv_transpose2d_forward(x, w, bias, **kw)
+        yield label + " backward", F.conv_transpose2d_backward, (r(*y.shape), x, w), kw
+
+
+_FAMILY_CASES.append(_conv_transpose_cases)
 
 
 # adaptive pools

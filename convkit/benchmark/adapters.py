@@ -16,10 +16,12 @@ import numpy as np
 
 import convkit as ck
 
-from .cases import F32, FB, FWD
+from .cases import F32, FB, FWD, ConvTransposeCase
 
 
 def _conv_convkit(case, be, d):
+    if isinstance(case, ConvTransposeCase):
+        return _conv_transpose_convkit(case, be, d)
     x, w, b, gy = (be.asarray(d[k]) for k in ("x", "w", "b", "gy"))
     y = be.xp.empty(gy.shape, F32)
     s, p, g = case.stride, case.pad, case.groups
@@ -38,6 +40,9 @@ def _conv_convkit(case, be, d):
 def _conv_torch(case, torch, dev, d):
     import torch.nn.functional as tF
 
+    if isinstance(case, ConvTransposeCase):
+        return _conv_transpose_torch(case, torch, dev, d)
+
     x = torch.from_numpy(d["x"]).to(dev).requires_grad_(not case.first_layer)
     w = torch.from_numpy(d["w"]).to(dev).requires_grad_(True)
     b = torch.from_numpy(d["b"]).to(dev).requires_grad_(True)
@@ -51,6 +56,36 @@ def _conv_torch(case, torch, dev, d):
 
     def fwd_bwd():
         return torch.autograd.grad(tF.conv2d(x, w, b, s, p, 1, g), wrt, gy)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
+# conv_transpose2d: a "conv" family case (ConvTransposeCase) with its own runners
+def _conv_transpose_convkit(case, be, d):
+    x, w, b, gy = (be.asarray(d[k]) for k in ("x", "w", "b", "gy"))
+    s, p, op = case.stride, case.pad, case.output_padding
+
+    def fwd():
+        return ck.conv_transpose2d_forward(x, w, b, s, p, op)
+
+    def fwd_bwd():
+        ck.conv_transpose2d_forward(x, w, b, s, p, op)
+        return ck.conv_transpose2d_backward(gy, x, w, s, p, op)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
+def _conv_transpose_torch(case, torch, dev, d):
+    import torch.nn.functional as tF
+
+    x, w, b = (torch.from_numpy(d[k]).to(dev).requires_grad_(True) for k in ("x", "w", "b"))
+    gy = torch.from_numpy(d["gy"]).to(dev)
+    s, p, op = case.stride, case.pad, case.output_padding
+
+    def fwd():
+        with torch.no_grad():
+            return tF.conv_transpose2d(x, w, b, s, p, op)
+
+    def fwd_bwd():
+        return torch.autograd.grad(tF.conv_transpose2d(x, w, b, s, p, op), [x, w, b], gy)
     return {FWD: fwd, FB: fwd_bwd}
 
 

@@ -23,6 +23,7 @@ TARGETS = (
     ("bn_train", "torch", 1.0, (FB,)),
     *((op, "numpy", 20.0, (FWD, FB)) for op in ("roi_align", "roi_pool")),
     ("nms", "numpy", 20.0, (FWD,)),
+    ("convt_28", "torch", 1.0, (FWD, FB)),
 )
 # adaptive pooling (issue 14): at least torch's speed, forward and forward+backward
 TARGETS += tuple((f"adaptive_{k}_{n}", "torch", 1.0, (FWD, FB))
