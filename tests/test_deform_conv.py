@@ -441,8 +441,9 @@ def test_cpu_batch_chunks_give_the_same_bits():
     old = convkit.get_workspace_limit()
     try:
         for images in (1, 2):
-            # per image: 36 column rows of 30 float64, 18*30 table entries of 57 bytes
-            convkit.set_workspace_limit(images * (36 * 30 * 8 + 18 * 30 * 57))
+            # per image: 4 bordered 7x8 planes and 36 column rows of 30 float64, 18*30 table
+            # entries of 56 bytes
+            convkit.set_workspace_limit(images * ((4 * 56 + 36 * 30) * 8 + 18 * 30 * 56))
             for a, b in zip(full, _cpu_bits(c, gy)):
                 assert a.tobytes() == b.tobytes()
     finally:

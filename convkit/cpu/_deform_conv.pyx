@@ -4,18 +4,20 @@
 convkit/reference/deform_conv.py): deformable im2col in C (csrc/deform_conv.h) + the GEMMs of
 the cpu conv (_blas.pxd), in OpenMP tasks.
 
-The batch runs in chunks of ``chunk`` images whose sample tables and columns (C*KK rows of
-P = Ho*Wo) sit in the caller's buffers.  Every task writes a disjoint part of the outputs and
+The batch runs in chunks of ``chunk`` images whose zero-bordered planes, sample tables and
+columns (C*KK rows of P = Ho*Wo) sit in the caller's buffers.  Every task writes a disjoint part of the outputs and
 every sum runs in a fixed order, and the task sizes (``pb`` positions, ``ub`` weight-gradient
 rows) depend on the shapes only: the same bits for any thread count.
 
-forward, per chunk: tasks (image, block of pb positions) build their table entries and columns,
+forward, per chunk: tasks (image, channel) copy x's planes into zero-bordered ones; tasks
+(image, block of pb positions) build their table entries and columns,
 then one GEMM per weight group writes y's block (bias added as the products are stored).
 backward, per chunk: (1) the same tasks build tables and columns; (2) tasks (weight group,
 block of ub rows of grad_weight) add gy[n] @ cols[n]^T for the chunk's images in order;
 (3) tasks (image, block) overwrite their columns with W^T @ gy and turn them into the offset
-and mask gradients and dL/d(sample); (4) tasks (image, channel) zero their grad_x plane and
-add every sample's share into it, taps and positions in order (no atomics).
+and mask gradients and dL/d(sample); (4) tasks (image, channel) zero a bordered plane (the
+bordered x is no longer needed), add every sample's share into it, taps and positions in order
+(no atomics), and copy its interior to grad_x.
 """
 from cython cimport floating
 from cython.parallel cimport prange
@@ -26,60 +28,48 @@ from ._conv_common cimport _min
 
 
 cdef extern from "csrc/deform_conv.h" nogil:
+    void ck_deform_pad_f(const float* x, Py_ssize_t H, Py_ssize_t W, float* xp)
+    void ck_deform_pad_d(const double* x, Py_ssize_t H, Py_ssize_t W, double* xp)
+    void ck_deform_crop_f(const float* gp, Py_ssize_t H, Py_ssize_t W, float* x)
+    void ck_deform_crop_d(const double* gp, Py_ssize_t H, Py_ssize_t W, double* x)
     void ck_deform_table_f(const float* off, Py_ssize_t OG, Py_ssize_t KH, Py_ssize_t KW,
                            Py_ssize_t Wo, Py_ssize_t P, Py_ssize_t H, Py_ssize_t W,
                            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t p0, Py_ssize_t p1,
-                           float* tw, Py_ssize_t* tb, unsigned char* tv)
+                           float* tw, Py_ssize_t* tb)
     void ck_deform_table_d(const double* off, Py_ssize_t OG, Py_ssize_t KH, Py_ssize_t KW,
                            Py_ssize_t Wo, Py_ssize_t P, Py_ssize_t H, Py_ssize_t W,
                            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t p0, Py_ssize_t p1,
-                           double* tw, Py_ssize_t* tb, unsigned char* tv)
-    void ck_deform_cols_f(const float* x, const float* mask, Py_ssize_t C, Py_ssize_t H,
+                           double* tw, Py_ssize_t* tb)
+    void ck_deform_cols_f(const float* xp, const float* mask, Py_ssize_t C, Py_ssize_t H,
                           Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KK, Py_ssize_t P,
                           Py_ssize_t p0, Py_ssize_t p1, const float* tw, const Py_ssize_t* tb,
-                          const unsigned char* tv, float* cols, Py_ssize_t ldc)
-    void ck_deform_cols_d(const double* x, const double* mask, Py_ssize_t C, Py_ssize_t H,
+                          float* cols, Py_ssize_t ldc)
+    void ck_deform_cols_d(const double* xp, const double* mask, Py_ssize_t C, Py_ssize_t H,
                           Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KK, Py_ssize_t P,
                           Py_ssize_t p0, Py_ssize_t p1, const double* tw, const Py_ssize_t* tb,
-                          const unsigned char* tv, double* cols, Py_ssize_t ldc)
-    void ck_deform_coord_f(const float* x, const float* mask, Py_ssize_t C, Py_ssize_t H,
+                          double* cols, Py_ssize_t ldc)
+    void ck_deform_coord_f(const float* xp, const float* mask, Py_ssize_t C, Py_ssize_t H,
                            Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KK, Py_ssize_t P,
                            Py_ssize_t p0, Py_ssize_t p1, const float* tw, const Py_ssize_t* tb,
-                           const unsigned char* tv, float* gc, Py_ssize_t ldc, float* goff,
-                           float* gmask)
-    void ck_deform_coord_d(const double* x, const double* mask, Py_ssize_t C, Py_ssize_t H,
+                           float* gc, Py_ssize_t ldc, float* goff, float* gmask)
+    void ck_deform_coord_d(const double* xp, const double* mask, Py_ssize_t C, Py_ssize_t H,
                            Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KK, Py_ssize_t P,
                            Py_ssize_t p0, Py_ssize_t p1, const double* tw,
-                           const Py_ssize_t* tb, const unsigned char* tv, double* gc,
-                           Py_ssize_t ldc, double* goff, double* gmask)
+                           const Py_ssize_t* tb, double* gc, Py_ssize_t ldc, double* goff,
+                           double* gmask)
     void ck_deform_col2im_f(const float* gs, Py_ssize_t ldc, Py_ssize_t g, Py_ssize_t KK,
                             Py_ssize_t P, Py_ssize_t W, const float* tw, const Py_ssize_t* tb,
-                            const unsigned char* tv, float* gx)
+                            float* gp)
     void ck_deform_col2im_d(const double* gs, Py_ssize_t ldc, Py_ssize_t g, Py_ssize_t KK,
                             Py_ssize_t P, Py_ssize_t W, const double* tw, const Py_ssize_t* tb,
-                            const unsigned char* tv, double* gx)
+                            double* gp)
 
 
 cdef struct Geom:
     Py_ssize_t C, H, W, OG, KH, KW, KK, Wo, P, sh, sw, ph, pw, dh, dw
-
-
-cdef void _table_cols(const floating* x, const floating* off, const floating* mask, Geom* s,
-                      Py_ssize_t p0, Py_ssize_t p1, floating* tw, Py_ssize_t* tb,
-                      unsigned char* tv, floating* cols) noexcept nogil:
-    """Table entries and columns of positions [p0, p1) of one image."""
-    if floating is float:
-        ck_deform_table_f(off, s.OG, s.KH, s.KW, s.Wo, s.P, s.H, s.W, s.sh, s.sw, s.ph, s.pw,
-                          s.dh, s.dw, p0, p1, tw, tb, tv)
-        ck_deform_cols_f(x, mask, s.C, s.H, s.W, s.OG, s.KK, s.P, p0, p1, tw, tb, tv, cols,
-                         s.P)
-    else:
-        ck_deform_table_d(off, s.OG, s.KH, s.KW, s.Wo, s.P, s.H, s.W, s.sh, s.sw, s.ph, s.pw,
-                          s.dh, s.dw, p0, p1, tw, tb, tv)
-        ck_deform_cols_d(x, mask, s.C, s.H, s.W, s.OG, s.KK, s.P, p0, p1, tw, tb, tv, cols,
-                         s.P)
+    Py_ssize_t plane, CKP, TP      # bordered plane, columns and table entries per image
 
 
 cdef Geom _geom(Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KH,
@@ -88,39 +78,75 @@ cdef Geom _geom(Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OG, Py_ssiz
     s.C, s.H, s.W = C, H, W
     s.OG, s.KH, s.KW, s.KK, s.Wo, s.P = OG, KH, KW, KH * KW, Wo, P
     s.sh, s.sw, s.ph, s.pw, s.dh, s.dw = params
+    s.plane = (H + 2) * (W + 2)
+    s.CKP = C * KH * KW * P
+    s.TP = OG * KH * KW * P
     return s
+
+
+cdef void _pad(const floating* x, Geom* s, floating* xp) noexcept nogil:
+    if floating is float:
+        ck_deform_pad_f(x, s.H, s.W, xp)
+    else:
+        ck_deform_pad_d(x, s.H, s.W, xp)
+
+
+cdef void _table_cols(const floating* xp, const floating* off, const floating* mask, Geom* s,
+                      Py_ssize_t p0, Py_ssize_t p1, floating* tw, Py_ssize_t* tb,
+                      floating* cols) noexcept nogil:
+    """Table entries and columns of positions [p0, p1) of one image (xp: its bordered planes)."""
+    if floating is float:
+        ck_deform_table_f(off, s.OG, s.KH, s.KW, s.Wo, s.P, s.H, s.W, s.sh, s.sw, s.ph, s.pw,
+                          s.dh, s.dw, p0, p1, tw, tb)
+        ck_deform_cols_f(xp, mask, s.C, s.H, s.W, s.OG, s.KK, s.P, p0, p1, tw, tb, cols, s.P)
+    else:
+        ck_deform_table_d(off, s.OG, s.KH, s.KW, s.Wo, s.P, s.H, s.W, s.sh, s.sw, s.ph, s.pw,
+                          s.dh, s.dw, p0, p1, tw, tb)
+        ck_deform_cols_d(xp, mask, s.C, s.H, s.W, s.OG, s.KK, s.P, p0, p1, tw, tb, cols, s.P)
+
+
+cdef void _prepare(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] off,
+                   const floating[:, :, :, ::1] mask, bint has_mask, Geom* s, Py_ssize_t n0,
+                   Py_ssize_t nc, Py_ssize_t pb, floating* xpad, floating* cols, floating* tw,
+                   Py_ssize_t* tb, int n_threads) noexcept nogil:
+    """Bordered planes, then table entries and columns, of images [n0, n0 + nc)."""
+    cdef Py_ssize_t nb = (s.P + pb - 1) // pb, t, slot, p0
+    for t in prange(nc * s.C, schedule="static", num_threads=n_threads):
+        _pad(&x[n0 + t // s.C, t % s.C, 0, 0], s, xpad + t * s.plane)
+    for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
+        slot = t // nb
+        p0 = (t - slot * nb) * pb
+        _table_cols(xpad + slot * s.C * s.plane, &off[n0 + slot, 0, 0, 0],
+                    &mask[n0 + slot, 0, 0, 0] if has_mask else <const floating*>NULL, s, p0,
+                    _min(s.P, p0 + pb), tw + slot * s.TP * 6, tb + slot * s.TP,
+                    cols + slot * s.CKP)
 
 
 def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] off,
                    const floating[:, :, :, ::1] w, const floating[::1] bias, bint has_bias,
                    const floating[:, :, :, ::1] mask, bint has_mask, floating[:, :, :, ::1] y,
-                   floating[::1] cols, floating[::1] tw, Py_ssize_t[::1] tb,
-                   unsigned char[::1] tv, tuple params, Py_ssize_t chunk, Py_ssize_t pb,
-                   int n_threads):
-    """y = deform_conv(x, off, w, mask) + bias (IN: x, off, w, bias, mask; OUT: y; scratch:
-    cols (chunk*C*KK*P), tw (chunk*OG*KK*P*6), tb, tv (chunk*OG*KK*P)).  params: (sh, sw,
-    ph, pw, dh, dw)."""
+                   floating[::1] xpad, floating[::1] cols, floating[::1] tw, Py_ssize_t[::1] tb,
+                   tuple params, Py_ssize_t chunk, Py_ssize_t pb, int n_threads):
+    """y = deform_conv(x, off, w, mask) + bias (IN: x, off, w, bias, mask; OUT: y; scratch per
+    chunk image: xpad C*(H+2)*(W+2), cols C*KK*P, tw 6*OG*KK*P, tb OG*KK*P).
+    params: (sh, sw, ph, pw, dh, dw)."""
     cdef Py_ssize_t N = x.shape[0], F = w.shape[0], Cg = w.shape[1]
     cdef Py_ssize_t KH = w.shape[2], KW = w.shape[3], Wo = y.shape[3], P = y.shape[2] * Wo
-    cdef Py_ssize_t OG = off.shape[1] // (2 * KH * KW)
-    cdef Geom s = _geom(x.shape[1], x.shape[2], x.shape[3], OG, KH, KW, Wo, P, params)
+    cdef Geom s = _geom(x.shape[1], x.shape[2], x.shape[3], off.shape[1] // (2 * KH * KW),
+                        KH, KW, Wo, P, params)
     cdef Py_ssize_t G = s.C // Cg, Fg = F // G, K = Cg * s.KK, nb = (P + pb - 1) // pb
-    cdef Py_ssize_t CKP = s.C * s.KK * P, TP = OG * s.KK * P
-    cdef Py_ssize_t n0, nc, t, n, slot, p0, p1, g
+    cdef Py_ssize_t n0, nc, t, n, p0, p1, g
     cdef floating* cp
     for n0 in range(0, N, chunk):
         nc = _min(chunk, N - n0)
         with nogil:
+            _prepare(x, off, mask, has_mask, &s, n0, nc, pb, &xpad[0], &cols[0], &tw[0],
+                     &tb[0], n_threads)
             for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
-                slot = t // nb
-                n = n0 + slot
-                p0 = (t - slot * nb) * pb
+                n = n0 + t // nb
+                p0 = (t % nb) * pb
                 p1 = _min(P, p0 + pb)
-                cp = &cols[0] + slot * CKP
-                _table_cols(&x[n, 0, 0, 0], &off[n, 0, 0, 0],
-                            &mask[n, 0, 0, 0] if has_mask else <const floating*>NULL, &s, p0,
-                            p1, &tw[0] + slot * TP * 6, &tb[0] + slot * TP, &tv[0] + slot * TP,
-                            cp)
+                cp = &cols[0] + (t // nb) * s.CKP
                 for g in range(G):
                     gemm_pk(False, False, Fg, p1 - p0, K, &w[g * Fg, 0, 0, 0], K,
                             <const float*>NULL, cp + g * K * P + p0, P, <floating>0,
@@ -134,34 +160,27 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                     const floating[:, :, :, ::1] mask, bint has_mask,
                     floating[:, :, :, ::1] gx, floating[:, :, :, ::1] goff,
                     floating[:, :, :, ::1] gw, floating[:, :, :, ::1] gmask,
-                    floating[::1] cols, floating[::1] tw, Py_ssize_t[::1] tb,
-                    unsigned char[::1] tv, tuple params, Py_ssize_t chunk, Py_ssize_t pb,
-                    Py_ssize_t ub, int n_threads):
+                    floating[::1] xpad, floating[::1] cols, floating[::1] tw, Py_ssize_t[::1] tb,
+                    tuple params, Py_ssize_t chunk, Py_ssize_t pb, Py_ssize_t ub,
+                    int n_threads):
     """grad_x (gx), grad_offset (goff), grad_weight (gw, zero-filled by the caller) and, with
     has_mask, grad_mask (gmask); all OUT.  Scratch and params as deform_forward's."""
     cdef Py_ssize_t N = x.shape[0], F = w.shape[0], Cg = w.shape[1]
     cdef Py_ssize_t KH = w.shape[2], KW = w.shape[3], Wo = gy.shape[3], P = gy.shape[2] * Wo
-    cdef Py_ssize_t OG = off.shape[1] // (2 * KH * KW)
-    cdef Geom s = _geom(x.shape[1], x.shape[2], x.shape[3], OG, KH, KW, Wo, P, params)
+    cdef Geom s = _geom(x.shape[1], x.shape[2], x.shape[3], off.shape[1] // (2 * KH * KW),
+                        KH, KW, Wo, P, params)
     cdef Py_ssize_t G = s.C // Cg, Fg = F // G, K = Cg * s.KK, nb = (P + pb - 1) // pb
-    cdef Py_ssize_t nub = (K + ub - 1) // ub, C = s.C, H = s.H, W = s.W, KK = s.KK
-    cdef Py_ssize_t CKP = C * KK * P, TP = OG * KK * P
+    cdef Py_ssize_t nub = (K + ub - 1) // ub, C = s.C, KK = s.KK, OG = s.OG
     cdef Py_ssize_t n0, nc, t, n, slot, p0, p1, g, u0, u1, j, c
     cdef floating* cp
+    cdef floating* xs
     cdef const floating* mp
     for n0 in range(0, N, chunk):
         nc = _min(chunk, N - n0)
         with nogil:
-            # (1) tables and columns
-            for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
-                slot = t // nb
-                n = n0 + slot
-                p0 = (t - slot * nb) * pb
-                p1 = _min(P, p0 + pb)
-                _table_cols(&x[n, 0, 0, 0], &off[n, 0, 0, 0],
-                            &mask[n, 0, 0, 0] if has_mask else <const floating*>NULL, &s, p0,
-                            p1, &tw[0] + slot * TP * 6, &tb[0] + slot * TP, &tv[0] + slot * TP,
-                            &cols[0] + slot * CKP)
+            # (1) bordered planes, tables and columns
+            _prepare(x, off, mask, has_mask, &s, n0, nc, pb, &xpad[0], &cols[0], &tw[0],
+                     &tb[0], n_threads)
             # (2) grad_weight: rows [u0, u1) of group g, images in order
             for t in prange(G * nub, schedule="dynamic", num_threads=n_threads):
                 g = t // nub
@@ -169,7 +188,7 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                 u1 = _min(K, u0 + ub)
                 for j in range(nc):
                     gemm(False, True, Fg, u1 - u0, P, <floating>1, &gy[n0 + j, g * Fg, 0, 0], P,
-                         &cols[0] + j * CKP + (g * K + u0) * P, P, <floating>1,
+                         &cols[0] + j * s.CKP + (g * K + u0) * P, P, <floating>1,
                          &gw[g * Fg, 0, 0, 0] + u0, K)
             # (3) dL/dcols = W^T @ gy, then the offset / mask gradients and dL/d(sample)
             for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
@@ -177,31 +196,35 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                 n = n0 + slot
                 p0 = (t - slot * nb) * pb
                 p1 = _min(P, p0 + pb)
-                cp = &cols[0] + slot * CKP
+                cp = &cols[0] + slot * s.CKP
+                xs = &xpad[0] + slot * C * s.plane
                 for g in range(G):
                     gemm(True, False, K, p1 - p0, Fg, <floating>1, &w[g * Fg, 0, 0, 0], K,
                          &gy[n, g * Fg, 0, 0] + p0, P, <floating>0, cp + g * K * P + p0, P)
                 mp = &mask[n, 0, 0, 0] if has_mask else <const floating*>NULL
                 if floating is float:
-                    ck_deform_coord_f(&x[n, 0, 0, 0], mp, C, H, W, OG, KK, P, p0, p1,
-                                      &tw[0] + slot * TP * 6, &tb[0] + slot * TP,
-                                      &tv[0] + slot * TP, cp, P, &goff[n, 0, 0, 0],
+                    ck_deform_coord_f(xs, mp, C, s.H, s.W, OG, KK, P, p0, p1,
+                                      &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP, cp, P,
+                                      &goff[n, 0, 0, 0],
                                       &gmask[n, 0, 0, 0] if has_mask else <float*>NULL)
                 else:
-                    ck_deform_coord_d(&x[n, 0, 0, 0], mp, C, H, W, OG, KK, P, p0, p1,
-                                      &tw[0] + slot * TP * 6, &tb[0] + slot * TP,
-                                      &tv[0] + slot * TP, cp, P, &goff[n, 0, 0, 0],
+                    ck_deform_coord_d(xs, mp, C, s.H, s.W, OG, KK, P, p0, p1,
+                                      &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP, cp, P,
+                                      &goff[n, 0, 0, 0],
                                       &gmask[n, 0, 0, 0] if has_mask else <double*>NULL)
-            # (4) grad_x, one plane per task
+            # (4) grad_x, one plane per task, accumulated in the (now free) bordered plane
             for t in prange(nc * C, schedule="dynamic", num_threads=n_threads):
                 slot = t // C
                 c = t - slot * C
-                memset(&gx[n0 + slot, c, 0, 0], 0, H * W * sizeof(floating))
+                xs = &xpad[0] + t * s.plane
+                memset(xs, 0, s.plane * sizeof(floating))
                 if floating is float:
-                    ck_deform_col2im_f(&cols[0] + slot * CKP + c * KK * P, P, c // (C // OG), KK,
-                                       P, W, &tw[0] + slot * TP * 6, &tb[0] + slot * TP,
-                                       &tv[0] + slot * TP, &gx[n0 + slot, c, 0, 0])
+                    ck_deform_col2im_f(&cols[0] + slot * s.CKP + c * KK * P, P, c // (C // OG),
+                                       KK, P, s.W, &tw[0] + slot * s.TP * 6,
+                                       &tb[0] + slot * s.TP, xs)
+                    ck_deform_crop_f(xs, s.H, s.W, &gx[n0 + slot, c, 0, 0])
                 else:
-                    ck_deform_col2im_d(&cols[0] + slot * CKP + c * KK * P, P, c // (C // OG), KK,
-                                       P, W, &tw[0] + slot * TP * 6, &tb[0] + slot * TP,
-                                       &tv[0] + slot * TP, &gx[n0 + slot, c, 0, 0])
+                    ck_deform_col2im_d(&cols[0] + slot * s.CKP + c * KK * P, P, c // (C // OG),
+                                       KK, P, s.W, &tw[0] + slot * s.TP * 6,
+                                       &tb[0] + slot * s.TP, xs)
+                    ck_deform_crop_d(xs, s.H, s.W, &gx[n0 + slot, c, 0, 0])

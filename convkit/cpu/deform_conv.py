@@ -2,9 +2,9 @@
 around ``_deform_conv`` (deformable im2col in C + the cpu conv's GEMMs; the rule is stated in
 convkit/reference/deform_conv.py).
 
-The batch runs in chunks: a chunk's columns (C*KH*KW*Ho*Wo values per image) and sample tables
-(offset_groups*KH*KW*Ho*Wo entries of six weights, an index and a flag byte per image) are
-held at once, within ``convkit.get_workspace_limit()``; a limit below one image is a
+The batch runs in chunks: a chunk's zero-bordered copies of x's planes (C*(H+2)*(W+2) values
+per image), columns (C*KH*KW*Ho*Wo values) and sample tables (offset_groups*KH*KW*Ho*Wo
+entries of six weights and an index) are held at once, within ``convkit.get_workspace_limit()``; a limit below one image is a
 MemoryError.  Deterministic: the same bits on every run and for any thread count (task sizes
 depend on the shapes only; no atomics).
 """
@@ -27,22 +27,24 @@ _PARALLEL_MIN = 1 << 15
 
 def _plan(op, x, offset, weight, Ho, Wo):
     """(chunk, buffers): images per chunk and its scratch arrays (from the per-thread cache)."""
-    N, C = x.shape[:2]
+    N, C, H, W = x.shape
     _, _, KH, KW = weight.shape
     P = Ho * Wo
     T = offset.shape[1] // 2 * P          # table entries per image: OG*KH*KW*P
     item = x.dtype.itemsize
-    per_image = C * KH * KW * P * item + T * (6 * item + np.dtype(np.intp).itemsize + 1)
+    plane = (H + 2) * (W + 2)
+    per_image = ((C * plane + C * KH * KW * P) * item
+                 + T * (6 * item + np.dtype(np.intp).itemsize))
     limit = get_workspace_limit()
     if per_image > limit:
-        raise MemoryError(f"{op}: one image's deformable columns and sample table need "
+        raise MemoryError(f"{op}: one image's bordered planes, deformable columns and sample table need "
                           f"{per_image} bytes, over the workspace limit of {limit} bytes "
                           f"(convkit.set_workspace_limit)")
     chunk = max(1, min(N, limit // per_image))
-    bufs = (_workspace(chunk * C * KH * KW * P, x.dtype, "deform_cols"),
+    bufs = (_workspace(chunk * C * plane, x.dtype, "deform_planes"),
+            _workspace(chunk * C * KH * KW * P, x.dtype, "deform_cols"),
             _workspace(chunk * T * 6, x.dtype, "deform_weights"),
-            _workspace(chunk * T, np.intp, "deform_index"),
-            _workspace(chunk * T, np.uint8, "deform_flags"))
+            _workspace(chunk * T, np.intp, "deform_index"))
     return chunk, bufs
 
 

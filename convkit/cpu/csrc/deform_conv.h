@@ -2,14 +2,17 @@
    convkit/reference/deform_conv.py), float and double from one macro body; driven by
    _deform_conv.pyx, which runs them in OpenMP tasks and does the GEMMs.
 
+   The kernels read x through a copy of each plane with a one-pixel zero border
+   (Hp = H + 2, Wp = W + 2): every corner of a sample point inside the sampled range
+   (-1 < y < H, -1 < x < W) lies in it, and a corner outside the image reads an exact 0 --
+   torchvision's "a corner outside the image is 0", with no branch per corner.
    A sample table holds, for each sample t = (g*KK + k)*P + p of one image (offset group g,
-   tap k = i*KW + j, output position p = ho*Wo + wo): six weights tw[6t..6t+5] =
-   (hh*hw, hh*lw, lh*hw, lh*lw, lh, lw), the flat index tb[t] = hl*W + wl of its top-left
-   corner, and tv[t]: bits 1, 2, 4, 8 set where corner (hl, wl), (hl, wl+1), (hl+1, wl),
-   (hl+1, wl+1) lies in the image, bit 16 for a NaN point.  A point with y <= -1, y >= H,
-   x <= -1 or x >= W has no corner bits and zero weights, so it samples 0.  Every pixel index a
-   kernel forms comes from the table, made from one read of each offset: an offset changed by
-   another thread meanwhile cannot move a read out of the image. */
+   tap k = i*KW + j, output position p = ho*Wo + wo), six weights tw[6t..6t+5] =
+   (hh*hw, hh*lw, lh*hw, lh*lw, lh, lw) and tb[t] = (hl + 1)*Wp + (wl + 1), the top-left
+   corner in the padded plane.  A point outside the sampled range has zero weights and
+   corner W + 1, whose four corners are all border zeros: it samples 0; a NaN point has NaN
+   weights there: it samples NaN (and its gradient lands on the border only).  Every index a kernel forms comes from the table, made from one read of each
+   offset: an offset changed by another thread meanwhile cannot move a read out of the plane. */
 #ifndef CK_DEFORM_CONV_H
 #define CK_DEFORM_CONV_H
 #include <math.h>
@@ -17,12 +20,35 @@
 #include <string.h>
 
 #define CK_DEFORM_FUNCS(T, SUF)                                                              \
+/* xp (Hp x Wp) = x (H x W) with a zero border of one pixel. */                              \
+static void ck_deform_pad_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, T* xp)                 \
+{                                                                                            \
+    const ptrdiff_t Wp = W + 2;                                                              \
+    ptrdiff_t h;                                                                             \
+    memset(xp, 0, (size_t)Wp * sizeof(T));                                                   \
+    for (h = 0; h < H; h++) {                                                                \
+        T* row = xp + (h + 1) * Wp;                                                          \
+        row[0] = 0;                                                                          \
+        memcpy(row + 1, x + h * W, (size_t)W * sizeof(T));                                   \
+        row[W + 1] = 0;                                                                      \
+    }                                                                                        \
+    memset(xp + (H + 1) * Wp, 0, (size_t)Wp * sizeof(T));                                    \
+}                                                                                            \
+                                                                                             \
+/* x (H x W) = the interior of the padded plane gp (Hp x Wp). */                             \
+static void ck_deform_crop_##SUF(const T* gp, ptrdiff_t H, ptrdiff_t W, T* x)                \
+{                                                                                            \
+    ptrdiff_t h;                                                                             \
+    for (h = 0; h < H; h++)                                                                  \
+        memcpy(x + h * W, gp + (h + 1) * (W + 2) + 1, (size_t)W * sizeof(T));               \
+}                                                                                            \
+                                                                                             \
 /* Table entries of positions [p0, p1) for every offset group and tap of one image; off is  \
    the image's (2*OG*KK, P) offsets. */                                                      \
 static void ck_deform_table_##SUF(const T* off, ptrdiff_t OG, ptrdiff_t KH, ptrdiff_t KW,    \
         ptrdiff_t Wo, ptrdiff_t P, ptrdiff_t H, ptrdiff_t W, ptrdiff_t sh, ptrdiff_t sw,     \
         ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t p0, ptrdiff_t p1,  \
-        T* tw, ptrdiff_t* tb, unsigned char* tv)                                             \
+        T* tw, ptrdiff_t* tb)                                                                \
 {                                                                                            \
     ptrdiff_t g, i, j, p;                                                                    \
     for (g = 0; g < OG; g++)                                                                 \
@@ -36,55 +62,53 @@ static void ck_deform_table_##SUF(const T* off, ptrdiff_t OG, ptrdiff_t KH, ptrd
             const T y = (T)(ho * sh - ph + i * dh) + oy[p];                                  \
             const T x = (T)(wo * sw - pw + j * dw) + ox[p];                                  \
             T* w = tw + 6 * t;                                                               \
-            tb[t] = 0;                                                                       \
+            tb[t] = W + 1;  /* its four corners (0, W+1), (1, 0), (1, W+1), (2, 0): border */ \
             if (!(y > -1 && y < (T)H && x > -1 && x < (T)W)) {                               \
-                w[0] = w[1] = w[2] = w[3] = w[4] = w[5] = 0;                                 \
-                tv[t] = (y != y || x != x) ? 16 : 0;                                         \
+                const T z = (y != y || x != x) ? (T)NAN : (T)0;                              \
+                w[0] = w[1] = w[2] = w[3] = w[4] = w[5] = z;                                 \
                 continue;                                                                    \
             }                                                                                \
             {                                                                                \
                 const T hf = (T)floor((double)y), wf = (T)floor((double)x);                  \
-                const ptrdiff_t hl = (ptrdiff_t)hf, wl = (ptrdiff_t)wf;                      \
                 const T lh = y - hf, lw = x - wf, hh = 1 - lh, hw = 1 - lw;                  \
                 w[0] = hh * hw; w[1] = hh * lw; w[2] = lh * hw; w[3] = lh * lw;              \
                 w[4] = lh; w[5] = lw;                                                        \
-                tb[t] = hl * W + wl;                                                         \
-                tv[t] = (unsigned char)(((hl >= 0 && wl >= 0) ? 1 : 0)                       \
-                        | ((hl >= 0 && wl + 1 < W) ? 2 : 0)                                  \
-                        | ((hl + 1 < H && wl >= 0) ? 4 : 0)                                  \
-                        | ((hl + 1 < H && wl + 1 < W) ? 8 : 0));                             \
+                tb[t] = ((ptrdiff_t)hf + 1) * (W + 2) + ((ptrdiff_t)wf + 1);                 \
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
 }                                                                                            \
                                                                                              \
-/* Columns [p0, p1) of one image: cols[(c*KK + k)*ldc + p] = mask * sample; mask is the    \
-   image's (OG*KK, P) mask or NULL. */                                                       \
-static void ck_deform_cols_##SUF(const T* x, const T* mask, ptrdiff_t C, ptrdiff_t H,        \
+/* Columns [p0, p1) of one image: cols[(c*KK + k)*ldc + p] = mask * sample; xp holds the    \
+   image's C padded planes, mask is the image's (OG*KK, P) mask or NULL. */                  \
+static void ck_deform_cols_##SUF(const T* xp, const T* mask, ptrdiff_t C, ptrdiff_t H,       \
         ptrdiff_t W, ptrdiff_t OG, ptrdiff_t KK, ptrdiff_t P, ptrdiff_t p0, ptrdiff_t p1,    \
-        const T* tw, const ptrdiff_t* tb, const unsigned char* tv, T* cols, ptrdiff_t ldc)   \
+        const T* tw, const ptrdiff_t* tb, T* cols, ptrdiff_t ldc)                            \
 {                                                                                            \
-    const ptrdiff_t Cog = C / OG;                                                            \
+    const ptrdiff_t Cog = C / OG, Wp = W + 2, plane = (H + 2) * (W + 2);                     \
     ptrdiff_t c, k, p;                                                                       \
     for (c = 0; c < C; c++) {                                                                \
-        const T* xp = x + c * H * W;                                                         \
+        const T* xc = xp + c * plane;                                                        \
         const ptrdiff_t g = c / Cog;                                                         \
         for (k = 0; k < KK; k++) {                                                           \
             const ptrdiff_t r = g * KK + k;                                                  \
-            const T* m = mask ? mask + r * P : NULL;                                         \
+            const T* w = tw + 6 * r * P;                                                     \
+            const ptrdiff_t* b = tb + r * P;                                                 \
             T* row = cols + (c * KK + k) * ldc;                                              \
-            for (p = p0; p < p1; p++) {                                                      \
-                const ptrdiff_t t = r * P + p, b = tb[t];                                    \
-                const unsigned v = tv[t];                                                    \
-                const T* w = tw + 6 * t;                                                     \
-                T s;                                                                         \
-                if (v & 16) s = (T)NAN;                                                      \
-                else {                                                                       \
-                    const T v1 = (v & 1) ? xp[b] : 0, v2 = (v & 2) ? xp[b + 1] : 0;          \
-                    const T v3 = (v & 4) ? xp[b + W] : 0, v4 = (v & 8) ? xp[b + W + 1] : 0;  \
-                    s = w[0] * v1 + w[1] * v2 + w[2] * v3 + w[3] * v4;                       \
+            if (mask) {                                                                      \
+                const T* m = mask + r * P;                                                   \
+                for (p = p0; p < p1; p++) {                                                  \
+                    const T* a = xc + b[p];                                                  \
+                    const T* u = w + 6 * p;                                                  \
+                    row[p] = m[p] * (u[0] * a[0] + u[1] * a[1] + u[2] * a[Wp]                \
+                                     + u[3] * a[Wp + 1]);                                    \
                 }                                                                            \
-                row[p] = m ? m[p] * s : s;                                                   \
+            } else {                                                                         \
+                for (p = p0; p < p1; p++) {                                                  \
+                    const T* a = xc + b[p];                                                  \
+                    const T* u = w + 6 * p;                                                  \
+                    row[p] = u[0] * a[0] + u[1] * a[1] + u[2] * a[Wp] + u[3] * a[Wp + 1];    \
+                }                                                                            \
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
@@ -94,69 +118,60 @@ static void ck_deform_cols_##SUF(const T* x, const T* mask, ptrdiff_t C, ptrdiff
    (c*KK + k), stride ldc); each entry is replaced by dL/d(sample) = gc * mask (the input   \
    of ck_deform_col2im).  goff (2*OG*KK, P) and gmask (OG*KK, P, or NULL) are the image's;  \
    the channels of a group are summed in order. */                                           \
-static void ck_deform_coord_##SUF(const T* x, const T* mask, ptrdiff_t C, ptrdiff_t H,       \
+static void ck_deform_coord_##SUF(const T* xp, const T* mask, ptrdiff_t C, ptrdiff_t H,      \
         ptrdiff_t W, ptrdiff_t OG, ptrdiff_t KK, ptrdiff_t P, ptrdiff_t p0, ptrdiff_t p1,    \
-        const T* tw, const ptrdiff_t* tb, const unsigned char* tv, T* gc, ptrdiff_t ldc,     \
-        T* goff, T* gmask)                                                                   \
+        const T* tw, const ptrdiff_t* tb, T* gc, ptrdiff_t ldc, T* goff, T* gmask)           \
 {                                                                                            \
-    const ptrdiff_t Cog = C / OG;                                                            \
+    const ptrdiff_t Cog = C / OG, Wp = W + 2, plane = (H + 2) * (W + 2);                     \
     ptrdiff_t g, k, p, c;                                                                    \
     for (g = 0; g < OG; g++)                                                                 \
     for (k = 0; k < KK; k++) {                                                               \
         const ptrdiff_t r = g * KK + k;                                                      \
         for (p = p0; p < p1; p++) {                                                          \
             const ptrdiff_t t = r * P + p, b = tb[t];                                        \
-            const unsigned v = tv[t];                                                        \
             const T* w = tw + 6 * t;                                                         \
-            const T m = mask ? mask[r * P + p] : (T)1;                                       \
+            const T m = mask ? mask[t] : (T)1;                                               \
             const T lh = w[4], lw = w[5], hh = 1 - lh, hw = 1 - lw;                          \
             T ay = 0, ax = 0, am = 0;                                                        \
             for (c = g * Cog; c < (g + 1) * Cog; c++) {                                      \
-                const T* xp = x + c * H * W;                                                 \
+                const T* a = xp + c * plane + b;                                             \
                 T* e = gc + (c * KK + k) * ldc + p;                                          \
                 const T gs = mask ? *e * m : *e;                                             \
-                T s, dy, dx;                                                                 \
-                if (v & 16) s = dy = dx = (T)NAN;                                            \
-                else {                                                                       \
-                    const T v1 = (v & 1) ? xp[b] : 0, v2 = (v & 2) ? xp[b + 1] : 0;          \
-                    const T v3 = (v & 4) ? xp[b + W] : 0, v4 = (v & 8) ? xp[b + W + 1] : 0;  \
-                    s = w[0] * v1 + w[1] * v2 + w[2] * v3 + w[3] * v4;                       \
-                    dy = lw * (v4 - v2) + hw * (v3 - v1);                                    \
-                    dx = lh * (v4 - v3) + hh * (v2 - v1);                                    \
-                }                                                                            \
+                const T v1 = a[0], v2 = a[1], v3 = a[Wp], v4 = a[Wp + 1];                    \
+                const T s = w[0] * v1 + w[1] * v2 + w[2] * v3 + w[3] * v4;                   \
                 am += *e * s;                                                                \
-                ay += gs * dy;                                                               \
-                ax += gs * dx;                                                               \
+                ay += gs * (lw * (v4 - v2) + hw * (v3 - v1));                                \
+                ax += gs * (lh * (v4 - v3) + hh * (v2 - v1));                                \
                 *e = gs;                                                                     \
             }                                                                                \
             goff[2 * r * P + p] = ay;                                                        \
             goff[(2 * r + 1) * P + p] = ax;                                                  \
-            if (gmask) gmask[r * P + p] = am;                                                \
+            if (gmask) gmask[t] = am;                                                        \
         }                                                                                    \
     }                                                                                        \
 }                                                                                            \
                                                                                              \
-/* grad_x of one channel plane gx (zeroed by the caller): each tap row of gs (KK rows,      \
-   stride ldc, offset group g) adds gs * weight at the corners its samples read, taps and    \
-   positions in order (the same bits for any thread count). */                               \
+/* grad of one padded channel plane gp (zeroed by the caller): each tap row of gs (KK rows, \
+   stride ldc, offset group g) adds gs * weight at the four corners of its samples, taps     \
+   and positions in order (the same bits for any thread count).  What lands on the border    \
+   (corners outside the image, points outside the range or NaN) is cropped away. */          \
 static void ck_deform_col2im_##SUF(const T* gs, ptrdiff_t ldc, ptrdiff_t g, ptrdiff_t KK,    \
-        ptrdiff_t P, ptrdiff_t W, const T* tw, const ptrdiff_t* tb, const unsigned char* tv,  \
-        T* gx)                                                                               \
+        ptrdiff_t P, ptrdiff_t W, const T* tw, const ptrdiff_t* tb, T* gp)                   \
 {                                                                                            \
+    const ptrdiff_t Wp = W + 2;                                                              \
     ptrdiff_t k, p;                                                                          \
     for (k = 0; k < KK; k++) {                                                               \
         const T* row = gs + k * ldc;                                                         \
-        const ptrdiff_t r = g * KK + k;                                                      \
+        const T* w = tw + 6 * (g * KK + k) * P;                                              \
+        const ptrdiff_t* b = tb + (g * KK + k) * P;                                          \
         for (p = 0; p < P; p++) {                                                            \
-            const ptrdiff_t t = r * P + p, b = tb[t];                                        \
-            const unsigned v = tv[t];                                                        \
-            const T* w = tw + 6 * t;                                                         \
+            T* a = gp + b[p];                                                                \
+            const T* u = w + 6 * p;                                                          \
             const T e = row[p];                                                              \
-            if (!(v & 15)) continue;                                                         \
-            if (v & 1) gx[b] += e * w[0];                                                    \
-            if (v & 2) gx[b + 1] += e * w[1];                                                \
-            if (v & 4) gx[b + W] += e * w[2];                                                \
-            if (v & 8) gx[b + W + 1] += e * w[3];                                            \
+            a[0] += e * u[0];                                                                \
+            a[1] += e * u[1];                                                                \
+            a[Wp] += e * u[2];                                                               \
+            a[Wp + 1] += e * u[3];                                                           \
         }                                                                                    \
     }                                                                                        \
 }
