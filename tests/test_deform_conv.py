@@ -448,3 +448,64 @@ def test_cpu_batch_chunks_give_the_same_bits():
                 assert a.tobytes() == b.tobytes()
     finally:
         convkit.set_workspace_limit(old)
+
+
+# ------------------------------------------------------------- cuda on the host emulation
+from test_cuda_backend import emulated  # noqa: E402,F401  (the fixture: CudaBackend, no GPU)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_emulated_cuda_matches_the_reference(emulated, name, deterministic):
+    """The cuda kernels (im2col, offset/mask gradient, atomic and ordered col2im) on the host
+    emulation against the numpy reference, float64; the batch in chunks of one image."""
+    c = make_case(name, seed=13)
+    gy = np.random.default_rng(14).standard_normal(_fwd("numpy", c).shape)
+    want = [_fwd("numpy", c)] + list(_bwd("numpy", gy, c))
+    convkit.set_deterministic(deterministic)
+    old = convkit.get_workspace_limit()
+    try:
+        for limit in (old, 1):      # 1: too small: the boundary says so
+            convkit.set_workspace_limit(limit)
+            if limit == 1:
+                with pytest.raises(MemoryError, match="workspace limit"):
+                    _fwd("cuda", c)
+                continue
+            got = [_fwd("cuda", c)] + list(_bwd("cuda", gy, c))
+            for g, w, what in zip(got, want, ("y", "x", "offset", "weight", "bias", "mask")):
+                if w is None:
+                    assert g is None, what
+                    continue
+                np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10, err_msg=what)
+        # a limit that fits one image's columns and their gradient: one image per chunk
+        N, C = c["x"].shape[:2]
+        P, KK = gy.shape[2] * gy.shape[3], c["weight"].shape[2] * c["weight"].shape[3]
+        convkit.set_workspace_limit(C * KK * P * 8 * (2 + (4 * 2 if deterministic else 0)))
+        got = [_fwd("cuda", c)] + list(_bwd("cuda", gy, c))
+        for g, w in zip(got, want):
+            if w is not None:
+                np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
+    finally:
+        convkit.set_workspace_limit(old)
+
+
+def test_emulated_cuda_deterministic_grad_x_sums_shared_pixels_in_order(emulated):
+    """Every sample of every tap lands on the same pixel (offsets pull all taps to one
+    point): the ordered gather adds them in column order, the same bits on every run, equal
+    to the atomic path up to rounding."""
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((1, 2, 4, 4))
+    w = rng.standard_normal((3, 2, 3, 3))
+    base = np.stack(np.meshgrid(np.arange(3), np.arange(3), indexing="ij")).reshape(2, 9)
+    off = np.zeros((1, 9, 2, 2, 2))
+    off[0, :, 0] = (1.25 - base[0])[:, None, None] - np.arange(2)[None, :, None]
+    off[0, :, 1] = (2.5 - base[1])[:, None, None] - np.arange(2)[None, None, :]
+    off = off.reshape(1, 18, 2, 2)
+    gy = rng.standard_normal((1, 3, 2, 2))
+    want = run("numpy", F.deform_conv2d_backward, gy, x, off, w)[0]
+    convkit.set_deterministic(True)
+    a = run("cuda", F.deform_conv2d_backward, gy, x, off, w)[0]
+    b = run("cuda", F.deform_conv2d_backward, gy, x, off, w)[0]
+    assert a.tobytes() == b.tobytes()
+    np.testing.assert_allclose(a, want, rtol=1e-12, atol=1e-12)
+    assert np.count_nonzero(a) == 2 * 4      # the four corners of (1.25, 2.5) in each channel
