@@ -10,8 +10,9 @@ every sum runs in a fixed order, and the task sizes (``pb`` positions, ``ub`` we
 rows) depend on the shapes only: the same bits for any thread count.
 
 forward, per chunk: tasks (image, channel) copy x's planes into zero-bordered ones; tasks
-(image, block of pb positions) build their table entries and columns,
-then one GEMM per weight group writes y's block (bias added as the products are stored).
+(image, block of pb positions) build their table entries and columns in their thread's
+scratch, then one GEMM per weight group writes y's block (bias added as the products are
+stored).
 backward, per chunk: (1) the same tasks build tables and columns; (2) tasks (weight group,
 block of ub rows of grad_weight) add gy[n] @ cols[n]^T for the chunk's images in order;
 (3) tasks (image, block) overwrite their columns with W^T @ gy and turn them into the offset
@@ -20,7 +21,7 @@ bordered x is no longer needed), add every sample's share into it, taps and posi
 (no atomics), and copy its interior to grad_x.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.string cimport memset
 
 from ._blas cimport gemm, gemm_pk
@@ -36,29 +37,29 @@ cdef extern from "csrc/deform_conv.h" nogil:
                            Py_ssize_t Wo, Py_ssize_t P, Py_ssize_t H, Py_ssize_t W,
                            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t p0, Py_ssize_t p1,
-                           float* tw, Py_ssize_t* tb)
+                           float* tw, Py_ssize_t* tb, Py_ssize_t ldt)
     void ck_deform_table_d(const double* off, Py_ssize_t OG, Py_ssize_t KH, Py_ssize_t KW,
                            Py_ssize_t Wo, Py_ssize_t P, Py_ssize_t H, Py_ssize_t W,
                            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t p0, Py_ssize_t p1,
-                           double* tw, Py_ssize_t* tb)
+                           double* tw, Py_ssize_t* tb, Py_ssize_t ldt)
     void ck_deform_cols_f(const float* xp, const float* mask, Py_ssize_t C, Py_ssize_t H,
                           Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KK, Py_ssize_t P,
                           Py_ssize_t p0, Py_ssize_t p1, const float* tw, const Py_ssize_t* tb,
-                          float* cols, Py_ssize_t ldc)
+                          Py_ssize_t ldt, float* cols, Py_ssize_t ldc)
     void ck_deform_cols_d(const double* xp, const double* mask, Py_ssize_t C, Py_ssize_t H,
                           Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KK, Py_ssize_t P,
                           Py_ssize_t p0, Py_ssize_t p1, const double* tw, const Py_ssize_t* tb,
-                          double* cols, Py_ssize_t ldc)
+                          Py_ssize_t ldt, double* cols, Py_ssize_t ldc)
     void ck_deform_coord_f(const float* xp, const float* mask, Py_ssize_t C, Py_ssize_t H,
                            Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KK, Py_ssize_t P,
                            Py_ssize_t p0, Py_ssize_t p1, const float* tw, const Py_ssize_t* tb,
-                           float* gc, Py_ssize_t ldc, float* goff, float* gmask)
+                           Py_ssize_t ldt, float* gc, Py_ssize_t ldc, float* goff, float* gmask)
     void ck_deform_coord_d(const double* xp, const double* mask, Py_ssize_t C, Py_ssize_t H,
                            Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KK, Py_ssize_t P,
                            Py_ssize_t p0, Py_ssize_t p1, const double* tw,
-                           const Py_ssize_t* tb, double* gc, Py_ssize_t ldc, double* goff,
-                           double* gmask)
+                           const Py_ssize_t* tb, Py_ssize_t ldt, double* gc, Py_ssize_t ldc,
+                           double* goff, double* gmask)
     void ck_deform_col2im_f(const float* gs, Py_ssize_t ldc, Py_ssize_t g, Py_ssize_t KK,
                             Py_ssize_t P, Py_ssize_t W, const float* tw, const Py_ssize_t* tb,
                             float* gp)
@@ -93,33 +94,28 @@ cdef void _pad(const floating* x, Geom* s, floating* xp) noexcept nogil:
 
 cdef void _table_cols(const floating* xp, const floating* off, const floating* mask, Geom* s,
                       Py_ssize_t p0, Py_ssize_t p1, floating* tw, Py_ssize_t* tb,
-                      floating* cols) noexcept nogil:
-    """Table entries and columns of positions [p0, p1) of one image (xp: its bordered planes)."""
+                      Py_ssize_t ldt, floating* cols, Py_ssize_t ldc) noexcept nogil:
+    """Table entries (position p of tap r at r*ldt + p - p0) and columns (column p at
+    p - p0 of rows of stride ldc) of positions [p0, p1) of one image (xp: its bordered
+    planes)."""
     if floating is float:
         ck_deform_table_f(off, s.OG, s.KH, s.KW, s.Wo, s.P, s.H, s.W, s.sh, s.sw, s.ph, s.pw,
-                          s.dh, s.dw, p0, p1, tw, tb)
-        ck_deform_cols_f(xp, mask, s.C, s.H, s.W, s.OG, s.KK, s.P, p0, p1, tw, tb, cols, s.P)
+                          s.dh, s.dw, p0, p1, tw, tb, ldt)
+        ck_deform_cols_f(xp, mask, s.C, s.H, s.W, s.OG, s.KK, s.P, p0, p1, tw, tb, ldt, cols,
+                         ldc)
     else:
         ck_deform_table_d(off, s.OG, s.KH, s.KW, s.Wo, s.P, s.H, s.W, s.sh, s.sw, s.ph, s.pw,
-                          s.dh, s.dw, p0, p1, tw, tb)
-        ck_deform_cols_d(xp, mask, s.C, s.H, s.W, s.OG, s.KK, s.P, p0, p1, tw, tb, cols, s.P)
+                          s.dh, s.dw, p0, p1, tw, tb, ldt)
+        ck_deform_cols_d(xp, mask, s.C, s.H, s.W, s.OG, s.KK, s.P, p0, p1, tw, tb, ldt, cols,
+                         ldc)
 
 
-cdef void _prepare(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] off,
-                   const floating[:, :, :, ::1] mask, bint has_mask, Geom* s, Py_ssize_t n0,
-                   Py_ssize_t nc, Py_ssize_t pb, floating* xpad, floating* cols, floating* tw,
-                   Py_ssize_t* tb, int n_threads) noexcept nogil:
-    """Bordered planes, then table entries and columns, of images [n0, n0 + nc)."""
-    cdef Py_ssize_t nb = (s.P + pb - 1) // pb, t, slot, p0
+cdef void _pad_chunk(const floating[:, :, :, ::1] x, Geom* s, Py_ssize_t n0, Py_ssize_t nc,
+                     floating* xpad, int n_threads) noexcept nogil:
+    """Bordered planes of images [n0, n0 + nc), one task per plane."""
+    cdef Py_ssize_t t
     for t in prange(nc * s.C, schedule="static", num_threads=n_threads):
         _pad(&x[n0 + t // s.C, t % s.C, 0, 0], s, xpad + t * s.plane)
-    for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
-        slot = t // nb
-        p0 = (t - slot * nb) * pb
-        _table_cols(xpad + slot * s.C * s.plane, &off[n0 + slot, 0, 0, 0],
-                    &mask[n0 + slot, 0, 0, 0] if has_mask else <const floating*>NULL, s, p0,
-                    _min(s.P, p0 + pb), tw + slot * s.TP * 6, tb + slot * s.TP,
-                    cols + slot * s.CKP)
 
 
 def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] off,
@@ -127,29 +123,33 @@ def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                    const floating[:, :, :, ::1] mask, bint has_mask, floating[:, :, :, ::1] y,
                    floating[::1] xpad, floating[::1] cols, floating[::1] tw, Py_ssize_t[::1] tb,
                    tuple params, Py_ssize_t chunk, Py_ssize_t pb, int n_threads):
-    """y = deform_conv(x, off, w, mask) + bias (IN: x, off, w, bias, mask; OUT: y; scratch per
-    chunk image: xpad C*(H+2)*(W+2), cols C*KK*P, tw 6*OG*KK*P, tb OG*KK*P).
-    params: (sh, sw, ph, pw, dh, dw)."""
+    """y = deform_conv(x, off, w, mask) + bias (IN: x, off, w, bias, mask; OUT: y).  Scratch:
+    xpad C*(H+2)*(W+2) per chunk image; per thread, one task's columns (C*KK*pb), table
+    weights (6*OG*KK*pb) and corners (tb, OG*KK*pb) -- a task's columns are consumed by its
+    GEMMs while they are still in cache.  params: (sh, sw, ph, pw, dh, dw)."""
     cdef Py_ssize_t N = x.shape[0], F = w.shape[0], Cg = w.shape[1]
     cdef Py_ssize_t KH = w.shape[2], KW = w.shape[3], Wo = y.shape[3], P = y.shape[2] * Wo
     cdef Geom s = _geom(x.shape[1], x.shape[2], x.shape[3], off.shape[1] // (2 * KH * KW),
                         KH, KW, Wo, P, params)
     cdef Py_ssize_t G = s.C // Cg, Fg = F // G, K = Cg * s.KK, nb = (P + pb - 1) // pb
-    cdef Py_ssize_t n0, nc, t, n, p0, p1, g
+    cdef Py_ssize_t RK = s.OG * s.KK, n0, nc, t, n, p0, p1, g, tid
     cdef floating* cp
     for n0 in range(0, N, chunk):
         nc = _min(chunk, N - n0)
         with nogil:
-            _prepare(x, off, mask, has_mask, &s, n0, nc, pb, &xpad[0], &cols[0], &tw[0],
-                     &tb[0], n_threads)
+            _pad_chunk(x, &s, n0, nc, &xpad[0], n_threads)
             for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
                 n = n0 + t // nb
                 p0 = (t % nb) * pb
                 p1 = _min(P, p0 + pb)
-                cp = &cols[0] + (t // nb) * s.CKP
+                tid = threadid()
+                cp = &cols[0] + tid * s.C * s.KK * pb
+                _table_cols(&xpad[0] + (t // nb) * s.C * s.plane, &off[n, 0, 0, 0],
+                            &mask[n, 0, 0, 0] if has_mask else <const floating*>NULL, &s, p0,
+                            p1, &tw[0] + tid * RK * pb * 6, &tb[0] + tid * RK * pb, pb, cp, pb)
                 for g in range(G):
                     gemm_pk(False, False, Fg, p1 - p0, K, &w[g * Fg, 0, 0, 0], K,
-                            <const float*>NULL, cp + g * K * P + p0, P, <floating>0,
+                            <const float*>NULL, cp + g * K * pb, pb, <floating>0,
                             &y[n, g * Fg, 0, 0] + p0, P,
                             &bias[g * Fg] if has_bias else <const floating*>NULL)
     return y
@@ -179,8 +179,14 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
         nc = _min(chunk, N - n0)
         with nogil:
             # (1) bordered planes, tables and columns
-            _prepare(x, off, mask, has_mask, &s, n0, nc, pb, &xpad[0], &cols[0], &tw[0],
-                     &tb[0], n_threads)
+            _pad_chunk(x, &s, n0, nc, &xpad[0], n_threads)
+            for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
+                slot = t // nb
+                p0 = (t - slot * nb) * pb
+                _table_cols(&xpad[0] + slot * C * s.plane, &off[n0 + slot, 0, 0, 0],
+                            &mask[n0 + slot, 0, 0, 0] if has_mask else <const floating*>NULL,
+                            &s, p0, _min(P, p0 + pb), &tw[0] + (slot * s.TP + p0) * 6,
+                            &tb[0] + slot * s.TP + p0, P, &cols[0] + slot * s.CKP + p0, P)
             # (2) grad_weight: rows [u0, u1) of group g, images in order
             for t in prange(G * nub, schedule="dynamic", num_threads=n_threads):
                 g = t // nub
@@ -204,12 +210,14 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                 mp = &mask[n, 0, 0, 0] if has_mask else <const floating*>NULL
                 if floating is float:
                     ck_deform_coord_f(xs, mp, C, s.H, s.W, OG, KK, P, p0, p1,
-                                      &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP, cp, P,
+                                      &tw[0] + (slot * s.TP + p0) * 6, &tb[0] + slot * s.TP + p0,
+                                      P, cp + p0, P,
                                       &goff[n, 0, 0, 0],
                                       &gmask[n, 0, 0, 0] if has_mask else <float*>NULL)
                 else:
                     ck_deform_coord_d(xs, mp, C, s.H, s.W, OG, KK, P, p0, p1,
-                                      &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP, cp, P,
+                                      &tw[0] + (slot * s.TP + p0) * 6, &tb[0] + slot * s.TP + p0,
+                                      P, cp + p0, P,
                                       &goff[n, 0, 0, 0],
                                       &gmask[n, 0, 0, 0] if has_mask else <double*>NULL)
             # (4) grad_x, one plane per task, accumulated in the (now free) bordered plane

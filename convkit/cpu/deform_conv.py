@@ -18,33 +18,47 @@ from .conv import _blas_pin, _workspace
 
 # Positions per task (a block of output pixels of one image) and grad_weight rows per task:
 # fixed sizes (never the thread count), so that the GEMM shapes and thus the bits do not
-# depend on how many threads run.
+# depend on how many threads run.  The forward's blocks are small enough that a task's
+# columns (C*KH*KW*64 values: 147 KiB for bench's deform_conv) stay in cache for its GEMMs.
+_FWD_POSITIONS = 64
 _POSITIONS = 256
 _WEIGHT_ROWS = 64
 # Below this many sample-channel products a call runs on one thread.
 _PARALLEL_MIN = 1 << 15
 
 
-def _plan(op, x, offset, weight, Ho, Wo):
-    """(chunk, buffers): images per chunk and its scratch arrays (from the per-thread cache)."""
+def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
+    """(chunk, buffers): images per chunk and the scratch arrays (from the per-thread cache).
+
+    forward: per chunk image its bordered planes; per thread one task's columns and table.
+    backward: per chunk image its bordered planes, columns and table."""
     N, C, H, W = x.shape
     _, _, KH, KW = weight.shape
     P = Ho * Wo
-    T = offset.shape[1] // 2 * P          # table entries per image: OG*KH*KW*P
+    RK = offset.shape[1] // 2             # offset groups * taps
     item = x.dtype.itemsize
+    entry = 6 * item + np.dtype(np.intp).itemsize       # one table entry
     plane = (H + 2) * (W + 2)
-    per_image = ((C * plane + C * KH * KW * P) * item
-                 + T * (6 * item + np.dtype(np.intp).itemsize))
+    if forward:
+        pb = min(P, _FWD_POSITIONS)
+        fixed = n_threads * (C * KH * KW * pb * item + RK * pb * entry)
+        per_image = C * plane * item
+        cols, table = n_threads * C * KH * KW * pb, n_threads * RK * pb
+    else:
+        fixed = 0
+        per_image = (C * plane + C * KH * KW * P) * item + RK * P * entry
     limit = get_workspace_limit()
-    if per_image > limit:
-        raise MemoryError(f"{op}: one image's bordered planes, deformable columns and sample table need "
-                          f"{per_image} bytes, over the workspace limit of {limit} bytes "
-                          f"(convkit.set_workspace_limit)")
-    chunk = max(1, min(N, limit // per_image))
+    if fixed + per_image > limit:
+        raise MemoryError(f"{op}: one image's bordered planes, deformable columns and sample "
+                          f"table need {fixed + per_image} bytes, over the workspace limit of "
+                          f"{limit} bytes (convkit.set_workspace_limit)")
+    chunk = max(1, min(N, (limit - fixed) // per_image))
+    if not forward:
+        cols, table = chunk * C * KH * KW * P, chunk * RK * P
     bufs = (_workspace(chunk * C * plane, x.dtype, "deform_planes"),
-            _workspace(chunk * C * KH * KW * P, x.dtype, "deform_cols"),
-            _workspace(chunk * T * 6, x.dtype, "deform_weights"),
-            _workspace(chunk * T, np.intp, "deform_index"))
+            _workspace(cols, x.dtype, "deform_cols"),
+            _workspace(table * 6, x.dtype, "deform_weights"),
+            _workspace(table, np.intp, "deform_index"))
     return chunk, bufs
 
 
@@ -64,27 +78,28 @@ _NO_MASK = {np.dtype(np.float32): np.zeros((1, 1, 1, 1), np.float32),
 def deform_conv2d_forward(x, offset, weight, bias, stride, padding, dilation, mask):
     N, F = x.shape[0], weight.shape[0]
     Ho, Wo = offset.shape[2:]
-    chunk, bufs = _plan("deform_conv2d_forward", x, offset, weight, Ho, Wo)
+    n = _threads(x, weight, Ho * Wo)
+    chunk, bufs = _plan("deform_conv2d_forward", x, offset, weight, Ho, Wo, n, True)
     y = np.empty((N, F, Ho, Wo), x.dtype)
     b = bias if bias is not None else np.zeros(1, x.dtype)
     m = mask if mask is not None else _NO_MASK[x.dtype]
     with _blas_pin(x.dtype):
         _deform_conv.deform_forward(x, offset, weight, b, bias is not None, m, mask is not None,
                                     y, *bufs, _params(stride, padding, dilation), chunk,
-                                    _POSITIONS, _threads(x, weight, Ho * Wo))
+                                    min(Ho * Wo, _FWD_POSITIONS), n)
     return y
 
 
 def deform_conv2d_backward(grad_y, x, offset, weight, stride, padding, dilation, mask, has_bias):
     Ho, Wo = offset.shape[2:]
-    chunk, bufs = _plan("deform_conv2d_backward", x, offset, weight, Ho, Wo)
+    n = _threads(x, weight, Ho * Wo)
+    chunk, bufs = _plan("deform_conv2d_backward", x, offset, weight, Ho, Wo, n, False)
     dt = x.dtype
     gx = np.empty(x.shape, dt)
     goff = np.empty(offset.shape, dt)
     gw = np.zeros(weight.shape, dt)
     gm = np.empty(mask.shape, dt) if mask is not None else _NO_MASK[dt]
     m = mask if mask is not None else _NO_MASK[dt]
-    n = _threads(x, weight, Ho * Wo)
     with _blas_pin(dt):
         _deform_conv.deform_backward(grad_y, x, offset, weight, m, mask is not None, gx, goff,
                                      gw, gm, *bufs, _params(stride, padding, dilation), chunk,
