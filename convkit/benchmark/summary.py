@@ -23,6 +23,7 @@ TARGETS = (
     ("bn_train", "torch", 1.0, (FB,)),
     *((op, "numpy", 20.0, (FWD, FB)) for op in ("roi_align", "roi_pool")),
     ("nms", "numpy", 20.0, (FWD,)),
+    ("deform_conv", "numpy", 20.0, (FWD, FB)),
 )
 GEOMEAN_TARGET = 1.0
 MEMORY_TARGET = 2.0
@@ -87,7 +88,7 @@ def user_targets(summary, memory, backend="cpu"):
 
 
 FAMILY_TITLES = {"conv": "convolution layers", "pool": "pooling", "bn": "batch norm (training)",
-                 "roi": "RoI align / RoI pool", "nms": "NMS"}
+                 "roi": "RoI align / RoI pool", "nms": "NMS", "deform": "deformable convolution"}
 
 
 def family_summaries(rows, backend):
