@@ -192,14 +192,14 @@ def _nms_torch(case, torch, dev, d):
 
 def _deform_convkit(case, be, d):
     x, off, m, w, b, gy = (be.asarray(d[k]) for k in ("x", "offset", "mask", "w", "b", "gy"))
-    p = case.pad
+    s, p = case.stride, case.pad
 
     def fwd():
-        return ck.deform_conv2d_forward(x, off, w, b, 1, p, 1, m)
+        return ck.deform_conv2d_forward(x, off, w, b, s, p, 1, m)
 
     def fwd_bwd():
-        ck.deform_conv2d_forward(x, off, w, b, 1, p, 1, m)
-        return ck.deform_conv2d_backward(gy, x, off, w, 1, p, 1, m)
+        ck.deform_conv2d_forward(x, off, w, b, s, p, 1, m)
+        return ck.deform_conv2d_backward(gy, x, off, w, s, p, 1, m)
     return {FWD: fwd, FB: fwd_bwd}
 
 
@@ -209,14 +209,14 @@ def _deform_torch(case, torch, dev, d):
     x, off, m, w, b = (torch.from_numpy(d[k]).to(dev).requires_grad_(True)
                        for k in ("x", "offset", "mask", "w", "b"))
     gy = torch.from_numpy(d["gy"]).to(dev)
-    p = case.pad
+    s, p = case.stride, case.pad
 
     def fwd():
         with torch.no_grad():
-            return tvo.deform_conv2d(x, off, w, b, 1, p, 1, m)
+            return tvo.deform_conv2d(x, off, w, b, s, p, 1, m)
 
     def fwd_bwd():   # the order of convkit's backward: x, offset, weight, bias, mask
-        return torch.autograd.grad(tvo.deform_conv2d(x, off, w, b, 1, p, 1, m),
+        return torch.autograd.grad(tvo.deform_conv2d(x, off, w, b, s, p, 1, m),
                                    [x, off, w, b, m], gy)
     return {FWD: fwd, FB: fwd_bwd}
 

@@ -211,43 +211,21 @@ class NmsCase:
 
 
 @dataclass(frozen=True)
-class DeformCase:
-    """deform_conv2d (DCNv2: with a modulation mask), float32 NCHW, square kernel, stride 1,
-    one offset group, bias; offsets ~N(0, 1) pixels, mask uniform in [0, 1)."""
-    name: str
-    N: int
-    C: int
-    H: int
-    W: int
-    F: int
-    K: int
-    pad: int
+class DeformCase(ConvCase):
+    """deform_conv2d (DCNv2: with a modulation mask) on a conv's shapes (no groups), one offset
+    group; offsets ~N(0, 1) pixels, mask uniform in [0, 1)."""
     family: str = "deform"
-    passes: tuple = (FWD, FB)
-
-    @property
-    def out_hw(self):
-        return _conv_out(self.H, self.K, 1, self.pad), _conv_out(self.W, self.K, 1, self.pad)
 
     def describe(self):
-        return (f"x({self.N},{self.C},{self.H},{self.W}) w({self.F},{self.C},{self.K},{self.K}) "
-                f"p{self.pad} offsets N(0,1) + mask")
-
-    def work(self, pas):
-        Ho, Wo = self.out_hw
-        f = 2 * self.N * self.F * Ho * Wo * self.C * self.K * self.K
-        return "GFLOP/s", f if pas == FWD else 3 * f
+        return super().describe() + " offsets N(0,1) + mask"
 
     def inputs(self, rng):
+        d = super().inputs(rng)
         Ho, Wo = self.out_hw
         kk = self.K * self.K
-        return {"x": rng.standard_normal((self.N, self.C, self.H, self.W), F32),
-                "offset": rng.standard_normal((self.N, 2 * kk, Ho, Wo), F32),
-                "mask": rng.random((self.N, kk, Ho, Wo), F32),
-                "w": (rng.standard_normal((self.F, self.C, self.K, self.K), F32)
-                      * F32(1.0 / math.sqrt(self.C * kk))),
-                "b": rng.standard_normal(self.F, F32),
-                "gy": rng.standard_normal((self.N, self.F, Ho, Wo), F32)}
+        d["offset"] = rng.standard_normal((self.N, 2 * kk, Ho, Wo), F32)
+        d["mask"] = rng.random((self.N, kk, Ho, Wo), F32)
+        return d
 
 
 _BIG = (8, 64, 112, 112)
@@ -268,7 +246,7 @@ CASES = (
     RoiCase("roi_align", "align", (2, 256, 50, 68), 512, (800, 1088)),
     RoiCase("roi_pool", "pool", (2, 256, 50, 68), 512, (800, 1088)),
     NmsCase("nms", 6000, 0.7, (800, 1088), 300),
-    DeformCase("deform_conv", 4, 64, 28, 28, 64, 3, 1),     # a DCN layer in a ResNet stage
+    DeformCase("deform_conv", 4, 64, 28, 28, 64, 3, 1, 1),     # a DCN layer in a ResNet stage
 )
 """The layer suite (float32 NCHW).  Names are stable: ``--ops``, JSON and RESULTS.md use them."""
 
@@ -291,7 +269,7 @@ QUICK_CASES = (
     RoiCase("roi_align", "align", (2, 8, 12, 17), 16, (192, 272)),
     RoiCase("roi_pool", "pool", (2, 8, 12, 17), 16, (192, 272)),
     NmsCase("nms", 300, 0.7, (192, 272), 20),
-    DeformCase("deform_conv", 2, 4, 8, 8, 4, 3, 1),
+    DeformCase("deform_conv", 2, 4, 8, 8, 4, 3, 1, 1),
 )
 """Tiny twins of :data:`CASES` (same names, same structure) for tests: ``--quick``."""
 

@@ -141,14 +141,11 @@ static void ck_deform_coord_##SUF(const T* xp, const T* mask, ptrdiff_t C, ptrdi
         T* gmask)                                                                            \
 {                                                                                            \
     const ptrdiff_t Cog = C / OG, Wp = W + 2, plane = (H + 2) * (W + 2);                     \
-    ptrdiff_t g, k, q0, q1, p, c;                                                            \
+    ptrdiff_t r, q0, q1, p, c;                                                               \
     T ay[CK_DEFORM_SPAN], ax[CK_DEFORM_SPAN], am[CK_DEFORM_SPAN];                            \
-    for (g = 0; g < OG; g++)                                                                 \
-    for (k = 0; k < KK; k++) {                                                               \
-        const ptrdiff_t r = g * KK + k;                                                      \
-        const T* w = tw + 6 * r * ldt;       /* position p: w + 6(p - p0), b[p - p0] */      \
-        const ptrdiff_t* b = tb + r * ldt;                                                   \
-        const T* m = mask ? mask + r * P : NULL;                                             \
+    for (r = 0; r < OG * KK; r++) {      /* tap r = g*KK + k */                              \
+        const ptrdiff_t g = r / KK, k = r - (r / KK) * KK, *b = tb + r * ldt;                \
+        const T *w = tw + 6 * r * ldt, *m = mask ? mask + r * P : NULL;                      \
         for (q0 = p0; q0 < p1; q0 = q1) {                                                    \
             q1 = p1 - q0 > CK_DEFORM_SPAN ? q0 + CK_DEFORM_SPAN : p1;                        \
             for (p = q0; p < q1; p++) ay[p - q0] = ax[p - q0] = am[p - q0] = 0;              \
