@@ -59,18 +59,42 @@ __device__ __forceinline__ scalar_t dc_mix(const DcPoint& q, const scalar_t* v)
     return hh * hw * v[0] + hh * q.lw * v[1] + q.lh * hw * v[2] + q.lh * q.lw * v[3];
 }
 
-// Position of tap r = (g*KH + i)*KW + j of output p = ho*Wo + wo of image n.
-__device__ __forceinline__ void dc_position(const scalar_t* off, long long n, long long r,
-                                            long long i, long long j, long long p, long long Wo,
-                                            long long P, long long RK, long long sh, long long sw,
-                                            long long ph, long long pw, long long dh,
-                                            long long dw, scalar_t* y, scalar_t* x)
+// Geometry shared by every kernel (after x, offset, mask, has_mask in their parameters).
+struct DcGeom {
+    long long B, C, H, W, OG, KH, KW, Ho, Wo, sh, sw, ph, pw, dh, dw;
+    __device__ long long KK() const { return KH * KW; }
+    __device__ long long P() const { return Ho * Wo; }
+    __device__ long long RK() const { return OG * KH * KW; }
+};
+
+// Tap r = g*KK + k of output p of image n: its sample point, and its mask value (1 without).
+__device__ __forceinline__ DcPoint dc_tap(const DcGeom& G, const scalar_t* off,
+                                          const scalar_t* mask, long long has_mask, long long n,
+                                          long long r, long long p, scalar_t* y, scalar_t* x,
+                                          scalar_t* m)
 {
-    const long long ho = p / Wo, wo = p % Wo;
-    const scalar_t* o = off + (n * 2 * RK + 2 * r) * P + p;
-    *y = (scalar_t)(ho * sh - ph + i * dh) + o[0];
-    *x = (scalar_t)(wo * sw - pw + j * dw) + o[P];
+    const long long P = G.P(), k = r % G.KK(), ho = p / G.Wo, wo = p % G.Wo;
+    const scalar_t* o = off + (n * 2 * G.RK() + 2 * r) * P + p;
+    *y = (scalar_t)(ho * G.sh - G.ph + (k / G.KW) * G.dh) + o[0];
+    *x = (scalar_t)(wo * G.sw - G.pw + (k % G.KW) * G.dw) + o[P];
+    *m = has_mask ? mask[(n * G.RK() + r) * P + p] : (scalar_t)1;
+    return dc_point(*y, *x, G.H, G.W);
 }
+
+// Column entry e = ((n*C + c)*KK + k)*P + p: its image n, channel c, tap r and position p.
+__device__ __forceinline__ void dc_entry(const DcGeom& G, long long e, long long* n,
+                                         long long* c, long long* r, long long* p)
+{
+    const long long P = G.P(), KK = G.KK();
+    *p = e % P;
+    const long long t = e / P, k = t % KK;
+    *c = (t / KK) % G.C;
+    *n = t / KK / G.C;
+    *r = (*c / (G.C / G.OG)) * KK + k;
+}
+
+// (the kernels spell their parameters out: convkit_cuda._kernels parses them from this file)
+#define DC_GEOM {B, C, H, W, OG, KH, KW, Ho, Wo, sh, sw, ph, pw, dh, dw}
 
 // cols[n, c*KK + k, p] = mask * sample; one thread per column entry; writes all of cols.
 extern "C" __global__ void deform_im2col(
@@ -79,18 +103,12 @@ extern "C" __global__ void deform_im2col(
     long long Ho, long long Wo, long long sh, long long sw, long long ph, long long pw,
     long long dh, long long dw, scalar_t* cols)
 {
-    const long long KK = KH * KW, P = Ho * Wo, RK = OG * KK;
-    const long long total = B * C * KK * P;
-    GRID_STRIDE_LOOP(e, total) {
-        const long long p = e % P;
-        long long t = e / P;
-        const long long k = t % KK;
-        t /= KK;
-        const long long c = t % C, n = t / C;
-        const long long r = (c / (C / OG)) * KK + k;
-        scalar_t y, xx;
-        dc_position(off, n, r, k / KW, k % KW, p, Wo, P, RK, sh, sw, ph, pw, dh, dw, &y, &xx);
-        const DcPoint q = dc_point(y, xx, H, W);
+    const DcGeom G = DC_GEOM;
+    GRID_STRIDE_LOOP(e, B * C * G.KK() * G.P()) {
+        long long n, c, r, p;
+        dc_entry(G, e, &n, &c, &r, &p);
+        scalar_t y, xx, m;
+        const DcPoint q = dc_tap(G, off, mask, has_mask, n, r, p, &y, &xx, &m);
         scalar_t s = 0;
         if (q.nan) {
             s = y + xx;                     // NaN
@@ -99,7 +117,7 @@ extern "C" __global__ void deform_im2col(
             dc_corners(x + (n * C + c) * H * W, H, W, q, v);
             s = dc_mix(q, v);
         }
-        cols[e] = has_mask ? mask[(n * RK + r) * P + p] * s : s;
+        cols[e] = has_mask ? m * s : s;
     }
 }
 
@@ -108,20 +126,18 @@ extern "C" __global__ void deform_im2col(
 // of gmask.
 extern "C" __global__ void deform_coord_grad(
     const scalar_t* x, const scalar_t* off, const scalar_t* mask, long long has_mask,
-    const scalar_t* gcols, long long B, long long C, long long H, long long W, long long OG,
-    long long KH, long long KW, long long Ho, long long Wo, long long sh, long long sw,
-    long long ph, long long pw, long long dh, long long dw, scalar_t* goff, scalar_t* gmask)
+    const scalar_t* gcols,
+    long long B, long long C, long long H, long long W, long long OG, long long KH, long long KW,
+    long long Ho, long long Wo, long long sh, long long sw, long long ph, long long pw,
+    long long dh, long long dw, scalar_t* goff, scalar_t* gmask)
 {
-    const long long KK = KH * KW, P = Ho * Wo, RK = OG * KK, Cog = C / OG;
-    const long long total = B * RK * P;
-    GRID_STRIDE_LOOP(e, total) {
-        const long long p = e % P;
-        const long long r = (e / P) % RK, n = e / (P * RK);
+    const DcGeom G = DC_GEOM;
+    const long long KK = G.KK(), P = G.P(), RK = G.RK(), Cog = C / OG;
+    GRID_STRIDE_LOOP(e, B * RK * P) {
+        const long long p = e % P, r = (e / P) % RK, n = e / (P * RK);
         const long long g = r / KK, k = r % KK;
-        scalar_t y, xx;
-        dc_position(off, n, r, k / KW, k % KW, p, Wo, P, RK, sh, sw, ph, pw, dh, dw, &y, &xx);
-        const DcPoint q = dc_point(y, xx, H, W);
-        const scalar_t m = has_mask ? mask[e] : (scalar_t)1;
+        scalar_t y, xx, m;
+        const DcPoint q = dc_tap(G, off, mask, has_mask, n, r, p, &y, &xx, &m);
         const scalar_t hh = (scalar_t)1 - q.lh, hw = (scalar_t)1 - q.lw;
         scalar_t ay = 0, ax = 0, am = 0;
         for (long long c = g * Cog; c < (g + 1) * Cog; ++c) {
@@ -147,42 +163,59 @@ extern "C" __global__ void deform_coord_grad(
     }
 }
 
-// grad_x by atomicAdd (the default path): one thread per column entry adds
-// gcols * mask * weight to each corner its sample read.  gx (B, C, H, W) zero-filled by the
-// caller.  The order of the additions varies between runs.
+// The four shares of column entry e in grad_x: dL/d(sample) * bilinear weight at the corners
+// the sample read (ok[j] false: not read, no share).  Returns the corners' flat position in
+// the plane of (n, c) through *b.
+__device__ __forceinline__ bool dc_shares(const DcGeom& G, const scalar_t* off,
+                                          const scalar_t* mask, long long has_mask,
+                                          const scalar_t* gcols, long long e, long long* n,
+                                          long long* c, long long* b, scalar_t* share, bool* ok)
+{
+    long long r, p;
+    dc_entry(G, e, n, c, &r, &p);
+    scalar_t y, xx, m;
+    const DcPoint q = dc_tap(G, off, mask, has_mask, *n, r, p, &y, &xx, &m);
+    if (!q.inside) return false;
+    const scalar_t g = has_mask ? gcols[e] * m : gcols[e];
+    const scalar_t hh = (scalar_t)1 - q.lh, hw = (scalar_t)1 - q.lw;
+    const bool h0 = q.hl >= 0, h1 = q.hl + 1 < G.H, w0 = q.wl >= 0, w1 = q.wl + 1 < G.W;
+    *b = q.hl * G.W + q.wl;
+    share[0] = g * (hh * hw);
+    share[1] = g * (hh * q.lw);
+    share[2] = g * (q.lh * hw);
+    share[3] = g * (q.lh * q.lw);
+    ok[0] = h0 && w0;
+    ok[1] = h0 && w1;
+    ok[2] = h1 && w0;
+    ok[3] = h1 && w1;
+    return true;
+}
+
+// grad_x by atomicAdd (the default path): one thread per column entry adds its shares to the
+// corners its sample read.  gx (B, C, H, W) zero-filled by the caller.  The order of the
+// additions varies between runs.
 extern "C" __global__ void deform_col2im_atomic(
     const scalar_t* off, const scalar_t* mask, long long has_mask, const scalar_t* gcols,
     long long B, long long C, long long H, long long W, long long OG, long long KH, long long KW,
     long long Ho, long long Wo, long long sh, long long sw, long long ph, long long pw,
     long long dh, long long dw, scalar_t* gx)
 {
-    const long long KK = KH * KW, P = Ho * Wo, RK = OG * KK;
-    const long long total = B * C * KK * P;
-    GRID_STRIDE_LOOP(e, total) {
-        const long long p = e % P;
-        long long t = e / P;
-        const long long k = t % KK;
-        t /= KK;
-        const long long c = t % C, n = t / C;
-        const long long r = (c / (C / OG)) * KK + k;
-        scalar_t y, xx;
-        dc_position(off, n, r, k / KW, k % KW, p, Wo, P, RK, sh, sw, ph, pw, dh, dw, &y, &xx);
-        const DcPoint q = dc_point(y, xx, H, W);
-        if (!q.inside) continue;
-        const scalar_t g = has_mask ? gcols[e] * mask[(n * RK + r) * P + p] : gcols[e];
-        const scalar_t hh = (scalar_t)1 - q.lh, hw = (scalar_t)1 - q.lw;
-        scalar_t* gp = gx + (n * C + c) * H * W;
-        const long long b = q.hl * W + q.wl;
-        const bool h0 = q.hl >= 0, h1 = q.hl + 1 < H, w0 = q.wl >= 0, w1 = q.wl + 1 < W;
-        if (h0 && w0) atomicAdd(gp + b, g * (hh * hw));
-        if (h0 && w1) atomicAdd(gp + b + 1, g * (hh * q.lw));
-        if (h1 && w0) atomicAdd(gp + b + W, g * (q.lh * hw));
-        if (h1 && w1) atomicAdd(gp + b + W + 1, g * (q.lh * q.lw));
+    const DcGeom G = DC_GEOM;
+    GRID_STRIDE_LOOP(e, B * C * G.KK() * G.P()) {
+        long long n, c, b;
+        scalar_t share[4];
+        bool ok[4];
+        if (!dc_shares(G, off, mask, has_mask, gcols, e, &n, &c, &b, share, ok)) continue;
+        scalar_t* gp = gx + (n * C + c) * H * W + b;
+        if (ok[0]) atomicAdd(gp, share[0]);
+        if (ok[1]) atomicAdd(gp + 1, share[1]);
+        if (ok[2]) atomicAdd(gp + W, share[2]);
+        if (ok[3]) atomicAdd(gp + W + 1, share[3]);
     }
 }
 
-// grad_x, deterministic path: per column entry e its four shares vals[4e + q] and their flat
-// positions keys[4e + q] in gx (B, C, H, W), -1 for a corner not read; the launcher adds them
+// grad_x, deterministic path: column entry e's four shares vals[4e + j] and their flat
+// positions keys[4e + j] in gx (B, C, H, W), -1 for a corner not read; the launcher adds them
 // with the ordered gather of pool.cu (csr_*).  Writes all of vals and keys.
 extern "C" __global__ void deform_col2im_keys(
     const scalar_t* off, const scalar_t* mask, long long has_mask, const scalar_t* gcols,
@@ -190,30 +223,17 @@ extern "C" __global__ void deform_col2im_keys(
     long long Ho, long long Wo, long long sh, long long sw, long long ph, long long pw,
     long long dh, long long dw, scalar_t* vals, long long* keys)
 {
-    const long long KK = KH * KW, P = Ho * Wo, RK = OG * KK;
-    const long long total = B * C * KK * P;
-    GRID_STRIDE_LOOP(e, total) {
-        const long long p = e % P;
-        long long t = e / P;
-        const long long k = t % KK;
-        t /= KK;
-        const long long c = t % C, n = t / C;
-        const long long r = (c / (C / OG)) * KK + k;
-        scalar_t y, xx;
-        dc_position(off, n, r, k / KW, k % KW, p, Wo, P, RK, sh, sw, ph, pw, dh, dw, &y, &xx);
-        const DcPoint q = dc_point(y, xx, H, W);
+    const DcGeom G = DC_GEOM;
+    GRID_STRIDE_LOOP(e, B * C * G.KK() * G.P()) {
+        long long n, c, b;
+        scalar_t share[4];
+        bool ok[4];
+        const bool in = dc_shares(G, off, mask, has_mask, gcols, e, &n, &c, &b, share, ok);
+        const long long corner[4] = {0, 1, W, W + 1};
         for (int j = 0; j < 4; ++j) {
-            vals[4 * e + j] = 0;
-            keys[4 * e + j] = -1;
+            const bool use = in && ok[j];
+            vals[4 * e + j] = use ? share[j] : (scalar_t)0;
+            keys[4 * e + j] = use ? (n * C + c) * H * W + b + corner[j] : -1;
         }
-        if (!q.inside) continue;
-        const scalar_t g = has_mask ? gcols[e] * mask[(n * RK + r) * P + p] : gcols[e];
-        const scalar_t hh = (scalar_t)1 - q.lh, hw = (scalar_t)1 - q.lw;
-        const long long base = (n * C + c) * H * W, b = q.hl * W + q.wl;
-        const bool h0 = q.hl >= 0, h1 = q.hl + 1 < H, w0 = q.wl >= 0, w1 = q.wl + 1 < W;
-        if (h0 && w0) { vals[4 * e] = g * (hh * hw); keys[4 * e] = base + b; }
-        if (h0 && w1) { vals[4 * e + 1] = g * (hh * q.lw); keys[4 * e + 1] = base + b + 1; }
-        if (h1 && w0) { vals[4 * e + 2] = g * (q.lh * hw); keys[4 * e + 2] = base + b + W; }
-        if (h1 && w1) { vals[4 * e + 3] = g * (q.lh * q.lw); keys[4 * e + 3] = base + b + W + 1; }
     }
 }
