@@ -442,8 +442,8 @@ def test_cpu_batch_chunks_give_the_same_bits():
     try:
         for images in (1, 2):
             # per image: 4 bordered 7x8 planes and 36 column rows of 30 float64, 18*30 table
-            # entries of 56 bytes
-            convkit.set_workspace_limit(images * ((4 * 56 + 36 * 30) * 8 + 18 * 30 * 56))
+            # entries of 64 bytes
+            convkit.set_workspace_limit(images * ((4 * 56 + 36 * 30) * 8 + 18 * 30 * 64))
             for a, b in zip(full, _cpu_bits(c, gy)):
                 assert a.tobytes() == b.tobytes()
     finally:
@@ -509,3 +509,25 @@ def test_emulated_cuda_deterministic_grad_x_sums_shared_pixels_in_order(emulated
     assert a.tobytes() == b.tobytes()
     np.testing.assert_allclose(a, want, rtol=1e-12, atol=1e-12)
     assert np.count_nonzero(a) == 2 * 4      # the four corners of (1.25, 2.5) in each channel
+
+
+def test_offset_gradient_at_integer_positions_is_the_derivative_towards_larger_offsets(backend):
+    """torchvision's offset gradient looks at the cell to the lower right of a point: at integer
+    positions (zero-initialised offsets, padding) it is the one-sided derivative for a growing
+    offset -- also on the edge y = -1 / x = -1, which samples 0 but whose cell reaches into
+    the image.  Checked with a non-negative direction and a forward difference."""
+    rng = np.random.default_rng(16)
+    c = make_case("g2_og2_mask", seed=17)
+    for off in (np.zeros_like(c["offset"]), rng.integers(-2, 3, c["offset"].shape) * 1.0):
+        c["offset"] = off
+        gy = rng.standard_normal(_fwd(backend, c).shape)
+        goff = _bwd(backend, gy, c)[1]
+        v = rng.random(off.shape)
+        t = 1e-7
+        f = lambda o: np.vdot(gy, _fwd(backend, c, offset=o))       # noqa: E731
+        np.testing.assert_allclose(np.vdot(goff, v), (f(off + t * v) - f(off)) / t, rtol=1e-5)
+    # the top row of taps of the first output row sits on y = -1 (padding 1, zero offsets):
+    # its samples are 0, its offset gradient is not
+    c["offset"] = np.zeros_like(c["offset"])
+    goff = _bwd(backend, np.ones_like(_fwd(backend, c)), c)[1]
+    assert np.abs(goff[:, 0, 0, 1:-1]).min() > 0       # dy of tap (0, 0) at y = -1

@@ -37,12 +37,12 @@ cdef extern from "csrc/deform_conv.h" nogil:
                            Py_ssize_t Wo, Py_ssize_t P, Py_ssize_t H, Py_ssize_t W,
                            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t p0, Py_ssize_t p1,
-                           float* tw, Py_ssize_t* tb, Py_ssize_t ldt)
+                           float* tw, Py_ssize_t* tb, Py_ssize_t* tc, Py_ssize_t ldt)
     void ck_deform_table_d(const double* off, Py_ssize_t OG, Py_ssize_t KH, Py_ssize_t KW,
                            Py_ssize_t Wo, Py_ssize_t P, Py_ssize_t H, Py_ssize_t W,
                            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t p0, Py_ssize_t p1,
-                           double* tw, Py_ssize_t* tb, Py_ssize_t ldt)
+                           double* tw, Py_ssize_t* tb, Py_ssize_t* tc, Py_ssize_t ldt)
     void ck_deform_cols_f(const float* xp, const float* mask, Py_ssize_t C, Py_ssize_t H,
                           Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KK, Py_ssize_t P,
                           Py_ssize_t p0, Py_ssize_t p1, const float* tw, const Py_ssize_t* tb,
@@ -53,12 +53,12 @@ cdef extern from "csrc/deform_conv.h" nogil:
                           Py_ssize_t ldt, double* cols, Py_ssize_t ldc)
     void ck_deform_coord_f(const float* xp, const float* mask, Py_ssize_t C, Py_ssize_t H,
                            Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KK, Py_ssize_t P,
-                           Py_ssize_t p0, Py_ssize_t p1, const float* tw, const Py_ssize_t* tb,
+                           Py_ssize_t p0, Py_ssize_t p1, const float* tw, const Py_ssize_t* tc,
                            Py_ssize_t ldt, float* gc, Py_ssize_t ldc, float* goff, float* gmask)
     void ck_deform_coord_d(const double* xp, const double* mask, Py_ssize_t C, Py_ssize_t H,
                            Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KK, Py_ssize_t P,
                            Py_ssize_t p0, Py_ssize_t p1, const double* tw,
-                           const Py_ssize_t* tb, Py_ssize_t ldt, double* gc, Py_ssize_t ldc,
+                           const Py_ssize_t* tc, Py_ssize_t ldt, double* gc, Py_ssize_t ldc,
                            double* goff, double* gmask)
     void ck_deform_col2im_f(const float* gs, Py_ssize_t ldc, Py_ssize_t g, Py_ssize_t KK,
                             Py_ssize_t P, Py_ssize_t W, const float* tw, const Py_ssize_t* tb,
@@ -94,18 +94,19 @@ cdef void _pad(const floating* x, Geom* s, floating* xp) noexcept nogil:
 
 cdef void _table_cols(const floating* xp, const floating* off, const floating* mask, Geom* s,
                       Py_ssize_t p0, Py_ssize_t p1, floating* tw, Py_ssize_t* tb,
-                      Py_ssize_t ldt, floating* cols, Py_ssize_t ldc) noexcept nogil:
+                      Py_ssize_t* tc, Py_ssize_t ldt, floating* cols,
+                      Py_ssize_t ldc) noexcept nogil:
     """Table entries (position p of tap r at r*ldt + p - p0) and columns (column p at
     p - p0 of rows of stride ldc) of positions [p0, p1) of one image (xp: its bordered
     planes)."""
     if floating is float:
         ck_deform_table_f(off, s.OG, s.KH, s.KW, s.Wo, s.P, s.H, s.W, s.sh, s.sw, s.ph, s.pw,
-                          s.dh, s.dw, p0, p1, tw, tb, ldt)
+                          s.dh, s.dw, p0, p1, tw, tb, tc, ldt)
         ck_deform_cols_f(xp, mask, s.C, s.H, s.W, s.OG, s.KK, s.P, p0, p1, tw, tb, ldt, cols,
                          ldc)
     else:
         ck_deform_table_d(off, s.OG, s.KH, s.KW, s.Wo, s.P, s.H, s.W, s.sh, s.sw, s.ph, s.pw,
-                          s.dh, s.dw, p0, p1, tw, tb, ldt)
+                          s.dh, s.dw, p0, p1, tw, tb, tc, ldt)
         ck_deform_cols_d(xp, mask, s.C, s.H, s.W, s.OG, s.KK, s.P, p0, p1, tw, tb, ldt, cols,
                          ldc)
 
@@ -125,8 +126,9 @@ def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                    tuple params, Py_ssize_t chunk, Py_ssize_t pb, int n_threads):
     """y = deform_conv(x, off, w, mask) + bias (IN: x, off, w, bias, mask; OUT: y).  Scratch:
     xpad C*(H+2)*(W+2) per chunk image; per thread, one task's columns (C*KK*pb), table
-    weights (6*OG*KK*pb) and corners (tb, OG*KK*pb) -- a task's columns are consumed by its
-    GEMMs while they are still in cache.  params: (sh, sw, ph, pw, dh, dw)."""
+    weights (6*OG*KK*pb) and corners (tb, 2*OG*KK*pb: sampled, then the offset gradient's)
+    -- a task's columns are consumed by its GEMMs while they are still in cache.
+    params: (sh, sw, ph, pw, dh, dw)."""
     cdef Py_ssize_t N = x.shape[0], F = w.shape[0], Cg = w.shape[1]
     cdef Py_ssize_t KH = w.shape[2], KW = w.shape[3], Wo = y.shape[3], P = y.shape[2] * Wo
     cdef Geom s = _geom(x.shape[1], x.shape[2], x.shape[3], off.shape[1] // (2 * KH * KW),
@@ -146,7 +148,8 @@ def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                 cp = &cols[0] + tid * s.C * s.KK * pb
                 _table_cols(&xpad[0] + (t // nb) * s.C * s.plane, &off[n, 0, 0, 0],
                             &mask[n, 0, 0, 0] if has_mask else <const floating*>NULL, &s, p0,
-                            p1, &tw[0] + tid * RK * pb * 6, &tb[0] + tid * RK * pb, pb, cp, pb)
+                            p1, &tw[0] + tid * RK * pb * 6, &tb[0] + tid * RK * pb * 2,
+                            &tb[0] + tid * RK * pb * 2 + RK * pb, pb, cp, pb)
                 for g in range(G):
                     gemm_pk(False, False, Fg, p1 - p0, K, &w[g * Fg, 0, 0, 0], K,
                             <const float*>NULL, cp + g * K * pb, pb, <floating>0,
@@ -164,7 +167,9 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                     tuple params, Py_ssize_t chunk, Py_ssize_t pb, Py_ssize_t ub,
                     int n_threads):
     """grad_x (gx), grad_offset (goff), grad_weight (gw, zero-filled by the caller) and, with
-    has_mask, grad_mask (gmask); all OUT.  Scratch and params as deform_forward's."""
+    has_mask, grad_mask (gmask); all OUT.  Scratch per chunk image: xpad C*(H+2)*(W+2), cols
+    C*KK*P, tw 6*OG*KK*P, and in tb OG*KK*P sampled corners per image, then as many offset
+    gradient corners per image (at chunk*OG*KK*P).  params as deform_forward's."""
     cdef Py_ssize_t N = x.shape[0], F = w.shape[0], Cg = w.shape[1]
     cdef Py_ssize_t KH = w.shape[2], KW = w.shape[3], Wo = gy.shape[3], P = gy.shape[2] * Wo
     cdef Geom s = _geom(x.shape[1], x.shape[2], x.shape[3], off.shape[1] // (2 * KH * KW),
@@ -186,7 +191,8 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                 _table_cols(&xpad[0] + slot * C * s.plane, &off[n0 + slot, 0, 0, 0],
                             &mask[n0 + slot, 0, 0, 0] if has_mask else <const floating*>NULL,
                             &s, p0, _min(P, p0 + pb), &tw[0] + (slot * s.TP + p0) * 6,
-                            &tb[0] + slot * s.TP + p0, P, &cols[0] + slot * s.CKP + p0, P)
+                            &tb[0] + slot * s.TP + p0, &tb[0] + (chunk + slot) * s.TP + p0, P,
+                            &cols[0] + slot * s.CKP + p0, P)
             # (2) grad_weight: rows [u0, u1) of group g, images in order
             for t in prange(G * nub, schedule="dynamic", num_threads=n_threads):
                 g = t // nub
@@ -210,14 +216,14 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                 mp = &mask[n, 0, 0, 0] if has_mask else <const floating*>NULL
                 if floating is float:
                     ck_deform_coord_f(xs, mp, C, s.H, s.W, OG, KK, P, p0, p1,
-                                      &tw[0] + (slot * s.TP + p0) * 6, &tb[0] + slot * s.TP + p0,
-                                      P, cp + p0, P,
+                                      &tw[0] + (slot * s.TP + p0) * 6,
+                                      &tb[0] + (chunk + slot) * s.TP + p0, P, cp + p0, P,
                                       &goff[n, 0, 0, 0],
                                       &gmask[n, 0, 0, 0] if has_mask else <float*>NULL)
                 else:
                     ck_deform_coord_d(xs, mp, C, s.H, s.W, OG, KK, P, p0, p1,
-                                      &tw[0] + (slot * s.TP + p0) * 6, &tb[0] + slot * s.TP + p0,
-                                      P, cp + p0, P,
+                                      &tw[0] + (slot * s.TP + p0) * 6,
+                                      &tb[0] + (chunk + slot) * s.TP + p0, P, cp + p0, P,
                                       &goff[n, 0, 0, 0],
                                       &gmask[n, 0, 0, 0] if has_mask else <double*>NULL)
             # (4) grad_x, one plane per task, accumulated in the (now free) bordered plane

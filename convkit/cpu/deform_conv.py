@@ -4,7 +4,7 @@ convkit/reference/deform_conv.py).
 
 The batch runs in chunks: a chunk's zero-bordered copies of x's planes (C*(H+2)*(W+2) values
 per image), columns (C*KH*KW*Ho*Wo values) and sample tables (offset_groups*KH*KW*Ho*Wo
-entries of six weights and an index) are held at once, within ``convkit.get_workspace_limit()``; a limit below one image is a
+entries of six weights and two indices) are held at once, within ``convkit.get_workspace_limit()``; a limit below one image is a
 MemoryError.  Deterministic: the same bits on every run and for any thread count (task sizes
 depend on the shapes only; no atomics).
 """
@@ -37,7 +37,7 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
     P = Ho * Wo
     RK = offset.shape[1] // 2             # offset groups * taps
     item = x.dtype.itemsize
-    entry = 6 * item + np.dtype(np.intp).itemsize       # one table entry
+    entry = 6 * item + 2 * np.dtype(np.intp).itemsize   # one table entry: weights, corners
     plane = (H + 2) * (W + 2)
     if forward:
         pb = min(P, _FWD_POSITIONS)
@@ -58,7 +58,7 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
     bufs = (_workspace(chunk * C * plane, x.dtype, "deform_planes"),
             _workspace(cols, x.dtype, "deform_cols"),
             _workspace(table * 6, x.dtype, "deform_weights"),
-            _workspace(table, np.intp, "deform_index"))
+            _workspace(2 * table, np.intp, "deform_index"))
     return chunk, bufs
 
 

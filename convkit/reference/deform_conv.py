@@ -26,8 +26,12 @@ nothing to grad_x and makes its grad_offset pair and grad_mask NaN.
 
 Gradients: d col / d offset is the derivative of the bilinear sample inside its cell
 (torchvision's coordinate weight: ``lw*(v4 - v2) + hw*(v3 - v1)`` along y,
-``lh*(v4 - v3) + hh*(v2 - v1)`` along x, 0 for a point outside), times m; d col / d m is the
-sample; grad_x scatters each column gradient times m back to the four corners.
+``lh*(v4 - v3) + hh*(v2 - v1)`` along x), times m.  Like torchvision's it looks at the
+corners only, not at the sampled range: a point on the edge y = -1 or x = -1 samples 0 but
+gets the derivative from inside (so at integer positions -- zero-initialised offsets -- every
+offset gradient is the derivative towards larger offsets); a point with y < -1, y >= H,
+x < -1 or x >= W gets 0.  d col / d m is the sample; grad_x scatters each column gradient
+times m back to the four corners of the points in the sampled range.
 
 What the boundary (:mod:`convkit.functional`) hands the hooks: C-contiguous arrays of one
 float dtype; stride, padding and dilation as pairs ``(h, w)`` of Python ints (padding is
@@ -68,11 +72,12 @@ class _Samples:
         shape = (N, OG, 1, KH * KW * Ho * Wo)
         py, px = py.reshape(shape), px.reshape(shape)
         self.nan = np.isnan(py) | np.isnan(px)
-        self.inside = (py > -1) & (py < H) & (px > -1) & (px < W)
+        self.inside = (py > -1) & (py < H) & (px > -1) & (px < W)      # sampled range
+        self.closed = (py >= -1) & (py < H) & (px >= -1) & (px < W)    # + the edges y, x = -1
         # points outside take the place of (0, 0): their results are replaced below, and no
         # inf or NaN reaches floor() or an index
-        py = np.where(self.inside, py, dt.type(0))
-        px = np.where(self.inside, px, dt.type(0))
+        py = np.where(self.closed, py, dt.type(0))
+        px = np.where(self.closed, px, dt.type(0))
         hl, wl = np.floor(py), np.floor(px)
         self.lh, self.lw = py - hl, px - wl
         self.hh, self.hw = dt.type(1) - self.lh, dt.type(1) - self.lw
@@ -82,7 +87,7 @@ class _Samples:
         self.corners = []
         for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
             h, w = hl + dy, wl + dx
-            ok = self.inside & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+            ok = self.closed & (h >= 0) & (h < H) & (w >= 0) & (w < W)
             self.corners.append((np.where(ok, h * W + w, 0), ok))
 
     def weights(self):
@@ -95,9 +100,10 @@ class _Samples:
         return [np.where(ok, np.take_along_axis(xg, np.broadcast_to(
             idx, xg.shape[:3] + idx.shape[3:]), axis=3), zero) for idx, ok in self.corners]
 
-    def finish(self, v):
-        """Apply the point rules to a per-sample result v: 0 outside, NaN at a NaN point."""
-        v = np.where(self.inside, v, v.dtype.type(0))
+    def finish(self, v, closed=False):
+        """Apply the point rules to a per-sample result v: 0 outside the sampled range (outside
+        the closed one for the coordinate weights), NaN at a NaN point."""
+        v = np.where(self.closed if closed else self.inside, v, v.dtype.type(0))
         return np.where(self.nan, v.dtype.type(np.nan), v)
 
 
@@ -182,8 +188,8 @@ def deform_conv2d_backward(grad_y, x, offset, weight, stride, padding, dilation,
 
     # d sample / d py and / d px inside the cell
     v1, v2, v3, v4 = vals
-    dpy = s.finish(s.lw * (v4 - v2) + s.hw * (v3 - v1))
-    dpx = s.finish(s.lh * (v4 - v3) + s.hh * (v2 - v1))
+    dpy = s.finish(s.lw * (v4 - v2) + s.hw * (v3 - v1), closed=True)
+    dpx = s.finish(s.lh * (v4 - v3) + s.hh * (v2 - v1), closed=True)
     goff = np.stack([(gs * dpy).sum(axis=2), (gs * dpx).sum(axis=2)], axis=-1)  # (N,OG,S,2)
     goff = goff.reshape(N, OG, KH * KW, Ho, Wo, 2).transpose(0, 1, 2, 5, 3, 4)
     grad_offset = np.ascontiguousarray(goff).reshape(offset.shape)
@@ -194,7 +200,7 @@ def deform_conv2d_backward(grad_y, x, offset, weight, stride, padding, dilation,
             + np.arange(C).reshape(1, OG, Cog, 1)) * (H * W)          # (N, OG, Cog, 1)
     keys, wts = [], []
     for (idx, ok), w in zip(s.corners, s.weights()):
-        sel = np.broadcast_to(ok, gs.shape)     # (a NaN point reads no corner)
+        sel = np.broadcast_to(ok & s.inside, gs.shape)     # (a NaN point reads no corner)
         keys.append((chan + idx)[sel])
         wts.append((gs * w)[sel])
     grad_x = np.bincount(np.concatenate(keys), weights=np.concatenate(wts),

@@ -12,7 +12,10 @@
    (hh*hw, hh*lw, lh*hw, lh*lw, lh, lw) and tb[t] = (hl + 1)*Wp + (wl + 1), the top-left
    corner in the padded plane.  A point outside the sampled range has zero weights and
    corner W + 1, whose four corners are all border zeros: it samples 0; a NaN point has NaN
-   weights there: it samples NaN (and its gradient lands on the border only).  Every index
+   weights there: it samples NaN (and its gradient lands on the border only).  tc[t] is the
+   corner the offset gradient reads: tb[t], except on the edges y = -1 and x = -1, which
+   sample 0 (tb: the border) but have torchvision's offset gradient from inside (tc: their
+   real corner; lh, lw kept).  Every index
    a kernel forms comes from the table, made from one read of each
    offset: an offset changed by another thread meanwhile cannot move a read out of the plane. */
 #ifndef CK_DEFORM_CONV_H
@@ -52,7 +55,7 @@ static void ck_deform_crop_##SUF(const T* gp, ptrdiff_t H, ptrdiff_t W, T* x)   
 static void ck_deform_table_##SUF(const T* off, ptrdiff_t OG, ptrdiff_t KH, ptrdiff_t KW,    \
         ptrdiff_t Wo, ptrdiff_t P, ptrdiff_t H, ptrdiff_t W, ptrdiff_t sh, ptrdiff_t sw,     \
         ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t p0, ptrdiff_t p1,  \
-        T* tw, ptrdiff_t* tb, ptrdiff_t ldt)                                                 \
+        T* tw, ptrdiff_t* tb, ptrdiff_t* tc, ptrdiff_t ldt)                                  \
 {                                                                                            \
     ptrdiff_t g, i, j, p;                                                                    \
     for (g = 0; g < OG; g++)                                                                 \
@@ -66,8 +69,8 @@ static void ck_deform_table_##SUF(const T* off, ptrdiff_t OG, ptrdiff_t KH, ptrd
             const T y = (T)(ho * sh - ph + i * dh) + oy[p];                                  \
             const T x = (T)(wo * sw - pw + j * dw) + ox[p];                                  \
             T* w = tw + 6 * t;                                                               \
-            tb[t] = W + 1;  /* its four corners (0, W+1), (1, 0), (1, W+1), (2, 0): border */ \
-            if (!(y > -1 && y < (T)H && x > -1 && x < (T)W)) {                               \
+            tb[t] = tc[t] = W + 1;  /* corners (0, W+1), (1, 0), (1, W+1), (2, 0): border */ \
+            if (!(y >= -1 && y < (T)H && x >= -1 && x < (T)W)) {                             \
                 const T z = (y != y || x != x) ? (T)NAN : (T)0;                              \
                 w[0] = w[1] = w[2] = w[3] = w[4] = w[5] = z;                                 \
                 continue;                                                                    \
@@ -75,9 +78,14 @@ static void ck_deform_table_##SUF(const T* off, ptrdiff_t OG, ptrdiff_t KH, ptrd
             {                                                                                \
                 const T hf = (T)floor((double)y), wf = (T)floor((double)x);                  \
                 const T lh = y - hf, lw = x - wf, hh = 1 - lh, hw = 1 - lw;                  \
-                w[0] = hh * hw; w[1] = hh * lw; w[2] = lh * hw; w[3] = lh * lw;              \
+                tc[t] = ((ptrdiff_t)hf + 1) * (W + 2) + ((ptrdiff_t)wf + 1);                 \
                 w[4] = lh; w[5] = lw;                                                        \
-                tb[t] = ((ptrdiff_t)hf + 1) * (W + 2) + ((ptrdiff_t)wf + 1);                 \
+                if (y == -1 || x == -1) {   /* the edge: samples 0, has an offset gradient */ \
+                    w[0] = w[1] = w[2] = w[3] = 0;                                           \
+                    continue;                                                                \
+                }                                                                            \
+                w[0] = hh * hw; w[1] = hh * lw; w[2] = lh * hw; w[3] = lh * lw;              \
+                tb[t] = tc[t];                                                               \
             }                                                                                \
         }                                                                                    \
     }                                                                                        \
@@ -137,14 +145,14 @@ static void ck_deform_cols_##SUF(const T* xp, const T* mask, ptrdiff_t C, ptrdif
    streamed, not a column walked across channels). */                                        \
 static void ck_deform_coord_##SUF(const T* xp, const T* mask, ptrdiff_t C, ptrdiff_t H,      \
         ptrdiff_t W, ptrdiff_t OG, ptrdiff_t KK, ptrdiff_t P, ptrdiff_t p0, ptrdiff_t p1,    \
-        const T* tw, const ptrdiff_t* tb, ptrdiff_t ldt, T* gc, ptrdiff_t ldc, T* goff,      \
+        const T* tw, const ptrdiff_t* tc, ptrdiff_t ldt, T* gc, ptrdiff_t ldc, T* goff,      \
         T* gmask)                                                                            \
 {                                                                                            \
     const ptrdiff_t Cog = C / OG, Wp = W + 2, plane = (H + 2) * (W + 2);                     \
     ptrdiff_t r, q0, q1, p, c;                                                               \
     T ay[CK_DEFORM_SPAN], ax[CK_DEFORM_SPAN], am[CK_DEFORM_SPAN];                            \
     for (r = 0; r < OG * KK; r++) {      /* tap r = g*KK + k */                              \
-        const ptrdiff_t g = r / KK, k = r - (r / KK) * KK, *b = tb + r * ldt;                \
+        const ptrdiff_t g = r / KK, k = r - (r / KK) * KK, *b = tc + r * ldt;                \
         const T *w = tw + 6 * r * ldt, *m = mask ? mask + r * P : NULL;                      \
         for (q0 = p0; q0 < p1; q0 = q1) {                                                    \
             q1 = p1 - q0 > CK_DEFORM_SPAN ? q0 + CK_DEFORM_SPAN : p1;                        \
