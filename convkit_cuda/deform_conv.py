@@ -29,14 +29,17 @@ _I = np.int64
 
 def _chunk(op, x, weight, P, backward):
     """Images per chunk: per image its columns, in the backward also their gradient and, on
-    the deterministic path, four (value, key) shares per column entry."""
-    N, C = x.shape[:2]
+    the deterministic path, four (value, key) shares per column entry and the ordered
+    gather's three counters and result per input element."""
+    N, C, H, W = x.shape
     KK = weight.shape[2] * weight.shape[3]
     item = x.dtype.itemsize
     cols = C * KK * P
     per_image = cols * item
     if backward:
-        per_image += cols * item + (4 * cols * (item + 8) if get_deterministic() else 0)
+        per_image += cols * item
+        if get_deterministic():
+            per_image += 4 * cols * (item + 8) + C * H * W * (3 * 8 + item)
     limit = get_workspace_limit()
     if per_image > limit:
         raise MemoryError(f"{op}: one image's deformable columns need {per_image} bytes of "
