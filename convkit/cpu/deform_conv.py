@@ -2,11 +2,13 @@
 around ``_deform_conv`` (deformable im2col in C + the cpu conv's GEMMs; the rule is stated in
 convkit/reference/deform_conv.py).
 
-The batch runs in chunks: a chunk's zero-bordered copies of x's planes (C*(H+2)*(W+2) values
-per image), columns (C*KH*KW*Ho*Wo values) and sample tables (offset_groups*KH*KW*Ho*Wo
-entries of six weights and two indices) are held at once, within ``convkit.get_workspace_limit()``; a limit below one image is a
-MemoryError.  Deterministic: the same bits on every run and for any thread count (task sizes
-depend on the shapes only; no atomics).
+The batch runs in chunks within ``convkit.get_workspace_limit()``: a chunk's zero-bordered
+copies of x's planes (C*(H+2)*(W+2) values per image) and, in the backward, its columns
+(C*KH*KW*Ho*Wo values per image) and sample tables (offset_groups*KH*KW*Ho*Wo entries of six
+weights and two indices per image) are held at once; the forward keeps one task's columns and
+table per thread instead.  A limit below one image is a MemoryError.  Deterministic: the same
+bits on every run and for any thread count (task sizes depend on the shapes only; no
+atomics).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from .conv import _blas_pin, _workspace
 # Positions per task (a block of output pixels of one image) and grad_weight rows per task:
 # fixed sizes (never the thread count), so that the GEMM shapes and thus the bits do not
 # depend on how many threads run.  The forward's blocks are small enough that a task's
-# columns (C*KH*KW*64 values: 147 KiB for bench's deform_conv) stay in cache for its GEMMs.
+# columns (C*KH*KW*64 values: 144 KiB for bench's deform_conv) stay in cache for its GEMMs.
 _FWD_POSITIONS = 64
 _POSITIONS = 256
 _WEIGHT_ROWS = 64

@@ -8,28 +8,32 @@
 // cols / gcols (B, C*KH*KW, Ho*Wo), rows ordered (c, i, j) like weight[f].ravel().
 // Tap (i, j) of output (ho, wo) samples x at y = ho*sh - ph + i*dh + dy,
 // x = wo*sw - pw + j*dw + dx: bilinear, 0 for y <= -1, y >= H, x <= -1 or x >= W, a corner
-// outside the image is 0 and not read; a NaN point samples NaN.
+// outside the image is 0 and not read; a NaN point samples NaN.  The offset gradient is the
+// derivative inside the point's cell, also on the edges y = -1, x = -1 (torchvision's).
 
 #define GRID_STRIDE_LOOP(i, n) \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
          i += (long long)blockDim.x * gridDim.x)
 
 // One sample point's geometry: the top-left corner (hl, wl), the fractions (lh, lw), and
-// whether it is inside the sampled range / a NaN point.
+// whether it is inside the sampled range (-1 < y < H, -1 < x < W), inside the closed range
+// (-1 <= y, -1 <= x: the edges sample 0 but, as torchvision's, have an offset gradient from
+// their cell), or a NaN point.
 struct DcPoint {
     long long hl, wl;
     scalar_t lh, lw;
-    bool inside, nan;
+    bool inside, closed, nan;
 };
 
 __device__ __forceinline__ DcPoint dc_point(scalar_t y, scalar_t x, long long H, long long W)
 {
     DcPoint q;
     q.nan = (y != y) || (x != x);
-    q.inside = y > (scalar_t)-1 && y < (scalar_t)H && x > (scalar_t)-1 && x < (scalar_t)W;
+    q.closed = y >= (scalar_t)-1 && y < (scalar_t)H && x >= (scalar_t)-1 && x < (scalar_t)W;
+    q.inside = q.closed && y != (scalar_t)-1 && x != (scalar_t)-1;
     q.hl = q.wl = 0;
     q.lh = q.lw = 0;
-    if (q.inside) {
+    if (q.closed) {
         const scalar_t hf = (scalar_t)floor((double)y), wf = (scalar_t)floor((double)x);
         q.hl = (long long)hf;
         q.wl = (long long)wf;
@@ -146,10 +150,10 @@ extern "C" __global__ void deform_coord_grad(
             scalar_t s = 0, dy = 0, dx = 0;
             if (q.nan) {
                 s = dy = dx = y + xx;       // NaN
-            } else if (q.inside) {
+            } else if (q.closed) {
                 scalar_t v[4];
                 dc_corners(x + (n * C + c) * H * W, H, W, q, v);
-                s = dc_mix(q, v);
+                if (q.inside) s = dc_mix(q, v);
                 dy = q.lw * (v[3] - v[1]) + hw * (v[2] - v[0]);
                 dx = q.lh * (v[3] - v[2]) + hh * (v[1] - v[0]);
             }
