@@ -1095,6 +1095,124 @@ def adaptive_max_pool2d_backward(grad_y, indices, input_shape, *, backend=None):
 
 # ------------------------------------------------------------------------------- deform_conv2d
 # (hooks in <backend>/deform_conv.py)
+__all__ += ["deform_conv2d_forward", "deform_conv2d_backward"]
+
+
+def _deform_args(op, be, x, offset, weight, mask, stride, padding, dilation):
+    """Checks shared by the deformable conv forward and backward; returns (stride, padding,
+    dilation) as pairs, (N, F, Ho, Wo) and the number of offset groups."""
+    V.array(op, "x", x, be, 4, "(N, C, H, W)")
+    V.array(op, "offset", offset, be, 4, "(N, 2*offset_groups*KH*KW, Ho, Wo)")
+    V.array(op, "weight", weight, be, 4, "(F, C/groups, KH, KW)")
+    N, C, H, W = x.shape
+    F, Cg, KH, KW = weight.shape
+    if KH < 1 or KW < 1:
+        raise ValueError(f"{op}: kernel size must be positive, got weight shape {tuple(weight.shape)}")
+    if Cg < 1 or C % Cg:
+        raise ValueError(f"{op}: weight has {Cg} input channels per group, which must be "
+                         f"positive and divide the input channels C={C} (groups = C // "
+                         f"weight.shape[1])")
+    groups = C // Cg
+    if F % groups:
+        raise ValueError(f"{op}: groups={groups} (C={C} // weight.shape[1]={Cg}) must divide the "
+                         f"output channels F={F}")
+    stride = V.pair(op, "stride", stride, minimum=1)
+    padding = V.pair(op, "padding", padding, minimum=0)
+    dilation = V.pair(op, "dilation", dilation, minimum=1)
+    Ho = conv_out_size(H, KH, stride[0], 2 * padding[0], dilation[0])
+    Wo = conv_out_size(W, KW, stride[1], 2 * padding[1], dilation[1])
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{op}: output size would be {Ho}x{Wo} (< 1) for input {H}x{W}, kernel "
+                         f"{KH}x{KW}, stride {stride}, padding {padding}, dilation {dilation}")
+    KK = KH * KW
+    if offset.shape[1] < 2 * KK or offset.shape[1] % (2 * KK):
+        raise ValueError(f"{op}: offset must have 2*offset_groups*KH*KW channels, a positive "
+                         f"multiple of 2*{KH}*{KW}={2 * KK}, got offset shape "
+                         f"{tuple(offset.shape)}")
+    og = offset.shape[1] // (2 * KK)
+    if C % og:
+        raise ValueError(f"{op}: offset_groups={og} (offset.shape[1] // (2*KH*KW)) must divide "
+                         f"the input channels C={C}")
+    want = (N, 2 * og * KK, Ho, Wo)
+    if tuple(offset.shape) != want:
+        raise ValueError(f"{op}: offset must have shape {want} (N, 2*offset_groups*KH*KW, Ho, Wo),"
+                         f" got {tuple(offset.shape)}")
+    if mask is not None:
+        V.array(op, "mask", mask, be, 4, "(N, offset_groups*KH*KW, Ho, Wo)")
+        want = (N, og * KK, Ho, Wo)
+        if tuple(mask.shape) != want:
+            raise ValueError(f"{op}: mask must have shape {want} (N, offset_groups*KH*KW, Ho, "
+                             f"Wo) for offset_groups={og}, got {tuple(mask.shape)}")
+    return stride, padding, dilation, (N, F, Ho, Wo), og
+
+
+def _deform_workspace(op, x, weight, Ho, Wo, dt):
+    """One image's deformable columns (C*KH*KW*Ho*Wo values) must fit the workspace limit:
+    every backend builds at least that much (the backends chunk the batch by it)."""
+    need = x.shape[1] * weight.shape[2] * weight.shape[3] * Ho * Wo * np.dtype(dt).itemsize
+    limit = get_workspace_limit()
+    if need > limit:
+        raise MemoryError(f"{op}: one image's deformable im2col columns need {need} bytes, over "
+                          f"the workspace limit of {limit} bytes (convkit.set_workspace_limit)")
+
+
+def deform_conv2d_forward(x, offset, weight, bias=None, stride=1, padding=0, dilation=1,
+                          mask=None, *, backend=None):
+    """Deformable convolution, ``torchvision.ops.deform_conv2d`` semantics (DCN; DCNv2 with
+    ``mask``).
+
+    x (array[N, C, H, W]); offset (array[N, 2*offset_groups*KH*KW, Ho, Wo]): per offset group
+    and kernel position (row-major i, j), the pair (dy, dx) added to that tap's sampling
+    position; weight (array[F, C/groups, KH, KW]) with groups = C // weight.shape[1];
+    bias (array[F] or None); mask (array[N, offset_groups*KH*KW, Ho, Wo] or None) multiplies
+    each sample.  offset_groups = offset.shape[1] // (2*KH*KW) must divide C; channel c uses
+    offset group c // (C / offset_groups).  Samples are bilinear; a point with y <= -1,
+    y >= H, x <= -1 or x >= W samples 0, and corners outside the image count as 0.
+    Returns y (array[N, F, Ho, Wo]), ``Ho = (H + 2*ph - dh*(KH-1) - 1)//sh + 1``.
+    """
+    op = "deform_conv2d_forward"
+    be = _backend(backend)
+    stride, padding, dilation, yshape, _ = _deform_args(op, be, x, offset, weight, mask,
+                                                        stride, padding, dilation)
+    if bias is not None:
+        V.array(op, "bias", bias, be, 1, "(F,)")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got "
+                             f"{tuple(bias.shape)}")
+    dt = V.float_dtype(op, x=x, offset=offset, weight=weight, bias=bias, mask=mask)
+    xp = be.xp
+    if x.size == 0 or weight.size == 0:   # N, H, W or F = 0: every sample is 0
+        y = xp.zeros(yshape, dt)
+        if bias is not None:
+            y[...] = bias.reshape(1, -1, 1, 1)
+        return y
+    _deform_workspace(op, x, weight, yshape[2], yshape[3], dt)
+    return be._deform_conv2d_forward(_c(be, x), _c(be, offset), _c(be, weight), _c(be, bias),
+                                     stride, padding, dilation, _c(be, mask))
+
+
+def deform_conv2d_backward(grad_y, x, offset, weight, stride=1, padding=0, dilation=1,
+                           mask=None, has_bias=True, *, backend=None):
+    """Gradients of :func:`deform_conv2d_forward` with the same arguments: returns
+    (grad_x, grad_offset, grad_weight, grad_bias or None, grad_mask or None).  grad_bias is
+    None when ``has_bias`` is False, grad_mask when ``mask`` is None.  The offset gradient is
+    the derivative of the bilinear sample inside its pixel cell (0 for a point outside the
+    sampled range), as torchvision's."""
+    op = "deform_conv2d_backward"
+    be = _backend(backend)
+    stride, padding, dilation, yshape, _ = _deform_args(op, be, x, offset, weight, mask,
+                                                        stride, padding, dilation)
+    V.array(op, "grad_y", grad_y, be, 4, "(N, F, Ho, Wo)")
+    V.grad_shape(op, "grad_y", grad_y, yshape)
+    dt = V.float_dtype(op, grad_y=grad_y, x=x, offset=offset, weight=weight, mask=mask)
+    xp = be.xp
+    if x.size == 0 or weight.size == 0:
+        gb = grad_y.sum(axis=(0, 2, 3)).astype(dt) if has_bias else None
+        return (xp.zeros(x.shape, dt), xp.zeros(offset.shape, dt), xp.zeros(weight.shape, dt),
+                gb, None if mask is None else xp.zeros(mask.shape, dt))
+    _deform_workspace(op, x, weight, yshape[2], yshape[3], dt)
+    return be._deform_conv2d_backward(_c(be, grad_y), _c(be, x), _c(be, offset), _c(be, weight),
+                                      stride, padding, dilation, _c(be, mask), bool(has_bias))
 
 
 for _name in __all__:

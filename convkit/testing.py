@@ -108,6 +108,22 @@ _FAMILY_CASES.append(_adaptive_pool_cases)
 
 
 # deform_conv2d
+def _deform_conv_cases(dtype, rng, r):
+    # 2 weight groups, 2 offset groups, stride/padding/dilation, with and without a mask;
+    # offsets ~N(0, 1.5) put some samples outside the image
+    x, w, b = r(2, 4, 7, 6), r(6, 2, 3, 2), r(6)
+    kw = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))
+    off = (r(2, 2 * 2 * 6, 4, 8) * dtype(1.5)).astype(dtype)
+    mask = np.abs(r(2, 2 * 6, 4, 8))
+    for m in (None, mask):
+        label = "mask" if m is not None else "no mask"
+        yield (f"deform_conv2d_forward {label}", F.deform_conv2d_forward, (x, off, w, b),
+               dict(kw, mask=m))
+        yield (f"deform_conv2d_backward {label}", F.deform_conv2d_backward,
+               (r(2, 6, 4, 8), x, off, w), dict(kw, mask=m))
+
+
+_FAMILY_CASES.append(_deform_conv_cases)
 
 
 def missing_hooks(name_or_backend) -> list:

@@ -1,5 +1,5 @@
 """How each backend runs a case: convkit backends through the public ops, torch through
-``torch.nn.functional`` (torchvision for the RoI ops and NMS), and the checks of one result
+``torch.nn.functional`` (torchvision for the RoI ops, NMS and deform_conv2d), and the checks of one result
 against another.
 
 :func:`make_runner` turns a case and its inputs into a :class:`Runner`: one callable per pass,
@@ -225,11 +225,42 @@ def _nms_torch(case, torch, dev, d):
     return {FWD: lambda: tvo.nms(boxes, scores, case.iou)}
 
 
+def _deform_convkit(case, be, d):
+    x, off, m, w, b, gy = (be.asarray(d[k]) for k in ("x", "offset", "mask", "w", "b", "gy"))
+    s, p = case.stride, case.pad
+
+    def fwd():
+        return ck.deform_conv2d_forward(x, off, w, b, s, p, 1, m)
+
+    def fwd_bwd():
+        ck.deform_conv2d_forward(x, off, w, b, s, p, 1, m)
+        return ck.deform_conv2d_backward(gy, x, off, w, s, p, 1, m)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
+def _deform_torch(case, torch, dev, d):
+    import torchvision.ops as tvo
+
+    x, off, m, w, b = (torch.from_numpy(d[k]).to(dev).requires_grad_(True)
+                       for k in ("x", "offset", "mask", "w", "b"))
+    gy = torch.from_numpy(d["gy"]).to(dev)
+    s, p = case.stride, case.pad
+
+    def fwd():
+        with torch.no_grad():
+            return tvo.deform_conv2d(x, off, w, b, s, p, 1, m)
+
+    def fwd_bwd():   # the order of convkit's backward: x, offset, weight, bias, mask
+        return torch.autograd.grad(tvo.deform_conv2d(x, off, w, b, s, p, 1, m),
+                                   [x, off, w, b, m], gy)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
 # One pair per family: ``(case, backend, inputs) -> {pass: callable}``.
 _CONVKIT = {"conv": _conv_convkit, "pool": _pool_convkit, "bn": _bn_convkit, "roi": _roi_convkit,
-            "nms": _nms_convkit}
+            "nms": _nms_convkit, "deform": _deform_convkit}
 _TORCH = {"conv": _conv_torch, "pool": _pool_torch, "bn": _bn_torch, "roi": _roi_torch,
-          "nms": _nms_torch}
+          "nms": _nms_torch, "deform": _deform_torch}
 
 
 # ---- adaptive pooling (issue 14)
@@ -390,7 +421,8 @@ def reference_outputs(case, pas, exclude, seed=0):
     """(name, host outputs) of the oracle for ``case``/``pas`` on ``case.inputs(seed)``: torch
     (torchvision for RoI ops and NMS) where importable, else the numpy backend; None when the
     only oracle would be ``exclude``, the backend under test.  Cached per process."""
-    order = ["torch"] if (case.family not in ("roi", "nms") or _has_torchvision()) else []
+    order = ["torch"] if (case.family not in ("roi", "nms", "deform")
+                          or _has_torchvision()) else []
     order.append("numpy")
     for name in order:
         if name == exclude or (name == "torch" and _torch() is None):

@@ -16,7 +16,7 @@ from .._shapes import conv_out_size
 
 FWD = "forward"
 FB = "forward+backward"
-FAMILIES = ("conv", "pool", "bn", "roi", "nms")
+FAMILIES = ("conv", "pool", "bn", "roi", "nms", "deform")
 F32 = np.float32
 
 
@@ -237,6 +237,23 @@ class ConvTransposeCase(ConvCase):
                 "gy": rng.standard_normal((self.N, self.F) + self.out_hw, F32)}
 
 
+class DeformCase(ConvCase):
+    """deform_conv2d (DCNv2: with a modulation mask) on a conv's shapes (no groups), one offset
+    group; offsets ~N(0, 1) pixels, mask uniform in [0, 1)."""
+    family: str = "deform"
+
+    def describe(self):
+        return super().describe() + " offsets N(0,1) + mask"
+
+    def inputs(self, rng):
+        d = super().inputs(rng)
+        Ho, Wo = self.out_hw
+        kk = self.K * self.K
+        d["offset"] = rng.standard_normal((self.N, 2 * kk, Ho, Wo), F32)
+        d["mask"] = rng.random((self.N, kk, Ho, Wo), F32)
+        return d
+
+
 _BIG = (8, 64, 112, 112)
 CASES = (
     ConvCase("lenet_c1", 64, 1, 28, 28, 6, 5, 1, 2, 1),
@@ -256,6 +273,7 @@ CASES = (
     RoiCase("roi_pool", "pool", (2, 256, 50, 68), 512, (800, 1088)),
     NmsCase("nms", 6000, 0.7, (800, 1088), 300),
     ConvTransposeCase("convt_28", 8, 64, 28, 28, 32, 4, 2, 1),     # -> (8, 32, 56, 56)
+    DeformCase("deform_conv", 4, 64, 28, 28, 64, 3, 1, 1),     # a DCN layer in a ResNet stage
 )
 """The layer suite (float32 NCHW).  Names are stable: ``--ops``, JSON and RESULTS.md use them."""
 
@@ -279,6 +297,7 @@ QUICK_CASES = (
     RoiCase("roi_pool", "pool", (2, 8, 12, 17), 16, (192, 272)),
     NmsCase("nms", 300, 0.7, (192, 272), 20),
     ConvTransposeCase("convt_28", 2, 8, 6, 6, 4, 4, 2, 1),
+    DeformCase("deform_conv", 2, 4, 8, 8, 4, 3, 1, 1),
 )
 """Tiny twins of :data:`CASES` (same names, same structure) for tests: ``--quick``."""
 

@@ -168,9 +168,9 @@ def run(args) -> int:
             for b in backends:
                 if case.name not in only.get(b, {case.name}):
                     continue
-                if b in TORCH_NAMES and case.family in ("roi", "nms") and not tv:
+                if b in TORCH_NAMES and case.family in ("roi", "nms", "deform") and not tv:
                     notes.add(f"{b}: torchvision is not importable, so no {b} timing for "
-                              f"RoI ops and NMS")
+                              f"RoI ops, NMS and deform_conv2d")
                     continue
                 try:
                     runners.append(make_runner(case, b, data))

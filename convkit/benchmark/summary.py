@@ -24,6 +24,7 @@ TARGETS = (
     *((op, "numpy", 20.0, (FWD, FB)) for op in ("roi_align", "roi_pool")),
     ("nms", "numpy", 20.0, (FWD,)),
     ("convt_28", "torch", 1.0, (FWD, FB)),
+    ("deform_conv", "numpy", 20.0, (FWD, FB)),
 )
 # adaptive pooling (issue 14): at least torch's speed, forward and forward+backward
 TARGETS += tuple((f"adaptive_{k}_{n}", "torch", 1.0, (FWD, FB))
@@ -91,7 +92,7 @@ def user_targets(summary, memory, backend="cpu"):
 
 
 FAMILY_TITLES = {"conv": "convolution layers", "pool": "pooling", "bn": "batch norm (training)",
-                 "roi": "RoI align / RoI pool", "nms": "NMS"}
+                 "roi": "RoI align / RoI pool", "nms": "NMS", "deform": "deformable convolution"}
 FAMILY_TITLES["adaptive"] = "adaptive pooling"
 
 
