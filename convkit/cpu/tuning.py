@@ -30,12 +30,25 @@ KEEP_BYTES = 64 * 2**20
 # im2col / pointwise forward on the own GEMM: at least this many tasks per thread (balance).
 # Not measured in RESULTS.md.
 FORWARD_TASKS_PER_THREAD = 2
-# im2col forward, Winograd and im2col grad_x on BLAS: the batch cut into this many tasks,
-# whatever the thread count (BLAS bits follow the block size).  Not measured in RESULTS.md.
+# Winograd on BLAS: the batch cut into this many tasks, whatever the thread count (BLAS bits
+# follow the block size).  Not measured in RESULTS.md.
 BLAS_TASKS = 8
-# im2col grad_x on BLAS: channel blocks per (image, group) set by the layer alone, this many
-# tasks in all.  Not measured in RESULTS.md.
-BLAS_GRAD_X_TASKS = 4
+# im2col / pointwise on BLAS: each pass cut into about this many tasks, set by the layer alone
+# (the forward's row or position blocks, grad_x's channel blocks, grad_weight's column blocks
+# times its parts of the batch): two tasks per thread on 16 cores, where 8 and 4 left 16
+# threads half idle.  RESULTS.md "Many cores: how each conv algorithm splits (issue 16)".
+BLAS_FORWARD_TASKS = 32
+BLAS_GRAD_X_TASKS = 32
+BLAS_W_TASKS = 32
+# ... grad_weight's task count rounded up to a multiple of this where the batch allows (equal
+# tasks on 2, 4, 8 and 16 threads) ...
+BLAS_W_ALIGN = 16
+# ... with at least this many products summed per part and weight, so that adding the parts
+# (a pass over grad_weight per part) stays a small fraction of the GEMMs.
+BLAS_W_PART_MIN_K = 512
+# pointwise grad_weight on BLAS: column blocks of this many channels (its GEMMs have no taps:
+# 96-channel blocks left pw_14 three tasks).  RESULTS.md "Many cores ... (issue 16)".
+BLAS_POINTWISE_COLS = 32
 # im2col grad_weight on the own GEMM: aim for this many tasks per thread (res_14's two tasks
 # spent 15% of the backward in libgomp's barrier).  Not measured in RESULTS.md.
 GRAD_WEIGHT_TASKS_PER_THREAD = 4
@@ -114,3 +127,7 @@ DOT_PART_BYTES = 1 << 19
 # Tasks per filter chunk: the batch in this many fixed groups (sums added in order, so the
 # result does not depend on the thread count).  RESULTS.md "stem_224: met, and how".
 DOT_IMAGE_GROUPS = 4
+# ... or more, up to the batch, until the layer's 8-filter chunks times the groups give this
+# many tasks (lenet_c1's one chunk made 4 tasks: 16 threads three quarters idle).
+# RESULTS.md "Many cores: how each conv algorithm splits (issue 16)".
+DOT_MIN_TASKS = 32
