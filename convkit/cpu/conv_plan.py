@@ -212,11 +212,11 @@ def weight_parts(tasks, N, Ho, Wo):
     """(parts, rows per slab at most) of a BLAS grad_weight: its sum over the batch's (image,
     row block) slabs is cut into fixed parts, summed apart and added in order after, so that
     ``tasks`` column blocks make about tuning.BLAS_W_TASKS tasks (a multiple of
-    tuning.BLAS_W_ALIGN where the batch allows); each part sums at least
+    tuning.BLAS_W_ALIGN where the batch allows), one part more per
     tuning.BLAS_W_PART_MIN_K products per weight.  Set by the layer alone."""
     q = T.BLAS_W_ALIGN // math.gcd(T.BLAS_W_ALIGN, tasks)
     want = ceil_div(ceil_div(T.BLAS_W_TASKS, tasks), q) * q
-    parts = max(1, min(want, N * Ho * Wo // T.BLAS_W_PART_MIN_K, N * Ho))
+    parts = max(1, min(want, 1 + N * Ho * Wo // T.BLAS_W_PART_MIN_K, N * Ho))
     if parts > q:
         parts = parts // q * q
     return parts, ceil_div(Ho, ceil_div(parts, N))
@@ -231,8 +231,10 @@ def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
         # image still makes even tasks; on the own GEMM whole panels (a partial one costs a
         # whole one), on BLAS a split set by the batch alone
         HoWo = Ho * Wo
-        if not own_gemm:
-            return n_threads, ceil_div(HoWo, ceil_div(T.BLAS_FORWARD_TASKS, N)), 0
+        if not own_gemm:    # (a power of two splits per image: even tasks on 2^k threads)
+            most = min(ceil_div(T.BLAS_FORWARD_TASKS, N),
+                       HoWo * T.BLAS_POSITION_BYTES // max(1, weight_bytes))
+            return n_threads, ceil_div(HoWo, 1 << (max(1, most).bit_length() - 1)), 0
         if n_threads == 1:
             return 1, HoWo, 0
         panels = ceil_div(HoWo, T.GEMM_PANEL)
@@ -264,14 +266,12 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
     whatever the block, so there the blocks follow the team."""
     Ug = Cg * KH
     if pointwise:
-        if own_gemm:
-            units_w, nsplit, rows_w = ceil_div(Ug, ceil_div(n_threads, G)), 1, Ho
-            chans_x = ceil_div(Cg, ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G))
-        else:   # (see below)
-            units_w = ceil_div(Ug, ceil_div(Ug, T.BLAS_POINTWISE_COLS))
-            nsplit, rows_w = weight_parts(G * ceil_div(Ug, units_w), N, Ho, Wo)
-            chans_x = ceil_div(Cg, ceil_div(T.BLAS_GRAD_X_TASKS, N * G))
-        return n_threads, units_w, rows_w, chans_x, Ho, nsplit, 0
+        # (no parts of the batch: pw_14's few products per weight made each part cost ~3%)
+        units_w = ceil_div(Ug, ceil_div(n_threads, G) if own_gemm else
+                           ceil_div(Ug, T.BLAS_POINTWISE_COLS))     # (see below)
+        chans_x = ceil_div(Cg, ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G)
+                           if own_gemm else ceil_div(T.BLAS_GRAD_X_TASKS, N * G))  # (see below)
+        return n_threads, units_w, Ho, chans_x, Ho, 1, 0
     unit_w = KW * Wo * itemsize                    # one (channel, kh) tap row, one output row
     unit_x = KH * KW * Wo * itemsize               # one channel's taps, one output row
     extra = (W + sw) * itemsize

@@ -33,22 +33,31 @@ FORWARD_TASKS_PER_THREAD = 2
 # Winograd on BLAS: the batch cut into this many tasks, whatever the thread count (BLAS bits
 # follow the block size).  Not measured in RESULTS.md.
 BLAS_TASKS = 8
-# im2col / pointwise on BLAS: each pass cut into about this many tasks, set by the layer alone
-# (the forward's row or position blocks, grad_x's channel blocks, grad_weight's column blocks
-# times its parts of the batch): two tasks per thread on 16 cores, where 8 and 4 left 16
-# threads half idle.  RESULTS.md "Many cores: how each conv algorithm splits (issue 16)".
+# im2col / pointwise on BLAS: the forward's row (pointwise: position) blocks and grad_weight's
+# column blocks times its parts of the batch make about this many tasks, set by the layer alone:
+# two tasks per thread on 16 cores, where 8 left 16 threads half idle.
+# RESULTS.md "Many cores: how each conv algorithm splits (issue 16)".
 BLAS_FORWARD_TASKS = 32
-BLAS_GRAD_X_TASKS = 32
 BLAS_W_TASKS = 32
+# im2col grad_x on BLAS: channel blocks per (image, group) set by the layer alone, this many
+# tasks in all.  Not raised for many cores: each block repacks grad_y, and 32 tasks cost pw_14
+# ~28% and rpn_cls1x1 ~60% more on one core (RESULTS.md "Many cores ... (issue 16)").
+BLAS_GRAD_X_TASKS = 4
 # ... grad_weight's task count rounded up to a multiple of this where the batch allows (equal
 # tasks on 2, 4, 8 and 16 threads) ...
 BLAS_W_ALIGN = 16
-# ... with at least this many products summed per part and weight, so that adding the parts
-# (a pass over grad_weight per part) stays a small fraction of the GEMMs.
-BLAS_W_PART_MIN_K = 512
-# pointwise grad_weight on BLAS: column blocks of this many channels (its GEMMs have no taps:
-# 96-channel blocks left pw_14 three tasks).  RESULTS.md "Many cores ... (issue 16)".
-BLAS_POINTWISE_COLS = 32
+# ... one part more per this many products per weight (a part costs a pass over grad_weight,
+# ~40 products per weight: pw_14 measured ~3% per part on one core, res_14's one extra part
+# within the noise).  RESULTS.md "Many cores: how each conv algorithm splits (issue 16)".
+BLAS_W_PART_MIN_K = 1024
+# pointwise grad_weight on BLAS: column blocks of this many channels (96 left pw_14 three tasks;
+# 64 measured the same on one core, 32 ~30% slower; 128-filter blocks cost ~20%, parts of the
+# batch ~3% each, so pw_14 keeps four tasks).  RESULTS.md "Many cores ... (issue 16)".
+BLAS_POINTWISE_COLS = 64
+# pointwise forward on BLAS: each task's GEMM repacks the weight, so a task keeps at least one
+# output position per this many bytes of weight (pw_14's 1 MiB weight: 49-position tasks cost
+# 10-45% more on one core than 98 or 196).  RESULTS.md "Many cores ... (issue 16)".
+BLAS_POSITION_BYTES = 16 * 2**10
 # im2col grad_weight on the own GEMM: aim for this many tasks per thread (res_14's two tasks
 # spent 15% of the backward in libgomp's barrier).  Not measured in RESULTS.md.
 GRAD_WEIGHT_TASKS_PER_THREAD = 4
