@@ -8,7 +8,9 @@ stride-1 conv reads x in place, no columns); bias_grad sums grad_y per filter.
 Part of the conv kernels laid out by algorithm: see convkit/cpu/_conv.pyx.
 """
 from cython cimport floating
+cimport openmp
 from cython.parallel cimport prange, threadid
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm, gemm_pk
@@ -207,8 +209,10 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
     slabs (image n, output rows [h0, h0 + rows_w)), numbered image after image: part s takes
     slabs [s*S/nsplit, (s+1)*S/nsplit).  It adds gy[n, g, slab] @ cols^T slab after slab in
     order, part 0 into gw, part s > 0 into gwp[(s-1)*F*Cg*KH*KW:] (laid out as gw, zero-filled
-    by the caller); the parts are then added into gw in order.  Every sum runs in the same
-    order whatever the thread count (deterministic).
+    by the caller).  The task that finishes a column block's last part (a counter per block,
+    under a lock) adds its parts into gw in order: no extra parallel region, whose barrier
+    costs a time slice whenever another process holds a core.  Every sum runs in the same
+    order whatever the thread count and whoever adds (deterministic).
     grad_x: a task owns ``chans_x`` channels of one image: cols_grad = w^T @ gy, ``rows_x``
     output rows at a time, then col2im into those gx planes.
     """
@@ -219,10 +223,18 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
     cdef Py_ssize_t Ug = Cg * KH, ntw = (Ug + units_w - 1) // units_w
     cdef Py_ssize_t ntx = (Cg + chans_x - 1) // chans_x
     cdef Py_ssize_t nrw = (Ho + rows_w - 1) // rows_w, S = N * nrw, gwn = F * CgKK
-    cdef Py_ssize_t t, n, g, u0, u1, u, h0, hr, L, c, c0, nc, sp, tw, j, i
+    cdef Py_ssize_t t, n, g, u0, u1, u, h0, hr, L, c, c0, nc, sp, tw, j, i, f, last
     cdef floating* buf
     cdef floating* dst
+    cdef floating* row
     cdef floating* gwf = &gw[0, 0, 0, 0]
+    cdef openmp.omp_lock_t lock
+    cdef Py_ssize_t* done = NULL
+    if needs_weight_grad and nsplit > 1:
+        done = <Py_ssize_t*>calloc(G * ntw, sizeof(Py_ssize_t))
+        if done == NULL:
+            raise MemoryError("conv2d_backward: out of memory for the part counters")
+        openmp.omp_init_lock(&lock)
     with nogil:
         for t in prange(G * ntw * nsplit if needs_weight_grad else 0, schedule="dynamic",
                         num_threads=n_threads):
@@ -250,10 +262,22 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
                 gemm(False, True, Fg, (u1 - u0) * KW, L, <floating>1,
                      &gy[n, g * Fg, 0, 0] + h0 * Wo, HoWo, buf, L, <floating>1,
                      dst + u0 * KW, CgKK)
-        if needs_weight_grad and nsplit > 1:      # the parts, in order
-            for i in prange(gwn, schedule="static", num_threads=n_threads):
-                for sp in range(1, nsplit):
-                    gwf[i] = gwf[i] + gwp[(sp - 1) * gwn + i]
+            if nsplit > 1:
+                openmp.omp_set_lock(&lock)      # (also makes the other parts' sums visible)
+                done[tw] = done[tw] + 1
+                last = done[tw] == nsplit
+                openmp.omp_unset_lock(&lock)
+                if last:                        # this block's parts, in order
+                    for f in range(g * Fg, (g + 1) * Fg):
+                        row = gwf + f * CgKK + u0 * KW
+                        for sp in range(1, nsplit):
+                            dst = &gwp[0] + (sp - 1) * gwn + f * CgKK + u0 * KW
+                            for i in range((u1 - u0) * KW):
+                                row[i] = row[i] + dst[i]
+    if done != NULL:
+        openmp.omp_destroy_lock(&lock)
+        free(done)
+    with nogil:
         if needs_input_grad:
             for t in prange(N * G * ntx, schedule="dynamic", num_threads=n_threads):
                 n = t // (G * ntx)
