@@ -13,11 +13,12 @@ parallel regions are derived from its params and the kernels' prange loops as be
 
 Columns: team (the threads the step runs on), regions (parallel regions = barriers per call,
 the pass's own: an im2col backward makes grad_x and grad_weight in one call), tasks (per
-region, main region first), idle (the main region's idle fraction), lost (the whole pass: 1 -
-cost / (team * (sum of the regions' makespans + serial work)), serial work counted once),
-dup (work done beyond the pass's own -- operands repacked per task, phase planes rebuilt, the
-own GEMM's partial panels, wide rows' extra columns -- as a share of its own work), ws
-(workspace per thread, KiB).
+region, main region first), idle (the main region's idle fraction), dup (work done beyond
+the pass's own -- operands repacked per task, phase planes rebuilt, the own GEMM's partial
+panels, wide rows' extra columns -- as a share of its own work), lost (the whole pass: the
+share of team * (the regions' makespans + serial work) not spent on its own work -- idle
+threads in every region, serial work, partial panels and extra columns; repacks and rebuilt
+planes are in dup only), ws (workspace per thread, KiB).
 
 Work is counted in multiply-adds for GEMMs and transforms and in elements for copies, zeroing
 and reductions (one unit each).  A region's makespan is list scheduling of its tasks in order
@@ -35,8 +36,9 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   weight (F*Cg*KK values); on the own GEMM the weight is packed once, serially (_packed_a).
 - im2col / pointwise backward (conv2d_backward_gemm): grad_weight region of G*ntw*nsplit tasks
   (ntw = ceil(Cg*KH/units_w) column blocks; nsplit parts of the N*ceil(Ho/rows_w) slabs), each
-  Fg*units_w*KW*(its slabs' outputs) MACs, plus its columns (im2col, units_w*KW per output),
-  then, when nsplit > 1, a static region adding the parts (F*Cg*KK tasks of nsplit-1 adds);
+  Fg*units_w*KW*(its slabs' outputs) MACs, plus its columns (im2col, units_w*KW per output);
+  when nsplit > 1 the task finishing a column block's last part adds the block's other parts
+  into gw (Fg*units_w*KW*(nsplit-1) adds, counted on the block's last part: no extra region);
   grad_x region of N*G*ceil(Cg/chans_x) tasks, each chans_x*KK*Fg*HoWo MACs + col2im.  Dup:
   every grad_weight task repacks grad_y (Fg*L per slab), every grad_x task too (Fg*HoWo).
   Serial: gw and the parts zeroed (numpy).  grad_bias ("sum"): bias_grad's static region of F
@@ -263,13 +265,12 @@ def backward_regions(algo, p, s, own, itemsize, which):
         parts = [sum(slabs[sp * S // nsplit:(sp + 1) * S // nsplit]) for sp in range(nsplit)]
         costs = []
         for u in runs(Ug, p["units_w"]):
-            for L in parts:
-                costs.append(Fg * u * KW * L + (0 if pw else u * KW * L))
+            for sp, L in enumerate(parts):
+                # (the block's last part to finish adds the others into gw: counted on the last)
+                costs.append(Fg * u * KW * L + (0 if pw else u * KW * L)
+                             + (Fg * u * KW * (nsplit - 1) if sp == nsplit - 1 else 0))
         costs *= G
-        regions = [Region("grad_weight", costs)]
-        if nsplit > 1:
-            regions.append(Region("add parts", [nsplit - 1] * gwn, "static"))
-        regions.append(Region("grad_bias", [N * HoWo] * F, "static"))
+        regions = [Region("grad_weight", costs), Region("grad_bias", [N * HoWo] * F, "static")]
         ntw = cdiv(Ug, p["units_w"])
         dup = G * ntw * Fg * N * HoWo                   # grad_y repacked per column block
         return regions, gwn * nsplit, dup, p["per_thread"] * itemsize
@@ -345,8 +346,8 @@ def analyse(step, s, own, itemsize, which):
         ws /= team
     cost = sum(sum(r.costs) for r in regions) + serial
     span = sum(r.makespan(team) for r in regions) + serial
-    lost = 1 - cost / (team * span) if span else 0.0
     work = sum(r.useful for r in regions) + serial
+    lost = 1 - work / (team * span) if span else 0.0
     dup += cost - work          # (own GEMM: the partial panels' columns; wide: its extra ones)
     return {"algo": step.algo, "team": team, "regions": len(regions),
             "tasks": "+".join(str(len(r.costs)) for r in regions) or "-",
