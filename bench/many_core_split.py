@@ -227,7 +227,7 @@ def dense_regions(s, p, own, which):
     N, C, H, W, F = s[:5]
     Ho, Wo = s.out
     HW, FO = H * W, F * Ho * Wo
-    split = p["row_blocks"] or 2          # (own: one block per thread; shown for 2)
+    split = p["row_blocks"] or p["team"]      # (own GEMM: one block per thread)
 
     def gemm_rows(m, n, k):
         rows = cdiv(cdiv(m, split), 8) * 8
@@ -336,7 +336,7 @@ def shapes(extra):
 
 def analyse(step, s, own, itemsize, which):
     """dict of the columns for one pass."""
-    p = dict(step.params)
+    p = dict(step.params, team=step.threads)
     if which == "f":
         regions, serial, dup, ws = forward_regions(step.algo, p, s, own, itemsize)
     else:
