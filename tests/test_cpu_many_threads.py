@@ -149,3 +149,43 @@ def test_pools_batch_norm_and_roi_ops_give_the_same_bits_on_1_8_16_threads():
     runs = _on_threads(calls)
     for nt in THREADS[1:]:
         assert runs[nt] == runs[1], nt
+
+
+# The params that cut a sum, per algorithm: on the own GEMM only these (its sums run in a fixed
+# order whatever the block), on BLAS every block size too (OpenBLAS picks kernels by shape).
+_SUMS_OWN = {"im2col": ("rows_w", "rows_x", "nsplit"), "pointwise": ("rows_w", "rows_x", "nsplit"),
+             "batch": ("chans_w", "kimgs", "nsplit"), "weight_dot": ("groups_n", "rows", "kr")}
+_SUMS_BLAS = {"im2col": ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit"),
+              "pointwise": ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit"),
+              "winograd": ("trows",), "batch": ("imgs", "chans_w", "kimgs", "nsplit"),
+              "dense": ("row_blocks",)}
+
+
+@pytest.mark.parametrize("own", [True, False], ids=["own_gemm", "blas"])
+def test_the_suite_plans_cut_their_sums_alike_on_1_to_64_threads(own):
+    """The plan is pure, so both machines' plans are checked here: every split that orders a
+    sum is the same at 1, 2, 8, 16 and 64 threads for the suite's conv layers.  The Xeon's
+    im2col grad_weight took its rows per GEMM from the team's column block (vgg_56: 24 rows at
+    2 threads, 56 at 16) -- other bits on the own GEMM, whose k blocks follow k.  Winograd on
+    BLAS is checked up to 16 threads: at 64 its tile rows follow the per-thread budget
+    (bench/RESULTS.md "Many cores ... (issue 16)"), left to the Winograd rewrite."""
+    from convkit.benchmark.cases import CASES, ConvCase
+    from convkit.cpu import conv_plan as P
+    caps = P.ConvCaps(own_sgemm=own, depthwise3x3_level=3 if own else 2)
+    keys = _SUMS_OWN if own else _SUMS_BLAS
+    for c in CASES:
+        if not isinstance(c, ConvCase):
+            continue
+        s = P.ConvShape.of((c.N, c.C, c.H, c.W), (c.F, c.C // c.groups, c.K, c.K),
+                           (c.stride,) * 2, (c.pad,) * 4, (1, 1), c.groups)
+        seen = {}
+        for nt in (1, 2, 8, 16, 64):
+            plan = P.plan_conv(s, np.float32, nt, caps, 256 * 2**20, not c.first_layer)
+            for label, st in (("forward", plan.forward), ("grad_x", plan.grad_x),
+                              ("grad_weight", plan.grad_weight)):
+                if st is None or (st.algo == "winograd" and not own and nt == 64):
+                    continue
+                cut = (st.algo, tuple(st.params.get(k) for k in keys.get(st.algo, ())))
+                seen.setdefault(label, set()).add(cut)
+        for label, cuts in seen.items():
+            assert len(cuts) == 1, (c.name, label, cuts)
