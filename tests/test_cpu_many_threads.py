@@ -8,7 +8,8 @@ test cannot silently run another one) for this machine's caps.  phases and weigh
 convkit's own AVX-512 float32 GEMM only: on a CPU whose float32 GEMMs go to BLAS (this CI's AMD
 EPYC, or CONVKIT_DISABLE_AVX512=1) their case is skipped with that reason, and the other cases
 assert the BLAS plan (there grad_weight takes im2col where the Xeon takes weight_dot).  Shapes
-are small but above the sizes below which a call runs on one thread.
+are small but above the sizes below which a call runs on one thread.  The last test checks the
+pure plan for both machines up to 64 threads: every split that orders a sum stays put.
 """
 import numpy as np
 import pytest
