@@ -246,7 +246,7 @@ def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
                              "one output row of one image", weight_bytes, limit, extra)
     if not own_gemm:    # (BLAS: tasks set by the batch, not the threads; see plan_winograd)
         rows = min(Ho, piece_bytes(per_row, weight_bytes, limit, extra) // per_row,
-                   ceil_div(Ho, ceil_div(T.BLAS_FORWARD_TASKS, N)))
+                   ceil_div(Ho, ceil_div(T.BLAS_TASKS, N)))
         n_threads = fit_team(n_threads, rows * per_row, extra, limit)
     else:
         rows = min(Ho, budget // per_row)

@@ -30,13 +30,14 @@ KEEP_BYTES = 64 * 2**20
 # im2col / pointwise forward on the own GEMM: at least this many tasks per thread (balance).
 # Not measured in RESULTS.md.
 FORWARD_TASKS_PER_THREAD = 2
-# Winograd on BLAS: the batch cut into this many tasks, whatever the thread count (BLAS bits
-# follow the block size).  Not measured in RESULTS.md.
+# im2col forward and Winograd on BLAS: the batch cut into this many tasks, whatever the thread
+# count (BLAS bits follow the block size).  Kept for the im2col forward on many cores: each task
+# repacks the weight, and 32 tasks (4-row blocks of 14) cost a strided 3x3 layer ~10% more on
+# one core (RESULTS.md "Many cores ... (issue 16)").
 BLAS_TASKS = 8
-# im2col / pointwise on BLAS: the forward's row (pointwise: position) blocks and grad_weight's
-# column blocks times its parts of the batch make about this many tasks, set by the layer alone:
-# two tasks per thread on 16 cores, where 8 left 16 threads half idle.
-# RESULTS.md "Many cores: how each conv algorithm splits (issue 16)".
+# pointwise forward and im2col grad_weight on BLAS (position blocks; column blocks times parts
+# of the batch): about this many tasks, set by the layer alone -- two per thread on 16 cores,
+# where 8 left 16 threads half idle.  RESULTS.md "Many cores: how each ... splits (issue 16)".
 BLAS_FORWARD_TASKS = 32
 BLAS_W_TASKS = 32
 # im2col grad_x on BLAS: channel blocks per (image, group) set by the layer alone, this many
