@@ -479,14 +479,18 @@ def _bwd_weight_dot(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
 def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     p = _check(step)
     (sh, sw), (dh, dw), dt = s.stride, s.dilation, x.dtype
+    nsplit = p["nsplit"] if needs_gw else 1
     if needs_gw:
         gw[...] = 0         # (the kernel adds each task's columns into it)
+    gwp = _workspace(max(1, (nsplit - 1) * gw.size), dt, "gw_parts")
+    if nsplit > 1:
+        gwp[:(nsplit - 1) * gw.size] = 0    # (the later parts of the batch, summed apart)
     ws = _workspace(step.threads * p["per_thread"], dt)
     with _blas_pin(dt):
         _im2col.conv2d_backward_gemm(gy, x, weight, gx, gw, ws, p["per_thread"], p["units_w"],
                                    p["rows_w"], p["chans_x"], p["rows_x"], sh, sw, s.padding[0],
                                    s.padding[2], dh, dw, s.groups, step.algo == "pointwise",
-                                   needs_gx, needs_gw, step.threads)
+                                   needs_gx, needs_gw, step.threads, nsplit, gwp)
 
 
 _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "dense": _bwd_dense,
