@@ -65,6 +65,7 @@ cdef extern from "csrc/wino4.h" nogil:
                          const double* G, float* u, Py_ssize_t us)
     void ck_w4_filters_d(const double* g, Py_ssize_t ls, Py_ssize_t nl, int flip,
                          const double* G, double* u, Py_ssize_t us)
+    int ck_w4_set_avx2(int allow)
     Py_ssize_t ck_w4_input_scratch(Py_ssize_t tw)
     Py_ssize_t ck_w4_output_scratch(Py_ssize_t n, Py_ssize_t tw)
 

@@ -16,7 +16,7 @@ from ._conv_csrc cimport (ck_wino_input_row_f, ck_wino_output_row_f, ck_wino_fil
                           ck_w4_input_row_f, ck_w4_input_row_d, ck_w4_output_tiles_f,
                           ck_w4_output_tiles_d, ck_w4_store_row_f, ck_w4_store_row_d,
                           ck_w4_filters_f, ck_w4_filters_d, ck_w4_input_scratch,
-                          ck_w4_output_scratch)
+                          ck_w4_output_scratch, ck_w4_set_avx2)
 from ._conv_common cimport _min
 
 
@@ -220,6 +220,12 @@ cdef void _wino4_filter_block(const floating[:, :, :, ::1] w, floating[:, :, ::1
                             U.shape[1] * U.shape[2])
         else:
             ck_w4_filters_d(&w[f, c0, 0, 0], 9, nl, 0, _G4, &U[0, f, c0], U.shape[1] * U.shape[2])
+
+
+def winograd4_avx2(bint allow):
+    """Allow (True) or forbid the AVX2 build of the F(4x4) transforms (tests compare the two);
+    returns the previous setting.  Not thread-safe: for tests only."""
+    return bool(ck_w4_set_avx2(allow))
 
 
 def winograd4_scratch(Py_ssize_t trows, Py_ssize_t tw):

@@ -300,8 +300,12 @@ CK_W4_FILTERS(float, f_avx2, __attribute__((target("avx2"))))
 CK_W4_FILTERS(double, d_avx2, __attribute__((target("avx2"))))
 #endif
 
+static int ck_w4_allow_avx2 = 1;    /* tests clear it to run the baseline build */
+
 static int ck_w4_avx2(void) {
     static int known = -1;
+    if (!ck_w4_allow_avx2)
+        return 0;
     if (known < 0) {
 #ifdef CK_W4_X86
         __builtin_cpu_init();
@@ -312,6 +316,8 @@ static int ck_w4_avx2(void) {
     }
     return known;
 }
+
+static int ck_w4_set_avx2(int allow) { int old = ck_w4_allow_avx2; ck_w4_allow_avx2 = allow; return old; }
 
 static ptrdiff_t ck_w4_input_scratch(ptrdiff_t tw) { return 13 * (4 * tw + 4); }
 /* ck_w4_output_tiles' S and Yp for n tiles, plus ck_w4_store_row's buf for rows of tw */
