@@ -172,10 +172,11 @@ cdef inline void _wino_output_row(const floating* m, Py_ssize_t ms, Py_ssize_t t
 # 36 GEMMs of (F x C) @ (C x tiles) per 4x4 output tile: 4x fewer multiplications than direct
 # (F(2x2): 2.25x).  The price of the bigger tile is accuracy: its transforms use larger and
 # non-dyadic coefficients, and the error grows with them.  Points (with infinity):
-# 0, 1, -1, 1/2, -2.  Measured in float32 against float64 (bench/wino_accuracy.py, RESULTS.md
-# "Winograd F(4x4, 3x3)"), this set's error is about a third of the textbook 0, +-1, +-2
-# (Lavin & Gray) and half of 0, +-1, +-1/2; its coefficients stay within 1/8 .. 8, and every
-# one outside G is a small integer or a power of two (exact multiplications).
+# 0, 1, -1, 1/2, -2.  In a float32 emulation (bench/wino_points.py) this set's largest error is
+# 2.6x lower than that of the textbook 0, +-1, +-2 (Lavin & Gray) or of 0, +-1, +-1/2 (RMS
+# 1.4x lower); its coefficients stay within 1/8 .. 8, and every one outside G is a small integer
+# or a power of two.  Measured per layer: bench/wino_accuracy.py, RESULTS.md "Winograd F(4x4,
+# 3x3)" (about 1e-6 of the output's scale, ~5x F(2x2)'s error).
 #   B^T (rows scaled by 2, 2, 2, 1, 2, 2: exact)   G (rows scaled back)       A^T
 #   [2 -3 -4  3  2  0]                             [ 1/2    0     0   ]      [1 1  1  1    1  0]
 #   [0 -2  1  5  2  0]                             [ 1/6   1/6   1/6  ]      [0 1 -1 1/2  -2  0]
