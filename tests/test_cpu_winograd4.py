@@ -45,7 +45,7 @@ def _kernel(x, w, pt, pl, Ho, Wo, trows, threads, flip=False, bias=None):
     N, C = x.shape[:2]
     F = w.shape[1] if flip else w.shape[0]
     U = np.empty((36, F, C), x.dtype)
-    wg.winograd4_filters(w, U, threads, flip)
+    wg.winograd_filters(w, U, threads, flip)
     tw = -(-Wo // 4)
     per = 36 * (C + F) * trows * tw + wg.winograd4_scratch(trows, tw)
     ws = np.full(threads * per, np.nan, x.dtype)     # (the kernel must not read stale scratch)
@@ -90,7 +90,7 @@ def test_kernel_matches_torch_float64(case, dtype):
 @pytest.mark.parametrize("pad", [0, 1, 2])
 def test_kernel_grad_x_by_flipped_transposed_filters(dtype, pad):
     """grad_x of a 3x3 stride-1 conv = the conv of grad_y with w[f, c] -> w[c, f] turned by 180
-    degrees, padded by 2 - pad (winograd4_filters' transpose_flip)."""
+    degrees, padded by 2 - pad (winograd_filters' transpose_flip)."""
     rng = np.random.default_rng(pad)
     N, C, H, W, F = 2, 19, 10, 7, 21
     x = rng.standard_normal((N, C, H, W)).astype(dtype)

@@ -1,7 +1,7 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 # cython: language_level=3
 """Winograd F(2x2, 3x3) and F(4x4, 3x3) for 3x3 stride-1 convs (conv_plan "winograd", tile 2
-or 4): filter transforms (winograd_filters, winograd4_filters), input / output tile transforms
+or 4): filter transforms (winograd_filters, 16 or 36 planes), input / output tile transforms
 (F(2x2): here, and csrc/wino.h for float32 on AVX-512; F(4x4): csrc/wino4.h) and 16 or 36
 GEMMs per task on the transformed tiles.
 
@@ -47,7 +47,8 @@ cdef inline void _wino_filter(const floating* g, floating* u, Py_ssize_t us) noe
 def winograd_filters(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int n_threads,
                      bint transpose_flip=False):
     """U[(a*4 + b), f, c] = (G w[f, c] G^T)[a, b] (OUT: U (16, F, C)) for 3x3 filters w,
-    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
+    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]; with U (36, F, C), F(4x4)'s
+    U[(a*6 + b), f, c] (G as in the comment above _G4, 16 channels per step, csrc/wino4.h).
     transpose_flip: the filters of grad_x instead, w'[f, c] = w[c, f] turned by 180 degrees
     (U (16, C, F) for w (F, C, 3, 3)), without making w' first.
 
@@ -56,9 +57,15 @@ def winograd_filters(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int 
     cdef Py_ssize_t F = U.shape[1], C = U.shape[2]
     cdef Py_ssize_t nb = (C + 15) // 16
     cdef Py_ssize_t it
+    cdef bint four = U.shape[0] == 36
+    if U.shape[0] != 16 and not four:
+        raise ValueError(f"U must have 16 (F(2x2)) or 36 (F(4x4)) planes, got {U.shape[0]}")
     with nogil:
         for it in prange(F * nb, schedule="static", num_threads=n_threads):
-            _wino_filter_block(w, U, it // nb, (it % nb) * 16, transpose_flip)
+            if four:
+                _wino4_filter_block(w, U, it // nb, (it % nb) * 16, transpose_flip)
+            else:
+                _wino_filter_block(w, U, it // nb, (it % nb) * 16, transpose_flip)
 
 
 cdef void _wino_filter_block(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, Py_ssize_t f,
@@ -186,23 +193,10 @@ cdef inline void _wino_output_row(const floating* m, Py_ssize_t ms, Py_ssize_t t
 #   [0  2 -3 -4  3  2]                             [  0     0    1/2  ]
 # Y = A^T [(G g G^T) . (B^T d B)] A for a 6x6 input tile d; G g G^T is computed in double and
 # rounded once (it holds the inexact thirds and fifteenths), 16 filters at a time
-# (csrc/wino4.h's ck_w4_filters).
+# (winograd_filters with 36 planes; csrc/wino4.h's ck_w4_filters).
 cdef double[18] _G4
 _G4[:] = [0.5, 0.0, 0.0, 1.0 / 6, 1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6,
           -16.0 / 15, -8.0 / 15, -4.0 / 15, 1.0 / 30, -1.0 / 15, 2.0 / 15, 0.0, 0.0, 0.5]
-
-
-def winograd4_filters(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int n_threads,
-                      bint transpose_flip=False):
-    """U[(a*6 + b), f, c] = (G w[f, c] G^T)[a, b] (OUT: U (36, F, C)) for 3x3 filters w, G as
-    above.  transpose_flip: grad_x's filters, as winograd_filters.  A task transforms 16
-    channels of one filter and stores 36 runs of 16 (see winograd_filters)."""
-    cdef Py_ssize_t F = U.shape[1], C = U.shape[2]
-    cdef Py_ssize_t nb = (C + 15) // 16
-    cdef Py_ssize_t it
-    with nogil:
-        for it in prange(F * nb, schedule="static", num_threads=n_threads):
-            _wino4_filter_block(w, U, it // nb, (it % nb) * 16, transpose_flip)
 
 
 cdef void _wino4_filter_block(const floating[:, :, :, ::1] w, floating[:, :, ::1] U,

@@ -312,8 +312,7 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
     tile = p.get("tile", 2)
     E = (tile + 2) ** 2
     U = _workspace(E * F * C, x.dtype, "winograd")[:E * F * C].reshape(E, F, C)
-    (_winograd.winograd4_filters if tile == 4 else _winograd.winograd_filters)(
-        weight, U, n, transpose_flip)
+    _winograd.winograd_filters(weight, U, n, transpose_flip)
     ws = _workspace(n * p["per_thread"], x.dtype)
     with _blas_pin(x.dtype):
         _winograd.conv2d_forward_winograd(x, U, b, has_bias, y, ws, p["per_thread"], p["trows"],
