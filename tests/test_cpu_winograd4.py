@@ -87,10 +87,10 @@ def test_kernel_matches_torch_float64(case, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("pad", [0, 1, 2])
+@pytest.mark.parametrize("pad", [0, 1, 2, 3])  # 3: grad_x crops (padding -1)
 def test_kernel_grad_x_by_flipped_transposed_filters(dtype, pad):
     """grad_x of a 3x3 stride-1 conv = the conv of grad_y with w[f, c] -> w[c, f] turned by 180
-    degrees, padded by 2 - pad (winograd_filters' transpose_flip)."""
+    degrees, padded by 2 - pad (winograd_filters' transpose_flip; negative: cropped)."""
     rng = np.random.default_rng(pad)
     N, C, H, W, F = 2, 19, 10, 7, 21
     x = rng.standard_normal((N, C, H, W)).astype(dtype)
