@@ -467,9 +467,12 @@ def test_emulated_asarray_routes(emulated, monkeypatch):
 
 
 def test_emulated_precompile_and_info(emulated):
+    from convkit_cuda._kernels import STEMS
+
     t = convkit.precompile("cuda")
-    assert set(t) == {f"{s}:{d}" for s in ("conv", "pool", "batchnorm", "roi", "boxes")
-                      for d in ("float32", "float64")}
+    # every kernels/*.cu file (the op families added later too), for both dtypes
+    assert {"conv", "pool", "batchnorm", "roi", "boxes", "adaptive_pool"} <= set(STEMS)
+    assert set(t) == {f"{s}:{d}" for s in STEMS for d in ("float32", "float64")}
     assert all(v >= 0 for v in t.values())
     info = emulated.info()
     assert "host emulation" in info["device"] and info["cupy"] == "0+host-emulation"
@@ -485,7 +488,8 @@ def test_generic_op_suites_on_emulated_cuda():
     backends load)."""
     here = os.path.dirname(os.path.abspath(__file__))
     files = [os.path.join(here, f"test_{s}.py") for s in (
-        "conv", "pool", "batchnorm", "roi", "boxes", "errors", "conformance", "nn", "detection")]
+        "conv", "pool", "batchnorm", "roi", "boxes", "errors", "conformance", "nn", "detection",
+        "conv_transpose")]
     files = [f for f in files if os.path.exists(f)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))

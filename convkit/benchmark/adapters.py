@@ -16,10 +16,12 @@ import numpy as np
 
 import convkit as ck
 
-from .cases import F32, FB, FWD
+from .cases import F32, FB, FWD, ConvTransposeCase
 
 
 def _conv_convkit(case, be, d):
+    if isinstance(case, ConvTransposeCase):
+        return _conv_transpose_convkit(case, be, d)
     x, w, b, gy = (be.asarray(d[k]) for k in ("x", "w", "b", "gy"))
     y = be.xp.empty(gy.shape, F32)
     s, p, g = case.stride, case.pad, case.groups
@@ -38,6 +40,9 @@ def _conv_convkit(case, be, d):
 def _conv_torch(case, torch, dev, d):
     import torch.nn.functional as tF
 
+    if isinstance(case, ConvTransposeCase):
+        return _conv_transpose_torch(case, torch, dev, d)
+
     x = torch.from_numpy(d["x"]).to(dev).requires_grad_(not case.first_layer)
     w = torch.from_numpy(d["w"]).to(dev).requires_grad_(True)
     b = torch.from_numpy(d["b"]).to(dev).requires_grad_(True)
@@ -51,6 +56,36 @@ def _conv_torch(case, torch, dev, d):
 
     def fwd_bwd():
         return torch.autograd.grad(tF.conv2d(x, w, b, s, p, 1, g), wrt, gy)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
+# conv_transpose2d: a "conv" family case (ConvTransposeCase) with its own runners
+def _conv_transpose_convkit(case, be, d):
+    x, w, b, gy = (be.asarray(d[k]) for k in ("x", "w", "b", "gy"))
+    s, p, op = case.stride, case.pad, case.output_padding
+
+    def fwd():
+        return ck.conv_transpose2d_forward(x, w, b, s, p, op)
+
+    def fwd_bwd():
+        ck.conv_transpose2d_forward(x, w, b, s, p, op)
+        return ck.conv_transpose2d_backward(gy, x, w, s, p, op)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
+def _conv_transpose_torch(case, torch, dev, d):
+    import torch.nn.functional as tF
+
+    x, w, b = (torch.from_numpy(d[k]).to(dev).requires_grad_(True) for k in ("x", "w", "b"))
+    gy = torch.from_numpy(d["gy"]).to(dev)
+    s, p, op = case.stride, case.pad, case.output_padding
+
+    def fwd():
+        with torch.no_grad():
+            return tF.conv_transpose2d(x, w, b, s, p, op)
+
+    def fwd_bwd():
+        return torch.autograd.grad(tF.conv_transpose2d(x, w, b, s, p, op), [x, w, b], gy)
     return {FWD: fwd, FB: fwd_bwd}
 
 
@@ -195,6 +230,54 @@ _CONVKIT = {"conv": _conv_convkit, "pool": _pool_convkit, "bn": _bn_convkit, "ro
             "nms": _nms_convkit}
 _TORCH = {"conv": _conv_torch, "pool": _pool_torch, "bn": _bn_torch, "roi": _roi_torch,
           "nms": _nms_torch}
+
+
+# ---- adaptive pooling (issue 14)
+def _adaptive_convkit(case, be, d):
+    x, gy = be.asarray(d["x"]), be.asarray(d["gy"])
+    o = case.out
+    if case.kind == "max":
+        def fwd():
+            return ck.adaptive_max_pool2d_forward(x, o)
+
+        def fwd_bwd():
+            _, idx = ck.adaptive_max_pool2d_forward(x, o)
+            return ck.adaptive_max_pool2d_backward(gy, idx, x.shape)
+    else:
+        def fwd():
+            return ck.adaptive_avg_pool2d_forward(x, o)
+
+        def fwd_bwd():
+            ck.adaptive_avg_pool2d_forward(x, o)
+            return ck.adaptive_avg_pool2d_backward(gy, x.shape)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
+def _adaptive_torch(case, torch, dev, d):
+    import torch.nn.functional as tF
+
+    x = torch.from_numpy(d["x"]).to(dev).requires_grad_(True)
+    gy = torch.from_numpy(d["gy"]).to(dev)
+    o = case.out
+    if case.kind == "max":
+        def fwd():   # with indices: the same result convkit's forward returns
+            with torch.no_grad():
+                return tF.adaptive_max_pool2d(x, o, return_indices=True)
+
+        def fwd_bwd():
+            return torch.autograd.grad(tF.adaptive_max_pool2d(x, o), [x], gy)
+    else:
+        def fwd():
+            with torch.no_grad():
+                return tF.adaptive_avg_pool2d(x, o)
+
+        def fwd_bwd():
+            return torch.autograd.grad(tF.adaptive_avg_pool2d(x, o), [x], gy)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
+_CONVKIT["adaptive"] = _adaptive_convkit
+_TORCH["adaptive"] = _adaptive_torch
 
 
 TORCH_NAMES = ("torch", "torch-cuda")

@@ -23,7 +23,11 @@ TARGETS = (
     ("bn_train", "torch", 1.0, (FB,)),
     *((op, "numpy", 20.0, (FWD, FB)) for op in ("roi_align", "roi_pool")),
     ("nms", "numpy", 20.0, (FWD,)),
+    ("convt_28", "torch", 1.0, (FWD, FB)),
 )
+# adaptive pooling (issue 14): at least torch's speed, forward and forward+backward
+TARGETS += tuple((f"adaptive_{k}_{n}", "torch", 1.0, (FWD, FB))
+                 for n in ("head", "56to7") for k in ("avg", "max"))
 GEOMEAN_TARGET = 1.0
 MEMORY_TARGET = 2.0
 
@@ -88,6 +92,7 @@ def user_targets(summary, memory, backend="cpu"):
 
 FAMILY_TITLES = {"conv": "convolution layers", "pool": "pooling", "bn": "batch norm (training)",
                  "roi": "RoI align / RoI pool", "nms": "NMS"}
+FAMILY_TITLES["adaptive"] = "adaptive pooling"
 
 
 def family_summaries(rows, backend):
