@@ -6,6 +6,7 @@ by users; the public plane kernels are in _conv.pxd).  One header per kernel fam
     csrc/vsum.h    float32 sums, short row copies, im2col tap rows, stride-phase planes (AVX-512)
     csrc/sdot.h    the dot-product weight gradient's tile loop (AVX-512)
     csrc/wino.h    Winograd F(2x2, 3x3) transforms, 16 tiles / filters per step (AVX-512)
+    csrc/wino4.h   Winograd F(4x4, 3x3) row transforms (portable C; AVX2 build by CPUID)
     csrc/dwconv.h  depthwise stride-1 register blocks (GCC/clang vector extensions)
     csrc/dw3x3.h   depthwise 3x3 stride-1 kernels (16-byte / AVX2 / AVX-512, picked by CPUID)
     csrc/shift.h   masked shifted copies for the small-map im2col (AVX-512)
@@ -44,6 +45,29 @@ cdef extern from "csrc/wino.h" nogil:
                              Py_ssize_t Wo, int two_rows)
     int ck_wino_filters_f(const float* g, Py_ssize_t ls, Py_ssize_t nl, int flip, float* u,
                           Py_ssize_t us)
+
+
+cdef extern from "csrc/wino4.h" nogil:
+    void ck_w4_input_row_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
+                           Py_ssize_t pl, Py_ssize_t tw, float* v, Py_ssize_t vs, float* scratch)
+    void ck_w4_input_row_d(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
+                           Py_ssize_t pl, Py_ssize_t tw, double* v, Py_ssize_t vs,
+                           double* scratch)
+    void ck_w4_output_tiles_f(const float* m, Py_ssize_t ms, Py_ssize_t n, float bias,
+                              float* S, float* Yp)
+    void ck_w4_output_tiles_d(const double* m, Py_ssize_t ms, Py_ssize_t n, double bias,
+                              double* S, double* Yp)
+    void ck_w4_store_row_f(const float* Yp, Py_ssize_t n, Py_ssize_t tw, float* y, Py_ssize_t Wo,
+                           Py_ssize_t rows, float* buf)
+    void ck_w4_store_row_d(const double* Yp, Py_ssize_t n, Py_ssize_t tw, double* y,
+                           Py_ssize_t Wo, Py_ssize_t rows, double* buf)
+    void ck_w4_filters_f(const float* g, Py_ssize_t ls, Py_ssize_t nl, int flip,
+                         const double* G, float* u, Py_ssize_t us)
+    void ck_w4_filters_d(const double* g, Py_ssize_t ls, Py_ssize_t nl, int flip,
+                         const double* G, double* u, Py_ssize_t us)
+    int ck_w4_set_avx2(int allow)
+    Py_ssize_t ck_w4_input_scratch(Py_ssize_t tw)
+    Py_ssize_t ck_w4_output_scratch(Py_ssize_t n, Py_ssize_t tw)
 
 
 cdef extern from "csrc/dwconv.h" nogil:

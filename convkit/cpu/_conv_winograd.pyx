@@ -1,7 +1,8 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 # cython: language_level=3
-"""Winograd F(2x2, 3x3) for 3x3 stride-1 convs (conv_plan "winograd"): filter transform
-(winograd_filters), input / output tile transforms (csrc/wino.h for float32 on AVX-512) and 16
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3) for 3x3 stride-1 convs (conv_plan "winograd", tile 2
+or 4): filter transforms (winograd_filters, 16 or 36 planes), input / output tile transforms
+(F(2x2): here, and csrc/wino.h for float32 on AVX-512; F(4x4): csrc/wino4.h) and 16 or 36
 GEMMs per task on the transformed tiles.
 
 Part of the conv kernels laid out by algorithm: see convkit/cpu/_conv.pyx.
@@ -11,7 +12,11 @@ from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm_pk
-from ._conv_csrc cimport ck_wino_input_row_f, ck_wino_output_row_f, ck_wino_filters_f
+from ._conv_csrc cimport (ck_wino_input_row_f, ck_wino_output_row_f, ck_wino_filters_f,
+                          ck_w4_input_row_f, ck_w4_input_row_d, ck_w4_output_tiles_f,
+                          ck_w4_output_tiles_d, ck_w4_store_row_f, ck_w4_store_row_d,
+                          ck_w4_filters_f, ck_w4_filters_d, ck_w4_input_scratch,
+                          ck_w4_output_scratch, ck_w4_set_avx2)
 from ._conv_common cimport _min
 
 
@@ -42,7 +47,8 @@ cdef inline void _wino_filter(const floating* g, floating* u, Py_ssize_t us) noe
 def winograd_filters(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int n_threads,
                      bint transpose_flip=False):
     """U[(a*4 + b), f, c] = (G w[f, c] G^T)[a, b] (OUT: U (16, F, C)) for 3x3 filters w,
-    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
+    G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]; with U (36, F, C), F(4x4)'s
+    U[(a*6 + b), f, c] (G as in the comment above _G4, 16 channels per step, csrc/wino4.h).
     transpose_flip: the filters of grad_x instead, w'[f, c] = w[c, f] turned by 180 degrees
     (U (16, C, F) for w (F, C, 3, 3)), without making w' first.
 
@@ -51,9 +57,15 @@ def winograd_filters(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int 
     cdef Py_ssize_t F = U.shape[1], C = U.shape[2]
     cdef Py_ssize_t nb = (C + 15) // 16
     cdef Py_ssize_t it
+    cdef bint four = U.shape[0] == 36
+    if U.shape[0] != 16 and not four:
+        raise ValueError(f"U must have 16 (F(2x2)) or 36 (F(4x4)) planes, got {U.shape[0]}")
     with nogil:
         for it in prange(F * nb, schedule="static", num_threads=n_threads):
-            _wino_filter_block(w, U, it // nb, (it % nb) * 16, transpose_flip)
+            if four:
+                _wino4_filter_block(w, U, it // nb, (it % nb) * 16, transpose_flip)
+            else:
+                _wino_filter_block(w, U, it // nb, (it % nb) * 16, transpose_flip)
 
 
 cdef void _wino_filter_block(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, Py_ssize_t f,
@@ -163,6 +175,102 @@ cdef inline void _wino_output_row(const floating* m, Py_ssize_t ms, Py_ssize_t t
                     - m[14 * ms + j]) + bias
 
 
+# ---------------------------------------------------------------------------- Winograd F(4x4, 3x3)
+# 36 GEMMs of (F x C) @ (C x tiles) per 4x4 output tile: 4x fewer multiplications than direct
+# (F(2x2): 2.25x).  The price of the bigger tile is accuracy: its transforms use larger and
+# non-dyadic coefficients, and the error grows with them.  Points (with infinity):
+# 0, 1, -1, 1/2, -2.  In a float32 emulation (bench/wino_points.py) this set's largest error is
+# 2.6x lower than that of the textbook 0, +-1, +-2 (Lavin & Gray) or of 0, +-1, +-1/2 (RMS
+# 1.4x lower); its coefficients stay within 1/8 .. 8, and every one outside G is a small integer
+# or a power of two.  Measured per layer: bench/wino_accuracy.py, RESULTS.md "Winograd F(4x4,
+# 3x3)" (about 1e-6 of the output's scale, ~5x F(2x2)'s error).
+#   B^T (rows scaled by 2, 2, 2, 1, 2, 2: exact)   G (rows scaled back)       A^T
+#   [2 -3 -4  3  2  0]                             [ 1/2    0     0   ]      [1 1  1  1    1  0]
+#   [0 -2  1  5  2  0]                             [ 1/6   1/6   1/6  ]      [0 1 -1 1/2  -2  0]
+#   [0  2 -5  1  2  0]                             [-1/6   1/6  -1/6  ]      [0 1  1 1/4   4  0]
+#   [0 -2 -1  2  1  0]                             [-16/15 -8/15 -4/15]      [0 1 -1 1/8  -8  1]
+#   [0  1 -2 -1  2  0]                             [ 1/30 -1/15  2/15 ]
+#   [0  2 -3 -4  3  2]                             [  0     0    1/2  ]
+# Y = A^T [(G g G^T) . (B^T d B)] A for a 6x6 input tile d; G g G^T is computed in double and
+# rounded once (it holds the inexact thirds and fifteenths), 16 filters at a time
+# (winograd_filters with 36 planes; csrc/wino4.h's ck_w4_filters).
+cdef double[18] _G4
+_G4[:] = [0.5, 0.0, 0.0, 1.0 / 6, 1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6,
+          -16.0 / 15, -8.0 / 15, -4.0 / 15, 1.0 / 30, -1.0 / 15, 2.0 / 15, 0.0, 0.0, 0.5]
+
+
+cdef void _wino4_filter_block(const floating[:, :, :, ::1] w, floating[:, :, ::1] U,
+                              Py_ssize_t f, Py_ssize_t c0, bint transpose_flip) noexcept nogil:
+    """Channels c0 .. c0+15 (or to C) of filter f into U, 16 lanes at once (csrc/wino4.h)."""
+    cdef Py_ssize_t nl = _min(c0 + 16, U.shape[2]) - c0
+    if floating is float:
+        if transpose_flip:
+            ck_w4_filters_f(&w[c0, f, 0, 0], w.shape[1] * 9, nl, 1, _G4, &U[0, f, c0],
+                            U.shape[1] * U.shape[2])
+        else:
+            ck_w4_filters_f(&w[f, c0, 0, 0], 9, nl, 0, _G4, &U[0, f, c0], U.shape[1] * U.shape[2])
+    else:
+        if transpose_flip:
+            ck_w4_filters_d(&w[c0, f, 0, 0], w.shape[1] * 9, nl, 1, _G4, &U[0, f, c0],
+                            U.shape[1] * U.shape[2])
+        else:
+            ck_w4_filters_d(&w[f, c0, 0, 0], 9, nl, 0, _G4, &U[0, f, c0], U.shape[1] * U.shape[2])
+
+
+def winograd4_avx2(bint allow):
+    """Allow (True) or forbid the AVX2 build of the F(4x4) transforms (tests compare the two);
+    returns the previous setting.  Not thread-safe: for tests only."""
+    return bool(ck_w4_set_avx2(allow))
+
+
+def winograd4_scratch(Py_ssize_t trows, Py_ssize_t tw):
+    """Scratch (elements) of the F(4x4) transforms for a task of trows rows of tw tiles."""
+    return max(ck_w4_input_scratch(tw), ck_w4_output_scratch(trows * tw, tw))
+
+
+cdef void _wino4_input_rows(const floating* x, Py_ssize_t img_stride, Py_ssize_t H,
+                            Py_ssize_t W, Py_ssize_t th, Py_ssize_t g0, Py_ssize_t nt,
+                            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t tw, floating* v,
+                            Py_ssize_t vs, floating* scratch) noexcept nogil:
+    """The F(4x4) input transform of the batch's tile rows g0 .. g0+nt-1 of one channel (as
+    _wino_input_rows)."""
+    cdef Py_ssize_t k, n, i
+    for k in range(nt):
+        n = (g0 + k) // th
+        i = g0 + k - n * th
+        if floating is float:
+            ck_w4_input_row_f(x + n * img_stride, H, W, 4 * i - pt, pl, tw, v + k * tw, vs,
+                              scratch)
+        else:
+            ck_w4_input_row_d(x + n * img_stride, H, W, 4 * i - pt, pl, tw, v + k * tw, vs,
+                              scratch)
+
+
+cdef void _wino4_output_rows(const floating* m, Py_ssize_t ms, Py_ssize_t th, Py_ssize_t g0,
+                             Py_ssize_t nt, Py_ssize_t tw, floating bias, floating* y,
+                             Py_ssize_t img_stride, Py_ssize_t Ho, Py_ssize_t Wo,
+                             floating* scratch) noexcept nogil:
+    """The F(4x4) output transform of tile rows g0 .. g0+nt-1 of one filter: all nt*tw tiles
+    in one pass, then stored row by row."""
+    cdef Py_ssize_t k, n, i, P = nt * tw
+    cdef floating* Yp = scratch + 24 * P
+    cdef floating* buf = Yp + 16 * P
+    if floating is float:
+        ck_w4_output_tiles_f(m, ms, P, bias, scratch, Yp)
+    else:
+        ck_w4_output_tiles_d(m, ms, P, bias, scratch, Yp)
+    for k in range(nt):
+        n = (g0 + k) // th
+        i = g0 + k - n * th
+        if floating is float:
+            ck_w4_store_row_f(Yp + k * tw, P, tw, y + n * img_stride + 4 * i * Wo, Wo,
+                              _min(4, Ho - 4 * i), buf)
+        else:
+            ck_w4_store_row_d(Yp + k * tw, P, tw, y + n * img_stride + 4 * i * Wo, Wo,
+                              _min(4, Ho - 4 * i), buf)
+
+
+# ---------------------------------------------------------------------------- both tiles
 cdef void _wino_input_rows(const floating* x, Py_ssize_t img_stride, Py_ssize_t H,
                            Py_ssize_t W, Py_ssize_t th, Py_ssize_t g0, Py_ssize_t nt,
                            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t tw, floating* v,
@@ -192,39 +300,55 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
                             const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
                             floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
                             Py_ssize_t pt, Py_ssize_t pl, int n_threads,
-                            const float[:, ::1] apk):
-    """3x3, stride 1, dilation 1, groups 1: y = conv(x, w) + bias by Winograd F(2x2, 3x3).
-    apk: U[e] prepacked for the own float32 GEMM in row e (no rows: none).
+                            const float[:, ::1] apk, int tile=2):
+    """3x3, stride 1, dilation 1, groups 1: y = conv(x, w) + bias by Winograd F(2x2, 3x3)
+    (tile 2) or F(4x4, 3x3) (tile 4).  apk: U[e] prepacked for the own float32 GEMM in row e
+    (no rows: none).
 
-    U (16, F, C): the transformed filters G w G^T.  The batch's rows of 2x2 output tiles
-    (N * ceil(Ho/2) of them, numbered image after image) go in blocks of ``trows`` -- a block
-    may span images, so small images still make wide GEMMs.  Blocks are independent tasks
-    (dynamic schedule, no barrier).  A task's slice of ws holds V (16, C, tiles), M (16, F,
-    tiles) and the row scratch: ws_per_thread >= 16*(C + F)*trows*tw + 8*(2*tw + 2).
+    U (E, F, C), E = (tile + 2)**2: the transformed filters G w G^T.  The batch's rows of output
+    tiles (N * ceil(Ho/tile) of them, numbered image after image) go in blocks of ``trows`` -- a
+    block may span images, so small images still make wide GEMMs.  Blocks are independent tasks
+    (dynamic schedule, no barrier).  A task's slice of ws holds V (E, C, tiles), M (E, F,
+    tiles) and the row scratch: ws_per_thread >= E*(C + F)*trows*tw + 8*(2*tw + 2) (tile 2) or
+    + winograd4_scratch(trows, tw) (tile 4).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = U.shape[1], Ho = y.shape[2], Wo = y.shape[3]
-    cdef Py_ssize_t th = (Ho + 1) // 2, tw = (Wo + 1) // 2
+    cdef Py_ssize_t E = (tile + 2) * (tile + 2)
+    cdef Py_ssize_t th = (Ho + tile - 1) // tile, tw = (Wo + tile - 1) // tile
     cdef Py_ssize_t nrb = (N * th + trows - 1) // trows
     cdef Py_ssize_t t, g0, nt, P, c, e, f
     cdef floating* V
     cdef floating* M
+    if tile != 2 and tile != 4:
+        raise ValueError(f"tile must be 2 or 4, got {tile}")
+    if U.shape[0] != E:
+        raise ValueError(f"U must have {E} transformed planes for tile {tile}, got {U.shape[0]}")
     with nogil:
         for t in prange(nrb, schedule="dynamic", num_threads=n_threads):
             g0 = t * trows
             nt = _min(trows, N * th - g0)
             P = nt * tw
             V = &ws[0] + threadid() * ws_per_thread
-            M = V + 16 * C * P
+            M = V + E * C * P
             for c in range(C):
-                _wino_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
-                                 V + c * P, C * P, M + 16 * F * P)
-            for e in range(16):
+                if tile == 2:
+                    _wino_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
+                                     V + c * P, C * P, M + E * F * P)
+                else:
+                    _wino4_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl,
+                                      tw, V + c * P, C * P, M + E * F * P)
+            for e in range(E):
                 gemm_pk(False, False, F, P, C, &U[e, 0, 0], C,
                         &apk[e, 0] if apk.shape[0] > e else <const float*>NULL,
                         V + e * C * P, P, <floating>0, M + e * F * P, P, <const floating*>NULL)
             for f in range(F):
-                _wino_output_rows(M + f * P, F * P, th, g0, nt, tw,
-                                  bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
-                                  F * Ho * Wo, Ho, Wo)
+                if tile == 2:
+                    _wino_output_rows(M + f * P, F * P, th, g0, nt, tw,
+                                      bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
+                                      F * Ho * Wo, Ho, Wo)
+                else:
+                    _wino4_output_rows(M + f * P, F * P, th, g0, nt, tw,
+                                       bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
+                                       F * Ho * Wo, Ho, Wo, M + E * F * P)
     return y

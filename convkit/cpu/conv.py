@@ -309,13 +309,15 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
     C = x.shape[1]
     F = weight.shape[1] if transpose_flip else weight.shape[0]
     n, p = step.threads, step.params
-    U = _workspace(16 * F * C, x.dtype, "winograd")[:16 * F * C].reshape(16, F, C)
+    tile = p.get("tile", 2)
+    E = (tile + 2) ** 2
+    U = _workspace(E * F * C, x.dtype, "winograd")[:E * F * C].reshape(E, F, C)
     _winograd.winograd_filters(weight, U, n, transpose_flip)
     ws = _workspace(n * p["per_thread"], x.dtype)
     with _blas_pin(x.dtype):
         _winograd.conv2d_forward_winograd(x, U, b, has_bias, y, ws, p["per_thread"], p["trows"],
                                       s.padding[0] if pt is None else pt,
-                                      s.padding[2] if pl is None else pl, n, _packed_a(U))
+                                      s.padding[2] if pl is None else pl, n, _packed_a(U), tile)
 
 
 def _fwd_batch(x, weight, b, has_bias, y, s, step, stride=None, pt=None, pl=None):

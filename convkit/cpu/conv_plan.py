@@ -11,7 +11,7 @@ name            what                                                            
 depthwise3x3    3x3 stride-1 depthwise, one filter per channel: vector kernels          f, x, w
 depthwise       any other depthwise conv (groups == C): a direct kernel per plane       f, x, w
 dense           plane no bigger than the kernel: one GEMM with the conv's dense matrix  f, x, w
-winograd        3x3 stride 1, >= 16 channels, maps > 64 positions: F(2x2, 3x3)         f, x
+winograd        3x3 stride 1, >= 16 channels, maps > 64 positions: F(2x2) or F(4x4)     f, x
 batch           maps <= 64 positions: the batch's columns side by side in one GEMM      f, x, w
 phases          strided, float32 on the own GEMM: polyphase planes, a GEMM per row      f
 wide            stride 1, padded rows <= 5/4 of the output's: taps read in place        f
@@ -321,9 +321,34 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
     return n_threads, units_w, rows_w, chans_x, rows_x, nsplit, ws // itemsize + W + sw
 
 
-def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, limit):
+def winograd_tile(C, F, Ho, Wo, own_gemm):
+    """4 (F(4x4, 3x3)) or 2 (F(2x2, 3x3)): F(4x4) where its GEMMs go to BLAS, both channel
+    counts are at least tuning.WINOGRAD4_MIN_CHANNELS and its multiplications, padding tiles
+    included, are at most tuning.WINOGRAD4_MAX_MUL_RATIO of F(2x2)'s (36 per 4x4 tile against
+    16 per 2x2 tile).  On the own AVX-512 GEMM F(2x2) stays (its transforms have AVX-512
+    versions there; F(4x4)'s were never measured there)."""
+    if own_gemm or min(C, F) < T.WINOGRAD4_MIN_CHANNELS:
+        return 2
+    f4 = 36 * ceil_div(Ho, 4) * ceil_div(Wo, 4)
+    f2 = 16 * ceil_div(Ho, 2) * ceil_div(Wo, 2)
+    num, den = T.WINOGRAD4_MAX_MUL_RATIO
+    return 4 if den * f4 <= num * f2 else 2
+
+
+def winograd_scratch(tile, trows, tw):
+    """Row scratch (elements) of a Winograd task (csrc/wino4.h's ck_w4_input_scratch and
+    ck_w4_output_scratch for tile 4; tests check the two agree)."""
+    if tile == 2:
+        return 8 * (2 * tw + 2)
+    return max(13 * (4 * tw + 4), 40 * trows * tw + 4 * tw)
+
+
+def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, limit,
+                  tile=2):
     """(threads, tile rows per task, workspace elements per thread), or None when not even one
-    tile row per thread fits the workspace limit."""
+    tile row per thread fits the workspace limit.  tile: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3))."""
+    if tile == 4:
+        return _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit)
     tw = (Wo + 1) // 2
     th = (Ho + 1) // 2
     per_row = 16 * (C + F) * tw * itemsize      # V and M of one row of 2x2 tiles
@@ -343,6 +368,28 @@ def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, 
             tasks = ceil_div(tasks, n_threads) * n_threads
         trows = max(1, ceil_div(N * th, tasks))
     return n_threads, trows, trows * per_row // itemsize + 8 * (2 * tw + 2)
+
+
+def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit):
+    """plan_winograd for F(4x4) on BLAS: about tuning.WINOGRAD4_TASK_TILES tiles per task (the
+    36 GEMMs' column count), the batch's tile rows cut into equal tasks -- set by the layer
+    alone (BLAS may sum differently for another column count), lowered only by the limit.
+    The transformed filters U (36 * C * F elements, 4x the weight) count against the limit."""
+    limit -= 36 * C * F * itemsize
+    tw, th = ceil_div(Wo, 4), ceil_div(Ho, 4)
+    per_row = 36 * (C + F) * tw * itemsize      # V and M of one row of 4x4 tiles
+    rows = N * th
+    want = min(rows, ceil_div(T.WINOGRAD4_TASK_TILES, tw))
+    want = ceil_div(rows, ceil_div(rows, want))     # equal tasks
+    extra = winograd_scratch(4, want, tw) * itemsize
+    if per_row + winograd_scratch(4, 1, tw) * itemsize > limit:
+        return None
+    n_threads = max(1, min(n_threads, limit // (per_row * want + extra)))
+    budget = limit // n_threads
+    trows = want
+    while trows > 1 and trows * per_row + winograd_scratch(4, trows, tw) * itemsize > budget:
+        trows -= 1
+    return n_threads, trows, trows * per_row // itemsize + winograd_scratch(4, trows, tw)
 
 
 def plan_batch_forward(N, C, F, KK, HpWp, HoWo, itemsize, n_threads, limit):
@@ -491,9 +538,13 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     if winograd is None:
         winograd = prefer_winograd(F, Cg, KH, KW, s.stride, s.dilation, s.groups, Ho, Wo)
     if winograd:
-        p = plan_winograd(N, C, F, Ho, Wo, itemsize, n, wbytes, own, limit)
+        tile = winograd_tile(C, F, Ho, Wo, own)
+        p = plan_winograd(N, C, F, Ho, Wo, itemsize, n, wbytes, own, limit, tile)
+        if p is None and tile == 4:     # (F(4x4)'s filters alone over the limit)
+            tile = 2
+            p = plan_winograd(N, C, F, Ho, Wo, itemsize, n, wbytes, own, limit, tile)
         if p is not None:
-            return Step("winograd", p[0], {"trows": p[1], "per_thread": p[2]})
+            return Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile})
     if batch_ok(Ho, Wo, pointwise):
         Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
         p = plan_batch_forward(N, C, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, limit)
@@ -563,9 +614,13 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             winograd = prefer_winograd(F, Cg, KH, KW, s.stride, s.dilation, G, Ho, Wo)
         if winograd:
             # the conv of grad_y (F channels) with the flipped, transposed filters (C out)
-            p = plan_winograd(N, F, Cg, H, W, itemsize, n, wbytes, own, limit)
+            tile = winograd_tile(F, Cg, H, W, own)
+            p = plan_winograd(N, F, Cg, H, W, itemsize, n, wbytes, own, limit, tile)
+            if p is None and tile == 4:
+                tile = 2
+                p = plan_winograd(N, F, Cg, H, W, itemsize, n, wbytes, own, limit, tile)
             if p is not None:
-                gx = Step("winograd", p[0], {"trows": p[1], "per_thread": p[2]})
+                gx = Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile})
         if gx is None and s.stride == (1, 1) and batch_ok(H, W, pointwise):
             Hp, Wp = batch_padded(H, W, KH, KW, (1, 1), s.dilation)
             p = plan_batch_forward(N, F, C, KH * KW, Hp * Wp, H * W, itemsize, n, limit)

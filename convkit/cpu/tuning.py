@@ -83,6 +83,22 @@ WINOGRAD_MIN_CHANNELS = 16
 # below WINOGRAD_EVEN_TASKS per thread.  Not measured in RESULTS.md.
 WINOGRAD_TASKS_PER_THREAD = 2
 WINOGRAD_EVEN_TASKS = 8
+# F(4x4, 3x3) instead of F(2x2) (GEMMs on BLAS) when its multiplications, padding tiles
+# included, are at most this fraction of F(2x2)'s.  Measured on the 2-core AMD EPYC (no
+# AVX-512, OpenBLAS), one thread, CPU time: F(4x4) faster at every suite layer, res_14 (ratio
+# 0.73, 14x14 maps) 1.18x, vgg_56 / res_28 (0.5625) 1.5-1.6x, rpn_3x3 (0.62) 1.2x; ratios
+# above 0.75 (maps of a few tiles) not measured.  RESULTS.md "Winograd F(4x4, 3x3)".
+WINOGRAD4_MAX_MUL_RATIO = (3, 4)
+# ... and at least this many channels in and out.  Not a speed threshold (F(4x4) measured
+# faster down to 16 channels: 8x16x56x56 2.2 vs 3.4 ms, one thread): F(4x4)'s float32 error is
+# ~5x F(2x2)'s, and on the 16-20-channel layers of tests/test_cpu_conv.py it exceeds the suite's
+# elementwise float32 tolerance (rtol = atol = 2e-5; 4.6e-5 absolute on outputs of ~0.6).  64
+# is the smallest suite layer (vgg_56).  RESULTS.md "Winograd F(4x4, 3x3)" has the errors.
+WINOGRAD4_MIN_CHANNELS = 64
+# F(4x4): about this many tiles (GEMM columns) per task.  Same EPYC, one thread: res_14 15.7 ms
+# at 64 tiles vs 19.6 at 32 and 18.8 at 128; vgg_56 flat from 56 to 196, rpn_3x3 54 ms at 130
+# vs 58 at 65 and 72 at 26.  RESULTS.md "Winograd F(4x4, 3x3)".
+WINOGRAD4_TASK_TILES = 64
 
 # ----------------------------------------------------------------------------- small maps
 # Up to this many output positions per image, the batch's columns go side by side into one GEMM

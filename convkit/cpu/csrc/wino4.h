@@ -1,0 +1,350 @@
+/* Winograd F(4x4, 3x3): the input and output row transforms of convkit/cpu/_conv_winograd.pyx
+ * (conv_plan "winograd" with tile 4), float32 and float64, portable C.
+ *
+ * Transform points 0, 1, -1, 1/2, -2 and infinity (the matrices and the reason are in
+ * _conv_winograd.pyx, above winograd4_filters).  Rows of B^T are scaled by 2 where that makes
+ * their coefficients integers; scaling by a power of two is exact, so it changes no bits.
+ *
+ * Every loop is elementwise over tiles or columns (sums in a fixed order, no reductions across
+ * lanes), so the compiler's vectors of any width give the same bits: the AVX2 build of the
+ * same source (picked by CPUID; "avx2" without "fma", so nothing is contracted into an FMA)
+ * and the baseline one agree bit for bit. */
+#ifndef CONVKIT_WINO4_H
+#define CONVKIT_WINO4_H
+
+#include <stddef.h>
+#include <string.h>
+
+/* B^T d for one column (rows scaled by 2, 2, 2, 1, 2, 2):
+ *   2d0 - 3d1 - 4d2 + 3d3 + 2d4,   -2d1 + d2 + 5d3 + 2d4,   2d1 - 5d2 + d3 + 2d4,
+ *   -2d1 - d2 + 2d3 + d4,   d1 - 2d2 - d3 + 2d4,   2d1 - 3d2 - 4d3 + 3d4 + 2d5 */
+#define CK_W4_B(T, TT, d0, d1, d2, d3, d4, d5, o0, o1, o2, o3, o4, o5) do {              \
+    const TT p_ = (d4) - (d2), q_ = (d1) - (d3), s_ = (d2) + (d3), t_ = (d3) - (d2);       \
+    o0 = (T)2 * (((d0) + (d4)) - (T)2 * (d2)) - (T)3 * q_;                                 \
+    o1 = (T)2 * (p_ - q_) + (T)3 * s_;                                                     \
+    o2 = (T)2 * (p_ + q_) + (T)3 * t_;                                                     \
+    o3 = p_ - (T)2 * q_;                                                                   \
+    o4 = q_ + (T)2 * p_;                                                                   \
+    o5 = (T)2 * (((d1) + (d5)) - (T)2 * (d3)) + (T)3 * p_;                                 \
+} while (0)
+
+/* A^T m for one column: m0 + m1 + m2 + m3 + m4,  m1 - m2 + m3/2 - 2m4,
+ * m1 + m2 + m3/4 + 4m4,  m1 - m2 + m3/8 - 8m4 + m5 */
+#define CK_W4_A(T, TT, m0, m1, m2, m3, m4, m5, y0, y1, y2, y3) do {                        \
+    const TT a_ = (m1) + (m2), b_ = (m1) - (m2);                                           \
+    y0 = ((m0) + a_) + ((m3) + (m4));                                                      \
+    y1 = b_ + ((T)0.5 * (m3) - (T)2 * (m4));                                               \
+    y2 = a_ + ((T)0.25 * (m3) + (T)4 * (m4));                                              \
+    y3 = (b_ + ((T)0.125 * (m3) - (T)8 * (m4))) + (m5);                                    \
+} while (0)
+
+/* Rows split into 4 phases and back (pure data movement: no bits change).  src: 4*n elements;
+ * dst[p*n + j] = src[4j + p] (ck_w4_split) and the inverse (ck_w4_join).  SSE / SSE2 on x86
+ * (the 64-bit baseline), plain loops elsewhere.  ck_w4_join reads phase p at src + p*ps. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+static inline void ck_w4_split_f(const float* src, ptrdiff_t n, float* dst) {
+    ptrdiff_t j = 0;
+#if defined(__SSE2__)
+    for (; j + 4 <= n; j += 4) {
+        __m128 a = _mm_loadu_ps(src + 4 * j), b = _mm_loadu_ps(src + 4 * j + 4);
+        __m128 c = _mm_loadu_ps(src + 4 * j + 8), d = _mm_loadu_ps(src + 4 * j + 12);
+        _MM_TRANSPOSE4_PS(a, b, c, d);
+        _mm_storeu_ps(dst + j, a); _mm_storeu_ps(dst + n + j, b);
+        _mm_storeu_ps(dst + 2 * n + j, c); _mm_storeu_ps(dst + 3 * n + j, d);
+    }
+#endif
+    for (; j < n; j++) {
+        dst[j] = src[4 * j]; dst[n + j] = src[4 * j + 1];
+        dst[2 * n + j] = src[4 * j + 2]; dst[3 * n + j] = src[4 * j + 3];
+    }
+}
+static inline void ck_w4_join_f(const float* src, ptrdiff_t ps, ptrdiff_t n, float* dst) {
+    ptrdiff_t j = 0;
+#if defined(__SSE2__)
+    for (; j + 4 <= n; j += 4) {
+        __m128 a = _mm_loadu_ps(src + j), b = _mm_loadu_ps(src + ps + j);
+        __m128 c = _mm_loadu_ps(src + 2 * ps + j), d = _mm_loadu_ps(src + 3 * ps + j);
+        _MM_TRANSPOSE4_PS(a, b, c, d);
+        _mm_storeu_ps(dst + 4 * j, a); _mm_storeu_ps(dst + 4 * j + 4, b);
+        _mm_storeu_ps(dst + 4 * j + 8, c); _mm_storeu_ps(dst + 4 * j + 12, d);
+    }
+#endif
+    for (; j < n; j++) {
+        dst[4 * j] = src[j]; dst[4 * j + 1] = src[ps + j];
+        dst[4 * j + 2] = src[2 * ps + j]; dst[4 * j + 3] = src[3 * ps + j];
+    }
+}
+static inline void ck_w4_split_d(const double* src, ptrdiff_t n, double* dst) {
+    ptrdiff_t j = 0;
+#if defined(__SSE2__)
+    for (; j + 2 <= n; j += 2) {
+        __m128d a = _mm_loadu_pd(src + 4 * j), b = _mm_loadu_pd(src + 4 * j + 2);
+        __m128d c = _mm_loadu_pd(src + 4 * j + 4), d = _mm_loadu_pd(src + 4 * j + 6);
+        _mm_storeu_pd(dst + j, _mm_unpacklo_pd(a, c));
+        _mm_storeu_pd(dst + n + j, _mm_unpackhi_pd(a, c));
+        _mm_storeu_pd(dst + 2 * n + j, _mm_unpacklo_pd(b, d));
+        _mm_storeu_pd(dst + 3 * n + j, _mm_unpackhi_pd(b, d));
+    }
+#endif
+    for (; j < n; j++) {
+        dst[j] = src[4 * j]; dst[n + j] = src[4 * j + 1];
+        dst[2 * n + j] = src[4 * j + 2]; dst[3 * n + j] = src[4 * j + 3];
+    }
+}
+static inline void ck_w4_join_d(const double* src, ptrdiff_t ps, ptrdiff_t n, double* dst) {
+    ptrdiff_t j = 0;
+#if defined(__SSE2__)
+    for (; j + 2 <= n; j += 2) {
+        __m128d a = _mm_loadu_pd(src + j), b = _mm_loadu_pd(src + ps + j);
+        __m128d c = _mm_loadu_pd(src + 2 * ps + j), d = _mm_loadu_pd(src + 3 * ps + j);
+        _mm_storeu_pd(dst + 4 * j, _mm_unpacklo_pd(a, b));
+        _mm_storeu_pd(dst + 4 * j + 2, _mm_unpacklo_pd(c, d));
+        _mm_storeu_pd(dst + 4 * j + 4, _mm_unpackhi_pd(a, b));
+        _mm_storeu_pd(dst + 4 * j + 6, _mm_unpackhi_pd(c, d));
+    }
+#endif
+    for (; j < n; j++) {
+        dst[4 * j] = src[j]; dst[4 * j + 1] = src[ps + j];
+        dst[4 * j + 2] = src[2 * ps + j]; dst[4 * j + 3] = src[3 * ps + j];
+    }
+}
+
+/* ck_w4_input_row: one row of tiles, v[e*vs + j] = (B^T d_j B)[e/6, e%6] for the tiles
+ *   d_j = x[r0 : r0+6, 4j-pl : 4j-pl+6] (0 outside the H x W plane x), j < tw.
+ *   scratch: ck_w4_input_scratch(tw) elements.
+ * ck_w4_output_tiles / ck_w4_store_row (below): the output transform, all of a task's tiles
+ *   at once (rows of few tiles make short loops), then stored row by row.
+ * The input rows are split into 4 phases first (column 4j+p at p*n1 + j): B^T down the rows is
+ * then one contiguous loop over all phases, and B across tile j reads phases 0-3 at j and
+ * phases 0-1 at j+1, contiguous in j too. */
+#define CK_W4_LD(V, p) ({ V v_; memcpy(&v_, (p), sizeof(V)); v_; })
+#define CK_W4_ST(p, v) do { __typeof__(v) t_ = (v); memcpy((p), &t_, sizeof(t_)); } while (0)
+
+/* Vector loops (GCC / clang vector extensions, VB bytes) with a scalar tail doing the same
+ * operations: lane j of a vector and element j of the tail round alike. */
+#define CK_W4_DEFINE(T, SUF, VB, ATTR)                                                     \
+typedef T ck_w4v_##SUF __attribute__((vector_size(VB)));                                  \
+typedef T ck_w4h_##SUF __attribute__((vector_size(16)));                                  \
+ATTR static void ck_w4_input_row_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0, \
+                                       ptrdiff_t pl, ptrdiff_t tw, T* v, ptrdiff_t vs,     \
+                                       T* scratch) {                                       \
+    typedef ck_w4v_##SUF V;                                                                \
+    const ptrdiff_t L = VB / sizeof(T), n1 = tw + 1, Wb = 4 * n1;                          \
+    T* R = scratch;                 /* one zero-padded input row, columns -pl .. Wb-1-pl */ \
+    T* Q = scratch + Wb;            /* the 6 rows in phases (6 x Wb) */                   \
+    T* D = scratch + 7 * Wb;        /* B^T down the rows, in phases (6 x Wb) */           \
+    ptrdiff_t lo = pl > 0 ? pl : 0, up = pl + W < Wb ? pl + W : Wb, k, c, j;                \
+    for (k = 0; k < 6; k++) {                                                              \
+        if (r0 + k < 0 || r0 + k >= H || lo >= up) {                                       \
+            memset(Q + k * Wb, 0, Wb * sizeof(T));                                         \
+            continue;                                                                      \
+        }                                                                                  \
+        if (lo > 0) memset(R, 0, lo * sizeof(T));                                          \
+        memcpy(R + lo, x + (r0 + k) * W + lo - pl, (up - lo) * sizeof(T));                 \
+        if (up < Wb) memset(R + up, 0, (Wb - up) * sizeof(T));                             \
+        ck_w4_split_##SUF##_(R, n1, Q + k * Wb);                                           \
+    }                                                                                      \
+    for (c = 0; c + L <= Wb; c += L) {                                                     \
+        V o0, o1, o2, o3, o4, o5;                                                          \
+        CK_W4_B(T, V, CK_W4_LD(V, Q + c), CK_W4_LD(V, Q + Wb + c),                         \
+                CK_W4_LD(V, Q + 2 * Wb + c), CK_W4_LD(V, Q + 3 * Wb + c),                  \
+                CK_W4_LD(V, Q + 4 * Wb + c), CK_W4_LD(V, Q + 5 * Wb + c),                  \
+                o0, o1, o2, o3, o4, o5);                                                   \
+        CK_W4_ST(D + c, o0); CK_W4_ST(D + Wb + c, o1); CK_W4_ST(D + 2 * Wb + c, o2);       \
+        CK_W4_ST(D + 3 * Wb + c, o3); CK_W4_ST(D + 4 * Wb + c, o4);                        \
+        CK_W4_ST(D + 5 * Wb + c, o5);                                                      \
+    }                                                                                      \
+    for (; c < Wb; c++)                                                                    \
+        CK_W4_B(T, T, Q[c], Q[Wb + c], Q[2 * Wb + c], Q[3 * Wb + c], Q[4 * Wb + c],        \
+                Q[5 * Wb + c], D[c], D[Wb + c], D[2 * Wb + c], D[3 * Wb + c],              \
+                D[4 * Wb + c], D[5 * Wb + c]);                                             \
+    for (k = 0; k < 6; k++) {                                                              \
+        const T* p = D + k * Wb;    /* phases p .. p + 3*n1 */                             \
+        T* o = v + (6 * k) * vs;                                                           \
+        for (j = 0; j + L <= tw; j += L) {                                                 \
+            V o0, o1, o2, o3, o4, o5;                                                      \
+            CK_W4_B(T, V, CK_W4_LD(V, p + j), CK_W4_LD(V, p + n1 + j),                     \
+                    CK_W4_LD(V, p + 2 * n1 + j), CK_W4_LD(V, p + 3 * n1 + j),              \
+                    CK_W4_LD(V, p + j + 1), CK_W4_LD(V, p + n1 + j + 1),                   \
+                    o0, o1, o2, o3, o4, o5);                                               \
+            CK_W4_ST(o + j, o0); CK_W4_ST(o + vs + j, o1); CK_W4_ST(o + 2 * vs + j, o2);   \
+            CK_W4_ST(o + 3 * vs + j, o3); CK_W4_ST(o + 4 * vs + j, o4);                    \
+            CK_W4_ST(o + 5 * vs + j, o5);                                                  \
+        }                                                                                  \
+        for (; j + 16 / (ptrdiff_t)sizeof(T) <= tw; j += 16 / (ptrdiff_t)sizeof(T)) {      \
+            typedef ck_w4h_##SUF U;                                                        \
+            U o0, o1, o2, o3, o4, o5;                                                      \
+            CK_W4_B(T, U, CK_W4_LD(U, p + j), CK_W4_LD(U, p + n1 + j),                     \
+                    CK_W4_LD(U, p + 2 * n1 + j), CK_W4_LD(U, p + 3 * n1 + j),              \
+                    CK_W4_LD(U, p + j + 1), CK_W4_LD(U, p + n1 + j + 1),                   \
+                    o0, o1, o2, o3, o4, o5);                                               \
+            CK_W4_ST(o + j, o0); CK_W4_ST(o + vs + j, o1); CK_W4_ST(o + 2 * vs + j, o2);   \
+            CK_W4_ST(o + 3 * vs + j, o3); CK_W4_ST(o + 4 * vs + j, o4);                    \
+            CK_W4_ST(o + 5 * vs + j, o5);                                                  \
+        }                                                                                  \
+        for (; j < tw; j++)                                                                \
+            CK_W4_B(T, T, p[j], p[n1 + j], p[2 * n1 + j], p[3 * n1 + j], p[j + 1],         \
+                    p[n1 + j + 1], o[j], o[vs + j], o[2 * vs + j], o[3 * vs + j],          \
+                    o[4 * vs + j], o[5 * vs + j]);                                         \
+    }                                                                                      \
+}                                                                                          \
+/* ck_w4_output_tiles: n tiles at once, Yp[(4r + q)*n + j] = (A^T m_j A)[r, q] + bias, m_j  \
+   element e at m[e*ms + j]; S: 24*n elements of scratch */                               \
+ATTR static void ck_w4_output_tiles_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t n, T bias,   \
+                                          T* S, T* Yp) {                                   \
+    typedef ck_w4v_##SUF V;                                                                \
+    const ptrdiff_t L = VB / sizeof(T);                                                    \
+    ptrdiff_t l, j, r;                                                                     \
+    for (l = 0; l < 6; l++) {       /* A^T down: S[(6r + l)*n + j] */                     \
+        const T* a = m + l * ms;                                                           \
+        T* s = S + l * n;                                                                  \
+        for (j = 0; j + L <= n; j += L) {                                                  \
+            V s0, s1, s2, s3;                                                              \
+            CK_W4_A(T, V, CK_W4_LD(V, a + j), CK_W4_LD(V, a + 6 * ms + j),                 \
+                    CK_W4_LD(V, a + 12 * ms + j), CK_W4_LD(V, a + 18 * ms + j),            \
+                    CK_W4_LD(V, a + 24 * ms + j), CK_W4_LD(V, a + 30 * ms + j),            \
+                    s0, s1, s2, s3);                                                       \
+            CK_W4_ST(s + j, s0); CK_W4_ST(s + 6 * n + j, s1);                              \
+            CK_W4_ST(s + 12 * n + j, s2); CK_W4_ST(s + 18 * n + j, s3);                    \
+        }                                                                                  \
+        for (; j < n; j++)                                                                 \
+            CK_W4_A(T, T, a[j], a[6 * ms + j], a[12 * ms + j], a[18 * ms + j],             \
+                    a[24 * ms + j], a[30 * ms + j], s[j], s[6 * n + j], s[12 * n + j],     \
+                    s[18 * n + j]);                                                        \
+    }                                                                                      \
+    for (r = 0; r < 4; r++) {       /* then A across */                                   \
+        const T* s = S + 6 * r * n;                                                        \
+        T* o = Yp + 4 * r * n;                                                             \
+        for (j = 0; j + L <= n; j += L) {                                                  \
+            V e0, e1, e2, e3;                                                              \
+            CK_W4_A(T, V, CK_W4_LD(V, s + j), CK_W4_LD(V, s + n + j),                      \
+                    CK_W4_LD(V, s + 2 * n + j), CK_W4_LD(V, s + 3 * n + j),                \
+                    CK_W4_LD(V, s + 4 * n + j), CK_W4_LD(V, s + 5 * n + j),                \
+                    e0, e1, e2, e3);                                                       \
+            CK_W4_ST(o + j, e0 + bias); CK_W4_ST(o + n + j, e1 + bias);                    \
+            CK_W4_ST(o + 2 * n + j, e2 + bias); CK_W4_ST(o + 3 * n + j, e3 + bias);        \
+        }                                                                                  \
+        for (; j < n; j++) {                                                               \
+            T e0, e1, e2, e3;                                                              \
+            CK_W4_A(T, T, s[j], s[n + j], s[2 * n + j], s[3 * n + j], s[4 * n + j],        \
+                    s[5 * n + j], e0, e1, e2, e3);                                         \
+            o[j] = e0 + bias; o[n + j] = e1 + bias;                                        \
+            o[2 * n + j] = e2 + bias; o[3 * n + j] = e3 + bias;                            \
+        }                                                                                  \
+    }                                                                                      \
+}
+
+/* ck_w4_store_row: rows r < rows of one row of tw tiles from ck_w4_output_tiles' Yp (tiles
+ * at Yp[... + j], j < tw, rows of phases n apart) into y (rows Wo apart, Wo <= 4*tw);
+ * buf: 4*tw elements */
+#define CK_W4_STORE(T, SUF)                                                                \
+static void ck_w4_store_row_##SUF(const T* Yp, ptrdiff_t n, ptrdiff_t tw, T* y,            \
+                                  ptrdiff_t Wo, ptrdiff_t rows, T* buf) {                  \
+    ptrdiff_t r;                                                                           \
+    for (r = 0; r < rows; r++) {                                                           \
+        ck_w4_join_##SUF(Yp + 4 * r * n, n, tw, buf);                                      \
+        memcpy(y + r * Wo, buf, Wo * sizeof(T));                                           \
+    }                                                                                      \
+}
+CK_W4_STORE(float, f)
+CK_W4_STORE(double, d)
+
+#define ck_w4_split_f_base_ ck_w4_split_f
+#define ck_w4_split_d_base_ ck_w4_split_d
+#define ck_w4_split_f_avx2_ ck_w4_split_f
+#define ck_w4_split_d_avx2_ ck_w4_split_d
+#define ck_w4_join_f_base_ ck_w4_join_f
+#define ck_w4_join_d_base_ ck_w4_join_d
+#define ck_w4_join_f_avx2_ ck_w4_join_f
+#define ck_w4_join_d_avx2_ ck_w4_join_d
+CK_W4_DEFINE(float, f_base, 16, )
+CK_W4_DEFINE(double, d_base, 16, )
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define CK_W4_X86 1
+CK_W4_DEFINE(float, f_avx2, 32, __attribute__((target("avx2"))))
+CK_W4_DEFINE(double, d_avx2, 32, __attribute__((target("avx2"))))
+#endif
+
+/* ck_w4_filters: G g G^T (in double, rounded once) for up to 16 filters at once, one per
+ * lane: filter l's 9 values start at g + l*ls (reversed when flip: grad_x's filters, turned
+ * by 180 degrees), its 36 outputs go to u[e*us + l].  G: _conv_winograd.pyx's _G4, row-major
+ * 6x3. */
+#define CK_W4_FILTERS(T, SUF, ATTR)                                                        \
+ATTR static void ck_w4_filters_##SUF(const T* g, ptrdiff_t ls, ptrdiff_t nl, int flip,     \
+                                     const double* G, T* u, ptrdiff_t us) {                \
+    double v[9][16], t[18][16], o[16];                                                     \
+    ptrdiff_t k, l, a, b;                                                                  \
+    for (l = 0; l < 16; l++)                                                               \
+        for (k = 0; k < 9; k++)                                                            \
+            v[k][l] = l < nl ? (double)g[l * ls + (flip ? 8 - k : k)] : 0.0;               \
+    for (a = 0; a < 6; a++)                                                                \
+        for (k = 0; k < 3; k++)                                                            \
+            for (l = 0; l < 16; l++)                                                       \
+                t[a * 3 + k][l] = G[a * 3] * v[k][l] + G[a * 3 + 1] * v[3 + k][l]          \
+                                  + G[a * 3 + 2] * v[6 + k][l];                            \
+    for (a = 0; a < 6; a++)                                                                \
+        for (b = 0; b < 6; b++) {                                                          \
+            for (l = 0; l < 16; l++)                                                       \
+                o[l] = t[a * 3][l] * G[b * 3] + t[a * 3 + 1][l] * G[b * 3 + 1]             \
+                       + t[a * 3 + 2][l] * G[b * 3 + 2];                                   \
+            for (l = 0; l < nl; l++)                                                       \
+                u[(a * 6 + b) * us + l] = (T)o[l];                                         \
+        }                                                                                  \
+}
+CK_W4_FILTERS(float, f_base, )
+CK_W4_FILTERS(double, d_base, )
+#if defined(CK_W4_X86)
+CK_W4_FILTERS(float, f_avx2, __attribute__((target("avx2"))))
+CK_W4_FILTERS(double, d_avx2, __attribute__((target("avx2"))))
+#endif
+
+static int ck_w4_allow_avx2 = 1;    /* tests clear it to run the baseline build */
+
+static int ck_w4_avx2(void) {
+    static int known = -1;
+    if (!ck_w4_allow_avx2)
+        return 0;
+    if (known < 0) {
+#ifdef CK_W4_X86
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx2") ? 1 : 0;
+#else
+        known = 0;
+#endif
+    }
+    return known;
+}
+
+static int ck_w4_set_avx2(int allow) { int old = ck_w4_allow_avx2; ck_w4_allow_avx2 = allow; return old; }
+
+static ptrdiff_t ck_w4_input_scratch(ptrdiff_t tw) { return 13 * (4 * tw + 4); }
+/* ck_w4_output_tiles' S and Yp for n tiles, plus ck_w4_store_row's buf for rows of tw */
+static ptrdiff_t ck_w4_output_scratch(ptrdiff_t n, ptrdiff_t tw) { return 40 * n + 4 * tw; }
+
+#ifdef CK_W4_X86
+#define CK_W4_PICK(name, SUF, args) \
+    do { if (ck_w4_avx2()) name##_##SUF##_avx2 args; else name##_##SUF##_base args; } while (0)
+#else
+#define CK_W4_PICK(name, SUF, args) name##_##SUF##_base args
+#endif
+
+#define CK_W4_DISPATCH(T, SUF)                                                             \
+static void ck_w4_input_row_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0,      \
+                                  ptrdiff_t pl, ptrdiff_t tw, T* v, ptrdiff_t vs,          \
+                                  T* scratch) {                                            \
+    CK_W4_PICK(ck_w4_input_row, SUF, (x, H, W, r0, pl, tw, v, vs, scratch));               \
+}                                                                                          \
+static void ck_w4_output_tiles_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t n, T bias, T* S,  \
+                                     T* Yp) {                                              \
+    CK_W4_PICK(ck_w4_output_tiles, SUF, (m, ms, n, bias, S, Yp));                          \
+}                                                                                          \
+static void ck_w4_filters_##SUF(const T* g, ptrdiff_t ls, ptrdiff_t nl, int flip,          \
+                                const double* G, T* u, ptrdiff_t us) {                     \
+    CK_W4_PICK(ck_w4_filters, SUF, (g, ls, nl, flip, G, u, us));                           \
+}
+CK_W4_DISPATCH(float, f)
+CK_W4_DISPATCH(double, d)
+
+#endif  /* CONVKIT_WINO4_H */

@@ -1,0 +1,267 @@
+"""Winograd F(4x4, 3x3) in the cpu backend (convkit/cpu/_conv_winograd.pyx, csrc/wino4.h, the
+plan's tile 4): the kernel against torch float64 on odd / even maps, maps not a multiple of 4,
+channel counts not a multiple of the 16-filter transform block, N = 1 and N > 1, float32 and
+float64; grad_x through the flipped, transposed filters; the AVX2 and baseline builds of the
+transforms give the same bits; and, through the public API with the plan's F(4x4) step: the
+same bits for 1, 2, 3, 8 and 16 threads, the workspace limit, and NaN / inf element for element
+(the non-finite fallback).
+
+Tolerances: float64 1e-12 of the largest reference value; float32 2e-5 of it (the suite's float32
+rtol, taken relative to the output's scale: F(4x4)'s error is about 1e-6 of it, ~5x F(2x2)'s,
+and on outputs near zero it exceeds the suite's elementwise atol -- see tuning.py,
+WINOGRAD4_MIN_CHANNELS)."""
+import numpy as np
+import pytest
+
+import convkit
+from convkit.cpu import conv as cc
+from convkit.cpu import conv_plan as P
+from convkit.cpu import _conv_winograd as wg
+
+torch = pytest.importorskip("torch")
+
+ok, why = convkit.backend_status("cpu")
+pytestmark = pytest.mark.skipif(not ok, reason=why[:300])
+
+REL = {np.float32: 2e-5, np.float64: 1e-12}
+_NO_PACK = np.zeros((0, 1), np.float32)
+
+
+def _torch_conv(x, w, pads):
+    """float64 oracle; pads (top, bottom, left, right), any of them may be 0."""
+    t, b, l, r = pads
+    xt = torch.nn.functional.pad(torch.from_numpy(x).double(), (l, r, t, b))
+    return torch.nn.functional.conv2d(xt, torch.from_numpy(w).double()).numpy()
+
+
+def _close(got, want, dtype, what):
+    scale = max(np.abs(want).max(), 1e-30)
+    err = np.abs(got.astype(np.float64) - want).max() / scale
+    assert err <= REL[dtype], f"{what}: max error {err:.3g} of the largest value"
+
+
+def _kernel(x, w, pt, pl, Ho, Wo, trows, threads, flip=False, bias=None):
+    """conv2d_forward_winograd with tile 4 called directly (any channel count)."""
+    N, C = x.shape[:2]
+    F = w.shape[1] if flip else w.shape[0]
+    U = np.empty((36, F, C), x.dtype)
+    wg.winograd_filters(w, U, threads, flip)
+    tw = -(-Wo // 4)
+    per = 36 * (C + F) * trows * tw + wg.winograd4_scratch(trows, tw)
+    ws = np.full(threads * per, np.nan, x.dtype)     # (the kernel must not read stale scratch)
+    y = np.full((N, F, Ho, Wo), np.nan, x.dtype)
+    b = np.zeros(F, x.dtype) if bias is None else bias
+    wg.conv2d_forward_winograd(x, U, b, bias is not None, y, ws, per, trows, pt, pl, threads,
+                               _NO_PACK, 4)
+    return y
+
+
+# (N, C, H, W, F, pt, pl, pb, pr): odd / even maps, maps not a multiple of 4, channels not a
+# multiple of 16 (the filter transform's block), padding 0 / 1 / 2 and asymmetric
+KERNEL_CASES = [
+    (1, 5, 13, 6, 3, 1, 1, 1, 1),
+    (2, 17, 9, 11, 20, 1, 1, 1, 1),
+    (3, 16, 8, 8, 16, 1, 1, 1, 1),
+    (2, 33, 7, 10, 18, 0, 0, 0, 0),
+    (1, 20, 5, 6, 7, 2, 2, 2, 2),
+    (2, 9, 12, 17, 31, 2, 0, 1, 2),
+    (1, 3, 3, 3, 2, 1, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: "x".join(map(str, c[:5])))
+def test_kernel_matches_torch_float64(case, dtype):
+    N, C, H, W, F, pt, pl, pb, pr = case
+    rng = np.random.default_rng(sum(case))
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((F, C, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(F).astype(dtype)
+    want = _torch_conv(x, w, (pt, pb, pl, pr)) + bias.reshape(1, F, 1, 1)
+    Ho, Wo = want.shape[2:]
+    th = -(-Ho // 4)
+    for trows in sorted({1, 3, N * th}):        # one row of tiles, blocks across images, all
+        for threads in (1, 2):
+            y = _kernel(x, w, pt, pl, Ho, Wo, trows, threads, bias=bias)
+            _close(y, want, dtype, f"trows {trows}, {threads} threads")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("pad", [0, 1, 2, 3])  # 3: grad_x crops (padding -1)
+def test_kernel_grad_x_by_flipped_transposed_filters(dtype, pad):
+    """grad_x of a 3x3 stride-1 conv = the conv of grad_y with w[f, c] -> w[c, f] turned by 180
+    degrees, padded by 2 - pad (winograd_filters' transpose_flip; negative: cropped)."""
+    rng = np.random.default_rng(pad)
+    N, C, H, W, F = 2, 19, 10, 7, 21
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((F, C, 3, 3)).astype(dtype)
+    Ho, Wo = H + 2 * pad - 2, W + 2 * pad - 2
+    gy = rng.standard_normal((N, F, Ho, Wo)).astype(dtype)
+    xt = torch.from_numpy(x).double().requires_grad_()
+    y = torch.nn.functional.conv2d(xt, torch.from_numpy(w).double(), padding=pad)
+    y.backward(torch.from_numpy(gy).double())
+    gx = _kernel(gy, w, 2 - pad, 2 - pad, H, W, 2, 2, flip=True)
+    _close(gx, xt.grad.numpy(), dtype, "grad_x")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avx2_and_baseline_transforms_give_the_same_bits(dtype):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 24, 23, 37)).astype(dtype)     # rows of 10 tiles: both tails
+    w = rng.standard_normal((40, 24, 3, 3)).astype(dtype)
+    a = _kernel(x, w, 1, 1, 23, 37, 2, 2)
+    old = wg.winograd4_avx2(False)
+    try:
+        b = _kernel(x, w, 1, 1, 23, 37, 2, 2)
+    finally:
+        wg.winograd4_avx2(old)
+    assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def test_scratch_sizes_agree_with_the_plan():
+    for trows in (1, 2, 7):
+        for tw in (1, 3, 4, 13, 16):
+            assert P.winograd_scratch(4, trows, tw) == wg.winograd4_scratch(trows, tw)
+
+
+def test_the_plan_picks_f4_where_the_rule_says():
+    BLAS = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2)
+    OWN = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3)
+    lim = 256 * 2**20
+
+    def tiles(shape, caps=BLAS, limit=lim, dtype=np.float32):
+        N, C, H, W, F = shape
+        s = P.ConvShape.of((N, C, H, W), (F, C, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+        plan = P.plan_conv(s, dtype, 2, caps, limit)
+        return plan.forward.params.get("tile"), plan.grad_x.params.get("tile")
+
+    for suite in [(8, 64, 56, 56, 64), (8, 128, 28, 28, 128), (8, 256, 14, 14, 256),
+                  (1, 512, 38, 50, 512)]:
+        assert tiles(suite) == (4, 4)
+        assert tiles(suite, dtype=np.float64) == (4, 4)
+        assert tiles(suite, OWN) == (2, 2)              # the own AVX-512 GEMM keeps F(2x2)
+    assert tiles((8, 63, 28, 28, 128)) == (2, 2)        # below WINOGRAD4_MIN_CHANNELS
+    assert tiles((8, 64, 9, 9, 64)) == (2, 2)           # 9x9: 36*9 / (16*25) = 0.81 > 3/4
+    # F(4x4)'s transformed filters (36 * 512 * 512 floats, 37.7 MB) over the limit: F(2x2)
+    assert tiles((1, 512, 38, 50, 512), limit=36 * 2**20) == (2, 2)
+
+
+# ---------------------------------------------------------------- through the public API
+@pytest.fixture
+def f4_plan(monkeypatch):
+    """This machine's caps without the own GEMM (a no-op on a CPU without AVX-512F), so the
+    plan's F(4x4) step runs; plans cached under other caps are dropped."""
+    caps = cc._caps()
+    monkeypatch.setattr(cc, "_caps", lambda: P.ConvCaps(own_sgemm=False,
+                                                        depthwise3x3_level=caps.depthwise3x3_level))
+    cc._plans.clear()
+    yield
+    cc._plans.clear()
+
+
+API_CASES = [(1, 64, 13, 12, 72, 1), (3, 70, 9, 16, 64, 1), (2, 64, 14, 14, 66, 0),
+             (2, 64, 11, 14, 64, 2)]
+
+
+def _api(x, w, b, pad, gy):
+    with convkit.use_backend("cpu"):
+        y = convkit.conv2d_forward(x, w, b, padding=pad)
+        g = convkit.conv2d_backward(gy, x, w, padding=pad, has_bias=True)
+    return y, g
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", API_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_api_forward_backward_match_torch(f4_plan, case, dtype):
+    N, C, H, W, F, pad = case
+    rng = np.random.default_rng(N + C + H)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((F, C, 3, 3)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype)
+    s, Ho, Wo, plan = cc._plan(x, w, (1, 1), (pad,) * 4, (1, 1), 1)
+    assert plan.forward.algo == "winograd" and plan.forward.params["tile"] == 4
+    assert plan.grad_x.algo == "winograd" and plan.grad_x.params["tile"] == 4
+    gy = rng.standard_normal((N, F, Ho, Wo)).astype(dtype)
+    xt = torch.from_numpy(x).double().requires_grad_()
+    wt = torch.from_numpy(w).double().requires_grad_()
+    yt = torch.nn.functional.conv2d(xt, wt, torch.from_numpy(b).double(), padding=pad)
+    yt.backward(torch.from_numpy(gy).double())
+    y, (gx, gw, gb) = _api(x, w, b, pad, gy)
+    _close(y, yt.detach().numpy(), dtype, "forward")
+    _close(gx, xt.grad.numpy(), dtype, "grad_x")
+    np.testing.assert_allclose(gw, wt.grad.numpy(), rtol=1e-4 if dtype == np.float32 else 1e-11,
+                               atol=1e-3 if dtype == np.float32 else 1e-10)
+
+
+def test_api_bits_do_not_depend_on_the_thread_count(f4_plan):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 64, 21, 18)).astype(np.float32)
+    w = rng.standard_normal((72, 64, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(72).astype(np.float32)
+    gy = rng.standard_normal((3, 72, 21, 18)).astype(np.float32)
+    old = convkit.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 3, 8, 16):
+            convkit.set_num_threads(n)
+            plan = cc._plan(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1)[3]
+            assert plan.forward.params["tile"] == 4 and plan.grad_x.params["tile"] == 4
+            y, (gx, gw, gb) = _api(x, w, b, 1, gy)
+            runs.append((n, y, gx, gw, gb))
+    finally:
+        convkit.set_num_threads(old)
+    for n, *outs in runs[1:]:
+        for a, c in zip(runs[0][1:], outs):
+            assert np.array_equal(a.view(np.uint32), c.view(np.uint32)), f"{n} threads"
+
+
+def test_api_workspace_limit(f4_plan):
+    """A limit that leaves one row of tiles per task gives the same values (the task split
+    changes the GEMMs' column counts, so not necessarily the same bits); one below F(4x4)'s
+    transformed filters takes F(2x2); one below every path's smallest piece: MemoryError."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 64, 20, 20)).astype(np.float64)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float64)
+    b = np.zeros(64)
+    want = _torch_conv(x, w, (1, 1, 1, 1))
+    old = convkit.get_workspace_limit()
+    u_bytes = 36 * 64 * 64 * 8
+    row = 36 * 128 * 5 * 8 + P.winograd_scratch(4, 1, 5) * 8       # one row of 5 tiles
+    try:
+        convkit.set_workspace_limit(u_bytes + row)
+        plan = cc._plan(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1)[3]
+        assert plan.forward.params == {"trows": 1, "per_thread": row // 8, "tile": 4}
+        assert plan.forward.threads == 1
+        with convkit.use_backend("cpu"):
+            _close(convkit.conv2d_forward(x, w, b, padding=1), want, np.float64, "one row")
+        convkit.set_workspace_limit(u_bytes - 8)
+        plan = cc._plan(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1)[3]
+        assert plan.forward.algo != "winograd" or plan.forward.params["tile"] == 2
+        with convkit.use_backend("cpu"):
+            _close(convkit.conv2d_forward(x, w, b, padding=1), want, np.float64, "no F(4x4)")
+        convkit.set_workspace_limit(4096)
+        with convkit.use_backend("cpu"), pytest.raises(MemoryError, match="workspace limit"):
+            convkit.conv2d_forward(x, w, b, padding=1)
+    finally:
+        convkit.set_workspace_limit(old)
+
+
+@pytest.mark.parametrize("where", ["x", "weight", "grad_y"])
+def test_api_non_finite_element_for_element(f4_plan, where):
+    """Winograd mixes every input of a 6x6 tile into all 16 outputs: a NaN or inf must reach
+    exactly the outputs torch's has it in (the plan falls back to the exact path)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 64, 12, 13)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((2, 64, 12, 13)).astype(np.float32)
+    {"x": x, "weight": w, "grad_y": gy}[where][1, 3, 2, 1] = np.inf
+    {"x": x, "weight": w, "grad_y": gy}[where][0, 5, 1, 2] = np.nan
+    xt = torch.from_numpy(x).double().requires_grad_()
+    wt = torch.from_numpy(w).double().requires_grad_()
+    yt = torch.nn.functional.conv2d(xt, wt, padding=1)
+    yt.backward(torch.from_numpy(gy).double())
+    y, (gx, gw, gb) = _api(x, w, np.zeros(64, np.float32), 1, gy)
+    for got, want in ((y, yt.detach().numpy()), (gx, xt.grad.numpy()), (gw, wt.grad.numpy())):
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.array_equal(np.isposinf(got), np.isposinf(want))
+        assert np.array_equal(np.isneginf(got), np.isneginf(want))
