@@ -22,6 +22,7 @@ TARGETS = (
     *((op, "torch", 2.0, (FWD, FB)) for op in ("maxpool_3x3s2", "maxpool_2x2s2", "avgpool_3x3s2")),
     ("bn_train", "torch", 1.0, (FB,)),
     *((op, "numpy", 20.0, (FWD, FB)) for op in ("roi_align", "roi_pool")),
+    *((op, "numpy", 20.0, (FWD, FB)) for op in ("roi_avg_pool", "roi_max_align")),
     ("nms", "numpy", 20.0, (FWD,)),
 )
 GEOMEAN_TARGET = 1.0
@@ -87,7 +88,7 @@ def user_targets(summary, memory, backend="cpu"):
 
 
 FAMILY_TITLES = {"conv": "convolution layers", "pool": "pooling", "bn": "batch norm (training)",
-                 "roi": "RoI align / RoI pool", "nms": "NMS"}
+                 "roi": "RoI align / pool / avg pool / max align", "nms": "NMS"}
 
 
 def family_summaries(rows, backend):
