@@ -16,11 +16,14 @@ from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
-from convkit.cpu.csrc.roi cimport nhwc_row, batch_index, team
-from convkit.cpu.csrc.roi_variants cimport (ck_avg_roi_f, ck_avg_roi_d, ck_avg_bwd_f,
-                                            ck_avg_bwd_d, ck_max_align_bin_f,
+from convkit.cpu.csrc.roi cimport (nhwc_row, batch_index, team, ck_transpose_f, ck_malloc64,
+                                   ck_free64)
+from convkit.cpu.csrc.roi_variants cimport (ck_avg_roi_f, ck_avg_roi_d, ck_avg_bwd_blk_f,
+                                            ck_avg_bwd_blk_d, ck_max_align_bin_f,
                                             ck_max_align_bin_fl, ck_max_align_bin_d,
-                                            ck_max_align_bwd_f, ck_max_align_bwd_d)
+                                            ck_max_align_bwd_f, ck_max_align_bwd_d,
+                                            ck_max_align_bwd_tab_f, ck_max_align_bwd_tab_d,
+                                            ck_max_align_pairs_f, ck_max_align_pairs_d)
 from convkit.cpu._roi_pool cimport roi_pool_bins
 from convkit.cpu._roi_align cimport roi_align_axis_taps, roi_align_geometry
 
@@ -80,14 +83,19 @@ def roi_avg_pool_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1
                           double spatial_scale, floating[:, :, :, ::1] gx,
                           unsigned char[::1] status, int n_threads):
     """gy (K, C, ph, pw) -> gx (N, C, H, W) (written whole): every RoI's bins once, then one
-    (image, channel) plane per task.  Returns the number of RoIs with a bad batch index."""
+    (image, block of 64 channels) per task, accumulated pixel-major in a private (H*W, 64)
+    scratch (each pixel's channels added as one vector run) and transposed into gx's planes.
+    Returns the number of RoIs with a bad batch index."""
     cdef Py_ssize_t N = gx.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
     cdef Py_ssize_t K = gy.shape[0], ph = gy.shape[2], pw = gy.shape[3], nb = ph * pw
-    cdef Py_ssize_t ne = 2 * (ph + pw), k, t, n, c, bad = 0
+    cdef Py_ssize_t ne = 2 * (ph + pw), CB = 64, nblk = (C + CB - 1) // CB, HW = H * W
+    cdef Py_ssize_t k, t, n, c0, nc, i, q, r, bad = 0, failed = 0
     cdef const floating* gyp = &gy[0, 0, 0, 0]
     cdef const floating* rp = &rois[0, 0]
     cdef floating* gxp = &gx[0, 0, 0, 0]
-    cdef floating* plane
+    cdef floating* gb
+    cdef floating* v
+    cdef floating* dst
     cdef Py_ssize_t* e
     cdef Py_ssize_t* bins = <Py_ssize_t*>malloc(K * ne * sizeof(Py_ssize_t) + 1)
     cdef Py_ssize_t* batch = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t) + 1)
@@ -105,24 +113,41 @@ def roi_avg_pool_backward(const floating[:, :, :, ::1] gy, const floating[:, ::1
                 e = bins + k * ne
                 roi_pool_bins(rp + k * 5, <floating>spatial_scale, ph, pw, H, W, e, e + ph,
                               e + 2 * ph, e + 2 * ph + pw)
-        for t in prange(N * C, schedule="dynamic", chunksize=1,
-                        num_threads=team(n_threads, N * C)):
-            n = t // C
-            c = t % C
-            plane = gxp + t * H * W
-            memset(plane, 0, H * W * sizeof(floating))
-            for k in range(K):      # fixed RoI order: the same sums on every run
-                if batch[k] != n:
+        with parallel(num_threads=team(n_threads, N * nblk)):
+            gb = <floating*>ck_malloc64(HW * CB * sizeof(floating) + 1)
+            v = <floating*>malloc(CB * sizeof(floating) + 1)
+            for t in prange(N * nblk, schedule="dynamic", chunksize=1):
+                if gb == NULL or v == NULL:
+                    failed += 1
                     continue
-                e = bins + k * ne
-                if floating is float:
-                    ck_avg_bwd_f(plane, W, ph, pw, e, e + ph, e + 2 * ph, e + 2 * ph + pw,
-                                 gyp + (k * C + c) * nb)
-                else:
-                    ck_avg_bwd_d(plane, W, ph, pw, e, e + ph, e + 2 * ph, e + 2 * ph + pw,
-                                 gyp + (k * C + c) * nb)
+                n = t // nblk
+                c0 = t % nblk * CB
+                nc = min(CB, C - c0)
+                memset(gb, 0, HW * nc * sizeof(floating))
+                for k in range(K):      # fixed RoI order: the same sums on every run
+                    if batch[k] != n:
+                        continue
+                    e = bins + k * ne
+                    if floating is float:
+                        ck_avg_bwd_blk_f(gb, nc, W, ph, pw, e, e + ph, e + 2 * ph,
+                                         e + 2 * ph + pw, gyp + (k * C + c0) * nb, nb, v)
+                    else:
+                        ck_avg_bwd_blk_d(gb, nc, W, ph, pw, e, e + ph, e + 2 * ph,
+                                         e + 2 * ph + pw, gyp + (k * C + c0) * nb, nb, v)
+                dst = gxp + (n * C + c0) * HW    # (H*W, nc) block -> the nc planes of gx
+                for i in range(0, HW, 64):
+                    if floating is float:
+                        ck_transpose_f(gb + i * nc, nc, min(64, HW - i), nc, dst + i, HW)
+                    else:
+                        for q in range(nc):
+                            for r in range(i, min(i + 64, HW)):
+                                dst[q * HW + r] = gb[r * nc + q]
+            ck_free64(gb)
+            free(v)
     free(bins)
     free(batch)
+    if failed:
+        raise MemoryError("roi_avg_pool_backward: out of memory for a scratch buffer")
     return bad
 
 
@@ -286,13 +311,13 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
                                                     ax[0].idx, b0, b1, ax[1].low, ax[1].high,
                                                     <float*>ax[1].wl, <float*>ax[1].wh,
                                                     ax[1].idx, gw, best, bi, nb, yp + o,
-                                                    amp + o)
+                                                    amp + o, 0)
                         else:
                             ck_max_align_bin_d(img, W, C, a0, a1, ax[0].low, ax[0].high,
                                                <double*>ax[0].wl, <double*>ax[0].wh, ax[0].idx,
                                                b0, b1, ax[1].low, ax[1].high,
                                                <double*>ax[1].wl, <double*>ax[1].wh, ax[1].idx,
-                                               gw, best, bi, nb, yp + o, amp + o)
+                                               gw, best, bi, nb, yp + o, amp + o, 0)
             free(best)
             free(bi)
             if ax != NULL:
@@ -304,17 +329,58 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
     return bad
 
 
+cdef struct _Pairs:
+    # one RoI's pair table (csrc/roi_variants.h, CK_MAX_ALIGN_BWD_TAB); pf NULL: not built
+    int64_t* base
+    Py_ssize_t* nx
+    Py_ssize_t* pf
+    Py_ssize_t* off
+    void* wt
+
+
+cdef void _pairs_free(_Pairs* t) noexcept nogil:
+    free(t.base)
+    free(t.nx)
+    free(t.pf)
+    free(t.off)
+    free(t.wt)
+    t.pf = NULL
+
+
+cdef int _pairs_build(_Pairs* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t ph,
+                      Py_ssize_t pw, int64_t gw, size_t itemsize) noexcept nogil:
+    """The RoI's pair table, unless it would hold over 64 samples per bin (then pf stays NULL
+    and the backward decodes on the axis taps).  0 when memory ran out."""
+    cdef Py_ssize_t p, q, n = 0, nb = ph * pw
+    for p in range(ph):
+        for q in range(pw):
+            n += (ty.first[p + 1] - ty.first[p]) * (tx.first[q + 1] - tx.first[q])
+    if n > 64 * nb:
+        return 1
+    t.base = <int64_t*>malloc(nb * sizeof(int64_t) + 1)
+    t.nx = <Py_ssize_t*>malloc(nb * sizeof(Py_ssize_t) + 1)
+    t.pf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
+    t.off = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t) + 1)
+    t.wt = malloc(4 * n * itemsize + 1)
+    if t.base == NULL or t.nx == NULL or t.pf == NULL or t.off == NULL or t.wt == NULL:
+        _pairs_free(t)
+        return 0
+    return 1
+
+
 def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, :, ::1] argmax,
                            const floating[:, ::1] rois, double spatial_scale,
                            Py_ssize_t sampling_ratio, bint aligned, floating[:, :, :, ::1] gx,
                            unsigned char[::1] status, int n_threads):
-    """gy, argmax (K, C, ph, pw) -> gx (N, C, H, W) (written whole): every RoI's taps once
-    (read from rois once), then one (image, channel) plane per task.  Each argmax entry is read
-    once and checked against its bin's taps.  Returns (bad argmax entries, RoIs flagged in
-    status); both are skipped, the caller raises."""
+    """gy, argmax (K, C, ph, pw) -> gx (N, C, H, W) (written whole): every RoI's taps and
+    pair table once (read from rois once), then one (image, block of 16 channels) per task, the
+    image's RoIs added in order.  Each argmax entry is read once and checked against its bin's
+    samples.  Returns (bad argmax entries, RoIs flagged in status); both are skipped, the
+    caller raises."""
     cdef Py_ssize_t N = gx.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
     cdef Py_ssize_t K = gy.shape[0], ph = gy.shape[2], pw = gy.shape[3], nb = ph * pw
-    cdef Py_ssize_t k, t, n, c, bad = 0, bad_rois = 0, failed = 0
+    cdef Py_ssize_t CB = 16, nblk = (C + CB - 1) // CB
+    cdef Py_ssize_t k, t, n, c, c0, c1, o, bad = 0, bad_rois = 0, failed = 0
     cdef const floating* gyp = &gy[0, 0, 0, 0]
     cdef const int64_t* amp = &argmax[0, 0, 0, 0]
     cdef const floating* rp = &rois[0, 0]
@@ -322,12 +388,15 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
     cdef floating* plane
     cdef _Axis* ty
     cdef _Axis* tx
+    cdef _Pairs* pt
     cdef int r
     cdef _Axis* axes = <_Axis*>calloc(2 * K + 1, sizeof(_Axis))
+    cdef _Pairs* pairs = <_Pairs*>calloc(K + 1, sizeof(_Pairs))
     cdef Py_ssize_t* batch = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t) + 1)
     cdef int64_t* gws = <int64_t*>malloc(K * sizeof(int64_t) + 1)
-    if axes == NULL or batch == NULL or gws == NULL:
+    if axes == NULL or pairs == NULL or batch == NULL or gws == NULL:
         free(axes)
+        free(pairs)
         free(batch)
         free(gws)
         raise MemoryError("roi_max_align_backward: out of memory for the sample tables")
@@ -344,40 +413,73 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
             else:
                 r = _roi_axes(rp + k * 5, <floating>spatial_scale, aligned, sampling_ratio, ph,
                               pw, H, W, &axes[2 * k], &axes[2 * k + 1], &gws[k])
-                if r == 0:
+                if r == 0 or (r > 0 and not _pairs_build(&pairs[k], &axes[2 * k],
+                                                          &axes[2 * k + 1], W, ph, pw, gws[k],
+                                                          sizeof(floating))):
                     failed += 1
                     batch[k] = -1
                 elif r < 0:
                     status[k] = 2
                     bad_rois += 1
                     batch[k] = -1
+                elif pairs[k].pf != NULL:
+                    ty = &axes[2 * k]
+                    tx = &axes[2 * k + 1]
+                    if floating is float:
+                        ck_max_align_pairs_f(W, ph, pw, ty.first, ty.low, ty.high,
+                                             <float*>ty.wl, <float*>ty.wh, ty.idx, tx.first,
+                                             tx.low, tx.high, <float*>tx.wl, <float*>tx.wh,
+                                             tx.idx, gws[k], pairs[k].base, pairs[k].nx,
+                                             pairs[k].pf, pairs[k].off, <float*>pairs[k].wt)
+                    else:
+                        ck_max_align_pairs_d(W, ph, pw, ty.first, ty.low, ty.high,
+                                             <double*>ty.wl, <double*>ty.wh, ty.idx, tx.first,
+                                             tx.low, tx.high, <double*>tx.wl, <double*>tx.wh,
+                                             tx.idx, gws[k], pairs[k].base, pairs[k].nx,
+                                             pairs[k].pf, pairs[k].off, <double*>pairs[k].wt)
         if failed == 0:
-            for t in prange(N * C, schedule="dynamic", chunksize=1,
-                            num_threads=team(n_threads, N * C)):
-                n = t // C
-                c = t % C
-                plane = gxp + t * H * W
-                memset(plane, 0, H * W * sizeof(floating))
+            for t in prange(N * nblk, schedule="dynamic", chunksize=1,
+                            num_threads=team(n_threads, N * nblk)):
+                n = t // nblk
+                c0 = t % nblk * CB
+                c1 = min(c0 + CB, C)
+                memset(gxp + (n * C + c0) * H * W, 0, (c1 - c0) * H * W * sizeof(floating))
                 for k in range(K):      # fixed RoI order: the same sums on every run
                     if batch[k] != n:
                         continue
                     ty = &axes[2 * k]
                     tx = &axes[2 * k + 1]
-                    if floating is float:
-                        bad += ck_max_align_bwd_f(plane, W, ph, pw, ty.first, ty.low, ty.high,
-                                                  <float*>ty.wl, <float*>ty.wh, ty.idx,
-                                                  tx.first, tx.low, tx.high, <float*>tx.wl,
-                                                  <float*>tx.wh, tx.idx, gws[k],
-                                                  gyp + (k * C + c) * nb, amp + (k * C + c) * nb)
-                    else:
-                        bad += ck_max_align_bwd_d(plane, W, ph, pw, ty.first, ty.low, ty.high,
-                                                  <double*>ty.wl, <double*>ty.wh, ty.idx,
-                                                  tx.first, tx.low, tx.high, <double*>tx.wl,
-                                                  <double*>tx.wh, tx.idx, gws[k],
-                                                  gyp + (k * C + c) * nb, amp + (k * C + c) * nb)
-        for k in range(2 * K):
-            _axis_free(&axes[k])
+                    pt = &pairs[k]
+                    for c in range(c0, c1):
+                        plane = gxp + (n * C + c) * H * W
+                        o = (k * C + c) * nb
+                        if pt.pf != NULL:
+                            if floating is float:
+                                bad += ck_max_align_bwd_tab_f(plane, nb, pt.base, pt.nx, pt.pf,
+                                                              pt.off, <float*>pt.wt, gws[k],
+                                                              gyp + o, amp + o)
+                            else:
+                                bad += ck_max_align_bwd_tab_d(plane, nb, pt.base, pt.nx, pt.pf,
+                                                              pt.off, <double*>pt.wt, gws[k],
+                                                              gyp + o, amp + o)
+                        elif floating is float:
+                            bad += ck_max_align_bwd_f(plane, W, ph, pw, ty.first, ty.low,
+                                                      ty.high, <float*>ty.wl, <float*>ty.wh,
+                                                      ty.idx, tx.first, tx.low, tx.high,
+                                                      <float*>tx.wl, <float*>tx.wh, tx.idx,
+                                                      gws[k], gyp + o, amp + o)
+                        else:
+                            bad += ck_max_align_bwd_d(plane, W, ph, pw, ty.first, ty.low,
+                                                      ty.high, <double*>ty.wl, <double*>ty.wh,
+                                                      ty.idx, tx.first, tx.low, tx.high,
+                                                      <double*>tx.wl, <double*>tx.wh, tx.idx,
+                                                      gws[k], gyp + o, amp + o)
+        for k in range(K):
+            _axis_free(&axes[2 * k])
+            _axis_free(&axes[2 * k + 1])
+            _pairs_free(&pairs[k])
     free(axes)
+    free(pairs)
     free(batch)
     free(gws)
     if failed:
