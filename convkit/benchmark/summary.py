@@ -88,7 +88,7 @@ def user_targets(summary, memory, backend="cpu"):
 
 
 FAMILY_TITLES = {"conv": "convolution layers", "pool": "pooling", "bn": "batch norm (training)",
-                 "roi": "RoI align / pool / avg pool / max align", "nms": "NMS"}
+                 "roi": "RoI align / RoI pool", "nms": "NMS"}
 
 
 def family_summaries(rows, backend):
