@@ -679,6 +679,129 @@ def box_iou(boxes1, boxes2, *, backend=None):
 
 # ------------------------------------------------------------------- roi_avg_pool, roi_max_align
 # (the lecture's other two aggregators; hooks in <backend>/roi_variants.py)
+__all__ += ["roi_avg_pool_forward", "roi_avg_pool_backward",
+            "roi_max_align_forward", "roi_max_align_backward"]
+
+
+def roi_avg_pool_forward(x, rois, output_size, spatial_scale=1.0, *, backend=None):
+    """RoI average pooling (Chainer's roi_average_pooling_2d): the bins of
+    :func:`roi_pool_forward` (corners scaled and rounded, RoI at least 1x1 cell, floor/ceil
+    split, clipped to the map), each the mean of its pixels; an empty bin gives 0.  rois as in
+    :func:`roi_pool_forward`; a RoI with a non-finite coordinate gives zeros.
+    Returns y (array[K, C, oh, ow])."""
+    op = "roi_avg_pool_forward"
+    be = _backend(backend)
+    osz, scale = _roi_common(op, be, x, output_size, spatial_scale)
+    dt = V.float_dtype(op, x=x)
+    r, mask = _rois(op, be, rois, x.shape[0], dt)
+    shape = (r.shape[0], x.shape[1]) + osz
+    xp = be.xp
+    if r.shape[0] == 0 or x.size == 0:
+        _check_batch_indices(op, xp, r, x.shape[0])   # no kernel runs to check them
+        return xp.zeros(shape, dt)
+    y = be._roi_avg_pool_forward(_c(be, x), r, osz, scale)
+    if mask is not None:
+        y[mask] = 0
+    return y
+
+
+def roi_avg_pool_backward(grad_y, rois, input_shape, output_size, spatial_scale=1.0, *,
+                          backend=None):
+    """Gradient of :func:`roi_avg_pool_forward` with the same arguments: each bin's grad
+    divided by its pixel count, added to those pixels.  Returns grad_x (input_shape)."""
+    op = "roi_avg_pool_backward"
+    be = _backend(backend)
+    g, r, shape, osz, scale, mask = _roi_grad_args(op, be, grad_y, rois, input_shape,
+                                                   output_size, spatial_scale)
+    if g is None:
+        return be.xp.zeros(shape, grad_y.dtype)
+    return be._roi_avg_pool_backward(g, r, shape, osz, scale)
+
+
+def _roi_grad_args(op, be, grad_y, rois, input_shape, output_size, spatial_scale):
+    """The checks every RoI backward shares: grad_y (K, C) + output_size, rois for input_shape's
+    N.  Returns (grad_y (rows of non-finite RoIs zeroed, C-contiguous), rois, shape, output
+    size, scale, mask); grad_y None when there is no work (the caller returns zeros)."""
+    V.array(op, "grad_y", grad_y, be, 4, "(K, C, oh, ow)")
+    shape = V.shape_tuple(op, "input_shape", input_shape)
+    osz = V.pair(op, "output_size", output_size, minimum=1)
+    scale = V.real(op, "spatial_scale", spatial_scale, positive=True)
+    dt = V.float_dtype(op, grad_y=grad_y)
+    r, mask = _rois(op, be, rois, shape[0], dt)
+    V.grad_shape(op, "grad_y", grad_y, (r.shape[0], shape[1]) + osz)
+    if r.shape[0] == 0 or int(np.prod(shape)) == 0:
+        _check_batch_indices(op, be.xp, r, shape[0])
+        return None, r, shape, osz, scale, mask
+    g = grad_y
+    if mask is not None:
+        g = g.copy()
+        g[mask] = 0
+    return _c(be, g), r, shape, osz, scale, mask
+
+
+def _max_align_ratio(op, sampling_ratio, K, osz):
+    if V._int(op, "sampling_ratio", sampling_ratio) > 2**30:   # argmax numbers sr*sr samples
+        raise ValueError(f"{op}: sampling_ratio must be at most {2**30} (argmax numbers the "
+                         f"samples of a bin in int64), got {sampling_ratio!r}")
+    return _sampling_ratio(op, sampling_ratio, K, osz)
+
+
+def roi_max_align_forward(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                          aligned=False, *, backend=None):
+    """RoI max align (Chainer's roi_max_align_2d): the bilinear sample grid of
+    :func:`roi_align_forward` (same ``spatial_scale``, ``sampling_ratio``, ``aligned``), each
+    bin the max over its samples instead of the mean.  A sample outside roi_align's range
+    (y < -1 or y > H, x < -1 or x > W) is skipped, not counted as 0.  Max as max_pool2d: ties
+    keep the first sample in row-major order, NaN wins (the last NaN).  Returns (y
+    (array[K, C, oh, ow]), argmax (int64: the winning sample iy*gw + ix within the bin's gh x
+    gw grid; -1 and y = 0 for a bin without a valid sample)).  A RoI with a non-finite
+    coordinate gives zeros and -1; a finite RoI whose adaptive grid exceeds 2**30 points per
+    axis is a ValueError."""
+    op = "roi_max_align_forward"
+    be = _backend(backend)
+    osz, scale = _roi_common(op, be, x, output_size, spatial_scale)
+    dt = V.float_dtype(op, x=x)
+    r, mask = _rois(op, be, rois, x.shape[0], dt)
+    sr = _max_align_ratio(op, sampling_ratio, r.shape[0], osz)
+    shape = (r.shape[0], x.shape[1]) + osz
+    xp = be.xp
+    if r.shape[0] == 0 or x.size == 0:
+        _check_batch_indices(op, xp, r, x.shape[0])
+        return xp.zeros(shape, dt), xp.full(shape, -1, xp.int64)
+    y, argmax = be._roi_max_align_forward(_c(be, x), r, osz, scale, sr, bool(aligned))
+    if mask is not None:
+        y[mask] = 0
+        argmax[mask] = -1
+    return y, argmax
+
+
+def roi_max_align_backward(grad_y, argmax, rois, input_shape, output_size, spatial_scale=1.0,
+                           sampling_ratio=-1, aligned=False, *, backend=None):
+    """Gradient of :func:`roi_max_align_forward` with the same arguments: each bin's grad times
+    the winning sample's four bilinear weights, added to its four neighbours; nothing for
+    argmax -1.  An argmax that names no valid sample of its bin is a ValueError."""
+    op = "roi_max_align_backward"
+    be = _backend(backend)
+    g, r, shape, osz, scale, mask = _roi_grad_args(op, be, grad_y, rois, input_shape,
+                                                   output_size, spatial_scale)
+    V.array(op, "argmax", argmax, be, 4, "(K, C, oh, ow)")
+    V.int_array(op, "argmax", argmax)
+    V.grad_shape(op, "argmax", argmax, grad_y.shape)
+    sr = _max_align_ratio(op, sampling_ratio, r.shape[0], osz)
+    if g is None:
+        return be.xp.zeros(shape, grad_y.dtype)
+    xp = be.xp
+    if argmax.dtype.kind == "u" and int(argmax.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{op}: argmax holds {int(argmax.max())}, beyond int64")
+    # the hooks range-check every entry, per bin; a backend that does not read each index
+    # once (validates_indices) gets a private copy, which it may read twice
+    if be.validates_indices and mask is None:
+        am = _c(be, argmax.astype(xp.int64, copy=False))
+    else:
+        am = _snapshot(xp, argmax, xp.int64)
+        if mask is not None:
+            am[mask] = -1
+    return be._roi_max_align_backward(g, am, r, shape, osz, scale, sr, bool(aligned))
 
 
 # ------------------------------------------------------------------ ps_roi_align, ps_roi_pool

@@ -68,6 +68,23 @@ _FAMILY_CASES = []
 
 
 # roi_avg_pool, roi_max_align
+def _roi_variants_cases(dtype, rng, r):
+    xp = rng.permutation(2 * 3 * 9 * 8).reshape(2, 3, 9, 8).astype(dtype)  # distinct: no ties
+    rois = np.array([[0, 0.5, 1.0, 5.2, 7.9], [1, -2, 1, 3, 3], [1, 2.2, 0.3, 6.6, 4.1],
+                     [0, 11.0, 2.0, 14.0, 6.0]], dtype)         # the last one partly off the map
+    yield "roi_avg_pool_forward", F.roi_avg_pool_forward, (xp, rois, (2, 3), 0.5), {}
+    yield ("roi_avg_pool_backward", F.roi_avg_pool_backward,
+           (r(4, 3, 2, 3), rois, xp.shape, (2, 3), 0.5), {})
+    for aligned, sr in ((False, -1), (True, 2)):
+        kw = dict(spatial_scale=0.7, sampling_ratio=sr, aligned=aligned)
+        yield (f"roi_max_align_forward aligned={aligned}", F.roi_max_align_forward,
+               (xp, rois, (3, 2)), kw)
+        _, am = F.roi_max_align_forward(xp, rois, (3, 2), **kw)
+        yield (f"roi_max_align_backward aligned={aligned}", F.roi_max_align_backward,
+               (r(4, 3, 3, 2), am, rois, xp.shape, (3, 2)), kw)
+
+
+_FAMILY_CASES.append(_roi_variants_cases)
 
 
 # ps_roi_align, ps_roi_pool

@@ -85,11 +85,51 @@ def suffixed(name: str, dtype) -> str:
     return f"{name}_{DTYPES[np.dtype(dtype).name][1]}"
 
 
+_INCLUDE_RE = re.compile(r'^#include "(\w+)\.cu"[ \t]*\n', re.M)
+
+
+def _without_kernels(text: str) -> str:
+    """``text`` with each ``extern "C"`` kernel's definition blanked (its lines kept empty, so
+    line numbers stay right): what another family includes are the device helpers."""
+    out, last = [], 0
+    for m in _KERNEL_RE.finditer(text):
+        i, depth = text.index("{", m.end()), 0
+        while True:             # to the brace that closes the body; comments skipped
+            if text.startswith("//", i):
+                i = text.index("\n", i)
+            elif text.startswith("/*", i):
+                i = text.index("*/", i) + 1
+            elif text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            i += 1
+        out += [text[last:m.start()], "\n" * text.count("\n", m.start(), i + 1)]
+        last = i + 1
+    return "".join(out) + text[last:]
+
+
+def _expanded(stem: str) -> str:
+    """``kernels/<stem>.cu`` with each line ``#include "<other>.cu"`` replaced by the device
+    helpers of that file (its text without its kernels), with ``#line`` directives keeping
+    error lines right: one family shares another's helpers instead of copying them."""
+    text, out, last = _text(stem), [], 0
+    for m in _INCLUDE_RE.finditer(text):
+        after = text.count("\n", 0, m.end()) + 1
+        out += [text[last:m.start()], f'#line 1 "{m.group(1)}.cu"\n',
+                _without_kernels(_text(m.group(1))), f'\n#line {after} "{stem}.cu"\n']
+        last = m.end()
+    return "".join(out) + text[last:]
+
+
 @functools.cache
 def kernel_source(stem: str, dtype: str) -> str:
     """The exact source compiled for ``kernels/<stem>.cu`` and ``dtype`` (float32/float64)."""
     ctype, suffix = DTYPES[np.dtype(dtype).name]
-    body = _KERNEL_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}_{suffix}{m.group(3)}", _text(stem))
+    body = _KERNEL_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}_{suffix}{m.group(3)}",
+                          _expanded(stem))
     return f'typedef {ctype} scalar_t;\n#line 1 "{stem}.cu"\n{body}'
 
 

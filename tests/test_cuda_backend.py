@@ -488,8 +488,8 @@ def test_generic_op_suites_on_emulated_cuda():
     backends load)."""
     here = os.path.dirname(os.path.abspath(__file__))
     files = [os.path.join(here, f"test_{s}.py") for s in (
-        "conv", "pool", "batchnorm", "roi", "boxes", "errors", "conformance", "nn", "detection",
-        "conv_transpose")]
+        "conv", "pool", "batchnorm", "roi", "roi_variants", "boxes", "errors", "conformance", "nn",
+        "detection", "conv_transpose")]
     files = [f for f in files if os.path.exists(f)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))

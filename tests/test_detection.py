@@ -8,6 +8,7 @@ from convkit.data import shapes
 from convkit.nn import Adam
 from convkit.nn import no_grad as nn_no_grad
 from convkit.metrics import (average_precision_per_class, mean_average_precision,
+                             mean_average_precision_coco,
                              proposal_recall, voc_ap)
 from convkit.models import (AnchorGenerator, FasterRCNN, RegionProposalNetwork, RoIHeads,
                             assign_anchor_targets, fast_rcnn_loss, flatten_rpn_outputs,
@@ -83,6 +84,19 @@ def test_sampler_caps_positives_and_is_seeded():
 
 
 # ------------------------------------------------------------------------------------ metrics
+def test_coco_map_hand_made():
+    # one class, two gt boxes; detections: IoU 1.0 (score .9) and [20, 20, 30, 27.2] on
+    # [20, 20, 30, 30] (score .8): IoU 72/100 = 0.72.  At thresholds .50-.70 both are
+    # TP (AP 1); at .75-.95 the second is a FP: P/R 1/(1/2), 1/2(1/2) -> AP 1/2.
+    # mAP@[.5:.95] = (5 * 1 + 5 * 0.5) / 10 = 0.75
+    gt = [np.array([[0, 0, 10, 10], [20, 20, 30, 30]], np.float64)]
+    pred = [np.array([[0, 0, 10, 10], [20, 20, 30, 27.2]], np.float64)]
+    m, per = mean_average_precision_coco(pred, [np.array([0.9, 0.8])], [np.array([0, 0])], gt,
+                                         [np.array([0, 0])], 1)
+    np.testing.assert_allclose(per, [1, 1, 1, 1, 1, .5, .5, .5, .5, .5], rtol=1e-12)
+    assert m == pytest.approx(0.75, rel=1e-12)
+
+
 def test_voc_ap_hand_made():
     # class 0: 3 gt boxes (2 in image 0, 1 in image 1); ranked detections:
     #   .9 TP, .8 FP (no overlap), .7 TP, .6 FP (duplicate of the .9 one's box), .5 TP
@@ -174,7 +188,7 @@ def test_rpn_head_and_loss_gradient(backend):
         check_backward(fwd, bwd, [x0] + p0, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("roi_op", ["align", "pool"])
+@pytest.mark.parametrize("roi_op", ["align", "pool", "avg_pool", "max_align"])
 def test_roi_head_and_loss_gradient(backend, roi_op):
     rng = np.random.default_rng(1)
     with convkit.use_backend(backend) as be:
@@ -296,7 +310,7 @@ def test_rpn_proposals_decode_clip_and_rank_by_hand(backend):
     np.testing.assert_allclose(scores, np.full(4, 1 / (1 + np.exp(-1.0))), rtol=1e-12)
 
 
-@pytest.mark.parametrize("roi_op", ["align", "pool"])
+@pytest.mark.parametrize("roi_op", ["align", "pool", "avg_pool", "max_align"])
 def test_detector_outputs_respect_their_contract(backend, roi_op):
     d = shapes(2, size=32, max_objects=3, seed=9)
     with convkit.use_backend(backend) as be:

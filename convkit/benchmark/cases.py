@@ -139,10 +139,11 @@ def random_rois(rng, K, N, image_hw, min_size=16):
 
 @dataclass(frozen=True)
 class RoiCase:
-    """roi_align (sampling_ratio 2, aligned=False: torchvision's Faster R-CNN setting) or
-    roi_pool, on a stride-16 feature map of an ``image_hw`` image."""
+    """roi_align (sampling_ratio 2, aligned=False: torchvision's Faster R-CNN setting),
+    roi_pool, roi_avg_pool or roi_max_align (roi_align's grid), on a stride-16 feature map of an
+    ``image_hw`` image."""
     name: str
-    kind: str            # "align" | "pool"
+    kind: str            # "align" | "pool" | "avg_pool" | "max_align"
     shape: tuple         # feature map (N, C, H, W)
     K: int
     image_hw: tuple
@@ -271,6 +272,9 @@ CASES = (
     BatchNormCase("bn_train", _BIG),
     RoiCase("roi_align", "align", (2, 256, 50, 68), 512, (800, 1088)),
     RoiCase("roi_pool", "pool", (2, 256, 50, 68), 512, (800, 1088)),
+    # the lecture's other two aggregators, on the same map and boxes as roi_align / roi_pool
+    RoiCase("roi_avg_pool", "avg_pool", (2, 256, 50, 68), 512, (800, 1088)),
+    RoiCase("roi_max_align", "max_align", (2, 256, 50, 68), 512, (800, 1088)),
     NmsCase("nms", 6000, 0.7, (800, 1088), 300),
     ConvTransposeCase("convt_28", 8, 64, 28, 28, 32, 4, 2, 1),     # -> (8, 32, 56, 56)
     DeformCase("deform_conv", 4, 64, 28, 28, 64, 3, 1, 1),     # a DCN layer in a ResNet stage
@@ -295,6 +299,8 @@ QUICK_CASES = (
     BatchNormCase("bn_train", _TINY),
     RoiCase("roi_align", "align", (2, 8, 12, 17), 16, (192, 272)),
     RoiCase("roi_pool", "pool", (2, 8, 12, 17), 16, (192, 272)),
+    RoiCase("roi_avg_pool", "avg_pool", (2, 8, 12, 17), 16, (192, 272)),
+    RoiCase("roi_max_align", "max_align", (2, 8, 12, 17), 16, (192, 272)),
     NmsCase("nms", 300, 0.7, (192, 272), 20),
     ConvTransposeCase("convt_28", 2, 8, 6, 6, 4, 4, 2, 1),
     DeformCase("deform_conv", 2, 4, 8, 8, 4, 3, 1, 1),

@@ -22,6 +22,7 @@ TARGETS = (
     *((op, "torch", 2.0, (FWD, FB)) for op in ("maxpool_3x3s2", "maxpool_2x2s2", "avgpool_3x3s2")),
     ("bn_train", "torch", 1.0, (FB,)),
     *((op, "numpy", 20.0, (FWD, FB)) for op in ("roi_align", "roi_pool")),
+    *((op, "numpy", 20.0, (FWD, FB)) for op in ("roi_avg_pool", "roi_max_align")),
     ("nms", "numpy", 20.0, (FWD,)),
     ("convt_28", "torch", 1.0, (FWD, FB)),
     ("deform_conv", "numpy", 20.0, (FWD, FB)),

@@ -45,7 +45,8 @@ def set_simd_level(int cap):
 cdef Py_ssize_t roi_align_axis_taps(floating start, floating bin_size, floating grid,
                                     Py_ssize_t pooled, Py_ssize_t size, Py_ssize_t cap,
                                     Py_ssize_t* first, Py_ssize_t* low, Py_ssize_t* high,
-                                    floating* w_low, floating* w_high) noexcept nogil:
+                                    floating* w_low, floating* w_high,
+                                    Py_ssize_t* index) noexcept nogil:
     """Bilinear taps along one axis of one RoI.
 
     Sample i of bin p sits at ``(start + p*bin) + ((i + 0.5)*bin)/grid`` (data type,
@@ -56,7 +57,10 @@ cdef Py_ssize_t roi_align_axis_taps(floating start, floating bin_size, floating 
     O(size) samples.  Bin p's taps are [first[p], first[p+1]).  Writes at most ``cap`` taps
     and returns how many there are (the caller retries with more room if that is > cap).
     With a zero bin (an empty aligned RoI and a fixed grid) all ``grid`` samples coincide:
-    they are one tap whose weights carry the multiplicity.
+    they are one tap whose weights carry the multiplicity.  ``index`` (NULL: not wanted)
+    receives each tap's sample number i, for a max over samples (roi_max_align): taps then
+    have weight 1, and coinciding samples (equal values: the first one wins a max) are the
+    one tap of sample 0.
     """
     cdef double g = grid, s64 = start, b64 = bin_size, step, base, err, t1, t2, lo, hi, cnt, lim
     cdef double eps = FLT_EPSILON if floating is float else DBL_EPSILON
@@ -75,7 +79,8 @@ cdef Py_ssize_t roi_align_axis_taps(floating start, floating bin_size, floating 
         if step == 0:
             lo = 0
             cnt = 1 if (base >= -1 - err and base <= size + err) else 0
-            mult = <floating>g
+            if index == NULL:
+                mult = <floating>g
         elif g <= 64:       # a small grid: every sample is tried (the test below filters)
             lo = 0
             cnt = g
@@ -108,6 +113,8 @@ cdef Py_ssize_t roi_align_axis_taps(floating start, floating bin_size, floating 
                     high[n] = lw + 1
                 w_high[n] = (pos - <floating>lw) * mult
                 w_low[n] = (1 - (pos - <floating>lw)) * mult
+                if index != NULL:
+                    index[n] = i
             n += 1
         first[p + 1] = n
     return n
@@ -152,46 +159,58 @@ cdef void _taps_free(_Taps* t) noexcept nogil:
     free(t)
 
 
-cdef int _roi_taps(const floating* roi, floating scale, floating offset, bint aligned,
-                   Py_ssize_t sampling_ratio, Py_ssize_t pooled_h, Py_ssize_t pooled_w,
-                   Py_ssize_t H, Py_ssize_t W, _Taps* ty, _Taps* tx, double* count) noexcept nogil:
-    """Geometry of one RoI (torchvision's, in the data type) and its taps on both axes.
-    Returns 0 when memory ran out."""
+cdef void roi_align_geometry(const floating* roi, floating scale, floating offset, bint aligned,
+                             Py_ssize_t sampling_ratio, Py_ssize_t pooled_h,
+                             Py_ssize_t pooled_w, floating* geo) noexcept nogil:
+    """One RoI's geometry, torchvision's, in the data type: geo = [start_h, bin_h, grid_h,
+    start_w, bin_w, grid_w] (offset 0.5 when aligned, else 0)."""
     cdef floating sw = roi[1] * scale - offset, sh = roi[2] * scale - offset
     cdef floating rw = (roi[3] * scale - offset) - sw, rh = (roi[4] * scale - offset) - sh
-    cdef floating bw, bh, gw, gh
-    cdef Py_ssize_t n
     if not aligned:     # legacy mode: a malformed RoI is forced to 1x1 (NaN stays NaN)
         if rw < 1:
             rw = 1
         if rh < 1:
             rh = 1
-    bh = rh / <floating>pooled_h
-    bw = rw / <floating>pooled_w
+    geo[0] = sh
+    geo[1] = rh / <floating>pooled_h
+    geo[3] = sw
+    geo[4] = rw / <floating>pooled_w
     if sampling_ratio > 0:
-        gh = <floating>sampling_ratio
-        gw = <floating>sampling_ratio
+        geo[2] = <floating>sampling_ratio
+        geo[5] = <floating>sampling_ratio
     else:               # adaptive: ceil(roi / pooled), 0 for an empty aligned RoI
-        gh = ceil(rh / <floating>pooled_h)
-        gw = ceil(rw / <floating>pooled_w)
+        geo[2] = ceil(rh / <floating>pooled_h)
+        geo[5] = ceil(rw / <floating>pooled_w)
+
+
+cdef int _roi_taps(const floating* roi, floating scale, floating offset, bint aligned,
+                   Py_ssize_t sampling_ratio, Py_ssize_t pooled_h, Py_ssize_t pooled_w,
+                   Py_ssize_t H, Py_ssize_t W, _Taps* ty, _Taps* tx, double* count) noexcept nogil:
+    """Geometry of one RoI (torchvision's, in the data type) and its taps on both axes.
+    Returns 0 when memory ran out."""
+    cdef floating geo[6]
+    cdef floating sw, sh, bw, bh, gw, gh
+    cdef Py_ssize_t n
+    roi_align_geometry(roi, scale, offset, aligned, sampling_ratio, pooled_h, pooled_w, geo)
+    sh, bh, gh, sw, bw, gw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5]
     # torchvision: count = max(grid_h * grid_w, 1); in double, so it cannot overflow
     count[0] = fmax(<double>gh * <double>gw, 1.0)
     if not (count[0] == count[0]):
         count[0] = 1
     n = roi_align_axis_taps(sh, bh, gh, pooled_h, H, ty.cap, ty.first, ty.low, ty.high,
-                            <floating*>ty.w_low, <floating*>ty.w_high)
+                            <floating*>ty.w_low, <floating*>ty.w_high, NULL)
     if n > ty.cap:
         if not _taps_reserve(ty, n, sizeof(floating)):
             return 0
         roi_align_axis_taps(sh, bh, gh, pooled_h, H, ty.cap, ty.first, ty.low, ty.high,
-                            <floating*>ty.w_low, <floating*>ty.w_high)
+                            <floating*>ty.w_low, <floating*>ty.w_high, NULL)
     n = roi_align_axis_taps(sw, bw, gw, pooled_w, W, tx.cap, tx.first, tx.low, tx.high,
-                            <floating*>tx.w_low, <floating*>tx.w_high)
+                            <floating*>tx.w_low, <floating*>tx.w_high, NULL)
     if n > tx.cap:
         if not _taps_reserve(tx, n, sizeof(floating)):
             return 0
         roi_align_axis_taps(sw, bw, gw, pooled_w, W, tx.cap, tx.first, tx.low, tx.high,
-                            <floating*>tx.w_low, <floating*>tx.w_high)
+                            <floating*>tx.w_low, <floating*>tx.w_high, NULL)
     return 1
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import functional as F
 from .._registry import get_backend, use_backend
+from ..models.roi_heads import ROI_OPS
 from ._common import add_common_arguments, epoch_progress, on_backend
 
 PROG = "convkit demo detect"
@@ -35,7 +36,7 @@ def add_arguments(p):
                                                                  "reported figures")
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--width", type=int, default=16, help="backbone width (channels of conv1)")
-    p.add_argument("--roi-op", default="align", choices=["align", "pool"],
+    p.add_argument("--roi-op", default="align", choices=list(ROI_OPS),
                    help="how proposals are cut out of the feature map")
     p.add_argument("--batch-size", type=int, default=8, help="training images per step")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (cosine decay)")
@@ -53,7 +54,7 @@ def add_arguments(p):
 
 def build_model(num_classes, size, width=16, roi_op="align", dtype=np.float32, seed=0):
     """The demo's detector: stride-4 :func:`small_backbone`, 3 anchor sizes spanning the shapes'
-    0.2-0.5 x ``size`` objects x 3 aspect ratios, RoI align (or pool) to 7x7."""
+    0.2-0.5 x ``size`` objects x 3 aspect ratios, ``roi_op`` (one of ROI_OPS) to 7x7."""
     from ..models import FasterRCNN
 
     sizes = tuple(round(f * size, 1) for f in (0.22, 0.31, 0.44))
@@ -77,7 +78,8 @@ def _flip(images, boxes, mask, size):
 
 
 def evaluate(model, data, batch_size=16, top_n=300):
-    """(mAP@0.5, per-class AP, RPN recall {0.5, 0.7} at ``top_n``, detections as NumPy)."""
+    """(mAP@0.5, per-class AP, RPN recall {0.5, 0.7} at ``top_n``, detections as NumPy); the
+    COCO-style mAP@[.5:.95] is :func:`mean_ap_coco` of the detections."""
     from ..metrics import proposal_recall
 
     be = model.backend
@@ -101,6 +103,15 @@ def mean_ap(dets, data, iou_threshold=0.5):
     return mean_average_precision([d["boxes"] for d in dets], [d["scores"] for d in dets],
                                   [d["labels"] for d in dets], data.boxes, data.labels,
                                   len(data.class_names), iou_threshold=iou_threshold)
+
+
+def mean_ap_coco(dets, data):
+    """mAP@[.5:.95] (COCO's thresholds, VOC all-point AP at each) of NumPy detections."""
+    from ..metrics import mean_average_precision_coco
+
+    return mean_average_precision_coco([d["boxes"] for d in dets], [d["scores"] for d in dets],
+                                       [d["labels"] for d in dets], data.boxes, data.labels,
+                                       len(data.class_names))[0]
 
 
 def class_agnostic_nms(det, iou_threshold):
@@ -276,6 +287,8 @@ def run(args) -> int:
         eval_time = time.perf_counter() - t1
         per_class = ", ".join(f"{c} {a:.3f}" for c, a in zip(test.class_names, ap))
         print(f"test ({args.test_images} held-out images): mAP@0.5 = {mAP:.4f} ({per_class})")
+        mAP_coco = mean_ap_coco(dets, test)
+        print(f"mAP@[.5:.95] = {mAP_coco:.4f}")
         agnostic_iou = args.agnostic_iou if args.class_agnostic_nms else None
         if agnostic_iou is not None:
             mAP_agnostic = mean_ap([class_agnostic_nms(d, agnostic_iou) for d in dets], test)[0]
@@ -287,7 +300,8 @@ def run(args) -> int:
         if args.out:
             os.makedirs(args.out, exist_ok=True)
             model.save(os.path.join(args.out, "weights.npz"))
-            summary = {"mAP@0.5": mAP, "AP": dict(zip(test.class_names, ap.tolist())),
+            summary = {"mAP@0.5": mAP, "mAP@[.5:.95]": mAP_coco,
+                       "AP": dict(zip(test.class_names, ap.tolist())),
                        "mAP@0.5_class_agnostic_nms":
                            None if agnostic_iou is None else mAP_agnostic,
                        "rpn_recall@0.5": recall[0.5], "rpn_recall@0.7": recall[0.7],

@@ -17,7 +17,10 @@ import numpy as np
 from ..functional import to_numpy
 
 __all__ = ["box_iou_np", "voc_ap", "average_precision_per_class", "mean_average_precision",
-           "proposal_recall"]
+           "mean_average_precision_coco", "COCO_IOU_THRESHOLDS", "proposal_recall"]
+
+#: COCO's IoU thresholds 0.50, 0.55, ..., 0.95 (mAP@[.5:.95])
+COCO_IOU_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
 
 def _host(a, cols=None):
@@ -113,6 +116,17 @@ def mean_average_precision(pred_boxes, pred_scores, pred_labels, gt_boxes, gt_la
                                      num_classes, iou_threshold)
     valid = ~np.isnan(ap)
     return (float(ap[valid].mean()) if valid.any() else float("nan")), ap
+
+
+def mean_average_precision_coco(pred_boxes, pred_scores, pred_labels, gt_boxes, gt_labels,
+                                num_classes, iou_thresholds=COCO_IOU_THRESHOLDS):
+    """COCO-style mAP@[.5:.95]: :func:`mean_average_precision` (VOC all-point AP, where COCO's
+    own evaluator samples precision at 101 recall points) averaged over ``iou_thresholds``.
+    Returns (the average, array of the mAP at each threshold)."""
+    per = np.array([mean_average_precision(pred_boxes, pred_scores, pred_labels, gt_boxes,
+                                           gt_labels, num_classes, iou_threshold=t)[0]
+                    for t in iou_thresholds])
+    return float(per.mean()), per
 
 
 def proposal_recall(proposals, gt_boxes, top_n=300, iou_thresholds=(0.5, 0.7)) -> dict:

@@ -66,8 +66,8 @@ class FasterRCNN(Module):
     ``stride``; default :func:`small_backbone` (``width``).  Images given to :meth:`forward` and
     :meth:`loss` are uint8 (N, 3, H, W) (or floats on the 0..255 scale; checked, see
     :meth:`check_images`); the model scales them to [0, 1] and normalises with mean 0.5, std
-    0.25 (:class:`convkit.nn.ToFloat`, :class:`convkit.nn.Normalize`).  roi_op: ``"align"`` or
-    ``"pool"``.  ``rpn_kwargs`` / ``roi_kwargs`` go to :class:`RegionProposalNetwork` /
+    0.25 (:class:`convkit.nn.ToFloat`, :class:`convkit.nn.Normalize`).  roi_op: ``"align"``,
+    ``"pool"``, ``"avg_pool"`` or ``"max_align"`` (see :class:`RoIHeads`).  ``rpn_kwargs`` / ``roi_kwargs`` go to :class:`RegionProposalNetwork` /
     :class:`RoIHeads`.
     """
 

@@ -17,7 +17,7 @@ from ..nn import (Flatten, Linear, Module, ReLU, Sequential, no_grad, softmax_cr
 from ..nn.init import make_rng
 from .anchors import host_box_iou, sample_labels
 
-__all__ = ["RoIHeads", "fast_rcnn_loss"]
+__all__ = ["RoIHeads", "fast_rcnn_loss", "ROI_OPS"]
 
 
 def fast_rcnn_loss(class_logits, box_deltas, labels, reg_targets, beta=1.0):
@@ -46,12 +46,19 @@ def fast_rcnn_loss(class_logits, box_deltas, labels, reg_targets, beta=1.0):
     return loss_cls, l_box.sum() * inv, g_logits, g_deltas
 
 
+#: the RoI aggregators RoIHeads (and FasterRCNN, ``convkit demo detect --roi-op``) accept
+ROI_OPS = ("align", "pool", "avg_pool", "max_align")
+
+
 class RoIHeads(Module):
     """RoI feature extraction + box head + losses + post-processing.
 
     in_channels, spatial_scale (= 1 / backbone stride): the feature map.  num_classes: object
-    classes, not counting background.  roi_op: ``"align"`` (:func:`convkit.roi_align_forward`,
-    ``aligned=True``, ``sampling_ratio``) or ``"pool"`` (:func:`convkit.roi_pool_forward`).
+    classes, not counting background.  roi_op, the lecture's four RoI aggregators: ``"align"``
+    (:func:`convkit.roi_align_forward`, ``aligned=True``, ``sampling_ratio``: bilinear samples,
+    mean), ``"max_align"`` (:func:`convkit.roi_max_align_forward`, the same samples, max),
+    ``"pool"`` (:func:`convkit.roi_pool_forward`: quantised bins, max) or ``"avg_pool"``
+    (:func:`convkit.roi_avg_pool_forward`: the same bins, mean).
     Box head: Flatten -> Linear(C*oh*ow, representation) -> ReLU -> Linear -> ReLU, then sibling
     Linear layers for the K+1 class logits and the 4(K+1) class-specific deltas.
 
@@ -72,8 +79,9 @@ class RoIHeads(Module):
                  nms_thresh=0.5, detections_per_img=100, min_size=1e-2, dtype=np.float32,
                  seed=0):
         super().__init__()
-        if roi_op not in ("align", "pool"):
-            raise ValueError(f"RoIHeads: roi_op must be 'align' or 'pool', got {roi_op!r}")
+        if roi_op not in ROI_OPS:
+            raise ValueError(f"RoIHeads: roi_op must be one of {', '.join(map(repr, ROI_OPS))}, "
+                             f"got {roi_op!r}")
         rng = make_rng(seed)
         self.num_classes, self.roi_op = int(num_classes), roi_op
         self.output_size = (output_size, output_size) if np.isscalar(output_size) \
@@ -104,10 +112,16 @@ class RoIHeads(Module):
     # ------------------------------------------------------------------ RoI features
     def pool(self, features, rois):
         """RoI features array[R, C, oh, ow] for rois array[R, 5] (batch index, xyxy pixels)."""
+        argmax = None
         if self.roi_op == "align":
             y = F.roi_align_forward(features, rois, self.output_size, self.spatial_scale,
                                     self.sampling_ratio, aligned=True)
-            argmax = None
+        elif self.roi_op == "max_align":
+            y, argmax = F.roi_max_align_forward(features, rois, self.output_size,
+                                                self.spatial_scale, self.sampling_ratio,
+                                                aligned=True)
+        elif self.roi_op == "avg_pool":
+            y = F.roi_avg_pool_forward(features, rois, self.output_size, self.spatial_scale)
         else:
             y, argmax = F.roi_pool_forward(features, rois, self.output_size, self.spatial_scale)
         self._push((rois, features.shape, argmax), self._pool_caches)
@@ -118,6 +132,13 @@ class RoIHeads(Module):
         if self.roi_op == "align":
             return F.roi_align_backward(grad_y, rois, shape, self.output_size,
                                         self.spatial_scale, self.sampling_ratio, aligned=True)
+        if self.roi_op == "max_align":
+            return F.roi_max_align_backward(grad_y, argmax, rois, shape, self.output_size,
+                                            self.spatial_scale, self.sampling_ratio,
+                                            aligned=True)
+        if self.roi_op == "avg_pool":
+            return F.roi_avg_pool_backward(grad_y, rois, shape, self.output_size,
+                                           self.spatial_scale)
         return F.roi_pool_backward(grad_y, argmax, shape, rois)
 
     def head(self, roi_features):

@@ -143,13 +143,16 @@ class _Taps(NamedTuple):
 
     ``low``/``high`` are the two neighbouring pixel rows (or columns), ``w_low``/``w_high``
     their weights, ``valid`` False for samples outside [-1, size] (and for padding): those
-    contribute nothing and read nothing.
+    contribute nothing and read nothing.  ``lo`` (float64, (pooled,)): the sample number of
+    column 0 in each bin (column j is sample lo + j; roi_max_align's argmax names samples);
+    None when there are no columns.
     """
     low: np.ndarray
     high: np.ndarray
     w_low: np.ndarray
     w_high: np.ndarray
     valid: np.ndarray
+    lo: np.ndarray = None
 
 
 def _roi_align_geometry(rois, output_size, spatial_scale, sampling_ratio, aligned):
@@ -226,7 +229,8 @@ def _taps(op, start, bin_size, grid, pooled, size):
     high = np.where(last, size - 1, low + 1)
     pos = np.where(last, low.astype(dt), pos)
     frac = pos - low.astype(dt)
-    return _Taps(low, high, np.where(valid, 1 - frac, dt(0)), np.where(valid, frac, dt(0)), valid)
+    return _Taps(low, high, np.where(valid, 1 - frac, dt(0)), np.where(valid, frac, dt(0)), valid,
+                 lo)
 
 
 def _span(t: _Taps):
