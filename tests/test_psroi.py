@@ -347,6 +347,32 @@ def test_ps_roi_pool_numerical_gradient(backend):
     check_backward(fwd, bwd, [x], rtol=1e-7, atol=1e-9)
 
 
+def test_deterministic_backward_equals_the_default(backend):
+    """convkit.set_deterministic(True) (cuda: the gather kernel instead of atomics) gives the
+    same gradient as the default path and the oracle, repeatably."""
+    x_shape = (2, 8, 9, 11)
+    rois = np.concatenate([make_rois(np.float64, 0.5), random_rois(np.float64, 12, seed=15)])
+    g = _rand((len(rois), 2, 2, 2), 16)
+    g[3, 1, 0, 1] = np.inf
+    want = ps_roi_align_backward_oracle(g, rois, x_shape, (2, 2), 0.5, -1)
+    default = run(backend, F.ps_roi_align_backward, g, rois, x_shape, 2, 0.5, -1)
+    convkit.set_deterministic(True)
+    try:
+        det = [run(backend, F.ps_roi_align_backward, g, rois, x_shape, 2, 0.5, sr)
+               for sr in (-1, -1, 2)]
+        pool = run(backend, F.ps_roi_pool_backward, g, rois, x_shape, 2, 0.5)
+    finally:
+        convkit.set_deterministic(False)
+    np.testing.assert_array_equal(det[0], det[1])
+    np.testing.assert_allclose(det[0], want, rtol=1e-12, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(default, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(det[2], ps_roi_align_backward_oracle(g, rois, x_shape, (2, 2),
+                                                                    0.5, 2),
+                               rtol=1e-12, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(pool, ps_roi_pool_backward_oracle(g, rois, x_shape, (2, 2), 0.5),
+                               rtol=1e-12, atol=1e-12, equal_nan=True)
+
+
 # --------------------------------------------------------------------- non-finite inputs
 def test_nan_and_inf_in_data_propagate_as_in_the_kernel(backend):
     """A NaN/inf reaches exactly the bins whose samples (zero-weight corners included) or
