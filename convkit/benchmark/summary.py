@@ -24,6 +24,8 @@ TARGETS = (
     *((op, "numpy", 20.0, (FWD, FB)) for op in ("roi_align", "roi_pool")),
     ("nms", "numpy", 20.0, (FWD,)),
 )
+# position-sensitive RoI ops (issue 14): cpu against the numpy reference
+TARGETS += tuple((op, "numpy", 20.0, (FWD, FB)) for op in ("ps_roi_align", "ps_roi_pool"))
 GEOMEAN_TARGET = 1.0
 MEMORY_TARGET = 2.0
 

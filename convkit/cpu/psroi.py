@@ -59,6 +59,7 @@ def _align_taps(op, rois, H, W, output_size, spatial_scale, sampling_ratio, nt):
     ny, nx = np.empty(K, np.intp), np.empty(K, np.intp)
     count = np.empty(K, np.float64)
     scale, sr = float(spatial_scale), int(sampling_ratio)
+    nt = min(nt, _threads(K * (ph + pw) * 16))     # the tables are small work: few threads
     _psroi.align_tap_counts(rois, scale, sr, H, W, fy, fx, ny, nx, count, nt)
     oy, ox = np.zeros(K + 1, np.intp), np.zeros(K + 1, np.intp)
     np.cumsum(ny, out=oy[1:])
@@ -113,7 +114,8 @@ def _pool_edges(rois, H, W, output_size, spatial_scale, nt):
     K = rois.shape[0]
     ph, pw = output_size
     edges = [np.empty((K, n), np.intp) for n in (ph, ph, pw, pw)]
-    _psroi.ps_pool_edges(rois, float(spatial_scale), H, W, *edges, nt)
+    _psroi.ps_pool_edges(rois, float(spatial_scale), H, W, *edges,
+                         min(nt, _threads(K * (ph + pw) * 16)))
     return [np.ascontiguousarray(e.T) for e in edges]
 
 
