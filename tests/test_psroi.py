@@ -43,36 +43,11 @@ def _align_geometry(roi, scale, oh, ow, sampling_ratio, dt):
     return sh, sw, rh / dt(oh), rw / dt(ow), gh, gw
 
 
-def ps_roi_align_oracle(x, rois, output_size, scale, sampling_ratio):
-    dt = x.dtype.type
-    N, C, H, W = x.shape
+def _align_samples(rois, x_shape, output_size, scale, sampling_ratio, dt):
+    """(k, image, c, c_in, ph, pw, y, x, count) of every sample of every bin, in
+    torchvision's loop order; a RoI with a non-finite coordinate or an empty grid has none."""
+    N, C, H, W = x_shape
     oh, ow = output_size
-    co = C // (oh * ow)
-    y = np.zeros((rois.shape[0], co, oh, ow), x.dtype)
-    for k in range(rois.shape[0]):
-        if not np.isfinite(rois[k, 1:]).all():
-            continue
-        b = int(rois[k, 0])
-        sh, sw, bh, bw, gh, gw = _align_geometry(rois[k], scale, oh, ow, sampling_ratio, dt)
-        for c in range(co):
-            for ph in range(oh):
-                for pw in range(ow):
-                    plane = x[b, (c * oh + ph) * ow + pw]
-                    acc = dt(0)
-                    for iy in range(gh):
-                        yy = dt(ph) * bh + sh + dt(iy + 0.5) * bh / dt(gh)
-                        for ix in range(gw):
-                            xx = dt(pw) * bw + sw + dt(ix + 0.5) * bw / dt(gw)
-                            acc = acc + bilinear(plane, yy, xx)
-                    y[k, c, ph, pw] = acc / dt(gh * gw) if gh > 0 and gw > 0 else 0
-    return y
-
-
-def ps_roi_align_backward_oracle(g, rois, input_shape, output_size, scale, sampling_ratio):
-    dt = g.dtype.type
-    N, C, H, W = input_shape
-    oh, ow = output_size
-    gx = np.zeros(input_shape, g.dtype)
     for k in range(rois.shape[0]):
         if not np.isfinite(rois[k, 1:]).all():
             continue
@@ -81,14 +56,36 @@ def ps_roi_align_backward_oracle(g, rois, input_shape, output_size, scale, sampl
         for c in range(C // (oh * ow)):
             for ph in range(oh):
                 for pw in range(ow):
-                    c_in = (c * oh + ph) * ow + pw
                     for iy in range(gh):
                         yy = dt(ph) * bh + sh + dt(iy + 0.5) * bh / dt(gh)
                         for ix in range(gw):
                             xx = dt(pw) * bw + sw + dt(ix + 0.5) * bw / dt(gw)
-                            for r, q, w in bilinear_taps(yy, xx, H, W):
-                                with np.errstate(invalid="ignore"):
-                                    gx[b, c_in, r, q] += g[k, c, ph, pw] * w / dt(gh * gw)
+                            yield k, b, c, (c * oh + ph) * ow + pw, ph, pw, yy, xx, dt(gh * gw)
+
+
+def ps_roi_align_oracle(x, rois, output_size, scale, sampling_ratio):
+    """Each bin's samples summed in order, then divided by grid_h * grid_w once; a bin
+    without samples stays 0 (torchvision: 0/0)."""
+    dt = x.dtype.type
+    oh, ow = output_size
+    sums = np.zeros((rois.shape[0], x.shape[1] // (oh * ow), oh, ow), x.dtype)
+    count = np.ones(rois.shape[0], x.dtype)
+    for k, b, c, c_in, ph, pw, yy, xx, n in _align_samples(rois, x.shape, output_size, scale,
+                                                           sampling_ratio, dt):
+        sums[k, c, ph, pw] = sums[k, c, ph, pw] + bilinear(x[b, c_in], yy, xx)
+        count[k] = n
+    return sums / count[:, None, None, None]
+
+
+def ps_roi_align_backward_oracle(g, rois, input_shape, output_size, scale, sampling_ratio):
+    dt = g.dtype.type
+    N, C, H, W = input_shape
+    gx = np.zeros(input_shape, g.dtype)
+    for k, b, c, c_in, ph, pw, yy, xx, n in _align_samples(rois, input_shape, output_size,
+                                                           scale, sampling_ratio, dt):
+        for r, q, w in bilinear_taps(yy, xx, H, W):
+            with np.errstate(invalid="ignore"):
+                gx[b, c_in, r, q] += g[k, c, ph, pw] * w / n
     return gx
 
 
@@ -105,53 +102,47 @@ def _pool_geometry(roi, scale, oh, ow, dt):
     return sh, sw, dt(roi_h) / dt(oh), dt(roi_w) / dt(ow)
 
 
-def ps_roi_pool_oracle(x, rois, output_size, scale):
-    dt = x.dtype.type
-    N, C, H, W = x.shape
+def _pool_bins(rois, x_shape, output_size, scale, dt):
+    """(k, image, c, c_in, ph, pw, hs, he, ws, we) of every non-empty bin."""
+    N, C, H, W = x_shape
     oh, ow = output_size
-    y = np.zeros((rois.shape[0], C // (oh * ow), oh, ow), x.dtype)
     for k in range(rois.shape[0]):
         if not np.isfinite(rois[k, 1:]).all():
             continue
-        b = int(rois[k, 0])
         sh, sw, bh, bw = _pool_geometry(rois[k], scale, oh, ow, dt)
         for c in range(C // (oh * ow)):
             for ph in range(oh):
                 hs, he = _pool_bin(ph, bh, sh, H, dt)
                 for pw in range(ow):
                     ws, we = _pool_bin(pw, bw, sw, W, dt)
-                    if he <= hs or we <= ws:
-                        continue
-                    plane = x[b, (c * oh + ph) * ow + pw]
-                    acc = dt(0)
-                    for h in range(hs, he):
-                        for w in range(ws, we):
-                            acc = acc + plane[h, w]
-                    y[k, c, ph, pw] = acc / dt((he - hs) * (we - ws))
+                    if he > hs and we > ws:
+                        c_in = (c * oh + ph) * ow + pw
+                        yield k, int(rois[k, 0]), c, c_in, ph, pw, hs, he, ws, we
+
+
+def ps_roi_pool_oracle(x, rois, output_size, scale):
+    dt = x.dtype.type
+    oh, ow = output_size
+    y = np.zeros((rois.shape[0], x.shape[1] // (oh * ow), oh, ow), x.dtype)
+    for k, b, c, c_in, ph, pw, hs, he, ws, we in _pool_bins(rois, x.shape, output_size, scale,
+                                                            dt):
+        acc = dt(0)
+        for h in range(hs, he):
+            for w in range(ws, we):
+                acc = acc + x[b, c_in, h, w]
+        y[k, c, ph, pw] = acc / dt((he - hs) * (we - ws))
     return y
 
 
 def ps_roi_pool_backward_oracle(g, rois, input_shape, output_size, scale):
     dt = g.dtype.type
-    N, C, H, W = input_shape
-    oh, ow = output_size
     gx = np.zeros(input_shape, g.dtype)
-    for k in range(rois.shape[0]):
-        if not np.isfinite(rois[k, 1:]).all():
-            continue
-        b = int(rois[k, 0])
-        sh, sw, bh, bw = _pool_geometry(rois[k], scale, oh, ow, dt)
-        for c in range(C // (oh * ow)):
-            for ph in range(oh):
-                hs, he = _pool_bin(ph, bh, sh, H, dt)
-                for pw in range(ow):
-                    ws, we = _pool_bin(pw, bw, sw, W, dt)
-                    if he <= hs or we <= ws:
-                        continue
-                    diff = g[k, c, ph, pw] / dt((he - hs) * (we - ws))
-                    for h in range(hs, he):
-                        for w in range(ws, we):
-                            gx[b, (c * oh + ph) * ow + pw, h, w] += diff
+    for k, b, c, c_in, ph, pw, hs, he, ws, we in _pool_bins(rois, input_shape, output_size,
+                                                            scale, dt):
+        diff = g[k, c, ph, pw] / dt((he - hs) * (we - ws))
+        for h in range(hs, he):
+            for w in range(ws, we):
+                gx[b, c_in, h, w] += diff
     return gx
 
 

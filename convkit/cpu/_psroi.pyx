@@ -22,6 +22,7 @@ atomics.
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport ceil, fmax
+from libc.string cimport memset
 
 from convkit.cpu._roi_align cimport roi_align_axis_taps
 from convkit.cpu.csrc.roi cimport team
@@ -59,6 +60,61 @@ cdef extern from "csrc/psroi.h":
                            Py_ssize_t a0, Py_ssize_t a1, const Py_ssize_t* xl,
                            const Py_ssize_t* xh, const double* wxl, const double* wxh,
                            Py_ssize_t b0, Py_ssize_t b1, double g, double count) noexcept nogil
+
+
+cdef inline floating _align_sum(const floating* plane, Py_ssize_t W, const Py_ssize_t* yl,
+                                const Py_ssize_t* yh, const floating* wyl, const floating* wyh,
+                                Py_ssize_t a0, Py_ssize_t a1, const Py_ssize_t* xl,
+                                const Py_ssize_t* xh, const floating* wxl, const floating* wxh,
+                                Py_ssize_t b0, Py_ssize_t b1) noexcept nogil:
+    if floating is float:
+        return ck_ps_align_sum_f(plane, W, yl, yh, wyl, wyh, a0, a1, xl, xh, wxl, wxh, b0, b1)
+    else:
+        return ck_ps_align_sum_d(plane, W, yl, yh, wyl, wyh, a0, a1, xl, xh, wxl, wxh, b0, b1)
+
+
+cdef inline void _align_add(floating* plane, Py_ssize_t W, const Py_ssize_t* yl,
+                            const Py_ssize_t* yh, const floating* wyl, const floating* wyh,
+                            Py_ssize_t a0, Py_ssize_t a1, const Py_ssize_t* xl,
+                            const Py_ssize_t* xh, const floating* wxl, const floating* wxh,
+                            Py_ssize_t b0, Py_ssize_t b1, floating g,
+                            floating count) noexcept nogil:
+    if floating is float:
+        ck_ps_align_add_f(plane, W, yl, yh, wyl, wyh, a0, a1, xl, xh, wxl, wxh, b0, b1, g, count)
+    else:
+        ck_ps_align_add_d(plane, W, yl, yh, wyl, wyh, a0, a1, xl, xh, wxl, wxh, b0, b1, g, count)
+
+
+cdef inline floating _box_sum(const floating* plane, Py_ssize_t W, Py_ssize_t h0, Py_ssize_t h1,
+                              Py_ssize_t w0, Py_ssize_t w1) noexcept nogil:
+    if floating is float:
+        return ck_ps_box_sum_f(plane, W, h0, h1, w0, w1)
+    else:
+        return ck_ps_box_sum_d(plane, W, h0, h1, w0, w1)
+
+
+cdef inline void _box_add(floating* plane, Py_ssize_t W, Py_ssize_t h0, Py_ssize_t h1,
+                          Py_ssize_t w0, Py_ssize_t w1, floating v) noexcept nogil:
+    if floating is float:
+        ck_ps_box_add_f(plane, W, h0, h1, w0, w1, v)
+    else:
+        ck_ps_box_add_d(plane, W, h0, h1, w0, w1, v)
+
+
+cdef struct _Plane:
+    # what task t of a plane-wise kernel works on: image n, input channel ci, which is bin
+    # (p, q) of output channel ci // (ph*pw)
+    Py_ssize_t n, ci, p, q
+
+
+cdef inline _Plane _plane(Py_ssize_t t, Py_ssize_t C, Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """Returned by value, so a prange body's copy is private to its thread."""
+    cdef _Plane r
+    r.n = t // C
+    r.ci = t % C
+    r.p = r.ci % (ph * pw) // pw
+    r.q = r.ci % pw
+    return r
 
 
 # ------------------------------------------------------------------------------ align taps
@@ -149,27 +205,16 @@ def ps_roi_align_forward(const floating[:, :, :, ::1] x, const Py_ssize_t[::1] b
     divmod(c_in % (ph*pw), pw) of output channel c_in // (ph*pw) for each of the image's
     RoIs: its y taps are [sy[p*K + j], sy[p*K + j + 1]), its x taps likewise (bin-major
     tables, read in order), its value the samples' sum over count[j]."""
-    cdef Py_ssize_t C = x.shape[1], W = x.shape[3], K = yt.shape[1]
-    cdef Py_ssize_t nb = ph * pw, t, n, ci, p, q, j
-    cdef const floating* plane
-    cdef floating s
+    cdef Py_ssize_t C = x.shape[1], W = x.shape[3], K = yt.shape[1], t, j
+    cdef _Plane a
     for t in prange(x.shape[0] * C, schedule="dynamic", chunksize=2, nogil=True,
                     num_threads=team(n_threads, x.shape[0] * C)):
-        n = t // C
-        ci = t % C
-        p = ci % nb // pw
-        q = ci % pw
-        plane = &x[n, ci, 0, 0]
-        for j in range(bstart[n], bstart[n + 1]):
-            if floating is float:
-                s = ck_ps_align_sum_f(plane, W, &yl[0], &yh[0], &wyl[0], &wyh[0],
-                                      sy[p * K + j], sy[p * K + j + 1], &xl[0], &xh[0],
-                                      &wxl[0], &wxh[0], sx[q * K + j], sx[q * K + j + 1])
-            else:
-                s = ck_ps_align_sum_d(plane, W, &yl[0], &yh[0], &wyl[0], &wyh[0],
-                                      sy[p * K + j], sy[p * K + j + 1], &xl[0], &xh[0],
-                                      &wxl[0], &wxh[0], sx[q * K + j], sx[q * K + j + 1])
-            yt[ci, j] = s / <floating>count[j]
+        a = _plane(t, C, ph, pw)
+        for j in range(bstart[a.n], bstart[a.n + 1]):
+            yt[a.ci, j] = _align_sum(&x[a.n, a.ci, 0, 0], W, &yl[0], &yh[0], &wyl[0], &wyh[0],
+                                     sy[a.p * K + j], sy[a.p * K + j + 1], &xl[0], &xh[0],
+                                     &wxl[0], &wxh[0], sx[a.q * K + j],
+                                     sx[a.q * K + j + 1]) / <floating>count[j]
 
 
 def ps_roi_align_backward(const floating[:, ::1] gyt, const Py_ssize_t[::1] bstart,
@@ -183,28 +228,17 @@ def ps_roi_align_backward(const floating[:, ::1] gyt, const Py_ssize_t[::1] bsta
     """gx (N, C, H, W), written whole, from gyt (C, K) (grad_y transposed, RoIs in image
     order as in the forward): one task per plane (n, c_in), zeroed, then the bin of each of
     the image's RoIs that reads plane c_in adds its samples' corner weights, RoI by RoI."""
-    cdef Py_ssize_t C = gx.shape[1], H = gx.shape[2], W = gx.shape[3], K = gyt.shape[1]
-    cdef Py_ssize_t nb = ph * pw, t, n, ci, p, q, j, i
-    cdef floating* plane
+    cdef Py_ssize_t C = gx.shape[1], H = gx.shape[2], W = gx.shape[3], K = gyt.shape[1], t, j
+    cdef _Plane a
     for t in prange(gx.shape[0] * C, schedule="dynamic", chunksize=2, nogil=True,
                     num_threads=team(n_threads, gx.shape[0] * C)):
-        n = t // C
-        ci = t % C
-        p = ci % nb // pw
-        q = ci % pw
-        plane = &gx[n, ci, 0, 0]
-        for i in range(H * W):
-            plane[i] = 0
-        for j in range(bstart[n], bstart[n + 1]):
-            if floating is float:
-                ck_ps_align_add_f(plane, W, &yl[0], &yh[0], &wyl[0], &wyh[0], sy[p * K + j],
-                                  sy[p * K + j + 1], &xl[0], &xh[0], &wxl[0], &wxh[0],
-                                  sx[q * K + j], sx[q * K + j + 1], gyt[ci, j],
-                                  <float>count[j])
-            else:
-                ck_ps_align_add_d(plane, W, &yl[0], &yh[0], &wyl[0], &wyh[0], sy[p * K + j],
-                                  sy[p * K + j + 1], &xl[0], &xh[0], &wxl[0], &wxh[0],
-                                  sx[q * K + j], sx[q * K + j + 1], gyt[ci, j], count[j])
+        a = _plane(t, C, ph, pw)
+        memset(&gx[a.n, a.ci, 0, 0], 0, H * W * sizeof(floating))
+        for j in range(bstart[a.n], bstart[a.n + 1]):
+            _align_add(&gx[a.n, a.ci, 0, 0], W, &yl[0], &yh[0], &wyl[0], &wyh[0],
+                       sy[a.p * K + j], sy[a.p * K + j + 1], &xl[0], &xh[0], &wxl[0],
+                       &wxh[0], sx[a.q * K + j], sx[a.q * K + j + 1], gyt[a.ci, j],
+                       <floating>count[j])
 
 
 # ----------------------------------------------------------------------------- ps_roi_pool
@@ -231,26 +265,18 @@ def ps_roi_pool_forward(const floating[:, :, :, ::1] x, const Py_ssize_t[::1] bs
     """yt (C, K), y transposed, RoIs in image order: one task per input plane (n, c_in), as
     ps_roi_align_forward; edges are bin-major (hs, he (ph, K); ws, we (pw, K)).  An empty bin
     is 0, any other the sum of its cells over their number."""
-    cdef Py_ssize_t C = x.shape[1], W = x.shape[3], pw = ws.shape[0]
-    cdef Py_ssize_t nb = hs.shape[0] * pw, t, n, ci, p, q, j
-    cdef const floating* plane
-    cdef floating s
+    cdef Py_ssize_t C = x.shape[1], W = x.shape[3], t, j
+    cdef _Plane a
     for t in prange(x.shape[0] * C, schedule="dynamic", chunksize=2, nogil=True,
                     num_threads=team(n_threads, x.shape[0] * C)):
-        n = t // C
-        ci = t % C
-        p = ci % nb // pw
-        q = ci % pw
-        plane = &x[n, ci, 0, 0]
-        for j in range(bstart[n], bstart[n + 1]):
-            if he[p, j] <= hs[p, j] or we[q, j] <= ws[q, j]:
-                yt[ci, j] = 0
-                continue
-            if floating is float:
-                s = ck_ps_box_sum_f(plane, W, hs[p, j], he[p, j], ws[q, j], we[q, j])
+        a = _plane(t, C, hs.shape[0], ws.shape[0])
+        for j in range(bstart[a.n], bstart[a.n + 1]):
+            if he[a.p, j] <= hs[a.p, j] or we[a.q, j] <= ws[a.q, j]:
+                yt[a.ci, j] = 0
             else:
-                s = ck_ps_box_sum_d(plane, W, hs[p, j], he[p, j], ws[q, j], we[q, j])
-            yt[ci, j] = s / <floating>((he[p, j] - hs[p, j]) * (we[q, j] - ws[q, j]))
+                yt[a.ci, j] = _box_sum(&x[a.n, a.ci, 0, 0], W, hs[a.p, j], he[a.p, j],
+                                       ws[a.q, j], we[a.q, j]) / <floating>(
+                    (he[a.p, j] - hs[a.p, j]) * (we[a.q, j] - ws[a.q, j]))
 
 
 def ps_roi_pool_backward(const floating[:, ::1] gyt, const Py_ssize_t[::1] bstart,
@@ -260,24 +286,14 @@ def ps_roi_pool_backward(const floating[:, ::1] gyt, const Py_ssize_t[::1] bstar
     """gx (N, C, H, W), written whole, from gyt (C, K) (grad_y transposed, RoIs in image
     order): one task per plane (n, c_in), zeroed, then each of the image's RoIs adds
     grad / area over the cells of the bin that reads plane c_in, in RoI order."""
-    cdef Py_ssize_t C = gx.shape[1], H = gx.shape[2], W = gx.shape[3], pw = ws.shape[0]
-    cdef Py_ssize_t nb = hs.shape[0] * pw, t, n, ci, p, q, j, i
-    cdef floating* plane
-    cdef floating v
+    cdef Py_ssize_t C = gx.shape[1], H = gx.shape[2], W = gx.shape[3], t, j
+    cdef _Plane a
     for t in prange(gx.shape[0] * C, schedule="dynamic", chunksize=2, nogil=True,
                     num_threads=team(n_threads, gx.shape[0] * C)):
-        n = t // C
-        ci = t % C
-        p = ci % nb // pw
-        q = ci % pw
-        plane = &gx[n, ci, 0, 0]
-        for i in range(H * W):
-            plane[i] = 0
-        for j in range(bstart[n], bstart[n + 1]):
-            if he[p, j] <= hs[p, j] or we[q, j] <= ws[q, j]:
-                continue
-            v = gyt[ci, j] / <floating>((he[p, j] - hs[p, j]) * (we[q, j] - ws[q, j]))
-            if floating is float:
-                ck_ps_box_add_f(plane, W, hs[p, j], he[p, j], ws[q, j], we[q, j], v)
-            else:
-                ck_ps_box_add_d(plane, W, hs[p, j], he[p, j], ws[q, j], we[q, j], v)
+        a = _plane(t, C, hs.shape[0], ws.shape[0])
+        memset(&gx[a.n, a.ci, 0, 0], 0, H * W * sizeof(floating))
+        for j in range(bstart[a.n], bstart[a.n + 1]):
+            if he[a.p, j] > hs[a.p, j] and we[a.q, j] > ws[a.q, j]:
+                _box_add(&gx[a.n, a.ci, 0, 0], W, hs[a.p, j], he[a.p, j], ws[a.q, j],
+                         we[a.q, j], gyt[a.ci, j] / <floating>(
+                             (he[a.p, j] - hs[a.p, j]) * (we[a.q, j] - ws[a.q, j])))

@@ -97,6 +97,12 @@ __device__ __forceinline__ void ps_window(scalar_t base, scalar_t bin, long long
     *i1 = last > first ? (long long)last : (long long)first;
 }
 
+// Sample i of n along one axis of a bin: base + ((i + 0.5) * bin) / n (torchvision's order).
+__device__ __forceinline__ scalar_t ps_pos(scalar_t base, scalar_t bin, long long i, long long n)
+{
+    return base + ((scalar_t)i + (scalar_t)0.5) * bin / (scalar_t)n;
+}
+
 // torchvision's bilinear rule: false (weight 0) more than one pixel outside the map;
 // [-1, 0] clamps to 0; at the last row/column both neighbours are the edge.  Weights in
 // torchvision's order (hy*hx, hy*lx, ly*hx, ly*lx).  A NaN coordinate gives false.
@@ -169,10 +175,9 @@ extern "C" __global__ void ps_align_fwd(
         if (ps_bin(geo, igeo, k, b / ow, b % ow, -1.0, (double)H, -1.0, (double)W, &s)) {
             const scalar_t* xp = x + (igeo[3 * k] * C + c * nb + b) * H * W;
             for (long long iy = s.iy0; iy < s.iy1; ++iy) {
-                const scalar_t yy = s.ybase + ((scalar_t)iy + (scalar_t)0.5) * s.bh / (scalar_t)s.gh;
+                const scalar_t yy = ps_pos(s.ybase, s.bh, iy, s.gh);
                 for (long long ix = s.ix0; ix < s.ix1; ++ix) {
-                    const scalar_t xx =
-                        s.xbase + ((scalar_t)ix + (scalar_t)0.5) * s.bw / (scalar_t)s.gw;
+                    const scalar_t xx = ps_pos(s.xbase, s.bw, ix, s.gw);
                     scalar_t w[4];
                     long long yl, yh, xl, xh;
                     if (!ps_bilinear(H, W, yy, xx, w, &yl, &yh, &xl, &xh)) continue;
@@ -203,9 +208,9 @@ extern "C" __global__ void ps_align_bwd_atomic(
         scalar_t* gp = gx + (igeo[3 * k] * C + c * nb + b) * H * W;
         const scalar_t g = gy[i], rep = (scalar_t)s.rep;
         for (long long iy = s.iy0; iy < s.iy1; ++iy) {
-            const scalar_t yy = s.ybase + ((scalar_t)iy + (scalar_t)0.5) * s.bh / (scalar_t)s.gh;
+            const scalar_t yy = ps_pos(s.ybase, s.bh, iy, s.gh);
             for (long long ix = s.ix0; ix < s.ix1; ++ix) {
-                const scalar_t xx = s.xbase + ((scalar_t)ix + (scalar_t)0.5) * s.bw / (scalar_t)s.gw;
+                const scalar_t xx = ps_pos(s.xbase, s.bw, ix, s.gw);
                 scalar_t w[4];
                 long long yl, yh, xl, xh;
                 if (!ps_bilinear(H, W, yy, xx, w, &yl, &yh, &xl, &xh)) continue;
@@ -240,11 +245,9 @@ extern "C" __global__ void ps_align_bwd_gather(
                 continue;
             const scalar_t g = gy[(k * co + c) * nb + b], rep = (scalar_t)s.rep;
             for (long long iy = s.iy0; iy < s.iy1; ++iy) {
-                const scalar_t yy =
-                    s.ybase + ((scalar_t)iy + (scalar_t)0.5) * s.bh / (scalar_t)s.gh;
+                const scalar_t yy = ps_pos(s.ybase, s.bh, iy, s.gh);
                 for (long long ix = s.ix0; ix < s.ix1; ++ix) {
-                    const scalar_t xx =
-                        s.xbase + ((scalar_t)ix + (scalar_t)0.5) * s.bw / (scalar_t)s.gw;
+                    const scalar_t xx = ps_pos(s.xbase, s.bw, ix, s.gw);
                     scalar_t wt[4];
                     long long yl, yh, xl, xh;
                     if (!ps_bilinear(H, W, yy, xx, wt, &yl, &yh, &xl, &xh)) continue;
