@@ -364,6 +364,37 @@ def test_deterministic_backward_equals_the_default(backend):
                                rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
+def test_dense_grids_match_the_oracle_and_a_huge_one_stays_cheap(backend):
+    """sampling_ratio 9 (81 samples a bin: cpu sums those row by row) against the oracle, with
+    NaN/inf in the data and the grad, an inverted RoI included; then sampling_ratio 100000
+    (10^10 samples a bin) finishes and agrees with the numpy reference."""
+    x = make_x(np.float64, 2, (2, 2), H=8, W=8, seed=30)
+    x[0, 1, 2, 5] = np.nan
+    x[0, 6, 5, 2] = np.inf
+    rois = np.array([[0, 0.5, 0.5, 7.5, 7.5], [0, 6.0, 6.5, 1.0, 2.0], [1, -3, 1, 12, 6],
+                     [0, 2.2, 1.3, 6.1, 5.7]])
+    g = _rand((4, 2, 2, 2), 31)
+    g[3, 0, 1, 0] = np.inf
+    y = run(backend, F.ps_roi_align_forward, x, rois, 2, 1.0, 9)
+    np.testing.assert_allclose(y, ps_roi_align_oracle(x, rois, (2, 2), 1.0, 9), rtol=1e-12,
+                               atol=1e-12, equal_nan=True)
+    assert np.isnan(y[0]).any() and np.isfinite(y[1:3]).all()
+    gx = run(backend, F.ps_roi_align_backward, g, rois, x.shape, 2, 1.0, 9)
+    np.testing.assert_allclose(gx, ps_roi_align_backward_oracle(g, rois, x.shape, (2, 2), 1.0,
+                                                                9),
+                               rtol=1e-12, atol=1e-12, equal_nan=True)
+    if backend == "cuda":
+        pytest.skip("the GPU kernels visit every sample pair of a bin (as roi_align's do)")
+    xs = np.nan_to_num(x[:, :, :6, :7], posinf=1.0)
+    r = np.array([[0, 0.5, 0.5, 6.5, 5.5], [1, 1.2, 0.0, 3.3, 4.4]])
+    gs = _rand((2, 2, 2, 2), 32)
+    for fn, args in ((F.ps_roi_align_forward, (xs, r, 2, 1.0, 100000)),
+                     (F.ps_roi_align_backward, (gs, r, xs.shape, 2, 1.0, 100000))):
+        got = run(backend, fn, *args)
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, run("numpy", fn, *args), rtol=1e-9, atol=1e-12)
+
+
 # --------------------------------------------------------------------- non-finite inputs
 def test_nan_and_inf_in_data_propagate_as_in_the_kernel(backend):
     """A NaN/inf reaches exactly the bins whose samples (zero-weight corners included) or

@@ -11,6 +11,22 @@
 #include "roi_simd.h"
 CK_ROI_STRICT_FP_BEGIN
 
+/* Samples per bin above which ps_roi_align goes row by row (ck_ps_align_sum). */
+#define CK_PS_DENSE 64
+
+/* [first, *last] of the rows the y taps [a0, a1) touch (a0 < a1; positions fall as i grows
+   in an inverted RoI, so not simply the ends). */
+static ptrdiff_t ck_ps_rows(const ptrdiff_t* yl, const ptrdiff_t* yh, ptrdiff_t a0,
+                            ptrdiff_t a1, ptrdiff_t* last) {
+    ptrdiff_t a, first = yl[a0];
+    *last = yh[a0];
+    for (a = a0; a < a1; a++) {
+        if (yl[a] < first) first = yl[a];
+        if (yh[a] > *last) *last = yh[a];
+    }
+    return first;
+}
+
 /* A bin edge clipped to [0, limit] in floating point, then cast (NaN -> 0). */
 static ptrdiff_t ck_ps_edge(double e, ptrdiff_t limit) {
     if (!(e > 0)) return 0;
@@ -52,16 +68,47 @@ static void ck_ps_box_add_##S(T* plane, ptrdiff_t W, ptrdiff_t h0, ptrdiff_t h1,
         for (w = w0; w < w1; w++) plane[h * W + w] += v;                                \
 }                                                                                       \
                                                                                         \
+/* The weight of row r in a bin: the sum of the y taps' weights on it; *hit: whether any   \
+   tap touches it (a zero weight still reads the row, as torchvision's corners do). */    \
+static T ck_ps_row_weight_##S(ptrdiff_t r, const ptrdiff_t* yl, const ptrdiff_t* yh,    \
+                              const T* wyl, const T* wyh, ptrdiff_t a0, ptrdiff_t a1,   \
+                              int* hit) {                                               \
+    T w = 0;                                                                            \
+    ptrdiff_t a;                                                                        \
+    *hit = 0;                                                                           \
+    for (a = a0; a < a1; a++) {                                                         \
+        if (yl[a] == r) { w += wyl[a]; *hit = 1; }                                      \
+        if (yh[a] == r) { w += wyh[a]; *hit = 1; }                                      \
+    }                                                                                   \
+    return w;                                                                           \
+}                                                                                       \
+                                                                                        \
 /* Sum of the bilinear samples of one bin on one plane: y taps [a0, a1) (rows yl/yh,      \
    weights wyl = 1 - ly and wyh = ly), x taps [b0, b1); sample (a, b) adds                \
-   hy*hx*v1 + hy*lx*v2 + ly*hx*v3 + ly*lx*v4, y samples outer (torchvision's loops). */  \
+   hy*hx*v1 + hy*lx*v2 + ly*hx*v3 + ly*lx*v4, y samples outer (torchvision's loops).     \
+   A dense grid (more than CK_PS_DENSE samples) goes row by row instead -- each row the   \
+   taps touch weighted once by its summed y weight -- O(rows * (y + x taps)), not          \
+   O(y taps * x taps), so a huge sampling_ratio stays cheap; every row x column a sample  \
+   corner touches is still read, so NaN/inf reach the same bins. */                      \
 static T ck_ps_align_sum_##S(const T* plane, ptrdiff_t W,                               \
                              const ptrdiff_t* yl, const ptrdiff_t* yh, const T* wyl,    \
                              const T* wyh, ptrdiff_t a0, ptrdiff_t a1,                  \
                              const ptrdiff_t* xl, const ptrdiff_t* xh, const T* wxl,    \
                              const T* wxh, ptrdiff_t b0, ptrdiff_t b1) {                \
     T acc = 0;                                                                          \
-    ptrdiff_t a, b;                                                                     \
+    ptrdiff_t a, b, r, r1;                                                              \
+    int hit;                                                                            \
+    if ((a1 - a0) * (b1 - b0) > CK_PS_DENSE) {                                          \
+        for (r = ck_ps_rows(yl, yh, a0, a1, &r1); r <= r1; r++) {                       \
+            const T wr = ck_ps_row_weight_##S(r, yl, yh, wyl, wyh, a0, a1, &hit);       \
+            const T* row = plane + r * W;                                               \
+            T rs = 0;                                                                   \
+            if (!hit) continue;                                                         \
+            for (b = b0; b < b1; b++) rs += wxl[b] * row[xl[b]] + wxh[b] * row[xh[b]];  \
+            acc += wr * rs;                                                             \
+        }                                                                               \
+        return acc;                                                                     \
+    }                                                                                   \
     for (a = a0; a < a1; a++) {                                                         \
         const T* rl = plane + yl[a] * W;                                                \
         const T* rh = plane + yh[a] * W;                                                \
@@ -76,13 +123,27 @@ static T ck_ps_align_sum_##S(const T* plane, ptrdiff_t W,                       
 }                                                                                       \
                                                                                         \
 /* Adjoint of ck_ps_align_sum for a bin whose grad is g: each corner gets g*w/count,     \
-   added one by one (a non-finite g times a zero weight is NaN, as in torchvision). */   \
+   added one by one (a non-finite g times a zero weight is NaN, as in torchvision); a     \
+   dense grid row by row, as the forward. */                                            \
 static void ck_ps_align_add_##S(T* plane, ptrdiff_t W,                                  \
                                 const ptrdiff_t* yl, const ptrdiff_t* yh, const T* wyl, \
                                 const T* wyh, ptrdiff_t a0, ptrdiff_t a1,               \
                                 const ptrdiff_t* xl, const ptrdiff_t* xh, const T* wxl, \
                                 const T* wxh, ptrdiff_t b0, ptrdiff_t b1, T g, T count) { \
-    ptrdiff_t a, b;                                                                     \
+    ptrdiff_t a, b, r, r1;                                                              \
+    int hit;                                                                            \
+    if ((a1 - a0) * (b1 - b0) > CK_PS_DENSE) {                                          \
+        for (r = ck_ps_rows(yl, yh, a0, a1, &r1); r <= r1; r++) {                       \
+            const T gr = g * ck_ps_row_weight_##S(r, yl, yh, wyl, wyh, a0, a1, &hit) / count; \
+            T* row = plane + r * W;                                                     \
+            if (!hit) continue;                                                         \
+            for (b = b0; b < b1; b++) {                                                 \
+                row[xl[b]] += gr * wxl[b];                                              \
+                row[xh[b]] += gr * wxh[b];                                              \
+            }                                                                           \
+        }                                                                               \
+        return;                                                                         \
+    }                                                                                   \
     for (a = a0; a < a1; a++) {                                                         \
         T* rl = plane + yl[a] * W;                                                      \
         T* rh = plane + yh[a] * W;                                                      \
