@@ -48,9 +48,10 @@ def _bin_major(first, start):
     return s, idx
 
 
-def _align_taps(op, rois, H, W, output_size, spatial_scale, sampling_ratio, nt):
+def _align_taps(op, rois, H, W, output_size, spatial_scale, sampling_ratio):
     """Every RoI's bilinear taps along y and x, bin-major (see _psroi.ps_roi_align_forward):
-    (sy, sx, yl, yh, wyl, wyh, xl, xh, wxl, wxh, count)."""
+    (sy, sx, yl, yh, wyl, wyh, xl, xh, wxl, wxh, count).  Serial: the tables are ~1% of a
+    call, not worth a parallel region."""
     K = rois.shape[0]
     ph, pw = output_size
     dt = rois.dtype
@@ -59,8 +60,7 @@ def _align_taps(op, rois, H, W, output_size, spatial_scale, sampling_ratio, nt):
     ny, nx = np.empty(K, np.intp), np.empty(K, np.intp)
     count = np.empty(K, np.float64)
     scale, sr = float(spatial_scale), int(sampling_ratio)
-    nt = min(nt, _threads(K * (ph + pw) * 16))     # the tables are small work: few threads
-    _psroi.align_tap_counts(rois, scale, sr, H, W, fy, fx, ny, nx, count, nt)
+    _psroi.align_tap_counts(rois, scale, sr, H, W, fy, fx, ny, nx, count, 1)
     oy, ox = np.zeros(K + 1, np.intp), np.zeros(K + 1, np.intp)
     np.cumsum(ny, out=oy[1:])
     np.cumsum(nx, out=ox[1:])
@@ -69,7 +69,7 @@ def _align_taps(op, rois, H, W, output_size, spatial_scale, sampling_ratio, nt):
                + K * (ph + pw + 8) * 8)
     ty = [np.empty(int(oy[-1]) + 1, t) for t in (np.intp, np.intp, dt, dt)]
     tx = [np.empty(int(ox[-1]) + 1, t) for t in (np.intp, np.intp, dt, dt)]
-    if _psroi.align_tap_fill(rois, scale, sr, H, W, fy, fx, oy, ox, *ty, *tx, nt):
+    if _psroi.align_tap_fill(rois, scale, sr, H, W, fy, fx, oy, ox, *ty, *tx, 1):
         raise RuntimeError(f"{op}: rois changed while the call ran")
     sy, iy = _bin_major(fy, oy)
     sx, ix = _bin_major(fx, ox)
@@ -87,7 +87,7 @@ def ps_roi_align_forward(x, rois, output_size, spatial_scale, sampling_ratio):
     yt = np.empty((C, K), x.dtype)        # the kernel's layout: one contiguous row per plane
     nt = _threads(yt.size * 4 + x.size)
     taps = _align_taps("ps_roi_align_forward", r, H, W, output_size, spatial_scale,
-                       sampling_ratio, nt)
+                       sampling_ratio)
     _psroi.ps_roi_align_forward(x, bstart, *taps, ph, pw, yt, nt)
     y = np.empty((K, C), x.dtype)
     y[order] = yt.T
@@ -103,19 +103,18 @@ def ps_roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale,
     gx = np.empty(input_shape, grad_y.dtype)
     nt = _threads(grad_y.size * 4 + gx.size)
     taps = _align_taps("ps_roi_align_backward", r, H, W, output_size, spatial_scale,
-                       sampling_ratio, nt)
+                       sampling_ratio)
     gyt = np.ascontiguousarray(grad_y.reshape(K, C)[order].T)
     _psroi.ps_roi_align_backward(gyt, bstart, *taps, ph, pw, gx, nt)
     return gx
 
 
-def _pool_edges(rois, H, W, output_size, spatial_scale, nt):
-    """Every RoI's bin edges, bin-major: hs, he (ph, K); ws, we (pw, K)."""
+def _pool_edges(rois, H, W, output_size, spatial_scale):
+    """Every RoI's bin edges, bin-major: hs, he (ph, K); ws, we (pw, K).  Serial (small)."""
     K = rois.shape[0]
     ph, pw = output_size
     edges = [np.empty((K, n), np.intp) for n in (ph, ph, pw, pw)]
-    _psroi.ps_pool_edges(rois, float(spatial_scale), H, W, *edges,
-                         min(nt, _threads(K * (ph + pw) * 16)))
+    _psroi.ps_pool_edges(rois, float(spatial_scale), H, W, *edges, 1)
     return [np.ascontiguousarray(e.T) for e in edges]
 
 
@@ -126,8 +125,8 @@ def ps_roi_pool_forward(x, rois, output_size, spatial_scale):
     order, r, bstart = _by_image("ps_roi_pool_forward", rois, N)
     yt = np.empty((C, K), x.dtype)
     nt = _threads(yt.size * 4 + x.size)
-    _psroi.ps_roi_pool_forward(x, bstart, *_pool_edges(r, H, W, output_size, spatial_scale,
-                                                       nt), yt, nt)
+    edges = _pool_edges(r, H, W, output_size, spatial_scale)
+    _psroi.ps_roi_pool_forward(x, bstart, *edges, yt, nt)
     y = np.empty((K, C), x.dtype)
     y[order] = yt.T
     return y.reshape(K, C // (ph * pw), ph, pw)
@@ -140,6 +139,6 @@ def ps_roi_pool_backward(grad_y, rois, input_shape, output_size, spatial_scale):
     gx = np.empty(input_shape, grad_y.dtype)
     nt = _threads(grad_y.size * 4 + gx.size)
     gyt = np.ascontiguousarray(grad_y.reshape(K, C)[order].T)
-    _psroi.ps_roi_pool_backward(gyt, bstart, *_pool_edges(r, H, W, output_size, spatial_scale,
-                                                          nt), gx, nt)
+    edges = _pool_edges(r, H, W, output_size, spatial_scale)
+    _psroi.ps_roi_pool_backward(gyt, bstart, *edges, gx, nt)
     return gx
