@@ -60,7 +60,7 @@ def pytest_generate_tests(metafunc):
     for case in cases:
         for pas in case.passes:
             for b in backends:
-                if b in B.TORCH_NAMES and case.family in ("roi", "nms") and not tv:
+                if b in B.TORCH_NAMES and case.family in ("roi", "nms", "deform") and not tv:
                     continue   # torchvision absent: no torch op to time
                 if b == "numpy" and case.family == "conv" and not (quick or explicit):
                     continue   # the reference is too slow for the big convs by default

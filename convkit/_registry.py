@@ -129,6 +129,9 @@ def _resolve() -> tuple[str, str]:
 
 def _pick(name: str, why: str) -> tuple[Backend, str]:
     global _fallback_warned
+    inst = _instances.get(name)     # every op asks: a loaded backend by its own name is the answer
+    if inst is not None:
+        return inst, why
     name = _known_name(name)
     if name == "auto":
         for cand in ("cuda", "cpu", "numpy"):

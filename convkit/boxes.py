@@ -1,4 +1,5 @@
-"""Box helpers for detectors: format conversions, clipping, filtering, Faster R-CNN box coding.
+"""Box helpers for detectors: format conversions, clipping, filtering, Faster R-CNN box coding,
+and the pairwise generalised / distance / complete IoU (their losses: :mod:`convkit.nn.losses`).
 
 Pure array code over ``xp``, the array module of the input (``numpy``, or ``cupy`` for CuPy
 arrays), so the same functions serve every backend; nothing here dispatches to a backend and
@@ -26,6 +27,7 @@ __all__ = [
     "box_convert", "xyxy_to_xywh", "xywh_to_xyxy", "xyxy_to_cxcywh", "cxcywh_to_xyxy",
     "normalize_boxes", "denormalize_boxes", "clip_boxes", "remove_small_boxes", "box_area",
     "encode_boxes", "decode_boxes", "DEFAULT_BBOX_XFORM_CLIP",
+    "generalized_box_iou", "distance_box_iou", "complete_box_iou",
 ]
 
 #: torchvision's default clamp on dw/dh before ``exp``: a box grows at most 1000/16 times.
@@ -310,3 +312,115 @@ def decode_boxes(deltas, boxes, weights=(1.0, 1.0, 1.0, 1.0),
     half_h = 0.5 * (xp.exp(dh) * h)
     out = xp.stack([pcx - half_w, pcy - half_h, pcx + half_w, pcy + half_h], axis=2)
     return out.reshape(deltas.shape).astype(dt, copy=False)
+
+
+# ----------------------------------------------------- generalised / distance / complete IoU
+#: 4 / pi^2, the scale of CIoU's aspect-ratio term v (Zheng et al. 2020, torchvision)
+_V_SCALE = 4.0 / math.pi ** 2
+
+
+def _box_pair(fn, boxes1, boxes2):
+    """Checks of the pairwise IoU family (box_iou's): (N, 4) and (M, 4) float arrays of one
+    dtype and one kind (numpy or cupy).  Returns their array module."""
+    _check(fn, "boxes1", boxes1, "(N, 4)", ndim=2)
+    _check(fn, "boxes2", boxes2, "(M, 4)", ndim=2)
+    if _xp(boxes1) is not _xp(boxes2):
+        raise TypeError(f"{fn}: boxes1 and boxes2 must be arrays of one kind "
+                        f"(both numpy or both cupy)")
+    if boxes1.dtype != boxes2.dtype:
+        raise TypeError(f"{fn}: boxes1 and boxes2 must share one dtype; boxes1 is "
+                        f"{np.dtype(boxes1.dtype)} but boxes2 is {np.dtype(boxes2.dtype)}")
+    return _xp(boxes1)
+
+
+def _positive_eps(fn: str, eps) -> float:
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{fn}: eps must be a number, got {eps!r}")
+    e = float(eps)
+    if not (math.isfinite(e) and e > 0):
+        raise ValueError(f"{fn}: eps must be positive and finite, got {eps!r}")
+    return e
+
+
+def _aspect_angle(xp, w, h):
+    """``atan(w / h)``, CIoU's aspect angle, finite for every finite box: where ``h == 0`` it is
+    ``atan2(w, +0)`` (+-pi/2, or 0 for a point), the limit torch reaches as NaN for 0/0.  Its
+    derivatives are ``h / (w^2 + h^2)`` and ``-w / (w^2 + h^2)`` (0 for a point)."""
+    zero = h == 0
+    return xp.where(zero, xp.arctan2(w, xp.abs(h)), xp.arctan(w / xp.where(zero, 1, h)))
+
+
+def _pairwise_iou_terms(fn, boxes1, boxes2):
+    """The (N, M) terms the three share: xp, IoU (box_iou's rule: union 0 -> 0), union, and the
+    enclosing box's width and height (clamped at 0, as torchvision)."""
+    xp = _box_pair(fn, boxes1, boxes2)
+    a, b = boxes1[:, None, :], boxes2[None, :, :]
+    area1 = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area2 = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    wh = xp.maximum(xp.minimum(a[..., 2:], b[..., 2:]) - xp.maximum(a[..., :2], b[..., :2]), 0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1 + area2 - inter
+    zero = union == 0
+    iou = xp.where(zero, 0, inter / xp.where(zero, 1, union))
+    enc = xp.maximum(xp.maximum(a[..., 2:], b[..., 2:]) - xp.minimum(a[..., :2], b[..., :2]), 0)
+    return xp, iou, union, enc[..., 0], enc[..., 1]
+
+
+def _distance_terms(boxes1, boxes2, iou, enc_w, enc_h, eps):
+    """DIoU = IoU - rho^2 / (c^2 + eps): rho the distance of the centres, c the enclosing
+    box's diagonal (pairwise, (N, M))."""
+    dx = (boxes1[:, None, 0] + boxes1[:, None, 2]) / 2 - (boxes2[None, :, 0] + boxes2[None, :, 2]) / 2
+    dy = (boxes1[:, None, 1] + boxes1[:, None, 3]) / 2 - (boxes2[None, :, 1] + boxes2[None, :, 3]) / 2
+    return iou - (dx * dx + dy * dy) / (enc_w * enc_w + enc_h * enc_h + eps)
+
+
+def generalized_box_iou(boxes1, boxes2):
+    """Pairwise generalised IoU (Rezatofighi et al. 2019), ``torchvision.ops.generalized_box_iou``:
+    ``GIoU = IoU - (C - U) / C`` with U the union and C the area of the smallest box enclosing
+    both.
+
+    boxes1 (array[N, 4]), boxes2 (array[M, 4]): xyxy, float32 or float64 (one dtype), numpy or
+    cupy (one kind).  Returns array[N, M] of their dtype, in [-1, 1] for valid boxes.  Where
+    torchvision divides 0 by 0 (a pair of zero-area boxes) convkit keeps :func:`convkit.box_iou`'s
+    rule: a union of 0 gives IoU 0, and an enclosing area of 0 gives no penalty.
+    """
+    fn = "generalized_box_iou"
+    xp, iou, union, enc_w, enc_h = _pairwise_iou_terms(fn, boxes1, boxes2)
+    c = enc_w * enc_h
+    zero = c == 0
+    out = iou - xp.where(zero, 0, (c - union) / xp.where(zero, 1, c))
+    return out.astype(boxes1.dtype, copy=False)
+
+
+def distance_box_iou(boxes1, boxes2, eps=1e-7):
+    """Pairwise distance IoU (Zheng et al. 2020), ``torchvision.ops.distance_box_iou``:
+    ``DIoU = IoU - rho^2 / (c^2 + eps)``, rho the distance between the boxes' centres and c the
+    diagonal of the smallest box enclosing both; eps (> 0, default 1e-7, torchvision's) keeps
+    two coincident points finite.
+
+    Arguments and result as :func:`generalized_box_iou` (IoU with box_iou's union-0 rule).
+    """
+    fn = "distance_box_iou"
+    e = _positive_eps(fn, eps)
+    xp, iou, _, enc_w, enc_h = _pairwise_iou_terms(fn, boxes1, boxes2)
+    return _distance_terms(boxes1, boxes2, iou, enc_w, enc_h, e).astype(boxes1.dtype, copy=False)
+
+
+def complete_box_iou(boxes1, boxes2, eps=1e-7):
+    """Pairwise complete IoU (Zheng et al. 2020), ``torchvision.ops.complete_box_iou``:
+    ``CIoU = DIoU - alpha * v`` with ``v = 4/pi^2 (atan(w1/h1) - atan(w2/h2))^2`` (the aspect
+    ratio term) and ``alpha = v / (1 - IoU + v + eps)``.
+
+    Arguments and result as :func:`distance_box_iou`.  A box of zero height has the aspect angle
+    +-pi/2 (0 for a point) where torch divides by 0 (NaN for a point).
+    """
+    fn = "complete_box_iou"
+    e = _positive_eps(fn, eps)
+    xp, iou, _, enc_w, enc_h = _pairwise_iou_terms(fn, boxes1, boxes2)
+    diou = _distance_terms(boxes1, boxes2, iou, enc_w, enc_h, e)
+    t1 = _aspect_angle(xp, boxes1[:, 2] - boxes1[:, 0], boxes1[:, 3] - boxes1[:, 1])
+    t2 = _aspect_angle(xp, boxes2[:, 2] - boxes2[:, 0], boxes2[:, 3] - boxes2[:, 1])
+    d = t1[:, None] - t2[None, :]
+    v = _V_SCALE * d * d
+    alpha = v / (1 - iou + v + e)
+    return (diou - alpha * v).astype(boxes1.dtype, copy=False)

@@ -145,14 +145,18 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     V.array(op, "grad_y", grad_y, be, 4, "(N, F, Ho, Wo)")
     V.grad_shape(op, "grad_y", grad_y, yshape)
     dt = V.float_dtype(op, grad_y=grad_y, x=x, weight=weight)
-    xp = be.xp
     if x.size == 0 or weight.size == 0:
-        gx = xp.zeros(x.shape, dt) if needs_input_grad else None
-        gw = xp.zeros(weight.shape, dt)
-        gb = grad_y.sum(axis=(0, 2, 3)).astype(dt) if has_bias else None
-        return gx, gw, gb
+        return _empty_conv_grads(be.xp, grad_y, x, weight, dt, needs_input_grad, has_bias)
     return be._conv2d_backward(_c(be, grad_y), _c(be, x), _c(be, weight), stride, pad4, dilation,
                               groups, bool(needs_input_grad), bool(has_bias))
+
+
+def _empty_conv_grads(xp, grad_y, x, weight, dt, needs_input_grad, has_bias):
+    """A conv's (or conv_transpose's) gradients when x or weight is empty: zeros, and
+    grad_bias the sum of grad_y."""
+    gx = xp.zeros(x.shape, dt) if needs_input_grad else None
+    gb = grad_y.sum(axis=(0, 2, 3)).astype(dt) if has_bias else None
+    return gx, xp.zeros(weight.shape, dt), gb
 
 
 # ------------------------------------------------------------------------------------- pooling
@@ -786,18 +790,532 @@ def ps_roi_pool_backward(grad_y, rois, input_shape, output_size, spatial_scale=1
 
 # ------------------------------------------------------------------------ multi_scale_roi_align
 # (FPN level mapping over roi_align: no hook of its own)
+_LEVEL_EPS = 1e-6        # torchvision's LevelMapper eps: a box on a level boundary goes up
+
+
+def _per_level(op, name, value, is_entry, what):
+    """``value``: a list/tuple or an ordered dict (torchvision's featmap_names) holding one
+    entry per feature map, finest first -> [(label for messages, entry)]."""
+    if isinstance(value, dict):
+        items = [(f"{name}[{k!r}]", v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple)) and all(is_entry(v) for v in value):
+        items = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        raise TypeError(f"{op}: {name} must be a list or a dict of {what}, one per feature map "
+                        f"(FPN level, finest first), got {type(value).__name__}")
+    if not items:
+        raise ValueError(f"{op}: {name} must hold at least one feature map, got none")
+    return items
+
+
+def _same_n_c(op, labels, shapes):
+    for label, s in zip(labels[1:], shapes[1:]):
+        if tuple(s[:2]) != tuple(shapes[0][:2]):
+            raise ValueError(f"{op}: every feature map must have the same (N, C); {labels[0]} "
+                             f"has {tuple(shapes[0][:2])} but {label} has {tuple(s[:2])}")
+
+
+def _feature_maps(op, be, features):
+    """features (list or dict of (N, C, Hl, Wl) arrays of one backend, float dtype, N and C)
+    -> (list of arrays, dtype)."""
+    items = _per_level(op, "features", features, lambda a: True, "(N, C, H, W) arrays")
+    for label, a in items:
+        V.array(op, label, a, be, 4, "(N, C, H, W)")
+    dt = V.float_dtype(op, **dict(items))
+    _same_n_c(op, [label for label, _ in items], [a.shape for _, a in items])
+    return [a for _, a in items], dt
+
+
+def _level_scales(op, spatial_scales, levels):
+    """One spatial scale per feature map, each a power of 2 (torchvision infers them so) and
+    each half the one before (consecutive FPN levels, finest first) -> (scales, k_min) with
+    level k_min = -log2(scales[0])."""
+    if isinstance(spatial_scales, (str, bytes)) or not hasattr(spatial_scales, "__len__"):
+        raise TypeError(f"{op}: spatial_scales must be a sequence of {levels} numbers (one per "
+                        f"feature map), got {spatial_scales!r}")
+    if len(spatial_scales) != levels:
+        raise ValueError(f"{op}: spatial_scales must have one scale per feature map ({levels}), "
+                         f"got {len(spatial_scales)}: {list(spatial_scales)!r}")
+    scales = [V.real(op, "spatial_scales", s, positive=True) for s in spatial_scales]
+    for i, s in enumerate(scales):
+        if np.frexp(s)[0] != 0.5:
+            raise ValueError(f"{op}: spatial_scales[{i}] = {s!r} is not a power of 2 (FPN levels "
+                             f"are 2**-k of the image, as torchvision infers them)")
+        if i and s != scales[i - 1] / 2:
+            raise ValueError(f"{op}: spatial_scales must halve from each feature map to the next "
+                             f"(consecutive FPN levels, finest first), got {scales!r}")
+    return scales, 1 - int(np.frexp(scales[0])[1])
+
+
+def _fpn_levels(xp, r, k_min, num_levels, canonical_scale, canonical_level):
+    """torchvision's LevelMapper (FPN paper, eqn. 1) on (K, 5) rois of the features' dtype:
+    ``k = floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)`` clamped to
+    [k_min, k_max], minus k_min.  A box of zero, negative or NaN area gets the finest level."""
+    with np.errstate(over="ignore"):     # an area past the dtype's range is inf: coarsest
+        area = (r[:, 3] - r[:, 1]) * (r[:, 4] - r[:, 2])
+    ok = area > 0
+    s = xp.sqrt(xp.where(ok, area, 1))
+    k = xp.floor(canonical_level + xp.log2(s / canonical_scale) + _LEVEL_EPS)
+    k = xp.clip(xp.where(ok, k, k_min), k_min, k_min + num_levels - 1)
+    return (k - k_min).astype(xp.int64)
+
+
+def multi_scale_roi_align(features, rois, output_size, spatial_scales, sampling_ratio=-1,
+                          canonical_scale=224, canonical_level=4, *, backend=None):
+    """RoI align over a feature pyramid, ``torchvision.ops.MultiScaleRoIAlign`` semantics.
+
+    features: a list (or an ordered dict, torchvision's featmap_names) of (N, C, Hl, Wl) arrays,
+    one per FPN level, finest first; spatial_scales: one per map, powers of 2 halving from each
+    map to the next (e.g. ``[1/4, 1/8, 1/16, 1/32]``), so map l is level ``k_min + l`` with
+    ``k_min = -log2(spatial_scales[0])``.  rois as in :func:`roi_align_forward`, in image pixels.
+    Each RoI goes to the level of the FPN paper's rule (torchvision's LevelMapper)::
+
+        k = floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)
+
+    clamped to the levels there are (area = (x2 - x1) * (y2 - y1); zero, negative or non-finite
+    areas go to the finest map), and is pooled from that map by :func:`roi_align_forward` with
+    its scale, ``sampling_ratio`` and ``aligned=False``.  Returns (y (array[K, C, oh, ow], the
+    RoIs' order), levels (int64 array[K], the index into ``features`` each RoI used)).
+    Composed of roi_align, it runs on every backend; a non-finite RoI gives zeros.
+    """
+    op = "multi_scale_roi_align"
+    be = _backend(backend)
+    maps, dt = _feature_maps(op, be, features)
+    osz = V.pair(op, "output_size", output_size, minimum=1)
+    scales, k_min = _level_scales(op, spatial_scales, len(maps))
+    cs = V.real(op, "canonical_scale", canonical_scale, positive=True)
+    cl = V._int(op, "canonical_level", canonical_level)
+    N, C = maps[0].shape[:2]
+    if be.is_native(rois):      # (a list of per-image boxes is checked box by box in _rois)
+        V.float_dtype(op, features=maps[0], rois=rois)
+    r, mask = _rois(op, be, rois, N, dt)
+    K = r.shape[0]
+    sr = _sampling_ratio(op, sampling_ratio, K, osz)
+    xp = be.xp
+    levels = _fpn_levels(xp, r, k_min, len(maps), cs, cl)
+    y = xp.zeros((K, C) + osz, dt)
+    if K == 0:
+        _check_batch_indices(op, xp, r, N)
+        return y, levels
+    for level, (x, scale) in enumerate(zip(maps, scales)):
+        idx = xp.nonzero(levels == level)[0]
+        if idx.size:
+            y[idx] = roi_align_forward(x, r[idx], osz, scale, sr, False, backend=be)
+    if mask is not None:
+        y[mask] = 0
+    return y, levels
+
+
+def multi_scale_roi_align_backward(grad_y, rois, levels, feature_shapes, output_size,
+                                   spatial_scales, sampling_ratio=-1, *, backend=None):
+    """Gradient of :func:`multi_scale_roi_align`: returns a list with grad_x of each feature map.
+
+    grad_y (array[K, C, oh, ow]); rois and levels (the forward's rois and returned levels);
+    feature_shapes: the maps' (N, C, Hl, Wl) shapes in the forward's order (a list, or a dict
+    whose values are taken in order); output_size, spatial_scales and sampling_ratio as in the
+    forward.  Each map's gradient is :func:`roi_align_backward` over the RoIs of its level.
+    """
+    op = "multi_scale_roi_align_backward"
+    be = _backend(backend)
+    named = _per_level(op, "feature_shapes", feature_shapes,
+                       lambda v: isinstance(v, (list, tuple)), "(N, C, H, W) shapes")
+    shapes = [V.shape_tuple(op, label, v) for label, v in named]
+    _same_n_c(op, [label for label, _ in named], shapes)
+    V.array(op, "grad_y", grad_y, be, 4, "(K, C, oh, ow)")
+    osz = V.pair(op, "output_size", output_size, minimum=1)
+    scales, _ = _level_scales(op, spatial_scales, len(shapes))
+    dt = V.float_dtype(op, grad_y=grad_y)
+    N, C = shapes[0][:2]
+    if be.is_native(rois):
+        V.float_dtype(op, grad_y=grad_y, rois=rois)
+    r, mask = _rois(op, be, rois, N, dt)
+    K = r.shape[0]
+    sr = _sampling_ratio(op, sampling_ratio, K, osz)
+    V.grad_shape(op, "grad_y", grad_y, (K, C) + osz)
+    V.array(op, "levels", levels, be, 1, "(K,)")
+    V.int_array(op, "levels", levels)
+    V.grad_shape(op, "levels", levels, (K,))
+    xp = be.xp
+    if K == 0:
+        _check_batch_indices(op, xp, r, N)
+        return [xp.zeros(s, dt) for s in shapes]
+    lv = _snapshot(xp, levels, xp.int64)    # checked here: it only selects rows, no kernel reads it
+    lo, hi = int(lv.min()), int(lv.max())
+    if lo < 0 or hi >= len(shapes):
+        raise ValueError(f"{op}: levels must lie in [0, {len(shapes)}) (one index per feature "
+                         f"map), got values in [{lo}, {hi}]")
+    g = grad_y
+    if mask is not None:    # their rows of r were zeroed by _rois: keep them out of the sum
+        g = g.copy()
+        g[mask] = 0
+    grads = []
+    for level, (shape, scale) in enumerate(zip(shapes, scales)):
+        idx = xp.nonzero(lv == level)[0]
+        if idx.size:
+            grads.append(roi_align_backward(_c(be, g[idx]), r[idx], shape, osz, scale, sr, False,
+                                            backend=be))
+        else:
+            grads.append(xp.zeros(shape, dt))
+    return grads
+
+
+__all__ += ["multi_scale_roi_align", "multi_scale_roi_align_backward"]
 
 
 # ----------------------------------------------------------------------------- conv_transpose2d
 # (hooks in <backend>/conv_transpose.py)
+__all__ += ["conv_transpose2d_forward", "conv_transpose2d_backward"]
+
+
+def _conv_transpose_args(op, be, x, weight, stride, padding, output_padding, groups, dilation):
+    """-> (stride, pad4, dilation, groups, yshape, conv_hw).  The op is the adjoint of the
+    conv2d with weight ``weight`` (F = C_in) over an input of y's shape; conv_hw is that conv's
+    output size: (H, W), or more rows/columns when output_padding >= stride (torch allows it
+    below the dilation), which the boundary fills with zeros (see _conv_transpose_extend)."""
+    V.array(op, "x", x, be, 4, "(N, C_in, H, W)")
+    V.array(op, "weight", weight, be, 4, "(C_in, C_out/groups, KH, KW)")
+    groups = V.positive_int(op, "groups", groups)
+    N, C, H, W = x.shape
+    Cw, Cog, KH, KW = weight.shape
+    if C % groups:
+        raise ValueError(f"{op}: groups={groups} must divide the input channels C_in={C}")
+    if Cw != C:
+        raise ValueError(f"{op}: weight has {Cw} input channels (weight.shape[0]) but x has "
+                         f"C_in={C}")
+    if KH < 1 or KW < 1:
+        raise ValueError(f"{op}: kernel size must be positive, got weight shape {tuple(weight.shape)}")
+    stride = V.pair(op, "stride", stride, minimum=1)
+    ph, pw = V.pair(op, "padding", padding, minimum=0)
+    out_pad = V.pair(op, "output_padding", output_padding, minimum=0)
+    dilation = V.pair(op, "dilation", dilation, minimum=1)
+    for a in (0, 1):
+        if out_pad[a] >= stride[a] and out_pad[a] >= dilation[a]:
+            raise ValueError(f"{op}: output_padding must be smaller than either stride or "
+                             f"dilation, got output_padding={out_pad}, stride={stride}, "
+                             f"dilation={dilation}")
+    pad4 = (ph, ph, pw, pw)
+    Ho = (H - 1) * stride[0] - 2 * ph + dilation[0] * (KH - 1) + out_pad[0] + 1
+    Wo = (W - 1) * stride[1] - 2 * pw + dilation[1] * (KW - 1) + out_pad[1] + 1
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{op}: output size would be {Ho}x{Wo} (< 1) for input {H}x{W}, kernel "
+                         f"{KH}x{KW}, stride {stride}, padding {(ph, pw)}, output_padding "
+                         f"{out_pad}, dilation {dilation}")
+    conv_hw = (conv_out_size(Ho, KH, stride[0], 2 * ph, dilation[0]),
+               conv_out_size(Wo, KW, stride[1], 2 * pw, dilation[1]))
+    return stride, pad4, dilation, groups, (N, Cog * groups, Ho, Wo), conv_hw
+
+
+def _conv_transpose_extend(be, a, hw):
+    """a (N, C, H, W) zero-extended at the bottom/right to hw (a itself when it has that size)."""
+    if tuple(a.shape[2:]) == tuple(hw):
+        return a
+    e = be.xp.zeros(a.shape[:2] + tuple(hw), dtype=a.dtype)
+    e[:, :, :a.shape[2], :a.shape[3]] = a
+    return e
+
+
+def _named_memory_error(op, fn, *args):
+    # the conv machinery's workspace message names the conv2d pass it ran; say which op it was
+    try:
+        return fn(*args)
+    except MemoryError as e:
+        raise MemoryError(f"{op} (through conv2d's adjoint): {e}") from None
+
+
+def conv_transpose2d_forward(x, weight, bias=None, stride=1, padding=0, output_padding=0,
+                             groups=1, dilation=1, *, backend=None):
+    """Transposed 2-D convolution, ``torch.nn.functional.conv_transpose2d`` semantics: the
+    gradient of conv2d with respect to its input.
+
+    x (array[N, C_in, H, W]), weight (array[C_in, C_out/groups, KH, KW]), bias (array[C_out]
+    or None).  Returns y (array[N, C_out, Ho, Wo]) with
+    ``Ho = (H-1)*sh - 2*ph + dh*(KH-1) + output_padding_h + 1``; output_padding (extra rows and
+    columns at the bottom/right) must be smaller than the stride or the dilation.
+    """
+    op = "conv_transpose2d_forward"
+    be = _backend(backend)
+    stride, pad4, dilation, groups, yshape, conv_hw = _conv_transpose_args(
+        op, be, x, weight, stride, padding, output_padding, groups, dilation)
+    if bias is not None:
+        V.array(op, "bias", bias, be, 1, "(C_out,)")
+        if bias.shape[0] != yshape[1]:
+            raise ValueError(f"{op}: bias must have shape ({yshape[1]},), got {tuple(bias.shape)}")
+    dt = V.float_dtype(op, x=x, weight=weight, bias=bias)
+    if x.size == 0 or weight.size == 0:    # N = 0, C_in = 0 or C_out = 0: nothing to spread
+        y = be.xp.empty(yshape, dtype=dt)
+        y[...] = 0 if bias is None else bias.reshape(1, -1, 1, 1)
+        return y
+    return _named_memory_error(op, be._conv_transpose2d_forward,
+                               _conv_transpose_extend(be, _c(be, x), conv_hw), _c(be, weight),
+                               _c(be, bias), stride, pad4, dilation, groups, yshape[2:])
+
+
+def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0, groups=1,
+                              dilation=1, needs_input_grad=True, has_bias=True, *, backend=None):
+    """Gradients of :func:`conv_transpose2d_forward`: returns (grad_x or None, grad_weight,
+    grad_bias or None).  grad_x is conv2d_forward(grad_y, weight); grad_weight is conv2d's
+    weight gradient with the roles of x and grad_y swapped.  ``needs_input_grad=False`` skips
+    grad_x; ``has_bias=False`` skips grad_bias.
+    """
+    op = "conv_transpose2d_backward"
+    be = _backend(backend)
+    stride, pad4, dilation, groups, yshape, conv_hw = _conv_transpose_args(
+        op, be, x, weight, stride, padding, output_padding, groups, dilation)
+    V.array(op, "grad_y", grad_y, be, 4, "(N, C_out, Ho, Wo)")
+    V.grad_shape(op, "grad_y", grad_y, yshape)
+    dt = V.float_dtype(op, grad_y=grad_y, x=x, weight=weight)
+    if x.size == 0 or weight.size == 0:
+        return _empty_conv_grads(be.xp, grad_y, x, weight, dt, needs_input_grad, has_bias)
+    gx, gw, gb = _named_memory_error(
+        op, be._conv_transpose2d_backward, _c(be, grad_y),
+        _conv_transpose_extend(be, _c(be, x), conv_hw), _c(be, weight), stride, pad4, dilation,
+        groups, bool(needs_input_grad), bool(has_bias))
+    if gx is not None and tuple(gx.shape) != tuple(x.shape):    # (rows the boundary added)
+        gx = be.xp.ascontiguousarray(gx[:, :, :x.shape[2], :x.shape[3]])
+    return gx, gw, gb
 
 
 # ------------------------------------------------------------------------------- adaptive pools
 # (hooks in <backend>/adaptive_pool.py)
+__all__ += ["adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
+            "adaptive_max_pool2d_forward", "adaptive_max_pool2d_backward"]
+
+_BIN_PRODUCT_LIMIT = 2**62    # the bin rule's i*H (i < oh) must fit a signed 64-bit integer
+_INTP_MAX = int(np.iinfo(np.intp).max)
+
+
+def _adaptive_size(op, output_size, H, W):
+    """output_size (an int, or a pair of ints / None, None meaning that input size, as torch)
+    -> (oh, ow), each >= 1 where given."""
+    if output_size is None:
+        raise TypeError(f"{op}: output_size must be an int or a pair (of ints or None), got None")
+    pair = isinstance(output_size, (tuple, list)) or (
+        isinstance(output_size, np.ndarray) and output_size.shape == (2,))
+    if not pair:
+        return V.pair(op, "output_size", output_size, minimum=1)
+    if len(output_size) != 2:
+        raise ValueError(f"{op}: output_size must be an int or a pair, got {output_size!r}")
+    given = V.pair(op, "output_size", [1 if v is None else v for v in output_size], minimum=1)
+    return tuple(size if v is None else g for v, g, size in zip(output_size, given, (H, W)))
+
+
+def _adaptive_plane(op, name, shape, ohw, itemsize):
+    """Checks shared by the four ops once (N, C, H, W) and (oh, ow) are known."""
+    N, C, H, W = shape
+    if N * C and (H == 0 or W == 0):     # torch refuses too: a bin would have no element
+        raise ValueError(f"{op}: {name} must have non-zero height and width, got "
+                         f"{tuple(shape)}")
+    if N * C and (ohw[0] < 1 or ohw[1] < 1):
+        raise ValueError(f"{op}: output size must be at least 1x1, got {ohw[0]}x{ohw[1]}")
+    if ohw[0] * H >= _BIN_PRODUCT_LIMIT or ohw[1] * W >= _BIN_PRODUCT_LIMIT:
+        raise ValueError(f"{op}: output_size {tuple(ohw)} for input {H}x{W} is too large "
+                         f"(output size times input size must stay below 2**62)")
+    if N * C * ohw[0] * ohw[1] * itemsize > _INTP_MAX:
+        raise ValueError(f"{op}: output_size {tuple(ohw)} gives an output of "
+                         f"{N * C * ohw[0] * ohw[1]} elements, more than an array can hold")
+
+
+def _adaptive_forward_args(op, be, x, output_size):
+    V.array(op, "x", x, be, 4, "(N, C, H, W)")
+    N, C, H, W = x.shape
+    dt = V.float_dtype(op, x=x)
+    ohw = _adaptive_size(op, output_size, H, W)
+    _adaptive_plane(op, "x", x.shape, ohw, dt.itemsize)
+    return ohw, (N, C) + tuple(ohw), dt
+
+
+def _adaptive_backward_args(op, grad_y, input_shape):
+    """input_shape as a tuple and the dtype, once grad_y (N, C, oh, ow) is known to be 4-D."""
+    shape = V.shape_tuple(op, "input_shape", input_shape)
+    dt = V.float_dtype(op, grad_y=grad_y)
+    if tuple(grad_y.shape[:2]) != shape[:2]:
+        raise ValueError(f"{op}: grad_y has (N, C) = {tuple(grad_y.shape[:2])} but input_shape "
+                         f"has {shape[:2]}")
+    _adaptive_plane(op, "input_shape", shape, tuple(grad_y.shape[2:]), dt.itemsize)
+    return shape, dt
+
+
+def adaptive_avg_pool2d_forward(x, output_size, *, backend=None):
+    """Adaptive average pooling, ``torch.nn.functional.adaptive_avg_pool2d`` semantics.
+
+    x (array[N, C, H, W]); output_size: int or pair (oh, ow), an entry None meaning that input
+    size.  Output row i averages input rows ``[floor(i*H/oh), ceil((i+1)*H/oh))`` (columns
+    likewise), so bins overlap when oh does not divide H and repeat rows when oh > H.
+    Returns y (array[N, C, oh, ow]).
+    """
+    op = "adaptive_avg_pool2d_forward"
+    be = _backend(backend)
+    ohw, yshape, dt = _adaptive_forward_args(op, be, x, output_size)
+    if x.size == 0:    # N = 0 or C = 0
+        return be.xp.empty(yshape, dt)
+    return be._adaptive_avg_pool2d_forward(_c(be, x), ohw)
+
+
+def adaptive_avg_pool2d_backward(grad_y, input_shape, *, backend=None):
+    """Gradient of :func:`adaptive_avg_pool2d_forward`: each grad_y / (bin area) added to every
+    element of its bin.  grad_y (array[N, C, oh, ow]); input_shape: x.shape.  Returns grad_x."""
+    op = "adaptive_avg_pool2d_backward"
+    be = _backend(backend)
+    V.array(op, "grad_y", grad_y, be, 4, "(N, C, oh, ow)")
+    shape, dt = _adaptive_backward_args(op, grad_y, input_shape)
+    if grad_y.size == 0:
+        return be.xp.zeros(shape, dt)
+    return be._adaptive_avg_pool2d_backward(_c(be, grad_y), shape)
+
+
+def adaptive_max_pool2d_forward(x, output_size, *, backend=None):
+    """Adaptive max pooling, ``torch.nn.functional.adaptive_max_pool2d(..., return_indices=True)``.
+
+    Bins as :func:`adaptive_avg_pool2d_forward`.  Returns (y (array[N, C, oh, ow]), indices
+    (int64, same shape)): the flat ``h*W + w`` of each maximum in the input plane.  As torch: a
+    NaN in a bin is its maximum (the last NaN in row-major order when there are several), ties
+    keep the first maximum in row-major order.
+    """
+    op = "adaptive_max_pool2d_forward"
+    be = _backend(backend)
+    ohw, yshape, dt = _adaptive_forward_args(op, be, x, output_size)
+    if x.size == 0:
+        xp = be.xp
+        return xp.empty(yshape, dt), xp.empty(yshape, xp.int64)
+    return be._adaptive_max_pool2d_forward(_c(be, x), ohw)
+
+
+def adaptive_max_pool2d_backward(grad_y, indices, input_shape, *, backend=None):
+    """Gradient of adaptive max pooling: grad_y added at ``indices`` (from
+    :func:`adaptive_max_pool2d_forward`) into an input-shaped zero array."""
+    op = "adaptive_max_pool2d_backward"
+    be = _backend(backend)
+    V.array(op, "grad_y", grad_y, be, 4, "(N, C, oh, ow)")
+    V.array(op, "indices", indices, be, 4, "(N, C, oh, ow)")
+    V.int_array(op, "indices", indices)
+    V.grad_shape(op, "indices", indices, grad_y.shape)
+    shape, dt = _adaptive_backward_args(op, grad_y, input_shape)
+    if grad_y.size == 0:
+        return be.xp.zeros(shape, dt)
+    indices = _indices(op, "indices", be, indices, 0, shape[2] * shape[3])
+    return be._adaptive_max_pool2d_backward(_c(be, grad_y), indices, shape)
 
 
 # ------------------------------------------------------------------------------- deform_conv2d
 # (hooks in <backend>/deform_conv.py)
+__all__ += ["deform_conv2d_forward", "deform_conv2d_backward"]
+
+
+def _deform_args(op, be, x, offset, weight, mask, stride, padding, dilation):
+    """Checks shared by the deformable conv forward and backward; returns (stride, padding,
+    dilation) as pairs, (N, F, Ho, Wo) and the number of offset groups."""
+    V.array(op, "x", x, be, 4, "(N, C, H, W)")
+    V.array(op, "offset", offset, be, 4, "(N, 2*offset_groups*KH*KW, Ho, Wo)")
+    V.array(op, "weight", weight, be, 4, "(F, C/groups, KH, KW)")
+    N, C, H, W = x.shape
+    F, Cg, KH, KW = weight.shape
+    if KH < 1 or KW < 1:
+        raise ValueError(f"{op}: kernel size must be positive, got weight shape {tuple(weight.shape)}")
+    if Cg < 1 or C % Cg:
+        raise ValueError(f"{op}: weight has {Cg} input channels per group, which must be "
+                         f"positive and divide the input channels C={C} (groups = C // "
+                         f"weight.shape[1])")
+    groups = C // Cg
+    if F % groups:
+        raise ValueError(f"{op}: groups={groups} (C={C} // weight.shape[1]={Cg}) must divide the "
+                         f"output channels F={F}")
+    stride = V.pair(op, "stride", stride, minimum=1)
+    padding = V.pair(op, "padding", padding, minimum=0)
+    dilation = V.pair(op, "dilation", dilation, minimum=1)
+    Ho = conv_out_size(H, KH, stride[0], 2 * padding[0], dilation[0])
+    Wo = conv_out_size(W, KW, stride[1], 2 * padding[1], dilation[1])
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{op}: output size would be {Ho}x{Wo} (< 1) for input {H}x{W}, kernel "
+                         f"{KH}x{KW}, stride {stride}, padding {padding}, dilation {dilation}")
+    KK = KH * KW
+    if offset.shape[1] < 2 * KK or offset.shape[1] % (2 * KK):
+        raise ValueError(f"{op}: offset must have 2*offset_groups*KH*KW channels, a positive "
+                         f"multiple of 2*{KH}*{KW}={2 * KK}, got offset shape "
+                         f"{tuple(offset.shape)}")
+    og = offset.shape[1] // (2 * KK)
+    if C % og:
+        raise ValueError(f"{op}: offset_groups={og} (offset.shape[1] // (2*KH*KW)) must divide "
+                         f"the input channels C={C}")
+    want = (N, 2 * og * KK, Ho, Wo)
+    if tuple(offset.shape) != want:
+        raise ValueError(f"{op}: offset must have shape {want} (N, 2*offset_groups*KH*KW, Ho, Wo),"
+                         f" got {tuple(offset.shape)}")
+    if mask is not None:
+        V.array(op, "mask", mask, be, 4, "(N, offset_groups*KH*KW, Ho, Wo)")
+        want = (N, og * KK, Ho, Wo)
+        if tuple(mask.shape) != want:
+            raise ValueError(f"{op}: mask must have shape {want} (N, offset_groups*KH*KW, Ho, "
+                             f"Wo) for offset_groups={og}, got {tuple(mask.shape)}")
+    return stride, padding, dilation, (N, F, Ho, Wo), og
+
+
+def _deform_workspace(op, x, weight, Ho, Wo, dt):
+    """One image's deformable columns (C*KH*KW*Ho*Wo values) must fit the workspace limit:
+    every backend builds at least that much (the backends chunk the batch by it)."""
+    need = x.shape[1] * weight.shape[2] * weight.shape[3] * Ho * Wo * np.dtype(dt).itemsize
+    limit = get_workspace_limit()
+    if need > limit:
+        raise MemoryError(f"{op}: one image's deformable im2col columns need {need} bytes, over "
+                          f"the workspace limit of {limit} bytes (convkit.set_workspace_limit)")
+
+
+def deform_conv2d_forward(x, offset, weight, bias=None, stride=1, padding=0, dilation=1,
+                          mask=None, *, backend=None):
+    """Deformable convolution, ``torchvision.ops.deform_conv2d`` semantics (DCN; DCNv2 with
+    ``mask``).
+
+    x (array[N, C, H, W]); offset (array[N, 2*offset_groups*KH*KW, Ho, Wo]): per offset group
+    and kernel position (row-major i, j), the pair (dy, dx) added to that tap's sampling
+    position; weight (array[F, C/groups, KH, KW]) with groups = C // weight.shape[1];
+    bias (array[F] or None); mask (array[N, offset_groups*KH*KW, Ho, Wo] or None) multiplies
+    each sample.  offset_groups = offset.shape[1] // (2*KH*KW) must divide C; channel c uses
+    offset group c // (C / offset_groups).  Samples are bilinear; a point with y <= -1,
+    y >= H, x <= -1 or x >= W samples 0, and corners outside the image count as 0.
+    Returns y (array[N, F, Ho, Wo]), ``Ho = (H + 2*ph - dh*(KH-1) - 1)//sh + 1``.
+    """
+    op = "deform_conv2d_forward"
+    be = _backend(backend)
+    stride, padding, dilation, yshape, _ = _deform_args(op, be, x, offset, weight, mask,
+                                                        stride, padding, dilation)
+    if bias is not None:
+        V.array(op, "bias", bias, be, 1, "(F,)")
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got "
+                             f"{tuple(bias.shape)}")
+    dt = V.float_dtype(op, x=x, offset=offset, weight=weight, bias=bias, mask=mask)
+    xp = be.xp
+    if x.size == 0 or weight.size == 0:   # N, H, W or F = 0: every sample is 0
+        y = xp.zeros(yshape, dt)
+        if bias is not None:
+            y[...] = bias.reshape(1, -1, 1, 1)
+        return y
+    _deform_workspace(op, x, weight, yshape[2], yshape[3], dt)
+    return be._deform_conv2d_forward(_c(be, x), _c(be, offset), _c(be, weight), _c(be, bias),
+                                     stride, padding, dilation, _c(be, mask))
+
+
+def deform_conv2d_backward(grad_y, x, offset, weight, stride=1, padding=0, dilation=1,
+                           mask=None, has_bias=True, *, backend=None):
+    """Gradients of :func:`deform_conv2d_forward` with the same arguments: returns
+    (grad_x, grad_offset, grad_weight, grad_bias or None, grad_mask or None).  grad_bias is
+    None when ``has_bias`` is False, grad_mask when ``mask`` is None.  The offset gradient is
+    the derivative of the bilinear sample inside its pixel cell (0 for a point outside the
+    sampled range), as torchvision's."""
+    op = "deform_conv2d_backward"
+    be = _backend(backend)
+    stride, padding, dilation, yshape, _ = _deform_args(op, be, x, offset, weight, mask,
+                                                        stride, padding, dilation)
+    V.array(op, "grad_y", grad_y, be, 4, "(N, F, Ho, Wo)")
+    V.grad_shape(op, "grad_y", grad_y, yshape)
+    dt = V.float_dtype(op, grad_y=grad_y, x=x, offset=offset, weight=weight, mask=mask)
+    xp = be.xp
+    if x.size == 0 or weight.size == 0:
+        gb = grad_y.sum(axis=(0, 2, 3)).astype(dt) if has_bias else None
+        return (xp.zeros(x.shape, dt), xp.zeros(offset.shape, dt), xp.zeros(weight.shape, dt),
+                gb, None if mask is None else xp.zeros(mask.shape, dt))
+    _deform_workspace(op, x, weight, yshape[2], yshape[3], dt)
+    return be._deform_conv2d_backward(_c(be, grad_y), _c(be, x), _c(be, offset), _c(be, weight),
+                                      stride, padding, dilation, _c(be, mask), bool(has_bias))
 
 
 for _name in __all__:

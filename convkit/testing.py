@@ -90,12 +90,56 @@ _FAMILY_CASES.append(_psroi_cases)
 
 
 # conv_transpose2d
+def _conv_transpose_cases(dtype, rng, r):
+    x, w, b = r(2, 4, 5, 4), r(4, 3, 3, 2), r(6)
+    for kw in (dict(stride=2, padding=1, output_padding=1, groups=2),
+               dict(stride=(1, 2), padding=(0, 1), output_padding=(1, 0), dilation=(2, 1))):
+        bias = b if kw.get("groups", 1) == 2 else b[:3]
+        label = f"conv_transpose2d {kw}"
+        yield label + " forward", F.conv_transpose2d_forward, (x, w, bias), kw
+        y = F.conv_transpose2d_forward(x, w, bias, **kw)
+        yield label + " backward", F.conv_transpose2d_backward, (r(*y.shape), x, w), kw
+
+
+_FAMILY_CASES.append(_conv_transpose_cases)
 
 
 # adaptive pools
+def _adaptive_pool_cases(dtype, rng, r):
+    x = r(2, 3, 7, 9)
+    xd = rng.permutation(2 * 3 * 7 * 9).reshape(2, 3, 7, 9).astype(dtype)   # distinct: no ties
+    # (3, 4): overlapping bins (7 % 3, 9 % 4 != 0); (None, 12): input height, repeated columns
+    for size in ((3, 4), 1, (None, 12)):
+        yield f"adaptive_avg_pool2d_forward {size}", F.adaptive_avg_pool2d_forward, (x, size), {}
+        y = F.adaptive_avg_pool2d_forward(x, size)
+        yield (f"adaptive_avg_pool2d_backward {size}", F.adaptive_avg_pool2d_backward,
+               (r(*y.shape), x.shape), {})
+        yield f"adaptive_max_pool2d_forward {size}", F.adaptive_max_pool2d_forward, (xd, size), {}
+        y, idx = F.adaptive_max_pool2d_forward(xd, size)
+        yield (f"adaptive_max_pool2d_backward {size}", F.adaptive_max_pool2d_backward,
+               (r(*y.shape), idx, xd.shape), {})
+
+
+_FAMILY_CASES.append(_adaptive_pool_cases)
 
 
 # deform_conv2d
+def _deform_conv_cases(dtype, rng, r):
+    # 2 weight groups, 2 offset groups, stride/padding/dilation, with and without a mask;
+    # offsets ~N(0, 1.5) put some samples outside the image
+    x, w, b = r(2, 4, 7, 6), r(6, 2, 3, 2), r(6)
+    kw = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))
+    off = (r(2, 2 * 2 * 6, 4, 8) * dtype(1.5)).astype(dtype)
+    mask = np.abs(r(2, 2 * 6, 4, 8))
+    for m in (None, mask):
+        label = "mask" if m is not None else "no mask"
+        yield (f"deform_conv2d_forward {label}", F.deform_conv2d_forward, (x, off, w, b),
+               dict(kw, mask=m))
+        yield (f"deform_conv2d_backward {label}", F.deform_conv2d_backward,
+               (r(2, 6, 4, 8), x, off, w), dict(kw, mask=m))
+
+
+_FAMILY_CASES.append(_deform_conv_cases)
 
 
 def missing_hooks(name_or_backend) -> list:

@@ -181,48 +181,68 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
     """-> (grad_x or None, grad_weight, grad_bias or None)."""
     with on_device("conv2d_backward", grad_y=grad_y, x=x, weight=weight), \
             _gemm_mode(x.dtype):
-        N, C, H, W = x.shape
-        F, Cg, KH, KW = weight.shape
-        Ho, Wo = grad_y.shape[2:]
         gb = grad_y.sum(axis=(0, 2, 3)) if has_bias else None
-        if groups != 1:
-            gw = _direct_bwd_weight(grad_y, x, weight.shape, stride, padding, dilation, groups)
-            gx = None
-            if needs_input_grad:
-                gx = cupy.empty(x.shape, dtype=x.dtype)
-                _direct_bwd_data(grad_y, weight, x.shape, stride, padding, dilation, groups, gx)
-            return gx, gw, gb
+        gx, gw = _backward("conv2d_backward", grad_y, x, x.shape, weight, stride, padding,
+                           dilation, groups, needs_input_grad, True)
+        return gx, gw, gb
 
-        K = C * KH * KW
-        w2 = weight.reshape(F, K)
-        gy3 = grad_y.reshape(N, F, Ho * Wo)
-        gx = cupy.empty(x.shape, dtype=x.dtype) if needs_input_grad else None
-        pointwise = _is_pointwise(KH, KW, stride, padding)
-        item = x.dtype.itemsize
-        # per image: its position-major columns (for the weight gradient), the columns'
-        # gradient (if needed, unless pointwise) and its (F, K) weight-gradient product
-        per_image = K * Ho * Wo * item \
-            + (K * Ho * Wo * item if needs_input_grad and not pointwise else 0) + F * K * item
-        nb = _images_per_chunk("conv2d_backward", N, per_image)
-        colT = cupy.empty((nb, Ho * Wo, K), dtype=x.dtype)
-        gcol = cupy.empty((nb, K, Ho * Wo), dtype=x.dtype) \
-            if needs_input_grad and not pointwise else None
-        gw = cupy.zeros((F, K), dtype=x.dtype)
-        w2t = cupy.ascontiguousarray(w2.T)            # (K, F): small, copied once per call
-        for n0 in range(0, N, nb):
-            n1 = min(N, n0 + nb)
-            g = gy3[n0:n1]
+
+def conv2d_grad_input(grad_y, weight, x_shape, stride, padding, dilation, groups):
+    """grad_x (x_shape) of conv2d alone -- conv_transpose2d's forward."""
+    with on_device("conv2d_grad_input", grad_y=grad_y, weight=weight), \
+            _gemm_mode(grad_y.dtype):
+        return _backward("conv2d_grad_input", grad_y, None, tuple(x_shape), weight, stride,
+                         padding, dilation, groups, True, False)[0]
+
+
+def _backward(op, grad_y, x, x_shape, weight, stride, padding, dilation, groups,
+              needs_input_grad, needs_weight_grad):
+    """-> (grad_x or None, grad_weight or None); x (None when not needs_weight_grad) has shape
+    x_shape."""
+    N, C, H, W = x_shape
+    F, Cg, KH, KW = weight.shape
+    Ho, Wo = grad_y.shape[2:]
+    dt = grad_y.dtype
+    if groups != 1:
+        gw = _direct_bwd_weight(grad_y, x, weight.shape, stride, padding, dilation, groups) \
+            if needs_weight_grad else None
+        gx = None
+        if needs_input_grad:
+            gx = cupy.empty(x_shape, dtype=dt)
+            _direct_bwd_data(grad_y, weight, x_shape, stride, padding, dilation, groups, gx)
+        return gx, gw
+
+    K = C * KH * KW
+    w2 = weight.reshape(F, K)
+    gy3 = grad_y.reshape(N, F, Ho * Wo)
+    gx = cupy.empty(x_shape, dtype=dt) if needs_input_grad else None
+    pointwise = _is_pointwise(KH, KW, stride, padding)
+    item = dt.itemsize
+    # per image: its position-major columns and (F, K) weight-gradient product (for the weight
+    # gradient) and the columns' gradient (if needed, unless pointwise)
+    per_image = ((K * Ho * Wo * item + F * K * item) if needs_weight_grad else 0) \
+        + (K * Ho * Wo * item if needs_input_grad and not pointwise else 0)
+    nb = _images_per_chunk(op, N, per_image)
+    colT = cupy.empty((nb, Ho * Wo, K), dtype=dt) if needs_weight_grad else None
+    gcol = cupy.empty((nb, K, Ho * Wo), dtype=dt) \
+        if needs_input_grad and not pointwise else None
+    gw = cupy.zeros((F, K), dtype=dt) if needs_weight_grad else None
+    w2t = cupy.ascontiguousarray(w2.T)            # (K, F): small, copied once per call
+    for n0 in range(0, N, nb):
+        n1 = min(N, n0 + nb)
+        g = gy3[n0:n1]
+        if needs_weight_grad:
             cT = colT[: n1 - n0]
             _im2col(x[n0:n1], KH, KW, stride, padding, dilation, Ho, Wo, cT, transposed=True)
             # (b, F, HoWo) @ (b, HoWo, K) -> (b, F, K), both operands C-contiguous, summed
             # over b in order
             gw += cupy.matmul(g, cT).sum(axis=0)
-            if needs_input_grad:
-                if pointwise:
-                    cupy.matmul(w2t, g, out=gx[n0:n1].reshape(n1 - n0, C, H * W))
-                else:
-                    gc = gcol[: n1 - n0]
-                    cupy.matmul(w2t, g, out=gc)
-                    _col2im(gc, (n1 - n0, C, H, W), KH, KW, stride, padding, dilation, Ho, Wo,
-                            gx[n0:n1])
-        return gx, gw.reshape(weight.shape), gb
+        if needs_input_grad:
+            if pointwise:
+                cupy.matmul(w2t, g, out=gx[n0:n1].reshape(n1 - n0, C, H * W))
+            else:
+                gc = gcol[: n1 - n0]
+                cupy.matmul(w2t, g, out=gc)
+                _col2im(gc, (n1 - n0, C, H, W), KH, KW, stride, padding, dilation, Ho, Wo,
+                        gx[n0:n1])
+    return gx, (gw.reshape(weight.shape) if needs_weight_grad else None)

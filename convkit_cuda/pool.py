@@ -77,7 +77,13 @@ def max_pool2d_backward(grad_y, indices, input_shape):
     additions into one input element varies, so results may differ in the last bits from run
     to run.  With ``convkit.set_deterministic(True)`` a gather over an inverse index is used
     instead (same bits every run, the order of a serial loop)."""
-    with on_device("max_pool2d_backward", grad_y=grad_y, indices=indices):
+    return plane_index_backward("max_pool2d_backward", grad_y, indices, input_shape)
+
+
+def plane_index_backward(op, grad_y, indices, input_shape):
+    """:func:`max_pool2d_backward` for op ``op`` (its errors name it): any backward whose
+    ``indices`` are flat positions in the (H, W) input plane, as adaptive max pooling's."""
+    with on_device(op, grad_y=grad_y, indices=indices):
         N, C, H, W = input_shape
         NC, HoWo, HW = N * C, grad_y.shape[2] * grad_y.shape[3], H * W
         bad = cupy.zeros(1, dtype=np.uint64)
@@ -86,12 +92,12 @@ def max_pool2d_backward(grad_y, indices, input_shape):
             keys = cupy.empty(NC * HoWo, dtype=np.int64)
             launch(STEM, "max_pool2d_keys", grad_y.dtype, grid, block,
                    (indices, _I(NC), _I(HoWo), _I(HW), keys, bad))
-            check_flag(bad, "max_pool2d_backward", "indices", indices, 0, HW)
+            check_flag(bad, op, "indices", indices, 0, HW)
             return gather_add(grad_y.ravel(), keys, NC * HW).reshape(input_shape)
         gx = cupy.zeros(input_shape, dtype=grad_y.dtype)
         launch(STEM, "max_pool2d_bwd_atomic", grad_y.dtype, grid, block,
                (grad_y, indices, _I(NC), _I(HoWo), _I(HW), gx, bad))
-        check_flag(bad, "max_pool2d_backward", "indices", indices, 0, HW)
+        check_flag(bad, op, "indices", indices, 0, HW)
         return gx
 
 

@@ -467,9 +467,10 @@ def test_emulated_asarray_routes(emulated, monkeypatch):
 
 
 def test_emulated_precompile_and_info(emulated):
-    from convkit_cuda._kernels import STEMS     # every kernels/*.cu, new families included
+    from convkit_cuda._kernels import STEMS
 
     t = convkit.precompile("cuda")
+    # every kernels/*.cu file (op families add theirs), the first release's among them
     assert {"conv", "pool", "batchnorm", "roi", "boxes"} <= set(STEMS)
     assert set(t) == {f"{s}:{d}" for s in STEMS for d in ("float32", "float64")}
     assert all(v >= 0 for v in t.values())
@@ -487,7 +488,8 @@ def test_generic_op_suites_on_emulated_cuda():
     backends load)."""
     here = os.path.dirname(os.path.abspath(__file__))
     files = [os.path.join(here, f"test_{s}.py") for s in (
-        "conv", "pool", "batchnorm", "roi", "boxes", "errors", "conformance", "nn", "detection")]
+        "conv", "pool", "batchnorm", "roi", "boxes", "errors", "conformance", "nn", "detection",
+        "conv_transpose")]
     files = [f for f in files if os.path.exists(f)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))

@@ -1,5 +1,5 @@
 """How each backend runs a case: convkit backends through the public ops, torch through
-``torch.nn.functional`` (torchvision for the RoI ops and NMS), and the checks of one result
+``torch.nn.functional`` (torchvision for the RoI ops, NMS and deform_conv2d), and the checks of one result
 against another.
 
 :func:`make_runner` turns a case and its inputs into a :class:`Runner`: one callable per pass,
@@ -16,10 +16,12 @@ import numpy as np
 
 import convkit as ck
 
-from .cases import F32, FB, FWD
+from .cases import F32, FB, FWD, ConvTransposeCase
 
 
 def _conv_convkit(case, be, d):
+    if isinstance(case, ConvTransposeCase):
+        return _conv_transpose_convkit(case, be, d)
     x, w, b, gy = (be.asarray(d[k]) for k in ("x", "w", "b", "gy"))
     y = be.xp.empty(gy.shape, F32)
     s, p, g = case.stride, case.pad, case.groups
@@ -38,6 +40,9 @@ def _conv_convkit(case, be, d):
 def _conv_torch(case, torch, dev, d):
     import torch.nn.functional as tF
 
+    if isinstance(case, ConvTransposeCase):
+        return _conv_transpose_torch(case, torch, dev, d)
+
     x = torch.from_numpy(d["x"]).to(dev).requires_grad_(not case.first_layer)
     w = torch.from_numpy(d["w"]).to(dev).requires_grad_(True)
     b = torch.from_numpy(d["b"]).to(dev).requires_grad_(True)
@@ -51,6 +56,36 @@ def _conv_torch(case, torch, dev, d):
 
     def fwd_bwd():
         return torch.autograd.grad(tF.conv2d(x, w, b, s, p, 1, g), wrt, gy)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
+# conv_transpose2d: a "conv" family case (ConvTransposeCase) with its own runners
+def _conv_transpose_convkit(case, be, d):
+    x, w, b, gy = (be.asarray(d[k]) for k in ("x", "w", "b", "gy"))
+    s, p, op = case.stride, case.pad, case.output_padding
+
+    def fwd():
+        return ck.conv_transpose2d_forward(x, w, b, s, p, op)
+
+    def fwd_bwd():
+        ck.conv_transpose2d_forward(x, w, b, s, p, op)
+        return ck.conv_transpose2d_backward(gy, x, w, s, p, op)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
+def _conv_transpose_torch(case, torch, dev, d):
+    import torch.nn.functional as tF
+
+    x, w, b = (torch.from_numpy(d[k]).to(dev).requires_grad_(True) for k in ("x", "w", "b"))
+    gy = torch.from_numpy(d["gy"]).to(dev)
+    s, p, op = case.stride, case.pad, case.output_padding
+
+    def fwd():
+        with torch.no_grad():
+            return tF.conv_transpose2d(x, w, b, s, p, op)
+
+    def fwd_bwd():
+        return torch.autograd.grad(tF.conv_transpose2d(x, w, b, s, p, op), [x, w, b], gy)
     return {FWD: fwd, FB: fwd_bwd}
 
 
@@ -221,11 +256,90 @@ def _nms_torch(case, torch, dev, d):
     return {FWD: lambda: tvo.nms(boxes, scores, case.iou)}
 
 
+def _deform_convkit(case, be, d):
+    x, off, m, w, b, gy = (be.asarray(d[k]) for k in ("x", "offset", "mask", "w", "b", "gy"))
+    s, p = case.stride, case.pad
+
+    def fwd():
+        return ck.deform_conv2d_forward(x, off, w, b, s, p, 1, m)
+
+    def fwd_bwd():
+        ck.deform_conv2d_forward(x, off, w, b, s, p, 1, m)
+        return ck.deform_conv2d_backward(gy, x, off, w, s, p, 1, m)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
+def _deform_torch(case, torch, dev, d):
+    import torchvision.ops as tvo
+
+    x, off, m, w, b = (torch.from_numpy(d[k]).to(dev).requires_grad_(True)
+                       for k in ("x", "offset", "mask", "w", "b"))
+    gy = torch.from_numpy(d["gy"]).to(dev)
+    s, p = case.stride, case.pad
+
+    def fwd():
+        with torch.no_grad():
+            return tvo.deform_conv2d(x, off, w, b, s, p, 1, m)
+
+    def fwd_bwd():   # the order of convkit's backward: x, offset, weight, bias, mask
+        return torch.autograd.grad(tvo.deform_conv2d(x, off, w, b, s, p, 1, m),
+                                   [x, off, w, b, m], gy)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
 # One pair per family: ``(case, backend, inputs) -> {pass: callable}``.
 _CONVKIT = {"conv": _conv_convkit, "pool": _pool_convkit, "bn": _bn_convkit, "roi": _roi_convkit,
-            "nms": _nms_convkit}
+            "nms": _nms_convkit, "deform": _deform_convkit}
 _TORCH = {"conv": _conv_torch, "pool": _pool_torch, "bn": _bn_torch, "roi": _roi_torch,
-          "nms": _nms_torch}
+          "nms": _nms_torch, "deform": _deform_torch}
+
+
+# ---- adaptive pooling (issue 14)
+def _adaptive_convkit(case, be, d):
+    x, gy = be.asarray(d["x"]), be.asarray(d["gy"])
+    o = case.out
+    if case.kind == "max":
+        def fwd():
+            return ck.adaptive_max_pool2d_forward(x, o)
+
+        def fwd_bwd():
+            _, idx = ck.adaptive_max_pool2d_forward(x, o)
+            return ck.adaptive_max_pool2d_backward(gy, idx, x.shape)
+    else:
+        def fwd():
+            return ck.adaptive_avg_pool2d_forward(x, o)
+
+        def fwd_bwd():
+            ck.adaptive_avg_pool2d_forward(x, o)
+            return ck.adaptive_avg_pool2d_backward(gy, x.shape)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
+def _adaptive_torch(case, torch, dev, d):
+    import torch.nn.functional as tF
+
+    x = torch.from_numpy(d["x"]).to(dev).requires_grad_(True)
+    gy = torch.from_numpy(d["gy"]).to(dev)
+    o = case.out
+    if case.kind == "max":
+        def fwd():   # with indices: the same result convkit's forward returns
+            with torch.no_grad():
+                return tF.adaptive_max_pool2d(x, o, return_indices=True)
+
+        def fwd_bwd():
+            return torch.autograd.grad(tF.adaptive_max_pool2d(x, o), [x], gy)
+    else:
+        def fwd():
+            with torch.no_grad():
+                return tF.adaptive_avg_pool2d(x, o)
+
+        def fwd_bwd():
+            return torch.autograd.grad(tF.adaptive_avg_pool2d(x, o), [x], gy)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
+_CONVKIT["adaptive"] = _adaptive_convkit
+_TORCH["adaptive"] = _adaptive_torch
 
 
 TORCH_NAMES = ("torch", "torch-cuda")
@@ -338,7 +452,8 @@ def reference_outputs(case, pas, exclude, seed=0):
     """(name, host outputs) of the oracle for ``case``/``pas`` on ``case.inputs(seed)``: torch
     (torchvision for RoI ops and NMS) where importable, else the numpy backend; None when the
     only oracle would be ``exclude``, the backend under test.  Cached per process."""
-    order = ["torch"] if (case.family not in ("roi", "nms") or _has_torchvision()) else []
+    order = ["torch"] if (case.family not in ("roi", "nms", "deform")
+                          or _has_torchvision()) else []
     order.append("numpy")
     for name in order:
         if name == exclude or (name == "torch" and _torch() is None):

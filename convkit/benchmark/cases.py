@@ -16,7 +16,7 @@ from .._shapes import conv_out_size
 
 FWD = "forward"
 FB = "forward+backward"
-FAMILIES = ("conv", "pool", "bn", "roi", "nms")
+FAMILIES = ("conv", "pool", "bn", "roi", "nms", "deform")
 F32 = np.float32
 
 
@@ -210,6 +210,50 @@ class NmsCase:
         return {"boxes": boxes, "scores": scores}
 
 
+@dataclass(frozen=True)
+class ConvTransposeCase(ConvCase):
+    """conv_transpose2d (a decoder's upsampling layer), float32 NCHW, square kernel, symmetric
+    padding, bias: C channels in, F out, weight (C, F, K, K) as torch's; groups 1."""
+    output_padding: int = 0
+
+    @property
+    def out_hw(self):
+        return tuple((n - 1) * self.stride - 2 * self.pad + self.K + self.output_padding
+                     for n in (self.H, self.W))
+
+    def describe(self):
+        return (f"transposed x({self.N},{self.C},{self.H},{self.W}) w({self.C},{self.F},"
+                f"{self.K},{self.K}) s{self.stride} p{self.pad}"
+                + (f" op{self.output_padding}" if self.output_padding else ""))
+
+    def flops_forward(self):      # each input pixel meets every tap of every filter
+        return 2 * self.N * self.C * self.H * self.W * self.F * self.K * self.K
+
+    def inputs(self, rng):
+        scale = 1.0 / math.sqrt(self.C * self.K * self.K / self.stride ** 2)
+        return {"x": rng.standard_normal((self.N, self.C, self.H, self.W), F32),
+                "w": rng.standard_normal((self.C, self.F, self.K, self.K), F32) * F32(scale),
+                "b": rng.standard_normal(self.F, F32),
+                "gy": rng.standard_normal((self.N, self.F) + self.out_hw, F32)}
+
+
+class DeformCase(ConvCase):
+    """deform_conv2d (DCNv2: with a modulation mask) on a conv's shapes (no groups), one offset
+    group; offsets ~N(0, 1) pixels, mask uniform in [0, 1)."""
+    family: str = "deform"
+
+    def describe(self):
+        return super().describe() + " offsets N(0,1) + mask"
+
+    def inputs(self, rng):
+        d = super().inputs(rng)
+        Ho, Wo = self.out_hw
+        kk = self.K * self.K
+        d["offset"] = rng.standard_normal((self.N, 2 * kk, Ho, Wo), F32)
+        d["mask"] = rng.random((self.N, kk, Ho, Wo), F32)
+        return d
+
+
 _BIG = (8, 64, 112, 112)
 CASES = (
     ConvCase("lenet_c1", 64, 1, 28, 28, 6, 5, 1, 2, 1),
@@ -228,6 +272,8 @@ CASES = (
     RoiCase("roi_align", "align", (2, 256, 50, 68), 512, (800, 1088)),
     RoiCase("roi_pool", "pool", (2, 256, 50, 68), 512, (800, 1088)),
     NmsCase("nms", 6000, 0.7, (800, 1088), 300),
+    ConvTransposeCase("convt_28", 8, 64, 28, 28, 32, 4, 2, 1),     # -> (8, 32, 56, 56)
+    DeformCase("deform_conv", 4, 64, 28, 28, 64, 3, 1, 1),     # a DCN layer in a ResNet stage
 )
 """The layer suite (float32 NCHW).  Names are stable: ``--ops``, JSON and RESULTS.md use them."""
 
@@ -250,6 +296,8 @@ QUICK_CASES = (
     RoiCase("roi_align", "align", (2, 8, 12, 17), 16, (192, 272)),
     RoiCase("roi_pool", "pool", (2, 8, 12, 17), 16, (192, 272)),
     NmsCase("nms", 300, 0.7, (192, 272), 20),
+    ConvTransposeCase("convt_28", 2, 8, 6, 6, 4, 4, 2, 1),
+    DeformCase("deform_conv", 2, 4, 8, 8, 4, 3, 1, 1),
 )
 """Tiny twins of :data:`CASES` (same names, same structure) for tests: ``--quick``."""
 
@@ -276,6 +324,45 @@ CASES += (PsRoiCase("ps_roi_align", "ps_align", (2, 490, 50, 68), 512, (800, 108
           PsRoiCase("ps_roi_pool", "ps_pool", (2, 490, 50, 68), 512, (800, 1088)))
 QUICK_CASES += (PsRoiCase("ps_roi_align", "ps_align", (2, 18, 12, 17), 16, (192, 272), out=3),
                 PsRoiCase("ps_roi_pool", "ps_pool", (2, 18, 12, 17), 16, (192, 272), out=3))
+
+
+# ---- adaptive pooling (issue 14): a ResNet classifier head (7x7 -> 1x1, global pooling) and a
+# 56x56 map to 7x7, average and max
+@dataclass(frozen=True)
+class AdaptivePoolCase:
+    """adaptive avg or max pooling to ``out`` x ``out``, float32 NCHW."""
+    name: str
+    kind: str          # "avg" | "max"
+    shape: tuple
+    out: int
+    family: str = "adaptive"
+    passes: tuple = (FWD, FB)
+
+    @property
+    def out_shape(self):
+        return self.shape[:2] + (self.out, self.out)
+
+    def describe(self):
+        return f"adaptive {self.kind} to {self.out}x{self.out} on {self.shape}"
+
+    def work(self, pas):
+        nx, ny = math.prod(self.shape) * 4, math.prod(self.out_shape) * 4
+        idx = 2 * ny if self.kind == "max" else 0   # int64 indices: twice a float32 output
+        fwd = nx + ny + idx
+        return "GB/s", fwd if pas == FWD else fwd + ny + idx + nx
+
+    def inputs(self, rng):
+        return {"x": rng.standard_normal(self.shape, F32),
+                "gy": rng.standard_normal(self.out_shape, F32)}
+
+
+FAMILIES += ("adaptive",)
+CASES += tuple(AdaptivePoolCase(f"adaptive_{k}_{n}", k, shape, out)
+               for n, shape, out in (("head", (8, 512, 7, 7), 1), ("56to7", (8, 64, 56, 56), 7))
+               for k in ("avg", "max"))
+QUICK_CASES += tuple(AdaptivePoolCase(f"adaptive_{k}_{n}", k, shape, out)
+                     for n, shape, out in (("head", (2, 8, 7, 7), 1), ("56to7", (2, 4, 12, 12), 7))
+                     for k in ("avg", "max"))
 
 
 def select_cases(spec: str | None, quick: bool = False):

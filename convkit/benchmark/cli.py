@@ -11,7 +11,7 @@ import numpy as np
 
 from ..cli import Progress
 from .adapters import TORCH_NAMES, _has_torchvision, _torch, is_gpu_backend, make_runner
-from .cases import CASES, select_cases
+from .cases import CASES, FAMILIES, select_cases
 from .memory import measure_memory
 from .plot import save_plot
 from .probe import core_probe, machine_info, probe_kernel
@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser):
                    help="comma list of numpy, cpu, cuda, torch, torch-cuda (default: the usable "
                         "convkit backends except numpy, plus torch when importable)")
     p.add_argument("--ops", default=None,
-                   help="comma list of op names and/or families (conv, pool, bn, roi, nms); "
+                   help="comma list of op names and/or families (" + ", ".join(FAMILIES) + "); "
                         "default all. Ops: " + ", ".join(c.name for c in CASES))
     p.add_argument("--only", action="append", default=[], metavar="BACKEND=OPS",
                    help="restrict one backend to some ops or families, e.g. "
@@ -168,9 +168,9 @@ def run(args) -> int:
             for b in backends:
                 if case.name not in only.get(b, {case.name}):
                     continue
-                if b in TORCH_NAMES and case.family in ("roi", "nms") and not tv:
+                if b in TORCH_NAMES and case.family in ("roi", "nms", "deform") and not tv:
                     notes.add(f"{b}: torchvision is not importable, so no {b} timing for "
-                              f"RoI ops and NMS")
+                              f"RoI ops, NMS and deform_conv2d")
                     continue
                 try:
                     runners.append(make_runner(case, b, data))

@@ -23,9 +23,14 @@ TARGETS = (
     ("bn_train", "torch", 1.0, (FB,)),
     *((op, "numpy", 20.0, (FWD, FB)) for op in ("roi_align", "roi_pool")),
     ("nms", "numpy", 20.0, (FWD,)),
+    ("convt_28", "torch", 1.0, (FWD, FB)),
+    ("deform_conv", "numpy", 20.0, (FWD, FB)),
 )
 # position-sensitive RoI ops (issue 14): cpu against the numpy reference
 TARGETS += tuple((op, "numpy", 20.0, (FWD, FB)) for op in ("ps_roi_align", "ps_roi_pool"))
+# adaptive pooling (issue 14): at least torch's speed, forward and forward+backward
+TARGETS += tuple((f"adaptive_{k}_{n}", "torch", 1.0, (FWD, FB))
+                 for n in ("head", "56to7") for k in ("avg", "max"))
 GEOMEAN_TARGET = 1.0
 MEMORY_TARGET = 2.0
 
@@ -89,7 +94,8 @@ def user_targets(summary, memory, backend="cpu"):
 
 
 FAMILY_TITLES = {"conv": "convolution layers", "pool": "pooling", "bn": "batch norm (training)",
-                 "roi": "RoI align / RoI pool", "nms": "NMS"}
+                 "roi": "RoI align / RoI pool", "nms": "NMS", "deform": "deformable convolution"}
+FAMILY_TITLES["adaptive"] = "adaptive pooling"
 
 
 def family_summaries(rows, backend):

@@ -294,9 +294,10 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                           Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
                           bint needs_input_grad, const unsigned short[::1] masks,
-                          Py_ssize_t nsplit, floating[::1] gwp, int n_threads):
-    """grad_weight into gw (OUT, any contents) and, when needs_input_grad, grad_x into gx (OUT,
-    any contents) with batch-wide GEMMs.
+                          Py_ssize_t nsplit, floating[::1] gwp, int n_threads,
+                          bint needs_weight_grad=True):
+    """grad_weight into gw (OUT, any contents; when needs_weight_grad, else x is not read) and,
+    when needs_input_grad, grad_x into gx (OUT, any contents) with batch-wide GEMMs.
 
     nsplit: grad_weight tasks also split the batch into nsplit fixed parts (images
     [s*N/nsplit, (s+1)*N/nsplit)); part 0 sums into gw, part s > 0 into gwp[(s-1)*F*Cg*KK:]
@@ -328,7 +329,8 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
         for n in range(N):
             for f in range(F):
                 _copy_short(&gyt[0] + f * LN + n * HoWo, &gy[n, f, 0, 0], HoWo)
-        for t in prange(G * ntw * nsplit, schedule="dynamic", num_threads=n_threads):
+        for t in prange(G * ntw * nsplit if needs_weight_grad else 0, schedule="dynamic",
+                        num_threads=n_threads):
             sp = t % nsplit
             tw = t // nsplit
             g = tw // ntw
@@ -349,7 +351,7 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                      &gyt[0] + g * Fg * LN + n0 * HoWo, LN, buf, L,
                      <floating>(1 if n0 > na else 0), dst, CgKK)
                 n0 = n0 + nb
-        for sp in range(1, nsplit):     # the parts, in order
+        for sp in range(1, nsplit if needs_weight_grad else 1):     # the parts, in order
             for i in range(gwn):
                 gwf[i] = gwf[i] + gwp[(sp - 1) * gwn + i]
         if needs_input_grad:

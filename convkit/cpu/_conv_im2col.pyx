@@ -8,7 +8,9 @@ stride-1 conv reads x in place, no columns); bias_grad sums grad_y per filter.
 Part of the conv kernels laid out by algorithm: see convkit/cpu/_conv.pyx.
 """
 from cython cimport floating
+cimport openmp
 from cython.parallel cimport prange, threadid
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm, gemm_pk
@@ -149,14 +151,16 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     tasks; the results do not depend on who ran what).  A task writes its columns into its
     thread's slice of ws (ws_per_thread elements: the columns, then W + sw for _im2col_taps),
     then one GEMM per group writes y.
-    pointwise (1x1 kernel, stride 1, no padding): the GEMMs read x in place; ws is unused.
+    pointwise (1x1 kernel, stride 1, no padding): the GEMMs read x in place, ``rows`` output
+    positions (not rows) per task; ws is unused.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
     cdef Py_ssize_t Ho = y.shape[2], Wo = y.shape[3], HoWo = Ho * Wo
     cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
-    cdef Py_ssize_t nrb = (Ho + rows - 1) // rows
-    cdef Py_ssize_t t, n, rb, h0, hr, L, ld, c, g, kh
+    cdef Py_ssize_t span = HoWo if pointwise else Ho       # what a task takes ``rows`` of
+    cdef Py_ssize_t nrb = (span + rows - 1) // rows
+    cdef Py_ssize_t t, n, rb, h0, hr, L, ld, c, g, kh, p0
     cdef const floating* cols
     cdef floating* buf
     cdef floating* yp
@@ -165,10 +169,11 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
             n = t // nrb
             rb = t - n * nrb
             h0 = rb * rows
-            hr = _min(rows, Ho - h0)
-            L = hr * Wo
+            hr = _min(rows, span - h0)
+            L = hr if pointwise else hr * Wo
+            p0 = h0 if pointwise else h0 * Wo               # its first output position
             if pointwise:
-                cols = &x[n, 0, 0, 0] + h0 * Wo
+                cols = &x[n, 0, 0, 0] + p0
                 ld = H * W
             else:
                 buf = &ws[0] + threadid() * ws_per_thread
@@ -180,7 +185,7 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
                 cols = buf
                 ld = L
             for g in range(G):
-                yp = &y[n, g * Fg, 0, 0] + h0 * Wo
+                yp = &y[n, g * Fg, 0, 0] + p0
                 gemm_pk(False, False, Fg, L, CgKK, &w[g * Fg, 0, 0, 0], CgKK,
                         &apk[g, 0] if apk.shape[0] > g else <const float*>NULL,
                         cols + g * CgKK * ld, ld, <floating>0, yp, HoWo,
@@ -195,13 +200,19 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
                          Py_ssize_t rows_x, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
                          Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
                          bint pointwise, bint needs_input_grad, bint needs_weight_grad,
-                         int n_threads):
+                         int n_threads, Py_ssize_t nsplit, floating[::1] gwp):
     """grad_weight into gw (OUT, zero-filled by the caller; when needs_weight_grad) and, when
     needs_input_grad, grad_x into gx (OUT, any contents) of conv2d_forward_gemm.
 
-    grad_weight: a task owns a block of ``units_w`` (channel, kh) tap rows -- a column block
-    of gw[g] -- and adds gy[n, g] @ cols^T for n = 0, 1, ... in order, ``rows_w`` output rows
-    at a time: the sum runs in the same order whatever the thread count (deterministic).
+    grad_weight: a task owns a block of ``units_w`` (channel, kh) tap rows (pointwise:
+    channels) -- a column block of gw[g] -- and one of ``nsplit`` fixed parts of the batch's
+    slabs (image n, output rows [h0, h0 + rows_w)), numbered image after image: part s takes
+    slabs [s*S/nsplit, (s+1)*S/nsplit).  It adds gy[n, g, slab] @ cols^T slab after slab in
+    order, part 0 into gw, part s > 0 into gwp[(s-1)*F*Cg*KH*KW:] (laid out as gw, zero-filled
+    by the caller).  The task that finishes a column block's last part (a counter per block,
+    under a lock) adds its parts into gw in order: no extra parallel region, whose barrier
+    costs a time slice whenever another process holds a core.  Every sum runs in the same
+    order whatever the thread count and whoever adds (deterministic).
     grad_x: a task owns ``chans_x`` channels of one image: cols_grad = w^T @ gy, ``rows_x``
     output rows at a time, then col2im into those gx planes.
     """
@@ -211,33 +222,62 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
     cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
     cdef Py_ssize_t Ug = Cg * KH, ntw = (Ug + units_w - 1) // units_w
     cdef Py_ssize_t ntx = (Cg + chans_x - 1) // chans_x
-    cdef Py_ssize_t t, n, g, u0, u1, u, h0, hr, L, c, c0, nc
+    cdef Py_ssize_t nrw = (Ho + rows_w - 1) // rows_w, S = N * nrw, gwn = F * CgKK
+    cdef Py_ssize_t t, n, g, u0, u1, u, h0, hr, L, c, c0, nc, sp, tw, j, i, f, last
     cdef floating* buf
+    cdef floating* dst
+    cdef floating* row
+    cdef floating* gwf = &gw[0, 0, 0, 0]
+    cdef openmp.omp_lock_t lock
+    cdef Py_ssize_t* done = NULL
+    if needs_weight_grad and nsplit > 1:
+        done = <Py_ssize_t*>calloc(G * ntw, sizeof(Py_ssize_t))
+        if done == NULL:
+            raise MemoryError("conv2d_backward: out of memory for the part counters")
+        openmp.omp_init_lock(&lock)
     with nogil:
-        for t in prange(G * ntw if needs_weight_grad else 0, schedule="dynamic",
+        for t in prange(G * ntw * nsplit if needs_weight_grad else 0, schedule="dynamic",
                         num_threads=n_threads):
-            g = t // ntw
-            u0 = (t - g * ntw) * units_w
+            sp = t % nsplit
+            tw = t // nsplit
+            g = tw // ntw
+            u0 = (tw - g * ntw) * units_w
             u1 = _min(Ug, u0 + units_w)
             buf = &ws[0] + threadid() * ws_per_thread
-            for n in range(N):
+            dst = (gwf if sp == 0 else &gwp[0] + (sp - 1) * gwn) + g * Fg * CgKK
+            for j in range(sp * S // nsplit, (sp + 1) * S // nsplit):
+                n = j // nrw
+                h0 = (j - n * nrw) * rows_w
+                hr = _min(rows_w, Ho - h0)
+                L = hr * Wo
                 if pointwise:   # units are channels; x is its own column matrix
-                    gemm(False, True, Fg, u1 - u0, HoWo, <floating>1, &gy[n, g * Fg, 0, 0], HoWo,
-                         &x[n, g * Cg + u0, 0, 0], HoWo, <floating>1,
-                         &gw[g * Fg, 0, 0, 0] + u0, CgKK)
+                    gemm(False, True, Fg, u1 - u0, L, <floating>1,
+                         &gy[n, g * Fg, 0, 0] + h0 * Wo, HoWo,
+                         &x[n, g * Cg + u0, 0, 0] + h0 * Wo, HoWo, <floating>1, dst + u0, CgKK)
                     continue
-                h0 = 0
-                while h0 < Ho:
-                    hr = _min(rows_w, Ho - h0)
-                    L = hr * Wo
-                    for u in range(u0, u1):
-                        _im2col_taps(&x[n, g * Cg + u // KH, 0, 0], H, W, u % KH, KW, sh, sw,
-                                     pt, pl, dh, dw, Wo, h0, hr, buf + (u - u0) * KW * L, L,
-                                     buf + (u1 - u0) * KW * L)
-                    gemm(False, True, Fg, (u1 - u0) * KW, L, <floating>1,
-                         &gy[n, g * Fg, 0, 0] + h0 * Wo, HoWo, buf, L, <floating>1,
-                         &gw[g * Fg, 0, 0, 0] + u0 * KW, CgKK)
-                    h0 = h0 + hr
+                for u in range(u0, u1):
+                    _im2col_taps(&x[n, g * Cg + u // KH, 0, 0], H, W, u % KH, KW, sh, sw,
+                                 pt, pl, dh, dw, Wo, h0, hr, buf + (u - u0) * KW * L, L,
+                                 buf + (u1 - u0) * KW * L)
+                gemm(False, True, Fg, (u1 - u0) * KW, L, <floating>1,
+                     &gy[n, g * Fg, 0, 0] + h0 * Wo, HoWo, buf, L, <floating>1,
+                     dst + u0 * KW, CgKK)
+            if nsplit > 1:
+                openmp.omp_set_lock(&lock)      # (also makes the other parts' sums visible)
+                done[tw] = done[tw] + 1
+                last = done[tw] == nsplit
+                openmp.omp_unset_lock(&lock)
+                if last:                        # this block's parts, in order
+                    for f in range(g * Fg, (g + 1) * Fg):
+                        row = gwf + f * CgKK + u0 * KW
+                        for sp in range(1, nsplit):
+                            dst = &gwp[0] + (sp - 1) * gwn + f * CgKK + u0 * KW
+                            for i in range((u1 - u0) * KW):
+                                row[i] = row[i] + dst[i]
+    if done != NULL:
+        openmp.omp_destroy_lock(&lock)
+        free(done)
+    with nogil:
         if needs_input_grad:
             for t in prange(N * G * ntx, schedule="dynamic", num_threads=n_threads):
                 n = t // (G * ntx)

@@ -419,11 +419,13 @@ def _bwd_dense(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     n, rb, dt = step.threads, step.params["row_blocks"], x.dtype
     pt, pl = s.padding[0], s.padding[2]
     wd = _dense_matrix(weight, H, W, Ho, Wo, s.stride, pt, pl, s.dilation, n)
-    gwd = _workspace(wd.size, dt, "dense_grad")[:wd.size].reshape(wd.shape)
     gy2 = gy.reshape(N, F * Ho * Wo)
     with _blas_pin(dt):
         if needs_gx:
             _dense.gemm_rows(False, True, gy2, wd, gx.reshape(N, C * H * W), F * Ho * Wo, n, rb)
+        if not needs_gw:        # (grad_x alone: conv2d_grad_input)
+            return
+        gwd = _workspace(wd.size, dt, "dense_grad")[:wd.size].reshape(wd.shape)
         _dense.gemm_rows(True, False, x.reshape(N, C * H * W), gy2, gwd, N, n, rb)
     _dense.dense_fold(gwd, gw, H, W, Ho, Wo, s.stride[0], s.stride[1], pt, pl, s.dilation[0],
                      s.dilation[1], n)
@@ -458,7 +460,7 @@ def _bwd_batch(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                     needs_gx,
                                     _shift_masks(s.H, s.W, Ho, Wo, KH, KW, s.stride, pt, pl,
                                                  s.dilation, x.itemsize), p["nsplit"], gwp,
-                                    step.threads)
+                                    step.threads, needs_gw)
 
 
 def _bwd_weight_dot(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
@@ -477,14 +479,18 @@ def _bwd_weight_dot(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
 def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     p = _check(step)
     (sh, sw), (dh, dw), dt = s.stride, s.dilation, x.dtype
+    nsplit = p["nsplit"] if needs_gw else 1
     if needs_gw:
         gw[...] = 0         # (the kernel adds each task's columns into it)
+    gwp = _workspace(max(1, (nsplit - 1) * gw.size), dt, "gw_parts")
+    if nsplit > 1:
+        gwp[:(nsplit - 1) * gw.size] = 0    # (the later parts of the batch, summed apart)
     ws = _workspace(step.threads * p["per_thread"], dt)
     with _blas_pin(dt):
         _im2col.conv2d_backward_gemm(gy, x, weight, gx, gw, ws, p["per_thread"], p["units_w"],
                                    p["rows_w"], p["chans_x"], p["rows_x"], sh, sw, s.padding[0],
                                    s.padding[2], dh, dw, s.groups, step.algo == "pointwise",
-                                   needs_gx, needs_gw, step.threads)
+                                   needs_gx, needs_gw, step.threads, nsplit, gwp)
 
 
 _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "dense": _bwd_dense,
@@ -533,3 +539,31 @@ def _backward(plan, s, grad_y, x, weight, needs_input_grad, with_bias):
         _BACKWARD[gx_step.algo](grad_y, x, weight, gx, gw, None, s, gx_step, True, False)
     _BACKWARD[gw_step.algo](grad_y, x, weight, gx, gw, gb, s, gw_step, gx_step is gw_step, True)
     return gx, gw, gb
+
+
+# --------------------------------------------------------------------------- grad_x alone
+# The runners that make grad_weight whatever they are asked (one pass per plane): grad_x alone
+# runs them on a zero stand-in for x and discards their grad_weight.  Every other runner reads
+# x for grad_weight only, so its x is then just the shape (the grad_x buffer stands in).
+_GW_ALWAYS = frozenset({"depthwise3x3", "depthwise"})
+
+
+def conv2d_grad_input(grad_y, weight, x_shape, stride, padding, dilation, groups):
+    """grad_x (x_shape) of conv2d alone -- conv_transpose2d's forward: conv2d_backward's grad_x
+    step of the same plan, with no weight gradient; the same non-finite rules (a plan whose
+    grad_x mixes values across outputs runs on im2col when grad_y or weight is not finite)."""
+    gx = np.empty(x_shape, dtype=grad_y.dtype)
+    # (gx stands in for x: the plan reads its shape and dtype)
+    s, Ho, Wo, plan = _plan(gx, weight, stride, padding, dilation, groups)
+    step = plan.grad_x
+    if step.algo in _GW_ALWAYS and gx.nbytes > get_workspace_limit():
+        step = None                      # the zero stand-in would not fit the limit
+    elif step.algo in _MIXES_X | _MIXES_W and not _finite(grad_y, weight):
+        step = None
+    if step is None:
+        step = _plan(gx, weight, stride, padding, dilation, groups, exact=True)[3].grad_x
+    x, gw = gx, np.empty_like(weight)     # (gw: written only by the _GW_ALWAYS runners)
+    if step.algo in _GW_ALWAYS:
+        x = np.zeros(x_shape, dtype=gx.dtype)
+    _BACKWARD[step.algo](grad_y, x, weight, gx, gw, None, s, step, True, False)
+    return gx

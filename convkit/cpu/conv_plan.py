@@ -195,69 +195,130 @@ def panel_images(imgs, HoWo):
 
 
 # --------------------------------------------------------------------------- the planners
+def piece_bytes(min_bytes, weight_bytes, limit, extra):
+    """The workspace piece a task's sums are cut by, set by the layer and the limit alone:
+    team()'s per-thread budget shrinks as the team grows under a tight limit, and a row block
+    that followed it would change the order of the sums with the thread count."""
+    chunk = min(max(2 * weight_bytes, T.CHUNK_MIN), T.CHUNK_MAX)
+    return max(min_bytes, min(chunk, limit - extra))
+
+
+def fit_team(n_threads, ws_bytes, extra, limit):
+    """The team whose slices of ws_bytes (+ extra row scratch) fit the workspace limit."""
+    return max(1, min(n_threads, limit // (ws_bytes + extra)))
+
+
+def weight_parts(tasks, N, Ho, Wo):
+    """(parts, rows per slab at most) of a BLAS grad_weight: its sum over the batch's (image,
+    row block) slabs is cut into fixed parts, summed apart and added in order after, so that
+    ``tasks`` column blocks make about tuning.BLAS_W_TASKS tasks (a multiple of
+    tuning.BLAS_W_ALIGN where the batch allows), one part more per
+    tuning.BLAS_W_PART_MIN_K products per weight.  Set by the layer alone."""
+    q = T.BLAS_W_ALIGN // math.gcd(T.BLAS_W_ALIGN, tasks)
+    want = ceil_div(ceil_div(T.BLAS_W_TASKS, tasks), q) * q
+    parts = max(1, min(want, 1 + N * Ho * Wo // T.BLAS_W_PART_MIN_K, N * Ho))
+    if parts > q:
+        parts = parts // q * q
+    return parts, ceil_div(Ho, ceil_div(parts, N))
+
+
 def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise, weight_bytes,
                         own_gemm, limit):
-    """(threads, output rows per task, workspace elements per thread)."""
+    """(threads, output rows per task -- pointwise: output positions --, workspace elements per
+    thread)."""
     if pointwise:
-        rows, per_row = Ho, 0
-    else:
-        per_row = C * KK * Wo * itemsize          # columns of one output row of one image
-        n_threads, budget = team("conv2d_forward", n_threads, per_row,
-                                 "one output row of one image", weight_bytes, limit,
-                                 (W + sw) * itemsize)
-        rows = min(Ho, budget // per_row)
+        # x is its own column matrix: a task is a run of an image's output positions, so one
+        # image still makes even tasks; on the own GEMM whole panels (a partial one costs a
+        # whole one), on BLAS a split set by the batch alone
+        HoWo = Ho * Wo
+        if not own_gemm:    # (a power of two splits per image: even tasks on 2^k threads)
+            most = min(ceil_div(T.BLAS_FORWARD_TASKS, N),
+                       HoWo * T.BLAS_POSITION_BYTES // max(1, weight_bytes))
+            return n_threads, ceil_div(HoWo, 1 << (max(1, most).bit_length() - 1)), 0
+        if n_threads == 1:
+            return 1, HoWo, 0
+        panels = ceil_div(HoWo, T.GEMM_PANEL)
+        per = max(1, panels // ceil_div(T.FORWARD_TASKS_PER_THREAD * n_threads, N))
+        return n_threads, min(HoWo, per * T.GEMM_PANEL), 0
+    per_row = C * KK * Wo * itemsize          # columns of one output row of one image
+    extra = (W + sw) * itemsize
+    n_threads, budget = team("conv2d_forward", n_threads, per_row,
+                             "one output row of one image", weight_bytes, limit, extra)
     if not own_gemm:    # (BLAS: tasks set by the batch, not the threads; see plan_winograd)
-        rows = max(1, min(rows, ceil_div(Ho, ceil_div(T.BLAS_TASKS, N))))
-    elif n_threads > 1 and N * ceil_div(Ho, rows) < T.FORWARD_TASKS_PER_THREAD * n_threads:
-        rows = max(1, ceil_div(Ho, ceil_div(T.FORWARD_TASKS_PER_THREAD * n_threads, N)))
-    return n_threads, rows, rows * per_row // itemsize + (W + sw if not pointwise else 0)
+        rows = min(Ho, piece_bytes(per_row, weight_bytes, limit, extra) // per_row,
+                   ceil_div(Ho, ceil_div(T.BLAS_TASKS, N)))
+        n_threads = fit_team(n_threads, rows * per_row, extra, limit)
+    else:
+        rows = min(Ho, budget // per_row)
+        if n_threads > 1 and N * ceil_div(Ho, rows) < T.FORWARD_TASKS_PER_THREAD * n_threads:
+            rows = max(1, ceil_div(Ho, ceil_div(T.FORWARD_TASKS_PER_THREAD * n_threads, N)))
+    return n_threads, rows, rows * per_row // itemsize + W + sw
 
 
 def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
                          needs_gx, weight_bytes, own_gemm, limit):
-    """(threads, units_w, rows_w, chans_x, rows_x, workspace elements per thread)."""
+    """(threads, units_w, rows_w, chans_x, rows_x, nsplit, workspace elements per thread).
+
+    Every split that orders a sum is set by the layer and the limit alone: grad_weight's rows
+    per GEMM (rows_w) and grad_x's (rows_x) always; on BLAS also the column blocks (units_w),
+    the parts of the batch (nsplit, see weight_parts) and grad_x's channel blocks (chans_x),
+    whose widths pick OpenBLAS's kernels.  The own GEMM sums each output in a fixed order
+    whatever the block, so there the blocks follow the team."""
     Ug = Cg * KH
     if pointwise:
+        # (no parts of the batch: pw_14's few products per weight made each part cost ~3%)
         units_w = ceil_div(Ug, ceil_div(n_threads, G) if own_gemm else
-                           ceil_div(Ug, T.BLAS_TASK_COLS))     # (see below)
+                           ceil_div(Ug, T.BLAS_POINTWISE_COLS))     # (see below)
         chans_x = ceil_div(Cg, ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G)
                            if own_gemm else ceil_div(T.BLAS_GRAD_X_TASKS, N * G))  # (see below)
-        return n_threads, units_w, Ho, chans_x, Ho, 0
+        return n_threads, units_w, Ho, chans_x, Ho, 1, 0
     unit_w = KW * Wo * itemsize                    # one (channel, kh) tap row, one output row
     unit_x = KH * KW * Wo * itemsize               # one channel's taps, one output row
-    n_threads, budget = team("conv2d_backward", n_threads, unit_x if needs_gx else unit_w,
-                             "one output row of one channel", weight_bytes, limit,
-                             (W + sw) * itemsize)
-    units_w = ceil_div(Ug, ceil_div(n_threads, G))
+    extra = (W + sw) * itemsize
+    min_bytes = unit_x if needs_gx else unit_w
+    n_threads, budget = team("conv2d_backward", n_threads, min_bytes,
+                             "one output row of one channel", weight_bytes, limit, extra)
+    piece = piece_bytes(min_bytes, weight_bytes, limit, extra)
+    # BLAS (float64, or a CPU without AVX-512F) may sum a column's products in an order that
+    # depends on the width of the block it is given: column blocks of a size set by the layer
+    # alone keep grad_weight thread-count independent
+    blas_units = max(1, min(ceil_div(Ug, ceil_div(Ug * KW, T.BLAS_TASK_COLS)), piece // unit_w))
+    # rows per GEMM from the layer's BLAS-sized column block, whatever block the team takes:
+    # the own GEMM sums k in blocks set by k, so rows that followed the team changed the bits
+    rows_w = max(1, min(Ho, piece // (blas_units * unit_w)))
+    nsplit = 1
     if not own_gemm:
-        # BLAS (float64, or a CPU without AVX-512F) may sum a column's products in an order
-        # that depends on the width of the block it is given: column blocks of a size set by
-        # the layer alone keep grad_weight thread-count independent
-        units_w = ceil_div(Ug, ceil_div(Ug * KW, T.BLAS_TASK_COLS))
-    elif n_threads > 1:
-        # several tasks per thread (a thread held up by other load otherwise leaves the other
-        # waiting), each a whole number of the own GEMM's panels where that still leaves two
-        # tasks per thread; each task packs grad_y again (~5% of a GEMM at these shapes)
-        step = T.GEMM_PANEL // math.gcd(T.GEMM_PANEL, KW)
-        whole = ceil_div(ceil_div(Ug, ceil_div(T.GRAD_WEIGHT_TASKS_PER_THREAD * n_threads, G)),
-                         step) * step
-        if ceil_div(Ug, whole) >= T.GRAD_WEIGHT_MIN_TASKS_PER_THREAD * n_threads:
-            units_w = whole     # (else, e.g. a 3-channel stem, one task per thread as before)
-    units_w = min(units_w, budget // unit_w)
-    rows_w = min(Ho, budget // (units_w * unit_w))
+        units_w = blas_units
+        nsplit, most = weight_parts(G * ceil_div(Ug, units_w), N, Ho, Wo)
+        rows_w = min(rows_w, most)
+    else:
+        units_w = ceil_div(Ug, ceil_div(n_threads, G))
+        if n_threads > 1:
+            # several tasks per thread (a thread held up by other load otherwise leaves the
+            # other waiting), each a whole number of the own GEMM's panels where that still
+            # leaves two tasks per thread; each task packs grad_y again (~5% of a GEMM here)
+            step = T.GEMM_PANEL // math.gcd(T.GEMM_PANEL, KW)
+            whole = ceil_div(ceil_div(Ug, ceil_div(T.GRAD_WEIGHT_TASKS_PER_THREAD * n_threads,
+                                                   G)), step) * step
+            if ceil_div(Ug, whole) >= T.GRAD_WEIGHT_MIN_TASKS_PER_THREAD * n_threads:
+                units_w = whole  # (else, e.g. a 3-channel stem, one task per thread as before)
+        units_w = max(1, min(units_w, budget // (rows_w * unit_w)))
     if needs_gx:
         # output rows per GEMM from the group's channel count, not from the channels per task
         # (which follow the thread count): the row blocks fix the order of grad_x's sums
-        rows_x = max(1, min(Ho, budget // (Cg * unit_x)))
+        rows_x = max(1, min(Ho, piece // (Cg * unit_x)))
         # channels per task: on BLAS from the layer alone (OpenBLAS's kernels follow the GEMM's
         # row count, so a split that followed the thread count changed grad_x's bits)
         split = (ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G) if own_gemm
                  else ceil_div(T.BLAS_GRAD_X_TASKS, N * G))
-        chans_x = max(1, min(ceil_div(Cg, split), budget // (rows_x * unit_x)))
+        chans_x = max(1, min(ceil_div(Cg, split), piece // (rows_x * unit_x)))
+        if own_gemm:
+            chans_x = max(1, min(chans_x, budget // (rows_x * unit_x)))
     else:
         chans_x, rows_x = Cg, Ho        # unused: no grad_x pass
     ws = max(units_w * rows_w * unit_w, chans_x * rows_x * unit_x if needs_gx else 0)
-    return n_threads, units_w, rows_w, chans_x, rows_x, ws // itemsize + W + sw
+    n_threads = fit_team(n_threads, ws, extra, limit)
+    return n_threads, units_w, rows_w, chans_x, rows_x, nsplit, ws // itemsize + W + sw
 
 
 def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, limit):
@@ -376,7 +437,10 @@ def plan_weight_dot(s: ConvShape, Ho, Wo, float32, own_sgemm, pointwise, n_threa
     # depend on the thread count
     fchunk = ceil_div(ceil_div(Fg, n_threads if groups == 1 else 1), 8) * 8
     fchunk = max(8, min(fchunk, T.DOT_PART_BYTES // (64 * taps) // 8 * 8))
-    groups_n = max(1, min(N, T.DOT_IMAGE_GROUPS))
+    # image groups from the layer alone: enough for tuning.DOT_MIN_TASKS tasks at 8 filters
+    # per chunk (a layer with few filters has few chunks)
+    groups_n = max(1, min(N, max(T.DOT_IMAGE_GROUPS,
+                                 ceil_div(T.DOT_MIN_TASKS, groups * ceil_div(Fg, 8)))))
     per_thread, per_task = weight_dot_floats(Cg, KH, KW, sh, sw, dh, dw, Wo, rows, kr, fchunk)
     floats = (n_threads * per_thread + groups * ceil_div(Fg, fchunk) * groups_n * per_task
               + 16)
@@ -538,7 +602,7 @@ def _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointw
         step = Step(algo, n, error=err)
     else:
         step = Step(algo, p[0], {"units_w": p[1], "rows_w": p[2], "chans_x": p[3],
-                                 "rows_x": p[4], "per_thread": p[5]})
+                                 "rows_x": p[4], "nsplit": p[5], "per_thread": p[6]})
     if gw is not None:       # grad_weight by dot products: the im2col pass makes grad_x only
         return step, gw, "fused", n
     return (step if gx_left else gx), step, "sum", bias_n

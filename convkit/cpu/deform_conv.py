@@ -1,1 +1,113 @@
-"""Deformable convolution (deform_conv2d, torchvision semantics) -- cpu backend."""
+"""Deformable convolution (deform_conv2d, torchvision semantics) -- cpu backend: the wrappers
+around ``_deform_conv`` (deformable im2col in C + the cpu conv's GEMMs; the rule is stated in
+convkit/reference/deform_conv.py).
+
+The batch runs in chunks within ``convkit.get_workspace_limit()``: a chunk's zero-bordered
+copies of x's planes (C*(H+2)*(W+2) values per image) and, in the backward, its columns
+(C*KH*KW*Ho*Wo values per image) and sample tables (offset_groups*KH*KW*Ho*Wo entries of six
+weights and two indices per image) are held at once; the forward keeps one task's columns and
+table per thread instead.  A limit below one image is a MemoryError.  Deterministic: the same
+bits on every run and for any thread count (task sizes depend on the shapes only; no
+atomics).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._config import get_num_threads, get_workspace_limit
+from . import _conv_im2col, _deform_conv
+from .conv import _blas_pin, _workspace
+
+# Positions per task (a block of output pixels of one image) and grad_weight rows per task:
+# fixed sizes (never the thread count), so that the GEMM shapes and thus the bits do not
+# depend on how many threads run.  The forward's blocks are small enough that a task's
+# columns (C*KH*KW*64 values: 144 KiB for bench's deform_conv) stay in cache for its GEMMs.
+_FWD_POSITIONS = 64
+_POSITIONS = 256
+_WEIGHT_ROWS = 64
+# Below this many sample-channel products a call runs on one thread.
+_PARALLEL_MIN = 1 << 15
+
+
+def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
+    """(chunk, buffers): images per chunk and the scratch arrays (from the per-thread cache).
+
+    forward: per chunk image its bordered planes; per thread one task's columns and table.
+    backward: per chunk image its bordered planes, columns and table."""
+    N, C, H, W = x.shape
+    _, _, KH, KW = weight.shape
+    P = Ho * Wo
+    RK = offset.shape[1] // 2             # offset groups * taps
+    item = x.dtype.itemsize
+    entry = 6 * item + 2 * np.dtype(np.intp).itemsize   # one table entry: weights, corners
+    plane = (H + 2) * (W + 2)
+    if forward:
+        pb = min(P, _FWD_POSITIONS)
+        fixed = n_threads * (C * KH * KW * pb * item + RK * pb * entry)
+        per_image = C * plane * item
+        cols, table = n_threads * C * KH * KW * pb, n_threads * RK * pb
+    else:
+        fixed = 0
+        per_image = (C * plane + C * KH * KW * P) * item + RK * P * entry
+    limit = get_workspace_limit()
+    if fixed + per_image > limit:
+        raise MemoryError(f"{op}: one image's bordered planes, deformable columns and sample "
+                          f"table need {fixed + per_image} bytes, over the workspace limit of "
+                          f"{limit} bytes (convkit.set_workspace_limit)")
+    chunk = max(1, min(N, (limit - fixed) // per_image))
+    if not forward:
+        cols, table = chunk * C * KH * KW * P, chunk * RK * P
+    bufs = (_workspace(chunk * C * plane, x.dtype, "deform_planes"),
+            _workspace(cols, x.dtype, "deform_cols"),
+            _workspace(table * 6, x.dtype, "deform_weights"),
+            _workspace(2 * table, np.intp, "deform_index"))
+    return chunk, bufs
+
+
+def _threads(x, weight, P):
+    work = x.shape[0] * x.shape[1] * weight.shape[2] * weight.shape[3] * P
+    return 1 if work < _PARALLEL_MIN else get_num_threads()
+
+
+def _params(stride, padding, dilation):
+    return (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
+
+
+_NO_MASK = {np.dtype(np.float32): np.zeros((1, 1, 1, 1), np.float32),
+            np.dtype(np.float64): np.zeros((1, 1, 1, 1), np.float64)}
+
+
+def deform_conv2d_forward(x, offset, weight, bias, stride, padding, dilation, mask):
+    N, F = x.shape[0], weight.shape[0]
+    Ho, Wo = offset.shape[2:]
+    n = _threads(x, weight, Ho * Wo)
+    chunk, bufs = _plan("deform_conv2d_forward", x, offset, weight, Ho, Wo, n, True)
+    y = np.empty((N, F, Ho, Wo), x.dtype)
+    b = bias if bias is not None else np.zeros(1, x.dtype)
+    m = mask if mask is not None else _NO_MASK[x.dtype]
+    with _blas_pin(x.dtype):
+        _deform_conv.deform_forward(x, offset, weight, b, bias is not None, m, mask is not None,
+                                    y, *bufs, _params(stride, padding, dilation), chunk,
+                                    min(Ho * Wo, _FWD_POSITIONS), n)
+    return y
+
+
+def deform_conv2d_backward(grad_y, x, offset, weight, stride, padding, dilation, mask, has_bias):
+    Ho, Wo = offset.shape[2:]
+    n = _threads(x, weight, Ho * Wo)
+    chunk, bufs = _plan("deform_conv2d_backward", x, offset, weight, Ho, Wo, n, False)
+    dt = x.dtype
+    gx = np.empty(x.shape, dt)
+    goff = np.empty(offset.shape, dt)
+    gw = np.zeros(weight.shape, dt)
+    gm = np.empty(mask.shape, dt) if mask is not None else _NO_MASK[dt]
+    m = mask if mask is not None else _NO_MASK[dt]
+    with _blas_pin(dt):
+        _deform_conv.deform_backward(grad_y, x, offset, weight, m, mask is not None, gx, goff,
+                                     gw, gm, *bufs, _params(stride, padding, dilation), chunk,
+                                     _POSITIONS, _WEIGHT_ROWS, n)
+    gb = None
+    if has_bias:
+        gb = np.empty(weight.shape[0], dt)
+        _conv_im2col.bias_grad(grad_y, gb, n)     # the cpu conv's per-filter sums
+    return gx, goff, gw, gb, (gm if mask is not None else None)

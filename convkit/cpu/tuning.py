@@ -30,12 +30,35 @@ KEEP_BYTES = 64 * 2**20
 # im2col / pointwise forward on the own GEMM: at least this many tasks per thread (balance).
 # Not measured in RESULTS.md.
 FORWARD_TASKS_PER_THREAD = 2
-# im2col forward, Winograd and im2col grad_x on BLAS: the batch cut into this many tasks,
-# whatever the thread count (BLAS bits follow the block size).  Not measured in RESULTS.md.
+# im2col forward and Winograd on BLAS: the batch cut into this many tasks, whatever the thread
+# count (BLAS bits follow the block size).  Kept for the im2col forward on many cores: each task
+# repacks the weight, and 32 tasks (4-row blocks of 14) cost a strided 3x3 layer ~10% more on
+# one core (RESULTS.md "Many cores ... (issue 16)").
 BLAS_TASKS = 8
+# pointwise forward and im2col grad_weight on BLAS (position blocks; column blocks times parts
+# of the batch): about this many tasks, set by the layer alone -- two per thread on 16 cores,
+# where 8 left 16 threads half idle.  RESULTS.md "Many cores: how each ... splits (issue 16)".
+BLAS_FORWARD_TASKS = 32
+BLAS_W_TASKS = 32
 # im2col grad_x on BLAS: channel blocks per (image, group) set by the layer alone, this many
-# tasks in all.  Not measured in RESULTS.md.
+# tasks in all.  Not raised for many cores: each block repacks grad_y, and 32 tasks cost pw_14
+# ~28% and rpn_cls1x1 ~60% more on one core (RESULTS.md "Many cores ... (issue 16)").
 BLAS_GRAD_X_TASKS = 4
+# ... grad_weight's task count rounded up to a multiple of this where the batch allows (equal
+# tasks on 2, 4, 8 and 16 threads) ...
+BLAS_W_ALIGN = 16
+# ... one part more per this many products per weight (a part costs a pass over grad_weight,
+# ~40 products per weight: pw_14 measured ~3% per part on one core, res_14's one extra part
+# within the noise).  RESULTS.md "Many cores: how each conv algorithm splits (issue 16)".
+BLAS_W_PART_MIN_K = 1024
+# pointwise grad_weight on BLAS: column blocks of this many channels (96 left pw_14 three tasks;
+# 64 measured the same on one core, 32 ~30% slower; 128-filter blocks cost ~20%, parts of the
+# batch ~3% each, so pw_14 keeps four tasks).  RESULTS.md "Many cores ... (issue 16)".
+BLAS_POINTWISE_COLS = 64
+# pointwise forward on BLAS: each task's GEMM repacks the weight, so a task keeps at least one
+# output position per this many bytes of weight (pw_14's 1 MiB weight: 49-position tasks cost
+# 10-45% more on one core than 98 or 196).  RESULTS.md "Many cores ... (issue 16)".
+BLAS_POSITION_BYTES = 16 * 2**10
 # im2col grad_weight on the own GEMM: aim for this many tasks per thread (res_14's two tasks
 # spent 15% of the backward in libgomp's barrier).  Not measured in RESULTS.md.
 GRAD_WEIGHT_TASKS_PER_THREAD = 4
@@ -114,3 +137,7 @@ DOT_PART_BYTES = 1 << 19
 # Tasks per filter chunk: the batch in this many fixed groups (sums added in order, so the
 # result does not depend on the thread count).  RESULTS.md "stem_224: met, and how".
 DOT_IMAGE_GROUPS = 4
+# ... or more, up to the batch, until the layer's 8-filter chunks times the groups give this
+# many tasks (lenet_c1's one chunk made 4 tasks: 16 threads three quarters idle).
+# RESULTS.md "Many cores: how each conv algorithm splits (issue 16)".
+DOT_MIN_TASKS = 32

@@ -57,6 +57,8 @@ Losses -> ``(loss, grad wrt the first argument)``; reduction "mean" | "sum" | "n
   ``binary_cross_entropy_with_logits(logits, targets, weight=None, reduction)``
   ``smooth_l1_loss(pred, target, beta=1.0, reduction)``, ``mse_loss(pred, target, reduction)``
   ``sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0, reduction)``
+  ``generalized_box_iou_loss``, ``distance_box_iou_loss``, ``complete_box_iou_loss``
+  ``(boxes1[N, 4], boxes2[N, 4], reduction, eps=1e-7)`` (torchvision's; grad w.r.t. boxes1)
   helpers ``sigmoid(x)``, ``log_softmax(x, axis=-1)``
 
 Optimisers (torch's exact rules; take a Module, its ``parameters()``, or parameter groups

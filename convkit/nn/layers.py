@@ -11,7 +11,6 @@ import numpy as np
 from .. import functional as F
 from .._config import blas_single_thread
 from .._registry import get_backend
-from .._shapes import conv_out_size
 from .init import INITS, make_rng
 from .losses import sigmoid
 from .module import Module, Sequential, check_float_input
@@ -135,8 +134,7 @@ class ConvTranspose2d(Module):
     It is the adjoint of :func:`convkit.conv2d_forward` with the same weight read as a conv
     weight (F = C_in, C = C_out): the forward is conv2d_backward's grad_x, the input gradient is a
     conv2d_forward of grad_y, and the weight gradient is conv2d_backward's grad_weight with the
-    roles of input and output swapped.  (Built from the conv2d ops until convkit has a
-    conv_transpose2d op: the forward also computes, and drops, a weight gradient.)
+    roles of input and output swapped (:func:`convkit.conv_transpose2d_forward`).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
@@ -176,39 +174,24 @@ class ConvTranspose2d(Module):
 
     def forward(self, x):
         check_float_input("ConvTranspose2d", x)
-        be = self._active()
-        xp = be.xp
+        self._active()
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"ConvTranspose2d: x must be (N, {self.in_channels}, H, W), got "
                              f"shape {tuple(x.shape)}")
-        yshape = self.output_shape(x.shape)
-        # the conv of a (Ho, Wo) map has at least x's size; more when output_padding >= stride
-        # (allowed below the dilation): those extra conv outputs see zeros here
-        hw = tuple(conv_out_size(n, k, s, 2 * p, d) for n, k, s, p, d in zip(
-            yshape[2:], self.kernel_size, self.stride, self.padding, self.dilation))
-        xg = x
-        if hw != tuple(x.shape[2:]):
-            xg = xp.zeros(x.shape[:2] + hw, x.dtype)
-            xg[:, :, :x.shape[2], :x.shape[3]] = x
-        w = self.params["weight"]
-        y, _, _ = F.conv2d_backward(xg, xp.zeros(yshape, x.dtype), w, *self._conv(),
-                                    needs_input_grad=True, has_bias=False)
-        if self.has_bias:
-            y += self.params["bias"].reshape(1, -1, 1, 1)
-        self._push((xg, tuple(x.shape[2:])))
+        y = F.conv_transpose2d_forward(x, self.params["weight"], self.params.get("bias"),
+                                       self.stride, self.padding, self.output_padding,
+                                       self.groups, self.dilation)
+        self._push(x)
         return y
 
     def backward(self, grad_y):
-        xg, (h, w_) = self._pop()
-        w = self.params["weight"]
-        gx = F.conv2d_forward(grad_y, w, None, *self._conv())
-        if gx.shape[2:] != (h, w_):
-            gx = self.xp.ascontiguousarray(gx[:, :, :h, :w_])
-        _, gw, _ = F.conv2d_backward(xg, grad_y, w, *self._conv(), needs_input_grad=False,
-                                     has_bias=False)
+        x = self._pop()
+        gx, gw, gb = F.conv_transpose2d_backward(grad_y, x, self.params["weight"], self.stride,
+                                                 self.padding, self.output_padding, self.groups,
+                                                 self.dilation, has_bias=self.has_bias)
         self._accumulate("weight", gw)
         if self.has_bias:
-            self._accumulate("bias", grad_y.sum(axis=(0, 2, 3)))
+            self._accumulate("bias", gb)
         return gx
 
     def extra_repr(self):
@@ -361,17 +344,10 @@ class AvgPool2d(Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
-def adaptive_bins(n_in: int, n_out: int) -> list[tuple[int, int]]:
-    """torch's adaptive pooling bins: [floor(i*n_in/n_out), ceil((i+1)*n_in/n_out))."""
-    return [((i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)) for i in range(n_out)]
-
-
 class AdaptiveAvgPool2d(Module):
-    """Average over torch's adaptive bins (``nn.AdaptiveAvgPool2d``): output_size an int, a pair,
-    or a pair with None (keep that input size).  Written as two small averaging matrices,
-    y = P_h @ x @ P_w^T (array code over the backend's xp), so any input size works."""
-
-    _transient = ("_mats",)
+    """Average over torch's adaptive bins (``nn.AdaptiveAvgPool2d``,
+    :func:`convkit.adaptive_avg_pool2d_forward`): output_size an int, a pair, or a pair with
+    None (keep that input size), so any input size works."""
 
     def __init__(self, output_size):
         super().__init__()
@@ -381,36 +357,16 @@ class AdaptiveAvgPool2d(Module):
             raise ValueError(f"AdaptiveAvgPool2d: output_size must be a positive int or pair "
                              f"(None keeps the input size), got {output_size!r}")
         self.output_size = tuple(None if o is None else int(o) for o in osz)
-        self._mats = {}
-
-    def _matrices(self, be, hw, dtype):
-        key = (be.name, hw, np.dtype(dtype).str)
-        m = self._mats.get(key)
-        if m is None:
-            mats = []
-            for n_in, o in zip(hw, self.output_size):
-                o = n_in if o is None else o
-                p = np.zeros((o, n_in), np.float64)
-                for i, (s, e) in enumerate(adaptive_bins(n_in, o)):
-                    p[i, s:e] = 1.0 / (e - s)
-                mats.append(be.asarray(p.astype(dtype)))
-            m = self._mats[key] = (mats[0], be.xp.ascontiguousarray(mats[1].T))
-        return m
 
     def forward(self, x):
         check_float_input("AdaptiveAvgPool2d", x)
-        if x.ndim != 4 or 0 in x.shape[2:]:
-            raise ValueError(f"AdaptiveAvgPool2d: x must be (N, C, H, W) with H, W >= 1, got "
-                             f"shape {tuple(x.shape)}")
-        be = get_backend()
-        ph, pwt = self._matrices(be, tuple(x.shape[2:]), x.dtype)
-        self._push((ph, pwt))
-        return be.xp.matmul(be.xp.matmul(ph, x), pwt)
+        self._active()
+        y = F.adaptive_avg_pool2d_forward(x, self.output_size)
+        self._push(tuple(x.shape))
+        return y
 
     def backward(self, grad_y):
-        ph, pwt = self._pop()
-        xp = self.xp
-        return xp.matmul(xp.matmul(ph.T, grad_y), pwt.T)
+        return F.adaptive_avg_pool2d_backward(grad_y, self._pop())
 
     def extra_repr(self):
         return f"output_size={self.output_size}"

@@ -124,26 +124,41 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
         (grad_x (array[N, C, H, W]) or None, grad_weight (array[F, C/groups, KH, KW]),
         grad_bias (array[F]) or None), all in the input dtype.
     """
-    N, C, H, W = x.shape
+    grad_w = conv2d_grad_weight(grad_y, x, weight.shape, stride, padding, dilation, groups)
+    grad_b = grad_y.sum(axis=(0, 2, 3)) if has_bias else None
+    grad_x = None
+    if needs_input_grad:
+        grad_x = conv2d_grad_input(grad_y, weight, x.shape, stride, padding, dilation, groups)
+    return grad_x, grad_w, grad_b
+
+
+def _gy_gemm(grad_y, groups):
+    """grad_y in the GEMM layout (G, Fg, N*P), matching ycols in the forward."""
+    N, F, Ho, Wo = grad_y.shape
+    return grad_y.transpose(1, 0, 2, 3).reshape(groups, F // groups, N * Ho * Wo)
+
+
+def conv2d_grad_weight(grad_y, x, w_shape, stride, padding, dilation, groups):
+    """grad_weight (array[w_shape]) of :func:`conv2d_forward` alone (conv_transpose2d's weight
+    gradient is this with the roles of x and grad_y swapped)."""
+    F, Cg, KH, KW = w_shape
+    Ho, Wo = grad_y.shape[2:]
+    cols = _im2col(_pad(x, padding), KH, KW, stride, dilation, (Ho, Wo), groups)
+    # dL/dW[g] = dY[g] @ cols[g]^T: one GEMM contracting over every image and output pixel
+    return np.matmul(_gy_gemm(grad_y, groups), cols.transpose(0, 2, 1)).reshape(F, Cg, KH, KW)
+
+
+def conv2d_grad_input(grad_y, weight, x_shape, stride, padding, dilation, groups):
+    """grad_x (array[x_shape]) of :func:`conv2d_forward` alone (conv_transpose2d's forward)."""
+    N, C, H, W = x_shape
     F, Cg, KH, KW = weight.shape
     G = groups
     Ho, Wo = grad_y.shape[2:]
-    xpad = _pad(x, padding)
-    cols = _im2col(xpad, KH, KW, stride, dilation, (Ho, Wo), G)
-    # grad_y in the GEMM layout (G, Fg, N*P), matching ycols in the forward
-    gy = grad_y.transpose(1, 0, 2, 3).reshape(G, F // G, N * Ho * Wo)
-
-    # dL/dW[g] = dY[g] @ cols[g]^T: one GEMM contracting over every image and output pixel
-    grad_w = np.matmul(gy, cols.transpose(0, 2, 1)).reshape(F, Cg, KH, KW)
-
-    grad_b = grad_y.sum(axis=(0, 2, 3)) if has_bias else None
-
-    grad_x = None
-    if needs_input_grad:
-        # dL/dcols[g] = W[g]^T @ dY[g], then scatter each column back to the pixels it came from
-        dcols = np.matmul(weight.reshape(G, F // G, Cg * KH * KW).transpose(0, 2, 1), gy)
-        gxpad = _col2im(dcols, xpad.shape, KH, KW, stride, dilation, (Ho, Wo))
-        top, _, left, _ = padding
-        # gradient that landed in the zero padding belongs to no input: crop it away
-        grad_x = np.ascontiguousarray(gxpad[:, :, top:top + H, left:left + W])
-    return grad_x, grad_w, grad_b
+    top, bottom, left, right = padding
+    # dL/dcols[g] = W[g]^T @ dY[g], then scatter each column back to the pixels it came from
+    dcols = np.matmul(weight.reshape(G, F // G, Cg * KH * KW).transpose(0, 2, 1),
+                      _gy_gemm(grad_y, G))
+    gxpad = _col2im(dcols, (N, C, H + top + bottom, W + left + right), KH, KW, stride, dilation,
+                    (Ho, Wo))
+    # gradient that landed in the zero padding belongs to no input: crop it away
+    return np.ascontiguousarray(gxpad[:, :, top:top + H, left:left + W])

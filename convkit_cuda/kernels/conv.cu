@@ -145,11 +145,14 @@ extern "C" __global__ void conv_direct_fwd(
             const scalar_t* wp = w + (f * Cg + cg) * KH * KW;
             for (long long kh = 0; kh < KH; ++kh) {
                 const long long h = h0 + kh * dh;
-                if (h < 0 || h >= H) continue;
+                const bool h_in = h >= 0 && h < H;
                 for (long long kw = 0; kw < KW; ++kw) {
                     const long long ww = w0 + kw * dw;
-                    if (ww < 0 || ww >= W) continue;
-                    acc += xp[h * W + ww] * wp[kh * KW + kw];
+                    // a padding tap multiplies a zero, as torch's columns do: a NaN or inf
+                    // weight reaches y there too
+                    const scalar_t xv = (h_in && ww >= 0 && ww < W) ? xp[h * W + ww]
+                                                                     : (scalar_t)0;
+                    acc += xv * wp[kh * KW + kw];
                 }
             }
         }
@@ -230,9 +233,11 @@ extern "C" __global__ void conv_direct_bwd_weight(
             const long long n = u / Ho;
             const long long h = oh * sh - pt + kh * dh;
             const long long ww = ow * sw - pl + kw * dw;
-            if (h < 0 || h >= H || ww < 0 || ww >= W) continue;
-            acc += (double)gy[((n * F + f) * Ho + oh) * Wo + ow]
-                 * (double)x[((n * C + c) * H + h) * W + ww];
+            // a padding tap multiplies a zero (torch's columns): a NaN or inf in gy reaches
+            // every weight it meets
+            const double xv = (h < 0 || h >= H || ww < 0 || ww >= W)
+                ? 0.0 : (double)x[((n * C + c) * H + h) * W + ww];
+            acc += (double)gy[((n * F + f) * Ho + oh) * Wo + ow] * xv;
         }
         partial[i] = acc;
     }

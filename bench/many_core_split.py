@@ -1,0 +1,422 @@
+"""How each cpu conv algorithm's work splits across many threads (issue 16): pure arithmetic on
+the plan, no timing.
+
+    python bench/many_core_split.py [--threads 2,16,64] [--caps avx512,blas] [--extra]
+
+For every conv layer of the suite (convkit.benchmark.cases.CASES, family "conv", plain ConvCase:
+transposed and deformable convs, subclasses added by other issues, run the conv kernels in
+other roles and are left out; --extra adds
+the shapes that take the algorithms the suite does not: batch, dense, general depthwise, a
+strided im2col) and each pass (forward, grad_x, grad_weight), ``plan_conv`` gives the step at
+each thread count for two machines -- ``avx512``: ConvCaps(own_sgemm=True,
+depthwise3x3_level=3), the Xeon the project was tuned on; ``blas``: ConvCaps(False, 2), an AMD
+EPYC whose float32 GEMMs run on OpenBLAS -- with the default workspace limit, and the step's
+parallel regions are derived from its params and the kernels' prange loops as below.
+
+Columns: team (the threads the step runs on), regions (parallel regions = barriers per call,
+the pass's own: an im2col backward makes grad_x and grad_weight in one call), tasks (per
+region, main region first), idle (the main region's idle fraction), dup (work done beyond
+the pass's own -- operands repacked per task, phase planes rebuilt, the own GEMM's partial
+panels, wide rows' extra columns -- as a share of its own work), lost (the whole pass: the
+share of team * (the regions' makespans + serial work) not spent on its own work -- idle
+threads in every region, serial work, partial panels and extra columns; repacks and rebuilt
+planes are in dup only), ws (workspace per thread, KiB).
+
+Work is counted in multiply-adds for GEMMs and transforms and in elements for copies, zeroing
+and reductions (one unit each).  A region's makespan is list scheduling of its tasks in order
+(schedule="dynamic": each task goes to the first free thread) or OpenMP's static split
+(contiguous chunks, sizes differing by at most one task); for equal tasks the idle fraction is
+1 - tasks / (ceil(tasks / team) * team).  On the own GEMM a task of L columns costs whole
+48-column panels (tuning.GEMM_PANEL: a partial panel costs a whole one).
+
+Formulas (N images, C / F channels in / out, G groups, Cg = C/G, Fg = F/G, KK = KH*KW taps,
+Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
+
+- im2col / pointwise forward (_conv_im2col.conv2d_forward_gemm): one region of
+  N*ceil(Ho/rows) tasks (pointwise: N*ceil(HoWo/rows), runs of positions), each
+  F*Cg*KK*L MACs (L = its rows*Wo or positions).  Dup: on BLAS every task's GEMM repacks the
+  weight (F*Cg*KK values); on the own GEMM the weight is packed once, serially (_packed_a).
+- im2col / pointwise backward (conv2d_backward_gemm): grad_weight region of G*ntw*nsplit tasks
+  (ntw = ceil(Cg*KH/units_w) column blocks; nsplit parts of the N*ceil(Ho/rows_w) slabs), each
+  Fg*units_w*KW*(its slabs' outputs) MACs, plus its columns (im2col, units_w*KW per output);
+  when nsplit > 1 the task finishing a column block's last part adds the block's other parts
+  into gw (Fg*units_w*KW*(nsplit-1) adds, counted on the block's last part: no extra region);
+  grad_x region of N*G*ceil(Cg/chans_x) tasks, each chans_x*KK*Fg*HoWo MACs + col2im.  Dup:
+  every grad_weight task repacks grad_y (Fg*L per slab), every grad_x task too (Fg*HoWo).
+  Serial: gw and the parts zeroed (numpy).  grad_bias ("sum"): bias_grad's static region of F
+  tasks (N*HoWo each), counted with grad_weight.
+- winograd (_conv_winograd; reported only, another helper rewrites it): the filter transform,
+  a static region of F*ceil(C/16) blocks; then ceil(N*th/trows) tasks (th = ceil(Ho/2) tile
+  rows, tw = ceil(Wo/2)), each 16*F*C*P MACs (P = its tiles) + the input and output transforms.
+  Dup: on BLAS every task repacks the 16 transformed filters (16*F*C); on the own GEMM they
+  are packed once, serially.  grad_x is the same on grad_y (F in, C out, H x W).
+- batch forward (_conv_batch.conv2d_forward_batch): ceil(N/imgs) tasks of imgs*HoWo*F*Cg*KK;
+  BLAS repacks the weight per task.  backward: grad_y copied serially, a grad_weight region of
+  G*ceil(Cg/chans_w)*nsplit tasks, the parts added serially, a grad_x region of
+  ceil(N/imgs)*G tasks.
+- phases (_conv_phases, own GEMM only): N*ceil(Ho/rows) tasks, each rows*Wo*F*C*KK MACs (one GEMM
+  per output row: Wo columns in whole panels) + its phase rows; dup: each task builds
+  (KH-1)*dh//sh halo phase rows beyond its own (the share of the phase building).
+- wide (_conv_batch.conv2d_forward_wide): N tasks (an image each), each F*C*KK*Ho*Wp MACs:
+  dup: the Wp - Wo extra columns per row.
+- weight_dot (_conv_dot, own GEMM only): G*ceil(Fg/fchunk)*groups_n tasks, each fchunk*Cg*KK
+  MACs per output of its images; then a static region of F filters summing the groups' 16-lane
+  partials.  Dup: the phase planes are built again for every filter chunk.
+- dense (_conv_dense): dense_weight over C (static), gemm_rows over row blocks (BLAS:
+  tuning.BATCH_BLOCKS, own: the team), dense_fold over C.
+- depthwise3x3 / depthwise (_conv_depthwise): N*C plane tasks; the general backward adds a region
+  of F filters (grad_weight over the batch); depthwise3x3's backward sums its per-plane parts
+  serially (N*C*10).
+
+Which splits may follow the team: on the own GEMM any (its sums run in a fixed order whatever the
+block) except the ones that cut a sum -- im2col's rows_w and rows_x, weight_dot's groups_n,
+batch's nsplit, the parts; on BLAS none (OpenBLAS picks its kernels by the block's shape).  The
+"fixed" column says whether the step's sum-cutting params are the same at every thread count
+listed (they must be: DESIGN.md "same bits for any thread count").
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import math
+import sys
+
+import numpy as np
+
+from convkit.benchmark.cases import CASES, ConvCase
+from convkit.cpu import conv_plan as P
+from convkit.cpu import tuning as T
+
+CAPS = {"avx512": P.ConvCaps(own_sgemm=True, depthwise3x3_level=3),
+        "blas": P.ConvCaps(own_sgemm=False, depthwise3x3_level=2)}
+LIMIT = 256 * 2**20                     # convkit's default workspace limit
+
+# Shapes taking the algorithms the suite's layers do not (--extra): (name, N, C, H, W, F, K,
+# stride, pad, groups).
+EXTRA = [("small_16_8x8", 128, 16, 8, 8, 16, 3, 1, 1, 1),
+         ("dense_2x2", 128, 64, 2, 2, 64, 3, 1, 1, 1),
+         ("depthwise_mult2", 8, 32, 28, 28, 64, 3, 1, 1, 32),
+         ("strided_14", 8, 64, 28, 28, 128, 3, 2, 1, 1)]
+
+# Params that cut a sum (their change changes the bits): per algorithm, on the own GEMM / BLAS.
+SUM_PARAMS = {
+    "im2col": (("rows_w", "rows_x", "nsplit"),
+               ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit")),
+    "pointwise": (("rows_w", "rows_x", "nsplit"),
+                  ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit")),
+    "winograd": ((), ("trows",)),
+    "batch": (("chans_w", "kimgs", "nsplit"), ("imgs", "chans_w", "kimgs", "nsplit")),
+    "weight_dot": (("groups_n", "rows", "kr"), ()),
+    "dense": ((), ("row_blocks",)),
+}
+
+
+class Region:
+    def __init__(self, name, costs, schedule="dynamic", useful=None):
+        self.name, self.costs, self.schedule = name, list(costs), schedule
+        self.useful = float(sum(self.costs)) if useful is None else useful
+
+    def makespan(self, team):
+        costs = self.costs
+        if not costs:
+            return 0.0
+        if self.schedule == "static" or len(set(costs)) == 1:
+            q, r = divmod(len(costs), team)
+            if len(set(costs)) == 1:
+                return costs[0] * (q + (1 if r else 0))
+            best, i = 0.0, 0
+            for t in range(team):
+                k = q + (1 if t < r else 0)
+                best = max(best, sum(costs[i:i + k]))
+                i += k
+            return best
+        free = [0.0] * min(team, len(costs))
+        for c in costs:
+            heapq.heapreplace(free, free[0] + c)
+        return max(free)
+
+    def idle(self, team):
+        m = self.makespan(team)
+        return 1 - sum(self.costs) / (team * m) if m else 0.0
+
+
+def panels(L, own):
+    """The columns a GEMM of L columns costs (own GEMM: whole panels)."""
+    return -(-L // T.GEMM_PANEL) * T.GEMM_PANEL if own else L
+
+
+def cdiv(a, b):
+    return -(-a // b)
+
+
+def runs(total, block):
+    """The sizes of total cut into blocks of ``block`` (the last one shorter)."""
+    return [min(block, total - i) for i in range(0, total, block)]
+
+
+# --------------------------------------------------------------------------- per algorithm
+def flipped(s):
+    """The stride-1 conv whose forward is grad_x of s: grad_y (F channels, Ho x Wo) with the
+    flipped, transposed filters (C out), padded by (K-1)*d - p: the output is H x W."""
+    Ho, Wo = s.out
+    (dh, dw), (pt, pb, pl, pr) = s.dilation, s.padding
+    a, b = (s.KH - 1) * dh, (s.KW - 1) * dw
+    return P.ConvShape(s.N, s.F, Ho, Wo, s.C, s.F // s.groups, s.KH, s.KW, (1, 1),
+                       (a - pt, a - pb, b - pl, b - pr), s.dilation, s.groups)
+
+
+def forward_regions(algo, p, s, own, itemsize):
+    """(regions, serial work, dup work, per-thread workspace bytes) of a forward step of conv s
+    (a ConvShape: for grad_x by winograd / batch, the conv of grad_y with flipped filters)."""
+    N, C, H, W, F, Cg, KH, KW = s[:8]
+    G, KK = s.groups, s.KH * s.KW
+    Ho, Wo = s.out
+    HoWo = Ho * Wo
+    wsz = F * Cg * KK
+    if algo in ("im2col", "pointwise"):
+        if algo == "pointwise" and hasattr(P, "weight_parts"):
+            Ls = runs(HoWo, p["rows"])      # (runs of positions since issue 16; rows before)
+        else:
+            Ls = [r * Wo for r in runs(Ho, p["rows"])]
+        costs = [wsz * panels(L, own) for L in Ls] * N
+        useful = float(wsz * HoWo * N)
+        dup = 0 if own else wsz * len(costs)
+        cols = 0 if algo == "pointwise" else C * KK * HoWo * N      # im2col's copies
+        return ([Region("gemm", [c + C * KK * L * (algo != "pointwise")
+                                 for c, L in zip(costs, Ls * N)], useful=useful + cols)],
+                wsz if own else 0, dup, p["per_thread"] * itemsize)
+    if algo == "winograd":
+        th, tw = cdiv(Ho, 2), cdiv(Wo, 2)
+        filt = Region("filter transform", [16 * 16 * 2 * 9] * (F * cdiv(C, 16)), "static")
+        tiles = [nt * tw for nt in runs(N * th, p["trows"])]
+        main = Region("tiles", [16 * F * C * panels(P_, own) + 16 * 4 * (C + F) * P_
+                                for P_ in tiles])
+        return ([main, filt], 16 * F * C if own else 0, 0 if own else 16 * F * C * len(tiles),
+                p["per_thread"] * itemsize)
+    if algo == "batch":
+        blocks = runs(N, p["imgs"])
+        main = Region("gemm", [nb * HoWo * (wsz + C * KK) for nb in blocks])
+        return [main], 0, 0 if own else wsz * len(blocks), p["per_thread"] * itemsize
+    if algo == "phases":
+        sh, sw = s.stride
+        dh = s.dilation[0]
+        rows = runs(Ho, p["rows"])
+        halo = (KH - 1) * dh // sh
+        Wq = Wo + (KW - 1) * s.dilation[1] // sw
+        build = [C * sh * sw * (r + halo) * Wq for r in rows]
+        main = Region("rows", [r * F * C * KK * panels(Wo, own) + b for r, b in zip(rows, build)]
+                      * N)
+        dup = N * sum(C * sh * sw * halo * Wq for _ in rows)
+        return [main], F * C * KK, dup, p["per_thread"] * itemsize
+    if algo == "wide":
+        Wp = Wo + (KW - 1) * s.dilation[1]
+        main = Region("images", [F * C * KK * panels(Ho * Wp, own)] * N,
+                      useful=float(F * C * KK * HoWo * N))     # (Wp - Wo columns per row extra)
+        return [main], F * C * KK if own else 0, 0, p["per_thread"] * itemsize
+    if algo == "dense":
+        return dense_regions(s, p, own, "f"), 0, 0, 0
+    if algo in ("depthwise3x3", "depthwise"):
+        m = F // C
+        main = Region("planes", [m * HoWo * KK] * (N * C))
+        per = 0 if p.get("same") else ((Ho + 2) * (Wo + 2) if algo == "depthwise3x3" else
+                                       (Ho + (KH - 1) * s.dilation[0])
+                                       * (Wo + (KW - 1) * s.dilation[1]))
+        return [main], 0, 0, per * itemsize
+    raise ValueError(algo)
+
+
+def dense_regions(s, p, own, which):
+    N, C, H, W, F = s[:5]
+    Ho, Wo = s.out
+    HW, FO = H * W, F * Ho * Wo
+    split = p["row_blocks"] or p["team"]      # (own GEMM: one block per thread)
+
+    def gemm_rows(m, n, k):
+        rows = cdiv(cdiv(m, split), 8) * 8
+        return Region("gemm_rows", [r * n * k for r in runs(m, rows)])
+    build = Region("dense_weight", [HW * FO] * C, "static")
+    if which == "f":
+        return [gemm_rows(N, FO, C * HW), build]
+    out = [gemm_rows(C * HW, FO, N), build, Region("dense_fold", [HW * FO] * C, "static")]
+    if which == "x":
+        out = [gemm_rows(N, C * HW, FO)]
+    return out
+
+
+def backward_regions(algo, p, s, own, itemsize, which):
+    """Like forward_regions for the grad_x ("x") or grad_weight ("w") part of a backward step."""
+    N, C, H, W, F, Cg, KH, KW = s[:8]
+    G, KK = s.groups, s.KH * s.KW
+    Fg = F // G
+    Ho, Wo = s.out
+    HoWo = Ho * Wo
+    gwn = F * Cg * KK
+    if algo in ("im2col", "pointwise"):
+        pw = algo == "pointwise"
+        if which == "x":
+            ntx = cdiv(Cg, p["chans_x"])
+            costs = [nc * KK * Fg * HoWo + (0 if pw else nc * KK * HoWo)
+                     for nc in runs(Cg, p["chans_x"])] * (N * G)
+            return [Region("grad_x", costs)], 0, N * G * ntx * Fg * HoWo, \
+                p["per_thread"] * itemsize
+        Ug = Cg * KH
+        nsplit = p.get("nsplit", 1)
+        nrw = cdiv(Ho, p["rows_w"])
+        slabs = [r * Wo for r in runs(Ho, p["rows_w"])] * N
+        S = len(slabs)
+        parts = [sum(slabs[sp * S // nsplit:(sp + 1) * S // nsplit]) for sp in range(nsplit)]
+        costs = []
+        for u in runs(Ug, p["units_w"]):
+            for sp, L in enumerate(parts):
+                # (the block's last part to finish adds the others into gw: counted on the last)
+                costs.append(Fg * u * KW * L + (0 if pw else u * KW * L)
+                             + (Fg * u * KW * (nsplit - 1) if sp == nsplit - 1 else 0))
+        costs *= G
+        regions = [Region("grad_weight", costs), Region("grad_bias", [N * HoWo] * F, "static")]
+        ntw = cdiv(Ug, p["units_w"])
+        dup = G * ntw * Fg * N * HoWo                   # grad_y repacked per column block
+        return regions, gwn * nsplit, dup, p["per_thread"] * itemsize
+    if algo in ("winograd", "batch") and which == "x" and (algo == "winograd"
+                                                           or p.get("flipped")):
+        return forward_regions(algo, p, flipped(s), own, itemsize)
+    if algo == "batch":
+        Hp, Wp = P.batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
+        HpWp = Hp * Wp
+        if which == "x":
+            blocks = runs(N, p["imgs"])
+            return [Region("grad_x", [nb * HoWo * Cg * KK * (Fg + 1) for nb in blocks] * G)], \
+                0, 0, p["per_thread"] * itemsize
+        nsplit = p["nsplit"]
+        costs = []
+        for c in runs(Cg, p["chans_w"]):
+            for sp in range(nsplit):
+                imgs = (sp + 1) * N // nsplit - sp * N // nsplit
+                costs.append(Fg * c * KK * imgs * HoWo + c * (KK * HoWo + HpWp) * imgs)
+        regions = [Region("grad_weight", costs * G), Region("grad_bias", [N * HoWo] * F,
+                                                             "static")]
+        return regions, F * N * HoWo + (nsplit - 1) * gwn, 0, p["per_thread"] * itemsize
+    if algo == "weight_dot":
+        ntf = cdiv(Fg, p["fchunk"])
+        gn = p["groups_n"]
+        per_group = cdiv(N, gn)
+        sizes = [max(0, min(N, (g + 1) * per_group) - g * per_group) for g in range(gn)]
+        costs = [fc * Cg * KK * HoWo * n for fc in runs(Fg, p["fchunk"]) for n in sizes] * G
+        sh, sw = s.stride
+        Wq = Wo + (KW - 1) * s.dilation[1] // sw
+        planes = Cg * sh * sw * (Ho + (KH - 1) * s.dilation[0] // sh) * Wq
+        dup = (ntf - 1) * G * N * planes
+        regions = [Region("filter chunks x image groups", costs),
+                   Region("sum partials", [(Cg * KK + 1) * gn * 16] * F, "static")]
+        return regions, 0, dup, p["floats"] * 4       # (all threads' and tasks': see analyse)
+    if algo == "dense":
+        return dense_regions(s, p, own, which), 0, 0, 0
+    if algo in ("depthwise3x3", "depthwise"):
+        m = F // C
+        if algo == "depthwise3x3":
+            if which == "x":
+                return [Region("planes (grad_x, grad_weight, grad_bias)",
+                               [2 * HoWo * KK + HoWo] * (N * C))], N * C * 10, 0, 0
+            return [], 0, 0, 0              # (made by the grad_x pass's planes)
+        if which == "x":
+            return [Region("planes", [m * HoWo * KK] * (N * C))], 0, 0, 0
+        return [Region("filters", [N * HoWo * KK] * F)], 0, 0, 0
+    raise ValueError(algo)
+
+
+# --------------------------------------------------------------------------- the table
+def shapes(extra):
+    out = [(c.name, P.ConvShape.of((c.N, c.C, c.H, c.W), (c.F, c.C // c.groups, c.K, c.K),
+                                   (c.stride,) * 2, (c.pad,) * 4, (1, 1), c.groups),
+            not c.first_layer)
+           for c in CASES if type(c) is ConvCase and c.family == "conv"]
+    if extra:
+        for name, N, C, H, W, F, K, st, pad, g in EXTRA:
+            out.append((name + "*", P.ConvShape.of((N, C, H, W), (F, C // g, K, K), (st, st),
+                                                   (pad,) * 4, (1, 1), g), True))
+    return out
+
+
+def analyse(step, s, own, itemsize, which):
+    """dict of the columns for one pass."""
+    p = dict(step.params, team=step.threads)
+    if which == "f":
+        regions, serial, dup, ws = forward_regions(step.algo, p, s, own, itemsize)
+    else:
+        regions, serial, dup, ws = backward_regions(step.algo, p, s, own, itemsize, which)
+    team = step.threads
+    if step.algo == "weight_dot":
+        ws /= team
+    cost = sum(sum(r.costs) for r in regions) + serial
+    span = sum(r.makespan(team) for r in regions) + serial
+    work = sum(r.useful for r in regions) + serial
+    lost = 1 - work / (team * span) if span else 0.0
+    dup += cost - work          # (own GEMM: the partial panels' columns; wide: its extra ones)
+    return {"algo": step.algo, "team": team, "regions": len(regions),
+            "tasks": "+".join(str(len(r.costs)) for r in regions) or "-",
+            "idle": regions[0].idle(team) if regions else 0.0, "lost": lost,
+            "dup": dup / work if work else 0.0, "ws": ws / 1024}
+
+
+def fixed(steps, own):
+    """True when each step's sum-cutting params agree across the thread counts."""
+    seen = {}
+    for st in steps:
+        keys = SUM_PARAMS.get(st.algo, ((), ()))[0 if own else 1]
+        seen.setdefault(st.algo, set()).add(tuple(st.params.get(k) for k in keys))
+    return all(len(v) == 1 for v in seen.values())
+
+
+def table(caps_names, threads, extra, out=sys.stdout):
+    rows = []
+    for cname in caps_names:
+        caps = CAPS[cname]
+        own = caps.own_sgemm
+        for name, s, gx in shapes(extra):
+            plans = {t: P.plan_conv(s, np.float32, t, caps, LIMIT, needs_input_grad=gx)
+                     for t in threads}
+            for which, label in (("f", "forward"), ("x", "grad_x"), ("w", "grad_weight")):
+                steps = {t: (pl.forward if which == "f" else
+                             pl.grad_x if which == "x" else pl.grad_weight)
+                         for t, pl in plans.items()}
+                if any(st is None for st in steps.values()):
+                    continue
+                if which == "w" and steps[threads[0]].algo == "depthwise3x3":
+                    continue                     # (one pass with grad_x: see that row)
+                res = {t: analyse(st, s, own and st.algo != "depthwise3x3", 4, which)
+                       for t, st in steps.items()}
+                rows.append((cname, name, label, steps[threads[0]].algo,
+                             fixed(steps.values(), own), res))
+    w = out.write
+    head = f"{'caps':7s} {'layer':16s} {'pass':11s} {'algo':12s} {'fixed':5s}"
+    for t in threads:
+        head += f" | t{t:<3d}{'team':>5s} {'reg':>3s} {'tasks':>14s} {'idle':>5s} {'lost':>5s}"
+    head += f" | {'dup':>5s} {'ws KiB':>7s}"
+    w(head + "\n" + "-" * len(head) + "\n")
+    for cname, name, label, algo, ok, res in rows:
+        line = f"{cname:7s} {name:16s} {label:11s} {algo:12s} {'yes' if ok else 'NO':5s}"
+        for t in threads:
+            r = res[t]
+            line += (f" | {'':4s}{r['team']:5d} {r['regions']:3d} {r['tasks']:>14s} "
+                     f"{r['idle']:5.0%} {r['lost']:5.0%}")
+        last = res[threads[-1]]
+        line += f" | {res[threads[1] if len(threads) > 1 else threads[0]]['dup']:5.1%} " \
+                f"{last['ws']:7.0f}"
+        w(line + "\n")
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", default="2,16,64")
+    ap.add_argument("--caps", default="avx512,blas")
+    ap.add_argument("--extra", action="store_true",
+                    help="also the shapes of the algorithms the suite does not take (marked *)")
+    args = ap.parse_args(argv)
+    threads = [int(t) for t in args.threads.split(",")]
+    table(args.caps.split(","), threads, args.extra)
+    print("\nidle: the main region's idle fraction; lost: the whole pass's (all its regions' "
+          "makespans and its serial work); dup at the second thread count; ws at the last.")
+
+
+if __name__ == "__main__":
+    main()

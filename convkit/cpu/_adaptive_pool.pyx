@@ -1,0 +1,115 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""Adaptive pooling forwards (torch's bins), one (n, c) plane per OpenMP task.
+
+The backwards run ``_pool.pyx``'s plane kernels on adaptive window tables (see
+adaptive_pool.py).  The forwards are here because a bin can be reduced faster than window by
+window:
+
+* average: per output row, the column sums of the bin's input rows (an element-wise,
+  vectorised add), then each bin's run of column sums (csrc/adaptive_pool.h); a 1x1 output --
+  global average pooling, the classifier head -- is one run sum per plane.  Sums run in the
+  input precision in a fixed order;
+* max: a branch-free maximum and NaN test per bin, then the position (ck_bin_max: torch's
+  NaN and tie rules exactly); a bin of whole rows is one contiguous run.
+
+Each task owns whole planes of the output: the same bits on every run and for any thread count.
+"""
+from cython cimport floating
+from cython.parallel cimport parallel, prange
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+
+from convkit.cpu.csrc.adaptive_pool cimport ck_run_sum_f, ck_run_sum_d, ck_bin_max_f, ck_bin_max_d
+
+
+cdef inline floating _run_sum(const floating* p, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return ck_run_sum_f(p, n)
+    else:
+        return ck_run_sum_d(p, n)
+
+
+cdef void adaptive_avg_plane(const floating* x, Py_ssize_t W,
+                             const Py_ssize_t* hs, const Py_ssize_t* hl,
+                             const Py_ssize_t* ws, const Py_ssize_t* wl,
+                             const floating* div, floating* y, Py_ssize_t oh, Py_ssize_t ow,
+                             floating* colsum) noexcept nogil:
+    """y (oh x ow) = the bin means of plane x (rows of W); bin (o, q) covers rows
+    [hs[o], hs[o] + hl[o]) and columns [ws[q], ws[q] + wl[q]); div[o*ow + q] = its area.
+    colsum: W scratch values owned by the calling thread."""
+    cdef Py_ssize_t o, q, i, w
+    cdef const floating* r
+    for o in range(oh):
+        r = x + hs[o] * W
+        for w in range(W):
+            colsum[w] = r[w]
+        for i in range(1, hl[o]):
+            r = r + W
+            for w in range(W):
+                colsum[w] = colsum[w] + r[w]
+        for q in range(ow):
+            y[o * ow + q] = _run_sum(colsum + ws[q], wl[q]) / div[o * ow + q]
+
+
+def adaptive_avg_forward(const floating[:, :, ::1] x,
+                         const Py_ssize_t[::1] hs, const Py_ssize_t[::1] hl,
+                         const Py_ssize_t[::1] ws, const Py_ssize_t[::1] wl,
+                         const floating[:, ::1] div, floating[:, :, ::1] y, int n_threads):
+    """x (P, H, W) -> y (P, oh, ow): bin starts hs/ws and lengths hl/wl, areas div (oh, ow)."""
+    cdef Py_ssize_t P = x.shape[0], W = x.shape[2], oh = y.shape[1], ow = y.shape[2], p
+    cdef Py_ssize_t failed = 0
+    cdef floating* colsum
+    with nogil, parallel(num_threads=n_threads):
+        colsum = <floating*>malloc(W * sizeof(floating))
+        for p in prange(P, schedule="static"):
+            if colsum == NULL:
+                failed += 1
+            else:
+                adaptive_avg_plane(&x[p, 0, 0], W, &hs[0], &hl[0], &ws[0], &wl[0], &div[0, 0],
+                                   &y[p, 0, 0], oh, ow, colsum)
+        free(colsum)
+    if failed:
+        raise MemoryError("adaptive_avg_pool2d_forward: out of memory for a row of scratch")
+
+
+def global_avg_forward(const floating[:, ::1] x, floating[::1] y, int n_threads):
+    """y[p] = sum(x[p, :]) / HW: x (P, HW), y (P,)."""
+    cdef Py_ssize_t P = x.shape[0], HW = x.shape[1], p
+    cdef floating d = <floating>HW
+    with nogil:
+        for p in prange(P, schedule="static", num_threads=n_threads):
+            y[p] = _run_sum(&x[p, 0], HW) / d
+
+
+cdef void adaptive_max_plane(const floating* x, Py_ssize_t W,
+                             const Py_ssize_t* hs, const Py_ssize_t* hl,
+                             const Py_ssize_t* ws, const Py_ssize_t* wl,
+                             floating* y, int64_t* idx, Py_ssize_t oh, Py_ssize_t ow) noexcept nogil:
+    """y, idx (oh x ow) = each bin's maximum of plane x and its flat position h*W + w."""
+    cdef Py_ssize_t o, q, rows, cols, pos
+    cdef const floating* corner
+    cdef floating v
+    for o in range(oh):
+        for q in range(ow):
+            corner = x + hs[o] * W + ws[q]
+            rows, cols = hl[o], wl[q]
+            if cols == W:                   # whole rows: one contiguous run
+                rows, cols = 1, rows * W
+            if floating is float:
+                ck_bin_max_f(corner, W, rows, cols, &v, &pos)
+            else:
+                ck_bin_max_d(corner, W, rows, cols, &v, &pos)
+            y[o * ow + q] = v
+            idx[o * ow + q] = hs[o] * W + ws[q] + pos
+
+
+def adaptive_max_forward(const floating[:, :, ::1] x,
+                         const Py_ssize_t[::1] hs, const Py_ssize_t[::1] hl,
+                         const Py_ssize_t[::1] ws, const Py_ssize_t[::1] wl,
+                         floating[:, :, ::1] y, int64_t[:, :, ::1] idx, int n_threads):
+    """x (P, H, W) -> y, idx (P, oh, ow): bin starts hs/ws and lengths hl/wl."""
+    cdef Py_ssize_t P = x.shape[0], W = x.shape[2], oh = y.shape[1], ow = y.shape[2], p
+    with nogil:
+        for p in prange(P, schedule="static", num_threads=n_threads):
+            adaptive_max_plane(&x[p, 0, 0], W, &hs[0], &hl[0], &ws[0], &wl[0], &y[p, 0, 0],
+                               &idx[p, 0, 0], oh, ow)

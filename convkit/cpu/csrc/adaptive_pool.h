@@ -1,0 +1,151 @@
+/* Kernels of adaptive pooling (declared in csrc/adaptive_pool.pxd, used by _adaptive_pool.pyx).
+
+   Run sums (average pooling): the whole plane of a global average, a row of column sums.
+   Sixteen float / eight double partial sums in a fixed pattern, combined in a fixed tree, so
+   no loop-carried add latency (a plain loop adds one value per 3-4 cycles: it cannot be
+   reordered without -ffast-math) and a given length always adds in the same order.  The SSE2
+   path (every x86-64 CPU) and the portable loop below it keep the very same partial sums, so
+   the result does not depend on the path.  NaN and inf propagate as in any sum. */
+#ifndef CK_ADAPTIVE_POOL_H
+#define CK_ADAPTIVE_POOL_H
+#include <math.h>
+#include <stddef.h>
+#if defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+#define CK_AP_SSE2 1
+#endif
+
+/* partial sum m (m < 16) holds p[16j + m]; the four 4-lane groups are then added pairwise,
+   the lanes too; a tail of < 4 values is added last, in order */
+static float ck_run_sum_f(const float* p, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+    float t[4], s;
+#ifdef CK_AP_SSE2
+    __m128 a0 = _mm_setzero_ps(), a1 = _mm_setzero_ps(), a2 = _mm_setzero_ps(),
+           a3 = _mm_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm_add_ps(a0, _mm_loadu_ps(p + i));
+        a1 = _mm_add_ps(a1, _mm_loadu_ps(p + i + 4));
+        a2 = _mm_add_ps(a2, _mm_loadu_ps(p + i + 8));
+        a3 = _mm_add_ps(a3, _mm_loadu_ps(p + i + 12));
+    }
+    for (; i + 4 <= n; i += 4)
+        a0 = _mm_add_ps(a0, _mm_loadu_ps(p + i));
+    _mm_storeu_ps(t, _mm_add_ps(_mm_add_ps(a0, a1), _mm_add_ps(a2, a3)));
+#else
+    float a[16] = {0};
+    for (; i + 16 <= n; i += 16)
+        for (int m = 0; m < 16; m++) a[m] += p[i + m];
+    for (; i + 4 <= n; i += 4)
+        for (int m = 0; m < 4; m++) a[m] += p[i + m];
+    for (int m = 0; m < 4; m++) t[m] = (a[m] + a[4 + m]) + (a[8 + m] + a[12 + m]);
+#endif
+    s = (t[0] + t[1]) + (t[2] + t[3]);
+    for (; i < n; i++) s += p[i];
+    return s;
+}
+
+/* the same pattern for doubles: eight partial sums in four 2-lane groups */
+static double ck_run_sum_d(const double* p, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+    double t[2], s;
+#ifdef CK_AP_SSE2
+    __m128d a0 = _mm_setzero_pd(), a1 = _mm_setzero_pd(), a2 = _mm_setzero_pd(),
+            a3 = _mm_setzero_pd();
+    for (; i + 8 <= n; i += 8) {
+        a0 = _mm_add_pd(a0, _mm_loadu_pd(p + i));
+        a1 = _mm_add_pd(a1, _mm_loadu_pd(p + i + 2));
+        a2 = _mm_add_pd(a2, _mm_loadu_pd(p + i + 4));
+        a3 = _mm_add_pd(a3, _mm_loadu_pd(p + i + 6));
+    }
+    for (; i + 2 <= n; i += 2)
+        a0 = _mm_add_pd(a0, _mm_loadu_pd(p + i));
+    _mm_storeu_pd(t, _mm_add_pd(_mm_add_pd(a0, a1), _mm_add_pd(a2, a3)));
+#else
+    double a[8] = {0};
+    for (; i + 8 <= n; i += 8)
+        for (int m = 0; m < 8; m++) a[m] += p[i + m];
+    for (; i + 2 <= n; i += 2)
+        for (int m = 0; m < 2; m++) a[m] += p[i + m];
+    for (int m = 0; m < 2; m++) t[m] = (a[m] + a[2 + m]) + (a[4 + m] + a[6 + m]);
+#endif
+    s = t[0] + t[1];
+    for (; i < n; i++) s += p[i];
+    return s;
+}
+
+/* Maximum of one bin -- `rows` runs of `cols` values, `W` apart -- by torch's rule: visit in
+   row-major order from best = -inf, take v when v > best or v is NaN.  So the last NaN wins,
+   else the first maximum, and a bin of -inf reports its first element.  Done in two passes:
+   a branch-free maximum and NaN test over the bin, then a search for the position (the last
+   NaN from the end, or the first element equal to the maximum -- its own value is reported,
+   so a -0 before a +0 keeps its sign, as in the one-pass rule).  *val = the element,
+   *pos = its offset r*W + c from x. */
+#define CK_BIN_MAX_FIND(T)                                                                \
+    if (nan) {                                                                            \
+        for (r = rows - 1; r >= 0; r--)                                                   \
+            for (c = cols - 1; c >= 0; c--)                                               \
+                if (x[r * W + c] != x[r * W + c]) {                                       \
+                    *val = x[r * W + c]; *pos = r * W + c; return;                        \
+                }                                                                         \
+    }
+
+#ifdef CK_AP_SSE2
+#define CK_BIN_MAX(T, S, V, L, LOADU, MAXV, UNORD, ORV, EQ, SET1, MASK, ZERO, STORE)         \
+static void ck_bin_max_##S(const T* x, ptrdiff_t W, ptrdiff_t rows, ptrdiff_t cols,       \
+                           T* val, ptrdiff_t* pos) {                                      \
+    T m = -INFINITY, t[L];                                                                \
+    int nan = 0, l, k, b;                                                                 \
+    ptrdiff_t r, c;                                                                       \
+    V vm = SET1(-INFINITY), vn = ZERO(), vt;                                              \
+    for (r = 0; r < rows; r++) {                                                          \
+        const T* p = x + r * W;                                                           \
+        for (c = 0; c + L <= cols; c += L) {                                              \
+            V v = LOADU(p + c);                                                           \
+            vm = MAXV(vm, v);                                                             \
+            vn = ORV(vn, UNORD(v, v));                                                    \
+        }                                                                                 \
+        for (; c < cols; c++) {                                                           \
+            if (p[c] != p[c]) nan = 1;                                                    \
+            else if (p[c] > m) m = p[c];                                                  \
+        }                                                                                 \
+    }                                                                                     \
+    nan |= MASK(vn) != 0;                                                                 \
+    CK_BIN_MAX_FIND(T)                                                                    \
+    STORE(t, vm);   /* no NaN in the bin: the lanes hold plain maxima */                  \
+    for (l = 0; l < L; l++) if (t[l] > m) m = t[l];                                       \
+    vt = SET1(m);                                                                         \
+    for (r = 0; r < rows; r++) {                                                          \
+        const T* p = x + r * W;                                                           \
+        for (c = 0; c + L <= cols; c += L)                                                \
+            if ((k = MASK(EQ(LOADU(p + c), vt))) != 0) {                                  \
+                for (b = 0; !((k >> b) & 1); b++) {}                                      \
+                *val = p[c + b]; *pos = r * W + c + b; return;                            \
+            }                                                                             \
+        for (; c < cols; c++)                                                             \
+            if (p[c] == m) { *val = p[c]; *pos = r * W + c; return; }                     \
+    }                                                                                     \
+    *val = x[0]; *pos = 0;    /* not reached: m is an element of the bin */               \
+}
+CK_BIN_MAX(float, f, __m128, 4, _mm_loadu_ps, _mm_max_ps, _mm_cmpunord_ps, _mm_or_ps,
+           _mm_cmpeq_ps, _mm_set1_ps, _mm_movemask_ps, _mm_setzero_ps, _mm_storeu_ps)
+CK_BIN_MAX(double, d, __m128d, 2, _mm_loadu_pd, _mm_max_pd, _mm_cmpunord_pd, _mm_or_pd,
+           _mm_cmpeq_pd, _mm_set1_pd, _mm_movemask_pd, _mm_setzero_pd, _mm_storeu_pd)
+#else
+/* portable: the one-pass rule itself */
+#define CK_BIN_MAX_PLAIN(T, S)                                                            \
+static void ck_bin_max_##S(const T* x, ptrdiff_t W, ptrdiff_t rows, ptrdiff_t cols,       \
+                           T* val, ptrdiff_t* pos) {                                      \
+    T best = -INFINITY;                                                                   \
+    ptrdiff_t r, c, at = 0;                                                               \
+    for (r = 0; r < rows; r++)                                                            \
+        for (c = 0; c < cols; c++)                                                        \
+            if (x[r * W + c] > best || x[r * W + c] != x[r * W + c]) {                    \
+                best = x[r * W + c]; at = r * W + c;                                      \
+            }                                                                             \
+    *val = best; *pos = at;                                                               \
+}
+CK_BIN_MAX_PLAIN(float, f)
+CK_BIN_MAX_PLAIN(double, d)
+#endif
+#endif

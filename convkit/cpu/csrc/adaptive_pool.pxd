@@ -1,0 +1,10 @@
+# cython: language_level=3
+"""The C of csrc/adaptive_pool.h (run sums of average pooling, the bin maximum)."""
+
+cdef extern from "csrc/adaptive_pool.h":
+    float ck_run_sum_f(const float* p, Py_ssize_t n) noexcept nogil
+    double ck_run_sum_d(const double* p, Py_ssize_t n) noexcept nogil
+    void ck_bin_max_f(const float* x, Py_ssize_t W, Py_ssize_t rows, Py_ssize_t cols,
+                      float* val, Py_ssize_t* pos) noexcept nogil
+    void ck_bin_max_d(const double* x, Py_ssize_t W, Py_ssize_t rows, Py_ssize_t cols,
+                      double* val, Py_ssize_t* pos) noexcept nogil

@@ -1,0 +1,362 @@
+"""conv_transpose2d (torch.nn.functional.conv_transpose2d semantics) on every backend.
+
+Oracle: torch in float64 (forward, and autograd for the backward).  Also: the op is conv2d's
+adjoint (forward = conv2d's grad_x, bit for bit on numpy and cpu; <T x, v> = <x, conv2d(v)>),
+a float64 numerical gradient check, the error rules, empty inputs, NaN/inf element for element
+as torch, cpu bits independent of the thread count, the workspace limit.  The cuda cases also
+run on the host emulation of the kernels (tests/test_cuda_backend.py's generic suites).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import convkit
+from convkit import functional as F
+from helpers import check_backward, run
+
+OPS = (F.conv_transpose2d_forward, F.conv_transpose2d_backward)
+
+# (N, C_in, H, W), C_out/groups, (KH, KW), kwargs
+CASES = {
+    "s1": ((2, 3, 5, 6), 4, (3, 3), dict()),
+    "s2_p1_decoder": ((2, 6, 7, 7), 4, (4, 4), dict(stride=2, padding=1)),
+    "s2_outpad": ((2, 4, 5, 4), 3, (3, 3), dict(stride=2, padding=1, output_padding=1)),
+    "s3x2_pad_outpad": ((1, 3, 4, 5), 2, (3, 2), dict(stride=(3, 2), padding=(2, 0),
+                                                       output_padding=(2, 1))),
+    "groups2": ((2, 4, 5, 5), 3, (3, 2), dict(stride=(2, 1), padding=(1, 1), groups=2)),
+    "groups3_dil": ((1, 6, 4, 6), 2, (3, 3), dict(stride=2, groups=3, dilation=(2, 1),
+                                                   output_padding=(1, 0))),
+    # output_padding >= stride, allowed below the dilation: conv2d's view has more rows
+    "outpad_ge_stride": ((2, 3, 4, 5), 2, (3, 2), dict(stride=1, dilation=(3, 2),
+                                                        output_padding=(2, 1), padding=1)),
+    "depthwise": ((2, 4, 6, 6), 1, (3, 3), dict(padding=1, groups=4)),
+    "depthwise_s2": ((2, 4, 5, 5), 1, (3, 3), dict(stride=2, padding=1, output_padding=1,
+                                                   groups=4)),
+    "1x1_to_4x4": ((3, 5, 1, 1), 4, (4, 4), dict()),      # DCGAN's first layer
+    "pointwise": ((2, 5, 4, 3), 6, (1, 1), dict()),
+    "big_pad": ((1, 2, 6, 6), 3, (5, 5), dict(stride=2, padding=4, output_padding=1)),
+}
+
+
+def _torch_case(torch, name, dtype, bias=True, seed=0):
+    xs, cog, (kh, kw), kwargs = CASES[name]
+    rng = np.random.default_rng(seed)
+    g = kwargs.get("groups", 1)
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal((xs[1], cog, kh, kw))
+    b = rng.standard_normal(cog * g) if bias else None
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True) if bias else None
+    ty = torch.nn.functional.conv_transpose2d(tx, tw, tb, **kwargs)
+    gy = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(gy))
+    want = dict(y=ty.detach().numpy(), gx=tx.grad.numpy(), gw=tw.grad.numpy(),
+                gb=tb.grad.numpy() if bias else None)
+    cast = [None if a is None else a.astype(dtype) for a in (x, w, b, gy)]
+    return cast, kwargs, want
+
+
+def _tol(dtype):
+    return dict(rtol=1e-10, atol=1e-10) if dtype == np.float64 else dict(rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_torch(backend, torch, name, dtype, bias):
+    (x, w, b, gy), kw, want = _torch_case(torch, name, dtype, bias)
+    y = run(backend, F.conv_transpose2d_forward, x, w, b, **kw)
+    assert y.dtype == dtype and y.shape == want["y"].shape
+    np.testing.assert_allclose(y, want["y"], **_tol(dtype))
+    gx, gw, gb = run(backend, F.conv_transpose2d_backward, gy, x, w, **kw, has_bias=bias)
+    for got, ref in ((gx, want["gx"]), (gw, want["gw"])):
+        assert got.dtype == dtype and got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, **_tol(dtype))
+    if bias:
+        np.testing.assert_allclose(gb, want["gb"], **_tol(dtype))
+    else:
+        assert gb is None
+    gx2, gw2, gb2 = run(backend, F.conv_transpose2d_backward, gy, x, w, **kw,
+                        needs_input_grad=False, has_bias=bias)
+    assert gx2 is None
+    np.testing.assert_allclose(gw2, gw, **_tol(dtype))
+
+
+def _conv_kwargs(kw):
+    return dict(stride=kw.get("stride", 1), padding=kw.get("padding", 0),
+                dilation=kw.get("dilation", 1), groups=kw.get("groups", 1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", [n for n in CASES if n != "outpad_ge_stride"])
+def test_forward_is_conv2d_grad_x(backend, torch, name, dtype):
+    """The forward is conv2d's grad_x of grad_y = x (same bits on numpy and cpu: the same
+    code), its grad_x is conv2d_forward(grad_y, weight), its grad_weight conv2d's with x and
+    grad_y swapped."""
+    (x, w, b, gy), kw, _ = _torch_case(torch, name, dtype, bias=False)
+    ckw = _conv_kwargs(kw)
+    y = run(backend, F.conv_transpose2d_forward, x, w, **kw)
+    gx_conv = run(backend, F.conv2d_backward, x, y, w, **ckw, has_bias=False)[0]
+    gx, gw, _ = run(backend, F.conv_transpose2d_backward, gy, x, w, **kw, has_bias=False)
+    conv_y = run(backend, F.conv2d_forward, gy, w, **ckw)
+    conv_gw = run(backend, F.conv2d_backward, x, gy, w, **ckw, needs_input_grad=False,
+                  has_bias=False)[1]
+    same = np.testing.assert_array_equal if backend in ("numpy", "cpu") else \
+        (lambda a, e: np.testing.assert_allclose(a, e, **_tol(dtype)))
+    same(y, gx_conv)
+    same(gx, conv_y)
+    same(gw, conv_gw)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_adjoint_identity_and_numerical_gradient(backend, name):
+    """<T x, v> = <x, T* v> (T* = conv2d, the backward's grad_x) and a float64 central
+    difference check of every gradient."""
+    xs, cog, (kh, kw_), kw = CASES[name]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal((xs[1], cog, kh, kw_))
+    b = rng.standard_normal(cog * kw.get("groups", 1))
+    y = run(backend, F.conv_transpose2d_forward, x, w, **kw)
+    v = rng.standard_normal(y.shape)
+    gx = run(backend, F.conv_transpose2d_backward, v, x, w, **kw, has_bias=False)[0]
+    np.testing.assert_allclose(np.vdot(y, v), np.vdot(x, gx), rtol=1e-11, atol=1e-11)
+
+    def fwd(x_, w_, b_):
+        return run(backend, F.conv_transpose2d_forward, x_, w_, b_, **kw)
+
+    def bwd(gy, x_, w_, b_):
+        return run(backend, F.conv_transpose2d_backward, gy, x_, w_, **kw)
+
+    check_backward(fwd, bwd, [x, w, b])
+
+
+# ------------------------------------------------------------------------------------ errors
+def _err_inputs(dtype=np.float32):
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal((2, 4, 5, 5)).astype(dtype),
+            rng.standard_normal((4, 3, 3, 3)).astype(dtype))
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(stride=2, output_padding=2), ValueError,
+     r"output_padding must be smaller than either stride or dilation"),
+    (dict(stride=1, output_padding=1), ValueError, r"output_padding must be smaller"),
+    (dict(stride=(2, 1), dilation=(1, 1), output_padding=(1, 1)), ValueError,
+     r"output_padding"),
+    (dict(output_padding=-1), ValueError, r"output_padding must be non-negative"),
+    (dict(stride=0), ValueError, r"stride must be positive"),
+    (dict(dilation=0), ValueError, r"dilation must be positive"),
+    (dict(padding=-1), ValueError, r"padding must be non-negative"),
+    (dict(padding="same"), TypeError, r"padding must be an int or a pair"),
+    (dict(padding=(1, 2, 3)), ValueError, r"padding must be an int or a pair"),
+    (dict(groups=3), ValueError, r"groups=3 must divide the input channels C_in=4"),
+    (dict(groups=0), ValueError, r"groups must be a positive int"),
+    (dict(padding=4), ValueError, r"output size would be -1x-1 \(< 1\)"),
+    (dict(stride=1.5), TypeError, r"stride must be an int"),
+])
+def test_bad_arguments(backend, kwargs, exc, match):
+    x, w = _err_inputs()
+    for call in (lambda: run(backend, F.conv_transpose2d_forward, x, w, **kwargs),
+                 lambda: run(backend, F.conv_transpose2d_backward, np.zeros((2, 3, 7, 7),
+                                                                           np.float32),
+                             x, w, **kwargs)):
+        with pytest.raises(exc, match=match) as e:
+            call()
+        assert "conv_transpose2d_" in str(e.value)
+
+
+def test_bad_arrays(backend):
+    x, w = _err_inputs()
+    fwd, bwd = OPS
+    with pytest.raises(ValueError, match=r"weight has 2 input channels \(weight.shape\[0\]\) "
+                                         r"but x has C_in=4"):
+        run(backend, fwd, x, w[:2])
+    with pytest.raises(ValueError, match=r"x must be 4-D \(N, C_in, H, W\)"):
+        run(backend, fwd, x[0], w)
+    with pytest.raises(ValueError, match=r"weight must be 4-D"):
+        run(backend, fwd, x, w[0])
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\), got \(4,\)"):
+        run(backend, fwd, x, w, np.zeros(4, np.float32))
+    with pytest.raises(TypeError, match=r"conv_transpose2d_forward.*float"):
+        run(backend, fwd, x.astype(np.int64), w)
+    with pytest.raises(TypeError, match=r"conv_transpose2d_forward.*"):
+        run(backend, fwd, x, w.astype(np.float64))
+    with pytest.raises(ValueError, match=r"grad_y must have shape \(2, 3, 7, 7\), got "
+                                         r"\(2, 3, 8, 7\)"):
+        run(backend, bwd, np.zeros((2, 3, 8, 7), np.float32), x, w)
+    with pytest.raises(TypeError, match=r"conv_transpose2d_backward"):
+        run(backend, bwd, np.zeros((2, 3, 7, 7), np.float64), x, w)
+
+
+def test_backend_object_runs_the_checks(backend):
+    x, w = _err_inputs()
+    be = convkit.get_backend(backend)
+    with pytest.raises(ValueError, match="output_padding"):
+        be.conv_transpose2d_forward(be.asarray(x), be.asarray(w), None, 1, 0, 1)
+
+
+# ------------------------------------------------------------------------------ empty inputs
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("xs, ws, groups", [((0, 4, 5, 5), (4, 3, 3, 3), 1),     # N = 0
+                                            ((2, 0, 5, 5), (0, 3, 3, 3), 1),     # C_in = 0
+                                            ((2, 4, 5, 5), (4, 0, 3, 3), 2)])    # C_out = 0
+def test_empty(backend, torch, dtype, xs, ws, groups):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[1] * groups).astype(dtype)
+    kw = dict(stride=2, padding=1, output_padding=1, groups=groups)
+    yshape = (xs[0], ws[1] * groups, 10, 10)
+    if xs[1] and ws[1]:
+        want = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(w),
+                                                    torch.tensor(b), **kw).numpy()
+    else:   # (torch refuses C_in = 0, oneDNN C_out = 0; conv2d's rule: nothing to spread)
+        want = np.broadcast_to(b.reshape(1, -1, 1, 1), yshape)
+    y = run(backend, F.conv_transpose2d_forward, x, w, b, **kw)
+    assert y.shape == want.shape == yshape and y.dtype == dtype
+    np.testing.assert_allclose(y, want, **_tol(dtype))
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx, gw, gb = run(backend, F.conv_transpose2d_backward, gy, x, w, **kw)
+    assert gx.shape == x.shape and gw.shape == w.shape and gb.shape == b.shape
+    assert gx.dtype == gw.dtype == gb.dtype == dtype
+    assert not gx.any() and not gw.any()
+    np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), **_tol(dtype))
+
+
+# ------------------------------------------------------------------------------ NaN and inf
+# shapes that reach each cpu grad_x algorithm of conv2d's plan (conv_transpose2d's forward):
+# dense (1x1 -> 4x4), batch (small maps, fused / flipped), winograd, depthwise3x3, depthwise,
+# im2col; and each of conv2d's forward algorithms for the backward's grad_x
+NONFINITE = {
+    "dense": ((2, 8, 1, 1), 5, 4, dict()),
+    "batch_s2": ((3, 6, 4, 4), 5, 3, dict(stride=2, padding=1, output_padding=1)),
+    "batch_s1": ((3, 6, 5, 5), 5, 3, dict(padding=1)),
+    "winograd": ((2, 16, 12, 12), 16, 3, dict(padding=1)),
+    "depthwise3x3": ((2, 8, 12, 12), 1, 3, dict(padding=1, groups=8)),
+    "depthwise": ((2, 8, 12, 12), 1, 3, dict(stride=2, padding=1, output_padding=1,
+                                             groups=8)),
+    "im2col": ((2, 16, 14, 14), 8, 4, dict(stride=2, padding=1)),
+}
+
+
+def _same_nonfinite(got, want, what):
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        bad = np.argwhere(test(got) != test(want))
+        assert not len(bad), f"{what}: {test.__name__} differs from torch at {bad[:5].tolist()}"
+
+
+@pytest.mark.parametrize("where", ["x", "weight", "grad_y"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(NONFINITE))
+def test_nonfinite_element_for_element(backend, torch, name, dtype, where):
+    xs, cog, k, kw = NONFINITE[name]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal((xs[1], cog, k, k))
+    y_shape = tuple(torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(w),
+                                                         **kw).shape)
+    gy = rng.standard_normal(y_shape)
+    a = dict(x=x, weight=w, grad_y=gy)[where]
+    flat = a.reshape(-1)
+    idx = rng.choice(flat.size, 3, replace=False)
+    flat[idx] = [np.nan, np.inf, -np.inf]
+    if where == "weight":          # also zeros beside the infinity: 0 * inf in some sums
+        flat[(idx[1] + 1) % flat.size] = 0.0
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    ty = torch.nn.functional.conv_transpose2d(tx, tw, **kw)
+    ty.backward(torch.tensor(gy))
+    xd, wd, gyd = (v.astype(dtype) for v in (x, w, gy))
+    y = run(backend, F.conv_transpose2d_forward, xd, wd, **kw)
+    gx, gw, _ = run(backend, F.conv_transpose2d_backward, gyd, xd, wd, **kw, has_bias=False)
+    _same_nonfinite(y, ty.detach().numpy(), f"{name} y")
+    _same_nonfinite(gx, tx.grad.numpy(), f"{name} grad_x")
+    _same_nonfinite(gw, tw.grad.numpy(), f"{name} grad_weight")
+
+
+# ------------------------------------------------------------------------- cpu: threads, memory
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(NONFINITE) + ["s2_p1_decoder", "groups3_dil",
+                                                    "outpad_ge_stride"])
+def test_cpu_bits_do_not_depend_on_thread_count(name, dtype):
+    if name in NONFINITE:
+        xs, cog, k, kw = NONFINITE[name]
+        ks = (k, k)
+    else:
+        xs, cog, ks, kw = CASES[name]
+        xs = (4,) + xs[1:]                        # a batch big enough for several tasks
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal((xs[1], cog) + tuple(ks)).astype(dtype)
+    b = rng.standard_normal(cog * kw.get("groups", 1)).astype(dtype)
+    results = []
+    for n in (1, 2, 3):
+        convkit.set_num_threads(n)
+        y = run("cpu", F.conv_transpose2d_forward, x, w, b, **kw)
+        gy = np.cos(np.arange(y.size)).reshape(y.shape).astype(dtype)
+        results.append((y,) + run("cpu", F.conv_transpose2d_backward, gy, x, w, **kw))
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(NONFINITE))
+def test_cpu_forward_is_the_grad_x_step_of_every_conv_algorithm(name, dtype):
+    """conv2d_grad_input runs conv2d_backward's grad_x step alone (the runners that make
+    grad_weight anyway on a zero stand-in for x): the same bits, whatever algorithm the plan
+    picks for grad_x (the NONFINITE shapes reach each of them)."""
+    xs, cog, k, kw = NONFINITE[name]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal((xs[1], cog, k, k)).astype(dtype)
+    y = run("cpu", F.conv_transpose2d_forward, x, w, **kw)
+    ckw = _conv_kwargs(kw)
+    want = run("cpu", F.conv2d_backward, x, y, w, **ckw, has_bias=False)[0]
+    np.testing.assert_array_equal(y, want)
+
+
+def test_cpu_nonfinite_shapes_reach_every_grad_x_algorithm():
+    from convkit.cpu import conv as cpu_conv
+
+    algos = set()
+    for xs, cog, k, kw in NONFINITE.values():
+        ckw = _conv_kwargs(kw)
+        s, p = ckw["stride"], ckw["padding"]
+        H = (xs[2] - 1) * s - 2 * p + k + kw.get("output_padding", 0)
+        y = np.empty((xs[0], cog * ckw["groups"], H, H))
+        w = np.empty((xs[1], cog, k, k))
+        algos.add(cpu_conv._plan(y, w, (s, s), (p,) * 4, (1, 1), ckw["groups"])[3].grad_x.algo)
+    assert algos == {"dense", "batch", "winograd", "depthwise3x3", "depthwise", "im2col"}
+
+
+@pytest.fixture
+def workspace_limit():
+    old = convkit.get_workspace_limit()
+    yield convkit.set_workspace_limit
+    convkit.set_workspace_limit(old)
+
+
+def test_workspace_limit_is_a_memory_error(backend, workspace_limit):
+    if backend == "numpy":
+        pytest.skip("the numpy reference has no workspace (plain numpy temporaries)")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 16, 14, 14))
+    w = rng.standard_normal((16, 8, 4, 4))
+    workspace_limit(64)
+    with pytest.raises(MemoryError, match=r"conv_transpose2d_forward .*workspace limit of 64"):
+        run(backend, F.conv_transpose2d_forward, x, w, stride=2, padding=1)
+    with pytest.raises(MemoryError, match=r"conv_transpose2d_backward .*workspace limit of 64"):
+        run(backend, F.conv_transpose2d_backward, np.ones((2, 8, 28, 28)), x, w, stride=2,
+            padding=1)
+
+
+def test_noncontiguous_inputs(backend, torch):
+    (x, w, b, gy), kw, want = _torch_case(torch, "s2_outpad", np.float64)
+    xt = np.asfortranarray(x)
+    wt = w[:, ::-1][:, ::-1]
+    y = run(backend, F.conv_transpose2d_forward, xt, wt, b, **kw)
+    np.testing.assert_allclose(y, want["y"], **_tol(np.float64))
