@@ -806,6 +806,109 @@ def roi_max_align_backward(grad_y, argmax, rois, input_shape, output_size, spati
 
 # ------------------------------------------------------------------ ps_roi_align, ps_roi_pool
 # (position-sensitive RoI ops; hooks in <backend>/psroi.py)
+__all__ += ["ps_roi_align_forward", "ps_roi_align_backward",
+            "ps_roi_pool_forward", "ps_roi_pool_backward"]
+
+
+def _ps_out_channels(op, name, C, osz):
+    """C_out = C / (oh*ow): a position-sensitive op reads one channel group per bin."""
+    nb = osz[0] * osz[1]
+    if C % nb:
+        raise ValueError(f"{op}: {name} has C={C} channels, which is not a multiple of "
+                         f"output_size {osz[0]}x{osz[1]} = {nb} (position-sensitive pooling "
+                         f"needs C = C_out * oh * ow input channels)")
+    return C // nb
+
+
+def _ps_forward(op, hook, x, rois, output_size, spatial_scale, sampling_ratio, backend):
+    """The boundary of both ps forwards (sampling_ratio None: ps_roi_pool, which has none)."""
+    be = _backend(backend)
+    osz, scale = _roi_common(op, be, x, output_size, spatial_scale)
+    co = _ps_out_channels(op, "x", x.shape[1], osz)
+    dt = V.float_dtype(op, x=x)
+    r, mask = _rois(op, be, rois, x.shape[0], dt)
+    K = r.shape[0]
+    extra = () if sampling_ratio is None else (_sampling_ratio(op, sampling_ratio, K, osz),)
+    shape = (K, co) + osz
+    xp = be.xp
+    if K == 0 or x.size == 0:
+        _check_batch_indices(op, xp, r, x.shape[0])
+        return xp.zeros(shape, dt)
+    y = getattr(be, hook)(_c(be, x), r, osz, scale, *extra)
+    if mask is not None:
+        y[mask] = 0
+    return y
+
+
+def _ps_backward(op, hook, grad_y, rois, input_shape, output_size, spatial_scale,
+                 sampling_ratio, backend):
+    """The boundary of both ps backwards (sampling_ratio None: ps_roi_pool)."""
+    be = _backend(backend)
+    V.array(op, "grad_y", grad_y, be, 4, "(K, C_out, oh, ow)")
+    shape = V.shape_tuple(op, "input_shape", input_shape)
+    osz = V.pair(op, "output_size", output_size, minimum=1)
+    scale = V.real(op, "spatial_scale", spatial_scale, positive=True)
+    co = _ps_out_channels(op, "input_shape", shape[1], osz)
+    dt = V.float_dtype(op, grad_y=grad_y)
+    r, mask = _rois(op, be, rois, shape[0], dt)
+    K = r.shape[0]
+    extra = () if sampling_ratio is None else (_sampling_ratio(op, sampling_ratio, K, osz),)
+    V.grad_shape(op, "grad_y", grad_y, (K, co) + osz)
+    xp = be.xp
+    if K == 0 or int(np.prod(shape)) == 0:
+        _check_batch_indices(op, xp, r, shape[0])
+        return xp.zeros(shape, dt)
+    g = grad_y
+    if mask is not None:
+        g = g.copy()
+        g[mask] = 0
+    return getattr(be, hook)(_c(be, g), r, shape, osz, scale, *extra)
+
+
+def ps_roi_align_forward(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, *,
+                         backend=None):
+    """Position-sensitive RoI align (R-FCN), ``torchvision.ops.ps_roi_align`` semantics.
+
+    x (array[N, C, H, W]) with C = C_out * oh * ow; rois as in :func:`roi_pool_forward`.
+    Returns y (array[K, C_out, oh, ow]): bin (i, j) of output channel c averages the bilinear
+    samples of input channel ``c*oh*ow + i*ow + j``.  Geometry as roi_align with
+    ``aligned=True`` (coordinates scaled, minus 0.5 pixel, no minimum size); a grid of
+    ``sampling_ratio`` (> 0) or ceil(bin size) (<= 0) samples per axis; a bin without samples
+    (an empty or inverted RoI) is 0, where torchvision gives 0/0.  A RoI with a non-finite
+    coordinate gives zeros.
+    """
+    return _ps_forward("ps_roi_align_forward", "_ps_roi_align_forward", x, rois, output_size,
+                       spatial_scale, sampling_ratio, backend)
+
+
+def ps_roi_align_backward(grad_y, rois, input_shape, output_size, spatial_scale=1.0,
+                          sampling_ratio=-1, *, backend=None):
+    """Gradient of :func:`ps_roi_align_forward` with the same arguments; returns grad_x."""
+    return _ps_backward("ps_roi_align_backward", "_ps_roi_align_backward", grad_y, rois,
+                        input_shape, output_size, spatial_scale, sampling_ratio, backend)
+
+
+def ps_roi_pool_forward(x, rois, output_size, spatial_scale=1.0, *, backend=None):
+    """Position-sensitive RoI average pooling (R-FCN), ``torchvision.ops.ps_roi_pool``.
+
+    x (array[N, C, H, W]) with C = C_out * oh * ow; rois as in :func:`roi_pool_forward`.
+    Returns y (array[K, C_out, oh, ow]): bin (i, j) of output channel c is the mean of input
+    channel ``c*oh*ow + i*ow + j`` over the bin.  Corners are scaled and rounded (half away
+    from zero); the RoI is ``max(round(x2*s) - round(x1*s), 1)`` cells; bins are floor/ceil
+    split and clipped to rows [0, H-1) and columns [0, W-1) -- torchvision's forward never
+    pools the last row or column; an empty bin is 0.  A RoI with a non-finite coordinate gives
+    zeros.
+    """
+    return _ps_forward("ps_roi_pool_forward", "_ps_roi_pool_forward", x, rois, output_size,
+                       spatial_scale, None, backend)
+
+
+def ps_roi_pool_backward(grad_y, rois, input_shape, output_size, spatial_scale=1.0, *,
+                         backend=None):
+    """Gradient of :func:`ps_roi_pool_forward` (the same bins, so the last row and column get
+    none; torchvision's backward clips to the full map there); returns grad_x."""
+    return _ps_backward("ps_roi_pool_backward", "_ps_roi_pool_backward", grad_y, rois,
+                        input_shape, output_size, spatial_scale, None, backend)
 
 
 # ------------------------------------------------------------------------ multi_scale_roi_align

@@ -88,6 +88,22 @@ _FAMILY_CASES.append(_roi_variants_cases)
 
 
 # ps_roi_align, ps_roi_pool
+def _psroi_cases(dtype, rng, r):
+    x = r(2, 12, 9, 7)                   # C = 2 * (2*3) for output_size (2, 3)
+    rois = np.array([[0, 0.5, 1.0, 5.2, 7.9], [1, -2, 1, 3, 3], [1, 2.2, 0.3, 6.6, 4.1],
+                     [0, 3.0, 2.0, 3.0, 6.0]], dtype)
+    g = r(4, 2, 2, 3)
+    for sr in (-1, 2):
+        kw = dict(spatial_scale=0.5, sampling_ratio=sr)
+        yield f"ps_roi_align_forward sampling_ratio={sr}", F.ps_roi_align_forward, \
+            (x, rois, (2, 3)), kw
+        yield f"ps_roi_align_backward sampling_ratio={sr}", F.ps_roi_align_backward, \
+            (g, rois, x.shape, (2, 3)), kw
+    yield "ps_roi_pool_forward", F.ps_roi_pool_forward, (x, rois, (2, 3), 0.5), {}
+    yield "ps_roi_pool_backward", F.ps_roi_pool_backward, (g, rois, x.shape, (2, 3), 0.5), {}
+
+
+_FAMILY_CASES.append(_psroi_cases)
 
 
 # conv_transpose2d

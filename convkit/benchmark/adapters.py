@@ -170,6 +170,8 @@ def _bn_torch(case, torch, dev, d):
 
 def _roi_convkit(case, be, d):
     x, rois, gy = (be.asarray(d[k]) for k in ("x", "rois", "gy"))
+    if case.kind in ("ps_align", "ps_pool"):
+        return _psroi_convkit(case, x, rois, gy)
     y = be.xp.empty(case.out_shape, F32)
     o, sc, sr = case.out, case.scale, case.sampling_ratio
     if case.kind == "align":
@@ -213,6 +215,8 @@ def _roi_torch(case, torch, dev, d):
     if case.kind == "align":
         def op():
             return tvo.roi_align(x, rois, o, sc, sr, False)
+    elif case.kind in ("ps_align", "ps_pool"):
+        op = _psroi_torch(case, tvo, x, rois)
     elif case.kind != "pool":       # the cli notes it; the numpy backend is the oracle
         raise NotImplementedError(f"torchvision has no {case.name}")
     else:
@@ -226,6 +230,33 @@ def _roi_torch(case, torch, dev, d):
     def fwd_bwd():
         return torch.autograd.grad(op(), [x], gy)
     return {FWD: fwd, FB: fwd_bwd}
+
+
+# ---- position-sensitive RoI ops (issue 14)
+def _psroi_convkit(case, x, rois, gy):
+    o, sc, sr = case.out, case.scale, case.sampling_ratio
+    if case.kind == "ps_align":
+        def fwd():
+            return ck.ps_roi_align_forward(x, rois, o, sc, sr)
+
+        def fwd_bwd():
+            ck.ps_roi_align_forward(x, rois, o, sc, sr)
+            return ck.ps_roi_align_backward(gy, rois, x.shape, o, sc, sr)
+    else:
+        def fwd():
+            return ck.ps_roi_pool_forward(x, rois, o, sc)
+
+        def fwd_bwd():
+            ck.ps_roi_pool_forward(x, rois, o, sc)
+            return ck.ps_roi_pool_backward(gy, rois, x.shape, o, sc)
+    return {FWD: fwd, FB: fwd_bwd}
+
+
+def _psroi_torch(case, tvo, x, rois):
+    o, sc, sr = case.out, case.scale, case.sampling_ratio
+    if case.kind == "ps_align":
+        return lambda: tvo.ps_roi_align(x, rois, o, sc, sr)
+    return lambda: tvo.ps_roi_pool(x, rois, o, sc)
 
 
 def _nms_convkit(case, be, d):

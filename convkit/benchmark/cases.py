@@ -308,6 +308,30 @@ QUICK_CASES = (
 """Tiny twins of :data:`CASES` (same names, same structure) for tests: ``--quick``."""
 
 
+# ---- position-sensitive RoI ops (issue 14): a C = C_out * 7 * 7 map, as R-FCN's score maps
+@dataclass(frozen=True)
+class PsRoiCase(RoiCase):
+    """ps_roi_align (sampling_ratio 2) or ps_roi_pool: x has C = C_out * out * out channels and
+    y is (K, C_out, out, out).  The boxes are shrunk by 2% so none reaches the map's last
+    row/column, where torchvision's ps_roi_pool backward and forward disagree (its forward
+    never pools them)."""
+
+    @property
+    def out_shape(self):
+        return (self.K, self.shape[1] // (self.out * self.out), self.out, self.out)
+
+    def inputs(self, rng):
+        d = super().inputs(rng)
+        d["rois"][:, 1:] *= F32(0.98)
+        return d
+
+
+CASES += (PsRoiCase("ps_roi_align", "ps_align", (2, 490, 50, 68), 512, (800, 1088)),
+          PsRoiCase("ps_roi_pool", "ps_pool", (2, 490, 50, 68), 512, (800, 1088)))
+QUICK_CASES += (PsRoiCase("ps_roi_align", "ps_align", (2, 18, 12, 17), 16, (192, 272), out=3),
+                PsRoiCase("ps_roi_pool", "ps_pool", (2, 18, 12, 17), 16, (192, 272), out=3))
+
+
 # ---- adaptive pooling (issue 14): a ResNet classifier head (7x7 -> 1x1, global pooling) and a
 # 56x56 map to 7x7, average and max
 @dataclass(frozen=True)

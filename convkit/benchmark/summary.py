@@ -27,6 +27,8 @@ TARGETS = (
     ("convt_28", "torch", 1.0, (FWD, FB)),
     ("deform_conv", "numpy", 20.0, (FWD, FB)),
 )
+# position-sensitive RoI ops (issue 14): cpu against the numpy reference
+TARGETS += tuple((op, "numpy", 20.0, (FWD, FB)) for op in ("ps_roi_align", "ps_roi_pool"))
 # adaptive pooling (issue 14): at least torch's speed, forward and forward+backward
 TARGETS += tuple((f"adaptive_{k}_{n}", "torch", 1.0, (FWD, FB))
                  for n in ("head", "56to7") for k in ("avg", "max"))

@@ -52,8 +52,10 @@ def _check_workspace(op, nbytes):
 
 
 # ------------------------------------------------------------------------------------ roi pool
-def _roi_pool_bins(rois, output_size, spatial_scale, H, W):
+def _roi_pool_bins(rois, output_size, spatial_scale, H, W, extra_cell=1):
     """Bin edges of every RoI, torchvision's roi_pool rule, computed in rois.dtype.
+    (ps_roi_pool's rule is this one with ``extra_cell=0``: a RoI spans round(x2*s) -
+    round(x1*s) cells, not one more.)
 
     Returns int64 arrays hstart, hend (K, oh) and wstart, wend (K, ow), clipped to [0, H] /
     [0, W].  The clip happens in floating point before the cast, so a huge coordinate
@@ -69,7 +71,7 @@ def _roi_pool_bins(rois, output_size, spatial_scale, H, W):
     with np.errstate(over="ignore", invalid="ignore"):
         starts = _c_round(rois[:, 1:3] * scale).astype(np.float64)
         ends = _c_round(rois[:, 3:5] * scale).astype(np.float64)
-        sizes = np.maximum(ends - starts + 1, 1)               # a RoI is at least 1x1 cell
+        sizes = np.maximum(ends - starts + extra_cell, 1)      # a RoI is at least 1x1 cell
         for axis, pooled, limit in ((1, oh, H), (0, ow, W)):   # y is column 1 of starts
             bin_size = sizes[:, axis, None].astype(dt) / dt(pooled)
             p = np.arange(pooled, dtype=dt)
