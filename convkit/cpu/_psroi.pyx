@@ -155,10 +155,10 @@ def align_tap_counts(const floating[:, ::1] rois, double spatial_scale, Py_ssize
             g = _axes(&rois[k, 0], scale, sr, ph, pw)
             ny[k] = roi_align_axis_taps(<floating>g.sh, <floating>g.bh, <floating>g.gh, ph, H,
                                         0, &fy[k, 0], NULL, NULL, <floating*>NULL,
-                                        <floating*>NULL)
+                                        <floating*>NULL, NULL)
             nx[k] = roi_align_axis_taps(<floating>g.sw, <floating>g.bw, <floating>g.gw, pw, W,
                                         0, &fx[k, 0], NULL, NULL, <floating*>NULL,
-                                        <floating*>NULL)
+                                        <floating*>NULL, NULL)
             count[k] = fmax(g.gh * g.gw, 1.0)
 
 
@@ -180,12 +180,12 @@ def align_tap_fill(const floating[:, ::1] rois, double spatial_scale, Py_ssize_t
             g = _axes(&rois[k, 0], scale, sr, ph, pw)
             n = roi_align_axis_taps(<floating>g.sh, <floating>g.bh, <floating>g.gh, ph, H,
                                     oy[k + 1] - oy[k], &fy[k, 0], &yl[oy[k]], &yh[oy[k]],
-                                    &wyl[oy[k]], &wyh[oy[k]])
+                                    &wyl[oy[k]], &wyh[oy[k]], NULL)
             if n != oy[k + 1] - oy[k]:
                 changed += 1
             n = roi_align_axis_taps(<floating>g.sw, <floating>g.bw, <floating>g.gw, pw, W,
                                     ox[k + 1] - ox[k], &fx[k, 0], &xl[ox[k]], &xh[ox[k]],
-                                    &wxl[ox[k]], &wxh[ox[k]])
+                                    &wxl[ox[k]], &wxh[ox[k]], NULL)
             if n != ox[k + 1] - ox[k]:
                 changed += 1
     return changed
