@@ -238,6 +238,7 @@ class ConvTransposeCase(ConvCase):
                 "gy": rng.standard_normal((self.N, self.F) + self.out_hw, F32)}
 
 
+@dataclass(frozen=True)
 class DeformCase(ConvCase):
     """deform_conv2d (DCNv2: with a modulation mask) on a conv's shapes (no groups), one offset
     group; offsets ~N(0, 1) pixels, mask uniform in [0, 1)."""
