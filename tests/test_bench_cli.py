@@ -353,3 +353,13 @@ def test_summary_per_family_and_user_targets_on_hand_made_rows():
 def test_set_mallopt_is_applied_once_and_says_so():
     msg = B.set_mallopt()
     assert "mallopt" in msg and B.set_mallopt() is msg
+
+
+def test_every_case_class_declares_its_own_dataclass_fields():
+    """A case subclass without @dataclass keeps its parent's __init__, which sets the parent's
+    defaults on the instance: a DeformCase once timed plain conv2d as family "conv"."""
+    from convkit.benchmark.cases import CASES, QUICK_CASES
+
+    for case in CASES + QUICK_CASES:
+        assert "__dataclass_fields__" in vars(type(case)), type(case).__name__
+    assert {c.family for c in CASES if c.name == "deform_conv"} == {"deform"}
