@@ -30,12 +30,18 @@ __all__ = [
 ]
 
 
+_BACKEND_TYPES: set = set()     # Backend subclasses seen: an exact type check, not ABCMeta's
+
+
 def _backend(backend):
     """The Backend an op runs on: ``backend`` (a name or a Backend object), else the selected
     one.  Naming one runs that call there; it does not change the selection."""
+    if type(backend) in _BACKEND_TYPES:     # every op passes through here twice (the wrapper)
+        return backend
     if backend is None or isinstance(backend, str):
         return get_backend(backend)
     if isinstance(backend, Backend):
+        _BACKEND_TYPES.add(type(backend))
         return backend
     raise TypeError(f"backend must be None, a backend name or a convkit.Backend, got "
                     f"{type(backend).__name__}")

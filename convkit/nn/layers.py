@@ -104,9 +104,9 @@ class Conv2d(Module):
 
     def forward(self, x):
         check_float_input("Conv2d", x)
-        self._active()
+        be = self._active()
         y = F.conv2d_forward(x, self.params["weight"], self.params.get("bias"), self.stride,
-                             self.padding, self.dilation, self.groups)
+                             self.padding, self.dilation, self.groups, backend=be)
         self._push(x)
         return y
 
@@ -223,11 +223,11 @@ class BatchNorm2d(Module):
 
     def forward(self, x):
         check_float_input("BatchNorm2d", x)
-        self._active()
+        be = self._active()
         b = self.buffers
         y, mean, invstd = F.batch_norm_forward(
             x, self.params.get("weight"), self.params.get("bias"), b["running_mean"],
-            b["running_var"], self.training, self.momentum, self.eps)
+            b["running_var"], self.training, self.momentum, self.eps, backend=be)
         if self.training:
             b["num_batches_tracked"] += 1
         self._push((x, mean, invstd, self.training))
