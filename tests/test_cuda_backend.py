@@ -204,6 +204,7 @@ def emulated(monkeypatch):
     monkeypatch.setattr(_kernels, "_modules", {})
     monkeypatch.setattr(_kernels, "_functions", {})
     monkeypatch.setattr(_kernels, "device_id", emu._device_id)
+    monkeypatch.setattr(_kernels, "data_ptr", emu._data_ptr)
     from convkit_cuda.backend import CudaBackend
 
     be = CudaBackend()
@@ -388,7 +389,7 @@ def test_emulated_conv_32_and_64_bit_index_paths_agree(emulated, monkeypatch, to
     monkeypatch.setattr(conv, "launch", lambda *a: launched.append((a[1], a[5][-2])) or real(*a))
     y32 = run("cuda", F.conv2d_forward, x, w, None, **kw)
     g32 = run("cuda", F.conv2d_backward, gy, x, w, **kw, has_bias=False)
-    assert {n for n, _ in launched} == {"conv_im2col", "conv_im2col_t", "conv_col2im"}
+    assert {n for n, _ in launched} == {"conv_im2col", "conv_col2im"}
     assert all(small == 1 for _, small in launched)
     launched.clear()
     monkeypatch.setattr(conv, "_SMALL", 0)
@@ -700,6 +701,11 @@ def test_emulated_roi_calls_read_nothing_back_before_their_kernel(emulated, monk
 
 @pytest.mark.parametrize("allow", [False, True])
 def test_emulated_tf32_mode_is_opt_in_and_restored(emulated, allow):
+    """conv2d's cuBLAS calls carry the compute type themselves (FP32, or TF32 when allowed;
+    float64 always FP64) and leave CuPy's process-wide setting alone; deform_conv's
+    ``cupy.matmul`` GEMMs get it through _gemm_mode, which puts CuPy's setting back."""
+    import cuda_emulation as emu
+
     cp = emulated.xp
     L = cp._core._routines_linalg
     rng = np.random.default_rng(0)
@@ -707,16 +713,28 @@ def test_emulated_tf32_mode_is_opt_in_and_restored(emulated, allow):
     w32 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     assert convkit.get_allow_tf32() is False
     convkit.set_allow_tf32(allow)
-    cp.matmul_log.clear()
+    emu.CUBLAS_LOG.clear()
     y = run("cuda", F.conv2d_forward, x32, w32, None, 1, 1)
     run("cuda", F.conv2d_backward, np.ones_like(y), x32, w32, 1, 1)
+    n32 = len(emu.CUBLAS_LOG)
     run("cuda", F.conv2d_forward, x32.astype(np.float64), w32.astype(np.float64), None, 1, 1)
-    want = L.COMPUTE_TYPE_TF32 if allow else L.COMPUTE_TYPE_FP32
-    f32 = [t for d, t in cp.matmul_log if d == "float32"]
-    f64 = [t for d, t in cp.matmul_log if d == "float64"]
-    assert f32 and set(f32) == {want}
-    assert f64 and set(f64) == {L.COMPUTE_TYPE_DEFAULT}       # float64 GEMMs untouched
-    assert L.get_compute_type(np.float32) == L.COMPUTE_TYPE_DEFAULT   # CuPy's setting restored
+    f32 = {c["compute"] for c in emu.CUBLAS_LOG[:n32]}
+    f64 = {c["compute"] for c in emu.CUBLAS_LOG[n32:]}
+    assert n32 == 3 and f32 == {77 if allow else 68}     # CUBLAS_COMPUTE_32F(_FAST_TF32)
+    assert f64 == {70}                                   # CUBLAS_COMPUTE_64F
+    assert L.get_compute_type(np.float32) == L.COMPUTE_TYPE_DEFAULT   # CuPy's setting untouched
+    # and TF32 changes the float32 result, within TF32's error (inputs to 10 mantissa bits)
+    want = run("numpy", F.conv2d_forward, x32.astype(np.float64), w32.astype(np.float64),
+               None, 1, 1)
+    assert (np.abs(y - want).max() > 1e-4) == allow
+    np.testing.assert_allclose(y, want, rtol=0, atol=2e-2 if allow else 1e-4)
+    # deform_conv2d's matmul GEMMs: the mode inside, CuPy's setting restored after
+    cp.matmul_log.clear()
+    off = np.zeros((2, 18, 6, 6), np.float32)
+    run("cuda", F.deform_conv2d_forward, x32, off, w32, None, 1, 1)
+    modes = {t for d, t in cp.matmul_log if d == "float32"}
+    assert modes == {L.COMPUTE_TYPE_TF32 if allow else L.COMPUTE_TYPE_FP32}
+    assert L.get_compute_type(np.float32) == L.COMPUTE_TYPE_DEFAULT
     assert ("TF32" in emulated.info()["numerics"]) and (
         ("may use TF32" in emulated.info()["numerics"]) == allow)
 
