@@ -112,9 +112,14 @@ def _compute_type(dtype):
     return _COMPUTE_32F_FAST_TF32 if get_allow_tf32() else _COMPUTE_32F
 
 
-def _ptr(a, off):
+def _ptr(a, off, rows, cols, ld, stride, batch):
+    """The address of element ``off`` of ``a``, once the batch of row-major rows x cols
+    matrices there (rows ld apart, matrices stride apart) is known to lie inside ``a``."""
     if not a.flags.c_contiguous:
         raise TypeError(f"conv GEMM operand of shape {a.shape} must be C-contiguous")
+    if off + (batch - 1) * stride + (rows - 1) * ld + cols > a.size or cols > ld:
+        raise AssertionError(f"conv GEMM operand out of bounds: {batch} x ({rows} x {cols}, "
+                             f"ld {ld}) from element {off}, stride {stride}, of {a.shape}")
     return _kernels.data_ptr(a) + off * a.itemsize
 
 
@@ -133,10 +138,13 @@ def _gemm(trans_a, trans_b, M, N, K, a, a_off, lda, sa, b, b_off, ldb, sb, c, c_
     dt = c.dtype
     one, zero = _ONE_ZERO[dt]
     t = _CUDA_R[dt]
+    pa = _ptr(a, a_off, *((K, M) if trans_a else (M, K)), lda, sa, batch)
+    pb = _ptr(b, b_off, *((N, K) if trans_b else (K, N)), ldb, sb, batch)
+    pc = _ptr(c, c_off, M, N, ldc, sc, batch)
     cupy.cuda.cublas.gemmStridedBatchedEx(
         cupy.cuda.device.get_cublas_handle(), int(trans_b), int(trans_a), N, M, K,
-        one.ctypes.data, _ptr(b, b_off), t, ldb, sb, _ptr(a, a_off), t, lda, sa,
-        (one if accumulate else zero).ctypes.data, _ptr(c, c_off), t, ldc, sc, batch,
+        one.ctypes.data, pb, t, ldb, sb, pa, t, lda, sa,
+        (one if accumulate else zero).ctypes.data, pc, t, ldc, sc, batch,
         _compute_type(dt), _GEMM_DEFAULT)
 
 

@@ -25,6 +25,10 @@ A launch runs every (block, thread) of the grid on one host thread:
 * devices: arrays are on device 0 unless made with :func:`on_gpu`; ``cupy.cuda.Device`` is a
   real context manager for the current device, and every launch records the current device
   in :data:`LAUNCHES`, so tests can check an op runs on its inputs' device;
+* ``cupy.cuda.cublas.gemmStridedBatchedEx`` reads and writes the memory its pointers name
+  (``convkit_cuda._kernels.data_ptr``), column-major, with cuBLAS's argument checks, an error
+  for batches of C that overlap, and TF32 rounding of the inputs under the FAST_TF32 compute
+  type; every call is recorded in :data:`CUBLAS_LOG`;
 * everything else CuPy would do (``matmul``, sorting, reductions) is NumPy's.
 
 What it cannot show: races that barriers do not order (threads run one at a time, so atomics
@@ -432,10 +436,12 @@ def gemmStridedBatchedEx(handle, transa, transb, m, n, k, alpha, A, Atype, lda, 
         b = b if transb == 0 else b.transpose(0, 2, 1)
         if computeType == COMPUTE_32F_FAST_TF32:
             a, b = _round_tf32(a), _round_tf32(b)
-        prod = np.matmul(a, b).astype(dt, copy=False)
-    if al != 1:
-        prod = prod * al
-    c[...] = prod + be * c if be != 0 else prod
+        with np.errstate(all="ignore"):         # NaN / inf propagate, as on the GPU
+            prod = np.matmul(a, b).astype(dt, copy=False)
+    with np.errstate(all="ignore"):
+        if al != 1:
+            prod = prod * al
+        c[...] = prod + be * c if be != 0 else prod
 
 
 def fake_cupy(device_count=1, driver=13000, runtime=13000, device_error=None,
