@@ -266,6 +266,11 @@ def device_id(a) -> int:
     return a.device.id
 
 
+def data_ptr(a) -> int:
+    """The device address of ``a``'s first element (a cupy.ndarray), for cuBLAS calls."""
+    return a.data.ptr
+
+
 def common_device(op: str, **arrays) -> int:
     """The device of the named arrays (None skipped); a TypeError naming the argument when
     they are not all on one GPU -- CuPy's raw launch would not notice."""

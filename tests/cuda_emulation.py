@@ -25,6 +25,10 @@ A launch runs every (block, thread) of the grid on one host thread:
 * devices: arrays are on device 0 unless made with :func:`on_gpu`; ``cupy.cuda.Device`` is a
   real context manager for the current device, and every launch records the current device
   in :data:`LAUNCHES`, so tests can check an op runs on its inputs' device;
+* ``cupy.cuda.cublas.gemmStridedBatchedEx`` reads and writes the memory its pointers name
+  (``convkit_cuda._kernels.data_ptr``), column-major, with cuBLAS's argument checks, an error
+  for batches of C that overlap, and TF32 rounding of the inputs under the FAST_TF32 compute
+  type; every call is recorded in :data:`CUBLAS_LOG`;
 * everything else CuPy would do (``matmul``, sorting, reductions) is NumPy's.
 
 What it cannot show: races that barriers do not order (threads run one at a time, so atomics
@@ -332,6 +336,11 @@ def _device_id(a) -> int:
     return getattr(a, "emu_device", 0)
 
 
+def _data_ptr(a) -> int:
+    """The address of ``a``'s first element: host memory stands in for the device's."""
+    return a.ctypes.data
+
+
 class _Linalg:
     """``cupy._core._routines_linalg``: the cuBLAS compute type per dtype."""
 
@@ -347,6 +356,92 @@ class _Linalg:
 
     def set_compute_type(self, dtype, compute_type):
         self.types[np.dtype(dtype).name] = compute_type
+
+
+# ------------------------------------------------------------------------------- cuBLAS
+_CUDA_R = {0: np.dtype(np.float32), 1: np.dtype(np.float64)}     # CUDA_R_32F, CUDA_R_64F
+# cublasComputeType_t -> the scalar type it computes in (alpha and beta are of that type)
+_COMPUTE = {68: np.dtype(np.float32), 69: np.dtype(np.float32), 77: np.dtype(np.float32),
+            70: np.dtype(np.float64), 71: np.dtype(np.float64)}
+COMPUTE_32F_FAST_TF32 = 77
+CUBLAS_LOG: list[dict] = []    # one entry per emulated cuBLAS call, with the current device
+
+
+class CUBLASError(RuntimeError):
+    pass
+
+
+def _host_scalar(ptr, dtype):
+    return np.frombuffer((ctypes.c_char * dtype.itemsize).from_address(ptr), dtype)[0]
+
+
+def _device_matrices(ptr, dtype, batch, rows, cols, ld, stride):
+    """The ``batch`` column-major rows x cols matrices at ``ptr`` (element (i, j) of matrix b
+    at b*stride + i + j*ld), as a writable (batch, rows, cols) view of that memory."""
+    extent = (batch - 1) * stride + (cols - 1) * ld + rows
+    base = np.frombuffer((ctypes.c_char * (extent * dtype.itemsize)).from_address(ptr), dtype)
+    it = dtype.itemsize
+    return np.lib.stride_tricks.as_strided(base, (batch, rows, cols),
+                                           (stride * it, it, ld * it))
+
+
+def _round_tf32(a):
+    """float32 -> the nearest TF32 value (10 mantissa bits, ties to even), non-finite kept."""
+    u = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    r = ((u + np.uint32(0xFFF) + ((u >> np.uint32(13)) & np.uint32(1)))
+         & np.uint32(0xFFFFE000)).view(np.float32)
+    return np.where(np.isfinite(a), r, a)
+
+
+def gemmStridedBatchedEx(handle, transa, transb, m, n, k, alpha, A, Atype, lda, strideA,
+                         B, Btype, ldb, strideB, beta, C, Ctype, ldc, strideC, batchCount,
+                         computeType, algo):
+    """cublasGemmStridedBatchedEx with cuBLAS's semantics: column-major, C_i = alpha op(A_i)
+    op(B_i) + beta C_i (C not read when beta == 0), alpha/beta read from host memory as the
+    compute type's scalar; the argument checks cuBLAS makes (CUBLAS_STATUS_INVALID_VALUE /
+    NOT_SUPPORTED) raise, and so do batches whose C overlap (undefined on a GPU).  Under
+    CUBLAS_COMPUTE_32F_FAST_TF32 the inputs are rounded to TF32 (what the tensor cores
+    multiply; cuBLAS may also keep FP32), accumulation is FP32 as there."""
+    if Atype != Btype or Btype != Ctype or Ctype not in _CUDA_R:
+        raise CUBLASError("CUBLAS_STATUS_NOT_SUPPORTED: data types")
+    dt = _CUDA_R[Ctype]
+    if computeType not in _COMPUTE or _COMPUTE[computeType] != dt:
+        raise CUBLASError(f"CUBLAS_STATUS_NOT_SUPPORTED: compute type {computeType} for {dt}")
+    ints = (m, n, k, lda, ldb, ldc, batchCount)
+    ra, ca = (m, k) if transa == 0 else (k, m)
+    rb, cb = (k, n) if transb == 0 else (n, k)
+    if (any(not 0 <= v <= 2**31 - 1 for v in ints) or transa not in (0, 1)
+            or transb not in (0, 1) or lda < max(1, ra) or ldb < max(1, rb)
+            or ldc < max(1, m)):
+        raise CUBLASError(f"CUBLAS_STATUS_INVALID_VALUE: transa={transa} transb={transb} "
+                          f"m={m} n={n} k={k} lda={lda} ldb={ldb} ldc={ldc} "
+                          f"batchCount={batchCount}")
+    if batchCount > 1 and m and n and abs(strideC) < (n - 1) * ldc + m:
+        raise CUBLASError(f"the batches of C overlap (strideC={strideC} for a {m} x {n} "
+                          f"matrix with ldc={ldc}): undefined behaviour in cuBLAS")
+    CUBLAS_LOG.append(dict(fn="gemmStridedBatchedEx", transa=transa, transb=transb, m=m, n=n,
+                           k=k, batch=batchCount, compute=computeType,
+                           device=_current_device()))
+    if batchCount == 0 or m == 0 or n == 0:
+        return
+    st = _COMPUTE[computeType]
+    al, be = _host_scalar(alpha, st), _host_scalar(beta, st)
+    c = _device_matrices(C, dt, batchCount, m, n, ldc, strideC)
+    if k == 0:
+        prod = np.zeros(c.shape, dt)
+    else:
+        a = _device_matrices(A, dt, batchCount, ra, ca, lda, strideA)
+        b = _device_matrices(B, dt, batchCount, rb, cb, ldb, strideB)
+        a = a if transa == 0 else a.transpose(0, 2, 1)
+        b = b if transb == 0 else b.transpose(0, 2, 1)
+        if computeType == COMPUTE_32F_FAST_TF32:
+            a, b = _round_tf32(a), _round_tf32(b)
+        with np.errstate(all="ignore"):         # NaN / inf propagate, as on the GPU
+            prod = np.matmul(a, b).astype(dt, copy=False)
+    with np.errstate(all="ignore"):
+        if al != 1:
+            prod = prod * al
+        c[...] = prod + be * c if be != 0 else prod
 
 
 def fake_cupy(device_count=1, driver=13000, runtime=13000, device_error=None,
@@ -408,6 +503,8 @@ def fake_cupy(device_count=1, driver=13000, runtime=13000, device_error=None,
         runtime=runtime_ns, Device=device_cls, get_device_id=_current_device,
         nvrtc=types.SimpleNamespace(getVersion=raiser(nvrtc_error, (12, 8))),
         device=types.SimpleNamespace(get_cublas_handle=raiser(cublas_error, 1)),
+        cublas=types.SimpleNamespace(gemmStridedBatchedEx=gemmStridedBatchedEx,
+                                     CUBLASError=CUBLASError),
         get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: None))
     m._core = types.SimpleNamespace(_routines_linalg=_Linalg())
     return m
@@ -435,7 +532,7 @@ def install():
     cp = fake_cupy()
     sys.modules["cupy"] = cp
     drop_op_modules()
-    _kernels.device_id = _device_id
+    _kernels.device_id, _kernels.data_ptr = _device_id, _data_ptr
     return cp
 
 
@@ -448,18 +545,19 @@ def emulated_backend(**fake_kw):
     names = ["cupy"] + [f"convkit_cuda.{n}" for n in _OP_MODULES]
     saved_mods = {k: sys.modules.get(k) for k in names}
     saved_attrs = {n: getattr(convkit_cuda, n) for n in _OP_MODULES if hasattr(convkit_cuda, n)}
-    saved_k = (_kernels.device_id, _kernels._modules, _kernels._functions)
+    saved_k = (_kernels.device_id, _kernels.data_ptr, _kernels._modules, _kernels._functions)
     try:
         _kernels._modules, _kernels._functions = {}, {}
         sys.modules["cupy"] = fake_cupy(**fake_kw)
         drop_op_modules()
-        _kernels.device_id = _device_id
+        _kernels.device_id, _kernels.data_ptr = _device_id, _data_ptr
         from convkit_cuda.backend import CudaBackend
 
         yield CudaBackend()
     finally:
         drop_op_modules()
-        _kernels.device_id, _kernels._modules, _kernels._functions = saved_k
+        (_kernels.device_id, _kernels.data_ptr, _kernels._modules,
+         _kernels._functions) = saved_k
         for k, v in saved_mods.items():
             if v is not None:
                 sys.modules[k] = v

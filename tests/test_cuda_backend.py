@@ -204,6 +204,7 @@ def emulated(monkeypatch):
     monkeypatch.setattr(_kernels, "_modules", {})
     monkeypatch.setattr(_kernels, "_functions", {})
     monkeypatch.setattr(_kernels, "device_id", emu._device_id)
+    monkeypatch.setattr(_kernels, "data_ptr", emu._data_ptr)
     from convkit_cuda.backend import CudaBackend
 
     be = CudaBackend()
@@ -374,6 +375,168 @@ def test_emulated_conv_workspace_chunks(emulated, torch, groups):
         convkit.set_workspace_limit(old)
 
 
+# (x shape, weight shape, conv kwargs): groups, stride, dilation, asymmetric padding, 1x1
+_GEMM_CASES = [
+    ((3, 4, 7, 6), (6, 4, 3, 3), dict(padding=1)),
+    ((2, 6, 9, 8), (4, 3, 3, 2), dict(stride=(2, 1), padding=(2, 1), dilation=(1, 2),
+                                      groups=2)),
+    ((3, 6, 8, 7), (9, 2, 2, 3), dict(stride=(1, 2), padding=(1, 2), groups=3)),
+    ((2, 6, 7, 8), (3, 2, 2, 3), dict(padding="same", dilation=(2, 1), groups=3)),  # uneven
+    ((2, 4, 5, 6), (6, 2, 1, 1), dict(groups=2)),                     # pointwise: no columns
+    ((2, 3, 7, 7), (5, 3, 1, 1), dict(stride=2)),                     # 1x1 strided: columns
+    ((1, 2, 6, 5), (4, 2, 3, 3), dict(dilation=2, padding=(2, 1))),   # one image
+]
+
+
+def _conv_all(backend, x, w, kw, gy, dtype):
+    """forward with bias, backward (grad_x, grad_w, grad_b), conv_transpose2d's forward
+    (conv2d's grad_x alone) and backward (its grad_w is conv2d's with x and grad_y swapped)."""
+    x, w, gy = x.astype(dtype), w.astype(dtype), gy.astype(dtype)
+    b = np.linspace(-1, 1, w.shape[0]).astype(dtype)
+    y = run(backend, F.conv2d_forward, x, w, b, **kw)
+    grads = run(backend, F.conv2d_backward, gy, x, w, **kw)
+    if isinstance(kw.get("padding"), str):      # conv_transpose2d takes numeric padding only
+        return [y, *grads]
+    t = run(backend, F.conv_transpose2d_forward, gy, w, None, **kw)
+    tg = run(backend, F.conv_transpose2d_backward, x, gy, w, **kw, has_bias=False)
+    return [y, *grads, t, *tg[:2]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", range(len(_GEMM_CASES)))
+@pytest.mark.parametrize("group_gemm", [True, False])
+def test_emulated_conv_batched_gemm_matches_reference(emulated, monkeypatch, dtype, case,
+                                                      group_gemm):
+    """The batched-GEMM path (grouped convs too, forced with GROUP_GEMM_MIN = 1) and the
+    direct kernels (grouped convs with GROUP_GEMM_MIN past their sizes) give the numpy
+    reference's conv2d / conv_transpose2d, forward and backward, within cuda's tolerance; one
+    strided-batched GEMM per group per chunk, and none on the direct path."""
+    import cuda_emulation as emu
+
+    xs, ws, kw = _GEMM_CASES[case]
+    groups = kw.get("groups", 1)
+    monkeypatch.setattr(emulated._conv, "GROUP_GEMM_MIN", 1 if group_gemm else 10**9)
+    rng = np.random.default_rng(case)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    gy = rng.standard_normal(run("numpy", F.conv2d_forward, x, w, None, **kw).shape)
+    want = _conv_all("numpy", x, w, kw, gy, np.float64)
+    emu.CUBLAS_LOG.clear()
+    got = _conv_all("cuda", x, w, kw, gy, dtype)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, **tol(dtype))
+        assert g.dtype == dtype
+    # products: forward, backward (grad_w, grad_x), and unless padding="same" transpose
+    # forward (grad_x), transpose backward (grad_x = conv2d forward, grad_w) -- one chunk
+    # each, `groups` GEMMs per product
+    products = 3 if len(got) == 4 else 6
+    gemm = group_gemm or groups == 1
+    assert len(emu.CUBLAS_LOG) == (products * groups if gemm else 0)
+    assert {c["compute"] for c in emu.CUBLAS_LOG} <= {68 if dtype == np.float32 else 70}
+
+
+def test_emulated_conv_group_gemm_rule(emulated):
+    """GROUP_GEMM_MIN decides: groups = 1 always GEMMs; a grouped conv GEMMs when both its
+    rows per group (F/groups) and its reduction (C/groups*KH*KW) reach it; depthwise never
+    (at the default)."""
+    uses = emulated._conv._uses_gemm
+    m = emulated._conv.GROUP_GEMM_MIN
+    assert uses((8, 1, 1, 1), 1)
+    assert uses((2 * m, 4, 3, 3), 2) == (4 * 9 >= m)
+    assert not uses((2 * m - 2, m, 1, 1), 2)                  # m - 1 rows per group
+    assert not uses((64, 1, 3, 3), 64)                        # depthwise
+    assert uses((2 * m, m, 1, 1), 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_emulated_conv_chunks_count_launches_and_match_one_chunk(emulated, monkeypatch,
+                                                                 dtype, groups):
+    """A workspace limit that forces B < N images per chunk gives B = N's results; the call
+    makes ceil(N/B) im2col (col2im) launches and ceil(N/B) GEMMs per group and product --
+    O(N/B), not one per image; a limit below one image's workspace is a MemoryError naming
+    the limit, in every entry point."""
+    import cuda_emulation as emu
+
+    monkeypatch.setattr(emulated._conv, "GROUP_GEMM_MIN", 1)
+    rng = np.random.default_rng(1)
+    N, C, H, W, F_ = 8, 4, 6, 5, 6
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((F_, C // groups, 3, 3)).astype(dtype)
+    kw = dict(stride=1, padding=1, groups=groups)
+    gy = rng.standard_normal((N, F_, H, W)).astype(dtype)
+    it = np.dtype(dtype).itemsize
+    col = C * 9 * H * W * it                                  # one image's columns
+    slot = F_ * (C // groups) * 9 * it                        # one image's grad_w slot
+
+    def counted(fn, *args, **kwargs):
+        emu.LAUNCHES.clear()
+        emu.CUBLAS_LOG.clear()
+        out = run("cuda", fn, *args, **kwargs)
+        names = [n.rsplit("_", 1)[0] for n, _ in emu.LAUNCHES]
+        return out, names.count("conv_im2col"), names.count("conv_col2im"), len(emu.CUBLAS_LOG)
+
+    old = convkit.get_workspace_limit()
+    try:
+        results = {}
+        for B in (N, 3, 1):
+            convkit.set_workspace_limit(B * col)
+            y, i2c, c2i, gemms = counted(F.conv2d_forward, x, w, None, **kw)
+            chunks = -(-N // B)
+            assert (i2c, c2i, gemms) == (chunks, 0, chunks * groups)
+            convkit.set_workspace_limit(B * (2 * col + slot))
+            (gx, gw, _), i2c, c2i, gemms = counted(F.conv2d_backward, gy, x, w, **kw)
+            assert (i2c, c2i, gemms) == (chunks, chunks, 2 * chunks * groups)
+            convkit.set_workspace_limit(B * col)
+            t, i2c, c2i, gemms = counted(F.conv_transpose2d_forward, gy, w, None, **kw)
+            assert (i2c, c2i, gemms) == (0, chunks, chunks * groups)
+            results[B] = (y, gx, gw, t)
+        for B in (3, 1):
+            for a, r in zip(results[B], results[N]):
+                np.testing.assert_allclose(a, r, **tol(dtype))
+        want = _conv_all("numpy", x, w, kw, gy, np.float64)
+        for a, r in zip(results[N], [want[0] - np.linspace(-1, 1, F_)[:, None, None],
+                                     want[1], want[2], want[4]]):
+            np.testing.assert_allclose(a, r, **tol(dtype))
+        convkit.set_workspace_limit(col - 1)
+        for fn, args in ((F.conv2d_forward, (x, w, None)), (F.conv2d_backward, (gy, x, w)),
+                         (F.conv_transpose2d_forward, (gy, w, None))):
+            with pytest.raises(MemoryError, match=f"workspace limit of {col - 1} bytes"):
+                run("cuda", fn, *args, **kw)
+    finally:
+        convkit.set_workspace_limit(old)
+
+
+def test_emulated_conv_pointwise_is_one_gemm_for_any_batch(emulated):
+    """A 1x1 / stride 1 / unpadded conv needs no columns: x and grad_x are the column
+    matrices, so one GEMM over all N images forward (whatever the workspace limit), one per
+    product backward, and no im2col / col2im launch."""
+    import cuda_emulation as emu
+
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((7, 5, 4, 3)), rng.standard_normal((6, 5, 1, 1))
+    gy = rng.standard_normal((7, 6, 4, 3))
+    emu.LAUNCHES.clear()
+    emu.CUBLAS_LOG.clear()
+    y = run("cuda", F.conv2d_forward, x, w, None)
+    gx, gw, _ = run("cuda", F.conv2d_backward, gy, x, w, has_bias=False)
+    assert not emu.LAUNCHES
+    # forward; backward's grad_w (gy @ x^T: x read transposed) and grad_x (W^T @ gy)
+    assert [(c["batch"], c["transa"], c["transb"]) for c in emu.CUBLAS_LOG] == [
+        (7, 0, 0), (7, 1, 0), (7, 0, 1)]
+    np.testing.assert_allclose(y, run("numpy", F.conv2d_forward, x, w, None), **tol(np.float64))
+    want = run("numpy", F.conv2d_backward, gy, x, w, has_bias=False)
+    np.testing.assert_allclose(gx, want[0], **tol(np.float64))
+    np.testing.assert_allclose(gw, want[1], **tol(np.float64))
+    old = convkit.get_workspace_limit()
+    try:
+        convkit.set_workspace_limit(1)          # the forward needs no workspace at all
+        np.testing.assert_array_equal(run("cuda", F.conv2d_forward, x, w, None), y)
+        with pytest.raises(MemoryError, match="workspace limit of 1 bytes"):
+            run("cuda", F.conv2d_backward, gy, x, w, has_bias=False)   # grad_w's slots
+    finally:
+        convkit.set_workspace_limit(old)
+
+
 def test_emulated_conv_32_and_64_bit_index_paths_agree(emulated, monkeypatch, torch):
     """im2col / position-major im2col / col2im: the 32-bit index path (taken here) and the
     64-bit one (forced) give the same bits, and the gradients are torch's."""
@@ -388,7 +551,7 @@ def test_emulated_conv_32_and_64_bit_index_paths_agree(emulated, monkeypatch, to
     monkeypatch.setattr(conv, "launch", lambda *a: launched.append((a[1], a[5][-2])) or real(*a))
     y32 = run("cuda", F.conv2d_forward, x, w, None, **kw)
     g32 = run("cuda", F.conv2d_backward, gy, x, w, **kw, has_bias=False)
-    assert {n for n, _ in launched} == {"conv_im2col", "conv_im2col_t", "conv_col2im"}
+    assert {n for n, _ in launched} == {"conv_im2col", "conv_col2im"}
     assert all(small == 1 for _, small in launched)
     launched.clear()
     monkeypatch.setattr(conv, "_SMALL", 0)
@@ -700,6 +863,11 @@ def test_emulated_roi_calls_read_nothing_back_before_their_kernel(emulated, monk
 
 @pytest.mark.parametrize("allow", [False, True])
 def test_emulated_tf32_mode_is_opt_in_and_restored(emulated, allow):
+    """conv2d's cuBLAS calls carry the compute type themselves (FP32, or TF32 when allowed;
+    float64 always FP64) and leave CuPy's process-wide setting alone; deform_conv's
+    ``cupy.matmul`` GEMMs get it through _gemm_mode, which puts CuPy's setting back."""
+    import cuda_emulation as emu
+
     cp = emulated.xp
     L = cp._core._routines_linalg
     rng = np.random.default_rng(0)
@@ -707,16 +875,28 @@ def test_emulated_tf32_mode_is_opt_in_and_restored(emulated, allow):
     w32 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     assert convkit.get_allow_tf32() is False
     convkit.set_allow_tf32(allow)
-    cp.matmul_log.clear()
+    emu.CUBLAS_LOG.clear()
     y = run("cuda", F.conv2d_forward, x32, w32, None, 1, 1)
     run("cuda", F.conv2d_backward, np.ones_like(y), x32, w32, 1, 1)
+    n32 = len(emu.CUBLAS_LOG)
     run("cuda", F.conv2d_forward, x32.astype(np.float64), w32.astype(np.float64), None, 1, 1)
-    want = L.COMPUTE_TYPE_TF32 if allow else L.COMPUTE_TYPE_FP32
-    f32 = [t for d, t in cp.matmul_log if d == "float32"]
-    f64 = [t for d, t in cp.matmul_log if d == "float64"]
-    assert f32 and set(f32) == {want}
-    assert f64 and set(f64) == {L.COMPUTE_TYPE_DEFAULT}       # float64 GEMMs untouched
-    assert L.get_compute_type(np.float32) == L.COMPUTE_TYPE_DEFAULT   # CuPy's setting restored
+    f32 = {c["compute"] for c in emu.CUBLAS_LOG[:n32]}
+    f64 = {c["compute"] for c in emu.CUBLAS_LOG[n32:]}
+    assert n32 == 3 and f32 == {77 if allow else 68}     # CUBLAS_COMPUTE_32F(_FAST_TF32)
+    assert f64 == {70}                                   # CUBLAS_COMPUTE_64F
+    assert L.get_compute_type(np.float32) == L.COMPUTE_TYPE_DEFAULT   # CuPy's setting untouched
+    # and TF32 changes the float32 result, within TF32's error (inputs to 10 mantissa bits)
+    want = run("numpy", F.conv2d_forward, x32.astype(np.float64), w32.astype(np.float64),
+               None, 1, 1)
+    assert (np.abs(y - want).max() > 1e-4) == allow
+    np.testing.assert_allclose(y, want, rtol=0, atol=2e-2 if allow else 1e-4)
+    # deform_conv2d's matmul GEMMs: the mode inside, CuPy's setting restored after
+    cp.matmul_log.clear()
+    off = np.zeros((2, 18, 6, 6), np.float32)
+    run("cuda", F.deform_conv2d_forward, x32, off, w32, None, 1, 1)
+    modes = {t for d, t in cp.matmul_log if d == "float32"}
+    assert modes == {L.COMPUTE_TYPE_TF32 if allow else L.COMPUTE_TYPE_FP32}
+    assert L.get_compute_type(np.float32) == L.COMPUTE_TYPE_DEFAULT
     assert ("TF32" in emulated.info()["numerics"]) and (
         ("may use TF32" in emulated.info()["numerics"]) == allow)
 

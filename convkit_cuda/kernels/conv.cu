@@ -50,37 +50,6 @@ extern "C" __global__ void conv_im2col(
     if (small) IM2COL_BODY(unsigned int) else IM2COL_BODY(long long)
 }
 
-// The same columns position-major, colT[b, oh*Wo + ow, (c*KH + kh)*KW + kw], for the weight
-// gradient: gw = sum_b gy_b (F, Ho*Wo) @ colT_b (Ho*Wo, K) is then a product of two
-// C-contiguous operands -- no transposed copy of the columns.  Consecutive threads write
-// consecutive elements.  Writes every element of colT.
-#define IM2COL_T_BODY(IDX)                                                                 \
-    {                                                                                      \
-        const IDX K_ = (IDX)(C * KH * KW), P_ = (IDX)(Ho * Wo);                            \
-        const IDX total_ = (IDX)B * P_ * K_;                                               \
-        for (IDX i = (IDX)blockIdx.x * blockDim.x + threadIdx.x; i < total_;              \
-             i += (IDX)blockDim.x * gridDim.x) {                                           \
-            IDX t = i;                                                                     \
-            const IDX kw = t % (IDX)KW; t /= (IDX)KW;                                      \
-            const IDX kh = t % (IDX)KH; t /= (IDX)KH;                                      \
-            const IDX c = t % (IDX)C; t /= (IDX)C;                                         \
-            const IDX ow = t % (IDX)Wo; t /= (IDX)Wo;                                      \
-            const IDX oh = t % (IDX)Ho;                                                    \
-            const IDX b = t / (IDX)Ho;                                                     \
-            const long long h = (long long)(oh * (IDX)sh + kh * (IDX)dh) - pt;             \
-            const long long w = (long long)(ow * (IDX)sw + kw * (IDX)dw) - pl;             \
-            colT[i] = x_or_zero(x, (long long)(b * (IDX)C + c), H, W, h, w);              \
-        }                                                                                  \
-    }
-
-extern "C" __global__ void conv_im2col_t(
-    const scalar_t* x, long long B, long long C, long long H, long long W,
-    long long KH, long long KW, long long sh, long long sw, long long pt, long long pl,
-    long long dh, long long dw, long long Ho, long long Wo, long long small, scalar_t* colT)
-{
-    if (small) IM2COL_T_BODY(unsigned int) else IM2COL_T_BODY(long long)
-}
-
 // Adjoint of conv_im2col, by gather: each thread owns one element of gx and sums the col
 // entries that copied it, in a fixed order (no atomics: deterministic).  Writes all of gx.
 #define COL2IM_BODY(IDX)                                                                   \
