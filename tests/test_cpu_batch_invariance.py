@@ -257,3 +257,49 @@ def test_blas_splits_keep_parallelism_for_one_large_image():
     rpn3 = plan((1, 512, 38, 50), (512, 512, 3, 3), 1, 1)
     assert rpn3.forward.algo == "winograd"
     assert -(-10 // rpn3.forward.params["trows"]) >= 2      # 10 rows of 4x4 tiles
+
+
+def test_the_other_predict_ops_are_batch_invariant():
+    """predict's other cpu ops, image by image: batch norm in eval mode, the pools (values and
+    grad_x), the adaptive pools, and Linear (forward and grad_x; a GEMM over the batch gave
+    other bits for a slice before it multiplied row by row)."""
+    from convkit.nn import Linear
+    rng = np.random.default_rng(5)
+    cuts = _slices(9)
+
+    def same(what, fn, *arrays):
+        whole = fn(*arrays)
+        parts = np.concatenate([fn(*(a[i:j] for a in arrays)) for i, j in cuts])
+        np.testing.assert_array_equal(parts, whole, err_msg=what)
+
+    try:
+        for nt in THREADS:
+            convkit.set_num_threads(nt)
+            for dtype in DTYPES:
+                x = rng.standard_normal((9, 32, 23, 19)).astype(dtype)
+                gy = rng.standard_normal((9, 32, 12, 10)).astype(dtype)
+                w, b = rng.standard_normal(32).astype(dtype), rng.standard_normal(32).astype(dtype)
+                rm, rv = rng.standard_normal(32).astype(dtype), (1 + rng.random(32)).astype(dtype)
+                with convkit.use_backend("cpu"):
+                    same("bn eval", lambda a: convkit.batch_norm_forward(
+                        a, w, b, rm.copy(), rv.copy(), False)[0], x)
+                    same("max pool", lambda a: convkit.max_pool2d_forward(a, 3, 2, 1)[0], x)
+                    same("avg pool", lambda a: convkit.avg_pool2d_forward(a, 3, 2, 1), x)
+                    same("adaptive avg", lambda a: convkit.adaptive_avg_pool2d_forward(
+                        a, (5, 3)), x)
+                    same("adaptive max", lambda a: convkit.adaptive_max_pool2d_forward(
+                        a, (5, 3))[0], x)
+                    same("max pool grad_x", lambda g, a: convkit.max_pool2d_backward(
+                        g, convkit.max_pool2d_forward(a, 3, 2, 1)[1], a.shape), gy, x)
+                    same("avg pool grad_x", lambda g, a: convkit.avg_pool2d_backward(
+                        g, a.shape, 3, 2, 1), gy, x)
+                lin = Linear(120, 84, dtype=dtype, seed=6)
+                xl = rng.standard_normal((9, 120)).astype(dtype)
+                gl = rng.standard_normal((9, 84)).astype(dtype)
+
+                def linear(a, g):
+                    y = lin.forward(a)
+                    return np.concatenate([y, lin.backward(g)], axis=1)
+                same("linear forward and grad_x", linear, xl, gl)
+    finally:
+        convkit.set_num_threads(None)
