@@ -541,23 +541,26 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             sums_check = True
         elif not _finite(grad_y):
             plan = None
+    # grad_x of an image reads its grad_y and the weight alone: where the exact plan is taken
+    # (a non-finite operand) and the weight is finite, grad_x comes from conv2d_grad_input,
+    # which applies the non-finite rule per image -- the images with a finite grad_y keep the
+    # bits they get in a batch of finite images (batch invariance)
+    gx_apart = needs_input_grad and _finite(weight)
     exact = plan is None
     if exact:
-        s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups, needs_input_grad,
-                                exact=True)
-    out = _backward(plan, s, grad_y, x, weight, needs_input_grad, has_bias or sums_check)
+        s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups,
+                                needs_input_grad and not gx_apart, exact=True)
+    out = _backward(plan, s, grad_y, x, weight, needs_input_grad and not (exact and gx_apart),
+                    has_bias or sums_check)
     if sums_check and not np.isfinite(out[2].sum()):
         # a NaN or inf in grad_y: the depthwise kernels would differ from torch (they skip
         # the padding taps torch multiplies); run again on im2col
         exact = True
-        s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups, needs_input_grad,
-                                exact=True)
-        out = _backward(plan, s, grad_y, x, weight, needs_input_grad, has_bias)
+        s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups,
+                                needs_input_grad and not gx_apart, exact=True)
+        out = _backward(plan, s, grad_y, x, weight, needs_input_grad and not gx_apart, has_bias)
     gx, gw, gb = out
-    if exact and needs_input_grad and _finite(weight):
-        # grad_x of an image reads its grad_y and the weight alone: the images with a finite
-        # grad_y take the grad_x they get in a batch of finite images (batch invariance;
-        # conv2d_grad_input applies the non-finite rule per image)
+    if exact and gx_apart:
         gx = conv2d_grad_input(grad_y, weight, x.shape, stride, padding, dilation, groups)
     return (gx if needs_input_grad else None), gw, (gb if has_bias else None)
 
@@ -594,11 +597,11 @@ def conv2d_grad_input(grad_y, weight, x_shape, stride, padding, dilation, groups
     if step.algo in _MIXES_X | _MIXES_W and _finite(weight) and not _finite(grad_y):
         bad = _bad_images(grad_y)
         if not bad.all():       # (per image: the finite ones keep their plan)
-            return _split_images(bad, lambda i, ex: _grad_input_exact(
-                grad_y[i], weight, (len(i),) + tuple(x_shape[1:]), stride, padding, dilation,
-                groups) if ex else conv2d_grad_input(
-                grad_y[i], weight, (len(i),) + tuple(x_shape[1:]), stride, padding, dilation,
-                groups), gx)
+            def run(i, exact):
+                fn = _grad_input_exact if exact else conv2d_grad_input
+                return fn(grad_y[i], weight, (len(i),) + tuple(x_shape[1:]), stride, padding,
+                          dilation, groups)
+            return _split_images(bad, run, gx)
     if step.algo in _GW_ALWAYS and gx.nbytes > get_workspace_limit():
         step = None                      # the zero stand-in would not fit the limit
     elif step.algo in _MIXES_X | _MIXES_W and not _finite(grad_y, weight):
