@@ -78,7 +78,7 @@ ALGOS = [
      ("im2col", "im2col")),
     ("im2col_grouped", (4, 8, 22, 22), (12, 4, 3, 3), dict(stride=2, padding=1, groups=2),
      ("im2col", "im2col")),
-    # 144 positions: two position blocks per image
+    # 144 positions: several position blocks per image
     ("pointwise", (5, 16, 12, 12), (24, 16, 1, 1), {}, ("pointwise", "pointwise")),
     # 512 channels: two grad_x channel blocks per image
     ("pointwise_wide", (3, 512, 9, 9), (8, 512, 1, 1), {}, ("pointwise", "pointwise")),

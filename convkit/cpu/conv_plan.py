@@ -37,11 +37,12 @@ images share its batch, on any thread count (tests/test_cpu_batch_invariance.py)
   per GEMM ``image_rows`` (at most tuning.BLAS_TASKS blocks of an image, each at least
   tuning.BLAS_MIN_POSITIONS positions); pointwise positions (tuning.BLAS_FORWARD_TASKS,
   BLAS_MIN_POSITIONS, BLAS_POSITION_BYTES); Winograd tasks within one image (the kernel's
-  per_image; F(2x2) tile rows as im2col's rows, F(4x4) tuning.WINOGRAD4_TASK_TILES); the batch
+  per_image; F(2x2) at most tuning.BLAS_TASKS blocks of an image, each at least
+  tuning.WINOGRAD4_TASK_TILES tiles; F(4x4) about that many tiles); the batch
   paths one image per GEMM (``batch_images``); dense one image per GEMM (``dense_params``);
   grad_x's channel blocks ``grad_x_chans`` (tuning.BLAS_GRAD_X_TASKS, BLAS_GRAD_X_MIN_ROWS).
-  The per-image cut is the split a batch of one had before, so one large image still makes
-  several tasks;
+  The per-image cut is about the split a batch of one had before (with the least-work floors
+  above), so one large image still makes several tasks;
 - the own AVX-512 GEMM sums each output in a fixed k order whatever the GEMM's width and the
   output's place (csrc/sgemm.h): there blocks of images and rows may follow N and the team;
 - wide, phases and the depthwise kernels work on one image (plane) per task; the non-finite
@@ -413,7 +414,7 @@ def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, 
         # place among them: tasks within one image (the kernel's per_image), their tile rows
         # set by the image alone, keep the bits the same for any thread count and batch
         trows = max(1, min(trows, th, max(ceil_div(th, T.BLAS_TASKS),
-                                          ceil_div(T.BLAS_MIN_POSITIONS, tw))))
+                                          ceil_div(T.WINOGRAD4_TASK_TILES, tw))))
     elif n_threads > 1:
         tasks = max(ceil_div(N * th, trows), T.WINOGRAD_TASKS_PER_THREAD * n_threads)
         if tasks < T.WINOGRAD_EVEN_TASKS * n_threads:

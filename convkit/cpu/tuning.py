@@ -36,10 +36,11 @@ FORWARD_TASKS_PER_THREAD = 2
 # im2col forward on many cores: each task repacks the weight, and 32 tasks (4-row blocks of 14)
 # cost a strided 3x3 layer ~10% more on one core (RESULTS.md "Many cores ... (issue 16)").
 BLAS_TASKS = 8
-# ... but a task keeps at least this many output positions (Winograd: tiles) of its image, so
-# a batch of small images does not become many narrow GEMMs (each repacks the weight).  Also
-# the pointwise forward's least positions per task.  Not measured in RESULTS.md.
-BLAS_MIN_POSITIONS = 64
+# ... but an im2col or pointwise forward task keeps at least this many output positions of its
+# image, so a batch of small images does not become many narrow GEMMs (each repacks the
+# weight); 32 keeps rpn_cls1x1's 60-position tasks (119 measured slower, loaded machine).
+# Not measured in RESULTS.md.
+BLAS_MIN_POSITIONS = 32
 # pointwise forward and im2col grad_weight on BLAS (position blocks of each image; column
 # blocks times parts of the batch): at most / about this many tasks, set by the image / the
 # layer alone -- two per thread on 16 cores,
@@ -106,7 +107,8 @@ WINOGRAD4_MAX_MUL_RATIO = (3, 4)
 # elementwise float32 tolerance (rtol = atol = 2e-5; 4.6e-5 absolute on outputs of ~0.6).  64
 # is the smallest suite layer (vgg_56).  RESULTS.md "Winograd F(4x4, 3x3)" has the errors.
 WINOGRAD4_MIN_CHANNELS = 64
-# F(4x4): about this many tiles (GEMM columns) per task.  Same EPYC, one thread: res_14 15.7 ms
+# F(4x4): about this many tiles (GEMM columns) per task; F(2x2) on BLAS: at least this many
+# (where the image has them).  Same EPYC, one thread: res_14 15.7 ms
 # at 64 tiles vs 19.6 at 32 and 18.8 at 128; vgg_56 flat from 56 to 196, rpn_3x3 54 ms at 130
 # vs 58 at 65 and 72 at 26.  RESULTS.md "Winograd F(4x4, 3x3)".
 WINOGRAD4_TASK_TILES = 64
