@@ -492,9 +492,9 @@ def test_cpu_batch_chunks_give_the_same_bits():
     old = convkit.get_workspace_limit()
     try:
         for images in (1, 2):
-            # per image: 4 bordered 7x8 planes and 36 column rows of 30 float64, 18*30 table
-            # entries of 64 bytes
-            convkit.set_workspace_limit(images * ((4 * 56 + 36 * 30) * 8 + 18 * 30 * 64))
+            # per image: 4 bordered 7x8 planes, 36 column rows of 30 and a 6x2x3x3
+            # grad_weight of float64, 18*30 table entries of 64 bytes
+            convkit.set_workspace_limit(images * ((4 * 56 + 36 * 30 + 108) * 8 + 18 * 30 * 64))
             for a, b in zip(full, _cpu_bits(c, gy)):
                 assert a.tobytes() == b.tobytes()
     finally:

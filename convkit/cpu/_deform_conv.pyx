@@ -15,8 +15,9 @@ the same bits for any thread count.
 forward, per chunk: tasks (image, row) build the bordered copies; tasks (image, block of pb
 positions) build their table entries and columns in their thread's scratch, then one GEMM per
 weight group writes y's block (bias added as the products are stored).
-backward, per chunk: (1) the same tasks build tables and columns; (2) tasks (weight group,
-block of ub columns of grad_weight) add gy[n] @ cols[n] for the chunk's images in order;
+backward, per chunk: (1) the same tasks build tables and columns; (2) tasks (image, weight
+group, block of ub columns of grad_weight) write gy[n] @ cols[n] into the image's slot, then
+tasks (filter) add the slots to grad_weight, images in order;
 (3) tasks (image, block) overwrite their columns with gy^T @ W and turn them into the offset
 and mask gradients and dL/d(sample); (4) tasks (image, block of at most cb channels of one
 offset group and one weight group) zero their channels of the (no longer needed) bordered
@@ -178,7 +179,7 @@ def _channel_blocks(Py_ssize_t C, Py_ssize_t Cog, Py_ssize_t Cg, Py_ssize_t cb):
     across an offset group's or a weight group's edge."""
     edges = sorted(set(range(0, C, Cog)) | set(range(0, C, Cg)) | {C})
     starts = []
-    for a, b in zip(edges[:-1], edges[1:]):
+    for a, b in zip(edges, edges[1:]):
         starts.extend(range(a, b, cb))
     return np.array(starts + [C], np.intp)
 
@@ -189,13 +190,13 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                     floating[:, :, :, ::1] gx, floating[:, :, :, ::1] goff,
                     floating[:, ::1] gw2, floating[:, :, :, ::1] gmask,
                     floating[::1] xpad, floating[::1] cols, floating[::1] tw, Py_ssize_t[::1] tb,
-                    tuple params, Py_ssize_t chunk, Py_ssize_t pb, Py_ssize_t ub,
-                    Py_ssize_t cb, Py_ssize_t KH, Py_ssize_t KW, int n_threads):
+                    floating[::1] wpart, tuple params, Py_ssize_t chunk, Py_ssize_t pb,
+                    Py_ssize_t ub, Py_ssize_t cb, Py_ssize_t KH, Py_ssize_t KW, int n_threads):
     """grad_x (gx), grad_offset (goff), grad_weight in w2's order (gw2, zero-filled by the
     caller) and, with has_mask, grad_mask (gmask); all OUT.  Scratch per chunk image: xpad
-    C*(H+2)*(W+2), cols P*C*KK, tw 6*OG*KK*P, and in tb OG*KK*P sampled corners per image,
-    then as many offset gradient corners per image (at chunk*OG*KK*P).  params as
-    deform_forward's."""
+    C*(H+2)*(W+2), cols P*C*KK, tw 6*OG*KK*P, in tb OG*KK*P sampled corners per image, then
+    as many offset gradient corners per image (at chunk*OG*KK*P), and wpart F*KK*Cg (the
+    image's grad_weight).  params as deform_forward's."""
     cdef Py_ssize_t N = x.shape[0], F = w2.shape[0], K = w2.shape[1]
     cdef Py_ssize_t Wo = gy.shape[3], P = gy.shape[2] * Wo
     cdef Geom s = _geom(x.shape[1], x.shape[2], x.shape[3], off.shape[1] // (2 * KH * KW),
@@ -223,15 +224,20 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                             &s, p0, _min(P, p0 + pb), &tw[0] + (slot * s.TP + p0) * 6,
                             &tb[0] + slot * s.TP + p0, &tb[0] + (chunk + slot) * s.TP + p0, P,
                             &cols[0] + slot * s.CKP + p0 * CKK)
-            # (2) grad_weight: columns [u0, u1) of group g, images in order
-            for t in prange(G * nub, schedule="dynamic", num_threads=n_threads):
-                g = t // nub
-                u0 = (t - g * nub) * ub
+            # (2) grad_weight: each image's share (columns [u0, u1) of group g) into its slot
+            # of wpart, then added to gw2 images in order
+            for t in prange(nc * G * nub, schedule="dynamic", num_threads=n_threads):
+                slot = t // (G * nub)
+                g = (t - slot * G * nub) // nub
+                u0 = (t - slot * G * nub - g * nub) * ub
                 u1 = _min(K, u0 + ub)
+                gemm(False, False, Fg, u1 - u0, P, <floating>1, &gy[n0 + slot, g * Fg, 0, 0], P,
+                     &cols[0] + slot * s.CKP + g * K + u0, CKK, <floating>0,
+                     &wpart[0] + (slot * F + g * Fg) * K + u0, K)
+            for t in prange(F, schedule="static", num_threads=n_threads):
                 for j in range(nc):
-                    gemm(False, False, Fg, u1 - u0, P, <floating>1, &gy[n0 + j, g * Fg, 0, 0], P,
-                         &cols[0] + j * s.CKP + g * K + u0, CKK, <floating>1,
-                         &gw2[g * Fg, u0], K)
+                    for u0 in range(K):
+                        gw2[t, u0] += wpart[(j * F + t) * K + u0]
             # (3) dL/dcols = gy^T @ W, then the offset / mask gradients and dL/d(sample)
             for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
                 slot = t // nb
