@@ -36,8 +36,8 @@ from ._conv_common cimport _min
 cdef extern from "csrc/deform_conv.h" nogil:
     int ck_deform_cap
     int ck_deform_isa()
-    void ck_deform_pad_f(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
-                         Py_ssize_t hp, float* xn)
+    void ck_deform_pad_f_pick(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                              Py_ssize_t hp, float* xn)
     void ck_deform_pad_d(const double* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                          Py_ssize_t hp, double* xn)
     void ck_deform_crop_f(const float* gn, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
@@ -127,7 +127,7 @@ cdef void _pad_chunk(const floating[:, :, :, ::1] x, Geom* s, Py_ssize_t n0, Py_
     for t in prange(nc * s.Hp, schedule="static", num_threads=n_threads):
         slot = t // s.Hp
         if floating is float:
-            ck_deform_pad_f(&x[n0 + slot, 0, 0, 0], s.C, s.H, s.W, t - slot * s.Hp,
+            ck_deform_pad_f_pick(&x[n0 + slot, 0, 0, 0], s.C, s.H, s.W, t - slot * s.Hp,
                             xpad + slot * s.C * s.plane)
         else:
             ck_deform_pad_d(&x[n0 + slot, 0, 0, 0], s.C, s.H, s.W, t - slot * s.Hp,

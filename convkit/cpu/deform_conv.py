@@ -25,9 +25,10 @@ from . import _conv_im2col, _deform_conv
 from .conv import _blas_pin, _workspace
 
 # Positions per task (a block of output pixels of one image) and grad_weight columns per
-# task (wide: each task packs gy[n] once for its GEMM): fixed sizes (never the thread count), so that the GEMM shapes and thus the bits do not
-# depend on how many threads run.  The forward's blocks are small enough that a task's
-# columns (C*KH*KW*128 values: 288 KiB for bench's deform_conv) stay in L2 for its GEMMs.
+# task (wide: a task packs gy[n] once for its GEMM): fixed sizes (never the thread count),
+# so that the GEMM shapes and thus the bits do not depend on how many threads run.  The
+# forward's blocks are small enough that a task's columns (at most C*KH*KW*128 values:
+# 288 KiB for bench's deform_conv) stay in L2 for its GEMMs.
 _FWD_POSITIONS = 128
 _POSITIONS = 256
 _WEIGHT_COLS = 288
