@@ -429,6 +429,57 @@ def test_cpu_same_bits_for_any_thread_count(dtype):
             assert a.tobytes() == b.tobytes(), f"{n} threads differ from 1"
 
 
+# (N, C, H, W, F, weight groups, offset groups, with mask): channel runs longer than a vector
+# (several vectors and a tail), and offset groups that weight groups cut in two
+WIDE = {"c40_og1": (2, 40, 9, 7, 6, 1, 1, False), "c24_g3_og2": (2, 24, 8, 9, 6, 3, 2, True)}
+
+
+def _wide_case(name, dtype):
+    N, C, H, W, Fo, G, OG, with_mask = WIDE[name]
+    rng = np.random.default_rng(13)
+    return dict(x=rng.standard_normal((N, C, H, W)).astype(dtype),
+                offset=(rng.standard_normal((N, 2 * OG * 9, H, W)) * 2).astype(dtype),
+                weight=rng.standard_normal((Fo, C // G, 3, 3)).astype(dtype),
+                bias=rng.standard_normal(Fo).astype(dtype),
+                mask=rng.random((N, OG * 9, H, W)).astype(dtype) if with_mask else None,
+                stride=(1, 1), padding=(1, 1), dilation=(1, 1))
+
+
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(WIDE))
+def test_cpu_wide_channels_match_the_reference_on_both_kernel_builds(name, dtype, simd):
+    """The AVX2 and the plain sampling kernels (channels innermost, summed in vector lanes)
+    against the float64 reference, forward and backward; each build gives the same bits for
+    1, 2 and 3 threads."""
+    from convkit.cpu import _deform_conv
+
+    c = _wide_case(name, dtype)
+    gy = np.random.default_rng(14).standard_normal(
+        (c["x"].shape[0], c["weight"].shape[0]) + c["x"].shape[2:]).astype(dtype)
+    c64 = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v) for k, v in c.items()}
+    want = [_fwd("numpy", c64)] + list(_bwd("numpy", gy.astype(np.float64), c64))
+    try:
+        _deform_conv.set_simd(simd)
+        outs = {}
+        for n in (1, 2, 3):
+            convkit.set_num_threads(n)
+            outs[n] = _cpu_bits(c, gy)
+    finally:
+        _deform_conv.set_simd(True)
+        convkit.set_num_threads(None)
+    for g, w, k in zip(outs[1], want, ("y", "x", "offset", "weight", "bias", "mask")):
+        if w is None:
+            assert g is None
+            continue
+        scale = max(1.0, float(np.abs(w).max()))
+        np.testing.assert_allclose(g, w, rtol=TOL[dtype]["rtol"],
+                                   atol=TOL[dtype]["atol"] * scale, err_msg=k)
+    for n in (2, 3):
+        for a, b in zip(outs[1], outs[n]):
+            assert (a is None and b is None) or a.tobytes() == b.tobytes(), n
+
+
 def test_cpu_batch_chunks_give_the_same_bits():
     """A workspace limit that fits one or two images at a time (the batch then runs in
     chunks) gives the bits of a single chunk."""
@@ -441,9 +492,9 @@ def test_cpu_batch_chunks_give_the_same_bits():
     old = convkit.get_workspace_limit()
     try:
         for images in (1, 2):
-            # per image: 4 bordered 7x8 planes and 36 column rows of 30 float64, 18*30 table
-            # entries of 64 bytes
-            convkit.set_workspace_limit(images * ((4 * 56 + 36 * 30) * 8 + 18 * 30 * 64))
+            # per image: 4 bordered 7x8 planes, 36 column rows of 30 and a 6x2x3x3
+            # grad_weight of float64, 18*30 table entries of 64 bytes
+            convkit.set_workspace_limit(images * ((4 * 56 + 36 * 30 + 108) * 8 + 18 * 30 * 64))
             for a, b in zip(full, _cpu_bits(c, gy)):
                 assert a.tobytes() == b.tobytes()
     finally:

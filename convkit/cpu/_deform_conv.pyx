@@ -1,38 +1,49 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 # cython: language_level=3
 """Deformable convolution (torchvision's deform_conv2d rule, restated in
-convkit/reference/deform_conv.py): deformable im2col in C (csrc/deform_conv.h) + the GEMMs of
-the cpu conv (_blas.pxd), in OpenMP tasks.
+convkit/reference/deform_conv.py): deformable im2col in C (csrc/deform_conv.h, channels
+innermost) + the GEMMs of the cpu conv (_blas.pxd), in OpenMP tasks.
 
-The batch runs in chunks of ``chunk`` images whose zero-bordered planes, sample tables and
-columns (C*KK rows of P = Ho*Wo) sit in the caller's buffers.  Every task writes a disjoint part of the outputs and
-every sum runs in a fixed order, and the task sizes (``pb`` positions, ``ub`` weight-gradient
-rows) depend on the shapes only: the same bits for any thread count.
+The batch runs in chunks of ``chunk`` images whose channels-last bordered copies, sample
+tables and columns (P = Ho*Wo rows of C*KK, the layout in csrc/deform_conv.h) sit in the
+caller's buffers.  The weights come permuted to (F, KK*Cg) (``w2``, columns ordered (tap,
+channel) like the columns') and grad_weight leaves in that order (``gw2``).  Every task
+writes a disjoint part of the outputs and every sum runs in a fixed order, and the task sizes
+(``pb`` positions, ``ub`` weight-gradient columns, ``cb`` channels) depend on the shapes only:
+the same bits for any thread count.
 
-forward, per chunk: tasks (image, channel) copy x's planes into zero-bordered ones; tasks
-(image, block of pb positions) build their table entries and columns in their thread's
-scratch, then one GEMM per weight group writes y's block (bias added as the products are
-stored).
-backward, per chunk: (1) the same tasks build tables and columns; (2) tasks (weight group,
-block of ub rows of grad_weight) add gy[n] @ cols[n]^T for the chunk's images in order;
-(3) tasks (image, block) overwrite their columns with W^T @ gy and turn them into the offset
-and mask gradients and dL/d(sample); (4) tasks (image, channel) zero a bordered plane (the
-bordered x is no longer needed), add every sample's share into it, taps and positions in order
-(no atomics), and copy its interior to grad_x.
+forward, per chunk: tasks (image, row) build the bordered copies; tasks (image, block of pb
+positions) build their table entries and columns in their thread's scratch, then one GEMM per
+weight group writes y's block (bias added as the products are stored).
+backward, per chunk: (1) the same tasks build tables and columns; (2) tasks (image, weight
+group, block of ub columns of grad_weight) write gy[n] @ cols[n] into the image's slot, then
+tasks (filter) add the slots to grad_weight, images in order;
+(3) tasks (image, block) overwrite their columns with gy^T @ W and turn them into the offset
+and mask gradients and dL/d(sample); (4) tasks (image, block of at most cb channels of one
+offset group and one weight group) zero their channels of the (no longer needed) bordered
+copy, add every sample's share into them, taps and positions in order (no atomics), and copy
+them to grad_x.
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.string cimport memset
+
+import numpy as np
 
 from ._blas cimport gemm, gemm_pk
 from ._conv_common cimport _min
 
 
 cdef extern from "csrc/deform_conv.h" nogil:
-    void ck_deform_pad_f(const float* x, Py_ssize_t H, Py_ssize_t W, float* xp)
-    void ck_deform_pad_d(const double* x, Py_ssize_t H, Py_ssize_t W, double* xp)
-    void ck_deform_crop_f(const float* gp, Py_ssize_t H, Py_ssize_t W, float* x)
-    void ck_deform_crop_d(const double* gp, Py_ssize_t H, Py_ssize_t W, double* x)
+    int ck_deform_cap
+    int ck_deform_isa()
+    void ck_deform_pad_f_pick(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                              Py_ssize_t hp, float* xn)
+    void ck_deform_pad_d(const double* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                         Py_ssize_t hp, double* xn)
+    void ck_deform_crop_f(const float* gn, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                          Py_ssize_t c0, Py_ssize_t c1, float* x)
+    void ck_deform_crop_d(const double* gn, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                          Py_ssize_t c0, Py_ssize_t c1, double* x)
     void ck_deform_table_f(const float* off, Py_ssize_t OG, Py_ssize_t KH, Py_ssize_t KW,
                            Py_ssize_t Wo, Py_ssize_t P, Py_ssize_t H, Py_ssize_t W,
                            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
@@ -43,97 +54,102 @@ cdef extern from "csrc/deform_conv.h" nogil:
                            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                            Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t p0, Py_ssize_t p1,
                            double* tw, Py_ssize_t* tb, Py_ssize_t* tc, Py_ssize_t ldt)
-    void ck_deform_cols_f(const float* xp, const float* mask, Py_ssize_t C, Py_ssize_t H,
-                          Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KK, Py_ssize_t P,
+    void ck_deform_cols_f(const float* xn, const float* mask, Py_ssize_t C, Py_ssize_t W,
+                          Py_ssize_t OG, Py_ssize_t Cg, Py_ssize_t KK, Py_ssize_t P,
                           Py_ssize_t p0, Py_ssize_t p1, const float* tw, const Py_ssize_t* tb,
-                          Py_ssize_t ldt, float* cols, Py_ssize_t ldc)
-    void ck_deform_cols_d(const double* xp, const double* mask, Py_ssize_t C, Py_ssize_t H,
-                          Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KK, Py_ssize_t P,
+                          Py_ssize_t ldt, float* cols)
+    void ck_deform_cols_d(const double* xn, const double* mask, Py_ssize_t C, Py_ssize_t W,
+                          Py_ssize_t OG, Py_ssize_t Cg, Py_ssize_t KK, Py_ssize_t P,
                           Py_ssize_t p0, Py_ssize_t p1, const double* tw, const Py_ssize_t* tb,
-                          Py_ssize_t ldt, double* cols, Py_ssize_t ldc)
-    void ck_deform_coord_f(const float* xp, const float* mask, Py_ssize_t C, Py_ssize_t H,
-                           Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KK, Py_ssize_t P,
+                          Py_ssize_t ldt, double* cols)
+    void ck_deform_coord_f(const float* xn, const float* mask, Py_ssize_t C, Py_ssize_t W,
+                           Py_ssize_t OG, Py_ssize_t Cg, Py_ssize_t KK, Py_ssize_t P,
                            Py_ssize_t p0, Py_ssize_t p1, const float* tw, const Py_ssize_t* tc,
-                           Py_ssize_t ldt, float* gc, Py_ssize_t ldc, float* goff, float* gmask)
-    void ck_deform_coord_d(const double* xp, const double* mask, Py_ssize_t C, Py_ssize_t H,
-                           Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KK, Py_ssize_t P,
-                           Py_ssize_t p0, Py_ssize_t p1, const double* tw,
-                           const Py_ssize_t* tc, Py_ssize_t ldt, double* gc, Py_ssize_t ldc,
-                           double* goff, double* gmask)
-    void ck_deform_col2im_f(const float* gs, Py_ssize_t ldc, Py_ssize_t g, Py_ssize_t KK,
-                            Py_ssize_t P, Py_ssize_t W, const float* tw, const Py_ssize_t* tb,
-                            float* gp)
-    void ck_deform_col2im_d(const double* gs, Py_ssize_t ldc, Py_ssize_t g, Py_ssize_t KK,
-                            Py_ssize_t P, Py_ssize_t W, const double* tw, const Py_ssize_t* tb,
-                            double* gp)
+                           Py_ssize_t ldt, float* gc, float* goff, float* gmask)
+    void ck_deform_coord_d(const double* xn, const double* mask, Py_ssize_t C, Py_ssize_t W,
+                           Py_ssize_t OG, Py_ssize_t Cg, Py_ssize_t KK, Py_ssize_t P,
+                           Py_ssize_t p0, Py_ssize_t p1, const double* tw, const Py_ssize_t* tc,
+                           Py_ssize_t ldt, double* gc, double* goff, double* gmask)
+    void ck_deform_scatter_f(const float* gs, Py_ssize_t C, Py_ssize_t W, Py_ssize_t OG,
+                             Py_ssize_t Cg, Py_ssize_t KK, Py_ssize_t P, Py_ssize_t c0,
+                             Py_ssize_t c1, const float* tw, const Py_ssize_t* tb, float* gn)
+    void ck_deform_scatter_d(const double* gs, Py_ssize_t C, Py_ssize_t W, Py_ssize_t OG,
+                             Py_ssize_t Cg, Py_ssize_t KK, Py_ssize_t P, Py_ssize_t c0,
+                             Py_ssize_t c1, const double* tw, const Py_ssize_t* tb, double* gn)
+
+
+def set_simd(bint on):
+    """Allow (True, the default) or forbid the AVX2+FMA kernels (tests run both); returns
+    whether they run now."""
+    global ck_deform_cap
+    ck_deform_cap = 1 if on else 0
+    return bool(ck_deform_isa())
 
 
 cdef struct Geom:
-    Py_ssize_t C, H, W, OG, KH, KW, KK, Wo, P, sh, sw, ph, pw, dh, dw
-    Py_ssize_t plane, CKP, TP      # bordered plane, columns and table entries per image
+    Py_ssize_t C, H, W, OG, Cg, KH, KW, KK, Wo, P, sh, sw, ph, pw, dh, dw
+    Py_ssize_t Hp, plane, CKK, CKP, TP    # bordered rows and plane; columns and table per image
 
 
-cdef Geom _geom(Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OG, Py_ssize_t KH,
-                Py_ssize_t KW, Py_ssize_t Wo, Py_ssize_t P, tuple params):
+cdef Geom _geom(Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OG, Py_ssize_t Cg,
+                Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t Wo, Py_ssize_t P, tuple params):
     cdef Geom s
-    s.C, s.H, s.W = C, H, W
+    s.C, s.H, s.W, s.Cg = C, H, W, Cg
     s.OG, s.KH, s.KW, s.KK, s.Wo, s.P = OG, KH, KW, KH * KW, Wo, P
     s.sh, s.sw, s.ph, s.pw, s.dh, s.dw = params
+    s.Hp = H + 2
     s.plane = (H + 2) * (W + 2)
-    s.CKP = C * KH * KW * P
+    s.CKK = C * KH * KW
+    s.CKP = s.CKK * P
     s.TP = OG * KH * KW * P
     return s
 
 
-cdef void _pad(const floating* x, Geom* s, floating* xp) noexcept nogil:
-    if floating is float:
-        ck_deform_pad_f(x, s.H, s.W, xp)
-    else:
-        ck_deform_pad_d(x, s.H, s.W, xp)
-
-
-cdef void _table_cols(const floating* xp, const floating* off, const floating* mask, Geom* s,
+cdef void _table_cols(const floating* xn, const floating* off, const floating* mask, Geom* s,
                       Py_ssize_t p0, Py_ssize_t p1, floating* tw, Py_ssize_t* tb,
-                      Py_ssize_t* tc, Py_ssize_t ldt, floating* cols,
-                      Py_ssize_t ldc) noexcept nogil:
-    """Table entries (position p of tap r at r*ldt + p - p0) and columns (column p at
-    p - p0 of rows of stride ldc) of positions [p0, p1) of one image (xp: its bordered
-    planes)."""
+                      Py_ssize_t* tc, Py_ssize_t ldt, floating* cols) noexcept nogil:
+    """Table entries (position p of tap r at r*ldt + p - p0) and columns (row p at
+    cols + (p - p0)*C*KK) of positions [p0, p1) of one image (xn: its bordered copy)."""
     if floating is float:
         ck_deform_table_f(off, s.OG, s.KH, s.KW, s.Wo, s.P, s.H, s.W, s.sh, s.sw, s.ph, s.pw,
                           s.dh, s.dw, p0, p1, tw, tb, tc, ldt)
-        ck_deform_cols_f(xp, mask, s.C, s.H, s.W, s.OG, s.KK, s.P, p0, p1, tw, tb, ldt, cols,
-                         ldc)
+        ck_deform_cols_f(xn, mask, s.C, s.W, s.OG, s.Cg, s.KK, s.P, p0, p1, tw, tb, ldt, cols)
     else:
         ck_deform_table_d(off, s.OG, s.KH, s.KW, s.Wo, s.P, s.H, s.W, s.sh, s.sw, s.ph, s.pw,
                           s.dh, s.dw, p0, p1, tw, tb, tc, ldt)
-        ck_deform_cols_d(xp, mask, s.C, s.H, s.W, s.OG, s.KK, s.P, p0, p1, tw, tb, ldt, cols,
-                         ldc)
+        ck_deform_cols_d(xn, mask, s.C, s.W, s.OG, s.Cg, s.KK, s.P, p0, p1, tw, tb, ldt, cols)
 
 
 cdef void _pad_chunk(const floating[:, :, :, ::1] x, Geom* s, Py_ssize_t n0, Py_ssize_t nc,
                      floating* xpad, int n_threads) noexcept nogil:
-    """Bordered planes of images [n0, n0 + nc), one task per plane."""
-    cdef Py_ssize_t t
-    for t in prange(nc * s.C, schedule="static", num_threads=n_threads):
-        _pad(&x[n0 + t // s.C, t % s.C, 0, 0], s, xpad + t * s.plane)
+    """Channels-last bordered copies of images [n0, n0 + nc), one task per bordered row."""
+    cdef Py_ssize_t t, slot
+    for t in prange(nc * s.Hp, schedule="static", num_threads=n_threads):
+        slot = t // s.Hp
+        if floating is float:
+            ck_deform_pad_f_pick(&x[n0 + slot, 0, 0, 0], s.C, s.H, s.W, t - slot * s.Hp,
+                            xpad + slot * s.C * s.plane)
+        else:
+            ck_deform_pad_d(&x[n0 + slot, 0, 0, 0], s.C, s.H, s.W, t - slot * s.Hp,
+                            xpad + slot * s.C * s.plane)
 
 
 def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] off,
-                   const floating[:, :, :, ::1] w, const floating[::1] bias, bint has_bias,
+                   const floating[:, ::1] w2, const floating[::1] bias, bint has_bias,
                    const floating[:, :, :, ::1] mask, bint has_mask, floating[:, :, :, ::1] y,
                    floating[::1] xpad, floating[::1] cols, floating[::1] tw, Py_ssize_t[::1] tb,
-                   tuple params, Py_ssize_t chunk, Py_ssize_t pb, int n_threads):
-    """y = deform_conv(x, off, w, mask) + bias (IN: x, off, w, bias, mask; OUT: y).  Scratch:
-    xpad C*(H+2)*(W+2) per chunk image; per thread, one task's columns (C*KK*pb), table
-    weights (6*OG*KK*pb) and corners (tb, 2*OG*KK*pb: sampled, then the offset gradient's)
-    -- a task's columns are consumed by its GEMMs while they are still in cache.
-    params: (sh, sw, ph, pw, dh, dw)."""
-    cdef Py_ssize_t N = x.shape[0], F = w.shape[0], Cg = w.shape[1]
-    cdef Py_ssize_t KH = w.shape[2], KW = w.shape[3], Wo = y.shape[3], P = y.shape[2] * Wo
+                   tuple params, Py_ssize_t chunk, Py_ssize_t pb, Py_ssize_t KH, Py_ssize_t KW,
+                   int n_threads):
+    """y = deform_conv(x, off, w, mask) + bias (IN: x, off, w2 = w permuted to (F, KK*Cg),
+    bias, mask; OUT: y).  Scratch: xpad C*(H+2)*(W+2) per chunk image; per thread, one task's
+    columns (pb*C*KK), table weights (6*OG*KK*pb) and corners (tb, 2*OG*KK*pb: sampled, then
+    the offset gradient's) -- a task's columns are consumed by its GEMMs while they are still
+    in cache.  params: (sh, sw, ph, pw, dh, dw)."""
+    cdef Py_ssize_t N = x.shape[0], F = w2.shape[0], K = w2.shape[1]
+    cdef Py_ssize_t Wo = y.shape[3], P = y.shape[2] * Wo
     cdef Geom s = _geom(x.shape[1], x.shape[2], x.shape[3], off.shape[1] // (2 * KH * KW),
-                        KH, KW, Wo, P, params)
-    cdef Py_ssize_t G = s.C // Cg, Fg = F // G, K = Cg * s.KK, nb = (P + pb - 1) // pb
+                        K // (KH * KW), KH, KW, Wo, P, params)
+    cdef Py_ssize_t G = s.C // s.Cg, Fg = F // G, nb = (P + pb - 1) // pb
     cdef Py_ssize_t RK = s.OG * s.KK, n0, nc, t, n, p0, p1, g, tid
     cdef floating* cp
     for n0 in range(0, N, chunk):
@@ -145,45 +161,60 @@ def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                 p0 = (t % nb) * pb
                 p1 = _min(P, p0 + pb)
                 tid = threadid()
-                cp = &cols[0] + tid * s.C * s.KK * pb
+                cp = &cols[0] + tid * s.CKK * pb
                 _table_cols(&xpad[0] + (t // nb) * s.C * s.plane, &off[n, 0, 0, 0],
                             &mask[n, 0, 0, 0] if has_mask else <const floating*>NULL, &s, p0,
                             p1, &tw[0] + tid * RK * pb * 6, &tb[0] + tid * RK * pb * 2,
-                            &tb[0] + tid * RK * pb * 2 + RK * pb, pb, cp, pb)
+                            &tb[0] + tid * RK * pb * 2 + RK * pb, pb, cp)
                 for g in range(G):
-                    gemm_pk(False, False, Fg, p1 - p0, K, &w[g * Fg, 0, 0, 0], K,
-                            <const float*>NULL, cp + g * K * pb, pb, <floating>0,
+                    gemm_pk(False, True, Fg, p1 - p0, K, &w2[g * Fg, 0], K,
+                            <const float*>NULL, cp + g * K, s.CKK, <floating>0,
                             &y[n, g * Fg, 0, 0] + p0, P,
                             &bias[g * Fg] if has_bias else <const floating*>NULL)
     return y
 
 
+def _channel_blocks(Py_ssize_t C, Py_ssize_t Cog, Py_ssize_t Cg, Py_ssize_t cb):
+    """Starts of the channel blocks of grad_x's tasks (then C): at most cb channels, none
+    across an offset group's or a weight group's edge."""
+    edges = sorted(set(range(0, C, Cog)) | set(range(0, C, Cg)) | {C})
+    starts = []
+    for a, b in zip(edges, edges[1:]):
+        starts.extend(range(a, b, cb))
+    return np.array(starts + [C], np.intp)
+
+
 def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
-                    const floating[:, :, :, ::1] off, const floating[:, :, :, ::1] w,
+                    const floating[:, :, :, ::1] off, const floating[:, ::1] w2,
                     const floating[:, :, :, ::1] mask, bint has_mask,
                     floating[:, :, :, ::1] gx, floating[:, :, :, ::1] goff,
-                    floating[:, :, :, ::1] gw, floating[:, :, :, ::1] gmask,
+                    floating[:, ::1] gw2, floating[:, :, :, ::1] gmask,
                     floating[::1] xpad, floating[::1] cols, floating[::1] tw, Py_ssize_t[::1] tb,
-                    tuple params, Py_ssize_t chunk, Py_ssize_t pb, Py_ssize_t ub,
-                    int n_threads):
-    """grad_x (gx), grad_offset (goff), grad_weight (gw, zero-filled by the caller) and, with
-    has_mask, grad_mask (gmask); all OUT.  Scratch per chunk image: xpad C*(H+2)*(W+2), cols
-    C*KK*P, tw 6*OG*KK*P, and in tb OG*KK*P sampled corners per image, then as many offset
-    gradient corners per image (at chunk*OG*KK*P).  params as deform_forward's."""
-    cdef Py_ssize_t N = x.shape[0], F = w.shape[0], Cg = w.shape[1]
-    cdef Py_ssize_t KH = w.shape[2], KW = w.shape[3], Wo = gy.shape[3], P = gy.shape[2] * Wo
+                    floating[::1] wpart, tuple params, Py_ssize_t chunk, Py_ssize_t pb,
+                    Py_ssize_t ub, Py_ssize_t cb, Py_ssize_t KH, Py_ssize_t KW, int n_threads):
+    """grad_x (gx), grad_offset (goff), grad_weight in w2's order (gw2, zero-filled by the
+    caller) and, with has_mask, grad_mask (gmask); all OUT.  Scratch per chunk image: xpad
+    C*(H+2)*(W+2), cols P*C*KK, tw 6*OG*KK*P, in tb OG*KK*P sampled corners per image, then
+    as many offset gradient corners per image (at chunk*OG*KK*P), and wpart F*KK*Cg (the
+    image's grad_weight).  params as deform_forward's."""
+    cdef Py_ssize_t N = x.shape[0], F = w2.shape[0], K = w2.shape[1]
+    cdef Py_ssize_t Wo = gy.shape[3], P = gy.shape[2] * Wo
     cdef Geom s = _geom(x.shape[1], x.shape[2], x.shape[3], off.shape[1] // (2 * KH * KW),
-                        KH, KW, Wo, P, params)
-    cdef Py_ssize_t G = s.C // Cg, Fg = F // G, K = Cg * s.KK, nb = (P + pb - 1) // pb
-    cdef Py_ssize_t nub = (K + ub - 1) // ub, C = s.C, KK = s.KK, OG = s.OG
-    cdef Py_ssize_t n0, nc, t, n, slot, p0, p1, g, u0, u1, j, c
+                        K // (KH * KW), KH, KW, Wo, P, params)
+    cdef Py_ssize_t G = s.C // s.Cg, Fg = F // G, nb = (P + pb - 1) // pb
+    cdef Py_ssize_t nub = (K + ub - 1) // ub, C = s.C, KK = s.KK, OG = s.OG, Cg = s.Cg
+    cdef Py_ssize_t CKK = s.CKK
+    cdef Py_ssize_t[::1] cblk = _channel_blocks(C, C // OG, Cg, cb)
+    cdef Py_ssize_t ncb = cblk.shape[0] - 1
+    cdef Py_ssize_t n0, nc, t, n, slot, p0, p1, g, u0, u1, j, c0, c1
     cdef floating* cp
     cdef floating* xs
+    cdef Py_ssize_t q
     cdef const floating* mp
     for n0 in range(0, N, chunk):
         nc = _min(chunk, N - n0)
         with nogil:
-            # (1) bordered planes, tables and columns
+            # (1) bordered copies, tables and columns
             _pad_chunk(x, &s, n0, nc, &xpad[0], n_threads)
             for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
                 slot = t // nb
@@ -192,53 +223,60 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                             &mask[n0 + slot, 0, 0, 0] if has_mask else <const floating*>NULL,
                             &s, p0, _min(P, p0 + pb), &tw[0] + (slot * s.TP + p0) * 6,
                             &tb[0] + slot * s.TP + p0, &tb[0] + (chunk + slot) * s.TP + p0, P,
-                            &cols[0] + slot * s.CKP + p0, P)
-            # (2) grad_weight: rows [u0, u1) of group g, images in order
-            for t in prange(G * nub, schedule="dynamic", num_threads=n_threads):
-                g = t // nub
-                u0 = (t - g * nub) * ub
+                            &cols[0] + slot * s.CKP + p0 * CKK)
+            # (2) grad_weight: each image's share (columns [u0, u1) of group g) into its slot
+            # of wpart, then added to gw2 images in order
+            for t in prange(nc * G * nub, schedule="dynamic", num_threads=n_threads):
+                slot = t // (G * nub)
+                g = (t - slot * G * nub) // nub
+                u0 = (t - slot * G * nub - g * nub) * ub
                 u1 = _min(K, u0 + ub)
+                gemm(False, False, Fg, u1 - u0, P, <floating>1, &gy[n0 + slot, g * Fg, 0, 0], P,
+                     &cols[0] + slot * s.CKP + g * K + u0, CKK, <floating>0,
+                     &wpart[0] + (slot * F + g * Fg) * K + u0, K)
+            for t in prange(F, schedule="static", num_threads=n_threads):
                 for j in range(nc):
-                    gemm(False, True, Fg, u1 - u0, P, <floating>1, &gy[n0 + j, g * Fg, 0, 0], P,
-                         &cols[0] + j * s.CKP + (g * K + u0) * P, P, <floating>1,
-                         &gw[g * Fg, 0, 0, 0] + u0, K)
-            # (3) dL/dcols = W^T @ gy, then the offset / mask gradients and dL/d(sample)
+                    for u0 in range(K):
+                        gw2[t, u0] += wpart[(j * F + t) * K + u0]
+            # (3) dL/dcols = gy^T @ W, then the offset / mask gradients and dL/d(sample)
             for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
                 slot = t // nb
                 n = n0 + slot
                 p0 = (t - slot * nb) * pb
                 p1 = _min(P, p0 + pb)
-                cp = &cols[0] + slot * s.CKP
+                cp = &cols[0] + slot * s.CKP + p0 * CKK
                 xs = &xpad[0] + slot * C * s.plane
                 for g in range(G):
-                    gemm(True, False, K, p1 - p0, Fg, <floating>1, &w[g * Fg, 0, 0, 0], K,
-                         &gy[n, g * Fg, 0, 0] + p0, P, <floating>0, cp + g * K * P + p0, P)
+                    gemm(True, False, p1 - p0, K, Fg, <floating>1, &gy[n, g * Fg, 0, 0] + p0, P,
+                         &w2[g * Fg, 0], K, <floating>0, cp + g * K, CKK)
                 mp = &mask[n, 0, 0, 0] if has_mask else <const floating*>NULL
                 if floating is float:
-                    ck_deform_coord_f(xs, mp, C, s.H, s.W, OG, KK, P, p0, p1,
+                    ck_deform_coord_f(xs, mp, C, s.W, OG, Cg, KK, P, p0, p1,
                                       &tw[0] + (slot * s.TP + p0) * 6,
-                                      &tb[0] + (chunk + slot) * s.TP + p0, P, cp + p0, P,
+                                      &tb[0] + (chunk + slot) * s.TP + p0, P, cp,
                                       &goff[n, 0, 0, 0],
                                       &gmask[n, 0, 0, 0] if has_mask else <float*>NULL)
                 else:
-                    ck_deform_coord_d(xs, mp, C, s.H, s.W, OG, KK, P, p0, p1,
+                    ck_deform_coord_d(xs, mp, C, s.W, OG, Cg, KK, P, p0, p1,
                                       &tw[0] + (slot * s.TP + p0) * 6,
-                                      &tb[0] + (chunk + slot) * s.TP + p0, P, cp + p0, P,
+                                      &tb[0] + (chunk + slot) * s.TP + p0, P, cp,
                                       &goff[n, 0, 0, 0],
                                       &gmask[n, 0, 0, 0] if has_mask else <double*>NULL)
-            # (4) grad_x, one plane per task, accumulated in the (now free) bordered plane
-            for t in prange(nc * C, schedule="dynamic", num_threads=n_threads):
-                slot = t // C
-                c = t - slot * C
-                xs = &xpad[0] + t * s.plane
-                memset(xs, 0, s.plane * sizeof(floating))
+            # (4) grad_x, one block of channels per task, accumulated in the (now free)
+            # bordered copy
+            for t in prange(nc * ncb, schedule="dynamic", num_threads=n_threads):
+                slot = t // ncb
+                c0 = cblk[t - slot * ncb]
+                c1 = cblk[t - slot * ncb + 1]
+                xs = &xpad[0] + slot * C * s.plane
+                for q in range(s.plane):
+                    for j in range(c0, c1):
+                        xs[q * C + j] = 0
                 if floating is float:
-                    ck_deform_col2im_f(&cols[0] + slot * s.CKP + c * KK * P, P, c // (C // OG),
-                                       KK, P, s.W, &tw[0] + slot * s.TP * 6,
-                                       &tb[0] + slot * s.TP, xs)
-                    ck_deform_crop_f(xs, s.H, s.W, &gx[n0 + slot, c, 0, 0])
+                    ck_deform_scatter_f(&cols[0] + slot * s.CKP, C, s.W, OG, Cg, KK, P, c0, c1,
+                                        &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP, xs)
+                    ck_deform_crop_f(xs, C, s.H, s.W, c0, c1, &gx[n0 + slot, 0, 0, 0])
                 else:
-                    ck_deform_col2im_d(&cols[0] + slot * s.CKP + c * KK * P, P, c // (C // OG),
-                                       KK, P, s.W, &tw[0] + slot * s.TP * 6,
-                                       &tb[0] + slot * s.TP, xs)
-                    ck_deform_crop_d(xs, s.H, s.W, &gx[n0 + slot, c, 0, 0])
+                    ck_deform_scatter_d(&cols[0] + slot * s.CKP, C, s.W, OG, Cg, KK, P, c0, c1,
+                                        &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP, xs)
+                    ck_deform_crop_d(xs, C, s.H, s.W, c0, c1, &gx[n0 + slot, 0, 0, 0])

@@ -2,10 +2,16 @@
 around ``_deform_conv`` (deformable im2col in C + the cpu conv's GEMMs; the rule is stated in
 convkit/reference/deform_conv.py).
 
+The C kernels sample channels innermost (csrc/deform_conv.h): x is read through a
+channels-last copy, the columns are stored one row per output position, and the weights go
+to the GEMMs permuted to (F, KH*KW*Cg) (grad_weight comes back in that order and is permuted
+back here).
+
 The batch runs in chunks within ``convkit.get_workspace_limit()``: a chunk's zero-bordered
-copies of x's planes (C*(H+2)*(W+2) values per image) and, in the backward, its columns
-(C*KH*KW*Ho*Wo values per image) and sample tables (offset_groups*KH*KW*Ho*Wo entries of six
-weights and two indices per image) are held at once; the forward keeps one task's columns and
+channels-last copies of x (C*(H+2)*(W+2) values per image) and, in the backward, its columns
+(C*KH*KW*Ho*Wo values per image), sample tables (offset_groups*KH*KW*Ho*Wo entries of six
+weights and two indices per image) and grad_weight shares (one weight's size per image) are
+held at once; the forward keeps one task's columns and
 table per thread instead.  A limit below one image is a MemoryError.  Deterministic: the same
 bits on every run and for any thread count (task sizes depend on the shapes only; no
 atomics).
@@ -18,13 +24,17 @@ from .._config import get_num_threads, get_workspace_limit
 from . import _conv_im2col, _deform_conv
 from .conv import _blas_pin, _workspace
 
-# Positions per task (a block of output pixels of one image) and grad_weight rows per task:
-# fixed sizes (never the thread count), so that the GEMM shapes and thus the bits do not
-# depend on how many threads run.  The forward's blocks are small enough that a task's
-# columns (C*KH*KW*64 values: 144 KiB for bench's deform_conv) stay in cache for its GEMMs.
-_FWD_POSITIONS = 64
+# Positions per task (a block of output pixels of one image) and grad_weight columns per
+# task (wide: a task packs gy[n] once for its GEMM): fixed sizes (never the thread count),
+# so that the GEMM shapes and thus the bits do not depend on how many threads run.  The
+# forward's blocks are small enough that a task's columns (at most C*KH*KW*128 values:
+# 288 KiB for bench's deform_conv) stay in L2 for its GEMMs.
+_FWD_POSITIONS = 128
 _POSITIONS = 256
-_WEIGHT_ROWS = 64
+_WEIGHT_COLS = 288
+# Channels per grad_x task (a block never crosses an offset group's or weight group's edge;
+# wide, so that a task reads whole rows of the columns' gradient).
+_CHANNELS = 64
 # Below this many sample-channel products a call runs on one thread.
 _PARALLEL_MIN = 1 << 15
 
@@ -42,13 +52,13 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
     entry = 6 * item + 2 * np.dtype(np.intp).itemsize   # one table entry: weights, corners
     plane = (H + 2) * (W + 2)
     if forward:
-        pb = min(P, _FWD_POSITIONS)
+        pb = _block(P, _FWD_POSITIONS)
         fixed = n_threads * (C * KH * KW * pb * item + RK * pb * entry)
         per_image = C * plane * item
         cols, table = n_threads * C * KH * KW * pb, n_threads * RK * pb
     else:
         fixed = 0
-        per_image = (C * plane + C * KH * KW * P) * item + RK * P * entry
+        per_image = (C * plane + C * KH * KW * P + weight.size) * item + RK * P * entry
     limit = get_workspace_limit()
     if fixed + per_image > limit:
         raise MemoryError(f"{op}: one image's bordered planes, deformable columns and sample "
@@ -61,7 +71,15 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
             _workspace(cols, x.dtype, "deform_cols"),
             _workspace(table * 6, x.dtype, "deform_weights"),
             _workspace(2 * table, np.intp, "deform_index"))
+    if not forward:     # per chunk image its grad_weight
+        bufs += (_workspace(chunk * weight.size, x.dtype, "deform_wpart"),)
     return chunk, bufs
+
+
+def _block(P, most):
+    """Positions per task: at most ``most``, the blocks of P as even as that allows (no
+    small last block for the GEMMs)."""
+    return -(-P // -(-P // most))
 
 
 def _threads(x, weight, P):
@@ -71,6 +89,14 @@ def _threads(x, weight, P):
 
 def _params(stride, padding, dilation):
     return (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
+
+
+def _taps_first(weight):
+    """weight (F, Cg, KH, KW) -> (F, KH*KW*Cg), columns ordered (tap, channel) like the
+    columns' (csrc/deform_conv.h)."""
+    F, Cg, KH, KW = weight.shape
+    return np.ascontiguousarray(weight.reshape(F, Cg, KH * KW).transpose(0, 2, 1)).reshape(
+        F, KH * KW * Cg)
 
 
 _NO_MASK = {np.dtype(np.float32): np.zeros((1, 1, 1, 1), np.float32),
@@ -86,9 +112,9 @@ def deform_conv2d_forward(x, offset, weight, bias, stride, padding, dilation, ma
     b = bias if bias is not None else np.zeros(1, x.dtype)
     m = mask if mask is not None else _NO_MASK[x.dtype]
     with _blas_pin(x.dtype):
-        _deform_conv.deform_forward(x, offset, weight, b, bias is not None, m, mask is not None,
-                                    y, *bufs, _params(stride, padding, dilation), chunk,
-                                    min(Ho * Wo, _FWD_POSITIONS), n)
+        _deform_conv.deform_forward(x, offset, _taps_first(weight), b, bias is not None, m,
+                                    mask is not None, y, *bufs, _params(stride, padding, dilation),
+                                    chunk, _block(Ho * Wo, _FWD_POSITIONS), *weight.shape[2:], n)
     return y
 
 
@@ -99,13 +125,17 @@ def deform_conv2d_backward(grad_y, x, offset, weight, stride, padding, dilation,
     dt = x.dtype
     gx = np.empty(x.shape, dt)
     goff = np.empty(offset.shape, dt)
-    gw = np.zeros(weight.shape, dt)
+    F, Cg, KH, KW = weight.shape
+    gw2 = np.zeros((F, KH * KW * Cg), dt)
     gm = np.empty(mask.shape, dt) if mask is not None else _NO_MASK[dt]
     m = mask if mask is not None else _NO_MASK[dt]
     with _blas_pin(dt):
-        _deform_conv.deform_backward(grad_y, x, offset, weight, m, mask is not None, gx, goff,
-                                     gw, gm, *bufs, _params(stride, padding, dilation), chunk,
-                                     _POSITIONS, _WEIGHT_ROWS, n)
+        _deform_conv.deform_backward(grad_y, x, offset, _taps_first(weight), m, mask is not None,
+                                     gx, goff, gw2, gm, *bufs, _params(stride, padding, dilation),
+                                     chunk, _block(Ho * Wo, _POSITIONS), _WEIGHT_COLS, _CHANNELS,
+                                     KH, KW, n)
+    gw = np.ascontiguousarray(gw2.reshape(F, KH * KW, Cg).transpose(0, 2, 1)).reshape(
+        weight.shape)
     gb = None
     if has_bias:
         gb = np.empty(weight.shape[0], dt)

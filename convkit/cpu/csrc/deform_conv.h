@@ -2,57 +2,90 @@
    convkit/reference/deform_conv.py), float and double from one macro body; driven by
    _deform_conv.pyx, which runs them in OpenMP tasks and does the GEMMs.
 
-   The kernels read x through a copy of each plane with a one-pixel zero border
-   (Hp = H + 2, Wp = W + 2): every corner of a sample point inside the sampled range
-   (-1 < y < H, -1 < x < W) lies in it, and a corner outside the image reads an exact 0 --
-   torchvision's "a corner outside the image is 0", with no branch per corner.
+   Channels innermost: the kernels read x through a channels-last copy of each image with a
+   one-pixel zero border (xn[(hp*Wp + wp)*C + c], Hp = H + 2, Wp = W + 2): every corner of a
+   sample point inside the sampled range (-1 < y < H, -1 < x < W) lies in it, and a corner
+   outside the image reads an exact 0 -- torchvision's "a corner outside the image is 0",
+   with no branch per corner.  A sample's four corners and weights are found once and serve
+   every channel of its offset group as contiguous (vectorisable) runs.
+   The columns are transposed, one row per output position: cols[p*C*KK + col(c, k)] with
+   col(c, k) = (c / Cg)*K + k*Cg + c % Cg (weight group c / Cg, tap k, channel in the group;
+   K = Cg*KK), so each weight group's columns are a contiguous (P x K) block and the GEMMs
+   take the weights permuted to (F, KK, Cg).
    A sample table holds, for each sample of one image (offset group g, tap k = i*KW + j,
    r = g*KK + k, output position p = ho*Wo + wo) at t = r*ldt + p - p0, six weights
    tw[6t..6t+5] =
    (hh*hw, hh*lw, lh*hw, lh*lw, lh, lw) and tb[t] = (hl + 1)*Wp + (wl + 1), the top-left
-   corner in the padded plane.  A point outside the sampled range has zero weights and
-   corner W + 1, whose four corners are all border zeros: it samples 0; a NaN point has NaN
-   weights there: it samples NaN (and its gradient lands on the border only).  tc[t] is the
-   corner the offset gradient reads: tb[t], except on the edges y = -1 and x = -1, which
-   sample 0 (tb: the border) but have torchvision's offset gradient from inside (tc: their
-   real corner; lh, lw kept).  Every index
-   a kernel forms comes from the table, made from one read of each
-   offset: an offset changed by another thread meanwhile cannot move a read out of the plane. */
+   corner (a pixel of the bordered plane).  A point outside the sampled range has zero
+   weights and corner W + 1, whose four corners are all border zeros: it samples 0; a NaN
+   point has NaN weights there: it samples NaN (and its gradient lands on the border only).
+   tc[t] is the corner the offset gradient reads: tb[t], except on the edges y = -1 and
+   x = -1, which sample 0 (tb: the border) but have torchvision's offset gradient from inside
+   (tc: their real corner; lh, lw kept).  Every index a kernel forms comes from the table,
+   made from one read of each offset: an offset changed by another thread meanwhile cannot
+   move a read out of the plane.
+
+   The table and sampling kernels are built twice on x86, plain and for AVX2+FMA (chosen at
+   run time, ck_deform_isa; the builds may round differently); within a build every sum runs
+   in an order fixed by the shapes. */
 #ifndef CK_DEFORM_CONV_H
 #define CK_DEFORM_CONV_H
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
 
-#define CK_DEFORM_SPAN 64   /* positions per accumulator block of ck_deform_coord */
+#if defined(_MSC_VER)
+#define CK_DEFORM_R __restrict
+#else
+#define CK_DEFORM_R restrict
+#endif
 
-#define CK_DEFORM_FUNCS(T, SUF)                                                              \
-/* xp (Hp x Wp) = x (H x W) with a zero border of one pixel. */                              \
-static void ck_deform_pad_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, T* xp)                 \
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define CK_DEFORM_X86 1
+#include <immintrin.h>
+#endif
+
+#define CK_DEFORM_BASE(T, SUF)                                                               \
+/* Row hp of one image's channels-last bordered copy xn (Hp x Wp x C) of x (C x H x W). */   \
+static void ck_deform_pad_##SUF(const T* x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,           \
+        ptrdiff_t hp, T* xn)                                                                 \
 {                                                                                            \
     const ptrdiff_t Wp = W + 2;                                                              \
-    ptrdiff_t h;                                                                             \
-    memset(xp, 0, (size_t)Wp * sizeof(T));                                                   \
-    for (h = 0; h < H; h++) {                                                                \
-        T* row = xp + (h + 1) * Wp;                                                          \
-        row[0] = 0;                                                                          \
-        memcpy(row + 1, x + h * W, (size_t)W * sizeof(T));                                   \
-        row[W + 1] = 0;                                                                      \
+    T* row = xn + hp * Wp * C;                                                               \
+    ptrdiff_t c, w;                                                                          \
+    if (hp == 0 || hp == H + 1) {                                                            \
+        memset(row, 0, (size_t)(Wp * C) * sizeof(T));                                        \
+        return;                                                                              \
     }                                                                                        \
-    memset(xp + (H + 1) * Wp, 0, (size_t)Wp * sizeof(T));                                    \
+    memset(row, 0, (size_t)C * sizeof(T));                                                   \
+    memset(row + (W + 1) * C, 0, (size_t)C * sizeof(T));                                     \
+    for (c = 0; c < C; c += 8) {     /* 8 channels at a time: runs of 8 written */           \
+        const T* src = x + (c * H + hp - 1) * W;                                             \
+        const ptrdiff_t n = C - c < 8 ? C - c : 8;                                           \
+        ptrdiff_t j;                                                                         \
+        for (w = 0; w < W; w++)                                                              \
+            for (j = 0; j < n; j++) row[(w + 1) * C + c + j] = src[j * H * W + w];           \
+    }                                                                                        \
 }                                                                                            \
                                                                                              \
-/* x (H x W) = the interior of the padded plane gp (Hp x Wp). */                             \
-static void ck_deform_crop_##SUF(const T* gp, ptrdiff_t H, ptrdiff_t W, T* x)                \
+/* Channels [c0, c1) of x (C x H x W) = the interior of the channels-last plane gn. */       \
+static void ck_deform_crop_##SUF(const T* gn, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,         \
+        ptrdiff_t c0, ptrdiff_t c1, T* x)                                                    \
 {                                                                                            \
-    ptrdiff_t h;                                                                             \
-    for (h = 0; h < H; h++)                                                                  \
-        memcpy(x + h * W, gp + (h + 1) * (W + 2) + 1, (size_t)W * sizeof(T));                \
-}                                                                                            \
-                                                                                             \
+    ptrdiff_t c, h, w;                                                                       \
+    for (c = c0; c < c1; c++)                                                                \
+        for (h = 0; h < H; h++) {                                                            \
+            const T* src = gn + ((h + 1) * (W + 2) + 1) * C + c;                             \
+            T* dst = x + (c * H + h) * W;                                                    \
+            for (w = 0; w < W; w++) dst[w] = src[w * C];                                     \
+        }                                                                                    \
+}
+
+#define CK_DEFORM_KERNELS(T, SUF, ISA, ATTR)                                                 \
 /* Table entries of positions [p0, p1) for every offset group and tap r of one image, at     \
    r*ldt + p - p0; off is the image's (2*OG*KK, P) offsets. */                               \
-static void ck_deform_table_##SUF(const T* off, ptrdiff_t OG, ptrdiff_t KH, ptrdiff_t KW,    \
+ATTR static void ck_deform_table_##SUF##_##ISA(const T* off, ptrdiff_t OG,                   \
+        ptrdiff_t KH, ptrdiff_t KW,                                                          \
         ptrdiff_t Wo, ptrdiff_t P, ptrdiff_t H, ptrdiff_t W, ptrdiff_t sh, ptrdiff_t sw,     \
         ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t p0, ptrdiff_t p1,  \
         T* tw, ptrdiff_t* tb, ptrdiff_t* tc, ptrdiff_t ldt)                                  \
@@ -91,123 +124,242 @@ static void ck_deform_table_##SUF(const T* off, ptrdiff_t OG, ptrdiff_t KH, ptrd
     }                                                                                        \
 }                                                                                            \
                                                                                              \
-/* Columns [p0, p1) of one image: cols[(c*KK + k)*ldc + p - p0] = mask * sample; xp holds    \
-   the image's C padded planes, mask is the image's (OG*KK, P) mask or NULL; the table       \
-   entries of (r, p) at r*ldt + p - p0.  Four channels of                                    \
-   an offset group at a time share each table entry's loads. */                              \
-static void ck_deform_cols_##SUF(const T* xp, const T* mask, ptrdiff_t C, ptrdiff_t H,       \
-        ptrdiff_t W, ptrdiff_t OG, ptrdiff_t KK, ptrdiff_t P, ptrdiff_t p0, ptrdiff_t p1,    \
-        const T* tw, const ptrdiff_t* tb, ptrdiff_t ldt, T* cols, ptrdiff_t ldc)             \
+/* Columns of positions [p0, p1) of one image, row p at cols + (p - p0)*C*KK (layout above): \
+   mask * sample; mask is the image's (OG*KK, P) mask or NULL. */                            \
+ATTR static void ck_deform_cols_##SUF##_##ISA(const T* xn, const T* mask, ptrdiff_t C,       \
+        ptrdiff_t W, ptrdiff_t OG, ptrdiff_t Cg, ptrdiff_t KK, ptrdiff_t P, ptrdiff_t p0,    \
+        ptrdiff_t p1, const T* tw, const ptrdiff_t* tb, ptrdiff_t ldt, T* cols)              \
 {                                                                                            \
-    const ptrdiff_t Cog = C / OG, Wp = W + 2, plane = (H + 2) * (W + 2);                     \
-    ptrdiff_t g, c, k, p, j, nc;                                                             \
-    for (g = 0; g < OG; g++)                                                                 \
-    for (k = 0; k < KK; k++) {                                                               \
-        const ptrdiff_t r = g * KK + k;                                                      \
-        const T* w = tw + 6 * r * ldt;       /* position p: w + 6(p - p0), b[p - p0] */      \
-        const ptrdiff_t* b = tb + r * ldt;                                                   \
-        const T* m = mask ? mask + r * P : NULL;                                             \
-        for (c = g * Cog; c < (g + 1) * Cog; c += nc) {                                      \
-            const T* xc = xp + c * plane;                                                    \
-            T* row = cols + (c * KK + k) * ldc;         /* column p at row[p - p0] */        \
-            const ptrdiff_t lr = KK * ldc;                                                   \
-            nc = (g + 1) * Cog - c >= 4 ? 4 : 1;                                             \
-            if (nc == 4) {                                                                   \
-                for (p = p0; p < p1; p++) {                                                  \
-                    const T* a = xc + b[p - p0];                                             \
-                    const T* u = w + 6 * (p - p0);                                           \
-                    const T w0 = u[0], w1 = u[1], w2 = u[2], w3 = u[3];                      \
-                    const T mm = m ? m[p] : (T)1;                                            \
-                    T s[4];                                                                  \
-                    for (j = 0; j < 4; j++) {                                                \
-                        const T* aj = a + j * plane;                                         \
-                        s[j] = w0 * aj[0] + w1 * aj[1] + w2 * aj[Wp] + w3 * aj[Wp + 1];      \
-                    }                                                                        \
-                    for (j = 0; j < 4; j++) row[j * lr + p - p0] = m ? mm * s[j] : s[j];     \
-                }                                                                            \
-            } else {                                                                         \
-                for (p = p0; p < p1; p++) {                                                  \
-                    const T* a = xc + b[p - p0];                                             \
-                    const T* u = w + 6 * (p - p0);                                           \
-                    const T s = u[0] * a[0] + u[1] * a[1] + u[2] * a[Wp] + u[3] * a[Wp + 1]; \
-                    row[p - p0] = m ? m[p] * s : s;                                          \
+    const ptrdiff_t Cog = C / OG, K = Cg * KK, ldc = C * KK, Wp = W + 2;                     \
+    ptrdiff_t r, p, c, c0, c1;                                                               \
+    for (p = p0; p < p1; p++)                                                                \
+        for (r = 0; r < OG * KK; r++) {                                                      \
+            const ptrdiff_t g = r / KK, k = r - (r / KK) * KK, t = r * ldt + (p - p0);       \
+            const T* u = tw + 6 * t;                                                         \
+            const T w0 = u[0], w1 = u[1], w2 = u[2], w3 = u[3];                              \
+            const T* a0 = xn + tb[t] * C;                                                    \
+            const T* a1 = a0 + C;                                                            \
+            const T* a2 = a0 + Wp * C;                                                       \
+            const T* a3 = a2 + C;                                                            \
+            for (c0 = g * Cog; c0 < (g + 1) * Cog; c0 = c1) {                                \
+                const ptrdiff_t wg = c0 / Cg;                                                \
+                T* CK_DEFORM_R d = cols + (p - p0) * ldc + wg * K + k * Cg - wg * Cg;        \
+                c1 = (wg + 1) * Cg < (g + 1) * Cog ? (wg + 1) * Cg : (g + 1) * Cog;          \
+                if (mask) {                                                                  \
+                    const T m = mask[r * P + p];                                             \
+                    for (c = c0; c < c1; c++)                                                \
+                        d[c] = m * (w0 * a0[c] + w1 * a1[c] + w2 * a2[c] + w3 * a3[c]);      \
+                } else {                                                                     \
+                    for (c = c0; c < c1; c++)                                                \
+                        d[c] = w0 * a0[c] + w1 * a1[c] + w2 * a2[c] + w3 * a3[c];            \
                 }                                                                            \
             }                                                                                \
         }                                                                                    \
-    }                                                                                        \
 }                                                                                            \
                                                                                              \
-/* Offset and mask gradients of positions [p0, p1) of one image.  gc holds dL/dcols (rows    \
-   (c*KK + k), stride ldc, from column p0; table as ck_deform_cols); each entry is          \
-   replaced by dL/d(sample) = gc * mask (the input                                          \
-   of ck_deform_col2im).  goff (2*OG*KK, P) and gmask (OG*KK, P, or NULL) are the image's;   \
-   the channels of a group are summed in order, CK_DEFORM_SPAN positions at a time (rows     \
-   streamed, not a column walked across channels). */                                        \
-static void ck_deform_coord_##SUF(const T* xp, const T* mask, ptrdiff_t C, ptrdiff_t H,      \
-        ptrdiff_t W, ptrdiff_t OG, ptrdiff_t KK, ptrdiff_t P, ptrdiff_t p0, ptrdiff_t p1,    \
-        const T* tw, const ptrdiff_t* tc, ptrdiff_t ldt, T* gc, ptrdiff_t ldc, T* goff,      \
-        T* gmask)                                                                            \
+/* grad of channels [c0, c1) (within one offset group g and one weight group) of one image's \
+   channels-last bordered plane gn (those channels zeroed by the caller): every sample of    \
+   dL/d(sample) gs (the columns' layout, all P rows) adds gs * weight at its four corners,   \
+   positions and taps in order (the same bits for any thread count).  What lands on the      \
+   border (corners outside the image, points outside the range or NaN) is cropped away. */   \
+ATTR static void ck_deform_scatter_##SUF##_##ISA(const T* gs, ptrdiff_t C, ptrdiff_t W,      \
+        ptrdiff_t OG, ptrdiff_t Cg, ptrdiff_t KK, ptrdiff_t P, ptrdiff_t c0, ptrdiff_t c1,   \
+        const T* tw, const ptrdiff_t* tb, T* gn)                                             \
 {                                                                                            \
-    const ptrdiff_t Cog = C / OG, Wp = W + 2, plane = (H + 2) * (W + 2);                     \
-    ptrdiff_t r, q0, q1, p, c;                                                               \
-    T ay[CK_DEFORM_SPAN], ax[CK_DEFORM_SPAN], am[CK_DEFORM_SPAN];                            \
-    for (r = 0; r < OG * KK; r++) {      /* tap r = g*KK + k */                              \
-        const ptrdiff_t g = r / KK, k = r - (r / KK) * KK, *b = tc + r * ldt;                \
-        const T *w = tw + 6 * r * ldt, *m = mask ? mask + r * P : NULL;                      \
-        for (q0 = p0; q0 < p1; q0 = q1) {                                                    \
-            q1 = p1 - q0 > CK_DEFORM_SPAN ? q0 + CK_DEFORM_SPAN : p1;                        \
-            for (p = q0; p < q1; p++) ay[p - q0] = ax[p - q0] = am[p - q0] = 0;              \
-            for (c = g * Cog; c < (g + 1) * Cog; c++) {                                      \
-                const T* xc = xp + c * plane;                                                \
-                T* row = gc + (c * KK + k) * ldc;                                            \
-                for (p = q0; p < q1; p++) {                                                  \
-                    const T* a = xc + b[p - p0];                                             \
-                    const T* u = w + 6 * (p - p0);                                           \
-                    const T e = row[p - p0], gs = m ? e * m[p] : e;                          \
-                    const T lh = u[4], lw = u[5], hh = 1 - lh, hw = 1 - lw;                  \
-                    const T v1 = a[0], v2 = a[1], v3 = a[Wp], v4 = a[Wp + 1];                \
-                    const T s = u[0] * v1 + u[1] * v2 + u[2] * v3 + u[3] * v4;               \
-                    am[p - q0] += e * s;                                                     \
-                    ay[p - q0] += gs * (lw * (v4 - v2) + hw * (v3 - v1));                    \
-                    ax[p - q0] += gs * (lh * (v4 - v3) + hh * (v2 - v1));                    \
-                    row[p - p0] = gs;                                                        \
-                }                                                                            \
-            }                                                                                \
-            for (p = q0; p < q1; p++) {                                                      \
-                goff[2 * r * P + p] = ay[p - q0];                                            \
-                goff[(2 * r + 1) * P + p] = ax[p - q0];                                      \
-                if (gmask) gmask[r * P + p] = am[p - q0];                                    \
+    const ptrdiff_t g = c0 / (C / OG), wg = c0 / Cg, K = Cg * KK, ldc = C * KK, Wp = W + 2;  \
+    ptrdiff_t k, p, c;                                                                       \
+    for (p = 0; p < P; p++)                                                                  \
+        for (k = 0; k < KK; k++) {                                                           \
+            const T* src = gs + wg * K + k * Cg - wg * Cg;                                   \
+            const ptrdiff_t t = (g * KK + k) * P + p;                                        \
+            const T* u = tw + 6 * t;                                                         \
+            const T w0 = u[0], w1 = u[1], w2 = u[2], w3 = u[3];                              \
+            const T* CK_DEFORM_R e = src + p * ldc;                                          \
+            T* CK_DEFORM_R a0 = gn + tb[t] * C;                                              \
+            T* CK_DEFORM_R a1 = a0 + C;                                                      \
+            T* CK_DEFORM_R a2 = a0 + Wp * C;                                                 \
+            T* CK_DEFORM_R a3 = a2 + C;                                                      \
+            for (c = c0; c < c1; c++) {                                                      \
+                const T v = e[c];                                                            \
+                a0[c] += v * w0;                                                             \
+                a1[c] += v * w1;                                                             \
+                a2[c] += v * w2;                                                             \
+                a3[c] += v * w3;                                                             \
             }                                                                                \
         }                                                                                    \
-    }                                                                                        \
-}                                                                                            \
-                                                                                             \
-/* grad of one padded channel plane gp (zeroed by the caller): each tap row of gs (KK rows,  \
-   stride ldc, offset group g) adds gs * weight at the four corners of its samples, taps     \
-   and positions in order (the same bits for any thread count).  What lands on the border    \
-   (corners outside the image, points outside the range or NaN) is cropped away. */          \
-static void ck_deform_col2im_##SUF(const T* gs, ptrdiff_t ldc, ptrdiff_t g, ptrdiff_t KK,    \
-        ptrdiff_t P, ptrdiff_t W, const T* tw, const ptrdiff_t* tb, T* gp)                   \
-{                                                                                            \
-    const ptrdiff_t Wp = W + 2;                                                              \
-    ptrdiff_t k, p;                                                                          \
-    for (k = 0; k < KK; k++) {                                                               \
-        const T* row = gs + k * ldc;                                                         \
-        const T* w = tw + 6 * (g * KK + k) * P;                                              \
-        const ptrdiff_t* b = tb + (g * KK + k) * P;                                          \
-        for (p = 0; p < P; p++) {                                                            \
-            T* a = gp + b[p];                                                                \
-            const T* u = w + 6 * p;                                                          \
-            const T e = row[p];                                                              \
-            a[0] += e * u[0];                                                                \
-            a[1] += e * u[1];                                                                \
-            a[Wp] += e * u[2];                                                               \
-            a[Wp + 1] += e * u[3];                                                           \
-        }                                                                                    \
-    }                                                                                        \
 }
 
-CK_DEFORM_FUNCS(float, f)
-CK_DEFORM_FUNCS(double, d)
+#define CK_DEFORM_COORD(T, SUF, ISA, ATTR, V, VL, LD, ST, SET1, FMA, SUB, MUL)               \
+/* Offset and mask gradients of positions [p0, p1) of one image.  gc holds dL/dcols in the   \
+   columns' layout (row p at gc + (p - p0)*C*KK; table as ck_deform_cols); each entry is     \
+   replaced by dL/d(sample) = gc * mask (the input of ck_deform_scatter).  goff (2*OG*KK, P) \
+   and gmask (OG*KK, P, or NULL) are the image's.  With E_i = the sum over the group's       \
+   channels of gc * v_i: grad_mask = w1*E1 + .. + w4*E4, and the offset gradients are mask   \
+   times lw*(E4 - E2) + hw*(E3 - E1) and lh*(E4 - E3) + hh*(E2 - E1), from sums of the       \
+   corners' differences (taken per channel, where they are exact).  The sums run in the VL   \
+   lanes of V (the runs' tails in one more), then the lanes in order.  V, VL and the         \
+   operations: one vector type of T (or T itself, VL 1). */                                  \
+ATTR static void ck_deform_coord_##SUF##_##ISA(const T* xn, const T* mask, ptrdiff_t C,      \
+        ptrdiff_t W, ptrdiff_t OG, ptrdiff_t Cg, ptrdiff_t KK, ptrdiff_t P, ptrdiff_t p0,    \
+        ptrdiff_t p1, const T* tw, const ptrdiff_t* tc, ptrdiff_t ldt, T* gc, T* goff,       \
+        T* gmask)                                                                            \
+{                                                                                            \
+    const ptrdiff_t Cog = C / OG, K = Cg * KK, ldc = C * KK, Wp = W + 2;                     \
+    ptrdiff_t r, p, c0, c1, j, l;                                                            \
+    for (p = p0; p < p1; p++)                                                                \
+        for (r = 0; r < OG * KK; r++) {                                                      \
+            const ptrdiff_t g = r / KK, k = r - (r / KK) * KK, t = r * ldt + (p - p0);       \
+            const T* u = tw + 6 * t;                                                         \
+            const T lh = u[4], lw = u[5], hh = 1 - lh, hw = 1 - lw;                          \
+            const T m = mask ? mask[r * P + p] : (T)1;                                       \
+            const V vm = SET1(m);                                                            \
+            const T* a0 = xn + tc[t] * C;                                                    \
+            V s1 = SET1((T)0), sa = s1, sb = s1, sc = s1;                                    \
+            T t1 = 0, ta = 0, tb_ = 0, tc_ = 0, e1, e21, e31, e4, lane[4][VL];               \
+            for (c0 = g * Cog; c0 < (g + 1) * Cog; c0 = c1) {                                \
+                const ptrdiff_t wg = c0 / Cg;                                                \
+                T* d = gc + (p - p0) * ldc + wg * K + k * Cg - wg * Cg + c0;                 \
+                const T *b0 = a0 + c0, *b1 = b0 + C, *b2 = b0 + Wp * C, *b3 = b2 + C;        \
+                ptrdiff_t n;                                                                 \
+                c1 = (wg + 1) * Cg < (g + 1) * Cog ? (wg + 1) * Cg : (g + 1) * Cog;          \
+                n = c1 - c0;                                                                 \
+                for (j = 0; j + VL <= n; j += VL) {                                          \
+                    const V e = LD(d + j), v1 = LD(b0 + j), v3 = LD(b2 + j);                 \
+                    const V va = SUB(LD(b1 + j), v1);                                        \
+                    s1 = FMA(e, v1, s1);                                                     \
+                    sa = FMA(e, va, sa);                                                     \
+                    sb = FMA(e, SUB(v3, v1), sb);                                            \
+                    sc = FMA(e, SUB(SUB(LD(b3 + j), v3), va), sc);                           \
+                    ST(d + j, MUL(e, vm));                                                   \
+                }                                                                            \
+                for (; j < n; j++) {                                                         \
+                    const T e = d[j], v1 = b0[j], va = b1[j] - v1;                           \
+                    t1 += e * v1;                                                            \
+                    ta += e * va;                                                            \
+                    tb_ += e * (b2[j] - v1);                                                 \
+                    tc_ += e * ((b3[j] - b2[j]) - va);                                       \
+                    d[j] = e * m;                                                            \
+                }                                                                            \
+            }                                                                                \
+            ST(lane[0], s1); ST(lane[1], sa); ST(lane[2], sb); ST(lane[3], sc);              \
+            e1 = e21 = e31 = e4 = 0;                                                         \
+            for (l = 0; l < VL; l++) {                                                       \
+                e1 += lane[0][l]; e21 += lane[1][l]; e31 += lane[2][l]; e4 += lane[3][l];    \
+            }                                                                                \
+            e1 += t1; e21 += ta; e31 += tb_; e4 += tc_;                                      \
+            /* e21 = E2 - E1, e31 = E3 - E1, e4 = E4 - E3 - E2 + E1 */                       \
+            goff[2 * r * P + p] = m * (lw * (e31 + e4) + hw * e31);                          \
+            goff[(2 * r + 1) * P + p] = m * (lh * (e21 + e4) + hh * e21);                    \
+            if (gmask)                                                                       \
+                gmask[r * P + p] = u[0] * e1 + u[1] * (e1 + e21) + u[2] * (e1 + e31)         \
+                                   + u[3] * (e1 + e21 + e31 + e4);                           \
+        }                                                                                    \
+}
+
+CK_DEFORM_BASE(float, f)
+CK_DEFORM_BASE(double, d)
+CK_DEFORM_KERNELS(float, f, plain, )
+CK_DEFORM_KERNELS(double, d, plain, )
+/* the plain coord: one lane, V = T */
+#define CK_DEFORM_LD(p) (*(p))
+#define CK_DEFORM_ST(p, v) (*(p) = (v))
+#define CK_DEFORM_SET1(v) (v)
+#define CK_DEFORM_FMA(a, b, c) ((a) * (b) + (c))
+#define CK_DEFORM_SUB(a, b) ((a) - (b))
+#define CK_DEFORM_MUL(a, b) ((a) * (b))
+CK_DEFORM_COORD(float, f, plain, , float, 1, CK_DEFORM_LD, CK_DEFORM_ST, CK_DEFORM_SET1,
+                CK_DEFORM_FMA, CK_DEFORM_SUB, CK_DEFORM_MUL)
+CK_DEFORM_COORD(double, d, plain, , double, 1, CK_DEFORM_LD, CK_DEFORM_ST, CK_DEFORM_SET1,
+                CK_DEFORM_FMA, CK_DEFORM_SUB, CK_DEFORM_MUL)
+#ifdef CK_DEFORM_X86
+CK_DEFORM_KERNELS(float, f, avx2, __attribute__((target("avx2,fma"))))
+CK_DEFORM_KERNELS(double, d, avx2, __attribute__((target("avx2,fma"))))
+CK_DEFORM_COORD(float, f, avx2, __attribute__((target("avx2,fma"))), __m256, 8, _mm256_loadu_ps,
+                _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_sub_ps, _mm256_mul_ps)
+CK_DEFORM_COORD(double, d, avx2, __attribute__((target("avx2,fma"))), __m256d, 4,
+                _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd, _mm256_fmadd_pd,
+                _mm256_sub_pd, _mm256_mul_pd)
+
+/* ck_deform_pad_f with 8x8 blocks (8 channels, 8 columns) transposed in registers */
+__attribute__((target("avx2"))) static void ck_deform_pad_f_avx2(const float* x, ptrdiff_t C,
+        ptrdiff_t H, ptrdiff_t W, ptrdiff_t hp, float* xn)
+{
+    const ptrdiff_t HW = H * W, C8 = C - C % 8, W8 = W - W % 8;
+    float* row = xn + hp * (W + 2) * C;
+    ptrdiff_t c, w, j;
+    if (hp == 0 || hp == H + 1 || C8 == 0 || W8 == 0) {
+        ck_deform_pad_f(x, C, H, W, hp, xn);
+        return;
+    }
+    memset(row, 0, (size_t)C * sizeof(float));
+    memset(row + (W + 1) * C, 0, (size_t)C * sizeof(float));
+    for (c = 0; c < C8; c += 8) {
+        const float* src = x + c * HW + (hp - 1) * W;
+        for (w = 0; w < W8; w += 8) {
+            __m256 r0 = _mm256_loadu_ps(src + w), r1 = _mm256_loadu_ps(src + HW + w);
+            __m256 r2 = _mm256_loadu_ps(src + 2 * HW + w), r3 = _mm256_loadu_ps(src + 3 * HW + w);
+            __m256 r4 = _mm256_loadu_ps(src + 4 * HW + w), r5 = _mm256_loadu_ps(src + 5 * HW + w);
+            __m256 r6 = _mm256_loadu_ps(src + 6 * HW + w), r7 = _mm256_loadu_ps(src + 7 * HW + w);
+            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            float* d = row + (w + 1) * C + c;
+            _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(d + C, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(d + 2 * C, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(d + 3 * C, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(d + 4 * C, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(d + 5 * C, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(d + 6 * C, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(d + 7 * C, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+        for (; w < W; w++)
+            for (j = 0; j < 8; j++) row[(w + 1) * C + c + j] = src[j * HW + w];
+    }
+    for (c = C8; c < C; c++)
+        for (w = 0; w < W; w++) row[(w + 1) * C + c] = x[c * HW + (hp - 1) * W + w];
+}
+#endif
+
+static int ck_deform_cap = 1;   /* 0: the plain kernels even on AVX2 (tests run both) */
+
+/* 1 where the AVX2+FMA kernels run */
+static int ck_deform_isa(void)
+{
+#ifdef CK_DEFORM_X86
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return known && ck_deform_cap;
+#else
+    return 0;
+#endif
+}
+
+#ifdef CK_DEFORM_X86
+#define CK_DEFORM_PICK(NAME, SUF) (ck_deform_isa() ? NAME##_##SUF##_avx2 : NAME##_##SUF##_plain)
+#else
+#define CK_DEFORM_PICK(NAME, SUF) (NAME##_##SUF##_plain)
+#endif
+#ifdef CK_DEFORM_X86
+#define ck_deform_pad_f_pick (ck_deform_isa() ? ck_deform_pad_f_avx2 : ck_deform_pad_f)
+#else
+#define ck_deform_pad_f_pick ck_deform_pad_f
+#endif
+#define ck_deform_table_f CK_DEFORM_PICK(ck_deform_table, f)
+#define ck_deform_table_d CK_DEFORM_PICK(ck_deform_table, d)
+#define ck_deform_cols_f CK_DEFORM_PICK(ck_deform_cols, f)
+#define ck_deform_cols_d CK_DEFORM_PICK(ck_deform_cols, d)
+#define ck_deform_coord_f CK_DEFORM_PICK(ck_deform_coord, f)
+#define ck_deform_coord_d CK_DEFORM_PICK(ck_deform_coord, d)
+#define ck_deform_scatter_f CK_DEFORM_PICK(ck_deform_scatter, f)
+#define ck_deform_scatter_d CK_DEFORM_PICK(ck_deform_scatter, d)
 
 #endif
