@@ -389,14 +389,19 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None,
     s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups, exact=exact)
     algo = plan.forward.algo
     # which operands can reach other outputs than torch's on this plan (see _MIXES_X)
-    if algo in _MIXES_X and _finite(weight) and not _finite(x):
-        bad = _bad_images(x)
-        if not bad.all():       # (per image: the finite ones keep their plan)
-            y = out if out is not None else np.empty((s.N, s.F, Ho, Wo), dtype=x.dtype)
-            return _split_images(bad, lambda i, ex: conv2d_forward(
-                x[i], weight, bias, stride, padding, dilation, groups, exact=ex), y)
-    if (algo in _MIXES_X and not _finite(x, weight)) or \
-            (algo in _MIXES_W and not _finite(weight)):
+    # (each operand scanned once: on LeNet's small maps the scans are part of the op's cost)
+    if algo in _MIXES_X:
+        w_ok, x_ok = _finite(weight), _finite(x)
+        if w_ok and not x_ok:
+            bad = _bad_images(x)
+            if not bad.all():       # (per image: the finite ones keep their plan)
+                y = out if out is not None else np.empty((s.N, s.F, Ho, Wo), dtype=x.dtype)
+                return _split_images(bad, lambda i, ex: conv2d_forward(
+                    x[i], weight, bias, stride, padding, dilation, groups, exact=ex), y)
+        exact_plan = not (w_ok and x_ok)
+    else:
+        exact_plan = algo in _MIXES_W and not _finite(weight)
+    if exact_plan:
         s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups, exact=True)
     y = out if out is not None else np.empty((s.N, s.F, Ho, Wo), dtype=x.dtype)
     has_bias = bias is not None
@@ -535,8 +540,8 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
     # (a non-finite operand) and the weight is finite, grad_x comes from conv2d_grad_input,
     # which applies the non-finite rule per image -- the images with a finite grad_y keep the
     # bits they get in a batch of finite images (batch invariance)
-    gx_apart = needs_input_grad and _finite(weight)
     exact = plan is None
+    gx_apart = exact and needs_input_grad and _finite(weight)
     if exact:
         s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups,
                                 needs_input_grad and not gx_apart, exact=True)
@@ -546,6 +551,7 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
         # a NaN or inf in grad_y: the depthwise kernels would differ from torch (they skip
         # the padding taps torch multiplies); run again on im2col
         exact = True
+        gx_apart = needs_input_grad        # (sums_check: the weight is finite)
         s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups,
                                 needs_input_grad and not gx_apart, exact=True)
         out = _backward(plan, s, grad_y, x, weight, needs_input_grad and not gx_apart, has_bias)
@@ -584,17 +590,20 @@ def conv2d_grad_input(grad_y, weight, x_shape, stride, padding, dilation, groups
     # (gx stands in for x: the plan reads its shape and dtype)
     s, Ho, Wo, plan = _plan(gx, weight, stride, padding, dilation, groups)
     step = plan.grad_x
-    if step.algo in _MIXES_X | _MIXES_W and _finite(weight) and not _finite(grad_y):
-        bad = _bad_images(grad_y)
-        if not bad.all():       # (per image: the finite ones keep their plan)
-            def run(i, exact):
-                fn = _grad_input_exact if exact else conv2d_grad_input
-                return fn(grad_y[i], weight, (len(i),) + tuple(x_shape[1:]), stride, padding,
-                          dilation, groups)
-            return _split_images(bad, run, gx)
+    w_ok = g_ok = True
+    if step.algo in _MIXES_X or step.algo in _MIXES_W:
+        w_ok, g_ok = _finite(weight), _finite(grad_y)
+        if w_ok and not g_ok:
+            bad = _bad_images(grad_y)
+            if not bad.all():       # (per image: the finite ones keep their plan)
+                def run(i, exact):
+                    fn = _grad_input_exact if exact else conv2d_grad_input
+                    return fn(grad_y[i], weight, (len(i),) + tuple(x_shape[1:]), stride,
+                              padding, dilation, groups)
+                return _split_images(bad, run, gx)
     if step.algo in _GW_ALWAYS and gx.nbytes > get_workspace_limit():
         step = None                      # the zero stand-in would not fit the limit
-    elif step.algo in _MIXES_X | _MIXES_W and not _finite(grad_y, weight):
+    elif not (w_ok and g_ok):
         step = None
     if step is None:
         step = _plan(gx, weight, stride, padding, dilation, groups, exact=True)[3].grad_x

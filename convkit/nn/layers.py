@@ -39,7 +39,8 @@ def _rows_matmul(a, b):
     a's other rows.  BLAS rounds a GEMM's output differently for another row count and another
     place among the rows, so a Linear layer over a batch slice gave other bits than over the
     whole batch (convkit.dask's batch chunks must equal the in-memory call bitwise: DESIGN.md
-    "Scale-out")."""
+    "Scale-out").  Inference only (eval mode, what ``predict`` runs): the stack of one-row
+    products costs about 2.5x the GEMM, which training steps do not pay."""
     return _small_matmul(a[:, None, :], b)[:, 0, :]
 
 
@@ -404,7 +405,7 @@ class Linear(Module):
         w = self.params["weight"]
         if x.dtype != w.dtype:
             raise TypeError(f"Linear: x is {x.dtype} but the layer is {w.dtype}")
-        y = _rows_matmul(x, w.T)
+        y = _small_matmul(x, w.T) if self.training else _rows_matmul(x, w.T)
         if self.has_bias:
             y += self.params["bias"]
         self._push(x)
@@ -417,7 +418,7 @@ class Linear(Module):
             self.grads["weight"] += _small_matmul(grad_y.T, x)
         if self.has_bias:
             self._accumulate("bias", grad_y.sum(axis=0))
-        return _rows_matmul(grad_y, w)
+        return _small_matmul(grad_y, w)
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}"
