@@ -17,13 +17,14 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from convkit.cpu.csrc.roi cimport (nhwc_row, batch_index, team, ck_transpose_f, ck_malloc64,
-                                   ck_free64)
+                                   ck_free64, ck_roi_scratch_bytes)
 from convkit.cpu.csrc.roi_variants cimport (ck_avg_roi_f, ck_avg_roi_d, ck_avg_bwd_blk_f,
                                             ck_avg_bwd_blk_d, ck_max_align_bin_f,
                                             ck_max_align_bin_fl, ck_max_align_bin_d,
                                             ck_max_align_bwd_f, ck_max_align_bwd_d,
                                             ck_max_align_bwd_tab_f, ck_max_align_bwd_tab_d,
-                                            ck_max_align_pairs_f, ck_max_align_pairs_d)
+                                            ck_max_align_pairs_f, ck_max_align_pairs_d,
+                                            ck_max_align_table_f, ck_max_align_roi_f, CK_LD)
 from convkit.cpu._roi_pool cimport roi_pool_bins
 from convkit.cpu._roi_align cimport roi_align_axis_taps, roi_align_geometry
 
@@ -235,13 +236,77 @@ cdef int _roi_axes(const floating* roi, floating scale, bint aligned, Py_ssize_t
     return 1
 
 
+cdef struct _Table:
+    # one RoI's float sample table (csrc/roi_variants.h, ck_max_align_table_f), room for cap
+    # samples, and the scan's bin-major scratch (scratch: tb then ti)
+    Py_ssize_t cap
+    Py_ssize_t* sf
+    int64_t* base
+    Py_ssize_t* so
+    float* sw
+    int32_t* rel
+    void* scratch
+
+
+# the most samples a RoI's table holds per bin on average (beyond: the per-bin path)
+cdef Py_ssize_t TABLE_PER_BIN = 256
+
+
+cdef void _table_free(_Table* t) noexcept nogil:
+    free(t.sf)
+    free(t.base)
+    free(t.so)
+    free(t.sw)
+    free(t.rel)
+    ck_free64(t.scratch)
+
+
+cdef int _table_alloc(_Table* t, Py_ssize_t nb) noexcept nogil:
+    t.cap = 0
+    t.so = NULL
+    t.sw = NULL
+    t.rel = NULL
+    t.sf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
+    t.base = <int64_t*>malloc(nb * sizeof(int64_t) + 1)
+    t.scratch = ck_malloc64(ck_roi_scratch_bytes(nb))
+    return t.sf != NULL and t.base != NULL and t.scratch != NULL
+
+
+cdef int _table_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t C,
+                      Py_ssize_t ph, Py_ssize_t pw, int64_t gw) noexcept nogil:
+    """The RoI's float sample table; 0 when it does not fit (too many samples, no memory, or
+    sample numbers beyond int32): the caller takes the per-bin path."""
+    cdef Py_ssize_t n, i
+    for i in range(2):
+        n = ck_max_align_table_f(W, C, ph, pw, ty.first, ty.low, ty.high, <float*>ty.wl,
+                                 <float*>ty.wh, ty.idx, tx.first, tx.low, tx.high,
+                                 <float*>tx.wl, <float*>tx.wh, tx.idx, gw, t.cap, t.sf, t.so,
+                                 t.sw, t.rel, t.base)
+        if n < 0 or n > TABLE_PER_BIN * ph * pw:
+            return 0
+        if n <= t.cap:
+            return 1
+        free(t.so)
+        free(t.sw)
+        free(t.rel)
+        t.so = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t))
+        t.sw = <float*>malloc(4 * n * sizeof(float))
+        t.rel = <int32_t*>malloc(n * sizeof(int32_t))
+        t.cap = n
+        if t.so == NULL or t.sw == NULL or t.rel == NULL:
+            t.cap = 0
+            return 0
+    return 0
+
+
 def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
                           const floating[:, ::1] rois, const Py_ssize_t[::1] order,
                           double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
                           floating[:, :, :, ::1] y, int64_t[:, :, :, ::1] argmax,
                           unsigned char[::1] status, int n_threads):
     """x (N, C, H, W) -> y, argmax (K, C, ph, pw); xt (N, H, W, C) scratch; one RoI per task,
-    handed out in ``order``.  Returns the number of RoIs flagged in status (outputs not
+    handed out in ``order``; float RoIs go through a sample table (ck_max_align_roi_f) when it
+    fits, the rest bin by bin.  Returns the number of RoIs flagged in status (outputs not
     written)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = rois.shape[0], ph = y.shape[2], pw = y.shape[3], nb = ph * pw
@@ -255,6 +320,7 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
     cdef floating* best
     cdef int64_t* bi
     cdef _Axis* ax
+    cdef _Table* tab
     cdef int64_t gw
     cdef int r
     with nogil:
@@ -270,9 +336,17 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
                 _axis_free(&ax[1])
                 free(ax)
                 ax = NULL
+            tab = NULL
+            if floating is float:
+                tab = <_Table*>calloc(1, sizeof(_Table))
+                if tab != NULL and not _table_alloc(tab, nb):
+                    _table_free(tab)
+                    free(tab)
+                    tab = NULL
             for i in prange(K, schedule="dynamic", chunksize=1):
                 k = order[i]
                 b = batch_index(rp[k * 5], N)
+                gw = 0          # assigned here, so each thread has its own (written via &gw)
                 if best == NULL or bi == NULL or ax == NULL:
                     failed += 1
                     continue
@@ -290,6 +364,13 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
                     bad += 1
                     continue
                 img = xtp + b * H * W * C
+                if floating is float:
+                    if tab != NULL and _table_build(tab, &ax[0], &ax[1], W, C, ph, pw, gw):
+                        ck_max_align_roi_f(img, C, nb, tab.sf, tab.so, tab.sw, tab.rel,
+                                           tab.base, <float*>tab.scratch,
+                                           <int32_t*>(<float*>tab.scratch + nb * CK_LD),
+                                           yp + k * C * nb, amp + k * C * nb)
+                        continue
                 for p in range(ph):
                     a0 = ax[0].first[p]
                     a1 = ax[0].first[p + 1]
@@ -320,6 +401,9 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
                                                gw, best, bi, nb, yp + o, amp + o, 0)
             free(best)
             free(bi)
+            if tab != NULL:
+                _table_free(tab)
+                free(tab)
             if ax != NULL:
                 _axis_free(&ax[0])
                 _axis_free(&ax[1])

@@ -331,6 +331,213 @@ static void ck_max_align_bin_f(
                         xidx, gw, best, bi, nb, y, am, c0);
 }
 CK_MAX_ALIGN_BIN(double, int64_t, d)
+
+/* float roi_max_align forward, one RoI at a time on a sample table built once per RoI
+   (ck_max_align_table_f): bin b's valid samples are s in [sf[b], sf[b+1]), row-major, sample
+   s reads pixels so[4s..4s+3] (offsets into the NHWC image, times C) with weights
+   sw[4s..4s+3] (w1..w4 = hy*hx, hy*lx, ly*hx, ly*lx, as CK_MAX_ALIGN_SCAN forms them) and is
+   numbered base[b] + rel[s] (rel an int32, so it rides in the lanes beside the value).  The
+   scan is CK_MAX_ALIGN_SCAN's, lane for lane: value ((w1*v1 + w2*v2) + w3*v3) + w4*v4, taken
+   when greater or NaN; registers hold 4 vectors of channels (16 on SSE2, 32 on AVX2). */
+#define CK_MA_CK_X_TAKE(v, b) _mm_or_ps(_mm_cmpgt_ps(v, b), _mm_cmpunord_ps(v, v))
+#define CK_MA_CK_Y_TAKE(v, b) _mm256_or_ps(_mm256_cmp_ps(v, b, _CMP_GT_OQ),                   \
+                                        _mm256_cmp_ps(v, v, _CMP_UNORD_Q))
+#define CK_MA_FWD_STEP(X, R)                                                              \
+    {                                                                                     \
+        X##_V bst[R];                                                                     \
+        X##_IV bix[R];                                                                    \
+        int j;                                                                            \
+        for (j = 0; j < R; j++) {                                                         \
+            bst[j] = X##_SET1(-INFINITY);                                                 \
+            bix[j] = X##_ISET1(0);                                                        \
+        }                                                                                 \
+        for (s = s0; s < s1; s++) {                                                       \
+            const float* p1 = img + so[4 * s] + c;                                        \
+            const float* p2 = img + so[4 * s + 1] + c;                                    \
+            const float* p3 = img + so[4 * s + 2] + c;                                    \
+            const float* p4 = img + so[4 * s + 3] + c;                                    \
+            const X##_V w1 = X##_SET1(sw[4 * s]), w2 = X##_SET1(sw[4 * s + 1]);           \
+            const X##_V w3 = X##_SET1(sw[4 * s + 2]), w4 = X##_SET1(sw[4 * s + 3]);       \
+            const X##_IV sv = X##_ISET1(rel[s]);                                          \
+            for (j = 0; j < R; j++) {                                                     \
+                const X##_V v = X##_ADD(                                                  \
+                    X##_ADD(X##_ADD(X##_MUL(w1, X##_LD(p1 + j * X##_L)),                  \
+                                    X##_MUL(w2, X##_LD(p2 + j * X##_L))),                 \
+                            X##_MUL(w3, X##_LD(p3 + j * X##_L))),                         \
+                    X##_MUL(w4, X##_LD(p4 + j * X##_L)));                                 \
+                const X##_M m = CK_MA_##X##_TAKE(v, bst[j]);                              \
+                bst[j] = X##_SEL(m, v, bst[j]);                                           \
+                bix[j] = X##_ISEL(m, sv, bix[j]);                                         \
+            }                                                                             \
+        }                                                                                 \
+        for (j = 0; j < R; j++) {                                                         \
+            X##_ST(tb + (c - c0) + j * X##_L, bst[j]);                                    \
+            X##_IST(ti + (c - c0) + j * X##_L, bix[j]);                                   \
+        }                                                                                 \
+    }
+/* one bin (samples [s0, s1), at least one), channels [c0, c1) -> tb, ti (bin-major rows,
+   channel c at c - c0); returns the channels done (the rest: the scalar scan) */
+#define CK_MA_FWD_BODY(X)                                                                 \
+    {                                                                                     \
+        ptrdiff_t c, s;                                                                   \
+        for (c = c0; c + 4 * X##_L <= c1; c += 4 * X##_L) CK_MA_FWD_STEP(X, 4)            \
+        for (; c + X##_L <= c1; c += X##_L) CK_MA_FWD_STEP(X, 1)                          \
+        return c;                                                                         \
+    }
+#define CK_MA_FWD_ARGS const float* img, ptrdiff_t s0, ptrdiff_t s1, const ptrdiff_t* so,  \
+    const float* sw, const int32_t* rel, ptrdiff_t c0, ptrdiff_t c1, float* tb, int32_t* ti
+#ifdef CK_ROI_SSE2
+static ptrdiff_t ck_ma_fwd_x(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_X)
+#endif
+#ifdef CK_ROI_WIDE
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_fwd_y(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y)
+#endif
+
+/* One RoI's sample table (see above) from its axis taps; sf: nb + 1 entries, so/sw: 4 per
+   sample, rel: 1 per sample, base: nb (-1 for a bin without samples).  Returns the number of
+   samples n (written only when n <= cap), or -1 when a sample's number relative to its bin's
+   first does not fit an int32 (the caller takes the per-bin path). */
+static ptrdiff_t ck_max_align_table_f(
+    ptrdiff_t W, ptrdiff_t C, ptrdiff_t ph, ptrdiff_t pw, const ptrdiff_t* yf,
+    const ptrdiff_t* ylo, const ptrdiff_t* yhi, const float* ywl, const float* ywh,
+    const ptrdiff_t* yidx, const ptrdiff_t* xf, const ptrdiff_t* xlo, const ptrdiff_t* xhi,
+    const float* xwl, const float* xwh, const ptrdiff_t* xidx, int64_t gw, ptrdiff_t cap,
+    ptrdiff_t* sf, ptrdiff_t* so, float* sw, int32_t* rel, int64_t* base) {
+    ptrdiff_t p, q, a, b, n = 0;
+    for (p = 0; p < ph; p++)
+        for (q = 0; q < pw; q++) {
+            const ptrdiff_t ny = yf[p + 1] - yf[p], nx = xf[q + 1] - xf[q];
+            if (ny > 0 && nx > 0) {
+                const int64_t last = (int64_t)(yidx[yf[p + 1] - 1] - yidx[yf[p]]) * gw
+                                     + (int64_t)(xidx[xf[q + 1] - 1] - xidx[xf[q]]);
+                if (ny > PTRDIFF_MAX / nx || last < 0 || last > INT32_MAX) return -1;
+                n += ny * nx;
+            }
+        }
+    if (n > cap) return n;
+    n = 0;
+    for (p = 0; p < ph; p++)
+        for (q = 0; q < pw; q++) {
+            const ptrdiff_t k = p * pw + q;
+            sf[k] = n;
+            base[k] = -1;
+            if (yf[p + 1] <= yf[p] || xf[q + 1] <= xf[q]) continue;
+            base[k] = (int64_t)yidx[yf[p]] * gw + (int64_t)xidx[xf[q]];
+            for (a = yf[p]; a < yf[p + 1]; a++)
+                for (b = xf[q]; b < xf[q + 1]; b++, n++) {
+                    const float hy = ywl[a], ly = ywh[a], hx = xwl[b], lx = xwh[b];
+                    so[4 * n] = (ylo[a] * W + xlo[b]) * C;
+                    so[4 * n + 1] = (ylo[a] * W + xhi[b]) * C;
+                    so[4 * n + 2] = (yhi[a] * W + xlo[b]) * C;
+                    so[4 * n + 3] = (yhi[a] * W + xhi[b]) * C;
+                    sw[4 * n] = hy * hx;
+                    sw[4 * n + 1] = hy * lx;
+                    sw[4 * n + 2] = ly * hx;
+                    sw[4 * n + 3] = ly * lx;
+                    rel[n] = (int32_t)((int64_t)(yidx[a] - yidx[yf[p]]) * gw
+                                       + (int64_t)(xidx[b] - xidx[xf[q]]));
+                }
+        }
+    sf[ph * pw] = n;
+    return n;
+}
+
+/* am[c*ldd + b] = base[b] + ti[b*lds + c] for b < nb, c < cols (the int32 numbers of a block,
+   bin-major, to the (C, bins) int64 argmax); 8x8 blocks transposed in AVX2 registers. */
+#ifdef CK_ROI_WIDE
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdiff_t cols,
+                           const int64_t* base, int64_t* am, ptrdiff_t ldd) {
+    ptrdiff_t c = 0, b, i;
+    for (; c + 8 <= cols; c += 8) {
+        for (b = 0; b + 8 <= nb; b += 8) {
+            __m256 a[8], t[8], u[8];
+            const __m256i bl = _mm256_loadu_si256((const __m256i*)(base + b));
+            const __m256i bh = _mm256_loadu_si256((const __m256i*)(base + b + 4));
+            for (i = 0; i < 8; i++)
+                a[i] = _mm256_castsi256_ps(
+                    _mm256_loadu_si256((const __m256i*)(ti + (b + i) * lds + c)));
+            for (i = 0; i < 8; i += 2) {
+                t[i] = _mm256_unpacklo_ps(a[i], a[i + 1]);
+                t[i + 1] = _mm256_unpackhi_ps(a[i], a[i + 1]);
+            }
+            for (i = 0; i < 8; i += 4) {
+                u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+                u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+                u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+                u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+            }
+            for (i = 0; i < 4; i++) {
+                a[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+                a[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+            }
+            for (i = 0; i < 8; i++) {
+                const __m256i r = _mm256_castps_si256(a[i]);
+                int64_t* d = am + (c + i) * ldd + b;
+                _mm256_storeu_si256((__m256i*)d, _mm256_add_epi64(
+                    bl, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(r))));
+                _mm256_storeu_si256((__m256i*)(d + 4), _mm256_add_epi64(
+                    bh, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(r, 1))));
+            }
+        }
+        for (; b < nb; b++)
+            for (i = 0; i < 8; i++) am[(c + i) * ldd + b] = base[b] + ti[b * lds + c + i];
+    }
+    return c;
+}
+#endif
+
+/* One RoI's float forward on its table: channels in blocks of CK_CHUNK, each bin scanned into
+   bin-major scratch (tb floats, ti int32s, nb rows of CK_LD) by the widest vector path, the
+   last channels one at a time, then transposed into y and am (the RoI's (C, nb) outputs). */
+static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
+                               const ptrdiff_t* sf, const ptrdiff_t* so, const float* sw,
+                               const int32_t* rel, const int64_t* base, float* tb, int32_t* ti,
+                               float* y, int64_t* am) {
+    const int lv = ck_simd_level();
+    ptrdiff_t c0, c1, c, b, s, k;
+    (void)lv;
+    for (c0 = 0; c0 < C; c0 = c1) {
+        c1 = C - c0 > CK_CHUNK ? c0 + CK_CHUNK : C;
+        for (b = 0; b < nb; b++) {
+            float* tbb = tb + b * CK_LD;
+            int32_t* tib = ti + b * CK_LD;
+            if (sf[b + 1] <= sf[b]) {       /* no valid sample: 0 and base -1 + 0 */
+                for (c = 0; c < c1 - c0; c++) { tbb[c] = 0; tib[c] = 0; }
+                continue;
+            }
+            c = c0;
+#ifdef CK_ROI_WIDE
+            if (lv >= 1) c = ck_ma_fwd_y(img, sf[b], sf[b + 1], so, sw, rel, c0, c1, tbb, tib);
+            else
+#endif
+#ifdef CK_ROI_SSE2
+            c = ck_ma_fwd_x(img, sf[b], sf[b + 1], so, sw, rel, c0, c1, tbb, tib);
+#endif
+            for (; c < c1; c++) {
+                float bst = -INFINITY;
+                int32_t bi = 0;
+                for (s = sf[b]; s < sf[b + 1]; s++) {
+                    const float* px = img + c;
+                    const float v = ((sw[4 * s] * px[so[4 * s]] + sw[4 * s + 1] * px[so[4 * s + 1]])
+                                     + sw[4 * s + 2] * px[so[4 * s + 2]])
+                                    + sw[4 * s + 3] * px[so[4 * s + 3]];
+                    if ((v > bst) | (v != v)) { bst = v; bi = rel[s]; }
+                }
+                tbb[c - c0] = bst;
+                tib[c - c0] = bi;
+            }
+        }
+        ck_transpose_f(tb, CK_LD, nb, c1 - c0, y + c0 * nb, nb);
+        c = 0;
+#ifdef CK_ROI_WIDE
+        if (lv >= 1) c = ck_ma_am8(ti, CK_LD, nb, c1 - c0, base, am + c0 * nb, nb);
+#endif
+        for (; c < c1 - c0; c++)
+            for (k = 0; k < nb; k++) am[(c0 + c) * nb + k] = base[k] + ti[k * CK_LD + c];
+    }
+}
 CK_MAX_ALIGN_BWD(float, f)
 CK_MAX_ALIGN_BWD(double, d)
 CK_MAX_ALIGN_BWD_TAB(float, f)
