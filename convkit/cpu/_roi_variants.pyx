@@ -24,7 +24,8 @@ from convkit.cpu.csrc.roi_variants cimport (ck_avg_roi_f, ck_avg_roi_d, ck_avg_b
                                             ck_max_align_bwd_f, ck_max_align_bwd_d,
                                             ck_max_align_bwd_tab_f, ck_max_align_bwd_tab_d,
                                             ck_max_align_pairs_f, ck_max_align_pairs_d,
-                                            ck_max_align_table_f, ck_max_align_roi_f, CK_LD)
+                                            ck_max_align_table_f, ck_max_align_roi_f,
+                                            ck_max_align_bwd_blk_f, ck_ma_groups, CK_LD)
 from convkit.cpu._roi_pool cimport roi_pool_bins
 from convkit.cpu._roi_align cimport roi_align_axis_taps, roi_align_geometry
 
@@ -246,6 +247,12 @@ cdef struct _Table:
     float* sw
     int32_t* rel
     void* scratch
+    # the backward's pixel groups (ck_ma_groups), when built
+    Py_ssize_t* gf
+    Py_ssize_t* gp
+    Py_ssize_t* tf
+    int32_t* ts
+    float* tw
 
 
 # the most samples a RoI's table holds per bin on average (beyond: the per-bin path)
@@ -259,23 +266,38 @@ cdef void _table_free(_Table* t) noexcept nogil:
     free(t.sw)
     free(t.rel)
     ck_free64(t.scratch)
+    free(t.gf)
+    free(t.gp)
+    free(t.tf)
+    free(t.ts)
+    free(t.tw)
 
 
-cdef int _table_alloc(_Table* t, Py_ssize_t nb) noexcept nogil:
+cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
+    """Room for nb bins (samples come with _table_build), and the forward's scratch if asked
+    for.  0 when memory ran out."""
     t.cap = 0
     t.so = NULL
     t.sw = NULL
     t.rel = NULL
+    t.scratch = NULL
+    t.gf = NULL
+    t.gp = NULL
+    t.tf = NULL
+    t.ts = NULL
+    t.tw = NULL
     t.sf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
     t.base = <int64_t*>malloc(nb * sizeof(int64_t) + 1)
-    t.scratch = ck_malloc64(ck_roi_scratch_bytes(nb))
-    return t.sf != NULL and t.base != NULL and t.scratch != NULL
+    if scratch:
+        t.scratch = ck_malloc64(ck_roi_scratch_bytes(nb))
+    return t.sf != NULL and t.base != NULL and (t.scratch != NULL or not scratch)
 
 
 cdef int _table_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t C,
                       Py_ssize_t ph, Py_ssize_t pw, int64_t gw) noexcept nogil:
-    """The RoI's float sample table; 0 when it does not fit (too many samples, no memory, or
-    sample numbers beyond int32): the caller takes the per-bin path."""
+    """The RoI's float sample table (so: pixel offsets times C; C = 1 gives pixel numbers); 0
+    when it does not fit (too many samples, no memory, or sample numbers beyond int32): the
+    caller takes the per-bin path."""
     cdef Py_ssize_t n, i
     for i in range(2):
         n = ck_max_align_table_f(W, C, ph, pw, ty.first, ty.low, ty.high, <float*>ty.wl,
@@ -297,6 +319,20 @@ cdef int _table_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t 
             t.cap = 0
             return 0
     return 0
+
+
+cdef int _table_groups(_Table* t, Py_ssize_t nb) noexcept nogil:
+    """The backward's pixel groups of a built table (so: pixel numbers).  0: no memory."""
+    cdef Py_ssize_t n = t.sf[nb]
+    t.gf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
+    t.gp = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t) + 1)
+    t.tf = <Py_ssize_t*>malloc((4 * n + 1) * sizeof(Py_ssize_t))
+    t.ts = <int32_t*>malloc(4 * n * sizeof(int32_t) + 1)
+    t.tw = <float*>malloc(4 * n * sizeof(float) + 1)
+    if t.gf == NULL or t.gp == NULL or t.tf == NULL or t.ts == NULL or t.tw == NULL:
+        return 0
+    ck_ma_groups(nb, t.sf, t.so, t.sw, t.gf, t.gp, t.tf, t.ts, t.tw)
+    return 1
 
 
 def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
@@ -339,7 +375,7 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
             tab = NULL
             if floating is float:
                 tab = <_Table*>calloc(1, sizeof(_Table))
-                if tab != NULL and not _table_alloc(tab, nb):
+                if tab != NULL and not _table_alloc(tab, nb, True):
                     _table_free(tab)
                     free(tab)
                     tab = NULL
@@ -452,19 +488,48 @@ cdef int _pairs_build(_Pairs* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t 
     return 1
 
 
+cdef int _roi_pairs(_Pairs* pt, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t ph,
+                    Py_ssize_t pw, int64_t gw, floating kind) noexcept nogil:
+    """One RoI's pair table for the plane-by-plane backward (none when it would be too big;
+    ``kind`` picks the data type).  0 when memory ran out."""
+    if not _pairs_build(pt, ty, tx, W, ph, pw, gw, sizeof(floating)):
+        return 0
+    if pt.pf == NULL:
+        return 1
+    if floating is float:
+        ck_max_align_pairs_f(W, ph, pw, ty.first, ty.low, ty.high, <float*>ty.wl,
+                             <float*>ty.wh, ty.idx, tx.first, tx.low, tx.high, <float*>tx.wl,
+                             <float*>tx.wh, tx.idx, gw, pt.base, pt.nx, pt.pf, pt.off,
+                             <float*>pt.wt)
+    else:
+        ck_max_align_pairs_d(W, ph, pw, ty.first, ty.low, ty.high, <double*>ty.wl,
+                             <double*>ty.wh, ty.idx, tx.first, tx.low, tx.high,
+                             <double*>tx.wl, <double*>tx.wh, tx.idx, gw, pt.base, pt.nx, pt.pf,
+                             pt.off, <double*>pt.wt)
+    return 1
+
+
 def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, :, ::1] argmax,
                            const floating[:, ::1] rois, double spatial_scale,
                            Py_ssize_t sampling_ratio, bint aligned, floating[:, :, :, ::1] gx,
                            unsigned char[::1] status, int n_threads):
     """gy, argmax (K, C, ph, pw) -> gx (N, C, H, W) (written whole): every RoI's taps and
-    pair table once (read from rois once), then one (image, block of 16 channels) per task, the
-    image's RoIs added in order.  Each argmax entry is read once and checked against its bin's
-    samples.  Returns (bad argmax entries, RoIs flagged in status); both are skipped, the
-    caller raises."""
+    sample table (float) or pair table once (read from rois once), then one (image, block of
+    channels) per task, the image's RoIs added in order.  float, when every RoI has its sample
+    table: blocks of 64 channels accumulated pixel-major in a private (H*W, 64) scratch, the
+    channels vectorised (ck_max_align_bwd_blk_f), then transposed into gx's planes; else
+    blocks of 16 channels, one plane at a time.  Each argmax entry is read once and checked
+    against its bin's samples.  Returns (bad argmax entries, RoIs flagged in status); both are
+    skipped, the caller raises."""
     cdef Py_ssize_t N = gx.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
     cdef Py_ssize_t K = gy.shape[0], ph = gy.shape[2], pw = gy.shape[3], nb = ph * pw
-    cdef Py_ssize_t CB = 16, nblk = (C + CB - 1) // CB
-    cdef Py_ssize_t k, t, n, c, c0, c1, o, bad = 0, bad_rois = 0, failed = 0
+    cdef Py_ssize_t CB = 16, nblk = (C + CB - 1) // CB, HW = H * W
+    cdef Py_ssize_t VB = 64, nvblk = (C + VB - 1) // VB
+    cdef Py_ssize_t k, t, n, c, c0, c1, o, i, nc, bad = 0, bad_rois = 0, failed = 0, notab = 0
+    cdef float* gb
+    cdef float* gt
+    cdef int32_t* rt
+    cdef _Table* tb
     cdef const floating* gyp = &gy[0, 0, 0, 0]
     cdef const int64_t* amp = &argmax[0, 0, 0, 0]
     cdef const floating* rp = &rois[0, 0]
@@ -478,11 +543,13 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
     cdef _Pairs* pairs = <_Pairs*>calloc(K + 1, sizeof(_Pairs))
     cdef Py_ssize_t* batch = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t) + 1)
     cdef int64_t* gws = <int64_t*>malloc(K * sizeof(int64_t) + 1)
-    if axes == NULL or pairs == NULL or batch == NULL or gws == NULL:
+    cdef _Table* tabs = <_Table*>calloc(K + 1, sizeof(_Table))
+    if axes == NULL or pairs == NULL or batch == NULL or gws == NULL or tabs == NULL:
         free(axes)
         free(pairs)
         free(batch)
         free(gws)
+        free(tabs)
         raise MemoryError("roi_max_align_backward: out of memory for the sample tables")
     with nogil:
         for k in prange(K, schedule="dynamic", chunksize=8,
@@ -497,31 +564,61 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
             else:
                 r = _roi_axes(rp + k * 5, <floating>spatial_scale, aligned, sampling_ratio, ph,
                               pw, H, W, &axes[2 * k], &axes[2 * k + 1], &gws[k])
-                if r == 0 or (r > 0 and not _pairs_build(&pairs[k], &axes[2 * k],
-                                                          &axes[2 * k + 1], W, ph, pw, gws[k],
-                                                          sizeof(floating))):
+                if r == 0:
                     failed += 1
                     batch[k] = -1
                 elif r < 0:
                     status[k] = 2
                     bad_rois += 1
                     batch[k] = -1
-                elif pairs[k].pf != NULL:
-                    ty = &axes[2 * k]
-                    tx = &axes[2 * k + 1]
-                    if floating is float:
-                        ck_max_align_pairs_f(W, ph, pw, ty.first, ty.low, ty.high,
-                                             <float*>ty.wl, <float*>ty.wh, ty.idx, tx.first,
-                                             tx.low, tx.high, <float*>tx.wl, <float*>tx.wh,
-                                             tx.idx, gws[k], pairs[k].base, pairs[k].nx,
-                                             pairs[k].pf, pairs[k].off, <float*>pairs[k].wt)
-                    else:
-                        ck_max_align_pairs_d(W, ph, pw, ty.first, ty.low, ty.high,
-                                             <double*>ty.wl, <double*>ty.wh, ty.idx, tx.first,
-                                             tx.low, tx.high, <double*>tx.wl, <double*>tx.wh,
-                                             tx.idx, gws[k], pairs[k].base, pairs[k].nx,
-                                             pairs[k].pf, pairs[k].off, <double*>pairs[k].wt)
-        if failed == 0:
+                elif floating is float:
+                    if not (_table_alloc(&tabs[k], nb, False)
+                            and _table_build(&tabs[k], &axes[2 * k], &axes[2 * k + 1], W, 1,
+                                             ph, pw, gws[k])
+                            and _table_groups(&tabs[k], nb)):
+                        notab += 1
+                elif not _roi_pairs(&pairs[k], &axes[2 * k], &axes[2 * k + 1], W, ph, pw,
+                                    gws[k], <floating>0):
+                    failed += 1
+                    batch[k] = -1
+        if floating is float:
+            if notab and failed == 0:   # some RoI has no sample table: all go plane by plane
+                for k in prange(K, schedule="dynamic", chunksize=8,
+                                num_threads=team(n_threads, K // 16 + 1)):
+                    if batch[k] >= 0 and not _roi_pairs(&pairs[k], &axes[2 * k],
+                                                         &axes[2 * k + 1], W, ph, pw, gws[k],
+                                                         <floating>0):
+                        failed += 1
+                        batch[k] = -1
+        if floating is float and notab == 0 and failed == 0:
+            with parallel(num_threads=team(n_threads, N * nvblk)):
+                gb = <float*>ck_malloc64(HW * VB * sizeof(float) + 1)
+                gt = <float*>malloc(nb * VB * sizeof(float) + 1)
+                rt = <int32_t*>malloc(nb * VB * sizeof(int32_t) + 1)
+                for t in prange(N * nvblk, schedule="dynamic", chunksize=1):
+                    if gb == NULL or gt == NULL or rt == NULL:
+                        failed += 1
+                        continue
+                    n = t // nvblk
+                    c0 = t % nvblk * VB
+                    nc = min(VB, C - c0)
+                    memset(gb, 0, HW * nc * sizeof(float))
+                    for k in range(K):      # fixed RoI order: the same sums on every run
+                        if batch[k] != n:
+                            continue
+                        tb = &tabs[k]
+                        o = (k * C + c0) * nb
+                        bad += ck_max_align_bwd_blk_f(gb, nc, nb, tb.sf, tb.so, tb.sw, tb.rel,
+                                                      tb.base, tb.gf, tb.gp, tb.tf, tb.ts,
+                                                      tb.tw, <const float*>gyp + o, amp + o,
+                                                      gt, rt)
+                    for i in range(0, HW, 64):  # (H*W, nc) block -> the nc planes of gx
+                        ck_transpose_f(gb + i * nc, nc, min(64, HW - i), nc,
+                                       <float*>gxp + (n * C + c0) * HW + i, HW)
+                ck_free64(gb)
+                free(gt)
+                free(rt)
+        elif failed == 0:
             for t in prange(N * nblk, schedule="dynamic", chunksize=1,
                             num_threads=team(n_threads, N * nblk)):
                 n = t // nblk
@@ -562,10 +659,12 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
             _axis_free(&axes[2 * k])
             _axis_free(&axes[2 * k + 1])
             _pairs_free(&pairs[k])
+            _table_free(&tabs[k])
     free(axes)
     free(pairs)
     free(batch)
     free(gws)
+    free(tabs)
     if failed:
         raise MemoryError("roi_max_align_backward: out of memory for the sample tables")
     return bad, bad_rois

@@ -538,6 +538,186 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
             for (k = 0; k < nb; k++) am[(c0 + c) * nb + k] = base[k] + ti[k * CK_LD + c];
     }
 }
+/* float roi_max_align backward on the sample tables (ck_max_align_table_f with C = 1, so so
+   holds pixel numbers), one RoI on a pixel-major block of cb channels of one image:
+   rt[b*cb + c] is channel c's argmax of bin b relative to the bin's first sample
+   (ck_ma_bwd_rel: -1 for argmax -1, -2 for a number no sample of the bin has), gt[b*cb + c]
+   its grad.  For every sample s of bin b, the lanes whose argmax is s add g * w (w1..w4 of s)
+   to the block's rows of s's four pixels, in corner order; the other lanes add +0, which
+   leaves every sum as it was (a sum that starts at +0 never becomes -0), so each element
+   gets exactly the adds CK_MAX_ALIGN_BWD makes, in the same order.  A bin of at most
+   CK_MA_GROUPED samples goes by its pixel groups (ck_ma_groups): each pixel its samples touch
+   is loaded once; for each sample touching it, the pixel plus that sample's adds (in corner
+   order, from the loaded value) is a candidate, and each lane keeps its winner's candidate
+   (or the loaded value), so the lanes get exactly their winner's adds; stored once.
+   Counts into *bad the entries that are neither -1 nor a sample of their bin; returns the
+   channels done. */
+#define CK_MA_GROUPED 16
+#define CK_MA_CK_X_ILD(p) _mm_loadu_si128((const __m128i*)(p))
+#define CK_MA_CK_X_IEQ(a, b) _mm_castsi128_ps(_mm_cmpeq_epi32(a, b))
+#define CK_MA_CK_X_AND(a, b) _mm_and_ps(a, b)
+#define CK_MA_CK_X_OR(a, b) _mm_or_ps(a, b)
+#define CK_MA_CK_X_NBAD(m) __builtin_popcount(~_mm_movemask_ps(m) & 0xF)
+#define CK_MA_CK_Y_ILD(p) _mm256_loadu_si256((const __m256i*)(p))
+#define CK_MA_CK_Y_IEQ(a, b) _mm256_castsi256_ps(_mm256_cmpeq_epi32(a, b))
+#define CK_MA_CK_Y_AND(a, b) _mm256_and_ps(a, b)
+#define CK_MA_CK_Y_OR(a, b) _mm256_or_ps(a, b)
+#define CK_MA_CK_Y_NBAD(m) __builtin_popcount(~_mm256_movemask_ps(m) & 0xFF)
+#define CK_MA_BWD_BODY(X)                                                                 \
+    {                                                                                     \
+        ptrdiff_t b, s, e, t, c = 0, nbad = 0;                                            \
+        for (b = 0; b < nb; b++) {                                                        \
+            const int32_t* rb = rt + b * cb;                                              \
+            const float* g = gt + b * cb;                                                 \
+            const ptrdiff_t s0 = sf[b], ns = sf[b + 1] - sf[b];                           \
+            for (c = 0; c + X##_L <= cb; c += X##_L) {                                    \
+                const X##_IV rv = CK_MA_##X##_ILD(rb + c);                                \
+                const X##_V gv = X##_LD(g + c);                                           \
+                X##_V ok = CK_MA_##X##_IEQ(rv, X##_ISET1(-1));                            \
+                if (ns <= CK_MA_GROUPED) {                                                \
+                    X##_M ms[CK_MA_GROUPED];                                              \
+                    for (s = 0; s < ns; s++) {                                            \
+                        ms[s] = CK_MA_##X##_IEQ(rv, X##_ISET1(rel[s0 + s]));              \
+                        ok = CK_MA_##X##_OR(ok, ms[s]);                                   \
+                    }                                                                     \
+                    for (e = gf[b]; e < gf[b + 1]; e++) {                                 \
+                        float* r = gb + gp[e] * cb + c;                                   \
+                        const X##_V a = X##_LD(r);                                        \
+                        X##_V res = a;                                                    \
+                        for (t = tf[e]; t < tf[e + 1];) {                                 \
+                            const int32_t sj = ts[t];                                     \
+                            X##_V v = a;                                                  \
+                            do {                                                          \
+                                v = X##_ADD(v, X##_MUL(gv, X##_SET1(tw[t])));             \
+                                t++;                                                      \
+                            } while (t < tf[e + 1] && ts[t] == sj);                       \
+                            res = X##_SEL(ms[sj], v, res);                                \
+                        }                                                                 \
+                        X##_ST(r, res);                                                   \
+                    }                                                                     \
+                } else {                                                                  \
+                    for (s = s0; s < s0 + ns; s++) {                                      \
+                        const X##_V m = CK_MA_##X##_IEQ(rv, X##_ISET1(rel[s]));           \
+                        const X##_V gm = CK_MA_##X##_AND(m, gv);                          \
+                        int j;                                                            \
+                        ok = CK_MA_##X##_OR(ok, m);                                       \
+                        for (j = 0; j < 4; j++) {                                         \
+                            float* r = gb + so[4 * s + j] * cb + c;                       \
+                            X##_ST(r, X##_ADD(X##_LD(r),                                  \
+                                              X##_MUL(gm, X##_SET1(sw[4 * s + j]))));     \
+                        }                                                                 \
+                    }                                                                     \
+                }                                                                         \
+                nbad += CK_MA_##X##_NBAD(ok);                                             \
+            }                                                                             \
+        }                                                                                 \
+        *bad += nbad;                                                                     \
+        return c;                                                                         \
+    }
+#define CK_MA_BWD_ARGS float* gb, ptrdiff_t cb, ptrdiff_t nb, const ptrdiff_t* sf,         \
+    const ptrdiff_t* so, const float* sw, const int32_t* rel, const ptrdiff_t* gf,        \
+    const ptrdiff_t* gp, const ptrdiff_t* tf, const int32_t* ts, const float* tw,         \
+    const float* gt, const int32_t* rt, ptrdiff_t* bad
+#ifdef CK_ROI_SSE2
+static ptrdiff_t ck_ma_bwd_x(CK_MA_BWD_ARGS) CK_MA_BWD_BODY(CK_X)
+#endif
+#ifdef CK_ROI_WIDE
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_bwd_y(CK_MA_BWD_ARGS) CK_MA_BWD_BODY(CK_Y)
+#endif
+
+/* A RoI's pixel groups for the backward, from its sample table (so: pixel numbers): bin b's
+   groups are [gf[b], gf[b+1]), group e is pixel gp[e] with touches [tf[e], tf[e+1]), touch t
+   sample ts[t] (counted from the bin's first) with weight tw[t], in (sample, corner) order.
+   Bins of over CK_MA_GROUPED samples get none (the kernel goes sample by sample).  gp, ts,
+   tw: 4 per sample; tf: 4 per sample + 1. */
+static void ck_ma_groups(ptrdiff_t nb, const ptrdiff_t* sf, const ptrdiff_t* so,
+                         const float* sw, ptrdiff_t* gf, ptrdiff_t* gp, ptrdiff_t* tf,
+                         int32_t* ts, float* tw) {
+    ptrdiff_t b, s, j, e, ng = 0, nt = 0;
+    for (b = 0; b < nb; b++) {
+        const ptrdiff_t s0 = sf[b], ns = sf[b + 1] - sf[b];
+        gf[b] = ng;
+        if (ns > CK_MA_GROUPED) continue;
+        for (e = ng; e < ng + 4 * ns; e++) tf[e] = 0;   /* touches per group, then starts */
+        {
+            ptrdiff_t g0 = ng, fill[4 * CK_MA_GROUPED];
+            for (s = 0; s < ns; s++)
+                for (j = 0; j < 4; j++) {
+                    const ptrdiff_t px = so[4 * (s0 + s) + j];
+                    for (e = g0; e < ng && gp[e] != px; e++) {}
+                    if (e == ng) gp[ng++] = px;
+                    tf[e]++;
+                }
+            for (e = g0; e < ng; e++) {          /* counts -> start offsets */
+                const ptrdiff_t cnt = tf[e];
+                tf[e] = nt;
+                fill[e - g0] = nt;
+                nt += cnt;
+            }
+            for (s = 0; s < ns; s++)              /* touches in (sample, corner) order */
+                for (j = 0; j < 4; j++) {
+                    const ptrdiff_t px = so[4 * (s0 + s) + j];
+                    ptrdiff_t k;
+                    for (e = g0; gp[e] != px; e++) {}
+                    k = fill[e - g0]++;
+                    ts[k] = (int32_t)s;
+                    tw[k] = sw[4 * (s0 + s) + j];
+                }
+        }
+    }
+    gf[nb] = ng;
+    tf[ng] = nt;
+}
+
+/* rt[b*cb + c] = am[c*nb + b] - base[b] as an int32 for c < cb, b < nb (a RoI's argmax
+   block, (cb, nb) rows, to bin-major numbers relative to each bin's first sample): -1 for
+   argmax -1, -2 where the difference is not in [0, 2**31) (no sample has it). */
+static void ck_ma_bwd_rel(const int64_t* am, ptrdiff_t nb, ptrdiff_t cb, const int64_t* base,
+                          int32_t* rt) {
+    ptrdiff_t b, c;
+    for (c = 0; c < cb; c++)
+        for (b = 0; b < nb; b++) {
+            const int64_t v = am[c * nb + b];
+            const uint64_t r = (uint64_t)v - (uint64_t)base[b];
+            rt[b * cb + c] = v == -1 ? -1 : r <= (uint64_t)INT32_MAX ? (int32_t)r : -2;
+        }
+}
+
+/* The backward for one RoI and a block of cb channels (see CK_MA_BWD_BODY): gyk, amk the
+   RoI's grad and argmax at the block's first channel ((cb, nb) rows of nb); gt, rt (nb*cb)
+   scratch.  Returns the bad argmax entries. */
+static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
+                                        const ptrdiff_t* sf, const ptrdiff_t* so,
+                                        const float* sw, const int32_t* rel,
+                                        const int64_t* base, const ptrdiff_t* gf,
+                                        const ptrdiff_t* gp, const ptrdiff_t* tf,
+                                        const int32_t* ts, const float* tw, const float* gyk,
+                                        const int64_t* amk, float* gt, int32_t* rt) {
+    ptrdiff_t c = 0, b, s, j, bad = 0;
+    const int lv = ck_simd_level();
+    (void)lv;
+    ck_transpose_f(gyk, nb, cb, nb, gt, cb);
+    ck_ma_bwd_rel(amk, nb, cb, base, rt);
+#ifdef CK_ROI_WIDE
+    if (lv >= 1) c = ck_ma_bwd_y(gb, cb, nb, sf, so, sw, rel, gf, gp, tf, ts, tw, gt, rt, &bad);
+    else
+#endif
+#ifdef CK_ROI_SSE2
+    c = ck_ma_bwd_x(gb, cb, nb, sf, so, sw, rel, gf, gp, tf, ts, tw, gt, rt, &bad);
+#endif
+    for (; c < cb; c++)         /* the lanes' adds, one channel at a time */
+        for (b = 0; b < nb; b++) {
+            const int32_t r = rt[b * cb + c];
+            const float gv = gt[b * cb + c];
+            if (r == -1) continue;
+            for (s = sf[b]; s < sf[b + 1] && rel[s] != r; s++) {}
+            if (s == sf[b + 1]) { bad++; continue; }
+            for (j = 0; j < 4; j++) gb[so[4 * s + j] * cb + c] += gv * sw[4 * s + j];
+        }
+    return bad;
+}
+
 CK_MAX_ALIGN_BWD(float, f)
 CK_MAX_ALIGN_BWD(double, d)
 CK_MAX_ALIGN_BWD_TAB(float, f)
