@@ -25,7 +25,7 @@ from convkit.cpu.csrc.roi_variants cimport (ck_avg_roi_f, ck_avg_roi_d, ck_avg_b
                                             ck_max_align_bwd_tab_f, ck_max_align_bwd_tab_d,
                                             ck_max_align_pairs_f, ck_max_align_pairs_d,
                                             ck_max_align_table_f, ck_max_align_roi_f,
-                                            ck_max_align_bwd_blk_f, ck_ma_groups, CK_LD)
+                                            ck_max_align_bwd_blk_f, ck_ma_groups)
 from convkit.cpu._roi_pool cimport roi_pool_bins
 from convkit.cpu._roi_align cimport roi_align_axis_taps, roi_align_geometry
 
@@ -359,10 +359,19 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
     cdef _Table* tab
     cdef int64_t gw
     cdef int r
+    # per (image, row) from N on, then per image (first N): 1 when the NHWC copy holds no
+    # NaN/inf
+    cdef unsigned char* fin = <unsigned char*>calloc(N + N * H, 1)
+    if fin == NULL:
+        raise MemoryError("roi_max_align_forward: out of memory for the finiteness flags")
     with nogil:
         for nh in prange(N * H, schedule="dynamic", chunksize=2,
                          num_threads=team(n_threads, (N * H + 1) // 2)):
-            nhwc_row(xp, xtp, C, H, W, nh)
+            fin[N + nh] = nhwc_row(xp, xtp, C, H, W, nh)
+        for i in range(N):
+            fin[i] = 1
+        for nh in range(N * H):
+            fin[nh // H] = fin[nh // H] & fin[N + nh]
         with parallel(num_threads=team(n_threads, K)):
             best = <floating*>malloc(C * sizeof(floating) + 1)
             bi = <int64_t*>malloc(C * sizeof(int64_t) + 1)
@@ -403,9 +412,8 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
                 if floating is float:
                     if tab != NULL and _table_build(tab, &ax[0], &ax[1], W, C, ph, pw, gw):
                         ck_max_align_roi_f(img, C, nb, tab.sf, tab.so, tab.sw, tab.rel,
-                                           tab.base, <float*>tab.scratch,
-                                           <int32_t*>(<float*>tab.scratch + nb * CK_LD),
-                                           yp + k * C * nb, amp + k * C * nb)
+                                           tab.base, fin[b], tab.scratch, yp + k * C * nb,
+                                           amp + k * C * nb)
                         continue
                 for p in range(ph):
                     a0 = ax[0].first[p]
@@ -444,6 +452,7 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
                 _axis_free(&ax[0])
                 _axis_free(&ax[1])
                 free(ax)
+    free(fin)
     if failed:
         raise MemoryError("roi_max_align_forward: out of memory for the sample tables")
     return bad

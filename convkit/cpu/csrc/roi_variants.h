@@ -342,7 +342,7 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
 #define CK_MA_CK_X_TAKE(v, b) _mm_or_ps(_mm_cmpgt_ps(v, b), _mm_cmpunord_ps(v, v))
 #define CK_MA_CK_Y_TAKE(v, b) _mm256_or_ps(_mm256_cmp_ps(v, b, _CMP_GT_OQ),                   \
                                         _mm256_cmp_ps(v, v, _CMP_UNORD_Q))
-#define CK_MA_FWD_STEP(X, R)                                                              \
+#define CK_MA_FWD_STEP(X, R, TAKE)                                                            \
     {                                                                                     \
         X##_V bst[R];                                                                     \
         X##_IV bix[R];                                                                    \
@@ -365,7 +365,7 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
                                     X##_MUL(w2, X##_LD(p2 + j * X##_L))),                 \
                             X##_MUL(w3, X##_LD(p3 + j * X##_L))),                         \
                     X##_MUL(w4, X##_LD(p4 + j * X##_L)));                                 \
-                const X##_M m = CK_MA_##X##_TAKE(v, bst[j]);                              \
+                const X##_M m = TAKE(v, bst[j]);                                          \
                 bst[j] = X##_SEL(m, v, bst[j]);                                           \
                 bix[j] = X##_ISEL(m, sv, bix[j]);                                         \
             }                                                                             \
@@ -377,21 +377,27 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
     }
 /* one bin (samples [s0, s1), at least one), channels [c0, c1) -> tb, ti (bin-major rows,
    channel c at c - c0); returns the channels done (the rest: the scalar scan) */
-#define CK_MA_FWD_BODY(X)                                                                 \
+#define CK_MA_FWD_BODY(X, TAKE)                                                           \
     {                                                                                     \
         ptrdiff_t c, s;                                                                   \
-        for (c = c0; c + 4 * X##_L <= c1; c += 4 * X##_L) CK_MA_FWD_STEP(X, 4)            \
-        for (; c + X##_L <= c1; c += X##_L) CK_MA_FWD_STEP(X, 1)                          \
+        for (c = c0; c + 4 * X##_L <= c1; c += 4 * X##_L) CK_MA_FWD_STEP(X, 4, TAKE)      \
+        for (; c + X##_L <= c1; c += X##_L) CK_MA_FWD_STEP(X, 1, TAKE)                    \
         return c;                                                                         \
     }
 #define CK_MA_FWD_ARGS const float* img, ptrdiff_t s0, ptrdiff_t s1, const ptrdiff_t* so,  \
     const float* sw, const int32_t* rel, ptrdiff_t c0, ptrdiff_t c1, float* tb, int32_t* ti
+/* _f: for an image without NaN/inf, where no sample value is NaN (weights in [0, 1], so
+   every product is finite, and a sum of finite terms that overflows stays one infinity):
+   "greater" alone is the same test. */
 #ifdef CK_ROI_SSE2
-static ptrdiff_t ck_ma_fwd_x(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_X)
+static ptrdiff_t ck_ma_fwd_x(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_X, CK_MA_CK_X_TAKE)
+static ptrdiff_t ck_ma_fwd_xf(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_X, CK_X_GT)
 #endif
 #ifdef CK_ROI_WIDE
 __attribute__((target("avx2")))
-static ptrdiff_t ck_ma_fwd_y(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y)
+static ptrdiff_t ck_ma_fwd_y(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_MA_CK_Y_TAKE)
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_fwd_yf(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_Y_GT)
 #endif
 
 /* One RoI's sample table (see above) from its axis taps; sf: nb + 1 entries, so/sw: 4 per
@@ -490,11 +496,18 @@ static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdi
 
 /* One RoI's float forward on its table: channels in blocks of CK_CHUNK, each bin scanned into
    bin-major scratch (tb floats, ti int32s, nb rows of CK_LD) by the widest vector path, the
-   last channels one at a time, then transposed into y and am (the RoI's (C, nb) outputs). */
+   last channels one at a time, then transposed to the RoI's (C, nb) layout and streamed into
+   y and am (written once, not read back: no need to fetch them into cache).  finite: the
+   image holds no NaN/inf (the scan then skips its NaN test). */
 static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
                                const ptrdiff_t* sf, const ptrdiff_t* so, const float* sw,
-                               const int32_t* rel, const int64_t* base, float* tb, int32_t* ti,
-                               float* y, int64_t* am) {
+                               const int32_t* rel, const int64_t* base, int finite,
+                               void* scratch, float* y, int64_t* am) {
+    /* scratch (ck_roi_scratch_bytes(nb)): tb, ti (nb rows of CK_LD), tr, tri (CK_CHUNK*nb) */
+    float* tb = (float*)scratch;
+    int32_t* ti = (int32_t*)(tb + nb * CK_LD);
+    int64_t* tri = (int64_t*)(ti + nb * CK_LD);
+    float* tr = (float*)(tri + nb * CK_CHUNK);
     const int lv = ck_simd_level();
     ptrdiff_t c0, c1, c, b, s, k;
     (void)lv;
@@ -509,11 +522,14 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
             }
             c = c0;
 #ifdef CK_ROI_WIDE
-            if (lv >= 1) c = ck_ma_fwd_y(img, sf[b], sf[b + 1], so, sw, rel, c0, c1, tbb, tib);
+            if (lv >= 1)
+                c = (finite ? ck_ma_fwd_yf : ck_ma_fwd_y)(img, sf[b], sf[b + 1], so, sw, rel, c0,
+                                                          c1, tbb, tib);
             else
 #endif
 #ifdef CK_ROI_SSE2
-            c = ck_ma_fwd_x(img, sf[b], sf[b + 1], so, sw, rel, c0, c1, tbb, tib);
+            c = (finite ? ck_ma_fwd_xf : ck_ma_fwd_x)(img, sf[b], sf[b + 1], so, sw, rel, c0, c1,
+                                                      tbb, tib);
 #endif
             for (; c < c1; c++) {
                 float bst = -INFINITY;
@@ -529,13 +545,16 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
                 tib[c - c0] = bi;
             }
         }
-        ck_transpose_f(tb, CK_LD, nb, c1 - c0, y + c0 * nb, nb);
+        /* the block's rows of y and am are contiguous runs: built in scratch, streamed out */
+        ck_transpose_f(tb, CK_LD, nb, c1 - c0, tr, nb);
         c = 0;
 #ifdef CK_ROI_WIDE
-        if (lv >= 1) c = ck_ma_am8(ti, CK_LD, nb, c1 - c0, base, am + c0 * nb, nb);
+        if (lv >= 1) c = ck_ma_am8(ti, CK_LD, nb, c1 - c0, base, tri, nb);
 #endif
         for (; c < c1 - c0; c++)
-            for (k = 0; k < nb; k++) am[(c0 + c) * nb + k] = base[k] + ti[k * CK_LD + c];
+            for (k = 0; k < nb; k++) tri[c * nb + k] = base[k] + ti[k * CK_LD + c];
+        ck_stream_copy(y + c0 * nb, tr, (size_t)(nb * (c1 - c0)) * sizeof(float));
+        ck_stream_copy(am + c0 * nb, tri, (size_t)(nb * (c1 - c0)) * sizeof(int64_t));
     }
 }
 /* float roi_max_align backward on the sample tables (ck_max_align_table_f with C = 1, so so

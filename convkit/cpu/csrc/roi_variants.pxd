@@ -3,7 +3,6 @@
 from libc.stdint cimport int32_t, int64_t
 
 cdef extern from "csrc/roi_variants.h":
-    enum: CK_LD     # the row length of the forward's bin-major scratch (csrc/roi_simd.h)
     void ck_avg_roi_f(const float* img, Py_ssize_t W, Py_ssize_t C, Py_ssize_t ph, Py_ssize_t pw,
                       const Py_ssize_t* hs, const Py_ssize_t* he, const Py_ssize_t* ws,
                       const Py_ssize_t* we, float* acc, float* y) noexcept nogil
@@ -86,7 +85,7 @@ cdef extern from "csrc/roi_variants.h":
                                     float* sw, int32_t* rel, int64_t* base) noexcept nogil
     void ck_max_align_roi_f(const float* img, Py_ssize_t C, Py_ssize_t nb, const Py_ssize_t* sf,
                             const Py_ssize_t* so, const float* sw, const int32_t* rel,
-                            const int64_t* base, float* tb, int32_t* ti, float* y,
+                            const int64_t* base, int finite, void* scratch, float* y,
                             int64_t* am) noexcept nogil
     Py_ssize_t ck_max_align_bwd_blk_f(float* gb, Py_ssize_t cb, Py_ssize_t nb,
                                       const Py_ssize_t* sf, const Py_ssize_t* so,
