@@ -251,7 +251,9 @@ cdef struct _Table:
     Py_ssize_t* gf
     Py_ssize_t* gp
     Py_ssize_t* tf
+    Py_ssize_t* tn
     int32_t* ts
+    int32_t* tr
     float* tw
 
 
@@ -269,7 +271,9 @@ cdef void _table_free(_Table* t) noexcept nogil:
     free(t.gf)
     free(t.gp)
     free(t.tf)
+    free(t.tn)
     free(t.ts)
+    free(t.tr)
     free(t.tw)
 
 
@@ -284,7 +288,9 @@ cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
     t.gf = NULL
     t.gp = NULL
     t.tf = NULL
+    t.tn = NULL
     t.ts = NULL
+    t.tr = NULL
     t.tw = NULL
     t.sf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
     t.base = <int64_t*>malloc(nb * sizeof(int64_t) + 1)
@@ -328,10 +334,13 @@ cdef int _table_groups(_Table* t, Py_ssize_t nb) noexcept nogil:
     t.gp = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t) + 1)
     t.tf = <Py_ssize_t*>malloc((4 * n + 1) * sizeof(Py_ssize_t))
     t.ts = <int32_t*>malloc(4 * n * sizeof(int32_t) + 1)
+    t.tn = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t) + 1)
+    t.tr = <int32_t*>malloc(4 * n * sizeof(int32_t) + 1)
     t.tw = <float*>malloc(4 * n * sizeof(float) + 1)
-    if t.gf == NULL or t.gp == NULL or t.tf == NULL or t.ts == NULL or t.tw == NULL:
+    if (t.gf == NULL or t.gp == NULL or t.tf == NULL or t.tn == NULL or t.ts == NULL
+            or t.tr == NULL or t.tw == NULL):
         return 0
-    ck_ma_groups(nb, t.sf, t.so, t.sw, t.gf, t.gp, t.tf, t.ts, t.tw)
+    ck_ma_groups(nb, t.sf, t.so, t.sw, t.gf, t.gp, t.tf, t.tn, t.ts, t.tr, t.tw)
     return 1
 
 
@@ -618,8 +627,9 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
                         tb = &tabs[k]
                         o = (k * C + c0) * nb
                         bad += ck_max_align_bwd_blk_f(gb, nc, nb, tb.sf, tb.so, tb.sw, tb.rel,
-                                                      tb.base, tb.gf, tb.gp, tb.tf, tb.ts,
-                                                      tb.tw, <const float*>gyp + o, amp + o,
+                                                      tb.base, tb.gf, tb.gp, tb.tf, tb.tn,
+                                                      tb.ts, tb.tr, tb.tw,
+                                                      <const float*>gyp + o, amp + o,
                                                       gt, rt)
                     for i in range(0, HW, 64):  # (H*W, nc) block -> the nc planes of gx
                         ck_transpose_f(gb + i * nc, nc, min(64, HW - i), nc,

@@ -566,9 +566,10 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
    leaves every sum as it was (a sum that starts at +0 never becomes -0), so each element
    gets exactly the adds CK_MAX_ALIGN_BWD makes, in the same order.  A bin of at most
    CK_MA_GROUPED samples goes by its pixel groups (ck_ma_groups): each pixel its samples touch
-   is loaded once; for each sample touching it, the pixel plus that sample's adds (in corner
-   order, from the loaded value) is a candidate, and each lane keeps its winner's candidate
-   (or the loaded value), so the lanes get exactly their winner's adds; stored once.
+   is loaded once, each lane picks (by its winner's mask) the weight of its winner's first
+   touch of the pixel and adds g times it (lanes whose winner does not touch the pixel keep
+   the loaded value), then the second touches of snapped corners, and so on: each lane gets
+   exactly its winner's adds in corner order; stored once.
    Counts into *bad the entries that are neither -1 nor a sample of their bin; returns the
    channels done. */
 #define CK_MA_GROUPED 16
@@ -582,52 +583,73 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
 #define CK_MA_CK_Y_AND(a, b) _mm256_and_ps(a, b)
 #define CK_MA_CK_Y_OR(a, b) _mm256_or_ps(a, b)
 #define CK_MA_CK_Y_NBAD(m) __builtin_popcount(~_mm256_movemask_ps(m) & 0xFF)
+#define CK_MA_BWD_NV 8       /* vectors of channels a pass holds (64 on AVX2, 32 on SSE2) */
 #define CK_MA_BWD_BODY(X)                                                                 \
     {                                                                                     \
-        ptrdiff_t b, s, e, t, c = 0, nbad = 0;                                            \
-        for (b = 0; b < nb; b++) {                                                        \
-            const int32_t* rb = rt + b * cb;                                              \
-            const float* g = gt + b * cb;                                                 \
-            const ptrdiff_t s0 = sf[b], ns = sf[b + 1] - sf[b];                           \
-            for (c = 0; c + X##_L <= cb; c += X##_L) {                                    \
-                const X##_IV rv = CK_MA_##X##_ILD(rb + c);                                \
-                const X##_V gv = X##_LD(g + c);                                           \
-                X##_V ok = CK_MA_##X##_IEQ(rv, X##_ISET1(-1));                            \
+        ptrdiff_t b, s, e, t, k, c0, v, nv, c = 0, nbad = 0;                              \
+        for (c0 = 0; c0 + X##_L <= cb; c0 += nv * X##_L) {                                \
+            nv = (cb - c0) / X##_L < CK_MA_BWD_NV ? (cb - c0) / X##_L : CK_MA_BWD_NV;     \
+            c = c0 + nv * X##_L;                                                          \
+            for (b = 0; b < nb; b++) {                                                    \
+                const int32_t* rb = rt + b * cb + c0;                                     \
+                const float* g = gt + b * cb + c0;                                        \
+                const ptrdiff_t s0 = sf[b], ns = sf[b + 1] - sf[b];                       \
                 if (ns <= CK_MA_GROUPED) {                                                \
-                    X##_M ms[CK_MA_GROUPED];                                              \
-                    for (s = 0; s < ns; s++) {                                            \
-                        ms[s] = CK_MA_##X##_IEQ(rv, X##_ISET1(rel[s0 + s]));              \
-                        ok = CK_MA_##X##_OR(ok, ms[s]);                                   \
+                    X##_M ms[CK_MA_GROUPED][CK_MA_BWD_NV];                                \
+                    X##_V gv[CK_MA_BWD_NV];                                               \
+                    for (v = 0; v < nv; v++) {                                            \
+                        const X##_IV rv = CK_MA_##X##_ILD(rb + v * X##_L);                \
+                        X##_V ok = CK_MA_##X##_IEQ(rv, X##_ISET1(-1));                    \
+                        gv[v] = X##_LD(g + v * X##_L);                                    \
+                        for (s = 0; s < ns; s++) {                                        \
+                            ms[s][v] = CK_MA_##X##_IEQ(rv, X##_ISET1(rel[s0 + s]));       \
+                            ok = CK_MA_##X##_OR(ok, ms[s][v]);                            \
+                        }                                                                 \
+                        nbad += CK_MA_##X##_NBAD(ok);                                     \
                     }                                                                     \
                     for (e = gf[b]; e < gf[b + 1]; e++) {                                 \
-                        float* r = gb + gp[e] * cb + c;                                   \
-                        const X##_V a = X##_LD(r);                                        \
-                        X##_V res = a;                                                    \
-                        for (t = tf[e]; t < tf[e + 1];) {                                 \
-                            const int32_t sj = ts[t];                                     \
-                            X##_V v = a;                                                  \
-                            do {                                                          \
-                                v = X##_ADD(v, X##_MUL(gv, X##_SET1(tw[t])));             \
-                                t++;                                                      \
-                            } while (t < tf[e + 1] && ts[t] == sj);                       \
-                            res = X##_SEL(ms[sj], v, res);                                \
+                        float* r = gb + gp[e] * cb + c0;                                  \
+                        const ptrdiff_t t0 = tf[e], t1 = tf[e] + tn[e], te = tf[e + 1];   \
+                        for (v = 0; v < nv; v++) {                                        \
+                            const X##_V a = X##_LD(r + v * X##_L);                        \
+                            X##_V w = X##_SET1(0.0f), tm = w, x;                          \
+                            for (t = t0; t < t1; t++) {                                   \
+                                w = X##_SEL(ms[ts[t]][v], X##_SET1(tw[t]), w);            \
+                                tm = CK_MA_##X##_OR(tm, ms[ts[t]][v]);                    \
+                            }                                                             \
+                            x = X##_ADD(a, X##_MUL(gv[v], w));                            \
+                            for (k = 1; t1 < te && k < 4; k++) {  /* snapped corners */   \
+                                X##_V mk = X##_SET1(0.0f);                                \
+                                w = mk;                                                   \
+                                for (t = t1; t < te; t++)                                 \
+                                    if (tr[t] == k) {                                     \
+                                        w = X##_SEL(ms[ts[t]][v], X##_SET1(tw[t]), w);    \
+                                        mk = CK_MA_##X##_OR(mk, ms[ts[t]][v]);            \
+                                    }                                                     \
+                                x = X##_ADD(x, X##_MUL(CK_MA_##X##_AND(mk, gv[v]), w));   \
+                            }                                                             \
+                            X##_ST(r + v * X##_L, X##_SEL(tm, x, a));                     \
                         }                                                                 \
-                        X##_ST(r, res);                                                   \
                     }                                                                     \
-                } else {                                                                  \
+                    continue;                                                             \
+                }                                                                         \
+                for (v = 0; v < nv; v++) {                                                \
+                    const X##_IV rv = CK_MA_##X##_ILD(rb + v * X##_L);                    \
+                    const X##_V g1 = X##_LD(g + v * X##_L);                               \
+                    X##_V ok = CK_MA_##X##_IEQ(rv, X##_ISET1(-1));                        \
                     for (s = s0; s < s0 + ns; s++) {                                      \
                         const X##_V m = CK_MA_##X##_IEQ(rv, X##_ISET1(rel[s]));           \
-                        const X##_V gm = CK_MA_##X##_AND(m, gv);                          \
+                        const X##_V gm = CK_MA_##X##_AND(m, g1);                          \
                         int j;                                                            \
                         ok = CK_MA_##X##_OR(ok, m);                                       \
                         for (j = 0; j < 4; j++) {                                         \
-                            float* r = gb + so[4 * s + j] * cb + c;                       \
+                            float* r = gb + so[4 * s + j] * cb + c0 + v * X##_L;          \
                             X##_ST(r, X##_ADD(X##_LD(r),                                  \
                                               X##_MUL(gm, X##_SET1(sw[4 * s + j]))));     \
                         }                                                                 \
                     }                                                                     \
+                    nbad += CK_MA_##X##_NBAD(ok);                                         \
                 }                                                                         \
-                nbad += CK_MA_##X##_NBAD(ok);                                             \
             }                                                                             \
         }                                                                                 \
         *bad += nbad;                                                                     \
@@ -635,24 +657,33 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
     }
 #define CK_MA_BWD_ARGS float* gb, ptrdiff_t cb, ptrdiff_t nb, const ptrdiff_t* sf,         \
     const ptrdiff_t* so, const float* sw, const int32_t* rel, const ptrdiff_t* gf,        \
-    const ptrdiff_t* gp, const ptrdiff_t* tf, const int32_t* ts, const float* tw,         \
-    const float* gt, const int32_t* rt, ptrdiff_t* bad
+    const ptrdiff_t* gp, const ptrdiff_t* tf, const ptrdiff_t* tn, const int32_t* ts,     \
+    const int32_t* tr, const float* tw, const float* gt, const int32_t* rt, ptrdiff_t* bad
+/* GCC would turn the register-array loads and stores into memmove calls */
+#if defined(__GNUC__) && !defined(__clang__)
+#define CK_MA_NO_LIBCALL __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define CK_MA_NO_LIBCALL
+#endif
 #ifdef CK_ROI_SSE2
+CK_MA_NO_LIBCALL
 static ptrdiff_t ck_ma_bwd_x(CK_MA_BWD_ARGS) CK_MA_BWD_BODY(CK_X)
 #endif
 #ifdef CK_ROI_WIDE
-__attribute__((target("avx2")))
+__attribute__((target("avx2"))) CK_MA_NO_LIBCALL
 static ptrdiff_t ck_ma_bwd_y(CK_MA_BWD_ARGS) CK_MA_BWD_BODY(CK_Y)
 #endif
 
 /* A RoI's pixel groups for the backward, from its sample table (so: pixel numbers): bin b's
    groups are [gf[b], gf[b+1]), group e is pixel gp[e] with touches [tf[e], tf[e+1]), touch t
-   sample ts[t] (counted from the bin's first) with weight tw[t], in (sample, corner) order.
-   Bins of over CK_MA_GROUPED samples get none (the kernel goes sample by sample).  gp, ts,
-   tw: 4 per sample; tf: 4 per sample + 1. */
+   sample ts[t] (counted from the bin's first) with weight tw[t]: first, in sample order, each
+   touching sample's first corner on the pixel (tn[e] of them), then the further corners of
+   samples that touch it more than once (a snapped sample), in (sample, corner) order, tr[t]
+   numbering them within their sample (1, 2, 3).  Bins of over CK_MA_GROUPED samples get none
+   (the kernel goes sample by sample).  gp, tn, ts, tr, tw: 4 per sample; tf: 4 per sample + 1. */
 static void ck_ma_groups(ptrdiff_t nb, const ptrdiff_t* sf, const ptrdiff_t* so,
                          const float* sw, ptrdiff_t* gf, ptrdiff_t* gp, ptrdiff_t* tf,
-                         int32_t* ts, float* tw) {
+                         ptrdiff_t* tn, int32_t* ts, int32_t* tr, float* tw) {
     ptrdiff_t b, s, j, e, ng = 0, nt = 0;
     for (b = 0; b < nb; b++) {
         const ptrdiff_t s0 = sf[b], ns = sf[b + 1] - sf[b];
@@ -683,6 +714,23 @@ static void ck_ma_groups(ptrdiff_t nb, const ptrdiff_t* sf, const ptrdiff_t* so,
                     ts[k] = (int32_t)s;
                     tw[k] = sw[4 * (s0 + s) + j];
                 }
+            for (e = g0; e < ng; e++) {          /* each run's first touch first */
+                const ptrdiff_t t0 = tf[e], t1 = fill[e - g0];
+                int32_t bs[4 * CK_MA_GROUPED], br[4 * CK_MA_GROUPED];
+                float bw[4 * CK_MA_GROUPED];
+                ptrdiff_t t, m = 0, rank = 0;
+                for (t = t0; t < t1; t++) {
+                    rank = t > t0 && ts[t] == ts[t - 1] ? rank + 1 : 0;
+                    bs[t - t0] = ts[t];
+                    bw[t - t0] = tw[t];
+                    br[t - t0] = (int32_t)rank;
+                }
+                for (t = 0; t < t1 - t0; t++)
+                    if (br[t] == 0) { ts[t0 + m] = bs[t]; tw[t0 + m] = bw[t]; tr[t0 + m] = 0; m++; }
+                tn[e] = m;
+                for (t = 0; t < t1 - t0; t++)
+                    if (br[t] > 0) { ts[t0 + m] = bs[t]; tw[t0 + m] = bw[t]; tr[t0 + m] = br[t]; m++; }
+            }
         }
     }
     gf[nb] = ng;
@@ -711,7 +759,8 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
                                         const float* sw, const int32_t* rel,
                                         const int64_t* base, const ptrdiff_t* gf,
                                         const ptrdiff_t* gp, const ptrdiff_t* tf,
-                                        const int32_t* ts, const float* tw, const float* gyk,
+                                        const ptrdiff_t* tn, const int32_t* ts,
+                                        const int32_t* tr, const float* tw, const float* gyk,
                                         const int64_t* amk, float* gt, int32_t* rt) {
     ptrdiff_t c = 0, b, s, j, bad = 0;
     const int lv = ck_simd_level();
@@ -719,11 +768,11 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
     ck_transpose_f(gyk, nb, cb, nb, gt, cb);
     ck_ma_bwd_rel(amk, nb, cb, base, rt);
 #ifdef CK_ROI_WIDE
-    if (lv >= 1) c = ck_ma_bwd_y(gb, cb, nb, sf, so, sw, rel, gf, gp, tf, ts, tw, gt, rt, &bad);
+    if (lv >= 1) c = ck_ma_bwd_y(gb, cb, nb, sf, so, sw, rel, gf, gp, tf, tn, ts, tr, tw, gt, rt, &bad);
     else
 #endif
 #ifdef CK_ROI_SSE2
-    c = ck_ma_bwd_x(gb, cb, nb, sf, so, sw, rel, gf, gp, tf, ts, tw, gt, rt, &bad);
+    c = ck_ma_bwd_x(gb, cb, nb, sf, so, sw, rel, gf, gp, tf, tn, ts, tr, tw, gt, rt, &bad);
 #endif
     for (; c < cb; c++)         /* the lanes' adds, one channel at a time */
         for (b = 0; b < nb; b++) {

@@ -91,9 +91,10 @@ cdef extern from "csrc/roi_variants.h":
                                       const Py_ssize_t* sf, const Py_ssize_t* so,
                                       const float* sw, const int32_t* rel, const int64_t* base,
                                       const Py_ssize_t* gf, const Py_ssize_t* gp,
-                                      const Py_ssize_t* tf, const int32_t* ts, const float* tw,
+                                      const Py_ssize_t* tf, const Py_ssize_t* tn,
+                                      const int32_t* ts, const int32_t* tr, const float* tw,
                                       const float* gyk, const int64_t* amk, float* gt,
                                       int32_t* rt) noexcept nogil
     void ck_ma_groups(Py_ssize_t nb, const Py_ssize_t* sf, const Py_ssize_t* so, const float* sw,
-                      Py_ssize_t* gf, Py_ssize_t* gp, Py_ssize_t* tf, int32_t* ts,
-                      float* tw) noexcept nogil
+                      Py_ssize_t* gf, Py_ssize_t* gp, Py_ssize_t* tf, Py_ssize_t* tn,
+                      int32_t* ts, int32_t* tr, float* tw) noexcept nogil
