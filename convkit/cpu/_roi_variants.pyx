@@ -25,7 +25,7 @@ from convkit.cpu.csrc.roi_variants cimport (ck_avg_roi_f, ck_avg_roi_d, ck_avg_b
                                             ck_max_align_bwd_tab_f, ck_max_align_bwd_tab_d,
                                             ck_max_align_pairs_f, ck_max_align_pairs_d,
                                             ck_max_align_table_f, ck_max_align_roi_f,
-                                            ck_max_align_bwd_blk_f, ck_ma_groups)
+                                            ck_max_align_bwd_blk_f)
 from convkit.cpu._roi_pool cimport roi_pool_bins
 from convkit.cpu._roi_align cimport roi_align_axis_taps, roi_align_geometry
 
@@ -247,14 +247,6 @@ cdef struct _Table:
     float* sw
     int32_t* rel
     void* scratch
-    # the backward's pixel groups (ck_ma_groups), when built
-    Py_ssize_t* gf
-    Py_ssize_t* gp
-    Py_ssize_t* tf
-    Py_ssize_t* tn
-    int32_t* ts
-    int32_t* tr
-    float* tw
 
 
 # the most samples a RoI's table holds per bin on average (beyond: the per-bin path)
@@ -268,13 +260,6 @@ cdef void _table_free(_Table* t) noexcept nogil:
     free(t.sw)
     free(t.rel)
     ck_free64(t.scratch)
-    free(t.gf)
-    free(t.gp)
-    free(t.tf)
-    free(t.tn)
-    free(t.ts)
-    free(t.tr)
-    free(t.tw)
 
 
 cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
@@ -285,13 +270,6 @@ cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
     t.sw = NULL
     t.rel = NULL
     t.scratch = NULL
-    t.gf = NULL
-    t.gp = NULL
-    t.tf = NULL
-    t.tn = NULL
-    t.ts = NULL
-    t.tr = NULL
-    t.tw = NULL
     t.sf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
     t.base = <int64_t*>malloc(nb * sizeof(int64_t) + 1)
     if scratch:
@@ -325,23 +303,6 @@ cdef int _table_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t 
             t.cap = 0
             return 0
     return 0
-
-
-cdef int _table_groups(_Table* t, Py_ssize_t nb) noexcept nogil:
-    """The backward's pixel groups of a built table (so: pixel numbers).  0: no memory."""
-    cdef Py_ssize_t n = t.sf[nb]
-    t.gf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
-    t.gp = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t) + 1)
-    t.tf = <Py_ssize_t*>malloc((4 * n + 1) * sizeof(Py_ssize_t))
-    t.ts = <int32_t*>malloc(4 * n * sizeof(int32_t) + 1)
-    t.tn = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t) + 1)
-    t.tr = <int32_t*>malloc(4 * n * sizeof(int32_t) + 1)
-    t.tw = <float*>malloc(4 * n * sizeof(float) + 1)
-    if (t.gf == NULL or t.gp == NULL or t.tf == NULL or t.tn == NULL or t.ts == NULL
-            or t.tr == NULL or t.tw == NULL):
-        return 0
-    ck_ma_groups(nb, t.sf, t.so, t.sw, t.gf, t.gp, t.tf, t.tn, t.ts, t.tr, t.tw)
-    return 1
 
 
 def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
@@ -562,12 +523,17 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
     cdef Py_ssize_t* batch = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t) + 1)
     cdef int64_t* gws = <int64_t*>malloc(K * sizeof(int64_t) + 1)
     cdef _Table* tabs = <_Table*>calloc(K + 1, sizeof(_Table))
-    if axes == NULL or pairs == NULL or batch == NULL or gws == NULL or tabs == NULL:
+    cdef Py_ssize_t* first = <Py_ssize_t*>malloc(N * sizeof(Py_ssize_t) + 1)
+    cdef Py_ssize_t* nxt = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t) + 1)
+    if (axes == NULL or pairs == NULL or batch == NULL or gws == NULL or tabs == NULL
+            or first == NULL or nxt == NULL):
         free(axes)
         free(pairs)
         free(batch)
         free(gws)
         free(tabs)
+        free(first)
+        free(nxt)
         raise MemoryError("roi_max_align_backward: out of memory for the sample tables")
     with nogil:
         for k in prange(K, schedule="dynamic", chunksize=8,
@@ -592,8 +558,7 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
                 elif floating is float:
                     if not (_table_alloc(&tabs[k], nb, False)
                             and _table_build(&tabs[k], &axes[2 * k], &axes[2 * k + 1], W, 1,
-                                             ph, pw, gws[k])
-                            and _table_groups(&tabs[k], nb)):
+                                             ph, pw, gws[k])):
                         notab += 1
                 elif not _roi_pairs(&pairs[k], &axes[2 * k], &axes[2 * k + 1], W, ph, pw,
                                     gws[k], <floating>0):
@@ -609,6 +574,12 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
                         failed += 1
                         batch[k] = -1
         if floating is float and notab == 0 and failed == 0:
+            for n in range(N):      # each image's RoIs as a list, in order: first, nxt
+                first[n] = K
+            for k in range(K - 1, -1, -1):
+                if batch[k] >= 0:
+                    nxt[k] = first[batch[k]]
+                    first[batch[k]] = k
             with parallel(num_threads=team(n_threads, N * nvblk)):
                 gb = <float*>ck_malloc64(HW * VB * sizeof(float) + 1)
                 gt = <float*>malloc(nb * VB * sizeof(float) + 1)
@@ -621,16 +592,17 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
                     c0 = t % nvblk * VB
                     nc = min(VB, C - c0)
                     memset(gb, 0, HW * nc * sizeof(float))
-                    for k in range(K):      # fixed RoI order: the same sums on every run
-                        if batch[k] != n:
-                            continue
+                    k = first[n]
+                    while k < K:            # fixed RoI order: the same sums on every run
                         tb = &tabs[k]
                         o = (k * C + c0) * nb
-                        bad += ck_max_align_bwd_blk_f(gb, nc, nb, tb.sf, tb.so, tb.sw, tb.rel,
-                                                      tb.base, tb.gf, tb.gp, tb.tf, tb.tn,
-                                                      tb.ts, tb.tr, tb.tw,
-                                                      <const float*>gyp + o, amp + o,
-                                                      gt, rt)
+                        i = nxt[k]          # the next RoI of this image (K: none)
+                        bad += ck_max_align_bwd_blk_f(
+                            gb, nc, nb, tb.sf, tb.so, tb.sw, tb.rel, tb.base,
+                            <const float*>gyp + o, amp + o,
+                            gt, rt, <const float*>gyp + (i * C + c0) * nb if i < K else NULL,
+                            amp + (i * C + c0) * nb if i < K else NULL)
+                        k = i
                     for i in range(0, HW, 64):  # (H*W, nc) block -> the nc planes of gx
                         ck_transpose_f(gb + i * nc, nc, min(64, HW - i), nc,
                                        <float*>gxp + (n * C + c0) * HW + i, HW)
@@ -684,6 +656,8 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
     free(batch)
     free(gws)
     free(tabs)
+    free(first)
+    free(nxt)
     if failed:
         raise MemoryError("roi_max_align_backward: out of memory for the sample tables")
     return bad, bad_rois

@@ -564,15 +564,10 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
    its grad.  For every sample s of bin b, the lanes whose argmax is s add g * w (w1..w4 of s)
    to the block's rows of s's four pixels, in corner order; the other lanes add +0, which
    leaves every sum as it was (a sum that starts at +0 never becomes -0), so each element
-   gets exactly the adds CK_MAX_ALIGN_BWD makes, in the same order.  A bin of at most
-   CK_MA_GROUPED samples goes by its pixel groups (ck_ma_groups): each pixel its samples touch
-   is loaded once, each lane picks (by its winner's mask) the weight of its winner's first
-   touch of the pixel and adds g times it (lanes whose winner does not touch the pixel keep
-   the loaded value), then the second touches of snapped corners, and so on: each lane gets
-   exactly its winner's adds in corner order; stored once.
+   gets exactly the adds CK_MAX_ALIGN_BWD makes, in the same order.  Channel vectors in
+   passes of CK_MA_BWD_NV (64 channels on AVX2), each pass all the bins of the RoI.
    Counts into *bad the entries that are neither -1 nor a sample of their bin; returns the
    channels done. */
-#define CK_MA_GROUPED 16
 #define CK_MA_CK_X_ILD(p) _mm_loadu_si128((const __m128i*)(p))
 #define CK_MA_CK_X_IEQ(a, b) _mm_castsi128_ps(_mm_cmpeq_epi32(a, b))
 #define CK_MA_CK_X_AND(a, b) _mm_and_ps(a, b)
@@ -586,58 +581,18 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
 #define CK_MA_BWD_NV 8       /* vectors of channels a pass holds (64 on AVX2, 32 on SSE2) */
 #define CK_MA_BWD_BODY(X)                                                                 \
     {                                                                                     \
-        ptrdiff_t b, s, e, t, k, c0, v, nv, c = 0, nbad = 0;                              \
+        ptrdiff_t b, s, c0, v, nv, c = 0, nbad = 0;                                       \
         for (c0 = 0; c0 + X##_L <= cb; c0 += nv * X##_L) {                                \
             nv = (cb - c0) / X##_L < CK_MA_BWD_NV ? (cb - c0) / X##_L : CK_MA_BWD_NV;     \
             c = c0 + nv * X##_L;                                                          \
-            for (b = 0; b < nb; b++) {                                                    \
+            for (b = b0; b < b1; b++) {                                                    \
                 const int32_t* rb = rt + b * cb + c0;                                     \
                 const float* g = gt + b * cb + c0;                                        \
-                const ptrdiff_t s0 = sf[b], ns = sf[b + 1] - sf[b];                       \
-                if (ns <= CK_MA_GROUPED) {                                                \
-                    X##_M ms[CK_MA_GROUPED][CK_MA_BWD_NV];                                \
-                    X##_V gv[CK_MA_BWD_NV];                                               \
-                    for (v = 0; v < nv; v++) {                                            \
-                        const X##_IV rv = CK_MA_##X##_ILD(rb + v * X##_L);                \
-                        X##_V ok = CK_MA_##X##_IEQ(rv, X##_ISET1(-1));                    \
-                        gv[v] = X##_LD(g + v * X##_L);                                    \
-                        for (s = 0; s < ns; s++) {                                        \
-                            ms[s][v] = CK_MA_##X##_IEQ(rv, X##_ISET1(rel[s0 + s]));       \
-                            ok = CK_MA_##X##_OR(ok, ms[s][v]);                            \
-                        }                                                                 \
-                        nbad += CK_MA_##X##_NBAD(ok);                                     \
-                    }                                                                     \
-                    for (e = gf[b]; e < gf[b + 1]; e++) {                                 \
-                        float* r = gb + gp[e] * cb + c0;                                  \
-                        const ptrdiff_t t0 = tf[e], t1 = tf[e] + tn[e], te = tf[e + 1];   \
-                        for (v = 0; v < nv; v++) {                                        \
-                            const X##_V a = X##_LD(r + v * X##_L);                        \
-                            X##_V w = X##_SET1(0.0f), tm = w, x;                          \
-                            for (t = t0; t < t1; t++) {                                   \
-                                w = X##_SEL(ms[ts[t]][v], X##_SET1(tw[t]), w);            \
-                                tm = CK_MA_##X##_OR(tm, ms[ts[t]][v]);                    \
-                            }                                                             \
-                            x = X##_ADD(a, X##_MUL(gv[v], w));                            \
-                            for (k = 1; t1 < te && k < 4; k++) {  /* snapped corners */   \
-                                X##_V mk = X##_SET1(0.0f);                                \
-                                w = mk;                                                   \
-                                for (t = t1; t < te; t++)                                 \
-                                    if (tr[t] == k) {                                     \
-                                        w = X##_SEL(ms[ts[t]][v], X##_SET1(tw[t]), w);    \
-                                        mk = CK_MA_##X##_OR(mk, ms[ts[t]][v]);            \
-                                    }                                                     \
-                                x = X##_ADD(x, X##_MUL(CK_MA_##X##_AND(mk, gv[v]), w));   \
-                            }                                                             \
-                            X##_ST(r + v * X##_L, X##_SEL(tm, x, a));                     \
-                        }                                                                 \
-                    }                                                                     \
-                    continue;                                                             \
-                }                                                                         \
                 for (v = 0; v < nv; v++) {                                                \
                     const X##_IV rv = CK_MA_##X##_ILD(rb + v * X##_L);                    \
                     const X##_V g1 = X##_LD(g + v * X##_L);                               \
                     X##_V ok = CK_MA_##X##_IEQ(rv, X##_ISET1(-1));                        \
-                    for (s = s0; s < s0 + ns; s++) {                                      \
+                    for (s = sf[b]; s < sf[b + 1]; s++) {                                 \
                         const X##_V m = CK_MA_##X##_IEQ(rv, X##_ISET1(rel[s]));           \
                         const X##_V gm = CK_MA_##X##_AND(m, g1);                          \
                         int j;                                                            \
@@ -655,10 +610,9 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
         *bad += nbad;                                                                     \
         return c;                                                                         \
     }
-#define CK_MA_BWD_ARGS float* gb, ptrdiff_t cb, ptrdiff_t nb, const ptrdiff_t* sf,         \
-    const ptrdiff_t* so, const float* sw, const int32_t* rel, const ptrdiff_t* gf,        \
-    const ptrdiff_t* gp, const ptrdiff_t* tf, const ptrdiff_t* tn, const int32_t* ts,     \
-    const int32_t* tr, const float* tw, const float* gt, const int32_t* rt, ptrdiff_t* bad
+#define CK_MA_BWD_ARGS float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1, const ptrdiff_t* sf, \
+    const ptrdiff_t* so, const float* sw, const int32_t* rel, const float* gt,            \
+    const int32_t* rt, ptrdiff_t* bad
 /* GCC would turn the register-array loads and stores into memmove calls */
 #if defined(__GNUC__) && !defined(__clang__)
 #define CK_MA_NO_LIBCALL __attribute__((optimize("no-tree-loop-distribute-patterns")))
@@ -674,76 +628,69 @@ __attribute__((target("avx2"))) CK_MA_NO_LIBCALL
 static ptrdiff_t ck_ma_bwd_y(CK_MA_BWD_ARGS) CK_MA_BWD_BODY(CK_Y)
 #endif
 
-/* A RoI's pixel groups for the backward, from its sample table (so: pixel numbers): bin b's
-   groups are [gf[b], gf[b+1]), group e is pixel gp[e] with touches [tf[e], tf[e+1]), touch t
-   sample ts[t] (counted from the bin's first) with weight tw[t]: first, in sample order, each
-   touching sample's first corner on the pixel (tn[e] of them), then the further corners of
-   samples that touch it more than once (a snapped sample), in (sample, corner) order, tr[t]
-   numbering them within their sample (1, 2, 3).  Bins of over CK_MA_GROUPED samples get none
-   (the kernel goes sample by sample).  gp, tn, ts, tr, tw: 4 per sample; tf: 4 per sample + 1. */
-static void ck_ma_groups(ptrdiff_t nb, const ptrdiff_t* sf, const ptrdiff_t* so,
-                         const float* sw, ptrdiff_t* gf, ptrdiff_t* gp, ptrdiff_t* tf,
-                         ptrdiff_t* tn, int32_t* ts, int32_t* tr, float* tw) {
-    ptrdiff_t b, s, j, e, ng = 0, nt = 0;
-    for (b = 0; b < nb; b++) {
-        const ptrdiff_t s0 = sf[b], ns = sf[b + 1] - sf[b];
-        gf[b] = ng;
-        if (ns > CK_MA_GROUPED) continue;
-        for (e = ng; e < ng + 4 * ns; e++) tf[e] = 0;   /* touches per group, then starts */
-        {
-            ptrdiff_t g0 = ng, fill[4 * CK_MA_GROUPED];
-            for (s = 0; s < ns; s++)
-                for (j = 0; j < 4; j++) {
-                    const ptrdiff_t px = so[4 * (s0 + s) + j];
-                    for (e = g0; e < ng && gp[e] != px; e++) {}
-                    if (e == ng) gp[ng++] = px;
-                    tf[e]++;
-                }
-            for (e = g0; e < ng; e++) {          /* counts -> start offsets */
-                const ptrdiff_t cnt = tf[e];
-                tf[e] = nt;
-                fill[e - g0] = nt;
-                nt += cnt;
-            }
-            for (s = 0; s < ns; s++)              /* touches in (sample, corner) order */
-                for (j = 0; j < 4; j++) {
-                    const ptrdiff_t px = so[4 * (s0 + s) + j];
-                    ptrdiff_t k;
-                    for (e = g0; gp[e] != px; e++) {}
-                    k = fill[e - g0]++;
-                    ts[k] = (int32_t)s;
-                    tw[k] = sw[4 * (s0 + s) + j];
-                }
-            for (e = g0; e < ng; e++) {          /* each run's first touch first */
-                const ptrdiff_t t0 = tf[e], t1 = fill[e - g0];
-                int32_t bs[4 * CK_MA_GROUPED], br[4 * CK_MA_GROUPED];
-                float bw[4 * CK_MA_GROUPED];
-                ptrdiff_t t, m = 0, rank = 0;
-                for (t = t0; t < t1; t++) {
-                    rank = t > t0 && ts[t] == ts[t - 1] ? rank + 1 : 0;
-                    bs[t - t0] = ts[t];
-                    bw[t - t0] = tw[t];
-                    br[t - t0] = (int32_t)rank;
-                }
-                for (t = 0; t < t1 - t0; t++)
-                    if (br[t] == 0) { ts[t0 + m] = bs[t]; tw[t0 + m] = bw[t]; tr[t0 + m] = 0; m++; }
-                tn[e] = m;
-                for (t = 0; t < t1 - t0; t++)
-                    if (br[t] > 0) { ts[t0 + m] = bs[t]; tw[t0 + m] = bw[t]; tr[t0 + m] = br[t]; m++; }
-            }
-        }
-    }
-    gf[nb] = ng;
-    tf[ng] = nt;
+#ifdef CK_ROI_WIDE
+/* 4 argmax entries (int64) minus their bins' bases -> 4 int32 as ck_ma_bwd_rel gives them */
+__attribute__((target("avx2")))
+static inline __m128i ck_ma_rel4(const int64_t* am, const int64_t* base) {
+    const __m256i v = _mm256_loadu_si256((const __m256i*)am);
+    const __m256i r = _mm256_sub_epi64(v, _mm256_loadu_si256((const __m256i*)base));
+    const __m256i out = _mm256_or_si256(_mm256_cmpgt_epi64(r, _mm256_set1_epi64x(INT32_MAX)),
+                                        _mm256_cmpgt_epi64(_mm256_setzero_si256(), r));
+    __m256i x = _mm256_blendv_epi8(r, _mm256_set1_epi64x(-2), out);
+    x = _mm256_blendv_epi8(x, _mm256_set1_epi64x(-1),
+                           _mm256_cmpeq_epi64(v, _mm256_set1_epi64x(-1)));
+    return _mm256_castsi256_si128(
+        _mm256_permutevar8x32_epi32(x, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7)));
 }
-
-/* rt[b*cb + c] = am[c*nb + b] - base[b] as an int32 for c < cb, b < nb (a RoI's argmax
-   block, (cb, nb) rows, to bin-major numbers relative to each bin's first sample): -1 for
-   argmax -1, -2 where the difference is not in [0, 2**31) (no sample has it). */
+/* ck_ma_bwd_rel for 8 x 8 blocks (8 channels' rows of 8 bins, transposed in registers);
+   returns the channels done, all bins */
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_bwd_rel8(const int64_t* am, ptrdiff_t nb, ptrdiff_t cb,
+                                const int64_t* base, int32_t* rt) {
+    ptrdiff_t c = 0, b, i;
+    for (; c + 8 <= cb; c += 8) {
+        for (b = 0; b + 8 <= nb; b += 8) {
+            __m256 a[8], t[8], u[8];
+            for (i = 0; i < 8; i++) {
+                const int64_t* row = am + (c + i) * nb + b;
+                a[i] = _mm256_castsi256_ps(_mm256_inserti128_si256(
+                    _mm256_castsi128_si256(ck_ma_rel4(row, base + b)),
+                    ck_ma_rel4(row + 4, base + b + 4), 1));
+            }
+            for (i = 0; i < 8; i += 2) {
+                t[i] = _mm256_unpacklo_ps(a[i], a[i + 1]);
+                t[i + 1] = _mm256_unpackhi_ps(a[i], a[i + 1]);
+            }
+            for (i = 0; i < 8; i += 4) {
+                u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+                u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+                u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+                u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+            }
+            for (i = 0; i < 4; i++) {
+                a[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+                a[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+            }
+            for (i = 0; i < 8; i++)
+                _mm256_storeu_si256((__m256i*)(rt + (b + i) * cb + c), _mm256_castps_si256(a[i]));
+        }
+        for (; b < nb; b++)
+            for (i = 0; i < 8; i++) {
+                const int64_t v = am[(c + i) * nb + b];
+                const uint64_t r = (uint64_t)v - (uint64_t)base[b];
+                rt[b * cb + c + i] = v == -1 ? -1 : r <= (uint64_t)INT32_MAX ? (int32_t)r : -2;
+            }
+    }
+    return c;
+}
+#endif
 static void ck_ma_bwd_rel(const int64_t* am, ptrdiff_t nb, ptrdiff_t cb, const int64_t* base,
                           int32_t* rt) {
-    ptrdiff_t b, c;
-    for (c = 0; c < cb; c++)
+    ptrdiff_t b, c = 0;
+#ifdef CK_ROI_WIDE
+    if (ck_simd_level() >= 1) c = ck_ma_bwd_rel8(am, nb, cb, base, rt);
+#endif
+    for (; c < cb; c++)
         for (b = 0; b < nb; b++) {
             const int64_t v = am[c * nb + b];
             const uint64_t r = (uint64_t)v - (uint64_t)base[b];
@@ -753,27 +700,43 @@ static void ck_ma_bwd_rel(const int64_t* am, ptrdiff_t nb, ptrdiff_t cb, const i
 
 /* The backward for one RoI and a block of cb channels (see CK_MA_BWD_BODY): gyk, amk the
    RoI's grad and argmax at the block's first channel ((cb, nb) rows of nb); gt, rt (nb*cb)
-   scratch.  Returns the bad argmax entries. */
+   scratch; gnext, anext: the same blocks of the next RoI this task adds (NULL: none), to
+   prefetch.  Returns the bad argmax entries. */
 static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
                                         const ptrdiff_t* sf, const ptrdiff_t* so,
                                         const float* sw, const int32_t* rel,
-                                        const int64_t* base, const ptrdiff_t* gf,
-                                        const ptrdiff_t* gp, const ptrdiff_t* tf,
-                                        const ptrdiff_t* tn, const int32_t* ts,
-                                        const int32_t* tr, const float* tw, const float* gyk,
-                                        const int64_t* amk, float* gt, int32_t* rt) {
-    ptrdiff_t c = 0, b, s, j, bad = 0;
+                                        const int64_t* base, const float* gyk,
+                                        const int64_t* amk, float* gt, int32_t* rt,
+                                        const float* gnext, const int64_t* anext) {
+    ptrdiff_t c = 0, b, s, j, bad = 0, b0, b1, pf = 0;
+    const ptrdiff_t ng = nb * cb * (ptrdiff_t)sizeof(float), na = 2 * ng;
     const int lv = ck_simd_level();
     (void)lv;
     ck_transpose_f(gyk, nb, cb, nb, gt, cb);
     ck_ma_bwd_rel(amk, nb, cb, base, rt);
+    /* bins in 8 slices; between them an eighth of the next RoI's grad and argmax blocks is
+       asked for, so their memory reads overlap this RoI's arithmetic */
+    for (b0 = 0; b0 < nb; b0 = b1) {
+        b1 = b0 + (nb + 7) / 8 < nb ? b0 + (nb + 7) / 8 : nb;
+#if defined(__GNUC__) || defined(__clang__)
+        if (gnext != NULL)
+            for (; pf < na * b1 / nb; pf += 64) {
+                if (pf < ng) __builtin_prefetch((const char*)gnext + pf, 0, 3);
+                __builtin_prefetch((const char*)anext + pf, 0, 3);
+            }
+#endif
+        c = 0;
 #ifdef CK_ROI_WIDE
-    if (lv >= 1) c = ck_ma_bwd_y(gb, cb, nb, sf, so, sw, rel, gf, gp, tf, tn, ts, tr, tw, gt, rt, &bad);
-    else
+        if (lv >= 1)
+            c = ck_ma_bwd_y(gb, cb, b0, b1, sf, so, sw, rel, gt, rt,
+                            &bad);
+        else
 #endif
 #ifdef CK_ROI_SSE2
-    c = ck_ma_bwd_x(gb, cb, nb, sf, so, sw, rel, gf, gp, tf, tn, ts, tr, tw, gt, rt, &bad);
+        c = ck_ma_bwd_x(gb, cb, b0, b1, sf, so, sw, rel, gt, rt,
+                        &bad);
 #endif
+    }
     for (; c < cb; c++)         /* the lanes' adds, one channel at a time */
         for (b = 0; b < nb; b++) {
             const int32_t r = rt[b * cb + c];

@@ -90,11 +90,6 @@ cdef extern from "csrc/roi_variants.h":
     Py_ssize_t ck_max_align_bwd_blk_f(float* gb, Py_ssize_t cb, Py_ssize_t nb,
                                       const Py_ssize_t* sf, const Py_ssize_t* so,
                                       const float* sw, const int32_t* rel, const int64_t* base,
-                                      const Py_ssize_t* gf, const Py_ssize_t* gp,
-                                      const Py_ssize_t* tf, const Py_ssize_t* tn,
-                                      const int32_t* ts, const int32_t* tr, const float* tw,
                                       const float* gyk, const int64_t* amk, float* gt,
-                                      int32_t* rt) noexcept nogil
-    void ck_ma_groups(Py_ssize_t nb, const Py_ssize_t* sf, const Py_ssize_t* so, const float* sw,
-                      Py_ssize_t* gf, Py_ssize_t* gp, Py_ssize_t* tf, Py_ssize_t* tn,
-                      int32_t* ts, int32_t* tr, float* tw) noexcept nogil
+                                      int32_t* rt, const float* gnext,
+                                      const int64_t* anext) noexcept nogil
