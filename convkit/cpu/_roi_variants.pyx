@@ -17,7 +17,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from convkit.cpu.csrc.roi cimport (nhwc_row, batch_index, team, ck_transpose_f, ck_malloc64,
-                                   ck_free64, ck_roi_scratch_bytes)
+                                   ck_free64, ck_roi_scratch_bytes, ck_set_simd_cap)
 from convkit.cpu.csrc.roi_variants cimport (ck_avg_roi_f, ck_avg_roi_d, ck_avg_bwd_blk_f,
                                             ck_avg_bwd_blk_d, ck_max_align_bin_f,
                                             ck_max_align_bin_fl, ck_max_align_bin_d,
@@ -28,6 +28,13 @@ from convkit.cpu.csrc.roi_variants cimport (ck_avg_roi_f, ck_avg_roi_d, ck_avg_b
                                             ck_max_align_bwd_blk_f)
 from convkit.cpu._roi_pool cimport roi_pool_bins
 from convkit.cpu._roi_align cimport roi_align_axis_taps, roi_align_geometry
+
+def set_simd_level(int cap):
+    """Cap this module's float32 kernels' vector width (1: AVX2, 0: SSE2; 2, the default,
+    allows AVX-512 elsewhere and AVX2 here) and return the level in use (also limited by the
+    CPU); convkit.cpu.roi.set_simd_level sets it with the other RoI modules'."""
+    return ck_set_simd_cap(cap)
+
 
 # the most sample points per axis of an adaptive grid (reference.roi_variants.MAX_GRID)
 cdef double MAX_GRID = 1073741824.0
