@@ -458,26 +458,13 @@ static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdi
     ptrdiff_t c = 0, b, i;
     for (; c + 8 <= cols; c += 8) {
         for (b = 0; b + 8 <= nb; b += 8) {
-            __m256 a[8], t[8], u[8];
+            __m256 a[8];
             const __m256i bl = _mm256_loadu_si256((const __m256i*)(base + b));
             const __m256i bh = _mm256_loadu_si256((const __m256i*)(base + b + 4));
             for (i = 0; i < 8; i++)
                 a[i] = _mm256_castsi256_ps(
                     _mm256_loadu_si256((const __m256i*)(ti + (b + i) * lds + c)));
-            for (i = 0; i < 8; i += 2) {
-                t[i] = _mm256_unpacklo_ps(a[i], a[i + 1]);
-                t[i + 1] = _mm256_unpackhi_ps(a[i], a[i + 1]);
-            }
-            for (i = 0; i < 8; i += 4) {
-                u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-                u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-                u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-                u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-            }
-            for (i = 0; i < 4; i++) {
-                a[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-                a[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-            }
+            ck_tr8x8(a);
             for (i = 0; i < 8; i++) {
                 const __m256i r = _mm256_castps_si256(a[i]);
                 int64_t* d = am + (c + i) * ldd + b;
@@ -650,27 +637,14 @@ static ptrdiff_t ck_ma_bwd_rel8(const int64_t* am, ptrdiff_t nb, ptrdiff_t cb,
     ptrdiff_t c = 0, b, i;
     for (; c + 8 <= cb; c += 8) {
         for (b = 0; b + 8 <= nb; b += 8) {
-            __m256 a[8], t[8], u[8];
+            __m256 a[8];
             for (i = 0; i < 8; i++) {
                 const int64_t* row = am + (c + i) * nb + b;
                 a[i] = _mm256_castsi256_ps(_mm256_inserti128_si256(
                     _mm256_castsi128_si256(ck_ma_rel4(row, base + b)),
                     ck_ma_rel4(row + 4, base + b + 4), 1));
             }
-            for (i = 0; i < 8; i += 2) {
-                t[i] = _mm256_unpacklo_ps(a[i], a[i + 1]);
-                t[i + 1] = _mm256_unpackhi_ps(a[i], a[i + 1]);
-            }
-            for (i = 0; i < 8; i += 4) {
-                u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-                u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-                u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-                u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-            }
-            for (i = 0; i < 4; i++) {
-                a[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-                a[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-            }
+            ck_tr8x8(a);
             for (i = 0; i < 8; i++)
                 _mm256_storeu_si256((__m256i*)(rt + (b + i) * cb + c), _mm256_castps_si256(a[i]));
         }
