@@ -4,9 +4,11 @@
 The bins are roi_pool's (_roi_pool.roi_pool_bins), the samples roi_align's
 (_roi_align.roi_align_geometry and roi_align_axis_taps, asked for each tap's sample number);
 the inner loops are in csrc/roi_variants.h.  Forwards: the map goes to NHWC ((n, h) rows as
-tasks), then one RoI per task.  Backwards: one (image, channel) plane of grad_x per task,
-zeroed, then the image's RoIs added in order, so the sums are the same bits on every run and
-for any thread count (no atomics).  A RoI's batch index and coordinates are read once; a bad
+tasks), then one RoI per task; float32 roi_max_align scans each RoI on a sample table built
+once (corner offsets, weights, sample numbers), channels in vector lanes.  Backwards: one
+(image, block of channels) of grad_x per task (float32: accumulated pixel-major in scratch,
+channels in vector lanes, then transposed out), zeroed, then the image's RoIs added in
+order, so the sums are the same bits on every run and for any thread count (no atomics).  A RoI's batch index and coordinates are read once; a bad
 batch index is skipped and flagged in ``status`` (1), as is a RoI whose adaptive grid is too
 large to number its samples (2); the wrapper raises.
 """

@@ -1,9 +1,11 @@
 /* The lecture's other RoI aggregators on the cpu (declared in csrc/roi_variants.pxd, used by
    _roi_variants.pyx): roi_avg_pool (roi_pool's bins, mean) and roi_max_align (roi_align's
    samples, max).  Forwards work on the NHWC map (a pixel's channels contiguous, so the channel
-   loops below vectorise); backwards on one (H, W) plane of grad_x.  The bins and sample taps
-   come from the roi_pool / roi_align helpers (_roi_pool.roi_pool_bins,
-   _roi_align.roi_align_axis_taps).  Every function exists for float (_f) and double (_d). */
+   loops below vectorise); backwards on one (H, W) plane of grad_x, or on a pixel-major block
+   of channels (roi_avg_pool, float roi_max_align).  The bins and sample taps come from the
+   roi_pool / roi_align helpers (_roi_pool.roi_pool_bins, _roi_align.roi_align_axis_taps).
+   The generic functions exist for float (_f) and double (_d); float roi_max_align also has
+   sample-table kernels in SSE2 and AVX2 (ck_ma_*, picked by CPUID, the same bits). */
 #ifndef CK_ROI_VARIANTS_H
 #define CK_ROI_VARIANTS_H
 #include "roi_simd.h"
