@@ -11,7 +11,8 @@ import pytest
 
 import convkit
 from convkit import functional as F
-from helpers import check_backward, numeric_grad, run, tol
+from helpers import (assert_same_bits_at_every_roi_simd_level, check_backward, numeric_grad,
+                     run, tol)
 from test_roi import SCALES, bilinear_taps, c_round, make_rois, make_x
 
 DTYPES = [np.float32, np.float64]
@@ -549,33 +550,23 @@ def test_cpu_max_align_every_simd_level_gives_the_same_bits():
     offers) do the scalar arithmetic lane for lane: channel counts below one vector, across
     the forward's 128-channel blocks and with scalar tails, +-inf in the map (so NaN sample
     values, all of one payload) and boxes past the edges agree bit for bit."""
-    from convkit.cpu import roi as _roi
-
-    outs = {}
-    try:
-        for level in (2, 1, 0):
-            got = _roi.set_simd_level(level)
-            res = []
-            for C in (3, 37, 150):
-                rng = np.random.default_rng(C)
-                x = rng.standard_normal((2, C, 13, 17)).astype(np.float32)
-                m = rng.random(x.shape)
-                x[m < 0.02] = np.inf
-                x[m > 0.98] = -np.inf
-                x[:, : C // 2] = np.round(x[:, : C // 2])          # ties
-                xy = rng.uniform(-60, 250, (24, 2))
-                wh = rng.uniform(4, 200, (24, 2))
-                rois = np.c_[rng.integers(0, 2, 24), xy, xy + wh].astype(np.float32)
-                gy = rng.standard_normal((24, C, 7, 7)).astype(np.float32)
-                for sr, aligned in ((2, False), (-1, True), (3, False)):
-                    res += _max_align_all(x, rois, sr, aligned, gy)
-            outs.setdefault(got, res)
-    finally:
-        _roi.set_simd_level(2)
-    levels = sorted(outs)
-    for lv in levels[1:]:
-        for a, b in zip(outs[levels[0]], outs[lv]):
-            assert a.tobytes() == b.tobytes(), (levels[0], lv)
+    def outputs():
+        res = []
+        for C in (3, 37, 150):
+            rng = np.random.default_rng(C)
+            x = rng.standard_normal((2, C, 13, 17)).astype(np.float32)
+            m = rng.random(x.shape)
+            x[m < 0.02] = np.inf
+            x[m > 0.98] = -np.inf
+            x[:, : C // 2] = np.round(x[:, : C // 2])          # ties
+            xy = rng.uniform(-60, 250, (24, 2))
+            wh = rng.uniform(4, 200, (24, 2))
+            rois = np.c_[rng.integers(0, 2, 24), xy, xy + wh].astype(np.float32)
+            gy = rng.standard_normal((24, C, 7, 7)).astype(np.float32)
+            for sr, aligned in ((2, False), (-1, True), (3, False)):
+                res += _max_align_all(x, rois, sr, aligned, gy)
+        return res
+    assert_same_bits_at_every_roi_simd_level(outputs)
 
 
 def test_cpu_max_align_nan_map_matches_the_oracle():
