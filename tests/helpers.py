@@ -114,3 +114,21 @@ def build_cimporting_extension(tmp_path, name, pyx_source):
         return __import__(name)
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def assert_same_bits_at_every_roi_simd_level(outputs):
+    """Run ``outputs()`` (a list of arrays from the float32 cpu RoI kernels) at each vector
+    width convkit.cpu.roi.set_simd_level offers on this CPU (AVX-512, AVX2, SSE2) and assert
+    the bytes agree."""
+    from convkit.cpu import roi as _roi
+
+    outs = {}
+    try:
+        for level in (2, 1, 0):
+            outs.setdefault(_roi.set_simd_level(level), outputs())
+    finally:
+        _roi.set_simd_level(2)
+    levels = sorted(outs)
+    for lv in levels[1:]:
+        for a, b in zip(outs[levels[0]], outs[lv]):
+            assert a.tobytes() == b.tobytes(), (levels[0], lv)

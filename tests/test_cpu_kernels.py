@@ -17,7 +17,7 @@ import pytest
 import convkit
 import convkit.functional as F
 from convkit.benchmark import clustered_boxes, random_rois
-from helpers import run, tol
+from helpers import assert_same_bits_at_every_roi_simd_level, run, tol
 
 ok, why = convkit.backend_status("cpu")
 pytestmark = pytest.mark.skipif(not ok, reason=why[:300])
@@ -311,27 +311,17 @@ def test_roi_every_simd_level_gives_the_same_bits():
     """AVX-512, AVX2 and SSE2 kernels (whatever the CPU offers) do lane for lane the same
     multiplies and adds; channel counts below one vector, across the 128-channel blocks of
     the forward scratch and with scalar tails all agree bit for bit."""
-    from convkit.cpu import roi as _roi
-
-    outs = {}
-    try:
-        for level in (2, 1, 0):
-            got = _roi.set_simd_level(level)
-            res = []
-            for C in (3, 37, 150):
-                x, rois = _detector_inputs(np.float32, K=24, C=C, seed=C)
-                gy = np.random.default_rng(C).standard_normal((24, C, 7, 7)).astype(np.float32)
-                res += [cpu(F.roi_align_forward, x, rois, 7, 1 / 16, 2, False),
-                        cpu(F.roi_align_forward, x, rois, 7, 1 / 16, -1, True),
-                        cpu(F.roi_align_backward, gy, rois, x.shape, 7, 1 / 16, 2, False),
-                        *cpu(F.roi_pool_forward, x, rois, 7, 1 / 16)]
-            outs.setdefault(got, res)
-    finally:
-        _roi.set_simd_level(2)
-    levels = sorted(outs)
-    for lv in levels[1:]:
-        for a, b in zip(outs[levels[0]], outs[lv]):
-            assert a.tobytes() == b.tobytes(), (levels[0], lv)
+    def outputs():
+        res = []
+        for C in (3, 37, 150):
+            x, rois = _detector_inputs(np.float32, K=24, C=C, seed=C)
+            gy = np.random.default_rng(C).standard_normal((24, C, 7, 7)).astype(np.float32)
+            res += [cpu(F.roi_align_forward, x, rois, 7, 1 / 16, 2, False),
+                    cpu(F.roi_align_forward, x, rois, 7, 1 / 16, -1, True),
+                    cpu(F.roi_align_backward, gy, rois, x.shape, 7, 1 / 16, 2, False),
+                    *cpu(F.roi_pool_forward, x, rois, 7, 1 / 16)]
+        return res
+    assert_same_bits_at_every_roi_simd_level(outputs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -11,7 +11,8 @@ import pytest
 
 import convkit
 from convkit import functional as F
-from helpers import check_backward, numeric_grad, run, tol
+from helpers import (assert_same_bits_at_every_roi_simd_level, check_backward, numeric_grad,
+                     run, tol)
 from test_roi import SCALES, bilinear_taps, c_round, make_rois, make_x
 
 DTYPES = [np.float32, np.float64]
@@ -526,10 +527,79 @@ def test_cpu_thread_count_gives_the_same_bits(dtype):
         gx = run("cpu", F.roi_avg_pool_backward, g, rois, x.shape, 7, 1 / 16)
         ym, am = run("cpu", F.roi_max_align_forward, x, rois, 7, 1 / 16, 2, False)
         gm = run("cpu", F.roi_max_align_backward, g, am, rois, x.shape, 7, 1 / 16, 2, False)
-        outs.append((y, gx, ym, am, gm, g))
+        # adaptive grids: each RoI numbers its samples with its own grid width
+        ya, aa = run("cpu", F.roi_max_align_forward, x, rois, 7, 1 / 16, -1, True)
+        ga = run("cpu", F.roi_max_align_backward, g, aa, rois, x.shape, 7, 1 / 16, -1, True)
+        outs.append((y, gx, ym, am, gm, ya, aa, ga, g))
     for o in outs[1:]:
         for a, b in zip(outs[0], o):
             np.testing.assert_array_equal(a, b)
     want = run("numpy", F.roi_max_align_forward, x, rois, 7, 1 / 16, 2, False)
     np.testing.assert_array_equal(outs[0][3], want[1])
     np.testing.assert_allclose(outs[0][2], want[0], **tol(dtype))
+
+
+def _max_align_all(x, rois, sr, aligned, gy):
+    y, am = run("cpu", F.roi_max_align_forward, x, rois, 7, 1 / 16, sr, aligned)
+    gx = run("cpu", F.roi_max_align_backward, gy, am, rois, x.shape, 7, 1 / 16, sr, aligned)
+    return [y, am, gx]
+
+
+def test_cpu_max_align_every_simd_level_gives_the_same_bits():
+    """float32 roi_max_align's AVX2 and SSE2 scans and backward lanes (whatever the CPU
+    offers) do the scalar arithmetic lane for lane: channel counts below one vector, across
+    the forward's 128-channel blocks and with scalar tails, +-inf in the map (so NaN sample
+    values, all of one payload) and boxes past the edges agree bit for bit."""
+    def outputs():
+        res = []
+        for C in (3, 37, 150):
+            rng = np.random.default_rng(C)
+            x = rng.standard_normal((2, C, 13, 17)).astype(np.float32)
+            m = rng.random(x.shape)
+            x[m < 0.02] = np.inf
+            x[m > 0.98] = -np.inf
+            x[:, : C // 2] = np.round(x[:, : C // 2])          # ties
+            xy = rng.uniform(-60, 250, (24, 2))
+            wh = rng.uniform(4, 200, (24, 2))
+            rois = np.c_[rng.integers(0, 2, 24), xy, xy + wh].astype(np.float32)
+            gy = rng.standard_normal((24, C, 7, 7)).astype(np.float32)
+            for sr, aligned in ((2, False), (-1, True), (3, False)):
+                res += _max_align_all(x, rois, sr, aligned, gy)
+        return res
+    assert_same_bits_at_every_roi_simd_level(outputs)
+
+
+def test_cpu_max_align_nan_map_matches_the_oracle():
+    """NaN in the map: the cpu kernels' winners (argmax), gradients and NaN positions are
+    the oracle's."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 21, 11, 14)).astype(np.float32)
+    x[rng.random(x.shape) < 0.03] = np.nan
+    xy = rng.uniform(-40, 200, (20, 2))
+    wh = rng.uniform(4, 150, (20, 2))
+    rois = np.c_[rng.integers(0, 2, 20), xy, xy + wh].astype(np.float32)
+    gy = rng.standard_normal((20, 21, 7, 7)).astype(np.float32)
+    for sr, aligned in ((2, False), (-1, True)):
+        y, am, gx = _max_align_all(x, rois, sr, aligned, gy)
+        y0, am0 = run("numpy", F.roi_max_align_forward, x, rois, 7, 1 / 16, sr, aligned)
+        gx0 = run("numpy", F.roi_max_align_backward, gy, am0, rois, x.shape, 7, 1 / 16, sr,
+                  aligned)
+        np.testing.assert_array_equal(am, am0)
+        np.testing.assert_array_equal(y, y0)        # same products and sums; NaN where NaN
+        np.testing.assert_allclose(gx, gx0, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_max_align_dense_grid_takes_the_per_bin_path():
+    """A RoI with more samples than the cpu's per-RoI sample table holds (over 256 per bin
+    on average) goes bin by bin in the forward and sends the backward plane by plane; both
+    still give the oracle's argmax and values, beside RoIs that use the tables."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 10, 12, 15)).astype(np.float32)
+    rois = np.array([[0, 10, 8, 200, 180], [0, 30, 20, 120, 90]], np.float32)
+    gy = rng.standard_normal((2, 10, 7, 7)).astype(np.float32)
+    y, am, gx = _max_align_all(x, rois, 17, False, gy)       # 289 samples per bin
+    y0, am0 = run("numpy", F.roi_max_align_forward, x, rois, 7, 1 / 16, 17, False)
+    gx0 = run("numpy", F.roi_max_align_backward, gy, am0, rois, x.shape, 7, 1 / 16, 17, False)
+    np.testing.assert_array_equal(am, am0)
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_allclose(gx, gx0, rtol=1e-5, atol=1e-5)

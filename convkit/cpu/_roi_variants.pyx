@@ -4,9 +4,11 @@
 The bins are roi_pool's (_roi_pool.roi_pool_bins), the samples roi_align's
 (_roi_align.roi_align_geometry and roi_align_axis_taps, asked for each tap's sample number);
 the inner loops are in csrc/roi_variants.h.  Forwards: the map goes to NHWC ((n, h) rows as
-tasks), then one RoI per task.  Backwards: one (image, channel) plane of grad_x per task,
-zeroed, then the image's RoIs added in order, so the sums are the same bits on every run and
-for any thread count (no atomics).  A RoI's batch index and coordinates are read once; a bad
+tasks), then one RoI per task; float32 roi_max_align scans each RoI on a sample table built
+once (corner offsets, weights, sample numbers), channels in vector lanes.  Backwards: one
+(image, block of channels) of grad_x per task (float32: accumulated pixel-major in scratch,
+channels in vector lanes, then transposed out), zeroed, then the image's RoIs added in
+order, so the sums are the same bits on every run and for any thread count (no atomics).  A RoI's batch index and coordinates are read once; a bad
 batch index is skipped and flagged in ``status`` (1), as is a RoI whose adaptive grid is too
 large to number its samples (2); the wrapper raises.
 """
@@ -17,15 +19,24 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from convkit.cpu.csrc.roi cimport (nhwc_row, batch_index, team, ck_transpose_f, ck_malloc64,
-                                   ck_free64)
+                                   ck_free64, ck_roi_scratch_bytes, ck_set_simd_cap)
 from convkit.cpu.csrc.roi_variants cimport (ck_avg_roi_f, ck_avg_roi_d, ck_avg_bwd_blk_f,
                                             ck_avg_bwd_blk_d, ck_max_align_bin_f,
                                             ck_max_align_bin_fl, ck_max_align_bin_d,
                                             ck_max_align_bwd_f, ck_max_align_bwd_d,
                                             ck_max_align_bwd_tab_f, ck_max_align_bwd_tab_d,
-                                            ck_max_align_pairs_f, ck_max_align_pairs_d)
+                                            ck_max_align_pairs_f, ck_max_align_pairs_d,
+                                            ck_max_align_table_f, ck_max_align_roi_f,
+                                            ck_max_align_bwd_blk_f)
 from convkit.cpu._roi_pool cimport roi_pool_bins
 from convkit.cpu._roi_align cimport roi_align_axis_taps, roi_align_geometry
+
+def set_simd_level(int cap):
+    """Cap this module's float32 kernels' vector width (1: AVX2, 0: SSE2; 2, the default,
+    allows AVX-512 elsewhere and AVX2 here) and return the level in use (also limited by the
+    CPU); convkit.cpu.roi.set_simd_level sets it with the other RoI modules'."""
+    return ck_set_simd_cap(cap)
+
 
 # the most sample points per axis of an adaptive grid (reference.roi_variants.MAX_GRID)
 cdef double MAX_GRID = 1073741824.0
@@ -235,13 +246,82 @@ cdef int _roi_axes(const floating* roi, floating scale, bint aligned, Py_ssize_t
     return 1
 
 
+cdef struct _Table:
+    # one RoI's float sample table (csrc/roi_variants.h, ck_max_align_table_f), room for cap
+    # samples, and the scan's bin-major scratch (scratch: tb then ti)
+    Py_ssize_t cap
+    Py_ssize_t* sf
+    int64_t* base
+    Py_ssize_t* so
+    float* sw
+    int32_t* rel
+    void* scratch
+
+
+# the most samples a RoI's table holds per bin on average (beyond: the per-bin path)
+cdef Py_ssize_t TABLE_PER_BIN = 256
+
+
+cdef void _table_free(_Table* t) noexcept nogil:
+    free(t.sf)
+    free(t.base)
+    free(t.so)
+    free(t.sw)
+    free(t.rel)
+    ck_free64(t.scratch)
+
+
+cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
+    """Room for nb bins (samples come with _table_build), and the forward's scratch if asked
+    for.  0 when memory ran out."""
+    t.cap = 0
+    t.so = NULL
+    t.sw = NULL
+    t.rel = NULL
+    t.scratch = NULL
+    t.sf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
+    t.base = <int64_t*>malloc(nb * sizeof(int64_t) + 1)
+    if scratch:
+        t.scratch = ck_malloc64(ck_roi_scratch_bytes(nb))
+    return t.sf != NULL and t.base != NULL and (t.scratch != NULL or not scratch)
+
+
+cdef int _table_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t C,
+                      Py_ssize_t ph, Py_ssize_t pw, int64_t gw) noexcept nogil:
+    """The RoI's float sample table (so: pixel offsets times C; C = 1 gives pixel numbers); 0
+    when it does not fit (too many samples, no memory, or sample numbers beyond int32): the
+    caller takes the per-bin path."""
+    cdef Py_ssize_t n, i
+    for i in range(2):
+        n = ck_max_align_table_f(W, C, ph, pw, ty.first, ty.low, ty.high, <float*>ty.wl,
+                                 <float*>ty.wh, ty.idx, tx.first, tx.low, tx.high,
+                                 <float*>tx.wl, <float*>tx.wh, tx.idx, gw, t.cap, t.sf, t.so,
+                                 t.sw, t.rel, t.base)
+        if n < 0 or n > TABLE_PER_BIN * ph * pw:
+            return 0
+        if n <= t.cap:
+            return 1
+        free(t.so)
+        free(t.sw)
+        free(t.rel)
+        t.so = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t))
+        t.sw = <float*>malloc(4 * n * sizeof(float))
+        t.rel = <int32_t*>malloc(n * sizeof(int32_t))
+        t.cap = n
+        if t.so == NULL or t.sw == NULL or t.rel == NULL:
+            t.cap = 0
+            return 0
+    return 0
+
+
 def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
                           const floating[:, ::1] rois, const Py_ssize_t[::1] order,
                           double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
                           floating[:, :, :, ::1] y, int64_t[:, :, :, ::1] argmax,
                           unsigned char[::1] status, int n_threads):
     """x (N, C, H, W) -> y, argmax (K, C, ph, pw); xt (N, H, W, C) scratch; one RoI per task,
-    handed out in ``order``.  Returns the number of RoIs flagged in status (outputs not
+    handed out in ``order``; float RoIs go through a sample table (ck_max_align_roi_f) when it
+    fits, the rest bin by bin.  Returns the number of RoIs flagged in status (outputs not
     written)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = rois.shape[0], ph = y.shape[2], pw = y.shape[3], nb = ph * pw
@@ -255,12 +335,22 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
     cdef floating* best
     cdef int64_t* bi
     cdef _Axis* ax
+    cdef _Table* tab
     cdef int64_t gw
     cdef int r
+    # per (image, row) from N on, then per image (first N): 1 when the NHWC copy holds no
+    # NaN/inf
+    cdef unsigned char* fin = <unsigned char*>calloc(N + N * H, 1)
+    if fin == NULL:
+        raise MemoryError("roi_max_align_forward: out of memory for the finiteness flags")
     with nogil:
         for nh in prange(N * H, schedule="dynamic", chunksize=2,
                          num_threads=team(n_threads, (N * H + 1) // 2)):
-            nhwc_row(xp, xtp, C, H, W, nh)
+            fin[N + nh] = nhwc_row(xp, xtp, C, H, W, nh)
+        for i in range(N):
+            fin[i] = 1
+        for nh in range(N * H):
+            fin[nh // H] = fin[nh // H] & fin[N + nh]
         with parallel(num_threads=team(n_threads, K)):
             best = <floating*>malloc(C * sizeof(floating) + 1)
             bi = <int64_t*>malloc(C * sizeof(int64_t) + 1)
@@ -270,9 +360,17 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
                 _axis_free(&ax[1])
                 free(ax)
                 ax = NULL
+            tab = NULL
+            if floating is float:
+                tab = <_Table*>calloc(1, sizeof(_Table))
+                if tab != NULL and not _table_alloc(tab, nb, True):
+                    _table_free(tab)
+                    free(tab)
+                    tab = NULL
             for i in prange(K, schedule="dynamic", chunksize=1):
                 k = order[i]
                 b = batch_index(rp[k * 5], N)
+                gw = 0          # assigned here, so each thread has its own (written via &gw)
                 if best == NULL or bi == NULL or ax == NULL:
                     failed += 1
                     continue
@@ -290,6 +388,12 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
                     bad += 1
                     continue
                 img = xtp + b * H * W * C
+                if floating is float:
+                    if tab != NULL and _table_build(tab, &ax[0], &ax[1], W, C, ph, pw, gw):
+                        ck_max_align_roi_f(img, C, nb, tab.sf, tab.so, tab.sw, tab.rel,
+                                           tab.base, fin[b], tab.scratch, yp + k * C * nb,
+                                           amp + k * C * nb)
+                        continue
                 for p in range(ph):
                     a0 = ax[0].first[p]
                     a1 = ax[0].first[p + 1]
@@ -320,10 +424,14 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
                                                gw, best, bi, nb, yp + o, amp + o, 0)
             free(best)
             free(bi)
+            if tab != NULL:
+                _table_free(tab)
+                free(tab)
             if ax != NULL:
                 _axis_free(&ax[0])
                 _axis_free(&ax[1])
                 free(ax)
+    free(fin)
     if failed:
         raise MemoryError("roi_max_align_forward: out of memory for the sample tables")
     return bad
@@ -368,19 +476,48 @@ cdef int _pairs_build(_Pairs* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t 
     return 1
 
 
+cdef int _roi_pairs(_Pairs* pt, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t ph,
+                    Py_ssize_t pw, int64_t gw, floating kind) noexcept nogil:
+    """One RoI's pair table for the plane-by-plane backward (none when it would be too big;
+    ``kind`` picks the data type).  0 when memory ran out."""
+    if not _pairs_build(pt, ty, tx, W, ph, pw, gw, sizeof(floating)):
+        return 0
+    if pt.pf == NULL:
+        return 1
+    if floating is float:
+        ck_max_align_pairs_f(W, ph, pw, ty.first, ty.low, ty.high, <float*>ty.wl,
+                             <float*>ty.wh, ty.idx, tx.first, tx.low, tx.high, <float*>tx.wl,
+                             <float*>tx.wh, tx.idx, gw, pt.base, pt.nx, pt.pf, pt.off,
+                             <float*>pt.wt)
+    else:
+        ck_max_align_pairs_d(W, ph, pw, ty.first, ty.low, ty.high, <double*>ty.wl,
+                             <double*>ty.wh, ty.idx, tx.first, tx.low, tx.high,
+                             <double*>tx.wl, <double*>tx.wh, tx.idx, gw, pt.base, pt.nx, pt.pf,
+                             pt.off, <double*>pt.wt)
+    return 1
+
+
 def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, :, ::1] argmax,
                            const floating[:, ::1] rois, double spatial_scale,
                            Py_ssize_t sampling_ratio, bint aligned, floating[:, :, :, ::1] gx,
                            unsigned char[::1] status, int n_threads):
     """gy, argmax (K, C, ph, pw) -> gx (N, C, H, W) (written whole): every RoI's taps and
-    pair table once (read from rois once), then one (image, block of 16 channels) per task, the
-    image's RoIs added in order.  Each argmax entry is read once and checked against its bin's
-    samples.  Returns (bad argmax entries, RoIs flagged in status); both are skipped, the
-    caller raises."""
+    sample table (float) or pair table once (read from rois once), then one (image, block of
+    channels) per task, the image's RoIs added in order.  float, when every RoI has its sample
+    table: blocks of 64 channels accumulated pixel-major in a private (H*W, 64) scratch, the
+    channels vectorised (ck_max_align_bwd_blk_f), then transposed into gx's planes; else
+    blocks of 16 channels, one plane at a time.  Each argmax entry is read once and checked
+    against its bin's samples.  Returns (bad argmax entries, RoIs flagged in status); both are
+    skipped, the caller raises."""
     cdef Py_ssize_t N = gx.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
     cdef Py_ssize_t K = gy.shape[0], ph = gy.shape[2], pw = gy.shape[3], nb = ph * pw
-    cdef Py_ssize_t CB = 16, nblk = (C + CB - 1) // CB
-    cdef Py_ssize_t k, t, n, c, c0, c1, o, bad = 0, bad_rois = 0, failed = 0
+    cdef Py_ssize_t CB = 16, nblk = (C + CB - 1) // CB, HW = H * W
+    cdef Py_ssize_t VB = 64, nvblk = (C + VB - 1) // VB
+    cdef Py_ssize_t k, t, n, c, c0, c1, o, i, nc, bad = 0, bad_rois = 0, failed = 0, notab = 0
+    cdef float* gb
+    cdef float* gt
+    cdef int32_t* rt
+    cdef _Table* tb
     cdef const floating* gyp = &gy[0, 0, 0, 0]
     cdef const int64_t* amp = &argmax[0, 0, 0, 0]
     cdef const floating* rp = &rois[0, 0]
@@ -394,11 +531,18 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
     cdef _Pairs* pairs = <_Pairs*>calloc(K + 1, sizeof(_Pairs))
     cdef Py_ssize_t* batch = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t) + 1)
     cdef int64_t* gws = <int64_t*>malloc(K * sizeof(int64_t) + 1)
-    if axes == NULL or pairs == NULL or batch == NULL or gws == NULL:
+    cdef _Table* tabs = <_Table*>calloc(K + 1, sizeof(_Table))
+    cdef Py_ssize_t* first = <Py_ssize_t*>malloc(N * sizeof(Py_ssize_t) + 1)
+    cdef Py_ssize_t* nxt = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t) + 1)
+    if (axes == NULL or pairs == NULL or batch == NULL or gws == NULL or tabs == NULL
+            or first == NULL or nxt == NULL):
         free(axes)
         free(pairs)
         free(batch)
         free(gws)
+        free(tabs)
+        free(first)
+        free(nxt)
         raise MemoryError("roi_max_align_backward: out of memory for the sample tables")
     with nogil:
         for k in prange(K, schedule="dynamic", chunksize=8,
@@ -413,31 +557,68 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
             else:
                 r = _roi_axes(rp + k * 5, <floating>spatial_scale, aligned, sampling_ratio, ph,
                               pw, H, W, &axes[2 * k], &axes[2 * k + 1], &gws[k])
-                if r == 0 or (r > 0 and not _pairs_build(&pairs[k], &axes[2 * k],
-                                                          &axes[2 * k + 1], W, ph, pw, gws[k],
-                                                          sizeof(floating))):
+                if r == 0:
                     failed += 1
                     batch[k] = -1
                 elif r < 0:
                     status[k] = 2
                     bad_rois += 1
                     batch[k] = -1
-                elif pairs[k].pf != NULL:
-                    ty = &axes[2 * k]
-                    tx = &axes[2 * k + 1]
-                    if floating is float:
-                        ck_max_align_pairs_f(W, ph, pw, ty.first, ty.low, ty.high,
-                                             <float*>ty.wl, <float*>ty.wh, ty.idx, tx.first,
-                                             tx.low, tx.high, <float*>tx.wl, <float*>tx.wh,
-                                             tx.idx, gws[k], pairs[k].base, pairs[k].nx,
-                                             pairs[k].pf, pairs[k].off, <float*>pairs[k].wt)
-                    else:
-                        ck_max_align_pairs_d(W, ph, pw, ty.first, ty.low, ty.high,
-                                             <double*>ty.wl, <double*>ty.wh, ty.idx, tx.first,
-                                             tx.low, tx.high, <double*>tx.wl, <double*>tx.wh,
-                                             tx.idx, gws[k], pairs[k].base, pairs[k].nx,
-                                             pairs[k].pf, pairs[k].off, <double*>pairs[k].wt)
-        if failed == 0:
+                elif floating is float:
+                    if not (_table_alloc(&tabs[k], nb, False)
+                            and _table_build(&tabs[k], &axes[2 * k], &axes[2 * k + 1], W, 1,
+                                             ph, pw, gws[k])):
+                        notab += 1
+                elif not _roi_pairs(&pairs[k], &axes[2 * k], &axes[2 * k + 1], W, ph, pw,
+                                    gws[k], <floating>0):
+                    failed += 1
+                    batch[k] = -1
+        if floating is float:
+            if notab and failed == 0:   # some RoI has no sample table: all go plane by plane
+                for k in prange(K, schedule="dynamic", chunksize=8,
+                                num_threads=team(n_threads, K // 16 + 1)):
+                    if batch[k] >= 0 and not _roi_pairs(&pairs[k], &axes[2 * k],
+                                                         &axes[2 * k + 1], W, ph, pw, gws[k],
+                                                         <floating>0):
+                        failed += 1
+                        batch[k] = -1
+        if floating is float and notab == 0 and failed == 0:
+            for n in range(N):      # each image's RoIs as a list, in order: first, nxt
+                first[n] = K
+            for k in range(K - 1, -1, -1):
+                if batch[k] >= 0:
+                    nxt[k] = first[batch[k]]
+                    first[batch[k]] = k
+            with parallel(num_threads=team(n_threads, N * nvblk)):
+                gb = <float*>ck_malloc64(HW * VB * sizeof(float) + 1)
+                gt = <float*>malloc(nb * VB * sizeof(float) + 1)
+                rt = <int32_t*>malloc(nb * VB * sizeof(int32_t) + 1)
+                for t in prange(N * nvblk, schedule="dynamic", chunksize=1):
+                    if gb == NULL or gt == NULL or rt == NULL:
+                        failed += 1
+                        continue
+                    n = t // nvblk
+                    c0 = t % nvblk * VB
+                    nc = min(VB, C - c0)
+                    memset(gb, 0, HW * nc * sizeof(float))
+                    k = first[n]
+                    while k < K:            # fixed RoI order: the same sums on every run
+                        tb = &tabs[k]
+                        o = (k * C + c0) * nb
+                        i = nxt[k]          # the next RoI of this image (K: none)
+                        bad += ck_max_align_bwd_blk_f(
+                            gb, nc, nb, tb.sf, tb.so, tb.sw, tb.rel, tb.base,
+                            <const float*>gyp + o, amp + o,
+                            gt, rt, <const float*>gyp + (i * C + c0) * nb if i < K else NULL,
+                            amp + (i * C + c0) * nb if i < K else NULL)
+                        k = i
+                    for i in range(0, HW, 64):  # (H*W, nc) block -> the nc planes of gx
+                        ck_transpose_f(gb + i * nc, nc, min(64, HW - i), nc,
+                                       <float*>gxp + (n * C + c0) * HW + i, HW)
+                ck_free64(gb)
+                free(gt)
+                free(rt)
+        elif failed == 0:
             for t in prange(N * nblk, schedule="dynamic", chunksize=1,
                             num_threads=team(n_threads, N * nblk)):
                 n = t // nblk
@@ -478,10 +659,14 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
             _axis_free(&axes[2 * k])
             _axis_free(&axes[2 * k + 1])
             _pairs_free(&pairs[k])
+            _table_free(&tabs[k])
     free(axes)
     free(pairs)
     free(batch)
     free(gws)
+    free(tabs)
+    free(first)
+    free(nxt)
     if failed:
         raise MemoryError("roi_max_align_backward: out of memory for the sample tables")
     return bad, bad_rois

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._config import get_num_threads
-from . import _roi_align, _roi_pool
+from . import _roi_align, _roi_pool, _roi_variants
 
 # Below this many output values (K*C*ph*pw) a call runs on one thread (waking a thread costs
 # microseconds).
@@ -29,9 +29,10 @@ def simd_available():
 
 def set_simd_level(cap):
     """Cap the float32 RoI kernels' vector width (2: AVX-512, 1: AVX2, 0: SSE2; default 2) in
-    both modules and return the level now in use (also limited by the CPU).  Every level
-    gives the same bits (tests compare them)."""
+    the RoI modules (roi_align, roi_pool, roi_max_align) and return the level now in use
+    (also limited by the CPU).  Every level gives the same bits (tests compare them)."""
     _roi_align.set_simd_level(int(cap))
+    _roi_variants.set_simd_level(int(cap))
     return _roi_pool.set_simd_level(int(cap))
 
 

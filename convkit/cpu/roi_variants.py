@@ -1,8 +1,8 @@
 """The lecture's other RoI aggregators on the cpu: roi_avg_pool (quantised bins, mean) and
 roi_max_align (bilinear samples, max), Python wrappers around ``_roi_variants`` (rules in
 convkit/reference/roi_variants.py).  Forwards read an NHWC copy of the map, one RoI per task;
-backwards give each task one (image, channel) plane of grad_x and add that image's RoIs in
-order: the same bits for any thread count.
+backwards give each task one (image, block of channels) of grad_x and add that image's RoIs
+in order: the same bits for any thread count.
 """
 from __future__ import annotations
 

@@ -146,6 +146,27 @@ static int ck_set_simd_cap(int cap) {
    then single values; columns outer (each block of dst rows is written as one run). */
 #define CK_TR_OP(v) (kind == 1 ? (v) * inv : kind == 2 ? (v) / fcount : (v))
 #ifdef CK_ROI_WIDE
+/* a[0..7] (8 rows of 8 lanes) -> a[i] = lane i of every row: the 8x8 transpose in AVX2
+   registers (bits moved, never changed: int32 rows go through it cast to float) */
+__attribute__((target("avx2")))
+static inline void ck_tr8x8(__m256* a) {
+    __m256 t[8], u[8];
+    int i;
+    for (i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(a[i], a[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(a[i], a[i + 1]);
+    }
+    for (i = 0; i < 8; i += 4) {
+        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (i = 0; i < 4; i++) {
+        a[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
+        a[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
+    }
+}
 __attribute__((target("avx2")))
 static ptrdiff_t ck_transpose8(const float* src, ptrdiff_t lds, ptrdiff_t rows,
                                ptrdiff_t cols, float* dst, ptrdiff_t ldd, int kind,
@@ -154,22 +175,9 @@ static ptrdiff_t ck_transpose8(const float* src, ptrdiff_t lds, ptrdiff_t rows,
     __m256 m = _mm256_set1_ps(kind == 1 ? inv : fcount);
     for (; c + 8 <= cols; c += 8) {
         for (r = 0; r + 8 <= rows; r += 8) {
-            __m256 a[8], t[8], u[8];
+            __m256 a[8];
             for (i = 0; i < 8; i++) a[i] = _mm256_loadu_ps(src + (r + i) * lds + c);
-            for (i = 0; i < 8; i += 2) {
-                t[i] = _mm256_unpacklo_ps(a[i], a[i + 1]);
-                t[i + 1] = _mm256_unpackhi_ps(a[i], a[i + 1]);
-            }
-            for (i = 0; i < 8; i += 4) {
-                u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-                u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-                u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-                u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-            }
-            for (i = 0; i < 4; i++) {
-                a[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-                a[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-            }
+            ck_tr8x8(a);
             for (i = 0; i < 8; i++) {
                 if (kind == 1) a[i] = _mm256_mul_ps(a[i], m);
                 else if (kind == 2) a[i] = _mm256_div_ps(a[i], m);

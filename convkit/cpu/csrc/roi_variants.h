@@ -1,9 +1,11 @@
 /* The lecture's other RoI aggregators on the cpu (declared in csrc/roi_variants.pxd, used by
    _roi_variants.pyx): roi_avg_pool (roi_pool's bins, mean) and roi_max_align (roi_align's
    samples, max).  Forwards work on the NHWC map (a pixel's channels contiguous, so the channel
-   loops below vectorise); backwards on one (H, W) plane of grad_x.  The bins and sample taps
-   come from the roi_pool / roi_align helpers (_roi_pool.roi_pool_bins,
-   _roi_align.roi_align_axis_taps).  Every function exists for float (_f) and double (_d). */
+   loops below vectorise); backwards on one (H, W) plane of grad_x, or on a pixel-major block
+   of channels (roi_avg_pool, float roi_max_align).  The bins and sample taps come from the
+   roi_pool / roi_align helpers (_roi_pool.roi_pool_bins, _roi_align.roi_align_axis_taps).
+   The generic functions exist for float (_f) and double (_d); float roi_max_align also has
+   sample-table kernels in SSE2 and AVX2 (ck_ma_*, picked by CPUID, the same bits). */
 #ifndef CK_ROI_VARIANTS_H
 #define CK_ROI_VARIANTS_H
 #include "roi_simd.h"
@@ -331,6 +333,398 @@ static void ck_max_align_bin_f(
                         xidx, gw, best, bi, nb, y, am, c0);
 }
 CK_MAX_ALIGN_BIN(double, int64_t, d)
+
+/* float roi_max_align forward, one RoI at a time on a sample table built once per RoI
+   (ck_max_align_table_f): bin b's valid samples are s in [sf[b], sf[b+1]), row-major, sample
+   s reads pixels so[4s..4s+3] (offsets into the NHWC image, times C) with weights
+   sw[4s..4s+3] (w1..w4 = hy*hx, hy*lx, ly*hx, ly*lx, as CK_MAX_ALIGN_SCAN forms them) and is
+   numbered base[b] + rel[s] (rel an int32, so it rides in the lanes beside the value).  The
+   scan is CK_MAX_ALIGN_SCAN's, lane for lane: value ((w1*v1 + w2*v2) + w3*v3) + w4*v4, taken
+   when greater or NaN; registers hold 4 vectors of channels (16 on SSE2, 32 on AVX2). */
+#define CK_MA_CK_X_TAKE(v, b) _mm_or_ps(_mm_cmpgt_ps(v, b), _mm_cmpunord_ps(v, v))
+#define CK_MA_CK_Y_TAKE(v, b) _mm256_or_ps(_mm256_cmp_ps(v, b, _CMP_GT_OQ),                   \
+                                        _mm256_cmp_ps(v, v, _CMP_UNORD_Q))
+#define CK_MA_FWD_STEP(X, R, TAKE)                                                            \
+    {                                                                                     \
+        X##_V bst[R];                                                                     \
+        X##_IV bix[R];                                                                    \
+        int j;                                                                            \
+        for (j = 0; j < R; j++) {                                                         \
+            bst[j] = X##_SET1(-INFINITY);                                                 \
+            bix[j] = X##_ISET1(0);                                                        \
+        }                                                                                 \
+        for (s = s0; s < s1; s++) {                                                       \
+            const float* p1 = img + so[4 * s] + c;                                        \
+            const float* p2 = img + so[4 * s + 1] + c;                                    \
+            const float* p3 = img + so[4 * s + 2] + c;                                    \
+            const float* p4 = img + so[4 * s + 3] + c;                                    \
+            const X##_V w1 = X##_SET1(sw[4 * s]), w2 = X##_SET1(sw[4 * s + 1]);           \
+            const X##_V w3 = X##_SET1(sw[4 * s + 2]), w4 = X##_SET1(sw[4 * s + 3]);       \
+            const X##_IV sv = X##_ISET1(rel[s]);                                          \
+            for (j = 0; j < R; j++) {                                                     \
+                const X##_V v = X##_ADD(                                                  \
+                    X##_ADD(X##_ADD(X##_MUL(w1, X##_LD(p1 + j * X##_L)),                  \
+                                    X##_MUL(w2, X##_LD(p2 + j * X##_L))),                 \
+                            X##_MUL(w3, X##_LD(p3 + j * X##_L))),                         \
+                    X##_MUL(w4, X##_LD(p4 + j * X##_L)));                                 \
+                const X##_M m = TAKE(v, bst[j]);                                          \
+                bst[j] = X##_SEL(m, v, bst[j]);                                           \
+                bix[j] = X##_ISEL(m, sv, bix[j]);                                         \
+            }                                                                             \
+        }                                                                                 \
+        for (j = 0; j < R; j++) {                                                         \
+            X##_ST(tb + (c - c0) + j * X##_L, bst[j]);                                    \
+            X##_IST(ti + (c - c0) + j * X##_L, bix[j]);                                   \
+        }                                                                                 \
+    }
+/* one bin (samples [s0, s1), at least one), channels [c0, c1) -> tb, ti (bin-major rows,
+   channel c at c - c0); returns the channels done (the rest: the scalar scan) */
+#define CK_MA_FWD_BODY(X, TAKE)                                                           \
+    {                                                                                     \
+        ptrdiff_t c, s;                                                                   \
+        for (c = c0; c + 4 * X##_L <= c1; c += 4 * X##_L) CK_MA_FWD_STEP(X, 4, TAKE)      \
+        for (; c + X##_L <= c1; c += X##_L) CK_MA_FWD_STEP(X, 1, TAKE)                    \
+        return c;                                                                         \
+    }
+#define CK_MA_FWD_ARGS const float* img, ptrdiff_t s0, ptrdiff_t s1, const ptrdiff_t* so,  \
+    const float* sw, const int32_t* rel, ptrdiff_t c0, ptrdiff_t c1, float* tb, int32_t* ti
+/* _f: for an image without NaN/inf, where no sample value is NaN (weights in [0, 1], so
+   every product is finite, and a sum of finite terms that overflows stays one infinity):
+   "greater" alone is the same test. */
+#ifdef CK_ROI_SSE2
+static ptrdiff_t ck_ma_fwd_x(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_X, CK_MA_CK_X_TAKE)
+static ptrdiff_t ck_ma_fwd_xf(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_X, CK_X_GT)
+#endif
+#ifdef CK_ROI_WIDE
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_fwd_y(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_MA_CK_Y_TAKE)
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_fwd_yf(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_Y_GT)
+#endif
+
+/* One RoI's sample table (see above) from its axis taps; sf: nb + 1 entries, so/sw: 4 per
+   sample, rel: 1 per sample, base: nb (-1 for a bin without samples).  Returns the number of
+   samples n (written only when n <= cap), or -1 when a sample's number relative to its bin's
+   first does not fit an int32 (the caller takes the per-bin path). */
+static ptrdiff_t ck_max_align_table_f(
+    ptrdiff_t W, ptrdiff_t C, ptrdiff_t ph, ptrdiff_t pw, const ptrdiff_t* yf,
+    const ptrdiff_t* ylo, const ptrdiff_t* yhi, const float* ywl, const float* ywh,
+    const ptrdiff_t* yidx, const ptrdiff_t* xf, const ptrdiff_t* xlo, const ptrdiff_t* xhi,
+    const float* xwl, const float* xwh, const ptrdiff_t* xidx, int64_t gw, ptrdiff_t cap,
+    ptrdiff_t* sf, ptrdiff_t* so, float* sw, int32_t* rel, int64_t* base) {
+    ptrdiff_t p, q, a, b, n = 0;
+    for (p = 0; p < ph; p++)
+        for (q = 0; q < pw; q++) {
+            const ptrdiff_t ny = yf[p + 1] - yf[p], nx = xf[q + 1] - xf[q];
+            if (ny > 0 && nx > 0) {
+                const int64_t last = (int64_t)(yidx[yf[p + 1] - 1] - yidx[yf[p]]) * gw
+                                     + (int64_t)(xidx[xf[q + 1] - 1] - xidx[xf[q]]);
+                if (ny > PTRDIFF_MAX / nx || last < 0 || last > INT32_MAX) return -1;
+                n += ny * nx;
+            }
+        }
+    if (n > cap) return n;
+    n = 0;
+    for (p = 0; p < ph; p++)
+        for (q = 0; q < pw; q++) {
+            const ptrdiff_t k = p * pw + q;
+            sf[k] = n;
+            base[k] = -1;
+            if (yf[p + 1] <= yf[p] || xf[q + 1] <= xf[q]) continue;
+            base[k] = (int64_t)yidx[yf[p]] * gw + (int64_t)xidx[xf[q]];
+            for (a = yf[p]; a < yf[p + 1]; a++)
+                for (b = xf[q]; b < xf[q + 1]; b++, n++) {
+                    const float hy = ywl[a], ly = ywh[a], hx = xwl[b], lx = xwh[b];
+                    so[4 * n] = (ylo[a] * W + xlo[b]) * C;
+                    so[4 * n + 1] = (ylo[a] * W + xhi[b]) * C;
+                    so[4 * n + 2] = (yhi[a] * W + xlo[b]) * C;
+                    so[4 * n + 3] = (yhi[a] * W + xhi[b]) * C;
+                    sw[4 * n] = hy * hx;
+                    sw[4 * n + 1] = hy * lx;
+                    sw[4 * n + 2] = ly * hx;
+                    sw[4 * n + 3] = ly * lx;
+                    rel[n] = (int32_t)((int64_t)(yidx[a] - yidx[yf[p]]) * gw
+                                       + (int64_t)(xidx[b] - xidx[xf[q]]));
+                }
+        }
+    sf[ph * pw] = n;
+    return n;
+}
+
+/* am[c*ldd + b] = base[b] + ti[b*lds + c] for b < nb, c < cols (the int32 numbers of a block,
+   bin-major, to the (C, bins) int64 argmax); 8x8 blocks transposed in AVX2 registers. */
+#ifdef CK_ROI_WIDE
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdiff_t cols,
+                           const int64_t* base, int64_t* am, ptrdiff_t ldd) {
+    ptrdiff_t c = 0, b, i;
+    for (; c + 8 <= cols; c += 8) {
+        for (b = 0; b + 8 <= nb; b += 8) {
+            __m256 a[8];
+            const __m256i bl = _mm256_loadu_si256((const __m256i*)(base + b));
+            const __m256i bh = _mm256_loadu_si256((const __m256i*)(base + b + 4));
+            for (i = 0; i < 8; i++)
+                a[i] = _mm256_castsi256_ps(
+                    _mm256_loadu_si256((const __m256i*)(ti + (b + i) * lds + c)));
+            ck_tr8x8(a);
+            for (i = 0; i < 8; i++) {
+                const __m256i r = _mm256_castps_si256(a[i]);
+                int64_t* d = am + (c + i) * ldd + b;
+                _mm256_storeu_si256((__m256i*)d, _mm256_add_epi64(
+                    bl, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(r))));
+                _mm256_storeu_si256((__m256i*)(d + 4), _mm256_add_epi64(
+                    bh, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(r, 1))));
+            }
+        }
+        for (; b < nb; b++)
+            for (i = 0; i < 8; i++) am[(c + i) * ldd + b] = base[b] + ti[b * lds + c + i];
+    }
+    return c;
+}
+#endif
+
+/* One RoI's float forward on its table: channels in blocks of CK_CHUNK, each bin scanned into
+   bin-major scratch (tb floats, ti int32s, nb rows of CK_LD) by the widest vector path, the
+   last channels one at a time, then transposed to the RoI's (C, nb) layout and streamed into
+   y and am (written once, not read back: no need to fetch them into cache).  finite: the
+   image holds no NaN/inf (the scan then skips its NaN test). */
+static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
+                               const ptrdiff_t* sf, const ptrdiff_t* so, const float* sw,
+                               const int32_t* rel, const int64_t* base, int finite,
+                               void* scratch, float* y, int64_t* am) {
+    /* scratch (ck_roi_scratch_bytes(nb)): tb, ti (nb rows of CK_LD), tr, tri (CK_CHUNK*nb) */
+    float* tb = (float*)scratch;
+    int32_t* ti = (int32_t*)(tb + nb * CK_LD);
+    int64_t* tri = (int64_t*)(ti + nb * CK_LD);
+    float* tr = (float*)(tri + nb * CK_CHUNK);
+    const int lv = ck_simd_level();
+    ptrdiff_t c0, c1, c, b, s, k;
+    (void)lv;
+    for (c0 = 0; c0 < C; c0 = c1) {
+        c1 = C - c0 > CK_CHUNK ? c0 + CK_CHUNK : C;
+        for (b = 0; b < nb; b++) {
+            float* tbb = tb + b * CK_LD;
+            int32_t* tib = ti + b * CK_LD;
+            if (sf[b + 1] <= sf[b]) {       /* no valid sample: 0 and base -1 + 0 */
+                for (c = 0; c < c1 - c0; c++) { tbb[c] = 0; tib[c] = 0; }
+                continue;
+            }
+            c = c0;
+#ifdef CK_ROI_WIDE
+            if (lv >= 1)
+                c = (finite ? ck_ma_fwd_yf : ck_ma_fwd_y)(img, sf[b], sf[b + 1], so, sw, rel, c0,
+                                                          c1, tbb, tib);
+            else
+#endif
+#ifdef CK_ROI_SSE2
+            c = (finite ? ck_ma_fwd_xf : ck_ma_fwd_x)(img, sf[b], sf[b + 1], so, sw, rel, c0, c1,
+                                                      tbb, tib);
+#endif
+            for (; c < c1; c++) {
+                float bst = -INFINITY;
+                int32_t bi = 0;
+                for (s = sf[b]; s < sf[b + 1]; s++) {
+                    const float* px = img + c;
+                    const float v = ((sw[4 * s] * px[so[4 * s]] + sw[4 * s + 1] * px[so[4 * s + 1]])
+                                     + sw[4 * s + 2] * px[so[4 * s + 2]])
+                                    + sw[4 * s + 3] * px[so[4 * s + 3]];
+                    if ((v > bst) | (v != v)) { bst = v; bi = rel[s]; }
+                }
+                tbb[c - c0] = bst;
+                tib[c - c0] = bi;
+            }
+        }
+        /* the block's rows of y and am are contiguous runs: built in scratch, streamed out */
+        ck_transpose_f(tb, CK_LD, nb, c1 - c0, tr, nb);
+        c = 0;
+#ifdef CK_ROI_WIDE
+        if (lv >= 1) c = ck_ma_am8(ti, CK_LD, nb, c1 - c0, base, tri, nb);
+#endif
+        for (; c < c1 - c0; c++)
+            for (k = 0; k < nb; k++) tri[c * nb + k] = base[k] + ti[k * CK_LD + c];
+        ck_stream_copy(y + c0 * nb, tr, (size_t)(nb * (c1 - c0)) * sizeof(float));
+        ck_stream_copy(am + c0 * nb, tri, (size_t)(nb * (c1 - c0)) * sizeof(int64_t));
+    }
+}
+/* float roi_max_align backward on the sample tables (ck_max_align_table_f with C = 1, so so
+   holds pixel numbers), one RoI on a pixel-major block of cb channels of one image:
+   rt[b*cb + c] is channel c's argmax of bin b relative to the bin's first sample
+   (ck_ma_bwd_rel: -1 for argmax -1, -2 for a number no sample of the bin has), gt[b*cb + c]
+   its grad.  For every sample s of bin b, the lanes whose argmax is s add g * w (w1..w4 of s)
+   to the block's rows of s's four pixels, in corner order; the other lanes add +0, which
+   leaves every sum as it was (a sum that starts at +0 never becomes -0), so each element
+   gets exactly the adds CK_MAX_ALIGN_BWD makes, in the same order.  Channel vectors in
+   passes of CK_MA_BWD_NV (64 channels on AVX2), each pass all the bins of the RoI.
+   Counts into *bad the entries that are neither -1 nor a sample of their bin; returns the
+   channels done. */
+#define CK_MA_CK_X_ILD(p) _mm_loadu_si128((const __m128i*)(p))
+#define CK_MA_CK_X_IEQ(a, b) _mm_castsi128_ps(_mm_cmpeq_epi32(a, b))
+#define CK_MA_CK_X_AND(a, b) _mm_and_ps(a, b)
+#define CK_MA_CK_X_OR(a, b) _mm_or_ps(a, b)
+#define CK_MA_CK_X_NBAD(m) __builtin_popcount(~_mm_movemask_ps(m) & 0xF)
+#define CK_MA_CK_Y_ILD(p) _mm256_loadu_si256((const __m256i*)(p))
+#define CK_MA_CK_Y_IEQ(a, b) _mm256_castsi256_ps(_mm256_cmpeq_epi32(a, b))
+#define CK_MA_CK_Y_AND(a, b) _mm256_and_ps(a, b)
+#define CK_MA_CK_Y_OR(a, b) _mm256_or_ps(a, b)
+#define CK_MA_CK_Y_NBAD(m) __builtin_popcount(~_mm256_movemask_ps(m) & 0xFF)
+#define CK_MA_BWD_NV 8       /* vectors of channels a pass holds (64 on AVX2, 32 on SSE2) */
+#define CK_MA_BWD_BODY(X)                                                                 \
+    {                                                                                     \
+        ptrdiff_t b, s, c0, v, nv, c = 0, nbad = 0;                                       \
+        for (c0 = 0; c0 + X##_L <= cb; c0 += nv * X##_L) {                                \
+            nv = (cb - c0) / X##_L < CK_MA_BWD_NV ? (cb - c0) / X##_L : CK_MA_BWD_NV;     \
+            c = c0 + nv * X##_L;                                                          \
+            for (b = b0; b < b1; b++) {                                                    \
+                const int32_t* rb = rt + b * cb + c0;                                     \
+                const float* g = gt + b * cb + c0;                                        \
+                for (v = 0; v < nv; v++) {                                                \
+                    const X##_IV rv = CK_MA_##X##_ILD(rb + v * X##_L);                    \
+                    const X##_V g1 = X##_LD(g + v * X##_L);                               \
+                    X##_V ok = CK_MA_##X##_IEQ(rv, X##_ISET1(-1));                        \
+                    for (s = sf[b]; s < sf[b + 1]; s++) {                                 \
+                        const X##_V m = CK_MA_##X##_IEQ(rv, X##_ISET1(rel[s]));           \
+                        const X##_V gm = CK_MA_##X##_AND(m, g1);                          \
+                        int j;                                                            \
+                        ok = CK_MA_##X##_OR(ok, m);                                       \
+                        for (j = 0; j < 4; j++) {                                         \
+                            float* r = gb + so[4 * s + j] * cb + c0 + v * X##_L;          \
+                            X##_ST(r, X##_ADD(X##_LD(r),                                  \
+                                              X##_MUL(gm, X##_SET1(sw[4 * s + j]))));     \
+                        }                                                                 \
+                    }                                                                     \
+                    nbad += CK_MA_##X##_NBAD(ok);                                         \
+                }                                                                         \
+            }                                                                             \
+        }                                                                                 \
+        *bad += nbad;                                                                     \
+        return c;                                                                         \
+    }
+#define CK_MA_BWD_ARGS float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1, const ptrdiff_t* sf, \
+    const ptrdiff_t* so, const float* sw, const int32_t* rel, const float* gt,            \
+    const int32_t* rt, ptrdiff_t* bad
+/* GCC would turn the register-array loads and stores into memmove calls */
+#if defined(__GNUC__) && !defined(__clang__)
+#define CK_MA_NO_LIBCALL __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define CK_MA_NO_LIBCALL
+#endif
+#ifdef CK_ROI_SSE2
+CK_MA_NO_LIBCALL
+static ptrdiff_t ck_ma_bwd_x(CK_MA_BWD_ARGS) CK_MA_BWD_BODY(CK_X)
+#endif
+#ifdef CK_ROI_WIDE
+__attribute__((target("avx2"))) CK_MA_NO_LIBCALL
+static ptrdiff_t ck_ma_bwd_y(CK_MA_BWD_ARGS) CK_MA_BWD_BODY(CK_Y)
+#endif
+
+#ifdef CK_ROI_WIDE
+/* 4 argmax entries (int64) minus their bins' bases -> 4 int32 as ck_ma_bwd_rel gives them */
+__attribute__((target("avx2")))
+static inline __m128i ck_ma_rel4(const int64_t* am, const int64_t* base) {
+    const __m256i v = _mm256_loadu_si256((const __m256i*)am);
+    const __m256i r = _mm256_sub_epi64(v, _mm256_loadu_si256((const __m256i*)base));
+    const __m256i out = _mm256_or_si256(_mm256_cmpgt_epi64(r, _mm256_set1_epi64x(INT32_MAX)),
+                                        _mm256_cmpgt_epi64(_mm256_setzero_si256(), r));
+    __m256i x = _mm256_blendv_epi8(r, _mm256_set1_epi64x(-2), out);
+    x = _mm256_blendv_epi8(x, _mm256_set1_epi64x(-1),
+                           _mm256_cmpeq_epi64(v, _mm256_set1_epi64x(-1)));
+    return _mm256_castsi256_si128(
+        _mm256_permutevar8x32_epi32(x, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7)));
+}
+/* ck_ma_bwd_rel for 8 x 8 blocks (8 channels' rows of 8 bins, transposed in registers);
+   returns the channels done, all bins */
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_bwd_rel8(const int64_t* am, ptrdiff_t nb, ptrdiff_t cb,
+                                const int64_t* base, int32_t* rt) {
+    ptrdiff_t c = 0, b, i;
+    for (; c + 8 <= cb; c += 8) {
+        for (b = 0; b + 8 <= nb; b += 8) {
+            __m256 a[8];
+            for (i = 0; i < 8; i++) {
+                const int64_t* row = am + (c + i) * nb + b;
+                a[i] = _mm256_castsi256_ps(_mm256_inserti128_si256(
+                    _mm256_castsi128_si256(ck_ma_rel4(row, base + b)),
+                    ck_ma_rel4(row + 4, base + b + 4), 1));
+            }
+            ck_tr8x8(a);
+            for (i = 0; i < 8; i++)
+                _mm256_storeu_si256((__m256i*)(rt + (b + i) * cb + c), _mm256_castps_si256(a[i]));
+        }
+        for (; b < nb; b++)
+            for (i = 0; i < 8; i++) {
+                const int64_t v = am[(c + i) * nb + b];
+                const uint64_t r = (uint64_t)v - (uint64_t)base[b];
+                rt[b * cb + c + i] = v == -1 ? -1 : r <= (uint64_t)INT32_MAX ? (int32_t)r : -2;
+            }
+    }
+    return c;
+}
+#endif
+static void ck_ma_bwd_rel(const int64_t* am, ptrdiff_t nb, ptrdiff_t cb, const int64_t* base,
+                          int32_t* rt) {
+    ptrdiff_t b, c = 0;
+#ifdef CK_ROI_WIDE
+    if (ck_simd_level() >= 1) c = ck_ma_bwd_rel8(am, nb, cb, base, rt);
+#endif
+    for (; c < cb; c++)
+        for (b = 0; b < nb; b++) {
+            const int64_t v = am[c * nb + b];
+            const uint64_t r = (uint64_t)v - (uint64_t)base[b];
+            rt[b * cb + c] = v == -1 ? -1 : r <= (uint64_t)INT32_MAX ? (int32_t)r : -2;
+        }
+}
+
+/* The backward for one RoI and a block of cb channels (see CK_MA_BWD_BODY): gyk, amk the
+   RoI's grad and argmax at the block's first channel ((cb, nb) rows of nb); gt, rt (nb*cb)
+   scratch; gnext, anext: the same blocks of the next RoI this task adds (NULL: none), to
+   prefetch.  Returns the bad argmax entries. */
+static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
+                                        const ptrdiff_t* sf, const ptrdiff_t* so,
+                                        const float* sw, const int32_t* rel,
+                                        const int64_t* base, const float* gyk,
+                                        const int64_t* amk, float* gt, int32_t* rt,
+                                        const float* gnext, const int64_t* anext) {
+    ptrdiff_t c = 0, b, s, j, bad = 0, b0, b1, pf = 0;
+    const ptrdiff_t ng = nb * cb * (ptrdiff_t)sizeof(float), na = 2 * ng;
+    const int lv = ck_simd_level();
+    (void)lv;
+    ck_transpose_f(gyk, nb, cb, nb, gt, cb);
+    ck_ma_bwd_rel(amk, nb, cb, base, rt);
+    /* bins in 8 slices; between them an eighth of the next RoI's grad and argmax blocks is
+       asked for, so their memory reads overlap this RoI's arithmetic */
+    for (b0 = 0; b0 < nb; b0 = b1) {
+        b1 = b0 + (nb + 7) / 8 < nb ? b0 + (nb + 7) / 8 : nb;
+#if defined(__GNUC__) || defined(__clang__)
+        if (gnext != NULL)
+            for (; pf < na * b1 / nb; pf += 64) {
+                if (pf < ng) __builtin_prefetch((const char*)gnext + pf, 0, 3);
+                __builtin_prefetch((const char*)anext + pf, 0, 3);
+            }
+#endif
+        c = 0;
+#ifdef CK_ROI_WIDE
+        if (lv >= 1)
+            c = ck_ma_bwd_y(gb, cb, b0, b1, sf, so, sw, rel, gt, rt,
+                            &bad);
+        else
+#endif
+#ifdef CK_ROI_SSE2
+        c = ck_ma_bwd_x(gb, cb, b0, b1, sf, so, sw, rel, gt, rt,
+                        &bad);
+#endif
+    }
+    for (; c < cb; c++)         /* the lanes' adds, one channel at a time */
+        for (b = 0; b < nb; b++) {
+            const int32_t r = rt[b * cb + c];
+            const float gv = gt[b * cb + c];
+            if (r == -1) continue;
+            for (s = sf[b]; s < sf[b + 1] && rel[s] != r; s++) {}
+            if (s == sf[b + 1]) { bad++; continue; }
+            for (j = 0; j < 4; j++) gb[so[4 * s + j] * cb + c] += gv * sw[4 * s + j];
+        }
+    return bad;
+}
+
 CK_MAX_ALIGN_BWD(float, f)
 CK_MAX_ALIGN_BWD(double, d)
 CK_MAX_ALIGN_BWD_TAB(float, f)

@@ -75,3 +75,21 @@ cdef extern from "csrc/roi_variants.h":
                               const double* xwh, const Py_ssize_t* xidx, int64_t gw,
                               int64_t* base, Py_ssize_t* nx, Py_ssize_t* pf, Py_ssize_t* off,
                               double* wt) noexcept nogil
+    Py_ssize_t ck_max_align_table_f(Py_ssize_t W, Py_ssize_t C, Py_ssize_t ph, Py_ssize_t pw,
+                                    const Py_ssize_t* yf, const Py_ssize_t* ylo,
+                                    const Py_ssize_t* yhi, const float* ywl, const float* ywh,
+                                    const Py_ssize_t* yidx, const Py_ssize_t* xf,
+                                    const Py_ssize_t* xlo, const Py_ssize_t* xhi,
+                                    const float* xwl, const float* xwh, const Py_ssize_t* xidx,
+                                    int64_t gw, Py_ssize_t cap, Py_ssize_t* sf, Py_ssize_t* so,
+                                    float* sw, int32_t* rel, int64_t* base) noexcept nogil
+    void ck_max_align_roi_f(const float* img, Py_ssize_t C, Py_ssize_t nb, const Py_ssize_t* sf,
+                            const Py_ssize_t* so, const float* sw, const int32_t* rel,
+                            const int64_t* base, int finite, void* scratch, float* y,
+                            int64_t* am) noexcept nogil
+    Py_ssize_t ck_max_align_bwd_blk_f(float* gb, Py_ssize_t cb, Py_ssize_t nb,
+                                      const Py_ssize_t* sf, const Py_ssize_t* so,
+                                      const float* sw, const int32_t* rel, const int64_t* base,
+                                      const float* gyk, const int64_t* amk, float* gt,
+                                      int32_t* rt, const float* gnext,
+                                      const int64_t* anext) noexcept nogil
