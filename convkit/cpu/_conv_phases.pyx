@@ -126,7 +126,8 @@ def rowgemm_available():
     return bool(ck_rowgemm_available())
 
 
-def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, const floating[:, :, ::1] wsub,
+def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssize_t P,
+                           Py_ssize_t K, const floating[:, :, ::1] wsub,
                            const float[:, ::1] wpan, floating[:, :, :, ::1] gx, floating[::1] ws,
                            Py_ssize_t ws_per_thread, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t Th,
                            Py_ssize_t Tw, Py_ssize_t ulo, Py_ssize_t uhi, Py_ssize_t vlo,
@@ -141,7 +142,9 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, const floating[:, :,
     reads the same Th x Tw windows of grad_y, so the sh*sw phases are ONE stride-1 conv: one
     GEMM with wsub[g] ((qh, qw, c) x (f, dr, dc): the phase's tap of w, or 0 where the phase
     has none) over the windows' taps gy[f, u + dr, v + dc] (0 outside), then each result row
-    goes to its phase's positions of gx -- no col2im, no zero-fill.
+    goes to its phase's positions of gx -- no col2im, no zero-fill.  G groups, P = sh*sw*Cg
+    result rows, K = Fg*Th*Tw taps; wsub (G, P, K) is read on the BLAS path only (it may be
+    empty on the other).
     Tasks: (image, block of ``rows`` window rows u from ulo), writing the gx rows those u give
     (disjoint); all groups per task.  A task copies the grad_y rows its windows read, padded,
     into a slab: Fg planes of rows + Th - 1 rows, Wp = vhi - vlo + Tw - 1 wide, so that tap
@@ -153,7 +156,6 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, const floating[:, :,
     """
     cdef Py_ssize_t N = gx.shape[0], H = gx.shape[2], W = gx.shape[3]
     cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3]
-    cdef Py_ssize_t G = wsub.shape[0], P = wsub.shape[1], K = wsub.shape[2]
     cdef Py_ssize_t Fg = gy.shape[1] // G, Cg = gx.shape[1] // G
     cdef Py_ssize_t Hu = uhi - ulo, Wu = vhi - vlo, Wp = Wu + Tw - 1
     cdef Py_ssize_t SP = (rows + Th - 1) * Wp       # a slab plane

@@ -293,15 +293,27 @@ def _subpixel_offsets(Fg, Th, Tw, rows, Wp):
 _ROWGEMM = _phases.rowgemm_available()
 
 
-def _subpixel_weight(weight, groups, th, tw):
-    """(G, sh*sw*Cg, Fg*Th*Tw): row (qh, qw, c), column (f, dr, dc) holds w[f, c] at phase
-    (qh, qw)'s tap of window position (dr, dc), 0 where the phase has none."""
-    F, Cg, KH, KW = weight.shape
-    wz = np.zeros((F, Cg, KH + 1, KW + 1), weight.dtype)
-    wz[:, :, :KH, :KW] = weight
-    a = wz[:, :, th[:, :, None, None], tw[None, None, :, :]]   # (F, Cg, sh, Th, sw, Tw)
-    a = a.reshape(groups, F // groups, Cg, *a.shape[2:]).transpose(0, 3, 5, 2, 1, 4, 6)
-    return np.ascontiguousarray(a).reshape(groups, -1, F // groups * th.shape[1] * tw.shape[1])
+@functools.lru_cache(maxsize=64)
+def _subpixel_index(s, panels):
+    """Flat indices into weight.ravel() + [0] of the sub-pixel GEMM's weights, (G, P, K): row
+    (qh, qw, c), column (f, dr, dc) takes w[f, c] at phase (qh, qw)'s tap of window position
+    (dr, dc), the appended 0 where the phase has none; panels: (G, P*K) in csrc/rowgemm.h's
+    4-row panels, tap-major."""
+    Th, Tw, *_, th, tw = _subpixel_geometry(s)
+    G, F, Cg, KH, KW = s.groups, s.F, s.Cg, s.KH, s.KW
+    f = np.arange(F).reshape(G, 1, 1, 1, F // G, 1, 1)           # (G, sh, sw, Cg, Fg, Th, Tw)
+    c = np.arange(Cg).reshape(1, 1, 1, Cg, 1, 1, 1)
+    kh = th.reshape(1, th.shape[0], 1, 1, 1, Th, 1)
+    kw = tw.reshape(1, 1, tw.shape[0], 1, 1, 1, Tw)
+    idx = ((f * Cg + c) * KH + kh) * KW + kw
+    idx = np.where((kh == KH) | (kw == KW), F * Cg * KH * KW, idx)   # no tap: the 0
+    idx = idx.reshape(G, -1, (F // G) * Th * Tw)
+    if panels:
+        P, K = idx.shape[1:]
+        idx = idx.reshape(G, P // 4, 4, K).transpose(0, 1, 3, 2).reshape(G, P * K)
+    idx = np.ascontiguousarray(idx, dtype=np.intp)
+    idx.flags.writeable = False
+    return idx
 
 
 def _dense_matrix(weight, H, W, Ho, Wo, stride, pt, pl, dilation, n_threads):
@@ -516,18 +528,16 @@ def _bwd_subpixel(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     """grad_x of a strided conv by its output phases (conv_plan.plan_subpixel)."""
     Th, Tw, ulo, uhi, vlo, vhi, eh, ew, th, tw = _subpixel_geometry(s)
     p = step.params
-    wsub = _subpixel_weight(weight, s.groups, th, tw)
-    G, P_, K = wsub.shape
-    if x.dtype == np.float32 and _ROWGEMM and P_ % 4 == 0:
-        # 4-row panels, tap-major: csrc/rowgemm.h's layout
-        wpan = np.ascontiguousarray(wsub.reshape(G, P_ // 4, 4, K).transpose(0, 1, 3, 2))
-        wpan = wpan.reshape(G, P_ * K)
+    G, P_, K = s.groups, s.stride[0] * s.stride[1] * s.Cg, (s.F // s.groups) * Th * Tw
+    w0 = np.append(weight.reshape(-1), weight.dtype.type(0))
+    if x.dtype == np.float32 and _ROWGEMM and P_ % 4 == 0:     # (csrc/rowgemm.h's panels)
+        wpan, wsub = w0.take(_subpixel_index(s, True)), np.zeros((0, 1, 1), x.dtype)
     else:
-        wpan = _NO_PACK
+        wpan, wsub = _NO_PACK, w0.take(_subpixel_index(s, False))
     ws = _workspace(step.threads * p["per_thread"], x.dtype)
     with _blas_pin(x.dtype):
-        _phases.conv2d_grad_x_subpixel(gy, wsub, wpan, gx, ws, p["per_thread"], s.stride[0],
-                                       s.stride[1], Th, Tw, ulo, uhi, vlo, vhi, eh, ew,
+        _phases.conv2d_grad_x_subpixel(gy, G, P_, K, wsub, wpan, gx, ws, p["per_thread"],
+                                       s.stride[0], s.stride[1], Th, Tw, ulo, uhi, vlo, vhi, eh, ew,
                                        _subpixel_offsets(s.F // s.groups, Th, Tw, p["rows"],
                                                          vhi - vlo + Tw - 1),
                                        p["rows"], step.threads)

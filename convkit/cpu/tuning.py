@@ -144,7 +144,7 @@ PHASES_TASKS_PER_THREAD = 4
 SUBPIXEL_MAX_WASTE = (1, 1)
 # GEMM columns (window positions, whole rows of them) per task: the task's slab of grad_y and
 # its result stay in L2.  Not measured in RESULTS.md.
-SUBPIXEL_POSITIONS = 200
+SUBPIXEL_POSITIONS = 240
 
 # ----------------------------------------------------------------------------- dot weight gradient
 # Dot-product grad_weight (float32, own GEMM) up to this many taps per filter; above, the packed

@@ -8,8 +8,8 @@
  * panel's 4 weights of tap k are one 16-byte load.  Each output is one chain of fused
  * multiply-adds over k, the same whatever block or thread computes it.  A tile is 4 rows x 24
  * columns (12 accumulators); for each 24-column block every panel reads the block's K rows of
- * B (24*K floats: L1 for K <= 256) and streams its own weights.  Reads b[boff[k] + j] for j < L
- * only (the tail by masked loads).
+ * B (24*K floats: L1 for K <= 256) and streams its own weights; the last L % 24 columns go 8 at
+ * a time over 8 rows.  Reads b[boff[k] + j] for j < L only (the tail by masked loads).
  *
  * ck_rowgemm_f returns 0, doing nothing, where the CPU lacks AVX2 or FMA (or on another
  * architecture): the caller then takes the BLAS path. */
@@ -65,42 +65,49 @@ CK_RG_TARGET static inline void ck_rg_tile3(ptrdiff_t K, const float *w, const f
     _mm256_storeu_ps(o + 3 * ldo + 16, a32);
 }
 
-/* columns [j, j + 8) */
-CK_RG_TARGET static inline void ck_rg_tile1(ptrdiff_t K, const float *w, const float *b,
-                                            const ptrdiff_t *boff, float *o, ptrdiff_t ldo)
-{
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (ptrdiff_t k = 0; k < K; ++k) {
-        const __m256 x = _mm256_loadu_ps(b + boff[k]);
-        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 4 * k), x, a0);
-        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 4 * k + 1), x, a1);
-        a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 4 * k + 2), x, a2);
-        a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 4 * k + 3), x, a3);
-    }
-    _mm256_storeu_ps(o, a0);
-    _mm256_storeu_ps(o + ldo, a1);
-    _mm256_storeu_ps(o + 2 * ldo, a2);
-    _mm256_storeu_ps(o + 3 * ldo, a3);
-}
-
-/* the last n < 8 columns: masked loads and stores (nothing read or written past column n) */
-CK_RG_TARGET static inline void ck_rg_tail(ptrdiff_t K, const float *w, const float *b,
-                                           const ptrdiff_t *boff, float *o, ptrdiff_t ldo, int n)
+/* columns [j, j + n), n <= 8 (masked where n < 8): R = 4 or 8 rows (one or two panels, w0 and
+ * w1) -- eight accumulators keep the FMA pipes busy where 4 would wait on their latency */
+CK_RG_TARGET static inline void ck_rg_narrow(ptrdiff_t K, int R, const float *w0, const float *w1,
+                                             const float *b, const ptrdiff_t *boff, float *o,
+                                             ptrdiff_t ldo, int n)
 {
     const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (ptrdiff_t k = 0; k < K; ++k) {
-        const __m256 x = _mm256_maskload_ps(b + boff[k], mask);
-        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 4 * k), x, a0);
-        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 4 * k + 1), x, a1);
-        a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 4 * k + 2), x, a2);
-        a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(w + 4 * k + 3), x, a3);
+    __m256 a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    if (R == 8) {
+        for (ptrdiff_t k = 0; k < K; ++k) {
+            const __m256 x = n == 8 ? _mm256_loadu_ps(b + boff[k])
+                                    : _mm256_maskload_ps(b + boff[k], mask);
+            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k), x, a0);
+            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k + 1), x, a1);
+            a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k + 2), x, a2);
+            a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k + 3), x, a3);
+            a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + 4 * k), x, a4);
+            a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + 4 * k + 1), x, a5);
+            a6 = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + 4 * k + 2), x, a6);
+            a7 = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + 4 * k + 3), x, a7);
+        }
+    } else {
+        for (ptrdiff_t k = 0; k < K; ++k) {
+            const __m256 x = n == 8 ? _mm256_loadu_ps(b + boff[k])
+                                    : _mm256_maskload_ps(b + boff[k], mask);
+            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k), x, a0);
+            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k + 1), x, a1);
+            a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k + 2), x, a2);
+            a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k + 3), x, a3);
+        }
     }
     _mm256_maskstore_ps(o, mask, a0);
     _mm256_maskstore_ps(o + ldo, mask, a1);
     _mm256_maskstore_ps(o + 2 * ldo, mask, a2);
     _mm256_maskstore_ps(o + 3 * ldo, mask, a3);
+    if (R == 8) {
+        _mm256_maskstore_ps(o + 4 * ldo, mask, a4);
+        _mm256_maskstore_ps(o + 5 * ldo, mask, a5);
+        _mm256_maskstore_ps(o + 6 * ldo, mask, a6);
+        _mm256_maskstore_ps(o + 7 * ldo, mask, a7);
+    }
 }
 
 CK_RG_TARGET static void ck_rowgemm_avx2(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt,
@@ -111,12 +118,14 @@ CK_RG_TARGET static void ck_rowgemm_avx2(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, 
     for (; j + 24 <= L; j += 24)
         for (ptrdiff_t p = 0; p < P; p += 4)
             ck_rg_tile3(K, wt + p * K, b + j, boff, out + p * ldo + j, ldo);
-    for (; j + 8 <= L; j += 8)
-        for (ptrdiff_t p = 0; p < P; p += 4)
-            ck_rg_tile1(K, wt + p * K, b + j, boff, out + p * ldo + j, ldo);
-    if (j < L)
-        for (ptrdiff_t p = 0; p < P; p += 4)
-            ck_rg_tail(K, wt + p * K, b + j, boff, out + p * ldo + j, ldo, (int)(L - j));
+    for (; j < L; j += 8) {
+        const int n = L - j < 8 ? (int)(L - j) : 8;
+        for (ptrdiff_t p = 0; p < P; p += 8) {
+            const int R = P - p >= 8 ? 8 : 4;
+            ck_rg_narrow(K, R, wt + p * K, wt + (p + 4) * K, b + j, boff, out + p * ldo + j,
+                         ldo, n);
+        }
+    }
 }
 
 static int ck_rowgemm_available(void)
