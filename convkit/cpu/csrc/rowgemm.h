@@ -23,6 +23,35 @@
 
 #define CK_RG_TARGET __attribute__((target("avx2,fma")))
 
+/* row r of a panel: its weight of tap k times 1 or 3 column vectors */
+#define CK_RG_FMA3(r, a0, a1, a2)                                                               \
+    do {                                                                                        \
+        const __m256 wr = _mm256_broadcast_ss(w + 4 * k + (r));                                 \
+        a0 = _mm256_fmadd_ps(wr, x0, a0);                                                       \
+        a1 = _mm256_fmadd_ps(wr, x1, a1);                                                       \
+        a2 = _mm256_fmadd_ps(wr, x2, a2);                                                       \
+    } while (0)
+#define CK_RG_STORE3(r, a0, a1, a2)                                                             \
+    do {                                                                                        \
+        _mm256_storeu_ps(o + (r) * ldo, a0);                                                    \
+        _mm256_storeu_ps(o + (r) * ldo + 8, a1);                                                \
+        _mm256_storeu_ps(o + (r) * ldo + 16, a2);                                               \
+    } while (0)
+#define CK_RG_FMA4(wp, a0, a1, a2, a3)                                                          \
+    do {                                                                                        \
+        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss((wp) + 4 * k), x, a0);                         \
+        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss((wp) + 4 * k + 1), x, a1);                     \
+        a2 = _mm256_fmadd_ps(_mm256_broadcast_ss((wp) + 4 * k + 2), x, a2);                     \
+        a3 = _mm256_fmadd_ps(_mm256_broadcast_ss((wp) + 4 * k + 3), x, a3);                     \
+    } while (0)
+#define CK_RG_MSTORE4(r, a0, a1, a2, a3)                                                        \
+    do {                                                                                        \
+        _mm256_maskstore_ps(o + (r) * ldo, mask, a0);                                           \
+        _mm256_maskstore_ps(o + ((r) + 1) * ldo, mask, a1);                                     \
+        _mm256_maskstore_ps(o + ((r) + 2) * ldo, mask, a2);                                     \
+        _mm256_maskstore_ps(o + ((r) + 3) * ldo, mask, a3);                                     \
+    } while (0)
+
 /* one 4-row panel, columns [j, j + 24): twelve accumulators, named (an array of them is kept
  * in memory by GCC, a store per multiply-add) */
 CK_RG_TARGET static inline void ck_rg_tile3(ptrdiff_t K, const float *w, const float *b,
@@ -34,35 +63,15 @@ CK_RG_TARGET static inline void ck_rg_tile3(ptrdiff_t K, const float *w, const f
         const float *bk = b + boff[k];
         const __m256 x0 = _mm256_loadu_ps(bk), x1 = _mm256_loadu_ps(bk + 8),
                      x2 = _mm256_loadu_ps(bk + 16);
-        __m256 wr = _mm256_broadcast_ss(w + 4 * k);
-        a00 = _mm256_fmadd_ps(wr, x0, a00);
-        a01 = _mm256_fmadd_ps(wr, x1, a01);
-        a02 = _mm256_fmadd_ps(wr, x2, a02);
-        wr = _mm256_broadcast_ss(w + 4 * k + 1);
-        a10 = _mm256_fmadd_ps(wr, x0, a10);
-        a11 = _mm256_fmadd_ps(wr, x1, a11);
-        a12 = _mm256_fmadd_ps(wr, x2, a12);
-        wr = _mm256_broadcast_ss(w + 4 * k + 2);
-        a20 = _mm256_fmadd_ps(wr, x0, a20);
-        a21 = _mm256_fmadd_ps(wr, x1, a21);
-        a22 = _mm256_fmadd_ps(wr, x2, a22);
-        wr = _mm256_broadcast_ss(w + 4 * k + 3);
-        a30 = _mm256_fmadd_ps(wr, x0, a30);
-        a31 = _mm256_fmadd_ps(wr, x1, a31);
-        a32 = _mm256_fmadd_ps(wr, x2, a32);
+        CK_RG_FMA3(0, a00, a01, a02);
+        CK_RG_FMA3(1, a10, a11, a12);
+        CK_RG_FMA3(2, a20, a21, a22);
+        CK_RG_FMA3(3, a30, a31, a32);
     }
-    _mm256_storeu_ps(o, a00);
-    _mm256_storeu_ps(o + 8, a01);
-    _mm256_storeu_ps(o + 16, a02);
-    _mm256_storeu_ps(o + ldo, a10);
-    _mm256_storeu_ps(o + ldo + 8, a11);
-    _mm256_storeu_ps(o + ldo + 16, a12);
-    _mm256_storeu_ps(o + 2 * ldo, a20);
-    _mm256_storeu_ps(o + 2 * ldo + 8, a21);
-    _mm256_storeu_ps(o + 2 * ldo + 16, a22);
-    _mm256_storeu_ps(o + 3 * ldo, a30);
-    _mm256_storeu_ps(o + 3 * ldo + 8, a31);
-    _mm256_storeu_ps(o + 3 * ldo + 16, a32);
+    CK_RG_STORE3(0, a00, a01, a02);
+    CK_RG_STORE3(1, a10, a11, a12);
+    CK_RG_STORE3(2, a20, a21, a22);
+    CK_RG_STORE3(3, a30, a31, a32);
 }
 
 /* columns [j, j + n), n <= 8 (masked where n < 8): R = 4 or 8 rows (one or two panels, w0 and
@@ -75,39 +84,16 @@ CK_RG_TARGET static inline void ck_rg_narrow(ptrdiff_t K, int R, const float *w0
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     __m256 a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-    if (R == 8) {
-        for (ptrdiff_t k = 0; k < K; ++k) {
-            const __m256 x = n == 8 ? _mm256_loadu_ps(b + boff[k])
-                                    : _mm256_maskload_ps(b + boff[k], mask);
-            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k), x, a0);
-            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k + 1), x, a1);
-            a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k + 2), x, a2);
-            a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k + 3), x, a3);
-            a4 = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + 4 * k), x, a4);
-            a5 = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + 4 * k + 1), x, a5);
-            a6 = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + 4 * k + 2), x, a6);
-            a7 = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + 4 * k + 3), x, a7);
-        }
-    } else {
-        for (ptrdiff_t k = 0; k < K; ++k) {
-            const __m256 x = n == 8 ? _mm256_loadu_ps(b + boff[k])
-                                    : _mm256_maskload_ps(b + boff[k], mask);
-            a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k), x, a0);
-            a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k + 1), x, a1);
-            a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k + 2), x, a2);
-            a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(w0 + 4 * k + 3), x, a3);
-        }
+    for (ptrdiff_t k = 0; k < K; ++k) {
+        const __m256 x = n == 8 ? _mm256_loadu_ps(b + boff[k])
+                                : _mm256_maskload_ps(b + boff[k], mask);
+        CK_RG_FMA4(w0, a0, a1, a2, a3);
+        if (R == 8)
+            CK_RG_FMA4(w1, a4, a5, a6, a7);
     }
-    _mm256_maskstore_ps(o, mask, a0);
-    _mm256_maskstore_ps(o + ldo, mask, a1);
-    _mm256_maskstore_ps(o + 2 * ldo, mask, a2);
-    _mm256_maskstore_ps(o + 3 * ldo, mask, a3);
-    if (R == 8) {
-        _mm256_maskstore_ps(o + 4 * ldo, mask, a4);
-        _mm256_maskstore_ps(o + 5 * ldo, mask, a5);
-        _mm256_maskstore_ps(o + 6 * ldo, mask, a6);
-        _mm256_maskstore_ps(o + 7 * ldo, mask, a7);
-    }
+    CK_RG_MSTORE4(0, a0, a1, a2, a3);
+    if (R == 8)
+        CK_RG_MSTORE4(4, a4, a5, a6, a7);
 }
 
 CK_RG_TARGET static void ck_rowgemm_avx2(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt,
