@@ -81,7 +81,8 @@ cdef inline bint _rowgemm(Py_ssize_t P, Py_ssize_t L, Py_ssize_t K, const float*
     """out (P x L) by csrc/rowgemm.h where it runs (float32, AVX2); False: not done."""
     if floating is float:
         return ck_rowgemm_f(P, L, K, wt, b, boff, out, L) != 0
-    return False
+    else:
+        return False
 
 
 cdef inline void _phase_copy(floating* dst, const floating* src, Py_ssize_t sw, Py_ssize_t j0,
