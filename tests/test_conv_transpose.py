@@ -229,7 +229,8 @@ def test_empty(backend, torch, dtype, xs, ws, groups):
 # ------------------------------------------------------------------------------ NaN and inf
 # shapes that reach each cpu grad_x algorithm of conv2d's plan (conv_transpose2d's forward):
 # dense (1x1 -> 4x4), batch (small maps, fused / flipped), winograd, depthwise3x3, depthwise,
-# im2col; and each of conv2d's forward algorithms for the backward's grad_x
+# subpixel (kernel a multiple of the stride; BLAS machines), im2col; and each of conv2d's
+# forward algorithms for the backward's grad_x
 NONFINITE = {
     "dense": ((2, 8, 1, 1), 5, 4, dict()),
     "batch_s2": ((3, 6, 4, 4), 5, 3, dict(stride=2, padding=1, output_padding=1)),
@@ -238,7 +239,8 @@ NONFINITE = {
     "depthwise3x3": ((2, 8, 12, 12), 1, 3, dict(padding=1, groups=8)),
     "depthwise": ((2, 8, 12, 12), 1, 3, dict(stride=2, padding=1, output_padding=1,
                                              groups=8)),
-    "im2col": ((2, 16, 14, 14), 8, 4, dict(stride=2, padding=1)),
+    "subpixel": ((2, 16, 14, 14), 8, 4, dict(stride=2, padding=1)),
+    "im2col": ((2, 16, 14, 14), 8, 3, dict(stride=2, padding=1, output_padding=1)),
 }
 
 
@@ -330,7 +332,9 @@ def test_cpu_nonfinite_shapes_reach_every_grad_x_algorithm():
         y = np.empty((xs[0], cog * ckw["groups"], H, H))
         w = np.empty((xs[1], cog, k, k))
         algos.add(cpu_conv._plan(y, w, (s, s), (p,) * 4, (1, 1), ckw["groups"])[3].grad_x.algo)
-    assert algos == {"dense", "batch", "winograd", "depthwise3x3", "depthwise", "im2col"}
+    # (subpixel runs where float32 GEMMs go to BLAS: the own AVX-512 GEMM keeps im2col)
+    want = {"dense", "batch", "winograd", "depthwise3x3", "depthwise", "im2col"}
+    assert algos == (want if cpu_conv._OWN_SGEMM else want | {"subpixel"})
 
 
 @pytest.fixture
@@ -360,3 +364,85 @@ def test_noncontiguous_inputs(backend, torch):
     wt = w[:, ::-1][:, ::-1]
     y = run(backend, F.conv_transpose2d_forward, xt, wt, b, **kw)
     np.testing.assert_allclose(y, want["y"], **_tol(np.float64))
+
+
+# ------------------------------------------------------------------ cpu: the sub-pixel grad_x
+# conv_plan "subpixel" (strided grad_x as one stride-1 conv of grad_y over the output phases):
+# the rule takes kernels that are a multiple of the stride; with the waste bound raised every
+# strided geometry takes it -- phases with no taps (kernel 1, stride 2), dilation, unequal
+# strides, padding beyond the kernel, maps smaller than the stride, groups.  Maps above the
+# batch paths' 64 positions.  float32 runs csrc/rowgemm.h where the CPU has AVX2 (its 24- and
+# 8-column tiles and masked tails: the window widths vary), float64 BLAS.
+SUBPIXEL = {
+    "k4_s2_p1": ((2, 6, 9, 10), 4, (4, 4), dict(stride=2, padding=1)),
+    "k2_s2": ((2, 5, 9, 11), 3, (2, 2), dict(stride=2)),
+    "k6x3_s2x3": ((2, 4, 11, 9), 4, (6, 3), dict(stride=(2, 3), padding=(2, 1),
+                                                 output_padding=(1, 2))),
+    "groups2": ((2, 6, 9, 9), 3, (4, 4), dict(stride=2, padding=1, groups=2)),
+    "k1_s2": ((2, 4, 9, 10), 3, (1, 1), dict(stride=2, output_padding=1)),
+    "k3_s2_dil2": ((2, 4, 9, 10), 3, (3, 3), dict(stride=2, padding=1, dilation=2,
+                                                  output_padding=1)),
+    "k5x4_s3x2_pad": ((1, 4, 10, 12), 3, (5, 4), dict(stride=(3, 2), padding=(4, 3),
+                                                     output_padding=(2, 1))),
+    "tall_thin": ((2, 3, 70, 1), 4, (4, 4), dict(stride=2, padding=1)),
+}
+
+
+@pytest.fixture
+def any_waste(monkeypatch):
+    """Every strided geometry on the sub-pixel grad_x (on BLAS machines)."""
+    from convkit.cpu import conv as cpu_conv, tuning
+
+    monkeypatch.setattr(tuning, "SUBPIXEL_MAX_WASTE", (1000, 1))
+    cpu_conv._plans.clear()
+    yield cpu_conv
+    cpu_conv._plans.clear()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", list(SUBPIXEL))
+def test_cpu_subpixel_grad_x_matches_torch(torch, any_waste, name, dtype):
+    xs, cog, (kh, kw_), kw = SUBPIXEL[name]
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal((xs[1], cog, kh, kw_))
+    want = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(w), **kw).numpy()
+    results = []
+    for n in (1, 2, 3):
+        convkit.set_num_threads(n)
+        y = run("cpu", F.conv_transpose2d_forward, x.astype(dtype), w.astype(dtype), **kw)
+        np.testing.assert_allclose(y, want, **_tol(dtype))
+        results.append(y)
+    for y in results[1:]:
+        np.testing.assert_array_equal(y, results[0])     # the same bits on any team
+    ckw = _conv_kwargs(kw)
+    gy = np.empty((xs[0], cog * ckw["groups"]) + want.shape[2:], dtype)
+    step = any_waste._plan(gy, w.astype(dtype), _pair(ckw["stride"]), _pad4(ckw["padding"]),
+                           _pair(ckw["dilation"]), ckw["groups"])[3].grad_x
+    assert step.algo == ("im2col" if any_waste._OWN_SGEMM else "subpixel")
+    # conv2d_backward's grad_x runs the same step: the forward is it, bit for bit
+    gx = run("cpu", F.conv2d_backward, x.astype(dtype), y, w.astype(dtype), **ckw,
+             has_bias=False)[0]
+    np.testing.assert_array_equal(y, gx)
+
+
+def _pair(v):
+    return tuple(v) if not np.isscalar(v) else (v, v)
+
+
+def _pad4(p):
+    ph, pw = _pair(p)
+    return (ph, ph, pw, pw)
+
+
+def test_cpu_subpixel_a_nonfinite_weight_or_grad_y_takes_im2col(torch):
+    """The sub-pixel GEMM multiplies the padding's zeros by every weight: an infinite weight
+    would make NaNs torch does not have, so non-finite operands run on im2col."""
+    xs, cog, k, kw = NONFINITE["subpixel"]
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal((xs[1], cog, k, k))
+    w[0, 0, 0, 0] = np.inf                      # a corner tap: it meets the padding
+    want = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(w), **kw).numpy()
+    y = run("cpu", F.conv_transpose2d_forward, x.astype(np.float32), w.astype(np.float32), **kw)
+    _same_nonfinite(y, want, "subpixel y")

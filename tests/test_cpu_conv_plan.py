@@ -68,6 +68,10 @@ SUITE = [
      ("im2col", "im2col", "im2col"), ("im2col", "im2col", "im2col")),
     ("strided_14", _shape(8, 64, 28, 28, 128, 3, 2, 1),
      ("im2col", "im2col", "im2col"), ("im2col", "im2col", "im2col")),
+    # conv_transpose2d's convt_28 as conv2d (its forward is this grad_x): kernel 4 = 2 x stride,
+    # so on BLAS grad_x takes the output phases as one stride-1 conv (3x3 stride 2 above: not)
+    ("convt_28", _shape(8, 32, 56, 56, 64, 4, 2, 1),
+     ("im2col", "im2col", "im2col"), ("im2col", "subpixel", "im2col")),
 ]
 
 
@@ -145,8 +149,9 @@ def test_winograd_override_and_channel_threshold():
                                    _shape(8, 256, 14, 14, 256, 3, 1, 1),
                                    _shape(4, 32, 20, 20, 48, 3, 2, 1),
                                    _shape(8, 256, 14, 14, 1024, 1),
-                                   _shape(64, 16, 8, 8, 32, 3, 2, 1)],
-                         ids=["stem", "res_14", "strided", "pointwise", "small"])
+                                   _shape(64, 16, 8, 8, 32, 3, 2, 1),
+                                   _shape(8, 32, 56, 56, 64, 4, 2, 1)],
+                         ids=["stem", "res_14", "strided", "pointwise", "small", "subpixel"])
 def test_blas_task_splits_do_not_follow_the_thread_count(shape):
     """On BLAS the bits of a GEMM follow its block sizes: every split that shapes a sum must be
     the same for 1, 2 and 3 threads (the bit-identity tests' precondition)."""

@@ -10,6 +10,7 @@ by users; the public plane kernels are in _conv.pxd).  One header per kernel fam
     csrc/dwconv.h  depthwise stride-1 register blocks (GCC/clang vector extensions)
     csrc/dw3x3.h   depthwise 3x3 stride-1 kernels (16-byte / AVX2 / AVX-512, picked by CPUID)
     csrc/shift.h   masked shifted copies for the small-map im2col (AVX-512)
+    csrc/rowgemm.h a float32 GEMM reading B rows at offsets, for the sub-pixel grad_x (AVX2)
 
 The AVX-512 bodies are compiled with target attributes and picked at run time, so every build
 carries them and a CPU without AVX-512 takes the portable paths.
@@ -116,3 +117,9 @@ cdef extern from "csrc/shift.h" nogil:
     void ck_shift_d(const double* x, Py_ssize_t img, Py_ssize_t nb, Py_ssize_t off,
                     const unsigned short* masks, Py_ssize_t nv, double* dst)
     int ck_shift_available()
+
+
+cdef extern from "csrc/rowgemm.h" nogil:
+    int ck_rowgemm_available()
+    int ck_rowgemm_f(Py_ssize_t P, Py_ssize_t L, Py_ssize_t K, const float* wt, const float* b,
+                     const Py_ssize_t* boff, float* out, Py_ssize_t ldo)

@@ -1,17 +1,18 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 # cython: language_level=3
-"""Strided forward by stride-phase planes (float32 on the own GEMM): a task splits its input rows
-into sh*sw phase planes (csrc/vsum.h ck_phases_f), then one GEMM per output row reads every tap
-in place at a fixed offset (conv_plan "phases").
+"""Strided convs by stride phases.  The forward (float32 on the own GEMM): a task splits its input
+rows into sh*sw phase planes (csrc/vsum.h ck_phases_f), then one GEMM per output row reads every
+tap in place at a fixed offset (conv_plan "phases").  grad_x (conv_transpose2d's forward): its
+sh*sw output phases as one stride-1 conv of grad_y, then interleaved (conv_plan "subpixel").
 
 Part of the conv kernels laid out by algorithm: see convkit/cpu/_conv.pyx.
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
-from ._blas cimport ck_sgemm_apacked_rows
-from ._conv_csrc cimport ck_phases_f
+from ._blas cimport ck_sgemm_apacked_rows, gemm
+from ._conv_csrc cimport ck_phases_f, ck_rowgemm_available, ck_rowgemm_f
 from ._conv_common cimport _min
 
 
@@ -56,3 +57,143 @@ def conv2d_forward_phases(const float[:, :, :, ::1] x, const float[::1] bias, bi
     if failed:
         raise MemoryError("conv2d_forward: out of memory for a thread's GEMM packing buffers")
     return y
+
+
+cdef void _padded_rows(const floating* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
+                       Py_ssize_t nr, Py_ssize_t c0, Py_ssize_t Wp, floating* dst) noexcept nogil:
+    """dst (nr x Wp) = rows [r0, r0 + nr), columns [c0, c0 + Wp) of the plane x (H x W), 0
+    outside it."""
+    cdef Py_ssize_t r, lo = -c0 if c0 < 0 else 0, up = _min(Wp, W - c0)
+    for r in range(nr):
+        if r0 + r < 0 or r0 + r >= H or lo >= up:
+            memset(dst + r * Wp, 0, Wp * sizeof(floating))
+            continue
+        if lo > 0:
+            memset(dst + r * Wp, 0, lo * sizeof(floating))
+        memcpy(dst + r * Wp + lo, x + (r0 + r) * W + c0 + lo, (up - lo) * sizeof(floating))
+        if up < Wp:
+            memset(dst + r * Wp + up, 0, (Wp - up) * sizeof(floating))
+
+
+cdef inline bint _rowgemm(Py_ssize_t P, Py_ssize_t L, Py_ssize_t K, const float* wt,
+                          const floating* b, const Py_ssize_t* boff,
+                          floating* out) noexcept nogil:
+    """out (P x L) by csrc/rowgemm.h where it runs (float32, AVX2); False: not done."""
+    if floating is float:
+        return ck_rowgemm_f(P, L, K, wt, b, boff, out, L) != 0
+    else:
+        return False
+
+
+cdef inline void _phase_copy(floating* dst, const floating* src, Py_ssize_t sw, Py_ssize_t j0,
+                             Py_ssize_t j1) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(j0, j1):
+        dst[sw * j] = src[j]
+
+
+cdef void _interleave_row(floating* dst, const floating* out, Py_ssize_t ldp, Py_ssize_t sw,
+                          Py_ssize_t W, Py_ssize_t Wu, Py_ssize_t vlo,
+                          const Py_ssize_t* emin_w) noexcept nogil:
+    """A row of gx (dst, W long) from its sw column phases: dst[qw + sw*j] = row qw of out
+    (out + qw*ldp, Wu window columns from vlo) at column j + emin_w[qw] - vlo.  Stride 2 (the
+    common case) interleaves the two phases in one vectorisable loop."""
+    cdef Py_ssize_t qw, o0, o1, b0, b1, m1, j
+    cdef const floating* s0
+    cdef const floating* s1
+    if sw != 2:
+        for qw in range(_min(sw, W)):
+            o0 = emin_w[qw] - vlo                   # >= 0: vlo is the least of them
+            _phase_copy(dst + qw, out + qw * ldp + o0, sw, 0,
+                        _min((W - 1 - qw) // sw + 1, Wu - o0))
+        return
+    o0 = emin_w[0] - vlo
+    o1 = emin_w[1] - vlo
+    s0 = out + o0
+    s1 = out + ldp + o1
+    b0 = _min((W + 1) // 2, Wu - o0)                # phase 0's columns j in [0, b0)
+    b1 = _min(W // 2, Wu - o1)                      # phase 1's in [0, b1)
+    m1 = _min(b0, b1)
+    for j in range(m1):
+        dst[2 * j] = s0[j]
+        dst[2 * j + 1] = s1[j]
+    _phase_copy(dst, s0, 2, m1, b0)
+    _phase_copy(dst + 1, s1, 2, m1, b1)
+
+
+def rowgemm_available():
+    """True where conv2d_grad_x_subpixel's float32 GEMM reads the slab in place (AVX2 + FMA,
+    csrc/rowgemm.h); else its columns are copied and the GEMM goes to BLAS."""
+    return bool(ck_rowgemm_available())
+
+
+def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssize_t P,
+                           Py_ssize_t K, const floating[:, :, ::1] wsub,
+                           const float[:, ::1] wpan, floating[:, :, :, ::1] gx, floating[::1] ws,
+                           Py_ssize_t ws_per_thread, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t Th,
+                           Py_ssize_t Tw, Py_ssize_t ulo, Py_ssize_t uhi, Py_ssize_t vlo,
+                           Py_ssize_t vhi, const Py_ssize_t[::1] emin_h,
+                           const Py_ssize_t[::1] emin_w, const Py_ssize_t[::1] boff,
+                           Py_ssize_t rows, int n_threads):
+    """grad_x (OUT: gx, every value written) of a strided conv from grad_y, by output phases.
+
+    Phase (qh, qw) of gx -- gx[:, :, qh::sh, qw::sw] -- is a stride-1 correlation of grad_y:
+    its row i, column j sums, over its taps, w * gy[f, i + eh, j + ew] (conv_plan
+    subpixel_axis).  With window starts u = i + emin_h[qh], v = j + emin_w[qw] every phase
+    reads the same Th x Tw windows of grad_y, so the sh*sw phases are ONE stride-1 conv: one
+    GEMM with wsub[g] ((qh, qw, c) x (f, dr, dc): the phase's tap of w, or 0 where the phase
+    has none) over the windows' taps gy[f, u + dr, v + dc] (0 outside), then each result row
+    goes to its phase's positions of gx -- no col2im, no zero-fill.  G groups, P = sh*sw*Cg
+    result rows, K = Fg*Th*Tw taps; wsub (G, P, K) is read on the BLAS path only (it may be
+    empty on the other).
+    Tasks: (image, block of ``rows`` window rows u from ulo), writing the gx rows those u give
+    (disjoint); all groups per task.  A task copies the grad_y rows its windows read, padded,
+    into a slab: Fg planes of rows + Th - 1 rows, Wp = vhi - vlo + Tw - 1 wide, so that tap
+    (f, dr, dc) of every window is one run of it from boff[(f*Th + dr)*Tw + dc] (the windows
+    are computed Wp wide; the extra Tw - 1 are dropped).  float32 with AVX2 (wpan: wsub[g] in
+    4-row panels, csrc/rowgemm.h) reads the runs in place; else they are copied into columns
+    for BLAS.  ws_per_thread >= Fg*(rows + Th - 1)*Wp + Tw - 1 + (Fg*Th*Tw + sh*sw*Cg)*rows*Wp
+    (conv_plan.plan_subpixel).
+    """
+    cdef Py_ssize_t N = gx.shape[0], H = gx.shape[2], W = gx.shape[3]
+    cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3]
+    cdef Py_ssize_t Fg = gy.shape[1] // G, Cg = gx.shape[1] // G
+    cdef Py_ssize_t Hu = uhi - ulo, Wu = vhi - vlo, Wp = Wu + Tw - 1
+    cdef Py_ssize_t SP = (rows + Th - 1) * Wp       # a slab plane
+    cdef Py_ssize_t nrb = (Hu + rows - 1) // rows
+    cdef bint direct = floating is float and wpan.shape[0] > 0
+    cdef Py_ssize_t t, n, g, h0, hr, L, f, k, p, qh, c, r, i, ih
+    cdef floating* slab
+    cdef floating* cols
+    cdef floating* out
+    with nogil:
+        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
+            n = t // nrb
+            h0 = (t - n * nrb) * rows               # window rows u = ulo + h0 + r
+            hr = _min(rows, Hu - h0)
+            L = hr * Wp
+            slab = &ws[0] + threadid() * ws_per_thread
+            cols = slab + Fg * SP + Tw - 1
+            out = cols + K * L
+            memset(cols - (Tw - 1), 0, (Tw - 1) * sizeof(floating))
+            for g in range(G):
+                for f in range(Fg):
+                    _padded_rows(&gy[n, g * Fg + f, 0, 0], Ho, Wo, ulo + h0, hr + Th - 1, vlo,
+                                 Wp, slab + f * SP)
+                if not (direct and _rowgemm(P, L, K, &wpan[g, 0], slab, &boff[0], out)):
+                    for k in range(K):
+                        memcpy(cols + k * L, slab + boff[k], L * sizeof(floating))
+                    gemm(False, False, P, L, K, <floating>1, &wsub[g, 0, 0], K, cols, L,
+                         <floating>0, out, L)
+                for p in range(sh * Cg):            # (qh, c): result rows qh*sw*Cg + c +
+                    qh = p // Cg                    # qw*Cg, its sw column phases
+                    c = p - qh * Cg
+                    for r in range(hr):
+                        i = ulo + h0 + r - emin_h[qh]
+                        ih = qh + sh * i
+                        if i < 0 or ih >= H:
+                            continue
+                        _interleave_row(&gx[n, g * Cg + c, ih, 0],
+                                        out + (qh * sw * Cg + c) * L + r * Wp, Cg * L, sw, W, Wu,
+                                        vlo, &emin_w[0])
+    return gx

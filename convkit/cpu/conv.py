@@ -96,12 +96,13 @@ _MAX_PLANS = 256
 
 # Algorithms whose outputs can take a NaN or inf from another output's operands (Winograd's
 # tile transforms, the dense and batch matrices' structural zeros; the dot weight gradient's
-# padded planes): all operands are checked before them.  The depthwise kernels skip padding
+# padded planes; sub-pixel grad_x's padded windows, whose zeros meet every weight): all
+# operands are checked before them.  The depthwise kernels skip padding
 # taps instead of multiplying zeros, so only a non-finite weight (forward) or grad_y / weight
 # (backward) makes them differ from torch; x is not read twice for them.  im2col, pointwise,
 # wide and phases compute each output from its own window, padding included, as torch does:
 # no check, no cost.
-_MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot"})
+_MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel"})
 _MIXES_W = frozenset({"depthwise", "depthwise3x3"})
 
 
@@ -261,6 +262,64 @@ def _flipped_transposed(weight, groups):
     F, Cg, KH, KW = weight.shape
     w = weight.reshape(groups, F // groups, Cg, KH, KW).transpose(0, 2, 1, 3, 4)
     return np.ascontiguousarray(w[..., ::-1, ::-1]).reshape(groups * Cg, F // groups, KH, KW)
+
+
+@functools.lru_cache(maxsize=64)
+def _subpixel_geometry(s):
+    """(Th, Tw, ulo, uhi, vlo, vhi, emin_h, emin_w, taps_h, taps_w) of the sub-pixel grad_x
+    (conv_plan.subpixel_axis per axis); taps_h[q, dr]: the kernel row phase q reads at window
+    row dr, or KH where it has none (a zero row appended to the kernel)."""
+    out = []
+    for n, k, st, p, d in ((s.H, s.KH, s.stride[0], s.padding[0], s.dilation[0]),
+                           (s.W, s.KW, s.stride[1], s.padding[2], s.dilation[1])):
+        T, lo, hi, emin = P.subpixel_axis(n, k, st, p, d)
+        taps = np.full((st, T), k, np.intp)
+        for q in range(st):
+            for t in range(k):
+                if (q + p - t * d) % st == 0:
+                    taps[q, (q + p - t * d) // st - emin[q]] = t
+        taps.flags.writeable = False
+        emin = np.array(emin, np.intp)
+        emin.flags.writeable = False
+        out.append((T, lo, hi, emin, taps))
+    (Th, ulo, uhi, eh, th), (Tw, vlo, vhi, ew, tw) = out
+    return Th, Tw, ulo, uhi, vlo, vhi, eh, ew, th, tw
+
+
+@functools.lru_cache(maxsize=64)
+def _subpixel_offsets(Fg, Th, Tw, rows, Wp):
+    """Offset of tap (f, dr, dc)'s run in a sub-pixel task's slab (Fg planes of rows + Th - 1
+    rows, Wp wide), in tap order."""
+    o = (np.arange(Fg)[:, None, None] * ((rows + Th - 1) * Wp) + np.arange(Th)[:, None] * Wp
+         + np.arange(Tw)).ravel().astype(np.intp)
+    o.flags.writeable = False
+    return o
+
+
+_ROWGEMM = _phases.rowgemm_available()
+
+
+@functools.lru_cache(maxsize=64)
+def _subpixel_index(s, panels):
+    """Flat indices into weight.ravel() + [0] of the sub-pixel GEMM's weights, (G, P, K): row
+    (qh, qw, c), column (f, dr, dc) takes w[f, c] at phase (qh, qw)'s tap of window position
+    (dr, dc), the appended 0 where the phase has none; panels: (G, P*K) in csrc/rowgemm.h's
+    4-row panels, tap-major."""
+    Th, Tw, *_, th, tw = _subpixel_geometry(s)
+    G, F, Cg, KH, KW = s.groups, s.F, s.Cg, s.KH, s.KW
+    f = np.arange(F).reshape(G, 1, 1, 1, F // G, 1, 1)           # (G, sh, sw, Cg, Fg, Th, Tw)
+    c = np.arange(Cg).reshape(1, 1, 1, Cg, 1, 1, 1)
+    kh = th.reshape(1, th.shape[0], 1, 1, 1, Th, 1)
+    kw = tw.reshape(1, 1, tw.shape[0], 1, 1, 1, Tw)
+    idx = ((f * Cg + c) * KH + kh) * KW + kw
+    idx = np.where((kh == KH) | (kw == KW), F * Cg * KH * KW, idx)   # no tap: the 0
+    idx = idx.reshape(G, -1, (F // G) * Th * Tw)
+    if panels:
+        P, K = idx.shape[1:]
+        idx = idx.reshape(G, P // 4, 4, K).transpose(0, 1, 3, 2).reshape(G, P * K)
+    idx = np.ascontiguousarray(idx, dtype=np.intp)
+    idx.flags.writeable = False
+    return idx
 
 
 def _dense_matrix(weight, H, W, Ho, Wo, stride, pt, pl, dilation, n_threads):
@@ -486,6 +545,25 @@ def _bwd_batch(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                     step.threads, needs_gw)
 
 
+def _bwd_subpixel(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
+    """grad_x of a strided conv by its output phases (conv_plan.plan_subpixel)."""
+    Th, Tw, ulo, uhi, vlo, vhi, eh, ew, th, tw = _subpixel_geometry(s)
+    p = step.params
+    G, P_, K = s.groups, s.stride[0] * s.stride[1] * s.Cg, (s.F // s.groups) * Th * Tw
+    w0 = np.append(weight.reshape(-1), weight.dtype.type(0))
+    if x.dtype == np.float32 and _ROWGEMM and P_ % 4 == 0:     # (csrc/rowgemm.h's panels)
+        wpan, wsub = w0.take(_subpixel_index(s, True)), np.zeros((0, 1, 1), x.dtype)
+    else:
+        wpan, wsub = _NO_PACK, w0.take(_subpixel_index(s, False))
+    ws = _workspace(step.threads * p["per_thread"], x.dtype)
+    with _blas_pin(x.dtype):
+        _phases.conv2d_grad_x_subpixel(gy, G, P_, K, wsub, wpan, gx, ws, p["per_thread"],
+                                       s.stride[0], s.stride[1], Th, Tw, ulo, uhi, vlo, vhi, eh, ew,
+                                       _subpixel_offsets(s.F // s.groups, Th, Tw, p["rows"],
+                                                         vhi - vlo + Tw - 1),
+                                       p["rows"], step.threads)
+
+
 def _bwd_weight_dot(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     """grad_weight and grad_bias as dot products along the output positions."""
     p, dt, (sh, sw), (dh, dw) = step.params, x.dtype, s.stride, s.dilation
@@ -518,7 +596,7 @@ def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
 
 _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "dense": _bwd_dense,
              "winograd": _bwd_winograd, "batch": _bwd_batch, "weight_dot": _bwd_weight_dot,
-             "pointwise": _bwd_im2col, "im2col": _bwd_im2col}
+             "subpixel": _bwd_subpixel, "pointwise": _bwd_im2col, "im2col": _bwd_im2col}
 
 
 def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_input_grad,

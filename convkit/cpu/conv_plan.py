@@ -14,6 +14,8 @@ dense           plane no bigger than the kernel: one GEMM with the conv's dense 
 winograd        3x3 stride 1, >= 16 channels, maps > 64 positions: F(2x2) or F(4x4)     f, x
 batch           maps <= 64 positions: the batch's columns side by side in one GEMM      f, x, w
 phases          strided, float32 on the own GEMM: polyphase planes, a GEMM per row      f
+subpixel        strided, kernel a multiple of the stride, on BLAS: the sh*sw output     x
+                phases of grad_x as one stride-1 conv of grad_y, then interleaved
 wide            stride 1, padded rows <= 5/4 of the output's: taps read in place        f
 weight_dot      <= 320 taps per filter, float32 on the own GEMM: dot products           w (+ b)
 pointwise       1x1, stride 1, no padding: GEMMs straight on x                          f, x, w
@@ -513,6 +515,52 @@ def plan_phases(s: ConvShape, Ho, Wo, float32, own_sgemm, pointwise, n_threads, 
     return rows, per
 
 
+def subpixel_axis(n, k, s, p, d):
+    """One axis of grad_x by output phases (the sub-pixel form of a transposed conv): grad_x
+    rows q, q + s, q + 2s, ... (phase q) take the taps k' with (q + p - k'*d) % s == 0, tap k'
+    reading grad_y row i + (q + p - k'*d) // s for phase row i.  Returns (T, lo, hi, emin):
+    emin[q] the least of phase q's shifts (0 for a phase with no taps: its rows are zero), T
+    the widest window of shifts any phase spans, and [lo, hi) the window starts u = i + emin[q]
+    the n rows of grad_x need (a start serves every phase at once)."""
+    emin, span = [], 1
+    for q in range(s):
+        e = [(q + p - t * d) // s for t in range(k) if (q + p - t * d) % s == 0]
+        emin.append(min(e) if e else 0)
+        if e:
+            span = max(span, max(e) - min(e) + 1)
+    live = range(min(s, n))                         # the phases with at least one row
+    lo = min(emin[q] for q in live)
+    hi = max(ceil_div(n - q, s) - 1 + emin[q] for q in live) + 1
+    return span, lo, hi, tuple(emin)
+
+
+def plan_subpixel(s: ConvShape, itemsize, own_gemm, pointwise, n_threads, limit):
+    """(threads, window starts per task, workspace elements per thread) of the sub-pixel
+    grad_x, or None where it does not apply or fit.  It runs the sh*sw phases of grad_x as one
+    stride-1 conv of grad_y (Th x Tw windows, sh*sw*Cg output channels): its GEMM does the
+    transposed conv's true multiplies when each phase has all of a window's taps (the kernel a
+    multiple of the stride, dilation 1), and no col2im scatter; tuning.SUBPIXEL_MAX_WASTE
+    bounds the window's zero taps.  On BLAS only (the own AVX-512 GEMM keeps im2col: not
+    measured there).  The rows per task are set by the layer alone (BLAS bits)."""
+    sh, sw = s.stride
+    if own_gemm or pointwise or s.stride == (1, 1) or s.H < 1 or s.W < 1:
+        return None
+    Ho, Wo = s.out
+    Th, ulo, uhi, _ = subpixel_axis(s.H, s.KH, sh, s.padding[0], s.dilation[0])
+    Tw, vlo, vhi, _ = subpixel_axis(s.W, s.KW, sw, s.padding[2], s.dilation[1])
+    num, den = T.SUBPIXEL_MAX_WASTE
+    if den * sh * sw * Th * Tw > num * s.KH * s.KW:
+        return None
+    Wp = vhi - vlo + Tw - 1                 # (the windows computed Tw - 1 wider)
+    rows = max(1, min(uhi - ulo, T.SUBPIXEL_POSITIONS // Wp))
+    Fg = s.F // s.groups
+    # grad_y's rows padded, then the columns and the GEMM's result
+    per = Fg * (rows + Th - 1) * Wp + Tw - 1 + (Fg * Th * Tw + sh * sw * s.Cg) * rows * Wp
+    if per * itemsize > limit:
+        return None
+    return fit_team(n_threads, per * itemsize, 0, limit), rows, per
+
+
 def plan_wide(s: ConvShape, Ho, Wo, itemsize, pointwise, limit):
     """Workspace elements per thread of the wide-row forward, or None when it does not apply."""
     if s.stride != (1, 1) or s.groups != 1 or pointwise:
@@ -691,6 +739,10 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             p = plan_batch_forward(N, F, C, KH * KW, Hp * Wp, H * W, itemsize, n, limit, own)
             if p is not None:
                 gx = Step("batch", p[0], {"imgs": p[1], "per_thread": p[2], "flipped": True})
+        if gx is None and not batch_ok(Ho, Wo, pointwise):
+            p = plan_subpixel(s, itemsize, own, pointwise, n, limit)
+            if p is not None:
+                gx = Step("subpixel", p[0], {"rows": p[1], "per_thread": p[2]})
     gx_left = needs_input_grad and gx is None       # still to do by a backward kernel below
     gw = None
     if dot is not None:

@@ -149,6 +149,16 @@ PHASES_MIN_WO = 32
 PHASES_ROWS = 16
 PHASES_TASKS_PER_THREAD = 4
 
+# ----------------------------------------------------------------------------- sub-pixel grad_x
+# Strided grad_x (conv_transpose2d's forward) by its output phases as one stride-1 conv, on
+# BLAS, where the phases' windows hold at most this fraction more taps than the kernel: 1, the
+# kernel a multiple of the stride (dilation 1), so the GEMM has no zero taps.  Zero taps
+# (3x3 stride 2: 16 for 9) not measured.
+SUBPIXEL_MAX_WASTE = (1, 1)
+# GEMM columns (window positions, whole rows of them) per task: the task's slab of grad_y and
+# its result stay in L2.  Not measured in RESULTS.md.
+SUBPIXEL_POSITIONS = 240
+
 # ----------------------------------------------------------------------------- dot weight gradient
 # Dot-product grad_weight (float32, own GEMM) up to this many taps per filter; above, the packed
 # GEMM's tile reuses each load more.  RESULTS.md "stem_224: met, and how" (576 taps 6.9 vs 6.2 ms).
