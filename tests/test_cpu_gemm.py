@@ -100,7 +100,7 @@ def _cpu_has_avx512f():
 def test_own_sgemm_rounds_each_multiply_add_once():
     """The kernel's _mm512_fmadd_ps rounds a*b + c once (on AVX-512 hardware by the instruction;
     in the emulated build because gcc contracts SIMDe's a*b + c under the AVX2+FMA target,
-    csrc/isa.h): with a1*b1 = 1 + 2**-11 + 2**-24 (not a float) and a0*b0 = -(1 + 2**-11), the
+    csrc/isa.h and setup.py): with a1*b1 = 1 + 2**-11 + 2**-24 (not a float) and a0*b0 = -(1 + 2**-11), the
     fused sum is 2**-24 and two roundings give 0.  So the emulated build's GEMM bits are the
     hardware's."""
     if not _gemm.own_sgemm_active():

@@ -10,7 +10,8 @@
  * the same bits for any thread count) can be checked on machines such as CI's.  The _mm512_*
  * intrinsics come from SIMDe (portable C over SSE2), the AVX-512 functions are built for
  * AVX2 + FMA instead (so gcc emits no AVX-512 instruction; the AVX intrinsics some of them use
- * stay native, and gcc contracts SIMDe's a*b+c into one rounding as the real fmadd does), and
+ * stay native, and gcc contracts SIMDe's a*b+c into one rounding as the real fmadd does --
+ * setup.py keeps -fexpensive-optimizations for that, tests/test_cpu_gemm.py checks it), and
  * the CPUID test asks for AVX2 + FMA.  Slow, and not real hardware: `convkit info` says so.
  * Intrinsics SIMDe lacks or emulates by touching every lane (masked loads and stores must not
  * read or write masked-off lanes: the kernels point them outside their arrays) are below. */
