@@ -87,11 +87,48 @@ def test_gemm_is_deterministic():
 
 
 def _cpu_has_avx512f():
+    """AVX-512F in the CPU, or a build that emulates it (setup.py CONVKIT_EMULATE_AVX512=1)."""
+    if _gemm.avx512_emulated():
+        return True
     try:
         with open("/proc/cpuinfo") as f:
             return any(line.startswith("flags") and " avx512f" in line for line in f)
     except OSError:
         return False
+
+
+def test_own_sgemm_rounds_each_multiply_add_once():
+    """The kernel's _mm512_fmadd_ps rounds a*b + c once (on AVX-512 hardware by the instruction;
+    in the emulated build because gcc contracts SIMDe's a*b + c under the AVX2+FMA target,
+    csrc/isa.h and setup.py): with a1*b1 = 1 + 2**-11 + 2**-24 (not a float) and a0*b0 = -(1 + 2**-11), the
+    fused sum is 2**-24 and two roundings give 0.  So the emulated build's GEMM bits are the
+    hardware's."""
+    if not _gemm.own_sgemm_active():
+        pytest.skip("float32 GEMMs run on BLAS here")
+    a = np.array([[-1.0, 1 + 2.0**-12]], np.float32)
+    b = np.array([[1 + 2.0**-11], [1 + 2.0**-12]], np.float32)
+    c = np.full((1, 1), np.nan, np.float32)
+    _gemm.gemm_into(False, False, 1.0, a, b, 0.0, c)
+    assert c[0, 0] == np.float32(2.0**-24)
+
+
+def test_info_says_when_avx512_is_emulated():
+    """`convkit info` names an emulated build (no one may take its AVX-512 for hardware), and
+    such a build runs every AVX-512 path: the own GEMM, the masked shifted gather, the AVX-512
+    depthwise 3x3 level and the 16-lane RoI kernels."""
+    import convkit
+    from convkit.cpu import _conv_depthwise, _roi_align
+    from convkit.cpu import conv as cc
+
+    facts = convkit.get_backend("cpu").info()
+    emulated = _gemm.avx512_emulated()
+    assert ("EMULATED" in facts["float32 GEMM"]) == emulated
+    assert ("EMULATED" in facts.get("AVX-512", "")) == emulated
+    if not emulated:
+        return
+    assert _gemm.own_sgemm_active() and cc._conv.shift_available()
+    assert _conv_depthwise.depthwise3x3_level(4, 64) == 3
+    assert _roi_align.set_simd_level(2) == 2
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64" or not _cpu_has_avx512f(),

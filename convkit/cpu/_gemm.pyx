@@ -10,11 +10,18 @@ from ._blas cimport (gemm, gemm_pk, ck_sgemm_packed_a_floats, ck_sgemm_pack_a,
 cdef extern from "csrc/sgemm.h" nogil:
     int ck_sgemm_available()
     int CK_SGEMM_BUILT
+    int CK_AVX512_EMULATED
 
 
 def own_sgemm_active():
     """True when float32 GEMMs run on convkit's AVX-512 kernel (built in and the CPU has it)."""
     return bool(CK_SGEMM_BUILT and ck_sgemm_available())
+
+
+def avx512_emulated():
+    """True in a test build (CONVKIT_EMULATE_AVX512=1 at build time, csrc/isa.h) whose AVX-512
+    code runs on SIMDe's portable emulation: right answers, not the hardware's speed."""
+    return bool(CK_AVX512_EMULATED)
 
 
 def gemm_into(bint trans_a, bint trans_b, double alpha, const floating[:, ::1] a,

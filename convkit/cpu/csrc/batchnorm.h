@@ -109,7 +109,8 @@ static void ck_bn_dot_d(const double* g, const double* x, ptrdiff_t n, double m,
    (no fused multiply-adds) the same bits in both builds. */
 #include <stddef.h>
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define CK_BNV __attribute__((target_clones("avx512f", "default"), optimize("fp-contract=off")))
+#include "isa.h"
+#define CK_BNV CK_AVX512_CLONES __attribute__((optimize("fp-contract=off")))
 #else
 #define CK_BNV
 #endif

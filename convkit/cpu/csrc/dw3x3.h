@@ -311,6 +311,7 @@ ATTR static void ck_dw3_wgrad1_##SUF##VB(const T* gy, const T* x, Py_ssize_t H, 
 
 #if defined(__x86_64__) || defined(__i386__)
 #define CK_DW3_X86 1
+#include "isa.h"
 #endif
 
 CK_DW3_DEFINE(float, int, f, 16, )
@@ -322,10 +323,10 @@ CK_DW3_DEFINE(float, int, f, 32, __attribute__((target("avx2,fma"))))
 CK_DW3_DEFINE_SAME(float, int, f, 32, __attribute__((target("avx2,fma"))))
 CK_DW3_DEFINE(double, long long, d, 32, __attribute__((target("avx2,fma"))))
 CK_DW3_DEFINE_SAME(double, long long, d, 32, __attribute__((target("avx2,fma"))))
-CK_DW3_DEFINE(float, int, f, 64, __attribute__((target("avx512f,avx2,fma"))))
-CK_DW3_DEFINE_SAME(float, int, f, 64, __attribute__((target("avx512f,avx2,fma"))))
-CK_DW3_DEFINE(double, long long, d, 64, __attribute__((target("avx512f,avx2,fma"))))
-CK_DW3_DEFINE_SAME(double, long long, d, 64, __attribute__((target("avx512f,avx2,fma"))))
+CK_DW3_DEFINE(float, int, f, 64, CK_AVX512_VEC_TARGET)
+CK_DW3_DEFINE_SAME(float, int, f, 64, CK_AVX512_VEC_TARGET)
+CK_DW3_DEFINE(double, long long, d, 64, CK_AVX512_VEC_TARGET)
+CK_DW3_DEFINE_SAME(double, long long, d, 64, CK_AVX512_VEC_TARGET)
 #endif
 
 static int ck_dw3_cap = 3;      /* the widest level allowed; tests lower it to run the others */
@@ -335,7 +336,7 @@ static int ck_dw3_isa(void) {
     if (!known) {
 #ifdef CK_DW3_X86
         __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx512f") ? 3
+        known = CK_CPU_HAS_AVX512() ? 3
                 : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 2 : 1;
         {   /* CONVKIT_DISABLE_AVX512=1: no AVX-512 anywhere in the cpu backend */
             const char *off = getenv("CONVKIT_DISABLE_AVX512");

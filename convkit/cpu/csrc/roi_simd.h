@@ -24,6 +24,7 @@
 #if defined(CK_ROI_SSE2) && (defined(__GNUC__) || defined(__clang__)) && \
     (defined(__x86_64__) || defined(__i386__))
 #include <immintrin.h>
+#include "isa.h"
 #define CK_ROI_WIDE 1
 #endif
 /* The kernels' arithmetic is exactly what the C says (no FMA contraction: every vector path
@@ -55,7 +56,7 @@ static int ck_simd_level(void) {
     static int hw = -1;
     if (hw < 0) {
         __builtin_cpu_init();
-        hw = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
+        hw = CK_CPU_HAS_AVX512() ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
     }
     return hw < ck_simd_cap ? hw : ck_simd_cap;
 #else
@@ -129,7 +130,7 @@ static int ck_set_simd_cap(int cap) {
     static ptrdiff_t NAME##_x(ARGS) BODY(CK_X)                                              \
     __attribute__((target("avx2")))                                                         \
     static ptrdiff_t NAME##_y(ARGS) BODY(CK_Y)                                              \
-    __attribute__((target("avx512f")))                                                      \
+    CK_AVX512_TARGET                                                                        \
     static ptrdiff_t NAME##_z(ARGS) BODY(CK_Z)
 #define CK_ROI_CALL(lv, NAME, ...)                                                          \
     ((lv) == 2 ? NAME##_z(__VA_ARGS__) : (lv) == 1 ? NAME##_y(__VA_ARGS__) : NAME##_x(__VA_ARGS__))

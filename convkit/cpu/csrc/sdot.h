@@ -78,7 +78,7 @@ CK_TARGET static void ck_sdot_accum(ptrdiff_t m, ptrdiff_t n, ptrdiff_t R, ptrdi
 #pragma GCC unroll 8
                     for (int i = 0; i < CK_DOT_MR; i++) {
                         __m512 u = _mm512_loadu_ps(ar[i] + ao + w);
-                        __asm__("" : "+v"(u));  /* one load, not one per use (27 -> 11) */
+                        CK_AVX512_PIN(u);  /* one load, not one per use (27 -> 11) */
                         c[i][0] = _mm512_fmadd_ps(u, v0, c[i][0]);
                         c[i][1] = _mm512_fmadd_ps(u, v1, c[i][1]);
                         c[i][2] = _mm512_fmadd_ps(u, v2, c[i][2]);

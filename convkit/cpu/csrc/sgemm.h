@@ -35,6 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "isa.h"
+
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__) && !defined(CONVKIT_NO_SGEMM)
 #define CK_SGEMM_BUILT 1
 #include <immintrin.h>
@@ -78,7 +80,7 @@ static int ck_sgemm_available(void)
         const char *off = getenv("CONVKIT_DISABLE_AVX512");
         __builtin_cpu_init();
         state = (off != NULL && off[0] != '\0' && off[0] != '0') ? 0
-                : __builtin_cpu_supports("avx512f") ? 1 : 0;
+                : CK_CPU_HAS_AVX512() ? 1 : 0;
     }
     return state;
 }
@@ -119,7 +121,7 @@ static int ck_buffers(void)
 /* The packing routines move each element with vector loads, stores and in-register 16 x 16
  * transposes: for a 64-row GEMM every element of B feeds only 64 multiply-adds (two cycles of
  * the kernel), so a scalar element-by-element pack would cost as much as the arithmetic. */
-#define CK_TARGET __attribute__((target("avx512f")))
+#define CK_TARGET CK_AVX512_TARGET
 
 static inline __mmask16 ck_mask(ptrdiff_t n)
 {

@@ -8,8 +8,9 @@
 #include <stddef.h>
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #include <immintrin.h>
+#include "isa.h"
 #define CK_SHIFT_BUILT 1
-__attribute__((target("avx512f")))
+CK_AVX512_TARGET
 static void ck_shift_f(const float* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t off,
                        const unsigned short* masks, ptrdiff_t nv, float* dst) {
     for (ptrdiff_t j = 0; j < nb; j++) {
@@ -20,7 +21,7 @@ static void ck_shift_f(const float* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t of
                              _mm512_maskz_loadu_ps((__mmask16)masks[v], src + off + 16 * v));
     }
 }
-__attribute__((target("avx512f")))
+CK_AVX512_TARGET
 static void ck_shift_d(const double* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t off,
                        const unsigned short* masks, ptrdiff_t nv, double* dst) {
     for (ptrdiff_t j = 0; j < nb; j++) {
@@ -33,7 +34,7 @@ static void ck_shift_d(const double* x, ptrdiff_t img, ptrdiff_t nb, ptrdiff_t o
 }
 static int ck_shift_available(void) {
     static int state = -1;
-    if (state < 0) { __builtin_cpu_init(); state = __builtin_cpu_supports("avx512f") ? 1 : 0; }
+    if (state < 0) { __builtin_cpu_init(); state = CK_CPU_HAS_AVX512() ? 1 : 0; }
     return state;
 }
 #else
