@@ -294,10 +294,9 @@ def _tiled(name, x, plan: _Plan, func, args, out_channels, dtype, pad_first):
     ``pad_first`` the window comes with the border padding of the first windowed op (which
     must be the first thing ``func`` applies).  Of a block that tiles need only in part, one
     task on that block's worker cuts all those parts (the halo strips), so only strips travel
-    between workers and the graph has at most one extra task per input block; the cut tasks
-    go first on their workers (priority), so no tile waits for a strip its neighbour's worker
-    has not cut yet.  Delayed objects in ``args`` become graph dependencies (one key each);
-    the other arguments are carried in each task as they are."""
+    between workers and the graph has at most one extra task per input block.  Delayed
+    objects in ``args`` become graph dependencies (one key each); the other arguments are
+    carried in each task as they are."""
     deps = [x] + [a for a in args if isinstance(a, Delayed)]
     args = tuple(a.key if isinstance(a, Delayed) else
                  a if isinstance(a, _Literal) else _Literal(a) for a in args)
@@ -331,15 +330,9 @@ def _tiled(name, x, plan: _Plan, func, args, out_channels, dtype, pad_first):
                     pieces.append(row)
                     picks.append(ks)
                 layer[(name, n, 0, i, j)] = (_tile, func, pieces, picks, border, bplan) + args
-    with dask.annotate(priority=1):
-        cut_graph = HighLevelGraph.from_collections(
-            cut, {(cut, n, a, b): (_cut, (x.name, n, 0, a, b), parts)
-                  for (n, a, b), parts in cuts.items()}, dependencies=[x])
+    for (n, a, b), parts in cuts.items():
+        layer[(cut, n, a, b)] = (_cut, (x.name, n, 0, a, b), parts)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)
-    if cuts:
-        graph = HighLevelGraph({**graph.layers, cut: cut_graph.layers[cut]},
-                               {**graph.dependencies, cut: {x.name},
-                                name: graph.dependencies[name] | {cut}})
     chunks = (x.chunks[0], (out_channels,), plan.h.out_chunks, plan.w.out_chunks)
     return da.Array(graph, name, chunks, meta=_out_meta(dtype))
 
