@@ -69,8 +69,8 @@ def _instrument():
     acc = m.__dict__.setdefault("_bench_acc", {"block": 0.0, "window": 0.0})
     for fname, label in (("_call_block", "block"), ("_tile", "block"),
                          ("_predict_rest", "block"), ("_window", "window")):
-        orig = getattr(m, fname)
-        if getattr(orig, "_bench", False):
+        orig = getattr(m, fname, None)
+        if orig is None or getattr(orig, "_bench", False):     # (absent in older versions)
             continue
 
         def wrapped(*a, _orig=orig, _label=label, **k):
