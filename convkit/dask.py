@@ -45,8 +45,9 @@ are (the last window may hang past ``H + p_a``); its rows are read the same way.
    neighbours (halo strips) are cut by one task per input block, on that block's worker, so
    only strips travel and a tile costs one task.
 3. *Pad at image borders only*: the clipped-away part of a window (rows < 0 or >= H) is padding,
-   added explicitly to the block (zeros for conv and avg pooling, -inf for max pooling), and the
-   op runs on the block with no padding of its own and stride/dilation unchanged.  It then
+   added explicitly to the block (zeros for conv and avg pooling, -inf for max pooling; for the
+   first op it is written with the window, in the same one copy), and the op runs on the block
+   with no padding of its own and stride/dilation unchanged.  It then
    yields exactly ``b - a`` rows: the block is ``(b-1-a)*s + d*(k-1) + 1`` rows long.  Average
    pooling's divisor is fixed up for windows that meet the image border (the op saw explicit
    zeros as data): each such output is multiplied by ``k / count``, with ``count`` the window's
@@ -79,6 +80,7 @@ try:
     import dask.array as da
     from dask.delayed import Delayed
     from dask.highlevelgraph import HighLevelGraph
+    from dask.sizeof import sizeof
 except ImportError as e:  # pragma: no cover - depends on the installed extras
     raise ImportError("convkit.dask needs dask: pip install 'convkit[dask]'") from e
 
@@ -188,6 +190,7 @@ class _Plan(NamedTuple):
     wins: tuple
     h: _Axis
     w: _Axis
+    padded: bool = False          # the first op's border padding is already in the window
 
 
 def _plan(x, wins) -> _Plan:
@@ -217,32 +220,98 @@ def _cut(block, parts):
     return tuple(block[:, :, r0:r1, c0:c1] for r0, r1, c0, c1 in parts)
 
 
-def _tile(func, pieces, picks, block_id, *args):
-    """Assemble a block's input window from its pieces (whole input blocks, or part ``k`` of an
-    input block's cuts), then run ``func`` on it."""
+class _Literal:
+    """An argument carried in a task as it is: dask does not look inside it for keys."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _window(pieces, picks, border):
+    """A block's input window, copied once from its pieces (whole input blocks, or part ``k``
+    of an input block's cuts) into an array that already has the border padding ``border`` =
+    (rows before, after, columns before, after, fill) around them -- no second copy for the
+    padding.  A window that is one whole input block and needs no padding is that block."""
     pieces = [[p if k is None else p[k] for p, k in zip(row, ks)]
               for row, ks in zip(pieces, picks)]
-    tile = pieces[0][0] if len(pieces) == 1 and len(pieces[0]) == 1 else np.block(pieces)
-    return func(tile, *args, block_id=block_id)
+    hb, ha, wb, wa, fill = border
+    if len(pieces) == 1 and len(pieces[0]) == 1 and not (hb or ha or wb or wa):
+        return pieces[0][0]
+    first = pieces[0][0]
+    rows = sum(row[0].shape[2] for row in pieces)
+    cols = sum(p.shape[3] for p in pieces[0])
+    out = np.empty(first.shape[:2] + (hb + rows + ha, wb + cols + wa), first.dtype)
+    for sl in (np.s_[:, :, :hb], np.s_[:, :, hb + rows:], np.s_[:, :, :, :wb],
+               np.s_[:, :, :, wb + cols:]):
+        out[sl] = fill
+    r = hb
+    for row in pieces:
+        c = wb
+        for p in row:
+            out[:, :, r:r + p.shape[2], c:c + p.shape[3]] = p
+            c += p.shape[3]
+        r += row[0].shape[2]
+    return out
 
 
-def _tiled(name, x, plan: _Plan, func, args, out_channels, dtype):
-    """A dask array with one task per output block of ``plan``: ``func(window, *args,
-    block_id=...)`` where window is the block's input window (array[n, C, rows, cols]),
-    assembled from the input blocks it meets.  Of a block that tiles need only in part, one
+def _tile(func, pieces, picks, border, plan, *args):
+    """Assemble a block's input window, then run ``func(window, plan, *args)`` on it."""
+    args = [a.value if isinstance(a, _Literal) else a for a in args]
+    return func(_window(pieces, picks, border), plan.value, *args)
+
+
+def _block_plan(plan: _Plan, i, j, padded) -> _Plan:
+    """The part of ``plan`` that output block (i, j) needs, as block (0, 0): a task carries
+    a few tuples, not the whole grid's plan."""
+    h, w = plan.h, plan.w
+    return _Plan(plan.wins,
+                 h._replace(out_chunks=(h.out_chunks[i],), windows=(h.windows[i],),
+                            steps=(h.steps[i],)),
+                 w._replace(out_chunks=(w.out_chunks[j],), windows=(w.windows[j],),
+                            steps=(w.steps[j],)), padded)
+
+
+# A task's arguments travel in the task up to this size; larger ones (a big layer's weights, a
+# model) go to the graph once as their own key, which each worker fetches once.
+_INLINE_BYTES = 256 << 10
+
+
+def _ship(obj, inline=True):
+    """``obj`` for the graph: itself when it is small and ``inline`` (every task carries a
+    copy; no extra key whose transfer a worker waits for before its first task), else one
+    graph key holding it, so that a distributed worker receives it once, not once per task."""
+    if inline and sizeof(obj) <= _INLINE_BYTES:
+        return _Literal(obj)
+    return dask.delayed(obj, pure=True, traverse=False)
+
+
+def _tiled(name, x, plan: _Plan, func, args, out_channels, dtype, pad_first):
+    """A dask array with one task per output block of ``plan``: ``func(window, plan, *args)``
+    where window is the block's input window (array[n, C, rows, cols]), assembled from the
+    input blocks it meets, and plan the block's part of ``plan`` (as its block (0, 0)).  With
+    ``pad_first`` the window comes with the border padding of the first windowed op (which
+    must be the first thing ``func`` applies).  Of a block that tiles need only in part, one
     task on that block's worker cuts all those parts (the halo strips), so only strips travel
     between workers and the graph has at most one extra task per input block.  Delayed
-    objects in ``args`` become graph dependencies (one key each)."""
+    objects in ``args`` become graph dependencies (one key each); the other arguments are
+    carried in each task as they are."""
     deps = [x] + [a for a in args if isinstance(a, Delayed)]
-    args = tuple(a.key if isinstance(a, Delayed) else a for a in args)
+    args = tuple(a.key if isinstance(a, Delayed) else
+                 a if isinstance(a, _Literal) else _Literal(a) for a in args)
     cut = "cut-" + name
     sh = np.cumsum((0,) + x.chunks[2])
     sw = np.cumsum((0,) + x.chunks[3])
+    fill = -np.inf if plan.wins[0].kind == "max" else 0
     cuts: dict = {}       # (n, a, b) -> [(r0, r1, c0, c1), ...] parts other tiles need
     layer = {}
-    for n in range(len(x.chunks[0])):
-        for i, (hlo, hhi) in enumerate(plan.h.windows):
-            for j, (wlo, whi) in enumerate(plan.w.windows):
+    for i, (hlo, hhi) in enumerate(plan.h.windows):
+        for j, (wlo, whi) in enumerate(plan.w.windows):
+            bplan = _Literal(_block_plan(plan, i, j, pad_first))
+            border = ((plan.h.steps[i][0][:2] + plan.w.steps[j][0][:2] + (fill,)) if pad_first
+                      else (0, 0, 0, 0, fill))
+            for n in range(len(x.chunks[0])):
                 pieces, picks = [], []
                 for a in _overlapping(sh, hlo, hhi):
                     r0, r1 = int(max(hlo, sh[a]) - sh[a]), int(min(hhi, sh[a + 1]) - sh[a])
@@ -260,7 +329,7 @@ def _tiled(name, x, plan: _Plan, func, args, out_channels, dtype):
                             ks.append(parts.index((r0, r1, c0, c1)))
                     pieces.append(row)
                     picks.append(ks)
-                layer[(name, n, 0, i, j)] = (_tile, func, pieces, picks, (n, 0, i, j)) + args
+                layer[(name, n, 0, i, j)] = (_tile, func, pieces, picks, border, bplan) + args
     for (n, a, b), parts in cuts.items():
         layer[(cut, n, a, b)] = (_cut, (x.name, n, 0, a, b), parts)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=deps)
@@ -285,7 +354,7 @@ def _run_window(be, w: _Window, x, plan: _Plan, j, ih, iw, weight=None, bias=Non
     with no padding of its own along cut axes."""
     xp = be.xp
     (hb, ha, h0, h1), (wb, wa, w0, w1) = plan.h.steps[ih][j], plan.w.steps[iw][j]
-    if hb or ha or wb or wa:
+    if (hb or ha or wb or wa) and not (j == 0 and plan.padded):
         fill = -np.inf if w.kind == "max" else 0
         x = xp.pad(x, ((0, 0), (0, 0), (hb, ha), (wb, wa)), constant_values=fill)
     pad = (w.pad[0][0] if plan.h.native else 0, w.pad[1][0] if plan.w.native else 0)
@@ -364,31 +433,26 @@ def _backend_ctx(backend):
     return be, (use_backend(be.name) if backend is not None else contextlib.nullcontext())
 
 
-def _ship(obj):
-    """One graph key holding ``obj``: tasks depend on it, so a distributed worker receives it
-    once instead of once per task."""
-    return dask.delayed(obj, pure=True, traverse=False)
-
-
 def _out_meta(dtype):
     return np.empty((0, 0, 0, 0), dtype)
 
 
 # ------------------------------------------------------------------------------ the three ops
-def _op_block(block, plan, params, backend, block_id=None):
+def _op_block(block, plan, params, backend):
     be, ctx = _backend_ctx(backend)
     with ctx:
         w = plan.wins[0]
         weight, bias, groups = params
         if weight is not None:
             weight, bias = be.asarray(weight), (None if bias is None else be.asarray(bias))
-        y = _run_window(be, w, be.asarray(block), plan, 0, block_id[2], block_id[3], weight,
-                        bias, groups)
+        y = _run_window(be, w, be.asarray(block), plan, 0, 0, 0, weight, bias, groups)
         return be.to_numpy(y)
 
 
 def _call_block(block, fn, args, backend):
     """Only the batch is chunked: the in-memory op with the caller's arguments."""
+    if isinstance(args, _Literal):
+        args = args.value
     be, ctx = _backend_ctx(backend)
     with ctx:
         args = [be.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
@@ -405,7 +469,7 @@ def _windowed(op, x, win, ymeta, fn, call_args, params, backend):
                              meta=_out_meta(ymeta.dtype),
                              name=f"{name}-{dask.base.tokenize(x, call_args, backend)}")
     return _tiled(f"{name}-{dask.base.tokenize(x, plan, params, backend)}", x, plan, _op_block,
-                  (_ship(plan), _ship(params), backend), ymeta.shape[1], ymeta.dtype)
+                  (_ship(params), backend), ymeta.shape[1], ymeta.dtype, pad_first=True)
 
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
@@ -573,18 +637,20 @@ def _layer_window(layer, meta):
     return None
 
 
-def _predict_tile(block, spec, plan, stop, backend, block_id=None):
+def _predict_tile(block, plan, spec, stop, backend):
+    if isinstance(spec, _Literal):
+        spec = spec.value
     be, model = _model_for(spec, backend)
     with use_backend(be.name):
         x = be.asarray(block)
         j = 0
         for layer in _chain(model)[:stop]:
             if isinstance(layer, L.Conv2d):
-                x = _run_window(be, plan.wins[j], x, plan, j, block_id[2], block_id[3],
-                                layer.params["weight"], layer.params.get("bias"), layer.groups)
+                x = _run_window(be, plan.wins[j], x, plan, j, 0, 0, layer.params["weight"],
+                                layer.params.get("bias"), layer.groups)
                 j += 1
             elif isinstance(layer, (L.MaxPool2d, L.AvgPool2d)):
-                x = _run_window(be, plan.wins[j], x, plan, j, block_id[2], block_id[3])
+                x = _run_window(be, plan.wins[j], x, plan, j, 0, 0)
                 j += 1
             else:
                 x = layer.forward(x)
@@ -592,6 +658,8 @@ def _predict_tile(block, spec, plan, stop, backend, block_id=None):
 
 
 def _predict_rest(block, spec, start, backend):
+    if isinstance(spec, _Literal):
+        spec = spec.value
     be, model = _model_for(spec, backend)
     with use_backend(be.name):
         x = be.asarray(block)
@@ -639,12 +707,15 @@ def predict(model, x, *, backend=None):
                 if win != "pointwise":
                     wins.append(win)
                 stop += 1
-    shipped = _ship(spec)
+    shipped = _ship(spec, inline=False)     # (its arrays are not sized by sizeof)
     token = dask.base.tokenize(spec.token, x, backend)
     if stop:
         plan = _plan(x, wins)
+        # the window can carry the first op's border padding when no pointwise layer (a
+        # Normalize, say) comes before it: padding is applied to that op's input
+        pad_first = isinstance(layers[0], (L.Conv2d, L.MaxPool2d, L.AvgPool2d))
         x = _tiled(f"convkit-predict-tiles-{token}", x, plan, _predict_tile,
-                   (shipped, _ship(plan), stop, backend), meta.shape[1], meta.dtype)
+                   (shipped, stop, backend), meta.shape[1], meta.dtype, pad_first)
         if stop == len(layers):
             return x
     # the rest of the model on whole feature maps, per batch block

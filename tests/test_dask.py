@@ -394,3 +394,65 @@ def test_windows_of_padding_only():
     got = y.compute(scheduler="sync")
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ graph shape (overhead, #15)
+def _tasks(y):
+    return dict(y.__dask_graph__())
+
+
+def test_small_arguments_travel_in_the_tasks_large_weights_once():
+    """A conv whose weights are small has one task per block and no key a worker must fetch
+    first; weights over the inline limit are one key that every task depends on."""
+    x = da.from_array(_data((8, 4, 6, 6)), chunks=(2, 4, 6, 6))
+    y = ckd.conv2d_forward(x, _data((3, 4, 3, 3)), padding=1)
+    own = [k for k in _tasks(y) if k[0] == y.name]
+    assert len(own) == 4 and len(_tasks(y)) == 4 + 4          # its blocks and x's, nothing else
+    big = _data((ckd._INLINE_BYTES // (4 * 9 * 4) + 8, 4, 3, 3))
+    y = ckd.conv2d_forward(x, big, padding=1)
+    extra = [k for k in _tasks(y) if not (isinstance(k, tuple) and k[0] in (y.name, x.name))]
+    assert len(extra) == 1                                     # the weights, once
+    got = y.compute(scheduler="sync")
+    np.testing.assert_allclose(got, convkit.conv2d_forward(x.compute(), big, padding=1),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_tiles_carry_their_own_plan():
+    """Each tile task holds its block's plan only (a task's size does not grow with the grid),
+    and the tiles need at most one task per input block besides their own (the halo cuts)."""
+    x = da.from_array(_data((1, 3, 40, 40)), chunks=(1, 3, 5, 5))
+    y = ckd.conv2d_forward(x, _data((2, 3, 3, 3)), None, 2, 1, 2)
+    graph = y.__dask_graph__()
+    tiles = {k: v for k, v in dict(graph).items() if k[0] == y.name}
+    cuts = [k for k in dict(graph) if k[0].startswith("cut-")]
+    assert len(tiles) == 64 and 0 < len(cuts) <= 64
+    for task in tiles.values():
+        plans = [a.value for a in getattr(task, "args", task) if isinstance(a, ckd._Literal)
+                 and isinstance(a.value, ckd._Plan)]
+        assert len(plans) == 1 and len(plans[0].h.steps) == len(plans[0].w.steps) == 1
+
+
+@pytest.mark.parametrize("kind,fill", [("conv", 0.0), ("max", -np.inf)])
+def test_window_is_assembled_with_its_border_padding_in_one_array(kind, fill):
+    a, b, c, d = (_data((2, 3, r, s)) for r, s in ((4, 5), (4, 2), (1, 5), (1, 2)))
+    got = ckd._window([[a, b], [c, d]], [[None, None], [None, None]], (2, 0, 1, 3, fill))
+    want = np.pad(np.block([[a, b], [c, d]]), ((0, 0), (0, 0), (2, 0), (1, 3)),
+                  constant_values=fill)
+    np.testing.assert_array_equal(got, want)
+    assert ckd._window([[a]], [[None]], (0, 0, 0, 0, fill)) is a     # one block: no copy
+
+
+def test_predict_pads_after_a_leading_pointwise_layer():
+    """A batch norm before the first conv: the tile border must be padded after the norm (with
+    zeros), not before it (BN(0) != 0), as the in-memory model does."""
+    bn = BatchNorm2d(3)
+    bn.buffers["running_mean"][...] = np.array([1.0, -2.0, 0.5], np.float32)
+    bn.buffers["running_var"][...] = np.array([0.5, 2.0, 1.5], np.float32)
+    model = Sequential(bn, Conv2d(3, 4, 3, padding=1, seed=0), ReLU(), MaxPool2d(3, 2, 1),
+                       Conv2d(4, 2, 3, padding=2, dilation=2, seed=1)).eval()
+    x = _data((2, 3, 21, 17))
+    want = model.forward(x)
+    for ch in ((1, 3, 8, 6), (2, 3, (5, 16), (9, 8))):
+        y = ckd.predict(model, da.from_array(x, chunks=ch))
+        assert len(y.chunks[2]) > 1
+        np.testing.assert_allclose(y.compute(scheduler="sync"), want, rtol=1e-5, atol=1e-5)
