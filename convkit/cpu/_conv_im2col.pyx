@@ -1,6 +1,5 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 # cython: language_level=3
-# distutils: define_macros=NPY_NO_DEPRECATED_API=NPY_1_7_API_VERSION
 """im2col + GEMM conv kernels (the general path) and the plane kernels others may ``cimport``
 (convkit/cpu/_conv.pxd re-exports them): im2col_plane / col2im_plane write and fold back a
 plane's tap rows; conv2d_forward_gemm / conv2d_backward_gemm run the GEMMs per task (a 1x1
