@@ -1,6 +1,7 @@
 """Process-wide knobs: threads, im2col workspace cap, determinism on the GPU."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -181,12 +182,15 @@ class BlasPin:
     saves the thread counts, the last one out restores them.  The cpu conv's BLAS GEMMs run
     inside convkit's own OpenMP team under it (one pool of threads, never two competing for
     the cores), and convkit.nn's small host GEMMs under it (waking BLAS's threads costs more
-    than a small GEMM computes).  Entering costs a couple of C calls."""
+    than a small GEMM computes).  Entering from outside costs a few C calls (~13 us for two
+    OpenBLAS libraries here); a nested enter only counts, so ``Sequential`` pins once around
+    its layers instead of once per op (bench/RESULTS.md, issue 13)."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._depth = 0
         self._saved: list = []
+        self._mine = threading.local()      # this thread's share of _depth
 
     def __enter__(self):
         with self._lock:
@@ -197,20 +201,42 @@ class BlasPin:
                     if n != 1:
                         set_(1)
             self._depth += 1
+        self._mine.depth = getattr(self._mine, "depth", 0) + 1
         return self
 
     def _reset(self):
         """In a forked child: no caller is inside (the parent's threads did not come along)."""
         self._lock = threading.Lock()
         self._depth = 0
+        self._mine = threading.local()
 
     def __exit__(self, *exc):
+        self._mine.depth -= 1
         with self._lock:
             self._depth -= 1
             if self._depth == 0:
                 for (_, set_), n in zip(_blas_thread_calls(), self._saved):
                     if n != 1:
                         set_(n)
+
+    @contextlib.contextmanager
+    def released(self):
+        """BLAS's own thread counts back for one GEMM big enough to use them, inside a pin
+        that only this thread holds.  The lock is held throughout, so no other thread enters
+        the pin (and runs a conv's GEMMs on BLAS threads, changing its bits) meanwhile; the
+        body must not enter the pin itself."""
+        with self._lock:
+            own = self._depth > 0 and self._depth == getattr(self._mine, "depth", 0)
+            calls = _blas_thread_calls() if own else ()
+            for (_, set_), n in zip(calls, self._saved):
+                if n != 1:
+                    set_(n)
+            try:
+                yield
+            finally:
+                for (_, set_), n in zip(calls, self._saved):
+                    if n != 1:
+                        set_(1)
 
 
 blas_single_thread = BlasPin()

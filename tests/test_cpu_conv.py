@@ -711,3 +711,58 @@ def test_blas_pin_holds_in_any_python_thread():
     t.start()
     t.join()
     assert seen == [[1] * len(calls)]
+
+
+def test_blas_pin_released_only_for_its_sole_holder():
+    """A big GEMM inside a Sequential's pin gets BLAS's own thread counts back, and the pin
+    again after; while another thread holds the pin (its conv GEMMs must stay on one BLAS
+    thread for their bits), released() leaves the pin in place."""
+    from convkit._config import _blas_thread_calls, blas_single_thread
+
+    calls = _blas_thread_calls()
+    if not calls:
+        pytest.skip("no BLAS whose thread count convkit can read")
+    free = [get() for get, _ in calls]
+    with blas_single_thread:
+        assert [get() for get, _ in calls] == [1] * len(calls)
+        with blas_single_thread.released():
+            assert [get() for get, _ in calls] == free
+        assert [get() for get, _ in calls] == [1] * len(calls)
+        inside, go = threading.Event(), threading.Event()
+
+        def hold():
+            with blas_single_thread:
+                inside.set()
+                go.wait(10)
+
+        t = threading.Thread(target=hold)
+        t.start()
+        assert inside.wait(10)
+        with blas_single_thread.released():
+            assert [get() for get, _ in calls] == [1] * len(calls)
+        go.set()
+        t.join()
+    assert [get() for get, _ in calls] == free
+    with blas_single_thread.released():         # no pin held: nothing to release
+        assert [get() for get, _ in calls] == free
+
+
+def test_sequential_pins_blas_once_per_pass(monkeypatch):
+    """Sequential enters the BLAS pin once around its layers, so the ops' own pins are nested
+    counts: 2 outer pins per LeNet5 training step (13 before), same results."""
+    from convkit import _config
+    from convkit.models import build_classifier
+
+    if not _config._blas_thread_calls():
+        pytest.skip("no BLAS whose thread count convkit can read")
+    outer = [0]
+    orig = _config._blas_thread_calls
+    monkeypatch.setattr(_config, "_blas_thread_calls",
+                        lambda: (outer.__setitem__(0, outer[0] + 1), orig())[1])
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 1, 8, 8), dtype=np.float32)
+    with convkit.use_backend("cpu"):
+        model = build_classifier("lenet5", dtype=np.float32, seed=0)
+        y = model.forward(x)
+        model.backward(np.ones_like(y))
+    assert outer[0] == 4        # enter + exit of the forward's pin and of the backward's

@@ -26,7 +26,8 @@ def _small_matmul(a, b):
     OpenBLAS's 2 threads against 18 us on one, bench/RESULTS_classify.md).  Above _SMALL_MACS
     BLAS threads pay for themselves.  Device GEMMs (CuPy) are not affected by the pin."""
     if a.shape[0] * a.shape[1] * b.shape[1] > _SMALL_MACS:
-        return a @ b
+        with blas_single_thread.released():     # inside a Sequential's pin
+            return a @ b
     with blas_single_thread:
         return a @ b
 
