@@ -58,6 +58,14 @@ MAX_CASES = [
     Case("kernel_eq_input", 2, 2, 5, 4, (5, 4)),
     Case("k1_s2", 1, 3, 5, 6, 1, 2),
 ]
+# 2x2 stride 2, no padding: the cpu plane kernel (4 outputs a step; Wo = 2: two rows a step);
+# values compared with the oracles (the backward is the same scatter as for any window)
+PLANE_CASES = [
+    Case("k2_8x8", 3, 4, 8, 8, 2),
+    Case("k2_4x4", 3, 5, 4, 4, 2),
+    Case("k2_odd_floor", 2, 3, 7, 11, 2),
+    Case("k2_odd_ceil", 2, 3, 7, 11, 2, ceil=True),
+]
 AVG_CASES = [
     Case("k2", 2, 3, 8, 6, 2),
     Case("k3_s2_p1_overlap", 2, 2, 7, 9, 3, 2, 1),
@@ -70,6 +78,14 @@ AVG_CASES = [
     Case("ceil_p0", 1, 2, 7, 5, 3, 2, 0, ceil=True),
     Case("kernel_eq_input", 2, 2, 5, 4, (5, 4)),
     Case("k1_s2", 1, 3, 5, 6, 1, 2),
+]
+# 2x2 stride 2, no padding: the cpu plane kernel (4 outputs a step; Wo = 2: two rows a step);
+# values compared with the oracles (the backward is the same scatter as for any window)
+PLANE_CASES = [
+    Case("k2_8x8", 3, 4, 8, 8, 2),
+    Case("k2_4x4", 3, 5, 4, 4, 2),
+    Case("k2_odd_floor", 2, 3, 7, 11, 2),
+    Case("k2_odd_ceil", 2, 3, 7, 11, 2, ceil=True),
 ]
 
 
@@ -111,7 +127,7 @@ def _gy(shape, dtype, seed=1):
 
 # ---------------------------------------------------------------------------------- max pool
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("case", MAX_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("case", MAX_CASES + PLANE_CASES, ids=lambda c: c.id)
 def test_max_pool_matches_torch(backend, case, dtype, torch):
     x = case.x(dtype)
     y, idx = max_fwd(backend, case, x)
@@ -127,7 +143,7 @@ def test_max_pool_matches_torch(backend, case, dtype, torch):
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS, indirect=True)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("case", MAX_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize("case", MAX_CASES + PLANE_CASES, ids=lambda c: c.id)
 def test_max_pool_matches_reference(backend, case, dtype):
     x = case.x(dtype)
     y, idx = max_fwd(backend, case, x)
@@ -159,6 +175,24 @@ def test_max_pool_nan_inf_and_ties(backend, dtype, torch):
         np.testing.assert_array_equal(idx, tidx, err_msg=c.id)
         if c.d == 1:   # (the dilated windows may step over the NaNs; torch agrees either way)
             assert np.isnan(y[0, 0]).any() and np.isnan(y[0, 1]).any()
+
+
+@pytest.mark.parametrize("hw", [(8, 8), (4, 4), (6, 7), (9, 4)])
+def test_max_pool_2x2_nan_inf_and_ties(backend, hw, torch):
+    """The same rules on 2x2 stride-2 windows (the cpu backend's plane kernel, float32): NaN
+    wins (the last of several), ties keep the first in row-major order, all -inf reports the
+    first element -- in every lane position of the kernel's 4-output steps."""
+    H, W = hw
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 3, (2, 3, H, W)).astype(np.float32)    # many ties
+    x.flat[rng.choice(x.size, x.size // 6, replace=False)] = np.nan
+    x[1, 1] = -np.inf
+    x[1, 2, ::2, 1::2] = np.nan
+    c = Case("k2", 2, 3, H, W, 2)
+    y, idx = max_fwd(backend, c, x)
+    ty, tidx, _ = _torch_max(torch, c, x)
+    np.testing.assert_array_equal(y, ty)
+    np.testing.assert_array_equal(idx, tidx)
 
 
 def test_max_pool_check_backward(backend):

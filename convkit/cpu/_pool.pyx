@@ -20,7 +20,7 @@ from libc.string cimport memset
 from libc.math cimport INFINITY
 
 from convkit.cpu.csrc.pool cimport (ck_max_row_f, ck_max_row_d, ck_avg_row_f, ck_avg_row_d,
-    ck_stream_copy_f, ck_stream_copy_d)
+    ck_max2x2_plane_f, ck_stream_copy_f, ck_stream_copy_d)
 
 
 cdef inline void _stream_copy(floating* dst, const floating* src, Py_ssize_t n) noexcept nogil:
@@ -290,7 +290,8 @@ def max_pool2d_forward(const floating[:, :, ::1] x, Py_ssize_t W,
                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t fast_k,
                        floating[:, :, ::1] y, int64_t[:, :, ::1] idx, int n_threads):
     """x (P, H, W) planes -> y, idx (P, Ho, Wo).  fast_k = 2 or 3: kernel width fast_k,
-    column stride 2, no dilation (the branch-free path); 0: the general loop."""
+    column stride 2, no dilation (the branch-free path); -2: 2x2 windows at stride 2 with no
+    padding or clipping (whole planes at a time, float32); 0: the general loop."""
     cdef Py_ssize_t P = x.shape[0], Ho = y.shape[1], Wo = y.shape[2], p, chunk
     cdef floating* accv
     cdef floating* accr
@@ -299,7 +300,9 @@ def max_pool2d_forward(const floating[:, :, ::1] x, Py_ssize_t W,
         accv = <floating*>malloc(Wo * sizeof(floating))
         accr = <floating*>malloc(Wo * sizeof(floating))
         for p in prange(P, schedule="dynamic", chunksize=chunk):
-            if fast_k and accv != NULL and accr != NULL:
+            if floating is float and fast_k == -2:
+                ck_max2x2_plane_f(&x[p, 0, 0], W, Ho, Wo, &y[p, 0, 0], &idx[p, 0, 0])
+            elif fast_k > 0 and accv != NULL and accr != NULL:
                 max_pool2d_s2_plane(&x[p, 0, 0], W, fast_k, &hbase[0], &h0[0], &h1[0],
                                     &wbase[0], &w0[0], &w1[0], &y[p, 0, 0], &idx[p, 0, 0],
                                     Ho, Wo, accv, accr)

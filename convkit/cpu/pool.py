@@ -53,6 +53,9 @@ def max_pool2d_forward(x, kernel_size, stride, padding, dilation, out_hw, out=No
     # pools); it gives exactly the general loop's values and indices
     fast_k = kw if (kw in (2, 3) and stride[1] == 2 and dilation == (1, 1)
                     and kh * W < 2**22) else 0   # tap offsets stay exact in float32
+    if (fast_k == 2 and kh == 2 and stride[0] == 2 and padding == (0, 0) and 2 * Ho <= H
+            and 2 * Wo <= W and x.dtype == np.float32):
+        fast_k = -2     # every window whole: the plane kernel (4x fewer instructions on 8x8)
     _pool.max_pool2d_forward(x.reshape(P, H, W), W, hb, h0, h1, wb, w0, w1,
                              dilation[0], dilation[1], fast_k,
                              y.reshape(P, Ho, Wo), idx.reshape(P, Ho, Wo), nt)

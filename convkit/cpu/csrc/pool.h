@@ -10,6 +10,7 @@
    (accv, accr) by the same rule; accr keeps the winner as rel + tap (small exact floats).
    Avg: acc += tap, taps in order. */
 #include <stddef.h>
+#include <stdint.h>
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
 #define CK_SSE2 1
@@ -64,6 +65,80 @@ static inline void ck_taps_ps(const float* r, int K, __m128* a, __m128* b, __m12
     }
 }
 #endif
+
+/* A whole plane of 2x2 windows at stride 2 with no padding, dilation or clipping (LeNet's and
+   most CNNs' pools): window (oh, ow) reads rows 2oh, 2oh+1 and columns 2ow, 2ow+1.  On small
+   planes (8x8, 4x4) the row kernels above spend more on their per-row set-up than on the
+   taps; this one takes four outputs per step straight to y and idx.  Taps in row-major order
+   with the "replace if greater or NaN" rule, so values and indices are those of the general
+   loop; the winner's offset (0, 1, W, W + 1) is a small exact float (W < 2**23). */
+static void ck_max2x2_plane_f(const float* x, ptrdiff_t W, ptrdiff_t Ho, ptrdiff_t Wo,
+                              float* y, int64_t* idx) {
+    ptrdiff_t oh = 0;
+#ifdef CK_SSE2
+    if (Wo == 2) {
+        /* two outputs a row (4x4 planes): two output rows per step, lanes (oh, 0), (oh, 1),
+           (oh + 1, 0), (oh + 1, 1) -- y's order */
+        const __m128 one = _mm_set1_ps(1.0f), fw = _mm_set1_ps((float)W),
+                     fw1 = _mm_set1_ps((float)(W + 1));
+        for (; oh + 2 <= Ho; oh += 2) {
+            const float* a = x + 2 * oh * W;
+            const __m128 r0 = _mm_loadu_ps(a), r1 = _mm_loadu_ps(a + W),
+                         r2 = _mm_loadu_ps(a + 2 * W), r3 = _mm_loadu_ps(a + 3 * W);
+            const __m128 ae = _mm_shuffle_ps(r0, r2, _MM_SHUFFLE(2, 0, 2, 0)),
+                         ao = _mm_shuffle_ps(r0, r2, _MM_SHUFFLE(3, 1, 3, 1)),
+                         be = _mm_shuffle_ps(r1, r3, _MM_SHUFFLE(2, 0, 2, 0)),
+                         bo = _mm_shuffle_ps(r1, r3, _MM_SHUFFLE(3, 1, 3, 1));
+            __m128 m = ae, r, u;
+            int rel[4];
+            const int64_t base = (int64_t)(2 * oh * W);
+            u = ck_upd_ps(ao, m); m = ck_sel_ps(u, ao, m); r = _mm_and_ps(u, one);
+            u = ck_upd_ps(be, m); m = ck_sel_ps(u, be, m); r = ck_sel_ps(u, fw, r);
+            u = ck_upd_ps(bo, m); m = ck_sel_ps(u, bo, m); r = ck_sel_ps(u, fw1, r);
+            _mm_storeu_ps(y + oh * 2, m);
+            _mm_storeu_si128((__m128i*)rel, _mm_cvttps_epi32(r));
+            idx[oh * 2] = base + rel[0];
+            idx[oh * 2 + 1] = base + 2 + rel[1];
+            idx[oh * 2 + 2] = base + 2 * W + rel[2];
+            idx[oh * 2 + 3] = base + 2 * W + 2 + rel[3];
+        }
+    }
+#endif
+    for (; oh < Ho; oh++) {
+        const float *a = x + 2 * oh * W, *b = a + W;
+        const int64_t base = (int64_t)(2 * oh * W);
+        float* yo = y + oh * Wo;
+        int64_t* io = idx + oh * Wo;
+        ptrdiff_t o = 0;
+#ifdef CK_SSE2
+        const __m128 one = _mm_set1_ps(1.0f), fw = _mm_set1_ps((float)W),
+                     fw1 = _mm_set1_ps((float)(W + 1));
+        for (; o + 4 <= Wo; o += 4) {
+            __m128 ae, ao, be, bo, m, r, u, unused;
+            int rel[4];
+            ck_taps_ps(a + 2 * o, 2, &ae, &ao, &unused);
+            ck_taps_ps(b + 2 * o, 2, &be, &bo, &unused);
+            m = ae;
+            u = ck_upd_ps(ao, m); m = ck_sel_ps(u, ao, m); r = _mm_and_ps(u, one);
+            u = ck_upd_ps(be, m); m = ck_sel_ps(u, be, m); r = ck_sel_ps(u, fw, r);
+            u = ck_upd_ps(bo, m); m = ck_sel_ps(u, bo, m); r = ck_sel_ps(u, fw1, r);
+            _mm_storeu_ps(yo + o, m);
+            _mm_storeu_si128((__m128i*)rel, _mm_cvttps_epi32(r));
+            for (int k = 0; k < 4; k++) io[o + k] = base + 2 * (o + k) + rel[k];
+        }
+#endif
+        for (; o < Wo; o++) {
+            const float* t = a + 2 * o;
+            float m = t[0], v;
+            ptrdiff_t r = 0;
+            v = t[1];     if (CK_UPD(v, m)) { m = v; r = 1; }
+            v = t[W];     if (CK_UPD(v, m)) { m = v; r = W; }
+            v = t[W + 1]; if (CK_UPD(v, m)) { m = v; r = W + 1; }
+            yo[o] = m;
+            io[o] = base + 2 * o + r;
+        }
+    }
+}
 
 /* dst[0:n] = src[0:n] with non-temporal stores where the destination is 16-byte
    aligned: a gradient plane built in cache goes to memory without the read-for-ownership
