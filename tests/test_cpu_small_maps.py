@@ -129,6 +129,45 @@ def test_dense_too_big_for_the_workspace_takes_another_path():
         np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
 
 
+def test_dense_matrix_kept_for_the_backward_rebuilt_for_a_changed_weight(monkeypatch):
+    """The cpu conv keeps a dense matrix with its weight's bits: the backward after a forward
+    builds nothing; a weight changed in place (an optimiser step) or NaN-carrying gets a new
+    build, and every result equals the numpy reference's."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, 6, 4, 4)).astype(np.float32)       # LeNet5's c2
+    w = rng.standard_normal((16, 6, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    builds = []
+    real = cpu_conv._dense.dense_weight
+    monkeypatch.setattr(cpu_conv._dense, "dense_weight",
+                        lambda *a: (builds.append(1), real(*a))[1])
+
+    def both(w):
+        with convkit.use_backend("cpu"):
+            y = convkit.conv2d_forward(x, w, b, 1, 2)
+            g = convkit.conv2d_backward(np.ones_like(y), x, w, 1, 2)
+        with convkit.use_backend("numpy"):
+            y0 = convkit.conv2d_forward(x, w, b, 1, 2)
+            g0 = convkit.conv2d_backward(np.ones_like(y0), x, w, 1, 2)
+        np.testing.assert_allclose(y, y0, rtol=1e-5, atol=1e-5)
+        for u, v in zip(g, g0):
+            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-4)
+
+    both(w)
+    assert len(builds) == 1
+    w[3, 2, 1, 0] += 0.5                    # in place: same array, new bits
+    both(w)
+    assert len(builds) == 2
+    w2 = w.copy()                           # another array, same bits: found
+    both(w2)
+    assert len(builds) == 2
+    w[0, 0, 0, 0] = np.nan
+    with convkit.use_backend("cpu"):
+        y = convkit.conv2d_forward(x, w, b, 1, 2)
+    with convkit.use_backend("numpy"):
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(convkit.conv2d_forward(x, w, b, 1, 2)))
+
+
 # ------------------------------------------------------------------ whole-plane average pool
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(128, 64, 2, 2), (3, 5, 3, 4), (2, 3, 1, 1)])

@@ -31,6 +31,7 @@ from . import (_conv_batch as _batch, _conv_dense as _dense, _conv_depthwise as 
                _conv_dot as _dot, _conv_im2col as _im2col, _conv_phases as _phases,
                _conv_winograd as _winograd)
 from . import conv_plan as P
+from . import tuning as _T
 from .tuning import KEEP_BYTES as _KEEP_BYTES
 
 _tls = threading.local()
@@ -307,12 +308,34 @@ def _subpixel_index(s, panels):
 
 
 def _dense_matrix(weight, H, W, Ho, Wo, stride, pt, pl, dilation, n_threads):
+    """The conv's dense (C*H*W, F*Ho*Wo) matrix.  Each Python thread keeps the last
+    DENSE_KEEP matrices with the bits of the weight they came from (at most DENSE_KEEP_BYTES
+    in all): a layer's backward finds its forward's (the weight unchanged in between) instead
+    of building it again, and a changed weight rebuilds in the same buffer."""
     F, C = weight.shape[:2]
-    wd = _workspace(C * H * W * F * Ho * Wo, weight.dtype, "dense")[:C * H * W * F * Ho * Wo]
-    wd = wd.reshape(C * H * W, F * Ho * Wo)
-    _dense.dense_weight(weight, wd, H, W, Ho, Wo, stride[0], stride[1], pt, pl, dilation[0],
-                       dilation[1], n_threads)
-    return wd
+    key = (weight.shape, weight.dtype, H, W, Ho, Wo, tuple(stride), pt, pl, tuple(dilation))
+    bits = weight.reshape(-1).view(np.uint32 if weight.itemsize == 4 else np.uint64)
+    kept = _tls.__dict__.setdefault("dense", [])    # [key, weight bits, matrix], newest last
+    entry = None
+    for i, e in enumerate(kept):
+        if e[0] == key:
+            entry = kept.pop(i)
+            kept.append(entry)
+            if np.array_equal(e[1], bits):
+                return entry[2]
+            break
+    if entry is None:
+        entry = [key, None, np.empty((C * H * W, F * Ho * Wo), weight.dtype)]
+        if entry[2].nbytes <= _T.DENSE_KEEP_BYTES:     # (bigger: built for this call only)
+            kept.append(entry)
+            while len(kept) > _T.DENSE_KEEP or \
+                    sum(e[2].nbytes for e in kept) > _T.DENSE_KEEP_BYTES:
+                kept.pop(0)
+    entry[1] = None                         # (an interrupted build leaves no stale match)
+    _dense.dense_weight(weight, entry[2], H, W, Ho, Wo, stride[0], stride[1], pt, pl,
+                       dilation[0], dilation[1], n_threads)
+    entry[1] = bits.copy()
+    return entry[2]
 
 
 def _check(step):

@@ -117,6 +117,11 @@ BATCH_CACHE = 512 * 2**10
 # many elements (and 1/16 of the workspace limit).  RESULTS.md "Conv plan tuning" / dense maps.
 DENSE_MAX_ELEMS = 1 << 20
 DENSE_LIMIT_SHARE = 16
+# Dense matrices kept per Python thread for the backward of the same weight (a LIFO of layers:
+# forward builds A, B; backward uses B, A).  LeNet5's c2 matrix is 96 KiB; rebuilding it cost
+# 0.18 M instructions of a 11.6 M-instruction training step (bench/lenet_steps.py, callgrind).
+DENSE_KEEP = 4
+DENSE_KEEP_BYTES = 8 * 2**20
 
 # ----------------------------------------------------------------------------- wide rows
 # Stride-1 forward reading taps in place (an image per task) when its workspace stays in L2 ...
