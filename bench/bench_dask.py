@@ -34,11 +34,12 @@ before that finds the old results still held and computes nothing).
 Quiet gate: around each side the script reads every thread's CPU time on the machine
 (/proc/*/task/*/schedstat) and the hypervisor's steal time (/proc/stat); CPU used by anything
 but this process and its workers, divided by the side's wall time, is the foreign load in
-cores.  A round whose sides saw more than ``--max-foreign`` cores of it is dropped and run
-again (up to ``--max-tries`` rounds per row); a row that got fewer quiet rounds than
-``--rounds`` says so in the table (``kept`` column) and the script exits with status 3.  The
-table gives medians, the ratio of the medians (1.0 = no overhead) and the spread of the
-per-round ratios (min-max over the kept rounds).
+cores.  A round whose sides saw more than ``--max-foreign`` cores of it does not count and
+another is run (up to ``--max-tries`` rounds per row); a row that got fewer quiet rounds than
+``--rounds`` reports its quietest ``--rounds`` rounds, says NOT QUIET in the table (the
+quiet/tried column, with the most foreign load among the rounds it reports) and the script
+exits with status 3.  The table gives medians, the ratio of the medians (1.0 = no overhead)
+and the spread of the per-round ratios (min-max over the rounds it reports).
 
 ``--breakdown`` adds tables of where the time and the CPU go per round: the timeline (from
 submitting the graph to the first task starting, the tasks' span, from the last task's end to
@@ -211,10 +212,17 @@ def _keys(collection):
         else []
 
 
-def _timeline(stream, t0, t_end):
+def _scheduler_delay(dask_worker):
+    return dask_worker.scheduler_delay
+
+
+def _timeline(stream, t0, t_end, delays):
     """(dispatch, span, tail, busiest worker's compute, workers' idle gaps) in ms from the task
-    stream of one round submitted at ``t0`` whose result was there at ``t_end``."""
-    spans = [(rec["worker"], s["start"], s["stop"]) for rec in stream
+    stream of one round submitted at ``t0`` whose result was there at ``t_end``.  Workers
+    shift their task times by their estimate of the clock offset to the scheduler
+    (``delays``); here every process reads the same clock, so the shift is taken back."""
+    spans = [(rec["worker"], s["start"] - delays.get(rec["worker"], 0.0),
+              s["stop"] - delays.get(rec["worker"], 0.0)) for rec in stream
              for s in rec["startstops"] if s["action"] == "compute"]
     if not spans:
         return 0.0, 0.0, 0.0, 0.0, 0.0
@@ -256,17 +264,19 @@ def main(argv=None):
     p.add_argument("--max-tries", type=int, default=None,
                    help="rounds tried per row before giving up on quiet (default 4 x rounds)")
     p.add_argument("--max-foreign", type=float, default=0.1,
-                   help="most foreign load (cores) a kept round's sides may see; a negative "
-                        "value keeps every round")
+                   help="most foreign load (cores) a quiet round's sides may see; a negative "
+                        "value takes every round as quiet (no gate)")
     p.add_argument("--output", choices=("both", "workers", "client"), default="both",
                    help="where the dask result goes (see the module docstring)")
     p.add_argument("--only", choices=("batch", "tiles"), default=None,
                    help="only the batch rows or only the tile rows")
+    p.add_argument("--match", default=None, help="only the rows whose case contains this text")
     p.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
     p.add_argument("--breakdown", action="store_true",
                    help="also tables of where the time and the CPU go (instruments the workers)")
     args = p.parse_args(argv)
     max_tries = args.max_tries or 4 * args.rounds
+    limit = float("inf") if args.max_foreign < 0 else args.max_foreign
 
     import dask.array as da
     import distributed
@@ -332,8 +342,8 @@ def main(argv=None):
             (f"conv-bn-relu-pool-conv(d2) predict on {img}x{img}, {tile}x{tile} tiles", "tiles",
              lambda: fcn.forward(xs), lambda: ckd.predict(fcn, on["xs"]), None, None),
         ]
-        if args.only:
-            rows = [r for r in rows if r[1] == args.only]
+        rows = [r for r in rows if (args.only is None or r[1] == args.only) and
+                (args.match is None or args.match in r[0])]
         modes = ("workers", "client") if args.output == "both" else (args.output,)
         worker_pids = list(client.run(_instrument if args.breakdown else os.getpid).values())
         if args.breakdown:
@@ -372,7 +382,8 @@ def main(argv=None):
                 gcms = sum(a["gc"] for a in acc) + own_acc["gc"]
                 ntasks = sum(len([s for s in rec["startstops"] if s["action"] == "compute"])
                              for rec in stream.data)
-                side_stats.append((_timeline(stream.data, t0, t_end),
+                delays = client.run(_scheduler_delay)
+                side_stats.append((_timeline(stream.data, t0, t_end, delays),
                                    (block - window, window, workers - block, own, gcms, ntasks)))
             keys = _keys(y)
             del z, y
@@ -388,13 +399,12 @@ def main(argv=None):
                 for s in sides[1:]:                       # warm-up: workers build and cache
                     dask_side(lazies[s], mode, [])
                 del y
-                times = {s: [] for s in sides}
-                t_graph, foreign, stats, mem_cpu = [], [], [], []
-                tries = 0
-                while len(times["mem"]) < args.rounds and tries < max_tries:
-                    order = sides[tries % len(sides):] + sides[:tries % len(sides)]
-                    tries += 1
-                    got, worst, round_stats = {}, 0.0, []
+                tried = []       # per round: (foreign cores, {side: (s, extra)}, stats, floor)
+                while sum(f <= limit for f, *_ in tried) < args.rounds and \
+                        len(tried) < max_tries:
+                    i = len(tried)
+                    order = sides[i % len(sides):] + sides[:i % len(sides)]
+                    got, worst, round_stats, floor_stats = {}, 0.0, [], []
                     for side in order:
                         client.run(_collect)
                         gc.collect()
@@ -407,32 +417,29 @@ def main(argv=None):
                                 got[side] = (time.perf_counter() - t, _cpu_ms(me) - c)
                             else:
                                 got[side] = dask_side(lazies[side], mode,
-                                                      round_stats if side == "dask" else [])
+                                                      round_stats if side == "dask"
+                                                      else floor_stats)
                         worst = max(worst, fg.cores)
-                    if args.max_foreign >= 0 and worst > args.max_foreign:
-                        foreign.append((worst, False))
-                        continue
-                    foreign.append((worst, True))
-                    for s in sides:
-                        times[s].append(got[s][0])
-                    t_graph.append(got["dask"][1])
-                    mem_cpu.append(got["mem"][1])
-                    stats += round_stats
-                kept = len(times["mem"])
-                quiet &= kept >= args.rounds
-                if not kept:
-                    table.append(f"| {name} | {kind} | {mode} | no quiet round in {tries} | | | "
-                                 f"| | | |")
-                    print(table[-1], file=sys.stderr, flush=True)
-                    continue
+                    tried.append((worst, got, round_stats, floor_stats))
+                # the quiet rounds; short of them, the quietest rounds, flagged
+                kept = [r for r in tried if r[0] <= limit][:args.rounds]
+                n_quiet = len(kept)
+                if n_quiet < args.rounds:
+                    quiet = False
+                    kept = sorted(tried, key=lambda r: r[0])[:args.rounds]
+                times = {s: [r[1][s][0] for r in kept] for s in sides}
+                t_graph = [r[1]["dask"][1] for r in kept]
+                mem_cpu = [r[1]["mem"][1] for r in kept]
+                stats = [x for r in kept for x in r[2]]
+                fstats = [x for r in kept for x in r[3]]
                 m, d, g = (_med(v) * 1e3 for v in (times["mem"], times["dask"], t_graph))
                 fl = f"{_med(times['floor']) * 1e3:.1f}" if "floor" in times else ""
                 per = [b / a for a, b in zip(times["mem"], times["dask"])]
                 halo = f"{_halo_share(plan, img, img):.1%}" if plan is not None else ""
-                fkept = [f for f, k in foreign if k]
+                gate = (f"{n_quiet}/{len(tried)} ({max(r[0] for r in kept):.2f})"
+                        + ("" if n_quiet >= args.rounds else " NOT QUIET"))
                 table.append(f"| {name} | {kind} | {mode} | {m:.1f} | {d:.1f} ({g:.1f}) | {fl} | "
-                             f"**{d / m:.2f}** | {min(per):.2f}-{max(per):.2f} | "
-                             f"{kept}/{tries} ({max(fkept):.2f}) | {halo} |")
+                             f"**{d / m:.2f}** | {min(per):.2f}-{max(per):.2f} | {gate} | {halo} |")
                 print(table[-1], file=sys.stderr, flush=True)      # progress
                 if args.breakdown and stats:
                     tl = [s[0] for s in stats]
@@ -440,6 +447,12 @@ def main(argv=None):
                     timeline.append(f"| {name} | {mode} | {m:.1f} | {d:.1f} | {g:.1f} | "
                                     f"{disp:.1f} | {span:.1f} | {busiest:.1f} | {idle:.1f} | "
                                     f"{tail:.1f} |")
+                    if fstats:
+                        f_disp, f_span, f_tail, f_busiest, f_idle = (
+                            _med(v) for v in zip(*[s[0] for s in fstats]))
+                        timeline.append(f"| (its dask floor) | {mode} | | {fl} | | "
+                                        f"{f_disp:.1f} | {f_span:.1f} | {f_busiest:.1f} | "
+                                        f"{f_idle:.1f} | {f_tail:.1f} |")
                     ops, window, other, own, gcms, ntasks = (_med(v) for v in
                                                              zip(*[s[1] for s in stats]))
                     mcpu = _med(mem_cpu) * 1.0
@@ -452,14 +465,14 @@ def main(argv=None):
               f"the end", file=sys.stderr, flush=True)
         print()
         print("| case | kind | result | in-memory ms | convkit.dask ms (graph ms) | dask floor ms "
-              "| ratio | per-round ratios | kept/tried (most foreign cores) | halo |")
+              "| ratio | per-round ratios | quiet/tried (most foreign cores kept) | halo |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         print("\n".join(table))
         if args.breakdown:
             print()
             print("Timeline per round, medians (ms): submit to the first task's start, the tasks' "
-                  "span, the busiest worker's compute in it, the workers' idle gaps in it (summed), "
-                  "the last task's end to the result being there")
+                  "span, the busiest worker's compute in it, the workers' idle gaps in it "
+                  "(summed), the last task's end to the result being there")
             print("| case | result | in-memory | convkit.dask | graph | to first task | span | "
                   "busiest worker | idle | tail |")
             print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -473,7 +486,8 @@ def main(argv=None):
             print("\n".join(breakdown))
         if not quiet:
             print(f"\nNOT QUIET: some rows got fewer than {args.rounds} rounds with at most "
-                  f"{args.max_foreign} cores of foreign load (kept/tried column)")
+                  f"{args.max_foreign} cores of foreign load; they report their quietest "
+                  f"{args.rounds} (quiet/tried column)")
     finally:
         client.close()
         cluster.close()
