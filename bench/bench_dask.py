@@ -57,6 +57,7 @@ main table.
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import logging
 import os
@@ -73,36 +74,33 @@ def _halo_share(plan, H, W):
     return rows * cols / (H * W) - 1.0
 
 
-def _cpu_ms(pid):
-    """CPU time (ms) of all live threads of process ``pid`` (Linux schedstat)."""
-    total = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
+def _thread_ns(pid):
+    """{thread id: CPU ns} of the live threads of process ``pid`` (Linux schedstat); {} for a
+    process that ended."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except OSError:            # a thread that ended meanwhile
+                out[int(tid)] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):      # a thread that ended meanwhile
             pass
-    return total * 1e-6
+    return out
+
+
+def _cpu_ms(pid):
+    """CPU time (ms) of all live threads of process ``pid``."""
+    return sum(_thread_ns(pid).values()) * 1e-6
 
 
 # ------------------------------------------------------------------------------- quiet gate
 def _threads_ns():
     """{(pid, tid): CPU ns} of every thread on the machine."""
-    out = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    out[(int(pid), int(tid))] = int(f.read().split()[0])
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
+    return {(int(pid), tid): ns for pid in os.listdir("/proc") if pid.isdigit()
+            for tid, ns in _thread_ns(pid).items()}
 
 
 def _steal_ms():
@@ -220,7 +218,8 @@ def _timeline(stream, t0, t_end, delays):
     """(dispatch, span, tail, busiest worker's compute, workers' idle gaps) in ms from the task
     stream of one round submitted at ``t0`` whose result was there at ``t_end``.  Workers
     shift their task times by their estimate of the clock offset to the scheduler
-    (``delays``); here every process reads the same clock, so the shift is taken back."""
+    (``delays``); here every process reads the same clock, so the shift is taken back (as read
+    after the round: the estimate moves between heartbeats, by a few ms under load)."""
     spans = [(rec["worker"], s["start"] - delays.get(rec["worker"], 0.0),
               s["stop"] - delays.get(rec["worker"], 0.0)) for rec in stream
              for s in rec["startstops"] if s["action"] == "compute"]
@@ -319,8 +318,8 @@ def main(argv=None):
                                   ("xi", (1, 16, img, img), (1, 16, tile, tile)),
                                   ("xs", (1, 3, img, img), (1, 3, tile, tile)))}
         distributed.wait(list(on.values()))
-        placement = {k: sorted(__import__("collections").Counter(
-            w[0] for w in client.who_has(v).values()).values()) for k, v in on.items()}
+        placement = {k: sorted(collections.Counter(w[0] for w in client.who_has(v).values())
+                               .values()) for k, v in on.items()}
         print(f"input blocks per worker: {placement}", file=sys.stderr, flush=True)
         xb, xd, xi, xs = (on[k].compute() for k in ("xb", "xd", "xi", "xs"))
         rows = [
