@@ -460,6 +460,11 @@ def main(argv=None):
                         f"{window:.0f} ({window / mcpu:.2f}) | {other:.0f} "
                         f"({other / mcpu:.2f}) | {own:.0f} ({own / mcpu:.2f}) | {gcms:.1f} | "
                         f"{ntasks:.0f} |")
+                    if fstats:       # the floor runs no convkit code: all its CPU is dask's
+                        _, _, f_other, f_own, f_gc, f_n = (_med(v) for v in
+                                                           zip(*[s[1] for s in fstats]))
+                        breakdown.append(f"| (its dask floor) | {mode} | | | | {f_other:.0f} | "
+                                         f"{f_own:.0f} | {f_gc:.1f} | {f_n:.0f} |")
         print(f"load average {os.getloadavg()[0]:.2f}, one-core probe {core_probe()} GFLOP/s at "
               f"the end", file=sys.stderr, flush=True)
         print()
