@@ -413,6 +413,27 @@ def test_small_arguments_travel_in_the_tasks_large_weights_once():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_batch_tasks_carry_their_weights_once_and_nothing_else():
+    """What a batch-chunked conv ships per task: the weights and bias (inline, once), the op by
+    reference and the input block's key -- no closure, model, cache or copy of the plan -- so a
+    task's size is the parameters' bytes plus a small constant, whatever the batch."""
+    cloudpickle = pytest.importorskip("cloudpickle")
+    w, b = _data((32, 16, 3, 3)), _data((32,))
+    for n, chunk in ((8, 2), (64, 16)):
+        x = da.from_array(_data((n, 16, 12, 12)), chunks=(chunk, 16, 12, 12))
+        y = ckd.conv2d_forward(x, w, b, padding=1)
+        own = {k: v for k, v in _tasks(y).items() if k[0] == y.name}
+        assert len(own) == 4
+        for task in own.values():
+            size = len(cloudpickle.dumps(task))
+            assert w.nbytes + b.nbytes <= size < w.nbytes + b.nbytes + 2048, size
+        got = y.compute(scheduler="sync")
+        xs = x.compute()
+        for i in range(0, n, chunk):        # each block is the in-memory call on its slice
+            np.testing.assert_array_equal(got[i:i + chunk], convkit.conv2d_forward(
+                xs[i:i + chunk], w, b, padding=1))
+
+
 def test_tiles_carry_their_own_plan():
     """Each tile task holds its block's plan only (a task's size does not grow with the grid),
     and the tiles need at most one task per input block besides their own (the halo cuts)."""
