@@ -27,7 +27,7 @@ from convkit.cpu.csrc.roi_variants cimport (ck_avg_roi_f, ck_avg_roi_d, ck_avg_b
                                             ck_max_align_bwd_tab_f, ck_max_align_bwd_tab_d,
                                             ck_max_align_pairs_f, ck_max_align_pairs_d,
                                             ck_max_align_table_f, ck_max_align_roi_f,
-                                            ck_max_align_bwd_blk_f)
+                                            ck_max_align_bwd_blk_f, ck_ma_groups)
 from convkit.cpu._roi_pool cimport roi_pool_bins
 from convkit.cpu._roi_align cimport roi_align_axis_taps, roi_align_geometry
 
@@ -256,6 +256,11 @@ cdef struct _Table:
     float* sw
     int32_t* rel
     void* scratch
+    # the backward's pixel groups (ck_ma_groups; gf NULL: none, the masked path)
+    Py_ssize_t* gf
+    Py_ssize_t* goff
+    float* gwt
+    int ws
 
 
 # the most samples a RoI's table holds per bin on average (beyond: the per-bin path)
@@ -269,6 +274,10 @@ cdef void _table_free(_Table* t) noexcept nogil:
     free(t.sw)
     free(t.rel)
     ck_free64(t.scratch)
+    free(t.gf)
+    free(t.goff)
+    free(t.gwt)
+    t.gf = NULL
 
 
 cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
@@ -279,6 +288,9 @@ cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
     t.sw = NULL
     t.rel = NULL
     t.scratch = NULL
+    t.gf = NULL
+    t.goff = NULL
+    t.gwt = NULL
     t.sf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
     t.base = <int64_t*>malloc(nb * sizeof(int64_t) + 1)
     if scratch:
@@ -312,6 +324,21 @@ cdef int _table_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t 
             t.cap = 0
             return 0
     return 0
+
+
+cdef int _groups_build(_Table* t, Py_ssize_t nb) noexcept nogil:
+    """The backward's pixel groups of a built table (C = 1), when the RoI can be merged (else
+    gf stays NULL).  0 when memory ran out."""
+    cdef Py_ssize_t n = t.sf[nb]
+    t.gf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
+    t.goff = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t) + 1)
+    t.gwt = <float*>malloc(32 * n * sizeof(float) + 1)
+    if t.gf == NULL or t.goff == NULL or t.gwt == NULL:
+        return 0
+    if ck_ma_groups(nb, t.sf, t.so, t.sw, t.gf, t.goff, t.gwt, &t.ws) < 0:
+        free(t.gf)
+        t.gf = NULL
+    return 1
 
 
 def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
@@ -569,6 +596,9 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
                             and _table_build(&tabs[k], &axes[2 * k], &axes[2 * k + 1], W, 1,
                                              ph, pw, gws[k])):
                         notab += 1
+                    elif not _groups_build(&tabs[k], nb):
+                        failed += 1
+                        batch[k] = -1
                 elif not _roi_pairs(&pairs[k], &axes[2 * k], &axes[2 * k + 1], W, ph, pw,
                                     gws[k], <floating>0):
                     failed += 1
@@ -610,7 +640,8 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
                             gb, nc, nb, tb.sf, tb.so, tb.sw, tb.rel, tb.base,
                             <const float*>gyp + o, amp + o,
                             gt, rt, <const float*>gyp + (i * C + c0) * nb if i < K else NULL,
-                            amp + (i * C + c0) * nb if i < K else NULL)
+                            amp + (i * C + c0) * nb if i < K else NULL,
+                            tb.gf, tb.goff, tb.gwt, tb.ws)
                         k = i
                     for i in range(0, HW, 64):  # (H*W, nc) block -> the nc planes of gx
                         ck_transpose_f(gb + i * nc, nc, min(64, HW - i), nc,

@@ -674,6 +674,101 @@ static void ck_ma_bwd_rel(const int64_t* am, ptrdiff_t nb, ptrdiff_t cb, const i
         }
 }
 
+/* A RoI's pixel groups for the merged backward (ck_ma_bwd_grp_y): bin b's groups are
+   [gf[b], gf[b+1]), one per distinct pixel goff[g] its samples' corners touch; gwt[g*ws + d]
+   is the weight with which the bin's sample d (s - sf[b]) reaches that pixel (0: it does
+   not).  With a finite grad, the lanes whose winner is d then add g * gwt[g*ws + d] once per
+   pixel, which is the one non-zero add CK_MAX_ALIGN_BWD makes there (a clamped corner that
+   repeats a pixel carries weight 0, an add of +-0 that changes no sum); the other lanes add
+   +-0.  ws: 4 when no bin has over 4 samples, else 8.  Returns the number of groups (cap:
+   4 per sample suffices), or -1 where the RoI cannot be merged (a bin of over 8 samples, or
+   a sample with two non-zero weights on one pixel). */
+static ptrdiff_t ck_ma_groups(ptrdiff_t nb, const ptrdiff_t* sf, const ptrdiff_t* so,
+                              const float* sw, ptrdiff_t* gf, ptrdiff_t* goff, float* gwt,
+                              int* ws) {
+    ptrdiff_t b, s, g, ng = 0, mx = 0;
+    int j, d, w;
+    for (b = 0; b < nb; b++)
+        if (sf[b + 1] - sf[b] > mx) mx = sf[b + 1] - sf[b];
+    if (mx > 8) return -1;
+    w = mx <= 4 ? 4 : 8;
+    *ws = w;
+    for (b = 0; b < nb; b++) {
+        gf[b] = ng;
+        for (s = sf[b]; s < sf[b + 1]; s++) {
+            d = (int)(s - sf[b]);
+            for (j = 0; j < 4; j++) {
+                const ptrdiff_t px = so[4 * s + j];
+                const float wt = sw[4 * s + j];
+                for (g = gf[b]; g < ng && goff[g] != px; g++) {}
+                if (g == ng) {
+                    goff[ng] = px;
+                    for (int i = 0; i < w; i++) gwt[ng * w + i] = 0.0f;
+                    ng++;
+                }
+                if (gwt[g * w + d] != 0.0f && wt != 0.0f) return -1;
+                gwt[g * w + d] = gwt[g * w + d] + wt;
+            }
+        }
+    }
+    gf[nb] = ng;
+    return ng;
+}
+
+#ifdef CK_ROI_WIDE
+/* The merged backward, AVX2, bins [b0, b1) of one RoI on a block of cb channels (rt, gt as
+   CK_MA_BWD_BODY's; every grad finite): per vector of channels, each lane's winner as its
+   sample d in the bin (lanes with -1 or no sample get grad 0), then per pixel group one
+   add of grad * the group's weight for d (a lane permute of the group's table).  Counts the
+   bad entries into *bad; returns the channels done. */
+#define CK_MA_GRP_STEP(R)                                                                 \
+    {                                                                                     \
+        __m256 gz[R];                                                                     \
+        __m256i dx[R];                                                                    \
+        for (v = 0; v < R; v++) {                                                         \
+            const __m256i rv = _mm256_loadu_si256((const __m256i*)(rb + c + 8 * v));      \
+            __m256 any = _mm256_setzero_ps();                                             \
+            __m256 dv = _mm256_setzero_ps();                                              \
+            for (s = sf[b]; s < sf[b + 1]; s++) {                                         \
+                const __m256 eq = _mm256_castsi256_ps(                                    \
+                    _mm256_cmpeq_epi32(rv, _mm256_set1_epi32(rel[s])));                   \
+                dv = _mm256_blendv_ps(dv, _mm256_castsi256_ps(                            \
+                    _mm256_set1_epi32((int32_t)(s - sf[b]))), eq);                        \
+                any = _mm256_or_ps(any, eq);                                              \
+            }                                                                             \
+            nbad += __builtin_popcount(~_mm256_movemask_ps(_mm256_or_ps(                  \
+                any, _mm256_castsi256_ps(_mm256_cmpeq_epi32(rv, _mm256_set1_epi32(-1)))))  \
+                & 0xFF);                                                                  \
+            gz[v] = _mm256_and_ps(any, _mm256_loadu_ps(gr + c + 8 * v));                  \
+            dx[v] = _mm256_castps_si256(dv);                                              \
+        }                                                                                 \
+        for (g = gf[b]; g < gf[b + 1]; g++) {                                             \
+            const __m256 wt = ws == 4 ? _mm256_broadcast_ps((const __m128*)(gwt + 4 * g)) \
+                                      : _mm256_loadu_ps(gwt + 8 * g);                     \
+            float* r = gb + goff[g] * cb + c;                                             \
+            for (v = 0; v < R; v++)                                                       \
+                _mm256_storeu_ps(r + 8 * v, _mm256_add_ps(_mm256_loadu_ps(r + 8 * v),     \
+                    _mm256_mul_ps(gz[v], _mm256_permutevar8x32_ps(wt, dx[v]))));          \
+        }                                                                                 \
+    }
+__attribute__((target("avx2"))) CK_MA_NO_LIBCALL
+static ptrdiff_t ck_ma_bwd_grp_y(float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1,
+                                 const ptrdiff_t* sf, const int32_t* rel, const ptrdiff_t* gf,
+                                 const ptrdiff_t* goff, const float* gwt, int ws,
+                                 const float* gt, const int32_t* rt, ptrdiff_t* bad) {
+    ptrdiff_t b, s, g, c = 0, nbad = 0;
+    int v;
+    for (b = b0; b < b1; b++) {
+        const int32_t* rb = rt + b * cb;
+        const float* gr = gt + b * cb;
+        for (c = 0; c + 32 <= cb; c += 32) CK_MA_GRP_STEP(4)
+        for (; c + 8 <= cb; c += 8) CK_MA_GRP_STEP(1)
+    }
+    *bad += nbad;
+    return cb - cb % 8;
+}
+#endif
+
 /* The backward for one RoI and a block of cb channels (see CK_MA_BWD_BODY): gyk, amk the
    RoI's grad and argmax at the block's first channel ((cb, nb) rows of nb); gt, rt (nb*cb)
    scratch; gnext, anext: the same blocks of the next RoI this task adds (NULL: none), to
@@ -683,13 +778,20 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
                                         const float* sw, const int32_t* rel,
                                         const int64_t* base, const float* gyk,
                                         const int64_t* amk, float* gt, int32_t* rt,
-                                        const float* gnext, const int64_t* anext) {
+                                        const float* gnext, const int64_t* anext,
+                                        const ptrdiff_t* gf, const ptrdiff_t* goff,
+                                        const float* gwt, int ws) {
     ptrdiff_t c = 0, b, s, j, bad = 0, b0, b1, pf = 0;
+    int merged;
     const ptrdiff_t ng = nb * cb * (ptrdiff_t)sizeof(float), na = 2 * ng;
     const int lv = ck_simd_level();
     (void)lv;
     ck_transpose_f(gyk, nb, cb, nb, gt, cb);
     ck_ma_bwd_rel(amk, nb, cb, base, rt);
+    /* the merged path needs AVX2's lane permute, the RoI's groups and a finite grad (inf * 0
+       must stay NaN where a lane adds its +0) */
+    merged = lv >= 1 && gf != NULL && ck_all_finite_f(gt, nb * cb);
+    (void)merged;
     /* bins in 8 slices; between them an eighth of the next RoI's grad and argmax blocks is
        asked for, so their memory reads overlap this RoI's arithmetic */
     for (b0 = 0; b0 < nb; b0 = b1) {
@@ -703,7 +805,9 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
 #endif
         c = 0;
 #ifdef CK_ROI_WIDE
-        if (lv >= 1)
+        if (merged)
+            c = ck_ma_bwd_grp_y(gb, cb, b0, b1, sf, rel, gf, goff, gwt, ws, gt, rt, &bad);
+        else if (lv >= 1)
             c = ck_ma_bwd_y(gb, cb, b0, b1, sf, so, sw, rel, gt, rt,
                             &bad);
         else

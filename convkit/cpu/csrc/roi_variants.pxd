@@ -92,4 +92,9 @@ cdef extern from "csrc/roi_variants.h":
                                       const float* sw, const int32_t* rel, const int64_t* base,
                                       const float* gyk, const int64_t* amk, float* gt,
                                       int32_t* rt, const float* gnext,
-                                      const int64_t* anext) noexcept nogil
+                                      const int64_t* anext, const Py_ssize_t* gf,
+                                      const Py_ssize_t* goff, const float* gwt,
+                                      int ws) noexcept nogil
+    Py_ssize_t ck_ma_groups(Py_ssize_t nb, const Py_ssize_t* sf, const Py_ssize_t* so,
+                            const float* sw, Py_ssize_t* gf, Py_ssize_t* goff, float* gwt,
+                            int* ws) noexcept nogil
