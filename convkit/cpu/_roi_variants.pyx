@@ -38,8 +38,10 @@ def set_simd_level(int cap):
     return ck_set_simd_cap(cap)
 
 
-# the most sample points per axis of an adaptive grid (reference.roi_variants.MAX_GRID)
+# the most sample points of an adaptive grid per axis and per bin (argmax numbers a bin's
+# samples in int32; reference.roi_variants.MAX_GRID, MAX_SAMPLES)
 cdef double MAX_GRID = 1073741824.0
+cdef double MAX_SAMPLES = 2147483648.0
 
 
 # -------------------------------------------------------------------------------- roi_avg_pool
@@ -233,11 +235,13 @@ cdef int _axis_taps(_Axis* t, floating start, floating bin_size, floating grid,
 cdef int _roi_axes(const floating* roi, floating scale, bint aligned, Py_ssize_t sr,
                    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t H, Py_ssize_t W, _Axis* ty,
                    _Axis* tx, int64_t* gw) noexcept nogil:
-    """One RoI's y and x taps.  1 done, 0 out of memory, -2 adaptive grid over MAX_GRID."""
+    """One RoI's y and x taps.  1 done, 0 out of memory, -2 adaptive grid over MAX_GRID per
+    axis or MAX_SAMPLES per bin."""
     cdef floating geo[6]
     roi_align_geometry(roi, scale, <floating>0.5 if aligned else <floating>0, aligned, sr, ph,
                        pw, geo)
-    if sr <= 0 and not (geo[2] <= MAX_GRID and geo[5] <= MAX_GRID):
+    if sr <= 0 and not (geo[2] <= MAX_GRID and geo[5] <= MAX_GRID
+                        and <double>geo[2] * <double>geo[5] <= MAX_SAMPLES):
         return -2
     gw[0] = <int64_t>geo[5] if geo[5] >= 1 else 0
     if not (_axis_taps(ty, geo[0], geo[1], geo[2], ph, H)
@@ -251,7 +255,7 @@ cdef struct _Table:
     # samples, and the scan's bin-major scratch (scratch: tb then ti)
     Py_ssize_t cap
     Py_ssize_t* sf
-    int64_t* base
+    int32_t* base
     Py_ssize_t* so
     float* sw
     int32_t* rel
@@ -292,7 +296,7 @@ cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
     t.goff = NULL
     t.gwt = NULL
     t.sf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
-    t.base = <int64_t*>malloc(nb * sizeof(int64_t) + 1)
+    t.base = <int32_t*>malloc(nb * sizeof(int32_t) + 1)
     if scratch:
         t.scratch = ck_malloc64(ck_roi_scratch_bytes(nb))
     return t.sf != NULL and t.base != NULL and (t.scratch != NULL or not scratch)
@@ -344,7 +348,7 @@ cdef int _groups_build(_Table* t, Py_ssize_t nb) noexcept nogil:
 def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
                           const floating[:, ::1] rois, const Py_ssize_t[::1] order,
                           double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
-                          floating[:, :, :, ::1] y, int64_t[:, :, :, ::1] argmax,
+                          floating[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax,
                           unsigned char[::1] status, int n_threads):
     """x (N, C, H, W) -> y, argmax (K, C, ph, pw); xt (N, H, W, C) scratch; one RoI per task,
     handed out in ``order``; float RoIs go through a sample table (ck_max_align_roi_f) when it
@@ -357,7 +361,7 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
     cdef floating* xtp = &xt[0, 0, 0, 0]
     cdef const floating* rp = &rois[0, 0]
     cdef floating* yp = &y[0, 0, 0, 0]
-    cdef int64_t* amp = &argmax[0, 0, 0, 0]
+    cdef int32_t* amp = &argmax[0, 0, 0, 0]
     cdef const floating* img
     cdef floating* best
     cdef int64_t* bi
@@ -524,7 +528,7 @@ cdef int _roi_pairs(_Pairs* pt, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t p
     return 1
 
 
-def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, :, ::1] argmax,
+def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int32_t[:, :, :, ::1] argmax,
                            const floating[:, ::1] rois, double spatial_scale,
                            Py_ssize_t sampling_ratio, bint aligned, floating[:, :, :, ::1] gx,
                            unsigned char[::1] status, int n_threads):
@@ -546,7 +550,7 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
     cdef int32_t* rt
     cdef _Table* tb
     cdef const floating* gyp = &gy[0, 0, 0, 0]
-    cdef const int64_t* amp = &argmax[0, 0, 0, 0]
+    cdef const int32_t* amp = &argmax[0, 0, 0, 0]
     cdef const floating* rp = &rois[0, 0]
     cdef floating* gxp = &gx[0, 0, 0, 0]
     cdef floating* plane
