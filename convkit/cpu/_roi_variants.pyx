@@ -264,6 +264,7 @@ cdef struct _Table:
     Py_ssize_t* gf
     Py_ssize_t* goff
     float* gwt
+    unsigned char* gd
     int ws
 
 
@@ -281,6 +282,7 @@ cdef void _table_free(_Table* t) noexcept nogil:
     free(t.gf)
     free(t.goff)
     free(t.gwt)
+    free(t.gd)
     t.gf = NULL
 
 
@@ -295,6 +297,7 @@ cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
     t.gf = NULL
     t.goff = NULL
     t.gwt = NULL
+    t.gd = NULL
     t.sf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
     t.base = <int32_t*>malloc(nb * sizeof(int32_t) + 1)
     if scratch:
@@ -337,9 +340,10 @@ cdef int _groups_build(_Table* t, Py_ssize_t nb) noexcept nogil:
     t.gf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
     t.goff = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t) + 1)
     t.gwt = <float*>malloc(32 * n * sizeof(float) + 1)
-    if t.gf == NULL or t.goff == NULL or t.gwt == NULL:
+    t.gd = <unsigned char*>malloc(nb + 1)
+    if t.gf == NULL or t.goff == NULL or t.gwt == NULL or t.gd == NULL:
         return 0
-    if ck_ma_groups(nb, t.sf, t.so, t.sw, t.gf, t.goff, t.gwt, &t.ws) < 0:
+    if ck_ma_groups(nb, t.sf, t.so, t.sw, t.rel, t.gf, t.goff, t.gwt, t.gd, &t.ws) < 0:
         free(t.gf)
         t.gf = NULL
     return 1
@@ -645,7 +649,7 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int32_t[:, :, 
                             <const float*>gyp + o, amp + o,
                             gt, rt, <const float*>gyp + (i * C + c0) * nb if i < K else NULL,
                             amp + (i * C + c0) * nb if i < K else NULL,
-                            tb.gf, tb.goff, tb.gwt, tb.ws)
+                            tb.gf, tb.goff, tb.gwt, tb.gd, tb.ws)
                         k = i
                     for i in range(0, HW, 64):  # (H*W, nc) block -> the nc planes of gx
                         ck_transpose_f(gb + i * nc, nc, min(64, HW - i), nc,

@@ -667,12 +667,14 @@ static void ck_ma_bwd_rel(const int32_t* am, ptrdiff_t nb, ptrdiff_t cb, const i
    not).  With a finite grad, the lanes whose winner is d then add g * gwt[g*ws + d] once per
    pixel, which is the one non-zero add CK_MAX_ALIGN_BWD makes there (a clamped corner that
    repeats a pixel carries weight 0, an add of +-0 that changes no sum); the other lanes add
-   +-0.  ws: 4 when no bin has over 4 samples, else 8.  Returns the number of groups (cap:
-   4 per sample suffices), or -1 where the RoI cannot be merged (a bin of over 8 samples, or
-   a sample with two non-zero weights on one pixel). */
+   +-0.  ws: 4 when no bin has over 4 samples, else 8.  gd[b]: 1 when bin b's samples are
+   numbered 0, 1, ... relative to its first (every sample of its grid rows valid), so a
+   lane's relative argmax is its sample d itself.  Returns the number of groups (cap: 4 per
+   sample suffices), or -1 where the RoI cannot be merged (a bin of over 8 samples, or a
+   sample with two non-zero weights on one pixel). */
 static ptrdiff_t ck_ma_groups(ptrdiff_t nb, const ptrdiff_t* sf, const ptrdiff_t* so,
-                              const float* sw, ptrdiff_t* gf, ptrdiff_t* goff, float* gwt,
-                              int* ws) {
+                              const float* sw, const int32_t* rel, ptrdiff_t* gf,
+                              ptrdiff_t* goff, float* gwt, unsigned char* gd, int* ws) {
     ptrdiff_t b, s, g, ng = 0, mx = 0;
     int j, d, w;
     for (b = 0; b < nb; b++)
@@ -682,8 +684,10 @@ static ptrdiff_t ck_ma_groups(ptrdiff_t nb, const ptrdiff_t* sf, const ptrdiff_t
     *ws = w;
     for (b = 0; b < nb; b++) {
         gf[b] = ng;
+        gd[b] = 1;
         for (s = sf[b]; s < sf[b + 1]; s++) {
             d = (int)(s - sf[b]);
+            if (rel[s] != d) gd[b] = 0;
             for (j = 0; j < 4; j++) {
                 const ptrdiff_t px = so[4 * s + j];
                 const float wt = sw[4 * s + j];
@@ -716,6 +720,11 @@ static ptrdiff_t ck_ma_groups(ptrdiff_t nb, const ptrdiff_t* sf, const ptrdiff_t
             const __m256i rv = _mm256_loadu_si256((const __m256i*)(rb + c + 8 * v));      \
             __m256 any = _mm256_setzero_ps();                                             \
             __m256 dv = _mm256_setzero_ps();                                              \
+            if (gd[b]) {    /* d = rv where 0 <= rv < S (unsigned compare) */             \
+                any = _mm256_castsi256_ps(_mm256_cmpeq_epi32(                             \
+                    _mm256_max_epu32(rv, smax), smax));                                   \
+                dv = _mm256_castsi256_ps(rv);                                             \
+            } else                                                                        \
             for (s = sf[b]; s < sf[b + 1]; s++) {                                         \
                 const __m256 eq = _mm256_castsi256_ps(                                    \
                     _mm256_cmpeq_epi32(rv, _mm256_set1_epi32(rel[s])));                   \
@@ -741,13 +750,25 @@ static ptrdiff_t ck_ma_groups(ptrdiff_t nb, const ptrdiff_t* sf, const ptrdiff_t
 __attribute__((target("avx2"))) CK_MA_NO_LIBCALL
 static ptrdiff_t ck_ma_bwd_grp_y(float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1,
                                  const ptrdiff_t* sf, const int32_t* rel, const ptrdiff_t* gf,
-                                 const ptrdiff_t* goff, const float* gwt, int ws,
-                                 const float* gt, const int32_t* rt, ptrdiff_t* bad) {
+                                 const ptrdiff_t* goff, const float* gwt,
+                                 const unsigned char* gd, int ws, const float* gt,
+                                 const int32_t* rt, ptrdiff_t* bad) {
     ptrdiff_t b, s, g, c = 0, nbad = 0;
     int v;
     for (b = b0; b < b1; b++) {
         const int32_t* rb = rt + b * cb;
         const float* gr = gt + b * cb;
+        /* S - 1, for the unsigned test rv <= S - 1 of a bin whose numbers are its d (S >= 1:
+           a bin without samples is handled first) */
+        const __m256i smax = _mm256_set1_epi32((int32_t)(sf[b + 1] - sf[b]) - 1);
+        if (sf[b + 1] == sf[b]) {       /* no samples: every entry must be -1 */
+            for (c = 0; c + 8 <= cb; c += 8) {
+                const __m256i rv = _mm256_loadu_si256((const __m256i*)(rb + c));
+                nbad += __builtin_popcount(~_mm256_movemask_ps(_mm256_castsi256_ps(
+                    _mm256_cmpeq_epi32(rv, _mm256_set1_epi32(-1)))) & 0xFF);
+            }
+            continue;
+        }
         for (c = 0; c + 32 <= cb; c += 32) CK_MA_GRP_STEP(4)
         for (; c + 8 <= cb; c += 8) CK_MA_GRP_STEP(1)
     }
@@ -767,7 +788,7 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
                                         const int32_t* amk, float* gt, int32_t* rt,
                                         const float* gnext, const int32_t* anext,
                                         const ptrdiff_t* gf, const ptrdiff_t* goff,
-                                        const float* gwt, int ws) {
+                                        const float* gwt, const unsigned char* gd, int ws) {
     ptrdiff_t c = 0, b, s, j, bad = 0, b0, b1, pf = 0;
     int merged;
     const ptrdiff_t ng = nb * cb * (ptrdiff_t)sizeof(float);
@@ -793,7 +814,7 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
         c = 0;
 #ifdef CK_ROI_WIDE
         if (merged)
-            c = ck_ma_bwd_grp_y(gb, cb, b0, b1, sf, rel, gf, goff, gwt, ws, gt, rt, &bad);
+            c = ck_ma_bwd_grp_y(gb, cb, b0, b1, sf, rel, gf, goff, gwt, gd, ws, gt, rt, &bad);
         else if (lv >= 1)
             c = ck_ma_bwd_y(gb, cb, b0, b1, sf, so, sw, rel, gt, rt,
                             &bad);

@@ -94,7 +94,8 @@ cdef extern from "csrc/roi_variants.h":
                                       int32_t* rt, const float* gnext,
                                       const int32_t* anext, const Py_ssize_t* gf,
                                       const Py_ssize_t* goff, const float* gwt,
-                                      int ws) noexcept nogil
+                                      const unsigned char* gd, int ws) noexcept nogil
     Py_ssize_t ck_ma_groups(Py_ssize_t nb, const Py_ssize_t* sf, const Py_ssize_t* so,
-                            const float* sw, Py_ssize_t* gf, Py_ssize_t* goff, float* gwt,
+                            const float* sw, const int32_t* rel, Py_ssize_t* gf,
+                            Py_ssize_t* goff, float* gwt, unsigned char* gd,
                             int* ws) noexcept nogil
