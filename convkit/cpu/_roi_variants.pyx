@@ -540,8 +540,10 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int32_t[:, :, 
     sample table (float) or pair table once (read from rois once), then one (image, block of
     channels) per task, the image's RoIs added in order.  float, when every RoI has its sample
     table: blocks of 64 channels accumulated pixel-major in a private (H*W, 64) scratch, the
-    channels vectorised (ck_max_align_bwd_blk_f), then transposed into gx's planes; else
-    blocks of 16 channels, one plane at a time.  Each argmax entry is read once and checked
+    channels vectorised (ck_max_align_bwd_blk_f: one add per pixel a bin's samples touch, by
+    the RoI's pixel groups, where the grad block is finite), then transposed into gx's planes;
+    else blocks of 16 channels, one plane at a time.  argmax is int32 (the boundary narrows
+    other integer dtypes).  Each argmax entry is read once and checked
     against its bin's samples.  Returns (bad argmax entries, RoIs flagged in status); both are
     skipped, the caller raises."""
     cdef Py_ssize_t N = gx.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]

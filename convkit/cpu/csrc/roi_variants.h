@@ -5,7 +5,8 @@
    of channels (roi_avg_pool, float roi_max_align).  The bins and sample taps come from the
    roi_pool / roi_align helpers (_roi_pool.roi_pool_bins, _roi_align.roi_align_axis_taps).
    The generic functions exist for float (_f) and double (_d); float roi_max_align also has
-   sample-table kernels in SSE2 and AVX2 (ck_ma_*, picked by CPUID, the same bits). */
+   sample-table kernels in SSE2 and AVX2 (ck_ma_*, picked by CPUID, the same bits).
+   roi_max_align's argmax is int32 (it numbers one bin's samples, at most 2**31 of them). */
 #ifndef CK_ROI_VARIANTS_H
 #define CK_ROI_VARIANTS_H
 #include "roi_simd.h"
