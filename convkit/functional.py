@@ -746,9 +746,9 @@ def _roi_grad_args(op, be, grad_y, rois, input_shape, output_size, spatial_scale
 
 
 def _max_align_ratio(op, sampling_ratio, K, osz):
-    if V._int(op, "sampling_ratio", sampling_ratio) > 2**30:   # argmax numbers sr*sr samples
-        raise ValueError(f"{op}: sampling_ratio must be at most {2**30} (argmax numbers the "
-                         f"samples of a bin in int64), got {sampling_ratio!r}")
+    if V._int(op, "sampling_ratio", sampling_ratio) > 46340:   # argmax numbers sr*sr samples
+        raise ValueError(f"{op}: sampling_ratio must be at most 46340 (argmax numbers the "
+                         f"sr*sr samples of a bin in int32), got {sampling_ratio!r}")
     return _sampling_ratio(op, sampling_ratio, K, osz)
 
 
@@ -759,10 +759,11 @@ def roi_max_align_forward(x, rois, output_size, spatial_scale=1.0, sampling_rati
     bin the max over its samples instead of the mean.  A sample outside roi_align's range
     (y < -1 or y > H, x < -1 or x > W) is skipped, not counted as 0.  Max as max_pool2d: ties
     keep the first sample in row-major order, NaN wins (the last NaN).  Returns (y
-    (array[K, C, oh, ow]), argmax (int64: the winning sample iy*gw + ix within the bin's gh x
+    (array[K, C, oh, ow]), argmax (int32: the winning sample iy*gw + ix within the bin's gh x
     gw grid; -1 and y = 0 for a bin without a valid sample)).  A RoI with a non-finite
     coordinate gives zeros and -1; a finite RoI whose adaptive grid exceeds 2**30 points per
-    axis is a ValueError."""
+    axis or 2**31 per bin (the numbers must fit int32) is a ValueError, and so is a
+    sampling_ratio over 46340."""
     op = "roi_max_align_forward"
     be = _backend(backend)
     osz, scale = _roi_common(op, be, x, output_size, spatial_scale)
@@ -773,7 +774,7 @@ def roi_max_align_forward(x, rois, output_size, spatial_scale=1.0, sampling_rati
     xp = be.xp
     if r.shape[0] == 0 or x.size == 0:
         _check_batch_indices(op, xp, r, x.shape[0])
-        return xp.zeros(shape, dt), xp.full(shape, -1, xp.int64)
+        return xp.zeros(shape, dt), xp.full(shape, -1, xp.int32)
     y, argmax = be._roi_max_align_forward(_c(be, x), r, osz, scale, sr, bool(aligned))
     if mask is not None:
         y[mask] = 0
@@ -785,7 +786,8 @@ def roi_max_align_backward(grad_y, argmax, rois, input_shape, output_size, spati
                            sampling_ratio=-1, aligned=False, *, backend=None):
     """Gradient of :func:`roi_max_align_forward` with the same arguments: each bin's grad times
     the winning sample's four bilinear weights, added to its four neighbours; nothing for
-    argmax -1.  An argmax that names no valid sample of its bin is a ValueError."""
+    argmax -1.  argmax is the forward's int32 array (another integer dtype is taken when its
+    values fit int32); an argmax that names no valid sample of its bin is a ValueError."""
     op = "roi_max_align_backward"
     be = _backend(backend)
     g, r, shape, osz, scale, mask = _roi_grad_args(op, be, grad_y, rois, input_shape,
@@ -797,14 +799,20 @@ def roi_max_align_backward(grad_y, argmax, rois, input_shape, output_size, spati
     if g is None:
         return be.xp.zeros(shape, grad_y.dtype)
     xp = be.xp
-    if argmax.dtype.kind == "u" and int(argmax.max()) > np.iinfo(np.int64).max:
-        raise ValueError(f"{op}: argmax holds {int(argmax.max())}, beyond int64")
+    if argmax.dtype != xp.int32 and argmax.size:
+        # no sample number is outside int32's range (the forward's grid limit): a wider
+        # value is bad, and must not wrap to a valid one when narrowed
+        lo, hi = int(argmax.min()), int(argmax.max())
+        if lo < -1 or hi > np.iinfo(np.int32).max:
+            raise ValueError(f"{op}: argmax must be -1 or the number iy*gw + ix of an in-range "
+                             f"sample of its bin (int32, as roi_max_align_forward returns); "
+                             f"it holds values in [{lo}, {hi}]")
     # the hooks range-check every entry, per bin; a backend that does not read each index
     # once (validates_indices) gets a private copy, which it may read twice
     if be.validates_indices and mask is None:
-        am = _c(be, argmax.astype(xp.int64, copy=False))
+        am = _c(be, argmax.astype(xp.int32, copy=False))
     else:
-        am = _snapshot(xp, argmax, xp.int64)
+        am = _snapshot(xp, argmax, xp.int32)
         if mask is not None:
             am[mask] = -1
     return be._roi_max_align_backward(g, am, r, shape, osz, scale, sr, bool(aligned))

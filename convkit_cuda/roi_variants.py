@@ -38,7 +38,8 @@ def _check(bad, op, rois, N, sampling_ratio=-1, aligned=False, output_size=(1, 1
                                  1, 1):
             pass
         raise ValueError(f"{op}: a RoI gets an adaptive sampling grid of over 2**30 points per "
-                         f"axis; pass sampling_ratio > 0 or a smaller box")
+                         f"axis or 2**31 per bin (argmax numbers the samples in int32); pass "
+                         f"sampling_ratio > 0 or a smaller box")
     if flag & _BAD_INDEX:
         raise ValueError(f"{op}: argmax must be -1 or the number iy*gw + ix of an in-range "
                          f"sample of its bin (as roi_max_align_forward returns for these rois "
@@ -90,7 +91,7 @@ def roi_max_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, a
         K = rois.shape[0]
         oh, ow = output_size
         y = cupy.empty((K, C, oh, ow), dtype=x.dtype)
-        argmax = cupy.empty((K, C, oh, ow), dtype=np.int64)
+        argmax = cupy.empty((K, C, oh, ow), dtype=np.int32)
         bad = cupy.zeros(1, dtype=np.uint64)
         grid, block = grid_for(K * C * oh * ow)
         launch(STEM, "roi_max_align_fwd", x.dtype, grid, block,

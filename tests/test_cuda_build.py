@@ -124,8 +124,8 @@ def test_parser_refuses_types_a_launcher_would_mispack():
     with pytest.raises(ValueError, match=r"k: parameter n has type 'int'"):
         parse_params('extern "C" __global__ void k(const scalar_t* x, int n) {}')
     assert parse_params('extern "C" __global__ void k(const scalar_t* __restrict__ x,\n'
-                        ' long long n, unsigned long long* m, double d) {}') == \
-        {"k": [("S*", "x"), ("I", "n"), ("U*", "m"), ("D", "d")]}
+                        ' long long n, unsigned long long* m, double d, int* a) {}') == \
+        {"k": [("S*", "x"), ("I", "n"), ("U*", "m"), ("D", "d"), ("i*", "a")]}
 
 
 # ------------------------------------------------------------------ run-time argument check

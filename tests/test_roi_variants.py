@@ -238,7 +238,7 @@ def test_roi_max_align_forward_matches_oracle(backend, dtype, scale, sampling_ra
     y, am = run(backend, F.roi_max_align_forward, x, rois, (3, 2), scale, sampling_ratio,
                 aligned)
     y0, am0 = max_align_oracle(x, rois, (3, 2), scale, sampling_ratio, aligned)
-    assert y.dtype == dtype and am.dtype == np.int64
+    assert y.dtype == dtype and am.dtype == np.int32
     np.testing.assert_array_equal(am, am0)
     np.testing.assert_allclose(y, y0, **tol(dtype))
     assert (am == -1).any() and (am >= 0).any()       # the box set has empty and full bins
@@ -351,8 +351,8 @@ def test_roi_max_align_bad_argmax_is_an_error(backend):
     x = make_x(np.float64)
     rois = make_rois(np.float64, 1.0)
     y, am = run(backend, F.roi_max_align_forward, x, rois, 2, 1.0, 2, False)
-    for bad in (4, -2, 2**62):       # a 2x2 grid numbers its samples 0..3
-        a = am.copy()
+    for bad in (4, -2, 2**31 - 1, -2**31, 2**62):   # a 2x2 grid numbers its samples 0..3
+        a = am.astype(np.int64) if bad == 2**62 else am.copy()
         a[1, 2, 1, 0] = bad
         with pytest.raises(ValueError, match="argmax"):
             run(backend, F.roi_max_align_backward, y, a, rois, x.shape, 2, 1.0, 2, False)
@@ -374,6 +374,64 @@ def test_roi_max_align_grid_too_large_to_number(backend):
     # a fixed grid numbers fine: the samples are 1e12 apart, all but none off the map
     y, am = run(backend, F.roi_max_align_forward, x, huge, 2, 1.0, 2, False)
     assert not y.any() and (am == -1).all()
+    # argmax is int32: a bin may hold at most 2**31 samples (46341**2 is over, each axis
+    # well under 2**30), and sampling_ratio at most 46340
+    over = np.array([[0, 0.0, 0.0, 46341.0, 46341.0]])
+    with pytest.raises(ValueError, match=r"rois\[0\].*sampling grid"):
+        run(backend, F.roi_max_align_forward, x, over, 1, 1.0, -1, False)
+    with pytest.raises(ValueError, match="sampling_ratio"):
+        run(backend, F.roi_max_align_forward, x, huge, 2, 1.0, 46341, False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_roi_max_align_numbers_near_int32s_limit(backend, dtype):
+    # a 46000 x 46000 grid in one bin whose only valid samples are its last rows (RoI 0:
+    # numbers near 2**31 - 1) or columns (RoI 1), matching the numpy reference, and taken back
+    # by the backward
+    x = make_x(dtype)
+    rois = np.array([[0, -45990.0, -45990.0, 10.0, 10.0],
+                     [1, -45992.0, 2.0, 8.0, 46002.0]], dtype)
+    y, am = run(backend, F.roi_max_align_forward, x, rois, 1, 1.0, -1, False)
+    y0, am0 = run("numpy", F.roi_max_align_forward, x, rois, 1, 1.0, -1, False)
+    assert am.dtype == np.int32
+    assert am[0].min() > 2_100_000_000                  # iy near 46000: iy * gw + ix
+    assert (am[1] % 46000 >= 45990).all()               # ix near 46000, iy small
+    np.testing.assert_array_equal(am, am0)
+    np.testing.assert_array_equal(y, y0)
+    g = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    gx = run(backend, F.roi_max_align_backward, g, am, rois, x.shape, 1, 1.0, -1, False)
+    gx0 = run("numpy", F.roi_max_align_backward, g, am, rois, x.shape, 1, 1.0, -1, False)
+    np.testing.assert_allclose(gx, gx0, **tol(dtype))
+    assert gx.any()
+
+
+def test_roi_max_align_backward_takes_other_integer_argmax(backend):
+    x = make_x(np.float32)
+    rois = make_rois(np.float32, 0.5)
+    y, am = run(backend, F.roi_max_align_forward, x, rois, (3, 2), 0.5, 2, False)
+    g = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32)
+    gx = run(backend, F.roi_max_align_backward, g, am, rois, x.shape, (3, 2), 0.5, 2, False)
+    for dt in (np.int64, np.int16, np.uint64):
+        if dt == np.uint64:     # -1 has no uint64 spelling: bins without a valid sample
+            keep = (am != -1).all(axis=(1, 2, 3))
+            a, gg, r = am[keep].astype(dt), g[keep], rois[keep]
+            want = run(backend, F.roi_max_align_backward, gg, am[keep], r, x.shape, (3, 2),
+                       0.5, 2, False)
+        else:
+            a, gg, r, want = am.astype(dt), g, rois, gx
+        got = run(backend, F.roi_max_align_backward, gg, a, r, x.shape, (3, 2), 0.5, 2, False)
+        np.testing.assert_array_equal(got, want)
+    # a wider value that would wrap to a valid int32 number is an error, not that number
+    for bad in (2**32 + int(am.max()), -2**32 + 1, -2):
+        a = am.astype(np.int64)
+        a[0, 0, 0, 0] = bad
+        with pytest.raises(ValueError, match="argmax"):
+            run(backend, F.roi_max_align_backward, g, a, rois, x.shape, (3, 2), 0.5, 2, False)
+    a = am.astype(np.uint64)
+    a[am == -1] = 0
+    a[0, 0, 0, 0] = 2**64 - 1
+    with pytest.raises(ValueError, match="argmax"):
+        run(backend, F.roi_max_align_backward, g, a, rois, x.shape, (3, 2), 0.5, 2, False)
 
 
 # ------------------------------------------------------------------------ shared boundary
@@ -420,7 +478,7 @@ def test_empty_rois_and_images(backend, op):
     y, am = _outs(run(backend, fwd, x, r0))
     assert y.shape == (0, 3, 3, 2) and y.dtype == np.float32
     if am is not None:
-        assert am.shape == y.shape and am.dtype == np.int64
+        assert am.shape == y.shape and am.dtype == np.int32
     gx = run(backend, bwd, y, am, r0, x.shape)
     assert gx.shape == x.shape and not gx.any() and gx.dtype == np.float32
     # channels = 0 with RoIs

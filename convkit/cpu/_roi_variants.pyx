@@ -27,7 +27,7 @@ from convkit.cpu.csrc.roi_variants cimport (ck_avg_roi_f, ck_avg_roi_d, ck_avg_b
                                             ck_max_align_bwd_tab_f, ck_max_align_bwd_tab_d,
                                             ck_max_align_pairs_f, ck_max_align_pairs_d,
                                             ck_max_align_table_f, ck_max_align_roi_f,
-                                            ck_max_align_bwd_blk_f)
+                                            ck_max_align_bwd_blk_f, ck_ma_groups)
 from convkit.cpu._roi_pool cimport roi_pool_bins
 from convkit.cpu._roi_align cimport roi_align_axis_taps, roi_align_geometry
 
@@ -38,8 +38,10 @@ def set_simd_level(int cap):
     return ck_set_simd_cap(cap)
 
 
-# the most sample points per axis of an adaptive grid (reference.roi_variants.MAX_GRID)
+# the most sample points of an adaptive grid per axis and per bin (argmax numbers a bin's
+# samples in int32; reference.roi_variants.MAX_GRID, MAX_SAMPLES)
 cdef double MAX_GRID = 1073741824.0
+cdef double MAX_SAMPLES = 2147483648.0
 
 
 # -------------------------------------------------------------------------------- roi_avg_pool
@@ -233,11 +235,13 @@ cdef int _axis_taps(_Axis* t, floating start, floating bin_size, floating grid,
 cdef int _roi_axes(const floating* roi, floating scale, bint aligned, Py_ssize_t sr,
                    Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t H, Py_ssize_t W, _Axis* ty,
                    _Axis* tx, int64_t* gw) noexcept nogil:
-    """One RoI's y and x taps.  1 done, 0 out of memory, -2 adaptive grid over MAX_GRID."""
+    """One RoI's y and x taps.  1 done, 0 out of memory, -2 adaptive grid over MAX_GRID per
+    axis or MAX_SAMPLES per bin."""
     cdef floating geo[6]
     roi_align_geometry(roi, scale, <floating>0.5 if aligned else <floating>0, aligned, sr, ph,
                        pw, geo)
-    if sr <= 0 and not (geo[2] <= MAX_GRID and geo[5] <= MAX_GRID):
+    if sr <= 0 and not (geo[2] <= MAX_GRID and geo[5] <= MAX_GRID
+                        and <double>geo[2] * <double>geo[5] <= MAX_SAMPLES):
         return -2
     gw[0] = <int64_t>geo[5] if geo[5] >= 1 else 0
     if not (_axis_taps(ty, geo[0], geo[1], geo[2], ph, H)
@@ -251,11 +255,17 @@ cdef struct _Table:
     # samples, and the scan's bin-major scratch (scratch: tb then ti)
     Py_ssize_t cap
     Py_ssize_t* sf
-    int64_t* base
+    int32_t* base
     Py_ssize_t* so
     float* sw
     int32_t* rel
     void* scratch
+    # the backward's pixel groups (ck_ma_groups; gf NULL: none, the masked path)
+    Py_ssize_t* gf
+    Py_ssize_t* goff
+    float* gwt
+    unsigned char* gd
+    int ws
 
 
 # the most samples a RoI's table holds per bin on average (beyond: the per-bin path)
@@ -269,6 +279,11 @@ cdef void _table_free(_Table* t) noexcept nogil:
     free(t.sw)
     free(t.rel)
     ck_free64(t.scratch)
+    free(t.gf)
+    free(t.goff)
+    free(t.gwt)
+    free(t.gd)
+    t.gf = NULL
 
 
 cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
@@ -279,8 +294,12 @@ cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
     t.sw = NULL
     t.rel = NULL
     t.scratch = NULL
+    t.gf = NULL
+    t.goff = NULL
+    t.gwt = NULL
+    t.gd = NULL
     t.sf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
-    t.base = <int64_t*>malloc(nb * sizeof(int64_t) + 1)
+    t.base = <int32_t*>malloc(nb * sizeof(int32_t) + 1)
     if scratch:
         t.scratch = ck_malloc64(ck_roi_scratch_bytes(nb))
     return t.sf != NULL and t.base != NULL and (t.scratch != NULL or not scratch)
@@ -314,10 +333,26 @@ cdef int _table_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t 
     return 0
 
 
+cdef int _groups_build(_Table* t, Py_ssize_t nb) noexcept nogil:
+    """The backward's pixel groups of a built table (C = 1), when the RoI can be merged (else
+    gf stays NULL).  0 when memory ran out."""
+    cdef Py_ssize_t n = t.sf[nb]
+    t.gf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
+    t.goff = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t) + 1)
+    t.gwt = <float*>malloc(32 * n * sizeof(float) + 1)
+    t.gd = <unsigned char*>malloc(nb + 1)
+    if t.gf == NULL or t.goff == NULL or t.gwt == NULL or t.gd == NULL:
+        return 0
+    if ck_ma_groups(nb, t.sf, t.so, t.sw, t.rel, t.gf, t.goff, t.gwt, t.gd, &t.ws) < 0:
+        free(t.gf)
+        t.gf = NULL
+    return 1
+
+
 def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
                           const floating[:, ::1] rois, const Py_ssize_t[::1] order,
                           double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
-                          floating[:, :, :, ::1] y, int64_t[:, :, :, ::1] argmax,
+                          floating[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax,
                           unsigned char[::1] status, int n_threads):
     """x (N, C, H, W) -> y, argmax (K, C, ph, pw); xt (N, H, W, C) scratch; one RoI per task,
     handed out in ``order``; float RoIs go through a sample table (ck_max_align_roi_f) when it
@@ -330,7 +365,7 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
     cdef floating* xtp = &xt[0, 0, 0, 0]
     cdef const floating* rp = &rois[0, 0]
     cdef floating* yp = &y[0, 0, 0, 0]
-    cdef int64_t* amp = &argmax[0, 0, 0, 0]
+    cdef int32_t* amp = &argmax[0, 0, 0, 0]
     cdef const floating* img
     cdef floating* best
     cdef int64_t* bi
@@ -497,7 +532,7 @@ cdef int _roi_pairs(_Pairs* pt, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t p
     return 1
 
 
-def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, :, ::1] argmax,
+def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int32_t[:, :, :, ::1] argmax,
                            const floating[:, ::1] rois, double spatial_scale,
                            Py_ssize_t sampling_ratio, bint aligned, floating[:, :, :, ::1] gx,
                            unsigned char[::1] status, int n_threads):
@@ -505,8 +540,10 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
     sample table (float) or pair table once (read from rois once), then one (image, block of
     channels) per task, the image's RoIs added in order.  float, when every RoI has its sample
     table: blocks of 64 channels accumulated pixel-major in a private (H*W, 64) scratch, the
-    channels vectorised (ck_max_align_bwd_blk_f), then transposed into gx's planes; else
-    blocks of 16 channels, one plane at a time.  Each argmax entry is read once and checked
+    channels vectorised (ck_max_align_bwd_blk_f: one add per pixel a bin's samples touch, by
+    the RoI's pixel groups, where the grad block is finite), then transposed into gx's planes;
+    else blocks of 16 channels, one plane at a time.  argmax is int32 (the boundary narrows
+    other integer dtypes).  Each argmax entry is read once and checked
     against its bin's samples.  Returns (bad argmax entries, RoIs flagged in status); both are
     skipped, the caller raises."""
     cdef Py_ssize_t N = gx.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
@@ -519,7 +556,7 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
     cdef int32_t* rt
     cdef _Table* tb
     cdef const floating* gyp = &gy[0, 0, 0, 0]
-    cdef const int64_t* amp = &argmax[0, 0, 0, 0]
+    cdef const int32_t* amp = &argmax[0, 0, 0, 0]
     cdef const floating* rp = &rois[0, 0]
     cdef floating* gxp = &gx[0, 0, 0, 0]
     cdef floating* plane
@@ -569,6 +606,9 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
                             and _table_build(&tabs[k], &axes[2 * k], &axes[2 * k + 1], W, 1,
                                              ph, pw, gws[k])):
                         notab += 1
+                    elif not _groups_build(&tabs[k], nb):
+                        failed += 1
+                        batch[k] = -1
                 elif not _roi_pairs(&pairs[k], &axes[2 * k], &axes[2 * k + 1], W, ph, pw,
                                     gws[k], <floating>0):
                     failed += 1
@@ -610,7 +650,8 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int64_t[:, :, 
                             gb, nc, nb, tb.sf, tb.so, tb.sw, tb.rel, tb.base,
                             <const float*>gyp + o, amp + o,
                             gt, rt, <const float*>gyp + (i * C + c0) * nb if i < K else NULL,
-                            amp + (i * C + c0) * nb if i < K else NULL)
+                            amp + (i * C + c0) * nb if i < K else NULL,
+                            tb.gf, tb.goff, tb.gwt, tb.gd, tb.ws)
                         k = i
                     for i in range(0, HW, 64):  # (H*W, nc) block -> the nc planes of gx
                         ck_transpose_f(gb + i * nc, nc, min(64, HW - i), nc,

@@ -19,8 +19,8 @@ def _raise(op, status, rois, N):
     k = int(np.argmax(status != 0))
     if status[k] == 2:
         raise ValueError(f"{op}: rois[{k}] gets an adaptive sampling grid of over 2**30 points "
-                         f"per axis (argmax numbers the samples in int64); pass "
-                         f"sampling_ratio > 0 or a smaller box")
+                         f"per axis or 2**31 per bin (argmax numbers the samples in int32); "
+                         f"pass sampling_ratio > 0 or a smaller box")
     _check_batch(op, True, N)
 
 
@@ -50,7 +50,7 @@ def roi_max_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, a
     K = rois.shape[0]
     shape = (K, C) + tuple(output_size)
     y = np.empty(shape, x.dtype)
-    argmax = np.empty(shape, np.int64)
+    argmax = np.empty(shape, np.int32)
     status = np.zeros(K, np.uint8)
     _roi_variants.roi_max_align_forward(x, _empty64((N, H, W, C), x.dtype), rois,
                                         _local_order(rois), float(spatial_scale),

@@ -9,10 +9,10 @@ W) and grad_y C-contiguous of one float dtype; rois a private C-contiguous (K, 5
 dtype with finite coordinates and integer batch indices in [0, N) (rows that had a non-finite
 coordinate arrive zeroed, and the boundary zeroes their outputs and gradients);
 ``output_size`` a pair of ints >= 1; ``spatial_scale`` a float > 0; ``sampling_ratio`` an int,
--1 for the adaptive grid (any value <= 0 at the boundary) or 1..2**30; ``aligned`` a bool;
-``input_shape`` a 4-tuple; argmax an int64 C-contiguous array of grad_y's shape (a private copy
-on backends without ``validates_indices``; its range is checked here, per bin); K, N, C, H, W
-all > 0.
+-1 for the adaptive grid (any value <= 0 at the boundary) or 1..46340 (its square, a bin's
+samples, at most 2**31); ``aligned`` a bool; ``input_shape`` a 4-tuple; argmax an int32
+C-contiguous array of grad_y's shape (a private copy on backends without
+``validates_indices``; its range is checked here, per bin); K, N, C, H, W all > 0.
 
 roi_avg_pool: bin (i, j) of a RoI is roi_pool's ``[hstart, hend) x [wstart, wend)`` (corners
 scaled and rounded half away from zero, RoI at least 1x1 cell, floor/ceil split, clipped to the
@@ -29,8 +29,9 @@ replaces the best when it is greater or NaN, so ties keep the first sample, a Na
 numbers (the last NaN when there are several) and a bin of -inf reports its first sample.
 argmax = iy*gw + ix of the winner; a bin without a valid sample gives 0 and -1.  The backward
 adds grad times the winner's four bilinear weights to its four neighbours (as roi_align does
-for each sample), nothing for argmax -1.  Sample numbers must fit int64: a RoI whose adaptive
-grid exceeds 2**30 points on an axis (a box over ~1e9 pixels per output bin) is a ValueError.
+for each sample), nothing for argmax -1.  argmax is int32 (it numbers the samples of one bin,
+gh*gw of them): a RoI whose adaptive grid exceeds 2**30 points on an axis or 2**31 samples per
+bin (a box over ~46000 x 46000 pixels per output bin) is a ValueError.
 """
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ import numpy as np
 
 from .roi import _roi_align_geometry, _roi_pool_bins, _taps
 
-# the most sample points per axis whose numbers iy*gw + ix stay well inside int64
+# the most sample points per axis of an adaptive grid, and per bin (gh*gw: the numbers
+# iy*gw + ix then fit argmax's int32)
 MAX_GRID = 2**30
+MAX_SAMPLES = 2**31
 
 
 # ------------------------------------------------------------------------------- roi_avg_pool
@@ -89,12 +92,12 @@ def _max_align_rois(op, rois, output_size, spatial_scale, sampling_ratio, aligne
                                                  sampling_ratio, aligned)
     batch = rois[:, 0].astype(np.int64)
     for k in range(rois.shape[0]):
-        for g in (gh[k], gw[k]):
-            if not float(g) <= MAX_GRID:
-                raise ValueError(
-                    f"{op}: rois[{k}] gets an adaptive sampling grid of {float(g):.4g} points "
-                    f"per axis, over {MAX_GRID} (argmax numbers the samples in int64); pass "
-                    f"sampling_ratio > 0 or a smaller box")
+        g1, g2 = float(gh[k]), float(gw[k])
+        if not (g1 <= MAX_GRID and g2 <= MAX_GRID and g1 * g2 <= MAX_SAMPLES):
+            raise ValueError(
+                f"{op}: rois[{k}] gets an adaptive sampling grid of {g1:.4g} x {g2:.4g} "
+                f"points per bin, over {MAX_GRID} per axis or {MAX_SAMPLES} in all (argmax "
+                f"numbers the samples in int32); pass sampling_ratio > 0 or a smaller box")
         yield (k, batch[k], _taps(op, sh[k], bh[k], gh[k], oh, H),
                _taps(op, sw[k], bw[k], gw[k], ow, W), max(int(gw[k]), 0))
 
@@ -114,13 +117,13 @@ def _bin_samples(xb, ty, tx, p, q):
 
 
 def roi_max_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, aligned):
-    """Max over roi_align's valid bilinear samples -> (y (K, C, oh, ow), argmax int64)."""
+    """Max over roi_align's valid bilinear samples -> (y (K, C, oh, ow), argmax int32)."""
     op = "roi_max_align_forward"
     N, C, H, W = x.shape
     oh, ow = output_size
     K = rois.shape[0]
     y = np.zeros((K, C, oh, ow), x.dtype)
-    argmax = np.full((K, C, oh, ow), -1, np.int64)
+    argmax = np.full((K, C, oh, ow), -1, np.int32)
     chans = np.arange(C)
     for k, b, ty, tx, gw in _max_align_rois(op, rois, output_size, spatial_scale,
                                             sampling_ratio, aligned, H, W):

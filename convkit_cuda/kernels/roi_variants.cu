@@ -7,8 +7,10 @@
 // run, and the additions into each input element in the cpu backend's order.
 #include "roi.cu"
 
-#define BAD_GRID 4ULL    // an adaptive sampling grid over MAX_GRID points on an axis
+#define BAD_GRID 4ULL    // an adaptive sampling grid over MAX_GRID points on an axis, or
+                         // over MAX_SAMPLES per bin (argmax numbers them in int32)
 #define MAX_GRID 1073741824.0
+#define MAX_SAMPLES 2147483648.0
 
 // roi_pool's bin edges [*s, *e) along one axis of RoI r (as roi_pool_fwd computes them):
 // corners c0, c1 (columns of r) scaled and rounded, at least 1 cell, bin p of `pooled`,
@@ -123,7 +125,9 @@ __device__ __forceinline__ bool max_align_window(
 {
     *g = align_geom(r, oh, ow, scale, sampling_ratio, aligned);
     if (sampling_ratio <= 0 && !((double)ceil_d(g->bin_h) <= MAX_GRID
-                                 && (double)ceil_d(g->bin_w) <= MAX_GRID))
+                                 && (double)ceil_d(g->bin_w) <= MAX_GRID
+                                 && (double)ceil_d(g->bin_h) * (double)ceil_d(g->bin_w)
+                                        <= MAX_SAMPLES))
         return false;
     long long ry, rx;
     sample_range(g->y0 + (scalar_t)ph * g->bin_h, g->bin_h, g->gh, -1.0, (double)H,
@@ -146,12 +150,13 @@ __device__ __forceinline__ bool max_align_sample(
 }
 
 // Writes every element of y and argmax: the max over the bin's valid samples (greater or NaN
-// replaces, so ties keep the first in row-major order and NaN wins), argmax iy * gw + ix;
+// replaces, so ties keep the first in row-major order and NaN wins), argmax iy * gw + ix
+// (int32);
 // a bin without a valid sample gives 0 and -1.
 extern "C" __global__ void roi_max_align_fwd(
     const scalar_t* x, const scalar_t* rois, long long K, long long N, long long C, long long H,
     long long W, long long oh, long long ow, scalar_t scale, long long sampling_ratio,
-    long long aligned, scalar_t* y, long long* argmax, unsigned long long* bad)
+    long long aligned, scalar_t* y, int* argmax, unsigned long long* bad)
 {
     check_rois(rois, K, N, bad);
     const long long total = K * C * oh * ow;
@@ -191,7 +196,7 @@ extern "C" __global__ void roi_max_align_fwd(
         }
         if (won >= 0) {
             y[i] = best;
-            argmax[i] = won;
+            argmax[i] = (int)won;     // < gh*gw <= MAX_SAMPLES
         }
     }
 }
@@ -201,7 +206,7 @@ extern "C" __global__ void roi_max_align_fwd(
 // gy[j] times their weights; -1 keys for argmax -1, a non-finite RoI or a bad entry.  An argmax
 // that is neither -1 nor a valid sample of its bin sets BAD_INDEX.
 extern "C" __global__ void roi_max_align_keys(
-    const scalar_t* gy, const long long* argmax, const scalar_t* rois, long long K, long long N,
+    const scalar_t* gy, const int* argmax, const scalar_t* rois, long long K, long long N,
     long long C, long long H, long long W, long long oh, long long ow, scalar_t scale,
     long long sampling_ratio, long long aligned, long long* keys, scalar_t* vals,
     unsigned long long* bad)

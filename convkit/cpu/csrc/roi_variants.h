@@ -5,7 +5,8 @@
    of channels (roi_avg_pool, float roi_max_align).  The bins and sample taps come from the
    roi_pool / roi_align helpers (_roi_pool.roi_pool_bins, _roi_align.roi_align_axis_taps).
    The generic functions exist for float (_f) and double (_d); float roi_max_align also has
-   sample-table kernels in SSE2 and AVX2 (ck_ma_*, picked by CPUID, the same bits). */
+   sample-table kernels in SSE2 and AVX2 (ck_ma_*, picked by CPUID, the same bits).
+   roi_max_align's argmax is int32 (it numbers one bin's samples, at most 2**31 of them). */
 #ifndef CK_ROI_VARIANTS_H
 #define CK_ROI_VARIANTS_H
 #include "roi_simd.h"
@@ -95,7 +96,8 @@ CK_ROI_STRICT_FP_BEGIN
     for (c = 0; c < (CN); c++) {                                                          \
         const ptrdiff_t s = (ptrdiff_t)bi[c];                                             \
         y[(c0 + c) * nb] = best[c];                                                       \
-        am[(c0 + c) * nb] = (int64_t)yidx[a0 + s / nx] * gw + (int64_t)xidx[b0 + s % nx]; \
+        am[(c0 + c) * nb] = (int32_t)((int64_t)yidx[a0 + s / nx] * gw                \
+                                      + (int64_t)xidx[b0 + s % nx]);                  \
     }
 
 /* roi_max_align forward, one bin, all channels, on the NHWC image: its valid samples are the
@@ -112,7 +114,7 @@ CK_ROI_STRICT_FP_BEGIN
         const ptrdiff_t* ylo, const ptrdiff_t* yhi, const T* ywl, const T* ywh,          \
         const ptrdiff_t* yidx, ptrdiff_t b0, ptrdiff_t b1, const ptrdiff_t* xlo,          \
         const ptrdiff_t* xhi, const T* xwl, const T* xwh, const ptrdiff_t* xidx,          \
-        int64_t gw, T* best, IT* bi, ptrdiff_t nb, T* y, int64_t* am, ptrdiff_t cb) {     \
+        int64_t gw, T* best, IT* bi, ptrdiff_t nb, T* y, int32_t* am, ptrdiff_t cb) {     \
         ptrdiff_t nx = b1 - b0, a, b, c, c0;                                              \
         if (a1 <= a0 || nx <= 0) {                                                        \
             for (c = cb; c < C; c++) { y[c * nb] = 0; am[c * nb] = -1; }                  \
@@ -151,7 +153,7 @@ static inline int64_t ck_div(int64_t v, int64_t d, double inv) {
         const ptrdiff_t* ylo, const ptrdiff_t* yhi, const T* ywl, const T* ywh,          \
         const ptrdiff_t* yidx, const ptrdiff_t* xf, const ptrdiff_t* xlo,                 \
         const ptrdiff_t* xhi, const T* xwl, const T* xwh, const ptrdiff_t* xidx,          \
-        int64_t gw, const T* g, const int64_t* am) {                                      \
+        int64_t gw, const T* g, const int32_t* am) {                                      \
         ptrdiff_t p, q, bad = 0;                                                          \
         const double inv = gw >= 1 ? 1.0 / (double)gw : 0.0;                              \
         for (p = 0; p < ph; p++) {                                                        \
@@ -199,7 +201,7 @@ static inline int64_t ck_div(int64_t v, int64_t d, double inv) {
     static ptrdiff_t ck_max_align_bwd_tab_##S(                                            \
         T* plane, ptrdiff_t nb, const int64_t* base, const ptrdiff_t* nx,                 \
         const ptrdiff_t* pf, const ptrdiff_t* off, const T* wt, int64_t gw, const T* g,   \
-        const int64_t* am) {                                                              \
+        const int32_t* am) {                                                              \
         ptrdiff_t b, bad = 0;                                                             \
         const double inv = gw >= 1 ? 1.0 / (double)gw : 0.0;                              \
         for (b = 0; b < nb; b++) {                                                        \
@@ -279,7 +281,7 @@ static void ck_max_align_bin_f(
     const ptrdiff_t* ylo, const ptrdiff_t* yhi, const float* ywl, const float* ywh,
     const ptrdiff_t* yidx, ptrdiff_t b0, ptrdiff_t b1, const ptrdiff_t* xlo,
     const ptrdiff_t* xhi, const float* xwl, const float* xwh, const ptrdiff_t* xidx,
-    int64_t gw, float* best, int32_t* bi, ptrdiff_t nb, float* y, int64_t* am) {
+    int64_t gw, float* best, int32_t* bi, ptrdiff_t nb, float* y, int32_t* am) {
     ptrdiff_t c0 = 0;
 #ifdef CK_ROI_SSE2
     const ptrdiff_t nx = b1 - b0;
@@ -323,8 +325,8 @@ static void ck_max_align_bin_f(
             }
             for (j = 0; j < 16; j++) {
                 y[(c0 + j) * nb] = ob[j];
-                am[(c0 + j) * nb] = (int64_t)yidx[a0 + oi[j] / nx] * gw
-                                    + (int64_t)xidx[b0 + oi[j] % nx];
+                am[(c0 + j) * nb] = (int32_t)((int64_t)yidx[a0 + oi[j] / nx] * gw
+                                              + (int64_t)xidx[b0 + oi[j] % nx]);
             }
         }
     }
@@ -411,7 +413,7 @@ static ptrdiff_t ck_max_align_table_f(
     const ptrdiff_t* ylo, const ptrdiff_t* yhi, const float* ywl, const float* ywh,
     const ptrdiff_t* yidx, const ptrdiff_t* xf, const ptrdiff_t* xlo, const ptrdiff_t* xhi,
     const float* xwl, const float* xwh, const ptrdiff_t* xidx, int64_t gw, ptrdiff_t cap,
-    ptrdiff_t* sf, ptrdiff_t* so, float* sw, int32_t* rel, int64_t* base) {
+    ptrdiff_t* sf, ptrdiff_t* so, float* sw, int32_t* rel, int32_t* base) {
     ptrdiff_t p, q, a, b, n = 0;
     for (p = 0; p < ph; p++)
         for (q = 0; q < pw; q++) {
@@ -431,7 +433,7 @@ static ptrdiff_t ck_max_align_table_f(
             sf[k] = n;
             base[k] = -1;
             if (yf[p + 1] <= yf[p] || xf[q + 1] <= xf[q]) continue;
-            base[k] = (int64_t)yidx[yf[p]] * gw + (int64_t)xidx[xf[q]];
+            base[k] = (int32_t)((int64_t)yidx[yf[p]] * gw + (int64_t)xidx[xf[q]]);
             for (a = yf[p]; a < yf[p + 1]; a++)
                 for (b = xf[q]; b < xf[q + 1]; b++, n++) {
                     const float hy = ywl[a], ly = ywh[a], hx = xwl[b], lx = xwh[b];
@@ -452,29 +454,23 @@ static ptrdiff_t ck_max_align_table_f(
 }
 
 /* am[c*ldd + b] = base[b] + ti[b*lds + c] for b < nb, c < cols (the int32 numbers of a block,
-   bin-major, to the (C, bins) int64 argmax); 8x8 blocks transposed in AVX2 registers. */
+   bin-major, to the (C, bins) int32 argmax); 8x8 blocks transposed in AVX2 registers. */
 #ifdef CK_ROI_WIDE
 __attribute__((target("avx2")))
 static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdiff_t cols,
-                           const int64_t* base, int64_t* am, ptrdiff_t ldd) {
+                           const int32_t* base, int32_t* am, ptrdiff_t ldd) {
     ptrdiff_t c = 0, b, i;
     for (; c + 8 <= cols; c += 8) {
         for (b = 0; b + 8 <= nb; b += 8) {
             __m256 a[8];
-            const __m256i bl = _mm256_loadu_si256((const __m256i*)(base + b));
-            const __m256i bh = _mm256_loadu_si256((const __m256i*)(base + b + 4));
+            const __m256i bs = _mm256_loadu_si256((const __m256i*)(base + b));
             for (i = 0; i < 8; i++)
                 a[i] = _mm256_castsi256_ps(
                     _mm256_loadu_si256((const __m256i*)(ti + (b + i) * lds + c)));
             ck_tr8x8(a);
-            for (i = 0; i < 8; i++) {
-                const __m256i r = _mm256_castps_si256(a[i]);
-                int64_t* d = am + (c + i) * ldd + b;
-                _mm256_storeu_si256((__m256i*)d, _mm256_add_epi64(
-                    bl, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(r))));
-                _mm256_storeu_si256((__m256i*)(d + 4), _mm256_add_epi64(
-                    bh, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(r, 1))));
-            }
+            for (i = 0; i < 8; i++)
+                _mm256_storeu_si256((__m256i*)(am + (c + i) * ldd + b),
+                                    _mm256_add_epi32(bs, _mm256_castps_si256(a[i])));
         }
         for (; b < nb; b++)
             for (i = 0; i < 8; i++) am[(c + i) * ldd + b] = base[b] + ti[b * lds + c + i];
@@ -490,13 +486,13 @@ static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdi
    image holds no NaN/inf (the scan then skips its NaN test). */
 static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
                                const ptrdiff_t* sf, const ptrdiff_t* so, const float* sw,
-                               const int32_t* rel, const int64_t* base, int finite,
-                               void* scratch, float* y, int64_t* am) {
+                               const int32_t* rel, const int32_t* base, int finite,
+                               void* scratch, float* y, int32_t* am) {
     /* scratch (ck_roi_scratch_bytes(nb)): tb, ti (nb rows of CK_LD), tr, tri (CK_CHUNK*nb) */
     float* tb = (float*)scratch;
     int32_t* ti = (int32_t*)(tb + nb * CK_LD);
-    int64_t* tri = (int64_t*)(ti + nb * CK_LD);
-    float* tr = (float*)(tri + nb * CK_CHUNK);
+    int32_t* tri = (int32_t*)(ti + nb * CK_LD);
+    float* tr = (float*)((int64_t*)(ti + nb * CK_LD) + nb * CK_CHUNK);
     const int lv = ck_simd_level();
     ptrdiff_t c0, c1, c, b, s, k;
     (void)lv;
@@ -543,7 +539,7 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
         for (; c < c1 - c0; c++)
             for (k = 0; k < nb; k++) tri[c * nb + k] = base[k] + ti[k * CK_LD + c];
         ck_stream_copy(y + c0 * nb, tr, (size_t)(nb * (c1 - c0)) * sizeof(float));
-        ck_stream_copy(am + c0 * nb, tri, (size_t)(nb * (c1 - c0)) * sizeof(int64_t));
+        ck_stream_copy(am + c0 * nb, tri, (size_t)(nb * (c1 - c0)) * sizeof(int32_t));
     }
 }
 /* float roi_max_align backward on the sample tables (ck_max_align_table_f with C = 1, so so
@@ -617,62 +613,170 @@ __attribute__((target("avx2"))) CK_MA_NO_LIBCALL
 static ptrdiff_t ck_ma_bwd_y(CK_MA_BWD_ARGS) CK_MA_BWD_BODY(CK_Y)
 #endif
 
+/* An argmax entry relative to its bin's first sample number (base): -1 for -1, -2 for a
+   number below base or too far above it to be one of the bin's samples. */
+static inline int32_t ck_ma_rel1(int32_t v, int32_t base) {
+    const int64_t r = (int64_t)v - base;
+    return v == -1 ? -1 : r < 0 || r > INT32_MAX ? -2 : (int32_t)r;
+}
 #ifdef CK_ROI_WIDE
-/* 4 argmax entries (int64) minus their bins' bases -> 4 int32 as ck_ma_bwd_rel gives them */
+/* 8 argmax entries minus their bins' bases -> 8 int32 as ck_ma_bwd_rel gives them */
 __attribute__((target("avx2")))
-static inline __m128i ck_ma_rel4(const int64_t* am, const int64_t* base) {
+static inline __m256 ck_ma_rel8v(const int32_t* am, const int32_t* base) {
     const __m256i v = _mm256_loadu_si256((const __m256i*)am);
-    const __m256i r = _mm256_sub_epi64(v, _mm256_loadu_si256((const __m256i*)base));
-    const __m256i out = _mm256_or_si256(_mm256_cmpgt_epi64(r, _mm256_set1_epi64x(INT32_MAX)),
-                                        _mm256_cmpgt_epi64(_mm256_setzero_si256(), r));
-    __m256i x = _mm256_blendv_epi8(r, _mm256_set1_epi64x(-2), out);
-    x = _mm256_blendv_epi8(x, _mm256_set1_epi64x(-1),
-                           _mm256_cmpeq_epi64(v, _mm256_set1_epi64x(-1)));
-    return _mm256_castsi256_si128(
-        _mm256_permutevar8x32_epi32(x, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7)));
+    const __m256i bs = _mm256_loadu_si256((const __m256i*)base);
+    const __m256i r = _mm256_sub_epi32(v, bs);
+    const __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(bs, v),
+                                        _mm256_cmpgt_epi32(_mm256_setzero_si256(), r));
+    __m256i x = _mm256_blendv_epi8(r, _mm256_set1_epi32(-2), out);
+    x = _mm256_blendv_epi8(x, _mm256_set1_epi32(-1), _mm256_cmpeq_epi32(v, _mm256_set1_epi32(-1)));
+    return _mm256_castsi256_ps(x);
 }
 /* ck_ma_bwd_rel for 8 x 8 blocks (8 channels' rows of 8 bins, transposed in registers);
    returns the channels done, all bins */
 __attribute__((target("avx2")))
-static ptrdiff_t ck_ma_bwd_rel8(const int64_t* am, ptrdiff_t nb, ptrdiff_t cb,
-                                const int64_t* base, int32_t* rt) {
+static ptrdiff_t ck_ma_bwd_rel8(const int32_t* am, ptrdiff_t nb, ptrdiff_t cb,
+                                const int32_t* base, int32_t* rt) {
     ptrdiff_t c = 0, b, i;
     for (; c + 8 <= cb; c += 8) {
         for (b = 0; b + 8 <= nb; b += 8) {
             __m256 a[8];
-            for (i = 0; i < 8; i++) {
-                const int64_t* row = am + (c + i) * nb + b;
-                a[i] = _mm256_castsi256_ps(_mm256_inserti128_si256(
-                    _mm256_castsi128_si256(ck_ma_rel4(row, base + b)),
-                    ck_ma_rel4(row + 4, base + b + 4), 1));
-            }
+            for (i = 0; i < 8; i++) a[i] = ck_ma_rel8v(am + (c + i) * nb + b, base + b);
             ck_tr8x8(a);
             for (i = 0; i < 8; i++)
                 _mm256_storeu_si256((__m256i*)(rt + (b + i) * cb + c), _mm256_castps_si256(a[i]));
         }
         for (; b < nb; b++)
-            for (i = 0; i < 8; i++) {
-                const int64_t v = am[(c + i) * nb + b];
-                const uint64_t r = (uint64_t)v - (uint64_t)base[b];
-                rt[b * cb + c + i] = v == -1 ? -1 : r <= (uint64_t)INT32_MAX ? (int32_t)r : -2;
-            }
+            for (i = 0; i < 8; i++) rt[b * cb + c + i] = ck_ma_rel1(am[(c + i) * nb + b], base[b]);
     }
     return c;
 }
 #endif
-static void ck_ma_bwd_rel(const int64_t* am, ptrdiff_t nb, ptrdiff_t cb, const int64_t* base,
+static void ck_ma_bwd_rel(const int32_t* am, ptrdiff_t nb, ptrdiff_t cb, const int32_t* base,
                           int32_t* rt) {
     ptrdiff_t b, c = 0;
 #ifdef CK_ROI_WIDE
     if (ck_simd_level() >= 1) c = ck_ma_bwd_rel8(am, nb, cb, base, rt);
 #endif
     for (; c < cb; c++)
-        for (b = 0; b < nb; b++) {
-            const int64_t v = am[c * nb + b];
-            const uint64_t r = (uint64_t)v - (uint64_t)base[b];
-            rt[b * cb + c] = v == -1 ? -1 : r <= (uint64_t)INT32_MAX ? (int32_t)r : -2;
-        }
+        for (b = 0; b < nb; b++) rt[b * cb + c] = ck_ma_rel1(am[c * nb + b], base[b]);
 }
+
+/* A RoI's pixel groups for the merged backward (ck_ma_bwd_grp_y): bin b's groups are
+   [gf[b], gf[b+1]), one per distinct pixel goff[g] its samples' corners touch; gwt[g*ws + d]
+   is the weight with which the bin's sample d (s - sf[b]) reaches that pixel (0: it does
+   not).  With a finite grad, the lanes whose winner is d then add g * gwt[g*ws + d] once per
+   pixel, which is the one non-zero add CK_MAX_ALIGN_BWD makes there (a clamped corner that
+   repeats a pixel carries weight 0, an add of +-0 that changes no sum); the other lanes add
+   +-0.  ws: 4 when no bin has over 4 samples, else 8.  gd[b]: 1 when bin b's samples are
+   numbered 0, 1, ... relative to its first (every sample of its grid rows valid), so a
+   lane's relative argmax is its sample d itself.  Returns the number of groups (cap: 4 per
+   sample suffices), or -1 where the RoI cannot be merged (a bin of over 8 samples, or a
+   sample with two non-zero weights on one pixel). */
+static ptrdiff_t ck_ma_groups(ptrdiff_t nb, const ptrdiff_t* sf, const ptrdiff_t* so,
+                              const float* sw, const int32_t* rel, ptrdiff_t* gf,
+                              ptrdiff_t* goff, float* gwt, unsigned char* gd, int* ws) {
+    ptrdiff_t b, s, g, ng = 0, mx = 0;
+    int j, d, w;
+    for (b = 0; b < nb; b++)
+        if (sf[b + 1] - sf[b] > mx) mx = sf[b + 1] - sf[b];
+    if (mx > 8) return -1;
+    w = mx <= 4 ? 4 : 8;
+    *ws = w;
+    for (b = 0; b < nb; b++) {
+        gf[b] = ng;
+        gd[b] = 1;
+        for (s = sf[b]; s < sf[b + 1]; s++) {
+            d = (int)(s - sf[b]);
+            if (rel[s] != d) gd[b] = 0;
+            for (j = 0; j < 4; j++) {
+                const ptrdiff_t px = so[4 * s + j];
+                const float wt = sw[4 * s + j];
+                for (g = gf[b]; g < ng && goff[g] != px; g++) {}
+                if (g == ng) {
+                    goff[ng] = px;
+                    for (int i = 0; i < w; i++) gwt[ng * w + i] = 0.0f;
+                    ng++;
+                }
+                if (gwt[g * w + d] != 0.0f && wt != 0.0f) return -1;
+                gwt[g * w + d] = gwt[g * w + d] + wt;
+            }
+        }
+    }
+    gf[nb] = ng;
+    return ng;
+}
+
+#ifdef CK_ROI_WIDE
+/* The merged backward, AVX2, bins [b0, b1) of one RoI on a block of cb channels (rt, gt as
+   CK_MA_BWD_BODY's; every grad finite): per vector of channels, each lane's winner as its
+   sample d in the bin (lanes with -1 or no sample get grad 0), then per pixel group one
+   add of grad * the group's weight for d (a lane permute of the group's table).  Counts the
+   bad entries into *bad; returns the channels done. */
+#define CK_MA_GRP_STEP(R)                                                                 \
+    {                                                                                     \
+        __m256 gz[R];                                                                     \
+        __m256i dx[R];                                                                    \
+        for (v = 0; v < R; v++) {                                                         \
+            const __m256i rv = _mm256_loadu_si256((const __m256i*)(rb + c + 8 * v));      \
+            __m256 any = _mm256_setzero_ps();                                             \
+            __m256 dv = _mm256_setzero_ps();                                              \
+            if (gd[b]) {    /* d = rv where 0 <= rv < S (unsigned compare) */             \
+                any = _mm256_castsi256_ps(_mm256_cmpeq_epi32(                             \
+                    _mm256_max_epu32(rv, smax), smax));                                   \
+                dv = _mm256_castsi256_ps(rv);                                             \
+            } else                                                                        \
+            for (s = sf[b]; s < sf[b + 1]; s++) {                                         \
+                const __m256 eq = _mm256_castsi256_ps(                                    \
+                    _mm256_cmpeq_epi32(rv, _mm256_set1_epi32(rel[s])));                   \
+                dv = _mm256_blendv_ps(dv, _mm256_castsi256_ps(                            \
+                    _mm256_set1_epi32((int32_t)(s - sf[b]))), eq);                        \
+                any = _mm256_or_ps(any, eq);                                              \
+            }                                                                             \
+            nbad += __builtin_popcount(~_mm256_movemask_ps(_mm256_or_ps(                  \
+                any, _mm256_castsi256_ps(_mm256_cmpeq_epi32(rv, _mm256_set1_epi32(-1)))))  \
+                & 0xFF);                                                                  \
+            gz[v] = _mm256_and_ps(any, _mm256_loadu_ps(gr + c + 8 * v));                  \
+            dx[v] = _mm256_castps_si256(dv);                                              \
+        }                                                                                 \
+        for (g = gf[b]; g < gf[b + 1]; g++) {                                             \
+            const __m256 wt = ws == 4 ? _mm256_broadcast_ps((const __m128*)(gwt + 4 * g)) \
+                                      : _mm256_loadu_ps(gwt + 8 * g);                     \
+            float* r = gb + goff[g] * cb + c;                                             \
+            for (v = 0; v < R; v++)                                                       \
+                _mm256_storeu_ps(r + 8 * v, _mm256_add_ps(_mm256_loadu_ps(r + 8 * v),     \
+                    _mm256_mul_ps(gz[v], _mm256_permutevar8x32_ps(wt, dx[v]))));          \
+        }                                                                                 \
+    }
+__attribute__((target("avx2"))) CK_MA_NO_LIBCALL
+static ptrdiff_t ck_ma_bwd_grp_y(float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1,
+                                 const ptrdiff_t* sf, const int32_t* rel, const ptrdiff_t* gf,
+                                 const ptrdiff_t* goff, const float* gwt,
+                                 const unsigned char* gd, int ws, const float* gt,
+                                 const int32_t* rt, ptrdiff_t* bad) {
+    ptrdiff_t b, s, g, c = 0, nbad = 0;
+    int v;
+    for (b = b0; b < b1; b++) {
+        const int32_t* rb = rt + b * cb;
+        const float* gr = gt + b * cb;
+        /* S - 1, for the unsigned test rv <= S - 1 of a bin whose numbers are its d (S >= 1:
+           a bin without samples is handled first) */
+        const __m256i smax = _mm256_set1_epi32((int32_t)(sf[b + 1] - sf[b]) - 1);
+        if (sf[b + 1] == sf[b]) {       /* no samples: every entry must be -1 */
+            for (c = 0; c + 8 <= cb; c += 8) {
+                const __m256i rv = _mm256_loadu_si256((const __m256i*)(rb + c));
+                nbad += __builtin_popcount(~_mm256_movemask_ps(_mm256_castsi256_ps(
+                    _mm256_cmpeq_epi32(rv, _mm256_set1_epi32(-1)))) & 0xFF);
+            }
+            continue;
+        }
+        for (c = 0; c + 32 <= cb; c += 32) CK_MA_GRP_STEP(4)
+        for (; c + 8 <= cb; c += 8) CK_MA_GRP_STEP(1)
+    }
+    *bad += nbad;
+    return cb - cb % 8;
+}
+#endif
 
 /* The backward for one RoI and a block of cb channels (see CK_MA_BWD_BODY): gyk, amk the
    RoI's grad and argmax at the block's first channel ((cb, nb) rows of nb); gt, rt (nb*cb)
@@ -681,29 +785,38 @@ static void ck_ma_bwd_rel(const int64_t* am, ptrdiff_t nb, ptrdiff_t cb, const i
 static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
                                         const ptrdiff_t* sf, const ptrdiff_t* so,
                                         const float* sw, const int32_t* rel,
-                                        const int64_t* base, const float* gyk,
-                                        const int64_t* amk, float* gt, int32_t* rt,
-                                        const float* gnext, const int64_t* anext) {
+                                        const int32_t* base, const float* gyk,
+                                        const int32_t* amk, float* gt, int32_t* rt,
+                                        const float* gnext, const int32_t* anext,
+                                        const ptrdiff_t* gf, const ptrdiff_t* goff,
+                                        const float* gwt, const unsigned char* gd, int ws) {
     ptrdiff_t c = 0, b, s, j, bad = 0, b0, b1, pf = 0;
-    const ptrdiff_t ng = nb * cb * (ptrdiff_t)sizeof(float), na = 2 * ng;
+    int merged;
+    const ptrdiff_t ng = nb * cb * (ptrdiff_t)sizeof(float);
     const int lv = ck_simd_level();
     (void)lv;
     ck_transpose_f(gyk, nb, cb, nb, gt, cb);
     ck_ma_bwd_rel(amk, nb, cb, base, rt);
+    /* the merged path needs AVX2's lane permute, the RoI's groups and a finite grad (inf * 0
+       must stay NaN where a lane adds its +0) */
+    merged = lv >= 1 && gf != NULL && ck_all_finite_f(gt, nb * cb);
+    (void)merged;
     /* bins in 8 slices; between them an eighth of the next RoI's grad and argmax blocks is
        asked for, so their memory reads overlap this RoI's arithmetic */
     for (b0 = 0; b0 < nb; b0 = b1) {
         b1 = b0 + (nb + 7) / 8 < nb ? b0 + (nb + 7) / 8 : nb;
 #if defined(__GNUC__) || defined(__clang__)
         if (gnext != NULL)
-            for (; pf < na * b1 / nb; pf += 64) {
-                if (pf < ng) __builtin_prefetch((const char*)gnext + pf, 0, 3);
+            for (; pf < ng * b1 / nb; pf += 64) {
+                __builtin_prefetch((const char*)gnext + pf, 0, 3);
                 __builtin_prefetch((const char*)anext + pf, 0, 3);
             }
 #endif
         c = 0;
 #ifdef CK_ROI_WIDE
-        if (lv >= 1)
+        if (merged)
+            c = ck_ma_bwd_grp_y(gb, cb, b0, b1, sf, rel, gf, goff, gwt, gd, ws, gt, rt, &bad);
+        else if (lv >= 1)
             c = ck_ma_bwd_y(gb, cb, b0, b1, sf, so, sw, rel, gt, rt,
                             &bad);
         else

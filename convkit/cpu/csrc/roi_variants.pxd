@@ -24,39 +24,39 @@ cdef extern from "csrc/roi_variants.h":
                             Py_ssize_t b0, Py_ssize_t b1, const Py_ssize_t* xlo,
                             const Py_ssize_t* xhi, const float* xwl, const float* xwh,
                             const Py_ssize_t* xidx, int64_t gw, float* best, int32_t* bi,
-                            Py_ssize_t nb, float* y, int64_t* am) noexcept nogil
+                            Py_ssize_t nb, float* y, int32_t* am) noexcept nogil
     void ck_max_align_bin_fl(const float* img, Py_ssize_t W, Py_ssize_t C, Py_ssize_t a0,
                              Py_ssize_t a1, const Py_ssize_t* ylo, const Py_ssize_t* yhi,
                              const float* ywl, const float* ywh, const Py_ssize_t* yidx,
                              Py_ssize_t b0, Py_ssize_t b1, const Py_ssize_t* xlo,
                              const Py_ssize_t* xhi, const float* xwl, const float* xwh,
                              const Py_ssize_t* xidx, int64_t gw, float* best, int64_t* bi,
-                             Py_ssize_t nb, float* y, int64_t* am, Py_ssize_t cb) noexcept nogil
+                             Py_ssize_t nb, float* y, int32_t* am, Py_ssize_t cb) noexcept nogil
     void ck_max_align_bin_d(const double* img, Py_ssize_t W, Py_ssize_t C, Py_ssize_t a0,
                             Py_ssize_t a1, const Py_ssize_t* ylo, const Py_ssize_t* yhi,
                             const double* ywl, const double* ywh, const Py_ssize_t* yidx,
                             Py_ssize_t b0, Py_ssize_t b1, const Py_ssize_t* xlo,
                             const Py_ssize_t* xhi, const double* xwl, const double* xwh,
                             const Py_ssize_t* xidx, int64_t gw, double* best, int64_t* bi,
-                            Py_ssize_t nb, double* y, int64_t* am, Py_ssize_t cb) noexcept nogil
+                            Py_ssize_t nb, double* y, int32_t* am, Py_ssize_t cb) noexcept nogil
     Py_ssize_t ck_max_align_bwd_f(float* plane, Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw,
                                   const Py_ssize_t* yf, const Py_ssize_t* ylo,
                                   const Py_ssize_t* yhi, const float* ywl, const float* ywh,
                                   const Py_ssize_t* yidx, const Py_ssize_t* xf,
                                   const Py_ssize_t* xlo, const Py_ssize_t* xhi,
                                   const float* xwl, const float* xwh, const Py_ssize_t* xidx,
-                                  int64_t gw, const float* g, const int64_t* am) noexcept nogil
+                                  int64_t gw, const float* g, const int32_t* am) noexcept nogil
     Py_ssize_t ck_max_align_bwd_d(double* plane, Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw,
                                   const Py_ssize_t* yf, const Py_ssize_t* ylo,
                                   const Py_ssize_t* yhi, const double* ywl, const double* ywh,
                                   const Py_ssize_t* yidx, const Py_ssize_t* xf,
                                   const Py_ssize_t* xlo, const Py_ssize_t* xhi,
                                   const double* xwl, const double* xwh, const Py_ssize_t* xidx,
-                                  int64_t gw, const double* g, const int64_t* am) noexcept nogil
+                                  int64_t gw, const double* g, const int32_t* am) noexcept nogil
     Py_ssize_t ck_max_align_bwd_tab_f(float* plane, Py_ssize_t nb, const int64_t* base,
                                       const Py_ssize_t* nx, const Py_ssize_t* pf,
                                       const Py_ssize_t* off, const float* wt, int64_t gw,
-                                      const float* g, const int64_t* am) noexcept nogil
+                                      const float* g, const int32_t* am) noexcept nogil
     void ck_max_align_pairs_f(Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw, const Py_ssize_t* yf,
                               const Py_ssize_t* ylo, const Py_ssize_t* yhi, const float* ywl,
                               const float* ywh, const Py_ssize_t* yidx, const Py_ssize_t* xf,
@@ -67,7 +67,7 @@ cdef extern from "csrc/roi_variants.h":
     Py_ssize_t ck_max_align_bwd_tab_d(double* plane, Py_ssize_t nb, const int64_t* base,
                                       const Py_ssize_t* nx, const Py_ssize_t* pf,
                                       const Py_ssize_t* off, const double* wt, int64_t gw,
-                                      const double* g, const int64_t* am) noexcept nogil
+                                      const double* g, const int32_t* am) noexcept nogil
     void ck_max_align_pairs_d(Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw, const Py_ssize_t* yf,
                               const Py_ssize_t* ylo, const Py_ssize_t* yhi, const double* ywl,
                               const double* ywh, const Py_ssize_t* yidx, const Py_ssize_t* xf,
@@ -82,14 +82,20 @@ cdef extern from "csrc/roi_variants.h":
                                     const Py_ssize_t* xlo, const Py_ssize_t* xhi,
                                     const float* xwl, const float* xwh, const Py_ssize_t* xidx,
                                     int64_t gw, Py_ssize_t cap, Py_ssize_t* sf, Py_ssize_t* so,
-                                    float* sw, int32_t* rel, int64_t* base) noexcept nogil
+                                    float* sw, int32_t* rel, int32_t* base) noexcept nogil
     void ck_max_align_roi_f(const float* img, Py_ssize_t C, Py_ssize_t nb, const Py_ssize_t* sf,
                             const Py_ssize_t* so, const float* sw, const int32_t* rel,
-                            const int64_t* base, int finite, void* scratch, float* y,
-                            int64_t* am) noexcept nogil
+                            const int32_t* base, int finite, void* scratch, float* y,
+                            int32_t* am) noexcept nogil
     Py_ssize_t ck_max_align_bwd_blk_f(float* gb, Py_ssize_t cb, Py_ssize_t nb,
                                       const Py_ssize_t* sf, const Py_ssize_t* so,
-                                      const float* sw, const int32_t* rel, const int64_t* base,
-                                      const float* gyk, const int64_t* amk, float* gt,
+                                      const float* sw, const int32_t* rel, const int32_t* base,
+                                      const float* gyk, const int32_t* amk, float* gt,
                                       int32_t* rt, const float* gnext,
-                                      const int64_t* anext) noexcept nogil
+                                      const int32_t* anext, const Py_ssize_t* gf,
+                                      const Py_ssize_t* goff, const float* gwt,
+                                      const unsigned char* gd, int ws) noexcept nogil
+    Py_ssize_t ck_ma_groups(Py_ssize_t nb, const Py_ssize_t* sf, const Py_ssize_t* so,
+                            const float* sw, const int32_t* rel, Py_ssize_t* gf,
+                            Py_ssize_t* goff, float* gwt, unsigned char* gd,
+                            int* ws) noexcept nogil
