@@ -240,6 +240,8 @@ NONFINITE = {
     "depthwise": ((2, 8, 12, 12), 1, 3, dict(stride=2, padding=1, output_padding=1,
                                              groups=8)),
     "subpixel": ((2, 16, 14, 14), 8, 4, dict(stride=2, padding=1)),
+    # the backward's grad_x (a stride-2 conv2d forward of grad_y, 16 wide) on rowphases
+    "rowphases": ((2, 8, 16, 16), 4, 4, dict(stride=2, padding=1)),
     "im2col": ((2, 16, 14, 14), 8, 3, dict(stride=2, padding=1, output_padding=1)),
 }
 
@@ -447,3 +449,82 @@ def test_cpu_subpixel_a_nonfinite_weight_or_grad_y_takes_im2col(torch):
     want = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(w), **kw).numpy()
     y = run("cpu", F.conv_transpose2d_forward, x.astype(np.float32), w.astype(np.float32), **kw)
     _same_nonfinite(y, want, "subpixel y")
+
+
+# ------------------------------------------------------------ cpu: the row-GEMM polyphase forward
+# conv_plan "rowphases" (a strided conv2d forward -- conv_transpose2d's grad_x -- on csrc/rowgemm.h
+# over polyphase planes, BLAS machines with AVX2): kernels a multiple of the stride, filter
+# counts of one panel (4: the narrow 4-row tail) and several (12: 8 + 4 rows), row blocks whose
+# width leaves every tail length (Wq*rows mod 24), unequal strides, padding beyond a phase,
+# odd maps (a phase row shorter than the others), bias.
+ROWPHASES = {
+    "k4_s2_p1": ((2, 8, 40, 38), 12, (4, 4), (2, 2), (1, 1)),
+    "k2_s2": ((3, 5, 34, 35), 4, (2, 2), (2, 2), (0, 0)),
+    "k6x3_s2x3": ((2, 3, 41, 60), 8, (6, 3), (2, 3), (2, 1)),
+    "k4_s2_p3": ((1, 4, 37, 45), 4, (4, 4), (2, 2), (3, 3)),
+    "k4x6_s4x2": ((2, 2, 70, 33), 16, (4, 6), (4, 2), (1, 2)),
+}
+
+
+@pytest.fixture
+def cpu_conv():
+    from convkit.cpu import conv as cc
+
+    cc._plans.clear()
+    yield cc
+    cc._plans.clear()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("name", list(ROWPHASES))
+def test_cpu_rowphases_forward_matches_torch(torch, cpu_conv, name, bias):
+    xs, F_, ks, st, pd = ROWPHASES[name]
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal((F_, xs[1]) + ks) / np.sqrt(xs[1] * ks[0] * ks[1])
+    b = rng.standard_normal(F_) if bias else None
+    want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w),
+                                      None if b is None else torch.tensor(b), st, pd).numpy()
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    b32 = None if b is None else b.astype(np.float32)
+    step = cpu_conv._plan(x32, w32, st, (pd[0], pd[0], pd[1], pd[1]), (1, 1), 1)[3].forward
+    want_algo = ("phases" if cpu_conv._OWN_SGEMM else
+                 "rowphases" if cpu_conv._ROWGEMM else "im2col")
+    assert step.algo == want_algo, step
+    results = []
+    for n in (1, 2, 3):
+        convkit.set_num_threads(n)
+        y = run("cpu", F.conv2d_forward, x32, w32, b32, stride=st, padding=pd)
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+        results.append(y)
+    convkit.set_num_threads(None)
+    for y in results[1:]:
+        np.testing.assert_array_equal(y, results[0])     # the same bits on any team
+    # conv_transpose2d's grad_x is this forward of grad_y
+    xt = rng.standard_normal((xs[0], F_) + want.shape[2:])
+    op = tuple(h - ((o - 1) * s - 2 * p + k)
+               for h, o, s, p, k in zip(xs[2:], want.shape[2:], st, pd, ks))
+    tx = torch.tensor(xt, requires_grad=True)
+    ty = torch.nn.functional.conv_transpose2d(tx, torch.tensor(w), stride=st, padding=pd,
+                                              output_padding=op)
+    ty.backward(torch.tensor(x))
+    gx = run("cpu", F.conv_transpose2d_backward, x32, xt.astype(np.float32), w32, stride=st,
+             padding=pd, output_padding=op, has_bias=False)[0]
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_rowphases_nonfinite_stays_in_its_window(torch, cpu_conv):
+    """rowphases reads each output's own window (padding zeros included, as torch): a NaN /
+    inf in x or the weight reaches exactly torch's outputs, with no fallback."""
+    xs, F_, ks, st, pd = ROWPHASES["k4_s2_p1"]
+    rng = np.random.default_rng(14)
+    for where in ("x", "w"):
+        x = rng.standard_normal(xs)
+        w = rng.standard_normal((F_, xs[1]) + ks)
+        a = x if where == "x" else w
+        a.reshape(-1)[[5, 700, 1201]] = [np.nan, np.inf, -np.inf]
+        want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), None, st,
+                                          pd).numpy()
+        y = run("cpu", F.conv2d_forward, x.astype(np.float32), w.astype(np.float32), stride=st,
+                padding=pd)
+        _same_nonfinite(y, want, f"rowphases {where}")

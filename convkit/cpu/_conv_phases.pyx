@@ -197,3 +197,59 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
                                         out + (qh * sw * Cg + c) * L + r * Wp, Cg * L, sw, W, Wu,
                                         vlo, &emin_w[0])
     return gx
+
+
+def conv2d_forward_rowphases(const float[:, :, :, ::1] x, const float[::1] wpan,
+                             const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
+                             float[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t KH,
+                             Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                             Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t rows,
+                             int n_threads, const Py_ssize_t[::1] boff):
+    """groups 1, float32 where csrc/rowgemm.h runs (conv_plan "rowphases", BLAS machines): the
+    polyphase forward of conv2d_forward_phases (same phase planes, same tap offsets boff), but
+    a task's ``rows`` output rows are ONE rowgemm: the rows are computed Wq wide (output row r
+    of the task is columns [r*Wq, r*Wq + Wo) of the result, the other Wq - Wo dropped), so the
+    GEMM is F x rows*Wq with K = C*KH*KW taps read in place from the planes -- no im2col, no
+    packing.  wpan: the weights (F, C*KH*KW) in rowgemm's 4-row panels (F a multiple of 4).
+    Each output is one chain of multiply-adds over the taps in order, then + bias: the same
+    bits whatever the task split or thread count.  ws_per_thread >= C*sh*sw*Rq*Wq +
+    (KW-1)*dw//sw + F*rows*Wq (conv_plan.plan_rowphases).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t CKK = C * KH * KW, slack = ((KW - 1) * dw) // sw
+    cdef Py_ssize_t Wq = Wo + slack, Rq = rows + ((KH - 1) * dh) // sh
+    cdef Py_ssize_t plane = Rq * Wq, nrb = (Ho + rows - 1) // rows
+    cdef Py_ssize_t t, n, h0, hr, L, f, r, j
+    cdef Py_ssize_t failed = 0
+    cdef float bv
+    cdef float* Q
+    cdef float* out
+    cdef float* src
+    cdef float* dst
+    with nogil:
+        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
+            n = t // nrb
+            h0 = (t - n * nrb) * rows
+            hr = _min(rows, Ho - h0)
+            L = hr * Wq
+            Q = &ws[0] + threadid() * ws_per_thread
+            out = Q + C * sh * sw * plane + slack
+            ck_phases_f(&x[n, 0, 0, 0], C, H, W, sh, sw, pt, pl, h0, Rq, Wq, plane, Q)
+            memset(Q + C * sh * sw * plane, 0, slack * sizeof(float))
+            if not ck_rowgemm_f(F, L, CKK, &wpan[0], Q, &boff[0], out, L):
+                failed += 1             # (the plan picks this only where rowgemm runs)
+                continue
+            for f in range(F):
+                bv = bias[f] if has_bias else 0
+                for r in range(hr):
+                    src = out + f * L + r * Wq
+                    dst = &y[n, f, h0 + r, 0]
+                    if has_bias:
+                        for j in range(Wo):
+                            dst[j] = src[j] + bv
+                    else:
+                        memcpy(dst, src, Wo * sizeof(float))
+    if failed:
+        raise RuntimeError("conv2d_forward_rowphases: csrc/rowgemm.h does not run on this CPU")
+    return y

@@ -86,7 +86,7 @@ def _caps():
     caps = _caps_by_level.get(level)
     if caps is None:
         caps = _caps_by_level[level] = P.ConvCaps(own_sgemm=_OWN_SGEMM,
-                                                   depthwise3x3_level=level)
+                                                   depthwise3x3_level=level, rowgemm=_ROWGEMM)
     return caps
 
 
@@ -396,6 +396,23 @@ def _fwd_phases(x, weight, b, has_bias, y, s, step):
                                 _phase_offsets(C, KH, KW, sh, sw, dh, dw, rows, y.shape[3]))
 
 
+def _panels(a):
+    """a (P, K), P a multiple of 4, in csrc/rowgemm.h's 4-row panels, tap-major (flat)."""
+    P_, K = a.shape
+    return np.ascontiguousarray(a.reshape(P_ // 4, 4, K).transpose(0, 2, 1)).reshape(-1)
+
+
+def _fwd_rowphases(x, weight, b, has_bias, y, s, step):
+    C, (KH, KW), (sh, sw), (dh, dw) = s.C, (s.KH, s.KW), s.stride, s.dilation
+    rows, per = step.params["rows"], step.params["per_thread"]
+    ws = _workspace(per * step.threads, x.dtype)
+    _phases.conv2d_forward_rowphases(x, _panels(weight.reshape(s.F, -1)), b, has_bias, y, ws,
+                                     per, KH, KW, sh, sw, s.padding[0], s.padding[2], dh, dw,
+                                     rows, step.threads,
+                                     _phase_offsets(C, KH, KW, sh, sw, dh, dw, rows,
+                                                    y.shape[3]))
+
+
 def _fwd_wide(x, weight, b, has_bias, y, s, step):
     (dh, dw), per = s.dilation, step.params["per_thread"]
     Ho, Wo = y.shape[2:]
@@ -421,7 +438,7 @@ def _fwd_im2col(x, weight, b, has_bias, y, s, step):
 
 _FORWARD = {"depthwise3x3": _fwd_depthwise3x3, "depthwise": _fwd_depthwise, "dense": _fwd_dense,
             "winograd": _fwd_winograd, "batch": _fwd_batch, "phases": _fwd_phases,
-            "wide": _fwd_wide, "pointwise": _fwd_im2col, "im2col": _fwd_im2col}
+            "rowphases": _fwd_rowphases, "wide": _fwd_wide, "pointwise": _fwd_im2col, "im2col": _fwd_im2col}
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None):

@@ -14,6 +14,8 @@ dense           plane no bigger than the kernel: one GEMM with the conv's dense 
 winograd        3x3 stride 1, >= 16 channels, maps > 64 positions: F(2x2) or F(4x4)     f, x
 batch           maps <= 64 positions: the batch's columns side by side in one GEMM      f, x, w
 phases          strided, float32 on the own GEMM: polyphase planes, a GEMM per row      f
+rowphases       strided, float32 on BLAS machines with AVX2: the same planes, one      f
+                csrc/rowgemm.h GEMM per block of output rows (taps read in place)
 subpixel        strided, kernel a multiple of the stride, on BLAS: the sh*sw output     x
                 phases of grad_x as one stride-1 conv of grad_y, then interleaved
 wide            stride 1, padded rows <= 5/4 of the output's: taps read in place        f
@@ -74,9 +76,11 @@ class ConvCaps:
 
     own_sgemm: float32 GEMMs run on convkit's AVX-512 kernel (csrc/sgemm.h), not BLAS.
     depthwise3x3_level: the widest vector level of the 3x3 depthwise kernels (csrc/dw3x3.h):
-    0 none, 1 16-byte vectors, 2 AVX2, 3 AVX-512."""
+    0 none, 1 16-byte vectors, 2 AVX2, 3 AVX-512.
+    rowgemm: csrc/rowgemm.h's float32 GEMM (B rows read in place) runs: AVX2 and FMA."""
     own_sgemm: bool
     depthwise3x3_level: int
+    rowgemm: bool = False   # csrc/rowgemm.h runs (AVX2 + FMA)
 
 
 @dataclass(frozen=True)
@@ -452,6 +456,30 @@ def plan_phases(s: ConvShape, Ho, Wo, float32, own_sgemm, pointwise, n_threads, 
     return rows, per
 
 
+def plan_rowphases(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads, limit):
+    """(output rows per task, workspace floats per thread) of the polyphase forward on
+    csrc/rowgemm.h, or None.  Where the float32 GEMMs go to BLAS and rowgemm runs, for strided
+    groups-1 convs whose filter count fills its 4-row panels and whose kernel is a multiple of
+    the stride, dilation 1 (conv_transpose2d's grad_x, the case measured: tuning.ROWPHASES_*).
+    A task computes about tuning.ROWPHASES_POSITIONS output positions (whole rows, each Wq
+    wide); each output is one fixed chain of multiply-adds, so the rows per task may follow
+    the team (no bits change): lowered until each thread has tuning.PHASES_TASKS_PER_THREAD."""
+    sh, sw = s.stride
+    if (not float32 or caps.own_sgemm or not caps.rowgemm or s.groups != 1 or pointwise
+            or s.stride == (1, 1) or s.F % 4 or s.dilation != (1, 1)
+            or s.KH % sh or s.KW % sw or Wo < T.ROWPHASES_MIN_WO):
+        return None
+    Wq = Wo + (s.KW - 1) // sw
+    rows = max(1, min(Ho, T.ROWPHASES_POSITIONS // Wq))
+    if n_threads > 1 and s.N * ceil_div(Ho, rows) < T.PHASES_TASKS_PER_THREAD * n_threads:
+        rows = max(1, ceil_div(Ho, ceil_div(T.PHASES_TASKS_PER_THREAD * n_threads, s.N)))
+    Rq = rows + (s.KH - 1) // sh
+    per = s.C * sh * sw * Rq * Wq + (s.KW - 1) // sw + s.F * rows * Wq
+    if per * 4 * n_threads > limit:
+        return None
+    return rows, per
+
+
 def subpixel_axis(n, k, s, p, d):
     """One axis of grad_x by output phases (the sub-pixel form of a transposed conv): grad_x
     rows q, q + s, q + 2s, ... (phase q) take the taps k' with (q + p - k'*d) % s == 0, tap k'
@@ -601,6 +629,9 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     p = plan_phases(s, Ho, Wo, f32, caps.own_sgemm, pointwise, n, limit)
     if p is not None:
         return Step("phases", n, {"rows": p[0], "per_thread": p[1]})
+    p = plan_rowphases(s, Ho, Wo, f32, caps, pointwise, n, limit)
+    if p is not None:
+        return Step("rowphases", n, {"rows": p[0], "per_thread": p[1]})
     p = plan_wide(s, Ho, Wo, itemsize, pointwise, limit)
     if p is not None:
         return Step("wide", min(n, N), {"per_thread": p})

@@ -136,6 +136,14 @@ PHASES_MIN_WO = 32
 PHASES_ROWS = 16
 PHASES_TASKS_PER_THREAD = 4
 
+# Strided forward on csrc/rowgemm.h (BLAS machines with AVX2; conv_plan "rowphases"): output
+# positions per task (whole rows, a task's phase planes and result in L2) and the least output
+# row width (a row block of shorter rows is mostly the GEMM's narrow tail).  Measured on
+# conv_transpose2d's grad_x (convt_28's 8x32x56x56 -> 64x28x28, k4 s2) only, where it replaced
+# im2col + OpenBLAS; see bench/RESULTS.md "convt_28's backward".
+ROWPHASES_POSITIONS = 240
+ROWPHASES_MIN_WO = 16
+
 # ----------------------------------------------------------------------------- sub-pixel grad_x
 # Strided grad_x (conv_transpose2d's forward) by its output phases as one stride-1 conv, on
 # BLAS, where the phases' windows hold at most this fraction more taps than the kernel: 1, the
