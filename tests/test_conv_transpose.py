@@ -528,3 +528,75 @@ def test_cpu_rowphases_nonfinite_stays_in_its_window(torch, cpu_conv):
         y = run("cpu", F.conv2d_forward, x.astype(np.float32), w.astype(np.float32), stride=st,
                 padding=pd)
         _same_nonfinite(y, want, f"rowphases {where}")
+
+
+# ------------------------------------------------------- cpu: the row-GEMM weight gradient
+# conv_plan "weight_rowgemm" (conv2d's grad_weight -- conv_transpose2d's, with x and grad_y
+# swapped -- on csrc/rowgemm.h with x channels-last, BLAS machines with AVX2): kernel rows of
+# KW*C = 24, 28 (a 4-column tail), 40 (16), 66 (18); filter counts of one panel, several, and
+# over tuning.WGRAD_RG_FILTERS (two tasks per kernel row); unequal strides, padding beyond a
+# phase; passes of the batch's positions that do not divide it.
+WEIGHT_RG = {
+    "k4_s2_c6": ((2, 6, 30, 32), 12, (4, 4), (2, 2), (1, 1)),
+    "k2_s2_c14": ((3, 14, 18, 20), 4, (2, 2), (2, 2), (0, 0)),
+    "k6x3_s2x3_c22": ((2, 22, 21, 27), 8, (6, 3), (2, 3), (2, 1)),
+    "k4_s2_p3_f68": ((1, 10, 33, 35), 68, (4, 4), (2, 2), (3, 3)),
+    "k4x4_s4x2_c6": ((2, 6, 44, 37), 4, (4, 4), (4, 2), (1, 2)),
+}
+
+
+@pytest.mark.parametrize("name", list(WEIGHT_RG))
+def test_cpu_weight_rowgemm_matches_torch(torch, cpu_conv, monkeypatch, name):
+    from convkit.cpu import tuning
+
+    monkeypatch.setattr(tuning, "WGRAD_RG_PASS", 50)      # passes that do not divide K
+    xs, F_, ks, st, pd = WEIGHT_RG[name]
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal((F_, xs[1]) + ks) / np.sqrt(xs[1] * ks[0] * ks[1])
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = torch.zeros(F_, dtype=torch.float64, requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, st, pd)
+    gy = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(gy))
+    x32, w32, gy32 = (a.astype(np.float32) for a in (x, w, gy))
+    plan = cpu_conv._plan(x32, w32, st, (pd[0], pd[0], pd[1], pd[1]), (1, 1), 1)[3]
+    rg = cpu_conv._ROWGEMM and not cpu_conv._OWN_SGEMM
+    assert (plan.grad_weight.algo == "weight_rowgemm") == rg, plan
+    results = []
+    for n in (1, 2, 3):
+        convkit.set_num_threads(n)
+        got = run("cpu", F.conv2d_backward, gy32, x32, w32, stride=st, padding=pd,
+                  has_bias=True)
+        for g, want in zip(got, (tx.grad, tw.grad, tb.grad)):
+            np.testing.assert_allclose(g, want.numpy(), rtol=2e-4, atol=2e-4)
+        results.append(got)
+    convkit.set_num_threads(None)
+    for got in results[1:]:
+        for g, want in zip(got, results[0]):
+            np.testing.assert_array_equal(g, want)       # the same bits on any team
+    # conv_transpose2d's grad_weight is this one with x and grad_y swapped
+    op = tuple(h - ((o - 1) * s - 2 * p + k)
+               for h, o, s, p, k in zip(xs[2:], gy.shape[2:], st, pd, ks))
+    gwt = run("cpu", F.conv_transpose2d_backward, x32, gy32, w32, stride=st, padding=pd,
+              output_padding=op, has_bias=False)[1]
+    np.testing.assert_array_equal(gwt, results[0][1])
+
+
+def test_cpu_weight_rowgemm_nonfinite_stays_in_its_sums(torch, cpu_conv):
+    """weight_rowgemm sums each weight's own products (padding zeros included, as torch): a
+    NaN / inf in x or grad_y reaches exactly torch's weights, with no fallback."""
+    xs, F_, ks, st, pd = WEIGHT_RG["k4_s2_c6"]
+    rng = np.random.default_rng(16)
+    for where in ("x", "grad_y"):
+        x = rng.standard_normal(xs)
+        w = rng.standard_normal((F_, xs[1]) + ks)
+        gy = rng.standard_normal((xs[0], F_, 15, 16))
+        a = x if where == "x" else gy
+        a.reshape(-1)[[3, 400, 901]] = [np.nan, np.inf, -np.inf]
+        tw = torch.tensor(w, requires_grad=True)
+        torch.nn.functional.conv2d(torch.tensor(x), tw, None, st, pd).backward(torch.tensor(gy))
+        gw = run("cpu", F.conv2d_backward, gy.astype(np.float32), x.astype(np.float32),
+                 w.astype(np.float32), stride=st, padding=pd, has_bias=False)[1]
+        _same_nonfinite(gw, tw.grad.numpy(), f"weight_rowgemm {where}")

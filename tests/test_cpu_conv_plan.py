@@ -83,11 +83,12 @@ def test_suite_layers_take_their_plans(name, shape, own, blas):
     # float64 GEMMs always go to BLAS: the own-GEMM-only paths never appear
     f64 = _algos(P.plan_conv(shape, np.float64, 2, OWN, LIMIT))
     assert not {"phases", "weight_dot"} & set(f64)
-    # with csrc/rowgemm.h (AVX2 + FMA): only convt_28's forward (conv_transpose2d's grad_x)
-    # changes, to rowphases; float64 never takes it
+    # with csrc/rowgemm.h (AVX2 + FMA): only convt_28's forward (conv_transpose2d's grad_x) and
+    # grad_weight change, to rowphases and weight_rowgemm; float64 never takes them
     rg = _algos(P.plan_conv(shape, np.float32, 2, BLAS_RG, LIMIT))
-    assert rg == ((("rowphases",) + blas[1:]) if name == "convt_28" else blas)
-    assert "rowphases" not in _algos(P.plan_conv(shape, np.float64, 2, BLAS_RG, LIMIT))
+    assert rg == (("rowphases", blas[1], "weight_rowgemm") if name == "convt_28" else blas)
+    assert not {"rowphases", "weight_rowgemm"} & set(
+        _algos(P.plan_conv(shape, np.float64, 2, BLAS_RG, LIMIT)))
 
 
 @pytest.mark.parametrize("name,shape,own,blas", SUITE, ids=[c[0] for c in SUITE])
@@ -224,3 +225,28 @@ def test_rowphases_rule():
     # one image: rows lowered until each of the 2 threads has tuning.PHASES_TASKS_PER_THREAD
     one = fwd(_shape(1, 32, 56, 56, 64, 4, 2, 1))
     assert one.params["rows"] == -(-28 // (2 * tuning.PHASES_TASKS_PER_THREAD))
+
+
+def test_weight_rowgemm_rule():
+    """weight_rowgemm: the rowphases rule, maps above the batch paths', KW*C >= 24; grad_bias
+    is its own sum; with grad_x left to im2col, im2col makes grad_x only."""
+    convt = _shape(8, 32, 56, 56, 64, 4, 2, 1)
+    plan = P.plan_conv(convt, np.float32, 2, BLAS_RG, LIMIT, needs_input_grad=False)
+    gw = plan.grad_weight
+    assert gw.algo == "weight_rowgemm" and plan.grad_bias == "sum"
+    assert gw.params == {"filters": 64, "kc": tuning.WGRAD_RG_PASS,
+                         "floats": 8 * 58 * 58 * 32 + 64 * 8 * 28 * 28 + 64 * 16 * 32}
+    assert P.plan_conv(convt, np.float32, 2, BLAS_RG, 4 * gw.params["floats"] - 4,
+                       needs_input_grad=False).grad_weight.algo != "weight_rowgemm"
+    for other in (_shape(8, 5, 56, 56, 64, 4, 2, 1),        # KW*C = 20
+                  _shape(8, 32, 56, 56, 62, 4, 2, 1),       # 62 filters
+                  _shape(8, 32, 56, 56, 64, 3, 2, 1),       # 3 not a multiple of 2
+                  _shape(8, 32, 16, 16, 64, 4, 2, 1),       # 8x8 maps: batch
+                  _shape(8, 32, 56, 56, 64, 4, 2, 1, dilation=2)):
+        assert P.plan_conv(other, np.float32, 2, BLAS_RG, LIMIT).grad_weight.algo != \
+            "weight_rowgemm", other
+    # unequal strides (a 4x6 kernel, stride 2 x 3): grad_x by subpixel beside it
+    odd = P.ConvShape.of((8, 32, 56, 57), (64, 32, 4, 6), (2, 3), (1, 1, 1, 1), (1, 1), 1)
+    plan = P.plan_conv(odd, np.float32, 2, BLAS_RG, LIMIT)
+    assert (plan.grad_x.algo, plan.grad_weight.algo, plan.grad_bias) == (
+        "subpixel", "weight_rowgemm", "sum")

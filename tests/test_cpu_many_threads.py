@@ -59,7 +59,9 @@ CONV = [
      {"forward": "depthwise", "grad_x": "depthwise", "grad_weight": "depthwise"}, False),
     # kernel 4 stride 2 (conv_transpose2d's grad_x): rowphases on BLAS machines with AVX2
     ("rowphases", (4, 8, 40, 40), (12, 8, 4, 4), 2, 1, 1,
-     {"forward": "phases" if OWN else "rowphases" if ok and cc._ROWGEMM else "im2col"}, False),
+     {"forward": "phases" if OWN else "rowphases" if ok and cc._ROWGEMM else "im2col",
+      "grad_weight": _gw("im2col", "weight_rowgemm" if ok and cc._ROWGEMM else "im2col")},
+     False),
     ("phases_and_weight_dot", (2, 3, 64, 64), (8, 3, 7, 7), 2, 3, 1,
      {"forward": "phases", "grad_weight": "weight_dot"}, True),
 ]

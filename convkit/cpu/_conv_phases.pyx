@@ -12,7 +12,7 @@ from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
 from ._blas cimport ck_sgemm_apacked_rows, gemm
-from ._conv_csrc cimport ck_phases_f, ck_rowgemm_available, ck_rowgemm_f
+from ._conv_csrc cimport ck_phases_f, ck_rowgemm_available, ck_rowgemm_f, ck_rowgemm_kc_f
 from ._conv_common cimport _min
 
 
@@ -253,3 +253,73 @@ def conv2d_forward_rowphases(const float[:, :, :, ::1] x, const float[::1] wpan,
     if failed:
         raise RuntimeError("conv2d_forward_rowphases: csrc/rowgemm.h does not run on this CPU")
     return y
+
+
+def conv2d_grad_weight_rowgemm(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
+                               float[:, :, :, ::1] gw, float[::1] xcl, float[::1] gyp,
+                               float[::1] out, const Py_ssize_t[::1] boff, Py_ssize_t sh,
+                               Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t prows,
+                               Py_ssize_t kc, int n_threads):
+    """grad_weight (OUT: gw, every value written) of a groups-1, dilation-1 conv, float32 on
+    csrc/rowgemm.h (conv_plan "weight_rowgemm", BLAS machines with AVX2).
+
+    With x channels-last and zero-padded (xcl: N x Hp x Wp x C, Hp = (Ho-1)*sh + KH, Wp =
+    (Wo-1)*sw + KW), the KW*C values x[n, :, r, q + kw] for kw < KW of a tap row kh are ONE
+    run of xcl, so per kernel row kh
+        out[f, kh, kw, c] = sum over positions t = (n, i, j) of gy[n, f, i, j] *
+                            xcl[boff[t] + kh*Wp*C + kw*C + c],   boff[t] = ((n*Hp + i*sh)*Wp + j*sw)*C
+    is a rowgemm: F rows (gy in 4-row panels, gyp), KW*C columns, K = N*Ho*Wo taps read in
+    place, in passes of kc taps (the B rows of a column block stay in L1).  Tasks: (kh, block
+    of prows filters); each output is one chain of multiply-adds over the positions in order,
+    so the bits do not depend on the split or the thread count.  Then gw[f, c, kh, kw] = out.
+    xcl: N*Hp*Wp*C floats, gyp: F*N*Ho*Wo, out: F*KH*KW*C (conv_plan.plan_weight_rowgemm).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = gw.shape[0], KH = gw.shape[2], KW = gw.shape[3]
+    cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo
+    cdef Py_ssize_t Hp = (Ho - 1) * sh + KH, Wp = (Wo - 1) * sw + KW
+    cdef Py_ssize_t K = N * HoWo, L = KW * C, ldo = KH * KW * C
+    cdef Py_ssize_t npb = (F + prows - 1) // prows
+    cdef Py_ssize_t t, n, r, hi, q, wi, c, p, f, i, kh, kw, p0, pr
+    cdef Py_ssize_t failed = 0
+    cdef float* dst
+    cdef const float* src
+    with nogil:
+        for t in prange(N * Hp, schedule="static", num_threads=n_threads):   # xcl rows
+            n = t // Hp
+            r = t - n * Hp
+            hi = r - pt
+            dst = &xcl[0] + t * Wp * C
+            if hi < 0 or hi >= H:
+                memset(dst, 0, Wp * C * sizeof(float))
+                continue
+            for q in range(Wp):
+                wi = q - pl
+                if wi < 0 or wi >= W:
+                    memset(dst + q * C, 0, C * sizeof(float))
+                    continue
+                for c in range(C):
+                    dst[q * C + c] = x[n, c, hi, wi]
+        for t in prange((F // 4) * N, schedule="static", num_threads=n_threads):   # gy panels
+            p = t // N
+            n = t - p * N
+            dst = &gyp[0] + p * 4 * K + 4 * n * HoWo
+            for f in range(4):
+                src = &gy[n, 4 * p + f, 0, 0]
+                for i in range(HoWo):
+                    dst[4 * i + f] = src[i]
+        for t in prange(KH * npb, schedule="dynamic", num_threads=n_threads):
+            kh = t // npb
+            p0 = (t - kh * npb) * prows
+            pr = _min(prows, F - p0)
+            if not ck_rowgemm_kc_f(pr, L, K, &gyp[0] + p0 * K, &xcl[0] + kh * Wp * C, &boff[0],
+                                   &out[0] + p0 * ldo + kh * L, ldo, kc):
+                failed += 1             # (the plan picks this only where rowgemm runs)
+        for f in prange(F, schedule="static", num_threads=n_threads):
+            for c in range(C):
+                for kh in range(KH):
+                    for kw in range(KW):
+                        gw[f, c, kh, kw] = out[f * ldo + (kh * KW + kw) * C + c]
+    if failed:
+        raise RuntimeError("conv2d_grad_weight_rowgemm: csrc/rowgemm.h does not run on this CPU")
+    return gw

@@ -563,6 +563,29 @@ def _bwd_weight_dot(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                      step.threads, s.groups)
 
 
+@functools.lru_cache(maxsize=64)
+def _rowgemm_w_offsets(N, Ho, Wo, sh, sw, Hp, Wp, C):
+    """Offset of position (n, i, j)'s tap row start in channels-last padded x (N, Hp, Wp, C),
+    in position order (conv2d_grad_weight_rowgemm)."""
+    o = (((np.arange(N)[:, None, None] * Hp + np.arange(Ho)[:, None] * sh) * Wp
+          + np.arange(Wo) * sw) * C).ravel().astype(np.intp)
+    o.flags.writeable = False
+    return o
+
+
+def _bwd_weight_rowgemm(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
+    """grad_weight on csrc/rowgemm.h (conv_plan.plan_weight_rowgemm)."""
+    p, (sh, sw), (Ho, Wo) = step.params, s.stride, gy.shape[2:]
+    Hp, Wp = (Ho - 1) * sh + s.KH, (Wo - 1) * sw + s.KW
+    nx, ng = s.N * Hp * Wp * s.C, s.F * s.N * Ho * Wo
+    ws = _workspace(p["floats"], np.float32, "weight_rowgemm")
+    _phases.conv2d_grad_weight_rowgemm(gy, x, gw, ws[:nx], ws[nx:nx + ng],
+                                       ws[nx + ng:p["floats"]],
+                                       _rowgemm_w_offsets(s.N, Ho, Wo, sh, sw, Hp, Wp, s.C),
+                                       sh, sw, s.padding[0], s.padding[2], p["filters"],
+                                       p["kc"], step.threads)
+
+
 def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     p = _check(step)
     (sh, sw), (dh, dw), dt = s.stride, s.dilation, x.dtype
@@ -582,7 +605,8 @@ def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
 
 _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "dense": _bwd_dense,
              "winograd": _bwd_winograd, "batch": _bwd_batch, "weight_dot": _bwd_weight_dot,
-             "subpixel": _bwd_subpixel, "pointwise": _bwd_im2col, "im2col": _bwd_im2col}
+             "subpixel": _bwd_subpixel, "weight_rowgemm": _bwd_weight_rowgemm,
+             "pointwise": _bwd_im2col, "im2col": _bwd_im2col}
 
 
 def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_input_grad,

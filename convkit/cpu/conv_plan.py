@@ -20,6 +20,8 @@ subpixel        strided, kernel a multiple of the stride, on BLAS: the sh*sw out
                 phases of grad_x as one stride-1 conv of grad_y, then interleaved
 wide            stride 1, padded rows <= 5/4 of the output's: taps read in place        f
 weight_dot      <= 320 taps per filter, float32 on the own GEMM: dot products           w (+ b)
+weight_rowgemm  strided, kernel a multiple of the stride, float32 on BLAS machines      w
+                with AVX2: x channels-last, a csrc/rowgemm.h GEMM per kernel row
 pointwise       1x1, stride 1, no padding: GEMMs straight on x                          f, x, w
 im2col          everything else: im2col into a workspace, then GEMMs                    f, x, w
 =============== ====================================================================== ========
@@ -480,6 +482,25 @@ def plan_rowphases(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_t
     return rows, per
 
 
+def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, limit):
+    """(filters per task, taps per pass, workspace floats) of the rowgemm weight gradient, or
+    None.  The rowphases rule (float32, BLAS with rowgemm, groups 1, dilation 1, filters in
+    whole 4-row panels, strided with the kernel a multiple of the stride: conv_transpose2d's
+    grad_weight, the case measured), maps above the batch paths' and a kernel row of at least
+    one 24-column tile (KW*C >= 24).  Tasks (kernel row, tuning.WGRAD_RG_FILTERS filters) and
+    the passes (tuning.WGRAD_RG_PASS taps) do not order any sum: no bits follow them."""
+    sh, sw = s.stride
+    if (not float32 or caps.own_sgemm or not caps.rowgemm or s.groups != 1 or pointwise
+            or s.stride == (1, 1) or s.F % 4 or s.dilation != (1, 1)
+            or s.KH % sh or s.KW % sw or s.KW * s.C < 24 or batch_ok(Ho, Wo, pointwise)):
+        return None
+    Hp, Wp = (Ho - 1) * sh + s.KH, (Wo - 1) * sw + s.KW
+    floats = s.N * Hp * Wp * s.C + s.F * s.N * Ho * Wo + s.F * s.KH * s.KW * s.C
+    if floats * 4 > limit:
+        return None
+    return min(s.F, T.WGRAD_RG_FILTERS), T.WGRAD_RG_PASS, floats
+
+
 def subpixel_axis(n, k, s, p, d):
     """One axis of grad_x by output phases (the sub-pixel form of a transposed conv): grad_x
     rows q, q + s, q + 2s, ... (phase q) take the taps k' with (q + p - k'*d) % s == 0, tap k'
@@ -717,6 +738,12 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
                                     "groups_n": groups_n, "floats": floats})
         if not gx_left:
             return gx, gw, "fused", n
+    else:
+        p = plan_weight_rowgemm(s, Ho, Wo, f32, caps, pointwise, limit)
+        if p is not None:
+            gw = Step("weight_rowgemm", n, {"filters": p[0], "kc": p[1], "floats": p[2]})
+            if not gx_left:
+                return gx, gw, "sum", bias_n
     if batch_ok(Ho, Wo, pointwise):      # (never together with weight_dot)
         Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
         p = plan_batch_backward(N, Cg, G, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, gx_left,
@@ -732,7 +759,7 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
 def _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointwise, gx_left,
                           wbytes, own, limit, gx, gw, bias_n):
     """The im2col backward Step for what is left: grad_x (when gx_left) and grad_weight
-    (unless gw, a weight_dot Step, makes it)."""
+    (unless gw, a weight_dot or weight_rowgemm Step, makes it)."""
     algo = "pointwise" if pointwise else "im2col"
     p, err = _or_error(plan_im2col_backward, N, C, Cg, G, KH, KW, Ho, Wo, W,
                          s.stride[1], itemsize, n, pointwise, gx_left, wbytes, own, limit)
@@ -741,8 +768,8 @@ def _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointw
     else:
         step = Step(algo, p[0], {"units_w": p[1], "rows_w": p[2], "chans_x": p[3],
                                  "rows_x": p[4], "nsplit": p[5], "per_thread": p[6]})
-    if gw is not None:       # grad_weight by dot products: the im2col pass makes grad_x only
-        return step, gw, "fused", n
+    if gw is not None:       # grad_weight by another kernel: the im2col pass makes grad_x only
+        return (step, gw, "fused", n) if gw.algo == "weight_dot" else (step, gw, "sum", bias_n)
     return (step if gx_left else gx), step, "sum", bias_n
 
 

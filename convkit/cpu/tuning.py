@@ -144,6 +144,14 @@ PHASES_TASKS_PER_THREAD = 4
 ROWPHASES_POSITIONS = 240
 ROWPHASES_MIN_WO = 16
 
+# Weight gradient on csrc/rowgemm.h (conv_plan "weight_rowgemm"): filters per task (all of a
+# layer's up to this many: every filter panel reuses a pass's x rows from L1, where 16 made
+# each task stream x from L3 again, ~1.3x slower) and taps (batch positions) per pass.
+# Measured on convt_28's grad_weight only (one thread, CPU time, loaded machine: 6.4-8.1 ms
+# against 8.9-9.3 on im2col + OpenBLAS; passes of 32-256 within the noise).
+WGRAD_RG_FILTERS = 64
+WGRAD_RG_PASS = 64
+
 # ----------------------------------------------------------------------------- sub-pixel grad_x
 # Strided grad_x (conv_transpose2d's forward) by its output phases as one stride-1 conv, on
 # BLAS, where the phases' windows hold at most this fraction more taps than the kernel: 1, the
