@@ -600,3 +600,27 @@ def test_cpu_weight_rowgemm_nonfinite_stays_in_its_sums(torch, cpu_conv):
         gw = run("cpu", F.conv2d_backward, gy.astype(np.float32), x.astype(np.float32),
                  w.astype(np.float32), stride=st, padding=pd, has_bias=False)[1]
         _same_nonfinite(gw, tw.grad.numpy(), f"weight_rowgemm {where}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["subpixel", "im2col", "winograd"])
+def test_cpu_forward_adds_the_bias_as_after(name, dtype):
+    """The sub-pixel kernel adds the bias to each row as it writes it (the other algorithms
+    after): the bits of grad_x, then + bias."""
+    from convkit.cpu import conv as cc
+
+    xs, cog, k, kw = NONFINITE[name]
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal((xs[1], cog, k, k)).astype(dtype)
+    b = rng.standard_normal(cog).astype(dtype)
+    b[0] = 0.0                      # (+0.0 turns a -0.0 into +0.0, in both)
+    y = run("cpu", F.conv_transpose2d_forward, x, w, b, **kw)
+    want = run("cpu", F.conv_transpose2d_forward, x, w, **kw)
+    want += b.reshape(1, -1, 1, 1)
+    assert y.tobytes() == want.tobytes()
+    ckw = _conv_kwargs(kw)
+    s, p = ckw["stride"], ckw["padding"]
+    step = cc._plan(np.empty(y.shape, dtype), w, (s, s), (p,) * 4, (1, 1), 1)[3].grad_x
+    assert step.algo == ("im2col" if name == "subpixel" and cc._OWN_SGEMM and
+                         dtype == np.float32 else name)

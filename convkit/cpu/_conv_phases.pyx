@@ -134,7 +134,8 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
                            Py_ssize_t Tw, Py_ssize_t ulo, Py_ssize_t uhi, Py_ssize_t vlo,
                            Py_ssize_t vhi, const Py_ssize_t[::1] emin_h,
                            const Py_ssize_t[::1] emin_w, const Py_ssize_t[::1] boff,
-                           Py_ssize_t rows, int n_threads):
+                           Py_ssize_t rows, int n_threads, const floating[::1] bias,
+                           bint has_bias):
     """grad_x (OUT: gx, every value written) of a strided conv from grad_y, by output phases.
 
     Phase (qh, qw) of gx -- gx[:, :, qh::sh, qw::sw] -- is a stride-1 correlation of grad_y:
@@ -153,7 +154,8 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
     are computed Wp wide; the extra Tw - 1 are dropped).  float32 with AVX2 (wpan: wsub[g] in
     4-row panels, csrc/rowgemm.h) reads the runs in place; else they are copied into columns
     for BLAS.  ws_per_thread >= Fg*(rows + Th - 1)*Wp + Tw - 1 + (Fg*Th*Tw + sh*sw*Cg)*rows*Wp
-    (conv_plan.plan_subpixel).
+    (conv_plan.plan_subpixel).  has_bias: bias[channel] is added to each gx row as it is
+    written (conv_transpose2d's bias; the same bits as adding it after).
     """
     cdef Py_ssize_t N = gx.shape[0], H = gx.shape[2], W = gx.shape[3]
     cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3]
@@ -162,7 +164,9 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
     cdef Py_ssize_t SP = (rows + Th - 1) * Wp       # a slab plane
     cdef Py_ssize_t nrb = (Hu + rows - 1) // rows
     cdef bint direct = floating is float and wpan.shape[0] > 0
-    cdef Py_ssize_t t, n, g, h0, hr, L, f, k, p, qh, c, r, i, ih
+    cdef Py_ssize_t t, n, g, h0, hr, L, f, k, p, qh, c, r, i, ih, j
+    cdef floating bv
+    cdef floating* grow
     cdef floating* slab
     cdef floating* cols
     cdef floating* out
@@ -193,9 +197,13 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
                         ih = qh + sh * i
                         if i < 0 or ih >= H:
                             continue
-                        _interleave_row(&gx[n, g * Cg + c, ih, 0],
-                                        out + (qh * sw * Cg + c) * L + r * Wp, Cg * L, sw, W, Wu,
-                                        vlo, &emin_w[0])
+                        grow = &gx[n, g * Cg + c, ih, 0]
+                        _interleave_row(grow, out + (qh * sw * Cg + c) * L + r * Wp, Cg * L, sw,
+                                        W, Wu, vlo, &emin_w[0])
+                        if has_bias:                # (the row is still in L1)
+                            bv = bias[g * Cg + c]
+                            for j in range(W):
+                                grow[j] = grow[j] + bv
     return gx
 
 

@@ -531,8 +531,9 @@ def _bwd_batch(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                     step.threads, needs_gw)
 
 
-def _bwd_subpixel(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
-    """grad_x of a strided conv by its output phases (conv_plan.plan_subpixel)."""
+def _bwd_subpixel(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw, bias=None):
+    """grad_x of a strided conv by its output phases (conv_plan.plan_subpixel); bias (C,):
+    added to grad_x on the way (conv_transpose2d's forward)."""
     Th, Tw, ulo, uhi, vlo, vhi, eh, ew, th, tw = _subpixel_geometry(s)
     p = step.params
     G, P_, K = s.groups, s.stride[0] * s.stride[1] * s.Cg, (s.F // s.groups) * Th * Tw
@@ -547,7 +548,9 @@ def _bwd_subpixel(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                        s.stride[0], s.stride[1], Th, Tw, ulo, uhi, vlo, vhi, eh, ew,
                                        _subpixel_offsets(s.F // s.groups, Th, Tw, p["rows"],
                                                          vhi - vlo + Tw - 1),
-                                       p["rows"], step.threads)
+                                       p["rows"], step.threads,
+                                       bias if bias is not None else np.zeros(1, x.dtype),
+                                       bias is not None)
 
 
 def _bwd_weight_dot(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
@@ -659,10 +662,12 @@ def _backward(plan, s, grad_y, x, weight, needs_input_grad, with_bias):
 _GW_ALWAYS = frozenset({"depthwise3x3", "depthwise"})
 
 
-def conv2d_grad_input(grad_y, weight, x_shape, stride, padding, dilation, groups):
+def conv2d_grad_input(grad_y, weight, x_shape, stride, padding, dilation, groups, bias=None):
     """grad_x (x_shape) of conv2d alone -- conv_transpose2d's forward: conv2d_backward's grad_x
     step of the same plan, with no weight gradient; the same non-finite rules (a plan whose
-    grad_x mixes values across outputs runs on im2col when grad_y or weight is not finite)."""
+    grad_x mixes values across outputs runs on im2col when grad_y or weight is not finite).
+    bias (x_shape[1],) or None: added to grad_x (by the subpixel kernel as it writes, else
+    after; the same bits)."""
     gx = np.empty(x_shape, dtype=grad_y.dtype)
     # (gx stands in for x: the plan reads its shape and dtype)
     s, Ho, Wo, plan = _plan(gx, weight, stride, padding, dilation, groups)
@@ -676,5 +681,10 @@ def conv2d_grad_input(grad_y, weight, x_shape, stride, padding, dilation, groups
     x, gw = gx, np.empty_like(weight)     # (gw: written only by the _GW_ALWAYS runners)
     if step.algo in _GW_ALWAYS:
         x = np.zeros(x_shape, dtype=gx.dtype)
+    if step.algo == "subpixel":
+        _bwd_subpixel(grad_y, x, weight, gx, gw, None, s, step, True, False, bias)
+        return gx
     _BACKWARD[step.algo](grad_y, x, weight, gx, gw, None, s, step, True, False)
+    if bias is not None:
+        gx += bias.reshape(1, -1, 1, 1)
     return gx
