@@ -543,7 +543,8 @@ def _bwd_subpixel(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw, bias=N
     else:
         wpan, wsub = _NO_PACK, w0.take(_subpixel_index(s, False))
     ws = _workspace(step.threads * p["per_thread"], x.dtype)
-    with _blas_pin(x.dtype):
+    # (on rowgemm no BLAS runs: leave its threads alone, see the module docstring)
+    with _blas_pin(x.dtype) if wpan is _NO_PACK else _no_pin:
         _phases.conv2d_grad_x_subpixel(gy, G, P_, K, wsub, wpan, gx, ws, p["per_thread"],
                                        s.stride[0], s.stride[1], Th, Tw, ulo, uhi, vlo, vhi, eh, ew,
                                        _subpixel_offsets(s.F // s.groups, Th, Tw, p["rows"],
