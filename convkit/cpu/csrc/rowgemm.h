@@ -117,37 +117,32 @@ CK_RG_TARGET static inline void ck_rg_narrow(ptrdiff_t K, int R, const float *w0
         CK_RG_MSTORE4(4, a4, a5, a6, a7);
 }
 
-/* KC: taps per pass over a block of columns (K: one pass); a longer K is summed in passes,
- * each going on from the stored sums -- the same chain, so the same bits as one pass (K = 0:
- * one pass, zeros) */
+/* KC: taps per pass (K: one pass); a longer K is summed in passes, each going on from the
+ * stored sums -- the same chain, so the same bits as one pass -- and each pass runs every
+ * column block, so its KC rows of B are read once from memory (K = 0: one pass, zeros) */
 CK_RG_TARGET static void ck_rowgemm_avx2(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt,
                                          const float *b, const ptrdiff_t *boff, float *out,
                                          ptrdiff_t ldo, ptrdiff_t KC)
 {
-    ptrdiff_t j = 0;
-    for (; j + 24 <= L; j += 24) {
-        ptrdiff_t k0 = 0;
-        do {
-            const ptrdiff_t kc = K - k0 < KC ? K - k0 : KC;
+    ptrdiff_t k0 = 0;
+    do {
+        const ptrdiff_t kc = K - k0 < KC ? K - k0 : KC;
+        const int acc = k0 > 0;
+        ptrdiff_t j = 0;
+        for (; j + 24 <= L; j += 24)
             for (ptrdiff_t p = 0; p < P; p += 4)
                 ck_rg_tile3(kc, wt + p * K + 4 * k0, b + j, boff + k0, out + p * ldo + j, ldo,
-                            k0 > 0);
-            k0 += KC;
-        } while (k0 < K);
-    }
-    for (; j < L; j += 8) {
-        const int n = L - j < 8 ? (int)(L - j) : 8;
-        ptrdiff_t k0 = 0;
-        do {
-            const ptrdiff_t kc = K - k0 < KC ? K - k0 : KC;
+                            acc);
+        for (; j < L; j += 8) {
+            const int n = L - j < 8 ? (int)(L - j) : 8;
             for (ptrdiff_t p = 0; p < P; p += 8) {
                 const int R = P - p >= 8 ? 8 : 4;
                 ck_rg_narrow(kc, R, wt + p * K + 4 * k0, wt + (p + 4) * K + 4 * k0, b + j,
-                             boff + k0, out + p * ldo + j, ldo, n, k0 > 0);
+                             boff + k0, out + p * ldo + j, ldo, n, acc);
             }
-            k0 += KC;
-        } while (k0 < K);
-    }
+        }
+        k0 += KC;
+    } while (k0 < K);
 }
 
 static int ck_rowgemm_available(void)
@@ -169,9 +164,9 @@ static int ck_rowgemm_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt, 
     return 1;
 }
 
-/* ck_rowgemm_f in passes of kc taps (kc >= 1): each 24-column block's kc B rows stay in L1
- * while every panel reads them, for a K whose rows would not (the weight gradient's K is the
- * batch's positions).  The same bits as ck_rowgemm_f. */
+/* ck_rowgemm_f in passes of kc taps (kc >= 1): a pass's kc B rows stay in L1 while every
+ * panel and column block reads them, for a K whose rows would not (the weight gradient's K is
+ * the batch's positions).  The same bits as ck_rowgemm_f. */
 static int ck_rowgemm_kc_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt, const float *b,
                            const ptrdiff_t *boff, float *out, ptrdiff_t ldo, ptrdiff_t kc)
 {
