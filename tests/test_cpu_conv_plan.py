@@ -245,6 +245,9 @@ def test_weight_rowgemm_rule():
                   _shape(8, 32, 56, 56, 64, 4, 2, 1, dilation=2)):
         assert P.plan_conv(other, np.float32, 2, BLAS_RG, LIMIT).grad_weight.algo != \
             "weight_rowgemm", other
+    # many threads: smaller filter blocks (no bits follow them), down to 16
+    assert [P.plan_conv(convt, np.float32, nt, BLAS_RG, LIMIT).grad_weight.params["filters"]
+            for nt in (1, 4, 8, 16, 64)] == [64, 64, 32, 16, 16]
     # unequal strides (a 4x6 kernel, stride 2 x 3): grad_x by subpixel beside it
     odd = P.ConvShape.of((8, 32, 56, 57), (64, 32, 4, 6), (2, 3), (1, 1, 1, 1), (1, 1), 1)
     plan = P.plan_conv(odd, np.float32, 2, BLAS_RG, LIMIT)

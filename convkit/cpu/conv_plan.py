@@ -482,13 +482,15 @@ def plan_rowphases(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_t
     return rows, per
 
 
-def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, limit):
+def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
+                        limit):
     """(filters per task, taps per pass, workspace floats) of the rowgemm weight gradient, or
     None.  The rowphases rule (float32, BLAS with rowgemm, groups 1, dilation 1, filters in
     whole 4-row panels, strided with the kernel a multiple of the stride: conv_transpose2d's
     grad_weight, the case measured), maps above the batch paths' and a kernel row of at least
-    one 24-column tile (KW*C >= 24).  Tasks (kernel row, tuning.WGRAD_RG_FILTERS filters) and
-    the passes (tuning.WGRAD_RG_PASS taps) do not order any sum: no bits follow them."""
+    one 24-column tile (KW*C >= 24).  Tasks (kernel row, tuning.WGRAD_RG_FILTERS filters,
+    halved down to 16 while there are fewer tasks than threads) and the passes
+    (tuning.WGRAD_RG_PASS taps) do not order any sum: no bits follow them."""
     sh, sw = s.stride
     if (not float32 or caps.own_sgemm or not caps.rowgemm or s.groups != 1 or pointwise
             or s.stride == (1, 1) or s.F % 4 or s.dilation != (1, 1)
@@ -498,7 +500,10 @@ def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise
     floats = s.N * Hp * Wp * s.C + s.F * s.N * Ho * Wo + s.F * s.KH * s.KW * s.C
     if floats * 4 > limit:
         return None
-    return min(s.F, T.WGRAD_RG_FILTERS), T.WGRAD_RG_PASS, floats
+    filters = min(s.F, T.WGRAD_RG_FILTERS)
+    while filters > 16 and s.KH * ceil_div(s.F, filters) < n_threads:
+        filters = ceil_div(filters // 2, 4) * 4
+    return filters, T.WGRAD_RG_PASS, floats
 
 
 def subpixel_axis(n, k, s, p, d):
@@ -739,7 +744,7 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         if not gx_left:
             return gx, gw, "fused", n
     else:
-        p = plan_weight_rowgemm(s, Ho, Wo, f32, caps, pointwise, limit)
+        p = plan_weight_rowgemm(s, Ho, Wo, f32, caps, pointwise, n, limit)
         if p is not None:
             gw = Step("weight_rowgemm", n, {"filters": p[0], "kc": p[1], "floats": p[2]})
             if not gx_left:
