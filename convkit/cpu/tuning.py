@@ -139,8 +139,9 @@ PHASES_TASKS_PER_THREAD = 4
 # Strided forward on csrc/rowgemm.h (BLAS machines with AVX2; conv_plan "rowphases"): output
 # positions per task (whole rows, a task's phase planes and result in L2) and the least output
 # row width (a row block of shorter rows is mostly the GEMM's narrow tail).  Measured on
-# conv_transpose2d's grad_x (convt_28's 8x32x56x56 -> 64x28x28, k4 s2) only, where it replaced
-# im2col + OpenBLAS; see bench/RESULTS.md "convt_28's backward".
+# conv_transpose2d's grad_x only (convt_28's 8x32x56x56 -> 8x64x28x28, k4 s2), one thread, CPU
+# time on the loaded 2-core EPYC: 6.4 ms against 9.5 on im2col + OpenBLAS (torch 5.8); 116 to
+# 812 positions per task within the noise.  Not measured in RESULTS.md.
 ROWPHASES_POSITIONS = 240
 ROWPHASES_MIN_WO = 16
 
@@ -148,7 +149,8 @@ ROWPHASES_MIN_WO = 16
 # layer's up to this many: every filter panel reuses a pass's x rows from L1, where 16 made
 # each task stream x from L3 again, ~1.3x slower) and taps (batch positions) per pass.
 # Measured on convt_28's grad_weight only (one thread, CPU time, loaded machine: 6.4-8.1 ms
-# against 8.9-9.3 on im2col + OpenBLAS; passes of 32-256 within the noise).
+# against 8.9-9.3 on im2col + OpenBLAS, torch 6.0-6.4; passes of 32-256 within the noise).
+# Not measured in RESULTS.md.
 WGRAD_RG_FILTERS = 64
 WGRAD_RG_PASS = 64
 
