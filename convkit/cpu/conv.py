@@ -100,8 +100,8 @@ _MAX_PLANS = 256
 # operands are checked before them.  The depthwise kernels skip padding
 # taps instead of multiplying zeros, so only a non-finite weight (forward) or grad_y / weight
 # (backward) makes them differ from torch; x is not read twice for them.  im2col, pointwise,
-# wide and phases compute each output from its own window, padding included, as torch does:
-# no check, no cost.
+# wide, phases and rowphases compute each output from its own window, and weight_rowgemm each
+# weight from its own products, padding included, as torch does: no check, no cost.
 _MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel"})
 _MIXES_W = frozenset({"depthwise", "depthwise3x3"})
 
