@@ -240,6 +240,8 @@ NONFINITE = {
     "depthwise": ((2, 8, 12, 12), 1, 3, dict(stride=2, padding=1, output_padding=1,
                                              groups=8)),
     "subpixel": ((2, 16, 14, 14), 8, 4, dict(stride=2, padding=1)),
+    # the backward's grad_x (a stride-2 conv2d forward of grad_y, 16 wide) on rowphases
+    "rowphases": ((2, 8, 16, 16), 4, 4, dict(stride=2, padding=1)),
     "im2col": ((2, 16, 14, 14), 8, 3, dict(stride=2, padding=1, output_padding=1)),
 }
 
@@ -447,3 +449,178 @@ def test_cpu_subpixel_a_nonfinite_weight_or_grad_y_takes_im2col(torch):
     want = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(w), **kw).numpy()
     y = run("cpu", F.conv_transpose2d_forward, x.astype(np.float32), w.astype(np.float32), **kw)
     _same_nonfinite(y, want, "subpixel y")
+
+
+# ------------------------------------------------------------ cpu: the row-GEMM polyphase forward
+# conv_plan "rowphases" (a strided conv2d forward -- conv_transpose2d's grad_x -- on csrc/rowgemm.h
+# over polyphase planes, BLAS machines with AVX2): kernels a multiple of the stride, filter
+# counts of one panel (4: the narrow 4-row tail) and several (12: 8 + 4 rows), row blocks whose
+# width leaves every tail length (Wq*rows mod 24), unequal strides, padding beyond a phase,
+# odd maps (a phase row shorter than the others), bias.
+ROWPHASES = {
+    "k4_s2_p1": ((2, 8, 40, 38), 12, (4, 4), (2, 2), (1, 1)),
+    "k2_s2": ((3, 5, 34, 35), 4, (2, 2), (2, 2), (0, 0)),
+    "k6x3_s2x3": ((2, 3, 41, 60), 8, (6, 3), (2, 3), (2, 1)),
+    "k4_s2_p3": ((1, 4, 37, 45), 4, (4, 4), (2, 2), (3, 3)),
+    "k4x6_s4x2": ((2, 2, 70, 33), 16, (4, 6), (4, 2), (1, 2)),
+}
+
+
+@pytest.fixture
+def cpu_conv():
+    from convkit.cpu import conv as cc
+
+    cc._plans.clear()
+    yield cc
+    cc._plans.clear()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("name", list(ROWPHASES))
+def test_cpu_rowphases_forward_matches_torch(torch, cpu_conv, name, bias):
+    xs, F_, ks, st, pd = ROWPHASES[name]
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal((F_, xs[1]) + ks) / np.sqrt(xs[1] * ks[0] * ks[1])
+    b = rng.standard_normal(F_) if bias else None
+    want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w),
+                                      None if b is None else torch.tensor(b), st, pd).numpy()
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    b32 = None if b is None else b.astype(np.float32)
+    step = cpu_conv._plan(x32, w32, st, (pd[0], pd[0], pd[1], pd[1]), (1, 1), 1)[3].forward
+    want_algo = ("phases" if cpu_conv._OWN_SGEMM else
+                 "rowphases" if cpu_conv._ROWGEMM else "im2col")
+    assert step.algo == want_algo, step
+    results = []
+    for n in (1, 2, 3):
+        convkit.set_num_threads(n)
+        y = run("cpu", F.conv2d_forward, x32, w32, b32, stride=st, padding=pd)
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+        results.append(y)
+    convkit.set_num_threads(None)
+    for y in results[1:]:
+        np.testing.assert_array_equal(y, results[0])     # the same bits on any team
+    # conv_transpose2d's grad_x is this forward of grad_y
+    xt = rng.standard_normal((xs[0], F_) + want.shape[2:])
+    op = tuple(h - ((o - 1) * s - 2 * p + k)
+               for h, o, s, p, k in zip(xs[2:], want.shape[2:], st, pd, ks))
+    tx = torch.tensor(xt, requires_grad=True)
+    ty = torch.nn.functional.conv_transpose2d(tx, torch.tensor(w), stride=st, padding=pd,
+                                              output_padding=op)
+    ty.backward(torch.tensor(x))
+    gx = run("cpu", F.conv_transpose2d_backward, x32, xt.astype(np.float32), w32, stride=st,
+             padding=pd, output_padding=op, has_bias=False)[0]
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_rowphases_nonfinite_stays_in_its_window(torch, cpu_conv):
+    """rowphases reads each output's own window (padding zeros included, as torch): a NaN /
+    inf in x or the weight reaches exactly torch's outputs, with no fallback."""
+    xs, F_, ks, st, pd = ROWPHASES["k4_s2_p1"]
+    rng = np.random.default_rng(14)
+    for where in ("x", "w"):
+        x = rng.standard_normal(xs)
+        w = rng.standard_normal((F_, xs[1]) + ks)
+        a = x if where == "x" else w
+        a.reshape(-1)[[5, 700, 1201]] = [np.nan, np.inf, -np.inf]
+        want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), None, st,
+                                          pd).numpy()
+        y = run("cpu", F.conv2d_forward, x.astype(np.float32), w.astype(np.float32), stride=st,
+                padding=pd)
+        _same_nonfinite(y, want, f"rowphases {where}")
+
+
+# ------------------------------------------------------- cpu: the row-GEMM weight gradient
+# conv_plan "weight_rowgemm" (conv2d's grad_weight -- conv_transpose2d's, with x and grad_y
+# swapped -- on csrc/rowgemm.h with x channels-last, BLAS machines with AVX2): kernel rows of
+# KW*C = 24, 28 (a 4-column tail), 40 (16), 66 (18); filter counts of one panel, several, and
+# over tuning.WGRAD_RG_FILTERS (two tasks per kernel row); unequal strides, padding beyond a
+# phase; passes of the batch's positions that do not divide it.
+WEIGHT_RG = {
+    "k4_s2_c6": ((2, 6, 30, 32), 12, (4, 4), (2, 2), (1, 1)),
+    "k2_s2_c14": ((3, 14, 18, 20), 4, (2, 2), (2, 2), (0, 0)),
+    "k6x3_s2x3_c22": ((2, 22, 21, 27), 8, (6, 3), (2, 3), (2, 1)),
+    "k4_s2_p3_f68": ((1, 10, 33, 35), 68, (4, 4), (2, 2), (3, 3)),
+    "k4x4_s4x2_c6": ((2, 6, 44, 37), 4, (4, 4), (4, 2), (1, 2)),
+}
+
+
+@pytest.mark.parametrize("name", list(WEIGHT_RG))
+def test_cpu_weight_rowgemm_matches_torch(torch, cpu_conv, monkeypatch, name):
+    from convkit.cpu import tuning
+
+    monkeypatch.setattr(tuning, "WGRAD_RG_PASS", 50)      # passes that do not divide K
+    xs, F_, ks, st, pd = WEIGHT_RG[name]
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal((F_, xs[1]) + ks) / np.sqrt(xs[1] * ks[0] * ks[1])
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = torch.zeros(F_, dtype=torch.float64, requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, st, pd)
+    gy = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(gy))
+    x32, w32, gy32 = (a.astype(np.float32) for a in (x, w, gy))
+    plan = cpu_conv._plan(x32, w32, st, (pd[0], pd[0], pd[1], pd[1]), (1, 1), 1)[3]
+    rg = cpu_conv._ROWGEMM and not cpu_conv._OWN_SGEMM
+    assert (plan.grad_weight.algo == "weight_rowgemm") == rg, plan
+    results = []
+    for n in (1, 2, 3):
+        convkit.set_num_threads(n)
+        got = run("cpu", F.conv2d_backward, gy32, x32, w32, stride=st, padding=pd,
+                  has_bias=True)
+        for g, want in zip(got, (tx.grad, tw.grad, tb.grad)):
+            np.testing.assert_allclose(g, want.numpy(), rtol=2e-4, atol=2e-4)
+        results.append(got)
+    convkit.set_num_threads(None)
+    for got in results[1:]:
+        for g, want in zip(got, results[0]):
+            np.testing.assert_array_equal(g, want)       # the same bits on any team
+    # conv_transpose2d's grad_weight is this one with x and grad_y swapped
+    op = tuple(h - ((o - 1) * s - 2 * p + k)
+               for h, o, s, p, k in zip(xs[2:], gy.shape[2:], st, pd, ks))
+    gwt = run("cpu", F.conv_transpose2d_backward, x32, gy32, w32, stride=st, padding=pd,
+              output_padding=op, has_bias=False)[1]
+    np.testing.assert_array_equal(gwt, results[0][1])
+
+
+def test_cpu_weight_rowgemm_nonfinite_stays_in_its_sums(torch, cpu_conv):
+    """weight_rowgemm sums each weight's own products (padding zeros included, as torch): a
+    NaN / inf in x or grad_y reaches exactly torch's weights, with no fallback."""
+    xs, F_, ks, st, pd = WEIGHT_RG["k4_s2_c6"]
+    rng = np.random.default_rng(16)
+    for where in ("x", "grad_y"):
+        x = rng.standard_normal(xs)
+        w = rng.standard_normal((F_, xs[1]) + ks)
+        gy = rng.standard_normal((xs[0], F_, 15, 16))
+        a = x if where == "x" else gy
+        a.reshape(-1)[[3, 400, 901]] = [np.nan, np.inf, -np.inf]
+        tw = torch.tensor(w, requires_grad=True)
+        torch.nn.functional.conv2d(torch.tensor(x), tw, None, st, pd).backward(torch.tensor(gy))
+        gw = run("cpu", F.conv2d_backward, gy.astype(np.float32), x.astype(np.float32),
+                 w.astype(np.float32), stride=st, padding=pd, has_bias=False)[1]
+        _same_nonfinite(gw, tw.grad.numpy(), f"weight_rowgemm {where}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["subpixel", "im2col", "winograd"])
+def test_cpu_forward_adds_the_bias_as_after(name, dtype):
+    """The sub-pixel kernel adds the bias to each row as it writes it (the other algorithms
+    after): the bits of grad_x, then + bias."""
+    from convkit.cpu import conv as cc
+
+    xs, cog, k, kw = NONFINITE[name]
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal((xs[1], cog, k, k)).astype(dtype)
+    b = rng.standard_normal(cog).astype(dtype)
+    b[0] = 0.0                      # (+0.0 turns a -0.0 into +0.0, in both)
+    y = run("cpu", F.conv_transpose2d_forward, x, w, b, **kw)
+    want = run("cpu", F.conv_transpose2d_forward, x, w, **kw)
+    want += b.reshape(1, -1, 1, 1)
+    assert y.tobytes() == want.tobytes()
+    ckw = _conv_kwargs(kw)
+    s, p = ckw["stride"], ckw["padding"]
+    step = cc._plan(np.empty(y.shape, dtype), w, (s, s), (p,) * 4, (1, 1), 1)[3].grad_x
+    assert step.algo == ("im2col" if name == "subpixel" and cc._OWN_SGEMM and
+                         dtype == np.float32 else name)

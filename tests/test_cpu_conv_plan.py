@@ -13,7 +13,8 @@ ok, why = convkit.backend_status("cpu")
 pytestmark = pytest.mark.skipif(not ok, reason=why[:300])
 
 OWN = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3)       # an AVX-512 Xeon
-BLAS = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2)     # AVX2 only (this CI's EPYC)
+BLAS = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2)     # AVX2 only, no csrc/rowgemm.h
+BLAS_RG = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2, rowgemm=True)   # this CI's EPYC
 LIMIT = 256 * 2**20                                           # the default workspace limit
 
 
@@ -82,13 +83,19 @@ def test_suite_layers_take_their_plans(name, shape, own, blas):
     # float64 GEMMs always go to BLAS: the own-GEMM-only paths never appear
     f64 = _algos(P.plan_conv(shape, np.float64, 2, OWN, LIMIT))
     assert not {"phases", "weight_dot"} & set(f64)
+    # with csrc/rowgemm.h (AVX2 + FMA): only convt_28's forward (conv_transpose2d's grad_x) and
+    # grad_weight change, to rowphases and weight_rowgemm; float64 never takes them
+    rg = _algos(P.plan_conv(shape, np.float32, 2, BLAS_RG, LIMIT))
+    assert rg == (("rowphases", blas[1], "weight_rowgemm") if name == "convt_28" else blas)
+    assert not {"rowphases", "weight_rowgemm"} & set(
+        _algos(P.plan_conv(shape, np.float64, 2, BLAS_RG, LIMIT)))
 
 
 @pytest.mark.parametrize("name,shape,own,blas", SUITE, ids=[c[0] for c in SUITE])
 def test_a_nonfinite_operand_takes_im2col_everywhere(name, shape, own, blas):
     """exact=True (a NaN or inf among the operands): every pass on the im2col (or pointwise)
     GEMMs, whose outputs read only their own windows, on any machine."""
-    for caps in (OWN, BLAS):
+    for caps in (OWN, BLAS, BLAS_RG):
         algos = set(_algos(P.plan_conv(shape, np.float32, 2, caps, LIMIT, exact=True)))
         assert algos <= {"im2col", "pointwise"}, (name, algos)
 
@@ -192,3 +199,57 @@ def test_the_backend_runs_the_plan_it_reports():
     want = P.plan_conv(s, np.float32, convkit.get_num_threads(), cc._caps(),
                        convkit.get_workspace_limit())
     assert plan == want and plan.forward.algo == "winograd"
+
+
+def test_rowphases_rule():
+    """rowphases: strided, groups 1, filters in whole 4-row panels, kernel a multiple of the
+    stride, dilation 1, rows >= tuning.ROWPHASES_MIN_WO, float32, BLAS with rowgemm; its
+    workspace counts against the limit."""
+    def fwd(shape, caps=BLAS_RG, dtype=np.float32, limit=LIMIT):
+        return P.plan_conv(shape, dtype, 2, caps, limit).forward
+    step = fwd(_shape(8, 32, 56, 56, 64, 4, 2, 1))
+    assert step.algo == "rowphases"
+    rows, per = step.params["rows"], step.params["per_thread"]
+    assert rows == tuning.ROWPHASES_POSITIONS // 29
+    assert per == 32 * 4 * (rows + 1) * 29 + 1 + 64 * rows * 29
+    assert fwd(_shape(8, 32, 56, 56, 64, 4, 2, 1), BLAS).algo == "im2col"
+    assert fwd(_shape(8, 32, 56, 56, 64, 4, 2, 1), OWN).algo == "im2col"     # (Wo < 32)
+    assert fwd(_shape(8, 32, 56, 56, 64, 4, 2, 1), dtype=np.float64).algo == "im2col"
+    for other in (_shape(8, 32, 56, 56, 62, 4, 2, 1),              # 62 filters
+                  _shape(8, 32, 56, 56, 64, 3, 2, 1),              # 3 not a multiple of 2
+                  _shape(8, 32, 56, 56, 64, 4, 2, 1, groups=2),
+                  _shape(8, 32, 56, 56, 64, 4, 2, 1, dilation=2),
+                  _shape(8, 32, 56, 2 * tuning.ROWPHASES_MIN_WO - 2, 64, 2, 2, 0)):
+        assert fwd(other).algo != "rowphases", other
+    assert fwd(_shape(8, 32, 56, 56, 64, 4, 2, 1), limit=4 * per).algo != "rowphases"
+    # one image: rows lowered until each of the 2 threads has tuning.PHASES_TASKS_PER_THREAD
+    one = fwd(_shape(1, 32, 56, 56, 64, 4, 2, 1))
+    assert one.params["rows"] == -(-28 // (2 * tuning.PHASES_TASKS_PER_THREAD))
+
+
+def test_weight_rowgemm_rule():
+    """weight_rowgemm: the rowphases rule, maps above the batch paths', KW*C >= 24; grad_bias
+    is its own sum; with grad_x left to im2col, im2col makes grad_x only."""
+    convt = _shape(8, 32, 56, 56, 64, 4, 2, 1)
+    plan = P.plan_conv(convt, np.float32, 2, BLAS_RG, LIMIT, needs_input_grad=False)
+    gw = plan.grad_weight
+    assert gw.algo == "weight_rowgemm" and plan.grad_bias == "sum"
+    assert gw.params == {"filters": 64, "kc": tuning.WGRAD_RG_PASS,
+                         "floats": 8 * 58 * 58 * 32 + 64 * 8 * 28 * 28 + 64 * 16 * 32}
+    assert P.plan_conv(convt, np.float32, 2, BLAS_RG, 4 * gw.params["floats"] - 4,
+                       needs_input_grad=False).grad_weight.algo != "weight_rowgemm"
+    for other in (_shape(8, 5, 56, 56, 64, 4, 2, 1),        # KW*C = 20
+                  _shape(8, 32, 56, 56, 62, 4, 2, 1),       # 62 filters
+                  _shape(8, 32, 56, 56, 64, 3, 2, 1),       # 3 not a multiple of 2
+                  _shape(8, 32, 16, 16, 64, 4, 2, 1),       # 8x8 maps: batch
+                  _shape(8, 32, 56, 56, 64, 4, 2, 1, dilation=2)):
+        assert P.plan_conv(other, np.float32, 2, BLAS_RG, LIMIT).grad_weight.algo != \
+            "weight_rowgemm", other
+    # many threads: smaller filter blocks (no bits follow them), down to 16
+    assert [P.plan_conv(convt, np.float32, nt, BLAS_RG, LIMIT).grad_weight.params["filters"]
+            for nt in (1, 4, 8, 16, 64)] == [64, 64, 32, 16, 16]
+    # unequal strides (a 4x6 kernel, stride 2 x 3): grad_x by subpixel beside it
+    odd = P.ConvShape.of((8, 32, 56, 57), (64, 32, 4, 6), (2, 3), (1, 1, 1, 1), (1, 1), 1)
+    plan = P.plan_conv(odd, np.float32, 2, BLAS_RG, LIMIT)
+    assert (plan.grad_x.algo, plan.grad_weight.algo, plan.grad_bias) == (
+        "subpixel", "weight_rowgemm", "sum")

@@ -57,6 +57,15 @@ CONV = [
      False),
     ("depthwise", (4, 8, 12, 12), (16, 1, 3, 3), 1, 1, 8,
      {"forward": "depthwise", "grad_x": "depthwise", "grad_weight": "depthwise"}, False),
+    # kernel 4 stride 2 (conv_transpose2d's grad_x): rowphases on BLAS machines with AVX2
+    ("rowphases", (4, 8, 40, 40), (12, 8, 4, 4), 2, 1, 1,
+     {"forward": "phases" if OWN else "rowphases" if ok and cc._ROWGEMM else "im2col",
+      "grad_weight": _gw("im2col", "weight_rowgemm" if ok and cc._ROWGEMM else "im2col")},
+     False),
+    # 64 filters: weight_rowgemm's filter blocks shrink from 64 to 16 on 16 threads
+    ("weight_rowgemm_blocks", (2, 8, 24, 24), (64, 8, 4, 4), 2, 1, 1,
+     {"grad_weight": _gw("weight_dot", "weight_rowgemm" if ok and cc._ROWGEMM else "im2col")},
+     False),
     ("phases_and_weight_dot", (2, 3, 64, 64), (8, 3, 7, 7), 2, 3, 1,
      {"forward": "phases", "grad_weight": "weight_dot"}, True),
 ]

@@ -12,7 +12,7 @@ from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
 from ._blas cimport ck_sgemm_apacked_rows, gemm
-from ._conv_csrc cimport ck_phases_f, ck_rowgemm_available, ck_rowgemm_f
+from ._conv_csrc cimport ck_phases_f, ck_rowgemm_available, ck_rowgemm_f, ck_rowgemm_kc_f
 from ._conv_common cimport _min
 
 
@@ -134,7 +134,8 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
                            Py_ssize_t Tw, Py_ssize_t ulo, Py_ssize_t uhi, Py_ssize_t vlo,
                            Py_ssize_t vhi, const Py_ssize_t[::1] emin_h,
                            const Py_ssize_t[::1] emin_w, const Py_ssize_t[::1] boff,
-                           Py_ssize_t rows, int n_threads):
+                           Py_ssize_t rows, int n_threads, const floating[::1] bias,
+                           bint has_bias):
     """grad_x (OUT: gx, every value written) of a strided conv from grad_y, by output phases.
 
     Phase (qh, qw) of gx -- gx[:, :, qh::sh, qw::sw] -- is a stride-1 correlation of grad_y:
@@ -153,7 +154,8 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
     are computed Wp wide; the extra Tw - 1 are dropped).  float32 with AVX2 (wpan: wsub[g] in
     4-row panels, csrc/rowgemm.h) reads the runs in place; else they are copied into columns
     for BLAS.  ws_per_thread >= Fg*(rows + Th - 1)*Wp + Tw - 1 + (Fg*Th*Tw + sh*sw*Cg)*rows*Wp
-    (conv_plan.plan_subpixel).
+    (conv_plan.plan_subpixel).  has_bias: bias[channel] is added to each gx row as it is
+    written (conv_transpose2d's bias; the same bits as adding it after).
     """
     cdef Py_ssize_t N = gx.shape[0], H = gx.shape[2], W = gx.shape[3]
     cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3]
@@ -162,7 +164,9 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
     cdef Py_ssize_t SP = (rows + Th - 1) * Wp       # a slab plane
     cdef Py_ssize_t nrb = (Hu + rows - 1) // rows
     cdef bint direct = floating is float and wpan.shape[0] > 0
-    cdef Py_ssize_t t, n, g, h0, hr, L, f, k, p, qh, c, r, i, ih
+    cdef Py_ssize_t t, n, g, h0, hr, L, f, k, p, qh, c, r, i, ih, j
+    cdef floating bv
+    cdef floating* grow
     cdef floating* slab
     cdef floating* cols
     cdef floating* out
@@ -193,7 +197,137 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
                         ih = qh + sh * i
                         if i < 0 or ih >= H:
                             continue
-                        _interleave_row(&gx[n, g * Cg + c, ih, 0],
-                                        out + (qh * sw * Cg + c) * L + r * Wp, Cg * L, sw, W, Wu,
-                                        vlo, &emin_w[0])
+                        grow = &gx[n, g * Cg + c, ih, 0]
+                        _interleave_row(grow, out + (qh * sw * Cg + c) * L + r * Wp, Cg * L, sw,
+                                        W, Wu, vlo, &emin_w[0])
+                        if has_bias:                # (the row is still in L1)
+                            bv = bias[g * Cg + c]
+                            for j in range(W):
+                                grow[j] = grow[j] + bv
     return gx
+
+
+def conv2d_forward_rowphases(const float[:, :, :, ::1] x, const float[::1] wpan,
+                             const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
+                             float[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t KH,
+                             Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                             Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t rows,
+                             int n_threads, const Py_ssize_t[::1] boff):
+    """groups 1, float32 where csrc/rowgemm.h runs (conv_plan "rowphases", BLAS machines): the
+    polyphase forward of conv2d_forward_phases (same phase planes, same tap offsets boff), but
+    a task's ``rows`` output rows are ONE rowgemm: the rows are computed Wq wide (output row r
+    of the task is columns [r*Wq, r*Wq + Wo) of the result, the other Wq - Wo dropped), so the
+    GEMM is F x rows*Wq with K = C*KH*KW taps read in place from the planes -- no im2col, no
+    packing.  wpan: the weights (F, C*KH*KW) in rowgemm's 4-row panels (F a multiple of 4).
+    Each output is one chain of multiply-adds over the taps in order, then + bias: the same
+    bits whatever the task split or thread count.  ws_per_thread >= C*sh*sw*Rq*Wq +
+    (KW-1)*dw//sw + F*rows*Wq (conv_plan.plan_rowphases).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t CKK = C * KH * KW, slack = ((KW - 1) * dw) // sw
+    cdef Py_ssize_t Wq = Wo + slack, Rq = rows + ((KH - 1) * dh) // sh
+    cdef Py_ssize_t plane = Rq * Wq, nrb = (Ho + rows - 1) // rows
+    cdef Py_ssize_t t, n, h0, hr, L, f, r, j
+    cdef Py_ssize_t failed = 0
+    cdef float bv
+    cdef float* Q
+    cdef float* out
+    cdef float* src
+    cdef float* dst
+    with nogil:
+        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
+            n = t // nrb
+            h0 = (t - n * nrb) * rows
+            hr = _min(rows, Ho - h0)
+            L = hr * Wq
+            Q = &ws[0] + threadid() * ws_per_thread
+            out = Q + C * sh * sw * plane + slack
+            ck_phases_f(&x[n, 0, 0, 0], C, H, W, sh, sw, pt, pl, h0, Rq, Wq, plane, Q)
+            memset(Q + C * sh * sw * plane, 0, slack * sizeof(float))
+            if not ck_rowgemm_f(F, L, CKK, &wpan[0], Q, &boff[0], out, L):
+                failed += 1             # (the plan picks this only where rowgemm runs)
+                continue
+            for f in range(F):
+                bv = bias[f] if has_bias else 0
+                for r in range(hr):
+                    src = out + f * L + r * Wq
+                    dst = &y[n, f, h0 + r, 0]
+                    if has_bias:
+                        for j in range(Wo):
+                            dst[j] = src[j] + bv
+                    else:
+                        memcpy(dst, src, Wo * sizeof(float))
+    if failed:
+        raise RuntimeError("conv2d_forward_rowphases: csrc/rowgemm.h does not run on this CPU")
+    return y
+
+
+def conv2d_grad_weight_rowgemm(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
+                               float[:, :, :, ::1] gw, float[::1] xcl, float[::1] gyp,
+                               float[::1] out, const Py_ssize_t[::1] boff, Py_ssize_t sh,
+                               Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t prows,
+                               Py_ssize_t kc, int n_threads):
+    """grad_weight (OUT: gw, every value written) of a groups-1, dilation-1 conv, float32 on
+    csrc/rowgemm.h (conv_plan "weight_rowgemm", BLAS machines with AVX2).
+
+    With x channels-last and zero-padded (xcl: N x Hp x Wp x C, Hp = (Ho-1)*sh + KH, Wp =
+    (Wo-1)*sw + KW), the KW*C values x[n, :, r, q + kw] for kw < KW of a tap row kh are ONE
+    run of xcl, so per kernel row kh
+        out[f, kh, kw, c] = sum over positions t = (n, i, j) of gy[n, f, i, j] *
+                            xcl[boff[t] + kh*Wp*C + kw*C + c],   boff[t] = ((n*Hp + i*sh)*Wp + j*sw)*C
+    is a rowgemm: F rows (gy in 4-row panels, gyp), KW*C columns, K = N*Ho*Wo taps read in
+    place, in passes of kc taps (the B rows of a column block stay in L1).  Tasks: (kh, block
+    of prows filters); each output is one chain of multiply-adds over the positions in order,
+    so the bits do not depend on the split or the thread count.  Then gw[f, c, kh, kw] = out.
+    xcl: N*Hp*Wp*C floats, gyp: F*N*Ho*Wo, out: F*KH*KW*C (conv_plan.plan_weight_rowgemm).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = gw.shape[0], KH = gw.shape[2], KW = gw.shape[3]
+    cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo
+    cdef Py_ssize_t Hp = (Ho - 1) * sh + KH, Wp = (Wo - 1) * sw + KW
+    cdef Py_ssize_t K = N * HoWo, L = KW * C, ldo = KH * KW * C
+    cdef Py_ssize_t npb = (F + prows - 1) // prows
+    cdef Py_ssize_t t, n, r, hi, q, wi, c, p, f, i, kh, kw, p0, pr
+    cdef Py_ssize_t failed = 0
+    cdef float* dst
+    cdef const float* src
+    with nogil:
+        for t in prange(N * Hp, schedule="static", num_threads=n_threads):   # xcl rows
+            n = t // Hp
+            r = t - n * Hp
+            hi = r - pt
+            dst = &xcl[0] + t * Wp * C
+            if hi < 0 or hi >= H:
+                memset(dst, 0, Wp * C * sizeof(float))
+                continue
+            for q in range(Wp):
+                wi = q - pl
+                if wi < 0 or wi >= W:
+                    memset(dst + q * C, 0, C * sizeof(float))
+                    continue
+                for c in range(C):
+                    dst[q * C + c] = x[n, c, hi, wi]
+        for t in prange((F // 4) * N, schedule="static", num_threads=n_threads):   # gy panels
+            p = t // N
+            n = t - p * N
+            dst = &gyp[0] + p * 4 * K + 4 * n * HoWo
+            for f in range(4):
+                src = &gy[n, 4 * p + f, 0, 0]
+                for i in range(HoWo):
+                    dst[4 * i + f] = src[i]
+        for t in prange(KH * npb, schedule="dynamic", num_threads=n_threads):
+            kh = t // npb
+            p0 = (t - kh * npb) * prows
+            pr = _min(prows, F - p0)
+            if not ck_rowgemm_kc_f(pr, L, K, &gyp[0] + p0 * K, &xcl[0] + kh * Wp * C, &boff[0],
+                                   &out[0] + p0 * ldo + kh * L, ldo, kc):
+                failed += 1             # (the plan picks this only where rowgemm runs)
+        for f in prange(F, schedule="static", num_threads=n_threads):
+            for c in range(C):
+                for kh in range(KH):
+                    for kw in range(KW):
+                        gw[f, c, kh, kw] = out[f * ldo + (kh * KW + kw) * C + c]
+    if failed:
+        raise RuntimeError("conv2d_grad_weight_rowgemm: csrc/rowgemm.h does not run on this CPU")
+    return gw

@@ -87,7 +87,7 @@ def _caps():
     caps = _caps_by_level.get(level)
     if caps is None:
         caps = _caps_by_level[level] = P.ConvCaps(own_sgemm=_OWN_SGEMM,
-                                                   depthwise3x3_level=level)
+                                                   depthwise3x3_level=level, rowgemm=_ROWGEMM)
     return caps
 
 
@@ -101,8 +101,8 @@ _MAX_PLANS = 256
 # operands are checked before them.  The depthwise kernels skip padding
 # taps instead of multiplying zeros, so only a non-finite weight (forward) or grad_y / weight
 # (backward) makes them differ from torch; x is not read twice for them.  im2col, pointwise,
-# wide and phases compute each output from its own window, padding included, as torch does:
-# no check, no cost.
+# wide, phases and rowphases compute each output from its own window, and weight_rowgemm each
+# weight from its own products, padding included, as torch does: no check, no cost.
 _MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel"})
 _MIXES_W = frozenset({"depthwise", "depthwise3x3"})
 
@@ -419,6 +419,23 @@ def _fwd_phases(x, weight, b, has_bias, y, s, step):
                                 _phase_offsets(C, KH, KW, sh, sw, dh, dw, rows, y.shape[3]))
 
 
+def _panels(a):
+    """a (P, K), P a multiple of 4, in csrc/rowgemm.h's 4-row panels, tap-major (flat)."""
+    P_, K = a.shape
+    return np.ascontiguousarray(a.reshape(P_ // 4, 4, K).transpose(0, 2, 1)).reshape(-1)
+
+
+def _fwd_rowphases(x, weight, b, has_bias, y, s, step):
+    C, (KH, KW), (sh, sw), (dh, dw) = s.C, (s.KH, s.KW), s.stride, s.dilation
+    rows, per = step.params["rows"], step.params["per_thread"]
+    ws = _workspace(per * step.threads, x.dtype)
+    _phases.conv2d_forward_rowphases(x, _panels(weight.reshape(s.F, -1)), b, has_bias, y, ws,
+                                     per, KH, KW, sh, sw, s.padding[0], s.padding[2], dh, dw,
+                                     rows, step.threads,
+                                     _phase_offsets(C, KH, KW, sh, sw, dh, dw, rows,
+                                                    y.shape[3]))
+
+
 def _fwd_wide(x, weight, b, has_bias, y, s, step):
     (dh, dw), per = s.dilation, step.params["per_thread"]
     Ho, Wo = y.shape[2:]
@@ -444,7 +461,7 @@ def _fwd_im2col(x, weight, b, has_bias, y, s, step):
 
 _FORWARD = {"depthwise3x3": _fwd_depthwise3x3, "depthwise": _fwd_depthwise, "dense": _fwd_dense,
             "winograd": _fwd_winograd, "batch": _fwd_batch, "phases": _fwd_phases,
-            "wide": _fwd_wide, "pointwise": _fwd_im2col, "im2col": _fwd_im2col}
+            "rowphases": _fwd_rowphases, "wide": _fwd_wide, "pointwise": _fwd_im2col, "im2col": _fwd_im2col}
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None):
@@ -537,8 +554,9 @@ def _bwd_batch(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                     step.threads, needs_gw)
 
 
-def _bwd_subpixel(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
-    """grad_x of a strided conv by its output phases (conv_plan.plan_subpixel)."""
+def _bwd_subpixel(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw, bias=None):
+    """grad_x of a strided conv by its output phases (conv_plan.plan_subpixel); bias (C,):
+    added to grad_x on the way (conv_transpose2d's forward)."""
     Th, Tw, ulo, uhi, vlo, vhi, eh, ew, th, tw = _subpixel_geometry(s)
     p = step.params
     G, P_, K = s.groups, s.stride[0] * s.stride[1] * s.Cg, (s.F // s.groups) * Th * Tw
@@ -548,12 +566,15 @@ def _bwd_subpixel(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     else:
         wpan, wsub = _NO_PACK, w0.take(_subpixel_index(s, False))
     ws = _workspace(step.threads * p["per_thread"], x.dtype)
-    with _blas_pin(x.dtype):
+    # (on rowgemm no BLAS runs: leave its threads alone, see the module docstring)
+    with _blas_pin(x.dtype) if wpan is _NO_PACK else _no_pin:
         _phases.conv2d_grad_x_subpixel(gy, G, P_, K, wsub, wpan, gx, ws, p["per_thread"],
                                        s.stride[0], s.stride[1], Th, Tw, ulo, uhi, vlo, vhi, eh, ew,
                                        _subpixel_offsets(s.F // s.groups, Th, Tw, p["rows"],
                                                          vhi - vlo + Tw - 1),
-                                       p["rows"], step.threads)
+                                       p["rows"], step.threads,
+                                       bias if bias is not None else np.zeros(1, x.dtype),
+                                       bias is not None)
 
 
 def _bwd_weight_dot(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
@@ -567,6 +588,29 @@ def _bwd_weight_dot(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                      _phase_offsets(s.Cg, s.KH, s.KW, sh, sw, dh, dw, p["rows"],
                                                     gy.shape[3]),
                                      step.threads, s.groups)
+
+
+@functools.lru_cache(maxsize=64)
+def _rowgemm_w_offsets(N, Ho, Wo, sh, sw, Hp, Wp, C):
+    """Offset of position (n, i, j)'s tap row start in channels-last padded x (N, Hp, Wp, C),
+    in position order (conv2d_grad_weight_rowgemm)."""
+    o = (((np.arange(N)[:, None, None] * Hp + np.arange(Ho)[:, None] * sh) * Wp
+          + np.arange(Wo) * sw) * C).ravel().astype(np.intp)
+    o.flags.writeable = False
+    return o
+
+
+def _bwd_weight_rowgemm(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
+    """grad_weight on csrc/rowgemm.h (conv_plan.plan_weight_rowgemm)."""
+    p, (sh, sw), (Ho, Wo) = step.params, s.stride, gy.shape[2:]
+    Hp, Wp = (Ho - 1) * sh + s.KH, (Wo - 1) * sw + s.KW
+    nx, ng = s.N * Hp * Wp * s.C, s.F * s.N * Ho * Wo
+    ws = _workspace(p["floats"], np.float32, "weight_rowgemm")
+    _phases.conv2d_grad_weight_rowgemm(gy, x, gw, ws[:nx], ws[nx:nx + ng],
+                                       ws[nx + ng:p["floats"]],
+                                       _rowgemm_w_offsets(s.N, Ho, Wo, sh, sw, Hp, Wp, s.C),
+                                       sh, sw, s.padding[0], s.padding[2], p["filters"],
+                                       p["kc"], step.threads)
 
 
 def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
@@ -588,7 +632,8 @@ def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
 
 _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "dense": _bwd_dense,
              "winograd": _bwd_winograd, "batch": _bwd_batch, "weight_dot": _bwd_weight_dot,
-             "subpixel": _bwd_subpixel, "pointwise": _bwd_im2col, "im2col": _bwd_im2col}
+             "subpixel": _bwd_subpixel, "weight_rowgemm": _bwd_weight_rowgemm,
+             "pointwise": _bwd_im2col, "im2col": _bwd_im2col}
 
 
 def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_input_grad,
@@ -641,10 +686,12 @@ def _backward(plan, s, grad_y, x, weight, needs_input_grad, with_bias):
 _GW_ALWAYS = frozenset({"depthwise3x3", "depthwise"})
 
 
-def conv2d_grad_input(grad_y, weight, x_shape, stride, padding, dilation, groups):
+def conv2d_grad_input(grad_y, weight, x_shape, stride, padding, dilation, groups, bias=None):
     """grad_x (x_shape) of conv2d alone -- conv_transpose2d's forward: conv2d_backward's grad_x
     step of the same plan, with no weight gradient; the same non-finite rules (a plan whose
-    grad_x mixes values across outputs runs on im2col when grad_y or weight is not finite)."""
+    grad_x mixes values across outputs runs on im2col when grad_y or weight is not finite).
+    bias (x_shape[1],) or None: added to grad_x (by the subpixel kernel as it writes, else
+    after; the same bits)."""
     gx = np.empty(x_shape, dtype=grad_y.dtype)
     # (gx stands in for x: the plan reads its shape and dtype)
     s, Ho, Wo, plan = _plan(gx, weight, stride, padding, dilation, groups)
@@ -658,5 +705,10 @@ def conv2d_grad_input(grad_y, weight, x_shape, stride, padding, dilation, groups
     x, gw = gx, np.empty_like(weight)     # (gw: written only by the _GW_ALWAYS runners)
     if step.algo in _GW_ALWAYS:
         x = np.zeros(x_shape, dtype=gx.dtype)
+    if step.algo == "subpixel":
+        _bwd_subpixel(grad_y, x, weight, gx, gw, None, s, step, True, False, bias)
+        return gx
     _BACKWARD[step.algo](grad_y, x, weight, gx, gw, None, s, step, True, False)
+    if bias is not None:
+        gx += bias.reshape(1, -1, 1, 1)
     return gx

@@ -14,10 +14,14 @@ dense           plane no bigger than the kernel: one GEMM with the conv's dense 
 winograd        3x3 stride 1, >= 16 channels, maps > 64 positions: F(2x2) or F(4x4)     f, x
 batch           maps <= 64 positions: the batch's columns side by side in one GEMM      f, x, w
 phases          strided, float32 on the own GEMM: polyphase planes, a GEMM per row      f
+rowphases       strided, float32 on BLAS machines with AVX2: the same planes, one      f
+                csrc/rowgemm.h GEMM per block of output rows (taps read in place)
 subpixel        strided, kernel a multiple of the stride, on BLAS: the sh*sw output     x
                 phases of grad_x as one stride-1 conv of grad_y, then interleaved
 wide            stride 1, padded rows <= 5/4 of the output's: taps read in place        f
 weight_dot      <= 320 taps per filter, float32 on the own GEMM: dot products           w (+ b)
+weight_rowgemm  strided, kernel a multiple of the stride, float32 on BLAS machines      w
+                with AVX2: x channels-last, a csrc/rowgemm.h GEMM per kernel row
 pointwise       1x1, stride 1, no padding: GEMMs straight on x                          f, x, w
 im2col          everything else: im2col into a workspace, then GEMMs                    f, x, w
 =============== ====================================================================== ========
@@ -74,9 +78,11 @@ class ConvCaps:
 
     own_sgemm: float32 GEMMs run on convkit's AVX-512 kernel (csrc/sgemm.h), not BLAS.
     depthwise3x3_level: the widest vector level of the 3x3 depthwise kernels (csrc/dw3x3.h):
-    0 none, 1 16-byte vectors, 2 AVX2, 3 AVX-512."""
+    0 none, 1 16-byte vectors, 2 AVX2, 3 AVX-512.
+    rowgemm: csrc/rowgemm.h's float32 GEMM (B rows read in place) runs: AVX2 and FMA."""
     own_sgemm: bool
     depthwise3x3_level: int
+    rowgemm: bool = False   # csrc/rowgemm.h runs (AVX2 + FMA)
 
 
 @dataclass(frozen=True)
@@ -452,6 +458,54 @@ def plan_phases(s: ConvShape, Ho, Wo, float32, own_sgemm, pointwise, n_threads, 
     return rows, per
 
 
+def plan_rowphases(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads, limit):
+    """(output rows per task, workspace floats per thread) of the polyphase forward on
+    csrc/rowgemm.h, or None.  Where the float32 GEMMs go to BLAS and rowgemm runs, for strided
+    groups-1 convs whose filter count fills its 4-row panels and whose kernel is a multiple of
+    the stride, dilation 1 (conv_transpose2d's grad_x, the case measured: tuning.ROWPHASES_*).
+    A task computes about tuning.ROWPHASES_POSITIONS output positions (whole rows, each Wq
+    wide); each output is one fixed chain of multiply-adds, so the rows per task may follow
+    the team (no bits change): lowered until each thread has tuning.PHASES_TASKS_PER_THREAD."""
+    sh, sw = s.stride
+    if (not float32 or caps.own_sgemm or not caps.rowgemm or s.groups != 1 or pointwise
+            or s.stride == (1, 1) or s.F % 4 or s.dilation != (1, 1)
+            or s.KH % sh or s.KW % sw or Wo < T.ROWPHASES_MIN_WO):
+        return None
+    Wq = Wo + (s.KW - 1) // sw
+    rows = max(1, min(Ho, T.ROWPHASES_POSITIONS // Wq))
+    if n_threads > 1 and s.N * ceil_div(Ho, rows) < T.PHASES_TASKS_PER_THREAD * n_threads:
+        rows = max(1, ceil_div(Ho, ceil_div(T.PHASES_TASKS_PER_THREAD * n_threads, s.N)))
+    Rq = rows + (s.KH - 1) // sh
+    per = s.C * sh * sw * Rq * Wq + (s.KW - 1) // sw + s.F * rows * Wq
+    if per * 4 * n_threads > limit:
+        return None
+    return rows, per
+
+
+def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
+                        limit):
+    """(filters per task, taps per pass, workspace floats) of the rowgemm weight gradient, or
+    None.  The rowphases rule (float32, BLAS with rowgemm, groups 1, dilation 1, filters in
+    whole 4-row panels, strided with the kernel a multiple of the stride: conv_transpose2d's
+    grad_weight, the case measured), maps above the batch paths' and a kernel row of at least
+    one 24-column tile (KW*C >= 24).  Tasks (kernel row, tuning.WGRAD_RG_FILTERS filters,
+    halved down to 16 while there are fewer tasks than threads) and the passes
+    (tuning.WGRAD_RG_PASS taps) do not order any sum: no bits follow them."""
+    sh, sw = s.stride
+    if (not float32 or caps.own_sgemm or not caps.rowgemm or s.groups != 1 or pointwise
+            or s.stride == (1, 1) or s.F % 4 or s.dilation != (1, 1)
+            or s.KH % sh or s.KW % sw or s.KW * s.C < 24 or batch_ok(Ho, Wo, pointwise)):
+        return None
+    Hp, Wp = (Ho - 1) * sh + s.KH, (Wo - 1) * sw + s.KW
+    floats = s.N * Hp * Wp * s.C + s.F * s.N * Ho * Wo + s.F * s.KH * s.KW * s.C
+    if floats * 4 > limit:
+        return None
+    filters = min(s.F, T.WGRAD_RG_FILTERS)
+    while filters > 16 and s.KH * ceil_div(s.F, filters) < n_threads:
+        filters = ceil_div(filters // 2, 4) * 4
+    return filters, T.WGRAD_RG_PASS, floats
+
+
 def subpixel_axis(n, k, s, p, d):
     """One axis of grad_x by output phases (the sub-pixel form of a transposed conv): grad_x
     rows q, q + s, q + 2s, ... (phase q) take the taps k' with (q + p - k'*d) % s == 0, tap k'
@@ -601,6 +655,9 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     p = plan_phases(s, Ho, Wo, f32, caps.own_sgemm, pointwise, n, limit)
     if p is not None:
         return Step("phases", n, {"rows": p[0], "per_thread": p[1]})
+    p = plan_rowphases(s, Ho, Wo, f32, caps, pointwise, n, limit)
+    if p is not None:
+        return Step("rowphases", n, {"rows": p[0], "per_thread": p[1]})
     p = plan_wide(s, Ho, Wo, itemsize, pointwise, limit)
     if p is not None:
         return Step("wide", min(n, N), {"per_thread": p})
@@ -686,6 +743,12 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
                                     "groups_n": groups_n, "floats": floats})
         if not gx_left:
             return gx, gw, "fused", n
+    else:
+        p = plan_weight_rowgemm(s, Ho, Wo, f32, caps, pointwise, n, limit)
+        if p is not None:
+            gw = Step("weight_rowgemm", n, {"filters": p[0], "kc": p[1], "floats": p[2]})
+            if not gx_left:
+                return gx, gw, "sum", bias_n
     if batch_ok(Ho, Wo, pointwise):      # (never together with weight_dot)
         Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
         p = plan_batch_backward(N, Cg, G, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, gx_left,
@@ -701,7 +764,7 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
 def _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointwise, gx_left,
                           wbytes, own, limit, gx, gw, bias_n):
     """The im2col backward Step for what is left: grad_x (when gx_left) and grad_weight
-    (unless gw, a weight_dot Step, makes it)."""
+    (unless gw, a weight_dot or weight_rowgemm Step, makes it)."""
     algo = "pointwise" if pointwise else "im2col"
     p, err = _or_error(plan_im2col_backward, N, C, Cg, G, KH, KW, Ho, Wo, W,
                          s.stride[1], itemsize, n, pointwise, gx_left, wbytes, own, limit)
@@ -710,8 +773,8 @@ def _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointw
     else:
         step = Step(algo, p[0], {"units_w": p[1], "rows_w": p[2], "chans_x": p[3],
                                  "rows_x": p[4], "nsplit": p[5], "per_thread": p[6]})
-    if gw is not None:       # grad_weight by dot products: the im2col pass makes grad_x only
-        return step, gw, "fused", n
+    if gw is not None:       # grad_weight by another kernel: the im2col pass makes grad_x only
+        return (step, gw, "fused", n) if gw.algo == "weight_dot" else (step, gw, "sum", bias_n)
     return (step if gx_left else gx), step, "sum", bias_n
 
 

@@ -2,10 +2,10 @@
 
 The adjoint of conv2d (convkit/reference/conv_transpose.py explains the reading and the hook
 arguments), run by convkit/cpu/conv.py's plans: the forward is conv2d's grad_x step alone
-(``conv2d_grad_input``), grad_x is conv2d_forward(grad_y, weight), grad_weight is
-conv2d_backward with x and grad_y swapped and no grad_x.  So the algorithms, the workspace
-limit (MemoryError), the non-finite fallbacks and the thread-count independent bits are
-conv2d's.
+(``conv2d_grad_input``, which also adds the bias), grad_x is conv2d_forward(grad_y, weight),
+grad_weight is conv2d_backward with x and grad_y swapped and no grad_x.  So the algorithms,
+the workspace limit (MemoryError), the non-finite fallbacks and the thread-count independent
+bits are conv2d's.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import functools
 import numpy as np
 
 from .._config import get_num_threads
-from ..reference.conv_transpose import adjoint_backward, adjoint_forward
+from ..reference.conv_transpose import adjoint_backward
 from . import _conv_im2col, conv as _conv
 from .conv_plan import threads_for
 
@@ -27,5 +27,12 @@ def _bias_grad(grad_y):
     return gb
 
 
-conv_transpose2d_forward = functools.partial(adjoint_forward, _conv)
+def conv_transpose2d_forward(x, weight, bias, stride, padding, dilation, groups, out_hw):
+    """adjoint_forward, with the bias added by conv2d_grad_input (the sub-pixel kernel adds it
+    to each row as it writes it: no second pass over y on one thread)."""
+    C_out = weight.shape[1] * groups
+    return _conv.conv2d_grad_input(x, weight, (x.shape[0], C_out) + tuple(out_hw), stride,
+                                   padding, dilation, groups, bias)
+
+
 conv_transpose2d_backward = functools.partial(adjoint_backward, _conv, bias_grad=_bias_grad)

@@ -141,6 +141,24 @@ PHASES_MIN_WO = 32
 PHASES_ROWS = 16
 PHASES_TASKS_PER_THREAD = 4
 
+# Strided forward on csrc/rowgemm.h (BLAS machines with AVX2; conv_plan "rowphases"): output
+# positions per task (whole rows, a task's phase planes and result in L2) and the least output
+# row width (a row block of shorter rows is mostly the GEMM's narrow tail).  Measured on
+# conv_transpose2d's grad_x only (convt_28's 8x32x56x56 -> 8x64x28x28, k4 s2), one thread, CPU
+# time on the loaded 2-core EPYC: 6.4 ms against 9.5 on im2col + OpenBLAS (torch 5.8); 116 to
+# 812 positions per task within the noise.  Not measured in RESULTS.md.
+ROWPHASES_POSITIONS = 240
+ROWPHASES_MIN_WO = 16
+
+# Weight gradient on csrc/rowgemm.h (conv_plan "weight_rowgemm"): filters per task (all of a
+# layer's up to this many: every filter panel reuses a pass's x rows from L1, where 16 made
+# each task stream x from L3 again, ~1.3x slower) and taps (batch positions) per pass.
+# Measured on convt_28's grad_weight only (one thread, CPU time, loaded machine: 6.4-8.1 ms
+# against 8.9-9.3 on im2col + OpenBLAS, torch 6.0-6.4; passes of 32-256 within the noise).
+# Not measured in RESULTS.md.
+WGRAD_RG_FILTERS = 64
+WGRAD_RG_PASS = 64
+
 # ----------------------------------------------------------------------------- sub-pixel grad_x
 # Strided grad_x (conv_transpose2d's forward) by its output phases as one stride-1 conv, on
 # BLAS, where the phases' windows hold at most this fraction more taps than the kernel: 1, the

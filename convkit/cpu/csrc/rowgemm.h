@@ -23,6 +23,8 @@
 
 #define CK_RG_TARGET __attribute__((target("avx2,fma")))
 
+
+
 /* row r of a panel: its weight of tap k times 1 or 3 column vectors */
 #define CK_RG_FMA3(r, a0, a1, a2)                                                               \
     do {                                                                                        \
@@ -52,13 +54,24 @@
         _mm256_maskstore_ps(o + ((r) + 3) * ldo, mask, a3);                                     \
     } while (0)
 
-/* one 4-row panel, columns [j, j + 24): twelve accumulators, named (an array of them is kept
- * in memory by GCC, a store per multiply-add) */
+/* one 4-row panel, columns [j, j + 24), taps [0, K) of w / boff: twelve accumulators, named
+ * (an array of them is kept in memory by GCC, a store per multiply-add); acc: go on from the
+ * sums already in o (a float32 chain stored and reloaded is the same chain) */
 CK_RG_TARGET static inline void ck_rg_tile3(ptrdiff_t K, const float *w, const float *b,
-                                            const ptrdiff_t *boff, float *o, ptrdiff_t ldo)
+                                            const ptrdiff_t *boff, float *o, ptrdiff_t ldo,
+                                            int acc)
 {
     __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
     __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
+    if (acc) {
+        a00 = _mm256_loadu_ps(o), a01 = _mm256_loadu_ps(o + 8), a02 = _mm256_loadu_ps(o + 16);
+        a10 = _mm256_loadu_ps(o + ldo), a11 = _mm256_loadu_ps(o + ldo + 8);
+        a12 = _mm256_loadu_ps(o + ldo + 16);
+        a20 = _mm256_loadu_ps(o + 2 * ldo), a21 = _mm256_loadu_ps(o + 2 * ldo + 8);
+        a22 = _mm256_loadu_ps(o + 2 * ldo + 16);
+        a30 = _mm256_loadu_ps(o + 3 * ldo), a31 = _mm256_loadu_ps(o + 3 * ldo + 8);
+        a32 = _mm256_loadu_ps(o + 3 * ldo + 16);
+    }
     for (ptrdiff_t k = 0; k < K; ++k) {
         const float *bk = b + boff[k];
         const __m256 x0 = _mm256_loadu_ps(bk), x1 = _mm256_loadu_ps(bk + 8),
@@ -78,12 +91,20 @@ CK_RG_TARGET static inline void ck_rg_tile3(ptrdiff_t K, const float *w, const f
  * w1) -- eight accumulators keep the FMA pipes busy where 4 would wait on their latency */
 CK_RG_TARGET static inline void ck_rg_narrow(ptrdiff_t K, int R, const float *w0, const float *w1,
                                              const float *b, const ptrdiff_t *boff, float *o,
-                                             ptrdiff_t ldo, int n)
+                                             ptrdiff_t ldo, int n, int acc)
 {
     const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     __m256 a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    if (acc) {
+        a0 = _mm256_maskload_ps(o, mask), a1 = _mm256_maskload_ps(o + ldo, mask);
+        a2 = _mm256_maskload_ps(o + 2 * ldo, mask), a3 = _mm256_maskload_ps(o + 3 * ldo, mask);
+        if (R == 8) {
+            a4 = _mm256_maskload_ps(o + 4 * ldo, mask), a5 = _mm256_maskload_ps(o + 5 * ldo, mask);
+            a6 = _mm256_maskload_ps(o + 6 * ldo, mask), a7 = _mm256_maskload_ps(o + 7 * ldo, mask);
+        }
+    }
     for (ptrdiff_t k = 0; k < K; ++k) {
         const __m256 x = n == 8 ? _mm256_loadu_ps(b + boff[k])
                                 : _mm256_maskload_ps(b + boff[k], mask);
@@ -96,22 +117,32 @@ CK_RG_TARGET static inline void ck_rg_narrow(ptrdiff_t K, int R, const float *w0
         CK_RG_MSTORE4(4, a4, a5, a6, a7);
 }
 
+/* KC: taps per pass (K: one pass); a longer K is summed in passes, each going on from the
+ * stored sums -- the same chain, so the same bits as one pass -- and each pass runs every
+ * column block, so its KC rows of B are read once from memory (K = 0: one pass, zeros) */
 CK_RG_TARGET static void ck_rowgemm_avx2(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt,
                                          const float *b, const ptrdiff_t *boff, float *out,
-                                         ptrdiff_t ldo)
+                                         ptrdiff_t ldo, ptrdiff_t KC)
 {
-    ptrdiff_t j = 0;
-    for (; j + 24 <= L; j += 24)
-        for (ptrdiff_t p = 0; p < P; p += 4)
-            ck_rg_tile3(K, wt + p * K, b + j, boff, out + p * ldo + j, ldo);
-    for (; j < L; j += 8) {
-        const int n = L - j < 8 ? (int)(L - j) : 8;
-        for (ptrdiff_t p = 0; p < P; p += 8) {
-            const int R = P - p >= 8 ? 8 : 4;
-            ck_rg_narrow(K, R, wt + p * K, wt + (p + 4) * K, b + j, boff, out + p * ldo + j,
-                         ldo, n);
+    ptrdiff_t k0 = 0;
+    do {
+        const ptrdiff_t kc = K - k0 < KC ? K - k0 : KC;
+        const int acc = k0 > 0;
+        ptrdiff_t j = 0;
+        for (; j + 24 <= L; j += 24)
+            for (ptrdiff_t p = 0; p < P; p += 4)
+                ck_rg_tile3(kc, wt + p * K + 4 * k0, b + j, boff + k0, out + p * ldo + j, ldo,
+                            acc);
+        for (; j < L; j += 8) {
+            const int n = L - j < 8 ? (int)(L - j) : 8;
+            for (ptrdiff_t p = 0; p < P; p += 8) {
+                const int R = P - p >= 8 ? 8 : 4;
+                ck_rg_narrow(kc, R, wt + p * K + 4 * k0, wt + (p + 4) * K + 4 * k0, b + j,
+                             boff + k0, out + p * ldo + j, ldo, n, acc);
+            }
         }
-    }
+        k0 += KC;
+    } while (k0 < K);
 }
 
 static int ck_rowgemm_available(void)
@@ -129,7 +160,19 @@ static int ck_rowgemm_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt, 
 {
     if (P % 4 != 0 || !ck_rowgemm_available())
         return 0;
-    ck_rowgemm_avx2(P, L, K, wt, b, boff, out, ldo);
+    ck_rowgemm_avx2(P, L, K, wt, b, boff, out, ldo, K > 0 ? K : 1);
+    return 1;
+}
+
+/* ck_rowgemm_f in passes of kc taps (kc >= 1): a pass's kc B rows stay in L1 while every
+ * panel and column block reads them, for a K whose rows would not (the weight gradient's K is
+ * the batch's positions).  The same bits as ck_rowgemm_f. */
+static int ck_rowgemm_kc_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt, const float *b,
+                           const ptrdiff_t *boff, float *out, ptrdiff_t ldo, ptrdiff_t kc)
+{
+    if (P % 4 != 0 || kc < 1 || !ck_rowgemm_available())
+        return 0;
+    ck_rowgemm_avx2(P, L, K, wt, b, boff, out, ldo, kc);
     return 1;
 }
 
@@ -142,6 +185,13 @@ static int ck_rowgemm_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt, 
 {
     (void)P; (void)L; (void)K; (void)wt; (void)b; (void)boff; (void)out; (void)ldo;
     return 0;
+}
+
+static int ck_rowgemm_kc_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt, const float *b,
+                           const ptrdiff_t *boff, float *out, ptrdiff_t ldo, ptrdiff_t kc)
+{
+    (void)kc;
+    return ck_rowgemm_f(P, L, K, wt, b, boff, out, ldo);
 }
 
 #endif
