@@ -452,19 +452,25 @@ def test_cpu_wide_channels_match_the_reference_on_both_kernel_builds(name, dtype
     """The AVX2 and the plain sampling kernels (channels innermost, summed in vector lanes)
     against the float64 reference, forward and backward; each build gives the same bits for
     1, 2 and 3 threads."""
-    from convkit.cpu import _deform_conv
-
     c = _wide_case(name, dtype)
     gy = np.random.default_rng(14).standard_normal(
         (c["x"].shape[0], c["weight"].shape[0]) + c["x"].shape[2:]).astype(dtype)
+    _cpu_matches_reference_on_1_2_3_threads(c, gy, dtype, simd)
+
+
+def _cpu_matches_reference_on_1_2_3_threads(c, gy, dtype, simd, has_bias=True):
+    """cpu forward and backward (AVX2 kernels on or off) against the float64 reference, and
+    the same bits for 1, 2 and 3 threads."""
+    from convkit.cpu import _deform_conv
+
     c64 = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v) for k, v in c.items()}
-    want = [_fwd("numpy", c64)] + list(_bwd("numpy", gy.astype(np.float64), c64))
+    want = [_fwd("numpy", c64)] + list(_bwd("numpy", gy.astype(np.float64), c64, has_bias))
     try:
         _deform_conv.set_simd(simd)
         outs = {}
         for n in (1, 2, 3):
             convkit.set_num_threads(n)
-            outs[n] = _cpu_bits(c, gy)
+            outs[n] = [_fwd("cpu", c)] + list(_bwd("cpu", gy, c, has_bias))
     finally:
         _deform_conv.set_simd(True)
         convkit.set_num_threads(None)
@@ -495,8 +501,6 @@ def test_cpu_float32_gemm_edges_match_the_reference(name, simd):
     """float32 forward (the in-place AVX2 GEMM over the columns) and backward (csrc/rowgemm.h
     for grad_weight and the columns' gradient) against the float64 reference, on both kernel
     builds; the same bits for 1, 2 and 3 threads."""
-    from convkit.cpu import _deform_conv
-
     N, C, H, W, Fo, G, with_bias, with_mask = GEMM_EDGES[name]
     rng = np.random.default_rng(21)
     c = dict(x=rng.standard_normal((N, C, H, W)).astype(np.float32),
@@ -506,28 +510,7 @@ def test_cpu_float32_gemm_edges_match_the_reference(name, simd):
              mask=rng.random((N, 9, H, W)).astype(np.float32) if with_mask else None,
              stride=(1, 1), padding=(1, 1), dilation=(1, 1))
     gy = rng.standard_normal((N, Fo, H, W)).astype(np.float32)
-    c64 = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v) for k, v in c.items()}
-    want = [_fwd("numpy", c64)] + list(_bwd("numpy", gy.astype(np.float64), c64,
-                                            has_bias=with_bias))
-    try:
-        _deform_conv.set_simd(simd)
-        outs = {}
-        for n in (1, 2, 3):
-            convkit.set_num_threads(n)
-            outs[n] = [_fwd("cpu", c)] + list(_bwd("cpu", gy, c, has_bias=with_bias))
-    finally:
-        _deform_conv.set_simd(True)
-        convkit.set_num_threads(None)
-    for g, w, k in zip(outs[1], want, ("y", "x", "offset", "weight", "bias", "mask")):
-        if w is None:
-            assert g is None
-            continue
-        scale = max(1.0, float(np.abs(w).max()))
-        np.testing.assert_allclose(g, w, rtol=TOL[np.float32]["rtol"],
-                                   atol=TOL[np.float32]["atol"] * scale, err_msg=k)
-    for n in (2, 3):
-        for a, b in zip(outs[1], outs[n]):
-            assert (a is None and b is None) or a.tobytes() == b.tobytes(), n
+    _cpu_matches_reference_on_1_2_3_threads(c, gy, np.float32, simd, with_bias)
 
 
 def test_cpu_batch_chunks_give_the_same_bits():

@@ -236,8 +236,9 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
     C*(H+2)*(W+2), cols P*C*KK, tw 6*OG*KK*P, in tb OG*KK*P sampled corners per image, then
     as many offset gradient corners per image (at chunk*OG*KK*P), and wpart F*KK*Cg (the
     image's grad_weight).  float32 on AVX2 (csrc/rowgemm.h, which reads the columns and the
-    weights in place): per thread, pan holds one task's gy in 4-row panels (max(Fg*P, pb*Fg)
-    values) and boff the row offsets (P + Fg: p*C*KK, then f*Cg*KK).  params as
+    weights in place): per thread, pan holds one task's gy in 4-row panels (Fg*P or pb*Fg
+    values) and a strip of 24 columns (24*P), max((Fg + 24)*P, pb*Fg) in all, and boff the
+    row offsets (2*P + Fg: p*C*KK, f*Cg*KK, then p*24); an empty pan: BLAS.  params as
     deform_forward's."""
     cdef Py_ssize_t N = x.shape[0], F = w2.shape[0], K = w2.shape[1]
     cdef Py_ssize_t Wo = gy.shape[3], P = gy.shape[2] * Wo
@@ -253,7 +254,7 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
     cdef floating* xs
     cdef Py_ssize_t q, q4, tid
     cdef Py_ssize_t psz = pan.shape[0] // n_threads
-    cdef bint rg = floating is float and ck_rowgemm_available() != 0 and psz > 1
+    cdef bint rg = floating is float and ck_rowgemm_available() != 0 and psz > 0
     cdef floating* pp
     cdef const floating* mp
     for n0 in range(0, N, chunk):

@@ -80,7 +80,7 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
     if not forward:     # per chunk image its grad_weight; the GEMM panels and row offsets
         K = weight.size // weight.shape[0]
         bufs += (_workspace(chunk * weight.size, x.dtype, "deform_wpart"),
-                 _workspace(n_threads * pan, x.dtype, "deform_panels")[:max(1, n_threads * pan)],
+                 _workspace(n_threads * pan, x.dtype, "deform_panels")[:n_threads * pan],
                  np.concatenate([np.arange(P, dtype=np.intp) * (C * KH * KW),
                                  np.arange(Fg, dtype=np.intp) * K,
                                  np.arange(P, dtype=np.intp) * 24]) if pan else _NO_ROWS)
