@@ -272,7 +272,8 @@ CK_DEFORM_COORD(float, f, plain, , float, 1, CK_DEFORM_LD, CK_DEFORM_ST, CK_DEFO
 CK_DEFORM_COORD(double, d, plain, , double, 1, CK_DEFORM_LD, CK_DEFORM_ST, CK_DEFORM_SET1,
                 CK_DEFORM_FMA, CK_DEFORM_SUB, CK_DEFORM_MUL)
 #ifdef CK_DEFORM_X86
-CK_DEFORM_KERNELS(float, f, avx2, __attribute__((target("avx2,fma"))))
+/* (its cols kernel gives way to ck_deform_cols_f_avx2v below) */
+CK_DEFORM_KERNELS(float, f, avx2, __attribute__((target("avx2,fma"), unused)))
 CK_DEFORM_KERNELS(double, d, avx2, __attribute__((target("avx2,fma"))))
 CK_DEFORM_COORD(float, f, avx2, __attribute__((target("avx2,fma"))), __m256, 8, _mm256_loadu_ps,
                 _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_sub_ps, _mm256_mul_ps)
@@ -327,6 +328,51 @@ __attribute__((target("avx2"))) static void ck_deform_pad_f_avx2(const float* x,
 #endif
 
 #ifdef CK_DEFORM_X86
+/* ck_deform_cols_f for AVX2 + FMA written out: each sample (mask times
+   fma(w3, v4, fma(w2, v3, fma(w1, v2, w0*v1))), eight channels a vector, the run's tail one at
+   a time in the same order), offset groups outermost so that a run's weight group is stepped,
+   not divided out, per sample. */
+__attribute__((target("avx2,fma"))) static void ck_deform_cols_f_avx2v(const float* xn,
+        const float* mask, ptrdiff_t C, ptrdiff_t W, ptrdiff_t OG, ptrdiff_t Cg, ptrdiff_t KK,
+        ptrdiff_t P, ptrdiff_t p0, ptrdiff_t p1, const float* tw, const ptrdiff_t* tb,
+        ptrdiff_t ldt, float* cols)
+{
+    const ptrdiff_t Cog = C / OG, K = Cg * KK, ldc = C * KK, Wp = W + 2;
+    ptrdiff_t g, p, k, c, c0, c1, wg;
+    for (g = 0; g < OG; g++) {
+        const ptrdiff_t wg0 = (g * Cog) / Cg, ce = (g + 1) * Cog;
+        for (p = p0; p < p1; p++) {
+            float* row = cols + (p - p0) * ldc;
+            for (k = 0; k < KK; k++) {
+                const ptrdiff_t r = g * KK + k, t = r * ldt + (p - p0);
+                const float* u = tw + 6 * t;
+                const float m = mask ? mask[r * P + p] : 1.0f;
+                const __m256 w0 = _mm256_set1_ps(u[0]), w1 = _mm256_set1_ps(u[1]);
+                const __m256 w2 = _mm256_set1_ps(u[2]), w3 = _mm256_set1_ps(u[3]);
+                const __m256 vm = _mm256_set1_ps(m);
+                const float* a0 = xn + tb[t] * C;
+                const float* a1 = a0 + C;
+                const float* a2 = a0 + Wp * C;
+                const float* a3 = a2 + C;
+                for (c0 = g * Cog, wg = wg0; c0 < ce; c0 = c1, wg++) {
+                    float* d = row + wg * K + k * Cg - wg * Cg;
+                    c1 = (wg + 1) * Cg < ce ? (wg + 1) * Cg : ce;
+                    for (c = c0; c + 8 <= c1; c += 8) {
+                        __m256 v = _mm256_mul_ps(w0, _mm256_loadu_ps(a0 + c));
+                        v = _mm256_fmadd_ps(w1, _mm256_loadu_ps(a1 + c), v);
+                        v = _mm256_fmadd_ps(w2, _mm256_loadu_ps(a2 + c), v);
+                        v = _mm256_fmadd_ps(w3, _mm256_loadu_ps(a3 + c), v);
+                        _mm256_storeu_ps(d + c, _mm256_mul_ps(v, vm));
+                    }
+                    for (; c < c1; c++)
+                        d[c] = m * fmaf(u[3], a3[c], fmaf(u[2], a2[c], fmaf(u[1], a1[c],
+                                                                             u[0] * a0[c])));
+                }
+            }
+        }
+    }
+}
+
 /* The forward's GEMM on AVX2 + FMA, reading the columns in place (no packing):
      out[i*ldo + j] = bias[i] + sum over k < K of a[i*lda + k] * b[j*ldb + k]
    for i < M (filters), j < N (positions): a is the weights (F x K), b the columns, one row per
@@ -482,7 +528,11 @@ static int ck_deform_ntgemm_f(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float
 #endif
 #define ck_deform_table_f CK_DEFORM_PICK(ck_deform_table, f)
 #define ck_deform_table_d CK_DEFORM_PICK(ck_deform_table, d)
+#ifdef CK_DEFORM_X86
+#define ck_deform_cols_f (ck_deform_isa() ? ck_deform_cols_f_avx2v : ck_deform_cols_f_plain)
+#else
 #define ck_deform_cols_f CK_DEFORM_PICK(ck_deform_cols, f)
+#endif
 #define ck_deform_cols_d CK_DEFORM_PICK(ck_deform_cols, d)
 #define ck_deform_coord_f CK_DEFORM_PICK(ck_deform_coord, f)
 #define ck_deform_coord_d CK_DEFORM_PICK(ck_deform_coord, d)
