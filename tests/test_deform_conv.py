@@ -452,19 +452,25 @@ def test_cpu_wide_channels_match_the_reference_on_both_kernel_builds(name, dtype
     """The AVX2 and the plain sampling kernels (channels innermost, summed in vector lanes)
     against the float64 reference, forward and backward; each build gives the same bits for
     1, 2 and 3 threads."""
-    from convkit.cpu import _deform_conv
-
     c = _wide_case(name, dtype)
     gy = np.random.default_rng(14).standard_normal(
         (c["x"].shape[0], c["weight"].shape[0]) + c["x"].shape[2:]).astype(dtype)
+    _cpu_matches_reference_on_1_2_3_threads(c, gy, dtype, simd)
+
+
+def _cpu_matches_reference_on_1_2_3_threads(c, gy, dtype, simd, has_bias=True):
+    """cpu forward and backward (AVX2 kernels on or off) against the float64 reference, and
+    the same bits for 1, 2 and 3 threads."""
+    from convkit.cpu import _deform_conv
+
     c64 = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v) for k, v in c.items()}
-    want = [_fwd("numpy", c64)] + list(_bwd("numpy", gy.astype(np.float64), c64))
+    want = [_fwd("numpy", c64)] + list(_bwd("numpy", gy.astype(np.float64), c64, has_bias))
     try:
         _deform_conv.set_simd(simd)
         outs = {}
         for n in (1, 2, 3):
             convkit.set_num_threads(n)
-            outs[n] = _cpu_bits(c, gy)
+            outs[n] = [_fwd("cpu", c)] + list(_bwd("cpu", gy, c, has_bias))
     finally:
         _deform_conv.set_simd(True)
         convkit.set_num_threads(None)
@@ -478,6 +484,33 @@ def test_cpu_wide_channels_match_the_reference_on_both_kernel_builds(name, dtype
     for n in (2, 3):
         for a, b in zip(outs[1], outs[n]):
             assert (a is None and b is None) or a.tobytes() == b.tobytes(), n
+
+
+# (N, C, H, W, F, weight groups, with bias, with mask): float32 GEMM edges -- tap counts
+# Cg*KH*KW that are not a multiple of 8 (masked last step), filters per group 8 (whole
+# quads), 6 (the last quad overlaps) and 3 (one output at a time), position counts that are
+# not a multiple of 3 or 4 (the last triple overlaps; panel rows + a BLAS remainder)
+GEMM_EDGES = {"c5_f8": (2, 5, 7, 8, 8, 1, False, False),
+              "c12_g2_f12": (1, 12, 5, 5, 12, 2, True, True),
+              "c6_g2_f6": (2, 6, 4, 7, 6, 2, True, False)}
+
+
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize("name", sorted(GEMM_EDGES))
+def test_cpu_float32_gemm_edges_match_the_reference(name, simd):
+    """float32 forward (the in-place AVX2 GEMM over the columns) and backward (csrc/rowgemm.h
+    for grad_weight and the columns' gradient) against the float64 reference, on both kernel
+    builds; the same bits for 1, 2 and 3 threads."""
+    N, C, H, W, Fo, G, with_bias, with_mask = GEMM_EDGES[name]
+    rng = np.random.default_rng(21)
+    c = dict(x=rng.standard_normal((N, C, H, W)).astype(np.float32),
+             offset=(rng.standard_normal((N, 18, H, W)) * 2).astype(np.float32),
+             weight=rng.standard_normal((Fo, C // G, 3, 3)).astype(np.float32),
+             bias=rng.standard_normal(Fo).astype(np.float32) if with_bias else None,
+             mask=rng.random((N, 9, H, W)).astype(np.float32) if with_mask else None,
+             stride=(1, 1), padding=(1, 1), dilation=(1, 1))
+    gy = rng.standard_normal((N, Fo, H, W)).astype(np.float32)
+    _cpu_matches_reference_on_1_2_3_threads(c, gy, np.float32, simd, with_bias)
 
 
 def test_cpu_batch_chunks_give_the_same_bits():

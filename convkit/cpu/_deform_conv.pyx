@@ -14,7 +14,8 @@ the same bits for any thread count.
 
 forward, per chunk: tasks (image, row) build the bordered copies; tasks (image, block of pb
 positions) build their table entries and columns in their thread's scratch, then one GEMM per
-weight group writes y's block (bias added as the products are stored).
+weight group writes y's block (bias added as the products are stored): float32 on AVX2 reads
+the columns in place while they are in cache (ck_deform_ntgemm_f), else BLAS.
 backward, per chunk: (1) the same tasks build tables and columns; (2) tasks (image, weight
 group, block of ub columns of grad_weight) write gy[n] @ cols[n] into the image's slot, then
 tasks (filter) add the slots to grad_weight, images in order;
@@ -22,20 +23,27 @@ tasks (filter) add the slots to grad_weight, images in order;
 and mask gradients and dL/d(sample); (4) tasks (image, block of at most cb channels of one
 offset group and one weight group) zero their channels of the (no longer needed) bordered
 copy, add every sample's share into them, taps and positions in order (no atomics), and copy
-them to grad_x.
+them to grad_x.  The GEMMs of (2) and (3) in float32 on AVX2 run on csrc/rowgemm.h over grad_y
+packed in 4-row panels (grad_weight: the columns copied in strips of 24; dL/dcols: the
+weights read in place, the rows past the last whole panel on BLAS).
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
+from libc.string cimport memcpy
 
 import numpy as np
 
 from ._blas cimport gemm, gemm_pk
 from ._conv_common cimport _min
+from ._conv_csrc cimport ck_rowgemm_available, ck_rowgemm_f
 
 
 cdef extern from "csrc/deform_conv.h" nogil:
     int ck_deform_cap
     int ck_deform_isa()
+    int ck_deform_ntgemm_f(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* a,
+                           Py_ssize_t lda, const float* b, Py_ssize_t ldb, const float* bias,
+                           float* out, Py_ssize_t ldo)
     void ck_deform_pad_f_pick(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                               Py_ssize_t hp, float* xn)
     void ck_deform_pad_d(const double* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
@@ -134,6 +142,31 @@ cdef void _pad_chunk(const floating[:, :, :, ::1] x, Geom* s, Py_ssize_t n0, Py_
                             xpad + slot * s.C * s.plane)
 
 
+cdef void _pack4(const floating* src, Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t R,
+                 Py_ssize_t L, floating* dst) noexcept nogil:
+    """dst = the R x L matrix src[r*rs + l*cs] in 4-row panels, k-major (csrc/rowgemm.h's
+    weights: dst[(r/4)*4*L + 4*l + r%4]); R a multiple of 4."""
+    cdef Py_ssize_t r, l
+    cdef const floating* a
+    cdef floating* d
+    for r in range(0, R, 4):
+        a = src + r * rs
+        d = dst + r * L
+        for l in range(L):
+            d[4 * l] = a[l * cs]
+            d[4 * l + 1] = a[rs + l * cs]
+            d[4 * l + 2] = a[2 * rs + l * cs]
+            d[4 * l + 3] = a[3 * rs + l * cs]
+
+
+cdef void _strip(const float* src, Py_ssize_t ld, Py_ssize_t R, Py_ssize_t q,
+                 float* dst) noexcept nogil:
+    """dst[r*24 + j] = src[r*ld + j] for r < R, j < q <= 24."""
+    cdef Py_ssize_t r
+    for r in range(R):
+        memcpy(dst + r * 24, src + r * ld, q * sizeof(float))
+
+
 def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] off,
                    const floating[:, ::1] w2, const floating[::1] bias, bint has_bias,
                    const floating[:, :, :, ::1] mask, bint has_mask, floating[:, :, :, ::1] y,
@@ -167,6 +200,11 @@ def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                             p1, &tw[0] + tid * RK * pb * 6, &tb[0] + tid * RK * pb * 2,
                             &tb[0] + tid * RK * pb * 2 + RK * pb, pb, cp)
                 for g in range(G):
+                    if floating is float:
+                        if ck_deform_ntgemm_f(Fg, p1 - p0, K, &w2[g * Fg, 0], K, cp + g * K,
+                                              s.CKK, &bias[g * Fg] if has_bias else
+                                              <const float*>NULL, &y[n, g * Fg, 0, 0] + p0, P):
+                            continue
                     gemm_pk(False, True, Fg, p1 - p0, K, &w2[g * Fg, 0], K,
                             <const float*>NULL, cp + g * K, s.CKK, <floating>0,
                             &y[n, g * Fg, 0, 0] + p0, P,
@@ -190,13 +228,18 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                     floating[:, :, :, ::1] gx, floating[:, :, :, ::1] goff,
                     floating[:, ::1] gw2, floating[:, :, :, ::1] gmask,
                     floating[::1] xpad, floating[::1] cols, floating[::1] tw, Py_ssize_t[::1] tb,
-                    floating[::1] wpart, tuple params, Py_ssize_t chunk, Py_ssize_t pb,
-                    Py_ssize_t ub, Py_ssize_t cb, Py_ssize_t KH, Py_ssize_t KW, int n_threads):
+                    floating[::1] wpart, floating[::1] pan, Py_ssize_t[::1] boff, tuple params,
+                    Py_ssize_t chunk, Py_ssize_t pb, Py_ssize_t ub, Py_ssize_t cb,
+                    Py_ssize_t KH, Py_ssize_t KW, int n_threads):
     """grad_x (gx), grad_offset (goff), grad_weight in w2's order (gw2, zero-filled by the
     caller) and, with has_mask, grad_mask (gmask); all OUT.  Scratch per chunk image: xpad
     C*(H+2)*(W+2), cols P*C*KK, tw 6*OG*KK*P, in tb OG*KK*P sampled corners per image, then
     as many offset gradient corners per image (at chunk*OG*KK*P), and wpart F*KK*Cg (the
-    image's grad_weight).  params as deform_forward's."""
+    image's grad_weight).  float32 on AVX2 (csrc/rowgemm.h, which reads the columns and the
+    weights in place): per thread, pan holds one task's gy in 4-row panels (Fg*P or pb*Fg
+    values) and a strip of 24 columns (24*P), max((Fg + 24)*P, pb*Fg) in all, and boff the
+    row offsets (2*P + Fg: p*C*KK, f*Cg*KK, then p*24); an empty pan: BLAS.  params as
+    deform_forward's."""
     cdef Py_ssize_t N = x.shape[0], F = w2.shape[0], K = w2.shape[1]
     cdef Py_ssize_t Wo = gy.shape[3], P = gy.shape[2] * Wo
     cdef Geom s = _geom(x.shape[1], x.shape[2], x.shape[3], off.shape[1] // (2 * KH * KW),
@@ -209,7 +252,10 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
     cdef Py_ssize_t n0, nc, t, n, slot, p0, p1, g, u0, u1, j, c0, c1
     cdef floating* cp
     cdef floating* xs
-    cdef Py_ssize_t q
+    cdef Py_ssize_t q, q4, tid
+    cdef Py_ssize_t psz = pan.shape[0] // n_threads
+    cdef bint rg = floating is float and ck_rowgemm_available() != 0 and psz > 0
+    cdef floating* pp
     cdef const floating* mp
     for n0 in range(0, N, chunk):
         nc = _min(chunk, N - n0)
@@ -231,6 +277,19 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                 g = (t - slot * G * nub) // nub
                 u0 = (t - slot * G * nub - g * nub) * ub
                 u1 = _min(K, u0 + ub)
+                if floating is float:
+                    if rg and Fg % 4 == 0:
+                        # gy[n]'s group in panels, then the columns in strips of 24 (rows
+                        # contiguous: in place, rows 2304 bytes apart share few cache sets)
+                        pp = &pan[0] + threadid() * psz
+                        _pack4(&gy[n0 + slot, g * Fg, 0, 0], P, 1, Fg, P, pp)
+                        for j in range(u0, u1, 24):
+                            q = _min(24, u1 - j)
+                            _strip(&cols[0] + slot * s.CKP + g * K + j, CKK, P, q,
+                                   pp + Fg * P)
+                            ck_rowgemm_f(Fg, q, P, pp, pp + Fg * P, &boff[P + Fg],
+                                         &wpart[0] + (slot * F + g * Fg) * K + j, K)
+                        continue
                 gemm(False, False, Fg, u1 - u0, P, <floating>1, &gy[n0 + slot, g * Fg, 0, 0], P,
                      &cols[0] + slot * s.CKP + g * K + u0, CKK, <floating>0,
                      &wpart[0] + (slot * F + g * Fg) * K + u0, K)
@@ -246,9 +305,20 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                 p1 = _min(P, p0 + pb)
                 cp = &cols[0] + slot * s.CKP + p0 * CKK
                 xs = &xpad[0] + slot * C * s.plane
+                tid = threadid()
                 for g in range(G):
-                    gemm(True, False, p1 - p0, K, Fg, <floating>1, &gy[n, g * Fg, 0, 0] + p0, P,
-                         &w2[g * Fg, 0], K, <floating>0, cp + g * K, CKK)
+                    q4 = 0      # rows in 4-row panels on csrc/rowgemm.h, the rest on BLAS
+                    if floating is float:
+                        if rg:
+                            q4 = (p1 - p0) - (p1 - p0) % 4
+                            pp = &pan[0] + tid * psz
+                            _pack4(&gy[n, g * Fg, 0, 0] + p0, 1, P, q4, Fg, pp)
+                            ck_rowgemm_f(q4, K, Fg, pp, &w2[g * Fg, 0], &boff[P], cp + g * K,
+                                         CKK)
+                    if q4 < p1 - p0:
+                        gemm(True, False, p1 - p0 - q4, K, Fg, <floating>1,
+                             &gy[n, g * Fg, 0, 0] + p0 + q4, P, &w2[g * Fg, 0], K, <floating>0,
+                             cp + q4 * CKK + g * K, CKK)
                 mp = &mask[n, 0, 0, 0] if has_mask else <const floating*>NULL
                 if floating is float:
                     ck_deform_coord_f(xs, mp, C, s.W, OG, Cg, KK, P, p0, p1,

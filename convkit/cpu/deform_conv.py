@@ -5,14 +5,18 @@ convkit/reference/deform_conv.py).
 The C kernels sample channels innermost (csrc/deform_conv.h): x is read through a
 channels-last copy, the columns are stored one row per output position, and the weights go
 to the GEMMs permuted to (F, KH*KW*Cg) (grad_weight comes back in that order and is permuted
-back here).
+back here).  float32 on AVX2 + FMA: the GEMMs read the columns in place (no BLAS packing):
+the forward's on ck_deform_ntgemm_f (csrc/deform_conv.h), the backward's two on
+csrc/rowgemm.h; elsewhere, and for float64, they go to BLAS.
 
 The batch runs in chunks within ``convkit.get_workspace_limit()``: a chunk's zero-bordered
 channels-last copies of x (C*(H+2)*(W+2) values per image) and, in the backward, its columns
 (C*KH*KW*Ho*Wo values per image), sample tables (offset_groups*KH*KW*Ho*Wo entries of six
 weights and two indices per image) and grad_weight shares (one weight's size per image) are
 held at once; the forward keeps one task's columns and
-table per thread instead.  A limit below one image is a MemoryError.  Deterministic: the same
+table per thread instead, and the float32 backward on csrc/rowgemm.h (AVX2) one task's grad_y
+panels and a 24-column strip of the columns per thread ((F/groups + 24)*Ho*Wo values) and the
+rows' offsets.  A limit below one image is a MemoryError.  Deterministic: the same
 bits on every run and for any thread count (task sizes depend on the shapes only; no
 atomics).
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._config import get_num_threads, get_workspace_limit
-from . import _conv_im2col, _deform_conv
+from . import _conv_im2col, _conv_phases, _deform_conv
 from .conv import _blas_pin, _workspace
 
 # Positions per task (a block of output pixels of one image) and grad_weight columns per
@@ -56,8 +60,10 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
         fixed = n_threads * (C * KH * KW * pb * item + RK * pb * entry)
         per_image = C * plane * item
         cols, table = n_threads * C * KH * KW * pb, n_threads * RK * pb
-    else:
-        fixed = 0
+    else:   # float32 on rowgemm: per thread one task's gy panels, and the rows' offsets
+        Fg = weight.shape[0] // (C // weight.shape[1])
+        pan = max((Fg + 24) * P, _block(P, _POSITIONS) * Fg) if _rowgemm(x.dtype) else 0
+        fixed = n_threads * pan * item + (2 * P + Fg) * np.dtype(np.intp).itemsize * (pan > 0)
         per_image = (C * plane + C * KH * KW * P + weight.size) * item + RK * P * entry
     limit = get_workspace_limit()
     if fixed + per_image > limit:
@@ -71,9 +77,22 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
             _workspace(cols, x.dtype, "deform_cols"),
             _workspace(table * 6, x.dtype, "deform_weights"),
             _workspace(2 * table, np.intp, "deform_index"))
-    if not forward:     # per chunk image its grad_weight
-        bufs += (_workspace(chunk * weight.size, x.dtype, "deform_wpart"),)
+    if not forward:     # per chunk image its grad_weight; the GEMM panels and row offsets
+        K = weight.size // weight.shape[0]
+        bufs += (_workspace(chunk * weight.size, x.dtype, "deform_wpart"),
+                 _workspace(n_threads * pan, x.dtype, "deform_panels")[:n_threads * pan],
+                 np.concatenate([np.arange(P, dtype=np.intp) * (C * KH * KW),
+                                 np.arange(Fg, dtype=np.intp) * K,
+                                 np.arange(P, dtype=np.intp) * 24]) if pan else _NO_ROWS)
     return chunk, bufs
+
+
+_NO_ROWS = np.zeros(1, np.intp)
+
+
+def _rowgemm(dtype):
+    """Whether the backward's float32 GEMMs run on csrc/rowgemm.h (AVX2 + FMA)."""
+    return dtype == np.float32 and _conv_phases.rowgemm_available()
 
 
 def _block(P, most):

@@ -272,7 +272,8 @@ CK_DEFORM_COORD(float, f, plain, , float, 1, CK_DEFORM_LD, CK_DEFORM_ST, CK_DEFO
 CK_DEFORM_COORD(double, d, plain, , double, 1, CK_DEFORM_LD, CK_DEFORM_ST, CK_DEFORM_SET1,
                 CK_DEFORM_FMA, CK_DEFORM_SUB, CK_DEFORM_MUL)
 #ifdef CK_DEFORM_X86
-CK_DEFORM_KERNELS(float, f, avx2, __attribute__((target("avx2,fma"))))
+/* (its cols kernel gives way to ck_deform_cols_f_avx2v below) */
+CK_DEFORM_KERNELS(float, f, avx2, __attribute__((target("avx2,fma"), unused)))
 CK_DEFORM_KERNELS(double, d, avx2, __attribute__((target("avx2,fma"))))
 CK_DEFORM_COORD(float, f, avx2, __attribute__((target("avx2,fma"))), __m256, 8, _mm256_loadu_ps,
                 _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_sub_ps, _mm256_mul_ps)
@@ -326,6 +327,161 @@ __attribute__((target("avx2"))) static void ck_deform_pad_f_avx2(const float* x,
 }
 #endif
 
+#ifdef CK_DEFORM_X86
+/* ck_deform_cols_f for AVX2 + FMA written out: each sample (mask times
+   fma(w3, v4, fma(w2, v3, fma(w1, v2, w0*v1))), eight channels a vector, the run's tail one at
+   a time in the same order), offset groups outermost so that a run's weight group is stepped,
+   not divided out, per sample. */
+__attribute__((target("avx2,fma"))) static void ck_deform_cols_f_avx2v(const float* xn,
+        const float* mask, ptrdiff_t C, ptrdiff_t W, ptrdiff_t OG, ptrdiff_t Cg, ptrdiff_t KK,
+        ptrdiff_t P, ptrdiff_t p0, ptrdiff_t p1, const float* tw, const ptrdiff_t* tb,
+        ptrdiff_t ldt, float* cols)
+{
+    const ptrdiff_t Cog = C / OG, K = Cg * KK, ldc = C * KK, Wp = W + 2;
+    ptrdiff_t g, p, k, c, c0, c1, wg;
+    for (g = 0; g < OG; g++) {
+        const ptrdiff_t wg0 = (g * Cog) / Cg, ce = (g + 1) * Cog;
+        for (p = p0; p < p1; p++) {
+            float* row = cols + (p - p0) * ldc;
+            for (k = 0; k < KK; k++) {
+                const ptrdiff_t r = g * KK + k, t = r * ldt + (p - p0);
+                const float* u = tw + 6 * t;
+                const float m = mask ? mask[r * P + p] : 1.0f;
+                const __m256 w0 = _mm256_set1_ps(u[0]), w1 = _mm256_set1_ps(u[1]);
+                const __m256 w2 = _mm256_set1_ps(u[2]), w3 = _mm256_set1_ps(u[3]);
+                const __m256 vm = _mm256_set1_ps(m);
+                const float* a0 = xn + tb[t] * C;
+                const float* a1 = a0 + C;
+                const float* a2 = a0 + Wp * C;
+                const float* a3 = a2 + C;
+                for (c0 = g * Cog, wg = wg0; c0 < ce; c0 = c1, wg++) {
+                    float* d = row + wg * K + k * Cg - wg * Cg;
+                    c1 = (wg + 1) * Cg < ce ? (wg + 1) * Cg : ce;
+                    for (c = c0; c + 8 <= c1; c += 8) {
+                        __m256 v = _mm256_mul_ps(w0, _mm256_loadu_ps(a0 + c));
+                        v = _mm256_fmadd_ps(w1, _mm256_loadu_ps(a1 + c), v);
+                        v = _mm256_fmadd_ps(w2, _mm256_loadu_ps(a2 + c), v);
+                        v = _mm256_fmadd_ps(w3, _mm256_loadu_ps(a3 + c), v);
+                        _mm256_storeu_ps(d + c, _mm256_mul_ps(v, vm));
+                    }
+                    for (; c < c1; c++)
+                        d[c] = m * fmaf(u[3], a3[c], fmaf(u[2], a2[c], fmaf(u[1], a1[c],
+                                                                             u[0] * a0[c])));
+                }
+            }
+        }
+    }
+}
+
+/* The forward's GEMM on AVX2 + FMA, reading the columns in place (no packing):
+     out[i*ldo + j] = bias[i] + sum over k < K of a[i*lda + k] * b[j*ldb + k]
+   for i < M (filters), j < N (positions): a is the weights (F x K), b the columns, one row per
+   position (the layout above).  Every output is the same function of its two rows, whatever
+   tile computes it: eight lane sums over k = l, l + 8, .. (FMA chains; a masked last step),
+   added pairwise ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)), then the bias -- so tiles may overlap
+   at the edges and the bits follow neither the block sizes nor the thread count.  Tiles are
+   4 filters x 3 positions (twelve accumulators); for each quad of filters (in L1) the
+   positions stream by. */
+#define CK_NT_TARGET __attribute__((target("avx2,fma")))
+
+CK_NT_TARGET static inline __m128 ck_nt_hsum4(__m256 c0, __m256 c1, __m256 c2, __m256 c3)
+{
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(c0, c1), _mm256_hadd_ps(c2, c3));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+CK_NT_TARGET static inline __m256i ck_nt_mask(ptrdiff_t n)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+#define CK_NT_ROW(LOAD, ap, A, B, C)                                                         \
+    do {                                                                                     \
+        const __m256 w_ = LOAD(ap);                                                          \
+        A = _mm256_fmadd_ps(w_, x0, A);                                                      \
+        B = _mm256_fmadd_ps(w_, x1, B);                                                      \
+        C = _mm256_fmadd_ps(w_, x2, C);                                                      \
+    } while (0)
+#define CK_NT_LD(p) _mm256_loadu_ps(p)
+#define CK_NT_MLD(p) _mm256_maskload_ps((p), mk)
+#define CK_NT_STEP(LOAD)                                                                     \
+    do {                                                                                     \
+        const __m256 x0 = LOAD(b + k), x1 = LOAD(b + ldb + k), x2 = LOAD(b + 2 * ldb + k);   \
+        CK_NT_ROW(LOAD, a + k, c00, c01, c02);                                               \
+        CK_NT_ROW(LOAD, a + lda + k, c10, c11, c12);                                         \
+        CK_NT_ROW(LOAD, a + 2 * lda + k, c20, c21, c22);                                     \
+        CK_NT_ROW(LOAD, a + 3 * lda + k, c30, c31, c32);                                     \
+    } while (0)
+
+/* outputs (i, j), i < 4, j < 3 of the tile at a, b (bias: 4 values or NULL) */
+CK_NT_TARGET static void ck_nt_4x3(ptrdiff_t K, const float* a, ptrdiff_t lda, const float* b,
+        ptrdiff_t ldb, const float* bias, float* o, ptrdiff_t ldo)
+{
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00;
+    __m256 c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
+    const __m128 bv = bias ? _mm_loadu_ps(bias) : _mm_setzero_ps();
+    float s[3][4];
+    ptrdiff_t k = 0, j;
+    for (; k + 8 <= K; k += 8)
+        CK_NT_STEP(CK_NT_LD);
+    if (k < K) {
+        const __m256i mk = ck_nt_mask(K - k);
+        CK_NT_STEP(CK_NT_MLD);
+    }
+    _mm_storeu_ps(s[0], _mm_add_ps(ck_nt_hsum4(c00, c10, c20, c30), bv));
+    _mm_storeu_ps(s[1], _mm_add_ps(ck_nt_hsum4(c01, c11, c21, c31), bv));
+    _mm_storeu_ps(s[2], _mm_add_ps(ck_nt_hsum4(c02, c12, c22, c32), bv));
+    for (j = 0; j < 3; j++) {
+        o[j] = s[j][0];
+        o[ldo + j] = s[j][1];
+        o[2 * ldo + j] = s[j][2];
+        o[3 * ldo + j] = s[j][3];
+    }
+}
+
+/* one output, the same function as in ck_nt_4x3 (bias: 1 value or NULL) */
+CK_NT_TARGET static void ck_nt_1x1(ptrdiff_t K, const float* a, const float* b,
+        const float* bias, float* o)
+{
+    const __m256 z = _mm256_setzero_ps();
+    __m256 c = z;
+    float s[4];
+    ptrdiff_t k = 0;
+    for (; k + 8 <= K; k += 8)
+        c = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), c);
+    if (k < K) {
+        const __m256i mk = ck_nt_mask(K - k);
+        c = _mm256_fmadd_ps(_mm256_maskload_ps(a + k, mk), _mm256_maskload_ps(b + k, mk), c);
+    }
+    _mm_storeu_ps(s, _mm_add_ps(ck_nt_hsum4(c, z, z, z),
+                                bias ? _mm_set_ss(*bias) : _mm_setzero_ps()));
+    *o = s[0];
+}
+
+CK_NT_TARGET static void ck_nt_avx2(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* a,
+        ptrdiff_t lda, const float* b, ptrdiff_t ldb, const float* bias, float* out,
+        ptrdiff_t ldo)
+{
+    ptrdiff_t i0, j0, i, j;
+    if (M < 4 || N < 3) {
+        for (i = 0; i < M; i++)
+            for (j = 0; j < N; j++)
+                ck_nt_1x1(K, a + i * lda, b + j * ldb, bias ? bias + i : NULL,
+                          out + i * ldo + j);
+        return;
+    }
+    for (i0 = 0; i0 < M; i0 += 4) {       /* the last quad / triple overlaps the one before */
+        i = i0 + 4 <= M ? i0 : M - 4;
+        for (j0 = 0; j0 < N; j0 += 3) {
+            j = j0 + 3 <= N ? j0 : N - 3;
+            ck_nt_4x3(K, a + i * lda, lda, b + j * ldb, ldb, bias ? bias + i : NULL,
+                      out + i * ldo + j, ldo);
+        }
+    }
+}
+#endif
+
 static int ck_deform_cap = 1;   /* 0: the plain kernels even on AVX2 (tests run both) */
 
 /* 1 where the AVX2+FMA kernels run */
@@ -343,6 +499,23 @@ static int ck_deform_isa(void)
 #endif
 }
 
+/* out (M x N, row stride ldo) = a @ b^T + bias by ck_nt_avx2 where the AVX2+FMA kernels run;
+   0 (nothing done) elsewhere: the caller takes BLAS. */
+static int ck_deform_ntgemm_f(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* a,
+        ptrdiff_t lda, const float* b, ptrdiff_t ldb, const float* bias, float* out,
+        ptrdiff_t ldo)
+{
+#ifdef CK_DEFORM_X86
+    if (ck_deform_isa()) {
+        ck_nt_avx2(M, N, K, a, lda, b, ldb, bias, out, ldo);
+        return 1;
+    }
+#endif
+    (void)M; (void)N; (void)K; (void)a; (void)lda; (void)b; (void)ldb; (void)bias;
+    (void)out; (void)ldo;
+    return 0;
+}
+
 #ifdef CK_DEFORM_X86
 #define CK_DEFORM_PICK(NAME, SUF) (ck_deform_isa() ? NAME##_##SUF##_avx2 : NAME##_##SUF##_plain)
 #else
@@ -355,7 +528,11 @@ static int ck_deform_isa(void)
 #endif
 #define ck_deform_table_f CK_DEFORM_PICK(ck_deform_table, f)
 #define ck_deform_table_d CK_DEFORM_PICK(ck_deform_table, d)
+#ifdef CK_DEFORM_X86
+#define ck_deform_cols_f (ck_deform_isa() ? ck_deform_cols_f_avx2v : ck_deform_cols_f_plain)
+#else
 #define ck_deform_cols_f CK_DEFORM_PICK(ck_deform_cols, f)
+#endif
 #define ck_deform_cols_d CK_DEFORM_PICK(ck_deform_cols, d)
 #define ck_deform_coord_f CK_DEFORM_PICK(ck_deform_coord, f)
 #define ck_deform_coord_d CK_DEFORM_PICK(ck_deform_coord, d)
