@@ -37,6 +37,14 @@ from ._blas cimport gemm, gemm_pk
 from ._conv_common cimport _min
 from ._conv_csrc cimport ck_rowgemm_available, ck_rowgemm_f
 
+cdef extern from "csrc/sgemm.h" nogil:
+    int CK_SGEMM_BUILT
+    int ck_sgemm_available()
+
+# The AVX2 kernels below stand in for BLAS; where the own AVX-512 GEMM runs (gemm / gemm_pk
+# take it) it stays, as before them (faster per core, and those machines' bits unchanged).
+cdef bint _AVX2_GEMMS = not (CK_SGEMM_BUILT and ck_sgemm_available())
+
 
 cdef extern from "csrc/deform_conv.h" nogil:
     int ck_deform_cap
@@ -200,7 +208,7 @@ def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                             p1, &tw[0] + tid * RK * pb * 6, &tb[0] + tid * RK * pb * 2,
                             &tb[0] + tid * RK * pb * 2 + RK * pb, pb, cp)
                 for g in range(G):
-                    if floating is float:
+                    if floating is float and _AVX2_GEMMS:
                         if ck_deform_ntgemm_f(Fg, p1 - p0, K, &w2[g * Fg, 0], K, cp + g * K,
                                               s.CKK, &bias[g * Fg] if has_bias else
                                               <const float*>NULL, &y[n, g * Fg, 0, 0] + p0, P):
@@ -254,7 +262,7 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
     cdef floating* xs
     cdef Py_ssize_t q, q4, tid
     cdef Py_ssize_t psz = pan.shape[0] // n_threads
-    cdef bint rg = floating is float and ck_rowgemm_available() != 0 and psz > 0
+    cdef bint rg = floating is float and _AVX2_GEMMS and ck_rowgemm_available() != 0 and psz > 0
     cdef floating* pp
     cdef const floating* mp
     for n0 in range(0, N, chunk):
