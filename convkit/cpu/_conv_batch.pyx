@@ -245,8 +245,10 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
     A task (block of images) writes cols (C*KK, L), L = nb*HoWo, and the GEMM result (F, L) into
     its thread's slice of ws (ws_per_thread >= ((C*KK + F)*HoWo + C*Hp*Wp)*imgs: columns, GEMM
     result, padded planes), then copies each
-    image's (F, HoWo) into y.  Every output is one GEMM's dot product over C*KK in BLAS's order,
-    whatever the block: the same bits for any imgs and thread count.
+    image's (F, HoWo) into y.  Every output is one GEMM's dot product over C*KK; the own GEMM
+    sums it in the same order whatever the block, BLAS may not (OpenBLAS rounds an output
+    differently for another GEMM width and another place in it), so on BLAS the plan passes
+    imgs = 1 (conv_plan.batch_images): an image's bits then do not depend on its batch.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
