@@ -11,7 +11,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
-from ._blas cimport gemm, gemm_pk, ck_sgemm_apacked_rows
+from ._blas cimport gemm, gemm_fixed, gemm_pk, ck_sgemm_apacked_rows
 from ._conv_csrc cimport ck_shift_f, ck_shift_d, ck_shift_available
 from ._conv_common cimport _row_copy, _min
 
@@ -273,8 +273,8 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
             _batch_im2col(&x[0, 0, 0, 0], C * H * W, n0, nb, 0, C, H, W, KH, KW, pt, pl, dh, dw,
                           Hp, Wp, &idx[0], L, Wo, unit_stride, mp, cols, ybuf + F * L)
             for g in range(G):
-                gemm(False, False, Fg, L, CgKK, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
-                     cols + g * CgKK * L, L, <floating>0, ybuf + g * Fg * L, L)
+                gemm_fixed(False, False, Fg, L, CgKK, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
+                           cols + g * CgKK * L, L, <floating>0, ybuf + g * Fg * L, L)
             for j in range(nb):
                 for f in range(F):
                     src = ybuf + f * L + j * HoWo
@@ -363,8 +363,8 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                 nb = _min(imgs, N - n0)
                 L = nb * HoWo
                 buf = &ws[0] + threadid() * ws_per_thread
-                gemm(True, False, CgKK, L, Fg, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
-                     &gyt[0] + g * Fg * LN + n0 * HoWo, LN, <floating>0, buf, L)
+                gemm_fixed(True, False, CgKK, L, Fg, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
+                           &gyt[0] + g * Fg * LN + n0 * HoWo, LN, <floating>0, buf, L)
                 _batch_col2im(buf, L, nb, Cg, KH, KW, dh, dw, Hp, Wp, &idx[0], Wo, sw == 1,
                               buf + CgKK * L,
                               &gx[n0, g * Cg, 0, 0], C * H * W, H, W, pt, pl)

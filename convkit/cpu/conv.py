@@ -61,6 +61,9 @@ def _blas_pin(dtype):
 
 
 _OWN_SGEMM = _gemm.own_sgemm_active()
+# float32 forwards and grad_x on a fixed-order GEMM (the own one, or csrc/fgemm.h on AVX2 + FMA):
+# an output's bits do not follow its GEMM's shape, so several images may share a GEMM
+_FIXED_SGEMM = _gemm.fixed_sgemm_active()
 _NO_PACK = np.zeros((0, 1), np.float32)
 
 
@@ -86,7 +89,8 @@ def _caps():
     caps = _caps_by_level.get(level)
     if caps is None:
         caps = _caps_by_level[level] = P.ConvCaps(own_sgemm=_OWN_SGEMM,
-                                                   depthwise3x3_level=level)
+                                                   depthwise3x3_level=level,
+                                                   fixed_sgemm=_FIXED_SGEMM)
     return caps
 
 
@@ -177,7 +181,8 @@ def _plan_weight_dot(x, weight, groups, pointwise, Ho, Wo, stride, dilation, n_t
 
 def _plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_gx):
     return P.plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_gx,
-                                 get_workspace_limit(), _OWN_SGEMM)
+                                 get_workspace_limit(), _OWN_SGEMM,
+                                 _FIXED_SGEMM and itemsize == 4)
 
 
 def _geometry(x, weight, stride, padding, dilation):

@@ -1,0 +1,291 @@
+/* A fixed-order float32 GEMM for x86-64 CPUs with AVX2 + FMA (and no AVX-512: there sgemm.h's
+ * kernel, also fixed-order, runs first).
+ *
+ * Row-major C (m x n, row stride ldc) = op(A) @ op(B) (+ C when beta == 1), op(A) m x k (A
+ * stored k x m when ta), op(B) k x n (B stored n x k when tb).
+ *
+ * Why: batch invariance (DESIGN.md "Scale-out": convkit.dask's batch chunks equal the in-memory
+ * call bitwise).  OpenBLAS rounds an output differently for another GEMM shape and for another
+ * place in the GEMM, so with BLAS an image's conv outputs follow the other images of its GEMM.
+ * Here every output is ONE chain of fused multiply-adds over k in ascending order, started
+ * from 0 (beta 0) or from C (beta 1):  c = fma(a[i,k-1], b[k-1,j], ... fma(a[i,0], b[0,j], c0))
+ * -- the same bits wherever the output sits and whatever m, n, k blocking or thread computes it.
+ * A k block after the first starts from the partial sums it stored (the chain goes on); edge
+ * tiles compute the same chain on zero-padded panels and store only their rows and columns
+ * (masked loads and stores: nothing outside the operands is read or written).
+ *
+ * Scheme: A is packed per (MC x KC) block into 4-row panels; B is read in place where it is not
+ * transposed (row p of the block at b + p * ldb: no packing pass; a strip of 24 columns by KC
+ * rows stays in L1 while every 4-row panel of the A block runs over it), and packed into
+ * 24-column panels where it is (tb).  The tile is 4 rows x 24 columns: twelve ymm accumulators,
+ * three B loads and four broadcasts per k step.
+ *
+ * Single-threaded (convkit calls it inside its own OpenMP teams); each thread keeps its packing
+ * buffers (grown on demand, freed at thread exit).  ck_fgemm returns 0 when it did nothing (no
+ * AVX2/FMA, disabled by ck_fgemm_set(0), alpha != 1, beta not 0 or 1, no memory): the caller
+ * then uses BLAS. */
+#ifndef CK_FGEMM_H
+#define CK_FGEMM_H
+
+#include <stddef.h>
+#include <stdlib.h>
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define CK_FG_BUILT 1
+#include <immintrin.h>
+#include <pthread.h>
+#else
+#define CK_FG_BUILT 0
+#endif
+
+#if CK_FG_BUILT
+
+#define CK_FG_TARGET __attribute__((target("avx2,fma")))
+#define CK_FG_MR 4
+#define CK_FG_NR 24
+#define CK_FG_KC 256   /* a B strip of 24 x 256 floats is 24 KiB: L1 */
+#define CK_FG_MC 128   /* an A block of 128 x 256 floats is 128 KiB: L2 */
+#define CK_FG_NC 2048  /* packed B (tb) of 2048 x 256 floats: 2 MiB */
+
+static int ck_fg_allowed = 1;
+
+static int ck_fgemm_available(void)
+{
+    static int known = -1;  /* benign race: every thread computes the same value */
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return known && ck_fg_allowed;
+}
+
+/* tests: 0 sends every float32 GEMM of the fixed-order call sites to BLAS; returns the old
+ * setting */
+static int ck_fgemm_set(int allow)
+{
+    int old = ck_fg_allowed;
+    ck_fg_allowed = allow != 0;
+    return old;
+}
+
+static __thread float *ck_fg_pa = NULL, *ck_fg_pb = NULL;
+static pthread_key_t ck_fg_key;
+static pthread_once_t ck_fg_once = PTHREAD_ONCE_INIT;
+static int ck_fg_key_ok = 0;
+
+static void ck_fg_free(void *unused)
+{
+    (void)unused;
+    free(ck_fg_pa);
+    free(ck_fg_pb);
+    ck_fg_pa = ck_fg_pb = NULL;
+}
+
+static void ck_fg_key_init(void)
+{
+    ck_fg_key_ok = pthread_key_create(&ck_fg_key, ck_fg_free) == 0;
+}
+
+/* the thread's A buffer, and its B buffer when need_b */
+static int ck_fg_buffers(int need_b)
+{
+    if (ck_fg_pa != NULL && (!need_b || ck_fg_pb != NULL))
+        return 1;
+    pthread_once(&ck_fg_once, ck_fg_key_init);
+    if (ck_fg_pa == NULL)
+        ck_fg_pa = (float *)aligned_alloc(64, sizeof(float) * CK_FG_MC * CK_FG_KC);
+    if (need_b && ck_fg_pb == NULL)
+        ck_fg_pb = (float *)aligned_alloc(64, sizeof(float) * CK_FG_NC * CK_FG_KC);
+    if (ck_fg_key_ok)  /* any non-NULL value makes the destructor run at thread exit */
+        pthread_setspecific(ck_fg_key, (void *)1);
+    return ck_fg_pa != NULL && (!need_b || ck_fg_pb != NULL);
+}
+
+/* rows [0, mc) x cols [0, kc) of op(A) (already offset) into 4-row panels, k-major (a panel's
+ * 4 values of step p at out + 4p), rows past mc zero */
+static void ck_fg_pack_a(int ta, const float *a, ptrdiff_t lda, ptrdiff_t mc, ptrdiff_t kc,
+                         float *out)
+{
+    for (ptrdiff_t i0 = 0; i0 < mc; i0 += CK_FG_MR) {
+        ptrdiff_t mr = mc - i0 < CK_FG_MR ? mc - i0 : CK_FG_MR;
+        if (ta) {
+            for (ptrdiff_t p = 0; p < kc; ++p) {
+                const float *src = a + p * lda + i0;
+                for (ptrdiff_t r = 0; r < CK_FG_MR; ++r)
+                    out[4 * p + r] = r < mr ? src[r] : 0.0f;
+            }
+        } else {
+            for (ptrdiff_t r = 0; r < CK_FG_MR; ++r) {
+                const float *src = a + (i0 + r) * lda;
+                if (r < mr)
+                    for (ptrdiff_t p = 0; p < kc; ++p)
+                        out[4 * p + r] = src[p];
+                else
+                    for (ptrdiff_t p = 0; p < kc; ++p)
+                        out[4 * p + r] = 0.0f;
+            }
+        }
+        out += CK_FG_MR * kc;
+    }
+}
+
+/* op(B) rows [0, kc) x cols [0, nc) of a transposed B (stored n x k, already offset) into
+ * 24-column panels (row p of a panel at out + 24p), columns past nc zero */
+static void ck_fg_pack_bt(const float *b, ptrdiff_t ldb, ptrdiff_t kc, ptrdiff_t nc, float *out)
+{
+    for (ptrdiff_t j0 = 0; j0 < nc; j0 += CK_FG_NR) {
+        ptrdiff_t nr = nc - j0 < CK_FG_NR ? nc - j0 : CK_FG_NR;
+        for (ptrdiff_t jj = 0; jj < CK_FG_NR; ++jj) {
+            const float *src = b + (j0 + jj) * ldb;
+            if (jj < nr)
+                for (ptrdiff_t p = 0; p < kc; ++p)
+                    out[CK_FG_NR * p + jj] = src[p];
+            else
+                for (ptrdiff_t p = 0; p < kc; ++p)
+                    out[CK_FG_NR * p + jj] = 0.0f;
+        }
+        out += CK_FG_NR * kc;
+    }
+}
+
+/* c (4 x 8*nv, rows r < mrows, the last vector's lanes in `last`) = the chains of the packed
+ * A panel a over kc steps of B (row p at b + p * bs), started from c (load_c) or from 0.  nv
+ * and full are constants in each instance below: the loops unroll and the accumulators stay
+ * in registers. */
+CK_FG_TARGET static inline __attribute__((always_inline)) void
+ck_fg_body(int nv, int full, ptrdiff_t kc, const float *a, const float *b, ptrdiff_t bs,
+           float *c, ptrdiff_t ldc, int load_c, int mrows, __m256i last)
+{
+    __m256 acc[CK_FG_MR][3];
+#pragma GCC unroll 4
+    for (int r = 0; r < CK_FG_MR; ++r)
+#pragma GCC unroll 3
+        for (int v = 0; v < nv; ++v) {
+            const float *cp = c + r * ldc + 8 * v;
+            if (!load_c || r >= mrows)
+                acc[r][v] = _mm256_setzero_ps();
+            else if (full || v < nv - 1)
+                acc[r][v] = _mm256_loadu_ps(cp);
+            else
+                acc[r][v] = _mm256_maskload_ps(cp, last);
+        }
+    for (ptrdiff_t p = 0; p < kc; ++p) {
+        __m256 bv[3];
+#pragma GCC unroll 3
+        for (int v = 0; v < nv; ++v)
+            bv[v] = (full || v < nv - 1) ? _mm256_loadu_ps(b + 8 * v)
+                                         : _mm256_maskload_ps(b + 8 * v, last);
+        if (bs != CK_FG_NR)  /* B's own rows, a row apart: fetch the row 8 ahead */
+            _mm_prefetch((const char *)(b + 8 * bs), _MM_HINT_T0);
+#pragma GCC unroll 4
+        for (int r = 0; r < CK_FG_MR; ++r) {
+            const __m256 av = _mm256_broadcast_ss(a + r);
+#pragma GCC unroll 3
+            for (int v = 0; v < nv; ++v)
+                acc[r][v] = _mm256_fmadd_ps(av, bv[v], acc[r][v]);
+        }
+        a += CK_FG_MR;
+        b += bs;
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < CK_FG_MR; ++r) {
+        if (r >= mrows)
+            break;
+#pragma GCC unroll 3
+        for (int v = 0; v < nv; ++v) {
+            float *cp = c + r * ldc + 8 * v;
+            if (full || v < nv - 1)
+                _mm256_storeu_ps(cp, acc[r][v]);
+            else
+                _mm256_maskstore_ps(cp, last, acc[r][v]);
+        }
+    }
+}
+
+/* one tile: mr <= 4 rows, nr <= 24 columns */
+CK_FG_TARGET static void ck_fg_tile(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t kc, const float *a,
+                                    const float *b, ptrdiff_t bs, float *c, ptrdiff_t ldc,
+                                    int load_c)
+{
+    if (nr == CK_FG_NR) {
+        const __m256i all = _mm256_set1_epi32(-1);
+        ck_fg_body(3, 1, kc, a, b, bs, c, ldc, load_c, (int)mr, all);
+        return;
+    }
+    int nv = (int)((nr + 7) / 8);
+    const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(nr - 8 * (nv - 1))),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    if (nv == 1)
+        ck_fg_body(1, 0, kc, a, b, bs, c, ldc, load_c, (int)mr, last);
+    else if (nv == 2)
+        ck_fg_body(2, 0, kc, a, b, bs, c, ldc, load_c, (int)mr, last);
+    else
+        ck_fg_body(3, 0, kc, a, b, bs, c, ldc, load_c, (int)mr, last);
+}
+
+static int ck_fgemm(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                    const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb, float beta,
+                    float *c, ptrdiff_t ldc)
+{
+    if (alpha != 1.0f || (beta != 0.0f && beta != 1.0f) || !ck_fgemm_available())
+        return 0;
+    if (m <= 0 || n <= 0)
+        return 1;
+    if (k <= 0) {
+        if (beta == 0.0f)
+            for (ptrdiff_t i = 0; i < m; ++i)
+                for (ptrdiff_t j = 0; j < n; ++j)
+                    c[i * ldc + j] = 0.0f;
+        return 1;
+    }
+    if (!ck_fg_buffers(tb))
+        return 0;
+    float *pa = ck_fg_pa, *pb = ck_fg_pb;
+    for (ptrdiff_t jc = 0; jc < n; jc += CK_FG_NC) {
+        ptrdiff_t nc = n - jc < CK_FG_NC ? n - jc : CK_FG_NC;
+        for (ptrdiff_t pc = 0; pc < k; pc += CK_FG_KC) {
+            ptrdiff_t kc = k - pc < CK_FG_KC ? k - pc : CK_FG_KC;
+            int load_c = pc > 0 || beta == 1.0f;   /* the chain goes on from C */
+            if (tb)
+                ck_fg_pack_bt(b + jc * ldb + pc, ldb, kc, nc, pb);
+            for (ptrdiff_t ic = 0; ic < m; ic += CK_FG_MC) {
+                ptrdiff_t mc = m - ic < CK_FG_MC ? m - ic : CK_FG_MC;
+                ck_fg_pack_a(ta, ta ? a + pc * lda + ic : a + ic * lda + pc, lda, mc, kc, pa);
+                for (ptrdiff_t jr = 0; jr < nc; jr += CK_FG_NR) {
+                    ptrdiff_t nr = nc - jr < CK_FG_NR ? nc - jr : CK_FG_NR;
+                    const float *bp = tb ? pb + (jr / CK_FG_NR) * CK_FG_NR * kc
+                                         : b + pc * ldb + jc + jr;
+                    ptrdiff_t bs = tb ? CK_FG_NR : ldb;
+                    for (ptrdiff_t ir = 0; ir < mc; ir += CK_FG_MR) {
+                        ptrdiff_t mr = mc - ir < CK_FG_MR ? mc - ir : CK_FG_MR;
+                        ck_fg_tile(mr, nr, kc, pa + ir * kc, bp, bs,
+                                   c + (ic + ir) * ldc + jc + jr, ldc, load_c);
+                    }
+                }
+            }
+        }
+    }
+    return 1;
+}
+
+#else  /* not x86-64 with GCC or clang: BLAS does these GEMMs */
+
+static int ck_fgemm_available(void) { return 0; }
+
+static int ck_fgemm_set(int allow)
+{
+    (void)allow;
+    return 0;
+}
+
+static int ck_fgemm(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
+                    const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb, float beta,
+                    float *c, ptrdiff_t ldc)
+{
+    (void)ta; (void)tb; (void)m; (void)n; (void)k; (void)alpha; (void)a; (void)lda; (void)b;
+    (void)ldb; (void)beta; (void)c; (void)ldc;
+    return 0;
+}
+
+#endif
+#endif
