@@ -4,9 +4,10 @@ whatever other images share its batch -- conv2d on x equals, element for element
 concatenation of conv2d on slices of x along N -- on 1 and 2 threads, float32 and float64, for
 every conv algorithm the plan can take here, the layer suite's shapes and random small shapes.
 
-OpenBLAS (this machine's GEMMs) rounds an output differently for another GEMM shape and another
-place in it, so the plans issue the same GEMMs per image whatever the batch (conv_plan's
-docstring, "Batch invariance").  Each algorithm case asserts the algorithm the plan gives (so
+OpenBLAS rounds an output differently for another GEMM shape and another place in it: float32
+runs on a fixed-order GEMM where the CPU has AVX2 + FMA (csrc/fgemm.h) or AVX-512 (csrc/sgemm.h),
+and on BLAS (float64; float32 elsewhere, test_float32_on_blas_is_batch_invariant) the plans issue
+the same GEMMs per image whatever the batch (conv_plan's docstring, "Batch invariance").  Each algorithm case asserts the algorithm the plan gives (so
 the test cannot silently run another).  The last tests check the pure plan on both machines'
 caps: no split that shapes an image's GEMMs follows the batch size.
 """
@@ -215,13 +216,15 @@ def _plan_shapes():
     return out
 
 
-@pytest.mark.parametrize("own", [True, False], ids=["own_gemm", "blas"])
-def test_plan_does_not_follow_the_batch(own):
-    """For both machines: the algorithm of the forward and of grad_x (and Winograd's tile) is
-    the same for a batch of 1 to 256 images, on 1, 2 and 16 threads; on BLAS so is every split
-    that shapes an image's GEMMs.  (The own AVX-512 GEMM sums each output in a fixed k order
-    whatever the GEMM's width: its blocks of images and rows may follow the batch.)"""
-    caps = P.ConvCaps(own_sgemm=own, depthwise3x3_level=3 if own else 2)
+@pytest.mark.parametrize("own,fixed", [(True, True), (False, True), (False, False)],
+                         ids=["own_gemm", "fgemm", "blas"])
+def test_plan_does_not_follow_the_batch(own, fixed):
+    """For the three machines: the algorithm of the forward and of grad_x (and Winograd's tile)
+    is the same for a batch of 1 to 256 images, on 1, 2 and 16 threads; on BLAS (float64, and
+    float32 without a fixed-order GEMM) so is every split that shapes an image's GEMMs.  (The
+    own AVX-512 GEMM and csrc/fgemm.h sum each output in a fixed k order whatever the GEMM's
+    shape: their blocks of images and rows may follow the batch.)"""
+    caps = P.ConvCaps(own_sgemm=own, depthwise3x3_level=3 if own else 2, fixed_sgemm=fixed)
     for (C, H, W), ws, st, p, g in _plan_shapes():
         for dtype in DTYPES:
             for nt in (1, 2, 16):
@@ -231,7 +234,7 @@ def test_plan_does_not_follow_the_batch(own):
                     plan = P.plan_conv(s, dtype, nt, caps, 256 * 2**20)
                     cut = []
                     for label, step in (("forward", plan.forward), ("grad_x", plan.grad_x)):
-                        keys = () if own and dtype == np.float32 else \
+                        keys = () if fixed and dtype == np.float32 else \
                             _KEYS.get(step.algo, {}).get(label, ())
                         keys += ("tile",) if step.algo == "winograd" else ()
                         cut.append((step.algo, tuple(step.params.get(k) for k in keys)))
@@ -304,3 +307,36 @@ def test_the_other_predict_ops_are_batch_invariant():
                                            + lin.params["bias"], rtol=tol, atol=tol)
     finally:
         convkit.set_num_threads(None)
+
+
+
+def test_float32_on_blas_is_batch_invariant():
+    """float32 on BLAS as on a CPU without AVX2 (CONVKIT_DISABLE_FGEMM=1, in a fresh process: the
+    switch is read once): the one-image-per-GEMM plans keep every algorithm batch invariant."""
+    if OWN:
+        pytest.skip("float32 runs on the own AVX-512 GEMM here")
+    import os
+    import subprocess
+    import sys
+    code = f"""
+import sys
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+import numpy as np
+import test_cpu_batch_invariance as t
+assert not t.cc._FIXED_SGEMM and not t.cc._caps().fixed_sgemm
+for name, xs, ws, kw, want in t.ALGOS:
+    x, w, b = t._inputs(xs, ws, np.float32, len(name))
+    fwd, gx, tile = t._algos(x, w, kw)
+    assert (fwd, gx) == want, (name, fwd, gx)
+    step = t.cc._plan(x, w, (kw.get("stride", 1),) * 2, (kw.get("padding", 0),) * 4,
+                      (kw.get("dilation", 1),) * 2, kw.get("groups", 1))[3].forward
+    p = step.params
+    assert p.get("per_image", True) and p.get("imgs", 1) == 1 and p.get("image_rows", 1) == 1, p
+    t._check(x, w, b, kw, name)
+print("ok", len(t.ALGOS))
+"""
+    env = dict(os.environ, CONVKIT_DISABLE_FGEMM="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["ok", str(len(ALGOS))], out.stdout

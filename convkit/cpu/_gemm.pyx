@@ -20,7 +20,6 @@ def own_sgemm_active():
 
 cdef extern from "csrc/fgemm.h" nogil:
     int ck_fgemm_available()
-    int ck_fgemm_set(int allow)
 
 
 def fixed_sgemm_active():
@@ -31,23 +30,19 @@ def fixed_sgemm_active():
     return own_sgemm_active() or bool(ck_fgemm_available())
 
 
-def set_fgemm(bint allow):
-    """Allow (True) or forbid csrc/fgemm.h, for tests of the BLAS paths; returns the old
-    setting.  The conv plans are chosen at import (conv.py): tests that forbid it plan with
-    their own ConvCaps."""
-    return bool(ck_fgemm_set(allow))
-
-
 def fgemm_into(bint trans_a, bint trans_b, const float[:, ::1] a, const float[:, ::1] b,
-               double beta, float[:, ::1] c):
+               double beta, float[:, :] c):
     """c = op(a) @ op(b) (+ c when beta is 1) on csrc/fgemm.h alone; False when it did
-    nothing (no AVX2/FMA) -- for the tests and bench/bench_gemm.py."""
+    nothing (no AVX2/FMA, or CONVKIT_DISABLE_FGEMM=1) -- for the tests and bench/bench_gemm.py.  c: rows contiguous, a
+    window of a larger array allowed."""
     cdef Py_ssize_t m = c.shape[0], n = c.shape[1]
+    if c.strides[1] != 4:
+        raise ValueError("fgemm_into: c's rows must be contiguous")
     cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
     cdef int ok
-    with nogil:
-        ok = ck_fgemm(trans_a, trans_b, m, n, k, 1.0, &a[0, 0], a.shape[1], &b[0, 0],
-                      b.shape[1], <float>beta, &c[0, 0], c.shape[1])
+    with nogil:     # (row strides from the views: c may be a window of a larger array)
+        ok = ck_fgemm(trans_a, trans_b, m, n, k, 1.0, &a[0, 0], a.strides[0] // 4, &b[0, 0],
+                      b.strides[0] // 4, <float>beta, &c[0, 0], c.strides[0] // 4)
     return bool(ok)
 
 

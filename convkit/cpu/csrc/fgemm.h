@@ -21,9 +21,9 @@
  * three B loads and four broadcasts per k step.
  *
  * Single-threaded (convkit calls it inside its own OpenMP teams); each thread keeps its packing
- * buffers (grown on demand, freed at thread exit).  ck_fgemm returns 0 when it did nothing (no
- * AVX2/FMA, disabled by ck_fgemm_set(0), alpha != 1, beta not 0 or 1, no memory): the caller
- * then uses BLAS. */
+ * buffers (allocated on first use, freed at thread exit).  ck_fgemm returns 0 when it did
+ * nothing (no AVX2/FMA, CONVKIT_DISABLE_FGEMM=1, alpha != 1, beta not 0 or 1, no memory): the
+ * caller then uses BLAS. */
 #ifndef CK_FGEMM_H
 #define CK_FGEMM_H
 
@@ -47,25 +47,19 @@
 #define CK_FG_MC 128   /* an A block of 128 x 256 floats is 128 KiB: L2 */
 #define CK_FG_NC 2048  /* packed B (tb) of 2048 x 256 floats: 2 MiB */
 
-static int ck_fg_allowed = 1;
-
 static int ck_fgemm_available(void)
 {
     static int known = -1;  /* benign race: every thread computes the same value */
     if (known < 0) {
+        /* CONVKIT_DISABLE_FGEMM=1 (read once; an environment variable because every extension
+         * module has its own copy of this header's statics): BLAS, as on a CPU without AVX2,
+         * for tests of that path */
+        const char *off = getenv("CONVKIT_DISABLE_FGEMM");
         __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        known = (off != NULL && off[0] != '\0' && off[0] != '0') ? 0
+                : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     }
-    return known && ck_fg_allowed;
-}
-
-/* tests: 0 sends every float32 GEMM of the fixed-order call sites to BLAS; returns the old
- * setting */
-static int ck_fgemm_set(int allow)
-{
-    int old = ck_fg_allowed;
-    ck_fg_allowed = allow != 0;
-    return old;
+    return known;
 }
 
 static __thread float *ck_fg_pa = NULL, *ck_fg_pb = NULL;
@@ -271,12 +265,6 @@ static int ck_fgemm(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float
 #else  /* not x86-64 with GCC or clang: BLAS does these GEMMs */
 
 static int ck_fgemm_available(void) { return 0; }
-
-static int ck_fgemm_set(int allow)
-{
-    (void)allow;
-    return 0;
-}
 
 static int ck_fgemm(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
                     const float *a, ptrdiff_t lda, const float *b, ptrdiff_t ldb, float beta,
