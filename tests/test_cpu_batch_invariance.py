@@ -7,9 +7,10 @@ every conv algorithm the plan can take here, the layer suite's shapes and random
 OpenBLAS rounds an output differently for another GEMM shape and another place in it: float32
 runs on a fixed-order GEMM where the CPU has AVX2 + FMA (csrc/fgemm.h) or AVX-512 (csrc/sgemm.h),
 and on BLAS (float64; float32 elsewhere, test_float32_on_blas_is_batch_invariant) the plans issue
-the same GEMMs per image whatever the batch (conv_plan's docstring, "Batch invariance").  Each algorithm case asserts the algorithm the plan gives (so
-the test cannot silently run another).  The last tests check the pure plan on both machines'
-caps: no split that shapes an image's GEMMs follows the batch size.
+the same GEMMs per image whatever the batch (conv_plan's docstring, "Batch invariance").  Each
+algorithm case asserts the algorithm the plan gives (so the test cannot silently run another).
+The plan tests check the pure plan on the three machines' caps: no split that shapes an image's
+BLAS GEMMs follows the batch size.
 """
 import numpy as np
 import pytest

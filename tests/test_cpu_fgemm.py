@@ -70,9 +70,9 @@ def test_k_lengths_and_blocks(k, ta, tb):
 
 @pytest.mark.parametrize("ta,tb", [(0, 0), (1, 0), (0, 1), (1, 1)])
 def test_larger_shapes(ta, tb):
-    """Several A blocks (m > 128), packed B over several column blocks (n > 2048, tb), conv
+    """Several A blocks (m > 128), packed B over several column blocks (n > 2048), conv
     shapes (16 x 150 x 100, 6 x 25 x 4096)."""
-    for m, n, k in [(300, 50, 40), (6, 4096, 25), (16, 100, 150), (9, 2100, 13)]:
+    for m, n, k in [(300, 50, 40), (6, 4096, 25), (16, 100, 150), (9, 2100, 13), (5, 4100, 300)]:
         _check_values(m, n, k, ta, tb)
 
 

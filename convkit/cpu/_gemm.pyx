@@ -33,8 +33,8 @@ def fixed_sgemm_active():
 def fgemm_into(bint trans_a, bint trans_b, const float[:, ::1] a, const float[:, ::1] b,
                double beta, float[:, :] c):
     """c = op(a) @ op(b) (+ c when beta is 1) on csrc/fgemm.h alone; False when it did
-    nothing (no AVX2/FMA, or CONVKIT_DISABLE_FGEMM=1) -- for the tests and bench/bench_gemm.py.  c: rows contiguous, a
-    window of a larger array allowed."""
+    nothing (no AVX2/FMA, or CONVKIT_DISABLE_FGEMM=1) -- for the tests and
+    bench/bench_gemm.py.  c: rows contiguous, a window of a larger array allowed."""
     cdef Py_ssize_t m = c.shape[0], n = c.shape[1]
     if c.strides[1] != 4:
         raise ValueError("fgemm_into: c's rows must be contiguous")
