@@ -31,7 +31,12 @@ bitwise).  The invariant: image i's forward output and grad_x have the same bits
 images share its batch, on any thread count (tests/test_cpu_batch_invariance.py).  The rule:
 
 - a pass's algorithm (and Winograd's tile) follows the image's shape, never the batch size N;
-- on BLAS (float64, or float32 without the own AVX-512 GEMM) every GEMM of the forward and of
+- float32 on a CPU with AVX2 + FMA (ConvCaps.fixed_sgemm): the forwards' and grad_x's GEMMs
+  run on csrc/fgemm.h (``_blas.gemm_fixed``), which sums each output as one FMA chain over k
+  in ascending order whatever the GEMM's shape and the output's place, so these GEMMs may hold
+  several images: the plans keep the BLAS splits that follow N (fewer, wider GEMMs; the
+  one-image GEMMs below cost LeNet5's dense layer 6x, bench/RESULTS.md "Batch invariance");
+- on BLAS (float64, or float32 without AVX2 or CONVKIT_DISABLE_FGEMM=1) every GEMM of the forward and of
   grad_x reads one image, in a shape set by the image's shape alone.  OpenBLAS rounds an output
   differently for another GEMM shape and for another place in it (on this EPYC, rows 8-23 of a
   32-row sgemm differ from the same rows computed alone; float64 likewise in the other
