@@ -1,6 +1,8 @@
 """float32 GEMM rate on the conv shapes: convkit's own AVX-512 kernel (the GEMM under every cpu
 conv), scipy's OpenBLAS (what convkit used before, and still uses for float64 or without
-AVX-512) and torch.mm, one thread each, interleaved, medians.
+AVX-512), "fixed" (the forwards' and grad_x's GEMM, _blas.gemm_fixed: the own kernel, or
+csrc/fgemm.h's fixed-order AVX2 kernel, or BLAS) and torch.mm, one thread each, interleaved,
+medians.
 
     python bench/bench_gemm.py [--rounds 15]
 
@@ -38,6 +40,9 @@ SHAPES = [  # (name, m, k, n, ta, tb)
     # Winograd's GEMMs are sized by its tiling (filters x channels x tiles per block)
     ("vgg_56 Winograd (56 tiles)", 64, 64, 56, False, False),
     ("res_14 Winograd (batch)", 256, 256, 392, False, False),
+    ("res_14 Winograd F(4x4) task (64 tiles)", 256, 256, 64, False, False),
+    ("LeNet5 c2 dense (batch 64)", 64, 96, 256, False, False),
+    ("LeNet5 c1 batch (8 images)", 6, 25, 512, False, False),
     ("res_28 fwd im2col", *conv_gemm("res_28", "fwd"), False, False),
     ("stem_224 fwd (7 rows)", *conv_gemm("stem_224", "fwd", rows=7), False, False),
     ("res_14 grad_w (tb)", *conv_gemm("res_14", "grad_w"), False, True),
@@ -63,8 +68,9 @@ def main(argv=None):
     threadpool_limits(1)
     print(f"own float32 GEMM active: {_gemm.own_sgemm_active()}; 1 thread each; "
           f"{args.rounds} interleaved rounds; GFLOP/s from the median")
-    print("| shape | m x k x n | convkit | scipy OpenBLAS | torch.mm | convkit/scipy | convkit/torch |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| shape | m x k x n | convkit | fixed | scipy OpenBLAS | torch.mm | convkit/scipy | "
+          "fixed/scipy | convkit/torch |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rng = np.random.default_rng(0)
     for name, m, k, n, ta, tb in SHAPES:
         a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
@@ -72,6 +78,7 @@ def main(argv=None):
         c = np.empty((m, n), np.float32)
         # scipy's sgemm is column-major: C^T = op(B)^T op(A)^T on the transposed (F-order) views
         fns = {"convkit": lambda: _gemm.gemm_into(ta, tb, 1.0, a, b, 0.0, c),
+               "fixed": lambda: _gemm.gemm_fixed_into(ta, tb, a, b, 0.0, c),
                "scipy": lambda: blas.sgemm(1.0, b.T, a.T, trans_a=tb, trans_b=ta)}
         if torch is not None:
             ta_, tb_ = torch.from_numpy(a), torch.from_numpy(b)
@@ -89,8 +96,9 @@ def main(argv=None):
                 times[key].append(time.perf_counter() - t0)
         rate = {key: 2 * m * k * n / statistics.median(v) / 1e9 for key, v in times.items()}
         tr = rate.get("torch")
-        print(f"| {name} | {m} x {k} x {n} | {rate['convkit']:.0f} | {rate['scipy']:.0f} | "
-              f"{'-' if tr is None else f'{tr:.0f}'} | {rate['convkit'] / rate['scipy']:.2f}x | "
+        print(f"| {name} | {m} x {k} x {n} | {rate['convkit']:.0f} | {rate['fixed']:.0f} | "
+              f"{rate['scipy']:.0f} | {'-' if tr is None else f'{tr:.0f}'} | "
+              f"{rate['convkit'] / rate['scipy']:.2f}x | {rate['fixed'] / rate['scipy']:.2f}x | "
               f"{'-' if tr is None else format(rate['convkit'] / tr, '.2f') + 'x'} |")
 
 

@@ -12,6 +12,7 @@ from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 
 cdef extern from "csrc/sgemm.h" nogil:
+    int ck_sgemm_available()
     int ck_sgemm(int ta, int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
                  const float* a, Py_ssize_t lda, const float* b, Py_ssize_t ldb, float beta,
                  float* c, Py_ssize_t ldc)
@@ -24,6 +25,12 @@ cdef extern from "csrc/sgemm.h" nogil:
     int ck_sgemm_apacked_rows(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* apk,
                               const float* b, const Py_ssize_t* boff, float beta, float* c,
                               Py_ssize_t ldc, const float* rowbias)
+
+
+cdef extern from "csrc/fgemm.h" nogil:
+    int ck_fgemm(int ta, int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
+                 const float* a, Py_ssize_t lda, const float* b, Py_ssize_t ldb, float beta,
+                 float* c, Py_ssize_t ldc)
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
@@ -48,6 +55,21 @@ cdef inline void gemm(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py
               &beta, c, &ildc)
 
 
+cdef inline void gemm_fixed(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
+                            Py_ssize_t k, floating alpha, const floating* a, Py_ssize_t lda,
+                            const floating* b, Py_ssize_t ldb, floating beta,
+                            floating* c, Py_ssize_t ldc) noexcept nogil:
+    """gemm, where float32 is summed in a fixed order (each output one FMA chain over k
+    ascending: csrc/fgemm.h on AVX2 + FMA, csrc/sgemm.h on AVX-512) -- the GEMMs of a conv's
+    forward and grad_x, whose outputs must not depend on the other images of the GEMM (batch
+    invariance, conv_plan.py).  Without either kernel (or float64) it is BLAS's gemm."""
+    if floating is float:
+        if not ck_sgemm_available() and \
+                ck_fgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+            return
+    gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
 cdef inline void gemm_pk(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
                          const floating* a, Py_ssize_t lda, const float* apk,
                          const floating* b, Py_ssize_t ldb, floating beta,
@@ -66,4 +88,4 @@ cdef inline void gemm_pk(bint trans_a, bint trans_b, Py_ssize_t m, Py_ssize_t n,
             for j in range(n):
                 c[i * ldc + j] = rowbias[i]
         beta = 1
-    gemm(trans_a, trans_b, m, n, k, <floating>1, a, lda, b, ldb, beta, c, ldc)
+    gemm_fixed(trans_a, trans_b, m, n, k, <floating>1, a, lda, b, ldb, beta, c, ldc)

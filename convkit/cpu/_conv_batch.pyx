@@ -11,7 +11,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
-from ._blas cimport gemm, gemm_pk, ck_sgemm_apacked_rows
+from ._blas cimport gemm, gemm_fixed, gemm_pk, ck_sgemm_apacked_rows
 from ._conv_csrc cimport ck_shift_f, ck_shift_d, ck_shift_available
 from ._conv_common cimport _row_copy, _min
 
@@ -245,8 +245,10 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
     A task (block of images) writes cols (C*KK, L), L = nb*HoWo, and the GEMM result (F, L) into
     its thread's slice of ws (ws_per_thread >= ((C*KK + F)*HoWo + C*Hp*Wp)*imgs: columns, GEMM
     result, padded planes), then copies each
-    image's (F, HoWo) into y.  Every output is one GEMM's dot product over C*KK in BLAS's order,
-    whatever the block: the same bits for any imgs and thread count.
+    image's (F, HoWo) into y.  Every output is one GEMM's dot product over C*KK; the own GEMM
+    sums it in the same order whatever the block, BLAS may not (OpenBLAS rounds an output
+    differently for another GEMM width and another place in it), so on BLAS the plan passes
+    imgs = 1 (conv_plan.batch_images): an image's bits then do not depend on its batch.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
@@ -271,8 +273,8 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
             _batch_im2col(&x[0, 0, 0, 0], C * H * W, n0, nb, 0, C, H, W, KH, KW, pt, pl, dh, dw,
                           Hp, Wp, &idx[0], L, Wo, unit_stride, mp, cols, ybuf + F * L)
             for g in range(G):
-                gemm(False, False, Fg, L, CgKK, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
-                     cols + g * CgKK * L, L, <floating>0, ybuf + g * Fg * L, L)
+                gemm_fixed(False, False, Fg, L, CgKK, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
+                           cols + g * CgKK * L, L, <floating>0, ybuf + g * Fg * L, L)
             for j in range(nb):
                 for f in range(F):
                     src = ybuf + f * L + j * HoWo
@@ -361,8 +363,8 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                 nb = _min(imgs, N - n0)
                 L = nb * HoWo
                 buf = &ws[0] + threadid() * ws_per_thread
-                gemm(True, False, CgKK, L, Fg, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
-                     &gyt[0] + g * Fg * LN + n0 * HoWo, LN, <floating>0, buf, L)
+                gemm_fixed(True, False, CgKK, L, Fg, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
+                           &gyt[0] + g * Fg * LN + n0 * HoWo, LN, <floating>0, buf, L)
                 _batch_col2im(buf, L, nb, Cg, KH, KW, dh, dw, Hp, Wp, &idx[0], Wo, sw == 1,
                               buf + CgKK * L,
                               &gx[n0, g * Cg, 0, 0], C * H * W, H, W, pt, pl)

@@ -10,7 +10,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.string cimport memset
 
-from ._blas cimport gemm
+from ._blas cimport gemm_fixed
 from ._conv_common cimport _min
 
 
@@ -88,23 +88,28 @@ def dense_fold(const floating[:, ::1] gwd, floating[:, :, :, ::1] gw, Py_ssize_t
 
 
 def gemm_rows(bint trans_a, bint trans_b, const floating[:, ::1] a, const floating[:, ::1] b,
-              floating[:, ::1] c, Py_ssize_t k, int n_threads, int n_blocks=0):
+              floating[:, ::1] c, Py_ssize_t k, int n_threads, int n_blocks=0,
+              Py_ssize_t block_rows=0):
     """c (m x n) = op(a) @ op(b) (op(a) m x k), its rows split into ``n_blocks`` blocks (one per
-    thread when 0), a multiple of 8 rows each.  The own GEMM sums each row in a fixed k order
-    whatever the split; BLAS may not (OpenBLAS picks other kernels for other row counts), so
-    BLAS callers pass a block count set by the layer alone."""
+    thread when 0), a multiple of 8 rows each, or (block_rows > 0) into blocks of exactly
+    block_rows rows.  On gemm_fixed: a fixed-order float32 GEMM (csrc/sgemm.h, csrc/fgemm.h)
+    sums each row in a fixed k order whatever the split; BLAS
+    may not (OpenBLAS picks other kernels for other row counts, and a row's bits follow its
+    place in the block), so BLAS callers pass a split set by the layer alone -- one row (one
+    image) per GEMM where a row's bits must not depend on the other rows."""
     cdef Py_ssize_t m = c.shape[0], n = c.shape[1], lda = a.shape[1], ldb = b.shape[1]
     cdef Py_ssize_t split = n_blocks if n_blocks > 0 else n_threads
-    cdef Py_ssize_t rows = (((m + split - 1) // split) + 7) // 8 * 8
+    cdef Py_ssize_t rows = (block_rows if block_rows > 0
+                            else (((m + split - 1) // split) + 7) // 8 * 8)
     cdef Py_ssize_t nblk = (m + rows - 1) // rows, t, i0, mb
     with nogil:
         if nblk <= 1:
-            gemm(trans_a, trans_b, m, n, k, <floating>1, &a[0, 0], lda, &b[0, 0], ldb,
-                 <floating>0, &c[0, 0], n)
+            gemm_fixed(trans_a, trans_b, m, n, k, <floating>1, &a[0, 0], lda, &b[0, 0], ldb,
+                       <floating>0, &c[0, 0], n)
         else:
             for t in prange(nblk, schedule="dynamic", num_threads=n_threads):
                 i0 = t * rows
                 mb = _min(rows, m - i0)
-                gemm(trans_a, trans_b, mb, n, k, <floating>1,
-                     (&a[0, 0] + i0) if trans_a else (&a[0, 0] + i0 * lda), lda, &b[0, 0], ldb,
-                     <floating>0, &c[0, 0] + i0 * n, n)
+                gemm_fixed(trans_a, trans_b, mb, n, k, <floating>1,
+                           (&a[0, 0] + i0) if trans_a else (&a[0, 0] + i0 * lda), lda,
+                           &b[0, 0], ldb, <floating>0, &c[0, 0] + i0 * n, n)

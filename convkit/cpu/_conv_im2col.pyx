@@ -14,7 +14,7 @@ from cython.parallel cimport prange, threadid
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
-from ._blas cimport gemm, gemm_pk
+from ._blas cimport gemm, gemm_fixed, gemm_pk
 from ._conv_csrc cimport ck_sum_f, ck_im2col_taps_f
 from ._conv_common cimport _row_copy, _min, _wo_range
 
@@ -288,8 +288,9 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
                 c0 = (t - n * G * ntx - g * ntx) * chans_x
                 nc = _min(Cg - c0, chans_x)
                 if pointwise:
-                    gemm(True, False, nc, HoWo, Fg, <floating>1, &w[g * Fg, c0, 0, 0], CgKK,
-                         &gy[n, g * Fg, 0, 0], HoWo, <floating>0, &gx[n, g * Cg + c0, 0, 0], HoWo)
+                    gemm_fixed(True, False, nc, HoWo, Fg, <floating>1, &w[g * Fg, c0, 0, 0],
+                               CgKK, &gy[n, g * Fg, 0, 0], HoWo, <floating>0,
+                               &gx[n, g * Cg + c0, 0, 0], HoWo)
                     continue
                 buf = &ws[0] + threadid() * ws_per_thread
                 for c in range(nc):
@@ -298,8 +299,8 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
                 while h0 < Ho:
                     hr = _min(rows_x, Ho - h0)
                     L = hr * Wo
-                    gemm(True, False, nc * KK, L, Fg, <floating>1, &w[g * Fg, c0, 0, 0], CgKK,
-                         &gy[n, g * Fg, 0, 0] + h0 * Wo, HoWo, <floating>0, buf, L)
+                    gemm_fixed(True, False, nc * KK, L, Fg, <floating>1, &w[g * Fg, c0, 0, 0],
+                               CgKK, &gy[n, g * Fg, 0, 0] + h0 * Wo, HoWo, <floating>0, buf, L)
                     for c in range(nc):
                         col2im_plane(buf + c * KK * L, L, H, W, KH, KW, sh, sw, pt, pl, dh, dw,
                                      Wo, h0, hr, &gx[n, g * Cg + c0 + c, 0, 0])

@@ -11,7 +11,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
-from ._blas cimport ck_sgemm_apacked_rows, gemm
+from ._blas cimport ck_sgemm_apacked_rows, gemm_fixed
 from ._conv_csrc cimport ck_phases_f, ck_rowgemm_available, ck_rowgemm_f, ck_rowgemm_kc_f
 from ._conv_common cimport _min
 
@@ -187,8 +187,8 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
                 if not (direct and _rowgemm(P, L, K, &wpan[g, 0], slab, &boff[0], out)):
                     for k in range(K):
                         memcpy(cols + k * L, slab + boff[k], L * sizeof(floating))
-                    gemm(False, False, P, L, K, <floating>1, &wsub[g, 0, 0], K, cols, L,
-                         <floating>0, out, L)
+                    gemm_fixed(False, False, P, L, K, <floating>1, &wsub[g, 0, 0], K, cols, L,
+                               <floating>0, out, L)
                 for p in range(sh * Cg):            # (qh, c): result rows qh*sw*Cg + c +
                     qh = p // Cg                    # qw*Cg, its sw column phases
                     c = p - qh * Cg

@@ -300,7 +300,7 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
                             const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
                             floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
                             Py_ssize_t pt, Py_ssize_t pl, int n_threads,
-                            const float[:, ::1] apk, int tile=2):
+                            const float[:, ::1] apk, int tile=2, bint per_image=False):
     """3x3, stride 1, dilation 1, groups 1: y = conv(x, w) + bias by Winograd F(2x2, 3x3)
     (tile 2) or F(4x4, 3x3) (tile 4).  apk: U[e] prepacked for the own float32 GEMM in row e
     (no rows: none).
@@ -308,7 +308,10 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     U (E, F, C), E = (tile + 2)**2: the transformed filters G w G^T.  The batch's rows of output
     tiles (N * ceil(Ho/tile) of them, numbered image after image) go in blocks of ``trows`` -- a
     block may span images, so small images still make wide GEMMs.  Blocks are independent tasks
-    (dynamic schedule, no barrier).  A task's slice of ws holds V (E, C, tiles), M (E, F,
+    (dynamic schedule, no barrier).  per_image: a block never spans images -- each image's rows
+    are cut into blocks of ``trows`` (its last block shorter), so an image gets the same GEMMs
+    whatever batch it is in (BLAS's bits follow a GEMM's shape and a column's place in it).
+    A task's slice of ws holds V (E, C, tiles), M (E, F,
     tiles) and the row scratch: ws_per_thread >= E*(C + F)*trows*tw + 8*(2*tw + 2) (tile 2) or
     + winograd4_scratch(trows, tw) (tile 4).
     """
@@ -316,8 +319,9 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     cdef Py_ssize_t F = U.shape[1], Ho = y.shape[2], Wo = y.shape[3]
     cdef Py_ssize_t E = (tile + 2) * (tile + 2)
     cdef Py_ssize_t th = (Ho + tile - 1) // tile, tw = (Wo + tile - 1) // tile
-    cdef Py_ssize_t nrb = (N * th + trows - 1) // trows
-    cdef Py_ssize_t t, g0, nt, P, c, e, f
+    cdef Py_ssize_t nri = (th + trows - 1) // trows      # blocks per image (per_image)
+    cdef Py_ssize_t nrb = N * nri if per_image else (N * th + trows - 1) // trows
+    cdef Py_ssize_t t, g0, nt, P, c, e, f, n, r
     cdef floating* V
     cdef floating* M
     if tile != 2 and tile != 4:
@@ -326,8 +330,14 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
         raise ValueError(f"U must have {E} transformed planes for tile {tile}, got {U.shape[0]}")
     with nogil:
         for t in prange(nrb, schedule="dynamic", num_threads=n_threads):
-            g0 = t * trows
-            nt = _min(trows, N * th - g0)
+            if per_image:
+                n = t // nri
+                r = (t - n * nri) * trows
+                g0 = n * th + r
+                nt = _min(trows, th - r)
+            else:
+                g0 = t * trows
+                nt = _min(trows, N * th - g0)
             P = nt * tw
             V = &ws[0] + threadid() * ws_per_thread
             M = V + E * C * P

@@ -3,8 +3,8 @@
 ``convkit info``: float32 goes to convkit's own AVX-512 kernel (``csrc/sgemm.h``) where the CPU has
 AVX-512F, float64 (and float32 elsewhere) to scipy's BLAS."""
 from cython cimport floating
-from ._blas cimport (gemm, gemm_pk, ck_sgemm_packed_a_floats, ck_sgemm_pack_a,
-                     ck_sgemm_apacked_rows)
+from ._blas cimport (gemm, gemm_pk, gemm_fixed, ck_sgemm_packed_a_floats, ck_sgemm_pack_a,
+                     ck_sgemm_apacked_rows, ck_fgemm)
 
 
 cdef extern from "csrc/sgemm.h" nogil:
@@ -16,6 +16,44 @@ cdef extern from "csrc/sgemm.h" nogil:
 def own_sgemm_active():
     """True when float32 GEMMs run on convkit's AVX-512 kernel (built in and the CPU has it)."""
     return bool(CK_SGEMM_BUILT and ck_sgemm_available())
+
+
+cdef extern from "csrc/fgemm.h" nogil:
+    int ck_fgemm_available()
+
+
+def fixed_sgemm_active():
+    """True when the float32 GEMMs of conv forwards and grad_x sum each output in a fixed order
+    (one FMA chain over k ascending, whatever the GEMM's shape and the output's place): the own
+    AVX-512 kernel, or csrc/fgemm.h on AVX2 + FMA.  Then those GEMMs may hold several images
+    and stay batch invariant (conv_plan.py)."""
+    return own_sgemm_active() or bool(ck_fgemm_available())
+
+
+def fgemm_into(bint trans_a, bint trans_b, const float[:, ::1] a, const float[:, ::1] b,
+               double beta, float[:, :] c):
+    """c = op(a) @ op(b) (+ c when beta is 1) on csrc/fgemm.h alone; False when it did
+    nothing (no AVX2/FMA, or CONVKIT_DISABLE_FGEMM=1) -- for the tests and
+    bench/bench_gemm.py.  c: rows contiguous, a window of a larger array allowed."""
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1]
+    if c.strides[1] != 4:
+        raise ValueError("fgemm_into: c's rows must be contiguous")
+    cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
+    cdef int ok
+    with nogil:     # (row strides from the views: c may be a window of a larger array)
+        ok = ck_fgemm(trans_a, trans_b, m, n, k, 1.0, &a[0, 0], a.strides[0] // 4, &b[0, 0],
+                      b.strides[0] // 4, <float>beta, &c[0, 0], c.strides[0] // 4)
+    return bool(ok)
+
+
+def gemm_fixed_into(bint trans_a, bint trans_b, const floating[:, ::1] a,
+                    const floating[:, ::1] b, double beta, floating[:, ::1] c):
+    """c = op(a) @ op(b) + beta * c by the conv forwards' GEMM (_blas.gemm_fixed)."""
+    cdef Py_ssize_t m = c.shape[0], n = c.shape[1]
+    cdef Py_ssize_t k = a.shape[0] if trans_a else a.shape[1]
+    with nogil:
+        gemm_fixed(trans_a, trans_b, m, n, k, <floating>1, &a[0, 0], a.shape[1], &b[0, 0],
+                   b.shape[1], <floating>beta, &c[0, 0], c.shape[1])
 
 
 def avx512_emulated():

@@ -23,12 +23,15 @@ class CpuBackend(Backend, hook_modules=(conv, conv_transpose, deform_conv, pool,
         return host_asarray(a, dtype, self.name)
 
     def info(self):
-        from ._gemm import avx512_emulated, own_sgemm_active
+        from ._gemm import avx512_emulated, fixed_sgemm_active, own_sgemm_active
         from ._omp import openmp_info
 
         facts = dict(openmp_info())
-        facts["float32 GEMM"] = ("convkit's AVX-512 kernel" if own_sgemm_active()
-                                 else "BLAS (scipy's; this CPU or build has no AVX-512 kernel)")
+        facts["float32 GEMM"] = (
+            "convkit's AVX-512 kernel" if own_sgemm_active() else
+            "convkit's fixed-order AVX2 kernel for conv forwards and grad_x (batch invariant), "
+            "BLAS (scipy's) for the rest" if fixed_sgemm_active() else
+            "BLAS (scipy's; this CPU or build has no AVX-512 or AVX2 kernel)")
         if avx512_emulated():   # a test build (setup.py CONVKIT_EMULATE_AVX512=1)
             facts["float32 GEMM"] += " (EMULATED)"
             facts["AVX-512"] = ("EMULATED: a test build whose AVX-512 code runs on SIMDe's "

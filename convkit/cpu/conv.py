@@ -62,6 +62,9 @@ def _blas_pin(dtype):
 
 
 _OWN_SGEMM = _gemm.own_sgemm_active()
+# float32 forwards and grad_x on a fixed-order GEMM (the own one, or csrc/fgemm.h on AVX2 + FMA):
+# an output's bits do not follow its GEMM's shape, so several images may share a GEMM
+_FIXED_SGEMM = _gemm.fixed_sgemm_active()
 _NO_PACK = np.zeros((0, 1), np.float32)
 
 
@@ -87,7 +90,8 @@ def _caps():
     caps = _caps_by_level.get(level)
     if caps is None:
         caps = _caps_by_level[level] = P.ConvCaps(own_sgemm=_OWN_SGEMM,
-                                                   depthwise3x3_level=level, rowgemm=_ROWGEMM)
+                                                   depthwise3x3_level=level, rowgemm=_ROWGEMM,
+                                                   fixed_sgemm=_FIXED_SGEMM)
     return caps
 
 
@@ -111,6 +115,22 @@ def _finite(*arrays) -> bool:
     """True when no array holds a NaN or an infinity: one pass over each array's raw bits, in
     one C call (the boundary hands C-contiguous arrays)."""
     return _im2col.all_finite(*arrays)
+
+
+def _bad_images(a):
+    """bool array[N]: which images of a hold a NaN or an infinity."""
+    return np.array([not _finite(a[n]) for n in range(a.shape[0])], dtype=bool)
+
+
+def _split_images(bad, run, y):
+    """Batch invariance of the non-finite rule: the images whose operands are finite keep the
+    plan they would have in a batch of finite images -- run(good, exact=False) and run(bad,
+    exact=True) (index arrays of images, each returning their slice) fill y's rows.  The
+    rule is per image, so an image's bits do not depend on its batch's other images."""
+    good = ~bad
+    y[good] = run(np.flatnonzero(good), False)
+    y[bad] = run(np.flatnonzero(bad), True)
+    return y
 
 
 def _plan(x, weight, stride, padding, dilation, groups, needs_input_grad=True, exact=False):
@@ -162,7 +182,8 @@ def _plan_weight_dot(x, weight, groups, pointwise, Ho, Wo, stride, dilation, n_t
 
 def _plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_gx):
     return P.plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_gx,
-                                 get_workspace_limit())
+                                 get_workspace_limit(), _OWN_SGEMM,
+                                 _FIXED_SGEMM and itemsize == 4)
 
 
 def _geometry(x, weight, stride, padding, dilation):
@@ -370,7 +391,8 @@ def _fwd_dense(x, weight, b, has_bias, y, s, step):
                        step.threads)
     with _blas_pin(x.dtype):
         _dense.gemm_rows(False, False, x.reshape(N, C * H * W), wd, y.reshape(N, F * Ho * Wo),
-                        C * H * W, step.threads, step.params["row_blocks"])
+                        C * H * W, step.threads, step.params["row_blocks"],
+                        step.params["image_rows"])
     if has_bias:
         y += b.reshape(1, F, 1, 1)
 
@@ -389,7 +411,8 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
     with _blas_pin(x.dtype):
         _winograd.conv2d_forward_winograd(x, U, b, has_bias, y, ws, p["per_thread"], p["trows"],
                                       s.padding[0] if pt is None else pt,
-                                      s.padding[2] if pl is None else pl, n, _packed_a(U), tile)
+                                      s.padding[2] if pl is None else pl, n, _packed_a(U), tile,
+                                      p.get("per_image", False))
 
 
 def _fwd_batch(x, weight, b, has_bias, y, s, step, stride=None, pt=None, pl=None):
@@ -464,13 +487,25 @@ _FORWARD = {"depthwise3x3": _fwd_depthwise3x3, "depthwise": _fwd_depthwise, "den
             "rowphases": _fwd_rowphases, "wide": _fwd_wide, "pointwise": _fwd_im2col, "im2col": _fwd_im2col}
 
 
-def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None):
+def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None,
+                   exact=False):
     """x (N,C,H,W), weight (F,C/groups,KH,KW), bias (F,) or None -> y (N,F,Ho,Wo)."""
-    s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups)
+    s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups, exact=exact)
     algo = plan.forward.algo
     # which operands can reach other outputs than torch's on this plan (see _MIXES_X)
-    if (algo in _MIXES_X and not _finite(x, weight)) or \
-            (algo in _MIXES_W and not _finite(weight)):
+    # (each operand scanned once: on LeNet's small maps the scans are part of the op's cost)
+    if algo in _MIXES_X:
+        w_ok, x_ok = _finite(weight), _finite(x)
+        if w_ok and not x_ok:
+            bad = _bad_images(x)
+            if not bad.all():       # (per image: the finite ones keep their plan)
+                y = out if out is not None else np.empty((s.N, s.F, Ho, Wo), dtype=x.dtype)
+                return _split_images(bad, lambda i, ex: conv2d_forward(
+                    x[i], weight, bias, stride, padding, dilation, groups, exact=ex), y)
+        exact_plan = not (w_ok and x_ok)
+    else:
+        exact_plan = algo in _MIXES_W and not _finite(weight)
+    if exact_plan:
         s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups, exact=True)
     y = out if out is not None else np.empty((s.N, s.F, Ho, Wo), dtype=x.dtype)
     has_bias = bias is not None
@@ -513,7 +548,8 @@ def _bwd_dense(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     gy2 = gy.reshape(N, F * Ho * Wo)
     with _blas_pin(dt):
         if needs_gx:
-            _dense.gemm_rows(False, True, gy2, wd, gx.reshape(N, C * H * W), F * Ho * Wo, n, rb)
+            _dense.gemm_rows(False, True, gy2, wd, gx.reshape(N, C * H * W), F * Ho * Wo, n, rb,
+                             step.params["image_rows"])
         if not needs_gw:        # (grad_x alone: conv2d_grad_input)
             return
         gwd = _workspace(wd.size, dt, "dense_grad")[:wd.size].reshape(wd.shape)
@@ -651,17 +687,28 @@ def conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, needs_
             sums_check = True
         elif not _finite(grad_y):
             plan = None
-    if plan is None:
-        s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups, needs_input_grad,
-                                exact=True)
-    out = _backward(plan, s, grad_y, x, weight, needs_input_grad, has_bias or sums_check)
+    # grad_x of an image reads its grad_y and the weight alone: where the exact plan is taken
+    # (a non-finite operand) and the weight is finite, grad_x comes from conv2d_grad_input,
+    # which applies the non-finite rule per image -- the images with a finite grad_y keep the
+    # bits they get in a batch of finite images (batch invariance)
+    exact = plan is None
+    gx_apart = exact and needs_input_grad and _finite(weight)
+    if exact:
+        s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups,
+                                needs_input_grad and not gx_apart, exact=True)
+    out = _backward(plan, s, grad_y, x, weight, needs_input_grad and not (exact and gx_apart),
+                    has_bias or sums_check)
     if sums_check and not np.isfinite(out[2].sum()):
         # a NaN or inf in grad_y: the depthwise kernels would differ from torch (they skip
         # the padding taps torch multiplies); run again on im2col
-        s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups, needs_input_grad,
-                                exact=True)
-        out = _backward(plan, s, grad_y, x, weight, needs_input_grad, has_bias)
+        exact = True
+        gx_apart = needs_input_grad        # (sums_check: the weight is finite)
+        s, Ho, Wo, plan = _plan(x, weight, stride, padding, dilation, groups,
+                                needs_input_grad and not gx_apart, exact=True)
+        out = _backward(plan, s, grad_y, x, weight, needs_input_grad and not gx_apart, has_bias)
     gx, gw, gb = out
+    if exact and gx_apart:
+        gx = conv2d_grad_input(grad_y, weight, x.shape, stride, padding, dilation, groups)
     return (gx if needs_input_grad else None), gw, (gb if has_bias else None)
 
 
@@ -696,15 +743,37 @@ def conv2d_grad_input(grad_y, weight, x_shape, stride, padding, dilation, groups
     # (gx stands in for x: the plan reads its shape and dtype)
     s, Ho, Wo, plan = _plan(gx, weight, stride, padding, dilation, groups)
     step = plan.grad_x
+    w_ok = g_ok = True
+    if step.algo in _MIXES_X or step.algo in _MIXES_W:
+        w_ok, g_ok = _finite(weight), _finite(grad_y)
+        if w_ok and not g_ok:
+            bad = _bad_images(grad_y)
+            if not bad.all():       # (per image: the finite ones keep their plan)
+                def run(i, exact):
+                    fn = _grad_input_exact if exact else conv2d_grad_input
+                    return fn(grad_y[i], weight, (len(i),) + tuple(x_shape[1:]), stride,
+                              padding, dilation, groups, bias)
+                return _split_images(bad, run, gx)
     if step.algo in _GW_ALWAYS and gx.nbytes > get_workspace_limit():
         step = None                      # the zero stand-in would not fit the limit
-    elif step.algo in _MIXES_X | _MIXES_W and not _finite(grad_y, weight):
+    elif not (w_ok and g_ok):
         step = None
     if step is None:
         step = _plan(gx, weight, stride, padding, dilation, groups, exact=True)[3].grad_x
+    return _run_grad_input(grad_y, weight, gx, s, step, bias)
+
+
+def _grad_input_exact(grad_y, weight, x_shape, stride, padding, dilation, groups, bias=None):
+    """conv2d_grad_input on the exact (im2col) plan."""
+    gx = np.empty(x_shape, dtype=grad_y.dtype)
+    s, _, _, plan = _plan(gx, weight, stride, padding, dilation, groups, exact=True)
+    return _run_grad_input(grad_y, weight, gx, s, plan.grad_x, bias)
+
+
+def _run_grad_input(grad_y, weight, gx, s, step, bias=None):
     x, gw = gx, np.empty_like(weight)     # (gw: written only by the _GW_ALWAYS runners)
     if step.algo in _GW_ALWAYS:
-        x = np.zeros(x_shape, dtype=gx.dtype)
+        x = np.zeros(gx.shape, dtype=gx.dtype)
     if step.algo == "subpixel":
         _bwd_subpixel(grad_y, x, weight, gx, gw, None, s, step, True, False, bias)
         return gx

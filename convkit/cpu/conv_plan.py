@@ -29,6 +29,38 @@ im2col          everything else: im2col into a workspace, then GEMMs            
 grad_x by ``winograd`` or ``batch`` is the forward algorithm run on grad_y with the filters
 flipped and transposed (stride-1 convs only).  A step that cannot fit the workspace limit
 carries the MemoryError message its runner raises (``Step.error``).
+
+Batch invariance (DESIGN.md "Scale-out": convkit.dask's batch chunks equal the in-memory call
+bitwise).  The invariant: image i's forward output and grad_x have the same bits whatever other
+images share its batch, on any thread count (tests/test_cpu_batch_invariance.py).  The rule:
+
+- a pass's algorithm (and Winograd's tile) follows the image's shape, never the batch size N;
+- float32 on a CPU with AVX2 + FMA (ConvCaps.fixed_sgemm): the forwards' and grad_x's GEMMs
+  run on csrc/fgemm.h (``_blas.gemm_fixed``), which sums each output as one FMA chain over k
+  in ascending order whatever the GEMM's shape and the output's place, so these GEMMs may hold
+  several images: the plans keep the BLAS splits that follow N (fewer, wider GEMMs; the
+  one-image GEMMs below cost LeNet5's dense layer 6x, bench/RESULTS.md "Batch invariance");
+- on BLAS (float64, or float32 without AVX2 or CONVKIT_DISABLE_FGEMM=1) every GEMM of the forward and of
+  grad_x reads one image, in a shape set by the image's shape alone.  OpenBLAS rounds an output
+  differently for another GEMM shape and for another place in it (on this EPYC, rows 8-23 of a
+  32-row sgemm differ from the same rows computed alone; float64 likewise in the other
+  dimension), so no such GEMM holds two images and none is cut by N.  The cuts: im2col rows
+  per GEMM ``image_rows`` (at most tuning.BLAS_TASKS blocks of an image, each at least
+  tuning.BLAS_MIN_POSITIONS positions); pointwise positions (tuning.BLAS_FORWARD_TASKS,
+  BLAS_MIN_POSITIONS, BLAS_POSITION_BYTES); Winograd tasks within one image (the kernel's
+  per_image; F(2x2) at most tuning.BLAS_TASKS blocks of an image, each at least
+  tuning.WINOGRAD4_TASK_TILES tiles; F(4x4) about that many tiles); the batch
+  paths one image per GEMM (``batch_images``); dense one image per GEMM (``dense_params``);
+  grad_x's channel blocks ``grad_x_chans`` (tuning.BLAS_GRAD_X_TASKS, BLAS_GRAD_X_MIN_ROWS).
+  The per-image cut is about the split a batch of one had before (with the least-work floors
+  above), so one large image still makes several tasks;
+- the own AVX-512 GEMM sums each output in a fixed k order whatever the GEMM's width and the
+  output's place (csrc/sgemm.h): there blocks of images and rows may follow N and the team;
+- wide, phases and the depthwise kernels work on one image (plane) per task; the non-finite
+  fallback to im2col is taken per image (convkit/cpu/conv.py).
+grad_weight sums over the batch and is not batch invariant.  Not covered: a workspace limit
+below what a pass needs for the whole batch (the batch backward's grad_y side by side, the
+depthwise grad_x's zero stand-in for x) sends that batch, not a smaller one, to im2col.
 """
 from __future__ import annotations
 
@@ -77,12 +109,16 @@ class ConvCaps:
     """What the machine and the build offer the plan.
 
     own_sgemm: float32 GEMMs run on convkit's AVX-512 kernel (csrc/sgemm.h), not BLAS.
+    fixed_sgemm: the float32 GEMMs of forwards and grad_x sum each output in a fixed order
+    whatever the GEMM's shape (own_sgemm, or csrc/fgemm.h on AVX2 + FMA): they may hold several
+    images (batch invariance) and the BLAS plans' splits, which follow the batch, stay.
     depthwise3x3_level: the widest vector level of the 3x3 depthwise kernels (csrc/dw3x3.h):
     0 none, 1 16-byte vectors, 2 AVX2, 3 AVX-512.
     rowgemm: csrc/rowgemm.h's float32 GEMM (B rows read in place) runs: AVX2 and FMA."""
     own_sgemm: bool
     depthwise3x3_level: int
     rowgemm: bool = False   # csrc/rowgemm.h runs (AVX2 + FMA)
+    fixed_sgemm: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,6 +225,20 @@ def row_blocks(own_gemm):
     return 0 if own_gemm else T.BATCH_BLOCKS
 
 
+def dense_params(own_gemm, fixed=False):
+    """The dense Step's parameters: ``row_blocks`` for grad_weight's GEMM (its rows are input
+    pixels), ``image_rows`` for the forward's and grad_x's (their rows are images): one image
+    per GEMM on BLAS (batch invariance), the row blocks on a fixed-order GEMM."""
+    return {"row_blocks": row_blocks(own_gemm), "image_rows": 0 if own_gemm or fixed else 1}
+
+
+def image_rows(Ho, Wo):
+    """Output rows per GEMM of a BLAS forward that cuts each image by rows (im2col): about
+    tuning.BLAS_TASKS blocks per image, but at least tuning.BLAS_MIN_POSITIONS positions per
+    block -- set by the image alone (batch invariance)."""
+    return max(1, min(Ho, max(ceil_div(Ho, T.BLAS_TASKS), ceil_div(T.BLAS_MIN_POSITIONS, Wo))))
+
+
 def batch_padded(Ho, Wo, KH, KW, stride, dilation):
     """(Hp, Wp): the padded plane the batch im2col gathers from (the rows and columns the taps
     read)."""
@@ -231,16 +281,18 @@ def weight_parts(tasks, N, Ho, Wo):
 
 
 def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise, weight_bytes,
-                        own_gemm, limit):
+                        own_gemm, limit, fixed=False):
     """(threads, output rows per task -- pointwise: output positions --, workspace elements per
-    thread)."""
+    thread).  fixed (BLAS's splits on a fixed-order float32 GEMM): the splits may follow the
+    batch, as BLAS's did before the batch-invariance rule (fewer, wider GEMMs)."""
     if pointwise:
         # x is its own column matrix: a task is a run of an image's output positions, so one
         # image still makes even tasks; on the own GEMM whole panels (a partial one costs a
-        # whole one), on BLAS a split set by the batch alone
+        # whole one), on BLAS a split set by the image alone (batch invariance)
         HoWo = Ho * Wo
         if not own_gemm:    # (a power of two splits per image: even tasks on 2^k threads)
-            most = min(ceil_div(T.BLAS_FORWARD_TASKS, N),
+            most = min(ceil_div(T.BLAS_FORWARD_TASKS, N) if fixed else
+                       min(T.BLAS_FORWARD_TASKS, HoWo // T.BLAS_MIN_POSITIONS),
                        HoWo * T.BLAS_POSITION_BYTES // max(1, weight_bytes))
             return n_threads, ceil_div(HoWo, 1 << (max(1, most).bit_length() - 1)), 0
         if n_threads == 1:
@@ -252,9 +304,10 @@ def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
     extra = (W + sw) * itemsize
     n_threads, budget = team("conv2d_forward", n_threads, per_row,
                              "one output row of one image", weight_bytes, limit, extra)
-    if not own_gemm:    # (BLAS: tasks set by the batch, not the threads; see plan_winograd)
-        rows = min(Ho, piece_bytes(per_row, weight_bytes, limit, extra) // per_row,
-                   ceil_div(Ho, ceil_div(T.BLAS_TASKS, N)))
+    if not own_gemm:    # (BLAS: blocks set by the image, not the batch or the threads)
+        rows = min(piece_bytes(per_row, weight_bytes, limit, extra) // per_row,
+                   min(Ho, ceil_div(Ho, ceil_div(T.BLAS_TASKS, N))) if fixed
+                   else image_rows(Ho, Wo))
         n_threads = fit_team(n_threads, rows * per_row, extra, limit)
     else:
         rows = min(Ho, budget // per_row)
@@ -263,8 +316,20 @@ def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
     return n_threads, rows, rows * per_row // itemsize + W + sw
 
 
+def grad_x_chans(Cg, G, KK, N=0):
+    """Channels per grad_x GEMM on BLAS (im2col, pointwise): the group's channels in
+    tuning.BLAS_GRAD_X_TASKS blocks over the groups, each at least
+    tuning.BLAS_GRAD_X_MIN_ROWS GEMM rows (channels x taps; each block repacks grad_y) -- set by
+    the image's shape alone (batch invariance).  N > 0 (a fixed-order GEMM, where a block's bits
+    do not follow its shape): that many tasks over the whole batch of N images."""
+    if N > 0:
+        return ceil_div(Cg, ceil_div(T.BLAS_GRAD_X_TASKS, N * G))
+    return max(ceil_div(Cg, ceil_div(T.BLAS_GRAD_X_TASKS, G)),
+               min(Cg, ceil_div(T.BLAS_GRAD_X_MIN_ROWS, KK)))
+
+
 def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
-                         needs_gx, weight_bytes, own_gemm, limit):
+                         needs_gx, weight_bytes, own_gemm, limit, fixed=False):
     """(threads, units_w, rows_w, chans_x, rows_x, nsplit, workspace elements per thread).
 
     Every split that orders a sum is set by the layer and the limit alone: grad_weight's rows
@@ -277,8 +342,8 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
         # (no parts of the batch: pw_14's few products per weight made each part cost ~3%)
         units_w = ceil_div(Ug, ceil_div(n_threads, G) if own_gemm else
                            ceil_div(Ug, T.BLAS_POINTWISE_COLS))     # (see below)
-        chans_x = ceil_div(Cg, ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G)
-                           if own_gemm else ceil_div(T.BLAS_GRAD_X_TASKS, N * G))  # (see below)
+        chans_x = (ceil_div(Cg, ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G))
+                   if own_gemm else grad_x_chans(Cg, G, 1, N if fixed else 0))  # (see below)
         return n_threads, units_w, Ho, chans_x, Ho, 1, 0
     unit_w = KW * Wo * itemsize                    # one (channel, kh) tap row, one output row
     unit_x = KH * KW * Wo * itemsize               # one channel's taps, one output row
@@ -316,10 +381,11 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
         # (which follow the thread count): the row blocks fix the order of grad_x's sums
         rows_x = max(1, min(Ho, piece // (Cg * unit_x)))
         # channels per task: on BLAS from the layer alone (OpenBLAS's kernels follow the GEMM's
-        # row count, so a split that followed the thread count changed grad_x's bits)
-        split = (ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G) if own_gemm
-                 else ceil_div(T.BLAS_GRAD_X_TASKS, N * G))
-        chans_x = max(1, min(ceil_div(Cg, split), piece // (rows_x * unit_x)))
+        # row count, so a split that followed the thread count or the batch changed grad_x's
+        # bits)
+        chans_x = (ceil_div(Cg, ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G))
+                   if own_gemm else grad_x_chans(Cg, G, KH * KW, N if fixed else 0))
+        chans_x = max(1, min(chans_x, piece // (rows_x * unit_x)))
         if own_gemm:
             chans_x = max(1, min(chans_x, budget // (rows_x * unit_x)))
     else:
@@ -352,11 +418,11 @@ def winograd_scratch(tile, trows, tw):
 
 
 def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, limit,
-                  tile=2):
+                  tile=2, fixed=False):
     """(threads, tile rows per task, workspace elements per thread), or None when not even one
     tile row per thread fits the workspace limit.  tile: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3))."""
     if tile == 4:
-        return _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit)
+        return _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, fixed)
     tw = (Wo + 1) // 2
     th = (Ho + 1) // 2
     per_row = 16 * (C + F) * tw * itemsize      # V and M of one row of 2x2 tiles
@@ -366,10 +432,15 @@ def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, 
     except MemoryError:
         return None
     trows = min(N * th, budget // per_row)     # rows of tiles of the whole batch per task
-    if not own_gemm:
-        # BLAS may sum differently for a different number of columns (tiles): tasks set by the
-        # batch alone keep the bits the same for any thread count
+    if not own_gemm and fixed:
+        # a fixed-order GEMM: blocks may span images; tasks set by the batch alone
         trows = max(1, min(trows, ceil_div(N * th, T.BLAS_TASKS)))
+    elif not own_gemm:
+        # BLAS may sum differently for a different number of columns (tiles) and a tile's
+        # place among them: tasks within one image (the kernel's per_image), their tile rows
+        # set by the image alone, keep the bits the same for any thread count and batch
+        trows = max(1, min(trows, th, max(ceil_div(th, T.BLAS_TASKS),
+                                          ceil_div(T.WINOGRAD4_TASK_TILES, tw))))
     elif n_threads > 1:
         tasks = max(ceil_div(N * th, trows), T.WINOGRAD_TASKS_PER_THREAD * n_threads)
         if tasks < T.WINOGRAD_EVEN_TASKS * n_threads:
@@ -378,15 +449,18 @@ def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, 
     return n_threads, trows, trows * per_row // itemsize + 8 * (2 * tw + 2)
 
 
-def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit):
+def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, fixed=False):
     """plan_winograd for F(4x4) on BLAS: about tuning.WINOGRAD4_TASK_TILES tiles per task (the
-    36 GEMMs' column count), the batch's tile rows cut into equal tasks -- set by the layer
-    alone (BLAS may sum differently for another column count), lowered only by the limit.
+    36 GEMMs' column count), each image's tile rows cut into equal tasks (the kernel's
+    per_image) -- set by the image alone (BLAS may sum differently for another column count or
+    a tile's other place among them), lowered only by the limit.  fixed (a fixed-order GEMM):
+    the batch's tile rows cut into equal tasks, blocks spanning images (the kernel's per_image
+    off).
     The transformed filters U (36 * C * F elements, 4x the weight) count against the limit."""
     limit -= 36 * C * F * itemsize
     tw, th = ceil_div(Wo, 4), ceil_div(Ho, 4)
     per_row = 36 * (C + F) * tw * itemsize      # V and M of one row of 4x4 tiles
-    rows = N * th
+    rows = N * th if fixed else th
     want = min(rows, ceil_div(T.WINOGRAD4_TASK_TILES, tw))
     want = ceil_div(rows, ceil_div(rows, want))     # equal tasks
     extra = winograd_scratch(4, want, tw) * itemsize
@@ -400,19 +474,29 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit):
     return n_threads, trows, trows * per_row // itemsize + winograd_scratch(4, trows, tw)
 
 
-def plan_batch_forward(N, C, F, KK, HpWp, HoWo, itemsize, n_threads, limit):
+def batch_images(N, own_gemm, fixed=False):
+    """Images side by side in one GEMM of the batch paths (before the cache and workspace caps):
+    a block of tuning.BATCH_BLOCKS per batch on the own GEMM (a column's sum does not depend on
+    its GEMM's width there); one on BLAS, whose bits follow the GEMM's width and a column's
+    place in it, so an image in a block of others would get other bits than alone."""
+    return ceil_div(N, T.BATCH_BLOCKS) if own_gemm or fixed else 1
+
+
+def plan_batch_forward(N, C, F, KK, HpWp, HoWo, itemsize, n_threads, limit, own_gemm=False,
+                       fixed=False):
     """(threads, images per task, workspace elements per thread), or None when one image does
     not fit the workspace limit."""
     per_img = ((C * KK + F) * HoWo + C * HpWp) * itemsize
     if per_img > limit:
         return None
-    imgs = panel_images(min(ceil_div(N, T.BATCH_BLOCKS), limit // per_img,
+    imgs = panel_images(min(batch_images(N, own_gemm, fixed), limit // per_img,
                             max(1, T.BATCH_CACHE // (C * KK * HoWo * itemsize))), HoWo)
     n_threads = max(1, min(n_threads, limit // (imgs * per_img), ceil_div(N, imgs)))
     return n_threads, imgs, imgs * per_img // itemsize
 
 
-def plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_gx, limit):
+def plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_gx, limit,
+                        own_gemm=False, fixed=False):
     """(threads, chans_w, kimgs, imgs, nsplit, workspace elements per thread), or None when it
     does not fit (gy side by side, the partial grad_weights, plus one channel's columns and
     padded plane of one image).
@@ -420,7 +504,7 @@ def plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_
     grad_weight's column blocks (chans_w channels * KK taps) are whole GEMM panels where the
     channels allow; when that leaves fewer than tuning.BATCH_W_BLOCKS blocks, the batch is split
     into nsplit fixed parts summed separately and added after.  Neither depends on the thread
-    count."""
+    count.  grad_x's blocks of images: batch_images."""
     q = T.GEMM_PANEL // math.gcd(T.GEMM_PANEL, KK)      # channels per whole panel
     chans_w = min(Cg, ceil_div(ceil_div(Cg, T.BATCH_W_BLOCKS), q) * q)
     nsplit = max(1, min(N, T.BATCH_W_BLOCKS // (G * ceil_div(Cg, chans_w))))
@@ -434,7 +518,7 @@ def plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_
         return None
     chans_w = min(chans_w, room // unit_w)
     kimgs = min(N, room // (chans_w * unit_w), max(1, T.BATCH_CACHE // (chans_w * unit_w)))
-    imgs = panel_images(max(1, min(ceil_div(N, T.BATCH_BLOCKS), room // unit_x,  # (1 if unused)
+    imgs = panel_images(max(1, min(batch_images(N, own_gemm, fixed), room // unit_x,  # (1 if unused)
                                    max(1, T.BATCH_CACHE // (Cg * KK * HoWo * itemsize)))), HoWo)
     ws = max(chans_w * kimgs * unit_w, imgs * unit_x if needs_gx else 0)
     n_threads = max(1, min(n_threads, room // ws))
@@ -613,6 +697,7 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     dtype = np.dtype(dtype)
     itemsize, f32 = dtype.itemsize, dtype == np.float32
     own = f32 and caps.own_sgemm
+    fixed = f32 and caps.fixed_sgemm and not own      # (BLAS's splits on fgemm.h)
     N, C, H, W, F, Cg, KH, KW = s[:8]
     Ho, Wo = s.out
     wbytes = F * Cg * KH * KW * itemsize
@@ -620,7 +705,7 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     pointwise = is_pointwise(KH, KW, s.stride, s.padding)
     if exact:
         return _plan_im2col_forward(s, N, C, KH, KW, Ho, Wo, W, itemsize, n, pointwise, wbytes,
-                                    own, limit)
+                                    own, limit, fixed)
     if is_depthwise(C, Cg, s.groups):
         level, same = depthwise3x3_plan(F, C, KH, KW, s.stride, s.padding, s.dilation, itemsize,
                                         W, Wo, caps.depthwise3x3_level)
@@ -634,22 +719,24 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             return Step("depthwise", m)
         # (a padded plane over the limit, e.g. padding 4096: im2col's pieces fit it)
         return _plan_im2col_forward(s, N, C, KH, KW, Ho, Wo, W, itemsize, n, pointwise, wbytes,
-                                    own, limit)
+                                    own, limit, fixed)
     if dense_ok(C, H, W, F, KH, KW, Ho, Wo, s.groups, limit):
-        return Step("dense", n, {"row_blocks": row_blocks(own)})
+        return Step("dense", n, dense_params(own, fixed))
     if winograd is None:
         winograd = prefer_winograd(F, Cg, KH, KW, s.stride, s.dilation, s.groups, Ho, Wo)
     if winograd:
         tile = winograd_tile(C, F, Ho, Wo, own)
-        p = plan_winograd(N, C, F, Ho, Wo, itemsize, n, wbytes, own, limit, tile)
+        p = plan_winograd(N, C, F, Ho, Wo, itemsize, n, wbytes, own, limit, tile, fixed)
         if p is None and tile == 4:     # (F(4x4)'s filters alone over the limit)
             tile = 2
-            p = plan_winograd(N, C, F, Ho, Wo, itemsize, n, wbytes, own, limit, tile)
+            p = plan_winograd(N, C, F, Ho, Wo, itemsize, n, wbytes, own, limit, tile, fixed)
         if p is not None:
-            return Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile})
+            return Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile,
+                                           "per_image": not (own or fixed)})
     if batch_ok(Ho, Wo, pointwise):
         Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
-        p = plan_batch_forward(N, C, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, limit)
+        p = plan_batch_forward(N, C, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, limit, own,
+                                   fixed)
         if p is not None:
             return Step("batch", p[0], {"imgs": p[1], "per_thread": p[2]})
     p = plan_phases(s, Ho, Wo, f32, caps.own_sgemm, pointwise, n, limit)
@@ -662,13 +749,14 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     if p is not None:
         return Step("wide", min(n, N), {"per_thread": p})
     return _plan_im2col_forward(s, N, C, KH, KW, Ho, Wo, W, itemsize, n, pointwise, wbytes, own,
-                                limit)
+                                limit, fixed)
 
 
-def _plan_im2col_forward(s, N, C, KH, KW, Ho, Wo, W, itemsize, n, pointwise, wbytes, own, limit):
+def _plan_im2col_forward(s, N, C, KH, KW, Ho, Wo, W, itemsize, n, pointwise, wbytes, own, limit,
+                         fixed):
     algo = "pointwise" if pointwise else "im2col"
     p, err = _or_error(plan_im2col_forward, N, C, KH * KW, Ho, Wo, W, s.stride[1],
-                         itemsize, n, pointwise, wbytes, own, limit)
+                         itemsize, n, pointwise, wbytes, own, limit, fixed)
     if p is None:
         return Step(algo, n, error=err)
     return Step(algo, p[0], {"rows": p[1], "per_thread": p[2]})
@@ -681,6 +769,7 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     dtype = np.dtype(dtype)
     itemsize, f32 = dtype.itemsize, dtype == np.float32
     own = f32 and caps.own_sgemm
+    fixed = f32 and caps.fixed_sgemm and not own      # (BLAS's splits on fgemm.h)
     N, C, H, W, F, Cg, KH, KW = s[:8]
     G = s.groups
     Ho, Wo = s.out
@@ -690,7 +779,8 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     pointwise = is_pointwise(KH, KW, s.stride, s.padding)
     if exact:
         return _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointwise,
-                                     needs_input_grad, wbytes, own, limit, None, None, bias_n)
+                                     needs_input_grad, wbytes, own, limit, None, None, bias_n,
+                                     fixed)
     if is_depthwise(C, Cg, G):
         level, same = depthwise3x3_plan(F, C, KH, KW, s.stride, s.padding, s.dilation, itemsize,
                                         W, Wo, caps.depthwise3x3_level)
@@ -708,9 +798,10 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             step = Step("depthwise", m)
             return (step if needs_input_grad else None), step, "sum", bias_n
         return _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointwise,
-                                     needs_input_grad, wbytes, own, limit, None, None, bias_n)
+                                     needs_input_grad, wbytes, own, limit, None, None, bias_n,
+                                     fixed)
     if dense_ok(C, H, W, F, KH, KW, Ho, Wo, G, limit):
-        step = Step("dense", n, {"row_blocks": row_blocks(own)})
+        step = Step("dense", n, dense_params(own, fixed))
         return (step if needs_input_grad else None), step, "sum", bias_n
     dot = plan_weight_dot(s, Ho, Wo, f32, caps.own_sgemm, pointwise, n, limit)
     gx = None
@@ -720,15 +811,17 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         if winograd:
             # the conv of grad_y (F channels) with the flipped, transposed filters (C out)
             tile = winograd_tile(F, Cg, H, W, own)
-            p = plan_winograd(N, F, Cg, H, W, itemsize, n, wbytes, own, limit, tile)
+            p = plan_winograd(N, F, Cg, H, W, itemsize, n, wbytes, own, limit, tile, fixed)
             if p is None and tile == 4:
                 tile = 2
-                p = plan_winograd(N, F, Cg, H, W, itemsize, n, wbytes, own, limit, tile)
+                p = plan_winograd(N, F, Cg, H, W, itemsize, n, wbytes, own, limit, tile, fixed)
             if p is not None:
-                gx = Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile})
+                gx = Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile,
+                                             "per_image": not (own or fixed)})
         if gx is None and s.stride == (1, 1) and batch_ok(H, W, pointwise):
             Hp, Wp = batch_padded(H, W, KH, KW, (1, 1), s.dilation)
-            p = plan_batch_forward(N, F, C, KH * KW, Hp * Wp, H * W, itemsize, n, limit)
+            p = plan_batch_forward(N, F, C, KH * KW, Hp * Wp, H * W, itemsize, n, limit, own,
+                                   fixed)
             if p is not None:
                 gx = Step("batch", p[0], {"imgs": p[1], "per_thread": p[2], "flipped": True})
         if gx is None and not batch_ok(Ho, Wo, pointwise):
@@ -752,22 +845,23 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     if batch_ok(Ho, Wo, pointwise):      # (never together with weight_dot)
         Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
         p = plan_batch_backward(N, Cg, G, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, gx_left,
-                                limit)
+                                limit, own, fixed)
         if p is not None:
             step = Step("batch", p[0], {"chans_w": p[1], "kimgs": p[2], "imgs": p[3],
                                         "nsplit": p[4], "per_thread": p[5]})
             return (step if gx_left else gx), step, "sum", bias_n
     return _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointwise,
-                                 gx_left, wbytes, own, limit, gx, gw, bias_n)
+                                 gx_left, wbytes, own, limit, gx, gw, bias_n, fixed)
 
 
 def _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointwise, gx_left,
-                          wbytes, own, limit, gx, gw, bias_n):
+                          wbytes, own, limit, gx, gw, bias_n, fixed):
     """The im2col backward Step for what is left: grad_x (when gx_left) and grad_weight
     (unless gw, a weight_dot or weight_rowgemm Step, makes it)."""
     algo = "pointwise" if pointwise else "im2col"
     p, err = _or_error(plan_im2col_backward, N, C, Cg, G, KH, KW, Ho, Wo, W,
-                         s.stride[1], itemsize, n, pointwise, gx_left, wbytes, own, limit)
+                         s.stride[1], itemsize, n, pointwise, gx_left, wbytes, own, limit,
+                         fixed)
     if p is None:
         step = Step(algo, n, error=err)
     else:

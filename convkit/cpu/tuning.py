@@ -5,10 +5,11 @@ code (they are in bench/RESULTS.md's section "Conv plan tuning: measurements beh
 convkit/cpu/tuning.py", moved there from the comments).  All were tuned on the 2-core AVX-512
 Xeon of the 2026-11-28 sessions.
 
-Several constants fix how work is cut into tasks *independently of the thread count*: BLAS
-picks its kernels by matrix size, so a split that followed the team would change the bits of
+Several constants fix how work is cut into tasks *independently of the thread count* and, on
+BLAS, *of the batch size*: BLAS picks its kernels by matrix size (and an output's bits follow
+its place in the GEMM), so a split that followed the team or the batch would change the bits of
 the result; changing one of those changes results (not just speed) and needs the bit-identity
-tests.
+tests (tests/test_cpu_many_threads.py, tests/test_cpu_batch_invariance.py).
 """
 
 # ----------------------------------------------------------------------------- threads
@@ -30,20 +31,31 @@ KEEP_BYTES = 64 * 2**20
 # im2col / pointwise forward on the own GEMM: at least this many tasks per thread (balance).
 # Not measured in RESULTS.md.
 FORWARD_TASKS_PER_THREAD = 2
-# im2col forward and Winograd on BLAS: the batch cut into this many tasks, whatever the thread
-# count (BLAS bits follow the block size).  Kept for the im2col forward on many cores: each task
-# repacks the weight, and 32 tasks (4-row blocks of 14) cost a strided 3x3 layer ~10% more on
-# one core (RESULTS.md "Many cores ... (issue 16)").
+# im2col forward and Winograd F(2x2) on BLAS: each image cut into at most this many tasks,
+# whatever the thread count and the batch (BLAS bits follow the block size).  Kept for the
+# im2col forward on many cores: each task repacks the weight, and 32 tasks (4-row blocks of 14)
+# cost a strided 3x3 layer ~10% more on one core (RESULTS.md "Many cores ... (issue 16)").
 BLAS_TASKS = 8
-# pointwise forward and im2col grad_weight on BLAS (position blocks; column blocks times parts
-# of the batch): about this many tasks, set by the layer alone -- two per thread on 16 cores,
+# ... but an im2col or pointwise forward task keeps at least this many output positions of its
+# image, so a batch of small images does not become many narrow GEMMs (each repacks the
+# weight); 32 keeps rpn_cls1x1's 60-position tasks (119 measured slower, loaded machine).
+# Not measured in RESULTS.md.
+BLAS_MIN_POSITIONS = 32
+# pointwise forward and im2col grad_weight on BLAS (position blocks of each image; column
+# blocks times parts of the batch): at most / about this many tasks, set by the image / the
+# layer alone -- two per thread on 16 cores,
 # where 8 left 16 threads half idle.  RESULTS.md "Many cores: how each ... splits (issue 16)".
 BLAS_FORWARD_TASKS = 32
 BLAS_W_TASKS = 32
-# im2col grad_x on BLAS: channel blocks per (image, group) set by the layer alone, this many
-# tasks in all.  Not raised for many cores: each block repacks grad_y, and 32 tasks cost pw_14
+# im2col grad_x on BLAS: channel blocks of each image, over its groups, set by the image's shape
+# alone.  Not raised for many cores: each block repacks grad_y, and 32 tasks cost pw_14
 # ~28% and rpn_cls1x1 ~60% more on one core (RESULTS.md "Many cores ... (issue 16)").
 BLAS_GRAD_X_TASKS = 4
+# ... per image (batch invariance), each block at least this many GEMM rows (channels x taps)
+# where the group has them: a batch of images with few channels per block would repack grad_y
+# once per narrow block (pw_14's 256 channels stay one block, as they were at batch 8).
+# Not measured in RESULTS.md.
+BLAS_GRAD_X_MIN_ROWS = 256
 # ... grad_weight's task count rounded up to a multiple of this where the batch allows (equal
 # tasks on 2, 4, 8 and 16 threads) ...
 BLAS_W_ALIGN = 16
@@ -95,7 +107,8 @@ WINOGRAD4_MAX_MUL_RATIO = (3, 4)
 # elementwise float32 tolerance (rtol = atol = 2e-5; 4.6e-5 absolute on outputs of ~0.6).  64
 # is the smallest suite layer (vgg_56).  RESULTS.md "Winograd F(4x4, 3x3)" has the errors.
 WINOGRAD4_MIN_CHANNELS = 64
-# F(4x4): about this many tiles (GEMM columns) per task.  Same EPYC, one thread: res_14 15.7 ms
+# F(4x4): about this many tiles (GEMM columns) per task; F(2x2) on BLAS: at least this many
+# (where the image has them).  Same EPYC, one thread: res_14 15.7 ms
 # at 64 tiles vs 19.6 at 32 and 18.8 at 128; vgg_56 flat from 56 to 196, rpn_3x3 54 ms at 130
 # vs 58 at 65 and 72 at 26.  RESULTS.md "Winograd F(4x4, 3x3)".
 WINOGRAD4_TASK_TILES = 64

@@ -25,7 +25,7 @@ def _small_matmul(a, b):
     computes, and on a busy machine a lot more ((64, 120) @ (120, 84) float32 took 16 ms on
     OpenBLAS's 2 threads against 18 us on one, bench/RESULTS_classify.md).  Above _SMALL_MACS
     BLAS threads pay for themselves.  Device GEMMs (CuPy) are not affected by the pin."""
-    if a.shape[0] * a.shape[1] * b.shape[1] > _SMALL_MACS:
+    if a.size * b.shape[-1] > _SMALL_MACS:
         with blas_single_thread.released():     # inside a Sequential's pin
             return a @ b
     with blas_single_thread:
@@ -33,6 +33,16 @@ def _small_matmul(a, b):
 
 
 _SMALL_MACS = 1 << 22
+
+
+def _rows_matmul(a, b):
+    """a @ b (a 2-D) row by row, as a stack of one-row products: row i's bits do not depend on
+    a's other rows.  BLAS rounds a GEMM's output differently for another row count and another
+    place among the rows, so a Linear layer over a batch slice gave other bits than over the
+    whole batch (convkit.dask's batch chunks must equal the in-memory call bitwise: DESIGN.md
+    "Scale-out").  Inference only (eval mode, what ``predict`` runs): the stack of one-row
+    products costs about 2.5x the GEMM, which training steps do not pay."""
+    return _small_matmul(a[:, None, :], b)[:, 0, :]
 
 
 def _init(init):
@@ -396,7 +406,7 @@ class Linear(Module):
         w = self.params["weight"]
         if x.dtype != w.dtype:
             raise TypeError(f"Linear: x is {x.dtype} but the layer is {w.dtype}")
-        y = _small_matmul(x, w.T)
+        y = _small_matmul(x, w.T) if self.training else _rows_matmul(x, w.T)
         if self.has_bias:
             y += self.params["bias"]
         self._push(x)
