@@ -59,8 +59,8 @@ CONV = [
      {"forward": "depthwise", "grad_x": "depthwise", "grad_weight": "depthwise"}, False),
     # kernel 4 stride 2 (conv_transpose2d's grad_x): rowphases on BLAS machines with AVX2
     ("rowphases", (4, 8, 40, 40), (12, 8, 4, 4), 2, 1, 1,
-     {"forward": "phases" if OWN else "rowphases" if ok and cc._ROWGEMM else "im2col",
-      "grad_weight": _gw("im2col", "weight_rowgemm" if ok and cc._ROWGEMM else "im2col")},
+     {"forward": "im2col" if OWN else "rowphases" if ok and cc._ROWGEMM else "im2col",
+      "grad_weight": _gw("weight_dot", "weight_rowgemm" if ok and cc._ROWGEMM else "im2col")},
      False),
     # 64 filters: weight_rowgemm's filter blocks shrink from 64 to 16 on 16 threads
     ("weight_rowgemm_blocks", (2, 8, 24, 24), (64, 8, 4, 4), 2, 1, 1,
