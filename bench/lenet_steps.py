@@ -3,7 +3,7 @@ under callgrind: instrumentation starts after 20 warm-up steps, so imports and f
 not counted.  Compare two checkouts by Ir per step (PROGRAM TOTALS / steps):
 
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=cg.out \\
-        python bench/lenet_steps.py 200
+        python bench/lenet_steps.py 200          # (second argument: another classifier, e.g. resnet)
     PYTHONPATH=<other checkout> valgrind ... python bench/lenet_steps.py 200
     callgrind_annotate cg.out | head -25
 
@@ -28,7 +28,8 @@ idx = [rng.choice(len(d.y_train), 64) for _ in range(8)]
 xs = [np.ascontiguousarray(d.x_train[i]) for i in idx]
 ys = [d.y_train[i] for i in idx]
 with convkit.use_backend("cpu"):
-    model = build_classifier("lenet5", dtype=np.float32, seed=0)
+    model = build_classifier(sys.argv[2] if len(sys.argv) > 2 else "lenet5", dtype=np.float32,
+                             seed=0)
     opt = nn.SGD(model, lr=0.01, momentum=0.9)
 
     def steps(k):
