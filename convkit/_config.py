@@ -222,12 +222,17 @@ class BlasPin:
     @contextlib.contextmanager
     def released(self):
         """BLAS's own thread counts back for one GEMM big enough to use them, inside a pin
-        that only this thread holds.  The lock is held throughout, so no other thread enters
-        the pin (and runs a conv's GEMMs on BLAS threads, changing its bits) meanwhile; the
-        body must not enter the pin itself."""
-        with self._lock:
-            own = self._depth > 0 and self._depth == getattr(self._mine, "depth", 0)
-            calls = _blas_thread_calls() if own else ()
+        that only this thread holds.  Then the lock is held throughout, so no other thread
+        enters the pin (and runs a conv's GEMMs on BLAS threads, changing its bits) meanwhile;
+        the body must not enter the pin itself.  Otherwise nothing changes and nothing waits."""
+        self._lock.acquire()
+        own = self._depth > 0 and self._depth == getattr(self._mine, "depth", 0)
+        if not own:
+            self._lock.release()
+            yield
+            return
+        try:
+            calls = _blas_thread_calls()
             for (_, set_), n in zip(calls, self._saved):
                 if n != 1:
                     set_(n)
@@ -237,6 +242,8 @@ class BlasPin:
                 for (_, set_), n in zip(calls, self._saved):
                     if n != 1:
                         set_(1)
+        finally:
+            self._lock.release()
 
 
 blas_single_thread = BlasPin()
