@@ -7,27 +7,18 @@
 // [batch_index, x1, y1, x2, y2] unchecked (CudaBackend.validates_rois): the per-RoI geometry
 // kernels (ps_align_geom, ps_pool_edges) run first, mark a row whose batch index is not an
 // integer in [0, N) (bit BAD_BATCH of *bad; the launcher raises) or whose coordinates are not
-// finite with image -1, and the op kernels give such a RoI zeros and no gradient.
-
-#define GRID_STRIDE_LOOP(i, n) \
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
-         i += (long long)blockDim.x * gridDim.x)
-
-#define BAD_BATCH 2ULL   // the bit convkit_cuda/roi.py's check() reads
+// finite with image -1, and the op kernels give such a RoI zeros and no gradient.  The batch
+// and finiteness checks, the sample window, sample positions, the bilinear rule and the
+// sample loops are roi.cu's (its device helpers are included, not its kernels).
+#include "roi.cu"
 
 // The image of RoI row r if its batch index is an integer in [0, N) and its coordinates are
 // finite, else -1 (*bad_batch set for a bad index; NaN included).
 __device__ __forceinline__ long long ps_image(const scalar_t* r, long long N, bool* bad_batch)
 {
-    const double b = (double)r[0];
-    *bad_batch = !(b >= 0.0 && b < (double)N && b == floor(b));
-    if (*bad_batch) return -1;
-    const double lim = sizeof(scalar_t) == 4 ? 3.4028234663852886e38 : 1.7976931348623157e308;
-    for (int j = 1; j < 5; ++j) {
-        const double v = (double)r[j];
-        if (!(v >= -lim && v <= lim)) return -1;
-    }
-    return (long long)b;
+    const long long n = roi_batch(r, N);
+    *bad_batch = n < 0;
+    return n >= 0 && roi_finite(r) ? n : -1;
 }
 
 // ------------------------------------------------------------------------------ ps_roi_align
@@ -63,101 +54,20 @@ extern "C" __global__ void ps_align_geom(
     }
 }
 
-// Sample i of n in a bin lies at base + ((i + 0.5) * bin) / n.  Sets [*i0, *i1) to a superset
-// of the samples whose coordinate can fall in [lo, hi] (a margin covers the rounding of the
-// positions), so a huge RoI costs time in proportion to its part over the map.  When the step
-// is 0 all n samples coincide: one is visited and *rep = n.  A non-finite base or bin (an
-// overflowed geometry) gives no samples.
-__device__ __forceinline__ void ps_window(scalar_t base, scalar_t bin, long long n, double lo,
-                                          double hi, long long* i0, long long* i1, long long* rep)
-{
-    const double b = (double)base, s = (double)bin / (double)n;
-    *rep = 1;
-    *i0 = 0;
-    *i1 = 0;
-    if (n <= 0 || !(b - b == 0.0) || !(s - s == 0.0)) return;
-    if (s == 0.0) {
-        *i1 = 1;
-        *rep = n;
-        return;
-    }
-    double a = (lo - b) / s - 0.5, e = (hi - b) / s - 0.5;
-    if (a > e) {
-        const double t = a;
-        a = e;
-        e = t;
-    }
-    const double eps = sizeof(scalar_t) == 4 ? 1e-6 : 1e-14;
-    const double as = s < 0 ? -s : s, ab = b < 0 ? -b : b, abin = bin < 0 ? -bin : bin;
-    const double margin = 2.0 + eps * (ab + abin + (lo < 0 ? -lo : lo) + (hi < 0 ? -hi : hi)) / as;
-    double first = floor(a - margin), last = ceil(e + margin) + 1.0;
-    first = first > 0.0 ? first : 0.0;
-    last = last < (double)n ? last : (double)n;
-    *i0 = (long long)first;
-    *i1 = last > first ? (long long)last : (long long)first;
-}
-
-// Sample i of n along one axis of a bin: base + ((i + 0.5) * bin) / n (torchvision's order).
-__device__ __forceinline__ scalar_t ps_pos(scalar_t base, scalar_t bin, long long i, long long n)
-{
-    return base + ((scalar_t)i + (scalar_t)0.5) * bin / (scalar_t)n;
-}
-
-// torchvision's bilinear rule: false (weight 0) more than one pixel outside the map;
-// [-1, 0] clamps to 0; at the last row/column both neighbours are the edge.  Weights in
-// torchvision's order (hy*hx, hy*lx, ly*hx, ly*lx).  A NaN coordinate gives false.
-__device__ __forceinline__ bool ps_bilinear(long long H, long long W, scalar_t y, scalar_t x,
-                                            scalar_t* w, long long* yl, long long* yh,
-                                            long long* xl, long long* xh)
-{
-    if (!(y >= (scalar_t)-1.0 && y <= (scalar_t)H && x >= (scalar_t)-1.0 && x <= (scalar_t)W))
-        return false;
-    if (y <= 0) y = 0;
-    if (x <= 0) x = 0;
-    *yl = (long long)y;
-    *xl = (long long)x;
-    *yh = *yl + 1;
-    *xh = *xl + 1;
-    if (*yl >= H - 1) {
-        *yh = *yl = H - 1;
-        y = (scalar_t)*yl;
-    }
-    if (*xl >= W - 1) {
-        *xh = *xl = W - 1;
-        x = (scalar_t)*xl;
-    }
-    const scalar_t ly = y - (scalar_t)*yl, lx = x - (scalar_t)*xl;
-    const scalar_t hy = (scalar_t)1 - ly, hx = (scalar_t)1 - lx;
-    w[0] = hy * hx;
-    w[1] = hy * lx;
-    w[2] = ly * hx;
-    w[3] = ly * lx;
-    return true;
-}
-
 // The samples of bin (p, q) of RoI k that can touch rows [ylo, yhi] and columns [xlo, xhi]
-// (in sample indices), their bases and the repeat factor; false when the RoI has none.
-struct PsBin {
-    scalar_t ybase, xbase, bh, bw, count;
-    long long gh, gw, iy0, iy1, ix0, ix1, rep;
-};
-
+// (roi.cu's window) and the bin's sample count; false when the RoI has none.
 __device__ __forceinline__ bool ps_bin(const scalar_t* geo, const long long* igeo, long long k,
                                        long long p, long long q, double ylo, double yhi,
-                                       double xlo, double xhi, PsBin* s)
+                                       double xlo, double xhi, SampleWin* s, scalar_t* count)
 {
-    s->gh = igeo[3 * k + 1];
-    s->gw = igeo[3 * k + 2];
-    if (igeo[3 * k] < 0 || s->gh <= 0 || s->gw <= 0) return false;
-    s->bh = geo[4 * k + 1];
-    s->bw = geo[4 * k + 3];
-    s->ybase = (scalar_t)p * s->bh + geo[4 * k];
-    s->xbase = (scalar_t)q * s->bw + geo[4 * k + 2];
-    s->count = (scalar_t)(s->gh * s->gw);
-    long long ry, rx;
-    ps_window(s->ybase, s->bh, s->gh, ylo, yhi, &s->iy0, &s->iy1, &ry);
-    ps_window(s->xbase, s->bw, s->gw, xlo, xhi, &s->ix0, &s->ix1, &rx);
-    s->rep = ry * rx;
+    const long long gh = igeo[3 * k + 1], gw = igeo[3 * k + 2];
+    if (igeo[3 * k] < 0 || gh <= 0 || gw <= 0) return false;
+    const scalar_t bh = geo[4 * k + 1], bw = geo[4 * k + 3];
+    const scalar_t ybase = (scalar_t)p * bh + geo[4 * k];
+    const scalar_t xbase = (scalar_t)q * bw + geo[4 * k + 2];
+    *count = (scalar_t)(gh * gw);
+    *s = sample_win(ybase, bh, gh, xbase, bw, gw, ylo, yhi, absd(ybase) + absd(bh), xlo, xhi,
+                    absd(xbase) + absd(bw));
     return s->iy0 < s->iy1 && s->ix0 < s->ix1;
 }
 
@@ -170,24 +80,11 @@ extern "C" __global__ void ps_align_fwd(
     const long long nb = oh * ow, co = C / nb;
     GRID_STRIDE_LOOP(i, K * co * nb) {
         const long long b = i % nb, k = i / (co * nb), c = (i / nb) % co;
-        PsBin s;
+        SampleWin s;
+        scalar_t count;
         scalar_t acc = 0;
-        if (ps_bin(geo, igeo, k, b / ow, b % ow, -1.0, (double)H, -1.0, (double)W, &s)) {
-            const scalar_t* xp = x + (igeo[3 * k] * C + c * nb + b) * H * W;
-            for (long long iy = s.iy0; iy < s.iy1; ++iy) {
-                const scalar_t yy = ps_pos(s.ybase, s.bh, iy, s.gh);
-                for (long long ix = s.ix0; ix < s.ix1; ++ix) {
-                    const scalar_t xx = ps_pos(s.xbase, s.bw, ix, s.gw);
-                    scalar_t w[4];
-                    long long yl, yh, xl, xh;
-                    if (!ps_bilinear(H, W, yy, xx, w, &yl, &yh, &xl, &xh)) continue;
-                    const scalar_t v = w[0] * xp[yl * W + xl] + w[1] * xp[yl * W + xh]
-                                     + w[2] * xp[yh * W + xl] + w[3] * xp[yh * W + xh];
-                    acc += s.rep == 1 ? v : (scalar_t)s.rep * v;
-                }
-            }
-            acc = acc / s.count;
-        }
+        if (ps_bin(geo, igeo, k, b / ow, b % ow, -1.0, (double)H, -1.0, (double)W, &s, &count))
+            acc = win_sum(s, x + (igeo[3 * k] * C + c * nb + b) * H * W, H, W) / count;
         y[i] = acc;
     }
 }
@@ -202,24 +99,10 @@ extern "C" __global__ void ps_align_bwd_atomic(
     const long long nb = oh * ow, co = C / nb;
     GRID_STRIDE_LOOP(i, K * co * nb) {
         const long long b = i % nb, k = i / (co * nb), c = (i / nb) % co;
-        PsBin s;
-        if (!ps_bin(geo, igeo, k, b / ow, b % ow, -1.0, (double)H, -1.0, (double)W, &s))
-            continue;
-        scalar_t* gp = gx + (igeo[3 * k] * C + c * nb + b) * H * W;
-        const scalar_t g = gy[i], rep = (scalar_t)s.rep;
-        for (long long iy = s.iy0; iy < s.iy1; ++iy) {
-            const scalar_t yy = ps_pos(s.ybase, s.bh, iy, s.gh);
-            for (long long ix = s.ix0; ix < s.ix1; ++ix) {
-                const scalar_t xx = ps_pos(s.xbase, s.bw, ix, s.gw);
-                scalar_t w[4];
-                long long yl, yh, xl, xh;
-                if (!ps_bilinear(H, W, yy, xx, w, &yl, &yh, &xl, &xh)) continue;
-                atomicAdd(gp + yl * W + xl, rep * (g * w[0] / s.count));
-                atomicAdd(gp + yl * W + xh, rep * (g * w[1] / s.count));
-                atomicAdd(gp + yh * W + xl, rep * (g * w[2] / s.count));
-                atomicAdd(gp + yh * W + xh, rep * (g * w[3] / s.count));
-            }
-        }
+        SampleWin s;
+        scalar_t count;
+        if (ps_bin(geo, igeo, k, b / ow, b % ow, -1.0, (double)H, -1.0, (double)W, &s, &count))
+            win_scatter(s, gx + (igeo[3 * k] * C + c * nb + b) * H * W, H, W, gy[i], count);
     }
 }
 
@@ -238,25 +121,13 @@ extern "C" __global__ void ps_align_bwd_gather(
         const long long b = ci % nb, c = ci / nb;
         scalar_t acc = 0;
         for (long long k = 0; k < K; ++k) {
-            PsBin s;
+            SampleWin s;
+            scalar_t count;
             if (igeo[3 * k] != n) continue;
             if (!ps_bin(geo, igeo, k, b / ow, b % ow, (double)h - 2.0, (double)h + 1.0,
-                        (double)w - 2.0, (double)w + 1.0, &s))
+                        (double)w - 2.0, (double)w + 1.0, &s, &count))
                 continue;
-            const scalar_t g = gy[(k * co + c) * nb + b], rep = (scalar_t)s.rep;
-            for (long long iy = s.iy0; iy < s.iy1; ++iy) {
-                const scalar_t yy = ps_pos(s.ybase, s.bh, iy, s.gh);
-                for (long long ix = s.ix0; ix < s.ix1; ++ix) {
-                    const scalar_t xx = ps_pos(s.xbase, s.bw, ix, s.gw);
-                    scalar_t wt[4];
-                    long long yl, yh, xl, xh;
-                    if (!ps_bilinear(H, W, yy, xx, wt, &yl, &yh, &xl, &xh)) continue;
-                    if (yl == h && xl == w) acc += rep * (g * wt[0] / s.count);
-                    if (yl == h && xh == w) acc += rep * (g * wt[1] / s.count);
-                    if (yh == h && xl == w) acc += rep * (g * wt[2] / s.count);
-                    if (yh == h && xh == w) acc += rep * (g * wt[3] / s.count);
-                }
-            }
+            acc = win_gather(s, h, w, H, W, gy[(k * co + c) * nb + b], count, acc);
         }
         gx[i] = acc;
     }

@@ -63,53 +63,68 @@ __device__ __forceinline__ double round_d(double v) { return round(v); }
 __device__ __forceinline__ double floor_d(double v) { return floor(v); }
 __device__ __forceinline__ double ceil_d(double v) { return ceil(v); }
 
+// Output element i of a (K, C, oh, ow) RoI result: bin (ph, pw), channel c, RoI row k (r
+// points at its five numbers) and the image n it reads -- -1 for a row the op kernels skip
+// (a batch index check_rois flags, or a non-finite coordinate: zeros and no gradient).
+struct RoiBin {
+    long long pw, ph, c, k, n;
+    const scalar_t* r;
+};
+
+__device__ __forceinline__ RoiBin roi_bin(long long i, const scalar_t* rois, long long N,
+                                          long long C, long long oh, long long ow)
+{
+    RoiBin b;
+    b.pw = i % ow;
+    b.ph = (i / ow) % oh;
+    b.c = (i / (ow * oh)) % C;
+    b.k = i / (ow * oh * C);
+    b.r = rois + b.k * 5;
+    b.n = roi_batch(b.r, N);
+    if (b.n >= 0 && !roi_finite(b.r)) b.n = -1;
+    return b;
+}
+
 // ----------------------------------------------------------------------------- RoI pool
 
-// Writes every element of y and argmax.  Box corners are scaled and rounded (half away from
-// zero); the box is at least 1x1; bin ph spans [floor(ph * bin_h), ceil((ph + 1) * bin_h))
-// rows from the box start, clipped to the map.  An empty bin gives 0 and argmax -1.  Strict
-// `>` from -FLT_MAX: ties keep the first maximum, NaN is never selected (torchvision).
+// roi_pool's bin edges [*s, *e) along one axis of RoI r: corners c0, c1 (columns of r) scaled
+// and rounded (half away from zero), the box at least 1 cell, bin p of `pooled` spans
+// [floor(p * bin), ceil((p + 1) * bin)) cells from the box start, clipped to [0, size].
+__device__ __forceinline__ void pool_edges(const scalar_t* r, int c0, int c1, scalar_t scale,
+                                           long long pooled, long long size, long long p,
+                                           long long* s, long long* e)
+{
+    const long long start = clamp_to_ll(round_d(r[c0] * scale));
+    const long long end = clamp_to_ll(round_d(r[c1] * scale));
+    const long long len = end - start + 1 > 1 ? end - start + 1 : 1;
+    const scalar_t bin = (scalar_t)len / (scalar_t)pooled;
+    long long a = (long long)floor_d((scalar_t)p * bin) + start;
+    long long b = (long long)ceil_d((scalar_t)(p + 1) * bin) + start;
+    *s = a < 0 ? 0 : (a > size ? size : a);
+    *e = b < 0 ? 0 : (b > size ? size : b);
+}
+
+// Writes every element of y and argmax (bins by pool_edges).  An empty bin gives 0 and
+// argmax -1.  Strict `>` from -FLT_MAX: ties keep the first maximum, NaN is never selected
+// (torchvision).
 extern "C" __global__ void roi_pool_fwd(
     const scalar_t* x, const scalar_t* rois, long long K, long long N, long long C, long long H,
     long long W, long long oh, long long ow, scalar_t scale, scalar_t* y, long long* argmax,
     unsigned long long* bad)
 {
     check_rois(rois, K, N, bad);
-    const long long total = K * C * oh * ow;
-    GRID_STRIDE_LOOP(i, total) {
-        long long t = i;
-        const long long pw = t % ow; t /= ow;
-        const long long ph = t % oh; t /= oh;
-        const long long c = t % C;
-        const long long k = t / C;
-        const scalar_t* r = rois + k * 5;
-        const long long n = roi_batch(r, N);
-        if (n < 0 || !roi_finite(r)) {
-            y[i] = 0;
-            argmax[i] = -1;
-            continue;
-        }
-        const long long rsw = clamp_to_ll(round_d(r[1] * scale));
-        const long long rsh = clamp_to_ll(round_d(r[2] * scale));
-        const long long rew = clamp_to_ll(round_d(r[3] * scale));
-        const long long reh = clamp_to_ll(round_d(r[4] * scale));
-        const long long rw = rew - rsw + 1 > 1 ? rew - rsw + 1 : 1;
-        const long long rh = reh - rsh + 1 > 1 ? reh - rsh + 1 : 1;
-        const scalar_t bin_h = (scalar_t)rh / (scalar_t)oh;
-        const scalar_t bin_w = (scalar_t)rw / (scalar_t)ow;
-        long long hstart = (long long)floor_d((scalar_t)ph * bin_h) + rsh;
-        long long hend = (long long)ceil_d((scalar_t)(ph + 1) * bin_h) + rsh;
-        long long wstart = (long long)floor_d((scalar_t)pw * bin_w) + rsw;
-        long long wend = (long long)ceil_d((scalar_t)(pw + 1) * bin_w) + rsw;
-        hstart = hstart < 0 ? 0 : (hstart > H ? H : hstart);
-        hend = hend < 0 ? 0 : (hend > H ? H : hend);
-        wstart = wstart < 0 ? 0 : (wstart > W ? W : wstart);
-        wend = wend < 0 ? 0 : (wend > W ? W : wend);
-        const bool empty = hend <= hstart || wend <= wstart;
-        const scalar_t neg_flt_max = (scalar_t)-3.40282346638528859811704183484516925e+38;
-        scalar_t m = empty ? (scalar_t)0 : neg_flt_max;
+    GRID_STRIDE_LOOP(i, K * C * oh * ow) {
+        const RoiBin b = roi_bin(i, rois, N, C, oh, ow);
+        y[i] = 0;
+        argmax[i] = -1;
+        if (b.n < 0) continue;
+        long long hstart, hend, wstart, wend;
+        pool_edges(b.r, 2, 4, scale, oh, H, b.ph, &hstart, &hend);
+        pool_edges(b.r, 1, 3, scale, ow, W, b.pw, &wstart, &wend);
+        if (hend <= hstart || wend <= wstart) continue;
+        scalar_t m = (scalar_t)-3.40282346638528859811704183484516925e+38;   // -FLT_MAX
         long long best = -1;
-        const scalar_t* xp = x + (n * C + c) * H * W;
+        const scalar_t* xp = x + (b.n * C + b.c) * H * W;
         for (long long h = hstart; h < hend; ++h) {
             for (long long w = wstart; w < wend; ++w) {
                 const scalar_t v = xp[h * W + w];
@@ -269,6 +284,128 @@ __device__ __forceinline__ bool bilinear(long long H, long long W, scalar_t y, s
 
 __device__ __forceinline__ double absd(double v) { return v < 0 ? -v : v; }
 
+// Sample i of n along one axis of a bin: base + ((i + 0.5) * bin) / n (torchvision's order).
+__device__ __forceinline__ scalar_t sample_pos(scalar_t base, scalar_t bin, long long i,
+                                               long long n)
+{
+    return base + ((scalar_t)i + (scalar_t)0.5) * bin / (scalar_t)n;
+}
+
+// The samples of one bilinear bin that a kernel visits: the bin starts at (ybase, xbase), is
+// bh x bw, holds a gh x gw grid; [iy0, iy1) x [ix0, ix1) by sample_range, rep coinciding
+// samples folded into each.  RoI align, max align and the ps-RoI align ops all use it.
+struct SampleWin {
+    scalar_t ybase, xbase, bh, bw;
+    long long gh, gw, iy0, iy1, ix0, ix1, rep;
+};
+
+// The window of the samples that can land in [ylo, yhi] x [xlo, xhi]; ymag / xmag bound the
+// magnitude of the terms of a coordinate (sample_range's margin).
+__device__ __forceinline__ SampleWin sample_win(scalar_t ybase, scalar_t bh, long long gh,
+                                                scalar_t xbase, scalar_t bw, long long gw,
+                                                double ylo, double yhi, double ymag,
+                                                double xlo, double xhi, double xmag)
+{
+    SampleWin s;
+    s.ybase = ybase;
+    s.xbase = xbase;
+    s.bh = bh;
+    s.bw = bw;
+    s.gh = gh;
+    s.gw = gw;
+    long long ry, rx;
+    sample_range(ybase, bh, gh, ylo, yhi, ymag, &s.iy0, &s.iy1, &ry);
+    sample_range(xbase, bw, gw, xlo, xhi, xmag, &s.ix0, &s.ix1, &rx);
+    s.rep = ry * rx;
+    return s;
+}
+
+// Bin (ph, pw) of RoI geometry g: the samples that can land on the H x W map.
+__device__ __forceinline__ SampleWin align_win(const AlignGeom& g, long long ph, long long pw,
+                                               long long H, long long W)
+{
+    return sample_win(g.y0 + (scalar_t)ph * g.bin_h, g.bin_h, g.gh,
+                      g.x0 + (scalar_t)pw * g.bin_w, g.bin_w, g.gw,
+                      -1.0, (double)H, absd(g.y0) + absd((double)ph * g.bin_h) + absd(g.bin_h),
+                      -1.0, (double)W, absd(g.x0) + absd((double)pw * g.bin_w) + absd(g.bin_w));
+}
+
+// Sample (iy, ix) of window s: its four neighbours and weights, false when off the map.
+__device__ __forceinline__ bool win_sample(const SampleWin& s, long long H, long long W,
+                                           long long iy, long long ix, scalar_t* w,
+                                           long long* yl, long long* yh, long long* xl,
+                                           long long* xh)
+{
+    return bilinear(H, W, sample_pos(s.ybase, s.bh, iy, s.gh), sample_pos(s.xbase, s.bw, ix, s.gw),
+                    w, yl, yh, xl, xh);
+}
+
+// *v = the bilinear value of plane xp at sample (iy, ix) of window s; false when off the map.
+__device__ __forceinline__ bool win_value(const SampleWin& s, const scalar_t* xp, long long H,
+                                          long long W, long long iy, long long ix, scalar_t* v)
+{
+    scalar_t w[4];
+    long long yl, yh, xl, xh;
+    if (!win_sample(s, H, W, iy, ix, w, &yl, &yh, &xl, &xh)) return false;
+    *v = w[0] * xp[yl * W + xl] + w[1] * xp[yl * W + xh] + w[2] * xp[yh * W + xl]
+         + w[3] * xp[yh * W + xh];
+    return true;
+}
+
+// Sum of the bilinear values of plane xp at the window's samples (each rep times), row-major.
+__device__ __forceinline__ scalar_t win_sum(const SampleWin& s, const scalar_t* xp, long long H,
+                                            long long W)
+{
+    const scalar_t rep = (scalar_t)s.rep;
+    scalar_t acc = 0;
+    for (long long iy = s.iy0; iy < s.iy1; ++iy) {
+        for (long long ix = s.ix0; ix < s.ix1; ++ix) {
+            scalar_t v;
+            if (win_value(s, xp, H, W, iy, ix, &v)) acc += rep == (scalar_t)1 ? v : rep * v;
+        }
+    }
+    return acc;
+}
+
+// win_sum's gradient by scatter: adds rep * (g * weight / count) to the four neighbours of
+// every sample with atomicAdd (the order of additions into one element varies between runs).
+__device__ __forceinline__ void win_scatter(const SampleWin& s, scalar_t* gp, long long H,
+                                            long long W, scalar_t g, scalar_t count)
+{
+    const scalar_t rep = (scalar_t)s.rep;
+    for (long long iy = s.iy0; iy < s.iy1; ++iy) {
+        for (long long ix = s.ix0; ix < s.ix1; ++ix) {
+            scalar_t w[4];
+            long long yl, yh, xl, xh;
+            if (!win_sample(s, H, W, iy, ix, w, &yl, &yh, &xl, &xh)) continue;
+            atomicAdd(gp + yl * W + xl, rep * (g * w[0] / count));
+            atomicAdd(gp + yl * W + xh, rep * (g * w[1] / count));
+            atomicAdd(gp + yh * W + xl, rep * (g * w[2] / count));
+            atomicAdd(gp + yh * W + xh, rep * (g * w[3] / count));
+        }
+    }
+}
+
+// The terms win_scatter adds into pixel (h, w), summed onto acc in its order (the gathers).
+__device__ __forceinline__ scalar_t win_gather(const SampleWin& s, long long h, long long w,
+                                               long long H, long long W, scalar_t g,
+                                               scalar_t count, scalar_t acc)
+{
+    const scalar_t rep = (scalar_t)s.rep;
+    for (long long iy = s.iy0; iy < s.iy1; ++iy) {
+        for (long long ix = s.ix0; ix < s.ix1; ++ix) {
+            scalar_t wt[4];
+            long long yl, yh, xl, xh;
+            if (!win_sample(s, H, W, iy, ix, wt, &yl, &yh, &xl, &xh)) continue;
+            if (yl == h && xl == w) acc += rep * (g * wt[0] / count);
+            if (yl == h && xh == w) acc += rep * (g * wt[1] / count);
+            if (yh == h && xl == w) acc += rep * (g * wt[2] / count);
+            if (yh == h && xh == w) acc += rep * (g * wt[3] / count);
+        }
+    }
+    return acc;
+}
+
 // Writes every element of y: the mean of the bilinear samples of each bin.
 extern "C" __global__ void roi_align_fwd(
     const scalar_t* x, const scalar_t* rois, long long K, long long N, long long C, long long H,
@@ -276,45 +413,13 @@ extern "C" __global__ void roi_align_fwd(
     long long aligned, scalar_t* y, unsigned long long* bad)
 {
     check_rois(rois, K, N, bad);
-    const long long total = K * C * oh * ow;
-    GRID_STRIDE_LOOP(i, total) {
-        long long t = i;
-        const long long pw = t % ow; t /= ow;
-        const long long ph = t % oh; t /= oh;
-        const long long c = t % C;
-        const long long k = t / C;
-        const scalar_t* r = rois + k * 5;
-        const long long n = roi_batch(r, N);
-        if (n < 0 || !roi_finite(r)) {
-            y[i] = 0;
-            continue;
-        }
-        const AlignGeom g = align_geom(r, oh, ow, scale, sampling_ratio, aligned);
-        const scalar_t* xp = x + (n * C + c) * H * W;
-        const scalar_t ybase = g.y0 + (scalar_t)ph * g.bin_h;
-        const scalar_t xbase = g.x0 + (scalar_t)pw * g.bin_w;
-        long long iy0, iy1, ry, ix0, ix1, rx;
-        sample_range(ybase, g.bin_h, g.gh, -1.0, (double)H,
-                     absd(g.y0) + absd((double)ph * g.bin_h) + absd(g.bin_h), &iy0, &iy1, &ry);
-        sample_range(xbase, g.bin_w, g.gw, -1.0, (double)W,
-                     absd(g.x0) + absd((double)pw * g.bin_w) + absd(g.bin_w), &ix0, &ix1, &rx);
-        const scalar_t rep = (scalar_t)(ry * rx);
-        scalar_t acc = 0;
-        for (long long iy = iy0; iy < iy1; ++iy) {
-            const scalar_t yy =
-                ybase + ((scalar_t)iy + (scalar_t)0.5) * g.bin_h / (scalar_t)g.gh;
-            for (long long ix = ix0; ix < ix1; ++ix) {
-                const scalar_t xx =
-                    xbase + ((scalar_t)ix + (scalar_t)0.5) * g.bin_w / (scalar_t)g.gw;
-                scalar_t w[4];
-                long long yl, yh, xl, xh;
-                if (!bilinear(H, W, yy, xx, w, &yl, &yh, &xl, &xh)) continue;
-                const scalar_t v = w[0] * xp[yl * W + xl] + w[1] * xp[yl * W + xh]
-                                 + w[2] * xp[yh * W + xl] + w[3] * xp[yh * W + xh];
-                acc += rep == (scalar_t)1 ? v : rep * v;
-            }
-        }
-        y[i] = acc / g.count;
+    GRID_STRIDE_LOOP(i, K * C * oh * ow) {
+        const RoiBin b = roi_bin(i, rois, N, C, oh, ow);
+        y[i] = 0;
+        if (b.n < 0) continue;
+        const AlignGeom g = align_geom(b.r, oh, ow, scale, sampling_ratio, aligned);
+        y[i] = win_sum(align_win(g, b.ph, b.pw, H, W), x + (b.n * C + b.c) * H * W, H, W)
+               / g.count;
     }
 }
 
@@ -327,42 +432,12 @@ extern "C" __global__ void roi_align_bwd_atomic(
     long long aligned, scalar_t* gx, unsigned long long* bad)
 {
     check_rois(rois, K, N, bad);
-    const long long total = K * C * oh * ow;
-    GRID_STRIDE_LOOP(i, total) {
-        long long t = i;
-        const long long pw = t % ow; t /= ow;
-        const long long ph = t % oh; t /= oh;
-        const long long c = t % C;
-        const long long k = t / C;
-        const scalar_t* r = rois + k * 5;
-        const long long n = roi_batch(r, N);
-        if (n < 0 || !roi_finite(r)) continue;
-        const AlignGeom g = align_geom(r, oh, ow, scale, sampling_ratio, aligned);
-        scalar_t* gp = gx + (n * C + c) * H * W;
-        const scalar_t grad = gy[i];
-        const scalar_t ybase = g.y0 + (scalar_t)ph * g.bin_h;
-        const scalar_t xbase = g.x0 + (scalar_t)pw * g.bin_w;
-        long long iy0, iy1, ry, ix0, ix1, rx;
-        sample_range(ybase, g.bin_h, g.gh, -1.0, (double)H,
-                     absd(g.y0) + absd((double)ph * g.bin_h) + absd(g.bin_h), &iy0, &iy1, &ry);
-        sample_range(xbase, g.bin_w, g.gw, -1.0, (double)W,
-                     absd(g.x0) + absd((double)pw * g.bin_w) + absd(g.bin_w), &ix0, &ix1, &rx);
-        const scalar_t rep = (scalar_t)(ry * rx);
-        for (long long iy = iy0; iy < iy1; ++iy) {
-            const scalar_t yy =
-                ybase + ((scalar_t)iy + (scalar_t)0.5) * g.bin_h / (scalar_t)g.gh;
-            for (long long ix = ix0; ix < ix1; ++ix) {
-                const scalar_t xx =
-                    xbase + ((scalar_t)ix + (scalar_t)0.5) * g.bin_w / (scalar_t)g.gw;
-                scalar_t w[4];
-                long long yl, yh, xl, xh;
-                if (!bilinear(H, W, yy, xx, w, &yl, &yh, &xl, &xh)) continue;
-                atomicAdd(gp + yl * W + xl, rep * (grad * w[0] / g.count));
-                atomicAdd(gp + yl * W + xh, rep * (grad * w[1] / g.count));
-                atomicAdd(gp + yh * W + xl, rep * (grad * w[2] / g.count));
-                atomicAdd(gp + yh * W + xh, rep * (grad * w[3] / g.count));
-            }
-        }
+    GRID_STRIDE_LOOP(i, K * C * oh * ow) {
+        const RoiBin b = roi_bin(i, rois, N, C, oh, ow);
+        if (b.n < 0) continue;
+        const AlignGeom g = align_geom(b.r, oh, ow, scale, sampling_ratio, aligned);
+        win_scatter(align_win(g, b.ph, b.pw, H, W), gx + (b.n * C + b.c) * H * W, H, W, gy[i],
+                    g.count);
     }
 }
 
@@ -442,35 +517,17 @@ extern "C" __global__ void roi_align_bwd_gather(
             const scalar_t* gp = gy + (k * C + c) * oh * ow;
             for (long long ph = 0; ph < oh; ++ph) {
                 const scalar_t ybase = g.y0 + (scalar_t)ph * g.bin_h;
-                long long iy0, iy1, ry;
-                sample_range(ybase, g.bin_h, g.gh, ylo, yhi,
-                             absd(g.y0) + absd((double)ph * g.bin_h) + absd(g.bin_h),
-                             &iy0, &iy1, &ry);
+                const double ymag = absd(g.y0) + absd((double)ph * g.bin_h) + absd(g.bin_h);
+                long long iy0, iy1, ry;      // skip a row of bins before its columns
+                sample_range(ybase, g.bin_h, g.gh, ylo, yhi, ymag, &iy0, &iy1, &ry);
                 if (iy0 >= iy1) continue;
                 for (long long pw = 0; pw < ow; ++pw) {
-                    const scalar_t xbase = g.x0 + (scalar_t)pw * g.bin_w;
-                    long long ix0, ix1, rx;
-                    sample_range(xbase, g.bin_w, g.gw, xlo, xhi,
-                                 absd(g.x0) + absd((double)pw * g.bin_w) + absd(g.bin_w),
-                                 &ix0, &ix1, &rx);
-                    if (ix0 >= ix1) continue;
-                    const scalar_t grad = gp[ph * ow + pw];
-                    const scalar_t rep = (scalar_t)(ry * rx);
-                    for (long long iy = iy0; iy < iy1; ++iy) {
-                        const scalar_t yy =
-                            ybase + ((scalar_t)iy + (scalar_t)0.5) * g.bin_h / (scalar_t)g.gh;
-                        for (long long ix = ix0; ix < ix1; ++ix) {
-                            const scalar_t xx =
-                                xbase + ((scalar_t)ix + (scalar_t)0.5) * g.bin_w / (scalar_t)g.gw;
-                            scalar_t wt[4];
-                            long long yl, yh, xl, xh;
-                            if (!bilinear(H, W, yy, xx, wt, &yl, &yh, &xl, &xh)) continue;
-                            if (yl == h && xl == w) acc += rep * (grad * wt[0] / g.count);
-                            if (yl == h && xh == w) acc += rep * (grad * wt[1] / g.count);
-                            if (yh == h && xl == w) acc += rep * (grad * wt[2] / g.count);
-                            if (yh == h && xh == w) acc += rep * (grad * wt[3] / g.count);
-                        }
-                    }
+                    const SampleWin s = sample_win(
+                        ybase, g.bin_h, g.gh, g.x0 + (scalar_t)pw * g.bin_w, g.bin_w, g.gw, ylo,
+                        yhi, ymag, xlo, xhi,
+                        absd(g.x0) + absd((double)pw * g.bin_w) + absd(g.bin_w));
+                    if (s.ix0 >= s.ix1) continue;
+                    acc = win_gather(s, h, w, H, W, gp[ph * ow + pw], g.count, acc);
                 }
             }
         }

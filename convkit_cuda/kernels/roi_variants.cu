@@ -12,23 +12,6 @@
 #define MAX_GRID 1073741824.0
 #define MAX_SAMPLES 2147483648.0
 
-// roi_pool's bin edges [*s, *e) along one axis of RoI r (as roi_pool_fwd computes them):
-// corners c0, c1 (columns of r) scaled and rounded, at least 1 cell, bin p of `pooled`,
-// clipped to [0, size].
-__device__ __forceinline__ void pool_edges(const scalar_t* r, int c0, int c1, scalar_t scale,
-                                           long long pooled, long long size, long long p,
-                                           long long* s, long long* e)
-{
-    const long long start = clamp_to_ll(round_d(r[c0] * scale));
-    const long long end = clamp_to_ll(round_d(r[c1] * scale));
-    const long long len = end - start + 1 > 1 ? end - start + 1 : 1;
-    const scalar_t bin = (scalar_t)len / (scalar_t)pooled;
-    long long a = (long long)floor_d((scalar_t)p * bin) + start;
-    long long b = (long long)ceil_d((scalar_t)(p + 1) * bin) + start;
-    *s = a < 0 ? 0 : (a > size ? size : a);
-    *e = b < 0 ? 0 : (b > size ? size : b);
-}
-
 // ------------------------------------------------------------------------------ roi_avg_pool
 
 // Writes every element of y: the mean of the bin's pixels (summed row-major), 0 when empty.
@@ -38,22 +21,15 @@ extern "C" __global__ void roi_avg_pool_fwd(
     unsigned long long* bad)
 {
     check_rois(rois, K, N, bad);
-    const long long total = K * C * oh * ow;
-    GRID_STRIDE_LOOP(i, total) {
-        long long t = i;
-        const long long pw = t % ow; t /= ow;
-        const long long ph = t % oh; t /= oh;
-        const long long c = t % C;
-        const long long k = t / C;
-        const scalar_t* r = rois + k * 5;
-        const long long n = roi_batch(r, N);
+    GRID_STRIDE_LOOP(i, K * C * oh * ow) {
+        const RoiBin b = roi_bin(i, rois, N, C, oh, ow);
         y[i] = 0;
-        if (n < 0 || !roi_finite(r)) continue;
+        if (b.n < 0) continue;
         long long hs, he, ws, we;
-        pool_edges(r, 2, 4, scale, oh, H, ph, &hs, &he);
-        pool_edges(r, 1, 3, scale, ow, W, pw, &ws, &we);
+        pool_edges(b.r, 2, 4, scale, oh, H, b.ph, &hs, &he);
+        pool_edges(b.r, 1, 3, scale, ow, W, b.pw, &ws, &we);
         if (he <= hs || we <= ws) continue;
-        const scalar_t* xp = x + (n * C + c) * H * W;
+        const scalar_t* xp = x + (b.n * C + b.c) * H * W;
         scalar_t acc = 0;
         for (long long h = hs; h < he; ++h)
             for (long long w = ws; w < we; ++w) acc = acc + xp[h * W + w];
@@ -115,13 +91,12 @@ extern "C" __global__ void roi_avg_pool_bwd_gather(
 
 // ----------------------------------------------------------------------------- roi_max_align
 
-// The sample window of bin (ph, pw) of RoI r: geometry g, and [*iy0, *iy1) x [*ix0, *ix1) the
-// samples that can land on the map (roi_align_fwd's window; coinciding samples are sample 0).
-// False for a grid too large to number (BAD_GRID).
+// The geometry of RoI r and the sample window of its bin (ph, pw) (roi_align_fwd's: coinciding
+// samples are sample 0).  False for a grid too large to number (BAD_GRID).
 __device__ __forceinline__ bool max_align_window(
     const scalar_t* r, long long H, long long W, long long oh, long long ow, long long ph,
     long long pw, scalar_t scale, long long sampling_ratio, long long aligned, AlignGeom* g,
-    long long* iy0, long long* iy1, long long* ix0, long long* ix1)
+    SampleWin* s)
 {
     *g = align_geom(r, oh, ow, scale, sampling_ratio, aligned);
     if (sampling_ratio <= 0 && !((double)ceil_d(g->bin_h) <= MAX_GRID
@@ -129,65 +104,38 @@ __device__ __forceinline__ bool max_align_window(
                                  && (double)ceil_d(g->bin_h) * (double)ceil_d(g->bin_w)
                                         <= MAX_SAMPLES))
         return false;
-    long long ry, rx;
-    sample_range(g->y0 + (scalar_t)ph * g->bin_h, g->bin_h, g->gh, -1.0, (double)H,
-                 absd(g->y0) + absd((double)ph * g->bin_h) + absd(g->bin_h), iy0, iy1, &ry);
-    sample_range(g->x0 + (scalar_t)pw * g->bin_w, g->bin_w, g->gw, -1.0, (double)W,
-                 absd(g->x0) + absd((double)pw * g->bin_w) + absd(g->bin_w), ix0, ix1, &rx);
+    *s = align_win(*g, ph, pw, H, W);
     return true;
-}
-
-// Sample (iy, ix) of bin (ph, pw): its four neighbours and weights, false when off the map.
-__device__ __forceinline__ bool max_align_sample(
-    const AlignGeom& g, long long H, long long W, long long ph, long long pw, long long iy,
-    long long ix, scalar_t* w, long long* yl, long long* yh, long long* xl, long long* xh)
-{
-    const scalar_t ybase = g.y0 + (scalar_t)ph * g.bin_h;
-    const scalar_t xbase = g.x0 + (scalar_t)pw * g.bin_w;
-    const scalar_t yy = ybase + ((scalar_t)iy + (scalar_t)0.5) * g.bin_h / (scalar_t)g.gh;
-    const scalar_t xx = xbase + ((scalar_t)ix + (scalar_t)0.5) * g.bin_w / (scalar_t)g.gw;
-    return bilinear(H, W, yy, xx, w, yl, yh, xl, xh);
 }
 
 // Writes every element of y and argmax: the max over the bin's valid samples (greater or NaN
 // replaces, so ties keep the first in row-major order and NaN wins), argmax iy * gw + ix
-// (int32);
-// a bin without a valid sample gives 0 and -1.
+// (int32); a bin without a valid sample gives 0 and -1.
 extern "C" __global__ void roi_max_align_fwd(
     const scalar_t* x, const scalar_t* rois, long long K, long long N, long long C, long long H,
     long long W, long long oh, long long ow, scalar_t scale, long long sampling_ratio,
     long long aligned, scalar_t* y, int* argmax, unsigned long long* bad)
 {
     check_rois(rois, K, N, bad);
-    const long long total = K * C * oh * ow;
-    GRID_STRIDE_LOOP(i, total) {
-        long long t = i;
-        const long long pw = t % ow; t /= ow;
-        const long long ph = t % oh; t /= oh;
-        const long long c = t % C;
-        const long long k = t / C;
-        const scalar_t* r = rois + k * 5;
-        const long long n = roi_batch(r, N);
+    GRID_STRIDE_LOOP(i, K * C * oh * ow) {
+        const RoiBin b = roi_bin(i, rois, N, C, oh, ow);
         y[i] = 0;
         argmax[i] = -1;
-        if (n < 0 || !roi_finite(r)) continue;
+        if (b.n < 0) continue;
         AlignGeom g;
-        long long iy0, iy1, ix0, ix1;
-        if (!max_align_window(r, H, W, oh, ow, ph, pw, scale, sampling_ratio, aligned, &g, &iy0,
-                              &iy1, &ix0, &ix1)) {
+        SampleWin s;
+        if (!max_align_window(b.r, H, W, oh, ow, b.ph, b.pw, scale, sampling_ratio, aligned, &g,
+                              &s)) {
             atomicOr(bad, BAD_GRID);
             continue;
         }
-        const scalar_t* xp = x + (n * C + c) * H * W;
+        const scalar_t* xp = x + (b.n * C + b.c) * H * W;
         scalar_t best = 0;
         long long won = -1;
-        for (long long iy = iy0; iy < iy1; ++iy) {
-            for (long long ix = ix0; ix < ix1; ++ix) {
-                scalar_t w[4];
-                long long yl, yh, xl, xh;
-                if (!max_align_sample(g, H, W, ph, pw, iy, ix, w, &yl, &yh, &xl, &xh)) continue;
-                const scalar_t v = w[0] * xp[yl * W + xl] + w[1] * xp[yl * W + xh]
-                                 + w[2] * xp[yh * W + xl] + w[3] * xp[yh * W + xh];
+        for (long long iy = s.iy0; iy < s.iy1; ++iy) {
+            for (long long ix = s.ix0; ix < s.ix1; ++ix) {
+                scalar_t v;
+                if (!win_value(s, xp, H, W, iy, ix, &v)) continue;
                 if (won < 0 || v > best || v != v) {
                     best = v;
                     won = iy * g.gw + ix;
@@ -212,25 +160,18 @@ extern "C" __global__ void roi_max_align_keys(
     unsigned long long* bad)
 {
     check_rois(rois, K, N, bad);
-    const long long total = K * C * oh * ow;
-    GRID_STRIDE_LOOP(i, total) {
-        long long t = i;
-        const long long pw = t % ow; t /= ow;
-        const long long ph = t % oh; t /= oh;
-        const long long c = t % C;
-        const long long k = t / C;
+    GRID_STRIDE_LOOP(i, K * C * oh * ow) {
         for (int j = 0; j < 4; ++j) {
             keys[4 * i + j] = -1;
             vals[4 * i + j] = 0;
         }
         const long long a = argmax[i];            // read once
-        const scalar_t* r = rois + k * 5;
-        const long long n = roi_batch(r, N);
-        if (a == -1 || n < 0 || !roi_finite(r)) continue;
+        const RoiBin b = roi_bin(i, rois, N, C, oh, ow);
+        if (a == -1 || b.n < 0) continue;
         AlignGeom g;
-        long long iy0, iy1, ix0, ix1;
-        if (!max_align_window(r, H, W, oh, ow, ph, pw, scale, sampling_ratio, aligned, &g, &iy0,
-                              &iy1, &ix0, &ix1)) {
+        SampleWin s;
+        if (!max_align_window(b.r, H, W, oh, ow, b.ph, b.pw, scale, sampling_ratio, aligned, &g,
+                              &s)) {
             atomicOr(bad, BAD_GRID);
             continue;
         }
@@ -238,12 +179,12 @@ extern "C" __global__ void roi_max_align_keys(
         const long long ix = g.gw >= 1 && a >= 0 ? a % g.gw : -1;
         scalar_t w[4];
         long long yl, yh, xl, xh;
-        if (iy < iy0 || iy >= iy1 || ix < ix0 || ix >= ix1
-            || !max_align_sample(g, H, W, ph, pw, iy, ix, w, &yl, &yh, &xl, &xh)) {
+        if (iy < s.iy0 || iy >= s.iy1 || ix < s.ix0 || ix >= s.ix1
+            || !win_sample(s, H, W, iy, ix, w, &yl, &yh, &xl, &xh)) {
             atomicOr(bad, BAD_INDEX);
             continue;
         }
-        const long long plane = (n * C + c) * H * W;
+        const long long plane = (b.n * C + b.c) * H * W;
         const long long px[4] = {yl * W + xl, yl * W + xh, yh * W + xl, yh * W + xh};
         for (int j = 0; j < 4; ++j) {
             keys[4 * i + j] = plane + px[j];
