@@ -4,9 +4,8 @@
 // [floor(i*H/oh), ceil((i+1)*H/oh)), columns likewise; the boundary keeps oh*H and ow*W below
 // 2^62, so the products fit.  The max backward is pool.cu's index scatter (convkit_cuda/pool.py).
 
-#define GRID_STRIDE_LOOP(i, n) \
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
-         i += (long long)blockDim.x * gridDim.x)
+// GRID_STRIDE_LOOP, window_sum and window_max are pool.cu's (its helpers, not its kernels)
+#include "pool.cu"
 
 __device__ __forceinline__ long long bin_start(long long i, long long size, long long out)
 {
@@ -44,12 +43,8 @@ extern "C" __global__ void adaptive_avg_pool2d_fwd(
     const long long total = NC * oh * ow;
     GRID_STRIDE_LOOP(i, total) {
         const Bin b = output_bin(i, H, W, oh, ow);
-        const scalar_t* xp = x + b.nc * H * W;
-        scalar_t s = 0;
-        for (long long h = b.h0; h < b.h1; ++h)
-            for (long long w = b.w0; w < b.w1; ++w)
-                s += xp[h * W + w];
-        y[i] = s / (scalar_t)((b.h1 - b.h0) * (b.w1 - b.w0));
+        y[i] = window_sum(x + b.nc * H * W, W, b.h0, b.h1, b.w0, b.w1)
+               / (scalar_t)((b.h1 - b.h0) * (b.w1 - b.w0));
     }
 }
 
@@ -108,9 +103,7 @@ extern "C" __global__ void adaptive_avg_pool2d_bwd(
     }
 }
 
-// One thread per output.  torch's rule: start from -inf at the bin's first element, take an
-// element when `v > m || v != v` in row-major order -- a NaN wins (the last NaN when there
-// are several), ties keep the first maximum, a bin of -inf reports its first element.
+// One thread per output: window_max over its bin (torch's rule, NaN and ties as there).
 // Writes every element of y and idx (flat h*W + w in the input plane).
 extern "C" __global__ void adaptive_max_pool2d_fwd(
     const scalar_t* x, long long NC, long long H, long long W, long long oh, long long ow,
@@ -119,19 +112,8 @@ extern "C" __global__ void adaptive_max_pool2d_fwd(
     const long long total = NC * oh * ow;
     GRID_STRIDE_LOOP(i, total) {
         const Bin b = output_bin(i, H, W, oh, ow);
-        const scalar_t* xp = x + b.nc * H * W;
-        long long best = b.h0 * W + b.w0;
-        scalar_t m = (scalar_t)__longlong_as_double(0xfff0000000000000ULL);   // -inf
-        for (long long h = b.h0; h < b.h1; ++h) {
-            for (long long w = b.w0; w < b.w1; ++w) {
-                const scalar_t v = xp[h * W + w];
-                if (v > m || v != v) {
-                    m = v;
-                    best = h * W + w;
-                }
-            }
-        }
+        scalar_t m;
+        idx[i] = window_max(x + b.nc * H * W, W, b.h0, b.h1, 1, b.w0, b.w1, 1, &m);
         y[i] = m;
-        idx[i] = best;
     }
 }

@@ -7,6 +7,61 @@
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
          i += (long long)blockDim.x * gridDim.x)
 
+// The maximum of plane xp (rows of W) over rows h0, h0 + dh, ... < h1 and columns w0, w0 + dw,
+// ... < w1, torch's rule: from -inf at the window's first element, an element is taken when
+// `v > m || v != v` in row-major order -- a NaN wins (the last NaN), ties keep the first
+// maximum, a window of -inf reports its first element.  *m = the maximum; returns its flat
+// index h * W + w.
+__device__ __forceinline__ long long window_max(const scalar_t* xp, long long W, long long h0,
+                                                long long h1, long long dh, long long w0,
+                                                long long w1, long long dw, scalar_t* m)
+{
+    long long best = h0 * W + w0;
+    *m = (scalar_t)__longlong_as_double(0xfff0000000000000ULL);   // -inf
+    for (long long h = h0; h < h1; h += dh) {
+        for (long long w = w0; w < w1; w += dw) {
+            const scalar_t v = xp[h * W + w];
+            if (v > *m || v != v) {
+                *m = v;
+                best = h * W + w;
+            }
+        }
+    }
+    return best;
+}
+
+// The sum of plane xp (rows of W) over rows [h0, h1) and columns [w0, w1), row-major.
+__device__ __forceinline__ scalar_t window_sum(const scalar_t* xp, long long W, long long h0,
+                                               long long h1, long long w0, long long w1)
+{
+    scalar_t acc = 0;
+    for (long long h = h0; h < h1; ++h)
+        for (long long w = w0; w < w1; ++w) acc += xp[h * W + w];
+    return acc;
+}
+
+// Window (oh, ow) of avg_pool2d clipped to the image, rows [*h0, *h1) and columns [*w0, *w1);
+// returns torch's divisor: with count_include_pad the window clipped to the padded extent
+// [-p, H + p), without, the number of in-image elements.
+__device__ __forceinline__ long long avg_window(long long oh, long long ow, long long H,
+                                                long long W, long long kh, long long kw,
+                                                long long sh, long long sw, long long ph,
+                                                long long pw, long long count_include_pad,
+                                                long long* h0, long long* h1, long long* w0,
+                                                long long* w1)
+{
+    const long long hstart = oh * sh - ph, wstart = ow * sw - pw;
+    long long hend = hstart + kh, wend = wstart + kw;
+    if (hend > H + ph) hend = H + ph;
+    if (wend > W + pw) wend = W + pw;
+    const long long pool_size = (hend - hstart) * (wend - wstart);
+    *h0 = hstart < 0 ? 0 : hstart;
+    *w0 = wstart < 0 ? 0 : wstart;
+    *h1 = hend > H ? H : hend;
+    *w1 = wend > W ? W : wend;
+    return count_include_pad ? pool_size : (*h1 - *h0) * (*w1 - *w0);
+}
+
 // Writes every element of y and idx.  Padding counts as -inf; a NaN in the window wins
 // (`v > m || v != v`, as torch, so the last NaN's index is kept); ties keep the first
 // maximum in row-major window order (strict >).
@@ -26,20 +81,9 @@ extern "C" __global__ void max_pool2d_fwd(
         const long long hend = hend0 < H ? hend0 : H, wend = wend0 < W ? wend0 : W;
         while (hstart < 0) hstart += dh;
         while (wstart < 0) wstart += dw;
-        const scalar_t* xp = x + nc * H * W;
-        long long best = hstart * W + wstart;
-        scalar_t m = (scalar_t)__longlong_as_double(0xfff0000000000000ULL);   // -inf
-        for (long long h = hstart; h < hend; h += dh) {
-            for (long long w = wstart; w < wend; w += dw) {
-                const scalar_t v = xp[h * W + w];
-                if (v > m || v != v) {
-                    m = v;
-                    best = h * W + w;
-                }
-            }
-        }
+        scalar_t m;
+        idx[i] = window_max(x + nc * H * W, W, hstart, hend, dh, wstart, wend, dw, &m);
         y[i] = m;
-        idx[i] = best;
     }
 }
 
@@ -150,25 +194,11 @@ extern "C" __global__ void avg_pool2d_fwd(
         const long long ow = t % Wo; t /= Wo;
         const long long oh = t % Ho;
         const long long nc = t / Ho;
-        long long hstart = oh * sh - ph, wstart = ow * sw - pw;
-        long long hend = hstart + kh, wend = wstart + kw;
-        if (hend > H + ph) hend = H + ph;
-        if (wend > W + pw) wend = W + pw;
-        const long long pool_size = (hend - hstart) * (wend - wstart);
-        if (hstart < 0) hstart = 0;
-        if (wstart < 0) wstart = 0;
-        if (hend > H) hend = H;
-        if (wend > W) wend = W;
-        if (hstart >= hend || wstart >= wend) {
-            y[i] = 0;
-            continue;
-        }
-        const scalar_t* xp = x + nc * H * W;
-        scalar_t acc = 0;
-        for (long long h = hstart; h < hend; ++h)
-            for (long long w = wstart; w < wend; ++w) acc += xp[h * W + w];
-        const long long div = count_include_pad ? pool_size : (hend - hstart) * (wend - wstart);
-        y[i] = acc / (scalar_t)div;
+        long long h0, h1, w0, w1;
+        const long long div =
+            avg_window(oh, ow, H, W, kh, kw, sh, sw, ph, pw, count_include_pad, &h0, &h1, &w0, &w1);
+        y[i] = h0 >= h1 || w0 >= w1 ? (scalar_t)0
+                                    : window_sum(x + nc * H * W, W, h0, h1, w0, w1) / (scalar_t)div;
     }
 }
 
@@ -194,17 +224,9 @@ extern "C" __global__ void avg_pool2d_bwd(
         scalar_t acc = 0;
         for (long long oh = ohs; oh < ohe; ++oh) {
             for (long long ow = ows; ow < owe; ++ow) {
-                long long hstart = oh * sh - ph, wstart = ow * sw - pw;
-                long long hend = hstart + kh, wend = wstart + kw;
-                if (hend > H + ph) hend = H + ph;
-                if (wend > W + pw) wend = W + pw;
-                const long long pool_size = (hend - hstart) * (wend - wstart);
-                if (hstart < 0) hstart = 0;
-                if (wstart < 0) wstart = 0;
-                if (hend > H) hend = H;
-                if (wend > W) wend = W;
-                const long long div =
-                    count_include_pad ? pool_size : (hend - hstart) * (wend - wstart);
+                long long h0, h1, w0, w1;
+                const long long div = avg_window(oh, ow, H, W, kh, kw, sh, sw, ph, pw,
+                                                 count_include_pad, &h0, &h1, &w0, &w1);
                 acc += gp[oh * Wo + ow] / (scalar_t)div;
             }
         }
