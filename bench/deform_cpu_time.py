@@ -5,6 +5,7 @@ decisions between two checkouts.  Alternate checkouts, several rounds each:
     for r in 1 2 3; do for t in <a> <b>; do
         PYTHONPATH=$t python bench/deform_cpu_time.py 60; done; done
 """
+import os
 import sys
 import time
 
@@ -27,5 +28,5 @@ with ck.use_backend("cpu"):
         for _ in range(calls):
             f()
         out[name] = (time.process_time() - t) / calls * 1e3
-print(f"{ck.__file__.rsplit('/', 3)[0]}: fwd {out['fwd']:.3f} ms  bwd {out['bwd']:.3f} ms  "
-      f"(CPU time per call, 1 thread; load {open('/proc/loadavg').read().split()[0]})")
+print(f"{os.path.dirname(os.path.dirname(ck.__file__))}: fwd {out['fwd']:.3f} ms  "
+      f"bwd {out['bwd']:.3f} ms  (CPU time per call, 1 thread; load {open('/proc/loadavg').read().split()[0]})")
