@@ -28,5 +28,6 @@ with ck.use_backend("cpu"):
         for _ in range(calls):
             f()
         out[name] = (time.process_time() - t) / calls * 1e3
+load = open("/proc/loadavg").read().split()[0]
 print(f"{os.path.dirname(os.path.dirname(ck.__file__))}: fwd {out['fwd']:.3f} ms  "
-      f"bwd {out['bwd']:.3f} ms  (CPU time per call, 1 thread; load {open('/proc/loadavg').read().split()[0]})")
+      f"bwd {out['bwd']:.3f} ms  (CPU time per call, 1 thread; load {load})")
