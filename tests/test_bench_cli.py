@@ -363,3 +363,31 @@ def test_every_case_class_declares_its_own_dataclass_fields():
     for case in CASES + QUICK_CASES:
         assert "__dataclass_fields__" in vars(type(case)), type(case).__name__
     assert {c.family for c in CASES if c.name == "deform_conv"} == {"deform"}
+
+
+def test_numpy_reference_runs_with_blas_pinned_to_one_thread():
+    """The numpy runner's context pins every BLAS to one thread (its GEMMs must not leave
+    OpenBLAS threads spinning into the next timed op) and gives the counts back on exit."""
+    from convkit._config import _blas_thread_calls
+
+    calls = _blas_thread_calls()
+    if not calls:
+        pytest.skip("no BLAS thread controls in this process (threadpoolctl missing)")
+    case = next(c for c in B.QUICK_CASES if c.family == "deform")
+    saved = [get() for get, _ in calls]
+    try:
+        for _, set_ in calls:       # two threads each, so that a missing pin shows
+            set_(2)
+        runner = B.make_runner(case, "numpy", case.inputs(np.random.default_rng(0)))
+        with runner.context():
+            seen = [get() for get, _ in calls]
+            assert convkit.get_backend().name == "numpy"
+            runner.fns[B.FWD]()
+        assert seen == [1] * len(calls)
+        assert [get() for get, _ in calls] == [2] * len(calls)
+        cpu = B.make_runner(case, "cpu", case.inputs(np.random.default_rng(0)))
+        with cpu.context():     # the cpu op pins its own GEMMs; its runner leaves BLAS alone
+            assert [get() for get, _ in calls] == [2] * len(calls)
+    finally:
+        for (_, set_), n in zip(calls, saved):
+            set_(n)

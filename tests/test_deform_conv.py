@@ -489,10 +489,13 @@ def _cpu_matches_reference_on_1_2_3_threads(c, gy, dtype, simd, has_bias=True):
 # (N, C, H, W, F, weight groups, with bias, with mask): float32 GEMM edges -- tap counts
 # Cg*KH*KW that are not a multiple of 8 (masked last step), filters per group 8 (whole
 # quads), 6 (the last quad overlaps) and 3 (one output at a time), position counts that are
-# not a multiple of 3 or 4 (the last triple overlaps; panel rows + a BLAS remainder)
+# not a multiple of 3 or 4 (the last triple overlaps; panel rows + a BLAS remainder), tap
+# counts that leave a short last 24-column strip of the weights (dL/dcols), and positions
+# fewer and more than grad_weight's pass of 128 (p273: passes of 128, 128 and 17)
 GEMM_EDGES = {"c5_f8": (2, 5, 7, 8, 8, 1, False, False),
               "c12_g2_f12": (1, 12, 5, 5, 12, 2, True, True),
-              "c6_g2_f6": (2, 6, 4, 7, 6, 2, True, False)}
+              "c6_g2_f6": (2, 6, 4, 7, 6, 2, True, False),
+              "c8_g2_f8_p273": (1, 8, 13, 21, 8, 2, True, True)}
 
 
 @pytest.mark.parametrize("simd", [True, False])

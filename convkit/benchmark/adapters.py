@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import convkit as ck
+from convkit._config import blas_single_thread
 
 from .cases import F32, FB, FWD, ConvTransposeCase
 
@@ -420,8 +421,20 @@ def make_runner(case, backend: str, data: dict) -> Runner:
         def events():
             a, b = cupy.cuda.Event(), cupy.cuda.Event()
             return a, b, lambda stop: cupy.cuda.get_elapsed_time(a, stop)
-    return Runner(backend, fns, lambda: ck.use_backend(backend), be.synchronize, events,
-                  gpu=gpu)
+    context = (lambda: ck.use_backend(backend))
+    if backend == "numpy":
+        context = _pinned_reference
+    return Runner(backend, fns, context, be.synchronize, events, gpu=gpu)
+
+
+@contextlib.contextmanager
+def _pinned_reference():
+    """The numpy reference runs with every BLAS pinned to one thread: its GEMMs would otherwise
+    wake OpenBLAS's threads, which keep spinning after the call and take the cores from the op
+    timed next (the cpu op's OpenMP team; bench/RESULTS.md, deform_conv's bimodal forward).
+    The reference's GEMMs are a small part of its time (~6% in deform_conv)."""
+    with ck.use_backend("numpy"), blas_single_thread:
+        yield
 
 
 def torch_ref(backend: str) -> str:

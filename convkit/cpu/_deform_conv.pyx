@@ -24,8 +24,8 @@ and mask gradients and dL/d(sample); (4) tasks (image, block of at most cb chann
 offset group and one weight group) zero their channels of the (no longer needed) bordered
 copy, add every sample's share into them, taps and positions in order (no atomics), and copy
 them to grad_x.  The GEMMs of (2) and (3) in float32 on AVX2 run on csrc/rowgemm.h over grad_y
-packed in 4-row panels (grad_weight: the columns copied in strips of 24; dL/dcols: the
-weights read in place, the rows past the last whole panel on BLAS).
+packed in 4-row panels (grad_weight: the columns copied in strips of 24, summed in passes of
+_GW_KC rows; dL/dcols: the weights in strips of 24, the rows past the last whole panel on BLAS).
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
@@ -35,7 +35,7 @@ import numpy as np
 
 from ._blas cimport gemm, gemm_pk
 from ._conv_common cimport _min
-from ._conv_csrc cimport ck_rowgemm_available, ck_rowgemm_f
+from ._conv_csrc cimport ck_rowgemm_available, ck_rowgemm_f, ck_rowgemm_kc_f
 
 cdef extern from "csrc/sgemm.h" nogil:
     int CK_SGEMM_BUILT
@@ -92,6 +92,12 @@ cdef extern from "csrc/deform_conv.h" nogil:
     void ck_deform_scatter_d(const double* gs, Py_ssize_t C, Py_ssize_t W, Py_ssize_t OG,
                              Py_ssize_t Cg, Py_ssize_t KK, Py_ssize_t P, Py_ssize_t c0,
                              Py_ssize_t c1, const double* tw, const Py_ssize_t* tb, double* gn)
+
+
+# grad_weight's GEMM sums a strip's P rows in passes of this many (csrc/rowgemm.h's kc: the
+# same bits as one pass), so that a pass's rows of the strip (kc*96 bytes) stay in L1 while
+# every panel of grad_y reads them.
+cdef Py_ssize_t _GW_KC = 128
 
 
 def set_simd(bint on):
@@ -236,7 +242,8 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                     floating[:, :, :, ::1] gx, floating[:, :, :, ::1] goff,
                     floating[:, ::1] gw2, floating[:, :, :, ::1] gmask,
                     floating[::1] xpad, floating[::1] cols, floating[::1] tw, Py_ssize_t[::1] tb,
-                    floating[::1] wpart, floating[::1] pan, Py_ssize_t[::1] boff, tuple params,
+                    floating[::1] wpart, floating[::1] pan, Py_ssize_t[::1] boff,
+                    const floating[::1] wst, tuple params,
                     Py_ssize_t chunk, Py_ssize_t pb, Py_ssize_t ub, Py_ssize_t cb,
                     Py_ssize_t KH, Py_ssize_t KW, int n_threads):
     """grad_x (gx), grad_offset (goff), grad_weight in w2's order (gw2, zero-filled by the
@@ -245,8 +252,11 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
     as many offset gradient corners per image (at chunk*OG*KK*P), and wpart F*KK*Cg (the
     image's grad_weight).  float32 on AVX2 (csrc/rowgemm.h, which reads the columns and the
     weights in place): per thread, pan holds one task's gy in 4-row panels (Fg*P or pb*Fg
-    values) and a strip of 24 columns (24*P), max((Fg + 24)*P, pb*Fg) in all, and boff the
-    row offsets (2*P + Fg: p*C*KK, f*Cg*KK, then p*24); an empty pan: BLAS.  params as
+    values) and a strip of 24 columns (24*P), max((Fg + 24)*P, pb*Fg) in all, boff the
+    row offsets (2*P + Fg: p*C*KK, f*24, then p*24), and wst the weights w2 in strips of 24
+    columns (per weight group, per strip: Fg rows of 24, the last strip zero-padded), which
+    the dL/dcols GEMM reads (w2's own rows lie 4*K bytes apart -- 2304 for a 64-channel 3x3
+    layer, which maps them onto a quarter of L1's sets); an empty pan: BLAS.  params as
     deform_forward's."""
     cdef Py_ssize_t N = x.shape[0], F = w2.shape[0], K = w2.shape[1]
     cdef Py_ssize_t Wo = gy.shape[3], P = gy.shape[2] * Wo
@@ -262,6 +272,7 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
     cdef floating* xs
     cdef Py_ssize_t q, q4, tid
     cdef Py_ssize_t psz = pan.shape[0] // n_threads
+    cdef Py_ssize_t ns = (K + 23) // 24     # 24-column strips of w2 (wst) per weight group
     cdef bint rg = floating is float and _AVX2_GEMMS and ck_rowgemm_available() != 0 and psz > 0
     cdef floating* pp
     cdef const floating* mp
@@ -295,8 +306,9 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                             q = _min(24, u1 - j)
                             _strip(&cols[0] + slot * s.CKP + g * K + j, CKK, P, q,
                                    pp + Fg * P)
-                            ck_rowgemm_f(Fg, q, P, pp, pp + Fg * P, &boff[P + Fg],
-                                         &wpart[0] + (slot * F + g * Fg) * K + j, K)
+                            ck_rowgemm_kc_f(Fg, q, P, pp, pp + Fg * P, &boff[P + Fg],
+                                            &wpart[0] + (slot * F + g * Fg) * K + j, K,
+                                            _GW_KC)
                         continue
                 gemm(False, False, Fg, u1 - u0, P, <floating>1, &gy[n0 + slot, g * Fg, 0, 0], P,
                      &cols[0] + slot * s.CKP + g * K + u0, CKK, <floating>0,
@@ -321,8 +333,10 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                             q4 = (p1 - p0) - (p1 - p0) % 4
                             pp = &pan[0] + tid * psz
                             _pack4(&gy[n, g * Fg, 0, 0] + p0, 1, P, q4, Fg, pp)
-                            ck_rowgemm_f(q4, K, Fg, pp, &w2[g * Fg, 0], &boff[P], cp + g * K,
-                                         CKK)
+                            for j in range(ns):
+                                ck_rowgemm_f(q4, _min(24, K - 24 * j), Fg, pp,
+                                             &wst[(g * ns + j) * Fg * 24], &boff[P],
+                                             cp + g * K + 24 * j, CKK)
                     if q4 < p1 - p0:
                         gemm(True, False, p1 - p0 - q4, K, Fg, <floating>1,
                              &gy[n, g * Fg, 0, 0] + p0 + q4, P, &w2[g * Fg, 0], K, <floating>0,

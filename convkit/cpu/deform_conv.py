@@ -7,7 +7,8 @@ channels-last copy, the columns are stored one row per output position, and the 
 to the GEMMs permuted to (F, KH*KW*Cg) (grad_weight comes back in that order and is permuted
 back here).  float32 on AVX2 + FMA: the GEMMs read the columns in place (no BLAS packing):
 the forward's on ck_deform_ntgemm_f (csrc/deform_conv.h), the backward's two on
-csrc/rowgemm.h; elsewhere, and for float64, they go to BLAS.
+csrc/rowgemm.h (with the weights copied in strips of 24 columns, ``_strips``); elsewhere, and
+for float64, they go to BLAS.
 
 The batch runs in chunks within ``convkit.get_workspace_limit()``: a chunk's zero-bordered
 channels-last copies of x (C*(H+2)*(W+2) values per image) and, in the backward, its columns
@@ -63,7 +64,9 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
     else:   # float32 on rowgemm: per thread one task's gy panels, and the rows' offsets
         Fg = weight.shape[0] // (C // weight.shape[1])
         pan = max((Fg + 24) * P, _block(P, _POSITIONS) * Fg) if _rowgemm(x.dtype) else 0
-        fixed = n_threads * pan * item + (2 * P + Fg) * np.dtype(np.intp).itemsize * (pan > 0)
+        K = weight.size // weight.shape[0]
+        fixed = (n_threads * pan * item + (2 * P + Fg) * np.dtype(np.intp).itemsize * (pan > 0)
+                 + weight.shape[0] * -(-K // 24) * 24 * item * (pan > 0))     # + _strips(w2)
         per_image = (C * plane + C * KH * KW * P + weight.size) * item + RK * P * entry
     limit = get_workspace_limit()
     if fixed + per_image > limit:
@@ -82,12 +85,22 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
         bufs += (_workspace(chunk * weight.size, x.dtype, "deform_wpart"),
                  _workspace(n_threads * pan, x.dtype, "deform_panels")[:n_threads * pan],
                  np.concatenate([np.arange(P, dtype=np.intp) * (C * KH * KW),
-                                 np.arange(Fg, dtype=np.intp) * K,
+                                 np.arange(Fg, dtype=np.intp) * 24,
                                  np.arange(P, dtype=np.intp) * 24]) if pan else _NO_ROWS)
     return chunk, bufs
 
 
 _NO_ROWS = np.zeros(1, np.intp)
+
+
+def _strips(w2, Fg):
+    """w2 (F, K) -> per weight group, per 24 columns: its (Fg, 24) block, contiguous (the last
+    zero-padded); flat."""
+    F, K = w2.shape
+    ns = -(-K // 24)
+    p = np.zeros((F // Fg, Fg, ns * 24), w2.dtype)
+    p[:, :, :K] = w2.reshape(F // Fg, Fg, K)
+    return np.ascontiguousarray(p.reshape(F // Fg, Fg, ns, 24).transpose(0, 2, 1, 3)).reshape(-1)
 
 
 def _rowgemm(dtype):
@@ -148,9 +161,12 @@ def deform_conv2d_backward(grad_y, x, offset, weight, stride, padding, dilation,
     gw2 = np.zeros((F, KH * KW * Cg), dt)
     gm = np.empty(mask.shape, dt) if mask is not None else _NO_MASK[dt]
     m = mask if mask is not None else _NO_MASK[dt]
+    w2 = _taps_first(weight)
     with _blas_pin(dt):
-        _deform_conv.deform_backward(grad_y, x, offset, _taps_first(weight), m, mask is not None,
-                                     gx, goff, gw2, gm, *bufs, _params(stride, padding, dilation),
+        _deform_conv.deform_backward(grad_y, x, offset, w2, m, mask is not None,
+                                     gx, goff, gw2, gm, *bufs,
+                                     _strips(w2, F // (x.shape[1] // Cg)) if bufs[5].size else
+                                     _NO_MASK[dt].reshape(1), _params(stride, padding, dilation),
                                      chunk, _block(Ho * Wo, _POSITIONS), _WEIGHT_COLS, _CHANNELS,
                                      KH, KW, n)
     gw = np.ascontiguousarray(gw2.reshape(F, KH * KW, Cg).transpose(0, 2, 1)).reshape(
