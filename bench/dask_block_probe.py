@@ -1,7 +1,8 @@
 """Where convkit.dask's batch-chunked time goes, block by block (issue 15's 1.5x bound).
 
 Starts a LocalCluster like bench/bench_dask.py (``--workers`` processes x 1 thread,
-``WorkerSetup("cpu", threads=1)``), persists a batch on the workers and runs
+``WorkerSetup("cpu", threads=1)``), deals the blocks of a batch to the workers round-robin and
+runs
 ``convkit.dask.conv2d_forward`` over it ``--rounds`` times (persist + wait).  Inside the workers
 it wraps the batch block function and records, per block: wall and thread CPU time, minor page
 faults of the task's thread (getrusage RUSAGE_THREAD), the conv plan and the malloc settings the
@@ -10,15 +11,18 @@ worker runs with.  Per round it reads every thread's CPU time of every process o
 threads that spend them.  Then it times the same block in this process, 1 convkit thread, with
 and without the worker's malloc setting, and the whole batch on ``--workers`` threads.
 
-CPU times are robust to load, wall times are not: read ``cat /proc/loadavg``.
+It also prints how many input blocks each worker holds (copies counted), how many blocks each
+worker ran per round and how many ran away from their input.  ``--mem`` calls the in-memory
+conv before each round (as bench_dask.py's rounds do); ``--ballast`` holds bench_dask.py's
+256 MiB image on the workers meanwhile.  Thread CPU times and fault counts suffer less from
+other load than wall times: read ``cat /proc/loadavg``.
 
-    python bench/dask_block_probe.py --rounds 10
+    python bench/dask_block_probe.py --rounds 10 --mem
 """
 from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
 import gc
 import os
 import resource
@@ -29,30 +33,13 @@ import time
 
 import numpy as np
 
+from bench_dask import _placement, _thread_ns   # (run as a script: bench/ is on the path)
+
 RUSAGE_THREAD = 1
 
 
 def _thread_faults():
     return resource.getrusage(RUSAGE_THREAD).ru_minflt
-
-
-def _threads(pid):
-    """{(tid, name): CPU ns} of process pid."""
-    out = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                ns = int(f.read().split()[0])
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                name = f.read().strip()
-        except (OSError, ValueError, IndexError):
-            continue
-        out[(int(tid), name)] = ns
-    return out
 
 
 def _thread_names():
@@ -105,10 +92,14 @@ def _worker_facts():
                 backend=convkit.get_backend().name, plan=str(plan), env=env)
 
 
-def _in_process(n, threads, rounds, malloc_env):
-    """Time conv2d_forward on n images in a fresh process: (wall ms, cpu ms, faults) medians."""
+def _in_process(n, threads, rounds, malloc_env, threshold=False):
+    """Time conv2d_forward on n images in a fresh process: (wall ms, cpu ms, faults) medians;
+    ``threshold``: with WorkerSetup's malloc setting."""
     code = f"""
 import os, resource, time, numpy as np, convkit
+if {threshold}:
+    import convkit.dask as ckd
+    ckd._set_mmap_threshold(ckd._MMAP_THRESHOLD_MAX)
 convkit.set_backend("cpu"); convkit.set_num_threads({threads})
 rng = np.random.default_rng(0)
 x = rng.standard_normal(({n}, 16, 32, 32)).astype(np.float32)
@@ -188,8 +179,7 @@ def main(argv=None):
         procs = {"client+scheduler": [os.getpid()], "workers": wpids,
                  "nannies": [p for p in nanny if p not in wpids]}
         def placement():
-            return sorted(collections.Counter(w for v in client.who_has(x).values() for w in v)
-                          .values())
+            return _placement(client, x)
 
         print(f"input blocks per worker before the rounds: {placement()}")
         names = dict(client.run(_thread_names).values())
@@ -202,7 +192,7 @@ def main(argv=None):
             gc.collect()
             time.sleep(0.1)
             client.run(_take)
-            before = {k: {pid: _threads(pid) for pid in v} for k, v in procs.items()}
+            before = {k: {pid: _thread_ns(pid) for pid in v} for k, v in procs.items()}
             held = {k[1]: set(v) for k, v in client.who_has(x).items()
                     if isinstance(k, tuple)}
             with distributed.get_task_stream(client) as ts:
@@ -214,7 +204,7 @@ def main(argv=None):
                        and "convkit" in rec["key"][0]
                        and rec["worker"] not in held.get(rec["key"][1], ()))
             moved.append(away)
-            after = {k: {pid: _threads(pid) for pid in v} for k, v in procs.items()}
+            after = {k: {pid: _thread_ns(pid) for pid in v} for k, v in procs.items()}
             recs = client.run(_take)
             keys = [k for k in y.__dask_keys__()]
             del y
@@ -227,9 +217,9 @@ def main(argv=None):
             for k in procs:
                 for pid in procs[k]:
                     acc = collections.Counter()
-                    for (tid, name), ns in after[k][pid].items():
-                        ms = (ns - before[k][pid].get((tid, name), 0)) * 1e-6
-                        label = names.get(pid, {}).get(tid, name)
+                    for tid, ns in after[k][pid].items():
+                        ms = (ns - before[k][pid].get(tid, 0)) * 1e-6
+                        label = names.get(pid, {}).get(tid, "(unnamed)")
                         acc[label.rsplit("-", 1)[0] if label[-1:].isdigit() else label] += ms
                     for name, ms in acc.items():
                         per_thread[(k, name)].append(ms)
@@ -273,13 +263,17 @@ def main(argv=None):
         client.close()
         cluster.close()
     print("\nin this process's kind of run (fresh process, wall / CPU ms / faults, medians):")
-    for label, n, th, env in (
-            (f"{args.chunk} images, 1 thread", args.chunk, 1, {}),
+    trim = {"MALLOC_TRIM_THRESHOLD_": "65536"}        # the nanny's setting
+    for label, n, th, env, mm in (
+            (f"{args.chunk} images, 1 thread", args.chunk, 1, {}, False),
             (f"{args.chunk} images, 1 thread, MALLOC_TRIM_THRESHOLD_=65536", args.chunk, 1,
-             {"MALLOC_TRIM_THRESHOLD_": "65536"}),
-            (f"{args.batch} images, {args.workers} threads", args.batch, args.workers, {})):
-        wall, cpu, faults = _in_process(n, th, args.rounds, env)
-        print(f"  {label:60s} {wall:7.1f} {cpu:7.1f} {faults:7.0f}")
+             trim, False),
+            (f"{args.chunk} images, 1 thread, the same + WorkerSetup's mmap_threshold",
+             args.chunk, 1, trim, True),
+            (f"{args.batch} images, {args.workers} threads", args.batch, args.workers, {},
+             False)):
+        wall, cpu, faults = _in_process(n, th, args.rounds, env, mm)
+        print(f"  {label:68s} {wall:7.1f} {cpu:7.1f} {faults:7.0f}")
     print(f"load average {os.getloadavg()}")
 
 
