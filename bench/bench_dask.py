@@ -47,8 +47,10 @@ the result being there; the busiest worker's compute) and the CPU (Linux schedst
 in-memory call; on the workers, the block functions split into assembling windows (halo copies
 and border padding) and the rest (the convkit ops), and everything else the worker processes
 did (dask's task, transfer and bookkeeping work); this process's client and scheduler; the
-time all processes spent in Python's garbage collector; and the sum of the workers' idle gaps
-between tasks in the round's span.  It instruments the workers, so time it separately from the
+time all processes spent in Python's garbage collector; the sum of the workers' idle gaps
+between tasks in the round's span; the most tasks one worker ran (a worker holding copies of
+other workers' blocks can be given all their tasks); and the block functions' wall time with
+the part their threads waited for a CPU.  It instruments the workers, so time it separately from the
 main table.
 
     python bench/bench_dask.py --workers 2 --rounds 7
