@@ -311,6 +311,9 @@ def main(argv=None):
                    help="only the batch rows or only the tile rows")
     p.add_argument("--match", default=None, help="only the rows whose case contains this text")
     p.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
+    p.add_argument("--nanny-malloc", action="store_true",
+                   help="WorkerSetup(mmap_threshold=None): leave the workers' malloc as dask's "
+                        "nanny sets it (every block fresh memory), for an A/B of the default")
     p.add_argument("--breakdown", action="store_true",
                    help="also tables of where the time and the CPU go (instruments the workers)")
     args = p.parse_args(argv)
@@ -347,7 +350,8 @@ def main(argv=None):
     client = distributed.Client(cluster)
     quiet = True
     try:
-        client.register_plugin(ckd.WorkerSetup("cpu", threads=1))
+        client.register_plugin(ckd.WorkerSetup("cpu", threads=1, **(
+            {"mmap_threshold": None} if args.nanny_malloc else {})))
         convkit.set_num_threads(args.workers)
         nchunk = batch // (2 * args.workers)
         gen = da.random.default_rng(0)     # data made on the workers; a copy for in-memory
