@@ -778,7 +778,7 @@ class WorkerSetup(_WorkerPluginBase):
     giving an allocation its own mapping at 128 KiB and returns any free heap top above
     64 KiB, so every block array (a batch block's output, a tile's window) is fresh memory
     whose pages fault in, zero-filled, on first write and go back to the system when it is
-    freed: 516 page faults per 8 MiB conv output, a tenth or more of that block's CPU time
+    freed: 516 page faults per 8 MiB conv output, about a tenth of that block's CPU time
     (bench/dask_block_probe.py).  WorkerSetup sets what glibc's own rule would reach with
     blocks of that size: allocations up to ``mmap_threshold`` come from malloc's heap, and up
     to twice that may stay free at a heap's top, so the next block reuses the last one's
