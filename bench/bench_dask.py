@@ -47,8 +47,10 @@ the result being there; the busiest worker's compute) and the CPU (Linux schedst
 in-memory call; on the workers, the block functions split into assembling windows (halo copies
 and border padding) and the rest (the convkit ops), and everything else the worker processes
 did (dask's task, transfer and bookkeeping work); this process's client and scheduler; the
-time all processes spent in Python's garbage collector; and the sum of the workers' idle gaps
-between tasks in the round's span.  It instruments the workers, so time it separately from the
+time all processes spent in Python's garbage collector; the sum of the workers' idle gaps
+between tasks in the round's span; the most tasks one worker ran (a worker holding copies of
+other workers' blocks can be given all their tasks); and the block functions' wall time with
+the part their threads waited for a CPU.  It instruments the workers, so time it separately from the
 main table.
 
     python bench/bench_dask.py --workers 2 --rounds 7
@@ -153,6 +155,15 @@ def _gc_hook(acc):
     return hook
 
 
+_ACC = ("block", "window", "gc", "block_wall", "block_wait")
+
+
+def _run_delay_ms():
+    """Time this thread has spent runnable but waiting for a CPU (Linux schedstat), in ms."""
+    with open("/proc/thread-self/schedstat") as f:
+        return int(f.read().split()[1]) * 1e-6
+
+
 def _instrument():
     """On a worker: accumulate thread CPU time in convkit.dask's block functions and in its
     window assembly (wrapping them in the module: tasks look them up by name), and the wall
@@ -161,7 +172,7 @@ def _instrument():
 
     import convkit.dask as m
 
-    acc = m.__dict__.setdefault("_bench_acc", {"block": 0.0, "window": 0.0, "gc": 0.0})
+    acc = m.__dict__.setdefault("_bench_acc", dict.fromkeys(_ACC, 0.0))
     for fname, label in (("_call_block", "block"), ("_tile", "block"),
                          ("_predict_rest", "block"), ("_window", "window")):
         orig = getattr(m, fname, None)
@@ -169,11 +180,14 @@ def _instrument():
             continue
 
         def wrapped(*a, _orig=orig, _label=label, **k):
-            t = time.thread_time()
+            t, w, q = time.thread_time(), time.perf_counter(), _run_delay_ms()
             try:
                 return _orig(*a, **k)
             finally:
                 acc[_label] += (time.thread_time() - t) * 1e3
+                if _label == "block":
+                    acc["block_wall"] += (time.perf_counter() - w) * 1e3
+                    acc["block_wait"] += _run_delay_ms() - q
 
         functools.update_wrapper(wrapped, orig)
         wrapped._bench = True
@@ -189,7 +203,7 @@ def _take():
     import convkit.dask as m
 
     acc = dict(m._bench_acc)
-    m._bench_acc.update(block=0.0, window=0.0, gc=0.0)
+    m._bench_acc.update(dict.fromkeys(_ACC, 0.0))
     return acc
 
 
@@ -224,7 +238,7 @@ def _timeline(stream, t0, t_end, delays):
               s["stop"] - delays.get(rec["worker"], 0.0)) for rec in stream
              for s in rec["startstops"] if s["action"] == "compute"]
     if not spans:
-        return 0.0, 0.0, 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     lo, hi = min(s[1] for s in spans), max(s[2] for s in spans)
     idle, busiest = 0.0, 0.0
     for w in {s[0] for s in spans}:
@@ -235,7 +249,33 @@ def _timeline(stream, t0, t_end, delays):
             end = max(end, b)
         idle += (hi - lo) - busy
         busiest = max(busiest, busy)
-    return tuple(v * 1e3 for v in (lo - t0, hi - lo, t_end - hi, busiest, idle))
+    most = max(collections.Counter(s[0] for s in spans).values())
+    return tuple(v * 1e3 for v in (lo - t0, hi - lo, t_end - hi, busiest, idle)) + (most,)
+
+
+def _fetch(client, x):
+    """Dask array x, persisted, as one numpy array in this process, each block gathered from
+    a worker that holds it (no task on a worker, no copy left on another worker)."""
+    import distributed
+    from dask.array.core import concatenate3
+
+    def futures(keys):
+        return [futures(k) for k in keys] if isinstance(keys, list) else \
+            distributed.Future(keys, client)
+
+    return concatenate3(client.gather(futures(x.__dask_keys__())))
+
+
+def _placement(client, x):
+    """Sorted count of x's blocks per worker, a block held by several workers counted once
+    per worker: a block with copies on two workers lets the scheduler run its task on
+    either."""
+    import dask
+
+    who = client.who_has(x)
+    keys = {str(k) for k in dask.core.flatten(x.__dask_keys__())}
+    return sorted(collections.Counter(w for k, ws in who.items() if str(k) in keys
+                                      for w in ws).values())
 
 
 def _nothing(block, shape, dtype):
@@ -271,6 +311,9 @@ def main(argv=None):
                    help="only the batch rows or only the tile rows")
     p.add_argument("--match", default=None, help="only the rows whose case contains this text")
     p.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
+    p.add_argument("--nanny-malloc", action="store_true",
+                   help="WorkerSetup(mmap_threshold=None): leave the workers' malloc as dask's "
+                        "nanny sets it (every block fresh memory), for an A/B of the default")
     p.add_argument("--breakdown", action="store_true",
                    help="also tables of where the time and the CPU go (instruments the workers)")
     args = p.parse_args(argv)
@@ -307,7 +350,8 @@ def main(argv=None):
     client = distributed.Client(cluster)
     quiet = True
     try:
-        client.register_plugin(ckd.WorkerSetup("cpu", threads=1))
+        client.register_plugin(ckd.WorkerSetup("cpu", threads=1, **(
+            {"mmap_threshold": None} if args.nanny_malloc else {})))
         convkit.set_num_threads(args.workers)
         nchunk = batch // (2 * args.workers)
         gen = da.random.default_rng(0)     # data made on the workers; a copy for in-memory
@@ -318,10 +362,12 @@ def main(argv=None):
                                   ("xi", (1, 16, img, img), (1, 16, tile, tile)),
                                   ("xs", (1, 3, img, img), (1, 3, tile, tile)))}
         distributed.wait(list(on.values()))
-        placement = {k: sorted(collections.Counter(w[0] for w in client.who_has(v).values())
-                               .values()) for k, v in on.items()}
+        # the in-memory copies come straight from the blocks' workers: x.compute() would gather
+        # them on one worker first and leave copies there, after which dask's scheduler may run
+        # every block on that worker (all 4 batch blocks did: twice the time, one core idle)
+        xb, xd, xi, xs = (_fetch(client, on[k]) for k in ("xb", "xd", "xi", "xs"))
+        placement = {k: _placement(client, v) for k, v in on.items()}
         print(f"input blocks per worker: {placement}", file=sys.stderr, flush=True)
-        xb, xd, xi, xs = (on[k].compute() for k in ("xb", "xd", "xi", "xs"))
         rows = [
             (f"conv 16->32 3x3 p1, batch {batch} in chunks of {nchunk}", "batch",
              lambda: convkit.conv2d_forward(xb, conv_w, padding=1),
@@ -377,13 +423,16 @@ def main(argv=None):
                 workers = sum(_cpu_ms(p) for p in worker_pids) - sum(wc)
                 acc = list(client.run(_take).values())
                 block = sum(a["block"] for a in acc)
+                bwall = sum(a["block_wall"] for a in acc)
+                bwait = sum(a["block_wait"] for a in acc)
                 window = sum(a["window"] for a in acc)
                 gcms = sum(a["gc"] for a in acc) + own_acc["gc"]
                 ntasks = sum(len([s for s in rec["startstops"] if s["action"] == "compute"])
                              for rec in stream.data)
                 delays = client.run(_scheduler_delay)
                 side_stats.append((_timeline(stream.data, t0, t_end, delays),
-                                   (block - window, window, workers - block, own, gcms, ntasks)))
+                                   (block - window, window, workers - block, own, gcms, ntasks,
+                                    bwall, bwait)))
             keys = _keys(y)
             del z, y
             _forget(client, keys)
@@ -442,29 +491,29 @@ def main(argv=None):
                 print(table[-1], file=sys.stderr, flush=True)      # progress
                 if args.breakdown and stats:
                     tl = [s[0] for s in stats]
-                    disp, span, tail, busiest, idle = (_med(v) for v in zip(*tl))
+                    disp, span, tail, busiest, idle, most = (_med(v) for v in zip(*tl))
                     timeline.append(f"| {name} | {mode} | {m:.1f} | {d:.1f} | {g:.1f} | "
                                     f"{disp:.1f} | {span:.1f} | {busiest:.1f} | {idle:.1f} | "
-                                    f"{tail:.1f} |")
+                                    f"{tail:.1f} | {most:.0f} |")
                     if fstats:
-                        f_disp, f_span, f_tail, f_busiest, f_idle = (
+                        f_disp, f_span, f_tail, f_busiest, f_idle, f_most = (
                             _med(v) for v in zip(*[s[0] for s in fstats]))
                         timeline.append(f"| (its dask floor) | {mode} | | {fl} | | "
                                         f"{f_disp:.1f} | {f_span:.1f} | {f_busiest:.1f} | "
-                                        f"{f_idle:.1f} | {f_tail:.1f} |")
-                    ops, window, other, own, gcms, ntasks = (_med(v) for v in
-                                                             zip(*[s[1] for s in stats]))
+                                        f"{f_idle:.1f} | {f_tail:.1f} | {f_most:.0f} |")
+                    ops, window, other, own, gcms, ntasks, bwall, bwait = (
+                        _med(v) for v in zip(*[s[1] for s in stats]))
                     mcpu = _med(mem_cpu) * 1.0
                     breakdown.append(
                         f"| {name} | {mode} | {mcpu:.0f} | {ops:.0f} ({ops / mcpu:.2f}) | "
                         f"{window:.0f} ({window / mcpu:.2f}) | {other:.0f} "
                         f"({other / mcpu:.2f}) | {own:.0f} ({own / mcpu:.2f}) | {gcms:.1f} | "
-                        f"{ntasks:.0f} |")
+                        f"{ntasks:.0f} | {bwall:.0f} ({bwait:.0f}) |")
                     if fstats:       # the floor runs no convkit code: all its CPU is dask's
-                        _, _, f_other, f_own, f_gc, f_n = (_med(v) for v in
-                                                           zip(*[s[1] for s in fstats]))
+                        _, _, f_other, f_own, f_gc, f_n, _, _ = (
+                            _med(v) for v in zip(*[s[1] for s in fstats]))
                         breakdown.append(f"| (its dask floor) | {mode} | | | | {f_other:.0f} | "
-                                         f"{f_own:.0f} | {f_gc:.1f} | {f_n:.0f} |")
+                                         f"{f_own:.0f} | {f_gc:.1f} | {f_n:.0f} | |")
         print(f"load average {os.getloadavg()[0]:.2f}, one-core probe {core_probe()} GFLOP/s at "
               f"the end", file=sys.stderr, flush=True)
         print()
@@ -476,17 +525,19 @@ def main(argv=None):
             print()
             print("Timeline per round, medians (ms): submit to the first task's start, the tasks' "
                   "span, the busiest worker's compute in it, the workers' idle gaps in it "
-                  "(summed), the last task's end to the result being there")
+                  "(summed), the last task's end to the result being there, the most tasks "
+                  "one worker ran")
             print("| case | result | in-memory | convkit.dask | graph | to first task | span | "
-                  "busiest worker | idle | tail |")
-            print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+                  "busiest worker | idle | tail | most tasks on a worker |")
+            print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
             print("\n".join(timeline))
             print()
             print("CPU ms per round, medians (x in-memory CPU); gc: wall ms in the garbage "
-                  "collector, all processes")
+                  "collector, all processes; block wall: the block functions' wall time, summed "
+                  "(in brackets the part their threads spent runnable, waiting for a CPU)")
             print("| case | result | in-memory CPU | worker ops | window assembly | worker other | "
-                  "client+scheduler | gc | tasks |")
-            print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+                  "client+scheduler | gc | tasks | block wall (waiting for a CPU) |")
+            print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
             print("\n".join(breakdown))
         if not quiet:
             print(f"\nNOT QUIET: some rows got fewer than {args.rounds} rounds with at most "

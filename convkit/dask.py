@@ -739,9 +739,31 @@ def predict(model, x, *, backend=None):
 
 
 # ----------------------------------------------------------------------------------- workers
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it takes on 64-bit
+# (larger values are refused); blocks above it are always mapped and unmapped per allocation.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD_MAX = 32 << 20
+
+
+def _set_mmap_threshold(nbytes: int) -> bool:
+    """Serve allocations up to ``nbytes`` from malloc's heap in this process and keep up to
+    twice that free at a heap's top (glibc's ``mallopt``: the pair glibc's own dynamic rule
+    sets); False where the C library has no mallopt (musl, macOS)."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, nbytes)) and bool(mallopt(_M_TRIM_THRESHOLD,
+                                                                    2 * nbytes))
+
+
 class WorkerSetup(_WorkerPluginBase):
     """A ``dask.distributed`` worker plugin: sets each worker's convkit backend and thread
-    count when it starts (and on workers that join later)::
+    count, and how its C library allocates blocks, when it starts (and on workers that join
+    later)::
 
         client.register_plugin(convkit.dask.WorkerSetup("cpu", threads=2))
 
@@ -750,12 +772,27 @@ class WorkerSetup(_WorkerPluginBase):
     default backend on one thread.  ``backend=None`` / ``threads=None`` leave that setting as
     the worker has it.  A backend that cannot run on a worker fails the registration with the
     worker's RuntimeError.
+
+    ``mmap_threshold`` (bytes, at most 32 MiB; glibc only, a no-op elsewhere): the nanny also
+    starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which fixes glibc's threshold for
+    giving an allocation its own mapping at 128 KiB and returns any free heap top above
+    64 KiB, so every block array (a batch block's output, a tile's window) is fresh memory
+    whose pages fault in, zero-filled, on first write and go back to the system when it is
+    freed: 516 page faults per 8 MiB conv output, about a tenth of that block's CPU time
+    (bench/dask_block_probe.py).  WorkerSetup sets what glibc's own rule would reach with
+    blocks of that size: allocations up to ``mmap_threshold`` come from malloc's heap, and up
+    to twice that may stay free at a heap's top, so the next block reuses the last one's
+    pages.  Memory: per malloc arena (one per thread that allocates, at most), up to
+    ``2 * mmap_threshold`` (64 MiB) of freed memory stays resident, plus free space between
+    live blocks; dask counts it as unmanaged memory.  ``None`` leaves malloc as the worker
+    has it.
     """
 
     name = "convkit-worker-setup"   # registering another one replaces it
     idempotent = False
 
-    def __init__(self, backend: str | None = None, threads: int | None = None):
+    def __init__(self, backend: str | None = None, threads: int | None = None, *,
+                 mmap_threshold: int | None = _MMAP_THRESHOLD_MAX):
         if _WorkerPluginBase is object:
             raise ImportError("convkit.dask.WorkerSetup needs distributed: "
                               "pip install 'convkit[dask]'")
@@ -766,7 +803,12 @@ class WorkerSetup(_WorkerPluginBase):
                                     or not 1 <= threads <= 4096):
             raise ValueError(f"WorkerSetup: threads must be an int in 1..4096 or None, got "
                              f"{threads!r}")
-        self.backend, self.threads = backend, threads
+        if mmap_threshold is not None and (
+                isinstance(mmap_threshold, bool) or not isinstance(mmap_threshold, int)
+                or not 0 <= mmap_threshold <= _MMAP_THRESHOLD_MAX):
+            raise ValueError(f"WorkerSetup: mmap_threshold must be an int in "
+                             f"0..{_MMAP_THRESHOLD_MAX} (bytes) or None, got {mmap_threshold!r}")
+        self.backend, self.threads, self.mmap_threshold = backend, threads, mmap_threshold
 
     def setup(self, worker=None):
         import convkit
@@ -776,6 +818,9 @@ class WorkerSetup(_WorkerPluginBase):
             get_backend()            # load it now: a backend that cannot run fails here
         if self.threads is not None:
             convkit.set_num_threads(self.threads)
+        if self.mmap_threshold is not None:
+            _set_mmap_threshold(self.mmap_threshold)
 
     def __repr__(self):
-        return f"WorkerSetup(backend={self.backend!r}, threads={self.threads!r})"
+        return (f"WorkerSetup(backend={self.backend!r}, threads={self.threads!r}, "
+                f"mmap_threshold={self.mmap_threshold!r})")

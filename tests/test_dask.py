@@ -10,6 +10,9 @@ checks the cpu ops one by one).
 """
 import itertools
 import logging
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -98,6 +101,54 @@ def test_worker_setup_rejects_bad_arguments():
     for bad in (0, -1, 2.0, True, 5000):
         with pytest.raises(ValueError, match="threads must be"):
             ckd.WorkerSetup("cpu", threads=bad)
+    for bad in (-1, 2.0, True, (32 << 20) + 1, "32MiB"):
+        with pytest.raises(ValueError, match="mmap_threshold must be"):
+            ckd.WorkerSetup("cpu", mmap_threshold=bad)
+
+
+def _block_faults():
+    """Minor page faults of this thread for writing a fresh 8 MiB array (a conv output block),
+    after a few such arrays were allocated and freed: 0 when malloc reuses freed pages."""
+    import resource
+
+    def once():
+        f = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+        a = np.ones(2 << 20, np.float32)
+        del a
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - f
+
+    return min(once() for _ in range(4))
+
+
+_LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                            reason="glibc's mallopt and per-thread page-fault counts are Linux's")
+
+
+@_LINUX
+@pytest.mark.parametrize("threshold", [None, 32 << 20])
+def test_mmap_threshold_lets_blocks_reuse_freed_pages(threshold):
+    # a fresh process with the environment dask's nanny gives workers: every 8 MiB block is a
+    # new mapping that faults in (2048 pages, or huge pages and the rest) unless WorkerSetup's
+    # threshold serves it from the heap
+    code = (f"import convkit.dask as ckd, tests.test_dask as t\n"
+            f"{threshold} is None or ckd._set_mmap_threshold({threshold})\n"
+            f"print(t._block_faults())")
+    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="65536")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=TIMEOUT, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0, out.stderr
+    faults = int(out.stdout.split()[-1])
+    if threshold is None:
+        assert faults >= 256
+    else:
+        assert faults < 32
+
+
+@_LINUX
+def test_worker_setup_lets_blocks_reuse_freed_pages_on_workers(client):
+    env = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert set(env.values()) == {"65536"}       # the nanny's setting, which the plugin answers
+    assert client.submit(_block_faults, pure=False).result(timeout=TIMEOUT) < 32
 
 
 # ------------------------------------------------------------------------------ batch chunks
