@@ -163,6 +163,27 @@ PHASES_TASKS_PER_THREAD = 4
 ROWPHASES_POSITIONS = 240
 ROWPHASES_MIN_WO = 16
 
+# The strided first layer on csrc/stem.h (BLAS machines with AVX2; conv_plan "stem" and
+# "weight_stem"): strided, groups 1, dilation 1, a kernel that is not a multiple of the stride
+# (those go to rowphases / weight_rowgemm), filters in whole 4-row panels, at most this many
+# input channels (an image's: the one case measured is stem_224, 8x3x224x224 -> 64, 7x7 s2 p3,
+# on the 2-core AMD EPYC without AVX-512; on more channels a task's phase planes outgrow L1).
+STEM_MAX_CHANNELS = 4
+# ... and output rows at least this wide (a row's tail tiles are masked).  Not measured.
+STEM_MIN_WO = 16
+# Forward: output rows per task (the task's phase planes, 3 channels x 4 phases x (rows + 3) rows
+# of Wq floats for stem_224, and one 4-filter weight panel stay in L1 while the panel sweeps the
+# rows).  Measured on stem_224 only, one thread, CPU time, loaded machine.
+STEM_ROWS = 8
+# Weight gradient: output rows per block of phase planes (summed into 8-lane partial sums once
+# per block: fewer blocks, fewer partial-sum passes; the planes stay in L1 up to about 2 rows),
+# filters per task (one block: the phase planes are built once per task and row block) and
+# about this many tasks, the batch cut into fixed groups of images to reach it (set by the
+# layer and the batch alone: the bits do not follow the thread count).  stem_224 only.
+STEM_W_ROWS = 8
+STEM_W_FILTERS = 64
+STEM_W_TASKS = 16
+
 # Weight gradient on csrc/rowgemm.h (conv_plan "weight_rowgemm"): filters per task (all of a
 # layer's up to this many: every filter panel reuses a pass's x rows from L1, where 16 made
 # each task stream x from L3 again, ~1.3x slower) and taps (batch positions) per pass.
