@@ -209,13 +209,13 @@ def test_stem_rule():
     stem = _shape(8, 3, 224, 224, 64, 7)
     plan = P.plan_conv(stem, np.float32, 2, BLAS_RG, LIMIT, needs_input_grad=False)
     assert (plan.forward.algo, plan.grad_weight.algo, plan.grad_bias) == (
-        "stem", "weight_stem", "sum")
+        "stem", "weight_stem", "fused")          # (grad_bias summed by the weight gradient)
     planes = 3 * 4 * (tuning.STEM_ROWS + 3) * 115
     assert plan.forward.params == {"rows": tuning.STEM_ROWS, "per_thread": planes}
     gw = plan.grad_weight.params
     assert gw["rows"] == tuning.STEM_W_ROWS and gw["fchunk"] == 64
     assert gw["groups_n"] == min(8, tuning.STEM_W_TASKS)
-    assert gw["part"] == gw["groups_n"] * 64 * 147 * 8
+    assert gw["part"] == gw["groups_n"] * 64 * (147 + 1) * 8
     # the AVX-512 machines keep their plan; no rowgemm, float64: im2col
     own = P.plan_conv(stem, np.float32, 2, OWN, LIMIT, needs_input_grad=False)
     assert (own.forward.algo, own.grad_weight.algo) == ("phases", "weight_dot")

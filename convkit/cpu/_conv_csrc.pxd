@@ -135,4 +135,4 @@ cdef extern from "csrc/stem.h" nogil:
                           float* y, Py_ssize_t ldy, const float* bias)
     int ck_stem_wdot_f(Py_ssize_t F, Py_ssize_t K3, Py_ssize_t hr, Py_ssize_t Wo,
                        const float* gy, Py_ssize_t ldg, const float* Q, Py_ssize_t Wq,
-                       const Py_ssize_t* boff, float* part)
+                       const Py_ssize_t* boff, float* part, Py_ssize_t ldp, int with_bias)

@@ -372,7 +372,8 @@ def conv2d_forward_stem(const float[:, :, :, ::1] x, const float[::1] wpan,
 
 
 def conv2d_grad_weight_stem(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
-                            float[:, :, :, ::1] gw, float[::1] ws, Py_ssize_t ws_per_thread,
+                            float[:, :, :, ::1] gw, float[::1] gb, bint has_bias,
+                            float[::1] ws, Py_ssize_t ws_per_thread,
                             float[::1] part, const Py_ssize_t[::1] boff, Py_ssize_t sh,
                             Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t rows,
                             Py_ssize_t fchunk, Py_ssize_t groups_n, int n_threads):
@@ -384,15 +385,17 @@ def conv2d_grad_weight_stem(const float[:, :, :, ::1] gy, const float[:, :, :, :
     offsets for planes of that many rows, padded with zeros to a multiple of 3 taps; the padded
     taps' sums are dropped).  Tasks: (block of ``fchunk`` filters, group of images) -- the batch
     cut into groups_n fixed groups of consecutive images, both set by the layer and the batch
-    alone -- each summing into its own 8-lane partial sums (part: groups_n * F * K3 * 8
-    floats) in a fixed order; then each weight is its lanes' sums added in a fixed tree, group
-    by group in order.  So the bits do not depend on the thread count.
+    alone -- each summing into its own 8-lane partial sums (part: groups_n * F * (K3 + 1) * 8
+    floats, the last 8 of a filter's row its bias lanes) in a fixed order; then each weight is
+    its lanes' sums added in a fixed tree, group by group in order.  So the bits do not depend
+    on the thread count.  has_bias: gb (OUT) is summed the same way on the way (grad_bias
+    "fused").
     ws_per_thread >= C*sh*sw*Rq*Wq (conv_plan.plan_weight_stem).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = gw.shape[0], KH = gw.shape[2], KW = gw.shape[3]
     cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo
-    cdef Py_ssize_t K = C * KH * KW, K3 = boff.shape[0], ldp = 8 * K3
+    cdef Py_ssize_t K = C * KH * KW, K3 = boff.shape[0], ldp = 8 * (K3 + 1)
     cdef Py_ssize_t Wq = Wo + (KW - 1) // sw, Rq = rows + (KH - 1) // sh
     cdef Py_ssize_t plane = Rq * Wq
     cdef Py_ssize_t nfc = (F + fchunk - 1) // fchunk, ipg = (N + groups_n - 1) // groups_n
@@ -417,16 +420,21 @@ def conv2d_grad_weight_stem(const float[:, :, :, ::1] gy, const float[:, :, :, :
                     h0 = rb * rows
                     ck_phases_f(&x[n, 0, 0, 0], C, H, W, sh, sw, pt, pl, h0, Rq, Wq, plane, Q)
                     if not ck_stem_wdot_f(fc, K3, _min(rows, Ho - h0), Wo, &gy[n, f0, h0, 0],
-                                          HoWo, Q, Wq, &boff[0], P):
+                                          HoWo, Q, Wq, &boff[0], P, ldp, has_bias):
                         failed += 1     # (the plan picks this only where csrc/stem.h runs)
         for f in prange(F, schedule="static", num_threads=n_threads):
-            for k in range(K):
+            for k in range(K + 1):
+                if k == K and not has_bias:
+                    break
                 s = 0
                 for g in range(_min(groups_n, (N + ipg - 1) // ipg)):
-                    q = &part[0] + (g * F + f) * ldp + 8 * k
+                    q = &part[0] + (g * F + f) * ldp + 8 * (K3 if k == K else k)
                     lane = ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]))
                     s = s + lane
-                gw[f, k // (KH * KW), (k // KW) % KH, k % KW] = s
+                if k == K:
+                    gb[f] = s
+                else:
+                    gw[f, k // (KH * KW), (k // KW) % KH, k % KW] = s
     if failed:
         raise RuntimeError("conv2d_grad_weight_stem: csrc/stem.h does not run on this CPU")
     return gw

@@ -496,7 +496,8 @@ def _fwd_im2col(x, weight, b, has_bias, y, s, step):
 
 _FORWARD = {"depthwise3x3": _fwd_depthwise3x3, "depthwise": _fwd_depthwise, "dense": _fwd_dense,
             "winograd": _fwd_winograd, "batch": _fwd_batch, "phases": _fwd_phases,
-            "rowphases": _fwd_rowphases, "stem": _fwd_stem, "wide": _fwd_wide, "pointwise": _fwd_im2col, "im2col": _fwd_im2col}
+            "rowphases": _fwd_rowphases, "stem": _fwd_stem, "wide": _fwd_wide,
+            "pointwise": _fwd_im2col, "im2col": _fwd_im2col}
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None,
@@ -676,8 +677,9 @@ def _bwd_weight_stem(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     p, (sh, sw) = step.params, s.stride
     per, npart = p["per_thread"], p["part"]
     ws = _workspace(per * step.threads + npart, np.float32, "weight_stem")
-    _phases.conv2d_grad_weight_stem(gy, x, gw, ws[:per * step.threads], per,
-                                    ws[per * step.threads:per * step.threads + npart],
+    planes, part = ws[:per * step.threads], ws[per * step.threads:per * step.threads + npart]
+    _phases.conv2d_grad_weight_stem(gy, x, gw, gb if gb is not None else np.empty(1, np.float32),
+                                    gb is not None, planes, per, part,
                                     _stem_w_offsets(s.C, s.KH, s.KW, sh, sw, p["rows"],
                                                     gy.shape[3]),
                                     sh, sw, s.padding[0], s.padding[2], p["rows"], p["fchunk"],

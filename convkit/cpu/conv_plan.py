@@ -604,9 +604,10 @@ def plan_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_thread
 def plan_weight_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
                      limit):
     """(threads, rows per block, filters per task, image groups, plane floats per thread,
-    partial-sum floats) of the stem weight gradient, or None.  Tasks: blocks of
-    tuning.STEM_W_FILTERS filters times the batch in fixed groups of images, about
-    tuning.STEM_W_TASKS of them -- set by the layer and the batch, so no bits follow the team."""
+    partial-sum floats) of the stem weight gradient (grad_bias summed on the way), or None.
+    Tasks: blocks of tuning.STEM_W_FILTERS filters times the batch in fixed groups of images,
+    about tuning.STEM_W_TASKS of them -- set by the layer and the batch, so no bits follow the
+    team."""
     if not stem_ok(s, Ho, Wo, float32, caps, pointwise):
         return None
     rows = min(Ho, T.STEM_W_ROWS)
@@ -614,7 +615,7 @@ def plan_weight_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n
     nfc = ceil_div(s.F, fchunk)
     groups_n = max(1, min(s.N, ceil_div(T.STEM_W_TASKS, nfc)))
     per = stem_planes(s, rows, Wo)
-    part = groups_n * s.F * 3 * ceil_div(s.C * s.KH * s.KW, 3) * 8
+    part = groups_n * s.F * (3 * ceil_div(s.C * s.KH * s.KW, 3) + 1) * 8
     if (per + part) * 4 > limit:
         return None
     return (fit_team(n_threads, per * 4, 0, limit - part * 4), rows, fchunk, groups_n, per,
@@ -905,7 +906,7 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             gw = Step("weight_stem", p[0], {"rows": p[1], "fchunk": p[2], "groups_n": p[3],
                                             "per_thread": p[4], "part": p[5]})
             if not gx_left:
-                return gx, gw, "sum", bias_n
+                return gx, gw, "fused", p[0]
     if batch_ok(Ho, Wo, pointwise):      # (never together with weight_dot)
         Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
         p = plan_batch_backward(N, Cg, G, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, gx_left,
@@ -932,7 +933,10 @@ def _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointw
         step = Step(algo, p[0], {"units_w": p[1], "rows_w": p[2], "chans_x": p[3],
                                  "rows_x": p[4], "nsplit": p[5], "per_thread": p[6]})
     if gw is not None:       # grad_weight by another kernel: the im2col pass makes grad_x only
-        return (step, gw, "fused", n) if gw.algo == "weight_dot" else (step, gw, "sum", bias_n)
+        if gw.algo == "weight_dot":
+            return step, gw, "fused", n
+        return (step, gw, "fused", gw.threads) if gw.algo == "weight_stem" else \
+            (step, gw, "sum", bias_n)
     return (step if gx_left else gx), step, "sum", bias_n
 
 

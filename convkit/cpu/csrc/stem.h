@@ -6,7 +6,8 @@
  * offsets of convkit/cpu/conv.py _phase_offsets), so both passes read the image in place, with
  * no column matrix and no GEMM packing:
  *
- * ck_stem_forward_f: y[f, r, j] = (sum over k in order of w[f, k] * Q[boff[k] + r*Wq + j]) + bias[f]
+ * ck_stem_forward_f:
+ *   y[f, r, j] = (sum over k in order of w[f, k] * Q[boff[k] + r*Wq + j]) + bias[f]
  *   for the task's rows r < hr and j < Wo.  One chain of fused multiply-adds per output, so the
  *   bits do not depend on the task split or the thread count.  Tiles of 4 filters (one of
  *   csrc/rowgemm.h's weight panels: its 4 weights of tap k one 16-byte run) x 24 / 16 / 8
@@ -15,10 +16,12 @@
  *   or written (masked tails), so each output sees exactly its own window, padding included.
  *
  * ck_stem_wdot_f: the weight gradient as dot products,
- *   part[f, k, lane] += sum over r < hr, lanes j = lane (mod 8) of gy[f, r*Wo + j] * Q[boff[k] + r*Wq + j]
+ *   part[f, k, lane] += sum over r < hr, j = lane (mod 8), of
+ *                       gy[f, r*Wo + j] * Q[boff[k] + r*Wq + j]
  *   for a tile of 4 filters x 3 taps (twelve accumulators, seven loads per twelve multiply-adds),
  *   each 8-lane sum started from 0 per call and added into part after it -- a fixed order set by
- *   the caller's row blocks alone.  Masked tails read neither operand past Wo.
+ *   the caller's row blocks alone; the bias gradient's lanes likewise, from the same gy rows
+ *   while they are in L1.  Masked tails read neither operand past Wo.
  *
  * Both return 0, doing nothing, where the CPU lacks AVX2 or FMA (or on another architecture);
  * the plan picks them only where ck_rowgemm_available() says they run. */
@@ -189,20 +192,43 @@ static int ck_stem_forward_f(ptrdiff_t F, ptrdiff_t K, const float *wt, const fl
     return 1;
 }
 
+/* the bias gradient's lanes of one filter: part[lane] += sum over its hr rows (still in L1
+ * from the tiles) of gy[r*Wo + j], j = lane (mod 8) */
+CK_ST_TARGET static void ck_st_bias_lanes(ptrdiff_t hr, ptrdiff_t Wo, const float *g,
+                                          float *part)
+{
+    const ptrdiff_t full = Wo & ~(ptrdiff_t)7;
+    const __m256i mask = ck_st_mask(Wo - full);
+    __m256 a = _mm256_setzero_ps();
+    for (ptrdiff_t r = 0; r < hr; ++r) {
+        const float *gr = g + r * Wo;
+        for (ptrdiff_t j = 0; j < full; j += 8)
+            a = _mm256_add_ps(a, _mm256_loadu_ps(gr + j));
+        if (full < Wo)
+            a = _mm256_add_ps(a, _mm256_maskload_ps(gr + full, mask));
+    }
+    _mm256_storeu_ps(part, _mm256_add_ps(_mm256_loadu_ps(part), a));
+}
+
 /* filters [0, F) (F a multiple of 4; gy rows ldg apart), taps [0, K3) (K3 a multiple of 3:
  * the caller pads boff with offsets that read inside Q and drops their sums); part[f, k, 8]:
- * row f of part is ldp = 8*K3 floats */
+ * row f of part is ldp >= 8*K3 floats; with_bias: the bias gradient's 8 lanes of filter f at
+ * part + f*ldp + 8*K3 too */
 static int ck_stem_wdot_f(ptrdiff_t F, ptrdiff_t K3, ptrdiff_t hr, ptrdiff_t Wo,
                           const float *gy, ptrdiff_t ldg, const float *Q, ptrdiff_t Wq,
-                          const ptrdiff_t *boff, float *part)
+                          const ptrdiff_t *boff, float *part, ptrdiff_t ldp, int with_bias)
 {
-    if (F % 4 != 0 || K3 % 3 != 0 || !ck_rowgemm_available())
+    if (F % 4 != 0 || K3 % 3 != 0 || ldp < 8 * K3 + (with_bias ? 8 : 0)
+            || !ck_rowgemm_available())
         return 0;
-    const ptrdiff_t ldp = 8 * K3;
-    for (ptrdiff_t f = 0; f < F; f += 4)
+    for (ptrdiff_t f = 0; f < F; f += 4) {
         for (ptrdiff_t k = 0; k < K3; k += 3)
             ck_st_wtile(hr, Wo, gy + f * ldg, ldg, Q, Wq, boff + k, part + f * ldp + 8 * k,
                         ldp);
+        if (with_bias)
+            for (ptrdiff_t i = 0; i < 4; ++i)
+                ck_st_bias_lanes(hr, Wo, gy + (f + i) * ldg, part + (f + i) * ldp + 8 * K3);
+    }
     return 1;
 }
 
@@ -219,10 +245,10 @@ static int ck_stem_forward_f(ptrdiff_t F, ptrdiff_t K, const float *wt, const fl
 
 static int ck_stem_wdot_f(ptrdiff_t F, ptrdiff_t K3, ptrdiff_t hr, ptrdiff_t Wo,
                           const float *gy, ptrdiff_t ldg, const float *Q, ptrdiff_t Wq,
-                          const ptrdiff_t *boff, float *part)
+                          const ptrdiff_t *boff, float *part, ptrdiff_t ldp, int with_bias)
 {
     (void)F; (void)K3; (void)hr; (void)Wo; (void)gy; (void)ldg; (void)Q; (void)Wq; (void)boff;
-    (void)part;
+    (void)part; (void)ldp; (void)with_bias;
     return 0;
 }
 
