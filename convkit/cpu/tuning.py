@@ -171,16 +171,22 @@ ROWPHASES_MIN_WO = 16
 STEM_MAX_CHANNELS = 4
 # ... and output rows at least this wide (a row's tail tiles are masked).  Not measured.
 STEM_MIN_WO = 16
-# Forward: output rows per task (the task's phase planes, 3 channels x 4 phases x (rows + 3) rows
-# of Wq floats for stem_224, and one 4-filter weight panel stay in L1 while the panel sweeps the
-# rows).  Measured on stem_224 only, one thread, CPU time, loaded machine.
+# Forward: output rows per task (its phase planes: 3 channels x 4 phases x (rows + 3) rows of
+# Wq = 115 floats for stem_224; a 4-filter weight panel stays in L1 while it sweeps them).
+# stem_224, one thread, CPU time, best of 5 interleaved, load ~8 (`python bench/stem_ab.py
+# --sweep STEM_ROWS=1,2,4,8,16,28`): 1-2 rows 22.2-22.7 ms, 4-16 rows 21.2-22.6 (within the
+# noise), 28 rows 22.8.  Not in RESULTS.md.
 STEM_ROWS = 8
-# Weight gradient: output rows per block of phase planes (summed into 8-lane partial sums once
-# per block: fewer blocks, fewer partial-sum passes; the planes stay in L1 up to about 2 rows),
-# filters per task (one block: the phase planes are built once per task and row block) and
-# about this many tasks, the batch cut into fixed groups of images to reach it (set by the
-# layer and the batch alone: the bits do not follow the thread count).  stem_224 only.
+# Weight gradient: output rows per block of phase planes (each block's 4x3 tiles add their
+# sums into the 8-lane partial sums once: longer blocks, fewer passes over them); same method
+# (`--sweep STEM_W_ROWS=...`): 1 row 33.3 ms, 2 28.4, 4 25.6, 8 23.2-23.8, 16-56 23.8-26.5.
 STEM_W_ROWS = 8
+# ... filters per task (one block for stem_224: the planes are built once per image and row
+# block, not once per filter block) and about this many tasks, the batch cut into fixed groups
+# of consecutive images to reach it (at most one group per image; set by the layer and the
+# batch alone, so the bits do not follow the thread count; each group adds a partial-sum array
+# of F x (taps + 1) x 8 floats, 0.3 MB for stem_224, to the workspace and to the final sum).
+# Not measured: stem_224's 8 images make 8 tasks, 4 per thread on this machine.
 STEM_W_FILTERS = 64
 STEM_W_TASKS = 16
 
