@@ -32,8 +32,9 @@ CASES = {
     "wo_20_c1": ((3, 1, 33, 40), 4, (7, 7), (2, 2), (3, 3)),
     # Wo = 34 (24 + a masked 16-tile), 5x5 stride 2, 2 channels
     "wo_34_k5": ((1, 2, 30, 67), 12, (5, 5), (2, 2), (2, 2)),
-    # Wo = 25 (24 + one column), 3x3 stride 2, 4 channels (the most the rule takes)
-    "wo_25_k3_c4": ((2, 4, 21, 50), 16, (3, 3), (2, 2), (1, 1)),
+    # Wo = 25 (24 + one column), 5x5 stride 2 (the fewest taps the rule takes), 4 channels (the
+    # most it takes)
+    "wo_25_k5_c4": ((2, 4, 21, 49), 16, (5, 5), (2, 2), (2, 2)),
     # Wo = 20 at stride 2 x 3, padding beyond a phase (4 rows, 5 columns); Wo = 40 (24 + 16)
     "s2x3_pad": ((2, 3, 45, 52), 8, (7, 7), (2, 3), (4, 5)),
     "wo_40_nopad": ((2, 3, 29, 85), 4, (7, 7), (2, 2), (0, 0)),
@@ -225,6 +226,7 @@ def test_stem_rule():
     for other in (_shape(8, 5, 64, 64, 64, 7),              # 5 channels
                   _shape(8, 3, 64, 64, 62, 7),              # 62 filters
                   _shape(8, 3, 64, 64, 64, 7, stride=1),
+                  _shape(8, 3, 64, 64, 64, 3, pad=1),       # 3x3: 9 taps (im2col)
                   _shape(8, 3, 64, 64, 64, 7, dilation=2),
                   _shape(8, 4, 64, 64, 64, 7, groups=2),
                   _shape(8, 3, 26, 26, 64, 7),              # Wo = 13

@@ -573,13 +573,15 @@ def plan_rowphases(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_t
 def stem_ok(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise):
     """The stem rule (csrc/stem.h; tuning.STEM_*): float32 where the GEMMs go to BLAS and
     AVX2 + FMA run, a strided groups-1, dilation-1 conv of at most tuning.STEM_MAX_CHANNELS
-    input channels whose kernel is not a multiple of the stride (rowphases and weight_rowgemm
-    take those), filters in whole 4-row panels, output rows of at least tuning.STEM_MIN_WO,
-    maps above the batch paths'.  The AVX-512 machines keep their plan (phases, weight_dot)."""
+    input channels whose kernel, of at least tuning.STEM_MIN_TAPS taps, is not a multiple of
+    the stride (rowphases and weight_rowgemm take those), filters in whole 4-row panels,
+    output rows of at least tuning.STEM_MIN_WO, maps above the batch paths'.  The AVX-512
+    machines keep their plan (phases, weight_dot)."""
     sh, sw = s.stride
     return (float32 and not caps.own_sgemm and caps.rowgemm and s.groups == 1 and not pointwise
             and s.stride != (1, 1) and s.dilation == (1, 1) and s.F % 4 == 0
-            and s.C <= T.STEM_MAX_CHANNELS and (s.KH % sh != 0 or s.KW % sw != 0)
+            and s.C <= T.STEM_MAX_CHANNELS and s.KH * s.KW >= T.STEM_MIN_TAPS
+            and (s.KH % sh != 0 or s.KW % sw != 0)
             and Wo >= T.STEM_MIN_WO and not batch_ok(Ho, Wo, pointwise))
 
 

@@ -171,6 +171,10 @@ ROWPHASES_MIN_WO = 16
 STEM_MAX_CHANNELS = 4
 # ... and output rows at least this wide (a row's tail tiles are masked).  Not measured.
 STEM_MIN_WO = 16
+# ... and kernels of at least this many taps per channel (im2col copies each input value
+# KH*KW/(sh*sw) times: 12 for 7x7 stride 2).  Measured on 7x7 only; strided 3x3 layers stay
+# on im2col (not measured on the stem path).
+STEM_MIN_TAPS = 25
 # Forward: output rows per task (its phase planes: 3 channels x 4 phases x (rows + 3) rows of
 # Wq = 115 floats for stem_224; a 4-filter weight panel stays in L1 while it sweeps them).
 # stem_224, one thread, CPU time, best of 5 interleaved, load ~8 (`python bench/stem_ab.py
