@@ -66,6 +66,12 @@ CONV = [
     ("weight_rowgemm_blocks", (2, 8, 24, 24), (64, 8, 4, 4), 2, 1, 1,
      {"grad_weight": _gw("weight_dot", "weight_rowgemm" if ok and cc._ROWGEMM else "im2col")},
      False),
+    # 7x7 stride 2, 3 channels (the ResNet stem's rule): stem and weight_stem on BLAS machines
+    # with AVX2 (Wo = 20 < 32: im2col on the own GEMM)
+    ("stem", (3, 3, 40, 40), (8, 3, 7, 7), 2, 3, 1,
+     {"forward": "im2col" if OWN else "stem" if ok and cc._ROWGEMM else "im2col",
+      "grad_weight": _gw("weight_dot", "weight_stem" if ok and cc._ROWGEMM else "im2col")},
+     False),
     ("phases_and_weight_dot", (2, 3, 64, 64), (8, 3, 7, 7), 2, 3, 1,
      {"forward": "phases", "grad_weight": "weight_dot"}, True),
 ]

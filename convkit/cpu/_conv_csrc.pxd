@@ -11,6 +11,7 @@ by users; the public plane kernels are in _conv.pxd).  One header per kernel fam
     csrc/dw3x3.h   depthwise 3x3 stride-1 kernels (16-byte / AVX2 / AVX-512, picked by CPUID)
     csrc/shift.h   masked shifted copies for the small-map im2col (AVX-512)
     csrc/rowgemm.h a float32 GEMM reading B rows at offsets, for the sub-pixel grad_x (AVX2)
+    csrc/stem.h    the strided first-layer conv's forward and weight gradient (AVX2)
 
 The AVX-512 bodies are compiled with target attributes and picked at run time, so every build
 carries them and a CPU without AVX-512 takes the portable paths.
@@ -126,3 +127,12 @@ cdef extern from "csrc/rowgemm.h" nogil:
     int ck_rowgemm_kc_f(Py_ssize_t P, Py_ssize_t L, Py_ssize_t K, const float* wt,
                         const float* b, const Py_ssize_t* boff, float* out, Py_ssize_t ldo,
                         Py_ssize_t kc)
+
+
+cdef extern from "csrc/stem.h" nogil:
+    int ck_stem_forward_f(Py_ssize_t F, Py_ssize_t K, const float* wt, const float* Q,
+                          const Py_ssize_t* boff, Py_ssize_t Wq, Py_ssize_t hr, Py_ssize_t Wo,
+                          float* y, Py_ssize_t ldy, const float* bias)
+    int ck_stem_wdot_f(Py_ssize_t F, Py_ssize_t K3, Py_ssize_t hr, Py_ssize_t Wo,
+                       const float* gy, Py_ssize_t ldg, const float* Q, Py_ssize_t Wq,
+                       const Py_ssize_t* boff, float* part, Py_ssize_t ldp, int with_bias)

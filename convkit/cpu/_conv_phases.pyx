@@ -12,7 +12,8 @@ from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
 from ._blas cimport ck_sgemm_apacked_rows, gemm_fixed
-from ._conv_csrc cimport ck_phases_f, ck_rowgemm_available, ck_rowgemm_f, ck_rowgemm_kc_f
+from ._conv_csrc cimport (ck_phases_f, ck_rowgemm_available, ck_rowgemm_f, ck_rowgemm_kc_f,
+                          ck_stem_forward_f, ck_stem_wdot_f)
 from ._conv_common cimport _min
 
 
@@ -330,4 +331,110 @@ def conv2d_grad_weight_rowgemm(const float[:, :, :, ::1] gy, const float[:, :, :
                         gw[f, c, kh, kw] = out[f * ldo + (kh * KW + kw) * C + c]
     if failed:
         raise RuntimeError("conv2d_grad_weight_rowgemm: csrc/rowgemm.h does not run on this CPU")
+    return gw
+
+
+def conv2d_forward_stem(const float[:, :, :, ::1] x, const float[::1] wpan,
+                        const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
+                        float[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t KH, Py_ssize_t KW,
+                        Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                        Py_ssize_t rows, int n_threads, const Py_ssize_t[::1] boff):
+    """groups 1, dilation 1, float32 where csrc/stem.h runs (conv_plan "stem", BLAS machines
+    with AVX2): the phase planes of conv2d_forward_phases (offsets boff), each output row's
+    Wo columns computed from them in place by ck_stem_forward_f straight into y (no column
+    matrix, no packing, no copy of a result).  wpan: the weights (F, C*KH*KW) in
+    csrc/rowgemm.h's 4-row panels (F a multiple of 4).  Each output is one chain of
+    multiply-adds over the taps in order, then + bias: the same bits for any task split or
+    thread count, and for the image alone or in any batch.  Tasks: (image, ``rows`` output
+    rows); ws_per_thread >= C*sh*sw*Rq*Wq (conv_plan.plan_stem).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t CKK = C * KH * KW
+    cdef Py_ssize_t Wq = Wo + (KW - 1) // sw, Rq = rows + (KH - 1) // sh
+    cdef Py_ssize_t plane = Rq * Wq, nrb = (Ho + rows - 1) // rows
+    cdef Py_ssize_t t, n, h0
+    cdef Py_ssize_t failed = 0
+    cdef float* Q
+    with nogil:
+        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
+            n = t // nrb
+            h0 = (t - n * nrb) * rows
+            Q = &ws[0] + threadid() * ws_per_thread
+            ck_phases_f(&x[n, 0, 0, 0], C, H, W, sh, sw, pt, pl, h0, Rq, Wq, plane, Q)
+            if not ck_stem_forward_f(F, CKK, &wpan[0], Q, &boff[0], Wq, _min(rows, Ho - h0), Wo,
+                                     &y[n, 0, h0, 0], Ho * Wo,
+                                     &bias[0] if has_bias else <const float*>NULL):
+                failed += 1             # (the plan picks this only where csrc/stem.h runs)
+    if failed:
+        raise RuntimeError("conv2d_forward_stem: csrc/stem.h does not run on this CPU")
+    return y
+
+
+def conv2d_grad_weight_stem(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
+                            float[:, :, :, ::1] gw, float[::1] gb, bint has_bias,
+                            float[::1] ws, Py_ssize_t ws_per_thread,
+                            float[::1] part, const Py_ssize_t[::1] boff, Py_ssize_t sh,
+                            Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t rows,
+                            Py_ssize_t fchunk, Py_ssize_t groups_n, int n_threads):
+    """grad_weight (OUT: gw, every value written) of conv2d_forward_stem's convs, as dot
+    products on csrc/stem.h (conv_plan "weight_stem").
+
+    gw[f, k] = sum over the batch's positions of gy[n, f, i, j] * (tap k of position (i, j)),
+    the taps read in place from the phase planes of blocks of ``rows`` output rows (boff: the
+    offsets for planes of that many rows, padded with zeros to a multiple of 3 taps; the padded
+    taps' sums are dropped).  Tasks: (block of ``fchunk`` filters, group of images) -- the batch
+    cut into groups_n fixed groups of consecutive images, both set by the layer and the batch
+    alone -- each summing into its own 8-lane partial sums (part: groups_n * F * (K3 + 1) * 8
+    floats, the last 8 of a filter's row its bias lanes) in a fixed order; then each weight is
+    its lanes' sums added in a fixed tree, group by group in order.  So the bits do not depend
+    on the thread count.  has_bias: gb (OUT) is summed the same way on the way (grad_bias
+    "fused").
+    ws_per_thread >= C*sh*sw*Rq*Wq (conv_plan.plan_weight_stem).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = gw.shape[0], KH = gw.shape[2], KW = gw.shape[3]
+    cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo
+    cdef Py_ssize_t K = C * KH * KW, K3 = boff.shape[0], ldp = 8 * (K3 + 1)
+    cdef Py_ssize_t Wq = Wo + (KW - 1) // sw, Rq = rows + (KH - 1) // sh
+    cdef Py_ssize_t plane = Rq * Wq
+    cdef Py_ssize_t nfc = (F + fchunk - 1) // fchunk, ipg = (N + groups_n - 1) // groups_n
+    cdef Py_ssize_t nrb = (Ho + rows - 1) // rows
+    cdef Py_ssize_t t, fi, g, f0, fc, n, rb, h0, f, k
+    cdef Py_ssize_t failed = 0
+    cdef float s, lane
+    cdef float* Q
+    cdef float* P
+    cdef const float* q
+    with nogil:
+        for t in prange(nfc * groups_n, schedule="dynamic", num_threads=n_threads):
+            fi = t // groups_n
+            g = t - fi * groups_n
+            f0 = fi * fchunk
+            fc = _min(fchunk, F - f0)
+            P = &part[0] + (g * F + f0) * ldp
+            memset(P, 0, fc * ldp * sizeof(float))
+            Q = &ws[0] + threadid() * ws_per_thread
+            for n in range(g * ipg, _min(N, (g + 1) * ipg)):
+                for rb in range(nrb):
+                    h0 = rb * rows
+                    ck_phases_f(&x[n, 0, 0, 0], C, H, W, sh, sw, pt, pl, h0, Rq, Wq, plane, Q)
+                    if not ck_stem_wdot_f(fc, K3, _min(rows, Ho - h0), Wo, &gy[n, f0, h0, 0],
+                                          HoWo, Q, Wq, &boff[0], P, ldp, has_bias):
+                        failed += 1     # (the plan picks this only where csrc/stem.h runs)
+        for f in prange(F, schedule="static", num_threads=n_threads):
+            for k in range(K + 1):
+                if k == K and not has_bias:
+                    break
+                s = 0
+                for g in range(_min(groups_n, (N + ipg - 1) // ipg)):
+                    q = &part[0] + (g * F + f) * ldp + 8 * (K3 if k == K else k)
+                    lane = ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]))
+                    s = s + lane
+                if k == K:
+                    gb[f] = s
+                else:
+                    gw[f, k // (KH * KW), (k // KW) % KH, k % KW] = s
+    if failed:
+        raise RuntimeError("conv2d_grad_weight_stem: csrc/stem.h does not run on this CPU")
     return gw

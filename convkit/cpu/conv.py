@@ -105,8 +105,9 @@ _MAX_PLANS = 256
 # operands are checked before them.  The depthwise kernels skip padding
 # taps instead of multiplying zeros, so only a non-finite weight (forward) or grad_y / weight
 # (backward) makes them differ from torch; x is not read twice for them.  im2col, pointwise,
-# wide, phases and rowphases compute each output from its own window, and weight_rowgemm each
-# weight from its own products, padding included, as torch does: no check, no cost.
+# wide, phases, rowphases and stem compute each output from its own window, and weight_rowgemm
+# and weight_stem each weight from its own products (the stem's padded taps and masked tails
+# read no other values), padding included, as torch does: no check, no cost.
 _MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel"})
 _MIXES_W = frozenset({"depthwise", "depthwise3x3"})
 
@@ -459,6 +460,17 @@ def _fwd_rowphases(x, weight, b, has_bias, y, s, step):
                                                     y.shape[3]))
 
 
+def _fwd_stem(x, weight, b, has_bias, y, s, step):
+    """The stem forward on csrc/stem.h (conv_plan.plan_stem)."""
+    rows, per = step.params["rows"], step.params["per_thread"]
+    ws = _workspace(per * step.threads, x.dtype)
+    _phases.conv2d_forward_stem(x, _panels(weight.reshape(s.F, -1)), b, has_bias, y, ws, per,
+                                s.KH, s.KW, s.stride[0], s.stride[1], s.padding[0],
+                                s.padding[2], rows, step.threads,
+                                _phase_offsets(s.C, s.KH, s.KW, s.stride[0], s.stride[1], 1, 1,
+                                               rows, y.shape[3]))
+
+
 def _fwd_wide(x, weight, b, has_bias, y, s, step):
     (dh, dw), per = s.dilation, step.params["per_thread"]
     Ho, Wo = y.shape[2:]
@@ -484,7 +496,8 @@ def _fwd_im2col(x, weight, b, has_bias, y, s, step):
 
 _FORWARD = {"depthwise3x3": _fwd_depthwise3x3, "depthwise": _fwd_depthwise, "dense": _fwd_dense,
             "winograd": _fwd_winograd, "batch": _fwd_batch, "phases": _fwd_phases,
-            "rowphases": _fwd_rowphases, "wide": _fwd_wide, "pointwise": _fwd_im2col, "im2col": _fwd_im2col}
+            "rowphases": _fwd_rowphases, "stem": _fwd_stem, "wide": _fwd_wide,
+            "pointwise": _fwd_im2col, "im2col": _fwd_im2col}
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, out=None,
@@ -649,6 +662,30 @@ def _bwd_weight_rowgemm(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                        p["kc"], step.threads)
 
 
+@functools.lru_cache(maxsize=64)
+def _stem_w_offsets(C, KH, KW, sh, sw, rows, Wo):
+    """_phase_offsets padded with zeros to a multiple of 3 taps (csrc/stem.h's 4x3 tiles; the
+    padded taps read the planes' start and their sums are dropped)."""
+    o = _phase_offsets(C, KH, KW, sh, sw, 1, 1, rows, Wo)
+    o = np.concatenate([o, np.zeros(-len(o) % 3, np.intp)])
+    o.flags.writeable = False
+    return o
+
+
+def _bwd_weight_stem(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
+    """grad_weight on csrc/stem.h (conv_plan.plan_weight_stem)."""
+    p, (sh, sw) = step.params, s.stride
+    per, npart = p["per_thread"], p["part"]
+    ws = _workspace(per * step.threads + npart, np.float32, "weight_stem")
+    planes, part = ws[:per * step.threads], ws[per * step.threads:per * step.threads + npart]
+    _phases.conv2d_grad_weight_stem(gy, x, gw, gb if gb is not None else np.empty(1, np.float32),
+                                    gb is not None, planes, per, part,
+                                    _stem_w_offsets(s.C, s.KH, s.KW, sh, sw, p["rows"],
+                                                    gy.shape[3]),
+                                    sh, sw, s.padding[0], s.padding[2], p["rows"], p["fchunk"],
+                                    p["groups_n"], step.threads)
+
+
 def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     p = _check(step)
     (sh, sw), (dh, dw), dt = s.stride, s.dilation, x.dtype
@@ -669,6 +706,7 @@ def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
 _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "dense": _bwd_dense,
              "winograd": _bwd_winograd, "batch": _bwd_batch, "weight_dot": _bwd_weight_dot,
              "subpixel": _bwd_subpixel, "weight_rowgemm": _bwd_weight_rowgemm,
+             "weight_stem": _bwd_weight_stem,
              "pointwise": _bwd_im2col, "im2col": _bwd_im2col}
 
 

@@ -16,12 +16,16 @@ batch           maps <= 64 positions: the batch's columns side by side in one GE
 phases          strided, float32 on the own GEMM: polyphase planes, a GEMM per row      f
 rowphases       strided, float32 on BLAS machines with AVX2: the same planes, one      f
                 csrc/rowgemm.h GEMM per block of output rows (taps read in place)
+stem            strided first layer (<= 4 channels, kernel not a multiple of the        f
+                stride), float32 on BLAS machines with AVX2: the same planes, each
+                output row straight into y by csrc/stem.h (taps read in place)
 subpixel        strided, kernel a multiple of the stride, on BLAS: the sh*sw output     x
                 phases of grad_x as one stride-1 conv of grad_y, then interleaved
 wide            stride 1, padded rows <= 5/4 of the output's: taps read in place        f
 weight_dot      <= 320 taps per filter, float32 on the own GEMM: dot products           w (+ b)
 weight_rowgemm  strided, kernel a multiple of the stride, float32 on BLAS machines      w
                 with AVX2: x channels-last, a csrc/rowgemm.h GEMM per kernel row
+weight_stem     the stem rule: dot products over the phase planes (csrc/stem.h)         w
 pointwise       1x1, stride 1, no padding: GEMMs straight on x                          f, x, w
 im2col          everything else: im2col into a workspace, then GEMMs                    f, x, w
 =============== ====================================================================== ========
@@ -56,8 +60,8 @@ images share its batch, on any thread count (tests/test_cpu_batch_invariance.py)
   above), so one large image still makes several tasks;
 - the own AVX-512 GEMM sums each output in a fixed k order whatever the GEMM's width and the
   output's place (csrc/sgemm.h): there blocks of images and rows may follow N and the team;
-- wide, phases and the depthwise kernels work on one image (plane) per task; the non-finite
-  fallback to im2col is taken per image (convkit/cpu/conv.py).
+- wide, phases, rowphases, stem and the depthwise kernels work on one image (plane) per task;
+  the non-finite fallback to im2col is taken per image (convkit/cpu/conv.py).
 grad_weight sums over the batch and is not batch invariant.  Not covered: a workspace limit
 below what a pass needs for the whole batch (the batch backward's grad_y side by side, the
 depthwise grad_x's zero stand-in for x) sends that batch, not a smaller one, to im2col.
@@ -566,6 +570,60 @@ def plan_rowphases(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_t
     return rows, per
 
 
+def stem_ok(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise):
+    """The stem rule (csrc/stem.h; tuning.STEM_*): float32 where the GEMMs go to BLAS and
+    AVX2 + FMA run, a strided groups-1, dilation-1 conv of at most tuning.STEM_MAX_CHANNELS
+    input channels whose kernel, of at least tuning.STEM_MIN_TAPS taps, is not a multiple of
+    the stride (rowphases and weight_rowgemm take those), filters in whole 4-row panels,
+    output rows of at least tuning.STEM_MIN_WO, maps above the batch paths'.  The AVX-512
+    machines keep their plan (phases, weight_dot)."""
+    sh, sw = s.stride
+    return (float32 and not caps.own_sgemm and caps.rowgemm and s.groups == 1 and not pointwise
+            and s.stride != (1, 1) and s.dilation == (1, 1) and s.F % 4 == 0
+            and s.C <= T.STEM_MAX_CHANNELS and s.KH * s.KW >= T.STEM_MIN_TAPS
+            and (s.KH % sh != 0 or s.KW % sw != 0)
+            and Wo >= T.STEM_MIN_WO and not batch_ok(Ho, Wo, pointwise))
+
+
+def stem_planes(s: ConvShape, rows, Wo):
+    """Floats of a task's phase planes for ``rows`` output rows (csrc/vsum.h ck_phases_f)."""
+    sh, sw = s.stride
+    return s.C * sh * sw * (rows + (s.KH - 1) // sh) * (Wo + (s.KW - 1) // sw)
+
+
+def plan_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads, limit):
+    """(threads, output rows per task, workspace floats per thread) of the stem forward, or
+    None.  Each output is one chain over the taps: the split may follow nothing else."""
+    if not stem_ok(s, Ho, Wo, float32, caps, pointwise):
+        return None
+    rows = min(Ho, T.STEM_ROWS)
+    per = stem_planes(s, rows, Wo)
+    if per * 4 > limit:
+        return None
+    return fit_team(n_threads, per * 4, 0, limit), rows, per
+
+
+def plan_weight_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
+                     limit):
+    """(threads, rows per block, filters per task, image groups, plane floats per thread,
+    partial-sum floats) of the stem weight gradient (grad_bias summed on the way), or None.
+    Tasks: blocks of tuning.STEM_W_FILTERS filters times the batch in fixed groups of images,
+    about tuning.STEM_W_TASKS of them -- set by the layer and the batch, so no bits follow the
+    team."""
+    if not stem_ok(s, Ho, Wo, float32, caps, pointwise):
+        return None
+    rows = min(Ho, T.STEM_W_ROWS)
+    fchunk = min(s.F, T.STEM_W_FILTERS)
+    nfc = ceil_div(s.F, fchunk)
+    groups_n = max(1, min(s.N, ceil_div(T.STEM_W_TASKS, nfc)))
+    per = stem_planes(s, rows, Wo)
+    part = groups_n * s.F * (3 * ceil_div(s.C * s.KH * s.KW, 3) + 1) * 8
+    if (per + part) * 4 > limit:
+        return None
+    return (fit_team(n_threads, per * 4, 0, limit - part * 4), rows, fchunk, groups_n, per,
+            part)
+
+
 def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
                         limit):
     """(filters per task, taps per pass, workspace floats) of the rowgemm weight gradient, or
@@ -745,6 +803,9 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     p = plan_rowphases(s, Ho, Wo, f32, caps, pointwise, n, limit)
     if p is not None:
         return Step("rowphases", n, {"rows": p[0], "per_thread": p[1]})
+    p = plan_stem(s, Ho, Wo, f32, caps, pointwise, n, limit)
+    if p is not None:
+        return Step("stem", p[0], {"rows": p[1], "per_thread": p[2]})
     p = plan_wide(s, Ho, Wo, itemsize, pointwise, limit)
     if p is not None:
         return Step("wide", min(n, N), {"per_thread": p})
@@ -842,6 +903,12 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             gw = Step("weight_rowgemm", n, {"filters": p[0], "kc": p[1], "floats": p[2]})
             if not gx_left:
                 return gx, gw, "sum", bias_n
+        p = plan_weight_stem(s, Ho, Wo, f32, caps, pointwise, n, limit)
+        if p is not None:
+            gw = Step("weight_stem", p[0], {"rows": p[1], "fchunk": p[2], "groups_n": p[3],
+                                            "per_thread": p[4], "part": p[5]})
+            if not gx_left:
+                return gx, gw, "fused", p[0]
     if batch_ok(Ho, Wo, pointwise):      # (never together with weight_dot)
         Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
         p = plan_batch_backward(N, Cg, G, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, gx_left,
@@ -868,7 +935,10 @@ def _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointw
         step = Step(algo, p[0], {"units_w": p[1], "rows_w": p[2], "chans_x": p[3],
                                  "rows_x": p[4], "nsplit": p[5], "per_thread": p[6]})
     if gw is not None:       # grad_weight by another kernel: the im2col pass makes grad_x only
-        return (step, gw, "fused", n) if gw.algo == "weight_dot" else (step, gw, "sum", bias_n)
+        if gw.algo == "weight_dot":
+            return step, gw, "fused", n
+        return (step, gw, "fused", gw.threads) if gw.algo == "weight_stem" else \
+            (step, gw, "sum", bias_n)
     return (step if gx_left else gx), step, "sum", bias_n
 
 

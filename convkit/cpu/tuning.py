@@ -163,6 +163,37 @@ PHASES_TASKS_PER_THREAD = 4
 ROWPHASES_POSITIONS = 240
 ROWPHASES_MIN_WO = 16
 
+# The strided first layer on csrc/stem.h (BLAS machines with AVX2; conv_plan "stem" and
+# "weight_stem"): strided, groups 1, dilation 1, a kernel that is not a multiple of the stride
+# (those go to rowphases / weight_rowgemm), filters in whole 4-row panels, at most this many
+# input channels (an image's: the one case measured is stem_224, 8x3x224x224 -> 64, 7x7 s2 p3,
+# on the 2-core AMD EPYC without AVX-512; on more channels a task's phase planes outgrow L1).
+STEM_MAX_CHANNELS = 4
+# ... and output rows at least this wide (a row's tail tiles are masked).  Not measured.
+STEM_MIN_WO = 16
+# ... and kernels of at least this many taps per channel (im2col copies each input value
+# KH*KW/(sh*sw) times: 12 for 7x7 stride 2).  Measured on 7x7 only; strided 3x3 layers stay
+# on im2col (not measured on the stem path).
+STEM_MIN_TAPS = 25
+# Forward: output rows per task (its phase planes: 3 channels x 4 phases x (rows + 3) rows of
+# Wq = 115 floats for stem_224; a 4-filter weight panel stays in L1 while it sweeps them).
+# stem_224, one thread, CPU time, best of 5 interleaved, load ~8 (`python bench/stem_ab.py
+# --sweep STEM_ROWS=1,2,4,8,16,28`): 1-2 rows 22.2-22.7 ms, 4-16 rows 21.2-22.6 (within the
+# noise), 28 rows 22.8.  Not in RESULTS.md.
+STEM_ROWS = 8
+# Weight gradient: output rows per block of phase planes (each block's 4x3 tiles add their
+# sums into the 8-lane partial sums once: longer blocks, fewer passes over them); same method
+# (`--sweep STEM_W_ROWS=...`): 1 row 33.3 ms, 2 28.4, 4 25.6, 8 23.2-23.8, 16-56 23.8-26.5.
+STEM_W_ROWS = 8
+# ... filters per task (one block for stem_224: the planes are built once per image and row
+# block, not once per filter block) and about this many tasks, the batch cut into fixed groups
+# of consecutive images to reach it (at most one group per image; set by the layer and the
+# batch alone, so the bits do not follow the thread count; each group adds a partial-sum array
+# of F x (taps + 1) x 8 floats, 0.3 MB for stem_224, to the workspace and to the final sum).
+# Not measured: stem_224's 8 images make 8 tasks, 4 per thread on this machine.
+STEM_W_FILTERS = 64
+STEM_W_TASKS = 16
+
 # Weight gradient on csrc/rowgemm.h (conv_plan "weight_rowgemm"): filters per task (all of a
 # layer's up to this many: every filter panel reuses a pass's x rows from L1, where 16 made
 # each task stream x from L3 again, ~1.3x slower) and taps (batch positions) per pass.
