@@ -677,68 +677,90 @@ static void ck_ma_bwd_rel(const int32_t* am, ptrdiff_t nb, ptrdiff_t cb, const i
    argmax minus the bin's base is the sample d itself, else 0.  Returns the number of groups
    (cap: 4 per sample suffices), or -1 where the RoI cannot be merged (a bin of over 8
    samples, or a sample with two non-zero weights on one pixel). */
+/* One bin's taps along one axis (nt of them, low/high pixels and weights) -> its distinct
+   pixels px[0..n) and each tap's weight on them (w[a][i]: the tap's weight whose pixel is
+   px[i], 0 for none); 0 when over 8 taps or a tap puts two non-zero weights on one pixel. */
+typedef struct {
+    int n;
+    ptrdiff_t px[16];
+    float w[8][16];
+} ck_ma_px;
+static int ck_ma_px_build(ck_ma_px* t, ptrdiff_t nt, const ptrdiff_t* lo, const ptrdiff_t* hi,
+                          const float* wl, const float* wh) {
+    ptrdiff_t a;
+    int e, i;
+    t->n = 0;
+    if (nt > 8) return 0;
+    for (a = 0; a < nt; a++)
+        for (e = 0; e < 2; e++) {
+            const ptrdiff_t r = e ? hi[a] : lo[a];
+            for (i = 0; i < t->n && t->px[i] != r; i++) {}
+            if (i == t->n) t->px[t->n++] = r;
+        }
+    for (a = 0; a < nt; a++) {
+        for (i = 0; i < t->n; i++) t->w[a][i] = 0.0f;
+        for (e = 0; e < 2; e++) {
+            const ptrdiff_t r = e ? hi[a] : lo[a];
+            const float wv = e ? wh[a] : wl[a];
+            for (i = 0; t->px[i] != r; i++) {}
+            if (t->w[a][i] != 0.0f && wv != 0.0f) return 0;
+            t->w[a][i] = t->w[a][i] + wv;
+        }
+    }
+    return 1;
+}
 static ptrdiff_t ck_ma_groups(ptrdiff_t W, ptrdiff_t ph, ptrdiff_t pw, const ptrdiff_t* yf,
                               const ptrdiff_t* ylo, const ptrdiff_t* yhi, const float* ywl,
                               const float* ywh, const ptrdiff_t* xf, const ptrdiff_t* xlo,
                               const ptrdiff_t* xhi, const float* xwl, const float* xwh,
                               const ptrdiff_t* sf, const int32_t* rel, ptrdiff_t* gf,
                               ptrdiff_t* goff, float* gwt, int32_t* gdm, int32_t* sx, int* ws) {
-    ptrdiff_t nb = ph * pw, b, s, g, ng = 0, mx = 0, p, q, a, e, i, j;
-    int w;
+    ptrdiff_t nb = ph * pw, b, s, g, ng = 0, mx = 0, p, q, a, e, d;
+    int w, i, j, yok;
+    ck_ma_px ty;
+    ck_ma_px* tx;
     for (b = 0; b < nb; b++)
         if (sf[b + 1] - sf[b] > mx) mx = sf[b + 1] - sf[b];
     if (mx > 8) return -1;
     w = mx <= 4 ? 4 : 8;
     *ws = w;
+    tx = (ck_ma_px*)malloc((size_t)pw * sizeof(ck_ma_px));
+    if (tx == NULL) return -1;      /* the masked path needs no groups */
+    for (q = 0; q < pw; q++)        /* -1: cannot merge (it matters only in a bin with samples) */
+        if (!ck_ma_px_build(&tx[q], xf[q + 1] - xf[q], xlo + xf[q], xhi + xf[q], xwl + xf[q],
+                            xwh + xf[q]))
+            tx[q].n = -1;
     for (p = 0; p < ph; p++) {
+        const ptrdiff_t ny = yf[p + 1] - yf[p];
+        yok = ck_ma_px_build(&ty, ny, ylo + yf[p], yhi + yf[p], ywl + yf[p], ywh + yf[p]);
         for (q = 0; q < pw; q++) {
-            const ptrdiff_t ny = yf[p + 1] - yf[p], nx = xf[q + 1] - xf[q];
-            ptrdiff_t rows[16], cols[16], nr = 0, nc = 0;
-            int iy[16], ix[16];     /* per tap: its low / high corner's row (column) index */
+            const ptrdiff_t nx = xf[q + 1] - xf[q], S = sf[p * pw + q + 1] - sf[p * pw + q];
+            const ck_ma_px* t = &tx[q];
             b = p * pw + q;
             gf[b] = ng;
-            sx[b] = (int32_t)((uint32_t)(sf[b + 1] - sf[b]) ^ 0x80000000u);
+            sx[b] = (int32_t)((uint32_t)S ^ 0x80000000u);
             gdm[b] = -1;
             for (s = sf[b]; s < sf[b + 1]; s++)
                 if (rel[s] != s - sf[b]) gdm[b] = 0;
-            if (sf[b + 1] == sf[b]) continue;       /* ny * nx = the bin's samples, <= 8 */
-            for (a = 0; a < ny; a++)
-                for (e = 0; e < 2; e++) {
-                    const ptrdiff_t r = e ? yhi[yf[p] + a] : ylo[yf[p] + a];
-                    for (i = 0; i < nr && rows[i] != r; i++) {}
-                    if (i == nr) rows[nr++] = r;
-                    iy[2 * a + e] = (int)i;
+            if (S == 0) continue;           /* else ny * nx = S <= 8 */
+            if (!yok || t->n < 0) {
+                free(tx);
+                return -1;
+            }
+            for (i = 0; i < ty.n; i++)
+                for (j = 0; j < t->n; j++) {
+                    float* gw;
+                    g = ng + i * t->n + j;
+                    goff[g] = ty.px[i] * W + t->px[j];
+                    gw = gwt + g * w;
+                    for (a = 0; a < ny; a++)
+                        for (e = 0; e < nx; e++) gw[a * nx + e] = ty.w[a][i] * t->w[e][j];
+                    for (d = S; d < w; d++) gw[d] = 0.0f;
                 }
-            for (a = 0; a < nx; a++)
-                for (e = 0; e < 2; e++) {
-                    const ptrdiff_t r = e ? xhi[xf[q] + a] : xlo[xf[q] + a];
-                    for (i = 0; i < nc && cols[i] != r; i++) {}
-                    if (i == nc) cols[nc++] = r;
-                    ix[2 * a + e] = (int)i;
-                }
-            for (i = 0; i < nr; i++)
-                for (j = 0; j < nc; j++) {
-                    g = ng + i * nc + j;
-                    goff[g] = rows[i] * W + cols[j];
-                    for (e = 0; e < w; e++) gwt[g * w + e] = 0.0f;
-                }
-            for (i = 0; i < ny; i++)
-                for (j = 0; j < nx; j++) {
-                    const ptrdiff_t d = i * nx + j;
-                    const float hy = ywl[yf[p] + i], ly = ywh[yf[p] + i];
-                    const float hx = xwl[xf[q] + j], lx = xwh[xf[q] + j];
-                    const float wt[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
-                    const int ri[4] = {iy[2 * i], iy[2 * i], iy[2 * i + 1], iy[2 * i + 1]};
-                    const int ci[4] = {ix[2 * j], ix[2 * j + 1], ix[2 * j], ix[2 * j + 1]};
-                    for (e = 0; e < 4; e++) {
-                        float* t = gwt + (ng + ri[e] * nc + ci[e]) * w + d;
-                        if (*t != 0.0f && wt[e] != 0.0f) return -1;
-                        *t = *t + wt[e];
-                    }
-                }
-            ng += nr * nc;
+            ng += ty.n * t->n;
         }
     }
+    free(tx);
     gf[nb] = ng;
     return ng;
 }
@@ -780,23 +802,29 @@ static ptrdiff_t ck_ma_prep_y(const int32_t* amk, const float* gyk, ptrdiff_t nb
                               int* finite) {
     const __m256i m1 = _mm256_set1_epi32(-1), sgn = _mm256_set1_epi32(INT32_MIN);
     const __m256i em = _mm256_set1_epi32(0x7f800000), e1 = _mm256_set1_epi32(0x00800000);
-    const ptrdiff_t nb8 = nb - nb % 8, cb8 = cb - cb % 8;
+    /* the vector blocks cover every bin when there are 8 or more (the last block ends at
+       the last bin, overlapping the one before: its lanes already done count no bad entry) */
+    const ptrdiff_t nbv = nb >= 8 ? nb : 0, cb8 = cb - cb % 8;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     __m256i nbad = _mm256_setzero_si256(), fv = _mm256_setzero_si256();
     ptrdiff_t c, b, i, bad = 0;
     uint32_t fin = 0;
     int32_t lanes[8];
     for (c = 0; c < cb8; c += 8) {
-        for (b = 0; b < nb8; b += 8) {
-            const __m256i bs = _mm256_loadu_si256((const __m256i*)(base + b));
-            const __m256i sv = _mm256_loadu_si256((const __m256i*)(sx + b));
-            const __m256i gm = _mm256_loadu_si256((const __m256i*)(gdm + b));
+        for (b = 0; b < nbv; b += 8) {
+            const ptrdiff_t b8 = b + 8 <= nb ? b : nb - 8;
+            const __m256i bs = _mm256_loadu_si256((const __m256i*)(base + b8));
+            const __m256i sv = _mm256_loadu_si256((const __m256i*)(sx + b8));
+            const __m256i gm = _mm256_and_si256(
+                _mm256_loadu_si256((const __m256i*)(gdm + b8)),
+                _mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int32_t)(b - b8) - 1)));
             __m256 dv[8], gv[8];
             for (i = 0; i < 8; i++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i*)(amk + (c + i) * nb + b));
+                const __m256i v = _mm256_loadu_si256((const __m256i*)(amk + (c + i) * nb + b8));
                 const __m256i r = _mm256_sub_epi32(v, bs);
                 const __m256i ok = _mm256_cmpgt_epi32(sv, _mm256_xor_si256(r, sgn));
                 const __m256i gk = _mm256_and_si256(ok, _mm256_castps_si256(
-                    _mm256_loadu_ps(gyk + (c + i) * nb + b)));
+                    _mm256_loadu_ps(gyk + (c + i) * nb + b8)));
                 /* a bad lane of a d-numbered bin: neither a sample nor -1 */
                 nbad = _mm256_sub_epi32(nbad, _mm256_andnot_si256(
                     _mm256_or_si256(ok, _mm256_cmpeq_epi32(v, m1)), gm));
@@ -807,8 +835,9 @@ static ptrdiff_t ck_ma_prep_y(const int32_t* amk, const float* gyk, ptrdiff_t nb
             ck_tr8x8(dv);
             ck_tr8x8(gv);
             for (i = 0; i < 8; i++) {
-                _mm256_storeu_si256((__m256i*)(dt + (b + i) * cb + c), _mm256_castps_si256(dv[i]));
-                _mm256_storeu_ps(gt + (b + i) * cb + c, gv[i]);
+                _mm256_storeu_si256((__m256i*)(dt + (b8 + i) * cb + c),
+                                    _mm256_castps_si256(dv[i]));
+                _mm256_storeu_ps(gt + (b8 + i) * cb + c, gv[i]);
             }
         }
     }
@@ -816,9 +845,9 @@ static ptrdiff_t ck_ma_prep_y(const int32_t* amk, const float* gyk, ptrdiff_t nb
     for (i = 0; i < 8; i++) bad += lanes[i];
     _mm256_storeu_si256((__m256i*)lanes, fv);
     for (i = 0; i < 8; i++) fin |= (uint32_t)lanes[i];
-    /* the other bins of the vector blocks, the last bins, the last channels */
+    /* the bins not numbered by d (all bins when fewer than 8), the last channels */
     for (b = 0; b < nb; b++) {
-        if (b < nb8 && gdm[b]) continue;
+        if (nbv && gdm[b]) continue;
         for (c = 0; c < cb8; c++)
             ck_ma_prep1(amk[c * nb + b], gyk[c * nb + b], b, sf, rel, base, dt + b * cb + c,
                         gt + b * cb + c, &bad, &fin);
