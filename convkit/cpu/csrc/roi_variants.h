@@ -753,6 +753,15 @@ static ptrdiff_t ck_ma_groups(ptrdiff_t W, ptrdiff_t ph, ptrdiff_t pw, const ptr
                     g = ng + i * t->n + j;
                     goff[g] = ty.px[i] * W + t->px[j];
                     gw = gwt + g * w;
+                    if (S == 4 && nx == 2 && w == 4) {      /* sampling_ratio 2, spelled out */
+                        const float y0 = ty.w[0][i], y1 = ty.w[1][i];
+                        const float x0 = t->w[0][j], x1 = t->w[1][j];
+                        gw[0] = y0 * x0;
+                        gw[1] = y0 * x1;
+                        gw[2] = y1 * x0;
+                        gw[3] = y1 * x1;
+                        continue;
+                    }
                     for (a = 0; a < ny; a++)
                         for (e = 0; e < nx; e++) gw[a * nx + e] = ty.w[a][i] * t->w[e][j];
                     for (d = S; d < w; d++) gw[d] = 0.0f;
