@@ -434,20 +434,26 @@ static ptrdiff_t ck_max_align_table_f(
             base[k] = -1;
             if (yf[p + 1] <= yf[p] || xf[q + 1] <= xf[q]) continue;
             base[k] = (int32_t)((int64_t)yidx[yf[p]] * gw + (int64_t)xidx[xf[q]]);
-            for (a = yf[p]; a < yf[p + 1]; a++)
+            for (a = yf[p]; a < yf[p + 1]; a++) {
+                /* the row's terms in locals: the stores below may alias the taps for all
+                   the compiler knows, which would reload them per sample */
+                const float hy = ywl[a], ly = ywh[a];
+                const ptrdiff_t rl = ylo[a] * W, rh = yhi[a] * W, x0 = xidx[xf[q]];
+                const int64_t ry = (int64_t)(yidx[a] - yidx[yf[p]]) * gw;
                 for (b = xf[q]; b < xf[q + 1]; b++, n++) {
-                    const float hy = ywl[a], ly = ywh[a], hx = xwl[b], lx = xwh[b];
-                    so[4 * n] = (ylo[a] * W + xlo[b]) * C;
-                    so[4 * n + 1] = (ylo[a] * W + xhi[b]) * C;
-                    so[4 * n + 2] = (yhi[a] * W + xlo[b]) * C;
-                    so[4 * n + 3] = (yhi[a] * W + xhi[b]) * C;
+                    const float hx = xwl[b], lx = xwh[b];
+                    const ptrdiff_t cl = xlo[b], ch = xhi[b];
+                    so[4 * n] = (rl + cl) * C;
+                    so[4 * n + 1] = (rl + ch) * C;
+                    so[4 * n + 2] = (rh + cl) * C;
+                    so[4 * n + 3] = (rh + ch) * C;
                     sw[4 * n] = hy * hx;
                     sw[4 * n + 1] = hy * lx;
                     sw[4 * n + 2] = ly * hx;
                     sw[4 * n + 3] = ly * lx;
-                    rel[n] = (int32_t)((int64_t)(yidx[a] - yidx[yf[p]]) * gw
-                                       + (int64_t)(xidx[b] - xidx[xf[q]]));
+                    rel[n] = (int32_t)(ry + (int64_t)(xidx[b] - x0));
                 }
+            }
         }
     sf[ph * pw] = n;
     return n;
