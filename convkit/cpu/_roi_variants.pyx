@@ -264,7 +264,8 @@ cdef struct _Table:
     Py_ssize_t* gf
     Py_ssize_t* goff
     float* gwt
-    unsigned char* gd
+    int32_t* gdm
+    int32_t* sx
     int ws
 
 
@@ -282,7 +283,8 @@ cdef void _table_free(_Table* t) noexcept nogil:
     free(t.gf)
     free(t.goff)
     free(t.gwt)
-    free(t.gd)
+    free(t.gdm)
+    free(t.sx)
     t.gf = NULL
 
 
@@ -297,7 +299,8 @@ cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
     t.gf = NULL
     t.goff = NULL
     t.gwt = NULL
-    t.gd = NULL
+    t.gdm = NULL
+    t.sx = NULL
     t.sf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
     t.base = <int32_t*>malloc(nb * sizeof(int32_t) + 1)
     if scratch:
@@ -333,17 +336,21 @@ cdef int _table_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t 
     return 0
 
 
-cdef int _groups_build(_Table* t, Py_ssize_t nb) noexcept nogil:
-    """The backward's pixel groups of a built table (C = 1), when the RoI can be merged (else
-    gf stays NULL).  0 when memory ran out."""
-    cdef Py_ssize_t n = t.sf[nb]
+cdef int _groups_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t ph,
+                       Py_ssize_t pw) noexcept nogil:
+    """The backward's pixel groups of a built table (C = 1), from the RoI's axis taps, when
+    the RoI can be merged (else gf stays NULL).  0 when memory ran out."""
+    cdef Py_ssize_t nb = ph * pw, n = t.sf[nb]
     t.gf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
     t.goff = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t) + 1)
     t.gwt = <float*>malloc(32 * n * sizeof(float) + 1)
-    t.gd = <unsigned char*>malloc(nb + 1)
-    if t.gf == NULL or t.goff == NULL or t.gwt == NULL or t.gd == NULL:
+    t.gdm = <int32_t*>malloc(nb * sizeof(int32_t) + 1)
+    t.sx = <int32_t*>malloc(nb * sizeof(int32_t) + 1)
+    if t.gf == NULL or t.goff == NULL or t.gwt == NULL or t.gdm == NULL or t.sx == NULL:
         return 0
-    if ck_ma_groups(nb, t.sf, t.so, t.sw, t.rel, t.gf, t.goff, t.gwt, t.gd, &t.ws) < 0:
+    if ck_ma_groups(W, ph, pw, ty.first, ty.low, ty.high, <float*>ty.wl, <float*>ty.wh,
+                    tx.first, tx.low, tx.high, <float*>tx.wl, <float*>tx.wh, t.sf, t.rel, t.gf,
+                    t.goff, t.gwt, t.gdm, t.sx, &t.ws) < 0:
         free(t.gf)
         t.gf = NULL
     return 1
@@ -606,7 +613,8 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int32_t[:, :, 
                             and _table_build(&tabs[k], &axes[2 * k], &axes[2 * k + 1], W, 1,
                                              ph, pw, gws[k])):
                         notab += 1
-                    elif not _groups_build(&tabs[k], nb):
+                    elif not _groups_build(&tabs[k], &axes[2 * k], &axes[2 * k + 1], W, ph,
+                                           pw):
                         failed += 1
                         batch[k] = -1
                 elif not _roi_pairs(&pairs[k], &axes[2 * k], &axes[2 * k + 1], W, ph, pw,
@@ -651,7 +659,7 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int32_t[:, :, 
                             <const float*>gyp + o, amp + o,
                             gt, rt, <const float*>gyp + (i * C + c0) * nb if i < K else NULL,
                             amp + (i * C + c0) * nb if i < K else NULL,
-                            tb.gf, tb.goff, tb.gwt, tb.gd, tb.ws)
+                            tb.gf, tb.goff, tb.gwt, tb.gdm, tb.sx, tb.ws)
                         k = i
                     for i in range(0, HW, 64):  # (H*W, nc) block -> the nc planes of gx
                         ck_transpose_f(gb + i * nc, nc, min(64, HW - i), nc,

@@ -434,20 +434,26 @@ static ptrdiff_t ck_max_align_table_f(
             base[k] = -1;
             if (yf[p + 1] <= yf[p] || xf[q + 1] <= xf[q]) continue;
             base[k] = (int32_t)((int64_t)yidx[yf[p]] * gw + (int64_t)xidx[xf[q]]);
-            for (a = yf[p]; a < yf[p + 1]; a++)
+            for (a = yf[p]; a < yf[p + 1]; a++) {
+                /* the row's terms in locals: the stores below may alias the taps for all
+                   the compiler knows, which would reload them per sample */
+                const float hy = ywl[a], ly = ywh[a];
+                const ptrdiff_t rl = ylo[a] * W, rh = yhi[a] * W, x0 = xidx[xf[q]];
+                const int64_t ry = (int64_t)(yidx[a] - yidx[yf[p]]) * gw;
                 for (b = xf[q]; b < xf[q + 1]; b++, n++) {
-                    const float hy = ywl[a], ly = ywh[a], hx = xwl[b], lx = xwh[b];
-                    so[4 * n] = (ylo[a] * W + xlo[b]) * C;
-                    so[4 * n + 1] = (ylo[a] * W + xhi[b]) * C;
-                    so[4 * n + 2] = (yhi[a] * W + xlo[b]) * C;
-                    so[4 * n + 3] = (yhi[a] * W + xhi[b]) * C;
+                    const float hx = xwl[b], lx = xwh[b];
+                    const ptrdiff_t cl = xlo[b], ch = xhi[b];
+                    so[4 * n] = (rl + cl) * C;
+                    so[4 * n + 1] = (rl + ch) * C;
+                    so[4 * n + 2] = (rh + cl) * C;
+                    so[4 * n + 3] = (rh + ch) * C;
                     sw[4 * n] = hy * hx;
                     sw[4 * n + 1] = hy * lx;
                     sw[4 * n + 2] = ly * hx;
                     sw[4 * n + 3] = ly * lx;
-                    rel[n] = (int32_t)((int64_t)(yidx[a] - yidx[yf[p]]) * gw
-                                       + (int64_t)(xidx[b] - xidx[xf[q]]));
+                    rel[n] = (int32_t)(ry + (int64_t)(xidx[b] - x0));
                 }
+            }
         }
     sf[ph * pw] = n;
     return n;
@@ -662,126 +668,267 @@ static void ck_ma_bwd_rel(const int32_t* am, ptrdiff_t nb, ptrdiff_t cb, const i
         for (b = 0; b < nb; b++) rt[b * cb + c] = ck_ma_rel1(am[c * nb + b], base[b]);
 }
 
-/* A RoI's pixel groups for the merged backward (ck_ma_bwd_grp_y): bin b's groups are
-   [gf[b], gf[b+1]), one per distinct pixel goff[g] its samples' corners touch; gwt[g*ws + d]
-   is the weight with which the bin's sample d (s - sf[b]) reaches that pixel (0: it does
-   not).  With a finite grad, the lanes whose winner is d then add g * gwt[g*ws + d] once per
-   pixel, which is the one non-zero add CK_MAX_ALIGN_BWD makes there (a clamped corner that
-   repeats a pixel carries weight 0, an add of +-0 that changes no sum); the other lanes add
-   +-0.  ws: 4 when no bin has over 4 samples, else 8.  gd[b]: 1 when bin b's samples are
-   numbered 0, 1, ... relative to its first (every sample of its grid rows valid), so a
-   lane's relative argmax is its sample d itself.  Returns the number of groups (cap: 4 per
-   sample suffices), or -1 where the RoI cannot be merged (a bin of over 8 samples, or a
-   sample with two non-zero weights on one pixel). */
-static ptrdiff_t ck_ma_groups(ptrdiff_t nb, const ptrdiff_t* sf, const ptrdiff_t* so,
-                              const float* sw, const int32_t* rel, ptrdiff_t* gf,
-                              ptrdiff_t* goff, float* gwt, unsigned char* gd, int* ws) {
-    ptrdiff_t b, s, g, ng = 0, mx = 0;
-    int j, d, w;
+/* A RoI's pixel groups for the merged backward (ck_ma_bwd_grp_y), from its axis taps: bin
+   b's groups are [gf[b], gf[b+1]), one per distinct pixel its samples' corners touch (the
+   distinct rows of its y taps' corners times the distinct columns of its x taps': the bin's
+   samples are every pair of them); goff[g] is the pixel, gwt[g*ws + d] the weight with which
+   the bin's sample d (row-major, as the sample table numbers them from sf[b]) reaches it
+   (the same product hy*hx ... as the table's; 0: it does not).  With a finite grad, the
+   lanes whose winner is d then add g * gwt[g*ws + d] once per pixel, which is the one
+   non-zero add CK_MAX_ALIGN_BWD makes there (a clamped corner that repeats a pixel carries
+   weight 0, an add of +-0 that changes no sum); the other lanes add +-0.  ws: 4 when no bin
+   has over 4 samples, else 8.  Per bin, for ck_ma_prep_y: sx[b] = its sample count with the
+   sign bit flipped (an unsigned compare by a signed one), gdm[b] = -1 when its samples are
+   numbered 0, 1, ... relative to its first (every sample of its grid rows valid), so an
+   argmax minus the bin's base is the sample d itself, else 0.  Returns the number of groups
+   (cap: 4 per sample suffices), or -1 where the RoI cannot be merged (a bin of over 8
+   samples, or a sample with two non-zero weights on one pixel). */
+/* One bin's taps along one axis (nt of them, low/high pixels and weights) -> its distinct
+   pixels px[0..n) and each tap's weight on them (w[a][i]: the tap's weight whose pixel is
+   px[i], 0 for none); 0 when over 8 taps or a tap puts two non-zero weights on one pixel. */
+typedef struct {
+    int n;
+    ptrdiff_t px[16];
+    float w[8][16];
+} ck_ma_px;
+static int ck_ma_px_build(ck_ma_px* t, ptrdiff_t nt, const ptrdiff_t* lo, const ptrdiff_t* hi,
+                          const float* wl, const float* wh) {
+    ptrdiff_t a;
+    int e, i;
+    t->n = 0;
+    if (nt > 8) return 0;
+    for (a = 0; a < nt; a++)
+        for (e = 0; e < 2; e++) {
+            const ptrdiff_t r = e ? hi[a] : lo[a];
+            for (i = 0; i < t->n && t->px[i] != r; i++) {}
+            if (i == t->n) t->px[t->n++] = r;
+        }
+    for (a = 0; a < nt; a++) {
+        for (i = 0; i < t->n; i++) t->w[a][i] = 0.0f;
+        for (e = 0; e < 2; e++) {
+            const ptrdiff_t r = e ? hi[a] : lo[a];
+            const float wv = e ? wh[a] : wl[a];
+            for (i = 0; t->px[i] != r; i++) {}
+            if (t->w[a][i] != 0.0f && wv != 0.0f) return 0;
+            t->w[a][i] = t->w[a][i] + wv;
+        }
+    }
+    return 1;
+}
+static ptrdiff_t ck_ma_groups(ptrdiff_t W, ptrdiff_t ph, ptrdiff_t pw, const ptrdiff_t* yf,
+                              const ptrdiff_t* ylo, const ptrdiff_t* yhi, const float* ywl,
+                              const float* ywh, const ptrdiff_t* xf, const ptrdiff_t* xlo,
+                              const ptrdiff_t* xhi, const float* xwl, const float* xwh,
+                              const ptrdiff_t* sf, const int32_t* rel, ptrdiff_t* gf,
+                              ptrdiff_t* goff, float* gwt, int32_t* gdm, int32_t* sx, int* ws) {
+    ptrdiff_t nb = ph * pw, b, s, g, ng = 0, mx = 0, p, q, a, e, d;
+    int w, i, j, yok;
+    ck_ma_px ty;
+    ck_ma_px* tx;
     for (b = 0; b < nb; b++)
         if (sf[b + 1] - sf[b] > mx) mx = sf[b + 1] - sf[b];
     if (mx > 8) return -1;
     w = mx <= 4 ? 4 : 8;
     *ws = w;
-    for (b = 0; b < nb; b++) {
-        gf[b] = ng;
-        gd[b] = 1;
-        for (s = sf[b]; s < sf[b + 1]; s++) {
-            d = (int)(s - sf[b]);
-            if (rel[s] != d) gd[b] = 0;
-            for (j = 0; j < 4; j++) {
-                const ptrdiff_t px = so[4 * s + j];
-                const float wt = sw[4 * s + j];
-                for (g = gf[b]; g < ng && goff[g] != px; g++) {}
-                if (g == ng) {
-                    goff[ng] = px;
-                    for (int i = 0; i < w; i++) gwt[ng * w + i] = 0.0f;
-                    ng++;
-                }
-                if (gwt[g * w + d] != 0.0f && wt != 0.0f) return -1;
-                gwt[g * w + d] = gwt[g * w + d] + wt;
+    tx = (ck_ma_px*)malloc((size_t)pw * sizeof(ck_ma_px));
+    if (tx == NULL) return -1;      /* the masked path needs no groups */
+    for (q = 0; q < pw; q++)        /* -1: cannot merge (it matters only in a bin with samples) */
+        if (!ck_ma_px_build(&tx[q], xf[q + 1] - xf[q], xlo + xf[q], xhi + xf[q], xwl + xf[q],
+                            xwh + xf[q]))
+            tx[q].n = -1;
+    for (p = 0; p < ph; p++) {
+        const ptrdiff_t ny = yf[p + 1] - yf[p];
+        yok = ck_ma_px_build(&ty, ny, ylo + yf[p], yhi + yf[p], ywl + yf[p], ywh + yf[p]);
+        for (q = 0; q < pw; q++) {
+            const ptrdiff_t nx = xf[q + 1] - xf[q], S = sf[p * pw + q + 1] - sf[p * pw + q];
+            const ck_ma_px* t = &tx[q];
+            b = p * pw + q;
+            gf[b] = ng;
+            sx[b] = (int32_t)((uint32_t)S ^ 0x80000000u);
+            gdm[b] = -1;
+            for (s = sf[b]; s < sf[b + 1]; s++)
+                if (rel[s] != s - sf[b]) gdm[b] = 0;
+            if (S == 0) continue;           /* else ny * nx = S <= 8 */
+            if (!yok || t->n < 0) {
+                free(tx);
+                return -1;
             }
+            for (i = 0; i < ty.n; i++)
+                for (j = 0; j < t->n; j++) {
+                    float* gw;
+                    g = ng + i * t->n + j;
+                    goff[g] = ty.px[i] * W + t->px[j];
+                    gw = gwt + g * w;
+                    if (S == 4 && nx == 2 && w == 4) {      /* sampling_ratio 2, spelled out */
+                        const float y0 = ty.w[0][i], y1 = ty.w[1][i];
+                        const float x0 = t->w[0][j], x1 = t->w[1][j];
+                        gw[0] = y0 * x0;
+                        gw[1] = y0 * x1;
+                        gw[2] = y1 * x0;
+                        gw[3] = y1 * x1;
+                        continue;
+                    }
+                    for (a = 0; a < ny; a++)
+                        for (e = 0; e < nx; e++) gw[a * nx + e] = ty.w[a][i] * t->w[e][j];
+                    for (d = S; d < w; d++) gw[d] = 0.0f;
+                }
+            ng += ty.n * t->n;
         }
     }
+    free(tx);
     gf[nb] = ng;
     return ng;
 }
 
+/* One argmax entry v of bin b with grad g -> its sample d in the bin and the grad its lane
+   adds (0, 0 for -1 or a bad entry, which counts into *bad); *fin collects the exponent test
+   of ck_all_finite_f on the grads kept. */
+static inline void ck_ma_prep1(int32_t v, float g, ptrdiff_t b, const ptrdiff_t* sf,
+                               const int32_t* rel, const int32_t* base, int32_t* d, float* gg,
+                               ptrdiff_t* bad, uint32_t* fin) {
+    ptrdiff_t s;
+    uint32_t u;
+    *d = 0;
+    *gg = 0.0f;
+    if (v == -1) return;
+    for (s = sf[b]; s < sf[b + 1]; s++)
+        if ((int64_t)rel[s] == (int64_t)v - base[b]) {
+            *d = (int32_t)(s - sf[b]);
+            *gg = g;
+            memcpy(&u, &g, sizeof(u));
+            *fin |= (u & 0x7f800000u) + 0x00800000u;
+            return;
+        }
+    (*bad)++;
+}
+
 #ifdef CK_ROI_WIDE
-/* The merged backward, AVX2, bins [b0, b1) of one RoI on a block of cb channels (rt, gt as
-   CK_MA_BWD_BODY's; every grad finite): per vector of channels, each lane's winner as its
-   sample d in the bin (lanes with -1 or no sample get grad 0), then per pixel group one
-   add of grad * the group's weight for d (a lane permute of the group's table).  Counts the
-   bad entries into *bad; returns the channels done. */
+/* The merged backward's operands for one RoI and a block of cb channels: the RoI's argmax
+   and grad blocks amk, gyk ((cb, nb), rows of nb) -> dt, gt (nb*cb, bin-major): each lane's
+   winner as its sample d in the bin and its grad, both 0 for -1 and bad entries.  8 x 8
+   blocks in AVX2 registers on the bins whose samples are numbered by d (gdm): d = v - base
+   when that is below the bin's count (int32 arithmetic modulo 2**32: a wrapped difference
+   matches only the number itself), the other bins and the edges entry by entry.  Returns the
+   bad entries; *finite: every grad kept is finite (else the caller takes the masked path). */
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_prep_y(const int32_t* amk, const float* gyk, ptrdiff_t nb, ptrdiff_t cb,
+                              const ptrdiff_t* sf, const int32_t* rel, const int32_t* base,
+                              const int32_t* sx, const int32_t* gdm, int32_t* dt, float* gt,
+                              int* finite) {
+    const __m256i m1 = _mm256_set1_epi32(-1), sgn = _mm256_set1_epi32(INT32_MIN);
+    const __m256i em = _mm256_set1_epi32(0x7f800000), e1 = _mm256_set1_epi32(0x00800000);
+    /* the vector blocks cover every bin when there are 8 or more (the last block ends at
+       the last bin, overlapping the one before: its lanes already done count no bad entry) */
+    const ptrdiff_t nbv = nb >= 8 ? nb : 0, cb8 = cb - cb % 8;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i nbad = _mm256_setzero_si256(), fv = _mm256_setzero_si256();
+    ptrdiff_t c, b, i, bad = 0;
+    uint32_t fin = 0;
+    int32_t lanes[8];
+    for (c = 0; c < cb8; c += 8) {
+        for (b = 0; b < nbv; b += 8) {
+            const ptrdiff_t b8 = b + 8 <= nb ? b : nb - 8;
+            const __m256i bs = _mm256_loadu_si256((const __m256i*)(base + b8));
+            const __m256i sv = _mm256_loadu_si256((const __m256i*)(sx + b8));
+            const __m256i gm = _mm256_and_si256(
+                _mm256_loadu_si256((const __m256i*)(gdm + b8)),
+                _mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int32_t)(b - b8) - 1)));
+            __m256 dv[8], gv[8];
+            for (i = 0; i < 8; i++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i*)(amk + (c + i) * nb + b8));
+                const __m256i r = _mm256_sub_epi32(v, bs);
+                const __m256i ok = _mm256_cmpgt_epi32(sv, _mm256_xor_si256(r, sgn));
+                const __m256i gk = _mm256_and_si256(ok, _mm256_castps_si256(
+                    _mm256_loadu_ps(gyk + (c + i) * nb + b8)));
+                /* a bad lane of a d-numbered bin: neither a sample nor -1 */
+                nbad = _mm256_sub_epi32(nbad, _mm256_andnot_si256(
+                    _mm256_or_si256(ok, _mm256_cmpeq_epi32(v, m1)), gm));
+                fv = _mm256_or_si256(fv, _mm256_add_epi32(_mm256_and_si256(gk, em), e1));
+                dv[i] = _mm256_castsi256_ps(_mm256_and_si256(ok, r));
+                gv[i] = _mm256_castsi256_ps(gk);
+            }
+            ck_tr8x8(dv);
+            ck_tr8x8(gv);
+            for (i = 0; i < 8; i++) {
+                _mm256_storeu_si256((__m256i*)(dt + (b8 + i) * cb + c),
+                                    _mm256_castps_si256(dv[i]));
+                _mm256_storeu_ps(gt + (b8 + i) * cb + c, gv[i]);
+            }
+        }
+    }
+    _mm256_storeu_si256((__m256i*)lanes, nbad);
+    for (i = 0; i < 8; i++) bad += lanes[i];
+    _mm256_storeu_si256((__m256i*)lanes, fv);
+    for (i = 0; i < 8; i++) fin |= (uint32_t)lanes[i];
+    /* the bins not numbered by d (all bins when fewer than 8), the last channels */
+    for (b = 0; b < nb; b++) {
+        if (nbv && gdm[b]) continue;
+        for (c = 0; c < cb8; c++)
+            ck_ma_prep1(amk[c * nb + b], gyk[c * nb + b], b, sf, rel, base, dt + b * cb + c,
+                        gt + b * cb + c, &bad, &fin);
+    }
+    for (c = cb8; c < cb; c++)
+        for (b = 0; b < nb; b++)
+            ck_ma_prep1(amk[c * nb + b], gyk[c * nb + b], b, sf, rel, base, dt + b * cb + c,
+                        gt + b * cb + c, &bad, &fin);
+    *finite = (fin & 0x80000000u) == 0;
+    return bad;
+}
+
+/* The merged backward, AVX2, bins [b0, b1) of one RoI on a block of cb channels (dt, gt as
+   ck_ma_prep_y gives them, every grad finite): per bin and vector of channels, per pixel
+   group one add of grad * the group's weight for each lane's d (a lane permute of the
+   group's table; within 128-bit halves when ws is 4).  The last cb % 8 channels one at a
+   time, the same products and adds. */
 #define CK_MA_GRP_STEP(R)                                                                 \
     {                                                                                     \
         __m256 gz[R];                                                                     \
         __m256i dx[R];                                                                    \
         for (v = 0; v < R; v++) {                                                         \
-            const __m256i rv = _mm256_loadu_si256((const __m256i*)(rb + c + 8 * v));      \
-            __m256 any = _mm256_setzero_ps();                                             \
-            __m256 dv = _mm256_setzero_ps();                                              \
-            if (gd[b]) {    /* d = rv where 0 <= rv < S (unsigned compare) */             \
-                any = _mm256_castsi256_ps(_mm256_cmpeq_epi32(                             \
-                    _mm256_max_epu32(rv, smax), smax));                                   \
-                dv = _mm256_castsi256_ps(rv);                                             \
-            } else                                                                        \
-            for (s = sf[b]; s < sf[b + 1]; s++) {                                         \
-                const __m256 eq = _mm256_castsi256_ps(                                    \
-                    _mm256_cmpeq_epi32(rv, _mm256_set1_epi32(rel[s])));                   \
-                dv = _mm256_blendv_ps(dv, _mm256_castsi256_ps(                            \
-                    _mm256_set1_epi32((int32_t)(s - sf[b]))), eq);                        \
-                any = _mm256_or_ps(any, eq);                                              \
+            gz[v] = _mm256_loadu_ps(gr + c + 8 * v);                                      \
+            dx[v] = _mm256_loadu_si256((const __m256i*)(db + c + 8 * v));                 \
+        }                                                                                 \
+        if (ws == 4)                                                                      \
+            for (g = gf[b]; g < gf[b + 1]; g++) {                                         \
+                const __m256 wt = _mm256_broadcast_ps((const __m128*)(gwt + 4 * g));      \
+                float* r = gb + goff[g] * cb + c;                                         \
+                for (v = 0; v < R; v++)                                                   \
+                    _mm256_storeu_ps(r + 8 * v, _mm256_add_ps(_mm256_loadu_ps(r + 8 * v), \
+                        _mm256_mul_ps(gz[v], _mm256_permutevar_ps(wt, dx[v]))));          \
             }                                                                             \
-            nbad += __builtin_popcount(~_mm256_movemask_ps(_mm256_or_ps(                  \
-                any, _mm256_castsi256_ps(_mm256_cmpeq_epi32(rv, _mm256_set1_epi32(-1)))))  \
-                & 0xFF);                                                                  \
-            gz[v] = _mm256_and_ps(any, _mm256_loadu_ps(gr + c + 8 * v));                  \
-            dx[v] = _mm256_castps_si256(dv);                                              \
-        }                                                                                 \
-        for (g = gf[b]; g < gf[b + 1]; g++) {                                             \
-            const __m256 wt = ws == 4 ? _mm256_broadcast_ps((const __m128*)(gwt + 4 * g)) \
-                                      : _mm256_loadu_ps(gwt + 8 * g);                     \
-            float* r = gb + goff[g] * cb + c;                                             \
-            for (v = 0; v < R; v++)                                                       \
-                _mm256_storeu_ps(r + 8 * v, _mm256_add_ps(_mm256_loadu_ps(r + 8 * v),     \
-                    _mm256_mul_ps(gz[v], _mm256_permutevar8x32_ps(wt, dx[v]))));          \
-        }                                                                                 \
+        else                                                                              \
+            for (g = gf[b]; g < gf[b + 1]; g++) {                                         \
+                const __m256 wt = _mm256_loadu_ps(gwt + 8 * g);                           \
+                float* r = gb + goff[g] * cb + c;                                         \
+                for (v = 0; v < R; v++)                                                   \
+                    _mm256_storeu_ps(r + 8 * v, _mm256_add_ps(_mm256_loadu_ps(r + 8 * v), \
+                        _mm256_mul_ps(gz[v], _mm256_permutevar8x32_ps(wt, dx[v]))));      \
+            }                                                                             \
     }
 __attribute__((target("avx2"))) CK_MA_NO_LIBCALL
-static ptrdiff_t ck_ma_bwd_grp_y(float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1,
-                                 const ptrdiff_t* sf, const int32_t* rel, const ptrdiff_t* gf,
-                                 const ptrdiff_t* goff, const float* gwt,
-                                 const unsigned char* gd, int ws, const float* gt,
-                                 const int32_t* rt, ptrdiff_t* bad) {
-    ptrdiff_t b, s, g, c = 0, nbad = 0;
+static void ck_ma_bwd_grp_y(float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1,
+                            const ptrdiff_t* gf, const ptrdiff_t* goff, const float* gwt,
+                            int ws, const float* gt, const int32_t* dt) {
+    ptrdiff_t b, g, c;
     int v;
     for (b = b0; b < b1; b++) {
-        const int32_t* rb = rt + b * cb;
+        const int32_t* db = dt + b * cb;
         const float* gr = gt + b * cb;
-        /* S - 1, for the unsigned test rv <= S - 1 of a bin whose numbers are its d (S >= 1:
-           a bin without samples is handled first) */
-        const __m256i smax = _mm256_set1_epi32((int32_t)(sf[b + 1] - sf[b]) - 1);
-        if (sf[b + 1] == sf[b]) {       /* no samples: every entry must be -1 */
-            for (c = 0; c + 8 <= cb; c += 8) {
-                const __m256i rv = _mm256_loadu_si256((const __m256i*)(rb + c));
-                nbad += __builtin_popcount(~_mm256_movemask_ps(_mm256_castsi256_ps(
-                    _mm256_cmpeq_epi32(rv, _mm256_set1_epi32(-1)))) & 0xFF);
-            }
-            continue;
-        }
         for (c = 0; c + 32 <= cb; c += 32) CK_MA_GRP_STEP(4)
         for (; c + 8 <= cb; c += 8) CK_MA_GRP_STEP(1)
+        for (; c < cb; c++)
+            for (g = gf[b]; g < gf[b + 1]; g++)
+                gb[goff[g] * cb + c] += gr[c] * gwt[g * ws + db[c]];
     }
-    *bad += nbad;
-    return cb - cb % 8;
 }
 #endif
 
-/* The backward for one RoI and a block of cb channels (see CK_MA_BWD_BODY): gyk, amk the
-   RoI's grad and argmax at the block's first channel ((cb, nb) rows of nb); gt, rt (nb*cb)
-   scratch; gnext, anext: the same blocks of the next RoI this task adds (NULL: none), to
-   prefetch.  Returns the bad argmax entries. */
+/* The backward for one RoI and a block of cb channels: gyk, amk the RoI's grad and argmax at
+   the block's first channel ((cb, nb) rows of nb); gt, rt (nb*cb) scratch; gnext, anext: the
+   same blocks of the next RoI this task adds (NULL: none), to prefetch.  The merged path
+   (AVX2, the RoI's groups gf.., a finite grad: inf * 0 must stay NaN where a lane adds its
+   +0) on ck_ma_prep_y's operands, else the masked path (CK_MA_BWD_BODY) on the sample table.
+   Returns the bad argmax entries. */
 static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
                                         const ptrdiff_t* sf, const ptrdiff_t* so,
                                         const float* sw, const int32_t* rel,
@@ -789,18 +936,23 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
                                         const int32_t* amk, float* gt, int32_t* rt,
                                         const float* gnext, const int32_t* anext,
                                         const ptrdiff_t* gf, const ptrdiff_t* goff,
-                                        const float* gwt, const unsigned char* gd, int ws) {
+                                        const float* gwt, const int32_t* gdm, const int32_t* sx,
+                                        int ws) {
     ptrdiff_t c = 0, b, s, j, bad = 0, b0, b1, pf = 0;
-    int merged;
+    int merged = 0;
     const ptrdiff_t ng = nb * cb * (ptrdiff_t)sizeof(float);
     const int lv = ck_simd_level();
     (void)lv;
-    ck_transpose_f(gyk, nb, cb, nb, gt, cb);
-    ck_ma_bwd_rel(amk, nb, cb, base, rt);
-    /* the merged path needs AVX2's lane permute, the RoI's groups and a finite grad (inf * 0
-       must stay NaN where a lane adds its +0) */
-    merged = lv >= 1 && gf != NULL && ck_all_finite_f(gt, nb * cb);
-    (void)merged;
+#ifdef CK_ROI_WIDE
+    if (lv >= 1 && gf != NULL) {
+        bad = ck_ma_prep_y(amk, gyk, nb, cb, sf, rel, base, sx, gdm, rt, gt, &merged);
+        if (!merged) bad = 0;   /* the masked path counts them again */
+    }
+#endif
+    if (!merged) {
+        ck_transpose_f(gyk, nb, cb, nb, gt, cb);
+        ck_ma_bwd_rel(amk, nb, cb, base, rt);
+    }
     /* bins in 8 slices; between them an eighth of the next RoI's grad and argmax blocks is
        asked for, so their memory reads overlap this RoI's arithmetic */
     for (b0 = 0; b0 < nb; b0 = b1) {
@@ -814,9 +966,10 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
 #endif
         c = 0;
 #ifdef CK_ROI_WIDE
-        if (merged)
-            c = ck_ma_bwd_grp_y(gb, cb, b0, b1, sf, rel, gf, goff, gwt, gd, ws, gt, rt, &bad);
-        else if (lv >= 1)
+        if (merged) {
+            ck_ma_bwd_grp_y(gb, cb, b0, b1, gf, goff, gwt, ws, gt, rt);
+            c = cb;
+        } else if (lv >= 1)
             c = ck_ma_bwd_y(gb, cb, b0, b1, sf, so, sw, rel, gt, rt,
                             &bad);
         else

@@ -94,8 +94,12 @@ cdef extern from "csrc/roi_variants.h":
                                       int32_t* rt, const float* gnext,
                                       const int32_t* anext, const Py_ssize_t* gf,
                                       const Py_ssize_t* goff, const float* gwt,
-                                      const unsigned char* gd, int ws) noexcept nogil
-    Py_ssize_t ck_ma_groups(Py_ssize_t nb, const Py_ssize_t* sf, const Py_ssize_t* so,
-                            const float* sw, const int32_t* rel, Py_ssize_t* gf,
-                            Py_ssize_t* goff, float* gwt, unsigned char* gd,
+                                      const int32_t* gdm, const int32_t* sx,
+                                      int ws) noexcept nogil
+    Py_ssize_t ck_ma_groups(Py_ssize_t W, Py_ssize_t ph, Py_ssize_t pw, const Py_ssize_t* yf,
+                            const Py_ssize_t* ylo, const Py_ssize_t* yhi, const float* ywl,
+                            const float* ywh, const Py_ssize_t* xf, const Py_ssize_t* xlo,
+                            const Py_ssize_t* xhi, const float* xwl, const float* xwh,
+                            const Py_ssize_t* sf, const int32_t* rel, Py_ssize_t* gf,
+                            Py_ssize_t* goff, float* gwt, int32_t* gdm, int32_t* sx,
                             int* ws) noexcept nogil
