@@ -107,7 +107,8 @@ _MAX_PLANS = 256
 # (backward) makes them differ from torch; x is not read twice for them.  im2col, pointwise,
 # wide, phases and rowphases compute each output from its own window, and weight_rowgemm each
 # weight from its own products, padding included, as torch does: no check, no cost.
-_MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel"})
+_MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel",
+                      "weight_winograd"})
 _MIXES_W = frozenset({"depthwise", "depthwise3x3"})
 
 
@@ -649,6 +650,16 @@ def _bwd_weight_rowgemm(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                        p["kc"], step.threads)
 
 
+def _bwd_weight_winograd(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
+    """grad_weight by the transposed F(4x4, 3x3) (conv_plan.plan_weight_winograd)."""
+    p = step.params
+    ws = _workspace(p["floats"], x.dtype, "weight_winograd")
+    with _no_pin if p["fixed"] else _blas_pin(x.dtype):
+        _winograd.conv2d_grad_weight_winograd(gy, x, gw, ws[:p["floats"]], s.padding[0],
+                                              s.padding[2], p["trows"], p["cols"], p["parts"],
+                                              step.threads, p["fixed"])
+
+
 def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     p = _check(step)
     (sh, sw), (dh, dw), dt = s.stride, s.dilation, x.dtype
@@ -669,6 +680,7 @@ def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
 _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "dense": _bwd_dense,
              "winograd": _bwd_winograd, "batch": _bwd_batch, "weight_dot": _bwd_weight_dot,
              "subpixel": _bwd_subpixel, "weight_rowgemm": _bwd_weight_rowgemm,
+             "weight_winograd": _bwd_weight_winograd,
              "pointwise": _bwd_im2col, "im2col": _bwd_im2col}
 
 
