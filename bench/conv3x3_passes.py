@@ -12,7 +12,6 @@ convkit.cpu.conv.conv2d_grad_input; grad_weight: needs_input_grad=False, has_bia
 """
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
@@ -20,16 +19,7 @@ import torch
 import convkit
 from convkit.benchmark.cases import CASES
 from convkit.cpu import conv as cc
-
-
-def _med(f, n):
-    f()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+from wino_ab import _med     # (bench/ is the script's folder: on sys.path)
 
 
 def main():
