@@ -1,6 +1,7 @@
 """Accuracy of the cpu backend's Winograd F(2x2, 3x3) and F(4x4, 3x3) (and of im2col and torch's
-own float32 conv, for scale) on the suite's 3x3 layers, forward and grad_x, float32 against
-torch float64: the largest error over the largest reference value, and the RMS error over the
+own float32 conv, for scale) on the suite's 3x3 layers, forward, grad_x and grad_weight, float32
+against torch float64 (grad_weight: with F(4x4) the plan's transposed F(4x4), "weight_winograd";
+with F(2x2) and im2col, im2col): the largest error over the largest reference value, and the RMS error over the
 RMS reference value.
 
     python bench/wino_accuracy.py [--layers vgg_56,res_28,res_14,rpn_3x3] [--seed 0]
@@ -34,11 +35,13 @@ def _run(x, w, gy, pad, algo):
             if algo != "im2col":
                 assert plan.forward.params["tile"] == plan.grad_x.params["tile"] == tile
             y = convkit.conv2d_forward(x, w, None, padding=pad)
-            gx = convkit.conv2d_backward(gy, x, w, padding=pad)[0]
+            gx, gw, _ = convkit.conv2d_backward(gy, x, w, padding=pad)
+            if algo == "F(4x4)" and not cc._OWN_SGEMM:
+                assert plan.grad_weight.algo == "weight_winograd"
     finally:
         P.winograd_tile, cc._prefer_winograd = tile_rule, prefer
         cc._plans.clear()
-    return y, gx
+    return y, gx, gw
 
 
 def _errors(got, want):
@@ -62,17 +65,20 @@ def main():
         w = rng.standard_normal((c.F, c.C, c.K, c.K)).astype(np.float32)
         pad = c.pad
         xt = torch.from_numpy(x).double().requires_grad_()
-        yt = torch.nn.functional.conv2d(xt, torch.from_numpy(w).double(), padding=pad)
+        wt = torch.from_numpy(w).double().requires_grad_()
+        yt = torch.nn.functional.conv2d(xt, wt, padding=pad)
         gy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
         yt.backward(torch.from_numpy(gy).double())
-        want = {"forward": yt.detach().numpy(), "grad_x": xt.grad.numpy()}
+        want = {"forward": yt.detach().numpy(), "grad_x": xt.grad.numpy(),
+                "grad_weight": wt.grad.numpy()}
         x32 = torch.from_numpy(x).requires_grad_()
-        y32 = torch.nn.functional.conv2d(x32, torch.from_numpy(w), padding=pad)
+        w32 = torch.from_numpy(w).requires_grad_()
+        y32 = torch.nn.functional.conv2d(x32, w32, padding=pad)
         y32.backward(torch.from_numpy(gy))
-        got = {"torch f32": (y32.detach().numpy(), x32.grad.numpy())}
+        got = {"torch f32": (y32.detach().numpy(), x32.grad.numpy(), w32.grad.numpy())}
         for algo in ("F(2x2)", "F(4x4)", "im2col"):
             got[algo] = _run(x, w, gy, pad, algo)
-        for i, pas in enumerate(("forward", "grad_x")):
+        for i, pas in enumerate(("forward", "grad_x", "grad_weight")):
             cells = ["%.2e / %.2e" % _errors(got[k][i], want[pas])
                      for k in ("F(2x2)", "F(4x4)", "im2col", "torch f32")]
             print(f"| {name} | {pas} | " + " | ".join(cells) + " |", flush=True)

@@ -29,22 +29,24 @@ def _algos(plan):
 
 # The suite's conv layers (convkit/benchmark.py CASES, full size) and the small-map, grouped and
 # depthwise shapes the model layer uses: (forward, grad_x, grad_weight) with the own GEMM and
-# on BLAS, float32, 2 threads.
+# on BLAS, float32, 2 threads.  On BLAS the layers whose forward takes F(4x4, 3x3) take its
+# transposed form for grad_weight too (weight_winograd); res_16x16's 16 channels keep F(2x2)
+# and im2col.
 SUITE = [
     ("stem_224", _shape(8, 3, 224, 224, 64, 7, 2, 3),
      ("phases", "im2col", "weight_dot"), ("im2col", "im2col", "im2col")),
     ("lenet_c1", _shape(64, 1, 28, 28, 6, 5, 1, 2),
      ("wide", "im2col", "weight_dot"), ("wide", "im2col", "im2col")),
     ("vgg_56", _shape(8, 64, 56, 56, 64, 3, 1, 1),
-     ("winograd", "winograd", "im2col"), ("winograd", "winograd", "im2col")),
+     ("winograd", "winograd", "im2col"), ("winograd", "winograd", "weight_winograd")),
     ("res_28", _shape(8, 128, 28, 28, 128, 3, 1, 1),
-     ("winograd", "winograd", "im2col"), ("winograd", "winograd", "im2col")),
+     ("winograd", "winograd", "im2col"), ("winograd", "winograd", "weight_winograd")),
     ("res_14", _shape(8, 256, 14, 14, 256, 3, 1, 1),
-     ("winograd", "winograd", "im2col"), ("winograd", "winograd", "im2col")),
+     ("winograd", "winograd", "im2col"), ("winograd", "winograd", "weight_winograd")),
     ("pw_14", _shape(8, 256, 14, 14, 1024, 1),
      ("pointwise", "pointwise", "pointwise"), ("pointwise", "pointwise", "pointwise")),
     ("rpn_3x3", _shape(1, 512, 38, 50, 512, 3, 1, 1),
-     ("winograd", "winograd", "im2col"), ("winograd", "winograd", "im2col")),
+     ("winograd", "winograd", "im2col"), ("winograd", "winograd", "weight_winograd")),
     ("rpn_cls1x1", _shape(1, 512, 38, 50, 18, 1),
      ("pointwise", "pointwise", "pointwise"), ("pointwise", "pointwise", "pointwise")),
     ("dw_56", _shape(8, 128, 56, 56, 128, 3, 1, 1, groups=128),

@@ -43,6 +43,11 @@ CONV = [
      {"forward": "pointwise", "grad_x": "pointwise", "grad_weight": "pointwise"}, False),
     ("winograd", (2, 16, 12, 12), (16, 16, 3, 3), 1, 1, 1,
      {"forward": "winograd", "grad_x": "winograd", "grad_weight": _gw("weight_dot")}, False),
+    # 64 channels: F(4x4) on BLAS machines, grad_weight by its transposed form in two parts
+    # (300 tiles); on the own AVX-512 GEMM F(2x2) and im2col
+    ("weight_winograd", (12, 64, 20, 19), (64, 64, 3, 3), 1, 1, 1,
+     {"forward": "winograd", "grad_x": "winograd",
+      "grad_weight": _gw("im2col", "weight_winograd")}, False),
     ("batch", (16, 16, 6, 6), (16, 16, 3, 3), 1, 1, 1,
      {"forward": "batch", "grad_x": "batch", "grad_weight": "batch"}, False),
     ("batch_strided", (16, 8, 8, 8), (16, 8, 3, 3), 2, 1, 1,

@@ -4,7 +4,11 @@ channel counts not a multiple of the 16-filter transform block, N = 1 and N > 1,
 float64; grad_x through the flipped, transposed filters; the AVX2 and baseline builds of the
 transforms give the same bits; and, through the public API with the plan's F(4x4) step: the
 same bits for 1, 2, 3, 8 and 16 threads, the workspace limit, and NaN / inf element for element
-(the non-finite fallback).
+(the non-finite fallback).  grad_weight by the transposed F(4x4) (conv_plan "weight_winograd"):
+the kernel against torch float64 over its parts, channel blocks, transform splits and thread
+counts (same bits), on both GEMMs; AVX2 and baseline transforms; the plan's rule and limit; and
+through the public API on this machine's caps: 1 / 2 / 3 / 8 threads, the limit, non-finite
+input.
 
 Tolerances: float64 1e-12 of the largest reference value; float32 2e-5 of it (the suite's float32
 rtol, taken relative to the output's scale: F(4x4)'s error is about 1e-6 of it, ~5x F(2x2)'s,
@@ -266,3 +270,172 @@ def test_api_non_finite_element_for_element(f4_plan, where):
         assert np.array_equal(np.isnan(got), np.isnan(want))
         assert np.array_equal(np.isposinf(got), np.isposinf(want))
         assert np.array_equal(np.isneginf(got), np.isneginf(want))
+
+
+# ---------------------------------------------------------------- grad_weight (weight_winograd)
+def _wgrad_kernel(x, gy, pt, pl, trows, cols, parts, threads, fixed=True):
+    """conv2d_grad_weight_winograd called directly (stale NaN in its workspace and output)."""
+    N, C, H, W = x.shape
+    F, Ho, Wo = gy.shape[1:]
+    big, per = wg.winograd4_wgrad_floats(N, C, F, Ho, Wo, parts)
+    ws = np.full(big + threads * per, np.nan, x.dtype)
+    gw = np.full((F, C, 3, 3), np.nan, x.dtype)
+    wg.conv2d_grad_weight_winograd(gy, x, gw, ws, pt, pl, trows, cols, parts, threads, fixed)
+    return gw
+
+
+def _torch_wgrad(x, gy, pads):
+    t, b, l, r = pads
+    xt = torch.nn.functional.pad(torch.from_numpy(x).double(), (l, r, t, b))
+    return torch.nn.grad.conv2d_weight(xt, (gy.shape[1], x.shape[1], 3, 3),
+                                       torch.from_numpy(gy).double()).numpy()
+
+
+@pytest.mark.parametrize("fixed", [True, False], ids=["fgemm", "blas"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: "x".join(map(str, c[:5])))
+def test_wgrad_kernel_matches_torch_float64(case, dtype, fixed):
+    """The transposed F(4x4): odd / even maps, maps not a multiple of 4 (grad_y's tiles
+    zero-padded), padding 0 / 1 / 2 and asymmetric; one or several parts of the batch's tiles,
+    channel blocks of 1 .. all, transform tasks of one tile row to all; the same bits for any
+    thread count and transform split (they order no sum), on both GEMMs."""
+    N, C, H, W, F, pt, pl, pb, pr = case
+    rng = np.random.default_rng(sum(case) + 1)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    Ho, Wo = H + pt + pb - 2, W + pl + pr - 2
+    gy = rng.standard_normal((N, F, Ho, Wo)).astype(dtype)
+    want = _torch_wgrad(x, gy, (pt, pb, pl, pr))
+    T = N * -(-Ho // 4) * -(-Wo // 4)
+    for parts in sorted({1, min(3, T), T}):
+        for cols in sorted({1, 16, C}):
+            ref = _wgrad_kernel(x, gy, pt, pl, 1, cols, parts, 1, fixed)
+            _close(ref, want, dtype, f"parts {parts}, cols {cols}")
+            for trows, threads in ((2, 2), (N * -(-Ho // 4), 3), (3, 8)):
+                got = _wgrad_kernel(x, gy, pt, pl, trows, cols, parts, threads, fixed)
+                assert np.array_equal(got.view(np.uint8), ref.view(np.uint8)), \
+                    (parts, cols, trows, threads)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wgrad_avx2_and_baseline_transforms_give_the_same_bits(dtype):
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 24, 23, 37)).astype(dtype)     # rows of 10 tiles: both tails
+    gy = rng.standard_normal((2, 21, 23, 37)).astype(dtype)    # 21 channels: the vector tail
+    a = _wgrad_kernel(x, gy, 1, 1, 2, 16, 2, 2)
+    old = wg.winograd4_avx2(False)
+    try:
+        b = _wgrad_kernel(x, gy, 1, 1, 2, 16, 2, 2)
+    finally:
+        wg.winograd4_avx2(old)
+    assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+def test_wgrad_kernel_rejects_bad_arguments():
+    x = np.zeros((1, 4, 6, 6), np.float32)
+    gy = np.zeros((1, 5, 6, 6), np.float32)
+    big, per = wg.winograd4_wgrad_floats(1, 4, 5, 6, 6, 1)
+    ws = np.zeros(big + per, np.float32)
+    with pytest.raises(ValueError, match="gw must be"):
+        wg.conv2d_grad_weight_winograd(gy, x, np.zeros((5, 3, 3, 3), np.float32), ws, 1, 1, 1,
+                                       4, 1, 1)
+    gw = np.zeros((5, 4, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="parts in 1 .. 4"):
+        wg.conv2d_grad_weight_winograd(gy, x, gw, ws, 1, 1, 1, 4, 5, 1)
+    with pytest.raises(ValueError, match="ws too small"):
+        wg.conv2d_grad_weight_winograd(gy, x, gw, ws[:-1], 1, 1, 1, 4, 1, 1)
+
+
+def test_the_plan_takes_weight_winograd_where_the_forward_takes_f4():
+    BLAS = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2)
+    FIXED = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2, fixed_sgemm=True)
+    OWN = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3)
+    lim = 256 * 2**20
+
+    def gw(shape, caps=FIXED, limit=lim, dtype=np.float32, needs_gx=True):
+        N, C, H, W, F = shape
+        s = P.ConvShape.of((N, C, H, W), (F, C, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+        return P.plan_conv(s, dtype, 2, caps, limit, needs_gx).grad_weight
+
+    vgg = gw((8, 64, 56, 56, 64))
+    # 1568 tiles in 7 parts of <= 256; 64 channels in 4 blocks of 16; 16 tile rows per task
+    assert vgg.algo == "weight_winograd" and vgg.params["fixed"]
+    assert (vgg.params["parts"], vgg.params["cols"], vgg.params["trows"]) == (7, 16, 5)
+    assert vgg.params["floats"] == (36 * (64 * 1568 * 2 + 7 * 64 * 64)
+                                    + 2 * wg.winograd4_wgrad_floats(8, 64, 64, 56, 56, 7)[1])
+    for suite in [(8, 128, 28, 28, 128), (8, 256, 14, 14, 256), (1, 512, 38, 50, 512)]:
+        assert gw(suite).algo == "weight_winograd"
+        assert gw(suite, needs_gx=False).algo == "weight_winograd"
+        assert gw(suite, BLAS).params["fixed"] is False
+        assert gw(suite, dtype=np.float64).params["fixed"] is False
+        assert gw(suite, OWN).algo == "im2col"          # the own AVX-512 GEMM: not measured
+    assert gw((8, 63, 28, 28, 128)).algo == "im2col"    # F(2x2) forward: im2col as before
+    assert gw((8, 64, 9, 9, 64)).algo == "im2col"
+    # its tiles over the limit: im2col
+    need = vgg.params["floats"] * 4
+    assert gw((8, 64, 56, 56, 64), limit=need).algo == "weight_winograd"
+    assert gw((8, 64, 56, 56, 64), limit=need - 4).algo == "im2col"
+
+
+def test_api_wgrad_bits_on_1_2_3_8_threads_and_the_limit():
+    """This machine's caps (the fixed-order GEMM where it runs): grad_weight of a layer with two
+    parts has the same bits on 1, 2, 3 and 8 threads, with and without grad_x, and matches torch
+    float64; a workspace limit below its tiles takes im2col (the same values)."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((12, 64, 20, 19)).astype(np.float32)     # 300 tiles: 2 parts
+    w = rng.standard_normal((80, 64, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((12, 80, 20, 19)).astype(np.float32)
+    want = _torch_wgrad(x, gy, (1, 1, 1, 1))
+    old = convkit.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 3, 8):
+            convkit.set_num_threads(n)
+            plan = cc._plan(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1)[3]
+            if cc._OWN_SGEMM:
+                assert plan.grad_weight.algo == "im2col"
+            else:
+                assert plan.grad_weight.algo == "weight_winograd"
+                assert plan.grad_weight.params["parts"] == 2
+            with convkit.use_backend("cpu"):
+                a = convkit.conv2d_backward(gy, x, w, padding=1, has_bias=False)[1]
+                b = convkit.conv2d_backward(gy, x, w, padding=1, needs_input_grad=False,
+                                            has_bias=False)[1]
+            runs += [a, b]
+    finally:
+        convkit.set_num_threads(old)
+    for r in runs[1:]:
+        assert np.array_equal(r.view(np.uint32), runs[0].view(np.uint32))
+    _close(runs[0], want, np.float32, "grad_weight")
+    lim = convkit.get_workspace_limit()
+    try:
+        convkit.set_workspace_limit(36 * (64 + 80) * 300 * 4)
+        assert cc._plan(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1)[3].grad_weight.algo == "im2col"
+        with convkit.use_backend("cpu"):
+            got = convkit.conv2d_backward(gy, x, w, padding=1, has_bias=False)[1]
+    finally:
+        convkit.set_workspace_limit(lim)
+    _close(got, want, np.float32, "grad_weight on im2col")
+
+
+@pytest.mark.parametrize("where", ["x", "grad_y"])
+def test_api_wgrad_alone_non_finite_element_for_element(where):
+    """grad_weight without grad_x (a first layer's backward) on this machine's plan: a NaN or
+    inf in x or grad_y reaches exactly the weights torch's has it in."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 64, 12, 13)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((2, 64, 12, 13)).astype(np.float32)
+    {"x": x, "grad_y": gy}[where][1, 3, 2, 1] = np.inf
+    {"x": x, "grad_y": gy}[where][0, 5, 1, 2] = np.nan
+    want = torch.nn.grad.conv2d_weight(torch.from_numpy(x).double(), w.shape,
+                                       torch.from_numpy(gy).double(), padding=1).numpy()
+    plan = cc._plan(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1, needs_input_grad=False)[3]
+    assert plan.grad_weight.algo == ("im2col" if cc._OWN_SGEMM else "weight_winograd")
+    with convkit.use_backend("cpu"):
+        gw = convkit.conv2d_backward(gy, x, w, padding=1, needs_input_grad=False,
+                                     has_bias=False)[1]
+    assert np.array_equal(np.isnan(gw), np.isnan(want))
+    assert np.array_equal(np.isposinf(gw), np.isposinf(want))
+    assert np.array_equal(np.isneginf(gw), np.isneginf(want))
+    fin = np.isfinite(want)
+    assert np.allclose(gw[fin], want[fin], rtol=1e-4, atol=1e-3)

@@ -67,6 +67,15 @@ cdef extern from "csrc/wino4.h" nogil:
                          const double* G, float* u, Py_ssize_t us)
     void ck_w4_filters_d(const double* g, Py_ssize_t ls, Py_ssize_t nl, int flip,
                          const double* G, double* u, Py_ssize_t us)
+    void ck_w4_grad_row_f(const float* gy, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t r0,
+                          Py_ssize_t tw, float* z, Py_ssize_t zs, float* scratch)
+    void ck_w4_grad_row_d(const double* gy, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t r0,
+                          Py_ssize_t tw, double* z, Py_ssize_t zs, double* scratch)
+    void ck_w4_wgrad_out_f(const float* m, Py_ssize_t ms, Py_ssize_t np, Py_ssize_t ps,
+                           Py_ssize_t n, float* gw)
+    void ck_w4_wgrad_out_d(const double* m, Py_ssize_t ms, Py_ssize_t np, Py_ssize_t ps,
+                           Py_ssize_t n, double* gw)
+    Py_ssize_t ck_w4_grad_scratch(Py_ssize_t tw)
     int ck_w4_set_avx2(int allow)
     Py_ssize_t ck_w4_input_scratch(Py_ssize_t tw)
     Py_ssize_t ck_w4_output_scratch(Py_ssize_t n, Py_ssize_t tw)

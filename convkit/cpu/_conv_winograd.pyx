@@ -11,12 +11,14 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
-from ._blas cimport gemm_pk
+from ._blas cimport gemm, gemm_fixed, gemm_pk
 from ._conv_csrc cimport (ck_wino_input_row_f, ck_wino_output_row_f, ck_wino_filters_f,
                           ck_w4_input_row_f, ck_w4_input_row_d, ck_w4_output_tiles_f,
                           ck_w4_output_tiles_d, ck_w4_store_row_f, ck_w4_store_row_d,
                           ck_w4_filters_f, ck_w4_filters_d, ck_w4_input_scratch,
-                          ck_w4_output_scratch, ck_w4_set_avx2)
+                          ck_w4_output_scratch, ck_w4_set_avx2, ck_w4_grad_row_f,
+                          ck_w4_grad_row_d, ck_w4_wgrad_out_f, ck_w4_wgrad_out_d,
+                          ck_w4_grad_scratch)
 from ._conv_common cimport _min
 
 
@@ -268,6 +270,111 @@ cdef void _wino4_output_rows(const floating* m, Py_ssize_t ms, Py_ssize_t th, Py
         else:
             ck_w4_store_row_d(Yp + k * tw, P, tw, y + n * img_stride + 4 * i * Wo, Wo,
                               _min(4, Ho - 4 * i), buf)
+
+
+# ---------------------------------------------------------------------------- F(4x4) grad_weight
+# The weight gradient by the transposed F(4x4, 3x3) (csrc/wino4.h, above ck_w4_grad_row):
+# grad_weight[f, c] = G^T M[f, c] G, M_e = sum over the batch's tiles t of
+# (A gy_t A^T)_e (B^T x_t B)_e -- the forward's input tiles and transform, grad_y's 4x4 tiles.
+def winograd4_wgrad_floats(Py_ssize_t N, Py_ssize_t C, Py_ssize_t F, Py_ssize_t Ho,
+                           Py_ssize_t Wo, Py_ssize_t parts):
+    """(elements of V, Z and the parts of M together, row scratch elements per thread) of
+    conv2d_grad_weight_winograd."""
+    cdef Py_ssize_t tw = (Wo + 3) // 4, T = N * ((Ho + 3) // 4) * tw
+    return (36 * (C * T + F * T + parts * F * C),
+            max(ck_w4_input_scratch(tw), ck_w4_grad_scratch(tw)))
+
+
+cdef void _wino4_grad_rows(const floating* gy, Py_ssize_t img_stride, Py_ssize_t Ho,
+                           Py_ssize_t Wo, Py_ssize_t th, Py_ssize_t g0, Py_ssize_t nt,
+                           Py_ssize_t tw, floating* z, Py_ssize_t zs,
+                           floating* scratch) noexcept nogil:
+    """The A transform of grad_y's tile rows g0 .. g0+nt-1 of one filter (as _wino4_input_rows)."""
+    cdef Py_ssize_t k, n, i
+    for k in range(nt):
+        n = (g0 + k) // th
+        i = g0 + k - n * th
+        if floating is float:
+            ck_w4_grad_row_f(gy + n * img_stride, Ho, Wo, 4 * i, tw, z + k * tw, zs, scratch)
+        else:
+            ck_w4_grad_row_d(gy + n * img_stride, Ho, Wo, 4 * i, tw, z + k * tw, zs, scratch)
+
+
+def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] gy,
+                                const floating[:, :, :, ::1] x, floating[:, :, :, ::1] gw,
+                                floating[::1] ws, Py_ssize_t pt, Py_ssize_t pl,
+                                Py_ssize_t trows, Py_ssize_t cols, Py_ssize_t parts,
+                                int n_threads, bint fixed=True):
+    """grad_weight (OUT gw (F, C, 3, 3), any contents) of a 3x3 stride-1 conv of x padded by pt
+    on top and pl on the left, output gy (N, F, Ho, Wo), by the transposed F(4x4, 3x3).
+
+    Three passes, each a parallel loop whose every output is made by one task in a fixed order
+    (the bits do not depend on the thread count):
+    1. the transforms, tasks of ``trows`` of the batch's tile rows of one channel of x (into
+       V (36, C, T), T = the batch's tiles, numbered image after image) or of one filter of gy
+       (into Z (36, F, T));
+    2. M_e (F x C) = Z_e @ V_e^T, the T tiles in ``parts`` near-equal runs, each its own GEMM
+       (the sums' chains stay short: float32's error), per plane e and block of ``cols``
+       channels: 36 * parts * ceil(C / cols) tasks, into M (parts, 36, F, C);
+    3. gw[f] = G^T M[:, f] G, the parts added in double in order (double, rounded once), one
+       task per filter.
+    ws: winograd4_wgrad_floats' V, Z and M, then n_threads slices of its row scratch.  fixed:
+    float32 GEMMs on the fixed-order kernel (csrc/fgemm.h, AVX2 + FMA), else BLAS."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = gy.shape[1], Ho = gy.shape[2], Wo = gy.shape[3]
+    cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4, T = N * th * tw
+    cdef Py_ssize_t nrb = (N * th + trows - 1) // trows, ncb = (C + cols - 1) // cols
+    cdef Py_ssize_t per = max(ck_w4_input_scratch(tw), ck_w4_grad_scratch(tw))
+    cdef Py_ssize_t t, c, f, g0, nt, e, c0, nc, p, k0, k1
+    cdef floating* V
+    cdef floating* Z
+    cdef floating* M
+    cdef floating* S
+    if gw.shape[0] != F or gw.shape[1] != C or gw.shape[2] != 3 or gw.shape[3] != 3:
+        raise ValueError(f"gw must be ({F}, {C}, 3, 3), got "
+                         f"{(gw.shape[0], gw.shape[1], gw.shape[2], gw.shape[3])}")
+    if gy.shape[0] != N or trows < 1 or cols < 1 or parts < 1 or parts > T:
+        raise ValueError(f"gy must hold {N} images, trows and cols be >= 1 and parts in 1 .. "
+                         f"{T}, got {gy.shape[0]}, {trows}, {cols}, {parts}")
+    if ws.shape[0] < 36 * (C * T + F * T + parts * F * C) + n_threads * per:
+        raise ValueError("conv2d_grad_weight_winograd: ws too small")
+    V = &ws[0]
+    Z = V + 36 * C * T
+    M = Z + 36 * F * T
+    with nogil:
+        for t in prange((C + F) * nrb, schedule="dynamic", num_threads=n_threads):
+            S = M + 36 * parts * F * C + threadid() * per
+            c = t // nrb
+            g0 = (t - c * nrb) * trows
+            nt = _min(trows, N * th - g0)
+            if c < C:
+                _wino4_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
+                                  V + c * T + g0 * tw, C * T, S)
+            else:
+                f = c - C
+                _wino4_grad_rows(&gy[0, f, 0, 0], F * Ho * Wo, Ho, Wo, th, g0, nt, tw,
+                                 Z + f * T + g0 * tw, F * T, S)
+        for t in prange(36 * parts * ncb, schedule="dynamic", num_threads=n_threads):
+            e = t // (parts * ncb)
+            p = (t // ncb) % parts
+            c0 = (t % ncb) * cols
+            nc = _min(cols, C - c0)
+            k0 = p * T // parts
+            k1 = (p + 1) * T // parts
+            if fixed:
+                gemm_fixed(False, True, F, nc, k1 - k0, <floating>1, Z + e * F * T + k0, T,
+                           V + e * C * T + c0 * T + k0, T, <floating>0,
+                           M + (p * 36 + e) * F * C + c0, C)
+            else:
+                gemm(False, True, F, nc, k1 - k0, <floating>1, Z + e * F * T + k0, T,
+                     V + e * C * T + c0 * T + k0, T, <floating>0,
+                     M + (p * 36 + e) * F * C + c0, C)
+        for f in prange(F, schedule="static", num_threads=n_threads):
+            if floating is float:
+                ck_w4_wgrad_out_f(M + f * C, F * C, parts, 36 * F * C, C, &gw[f, 0, 0, 0])
+            else:
+                ck_w4_wgrad_out_d(M + f * C, F * C, parts, 36 * F * C, C, &gw[f, 0, 0, 0])
+    return gw
 
 
 # ---------------------------------------------------------------------------- both tiles

@@ -108,7 +108,8 @@ _MAX_PLANS = 256
 # wide, phases, rowphases and stem compute each output from its own window, and weight_rowgemm
 # and weight_stem each weight from its own products (the stem's padded taps and masked tails
 # read no other values), padding included, as torch does: no check, no cost.
-_MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel"})
+_MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel",
+                      "weight_winograd"})
 _MIXES_W = frozenset({"depthwise", "depthwise3x3"})
 
 
@@ -686,6 +687,16 @@ def _bwd_weight_stem(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                     p["groups_n"], step.threads)
 
 
+def _bwd_weight_winograd(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
+    """grad_weight by the transposed F(4x4, 3x3) (conv_plan.plan_weight_winograd)."""
+    p = step.params
+    ws = _workspace(p["floats"], x.dtype, "weight_winograd")
+    with _no_pin if p["fixed"] else _blas_pin(x.dtype):
+        _winograd.conv2d_grad_weight_winograd(gy, x, gw, ws[:p["floats"]], s.padding[0],
+                                              s.padding[2], p["trows"], p["cols"], p["parts"],
+                                              step.threads, p["fixed"])
+
+
 def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     p = _check(step)
     (sh, sw), (dh, dw), dt = s.stride, s.dilation, x.dtype
@@ -706,7 +717,7 @@ def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
 _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "dense": _bwd_dense,
              "winograd": _bwd_winograd, "batch": _bwd_batch, "weight_dot": _bwd_weight_dot,
              "subpixel": _bwd_subpixel, "weight_rowgemm": _bwd_weight_rowgemm,
-             "weight_stem": _bwd_weight_stem,
+             "weight_stem": _bwd_weight_stem, "weight_winograd": _bwd_weight_winograd,
              "pointwise": _bwd_im2col, "im2col": _bwd_im2col}
 
 

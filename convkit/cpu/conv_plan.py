@@ -26,6 +26,8 @@ weight_dot      <= 320 taps per filter, float32 on the own GEMM: dot products   
 weight_rowgemm  strided, kernel a multiple of the stride, float32 on BLAS machines      w
                 with AVX2: x channels-last, a csrc/rowgemm.h GEMM per kernel row
 weight_stem     the stem rule: dot products over the phase planes (csrc/stem.h)         w
+weight_winograd where the forward takes F(4x4, 3x3): the transposed F(4x4) -- 36 GEMMs    w
+                of transformed grad_y and x tiles, then the 3x3 filter transform
 pointwise       1x1, stride 1, no padding: GEMMs straight on x                          f, x, w
 im2col          everything else: im2col into a workspace, then GEMMs                    f, x, w
 =============== ====================================================================== ========
@@ -478,6 +480,30 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, f
     return n_threads, trows, trows * per_row // itemsize + winograd_scratch(4, trows, tw)
 
 
+def plan_weight_winograd(s: ConvShape, Ho, Wo, itemsize, own_gemm, n_threads, limit):
+    """(tile rows per transform task, channels per GEMM, parts, workspace elements) of
+    grad_weight by the transposed F(4x4, 3x3) (_conv_winograd.conv2d_grad_weight_winograd), or
+    None: where the forward takes F(4x4) (prefer_winograd and winograd_tile 4: GEMMs on BLAS or
+    csrc/fgemm.h, >= 64 channels) and its transformed tiles fit the workspace limit.  The parts
+    (tuning.WGRAD_WINO_PART_TILES) and channel blocks (tuning.WGRAD_WINO_COL_BLOCKS, whole
+    16-column panels) order the sums and shape the GEMMs: set by the layer alone."""
+    from ._conv_winograd import winograd4_wgrad_floats     # (a pure size computation)
+    F, C = s.F, s.Cg
+    if (not prefer_winograd(F, C, s.KH, s.KW, s.stride, s.dilation, s.groups, Ho, Wo)
+            or winograd_tile(C, F, Ho, Wo, own_gemm) != 4):
+        return None
+    tw = ceil_div(Wo, 4)
+    tiles = s.N * ceil_div(Ho, 4) * tw
+    parts = ceil_div(tiles, T.WGRAD_WINO_PART_TILES)
+    cols = min(C, ceil_div(ceil_div(C, T.WGRAD_WINO_COL_BLOCKS), 16) * 16)
+    trows = max(1, ceil_div(T.WINOGRAD4_TASK_TILES, tw))
+    big, per = winograd4_wgrad_floats(s.N, C, F, Ho, Wo, parts)
+    floats = big + n_threads * per
+    if floats * itemsize > limit:
+        return None
+    return trows, cols, parts, floats
+
+
 def batch_images(N, own_gemm, fixed=False):
     """Images side by side in one GEMM of the batch paths (before the cache and workspace caps):
     a block of tuning.BATCH_BLOCKS per batch on the own GEMM (a column's sum does not depend on
@@ -903,7 +929,15 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             gw = Step("weight_rowgemm", n, {"filters": p[0], "kc": p[1], "floats": p[2]})
             if not gx_left:
                 return gx, gw, "sum", bias_n
-        p = plan_weight_stem(s, Ho, Wo, f32, caps, pointwise, n, limit)
+        elif winograd is not False:     # (tests that force im2col force it here too)
+            p = plan_weight_winograd(s, Ho, Wo, itemsize, own, n, limit)
+            if p is not None:
+                gw = Step("weight_winograd", n, {"trows": p[0], "cols": p[1], "parts": p[2],
+                                                 "floats": p[3], "fixed": fixed})
+                if not gx_left:
+                    return gx, gw, "sum", bias_n
+        p = None if gw is not None else plan_weight_stem(s, Ho, Wo, f32, caps, pointwise, n,
+                                                         limit)
         if p is not None:
             gw = Step("weight_stem", p[0], {"rows": p[1], "fchunk": p[2], "groups_n": p[3],
                                             "per_thread": p[4], "part": p[5]})

@@ -113,6 +113,20 @@ WINOGRAD4_MIN_CHANNELS = 64
 # vs 58 at 65 and 72 at 26.  RESULTS.md "Winograd F(4x4, 3x3)".
 WINOGRAD4_TASK_TILES = 64
 
+# grad_weight by the transposed F(4x4, 3x3) (conv_plan "weight_winograd": the layers whose
+# forward takes F(4x4)): its 36 GEMMs per part sum over runs of at most this many of the
+# batch's tiles, each run its own GEMM from zero, the runs added in double.  A chain of
+# vgg_56's 1568 tiles on the fixed-order GEMM left 9.7e-6 of the largest weight gradient in
+# float32 (torch's own float32: 4.9e-6); runs of 224 left 2.6e-6, of 64 1.2e-6, at the same
+# speed within the noise (one thread, CPU time, the loaded 2-core AMD EPYC without AVX-512).
+# The runs are set by the layer alone (bits independent of the thread count).
+# Not measured in RESULTS.md.
+WGRAD_WINO_PART_TILES = 256
+# ... and each plane's GEMM cut into this many blocks of channels (whole 16-column panels of
+# csrc/fgemm.h): 36 planes x 4 blocks = 144 tasks per part, nine per thread on 16 threads
+# (36 alone would leave a quarter of 16 threads idle in the last round).  Not measured.
+WGRAD_WINO_COL_BLOCKS = 4
+
 # ----------------------------------------------------------------------------- small maps
 # Up to this many output positions per image, the batch's columns go side by side into one GEMM
 # per block of images, preferred to Winograd.  RESULTS.md "Conv plan tuning" / batch-wide GEMMs.

@@ -300,6 +300,160 @@ CK_W4_FILTERS(float, f_avx2, __attribute__((target("avx2"))))
 CK_W4_FILTERS(double, d_avx2, __attribute__((target("avx2"))))
 #endif
 
+/* ---------------------------------------------------------------- the weight gradient
+ * grad_weight of the 3x3 stride-1 conv by the transposed F(4x4, 3x3) (Winograd's F(3x3, 4x4)
+ * form): the forward's y = A^T [(G g) . (B^T d)] is a trilinear form sum_e (A gy)_e (G g)_e
+ * (B^T d)_e, so its derivative in the filter g is g' = G^T [(A gy) . (B^T d)] -- with the same
+ * 6x6 input tiles d and matrices as the forward (B^T of ck_w4_input_row, G of
+ * _conv_winograd.pyx's _G4) and each 4x4 tile of grad_y transformed by A (6x4).  Summed over
+ * the batch's tiles: grad_weight[f, c] = G^T M[f, c] G, M_e = sum_t (A gy_t A^T)_e (B^T d_t B)_e,
+ * 36 GEMMs (F x tiles) @ (tiles x C): 4x fewer products than im2col's.
+ *
+ * A g for one column (4 -> 6): g0,  g0 + g1 + g2 + g3,  g0 - g1 + g2 - g3,
+ *   g0 + g1/2 + g2/4 + g3/8,  g0 - 2g1 + 4g2 - 8g3,  g3 (every coefficient a power of two) */
+#define CK_W4_AG(T, TT, g0, g1, g2, g3, o0, o1, o2, o3, o4, o5) do {                      \
+    const TT p_ = (g0) + (g2), q_ = (g1) + (g3);                                           \
+    o0 = (g0);                                                                             \
+    o1 = p_ + q_;                                                                          \
+    o2 = p_ - q_;                                                                          \
+    o3 = ((g0) + (T)0.25 * (g2)) + ((T)0.5 * (g1) + (T)0.125 * (g3));                      \
+    o4 = ((g0) + (T)4 * (g2)) - ((T)2 * (g1) + (T)8 * (g3));                               \
+    o5 = (g3);                                                                             \
+} while (0)
+
+/* ck_w4_grad_row: one row of grad_y tiles, z[e*zs + j] = (A g_j A^T)[e/6, e%6] for the tiles
+ * g_j = gy[r0 : r0+4, 4j : 4j+4] (0 outside the Ho x Wo plane gy), j < tw.  As
+ * ck_w4_input_row: the rows split into 4 phases (tiles do not overlap: tile j's column p is
+ * phase p at j), A down the rows in one loop over all phases, then A across.
+ * scratch: ck_w4_grad_scratch(tw) elements. */
+#define CK_W4_GRAD_DEFINE(T, SUF, VB, ATTR)                                                \
+ATTR static void ck_w4_grad_row_##SUF(const T* gy, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t r0, \
+                                      ptrdiff_t tw, T* z, ptrdiff_t zs, T* scratch) {       \
+    typedef ck_w4v_##SUF V;                                                                \
+    const ptrdiff_t L = VB / sizeof(T), Wb = 4 * tw;                                       \
+    T* R = scratch;                 /* one zero-padded row of grad_y, Wb columns */        \
+    T* Q = scratch + Wb;            /* the 4 rows in phases (4 x Wb) */                   \
+    T* D = scratch + 5 * Wb;        /* A down the rows, in phases (6 x Wb) */             \
+    ptrdiff_t k, c, j;                                                                     \
+    for (k = 0; k < 4; k++) {                                                              \
+        if (r0 + k >= Ho) {                                                                \
+            memset(Q + k * Wb, 0, Wb * sizeof(T));                                         \
+            continue;                                                                      \
+        }                                                                                  \
+        memcpy(R, gy + (r0 + k) * Wo, Wo * sizeof(T));                                     \
+        if (Wo < Wb) memset(R + Wo, 0, (Wb - Wo) * sizeof(T));                             \
+        ck_w4_split_##SUF##_(R, tw, Q + k * Wb);                                           \
+    }                                                                                      \
+    for (c = 0; c + L <= Wb; c += L) {                                                     \
+        V o0, o1, o2, o3, o4, o5;                                                          \
+        CK_W4_AG(T, V, CK_W4_LD(V, Q + c), CK_W4_LD(V, Q + Wb + c),                        \
+                 CK_W4_LD(V, Q + 2 * Wb + c), CK_W4_LD(V, Q + 3 * Wb + c),                 \
+                 o0, o1, o2, o3, o4, o5);                                                  \
+        CK_W4_ST(D + c, o0); CK_W4_ST(D + Wb + c, o1); CK_W4_ST(D + 2 * Wb + c, o2);       \
+        CK_W4_ST(D + 3 * Wb + c, o3); CK_W4_ST(D + 4 * Wb + c, o4);                        \
+        CK_W4_ST(D + 5 * Wb + c, o5);                                                      \
+    }                                                                                      \
+    for (; c < Wb; c++)                                                                    \
+        CK_W4_AG(T, T, Q[c], Q[Wb + c], Q[2 * Wb + c], Q[3 * Wb + c], D[c], D[Wb + c],     \
+                 D[2 * Wb + c], D[3 * Wb + c], D[4 * Wb + c], D[5 * Wb + c]);              \
+    for (k = 0; k < 6; k++) {                                                              \
+        const T* p = D + k * Wb;    /* phase q of tile j at p[q*tw + j] */                 \
+        T* o = z + (6 * k) * zs;                                                           \
+        for (j = 0; j + L <= tw; j += L) {                                                 \
+            V o0, o1, o2, o3, o4, o5;                                                      \
+            CK_W4_AG(T, V, CK_W4_LD(V, p + j), CK_W4_LD(V, p + tw + j),                    \
+                     CK_W4_LD(V, p + 2 * tw + j), CK_W4_LD(V, p + 3 * tw + j),             \
+                     o0, o1, o2, o3, o4, o5);                                              \
+            CK_W4_ST(o + j, o0); CK_W4_ST(o + zs + j, o1); CK_W4_ST(o + 2 * zs + j, o2);   \
+            CK_W4_ST(o + 3 * zs + j, o3); CK_W4_ST(o + 4 * zs + j, o4);                    \
+            CK_W4_ST(o + 5 * zs + j, o5);                                                  \
+        }                                                                                  \
+        for (; j < tw; j++)                                                                \
+            CK_W4_AG(T, T, p[j], p[tw + j], p[2 * tw + j], p[3 * tw + j], o[j], o[zs + j], \
+                     o[2 * zs + j], o[3 * zs + j], o[4 * zs + j], o[5 * zs + j]);          \
+    }                                                                                      \
+}
+CK_W4_GRAD_DEFINE(float, f_base, 16, )
+CK_W4_GRAD_DEFINE(double, d_base, 16, )
+#if defined(CK_W4_X86)
+CK_W4_GRAD_DEFINE(float, f_avx2, 32, __attribute__((target("avx2"))))
+CK_W4_GRAD_DEFINE(double, d_avx2, 32, __attribute__((target("avx2"))))
+#endif
+
+/* G^T m for one column of 6 (in double; G: _conv_winograd.pyx's _G4, whose columns are
+ *   k=0: 1/2 m0 + (m1 - m2)/6 - 16/15 m3 + 1/30 m4,   k=1: (m1 + m2)/6 - 8/15 m3 - 1/15 m4,
+ *   k=2: (m1 - m2)/6 - 4/15 m3 + 2/15 m4 + 1/2 m5; each product of m3 and m4 rounded once, the
+ *   other coefficients powers of two times those) */
+#define CK_W4_GT(TT, m0, m1, m2, m3, m4, m5, t0, t1, t2) do {                              \
+    const TT s_ = (m1) + (m2), d_ = (m1) - (m2);                                           \
+    const TT a_ = (1.0 / 15) * (m4), b_ = (4.0 / 15) * (m3), d6_ = (1.0 / 6) * d_;          \
+    t0 = ((0.5 * (m0) + d6_) - 4.0 * b_) + 0.5 * a_;                                       \
+    t1 = ((1.0 / 6) * s_ - 2.0 * b_) - a_;                                                 \
+    t2 = ((d6_ - b_) + 2.0 * a_) + 0.5 * (m5);                                             \
+} while (0)
+
+/* ck_w4_wgrad_out: n entries of grad_weight (3x3 each, 9 apart from gw) from their M, given
+ * in np parts ps apart (part p's element e of entry j at m[p*ps + e*ms + j]): the parts added
+ * in double in order, then G^T M G in double, rounded once to T.  Vectors of double over the
+ * entries (the same operations in every lane and in the scalar tail). */
+#define CK_W4_WGRAD_DEFINE(T, SUF, VB, ATTR)                                               \
+typedef double ck_w4dv_##SUF __attribute__((vector_size(VB)));                            \
+typedef T ck_w4tv_##SUF __attribute__((vector_size(VB / (8 / sizeof(T)))));               \
+ATTR static void ck_w4_wgrad_out_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t np,            \
+                                       ptrdiff_t ps, ptrdiff_t n, T* gw) {                 \
+    typedef ck_w4dv_##SUF D;                                                               \
+    typedef ck_w4tv_##SUF U;                                                               \
+    enum { L = VB / 8 };                                                                   \
+    ptrdiff_t j, b, k, l, p;                                                               \
+    for (j = 0; j + L <= n; j += L) {                                                      \
+        D t[3][6], o[3][3], v[6];                                                          \
+        double out[9][L];                                                                  \
+        for (b = 0; b < 6; b++) {                                                          \
+            for (k = 0; k < 6; k++) {                                                      \
+                const T* q = m + (k * 6 + b) * ms + j;                                     \
+                v[k] = __builtin_convertvector(CK_W4_LD(U, q), D);                         \
+                for (p = 1; p < np; p++)                                                   \
+                    v[k] += __builtin_convertvector(CK_W4_LD(U, q + p * ps), D);           \
+            }                                                                              \
+            CK_W4_GT(D, v[0], v[1], v[2], v[3], v[4], v[5], t[0][b], t[1][b], t[2][b]);    \
+        }                                                                                  \
+        for (k = 0; k < 3; k++)                                                            \
+            CK_W4_GT(D, t[k][0], t[k][1], t[k][2], t[k][3], t[k][4], t[k][5], o[k][0],     \
+                     o[k][1], o[k][2]);                                                    \
+        for (k = 0; k < 3; k++)                                                            \
+            for (l = 0; l < 3; l++)                                                        \
+                CK_W4_ST(out[3 * k + l], o[k][l]);                                         \
+        for (l = 0; l < L; l++)                                                            \
+            for (k = 0; k < 9; k++)                                                        \
+                gw[9 * (j + l) + k] = (T)out[k][l];                                        \
+    }                                                                                      \
+    for (; j < n; j++) {                                                                   \
+        double t[3][6], o[3][3], v[6];                                                     \
+        for (b = 0; b < 6; b++) {                                                          \
+            for (k = 0; k < 6; k++) {                                                      \
+                const T* q = m + (k * 6 + b) * ms + j;                                     \
+                v[k] = (double)q[0];                                                       \
+                for (p = 1; p < np; p++)                                                   \
+                    v[k] += (double)q[p * ps];                                             \
+            }                                                                              \
+            CK_W4_GT(double, v[0], v[1], v[2], v[3], v[4], v[5], t[0][b], t[1][b],         \
+                     t[2][b]);                                                             \
+        }                                                                                  \
+        for (k = 0; k < 3; k++)                                                            \
+            CK_W4_GT(double, t[k][0], t[k][1], t[k][2], t[k][3], t[k][4], t[k][5],         \
+                     o[k][0], o[k][1], o[k][2]);                                           \
+        for (k = 0; k < 3; k++)                                                            \
+            for (l = 0; l < 3; l++)                                                        \
+                gw[9 * j + 3 * k + l] = (T)o[k][l];                                        \
+    }                                                                                      \
+}
+CK_W4_WGRAD_DEFINE(float, f_base, 16, )
+CK_W4_WGRAD_DEFINE(double, d_base, 16, )
+#if defined(CK_W4_X86)
+CK_W4_WGRAD_DEFINE(float, f_avx2, 32, __attribute__((target("avx2"))))
+CK_W4_WGRAD_DEFINE(double, d_avx2, 32, __attribute__((target("avx2"))))
+#endif
+
 static int ck_w4_allow_avx2 = 1;    /* tests clear it to run the baseline build */
 
 static int ck_w4_avx2(void) {
@@ -320,6 +474,8 @@ static int ck_w4_avx2(void) {
 static int ck_w4_set_avx2(int allow) { int old = ck_w4_allow_avx2; ck_w4_allow_avx2 = allow; return old; }
 
 static ptrdiff_t ck_w4_input_scratch(ptrdiff_t tw) { return 13 * (4 * tw + 4); }
+/* ck_w4_grad_row's rows of tw tiles */
+static ptrdiff_t ck_w4_grad_scratch(ptrdiff_t tw) { return 44 * tw; }
 /* ck_w4_output_tiles' S and Yp for n tiles, plus ck_w4_store_row's buf for rows of tw */
 static ptrdiff_t ck_w4_output_scratch(ptrdiff_t n, ptrdiff_t tw) { return 40 * n + 4 * tw; }
 
@@ -339,6 +495,14 @@ static void ck_w4_input_row_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_
 static void ck_w4_output_tiles_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t n, T bias, T* S,  \
                                      T* Yp) {                                              \
     CK_W4_PICK(ck_w4_output_tiles, SUF, (m, ms, n, bias, S, Yp));                          \
+}                                                                                          \
+static void ck_w4_grad_row_##SUF(const T* gy, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t r0,     \
+                                 ptrdiff_t tw, T* z, ptrdiff_t zs, T* scratch) {            \
+    CK_W4_PICK(ck_w4_grad_row, SUF, (gy, Ho, Wo, r0, tw, z, zs, scratch));                 \
+}                                                                                          \
+static void ck_w4_wgrad_out_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t np, ptrdiff_t ps,    \
+                                  ptrdiff_t n, T* gw) {                                    \
+    CK_W4_PICK(ck_w4_wgrad_out, SUF, (m, ms, np, ps, n, gw));                              \
 }                                                                                          \
 static void ck_w4_filters_##SUF(const T* g, ptrdiff_t ls, ptrdiff_t nl, int flip,          \
                                 const double* G, T* u, ptrdiff_t us) {                     \
