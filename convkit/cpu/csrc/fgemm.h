@@ -21,6 +21,9 @@
  * 256 x 64 x 256 (a Winograd F(4x4) task of res_14) a fifth of its time.  B is packed into
  * 16-column panels of KC rows, each just before its first use (in L1 for the pass of the A
  * block over it), except for C of at most CK_FG_DIRECT_M rows, where B is read in place.
+ * A last panel of at most CK_FG_EDGE_N columns (a conv's odd column count: 65 tiles, 98
+ * positions) runs with the vectors along m instead (ck_fg_edge): the 6 x 16 tile spent half a
+ * full panel's time on it.
  *
  * Single-threaded (convkit calls it inside its own OpenMP teams); each thread keeps its packing
  * buffer for B (allocated on first use, freed at thread exit).  ck_fgemm returns 0 when it did
@@ -62,7 +65,10 @@
  * L1 where the stride is a power of two (256 x 64 x 256: 66 GFLOP/s in place against 76
  * packed and 87 for OpenBLAS, before A was read in place) */
 /* a last panel of at most this many columns runs ck_fg_edge (vectors along m) instead of
- * the 6 x 16 tile: one thread, ./bench/bench_gemm.py's edge rows (m x k x 16j + nr) */
+ * the 6 x 16 tile.  Measured with bench/fgemm_edge_ab.sh (one thread, the loaded 2-core EPYC,
+ * no AVX-512): rpn_3x3's F(4x4) task 512 x 512 x 65 79 -> 81-83 GFLOP/s, pw_14's task
+ * 1024 x 256 x 98 83-85 -> 87-91 (a 16-column panel: ~92); 1 to 6 columns within the noise
+ * of each other, 4 kept (12 accumulators at most stay in registers up to 6) */
 #ifndef CK_FG_EDGE_N
 #define CK_FG_EDGE_N 4
 #endif
