@@ -5,13 +5,19 @@ by Ir per call (PROGRAM TOTALS / calls):
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=cg.out \\
         python bench/conv_instr.py pw_14 [calls] [fwd|bwd] [threads]
         python bench/conv_instr.py 64,16,8,8,16,3,1,1 ...   (N,C,H,W,F,K,stride,pad)
+        python bench/conv_instr.py 64,16,8,8,16,3,1,1 40 wgrad 1 cputime
+
+(wgrad: the backward without grad_x; cputime: outside callgrind, thread CPU time per call,
+lowest and median of ``calls`` calls.)
     PYTHONPATH=<other checkout> valgrind ... python bench/conv_instr.py pw_14
 
 Instruction counts do not move with the host's load (wall-clock A/B: bench/ab_commits.py).
 """
 import os
+import statistics
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -40,9 +46,18 @@ with convkit.use_backend("cpu"):
             if which == "fwd":
                 F.conv2d_forward(x, w, b, **kw)
             else:
-                F.conv2d_backward(gy, x, w, **kw)
+                F.conv2d_backward(gy, x, w, needs_input_grad=which != "wgrad", **kw)
 
     run(2)
+    if len(sys.argv) > 5 and sys.argv[5] == "cputime":
+        t = []
+        for _ in range(calls):
+            t0 = time.thread_time()
+            run(1)
+            t.append((time.thread_time() - t0) * 1e3)
+        print(f"{convkit.__file__} {sys.argv[1]} {which}: lowest {min(t):.3f} median "
+              f"{statistics.median(t):.3f} ms")
+        sys.exit(0)
     try:    # (outside callgrind this finds no process, or no callgrind_control, and does nothing)
         subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], capture_output=True)
     except OSError:
