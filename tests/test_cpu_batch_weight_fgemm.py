@@ -13,7 +13,9 @@ from convkit.cpu import _gemm, conv as cc, tuning as T
 ok, why = convkit.backend_status("cpu")
 ACTIVE = ok and not _gemm.own_sgemm_active() and _gemm.fixed_sgemm_active()
 pytestmark = pytest.mark.skipif(not ACTIVE, reason="the batch grad_weight runs on fgemm.h only "
-                                "on AVX2 machines without the own AVX-512 GEMM")
+                                "on AVX2 machines without the own AVX-512 GEMM (and not with "
+                                "CONVKIT_DISABLE_FGEMM=1): elsewhere BLAS or the AVX-512 GEMM, "
+                                "as before")
 
 
 def _im2col(x, K, stride, pad):
