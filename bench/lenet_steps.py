@@ -7,12 +7,16 @@ not counted.  Compare two checkouts by Ir per step (PROGRAM TOTALS / steps):
     PYTHONPATH=<other checkout> valgrind ... python bench/lenet_steps.py 200
     callgrind_annotate cg.out | head -25
 
+`python bench/lenet_steps.py 20 resnet cputime` prints CPU time per step instead (one thread).
+
 Instruction counts do not move with the host's load, so this A/B works on a busy machine where
 bench_train.py's wall-clock ratios cannot.
 """
 import os
+import statistics
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -41,6 +45,17 @@ with convkit.use_backend("cpu"):
             opt.step()
 
     steps(20)
+    if len(sys.argv) > 3 and sys.argv[3] == "cputime":
+        # outside callgrind: process CPU time per step, the median and the lowest of 5 blocks of
+        # argv[1] steps (less distorted by other processes than wall time; A/B alternately)
+        per = []
+        for _ in range(5):
+            t0 = time.process_time()
+            steps(int(sys.argv[1]))
+            per.append((time.process_time() - t0) / int(sys.argv[1]) * 1e3)
+        print(f"{convkit.__file__}: ms/step CPU median {statistics.median(per):.3f} "
+              f"min {min(per):.3f}")
+        sys.exit(0)
     try:    # (outside callgrind this finds no process, or no callgrind_control, and does nothing)
         subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], capture_output=True)
     except OSError:

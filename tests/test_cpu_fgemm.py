@@ -170,3 +170,44 @@ def test_the_switch():
     assert out.returncode == 0, out.stderr
     own = _gemm.own_sgemm_active()
     assert out.stdout.split() == ["False", str(own), str(own)], out.stdout
+
+
+@pytest.mark.parametrize("ta,tb", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_narrow_last_panel_keeps_the_bits(ta, tb):
+    """A last panel of 1-6 columns (up to csrc/fgemm.h's CK_FG_EDGE_N = 4 it runs with the
+    vectors along m, above it the 6 x 16 tile): its columns have the bits they have inside a
+    full panel, for row counts around the 8-row vector and A blocks (m > 126), k with a partial
+    8-step tail and two k blocks, A and B read in place (m <= 16) or packed."""
+    for m in (1, 7, 8, 9, 16, 17, 130):
+        for k in (1, 5, 8, 13, 300):
+            a, b = _operands(m, 32, k, ta, tb)
+            whole = _fgemm(a, b, ta, tb, m, 32)     # columns 16..31: one full panel
+            B = _op(b, tb)
+            for nr in range(1, 7):
+                for j0 in (0, 16):     # alone (n = nr) and after a full panel (n = 16 + nr)
+                    sub = B[:, 16 - j0:16 + nr]
+                    sub_b = np.ascontiguousarray(sub.T if tb else sub)
+                    got = _fgemm(a, sub_b, ta, tb, m, j0 + nr)
+                    np.testing.assert_array_equal(got[:, j0:], whole[:, 16:16 + nr],
+                                                  err_msg=str((m, k, nr, j0)))
+
+
+def test_narrow_last_panel_values_and_non_finite():
+    """The narrow panel's values against float64, and a NaN / inf in A or B reaches only its
+    row or column there, on both sides of the k tail (A in place and transposed)."""
+    for ta in (0, 1):
+        for m, n, k in [(40, 17, 37), (130, 3, 300), (9, 1, 7), (25, 20, 8)]:
+            _check_values(m, n, k, ta, 0)
+        m, n, k = 21, 18, 11
+        a, b = _operands(m, n, k, ta, 0)
+        A = a.T if ta else a
+        A[9, 10] = np.nan       # in the k tail (8 + 2)
+        A[3, 2] = np.inf
+        b[4, 17] = np.nan       # the narrow panel's second column
+        got = _fgemm(a, b, ta, 0, m, n)
+        assert np.isnan(got[9]).all() and np.isnan(got[:, 17]).all()
+        bad = np.zeros((m, n), bool)
+        bad[[3, 9]] = True
+        bad[:, 17] = True
+        assert np.isfinite(got[~bad]).all()
+        assert not np.isfinite(got[3]).any()

@@ -11,9 +11,15 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
-from ._blas cimport gemm, gemm_fixed, gemm_pk, ck_sgemm_apacked_rows
+from libc.stdlib cimport malloc, free
+
+from ._blas cimport gemm, gemm_fixed, gemm_pk, ck_sgemm_apacked_rows, ck_fgemm, ck_sgemm_available
 from ._conv_csrc cimport ck_shift_f, ck_shift_d, ck_shift_available
 from ._conv_common cimport _row_copy, _min
+
+
+cdef extern from "csrc/fgemm.h" nogil:
+    int ck_fgemm_available()
 
 
 # ---------------------------------------------------------------------------- batch-wide GEMMs
@@ -297,7 +303,7 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                           Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
                           bint needs_input_grad, const unsigned short[::1] masks,
                           Py_ssize_t nsplit, floating[::1] gwp, int n_threads,
-                          bint needs_weight_grad=True):
+                          bint needs_weight_grad=True, Py_ssize_t wt_ratio=-1):
     """grad_weight into gw (OUT, any contents; when needs_weight_grad, else x is not read) and,
     when needs_input_grad, grad_x into gx (OUT, any contents) with batch-wide GEMMs.
 
@@ -313,6 +319,9 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
     grad_x: a task owns a block of ``imgs`` images: cols_grad = w^T @ gyt[:, block], then
     col2im into their gx planes.
     ws_per_thread >= max(chans_w*(KK*HoWo + Hp*Wp)*kimgs, Cg*(KK*HoWo + Hp*Wp)*imgs).
+    wt_ratio >= 0 (tuning.BATCH_W_FGEMM_RATIO): float32 grad_weight GEMMs on csrc/fgemm.h where
+    no AVX-512 GEMM runs, blocks with more columns (channels x taps) than wt_ratio x their
+    filters transposed (a small (nck x Fg) buffer per task, outside the workspace); -1: BLAS.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
@@ -324,6 +333,10 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
     cdef const unsigned short* mp = &masks[0] if masks.shape[0] > 0 else NULL
     cdef floating* buf
     cdef floating* dst
+    cdef floating* gwt
+    cdef Py_ssize_t nck
+    cdef bint use_fg
+    cdef int ok
     cdef floating* gwf = &gw[0, 0, 0, 0]
     with nogil:
         # (a plain copy, serial: one parallel region less, whose end barrier costs a time
@@ -342,17 +355,47 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
             nz = (sp + 1) * N // nsplit
             dst = (gwf if sp == 0 else &gwp[0] + (sp - 1) * gwn) + g * Fg * CgKK + c0 * KK
             buf = &ws[0] + threadid() * ws_per_thread
+            nck = (c1 - c0) * KK
+            # float32 on csrc/fgemm.h (no AVX-512 GEMM): BLAS spent most of these small-m
+            # GEMMs packing.  Where the columns outnumber the filters, the block transposed,
+            # cols @ gyt^T (nck x Fg: fgemm packs only gyt's few rows and reads the columns
+            # in place), then written into dst transposed; else gyt @ cols^T straight into dst
+            gwt = NULL
+            use_fg = False
+            if floating is float:
+                use_fg = wt_ratio >= 0 and not ck_sgemm_available() and ck_fgemm_available()
+                if use_fg and nck > wt_ratio * Fg:
+                    gwt = <floating*>malloc(nck * Fg * sizeof(floating))
             n0 = na
             while n0 < nz:      # images in blocks of kimgs, summed in order
                 nb = _min(kimgs, nz - n0)
                 L = nb * HoWo
                 _batch_im2col(&x[0, 0, 0, 0], C * H * W, n0, nb, g * Cg + c0, g * Cg + c1, H, W,
                               KH, KW, pt, pl, dh, dw, Hp, Wp, &idx[0], L, Wo, sw == 1, mp,
-                              buf, buf + (c1 - c0) * KK * L)
-                gemm(False, True, Fg, (c1 - c0) * KK, L, <floating>1,
-                     &gyt[0] + g * Fg * LN + n0 * HoWo, LN, buf, L,
-                     <floating>(1 if n0 > na else 0), dst, CgKK)
+                              buf, buf + nck * L)
+                ok = 0
+                if gwt != NULL:
+                    ok = ck_fgemm(False, True, nck, Fg, L, 1, <float*>buf, L,
+                                  <float*>&gyt[0] + g * Fg * LN + n0 * HoWo, LN,
+                                  1 if n0 > na else 0, <float*>gwt, Fg)
+                elif use_fg:
+                    ok = ck_fgemm(False, True, Fg, nck, L, 1,
+                                  <float*>&gyt[0] + g * Fg * LN + n0 * HoWo, LN, <float*>buf, L,
+                                  1 if n0 > na else 0, <float*>dst, CgKK)
+                if not ok:  # (fgemm declines at a thread's first call or never: no memory)
+                    if gwt != NULL:
+                        free(gwt)
+                        gwt = NULL
+                    use_fg = False
+                    gemm(False, True, Fg, nck, L, <floating>1,
+                         &gyt[0] + g * Fg * LN + n0 * HoWo, LN, buf, L,
+                         <floating>(1 if n0 > na else 0), dst, CgKK)
                 n0 = n0 + nb
+            if gwt != NULL:
+                for f in range(Fg):
+                    for j in range(nck):
+                        dst[f * CgKK + j] = gwt[j * Fg + f]
+                free(gwt)
         for sp in range(1, nsplit if needs_weight_grad else 1):     # the parts, in order
             for i in range(gwn):
                 gwf[i] = gwf[i] + gwp[(sp - 1) * gwn + i]

@@ -601,7 +601,7 @@ def _bwd_batch(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                     needs_gx,
                                     _shift_masks(s.H, s.W, Ho, Wo, KH, KW, s.stride, pt, pl,
                                                  s.dilation, x.itemsize), p["nsplit"], gwp,
-                                    step.threads, needs_gw)
+                                    step.threads, needs_gw, _T.BATCH_W_FGEMM_RATIO)
 
 
 def _bwd_subpixel(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw, bias=None):

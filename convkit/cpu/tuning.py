@@ -137,6 +137,15 @@ BATCH_BLOCKS = 4
 # Column blocks of the batch grad_weight (the batch is split in fixed parts below this).
 # Not measured in RESULTS.md.
 BATCH_W_BLOCKS = 2
+# Batch grad_weight, float32 on csrc/fgemm.h (AVX2 machines; the AVX-512 GEMM keeps its
+# place), not BLAS, which spent most of these small-m GEMMs packing; a block with more columns
+# (channels x taps) than this many times its filters computed transposed, columns @ grad_y^T
+# (fgemm packs only grad_y's rows); -1: BLAS.  SmallResNet's batch-64 blocks, filters x
+# columns x positions, one thread, loaded 2-core EPYC (bench/batch_w_gemm.py), GFLOP/s BLAS /
+# fgemm / fgemm transposed: 16 x 144 x 4096 37 / 43 / 87, 32 x 288 x 1024 50 / 52 / 84,
+# 64 x 288 x 256 67 / 74 / 91; below the ratio 32 x 16 x 1024 42 / 56 / 42, 64 x 16 x 256
+# 50 / 66 / 41, 16 x 9 x 4096 24 / 24 / 30.
+BATCH_W_FGEMM_RATIO = 1
 # A block of images' columns is capped to stay in L2.
 # RESULTS.md "Conv plan tuning" / batch block cap.
 BATCH_CACHE = 512 * 2**10

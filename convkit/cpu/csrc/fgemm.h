@@ -21,6 +21,9 @@
  * 256 x 64 x 256 (a Winograd F(4x4) task of res_14) a fifth of its time.  B is packed into
  * 16-column panels of KC rows, each just before its first use (in L1 for the pass of the A
  * block over it), except for C of at most CK_FG_DIRECT_M rows, where B is read in place.
+ * A last panel of at most CK_FG_EDGE_N columns (a conv's odd column count: 65 tiles, 98
+ * positions) runs with the vectors along m instead (ck_fg_edge): the 6 x 16 tile spent half a
+ * full panel's time on it.
  *
  * Single-threaded (convkit calls it inside its own OpenMP teams); each thread keeps its packing
  * buffer for B (allocated on first use, freed at thread exit).  ck_fgemm returns 0 when it did
@@ -61,6 +64,14 @@
  * would serve few tiles.  Above it a strip read in place (KC rows a row stride apart) thrashes
  * L1 where the stride is a power of two (256 x 64 x 256: 66 GFLOP/s in place against 76
  * packed and 87 for OpenBLAS, before A was read in place) */
+/* a last panel of at most this many columns runs ck_fg_edge (vectors along m) instead of
+ * the 6 x 16 tile.  Measured with bench/fgemm_edge_ab.sh (one thread, the loaded 2-core EPYC,
+ * no AVX-512): rpn_3x3's F(4x4) task 512 x 512 x 65 79 -> 81-83 GFLOP/s, pw_14's task
+ * 1024 x 256 x 98 83-85 -> 87-91 (a 16-column panel: ~92); 1 to 6 columns within the noise
+ * of each other, 4 kept (12 accumulators at most stay in registers up to 6) */
+#ifndef CK_FG_EDGE_N
+#define CK_FG_EDGE_N 4
+#endif
 #ifndef CK_FG_DIRECT_M
 #define CK_FG_DIRECT_M 16
 #endif
@@ -211,6 +222,127 @@ ck_fg_body(int nv, int full, ptrdiff_t kc, const float *a, ptrdiff_t ars, ptrdif
     }
 }
 
+/* rows r < 8 of a transposed in place: r[q] lane i = r[i] lane q before */
+CK_FG_TARGET static inline __attribute__((always_inline)) void ck_fg_tr8(__m256 *r)
+{
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+/* The narrow last panel (nr <= CK_FG_EDGE_N columns): the same chains with the vectors along
+ * m, 8 rows a vector.  In the 6 x 16 tile such a panel costs six broadcasts of A and a B load
+ * per 6 useful FMAs; here A's rows come 8 k steps at a time, transposed in registers (ta: A's
+ * rows are already contiguous), and B is broadcast once per column and k step.  Each output is
+ * still fma(a[i,p], b[p,j], c) over p ascending from 0 or C: the main tile's bits. */
+CK_FG_TARGET static inline __attribute__((always_inline)) void
+ck_fg_edge_body(int nr, int ta, ptrdiff_t mr, ptrdiff_t kc, const float *a, ptrdiff_t lda,
+                const float *b, ptrdiff_t bs, float *c, ptrdiff_t ldc, int load_c)
+{
+    __m256 acc[CK_FG_EDGE_N];
+    float tmp[8] __attribute__((aligned(32)));
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i rows = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)mr), lane);
+#pragma GCC unroll 8
+    for (int j = 0; j < nr; ++j) {
+        for (int i = 0; i < 8; ++i)
+            tmp[i] = load_c && i < mr ? c[i * ldc + j] : 0.0f;
+        acc[j] = _mm256_load_ps(tmp);
+    }
+    if (ta) {   /* row p of A^T at a + p * lda: the tile's 8 rows side by side */
+        for (ptrdiff_t p = 0; p < kc; ++p) {
+            const __m256 av = mr == 8 ? _mm256_loadu_ps(a + p * lda)
+                                      : _mm256_maskload_ps(a + p * lda, rows);
+#pragma GCC unroll 8
+            for (int j = 0; j < nr; ++j)
+                acc[j] = _mm256_fmadd_ps(av, _mm256_broadcast_ss(b + p * bs + j), acc[j]);
+        }
+    } else {    /* row i of A at a + i * lda; rows past mr read row 0 (not stored) */
+        const float *ar[8];
+        for (int i = 0; i < 8; ++i)
+            ar[i] = a + (i < mr ? i : 0) * lda;
+        for (ptrdiff_t p0 = 0; p0 < kc; p0 += 8) {
+            ptrdiff_t q8 = kc - p0 < 8 ? kc - p0 : 8;
+            __m256 t[8];
+            if (q8 == 8) {
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; ++i)
+                    t[i] = _mm256_loadu_ps(ar[i] + p0);
+            } else {    /* the last k steps: lanes past them are not read */
+                const __m256i ks = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)q8), lane);
+                for (int i = 0; i < 8; ++i)
+                    t[i] = _mm256_maskload_ps(ar[i] + p0, ks);
+            }
+            ck_fg_tr8(t);   /* t[q]: A[0..7, p0 + q] */
+#pragma GCC unroll 8
+            for (int q = 0; q < 8; ++q) {
+                if (q >= q8)
+                    break;
+                const float *bq = b + (p0 + q) * bs;
+#pragma GCC unroll 8
+                for (int j = 0; j < nr; ++j)
+                    acc[j] = _mm256_fmadd_ps(t[q], _mm256_broadcast_ss(bq + j), acc[j]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < nr; ++j) {
+        _mm256_store_ps(tmp, acc[j]);
+        for (int i = 0; i < mr; ++i)
+            c[i * ldc + j] = tmp[i];
+    }
+}
+
+/* the narrow panel over mc rows of A, 8 a tile (nr a constant in each instance) */
+CK_FG_TARGET static void ck_fg_edge(ptrdiff_t mc, ptrdiff_t nr, ptrdiff_t kc, int ta,
+                                    const float *a, ptrdiff_t lda, const float *b, ptrdiff_t bs,
+                                    float *c, ptrdiff_t ldc, int load_c)
+{
+    for (ptrdiff_t i = 0; i < mc; i += 8) {
+        ptrdiff_t mr = mc - i < 8 ? mc - i : 8;
+        const float *ai = ta ? a + i : a + i * lda;
+        float *ci = c + i * ldc;
+        switch ((int)nr * 2 + (ta != 0)) {
+#define CK_FG_EDGE_CASE(NR)                                                                    \
+        case 2 * NR:                                                                           \
+            ck_fg_edge_body(NR, 0, mr, kc, ai, lda, b, bs, ci, ldc, load_c); break;            \
+        case 2 * NR + 1:                                                                       \
+            ck_fg_edge_body(NR, 1, mr, kc, ai, lda, b, bs, ci, ldc, load_c); break;
+        CK_FG_EDGE_CASE(1)
+#if CK_FG_EDGE_N >= 2
+        CK_FG_EDGE_CASE(2)
+#endif
+#if CK_FG_EDGE_N >= 3
+        CK_FG_EDGE_CASE(3)
+#endif
+#if CK_FG_EDGE_N >= 4
+        CK_FG_EDGE_CASE(4)
+#endif
+#if CK_FG_EDGE_N >= 5
+        CK_FG_EDGE_CASE(5)
+#endif
+#if CK_FG_EDGE_N >= 6
+        CK_FG_EDGE_CASE(6)
+#endif
+#undef CK_FG_EDGE_CASE
+        default: break;
+        }
+    }
+}
+
 /* one tile: mr <= MR rows, nr <= NR columns */
 CK_FG_TARGET static void ck_fg_tile(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t kc, const float *a,
                                     ptrdiff_t ars, ptrdiff_t aks, const float *b, ptrdiff_t bs,
@@ -271,6 +403,12 @@ static int ck_fgemm(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float
                         ck_fg_pack_b(b + pc * ldb + jc + jr, ldb, kc, nr, panel);
                     const float *bp = pack_b ? panel : b + pc * ldb + jc + jr;
                     ptrdiff_t bs = pack_b ? CK_FG_NR : ldb;
+                    if (nr <= CK_FG_EDGE_N) {   /* (only the last panel is narrow) */
+                        ck_fg_edge(mc, nr, kc, ta,
+                                   ta ? a + pc * lda + ic : a + ic * lda + pc, lda, bp, bs,
+                                   c + ic * ldc + jc + jr, ldc, load_c);
+                        continue;
+                    }
                     for (ptrdiff_t ir = 0; ir < mc; ir += CK_FG_MR) {
                         ptrdiff_t mr = mc - ir < CK_FG_MR ? mc - ir : CK_FG_MR;
                         ck_fg_tile(mr, nr, kc,
