@@ -235,7 +235,7 @@ def test_api_workspace_limit(f4_plan):
         convkit.set_workspace_limit(u_bytes + row)
         plan = cc._plan(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1)[3]
         assert plan.forward.params == {"trows": 1, "per_thread": row // 8, "tile": 4,
-                                       "per_image": True}
+                                       "per_image": True, "packed": False}
         assert plan.forward.threads == 1
         with convkit.use_backend("cpu"):
             _close(convkit.conv2d_forward(x, w, b, padding=1), want, np.float64, "one row")

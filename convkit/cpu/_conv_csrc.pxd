@@ -63,10 +63,16 @@ cdef extern from "csrc/wino4.h" nogil:
                            Py_ssize_t rows, float* buf)
     void ck_w4_store_row_d(const double* Yp, Py_ssize_t n, Py_ssize_t tw, double* y,
                            Py_ssize_t Wo, Py_ssize_t rows, double* buf)
-    void ck_w4_filters_f(const float* g, Py_ssize_t ls, Py_ssize_t nl, int flip,
-                         const double* G, float* u, Py_ssize_t us)
-    void ck_w4_filters_d(const double* g, Py_ssize_t ls, Py_ssize_t nl, int flip,
-                         const double* G, double* u, Py_ssize_t us)
+    void ck_w4_filters_f(const float* g, Py_ssize_t ls, Py_ssize_t nl, int flip, float* u,
+                         Py_ssize_t us)
+    void ck_w4_filters_d(const double* g, Py_ssize_t ls, Py_ssize_t nl, int flip, double* u,
+                         Py_ssize_t us)
+    void ck_w4_filters_pk_f(const float* g, Py_ssize_t fs, Py_ssize_t cs, Py_ssize_t nf,
+                            Py_ssize_t nc, int flip, float* u, Py_ssize_t us)
+    int ck_w4_gemm_pk(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* apk,
+                      const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc)
+    Py_ssize_t ck_w4_pk_rows(Py_ssize_t m)
+    int ck_fgemm_available()
     void ck_w4_grad_row_f(const float* gy, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t r0,
                           Py_ssize_t tw, float* z, Py_ssize_t zs, float* scratch)
     void ck_w4_grad_row_d(const double* gy, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t r0,

@@ -18,7 +18,8 @@ from ._conv_csrc cimport (ck_wino_input_row_f, ck_wino_output_row_f, ck_wino_fil
                           ck_w4_filters_f, ck_w4_filters_d, ck_w4_input_scratch,
                           ck_w4_output_scratch, ck_w4_set_avx2, ck_w4_grad_row_f,
                           ck_w4_grad_row_d, ck_w4_wgrad_out_f, ck_w4_wgrad_out_d,
-                          ck_w4_grad_scratch)
+                          ck_w4_grad_scratch, ck_w4_filters_pk_f, ck_w4_gemm_pk, ck_w4_pk_rows,
+                          ck_fgemm_available)
 from ._conv_common cimport _min
 
 
@@ -47,27 +48,70 @@ cdef inline void _wino_filter(const floating* g, floating* u, Py_ssize_t us) noe
 
 
 def winograd_filters(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int n_threads,
-                     bint transpose_flip=False):
+                     bint transpose_flip=False, bint packed=False):
     """U[(a*4 + b), f, c] = (G w[f, c] G^T)[a, b] (OUT: U (16, F, C)) for 3x3 filters w,
     G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]; with U (36, F, C), F(4x4)'s
-    U[(a*6 + b), f, c] (G as in the comment above _G4, 16 channels per step, csrc/wino4.h).
+    U[(a*6 + b), f, c] (G as in the comment above _wino4_filter_block, 16 channels per step,
+    csrc/wino4.h).
     transpose_flip: the filters of grad_x instead, w'[f, c] = w[c, f] turned by 180 degrees
     (U (16, C, F) for w (F, C, 3, 3)), without making w' first.
+    packed (F(4x4), float32): each plane in csrc/wino4.h's ck_w4_gemm_pk layout, U (36,
+    winograd4_packed_rows(F), C) holding strips of 6 filters, (strip, channel, filter) order.
 
     A task transforms 16 channels of one filter into a small buffer and writes 16 runs of 16:
-    one filter at a time would store its 16 values F*C elements apart, all in one cache set."""
+    one filter at a time would store its 16 values F*C elements apart, all in one cache set.
+    Packed: a strip's 8 channels, one run of 48 per plane."""
     cdef Py_ssize_t F = U.shape[1], C = U.shape[2]
     cdef Py_ssize_t nb = (C + 15) // 16
     cdef Py_ssize_t it
     cdef bint four = U.shape[0] == 36
     if U.shape[0] != 16 and not four:
         raise ValueError(f"U must have 16 (F(2x2)) or 36 (F(4x4)) planes, got {U.shape[0]}")
+    if packed:
+        _wino4_filters_packed(w, U, n_threads, transpose_flip)
+        return
     with nogil:
         for it in prange(F * nb, schedule="static", num_threads=n_threads):
             if four:
                 _wino4_filter_block(w, U, it // nb, (it % nb) * 16, transpose_flip)
             else:
                 _wino_filter_block(w, U, it // nb, (it % nb) * 16, transpose_flip)
+
+
+def winograd4_packed_rows(Py_ssize_t F):
+    """Rows of a packed F(4x4) plane for F filters (whole strips of 6)."""
+    return ck_w4_pk_rows(F)
+
+
+def winograd4_packed_ok():
+    """Whether the packed F(4x4) GEMMs can run here (csrc/fgemm.h's AVX2 + FMA kernel)."""
+    return bool(ck_fgemm_available())
+
+
+cdef _wino4_filters_packed(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int n_threads,
+                           bint transpose_flip):
+    cdef Py_ssize_t F = w.shape[1] if transpose_flip else w.shape[0]
+    cdef Py_ssize_t C = w.shape[0] if transpose_flip else w.shape[1]
+    cdef Py_ssize_t ns = ck_w4_pk_rows(F) // 6, ncb = (C + 7) // 8
+    cdef Py_ssize_t it, s, c0
+    if U.shape[0] != 36 or U.shape[1] != 6 * ns or U.shape[2] != C:
+        raise ValueError(f"U must be (36, {6 * ns}, {C}) for packed filters, got "
+                         f"{(U.shape[0], U.shape[1], U.shape[2])}")
+    if floating is float:
+        with nogil:
+            for it in prange(ns * ncb, schedule="static", num_threads=n_threads):
+                s = it // ncb
+                c0 = (it % ncb) * 8
+                if transpose_flip:
+                    ck_w4_filters_pk_f(&w[c0, 6 * s, 0, 0], 9, w.shape[1] * 9, _min(6, F - 6 * s),
+                                       _min(8, C - c0), 1, &U[0, 0, 0] + 6 * (s * C + c0),
+                                       U.shape[1] * C)
+                else:
+                    ck_w4_filters_pk_f(&w[6 * s, c0, 0, 0], C * 9, 9, _min(6, F - 6 * s),
+                                       _min(8, C - c0), 0, &U[0, 0, 0] + 6 * (s * C + c0),
+                                       U.shape[1] * C)
+    else:
+        raise ValueError("packed F(4x4) filters are float32 only")
 
 
 cdef void _wino_filter_block(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, Py_ssize_t f,
@@ -194,11 +238,8 @@ cdef inline void _wino_output_row(const floating* m, Py_ssize_t ms, Py_ssize_t t
 #   [0  1 -2 -1  2  0]                             [ 1/30 -1/15  2/15 ]
 #   [0  2 -3 -4  3  2]                             [  0     0    1/2  ]
 # Y = A^T [(G g G^T) . (B^T d B)] A for a 6x6 input tile d; G g G^T is computed in double and
-# rounded once (it holds the inexact thirds and fifteenths), 16 filters at a time
-# (winograd_filters with 36 planes; csrc/wino4.h's ck_w4_filters).
-cdef double[18] _G4
-_G4[:] = [0.5, 0.0, 0.0, 1.0 / 6, 1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6,
-          -16.0 / 15, -8.0 / 15, -4.0 / 15, 1.0 / 30, -1.0 / 15, 2.0 / 15, 0.0, 0.0, 0.5]
+# rounded once (it holds the inexact thirds and fifteenths), 16 filters at a time, G's rows by
+# their common factors (winograd_filters with 36 planes; csrc/wino4.h's CK_W4_G, ck_w4_filters).
 
 
 cdef void _wino4_filter_block(const floating[:, :, :, ::1] w, floating[:, :, ::1] U,
@@ -207,16 +248,16 @@ cdef void _wino4_filter_block(const floating[:, :, :, ::1] w, floating[:, :, ::1
     cdef Py_ssize_t nl = _min(c0 + 16, U.shape[2]) - c0
     if floating is float:
         if transpose_flip:
-            ck_w4_filters_f(&w[c0, f, 0, 0], w.shape[1] * 9, nl, 1, _G4, &U[0, f, c0],
+            ck_w4_filters_f(&w[c0, f, 0, 0], w.shape[1] * 9, nl, 1, &U[0, f, c0],
                             U.shape[1] * U.shape[2])
         else:
-            ck_w4_filters_f(&w[f, c0, 0, 0], 9, nl, 0, _G4, &U[0, f, c0], U.shape[1] * U.shape[2])
+            ck_w4_filters_f(&w[f, c0, 0, 0], 9, nl, 0, &U[0, f, c0], U.shape[1] * U.shape[2])
     else:
         if transpose_flip:
-            ck_w4_filters_d(&w[c0, f, 0, 0], w.shape[1] * 9, nl, 1, _G4, &U[0, f, c0],
+            ck_w4_filters_d(&w[c0, f, 0, 0], w.shape[1] * 9, nl, 1, &U[0, f, c0],
                             U.shape[1] * U.shape[2])
         else:
-            ck_w4_filters_d(&w[f, c0, 0, 0], 9, nl, 0, _G4, &U[0, f, c0], U.shape[1] * U.shape[2])
+            ck_w4_filters_d(&w[f, c0, 0, 0], 9, nl, 0, &U[0, f, c0], U.shape[1] * U.shape[2])
 
 
 def winograd4_avx2(bint allow):
@@ -407,7 +448,8 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
                             const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
                             floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
                             Py_ssize_t pt, Py_ssize_t pl, int n_threads,
-                            const float[:, ::1] apk, int tile=2, bint per_image=False):
+                            const float[:, ::1] apk, int tile=2, bint per_image=False,
+                            bint packed=False):
     """3x3, stride 1, dilation 1, groups 1: y = conv(x, w) + bias by Winograd F(2x2, 3x3)
     (tile 2) or F(4x4, 3x3) (tile 4).  apk: U[e] prepacked for the own float32 GEMM in row e
     (no rows: none).
@@ -421,9 +463,11 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     A task's slice of ws holds V (E, C, tiles), M (E, F,
     tiles) and the row scratch: ws_per_thread >= E*(C + F)*trows*tw + 8*(2*tw + 2) (tile 2) or
     + winograd4_scratch(trows, tw) (tile 4).
+    packed (tile 4, float32): U from winograd_filters(packed=True), the GEMMs on ck_w4_gemm_pk
+    (the same bits as on the plain layout).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t F = U.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
     cdef Py_ssize_t E = (tile + 2) * (tile + 2)
     cdef Py_ssize_t th = (Ho + tile - 1) // tile, tw = (Wo + tile - 1) // tile
     cdef Py_ssize_t nri = (th + trows - 1) // trows      # blocks per image (per_image)
@@ -435,6 +479,10 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
         raise ValueError(f"tile must be 2 or 4, got {tile}")
     if U.shape[0] != E:
         raise ValueError(f"U must have {E} transformed planes for tile {tile}, got {U.shape[0]}")
+    if packed and (tile != 4 or floating is double or not ck_fgemm_available()):
+        raise ValueError("packed filters need tile 4, float32 and csrc/fgemm.h's kernel")
+    if U.shape[1] != (ck_w4_pk_rows(F) if packed else F) or U.shape[2] != C:
+        raise ValueError(f"U's filters and channels do not match y's {F} and x's {C}")
     with nogil:
         for t in prange(nrb, schedule="dynamic", num_threads=n_threads):
             if per_image:
@@ -456,6 +504,10 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
                     _wino4_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl,
                                       tw, V + c * P, C * P, M + E * F * P)
             for e in range(E):
+                if floating is float:
+                    if packed:
+                        ck_w4_gemm_pk(F, P, C, &U[e, 0, 0], V + e * C * P, P, M + e * F * P, P)
+                        continue
                 gemm_pk(False, False, F, P, C, &U[e, 0, 0], C,
                         &apk[e, 0] if apk.shape[0] > e else <const float*>NULL,
                         V + e * C * P, P, <floating>0, M + e * F * P, P, <const floating*>NULL)

@@ -406,15 +406,17 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
     F = weight.shape[1] if transpose_flip else weight.shape[0]
     n, p = step.threads, step.params
     tile = p.get("tile", 2)
-    E = (tile + 2) ** 2
-    U = _workspace(E * F * C, x.dtype, "winograd")[:E * F * C].reshape(E, F, C)
-    _winograd.winograd_filters(weight, U, n, transpose_flip)
+    packed = p.get("packed", False)
+    E, Fp = (tile + 2) ** 2, P.winograd_filter_rows(F, packed)
+    U = _workspace(E * Fp * C, x.dtype, "winograd")[:E * Fp * C].reshape(E, Fp, C)
+    _winograd.winograd_filters(weight, U, n, transpose_flip, packed)
     ws = _workspace(n * p["per_thread"], x.dtype)
     with _blas_pin(x.dtype):
         _winograd.conv2d_forward_winograd(x, U, b, has_bias, y, ws, p["per_thread"], p["trows"],
                                       s.padding[0] if pt is None else pt,
-                                      s.padding[2] if pl is None else pl, n, _packed_a(U), tile,
-                                      p.get("per_image", False))
+                                      s.padding[2] if pl is None else pl, n,
+                                      _NO_PACK if packed else _packed_a(U), tile,
+                                      p.get("per_image", False), packed)
 
 
 def _fwd_batch(x, weight, b, has_bias, y, s, step, stride=None, pt=None, pl=None):

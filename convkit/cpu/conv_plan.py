@@ -415,6 +415,18 @@ def winograd_tile(C, F, Ho, Wo, own_gemm):
     return 4 if den * f4 <= num * f2 else 2
 
 
+def winograd_packed(tile, fixed):
+    """Whether F(4x4)'s transformed filters are packed for csrc/wino4.h's ck_w4_gemm_pk (float32
+    on csrc/fgemm.h's fixed-order kernel: ``fixed``): strips of 6 filters, each GEMM tile's
+    filters one contiguous stream, the same bits as fgemm.h on the plain layout."""
+    return tile == 4 and fixed
+
+
+def winograd_filter_rows(F, packed):
+    """Rows (filters) of each transformed plane: whole strips of 6 when packed."""
+    return ceil_div(F, 6) * 6 if packed else F
+
+
 def winograd_scratch(tile, trows, tw):
     """Row scratch (elements) of a Winograd task (csrc/wino4.h's ck_w4_input_scratch and
     ck_w4_output_scratch for tile 4; tests check the two agree)."""
@@ -462,8 +474,9 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, f
     a tile's other place among them), lowered only by the limit.  fixed (a fixed-order GEMM):
     the batch's tile rows cut into equal tasks, blocks spanning images (the kernel's per_image
     off).
-    The transformed filters U (36 * C * F elements, 4x the weight) count against the limit."""
-    limit -= 36 * C * F * itemsize
+    The transformed filters U (36 * C * F elements, 4x the weight; F in whole strips of 6 when
+    packed, winograd_packed) count against the limit."""
+    limit -= 36 * C * winograd_filter_rows(F, winograd_packed(4, fixed)) * itemsize
     tw, th = ceil_div(Wo, 4), ceil_div(Ho, 4)
     per_row = 36 * (C + F) * tw * itemsize      # V and M of one row of 4x4 tiles
     rows = N * th if fixed else th
@@ -816,7 +829,8 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             p = plan_winograd(N, C, F, Ho, Wo, itemsize, n, wbytes, own, limit, tile, fixed)
         if p is not None:
             return Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile,
-                                           "per_image": not (own or fixed)})
+                                           "per_image": not (own or fixed),
+                                           "packed": winograd_packed(tile, fixed)})
     if batch_ok(Ho, Wo, pointwise):
         Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
         p = plan_batch_forward(N, C, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, limit, own,
@@ -904,7 +918,8 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
                 p = plan_winograd(N, F, Cg, H, W, itemsize, n, wbytes, own, limit, tile, fixed)
             if p is not None:
                 gx = Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile,
-                                             "per_image": not (own or fixed)})
+                                             "per_image": not (own or fixed),
+                                             "packed": winograd_packed(tile, fixed)})
         if gx is None and s.stride == (1, 1) and batch_ok(H, W, pointwise):
             Hp, Wp = batch_padded(H, W, KH, KW, (1, 1), s.dilation)
             p = plan_batch_forward(N, F, C, KH * KW, Hp * Wp, H * W, itemsize, n, limit, own,

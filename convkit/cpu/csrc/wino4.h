@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "fgemm.h"      /* ck_w4_gemm_pk's tiles */
+
 /* B^T d for one column (rows scaled by 2, 2, 2, 1, 2, 2):
  *   2d0 - 3d1 - 4d2 + 3d3 + 2d4,   -2d1 + d2 + 5d3 + 2d4,   2d1 - 5d2 + d3 + 2d4,
  *   -2d1 - d2 + 2d3 + d4,   d1 - 2d2 - d3 + 2d4,   2d1 - 3d2 - 4d3 + 3d4 + 2d5 */
@@ -267,31 +269,69 @@ CK_W4_DEFINE(float, f_avx2, 32, __attribute__((target("avx2"))))
 CK_W4_DEFINE(double, d_avx2, 32, __attribute__((target("avx2"))))
 #endif
 
-/* ck_w4_filters: G g G^T (in double, rounded once) for up to 16 filters at once, one per
- * lane: filter l's 9 values start at g + l*ls (reversed when flip: grad_x's filters, turned
- * by 180 degrees), its 36 outputs go to u[e*us + l].  G: _conv_winograd.pyx's _G4, row-major
- * 6x3. */
+/* G h for one column h of 3 (in double; G: the 6x3 matrix in _conv_winograd.pyx's comment),
+ * its rows' common factors taken out:  h0/2,  (h0 + h1 + h2)/6,  (h1 - h0 - h2)/6,
+ * -4/15 (4h0 + 2h1 + h2),  1/30 (h0 - 2h1 + 4h2),  h2/2.  For float32 filters the sums inside
+ * are exact in double, each output rounded once, at its one multiplication: 12 operations, not
+ * the full matrix's 30, and no less accurate. */
+#define CK_W4_G(TT, h0, h1, h2, o0, o1, o2, o3, o4, o5) do {                               \
+    const TT p_ = (h0) + (h2);                                                             \
+    o0 = 0.5 * (h0);                                                                       \
+    o1 = (1.0 / 6) * (p_ + (h1));                                                          \
+    o2 = (1.0 / 6) * ((h1) - p_);                                                          \
+    o3 = (-4.0 / 15) * ((4.0 * (h0) + 2.0 * (h1)) + (h2));                                 \
+    o4 = (1.0 / 30) * (((h0) - 2.0 * (h1)) + 4.0 * (h2));                                  \
+    o5 = 0.5 * (h2);                                                                       \
+} while (0)
+
+/* G g G^T for NL lanes (one filter each, in double, rounded once to T): lane l's 9 values at
+ * SRC(l) (reversed when flip: grad_x's filters, turned by 180 degrees; a lane with SRC(l) NULL
+ * is zero), its 36 outputs to u[e*us + l] for l < NOUT.  Every lane does the same operations
+ * (vectors of any width give the same bits). */
+#define CK_W4_FILTER_LANES(T, NL, SRC, NOUT) do {                                          \
+    double v[9][NL], t[18][NL], o[6][NL];                                                  \
+    ptrdiff_t k, l, a, b;                                                                  \
+    for (l = 0; l < NL; l++) {                                                             \
+        const T* src_ = SRC(l);                                                            \
+        for (k = 0; k < 9; k++)                                                            \
+            v[k][l] = src_ ? (double)src_[flip ? 8 - k : k] : 0.0;                         \
+    }                                                                                      \
+    for (k = 0; k < 3; k++)         /* t (6x3) = G g, column k */                          \
+        for (l = 0; l < NL; l++)                                                           \
+            CK_W4_G(double, v[k][l], v[3 + k][l], v[6 + k][l], t[k][l], t[3 + k][l],       \
+                    t[6 + k][l], t[9 + k][l], t[12 + k][l], t[15 + k][l]);                 \
+    for (a = 0; a < 6; a++) {       /* row a of t G^T */                                   \
+        for (l = 0; l < NL; l++)                                                           \
+            CK_W4_G(double, t[3 * a][l], t[3 * a + 1][l], t[3 * a + 2][l], o[0][l],        \
+                    o[1][l], o[2][l], o[3][l], o[4][l], o[5][l]);                          \
+        for (b = 0; b < 6; b++)                                                            \
+            for (l = 0; l < (NOUT); l++)                                                   \
+                u[(a * 6 + b) * us + l] = (T)o[b][l];                                      \
+    }                                                                                      \
+} while (0)
+
+/* ck_w4_filters: up to 16 filters, lane l's at g + l*ls, l < nl (U's plain layout: a plane's
+ *   row f holds its C channels).
+ * ck_w4_filters_pk: a strip of up to 6 filters (rows of a plane's GEMM) times up to 8
+ *   channels, lane 6c + r = filter r of the strip, channel c, at g + r*fs + c*cs (r < nf,
+ *   c < nc; the strip's rows past nf are zeros): ck_w4_gemm_pk's packed layout, where a
+ *   strip's channels follow each other, each with its 6 rows side by side. */
+#define CK_W4_SRC16(l) ((l) < nl ? g + (l) * ls : 0)
+#define CK_W4_SRC48(l) ((l) % 6 < nf && (l) / 6 < nc ? g + ((l) % 6) * fs + ((l) / 6) * cs    \
+                                                      : 0)
 #define CK_W4_FILTERS(T, SUF, ATTR)                                                        \
 ATTR static void ck_w4_filters_##SUF(const T* g, ptrdiff_t ls, ptrdiff_t nl, int flip,     \
-                                     const double* G, T* u, ptrdiff_t us) {                \
-    double v[9][16], t[18][16], o[16];                                                     \
-    ptrdiff_t k, l, a, b;                                                                  \
-    for (l = 0; l < 16; l++)                                                               \
-        for (k = 0; k < 9; k++)                                                            \
-            v[k][l] = l < nl ? (double)g[l * ls + (flip ? 8 - k : k)] : 0.0;               \
-    for (a = 0; a < 6; a++)                                                                \
-        for (k = 0; k < 3; k++)                                                            \
-            for (l = 0; l < 16; l++)                                                       \
-                t[a * 3 + k][l] = G[a * 3] * v[k][l] + G[a * 3 + 1] * v[3 + k][l]          \
-                                  + G[a * 3 + 2] * v[6 + k][l];                            \
-    for (a = 0; a < 6; a++)                                                                \
-        for (b = 0; b < 6; b++) {                                                          \
-            for (l = 0; l < 16; l++)                                                       \
-                o[l] = t[a * 3][l] * G[b * 3] + t[a * 3 + 1][l] * G[b * 3 + 1]             \
-                       + t[a * 3 + 2][l] * G[b * 3 + 2];                                   \
-            for (l = 0; l < nl; l++)                                                       \
-                u[(a * 6 + b) * us + l] = (T)o[l];                                         \
-        }                                                                                  \
+                                     T* u, ptrdiff_t us) {                                 \
+    CK_W4_FILTER_LANES(T, 16, CK_W4_SRC16, nl);                                            \
+}                                                                                          \
+ATTR static void ck_w4_filters_pk_##SUF(const T* g, ptrdiff_t fs, ptrdiff_t cs,            \
+                                        ptrdiff_t nf, ptrdiff_t nc, int flip, T* u,        \
+                                        ptrdiff_t us) {                                    \
+    ptrdiff_t e_, q_;               /* the next block's lines (a task's next run of 48): */ \
+    for (e_ = 0; e_ < 36; e_++)     /* 36 write streams outrun the hardware's prefetch */   \
+        for (q_ = 0; q_ < 48; q_ += 16)                                                    \
+            __builtin_prefetch(u + e_ * us + 48 + q_, 1, 3);                               \
+    CK_W4_FILTER_LANES(T, 48, CK_W4_SRC48, 6 * nc);                                        \
 }
 CK_W4_FILTERS(float, f_base, )
 CK_W4_FILTERS(double, d_base, )
@@ -504,11 +544,82 @@ static void ck_w4_wgrad_out_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t np, ptrdif
                                   ptrdiff_t n, T* gw) {                                    \
     CK_W4_PICK(ck_w4_wgrad_out, SUF, (m, ms, np, ps, n, gw));                              \
 }                                                                                          \
-static void ck_w4_filters_##SUF(const T* g, ptrdiff_t ls, ptrdiff_t nl, int flip,          \
-                                const double* G, T* u, ptrdiff_t us) {                     \
-    CK_W4_PICK(ck_w4_filters, SUF, (g, ls, nl, flip, G, u, us));                           \
+static void ck_w4_filters_##SUF(const T* g, ptrdiff_t ls, ptrdiff_t nl, int flip, T* u,    \
+                                ptrdiff_t us) {                                            \
+    CK_W4_PICK(ck_w4_filters, SUF, (g, ls, nl, flip, u, us));                              \
+}                                                                                          \
+static void ck_w4_filters_pk_##SUF(const T* g, ptrdiff_t fs, ptrdiff_t cs, ptrdiff_t nf,   \
+                                   ptrdiff_t nc, int flip, T* u, ptrdiff_t us) {           \
+    CK_W4_PICK(ck_w4_filters_pk, SUF, (g, fs, cs, nf, nc, flip, u, us));                   \
 }
 CK_W4_DISPATCH(float, f)
 CK_W4_DISPATCH(double, d)
+
+/* ---------------------------------------------------------------- F(4x4)'s GEMMs, float32
+ * ck_w4_gemm_pk: c (m x n, rows ldc apart) = A @ b (k x n, rows ldb apart) on csrc/fgemm.h's
+ * tiles, A (m x k) packed by ck_w4_filters_pk: strips of CK_FG_MR = 6 rows, strip s at
+ * apk + 6*s*k, its step p's 6 values side by side at + 6p.  fgemm.h reads A in place, one row
+ * a row stride apart per broadcast stream (six streams a tile); packed, a tile's A is one
+ * contiguous stream (256 x 64 x 256: 82-85 GFLOP/s against 70-71 in place, one thread,
+ * bench/wino_gemm_pk.c).  The same loops as ck_fgemm, so each output is the same FMA chain
+ * over k ascending from 0: the same bits as gemm_fixed on the plain layout.  Returns 0 (did
+ * nothing) without AVX2 + FMA: the plan packs only where fgemm.h runs. */
+static ptrdiff_t ck_w4_pk_rows(ptrdiff_t m) { return (m + 5) / 6 * 6; }
+
+#if CK_FG_BUILT
+static int ck_w4_gemm_pk(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* apk,
+                         const float* b, ptrdiff_t ldb, float* c, ptrdiff_t ldc) {
+    ptrdiff_t kblocks, kstep, jc, pc, ic, jr, ir;
+    int pack;
+    if (CK_FG_MR != 6 || !ck_fgemm_available())
+        return 0;
+    if (m <= 0 || n <= 0)
+        return 1;
+    if (k <= 0) {
+        for (ic = 0; ic < m; ic++)
+            memset(c + ic * ldc, 0, n * sizeof(float));
+        return 1;
+    }
+    pack = ck_fg_buffers();     /* (no memory: B read in place, the same chains) */
+    kblocks = (k + CK_FG_KC - 1) / CK_FG_KC;
+    kstep = (k + kblocks - 1) / kblocks;
+    for (jc = 0; jc < n; jc += CK_FG_NC) {
+        ptrdiff_t nc = n - jc < CK_FG_NC ? n - jc : CK_FG_NC;
+        for (pc = 0; pc < k; pc += kstep) {
+            ptrdiff_t kc = k - pc < kstep ? k - pc : kstep;
+            int load_c = pc > 0;
+            for (ic = 0; ic < m; ic += CK_FG_MC) {
+                ptrdiff_t mc = m - ic < CK_FG_MC ? m - ic : CK_FG_MC;
+                for (jr = 0; jr < nc; jr += CK_FG_NR) {
+                    ptrdiff_t nr = nc - jr < CK_FG_NR ? nc - jr : CK_FG_NR;
+                    float* panel = pack ? ck_fg_pb + (jr / CK_FG_NR) * CK_FG_NR * kc : NULL;
+                    const float* bp;
+                    ptrdiff_t bs;
+                    if (pack && ic == 0)
+                        ck_fg_pack_b(b + pc * ldb + jc + jr, ldb, kc, nr, panel);
+                    bp = pack ? panel : b + pc * ldb + jc + jr;
+                    bs = pack ? CK_FG_NR : ldb;
+                    for (ir = 0; ir < mc; ir += 6) {
+                        ptrdiff_t mr = mc - ir < 6 ? mc - ir : 6;
+                        const float* a = apk + (ic + ir) * k + 6 * pc;
+                        float* cp = c + (ic + ir) * ldc + jc + jr;
+                        if (nr <= CK_FG_EDGE_N)     /* the narrow last panel */
+                            ck_fg_edge(mr, nr, kc, 1, a, 6, bp, bs, cp, ldc, load_c);
+                        else
+                            ck_fg_tile(mr, nr, kc, a, 1, 6, bp, bs, cp, ldc, load_c);
+                    }
+                }
+            }
+        }
+    }
+    return 1;
+}
+#else
+static int ck_w4_gemm_pk(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const float* apk,
+                         const float* b, ptrdiff_t ldb, float* c, ptrdiff_t ldc) {
+    (void)m; (void)n; (void)k; (void)apk; (void)b; (void)ldb; (void)c; (void)ldc;
+    return 0;
+}
+#endif
 
 #endif  /* CONVKIT_WINO4_H */
