@@ -8,7 +8,9 @@ same bits for 1, 2, 3, 8 and 16 threads, the workspace limit, and NaN / inf elem
 the kernel against torch float64 over its parts, channel blocks, transform splits and thread
 counts (same bits), on both GEMMs; AVX2 and baseline transforms; the plan's rule and limit; and
 through the public API on this machine's caps: 1 / 2 / 3 / 8 threads, the limit, non-finite
-input.
+input.  float32 on csrc/fgemm.h: the filters packed in strips of 6 (ck_w4_gemm_pk) give the
+plain layout's bits and torch's values, forward and grad_x; the packed transform is the plain
+one rearranged; the plan packs only there.
 
 Tolerances: float64 1e-12 of the largest reference value; float32 2e-5 of it (the suite's float32
 rtol, taken relative to the output's scale: F(4x4)'s error is about 1e-6 of it, ~5x F(2x2)'s,
@@ -44,19 +46,20 @@ def _close(got, want, dtype, what):
     assert err <= REL[dtype], f"{what}: max error {err:.3g} of the largest value"
 
 
-def _kernel(x, w, pt, pl, Ho, Wo, trows, threads, flip=False, bias=None):
-    """conv2d_forward_winograd with tile 4 called directly (any channel count)."""
+def _kernel(x, w, pt, pl, Ho, Wo, trows, threads, flip=False, bias=None, packed=False):
+    """conv2d_forward_winograd with tile 4 called directly (any channel count); packed: the
+    filters in ck_w4_gemm_pk's strips (float32 on csrc/fgemm.h)."""
     N, C = x.shape[:2]
     F = w.shape[1] if flip else w.shape[0]
-    U = np.empty((36, F, C), x.dtype)
-    wg.winograd_filters(w, U, threads, flip)
+    U = np.full((36, wg.winograd4_packed_rows(F) if packed else F, C), np.nan, x.dtype)
+    wg.winograd_filters(w, U, threads, flip, packed)
     tw = -(-Wo // 4)
     per = 36 * (C + F) * trows * tw + wg.winograd4_scratch(trows, tw)
     ws = np.full(threads * per, np.nan, x.dtype)     # (the kernel must not read stale scratch)
     y = np.full((N, F, Ho, Wo), np.nan, x.dtype)
     b = np.zeros(F, x.dtype) if bias is None else bias
     wg.conv2d_forward_winograd(x, U, b, bias is not None, y, ws, per, trows, pt, pl, threads,
-                               _NO_PACK, 4)
+                               _NO_PACK, 4, False, packed)
     return y
 
 
@@ -120,6 +123,129 @@ def test_avx2_and_baseline_transforms_give_the_same_bits(dtype):
     finally:
         wg.winograd4_avx2(old)
     assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+# ------------------------------------------------------------ packed filters (ck_w4_gemm_pk)
+PACKED = pytest.mark.skipif(not wg.winograd4_packed_ok(),
+                            reason="the packed GEMMs run on csrc/fgemm.h (AVX2 + FMA) only")
+
+
+@PACKED
+@pytest.mark.parametrize("case", KERNEL_CASES + [(1, 300, 6, 9, 13, 1, 1, 1, 1)],
+                         ids=lambda c: "x".join(map(str, c[:5])))
+def test_packed_kernel_same_bits_as_plain_and_torch(case):
+    """Filters not a whole strip of 6 (the last strip's rows past F), channels not a multiple of
+    the 8-channel block, 300 channels (two k blocks of fgemm.h, the chain carried over), and
+    tasks of 1 .. all tile rows: GEMM widths with a narrow last panel (1-4 columns: fgemm.h's
+    ck_fg_edge on a strip) and a masked one -- the same bits as the plain layout on
+    fgemm.h, for 1, 2 and 3 threads, and torch float64's values."""
+    N, C, H, W, F, pt, pl, pb, pr = case
+    rng = np.random.default_rng(sum(case) + 1)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((F, C, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(F).astype(np.float32)
+    want = _torch_conv(x, w, (pt, pb, pl, pr)) + bias.reshape(1, F, 1, 1)
+    Ho, Wo = want.shape[2:]
+    th = -(-Ho // 4)
+    for trows in sorted({1, 2, 3, N * th}):
+        plain = _kernel(x, w, pt, pl, Ho, Wo, trows, 1, bias=bias)
+        for threads in (1, 2, 3):
+            y = _kernel(x, w, pt, pl, Ho, Wo, trows, threads, bias=bias, packed=True)
+            assert np.array_equal(y.view(np.uint32), plain.view(np.uint32)), (trows, threads)
+        _close(y, want, np.float32, f"packed, trows {trows}")
+
+
+@PACKED
+@pytest.mark.parametrize("pad", [0, 1, 3])
+def test_packed_grad_x_same_bits_as_plain_and_torch(pad):
+    rng = np.random.default_rng(pad + 40)
+    N, C, H, W, F = 2, 23, 9, 14, 19
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((F, C, 3, 3)).astype(np.float32)
+    Ho, Wo = H + 2 * pad - 2, W + 2 * pad - 2
+    gy = rng.standard_normal((N, F, Ho, Wo)).astype(np.float32)
+    xt = torch.from_numpy(x).double().requires_grad_()
+    y = torch.nn.functional.conv2d(xt, torch.from_numpy(w).double(), padding=pad)
+    y.backward(torch.from_numpy(gy).double())
+    plain = _kernel(gy, w, 2 - pad, 2 - pad, H, W, 2, 1, flip=True)
+    for threads in (1, 2):
+        gx = _kernel(gy, w, 2 - pad, 2 - pad, H, W, 2, threads, flip=True, packed=True)
+        assert np.array_equal(gx.view(np.uint32), plain.view(np.uint32)), threads
+    _close(gx, xt.grad.numpy(), np.float32, "grad_x")
+
+
+@PACKED
+@pytest.mark.parametrize("flip", [False, True])
+def test_packed_filters_are_the_plain_ones_in_strips(flip):
+    """Plane e of the packed U: strip s (filters 6s .. 6s+5) at 6*s*C, channel c's 6 filters
+    side by side at + 6c; rows past F zero -- the plain transform's values, same bits, both
+    builds."""
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((13, 21, 3, 3)).astype(np.float32)
+    F, C = (21, 13) if flip else (13, 21)
+    plain = np.empty((36, F, C), np.float32)
+    wg.winograd_filters(w, plain, 1, flip)
+    Fp = wg.winograd4_packed_rows(F)
+    assert Fp == 18 if F == 13 else Fp == 24
+    want = np.zeros((36, Fp, C), np.float32)
+    want[:, :F] = plain
+    real = np.zeros((36, Fp, C), bool)
+    real[:, :F] = True
+
+    def strips(a):
+        return a.reshape(36, Fp // 6, 6, C).transpose(0, 1, 3, 2).reshape(36, Fp, C)
+    want, real = strips(want), strips(real)
+    for avx2 in (True, False):
+        old = wg.winograd4_avx2(avx2)
+        try:
+            for threads in (1, 3):
+                U = np.full((36, Fp, C), np.nan, np.float32)
+                wg.winograd_filters(w, U, threads, flip, True)
+                assert np.array_equal(U.view(np.uint32)[real], want.view(np.uint32)[real])
+                assert (U[~real] == 0).all(), (avx2, threads)      # (zeros of either sign)
+        finally:
+            wg.winograd4_avx2(old)
+
+
+def test_packed_rejects_bad_arguments():
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((7, 8, 3, 3))
+    with pytest.raises(ValueError, match="float32"):
+        wg.winograd_filters(w, np.empty((36, 12, 8)), 1, False, True)
+    w32 = w.astype(np.float32)
+    with pytest.raises(ValueError, match=r"\(36, 12, 8\)"):
+        wg.winograd_filters(w32, np.empty((36, 7, 8), np.float32), 1, False, True)
+    x = rng.standard_normal((1, 8, 6, 6)).astype(np.float32)
+    U = np.zeros((36, 12, 8), np.float32)
+    y = np.empty((1, 7, 6, 6), np.float32)
+    ws = np.zeros(1 << 16, np.float32)
+    with pytest.raises(ValueError, match="tile 4"):
+        wg.conv2d_forward_winograd(x, U[:16], np.zeros(7, np.float32), False, y, ws, 1 << 15, 1,
+                                   1, 1, 1, _NO_PACK, 2, False, True)
+    with pytest.raises(ValueError, match="match"):      # the plain shape, called packed
+        wg.conv2d_forward_winograd(x, U[:, :7].copy(), np.zeros(7, np.float32), False, y, ws,
+                                   1 << 15, 1, 1, 1, 1, _NO_PACK, 4, False, True)
+
+
+def test_the_plan_packs_f4_float32_on_the_fixed_gemm_only():
+    s = P.ConvShape(8, 256, 14, 14, 256, 256, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    fixed = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2, fixed_sgemm=True)
+    blas = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2, fixed_sgemm=False)
+    for caps, dtype, want in ((fixed, np.float32, True), (fixed, np.float64, False),
+                              (blas, np.float32, False)):
+        fwd = P.plan_forward(s, dtype, 2, caps, 256 << 20)
+        gx = P.plan_backward(s, dtype, 2, caps, 256 << 20)[0]
+        for step in (fwd, gx):
+            assert step.algo == "winograd" and step.params["tile"] == 4
+            assert step.params["packed"] is want, (caps, dtype, step)
+    assert P.winograd_filter_rows(256, True) == 258 and P.winograd_filter_rows(256, False) == 256
+    # the packed filters' padded rows count against the limit: the smallest limit that fits
+    # one row of tiles with plain filters does not with packed ones
+    F = C = 64
+    one = 36 * (C + F) * 2 * 4 + P.winograd_scratch(4, 1, 2) * 4      # a row of 2 tiles
+    tight = 36 * C * F * 4 + one
+    assert P._plan_winograd4(1, C, F, 8, 8, 4, 1, 0, tight, fixed=False) is not None
+    assert P._plan_winograd4(1, C, F, 8, 8, 4, 1, 0, tight, fixed=True) is None
 
 
 def test_scratch_sizes_agree_with_the_plan():
