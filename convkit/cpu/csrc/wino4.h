@@ -158,6 +158,17 @@ ATTR static void ck_w4_input_row_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptr
         CK_W4_ST(D + 3 * Wb + c, o3); CK_W4_ST(D + 4 * Wb + c, o4);                        \
         CK_W4_ST(D + 5 * Wb + c, o5);                                                      \
     }                                                                                      \
+    for (; c + 16 / (ptrdiff_t)sizeof(T) <= Wb; c += 16 / (ptrdiff_t)sizeof(T)) {         \
+        typedef ck_w4h_##SUF U;     /* (Wb is a multiple of 4: 14x14 maps' 20) */          \
+        U o0, o1, o2, o3, o4, o5;                                                          \
+        CK_W4_B(T, U, CK_W4_LD(U, Q + c), CK_W4_LD(U, Q + Wb + c),                         \
+                CK_W4_LD(U, Q + 2 * Wb + c), CK_W4_LD(U, Q + 3 * Wb + c),                  \
+                CK_W4_LD(U, Q + 4 * Wb + c), CK_W4_LD(U, Q + 5 * Wb + c),                  \
+                o0, o1, o2, o3, o4, o5);                                                   \
+        CK_W4_ST(D + c, o0); CK_W4_ST(D + Wb + c, o1); CK_W4_ST(D + 2 * Wb + c, o2);       \
+        CK_W4_ST(D + 3 * Wb + c, o3); CK_W4_ST(D + 4 * Wb + c, o4);                        \
+        CK_W4_ST(D + 5 * Wb + c, o5);                                                      \
+    }                                                                                      \
     for (; c < Wb; c++)                                                                    \
         CK_W4_B(T, T, Q[c], Q[Wb + c], Q[2 * Wb + c], Q[3 * Wb + c], Q[4 * Wb + c],        \
                 Q[5 * Wb + c], D[c], D[Wb + c], D[2 * Wb + c], D[3 * Wb + c],              \
