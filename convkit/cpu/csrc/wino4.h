@@ -124,6 +124,18 @@ static inline void ck_w4_join_d(const double* src, ptrdiff_t ps, ptrdiff_t n, do
 #define CK_W4_LD(V, p) ({ V v_; memcpy(&v_, (p), sizeof(V)); v_; })
 #define CK_W4_ST(p, v) do { __typeof__(v) t_ = (v); memcpy((p), &t_, sizeof(t_)); } while (0)
 
+/* B^T down the 6 phase rows Q (Wb apart) at columns c .. c + lanes of VT, into D */
+#define CK_W4_BDOWN(T, VT) do {                                                            \
+    VT o0, o1, o2, o3, o4, o5;                                                             \
+    CK_W4_B(T, VT, CK_W4_LD(VT, Q + c), CK_W4_LD(VT, Q + Wb + c),                          \
+            CK_W4_LD(VT, Q + 2 * Wb + c), CK_W4_LD(VT, Q + 3 * Wb + c),                    \
+            CK_W4_LD(VT, Q + 4 * Wb + c), CK_W4_LD(VT, Q + 5 * Wb + c),                    \
+            o0, o1, o2, o3, o4, o5);                                                       \
+    CK_W4_ST(D + c, o0); CK_W4_ST(D + Wb + c, o1); CK_W4_ST(D + 2 * Wb + c, o2);           \
+    CK_W4_ST(D + 3 * Wb + c, o3); CK_W4_ST(D + 4 * Wb + c, o4);                            \
+    CK_W4_ST(D + 5 * Wb + c, o5);                                                          \
+} while (0)
+
 /* Vector loops (GCC / clang vector extensions, VB bytes) with a scalar tail doing the same
  * operations: lane j of a vector and element j of the tail round alike. */
 #define CK_W4_DEFINE(T, SUF, VB, ATTR)                                                     \
@@ -148,27 +160,10 @@ ATTR static void ck_w4_input_row_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptr
         if (up < Wb) memset(R + up, 0, (Wb - up) * sizeof(T));                             \
         ck_w4_split_##SUF##_(R, n1, Q + k * Wb);                                           \
     }                                                                                      \
-    for (c = 0; c + L <= Wb; c += L) {                                                     \
-        V o0, o1, o2, o3, o4, o5;                                                          \
-        CK_W4_B(T, V, CK_W4_LD(V, Q + c), CK_W4_LD(V, Q + Wb + c),                         \
-                CK_W4_LD(V, Q + 2 * Wb + c), CK_W4_LD(V, Q + 3 * Wb + c),                  \
-                CK_W4_LD(V, Q + 4 * Wb + c), CK_W4_LD(V, Q + 5 * Wb + c),                  \
-                o0, o1, o2, o3, o4, o5);                                                   \
-        CK_W4_ST(D + c, o0); CK_W4_ST(D + Wb + c, o1); CK_W4_ST(D + 2 * Wb + c, o2);       \
-        CK_W4_ST(D + 3 * Wb + c, o3); CK_W4_ST(D + 4 * Wb + c, o4);                        \
-        CK_W4_ST(D + 5 * Wb + c, o5);                                                      \
-    }                                                                                      \
-    for (; c + 16 / (ptrdiff_t)sizeof(T) <= Wb; c += 16 / (ptrdiff_t)sizeof(T)) {         \
-        typedef ck_w4h_##SUF U;     /* (Wb is a multiple of 4: 14x14 maps' 20) */          \
-        U o0, o1, o2, o3, o4, o5;                                                          \
-        CK_W4_B(T, U, CK_W4_LD(U, Q + c), CK_W4_LD(U, Q + Wb + c),                         \
-                CK_W4_LD(U, Q + 2 * Wb + c), CK_W4_LD(U, Q + 3 * Wb + c),                  \
-                CK_W4_LD(U, Q + 4 * Wb + c), CK_W4_LD(U, Q + 5 * Wb + c),                  \
-                o0, o1, o2, o3, o4, o5);                                                   \
-        CK_W4_ST(D + c, o0); CK_W4_ST(D + Wb + c, o1); CK_W4_ST(D + 2 * Wb + c, o2);       \
-        CK_W4_ST(D + 3 * Wb + c, o3); CK_W4_ST(D + 4 * Wb + c, o4);                        \
-        CK_W4_ST(D + 5 * Wb + c, o5);                                                      \
-    }                                                                                      \
+    for (c = 0; c + L <= Wb; c += L)                                                       \
+        CK_W4_BDOWN(T, V);                                                                 \
+    for (; c + 16 / (ptrdiff_t)sizeof(T) <= Wb; c += 16 / (ptrdiff_t)sizeof(T))           \
+        CK_W4_BDOWN(T, ck_w4h_##SUF);   /* (Wb is a multiple of 4: 14x14 maps' 20) */      \
     for (; c < Wb; c++)                                                                    \
         CK_W4_B(T, T, Q[c], Q[Wb + c], Q[2 * Wb + c], Q[3 * Wb + c], Q[4 * Wb + c],        \
                 Q[5 * Wb + c], D[c], D[Wb + c], D[2 * Wb + c], D[3 * Wb + c],              \
