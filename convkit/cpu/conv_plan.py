@@ -46,6 +46,8 @@ images share its batch, on any thread count (tests/test_cpu_batch_invariance.py)
   in ascending order whatever the GEMM's shape and the output's place, so these GEMMs may hold
   several images: the plans keep the BLAS splits that follow N (fewer, wider GEMMs; the
   one-image GEMMs below cost LeNet5's dense layer 6x, bench/RESULTS.md "Batch invariance");
+  F(4x4)'s take the transformed filters packed (``winograd_packed``: csrc/wino4.h's
+  ck_w4_gemm_pk, fgemm.h's tiles and chains on A in strips of 6 -- the same bits);
 - on BLAS (float64, or float32 without AVX2 or CONVKIT_DISABLE_FGEMM=1) every GEMM of the forward and of
   grad_x reads one image, in a shape set by the image's shape alone.  OpenBLAS rounds an output
   differently for another GEMM shape and for another place in it (on this EPYC, rows 8-23 of a
