@@ -373,6 +373,94 @@ __attribute__((target("avx2,fma"))) static void ck_deform_cols_f_avx2v(const flo
     }
 }
 
+/* ck_deform_table_f for AVX2 written out: eight positions a vector (the same float
+   operations per entry, so the same bits), the positions past the last eight on the scalar
+   build; planes of 2^31 or more bordered pixels (int32 corners) on the scalar build. */
+__attribute__((target("avx2,fma"))) static void ck_deform_table_f_avx2v(const float* off,
+        ptrdiff_t OG, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Wo, ptrdiff_t P, ptrdiff_t H,
+        ptrdiff_t W, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh,
+        ptrdiff_t dw, ptrdiff_t p0, ptrdiff_t p1, float* tw, ptrdiff_t* tb, ptrdiff_t* tc,
+        ptrdiff_t ldt)
+{
+    const ptrdiff_t pv = (H + 2) * (W + 2) < ((ptrdiff_t)1 << 31) ? p0 + (p1 - p0) / 8 * 8 : p0;
+    const __m256 m1 = _mm256_set1_ps(-1.0f), fh = _mm256_set1_ps((float)H);
+    const __m256 fw = _mm256_set1_ps((float)W), one = _mm256_set1_ps(1.0f);
+    const __m256 qnan = _mm256_set1_ps(NAN);
+    const __m256i wp2 = _mm256_set1_epi32((int)(W + 2)), i1 = _mm256_set1_epi32(1);
+    const __m256i out = _mm256_set1_epi32((int)(W + 1));
+    ptrdiff_t g, i, j, p, l;
+    for (g = 0; g < OG; g++)
+    for (i = 0; i < KH; i++)
+    for (j = 0; j < KW; j++) {
+        const ptrdiff_t r = (g * KH + i) * KW + j;
+        const float* oy = off + 2 * r * P;
+        const float* ox = oy + P;
+        ptrdiff_t ho = p0 / Wo, wo = p0 - (p0 / Wo) * Wo;
+        for (p = p0; p < pv; p += 8) {
+            const ptrdiff_t t = r * ldt + (p - p0);
+            int hs[8], ws[8];
+            float u[6][8];
+            __m256 y, x, in, full, z, hf, wf, lh, lw, hh, hw;
+            __m256i c, cb;
+            for (l = 0; l < 8; l++) {
+                hs[l] = (int)(ho * sh - ph + i * dh);
+                ws[l] = (int)(wo * sw - pw + j * dw);
+                if (++wo == Wo) {
+                    wo = 0;
+                    ho++;
+                }
+            }
+            y = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i*)hs)),
+                              _mm256_loadu_ps(oy + p));
+            x = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i*)ws)),
+                              _mm256_loadu_ps(ox + p));
+            in = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(y, m1, _CMP_GE_OQ),
+                                             _mm256_cmp_ps(y, fh, _CMP_LT_OQ)),
+                               _mm256_and_ps(_mm256_cmp_ps(x, m1, _CMP_GE_OQ),
+                                             _mm256_cmp_ps(x, fw, _CMP_LT_OQ)));
+            full = _mm256_andnot_ps(_mm256_or_ps(_mm256_cmp_ps(y, m1, _CMP_EQ_OQ),
+                                                 _mm256_cmp_ps(x, m1, _CMP_EQ_OQ)), in);
+            z = _mm256_and_ps(_mm256_cmp_ps(y, x, _CMP_UNORD_Q), qnan);
+            hf = _mm256_floor_ps(y);
+            wf = _mm256_floor_ps(x);
+            lh = _mm256_sub_ps(y, hf);
+            lw = _mm256_sub_ps(x, wf);
+            hh = _mm256_sub_ps(one, lh);
+            hw = _mm256_sub_ps(one, lw);
+            _mm256_storeu_ps(u[0], _mm256_blendv_ps(z, _mm256_mul_ps(hh, hw), full));
+            _mm256_storeu_ps(u[1], _mm256_blendv_ps(z, _mm256_mul_ps(hh, lw), full));
+            _mm256_storeu_ps(u[2], _mm256_blendv_ps(z, _mm256_mul_ps(lh, hw), full));
+            _mm256_storeu_ps(u[3], _mm256_blendv_ps(z, _mm256_mul_ps(lh, lw), full));
+            _mm256_storeu_ps(u[4], _mm256_blendv_ps(z, lh, in));
+            _mm256_storeu_ps(u[5], _mm256_blendv_ps(z, lw, in));
+            for (l = 0; l < 8; l++) {
+                float* w = tw + 6 * (t + l);
+                w[0] = u[0][l]; w[1] = u[1][l]; w[2] = u[2][l];
+                w[3] = u[3][l]; w[4] = u[4][l]; w[5] = u[5][l];
+            }
+            /* corners of the points inside (others: garbage, replaced by W + 1) */
+            c = _mm256_add_epi32(
+                _mm256_mullo_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(hf), i1), wp2),
+                _mm256_add_epi32(_mm256_cvttps_epi32(wf), i1));
+            cb = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(out),
+                                                      _mm256_castsi256_ps(c), full));
+            c = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(out),
+                                                     _mm256_castsi256_ps(c), in));
+            _mm256_storeu_si256((__m256i*)(tb + t),
+                                _mm256_cvtepi32_epi64(_mm256_castsi256_si128(cb)));
+            _mm256_storeu_si256((__m256i*)(tb + t + 4),
+                                _mm256_cvtepi32_epi64(_mm256_extracti128_si256(cb, 1)));
+            _mm256_storeu_si256((__m256i*)(tc + t),
+                                _mm256_cvtepi32_epi64(_mm256_castsi256_si128(c)));
+            _mm256_storeu_si256((__m256i*)(tc + t + 4),
+                                _mm256_cvtepi32_epi64(_mm256_extracti128_si256(c, 1)));
+        }
+    }
+    if (pv < p1)
+        ck_deform_table_f_avx2(off, OG, KH, KW, Wo, P, H, W, sh, sw, ph, pw, dh, dw, pv, p1,
+                               tw + 6 * (pv - p0), tb + (pv - p0), tc + (pv - p0), ldt);
+}
+
 /* The forward's GEMM on AVX2 + FMA, reading the columns in place (no packing of them):
      out[i*ldo + j] = bias[i] + (sum over k < K, in order, of a_ik * b[j*ldb + k])
    for i < M (filters), j < N (positions): b is the columns, one row per position (the layout
@@ -502,7 +590,11 @@ static int ck_deform_opgemm_f(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float
 #else
 #define ck_deform_pad_f_pick ck_deform_pad_f
 #endif
+#ifdef CK_DEFORM_X86
+#define ck_deform_table_f (ck_deform_isa() ? ck_deform_table_f_avx2v : ck_deform_table_f_plain)
+#else
 #define ck_deform_table_f CK_DEFORM_PICK(ck_deform_table, f)
+#endif
 #define ck_deform_table_d CK_DEFORM_PICK(ck_deform_table, d)
 #ifdef CK_DEFORM_X86
 #define ck_deform_cols_f (ck_deform_isa() ? ck_deform_cols_f_avx2v : ck_deform_cols_f_plain)
