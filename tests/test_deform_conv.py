@@ -562,6 +562,43 @@ def test_cpu_float32_forward_panels_match_the_reference(name):
         convkit.set_num_threads(None)
 
 
+@pytest.mark.parametrize("simd", [True, False])
+def test_cpu_float32_table_on_the_edges_matches_the_oracle(simd):
+    """float32 sample tables (eight positions a vector on AVX2, the tail scalar) where the
+    points land exactly on -1, on the last row / column, past them, on NaN and +-inf: the
+    forward against the float64 loop oracle (NaN where it is NaN) and the offset and mask
+    gradients against the float64 reference."""
+    from convkit.cpu import _deform_conv
+
+    rng = np.random.default_rng(41)
+    N, C, H, W, OG = 2, 4, 4, 5, 2
+    off = rng.integers(-8, 9, (N, 18 * OG, H, W)) / 2.0       # integer and half-integer
+    off[rng.random(off.shape) < 0.03] = np.nan
+    off[rng.random(off.shape) < 0.02] = np.inf
+    off[rng.random(off.shape) < 0.02] = -np.inf
+    c = dict(x=rng.standard_normal((N, C, H, W)), offset=off,
+             weight=rng.standard_normal((3, C, 3, 3)), bias=None,
+             mask=rng.random((N, 9 * OG, H, W)), stride=(1, 1), padding=(1, 1),
+             dilation=(1, 1))
+    want = deform_oracle(c["x"], off, c["weight"], None, (1, 1), (1, 1), (1, 1), c["mask"])
+    gy = rng.standard_normal(want.shape)
+    wb = _bwd("numpy", gy, c, False)
+    c32 = {k: (v.astype(np.float32) if isinstance(v, np.ndarray) else v) for k, v in c.items()}
+    try:
+        _deform_conv.set_simd(simd)
+        got = _fwd("cpu", c32)
+        gb = _bwd("cpu", gy.astype(np.float32), c32, False)
+    finally:
+        _deform_conv.set_simd(True)
+    assert np.isnan(want).any() and not np.isnan(want).all()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.nanmax(np.abs(want)))
+    for g, w, k in ((gb[1], wb[1], "offset"), (gb[4], wb[4], "mask")):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=k)
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.nanmax(np.abs(w)),
+                                   err_msg=k)
+
+
 def test_cpu_batch_chunks_give_the_same_bits():
     """A workspace limit that fits one or two images at a time (the batch then runs in
     chunks) gives the bits of a single chunk."""
