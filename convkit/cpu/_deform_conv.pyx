@@ -228,14 +228,13 @@ def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
         nc = _min(chunk, N - n0)
         npk = G * n16 if panels and n0 == 0 else 0
         with nogil:
-            # the first chunk's bordered rows and the weights' panels, in one team
-            for t in prange(nc * s.Hp + npk, schedule="static", num_threads=n_threads):
-                if t < nc * s.Hp:
-                    _pad_row(x, &s, n0, t, &xpad[0])
+            # the weights' panels (with the first chunk), then the bordered rows, in one team
+            for t in prange(npk + nc * s.Hp, schedule="dynamic", num_threads=n_threads):
+                if t >= npk:
+                    _pad_row(x, &s, n0, t - npk, &xpad[0])
                 elif floating is float:
-                    ck_deform_panel16_f(&w[0, 0, 0, 0], Fg, s.Cg, s.KK, (t - nc * s.Hp) // n16,
-                                        (t - nc * s.Hp) % n16,
-                                        &wp[0] + (t - nc * s.Hp) * 16 * K)
+                    ck_deform_panel16_f(&w[0, 0, 0, 0], Fg, s.Cg, s.KK, t // n16, t % n16,
+                                        &wp[0] + t * 16 * K)
             for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
                 n = n0 + t // nb
                 p0 = (t % nb) * pb

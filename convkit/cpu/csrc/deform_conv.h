@@ -538,13 +538,13 @@ static void ck_deform_panel16_f(const float* w, ptrdiff_t Fg, ptrdiff_t Cg, ptrd
         ptrdiff_t g, ptrdiff_t q, float* ap)
 {
     const ptrdiff_t m = Fg - 16 * q < 16 ? Fg - 16 * q : 16;
-    ptrdiff_t i, c, k;
+    const float* src = w + (g * Fg + 16 * q) * Cg * KK;
+    ptrdiff_t i, c, c0, k;
     if (m < 16) memset(ap, 0, (size_t)(16 * Cg * KK) * sizeof(float));
-    for (i = 0; i < m; i++) {
-        const float* src = w + (g * Fg + 16 * q + i) * Cg * KK;
-        for (c = 0; c < Cg; c++)
-            for (k = 0; k < KK; k++) ap[16 * (k * Cg + c) + i] = src[c * KK + k];
-    }
+    for (c0 = 0; c0 < Cg; c0 += 8)   /* 8 channels at a time: what they read and write in L1 */
+        for (k = 0; k < KK; k++)
+            for (c = c0; c < Cg && c < c0 + 8; c++)
+                for (i = 0; i < m; i++) ap[16 * (k * Cg + c) + i] = src[(i * Cg + c) * KK + k];
 }
 
 static int ck_deform_cap = 1;   /* 0: the plain kernels even on AVX2 (tests run both) */
