@@ -33,7 +33,8 @@ def probe(name, f):
         cpu.append(time.process_time() - c0)
         wall.append(time.perf_counter() - t0)
         flt.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
-    print(f"{name:8s} faults/call median {int(np.median(flt)):5d}  CPU {np.median(cpu) * 1e3:7.3f} ms"
+    print(f"{name:8s} faults/call median {int(np.median(flt)):5d}"
+          f"  CPU {np.median(cpu) * 1e3:7.3f} ms"
           f"  wall min {min(wall) * 1e3:7.3f} ms")
 
 

@@ -206,8 +206,9 @@ def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     """y = deform_conv(x, off, w, mask) + bias (IN: x, off, w (F, Cg, KH, KW), bias, mask;
     OUT: y).  The GEMMs read either w in panels of 16 filters per weight group, packed into
     wp here (ck_deform_opgemm_f; float32 where it runs; wp then holds G*ceil(Fg/16)*16*K
-    values), or, with a wp of any other size, w2 = w permuted to (F, KK*Cg) (BLAS).  Scratch: xpad C*(H+2)*(W+2) per chunk image; per thread, one task's
-    columns (pb*C*KK), table weights (6*OG*KK*pb) and corners (tb, 2*OG*KK*pb: sampled, then
+    values), or, with a wp of any other size, w2 = w permuted to (F, KK*Cg) (BLAS).
+    Scratch: xpad C*(H+2)*(W+2) per chunk image; per thread, one task's columns (pb*C*KK),
+    table weights (6*OG*KK*pb) and corners (tb, 2*OG*KK*pb: sampled, then
     the offset gradient's) -- a task's columns are consumed by its GEMMs while they are still
     in cache.  params: (sh, sw, ph, pw, dh, dw)."""
     cdef Py_ssize_t N = x.shape[0], F = w.shape[0], K = w.shape[1] * KH * KW
