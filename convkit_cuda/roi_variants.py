@@ -12,6 +12,7 @@ import cupy
 import numpy as np
 
 from convkit.functional import _check_batch_indices
+from convkit.reference.roi_variants import argmax_dtype
 
 from ._kernels import grid_for, launch, on_device, read_flag
 from .pool import gather_add
@@ -100,7 +101,7 @@ def roi_max_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, a
                 bad))
         _check(bad, "roi_max_align_forward", rois, N, sampling_ratio, aligned, output_size,
                spatial_scale)
-        return y, argmax
+        return y, argmax.astype(argmax_dtype(sampling_ratio), copy=False)
 
 
 def roi_max_align_backward(grad_y, argmax, rois, input_shape, output_size, spatial_scale,
@@ -118,7 +119,7 @@ def roi_max_align_backward(grad_y, argmax, rois, input_shape, output_size, spati
         bad = cupy.zeros(1, dtype=np.uint64)
         grid, block = grid_for(grad_y.size)
         launch(STEM, "roi_max_align_keys", dt, grid, block,
-               (grad_y, argmax, rois, _I(K), _I(N), _I(C), _I(H), _I(W), _I(oh), _I(ow),
+               (grad_y, argmax.astype(np.int32), rois, _I(K), _I(N), _I(C), _I(H), _I(W), _I(oh), _I(ow),
                 dt.type(spatial_scale), _sr(sampling_ratio), _I(bool(aligned)), keys, vals, bad))
         _check(bad, "roi_max_align_backward", rois, N, sampling_ratio, aligned, output_size,
                spatial_scale)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _roi_variants
+from ..reference.roi_variants import argmax_dtype
 from .roi import _check_batch, _empty64, _local_order, _threads
 
 
@@ -57,14 +58,14 @@ def roi_max_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, a
                                         int(sampling_ratio), bool(aligned), y, argmax, status,
                                         _threads(y.size * 4 + x.size))
     _raise("roi_max_align_forward", status, rois, N)
-    return y, argmax
+    return y, argmax.astype(argmax_dtype(sampling_ratio), copy=False)
 
 
 def roi_max_align_backward(grad_y, argmax, rois, input_shape, output_size, spatial_scale,
                            sampling_ratio, aligned):
     gx = np.empty(input_shape, grad_y.dtype)
     status = np.zeros(rois.shape[0], np.uint8)
-    bad, _ = _roi_variants.roi_max_align_backward(grad_y, argmax, rois, float(spatial_scale),
+    bad, _ = _roi_variants.roi_max_align_backward(grad_y, argmax.astype(np.int32), rois, float(spatial_scale),
                                                   int(sampling_ratio), bool(aligned), gx, status,
                                                   _threads(grad_y.size + gx.size))
     _raise("roi_max_align_backward", status, rois, input_shape[0])
