@@ -592,7 +592,10 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const unsigned char[
         free(nxt)
         raise MemoryError("roi_max_align_backward: out of memory for the sample tables")
     with nogil:
-        for k in prange(K, schedule="dynamic", chunksize=8,
+        # static: each thread builds (and mallocs in its own arena) the same RoIs' tables on
+        # every call, so the arenas reach their size once instead of growing call after call
+        # (a dynamic split faulted fresh pages in for the first ten calls or so)
+        for k in prange(K, schedule="static",
                         num_threads=team(n_threads, K // 16 + 1)):
             batch[k] = batch_index(rp[k * 5], N)      # read once; tasks use this copy
             if batch[k] < 0:
@@ -626,7 +629,7 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const unsigned char[
                     batch[k] = -1
         if floating is float:
             if notab and failed == 0:   # some RoI has no sample table: all go plane by plane
-                for k in prange(K, schedule="dynamic", chunksize=8,
+                for k in prange(K, schedule="static",
                                 num_threads=team(n_threads, K // 16 + 1)):
                     if batch[k] >= 0 and not _roi_pairs(&pairs[k], &axes[2 * k],
                                                          &axes[2 * k + 1], W, ph, pw, gws[k],
