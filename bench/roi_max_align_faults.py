@@ -2,14 +2,15 @@
 case, forward, backward and forward + backward as ``convkit bench`` calls them -- a count a
 loaded machine does not distort:
 
-    python bench/roi_max_align_faults.py [threads] [--mallopt]
+    [CALLS=9] python bench/roi_max_align_faults.py [threads] [--mallopt]
 
-Each line: the op, then the faults of each of 9 calls (the first ones warm the allocator;
-the steady state is the last few).  Without ``--mallopt`` glibc's default, dynamic
+Each line: the op, then the faults of each of CALLS calls (the first ones warm the
+allocator; the steady state is the last few).  Without ``--mallopt`` glibc's default, dynamic
 thresholds apply (what a user's process gets); with it, convkit bench's 1 GiB thresholds.
 """
 from __future__ import annotations
 
+import os
 import resource
 import sys
 
@@ -21,7 +22,7 @@ from convkit.benchmark import set_mallopt
 from convkit.benchmark.cases import CASES
 
 
-def _faults(fn, n=int(__import__("os").environ.get("CALLS", 9))):
+def _faults(fn, n=int(os.environ.get("CALLS", 9))):
     out = []
     for _ in range(n):
         f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
