@@ -552,8 +552,8 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const unsigned char[
     the RoI's pixel groups, where the grad block is finite), then transposed into gx's planes;
     else blocks of 16 channels, one plane at a time.  argmax: its bytes, aw (1: int8, 4:
     int32) per entry (the boundary casts other integer dtypes).  Each argmax entry is read
-    once and checked against its bin's samples.  Returns (bad argmax entries, RoIs flagged in status); both are
-    skipped, the caller raises."""
+    once and checked against its bin's samples.  Returns (bad argmax entries, RoIs flagged
+    in status); both are skipped, the caller raises."""
     cdef Py_ssize_t N = gx.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
     cdef Py_ssize_t K = gy.shape[0], ph = gy.shape[2], pw = gy.shape[3], nb = ph * pw
     cdef Py_ssize_t CB = 16, nblk = (C + CB - 1) // CB, HW = H * W
