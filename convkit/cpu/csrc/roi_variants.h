@@ -25,6 +25,49 @@ static inline int64_t ck_am_get(const void* am, int aw, ptrdiff_t i) {
     return aw == 1 ? (int64_t)((const int8_t*)am)[i] : (int64_t)((const int32_t*)am)[i];
 }
 
+/* n argmax entries int32 -> int8 (numbers that fit: saturation never acts) and int8 ->
+   int32, for the sample-table paths' blocks; AVX2 where the CPU has it (the compiler's SSE2
+   loops took about 1.7 instructions an entry). */
+#ifdef CK_ROI_WIDE
+__attribute__((target("avx2")))
+static ptrdiff_t ck_am_narrow_y(const int32_t* s, int8_t* d, ptrdiff_t n) {
+    /* packs interleave the 128-bit lanes: dwords (a0-3 b0-3 c0-3 d0-3 a4-7 ..) put back */
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    ptrdiff_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m256i ab = _mm256_packs_epi32(_mm256_loadu_si256((const __m256i*)(s + i)),
+                                              _mm256_loadu_si256((const __m256i*)(s + i + 8)));
+        const __m256i cd = _mm256_packs_epi32(_mm256_loadu_si256((const __m256i*)(s + i + 16)),
+                                              _mm256_loadu_si256((const __m256i*)(s + i + 24)));
+        _mm256_storeu_si256((__m256i*)(d + i),
+                            _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), perm));
+    }
+    return i;
+}
+__attribute__((target("avx2")))
+static ptrdiff_t ck_am_widen_y(const int8_t* s, int32_t* d, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_si256((__m256i*)(d + i),
+                            _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(s + i))));
+    return i;
+}
+#endif
+static void ck_am_narrow(const int32_t* s, int8_t* d, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+#ifdef CK_ROI_WIDE
+    if (ck_simd_level() >= 1) i = ck_am_narrow_y(s, d, n);
+#endif
+    for (; i < n; i++) d[i] = (int8_t)s[i];
+}
+static void ck_am_widen(const int8_t* s, int32_t* d, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+#ifdef CK_ROI_WIDE
+    if (ck_simd_level() >= 1) i = ck_am_widen_y(s, d, n);
+#endif
+    for (; i < n; i++) d[i] = s[i];
+}
+
 /* roi_avg_pool forward, one RoI: bin (p, q) = pixels [hs[p], he[p]) x [ws[q], we[q]) of the
    NHWC image, summed row-major per channel, divided by their number; an empty bin gives 0.
    y: the RoI's (C, ph*pw) output; acc: C scratch. */
@@ -562,7 +605,7 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
             for (k = 0; k < nb; k++) tri[c * nb + k] = base[k] + ti[k * CK_LD + c];
         ck_stream_copy(y + c0 * nb, tr, (size_t)(nb * (c1 - c0)) * sizeof(float));
         if (aw == 1) {
-            for (k = 0; k < nb * (c1 - c0); k++) t8[k] = (int8_t)tri[k];
+            ck_am_narrow(tri, t8, nb * (c1 - c0));
             ck_stream_copy((int8_t*)am + c0 * nb, t8, (size_t)(nb * (c1 - c0)));
         } else {
             ck_stream_copy((int32_t*)am + c0 * nb, tri,
@@ -968,8 +1011,7 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
     const int32_t* amk = (const int32_t*)amv;
     (void)lv;
     if (aw == 1) {
-        const int8_t* a8 = (const int8_t*)amv;
-        for (j = 0; j < nb * cb; j++) wide[j] = a8[j];
+        ck_am_widen((const int8_t*)amv, wide, nb * cb);
         amk = wide;
     }
 #ifdef CK_ROI_WIDE
