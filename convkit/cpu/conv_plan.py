@@ -631,21 +631,24 @@ def plan_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_thread
 
 def plan_weight_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
                      limit):
-    """(threads, rows per block, filters per task, image groups, plane floats per thread,
+    """(threads, rows per block, filters per task, slab groups, plane floats per thread,
     partial-sum floats) of the stem weight gradient (grad_bias summed on the way), or None.
-    Tasks: blocks of tuning.STEM_W_FILTERS filters times the batch in fixed groups of images,
-    about tuning.STEM_W_TASKS of them -- set by the layer and the batch, so no bits follow the
-    team."""
+    Tasks: blocks of tuning.STEM_W_FILTERS filters times the batch's (image, row block) slabs
+    in fixed groups of consecutive slabs, about tuning.STEM_W_TASKS of them (at most one group
+    per slab, and no more than the workspace limit holds the groups' partial sums of) -- set by
+    the layer, the batch and the limit alone, so no bits follow the team."""
     if not stem_ok(s, Ho, Wo, float32, caps, pointwise):
         return None
     rows = min(Ho, T.STEM_W_ROWS)
     fchunk = min(s.F, T.STEM_W_FILTERS)
     nfc = ceil_div(s.F, fchunk)
-    groups_n = max(1, min(s.N, ceil_div(T.STEM_W_TASKS, nfc)))
     per = stem_planes(s, rows, Wo)
-    part = groups_n * s.F * (3 * ceil_div(s.C * s.KH * s.KW, 3) + 1) * 8
-    if (per + part) * 4 > limit:
+    one = s.F * (3 * ceil_div(s.C * s.KH * s.KW, 3) + 1) * 8    # a group's partial sums
+    groups_n = min(s.N * ceil_div(Ho, rows), ceil_div(T.STEM_W_TASKS, nfc),
+                   (limit // 4 - per) // one)
+    if groups_n < 1:
         return None
+    part = groups_n * one
     return (fit_team(n_threads, per * 4, 0, limit - part * 4), rows, fchunk, groups_n, per,
             part)
 

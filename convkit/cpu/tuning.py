@@ -209,11 +209,15 @@ STEM_ROWS = 8
 # (`--sweep STEM_W_ROWS=...`): 1 row 33.3 ms, 2 28.4, 4 25.6, 8 23.2-23.8, 16-56 23.8-26.5.
 STEM_W_ROWS = 8
 # ... filters per task (one block for stem_224: the planes are built once per image and row
-# block, not once per filter block) and about this many tasks, the batch cut into fixed groups
-# of consecutive images to reach it (at most one group per image; set by the layer and the
-# batch alone, so the bits do not follow the thread count; each group adds a partial-sum array
-# of F x (taps + 1) x 8 floats, 0.3 MB for stem_224, to the workspace and to the final sum).
-# Not measured: stem_224's 8 images make 8 tasks, 4 per thread on this machine.
+# block, not once per filter block) and about this many tasks, the batch's (image, row block)
+# slabs cut into fixed groups of consecutive slabs to reach it (at most one group per slab;
+# set by the layer, the batch and the limit alone, so the bits do not follow the thread count;
+# each group adds a partial-sum array of F x (taps + 1) x 8 floats, 0.3 MB for stem_224, to the
+# workspace and to the final sum).  stem_224's 112 slabs make 16 tasks of 7 (groups of whole
+# images made 8: half of 16 threads idle).  One thread, CPU time, 9 interleaved rounds on the
+# loaded 2-core EPYC (`python bench/stem_ab.py --sweep STEM_W_TASKS=8,16,32,64 --rounds 9`):
+# 26.6 / 26.4 / 30.0 / 33.7 ms -- 32 or more groups' partial sums cost more than 16 threads'
+# last round saves.  bench/RESULTS.md "Many cores".
 STEM_W_FILTERS = 64
 STEM_W_TASKS = 16
 
