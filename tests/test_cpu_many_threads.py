@@ -56,9 +56,10 @@ CONV = [
     ("weight_winograd", (12, 64, 20, 19), (64, 64, 3, 3), 1, 1, 1,
      {"forward": _gw("winograd", "winograd4"), "grad_x": _gw("winograd", "winograd4"),
       "grad_weight": _gw("im2col", "weight_winograd")}, False),
-    # F(4x4) tasks of 13 tile rows of 5 tiles (65 GEMM columns: fgemm's narrow last panel), 10
-    # of them; grad_weight's 68 channels in blocks of 32, 32 and 4 (a narrow panel again), 3
-    # parts: 324 tasks
+    # F(4x4) tasks of 13 tile rows of 5 tiles on 2 threads (65 GEMM columns: fgemm's narrow
+    # last panel), 10 of them; on 8 and 16 threads other tile rows (conv_plan.even_tile_rows);
+    # grad_weight's 68 channels in blocks of 32, 32 and 4 (a narrow panel again), 3 parts: 324
+    # tasks
     ("winograd4_narrow_panel", (10, 68, 52, 20), (64, 68, 3, 3), 1, 1, 1,
      {"forward": _gw("winograd", "winograd4"), "grad_x": _gw("winograd", "winograd4"),
       "grad_weight": _gw("im2col", "weight_winograd")}, False),
@@ -228,6 +229,8 @@ def test_the_suite_plans_cut_their_sums_alike_on_1_to_64_threads(machine):
     caps = P.ConvCaps(**_CAPS[machine])
     own = caps.own_sgemm
     keys = _SUMS_OWN if own else _SUMS_BLAS
+    if caps.fixed_sgemm:        # (F(4x4)'s GEMMs on csrc/fgemm.h: its tile rows cut no sum)
+        keys = {k: v for k, v in keys.items() if k != "winograd"}
     algos = set()
     for c in CASES:
         if type(c) is not ConvCase:     # (transposed / deformable convs: other plans)
@@ -260,16 +263,49 @@ def test_the_narrow_panel_cases_reach_it():
     def edge(n):
         return 1 <= n % 16 <= 4
     cases = {c[0]: c for c in CONV}
-    _, xs, ws, stride, pad, groups, _, _ = cases["pointwise_narrow_panel"]
-    x, w = np.zeros(xs, np.float32), np.zeros(ws, np.float32)
-    plan = cc._plan(x, w, (stride,) * 2, (pad,) * 4, (1, 1), groups)[3]
+
+    def plan_of(name):          # (on 2 threads: F(4x4)'s tile rows follow the team)
+        _, xs, ws, stride, pad, groups, _, _ = cases[name]
+        convkit.set_num_threads(2)
+        try:
+            return xs, cc._plan(np.zeros(xs, np.float32), np.zeros(ws, np.float32),
+                                (stride,) * 2, (pad,) * 4, (1, 1), groups)[3]
+        finally:
+            convkit.set_num_threads(None)
+    _, plan = plan_of("pointwise_narrow_panel")
     assert edge(plan.forward.params["rows"]), plan.forward       # (positions per GEMM)
-    _, xs, ws, stride, pad, groups, _, _ = cases["winograd4_narrow_panel"]
-    x, w = np.zeros(xs, np.float32), np.zeros(ws, np.float32)
-    plan = cc._plan(x, w, (stride,) * 2, (pad,) * 4, (1, 1), groups)[3]
+    xs, plan = plan_of("winograd4_narrow_panel")
     tw = -(-xs[3] // 4)
     for st in (plan.forward, plan.grad_x):      # (tiles per GEMM; N * th a multiple of trows)
         assert st.params["tile"] == 4 and not st.params["per_image"], st
         assert xs[0] * (-(-xs[2] // 4)) % st.params["trows"] == 0, st
         assert edge(st.params["trows"] * tw), st
     assert edge(xs[1] % plan.grad_weight.params["cols"]), plan.grad_weight    # (channels)
+
+
+def test_f4_tile_rows_even_out_the_team_only_on_a_fixed_order_gemm():
+    """F(4x4) on csrc/fgemm.h (each output one chain over the channels: the tile rows per task
+    cut no sum) takes other tile rows where its preferred ones leave more than
+    tuning.WINOGRAD4_MAX_IDLE of the team idle: vgg_56's 112 tile rows in 23 tasks of 5 on 2
+    threads (as before), 16 tasks of 7 on 16; within tuning's tile and byte bounds.  On plain
+    BLAS (whose bits follow the GEMM's shape) they stay put."""
+    from convkit.cpu import conv_plan as P
+    from convkit.cpu import tuning as T
+    s = P.ConvShape.of((8, 64, 56, 56), (64, 64, 3, 3), (1, 1), (1,) * 4, (1, 1), 1)
+    fg = P.ConvCaps(**_CAPS["blas_rowgemm_fgemm"])
+
+    def trows(caps, nt):
+        st = P.plan_conv(s, np.float32, nt, caps, 256 * 2**20).forward
+        assert (st.algo, st.params["tile"], st.threads) == ("winograd", 4, nt), st
+        return st.params["trows"]
+    assert trows(fg, 1) == trows(fg, 2) == 5
+    tr = trows(fg, 16)
+    assert tr == 7 and -(-112 // tr) == 16
+    for nt in (3, 4, 8, 16, 32, 64):
+        tr = trows(fg, nt)
+        idle = 1 - 112 / (-(-(-(-112 // tr)) // nt) * nt * tr)
+        assert tr == 5 or (tr * 14 >= T.WINOGRAD4_MIN_TASK_TILES
+                           and 36 * 128 * 14 * 4 * tr <= T.WINOGRAD4_TASK_BYTES), (nt, tr)
+        assert idle <= max(0.1, 1 - 112 / (-(-23 // nt) * nt * 5)), (nt, tr, idle)
+    blas = P.ConvCaps(**_CAPS["blas"])
+    assert len({trows(blas, nt) for nt in (1, 2, 8, 16)}) == 1

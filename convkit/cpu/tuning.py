@@ -112,6 +112,17 @@ WINOGRAD4_MIN_CHANNELS = 64
 # at 64 tiles vs 19.6 at 32 and 18.8 at 128; vgg_56 flat from 56 to 196, rpn_3x3 54 ms at 130
 # vs 58 at 65 and 72 at 26.  RESULTS.md "Winograd F(4x4, 3x3)".
 WINOGRAD4_TASK_TILES = 64
+# ... where the GEMMs sum each output in a fixed order (csrc/fgemm.h: the bits do not follow
+# the tiles per task), another task size when that one leaves more than this share of the team
+# idle in the last round (conv_plan.even_tile_rows), down to this many tiles per task (res_14
+# above: 32 tiles cost 1.25x 64's CPU time) and up to this many bytes of a task's V and M
+# (res_14's 64 tiles: 4.7 MB, its slower 128: 9.4 MB; vgg_56's flat 56-196: up to 3.6 MB).
+# Idle shares from bench/many_core_split.py's arithmetic (bench/RESULTS.md "Many cores"): the
+# rule leaves the suite's 2-thread plans as they were and takes vgg_56 on 16 threads from 23
+# tasks of 70 tiles (30 % idle) to 16 of 98.  Not timed on 16 cores.
+WINOGRAD4_MAX_IDLE = (1, 10)
+WINOGRAD4_MIN_TASK_TILES = 32
+WINOGRAD4_TASK_BYTES = 36 * 4 * 64 * 512
 
 # grad_weight by the transposed F(4x4, 3x3) (conv_plan "weight_winograd": the layers whose
 # forward takes F(4x4)): its 36 GEMMs per part sum over runs of at most this many of the
