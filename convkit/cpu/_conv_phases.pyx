@@ -383,12 +383,13 @@ def conv2d_grad_weight_stem(const float[:, :, :, ::1] gy, const float[:, :, :, :
     gw[f, k] = sum over the batch's positions of gy[n, f, i, j] * (tap k of position (i, j)),
     the taps read in place from the phase planes of blocks of ``rows`` output rows (boff: the
     offsets for planes of that many rows, padded with zeros to a multiple of 3 taps; the padded
-    taps' sums are dropped).  Tasks: (block of ``fchunk`` filters, group of images) -- the batch
-    cut into groups_n fixed groups of consecutive images, both set by the layer and the batch
-    alone -- each summing into its own 8-lane partial sums (part: groups_n * F * (K3 + 1) * 8
-    floats, the last 8 of a filter's row its bias lanes) in a fixed order; then each weight is
-    its lanes' sums added in a fixed tree, group by group in order.  So the bits do not depend
-    on the thread count.  has_bias: gb (OUT) is summed the same way on the way (grad_bias
+    taps' sums are dropped).  Tasks: (block of ``fchunk`` filters, group of slabs) -- the
+    batch's N * ceil(Ho / rows) (image, row block) slabs, image after image, cut into groups_n
+    (1 .. the slab count) fixed near-equal runs of consecutive slabs, set by the caller's plan
+    and never by the team -- each summing into its own 8-lane partial sums (part: groups_n * F
+    * (K3 + 1) * 8 floats, the last 8 of a filter's row its bias lanes) in a fixed order; then
+    each weight is its lanes' sums added in a fixed tree, group by group in order.  So the bits
+    do not depend on the thread count.  has_bias: gb (OUT) is summed the same way on the way (grad_bias
     "fused").
     ws_per_thread >= C*sh*sw*Rq*Wq (conv_plan.plan_weight_stem).
     """
@@ -398,14 +399,18 @@ def conv2d_grad_weight_stem(const float[:, :, :, ::1] gy, const float[:, :, :, :
     cdef Py_ssize_t K = C * KH * KW, K3 = boff.shape[0], ldp = 8 * (K3 + 1)
     cdef Py_ssize_t Wq = Wo + (KW - 1) // sw, Rq = rows + (KH - 1) // sh
     cdef Py_ssize_t plane = Rq * Wq
-    cdef Py_ssize_t nfc = (F + fchunk - 1) // fchunk, ipg = (N + groups_n - 1) // groups_n
-    cdef Py_ssize_t nrb = (Ho + rows - 1) // rows
-    cdef Py_ssize_t t, fi, g, f0, fc, n, rb, h0, f, k
+    cdef Py_ssize_t nfc = (F + fchunk - 1) // fchunk
+    cdef Py_ssize_t nrb = (Ho + rows - 1) // rows, S = N * nrb
+    cdef Py_ssize_t t, fi, g, f0, fc, n, sl, h0, f, k
     cdef Py_ssize_t failed = 0
     cdef float s, lane
     cdef float* Q
     cdef float* P
     cdef const float* q
+    if groups_n < 1 or groups_n > S or part.shape[0] < groups_n * F * ldp:
+        raise ValueError(f"conv2d_grad_weight_stem: groups_n must be in 1 .. {S} (slabs) and "
+                         f"part hold groups_n * {F * ldp} floats, got {groups_n}, "
+                         f"{part.shape[0]}")
     with nogil:
         for t in prange(nfc * groups_n, schedule="dynamic", num_threads=n_threads):
             fi = t // groups_n
@@ -415,19 +420,19 @@ def conv2d_grad_weight_stem(const float[:, :, :, ::1] gy, const float[:, :, :, :
             P = &part[0] + (g * F + f0) * ldp
             memset(P, 0, fc * ldp * sizeof(float))
             Q = &ws[0] + threadid() * ws_per_thread
-            for n in range(g * ipg, _min(N, (g + 1) * ipg)):
-                for rb in range(nrb):
-                    h0 = rb * rows
-                    ck_phases_f(&x[n, 0, 0, 0], C, H, W, sh, sw, pt, pl, h0, Rq, Wq, plane, Q)
-                    if not ck_stem_wdot_f(fc, K3, _min(rows, Ho - h0), Wo, &gy[n, f0, h0, 0],
-                                          HoWo, Q, Wq, &boff[0], P, ldp, has_bias):
-                        failed += 1     # (the plan picks this only where csrc/stem.h runs)
+            for sl in range(g * S // groups_n, (g + 1) * S // groups_n):
+                n = sl // nrb
+                h0 = (sl - n * nrb) * rows
+                ck_phases_f(&x[n, 0, 0, 0], C, H, W, sh, sw, pt, pl, h0, Rq, Wq, plane, Q)
+                if not ck_stem_wdot_f(fc, K3, _min(rows, Ho - h0), Wo, &gy[n, f0, h0, 0],
+                                      HoWo, Q, Wq, &boff[0], P, ldp, has_bias):
+                    failed += 1     # (the plan picks this only where csrc/stem.h runs)
         for f in prange(F, schedule="static", num_threads=n_threads):
             for k in range(K + 1):
                 if k == K and not has_bias:
                     break
                 s = 0
-                for g in range(_min(groups_n, (N + ipg - 1) // ipg)):
+                for g in range(groups_n):
                     q = &part[0] + (g * F + f) * ldp + 8 * (K3 if k == K else k)
                     lane = ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]))
                     s = s + lane

@@ -455,13 +455,34 @@ def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, 
     return n_threads, trows, trows * per_row // itemsize + 8 * (2 * tw + 2)
 
 
+def even_tile_rows(rows, want, tw, per_row, n_threads):
+    """Tile rows per F(4x4) task on a fixed-order GEMM (its bits do not follow them): ``want``,
+    unless its tasks leave more than tuning.WINOGRAD4_MAX_IDLE of the team idle (the last
+    round's empty threads: vgg_56's 23 tasks on 16 threads, 30 %); then, from tasks of at least
+    tuning.WINOGRAD4_MIN_TASK_TILES tiles (where the batch has them) up to ``want``'s or
+    tuning.WINOGRAD4_TASK_BYTES of V and M (per_row bytes a tile row), the rows whose tasks
+    leave the fewest idle, the most rows on a tie."""
+    def idle(tr):
+        return 1 - rows / (ceil_div(ceil_div(rows, tr), n_threads) * n_threads * tr)
+    num, den = T.WINOGRAD4_MAX_IDLE
+    if n_threads < 2 or den * idle(want) <= num:
+        return want
+    best = want
+    hi = max(want, min(rows, T.WINOGRAD4_TASK_BYTES // per_row))
+    for tr in range(min(want, ceil_div(T.WINOGRAD4_MIN_TASK_TILES, tw)), hi + 1):
+        if idle(tr) < idle(best) or (idle(tr) == idle(best) and tr > best):
+            best = tr
+    return best
+
+
 def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, fixed=False):
     """plan_winograd for F(4x4) on BLAS: about tuning.WINOGRAD4_TASK_TILES tiles per task (the
     36 GEMMs' column count), each image's tile rows cut into equal tasks (the kernel's
     per_image) -- set by the image alone (BLAS may sum differently for another column count or
     a tile's other place among them), lowered only by the limit.  fixed (a fixed-order GEMM):
     the batch's tile rows cut into equal tasks, blocks spanning images (the kernel's per_image
-    off).
+    off); there each output is one chain over the channels whatever the task's tiles, so the
+    tile rows per task may follow the team (even_tile_rows).
     The transformed filters U (36 * C * F elements, 4x the weight) count against the limit."""
     limit -= 36 * C * F * itemsize
     tw, th = ceil_div(Wo, 4), ceil_div(Ho, 4)
@@ -474,7 +495,7 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, f
         return None
     n_threads = max(1, min(n_threads, limit // (per_row * want + extra)))
     budget = limit // n_threads
-    trows = want
+    trows = even_tile_rows(rows, want, tw, per_row, n_threads) if fixed else want
     while trows > 1 and trows * per_row + winograd_scratch(4, trows, tw) * itemsize > budget:
         trows -= 1
     return n_threads, trows, trows * per_row // itemsize + winograd_scratch(4, trows, tw)
@@ -631,21 +652,24 @@ def plan_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_thread
 
 def plan_weight_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
                      limit):
-    """(threads, rows per block, filters per task, image groups, plane floats per thread,
+    """(threads, rows per block, filters per task, slab groups, plane floats per thread,
     partial-sum floats) of the stem weight gradient (grad_bias summed on the way), or None.
-    Tasks: blocks of tuning.STEM_W_FILTERS filters times the batch in fixed groups of images,
-    about tuning.STEM_W_TASKS of them -- set by the layer and the batch, so no bits follow the
-    team."""
+    Tasks: blocks of tuning.STEM_W_FILTERS filters times the batch's (image, row block) slabs
+    in fixed groups of consecutive slabs, about tuning.STEM_W_TASKS of them (at most one group
+    per slab, and no more than the workspace limit holds the groups' partial sums of) -- set by
+    the layer, the batch and the limit alone, so no bits follow the team."""
     if not stem_ok(s, Ho, Wo, float32, caps, pointwise):
         return None
     rows = min(Ho, T.STEM_W_ROWS)
     fchunk = min(s.F, T.STEM_W_FILTERS)
     nfc = ceil_div(s.F, fchunk)
-    groups_n = max(1, min(s.N, ceil_div(T.STEM_W_TASKS, nfc)))
     per = stem_planes(s, rows, Wo)
-    part = groups_n * s.F * (3 * ceil_div(s.C * s.KH * s.KW, 3) + 1) * 8
-    if (per + part) * 4 > limit:
+    one = s.F * (3 * ceil_div(s.C * s.KH * s.KW, 3) + 1) * 8    # a group's partial sums
+    groups_n = min(s.N * ceil_div(Ho, rows), ceil_div(T.STEM_W_TASKS, nfc),
+                   (limit // 4 - per) // one)
+    if groups_n < 1:
         return None
+    part = groups_n * one
     return (fit_team(n_threads, per * 4, 0, limit - part * 4), rows, fchunk, groups_n, per,
             part)
 
