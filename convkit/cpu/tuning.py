@@ -217,6 +217,15 @@ STEM_W_ROWS = 8
 STEM_W_FILTERS = 64
 STEM_W_TASKS = 16
 
+# The stem forward by a 1-D Winograd F(4, 4) / F(4, 3) along the rows (csrc/stem_wino.h; conv_plan
+# "stem_wino"): the stem rule's layers with a 7-wide kernel at column stride 2 (2.15x fewer
+# multiplies than the direct stem) and at least this many filters, which share each tile's
+# input transform.  Not measured below 64 filters (stem_224).
+STEM_WINO_MIN_FILTERS = 16
+# Output rows per task (its stride-8 column phases, transformed rows (13 points x 2 column
+# phases) and a 4-filter panel's products stay in L2).  Not measured in RESULTS.md.
+STEM_WINO_ROWS = 8
+
 # Weight gradient on csrc/rowgemm.h (conv_plan "weight_rowgemm"): filters per task (all of a
 # layer's up to this many: every filter panel reuses a pass's x rows from L1, where 16 made
 # each task stream x from L3 again, ~1.3x slower) and taps (batch positions) per pass.

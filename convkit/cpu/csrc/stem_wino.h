@@ -1,0 +1,263 @@
+/* The stem forward with a 1-D Winograd transform along the rows (conv_plan "stem_wino"): a 7-wide
+ * stride-2 kernel row is, on the two column phases of the input, a 4-tap (even columns) and a
+ * 3-tap (odd columns) stride-1 correlation.  Each is computed as Winograd F(4, 4) / F(4, 3) over
+ * tiles of 4 output columns on one set of points -- 0, 1, -1, 1/2, -1/2, 2 and infinity (F(4, 3)
+ * takes all but 2) -- so both share one output transform A^T, and the sum over channels, kernel
+ * rows and column phases runs in the transform domain:
+ *
+ *   M[k][f, r, t] = sum over taps (c, kh, pw) of U[f, c, kh, pw][k] * V[c, kh % sh, pw][k][r + kh / sh, t]
+ *   y[f, r, 4t + q] = (sum over k of A^T[q][k] * M[k][f, r, t]) + bias[f]
+ *
+ * 7 + 6 = 13 products per kernel row and 4 outputs where the direct stem (csrc/stem.h) does 28:
+ * 2.15x fewer multiplies.  Rows (y) stay direct (a sum over the kernel rows).
+ *
+ * ck_stem_wino_filters: U = G g per filter row (double, then float), in csrc/rowgemm.h's 4-row
+ *   panels: per panel, per point k, taps (c, kh, pw) in order (pw 0 then 1; point 2 has pw 0 only).
+ * ck_stem_wino_offsets: each tap's row offset in its point's block of V (same order).
+ * ck_stem_wino_forward_f: one task (an image's block of hr output rows) from the stride-8 column
+ *   phases R of its input rows (csrc/vsum.h ck_phases_f with sw = 8: R[c, ph, m][a, t] =
+ *   P[c, (h0 + a)*sh + ph, 8t + m], t <= nt, the padded image P): the input transform B^T d of
+ *   every tile of every phase row into V, then per 4-filter panel and point the products as
+ *   csrc/stem.h's forward (ck_stem_forward_avx2: one fused multiply-add chain per output over the
+ *   taps in order, the task's rows one run of hr*nt tiles), then the output transform into y.
+ *   Every step is fixed per output, so the bits do not depend on the task split, the thread
+ *   count or the batch.
+ *
+ * Winograd mixes a tile's values (inf * 0 = NaN): the caller runs the direct stem where an
+ * operand is not finite (convkit/cpu/conv.py _fwd_stem_wino).  Point choice and error:
+ * bench/stem_wino_accuracy.py.  Returns 0, doing nothing, without AVX2 + FMA. */
+#ifndef CK_STEM_WINO_H
+#define CK_STEM_WINO_H
+
+#include <stddef.h>
+#include "stem.h"
+
+#define CK_SW_PTS 7             /* 0, 1, -1, 1/2, -1/2, 2, inf */
+
+/* taps per (c, kh) at point k: both column phases, except the point 2 only F(4, 4) has */
+static inline ptrdiff_t ck_sw_taps(ptrdiff_t k) { return k == 5 ? 1 : 2; }
+
+/* G (F(4, 4): 7 x 4, F(4, 3): 6 x 3), each row scaled so that B^T's row is small integers; the
+ * scales cancel in the products */
+static const double ck_sw_g4[7][4] = {
+    {1.0 / 2, 0.0, 0.0, 0.0},
+    {1.0 / 6, 1.0 / 6, 1.0 / 6, 1.0 / 6},
+    {1.0 / 18, -1.0 / 18, 1.0 / 18, -1.0 / 18},
+    {8.0 / 9, 4.0 / 9, 2.0 / 9, 1.0 / 9},
+    {8.0 / 15, -4.0 / 15, 2.0 / 15, -1.0 / 15},
+    {1.0 / 90, 1.0 / 45, 2.0 / 45, 4.0 / 45},
+    {0.0, 0.0, 0.0, 1.0 / 4}};
+static const double ck_sw_g3[6][3] = {
+    {1.0, 0.0, 0.0},
+    {1.0 / 6, 1.0 / 6, 1.0 / 6},
+    {1.0 / 6, -1.0 / 6, 1.0 / 6},
+    {4.0 / 3, 2.0 / 3, 1.0 / 3},
+    {4.0 / 3, -2.0 / 3, 1.0 / 3},
+    {0.0, 0.0, 1.0 / 4}};
+/* B^T (rows as G's) */
+static const float ck_sw_b4[7][7] = {
+    {2, -1, -10, 5, 8, -4, 0},
+    {0, -2, -1, 9, 4, -4, 0},
+    {0, 2, -3, -7, 12, -4, 0},
+    {0, 2, 3, -4, -3, 2, 0},
+    {0, -2, 5, 0, -5, 2, 0},
+    {0, 1, 0, -5, 0, 4, 0},
+    {0, -2, 1, 10, -5, -8, 4}};
+static const float ck_sw_b3[6][6] = {
+    {1, 0, -5, 0, 4, 0},
+    {0, -1, -1, 4, 4, 0},
+    {0, 1, -1, -4, 4, 0},
+    {0, 1, 2, -1, -2, 0},
+    {0, -1, 2, 1, -2, 0},
+    {0, 1, 0, -5, 0, 4}};
+/* F(4, 3)'s points among the seven */
+static const int ck_sw_p3[6] = {0, 1, 2, 3, 4, 6};
+
+/* w (F, C, KH, 7) -> U: F/4 panels of 13*C*KH taps x 4 filters (F a multiple of 4) */
+static void ck_stem_wino_filters(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, const float *w, float *U)
+{
+    const ptrdiff_t CK = C * KH, Kp = 13 * CK;
+    for (ptrdiff_t f = 0; f < F; ++f) {
+        float *up = U + (f / 4) * 4 * Kp + f % 4;
+        ptrdiff_t base = 0;
+        for (int k = 0; k < CK_SW_PTS; ++k) {
+            const ptrdiff_t nt = ck_sw_taps(k);
+            const int k3 = k == 6 ? 5 : k;
+            for (ptrdiff_t ck = 0; ck < CK; ++ck) {
+                const float *g = w + (f * CK + ck) * 7;
+                double u0 = 0.0, u1 = 0.0;
+                for (int v = 0; v < 4; ++v)
+                    u0 += ck_sw_g4[k][v] * (double)g[2 * v];
+                up[4 * (base + ck * nt)] = (float)u0;
+                if (nt == 2) {
+                    for (int v = 0; v < 3; ++v)
+                        u1 += ck_sw_g3[k3][v] * (double)g[2 * v + 1];
+                    up[4 * (base + ck * nt + 1)] = (float)u1;
+                }
+            }
+            base += nt * CK;
+        }
+    }
+}
+
+/* boff[13*C*KH]: tap (c, kh, pw) of point k reads V's block (c, kh % sh, pw) at its row kh / sh;
+ * blocks of Ra rows of nt tiles */
+static void ck_stem_wino_offsets(ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh, ptrdiff_t Ra,
+                                 ptrdiff_t nt, ptrdiff_t *boff)
+{
+    ptrdiff_t i = 0;
+    for (int k = 0; k < CK_SW_PTS; ++k)
+        for (ptrdiff_t ck = 0; ck < C * KH; ++ck) {
+            const ptrdiff_t c = ck / KH, kh = ck % KH;
+            for (ptrdiff_t pw = 0; pw < ck_sw_taps(k); ++pw)
+                boff[i++] = ((c * sh + kh % sh) * 2 + pw) * Ra * nt + (kh / sh) * nt;
+        }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+
+/* one phase row a of R's (c, ph) (8 planes pl apart, nt + 1 tiles each) into V's rows a of
+ * blocks pw 0 and 1 at every point (points vblk apart, blocks pw apart) */
+CK_ST_TARGET static void ck_sw_input_row(const float *r, ptrdiff_t pl, ptrdiff_t nt, float *v0,
+                                         ptrdiff_t vblk, ptrdiff_t pwo)
+{
+    for (ptrdiff_t t = 0; t < nt; t += 8) {
+        const int m = nt - t < 8;
+        const __m256i mask = ck_st_mask(nt - t);
+        __m256 e[8], n[5];
+#define CK_SW_LD(p) (m ? _mm256_maskload_ps((p), mask) : _mm256_loadu_ps(p))
+        for (int j = 0; j < 8; ++j)
+            e[j] = CK_SW_LD(r + j * pl + t);
+        for (int j = 0; j < 5; ++j)
+            n[j] = CK_SW_LD(r + j * pl + t + 1);
+#undef CK_SW_LD
+        const __m256 d4[7] = {e[0], e[2], e[4], e[6], n[0], n[2], n[4]};
+        const __m256 d3[6] = {e[1], e[3], e[5], e[7], n[1], n[3]};
+#pragma GCC unroll 7
+        for (int k = 0; k < 7; ++k) {
+            __m256 s = _mm256_setzero_ps();
+#pragma GCC unroll 7
+            for (int j = 0; j < 7; ++j)
+                if (ck_sw_b4[k][j] != 0.0f)
+                    s = _mm256_fmadd_ps(_mm256_set1_ps(ck_sw_b4[k][j]), d4[j], s);
+            float *o = v0 + k * vblk + t;
+            if (m) _mm256_maskstore_ps(o, mask, s); else _mm256_storeu_ps(o, s);
+        }
+#pragma GCC unroll 6
+        for (int k = 0; k < 6; ++k) {
+            __m256 s = _mm256_setzero_ps();
+#pragma GCC unroll 6
+            for (int j = 0; j < 6; ++j)
+                if (ck_sw_b3[k][j] != 0.0f)
+                    s = _mm256_fmadd_ps(_mm256_set1_ps(ck_sw_b3[k][j]), d3[j], s);
+            float *o = v0 + ck_sw_p3[k] * vblk + pwo + t;
+            if (m) _mm256_maskstore_ps(o, mask, s); else _mm256_storeu_ps(o, s);
+        }
+    }
+}
+
+/* one output row of a filter: M's 7 rows (mk apart, nt tiles) -> y's Wo values + bias */
+CK_ST_TARGET static void ck_sw_output_row(const float *M, ptrdiff_t mk, ptrdiff_t nt,
+                                          ptrdiff_t Wo, float *y, float bias)
+{
+    const __m256 bv = _mm256_set1_ps(bias), h = _mm256_set1_ps(0.5f), q4 = _mm256_set1_ps(0.25f);
+    const __m256 e8 = _mm256_set1_ps(0.125f), two = _mm256_set1_ps(2.0f);
+    const __m256 four = _mm256_set1_ps(4.0f), eight = _mm256_set1_ps(8.0f);
+    for (ptrdiff_t t = 0; t < nt; t += 8) {
+        const int m = nt - t < 8;
+        const __m256i mask = ck_st_mask(nt - t);
+        __m256 a[7];
+        for (int k = 0; k < 7; ++k)
+            a[k] = m ? _mm256_maskload_ps(M + k * mk + t, mask) : _mm256_loadu_ps(M + k * mk + t);
+        /* A^T: columns 0, 1, -1, 1/2, -1/2, 2, inf */
+        const __m256 s1 = _mm256_add_ps(a[1], a[2]), d1 = _mm256_sub_ps(a[1], a[2]);
+        const __m256 s2 = _mm256_add_ps(a[3], a[4]), d2 = _mm256_sub_ps(a[3], a[4]);
+        __m256 y0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], s1), s2), a[5]);
+        __m256 y1 = _mm256_fmadd_ps(two, a[5], _mm256_fmadd_ps(h, d2, d1));
+        __m256 y2 = _mm256_fmadd_ps(four, a[5], _mm256_fmadd_ps(q4, s2, s1));
+        __m256 y3 = _mm256_add_ps(_mm256_fmadd_ps(eight, a[5], _mm256_fmadd_ps(e8, d2, d1)), a[6]);
+        y0 = _mm256_add_ps(y0, bv), y1 = _mm256_add_ps(y1, bv);
+        y2 = _mm256_add_ps(y2, bv), y3 = _mm256_add_ps(y3, bv);
+        /* 8 tiles x 4 columns -> 32 consecutive outputs */
+        const __m256 lo01 = _mm256_unpacklo_ps(y0, y1), hi01 = _mm256_unpackhi_ps(y0, y1);
+        const __m256 lo23 = _mm256_unpacklo_ps(y2, y3), hi23 = _mm256_unpackhi_ps(y2, y3);
+        const __m256 t04 = _mm256_shuffle_ps(lo01, lo23, 0x44), t15 = _mm256_shuffle_ps(lo01, lo23, 0xEE);
+        const __m256 t26 = _mm256_shuffle_ps(hi01, hi23, 0x44), t37 = _mm256_shuffle_ps(hi01, hi23, 0xEE);
+        __m256 o[4];
+        o[0] = _mm256_permute2f128_ps(t04, t15, 0x20);
+        o[1] = _mm256_permute2f128_ps(t26, t37, 0x20);
+        o[2] = _mm256_permute2f128_ps(t04, t15, 0x31);
+        o[3] = _mm256_permute2f128_ps(t26, t37, 0x31);
+        float *yo = y + 4 * t;
+        const ptrdiff_t left = Wo - 4 * t;
+        if (left >= 32) {
+            for (int j = 0; j < 4; ++j)
+                _mm256_storeu_ps(yo + 8 * j, o[j]);
+        } else {
+            for (int j = 0; 8 * j < left; ++j) {
+                if (left - 8 * j >= 8)
+                    _mm256_storeu_ps(yo + 8 * j, o[j]);
+                else
+                    _mm256_maskstore_ps(yo + 8 * j, ck_st_mask(left - 8 * j), o[j]);
+            }
+        }
+    }
+}
+
+CK_ST_TARGET static void ck_stem_wino_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh,
+                                           const float *U, const ptrdiff_t *boff, const float *R,
+                                           ptrdiff_t Ra, ptrdiff_t hr, ptrdiff_t Wo, float *V,
+                                           float *M, float *y, ptrdiff_t ldy, const float *bias)
+{
+    const ptrdiff_t nt = (Wo + 3) / 4, W8 = nt + 1, L = hr * nt;
+    const ptrdiff_t rows = hr + (KH - 1) / sh;          /* phase rows this block reads */
+    const ptrdiff_t vblk = C * sh * 2 * Ra * nt, CK = C * KH;
+    for (ptrdiff_t c = 0; c < C; ++c)
+        for (ptrdiff_t ph = 0; ph < sh; ++ph)
+            for (ptrdiff_t a = 0; a < rows; ++a)
+                ck_sw_input_row(R + (c * sh + ph) * 8 * Ra * W8 + a * W8, Ra * W8, nt,
+                                V + (c * sh + ph) * 2 * Ra * nt + a * nt, vblk, Ra * nt);
+    for (ptrdiff_t p = 0; p < F; p += 4) {
+        const float *up = U + p * 13 * CK;
+        ptrdiff_t base = 0;
+        for (int k = 0; k < CK_SW_PTS; ++k) {
+            const ptrdiff_t K = ck_sw_taps(k) * CK;
+            ck_stem_forward_avx2(4, K, up + 4 * base, V + k * vblk, boff + base, L, 1, L,
+                                 M + k * 4 * L, L, NULL);
+            base += K;
+        }
+        for (ptrdiff_t i = 0; i < 4; ++i)
+            for (ptrdiff_t r = 0; r < hr; ++r)
+                ck_sw_output_row(M + i * L + r * nt, 4 * L, nt, Wo, y + (p + i) * ldy + r * Wo,
+                                 bias ? bias[p + i] : 0.0f);
+    }
+}
+
+/* F a multiple of 4; R: ck_phases_f's planes (C, sh, 8) of Ra rows x (nt + 1), nt = ceil(Wo/4);
+ * V: 7 * C*sh*2*Ra*nt floats, M: 7*4*hr*nt floats (scratch); y: the block's first output row
+ * of filter 0, filters ldy apart, rows Wo apart */
+static int ck_stem_wino_forward_f(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh,
+                                  const float *U, const ptrdiff_t *boff, const float *R,
+                                  ptrdiff_t Ra, ptrdiff_t hr, ptrdiff_t Wo, float *V, float *M,
+                                  float *y, ptrdiff_t ldy, const float *bias)
+{
+    if (F % 4 != 0 || !ck_rowgemm_available())
+        return 0;
+    ck_stem_wino_avx2(F, C, KH, sh, U, boff, R, Ra, hr, Wo, V, M, y, ldy, bias);
+    return 1;
+}
+
+#else
+
+static int ck_stem_wino_forward_f(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh,
+                                  const float *U, const ptrdiff_t *boff, const float *R,
+                                  ptrdiff_t Ra, ptrdiff_t hr, ptrdiff_t Wo, float *V, float *M,
+                                  float *y, ptrdiff_t ldy, const float *bias)
+{
+    (void)F; (void)C; (void)KH; (void)sh; (void)U; (void)boff; (void)R; (void)Ra; (void)hr;
+    (void)Wo; (void)V; (void)M; (void)y; (void)ldy; (void)bias;
+    return 0;
+}
+
+#endif
+#endif
