@@ -197,8 +197,8 @@ def test_stem_wino_rule():
     rows = tuning.STEM_WINO_ROWS
     Ra, nt = rows + 3, 28
     assert fw.params["rows"] == rows
-    assert fw.params["per_thread"] == 3 * 2 * 8 * Ra * (nt + 1) + 7 * 3 * 2 * 2 * Ra * nt \
-        + 28 * rows * nt
+    assert fw.params["per_thread"] == 3 * 2 * 8 * Ra * (nt + 1) + 64 * 4 \
+        + 7 * 3 * 2 * 2 * Ra * nt + 28 * rows * nt
     assert fw.params["ufloats"] == 64 * 13 * 3 * 7
     # the direct stem rides along: the non-finite fallback
     direct = fw.params["direct"]

@@ -153,7 +153,10 @@ cdef extern from "csrc/stem_wino.h" nogil:
                               float* U)
     void ck_stem_wino_offsets(Py_ssize_t C, Py_ssize_t KH, Py_ssize_t sh, Py_ssize_t Ra,
                               Py_ssize_t nt, Py_ssize_t* boff)
+    Py_ssize_t ck_stem_wino_floats(Py_ssize_t C, Py_ssize_t KH, Py_ssize_t sh, Py_ssize_t rows,
+                                   Py_ssize_t Wo)
     int ck_stem_wino_forward_f(Py_ssize_t F, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t sh,
-                               const float* U, const Py_ssize_t* boff, const float* R,
-                               Py_ssize_t Ra, Py_ssize_t hr, Py_ssize_t Wo, float* V, float* M,
-                               float* y, Py_ssize_t ldy, const float* bias)
+                               const float* U, const Py_ssize_t* boff, const float* x,
+                               Py_ssize_t H, Py_ssize_t W, Py_ssize_t pt, Py_ssize_t pl,
+                               Py_ssize_t h0, Py_ssize_t Ra, Py_ssize_t hr, Py_ssize_t Wo,
+                               float* ws, float* y, Py_ssize_t ldy, const float* bias)

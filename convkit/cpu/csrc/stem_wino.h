@@ -15,8 +15,8 @@
  *   panels: per panel, per point k, taps (c, kh, pw) in order (pw 0 then 1; point 2 has pw 0 only).
  * ck_stem_wino_offsets: each tap's row offset in its point's block of V (same order).
  * ck_stem_wino_forward_f: one task (an image's block of hr output rows) from the stride-8 column
- *   phases R of its input rows (csrc/vsum.h ck_phases_f with sw = 8: R[c, ph, m][a, t] =
- *   P[c, (h0 + a)*sh + ph, 8t + m], t <= nt, the padded image P): the input transform B^T d of
+ *   phases R of its input rows (R[c, ph, m][a, t] = P[c, (h0 + a)*sh + ph, 8t + m], t <= nt, the
+ *   padded image P; 8 x 8 transposes of each padded row): the input transform B^T d of
  *   every tile of every phase row into V, then per 4-filter panel and point the products as
  *   csrc/stem.h's forward (ck_stem_forward_avx2: one fused multiply-add chain per output over the
  *   taps in order, the task's rows one run of hr*nt tiles), then the output transform into y.
@@ -30,6 +30,7 @@
 #define CK_STEM_WINO_H
 
 #include <stddef.h>
+#include <string.h>
 #include "stem.h"
 
 #define CK_SW_PTS 7             /* 0, 1, -1, 1/2, -1/2, 2, inf */
@@ -114,7 +115,81 @@ static void ck_stem_wino_offsets(ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh, ptrdif
         }
 }
 
+/* floats of one task's scratch for ``rows`` output rows (conv_plan.stem_wino_floats): the
+ * stride-8 column phases R (C*sh*8 planes of Ra rows x nt + 1), a padded input row (whole
+ * 8 x 8 blocks), the transformed rows V (7 points x C*sh*2 blocks of Ra rows x nt) and one
+ * panel's products M (7 points x 4 filters x rows*nt) */
+static ptrdiff_t ck_stem_wino_floats(ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh, ptrdiff_t rows,
+                                     ptrdiff_t Wo)
+{
+    const ptrdiff_t nt = (Wo + 3) / 4, Ra = rows + (KH - 1) / sh;
+    return C * sh * 8 * Ra * (nt + 1) + 64 * ((nt + 8) / 8) + 7 * C * sh * 2 * Ra * nt
+           + 28 * rows * nt;
+}
+
 #if defined(__x86_64__) || defined(__i386__)
+
+/* R[c, ph, m][a, t] = P[c, (h0 + a)*sh + ph, 8t + m] for a < Ra, t < W8 (P: x zero-padded by
+ * pt rows, pl columns): each input row into a padded row buf, then 8 x 8 transposes */
+CK_ST_TARGET static void ck_sw_phases(const float *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
+                                      ptrdiff_t sh, ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t h0,
+                                      ptrdiff_t Ra, ptrdiff_t W8, float *R, float *buf)
+{
+    const ptrdiff_t plane = Ra * W8, nb = (W8 + 7) / 8;
+    for (ptrdiff_t c = 0; c < C; ++c)
+        for (ptrdiff_t ph = 0; ph < sh; ++ph)
+            for (ptrdiff_t a = 0; a < Ra; ++a) {
+                float *dst = R + (c * sh + ph) * 8 * plane + a * W8;
+                const ptrdiff_t r = (h0 + a) * sh + ph - pt;
+                if (r < 0 || r >= H) {
+                    for (int m = 0; m < 8; ++m)
+                        memset(dst + m * plane, 0, W8 * sizeof(float));
+                    continue;
+                }
+                /* buf[J] = P[.., J] for J < 64*nb: x's columns J - pl, zeros around */
+                const ptrdiff_t len = 64 * nb;
+                const ptrdiff_t lo = pl < len ? pl : len;
+                const ptrdiff_t hi = pl + W < len ? pl + W : len;
+                memset(buf, 0, lo * sizeof(float));
+                if (hi > lo)
+                    memcpy(buf + lo, x + (c * H + r) * W + (lo - pl), (hi - lo) * sizeof(float));
+                if (len > (hi > lo ? hi : lo))
+                    memset(buf + (hi > lo ? hi : lo), 0, (len - (hi > lo ? hi : lo)) * sizeof(float));
+                for (ptrdiff_t b = 0; b < nb; ++b) {
+                    const float *s = buf + 64 * b;
+                    const __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + 8);
+                    const __m256 r2 = _mm256_loadu_ps(s + 16), r3 = _mm256_loadu_ps(s + 24);
+                    const __m256 r4 = _mm256_loadu_ps(s + 32), r5 = _mm256_loadu_ps(s + 40);
+                    const __m256 r6 = _mm256_loadu_ps(s + 48), r7 = _mm256_loadu_ps(s + 56);
+                    const __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1);
+                    const __m256 u2 = _mm256_unpacklo_ps(r2, r3), u3 = _mm256_unpackhi_ps(r2, r3);
+                    const __m256 u4 = _mm256_unpacklo_ps(r4, r5), u5 = _mm256_unpackhi_ps(r4, r5);
+                    const __m256 u6 = _mm256_unpacklo_ps(r6, r7), u7 = _mm256_unpackhi_ps(r6, r7);
+                    const __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xEE);
+                    const __m256 v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xEE);
+                    const __m256 v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xEE);
+                    const __m256 v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xEE);
+                    __m256 o[8];        /* o[m]: phase m of the block's 8 tiles */
+                    o[0] = _mm256_permute2f128_ps(v0, v4, 0x20);
+                    o[1] = _mm256_permute2f128_ps(v1, v5, 0x20);
+                    o[2] = _mm256_permute2f128_ps(v2, v6, 0x20);
+                    o[3] = _mm256_permute2f128_ps(v3, v7, 0x20);
+                    o[4] = _mm256_permute2f128_ps(v0, v4, 0x31);
+                    o[5] = _mm256_permute2f128_ps(v1, v5, 0x31);
+                    o[6] = _mm256_permute2f128_ps(v2, v6, 0x31);
+                    o[7] = _mm256_permute2f128_ps(v3, v7, 0x31);
+                    const ptrdiff_t t = 8 * b;
+                    if (t + 8 <= W8) {
+                        for (int m = 0; m < 8; ++m)
+                            _mm256_storeu_ps(dst + m * plane + t, o[m]);
+                    } else {
+                        const __m256i mask = ck_st_mask(W8 - t);
+                        for (int m = 0; m < 8; ++m)
+                            _mm256_maskstore_ps(dst + m * plane + t, mask, o[m]);
+                    }
+                }
+            }
+}
 
 /* one phase row a of R's (c, ph) (8 planes pl apart, nt + 1 tiles each) into V's rows a of
  * blocks pw 0 and 1 at every point (points vblk apart, blocks pw apart) */
@@ -205,13 +280,17 @@ CK_ST_TARGET static void ck_sw_output_row(const float *M, ptrdiff_t mk, ptrdiff_
 }
 
 CK_ST_TARGET static void ck_stem_wino_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh,
-                                           const float *U, const ptrdiff_t *boff, const float *R,
-                                           ptrdiff_t Ra, ptrdiff_t hr, ptrdiff_t Wo, float *V,
-                                           float *M, float *y, ptrdiff_t ldy, const float *bias)
+                                           const float *U, const ptrdiff_t *boff, const float *x,
+                                           ptrdiff_t H, ptrdiff_t W, ptrdiff_t pt, ptrdiff_t pl,
+                                           ptrdiff_t h0, ptrdiff_t Ra, ptrdiff_t hr, ptrdiff_t Wo,
+                                           float *ws, float *y, ptrdiff_t ldy, const float *bias)
 {
     const ptrdiff_t nt = (Wo + 3) / 4, W8 = nt + 1, L = hr * nt;
     const ptrdiff_t rows = hr + (KH - 1) / sh;          /* phase rows this block reads */
     const ptrdiff_t vblk = C * sh * 2 * Ra * nt, CK = C * KH;
+    float *R = ws, *buf = R + C * sh * 8 * Ra * W8, *V = buf + 64 * ((nt + 8) / 8);
+    float *M = V + 7 * vblk;
+    ck_sw_phases(x, C, H, W, sh, pt, pl, h0, Ra, W8, R, buf);
     for (ptrdiff_t c = 0; c < C; ++c)
         for (ptrdiff_t ph = 0; ph < sh; ++ph)
             for (ptrdiff_t a = 0; a < rows; ++a)
@@ -226,36 +305,44 @@ CK_ST_TARGET static void ck_stem_wino_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t K
                                  M + k * 4 * L, L, NULL);
             base += K;
         }
-        for (ptrdiff_t i = 0; i < 4; ++i)
-            for (ptrdiff_t r = 0; r < hr; ++r)
-                ck_sw_output_row(M + i * L + r * nt, 4 * L, nt, Wo, y + (p + i) * ldy + r * Wo,
-                                 bias ? bias[p + i] : 0.0f);
+        for (ptrdiff_t i = 0; i < 4; ++i) {
+            const float b = bias ? bias[p + i] : 0.0f;
+            if (4 * nt == Wo)       /* whole tiles: the block's rows are one run of outputs */
+                ck_sw_output_row(M + i * L, 4 * L, L, 4 * L, y + (p + i) * ldy, b);
+            else
+                for (ptrdiff_t r = 0; r < hr; ++r)
+                    ck_sw_output_row(M + i * L + r * nt, 4 * L, nt, Wo,
+                                     y + (p + i) * ldy + r * Wo, b);
+        }
     }
 }
 
-/* F a multiple of 4; R: ck_phases_f's planes (C, sh, 8) of Ra rows x (nt + 1), nt = ceil(Wo/4);
- * V: 7 * C*sh*2*Ra*nt floats, M: 7*4*hr*nt floats (scratch); y: the block's first output row
- * of filter 0, filters ldy apart, rows Wo apart */
+/* one task: output rows [h0, h0 + hr) of image x (C, H, W) into y (that image's row h0 of
+ * filter 0; filters ldy apart, rows Wo apart); F a multiple of 4; U, boff: ck_stem_wino_filters
+ * and ck_stem_wino_offsets (Ra = rows + (KH-1)/sh, nt = ceil(Wo/4)); ws: ck_stem_wino_floats */
 static int ck_stem_wino_forward_f(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh,
-                                  const float *U, const ptrdiff_t *boff, const float *R,
-                                  ptrdiff_t Ra, ptrdiff_t hr, ptrdiff_t Wo, float *V, float *M,
-                                  float *y, ptrdiff_t ldy, const float *bias)
+                                  const float *U, const ptrdiff_t *boff, const float *x,
+                                  ptrdiff_t H, ptrdiff_t W, ptrdiff_t pt, ptrdiff_t pl,
+                                  ptrdiff_t h0, ptrdiff_t Ra, ptrdiff_t hr, ptrdiff_t Wo,
+                                  float *ws, float *y, ptrdiff_t ldy, const float *bias)
 {
     if (F % 4 != 0 || !ck_rowgemm_available())
         return 0;
-    ck_stem_wino_avx2(F, C, KH, sh, U, boff, R, Ra, hr, Wo, V, M, y, ldy, bias);
+    ck_stem_wino_avx2(F, C, KH, sh, U, boff, x, H, W, pt, pl, h0, Ra, hr, Wo, ws, y, ldy, bias);
     return 1;
 }
 
 #else
 
 static int ck_stem_wino_forward_f(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh,
-                                  const float *U, const ptrdiff_t *boff, const float *R,
-                                  ptrdiff_t Ra, ptrdiff_t hr, ptrdiff_t Wo, float *V, float *M,
-                                  float *y, ptrdiff_t ldy, const float *bias)
+                                  const float *U, const ptrdiff_t *boff, const float *x,
+                                  ptrdiff_t H, ptrdiff_t W, ptrdiff_t pt, ptrdiff_t pl,
+                                  ptrdiff_t h0, ptrdiff_t Ra, ptrdiff_t hr, ptrdiff_t Wo,
+                                  float *ws, float *y, ptrdiff_t ldy, const float *bias)
 {
-    (void)F; (void)C; (void)KH; (void)sh; (void)U; (void)boff; (void)R; (void)Ra; (void)hr;
-    (void)Wo; (void)V; (void)M; (void)y; (void)ldy; (void)bias;
+    (void)F; (void)C; (void)KH; (void)sh; (void)U; (void)boff; (void)x; (void)H; (void)W;
+    (void)pt; (void)pl; (void)h0; (void)Ra; (void)hr; (void)Wo; (void)ws; (void)y; (void)ldy;
+    (void)bias;
     return 0;
 }
 
