@@ -20,6 +20,7 @@ from convkit.cpu import conv_plan as P
 from convkit.cpu import tuning
 
 from helpers import run
+from test_cpu_stem import _pad4, _same_nonfinite
 
 ok, why = convkit.backend_status("cpu")
 pytestmark = pytest.mark.skipif(not ok, reason=why[:300])
@@ -57,10 +58,6 @@ def cpu_conv():
     cc._plans.clear()
     yield cc
     cc._plans.clear()
-
-
-def _pad4(pd):
-    return (pd[0], pd[0], pd[1], pd[1])
 
 
 def _inputs(name, seed=31, bias=True):
@@ -135,12 +132,6 @@ def test_stem_wino_is_batch_invariant(cpu_conv):
     for n in range(x.shape[0]):
         one = run("cpu", F.conv2d_forward, x32[n:n + 1], w32, b32, stride=st, padding=pd)
         np.testing.assert_array_equal(one[0], y[n])
-
-
-def _same_nonfinite(got, want, what):
-    for test in (np.isnan, np.isposinf, np.isneginf):
-        bad = np.argwhere(test(got) != test(want))
-        assert not len(bad), f"{what}: {test.__name__} differs from torch at {bad[:5].tolist()}"
 
 
 @pytest.mark.parametrize("where", ["x", "weight"])

@@ -31,6 +31,7 @@
 
 #include <stddef.h>
 #include <string.h>
+#include "fgemm.h"     /* ck_fg_tr8 */
 #include "stem.h"
 
 #define CK_SW_PTS 7             /* 0, 1, -1, 1/2, -1/2, 2, inf */
@@ -127,7 +128,7 @@ static ptrdiff_t ck_stem_wino_floats(ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh, pt
            + 28 * rows * nt;
 }
 
-#if defined(__x86_64__) || defined(__i386__)
+#if CK_FG_BUILT
 
 /* R[c, ph, m][a, t] = P[c, (h0 + a)*sh + ph, 8t + m] for a < Ra, t < W8 (P: x zero-padded by
  * pt rows, pl columns): each input row into a padded row buf, then 8 x 8 transposes */
@@ -156,28 +157,10 @@ CK_ST_TARGET static void ck_sw_phases(const float *x, ptrdiff_t C, ptrdiff_t H, 
                 if (len > (hi > lo ? hi : lo))
                     memset(buf + (hi > lo ? hi : lo), 0, (len - (hi > lo ? hi : lo)) * sizeof(float));
                 for (ptrdiff_t b = 0; b < nb; ++b) {
-                    const float *s = buf + 64 * b;
-                    const __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + 8);
-                    const __m256 r2 = _mm256_loadu_ps(s + 16), r3 = _mm256_loadu_ps(s + 24);
-                    const __m256 r4 = _mm256_loadu_ps(s + 32), r5 = _mm256_loadu_ps(s + 40);
-                    const __m256 r6 = _mm256_loadu_ps(s + 48), r7 = _mm256_loadu_ps(s + 56);
-                    const __m256 u0 = _mm256_unpacklo_ps(r0, r1), u1 = _mm256_unpackhi_ps(r0, r1);
-                    const __m256 u2 = _mm256_unpacklo_ps(r2, r3), u3 = _mm256_unpackhi_ps(r2, r3);
-                    const __m256 u4 = _mm256_unpacklo_ps(r4, r5), u5 = _mm256_unpackhi_ps(r4, r5);
-                    const __m256 u6 = _mm256_unpacklo_ps(r6, r7), u7 = _mm256_unpackhi_ps(r6, r7);
-                    const __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xEE);
-                    const __m256 v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xEE);
-                    const __m256 v4 = _mm256_shuffle_ps(u4, u6, 0x44), v5 = _mm256_shuffle_ps(u4, u6, 0xEE);
-                    const __m256 v6 = _mm256_shuffle_ps(u5, u7, 0x44), v7 = _mm256_shuffle_ps(u5, u7, 0xEE);
-                    __m256 o[8];        /* o[m]: phase m of the block's 8 tiles */
-                    o[0] = _mm256_permute2f128_ps(v0, v4, 0x20);
-                    o[1] = _mm256_permute2f128_ps(v1, v5, 0x20);
-                    o[2] = _mm256_permute2f128_ps(v2, v6, 0x20);
-                    o[3] = _mm256_permute2f128_ps(v3, v7, 0x20);
-                    o[4] = _mm256_permute2f128_ps(v0, v4, 0x31);
-                    o[5] = _mm256_permute2f128_ps(v1, v5, 0x31);
-                    o[6] = _mm256_permute2f128_ps(v2, v6, 0x31);
-                    o[7] = _mm256_permute2f128_ps(v3, v7, 0x31);
+                    __m256 o[8];        /* o[i]: tile 8b + i; then o[m]: phase m of 8 tiles */
+                    for (int i = 0; i < 8; ++i)
+                        o[i] = _mm256_loadu_ps(buf + 64 * b + 8 * i);
+                    ck_fg_tr8(o);
                     const ptrdiff_t t = 8 * b;
                     if (t + 8 <= W8) {
                         for (int m = 0; m < 8; ++m)
@@ -189,6 +172,22 @@ CK_ST_TARGET static void ck_sw_phases(const float *x, ptrdiff_t C, ptrdiff_t H, 
                     }
                 }
             }
+}
+
+/* B^T d (a x a, rows a apart) of one 8-tile vector: row k to o + pt[k]*vblk (masked when m) */
+CK_ST_TARGET CK_ST_INLINE void ck_sw_bt(const int a, const float *B, const __m256 *d, float *o,
+                                        const int *pt, ptrdiff_t vblk, int m, __m256i mask)
+{
+#pragma GCC unroll 7
+    for (int k = 0; k < a; ++k) {
+        __m256 s = _mm256_setzero_ps();
+#pragma GCC unroll 7
+        for (int j = 0; j < a; ++j)
+            if (B[k * a + j] != 0.0f)
+                s = _mm256_fmadd_ps(_mm256_set1_ps(B[k * a + j]), d[j], s);
+        float *ok = o + pt[k] * vblk;
+        if (m) _mm256_maskstore_ps(ok, mask, s); else _mm256_storeu_ps(ok, s);
+    }
 }
 
 /* one phase row a of R's (c, ph) (8 planes pl apart, nt + 1 tiles each) into V's rows a of
@@ -208,26 +207,9 @@ CK_ST_TARGET static void ck_sw_input_row(const float *r, ptrdiff_t pl, ptrdiff_t
 #undef CK_SW_LD
         const __m256 d4[7] = {e[0], e[2], e[4], e[6], n[0], n[2], n[4]};
         const __m256 d3[6] = {e[1], e[3], e[5], e[7], n[1], n[3]};
-#pragma GCC unroll 7
-        for (int k = 0; k < 7; ++k) {
-            __m256 s = _mm256_setzero_ps();
-#pragma GCC unroll 7
-            for (int j = 0; j < 7; ++j)
-                if (ck_sw_b4[k][j] != 0.0f)
-                    s = _mm256_fmadd_ps(_mm256_set1_ps(ck_sw_b4[k][j]), d4[j], s);
-            float *o = v0 + k * vblk + t;
-            if (m) _mm256_maskstore_ps(o, mask, s); else _mm256_storeu_ps(o, s);
-        }
-#pragma GCC unroll 6
-        for (int k = 0; k < 6; ++k) {
-            __m256 s = _mm256_setzero_ps();
-#pragma GCC unroll 6
-            for (int j = 0; j < 6; ++j)
-                if (ck_sw_b3[k][j] != 0.0f)
-                    s = _mm256_fmadd_ps(_mm256_set1_ps(ck_sw_b3[k][j]), d3[j], s);
-            float *o = v0 + ck_sw_p3[k] * vblk + pwo + t;
-            if (m) _mm256_maskstore_ps(o, mask, s); else _mm256_storeu_ps(o, s);
-        }
+        static const int p4[7] = {0, 1, 2, 3, 4, 5, 6};
+        ck_sw_bt(7, &ck_sw_b4[0][0], d4, v0 + t, p4, vblk, m, mask);
+        ck_sw_bt(6, &ck_sw_b3[0][0], d3, v0 + pwo + t, ck_sw_p3, vblk, m, mask);
     }
 }
 
