@@ -213,52 +213,60 @@ CK_ST_TARGET static void ck_sw_input_row(const float *r, ptrdiff_t pl, ptrdiff_t
     }
 }
 
+/* 8 tiles of one output row: M's 7 rows (mk apart) -> y's outputs 4t .. 4t + 31 (+ bias) of
+ * which the first ``left`` exist; the tiles' loads masked when m */
+CK_ST_TARGET CK_ST_INLINE void ck_sw_out8(const int m, __m256i mask, const float *M,
+                                          ptrdiff_t mk, float *yo, ptrdiff_t left, __m256 bv)
+{
+    __m256 a[7];
+    for (int k = 0; k < 7; ++k)
+        a[k] = m ? _mm256_maskload_ps(M + k * mk, mask) : _mm256_loadu_ps(M + k * mk);
+    /* A^T: columns 0, 1, -1, 1/2, -1/2, 2, inf */
+    const __m256 s1 = _mm256_add_ps(a[1], a[2]), d1 = _mm256_sub_ps(a[1], a[2]);
+    const __m256 s2 = _mm256_add_ps(a[3], a[4]), d2 = _mm256_sub_ps(a[3], a[4]);
+    __m256 o[4];
+    o[0] = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], s1), s2), a[5]);
+    o[1] = _mm256_fmadd_ps(_mm256_set1_ps(2.0f), a[5],
+                           _mm256_fmadd_ps(_mm256_set1_ps(0.5f), d2, d1));
+    o[2] = _mm256_fmadd_ps(_mm256_set1_ps(4.0f), a[5],
+                           _mm256_fmadd_ps(_mm256_set1_ps(0.25f), s2, s1));
+    o[3] = _mm256_add_ps(_mm256_fmadd_ps(_mm256_set1_ps(8.0f), a[5],
+                                         _mm256_fmadd_ps(_mm256_set1_ps(0.125f), d2, d1)), a[6]);
+    for (int q = 0; q < 4; ++q)
+        o[q] = _mm256_add_ps(o[q], bv);
+    /* 8 tiles x 4 columns -> 32 consecutive outputs */
+    const __m256 lo01 = _mm256_unpacklo_ps(o[0], o[1]), hi01 = _mm256_unpackhi_ps(o[0], o[1]);
+    const __m256 lo23 = _mm256_unpacklo_ps(o[2], o[3]), hi23 = _mm256_unpackhi_ps(o[2], o[3]);
+    const __m256 t04 = _mm256_shuffle_ps(lo01, lo23, 0x44), t15 = _mm256_shuffle_ps(lo01, lo23, 0xEE);
+    const __m256 t26 = _mm256_shuffle_ps(hi01, hi23, 0x44), t37 = _mm256_shuffle_ps(hi01, hi23, 0xEE);
+    o[0] = _mm256_permute2f128_ps(t04, t15, 0x20);
+    o[1] = _mm256_permute2f128_ps(t26, t37, 0x20);
+    o[2] = _mm256_permute2f128_ps(t04, t15, 0x31);
+    o[3] = _mm256_permute2f128_ps(t26, t37, 0x31);
+    if (left >= 32) {
+        for (int j = 0; j < 4; ++j)
+            _mm256_storeu_ps(yo + 8 * j, o[j]);
+    } else {
+        for (int j = 0; 8 * j < left; ++j) {
+            if (left - 8 * j >= 8)
+                _mm256_storeu_ps(yo + 8 * j, o[j]);
+            else
+                _mm256_maskstore_ps(yo + 8 * j, ck_st_mask(left - 8 * j), o[j]);
+        }
+    }
+}
+
 /* one output row of a filter: M's 7 rows (mk apart, nt tiles) -> y's Wo values + bias */
 CK_ST_TARGET static void ck_sw_output_row(const float *M, ptrdiff_t mk, ptrdiff_t nt,
                                           ptrdiff_t Wo, float *y, float bias)
 {
-    const __m256 bv = _mm256_set1_ps(bias), h = _mm256_set1_ps(0.5f), q4 = _mm256_set1_ps(0.25f);
-    const __m256 e8 = _mm256_set1_ps(0.125f), two = _mm256_set1_ps(2.0f);
-    const __m256 four = _mm256_set1_ps(4.0f), eight = _mm256_set1_ps(8.0f);
-    for (ptrdiff_t t = 0; t < nt; t += 8) {
-        const int m = nt - t < 8;
-        const __m256i mask = ck_st_mask(nt - t);
-        __m256 a[7];
-        for (int k = 0; k < 7; ++k)
-            a[k] = m ? _mm256_maskload_ps(M + k * mk + t, mask) : _mm256_loadu_ps(M + k * mk + t);
-        /* A^T: columns 0, 1, -1, 1/2, -1/2, 2, inf */
-        const __m256 s1 = _mm256_add_ps(a[1], a[2]), d1 = _mm256_sub_ps(a[1], a[2]);
-        const __m256 s2 = _mm256_add_ps(a[3], a[4]), d2 = _mm256_sub_ps(a[3], a[4]);
-        __m256 y0 = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0], s1), s2), a[5]);
-        __m256 y1 = _mm256_fmadd_ps(two, a[5], _mm256_fmadd_ps(h, d2, d1));
-        __m256 y2 = _mm256_fmadd_ps(four, a[5], _mm256_fmadd_ps(q4, s2, s1));
-        __m256 y3 = _mm256_add_ps(_mm256_fmadd_ps(eight, a[5], _mm256_fmadd_ps(e8, d2, d1)), a[6]);
-        y0 = _mm256_add_ps(y0, bv), y1 = _mm256_add_ps(y1, bv);
-        y2 = _mm256_add_ps(y2, bv), y3 = _mm256_add_ps(y3, bv);
-        /* 8 tiles x 4 columns -> 32 consecutive outputs */
-        const __m256 lo01 = _mm256_unpacklo_ps(y0, y1), hi01 = _mm256_unpackhi_ps(y0, y1);
-        const __m256 lo23 = _mm256_unpacklo_ps(y2, y3), hi23 = _mm256_unpackhi_ps(y2, y3);
-        const __m256 t04 = _mm256_shuffle_ps(lo01, lo23, 0x44), t15 = _mm256_shuffle_ps(lo01, lo23, 0xEE);
-        const __m256 t26 = _mm256_shuffle_ps(hi01, hi23, 0x44), t37 = _mm256_shuffle_ps(hi01, hi23, 0xEE);
-        __m256 o[4];
-        o[0] = _mm256_permute2f128_ps(t04, t15, 0x20);
-        o[1] = _mm256_permute2f128_ps(t26, t37, 0x20);
-        o[2] = _mm256_permute2f128_ps(t04, t15, 0x31);
-        o[3] = _mm256_permute2f128_ps(t26, t37, 0x31);
-        float *yo = y + 4 * t;
-        const ptrdiff_t left = Wo - 4 * t;
-        if (left >= 32) {
-            for (int j = 0; j < 4; ++j)
-                _mm256_storeu_ps(yo + 8 * j, o[j]);
-        } else {
-            for (int j = 0; 8 * j < left; ++j) {
-                if (left - 8 * j >= 8)
-                    _mm256_storeu_ps(yo + 8 * j, o[j]);
-                else
-                    _mm256_maskstore_ps(yo + 8 * j, ck_st_mask(left - 8 * j), o[j]);
-            }
-        }
-    }
+    const __m256 bv = _mm256_set1_ps(bias);
+    const __m256i none = _mm256_setzero_si256();
+    ptrdiff_t t = 0;
+    for (; t + 8 <= nt; t += 8)
+        ck_sw_out8(0, none, M + t, mk, y + 4 * t, Wo - 4 * t, bv);
+    if (t < nt)
+        ck_sw_out8(1, ck_st_mask(nt - t), M + t, mk, y + 4 * t, Wo - 4 * t, bv);
 }
 
 CK_ST_TARGET static void ck_stem_wino_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh,
