@@ -194,10 +194,18 @@ def test_stem_wino_rule():
     # the direct stem rides along: the non-finite fallback
     direct = fw.params["direct"]
     assert direct.algo == "stem" and direct.params["rows"] == tuning.STEM_ROWS
-    # the splits do not follow the team (each output computed the same way in any task)
-    for nt_ in (1, 3, 16, 64):
+    # each output is computed the same way in any task: large teams get shorter row blocks,
+    # at least tuning.PHASES_TASKS_PER_THREAD tasks per thread (the value tests above run
+    # 16 threads on such splits for equal bits)
+    for nt_ in (1, 2, 3, 16, 64):
         p = P.plan_conv(stem, np.float32, nt_, BLAS_RG, LIMIT).forward
-        assert p.algo == "stem_wino" and p.params["rows"] == rows
+        assert p.algo == "stem_wino" and p.threads == nt_
+        r = p.params["rows"]
+        if nt_ <= 3:
+            assert r == rows
+        else:       # (blocks of whole rows: about, not exactly, that many tasks)
+            assert r < rows and 8 * -(-112 // r) >= 0.8 * tuning.PHASES_TASKS_PER_THREAD * nt_
+        assert p.params["per_thread"] == P.stem_wino_floats(stem, r, 112)
     # outside the rule: the direct stem (fewer filters, another kernel width or column
     # stride), im2col (float64, no rowgemm), phases (AVX-512); a non-finite operand: im2col
     for other in (_shape(8, 3, 64, 64, 12, 7),

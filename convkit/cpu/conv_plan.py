@@ -646,12 +646,16 @@ def plan_stem_wino(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_t
     """(threads, output rows per task, scratch floats per thread, transformed-filter floats) of
     the stem forward by a 1-D Winograd along the rows, or None.  The stem rule's layers
     (stem_ok) with a kernel 7 wide at column stride 2 and at least tuning.STEM_WINO_MIN_FILTERS
-    filters.  Each output is computed the same way in any task: the split may follow nothing
-    else (tasks: image x tuning.STEM_WINO_ROWS rows)."""
+    filters.  Each output is computed the same way in any task, so the split may follow the
+    team (no bits change): tasks of an image's tuning.STEM_WINO_ROWS output rows, fewer rows
+    until each thread has tuning.PHASES_TASKS_PER_THREAD (stem_224's 56 tasks would leave 16
+    threads an eighth idle)."""
     if not (stem_ok(s, Ho, Wo, float32, caps, pointwise) and s.KW == 7 and s.stride[1] == 2
             and s.F >= T.STEM_WINO_MIN_FILTERS):
         return None
     rows = min(Ho, T.STEM_WINO_ROWS)
+    if n_threads > 1 and s.N * ceil_div(Ho, rows) < T.PHASES_TASKS_PER_THREAD * n_threads:
+        rows = max(1, ceil_div(Ho, ceil_div(T.PHASES_TASKS_PER_THREAD * n_threads, s.N)))
     per = stem_wino_floats(s, rows, Wo)
     ufloats = s.F * 13 * s.C * s.KH
     if (per + ufloats) * 4 > limit:
