@@ -56,9 +56,12 @@ def _want_algos(cc):
 
 
 @pytest.fixture
-def cpu_conv():
+def cpu_conv(monkeypatch):
+    """The direct stem's tests: its 1-D Winograd sibling (stem_wino, tests/test_cpu_stem_wino.py)
+    would take the forwards of 16 filters and more here."""
     from convkit.cpu import conv as cc
 
+    monkeypatch.setattr(tuning, "STEM_WINO_MIN_FILTERS", 10**9)
     cc._plans.clear()
     yield cc
     cc._plans.clear()
@@ -213,9 +216,14 @@ def test_stem_rule():
     stem = _shape(8, 3, 224, 224, 64, 7)
     plan = P.plan_conv(stem, np.float32, 2, BLAS_RG, LIMIT, needs_input_grad=False)
     assert (plan.forward.algo, plan.grad_weight.algo, plan.grad_bias) == (
-        "stem", "weight_stem", "fused")          # (grad_bias summed by the weight gradient)
+        "stem_wino", "weight_stem", "fused")     # (grad_bias summed by the weight gradient)
     planes = 3 * 4 * (tuning.STEM_ROWS + 3) * 115
-    assert plan.forward.params == {"rows": tuning.STEM_ROWS, "per_thread": planes}
+    # (the direct stem: stem_wino's fallback, and the forward below its filter count)
+    for fw in (plan.forward.params["direct"],
+               P.plan_conv(_shape(8, 3, 224, 224, 12, 7), np.float32, 2, BLAS_RG,
+                           LIMIT).forward):
+        assert fw.algo == "stem"
+        assert fw.params == {"rows": tuning.STEM_ROWS, "per_thread": planes}
     gw = plan.grad_weight.params
     assert gw["rows"] == tuning.STEM_W_ROWS and gw["fchunk"] == 64
     # groups of the batch's 8 x 14 (image, row block) slabs, not of whole images
@@ -242,7 +250,8 @@ def test_stem_rule():
     k4 = P.plan_conv(_shape(8, 3, 64, 64, 64, 4, pad=1), np.float32, 2, BLAS_RG, LIMIT)
     assert k4.forward.algo == "rowphases"
     # the workspace limit: below the planes (forward) or planes + partial sums (gradient)
-    assert P.plan_conv(stem, np.float32, 2, BLAS_RG, 4 * planes - 4).forward.algo != "stem"
+    assert P.plan_conv(stem, np.float32, 2, BLAS_RG, 4 * planes - 4).forward.algo not in (
+        "stem", "stem_wino")
     # (a limit below all groups' partial sums takes fewer groups, each counted; below one
     # group's, another algorithm)
     for groups in (gw["groups_n"] - 1, 1):

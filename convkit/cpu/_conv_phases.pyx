@@ -13,7 +13,9 @@ from libc.string cimport memcpy, memset
 
 from ._blas cimport ck_sgemm_apacked_rows, gemm_fixed
 from ._conv_csrc cimport (ck_phases_f, ck_rowgemm_available, ck_rowgemm_f, ck_rowgemm_kc_f,
-                          ck_stem_forward_f, ck_stem_wdot_f)
+                          ck_stem_forward_f, ck_stem_wdot_f, ck_stem_wino_filters,
+                          ck_stem_wino_offsets, ck_stem_wino_floats,
+                          ck_stem_wino_forward_f)
 from ._conv_common cimport _min
 
 
@@ -368,6 +370,67 @@ def conv2d_forward_stem(const float[:, :, :, ::1] x, const float[::1] wpan,
                 failed += 1             # (the plan picks this only where csrc/stem.h runs)
     if failed:
         raise RuntimeError("conv2d_forward_stem: csrc/stem.h does not run on this CPU")
+    return y
+
+
+def stem_wino_filters(const float[:, :, :, ::1] w, float[::1] U):
+    """w (F, C, KH, 7), F a multiple of 4 -> U (OUT, F*13*C*KH floats): the filters of
+    conv2d_forward_stem_wino, transformed in double (csrc/stem_wino.h ck_stem_wino_filters)."""
+    cdef Py_ssize_t F = w.shape[0], C = w.shape[1], KH = w.shape[2]
+    if w.shape[3] != 7 or F % 4 or U.shape[0] < F * 13 * C * KH:
+        raise ValueError("stem_wino_filters: w must be (F, C, KH, 7), F a multiple of 4, "
+                         "and U hold F*13*C*KH floats")
+    with nogil:
+        ck_stem_wino_filters(F, C, KH, &w[0, 0, 0, 0], &U[0])
+    return U
+
+
+def stem_wino_offsets(Py_ssize_t C, Py_ssize_t KH, Py_ssize_t sh, Py_ssize_t Ra, Py_ssize_t nt,
+                      Py_ssize_t[::1] boff):
+    """boff (OUT, 13*C*KH): each transformed tap's row offset (csrc/stem_wino.h)."""
+    if boff.shape[0] < 13 * C * KH:
+        raise ValueError("stem_wino_offsets: boff must hold 13*C*KH offsets")
+    ck_stem_wino_offsets(C, KH, sh, Ra, nt, &boff[0])
+    return boff
+
+
+def conv2d_forward_stem_wino(const float[:, :, :, ::1] x, const float[::1] U,
+                             const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
+                             float[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t KH,
+                             Py_ssize_t sh, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t rows,
+                             int n_threads, const Py_ssize_t[::1] boff):
+    """groups 1, dilation 1, kernel width 7 at column stride 2, float32 where csrc/stem.h runs
+    (conv_plan "stem_wino"): the stem forward by a 1-D Winograd F(4, 4) / F(4, 3) along the
+    rows (csrc/stem_wino.h).  U: stem_wino_filters of the weights; boff: stem_wino_offsets for
+    Ra = rows + (KH-1)//sh phase rows of nt = ceil(Wo/4) tiles.  Tasks: (image, ``rows`` output
+    rows), each from the stride-8 column phases of its input rows; every output is computed
+    the same way in any task, so the bits follow neither the thread count nor the batch.
+    Operands must be finite (the caller's rule).
+    ws_per_thread >= conv_plan.stem_wino_floats (csrc/stem_wino.h ck_stem_wino_floats)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t Ra = rows + (KH - 1) // sh
+    cdef Py_ssize_t nrb = (Ho + rows - 1) // rows
+    cdef Py_ssize_t t, n, h0
+    cdef Py_ssize_t failed = 0
+    if ck_stem_wino_floats(C, KH, sh, rows, Wo) > ws_per_thread:
+        raise ValueError("conv2d_forward_stem_wino: ws_per_thread is below the task's scratch")
+    if ws.shape[0] < n_threads * ws_per_thread or U.shape[0] < F * 13 * C * KH \
+            or boff.shape[0] < 13 * C * KH or F % 4:
+        raise ValueError("conv2d_forward_stem_wino: ws, U or boff too short, or F not a "
+                         "multiple of 4")
+    with nogil:
+        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
+            n = t // nrb
+            h0 = (t - n * nrb) * rows
+            if not ck_stem_wino_forward_f(F, C, KH, sh, &U[0], &boff[0], &x[n, 0, 0, 0], H, W,
+                                          pt, pl, h0, Ra, _min(rows, Ho - h0), Wo,
+                                          &ws[0] + threadid() * ws_per_thread,
+                                          &y[n, 0, h0, 0], Ho * Wo,
+                                          &bias[0] if has_bias else <const float*>NULL):
+                failed += 1             # (the plan picks this only where csrc/stem.h runs)
+    if failed:
+        raise RuntimeError("conv2d_forward_stem_wino: csrc/stem.h does not run on this CPU")
     return y
 
 

@@ -25,6 +25,9 @@ wide            stride 1, padded rows <= 5/4 of the output's: taps read in place
 weight_dot      <= 320 taps per filter, float32 on the own GEMM: dot products           w (+ b)
 weight_rowgemm  strided, kernel a multiple of the stride, float32 on BLAS machines      w
                 with AVX2: x channels-last, a csrc/rowgemm.h GEMM per kernel row
+stem_wino       the stem rule's 7-wide kernels at column stride 2 (>= 16 filters):       f
+                1-D Winograd F(4, 4) / F(4, 3) along the rows on the column phases,
+                the kernel rows direct (csrc/stem_wino.h); non-finite operands: stem
 weight_stem     the stem rule: dot products over the phase planes (csrc/stem.h)         w
 weight_winograd where the forward takes F(4x4, 3x3): the transposed F(4x4) -- 36 GEMMs    w
                 of transformed grad_y and x tiles, then the 3x3 filter transform
@@ -650,6 +653,37 @@ def plan_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_thread
     return fit_team(n_threads, per * 4, 0, limit), rows, per
 
 
+def stem_wino_floats(s: ConvShape, rows, Wo):
+    """Floats of a stem_wino task's scratch for ``rows`` output rows (csrc/stem_wino.h
+    ck_stem_wino_floats): the stride-8 column phases R, a padded input row, the transformed
+    rows V (7 points) and one panel's products M."""
+    nt = ceil_div(Wo, 4)
+    Ra = rows + (s.KH - 1) // s.stride[0]
+    return (s.C * s.stride[0] * 8 * Ra * (nt + 1) + 64 * ((nt + 8) // 8)
+            + 7 * s.C * s.stride[0] * 2 * Ra * nt + 28 * rows * nt)
+
+
+def plan_stem_wino(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads, limit):
+    """(threads, output rows per task, scratch floats per thread, transformed-filter floats) of
+    the stem forward by a 1-D Winograd along the rows, or None.  The stem rule's layers
+    (stem_ok) with a kernel 7 wide at column stride 2 and at least tuning.STEM_WINO_MIN_FILTERS
+    filters.  Each output is computed the same way in any task, so the split may follow the
+    team (no bits change): tasks of an image's tuning.STEM_WINO_ROWS output rows, fewer rows
+    until each thread has tuning.PHASES_TASKS_PER_THREAD (stem_224's 56 tasks would leave 16
+    threads an eighth idle)."""
+    if not (stem_ok(s, Ho, Wo, float32, caps, pointwise) and s.KW == 7 and s.stride[1] == 2
+            and s.F >= T.STEM_WINO_MIN_FILTERS):
+        return None
+    rows = min(Ho, T.STEM_WINO_ROWS)
+    if n_threads > 1 and s.N * ceil_div(Ho, rows) < T.PHASES_TASKS_PER_THREAD * n_threads:
+        rows = max(1, ceil_div(Ho, ceil_div(T.PHASES_TASKS_PER_THREAD * n_threads, s.N)))
+    per = stem_wino_floats(s, rows, Wo)
+    ufloats = s.F * 13 * s.C * s.KH
+    if (per + ufloats) * 4 > limit:
+        return None
+    return fit_team(n_threads, per * 4, 0, limit - ufloats * 4), rows, per, ufloats
+
+
 def plan_weight_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
                      limit):
     """(threads, rows per block, filters per task, slab groups, plane floats per thread,
@@ -855,7 +889,12 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         return Step("rowphases", n, {"rows": p[0], "per_thread": p[1]})
     p = plan_stem(s, Ho, Wo, f32, caps, pointwise, n, limit)
     if p is not None:
-        return Step("stem", p[0], {"rows": p[1], "per_thread": p[2]})
+        stem = Step("stem", p[0], {"rows": p[1], "per_thread": p[2]})
+        q = plan_stem_wino(s, Ho, Wo, f32, caps, pointwise, n, limit)
+        if q is not None:       # (the direct stem runs it where an operand is not finite)
+            return Step("stem_wino", q[0], {"rows": q[1], "per_thread": q[2], "ufloats": q[3],
+                                            "direct": stem})
+        return stem
     p = plan_wide(s, Ho, Wo, itemsize, pointwise, limit)
     if p is not None:
         return Step("wide", min(n, N), {"per_thread": p})

@@ -232,6 +232,17 @@ STEM_W_ROWS = 8
 STEM_W_FILTERS = 64
 STEM_W_TASKS = 16
 
+# The stem forward by a 1-D Winograd F(4, 4) / F(4, 3) along the rows (csrc/stem_wino.h; conv_plan
+# "stem_wino"): the stem rule's layers with a 7-wide kernel at column stride 2 (2.15x fewer
+# multiplies than the direct stem) and at least this many filters, which share each tile's
+# input transform.  Not measured below 64 filters (stem_224).
+STEM_WINO_MIN_FILTERS = 16
+# Output rows per task (its stride-8 column phases, transformed rows and a 4-filter panel's
+# products stay in L2; longer runs of tiles per product pass).  stem_224, one thread, CPU time,
+# medians of 7 interleaved rounds, load ~6 (`python bench/stem_wino_ab.py --sweep
+# STEM_WINO_ROWS=4,8,16,28`): 4 rows 23.4 ms, 8 21.7, 16 20.9, 28 20.6.  Not in RESULTS.md.
+STEM_WINO_ROWS = 16
+
 # Weight gradient on csrc/rowgemm.h (conv_plan "weight_rowgemm"): filters per task (all of a
 # layer's up to this many: every filter panel reuses a pass's x rows from L1, where 16 made
 # each task stream x from L3 again, ~1.3x slower) and taps (batch positions) per pass.
