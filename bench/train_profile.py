@@ -25,6 +25,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -82,6 +83,17 @@ def _hook_torch(name, m, acc):
     m.register_full_backward_hook(bpost)
 
 
+_PHASES = ("forward", "loss", "zero_grad", "backward", "opt step")
+
+
+def _phases(acc, t):
+    """Record a step's phase times from its clock readings t (one before each phase, one after
+    the last)."""
+    for k, ph in enumerate(_PHASES):
+        acc["(phase)", ph].append(t[k + 1] - t[k])
+    acc["(phase)", "step"].append(t[-1] - t[0])
+
+
 def profile(name, batch, steps, torch, convkit):
     import convkit.nn as nn
     from convkit.data import digits
@@ -124,9 +136,7 @@ def profile(name, batch, steps, torch, convkit):
             t.append(clock())
             opt.step()
             t.append(clock())
-            for k, ph in enumerate(("forward", "loss", "zero_grad", "backward", "opt step")):
-                acc["(phase)", ph].append(t[k + 1] - t[k])
-            acc["(phase)", "step"].append(t[-1] - t[0])
+            _phases(acc, t)
 
         def th_step(j, acc):
             t = [clock()]
@@ -140,9 +150,7 @@ def profile(name, batch, steps, torch, convkit):
             t.append(clock())
             topt.step()
             t.append(clock())
-            for k, ph in enumerate(("forward", "loss", "zero_grad", "backward", "opt step")):
-                acc["(phase)", ph].append(t[k + 1] - t[k])
-            acc["(phase)", "step"].append(t[-1] - t[0])
+            _phases(acc, t)
 
         for j in range(5):      # warm-up, then drop what it recorded
             ck_step(j % 8, ck_acc)
@@ -178,7 +186,7 @@ def profile(name, batch, steps, torch, convkit):
     rest_c, rest_t = ck_step_t - sums["ck"], th_step_t - sums["th"]
     print(f"| (rest) | | | {rest_c:.1f} | {rest_t:.1f} | {rest_t / rest_c:.2f} | "
           f"{rest_c - rest_t:+.1f} |")
-    for ph in ("forward", "loss", "zero_grad", "backward", "opt step", "step"):
+    for ph in _PHASES + ("step",):
         c, t = med(ck_acc["(phase)", ph]), med(th_acc["(phase)", ph])
         print(f"| ({ph}) | phase | | {c:.1f} | {t:.1f} | {t / c:.2f} | {c - t:+.1f} |")
 
@@ -194,6 +202,8 @@ def main(argv=None):
 
     import convkit
 
+    # (the first conv's input needs no gradient: its hook fires on the output's, as documented)
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     torch.set_num_threads(args.threads)
     convkit.set_num_threads(args.threads)
     print(f"# convkit {convkit.__file__}, torch {torch.__version__}, {args.threads} threads, "
