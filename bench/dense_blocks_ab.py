@@ -32,7 +32,9 @@ def main():
     variants = {"BATCH_BLOCKS": lambda own, fixed=False: {**orig(own, fixed),
                                                           "row_blocks": T.BATCH_BLOCKS},
                 "per thread": lambda own, fixed=False: {**orig(own, fixed), "row_blocks": 0}}
-    print(f"# {args.threads} threads, fixed-order GEMM active: {cc._caps().fixed_sgemm or cc._caps().own_sgemm}")
+    caps = cc._caps()
+    print(f"# {args.threads} threads, fixed-order GEMM active: "
+          f"{caps.fixed_sgemm or caps.own_sgemm}")
     print("| layer | batch | pass | BATCH_BLOCKS us | per thread us | ratio | same bits |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     rng = np.random.default_rng(0)
