@@ -237,8 +237,12 @@ def row_blocks(own_gemm):
 def dense_params(own_gemm, fixed=False):
     """The dense Step's parameters: ``row_blocks`` for grad_weight's GEMM (its rows are input
     pixels), ``image_rows`` for the forward's and grad_x's (their rows are images): one image
-    per GEMM on BLAS (batch invariance), the row blocks on a fixed-order GEMM."""
-    return {"row_blocks": row_blocks(own_gemm), "image_rows": 0 if own_gemm or fixed else 1}
+    per GEMM on BLAS (batch invariance), the row blocks on a fixed-order GEMM.  A fixed-order
+    GEMM's bits do not follow the split either, so it takes one block per thread as the own
+    GEMM does: BLAS's four blocks packed the dense matrix four times (LeNet5's conv2 and the
+    small ResNet's 2x2 layer 1.0-1.3x slower, bench/dense_blocks_ab.py)."""
+    return {"row_blocks": row_blocks(own_gemm or fixed),
+            "image_rows": 0 if own_gemm or fixed else 1}
 
 
 def image_rows(Ho, Wo):
