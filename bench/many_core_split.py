@@ -65,6 +65,10 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   extra block); on fgemm none.  ws: V, Z and the parts' M (shared) + the row scratch, per thread.
 - stem (_conv_phases.conv2d_forward_stem, csrc/stem.h): N*ceil(Ho/rows) tasks, each
   rows*Wo*F*C*KK MACs + its phase planes (C*sh*sw*(rows + halo)*Wq); dup: the halo rows.
+- stem_wino (_conv_phases, csrc/stem_wino.h): N*ceil(Ho/rows) tasks, each rows*ceil(Wo/4) tiles
+  of F*C*KH*13 products (the 1-D F(4,4) / F(4,3) points) + the output transform (24 per tile
+  and filter) + the input rows' transforms ((rows-1)*sh + KH rows per channel); dup: the halo
+  rows' transforms.
 - weight_stem (conv2d_grad_weight_stem): ceil(F/fchunk)*groups_n tasks, a group the run of the
   batch's (image, row block) slabs it sums (near-equal runs), each slab hr*Wo*fc*K3 MACs (K3:
   the taps padded to a multiple of 3) + its planes, + the task's partial sums zeroed (fc*ldp);
@@ -245,6 +249,18 @@ def forward_regions(algo, p, s, own, itemsize):
         costs = [r * wide * F * C * KK + C * sh * sw * (r + halo) * Wq for r in rows] * N
         useful = float(N * (HoWo * F * C * KK + C * sh * sw * Ho * Wq))
         return ([Region("rows", costs, useful=useful)], F * C * KK, 0,
+                p["per_thread"] * itemsize)
+    if algo == "stem_wino":
+        # per 4-output tile: 13 transform points (F(4,4)'s 7 + F(4,3)'s 6) per channel and
+        # kernel row for each filter; the input rows' transforms are redone for each task's halo
+        sh = s.stride[0]
+        tw = cdiv(Wo, 4)
+        rows = runs(Ho, p["rows"])
+        costs = [r * tw * (F * C * KH * 13 + F * 24) + C * ((r - 1) * sh + KH) * tw * 13 * 4
+                 for r in rows] * N
+        useful = float(N * (Ho * tw * (F * C * KH * 13 + F * 24)
+                            + C * ((Ho - 1) * sh + KH) * tw * 13 * 4))
+        return ([Region("rows", costs, useful=useful)], F * 13 * C * KH, 0,
                 p["per_thread"] * itemsize)
     if algo == "batch":
         blocks = runs(N, p["imgs"])

@@ -250,7 +250,7 @@ def test_the_suite_plans_cut_their_sums_alike_on_1_to_64_threads(machine):
         for label, cuts in seen.items():
             assert len(cuts) == 1, (c.name, label, cuts)
     if machine == "blas_rowgemm_fgemm":     # (the caps reach the algorithms they exist for)
-        assert {"stem", "weight_stem", "weight_winograd"} <= algos, algos
+        assert {"stem_wino", "weight_stem", "weight_winograd"} <= algos, algos
 
 
 @pytest.mark.skipif(not ok or cc._OWN_SGEMM or not cc._FIXED_SGEMM,
