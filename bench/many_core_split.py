@@ -1,17 +1,21 @@
 """How each cpu conv algorithm's work splits across many threads (issue 16): pure arithmetic on
 the plan, no timing.
 
-    python bench/many_core_split.py [--threads 2,16,64] [--caps avx512,blas] [--extra]
+    python bench/many_core_split.py [--threads 2,16,64] [--caps avx512,epyc] [--extra]
+        [--markdown]
 
 For every conv layer of the suite (convkit.benchmark.cases.CASES, family "conv", plain ConvCase:
 transposed and deformable convs, subclasses added by other issues, run the conv kernels in
 other roles and are left out; --extra adds
 the shapes that take the algorithms the suite does not: batch, dense, general depthwise, a
-strided im2col) and each pass (forward, grad_x, grad_weight), ``plan_conv`` gives the step at
-each thread count for two machines -- ``avx512``: ConvCaps(own_sgemm=True,
-depthwise3x3_level=3), the Xeon the project was tuned on; ``blas``: ConvCaps(False, 2), an AMD
-EPYC whose float32 GEMMs run on OpenBLAS -- with the default workspace limit, and the step's
-parallel regions are derived from its params and the kernels' prange loops as below.
+strided im2col, a kernel-4 stride-2 conv) and each pass (forward, grad_x, grad_weight),
+``plan_conv`` gives the step at each thread count for the machines -- ``avx512``:
+ConvCaps(own_sgemm=True, depthwise3x3_level=3), the Xeon the project was tuned on; ``epyc``:
+ConvCaps(False, 2, rowgemm=True, fixed_sgemm=True), the AMD EPYC without AVX-512 (float32 GEMMs
+on OpenBLAS, forwards' and grad_x's on csrc/fgemm.h, csrc/rowgemm.h and csrc/stem.h run);
+``blas``: ConvCaps(False, 2), BLAS alone (a CPU without AVX2) -- with the default workspace
+limit, and the step's parallel regions are derived from its params and the kernels' prange
+loops as below.  --markdown prints the table as RESULTS.md's rows.
 
 Columns: team (the threads the step runs on), regions (parallel regions = barriers per call,
 the pass's own: an im2col backward makes grad_x and grad_weight in one call), tasks (per
@@ -45,15 +49,47 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   every grad_weight task repacks grad_y (Fg*L per slab), every grad_x task too (Fg*HoWo).
   Serial: gw and the parts zeroed (numpy).  grad_bias ("sum"): bias_grad's static region of F
   tasks (N*HoWo each), counted with grad_weight.
-- winograd (_conv_winograd; reported only, another helper rewrites it): the filter transform,
-  a static region of F*ceil(C/16) blocks; then ceil(N*th/trows) tasks (th = ceil(Ho/2) tile
-  rows, tw = ceil(Wo/2)), each 16*F*C*P MACs (P = its tiles) + the input and output transforms.
-  Dup: on BLAS every task repacks the 16 transformed filters (16*F*C); on the own GEMM they
-  are packed once, serially.  grad_x is the same on grad_y (F in, C out, H x W).
+- winograd (_conv_winograd.conv2d_forward_winograd), tile t = 2 (F(2x2), E = 16 planes) or
+  4 (F(4x4), E = 36): the filter transform, a static region of F*ceil(C/16) blocks; then the
+  tile rows (th = ceil(Ho/t), tw = ceil(Wo/t)) in tasks of trows: ceil(N*th/trows) of them, or
+  N*ceil(th/trows) when per_image (plain BLAS: a task never spans images), each E*F*C*P MACs
+  (P = its tiles) + the input and output transforms (counted as 4*E per tile and channel in,
+  and per tile and filter out).  Dup: on BLAS every task repacks the E transformed filters
+  (E*F*C); on the own GEMM they are packed once, serially; csrc/fgemm.h reads them in place
+  (it packs only the task's own tiles).  grad_x is the same on grad_y (F in, C out, H x W).
+- weight_winograd (conv2d_grad_weight_winograd, grad_weight of the F(4x4) layers): three
+  regions -- the transforms, (C + F)*ceil(N*th/trows) tasks of trows tile rows of one channel
+  of x or one filter of grad_y (4*36 per tile); the GEMMs, 36*parts*ceil(C/cols) tasks, each
+  F*cols*(its part's tiles) MACs; the filter transform, a static region of F tasks (C*36*parts
+  adds + 36*3*C).  Dup: on plain BLAS each column block repacks its part of Z (F*tiles per
+  extra block); on fgemm none.  ws: V, Z and the parts' M (shared) + the row scratch, per thread.
+- stem (_conv_phases.conv2d_forward_stem, csrc/stem.h): N*ceil(Ho/rows) tasks, each
+  rows*Wo*F*C*KK MACs + its phase planes (C*sh*sw*(rows + halo)*Wq); dup: the halo rows.
+- stem_wino (_conv_phases, csrc/stem_wino.h): N*ceil(Ho/rows) tasks, each rows*ceil(Wo/4) tiles
+  of F*C*KH*13 products (the 1-D F(4,4) / F(4,3) points) + the output transform (24 per tile
+  and filter) + the input rows' transforms ((rows-1)*sh + KH rows per channel); dup: the halo
+  rows' transforms.
+- weight_stem (conv2d_grad_weight_stem): ceil(F/fchunk)*groups_n tasks, a group the run of the
+  batch's (image, row block) slabs it sums (near-equal runs), each slab hr*Wo*fc*K3 MACs (K3:
+  the taps padded to a multiple of 3) + its planes, + the task's partial sums zeroed (fc*ldp);
+  then a static region of F filters adding groups_n*(K+1) 8-lane sums.  Dup: halo rows, the
+  planes again per extra filter block, the padded taps.
+- rowphases (forward, csrc/rowgemm.h): N*ceil(Ho/rows) tasks of rows*Wq*F*C*KK MACs (the rows
+  computed Wq wide) + planes; dup: the Wq - Wo columns and the halo rows.
+- subpixel (grad_x of a strided conv whose kernel is a multiple of the stride):
+  N*ceil(Hu/rows) tasks of window rows, each rows*Wp*(sh*sw*Cg)*(Fg*Th*Tw) MACs over the groups
+  + the grad_y slab (Fg*(rows + Th - 1)*Wp); dup: the Wp columns beyond the output's and the
+  windows' zero taps (against the true C*KK*F*H*W/(sh*sw)... counted as the GEMM's own).
+- weight_rowgemm (conv2d_grad_weight_rowgemm): x channels-last (static, N*Hp rows of Wp*C),
+  grad_y in 4-row panels (static, F/4*N tasks of 4*HoWo), then KH*ceil(F/filters) dynamic
+  tasks of filters*KW*C*N*HoWo MACs, then a static copy of F filters.
 - batch forward (_conv_batch.conv2d_forward_batch): ceil(N/imgs) tasks of imgs*HoWo*F*Cg*KK;
   BLAS repacks the weight per task.  backward: grad_y copied serially, a grad_weight region of
   G*ceil(Cg/chans_w)*nsplit tasks, the parts added serially, a grad_x region of
-  ceil(N/imgs)*G tasks.
+  ceil(N/imgs)*G tasks.  (float32 on the EPYC: grad_weight's GEMMs on csrc/fgemm.h, transposed
+  where the block has more columns than filters (tuning.BATCH_W_FGEMM_RATIO): the same tasks.)
+- csrc/fgemm.h's narrow last panel (CK_FG_EDGE_N) changes how a GEMM runs inside one task,
+  not the tasks: no row of its own.
 - phases (_conv_phases, own GEMM only): N*ceil(Ho/rows) tasks, each rows*Wo*F*C*KK MACs (one GEMM
   per output row: Wo columns in whole panels) + its phase rows; dup: each task builds
   (KH-1)*dh//sh halo phase rows beyond its own (the share of the phase building).
@@ -88,7 +124,10 @@ from convkit.cpu import conv_plan as P
 from convkit.cpu import tuning as T
 
 CAPS = {"avx512": P.ConvCaps(own_sgemm=True, depthwise3x3_level=3),
+        "epyc": P.ConvCaps(own_sgemm=False, depthwise3x3_level=2, rowgemm=True,
+                           fixed_sgemm=True),
         "blas": P.ConvCaps(own_sgemm=False, depthwise3x3_level=2)}
+CAPS_LABEL = {"avx512": "Xeon (own GEMM)", "epyc": "EPYC (BLAS + fgemm)", "blas": "BLAS only"}
 LIMIT = 256 * 2**20                     # convkit's default workspace limit
 
 # Shapes taking the algorithms the suite's layers do not (--extra): (name, N, C, H, W, F, K,
@@ -96,7 +135,8 @@ LIMIT = 256 * 2**20                     # convkit's default workspace limit
 EXTRA = [("small_16_8x8", 128, 16, 8, 8, 16, 3, 1, 1, 1),
          ("dense_2x2", 128, 64, 2, 2, 64, 3, 1, 1, 1),
          ("depthwise_mult2", 8, 32, 28, 28, 64, 3, 1, 1, 32),
-         ("strided_14", 8, 64, 28, 28, 128, 3, 2, 1, 1)]
+         ("strided_14", 8, 64, 28, 28, 128, 3, 2, 1, 1),
+         ("k4s2_56", 8, 64, 56, 56, 64, 4, 2, 1, 1)]
 
 # Params that cut a sum (their change changes the bits): per algorithm, on the own GEMM / BLAS.
 SUM_PARAMS = {
@@ -108,6 +148,8 @@ SUM_PARAMS = {
     "batch": (("chans_w", "kimgs", "nsplit"), ("imgs", "chans_w", "kimgs", "nsplit")),
     "weight_dot": (("groups_n", "rows", "kr"), ()),
     "dense": ((), ("row_blocks",)),
+    "weight_stem": ((), ("rows", "fchunk", "groups_n")),
+    "weight_winograd": ((), ("trows", "cols", "parts")),
 }
 
 
@@ -186,12 +228,39 @@ def forward_regions(algo, p, s, own, itemsize):
                                  for c, L in zip(costs, Ls * N)], useful=useful + cols)],
                 wsz if own else 0, dup, p["per_thread"] * itemsize)
     if algo == "winograd":
-        th, tw = cdiv(Ho, 2), cdiv(Wo, 2)
-        filt = Region("filter transform", [16 * 16 * 2 * 9] * (F * cdiv(C, 16)), "static")
-        tiles = [nt * tw for nt in runs(N * th, p["trows"])]
-        main = Region("tiles", [16 * F * C * panels(P_, own) + 16 * 4 * (C + F) * P_
+        t = p.get("tile", 2)
+        E = (t + 2) ** 2
+        th, tw = cdiv(Ho, t), cdiv(Wo, t)
+        filt = Region("filter transform", [16 * E * 2 * 9] * (F * cdiv(C, 16)), "static")
+        if p.get("per_image"):
+            tiles = [nt * tw for nt in runs(th, p["trows"])] * N
+        else:
+            tiles = [nt * tw for nt in runs(N * th, p["trows"])]
+        main = Region("tiles", [E * F * C * panels(P_, own) + E * 4 * (C + F) * P_
                                 for P_ in tiles])
-        return ([main, filt], 16 * F * C if own else 0, 0 if own else 16 * F * C * len(tiles),
+        dup = 0 if own or p["_fg"] else E * F * C * len(tiles)
+        return [main, filt], E * F * C if own else 0, dup, p["per_thread"] * itemsize
+    if algo in ("stem", "rowphases"):
+        sh, sw = s.stride
+        halo = (KH - 1) // sh
+        Wq = Wo + (KW - 1) // sw
+        rows = runs(Ho, p["rows"])
+        wide = Wq if algo == "rowphases" else Wo        # (rowphases computes rows Wq wide)
+        costs = [r * wide * F * C * KK + C * sh * sw * (r + halo) * Wq for r in rows] * N
+        useful = float(N * (HoWo * F * C * KK + C * sh * sw * Ho * Wq))
+        return ([Region("rows", costs, useful=useful)], F * C * KK, 0,
+                p["per_thread"] * itemsize)
+    if algo == "stem_wino":
+        # per 4-output tile: 13 transform points (F(4,4)'s 7 + F(4,3)'s 6) per channel and
+        # kernel row for each filter; the input rows' transforms are redone for each task's halo
+        sh = s.stride[0]
+        tw = cdiv(Wo, 4)
+        rows = runs(Ho, p["rows"])
+        costs = [r * tw * (F * C * KH * 13 + F * 24) + C * ((r - 1) * sh + KH) * tw * 13 * 4
+                 for r in rows] * N
+        useful = float(N * (Ho * tw * (F * C * KH * 13 + F * 24)
+                            + C * ((Ho - 1) * sh + KH) * tw * 13 * 4))
+        return ([Region("rows", costs, useful=useful)], F * 13 * C * KH, 0,
                 p["per_thread"] * itemsize)
     if algo == "batch":
         blocks = runs(N, p["imgs"])
@@ -295,6 +364,58 @@ def backward_regions(algo, p, s, own, itemsize, which):
         regions = [Region("grad_weight", costs * G), Region("grad_bias", [N * HoWo] * F,
                                                              "static")]
         return regions, F * N * HoWo + (nsplit - 1) * gwn, 0, p["per_thread"] * itemsize
+    if algo == "weight_winograd":
+        th, tw = cdiv(Ho, 4), cdiv(Wo, 4)
+        T_ = N * th * tw
+        nrb = cdiv(N * th, p["trows"])
+        trans = Region("transforms", [4 * 36 * nt * tw for nt in runs(N * th, p["trows"])]
+                       * (C + F))
+        parts = [(q + 1) * T_ // p["parts"] - q * T_ // p["parts"] for q in range(p["parts"])]
+        cblocks = runs(C, p["cols"])
+        gemms = Region("GEMMs", [F * nc * k for _ in range(36) for k in parts for nc in cblocks])
+        out = Region("filter transform", [C * (36 * p["parts"] + 36 * 3)] * F, "static")
+        dup = 0 if p["_fg"] else (len(cblocks) - 1) * 36 * F * T_
+        return ([gemms, trans, out], 0, dup, p["floats"] * itemsize)   # (all: see analyse)
+    if algo == "weight_stem":
+        sh, sw = s.stride
+        rows = p["rows"]
+        K = C * KK
+        K3 = 3 * cdiv(K, 3)
+        halo = (KH - 1) // sh
+        Wq = Wo + (KW - 1) // sw
+        slabs = [r for _ in range(N) for r in runs(Ho, rows)]
+        S, G_ = len(slabs), p["groups_n"]
+        plane = [C * sh * sw * (r + halo) * Wq for r in slabs]
+        costs, useful = [], 0.0
+        for fc in runs(F, p["fchunk"]):
+            for g in range(G_):
+                mine = range(g * S // G_, (g + 1) * S // G_)
+                costs.append(sum(slabs[i] * Wo * fc * K3 + plane[i] for i in mine)
+                             + fc * 8 * (K3 + 1))
+                useful += sum(slabs[i] * Wo * fc * K for i in mine)
+        useful += N * C * sh * sw * Ho * Wq         # (each plane row built once, no halo)
+        main = Region("filter blocks x slab groups", costs, useful=useful)
+        fold = Region("sum partials", [(K + 1) * G_ * 8] * F, "static")
+        return [main, fold], 0, 0, (p["per_thread"] * p["_team"] + p["part"]) * itemsize
+    if algo == "subpixel" and which == "x":
+        sh, sw = s.stride
+        Th, ulo, uhi, _ = P.subpixel_axis(H, KH, sh, s.padding[0], s.dilation[0])
+        Tw, vlo, vhi, _ = P.subpixel_axis(W, KW, sw, s.padding[2], s.dilation[1])
+        Wp = vhi - vlo + Tw - 1
+        rows = runs(uhi - ulo, p["rows"])
+        costs = [r * Wp * sh * sw * Cg * Fg * Th * Tw * G + Fg * G * (r + Th - 1) * Wp
+                 for r in rows] * N
+        useful = float(N * C * KK * Fg * Ho * Wo + N * F * Ho * Wo)
+        return [Region("window rows", costs, useful=useful)], 0, 0, p["per_thread"] * itemsize
+    if algo == "weight_rowgemm":
+        sh, sw = s.stride
+        Hp, Wp = (Ho - 1) * sh + KH, (Wo - 1) * sw + KW
+        main = Region("kernel rows x filter blocks",
+                      [fb * KW * C * N * HoWo for _ in range(KH) for fb in runs(F, p["filters"])])
+        xcl = Region("x channels-last", [Wp * C] * (N * Hp), "static")
+        gyp = Region("grad_y panels", [4 * HoWo] * (F // 4 * N), "static")
+        copy = Region("copy out", [C * KK] * F, "static")
+        return [main, xcl, gyp, copy], 0, 0, p["floats"] * itemsize
     if algo == "weight_dot":
         ntf = cdiv(Fg, p["fchunk"])
         gn = p["groups_n"]
@@ -336,16 +457,20 @@ def shapes(extra):
     return out
 
 
-def analyse(step, s, own, itemsize, which):
+def analyse(step, s, own, itemsize, which, fg=False, bias_sum=False):
     """dict of the columns for one pass."""
-    p = dict(step.params, team=step.threads)
+    p = dict(step.params, team=step.threads, _team=step.threads, _fg=fg)
     if which == "f":
         regions, serial, dup, ws = forward_regions(step.algo, p, s, own, itemsize)
     else:
         regions, serial, dup, ws = backward_regions(step.algo, p, s, own, itemsize, which)
+    if which == "w" and bias_sum and step.algo in ("weight_winograd", "weight_rowgemm",
+                                                   "weight_dot", "dense", "depthwise"):
+        Ho, Wo = s.out      # (grad_bias "sum": bias_grad's static region after the step)
+        regions = regions + [Region("grad_bias", [s.N * Ho * Wo] * s.F, "static")]
     team = step.threads
-    if step.algo == "weight_dot":
-        ws /= team
+    if step.algo in ("weight_dot", "weight_winograd", "weight_rowgemm", "weight_stem"):
+        ws /= team          # (one buffer for the team: its share per thread)
     cost = sum(sum(r.costs) for r in regions) + serial
     span = sum(r.makespan(team) for r in regions) + serial
     work = sum(r.useful for r in regions) + serial
@@ -357,16 +482,48 @@ def analyse(step, s, own, itemsize, which):
             "dup": dup / work if work else 0.0, "ws": ws / 1024}
 
 
-def fixed(steps, own):
-    """True when each step's sum-cutting params agree across the thread counts."""
+def fixed(steps, own, fg=False):
+    """True when each step's sum-cutting params agree across the thread counts (fg: float32
+    forwards and grad_x on csrc/fgemm.h, whose Winograd tile rows cut no sum)."""
     seen = {}
     for st in steps:
         keys = SUM_PARAMS.get(st.algo, ((), ()))[0 if own else 1]
+        if fg and st.algo == "winograd":
+            keys = ()
         seen.setdefault(st.algo, set()).add(tuple(st.params.get(k) for k in keys))
     return all(len(v) == 1 for v in seen.values())
 
 
-def table(caps_names, threads, extra, out=sys.stdout):
+def algo_name(step):
+    """The step's algorithm, Winograd F(4x4) as winograd4."""
+    return step.algo + ("4" if step.params.get("tile") == 4 else "")
+
+
+def markdown(rows, caps_names, threads, out=sys.stdout):
+    """RESULTS.md's table: a row per (layer, pass), per machine its algorithm and, at each
+    thread count but the first, "tasks, lost"."""
+    w = out.write
+    by = {}
+    for cname, name, label, algo, ok, res in rows:
+        by.setdefault((name, label), {})[cname] = (algo, ok, res)
+    head = "| layer | pass |"
+    for c in caps_names:
+        head += f" {CAPS_LABEL[c]} |" + "".join(f" t{t}: tasks, lost |" for t in threads[1:])
+    w(head + "\n|" + "---|" * (2 + len(caps_names) * len(threads)) + "\n")
+    for (name, label), cell in by.items():
+        line = f"| {name} | {label} |"
+        for c in caps_names:
+            if c not in cell:
+                line += " - |" + " - |" * (len(threads) - 1)
+                continue
+            algo, ok, res = cell[c]
+            line += f" {algo}{'' if ok else ' (its sums follow the team!)'} |"
+            for t in threads[1:]:
+                line += f" {res[t]['tasks']}, {res[t]['lost']:.0%} |"
+        w(line + "\n")
+
+
+def table(caps_names, threads, extra, out=sys.stdout, md=False):
     rows = []
     for cname in caps_names:
         caps = CAPS[cname]
@@ -382,10 +539,15 @@ def table(caps_names, threads, extra, out=sys.stdout):
                     continue
                 if which == "w" and steps[threads[0]].algo == "depthwise3x3":
                     continue                     # (one pass with grad_x: see that row)
-                res = {t: analyse(st, s, own and st.algo != "depthwise3x3", 4, which)
+                fg = caps.fixed_sgemm and not own
+                res = {t: analyse(st, s, own and st.algo != "depthwise3x3", 4, which, fg,
+                                  plans[t].grad_bias == "sum")
                        for t, st in steps.items()}
-                rows.append((cname, name, label, steps[threads[0]].algo,
-                             fixed(steps.values(), own), res))
+                rows.append((cname, name, label, algo_name(steps[threads[0]]),
+                             fixed(steps.values(), own, fg), res))
+    if md:
+        markdown(rows, caps_names, threads, out)
+        return rows
     w = out.write
     head = f"{'caps':7s} {'layer':16s} {'pass':11s} {'algo':12s} {'fixed':5s}"
     for t in threads:
@@ -408,12 +570,15 @@ def table(caps_names, threads, extra, out=sys.stdout):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="2,16,64")
-    ap.add_argument("--caps", default="avx512,blas")
+    ap.add_argument("--caps", default="avx512,epyc", help=f"from {','.join(CAPS)}")
     ap.add_argument("--extra", action="store_true",
                     help="also the shapes of the algorithms the suite does not take (marked *)")
+    ap.add_argument("--markdown", action="store_true", help="RESULTS.md's table")
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
-    table(args.caps.split(","), threads, args.extra)
+    table(args.caps.split(","), threads, args.extra, md=args.markdown)
+    if args.markdown:
+        return
     print("\nidle: the main region's idle fraction; lost: the whole pass's (all its regions' "
           "makespans and its serial work); dup at the second thread count; ws at the last.")
 

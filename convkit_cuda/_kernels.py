@@ -33,10 +33,11 @@ STEMS = tuple(sorted(p.name[:-3] for p in (files("convkit_cuda") / "kernels").it
 DTYPES = {"float32": ("float", "f32"), "float64": ("double", "f64")}
 
 # Parameter type codes: S = scalar_t, I = long long, D = double, U = unsigned long long,
-# i = int (int32 arrays only); a trailing * = pointer.  Kernels take no other parameter types
-# (a scalar `int` would be packed at another width than the int64 the launchers pass).
+# i = int (int32 arrays only), b = signed char (int8 arrays only); a trailing * = pointer.
+# Kernels take no other parameter types (a scalar `int` would be packed at another width than
+# the int64 the launchers pass).
 CTYPES = {"scalar_t*": "S*", "longlong*": "I*", "double*": "D*", "unsignedlonglong*": "U*",
-          "int*": "i*", "scalar_t": "S", "longlong": "I", "double": "D"}
+          "int*": "i*", "signedchar*": "b*", "scalar_t": "S", "longlong": "I", "double": "D"}
 _SIG_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
 
 
@@ -192,7 +193,7 @@ def get_kernel(stem: str, name: str, dtype):
 
 _SCALAR_TYPES = {"I": np.int64, "D": np.float64}
 _POINTER_DTYPES = {"I*": np.dtype(np.int64), "D*": np.dtype(np.float64),
-                   "U*": np.dtype(np.uint64), "i*": np.dtype(np.int32)}
+                   "U*": np.dtype(np.uint64), "i*": np.dtype(np.int32), "b*": np.dtype(np.int8)}
 
 
 @functools.cache

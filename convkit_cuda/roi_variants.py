@@ -12,6 +12,7 @@ import cupy
 import numpy as np
 
 from convkit.functional import _check_batch_indices
+from convkit.reference.roi_variants import argmax_dtype
 
 from ._kernels import grid_for, launch, on_device, read_flag
 from .pool import gather_add
@@ -20,6 +21,8 @@ from .roi import _BAD_BATCH, _BAD_INDEX, _sr
 STEM = "roi_variants"
 _I = np.int64
 _BAD_GRID = 4       # BAD_GRID in kernels/roi_variants.cu
+# the kernel for argmax's width: int8 (argmax_dtype for sampling_ratio 1..11) or int32
+_AM_KERNEL = {1: "roi_max_align_%s_i8", 4: "roi_max_align_%s"}
 
 
 def _check(bad, op, rois, N, sampling_ratio=-1, aligned=False, output_size=(1, 1),
@@ -91,10 +94,10 @@ def roi_max_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, a
         K = rois.shape[0]
         oh, ow = output_size
         y = cupy.empty((K, C, oh, ow), dtype=x.dtype)
-        argmax = cupy.empty((K, C, oh, ow), dtype=np.int32)
+        argmax = cupy.empty((K, C, oh, ow), dtype=argmax_dtype(sampling_ratio))
         bad = cupy.zeros(1, dtype=np.uint64)
         grid, block = grid_for(K * C * oh * ow)
-        launch(STEM, "roi_max_align_fwd", x.dtype, grid, block,
+        launch(STEM, _AM_KERNEL[argmax.dtype.itemsize] % "fwd", x.dtype, grid, block,
                (x, rois, _I(K), _I(N), _I(C), _I(H), _I(W), _I(oh), _I(ow),
                 x.dtype.type(spatial_scale), _sr(sampling_ratio), _I(bool(aligned)), y, argmax,
                 bad))
@@ -117,7 +120,7 @@ def roi_max_align_backward(grad_y, argmax, rois, input_shape, output_size, spati
         vals = cupy.empty(4 * grad_y.size, dtype=dt)
         bad = cupy.zeros(1, dtype=np.uint64)
         grid, block = grid_for(grad_y.size)
-        launch(STEM, "roi_max_align_keys", dt, grid, block,
+        launch(STEM, _AM_KERNEL[argmax.dtype.itemsize] % "keys", dt, grid, block,
                (grad_y, argmax, rois, _I(K), _I(N), _I(C), _I(H), _I(W), _I(oh), _I(ow),
                 dt.type(spatial_scale), _sr(sampling_ratio), _I(bool(aligned)), keys, vals, bad))
         _check(bad, "roi_max_align_backward", rois, N, sampling_ratio, aligned, output_size,

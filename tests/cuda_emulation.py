@@ -181,7 +181,8 @@ class EmuFunction:
         self._fn.restype = ctypes.c_int
         self._want = {"S": self.scalar.type, "I": np.int64, "D": np.float64}
         self._ptr = {"S*": self.scalar, "I*": np.dtype(np.int64), "D*": np.dtype(np.float64),
-                     "U*": np.dtype(np.uint64), "i*": np.dtype(np.int32)}
+                     "U*": np.dtype(np.uint64), "i*": np.dtype(np.int32),
+                     "b*": np.dtype(np.int8)}
 
     def __call__(self, grid, block, args, shared_mem=0, stream=None):
         if len(args) != len(self.params):

@@ -1,15 +1,19 @@
 """Every cpu conv algorithm (forward, grad_x, grad_weight), the pools, batch norm and the RoI ops
-give the same bits on 1, 8 and 16 threads (DESIGN.md "Threads and embedding"; issue 16's "many
+give the same bits on 1, 2, 8 and 16 threads (DESIGN.md "Threads and embedding"; issue 16's "many
 cores"): the task splits that 8 and 16 threads take -- more tasks than this 2-core machine's,
-oversubscribed here -- must not change any sum.
+oversubscribed here -- must not change any sum.  The shapes give each algorithm more than 8
+tasks where it can make them (so 8 and 16 threads share them out differently) and reach the
+paths of csrc/fgemm.h the plan can pick: a narrow last panel (1 to 4 columns), the batch
+grad_weight's GEMM in both orientations.
 
 Each conv case asserts the algorithm the plan gives its passes at every thread count (so the
 test cannot silently run another one) for this machine's caps.  phases and weight_dot run on
 convkit's own AVX-512 float32 GEMM only: on a CPU whose float32 GEMMs go to BLAS (this CI's AMD
 EPYC, or CONVKIT_DISABLE_AVX512=1) their case is skipped with that reason, and the other cases
 assert the BLAS plan (there grad_weight takes im2col where the Xeon takes weight_dot).  Shapes
-are small but above the sizes below which a call runs on one thread.  The last test checks the
-pure plan for both machines up to 64 threads: every split that orders a sum stays put.
+are small but above the sizes below which a call runs on one thread.  The last tests check the
+pure plan for three machines up to 64 threads (every split that orders a sum stays put) and
+that the narrow-panel cases reach csrc/fgemm.h's narrow panel.
 """
 import numpy as np
 import pytest
@@ -20,7 +24,7 @@ from convkit.cpu import conv as cc
 ok, why = convkit.backend_status("cpu")
 pytestmark = pytest.mark.skipif(not ok, reason=why[:300])
 
-THREADS = (1, 8, 16)
+THREADS = (1, 2, 8, 16)
 OWN = ok and cc._OWN_SGEMM          # float32 GEMMs on the own AVX-512 kernel
 OWN_ONLY = ("phases and weight_dot run on the own AVX-512 float32 GEMM only; this CPU's float32 "
             "GEMMs run on BLAS")
@@ -41,16 +45,31 @@ CONV = [
      {"forward": "pointwise", "grad_x": "pointwise", "grad_weight": "pointwise"}, False),
     ("pointwise_grouped", (2, 32, 9, 9), (32, 8, 1, 1), 1, 0, 4,
      {"forward": "pointwise", "grad_x": "pointwise", "grad_weight": "pointwise"}, False),
+    # on BLAS machines 32 forward tasks of 49 positions: fgemm's narrow last panel (1 column)
+    ("pointwise_narrow_panel", (8, 32, 14, 14), (48, 32, 1, 1), 1, 0, 1,
+     {"forward": "pointwise", "grad_x": "pointwise", "grad_weight": "pointwise"}, False),
+    # 16 channels: F(2x2) on every machine
     ("winograd", (2, 16, 12, 12), (16, 16, 3, 3), 1, 1, 1,
      {"forward": "winograd", "grad_x": "winograd", "grad_weight": _gw("weight_dot")}, False),
     # 64 channels: F(4x4) on BLAS machines, grad_weight by its transposed form in two parts
     # (300 tiles); on the own AVX-512 GEMM F(2x2) and im2col
     ("weight_winograd", (12, 64, 20, 19), (64, 64, 3, 3), 1, 1, 1,
-     {"forward": "winograd", "grad_x": "winograd",
+     {"forward": _gw("winograd", "winograd4"), "grad_x": _gw("winograd", "winograd4"),
+      "grad_weight": _gw("im2col", "weight_winograd")}, False),
+    # F(4x4) tasks of 13 tile rows of 5 tiles on 2 threads (65 GEMM columns: fgemm's narrow
+    # last panel), 10 of them; on 8 and 16 threads other tile rows (conv_plan.even_tile_rows);
+    # grad_weight's 68 channels in blocks of 32, 32 and 4 (a narrow panel again), 3 parts: 324
+    # tasks
+    ("winograd4_narrow_panel", (10, 68, 52, 20), (64, 68, 3, 3), 1, 1, 1,
+     {"forward": _gw("winograd", "winograd4"), "grad_x": _gw("winograd", "winograd4"),
       "grad_weight": _gw("im2col", "weight_winograd")}, False),
     ("batch", (16, 16, 6, 6), (16, 16, 3, 3), 1, 1, 1,
      {"forward": "batch", "grad_x": "batch", "grad_weight": "batch"}, False),
     ("batch_strided", (16, 8, 8, 8), (16, 8, 3, 3), 2, 1, 1,
+     {"forward": "batch", "grad_x": "batch", "grad_weight": "batch"}, False),
+    # grad_weight's block of 36 columns (4 channels x 9 taps) for 64 filters: on fgemm (BLAS
+    # machines with AVX2) not transposed (the cases above: transposed)
+    ("batch_many_filters", (16, 4, 6, 6), (64, 4, 3, 3), 1, 1, 1,
      {"forward": "batch", "grad_x": "batch", "grad_weight": "batch"}, False),
     ("dense", (16, 32, 2, 2), (32, 32, 3, 3), 1, 1, 1,
      {"forward": "dense", "grad_x": "dense", "grad_weight": "dense"}, False),
@@ -62,9 +81,11 @@ CONV = [
      False),
     ("depthwise", (4, 8, 12, 12), (16, 1, 3, 3), 1, 1, 8,
      {"forward": "depthwise", "grad_x": "depthwise", "grad_weight": "depthwise"}, False),
-    # kernel 4 stride 2 (conv_transpose2d's grad_x): rowphases on BLAS machines with AVX2
+    # kernel 4 stride 2 (conv_transpose2d's grad_x): rowphases on BLAS machines with AVX2,
+    # grad_x by sub-pixel phases on BLAS
     ("rowphases", (4, 8, 40, 40), (12, 8, 4, 4), 2, 1, 1,
      {"forward": "im2col" if OWN else "rowphases" if ok and cc._ROWGEMM else "im2col",
+      "grad_x": _gw("im2col", "subpixel"),
       "grad_weight": _gw("weight_dot", "weight_rowgemm" if ok and cc._ROWGEMM else "im2col")},
      False),
     # 64 filters: weight_rowgemm's filter blocks shrink from 64 to 16 on 16 threads
@@ -72,9 +93,10 @@ CONV = [
      {"grad_weight": _gw("weight_dot", "weight_rowgemm" if ok and cc._ROWGEMM else "im2col")},
      False),
     # 7x7 stride 2, 3 channels (the ResNet stem's rule): stem and weight_stem on BLAS machines
-    # with AVX2 (Wo = 20 < 32: im2col on the own GEMM)
-    ("stem", (3, 3, 40, 40), (8, 3, 7, 7), 2, 3, 1,
-     {"forward": "im2col" if OWN else "stem" if ok and cc._ROWGEMM else "im2col",
+    # with AVX2 (Wo = 36 >= 32: phases on the own GEMM); 20 forward tasks, weight_stem's 20
+    # (image, row block) slabs in 16 groups, some across two images
+    ("stem", (4, 3, 72, 72), (8, 3, 7, 7), 2, 3, 1,
+     {"forward": "phases" if OWN else "stem" if ok and cc._ROWGEMM else "im2col",
       "grad_weight": _gw("weight_dot", "weight_stem" if ok and cc._ROWGEMM else "im2col")},
      False),
     ("phases_and_weight_dot", (2, 3, 64, 64), (8, 3, 7, 7), 2, 3, 1,
@@ -83,9 +105,13 @@ CONV = [
 
 
 def _plan_algos(x, w, stride, pad, groups):
+    """{pass: algorithm}, Winograd F(4x4) named winograd4."""
     _, _, _, plan = cc._plan(x, w, (stride,) * 2, (pad,) * 4, (1, 1), groups)
-    return {"forward": plan.forward.algo, "grad_x": plan.grad_x.algo,
-            "grad_weight": plan.grad_weight.algo}
+
+    def name(st):
+        return st.algo + ("4" if st.params.get("tile") == 4 else "")
+    return {"forward": name(plan.forward), "grad_x": name(plan.grad_x),
+            "grad_weight": name(plan.grad_weight)}
 
 
 def _bits(arrays):
@@ -106,7 +132,7 @@ def _on_threads(fn):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CONV, ids=[c[0] for c in CONV])
-def test_each_conv_algorithm_gives_the_same_bits_on_1_8_16_threads(case, dtype):
+def test_each_conv_algorithm_gives_the_same_bits_on_1_2_8_16_threads(case, dtype):
     name, xs, ws, stride, pad, groups, algos, own_only = case
     if own_only and not OWN:
         pytest.skip(OWN_ONLY)
@@ -136,7 +162,7 @@ def test_each_conv_algorithm_gives_the_same_bits_on_1_8_16_threads(case, dtype):
         assert runs[nt] == runs[1], nt
 
 
-def test_pools_batch_norm_and_roi_ops_give_the_same_bits_on_1_8_16_threads():
+def test_pools_batch_norm_and_roi_ops_give_the_same_bits_on_1_2_8_16_threads():
     rng = np.random.default_rng(18)
     x = rng.standard_normal((2, 16, 24, 24)).astype(np.float32)
     bn_x = (rng.standard_normal((4, 16, 12, 12)) * 2 + 0.5).astype(np.float32)
@@ -179,21 +205,33 @@ _SUMS_OWN = {"im2col": ("rows_w", "rows_x", "nsplit"), "pointwise": ("rows_w", "
 _SUMS_BLAS = {"im2col": ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit"),
               "pointwise": ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit"),
               "winograd": ("trows",), "batch": ("imgs", "chans_w", "kimgs", "nsplit"),
-              "dense": ("row_blocks",)}
+              "dense": ("row_blocks",), "weight_stem": ("rows", "fchunk", "groups_n"),
+              "weight_winograd": ("trows", "cols", "parts")}
+# the machines: the Xeon's own GEMM, BLAS alone, and this CI's EPYC (BLAS, csrc/rowgemm.h and
+# csrc/fgemm.h: stem, weight_stem, F(4x4) and weight_winograd)
+_CAPS = {"own_gemm": dict(own_sgemm=True, depthwise3x3_level=3),
+         "blas": dict(own_sgemm=False, depthwise3x3_level=2),
+         "blas_rowgemm_fgemm": dict(own_sgemm=False, depthwise3x3_level=2, rowgemm=True,
+                                    fixed_sgemm=True)}
 
 
-@pytest.mark.parametrize("own", [True, False], ids=["own_gemm", "blas"])
-def test_the_suite_plans_cut_their_sums_alike_on_1_to_64_threads(own):
+@pytest.mark.parametrize("machine", list(_CAPS))
+def test_the_suite_plans_cut_their_sums_alike_on_1_to_64_threads(machine):
     """The plan is pure, so both machines' plans are checked here: every split that orders a
     sum is the same at 1, 2, 8, 16 and 64 threads for the suite's conv layers.  The Xeon's
     im2col grad_weight took its rows per GEMM from the team's column block (vgg_56: 24 rows at
-    2 threads, 56 at 16) -- other bits on the own GEMM, whose k blocks follow k.  Winograd on
-    BLAS is checked up to 16 threads: at 64 its tile rows follow the per-thread budget
-    (bench/RESULTS.md "Many cores ... (issue 16)"), left to the Winograd rewrite."""
+    2 threads, 56 at 16) -- other bits on the own GEMM, whose k blocks follow k.  (Winograd
+    F(2x2) on BLAS took its tile rows from the per-thread budget at 64 threads, rpn_3x3; the
+    suite's 3x3 layers take F(4x4) there now, whose tile rows the limit alone sets: the team
+    shrinks instead.)"""
     from convkit.benchmark.cases import CASES, ConvCase
     from convkit.cpu import conv_plan as P
-    caps = P.ConvCaps(own_sgemm=own, depthwise3x3_level=3 if own else 2)
+    caps = P.ConvCaps(**_CAPS[machine])
+    own = caps.own_sgemm
     keys = _SUMS_OWN if own else _SUMS_BLAS
+    if caps.fixed_sgemm:        # (F(4x4)'s GEMMs on csrc/fgemm.h: its tile rows cut no sum)
+        keys = {k: v for k, v in keys.items() if k != "winograd"}
+    algos = set()
     for c in CASES:
         if type(c) is not ConvCase:     # (transposed / deformable convs: other plans)
             continue
@@ -204,9 +242,70 @@ def test_the_suite_plans_cut_their_sums_alike_on_1_to_64_threads(own):
             plan = P.plan_conv(s, np.float32, nt, caps, 256 * 2**20, not c.first_layer)
             for label, st in (("forward", plan.forward), ("grad_x", plan.grad_x),
                               ("grad_weight", plan.grad_weight)):
-                if st is None or (st.algo == "winograd" and not own and nt == 64):
+                if st is None:
                     continue
                 cut = (st.algo, tuple(st.params.get(k) for k in keys.get(st.algo, ())))
                 seen.setdefault(label, set()).add(cut)
+                algos.add(st.algo)
         for label, cuts in seen.items():
             assert len(cuts) == 1, (c.name, label, cuts)
+    if machine == "blas_rowgemm_fgemm":     # (the caps reach the algorithms they exist for)
+        assert {"stem_wino", "weight_stem", "weight_winograd"} <= algos, algos
+
+
+@pytest.mark.skipif(not ok or cc._OWN_SGEMM or not cc._FIXED_SGEMM,
+                    reason="csrc/fgemm.h's float32 GEMMs run on AVX2 machines without the own "
+                           "AVX-512 GEMM")
+def test_the_narrow_panel_cases_reach_it():
+    """The *_narrow_panel cases above give csrc/fgemm.h GEMMs whose last 16-column panel has
+    1 to 4 columns (CK_FG_EDGE_N): checked on the plan, so a plan change cannot silently take
+    them off that path."""
+    def edge(n):
+        return 1 <= n % 16 <= 4
+    cases = {c[0]: c for c in CONV}
+
+    def plan_of(name):          # (on 2 threads: F(4x4)'s tile rows follow the team)
+        _, xs, ws, stride, pad, groups, _, _ = cases[name]
+        convkit.set_num_threads(2)
+        try:
+            return xs, cc._plan(np.zeros(xs, np.float32), np.zeros(ws, np.float32),
+                                (stride,) * 2, (pad,) * 4, (1, 1), groups)[3]
+        finally:
+            convkit.set_num_threads(None)
+    _, plan = plan_of("pointwise_narrow_panel")
+    assert edge(plan.forward.params["rows"]), plan.forward       # (positions per GEMM)
+    xs, plan = plan_of("winograd4_narrow_panel")
+    tw = -(-xs[3] // 4)
+    for st in (plan.forward, plan.grad_x):      # (tiles per GEMM; N * th a multiple of trows)
+        assert st.params["tile"] == 4 and not st.params["per_image"], st
+        assert xs[0] * (-(-xs[2] // 4)) % st.params["trows"] == 0, st
+        assert edge(st.params["trows"] * tw), st
+    assert edge(xs[1] % plan.grad_weight.params["cols"]), plan.grad_weight    # (channels)
+
+
+def test_f4_tile_rows_even_out_the_team_only_on_a_fixed_order_gemm():
+    """F(4x4) on csrc/fgemm.h (each output one chain over the channels: the tile rows per task
+    cut no sum) takes other tile rows where its preferred ones leave more than
+    tuning.WINOGRAD4_MAX_IDLE of the team idle: vgg_56's 112 tile rows in 23 tasks of 5 on 2
+    threads (as before), 16 tasks of 7 on 16; within tuning's tile and byte bounds.  On plain
+    BLAS (whose bits follow the GEMM's shape) they stay put."""
+    from convkit.cpu import conv_plan as P
+    from convkit.cpu import tuning as T
+    s = P.ConvShape.of((8, 64, 56, 56), (64, 64, 3, 3), (1, 1), (1,) * 4, (1, 1), 1)
+    fg = P.ConvCaps(**_CAPS["blas_rowgemm_fgemm"])
+
+    def trows(caps, nt):
+        st = P.plan_conv(s, np.float32, nt, caps, 256 * 2**20).forward
+        assert (st.algo, st.params["tile"], st.threads) == ("winograd", 4, nt), st
+        return st.params["trows"]
+    assert trows(fg, 1) == trows(fg, 2) == 5
+    tr = trows(fg, 16)
+    assert tr == 7 and -(-112 // tr) == 16
+    for nt in (3, 4, 8, 16, 32, 64):
+        tr = trows(fg, nt)
+        idle = 1 - 112 / (-(-(-(-112 // tr)) // nt) * nt * tr)
+        assert tr == 5 or (tr * 14 >= T.WINOGRAD4_MIN_TASK_TILES
+                           and 36 * 128 * 14 * 4 * tr <= T.WINOGRAD4_TASK_BYTES), (nt, tr)
+        assert idle <= max(0.1, 1 - 112 / (-(-23 // nt) * nt * 5)), (nt, tr, idle)
+    blas = P.ConvCaps(**_CAPS["blas"])
+    assert len({trows(blas, nt) for nt in (1, 2, 8, 16)}) == 1

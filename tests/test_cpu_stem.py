@@ -40,6 +40,9 @@ CASES = {
     "wo_40_nopad": ((2, 3, 29, 85), 4, (7, 7), (2, 2), (0, 0)),
     # Wo = 16: the narrowest rows the rule takes (tuning.STEM_MIN_WO)
     "wo_16": ((1, 3, 31, 31), 4, (7, 7), (2, 2), (3, 3)),
+    # weight_stem's 3 x 7 (image, row block) slabs (Ho = 50, the last block 2 rows) in 16
+    # groups of one or two slabs, some across two images
+    "slab_groups": ((3, 3, 100, 100), 8, (7, 7), (2, 2), (3, 3)),
 }
 
 
@@ -53,9 +56,12 @@ def _want_algos(cc):
 
 
 @pytest.fixture
-def cpu_conv():
+def cpu_conv(monkeypatch):
+    """The direct stem's tests: its 1-D Winograd sibling (stem_wino, tests/test_cpu_stem_wino.py)
+    would take the forwards of 16 filters and more here."""
     from convkit.cpu import conv as cc
 
+    monkeypatch.setattr(tuning, "STEM_WINO_MIN_FILTERS", 10**9)
     cc._plans.clear()
     yield cc
     cc._plans.clear()
@@ -210,13 +216,20 @@ def test_stem_rule():
     stem = _shape(8, 3, 224, 224, 64, 7)
     plan = P.plan_conv(stem, np.float32, 2, BLAS_RG, LIMIT, needs_input_grad=False)
     assert (plan.forward.algo, plan.grad_weight.algo, plan.grad_bias) == (
-        "stem", "weight_stem", "fused")          # (grad_bias summed by the weight gradient)
+        "stem_wino", "weight_stem", "fused")     # (grad_bias summed by the weight gradient)
     planes = 3 * 4 * (tuning.STEM_ROWS + 3) * 115
-    assert plan.forward.params == {"rows": tuning.STEM_ROWS, "per_thread": planes}
+    # (the direct stem: stem_wino's fallback, and the forward below its filter count)
+    for fw in (plan.forward.params["direct"],
+               P.plan_conv(_shape(8, 3, 224, 224, 12, 7), np.float32, 2, BLAS_RG,
+                           LIMIT).forward):
+        assert fw.algo == "stem"
+        assert fw.params == {"rows": tuning.STEM_ROWS, "per_thread": planes}
     gw = plan.grad_weight.params
     assert gw["rows"] == tuning.STEM_W_ROWS and gw["fchunk"] == 64
-    assert gw["groups_n"] == min(8, tuning.STEM_W_TASKS)
-    assert gw["part"] == gw["groups_n"] * 64 * (147 + 1) * 8
+    # groups of the batch's 8 x 14 (image, row block) slabs, not of whole images
+    assert gw["groups_n"] == min(8 * 14, tuning.STEM_W_TASKS)
+    one = 64 * (147 + 1) * 8                    # a group's partial sums
+    assert gw["part"] == gw["groups_n"] * one
     # the AVX-512 machines keep their plan; no rowgemm, float64: im2col
     own = P.plan_conv(stem, np.float32, 2, OWN, LIMIT, needs_input_grad=False)
     assert (own.forward.algo, own.grad_weight.algo) == ("phases", "weight_dot")
@@ -237,13 +250,21 @@ def test_stem_rule():
     k4 = P.plan_conv(_shape(8, 3, 64, 64, 64, 4, pad=1), np.float32, 2, BLAS_RG, LIMIT)
     assert k4.forward.algo == "rowphases"
     # the workspace limit: below the planes (forward) or planes + partial sums (gradient)
-    assert P.plan_conv(stem, np.float32, 2, BLAS_RG, 4 * planes - 4).forward.algo != "stem"
-    low = 4 * (gw["per_thread"] + gw["part"]) - 4
+    assert P.plan_conv(stem, np.float32, 2, BLAS_RG, 4 * planes - 4).forward.algo not in (
+        "stem", "stem_wino")
+    # (a limit below all groups' partial sums takes fewer groups, each counted; below one
+    # group's, another algorithm)
+    for groups in (gw["groups_n"] - 1, 1):
+        low = 4 * (gw["per_thread"] + groups * one + one) - 4
+        got = P.plan_conv(stem, np.float32, 2, BLAS_RG, low).grad_weight
+        assert got.algo == "weight_stem" and got.params["groups_n"] == groups, got
+        assert 4 * (got.params["per_thread"] * got.threads + got.params["part"]) <= low, got
+    low = 4 * (gw["per_thread"] + one) - 4
     assert P.plan_conv(stem, np.float32, 2, BLAS_RG, low).grad_weight.algo != "weight_stem"
 
 
 def test_stem_splits_do_not_follow_the_thread_count():
-    """weight_stem's sums are cut by row blocks, filter blocks and image groups set by the
+    """weight_stem's sums are cut by row blocks, filter blocks and slab groups set by the
     layer and the batch alone; the forward's outputs are one chain each."""
     stem = _shape(8, 3, 224, 224, 64, 7)
 
@@ -251,3 +272,21 @@ def test_stem_splits_do_not_follow_the_thread_count():
         gw = P.plan_conv(stem, np.float32, nt, BLAS_RG, LIMIT).grad_weight
         return {k: gw.params[k] for k in ("rows", "fchunk", "groups_n")}
     assert cut(1) == cut(2) == cut(3) == cut(8) == cut(16) == cut(64)
+
+
+def test_weight_stem_kernel_checks_its_slab_groups(cpu_conv):
+    """The kernel's groups cut the batch's (image, row block) slabs: more groups than slabs,
+    none, or a partial-sum array too small for them is refused, naming groups_n."""
+    from convkit.cpu import _conv_phases as ph
+    x = np.zeros((2, 3, 40, 40), np.float32)        # Ho = Wo = 20: 2 x 3 slabs of 8 rows
+    gy = np.zeros((2, 8, 20, 20), np.float32)
+    gw = np.empty((8, 3, 7, 7), np.float32)
+    boff = cpu_conv._stem_w_offsets(3, 7, 7, 2, 2, 8, 20)
+    per = P.stem_planes(_shape(2, 3, 40, 40, 8, 7), 8, 20)
+    one = 8 * (len(boff) + 1) * 8
+    for groups, part in ((0, one), (7, 7 * one), (3, 3 * one - 1)):
+        with pytest.raises(ValueError, match="groups_n"):
+            ph.conv2d_grad_weight_stem(gy, x, gw, np.empty(8, np.float32), True,
+                                       np.empty(per, np.float32), per,
+                                       np.empty(part, np.float32), boff, 2, 2, 3, 3, 8, 8,
+                                       groups, 1)

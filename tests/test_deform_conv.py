@@ -516,6 +516,89 @@ def test_cpu_float32_gemm_edges_match_the_reference(name, simd):
     _cpu_matches_reference_on_1_2_3_threads(c, gy, np.float32, simd, with_bias)
 
 
+# (N, C, H, W, F, weight groups, offset groups, mask, stride, padding, dilation): the float32
+# forward GEMM's weight panels of 16 filters -- filters per group 20 (a whole panel and a
+# zero-padded one), 16 (whole), 17 and 12 (padded) -- and its tiles of 6 positions: blocks of
+# 113 positions (the last tile 5 rows), 4 positions in all (one tile, its rows repeated);
+# the first case is large enough to run on several threads
+PANEL_EDGES = {"f20_og2_p225": (2, 16, 15, 15, 20, 1, 2, True, 1, 1, 1),
+               "f32_g2": (1, 8, 5, 3, 32, 2, 1, False, 1, 1, 1),
+               "f17_p4": (3, 3, 2, 2, 17, 1, 1, True, 1, 1, 1),
+               "f48_g4_og4_s2_d2": (2, 16, 11, 10, 48, 4, 4, True, 2, 2, 2)}
+
+
+@pytest.mark.parametrize("name", sorted(PANEL_EDGES))
+def test_cpu_float32_forward_panels_match_the_reference(name):
+    """The float32 forward on ck_deform_opgemm_f (weights packed in panels of 16 filters,
+    tiles of 6 positions) against the float64 reference, with and without the AVX2 kernels
+    (then BLAS), and the same bits for 1, 2, 3, 8 and 16 threads."""
+    from convkit.cpu import _deform_conv
+
+    N, C, H, W, Fo, G, OG, with_mask, s, p, d = PANEL_EDGES[name]
+    Ho, Wo = (H + 2 * p - 2 * d - 1) // s + 1, (W + 2 * p - 2 * d - 1) // s + 1
+    rng = np.random.default_rng(31)
+    c = dict(x=rng.standard_normal((N, C, H, W)).astype(np.float32),
+             offset=(rng.standard_normal((N, 18 * OG, Ho, Wo)) * 2).astype(np.float32),
+             weight=rng.standard_normal((Fo, C // G, 3, 3)).astype(np.float32),
+             bias=rng.standard_normal(Fo).astype(np.float32),
+             mask=rng.random((N, 9 * OG, Ho, Wo)).astype(np.float32) if with_mask else None,
+             stride=(s, s), padding=(p, p), dilation=(d, d))
+    want = _fwd("numpy", {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
+                          for k, v in c.items()})
+    scale = max(1.0, float(np.abs(want).max()))
+    try:
+        for simd in (True, False):
+            _deform_conv.set_simd(simd)
+            outs = {}
+            for n in (1, 2, 3, 8, 16):
+                convkit.set_num_threads(n)
+                outs[n] = _fwd("cpu", c)
+            np.testing.assert_allclose(outs[1], want, rtol=TOL[np.float32]["rtol"],
+                                       atol=TOL[np.float32]["atol"] * scale, err_msg=simd)
+            for n in (2, 3, 8, 16):
+                assert outs[n].tobytes() == outs[1].tobytes(), (simd, n)
+    finally:
+        _deform_conv.set_simd(True)
+        convkit.set_num_threads(None)
+
+
+@pytest.mark.parametrize("simd", [True, False])
+def test_cpu_float32_table_on_the_edges_matches_the_oracle(simd):
+    """float32 sample tables (eight positions a vector on AVX2, the tail scalar) where the
+    points land exactly on -1, on the last row / column, past them, on NaN and +-inf: the
+    forward against the float64 loop oracle (NaN where it is NaN) and the offset and mask
+    gradients against the float64 reference."""
+    from convkit.cpu import _deform_conv
+
+    rng = np.random.default_rng(41)
+    N, C, H, W, OG = 2, 4, 4, 5, 2
+    off = rng.integers(-8, 9, (N, 18 * OG, H, W)) / 2.0       # integer and half-integer
+    off[rng.random(off.shape) < 0.03] = np.nan
+    off[rng.random(off.shape) < 0.02] = np.inf
+    off[rng.random(off.shape) < 0.02] = -np.inf
+    c = dict(x=rng.standard_normal((N, C, H, W)), offset=off,
+             weight=rng.standard_normal((3, C, 3, 3)), bias=None,
+             mask=rng.random((N, 9 * OG, H, W)), stride=(1, 1), padding=(1, 1),
+             dilation=(1, 1))
+    want = deform_oracle(c["x"], off, c["weight"], None, (1, 1), (1, 1), (1, 1), c["mask"])
+    gy = rng.standard_normal(want.shape)
+    wb = _bwd("numpy", gy, c, False)
+    c32 = {k: (v.astype(np.float32) if isinstance(v, np.ndarray) else v) for k, v in c.items()}
+    try:
+        _deform_conv.set_simd(simd)
+        got = _fwd("cpu", c32)
+        gb = _bwd("cpu", gy.astype(np.float32), c32, False)
+    finally:
+        _deform_conv.set_simd(True)
+    assert np.isnan(want).any() and not np.isnan(want).all()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.nanmax(np.abs(want)))
+    for g, w, k in ((gb[1], wb[1], "offset"), (gb[4], wb[4], "mask")):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=k)
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.nanmax(np.abs(w)),
+                                   err_msg=k)
+
+
 def test_cpu_batch_chunks_give_the_same_bits():
     """A workspace limit that fits one or two images at a time (the batch then runs in
     chunks) gives the bits of a single chunk."""

@@ -238,7 +238,7 @@ def test_roi_max_align_forward_matches_oracle(backend, dtype, scale, sampling_ra
     y, am = run(backend, F.roi_max_align_forward, x, rois, (3, 2), scale, sampling_ratio,
                 aligned)
     y0, am0 = max_align_oracle(x, rois, (3, 2), scale, sampling_ratio, aligned)
-    assert y.dtype == dtype and am.dtype == np.int32
+    assert y.dtype == dtype and am.dtype == {-1: np.int32, 2: np.int8, 3: np.int8}[sampling_ratio]
     np.testing.assert_array_equal(am, am0)
     np.testing.assert_allclose(y, y0, **tol(dtype))
     assert (am == -1).any() and (am >= 0).any()       # the box set has empty and full bins
@@ -351,8 +351,11 @@ def test_roi_max_align_bad_argmax_is_an_error(backend):
     x = make_x(np.float64)
     rois = make_rois(np.float64, 1.0)
     y, am = run(backend, F.roi_max_align_forward, x, rois, 2, 1.0, 2, False)
-    for bad in (4, -2, 2**31 - 1, -2**31, 2**62):   # a 2x2 grid numbers its samples 0..3
-        a = am.astype(np.int64) if bad == 2**62 else am.copy()
+    assert am.dtype == np.int8
+    # a 2x2 grid numbers its samples 0..3: the int8 values the kernels check bin by bin, and
+    # wider ones the boundary rejects before narrowing
+    for bad in (4, -2, 127, -128, 2**31 - 1, -2**31, 2**62):
+        a = am.astype(np.int8 if -128 <= bad < 128 else np.int32 if bad < 2**31 else np.int64)
         a[1, 2, 1, 0] = bad
         with pytest.raises(ValueError, match="argmax"):
             run(backend, F.roi_max_align_backward, y, a, rois, x.shape, 2, 1.0, 2, False)
@@ -411,8 +414,9 @@ def test_roi_max_align_backward_takes_other_integer_argmax(backend):
     y, am = run(backend, F.roi_max_align_forward, x, rois, (3, 2), 0.5, 2, False)
     g = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32)
     gx = run(backend, F.roi_max_align_backward, g, am, rois, x.shape, (3, 2), 0.5, 2, False)
-    for dt in (np.int64, np.int16, np.uint64):
-        if dt == np.uint64:     # -1 has no uint64 spelling: bins without a valid sample
+    assert am.dtype == np.int8
+    for dt in (np.int64, np.int32, np.int16, np.uint64, np.uint8):
+        if dt in (np.uint64, np.uint8):   # -1 has no unsigned spelling: bins without a sample
             keep = (am != -1).all(axis=(1, 2, 3))
             a, gg, r = am[keep].astype(dt), g[keep], rois[keep]
             want = run(backend, F.roi_max_align_backward, gg, am[keep], r, x.shape, (3, 2),
@@ -421,8 +425,9 @@ def test_roi_max_align_backward_takes_other_integer_argmax(backend):
             a, gg, r, want = am.astype(dt), g, rois, gx
         got = run(backend, F.roi_max_align_backward, gg, a, r, x.shape, (3, 2), 0.5, 2, False)
         np.testing.assert_array_equal(got, want)
-    # a wider value that would wrap to a valid int32 number is an error, not that number
-    for bad in (2**32 + int(am.max()), -2**32 + 1, -2):
+    # a wider value that would wrap to a valid int8 or int32 number is an error, not that
+    # number; so is one past the grid's last sample (3 for 2x2), caught before any kernel
+    for bad in (2**32 + int(am.max()), 2**8 + int(am.max()), -2**32 + 1, -2**8 + 1, -2, 4):
         a = am.astype(np.int64)
         a[0, 0, 0, 0] = bad
         with pytest.raises(ValueError, match="argmax"):
@@ -432,6 +437,68 @@ def test_roi_max_align_backward_takes_other_integer_argmax(backend):
     a[0, 0, 0, 0] = 2**64 - 1
     with pytest.raises(ValueError, match="argmax"):
         run(backend, F.roi_max_align_backward, g, a, rois, x.shape, (3, 2), 0.5, 2, False)
+
+
+# argmax's dtype is the arguments' alone: int8 while sampling_ratio**2 - 1 fits it (1..11)
+ARGMAX_DTYPES = [(1, np.int8), (2, np.int8), (11, np.int8), (12, np.int32), (0, np.int32),
+                 (-1, np.int32)]
+
+
+@pytest.mark.parametrize("sampling_ratio, want", ARGMAX_DTYPES)
+def test_roi_max_align_argmax_dtype_rule(backend, sampling_ratio, want):
+    x = make_x(np.float32)
+    rois = make_rois(np.float32, 1.0)
+    y, am = run(backend, F.roi_max_align_forward, x, rois, (2, 2), 1.0, sampling_ratio, False)
+    y0, am0 = max_align_oracle(x, rois, (2, 2), 1.0, sampling_ratio, False)
+    assert am.dtype == want
+    np.testing.assert_array_equal(am, am0)
+    np.testing.assert_allclose(y, y0, **tol(np.float32))
+    if sampling_ratio in (11, 12):      # the grid's last sample wins somewhere: 120, 143
+        assert am.max() == sampling_ratio**2 - 1
+    # no RoI: an empty argmax of the same dtype
+    _, am_e = run(backend, F.roi_max_align_forward, x, rois[:0], (2, 2), 1.0, sampling_ratio)
+    assert am_e.dtype == want and am_e.shape == (0, 3, 2, 2)
+    # the backward takes it back; the same values as int32 give the same bits
+    g = _rand(y.shape, 5, np.float32)
+    gx = run(backend, F.roi_max_align_backward, g, am, rois, x.shape, (2, 2), 1.0,
+             sampling_ratio, False)
+    gx32 = run(backend, F.roi_max_align_backward, g, am.astype(np.int32), rois, x.shape,
+               (2, 2), 1.0, sampling_ratio, False)
+    assert gx.tobytes() == gx32.tobytes()
+    gx0 = max_align_backward_oracle(g, am0, rois, x.shape, (2, 2), 1.0, sampling_ratio, False)
+    np.testing.assert_allclose(gx, gx0, **tol(np.float32))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_roi_max_align_int8_and_int32_argmax_same_bits(backend, dtype):
+    """The cpu's table paths (float32), its per-bin paths (float64) and every other backend:
+    an int8 argmax and the same values in int32 or int64 give identical gradients, and the
+    forward agrees with the numpy reference's dtype and values."""
+    x = make_x(dtype, (2, 24, 9, 11), seed=3)
+    rois = np.concatenate([make_rois(dtype, 0.5)] * 3)
+    y, am = run(backend, F.roi_max_align_forward, x, rois, (3, 4), 0.5, 2, True)
+    y0, am0 = run("numpy", F.roi_max_align_forward, x, rois, (3, 4), 0.5, 2, True)
+    assert am.dtype == am0.dtype == np.int8
+    np.testing.assert_array_equal(am, am0)
+    np.testing.assert_array_equal(y, y0)
+    g = _rand(y.shape, 9, dtype)
+    gx = run(backend, F.roi_max_align_backward, g, am, rois, x.shape, (3, 4), 0.5, 2, True)
+    for wide in (np.int32, np.int64):
+        gw = run(backend, F.roi_max_align_backward, g, am.astype(wide), rois, x.shape, (3, 4),
+                 0.5, 2, True)
+        assert gw.tobytes() == gx.tobytes()
+    gx0 = max_align_backward_oracle(g, am0, rois, x.shape, (3, 4), 0.5, 2, True)
+    np.testing.assert_allclose(gx, gx0, **tol(dtype))
+    assert gx.any()
+
+
+def test_roi_max_align_float_argmax_is_a_type_error(backend):
+    x = make_x(np.float32)
+    rois = make_rois(np.float32, 1.0)
+    y, am = run(backend, F.roi_max_align_forward, x, rois, 2, 1.0, 2, False)
+    for bad in (am.astype(np.float32), am.astype(np.float64), am >= 0):
+        with pytest.raises(TypeError, match="argmax must be an integer array"):
+            run(backend, F.roi_max_align_backward, y, bad, rois, x.shape, 2, 1.0, 2, False)
 
 
 # ------------------------------------------------------------------------ shared boundary

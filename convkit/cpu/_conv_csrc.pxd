@@ -12,6 +12,7 @@ by users; the public plane kernels are in _conv.pxd).  One header per kernel fam
     csrc/shift.h   masked shifted copies for the small-map im2col (AVX-512)
     csrc/rowgemm.h a float32 GEMM reading B rows at offsets, for the sub-pixel grad_x (AVX2)
     csrc/stem.h    the strided first-layer conv's forward and weight gradient (AVX2)
+    csrc/stem_wino.h  the stem's forward by a 1-D Winograd F(4, 4) / F(4, 3) along rows (AVX2)
 
 The AVX-512 bodies are compiled with target attributes and picked at run time, so every build
 carries them and a CPU without AVX-512 takes the portable paths.
@@ -151,3 +152,17 @@ cdef extern from "csrc/stem.h" nogil:
     int ck_stem_wdot_f(Py_ssize_t F, Py_ssize_t K3, Py_ssize_t hr, Py_ssize_t Wo,
                        const float* gy, Py_ssize_t ldg, const float* Q, Py_ssize_t Wq,
                        const Py_ssize_t* boff, float* part, Py_ssize_t ldp, int with_bias)
+
+
+cdef extern from "csrc/stem_wino.h" nogil:
+    void ck_stem_wino_filters(Py_ssize_t F, Py_ssize_t C, Py_ssize_t KH, const float* w,
+                              float* U)
+    void ck_stem_wino_offsets(Py_ssize_t C, Py_ssize_t KH, Py_ssize_t sh, Py_ssize_t Ra,
+                              Py_ssize_t nt, Py_ssize_t* boff)
+    Py_ssize_t ck_stem_wino_floats(Py_ssize_t C, Py_ssize_t KH, Py_ssize_t sh, Py_ssize_t rows,
+                                   Py_ssize_t Wo)
+    int ck_stem_wino_forward_f(Py_ssize_t F, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t sh,
+                               const float* U, const Py_ssize_t* boff, const float* x,
+                               Py_ssize_t H, Py_ssize_t W, Py_ssize_t pt, Py_ssize_t pl,
+                               Py_ssize_t h0, Py_ssize_t Ra, Py_ssize_t hr, Py_ssize_t Wo,
+                               float* ws, float* y, Py_ssize_t ldy, const float* bias)

@@ -13,7 +13,9 @@ from libc.string cimport memcpy, memset
 
 from ._blas cimport ck_sgemm_apacked_rows, gemm_fixed
 from ._conv_csrc cimport (ck_phases_f, ck_rowgemm_available, ck_rowgemm_f, ck_rowgemm_kc_f,
-                          ck_stem_forward_f, ck_stem_wdot_f)
+                          ck_stem_forward_f, ck_stem_wdot_f, ck_stem_wino_filters,
+                          ck_stem_wino_offsets, ck_stem_wino_floats,
+                          ck_stem_wino_forward_f)
 from ._conv_common cimport _min
 
 
@@ -371,6 +373,67 @@ def conv2d_forward_stem(const float[:, :, :, ::1] x, const float[::1] wpan,
     return y
 
 
+def stem_wino_filters(const float[:, :, :, ::1] w, float[::1] U):
+    """w (F, C, KH, 7), F a multiple of 4 -> U (OUT, F*13*C*KH floats): the filters of
+    conv2d_forward_stem_wino, transformed in double (csrc/stem_wino.h ck_stem_wino_filters)."""
+    cdef Py_ssize_t F = w.shape[0], C = w.shape[1], KH = w.shape[2]
+    if w.shape[3] != 7 or F % 4 or U.shape[0] < F * 13 * C * KH:
+        raise ValueError("stem_wino_filters: w must be (F, C, KH, 7), F a multiple of 4, "
+                         "and U hold F*13*C*KH floats")
+    with nogil:
+        ck_stem_wino_filters(F, C, KH, &w[0, 0, 0, 0], &U[0])
+    return U
+
+
+def stem_wino_offsets(Py_ssize_t C, Py_ssize_t KH, Py_ssize_t sh, Py_ssize_t Ra, Py_ssize_t nt,
+                      Py_ssize_t[::1] boff):
+    """boff (OUT, 13*C*KH): each transformed tap's row offset (csrc/stem_wino.h)."""
+    if boff.shape[0] < 13 * C * KH:
+        raise ValueError("stem_wino_offsets: boff must hold 13*C*KH offsets")
+    ck_stem_wino_offsets(C, KH, sh, Ra, nt, &boff[0])
+    return boff
+
+
+def conv2d_forward_stem_wino(const float[:, :, :, ::1] x, const float[::1] U,
+                             const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
+                             float[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t KH,
+                             Py_ssize_t sh, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t rows,
+                             int n_threads, const Py_ssize_t[::1] boff):
+    """groups 1, dilation 1, kernel width 7 at column stride 2, float32 where csrc/stem.h runs
+    (conv_plan "stem_wino"): the stem forward by a 1-D Winograd F(4, 4) / F(4, 3) along the
+    rows (csrc/stem_wino.h).  U: stem_wino_filters of the weights; boff: stem_wino_offsets for
+    Ra = rows + (KH-1)//sh phase rows of nt = ceil(Wo/4) tiles.  Tasks: (image, ``rows`` output
+    rows), each from the stride-8 column phases of its input rows; every output is computed
+    the same way in any task, so the bits follow neither the thread count nor the batch.
+    Operands must be finite (the caller's rule).
+    ws_per_thread >= conv_plan.stem_wino_floats (csrc/stem_wino.h ck_stem_wino_floats)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t Ra = rows + (KH - 1) // sh
+    cdef Py_ssize_t nrb = (Ho + rows - 1) // rows
+    cdef Py_ssize_t t, n, h0
+    cdef Py_ssize_t failed = 0
+    if ck_stem_wino_floats(C, KH, sh, rows, Wo) > ws_per_thread:
+        raise ValueError("conv2d_forward_stem_wino: ws_per_thread is below the task's scratch")
+    if ws.shape[0] < n_threads * ws_per_thread or U.shape[0] < F * 13 * C * KH \
+            or boff.shape[0] < 13 * C * KH or F % 4:
+        raise ValueError("conv2d_forward_stem_wino: ws, U or boff too short, or F not a "
+                         "multiple of 4")
+    with nogil:
+        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
+            n = t // nrb
+            h0 = (t - n * nrb) * rows
+            if not ck_stem_wino_forward_f(F, C, KH, sh, &U[0], &boff[0], &x[n, 0, 0, 0], H, W,
+                                          pt, pl, h0, Ra, _min(rows, Ho - h0), Wo,
+                                          &ws[0] + threadid() * ws_per_thread,
+                                          &y[n, 0, h0, 0], Ho * Wo,
+                                          &bias[0] if has_bias else <const float*>NULL):
+                failed += 1             # (the plan picks this only where csrc/stem.h runs)
+    if failed:
+        raise RuntimeError("conv2d_forward_stem_wino: csrc/stem.h does not run on this CPU")
+    return y
+
+
 def conv2d_grad_weight_stem(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
                             float[:, :, :, ::1] gw, float[::1] gb, bint has_bias,
                             float[::1] ws, Py_ssize_t ws_per_thread,
@@ -383,12 +446,13 @@ def conv2d_grad_weight_stem(const float[:, :, :, ::1] gy, const float[:, :, :, :
     gw[f, k] = sum over the batch's positions of gy[n, f, i, j] * (tap k of position (i, j)),
     the taps read in place from the phase planes of blocks of ``rows`` output rows (boff: the
     offsets for planes of that many rows, padded with zeros to a multiple of 3 taps; the padded
-    taps' sums are dropped).  Tasks: (block of ``fchunk`` filters, group of images) -- the batch
-    cut into groups_n fixed groups of consecutive images, both set by the layer and the batch
-    alone -- each summing into its own 8-lane partial sums (part: groups_n * F * (K3 + 1) * 8
-    floats, the last 8 of a filter's row its bias lanes) in a fixed order; then each weight is
-    its lanes' sums added in a fixed tree, group by group in order.  So the bits do not depend
-    on the thread count.  has_bias: gb (OUT) is summed the same way on the way (grad_bias
+    taps' sums are dropped).  Tasks: (block of ``fchunk`` filters, group of slabs) -- the
+    batch's N * ceil(Ho / rows) (image, row block) slabs, image after image, cut into groups_n
+    (1 .. the slab count) fixed near-equal runs of consecutive slabs, set by the caller's plan
+    and never by the team -- each summing into its own 8-lane partial sums (part: groups_n * F
+    * (K3 + 1) * 8 floats, the last 8 of a filter's row its bias lanes) in a fixed order; then
+    each weight is its lanes' sums added in a fixed tree, group by group in order.  So the bits
+    do not depend on the thread count.  has_bias: gb (OUT) is summed the same way on the way (grad_bias
     "fused").
     ws_per_thread >= C*sh*sw*Rq*Wq (conv_plan.plan_weight_stem).
     """
@@ -398,14 +462,18 @@ def conv2d_grad_weight_stem(const float[:, :, :, ::1] gy, const float[:, :, :, :
     cdef Py_ssize_t K = C * KH * KW, K3 = boff.shape[0], ldp = 8 * (K3 + 1)
     cdef Py_ssize_t Wq = Wo + (KW - 1) // sw, Rq = rows + (KH - 1) // sh
     cdef Py_ssize_t plane = Rq * Wq
-    cdef Py_ssize_t nfc = (F + fchunk - 1) // fchunk, ipg = (N + groups_n - 1) // groups_n
-    cdef Py_ssize_t nrb = (Ho + rows - 1) // rows
-    cdef Py_ssize_t t, fi, g, f0, fc, n, rb, h0, f, k
+    cdef Py_ssize_t nfc = (F + fchunk - 1) // fchunk
+    cdef Py_ssize_t nrb = (Ho + rows - 1) // rows, S = N * nrb
+    cdef Py_ssize_t t, fi, g, f0, fc, n, sl, h0, f, k
     cdef Py_ssize_t failed = 0
     cdef float s, lane
     cdef float* Q
     cdef float* P
     cdef const float* q
+    if groups_n < 1 or groups_n > S or part.shape[0] < groups_n * F * ldp:
+        raise ValueError(f"conv2d_grad_weight_stem: groups_n must be in 1 .. {S} (slabs) and "
+                         f"part hold groups_n * {F * ldp} floats, got {groups_n}, "
+                         f"{part.shape[0]}")
     with nogil:
         for t in prange(nfc * groups_n, schedule="dynamic", num_threads=n_threads):
             fi = t // groups_n
@@ -415,19 +483,19 @@ def conv2d_grad_weight_stem(const float[:, :, :, ::1] gy, const float[:, :, :, :
             P = &part[0] + (g * F + f0) * ldp
             memset(P, 0, fc * ldp * sizeof(float))
             Q = &ws[0] + threadid() * ws_per_thread
-            for n in range(g * ipg, _min(N, (g + 1) * ipg)):
-                for rb in range(nrb):
-                    h0 = rb * rows
-                    ck_phases_f(&x[n, 0, 0, 0], C, H, W, sh, sw, pt, pl, h0, Rq, Wq, plane, Q)
-                    if not ck_stem_wdot_f(fc, K3, _min(rows, Ho - h0), Wo, &gy[n, f0, h0, 0],
-                                          HoWo, Q, Wq, &boff[0], P, ldp, has_bias):
-                        failed += 1     # (the plan picks this only where csrc/stem.h runs)
+            for sl in range(g * S // groups_n, (g + 1) * S // groups_n):
+                n = sl // nrb
+                h0 = (sl - n * nrb) * rows
+                ck_phases_f(&x[n, 0, 0, 0], C, H, W, sh, sw, pt, pl, h0, Rq, Wq, plane, Q)
+                if not ck_stem_wdot_f(fc, K3, _min(rows, Ho - h0), Wo, &gy[n, f0, h0, 0],
+                                      HoWo, Q, Wq, &boff[0], P, ldp, has_bias):
+                    failed += 1     # (the plan picks this only where csrc/stem.h runs)
         for f in prange(F, schedule="static", num_threads=n_threads):
             for k in range(K + 1):
                 if k == K and not has_bias:
                     break
                 s = 0
-                for g in range(_min(groups_n, (N + ipg - 1) // ipg)):
+                for g in range(groups_n):
                     q = &part[0] + (g * F + f) * ldp + 8 * (K3 if k == K else k)
                     lane = ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]))
                     s = s + lane

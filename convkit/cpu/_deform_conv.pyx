@@ -15,7 +15,8 @@ the same bits for any thread count.
 forward, per chunk: tasks (image, row) build the bordered copies; tasks (image, block of pb
 positions) build their table entries and columns in their thread's scratch, then one GEMM per
 weight group writes y's block (bias added as the products are stored): float32 on AVX2 reads
-the columns in place while they are in cache (ck_deform_ntgemm_f), else BLAS.
+the columns in place while they are in cache, with the weights in panels of 16 filters
+(ck_deform_opgemm_f), else BLAS.
 backward, per chunk: (1) the same tasks build tables and columns; (2) tasks (image, weight
 group, block of ub columns of grad_weight) write gy[n] @ cols[n] into the image's slot, then
 tasks (filter) add the slots to grad_weight, images in order;
@@ -49,9 +50,11 @@ cdef bint _AVX2_GEMMS = not (CK_SGEMM_BUILT and ck_sgemm_available())
 cdef extern from "csrc/deform_conv.h" nogil:
     int ck_deform_cap
     int ck_deform_isa()
-    int ck_deform_ntgemm_f(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* a,
-                           Py_ssize_t lda, const float* b, Py_ssize_t ldb, const float* bias,
-                           float* out, Py_ssize_t ldo)
+    int ck_deform_opgemm_f(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* ap,
+                           const float* b, Py_ssize_t ldb, const float* bias, float* out,
+                           Py_ssize_t ldo)
+    void ck_deform_panel16_f(const float* w, Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t KK,
+                             Py_ssize_t g, Py_ssize_t q, float* ap)
     void ck_deform_pad_f_pick(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
                               Py_ssize_t hp, float* xn)
     void ck_deform_pad_d(const double* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
@@ -108,6 +111,12 @@ def set_simd(bint on):
     return bool(ck_deform_isa())
 
 
+def opgemm_available():
+    """True where the forward's float32 GEMMs run on ck_deform_opgemm_f (AVX2 + FMA kernels
+    allowed, and no own AVX-512 GEMM, which stays where it runs); else BLAS (gemm_pk)."""
+    return bool(_AVX2_GEMMS and ck_deform_isa())
+
+
 cdef struct Geom:
     Py_ssize_t C, H, W, OG, Cg, KH, KW, KK, Wo, P, sh, sw, ph, pw, dh, dw
     Py_ssize_t Hp, plane, CKK, CKP, TP    # bordered rows and plane; columns and table per image
@@ -142,18 +151,24 @@ cdef void _table_cols(const floating* xn, const floating* off, const floating* m
         ck_deform_cols_d(xn, mask, s.C, s.W, s.OG, s.Cg, s.KK, s.P, p0, p1, tw, tb, ldt, cols)
 
 
+cdef inline void _pad_row(const floating[:, :, :, ::1] x, Geom* s, Py_ssize_t n0,
+                          Py_ssize_t t, floating* xpad) noexcept nogil:
+    """Bordered row t % (H+2) of the channels-last copy of image n0 + t // (H+2)."""
+    cdef Py_ssize_t slot = t // s.Hp
+    if floating is float:
+        ck_deform_pad_f_pick(&x[n0 + slot, 0, 0, 0], s.C, s.H, s.W, t - slot * s.Hp,
+                             xpad + slot * s.C * s.plane)
+    else:
+        ck_deform_pad_d(&x[n0 + slot, 0, 0, 0], s.C, s.H, s.W, t - slot * s.Hp,
+                        xpad + slot * s.C * s.plane)
+
+
 cdef void _pad_chunk(const floating[:, :, :, ::1] x, Geom* s, Py_ssize_t n0, Py_ssize_t nc,
                      floating* xpad, int n_threads) noexcept nogil:
     """Channels-last bordered copies of images [n0, n0 + nc), one task per bordered row."""
-    cdef Py_ssize_t t, slot
+    cdef Py_ssize_t t
     for t in prange(nc * s.Hp, schedule="static", num_threads=n_threads):
-        slot = t // s.Hp
-        if floating is float:
-            ck_deform_pad_f_pick(&x[n0 + slot, 0, 0, 0], s.C, s.H, s.W, t - slot * s.Hp,
-                            xpad + slot * s.C * s.plane)
-        else:
-            ck_deform_pad_d(&x[n0 + slot, 0, 0, 0], s.C, s.H, s.W, t - slot * s.Hp,
-                            xpad + slot * s.C * s.plane)
+        _pad_row(x, s, n0, t, xpad)
 
 
 cdef void _pack4(const floating* src, Py_ssize_t rs, Py_ssize_t cs, Py_ssize_t R,
@@ -182,27 +197,45 @@ cdef void _strip(const float* src, Py_ssize_t ld, Py_ssize_t R, Py_ssize_t q,
 
 
 def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] off,
-                   const floating[:, ::1] w2, const floating[::1] bias, bint has_bias,
+                   const floating[:, :, :, ::1] w, const floating[:, ::1] w2, floating[::1] wp,
+                   const floating[::1] bias, bint has_bias,
                    const floating[:, :, :, ::1] mask, bint has_mask, floating[:, :, :, ::1] y,
                    floating[::1] xpad, floating[::1] cols, floating[::1] tw, Py_ssize_t[::1] tb,
                    tuple params, Py_ssize_t chunk, Py_ssize_t pb, Py_ssize_t KH, Py_ssize_t KW,
                    int n_threads):
-    """y = deform_conv(x, off, w, mask) + bias (IN: x, off, w2 = w permuted to (F, KK*Cg),
-    bias, mask; OUT: y).  Scratch: xpad C*(H+2)*(W+2) per chunk image; per thread, one task's
-    columns (pb*C*KK), table weights (6*OG*KK*pb) and corners (tb, 2*OG*KK*pb: sampled, then
+    """y = deform_conv(x, off, w, mask) + bias (IN: x, off, w (F, Cg, KH, KW), bias, mask;
+    OUT: y).  The GEMMs read either w in panels of 16 filters per weight group, packed into
+    wp here (ck_deform_opgemm_f; float32 where it runs; wp then holds G*ceil(Fg/16)*16*K
+    values), or, with a wp of any other size, w2 = w permuted to (F, KK*Cg) (BLAS).
+    Scratch: xpad C*(H+2)*(W+2) per chunk image; per thread, one task's columns (pb*C*KK),
+    table weights (6*OG*KK*pb) and corners (tb, 2*OG*KK*pb: sampled, then
     the offset gradient's) -- a task's columns are consumed by its GEMMs while they are still
     in cache.  params: (sh, sw, ph, pw, dh, dw)."""
-    cdef Py_ssize_t N = x.shape[0], F = w2.shape[0], K = w2.shape[1]
+    cdef Py_ssize_t N = x.shape[0], F = w.shape[0], K = w.shape[1] * KH * KW
     cdef Py_ssize_t Wo = y.shape[3], P = y.shape[2] * Wo
     cdef Geom s = _geom(x.shape[1], x.shape[2], x.shape[3], off.shape[1] // (2 * KH * KW),
-                        K // (KH * KW), KH, KW, Wo, P, params)
+                        w.shape[1], KH, KW, Wo, P, params)
     cdef Py_ssize_t G = s.C // s.Cg, Fg = F // G, nb = (P + pb - 1) // pb
-    cdef Py_ssize_t RK = s.OG * s.KK, n0, nc, t, n, p0, p1, g, tid
+    cdef Py_ssize_t RK = s.OG * s.KK, n0, nc, t, n, p0, p1, g, tid, npk
+    cdef Py_ssize_t n16 = (Fg + 15) // 16, lwp = n16 * 16 * K     # a weight group's panels
+    cdef bint panels = floating is float and wp.shape[0] == G * lwp
     cdef floating* cp
+    if panels and not ck_deform_isa():
+        raise ValueError("deform_forward: weight panels given where ck_deform_opgemm_f "
+                         "does not run")
+    if not panels and (w2.shape[0] != F or w2.shape[1] != K):
+        raise ValueError(f"deform_forward: w2 must be ({F}, {K}) for the BLAS GEMMs")
     for n0 in range(0, N, chunk):
         nc = _min(chunk, N - n0)
+        npk = G * n16 if panels and n0 == 0 else 0
         with nogil:
-            _pad_chunk(x, &s, n0, nc, &xpad[0], n_threads)
+            # the weights' panels (with the first chunk), then the bordered rows, in one team
+            for t in prange(npk + nc * s.Hp, schedule="dynamic", num_threads=n_threads):
+                if t >= npk:
+                    _pad_row(x, &s, n0, t - npk, &xpad[0])
+                elif floating is float:
+                    ck_deform_panel16_f(&w[0, 0, 0, 0], Fg, s.Cg, s.KK, t // n16, t % n16,
+                                        &wp[0] + t * 16 * K)
             for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
                 n = n0 + t // nb
                 p0 = (t % nb) * pb
@@ -214,8 +247,8 @@ def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                             p1, &tw[0] + tid * RK * pb * 6, &tb[0] + tid * RK * pb * 2,
                             &tb[0] + tid * RK * pb * 2 + RK * pb, pb, cp)
                 for g in range(G):
-                    if floating is float and _AVX2_GEMMS:
-                        if ck_deform_ntgemm_f(Fg, p1 - p0, K, &w2[g * Fg, 0], K, cp + g * K,
+                    if floating is float and panels:
+                        if ck_deform_opgemm_f(Fg, p1 - p0, K, &wp[0] + g * lwp, cp + g * K,
                                               s.CKK, &bias[g * Fg] if has_bias else
                                               <const float*>NULL, &y[n, g * Fg, 0, 0] + p0, P):
                             continue

@@ -359,9 +359,10 @@ cdef int _groups_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t
 def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] xt,
                           const floating[:, ::1] rois, const Py_ssize_t[::1] order,
                           double spatial_scale, Py_ssize_t sampling_ratio, bint aligned,
-                          floating[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax,
+                          floating[:, :, :, ::1] y, unsigned char[::1] argmax, int aw,
                           unsigned char[::1] status, int n_threads):
-    """x (N, C, H, W) -> y, argmax (K, C, ph, pw); xt (N, H, W, C) scratch; one RoI per task,
+    """x (N, C, H, W) -> y, argmax (K, C, ph, pw); argmax's bytes, aw (1: int8, 4: int32) per
+    entry; xt (N, H, W, C) scratch; one RoI per task,
     handed out in ``order``; float RoIs go through a sample table (ck_max_align_roi_f) when it
     fits, the rest bin by bin.  Returns the number of RoIs flagged in status (outputs not
     written)."""
@@ -372,7 +373,7 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
     cdef floating* xtp = &xt[0, 0, 0, 0]
     cdef const floating* rp = &rois[0, 0]
     cdef floating* yp = &y[0, 0, 0, 0]
-    cdef int32_t* amp = &argmax[0, 0, 0, 0]
+    cdef unsigned char* amp = &argmax[0]
     cdef const floating* img
     cdef floating* best
     cdef int64_t* bi
@@ -434,7 +435,7 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
                     if tab != NULL and _table_build(tab, &ax[0], &ax[1], W, C, ph, pw, gw):
                         ck_max_align_roi_f(img, C, nb, tab.sf, tab.so, tab.sw, tab.rel,
                                            tab.base, fin[b], tab.scratch, yp + k * C * nb,
-                                           amp + k * C * nb)
+                                           amp + k * C * nb * aw, aw)
                         continue
                 for p in range(ph):
                     a0 = ax[0].first[p]
@@ -450,20 +451,20 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
                                                    ax[0].idx, b0, b1, ax[1].low, ax[1].high,
                                                    <float*>ax[1].wl, <float*>ax[1].wh,
                                                    ax[1].idx, gw, best, <int32_t*>bi, nb,
-                                                   yp + o, amp + o)
+                                                   yp + o, amp + o * aw, aw)
                             else:
                                 ck_max_align_bin_fl(img, W, C, a0, a1, ax[0].low, ax[0].high,
                                                     <float*>ax[0].wl, <float*>ax[0].wh,
                                                     ax[0].idx, b0, b1, ax[1].low, ax[1].high,
                                                     <float*>ax[1].wl, <float*>ax[1].wh,
                                                     ax[1].idx, gw, best, bi, nb, yp + o,
-                                                    amp + o, 0)
+                                                    amp + o * aw, aw, 0)
                         else:
                             ck_max_align_bin_d(img, W, C, a0, a1, ax[0].low, ax[0].high,
                                                <double*>ax[0].wl, <double*>ax[0].wh, ax[0].idx,
                                                b0, b1, ax[1].low, ax[1].high,
                                                <double*>ax[1].wl, <double*>ax[1].wh, ax[1].idx,
-                                               gw, best, bi, nb, yp + o, amp + o, 0)
+                                               gw, best, bi, nb, yp + o, amp + o * aw, aw, 0)
             free(best)
             free(bi)
             if tab != NULL:
@@ -539,8 +540,8 @@ cdef int _roi_pairs(_Pairs* pt, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t p
     return 1
 
 
-def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int32_t[:, :, :, ::1] argmax,
-                           const floating[:, ::1] rois, double spatial_scale,
+def roi_max_align_backward(const floating[:, :, :, ::1] gy, const unsigned char[::1] argmax,
+                           int aw, const floating[:, ::1] rois, double spatial_scale,
                            Py_ssize_t sampling_ratio, bint aligned, floating[:, :, :, ::1] gx,
                            unsigned char[::1] status, int n_threads):
     """gy, argmax (K, C, ph, pw) -> gx (N, C, H, W) (written whole): every RoI's taps and
@@ -549,10 +550,10 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int32_t[:, :, 
     table: blocks of 64 channels accumulated pixel-major in a private (H*W, 64) scratch, the
     channels vectorised (ck_max_align_bwd_blk_f: one add per pixel a bin's samples touch, by
     the RoI's pixel groups, where the grad block is finite), then transposed into gx's planes;
-    else blocks of 16 channels, one plane at a time.  argmax is int32 (the boundary narrows
-    other integer dtypes).  Each argmax entry is read once and checked
-    against its bin's samples.  Returns (bad argmax entries, RoIs flagged in status); both are
-    skipped, the caller raises."""
+    else blocks of 16 channels, one plane at a time.  argmax: its bytes, aw (1: int8, 4:
+    int32) per entry (the boundary casts other integer dtypes).  Each argmax entry is read
+    once and checked against its bin's samples.  Returns (bad argmax entries, RoIs flagged
+    in status); both are skipped, the caller raises."""
     cdef Py_ssize_t N = gx.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
     cdef Py_ssize_t K = gy.shape[0], ph = gy.shape[2], pw = gy.shape[3], nb = ph * pw
     cdef Py_ssize_t CB = 16, nblk = (C + CB - 1) // CB, HW = H * W
@@ -561,9 +562,10 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int32_t[:, :, 
     cdef float* gb
     cdef float* gt
     cdef int32_t* rt
+    cdef int32_t* wd
     cdef _Table* tb
     cdef const floating* gyp = &gy[0, 0, 0, 0]
-    cdef const int32_t* amp = &argmax[0, 0, 0, 0]
+    cdef const unsigned char* amp = &argmax[0]
     cdef const floating* rp = &rois[0, 0]
     cdef floating* gxp = &gx[0, 0, 0, 0]
     cdef floating* plane
@@ -589,7 +591,10 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int32_t[:, :, 
         free(nxt)
         raise MemoryError("roi_max_align_backward: out of memory for the sample tables")
     with nogil:
-        for k in prange(K, schedule="dynamic", chunksize=8,
+        # static: each thread builds (and mallocs in its own arena) the same RoIs' tables on
+        # every call, so the arenas reach their size once instead of growing call after call
+        # (a dynamic split faulted fresh pages in for the first ten calls or so)
+        for k in prange(K, schedule="static",
                         num_threads=team(n_threads, K // 16 + 1)):
             batch[k] = batch_index(rp[k * 5], N)      # read once; tasks use this copy
             if batch[k] < 0:
@@ -623,7 +628,7 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int32_t[:, :, 
                     batch[k] = -1
         if floating is float:
             if notab and failed == 0:   # some RoI has no sample table: all go plane by plane
-                for k in prange(K, schedule="dynamic", chunksize=8,
+                for k in prange(K, schedule="static",
                                 num_threads=team(n_threads, K // 16 + 1)):
                     if batch[k] >= 0 and not _roi_pairs(&pairs[k], &axes[2 * k],
                                                          &axes[2 * k + 1], W, ph, pw, gws[k],
@@ -641,8 +646,9 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int32_t[:, :, 
                 gb = <float*>ck_malloc64(HW * VB * sizeof(float) + 1)
                 gt = <float*>malloc(nb * VB * sizeof(float) + 1)
                 rt = <int32_t*>malloc(nb * VB * sizeof(int32_t) + 1)
+                wd = <int32_t*>malloc(nb * VB * sizeof(int32_t) + 1)   # an int8 block widened
                 for t in prange(N * nvblk, schedule="dynamic", chunksize=1):
-                    if gb == NULL or gt == NULL or rt == NULL:
+                    if gb == NULL or gt == NULL or rt == NULL or wd == NULL:
                         failed += 1
                         continue
                     n = t // nvblk
@@ -656,9 +662,9 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int32_t[:, :, 
                         i = nxt[k]          # the next RoI of this image (K: none)
                         bad += ck_max_align_bwd_blk_f(
                             gb, nc, nb, tb.sf, tb.so, tb.sw, tb.rel, tb.base,
-                            <const float*>gyp + o, amp + o,
+                            <const float*>gyp + o, amp + o * aw, aw, wd,
                             gt, rt, <const float*>gyp + (i * C + c0) * nb if i < K else NULL,
-                            amp + (i * C + c0) * nb if i < K else NULL,
+                            amp + (i * C + c0) * nb * aw if i < K else NULL,
                             tb.gf, tb.goff, tb.gwt, tb.gdm, tb.sx, tb.ws)
                         k = i
                     for i in range(0, HW, 64):  # (H*W, nc) block -> the nc planes of gx
@@ -667,6 +673,7 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int32_t[:, :, 
                 ck_free64(gb)
                 free(gt)
                 free(rt)
+                free(wd)
         elif failed == 0:
             for t in prange(N * nblk, schedule="dynamic", chunksize=1,
                             num_threads=team(n_threads, N * nblk)):
@@ -687,24 +694,26 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const int32_t[:, :, 
                             if floating is float:
                                 bad += ck_max_align_bwd_tab_f(plane, nb, pt.base, pt.nx, pt.pf,
                                                               pt.off, <float*>pt.wt, gws[k],
-                                                              gyp + o, amp + o)
+                                                              gyp + o, amp + o * aw, aw)
                             else:
                                 bad += ck_max_align_bwd_tab_d(plane, nb, pt.base, pt.nx, pt.pf,
                                                               pt.off, <double*>pt.wt, gws[k],
-                                                              gyp + o, amp + o)
+                                                              gyp + o, amp + o * aw, aw)
                         elif floating is float:
                             bad += ck_max_align_bwd_f(plane, W, ph, pw, ty.first, ty.low,
                                                       ty.high, <float*>ty.wl, <float*>ty.wh,
                                                       ty.idx, tx.first, tx.low, tx.high,
                                                       <float*>tx.wl, <float*>tx.wh, tx.idx,
-                                                      gws[k], gyp + o, amp + o)
+                                                      gws[k], gyp + o, amp + o * aw, aw)
                         else:
                             bad += ck_max_align_bwd_d(plane, W, ph, pw, ty.first, ty.low,
                                                       ty.high, <double*>ty.wl, <double*>ty.wh,
                                                       ty.idx, tx.first, tx.low, tx.high,
                                                       <double*>tx.wl, <double*>tx.wh, tx.idx,
-                                                      gws[k], gyp + o, amp + o)
-        for k in range(K):
+                                                      gws[k], gyp + o, amp + o * aw, aw)
+        # freed by the thread that built them (the same static split): back into its own
+        # arena, in parallel, instead of one thread taking every arena's lock in turn
+        for k in prange(K, schedule="static", num_threads=team(n_threads, K // 16 + 1)):
             _axis_free(&axes[2 * k])
             _axis_free(&axes[2 * k + 1])
             _pairs_free(&pairs[k])

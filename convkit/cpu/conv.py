@@ -107,7 +107,8 @@ _MAX_PLANS = 256
 # (backward) makes them differ from torch; x is not read twice for them.  im2col, pointwise,
 # wide, phases, rowphases and stem compute each output from its own window, and weight_rowgemm
 # and weight_stem each weight from its own products (the stem's padded taps and masked tails
-# read no other values), padding included, as torch does: no check, no cost.
+# read no other values), padding included, as torch does: no check, no cost.  stem_wino checks
+# its operands itself and falls back to the direct stem (_fwd_stem_wino).
 _MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel",
                       "weight_winograd"})
 _MIXES_W = frozenset({"depthwise", "depthwise3x3"})
@@ -474,6 +475,43 @@ def _fwd_stem(x, weight, b, has_bias, y, s, step):
                                                rows, y.shape[3]))
 
 
+def _fwd_stem_wino(x, weight, b, has_bias, y, s, step):
+    """The stem forward by a 1-D Winograd along the rows on csrc/stem_wino.h
+    (conv_plan.plan_stem_wino).  Its transforms mix a tile's values (inf * 0 = NaN), so a
+    non-finite weight sends the batch, and a non-finite image that image, to the direct stem
+    (step.params["direct"]), whose outputs read only their own windows: NaN / inf element for
+    element as torch, and an image's bits still do not depend on its batch."""
+    p, direct = step.params, step.params["direct"]
+    if not _finite(weight, x):
+        if not _finite(weight):
+            return _fwd_stem(x, weight, b, has_bias, y, s, direct)
+        bad = _bad_images(x)
+        for idx, run in ((np.flatnonzero(~bad), _fwd_stem_wino), (np.flatnonzero(bad), _fwd_stem)):
+            if len(idx):
+                part = np.empty((len(idx),) + y.shape[1:], dtype=y.dtype)
+                run(np.ascontiguousarray(x[idx]), weight, b, has_bias, part,
+                    s._replace(N=len(idx)), step if run is _fwd_stem_wino else direct)
+                y[idx] = part
+        return
+    rows, per, sh = p["rows"], p["per_thread"], s.stride[0]
+    U = _workspace(p["ufloats"], np.float32, "stem_wino")[:p["ufloats"]]
+    _phases.stem_wino_filters(weight, U)
+    ws = _workspace(per * step.threads, x.dtype)
+    _phases.conv2d_forward_stem_wino(x, U, b, has_bias, y, ws, per, s.KH, sh, s.padding[0],
+                                     s.padding[2], rows, step.threads,
+                                     _stem_wino_offsets(s.C, s.KH, sh, rows + (s.KH - 1) // sh,
+                                                        -(-y.shape[3] // 4)))
+
+
+@functools.lru_cache(maxsize=64)
+def _stem_wino_offsets(C, KH, sh, Ra, nt):
+    """csrc/stem_wino.h's tap offsets for tasks of Ra phase rows of nt tiles."""
+    o = _phases.stem_wino_offsets(C, KH, sh, Ra, nt, np.empty(13 * C * KH, np.intp))
+    o = np.asarray(o)
+    o.flags.writeable = False
+    return o
+
+
 def _fwd_wide(x, weight, b, has_bias, y, s, step):
     (dh, dw), per = s.dilation, step.params["per_thread"]
     Ho, Wo = y.shape[2:]
@@ -499,7 +537,8 @@ def _fwd_im2col(x, weight, b, has_bias, y, s, step):
 
 _FORWARD = {"depthwise3x3": _fwd_depthwise3x3, "depthwise": _fwd_depthwise, "dense": _fwd_dense,
             "winograd": _fwd_winograd, "batch": _fwd_batch, "phases": _fwd_phases,
-            "rowphases": _fwd_rowphases, "stem": _fwd_stem, "wide": _fwd_wide,
+            "rowphases": _fwd_rowphases, "stem": _fwd_stem, "stem_wino": _fwd_stem_wino,
+            "wide": _fwd_wide,
             "pointwise": _fwd_im2col, "im2col": _fwd_im2col}
 
 

@@ -25,6 +25,9 @@ wide            stride 1, padded rows <= 5/4 of the output's: taps read in place
 weight_dot      <= 320 taps per filter, float32 on the own GEMM: dot products           w (+ b)
 weight_rowgemm  strided, kernel a multiple of the stride, float32 on BLAS machines      w
                 with AVX2: x channels-last, a csrc/rowgemm.h GEMM per kernel row
+stem_wino       the stem rule's 7-wide kernels at column stride 2 (>= 16 filters):       f
+                1-D Winograd F(4, 4) / F(4, 3) along the rows on the column phases,
+                the kernel rows direct (csrc/stem_wino.h); non-finite operands: stem
 weight_stem     the stem rule: dot products over the phase planes (csrc/stem.h)         w
 weight_winograd where the forward takes F(4x4, 3x3): the transposed F(4x4) -- 36 GEMMs    w
                 of transformed grad_y and x tiles, then the 3x3 filter transform
@@ -236,8 +239,12 @@ def row_blocks(own_gemm):
 def dense_params(own_gemm, fixed=False):
     """The dense Step's parameters: ``row_blocks`` for grad_weight's GEMM (its rows are input
     pixels), ``image_rows`` for the forward's and grad_x's (their rows are images): one image
-    per GEMM on BLAS (batch invariance), the row blocks on a fixed-order GEMM."""
-    return {"row_blocks": row_blocks(own_gemm), "image_rows": 0 if own_gemm or fixed else 1}
+    per GEMM on BLAS (batch invariance), the row blocks on a fixed-order GEMM.  A fixed-order
+    GEMM's bits do not follow the split either, so it takes one block per thread as the own
+    GEMM does: BLAS's four blocks packed the dense matrix four times (LeNet5's conv2 and the
+    small ResNet's 2x2 layer 1.0-1.3x slower, bench/dense_blocks_ab.py)."""
+    return {"row_blocks": row_blocks(own_gemm or fixed),
+            "image_rows": 0 if own_gemm or fixed else 1}
 
 
 def image_rows(Ho, Wo):
@@ -469,13 +476,34 @@ def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, 
     return n_threads, trows, trows * per_row // itemsize + 8 * (2 * tw + 2)
 
 
+def even_tile_rows(rows, want, tw, per_row, n_threads):
+    """Tile rows per F(4x4) task on a fixed-order GEMM (its bits do not follow them): ``want``,
+    unless its tasks leave more than tuning.WINOGRAD4_MAX_IDLE of the team idle (the last
+    round's empty threads: vgg_56's 23 tasks on 16 threads, 30 %); then, from tasks of at least
+    tuning.WINOGRAD4_MIN_TASK_TILES tiles (where the batch has them) up to ``want``'s or
+    tuning.WINOGRAD4_TASK_BYTES of V and M (per_row bytes a tile row), the rows whose tasks
+    leave the fewest idle, the most rows on a tie."""
+    def idle(tr):
+        return 1 - rows / (ceil_div(ceil_div(rows, tr), n_threads) * n_threads * tr)
+    num, den = T.WINOGRAD4_MAX_IDLE
+    if n_threads < 2 or den * idle(want) <= num:
+        return want
+    best = want
+    hi = max(want, min(rows, T.WINOGRAD4_TASK_BYTES // per_row))
+    for tr in range(min(want, ceil_div(T.WINOGRAD4_MIN_TASK_TILES, tw)), hi + 1):
+        if idle(tr) < idle(best) or (idle(tr) == idle(best) and tr > best):
+            best = tr
+    return best
+
+
 def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, fixed=False):
     """plan_winograd for F(4x4) on BLAS: about tuning.WINOGRAD4_TASK_TILES tiles per task (the
     36 GEMMs' column count), each image's tile rows cut into equal tasks (the kernel's
     per_image) -- set by the image alone (BLAS may sum differently for another column count or
     a tile's other place among them), lowered only by the limit.  fixed (a fixed-order GEMM):
     the batch's tile rows cut into equal tasks, blocks spanning images (the kernel's per_image
-    off).
+    off); there each output is one chain over the channels whatever the task's tiles, so the
+    tile rows per task may follow the team (even_tile_rows).
     The transformed filters U (36 * C * F elements, 4x the weight; F in whole strips of 6 when
     packed, winograd_packed) count against the limit."""
     limit -= 36 * C * winograd_filter_rows(F, winograd_packed(4, fixed)) * itemsize
@@ -489,7 +517,7 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, f
         return None
     n_threads = max(1, min(n_threads, limit // (per_row * want + extra)))
     budget = limit // n_threads
-    trows = want
+    trows = even_tile_rows(rows, want, tw, per_row, n_threads) if fixed else want
     while trows > 1 and trows * per_row + winograd_scratch(4, trows, tw) * itemsize > budget:
         trows -= 1
     return n_threads, trows, trows * per_row // itemsize + winograd_scratch(4, trows, tw)
@@ -644,23 +672,57 @@ def plan_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_thread
     return fit_team(n_threads, per * 4, 0, limit), rows, per
 
 
+def stem_wino_floats(s: ConvShape, rows, Wo):
+    """Floats of a stem_wino task's scratch for ``rows`` output rows (csrc/stem_wino.h
+    ck_stem_wino_floats): the stride-8 column phases R, a padded input row, the transformed
+    rows V (7 points) and one panel's products M."""
+    nt = ceil_div(Wo, 4)
+    Ra = rows + (s.KH - 1) // s.stride[0]
+    return (s.C * s.stride[0] * 8 * Ra * (nt + 1) + 64 * ((nt + 8) // 8)
+            + 7 * s.C * s.stride[0] * 2 * Ra * nt + 28 * rows * nt)
+
+
+def plan_stem_wino(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads, limit):
+    """(threads, output rows per task, scratch floats per thread, transformed-filter floats) of
+    the stem forward by a 1-D Winograd along the rows, or None.  The stem rule's layers
+    (stem_ok) with a kernel 7 wide at column stride 2 and at least tuning.STEM_WINO_MIN_FILTERS
+    filters.  Each output is computed the same way in any task, so the split may follow the
+    team (no bits change): tasks of an image's tuning.STEM_WINO_ROWS output rows, fewer rows
+    until each thread has tuning.PHASES_TASKS_PER_THREAD (stem_224's 56 tasks would leave 16
+    threads an eighth idle)."""
+    if not (stem_ok(s, Ho, Wo, float32, caps, pointwise) and s.KW == 7 and s.stride[1] == 2
+            and s.F >= T.STEM_WINO_MIN_FILTERS):
+        return None
+    rows = min(Ho, T.STEM_WINO_ROWS)
+    if n_threads > 1 and s.N * ceil_div(Ho, rows) < T.PHASES_TASKS_PER_THREAD * n_threads:
+        rows = max(1, ceil_div(Ho, ceil_div(T.PHASES_TASKS_PER_THREAD * n_threads, s.N)))
+    per = stem_wino_floats(s, rows, Wo)
+    ufloats = s.F * 13 * s.C * s.KH
+    if (per + ufloats) * 4 > limit:
+        return None
+    return fit_team(n_threads, per * 4, 0, limit - ufloats * 4), rows, per, ufloats
+
+
 def plan_weight_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
                      limit):
-    """(threads, rows per block, filters per task, image groups, plane floats per thread,
+    """(threads, rows per block, filters per task, slab groups, plane floats per thread,
     partial-sum floats) of the stem weight gradient (grad_bias summed on the way), or None.
-    Tasks: blocks of tuning.STEM_W_FILTERS filters times the batch in fixed groups of images,
-    about tuning.STEM_W_TASKS of them -- set by the layer and the batch, so no bits follow the
-    team."""
+    Tasks: blocks of tuning.STEM_W_FILTERS filters times the batch's (image, row block) slabs
+    in fixed groups of consecutive slabs, about tuning.STEM_W_TASKS of them (at most one group
+    per slab, and no more than the workspace limit holds the groups' partial sums of) -- set by
+    the layer, the batch and the limit alone, so no bits follow the team."""
     if not stem_ok(s, Ho, Wo, float32, caps, pointwise):
         return None
     rows = min(Ho, T.STEM_W_ROWS)
     fchunk = min(s.F, T.STEM_W_FILTERS)
     nfc = ceil_div(s.F, fchunk)
-    groups_n = max(1, min(s.N, ceil_div(T.STEM_W_TASKS, nfc)))
     per = stem_planes(s, rows, Wo)
-    part = groups_n * s.F * (3 * ceil_div(s.C * s.KH * s.KW, 3) + 1) * 8
-    if (per + part) * 4 > limit:
+    one = s.F * (3 * ceil_div(s.C * s.KH * s.KW, 3) + 1) * 8    # a group's partial sums
+    groups_n = min(s.N * ceil_div(Ho, rows), ceil_div(T.STEM_W_TASKS, nfc),
+                   (limit // 4 - per) // one)
+    if groups_n < 1:
         return None
+    part = groups_n * one
     return (fit_team(n_threads, per * 4, 0, limit - part * 4), rows, fchunk, groups_n, per,
             part)
 
@@ -847,7 +909,12 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         return Step("rowphases", n, {"rows": p[0], "per_thread": p[1]})
     p = plan_stem(s, Ho, Wo, f32, caps, pointwise, n, limit)
     if p is not None:
-        return Step("stem", p[0], {"rows": p[1], "per_thread": p[2]})
+        stem = Step("stem", p[0], {"rows": p[1], "per_thread": p[2]})
+        q = plan_stem_wino(s, Ho, Wo, f32, caps, pointwise, n, limit)
+        if q is not None:       # (the direct stem runs it where an operand is not finite)
+            return Step("stem_wino", q[0], {"rows": q[1], "per_thread": q[2], "ufloats": q[3],
+                                            "direct": stem})
+        return stem
     p = plan_wide(s, Ho, Wo, itemsize, pointwise, limit)
     if p is not None:
         return Step("wide", min(n, N), {"per_thread": p})

@@ -6,7 +6,8 @@ The C kernels sample channels innermost (csrc/deform_conv.h): x is read through 
 channels-last copy, the columns are stored one row per output position, and the weights go
 to the GEMMs permuted to (F, KH*KW*Cg) (grad_weight comes back in that order and is permuted
 back here).  float32 on AVX2 + FMA: the GEMMs read the columns in place (no BLAS packing):
-the forward's on ck_deform_ntgemm_f (csrc/deform_conv.h), the backward's two on
+the forward's on ck_deform_opgemm_f (csrc/deform_conv.h; the weights packed there in panels
+of 16 filters), the backward's two on
 csrc/rowgemm.h (with the weights copied in strips of 24 columns, ``_strips``); elsewhere, and
 for float64, they go to BLAS.
 
@@ -15,7 +16,8 @@ channels-last copies of x (C*(H+2)*(W+2) values per image) and, in the backward,
 (C*KH*KW*Ho*Wo values per image), sample tables (offset_groups*KH*KW*Ho*Wo entries of six
 weights and two indices per image) and grad_weight shares (one weight's size per image) are
 held at once; the forward keeps one task's columns and
-table per thread instead, and the float32 backward on csrc/rowgemm.h (AVX2) one task's grad_y
+table per thread instead (and, float32 on AVX2, the weights in panels: their size rounded up
+to 16 filters per group), and the float32 backward on csrc/rowgemm.h (AVX2) one task's grad_y
 panels and a 24-column strip of the columns per thread ((F/groups + 24)*Ho*Wo values) and the
 rows' offsets.  A limit below one image is a MemoryError.  Deterministic: the same
 bits on every run and for any thread count (task sizes depend on the shapes only; no
@@ -27,7 +29,7 @@ import numpy as np
 
 from .._config import get_num_threads, get_workspace_limit
 from . import _conv_im2col, _conv_phases, _deform_conv
-from .conv import _blas_pin, _workspace
+from .conv import _blas_pin, _no_pin, _workspace
 
 # Positions per task (a block of output pixels of one image) and grad_weight columns per
 # task (wide: a task packs gy[n] once for its GEMM): fixed sizes (never the thread count),
@@ -58,7 +60,10 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
     plane = (H + 2) * (W + 2)
     if forward:
         pb = _block(P, _FWD_POSITIONS)
-        fixed = n_threads * (C * KH * KW * pb * item + RK * pb * entry)
+        G = C // weight.shape[1]
+        npanel = (G * -(-weight.shape[0] // G // 16) * 16 * (weight.size // weight.shape[0])
+                  * _opgemm(x.dtype))
+        fixed = n_threads * (C * KH * KW * pb * item + RK * pb * entry) + npanel * item
         per_image = C * plane * item
         cols, table = n_threads * C * KH * KW * pb, n_threads * RK * pb
     else:   # float32 on rowgemm: per thread one task's gy panels, and the rows' offsets
@@ -80,6 +85,8 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
             _workspace(cols, x.dtype, "deform_cols"),
             _workspace(table * 6, x.dtype, "deform_weights"),
             _workspace(2 * table, np.intp, "deform_index"))
+    if forward and _opgemm(x.dtype):     # the weights in panels of 16 filters
+        bufs += (_workspace(npanel, x.dtype, "deform_panels16")[:npanel],)
     if not forward:     # per chunk image its grad_weight; the GEMM panels and row offsets
         K = weight.size // weight.shape[0]
         bufs += (_workspace(chunk * weight.size, x.dtype, "deform_wpart"),
@@ -101,6 +108,11 @@ def _strips(w2, Fg):
     p = np.zeros((F // Fg, Fg, ns * 24), w2.dtype)
     p[:, :, :K] = w2.reshape(F // Fg, Fg, K)
     return np.ascontiguousarray(p.reshape(F // Fg, Fg, ns, 24).transpose(0, 2, 1, 3)).reshape(-1)
+
+
+def _opgemm(dtype):
+    """Whether the forward's float32 GEMMs run on ck_deform_opgemm_f (AVX2 + FMA)."""
+    return dtype == np.float32 and _deform_conv.opgemm_available()
 
 
 def _rowgemm(dtype):
@@ -143,8 +155,13 @@ def deform_conv2d_forward(x, offset, weight, bias, stride, padding, dilation, ma
     y = np.empty((N, F, Ho, Wo), x.dtype)
     b = bias if bias is not None else np.zeros(1, x.dtype)
     m = mask if mask is not None else _NO_MASK[x.dtype]
-    with _blas_pin(x.dtype):
-        _deform_conv.deform_forward(x, offset, _taps_first(weight), b, bias is not None, m,
+    if _opgemm(x.dtype):    # the weights packed into panels in C; no BLAS call to pin
+        wp, w2, pin = bufs[4], _NO_MASK[x.dtype].reshape(1, 1), _no_pin
+        bufs = bufs[:4]
+    else:
+        wp, w2, pin = _NO_MASK[x.dtype].reshape(1), _taps_first(weight), _blas_pin(x.dtype)
+    with pin:
+        _deform_conv.deform_forward(x, offset, weight, w2, wp, b, bias is not None, m,
                                     mask is not None, y, *bufs, _params(stride, padding, dilation),
                                     chunk, _block(Ho * Wo, _FWD_POSITIONS), *weight.shape[2:], n)
     return y

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _roi_variants
+from ..reference.roi_variants import argmax_dtype
 from .roi import _check_batch, _empty64, _local_order, _threads
 
 
@@ -50,12 +51,13 @@ def roi_max_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, a
     K = rois.shape[0]
     shape = (K, C) + tuple(output_size)
     y = np.empty(shape, x.dtype)
-    argmax = np.empty(shape, np.int32)
+    argmax = np.empty(shape, argmax_dtype(sampling_ratio))
     status = np.zeros(K, np.uint8)
     _roi_variants.roi_max_align_forward(x, _empty64((N, H, W, C), x.dtype), rois,
                                         _local_order(rois), float(spatial_scale),
-                                        int(sampling_ratio), bool(aligned), y, argmax, status,
-                                        _threads(y.size * 4 + x.size))
+                                        int(sampling_ratio), bool(aligned), y,
+                                        argmax.reshape(-1).view(np.uint8), argmax.itemsize,
+                                        status, _threads(y.size * 4 + x.size))
     _raise("roi_max_align_forward", status, rois, N)
     return y, argmax
 
@@ -64,7 +66,11 @@ def roi_max_align_backward(grad_y, argmax, rois, input_shape, output_size, spati
                            sampling_ratio, aligned):
     gx = np.empty(input_shape, grad_y.dtype)
     status = np.zeros(rois.shape[0], np.uint8)
-    bad, _ = _roi_variants.roi_max_align_backward(grad_y, argmax, rois, float(spatial_scale),
+    if argmax.dtype not in (np.int8, np.int32):      # the boundary gives argmax_dtype's
+        raise TypeError(f"roi_max_align_backward: argmax must be int8 or int32, got "
+                        f"{argmax.dtype}")
+    bad, _ = _roi_variants.roi_max_align_backward(grad_y, argmax.reshape(-1).view(np.uint8),
+                                                  argmax.itemsize, rois, float(spatial_scale),
                                                   int(sampling_ratio), bool(aligned), gx, status,
                                                   _threads(grad_y.size + gx.size))
     _raise("roi_max_align_backward", status, rois, input_shape[0])

@@ -112,6 +112,17 @@ WINOGRAD4_MIN_CHANNELS = 64
 # at 64 tiles vs 19.6 at 32 and 18.8 at 128; vgg_56 flat from 56 to 196, rpn_3x3 54 ms at 130
 # vs 58 at 65 and 72 at 26.  RESULTS.md "Winograd F(4x4, 3x3)".
 WINOGRAD4_TASK_TILES = 64
+# ... where the GEMMs sum each output in a fixed order (csrc/fgemm.h: the bits do not follow
+# the tiles per task), another task size when that one leaves more than this share of the team
+# idle in the last round (conv_plan.even_tile_rows), down to this many tiles per task (res_14
+# above: 32 tiles cost 1.25x 64's CPU time) and up to this many bytes of a task's V and M
+# (res_14's 64 tiles: 4.7 MB, its slower 128: 9.4 MB; vgg_56's flat 56-196: up to 3.6 MB).
+# Idle shares from bench/many_core_split.py's arithmetic (bench/RESULTS.md "Many cores"): the
+# rule leaves the suite's 2-thread plans as they were and takes vgg_56 on 16 threads from 23
+# tasks of 70 tiles (30 % idle) to 16 of 98.  Not timed on 16 cores.
+WINOGRAD4_MAX_IDLE = (1, 10)
+WINOGRAD4_MIN_TASK_TILES = 32
+WINOGRAD4_TASK_BYTES = 36 * 4 * 64 * 512
 
 # grad_weight by the transposed F(4x4, 3x3) (conv_plan "weight_winograd": the layers whose
 # forward takes F(4x4)): its 36 GEMMs per part sum over runs of at most this many of the
@@ -209,13 +220,28 @@ STEM_ROWS = 8
 # (`--sweep STEM_W_ROWS=...`): 1 row 33.3 ms, 2 28.4, 4 25.6, 8 23.2-23.8, 16-56 23.8-26.5.
 STEM_W_ROWS = 8
 # ... filters per task (one block for stem_224: the planes are built once per image and row
-# block, not once per filter block) and about this many tasks, the batch cut into fixed groups
-# of consecutive images to reach it (at most one group per image; set by the layer and the
-# batch alone, so the bits do not follow the thread count; each group adds a partial-sum array
-# of F x (taps + 1) x 8 floats, 0.3 MB for stem_224, to the workspace and to the final sum).
-# Not measured: stem_224's 8 images make 8 tasks, 4 per thread on this machine.
+# block, not once per filter block) and about this many tasks, the batch's (image, row block)
+# slabs cut into fixed groups of consecutive slabs to reach it (at most one group per slab;
+# set by the layer, the batch and the limit alone, so the bits do not follow the thread count;
+# each group adds a partial-sum array of F x (taps + 1) x 8 floats, 0.3 MB for stem_224, to the
+# workspace and to the final sum).  stem_224's 112 slabs make 16 tasks of 7 (groups of whole
+# images made 8: half of 16 threads idle).  One thread, CPU time, 9 interleaved rounds on the
+# loaded 2-core EPYC (`python bench/stem_ab.py --sweep STEM_W_TASKS=8,16,32,64 --rounds 9`):
+# 26.6 / 26.4 / 30.0 / 33.7 ms -- 32 or more groups' partial sums cost more than 16 threads'
+# last round saves.  bench/RESULTS.md "Many cores".
 STEM_W_FILTERS = 64
 STEM_W_TASKS = 16
+
+# The stem forward by a 1-D Winograd F(4, 4) / F(4, 3) along the rows (csrc/stem_wino.h; conv_plan
+# "stem_wino"): the stem rule's layers with a 7-wide kernel at column stride 2 (2.15x fewer
+# multiplies than the direct stem) and at least this many filters, which share each tile's
+# input transform.  Not measured below 64 filters (stem_224).
+STEM_WINO_MIN_FILTERS = 16
+# Output rows per task (its stride-8 column phases, transformed rows and a 4-filter panel's
+# products stay in L2; longer runs of tiles per product pass).  stem_224, one thread, CPU time,
+# medians of 7 interleaved rounds, load ~6 (`python bench/stem_wino_ab.py --sweep
+# STEM_WINO_ROWS=4,8,16,28`): 4 rows 23.4 ms, 8 21.7, 16 20.9, 28 20.6.  Not in RESULTS.md.
+STEM_WINO_ROWS = 16
 
 # Weight gradient on csrc/rowgemm.h (conv_plan "weight_rowgemm"): filters per task (all of a
 # layer's up to this many: every filter panel reuses a pass's x rows from L1, where 16 made

@@ -10,9 +10,9 @@ dtype with finite coordinates and integer batch indices in [0, N) (rows that had
 coordinate arrive zeroed, and the boundary zeroes their outputs and gradients);
 ``output_size`` a pair of ints >= 1; ``spatial_scale`` a float > 0; ``sampling_ratio`` an int,
 -1 for the adaptive grid (any value <= 0 at the boundary) or 1..46340 (its square, a bin's
-samples, at most 2**31); ``aligned`` a bool; ``input_shape`` a 4-tuple; argmax an int32
-C-contiguous array of grad_y's shape (a private copy on backends without
-``validates_indices``; its range is checked here, per bin); K, N, C, H, W all > 0.
+samples, at most 2**31); ``aligned`` a bool; ``input_shape`` a 4-tuple; argmax a
+C-contiguous array of grad_y's shape and :func:`argmax_dtype` (a private copy on backends
+without ``validates_indices``; its range is checked here, per bin); K, N, C, H, W all > 0.
 
 roi_avg_pool: bin (i, j) of a RoI is roi_pool's ``[hstart, hend) x [wstart, wend)`` (corners
 scaled and rounded half away from zero, RoI at least 1x1 cell, floor/ceil split, clipped to the
@@ -29,9 +29,13 @@ replaces the best when it is greater or NaN, so ties keep the first sample, a Na
 numbers (the last NaN when there are several) and a bin of -inf reports its first sample.
 argmax = iy*gw + ix of the winner; a bin without a valid sample gives 0 and -1.  The backward
 adds grad times the winner's four bilinear weights to its four neighbours (as roi_align does
-for each sample), nothing for argmax -1.  argmax is int32 (it numbers the samples of one bin,
-gh*gw of them): a RoI whose adaptive grid exceeds 2**30 points on an axis or 2**31 samples per
-bin (a box over ~46000 x 46000 pixels per output bin) is a ValueError.
+for each sample), nothing for argmax -1.  argmax's dtype follows from the arguments alone
+(:func:`argmax_dtype`): int8 when ``sampling_ratio`` is 1..11 (the numbers are then at most
+11*11 - 1 = 120), else int32 -- the adaptive grid's size depends on the boxes, and a fixed
+grid over 11 points a side needs the width.  int8 is a quarter of int32's bytes: for the
+suite's 512 RoIs x 256 channels x 7x7 bins, 6.4 MB written instead of 25.7 MB.  A RoI whose
+adaptive grid exceeds 2**30 points on an axis or 2**31 samples per bin (a box over ~46000 x
+46000 pixels per output bin) is a ValueError.
 """
 from __future__ import annotations
 
@@ -43,6 +47,14 @@ from .roi import _roi_align_geometry, _roi_pool_bins, _taps
 # iy*gw + ix then fit argmax's int32)
 MAX_GRID = 2**30
 MAX_SAMPLES = 2**31
+# the largest sampling_ratio whose argmax is int8 (its numbers iy*gw + ix reach sr*sr - 1)
+INT8_MAX_RATIO = 11
+
+
+def argmax_dtype(sampling_ratio):
+    """roi_max_align's argmax dtype for ``sampling_ratio`` (the rule every backend follows):
+    int8 for 1..11, int32 otherwise (the adaptive grid, any value <= 0, or larger grids)."""
+    return np.dtype(np.int8 if 1 <= sampling_ratio <= INT8_MAX_RATIO else np.int32)
 
 
 # ------------------------------------------------------------------------------- roi_avg_pool
@@ -117,13 +129,14 @@ def _bin_samples(xb, ty, tx, p, q):
 
 
 def roi_max_align_forward(x, rois, output_size, spatial_scale, sampling_ratio, aligned):
-    """Max over roi_align's valid bilinear samples -> (y (K, C, oh, ow), argmax int32)."""
+    """Max over roi_align's valid bilinear samples -> (y (K, C, oh, ow), argmax of
+    :func:`argmax_dtype`)."""
     op = "roi_max_align_forward"
     N, C, H, W = x.shape
     oh, ow = output_size
     K = rois.shape[0]
     y = np.zeros((K, C, oh, ow), x.dtype)
-    argmax = np.full((K, C, oh, ow), -1, np.int32)
+    argmax = np.full((K, C, oh, ow), -1, argmax_dtype(sampling_ratio))
     chans = np.arange(C)
     for k, b, ty, tx, gw in _max_align_rois(op, rois, output_size, spatial_scale,
                                             sampling_ratio, aligned, H, W):
@@ -161,7 +174,7 @@ def roi_max_align_backward(grad_y, argmax, rois, input_shape, output_size, spati
                 c = np.flatnonzero(a != -1)
                 if c.size == 0:
                     continue
-                a = a[c]
+                a = a[c].astype(np.int64)
                 # the tap columns of the samples argmax names; any that is not a valid one is bad
                 jy = a // max(gw, 1) - (ty.lo[p].astype(np.int64) if ty.lo is not None else 0)
                 jx = a % max(gw, 1) - (tx.lo[q].astype(np.int64) if tx.lo is not None else 0)

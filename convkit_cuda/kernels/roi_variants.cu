@@ -108,9 +108,43 @@ __device__ __forceinline__ bool max_align_window(
     return true;
 }
 
-// Writes every element of y and argmax: the max over the bin's valid samples (greater or NaN
-// replaces, so ties keep the first in row-major order and NaN wins), argmax iy * gw + ix
-// (int32); a bin without a valid sample gives 0 and -1.
+// Output element i of roi_max_align: writes y[i], the max over the bin's valid samples
+// (greater or NaN replaces, so ties keep the first in row-major order and NaN wins), and
+// returns the winner's number iy * gw + ix; a bin without a valid sample gives 0 and -1.
+// The kernels below store that number in their argmax's type, int32 or int8 (signed char,
+// for sampling_ratio 1..11: reference.roi_variants.argmax_dtype): one body for both.
+__device__ long long max_align_elem(
+    const scalar_t* x, const scalar_t* rois, long long N, long long C, long long H, long long W,
+    long long oh, long long ow, scalar_t scale, long long sampling_ratio, long long aligned,
+    long long i, scalar_t* y, unsigned long long* bad)
+{
+    const RoiBin b = roi_bin(i, rois, N, C, oh, ow);
+    y[i] = 0;
+    if (b.n < 0) return -1;
+    AlignGeom g;
+    SampleWin s;
+    if (!max_align_window(b.r, H, W, oh, ow, b.ph, b.pw, scale, sampling_ratio, aligned, &g,
+                          &s)) {
+        atomicOr(bad, BAD_GRID);
+        return -1;
+    }
+    const scalar_t* xp = x + (b.n * C + b.c) * H * W;
+    scalar_t best = 0;
+    long long won = -1;
+    for (long long iy = s.iy0; iy < s.iy1; ++iy) {
+        for (long long ix = s.ix0; ix < s.ix1; ++ix) {
+            scalar_t v;
+            if (!win_value(s, xp, H, W, iy, ix, &v)) continue;
+            if (won < 0 || v > best || v != v) {
+                best = v;
+                won = iy * g.gw + ix;
+            }
+        }
+    }
+    if (won >= 0) y[i] = best;
+    return won;       // < gh*gw: <= MAX_SAMPLES, and <= 120 where argmax is int8
+}
+
 extern "C" __global__ void roi_max_align_fwd(
     const scalar_t* x, const scalar_t* rois, long long K, long long N, long long C, long long H,
     long long W, long long oh, long long ow, scalar_t scale, long long sampling_ratio,
@@ -118,41 +152,64 @@ extern "C" __global__ void roi_max_align_fwd(
 {
     check_rois(rois, K, N, bad);
     GRID_STRIDE_LOOP(i, K * C * oh * ow) {
-        const RoiBin b = roi_bin(i, rois, N, C, oh, ow);
-        y[i] = 0;
-        argmax[i] = -1;
-        if (b.n < 0) continue;
-        AlignGeom g;
-        SampleWin s;
-        if (!max_align_window(b.r, H, W, oh, ow, b.ph, b.pw, scale, sampling_ratio, aligned, &g,
-                              &s)) {
-            atomicOr(bad, BAD_GRID);
-            continue;
-        }
-        const scalar_t* xp = x + (b.n * C + b.c) * H * W;
-        scalar_t best = 0;
-        long long won = -1;
-        for (long long iy = s.iy0; iy < s.iy1; ++iy) {
-            for (long long ix = s.ix0; ix < s.ix1; ++ix) {
-                scalar_t v;
-                if (!win_value(s, xp, H, W, iy, ix, &v)) continue;
-                if (won < 0 || v > best || v != v) {
-                    best = v;
-                    won = iy * g.gw + ix;
-                }
-            }
-        }
-        if (won >= 0) {
-            y[i] = best;
-            argmax[i] = (int)won;     // < gh*gw <= MAX_SAMPLES
-        }
+        argmax[i] = (int)max_align_elem(x, rois, N, C, H, W, oh, ow, scale, sampling_ratio,
+                                        aligned, i, y, bad);
     }
 }
 
-// Keys and values of the backward gather (convkit_cuda.pool.gather_add): element j of gy
-// gives entries 4j..4j+3, the winning sample's four neighbours (key (n*C + c)*H*W + pixel) and
-// gy[j] times their weights; -1 keys for argmax -1, a non-finite RoI or a bad entry.  An argmax
-// that is neither -1 nor a valid sample of its bin sets BAD_INDEX.
+extern "C" __global__ void roi_max_align_fwd_i8(
+    const scalar_t* x, const scalar_t* rois, long long K, long long N, long long C, long long H,
+    long long W, long long oh, long long ow, scalar_t scale, long long sampling_ratio,
+    long long aligned, scalar_t* y, signed char* argmax, unsigned long long* bad)
+{
+    check_rois(rois, K, N, bad);
+    GRID_STRIDE_LOOP(i, K * C * oh * ow) {
+        argmax[i] = (signed char)max_align_elem(x, rois, N, C, H, W, oh, ow, scale,
+                                                sampling_ratio, aligned, i, y, bad);
+    }
+}
+
+// Keys and values of the backward gather (convkit_cuda.pool.gather_add) for element i of gy
+// with argmax entry a (read once by the kernel): entries 4i..4i+3, the winning sample's four
+// neighbours (key (n*C + c)*H*W + pixel) and gy[i] times their weights; -1 keys for argmax
+// -1, a non-finite RoI or a bad entry.  An argmax that is neither -1 nor a valid sample of
+// its bin sets BAD_INDEX.  The kernels below read an int32 or an int8 argmax.
+__device__ void max_align_keys(
+    const scalar_t* gy, long long a, const scalar_t* rois, long long N, long long C,
+    long long H, long long W, long long oh, long long ow, scalar_t scale,
+    long long sampling_ratio, long long aligned, long long i, long long* keys, scalar_t* vals,
+    unsigned long long* bad)
+{
+    for (int j = 0; j < 4; ++j) {
+        keys[4 * i + j] = -1;
+        vals[4 * i + j] = 0;
+    }
+    const RoiBin b = roi_bin(i, rois, N, C, oh, ow);
+    if (a == -1 || b.n < 0) return;
+    AlignGeom g;
+    SampleWin s;
+    if (!max_align_window(b.r, H, W, oh, ow, b.ph, b.pw, scale, sampling_ratio, aligned, &g,
+                          &s)) {
+        atomicOr(bad, BAD_GRID);
+        return;
+    }
+    const long long iy = g.gw >= 1 && a >= 0 ? a / g.gw : -1;
+    const long long ix = g.gw >= 1 && a >= 0 ? a % g.gw : -1;
+    scalar_t w[4];
+    long long yl, yh, xl, xh;
+    if (iy < s.iy0 || iy >= s.iy1 || ix < s.ix0 || ix >= s.ix1
+        || !win_sample(s, H, W, iy, ix, w, &yl, &yh, &xl, &xh)) {
+        atomicOr(bad, BAD_INDEX);
+        return;
+    }
+    const long long plane = (b.n * C + b.c) * H * W;
+    const long long px[4] = {yl * W + xl, yl * W + xh, yh * W + xl, yh * W + xh};
+    for (int j = 0; j < 4; ++j) {
+        keys[4 * i + j] = plane + px[j];
+        vals[4 * i + j] = gy[i] * w[j];
+    }
+}
+
 extern "C" __global__ void roi_max_align_keys(
     const scalar_t* gy, const int* argmax, const scalar_t* rois, long long K, long long N,
     long long C, long long H, long long W, long long oh, long long ow, scalar_t scale,
@@ -161,34 +218,20 @@ extern "C" __global__ void roi_max_align_keys(
 {
     check_rois(rois, K, N, bad);
     GRID_STRIDE_LOOP(i, K * C * oh * ow) {
-        for (int j = 0; j < 4; ++j) {
-            keys[4 * i + j] = -1;
-            vals[4 * i + j] = 0;
-        }
-        const long long a = argmax[i];            // read once
-        const RoiBin b = roi_bin(i, rois, N, C, oh, ow);
-        if (a == -1 || b.n < 0) continue;
-        AlignGeom g;
-        SampleWin s;
-        if (!max_align_window(b.r, H, W, oh, ow, b.ph, b.pw, scale, sampling_ratio, aligned, &g,
-                              &s)) {
-            atomicOr(bad, BAD_GRID);
-            continue;
-        }
-        const long long iy = g.gw >= 1 && a >= 0 ? a / g.gw : -1;
-        const long long ix = g.gw >= 1 && a >= 0 ? a % g.gw : -1;
-        scalar_t w[4];
-        long long yl, yh, xl, xh;
-        if (iy < s.iy0 || iy >= s.iy1 || ix < s.ix0 || ix >= s.ix1
-            || !win_sample(s, H, W, iy, ix, w, &yl, &yh, &xl, &xh)) {
-            atomicOr(bad, BAD_INDEX);
-            continue;
-        }
-        const long long plane = (b.n * C + b.c) * H * W;
-        const long long px[4] = {yl * W + xl, yl * W + xh, yh * W + xl, yh * W + xh};
-        for (int j = 0; j < 4; ++j) {
-            keys[4 * i + j] = plane + px[j];
-            vals[4 * i + j] = gy[i] * w[j];
-        }
+        max_align_keys(gy, argmax[i], rois, N, C, H, W, oh, ow, scale, sampling_ratio, aligned,
+                       i, keys, vals, bad);
+    }
+}
+
+extern "C" __global__ void roi_max_align_keys_i8(
+    const scalar_t* gy, const signed char* argmax, const scalar_t* rois, long long K,
+    long long N, long long C, long long H, long long W, long long oh, long long ow,
+    scalar_t scale, long long sampling_ratio, long long aligned, long long* keys,
+    scalar_t* vals, unsigned long long* bad)
+{
+    check_rois(rois, K, N, bad);
+    GRID_STRIDE_LOOP(i, K * C * oh * ow) {
+        max_align_keys(gy, argmax[i], rois, N, C, H, W, oh, ow, scale, sampling_ratio, aligned,
+                       i, keys, vals, bad);
     }
 }

@@ -373,114 +373,179 @@ __attribute__((target("avx2,fma"))) static void ck_deform_cols_f_avx2v(const flo
     }
 }
 
-/* The forward's GEMM on AVX2 + FMA, reading the columns in place (no packing):
-     out[i*ldo + j] = bias[i] + sum over k < K of a[i*lda + k] * b[j*ldb + k]
-   for i < M (filters), j < N (positions): a is the weights (F x K), b the columns, one row per
-   position (the layout above).  Every output is the same function of its two rows, whatever
-   tile computes it: eight lane sums over k = l, l + 8, .. (FMA chains; a masked last step),
-   added pairwise ((l0+l1)+(l2+l3)) + ((l4+l5)+(l6+l7)), then the bias -- so tiles may overlap
-   at the edges and the bits follow neither the block sizes nor the thread count.  Tiles are
-   4 filters x 3 positions (twelve accumulators); for each quad of filters (in L1) the
-   positions stream by. */
-#define CK_NT_TARGET __attribute__((target("avx2,fma")))
-
-CK_NT_TARGET static inline __m128 ck_nt_hsum4(__m256 c0, __m256 c1, __m256 c2, __m256 c3)
+/* ck_deform_table_f for AVX2 written out: eight positions a vector (the same float
+   operations per entry, so the same bits), the positions past the last eight on the scalar
+   build; planes of 2^31 or more bordered pixels (int32 corners) on the scalar build. */
+__attribute__((target("avx2,fma"))) static void ck_deform_table_f_avx2v(const float* off,
+        ptrdiff_t OG, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Wo, ptrdiff_t P, ptrdiff_t H,
+        ptrdiff_t W, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t dh,
+        ptrdiff_t dw, ptrdiff_t p0, ptrdiff_t p1, float* tw, ptrdiff_t* tb, ptrdiff_t* tc,
+        ptrdiff_t ldt)
 {
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(c0, c1), _mm256_hadd_ps(c2, c3));
-    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    const ptrdiff_t pv = (H + 2) * (W + 2) < ((ptrdiff_t)1 << 31) ? p0 + (p1 - p0) / 8 * 8 : p0;
+    const __m256 m1 = _mm256_set1_ps(-1.0f), fh = _mm256_set1_ps((float)H);
+    const __m256 fw = _mm256_set1_ps((float)W), one = _mm256_set1_ps(1.0f);
+    const __m256 qnan = _mm256_set1_ps(NAN);
+    const __m256i wp2 = _mm256_set1_epi32((int)(W + 2)), i1 = _mm256_set1_epi32(1);
+    const __m256i out = _mm256_set1_epi32((int)(W + 1));
+    ptrdiff_t g, i, j, p, l;
+    for (g = 0; g < OG; g++)
+    for (i = 0; i < KH; i++)
+    for (j = 0; j < KW; j++) {
+        const ptrdiff_t r = (g * KH + i) * KW + j;
+        const float* oy = off + 2 * r * P;
+        const float* ox = oy + P;
+        ptrdiff_t ho = p0 / Wo, wo = p0 - (p0 / Wo) * Wo;
+        for (p = p0; p < pv; p += 8) {
+            const ptrdiff_t t = r * ldt + (p - p0);
+            int hs[8], ws[8];
+            float u[6][8];
+            __m256 y, x, in, full, z, hf, wf, lh, lw, hh, hw;
+            __m256i c, cb;
+            for (l = 0; l < 8; l++) {
+                hs[l] = (int)(ho * sh - ph + i * dh);
+                ws[l] = (int)(wo * sw - pw + j * dw);
+                if (++wo == Wo) {
+                    wo = 0;
+                    ho++;
+                }
+            }
+            y = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i*)hs)),
+                              _mm256_loadu_ps(oy + p));
+            x = _mm256_add_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i*)ws)),
+                              _mm256_loadu_ps(ox + p));
+            in = _mm256_and_ps(_mm256_and_ps(_mm256_cmp_ps(y, m1, _CMP_GE_OQ),
+                                             _mm256_cmp_ps(y, fh, _CMP_LT_OQ)),
+                               _mm256_and_ps(_mm256_cmp_ps(x, m1, _CMP_GE_OQ),
+                                             _mm256_cmp_ps(x, fw, _CMP_LT_OQ)));
+            full = _mm256_andnot_ps(_mm256_or_ps(_mm256_cmp_ps(y, m1, _CMP_EQ_OQ),
+                                                 _mm256_cmp_ps(x, m1, _CMP_EQ_OQ)), in);
+            z = _mm256_and_ps(_mm256_cmp_ps(y, x, _CMP_UNORD_Q), qnan);
+            hf = _mm256_floor_ps(y);
+            wf = _mm256_floor_ps(x);
+            lh = _mm256_sub_ps(y, hf);
+            lw = _mm256_sub_ps(x, wf);
+            hh = _mm256_sub_ps(one, lh);
+            hw = _mm256_sub_ps(one, lw);
+            _mm256_storeu_ps(u[0], _mm256_blendv_ps(z, _mm256_mul_ps(hh, hw), full));
+            _mm256_storeu_ps(u[1], _mm256_blendv_ps(z, _mm256_mul_ps(hh, lw), full));
+            _mm256_storeu_ps(u[2], _mm256_blendv_ps(z, _mm256_mul_ps(lh, hw), full));
+            _mm256_storeu_ps(u[3], _mm256_blendv_ps(z, _mm256_mul_ps(lh, lw), full));
+            _mm256_storeu_ps(u[4], _mm256_blendv_ps(z, lh, in));
+            _mm256_storeu_ps(u[5], _mm256_blendv_ps(z, lw, in));
+            for (l = 0; l < 8; l++) {
+                float* w = tw + 6 * (t + l);
+                w[0] = u[0][l]; w[1] = u[1][l]; w[2] = u[2][l];
+                w[3] = u[3][l]; w[4] = u[4][l]; w[5] = u[5][l];
+            }
+            /* corners of the points inside (others: garbage, replaced by W + 1) */
+            c = _mm256_add_epi32(
+                _mm256_mullo_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(hf), i1), wp2),
+                _mm256_add_epi32(_mm256_cvttps_epi32(wf), i1));
+            cb = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(out),
+                                                      _mm256_castsi256_ps(c), full));
+            c = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(out),
+                                                     _mm256_castsi256_ps(c), in));
+            _mm256_storeu_si256((__m256i*)(tb + t),
+                                _mm256_cvtepi32_epi64(_mm256_castsi256_si128(cb)));
+            _mm256_storeu_si256((__m256i*)(tb + t + 4),
+                                _mm256_cvtepi32_epi64(_mm256_extracti128_si256(cb, 1)));
+            _mm256_storeu_si256((__m256i*)(tc + t),
+                                _mm256_cvtepi32_epi64(_mm256_castsi256_si128(c)));
+            _mm256_storeu_si256((__m256i*)(tc + t + 4),
+                                _mm256_cvtepi32_epi64(_mm256_extracti128_si256(c, 1)));
+        }
+    }
+    if (pv < p1)
+        ck_deform_table_f_avx2(off, OG, KH, KW, Wo, P, H, W, sh, sw, ph, pw, dh, dw, pv, p1,
+                               tw + 6 * (pv - p0), tb + (pv - p0), tc + (pv - p0), ldt);
 }
 
-CK_NT_TARGET static inline __m256i ck_nt_mask(ptrdiff_t n)
-{
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n),
-                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-#define CK_NT_ROW(LOAD, ap, A, B, C)                                                         \
+/* The forward's GEMM on AVX2 + FMA, reading the columns in place (no packing of them):
+     out[i*ldo + j] = bias[i] + (sum over k < K, in order, of a_ik * b[j*ldb + k])
+   for i < M (filters), j < N (positions): b is the columns, one row per position (the layout
+   above); the weights a come packed in panels of 16 filters, k-major
+   (ap[(i/16)*16*K + 16*k + i%16], the last panel zero-padded; deform_conv.py's _panels16).
+   Every output is one FMA chain over k from 0 in its own vector lane, then the bias: the same
+   function of its two rows whatever tile computes it, so the bits follow neither the block
+   sizes nor the thread count.  Tiles are 6 positions x 16 filters (twelve accumulators: a
+   column value, broadcast, serves 16 filters and a weight vector 6 positions -- the columns
+   are read from L2 once per panel, not once per 4 filters); a block's last tile repeats its
+   last row, and the tile goes to out through a small transpose. */
+#define CK_OP_TARGET __attribute__((target("avx2,fma")))
+#define CK_OP_ROW(q, A, B)                                                                   \
     do {                                                                                     \
-        const __m256 w_ = LOAD(ap);                                                          \
-        A = _mm256_fmadd_ps(w_, x0, A);                                                      \
-        B = _mm256_fmadd_ps(w_, x1, B);                                                      \
-        C = _mm256_fmadd_ps(w_, x2, C);                                                      \
-    } while (0)
-#define CK_NT_LD(p) _mm256_loadu_ps(p)
-#define CK_NT_MLD(p) _mm256_maskload_ps((p), mk)
-#define CK_NT_STEP(LOAD)                                                                     \
-    do {                                                                                     \
-        const __m256 x0 = LOAD(b + k), x1 = LOAD(b + ldb + k), x2 = LOAD(b + 2 * ldb + k);   \
-        CK_NT_ROW(LOAD, a + k, c00, c01, c02);                                               \
-        CK_NT_ROW(LOAD, a + lda + k, c10, c11, c12);                                         \
-        CK_NT_ROW(LOAD, a + 2 * lda + k, c20, c21, c22);                                     \
-        CK_NT_ROW(LOAD, a + 3 * lda + k, c30, c31, c32);                                     \
+        const __m256 x_ = _mm256_broadcast_ss(b##q + k);                                     \
+        A = _mm256_fmadd_ps(x_, w0, A);                                                      \
+        B = _mm256_fmadd_ps(x_, w1, B);                                                      \
     } while (0)
 
-/* outputs (i, j), i < 4, j < 3 of the tile at a, b (bias: 4 values or NULL) */
-CK_NT_TARGET static void ck_nt_4x3(ptrdiff_t K, const float* a, ptrdiff_t lda, const float* b,
-        ptrdiff_t ldb, const float* bias, float* o, ptrdiff_t ldo)
+/* s[q*16 + i] = the sum of output (filter i of the panel ap, position row q of b), q < 6;
+   rows n and past repeat row n - 1 */
+CK_OP_TARGET static void ck_op_6x16(ptrdiff_t K, const float* ap, const float* b,
+        ptrdiff_t ldb, ptrdiff_t n, float* s)
 {
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00;
-    __m256 c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
-    const __m128 bv = bias ? _mm_loadu_ps(bias) : _mm_setzero_ps();
-    float s[3][4];
-    ptrdiff_t k = 0, j;
-    for (; k + 8 <= K; k += 8)
-        CK_NT_STEP(CK_NT_LD);
-    if (k < K) {
-        const __m256i mk = ck_nt_mask(K - k);
-        CK_NT_STEP(CK_NT_MLD);
+    const float* b0 = b;
+    const float* b1 = b + (n > 1 ? 1 : n - 1) * ldb;
+    const float* b2 = b + (n > 2 ? 2 : n - 1) * ldb;
+    const float* b3 = b + (n > 3 ? 3 : n - 1) * ldb;
+    const float* b4 = b + (n > 4 ? 4 : n - 1) * ldb;
+    const float* b5 = b + (n > 5 ? 5 : n - 1) * ldb;
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    ptrdiff_t k;
+    for (k = 0; k < K; k++) {
+        const __m256 w0 = _mm256_loadu_ps(ap + 16 * k), w1 = _mm256_loadu_ps(ap + 16 * k + 8);
+        CK_OP_ROW(0, c00, c01);
+        CK_OP_ROW(1, c10, c11);
+        CK_OP_ROW(2, c20, c21);
+        CK_OP_ROW(3, c30, c31);
+        CK_OP_ROW(4, c40, c41);
+        CK_OP_ROW(5, c50, c51);
     }
-    _mm_storeu_ps(s[0], _mm_add_ps(ck_nt_hsum4(c00, c10, c20, c30), bv));
-    _mm_storeu_ps(s[1], _mm_add_ps(ck_nt_hsum4(c01, c11, c21, c31), bv));
-    _mm_storeu_ps(s[2], _mm_add_ps(ck_nt_hsum4(c02, c12, c22, c32), bv));
-    for (j = 0; j < 3; j++) {
-        o[j] = s[j][0];
-        o[ldo + j] = s[j][1];
-        o[2 * ldo + j] = s[j][2];
-        o[3 * ldo + j] = s[j][3];
-    }
+    _mm256_storeu_ps(s, c00);      _mm256_storeu_ps(s + 8, c01);
+    _mm256_storeu_ps(s + 16, c10); _mm256_storeu_ps(s + 24, c11);
+    _mm256_storeu_ps(s + 32, c20); _mm256_storeu_ps(s + 40, c21);
+    _mm256_storeu_ps(s + 48, c30); _mm256_storeu_ps(s + 56, c31);
+    _mm256_storeu_ps(s + 64, c40); _mm256_storeu_ps(s + 72, c41);
+    _mm256_storeu_ps(s + 80, c50); _mm256_storeu_ps(s + 88, c51);
 }
 
-/* one output, the same function as in ck_nt_4x3 (bias: 1 value or NULL) */
-CK_NT_TARGET static void ck_nt_1x1(ptrdiff_t K, const float* a, const float* b,
-        const float* bias, float* o)
+CK_OP_TARGET static void ck_op_avx2(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* ap,
+        const float* b, ptrdiff_t ldb, const float* bias, float* out, ptrdiff_t ldo)
 {
-    const __m256 z = _mm256_setzero_ps();
-    __m256 c = z;
-    float s[4];
-    ptrdiff_t k = 0;
-    for (; k + 8 <= K; k += 8)
-        c = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), c);
-    if (k < K) {
-        const __m256i mk = ck_nt_mask(K - k);
-        c = _mm256_fmadd_ps(_mm256_maskload_ps(a + k, mk), _mm256_maskload_ps(b + k, mk), c);
-    }
-    _mm_storeu_ps(s, _mm_add_ps(ck_nt_hsum4(c, z, z, z),
-                                bias ? _mm_set_ss(*bias) : _mm_setzero_ps()));
-    *o = s[0];
-}
-
-CK_NT_TARGET static void ck_nt_avx2(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* a,
-        ptrdiff_t lda, const float* b, ptrdiff_t ldb, const float* bias, float* out,
-        ptrdiff_t ldo)
-{
-    ptrdiff_t i0, j0, i, j;
-    if (M < 4 || N < 3) {
-        for (i = 0; i < M; i++)
-            for (j = 0; j < N; j++)
-                ck_nt_1x1(K, a + i * lda, b + j * ldb, bias ? bias + i : NULL,
-                          out + i * ldo + j);
-        return;
-    }
-    for (i0 = 0; i0 < M; i0 += 4) {       /* the last quad / triple overlaps the one before */
-        i = i0 + 4 <= M ? i0 : M - 4;
-        for (j0 = 0; j0 < N; j0 += 3) {
-            j = j0 + 3 <= N ? j0 : N - 3;
-            ck_nt_4x3(K, a + i * lda, lda, b + j * ldb, ldb, bias ? bias + i : NULL,
-                      out + i * ldo + j, ldo);
+    float s[96];
+    ptrdiff_t i0, j0, i, q, m, n;
+    for (j0 = 0; j0 < N; j0 += 6) {       /* 6 rows of b (in L1) meet every panel */
+        n = N - j0 < 6 ? N - j0 : 6;
+        for (i0 = 0; i0 < M; i0 += 16) {
+            m = M - i0 < 16 ? M - i0 : 16;
+            ck_op_6x16(K, ap + i0 * K, b + j0 * ldb, ldb, n, s);
+            for (i = 0; i < m; i++) {
+                const float bi = bias ? bias[i0 + i] : 0.0f;
+                float* o = out + (i0 + i) * ldo + j0;
+                for (q = 0; q < n; q++) o[q] = s[q * 16 + i] + bi;
+            }
         }
     }
 }
 #endif
+
+/* Panel q of weight group g of the weights w (F x Cg x KK, filters per group Fg) for
+   ck_deform_opgemm_f: ap[16*(k*Cg + c) + i] = w[((g*Fg + 16*q + i)*Cg + c)*KK + k] (column
+   order (tap, channel), like the columns'), 0 for filters past the group's last. */
+static void ck_deform_panel16_f(const float* w, ptrdiff_t Fg, ptrdiff_t Cg, ptrdiff_t KK,
+        ptrdiff_t g, ptrdiff_t q, float* ap)
+{
+    const ptrdiff_t m = Fg - 16 * q < 16 ? Fg - 16 * q : 16;
+    const float* src = w + (g * Fg + 16 * q) * Cg * KK;
+    ptrdiff_t i, c, c0, k;
+    if (m < 16) memset(ap, 0, (size_t)(16 * Cg * KK) * sizeof(float));
+    for (c0 = 0; c0 < Cg; c0 += 8)   /* 8 channels at a time: what they read and write in L1 */
+        for (k = 0; k < KK; k++)
+            for (c = c0; c < Cg && c < c0 + 8; c++)
+                for (i = 0; i < m; i++) ap[16 * (k * Cg + c) + i] = src[(i * Cg + c) * KK + k];
+}
 
 static int ck_deform_cap = 1;   /* 0: the plain kernels even on AVX2 (tests run both) */
 
@@ -499,20 +564,19 @@ static int ck_deform_isa(void)
 #endif
 }
 
-/* out (M x N, row stride ldo) = a @ b^T + bias by ck_nt_avx2 where the AVX2+FMA kernels run;
-   0 (nothing done) elsewhere: the caller takes BLAS. */
-static int ck_deform_ntgemm_f(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* a,
-        ptrdiff_t lda, const float* b, ptrdiff_t ldb, const float* bias, float* out,
-        ptrdiff_t ldo)
+/* out (M x N, row stride ldo) = a @ b^T + bias by ck_op_avx2 (ap: a in panels of 16) where
+   the AVX2+FMA kernels run; 0 (nothing done) elsewhere: the caller takes BLAS. */
+static int ck_deform_opgemm_f(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* ap,
+        const float* b, ptrdiff_t ldb, const float* bias, float* out, ptrdiff_t ldo)
 {
 #ifdef CK_DEFORM_X86
     if (ck_deform_isa()) {
-        ck_nt_avx2(M, N, K, a, lda, b, ldb, bias, out, ldo);
+        ck_op_avx2(M, N, K, ap, b, ldb, bias, out, ldo);
         return 1;
     }
 #endif
-    (void)M; (void)N; (void)K; (void)a; (void)lda; (void)b; (void)ldb; (void)bias;
-    (void)out; (void)ldo;
+    (void)M; (void)N; (void)K; (void)ap; (void)b; (void)ldb; (void)bias; (void)out;
+    (void)ldo;
     return 0;
 }
 
@@ -526,7 +590,11 @@ static int ck_deform_ntgemm_f(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float
 #else
 #define ck_deform_pad_f_pick ck_deform_pad_f
 #endif
+#ifdef CK_DEFORM_X86
+#define ck_deform_table_f (ck_deform_isa() ? ck_deform_table_f_avx2v : ck_deform_table_f_plain)
+#else
 #define ck_deform_table_f CK_DEFORM_PICK(ck_deform_table, f)
+#endif
 #define ck_deform_table_d CK_DEFORM_PICK(ck_deform_table, d)
 #ifdef CK_DEFORM_X86
 #define ck_deform_cols_f (ck_deform_isa() ? ck_deform_cols_f_avx2v : ck_deform_cols_f_plain)

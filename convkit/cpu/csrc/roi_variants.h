@@ -6,11 +6,67 @@
    roi_pool / roi_align helpers (_roi_pool.roi_pool_bins, _roi_align.roi_align_axis_taps).
    The generic functions exist for float (_f) and double (_d); float roi_max_align also has
    sample-table kernels in SSE2 and AVX2 (ck_ma_*, picked by CPUID, the same bits).
-   roi_max_align's argmax is int32 (it numbers one bin's samples, at most 2**31 of them). */
+   roi_max_align's argmax numbers one bin's samples; it is int8 when sampling_ratio is 1..11
+   (numbers up to 120) and int32 otherwise (reference.roi_variants.argmax_dtype).  The kernels
+   take it as void* with its width aw (1 or 4 bytes) and go through ck_am_put / ck_am_get, so
+   one body serves both; the sample-table paths work on int32 scratch and narrow or widen a
+   block at once. */
 #ifndef CK_ROI_VARIANTS_H
 #define CK_ROI_VARIANTS_H
 #include "roi_simd.h"
 CK_ROI_STRICT_FP_BEGIN
+
+/* argmax entry i of an int8 (aw 1) or int32 (aw 4) array; the caller's numbers fit it */
+static inline void ck_am_put(void* am, int aw, ptrdiff_t i, int64_t v) {
+    if (aw == 1) ((int8_t*)am)[i] = (int8_t)v;
+    else ((int32_t*)am)[i] = (int32_t)v;
+}
+static inline int64_t ck_am_get(const void* am, int aw, ptrdiff_t i) {
+    return aw == 1 ? (int64_t)((const int8_t*)am)[i] : (int64_t)((const int32_t*)am)[i];
+}
+
+/* n argmax entries int32 -> int8 (numbers that fit: saturation never acts) and int8 ->
+   int32, for the sample-table paths' blocks; AVX2 where the CPU has it (the compiler's SSE2
+   loops took about 1.7 instructions an entry). */
+#ifdef CK_ROI_WIDE
+__attribute__((target("avx2")))
+static ptrdiff_t ck_am_narrow_y(const int32_t* s, int8_t* d, ptrdiff_t n) {
+    /* packs interleave the 128-bit lanes: dwords (a0-3 b0-3 c0-3 d0-3 a4-7 ..) put back */
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    ptrdiff_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m256i ab = _mm256_packs_epi32(_mm256_loadu_si256((const __m256i*)(s + i)),
+                                              _mm256_loadu_si256((const __m256i*)(s + i + 8)));
+        const __m256i cd = _mm256_packs_epi32(_mm256_loadu_si256((const __m256i*)(s + i + 16)),
+                                              _mm256_loadu_si256((const __m256i*)(s + i + 24)));
+        _mm256_storeu_si256((__m256i*)(d + i),
+                            _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), perm));
+    }
+    return i;
+}
+__attribute__((target("avx2")))
+static ptrdiff_t ck_am_widen_y(const int8_t* s, int32_t* d, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_si256((__m256i*)(d + i),
+                            _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)(s + i))));
+    return i;
+}
+#endif
+static void ck_am_narrow(const int32_t* s, int8_t* d, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+#ifdef CK_ROI_WIDE
+    if (ck_simd_level() >= 1) i = ck_am_narrow_y(s, d, n);
+#endif
+    for (; i < n; i++) d[i] = (int8_t)s[i];
+}
+static void ck_am_widen(const int8_t* s, int32_t* d, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+#ifdef CK_ROI_WIDE
+    if (ck_simd_level() >= 1) i = ck_am_widen_y(s, d, n);
+#endif
+    for (; i < n; i++) d[i] = s[i];
+}
 
 /* roi_avg_pool forward, one RoI: bin (p, q) = pixels [hs[p], he[p]) x [ws[q], we[q]) of the
    NHWC image, summed row-major per channel, divided by their number; an empty bin gives 0.
@@ -96,8 +152,8 @@ CK_ROI_STRICT_FP_BEGIN
     for (c = 0; c < (CN); c++) {                                                          \
         const ptrdiff_t s = (ptrdiff_t)bi[c];                                             \
         y[(c0 + c) * nb] = best[c];                                                       \
-        am[(c0 + c) * nb] = (int32_t)((int64_t)yidx[a0 + s / nx] * gw                \
-                                      + (int64_t)xidx[b0 + s % nx]);                  \
+        ck_am_put(am, aw, (c0 + c) * nb, (int64_t)yidx[a0 + s / nx] * gw              \
+                                         + (int64_t)xidx[b0 + s % nx]);               \
     }
 
 /* roi_max_align forward, one bin, all channels, on the NHWC image: its valid samples are the
@@ -114,10 +170,10 @@ CK_ROI_STRICT_FP_BEGIN
         const ptrdiff_t* ylo, const ptrdiff_t* yhi, const T* ywl, const T* ywh,          \
         const ptrdiff_t* yidx, ptrdiff_t b0, ptrdiff_t b1, const ptrdiff_t* xlo,          \
         const ptrdiff_t* xhi, const T* xwl, const T* xwh, const ptrdiff_t* xidx,          \
-        int64_t gw, T* best, IT* bi, ptrdiff_t nb, T* y, int32_t* am, ptrdiff_t cb) {     \
+        int64_t gw, T* best, IT* bi, ptrdiff_t nb, T* y, void* am, int aw, ptrdiff_t cb) {\
         ptrdiff_t nx = b1 - b0, a, b, c, c0;                                              \
         if (a1 <= a0 || nx <= 0) {                                                        \
-            for (c = cb; c < C; c++) { y[c * nb] = 0; am[c * nb] = -1; }                  \
+            for (c = cb; c < C; c++) { y[c * nb] = 0; ck_am_put(am, aw, c * nb, -1); }    \
             return;                                                                       \
         }                                                                                 \
         for (c0 = cb; c0 + 16 <= C; c0 += 16) {                                          \
@@ -153,12 +209,12 @@ static inline int64_t ck_div(int64_t v, int64_t d, double inv) {
         const ptrdiff_t* ylo, const ptrdiff_t* yhi, const T* ywl, const T* ywh,          \
         const ptrdiff_t* yidx, const ptrdiff_t* xf, const ptrdiff_t* xlo,                 \
         const ptrdiff_t* xhi, const T* xwl, const T* xwh, const ptrdiff_t* xidx,          \
-        int64_t gw, const T* g, const int32_t* am) {                                      \
+        int64_t gw, const T* g, const void* am, int aw) {                                 \
         ptrdiff_t p, q, bad = 0;                                                          \
         const double inv = gw >= 1 ? 1.0 / (double)gw : 0.0;                              \
         for (p = 0; p < ph; p++) {                                                        \
             for (q = 0; q < pw; q++) {                                                    \
-                const int64_t v = am[p * pw + q];                                         \
+                const int64_t v = ck_am_get(am, aw, p * pw + q);                          \
                 int64_t iy, ix, ja, jb;                                                   \
                 ptrdiff_t a, b;                                                           \
                 T gv, hy, ly, hx, lx;                                                     \
@@ -201,11 +257,11 @@ static inline int64_t ck_div(int64_t v, int64_t d, double inv) {
     static ptrdiff_t ck_max_align_bwd_tab_##S(                                            \
         T* plane, ptrdiff_t nb, const int64_t* base, const ptrdiff_t* nx,                 \
         const ptrdiff_t* pf, const ptrdiff_t* off, const T* wt, int64_t gw, const T* g,   \
-        const int32_t* am) {                                                              \
+        const void* am, int aw) {                                                         \
         ptrdiff_t b, bad = 0;                                                             \
         const double inv = gw >= 1 ? 1.0 / (double)gw : 0.0;                              \
         for (b = 0; b < nb; b++) {                                                        \
-            const int64_t v = am[b];                                                      \
+            const int64_t v = ck_am_get(am, aw, b);                                       \
             const int64_t n = pf[b + 1] - pf[b], rel = v - base[b];                       \
             int64_t j;                                                                    \
             const ptrdiff_t* o;                                                           \
@@ -281,7 +337,7 @@ static void ck_max_align_bin_f(
     const ptrdiff_t* ylo, const ptrdiff_t* yhi, const float* ywl, const float* ywh,
     const ptrdiff_t* yidx, ptrdiff_t b0, ptrdiff_t b1, const ptrdiff_t* xlo,
     const ptrdiff_t* xhi, const float* xwl, const float* xwh, const ptrdiff_t* xidx,
-    int64_t gw, float* best, int32_t* bi, ptrdiff_t nb, float* y, int32_t* am) {
+    int64_t gw, float* best, int32_t* bi, ptrdiff_t nb, float* y, void* am, int aw) {
     ptrdiff_t c0 = 0;
 #ifdef CK_ROI_SSE2
     const ptrdiff_t nx = b1 - b0;
@@ -325,14 +381,14 @@ static void ck_max_align_bin_f(
             }
             for (j = 0; j < 16; j++) {
                 y[(c0 + j) * nb] = ob[j];
-                am[(c0 + j) * nb] = (int32_t)((int64_t)yidx[a0 + oi[j] / nx] * gw
-                                              + (int64_t)xidx[b0 + oi[j] % nx]);
+                ck_am_put(am, aw, (c0 + j) * nb, (int64_t)yidx[a0 + oi[j] / nx] * gw
+                                                 + (int64_t)xidx[b0 + oi[j] % nx]);
             }
         }
     }
 #endif
     ck_max_align_bin_fg(img, W, C, a0, a1, ylo, yhi, ywl, ywh, yidx, b0, b1, xlo, xhi, xwl, xwh,
-                        xidx, gw, best, bi, nb, y, am, c0);
+                        xidx, gw, best, bi, nb, y, am, aw, c0);
 }
 CK_MAX_ALIGN_BIN(double, int64_t, d)
 
@@ -488,16 +544,19 @@ static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdi
 /* One RoI's float forward on its table: channels in blocks of CK_CHUNK, each bin scanned into
    bin-major scratch (tb floats, ti int32s, nb rows of CK_LD) by the widest vector path, the
    last channels one at a time, then transposed to the RoI's (C, nb) layout and streamed into
-   y and am (written once, not read back: no need to fetch them into cache).  finite: the
-   image holds no NaN/inf (the scan then skips its NaN test). */
+   y and am (written once, not read back: no need to fetch them into cache); an int8 argmax
+   (aw 1) is narrowed from the int32 block first.  finite: the image holds no NaN/inf (the
+   scan then skips its NaN test). */
 static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
                                const ptrdiff_t* sf, const ptrdiff_t* so, const float* sw,
                                const int32_t* rel, const int32_t* base, int finite,
-                               void* scratch, float* y, int32_t* am) {
-    /* scratch (ck_roi_scratch_bytes(nb)): tb, ti (nb rows of CK_LD), tr, tri (CK_CHUNK*nb) */
+                               void* scratch, float* y, void* am, int aw) {
+    /* scratch (ck_roi_scratch_bytes(nb)): tb, ti (nb rows of CK_LD), tri (CK_CHUNK*nb int32,
+       then as many int8: t8), tr (CK_CHUNK*nb) */
     float* tb = (float*)scratch;
     int32_t* ti = (int32_t*)(tb + nb * CK_LD);
     int32_t* tri = (int32_t*)(ti + nb * CK_LD);
+    int8_t* t8 = (int8_t*)(tri + nb * CK_CHUNK);
     float* tr = (float*)((int64_t*)(ti + nb * CK_LD) + nb * CK_CHUNK);
     const int lv = ck_simd_level();
     ptrdiff_t c0, c1, c, b, s, k;
@@ -545,7 +604,13 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
         for (; c < c1 - c0; c++)
             for (k = 0; k < nb; k++) tri[c * nb + k] = base[k] + ti[k * CK_LD + c];
         ck_stream_copy(y + c0 * nb, tr, (size_t)(nb * (c1 - c0)) * sizeof(float));
-        ck_stream_copy(am + c0 * nb, tri, (size_t)(nb * (c1 - c0)) * sizeof(int32_t));
+        if (aw == 1) {
+            ck_am_narrow(tri, t8, nb * (c1 - c0));
+            ck_stream_copy((int8_t*)am + c0 * nb, t8, (size_t)(nb * (c1 - c0)));
+        } else {
+            ck_stream_copy((int32_t*)am + c0 * nb, tri,
+                           (size_t)(nb * (c1 - c0)) * sizeof(int32_t));
+        }
     }
 }
 /* float roi_max_align backward on the sample tables (ck_max_align_table_f with C = 1, so so
@@ -924,8 +989,9 @@ static void ck_ma_bwd_grp_y(float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1,
 #endif
 
 /* The backward for one RoI and a block of cb channels: gyk, amk the RoI's grad and argmax at
-   the block's first channel ((cb, nb) rows of nb); gt, rt (nb*cb) scratch; gnext, anext: the
-   same blocks of the next RoI this task adds (NULL: none), to prefetch.  The merged path
+   the block's first channel ((cb, nb) rows of nb; aw its width: an int8 block is widened
+   into wide (nb*cb int32) first); gt, rt (nb*cb) scratch; gnext, anext: the same blocks of
+   the next RoI this task adds (NULL: none), to prefetch.  The merged path
    (AVX2, the RoI's groups gf.., a finite grad: inf * 0 must stay NaN where a lane adds its
    +0) on ck_ma_prep_y's operands, else the masked path (CK_MA_BWD_BODY) on the sample table.
    Returns the bad argmax entries. */
@@ -933,8 +999,8 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
                                         const ptrdiff_t* sf, const ptrdiff_t* so,
                                         const float* sw, const int32_t* rel,
                                         const int32_t* base, const float* gyk,
-                                        const int32_t* amk, float* gt, int32_t* rt,
-                                        const float* gnext, const int32_t* anext,
+                                        const void* amv, int aw, int32_t* wide, float* gt,
+                                        int32_t* rt, const float* gnext, const void* anext,
                                         const ptrdiff_t* gf, const ptrdiff_t* goff,
                                         const float* gwt, const int32_t* gdm, const int32_t* sx,
                                         int ws) {
@@ -942,7 +1008,12 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
     int merged = 0;
     const ptrdiff_t ng = nb * cb * (ptrdiff_t)sizeof(float);
     const int lv = ck_simd_level();
+    const int32_t* amk = (const int32_t*)amv;
     (void)lv;
+    if (aw == 1) {
+        ck_am_widen((const int8_t*)amv, wide, nb * cb);
+        amk = wide;
+    }
 #ifdef CK_ROI_WIDE
     if (lv >= 1 && gf != NULL) {
         bad = ck_ma_prep_y(amk, gyk, nb, cb, sf, rel, base, sx, gdm, rt, gt, &merged);
@@ -961,7 +1032,7 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
         if (gnext != NULL)
             for (; pf < ng * b1 / nb; pf += 64) {
                 __builtin_prefetch((const char*)gnext + pf, 0, 3);
-                __builtin_prefetch((const char*)anext + pf, 0, 3);
+                __builtin_prefetch((const char*)anext + pf / 4 * aw, 0, 3);
             }
 #endif
         c = 0;
