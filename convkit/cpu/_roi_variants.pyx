@@ -267,7 +267,6 @@ cdef struct _Table:
     int32_t* gdm
     int32_t* sx
     int ws
-    int carved      # so .. sx point into the backward's one block (_table_carve): not freed here
 
 
 # the most samples a RoI's table holds per bin on average (beyond: the per-bin path)
@@ -277,58 +276,22 @@ cdef Py_ssize_t TABLE_PER_BIN = 256
 cdef void _table_free(_Table* t) noexcept nogil:
     free(t.sf)
     free(t.base)
+    free(t.so)
+    free(t.sw)
+    free(t.rel)
     ck_free64(t.scratch)
-    if not t.carved:
-        free(t.so)
-        free(t.sw)
-        free(t.rel)
-        free(t.gf)
-        free(t.goff)
-        free(t.gwt)
-        free(t.gdm)
-        free(t.sx)
+    free(t.gf)
+    free(t.goff)
+    free(t.gwt)
+    free(t.gdm)
+    free(t.sx)
     t.gf = NULL
-
-
-cdef inline Py_ssize_t _up64(Py_ssize_t v) noexcept nogil:
-    return (v + 63) & ~<Py_ssize_t>63
-
-
-cdef Py_ssize_t _slot_bytes(Py_ssize_t n, Py_ssize_t nb) noexcept nogil:
-    """The bytes of one RoI's table and pixel groups for n samples (_table_carve's pieces,
-    each the size _table_build / _groups_build would malloc)."""
-    return (_up64(4 * n * sizeof(Py_ssize_t)) + _up64(4 * n * sizeof(float))
-            + _up64(n * sizeof(int32_t) + 1) + _up64((nb + 1) * sizeof(Py_ssize_t))
-            + _up64(4 * n * sizeof(Py_ssize_t) + 1) + _up64(32 * n * sizeof(float) + 1)
-            + 2 * _up64(nb * sizeof(int32_t) + 1))
-
-
-cdef void _table_carve(_Table* t, char* p, Py_ssize_t n, Py_ssize_t nb) noexcept nogil:
-    """Point the table (room for n samples) and its groups into p (_slot_bytes(n, nb))."""
-    t.carved = 1
-    t.cap = n
-    t.so = <Py_ssize_t*>p
-    p += _up64(4 * n * sizeof(Py_ssize_t))
-    t.sw = <float*>p
-    p += _up64(4 * n * sizeof(float))
-    t.rel = <int32_t*>p
-    p += _up64(n * sizeof(int32_t) + 1)
-    t.gf = <Py_ssize_t*>p
-    p += _up64((nb + 1) * sizeof(Py_ssize_t))
-    t.goff = <Py_ssize_t*>p
-    p += _up64(4 * n * sizeof(Py_ssize_t) + 1)
-    t.gwt = <float*>p
-    p += _up64(32 * n * sizeof(float) + 1)
-    t.gdm = <int32_t*>p
-    p += _up64(nb * sizeof(int32_t) + 1)
-    t.sx = <int32_t*>p
 
 
 cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
     """Room for nb bins (samples come with _table_build), and the forward's scratch if asked
     for.  0 when memory ran out."""
     t.cap = 0
-    t.carved = 0
     t.so = NULL
     t.sw = NULL
     t.rel = NULL
@@ -378,19 +341,17 @@ cdef int _groups_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t
     """The backward's pixel groups of a built table (C = 1), from the RoI's axis taps, when
     the RoI can be merged (else gf stays NULL).  0 when memory ran out."""
     cdef Py_ssize_t nb = ph * pw, n = t.sf[nb]
-    if not t.carved:
-        t.gf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
-        t.goff = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t) + 1)
-        t.gwt = <float*>malloc(32 * n * sizeof(float) + 1)
-        t.gdm = <int32_t*>malloc(nb * sizeof(int32_t) + 1)
-        t.sx = <int32_t*>malloc(nb * sizeof(int32_t) + 1)
-        if t.gf == NULL or t.goff == NULL or t.gwt == NULL or t.gdm == NULL or t.sx == NULL:
-            return 0
+    t.gf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
+    t.goff = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t) + 1)
+    t.gwt = <float*>malloc(32 * n * sizeof(float) + 1)
+    t.gdm = <int32_t*>malloc(nb * sizeof(int32_t) + 1)
+    t.sx = <int32_t*>malloc(nb * sizeof(int32_t) + 1)
+    if t.gf == NULL or t.goff == NULL or t.gwt == NULL or t.gdm == NULL or t.sx == NULL:
+        return 0
     if ck_ma_groups(W, ph, pw, ty.first, ty.low, ty.high, <float*>ty.wl, <float*>ty.wh,
                     tx.first, tx.low, tx.high, <float*>tx.wl, <float*>tx.wh, t.sf, t.rel, t.gf,
                     t.goff, t.gwt, t.gdm, t.sx, &t.ws) < 0:
-        if not t.carved:
-            free(t.gf)
+        free(t.gf)
         t.gf = NULL
     return 1
 
@@ -619,14 +580,8 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const unsigned char[
     cdef _Table* tabs = <_Table*>calloc(K + 1, sizeof(_Table))
     cdef Py_ssize_t* first = <Py_ssize_t*>malloc(N * sizeof(Py_ssize_t) + 1)
     cdef Py_ssize_t* nxt = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t) + 1)
-    cdef Py_ssize_t* cnt = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t) + 1)
-    cdef Py_ssize_t* slot = <Py_ssize_t*>malloc(K * sizeof(Py_ssize_t) + 1)
-    cdef Py_ssize_t tot = 0
-    cdef char* arena = NULL
     if (axes == NULL or pairs == NULL or batch == NULL or gws == NULL or tabs == NULL
-            or first == NULL or nxt == NULL or cnt == NULL or slot == NULL):
-        free(cnt)
-        free(slot)
+            or first == NULL or nxt == NULL):
         free(axes)
         free(pairs)
         free(batch)
@@ -659,46 +614,18 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const unsigned char[
                     bad_rois += 1
                     batch[k] = -1
                 elif floating is float:
-                    # only the sample count here: the tables go into one block (below)
-                    ty = &axes[2 * k]
-                    tx = &axes[2 * k + 1]
-                    cnt[k] = ck_max_align_table_f(W, 1, ph, pw, ty.first, ty.low, ty.high,
-                                                  <float*>ty.wl, <float*>ty.wh, ty.idx,
-                                                  tx.first, tx.low, tx.high, <float*>tx.wl,
-                                                  <float*>tx.wh, tx.idx, gws[k], -1, NULL,
-                                                  NULL, NULL, NULL, NULL)
-                    if cnt[k] < 0 or cnt[k] > TABLE_PER_BIN * nb:
+                    if not (_table_alloc(&tabs[k], nb, False)
+                            and _table_build(&tabs[k], &axes[2 * k], &axes[2 * k + 1], W, 1,
+                                             ph, pw, gws[k])):
                         notab += 1
-                    elif not _table_alloc(&tabs[k], nb, False):
+                    elif not _groups_build(&tabs[k], &axes[2 * k], &axes[2 * k + 1], W, ph,
+                                           pw):
                         failed += 1
                         batch[k] = -1
                 elif not _roi_pairs(&pairs[k], &axes[2 * k], &axes[2 * k + 1], W, ph, pw,
                                     gws[k], <floating>0):
                     failed += 1
                     batch[k] = -1
-        if floating is float and notab == 0 and failed == 0:
-            # every RoI's table and groups in one block: one allocation the allocator keeps
-            # from call to call (thousands of small ones were returned to the system and
-            # faulted in again on every call)
-            for k in range(K):
-                slot[k] = tot
-                if batch[k] >= 0:
-                    tot += _slot_bytes(cnt[k], nb)
-            arena = <char*>ck_malloc64(tot + 64)
-            if arena == NULL:
-                failed += 1
-            else:
-                for k in prange(K, schedule="static",
-                                num_threads=team(n_threads, K // 16 + 1)):
-                    if batch[k] < 0:
-                        continue
-                    _table_carve(&tabs[k], arena + slot[k], cnt[k], nb)
-                    if not _table_build(&tabs[k], &axes[2 * k], &axes[2 * k + 1], W, 1, ph,
-                                        pw, gws[k]):
-                        failed += 1     # cannot happen: the count fitted above
-                        batch[k] = -1
-                    else:
-                        _groups_build(&tabs[k], &axes[2 * k], &axes[2 * k + 1], W, ph, pw)
         if floating is float:
             if notab and failed == 0:   # some RoI has no sample table: all go plane by plane
                 for k in prange(K, schedule="static",
@@ -791,9 +718,6 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const unsigned char[
             _axis_free(&axes[2 * k + 1])
             _pairs_free(&pairs[k])
             _table_free(&tabs[k])
-    ck_free64(arena)
-    free(cnt)
-    free(slot)
     free(axes)
     free(pairs)
     free(batch)
