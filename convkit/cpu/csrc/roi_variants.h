@@ -876,12 +876,11 @@ static inline void ck_ma_prep1(int32_t v, float g, ptrdiff_t b, const ptrdiff_t*
    modulo 2**32: a wrapped difference matches only the number itself), the other bins and the
    edges entry by entry. Returns the bad entries; *finite: every grad kept is finite (else the
    caller takes the masked path). */
-__attribute__((target("avx2")))
-static ptrdiff_t ck_ma_prep_y(const void* amv, int aw, const float* gyk, ptrdiff_t nb,
-                              ptrdiff_t cb,
-                              const ptrdiff_t* sf, const int32_t* rel, const int32_t* base,
-                              const int32_t* sx, const int32_t* gdm, int32_t* dt, float* gt,
-                              int* finite) {
+__attribute__((target("avx2"), always_inline))
+static inline ptrdiff_t ck_ma_prep_yb(const void* amv, int aw, const float* gyk, ptrdiff_t nb,
+                                      ptrdiff_t cb, const ptrdiff_t* sf, const int32_t* rel,
+                                      const int32_t* base, const int32_t* sx,
+                                      const int32_t* gdm, int32_t* dt, float* gt, int* finite) {
     const __m256i m1 = _mm256_set1_epi32(-1), sgn = _mm256_set1_epi32(INT32_MIN);
     const __m256i em = _mm256_set1_epi32(0x7f800000), e1 = _mm256_set1_epi32(0x00800000);
     /* the vector blocks cover every bin when there are 8 or more (the last block ends at
@@ -944,6 +943,16 @@ static ptrdiff_t ck_ma_prep_y(const void* amv, int aw, const float* gyk, ptrdiff
                         base, dt + b * cb + c, gt + b * cb + c, &bad, &fin);
     *finite = (fin & 0x80000000u) == 0;
     return bad;
+}
+/* one copy per argmax width, so the width test leaves the inner loop */
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_prep_y(const void* amv, int aw, const float* gyk, ptrdiff_t nb,
+                              ptrdiff_t cb, const ptrdiff_t* sf, const int32_t* rel,
+                              const int32_t* base, const int32_t* sx, const int32_t* gdm,
+                              int32_t* dt, float* gt, int* finite) {
+    return aw == 1
+        ? ck_ma_prep_yb(amv, 1, gyk, nb, cb, sf, rel, base, sx, gdm, dt, gt, finite)
+        : ck_ma_prep_yb(amv, 4, gyk, nb, cb, sf, rel, base, sx, gdm, dt, gt, finite);
 }
 
 /* The merged backward, AVX2, bins [b0, b1) of one RoI on a block of cb channels (dt, gt as
