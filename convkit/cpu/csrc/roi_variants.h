@@ -868,18 +868,19 @@ static inline void ck_ma_prep1(int32_t v, float g, ptrdiff_t b, const ptrdiff_t*
 }
 
 #ifdef CK_ROI_WIDE
-/* The merged backward's operands for one RoI and a block of cb channels: the RoI's argmax
-   and grad blocks amk, gyk ((cb, nb), rows of nb) -> dt, gt (nb*cb, bin-major): each lane's
-   winner as its sample d in the bin and its grad, both 0 for -1 and bad entries.  8 x 8
-   blocks in AVX2 registers on the bins whose samples are numbered by d (gdm): d = v - base
-   when that is below the bin's count (int32 arithmetic modulo 2**32: a wrapped difference
-   matches only the number itself), the other bins and the edges entry by entry.  Returns the
-   bad entries; *finite: every grad kept is finite (else the caller takes the masked path). */
-__attribute__((target("avx2")))
-static ptrdiff_t ck_ma_prep_y(const int32_t* amk, const float* gyk, ptrdiff_t nb, ptrdiff_t cb,
-                              const ptrdiff_t* sf, const int32_t* rel, const int32_t* base,
-                              const int32_t* sx, const int32_t* gdm, int32_t* dt, float* gt,
-                              int* finite) {
+/* The merged backward's operands for one RoI and a block of cb channels: the RoI's argmax and
+   grad blocks amv (entries of aw bytes: int8 read as it is), gyk ((cb, nb), rows of nb) -> dt,
+   gt (nb*cb, bin-major): each lane's winner as its sample d in the bin and its grad, both 0
+   for -1 and bad entries. 8 x 8 blocks in AVX2 registers on the bins whose samples are
+   numbered by d (gdm): d = v - base when that is below the bin's count (int32 arithmetic
+   modulo 2**32: a wrapped difference matches only the number itself), the other bins and the
+   edges entry by entry. Returns the bad entries; *finite: every grad kept is finite (else the
+   caller takes the masked path). */
+__attribute__((target("avx2"), always_inline))
+static inline ptrdiff_t ck_ma_prep_yb(const void* amv, int aw, const float* gyk, ptrdiff_t nb,
+                                      ptrdiff_t cb, const ptrdiff_t* sf, const int32_t* rel,
+                                      const int32_t* base, const int32_t* sx,
+                                      const int32_t* gdm, int32_t* dt, float* gt, int* finite) {
     const __m256i m1 = _mm256_set1_epi32(-1), sgn = _mm256_set1_epi32(INT32_MIN);
     const __m256i em = _mm256_set1_epi32(0x7f800000), e1 = _mm256_set1_epi32(0x00800000);
     /* the vector blocks cover every bin when there are 8 or more (the last block ends at
@@ -900,7 +901,11 @@ static ptrdiff_t ck_ma_prep_y(const int32_t* amk, const float* gyk, ptrdiff_t nb
                 _mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int32_t)(b - b8) - 1)));
             __m256 dv[8], gv[8];
             for (i = 0; i < 8; i++) {
-                const __m256i v = _mm256_loadu_si256((const __m256i*)(amk + (c + i) * nb + b8));
+                const ptrdiff_t o = (c + i) * nb + b8;
+                const __m256i v = aw == 1
+                    ? _mm256_cvtepi8_epi32(
+                          _mm_loadl_epi64((const __m128i*)((const int8_t*)amv + o)))
+                    : _mm256_loadu_si256((const __m256i*)((const int32_t*)amv + o));
                 const __m256i r = _mm256_sub_epi32(v, bs);
                 const __m256i ok = _mm256_cmpgt_epi32(sv, _mm256_xor_si256(r, sgn));
                 const __m256i gk = _mm256_and_si256(ok, _mm256_castps_si256(
@@ -929,15 +934,25 @@ static ptrdiff_t ck_ma_prep_y(const int32_t* amk, const float* gyk, ptrdiff_t nb
     for (b = 0; b < nb; b++) {
         if (nbv && gdm[b]) continue;
         for (c = 0; c < cb8; c++)
-            ck_ma_prep1(amk[c * nb + b], gyk[c * nb + b], b, sf, rel, base, dt + b * cb + c,
-                        gt + b * cb + c, &bad, &fin);
+            ck_ma_prep1((int32_t)ck_am_get(amv, aw, c * nb + b), gyk[c * nb + b], b, sf, rel,
+                        base, dt + b * cb + c, gt + b * cb + c, &bad, &fin);
     }
     for (c = cb8; c < cb; c++)
         for (b = 0; b < nb; b++)
-            ck_ma_prep1(amk[c * nb + b], gyk[c * nb + b], b, sf, rel, base, dt + b * cb + c,
-                        gt + b * cb + c, &bad, &fin);
+            ck_ma_prep1((int32_t)ck_am_get(amv, aw, c * nb + b), gyk[c * nb + b], b, sf, rel,
+                        base, dt + b * cb + c, gt + b * cb + c, &bad, &fin);
     *finite = (fin & 0x80000000u) == 0;
     return bad;
+}
+/* one copy per argmax width, so the width test leaves the inner loop */
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_prep_y(const void* amv, int aw, const float* gyk, ptrdiff_t nb,
+                              ptrdiff_t cb, const ptrdiff_t* sf, const int32_t* rel,
+                              const int32_t* base, const int32_t* sx, const int32_t* gdm,
+                              int32_t* dt, float* gt, int* finite) {
+    return aw == 1
+        ? ck_ma_prep_yb(amv, 1, gyk, nb, cb, sf, rel, base, sx, gdm, dt, gt, finite)
+        : ck_ma_prep_yb(amv, 4, gyk, nb, cb, sf, rel, base, sx, gdm, dt, gt, finite);
 }
 
 /* The merged backward, AVX2, bins [b0, b1) of one RoI on a block of cb channels (dt, gt as
@@ -989,9 +1004,9 @@ static void ck_ma_bwd_grp_y(float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1,
 #endif
 
 /* The backward for one RoI and a block of cb channels: gyk, amk the RoI's grad and argmax at
-   the block's first channel ((cb, nb) rows of nb; aw its width: an int8 block is widened
-   into wide (nb*cb int32) first); gt, rt (nb*cb) scratch; gnext, anext: the same blocks of
-   the next RoI this task adds (NULL: none), to prefetch.  The merged path
+   the block's first channel ((cb, nb) rows of nb; aw its width: the masked path widens
+   an int8 block into wide (nb*cb int32)); gt, rt (nb*cb) scratch; gnext, anext: the same
+   blocks of the next RoI this task adds (NULL: none), to prefetch.  The merged path
    (AVX2, the RoI's groups gf.., a finite grad: inf * 0 must stay NaN where a lane adds its
    +0) on ck_ma_prep_y's operands, else the masked path (CK_MA_BWD_BODY) on the sample table.
    Returns the bad argmax entries. */
@@ -1010,17 +1025,17 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
     const int lv = ck_simd_level();
     const int32_t* amk = (const int32_t*)amv;
     (void)lv;
-    if (aw == 1) {
-        ck_am_widen((const int8_t*)amv, wide, nb * cb);
-        amk = wide;
-    }
 #ifdef CK_ROI_WIDE
-    if (lv >= 1 && gf != NULL) {
-        bad = ck_ma_prep_y(amk, gyk, nb, cb, sf, rel, base, sx, gdm, rt, gt, &merged);
+    if (lv >= 1 && gf != NULL) {    /* reads an int8 block as it is (no widened copy) */
+        bad = ck_ma_prep_y(amv, aw, gyk, nb, cb, sf, rel, base, sx, gdm, rt, gt, &merged);
         if (!merged) bad = 0;   /* the masked path counts them again */
     }
 #endif
     if (!merged) {
+        if (aw == 1) {
+            ck_am_widen((const int8_t*)amv, wide, nb * cb);
+            amk = wide;
+        }
         ck_transpose_f(gyk, nb, cb, nb, gt, cb);
         ck_ma_bwd_rel(amk, nb, cb, base, rt);
     }
