@@ -127,8 +127,8 @@ def test_avx2_and_baseline_transforms_give_the_same_bits(dtype):
 
 # ------------------------------------------------------------ packed filters (ck_w4_gemm_pk)
 # (the plain layout's bits are fgemm.h's only where F(4x4)'s GEMMs run on it: with the own
-# AVX-512 GEMM they take its k blocks, and the plan never packs there)
-PACKED = pytest.mark.skipif(not wg.winograd4_packed_ok() or not cc._FIXED_SGEMM,
+# AVX-512 GEMM they take its k blocks, and the plan keeps that GEMM on F(2x2))
+PACKED = pytest.mark.skipif(not wg.winograd4_packed_ok() or cc._OWN_SGEMM,
                             reason="the packed GEMMs are planned where F(4x4)'s GEMMs run on "
                                    "csrc/fgemm.h (AVX2 + FMA, no own AVX-512 GEMM) only")
 
