@@ -320,29 +320,42 @@ def bias_grad(const floating[:, :, :, ::1] gy, floating[::1] gb, int n_threads):
             gb[f] = <floating>s
 
 
-cdef bint _any_nonfinite32(const unsigned int* u, Py_ssize_t n) noexcept nogil:
+# The fast conv algorithms (Winograd's and stem_wino's transforms, the dense and batch GEMMs over
+# padded tiles) match torch's NaN / inf pattern only where their sums cannot overflow when
+# torch's do not: operands finite and below 2**35 in magnitude (2**480 in float64).  Every
+# intermediate is then under |a|max * |b|max * (reduction length) * (transform growth) <
+# 2**70 * 2**34 * 2**18 = 2**122 < 2**128 (growth: F(4x4) 2**14.4, stem_wino 2**9.1, F(2x2)
+# 2**6.3, bench/wino_growth.py; a reduction of 2**34 terms, 64 GB of float32 operand, does not
+# fit in memory here).  Larger values take the exact path, like NaN and inf.
+cdef unsigned int _BIG32 = (127u + 35u) << 23
+cdef unsigned long long _BIG64 = (1023ull + 480ull) << 52
+
+
+cdef bint _any_big32(const unsigned int* u, Py_ssize_t n) noexcept nogil:
     cdef unsigned int bad = 0
     cdef Py_ssize_t i
     for i in range(n):
-        bad |= (u[i] & 0x7f800000u) == 0x7f800000u
+        bad |= (u[i] & 0x7f800000u) >= _BIG32
     return bad != 0
 
 
-cdef bint _any_nonfinite64(const unsigned long long* u, Py_ssize_t n) noexcept nogil:
+cdef bint _any_big64(const unsigned long long* u, Py_ssize_t n) noexcept nogil:
     cdef unsigned long long bad = 0
     cdef Py_ssize_t i
     for i in range(n):
-        bad |= (u[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull
+        bad |= (u[i] & 0x7ff0000000000000ull) >= _BIG64
     return bad != 0
 
 
-def all_finite(*arrays):
-    """True when no array holds a NaN or +-inf, read as raw bits: an all-ones exponent is
-    non-finite.  An integer OR-reduction the compiler vectorises, with no floating-point status
-    flags to raise warnings (numpy's sum under np.errstate cost a small conv ~30 us), and one
-    call for all of a conv's operands, reading each array's buffer directly: the typed
-    memoryviews and views this replaced cost more than the scan on LeNet's small maps.  Arrays
-    must be C-contiguous float32 or float64 (what the boundary hands the hooks)."""
+def all_moderate(*arrays):
+    """True when every value of every array is finite and below 2**35 in magnitude (2**480 for
+    float64; the bound above): read as raw bits, the exponent field against a threshold -- NaN
+    and inf have the all-ones exponent, so they fail too.  An integer OR-reduction the compiler
+    vectorises, with no floating-point status flags to raise warnings (numpy's sum under
+    np.errstate cost a small conv ~30 us), and one call for all of a conv's operands, reading
+    each array's buffer directly: the typed memoryviews and views this replaced cost more than
+    the scan on LeNet's small maps.  Arrays must be C-contiguous float32 or float64 (what the
+    boundary hands the hooks)."""
     cdef cnp.ndarray a
     cdef Py_ssize_t n
     cdef int t
@@ -351,16 +364,16 @@ def all_finite(*arrays):
     for obj in arrays:
         a = <cnp.ndarray?>obj
         if not cnp.PyArray_IS_C_CONTIGUOUS(a):
-            raise ValueError("all_finite: arrays must be C-contiguous")
+            raise ValueError("all_moderate: arrays must be C-contiguous")
         t, n, p = cnp.PyArray_TYPE(a), cnp.PyArray_SIZE(a), cnp.PyArray_DATA(a)
         if t == cnp.NPY_FLOAT32:
             with nogil:
-                bad = _any_nonfinite32(<const unsigned int*>p, n)
+                bad = _any_big32(<const unsigned int*>p, n)
         elif t == cnp.NPY_FLOAT64:
             with nogil:
-                bad = _any_nonfinite64(<const unsigned long long*>p, n)
+                bad = _any_big64(<const unsigned long long*>p, n)
         else:
-            raise TypeError(f"all_finite: float32 or float64 arrays only, got {a.dtype}")
+            raise TypeError(f"all_moderate: float32 or float64 arrays only, got {a.dtype}")
         if bad:
             return False
     return True

@@ -102,7 +102,8 @@ _MAX_PLANS = 256
 # Algorithms whose outputs can take a NaN or inf from another output's operands (Winograd's
 # tile transforms, the dense and batch matrices' structural zeros; the dot weight gradient's
 # padded planes; sub-pixel grad_x's padded windows, whose zeros meet every weight): all
-# operands are checked before them.  The depthwise kernels skip padding
+# operands are checked before them, for NaN, inf and values whose transforms could overflow
+# where torch's sums do not (_finite).  The depthwise kernels skip padding
 # taps instead of multiplying zeros, so only a non-finite weight (forward) or grad_y / weight
 # (backward) makes them differ from torch; x is not read twice for them.  im2col, pointwise,
 # wide, phases, rowphases and stem compute each output from its own window, and weight_rowgemm
@@ -115,13 +116,15 @@ _MIXES_W = frozenset({"depthwise", "depthwise3x3"})
 
 
 def _finite(*arrays) -> bool:
-    """True when no array holds a NaN or an infinity: one pass over each array's raw bits, in
-    one C call (the boundary hands C-contiguous arrays)."""
-    return _im2col.all_finite(*arrays)
+    """True when no array holds a NaN, an infinity or a value of 2**35 or more in magnitude
+    (2**480 in float64), the bound under which no fast algorithm's transform or sum overflows
+    where torch's direct sums do not (_conv_im2col.all_moderate): one pass over each array's
+    raw bits, in one C call (the boundary hands C-contiguous arrays)."""
+    return _im2col.all_moderate(*arrays)
 
 
 def _bad_images(a):
-    """bool array[N]: which images of a hold a NaN or an infinity."""
+    """bool array[N]: which images of a hold a NaN, an infinity or a value past _finite's bound."""
     return np.array([not _finite(a[n]) for n in range(a.shape[0])], dtype=bool)
 
 
