@@ -402,31 +402,49 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
 #define CK_MA_CK_X_TAKE(v, b) _mm_or_ps(_mm_cmpgt_ps(v, b), _mm_cmpunord_ps(v, v))
 #define CK_MA_CK_Y_TAKE(v, b) _mm256_or_ps(_mm256_cmp_ps(v, b, _CMP_GT_OQ),                   \
                                         _mm256_cmp_ps(v, v, _CMP_UNORD_Q))
-#define CK_MA_FWD_STEP(X, R, TAKE)                                                            \
+/* the new best of lanes m: a blend (the NaN-aware scan), or max(v, b) = v > b ? v : b (the
+   finite scan, where m is exactly v > b) */
+#define CK_MA_SEL_X(m, v, b) CK_X_SEL(m, v, b)
+#define CK_MA_SEL_Y(m, v, b) CK_Y_SEL(m, v, b)
+#define CK_MA_MAX_X(m, v, b) _mm_max_ps(v, b)
+#define CK_MA_MAX_Y(m, v, b) _mm256_max_ps(v, b)
+/* sample s's value for vector j of the block (pointers from im = img + c) */
+#define CK_MA_FWD_VAL(X, j)                                                               \
+    X##_ADD(X##_ADD(X##_ADD(X##_MUL(w1, X##_LD(p1 + (j) * X##_L)),                        \
+                            X##_MUL(w2, X##_LD(p2 + (j) * X##_L))),                       \
+                    X##_MUL(w3, X##_LD(p3 + (j) * X##_L))),                               \
+            X##_MUL(w4, X##_LD(p4 + (j) * X##_L)))
+#define CK_MA_FWD_TAPS(X)                                                                 \
+    const float* p1 = im + so[4 * s];                                                     \
+    const float* p2 = im + so[4 * s + 1];                                                 \
+    const float* p3 = im + so[4 * s + 2];                                                 \
+    const float* p4 = im + so[4 * s + 3];                                                 \
+    const X##_V w1 = X##_SET1(sw[4 * s]), w2 = X##_SET1(sw[4 * s + 1]);                   \
+    const X##_V w3 = X##_SET1(sw[4 * s + 2]), w4 = X##_SET1(sw[4 * s + 3]);
+/* The running best starts at the bin's first sample (number 0 relative to the bin): the
+   same as starting at -inf, which that sample replaces unless it is -inf itself (then the
+   best stays -inf with winner 0 either way). */
+#define CK_MA_FWD_STEP(X, R, TAKE, SEL)                                                   \
     {                                                                                     \
         X##_V bst[R];                                                                     \
         X##_IV bix[R];                                                                    \
+        const float* im = img + c;                                                        \
         int j;                                                                            \
-        for (j = 0; j < R; j++) {                                                         \
-            bst[j] = X##_SET1(-INFINITY);                                                 \
-            bix[j] = X##_ISET1(0);                                                        \
+        s = s0;                                                                           \
+        {                                                                                 \
+            CK_MA_FWD_TAPS(X)                                                             \
+            for (j = 0; j < R; j++) {                                                     \
+                bst[j] = CK_MA_FWD_VAL(X, j);                                             \
+                bix[j] = X##_ISET1(0);                                                    \
+            }                                                                             \
         }                                                                                 \
-        for (s = s0; s < s1; s++) {                                                       \
-            const float* p1 = img + so[4 * s] + c;                                        \
-            const float* p2 = img + so[4 * s + 1] + c;                                    \
-            const float* p3 = img + so[4 * s + 2] + c;                                    \
-            const float* p4 = img + so[4 * s + 3] + c;                                    \
-            const X##_V w1 = X##_SET1(sw[4 * s]), w2 = X##_SET1(sw[4 * s + 1]);           \
-            const X##_V w3 = X##_SET1(sw[4 * s + 2]), w4 = X##_SET1(sw[4 * s + 3]);       \
+        for (s = s0 + 1; s < s1; s++) {                                                   \
+            CK_MA_FWD_TAPS(X)                                                             \
             const X##_IV sv = X##_ISET1(rel[s]);                                          \
             for (j = 0; j < R; j++) {                                                     \
-                const X##_V v = X##_ADD(                                                  \
-                    X##_ADD(X##_ADD(X##_MUL(w1, X##_LD(p1 + j * X##_L)),                  \
-                                    X##_MUL(w2, X##_LD(p2 + j * X##_L))),                 \
-                            X##_MUL(w3, X##_LD(p3 + j * X##_L))),                         \
-                    X##_MUL(w4, X##_LD(p4 + j * X##_L)));                                 \
+                const X##_V v = CK_MA_FWD_VAL(X, j);                                      \
                 const X##_M m = TAKE(v, bst[j]);                                          \
-                bst[j] = X##_SEL(m, v, bst[j]);                                           \
+                bst[j] = SEL(m, v, bst[j]);                                               \
                 bix[j] = X##_ISEL(m, sv, bix[j]);                                         \
             }                                                                             \
         }                                                                                 \
@@ -437,11 +455,11 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
     }
 /* one bin (samples [s0, s1), at least one), channels [c0, c1) -> tb, ti (bin-major rows,
    channel c at c - c0); returns the channels done (the rest: the scalar scan) */
-#define CK_MA_FWD_BODY(X, TAKE)                                                           \
+#define CK_MA_FWD_BODY(X, TAKE, SEL)                                                      \
     {                                                                                     \
         ptrdiff_t c, s;                                                                   \
-        for (c = c0; c + 4 * X##_L <= c1; c += 4 * X##_L) CK_MA_FWD_STEP(X, 4, TAKE)      \
-        for (; c + X##_L <= c1; c += X##_L) CK_MA_FWD_STEP(X, 1, TAKE)                    \
+        for (c = c0; c + 4 * X##_L <= c1; c += 4 * X##_L) CK_MA_FWD_STEP(X, 4, TAKE, SEL) \
+        for (; c + X##_L <= c1; c += X##_L) CK_MA_FWD_STEP(X, 1, TAKE, SEL)               \
         return c;                                                                         \
     }
 #define CK_MA_FWD_ARGS const float* img, ptrdiff_t s0, ptrdiff_t s1, const ptrdiff_t* so,  \
@@ -450,14 +468,14 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
    every product is finite, and a sum of finite terms that overflows stays one infinity):
    "greater" alone is the same test. */
 #ifdef CK_ROI_SSE2
-static ptrdiff_t ck_ma_fwd_x(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_X, CK_MA_CK_X_TAKE)
-static ptrdiff_t ck_ma_fwd_xf(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_X, CK_X_GT)
+static ptrdiff_t ck_ma_fwd_x(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_X, CK_MA_CK_X_TAKE, CK_MA_SEL_X)
+static ptrdiff_t ck_ma_fwd_xf(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_X, CK_X_GT, CK_MA_MAX_X)
 #endif
 #ifdef CK_ROI_WIDE
 __attribute__((target("avx2")))
-static ptrdiff_t ck_ma_fwd_y(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_MA_CK_Y_TAKE)
+static ptrdiff_t ck_ma_fwd_y(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_MA_CK_Y_TAKE, CK_MA_SEL_Y)
 __attribute__((target("avx2")))
-static ptrdiff_t ck_ma_fwd_yf(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_Y_GT)
+static ptrdiff_t ck_ma_fwd_yf(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_Y_GT, CK_MA_MAX_Y)
 #endif
 
 /* One RoI's sample table (see above) from its axis taps; sf: nb + 1 entries, so/sw: 4 per
