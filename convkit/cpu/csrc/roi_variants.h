@@ -978,26 +978,30 @@ static ptrdiff_t ck_ma_prep_y(const void* amv, int aw, const float* gyk, ptrdiff
    group one add of grad * the group's weight for each lane's d (a lane permute of the
    group's table; within 128-bit halves when ws is 4).  The last cb % 8 channels one at a
    time, the same products and adds. */
+/* (the group bounds and the block's base pointer in locals: the extension is built with
+   -fno-strict-aliasing, so the stores below would make the compiler reload gf[b + 1] and
+   recompute each row's address per group) */
 #define CK_MA_GRP_STEP(R)                                                                 \
     {                                                                                     \
         __m256 gz[R];                                                                     \
         __m256i dx[R];                                                                    \
+        float* const gc = gb + c;                                                         \
         for (v = 0; v < R; v++) {                                                         \
             gz[v] = _mm256_loadu_ps(gr + c + 8 * v);                                      \
             dx[v] = _mm256_loadu_si256((const __m256i*)(db + c + 8 * v));                 \
         }                                                                                 \
         if (ws == 4)                                                                      \
-            for (g = gf[b]; g < gf[b + 1]; g++) {                                         \
+            for (g = g0; g < g1; g++) {                                                   \
                 const __m256 wt = _mm256_broadcast_ps((const __m128*)(gwt + 4 * g));      \
-                float* r = gb + goff[g] * cb + c;                                         \
+                float* const r = gc + goff[g] * cb;                                       \
                 for (v = 0; v < R; v++)                                                   \
                     _mm256_storeu_ps(r + 8 * v, _mm256_add_ps(_mm256_loadu_ps(r + 8 * v), \
                         _mm256_mul_ps(gz[v], _mm256_permutevar_ps(wt, dx[v]))));          \
             }                                                                             \
         else                                                                              \
-            for (g = gf[b]; g < gf[b + 1]; g++) {                                         \
+            for (g = g0; g < g1; g++) {                                                   \
                 const __m256 wt = _mm256_loadu_ps(gwt + 8 * g);                           \
-                float* r = gb + goff[g] * cb + c;                                         \
+                float* const r = gc + goff[g] * cb;                                       \
                 for (v = 0; v < R; v++)                                                   \
                     _mm256_storeu_ps(r + 8 * v, _mm256_add_ps(_mm256_loadu_ps(r + 8 * v), \
                         _mm256_mul_ps(gz[v], _mm256_permutevar8x32_ps(wt, dx[v]))));      \
@@ -1012,10 +1016,11 @@ static void ck_ma_bwd_grp_y(float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1,
     for (b = b0; b < b1; b++) {
         const int32_t* db = dt + b * cb;
         const float* gr = gt + b * cb;
+        const ptrdiff_t g0 = gf[b], g1 = gf[b + 1];
         for (c = 0; c + 32 <= cb; c += 32) CK_MA_GRP_STEP(4)
         for (; c + 8 <= cb; c += 8) CK_MA_GRP_STEP(1)
         for (; c < cb; c++)
-            for (g = gf[b]; g < gf[b + 1]; g++)
+            for (g = g0; g < g1; g++)
                 gb[goff[g] * cb + c] += gr[c] * gwt[g * ws + db[c]];
     }
 }
