@@ -481,7 +481,8 @@ static ptrdiff_t ck_ma_fwd_yf(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_Y_GT, CK_M
 /* One RoI's sample table (see above) from its axis taps; sf: nb + 1 entries, so/sw: 4 per
    sample, rel: 1 per sample, base: nb (-1 for a bin without samples).  Returns the number of
    samples n (written only when n <= cap), or -1 when a sample's number relative to its bin's
-   first does not fit an int32 (the caller takes the per-bin path). */
+   first does not fit an int32 (the caller takes the per-bin path).  so NULL: sf, rel and
+   base only (so, sw are not written). */
 static ptrdiff_t ck_max_align_table_f(
     ptrdiff_t W, ptrdiff_t C, ptrdiff_t ph, ptrdiff_t pw, const ptrdiff_t* yf,
     const ptrdiff_t* ylo, const ptrdiff_t* yhi, const float* ywl, const float* ywh,
@@ -514,6 +515,11 @@ static ptrdiff_t ck_max_align_table_f(
                 const float hy = ywl[a], ly = ywh[a];
                 const ptrdiff_t rl = ylo[a] * W, rh = yhi[a] * W, x0 = xidx[xf[q]];
                 const int64_t ry = (int64_t)(yidx[a] - yidx[yf[p]]) * gw;
+                if (so == NULL) {
+                    for (b = xf[q]; b < xf[q + 1]; b++, n++)
+                        rel[n] = (int32_t)(ry + (int64_t)(xidx[b] - x0));
+                    continue;
+                }
                 for (b = xf[q]; b < xf[q + 1]; b++, n++) {
                     const float hx = xwl[b], lx = xwh[b];
                     const ptrdiff_t cl = xlo[b], ch = xhi[b];
@@ -1032,7 +1038,8 @@ static void ck_ma_bwd_grp_y(float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1,
    blocks of the next RoI this task adds (NULL: none), to prefetch.  The merged path
    (AVX2, the RoI's groups gf.., a finite grad: inf * 0 must stay NaN where a lane adds its
    +0) on ck_ma_prep_y's operands, else the masked path (CK_MA_BWD_BODY) on the sample table.
-   Returns the bad argmax entries. */
+   Returns the bad argmax entries, or -1 (nothing added) where the masked path is needed and
+   the table has samples but no offsets and weights (so NULL). */
 static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
                                         const ptrdiff_t* sf, const ptrdiff_t* so,
                                         const float* sw, const int32_t* rel,
@@ -1054,6 +1061,9 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
         if (!merged) bad = 0;   /* the masked path counts them again */
     }
 #endif
+    /* gb untouched: the caller brings so, sw (a table of no samples never has them, and
+       the masked path reads none) */
+    if (!merged && so == NULL && sf[nb] > 0) return -1;
     if (!merged) {
         if (aw == 1) {
             ck_am_widen((const int8_t*)amv, wide, nb * cb);
