@@ -25,25 +25,9 @@ static inline int64_t ck_am_get(const void* am, int aw, ptrdiff_t i) {
     return aw == 1 ? (int64_t)((const int8_t*)am)[i] : (int64_t)((const int32_t*)am)[i];
 }
 
-/* n argmax entries int32 -> int8 (numbers that fit: saturation never acts) and int8 ->
-   int32, for the sample-table paths' blocks; AVX2 where the CPU has it (the compiler's SSE2
-   loops took about 1.7 instructions an entry). */
+/* n argmax entries int8 -> int32, for the masked backward's blocks; AVX2 where the CPU has
+   it (the compiler's SSE2 loop took about 1.7 instructions an entry). */
 #ifdef CK_ROI_WIDE
-__attribute__((target("avx2")))
-static ptrdiff_t ck_am_narrow_y(const int32_t* s, int8_t* d, ptrdiff_t n) {
-    /* packs interleave the 128-bit lanes: dwords (a0-3 b0-3 c0-3 d0-3 a4-7 ..) put back */
-    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    ptrdiff_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        const __m256i ab = _mm256_packs_epi32(_mm256_loadu_si256((const __m256i*)(s + i)),
-                                              _mm256_loadu_si256((const __m256i*)(s + i + 8)));
-        const __m256i cd = _mm256_packs_epi32(_mm256_loadu_si256((const __m256i*)(s + i + 16)),
-                                              _mm256_loadu_si256((const __m256i*)(s + i + 24)));
-        _mm256_storeu_si256((__m256i*)(d + i),
-                            _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), perm));
-    }
-    return i;
-}
 __attribute__((target("avx2")))
 static ptrdiff_t ck_am_widen_y(const int8_t* s, int32_t* d, ptrdiff_t n) {
     ptrdiff_t i = 0;
@@ -53,13 +37,6 @@ static ptrdiff_t ck_am_widen_y(const int8_t* s, int32_t* d, ptrdiff_t n) {
     return i;
 }
 #endif
-static void ck_am_narrow(const int32_t* s, int8_t* d, ptrdiff_t n) {
-    ptrdiff_t i = 0;
-#ifdef CK_ROI_WIDE
-    if (ck_simd_level() >= 1) i = ck_am_narrow_y(s, d, n);
-#endif
-    for (; i < n; i++) d[i] = (int8_t)s[i];
-}
 static void ck_am_widen(const int8_t* s, int32_t* d, ptrdiff_t n) {
     ptrdiff_t i = 0;
 #ifdef CK_ROI_WIDE
@@ -565,11 +542,53 @@ static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdi
 }
 #endif
 
+/* The same for an int8 argmax (numbers that fit: saturation never acts): each 8 x 8 block's
+   rows narrowed in registers (four rows at a time) and stored as 8 bytes a row, without an
+   int32 copy and a second pass over it. */
+#ifdef CK_ROI_WIDE
+__attribute__((target("avx2")))
+static void ck_ma_am8_st4(const __m256i* r, int8_t* am, ptrdiff_t ldd) {
+    /* packs interleave the 128-bit lanes: dwords (r0 0-3, r1 0-3, r2 0-3, r3 0-3, r0 4-7 ..)
+       put back in row order */
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const __m256i q = _mm256_permutevar8x32_epi32(
+        _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3])), perm);
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    _mm_storel_epi64((__m128i*)am, lo);
+    _mm_storel_epi64((__m128i*)(am + ldd), _mm_unpackhi_epi64(lo, lo));
+    _mm_storel_epi64((__m128i*)(am + 2 * ldd), hi);
+    _mm_storel_epi64((__m128i*)(am + 3 * ldd), _mm_unpackhi_epi64(hi, hi));
+}
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_am8_b(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdiff_t cols,
+                             const int32_t* base, int8_t* am, ptrdiff_t ldd) {
+    ptrdiff_t c = 0, b, i;
+    for (; c + 8 <= cols; c += 8) {
+        for (b = 0; b + 8 <= nb; b += 8) {
+            __m256 a[8];
+            __m256i r[8];
+            const __m256i bs = _mm256_loadu_si256((const __m256i*)(base + b));
+            for (i = 0; i < 8; i++)
+                a[i] = _mm256_castsi256_ps(
+                    _mm256_loadu_si256((const __m256i*)(ti + (b + i) * lds + c)));
+            ck_tr8x8(a);
+            for (i = 0; i < 8; i++) r[i] = _mm256_add_epi32(bs, _mm256_castps_si256(a[i]));
+            ck_ma_am8_st4(r, am + c * ldd + b, ldd);
+            ck_ma_am8_st4(r + 4, am + (c + 4) * ldd + b, ldd);
+        }
+        for (; b < nb; b++)
+            for (i = 0; i < 8; i++)
+                am[(c + i) * ldd + b] = (int8_t)(base[b] + ti[b * lds + c + i]);
+    }
+    return c;
+}
+#endif
+
 /* One RoI's float forward on its table: channels in blocks of CK_CHUNK, each bin scanned into
    bin-major scratch (tb floats, ti int32s, nb rows of CK_LD) by the widest vector path, the
    last channels one at a time, then transposed to the RoI's (C, nb) layout and streamed into
    y and am (written once, not read back: no need to fetch them into cache); an int8 argmax
-   (aw 1) is narrowed from the int32 block first.  finite: the image holds no NaN/inf (the
+   (aw 1) is narrowed in the transpose (ck_ma_am8_b).  finite: the image holds no NaN/inf (the
    scan then skips its NaN test). */
 static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
                                const ptrdiff_t* sf, const ptrdiff_t* so, const float* sw,
@@ -621,17 +640,21 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
         }
         /* the block's rows of y and am are contiguous runs: built in scratch, streamed out */
         ck_transpose_f(tb, CK_LD, nb, c1 - c0, tr, nb);
-        c = 0;
-#ifdef CK_ROI_WIDE
-        if (lv >= 1) c = ck_ma_am8(ti, CK_LD, nb, c1 - c0, base, tri, nb);
-#endif
-        for (; c < c1 - c0; c++)
-            for (k = 0; k < nb; k++) tri[c * nb + k] = base[k] + ti[k * CK_LD + c];
         ck_stream_copy(y + c0 * nb, tr, (size_t)(nb * (c1 - c0)) * sizeof(float));
+        c = 0;
         if (aw == 1) {
-            ck_am_narrow(tri, t8, nb * (c1 - c0));
+#ifdef CK_ROI_WIDE
+            if (lv >= 1) c = ck_ma_am8_b(ti, CK_LD, nb, c1 - c0, base, t8, nb);
+#endif
+            for (; c < c1 - c0; c++)
+                for (k = 0; k < nb; k++) t8[c * nb + k] = (int8_t)(base[k] + ti[k * CK_LD + c]);
             ck_stream_copy((int8_t*)am + c0 * nb, t8, (size_t)(nb * (c1 - c0)));
         } else {
+#ifdef CK_ROI_WIDE
+            if (lv >= 1) c = ck_ma_am8(ti, CK_LD, nb, c1 - c0, base, tri, nb);
+#endif
+            for (; c < c1 - c0; c++)
+                for (k = 0; k < nb; k++) tri[c * nb + k] = base[k] + ti[k * CK_LD + c];
             ck_stream_copy((int32_t*)am + c0 * nb, tri,
                            (size_t)(nb * (c1 - c0)) * sizeof(int32_t));
         }
