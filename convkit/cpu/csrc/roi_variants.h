@@ -517,34 +517,9 @@ static ptrdiff_t ck_max_align_table_f(
 }
 
 /* am[c*ldd + b] = base[b] + ti[b*lds + c] for b < nb, c < cols (the int32 numbers of a block,
-   bin-major, to the (C, bins) int32 argmax); 8x8 blocks transposed in AVX2 registers. */
-#ifdef CK_ROI_WIDE
-__attribute__((target("avx2")))
-static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdiff_t cols,
-                           const int32_t* base, int32_t* am, ptrdiff_t ldd) {
-    ptrdiff_t c = 0, b, i;
-    for (; c + 8 <= cols; c += 8) {
-        for (b = 0; b + 8 <= nb; b += 8) {
-            __m256 a[8];
-            const __m256i bs = _mm256_loadu_si256((const __m256i*)(base + b));
-            for (i = 0; i < 8; i++)
-                a[i] = _mm256_castsi256_ps(
-                    _mm256_loadu_si256((const __m256i*)(ti + (b + i) * lds + c)));
-            ck_tr8x8(a);
-            for (i = 0; i < 8; i++)
-                _mm256_storeu_si256((__m256i*)(am + (c + i) * ldd + b),
-                                    _mm256_add_epi32(bs, _mm256_castps_si256(a[i])));
-        }
-        for (; b < nb; b++)
-            for (i = 0; i < 8; i++) am[(c + i) * ldd + b] = base[b] + ti[b * lds + c + i];
-    }
-    return c;
-}
-#endif
-
-/* The same for an int8 argmax (numbers that fit: saturation never acts): each 8 x 8 block's
-   rows narrowed in registers (four rows at a time) and stored as 8 bytes a row, without an
-   int32 copy and a second pass over it. */
+   bin-major, to the (C, bins) argmax, aw bytes an entry); 8x8 blocks transposed in AVX2
+   registers, an int8 argmax's rows narrowed there (numbers that fit: saturation never acts)
+   and stored 8 bytes a row. */
 #ifdef CK_ROI_WIDE
 __attribute__((target("avx2")))
 static void ck_ma_am8_st4(const __m256i* r, int8_t* am, ptrdiff_t ldd) {
@@ -560,8 +535,8 @@ static void ck_ma_am8_st4(const __m256i* r, int8_t* am, ptrdiff_t ldd) {
     _mm_storel_epi64((__m128i*)(am + 3 * ldd), _mm_unpackhi_epi64(hi, hi));
 }
 __attribute__((target("avx2")))
-static ptrdiff_t ck_ma_am8_b(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdiff_t cols,
-                             const int32_t* base, int8_t* am, ptrdiff_t ldd) {
+static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdiff_t cols,
+                           const int32_t* base, void* am, int aw, ptrdiff_t ldd) {
     ptrdiff_t c = 0, b, i;
     for (; c + 8 <= cols; c += 8) {
         for (b = 0; b + 8 <= nb; b += 8) {
@@ -573,12 +548,17 @@ static ptrdiff_t ck_ma_am8_b(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptr
                     _mm256_loadu_si256((const __m256i*)(ti + (b + i) * lds + c)));
             ck_tr8x8(a);
             for (i = 0; i < 8; i++) r[i] = _mm256_add_epi32(bs, _mm256_castps_si256(a[i]));
-            ck_ma_am8_st4(r, am + c * ldd + b, ldd);
-            ck_ma_am8_st4(r + 4, am + (c + 4) * ldd + b, ldd);
+            if (aw == 1) {
+                ck_ma_am8_st4(r, (int8_t*)am + c * ldd + b, ldd);
+                ck_ma_am8_st4(r + 4, (int8_t*)am + (c + 4) * ldd + b, ldd);
+            } else {
+                for (i = 0; i < 8; i++)
+                    _mm256_storeu_si256((__m256i*)((int32_t*)am + (c + i) * ldd + b), r[i]);
+            }
         }
         for (; b < nb; b++)
             for (i = 0; i < 8; i++)
-                am[(c + i) * ldd + b] = (int8_t)(base[b] + ti[b * lds + c + i]);
+                ck_am_put(am, aw, (c + i) * ldd + b, base[b] + ti[b * lds + c + i]);
     }
     return c;
 }
@@ -588,7 +568,7 @@ static ptrdiff_t ck_ma_am8_b(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptr
    bin-major scratch (tb floats, ti int32s, nb rows of CK_LD) by the widest vector path, the
    last channels one at a time, then transposed to the RoI's (C, nb) layout and streamed into
    y and am (written once, not read back: no need to fetch them into cache); an int8 argmax
-   (aw 1) is narrowed in the transpose (ck_ma_am8_b).  finite: the image holds no NaN/inf (the
+   (aw 1) is narrowed in the transpose (ck_ma_am8).  finite: the image holds no NaN/inf (the
    scan then skips its NaN test). */
 static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
                                const ptrdiff_t* sf, const ptrdiff_t* so, const float* sw,
@@ -603,6 +583,7 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
     float* tr = (float*)((int64_t*)(ti + nb * CK_LD) + nb * CK_CHUNK);
     const int lv = ck_simd_level();
     ptrdiff_t c0, c1, c, b, s, k;
+    void* amb;
     (void)lv;
     for (c0 = 0; c0 < C; c0 = c1) {
         c1 = C - c0 > CK_CHUNK ? c0 + CK_CHUNK : C;
@@ -641,23 +622,14 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
         /* the block's rows of y and am are contiguous runs: built in scratch, streamed out */
         ck_transpose_f(tb, CK_LD, nb, c1 - c0, tr, nb);
         ck_stream_copy(y + c0 * nb, tr, (size_t)(nb * (c1 - c0)) * sizeof(float));
+        amb = aw == 1 ? (void*)t8 : (void*)tri;
         c = 0;
-        if (aw == 1) {
 #ifdef CK_ROI_WIDE
-            if (lv >= 1) c = ck_ma_am8_b(ti, CK_LD, nb, c1 - c0, base, t8, nb);
+        if (lv >= 1) c = ck_ma_am8(ti, CK_LD, nb, c1 - c0, base, amb, aw, nb);
 #endif
-            for (; c < c1 - c0; c++)
-                for (k = 0; k < nb; k++) t8[c * nb + k] = (int8_t)(base[k] + ti[k * CK_LD + c]);
-            ck_stream_copy((int8_t*)am + c0 * nb, t8, (size_t)(nb * (c1 - c0)));
-        } else {
-#ifdef CK_ROI_WIDE
-            if (lv >= 1) c = ck_ma_am8(ti, CK_LD, nb, c1 - c0, base, tri, nb);
-#endif
-            for (; c < c1 - c0; c++)
-                for (k = 0; k < nb; k++) tri[c * nb + k] = base[k] + ti[k * CK_LD + c];
-            ck_stream_copy((int32_t*)am + c0 * nb, tri,
-                           (size_t)(nb * (c1 - c0)) * sizeof(int32_t));
-        }
+        for (; c < c1 - c0; c++)
+            for (k = 0; k < nb; k++) ck_am_put(amb, aw, c * nb + k, base[k] + ti[k * CK_LD + c]);
+        ck_stream_copy((int8_t*)am + c0 * nb * aw, amb, (size_t)(nb * (c1 - c0) * aw));
     }
 }
 /* float roi_max_align backward on the sample tables (ck_max_align_table_f with C = 1, so so
