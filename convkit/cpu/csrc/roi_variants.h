@@ -534,9 +534,10 @@ static void ck_ma_am8_st4(const __m256i* r, int8_t* am, ptrdiff_t ldd) {
     _mm_storel_epi64((__m128i*)(am + 2 * ldd), hi);
     _mm_storel_epi64((__m128i*)(am + 3 * ldd), _mm_unpackhi_epi64(hi, hi));
 }
-__attribute__((target("avx2")))
-static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdiff_t cols,
-                           const int32_t* base, void* am, int aw, ptrdiff_t ldd) {
+__attribute__((target("avx2"), always_inline))
+static inline ptrdiff_t ck_ma_am8_w(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb,
+                                    ptrdiff_t cols, const int32_t* base, void* am, int aw,
+                                    ptrdiff_t ldd) {
     ptrdiff_t c = 0, b, i;
     for (; c + 8 <= cols; c += 8) {
         for (b = 0; b + 8 <= nb; b += 8) {
@@ -561,6 +562,13 @@ static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdi
                 ck_am_put(am, aw, (c + i) * ldd + b, base[b] + ti[b * lds + c + i]);
     }
     return c;
+}
+/* one copy per argmax width, so the width test leaves the loops */
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdiff_t cols,
+                           const int32_t* base, void* am, int aw, ptrdiff_t ldd) {
+    return aw == 1 ? ck_ma_am8_w(ti, lds, nb, cols, base, am, 1, ldd)
+                   : ck_ma_am8_w(ti, lds, nb, cols, base, am, 4, ldd);
 }
 #endif
 
