@@ -728,3 +728,67 @@ def test_cpu_max_align_dense_grid_takes_the_per_bin_path():
     np.testing.assert_array_equal(am, am0)
     np.testing.assert_array_equal(y, y0)
     np.testing.assert_allclose(gx, gx0, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_max_align_finite_and_inf_scans_match_the_oracle_bits():
+    """The forward's vector scans start at a bin's first sample and keep the finite map's
+    best with max (v > b ? v : b): on a finite map of many ties and signed zeros (the max
+    scan) and on one with -inf planes (the NaN-aware scan: bins whose samples are all -inf,
+    or -inf first), every SIMD level gives the oracle's winners and its values bit for bit
+    (-0 and +0 told apart), channels in whole vectors and in the scalar tail."""
+    rng = np.random.default_rng(11)
+    x = np.round(rng.standard_normal((2, 45, 12, 15)) * 1.5).astype(np.float32)
+    x[:, :9] = np.where(rng.random((2, 9, 12, 15)) < 0.5, np.float32(-0.0), np.float32(0.0))
+    x[1, 20:30] = -np.inf                       # image 1 not finite: the NaN-aware scan
+    x[1, 30:33, :6] = -np.inf                   # bins with -inf first samples, finite later
+    xy = rng.uniform(-30, 200, (30, 2))
+    wh = rng.uniform(4, 160, (30, 2))
+    rois = np.c_[rng.integers(0, 2, 30), xy, xy + wh].astype(np.float32)
+    for sr, aligned in ((2, False), (-1, True), (3, False)):
+        y0, am0 = run("numpy", F.roi_max_align_forward, x, rois, 7, 1 / 16, sr, aligned)
+
+        def outputs():
+            return list(run("cpu", F.roi_max_align_forward, x, rois, 7, 1 / 16, sr, aligned))
+        assert_same_bits_at_every_roi_simd_level(outputs)
+        y, am = outputs()
+        np.testing.assert_array_equal(am, am0)
+        assert y.tobytes() == y0.tobytes()
+        assert (np.signbit(y) & (y == 0)).any() and np.isneginf(y).any()
+
+
+def test_cpu_max_align_backward_nonfinite_grad_builds_its_table():
+    """The backward's shared tables hold no offsets and weights where the merged (AVX2) path
+    runs; a block whose grad is not finite takes the masked path on a table its task builds
+    then.  Those blocks, the finite ones beside them and a RoI whose bins cannot be merged
+    (sampling_ratio 3: 9 samples a bin) match the oracle's NaN/inf positions and values, and
+    agree bit for bit across SIMD levels and thread counts."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 70, 14, 18)).astype(np.float32)
+    xy = rng.uniform(-30, 220, (16, 2))
+    wh = rng.uniform(4, 180, (16, 2))
+    rois = np.c_[rng.integers(0, 2, 16), xy, xy + wh].astype(np.float32)
+    gy = rng.standard_normal((16, 70, 7, 7)).astype(np.float32)
+    gy[3, 5, 2, 2] = np.inf             # blocks of channels 0-63 and 64-69, two RoIs
+    gy[9, 66, 0, 4] = np.nan
+    gy[9, 10, 6, 6] = -np.inf
+    for sr in (2, 3):
+        _, am = run("cpu", F.roi_max_align_forward, x, rois, 7, 1 / 16, sr, False)
+
+        def outputs():
+            return [run("cpu", F.roi_max_align_backward, gy, am, rois, x.shape, 7, 1 / 16, sr,
+                        False)]
+        assert_same_bits_at_every_roi_simd_level(outputs)
+        gx = outputs()[0]
+        for nt in (1, 3):
+            convkit.set_num_threads(nt)
+            try:
+                assert gx.tobytes() == outputs()[0].tobytes()
+            finally:
+                convkit.set_num_threads(None)
+        gx0 = run("numpy", F.roi_max_align_backward, gy, am, rois, x.shape, 7, 1 / 16, sr,
+                  False)
+        np.testing.assert_array_equal(np.isnan(gx), np.isnan(gx0))
+        np.testing.assert_array_equal(np.isposinf(gx), np.isposinf(gx0))
+        assert np.isnan(gx).any() and np.isinf(gx).any()
+        fin = np.isfinite(gx0)
+        np.testing.assert_allclose(gx[fin], gx0[fin], rtol=1e-5, atol=1e-5)

@@ -19,7 +19,8 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
 from convkit.cpu.csrc.roi cimport (nhwc_row, batch_index, team, ck_transpose_f, ck_malloc64,
-                                   ck_free64, ck_roi_scratch_bytes, ck_set_simd_cap)
+                                   ck_free64, ck_roi_scratch_bytes, ck_set_simd_cap,
+                                   ck_simd_level)
 from convkit.cpu.csrc.roi_variants cimport (ck_avg_roi_f, ck_avg_roi_d, ck_avg_bwd_blk_f,
                                             ck_avg_bwd_blk_d, ck_max_align_bin_f,
                                             ck_max_align_bin_fl, ck_max_align_bin_d,
@@ -309,16 +310,19 @@ cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
 
 
 cdef int _table_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t C,
-                      Py_ssize_t ph, Py_ssize_t pw, int64_t gw) noexcept nogil:
-    """The RoI's float sample table (so: pixel offsets times C; C = 1 gives pixel numbers); 0
-    when it does not fit (too many samples, no memory, or sample numbers beyond int32): the
-    caller takes the per-bin path."""
+                      Py_ssize_t ph, Py_ssize_t pw, int64_t gw, bint full) noexcept nogil:
+    """The RoI's float sample table (so: pixel offsets times C; C = 1 gives pixel numbers);
+    ``full`` False leaves out the offsets and weights (so, sw NULL: the merged backward needs
+    only sf, base and rel).  0 when it does not fit (too many samples, no memory, or sample
+    numbers beyond int32): the caller takes the per-bin path."""
     cdef Py_ssize_t n, i
+    if full and t.so == NULL:
+        t.cap = 0       # built without offsets before: room for them too
     for i in range(2):
         n = ck_max_align_table_f(W, C, ph, pw, ty.first, ty.low, ty.high, <float*>ty.wl,
                                  <float*>ty.wh, ty.idx, tx.first, tx.low, tx.high,
-                                 <float*>tx.wl, <float*>tx.wh, tx.idx, gw, t.cap, t.sf, t.so,
-                                 t.sw, t.rel, t.base)
+                                 <float*>tx.wl, <float*>tx.wh, tx.idx, gw, t.cap, t.sf,
+                                 t.so if full else NULL, t.sw if full else NULL, t.rel, t.base)
         if n < 0 or n > TABLE_PER_BIN * ph * pw:
             return 0
         if n <= t.cap:
@@ -326,11 +330,14 @@ cdef int _table_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t 
         free(t.so)
         free(t.sw)
         free(t.rel)
-        t.so = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t))
-        t.sw = <float*>malloc(4 * n * sizeof(float))
+        t.so = NULL
+        t.sw = NULL
+        if full:
+            t.so = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t))
+            t.sw = <float*>malloc(4 * n * sizeof(float))
         t.rel = <int32_t*>malloc(n * sizeof(int32_t))
         t.cap = n
-        if t.so == NULL or t.sw == NULL or t.rel == NULL:
+        if t.rel == NULL or (full and (t.so == NULL or t.sw == NULL)):
             t.cap = 0
             return 0
     return 0
@@ -432,7 +439,7 @@ def roi_max_align_forward(const floating[:, :, :, ::1] x, floating[:, :, :, ::1]
                     continue
                 img = xtp + b * H * W * C
                 if floating is float:
-                    if tab != NULL and _table_build(tab, &ax[0], &ax[1], W, C, ph, pw, gw):
+                    if tab != NULL and _table_build(tab, &ax[0], &ax[1], W, C, ph, pw, gw, True):
                         ck_max_align_roi_f(img, C, nb, tab.sf, tab.so, tab.sw, tab.rel,
                                            tab.base, fin[b], tab.scratch, yp + k * C * nb,
                                            amp + k * C * nb * aw, aw)
@@ -564,6 +571,8 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const unsigned char[
     cdef int32_t* rt
     cdef int32_t* wd
     cdef _Table* tb
+    cdef _Table* lt
+    cdef Py_ssize_t r2
     cdef const floating* gyp = &gy[0, 0, 0, 0]
     cdef const unsigned char* amp = &argmax[0]
     cdef const floating* rp = &rois[0, 0]
@@ -614,12 +623,20 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const unsigned char[
                     bad_rois += 1
                     batch[k] = -1
                 elif floating is float:
+                    # without offsets and weights where the merged path can run (AVX2): they
+                    # were half the tables' bytes, written here and read by every task; a
+                    # block that needs them (a grad that is not finite) builds them itself
                     if not (_table_alloc(&tabs[k], nb, False)
                             and _table_build(&tabs[k], &axes[2 * k], &axes[2 * k + 1], W, 1,
-                                             ph, pw, gws[k])):
+                                             ph, pw, gws[k], ck_simd_level() < 1)):
                         notab += 1
                     elif not _groups_build(&tabs[k], &axes[2 * k], &axes[2 * k + 1], W, ph,
                                            pw):
+                        failed += 1
+                        batch[k] = -1
+                    elif tabs[k].gf == NULL and tabs[k].so == NULL and not _table_build(
+                            &tabs[k], &axes[2 * k], &axes[2 * k + 1], W, 1, ph, pw, gws[k],
+                            True):          # no groups: the masked path's table (it fit)
                         failed += 1
                         batch[k] = -1
                 elif not _roi_pairs(&pairs[k], &axes[2 * k], &axes[2 * k + 1], W, ph, pw,
@@ -647,6 +664,11 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const unsigned char[
                 gt = <float*>malloc(nb * VB * sizeof(float) + 1)
                 rt = <int32_t*>malloc(nb * VB * sizeof(int32_t) + 1)
                 wd = <int32_t*>malloc(nb * VB * sizeof(int32_t) + 1)   # an int8 block widened
+                lt = <_Table*>calloc(1, sizeof(_Table))     # a full table, built on demand
+                if lt != NULL and not _table_alloc(lt, nb, False):
+                    _table_free(lt)
+                    free(lt)
+                    lt = NULL
                 for t in prange(N * nvblk, schedule="dynamic", chunksize=1):
                     if gb == NULL or gt == NULL or rt == NULL or wd == NULL:
                         failed += 1
@@ -660,12 +682,24 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const unsigned char[
                         tb = &tabs[k]
                         o = (k * C + c0) * nb
                         i = nxt[k]          # the next RoI of this image (K: none)
-                        bad += ck_max_align_bwd_blk_f(
+                        r2 = ck_max_align_bwd_blk_f(
                             gb, nc, nb, tb.sf, tb.so, tb.sw, tb.rel, tb.base,
                             <const float*>gyp + o, amp + o * aw, aw, wd,
                             gt, rt, <const float*>gyp + (i * C + c0) * nb if i < K else NULL,
                             amp + (i * C + c0) * nb * aw if i < K else NULL,
                             tb.gf, tb.goff, tb.gwt, tb.gdm, tb.sx, tb.ws)
+                        if r2 < 0:      # the masked path, on this RoI's full table
+                            if lt == NULL or not _table_build(lt, &axes[2 * k],
+                                                              &axes[2 * k + 1], W, 1, ph, pw,
+                                                              gws[k], True):
+                                failed += 1
+                                r2 = 0
+                            else:
+                                r2 = ck_max_align_bwd_blk_f(
+                                    gb, nc, nb, lt.sf, lt.so, lt.sw, lt.rel, lt.base,
+                                    <const float*>gyp + o, amp + o * aw, aw, wd, gt, rt, NULL,
+                                    NULL, NULL, NULL, NULL, NULL, NULL, 0)
+                        bad += r2
                         k = i
                     for i in range(0, HW, 64):  # (H*W, nc) block -> the nc planes of gx
                         ck_transpose_f(gb + i * nc, nc, min(64, HW - i), nc,
@@ -674,6 +708,9 @@ def roi_max_align_backward(const floating[:, :, :, ::1] gy, const unsigned char[
                 free(gt)
                 free(rt)
                 free(wd)
+                if lt != NULL:
+                    _table_free(lt)
+                    free(lt)
         elif failed == 0:
             for t in prange(N * nblk, schedule="dynamic", chunksize=1,
                             num_threads=team(n_threads, N * nblk)):

@@ -25,25 +25,9 @@ static inline int64_t ck_am_get(const void* am, int aw, ptrdiff_t i) {
     return aw == 1 ? (int64_t)((const int8_t*)am)[i] : (int64_t)((const int32_t*)am)[i];
 }
 
-/* n argmax entries int32 -> int8 (numbers that fit: saturation never acts) and int8 ->
-   int32, for the sample-table paths' blocks; AVX2 where the CPU has it (the compiler's SSE2
-   loops took about 1.7 instructions an entry). */
+/* n argmax entries int8 -> int32, for the masked backward's blocks; AVX2 where the CPU has
+   it (the compiler's SSE2 loop took about 1.7 instructions an entry). */
 #ifdef CK_ROI_WIDE
-__attribute__((target("avx2")))
-static ptrdiff_t ck_am_narrow_y(const int32_t* s, int8_t* d, ptrdiff_t n) {
-    /* packs interleave the 128-bit lanes: dwords (a0-3 b0-3 c0-3 d0-3 a4-7 ..) put back */
-    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    ptrdiff_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        const __m256i ab = _mm256_packs_epi32(_mm256_loadu_si256((const __m256i*)(s + i)),
-                                              _mm256_loadu_si256((const __m256i*)(s + i + 8)));
-        const __m256i cd = _mm256_packs_epi32(_mm256_loadu_si256((const __m256i*)(s + i + 16)),
-                                              _mm256_loadu_si256((const __m256i*)(s + i + 24)));
-        _mm256_storeu_si256((__m256i*)(d + i),
-                            _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), perm));
-    }
-    return i;
-}
 __attribute__((target("avx2")))
 static ptrdiff_t ck_am_widen_y(const int8_t* s, int32_t* d, ptrdiff_t n) {
     ptrdiff_t i = 0;
@@ -53,13 +37,6 @@ static ptrdiff_t ck_am_widen_y(const int8_t* s, int32_t* d, ptrdiff_t n) {
     return i;
 }
 #endif
-static void ck_am_narrow(const int32_t* s, int8_t* d, ptrdiff_t n) {
-    ptrdiff_t i = 0;
-#ifdef CK_ROI_WIDE
-    if (ck_simd_level() >= 1) i = ck_am_narrow_y(s, d, n);
-#endif
-    for (; i < n; i++) d[i] = (int8_t)s[i];
-}
 static void ck_am_widen(const int8_t* s, int32_t* d, ptrdiff_t n) {
     ptrdiff_t i = 0;
 #ifdef CK_ROI_WIDE
@@ -402,31 +379,49 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
 #define CK_MA_CK_X_TAKE(v, b) _mm_or_ps(_mm_cmpgt_ps(v, b), _mm_cmpunord_ps(v, v))
 #define CK_MA_CK_Y_TAKE(v, b) _mm256_or_ps(_mm256_cmp_ps(v, b, _CMP_GT_OQ),                   \
                                         _mm256_cmp_ps(v, v, _CMP_UNORD_Q))
-#define CK_MA_FWD_STEP(X, R, TAKE)                                                            \
+/* the new best of lanes m: a blend (the NaN-aware scan), or max(v, b) = v > b ? v : b (the
+   finite scan, where m is exactly v > b) */
+#define CK_MA_SEL_X(m, v, b) CK_X_SEL(m, v, b)
+#define CK_MA_SEL_Y(m, v, b) CK_Y_SEL(m, v, b)
+#define CK_MA_MAX_X(m, v, b) _mm_max_ps(v, b)
+#define CK_MA_MAX_Y(m, v, b) _mm256_max_ps(v, b)
+/* sample s's value for vector j of the block (pointers from im = img + c) */
+#define CK_MA_FWD_VAL(X, j)                                                               \
+    X##_ADD(X##_ADD(X##_ADD(X##_MUL(w1, X##_LD(p1 + (j) * X##_L)),                        \
+                            X##_MUL(w2, X##_LD(p2 + (j) * X##_L))),                       \
+                    X##_MUL(w3, X##_LD(p3 + (j) * X##_L))),                               \
+            X##_MUL(w4, X##_LD(p4 + (j) * X##_L)))
+#define CK_MA_FWD_TAPS(X)                                                                 \
+    const float* p1 = im + so[4 * s];                                                     \
+    const float* p2 = im + so[4 * s + 1];                                                 \
+    const float* p3 = im + so[4 * s + 2];                                                 \
+    const float* p4 = im + so[4 * s + 3];                                                 \
+    const X##_V w1 = X##_SET1(sw[4 * s]), w2 = X##_SET1(sw[4 * s + 1]);                   \
+    const X##_V w3 = X##_SET1(sw[4 * s + 2]), w4 = X##_SET1(sw[4 * s + 3]);
+/* The running best starts at the bin's first sample (number 0 relative to the bin): the
+   same as starting at -inf, which that sample replaces unless it is -inf itself (then the
+   best stays -inf with winner 0 either way). */
+#define CK_MA_FWD_STEP(X, R, TAKE, SEL)                                                   \
     {                                                                                     \
         X##_V bst[R];                                                                     \
         X##_IV bix[R];                                                                    \
+        const float* im = img + c;                                                        \
         int j;                                                                            \
-        for (j = 0; j < R; j++) {                                                         \
-            bst[j] = X##_SET1(-INFINITY);                                                 \
-            bix[j] = X##_ISET1(0);                                                        \
+        s = s0;                                                                           \
+        {                                                                                 \
+            CK_MA_FWD_TAPS(X)                                                             \
+            for (j = 0; j < R; j++) {                                                     \
+                bst[j] = CK_MA_FWD_VAL(X, j);                                             \
+                bix[j] = X##_ISET1(0);                                                    \
+            }                                                                             \
         }                                                                                 \
-        for (s = s0; s < s1; s++) {                                                       \
-            const float* p1 = img + so[4 * s] + c;                                        \
-            const float* p2 = img + so[4 * s + 1] + c;                                    \
-            const float* p3 = img + so[4 * s + 2] + c;                                    \
-            const float* p4 = img + so[4 * s + 3] + c;                                    \
-            const X##_V w1 = X##_SET1(sw[4 * s]), w2 = X##_SET1(sw[4 * s + 1]);           \
-            const X##_V w3 = X##_SET1(sw[4 * s + 2]), w4 = X##_SET1(sw[4 * s + 3]);       \
+        for (s = s0 + 1; s < s1; s++) {                                                   \
+            CK_MA_FWD_TAPS(X)                                                             \
             const X##_IV sv = X##_ISET1(rel[s]);                                          \
             for (j = 0; j < R; j++) {                                                     \
-                const X##_V v = X##_ADD(                                                  \
-                    X##_ADD(X##_ADD(X##_MUL(w1, X##_LD(p1 + j * X##_L)),                  \
-                                    X##_MUL(w2, X##_LD(p2 + j * X##_L))),                 \
-                            X##_MUL(w3, X##_LD(p3 + j * X##_L))),                         \
-                    X##_MUL(w4, X##_LD(p4 + j * X##_L)));                                 \
+                const X##_V v = CK_MA_FWD_VAL(X, j);                                      \
                 const X##_M m = TAKE(v, bst[j]);                                          \
-                bst[j] = X##_SEL(m, v, bst[j]);                                           \
+                bst[j] = SEL(m, v, bst[j]);                                               \
                 bix[j] = X##_ISEL(m, sv, bix[j]);                                         \
             }                                                                             \
         }                                                                                 \
@@ -437,11 +432,11 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
     }
 /* one bin (samples [s0, s1), at least one), channels [c0, c1) -> tb, ti (bin-major rows,
    channel c at c - c0); returns the channels done (the rest: the scalar scan) */
-#define CK_MA_FWD_BODY(X, TAKE)                                                           \
+#define CK_MA_FWD_BODY(X, TAKE, SEL)                                                      \
     {                                                                                     \
         ptrdiff_t c, s;                                                                   \
-        for (c = c0; c + 4 * X##_L <= c1; c += 4 * X##_L) CK_MA_FWD_STEP(X, 4, TAKE)      \
-        for (; c + X##_L <= c1; c += X##_L) CK_MA_FWD_STEP(X, 1, TAKE)                    \
+        for (c = c0; c + 4 * X##_L <= c1; c += 4 * X##_L) CK_MA_FWD_STEP(X, 4, TAKE, SEL) \
+        for (; c + X##_L <= c1; c += X##_L) CK_MA_FWD_STEP(X, 1, TAKE, SEL)               \
         return c;                                                                         \
     }
 #define CK_MA_FWD_ARGS const float* img, ptrdiff_t s0, ptrdiff_t s1, const ptrdiff_t* so,  \
@@ -450,20 +445,21 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
    every product is finite, and a sum of finite terms that overflows stays one infinity):
    "greater" alone is the same test. */
 #ifdef CK_ROI_SSE2
-static ptrdiff_t ck_ma_fwd_x(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_X, CK_MA_CK_X_TAKE)
-static ptrdiff_t ck_ma_fwd_xf(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_X, CK_X_GT)
+static ptrdiff_t ck_ma_fwd_x(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_X, CK_MA_CK_X_TAKE, CK_MA_SEL_X)
+static ptrdiff_t ck_ma_fwd_xf(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_X, CK_X_GT, CK_MA_MAX_X)
 #endif
 #ifdef CK_ROI_WIDE
 __attribute__((target("avx2")))
-static ptrdiff_t ck_ma_fwd_y(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_MA_CK_Y_TAKE)
+static ptrdiff_t ck_ma_fwd_y(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_MA_CK_Y_TAKE, CK_MA_SEL_Y)
 __attribute__((target("avx2")))
-static ptrdiff_t ck_ma_fwd_yf(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_Y_GT)
+static ptrdiff_t ck_ma_fwd_yf(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_Y_GT, CK_MA_MAX_Y)
 #endif
 
 /* One RoI's sample table (see above) from its axis taps; sf: nb + 1 entries, so/sw: 4 per
    sample, rel: 1 per sample, base: nb (-1 for a bin without samples).  Returns the number of
    samples n (written only when n <= cap), or -1 when a sample's number relative to its bin's
-   first does not fit an int32 (the caller takes the per-bin path). */
+   first does not fit an int32 (the caller takes the per-bin path).  so NULL: sf, rel and
+   base only (so, sw are not written). */
 static ptrdiff_t ck_max_align_table_f(
     ptrdiff_t W, ptrdiff_t C, ptrdiff_t ph, ptrdiff_t pw, const ptrdiff_t* yf,
     const ptrdiff_t* ylo, const ptrdiff_t* yhi, const float* ywl, const float* ywh,
@@ -496,6 +492,11 @@ static ptrdiff_t ck_max_align_table_f(
                 const float hy = ywl[a], ly = ywh[a];
                 const ptrdiff_t rl = ylo[a] * W, rh = yhi[a] * W, x0 = xidx[xf[q]];
                 const int64_t ry = (int64_t)(yidx[a] - yidx[yf[p]]) * gw;
+                if (so == NULL) {
+                    for (b = xf[q]; b < xf[q + 1]; b++, n++)
+                        rel[n] = (int32_t)(ry + (int64_t)(xidx[b] - x0));
+                    continue;
+                }
                 for (b = xf[q]; b < xf[q + 1]; b++, n++) {
                     const float hx = xwl[b], lx = xwh[b];
                     const ptrdiff_t cl = xlo[b], ch = xhi[b];
@@ -516,28 +517,58 @@ static ptrdiff_t ck_max_align_table_f(
 }
 
 /* am[c*ldd + b] = base[b] + ti[b*lds + c] for b < nb, c < cols (the int32 numbers of a block,
-   bin-major, to the (C, bins) int32 argmax); 8x8 blocks transposed in AVX2 registers. */
+   bin-major, to the (C, bins) argmax, aw bytes an entry); 8x8 blocks transposed in AVX2
+   registers, an int8 argmax's rows narrowed there (numbers that fit: saturation never acts)
+   and stored 8 bytes a row. */
 #ifdef CK_ROI_WIDE
 __attribute__((target("avx2")))
-static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdiff_t cols,
-                           const int32_t* base, int32_t* am, ptrdiff_t ldd) {
+static void ck_ma_am8_st4(const __m256i* r, int8_t* am, ptrdiff_t ldd) {
+    /* packs interleave the 128-bit lanes: dwords (r0 0-3, r1 0-3, r2 0-3, r3 0-3, r0 4-7 ..)
+       put back in row order */
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const __m256i q = _mm256_permutevar8x32_epi32(
+        _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3])), perm);
+    const __m128i lo = _mm256_castsi256_si128(q), hi = _mm256_extracti128_si256(q, 1);
+    _mm_storel_epi64((__m128i*)am, lo);
+    _mm_storel_epi64((__m128i*)(am + ldd), _mm_unpackhi_epi64(lo, lo));
+    _mm_storel_epi64((__m128i*)(am + 2 * ldd), hi);
+    _mm_storel_epi64((__m128i*)(am + 3 * ldd), _mm_unpackhi_epi64(hi, hi));
+}
+__attribute__((target("avx2"), always_inline))
+static inline ptrdiff_t ck_ma_am8_w(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb,
+                                    ptrdiff_t cols, const int32_t* base, void* am, int aw,
+                                    ptrdiff_t ldd) {
     ptrdiff_t c = 0, b, i;
     for (; c + 8 <= cols; c += 8) {
         for (b = 0; b + 8 <= nb; b += 8) {
             __m256 a[8];
+            __m256i r[8];
             const __m256i bs = _mm256_loadu_si256((const __m256i*)(base + b));
             for (i = 0; i < 8; i++)
                 a[i] = _mm256_castsi256_ps(
                     _mm256_loadu_si256((const __m256i*)(ti + (b + i) * lds + c)));
             ck_tr8x8(a);
-            for (i = 0; i < 8; i++)
-                _mm256_storeu_si256((__m256i*)(am + (c + i) * ldd + b),
-                                    _mm256_add_epi32(bs, _mm256_castps_si256(a[i])));
+            for (i = 0; i < 8; i++) r[i] = _mm256_add_epi32(bs, _mm256_castps_si256(a[i]));
+            if (aw == 1) {
+                ck_ma_am8_st4(r, (int8_t*)am + c * ldd + b, ldd);
+                ck_ma_am8_st4(r + 4, (int8_t*)am + (c + 4) * ldd + b, ldd);
+            } else {
+                for (i = 0; i < 8; i++)
+                    _mm256_storeu_si256((__m256i*)((int32_t*)am + (c + i) * ldd + b), r[i]);
+            }
         }
         for (; b < nb; b++)
-            for (i = 0; i < 8; i++) am[(c + i) * ldd + b] = base[b] + ti[b * lds + c + i];
+            for (i = 0; i < 8; i++)
+                ck_am_put(am, aw, (c + i) * ldd + b, base[b] + ti[b * lds + c + i]);
     }
     return c;
+}
+/* one copy per argmax width, so the width test leaves the loops */
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdiff_t cols,
+                           const int32_t* base, void* am, int aw, ptrdiff_t ldd) {
+    return aw == 1 ? ck_ma_am8_w(ti, lds, nb, cols, base, am, 1, ldd)
+                   : ck_ma_am8_w(ti, lds, nb, cols, base, am, 4, ldd);
 }
 #endif
 
@@ -545,7 +576,7 @@ static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdi
    bin-major scratch (tb floats, ti int32s, nb rows of CK_LD) by the widest vector path, the
    last channels one at a time, then transposed to the RoI's (C, nb) layout and streamed into
    y and am (written once, not read back: no need to fetch them into cache); an int8 argmax
-   (aw 1) is narrowed from the int32 block first.  finite: the image holds no NaN/inf (the
+   (aw 1) is narrowed in the transpose (ck_ma_am8).  finite: the image holds no NaN/inf (the
    scan then skips its NaN test). */
 static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
                                const ptrdiff_t* sf, const ptrdiff_t* so, const float* sw,
@@ -560,6 +591,7 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
     float* tr = (float*)((int64_t*)(ti + nb * CK_LD) + nb * CK_CHUNK);
     const int lv = ck_simd_level();
     ptrdiff_t c0, c1, c, b, s, k;
+    void* amb;
     (void)lv;
     for (c0 = 0; c0 < C; c0 = c1) {
         c1 = C - c0 > CK_CHUNK ? c0 + CK_CHUNK : C;
@@ -597,20 +629,15 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
         }
         /* the block's rows of y and am are contiguous runs: built in scratch, streamed out */
         ck_transpose_f(tb, CK_LD, nb, c1 - c0, tr, nb);
+        ck_stream_copy(y + c0 * nb, tr, (size_t)(nb * (c1 - c0)) * sizeof(float));
+        amb = aw == 1 ? (void*)t8 : (void*)tri;
         c = 0;
 #ifdef CK_ROI_WIDE
-        if (lv >= 1) c = ck_ma_am8(ti, CK_LD, nb, c1 - c0, base, tri, nb);
+        if (lv >= 1) c = ck_ma_am8(ti, CK_LD, nb, c1 - c0, base, amb, aw, nb);
 #endif
         for (; c < c1 - c0; c++)
-            for (k = 0; k < nb; k++) tri[c * nb + k] = base[k] + ti[k * CK_LD + c];
-        ck_stream_copy(y + c0 * nb, tr, (size_t)(nb * (c1 - c0)) * sizeof(float));
-        if (aw == 1) {
-            ck_am_narrow(tri, t8, nb * (c1 - c0));
-            ck_stream_copy((int8_t*)am + c0 * nb, t8, (size_t)(nb * (c1 - c0)));
-        } else {
-            ck_stream_copy((int32_t*)am + c0 * nb, tri,
-                           (size_t)(nb * (c1 - c0)) * sizeof(int32_t));
-        }
+            for (k = 0; k < nb; k++) ck_am_put(amb, aw, c * nb + k, base[k] + ti[k * CK_LD + c]);
+        ck_stream_copy((int8_t*)am + c0 * nb * aw, amb, (size_t)(nb * (c1 - c0) * aw));
     }
 }
 /* float roi_max_align backward on the sample tables (ck_max_align_table_f with C = 1, so so
@@ -960,26 +987,30 @@ static ptrdiff_t ck_ma_prep_y(const void* amv, int aw, const float* gyk, ptrdiff
    group one add of grad * the group's weight for each lane's d (a lane permute of the
    group's table; within 128-bit halves when ws is 4).  The last cb % 8 channels one at a
    time, the same products and adds. */
+/* (the group bounds and the block's base pointer in locals: the extension is built with
+   -fno-strict-aliasing, so the stores below would make the compiler reload gf[b + 1] and
+   recompute each row's address per group) */
 #define CK_MA_GRP_STEP(R)                                                                 \
     {                                                                                     \
         __m256 gz[R];                                                                     \
         __m256i dx[R];                                                                    \
+        float* const gc = gb + c;                                                         \
         for (v = 0; v < R; v++) {                                                         \
             gz[v] = _mm256_loadu_ps(gr + c + 8 * v);                                      \
             dx[v] = _mm256_loadu_si256((const __m256i*)(db + c + 8 * v));                 \
         }                                                                                 \
         if (ws == 4)                                                                      \
-            for (g = gf[b]; g < gf[b + 1]; g++) {                                         \
+            for (g = g0; g < g1; g++) {                                                   \
                 const __m256 wt = _mm256_broadcast_ps((const __m128*)(gwt + 4 * g));      \
-                float* r = gb + goff[g] * cb + c;                                         \
+                float* const r = gc + goff[g] * cb;                                       \
                 for (v = 0; v < R; v++)                                                   \
                     _mm256_storeu_ps(r + 8 * v, _mm256_add_ps(_mm256_loadu_ps(r + 8 * v), \
                         _mm256_mul_ps(gz[v], _mm256_permutevar_ps(wt, dx[v]))));          \
             }                                                                             \
         else                                                                              \
-            for (g = gf[b]; g < gf[b + 1]; g++) {                                         \
+            for (g = g0; g < g1; g++) {                                                   \
                 const __m256 wt = _mm256_loadu_ps(gwt + 8 * g);                           \
-                float* r = gb + goff[g] * cb + c;                                         \
+                float* const r = gc + goff[g] * cb;                                       \
                 for (v = 0; v < R; v++)                                                   \
                     _mm256_storeu_ps(r + 8 * v, _mm256_add_ps(_mm256_loadu_ps(r + 8 * v), \
                         _mm256_mul_ps(gz[v], _mm256_permutevar8x32_ps(wt, dx[v]))));      \
@@ -994,10 +1025,11 @@ static void ck_ma_bwd_grp_y(float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1,
     for (b = b0; b < b1; b++) {
         const int32_t* db = dt + b * cb;
         const float* gr = gt + b * cb;
+        const ptrdiff_t g0 = gf[b], g1 = gf[b + 1];
         for (c = 0; c + 32 <= cb; c += 32) CK_MA_GRP_STEP(4)
         for (; c + 8 <= cb; c += 8) CK_MA_GRP_STEP(1)
         for (; c < cb; c++)
-            for (g = gf[b]; g < gf[b + 1]; g++)
+            for (g = g0; g < g1; g++)
                 gb[goff[g] * cb + c] += gr[c] * gwt[g * ws + db[c]];
     }
 }
@@ -1009,7 +1041,8 @@ static void ck_ma_bwd_grp_y(float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1,
    blocks of the next RoI this task adds (NULL: none), to prefetch.  The merged path
    (AVX2, the RoI's groups gf.., a finite grad: inf * 0 must stay NaN where a lane adds its
    +0) on ck_ma_prep_y's operands, else the masked path (CK_MA_BWD_BODY) on the sample table.
-   Returns the bad argmax entries. */
+   Returns the bad argmax entries, or -1 (nothing added) where the masked path is needed and
+   the table has samples but no offsets and weights (so NULL). */
 static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
                                         const ptrdiff_t* sf, const ptrdiff_t* so,
                                         const float* sw, const int32_t* rel,
@@ -1031,6 +1064,9 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
         if (!merged) bad = 0;   /* the masked path counts them again */
     }
 #endif
+    /* gb untouched: the caller brings so, sw (a table of no samples never has them, and
+       the masked path reads none) */
+    if (!merged && so == NULL && sf[nb] > 0) return -1;
     if (!merged) {
         if (aw == 1) {
             ck_am_widen((const int8_t*)amv, wide, nb * cb);
