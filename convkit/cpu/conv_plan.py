@@ -446,8 +446,9 @@ def winograd_scratch(tile, trows, tw):
 
 def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, limit,
                   tile=2, fixed=False):
-    """(threads, tile rows per task, workspace elements per thread), or None when not even one
-    tile row per thread fits the workspace limit.  tile: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3))."""
+    """(threads, tile rows per task, workspace elements per thread, more params: F(4x4)'s
+    two-region split "fparts" and "shared", winograd4_split), or None when not even one tile
+    row per thread fits the workspace limit.  tile: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3))."""
     if tile == 4:
         return _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, fixed)
     tw = (Wo + 1) // 2
@@ -473,7 +474,14 @@ def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, 
         if tasks < T.WINOGRAD_EVEN_TASKS * n_threads:
             tasks = ceil_div(tasks, n_threads) * n_threads
         trows = max(1, ceil_div(N * th, tasks))
-    return n_threads, trows, trows * per_row // itemsize + 8 * (2 * tw + 2)
+    return n_threads, trows, trows * per_row // itemsize + 8 * (2 * tw + 2), {}
+
+
+def winograd_step(p, tile, own, fixed):
+    """The "winograd" Step of plan_winograd's answer p."""
+    return Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile,
+                                   "per_image": not (own or fixed),
+                                   "packed": winograd_packed(tile, fixed), **p[3]})
 
 
 def even_tile_rows(rows, want, tw, per_row, n_threads):
@@ -496,6 +504,37 @@ def even_tile_rows(rows, want, tw, per_row, n_threads):
     return best
 
 
+def _list_idle(costs, n_threads):
+    """The idle share of n_threads running these task costs in order, each task to the first
+    free thread (schedule="dynamic")."""
+    free = [0] * min(n_threads, len(costs))
+    for c in costs:
+        free[free.index(min(free))] += c
+    return 1 - sum(costs) / (n_threads * max(free))
+
+
+def winograd4_split(rows, tw, F, want, n_threads):
+    """(tile rows, filter blocks) of F(4x4)'s two-region split (the kernel's fparts), or None:
+    tasks of tile rows (tuning.WINOGRAD4_MIN_TASK_TILES tiles, where the batch has them, up to
+    ``want``) x near-equal blocks of whole 6-filter strips (at least
+    tuning.WINOGRAD4_SPLIT_MIN_STRIPS), a task's work its tiles x its strips: the fewest tasks
+    whose schedule leaves at most tuning.WINOGRAD4_MAX_IDLE of the team idle, else the least
+    idle (then the fewest tasks).  None where one filter block is all it can take."""
+    num, den = T.WINOGRAD4_MAX_IDLE
+    nu = ceil_div(F, 6)
+    best = None
+    for tr in range(min(want, ceil_div(T.WINOGRAD4_MIN_TASK_TILES, tw)), want + 1):
+        tiles = [min(tr, rows - g) * tw for g in range(0, rows, tr)]
+        for fp in range(1, max(1, nu // T.WINOGRAD4_SPLIT_MIN_STRIPS) + 1):
+            strips = [(b + 1) * nu // fp - b * nu // fp for b in range(fp)]
+            idle = _list_idle([t * s for t in tiles for s in strips], n_threads)
+            key = (den * idle > num, idle if den * idle > num else 0, len(tiles) * fp,
+                   idle, -tr)
+            if best is None or key < best[0]:
+                best = (key, tr, fp)
+    return None if best is None or best[2] == 1 else best[1:]
+
+
 def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, fixed=False):
     """plan_winograd for F(4x4) on BLAS: about tuning.WINOGRAD4_TASK_TILES tiles per task (the
     36 GEMMs' column count), each image's tile rows cut into equal tasks (the kernel's
@@ -515,12 +554,27 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, f
     extra = winograd_scratch(4, want, tw) * itemsize
     if per_row + winograd_scratch(4, 1, tw) * itemsize > limit:
         return None
+    team = n_threads
     n_threads = max(1, min(n_threads, limit // (per_row * want + extra)))
     budget = limit // n_threads
     trows = even_tile_rows(rows, want, tw, per_row, n_threads) if fixed else want
     while trows > 1 and trows * per_row + winograd_scratch(4, trows, tw) * itemsize > budget:
         trows -= 1
-    return n_threads, trows, trows * per_row // itemsize + winograd_scratch(4, trows, tw)
+    one = n_threads, trows, trows * per_row // itemsize + winograd_scratch(4, trows, tw), {}
+    num, den = T.WINOGRAD4_MAX_IDLE
+    rounds = ceil_div(ceil_div(rows, trows), n_threads)
+    if not fixed or den * (1 - rows / (rounds * n_threads * trows)) <= num:
+        return one
+    for nt in sorted({team, n_threads}, reverse=True):   # (its smaller slices may fit more)
+        split = winograd4_split(rows, tw, F, want, nt)
+        if split is None:
+            continue
+        # the shared V of the batch's tiles, and per thread a block's M and the row scratch
+        tr, fp = split
+        per = 36 * 6 * ceil_div(ceil_div(F, 6), fp) * tr * tw + winograd_scratch(4, tr, tw)
+        if (36 * C * rows * tw + nt * per) * itemsize <= limit:
+            return nt, tr, per, {"fparts": fp, "shared": 36 * C * rows * tw}
+    return one
 
 
 def plan_weight_winograd(s: ConvShape, Ho, Wo, itemsize, own_gemm, n_threads, limit):
@@ -892,9 +946,7 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             tile = 2
             p = plan_winograd(N, C, F, Ho, Wo, itemsize, n, wbytes, own, limit, tile, fixed)
         if p is not None:
-            return Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile,
-                                           "per_image": not (own or fixed),
-                                           "packed": winograd_packed(tile, fixed)})
+            return winograd_step(p, tile, own, fixed)
     if batch_ok(Ho, Wo, pointwise):
         Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
         p = plan_batch_forward(N, C, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, limit, own,
@@ -986,9 +1038,7 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
                 tile = 2
                 p = plan_winograd(N, F, Cg, H, W, itemsize, n, wbytes, own, limit, tile, fixed)
             if p is not None:
-                gx = Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile,
-                                             "per_image": not (own or fixed),
-                                             "packed": winograd_packed(tile, fixed)})
+                gx = winograd_step(p, tile, own, fixed)
         if gx is None and s.stride == (1, 1) and batch_ok(H, W, pointwise):
             Hp, Wp = batch_padded(H, W, KH, KW, (1, 1), s.dilation)
             p = plan_batch_forward(N, F, C, KH * KW, Hp * Wp, H * W, itemsize, n, limit, own,
