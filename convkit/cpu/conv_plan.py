@@ -75,6 +75,7 @@ depthwise grad_x's zero stand-in for x) sends that batch, not a smaller one, to 
 """
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
@@ -509,7 +510,7 @@ def _list_idle(costs, n_threads):
     free thread (schedule="dynamic")."""
     free = [0] * min(n_threads, len(costs))
     for c in costs:
-        free[free.index(min(free))] += c
+        heapq.heapreplace(free, free[0] + c)
     return 1 - sum(costs) / (n_threads * max(free))
 
 
@@ -542,7 +543,10 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, f
     a tile's other place among them), lowered only by the limit.  fixed (a fixed-order GEMM):
     the batch's tile rows cut into equal tasks, blocks spanning images (the kernel's per_image
     off); there each output is one chain over the channels whatever the task's tiles, so the
-    tile rows per task may follow the team (even_tile_rows).
+    tile rows per task may follow the team (even_tile_rows), and where those leave more than
+    tuning.WINOGRAD4_MAX_IDLE of the team idle (or the limit took threads from it), the
+    two-region split takes over where its shared V fits (winograd4_split; the params "fparts"
+    and "shared", the V's elements ahead of the threads' slices).
     The transformed filters U (36 * C * F elements, 4x the weight; F in whole strips of 6 when
     packed, winograd_packed) count against the limit."""
     limit -= 36 * C * winograd_filter_rows(F, winograd_packed(4, fixed)) * itemsize
@@ -563,17 +567,24 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, f
     one = n_threads, trows, trows * per_row // itemsize + winograd_scratch(4, trows, tw), {}
     num, den = T.WINOGRAD4_MAX_IDLE
     rounds = ceil_div(ceil_div(rows, trows), n_threads)
-    if not fixed or den * (1 - rows / (rounds * n_threads * trows)) <= num:
+    idle = den * (1 - rows / (rounds * n_threads * trows)) > num
+    if not fixed or (n_threads == team and not idle):
         return one
-    for nt in sorted({team, n_threads}, reverse=True):   # (its smaller slices may fit more)
+    # (the split's smaller slices may fit more of the team the limit took from the one-region
+    # split: the team, else halves of it down to the one-region's where that one idles)
+    nt = team
+    while nt > n_threads or (nt == n_threads and idle):
         split = winograd4_split(rows, tw, F, want, nt)
         if split is None:
-            continue
+            break
         # the shared V of the batch's tiles, and per thread a block's M and the row scratch
         tr, fp = split
         per = 36 * 6 * ceil_div(ceil_div(F, 6), fp) * tr * tw + winograd_scratch(4, tr, tw)
         if (36 * C * rows * tw + nt * per) * itemsize <= limit:
             return nt, tr, per, {"fparts": fp, "shared": 36 * C * rows * tw}
+        if nt == n_threads:
+            break
+        nt = max(nt // 2, n_threads)
     return one
 
 
