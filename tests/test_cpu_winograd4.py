@@ -141,6 +141,16 @@ PACKED = pytest.mark.skipif(not wg.winograd4_packed_ok() or cc._OWN_SGEMM,
                                    "csrc/fgemm.h (AVX2 + FMA, no own AVX-512 GEMM) only")
 
 
+def _float32_case(case, seed):
+    """x, w, bias (float32) of a KERNEL_CASES case and torch float64's output."""
+    N, C, H, W, F, pt, pl, pb, pr = case
+    rng = np.random.default_rng(sum(case) + seed)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((F, C, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(F).astype(np.float32)
+    return x, w, bias, _torch_conv(x, w, (pt, pb, pl, pr)) + bias.reshape(1, F, 1, 1)
+
+
 @PACKED
 @pytest.mark.parametrize("case", KERNEL_CASES + [(1, 300, 6, 9, 13, 1, 1, 1, 1)],
                          ids=lambda c: "x".join(map(str, c[:5])))
@@ -151,11 +161,7 @@ def test_packed_kernel_same_bits_as_plain_and_torch(case):
     ck_fg_edge on a strip) and a masked one -- the same bits as the plain layout on
     fgemm.h, for 1, 2 and 3 threads, and torch float64's values."""
     N, C, H, W, F, pt, pl, pb, pr = case
-    rng = np.random.default_rng(sum(case) + 1)
-    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
-    w = rng.standard_normal((F, C, 3, 3)).astype(np.float32)
-    bias = rng.standard_normal(F).astype(np.float32)
-    want = _torch_conv(x, w, (pt, pb, pl, pr)) + bias.reshape(1, F, 1, 1)
+    x, w, bias, want = _float32_case(case, 1)
     Ho, Wo = want.shape[2:]
     th = -(-Ho // 4)
     for trows in sorted({1, 2, 3, N * th}):
@@ -230,11 +236,7 @@ def test_two_region_split_same_bits_as_one_region(case):
     of 6), tasks of 1 .. all tile rows, 300 channels (two k blocks), 1, 2 and 3 threads; and
     torch float64's values."""
     N, C, H, W, F, pt, pl, pb, pr = case
-    rng = np.random.default_rng(sum(case) + 2)
-    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
-    w = rng.standard_normal((F, C, 3, 3)).astype(np.float32)
-    bias = rng.standard_normal(F).astype(np.float32)
-    want = _torch_conv(x, w, (pt, pb, pl, pr)) + bias.reshape(1, F, 1, 1)
+    x, w, bias, want = _float32_case(case, 2)
     Ho, Wo = want.shape[2:]
     th, nu = -(-Ho // 4), -(-F // 6)
     one = _kernel(x, w, pt, pl, Ho, Wo, th, 1, bias=bias, packed=True)
