@@ -4,7 +4,8 @@ cores"): the task splits that 8 and 16 threads take -- more tasks than this 2-co
 oversubscribed here -- must not change any sum.  The shapes give each algorithm more than 8
 tasks where it can make them (so 8 and 16 threads share them out differently) and reach the
 paths of csrc/fgemm.h the plan can pick: a narrow last panel (1 to 4 columns), the batch
-grad_weight's GEMM in both orientations.
+grad_weight's GEMM in both orientations, F(4x4)'s two-region split (tile rows x filter blocks
+after a shared input transform) against its one-region split's bits.
 
 Each conv case asserts the algorithm the plan gives its passes at every thread count (so the
 test cannot silently run another one) for this machine's caps.  phases and weight_dot run on
