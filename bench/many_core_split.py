@@ -57,6 +57,11 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   and per tile and filter out).  Dup: on BLAS every task repacks the E transformed filters
   (E*F*C); on the own GEMM they are packed once, serially; csrc/fgemm.h reads them in place
   (it packs only the task's own tiles).  grad_x is the same on grad_y (F in, C out, H x W).
+  F(4x4) with fparts (conv_plan.winograd4_split, where the tile rows alone leave > 10 % of the
+  team idle): the input transform in a region of C*ceil(N*th/trows) tasks (4*E per tile),
+  then ceil(N*th/trows)*fparts tasks of (tile rows, a block of whole 6-filter strips), each
+  E*f*C*P MACs + the output transform (4*E*f*P; f its filters); dup: each block after the
+  first packs the tiles' V again (E*C*tiles); ws: the shared V over the team + the slice.
 - weight_winograd (conv2d_grad_weight_winograd, grad_weight of the F(4x4) layers): three
   regions -- the transforms, (C + F)*ceil(N*th/trows) tasks of trows tile rows of one channel
   of x or one filter of grad_y (4*36 per tile); the GEMMs, 36*parts*ceil(C/cols) tasks, each
@@ -236,6 +241,17 @@ def forward_regions(algo, p, s, own, itemsize):
             tiles = [nt * tw for nt in runs(th, p["trows"])] * N
         else:
             tiles = [nt * tw for nt in runs(N * th, p["trows"])]
+        if p.get("fparts"):         # F(4x4)'s two-region split (conv_plan.winograd4_split)
+            nu = cdiv(F, 6)
+            fb = [min(F, 6 * ((b + 1) * nu // p["fparts"])) - 6 * (b * nu // p["fparts"])
+                  for b in range(p["fparts"])]
+            main = Region("tiles x filter blocks", [E * f * C * P_ + E * 4 * f * P_
+                                                    for P_ in tiles for f in fb])
+            trans = Region("input transform", [E * 4 * P_ for P_ in tiles] * C)
+            # each filter block after the first packs the tiles' V again (fgemm.h's B panels)
+            dup = (p["fparts"] - 1) * E * C * N * th * tw
+            return ([main, trans, filt], 0, dup,
+                    (p["shared"] / p["team"] + p["per_thread"]) * itemsize)
         main = Region("tiles", [E * F * C * panels(P_, own) + E * 4 * (C + F) * P_
                                 for P_ in tiles])
         dup = 0 if own or p["_fg"] else E * F * C * len(tiles)

@@ -4,7 +4,8 @@ cores"): the task splits that 8 and 16 threads take -- more tasks than this 2-co
 oversubscribed here -- must not change any sum.  The shapes give each algorithm more than 8
 tasks where it can make them (so 8 and 16 threads share them out differently) and reach the
 paths of csrc/fgemm.h the plan can pick: a narrow last panel (1 to 4 columns), the batch
-grad_weight's GEMM in both orientations.
+grad_weight's GEMM in both orientations, F(4x4)'s two-region split (tile rows x filter blocks
+after a shared input transform) against its one-region split's bits.
 
 Each conv case asserts the algorithm the plan gives its passes at every thread count (so the
 test cannot silently run another one) for this machine's caps.  phases and weight_dot run on
@@ -61,6 +62,12 @@ CONV = [
     # grad_weight's 68 channels in blocks of 32, 32 and 4 (a narrow panel again), 3 parts: 324
     # tasks
     ("winograd4_narrow_panel", (10, 68, 52, 20), (64, 68, 3, 3), 1, 1, 1,
+     {"forward": _gw("winograd", "winograd4"), "grad_x": _gw("winograd", "winograd4"),
+      "grad_weight": _gw("im2col", "weight_winograd")}, False),
+    # F(4x4) on 8 images of 14x14 (4 tile rows of 4 tiles each): one task of 32 tiles on one
+    # thread; on fgemm.h the two-region split on 2, 8 and 16 (shared V, then tile rows x 2 to 5
+    # blocks of 6-filter strips, conv_plan.winograd4_split): the one-region bits
+    ("winograd4_split", (2, 128, 14, 14), (96, 128, 3, 3), 1, 1, 1,
      {"forward": _gw("winograd", "winograd4"), "grad_x": _gw("winograd", "winograd4"),
       "grad_weight": _gw("im2col", "weight_winograd")}, False),
     ("batch", (16, 16, 6, 6), (16, 16, 3, 3), 1, 1, 1,
@@ -309,3 +316,79 @@ def test_f4_tile_rows_even_out_the_team_only_on_a_fixed_order_gemm():
         assert idle <= max(0.1, 1 - 112 / (-(-23 // nt) * nt * 5)), (nt, tr, idle)
     blas = P.ConvCaps(**_CAPS["blas"])
     assert len({trows(blas, nt) for nt in (1, 2, 8, 16)}) == 1
+
+
+def test_f4_two_region_split_where_tile_rows_leave_the_team_idle():
+    """Where no tile rows bring F(4x4)'s idle share under tuning.WINOGRAD4_MAX_IDLE (few tiles:
+    res_14's 128, rpn_3x3's 130, res_28's 392 on 16 threads), the plan on csrc/fgemm.h splits in
+    two regions (the kernel's fparts): >= 16 tasks of tile rows x blocks of whole 6-filter
+    strips that leave at most that share idle, the shared V counted against the limit (below
+    it: the one-region split).  The suite's 1- and 2-thread plans and plain BLAS keep the
+    one-region split; the test above runs the split on 2, 8 and 16 threads for the one-region
+    bits (and tests/test_cpu_winograd4.py the kernel's splits against each other)."""
+    from convkit.cpu import conv_plan as P
+    from convkit.cpu import tuning as T
+    fg = P.ConvCaps(**_CAPS["blas_rowgemm_fgemm"])
+    blas = P.ConvCaps(**_CAPS["blas"])
+    layers = {"res_14": (8, 256, 14, 14, 256), "rpn_3x3": (1, 512, 38, 50, 512),
+              "res_28": (8, 128, 28, 28, 128), "vgg_56": (8, 64, 56, 56, 64)}
+    limit = 256 * 2**20
+    for name, (N, C, H, W, F) in layers.items():
+        s = P.ConvShape.of((N, C, H, W), (F, C, 3, 3), (1, 1), (1,) * 4, (1, 1), 1)
+        rows, tw, nu = N * -(-H // 4), -(-W // 4), -(-F // 6)
+        for nt in (1, 2, 16):
+            plan = P.plan_conv(s, np.float32, nt, fg, limit)
+            for st in (plan.forward, plan.grad_x):
+                assert (st.algo, st.params["tile"], st.threads) == ("winograd", 4, nt), st
+                fp = st.params.get("fparts")
+                if nt <= 2 or name == "vgg_56":     # (vgg_56: 16 tasks of 7 tile rows)
+                    assert fp is None, (name, nt, st)
+                    continue
+                tr = st.params["trows"]
+                assert fp is not None and fp <= nu // T.WINOGRAD4_SPLIT_MIN_STRIPS, (name, st)
+                assert min(tr * tw, rows * tw) >= min(rows * tw, T.WINOGRAD4_MIN_TASK_TILES)
+                costs = [min(tr, rows - g) * tw * ((b + 1) * nu // fp - b * nu // fp)
+                         for g in range(0, rows, tr) for b in range(fp)]
+                assert len(costs) >= nt and P._list_idle(costs, nt) <= 0.1, (name, st)
+                assert st.params["shared"] == 36 * C * rows * tw
+                per = 36 * 6 * -(-nu // fp) * tr * tw + P.winograd_scratch(4, tr, tw)
+                assert st.params["per_thread"] == per
+        st = P.plan_conv(s, np.float32, 16, blas, limit).forward
+        assert st.params["per_image"] and "fparts" not in st.params, (name, st)
+    # res_14 on 16 threads under tighter limits: the split's U + V + 16 slices exactly: the
+    # same split; below it the split on 8 threads (the one-region split would fit 2 only), then
+    # the one-region split on one thread where V and two slices do not fit; always within it
+    N, C, H, W, F = layers["res_14"]
+    s = P.ConvShape.of((N, C, H, W), (F, C, 3, 3), (1, 1), (1,) * 4, (1, 1), 1)
+    st = P.plan_conv(s, np.float32, 16, fg, limit).forward
+    u = 36 * C * 258 * 4
+    need = u + (st.params["shared"] + 16 * st.params["per_thread"]) * 4
+    assert P.plan_conv(s, np.float32, 16, fg, need).forward == st
+    for lim, team, split in ((need - 4, 8, True), (u + 36 * C * 128 * 4 + 600_000, 1, False)):
+        tight = P.plan_conv(s, np.float32, 16, fg, lim).forward
+        assert (tight.threads, "fparts" in tight.params) == (team, split), (lim, tight)
+        p = tight.params
+        assert u + (p.get("shared", 0) + team * p["per_thread"]) * 4 <= lim, (lim, tight)
+
+
+@pytest.mark.skipif(not ok or cc._OWN_SGEMM or not cc._FIXED_SGEMM,
+                    reason="F(4x4)'s GEMMs run on csrc/fgemm.h on AVX2 machines without the own "
+                           "AVX-512 GEMM only")
+def test_the_split_case_reaches_the_two_region_split():
+    """The winograd4_split case above runs the one-region split on one thread and the
+    two-region one on 2, 8 and 16 (forward and grad_x): checked on this machine's plan, so the
+    bit test compares the two splits."""
+    _, xs, ws, stride, pad, groups, _, _ = {c[0]: c for c in CONV}["winograd4_split"]
+    got = {}
+    try:
+        for nt in THREADS:
+            convkit.set_num_threads(nt)
+            plan = cc._plan(np.zeros(xs, np.float32), np.zeros(ws, np.float32), (stride,) * 2,
+                            (pad,) * 4, (1, 1), groups)[3]
+            got[nt] = [(st.threads, st.params.get("fparts")) for st in (plan.forward,
+                                                                        plan.grad_x)]
+    finally:
+        convkit.set_num_threads(None)
+    assert got[1] == [(1, None)] * 2, got
+    for nt in THREADS[1:]:
+        assert all(t == nt and fp and fp > 1 for t, fp in got[nt]), got

@@ -46,20 +46,28 @@ def _close(got, want, dtype, what):
     assert err <= REL[dtype], f"{what}: max error {err:.3g} of the largest value"
 
 
-def _kernel(x, w, pt, pl, Ho, Wo, trows, threads, flip=False, bias=None, packed=False):
+def _kernel(x, w, pt, pl, Ho, Wo, trows, threads, flip=False, bias=None, packed=False,
+            fparts=0):
     """conv2d_forward_winograd with tile 4 called directly (any channel count); packed: the
-    filters in ck_w4_gemm_pk's strips (float32 on csrc/fgemm.h)."""
+    filters in ck_w4_gemm_pk's strips (float32 on csrc/fgemm.h); fparts: the two-region split
+    (a shared V, then tasks of trows tile rows x fparts blocks of 6-filter strips)."""
     N, C = x.shape[:2]
     F = w.shape[1] if flip else w.shape[0]
     U = np.full((36, wg.winograd4_packed_rows(F) if packed else F, C), np.nan, x.dtype)
     wg.winograd_filters(w, U, threads, flip, packed)
     tw = -(-Wo // 4)
-    per = 36 * (C + F) * trows * tw + wg.winograd4_scratch(trows, tw)
-    ws = np.full(threads * per, np.nan, x.dtype)     # (the kernel must not read stale scratch)
+    if fparts:
+        rows = 6 * -(-(-(-F // 6)) // fparts)
+        per = 36 * rows * trows * tw + wg.winograd4_scratch(trows, tw)
+        shared = 36 * C * N * -(-Ho // 4) * tw
+    else:
+        per = 36 * (C + F) * trows * tw + wg.winograd4_scratch(trows, tw)
+        shared = 0
+    ws = np.full(shared + threads * per, np.nan, x.dtype)   # (no stale scratch may be read)
     y = np.full((N, F, Ho, Wo), np.nan, x.dtype)
     b = np.zeros(F, x.dtype) if bias is None else bias
     wg.conv2d_forward_winograd(x, U, b, bias is not None, y, ws, per, trows, pt, pl, threads,
-                               _NO_PACK, 4, False, packed)
+                               _NO_PACK, 4, False, packed, fparts)
     return y
 
 
@@ -133,6 +141,16 @@ PACKED = pytest.mark.skipif(not wg.winograd4_packed_ok() or cc._OWN_SGEMM,
                                    "csrc/fgemm.h (AVX2 + FMA, no own AVX-512 GEMM) only")
 
 
+def _float32_case(case, seed):
+    """x, w, bias (float32) of a KERNEL_CASES case and torch float64's output."""
+    N, C, H, W, F, pt, pl, pb, pr = case
+    rng = np.random.default_rng(sum(case) + seed)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((F, C, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(F).astype(np.float32)
+    return x, w, bias, _torch_conv(x, w, (pt, pb, pl, pr)) + bias.reshape(1, F, 1, 1)
+
+
 @PACKED
 @pytest.mark.parametrize("case", KERNEL_CASES + [(1, 300, 6, 9, 13, 1, 1, 1, 1)],
                          ids=lambda c: "x".join(map(str, c[:5])))
@@ -143,11 +161,7 @@ def test_packed_kernel_same_bits_as_plain_and_torch(case):
     ck_fg_edge on a strip) and a masked one -- the same bits as the plain layout on
     fgemm.h, for 1, 2 and 3 threads, and torch float64's values."""
     N, C, H, W, F, pt, pl, pb, pr = case
-    rng = np.random.default_rng(sum(case) + 1)
-    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
-    w = rng.standard_normal((F, C, 3, 3)).astype(np.float32)
-    bias = rng.standard_normal(F).astype(np.float32)
-    want = _torch_conv(x, w, (pt, pb, pl, pr)) + bias.reshape(1, F, 1, 1)
+    x, w, bias, want = _float32_case(case, 1)
     Ho, Wo = want.shape[2:]
     th = -(-Ho // 4)
     for trows in sorted({1, 2, 3, N * th}):
@@ -208,6 +222,84 @@ def test_packed_filters_are_the_plain_ones_in_strips(flip):
                 assert (U[~real] == 0).all(), (avx2, threads)      # (zeros of either sign)
         finally:
             wg.winograd4_avx2(old)
+
+
+@PACKED
+@pytest.mark.parametrize("case", KERNEL_CASES + [(1, 300, 6, 9, 13, 1, 1, 1, 1),
+                                                 (2, 64, 14, 14, 64, 1, 1, 1, 1)],
+                         ids=lambda c: "x".join(map(str, c[:5])))
+def test_two_region_split_same_bits_as_one_region(case):
+    """The two-region split (fparts: a shared input transform, then tasks of tile rows x blocks
+    of 6-filter strips) gives the one-region split's bits on csrc/fgemm.h -- each output one FMA
+    chain over the channels wherever its GEMM sits: packed and plain filters, 1 block .. one
+    strip per block (blocks of unequal strips, the last strip short where F is not a multiple
+    of 6), tasks of 1 .. all tile rows, 300 channels (two k blocks), 1, 2 and 3 threads; and
+    torch float64's values."""
+    N, C, H, W, F, pt, pl, pb, pr = case
+    x, w, bias, want = _float32_case(case, 2)
+    Ho, Wo = want.shape[2:]
+    th, nu = -(-Ho // 4), -(-F // 6)
+    one = _kernel(x, w, pt, pl, Ho, Wo, th, 1, bias=bias, packed=True)
+    for packed in (True, False):
+        for trows in sorted({1, 2, N * th}):
+            for fparts in sorted({1, min(2, nu), min(3, nu), nu}):
+                for threads in (1, 2, 3):
+                    y = _kernel(x, w, pt, pl, Ho, Wo, trows, threads, bias=bias, packed=packed,
+                                fparts=fparts)
+                    assert np.array_equal(y.view(np.uint32), one.view(np.uint32)), \
+                        (packed, trows, fparts, threads)
+    _close(one, want, np.float32, "one region")
+
+
+@pytest.mark.parametrize("pad", [0, 1, 3])
+def test_two_region_split_float64_and_grad_x_match_torch(pad):
+    """The split on float64 (BLAS: values, not bits) and on grad_x's flipped, transposed
+    filters (float32, the one-region bits where fgemm.h runs)."""
+    rng = np.random.default_rng(pad + 50)
+    N, C, H, W, F = 2, 23, 9, 14, 19
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((F, C, 3, 3))
+    Ho, Wo = H + 2 * pad - 2, W + 2 * pad - 2
+    y = _kernel(x, w, pad, pad, Ho, Wo, 2, 2, fparts=2)
+    _close(y, _torch_conv(x, w, (pad,) * 4), np.float64, "float64 forward")
+    gy = rng.standard_normal((N, F, Ho, Wo)).astype(np.float32)
+    w32 = w.astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_()
+    torch.nn.functional.conv2d(xt, torch.from_numpy(w32).double(), padding=pad).backward(
+        torch.from_numpy(gy).double())
+    packed = wg.winograd4_packed_ok() and not cc._OWN_SGEMM
+    gx = _kernel(gy, w32, 2 - pad, 2 - pad, H, W, 1, 2, flip=True, packed=packed, fparts=3)
+    _close(gx, xt.grad.numpy(), np.float32, "grad_x")
+    if packed:
+        one = _kernel(gy, w32, 2 - pad, 2 - pad, H, W, 3, 1, flip=True, packed=True)
+        assert np.array_equal(gx.view(np.uint32), one.view(np.uint32))
+
+
+def test_two_region_split_rejects_bad_arguments():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 8, 6, 6))
+    U = np.zeros((36, 13, 8))
+    y = np.empty((1, 13, 6, 6))
+    b = np.zeros(13)
+    per = 36 * 18 * 2 + wg.winograd4_scratch(1, 2)
+    ws = np.zeros(36 * 8 * 4 + per)
+
+    def call(fparts, ws=ws, tile=4, per_image=False, trows=1):
+        wg.conv2d_forward_winograd(x, U if tile == 4 else U[:16], b, False, y, ws, per, trows,
+                                   1, 1, 1, _NO_PACK, tile, per_image, False, fparts)
+    call(1)                                 # (fits: one block of 3 strips, one row of 2 tiles)
+    with pytest.raises(ValueError, match="fparts in 1 .. 3"):
+        call(4)
+    with pytest.raises(ValueError, match="fparts in 1 .. 3"):
+        call(-1)
+    with pytest.raises(ValueError, match="ws too small"):
+        call(1, ws=ws[:-1])
+    with pytest.raises(ValueError, match="ws too small"):
+        call(1, trows=2)                    # (two rows need twice the slice)
+    with pytest.raises(ValueError, match="tile 4 and per_image off"):
+        call(1, per_image=True)
+    with pytest.raises(ValueError, match="tile 4 and per_image off"):
+        call(1, tile=2)
 
 
 def test_packed_rejects_bad_arguments():

@@ -449,7 +449,7 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
                             floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
                             Py_ssize_t pt, Py_ssize_t pl, int n_threads,
                             const float[:, ::1] apk, int tile=2, bint per_image=False,
-                            bint packed=False):
+                            bint packed=False, Py_ssize_t fparts=0):
     """3x3, stride 1, dilation 1, groups 1: y = conv(x, w) + bias by Winograd F(2x2, 3x3)
     (tile 2) or F(4x4, 3x3) (tile 4).  apk: U[e] prepacked for the own float32 GEMM in row e
     (no rows: none).
@@ -465,6 +465,14 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     + winograd4_scratch(trows, tw) (tile 4).
     packed (tile 4, float32): U from winograd_filters(packed=True), the GEMMs on ck_w4_gemm_pk
     (the same bits as on the plain layout).
+    fparts (tile 4, not per_image; 0: the split above): two regions instead -- the input
+    transform of the whole batch into one shared V (tasks of a channel's ``trows`` tile rows),
+    then tasks of (``trows`` tile rows, one of ``fparts`` near-equal blocks of whole 6-filter
+    strips), each the block's 36 GEMMs and output transform.  For a fixed-order GEMM (each
+    output one FMA chain over the channels wherever it sits) the same bits as the split above;
+    more tasks where a layer has few tiles.  ws: V (36 * C * N*th*tw) first, then the threads'
+    slices, ws_per_thread >= 36 * 6*ceil(ceil(F/6)/fparts) * trows*tw +
+    winograd4_scratch(trows, tw).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
@@ -483,6 +491,10 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
         raise ValueError("packed filters need tile 4, float32 and csrc/fgemm.h's kernel")
     if U.shape[1] != (ck_w4_pk_rows(F) if packed else F) or U.shape[2] != C:
         raise ValueError(f"U's filters and channels do not match y's {F} and x's {C}")
+    if fparts:
+        _wino4_forward_split(x, U, bias, has_bias, y, ws, ws_per_thread, trows, pt, pl,
+                             n_threads, packed, fparts, tile, per_image)
+        return y
     with nogil:
         for t in prange(nrb, schedule="dynamic", num_threads=n_threads):
             if per_image:
@@ -521,3 +533,56 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
                                        bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
                                        F * Ho * Wo, Ho, Wo, M + E * F * P)
     return y
+
+
+cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
+                          const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
+                          floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
+                          Py_ssize_t pt, Py_ssize_t pl, int n_threads, bint packed,
+                          Py_ssize_t fparts, int tile, bint per_image):
+    """conv2d_forward_winograd's two-region F(4x4) split (fparts > 0, see there)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4, T = N * th * tw
+    cdef Py_ssize_t nrb = (N * th + trows - 1) // trows
+    cdef Py_ssize_t nu = (F + 5) // 6           # 6-filter strips (csrc/fgemm.h's tile rows)
+    cdef Py_ssize_t mrows = 6 * ((nu + fparts - 1) // fparts)
+    cdef Py_ssize_t t, c, g0, nt, P, b, f0, f1, e, f
+    cdef floating* V = &ws[0]
+    cdef floating* S
+    cdef floating* M
+    if tile != 4 or per_image:
+        raise ValueError("fparts (the two-region split) needs tile 4 and per_image off")
+    if trows < 1 or fparts < 1 or fparts > nu:
+        raise ValueError(f"trows must be >= 1 and fparts in 1 .. {nu}, got {trows}, {fparts}")
+    if ws_per_thread < 36 * mrows * trows * tw + winograd4_scratch(trows, tw) or \
+            ws.shape[0] < 36 * C * T + n_threads * ws_per_thread:
+        raise ValueError("conv2d_forward_winograd: ws too small for the split")
+    with nogil:
+        for t in prange(C * nrb, schedule="dynamic", num_threads=n_threads):
+            S = V + 36 * C * T + threadid() * ws_per_thread
+            c = t // nrb
+            g0 = (t - c * nrb) * trows
+            nt = _min(trows, N * th - g0)
+            _wino4_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
+                              V + c * T + g0 * tw, C * T, S)
+        for t in prange(nrb * fparts, schedule="dynamic", num_threads=n_threads):
+            M = V + 36 * C * T + threadid() * ws_per_thread
+            g0 = (t // fparts) * trows
+            nt = _min(trows, N * th - g0)
+            P = nt * tw
+            b = t % fparts
+            f0 = 6 * (b * nu // fparts)
+            f1 = _min(F, 6 * ((b + 1) * nu // fparts))
+            for e in range(36):
+                if floating is float:
+                    if packed:      # (strip s of the packed plane at 6 * s * C)
+                        ck_w4_gemm_pk(f1 - f0, P, C, &U[e, 0, 0] + f0 * C,
+                                      V + e * C * T + g0 * tw, T, M + e * (f1 - f0) * P, P)
+                        continue
+                gemm_fixed(False, False, f1 - f0, P, C, <floating>1, &U[e, f0, 0], C,
+                           V + e * C * T + g0 * tw, T, <floating>0, M + e * (f1 - f0) * P, P)
+            for f in range(f0, f1):
+                _wino4_output_rows(M + (f - f0) * P, (f1 - f0) * P, th, g0, nt, tw,
+                                   bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
+                                   F * Ho * Wo, Ho, Wo, M + 36 * (f1 - f0) * P)

@@ -414,13 +414,13 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
     E, Fp = (tile + 2) ** 2, P.winograd_filter_rows(F, packed)
     U = _workspace(E * Fp * C, x.dtype, "winograd")[:E * Fp * C].reshape(E, Fp, C)
     _winograd.winograd_filters(weight, U, n, transpose_flip, packed)
-    ws = _workspace(n * p["per_thread"], x.dtype)
+    ws = _workspace(p.get("shared", 0) + n * p["per_thread"], x.dtype)
     with _blas_pin(x.dtype):
         _winograd.conv2d_forward_winograd(x, U, b, has_bias, y, ws, p["per_thread"], p["trows"],
                                       s.padding[0] if pt is None else pt,
                                       s.padding[2] if pl is None else pl, n,
                                       _NO_PACK if packed else _packed_a(U), tile,
-                                      p.get("per_image", False), packed)
+                                      p.get("per_image", False), packed, p.get("fparts", 0))
 
 
 def _fwd_batch(x, weight, b, has_bias, y, s, step, stride=None, pt=None, pl=None):

@@ -75,6 +75,7 @@ depthwise grad_x's zero stand-in for x) sends that batch, not a smaller one, to 
 """
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
@@ -446,8 +447,9 @@ def winograd_scratch(tile, trows, tw):
 
 def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, limit,
                   tile=2, fixed=False):
-    """(threads, tile rows per task, workspace elements per thread), or None when not even one
-    tile row per thread fits the workspace limit.  tile: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3))."""
+    """(threads, tile rows per task, workspace elements per thread, more params: F(4x4)'s
+    two-region split "fparts" and "shared", winograd4_split), or None when not even one tile
+    row per thread fits the workspace limit.  tile: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3))."""
     if tile == 4:
         return _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, fixed)
     tw = (Wo + 1) // 2
@@ -473,7 +475,14 @@ def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, 
         if tasks < T.WINOGRAD_EVEN_TASKS * n_threads:
             tasks = ceil_div(tasks, n_threads) * n_threads
         trows = max(1, ceil_div(N * th, tasks))
-    return n_threads, trows, trows * per_row // itemsize + 8 * (2 * tw + 2)
+    return n_threads, trows, trows * per_row // itemsize + 8 * (2 * tw + 2), {}
+
+
+def winograd_step(p, tile, own, fixed):
+    """The "winograd" Step of plan_winograd's answer p."""
+    return Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile,
+                                   "per_image": not (own or fixed),
+                                   "packed": winograd_packed(tile, fixed), **p[3]})
 
 
 def even_tile_rows(rows, want, tw, per_row, n_threads):
@@ -496,6 +505,37 @@ def even_tile_rows(rows, want, tw, per_row, n_threads):
     return best
 
 
+def _list_idle(costs, n_threads):
+    """The idle share of n_threads running these task costs in order, each task to the first
+    free thread (schedule="dynamic")."""
+    free = [0] * min(n_threads, len(costs))
+    for c in costs:
+        heapq.heapreplace(free, free[0] + c)
+    return 1 - sum(costs) / (n_threads * max(free))
+
+
+def winograd4_split(rows, tw, F, want, n_threads):
+    """(tile rows, filter blocks) of F(4x4)'s two-region split (the kernel's fparts), or None:
+    tasks of tile rows (tuning.WINOGRAD4_MIN_TASK_TILES tiles, where the batch has them, up to
+    ``want``) x near-equal blocks of whole 6-filter strips (at least
+    tuning.WINOGRAD4_SPLIT_MIN_STRIPS), a task's work its tiles x its strips: the fewest tasks
+    whose schedule leaves at most tuning.WINOGRAD4_MAX_IDLE of the team idle, else the least
+    idle (then the fewest tasks).  None where one filter block is all it can take."""
+    num, den = T.WINOGRAD4_MAX_IDLE
+    nu = ceil_div(F, 6)
+    best = None
+    for tr in range(min(want, ceil_div(T.WINOGRAD4_MIN_TASK_TILES, tw)), want + 1):
+        tiles = [min(tr, rows - g) * tw for g in range(0, rows, tr)]
+        for fp in range(1, max(1, nu // T.WINOGRAD4_SPLIT_MIN_STRIPS) + 1):
+            strips = [(b + 1) * nu // fp - b * nu // fp for b in range(fp)]
+            idle = _list_idle([t * s for t in tiles for s in strips], n_threads)
+            key = (den * idle > num, idle if den * idle > num else 0, len(tiles) * fp,
+                   idle, -tr)
+            if best is None or key < best[0]:
+                best = (key, tr, fp)
+    return None if best is None or best[2] == 1 else best[1:]
+
+
 def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, fixed=False):
     """plan_winograd for F(4x4) on BLAS: about tuning.WINOGRAD4_TASK_TILES tiles per task (the
     36 GEMMs' column count), each image's tile rows cut into equal tasks (the kernel's
@@ -503,7 +543,10 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, f
     a tile's other place among them), lowered only by the limit.  fixed (a fixed-order GEMM):
     the batch's tile rows cut into equal tasks, blocks spanning images (the kernel's per_image
     off); there each output is one chain over the channels whatever the task's tiles, so the
-    tile rows per task may follow the team (even_tile_rows).
+    tile rows per task may follow the team (even_tile_rows), and where those leave more than
+    tuning.WINOGRAD4_MAX_IDLE of the team idle (or the limit took threads from it), the
+    two-region split takes over where its shared V fits (winograd4_split; the params "fparts"
+    and "shared", the V's elements ahead of the threads' slices).
     The transformed filters U (36 * C * F elements, 4x the weight; F in whole strips of 6 when
     packed, winograd_packed) count against the limit."""
     limit -= 36 * C * winograd_filter_rows(F, winograd_packed(4, fixed)) * itemsize
@@ -515,12 +558,34 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, f
     extra = winograd_scratch(4, want, tw) * itemsize
     if per_row + winograd_scratch(4, 1, tw) * itemsize > limit:
         return None
+    team = n_threads
     n_threads = max(1, min(n_threads, limit // (per_row * want + extra)))
     budget = limit // n_threads
     trows = even_tile_rows(rows, want, tw, per_row, n_threads) if fixed else want
     while trows > 1 and trows * per_row + winograd_scratch(4, trows, tw) * itemsize > budget:
         trows -= 1
-    return n_threads, trows, trows * per_row // itemsize + winograd_scratch(4, trows, tw)
+    one = n_threads, trows, trows * per_row // itemsize + winograd_scratch(4, trows, tw), {}
+    num, den = T.WINOGRAD4_MAX_IDLE
+    rounds = ceil_div(ceil_div(rows, trows), n_threads)
+    idle = den * (1 - rows / (rounds * n_threads * trows)) > num
+    if not fixed or (n_threads == team and not idle):
+        return one
+    # (the split's smaller slices may fit more of the team the limit took from the one-region
+    # split: the team, else halves of it down to the one-region's where that one idles)
+    nt = team
+    while nt > n_threads or (nt == n_threads and idle):
+        split = winograd4_split(rows, tw, F, want, nt)
+        if split is None:
+            break
+        # the shared V of the batch's tiles, and per thread a block's M and the row scratch
+        tr, fp = split
+        per = 36 * 6 * ceil_div(ceil_div(F, 6), fp) * tr * tw + winograd_scratch(4, tr, tw)
+        if (36 * C * rows * tw + nt * per) * itemsize <= limit:
+            return nt, tr, per, {"fparts": fp, "shared": 36 * C * rows * tw}
+        if nt == n_threads:
+            break
+        nt = max(nt // 2, n_threads)
+    return one
 
 
 def plan_weight_winograd(s: ConvShape, Ho, Wo, itemsize, own_gemm, n_threads, limit):
@@ -892,9 +957,7 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             tile = 2
             p = plan_winograd(N, C, F, Ho, Wo, itemsize, n, wbytes, own, limit, tile, fixed)
         if p is not None:
-            return Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile,
-                                           "per_image": not (own or fixed),
-                                           "packed": winograd_packed(tile, fixed)})
+            return winograd_step(p, tile, own, fixed)
     if batch_ok(Ho, Wo, pointwise):
         Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
         p = plan_batch_forward(N, C, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, limit, own,
@@ -986,9 +1049,7 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
                 tile = 2
                 p = plan_winograd(N, F, Cg, H, W, itemsize, n, wbytes, own, limit, tile, fixed)
             if p is not None:
-                gx = Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile,
-                                             "per_image": not (own or fixed),
-                                             "packed": winograd_packed(tile, fixed)})
+                gx = winograd_step(p, tile, own, fixed)
         if gx is None and s.stride == (1, 1) and batch_ok(H, W, pointwise):
             Hp, Wp = batch_padded(H, W, KH, KW, (1, 1), s.dilation)
             p = plan_batch_forward(N, F, C, KH * KW, Hp * Wp, H * W, itemsize, n, limit, own,

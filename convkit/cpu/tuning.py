@@ -123,6 +123,15 @@ WINOGRAD4_TASK_TILES = 64
 WINOGRAD4_MAX_IDLE = (1, 10)
 WINOGRAD4_MIN_TASK_TILES = 32
 WINOGRAD4_TASK_BYTES = 36 * 4 * 64 * 512
+# ... and where no tile rows bring the idle share under WINOGRAD4_MAX_IDLE (few tiles: res_14's
+# 128, rpn_3x3's 130, res_28's 392 on 16 threads), the two-region split
+# (conv_plan.winograd4_split: a shared input transform, then tasks of tile rows x blocks of
+# 6-filter strips), its blocks at least this many strips: each extra block reads the tiles' V
+# again and its own slice of U, and one core's CPU time grew with them (res_14, tasks of 32
+# tiles: one block +11 %, 4 blocks of 10-11 strips +20 %, 8 of 5-6 strips +30 %, load ~8:
+# `python bench/wino4_split_ab.py --layers res_14,rpn_3x3 --rounds 15 --configs
+# 8:0,8:1,8:4,8:8,16:4`).  Not timed on 16 cores.
+WINOGRAD4_SPLIT_MIN_STRIPS = 4
 
 # grad_weight by the transposed F(4x4, 3x3) (conv_plan "weight_winograd": the layers whose
 # forward takes F(4x4)): its 36 GEMMs per part sum over runs of at most this many of the
