@@ -79,6 +79,12 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   the taps padded to a multiple of 3) + its planes, + the task's partial sums zeroed (fc*ldp);
   then a static region of F filters adding groups_n*(K+1) 8-lane sums.  Dup: halo rows, the
   planes again per extra filter block, the padded taps.
+- weight_stem_wino (conv2d_grad_weight_stem_wino, csrc/stem_wgrad.h): groups_n tasks, a group
+  the run of the batch's (image, row block) slabs it sums, each slab hr*ceil(Wo/4) tiles of
+  F*Kt products (Kt: the 13*C*KH transformed taps, each point's padded to a multiple of 3) + its
+  grad_y rows' transforms (F*hr*Wo) + its input rows' (as stem_wino's), + the group's partial
+  sums zeroed (F*(Kt+1)); then a static region of F filters adding groups_n*(Kt+1) sums and the
+  output transform (C*KH*7*13).  Dup: halo rows' transforms, the padded taps.
 - rowphases (forward, csrc/rowgemm.h): N*ceil(Ho/rows) tasks of rows*Wq*F*C*KK MACs (the rows
   computed Wq wide) + planes; dup: the Wq - Wo columns and the halo rows.
 - subpixel (grad_x of a strided conv whose kernel is a multiple of the stride):
@@ -154,6 +160,7 @@ SUM_PARAMS = {
     "weight_dot": (("groups_n", "rows", "kr"), ()),
     "dense": ((), ("row_blocks",)),
     "weight_stem": ((), ("rows", "fchunk", "groups_n")),
+    "weight_stem_wino": ((), ("rows", "groups_n")),
     "weight_winograd": ((), ("trows", "cols", "parts")),
 }
 
@@ -413,6 +420,24 @@ def backward_regions(algo, p, s, own, itemsize, which):
         main = Region("filter blocks x slab groups", costs, useful=useful)
         fold = Region("sum partials", [(K + 1) * G_ * 8] * F, "static")
         return [main, fold], 0, 0, (p["per_thread"] * p["_team"] + p["part"]) * itemsize
+    if algo == "weight_stem_wino":
+        sh = s.stride[0]
+        rows, nt, CK = p["rows"], cdiv(Wo, 4), C * KH
+        Kt = 6 * 3 * cdiv(2 * CK, 3) + 3 * cdiv(CK, 3)
+        halo = (KH - 1) // sh
+        slabs = [r for _ in range(N) for r in runs(Ho, rows)]
+        S, G_ = len(slabs), p["groups_n"]
+        vrow = 8 * nt * 13                  # one input phase row's transforms (8 tiles a step)
+        costs, useful = [], 0.0
+        for g in range(G_):
+            mine = range(g * S // G_, (g + 1) * S // G_)
+            costs.append(sum(slabs[i] * nt * F * Kt + F * slabs[i] * Wo
+                             + C * sh * (slabs[i] + halo) * vrow for i in mine) + F * (Kt + 1))
+            useful += sum(slabs[i] * nt * F * 13 * CK for i in mine)
+        useful += N * C * sh * (Ho + halo) * vrow + F * N * Ho * Wo  # (each phase row once)
+        main = Region("slab groups", costs, useful=useful)
+        fold = Region("sum partials", [(Kt + 1) * G_ + CK * 7 * 13] * F, "static")
+        return [main, fold], 0, 0, (p["per_thread"] * p["_team"] + p["part"]) * itemsize
     if algo == "subpixel" and which == "x":
         sh, sw = s.stride
         Th, ulo, uhi, _ = P.subpixel_axis(H, KH, sh, s.padding[0], s.dilation[0])
@@ -485,7 +510,8 @@ def analyse(step, s, own, itemsize, which, fg=False, bias_sum=False):
         Ho, Wo = s.out      # (grad_bias "sum": bias_grad's static region after the step)
         regions = regions + [Region("grad_bias", [s.N * Ho * Wo] * s.F, "static")]
     team = step.threads
-    if step.algo in ("weight_dot", "weight_winograd", "weight_rowgemm", "weight_stem"):
+    if step.algo in ("weight_dot", "weight_winograd", "weight_rowgemm", "weight_stem",
+                     "weight_stem_wino"):
         ws /= team          # (one buffer for the team: its share per thread)
     cost = sum(sum(r.costs) for r in regions) + serial
     span = sum(r.makespan(team) for r in regions) + serial

@@ -106,6 +106,11 @@ CONV = [
      {"forward": "phases" if OWN else "stem" if ok and cc._ROWGEMM else "im2col",
       "grad_weight": _gw("weight_dot", "weight_stem" if ok and cc._ROWGEMM else "im2col")},
      False),
+    # 16 filters: stem_wino and its weight gradient weight_stem_wino (20 slabs in 16 groups)
+    ("stem_wino", (4, 3, 72, 72), (16, 3, 7, 7), 2, 3, 1,
+     {"forward": "phases" if OWN else "stem_wino" if ok and cc._ROWGEMM else "im2col",
+      "grad_weight": _gw("weight_dot", "weight_stem_wino" if ok and cc._ROWGEMM else "im2col")},
+     False),
     ("phases_and_weight_dot", (2, 3, 64, 64), (8, 3, 7, 7), 2, 3, 1,
      {"forward": "phases", "grad_weight": "weight_dot"}, True),
 ]
@@ -213,9 +218,10 @@ _SUMS_BLAS = {"im2col": ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nspl
               "pointwise": ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit"),
               "winograd": ("trows",), "batch": ("imgs", "chans_w", "kimgs", "nsplit"),
               "dense": ("row_blocks",), "weight_stem": ("rows", "fchunk", "groups_n"),
+              "weight_stem_wino": ("rows", "groups_n"),
               "weight_winograd": ("trows", "cols", "parts")}
 # the machines: the Xeon's own GEMM, BLAS alone, and this CI's EPYC (BLAS, csrc/rowgemm.h and
-# csrc/fgemm.h: stem, weight_stem, F(4x4) and weight_winograd)
+# csrc/fgemm.h: stem, weight_stem(_wino), F(4x4) and weight_winograd)
 _CAPS = {"own_gemm": dict(own_sgemm=True, depthwise3x3_level=3),
          "blas": dict(own_sgemm=False, depthwise3x3_level=2),
          "blas_rowgemm_fgemm": dict(own_sgemm=False, depthwise3x3_level=2, rowgemm=True,
@@ -257,7 +263,7 @@ def test_the_suite_plans_cut_their_sums_alike_on_1_to_64_threads(machine):
         for label, cuts in seen.items():
             assert len(cuts) == 1, (c.name, label, cuts)
     if machine == "blas_rowgemm_fgemm":     # (the caps reach the algorithms they exist for)
-        assert {"stem_wino", "weight_stem", "weight_winograd"} <= algos, algos
+        assert {"stem_wino", "weight_stem_wino", "weight_winograd"} <= algos, algos
 
 
 @pytest.mark.skipif(not ok or cc._OWN_SGEMM or not cc._FIXED_SGEMM,

@@ -212,14 +212,22 @@ def _shape(N, C, H, W, F_, K, stride=2, pad=3, groups=1, dilation=1):
                           (dilation, dilation), groups)
 
 
-def test_stem_rule():
+def test_stem_rule(monkeypatch):
     stem = _shape(8, 3, 224, 224, 64, 7)
     plan = P.plan_conv(stem, np.float32, 2, BLAS_RG, LIMIT, needs_input_grad=False)
     assert (plan.forward.algo, plan.grad_weight.algo, plan.grad_bias) == (
-        "stem_wino", "weight_stem", "fused")     # (grad_bias summed by the weight gradient)
+        "stem_wino", "weight_stem_wino", "fused")    # (grad_bias summed by the weight gradient)
+    # weight_stem: weight_stem_wino's fallback, and the gradient below stem_wino's filters
+    # (checked below on the plan those filters give)
+    monkeypatch.setattr(tuning, "STEM_WINO_MIN_FILTERS", 10**9)
+    direct = P.plan_conv(stem, np.float32, 2, BLAS_RG, LIMIT, needs_input_grad=False)
+    assert direct.grad_weight == plan.grad_weight.params["direct"]
+    plan = direct
+    assert (plan.forward.algo, plan.grad_weight.algo, plan.grad_bias) == (
+        "stem", "weight_stem", "fused")
     planes = 3 * 4 * (tuning.STEM_ROWS + 3) * 115
     # (the direct stem: stem_wino's fallback, and the forward below its filter count)
-    for fw in (plan.forward.params["direct"],
+    for fw in (plan.forward,
                P.plan_conv(_shape(8, 3, 224, 224, 12, 7), np.float32, 2, BLAS_RG,
                            LIMIT).forward):
         assert fw.algo == "stem"
@@ -265,12 +273,15 @@ def test_stem_rule():
 
 def test_stem_splits_do_not_follow_the_thread_count():
     """weight_stem's sums are cut by row blocks, filter blocks and slab groups set by the
-    layer and the batch alone; the forward's outputs are one chain each."""
+    layer and the batch alone (weight_stem_wino's by row blocks and slab groups); the
+    forward's outputs are one chain each."""
     stem = _shape(8, 3, 224, 224, 64, 7)
 
     def cut(nt):
         gw = P.plan_conv(stem, np.float32, nt, BLAS_RG, LIMIT).grad_weight
-        return {k: gw.params[k] for k in ("rows", "fchunk", "groups_n")}
+        d = gw.params["direct"]
+        return ({k: gw.params[k] for k in ("rows", "groups_n")},
+                {k: d.params[k] for k in ("rows", "fchunk", "groups_n")})
     assert cut(1) == cut(2) == cut(3) == cut(8) == cut(16) == cut(64)
 
 

@@ -184,7 +184,7 @@ def test_stem_wino_rule():
     stem = _shape(8, 3, 224, 224, 64, 7)
     plan = P.plan_conv(stem, np.float32, 2, BLAS_RG, LIMIT, needs_input_grad=False)
     fw = plan.forward
-    assert fw.algo == "stem_wino" and plan.grad_weight.algo == "weight_stem"
+    assert fw.algo == "stem_wino" and plan.grad_weight.algo == "weight_stem_wino"
     rows = tuning.STEM_WINO_ROWS
     Ra, nt = rows + 3, 28
     assert fw.params["rows"] == rows

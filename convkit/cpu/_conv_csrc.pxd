@@ -13,6 +13,7 @@ by users; the public plane kernels are in _conv.pxd).  One header per kernel fam
     csrc/rowgemm.h a float32 GEMM reading B rows at offsets, for the sub-pixel grad_x (AVX2)
     csrc/stem.h    the strided first-layer conv's forward and weight gradient (AVX2)
     csrc/stem_wino.h  the stem's forward by a 1-D Winograd F(4, 4) / F(4, 3) along rows (AVX2)
+    csrc/stem_wgrad.h the stem's weight gradient by the transposed F(4, 4) / F(3, 4) (AVX2)
 
 The AVX-512 bodies are compiled with target attributes and picked at run time, so every build
 carries them and a CPU without AVX-512 takes the portable paths.
@@ -166,3 +167,20 @@ cdef extern from "csrc/stem_wino.h" nogil:
                                Py_ssize_t H, Py_ssize_t W, Py_ssize_t pt, Py_ssize_t pl,
                                Py_ssize_t h0, Py_ssize_t Ra, Py_ssize_t hr, Py_ssize_t Wo,
                                float* ws, float* y, Py_ssize_t ldy, const float* bias)
+
+
+cdef extern from "csrc/stem_wgrad.h" nogil:
+    Py_ssize_t ck_stem_wgrad_taps(Py_ssize_t C, Py_ssize_t KH)
+    Py_ssize_t ck_stem_wgrad_part_floats(Py_ssize_t F, Py_ssize_t C, Py_ssize_t KH)
+    Py_ssize_t ck_stem_wgrad_floats(Py_ssize_t C, Py_ssize_t KH, Py_ssize_t sh, Py_ssize_t rows,
+                                    Py_ssize_t Wo)
+    void ck_stem_wgrad_offsets(Py_ssize_t C, Py_ssize_t KH, Py_ssize_t sh, Py_ssize_t Ra,
+                               Py_ssize_t nt, Py_ssize_t* boff)
+    int ck_stem_wgrad_slab_f(Py_ssize_t F, Py_ssize_t C, Py_ssize_t KH, Py_ssize_t sh,
+                             const Py_ssize_t* boff, const float* x, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t h0, Py_ssize_t Ra,
+                             Py_ssize_t hr, Py_ssize_t Wo, const float* gy, Py_ssize_t ldg,
+                             float* ws, float* part, int with_bias)
+    void ck_stem_wgrad_fold(Py_ssize_t f, Py_ssize_t F, Py_ssize_t C, Py_ssize_t KH,
+                            Py_ssize_t groups_n, const float* part, Py_ssize_t ldgrp, float* gw,
+                            float* gb)

@@ -15,7 +15,10 @@ from ._blas cimport ck_sgemm_apacked_rows, gemm_fixed
 from ._conv_csrc cimport (ck_phases_f, ck_rowgemm_available, ck_rowgemm_f, ck_rowgemm_kc_f,
                           ck_stem_forward_f, ck_stem_wdot_f, ck_stem_wino_filters,
                           ck_stem_wino_offsets, ck_stem_wino_floats,
-                          ck_stem_wino_forward_f)
+                          ck_stem_wino_forward_f, ck_stem_wgrad_taps,
+                          ck_stem_wgrad_part_floats, ck_stem_wgrad_floats,
+                          ck_stem_wgrad_offsets,
+                          ck_stem_wgrad_slab_f, ck_stem_wgrad_fold)
 from ._conv_common cimport _min
 
 
@@ -505,4 +508,83 @@ def conv2d_grad_weight_stem(const float[:, :, :, ::1] gy, const float[:, :, :, :
                     gw[f, k // (KH * KW), (k // KW) % KH, k % KW] = s
     if failed:
         raise RuntimeError("conv2d_grad_weight_stem: csrc/stem.h does not run on this CPU")
+    return gw
+
+
+def stem_wgrad_offsets(Py_ssize_t C, Py_ssize_t KH, Py_ssize_t sh, Py_ssize_t Ra, Py_ssize_t nt,
+                       Py_ssize_t[::1] boff):
+    """boff (OUT, stem_wgrad_sizes(1, C, KH)[0]): each transformed tap's row offset, per point
+    padded to a multiple of 3 (csrc/stem_wgrad.h ck_stem_wgrad_offsets)."""
+    if boff.shape[0] != ck_stem_wgrad_taps(C, KH):
+        raise ValueError(f"stem_wgrad_offsets: boff must hold {ck_stem_wgrad_taps(C, KH)} "
+                         f"offsets, got {boff.shape[0]}")
+    ck_stem_wgrad_offsets(C, KH, sh, Ra, nt, &boff[0])
+    return boff
+
+
+def stem_wgrad_sizes(Py_ssize_t F, Py_ssize_t C, Py_ssize_t KH):
+    """(padded taps per filter, one slab group's partial-sum floats) of csrc/stem_wgrad.h."""
+    return ck_stem_wgrad_taps(C, KH), ck_stem_wgrad_part_floats(F, C, KH)
+
+
+def conv2d_grad_weight_stem_wino(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
+                                 float[:, :, :, ::1] gw, float[::1] gb, bint has_bias,
+                                 float[::1] ws, Py_ssize_t ws_per_thread, float[::1] part,
+                                 const Py_ssize_t[::1] boff, Py_ssize_t sh, Py_ssize_t pt,
+                                 Py_ssize_t pl, Py_ssize_t rows, Py_ssize_t groups_n,
+                                 int n_threads):
+    """grad_weight (OUT: gw, every value written; grad_bias gb too when has_bias) of
+    conv2d_forward_stem_wino's convs (kernel width 7, column stride 2) by the transposed 1-D
+    Winograd F(4, 4) / F(3, 4) along the rows (csrc/stem_wgrad.h, conv_plan
+    "weight_stem_wino").  Tasks: the batch's N * ceil(Ho / rows) (image, row block) slabs,
+    image after image, cut into groups_n (1 .. the slab count) fixed near-equal runs, set by the
+    caller's plan and never by the team, each summing into its own partial sums (part:
+    groups_n * stem_wgrad_sizes(F, C, KH)[1] floats) in slab order; then each weight is its
+    groups' sums added in order and transformed back in double.  So the bits do not depend on
+    the thread count.  boff: stem_wgrad_offsets for Ra = rows + (KH-1)//sh phase rows of
+    ceil(Wo/4) tiles.  Finite operands give finite results (Winograd mixes a tile's values: the
+    caller runs the direct weight_stem where the result is not finite).
+    ws_per_thread >= csrc/stem_wgrad.h's ck_stem_wgrad_floats (the forward's scratch + 56).
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = gw.shape[0], KH = gw.shape[2]
+    cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo
+    cdef Py_ssize_t Ra = rows + (KH - 1) // sh
+    cdef Py_ssize_t nrb = (Ho + rows - 1) // rows, S = N * nrb
+    cdef Py_ssize_t ldgrp = ck_stem_wgrad_part_floats(F, C, KH)
+    cdef Py_ssize_t g, sl, n, h0, f
+    cdef Py_ssize_t failed = 0
+    cdef float* Q
+    cdef float* P
+    if gw.shape[3] != 7 or gw.shape[1] != C or F % 4 or gy.shape[1] != F or gy.shape[0] != N:
+        raise ValueError("conv2d_grad_weight_stem_wino: gw must be (F, C, KH, 7), F a multiple "
+                         "of 4, and gy (N, F, Ho, Wo)")
+    if ck_stem_wgrad_floats(C, KH, sh, rows, Wo) > ws_per_thread \
+            or ws.shape[0] < n_threads * ws_per_thread:
+        raise ValueError("conv2d_grad_weight_stem_wino: ws_per_thread is below a slab's scratch "
+                         "or ws below n_threads of them")
+    if groups_n < 1 or groups_n > S or part.shape[0] < groups_n * ldgrp:
+        raise ValueError(f"conv2d_grad_weight_stem_wino: groups_n must be in 1 .. {S} (slabs) "
+                         f"and part hold groups_n * {ldgrp} floats, got {groups_n}, "
+                         f"{part.shape[0]}")
+    if boff.shape[0] != ck_stem_wgrad_taps(C, KH) or (has_bias and gb.shape[0] < F):
+        raise ValueError("conv2d_grad_weight_stem_wino: boff must be stem_wgrad_offsets' and "
+                         "gb hold F values")
+    with nogil:
+        for g in prange(groups_n, schedule="dynamic", num_threads=n_threads):
+            P = &part[0] + g * ldgrp
+            memset(P, 0, ldgrp * sizeof(float))
+            Q = &ws[0] + threadid() * ws_per_thread
+            for sl in range(g * S // groups_n, (g + 1) * S // groups_n):
+                n = sl // nrb
+                h0 = (sl - n * nrb) * rows
+                if not ck_stem_wgrad_slab_f(F, C, KH, sh, &boff[0], &x[n, 0, 0, 0], H, W, pt,
+                                            pl, h0, Ra, _min(rows, Ho - h0), Wo,
+                                            &gy[n, 0, h0, 0], HoWo, Q, P, has_bias):
+                    failed += 1     # (the plan picks this only where csrc/stem.h runs)
+        for f in prange(F, schedule="static", num_threads=n_threads):
+            ck_stem_wgrad_fold(f, F, C, KH, groups_n, &part[0], ldgrp, &gw[0, 0, 0, 0],
+                               &gb[f] if has_bias else <float*>NULL)
+    if failed:
+        raise RuntimeError("conv2d_grad_weight_stem_wino: csrc/stem.h does not run on this CPU")
     return gw

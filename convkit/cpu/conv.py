@@ -109,7 +109,8 @@ _MAX_PLANS = 256
 # wide, phases, rowphases and stem compute each output from its own window, and weight_rowgemm
 # and weight_stem each weight from its own products (the stem's padded taps and masked tails
 # read no other values), padding included, as torch does: no check, no cost.  stem_wino checks
-# its operands itself and falls back to the direct stem (_fwd_stem_wino).
+# its operands itself and falls back to the direct stem (_fwd_stem_wino); weight_stem_wino checks
+# its result and falls back to weight_stem (_bwd_weight_stem_wino).
 _MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel",
                       "weight_winograd"})
 _MIXES_W = frozenset({"depthwise", "depthwise3x3"})
@@ -731,6 +732,34 @@ def _bwd_weight_stem(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                     p["groups_n"], step.threads)
 
 
+@functools.lru_cache(maxsize=64)
+def _stem_wgrad_offsets(C, KH, sh, Ra, nt):
+    """csrc/stem_wgrad.h's tap offsets for slabs of Ra phase rows of nt tiles."""
+    o = np.empty(_phases.stem_wgrad_sizes(4, C, KH)[0], np.intp)
+    o = np.asarray(_phases.stem_wgrad_offsets(C, KH, sh, Ra, nt, o))
+    o.flags.writeable = False
+    return o
+
+
+def _bwd_weight_stem_wino(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
+    """grad_weight by the transposed 1-D Winograd on csrc/stem_wgrad.h
+    (conv_plan.plan_weight_stem_wino).  Its transforms mix a tile's values (inf * 0 = NaN), and
+    a NaN or inf in x or grad_y always leaves one in the result, as does a transform that
+    overflows: where the result (or grad_bias) is not finite, the direct weight_stem
+    (step.params["direct"]) computes it again, each weight from its own products as torch.
+    Checking the 64 x 147 results costs nothing; checking the operands would read them again."""
+    p, sh = step.params, s.stride[0]
+    per, npart, rows = p["per_thread"], p["part"], p["rows"]
+    ws = _workspace(per * step.threads + npart, np.float32, "weight_stem")
+    _phases.conv2d_grad_weight_stem_wino(
+        gy, x, gw, gb if gb is not None else np.empty(1, np.float32), gb is not None,
+        ws[:per * step.threads], per, ws[per * step.threads:per * step.threads + npart],
+        _stem_wgrad_offsets(s.C, s.KH, sh, rows + (s.KH - 1) // sh, -(-gy.shape[3] // 4)),
+        sh, s.padding[0], s.padding[2], rows, p["groups_n"], step.threads)
+    if not (np.isfinite(gw).all() and (gb is None or np.isfinite(gb).all())):
+        _bwd_weight_stem(gy, x, weight, gx, gw, gb, s, p["direct"], needs_gx, needs_gw)
+
+
 def _bwd_weight_winograd(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     """grad_weight by the transposed F(4x4, 3x3) (conv_plan.plan_weight_winograd)."""
     p = step.params
@@ -761,7 +790,8 @@ def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
 _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "dense": _bwd_dense,
              "winograd": _bwd_winograd, "batch": _bwd_batch, "weight_dot": _bwd_weight_dot,
              "subpixel": _bwd_subpixel, "weight_rowgemm": _bwd_weight_rowgemm,
-             "weight_stem": _bwd_weight_stem, "weight_winograd": _bwd_weight_winograd,
+             "weight_stem": _bwd_weight_stem, "weight_stem_wino": _bwd_weight_stem_wino,
+             "weight_winograd": _bwd_weight_winograd,
              "pointwise": _bwd_im2col, "im2col": _bwd_im2col}
 
 

@@ -29,6 +29,9 @@ stem_wino       the stem rule's 7-wide kernels at column stride 2 (>= 16 filters
                 1-D Winograd F(4, 4) / F(4, 3) along the rows on the column phases,
                 the kernel rows direct (csrc/stem_wino.h); non-finite operands: stem
 weight_stem     the stem rule: dot products over the phase planes (csrc/stem.h)         w
+weight_stem_wino  stem_wino's layers: the transposed F(4, 4) / F(3, 4) along the rows,     w
+                the transforms' dot products over the batch's tiles (csrc/stem_wgrad.h);
+                a result that is not finite: weight_stem
 weight_winograd where the forward takes F(4x4, 3x3): the transposed F(4x4) -- 36 GEMMs    w
                 of transformed grad_y and x tiles, then the 3x3 filter transform
 pointwise       1x1, stride 1, no padding: GEMMs straight on x                          f, x, w
@@ -792,6 +795,36 @@ def plan_weight_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n
             part)
 
 
+def stem_wgrad_part(s: ConvShape):
+    """Floats of one slab group's partial sums of weight_stem_wino (csrc/stem_wgrad.h
+    ck_stem_wgrad_part_floats): per filter each point's transformed taps, padded to the
+    kernel's 3-tap tiles, and a bias sum."""
+    ck = s.C * s.KH
+    return s.F * (6 * 3 * ceil_div(2 * ck, 3) + 3 * ceil_div(ck, 3) + 1)
+
+
+def plan_weight_stem_wino(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
+                          limit):
+    """(threads, rows per slab, slab groups, scratch floats per thread, partial-sum floats) of
+    the stem weight gradient by the transposed 1-D Winograd (grad_bias summed on the way), or
+    None.  stem_wino's layers (the stem rule, a kernel 7 wide at column stride 2, at least
+    tuning.STEM_WINO_MIN_FILTERS filters).  Tasks: the batch's (image, tuning.STEM_WINO_W_ROWS
+    row block) slabs in fixed groups of consecutive slabs, about tuning.STEM_W_TASKS of them
+    (at most one per slab, no more than the workspace limit holds the partial sums of) -- set
+    by the layer, the batch and the limit alone, so no bits follow the team."""
+    if not (stem_ok(s, Ho, Wo, float32, caps, pointwise) and s.KW == 7 and s.stride[1] == 2
+            and s.F >= T.STEM_WINO_MIN_FILTERS):
+        return None
+    rows = min(Ho, T.STEM_WINO_W_ROWS)
+    per = stem_wino_floats(s, rows, Wo) + 7 * 8     # (csrc/stem_wgrad.h ck_stem_wgrad_floats)
+    one = stem_wgrad_part(s)
+    groups_n = min(s.N * ceil_div(Ho, rows), T.STEM_W_TASKS, (limit // 4 - per) // one)
+    if groups_n < 1:
+        return None
+    part = groups_n * one
+    return fit_team(n_threads, per * 4, 0, limit - part * 4), rows, groups_n, per, part
+
+
 def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
                         limit):
     """(filters per task, taps per pass, workspace floats) of the rowgemm weight gradient, or
@@ -1086,8 +1119,13 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         if p is not None:
             gw = Step("weight_stem", p[0], {"rows": p[1], "fchunk": p[2], "groups_n": p[3],
                                             "per_thread": p[4], "part": p[5]})
+            q = plan_weight_stem_wino(s, Ho, Wo, f32, caps, pointwise, n, limit)
+            if q is not None:   # (weight_stem runs it where the result is not finite)
+                gw = Step("weight_stem_wino", q[0], {"rows": q[1], "groups_n": q[2],
+                                                     "per_thread": q[3], "part": q[4],
+                                                     "direct": gw})
             if not gx_left:
-                return gx, gw, "fused", p[0]
+                return gx, gw, "fused", gw.threads
     if batch_ok(Ho, Wo, pointwise):      # (never together with weight_dot)
         Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
         p = plan_batch_backward(N, Cg, G, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, gx_left,
@@ -1116,7 +1154,7 @@ def _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointw
     if gw is not None:       # grad_weight by another kernel: the im2col pass makes grad_x only
         if gw.algo == "weight_dot":
             return step, gw, "fused", n
-        return (step, gw, "fused", gw.threads) if gw.algo == "weight_stem" else \
+        return (step, gw, "fused", gw.threads) if gw.algo.startswith("weight_stem") else \
             (step, gw, "sum", bias_n)
     return (step if gx_left else gx), step, "sum", bias_n
 

@@ -251,6 +251,14 @@ STEM_WINO_MIN_FILTERS = 16
 # medians of 7 interleaved rounds, load ~6 (`python bench/stem_wino_ab.py --sweep
 # STEM_WINO_ROWS=4,8,16,28`): 4 rows 23.4 ms, 8 21.7, 16 20.9, 28 20.6.  Not in RESULTS.md.
 STEM_WINO_ROWS = 16
+# Its weight gradient ("weight_stem_wino", csrc/stem_wgrad.h, same layers): output rows per slab
+# (a slab's transformed rows, one point's of them with a 4-filter panel's transformed grad_y in
+# L1 at 8 rows; each 4 x 3 tile's dot products run over rows * ceil(Wo/4) tiles).  The slab
+# groups are weight_stem's (tuning.STEM_W_TASKS): stem_224's 112 slabs make 16 groups of 7.
+# One thread, CPU time, 9 interleaved rounds, load ~8 (`python bench/stem_wgrad_ab.py --sweep
+# STEM_WINO_W_ROWS=8,14,16 --rounds 9`): 16.6 / 16.4 / 15.7 ms median, within the noise; 8
+# keeps 16 threads' groups equal (7 slabs; 16 rows: 56 slabs, groups of 3 and 4).
+STEM_WINO_W_ROWS = 8
 
 # Weight gradient on csrc/rowgemm.h (conv_plan "weight_rowgemm"): filters per task (all of a
 # layer's up to this many: every filter panel reuses a pass's x rows from L1, where 16 made

@@ -134,20 +134,8 @@ CK_ST_TARGET static void ck_stem_forward_avx2(ptrdiff_t F, ptrdiff_t K, const fl
     }
 }
 
-/* the gradient's tile: filters g0..g3 (rows of gy, ldg apart) x taps boff[0..2], over hr rows
- * of Wo columns */
-CK_ST_TARGET static void ck_st_wtile(ptrdiff_t hr, ptrdiff_t Wo, const float *g, ptrdiff_t ldg,
-                                     const float *Q, ptrdiff_t Wq, const ptrdiff_t *boff,
-                                     float *part, ptrdiff_t ldp)
-{
-    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
-    __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
-    const ptrdiff_t full = Wo & ~(ptrdiff_t)7;
-    const __m256i mask = ck_st_mask(Wo - full);
-    for (ptrdiff_t r = 0; r < hr; ++r) {
-        const float *gr = g + r * Wo;
-        const float *q0 = Q + boff[0] + r * Wq, *q1 = Q + boff[1] + r * Wq,
-                    *q2 = Q + boff[2] + r * Wq;
+/* one vector step of a 4-filter x 3-tap dot-product tile: filter rows gr + i*ldg, taps q0..q2,
+ * accumulators a00..a32 (also csrc/stem_wgrad.h's tiles) */
 #define CK_ST_WSTEP(LOAD, j)                                                                    \
         do {                                                                                    \
             const __m256 x0 = LOAD(q0 + (j)), x1 = LOAD(q1 + (j)), x2 = LOAD(q2 + (j));         \
@@ -164,13 +152,31 @@ CK_ST_TARGET static void ck_st_wtile(ptrdiff_t hr, ptrdiff_t Wo, const float *g,
             a30 = _mm256_fmadd_ps(gv, x0, a30), a31 = _mm256_fmadd_ps(gv, x1, a31);             \
             a32 = _mm256_fmadd_ps(gv, x2, a32);                                                 \
         } while (0)
+/* the step over n values: whole vectors, then the tail masked (mask: its lanes) */
+#define CK_ST_WRUN(n)                                                                           \
+        do {                                                                                    \
+            const ptrdiff_t full_ = (n) & ~(ptrdiff_t)7;                                        \
+            for (ptrdiff_t j = 0; j < full_; j += 8)                                            \
+                CK_ST_WSTEP(_mm256_loadu_ps, j);                                                \
+            if (full_ < (n))                                                                    \
+                CK_ST_WSTEP(CK_ST_MLOAD, full_);                                                \
+        } while (0)
 #define CK_ST_MLOAD(p) _mm256_maskload_ps((p), mask)
-        for (ptrdiff_t j = 0; j < full; j += 8)
-            CK_ST_WSTEP(_mm256_loadu_ps, j);
-        if (full < Wo)
-            CK_ST_WSTEP(CK_ST_MLOAD, full);
-#undef CK_ST_MLOAD
-#undef CK_ST_WSTEP
+
+/* the gradient's tile: filters g0..g3 (rows of gy, ldg apart) x taps boff[0..2], over hr rows
+ * of Wo columns */
+CK_ST_TARGET static void ck_st_wtile(ptrdiff_t hr, ptrdiff_t Wo, const float *g, ptrdiff_t ldg,
+                                     const float *Q, ptrdiff_t Wq, const ptrdiff_t *boff,
+                                     float *part, ptrdiff_t ldp)
+{
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
+    __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
+    const __m256i mask = ck_st_mask(Wo & 7);
+    for (ptrdiff_t r = 0; r < hr; ++r) {
+        const float *gr = g + r * Wo;
+        const float *q0 = Q + boff[0] + r * Wq, *q1 = Q + boff[1] + r * Wq,
+                    *q2 = Q + boff[2] + r * Wq;
+        CK_ST_WRUN(Wo);
     }
 #define CK_ST_ADD(i, t, a)                                                                      \
     _mm256_storeu_ps(part + (i) * ldp + 8 * (t),                                                \
