@@ -143,6 +143,11 @@ cdef extern from "csrc/rowgemm.h" nogil:
     int ck_rowgemm_kc_f(Py_ssize_t P, Py_ssize_t L, Py_ssize_t K, const float* wt,
                         const float* b, const Py_ssize_t* boff, float* out, Py_ssize_t ldo,
                         Py_ssize_t kc)
+    int ck_rowgemm_pass_f(Py_ssize_t P, Py_ssize_t L, Py_ssize_t K, Py_ssize_t k0,
+                          Py_ssize_t kc, const float* wt, const float* b, const Py_ssize_t* boff,
+                          float* out, Py_ssize_t ldo)
+    void ck_rg_to_cl(const float* x, Py_ssize_t ldx, Py_ssize_t C, Py_ssize_t W, float* dst)
+    void ck_rg_panel4(const float* s, Py_ssize_t lds, Py_ssize_t n, float* dst)
 
 
 cdef extern from "csrc/stem.h" nogil:

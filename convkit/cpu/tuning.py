@@ -196,6 +196,12 @@ PHASES_TASKS_PER_THREAD = 4
 # 812 positions per task within the noise.  Not measured in RESULTS.md.
 ROWPHASES_POSITIONS = 240
 ROWPHASES_MIN_WO = 16
+# ... taps per rowgemm pass (csrc/rowgemm.h's kc; the same bits for any kc).  convt_28's grad_x
+# (K = 512 taps), one thread, CPU time, medians of 7 interleaved rounds, load ~6 (`python
+# bench/convt_passes.py --threads 1 --clock cpu --passes gx --sweep ROWPHASES_KC=512,256,128,64`):
+# 6.04 / 6.17 / 6.34 / 6.05 ms -- within the noise, so one pass (a 24-column block's 512 rows,
+# 48 KiB, read from L2).  Not in RESULTS.md.
+ROWPHASES_KC = 512
 
 # The strided first layer on csrc/stem.h (BLAS machines with AVX2; conv_plan "stem" and
 # "weight_stem"): strided, groups 1, dilation 1, a kernel that is not a multiple of the stride
@@ -248,7 +254,10 @@ STEM_WINO_ROWS = 16
 # each task stream x from L3 again, ~1.3x slower) and taps (batch positions) per pass.
 # Measured on convt_28's grad_weight only (one thread, CPU time, loaded machine: 6.4-8.1 ms
 # against 8.9-9.3 on im2col + OpenBLAS, torch 6.0-6.4; passes of 32-256 within the noise).
-# Not measured in RESULTS.md.
+# A task runs the kernel rows of one residue mod the stride pass by pass (conv_plan
+# plan_weight_rowgemm): 6.21 ms against 6.65 one kernel row per task (`python
+# bench/convt_passes.py --threads 1 --clock cpu --passes gw --rounds 9 --sweep
+# weight_rowgemm.khs=1,2`, load ~8, torch 6.38).  Not measured in RESULTS.md.
 WGRAD_RG_FILTERS = 64
 WGRAD_RG_PASS = 64
 

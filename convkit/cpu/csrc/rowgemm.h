@@ -120,29 +120,108 @@ CK_RG_TARGET static inline void ck_rg_narrow(ptrdiff_t K, int R, const float *w0
 /* KC: taps per pass (K: one pass); a longer K is summed in passes, each going on from the
  * stored sums -- the same chain, so the same bits as one pass -- and each pass runs every
  * column block, so its KC rows of B are read once from memory (K = 0: one pass, zeros) */
+/* one pass: taps [k0, k0 + kc) of K, every panel and column block, going on from the sums in
+ * out when k0 > 0 */
+CK_RG_TARGET static void ck_rg_pass(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, ptrdiff_t k0,
+                                    ptrdiff_t kc, const float *wt, const float *b,
+                                    const ptrdiff_t *boff, float *out, ptrdiff_t ldo)
+{
+    const int acc = k0 > 0;
+    ptrdiff_t j = 0;
+    for (; j + 24 <= L; j += 24)
+        for (ptrdiff_t p = 0; p < P; p += 4)
+            ck_rg_tile3(kc, wt + p * K + 4 * k0, b + j, boff + k0, out + p * ldo + j, ldo, acc);
+    for (; j < L; j += 8) {
+        const int n = L - j < 8 ? (int)(L - j) : 8;
+        for (ptrdiff_t p = 0; p < P; p += 8) {
+            const int R = P - p >= 8 ? 8 : 4;
+            ck_rg_narrow(kc, R, wt + p * K + 4 * k0, wt + (p + 4) * K + 4 * k0, b + j,
+                         boff + k0, out + p * ldo + j, ldo, n, acc);
+        }
+    }
+}
+
 CK_RG_TARGET static void ck_rowgemm_avx2(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt,
                                          const float *b, const ptrdiff_t *boff, float *out,
                                          ptrdiff_t ldo, ptrdiff_t KC)
 {
     ptrdiff_t k0 = 0;
     do {
-        const ptrdiff_t kc = K - k0 < KC ? K - k0 : KC;
-        const int acc = k0 > 0;
-        ptrdiff_t j = 0;
-        for (; j + 24 <= L; j += 24)
-            for (ptrdiff_t p = 0; p < P; p += 4)
-                ck_rg_tile3(kc, wt + p * K + 4 * k0, b + j, boff + k0, out + p * ldo + j, ldo,
-                            acc);
-        for (; j < L; j += 8) {
-            const int n = L - j < 8 ? (int)(L - j) : 8;
-            for (ptrdiff_t p = 0; p < P; p += 8) {
-                const int R = P - p >= 8 ? 8 : 4;
-                ck_rg_narrow(kc, R, wt + p * K + 4 * k0, wt + (p + 4) * K + 4 * k0, b + j,
-                             boff + k0, out + p * ldo + j, ldo, n, acc);
-            }
-        }
+        ck_rg_pass(P, L, K, k0, K - k0 < KC ? K - k0 : KC, wt, b, boff, out, ldo);
         k0 += KC;
     } while (k0 < K);
+}
+
+/* dst[w*C + c] = x[c*ldx + w] for w < W, c < C (an image row of C channels, ldx apart, to
+ * channels-last): 8 x 8 blocks by register transposes, the edges one value at a time.  The
+ * strided gather one value at a time took an eighth of convt_28's grad_weight. */
+CK_RG_TARGET static void ck_rg_to_cl(const float *x, ptrdiff_t ldx, ptrdiff_t C, ptrdiff_t W,
+                                     float *dst)
+{
+    ptrdiff_t c = 0;
+    for (; c + 8 <= C; c += 8) {
+        ptrdiff_t w = 0;
+        for (; w + 8 <= W; w += 8) {
+            const float *s = x + c * ldx + w;
+            const __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ldx);
+            const __m256 r2 = _mm256_loadu_ps(s + 2 * ldx), r3 = _mm256_loadu_ps(s + 3 * ldx);
+            const __m256 r4 = _mm256_loadu_ps(s + 4 * ldx), r5 = _mm256_loadu_ps(s + 5 * ldx);
+            const __m256 r6 = _mm256_loadu_ps(s + 6 * ldx), r7 = _mm256_loadu_ps(s + 7 * ldx);
+            const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+            const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            float *d = dst + w * C + c;
+            _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(d + C, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(d + 2 * C, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(d + 3 * C, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(d + 4 * C, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(d + 5 * C, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(d + 6 * C, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(d + 7 * C, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+        for (; w < W; ++w)
+            for (ptrdiff_t i = 0; i < 8; ++i)
+                dst[w * C + c + i] = x[(c + i) * ldx + w];
+    }
+    for (; c < C; ++c)
+        for (ptrdiff_t w = 0; w < W; ++w)
+            dst[w * C + c] = x[c * ldx + w];
+}
+
+/* dst[4*i + f] = s[f*lds + i] for i < n, f < 4: four rows into rowgemm's 4-row panel order
+ * (8 positions at a time by register transposes). */
+CK_RG_TARGET static void ck_rg_panel4(const float *s, ptrdiff_t lds, ptrdiff_t n, float *dst)
+{
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 r0 = _mm256_loadu_ps(s + i), r1 = _mm256_loadu_ps(s + lds + i);
+        const __m256 r2 = _mm256_loadu_ps(s + 2 * lds + i), r3 = _mm256_loadu_ps(s + 3 * lds + i);
+        const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+        const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+        /* a position's 4 filters: u0 = i0 | i4, u1 = i1 | i5, u2 = i2 | i6, u3 = i3 | i7 */
+        const __m256 u0 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t0),
+                                                              _mm256_castps_pd(t2)));
+        const __m256 u1 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t0),
+                                                              _mm256_castps_pd(t2)));
+        const __m256 u2 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t1),
+                                                              _mm256_castps_pd(t3)));
+        const __m256 u3 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t1),
+                                                              _mm256_castps_pd(t3)));
+        float *d = dst + 4 * i;
+        _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u1, 0x20));
+        _mm256_storeu_ps(d + 8, _mm256_permute2f128_ps(u2, u3, 0x20));
+        _mm256_storeu_ps(d + 16, _mm256_permute2f128_ps(u0, u1, 0x31));
+        _mm256_storeu_ps(d + 24, _mm256_permute2f128_ps(u2, u3, 0x31));
+    }
+    for (; i < n; ++i)
+        for (ptrdiff_t f = 0; f < 4; ++f)
+            dst[4 * i + f] = s[f * lds + i];
 }
 
 static int ck_rowgemm_available(void)
@@ -176,7 +255,43 @@ static int ck_rowgemm_kc_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *w
     return 1;
 }
 
+/* ck_rowgemm_kc_f's pass over taps [k0, k0 + kc) alone (0 < kc, k0 + kc <= K), going on from
+ * the sums in out when k0 > 0: passes in order over [0, K) give ck_rowgemm_f's bits, whatever
+ * else runs between them (the weight gradient interleaves kernel rows pass by pass). */
+static int ck_rowgemm_pass_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, ptrdiff_t k0, ptrdiff_t kc,
+                             const float *wt, const float *b, const ptrdiff_t *boff, float *out,
+                             ptrdiff_t ldo)
+{
+    if (P % 4 != 0 || kc < 1 || k0 < 0 || k0 + kc > K || !ck_rowgemm_available())
+        return 0;
+    ck_rg_pass(P, L, K, k0, kc, wt, b, boff, out, ldo);
+    return 1;
+}
+
 #else
+
+static int ck_rowgemm_pass_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, ptrdiff_t k0, ptrdiff_t kc,
+                             const float *wt, const float *b, const ptrdiff_t *boff, float *out,
+                             ptrdiff_t ldo)
+{
+    (void)P; (void)L; (void)K; (void)k0; (void)kc; (void)wt; (void)b; (void)boff; (void)out;
+    (void)ldo;
+    return 0;
+}
+
+static void ck_rg_to_cl(const float *x, ptrdiff_t ldx, ptrdiff_t C, ptrdiff_t W, float *dst)
+{
+    for (ptrdiff_t w = 0; w < W; ++w)
+        for (ptrdiff_t c = 0; c < C; ++c)
+            dst[w * C + c] = x[c * ldx + w];
+}
+
+static void ck_rg_panel4(const float *s, ptrdiff_t lds, ptrdiff_t n, float *dst)
+{
+    for (ptrdiff_t i = 0; i < n; ++i)
+        for (ptrdiff_t f = 0; f < 4; ++f)
+            dst[4 * i + f] = s[f * lds + i];
+}
 
 static int ck_rowgemm_available(void) { return 0; }
 
