@@ -12,7 +12,8 @@ from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
 from ._blas cimport ck_sgemm_apacked_rows, gemm_fixed
-from ._conv_csrc cimport (ck_phases_f, ck_rg_panel4, ck_rg_to_cl, ck_rowgemm_available,
+from ._conv_csrc cimport (ck_phases_f, ck_rg_interleave2, ck_rg_pad_rows, ck_rg_panel4,
+                          ck_rg_to_cl, ck_rowgemm_available,
                           ck_rowgemm_f, ck_rowgemm_kc_f, ck_rowgemm_pass_f,
                           ck_stem_forward_f, ck_stem_wdot_f, ck_stem_wino_filters,
                           ck_stem_wino_offsets, ck_stem_wino_floats,
@@ -125,6 +126,19 @@ cdef void _interleave_row(floating* dst, const floating* out, Py_ssize_t ldp, Py
     _phase_copy(dst + 1, s1, 2, m1, b1)
 
 
+cdef inline bint _interleave2_f(float* dst, const float* out, Py_ssize_t ldp, Py_ssize_t W,
+                               Py_ssize_t Wu, Py_ssize_t vlo, const Py_ssize_t* emin_w,
+                               bint has_bias, float bv) noexcept nogil:
+    """_interleave_row at stride 2, then + bv where has_bias, by csrc/rowgemm.h's AVX2
+    interleave (the same values: copies and one float32 add each), where the two phases cover
+    the row; False: not done."""
+    cdef Py_ssize_t o0 = emin_w[0] - vlo, o1 = emin_w[1] - vlo
+    if _min((W + 1) // 2, Wu - o0) != (W + 1) // 2 or _min(W // 2, Wu - o1) != W // 2:
+        return False
+    ck_rg_interleave2(dst, out + o0, out + ldp + o1, (W + 1) // 2, W // 2, has_bias, bv)
+    return True
+
+
 def rowgemm_available():
     """True where conv2d_grad_x_subpixel's float32 GEMM reads the slab in place (AVX2 + FMA,
     csrc/rowgemm.h); else its columns are copied and the GEMM goes to BLAS."""
@@ -186,8 +200,12 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
             memset(cols - (Tw - 1), 0, (Tw - 1) * sizeof(floating))
             for g in range(G):
                 for f in range(Fg):
-                    _padded_rows(&gy[n, g * Fg + f, 0, 0], Ho, Wo, ulo + h0, hr + Th - 1, vlo,
-                                 Wp, slab + f * SP)
+                    if direct:              # (float32 where csrc/rowgemm.h runs)
+                        ck_rg_pad_rows(<const float*>&gy[n, g * Fg + f, 0, 0], Ho, Wo, ulo + h0,
+                                       hr + Th - 1, vlo, Wp, <float*>slab + f * SP)
+                    else:
+                        _padded_rows(&gy[n, g * Fg + f, 0, 0], Ho, Wo, ulo + h0, hr + Th - 1,
+                                     vlo, Wp, slab + f * SP)
                 if not (direct and _rowgemm(P, L, K, &wpan[g, 0], slab, &boff[0], out)):
                     for k in range(K):
                         memcpy(cols + k * L, slab + boff[k], L * sizeof(floating))
@@ -202,6 +220,11 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
                         if i < 0 or ih >= H:
                             continue
                         grow = &gx[n, g * Cg + c, ih, 0]
+                        if direct and sw == 2 and _interleave2_f(
+                                <float*>grow, <const float*>out + (qh * sw * Cg + c) * L + r * Wp,
+                                Cg * L, W, Wu, vlo, &emin_w[0], has_bias,
+                                <float>bias[g * Cg + c] if has_bias else 0):
+                            continue                # (bias added on the way)
                         _interleave_row(grow, out + (qh * sw * Cg + c) * L + r * Wp, Cg * L, sw,
                                         W, Wu, vlo, &emin_w[0])
                         if has_bias:                # (the row is still in L1)

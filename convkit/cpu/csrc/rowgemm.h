@@ -224,6 +224,63 @@ CK_RG_TARGET static void ck_rg_panel4(const float *s, ptrdiff_t lds, ptrdiff_t n
             dst[4 * i + f] = s[f * lds + i];
 }
 
+/* dst[2j] = s0[j] (+ bias) for j < n0, dst[2j + 1] = s1[j] (+ bias) for j < n1: a row of the
+ * sub-pixel grad_x from its two column phases, 16 values per step (unpack + lane permute), the
+ * bias added as the scalar loop adds it (one float32 add per value; none where !has_bias, so
+ * a -0 stays -0). */
+CK_RG_TARGET static void ck_rg_interleave2(float *dst, const float *s0, const float *s1,
+                                           ptrdiff_t n0, ptrdiff_t n1, int has_bias, float bias)
+{
+    const ptrdiff_t m = n0 < n1 ? n0 : n1;
+    const __m256 bv = _mm256_set1_ps(bias);
+    ptrdiff_t j = 0;
+    for (; j + 8 <= m; j += 8) {
+        __m256 a = _mm256_loadu_ps(s0 + j), b = _mm256_loadu_ps(s1 + j);
+        if (has_bias) {
+            a = _mm256_add_ps(a, bv);
+            b = _mm256_add_ps(b, bv);
+        }
+        const __m256 lo = _mm256_unpacklo_ps(a, b), hi = _mm256_unpackhi_ps(a, b);
+        _mm256_storeu_ps(dst + 2 * j, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(dst + 2 * j + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
+    for (ptrdiff_t i = j; i < n0; ++i)
+        dst[2 * i] = has_bias ? s0[i] + bias : s0[i];
+    for (ptrdiff_t i = j; i < n1; ++i)
+        dst[2 * i + 1] = has_bias ? s1[i] + bias : s1[i];
+}
+
+/* dst (nr x Wp) = rows [r0, r0 + nr), columns [c0, c0 + Wp) of the plane x (H x W), 0 outside
+ * it: the sub-pixel grad_x's slab rows by vector moves (a memcpy and two memsets per row of 28
+ * values cost more than the copy). */
+CK_RG_TARGET static void ck_rg_pad_rows(const float *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0,
+                                        ptrdiff_t nr, ptrdiff_t c0, ptrdiff_t Wp, float *dst)
+{
+    const ptrdiff_t lo = c0 < 0 ? (-c0 < Wp ? -c0 : Wp) : 0;
+    ptrdiff_t up = W - c0 < Wp ? W - c0 : Wp;
+    if (up < lo)
+        up = lo;
+    for (ptrdiff_t r = 0; r < nr; ++r) {
+        float *d = dst + r * Wp;
+        if (r0 + r < 0 || r0 + r >= H || up - lo < 8) {
+            for (ptrdiff_t j = 0; j < Wp; ++j)
+                d[j] = r0 + r >= 0 && r0 + r < H && j >= lo && j < up
+                           ? x[(r0 + r) * W + c0 + j] : 0.0f;
+            continue;
+        }
+        const float *src = x + (r0 + r) * W + c0;
+        for (ptrdiff_t j = 0; j < lo; ++j)
+            d[j] = 0.0f;
+        ptrdiff_t j = lo;
+        for (; j + 8 <= up; j += 8)
+            _mm256_storeu_ps(d + j, _mm256_loadu_ps(src + j));
+        if (j < up)             /* the last 8 again, overlapping (up - lo >= 8) */
+            _mm256_storeu_ps(d + up - 8, _mm256_loadu_ps(src + up - 8));
+        for (j = up; j < Wp; ++j)
+            d[j] = 0.0f;
+    }
+}
+
 static int ck_rowgemm_available(void)
 {
     static int known = -1;
@@ -291,6 +348,26 @@ static void ck_rg_panel4(const float *s, ptrdiff_t lds, ptrdiff_t n, float *dst)
     for (ptrdiff_t i = 0; i < n; ++i)
         for (ptrdiff_t f = 0; f < 4; ++f)
             dst[4 * i + f] = s[f * lds + i];
+}
+
+static void ck_rg_interleave2(float *dst, const float *s0, const float *s1, ptrdiff_t n0,
+                              ptrdiff_t n1, int has_bias, float bias)
+{
+    for (ptrdiff_t i = 0; i < n0; ++i)
+        dst[2 * i] = has_bias ? s0[i] + bias : s0[i];
+    for (ptrdiff_t i = 0; i < n1; ++i)
+        dst[2 * i + 1] = has_bias ? s1[i] + bias : s1[i];
+}
+
+static void ck_rg_pad_rows(const float *x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0, ptrdiff_t nr,
+                           ptrdiff_t c0, ptrdiff_t Wp, float *dst)
+{
+    for (ptrdiff_t r = 0; r < nr; ++r)
+        for (ptrdiff_t j = 0; j < Wp; ++j) {
+            const ptrdiff_t q = c0 + j;
+            dst[r * Wp + j] = r0 + r >= 0 && r0 + r < H && q >= 0 && q < W
+                                  ? x[(r0 + r) * W + q] : 0.0f;
+        }
 }
 
 static int ck_rowgemm_available(void) { return 0; }
