@@ -551,6 +551,35 @@ def test_cpu_rowphases_forward_matches_torch(torch, cpu_conv, name, bias):
     np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("kc", [7, 50, 128])
+def test_cpu_rowphases_passes_keep_the_bits(torch, cpu_conv, monkeypatch, kc):
+    """rowphases sums its taps in passes of tuning.ROWPHASES_KC (each going on from the stored
+    sums): torch's float64 values, and the bits of one pass over all 320 taps, on 1, 2, 8 and
+    16 threads -- for passes that divide the taps and passes that do not."""
+    from convkit.cpu import tuning
+
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((2, 20, 36, 34))
+    w = rng.standard_normal((8, 20, 4, 4)) / np.sqrt(320)
+    b = rng.standard_normal(8)
+    want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), 2,
+                                      1).numpy()
+    x32, w32, b32 = (a.astype(np.float32) for a in (x, w, b))
+    monkeypatch.setattr(tuning, "ROWPHASES_KC", 10 ** 6)
+    one = run("cpu", F.conv2d_forward, x32, w32, b32, stride=2, padding=1)
+    monkeypatch.setattr(tuning, "ROWPHASES_KC", kc)
+    cpu_conv._plans.clear()
+    step = cpu_conv._plan(x32, w32, (2, 2), (1, 1, 1, 1), (1, 1), 1)[3].forward
+    if step.algo == "rowphases":
+        assert step.params["kc"] == kc
+    for n in (1, 2, 8, 16):
+        convkit.set_num_threads(n)
+        y = run("cpu", F.conv2d_forward, x32, w32, b32, stride=2, padding=1)
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(y.view(np.uint32), one.view(np.uint32))
+    convkit.set_num_threads(None)
+
+
 def test_cpu_rowphases_nonfinite_stays_in_its_window(torch, cpu_conv):
     """rowphases reads each output's own window (padding zeros included, as torch): a NaN /
     inf in x or the weight reaches exactly torch's outputs, with no fallback."""

@@ -196,12 +196,14 @@ PHASES_TASKS_PER_THREAD = 4
 # 812 positions per task within the noise.  Not measured in RESULTS.md.
 ROWPHASES_POSITIONS = 240
 ROWPHASES_MIN_WO = 16
-# ... taps per rowgemm pass (csrc/rowgemm.h's kc; the same bits for any kc).  convt_28's grad_x
-# (K = 512 taps), one thread, CPU time, medians of 7 interleaved rounds, load ~6 (`python
-# bench/convt_passes.py --threads 1 --clock cpu --passes gx --sweep ROWPHASES_KC=512,256,128,64`):
-# 6.04 / 6.17 / 6.34 / 6.05 ms -- within the noise, so one pass (a 24-column block's 512 rows,
-# 48 KiB, read from L2).  Not in RESULTS.md.
-ROWPHASES_KC = 512
+# ... taps per rowgemm pass (csrc/rowgemm.h's kc; the same bits for any kc): a 24-column
+# block's kc rows of the planes stay in L1 while every filter panel reads them.  convt_28's
+# task GEMM alone (64 x 232, K = 512), in cache, one thread, three runs each (`gcc -O3 -I
+# convkit/cpu/csrc bench/rowgemm_kc.c`, then `rowgemm_kc 1 KC`, load ~7): kc 512 80.5-83.1
+# GFLOP/s, 256 76.3-87.0, 128 84.9-87.0, 64 82.4-83.9.  The whole pass in place (`python
+# bench/convt_passes.py --threads 1 --clock cpu --passes gx --sweep ROWPHASES_KC=512,256,128,64`,
+# 7 rounds): 6.04 / 6.17 / 6.34 / 6.05 ms, within that run's noise.  Not in RESULTS.md.
+ROWPHASES_KC = 128
 
 # The strided first layer on csrc/stem.h (BLAS machines with AVX2; conv_plan "stem" and
 # "weight_stem"): strided, groups 1, dilation 1, a kernel that is not a multiple of the stride
