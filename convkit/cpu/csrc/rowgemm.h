@@ -154,9 +154,10 @@ CK_RG_TARGET static void ck_rowgemm_avx2(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, 
 
 /* dst[w*C + c] = x[c*ldx + w] for w < W, c < C (an image row of C channels, ldx apart, to
  * channels-last): 8 x 8 blocks by register transposes, the edges one value at a time.  The
- * strided gather one value at a time took an eighth of convt_28's grad_weight. */
-CK_RG_TARGET static void ck_rg_to_cl(const float *x, ptrdiff_t ldx, ptrdiff_t C, ptrdiff_t W,
-                                     float *dst)
+ * strided gather one value at a time took an eighth of convt_28's grad_weight.  AVX2 alone
+ * (no FMA): deform_conv.h's bordered channels-last rows use it too. */
+__attribute__((target("avx2"))) static void ck_rg_to_cl(const float *x, ptrdiff_t ldx,
+                                                        ptrdiff_t C, ptrdiff_t W, float *dst)
 {
     ptrdiff_t c = 0;
     for (; c + 8 <= C; c += 8) {
@@ -196,7 +197,8 @@ CK_RG_TARGET static void ck_rg_to_cl(const float *x, ptrdiff_t ldx, ptrdiff_t C,
 
 /* dst[4*i + f] = s[f*lds + i] for i < n, f < 4: four rows into rowgemm's 4-row panel order
  * (8 positions at a time by register transposes). */
-CK_RG_TARGET static void ck_rg_panel4(const float *s, ptrdiff_t lds, ptrdiff_t n, float *dst)
+__attribute__((target("avx2"))) static void ck_rg_panel4(const float *s, ptrdiff_t lds,
+                                                         ptrdiff_t n, float *dst)
 {
     ptrdiff_t i = 0;
     for (; i + 8 <= n; i += 8) {
