@@ -24,7 +24,8 @@ subpixel        strided, kernel a multiple of the stride, on BLAS: the sh*sw out
 wide            stride 1, padded rows <= 5/4 of the output's: taps read in place        f
 weight_dot      <= 320 taps per filter, float32 on the own GEMM: dot products           w (+ b)
 weight_rowgemm  strided, kernel a multiple of the stride, float32 on BLAS machines      w
-                with AVX2: x channels-last, a csrc/rowgemm.h GEMM per kernel row
+                with AVX2: x channels-last, a csrc/rowgemm.h GEMM per kernel row (a
+                task's rows of one residue mod the stride pass by pass)
 stem_wino       the stem rule's 7-wide kernels at column stride 2 (>= 16 filters):       f
                 1-D Winograd F(4, 4) / F(4, 3) along the rows on the column phases,
                 the kernel rows direct (csrc/stem_wino.h); non-finite operands: stem
