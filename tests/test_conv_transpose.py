@@ -438,6 +438,44 @@ def _pad4(p):
     return (ph, ph, pw, pw)
 
 
+@pytest.mark.parametrize("xs, k, kw", [
+    ((2, 6, 9, 10), 4, dict(stride=2, padding=1)),
+    ((2, 5, 9, 11), 2, dict(stride=2, output_padding=1)),      # odd rows: one phase longer
+    ((2, 8, 7, 21), 4, dict(stride=2, padding=1, output_padding=1)),   # 16-value steps + tail
+    ((1, 4, 30, 3), 4, dict(stride=2, padding=1)),             # rows under 8 wide
+])
+def test_cpu_subpixel_bias_is_added_once_per_value(torch, xs, k, kw):
+    """The sub-pixel forward adds the bias as it writes each row (csrc/rowgemm.h's stride-2
+    interleave where AVX2 runs): the float64 oracle's values, y with the bias equal bit for bit
+    to y without it plus the bias (one float32 add per value), and the same bits on 1, 2, 8 and
+    16 threads."""
+    from convkit.cpu import conv as cc
+
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal((xs[1], 4, k, k))
+    b = rng.standard_normal(4)
+    want = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(w),
+                                                torch.tensor(b), **kw).numpy()
+    x32, w32, b32 = (a.astype(np.float32) for a in (x, w, b))
+    if not cc._OWN_SGEMM:
+        gy = np.empty((xs[0], 4) + want.shape[2:], np.float32)
+        step = cc._plan(gy, w32, (2, 2), _pad4(kw.get("padding", 0)), (1, 1), 1)[3].grad_x
+        assert step.algo == "subpixel"
+    results = []
+    for n in (1, 2, 8, 16):
+        convkit.set_num_threads(n)
+        y = run("cpu", F.conv_transpose2d_forward, x32, w32, b32, **kw)
+        y0 = run("cpu", F.conv_transpose2d_forward, x32, w32, **kw)
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(y.view(np.uint32),
+                                      (y0 + b32.reshape(1, -1, 1, 1)).view(np.uint32))
+        results.append(y.view(np.uint32))
+    convkit.set_num_threads(None)
+    for y in results[1:]:
+        np.testing.assert_array_equal(y, results[0])
+
+
 def test_cpu_subpixel_a_nonfinite_weight_or_grad_y_takes_im2col(torch):
     """The sub-pixel GEMM multiplies the padding's zeros by every weight: an infinite weight
     would make NaNs torch does not have, so non-finite operands run on im2col."""
@@ -511,6 +549,35 @@ def test_cpu_rowphases_forward_matches_torch(torch, cpu_conv, name, bias):
     gx = run("cpu", F.conv_transpose2d_backward, x32, xt.astype(np.float32), w32, stride=st,
              padding=pd, output_padding=op, has_bias=False)[0]
     np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kc", [7, 50, 128])
+def test_cpu_rowphases_passes_keep_the_bits(torch, cpu_conv, monkeypatch, kc):
+    """rowphases sums its taps in passes of tuning.ROWPHASES_KC (each going on from the stored
+    sums): torch's float64 values, and the bits of one pass over all 320 taps, on 1, 2, 8 and
+    16 threads -- for passes that divide the taps and passes that do not."""
+    from convkit.cpu import tuning
+
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((2, 20, 36, 34))
+    w = rng.standard_normal((8, 20, 4, 4)) / np.sqrt(320)
+    b = rng.standard_normal(8)
+    want = torch.nn.functional.conv2d(torch.tensor(x), torch.tensor(w), torch.tensor(b), 2,
+                                      1).numpy()
+    x32, w32, b32 = (a.astype(np.float32) for a in (x, w, b))
+    monkeypatch.setattr(tuning, "ROWPHASES_KC", 10 ** 6)
+    one = run("cpu", F.conv2d_forward, x32, w32, b32, stride=2, padding=1)
+    monkeypatch.setattr(tuning, "ROWPHASES_KC", kc)
+    cpu_conv._plans.clear()
+    step = cpu_conv._plan(x32, w32, (2, 2), (1, 1, 1, 1), (1, 1), 1)[3].forward
+    if step.algo == "rowphases":
+        assert step.params["kc"] == kc
+    for n in (1, 2, 8, 16):
+        convkit.set_num_threads(n)
+        y = run("cpu", F.conv2d_forward, x32, w32, b32, stride=2, padding=1)
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(y.view(np.uint32), one.view(np.uint32))
+    convkit.set_num_threads(None)
 
 
 def test_cpu_rowphases_nonfinite_stays_in_its_window(torch, cpu_conv):

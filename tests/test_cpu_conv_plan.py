@@ -240,7 +240,7 @@ def test_weight_rowgemm_rule():
     plan = P.plan_conv(convt, np.float32, 2, BLAS_RG, LIMIT, needs_input_grad=False)
     gw = plan.grad_weight
     assert gw.algo == "weight_rowgemm" and plan.grad_bias == "sum"
-    assert gw.params == {"filters": 64, "kc": tuning.WGRAD_RG_PASS,
+    assert gw.params == {"filters": 64, "khs": 2, "kc": tuning.WGRAD_RG_PASS,
                          "floats": 8 * 58 * 58 * 32 + 64 * 8 * 28 * 28 + 64 * 16 * 32}
     assert P.plan_conv(convt, np.float32, 2, BLAS_RG, 4 * gw.params["floats"] - 4,
                        needs_input_grad=False).grad_weight.algo != "weight_rowgemm"
@@ -251,9 +251,11 @@ def test_weight_rowgemm_rule():
                   _shape(8, 32, 56, 56, 64, 4, 2, 1, dilation=2)):
         assert P.plan_conv(other, np.float32, 2, BLAS_RG, LIMIT).grad_weight.algo != \
             "weight_rowgemm", other
-    # many threads: smaller filter blocks (no bits follow them), down to 16
-    assert [P.plan_conv(convt, np.float32, nt, BLAS_RG, LIMIT).grad_weight.params["filters"]
-            for nt in (1, 4, 8, 16, 64)] == [64, 64, 32, 16, 16]
+    # many threads: smaller filter blocks (no bits follow them), down to 16, then fewer kernel
+    # rows per task (tasks: filter blocks x 2 row residues x kernel-row chunks)
+    assert [(lambda p: (p["filters"], p["khs"]))(
+        P.plan_conv(convt, np.float32, nt, BLAS_RG, LIMIT).grad_weight.params)
+        for nt in (1, 2, 4, 8, 16, 64)] == [(64, 2), (64, 2), (32, 2), (16, 2), (16, 1), (16, 1)]
     # unequal strides (a 4x6 kernel, stride 2 x 3): grad_x by subpixel beside it
     odd = P.ConvShape.of((8, 32, 56, 57), (64, 32, 4, 6), (2, 3), (1, 1, 1, 1), (1, 1), 1)
     plan = P.plan_conv(odd, np.float32, 2, BLAS_RG, LIMIT)

@@ -144,6 +144,15 @@ cdef extern from "csrc/rowgemm.h" nogil:
     int ck_rowgemm_kc_f(Py_ssize_t P, Py_ssize_t L, Py_ssize_t K, const float* wt,
                         const float* b, const Py_ssize_t* boff, float* out, Py_ssize_t ldo,
                         Py_ssize_t kc)
+    int ck_rowgemm_pass_f(Py_ssize_t P, Py_ssize_t L, Py_ssize_t K, Py_ssize_t k0,
+                          Py_ssize_t kc, const float* wt, const float* b, const Py_ssize_t* boff,
+                          float* out, Py_ssize_t ldo)
+    void ck_rg_interleave2(float* dst, const float* s0, const float* s1, Py_ssize_t n0,
+                           Py_ssize_t n1, int has_bias, float bias)
+    void ck_rg_pad_rows(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
+                        Py_ssize_t nr, Py_ssize_t c0, Py_ssize_t Wp, float* dst)
+    void ck_rg_to_cl(const float* x, Py_ssize_t ldx, Py_ssize_t C, Py_ssize_t W, float* dst)
+    void ck_rg_panel4(const float* s, Py_ssize_t lds, Py_ssize_t n, float* dst)
 
 
 cdef extern from "csrc/stem.h" nogil:

@@ -12,7 +12,9 @@ from cython.parallel cimport prange, threadid
 from libc.string cimport memcpy, memset
 
 from ._blas cimport ck_sgemm_apacked_rows, gemm_fixed
-from ._conv_csrc cimport (ck_phases_f, ck_rowgemm_available, ck_rowgemm_f, ck_rowgemm_kc_f,
+from ._conv_csrc cimport (ck_phases_f, ck_rg_interleave2, ck_rg_pad_rows, ck_rg_panel4,
+                          ck_rg_to_cl, ck_rowgemm_available,
+                          ck_rowgemm_f, ck_rowgemm_kc_f, ck_rowgemm_pass_f,
                           ck_stem_forward_f, ck_stem_wdot_f, ck_stem_wino_filters,
                           ck_stem_wino_offsets, ck_stem_wino_floats,
                           ck_stem_wino_forward_f, ck_stem_wgrad_taps,
@@ -127,6 +129,19 @@ cdef void _interleave_row(floating* dst, const floating* out, Py_ssize_t ldp, Py
     _phase_copy(dst + 1, s1, 2, m1, b1)
 
 
+cdef inline bint _interleave2_f(float* dst, const float* out, Py_ssize_t ldp, Py_ssize_t W,
+                               Py_ssize_t Wu, Py_ssize_t vlo, const Py_ssize_t* emin_w,
+                               bint has_bias, float bv) noexcept nogil:
+    """_interleave_row at stride 2, then + bv where has_bias, by csrc/rowgemm.h's AVX2
+    interleave (the same values: copies and one float32 add each), where the two phases cover
+    the row; False: not done."""
+    cdef Py_ssize_t o0 = emin_w[0] - vlo, o1 = emin_w[1] - vlo
+    if _min((W + 1) // 2, Wu - o0) != (W + 1) // 2 or _min(W // 2, Wu - o1) != W // 2:
+        return False
+    ck_rg_interleave2(dst, out + o0, out + ldp + o1, (W + 1) // 2, W // 2, has_bias, bv)
+    return True
+
+
 def rowgemm_available():
     """True where conv2d_grad_x_subpixel's float32 GEMM reads the slab in place (AVX2 + FMA,
     csrc/rowgemm.h); else its columns are copied and the GEMM goes to BLAS."""
@@ -188,8 +203,12 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
             memset(cols - (Tw - 1), 0, (Tw - 1) * sizeof(floating))
             for g in range(G):
                 for f in range(Fg):
-                    _padded_rows(&gy[n, g * Fg + f, 0, 0], Ho, Wo, ulo + h0, hr + Th - 1, vlo,
-                                 Wp, slab + f * SP)
+                    if direct:              # (float32 where csrc/rowgemm.h runs)
+                        ck_rg_pad_rows(<const float*>&gy[n, g * Fg + f, 0, 0], Ho, Wo, ulo + h0,
+                                       hr + Th - 1, vlo, Wp, <float*>slab + f * SP)
+                    else:
+                        _padded_rows(&gy[n, g * Fg + f, 0, 0], Ho, Wo, ulo + h0, hr + Th - 1,
+                                     vlo, Wp, slab + f * SP)
                 if not (direct and _rowgemm(P, L, K, &wpan[g, 0], slab, &boff[0], out)):
                     for k in range(K):
                         memcpy(cols + k * L, slab + boff[k], L * sizeof(floating))
@@ -204,6 +223,11 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
                         if i < 0 or ih >= H:
                             continue
                         grow = &gx[n, g * Cg + c, ih, 0]
+                        if direct and sw == 2 and _interleave2_f(
+                                <float*>grow, <const float*>out + (qh * sw * Cg + c) * L + r * Wp,
+                                Cg * L, W, Wu, vlo, &emin_w[0], has_bias,
+                                <float>bias[g * Cg + c] if has_bias else 0):
+                            continue                # (bias added on the way)
                         _interleave_row(grow, out + (qh * sw * Cg + c) * L + r * Wp, Cg * L, sw,
                                         W, Wu, vlo, &emin_w[0])
                         if has_bias:                # (the row is still in L1)
@@ -218,13 +242,14 @@ def conv2d_forward_rowphases(const float[:, :, :, ::1] x, const float[::1] wpan,
                              float[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t KH,
                              Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
                              Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t rows,
-                             int n_threads, const Py_ssize_t[::1] boff):
+                             int n_threads, const Py_ssize_t[::1] boff, Py_ssize_t kc):
     """groups 1, float32 where csrc/rowgemm.h runs (conv_plan "rowphases", BLAS machines): the
     polyphase forward of conv2d_forward_phases (same phase planes, same tap offsets boff), but
     a task's ``rows`` output rows are ONE rowgemm: the rows are computed Wq wide (output row r
     of the task is columns [r*Wq, r*Wq + Wo) of the result, the other Wq - Wo dropped), so the
     GEMM is F x rows*Wq with K = C*KH*KW taps read in place from the planes -- no im2col, no
-    packing.  wpan: the weights (F, C*KH*KW) in rowgemm's 4-row panels (F a multiple of 4).
+    packing, in passes of kc taps (kc >= 1).  wpan: the weights (F, C*KH*KW) in rowgemm's
+    4-row panels (F a multiple of 4).
     Each output is one chain of multiply-adds over the taps in order, then + bias: the same
     bits whatever the task split or thread count.  ws_per_thread >= C*sh*sw*Rq*Wq +
     (KW-1)*dw//sw + F*rows*Wq (conv_plan.plan_rowphases).
@@ -251,7 +276,7 @@ def conv2d_forward_rowphases(const float[:, :, :, ::1] x, const float[::1] wpan,
             out = Q + C * sh * sw * plane + slack
             ck_phases_f(&x[n, 0, 0, 0], C, H, W, sh, sw, pt, pl, h0, Rq, Wq, plane, Q)
             memset(Q + C * sh * sw * plane, 0, slack * sizeof(float))
-            if not ck_rowgemm_f(F, L, CKK, &wpan[0], Q, &boff[0], out, L):
+            if not ck_rowgemm_kc_f(F, L, CKK, &wpan[0], Q, &boff[0], out, L, kc):
                 failed += 1             # (the plan picks this only where rowgemm runs)
                 continue
             for f in range(F):
@@ -273,7 +298,7 @@ def conv2d_grad_weight_rowgemm(const float[:, :, :, ::1] gy, const float[:, :, :
                                float[:, :, :, ::1] gw, float[::1] xcl, float[::1] gyp,
                                float[::1] out, const Py_ssize_t[::1] boff, Py_ssize_t sh,
                                Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t prows,
-                               Py_ssize_t kc, int n_threads):
+                               Py_ssize_t khs, Py_ssize_t kc, int n_threads):
     """grad_weight (OUT: gw, every value written) of a groups-1, dilation-1 conv, float32 on
     csrc/rowgemm.h (conv_plan "weight_rowgemm", BLAS machines with AVX2).
 
@@ -283,18 +308,23 @@ def conv2d_grad_weight_rowgemm(const float[:, :, :, ::1] gy, const float[:, :, :
         out[f, kh, kw, c] = sum over positions t = (n, i, j) of gy[n, f, i, j] *
                             xcl[boff[t] + kh*Wp*C + kw*C + c],   boff[t] = ((n*Hp + i*sh)*Wp + j*sw)*C
     is a rowgemm: F rows (gy in 4-row panels, gyp), KW*C columns, K = N*Ho*Wo taps read in
-    place, in passes of kc taps (the B rows of a column block stay in L1).  Tasks: (kh, block
-    of prows filters); each output is one chain of multiply-adds over the positions in order,
-    so the bits do not depend on the split or the thread count.  Then gw[f, c, kh, kw] = out.
-    xcl: N*Hp*Wp*C floats, gyp: F*N*Ho*Wo, out: F*KH*KW*C (conv_plan.plan_weight_rowgemm).
+    place, in passes of kc taps (the B rows of a column block stay in L1).  Tasks: (block of
+    prows filters, up to khs kernel rows kh = r, r + sh, ... of one residue r mod sh: those read
+    the xcl rows = r mod sh alone, KH a multiple of sh), each running its kernel rows pass by
+    pass (a pass's xcl rows serve the next kernel row from cache: one read of xcl from memory
+    per filter block, not one per kernel row).  Each output is one chain of multiply-adds over
+    the positions in order, so the bits do not depend on the split or the thread count.  Then
+    gw[f, c, kh, kw] = out.  xcl: N*Hp*Wp*C floats, gyp: F*N*Ho*Wo, out: F*KH*KW*C
+    (conv_plan.plan_weight_rowgemm).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = gw.shape[0], KH = gw.shape[2], KW = gw.shape[3]
     cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo
     cdef Py_ssize_t Hp = (Ho - 1) * sh + KH, Wp = (Wo - 1) * sw + KW
     cdef Py_ssize_t K = N * HoWo, L = KW * C, ldo = KH * KW * C
-    cdef Py_ssize_t npb = (F + prows - 1) // prows
-    cdef Py_ssize_t t, n, r, hi, q, wi, c, p, f, i, kh, kw, p0, pr
+    cdef Py_ssize_t npb = (F + prows - 1) // prows, per = KH // sh
+    cdef Py_ssize_t nmc = (per + khs - 1) // khs        # kernel row chunks per residue
+    cdef Py_ssize_t t, n, r, hi, q, wi, c, p, f, i, kh, kw, p0, pr, m, m0, m1, k0, kn
     cdef Py_ssize_t failed = 0
     cdef float* dst
     cdef const float* src
@@ -307,28 +337,33 @@ def conv2d_grad_weight_rowgemm(const float[:, :, :, ::1] gy, const float[:, :, :
             if hi < 0 or hi >= H:
                 memset(dst, 0, Wp * C * sizeof(float))
                 continue
-            for q in range(Wp):
-                wi = q - pl
-                if wi < 0 or wi >= W:
-                    memset(dst + q * C, 0, C * sizeof(float))
-                    continue
-                for c in range(C):
-                    dst[q * C + c] = x[n, c, hi, wi]
+            # columns q = wi + pl: zeros where wi is outside [0, W), x's row transposed between
+            q = _min(pl, Wp)
+            memset(dst, 0, q * C * sizeof(float))
+            wi = _min(W, Wp - pl)
+            if wi > 0:
+                ck_rg_to_cl(&x[n, 0, hi, 0], H * W, C, wi, dst + pl * C)
+                q = pl + wi
+            memset(dst + q * C, 0, (Wp - q) * C * sizeof(float))
         for t in prange((F // 4) * N, schedule="static", num_threads=n_threads):   # gy panels
             p = t // N
             n = t - p * N
-            dst = &gyp[0] + p * 4 * K + 4 * n * HoWo
-            for f in range(4):
-                src = &gy[n, 4 * p + f, 0, 0]
-                for i in range(HoWo):
-                    dst[4 * i + f] = src[i]
-        for t in prange(KH * npb, schedule="dynamic", num_threads=n_threads):
-            kh = t // npb
-            p0 = (t - kh * npb) * prows
+            ck_rg_panel4(&gy[n, 4 * p, 0, 0], HoWo, HoWo, &gyp[0] + p * 4 * K + 4 * n * HoWo)
+        for t in prange(npb * sh * nmc, schedule="dynamic", num_threads=n_threads):
+            p0 = (t // (sh * nmc)) * prows
             pr = _min(prows, F - p0)
-            if not ck_rowgemm_kc_f(pr, L, K, &gyp[0] + p0 * K, &xcl[0] + kh * Wp * C, &boff[0],
-                                   &out[0] + p0 * ldo + kh * L, ldo, kc):
-                failed += 1             # (the plan picks this only where rowgemm runs)
+            r = (t // nmc) % sh
+            m0 = (t % nmc) * khs
+            m1 = _min(per, m0 + khs)
+            for i in range((K + kc - 1) // kc):
+                k0 = i * kc
+                kn = _min(kc, K - k0)
+                for m in range(m0, m1):
+                    kh = r + m * sh
+                    if not ck_rowgemm_pass_f(pr, L, K, k0, kn, &gyp[0] + p0 * K,
+                                             &xcl[0] + kh * Wp * C, &boff[0],
+                                             &out[0] + p0 * ldo + kh * L, ldo):
+                        failed += 1     # (the plan picks this only where rowgemm runs)
         for f in prange(F, schedule="static", num_threads=n_threads):
             for c in range(C):
                 for kh in range(KH):

@@ -465,7 +465,7 @@ def _fwd_rowphases(x, weight, b, has_bias, y, s, step):
                                      per, KH, KW, sh, sw, s.padding[0], s.padding[2], dh, dw,
                                      rows, step.threads,
                                      _phase_offsets(C, KH, KW, sh, sw, dh, dw, rows,
-                                                    y.shape[3]))
+                                                    y.shape[3]), step.params["kc"])
 
 
 def _fwd_stem(x, weight, b, has_bias, y, s, step):
@@ -705,7 +705,7 @@ def _bwd_weight_rowgemm(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                        ws[nx + ng:p["floats"]],
                                        _rowgemm_w_offsets(s.N, Ho, Wo, sh, sw, Hp, Wp, s.C),
                                        sh, sw, s.padding[0], s.padding[2], p["filters"],
-                                       p["kc"], step.threads)
+                                       p["khs"], p["kc"], step.threads)
 
 
 @functools.lru_cache(maxsize=64)

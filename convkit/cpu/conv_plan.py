@@ -24,7 +24,8 @@ subpixel        strided, kernel a multiple of the stride, on BLAS: the sh*sw out
 wide            stride 1, padded rows <= 5/4 of the output's: taps read in place        f
 weight_dot      <= 320 taps per filter, float32 on the own GEMM: dot products           w (+ b)
 weight_rowgemm  strided, kernel a multiple of the stride, float32 on BLAS machines      w
-                with AVX2: x channels-last, a csrc/rowgemm.h GEMM per kernel row
+                with AVX2: x channels-last, a csrc/rowgemm.h GEMM per kernel row (a
+                task's rows of one residue mod the stride pass by pass)
 stem_wino       the stem rule's 7-wide kernels at column stride 2 (>= 16 filters):       f
                 1-D Winograd F(4, 4) / F(4, 3) along the rows on the column phases,
                 the kernel rows direct (csrc/stem_wino.h); non-finite operands: stem
@@ -827,12 +828,14 @@ def plan_weight_stem_wino(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwi
 
 def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
                         limit):
-    """(filters per task, taps per pass, workspace floats) of the rowgemm weight gradient, or
-    None.  The rowphases rule (float32, BLAS with rowgemm, groups 1, dilation 1, filters in
-    whole 4-row panels, strided with the kernel a multiple of the stride: conv_transpose2d's
-    grad_weight, the case measured), maps above the batch paths' and a kernel row of at least
-    one 24-column tile (KW*C >= 24).  Tasks (kernel row, tuning.WGRAD_RG_FILTERS filters,
-    halved down to 16 while there are fewer tasks than threads) and the passes
+    """(filters per task, kernel rows per task, taps per pass, workspace floats) of the
+    rowgemm weight gradient, or None.  The rowphases rule (float32, BLAS with rowgemm, groups
+    1, dilation 1, filters in whole 4-row panels, strided with the kernel a multiple of the
+    stride: conv_transpose2d's grad_weight, the case measured), maps above the batch paths'
+    and a kernel row of at least one 24-column tile (KW*C >= 24).  Tasks: (block of
+    tuning.WGRAD_RG_FILTERS filters, the KH/sh kernel rows of one residue mod the row stride,
+    which read the same rows of x); while there are fewer tasks than threads the filter blocks
+    halve down to 16, then the kernel rows per task.  The tasks and the passes
     (tuning.WGRAD_RG_PASS taps) do not order any sum: no bits follow them."""
     sh, sw = s.stride
     if (not float32 or caps.own_sgemm or not caps.rowgemm or s.groups != 1 or pointwise
@@ -843,10 +846,16 @@ def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise
     floats = s.N * Hp * Wp * s.C + s.F * s.N * Ho * Wo + s.F * s.KH * s.KW * s.C
     if floats * 4 > limit:
         return None
-    filters = min(s.F, T.WGRAD_RG_FILTERS)
-    while filters > 16 and s.KH * ceil_div(s.F, filters) < n_threads:
-        filters = ceil_div(filters // 2, 4) * 4
-    return filters, T.WGRAD_RG_PASS, floats
+    filters, khs = min(s.F, T.WGRAD_RG_FILTERS), s.KH // sh
+
+    def tasks():
+        return ceil_div(s.F, filters) * sh * ceil_div(s.KH // sh, khs)
+    while tasks() < n_threads and (filters > 16 or khs > 1):
+        if filters > 16:
+            filters = ceil_div(filters // 2, 4) * 4
+        else:
+            khs = ceil_div(khs, 2)
+    return filters, khs, T.WGRAD_RG_PASS, floats
 
 
 def subpixel_axis(n, k, s, p, d):
@@ -1002,7 +1011,8 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         return Step("phases", n, {"rows": p[0], "per_thread": p[1]})
     p = plan_rowphases(s, Ho, Wo, f32, caps, pointwise, n, limit)
     if p is not None:
-        return Step("rowphases", n, {"rows": p[0], "per_thread": p[1]})
+        return Step("rowphases", n, {"rows": p[0], "per_thread": p[1],
+                                     "kc": min(s.C * s.KH * s.KW, T.ROWPHASES_KC)})
     p = plan_stem(s, Ho, Wo, f32, caps, pointwise, n, limit)
     if p is not None:
         stem = Step("stem", p[0], {"rows": p[1], "per_thread": p[2]})
@@ -1104,7 +1114,8 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     else:
         p = plan_weight_rowgemm(s, Ho, Wo, f32, caps, pointwise, n, limit)
         if p is not None:
-            gw = Step("weight_rowgemm", n, {"filters": p[0], "kc": p[1], "floats": p[2]})
+            gw = Step("weight_rowgemm", n, {"filters": p[0], "khs": p[1], "kc": p[2],
+                                            "floats": p[3]})
             if not gx_left:
                 return gx, gw, "sum", bias_n
         elif winograd is not False:     # (tests that force im2col force it here too)

@@ -205,6 +205,14 @@ PHASES_TASKS_PER_THREAD = 4
 # 812 positions per task within the noise.  Not measured in RESULTS.md.
 ROWPHASES_POSITIONS = 240
 ROWPHASES_MIN_WO = 16
+# ... taps per rowgemm pass (csrc/rowgemm.h's kc; the same bits for any kc): a 24-column
+# block's kc rows of the planes stay in L1 while every filter panel reads them.  convt_28's
+# task GEMM alone (64 x 232, K = 512), in cache, one thread, three runs each (`gcc -O3 -I
+# convkit/cpu/csrc bench/rowgemm_kc.c`, then `rowgemm_kc 1 KC`, load ~7): kc 512 80.5-83.1
+# GFLOP/s, 256 76.3-87.0, 128 84.9-87.0, 64 82.4-83.9.  The whole pass in place (`python
+# bench/convt_passes.py --threads 1 --clock cpu --passes gx --sweep ROWPHASES_KC=512,256,128,64`,
+# 7 rounds): 6.04 / 6.17 / 6.34 / 6.05 ms, within that run's noise.  Not in RESULTS.md.
+ROWPHASES_KC = 128
 
 # The strided first layer on csrc/stem.h (BLAS machines with AVX2; conv_plan "stem" and
 # "weight_stem"): strided, groups 1, dilation 1, a kernel that is not a multiple of the stride
@@ -265,7 +273,10 @@ STEM_WINO_W_ROWS = 8
 # each task stream x from L3 again, ~1.3x slower) and taps (batch positions) per pass.
 # Measured on convt_28's grad_weight only (one thread, CPU time, loaded machine: 6.4-8.1 ms
 # against 8.9-9.3 on im2col + OpenBLAS, torch 6.0-6.4; passes of 32-256 within the noise).
-# Not measured in RESULTS.md.
+# A task runs the kernel rows of one residue mod the stride pass by pass (conv_plan
+# plan_weight_rowgemm): 6.21 ms against 6.65 one kernel row per task (`python
+# bench/convt_passes.py --threads 1 --clock cpu --passes gw --rounds 9 --sweep
+# weight_rowgemm.khs=1,2`, load ~8, torch 6.38).  Not measured in RESULTS.md.
 WGRAD_RG_FILTERS = 64
 WGRAD_RG_PASS = 64
 

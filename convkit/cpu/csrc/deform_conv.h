@@ -43,6 +43,7 @@
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define CK_DEFORM_X86 1
 #include <immintrin.h>
+#include "rowgemm.h"
 #endif
 
 #define CK_DEFORM_BASE(T, SUF)                                                               \
@@ -281,49 +282,19 @@ CK_DEFORM_COORD(double, d, avx2, __attribute__((target("avx2,fma"))), __m256d, 4
                 _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd, _mm256_fmadd_pd,
                 _mm256_sub_pd, _mm256_mul_pd)
 
-/* ck_deform_pad_f with 8x8 blocks (8 channels, 8 columns) transposed in registers */
+/* ck_deform_pad_f with 8x8 blocks (8 channels, 8 columns) transposed in registers
+ * (csrc/rowgemm.h ck_rg_to_cl, which the rowgemm weight gradient's channels-last copy uses) */
 __attribute__((target("avx2"))) static void ck_deform_pad_f_avx2(const float* x, ptrdiff_t C,
         ptrdiff_t H, ptrdiff_t W, ptrdiff_t hp, float* xn)
 {
-    const ptrdiff_t HW = H * W, C8 = C - C % 8, W8 = W - W % 8;
     float* row = xn + hp * (W + 2) * C;
-    ptrdiff_t c, w, j;
-    if (hp == 0 || hp == H + 1 || C8 == 0 || W8 == 0) {
+    if (hp == 0 || hp == H + 1 || C < 8 || W < 8) {
         ck_deform_pad_f(x, C, H, W, hp, xn);
         return;
     }
     memset(row, 0, (size_t)C * sizeof(float));
     memset(row + (W + 1) * C, 0, (size_t)C * sizeof(float));
-    for (c = 0; c < C8; c += 8) {
-        const float* src = x + c * HW + (hp - 1) * W;
-        for (w = 0; w < W8; w += 8) {
-            __m256 r0 = _mm256_loadu_ps(src + w), r1 = _mm256_loadu_ps(src + HW + w);
-            __m256 r2 = _mm256_loadu_ps(src + 2 * HW + w), r3 = _mm256_loadu_ps(src + 3 * HW + w);
-            __m256 r4 = _mm256_loadu_ps(src + 4 * HW + w), r5 = _mm256_loadu_ps(src + 5 * HW + w);
-            __m256 r6 = _mm256_loadu_ps(src + 6 * HW + w), r7 = _mm256_loadu_ps(src + 7 * HW + w);
-            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-            float* d = row + (w + 1) * C + c;
-            _mm256_storeu_ps(d, _mm256_permute2f128_ps(u0, u4, 0x20));
-            _mm256_storeu_ps(d + C, _mm256_permute2f128_ps(u1, u5, 0x20));
-            _mm256_storeu_ps(d + 2 * C, _mm256_permute2f128_ps(u2, u6, 0x20));
-            _mm256_storeu_ps(d + 3 * C, _mm256_permute2f128_ps(u3, u7, 0x20));
-            _mm256_storeu_ps(d + 4 * C, _mm256_permute2f128_ps(u0, u4, 0x31));
-            _mm256_storeu_ps(d + 5 * C, _mm256_permute2f128_ps(u1, u5, 0x31));
-            _mm256_storeu_ps(d + 6 * C, _mm256_permute2f128_ps(u2, u6, 0x31));
-            _mm256_storeu_ps(d + 7 * C, _mm256_permute2f128_ps(u3, u7, 0x31));
-        }
-        for (; w < W; w++)
-            for (j = 0; j < 8; j++) row[(w + 1) * C + c + j] = src[j * HW + w];
-    }
-    for (c = C8; c < C; c++)
-        for (w = 0; w < W; w++) row[(w + 1) * C + c] = x[c * HW + (hp - 1) * W + w];
+    ck_rg_to_cl(x + (hp - 1) * W, H * W, C, W, row + C);
 }
 #endif
 

@@ -186,6 +186,40 @@ static int ck_sum_f(const float *p, ptrdiff_t n, double *out)
 }
 
 #endif
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+/* ck_deinterleave2 on AVX2 (BLAS machines without AVX-512: rowphases' and the stem's planes):
+ * 8 values from two loads, a shuffle and a lane permute; the stride-2 scalar loop took a fifth
+ * of convt_28's grad_x.  Reads src[q] for q < 2n - 1 only, as ck_deinterleave2. */
+__attribute__((target("avx2"))) static void ck_deinterleave2_avx2(float *dst, const float *src,
+                                                                  ptrdiff_t n)
+{
+    ptrdiff_t j = 0;
+    for (; j + 8 <= n && 2 * j + 16 <= 2 * n - 1; j += 8) {
+        const __m256 e = _mm256_shuffle_ps(_mm256_loadu_ps(src + 2 * j),
+                                           _mm256_loadu_ps(src + 2 * j + 8), 0x88);
+        _mm256_storeu_ps(dst + j, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e),
+                                                                         0xD8)));
+    }
+    for (; j < n; ++j)
+        dst[j] = src[2 * j];
+}
+
+static int ck_avx2_available(void)
+{
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx2");
+    }
+    return known;
+}
+#define CK_DEINTERLEAVE2_AVX2 1
+#else
+#define CK_DEINTERLEAVE2_AVX2 0
+#endif
+
 /* One image's zero-padded input P (P[c, r, q] = x[c, r - pt, q - pl], 0 outside x) split into
  * its sh x sw stride phases, for the Rq phase rows from h0 on: phase (ph, pw) of channel c is
  * the plane Q + ((c*sh + ph)*sw + pw)*plane, whose row i, column j holds
@@ -199,6 +233,9 @@ static void ck_phases_f(const float *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, p
     const int vec = sw == 2 && ck_sgemm_available();
 #else
     const int vec = 0;
+#endif
+#if CK_DEINTERLEAVE2_AVX2
+    const int vec2 = !vec && sw == 2 && ck_avx2_available();
 #endif
     for (ptrdiff_t c = 0; c < C; ++c)
         for (ptrdiff_t ph = 0; ph < sh; ++ph)
@@ -226,6 +263,10 @@ static void ck_phases_f(const float *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, p
 #if CK_SGEMM_BUILT
                     else if (vec)
                         ck_deinterleave2(dst + lo, src + lo * 2, up - lo);
+#endif
+#if CK_DEINTERLEAVE2_AVX2
+                    else if (vec2)
+                        ck_deinterleave2_avx2(dst + lo, src + lo * 2, up - lo);
 #endif
                     else
                         for (ptrdiff_t j = lo; j < up; ++j)
