@@ -144,25 +144,6 @@ CK_FG_TARGET static void ck_fg_pack_b(const float *b, ptrdiff_t ldb, ptrdiff_t k
     }
 }
 
-/* op(B) rows [0, kc) x cols [0, nc) of a transposed B (stored n x k, already offset) into
- * 24-column panels (row p of a panel at out + 24p), columns past nc zero */
-static void ck_fg_pack_bt(const float *b, ptrdiff_t ldb, ptrdiff_t kc, ptrdiff_t nc, float *out)
-{
-    for (ptrdiff_t j0 = 0; j0 < nc; j0 += CK_FG_NR) {
-        ptrdiff_t nr = nc - j0 < CK_FG_NR ? nc - j0 : CK_FG_NR;
-        for (ptrdiff_t jj = 0; jj < CK_FG_NR; ++jj) {
-            const float *src = b + (j0 + jj) * ldb;
-            if (jj < nr)
-                for (ptrdiff_t p = 0; p < kc; ++p)
-                    out[CK_FG_NR * p + jj] = src[p];
-            else
-                for (ptrdiff_t p = 0; p < kc; ++p)
-                    out[CK_FG_NR * p + jj] = 0.0f;
-        }
-        out += CK_FG_NR * kc;
-    }
-}
-
 /* c (MR x 8*nv, rows r < mrows, the last vector's lanes in `last`) = the chains of A's rows
  * (row r, step p at a + r * ars + p * aks) over kc steps of B (row p at b + p * bs), started
  * from c (load_c) or from 0.  nv and full are constants in each instance below: the loops
@@ -241,6 +222,41 @@ CK_FG_TARGET static inline __attribute__((always_inline)) void ck_fg_tr8(__m256 
     r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
     r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
     r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+/* op(B) rows [0, kc) x cols [0, nc) of a transposed B (stored n x k, already offset) into
+ * 16-column panels (row p of a panel at out + 16p), columns past nc zero.  A whole panel goes
+ * in 8 x 8 blocks transposed in registers (8 columns' runs of 8 k steps); the k steps past
+ * the last 8 and a partial panel element by element (a copy: no bits change) */
+CK_FG_TARGET static void ck_fg_pack_bt(const float *b, ptrdiff_t ldb, ptrdiff_t kc,
+                                       ptrdiff_t nc, float *out)
+{
+    for (ptrdiff_t j0 = 0; j0 < nc; j0 += CK_FG_NR) {
+        ptrdiff_t nr = nc - j0 < CK_FG_NR ? nc - j0 : CK_FG_NR;
+        ptrdiff_t p0 = 0;
+        if (nr == CK_FG_NR)
+            for (; p0 + 8 <= kc; p0 += 8)
+                for (int h = 0; h < CK_FG_NR; h += 8) {
+                    __m256 r[8];
+#pragma GCC unroll 8
+                    for (int i = 0; i < 8; ++i)
+                        r[i] = _mm256_loadu_ps(b + (j0 + h + i) * ldb + p0);
+                    ck_fg_tr8(r);   /* r[q]: columns h..h+7 at k step p0 + q */
+#pragma GCC unroll 8
+                    for (int q = 0; q < 8; ++q)
+                        _mm256_store_ps(out + CK_FG_NR * (p0 + q) + h, r[q]);
+                }
+        for (ptrdiff_t jj = 0; jj < CK_FG_NR; ++jj) {
+            const float *src = b + (j0 + jj) * ldb;
+            if (jj < nr)
+                for (ptrdiff_t p = p0; p < kc; ++p)
+                    out[CK_FG_NR * p + jj] = src[p];
+            else
+                for (ptrdiff_t p = p0; p < kc; ++p)
+                    out[CK_FG_NR * p + jj] = 0.0f;
+        }
+        out += CK_FG_NR * kc;
+    }
 }
 
 /* The narrow last panel (nr <= CK_FG_EDGE_N columns): the same chains with the vectors along
