@@ -100,6 +100,11 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   G*ceil(Cg/chans_w)*nsplit tasks, the parts added serially, a grad_x region of
   ceil(N/imgs)*G tasks.  (float32 on the EPYC: grad_weight's GEMMs on csrc/fgemm.h, transposed
   where the block has more columns than filters (tuning.BATCH_W_FGEMM_RATIO): the same tasks.)
+- pointwise backward on csrc/fgemm.h (fgemm_w; float32 on the EPYC's caps): grad_weight a
+  region of G*ceil(Fg/filters_w)*ceil(Cg/units_w) tasks, each nf*nu*N*HoWo MACs + the runs'
+  additions into gw (nf*nu per run of at most tuning.PW_W_CHAIN positions); dup: the smaller
+  side packed (min(nf, nu)*N*HoWo); grad_x a region of N*G*ceil(HoWo/pos_x) tasks of
+  Cg*Fg*L MACs (pos_x: the positions per task), grad_y's positions packed once in all.
 - csrc/fgemm.h's narrow last panel (CK_FG_EDGE_N) changes how a GEMM runs inside one task,
   not the tasks: no row of its own.
 - phases (_conv_phases, own GEMM only): N*ceil(Ho/rows) tasks, each rows*Wo*F*C*KK MACs (one GEMM
@@ -348,10 +353,24 @@ def backward_regions(algo, p, s, own, itemsize, which):
         pw = algo == "pointwise"
         if which == "x":
             ntx = cdiv(Cg, p["chans_x"])
-            costs = [nc * KK * Fg * HoWo + (0 if pw else nc * KK * HoWo)
-                     for nc in runs(Cg, p["chans_x"])] * (N * G)
+            Ls = runs(HoWo, p.get("pos_x") or HoWo) if pw else [HoWo]
+            costs = [nc * KK * Fg * L + (0 if pw else nc * KK * L)
+                     for nc in runs(Cg, p["chans_x"]) for L in Ls] * (N * G)
             return [Region("grad_x", costs)], 0, N * G * ntx * Fg * HoWo, \
                 p["per_thread"] * itemsize
+        if pw and p.get("fgemm_w"):
+            # (filter, channel) blocks on csrc/fgemm.h, the images' positions in runs of
+            # tuning.PW_W_CHAIN added into gw; the smaller side packed per run
+            K = N * HoWo
+            nrun = N * cdiv(HoWo, cdiv(HoWo, cdiv(HoWo, T.PW_W_CHAIN)))
+            costs, dup = [], 0
+            for nf in runs(Fg, p["filters_w"]):
+                for nu in runs(Cg, p["units_w"]):
+                    costs.append(nf * nu * K + nf * nu * nrun)
+                    dup += min(nf, nu) * K
+            regions = [Region("grad_weight", costs * G),
+                       Region("grad_bias", [N * HoWo] * F, "static")]
+            return regions, gwn, dup * G, 0
         Ug = Cg * KH
         nsplit = p.get("nsplit", 1)
         nrw = cdiv(Ho, p["rows_w"])

@@ -482,6 +482,33 @@ def test_cpu_bits_independent_of_thread_count(dtype, shape, size):
     np.testing.assert_allclose(results[0][0], avg_fwd("numpy", x, size), **tol(dtype))
 
 
+def test_cpu_global_average_by_eight_planes_has_the_plane_by_plane_bits():
+    """The float32 global average sums 8 planes at a time where the CPU has AVX2 (lane i making
+    plane i's additions of the one-plane sum: 16 partial sums, their tree, the tail): the same
+    bits as plane by plane for every plane length 1..70 and a few longer (the 16-column runs,
+    the runs of 4, the tail), plane counts around multiples of 8, NaN / inf / huge values, on
+    1 and 2 threads."""
+    ok, why = convkit.backend_status("cpu")
+    if not ok:
+        pytest.skip(why[:300])
+    from convkit.cpu import _adaptive_pool as K
+    rng = np.random.default_rng(31)
+    for n in list(range(1, 71)) + [196, 255, 256, 257, 1000]:
+        for P in (1, 7, 8, 9, 16, 23):
+            x = (rng.standard_normal((P, n)) * rng.choice([1e-3, 1.0, 1e30], (P, n)))
+            x = x.astype(np.float32)
+            if n > 3 and P > 2:
+                x[1, n // 2], x[2, 0], x[2, -1] = np.nan, np.inf, -np.inf
+            for nt in (1, 2):
+                by8, plain = np.empty(P, np.float32), np.empty(P, np.float32)
+                K.global_avg_forward(x, by8, nt, True)
+                K.global_avg_forward(x, plain, nt, False)
+                assert by8.tobytes() == plain.tobytes(), (n, P, nt)
+    x = rng.standard_normal((3, 9, 7, 7)).astype(np.float32)
+    np.testing.assert_allclose(avg_fwd("cpu", x, 1), x.astype(np.float64).mean((2, 3),
+                               keepdims=True), rtol=2e-6, atol=1e-7)
+
+
 # ------------------------------------------------------------------- cimport (other Cython code)
 USER_PYX = """
 # cython: language_level=3, boundscheck=False, wraparound=False

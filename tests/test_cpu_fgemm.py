@@ -211,3 +211,21 @@ def test_narrow_last_panel_values_and_non_finite():
         bad[:, 17] = True
         assert np.isfinite(got[~bad]).all()
         assert not np.isfinite(got[3]).any()
+
+
+@pytest.mark.parametrize("ta", [0, 1])
+def test_a_transposed_b_packs_to_the_same_bits(ta):
+    """B stored n x k (tb) is packed by 8 x 8 register transposes where a 16-column panel is
+    whole, element by element for the k steps past the last 8 and for a partial panel: the
+    product has the bits of the same B stored k x n (a copy changes no value).  m above
+    CK_FG_DIRECT_M (else B not transposed is read in place, not packed); k across the 8-step
+    blocks, their tail and fgemm's k blocks; n with whole and partial panels and the narrow
+    last one."""
+    rng = np.random.default_rng(23)
+    for m, n, k in ((17, 16, 8), (24, 33, 7), (30, 48, 9), (18, 20, 16), (40, 64, 300),
+                    (23, 50, 517), (64, 18, 1900)):
+        a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+        bt = rng.standard_normal((n, k)).astype(np.float32)
+        got = _fgemm(a, bt, ta, 1, m, n)
+        want = _fgemm(a, np.ascontiguousarray(bt.T), ta, 0, m, n)
+        assert got.view(np.uint32).tolist() == want.view(np.uint32).tolist(), (m, n, k)

@@ -49,6 +49,11 @@ CONV = [
     # on BLAS machines 32 forward tasks of 49 positions: fgemm's narrow last panel (1 column)
     ("pointwise_narrow_panel", (8, 32, 14, 14), (48, 32, 1, 1), 1, 0, 1,
      {"forward": "pointwise", "grad_x": "pointwise", "grad_weight": "pointwise"}, False),
+    # more channels than filters: on csrc/fgemm.h grad_weight's GEMMs transposed (x @ gy^T),
+    # 3 channel blocks, each image's 400 positions in two chains of 200; grad_x in runs of
+    # positions
+    ("pointwise_transposed_w", (3, 96, 20, 20), (8, 96, 1, 1), 1, 0, 1,
+     {"forward": "pointwise", "grad_x": "pointwise", "grad_weight": "pointwise"}, False),
     # 16 channels: F(2x2) on every machine
     ("winograd", (2, 16, 12, 12), (16, 16, 3, 3), 1, 1, 1,
      {"forward": "winograd", "grad_x": "winograd", "grad_weight": _gw("weight_dot")}, False),
@@ -398,3 +403,75 @@ def test_the_split_case_reaches_the_two_region_split():
     assert got[1] == [(1, None)] * 2, got
     for nt in THREADS[1:]:
         assert all(t == nt and fp and fp > 1 for t, fp in got[nt]), got
+
+
+@pytest.mark.skipif(not ok or cc._OWN_SGEMM or not cc._FIXED_SGEMM,
+                    reason="csrc/fgemm.h's float32 GEMMs run on AVX2 machines without the own "
+                           "AVX-512 GEMM")
+@pytest.mark.parametrize("xs,ws,groups", [((3, 96, 20, 20), (8, 96, 1, 1), 1),
+                                          ((2, 24, 9, 11), (60, 24, 1, 1), 1),
+                                          ((2, 32, 7, 9), (40, 8, 1, 1), 4)])
+def test_pointwise_blocks_on_fgemm_cut_no_sum(xs, ws, groups):
+    """A pointwise backward on csrc/fgemm.h: grad_weight's (filter, channel) blocks -- either
+    orientation of the GEMM -- and grad_x's runs of positions compute each entry as the same
+    chains whatever the blocks (the plan's blocks only share the work out), so any blocks give
+    the plan's bits; and those are within float32 rounding of float64."""
+    from convkit.cpu import _conv_im2col as K
+    from convkit.cpu import tuning as T
+    rng = np.random.default_rng(29)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = (rng.standard_normal(ws) / np.sqrt(ws[1])).astype(np.float32)
+    N, C, H, W = xs
+    F, Cg = ws[:2]
+    gy = rng.standard_normal((N, F, H, W)).astype(np.float32)
+
+    def run(filters_w, units_w, pos_x, chans_x):
+        gx = np.full(xs, np.nan, np.float32)
+        gw = np.zeros(ws, np.float32)
+        K.conv2d_backward_gemm(gy, x, w, gx, gw, np.zeros(1, np.float32), 0, units_w, H,
+                               chans_x, H, 1, 1, 0, 0, 1, 1, groups, True, True, True, 2, 1,
+                               np.zeros(1, np.float32), filters_w, pos_x, True, T.PW_W_CHAIN)
+        return gx, gw
+    Fg = F // groups
+    base_x, base_w = run(Fg, Cg, 0, Cg)
+    for fw, uw, px, cx in ((1, 1, 1, 1), (7, 5, 13, Cg), (Fg, 3, 64, 2), (5, Cg, 7, 3)):
+        gx, gw = run(fw, uw, px, cx)
+        assert gw.tobytes() == base_w.tobytes(), (fw, uw)
+        assert gx.tobytes() == base_x.tobytes(), (px, cx)
+    with convkit.use_backend("cpu"):       # (the plan's own blocks, through the public op)
+        gx, gw, _ = convkit.conv2d_backward(gy, x, w, groups=groups)
+    assert gw.tobytes() == base_w.tobytes() and gx.tobytes() == base_x.tobytes()
+    G, x64, gy64 = groups, x.astype(np.float64), gy.astype(np.float64)
+    ref = np.concatenate([np.einsum("nfhw,nchw->fc", gy64[:, g * Fg:(g + 1) * Fg],
+                                    x64[:, g * Cg:(g + 1) * Cg]) for g in range(G)])
+    scale = np.einsum("nfhw,nchw->fc", np.abs(gy64[:, :Fg]), np.abs(x64[:, :Cg])).max()
+    # (a rounding per FMA of a chain, one per run added: the standard bound)
+    roundings = T.PW_W_CHAIN + N * -(-H * W // T.PW_W_CHAIN)
+    assert np.abs(base_w[:, :, 0, 0] - ref).max() <= roundings * np.finfo(np.float32).eps * scale
+
+
+def test_pointwise_splits_leave_at_most_a_tenth_of_16_threads_idle():
+    """issue 16's many cores: on the EPYC's caps (csrc/fgemm.h) the suite's pointwise layers'
+    grad_x and grad_weight tasks -- equal sizes but for a last block -- fill 16 threads to within
+    10 % (pw_14 grad_x was 8 tasks, grad_weight 4; rpn_cls1x1 grad_x 4, grad_weight 8); the
+    blocks are the same on 2 and 16 threads."""
+    from convkit.cpu import conv_plan as P
+    caps = P.ConvCaps(**_CAPS["blas_rowgemm_fgemm"])
+    for xs, ws in (((8, 256, 14, 14), (1024, 256, 1, 1)), ((1, 512, 38, 50), (18, 512, 1, 1))):
+        s = P.ConvShape.of(xs, ws, (1, 1), (0,) * 4, (1, 1), 1)
+        N, C, H, W = xs
+        F = ws[0]
+        seen = set()
+        for nt in (2, 16):
+            st = P.plan_conv(s, np.float32, nt, caps, 256 * 2**20).grad_weight
+            p = st.params
+            assert st.algo == "pointwise" and p["fgemm_w"] and st.threads == nt, st
+            seen.add((p["filters_w"], p["units_w"], p["pos_x"]))
+        fw, uw, px = seen.pop()
+        assert not seen
+        sizes_w = [min(fw, F - f) * min(uw, C - c) for f in range(0, F, fw)
+                   for c in range(0, C, uw)]
+        sizes_x = [min(px, H * W - q) for q in range(0, H * W, px)] * N
+        for sizes in (sizes_w, sizes_x):
+            rounds = -(-len(sizes) // 16)
+            assert sum(sizes) / (16 * rounds * max(sizes)) >= 0.9, (xs, sizes)

@@ -19,7 +19,8 @@ from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
-from convkit.cpu.csrc.adaptive_pool cimport ck_run_sum_f, ck_run_sum_d, ck_bin_max_f, ck_bin_max_d
+from convkit.cpu.csrc.adaptive_pool cimport (ck_run_sum_f, ck_run_sum_d, ck_run_sum8_f,
+                                             ck_bin_max_f, ck_bin_max_d)
 
 
 cdef inline floating _run_sum(const floating* p, Py_ssize_t n) noexcept nogil:
@@ -72,12 +73,21 @@ def adaptive_avg_forward(const floating[:, :, ::1] x,
         raise MemoryError("adaptive_avg_pool2d_forward: out of memory for a row of scratch")
 
 
-def global_avg_forward(const floating[:, ::1] x, floating[::1] y, int n_threads):
-    """y[p] = sum(x[p, :]) / HW: x (P, HW), y (P,)."""
-    cdef Py_ssize_t P = x.shape[0], HW = x.shape[1], p
+def global_avg_forward(const floating[:, ::1] x, floating[::1] y, int n_threads,
+                       bint by_eight=True):
+    """y[p] = sum(x[p, :]) / HW: x (P, HW), y (P,).  float32: 8 planes at a time where the CPU
+    has AVX2 (ck_run_sum8_f, the same bits as plane by plane; by_eight=False: plane by plane,
+    for the tests), the planes past the last 8 one by one."""
+    cdef Py_ssize_t P = x.shape[0], HW = x.shape[1], p, P8 = 0, b
     cdef floating d = <floating>HW
+    if floating is float:
+        if by_eight and P >= 8 and HW > 0 and ck_run_sum8_f(&x[0, 0], HW, d, &y[0]):
+            P8 = P // 8 * 8
     with nogil:
-        for p in prange(P, schedule="static", num_threads=n_threads):
+        if P8:
+            for b in prange(P8 // 8, schedule="static", num_threads=n_threads):
+                ck_run_sum8_f(<const float*>&x[8 * b, 0], HW, <float>d, <float*>&y[8 * b])
+        for p in prange(P8, P, schedule="static", num_threads=n_threads):
             y[p] = _run_sum(&x[p, 0], HW) / d
 
 

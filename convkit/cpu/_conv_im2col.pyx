@@ -11,10 +11,10 @@ from cython cimport floating
 cimport numpy as cnp
 cimport openmp
 from cython.parallel cimport prange, threadid
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
-from ._blas cimport gemm, gemm_fixed, gemm_pk
+from ._blas cimport gemm, gemm_fixed, gemm_pk, ck_fgemm
 from ._conv_csrc cimport ck_sum_f, ck_im2col_taps_f
 from ._conv_common cimport _row_copy, _min, _wo_range
 
@@ -196,6 +196,57 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     return y
 
 
+cdef int _pw_weight_fg(const floating* gy, const floating* x, floating* gw, Py_ssize_t N,
+                       Py_ssize_t F, Py_ssize_t C, Py_ssize_t HoWo, Py_ssize_t kstep,
+                       Py_ssize_t f0, Py_ssize_t nf, Py_ssize_t c0, Py_ssize_t nc,
+                       Py_ssize_t ldw, Py_ssize_t u0) noexcept nogil:
+    """gw[f0:f0+nf, u0:u0+nc] (row stride ldw, zero-filled) += sum over images n of
+    gy[n, f0:f0+nf] @ x[n, c0:c0+nc]^T (planes of HoWo), float32 on csrc/fgemm.h.  Each image's
+    positions in runs of ``kstep``: a run's products are one FMA chain from 0 (into a buffer),
+    added into gw run after run, image after image -- short chains, as BLAS's k blocks were.
+    The larger side is the GEMM's rows (read in place; fgemm packs the other, transposed):
+    nc > nf runs x @ gy^T, added back transposed -- fma(a, b, c) == fma(b, a, c), the same
+    bits.  Where fgemm declines (no memory for its buffer) BLAS computes the run.  Returns 0
+    when the buffer cannot be had."""
+    cdef Py_ssize_t n, i, j, q0, kl
+    cdef floating* dst = gw + f0 * ldw + u0
+    cdef floating* tmp = <floating*>malloc(nf * nc * sizeof(floating))
+    cdef const floating* a
+    cdef const floating* b
+    cdef bint tr
+    if tmp == NULL:
+        return 0
+    for n in range(N):
+        a = gy + (n * F + f0) * HoWo
+        b = x + (n * C + c0) * HoWo
+        q0 = 0
+        while q0 < HoWo:
+            kl = _min(kstep, HoWo - q0)
+            tr = False
+            if floating is float:
+                if nc > nf:
+                    tr = ck_fgemm(False, True, nc, nf, kl, 1, <float*>b + q0, HoWo,
+                                  <float*>a + q0, HoWo, 0, <float*>tmp, nf) != 0
+                if not tr and not ck_fgemm(False, True, nf, nc, kl, 1, <float*>a + q0, HoWo,
+                                           <float*>b + q0, HoWo, 0, <float*>tmp, nc):
+                    gemm(False, True, nf, nc, kl, <floating>1, a + q0, HoWo, b + q0, HoWo,
+                         <floating>0, tmp, nc)
+            else:
+                gemm(False, True, nf, nc, kl, <floating>1, a + q0, HoWo, b + q0, HoWo,
+                     <floating>0, tmp, nc)
+            if tr:
+                for i in range(nf):
+                    for j in range(nc):
+                        dst[i * ldw + j] = dst[i * ldw + j] + tmp[j * nf + i]
+            else:
+                for i in range(nf):
+                    for j in range(nc):
+                        dst[i * ldw + j] = dst[i * ldw + j] + tmp[i * nc + j]
+            q0 = q0 + kl
+    free(tmp)
+    return 1
+
+
 def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
                          const floating[:, :, :, ::1] w, floating[:, :, :, ::1] gx,
                          floating[:, :, :, ::1] gw, floating[::1] ws, Py_ssize_t ws_per_thread,
@@ -203,7 +254,9 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
                          Py_ssize_t rows_x, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
                          Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
                          bint pointwise, bint needs_input_grad, bint needs_weight_grad,
-                         int n_threads, Py_ssize_t nsplit, floating[::1] gwp):
+                         int n_threads, Py_ssize_t nsplit, floating[::1] gwp,
+                         Py_ssize_t filters_w=0, Py_ssize_t pos_x=0, bint fgemm_w=False,
+                         Py_ssize_t kchain=256):
     """grad_weight into gw (OUT, zero-filled by the caller; when needs_weight_grad) and, when
     needs_input_grad, grad_x into gx (OUT, any contents) of conv2d_forward_gemm.
 
@@ -218,6 +271,15 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
     order whatever the thread count and whoever adds (deterministic).
     grad_x: a task owns ``chans_x`` channels of one image: cols_grad = w^T @ gy, ``rows_x``
     output rows at a time, then col2im into those gx planes.
+
+    pointwise, fgemm_w (float32 on csrc/fgemm.h, conv_plan.pointwise_weight_blocks): a
+    grad_weight task owns ``filters_w`` filters x ``units_w`` channels of gw[g], the images
+    added in order as one FMA chain per entry (nsplit 1), with the larger side as the GEMM's
+    rows: gy @ x^T straight into gw, or x @ gy^T into a small buffer written back transposed
+    -- the same chains, so the same bits whatever the blocks; each chain at most ``kchain``
+    positions of one image (near-equal runs), the runs added in order (_pw_weight_fg).
+    pointwise grad_x: a task owns ``pos_x`` output positions of one image (0: all), every
+    channel of its group.
     """
     cdef Py_ssize_t N = x.shape[0], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
@@ -225,6 +287,14 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
     cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
     cdef Py_ssize_t Ug = Cg * KH, ntw = (Ug + units_w - 1) // units_w
     cdef Py_ssize_t ntx = (Cg + chans_x - 1) // chans_x
+    cdef bint pwfg = pointwise and fgemm_w and floating is float
+    cdef Py_ssize_t fw = filters_w if pwfg and filters_w > 0 else Fg
+    cdef Py_ssize_t nfw = (Fg + fw - 1) // fw
+    cdef Py_ssize_t px = pos_x if pointwise and pos_x > 0 else HoWo
+    cdef Py_ssize_t npx = (HoWo + px - 1) // px if pointwise else 1
+    cdef Py_ssize_t f0, nf, p0, failed = 0
+    cdef Py_ssize_t kruns = (HoWo + kchain - 1) // kchain if kchain > 0 else 1
+    cdef Py_ssize_t krun = (HoWo + kruns - 1) // kruns     # (near-equal runs: 238 of 1900)
     cdef Py_ssize_t nrw = (Ho + rows_w - 1) // rows_w, S = N * nrw, gwn = F * CgKK
     cdef Py_ssize_t t, n, g, u0, u1, u, h0, hr, L, c, c0, nc, sp, tw, j, i, f, last
     cdef floating* buf
@@ -239,13 +309,20 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
             raise MemoryError("conv2d_backward: out of memory for the part counters")
         openmp.omp_init_lock(&lock)
     with nogil:
-        for t in prange(G * ntw * nsplit if needs_weight_grad else 0, schedule="dynamic",
-                        num_threads=n_threads):
+        for t in prange(G * nfw * ntw * nsplit if needs_weight_grad else 0,
+                        schedule="dynamic", num_threads=n_threads):
             sp = t % nsplit
             tw = t // nsplit
-            g = tw // ntw
-            u0 = (tw - g * ntw) * units_w
+            g = tw // (nfw * ntw)
+            u0 = (tw - g * nfw * ntw) % ntw * units_w
             u1 = _min(Ug, u0 + units_w)
+            if pwfg:
+                f0 = g * Fg + (tw - g * nfw * ntw) // ntw * fw
+                nf = _min(fw, (g + 1) * Fg - f0)
+                if not _pw_weight_fg(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], gwf, N, F, x.shape[1],
+                                     HoWo, krun, f0, nf, g * Cg + u0, u1 - u0, CgKK, u0):
+                    failed += 1
+                continue
             buf = &ws[0] + threadid() * ws_per_thread
             dst = (gwf if sp == 0 else &gwp[0] + (sp - 1) * gwn) + g * Fg * CgKK
             for j in range(sp * S // nsplit, (sp + 1) * S // nsplit):
@@ -280,17 +357,20 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
     if done != NULL:
         openmp.omp_destroy_lock(&lock)
         free(done)
+    if failed:
+        raise MemoryError("conv2d_backward: out of memory for a grad_weight block's sums")
     with nogil:
         if needs_input_grad:
-            for t in prange(N * G * ntx, schedule="dynamic", num_threads=n_threads):
-                n = t // (G * ntx)
-                g = (t - n * G * ntx) // ntx
-                c0 = (t - n * G * ntx - g * ntx) * chans_x
+            for t in prange(N * G * ntx * npx, schedule="dynamic", num_threads=n_threads):
+                p0 = t % npx * px
+                n = t // npx // (G * ntx)
+                g = (t // npx - n * G * ntx) // ntx
+                c0 = (t // npx - n * G * ntx - g * ntx) * chans_x
                 nc = _min(Cg - c0, chans_x)
                 if pointwise:
-                    gemm_fixed(True, False, nc, HoWo, Fg, <floating>1, &w[g * Fg, c0, 0, 0],
-                               CgKK, &gy[n, g * Fg, 0, 0], HoWo, <floating>0,
-                               &gx[n, g * Cg + c0, 0, 0], HoWo)
+                    gemm_fixed(True, False, nc, _min(px, HoWo - p0), Fg, <floating>1,
+                               &w[g * Fg, c0, 0, 0], CgKK, &gy[n, g * Fg, 0, 0] + p0, HoWo,
+                               <floating>0, &gx[n, g * Cg + c0, 0, 0] + p0, HoWo)
                     continue
                 buf = &ws[0] + threadid() * ws_per_thread
                 for c in range(nc):

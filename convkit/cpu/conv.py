@@ -784,7 +784,9 @@ def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
         _im2col.conv2d_backward_gemm(gy, x, weight, gx, gw, ws, p["per_thread"], p["units_w"],
                                    p["rows_w"], p["chans_x"], p["rows_x"], sh, sw, s.padding[0],
                                    s.padding[2], dh, dw, s.groups, step.algo == "pointwise",
-                                   needs_gx, needs_gw, step.threads, nsplit, gwp)
+                                   needs_gx, needs_gw, step.threads, nsplit, gwp,
+                                   p.get("filters_w", 0), p.get("pos_x", 0),
+                                   p.get("fgemm_w", False), _T.PW_W_CHAIN)
 
 
 _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "dense": _bwd_dense,

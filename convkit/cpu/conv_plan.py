@@ -348,9 +348,28 @@ def grad_x_chans(Cg, G, KK, N=0):
                min(Cg, ceil_div(T.BLAS_GRAD_X_MIN_ROWS, KK)))
 
 
+def pointwise_weight_blocks(Fg, Cg, G):
+    """(filters, channels) per task of a pointwise grad_weight on csrc/fgemm.h.  The larger of
+    the two sides is the GEMM's rows, read in place; the smaller its columns, packed per GEMM
+    (fgemm packs a transposed operand), in blocks of at most tuning.PW_W_COLS; the rows in
+    blocks for about tuning.PW_W_TASKS tasks over the groups, at least tuning.PW_W_MIN_ROWS
+    (each packed value serves that many FMAs), whole 6-row tiles where that keeps the count.
+    Set by the layer alone (and no sum follows it: one chain per entry)."""
+    big, small = max(Fg, Cg), min(Fg, Cg)
+    cols = min(small, T.PW_W_COLS)
+    want = max(1, ceil_div(T.PW_W_TASKS, G * ceil_div(small, cols)))
+    rows = min(big, max(T.PW_W_MIN_ROWS, ceil_div(big, want)))
+    tiled = ceil_div(rows, 6) * 6
+    if ceil_div(big, tiled) == ceil_div(big, rows):
+        rows = min(big, tiled)
+    return (rows, cols) if Fg >= Cg else (cols, rows)
+
+
 def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
-                         needs_gx, weight_bytes, own_gemm, limit, fixed=False):
-    """(threads, units_w, rows_w, chans_x, rows_x, nsplit, workspace elements per thread).
+                         needs_gx, weight_bytes, own_gemm, limit, fixed=False, F=None):
+    """(threads, units_w, rows_w, chans_x, rows_x, nsplit, workspace elements per thread,
+    filters_w, pos_x): filters per grad_weight task and output positions per grad_x task (a
+    pointwise conv on csrc/fgemm.h; else all the group's filters and the whole image).
 
     Every split that orders a sum is set by the layer and the limit alone: grad_weight's rows
     per GEMM (rows_w) and grad_x's (rows_x) always; on BLAS also the column blocks (units_w),
@@ -358,13 +377,24 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
     whose widths pick OpenBLAS's kernels.  The own GEMM sums each output in a fixed order
     whatever the block, so there the blocks follow the team."""
     Ug = Cg * KH
+    Fg = (weight_bytes // (Cg * KH * KW * itemsize) if F is None else F) // G
+    if pointwise and fixed:
+        # float32 on csrc/fgemm.h: each grad_weight entry is one FMA chain over the batch's
+        # positions in order, each grad_x entry one over the filters, whatever block computes
+        # it -- the blocks below cut no sum, they only share the work out (issue 16's many
+        # cores): grad_weight in (filter, channel) blocks, grad_x in runs of positions (the
+        # forward's), every channel of the group in one GEMM
+        filters_w, units_w = pointwise_weight_blocks(Fg, Cg, G)
+        pos_x = plan_im2col_forward(N, C, 1, Ho, Wo, W, sw, itemsize, n_threads, True,
+                                    weight_bytes, False, limit, True)[1]
+        return n_threads, units_w, Ho, Cg, Ho, 1, 0, filters_w, pos_x
     if pointwise:
         # (no parts of the batch: pw_14's few products per weight made each part cost ~3%)
         units_w = ceil_div(Ug, ceil_div(n_threads, G) if own_gemm else
                            ceil_div(Ug, T.BLAS_POINTWISE_COLS))     # (see below)
         chans_x = (ceil_div(Cg, ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G))
-                   if own_gemm else grad_x_chans(Cg, G, 1, N if fixed else 0))  # (see below)
-        return n_threads, units_w, Ho, chans_x, Ho, 1, 0
+                   if own_gemm else grad_x_chans(Cg, G, 1, 0))      # (see below)
+        return n_threads, units_w, Ho, chans_x, Ho, 1, 0, Fg, Ho * Wo
     unit_w = KW * Wo * itemsize                    # one (channel, kh) tap row, one output row
     unit_x = KH * KW * Wo * itemsize               # one channel's taps, one output row
     extra = (W + sw) * itemsize
@@ -412,7 +442,8 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
         chans_x, rows_x = Cg, Ho        # unused: no grad_x pass
     ws = max(units_w * rows_w * unit_w, chans_x * rows_x * unit_x if needs_gx else 0)
     n_threads = fit_team(n_threads, ws, extra, limit)
-    return n_threads, units_w, rows_w, chans_x, rows_x, nsplit, ws // itemsize + W + sw
+    return (n_threads, units_w, rows_w, chans_x, rows_x, nsplit, ws // itemsize + W + sw, Fg,
+            Ho * Wo)
 
 
 def winograd_tile(C, F, Ho, Wo, own_gemm):
@@ -1156,12 +1187,14 @@ def _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointw
     algo = "pointwise" if pointwise else "im2col"
     p, err = _or_error(plan_im2col_backward, N, C, Cg, G, KH, KW, Ho, Wo, W,
                          s.stride[1], itemsize, n, pointwise, gx_left, wbytes, own, limit,
-                         fixed)
+                         fixed, s.F)
     if p is None:
         step = Step(algo, n, error=err)
     else:
         step = Step(algo, p[0], {"units_w": p[1], "rows_w": p[2], "chans_x": p[3],
-                                 "rows_x": p[4], "nsplit": p[5], "per_thread": p[6]})
+                                 "rows_x": p[4], "nsplit": p[5], "per_thread": p[6],
+                                 "filters_w": p[7], "pos_x": p[8],
+                                 "fgemm_w": pointwise and fixed})
     if gw is not None:       # grad_weight by another kernel: the im2col pass makes grad_x only
         if gw.algo == "weight_dot":
             return step, gw, "fused", n

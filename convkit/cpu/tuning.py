@@ -67,6 +67,20 @@ BLAS_W_PART_MIN_K = 1024
 # 64 measured the same on one core, 32 ~30% slower; 128-filter blocks cost ~20%, parts of the
 # batch ~3% each, so pw_14 keeps four tasks).  RESULTS.md "Many cores ... (issue 16)".
 BLAS_POINTWISE_COLS = 64
+# pointwise grad_weight, float32 on csrc/fgemm.h (conv_plan.pointwise_weight_blocks): about
+# this many (filter, channel) block tasks (pw_14: 8 x 4 = 32, none idle on 2 to 32 threads; was
+# 4 column blocks on BLAS, 16 threads 75 % idle) ...
+PW_W_TASKS = 32
+# ... the smaller side (filters or channels, packed per GEMM) in blocks of at most this many ...
+PW_W_COLS = 64
+# ... and the larger side's blocks at least this many rows: each packed value serves that many
+# FMAs (rpn_cls1x1's 512 channels x 18 filters: 16 tasks of 32 channels).
+PW_W_MIN_ROWS = 32
+# ... each entry summed in chains of at most this many positions of one image (near-equal
+# runs), each from 0, added in order: a chain over pw_14's whole batch (1568 products) had
+# 4.5x the float64 error of BLAS's k blocks (bench/pointwise_check.py).  Cuts the sums: a
+# constant, never the team's.
+PW_W_CHAIN = 256
 # pointwise forward on BLAS: each task's GEMM repacks the weight, so a task keeps at least one
 # output position per this many bytes of weight (pw_14's 1 MiB weight: 49-position tasks cost
 # 10-45% more on one core than 98 or 196).  RESULTS.md "Many cores ... (issue 16)".

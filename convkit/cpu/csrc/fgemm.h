@@ -39,6 +39,7 @@
 #define CK_FG_BUILT 1
 #include <immintrin.h>
 #include <pthread.h>
+#include "tr8.h"
 #else
 #define CK_FG_BUILT 0
 #endif
@@ -144,25 +145,6 @@ CK_FG_TARGET static void ck_fg_pack_b(const float *b, ptrdiff_t ldb, ptrdiff_t k
     }
 }
 
-/* op(B) rows [0, kc) x cols [0, nc) of a transposed B (stored n x k, already offset) into
- * 24-column panels (row p of a panel at out + 24p), columns past nc zero */
-static void ck_fg_pack_bt(const float *b, ptrdiff_t ldb, ptrdiff_t kc, ptrdiff_t nc, float *out)
-{
-    for (ptrdiff_t j0 = 0; j0 < nc; j0 += CK_FG_NR) {
-        ptrdiff_t nr = nc - j0 < CK_FG_NR ? nc - j0 : CK_FG_NR;
-        for (ptrdiff_t jj = 0; jj < CK_FG_NR; ++jj) {
-            const float *src = b + (j0 + jj) * ldb;
-            if (jj < nr)
-                for (ptrdiff_t p = 0; p < kc; ++p)
-                    out[CK_FG_NR * p + jj] = src[p];
-            else
-                for (ptrdiff_t p = 0; p < kc; ++p)
-                    out[CK_FG_NR * p + jj] = 0.0f;
-        }
-        out += CK_FG_NR * kc;
-    }
-}
-
 /* c (MR x 8*nv, rows r < mrows, the last vector's lanes in `last`) = the chains of A's rows
  * (row r, step p at a + r * ars + p * aks) over kc steps of B (row p at b + p * bs), started
  * from c (load_c) or from 0.  nv and full are constants in each instance below: the loops
@@ -222,25 +204,39 @@ ck_fg_body(int nv, int full, ptrdiff_t kc, const float *a, ptrdiff_t ars, ptrdif
     }
 }
 
-/* rows r < 8 of a transposed in place: r[q] lane i = r[i] lane q before */
-CK_FG_TARGET static inline __attribute__((always_inline)) void ck_fg_tr8(__m256 *r)
+/* op(B) rows [0, kc) x cols [0, nc) of a transposed B (stored n x k, already offset) into
+ * 16-column panels (row p of a panel at out + 16p), columns past nc zero.  A whole panel goes
+ * in 8 x 8 blocks transposed in registers (8 columns' runs of 8 k steps); the k steps past
+ * the last 8 and a partial panel element by element (a copy: no bits change) */
+CK_FG_TARGET static void ck_fg_pack_bt(const float *b, ptrdiff_t ldb, ptrdiff_t kc,
+                                       ptrdiff_t nc, float *out)
 {
-    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-    __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-    __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
-    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
-    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
-    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
-    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+    for (ptrdiff_t j0 = 0; j0 < nc; j0 += CK_FG_NR) {
+        ptrdiff_t nr = nc - j0 < CK_FG_NR ? nc - j0 : CK_FG_NR;
+        ptrdiff_t p0 = 0;
+        if (nr == CK_FG_NR)
+            for (; p0 + 8 <= kc; p0 += 8)
+                for (int h = 0; h < CK_FG_NR; h += 8) {
+                    __m256 r[8];
+#pragma GCC unroll 8
+                    for (int i = 0; i < 8; ++i)
+                        r[i] = _mm256_loadu_ps(b + (j0 + h + i) * ldb + p0);
+                    ck_fg_tr8(r);   /* r[q]: columns h..h+7 at k step p0 + q */
+#pragma GCC unroll 8
+                    for (int q = 0; q < 8; ++q)
+                        _mm256_store_ps(out + CK_FG_NR * (p0 + q) + h, r[q]);
+                }
+        for (ptrdiff_t jj = 0; jj < CK_FG_NR; ++jj) {
+            const float *src = b + (j0 + jj) * ldb;
+            if (jj < nr)
+                for (ptrdiff_t p = p0; p < kc; ++p)
+                    out[CK_FG_NR * p + jj] = src[p];
+            else
+                for (ptrdiff_t p = p0; p < kc; ++p)
+                    out[CK_FG_NR * p + jj] = 0.0f;
+        }
+        out += CK_FG_NR * kc;
+    }
 }
 
 /* The narrow last panel (nr <= CK_FG_EDGE_N columns): the same chains with the vectors along
