@@ -125,7 +125,7 @@ cdef void _batch_pad(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssize_
 
 
 def shift_available():
-    """True when the small-map im2col can use masked AVX-512 loads (_batch_im2col)."""
+    """True when the small-map im2col can use masked AVX2 / AVX-512 loads (_batch_im2col)."""
     return ck_shift_available() != 0
 
 
@@ -145,7 +145,7 @@ cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssi
     output row: no bounds checks and no per-row library calls, which for rows of 2-8 outputs
     cost more than the copying itself.
 
-    masks (not NULL: stride 1, Wo == W, HoWo a multiple of the vector width, an AVX-512 CPU):
+    masks (not NULL: stride 1, Wo == W, HoWo a multiple of 64 bytes, an AVX2 or AVX-512 CPU):
     output position p of an image reads input p + a*W + b through tap (kh, kw)
     (a = kh*dh - pt, b = kw*dw - pl) or padding, so each tap's columns of an image are masked
     vector loads straight from x (masks[tap * nv + v]: which lanes of vector v read x) -- no
