@@ -93,6 +93,21 @@ def test_bits_do_not_follow_the_shape_or_the_place(ta, tb):
         np.testing.assert_array_equal(part, whole[i0:i1, j0:j1], err_msg=str((i0, i1, j0, j1)))
 
 
+@pytest.mark.parametrize("ta,tb", [(0, 0), (0, 1)])
+def test_short_row_blocks_keep_the_bits(ta, tb):
+    """A last row block of 1-5 rows runs a 2- or 4-row instance of the tile, not the 6-row one:
+    every row of every such GEMM (m = 1..17, each row at each place of its block) has the bits
+    of the same row in a GEMM of full 6-row blocks."""
+    n, k = 40, 300
+    a, b = _operands(18, n, k, ta, tb)
+    whole = _fgemm(a, b, ta, tb, 18, n)
+    for i0 in range(0, 6):
+        for m in range(1, 18 - i0):
+            A = _op(a, ta)[i0:i0 + m]
+            part = _fgemm(np.ascontiguousarray(A.T if ta else A), b, ta, tb, m, n)
+            np.testing.assert_array_equal(part, whole[i0:i0 + m], err_msg=str((i0, m)))
+
+
 def test_beta_one_goes_on_with_the_chain():
     """beta 1 starts each chain from C: k split in two GEMMs (the second with beta 1) gives
     the one GEMM's bits, wherever the split."""

@@ -265,7 +265,7 @@ SHIFTED = [
 @pytest.mark.parametrize("case", SHIFTED, ids=lambda c: c[0])
 def test_shifted_gather_gives_the_general_gathers_bits(case, dtype, monkeypatch, torch):
     """Stride-1 convs with Wo == W gather columns by masked vector loads straight from x (on
-    AVX-512 CPUs); the columns, and so every result, must equal the padded-plane gather's
+    AVX2 and AVX-512 CPUs); the columns, and so every result, must equal the padded-plane gather's
     bit for bit, and torch's values."""
     name, xs, ws, dil, pad = case
     groups = xs[1] // ws[1]
@@ -288,9 +288,56 @@ def test_shifted_gather_gives_the_general_gathers_bits(case, dtype, monkeypatch,
         np.testing.assert_allclose(got, want.detach().numpy(), **tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", SHIFTED[:2] + SHIFTED[3:4], ids=lambda c: c[0])
+def test_shifted_gather_non_finite_element_for_element(case, dtype, monkeypatch):
+    """NaN / inf on a plane's border rows and columns (next to the lanes a tap masks off, and
+    just before / after another image's plane in memory): the shifted gather's forward and
+    backward put NaN / inf exactly where the padded-plane gather does."""
+    name, xs, ws, dil, pad = case
+    groups = xs[1] // ws[1]
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal(ws).astype(dtype)
+    x[0, 0, 0, 0] = np.nan
+    x[1, -1, -1, -1] = np.inf
+    x[-1, 0, -1, 0] = -np.inf
+    kw = dict(stride=1, padding=pad, dilation=dil, groups=groups)
+    gy = rng.standard_normal(_run(x, w, None, None, kw).shape).astype(dtype)
+    fast = _run(x, w, None, gy, kw)
+    monkeypatch.setattr(cpu_conv, "_shift_masks", lambda *a: np.zeros(0, np.uint16))
+    slow = _run(x, w, None, gy, kw)
+    for u, v in zip(fast[:3], slow[:3]):
+        np.testing.assert_array_equal(u, v)     # (NaN where NaN, the same inf, same bits)
+    assert np.isnan(fast[0]).any() and np.isinf(fast[0]).any()
+
+
+@pytest.mark.parametrize("xs,ws", [((9, 16, 8, 8), (16, 16, 3, 3)), ((13, 32, 4, 4),
+                                                                     (32, 32, 3, 3))])
+def test_shifted_gather_same_bits_on_1_2_8_16_threads(xs, ws):
+    """The training step's batch-path 3x3 convs (8x8 and 4x4 maps): forward, grad_x and
+    grad_weight the same bits on 1, 2, 8 and 16 threads."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    gy = rng.standard_normal(xs[:1] + ws[:1] + xs[2:]).astype(np.float32)
+    kw = dict(stride=1, padding=1)
+    before = convkit.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 8, 16):
+            convkit.set_num_threads(n)
+            runs.append(_run(x, w, None, gy, kw))
+    finally:
+        convkit.set_num_threads(before)
+    for other in runs[1:]:
+        for u, v in zip(runs[0][:3], other[:3]):
+            np.testing.assert_array_equal(u, v)
+
+
 def test_shift_masks_mark_the_taps_that_read_x():
     if not cpu_conv._conv.shift_available():
-        pytest.skip("no AVX-512 on this CPU: the shifted gather is not used")
+        pytest.skip("no AVX2 or AVX-512 on this CPU: the shifted gather is not used")
     m = cpu_conv._shift_masks(4, 4, 4, 4, 3, 3, (1, 1), 1, 1, (1, 1), 4)
     assert m.shape == (9,)
     # tap (0, 0) reads x for outputs with ho >= 1 and wo >= 1; the centre tap for all 16

@@ -125,7 +125,7 @@ cdef void _batch_pad(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssize_
 
 
 def shift_available():
-    """True when the small-map im2col can use masked AVX-512 loads (_batch_im2col)."""
+    """True when the small-map im2col can use masked AVX2 / AVX-512 loads (_batch_im2col)."""
     return ck_shift_available() != 0
 
 
@@ -134,8 +134,9 @@ cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssi
                         Py_ssize_t KW, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh,
                         Py_ssize_t dw, Py_ssize_t Hp, Py_ssize_t Wp, const Py_ssize_t* idx,
                         Py_ssize_t L, Py_ssize_t Wo, bint unit_stride,
-                        const unsigned short* masks, floating* cols, floating* xp) noexcept nogil:
-    """cols ((c1-c0)*KH*KW, L): the columns of channels [c0, c1) of images n0..n0+nb-1 (x: image
+                        const unsigned short* masks, floating* cols, floating* xp,
+                        Py_ssize_t ldcols) noexcept nogil:
+    """cols ((c1-c0)*KH*KW, L; rows ldcols >= L apart): the columns of channels [c0, c1) of images n0..n0+nb-1 (x: image
     0, channel 0; img: elements per image), image j in columns [j*HoWo, (j+1)*HoWo).
 
     The planes are first copied into xp ((c1-c0), nb*Hp*Wp), each zero-padded to exactly the
@@ -145,7 +146,7 @@ cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssi
     output row: no bounds checks and no per-row library calls, which for rows of 2-8 outputs
     cost more than the copying itself.
 
-    masks (not NULL: stride 1, Wo == W, HoWo a multiple of the vector width, an AVX-512 CPU):
+    masks (not NULL: stride 1, Wo == W, HoWo a multiple of 64 bytes, an AVX2 or AVX-512 CPU):
     output position p of an image reads input p + a*W + b through tap (kh, kw)
     (a = kh*dh - pt, b = kw*dw - pl) or padding, so each tap's columns of an image are masked
     vector loads straight from x (masks[tap * nv + v]: which lanes of vector v read x) -- no
@@ -161,7 +162,7 @@ cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssi
             for t in range(KH * KW):
                 kh = t // KW
                 kw = t - kh * KW
-                dst = cols + ((c - c0) * KH * KW + t) * L
+                dst = cols + ((c - c0) * KH * KW + t) * ldcols
                 if floating is float:
                     ck_shift_f(x + n0 * img + c * H * W, img, nb,
                                (kh * dh - pt) * W + kw * dw - pl, masks + t * nv, nv, dst)
@@ -173,7 +174,7 @@ cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssi
     for c in range(c0, c1):
         for kh in range(KH):
             for kw in range(KW):
-                dst = cols + ((c - c0) * KH * KW + kh * KW + kw) * L
+                dst = cols + ((c - c0) * KH * KW + kh * KW + kw) * ldcols
                 src = xp + (c - c0) * lx + kh * dh * Wp + kw * dw
                 if unit_stride:
                     q = 0
@@ -264,6 +265,7 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
     cdef Py_ssize_t t, n0, nb, L, g, f, j, p
     cdef bint unit_stride = Wo == 1 or idx[1] - idx[0] == 1     # column stride 1
     cdef const unsigned short* mp = &masks[0] if masks.shape[0] > 0 else NULL
+    cdef Py_ssize_t ldcols
     cdef floating* cols
     cdef floating* ybuf
     cdef floating* src
@@ -274,13 +276,20 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
             n0 = t * imgs
             nb = _min(imgs, N - n0)
             L = nb * HoWo
+            # cols' rows a multiple of 1 KiB apart (16 images of 8x8): a GEMM of few rows
+            # reads them in place (csrc/fgemm.h), and such a strip's rows share a few L1 sets
+            # (16 x 144 x 1024: 40 GFLOP/s, 80 at 16 floats more, bench/fgemm_stride_ab.py).
+            # The shifted gather leaves the padded planes' room unused: rows 16 floats longer.
+            ldcols = L
+            if mp != NULL and L % 256 == 0 and KK * 16 <= Hp * Wp * nb:
+                ldcols = L + 16
             cols = &ws[0] + threadid() * ws_per_thread
-            ybuf = cols + C * KK * L
+            ybuf = cols + C * KK * ldcols
             _batch_im2col(&x[0, 0, 0, 0], C * H * W, n0, nb, 0, C, H, W, KH, KW, pt, pl, dh, dw,
-                          Hp, Wp, &idx[0], L, Wo, unit_stride, mp, cols, ybuf + F * L)
+                          Hp, Wp, &idx[0], L, Wo, unit_stride, mp, cols, ybuf + F * L, ldcols)
             for g in range(G):
                 gemm_fixed(False, False, Fg, L, CgKK, <floating>1, &w[g * Fg, 0, 0, 0], CgKK,
-                           cols + g * CgKK * L, L, <floating>0, ybuf + g * Fg * L, L)
+                           cols + g * CgKK * ldcols, ldcols, <floating>0, ybuf + g * Fg * L, L)
             for j in range(nb):
                 for f in range(F):
                     src = ybuf + f * L + j * HoWo
@@ -372,7 +381,7 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                 L = nb * HoWo
                 _batch_im2col(&x[0, 0, 0, 0], C * H * W, n0, nb, g * Cg + c0, g * Cg + c1, H, W,
                               KH, KW, pt, pl, dh, dw, Hp, Wp, &idx[0], L, Wo, sw == 1, mp,
-                              buf, buf + nck * L)
+                              buf, buf + nck * L, L)
                 ok = 0
                 if gwt != NULL:
                     ok = ck_fgemm(False, True, nck, Fg, L, 1, <float*>buf, L,

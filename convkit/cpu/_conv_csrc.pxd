@@ -9,7 +9,7 @@ by users; the public plane kernels are in _conv.pxd).  One header per kernel fam
     csrc/wino4.h   Winograd F(4x4, 3x3) row transforms (portable C; AVX2 build by CPUID)
     csrc/dwconv.h  depthwise stride-1 register blocks (GCC/clang vector extensions)
     csrc/dw3x3.h   depthwise 3x3 stride-1 kernels (16-byte / AVX2 / AVX-512, picked by CPUID)
-    csrc/shift.h   masked shifted copies for the small-map im2col (AVX-512)
+    csrc/shift.h   masked shifted copies for the small-map im2col (AVX-512, AVX2)
     csrc/rowgemm.h a float32 GEMM reading B rows at offsets, for the sub-pixel grad_x (AVX2)
     csrc/stem.h    the strided first-layer conv's forward and weight gradient (AVX2)
     csrc/stem_wino.h  the stem's forward by a 1-D Winograd F(4, 4) / F(4, 3) along rows (AVX2)

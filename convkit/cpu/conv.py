@@ -242,8 +242,9 @@ def _batch_geometry(N, Ho, Wo, KH, KW, stride, dilation):
 
 
 # Stride-1 convs whose output is as wide as the input gather their columns with masked vector
-# loads straight from x (_conv_batch._batch_im2col, "shifted"; AVX-512 CPUs), not through padded
-# planes and an index table.  Same columns, so the same bits; False forces the general gather.
+# loads straight from x (_conv_batch._batch_im2col, "shifted"; AVX2 or AVX-512 CPUs), not
+# through padded planes and an index table.  Same columns, so the same bits; False forces the
+# general gather.
 _SHIFTED = _batch.shift_available()
 
 
@@ -251,7 +252,7 @@ _SHIFTED = _batch.shift_available()
 def _shift_masks(H, W, Ho, Wo, KH, KW, stride, pt, pl, dilation, itemsize):
     """uint16 array[KH*KW * HoWo/lanes]: bit i of entry (tap, v) is set when output position
     v*lanes + i reads x (not padding) through that tap; empty when the shifted gather does not
-    apply (stride 1, Wo == W, HoWo a multiple of the lanes per vector, an AVX-512 CPU)."""
+    apply (stride 1, Wo == W, HoWo a multiple of the lanes per vector, an AVX2 CPU)."""
     lanes = 64 // itemsize
     if not (_SHIFTED and stride == (1, 1) and Wo == W and (Ho * Wo) % lanes == 0):
         masks = np.zeros(0, np.uint16)

@@ -104,13 +104,20 @@ static void ck_bn_dot_d(const double* g, const double* x, ptrdiff_t n, double m,
     *sg += tg; *sd += td;
 }
 
-/* Slab loops of the small-plane batch norm.  GCC builds each twice (AVX-512F and the
-   x86-64 baseline) and picks one at load time; fp-contract=off keeps the arithmetic
-   (no fused multiply-adds) the same bits in both builds. */
+/* Slab loops of the small-plane batch norm.  GCC builds each three times (AVX-512F, AVX2 and
+   the x86-64 baseline) and picks one at load time; fp-contract=off keeps the arithmetic
+   (no fused multiply-adds) the same bits in every build: each output l is its own chain, so
+   the vector width does not reorder anything.  (The AVX2 build: CPUs without AVX-512 ran the
+   SSE2 one, two doubles a vector, on the training step's 8x8 / 4x4 batch norms.) */
 #include <stddef.h>
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #include "isa.h"
+#if CK_AVX512_EMULATED
 #define CK_BNV CK_AVX512_CLONES __attribute__((optimize("fp-contract=off")))
+#else
+#define CK_BNV __attribute__((target_clones("avx512f", "avx2", "default"))) \
+    __attribute__((optimize("fp-contract=off")))
+#endif
 #else
 #define CK_BNV
 #endif

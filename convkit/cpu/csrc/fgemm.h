@@ -145,23 +145,25 @@ CK_FG_TARGET static void ck_fg_pack_b(const float *b, ptrdiff_t ldb, ptrdiff_t k
     }
 }
 
-/* c (MR x 8*nv, rows r < mrows, the last vector's lanes in `last`) = the chains of A's rows
- * (row r, step p at a + r * ars + p * aks) over kc steps of B (row p at b + p * bs), started
- * from c (load_c) or from 0.  nv and full are constants in each instance below: the loops
- * unroll and the accumulators stay in registers. */
+/* c (mc x 8*nv, rows r < mrows <= mc, the last vector's lanes in `last`) = the chains of A's
+ * rows (row r, step p at a + r * ars + p * aks) over kc steps of B (row p at b + p * bs),
+ * started from c (load_c) or from 0.  mc (<= MR), nv and full are constants in each instance
+ * below: the loops unroll and the accumulators stay in registers.  A short last row block
+ * (m = 16: 6 + 6 + 4, m = 32: ... + 2) runs an instance of 4 or 2 rows, not 6 with rows of
+ * discarded sums: each output's chain is the same, so are its bits. */
 CK_FG_TARGET static inline __attribute__((always_inline)) void
-ck_fg_body(int nv, int full, ptrdiff_t kc, const float *a, ptrdiff_t ars, ptrdiff_t aks,
-           const float *b, ptrdiff_t bs, float *c, ptrdiff_t ldc, int load_c, int mrows,
-           __m256i last)
+ck_fg_body(int mc, int nv, int full, ptrdiff_t kc, const float *a, ptrdiff_t ars,
+           ptrdiff_t aks, const float *b, ptrdiff_t bs, float *c, ptrdiff_t ldc, int load_c,
+           int mrows, __m256i last)
 {
     __m256 acc[CK_FG_MR][CK_FG_NV];
     const float *ar[CK_FG_MR];  /* row r of the tile's A at ar[r] + p * aks; rows past mrows
                                  * read row 0 (their sums are not stored) */
 #pragma GCC unroll 8
-    for (int r = 0; r < CK_FG_MR; ++r)
+    for (int r = 0; r < mc; ++r)
         ar[r] = a + (r < mrows ? r : 0) * ars;
 #pragma GCC unroll 8
-    for (int r = 0; r < CK_FG_MR; ++r)
+    for (int r = 0; r < mc; ++r)
 #pragma GCC unroll 3
         for (int v = 0; v < nv; ++v) {
             const float *cp = c + r * ldc + 8 * v;
@@ -181,7 +183,7 @@ ck_fg_body(int nv, int full, ptrdiff_t kc, const float *a, ptrdiff_t ars, ptrdif
         if (bs != CK_FG_NR)  /* B's own rows, a row apart: fetch the row 8 ahead */
             _mm_prefetch((const char *)(b + 8 * bs), _MM_HINT_T0);
 #pragma GCC unroll 8
-        for (int r = 0; r < CK_FG_MR; ++r) {
+        for (int r = 0; r < mc; ++r) {
             const __m256 av = _mm256_broadcast_ss(ar[r] + p * aks);
 #pragma GCC unroll 3
             for (int v = 0; v < nv; ++v)
@@ -190,7 +192,7 @@ ck_fg_body(int nv, int full, ptrdiff_t kc, const float *a, ptrdiff_t ars, ptrdif
         b += bs;
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < CK_FG_MR; ++r) {
+    for (int r = 0; r < mc; ++r) {
         if (r >= mrows)
             break;
 #pragma GCC unroll 3
@@ -344,22 +346,33 @@ CK_FG_TARGET static void ck_fg_tile(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t kc, co
                                     ptrdiff_t ars, ptrdiff_t aks, const float *b, ptrdiff_t bs,
                                     float *c, ptrdiff_t ldc, int load_c)
 {
+    /* the instance's rows: MR, or 4 / 2 for a short last block */
+#define CK_FG_ROWS(...)                                                                        \
+    do {                                                                                       \
+        if (mr > 4 || CK_FG_MR <= 4)                                                           \
+            ck_fg_body(CK_FG_MR, __VA_ARGS__);                                                 \
+        else if (mr > 2)                                                                       \
+            ck_fg_body(4, __VA_ARGS__);                                                        \
+        else                                                                                   \
+            ck_fg_body(2, __VA_ARGS__);                                                        \
+    } while (0)
     if (nr == CK_FG_NR) {
         const __m256i all = _mm256_set1_epi32(-1);
-        ck_fg_body(CK_FG_NV, 1, kc, a, ars, aks, b, bs, c, ldc, load_c, (int)mr, all);
+        CK_FG_ROWS(CK_FG_NV, 1, kc, a, ars, aks, b, bs, c, ldc, load_c, (int)mr, all);
         return;
     }
     int nv = (int)((nr + 7) / 8);
     const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(nr - 8 * (nv - 1))),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     if (nv == 1)
-        ck_fg_body(1, 0, kc, a, ars, aks, b, bs, c, ldc, load_c, (int)mr, last);
+        CK_FG_ROWS(1, 0, kc, a, ars, aks, b, bs, c, ldc, load_c, (int)mr, last);
 #if CK_FG_NV > 2
     else if (nv == 2)
-        ck_fg_body(2, 0, kc, a, ars, aks, b, bs, c, ldc, load_c, (int)mr, last);
+        CK_FG_ROWS(2, 0, kc, a, ars, aks, b, bs, c, ldc, load_c, (int)mr, last);
 #endif
     else
-        ck_fg_body(CK_FG_NV, 0, kc, a, ars, aks, b, bs, c, ldc, load_c, (int)mr, last);
+        CK_FG_ROWS(CK_FG_NV, 0, kc, a, ars, aks, b, bs, c, ldc, load_c, (int)mr, last);
+#undef CK_FG_ROWS
 }
 
 static int ck_fgemm(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
