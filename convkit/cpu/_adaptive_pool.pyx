@@ -20,6 +20,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
 from convkit.cpu.csrc.adaptive_pool cimport (ck_run_sum_f, ck_run_sum_d, ck_run_sum8_f,
+                                             ck_run_sum8_ok,
                                              ck_bin_max_f, ck_bin_max_d)
 
 
@@ -81,7 +82,7 @@ def global_avg_forward(const floating[:, ::1] x, floating[::1] y, int n_threads,
     cdef Py_ssize_t P = x.shape[0], HW = x.shape[1], p, P8 = 0, b
     cdef floating d = <floating>HW
     if floating is float:
-        if by_eight and P >= 8 and HW > 0 and ck_run_sum8_f(&x[0, 0], HW, d, &y[0]):
+        if by_eight and P >= 8 and HW > 0 and ck_run_sum8_ok():
             P8 = P // 8 * 8
     with nogil:
         if P8:

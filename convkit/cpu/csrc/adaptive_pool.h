@@ -115,19 +115,27 @@ CK_AP_AVX2_TARGET static void ck_run_sum8_f_avx2(const float* x, ptrdiff_t n, fl
     _mm256_storeu_ps(y, _mm256_div_ps(s, _mm256_set1_ps(d)));
 }
 
-static int ck_run_sum8_f(const float* x, ptrdiff_t n, float d, float* y)
+/* 1 where ck_run_sum8_f runs (the CPU has AVX2), else 0 */
+static int ck_run_sum8_ok(void)
 {
     static int ok = -1;     /* (benign race: every thread computes the same value) */
     if (ok < 0) {
         __builtin_cpu_init();
         ok = __builtin_cpu_supports("avx2") != 0;
     }
-    if (!ok)
+    return ok;
+}
+
+static int ck_run_sum8_f(const float* x, ptrdiff_t n, float d, float* y)
+{
+    if (!ck_run_sum8_ok())
         return 0;
     ck_run_sum8_f_avx2(x, n, d, y);
     return 1;
 }
 #else
+static int ck_run_sum8_ok(void) { return 0; }
+
 static int ck_run_sum8_f(const float* x, ptrdiff_t n, float d, float* y)
 {
     (void)x; (void)n; (void)d; (void)y;
