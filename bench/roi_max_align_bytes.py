@@ -31,15 +31,24 @@ from convkit.benchmark import set_mallopt
 from convkit.benchmark.cases import CASES
 
 
-def main(argv):
-    rounds = int(argv[0]) if argv else 9
-    print(set_mallopt())
+def loadavg():
     with open("/proc/loadavg") as f:
         print("loadavg:", f.read().strip())
+
+
+def case():
+    """convkit bench's allocator settings, the load, and the suite's RoI case:
+    x, rois, gy, output_size, spatial_scale, sampling_ratio."""
+    print(set_mallopt())
+    loadavg()
     c = next(c for c in CASES if c.name == "roi_align")
     d = c.inputs(np.random.default_rng(0))
-    x, rois, gy = d["x"], d["rois"], d["gy"]
-    o, sc, sr = (c.out, c.out), c.scale, c.sampling_ratio
+    return d["x"], d["rois"], d["gy"], (c.out, c.out), c.scale, c.sampling_ratio
+
+
+def main(argv):
+    rounds = int(argv[0]) if argv else 9
+    x, rois, gy, o, sc, sr = case()
     y, am8 = ck.roi_max_align_forward(x, rois, o, sc, sr, False, backend="cpu")
     print(f"case: x {x.shape}, K {rois.shape[0]}, out {o}, sampling_ratio {sr}; y {y.dtype} "
           f"{y.nbytes / 1e6:.1f} MB, argmax {am8.dtype} {am8.nbytes / 1e6:.1f} MB")
@@ -104,8 +113,7 @@ def main(argv):
         mb = b.nbytes / 1e6
         print(f"stream {mb:5.1f} MB: copy {2 * mb / med[f'copy {mb:.1f} MB']:.1f} GB/s (read+write), "
               f"fill {mb / med[f'fill {mb:.1f} MB']:.1f} GB/s")
-    with open("/proc/loadavg") as f:
-        print("loadavg:", f.read().strip())
+    loadavg()
 
 
 if __name__ == "__main__":

@@ -19,8 +19,7 @@ import numpy as np
 
 import convkit as ck
 import convkit.cpu.roi_variants as cpu_rv
-from convkit.benchmark import set_mallopt
-from convkit.benchmark.cases import CASES
+from roi_max_align_bytes import case, loadavg      # bench/ is the script's directory
 
 
 def _load(path):
@@ -33,13 +32,7 @@ def _load(path):
 def main(argv):
     mods = {p: _load(p) for p in argv[:2]}
     rounds = int(argv[2]) if len(argv) > 2 else 9
-    print(set_mallopt())
-    with open("/proc/loadavg") as f:
-        print("loadavg:", f.read().strip())
-    c = next(c for c in CASES if c.name == "roi_align")
-    d = c.inputs(np.random.default_rng(0))
-    x, rois, gy = d["x"], d["rois"], d["gy"]
-    o, sc, sr = (c.out, c.out), c.scale, c.sampling_ratio
+    x, rois, gy, o, sc, sr = case()
     outs = {}
 
     def run(m, p):
@@ -70,8 +63,7 @@ def main(argv):
     print(f"threads: {ck.get_num_threads()}, medians of {rounds} ({clock.__name__})")
     for (n, p), v in ts.items():
         print(f"{n:30s} {p}  {np.median(v) * 1e3:8.2f} ms  (min {min(v) * 1e3:.2f})")
-    with open("/proc/loadavg") as f:
-        print("loadavg:", f.read().strip())
+    loadavg()
 
 
 if __name__ == "__main__":
