@@ -191,11 +191,7 @@ cdef int _axis_alloc(_Axis* t, Py_ssize_t pooled) noexcept nogil:
 
 cdef void _axis_free(_Axis* t) noexcept nogil:
     free(t.first)
-    free(t.idx)
-    free(t.low)
-    free(t.high)
-    free(t.wl)
-    free(t.wh)
+    free(t.idx)         # low, high, wl, wh live in idx's block
     t.first = NULL
     t.idx = NULL
     t.low = NULL
@@ -214,20 +210,22 @@ cdef int _axis_taps(_Axis* t, floating start, floating bin_size, floating grid,
                                             t.idx)
     if n <= t.cap and t.low != NULL:
         return 1
+    # one block for the five arrays (idx, low, high, then the weights): a RoI's taps cost one
+    # malloc and one free, not five
     free(t.idx)
-    free(t.low)
-    free(t.high)
-    free(t.wl)
-    free(t.wh)
-    t.idx = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t) + 1)
-    t.low = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t) + 1)
-    t.high = <Py_ssize_t*>malloc(n * sizeof(Py_ssize_t) + 1)
-    t.wl = malloc(n * sizeof(floating) + 1)
-    t.wh = malloc(n * sizeof(floating) + 1)
-    t.cap = n
-    if t.idx == NULL or t.low == NULL or t.high == NULL or t.wl == NULL or t.wh == NULL:
-        t.cap = 0
+    t.idx = <Py_ssize_t*>malloc(3 * n * sizeof(Py_ssize_t) + 2 * n * sizeof(floating) + 1)
+    t.low = NULL
+    t.high = NULL
+    t.wl = NULL
+    t.wh = NULL
+    t.cap = 0
+    if t.idx == NULL:
         return 0
+    t.low = t.idx + n
+    t.high = t.idx + 2 * n
+    t.wl = <void*>(t.idx + 3 * n)
+    t.wh = <void*>(<floating*>t.wl + n)
+    t.cap = n
     roi_align_axis_taps(start, bin_size, grid, pooled, size, t.cap, t.first, t.low, t.high,
                         <floating*>t.wl, <floating*>t.wh, t.idx)
     return 1
@@ -268,6 +266,7 @@ cdef struct _Table:
     int32_t* gdm
     int32_t* sx
     int ws
+    void* gmem      # the block gf .. sx live in (kept when gf is set back to NULL)
 
 
 # the most samples a RoI's table holds per bin on average (beyond: the per-bin path)
@@ -281,11 +280,8 @@ cdef void _table_free(_Table* t) noexcept nogil:
     free(t.sw)
     free(t.rel)
     ck_free64(t.scratch)
-    free(t.gf)
-    free(t.goff)
-    free(t.gwt)
-    free(t.gdm)
-    free(t.sx)
+    free(t.gmem)
+    t.gmem = NULL
     t.gf = NULL
 
 
@@ -302,6 +298,7 @@ cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
     t.gwt = NULL
     t.gdm = NULL
     t.sx = NULL
+    t.gmem = NULL
     t.sf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
     t.base = <int32_t*>malloc(nb * sizeof(int32_t) + 1)
     if scratch:
@@ -316,8 +313,15 @@ cdef int _table_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t 
     only sf, base and rel).  0 when it does not fit (too many samples, no memory, or sample
     numbers beyond int32): the caller takes the per-bin path."""
     cdef Py_ssize_t n, i
+    cdef Py_ssize_t ny = ty.first[ph] - ty.first[0], nx = tx.first[pw] - tx.first[0]
     if full and t.so == NULL:
         t.cap = 0       # built without offsets before: room for them too
+    # the table holds ny * nx samples (each bin pairs its y taps with its x taps): room made
+    # first, so ck_max_align_table_f's counting pass runs once
+    if ny > 0 and nx > TABLE_PER_BIN * ph * pw // ny:
+        return 0
+    if ny * nx > t.cap and not _table_room(t, ny * nx, full):
+        return 0
     for i in range(2):
         n = ck_max_align_table_f(W, C, ph, pw, ty.first, ty.low, ty.high, <float*>ty.wl,
                                  <float*>ty.wh, ty.idx, tx.first, tx.low, tx.high,
@@ -327,20 +331,27 @@ cdef int _table_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t 
             return 0
         if n <= t.cap:
             return 1
-        free(t.so)
-        free(t.sw)
-        free(t.rel)
-        t.so = NULL
-        t.sw = NULL
-        if full:
-            t.so = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t))
-            t.sw = <float*>malloc(4 * n * sizeof(float))
-        t.rel = <int32_t*>malloc(n * sizeof(int32_t))
-        t.cap = n
-        if t.rel == NULL or (full and (t.so == NULL or t.sw == NULL)):
-            t.cap = 0
+        if not _table_room(t, n, full):
             return 0
     return 0
+
+
+cdef int _table_room(_Table* t, Py_ssize_t n, bint full) noexcept nogil:
+    """Room for n samples (offsets and weights too when ``full``).  0 when memory ran out."""
+    free(t.so)
+    free(t.sw)
+    free(t.rel)
+    t.so = NULL
+    t.sw = NULL
+    if full:
+        t.so = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t))
+        t.sw = <float*>malloc(4 * n * sizeof(float))
+    t.rel = <int32_t*>malloc(n * sizeof(int32_t))
+    t.cap = n
+    if t.rel == NULL or (full and (t.so == NULL or t.sw == NULL)):
+        t.cap = 0
+        return 0
+    return 1
 
 
 cdef int _groups_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t ph,
@@ -348,17 +359,19 @@ cdef int _groups_build(_Table* t, _Axis* ty, _Axis* tx, Py_ssize_t W, Py_ssize_t
     """The backward's pixel groups of a built table (C = 1), from the RoI's axis taps, when
     the RoI can be merged (else gf stays NULL).  0 when memory ran out."""
     cdef Py_ssize_t nb = ph * pw, n = t.sf[nb]
-    t.gf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
-    t.goff = <Py_ssize_t*>malloc(4 * n * sizeof(Py_ssize_t) + 1)
-    t.gwt = <float*>malloc(32 * n * sizeof(float) + 1)
-    t.gdm = <int32_t*>malloc(nb * sizeof(int32_t) + 1)
-    t.sx = <int32_t*>malloc(nb * sizeof(int32_t) + 1)
-    if t.gf == NULL or t.goff == NULL or t.gwt == NULL or t.gdm == NULL or t.sx == NULL:
+    # one block: gf (nb + 1), goff (4n), gwt (32n floats), gdm, sx (nb int32 each)
+    t.gmem = malloc((nb + 1 + 4 * n) * sizeof(Py_ssize_t) + (32 * n + 2 * nb) * sizeof(float)
+                    + 1)
+    if t.gmem == NULL:
         return 0
+    t.gf = <Py_ssize_t*>t.gmem
+    t.goff = t.gf + nb + 1
+    t.gwt = <float*>(t.goff + 4 * n)
+    t.gdm = <int32_t*>(t.gwt + 32 * n)
+    t.sx = t.gdm + nb
     if ck_ma_groups(W, ph, pw, ty.first, ty.low, ty.high, <float*>ty.wl, <float*>ty.wh,
                     tx.first, tx.low, tx.high, <float*>tx.wl, <float*>tx.wh, t.sf, t.rel, t.gf,
                     t.goff, t.gwt, t.gdm, t.sx, &t.ws) < 0:
-        free(t.gf)
         t.gf = NULL
     return 1
 

@@ -782,6 +782,7 @@ typedef struct {
     int n;
     ptrdiff_t px[16];
     float w[8][16];
+    float w2[16][4];    /* two taps (ck_ma_groups fills it for x): w[0][i], w[1][i] twice */
 } ck_ma_px;
 static int ck_ma_px_build(ck_ma_px* t, ptrdiff_t nt, const ptrdiff_t* lo, const ptrdiff_t* hi,
                           const float* wl, const float* wh) {
@@ -817,17 +818,24 @@ static ptrdiff_t ck_ma_groups(ptrdiff_t W, ptrdiff_t ph, ptrdiff_t pw, const ptr
     int w, i, j, yok;
     ck_ma_px ty;
     ck_ma_px* tx;
+    ck_ma_px txs[8];    /* up to 8 bins a row on the stack, else malloc */
     for (b = 0; b < nb; b++)
         if (sf[b + 1] - sf[b] > mx) mx = sf[b + 1] - sf[b];
     if (mx > 8) return -1;
     w = mx <= 4 ? 4 : 8;
     *ws = w;
-    tx = (ck_ma_px*)malloc((size_t)pw * sizeof(ck_ma_px));
+    tx = pw <= 8 ? txs : (ck_ma_px*)malloc((size_t)pw * sizeof(ck_ma_px));
     if (tx == NULL) return -1;      /* the masked path needs no groups */
-    for (q = 0; q < pw; q++)        /* -1: cannot merge (it matters only in a bin with samples) */
+    for (q = 0; q < pw; q++) {      /* -1: cannot merge (it matters only in a bin with samples) */
         if (!ck_ma_px_build(&tx[q], xf[q + 1] - xf[q], xlo + xf[q], xhi + xf[q], xwl + xf[q],
                             xwh + xf[q]))
             tx[q].n = -1;
+        else if (xf[q + 1] - xf[q] == 2)
+            for (j = 0; j < tx[q].n; j++) {
+                tx[q].w2[j][0] = tx[q].w2[j][2] = tx[q].w[0][j];
+                tx[q].w2[j][1] = tx[q].w2[j][3] = tx[q].w[1][j];
+            }
+    }
     for (p = 0; p < ph; p++) {
         const ptrdiff_t ny = yf[p + 1] - yf[p];
         yok = ck_ma_px_build(&ty, ny, ylo + yf[p], yhi + yf[p], ywl + yf[p], ywh + yf[p]);
@@ -842,8 +850,38 @@ static ptrdiff_t ck_ma_groups(ptrdiff_t W, ptrdiff_t ph, ptrdiff_t pw, const ptr
                 if (rel[s] != s - sf[b]) gdm[b] = 0;
             if (S == 0) continue;           /* else ny * nx = S <= 8 */
             if (!yok || t->n < 0) {
-                free(tx);
+                if (tx != txs) free(tx);
                 return -1;
+            }
+            if (S == 4 && nx == 2 && w == 4) {      /* sampling_ratio 2: a group's 4 weights
+                                                       (y0*x0, y0*x1, y1*x0, y1*x1) in one
+                                                       product of (y0, y0, y1, y1) and w2 */
+                for (i = 0; i < ty.n; i++) {
+                    const ptrdiff_t rb = ty.px[i] * W;
+                    const float y0 = ty.w[0][i], y1 = ty.w[1][i];
+                    g = ng + i * t->n;
+#ifdef CK_ROI_SSE2
+                    {
+                        const __m128 yv = _mm_setr_ps(y0, y0, y1, y1);
+                        for (j = 0; j < t->n; j++) {
+                            goff[g + j] = rb + t->px[j];
+                            _mm_storeu_ps(gwt + (g + j) * 4,
+                                          _mm_mul_ps(yv, _mm_loadu_ps(t->w2[j])));
+                        }
+                    }
+#else
+                    for (j = 0; j < t->n; j++) {
+                        float* gw = gwt + (g + j) * 4;
+                        goff[g + j] = rb + t->px[j];
+                        gw[0] = y0 * t->w2[j][0];
+                        gw[1] = y0 * t->w2[j][1];
+                        gw[2] = y1 * t->w2[j][2];
+                        gw[3] = y1 * t->w2[j][3];
+                    }
+#endif
+                }
+                ng += ty.n * t->n;
+                continue;
             }
             for (i = 0; i < ty.n; i++)
                 for (j = 0; j < t->n; j++) {
@@ -851,15 +889,6 @@ static ptrdiff_t ck_ma_groups(ptrdiff_t W, ptrdiff_t ph, ptrdiff_t pw, const ptr
                     g = ng + i * t->n + j;
                     goff[g] = ty.px[i] * W + t->px[j];
                     gw = gwt + g * w;
-                    if (S == 4 && nx == 2 && w == 4) {      /* sampling_ratio 2, spelled out */
-                        const float y0 = ty.w[0][i], y1 = ty.w[1][i];
-                        const float x0 = t->w[0][j], x1 = t->w[1][j];
-                        gw[0] = y0 * x0;
-                        gw[1] = y0 * x1;
-                        gw[2] = y1 * x0;
-                        gw[3] = y1 * x1;
-                        continue;
-                    }
                     for (a = 0; a < ny; a++)
                         for (e = 0; e < nx; e++) gw[a * nx + e] = ty.w[a][i] * t->w[e][j];
                     for (d = S; d < w; d++) gw[d] = 0.0f;
@@ -867,7 +896,7 @@ static ptrdiff_t ck_ma_groups(ptrdiff_t W, ptrdiff_t ph, ptrdiff_t pw, const ptr
             ng += ty.n * t->n;
         }
     }
-    free(tx);
+    if (tx != txs) free(tx);
     gf[nb] = ng;
     return ng;
 }
@@ -900,32 +929,32 @@ static inline void ck_ma_prep1(int32_t v, float g, ptrdiff_t b, const ptrdiff_t*
    gt (nb*cb, bin-major): each lane's winner as its sample d in the bin and its grad, both 0
    for -1 and bad entries. 8 x 8 blocks in AVX2 registers on the bins whose samples are
    numbered by d (gdm): d = v - base when that is below the bin's count (int32 arithmetic
-   modulo 2**32: a wrapped difference matches only the number itself), the other bins and the
-   edges entry by entry. Returns the bad entries; *finite: every grad kept is finite (else the
-   caller takes the masked path). */
+   modulo 2**32: a wrapped difference matches only the number itself); the same test entry
+   by entry on the last nb % 8 such bins when there are 1 or 2 of them (fewer instructions
+   than a block that overlaps the one before), the other bins and the last channels by
+   ck_ma_prep1. Returns the bad entries; *finite: every grad kept is finite (else the caller
+   takes the masked path). */
 __attribute__((target("avx2"), always_inline))
 static inline ptrdiff_t ck_ma_prep_yb(const void* amv, int aw, const float* gyk, ptrdiff_t nb,
                                       ptrdiff_t cb, const ptrdiff_t* sf, const int32_t* rel,
                                       const int32_t* base, const int32_t* sx,
                                       const int32_t* gdm, int32_t* dt, float* gt, int* finite) {
     const __m256i m1 = _mm256_set1_epi32(-1), sgn = _mm256_set1_epi32(INT32_MIN);
-    const __m256i em = _mm256_set1_epi32(0x7f800000), e1 = _mm256_set1_epi32(0x00800000);
-    /* the vector blocks cover every bin when there are 8 or more (the last block ends at
-       the last bin, overlapping the one before: its lanes already done count no bad entry) */
-    const ptrdiff_t nbv = nb >= 8 ? nb : 0, cb8 = cb - cb % 8;
+    /* the vector blocks cover bins [0, nbe): every bin when the last block overlaps the one
+       before (it ends at the last bin; its lanes already done count no bad entry) */
+    const ptrdiff_t nbe = nb < 8 ? 0 : nb % 8 > 2 ? nb : nb - nb % 8, cb8 = cb - cb % 8;
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    __m256i nbad = _mm256_setzero_si256(), fv = _mm256_setzero_si256();
+    /* the kept grads times 0, or-ed: a lane turns NaN (exponent all ones, mantissa not 0)
+       when a grad is inf or NaN, else stays +-0 */
+    __m256 fz = _mm256_setzero_ps();
     ptrdiff_t c, b, i, bad = 0;
     uint32_t fin = 0;
-    int32_t lanes[8];
     for (c = 0; c < cb8; c += 8) {
-        for (b = 0; b < nbv; b += 8) {
+        for (b = 0; b < nbe; b += 8) {
             const ptrdiff_t b8 = b + 8 <= nb ? b : nb - 8;
             const __m256i bs = _mm256_loadu_si256((const __m256i*)(base + b8));
             const __m256i sv = _mm256_loadu_si256((const __m256i*)(sx + b8));
-            const __m256i gm = _mm256_and_si256(
-                _mm256_loadu_si256((const __m256i*)(gdm + b8)),
-                _mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int32_t)(b - b8) - 1)));
+            __m256i acc = m1;   /* lanes where every row is a sample or -1 */
             __m256 dv[8], gv[8];
             for (i = 0; i < 8; i++) {
                 const ptrdiff_t o = (c + i) * nb + b8;
@@ -935,14 +964,31 @@ static inline ptrdiff_t ck_ma_prep_yb(const void* amv, int aw, const float* gyk,
                     : _mm256_loadu_si256((const __m256i*)((const int32_t*)amv + o));
                 const __m256i r = _mm256_sub_epi32(v, bs);
                 const __m256i ok = _mm256_cmpgt_epi32(sv, _mm256_xor_si256(r, sgn));
-                const __m256i gk = _mm256_and_si256(ok, _mm256_castps_si256(
-                    _mm256_loadu_ps(gyk + (c + i) * nb + b8)));
-                /* a bad lane of a d-numbered bin: neither a sample nor -1 */
-                nbad = _mm256_sub_epi32(nbad, _mm256_andnot_si256(
-                    _mm256_or_si256(ok, _mm256_cmpeq_epi32(v, m1)), gm));
-                fv = _mm256_or_si256(fv, _mm256_add_epi32(_mm256_and_si256(gk, em), e1));
+                const __m256 gk = _mm256_and_ps(_mm256_castsi256_ps(ok),
+                                                _mm256_loadu_ps(gyk + (c + i) * nb + b8));
+                acc = _mm256_and_si256(acc, _mm256_or_si256(ok, _mm256_cmpeq_epi32(v, m1)));
+                fz = _mm256_or_ps(fz, _mm256_mul_ps(gk, _mm256_setzero_ps()));
                 dv[i] = _mm256_castsi256_ps(_mm256_and_si256(ok, r));
-                gv[i] = _mm256_castsi256_ps(gk);
+                gv[i] = gk;
+            }
+            {
+                /* the block's new lanes (from b on) of d-numbered bins */
+                const __m256i gm = _mm256_and_si256(
+                    _mm256_loadu_si256((const __m256i*)(gdm + b8)),
+                    _mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int32_t)(b - b8) - 1)));
+                if (!_mm256_testc_si256(acc, gm))   /* some bad entry: count them */
+                    for (i = 0; i < 8; i++) {
+                        const ptrdiff_t o = (c + i) * nb + b8;
+                        const __m256i v = aw == 1
+                            ? _mm256_cvtepi8_epi32(
+                                  _mm_loadl_epi64((const __m128i*)((const int8_t*)amv + o)))
+                            : _mm256_loadu_si256((const __m256i*)((const int32_t*)amv + o));
+                        const __m256i ok = _mm256_cmpgt_epi32(
+                            sv, _mm256_xor_si256(_mm256_sub_epi32(v, bs), sgn));
+                        bad += __builtin_popcount((unsigned)_mm256_movemask_ps(
+                            _mm256_castsi256_ps(_mm256_andnot_si256(
+                                _mm256_or_si256(ok, _mm256_cmpeq_epi32(v, m1)), gm))));
+                    }
             }
             ck_tr8x8(dv);
             ck_tr8x8(gv);
@@ -953,13 +999,30 @@ static inline ptrdiff_t ck_ma_prep_yb(const void* amv, int aw, const float* gyk,
             }
         }
     }
-    _mm256_storeu_si256((__m256i*)lanes, nbad);
-    for (i = 0; i < 8; i++) bad += lanes[i];
-    _mm256_storeu_si256((__m256i*)lanes, fv);
-    for (i = 0; i < 8; i++) fin |= (uint32_t)lanes[i];
-    /* the bins not numbered by d (all bins when fewer than 8), the last channels */
+    /* the bins past the blocks, the bins not numbered by d (all bins when fewer than 8), the
+       last channels */
     for (b = 0; b < nb; b++) {
-        if (nbv && gdm[b]) continue;
+        if (gdm[b] && b < nbe) continue;
+        if (gdm[b] && nbe) {
+            const uint32_t S = (uint32_t)sx[b] ^ 0x80000000u, bs = (uint32_t)base[b];
+            for (c = 0; c < cb8; c++) {
+                const int32_t v = (int32_t)ck_am_get(amv, aw, c * nb + b);
+                const float g = gyk[c * nb + b];
+                const uint32_t r = (uint32_t)v - bs;
+                if (r < S) {
+                    uint32_t u;
+                    memcpy(&u, &g, sizeof(u));
+                    fin |= (u & 0x7f800000u) + 0x00800000u;
+                    dt[b * cb + c] = (int32_t)r;
+                    gt[b * cb + c] = g;
+                } else {
+                    dt[b * cb + c] = 0;
+                    gt[b * cb + c] = 0.0f;
+                    bad += v != -1;
+                }
+            }
+            continue;
+        }
         for (c = 0; c < cb8; c++)
             ck_ma_prep1((int32_t)ck_am_get(amv, aw, c * nb + b), gyk[c * nb + b], b, sf, rel,
                         base, dt + b * cb + c, gt + b * cb + c, &bad, &fin);
@@ -968,7 +1031,8 @@ static inline ptrdiff_t ck_ma_prep_yb(const void* amv, int aw, const float* gyk,
         for (b = 0; b < nb; b++)
             ck_ma_prep1((int32_t)ck_am_get(amv, aw, c * nb + b), gyk[c * nb + b], b, sf, rel,
                         base, dt + b * cb + c, gt + b * cb + c, &bad, &fin);
-    *finite = (fin & 0x80000000u) == 0;
+    *finite = (fin & 0x80000000u) == 0
+              && _mm256_movemask_ps(_mm256_cmp_ps(fz, fz, _CMP_UNORD_Q)) == 0;
     return bad;
 }
 /* one copy per argmax width, so the width test leaves the inner loop */
@@ -1052,9 +1116,9 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
                                         const ptrdiff_t* gf, const ptrdiff_t* goff,
                                         const float* gwt, const int32_t* gdm, const int32_t* sx,
                                         int ws) {
-    ptrdiff_t c = 0, b, s, j, bad = 0, b0, b1, pf = 0;
+    ptrdiff_t c = 0, b, s, j, bad = 0, b0, b1, pf = 0, pa = 0;
     int merged = 0;
-    const ptrdiff_t ng = nb * cb * (ptrdiff_t)sizeof(float);
+    const ptrdiff_t ng = nb * cb * (ptrdiff_t)sizeof(float), na = nb * cb * aw;
     const int lv = ck_simd_level();
     const int32_t* amk = (const int32_t*)amv;
     (void)lv;
@@ -1080,11 +1144,12 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
     for (b0 = 0; b0 < nb; b0 = b1) {
         b1 = b0 + (nb + 7) / 8 < nb ? b0 + (nb + 7) / 8 : nb;
 #if defined(__GNUC__) || defined(__clang__)
-        if (gnext != NULL)
-            for (; pf < ng * b1 / nb; pf += 64) {
-                __builtin_prefetch((const char*)gnext + pf, 0, 3);
-                __builtin_prefetch((const char*)anext + pf / 4 * aw, 0, 3);
-            }
+        /* one prefetch a line of each (the argmax's lines counted on their own: an int8
+           block has a quarter of the grad's) */
+        if (gnext != NULL) {
+            for (; pf < ng * b1 / nb; pf += 64) __builtin_prefetch((const char*)gnext + pf, 0, 3);
+            for (; pa < na * b1 / nb; pa += 64) __builtin_prefetch((const char*)anext + pa, 0, 3);
+        }
 #endif
         c = 0;
 #ifdef CK_ROI_WIDE
