@@ -934,6 +934,13 @@ static inline void ck_ma_prep1(int32_t v, float g, ptrdiff_t b, const ptrdiff_t*
    than a block that overlaps the one before), the other bins and the last channels by
    ck_ma_prep1. Returns the bad entries; *finite: every grad kept is finite (else the caller
    takes the masked path). */
+/* 8 argmax entries from o on (aw bytes each) as int32 */
+__attribute__((target("avx2"), always_inline))
+static inline __m256i ck_ma_ld8(const void* amv, int aw, ptrdiff_t o) {
+    return aw == 1
+        ? _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)((const int8_t*)amv + o)))
+        : _mm256_loadu_si256((const __m256i*)((const int32_t*)amv + o));
+}
 __attribute__((target("avx2"), always_inline))
 static inline ptrdiff_t ck_ma_prep_yb(const void* amv, int aw, const float* gyk, ptrdiff_t nb,
                                       ptrdiff_t cb, const ptrdiff_t* sf, const int32_t* rel,
@@ -958,10 +965,7 @@ static inline ptrdiff_t ck_ma_prep_yb(const void* amv, int aw, const float* gyk,
             __m256 dv[8], gv[8];
             for (i = 0; i < 8; i++) {
                 const ptrdiff_t o = (c + i) * nb + b8;
-                const __m256i v = aw == 1
-                    ? _mm256_cvtepi8_epi32(
-                          _mm_loadl_epi64((const __m128i*)((const int8_t*)amv + o)))
-                    : _mm256_loadu_si256((const __m256i*)((const int32_t*)amv + o));
+                const __m256i v = ck_ma_ld8(amv, aw, o);
                 const __m256i r = _mm256_sub_epi32(v, bs);
                 const __m256i ok = _mm256_cmpgt_epi32(sv, _mm256_xor_si256(r, sgn));
                 const __m256 gk = _mm256_and_ps(_mm256_castsi256_ps(ok),
@@ -979,10 +983,7 @@ static inline ptrdiff_t ck_ma_prep_yb(const void* amv, int aw, const float* gyk,
                 if (!_mm256_testc_si256(acc, gm))   /* some bad entry: count them */
                     for (i = 0; i < 8; i++) {
                         const ptrdiff_t o = (c + i) * nb + b8;
-                        const __m256i v = aw == 1
-                            ? _mm256_cvtepi8_epi32(
-                                  _mm_loadl_epi64((const __m128i*)((const int8_t*)amv + o)))
-                            : _mm256_loadu_si256((const __m256i*)((const int32_t*)amv + o));
+                        const __m256i v = ck_ma_ld8(amv, aw, o);
                         const __m256i ok = _mm256_cmpgt_epi32(
                             sv, _mm256_xor_si256(_mm256_sub_epi32(v, bs), sgn));
                         bad += __builtin_popcount((unsigned)_mm256_movemask_ps(
