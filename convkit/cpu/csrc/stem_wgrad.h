@@ -116,9 +116,13 @@ static void ck_stem_wgrad_fold(ptrdiff_t f, ptrdiff_t F, ptrdiff_t C, ptrdiff_t 
     const ptrdiff_t CK = C * KH, Kt = ck_stem_wgrad_taps(C, KH);
     const float *pf = part + (f / 4) * 4 * Kt + f % 4;
     ptrdiff_t base[CK_SW_PTS], b = 0;
+    double A[2][4][CK_SW_PTS];      /* ck_sww_a once per filter, not per weight */
     for (int k = 0; k < CK_SW_PTS; ++k) {
         base[k] = b;
         b += ck_sww_ptaps(k, CK);
+        for (int pw = 0; pw < 2; ++pw)
+            for (int v = 0; v < 4; ++v)
+                A[pw][v][k] = ck_sww_a(pw, k, v);
     }
     for (ptrdiff_t ck = 0; ck < CK; ++ck)
         for (int pw = 0; pw < 2; ++pw) {
@@ -137,7 +141,7 @@ static void ck_stem_wgrad_fold(ptrdiff_t f, ptrdiff_t F, ptrdiff_t C, ptrdiff_t 
                 double s = 0.0;
                 for (int k = 0; k < CK_SW_PTS; ++k)
                     if (!(pw && k == 5))
-                        s += ck_sww_a(pw, k, v) * m[k];
+                        s += A[pw][v][k] * m[k];
                 gw[(f * CK + ck) * 7 + 2 * v + pw] = (float)s;
             }
         }
@@ -273,14 +277,18 @@ CK_ST_TARGET static void ck_stem_wgrad_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t 
                 ck_sww_dy_row(gy + (p + i) * ldg + r * Wo, Wo, nt, G + i * L + r * nt, gk);
         float *pp = part + p * Kt;
         const char *next = p + 4 < F ? (const char *)(gy + (p + 4) * ldg) : NULL;
-        ptrdiff_t base = 0, tile = 0, line = 0;
+        /* tile i ends with (i + 1) * lines / tiles lines prefetched, counted without
+         * divisions: rem steps by lines, a line per tiles of it; line li of filter row fi */
+        ptrdiff_t base = 0, rem = 0, fi = 0, li = 0;
         for (int k = 0; k < CK_SW_PTS; ++k) {
             const ptrdiff_t nk = ck_sww_ptaps(k, CK);
-            for (ptrdiff_t j = 0; j < nk; j += 3, ++tile) {
+            for (ptrdiff_t j = 0; j < nk; j += 3) {
                 if (next)
-                    for (const ptrdiff_t end = (tile + 1) * lines / tiles; line < end; ++line)
-                        _mm_prefetch(next + (line / run) * ldg * 4 + (line % run) * 64,
-                                     _MM_HINT_T1);
+                    for (rem += lines; rem >= tiles; rem -= tiles) {
+                        _mm_prefetch(next + fi * ldg * 4 + li * 64, _MM_HINT_T1);
+                        if (++li == run)
+                            li = 0, ++fi;
+                    }
                 ck_sww_tile(L, G + k * gk, V + k * vblk, boff + base + j, pp + 4 * (base + j));
             }
             base += nk;
