@@ -190,6 +190,6 @@ cdef extern from "csrc/stem_wgrad.h" nogil:
                              Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t h0, Py_ssize_t Ra,
                              Py_ssize_t hr, Py_ssize_t Wo, const float* gy, Py_ssize_t ldg,
                              float* ws, float* part, int with_bias)
-    void ck_stem_wgrad_fold(Py_ssize_t f, Py_ssize_t F, Py_ssize_t C, Py_ssize_t KH,
-                            Py_ssize_t groups_n, const float* part, Py_ssize_t ldgrp, float* gw,
+    void ck_stem_wgrad_fold(Py_ssize_t p, Py_ssize_t F, Py_ssize_t C, Py_ssize_t KH,
+                            Py_ssize_t groups_n, float* part, Py_ssize_t ldgrp, float* gw,
                             float* gb)

@@ -617,7 +617,7 @@ def conv2d_grad_weight_stem_wino(const float[:, :, :, ::1] gy, const float[:, :,
                                             pl, h0, Ra, _min(rows, Ho - h0), Wo,
                                             &gy[n, 0, h0, 0], HoWo, Q, P, has_bias):
                     failed += 1     # (the plan picks this only where csrc/stem.h runs)
-        for f in prange(F, schedule="static", num_threads=n_threads):
+        for f in prange(0, F, 4, schedule="static", num_threads=n_threads):
             ck_stem_wgrad_fold(f, F, C, KH, groups_n, &part[0], ldgrp, &gw[0, 0, 0, 0],
                                &gb[f] if has_bias else <float*>NULL)
     if failed:

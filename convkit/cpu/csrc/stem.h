@@ -45,7 +45,7 @@ CK_ST_TARGET CK_ST_INLINE __m256i ck_st_mask(ptrdiff_t n)
 /* row i of the panel: its weight of tap k times V column vectors */
 #define CK_ST_FMA(i, a0, a1, a2)                                                                \
     do {                                                                                        \
-        const __m256 wr = _mm256_broadcast_ss(w + 4 * k + (i));                                 \
+        const __m256 wr = _mm256_broadcast_ss(wk + (i));                                        \
         a0 = _mm256_fmadd_ps(wr, x0, a0);                                                       \
         if (V > 1)                                                                              \
             a1 = _mm256_fmadd_ps(wr, x1, a1);                                                   \
@@ -83,8 +83,13 @@ CK_ST_TARGET CK_ST_INLINE void ck_st_ftile(const int V, const int m, ptrdiff_t n
     const __m256i mask = ck_st_mask(n);
     __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a10 = a00, a11 = a00, a12 = a00;
     __m256 a20 = a00, a21 = a00, a22 = a00, a30 = a00, a31 = a00, a32 = a00;
-    for (ptrdiff_t k = 0; k < K; ++k) {
-        const float *bk = b + boff[k];
+    /* b in one register (else GCC re-adds the caller's column offset to each tap's offset)
+     * and two taps per pass: 21 instructions per 12 multiply-adds instead of 26 */
+    __asm__("" : "+r"(b));
+    const float *wk = w;
+#pragma GCC unroll 2
+    for (const ptrdiff_t *bo = boff; bo < boff + K; ++bo, wk += 4) {
+        const float *bk = b + *bo;
         __m256 x0, x1 = a00, x2 = a00;
         if (V == 1)
             x0 = m ? _mm256_maskload_ps(bk, mask) : _mm256_loadu_ps(bk);

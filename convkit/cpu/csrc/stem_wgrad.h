@@ -28,7 +28,7 @@
  *   to one float and added into the panel's partial sums; the bias gradient's from the point-1
  *   row (each tile's sum of 4) likewise.  Partial sums: per panel [taps][4 filters], then F bias
  *   sums (ck_stem_wgrad_part_floats).
- * ck_stem_wgrad_fold: a filter's weights from the groups' partial sums, added group by group in
+ * ck_stem_wgrad_fold: a panel's weights from the groups' partial sums, added group by group in
  *   order, then the output transform in double.
  * The caller's slabs, groups and their order fix every sum: the bits do not follow the thread
  * count.  Winograd mixes a tile's values (inf * 0 = NaN): where the result is not finite the
@@ -107,47 +107,51 @@ static double ck_sww_a(int pw, int k, int v)
     return (pw ? s3[k] : s4[k]) * p;
 }
 
-/* a filter's weights (F, C, KH, 7) and bias from the groups' partial sums (groups_n of ldgrp
- * floats): each sum added group by group in order, then the output transform in double */
-static void ck_stem_wgrad_fold(ptrdiff_t f, ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH,
-                               ptrdiff_t groups_n, const float *part, ptrdiff_t ldgrp, float *gw,
+/* a panel's weights (filters p .. p + 3 of (F, C, KH, 7)) and biases (gb: the panel's 4, or
+ * NULL) from the groups' partial sums (groups_n of ldgrp floats): first the groups added into
+ * group 0's sums of the panel, group by group in order (whole runs, which the compiler
+ * vectorises: each sum the same chain of adds as one at a time), then per filter the output
+ * transform in double.  Overwrites group 0's sums of the panel. */
+static void ck_stem_wgrad_fold(ptrdiff_t p, ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH,
+                               ptrdiff_t groups_n, float *part, ptrdiff_t ldgrp, float *gw,
                                float *gb)
 {
     const ptrdiff_t CK = C * KH, Kt = ck_stem_wgrad_taps(C, KH);
-    const float *pf = part + (f / 4) * 4 * Kt + f % 4;
+    float *pp = part + p * Kt, *pb = part + F * Kt + p;
+    for (ptrdiff_t g = 1; g < groups_n; ++g) {
+        const float *qp = pp + g * ldgrp, *qb = pb + g * ldgrp;
+        for (ptrdiff_t i = 0; i < 4 * Kt; ++i)
+            pp[i] += qp[i];
+        for (int i = 0; i < 4; ++i)
+            pb[i] += qb[i];
+    }
     ptrdiff_t base[CK_SW_PTS], b = 0;
+    double A[2][4][CK_SW_PTS];      /* ck_sww_a once per panel, not per weight */
     for (int k = 0; k < CK_SW_PTS; ++k) {
         base[k] = b;
         b += ck_sww_ptaps(k, CK);
+        for (int pw = 0; pw < 2; ++pw)
+            for (int v = 0; v < 4; ++v)
+                A[pw][v][k] = ck_sww_a(pw, k, v);
     }
-    for (ptrdiff_t ck = 0; ck < CK; ++ck)
-        for (int pw = 0; pw < 2; ++pw) {
-            double m[CK_SW_PTS];
-            for (int k = 0; k < CK_SW_PTS; ++k) {
-                m[k] = 0.0;
-                if (pw && k == 5)
-                    continue;
-                const float *q = pf + 4 * (base[k] + ck * ck_sw_taps(k) + pw);
-                float s = q[0];
-                for (ptrdiff_t g = 1; g < groups_n; ++g)
-                    s += q[g * ldgrp];
-                m[k] = (double)s;
-            }
-            for (int v = 0; v < 4 - pw; ++v) {
-                double s = 0.0;
+    for (ptrdiff_t f = p; f < p + 4; ++f)
+        for (ptrdiff_t ck = 0; ck < CK; ++ck)
+            for (int pw = 0; pw < 2; ++pw) {
+                double m[CK_SW_PTS];
                 for (int k = 0; k < CK_SW_PTS; ++k)
-                    if (!(pw && k == 5))
-                        s += ck_sww_a(pw, k, v) * m[k];
-                gw[(f * CK + ck) * 7 + 2 * v + pw] = (float)s;
+                    m[k] = pw && k == 5 ? 0.0
+                         : (double)pp[4 * (base[k] + ck * ck_sw_taps(k) + pw) + f - p];
+                for (int v = 0; v < 4 - pw; ++v) {
+                    double s = 0.0;
+                    for (int k = 0; k < CK_SW_PTS; ++k)
+                        if (!(pw && k == 5))
+                            s += A[pw][v][k] * m[k];
+                    gw[(f * CK + ck) * 7 + 2 * v + pw] = (float)s;
+                }
             }
-        }
-    if (gb) {
-        const float *q = part + F * Kt + f;
-        float s = q[0];
-        for (ptrdiff_t g = 1; g < groups_n; ++g)
-            s += q[g * ldgrp];
-        *gb = s;
-    }
+    if (gb)
+        for (int i = 0; i < 4; ++i)
+            gb[i] = pb[i];
 }
 
 #if CK_FG_BUILT
@@ -273,14 +277,18 @@ CK_ST_TARGET static void ck_stem_wgrad_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t 
                 ck_sww_dy_row(gy + (p + i) * ldg + r * Wo, Wo, nt, G + i * L + r * nt, gk);
         float *pp = part + p * Kt;
         const char *next = p + 4 < F ? (const char *)(gy + (p + 4) * ldg) : NULL;
-        ptrdiff_t base = 0, tile = 0, line = 0;
+        /* tile i ends with (i + 1) * lines / tiles lines prefetched, counted without
+         * divisions: rem steps by lines, a line per tiles of it; line li of filter row fi */
+        ptrdiff_t base = 0, rem = 0, fi = 0, li = 0;
         for (int k = 0; k < CK_SW_PTS; ++k) {
             const ptrdiff_t nk = ck_sww_ptaps(k, CK);
-            for (ptrdiff_t j = 0; j < nk; j += 3, ++tile) {
+            for (ptrdiff_t j = 0; j < nk; j += 3) {
                 if (next)
-                    for (const ptrdiff_t end = (tile + 1) * lines / tiles; line < end; ++line)
-                        _mm_prefetch(next + (line / run) * ldg * 4 + (line % run) * 64,
-                                     _MM_HINT_T1);
+                    for (rem += lines; rem >= tiles; rem -= tiles) {
+                        _mm_prefetch(next + fi * ldg * 4 + li * 64, _MM_HINT_T1);
+                        if (++li == run)
+                            li = 0, ++fi;
+                    }
                 ck_sww_tile(L, G + k * gk, V + k * vblk, boff + base + j, pp + 4 * (base + j));
             }
             base += nk;
