@@ -482,12 +482,32 @@ def test_cpu_bits_independent_of_thread_count(dtype, shape, size):
     np.testing.assert_allclose(results[0][0], avg_fwd("numpy", x, size), **tol(dtype))
 
 
+def _run_sum_order(p):
+    """csrc/adaptive_pool.h's float32 run sum in NumPy float32 (each + rounds as C's): 16
+    partial sums (m holds p[16j + m]), runs of 4 into the first four, the tree
+    (a[m] + a[4+m]) + (a[8+m] + a[12+m]) then (t0 + t1) + (t2 + t3), the tail last in order."""
+    a, i, n = np.zeros(16, np.float32), 0, len(p)
+    with np.errstate(all="ignore"):
+        while i + 16 <= n:
+            a = a + p[i:i + 16]
+            i += 16
+        while i + 4 <= n:
+            a[:4] = a[:4] + p[i:i + 4]
+            i += 4
+        t = (a[0:4] + a[4:8]) + (a[8:12] + a[12:16])
+        s = (t[0] + t[1]) + (t[2] + t[3])
+        for v in p[i:]:
+            s = s + v
+        return s / np.float32(n)
+
+
 def test_cpu_global_average_by_eight_planes_has_the_plane_by_plane_bits():
-    """The float32 global average sums 8 planes at a time where the CPU has AVX2 (lane i making
-    plane i's additions of the one-plane sum: 16 partial sums, their tree, the tail): the same
-    bits as plane by plane for every plane length 1..70 and a few longer (the 16-column runs,
-    the runs of 4, the tail), plane counts around multiples of 8, NaN / inf / huge values, on
-    1 and 2 threads."""
+    """The float32 global average sums plane by plane (8-lane vectors where the CPU has AVX2)
+    or, asked, 8 planes at a time (lane i making plane i's additions of the one-plane sum: 16
+    partial sums, their tree, the tail): both the bits of the documented order
+    (_run_sum_order) for every plane length 1..70 and a few longer (the 16-column runs, the
+    runs of 4, the tail), plane counts around multiples of 8, NaN / inf / huge values, on 1
+    and 2 threads."""
     ok, why = convkit.backend_status("cpu")
     if not ok:
         pytest.skip(why[:300])
@@ -504,6 +524,8 @@ def test_cpu_global_average_by_eight_planes_has_the_plane_by_plane_bits():
                 K.global_avg_forward(x, by8, nt, True)
                 K.global_avg_forward(x, plain, nt, False)
                 assert by8.tobytes() == plain.tobytes(), (n, P, nt)
+            want = np.array([_run_sum_order(row) for row in x], np.float32)
+            assert plain.tobytes() == want.tobytes(), (n, P)
     x = rng.standard_normal((3, 9, 7, 7)).astype(np.float32)
     np.testing.assert_allclose(avg_fwd("cpu", x, 1), x.astype(np.float64).mean((2, 3),
                                keepdims=True), rtol=2e-6, atol=1e-7)
