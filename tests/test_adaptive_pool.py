@@ -384,6 +384,18 @@ def test_bad_output_size(backend, size, exc, msg):
             run(backend, fn, x, size)
 
 
+def test_bad_output_size_refused_after_an_equal_good_one(backend):
+    """The boundary keeps the checks' result of a passed (shape, dtype, output_size): a bool or
+    a float equal to a passed int (True == 1, 7.0 == 7, equal hashes) is still refused."""
+    x = np.zeros((1, 2, 7, 7))
+    for fn in (F.adaptive_avg_pool2d_forward, F.adaptive_max_pool2d_forward):
+        for good, bad in ((1, True), ((1, 1), (True, 1)), ((7, None), (7.0, None)), (7, 7.0)):
+            run(backend, fn, x, good)
+            run(backend, fn, x, good)
+            with pytest.raises(TypeError, match="output_size"):
+                run(backend, fn, x, bad)
+
+
 def test_bad_inputs(backend):
     x = np.zeros((1, 2, 5, 5))
     for op in ("avg", "max"):

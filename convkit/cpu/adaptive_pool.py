@@ -54,8 +54,10 @@ def _cached_tables(H, W, oh, ow, dtype):
     return hb, h0, hl, wb, w0, wl, div
 
 
+@lru_cache(maxsize=256)
 def _work(H, W, oh, ow):
-    """Bin elements read per plane (more than H*W where bins overlap)."""
+    """Bin elements read per plane (more than H*W where bins overlap); cached per geometry (two
+    NumPy sums were ~3 us of a 1x1 head's call)."""
     return int(_bin_table(H, oh)[2].sum()) * int(_bin_table(W, ow)[2].sum())
 
 
