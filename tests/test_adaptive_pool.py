@@ -580,3 +580,29 @@ def test_cimport_plane_kernels(tmp_path):
     y, ridx = max_fwd("numpy", x, (4, 3))
     np.testing.assert_array_equal(mx, y[0, 0])
     np.testing.assert_array_equal(idx, ridx[0, 0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_tiled_average_backward_has_the_general_bits(dtype):
+    """Where the bins tile the plane (out divides size: 56 -> 7, 8 -> 4, an axis of one bin) the
+    average backward writes each element once; the same bits as the general kernel's zero fill
+    and additions, a -0 gradient (which becomes +0) and NaN / inf included."""
+    ok, why = convkit.backend_status("cpu")
+    if not ok:
+        pytest.skip(why[:300])
+    from convkit.cpu import _pool, adaptive_pool as AP
+    rng = np.random.default_rng(5)
+    for (H, W, oh, ow) in ((56, 56, 7, 7), (8, 12, 4, 3), (5, 9, 1, 3), (6, 6, 6, 6), (7, 7, 1, 1)):
+        assert AP._tiles(H, W, oh, ow)
+        gy = rng.standard_normal((3, oh, ow)).astype(dtype)
+        gy.flat[0], gy.flat[-1] = -0.0, np.nan
+        if gy.size > 2:
+            gy.flat[1] = np.inf
+        hb, h0, h1, wb, w0, w1, div = AP._tables("t", H, W, oh, ow, np.dtype(dtype))
+        out = {}
+        for fast in (0, -1):
+            gx = np.full((3, H * W), 7, dtype)
+            _pool.avg_pool2d_backward(gy, W, hb, h0, h1, wb, w0, w1, div, fast, gx, 2)
+            out[fast] = gx
+        assert out[0].tobytes() == out[-1].tobytes(), (H, W, oh, ow)
+    assert not AP._tiles(56, 56, 5, 7) and not AP._tiles(5, 5, 7, 5) and not AP._tiles(7, 7, 3, 7)
