@@ -251,6 +251,26 @@ def test_few_distinct_values_vs_torch(backend, dtype, torch):
             np.testing.assert_array_equal(test(a), test(ta), err_msg=msg)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_few_distinct_values_wide_bins_vs_torch(backend, dtype, torch):
+    """As above on the suite's geometries and bins of 1 to 24 columns (the cpu float32 kernel
+    takes bins of <= 8 columns a vector a row, wider ones in vectors and a masked tail, a
+    whole-row bin as one run): values, signs of zero and indices as torch's."""
+    rng = np.random.default_rng(16)
+    vals = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 2.0], dtype)
+    for shape, size in (((2, 3, 56, 56), 7), ((2, 3, 7, 7), 1), ((2, 3, 40, 33), (5, 4)),
+                        ((2, 3, 17, 64), (3, 2)), ((2, 3, 9, 24), (2, 1)), ((1, 2, 30, 30), 4)):
+        for weights in (np.ones(len(vals)), np.array([0.2, 0, 0, 5, 5, 1, 1, 0.5]),
+                        np.array([0, 0.2, 3, 0, 0, 0, 0, 0])):
+            x = vals[rng.choice(len(vals), size=shape, p=weights / weights.sum())]
+            y, idx = max_fwd(backend, x, size)
+            ty, tidx, _ = _torch_max(torch, x, size)
+            msg = f"{shape} -> {size}"
+            np.testing.assert_array_equal(y, ty, err_msg=msg)
+            np.testing.assert_array_equal(np.signbit(y), np.signbit(ty), err_msg=msg)
+            np.testing.assert_array_equal(idx, tidx, err_msg=msg)
+
+
 # ------------------------------------------------------------------------------ gradients
 def test_avg_check_backward_and_adjoint(backend):
     """Directional numerical derivative, and (the mean being linear) the adjoint identity

@@ -265,6 +265,52 @@ CK_BIN_MAX(float, f_sse, __m128, 4, _mm_loadu_ps, _mm_max_ps, _mm_cmpunord_ps, _
    vector a row, a 1x1 head's plane of 49 values 7 vectors (the SSE2 pass took a scalar tail
    and twice the vectors).  The result is the element the rule picks, so the bits are those of
    every other path. */
+/* the horizontal maximum of 8 lanes (no NaN among them) */
+CK_AP_AVX2_TARGET static inline float ck_hmax8(__m256 vm)
+{
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(vm), _mm256_extractf128_ps(vm, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)));
+}
+
+/* A bin of at most 8 columns (adaptive_max_56to7's 8 x 8 bins): one vector a row, full or
+   masked (masked lanes -inf, not read), no inner loop -- the general loop spent ~300
+   instructions on an 8 x 8 bin, mostly loop control around one vector */
+CK_AP_AVX2_TARGET static void ck_bin_max_f_narrow(const float* x, ptrdiff_t W, ptrdiff_t rows,
+                                                  ptrdiff_t cols, float* val, ptrdiff_t* pos)
+{
+    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)cols),
+                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256 ninf = _mm256_set1_ps(-INFINITY), keep = _mm256_castsi256_ps(lanes);
+    const int colbits = (1 << cols) - 1;
+    __m256 vm = ninf, vn = _mm256_setzero_ps(), vt;
+    int nan, k;
+    ptrdiff_t r, c;
+    if (cols == 8)
+        for (r = 0; r < rows; r++) {
+            __m256 v = _mm256_loadu_ps(x + r * W);
+            vm = _mm256_max_ps(vm, v);
+            vn = _mm256_or_ps(vn, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        }
+    else
+        for (r = 0; r < rows; r++) {
+            __m256 v = _mm256_blendv_ps(ninf, _mm256_maskload_ps(x + r * W, lanes), keep);
+            vm = _mm256_max_ps(vm, v);
+            vn = _mm256_or_ps(vn, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        }
+    nan = _mm256_movemask_ps(vn) != 0;
+    CK_BIN_MAX_FIND(float)
+    vt = _mm256_set1_ps(ck_hmax8(vm));
+    for (r = 0; r < rows; r++) {
+        __m256 v = cols == 8 ? _mm256_loadu_ps(x + r * W) : _mm256_maskload_ps(x + r * W, lanes);
+        if ((k = _mm256_movemask_ps(_mm256_cmp_ps(v, vt, _CMP_EQ_OQ)) & colbits) != 0) {
+            k = __builtin_ctz((unsigned)k);
+            *val = x[r * W + k]; *pos = r * W + k; return;
+        }
+    }
+    *val = x[0]; *pos = 0;    /* not reached: the maximum is an element of the bin */
+}
+
 CK_AP_AVX2_TARGET static void ck_bin_max_f_avx2(const float* x, ptrdiff_t W, ptrdiff_t rows,
                                                 ptrdiff_t cols, float* val, ptrdiff_t* pos)
 {
@@ -274,7 +320,6 @@ CK_AP_AVX2_TARGET static void ck_bin_max_f_avx2(const float* x, ptrdiff_t W, ptr
     const __m256 ninf = _mm256_set1_ps(-INFINITY);
     const int tailbits = (1 << rem) - 1;
     __m256 vm = ninf, vn = _mm256_setzero_ps(), vt;
-    __m128 h;
     float m;
     int nan, k;
     ptrdiff_t r, c;
@@ -294,11 +339,7 @@ CK_AP_AVX2_TARGET static void ck_bin_max_f_avx2(const float* x, ptrdiff_t W, ptr
     }
     nan = _mm256_movemask_ps(vn) != 0;
     CK_BIN_MAX_FIND(float)
-    /* no NaN in the bin: the lanes hold plain maxima */
-    h = _mm_max_ps(_mm256_castps256_ps128(vm), _mm256_extractf128_ps(vm, 1));
-    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
-    m = _mm_cvtss_f32(h);
+    m = ck_hmax8(vm);     /* no NaN in the bin: the lanes hold plain maxima */
     vt = _mm256_set1_ps(m);
     for (r = 0; r < rows; r++) {
         const float* p = x + r * W;
@@ -320,7 +361,9 @@ CK_AP_AVX2_TARGET static void ck_bin_max_f_avx2(const float* x, ptrdiff_t W, ptr
 static void ck_bin_max_f(const float* x, ptrdiff_t W, ptrdiff_t rows, ptrdiff_t cols,
                          float* val, ptrdiff_t* pos)
 {
-    if (ck_run_sum8_ok())
+    if (ck_run_sum8_ok() && cols <= 8)
+        ck_bin_max_f_narrow(x, W, rows, cols, val, pos);
+    else if (ck_run_sum8_ok())
         ck_bin_max_f_avx2(x, W, rows, cols, val, pos);
     else
         ck_bin_max_f_sse(x, W, rows, cols, val, pos);
