@@ -22,7 +22,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
 from convkit.cpu.csrc.adaptive_pool cimport (ck_run_sum_f, ck_run_sum_d, ck_run_sum8_f,
-                                             ck_run_sum8_ok,
+                                             ck_run_sum8_ok, ck_colsum_f, ck_colsum_d,
                                              ck_bin_max_f, ck_bin_max_d)
 
 
@@ -41,16 +41,12 @@ cdef void adaptive_avg_plane(const floating* x, Py_ssize_t W,
     """y (oh x ow) = the bin means of plane x (rows of W); bin (o, q) covers rows
     [hs[o], hs[o] + hl[o]) and columns [ws[q], ws[q] + wl[q]); div[o*ow + q] = its area.
     colsum: W scratch values owned by the calling thread."""
-    cdef Py_ssize_t o, q, i, w
-    cdef const floating* r
+    cdef Py_ssize_t o, q
     for o in range(oh):
-        r = x + hs[o] * W
-        for w in range(W):
-            colsum[w] = r[w]
-        for i in range(1, hl[o]):
-            r = r + W
-            for w in range(W):
-                colsum[w] = colsum[w] + r[w]
+        if floating is float:
+            ck_colsum_f(x + hs[o] * W, W, hl[o], colsum)
+        else:
+            ck_colsum_d(x + hs[o] * W, W, hl[o], colsum)
         for q in range(ow):
             y[o * ow + q] = _run_sum(colsum + ws[q], wl[q]) / div[o * ow + q]
 

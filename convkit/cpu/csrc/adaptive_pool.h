@@ -175,6 +175,24 @@ static int ck_run_sum8_f(const float* x, ptrdiff_t n, float d, float* y)
 }
 #endif
 
+/* out[w] = x[w] + x[W + w] + ... (rows rows of W, added in row order): the column sums of an
+   average bin's rows.  Elementwise, so the vector width changes no bits; GCC builds it for
+   AVX2 and the baseline and picks one at load time (the Cython loop ran on SSE2). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define CK_AP_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CK_AP_CLONES
+#endif
+#define CK_COLSUM(T, S)                                                                   \
+CK_AP_CLONES static void ck_colsum_##S(const T* __restrict x, ptrdiff_t W, ptrdiff_t rows, \
+                                       T* __restrict out) {                               \
+    for (ptrdiff_t w = 0; w < W; w++) out[w] = x[w];                                      \
+    for (ptrdiff_t i = 1; i < rows; i++)                                                  \
+        for (ptrdiff_t w = 0; w < W; w++) out[w] = out[w] + x[i * W + w];                 \
+}
+CK_COLSUM(float, f)
+CK_COLSUM(double, d)
+
 /* the same pattern for doubles: eight partial sums in four 2-lane groups */
 static double ck_run_sum_d(const double* p, ptrdiff_t n) {
     ptrdiff_t i = 0;
