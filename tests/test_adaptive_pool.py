@@ -227,6 +227,15 @@ def test_max_ties_first_in_row_major_order(backend, dtype, torch):
         np.testing.assert_array_equal(idx, tidx, err_msg=str(size))
 
 
+def _max_as_torch(backend, torch, x, size, msg):
+    """The max forward's values (sign of zero included) and indices equal torch's."""
+    y, idx = max_fwd(backend, x, size)
+    ty, tidx, _ = _torch_max(torch, x, size)
+    np.testing.assert_array_equal(y, ty, err_msg=msg)
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(ty), err_msg=msg)
+    np.testing.assert_array_equal(idx, tidx, err_msg=msg)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_few_distinct_values_vs_torch(backend, dtype, torch):
     """Random planes of a few values (NaN, +-inf, +-0, ties) over many bin geometries: max
@@ -239,12 +248,8 @@ def test_few_distinct_values_vs_torch(backend, dtype, torch):
         size = tuple(int(v) for v in rng.integers(1, 16, 2))
         p = rng.dirichlet(np.ones(len(vals)))
         x = vals[rng.choice(len(vals), size=(2, 3, H, W), p=p)]
-        y, idx = max_fwd(backend, x, size)
-        ty, tidx, _ = _torch_max(torch, x, size)
         msg = f"trial {trial}: {x.shape} -> {size}"
-        np.testing.assert_array_equal(y, ty, err_msg=msg)
-        np.testing.assert_array_equal(np.signbit(y), np.signbit(ty), err_msg=msg)
-        np.testing.assert_array_equal(idx, tidx, err_msg=msg)
+        _max_as_torch(backend, torch, x, size, msg)
         a = avg_fwd(backend, x, size)
         ta, _ = _torch_avg(torch, x, size)
         for test in (np.isnan, np.isposinf, np.isneginf):
@@ -263,12 +268,7 @@ def test_few_distinct_values_wide_bins_vs_torch(backend, dtype, torch):
         for weights in (np.ones(len(vals)), np.array([0.2, 0, 0, 5, 5, 1, 1, 0.5]),
                         np.array([0, 0.2, 3, 0, 0, 0, 0, 0])):
             x = vals[rng.choice(len(vals), size=shape, p=weights / weights.sum())]
-            y, idx = max_fwd(backend, x, size)
-            ty, tidx, _ = _torch_max(torch, x, size)
-            msg = f"{shape} -> {size}"
-            np.testing.assert_array_equal(y, ty, err_msg=msg)
-            np.testing.assert_array_equal(np.signbit(y), np.signbit(ty), err_msg=msg)
-            np.testing.assert_array_equal(idx, tidx, err_msg=msg)
+            _max_as_torch(backend, torch, x, size, f"{shape} -> {size}")
 
 
 # ------------------------------------------------------------------------------ gradients
