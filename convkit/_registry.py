@@ -114,6 +114,24 @@ def available_backends() -> list[str]:
     return [n for n in known_backends() if backend_status(n)[0]]
 
 
+try:    # os.environ's own store and key encoding (CPython's os._Environ)
+    _ENV_KEY = os.environ.encodekey("CONVKIT_BACKEND")
+except AttributeError:  # pragma: no cover - another os.environ
+    _ENV_KEY = None
+
+
+def _env_backend() -> str:
+    """CONVKIT_BACKEND as os.environ holds it now, or "".  Every op asks: os.environ.get of
+    an unset variable raises and catches a KeyError inside the mapping (1-2 us a call, a tenth
+    of a small op), where a lookup in os.environ's own dict is one dict probe -- the same
+    answer, os.environ updates that dict on every change."""
+    data = getattr(os.environ, "_data", None)
+    if _ENV_KEY is None or type(data) is not dict:
+        return os.environ.get("CONVKIT_BACKEND", "")
+    v = data.get(_ENV_KEY)
+    return "" if v is None else os.environ.decodevalue(v)
+
+
 def _resolve() -> tuple[str, str]:
     """(name, why) of the backend requested now; name may be 'auto' or unknown (checked later)."""
     n = _override.get()
@@ -121,7 +139,7 @@ def _resolve() -> tuple[str, str]:
         return n, "use_backend context"
     if _global is not None:
         return _global, "set_backend"
-    env = os.environ.get("CONVKIT_BACKEND", "").strip()
+    env = _env_backend().strip()
     if env:
         return env, "env CONVKIT_BACKEND"
     return "cpu", "default"

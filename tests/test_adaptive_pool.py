@@ -227,6 +227,15 @@ def test_max_ties_first_in_row_major_order(backend, dtype, torch):
         np.testing.assert_array_equal(idx, tidx, err_msg=str(size))
 
 
+def _max_as_torch(backend, torch, x, size, msg):
+    """The max forward's values (sign of zero included) and indices equal torch's."""
+    y, idx = max_fwd(backend, x, size)
+    ty, tidx, _ = _torch_max(torch, x, size)
+    np.testing.assert_array_equal(y, ty, err_msg=msg)
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(ty), err_msg=msg)
+    np.testing.assert_array_equal(idx, tidx, err_msg=msg)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_few_distinct_values_vs_torch(backend, dtype, torch):
     """Random planes of a few values (NaN, +-inf, +-0, ties) over many bin geometries: max
@@ -239,16 +248,27 @@ def test_few_distinct_values_vs_torch(backend, dtype, torch):
         size = tuple(int(v) for v in rng.integers(1, 16, 2))
         p = rng.dirichlet(np.ones(len(vals)))
         x = vals[rng.choice(len(vals), size=(2, 3, H, W), p=p)]
-        y, idx = max_fwd(backend, x, size)
-        ty, tidx, _ = _torch_max(torch, x, size)
         msg = f"trial {trial}: {x.shape} -> {size}"
-        np.testing.assert_array_equal(y, ty, err_msg=msg)
-        np.testing.assert_array_equal(np.signbit(y), np.signbit(ty), err_msg=msg)
-        np.testing.assert_array_equal(idx, tidx, err_msg=msg)
+        _max_as_torch(backend, torch, x, size, msg)
         a = avg_fwd(backend, x, size)
         ta, _ = _torch_avg(torch, x, size)
         for test in (np.isnan, np.isposinf, np.isneginf):
             np.testing.assert_array_equal(test(a), test(ta), err_msg=msg)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_few_distinct_values_wide_bins_vs_torch(backend, dtype, torch):
+    """As above on the suite's geometries and bins of 1 to 24 columns (the cpu float32 kernel
+    takes bins of <= 8 columns a vector a row, wider ones in vectors and a masked tail, a
+    whole-row bin as one run): values, signs of zero and indices as torch's."""
+    rng = np.random.default_rng(16)
+    vals = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 2.0], dtype)
+    for shape, size in (((2, 3, 56, 56), 7), ((2, 3, 7, 7), 1), ((2, 3, 40, 33), (5, 4)),
+                        ((2, 3, 17, 64), (3, 2)), ((2, 3, 9, 24), (2, 1)), ((1, 2, 30, 30), 4)):
+        for weights in (np.ones(len(vals)), np.array([0.2, 0, 0, 5, 5, 1, 1, 0.5]),
+                        np.array([0, 0.2, 3, 0, 0, 0, 0, 0])):
+            x = vals[rng.choice(len(vals), size=shape, p=weights / weights.sum())]
+            _max_as_torch(backend, torch, x, size, f"{shape} -> {size}")
 
 
 # ------------------------------------------------------------------------------ gradients
@@ -384,6 +404,18 @@ def test_bad_output_size(backend, size, exc, msg):
             run(backend, fn, x, size)
 
 
+def test_bad_output_size_refused_after_an_equal_good_one(backend):
+    """The boundary keeps the checks' result of a passed (shape, dtype, output_size): a bool or
+    a float equal to a passed int (True == 1, 7.0 == 7, equal hashes) is still refused."""
+    x = np.zeros((1, 2, 7, 7))
+    for fn in (F.adaptive_avg_pool2d_forward, F.adaptive_max_pool2d_forward):
+        for good, bad in ((1, True), ((1, 1), (True, 1)), ((7, None), (7.0, None)), (7, 7.0)):
+            run(backend, fn, x, good)
+            run(backend, fn, x, good)
+            with pytest.raises(TypeError, match="output_size"):
+                run(backend, fn, x, bad)
+
+
 def test_bad_inputs(backend):
     x = np.zeros((1, 2, 5, 5))
     for op in ("avg", "max"):
@@ -482,12 +514,32 @@ def test_cpu_bits_independent_of_thread_count(dtype, shape, size):
     np.testing.assert_allclose(results[0][0], avg_fwd("numpy", x, size), **tol(dtype))
 
 
+def _run_sum_order(p):
+    """csrc/adaptive_pool.h's float32 run sum in NumPy float32 (each + rounds as C's): 16
+    partial sums (m holds p[16j + m]), runs of 4 into the first four, the tree
+    (a[m] + a[4+m]) + (a[8+m] + a[12+m]) then (t0 + t1) + (t2 + t3), the tail last in order."""
+    a, i, n = np.zeros(16, np.float32), 0, len(p)
+    with np.errstate(all="ignore"):
+        while i + 16 <= n:
+            a = a + p[i:i + 16]
+            i += 16
+        while i + 4 <= n:
+            a[:4] = a[:4] + p[i:i + 4]
+            i += 4
+        t = (a[0:4] + a[4:8]) + (a[8:12] + a[12:16])
+        s = (t[0] + t[1]) + (t[2] + t[3])
+        for v in p[i:]:
+            s = s + v
+        return s / np.float32(n)
+
+
 def test_cpu_global_average_by_eight_planes_has_the_plane_by_plane_bits():
-    """The float32 global average sums 8 planes at a time where the CPU has AVX2 (lane i making
-    plane i's additions of the one-plane sum: 16 partial sums, their tree, the tail): the same
-    bits as plane by plane for every plane length 1..70 and a few longer (the 16-column runs,
-    the runs of 4, the tail), plane counts around multiples of 8, NaN / inf / huge values, on
-    1 and 2 threads."""
+    """The float32 global average sums plane by plane (8-lane vectors where the CPU has AVX2)
+    or, asked, 8 planes at a time (lane i making plane i's additions of the one-plane sum: 16
+    partial sums, their tree, the tail): both the bits of the documented order
+    (_run_sum_order) for every plane length 1..70 and a few longer (the 16-column runs, the
+    runs of 4, the tail), plane counts around multiples of 8, NaN / inf / huge values, on 1
+    and 2 threads."""
     ok, why = convkit.backend_status("cpu")
     if not ok:
         pytest.skip(why[:300])
@@ -504,6 +556,8 @@ def test_cpu_global_average_by_eight_planes_has_the_plane_by_plane_bits():
                 K.global_avg_forward(x, by8, nt, True)
                 K.global_avg_forward(x, plain, nt, False)
                 assert by8.tobytes() == plain.tobytes(), (n, P, nt)
+            want = np.array([_run_sum_order(row) for row in x], np.float32)
+            assert plain.tobytes() == want.tobytes(), (n, P)
     x = rng.standard_normal((3, 9, 7, 7)).astype(np.float32)
     np.testing.assert_allclose(avg_fwd("cpu", x, 1), x.astype(np.float64).mean((2, 3),
                                keepdims=True), rtol=2e-6, atol=1e-7)
@@ -546,3 +600,29 @@ def test_cimport_plane_kernels(tmp_path):
     y, ridx = max_fwd("numpy", x, (4, 3))
     np.testing.assert_array_equal(mx, y[0, 0])
     np.testing.assert_array_equal(idx, ridx[0, 0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_tiled_average_backward_has_the_general_bits(dtype):
+    """Where the bins tile the plane (out divides size: 56 -> 7, 8 -> 4, an axis of one bin) the
+    average backward writes each element once; the same bits as the general kernel's zero fill
+    and additions, a -0 gradient (which becomes +0) and NaN / inf included."""
+    ok, why = convkit.backend_status("cpu")
+    if not ok:
+        pytest.skip(why[:300])
+    from convkit.cpu import _pool, adaptive_pool as AP
+    rng = np.random.default_rng(5)
+    for (H, W, oh, ow) in ((56, 56, 7, 7), (8, 12, 4, 3), (5, 9, 1, 3), (6, 6, 6, 6), (7, 7, 1, 1)):
+        assert AP._tiles(H, W, oh, ow)
+        gy = rng.standard_normal((3, oh, ow)).astype(dtype)
+        gy.flat[0], gy.flat[-1] = -0.0, np.nan
+        if gy.size > 2:
+            gy.flat[1] = np.inf
+        hb, h0, h1, wb, w0, w1, div = AP._tables("t", H, W, oh, ow, np.dtype(dtype))
+        out = {}
+        for fast in (0, -1):
+            gx = np.full((3, H * W), 7, dtype)
+            _pool.avg_pool2d_backward(gy, W, hb, h0, h1, wb, w0, w1, div, fast, gx, 2)
+            out[fast] = gx
+        assert out[0].tobytes() == out[-1].tobytes(), (H, W, oh, ow)
+    assert not AP._tiles(56, 56, 5, 7) and not AP._tiles(5, 5, 7, 5) and not AP._tiles(7, 7, 3, 7)

@@ -6,11 +6,13 @@ adaptive_pool.py).  The forwards are here because a bin can be reduced faster th
 window:
 
 * average: per output row, the column sums of the bin's input rows (an element-wise,
-  vectorised add), then each bin's run of column sums (csrc/adaptive_pool.h); a 1x1 output --
-  global average pooling, the classifier head -- is one run sum per plane.  Sums run in the
+  vectorised add), then each bin's run of column sums (csrc/adaptive_pool.h, 8-lane vectors
+  where the CPU has AVX2, the same bits); a 1x1 output -- global average pooling, the
+  classifier head -- is one run sum per plane.  Sums run in the
   input precision in a fixed order;
 * max: a branch-free maximum and NaN test per bin, then the position (ck_bin_max: torch's
-  NaN and tie rules exactly); a bin of whole rows is one contiguous run.
+  NaN and tie rules exactly; float32 on 8-lane vectors where the CPU has AVX2); a bin of
+  whole rows is one contiguous run.
 
 Each task owns whole planes of the output: the same bits on every run and for any thread count.
 """
@@ -20,7 +22,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
 from convkit.cpu.csrc.adaptive_pool cimport (ck_run_sum_f, ck_run_sum_d, ck_run_sum8_f,
-                                             ck_run_sum8_ok,
+                                             ck_run_sum8_ok, ck_colsum_f, ck_colsum_d,
                                              ck_bin_max_f, ck_bin_max_d)
 
 
@@ -39,16 +41,12 @@ cdef void adaptive_avg_plane(const floating* x, Py_ssize_t W,
     """y (oh x ow) = the bin means of plane x (rows of W); bin (o, q) covers rows
     [hs[o], hs[o] + hl[o]) and columns [ws[q], ws[q] + wl[q]); div[o*ow + q] = its area.
     colsum: W scratch values owned by the calling thread."""
-    cdef Py_ssize_t o, q, i, w
-    cdef const floating* r
+    cdef Py_ssize_t o, q
     for o in range(oh):
-        r = x + hs[o] * W
-        for w in range(W):
-            colsum[w] = r[w]
-        for i in range(1, hl[o]):
-            r = r + W
-            for w in range(W):
-                colsum[w] = colsum[w] + r[w]
+        if floating is float:
+            ck_colsum_f(x + hs[o] * W, W, hl[o], colsum)
+        else:
+            ck_colsum_d(x + hs[o] * W, W, hl[o], colsum)
         for q in range(ow):
             y[o * ow + q] = _run_sum(colsum + ws[q], wl[q]) / div[o * ow + q]
 
@@ -75,10 +73,12 @@ def adaptive_avg_forward(const floating[:, :, ::1] x,
 
 
 def global_avg_forward(const floating[:, ::1] x, floating[::1] y, int n_threads,
-                       bint by_eight=True):
-    """y[p] = sum(x[p, :]) / HW: x (P, HW), y (P,).  float32: 8 planes at a time where the CPU
-    has AVX2 (ck_run_sum8_f, the same bits as plane by plane; by_eight=False: plane by plane,
-    for the tests), the planes past the last 8 one by one."""
+                       bint by_eight=False):
+    """y[p] = sum(x[p, :]) / HW: x (P, HW), y (P,), plane by plane (float32 on AVX2:
+    ck_run_sum_f_avx2, ~25 instructions for a plane of 49 values).  by_eight=True (for the
+    tests): float32 8 planes at a time where the CPU has AVX2 (ck_run_sum8_f, transposed in
+    registers: ~60 instructions a plane of 49), the planes past the last 8 one by one -- the
+    same bits."""
     cdef Py_ssize_t P = x.shape[0], HW = x.shape[1], p, P8 = 0, b
     cdef floating d = <floating>HW
     if floating is float:

@@ -12,7 +12,9 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, sqrt
 
-from convkit.cpu.csrc.batchnorm cimport (ck_bn_sums_f, ck_bn_sums_d, ck_bn_dot_f, ck_bn_dot_d,
+from convkit.cpu.csrc.batchnorm cimport (ck_bn_sums_d, ck_bn_dot_d,
+    ck_bn_sum_f, ck_bn_sums2_f, ck_bn_dot2_f, ck_bn_apply_f, ck_bn_apply_d, ck_bn_grad_apply_f,
+    ck_bn_grad_apply_d,
     ck_bnv_sum_f, ck_bnv_sum_d, ck_bnv_dev_f, ck_bnv_dev_d, ck_bnv_dot_f, ck_bnv_dot_d,
     ck_bnv_affine_f, ck_bnv_affine_d, ck_bnv_grad_f, ck_bnv_grad_d)
 
@@ -24,7 +26,7 @@ cdef void bn_channel_stats(const floating* x, Py_ssize_t N, Py_ssize_t stride, P
     cdef double s = 0, q = 0, m, M = <double>(N * HW)
     for n in range(N):
         if floating is float:
-            ck_bn_sums_f(x + n * stride, HW, 0.0, &s, &q)
+            ck_bn_sum_f(x + n * stride, HW, &s)     # (the sum alone: q is not used)
         else:
             ck_bn_sums_d(x + n * stride, HW, 0.0, &s, &q)
     m = s / M
@@ -32,7 +34,7 @@ cdef void bn_channel_stats(const floating* x, Py_ssize_t N, Py_ssize_t stride, P
     q = 0
     for n in range(N):
         if floating is float:
-            ck_bn_sums_f(x + n * stride, HW, m, &s, &q)
+            ck_bn_sums2_f(x + n * stride, HW, m, &s, &q)
         else:
             ck_bn_sums_d(x + n * stride, HW, m, &s, &q)
     # s = sum(x - m) is ~0; subtracting s*s/M makes the result the exact two-pass variance of
@@ -48,14 +50,12 @@ cdef void bn_channel_stats(const floating* x, Py_ssize_t N, Py_ssize_t stride, P
 cdef void bn_channel_apply(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t stride,
                            Py_ssize_t HW, floating mean, floating scale, floating shift) noexcept nogil:
     """y = (x - mean) * scale + shift over one channel."""
-    cdef Py_ssize_t n, i
-    cdef const floating* xs
-    cdef floating* ys
+    cdef Py_ssize_t n
     for n in range(N):
-        xs = x + n * stride
-        ys = y + n * stride
-        for i in range(HW):
-            ys[i] = (xs[i] - mean) * scale + shift
+        if floating is float:
+            ck_bn_apply_f(x + n * stride, y + n * stride, HW, mean, scale, shift)
+        else:
+            ck_bn_apply_d(x + n * stride, y + n * stride, HW, mean, scale, shift)
 
 
 cdef void bn_channel_grad_sums(const floating* gy, const floating* x, Py_ssize_t N,
@@ -66,7 +66,7 @@ cdef void bn_channel_grad_sums(const floating* gy, const floating* x, Py_ssize_t
     sum_gy_xmu[0] = 0
     for n in range(N):
         if floating is float:
-            ck_bn_dot_f(gy + n * stride, x + n * stride, HW, mean, sum_gy, sum_gy_xmu)
+            ck_bn_dot2_f(gy + n * stride, x + n * stride, HW, mean, sum_gy, sum_gy_xmu)
         else:
             ck_bn_dot_d(gy + n * stride, x + n * stride, HW, mean, sum_gy, sum_gy_xmu)
 
@@ -79,7 +79,6 @@ cdef void bn_channel_grad_apply(const floating* gy, const floating* x, floating*
     not enter grad_x, so a non-finite x must not reach it): gx = gy * k_gy."""
     cdef Py_ssize_t n, i
     cdef const floating* gs
-    cdef const floating* xs
     cdef floating* out
     for n in range(N):
         gs = gy + n * stride
@@ -88,9 +87,10 @@ cdef void bn_channel_grad_apply(const floating* gy, const floating* x, floating*
             for i in range(HW):
                 out[i] = gs[i] * k_gy
             continue
-        xs = x + n * stride
-        for i in range(HW):
-            out[i] = gs[i] * k_gy + (xs[i] - mean) * k_xmu + shift
+        if floating is float:
+            ck_bn_grad_apply_f(gs, x + n * stride, out, HW, k_gy, mean, k_xmu, shift)
+        else:
+            ck_bn_grad_apply_d(gs, x + n * stride, out, HW, k_gy, mean, k_xmu, shift)
 
 
 # ------------------------------------------------- channel blocks, for small planes

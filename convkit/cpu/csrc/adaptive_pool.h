@@ -17,7 +17,7 @@
 
 /* partial sum m (m < 16) holds p[16j + m]; the four 4-lane groups are then added pairwise,
    the lanes too; a tail of < 4 values is added last, in order */
-static float ck_run_sum_f(const float* p, ptrdiff_t n) {
+static float ck_run_sum_f_base(const float* p, ptrdiff_t n) {
     ptrdiff_t i = 0;
     float t[4], s;
 #ifdef CK_AP_SSE2
@@ -133,7 +133,39 @@ static int ck_run_sum8_f(const float* x, ptrdiff_t n, float d, float* y)
     ck_run_sum8_f_avx2(x, n, d, y);
     return 1;
 }
+
+/* ck_run_sum_f_base's very additions with 8-lane vectors: partial sums 0..7 in the lanes of
+   a, 8..15 in b (each still one chain over its columns from +0), the 4-runs into a's low half,
+   the same tree -- (a[m] + a[4+m]) + (a[8+m] + a[12+m]), then (t0 + t1) + (t2 + t3) -- and
+   the tail last, in order: the same bits, about 25 instructions for a 49-value plane where
+   the SSE2 loop took ~60 (global average pooling's classifier head) */
+CK_AP_AVX2_TARGET static float ck_run_sum_f_avx2(const float* p, ptrdiff_t n)
+{
+    ptrdiff_t i = 0;
+    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        a = _mm256_add_ps(a, _mm256_loadu_ps(p + i));
+        b = _mm256_add_ps(b, _mm256_loadu_ps(p + i + 8));
+    }
+    __m128 a0 = _mm256_castps256_ps128(a);
+    for (; i + 4 <= n; i += 4)
+        a0 = _mm_add_ps(a0, _mm_loadu_ps(p + i));
+    __m128 t = _mm_add_ps(_mm_add_ps(a0, _mm256_extractf128_ps(a, 1)),
+                          _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1)));
+    __m128 u = _mm_add_ps(t, _mm_shuffle_ps(t, t, _MM_SHUFFLE(2, 3, 0, 1)));   /* t0+t1, t2+t3 */
+    float s = _mm_cvtss_f32(_mm_add_ss(u, _mm_movehl_ps(u, u)));
+    for (; i < n; i++)
+        s += p[i];
+    return s;
+}
+
+static float ck_run_sum_f(const float* p, ptrdiff_t n)
+{
+    return ck_run_sum8_ok() ? ck_run_sum_f_avx2(p, n) : ck_run_sum_f_base(p, n);
+}
+#define CK_AP_AVX2 1
 #else
+static float ck_run_sum_f(const float* p, ptrdiff_t n) { return ck_run_sum_f_base(p, n); }
 static int ck_run_sum8_ok(void) { return 0; }
 
 static int ck_run_sum8_f(const float* x, ptrdiff_t n, float d, float* y)
@@ -142,6 +174,24 @@ static int ck_run_sum8_f(const float* x, ptrdiff_t n, float d, float* y)
     return 0;
 }
 #endif
+
+/* out[w] = x[w] + x[W + w] + ... (rows rows of W, added in row order): the column sums of an
+   average bin's rows.  Elementwise, so the vector width changes no bits; GCC builds it for
+   AVX2 and the baseline and picks one at load time (the Cython loop ran on SSE2). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define CK_AP_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CK_AP_CLONES
+#endif
+#define CK_COLSUM(T, S)                                                                   \
+CK_AP_CLONES static void ck_colsum_##S(const T* __restrict x, ptrdiff_t W, ptrdiff_t rows, \
+                                       T* __restrict out) {                               \
+    for (ptrdiff_t w = 0; w < W; w++) out[w] = x[w];                                      \
+    for (ptrdiff_t i = 1; i < rows; i++)                                                  \
+        for (ptrdiff_t w = 0; w < W; w++) out[w] = out[w] + x[i * W + w];                 \
+}
+CK_COLSUM(float, f)
+CK_COLSUM(double, d)
 
 /* the same pattern for doubles: eight partial sums in four 2-lane groups */
 static double ck_run_sum_d(const double* p, ptrdiff_t n) {
@@ -225,8 +275,120 @@ static void ck_bin_max_##S(const T* x, ptrdiff_t W, ptrdiff_t rows, ptrdiff_t co
     }                                                                                     \
     *val = x[0]; *pos = 0;    /* not reached: m is an element of the bin */               \
 }
-CK_BIN_MAX(float, f, __m128, 4, _mm_loadu_ps, _mm_max_ps, _mm_cmpunord_ps, _mm_or_ps,
+CK_BIN_MAX(float, f_sse, __m128, 4, _mm_loadu_ps, _mm_max_ps, _mm_cmpunord_ps, _mm_or_ps,
            _mm_cmpeq_ps, _mm_set1_ps, _mm_movemask_ps, _mm_setzero_ps, _mm_storeu_ps)
+#ifdef CK_AP_AVX2
+/* The same two passes on 8-lane vectors, a row's last < 8 values in one masked vector (lanes
+   past the row hold -inf in the first pass and do not count in the second): an 8 x 8 bin is a
+   vector a row, a 1x1 head's plane of 49 values 7 vectors (the SSE2 pass took a scalar tail
+   and twice the vectors).  The result is the element the rule picks, so the bits are those of
+   every other path. */
+/* the horizontal maximum of 8 lanes (no NaN among them) */
+CK_AP_AVX2_TARGET static inline float ck_hmax8(__m256 vm)
+{
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(vm), _mm256_extractf128_ps(vm, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)));
+}
+
+/* A bin of at most 8 columns (adaptive_max_56to7's 8 x 8 bins): one vector a row, full or
+   masked (masked lanes -inf, not read), no inner loop -- the general loop spent ~300
+   instructions on an 8 x 8 bin, mostly loop control around one vector */
+CK_AP_AVX2_TARGET static void ck_bin_max_f_narrow(const float* x, ptrdiff_t W, ptrdiff_t rows,
+                                                  ptrdiff_t cols, float* val, ptrdiff_t* pos)
+{
+    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)cols),
+                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256 ninf = _mm256_set1_ps(-INFINITY), keep = _mm256_castsi256_ps(lanes);
+    const int colbits = (1 << cols) - 1;
+    __m256 vm = ninf, vn = _mm256_setzero_ps(), vt;
+    int nan, k;
+    ptrdiff_t r, c;
+    if (cols == 8)
+        for (r = 0; r < rows; r++) {
+            __m256 v = _mm256_loadu_ps(x + r * W);
+            vm = _mm256_max_ps(vm, v);
+            vn = _mm256_or_ps(vn, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        }
+    else
+        for (r = 0; r < rows; r++) {
+            __m256 v = _mm256_blendv_ps(ninf, _mm256_maskload_ps(x + r * W, lanes), keep);
+            vm = _mm256_max_ps(vm, v);
+            vn = _mm256_or_ps(vn, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        }
+    nan = _mm256_movemask_ps(vn) != 0;
+    CK_BIN_MAX_FIND(float)
+    vt = _mm256_set1_ps(ck_hmax8(vm));
+    for (r = 0; r < rows; r++) {
+        __m256 v = cols == 8 ? _mm256_loadu_ps(x + r * W) : _mm256_maskload_ps(x + r * W, lanes);
+        if ((k = _mm256_movemask_ps(_mm256_cmp_ps(v, vt, _CMP_EQ_OQ)) & colbits) != 0) {
+            k = __builtin_ctz((unsigned)k);
+            *val = x[r * W + k]; *pos = r * W + k; return;
+        }
+    }
+    *val = x[0]; *pos = 0;    /* not reached: the maximum is an element of the bin */
+}
+
+CK_AP_AVX2_TARGET static void ck_bin_max_f_avx2(const float* x, ptrdiff_t W, ptrdiff_t rows,
+                                                ptrdiff_t cols, float* val, ptrdiff_t* pos)
+{
+    const ptrdiff_t c8 = cols / 8 * 8, rem = cols - c8;
+    const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rem),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    const int tailbits = (1 << rem) - 1;
+    __m256 vm = ninf, vn = _mm256_setzero_ps(), vt;
+    float m;
+    int nan, k;
+    ptrdiff_t r, c;
+    for (r = 0; r < rows; r++) {
+        const float* p = x + r * W;
+        for (c = 0; c < c8; c += 8) {
+            __m256 v = _mm256_loadu_ps(p + c);
+            vm = _mm256_max_ps(vm, v);
+            vn = _mm256_or_ps(vn, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        }
+        if (rem) {
+            __m256 v = _mm256_blendv_ps(ninf, _mm256_maskload_ps(p + c8, tail),
+                                        _mm256_castsi256_ps(tail));
+            vm = _mm256_max_ps(vm, v);
+            vn = _mm256_or_ps(vn, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        }
+    }
+    nan = _mm256_movemask_ps(vn) != 0;
+    CK_BIN_MAX_FIND(float)
+    m = ck_hmax8(vm);     /* no NaN in the bin: the lanes hold plain maxima */
+    vt = _mm256_set1_ps(m);
+    for (r = 0; r < rows; r++) {
+        const float* p = x + r * W;
+        for (c = 0; c < c8; c += 8)
+            if ((k = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p + c), vt,
+                                                      _CMP_EQ_OQ))) != 0) {
+                k = __builtin_ctz((unsigned)k);
+                *val = p[c + k]; *pos = r * W + c + k; return;
+            }
+        if (rem && (k = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_maskload_ps(p + c8, tail), vt,
+                                                         _CMP_EQ_OQ)) & tailbits) != 0) {
+            k = __builtin_ctz((unsigned)k);
+            *val = p[c8 + k]; *pos = r * W + c8 + k; return;
+        }
+    }
+    *val = x[0]; *pos = 0;    /* not reached: m is an element of the bin */
+}
+
+static void ck_bin_max_f(const float* x, ptrdiff_t W, ptrdiff_t rows, ptrdiff_t cols,
+                         float* val, ptrdiff_t* pos)
+{
+    if (ck_run_sum8_ok() && cols <= 8)
+        ck_bin_max_f_narrow(x, W, rows, cols, val, pos);
+    else if (ck_run_sum8_ok())
+        ck_bin_max_f_avx2(x, W, rows, cols, val, pos);
+    else
+        ck_bin_max_f_sse(x, W, rows, cols, val, pos);
+}
+#else
+#define ck_bin_max_f ck_bin_max_f_sse
+#endif
 CK_BIN_MAX(double, d, __m128d, 2, _mm_loadu_pd, _mm_max_pd, _mm_cmpunord_pd, _mm_or_pd,
            _mm_cmpeq_pd, _mm_set1_pd, _mm_movemask_pd, _mm_setzero_pd, _mm_storeu_pd)
 #else

@@ -5,6 +5,8 @@ cdef extern from "csrc/adaptive_pool.h":
     float ck_run_sum_f(const float* p, Py_ssize_t n) noexcept nogil
     double ck_run_sum_d(const double* p, Py_ssize_t n) noexcept nogil
     int ck_run_sum8_ok() noexcept nogil
+    void ck_colsum_f(const float* x, Py_ssize_t W, Py_ssize_t rows, float* out) noexcept nogil
+    void ck_colsum_d(const double* x, Py_ssize_t W, Py_ssize_t rows, double* out) noexcept nogil
     int ck_run_sum8_f(const float* x, Py_ssize_t n, float d, float* y) noexcept nogil
     void ck_bin_max_f(const float* x, Py_ssize_t W, Py_ssize_t rows, Py_ssize_t cols,
                       float* val, Py_ssize_t* pos) noexcept nogil

@@ -160,4 +160,147 @@ CK_BNV static void ck_bnv_grad_##SUF(const T* __restrict g, const T* __restrict 
 }
 CK_BNV_DEFINE(float, f)
 CK_BNV_DEFINE(double, d)
+
+/* The large-plane path's elementwise passes (one channel's run of n values), built like the
+   slab loops (one chain per output: the vector width reorders nothing, no fused
+   multiply-adds): y = (x - mean) * scale + shift; o = g * kg + (x - m) * kx + b, each in the
+   order the Cython loops they replace wrote them.  (The baseline build ran them on SSE.) */
+#define CK_BN_RUN_DEFINE(T, SUF)                                                            \
+CK_BNV static void ck_bn_apply_##SUF(const T* __restrict x, T* __restrict y, ptrdiff_t n,   \
+                                     T mean, T scale, T shift) {                          \
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - mean) * scale + shift;               \
+}                                                                                         \
+CK_BNV static void ck_bn_grad_apply_##SUF(const T* __restrict g, const T* __restrict x,    \
+                                          T* __restrict o, ptrdiff_t n, T kg, T m, T kx,  \
+                                          T b) {                                          \
+    for (ptrdiff_t i = 0; i < n; i++) o[i] = g[i] * kg + (x[i] - m) * kx + b;             \
+}
+CK_BN_RUN_DEFINE(float, f)
+CK_BN_RUN_DEFINE(double, d)
+
+/* ck_bn_sums_f and ck_bn_dot_f on AVX2 (4-double vectors): the SSE2 loop's accumulator pairs
+   s0, s1 are the low and high lanes of one vector (values i..i+3), s2, s3 of the other
+   (i+4..i+7), combined as (s0 + s1) + (s2 + s3) then lane 0 + lane 1, the tail in order: the
+   same sums, the same bits, half the instructions.  (No "fma" in the target: no contraction.)
+   ck_bn_sum_f: the sum alone -- the first pass of the statistics, whose squares (about m = 0)
+   were computed and dropped; x - 0 is x, so the sum has the same bits. */
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define CK_BN_AVX2 __attribute__((target("avx2")))
+static int ck_bn_avx2_ok(void)
+{
+    static int ok = -1;     /* (benign race: every thread computes the same value) */
+    if (ok < 0) {
+        __builtin_cpu_init();
+        ok = __builtin_cpu_supports("avx2") != 0;
+    }
+    return ok;
+}
+
+CK_BN_AVX2 static inline double ck_bn_tree4(__m256d a, __m256d b)
+{
+    double buf[2];
+    _mm_storeu_pd(buf, _mm_add_pd(_mm_add_pd(_mm256_castpd256_pd128(a),
+                                             _mm256_extractf128_pd(a, 1)),
+                                  _mm_add_pd(_mm256_castpd256_pd128(b),
+                                             _mm256_extractf128_pd(b, 1))));
+    return buf[0] + buf[1];
+}
+
+CK_BN_AVX2 static void ck_bn_sums_f_avx2(const float* x, ptrdiff_t n, double m, double* s,
+                                         double* q, int squares)
+{
+    ptrdiff_t i = 0;
+    double ts, tq = 0;
+    __m256d vm = _mm256_set1_pd(m), a = _mm256_setzero_pd(), b = a, qa = a, qb = a;
+    if (squares)
+        for (; i + 8 <= n; i += 8) {
+            __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + i)), vm);
+            __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + i + 4)), vm);
+            a = _mm256_add_pd(a, d0);
+            b = _mm256_add_pd(b, d1);
+            qa = _mm256_add_pd(qa, _mm256_mul_pd(d0, d0));
+            qb = _mm256_add_pd(qb, _mm256_mul_pd(d1, d1));
+        }
+    else    /* m == 0 */
+        for (; i + 8 <= n; i += 8) {
+            a = _mm256_add_pd(a, _mm256_cvtps_pd(_mm_loadu_ps(x + i)));
+            b = _mm256_add_pd(b, _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4)));
+        }
+    ts = ck_bn_tree4(a, b);
+    if (squares)
+        tq = ck_bn_tree4(qa, qb);
+    for (; i < n; i++) {
+        double d = (double)x[i] - m;
+        ts += d;
+        tq += d * d;
+    }
+    *s += ts;
+    if (squares)
+        *q += tq;
+}
+
+CK_BN_AVX2 static void ck_bn_dot_f_avx2(const float* g, const float* x, ptrdiff_t n, double m,
+                                        double* sg, double* sd)
+{
+    ptrdiff_t i = 0;
+    double tg, td;
+    __m256d vm = _mm256_set1_pd(m), a = _mm256_setzero_pd(), b = a, qa = a, qb = a;
+    for (; i + 8 <= n; i += 8) {
+        __m256d g0 = _mm256_cvtps_pd(_mm_loadu_ps(g + i));
+        __m256d g1 = _mm256_cvtps_pd(_mm_loadu_ps(g + i + 4));
+        a = _mm256_add_pd(a, g0);
+        b = _mm256_add_pd(b, g1);
+        qa = _mm256_add_pd(qa, _mm256_mul_pd(g0, _mm256_sub_pd(
+                 _mm256_cvtps_pd(_mm_loadu_ps(x + i)), vm)));
+        qb = _mm256_add_pd(qb, _mm256_mul_pd(g1, _mm256_sub_pd(
+                 _mm256_cvtps_pd(_mm_loadu_ps(x + i + 4)), vm)));
+    }
+    tg = ck_bn_tree4(a, b);
+    td = ck_bn_tree4(qa, qb);
+    for (; i < n; i++) { tg += (double)g[i]; td += (double)g[i] * ((double)x[i] - m); }
+    *sg += tg;
+    *sd += td;
+}
+#define CK_BN_HAVE_AVX2 1
+#else
+#define CK_BN_HAVE_AVX2 0
+#endif
+
+/* s += sum(x) (ck_bn_sums_f's s about m = 0) */
+static void ck_bn_sum_f(const float* x, ptrdiff_t n, double* s)
+{
+    double q = 0;
+#if CK_BN_HAVE_AVX2
+    if (ck_bn_avx2_ok()) {
+        ck_bn_sums_f_avx2(x, n, 0.0, s, &q, 0);
+        return;
+    }
+#endif
+    ck_bn_sums_f(x, n, 0.0, s, &q);
+}
+
+/* ck_bn_sums_f / ck_bn_dot_f, on AVX2 where the CPU has it (the same bits) */
+static void ck_bn_sums2_f(const float* x, ptrdiff_t n, double m, double* s, double* q)
+{
+#if CK_BN_HAVE_AVX2
+    if (ck_bn_avx2_ok()) {
+        ck_bn_sums_f_avx2(x, n, m, s, q, 1);
+        return;
+    }
+#endif
+    ck_bn_sums_f(x, n, m, s, q);
+}
+
+static void ck_bn_dot2_f(const float* g, const float* x, ptrdiff_t n, double m, double* sg,
+                         double* sd)
+{
+#if CK_BN_HAVE_AVX2
+    if (ck_bn_avx2_ok()) {
+        ck_bn_dot_f_avx2(g, x, n, m, sg, sd);
+        return;
+    }
+#endif
+    ck_bn_dot_f(g, x, n, m, sg, sd);
+}
 #endif
