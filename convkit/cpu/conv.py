@@ -29,7 +29,7 @@ from .._shapes import conv_out_size
 from . import _conv, _gemm  # (_conv re-exports the kernels: their old home, tests use it)
 from . import (_conv_batch as _batch, _conv_dense as _dense, _conv_depthwise as _depthwise,
                _conv_dot as _dot, _conv_im2col as _im2col, _conv_phases as _phases,
-               _conv_winograd as _winograd)
+               _conv_wdirect as _wdirect, _conv_winograd as _winograd)
 from . import conv_plan as P
 from . import tuning as _T
 from .tuning import KEEP_BYTES as _KEEP_BYTES
@@ -101,7 +101,8 @@ _MAX_PLANS = 256
 
 # Algorithms whose outputs can take a NaN or inf from another output's operands (Winograd's
 # tile transforms, the dense and batch matrices' structural zeros; the dot weight gradient's
-# padded planes; sub-pixel grad_x's padded windows, whose zeros meet every weight): all
+# padded planes; sub-pixel grad_x's padded windows, whose zeros meet every weight; the direct
+# weight gradient's vector lanes past the output's width, zeros of grad_y times x): all
 # operands are checked before them, for NaN, inf and values whose transforms could overflow
 # where torch's sums do not (_finite).  The depthwise kernels skip padding
 # taps instead of multiplying zeros, so only a non-finite weight (forward) or grad_y / weight
@@ -112,7 +113,7 @@ _MAX_PLANS = 256
 # its operands itself and falls back to the direct stem (_fwd_stem_wino); weight_stem_wino checks
 # its result and falls back to weight_stem (_bwd_weight_stem_wino).
 _MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel",
-                      "weight_winograd"})
+                      "weight_winograd", "weight_direct"})
 _MIXES_W = frozenset({"depthwise", "depthwise3x3"})
 
 
@@ -773,6 +774,12 @@ def _bwd_weight_winograd(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw)
                                               step.threads, p["fixed"])
 
 
+def _bwd_weight_direct(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
+    """grad_weight on csrc/wdirect.h (conv_plan.plan_weight_direct)."""
+    xp = _workspace(step.params["floats"], np.float32, "weight_direct")
+    _wdirect.conv2d_grad_weight_direct(gy, x, gw, xp, s.padding[0], s.padding[2], step.threads)
+
+
 def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     p = _check(step)
     (sh, sw), (dh, dw), dt = s.stride, s.dilation, x.dtype
@@ -796,7 +803,7 @@ _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "de
              "winograd": _bwd_winograd, "batch": _bwd_batch, "weight_dot": _bwd_weight_dot,
              "subpixel": _bwd_subpixel, "weight_rowgemm": _bwd_weight_rowgemm,
              "weight_stem": _bwd_weight_stem, "weight_stem_wino": _bwd_weight_stem_wino,
-             "weight_winograd": _bwd_weight_winograd,
+             "weight_winograd": _bwd_weight_winograd, "weight_direct": _bwd_weight_direct,
              "pointwise": _bwd_im2col, "im2col": _bwd_im2col}
 
 

@@ -1,0 +1,129 @@
+/* The weight gradient of a small-channel stride-1 conv (LeNet5's first layer: 1 -> 6, 5x5 on
+ * 8x8 maps) as direct dot products on AVX2 + FMA (conv_plan "weight_direct").  With the input
+ * zero-padded (xp: N x C x Hp x Wp, Hp = Ho + KH - 1, Wp = 8 * ceil(Wo / 8) + KW - 1),
+ *     gw[f, c, kh, kw] = sum over (n, ho, wo) of gy[n, f, ho, wo] * xp[n, c, ho + kh, wo + kw]
+ * is, per output row chunk of 8 columns, one vector of gy times KW shifted loads of one xp row:
+ * a task (f, c, kh) keeps its KW sums in KW registers (KW <= 8), lane l adding the positions
+ * wo = 8j + l in the order (n, ho, j), then sums each register's 8 lanes in a fixed tree.  The
+ * batch path's GEMM (gy @ columns^T) spent more on transposing and packing the 25 x N*Ho*Wo
+ * columns than on its multiplies.  A task's sums do not depend on the split: the bits do not
+ * follow the thread count.  The lanes past Wo (last chunk) take gy = 0 times whatever xp holds
+ * there, so operands must be finite (the caller checks, as for the batch path). */
+#ifndef CK_WDIRECT_H
+#define CK_WDIRECT_H
+
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define CK_WDIRECT_BUILT 1
+
+static int ck_wdirect_available(void)
+{
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return known;
+}
+
+/* xp (C x Hp x Wp) of one image x (C x H x W): x[c, r - pt, q - pl], 0 outside */
+static void ck_wdirect_pad(const float *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t pt,
+                           ptrdiff_t pl, ptrdiff_t Hp, ptrdiff_t Wp, float *xp)
+{
+    memset(xp, 0, (size_t)(C * Hp * Wp) * sizeof(float));
+    for (ptrdiff_t c = 0; c < C; ++c)
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            const ptrdiff_t r = h + pt;
+            if (r < 0 || r >= Hp)
+                continue;
+            ptrdiff_t w0 = pl < 0 ? -pl : 0, w1 = W;
+            if (w1 + pl > Wp)
+                w1 = Wp - pl;
+            if (w1 > w0)
+                memcpy(xp + (c * Hp + r) * Wp + w0 + pl, x + (c * H + h) * W + w0,
+                       (size_t)(w1 - w0) * sizeof(float));
+        }
+}
+
+__attribute__((target("avx2,fma"))) static inline float ck_wdirect_hsum(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+#define CK_WDIRECT_BODY(KW)                                                                 \
+    {                                                                                       \
+        __m256 acc[KW];                                                                     \
+        for (int k = 0; k < KW; ++k)                                                        \
+            acc[k] = _mm256_setzero_ps();                                                   \
+        for (ptrdiff_t n = 0; n < N; ++n) {                                                 \
+            const float *g = gy + (n * F + f) * Ho * Wo;                                    \
+            const float *b = xp + ((n * C + c) * Hp + kh) * Wp;                             \
+            for (ptrdiff_t ho = 0; ho < Ho; ++ho, g += Wo, b += Wp) {                       \
+                ptrdiff_t j = 0;                                                            \
+                for (; j + 8 <= Wo; j += 8) {                                               \
+                    const __m256 v = _mm256_loadu_ps(g + j);                                \
+                    for (int k = 0; k < KW; ++k)                                            \
+                        acc[k] = _mm256_fmadd_ps(v, _mm256_loadu_ps(b + j + k), acc[k]);    \
+                }                                                                           \
+                if (j < Wo) {                                                               \
+                    const __m256 v = _mm256_maskload_ps(g + j, tail);                       \
+                    for (int k = 0; k < KW; ++k)                                            \
+                        acc[k] = _mm256_fmadd_ps(v, _mm256_loadu_ps(b + j + k), acc[k]);    \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        for (int k = 0; k < KW; ++k)                                                        \
+            out[k] = ck_wdirect_hsum(acc[k]);                                               \
+    }
+
+/* out[kw] = gw[f, c, kh, kw] for kw < KW (1 <= KW <= 8) */
+__attribute__((target("avx2,fma"))) static void ck_wdirect_task(
+    const float *xp, const float *gy, ptrdiff_t N, ptrdiff_t C, ptrdiff_t F, ptrdiff_t Hp,
+    ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t KW, ptrdiff_t f, ptrdiff_t c,
+    ptrdiff_t kh, float *out)
+{
+    const int r = (int)(Wo % 8);
+    const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(r),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    switch (KW) {   /* a constant KW each: the sums stay in registers */
+    case 1: CK_WDIRECT_BODY(1) break;
+    case 2: CK_WDIRECT_BODY(2) break;
+    case 3: CK_WDIRECT_BODY(3) break;
+    case 4: CK_WDIRECT_BODY(4) break;
+    case 5: CK_WDIRECT_BODY(5) break;
+    case 6: CK_WDIRECT_BODY(6) break;
+    case 7: CK_WDIRECT_BODY(7) break;
+    default: CK_WDIRECT_BODY(8) break;
+    }
+}
+
+#else
+#define CK_WDIRECT_BUILT 0
+
+static int ck_wdirect_available(void)
+{
+    return 0;
+}
+
+static void ck_wdirect_pad(const float *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t pt,
+                           ptrdiff_t pl, ptrdiff_t Hp, ptrdiff_t Wp, float *xp)
+{
+    (void)x; (void)C; (void)H; (void)W; (void)pt; (void)pl; (void)Hp; (void)Wp; (void)xp;
+}
+
+static void ck_wdirect_task(const float *xp, const float *gy, ptrdiff_t N, ptrdiff_t C,
+                            ptrdiff_t F, ptrdiff_t Hp, ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo,
+                            ptrdiff_t KW, ptrdiff_t f, ptrdiff_t c, ptrdiff_t kh, float *out)
+{
+    (void)xp; (void)gy; (void)N; (void)C; (void)F; (void)Hp; (void)Wp; (void)Ho; (void)Wo;
+    (void)KW; (void)f; (void)c; (void)kh; (void)out;
+}
+
+#endif
+#endif
