@@ -4,7 +4,9 @@ least tuning.WDIRECT_MIN_TAPS taps at most 8 columns wide -- LeNet5's first laye
 float64: whole 8-column chunks and a masked last chunk, asymmetric and no padding, maps above
 the batch paths'; the same bits on 1, 2, 3, 8 and 16 threads; NaN / inf element for element
 (the operands are checked first: the lanes past the output's width multiply zeros of grad_y by
-x); the plan rule and the workspace limit; the kernel's checks.
+x); the plan rule and the workspace limit; the kernel's checks.  The same layers' batch forward
+on csrc/wdirect.h gives the batch GEMM's bits (csrc/fgemm.h), with and without bias, on any
+team, per image whatever the batch.
 
 On a CPU where the plan does not pick weight_direct (AVX-512, no AVX2) the value tests check the
 path the plan gives.
@@ -163,3 +165,64 @@ def test_weight_direct_kernel_checks_its_arguments():
     gw[...] = np.nan
     wd.conv2d_grad_weight_direct(gy, x, gw, np.zeros(n, np.float32), 2, 2, 1)
     assert (gw == 0).all()
+
+
+@pytest.mark.parametrize("shape", [((64, 1, 8, 8), (6, 1, 5, 5), 2), ((5, 1, 6, 7), (4, 1, 5, 5), 2),
+                                   ((3, 1, 8, 8), (3, 1, 5, 7), (2, 3)),
+                                   ((2, 1, 8, 8), (16, 1, 5, 5), 0)],
+                         ids=["lenet_c1", "tail_6x7", "k5x7", "no_pad"])
+def test_direct_forward_gives_the_batch_gemm_bits(monkeypatch, shape):
+    """The batch forward of weight_direct's layers runs on csrc/wdirect.h where the batch GEMM
+    is csrc/fgemm.h: each output the same FMA chain over the taps in order, then the bias --
+    the GEMM's bits (bias or none, any team), and each image's bits whatever its batch."""
+    xs, ws, pd = shape
+    rng = np.random.default_rng(63)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    pad4 = (pd,) * 4 if np.isscalar(pd) else (pd[0], pd[0], pd[1], pd[1])
+    s, _, _, plan = cc._plan(x, w, (1, 1), pad4, (1, 1), 1)
+    assert plan.forward.algo == "batch"
+    assert cc._direct_forward(x, w, (1, 1), s) == (DIRECT and cc._FIXED_SGEMM)
+
+    def runs():
+        out = []
+        try:
+            for nt in (1, 2, 3, 8):
+                convkit.set_num_threads(nt)
+                with convkit.use_backend("cpu"):
+                    out += [convkit.conv2d_forward(x, w, bb, 1, pd) for bb in (b, None)]
+                    out.append(convkit.conv2d_forward(x[1:2], w, b, 1, pd))
+        finally:
+            convkit.set_num_threads(None)
+        return out
+    direct = runs()
+    monkeypatch.setattr(cc, "_DIRECT_FWD", False)
+    gemm = runs()
+    for a, g in zip(direct, gemm):
+        np.testing.assert_array_equal(a, g)
+    np.testing.assert_array_equal(direct[2], direct[0][1:2])
+    with convkit.use_backend("numpy"):
+        ref = convkit.conv2d_forward(x.astype(np.float64), w.astype(np.float64),
+                                     b.astype(np.float64), 1, pd)
+    np.testing.assert_allclose(direct[0], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+@pytest.mark.skipif(not DIRECT, reason="weight_direct runs on AVX2 machines without the own "
+                                       "AVX-512 GEMM")
+def test_direct_forward_kernel_checks_its_arguments():
+    from convkit.cpu import _conv_wdirect as wd
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    w = np.zeros((6, 1, 5, 5), np.float32)
+    y = np.zeros((2, 6, 8, 8), np.float32)
+    n = wd.forward_floats(1, 8, 8, 5, 5)
+    b = np.zeros(6, np.float32)
+    with pytest.raises(ValueError, match="too small"):
+        wd.conv2d_forward_direct(x, w, b, True, y, np.zeros(2 * n - 1, np.float32), 2, 2, 2)
+    with pytest.raises(ValueError, match="too short"):
+        wd.conv2d_forward_direct(x, w, b[:5], True, y, np.zeros(n, np.float32), 2, 2, 1)
+    with pytest.raises(ValueError, match="do not match"):
+        wd.conv2d_forward_direct(x, w, b, True, np.zeros((2, 5, 8, 8), np.float32),
+                                 np.zeros(n, np.float32), 2, 2, 1)
+    wd.conv2d_forward_direct(x + 1, w + 1, b + 0.5, True, y, np.zeros(n, np.float32), 2, 2, 1)
+    assert y[0, 0, 3, 3] == 25.5 and y[0, 0, 0, 0] == 9.5

@@ -1,11 +1,12 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 # cython: language_level=3
 """grad_weight of small-channel stride-1 convs by direct dot products on AVX2 + FMA
-(csrc/wdirect.h; conv_plan "weight_direct": LeNet5's first layer).
+(csrc/wdirect.h; conv_plan "weight_direct": LeNet5's first layer), and their forward with the
+batch path's bits (conv_plan "batch" runs it where it applies: conv.py _fwd_batch).
 
 Part of the conv kernels laid out by algorithm: see convkit/cpu/_conv.pyx.
 """
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 
 
 cdef extern from "csrc/wdirect.h" nogil:
@@ -16,6 +17,9 @@ cdef extern from "csrc/wdirect.h" nogil:
                          Py_ssize_t F, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t Ho,
                          Py_ssize_t Wo, Py_ssize_t KW, Py_ssize_t f, Py_ssize_t c,
                          Py_ssize_t kh, float* out)
+    void ck_wdirect_forward(const float* xp, const float* w, const float* bias, float* y,
+                            Py_ssize_t C, Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW,
+                            Py_ssize_t Hq, Py_ssize_t Wp, Py_ssize_t Ho, Py_ssize_t Wo)
 
 
 def available():
@@ -58,3 +62,37 @@ def conv2d_grad_weight_direct(const float[:, :, :, ::1] gy, const float[:, :, :,
             kh = t % KH
             ck_wdirect_task(&xp[0], &gy[0, 0, 0, 0], N, C, F, Hp, Wp, Ho, Wo, KW, f, c, kh,
                             &gw[f, c, kh, 0])
+
+
+def forward_floats(Py_ssize_t C, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t KH, Py_ssize_t KW):
+    """Floats of one image's zero-padded input the forward reads (C x Hq x Wp)."""
+    return C * (8 * ((Ho + 7) // 8) + KH - 1) * (8 * ((Wo + 7) // 8) + KW - 1)
+
+
+def conv2d_forward_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
+                          const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
+                          float[::1] ws, Py_ssize_t pt, Py_ssize_t pl, int n_threads):
+    """y (OUT) = conv(x, w) + bias for a groups-1, stride-1, dilation-1 float32 conv with
+    KW <= 8: each output the batch path's csrc/fgemm.h chain over the taps in order, then the
+    bias (the same bits).  One task per image; ws: n_threads * forward_floats(...) floats."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = w.shape[0], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t Hq = 8 * ((Ho + 7) // 8) + KH - 1, Wp = 8 * ((Wo + 7) // 8) + KW - 1
+    cdef Py_ssize_t per = C * Hq * Wp, n
+    cdef const float* bp = &bias[0] if has_bias else NULL
+    cdef float* xp
+    if not ck_wdirect_available():
+        raise RuntimeError("conv2d_forward_direct: needs AVX2 and FMA")
+    if not (1 <= KW <= 8) or w.shape[1] != C or y.shape[0] != N or y.shape[1] != F:
+        raise ValueError("conv2d_forward_direct: shapes do not match (KW <= 8)")
+    if ws.shape[0] < n_threads * per:
+        raise ValueError("conv2d_forward_direct: ws is too small")
+    if has_bias and bias.shape[0] < F:
+        raise ValueError("conv2d_forward_direct: bias is too short")
+    with nogil:
+        for n in prange(N, schedule="static", num_threads=n_threads):
+            xp = &ws[0] + threadid() * per
+            ck_wdirect_pad(&x[n, 0, 0, 0], C, H, W, pt, pl, Hq, Wp, xp)
+            ck_wdirect_forward(xp, &w[0, 0, 0, 0], bp, &y[n, 0, 0, 0], C, F, KH, KW, Hq, Wp,
+                               Ho, Wo)

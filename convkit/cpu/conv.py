@@ -428,6 +428,19 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
                                       p.get("per_image", False), packed, p.get("fparts", 0))
 
 
+# weight_direct's layers (one input channel, >= 25 taps at most 8 wide, stride 1) take their
+# batch forward from csrc/wdirect.h where the batch GEMM runs on csrc/fgemm.h: the same chains
+# over the same taps, so the same bits, without building the columns (LeNet5's first layer)
+_DIRECT_FWD = _FIXED_SGEMM and not _OWN_SGEMM and _wdirect.available()
+
+
+def _direct_forward(x, weight, stride, s):
+    F, C, KH, KW = weight.shape
+    return (_DIRECT_FWD and x.dtype == np.float32 and s.groups == 1 and stride == (1, 1)
+            and s.dilation == (1, 1) and C == x.shape[1] and C <= _T.WDIRECT_MAX_CHANNELS
+            and KW <= 8 and KH * KW >= _T.WDIRECT_MIN_TAPS)
+
+
 def _fwd_batch(x, weight, b, has_bias, y, s, step, stride=None, pt=None, pl=None):
     N = x.shape[0]
     F, _, KH, KW = weight.shape
@@ -435,8 +448,14 @@ def _fwd_batch(x, weight, b, has_bias, y, s, step, stride=None, pt=None, pl=None
     stride = s.stride if stride is None else stride
     pt = s.padding[0] if pt is None else pt
     pl = s.padding[2] if pl is None else pl
-    Hp, Wp, idx = _batch_geometry(N, Ho, Wo, KH, KW, stride, s.dilation)
     n, p = step.threads, step.params
+    if _direct_forward(x, weight, stride, s):
+        per = _wdirect.forward_floats(x.shape[1], Ho, Wo, KH, KW)
+        _wdirect.conv2d_forward_direct(x, weight, b, has_bias, y,
+                                       _workspace(n * per, np.float32, "weight_direct"), pt, pl,
+                                       n)
+        return
+    Hp, Wp, idx = _batch_geometry(N, Ho, Wo, KH, KW, stride, s.dilation)
     ws = _workspace(n * p["per_thread"], x.dtype)
     with _blas_pin(x.dtype):
         _batch.conv2d_forward_batch(x, weight, b, has_bias, y, ws, p["per_thread"], p["imgs"],

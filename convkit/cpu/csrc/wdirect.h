@@ -103,6 +103,54 @@ __attribute__((target("avx2,fma"))) static void ck_wdirect_task(
     }
 }
 
+/* The forward of the same layers, one image: y[f, ho, wo] = (sum over (c, kh, kw) in that
+ * order of w[f, c, kh, kw] * xp[c, ho + kh, wo + kw]) + bias[f], each output one FMA chain from
+ * 0 over the taps in order, then the bias added -- exactly the batch path's csrc/fgemm.h GEMM
+ * over its im2col columns (padding zeros included) and its bias pass, so the same bits, with
+ * no columns built: 8 output rows of one 8-column chunk in 8 registers, a weight broadcast
+ * once per tap.  xp: this image zero-padded, C x Hq x Wp with Hq = 8 * ceil(Ho / 8) + KH - 1
+ * (the rows past Ho + KH - 1 are read, never stored) and Wp = 8 * ceil(Wo / 8) + KW - 1. */
+__attribute__((target("avx2,fma"))) static void ck_wdirect_forward(
+    const float *xp, const float *w, const float *bias, float *y, ptrdiff_t C, ptrdiff_t F,
+    ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hq, ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    const int r = (int)(Wo % 8);
+    const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(r ? r : 8),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const ptrdiff_t KK = KH * KW;
+    for (ptrdiff_t f = 0; f < F; ++f) {
+        const float *wf = w + f * C * KK;
+        for (ptrdiff_t j = 0; j < Wo; j += 8) {
+            const int full = j + 8 <= Wo;
+            for (ptrdiff_t r0 = 0; r0 < Ho; r0 += 8) {
+                __m256 acc[8];
+                for (int q = 0; q < 8; ++q)
+                    acc[q] = _mm256_setzero_ps();
+                for (ptrdiff_t c = 0; c < C; ++c)
+                    for (ptrdiff_t kh = 0; kh < KH; ++kh) {
+                        const float *b = xp + (c * Hq + r0 + kh) * Wp + j;
+                        const float *wk = wf + (c * KH + kh) * KW;
+                        for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+                            const __m256 wv = _mm256_broadcast_ss(wk + kw);
+                            for (int q = 0; q < 8; ++q)
+                                acc[q] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(b + q * Wp + kw),
+                                                         acc[q]);
+                        }
+                    }
+                const __m256 bv = _mm256_set1_ps(bias != NULL ? bias[f] : 0.0f);
+                for (int q = 0; q < 8 && r0 + q < Ho; ++q) {
+                    __m256 v = bias != NULL ? _mm256_add_ps(acc[q], bv) : acc[q];
+                    float *dst = y + (f * Ho + r0 + q) * Wo + j;
+                    if (full)
+                        _mm256_storeu_ps(dst, v);
+                    else
+                        _mm256_maskstore_ps(dst, tail, v);
+                }
+            }
+        }
+    }
+}
+
 #else
 #define CK_WDIRECT_BUILT 0
 
@@ -123,6 +171,14 @@ static void ck_wdirect_task(const float *xp, const float *gy, ptrdiff_t N, ptrdi
 {
     (void)xp; (void)gy; (void)N; (void)C; (void)F; (void)Hp; (void)Wp; (void)Ho; (void)Wo;
     (void)KW; (void)f; (void)c; (void)kh; (void)out;
+}
+
+static void ck_wdirect_forward(const float *xp, const float *w, const float *bias, float *y,
+                               ptrdiff_t C, ptrdiff_t F, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hq,
+                               ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    (void)xp; (void)w; (void)bias; (void)y; (void)C; (void)F; (void)KH; (void)KW; (void)Hq;
+    (void)Wp; (void)Ho; (void)Wo;
 }
 
 #endif
