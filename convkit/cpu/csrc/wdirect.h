@@ -110,9 +110,9 @@ __attribute__((target("avx2,fma"))) static void ck_wdirect_task(
  * no columns built: 8 output rows of one 8-column chunk in 8 registers, a weight broadcast
  * once per tap.  xp: this image zero-padded, C x Hq x Wp with Hq = 8 * ceil(Ho / 8) + KH - 1
  * (the rows past Ho + KH - 1 are read, never stored) and Wp = 8 * ceil(Wo / 8) + KW - 1. */
-__attribute__((target("avx2,fma"))) static void ck_wdirect_forward(
+__attribute__((target("avx2,fma"), always_inline)) static inline void ck_wdirect_fwd_kw(
     const float *xp, const float *w, const float *bias, float *y, ptrdiff_t C, ptrdiff_t F,
-    ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hq, ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo)
+    ptrdiff_t KH, const int KW, ptrdiff_t Hq, ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo)
 {
     const int r = (int)(Wo % 8);
     const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(r ? r : 8),
@@ -126,17 +126,19 @@ __attribute__((target("avx2,fma"))) static void ck_wdirect_forward(
                 __m256 acc[8];
                 for (int q = 0; q < 8; ++q)
                     acc[q] = _mm256_setzero_ps();
-                for (ptrdiff_t c = 0; c < C; ++c)
-                    for (ptrdiff_t kh = 0; kh < KH; ++kh) {
-                        const float *b = xp + (c * Hq + r0 + kh) * Wp + j;
-                        const float *wk = wf + (c * KH + kh) * KW;
-                        for (ptrdiff_t kw = 0; kw < KW; ++kw) {
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    const float *rp[8];     /* the rows' starts; a tap: one offset o + kw */
+                    for (int q = 0; q < 8; ++q)
+                        rp[q] = xp + (c * Hq + r0 + q) * Wp + j;
+                    const float *wk = wf + c * KK;
+                    for (ptrdiff_t o = 0; o < KH * Wp; o += Wp, wk += KW)
+                        for (int kw = 0; kw < KW; ++kw) {     /* (KW constant: unrolled) */
                             const __m256 wv = _mm256_broadcast_ss(wk + kw);
                             for (int q = 0; q < 8; ++q)
-                                acc[q] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(b + q * Wp + kw),
+                                acc[q] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(rp[q] + o + kw),
                                                          acc[q]);
                         }
-                    }
+                }
                 const __m256 bv = _mm256_set1_ps(bias != NULL ? bias[f] : 0.0f);
                 for (int q = 0; q < 8 && r0 + q < Ho; ++q) {
                     __m256 v = bias != NULL ? _mm256_add_ps(acc[q], bv) : acc[q];
@@ -148,6 +150,22 @@ __attribute__((target("avx2,fma"))) static void ck_wdirect_forward(
                 }
             }
         }
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void ck_wdirect_forward(
+    const float *xp, const float *w, const float *bias, float *y, ptrdiff_t C, ptrdiff_t F,
+    ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hq, ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    switch (KW) {   /* a constant KW each: the taps of a kernel row unrolled */
+    case 1: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 1, Hq, Wp, Ho, Wo); break;
+    case 2: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 2, Hq, Wp, Ho, Wo); break;
+    case 3: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 3, Hq, Wp, Ho, Wo); break;
+    case 4: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 4, Hq, Wp, Ho, Wo); break;
+    case 5: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 5, Hq, Wp, Ho, Wo); break;
+    case 6: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 6, Hq, Wp, Ho, Wo); break;
+    case 7: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 7, Hq, Wp, Ho, Wo); break;
+    default: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 8, Hq, Wp, Ho, Wo); break;
     }
 }
 
