@@ -15,8 +15,9 @@ cdef extern from "csrc/wdirect.h" nogil:
                         Py_ssize_t pl, Py_ssize_t Hp, Py_ssize_t Wp, float* xp)
     void ck_wdirect_task(const float* xp, const float* gy, Py_ssize_t N, Py_ssize_t C,
                          Py_ssize_t F, Py_ssize_t Hp, Py_ssize_t Wp, Py_ssize_t Ho,
-                         Py_ssize_t Wo, Py_ssize_t KW, Py_ssize_t f, Py_ssize_t c,
-                         Py_ssize_t kh, float* out)
+                         Py_ssize_t Wo, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t f,
+                         Py_ssize_t c, Py_ssize_t kh, float* out)
+    Py_ssize_t ck_wdirect_rows(Py_ssize_t KW)
     void ck_wdirect_forward(const float* xp, const float* w, const float* bias, float* y,
                             Py_ssize_t C, Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW,
                             Py_ssize_t Hq, Py_ssize_t Wp, Py_ssize_t Ho, Py_ssize_t Wo)
@@ -38,12 +39,12 @@ def conv2d_grad_weight_direct(const float[:, :, :, ::1] gy, const float[:, :, :,
                               Py_ssize_t pl, int n_threads):
     """gw (OUT, every value written) of a groups-1, stride-1, dilation-1 float32 conv with
     KW <= 8, finite operands: x zero-padded into xp (padded_floats), then one task per
-    (f, c, kh) (csrc/wdirect.h).  Same bits for any n_threads."""
+    (f, c, one or two kernel rows) (csrc/wdirect.h).  Same bits for any n_threads."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = gw.shape[0], KH = gw.shape[2], KW = gw.shape[3]
     cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3]
     cdef Py_ssize_t Hp = Ho + KH - 1, Wp = 8 * ((Wo + 7) // 8) + KW - 1
-    cdef Py_ssize_t n, t, f, c, kh
+    cdef Py_ssize_t n, t, f, c, kh, kr = ck_wdirect_rows(KW), nkh = (KH + kr - 1) // kr
     if not ck_wdirect_available():
         raise RuntimeError("conv2d_grad_weight_direct: needs AVX2 and FMA")
     if not (1 <= KW <= 8) or gw.shape[1] != C or gy.shape[1] != F or gy.shape[0] != N:
@@ -56,11 +57,12 @@ def conv2d_grad_weight_direct(const float[:, :, :, ::1] gy, const float[:, :, :,
     with nogil:
         for n in prange(N, schedule="static", num_threads=n_threads):
             ck_wdirect_pad(&x[n, 0, 0, 0], C, H, W, pt, pl, Hp, Wp, &xp[0] + n * C * Hp * Wp)
-        for t in prange(F * C * KH, schedule="static", num_threads=n_threads):
-            f = t // (C * KH)
-            c = (t // KH) % C
-            kh = t % KH
-            ck_wdirect_task(&xp[0], &gy[0, 0, 0, 0], N, C, F, Hp, Wp, Ho, Wo, KW, f, c, kh,
+        for t in prange(F * C * nkh, schedule="static", num_threads=n_threads):
+            f = t // (C * nkh)
+            c = (t // nkh) % C
+            kh = (t % nkh) * kr
+            # (the task's kr kernel rows are consecutive in gw: written in place)
+            ck_wdirect_task(&xp[0], &gy[0, 0, 0, 0], N, C, F, Hp, Wp, Ho, Wo, KH, KW, f, c, kh,
                             &gw[f, c, kh, 0])
 
 

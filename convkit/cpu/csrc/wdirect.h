@@ -3,7 +3,8 @@
  * zero-padded (xp: N x C x Hp x Wp, Hp = Ho + KH - 1, Wp = 8 * ceil(Wo / 8) + KW - 1),
  *     gw[f, c, kh, kw] = sum over (n, ho, wo) of gy[n, f, ho, wo] * xp[n, c, ho + kh, wo + kw]
  * is, per output row chunk of 8 columns, one vector of gy times KW shifted loads of one xp row:
- * a task (f, c, kh) keeps its KW sums in KW registers (KW <= 8), lane l adding the positions
+ * a task (f, c, kh) keeps its KW sums in KW registers (KW <= 8; two kernel rows kh, kh + 1 for
+ * KW <= 6, sharing each vector of gy), lane l adding the positions
  * wo = 8j + l in the order (n, ho, j), then sums each register's 8 lanes in a fixed tree.  The
  * batch path's GEMM (gy @ columns^T) spent more on transposing and packing the 25 x N*Ho*Wo
  * columns than on its multiplies.  A task's sums do not depend on the split: the bits do not
@@ -56,50 +57,63 @@ __attribute__((target("avx2,fma"))) static inline float ck_wdirect_hsum(__m256 v
     return _mm_cvtss_f32(s);
 }
 
-#define CK_WDIRECT_BODY(KW)                                                                 \
+#define CK_WDIRECT_BODY(KR, KW)                                                             \
     {                                                                                       \
-        __m256 acc[KW];                                                                     \
-        for (int k = 0; k < KW; ++k)                                                        \
-            acc[k] = _mm256_setzero_ps();                                                   \
+        __m256 acc[KR][KW];                                                                 \
+        for (int i = 0; i < KR; ++i)                                                        \
+            for (int k = 0; k < KW; ++k)                                                    \
+                acc[i][k] = _mm256_setzero_ps();                                            \
         for (ptrdiff_t n = 0; n < N; ++n) {                                                 \
             const float *g = gy + (n * F + f) * Ho * Wo;                                    \
             const float *b = xp + ((n * C + c) * Hp + kh) * Wp;                             \
             for (ptrdiff_t ho = 0; ho < Ho; ++ho, g += Wo, b += Wp) {                       \
-                ptrdiff_t j = 0;                                                            \
-                for (; j + 8 <= Wo; j += 8) {                                               \
-                    const __m256 v = _mm256_loadu_ps(g + j);                                \
-                    for (int k = 0; k < KW; ++k)                                            \
-                        acc[k] = _mm256_fmadd_ps(v, _mm256_loadu_ps(b + j + k), acc[k]);    \
-                }                                                                           \
-                if (j < Wo) {                                                               \
-                    const __m256 v = _mm256_maskload_ps(g + j, tail);                       \
-                    for (int k = 0; k < KW; ++k)                                            \
-                        acc[k] = _mm256_fmadd_ps(v, _mm256_loadu_ps(b + j + k), acc[k]);    \
+                for (ptrdiff_t j = 0; j < Wo; j += 8) {                                     \
+                    const __m256 v = j + 8 <= Wo ? _mm256_loadu_ps(g + j)                   \
+                                                 : _mm256_maskload_ps(g + j, tail);         \
+                    for (int i = 0; i < KR; ++i)                                            \
+                        for (int k = 0; k < KW; ++k)                                        \
+                            acc[i][k] = _mm256_fmadd_ps(                                    \
+                                v, _mm256_loadu_ps(b + i * Wp + j + k), acc[i][k]);         \
                 }                                                                           \
             }                                                                               \
         }                                                                                   \
-        for (int k = 0; k < KW; ++k)                                                        \
-            out[k] = ck_wdirect_hsum(acc[k]);                                               \
+        for (int i = 0; i < KR; ++i)                                                        \
+            for (int k = 0; k < KW; ++k)                                                    \
+                out[i * KW + k] = ck_wdirect_hsum(acc[i][k]);                               \
     }
 
-/* out[kw] = gw[f, c, kh, kw] for kw < KW (1 <= KW <= 8) */
+/* The kernel rows a task takes: two where their sums fit the registers (KW <= 6), else one */
+static inline ptrdiff_t ck_wdirect_rows(ptrdiff_t KW)
+{
+    return KW <= 6 ? 2 : 1;
+}
+
+/* out[i * KW + kw] = gw[f, c, kh + i, kw] for i < min(ck_wdirect_rows(KW), KH - kh) and
+ * kw < KW (1 <= KW <= 8): the kernel rows share each vector of gy */
 __attribute__((target("avx2,fma"))) static void ck_wdirect_task(
     const float *xp, const float *gy, ptrdiff_t N, ptrdiff_t C, ptrdiff_t F, ptrdiff_t Hp,
-    ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t KW, ptrdiff_t f, ptrdiff_t c,
-    ptrdiff_t kh, float *out)
+    ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t f,
+    ptrdiff_t c, ptrdiff_t kh, float *out)
 {
     const int r = (int)(Wo % 8);
     const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(r),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    switch (KW) {   /* a constant KW each: the sums stay in registers */
-    case 1: CK_WDIRECT_BODY(1) break;
-    case 2: CK_WDIRECT_BODY(2) break;
-    case 3: CK_WDIRECT_BODY(3) break;
-    case 4: CK_WDIRECT_BODY(4) break;
-    case 5: CK_WDIRECT_BODY(5) break;
-    case 6: CK_WDIRECT_BODY(6) break;
-    case 7: CK_WDIRECT_BODY(7) break;
-    default: CK_WDIRECT_BODY(8) break;
+    const int two = ck_wdirect_rows(KW) == 2 && kh + 1 < KH;
+    switch (two ? KW : KW + 8) {   /* constant KR and KW each: the sums stay in registers */
+    case 1: CK_WDIRECT_BODY(2, 1) break;
+    case 2: CK_WDIRECT_BODY(2, 2) break;
+    case 3: CK_WDIRECT_BODY(2, 3) break;
+    case 4: CK_WDIRECT_BODY(2, 4) break;
+    case 5: CK_WDIRECT_BODY(2, 5) break;
+    case 6: CK_WDIRECT_BODY(2, 6) break;
+    case 9: CK_WDIRECT_BODY(1, 1) break;
+    case 10: CK_WDIRECT_BODY(1, 2) break;
+    case 11: CK_WDIRECT_BODY(1, 3) break;
+    case 12: CK_WDIRECT_BODY(1, 4) break;
+    case 13: CK_WDIRECT_BODY(1, 5) break;
+    case 14: CK_WDIRECT_BODY(1, 6) break;
+    case 15: CK_WDIRECT_BODY(1, 7) break;
+    default: CK_WDIRECT_BODY(1, 8) break;
     }
 }
 
@@ -183,12 +197,19 @@ static void ck_wdirect_pad(const float *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W
     (void)x; (void)C; (void)H; (void)W; (void)pt; (void)pl; (void)Hp; (void)Wp; (void)xp;
 }
 
+static inline ptrdiff_t ck_wdirect_rows(ptrdiff_t KW)
+{
+    (void)KW;
+    return 1;
+}
+
 static void ck_wdirect_task(const float *xp, const float *gy, ptrdiff_t N, ptrdiff_t C,
                             ptrdiff_t F, ptrdiff_t Hp, ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo,
-                            ptrdiff_t KW, ptrdiff_t f, ptrdiff_t c, ptrdiff_t kh, float *out)
+                            ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t f, ptrdiff_t c, ptrdiff_t kh,
+                            float *out)
 {
     (void)xp; (void)gy; (void)N; (void)C; (void)F; (void)Hp; (void)Wp; (void)Ho; (void)Wo;
-    (void)KW; (void)f; (void)c; (void)kh; (void)out;
+    (void)KH; (void)KW; (void)f; (void)c; (void)kh; (void)out;
 }
 
 static void ck_wdirect_forward(const float *xp, const float *w, const float *bias, float *y,
