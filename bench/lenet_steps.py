@@ -1,6 +1,7 @@
 """LeNet5 training steps on the digits (batch 64, cpu backend, one thread), for instruction counts
 under callgrind: instrumentation starts after 20 warm-up steps, so imports and first calls are
-not counted.  Compare two checkouts by Ir per step (PROGRAM TOTALS / steps):
+not counted.  Compare two checkouts by Ir per step (PROGRAM TOTALS / steps; instrumentation stops before the
+interpreter's exit):
 
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file=cg.out \\
         python bench/lenet_steps.py 200          # (second argument: another classifier, e.g. resnet)
@@ -61,3 +62,7 @@ with convkit.use_backend("cpu"):
     except OSError:
         pass
     steps(int(sys.argv[1]) if len(sys.argv) > 1 else 200)
+    try:    # (the interpreter's exit and its garbage collection are not counted)
+        subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], capture_output=True)
+    except OSError:
+        pass

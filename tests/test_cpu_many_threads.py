@@ -83,6 +83,13 @@ CONV = [
     # machines with AVX2) not transposed (the cases above: transposed)
     ("batch_many_filters", (16, 4, 6, 6), (64, 4, 3, 3), 1, 1, 1,
      {"forward": "batch", "grad_x": "batch", "grad_weight": "batch"}, False),
+    # LeNet5's first layer on 8x8 maps: grad_weight by direct dot products on BLAS machines
+    # with AVX2 (30 tasks: filter x kernel row); 7x7 maps: a masked last chunk of 7 columns
+    ("weight_direct", (16, 1, 8, 8), (6, 1, 5, 5), 1, 2, 1,
+     {"forward": "batch", "grad_x": "batch",
+      "grad_weight": "weight_direct" if ok and cc._ROWGEMM and not OWN else "batch"}, False),
+    ("weight_direct_tail", (8, 1, 7, 7), (6, 1, 5, 5), 1, 2, 1,
+     {"grad_weight": "weight_direct" if ok and cc._ROWGEMM and not OWN else "batch"}, False),
     ("dense", (16, 32, 2, 2), (32, 32, 3, 3), 1, 1, 1,
      {"forward": "dense", "grad_x": "dense", "grad_weight": "dense"}, False),
     ("depthwise3x3", (4, 16, 12, 12), (16, 1, 3, 3), 1, 1, 16,

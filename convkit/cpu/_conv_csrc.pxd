@@ -4,6 +4,7 @@ by users; the public plane kernels are in _conv.pxd).  One header per kernel fam
 
     csrc/sgemm.h   the own float32 AVX-512 GEMM (declared in _blas.pxd)
     csrc/vsum.h    float32 sums, short row copies, im2col tap rows, stride-phase planes (AVX-512)
+    csrc/scan8.h   plane_sum's and all_moderate's loops on AVX2 (the same results)
     csrc/sdot.h    the dot-product weight gradient's tile loop (AVX-512)
     csrc/wino.h    Winograd F(2x2, 3x3) transforms, 16 tiles / filters per step (AVX-512)
     csrc/wino4.h   Winograd F(4x4, 3x3) row transforms (portable C; AVX2 build by CPUID)
@@ -30,6 +31,11 @@ cdef extern from "csrc/vsum.h" nogil:
     void ck_phases_f(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t sh,
                      Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t h0, Py_ssize_t Rq,
                      Py_ssize_t Wq, Py_ssize_t plane, float* Q)
+
+
+cdef extern from "csrc/scan8.h" nogil:
+    int ck_sum8_f(const float* p, Py_ssize_t n, double* out)
+    int ck_any_big32(const unsigned int* u, Py_ssize_t n, unsigned int big, int* bad)
 
 
 cdef extern from "csrc/sdot.h" nogil:

@@ -15,7 +15,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm, gemm_fixed, gemm_pk, ck_fgemm
-from ._conv_csrc cimport ck_sum_f, ck_im2col_taps_f
+from ._conv_csrc cimport ck_sum_f, ck_sum8_f, ck_any_big32, ck_im2col_taps_f
 from ._conv_common cimport _row_copy, _min, _wo_range
 
 cnp.import_array()
@@ -123,6 +123,8 @@ cdef double plane_sum(const floating* p, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i = 0
     if floating is float:                   # AVX-512 where the CPU has it (csrc/vsum.h)
         if ck_sum_f(p, n, &s0):
+            return s0
+        if ck_sum8_f(p, n, &s0):           # AVX2: this loop's lanes, the same result
             return s0
     while i + 8 <= n:
         s0 += p[i]
@@ -414,6 +416,9 @@ cdef unsigned long long _BIG64 = (1023ull + 480ull) << 52
 cdef bint _any_big32(const unsigned int* u, Py_ssize_t n) noexcept nogil:
     cdef unsigned int bad = 0
     cdef Py_ssize_t i
+    cdef int big
+    if ck_any_big32(u, n, _BIG32, &big):      # AVX2 (csrc/scan8.h)
+        return big != 0
     for i in range(n):
         bad |= (u[i] & 0x7f800000u) >= _BIG32
     return bad != 0

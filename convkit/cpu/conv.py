@@ -29,7 +29,7 @@ from .._shapes import conv_out_size
 from . import _conv, _gemm  # (_conv re-exports the kernels: their old home, tests use it)
 from . import (_conv_batch as _batch, _conv_dense as _dense, _conv_depthwise as _depthwise,
                _conv_dot as _dot, _conv_im2col as _im2col, _conv_phases as _phases,
-               _conv_winograd as _winograd)
+               _conv_wdirect as _wdirect, _conv_winograd as _winograd)
 from . import conv_plan as P
 from . import tuning as _T
 from .tuning import KEEP_BYTES as _KEEP_BYTES
@@ -101,7 +101,8 @@ _MAX_PLANS = 256
 
 # Algorithms whose outputs can take a NaN or inf from another output's operands (Winograd's
 # tile transforms, the dense and batch matrices' structural zeros; the dot weight gradient's
-# padded planes; sub-pixel grad_x's padded windows, whose zeros meet every weight): all
+# padded planes; sub-pixel grad_x's padded windows, whose zeros meet every weight; the direct
+# weight gradient's vector lanes past the output's width, zeros of grad_y times x): all
 # operands are checked before them, for NaN, inf and values whose transforms could overflow
 # where torch's sums do not (_finite).  The depthwise kernels skip padding
 # taps instead of multiplying zeros, so only a non-finite weight (forward) or grad_y / weight
@@ -112,7 +113,7 @@ _MAX_PLANS = 256
 # its operands itself and falls back to the direct stem (_fwd_stem_wino); weight_stem_wino checks
 # its result and falls back to weight_stem (_bwd_weight_stem_wino).
 _MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel",
-                      "weight_winograd"})
+                      "weight_winograd", "weight_direct"})
 _MIXES_W = frozenset({"depthwise", "depthwise3x3"})
 
 
@@ -401,8 +402,10 @@ def _fwd_dense(x, weight, b, has_bias, y, s, step):
         _dense.gemm_rows(False, False, x.reshape(N, C * H * W), wd, y.reshape(N, F * Ho * Wo),
                         C * H * W, step.threads, step.params["row_blocks"],
                         step.params["image_rows"])
-    if has_bias:
-        y += b.reshape(1, F, 1, 1)
+    if has_bias:    # (as one contiguous row per image: numpy's broadcast of b over the small
+        # planes walked them 4-16 floats at a time, ~10% of LeNet5's c2 forward; same adds)
+        yr = y.reshape(N, F * Ho * Wo)
+        yr += np.repeat(b, Ho * Wo)
 
 
 def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpose_flip=False):
@@ -425,6 +428,19 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
                                       p.get("per_image", False), packed, p.get("fparts", 0))
 
 
+# weight_direct's layers (one input channel, >= 25 taps at most 8 wide, stride 1) take their
+# batch forward from csrc/wdirect.h where the batch GEMM runs on csrc/fgemm.h: the same chains
+# over the same taps, so the same bits, without building the columns (LeNet5's first layer)
+_DIRECT_FWD = _FIXED_SGEMM and not _OWN_SGEMM and _wdirect.available()
+
+
+def _direct_forward(x, weight, stride, s):
+    F, C, KH, KW = weight.shape
+    return (_DIRECT_FWD and x.dtype == np.float32 and s.groups == 1 and stride == (1, 1)
+            and s.dilation == (1, 1) and C == x.shape[1] and C <= _T.WDIRECT_MAX_CHANNELS
+            and KW <= 8 and KH * KW >= _T.WDIRECT_MIN_TAPS)
+
+
 def _fwd_batch(x, weight, b, has_bias, y, s, step, stride=None, pt=None, pl=None):
     N = x.shape[0]
     F, _, KH, KW = weight.shape
@@ -432,8 +448,14 @@ def _fwd_batch(x, weight, b, has_bias, y, s, step, stride=None, pt=None, pl=None
     stride = s.stride if stride is None else stride
     pt = s.padding[0] if pt is None else pt
     pl = s.padding[2] if pl is None else pl
-    Hp, Wp, idx = _batch_geometry(N, Ho, Wo, KH, KW, stride, s.dilation)
     n, p = step.threads, step.params
+    if _direct_forward(x, weight, stride, s):
+        per = _wdirect.forward_floats(x.shape[1], Ho, Wo, KH, KW)
+        _wdirect.conv2d_forward_direct(x, weight, b, has_bias, y,
+                                       _workspace(n * per, np.float32, "weight_direct"), pt, pl,
+                                       n)
+        return
+    Hp, Wp, idx = _batch_geometry(N, Ho, Wo, KH, KW, stride, s.dilation)
     ws = _workspace(n * p["per_thread"], x.dtype)
     with _blas_pin(x.dtype):
         _batch.conv2d_forward_batch(x, weight, b, has_bias, y, ws, p["per_thread"], p["imgs"],
@@ -771,6 +793,12 @@ def _bwd_weight_winograd(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw)
                                               step.threads, p["fixed"])
 
 
+def _bwd_weight_direct(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
+    """grad_weight on csrc/wdirect.h (conv_plan.plan_weight_direct)."""
+    xp = _workspace(step.params["floats"], np.float32, "weight_direct")
+    _wdirect.conv2d_grad_weight_direct(gy, x, gw, xp, s.padding[0], s.padding[2], step.threads)
+
+
 def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     p = _check(step)
     (sh, sw), (dh, dw), dt = s.stride, s.dilation, x.dtype
@@ -794,7 +822,7 @@ _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "de
              "winograd": _bwd_winograd, "batch": _bwd_batch, "weight_dot": _bwd_weight_dot,
              "subpixel": _bwd_subpixel, "weight_rowgemm": _bwd_weight_rowgemm,
              "weight_stem": _bwd_weight_stem, "weight_stem_wino": _bwd_weight_stem_wino,
-             "weight_winograd": _bwd_weight_winograd,
+             "weight_winograd": _bwd_weight_winograd, "weight_direct": _bwd_weight_direct,
              "pointwise": _bwd_im2col, "im2col": _bwd_im2col}
 
 

@@ -35,6 +35,9 @@ weight_stem_wino  stem_wino's layers: the transposed F(4, 4) / F(3, 4) along the
                 a result that is not finite: weight_stem
 weight_winograd where the forward takes F(4x4, 3x3): the transposed F(4x4) -- 36 GEMMs    w
                 of transformed grad_y and x tiles, then the 3x3 filter transform
+weight_direct   stride 1, one input channel, >= 25 taps at most 8 wide, float32 on BLAS   w
+                machines with AVX2: dot products of grad_y rows with shifted rows of the
+                padded x, a task per (filter, channel, kernel row) (csrc/wdirect.h)
 pointwise       1x1, stride 1, no padding: GEMMs straight on x                          f, x, w
 im2col          everything else: im2col into a workspace, then GEMMs                    f, x, w
 =============== ====================================================================== ========
@@ -889,6 +892,25 @@ def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise
     return filters, khs, T.WGRAD_RG_PASS, floats
 
 
+def plan_weight_direct(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
+                       limit):
+    """(threads, padded-input floats) of the direct weight gradient (csrc/wdirect.h), or None:
+    float32 on BLAS machines with AVX2 + FMA (caps.rowgemm; the AVX-512 machines keep their
+    plan), groups 1, stride 1, dilation 1, at most tuning.WDIRECT_MAX_CHANNELS input channels,
+    a kernel of at least tuning.WDIRECT_MIN_TAPS taps and at most 8 columns.  LeNet5's first
+    layer (1 -> 6, 5x5): the batch path's GEMM spent more on its columns' transposes and
+    packing than on the multiplies.  A task per (filter, channel, kernel row), each sum's
+    order fixed by the shapes: no bits follow the team."""
+    if (not float32 or caps.own_sgemm or not caps.rowgemm or s.groups != 1 or pointwise
+            or s.stride != (1, 1) or s.dilation != (1, 1) or s.C > T.WDIRECT_MAX_CHANNELS
+            or s.KW > 8 or s.KH * s.KW < T.WDIRECT_MIN_TAPS):
+        return None
+    floats = s.N * s.C * (Ho + s.KH - 1) * (8 * ceil_div(Wo, 8) + s.KW - 1)
+    if floats * 4 > limit:
+        return None
+    return n_threads, floats
+
+
 def subpixel_axis(n, k, s, p, d):
     """One axis of grad_x by output phases (the sub-pixel form of a transposed conv): grad_x
     rows q, q + s, q + 2s, ... (phase q) take the taps k' with (q + p - k'*d) % s == 0, tap k'
@@ -1168,6 +1190,10 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
                                                      "direct": gw})
             if not gx_left:
                 return gx, gw, "fused", gw.threads
+    if gw is None and not gx_left:
+        p = plan_weight_direct(s, Ho, Wo, f32, caps, pointwise, n, limit)
+        if p is not None:
+            return gx, Step("weight_direct", p[0], {"floats": p[1]}), "sum", bias_n
     if batch_ok(Ho, Wo, pointwise):      # (never together with weight_dot)
         Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
         p = plan_batch_backward(N, Cg, G, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, gx_left,

@@ -325,3 +325,10 @@ DOT_IMAGE_GROUPS = 4
 # many tasks (lenet_c1's one chunk made 4 tasks: 16 threads three quarters idle).
 # RESULTS.md "Many cores: how each conv algorithm splits (issue 16)".
 DOT_MIN_TASKS = 32
+
+# weight_direct (conv_plan.plan_weight_direct): the layers it takes.  Measured on LeNet5's
+# first layer only (1 -> 6, 5x5, 8x8 maps, batch 64: the backward without grad_x 142 -> ~50 us
+# one thread, bench/RESULTS.md "eighth session (helper lenet7)"); the ResNet stem (1 channel,
+# 9 taps) stays on the batch path, not measured.
+WDIRECT_MAX_CHANNELS = 1
+WDIRECT_MIN_TAPS = 25

@@ -85,16 +85,31 @@ def softmax_cross_entropy(logits, labels, reduction="mean", ignore_index=-100):
     if np.dtype(labels.dtype).kind not in "iu":
         raise TypeError(f"{op}: labels must be integer class indices, got {labels.dtype}")
     N, C = logits.shape
-    valid = labels != ignore_index
-    if N and bool(((labels[valid] < 0) | (labels[valid] >= C)).any()):
-        raise ValueError(f"{op}: labels must lie in [0, {C}) (or equal ignore_index="
-                         f"{ignore_index})")
-    safe = xp.where(valid, labels, 0)
-    logp = log_softmax(logits, axis=1)
+    # every label in [0, C) and none equal to ignore_index (a training batch): one unsigned
+    # compare checks them all (negatives wrap above C), and the masks by ``valid`` -- products
+    # by 1 -- are left out; the same bits
+    all_valid = not 0 <= ignore_index < C and not (N and bool(
+        (labels.astype(np.uint64) >= C).any()))
+    if all_valid:
+        valid, safe = None, labels
+    else:
+        valid = labels != ignore_index
+        if N and bool(((labels[valid] < 0) | (labels[valid] >= C)).any()):
+            raise ValueError(f"{op}: labels must lie in [0, {C}) (or equal ignore_index="
+                             f"{ignore_index})")
+        safe = xp.where(valid, labels, 0)
+    # log_softmax's steps, in place where log_softmax makes temporaries (the same bits)
+    logp = logits - logits.max(axis=1, keepdims=True)
+    e = xp.exp(logp)
+    lse = e.sum(axis=1, keepdims=True)
+    logp -= xp.log(lse, out=lse)
     rows = xp.arange(N)
-    loss = -logp[rows, safe] * valid
-    grad = xp.exp(logp)
+    loss = -logp[rows, safe]
+    grad = xp.exp(logp, out=e)
     grad[rows, safe] -= 1
+    if valid is None:
+        return _reduce(xp, loss, grad, reduction, count=N)
+    loss *= valid
     grad *= valid[:, None]
     return _reduce(xp, loss, grad, reduction, count=int(valid.sum()))
 

@@ -1,0 +1,224 @@
+/* The weight gradient of a small-channel stride-1 conv (LeNet5's first layer: 1 -> 6, 5x5 on
+ * 8x8 maps) as direct dot products on AVX2 + FMA (conv_plan "weight_direct").  With the input
+ * zero-padded (xp: N x C x Hp x Wp, Hp = Ho + KH - 1, Wp = 8 * ceil(Wo / 8) + KW - 1),
+ *     gw[f, c, kh, kw] = sum over (n, ho, wo) of gy[n, f, ho, wo] * xp[n, c, ho + kh, wo + kw]
+ * is, per output row chunk of 8 columns, one vector of gy times KW shifted loads of one xp row:
+ * a task (f, c, kh) keeps its KW sums in KW registers (KW <= 8; two kernel rows kh, kh + 1 for
+ * KW <= 6, sharing each vector of gy), lane l adding the positions
+ * wo = 8j + l in the order (n, ho, j), then sums each register's 8 lanes in a fixed tree.  The
+ * batch path's GEMM (gy @ columns^T) spent more on transposing and packing the 25 x N*Ho*Wo
+ * columns than on its multiplies.  A task's sums do not depend on the split: the bits do not
+ * follow the thread count.  The lanes past Wo (last chunk) take gy = 0 times whatever xp holds
+ * there, so operands must be finite (the caller checks, as for the batch path). */
+#ifndef CK_WDIRECT_H
+#define CK_WDIRECT_H
+
+#include <stddef.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define CK_WDIRECT_BUILT 1
+
+static int ck_wdirect_available(void)
+{
+    static int known = -1;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return known;
+}
+
+/* xp (C x Hp x Wp) of one image x (C x H x W): x[c, r - pt, q - pl], 0 outside */
+static void ck_wdirect_pad(const float *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t pt,
+                           ptrdiff_t pl, ptrdiff_t Hp, ptrdiff_t Wp, float *xp)
+{
+    memset(xp, 0, (size_t)(C * Hp * Wp) * sizeof(float));
+    for (ptrdiff_t c = 0; c < C; ++c)
+        for (ptrdiff_t h = 0; h < H; ++h) {
+            const ptrdiff_t r = h + pt;
+            if (r < 0 || r >= Hp)
+                continue;
+            ptrdiff_t w0 = pl < 0 ? -pl : 0, w1 = W;
+            if (w1 + pl > Wp)
+                w1 = Wp - pl;
+            if (w1 > w0)
+                memcpy(xp + (c * Hp + r) * Wp + w0 + pl, x + (c * H + h) * W + w0,
+                       (size_t)(w1 - w0) * sizeof(float));
+        }
+}
+
+__attribute__((target("avx2,fma"))) static inline float ck_wdirect_hsum(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+#define CK_WDIRECT_BODY(KR, KW)                                                             \
+    {                                                                                       \
+        __m256 acc[KR][KW];                                                                 \
+        for (int i = 0; i < KR; ++i)                                                        \
+            for (int k = 0; k < KW; ++k)                                                    \
+                acc[i][k] = _mm256_setzero_ps();                                            \
+        for (ptrdiff_t n = 0; n < N; ++n) {                                                 \
+            const float *g = gy + (n * F + f) * Ho * Wo;                                    \
+            const float *b = xp + ((n * C + c) * Hp + kh) * Wp;                             \
+            for (ptrdiff_t ho = 0; ho < Ho; ++ho, g += Wo, b += Wp) {                       \
+                for (ptrdiff_t j = 0; j < Wo; j += 8) {                                     \
+                    const __m256 v = j + 8 <= Wo ? _mm256_loadu_ps(g + j)                   \
+                                                 : _mm256_maskload_ps(g + j, tail);         \
+                    for (int i = 0; i < KR; ++i)                                            \
+                        for (int k = 0; k < KW; ++k)                                        \
+                            acc[i][k] = _mm256_fmadd_ps(                                    \
+                                v, _mm256_loadu_ps(b + i * Wp + j + k), acc[i][k]);         \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+        for (int i = 0; i < KR; ++i)                                                        \
+            for (int k = 0; k < KW; ++k)                                                    \
+                out[i * KW + k] = ck_wdirect_hsum(acc[i][k]);                               \
+    }
+
+/* The kernel rows a task takes: two where their sums fit the registers (KW <= 6), else one */
+static inline ptrdiff_t ck_wdirect_rows(ptrdiff_t KW)
+{
+    return KW <= 6 ? 2 : 1;
+}
+
+/* out[i * KW + kw] = gw[f, c, kh + i, kw] for i < min(ck_wdirect_rows(KW), KH - kh) and
+ * kw < KW (1 <= KW <= 8): the kernel rows share each vector of gy */
+__attribute__((target("avx2,fma"))) static void ck_wdirect_task(
+    const float *xp, const float *gy, ptrdiff_t N, ptrdiff_t C, ptrdiff_t F, ptrdiff_t Hp,
+    ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t f,
+    ptrdiff_t c, ptrdiff_t kh, float *out)
+{
+    const int r = (int)(Wo % 8);
+    const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(r),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const int two = ck_wdirect_rows(KW) == 2 && kh + 1 < KH;
+    switch (two ? KW : KW + 8) {   /* constant KR and KW each: the sums stay in registers */
+    case 1: CK_WDIRECT_BODY(2, 1) break;
+    case 2: CK_WDIRECT_BODY(2, 2) break;
+    case 3: CK_WDIRECT_BODY(2, 3) break;
+    case 4: CK_WDIRECT_BODY(2, 4) break;
+    case 5: CK_WDIRECT_BODY(2, 5) break;
+    case 6: CK_WDIRECT_BODY(2, 6) break;
+    case 9: CK_WDIRECT_BODY(1, 1) break;
+    case 10: CK_WDIRECT_BODY(1, 2) break;
+    case 11: CK_WDIRECT_BODY(1, 3) break;
+    case 12: CK_WDIRECT_BODY(1, 4) break;
+    case 13: CK_WDIRECT_BODY(1, 5) break;
+    case 14: CK_WDIRECT_BODY(1, 6) break;
+    case 15: CK_WDIRECT_BODY(1, 7) break;
+    default: CK_WDIRECT_BODY(1, 8) break;
+    }
+}
+
+/* The forward of the same layers, one image: y[f, ho, wo] = (sum over (c, kh, kw) in that
+ * order of w[f, c, kh, kw] * xp[c, ho + kh, wo + kw]) + bias[f], each output one FMA chain from
+ * 0 over the taps in order, then the bias added -- exactly the batch path's csrc/fgemm.h GEMM
+ * over its im2col columns (padding zeros included) and its bias pass, so the same bits, with
+ * no columns built: 8 output rows of one 8-column chunk in 8 registers, a weight broadcast
+ * once per tap.  xp: this image zero-padded, C x Hq x Wp with Hq = 8 * ceil(Ho / 8) + KH - 1
+ * (the rows past Ho + KH - 1 are read, never stored) and Wp = 8 * ceil(Wo / 8) + KW - 1. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void ck_wdirect_fwd_kw(
+    const float *xp, const float *w, const float *bias, float *y, ptrdiff_t C, ptrdiff_t F,
+    ptrdiff_t KH, const int KW, ptrdiff_t Hq, ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    const int r = (int)(Wo % 8);
+    const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(r ? r : 8),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const ptrdiff_t KK = KH * KW;
+    for (ptrdiff_t f = 0; f < F; ++f) {
+        const float *wf = w + f * C * KK;
+        for (ptrdiff_t j = 0; j < Wo; j += 8) {
+            const int full = j + 8 <= Wo;
+            for (ptrdiff_t r0 = 0; r0 < Ho; r0 += 8) {
+                __m256 acc[8];
+                for (int q = 0; q < 8; ++q)
+                    acc[q] = _mm256_setzero_ps();
+                for (ptrdiff_t c = 0; c < C; ++c) {
+                    const float *rp[8];     /* the rows' starts; a tap: one offset o + kw */
+                    for (int q = 0; q < 8; ++q)
+                        rp[q] = xp + (c * Hq + r0 + q) * Wp + j;
+                    const float *wk = wf + c * KK;
+                    for (ptrdiff_t o = 0; o < KH * Wp; o += Wp, wk += KW)
+                        for (int kw = 0; kw < KW; ++kw) {     /* (KW constant: unrolled) */
+                            const __m256 wv = _mm256_broadcast_ss(wk + kw);
+                            for (int q = 0; q < 8; ++q)
+                                acc[q] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(rp[q] + o + kw),
+                                                         acc[q]);
+                        }
+                }
+                const __m256 bv = _mm256_set1_ps(bias != NULL ? bias[f] : 0.0f);
+                for (int q = 0; q < 8 && r0 + q < Ho; ++q) {
+                    __m256 v = bias != NULL ? _mm256_add_ps(acc[q], bv) : acc[q];
+                    float *dst = y + (f * Ho + r0 + q) * Wo + j;
+                    if (full)
+                        _mm256_storeu_ps(dst, v);
+                    else
+                        _mm256_maskstore_ps(dst, tail, v);
+                }
+            }
+        }
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void ck_wdirect_forward(
+    const float *xp, const float *w, const float *bias, float *y, ptrdiff_t C, ptrdiff_t F,
+    ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hq, ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    switch (KW) {   /* a constant KW each: the taps of a kernel row unrolled */
+    case 1: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 1, Hq, Wp, Ho, Wo); break;
+    case 2: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 2, Hq, Wp, Ho, Wo); break;
+    case 3: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 3, Hq, Wp, Ho, Wo); break;
+    case 4: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 4, Hq, Wp, Ho, Wo); break;
+    case 5: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 5, Hq, Wp, Ho, Wo); break;
+    case 6: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 6, Hq, Wp, Ho, Wo); break;
+    case 7: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 7, Hq, Wp, Ho, Wo); break;
+    default: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 8, Hq, Wp, Ho, Wo); break;
+    }
+}
+
+#else
+#define CK_WDIRECT_BUILT 0
+
+static int ck_wdirect_available(void)
+{
+    return 0;
+}
+
+static void ck_wdirect_pad(const float *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t pt,
+                           ptrdiff_t pl, ptrdiff_t Hp, ptrdiff_t Wp, float *xp)
+{
+    (void)x; (void)C; (void)H; (void)W; (void)pt; (void)pl; (void)Hp; (void)Wp; (void)xp;
+}
+
+static inline ptrdiff_t ck_wdirect_rows(ptrdiff_t KW)
+{
+    (void)KW;
+    return 1;
+}
+
+static void ck_wdirect_task(const float *xp, const float *gy, ptrdiff_t N, ptrdiff_t C,
+                            ptrdiff_t F, ptrdiff_t Hp, ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo,
+                            ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t f, ptrdiff_t c, ptrdiff_t kh,
+                            float *out)
+{
+    (void)xp; (void)gy; (void)N; (void)C; (void)F; (void)Hp; (void)Wp; (void)Ho; (void)Wo;
+    (void)KH; (void)KW; (void)f; (void)c; (void)kh; (void)out;
+}
+
+static void ck_wdirect_forward(const float *xp, const float *w, const float *bias, float *y,
+                               ptrdiff_t C, ptrdiff_t F, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hq,
+                               ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo)
+{
+    (void)xp; (void)w; (void)bias; (void)y; (void)C; (void)F; (void)KH; (void)KW; (void)Hq;
+    (void)Wp; (void)Ho; (void)Wo;
+}
+
+#endif
+#endif
