@@ -40,7 +40,8 @@ import numpy as np
 
 from ._blas cimport gemm, gemm_pk
 from ._conv_common cimport _min
-from ._conv_csrc cimport ck_rowgemm_available, ck_rowgemm_f, ck_rowgemm_kc_f
+from ._conv_csrc cimport (ck_rowgemm_available, ck_rowgemm_f, ck_rowgemm_kc_f,
+                          ck_rowgemm_pass_f)
 
 cdef extern from "csrc/sgemm.h" nogil:
     int CK_SGEMM_BUILT
@@ -216,14 +217,55 @@ cdef void _dcols_coord_f(const float* gyn, Py_ssize_t G, Py_ssize_t Fg, const fl
     dL/dcols = gy^T @ W on ck_deform_opgemm_t_f (wst: per weight group the weights' (Fg, 16)
     panels of 16 columns; pp: scratch for the block's grad_y transposed, (p1 - p0)*Fg values),
     then by dL/d(sample), with the offset and mask gradients (ck_deform_coord_f).  gyn, mp,
-    goff, gmask: the image's; tw, tc: its table (position 0 of tap 0)."""
+    goff, gmask: the image's; tw, tc: its table (position 0 of tap 0); cols: row p0."""
     cdef Py_ssize_t g, K = s.Cg * s.KK, ns16 = (K + 15) // 16
     for g in range(G):
         _transpose(gyn + g * Fg * s.P + p0, s.P, Fg, p1 - p0, pp)
-        ck_deform_opgemm_t_f(K, p1 - p0, Fg, wst + g * ns16 * 16 * Fg, pp, Fg,
-                             cols + p0 * s.CKK + g * K, s.CKK)
+        ck_deform_opgemm_t_f(K, p1 - p0, Fg, wst + g * ns16 * 16 * Fg, pp, Fg, cols + g * K,
+                             s.CKK)
     ck_deform_coord_f(xs, mp, s.C, s.W, s.OG, s.Cg, s.KK, s.P, p0, p1, tw + p0 * 6, tc + p0,
-                      s.P, cols + p0 * s.CKK, goff, gmask)
+                      s.P, cols, goff, gmask)
+
+
+cdef void _image_backward_f(const float* gyn, const float* offn, const float* mn, Geom* s,
+                            Py_ssize_t G, Py_ssize_t Fg, const float* wst,
+                            const Py_ssize_t* boff, const Py_ssize_t* cblk, Py_ssize_t ncb,
+                            Py_ssize_t sb, const float* xs, float* gs, float* cp, float* tw,
+                            Py_ssize_t* tb, Py_ssize_t* tc, float* pp, float* wpart,
+                            float* goffn, float* gmn, float* gxn) noexcept nogil:
+    """The whole float32 backward of one image (AVX2), blocks of sb positions in order, each
+    while it is in cache: (a) its table entries and columns (cp: sb rows), added to grad_weight
+    (wpart: the image's share, rowgemm passes over the block's positions: the chain of one
+    pass over them all); then (b) its dL/dcols, offset / mask gradients and dL/d(sample)
+    (again in cp) and its samples' shares of grad_x, added into gs (a zeroed bordered plane)
+    in the order of the unfused scatter, and cropped to gxn.  The same bits as the unfused
+    phases.  xs: the image's bordered copy; tw, tb, tc: its table; pp: (F + 24)*P scratch
+    (grad_y in 4-row panels per group, then a 24-column strip; later the block's grad_y
+    transposed); boff as deform_backward's."""
+    cdef Py_ssize_t K = s.Cg * s.KK, P = s.P, CKK = s.CKK, F = G * Fg
+    cdef Py_ssize_t nsb = (P + sb - 1) // sb, g, j, u, q, p0, p1, c
+    cdef float* strip = pp + F * P
+    for g in range(G):
+        _pack4(gyn + g * Fg * P, P, 1, Fg, P, pp + g * Fg * P)
+    for j in range(nsb):
+        p0 = j * sb
+        p1 = _min(P, p0 + sb)
+        _table_cols(xs, offn, mn, s, p0, p1, tw + p0 * 6, tb + p0, tc + p0, P, cp)
+        for g in range(G):
+            for u in range(0, K, 24):
+                q = _min(24, K - u)
+                _strip(cp + g * K + u, CKK, p1 - p0, q, strip + p0 * 24)
+                ck_rowgemm_pass_f(Fg, q, P, p0, p1 - p0, pp + g * Fg * P, strip, boff + P + Fg,
+                                  wpart + g * Fg * K + u, K)
+    memset(gs, 0, s.C * s.plane * sizeof(float))
+    for j in range(nsb):
+        p0 = j * sb
+        p1 = _min(P, p0 + sb)
+        _dcols_coord_f(gyn, G, Fg, wst, xs, mn, s, p0, p1, tw, tc, cp, goffn, gmn, pp)
+        for c in range(ncb):
+            ck_deform_scatter_f(cp, s.C, s.W, s.OG, s.Cg, s.KK, P, cblk[c], cblk[c + 1], p0, p1,
+                                tw, tb, gs)
+    ck_deform_crop_f(gs, s.C, s.H, s.W, 0, s.C, gxn)
 
 
 cdef void _transpose(const float* src, Py_ssize_t ld, Py_ssize_t R, Py_ssize_t L,
@@ -354,120 +396,112 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
     cdef const floating* mp
     for n0 in range(0, N, chunk):
         nc = _min(chunk, N - n0)
+        fuse = (ot and nc >= n_threads and Fg % 4 == 0 and psz >= (F + 24) * P
+                and gpad.shape[0] >= nc * C * s.plane)
         with nogil:
-            # (1) bordered copies, tables and columns
             _pad_chunk(x, &s, n0, nc, &xpad[0], n_threads)
-            for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
-                slot = t // nb
-                p0 = (t - slot * nb) * pb
-                _table_cols(&xpad[0] + slot * C * s.plane, &off[n0 + slot, 0, 0, 0],
-                            &mask[n0 + slot, 0, 0, 0] if has_mask else <const floating*>NULL,
-                            &s, p0, _min(P, p0 + pb), &tw[0] + (slot * s.TP + p0) * 6,
-                            &tb[0] + slot * s.TP + p0, &tb[0] + (chunk + slot) * s.TP + p0, P,
-                            &cols[0] + slot * s.CKP + p0 * CKK)
-            # (2) grad_weight: each image's share (columns [u0, u1) of group g) into its slot
-            # of wpart, then added to gw2 images in order
-            for t in prange(nc * G * nub, schedule="dynamic", num_threads=n_threads):
-                slot = t // (G * nub)
-                g = (t - slot * G * nub) // nub
-                u0 = (t - slot * G * nub - g * nub) * ub
-                u1 = _min(K, u0 + ub)
-                if floating is float:
-                    if rg and Fg % 4 == 0:
-                        # gy[n]'s group in panels, then the columns in strips of 24 (rows
-                        # contiguous: in place, rows 2304 bytes apart share few cache sets)
-                        pp = &pan[0] + threadid() * psz
-                        _pack4(&gy[n0 + slot, g * Fg, 0, 0], P, 1, Fg, P, pp)
-                        for j in range(u0, u1, 24):
-                            q = _min(24, u1 - j)
-                            _strip(&cols[0] + slot * s.CKP + g * K + j, CKK, P, q,
-                                   pp + Fg * P)
-                            ck_rowgemm_kc_f(Fg, q, P, pp, pp + Fg * P, &boff[P + Fg],
-                                            &wpart[0] + (slot * F + g * Fg) * K + j, K,
-                                            _GW_KC)
-                        continue
-                gemm(False, False, Fg, u1 - u0, P, <floating>1, &gy[n0 + slot, g * Fg, 0, 0], P,
-                     &cols[0] + slot * s.CKP + g * K + u0, CKK, <floating>0,
-                     &wpart[0] + (slot * F + g * Fg) * K + u0, K)
+            if floating is float:
+                if fuse:
+                    # one task per image: all of its backward but the grad_weight sum
+                    # (_image_backward_f); the image's columns buffer holds one block's rows
+                    for t in prange(nc, schedule="dynamic", num_threads=n_threads):
+                        _image_backward_f(&gy[n0 + t, 0, 0, 0], &off[n0 + t, 0, 0, 0],
+                                          &mask[n0 + t, 0, 0, 0] if has_mask else <float*>NULL,
+                                          &s, G, Fg, &wst[0], &boff[0], &cblk[0], ncb, sb,
+                                          &xpad[0] + t * C * s.plane,
+                                          &gpad[0] + t * C * s.plane, &cols[0] + t * s.CKP,
+                                          &tw[0] + t * s.TP * 6, &tb[0] + t * s.TP,
+                                          &tb[0] + (chunk + t) * s.TP,
+                                          &pan[0] + threadid() * psz, &wpart[0] + t * F * K,
+                                          &goff[n0 + t, 0, 0, 0],
+                                          &gmask[n0 + t, 0, 0, 0] if has_mask else <float*>NULL,
+                                          &gx[n0 + t, 0, 0, 0])
+            if not fuse:
+                # (1) tables and columns
+                for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
+                    slot = t // nb
+                    p0 = (t - slot * nb) * pb
+                    _table_cols(&xpad[0] + slot * C * s.plane, &off[n0 + slot, 0, 0, 0],
+                                &mask[n0 + slot, 0, 0, 0] if has_mask else <const floating*>NULL,
+                                &s, p0, _min(P, p0 + pb), &tw[0] + (slot * s.TP + p0) * 6,
+                                &tb[0] + slot * s.TP + p0, &tb[0] + (chunk + slot) * s.TP + p0, P,
+                                &cols[0] + slot * s.CKP + p0 * CKK)
+                # (2) grad_weight: each image's share (columns [u0, u1) of group g) into its slot
+                # of wpart, then added to gw2 images in order
+                for t in prange(nc * G * nub, schedule="dynamic", num_threads=n_threads):
+                    slot = t // (G * nub)
+                    g = (t - slot * G * nub) // nub
+                    u0 = (t - slot * G * nub - g * nub) * ub
+                    u1 = _min(K, u0 + ub)
+                    if floating is float:
+                        if rg and Fg % 4 == 0:
+                            # gy[n]'s group in panels, then the columns in strips of 24 (rows
+                            # contiguous: in place, rows 2304 bytes apart share few cache sets)
+                            pp = &pan[0] + threadid() * psz
+                            _pack4(&gy[n0 + slot, g * Fg, 0, 0], P, 1, Fg, P, pp)
+                            for j in range(u0, u1, 24):
+                                q = _min(24, u1 - j)
+                                _strip(&cols[0] + slot * s.CKP + g * K + j, CKK, P, q,
+                                       pp + Fg * P)
+                                ck_rowgemm_kc_f(Fg, q, P, pp, pp + Fg * P, &boff[P + Fg],
+                                                &wpart[0] + (slot * F + g * Fg) * K + j, K,
+                                                _GW_KC)
+                            continue
+                    gemm(False, False, Fg, u1 - u0, P, <floating>1, &gy[n0 + slot, g * Fg, 0, 0], P,
+                         &cols[0] + slot * s.CKP + g * K + u0, CKK, <floating>0,
+                         &wpart[0] + (slot * F + g * Fg) * K + u0, K)
             for t in prange(F, schedule="static", num_threads=n_threads):
                 for j in range(nc):
                     for u0 in range(K):
                         gw2[t, u0] += wpart[(j * F + t) * K + u0]
-            fuse = ot and nc >= n_threads and gpad.shape[0] >= nc * C * s.plane
-            if floating is float:
-                if fuse:
-                    # (3) and (4) in one task per image, blocks of sb positions in order: the
-                    # block's dL/dcols (ck_opt), offset / mask gradients and dL/d(sample), and
-                    # its samples' shares of grad_x added to the image's own plane of gpad,
-                    # while the block is in cache (the adds in the order of (4): same bits)
-                    for t in prange(nc, schedule="dynamic", num_threads=n_threads):
-                        n = n0 + t
-                        xs = &xpad[0] + t * C * s.plane
-                        gs = &gpad[0] + t * C * s.plane
-                        pp = &pan[0] + threadid() * psz
-                        memset(gs, 0, C * s.plane * sizeof(float))
-                        for j in range((P + sb - 1) // sb):
-                            p0 = j * sb
-                            p1 = _min(P, p0 + sb)
-                            _dcols_coord_f(&gy[n, 0, 0, 0], G, Fg, &wst[0], xs,
-                                           &mask[n, 0, 0, 0] if has_mask else <float*>NULL,
-                                           &s, p0, p1, &tw[0] + t * s.TP * 6,
-                                           &tb[0] + (chunk + t) * s.TP, &cols[0] + t * s.CKP,
-                                           &goff[n, 0, 0, 0],
-                                           &gmask[n, 0, 0, 0] if has_mask else <float*>NULL, pp)
-                            for q in range(ncb):
-                                ck_deform_scatter_f(&cols[0] + t * s.CKP, C, s.W, OG, Cg, KK, P,
-                                                    cblk[q], cblk[q + 1], p0, p1,
-                                                    &tw[0] + t * s.TP * 6, &tb[0] + t * s.TP, gs)
-                        ck_deform_crop_f(gs, C, s.H, s.W, 0, C, &gx[n, 0, 0, 0])
-                    continue
-            # (3) dL/dcols = gy^T @ W, then the offset / mask gradients and dL/d(sample)
-            for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
-                slot = t // nb
-                n = n0 + slot
-                p0 = (t - slot * nb) * pb
-                p1 = _min(P, p0 + pb)
-                cp = &cols[0] + slot * s.CKP + p0 * CKK
-                xs = &xpad[0] + slot * C * s.plane
-                mp = &mask[n, 0, 0, 0] if has_mask else <const floating*>NULL
-                if floating is float:
-                    if ot:
-                        _dcols_coord_f(&gy[n, 0, 0, 0], G, Fg, &wst[0], xs, mp, &s, p0, p1,
-                                       &tw[0] + slot * s.TP * 6, &tb[0] + (chunk + slot) * s.TP,
-                                       &cols[0] + slot * s.CKP, &goff[n, 0, 0, 0],
-                                       &gmask[n, 0, 0, 0] if has_mask else <float*>NULL,
-                                       &pan[0] + threadid() * psz)
-                        continue
-                for g in range(G):
-                    gemm(True, False, p1 - p0, K, Fg, <floating>1, &gy[n, g * Fg, 0, 0] + p0, P,
-                         &w2[g * Fg, 0], K, <floating>0, cp + g * K, CKK)
-                if floating is float:
-                    ck_deform_coord_f(xs, mp, C, s.W, OG, Cg, KK, P, p0, p1,
-                                      &tw[0] + (slot * s.TP + p0) * 6,
-                                      &tb[0] + (chunk + slot) * s.TP + p0, P, cp,
-                                      &goff[n, 0, 0, 0],
-                                      &gmask[n, 0, 0, 0] if has_mask else <float*>NULL)
-                else:
-                    ck_deform_coord_d(xs, mp, C, s.W, OG, Cg, KK, P, p0, p1,
-                                      &tw[0] + (slot * s.TP + p0) * 6,
-                                      &tb[0] + (chunk + slot) * s.TP + p0, P, cp,
-                                      &goff[n, 0, 0, 0],
-                                      &gmask[n, 0, 0, 0] if has_mask else <double*>NULL)
-            # (4) grad_x, one block of channels per task, accumulated in the (now free)
-            # bordered copy
-            for t in prange(nc * ncb, schedule="dynamic", num_threads=n_threads):
-                slot = t // ncb
-                c0 = cblk[t - slot * ncb]
-                c1 = cblk[t - slot * ncb + 1]
-                xs = &xpad[0] + slot * C * s.plane
-                for q in range(s.plane):
-                    for j in range(c0, c1):
-                        xs[q * C + j] = 0
-                if floating is float:
-                    ck_deform_scatter_f(&cols[0] + slot * s.CKP, C, s.W, OG, Cg, KK, P, c0, c1,
-                                        0, P, &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP, xs)
-                    ck_deform_crop_f(xs, C, s.H, s.W, c0, c1, &gx[n0 + slot, 0, 0, 0])
-                else:
-                    ck_deform_scatter_d(&cols[0] + slot * s.CKP, C, s.W, OG, Cg, KK, P, c0, c1,
-                                        0, P, &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP, xs)
-                    ck_deform_crop_d(xs, C, s.H, s.W, c0, c1, &gx[n0 + slot, 0, 0, 0])
+            if not fuse:
+                # (3) dL/dcols = gy^T @ W, then the offset / mask gradients and dL/d(sample)
+                for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
+                    slot = t // nb
+                    n = n0 + slot
+                    p0 = (t - slot * nb) * pb
+                    p1 = _min(P, p0 + pb)
+                    cp = &cols[0] + slot * s.CKP + p0 * CKK
+                    xs = &xpad[0] + slot * C * s.plane
+                    mp = &mask[n, 0, 0, 0] if has_mask else <const floating*>NULL
+                    if floating is float:
+                        if ot:
+                            _dcols_coord_f(&gy[n, 0, 0, 0], G, Fg, &wst[0], xs, mp, &s, p0, p1,
+                                           &tw[0] + slot * s.TP * 6, &tb[0] + (chunk + slot) * s.TP,
+                                           cp, &goff[n, 0, 0, 0],
+                                           &gmask[n, 0, 0, 0] if has_mask else <float*>NULL,
+                                           &pan[0] + threadid() * psz)
+                            continue
+                    for g in range(G):
+                        gemm(True, False, p1 - p0, K, Fg, <floating>1, &gy[n, g * Fg, 0, 0] + p0, P,
+                             &w2[g * Fg, 0], K, <floating>0, cp + g * K, CKK)
+                    if floating is float:
+                        ck_deform_coord_f(xs, mp, C, s.W, OG, Cg, KK, P, p0, p1,
+                                          &tw[0] + (slot * s.TP + p0) * 6,
+                                          &tb[0] + (chunk + slot) * s.TP + p0, P, cp,
+                                          &goff[n, 0, 0, 0],
+                                          &gmask[n, 0, 0, 0] if has_mask else <float*>NULL)
+                    else:
+                        ck_deform_coord_d(xs, mp, C, s.W, OG, Cg, KK, P, p0, p1,
+                                          &tw[0] + (slot * s.TP + p0) * 6,
+                                          &tb[0] + (chunk + slot) * s.TP + p0, P, cp,
+                                          &goff[n, 0, 0, 0],
+                                          &gmask[n, 0, 0, 0] if has_mask else <double*>NULL)
+                # (4) grad_x, one block of channels per task, accumulated in the (now free)
+                # bordered copy
+                for t in prange(nc * ncb, schedule="dynamic", num_threads=n_threads):
+                    slot = t // ncb
+                    c0 = cblk[t - slot * ncb]
+                    c1 = cblk[t - slot * ncb + 1]
+                    xs = &xpad[0] + slot * C * s.plane
+                    for q in range(s.plane):
+                        for j in range(c0, c1):
+                            xs[q * C + j] = 0
+                    if floating is float:
+                        ck_deform_scatter_f(&cols[0] + slot * s.CKP, C, s.W, OG, Cg, KK, P, c0, c1,
+                                            0, P, &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP, xs)
+                        ck_deform_crop_f(xs, C, s.H, s.W, c0, c1, &gx[n0 + slot, 0, 0, 0])
+                    else:
+                        ck_deform_scatter_d(&cols[0] + slot * s.CKP, C, s.W, OG, Cg, KK, P, c0, c1,
+                                            0, P, &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP, xs)
+                        ck_deform_crop_d(xs, C, s.H, s.W, c0, c1, &gx[n0 + slot, 0, 0, 0])

@@ -69,7 +69,7 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
         cols, table = n_threads * C * KH * KW * pb, n_threads * RK * pb
     else:   # float32 on rowgemm: per thread one task's gy panels, and the rows' offsets
         Fg = weight.shape[0] // (C // weight.shape[1])
-        pan = max((Fg + 24) * P, _block(P, _POSITIONS) * Fg) if _rowgemm(x.dtype) else 0
+        pan = max((weight.shape[0] + 24) * P, _block(P, _POSITIONS) * Fg) if _rowgemm(x.dtype) else 0
         K = weight.size // weight.shape[0]
         fixed = (n_threads * pan * item + (2 * P + Fg) * np.dtype(np.intp).itemsize * (pan > 0)
                  + weight.shape[0] * -(-K // 16) * 16 * item * (pan > 0))     # + _strips(w2)

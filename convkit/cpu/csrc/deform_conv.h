@@ -160,8 +160,8 @@ ATTR static void ck_deform_cols_##SUF##_##ISA(const T* xn, const T* mask, ptrdif
                                                                                              \
 /* grad of channels [c0, c1) (within one offset group g and one weight group) of one image's \
    channels-last bordered plane gn (those channels zeroed by the caller): every sample of    \
-   positions [p0, p1) of dL/d(sample) gs (the columns' layout, row p at gs + p*C*KK) adds    \
-   gs * weight at its four corners, positions and taps in order (calls over consecutive      \
+   positions [p0, p1) of dL/d(sample) gs (the columns' layout, row p at gs + (p - p0)*C*KK)  \
+   adds gs * weight at its four corners, positions and taps in order (calls over consecutive \
    position ranges in order give the bits of one call over them all, for any thread count).  \
    What lands on the border (corners outside the image, points outside the range or NaN) is  \
    cropped away. */                                                                          \
@@ -177,7 +177,7 @@ ATTR static void ck_deform_scatter_##SUF##_##ISA(const T* gs, ptrdiff_t C, ptrdi
             const ptrdiff_t t = (g * KK + k) * P + p;                                        \
             const T* u = tw + 6 * t;                                                         \
             const T w0 = u[0], w1 = u[1], w2 = u[2], w3 = u[3];                              \
-            const T* CK_DEFORM_R e = src + p * ldc;                                          \
+            const T* CK_DEFORM_R e = src + (p - p0) * ldc;                                   \
             T* CK_DEFORM_R a0 = gn + tb[t] * C;                                              \
             T* CK_DEFORM_R a1 = a0 + C;                                                      \
             T* CK_DEFORM_R a2 = a0 + Wp * C;                                                 \
