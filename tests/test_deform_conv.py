@@ -621,11 +621,12 @@ def test_cpu_batch_chunks_give_the_same_bits():
 
 
 def test_cpu_float32_backward_per_image_tasks_give_the_bits_of_the_phases():
-    """float32 on AVX2 runs the backward in one task per image when a chunk has at least as
-    many images as threads (blocks of positions, each carried from its columns to its grad_x
-    share while in cache), else in phases over blocks of positions: both give the same bits,
-    also in chunks of one image; and they match the float64 reference.  Filters per group
-    8 (rowgemm panels), positions 130 (blocks of 48, 48 and 34), two offset groups."""
+    """float32 on AVX2 runs the backward in one task per image where a chunk's images share
+    out evenly over the threads (blocks of positions, each carried from its columns to its
+    grad_x share while in cache: here 1 thread, 3 images or chunks of one), else in phases
+    over blocks of positions (2 and 4 threads): both give the same bits, and they match the
+    float64 reference.  Filters per group 8 (rowgemm panels), positions 130 (blocks of 48, 48
+    and 34), two offset groups."""
     import re
 
     rng = np.random.default_rng(17)

@@ -27,10 +27,11 @@ copy, add every sample's share into them, taps and positions in order (no atomic
 them to grad_x.  float32 on AVX2: (2) runs on csrc/rowgemm.h over grad_y packed in 4-row
 panels (the columns copied in strips of 24, summed in passes of _GW_KC rows), (3) on
 ck_deform_opgemm_t_f (the forward's tiles, stored transposed; the weights in panels of 16
-columns, grad_y transposed per block), and with at least as many chunk images as threads (3)
-and (4) run fused, one task per image: per block of _SB positions its dL/dcols, offset and
-mask gradients and its samples' shares of grad_x (into a second plane per image, gpad), while
-the block is in cache -- each grad_x sum in the order of (4), so the same bits as unfused.
+columns, grad_y transposed per block); and where the chunk's images share out evenly over
+the threads, all of (1)-(4) but the grad_weight sum runs in one task per image
+(_image_backward_f), block by block of _SB positions, each block carried from its columns to
+its samples' shares of grad_x (into a second plane per image, gpad) while it is in cache --
+every sum in the order of the phases, so the same bits.
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
@@ -396,8 +397,10 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
     cdef const floating* mp
     for n0 in range(0, N, chunk):
         nc = _min(chunk, N - n0)
-        fuse = (ot and nc >= n_threads and Fg % 4 == 0 and psz >= (F + 24) * P
-                and gpad.shape[0] >= nc * C * s.plane)
+        # per-image tasks where they share out evenly over the threads (else the phases' finer
+        # tasks; the same bits either way)
+        fuse = (ot and nc >= n_threads and (nc % n_threads == 0 or nc >= 3 * n_threads)
+                and Fg % 4 == 0 and psz >= (F + 24) * P and gpad.shape[0] >= nc * C * s.plane)
         with nogil:
             _pad_chunk(x, &s, n0, nc, &xpad[0], n_threads)
             if floating is float:
