@@ -41,8 +41,7 @@ import numpy as np
 
 from ._blas cimport gemm, gemm_pk
 from ._conv_common cimport _min
-from ._conv_csrc cimport (ck_rowgemm_available, ck_rowgemm_f, ck_rowgemm_kc_f,
-                          ck_rowgemm_pass_f)
+from ._conv_csrc cimport ck_rowgemm_available, ck_rowgemm_kc_f, ck_rowgemm_pass_f
 
 cdef extern from "csrc/sgemm.h" nogil:
     int CK_SGEMM_BUILT
@@ -384,7 +383,7 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
     cdef Py_ssize_t n0, nc, t, n, slot, p0, p1, g, u0, u1, j, c0, c1
     cdef floating* cp
     cdef floating* xs
-    cdef Py_ssize_t q, q4, tid
+    cdef Py_ssize_t q
     cdef Py_ssize_t psz = pan.shape[0] // n_threads
     cdef Py_ssize_t sb = _SB
     cdef float* gs
