@@ -501,9 +501,11 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                             xs[q * C + j] = 0
                     if floating is float:
                         ck_deform_scatter_f(&cols[0] + slot * s.CKP, C, s.W, OG, Cg, KK, P, c0, c1,
-                                            0, P, &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP, xs)
+                                            0, P, &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP,
+                                            xs)
                         ck_deform_crop_f(xs, C, s.H, s.W, c0, c1, &gx[n0 + slot, 0, 0, 0])
                     else:
                         ck_deform_scatter_d(&cols[0] + slot * s.CKP, C, s.W, OG, Cg, KK, P, c0, c1,
-                                            0, P, &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP, xs)
+                                            0, P, &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP,
+                                            xs)
                         ck_deform_crop_d(xs, C, s.H, s.W, c0, c1, &gx[n0 + slot, 0, 0, 0])

@@ -17,11 +17,12 @@ channels-last copies of x (C*(H+2)*(W+2) values per image) and, in the backward,
 weights and two indices per image) and grad_weight shares (one weight's size per image) are
 held at once; the forward keeps one task's columns and
 table per thread instead (and, float32 on AVX2, the weights in panels: their size rounded up
-to 16 filters per group), and the float32 backward on csrc/rowgemm.h (AVX2) one task's grad_y
-panels and a 24-column strip of the columns per thread ((F/groups + 24)*Ho*Wo values), the
-rows' offsets and a second bordered plane per chunk image (grad_x's, filled while the first is
+to 16 filters per group), and the float32 backward on csrc/rowgemm.h (AVX2) one image's grad_y
+in panels and a 24-column strip of the columns per thread ((F + 24)*Ho*Wo values), the rows'
+offsets and a second bordered plane per chunk image (grad_x's, filled while the first is
 still read).  A limit below one image is a MemoryError.  Deterministic: the same
-bits on every run and for any thread count (task sizes depend on the shapes only; no
+bits on every run and for any thread count (task sizes depend on the shapes only, or, where
+the backward runs one task per image, every sum keeps the order of its phases; no
 atomics).
 """
 from __future__ import annotations
@@ -69,7 +70,8 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
         cols, table = n_threads * C * KH * KW * pb, n_threads * RK * pb
     else:   # float32 on rowgemm: per thread one task's gy panels, and the rows' offsets
         Fg = weight.shape[0] // (C // weight.shape[1])
-        pan = max((weight.shape[0] + 24) * P, _block(P, _POSITIONS) * Fg) if _rowgemm(x.dtype) else 0
+        pan = (max((weight.shape[0] + 24) * P, _block(P, _POSITIONS) * Fg)
+               if _rowgemm(x.dtype) else 0)
         K = weight.size // weight.shape[0]
         fixed = (n_threads * pan * item + (2 * P + Fg) * np.dtype(np.intp).itemsize * (pan > 0)
                  + weight.shape[0] * -(-K // 16) * 16 * item * (pan > 0))     # + _strips(w2)
