@@ -33,19 +33,19 @@ def _probe(checkout):
     return None if out == "None" else float(out)
 
 
-def _run(checkout, out_json, extra):
-    cmd = [_python(checkout), "-m", "convkit", "bench", "--backends", "cpu,torch", "--no-progress",
+def _run(checkout, out_json, extra, ref):
+    cmd = [_python(checkout), "-m", "convkit", "bench", "--backends", f"cpu,{ref}", "--no-progress",
            "--json", out_json, *extra]
     subprocess.run(cmd, cwd=checkout, check=True, stdout=subprocess.DEVNULL)
     with open(out_json) as f:
         return json.load(f)
 
 
-def _ratios(doc):
-    """{(op, pass): torch median / cpu median} from one run's JSON."""
-    return {(r["op"], r["pass"]): r["medians_ms"]["torch"] / r["medians_ms"]["cpu"]
+def _ratios(doc, ref):
+    """{(op, pass): ref median / cpu median} from one run's JSON."""
+    return {(r["op"], r["pass"]): r["medians_ms"][ref] / r["medians_ms"]["cpu"]
             for r in doc["results"]
-            if r["medians_ms"].get("cpu") and r["medians_ms"].get("torch")}
+            if r["medians_ms"].get("cpu") and r["medians_ms"].get(ref)}
 
 
 def main(argv=None):
@@ -54,6 +54,9 @@ def main(argv=None):
     ap.add_argument("--b", required=True, help="checkout B (after)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="ab_out", help="folder for the runs' JSON")
+    ap.add_argument("--ref", default="torch",
+                    help="the backend cpu is compared with (torch; numpy for deform_conv, with "
+                         "-- --ops deform_conv --only numpy=deform_conv)")
     ap.add_argument("extra", nargs="*", help="more convkit bench arguments (after --)")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -63,19 +66,20 @@ def main(argv=None):
         for tag, checkout in (("A", args.a), ("B", args.b)):
             probes[tag].append(_probe(args.b if tag == "A" else checkout))
             path = os.path.join(os.path.abspath(args.out), f"{tag}{i}.json")
-            runs[tag].append(_ratios(_run(checkout, path, args.extra)))
+            runs[tag].append(_ratios(_run(checkout, path, args.extra, args.ref), args.ref))
             print(f"round {i} {tag}: probe {probes[tag][-1]} GFLOP/s, geomean "
                   f"{math.exp(statistics.fmean(math.log(v) for v in runs[tag][-1].values())):.3f}",
                   flush=True)
     rows = sorted(set(runs["A"][0]) & set(runs["B"][0]))
-    print(f"\n{'row':<24}{'A torch/cpu':>14}{'B torch/cpu':>14}{'B/A':>8}")
+    q = f"{args.ref}/cpu"
+    print(f"\n{'row':<24}{'A ' + q:>14}{'B ' + q:>14}{'B/A':>8}")
     for row in rows:
         a = statistics.median(r[row] for r in runs["A"])
         b = statistics.median(r[row] for r in runs["B"])
         print(f"{row[0] + ' ' + row[1]:<24}{a:>14.3f}{b:>14.3f}{b / a:>8.3f}")
     for tag in ("A", "B"):
         gms = [math.exp(statistics.fmean(math.log(r[row]) for row in rows)) for r in runs[tag]]
-        print(f"{tag}: geomean torch/cpu per round {', '.join(f'{g:.3f}' for g in gms)} "
+        print(f"{tag}: geomean {q} per round {', '.join(f'{g:.3f}' for g in gms)} "
               f"(median {statistics.median(gms):.3f}); probe {probes[tag]}")
 
 

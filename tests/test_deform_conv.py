@@ -620,6 +620,57 @@ def test_cpu_batch_chunks_give_the_same_bits():
         convkit.set_workspace_limit(old)
 
 
+def test_cpu_float32_backward_per_image_tasks_give_the_bits_of_the_phases():
+    """float32 on AVX2 runs the backward in one task per image where a chunk's images share
+    out evenly over the threads (blocks of positions, each carried from its columns to its
+    grad_x share while in cache: here 1 thread, 3 images or chunks of one), else in phases
+    over blocks of positions (2 and 4 threads): both give the same bits, and they match the
+    float64 reference.  Filters per group 8 (rowgemm panels), positions 130 (blocks of 48, 48
+    and 34), two offset groups."""
+    import re
+
+    rng = np.random.default_rng(17)
+    N, C, H, W, Fo, G, OG = 3, 16, 10, 13, 16, 2, 2
+    c = dict(x=rng.standard_normal((N, C, H, W)).astype(np.float32),
+             offset=(rng.standard_normal((N, 18 * OG, H, W)) * 2).astype(np.float32),
+             weight=rng.standard_normal((Fo, C // G, 3, 3)).astype(np.float32),
+             bias=None, mask=rng.random((N, 9 * OG, H, W)).astype(np.float32),
+             stride=(1, 1), padding=(1, 1), dilation=(1, 1))
+    gy = rng.standard_normal((N, Fo, H, W)).astype(np.float32)
+    old = convkit.get_workspace_limit()
+    outs = {}
+    try:
+        for threads in (1, 2, 4):     # 4 threads > 3 images: the phases
+            convkit.set_num_threads(threads)
+            convkit.set_workspace_limit(old)
+            outs[threads, "all"] = _bwd("cpu", gy, c, False)
+            limit = 1       # raised until it is what one image needs (the errors name it)
+            while (threads, "one") not in outs:
+                convkit.set_workspace_limit(limit)
+                try:
+                    outs[threads, "one"] = _bwd("cpu", gy, c, False)
+                except MemoryError as e:
+                    need = int(re.search(r"need (\d+) bytes", str(e))[1])
+                    assert need > limit
+                    limit = need
+    finally:
+        convkit.set_workspace_limit(old)
+        convkit.set_num_threads(None)
+    first = outs[1, "all"]
+    for k, v in outs.items():
+        for a, b in zip(first, v):
+            assert (a is None and b is None) or a.tobytes() == b.tobytes(), k
+    c64 = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v) for k, v in c.items()}
+    want = _bwd("numpy", gy.astype(np.float64), c64, False)
+    for g, w, k in zip(first, want, ("x", "offset", "weight", "bias", "mask")):
+        if w is None:
+            assert g is None
+            continue
+        scale = max(1.0, float(np.abs(w).max()))
+        np.testing.assert_allclose(g, w, rtol=TOL[np.float32]["rtol"],
+                                   atol=TOL[np.float32]["atol"] * scale, err_msg=k)
+
+
 # ------------------------------------------------------------- cuda on the host emulation
 from test_cuda_backend import emulated  # noqa: E402,F401  (the fixture: CudaBackend, no GPU)
 

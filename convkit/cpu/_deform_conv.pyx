@@ -24,19 +24,24 @@ tasks (filter) add the slots to grad_weight, images in order;
 and mask gradients and dL/d(sample); (4) tasks (image, block of at most cb channels of one
 offset group and one weight group) zero their channels of the (no longer needed) bordered
 copy, add every sample's share into them, taps and positions in order (no atomics), and copy
-them to grad_x.  The GEMMs of (2) and (3) in float32 on AVX2 run on csrc/rowgemm.h over grad_y
-packed in 4-row panels (grad_weight: the columns copied in strips of 24, summed in passes of
-_GW_KC rows; dL/dcols: the weights in strips of 24, the rows past the last whole panel on BLAS).
+them to grad_x.  float32 on AVX2: (2) runs on csrc/rowgemm.h over grad_y packed in 4-row
+panels (the columns copied in strips of 24, summed in passes of _GW_KC rows), (3) on
+ck_deform_opgemm_t_f (the forward's tiles, stored transposed; the weights in panels of 16
+columns, grad_y transposed per block); and where the chunk's images share out evenly over
+the threads, all of (1)-(4) but the grad_weight sum runs in one task per image
+(_image_backward_f), block by block of _SB positions, each block carried from its columns to
+its samples' shares of grad_x (into a second plane per image, gpad) while it is in cache --
+every sum in the order of the phases, so the same bits.
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
 from ._blas cimport gemm, gemm_pk
 from ._conv_common cimport _min
-from ._conv_csrc cimport ck_rowgemm_available, ck_rowgemm_f, ck_rowgemm_kc_f
+from ._conv_csrc cimport ck_rowgemm_available, ck_rowgemm_kc_f, ck_rowgemm_pass_f
 
 cdef extern from "csrc/sgemm.h" nogil:
     int CK_SGEMM_BUILT
@@ -53,6 +58,8 @@ cdef extern from "csrc/deform_conv.h" nogil:
     int ck_deform_opgemm_f(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* ap,
                            const float* b, Py_ssize_t ldb, const float* bias, float* out,
                            Py_ssize_t ldo)
+    int ck_deform_opgemm_t_f(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* ap,
+                             const float* b, Py_ssize_t ldb, float* out, Py_ssize_t ldo)
     void ck_deform_panel16_f(const float* w, Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t KK,
                              Py_ssize_t g, Py_ssize_t q, float* ap)
     void ck_deform_pad_f_pick(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
@@ -91,16 +98,22 @@ cdef extern from "csrc/deform_conv.h" nogil:
                            Py_ssize_t ldt, double* gc, double* goff, double* gmask)
     void ck_deform_scatter_f(const float* gs, Py_ssize_t C, Py_ssize_t W, Py_ssize_t OG,
                              Py_ssize_t Cg, Py_ssize_t KK, Py_ssize_t P, Py_ssize_t c0,
-                             Py_ssize_t c1, const float* tw, const Py_ssize_t* tb, float* gn)
+                             Py_ssize_t c1, Py_ssize_t p0, Py_ssize_t p1, const float* tw,
+                             const Py_ssize_t* tb, float* gn)
     void ck_deform_scatter_d(const double* gs, Py_ssize_t C, Py_ssize_t W, Py_ssize_t OG,
                              Py_ssize_t Cg, Py_ssize_t KK, Py_ssize_t P, Py_ssize_t c0,
-                             Py_ssize_t c1, const double* tw, const Py_ssize_t* tb, double* gn)
+                             Py_ssize_t c1, Py_ssize_t p0, Py_ssize_t p1, const double* tw,
+                             const Py_ssize_t* tb, double* gn)
 
 
 # grad_weight's GEMM sums a strip's P rows in passes of this many (csrc/rowgemm.h's kc: the
 # same bits as one pass), so that a pass's rows of the strip (kc*96 bytes) stay in L1 while
 # every panel of grad_y reads them.
 cdef Py_ssize_t _GW_KC = 128
+# Positions per block of the fused dL/dcols -> coord -> grad_x pass (one image per task): a
+# block's columns (48*C*KK values: 110 KiB for bench's deform_conv) stay in L2 from the GEMM
+# that writes them to the scatter that reads them.
+cdef Py_ssize_t _SB = 48
 
 
 def set_simd(bint on):
@@ -196,6 +209,74 @@ cdef void _strip(const float* src, Py_ssize_t ld, Py_ssize_t R, Py_ssize_t q,
         memcpy(dst + r * 24, src + r * ld, q * sizeof(float))
 
 
+cdef void _dcols_coord_f(const float* gyn, Py_ssize_t G, Py_ssize_t Fg, const float* wst,
+                         const float* xs, const float* mp, Geom* s, Py_ssize_t p0,
+                         Py_ssize_t p1, const float* tw, const Py_ssize_t* tc, float* cols,
+                         float* goff, float* gmask, float* pp) noexcept nogil:
+    """Positions [p0, p1) of one image: its columns (cols, the image's) overwritten by
+    dL/dcols = gy^T @ W on ck_deform_opgemm_t_f (wst: per weight group the weights' (Fg, 16)
+    panels of 16 columns; pp: scratch for the block's grad_y transposed, (p1 - p0)*Fg values),
+    then by dL/d(sample), with the offset and mask gradients (ck_deform_coord_f).  gyn, mp,
+    goff, gmask: the image's; tw, tc: its table (position 0 of tap 0); cols: row p0."""
+    cdef Py_ssize_t g, K = s.Cg * s.KK, ns16 = (K + 15) // 16
+    for g in range(G):
+        _transpose(gyn + g * Fg * s.P + p0, s.P, Fg, p1 - p0, pp)
+        ck_deform_opgemm_t_f(K, p1 - p0, Fg, wst + g * ns16 * 16 * Fg, pp, Fg, cols + g * K,
+                             s.CKK)
+    ck_deform_coord_f(xs, mp, s.C, s.W, s.OG, s.Cg, s.KK, s.P, p0, p1, tw + p0 * 6, tc + p0,
+                      s.P, cols, goff, gmask)
+
+
+cdef void _image_backward_f(const float* gyn, const float* offn, const float* mn, Geom* s,
+                            Py_ssize_t G, Py_ssize_t Fg, const float* wst,
+                            const Py_ssize_t* boff, const Py_ssize_t* cblk, Py_ssize_t ncb,
+                            Py_ssize_t sb, const float* xs, float* gs, float* cp, float* tw,
+                            Py_ssize_t* tb, Py_ssize_t* tc, float* pp, float* wpart,
+                            float* goffn, float* gmn, float* gxn) noexcept nogil:
+    """The whole float32 backward of one image (AVX2), blocks of sb positions in order, each
+    while it is in cache: (a) its table entries and columns (cp: sb rows), added to grad_weight
+    (wpart: the image's share, rowgemm passes over the block's positions: the chain of one
+    pass over them all); then (b) its dL/dcols, offset / mask gradients and dL/d(sample)
+    (again in cp) and its samples' shares of grad_x, added into gs (a zeroed bordered plane)
+    in the order of the unfused scatter, and cropped to gxn.  The same bits as the unfused
+    phases.  xs: the image's bordered copy; tw, tb, tc: its table; pp: (F + 24)*P scratch
+    (grad_y in 4-row panels per group, then a 24-column strip; later the block's grad_y
+    transposed); boff as deform_backward's."""
+    cdef Py_ssize_t K = s.Cg * s.KK, P = s.P, CKK = s.CKK, F = G * Fg
+    cdef Py_ssize_t nsb = (P + sb - 1) // sb, g, j, u, q, p0, p1, c
+    cdef float* strip = pp + F * P
+    for g in range(G):
+        _pack4(gyn + g * Fg * P, P, 1, Fg, P, pp + g * Fg * P)
+    for j in range(nsb):
+        p0 = j * sb
+        p1 = _min(P, p0 + sb)
+        _table_cols(xs, offn, mn, s, p0, p1, tw + p0 * 6, tb + p0, tc + p0, P, cp)
+        for g in range(G):
+            for u in range(0, K, 24):
+                q = _min(24, K - u)
+                _strip(cp + g * K + u, CKK, p1 - p0, q, strip + p0 * 24)
+                ck_rowgemm_pass_f(Fg, q, P, p0, p1 - p0, pp + g * Fg * P, strip, boff + P + Fg,
+                                  wpart + g * Fg * K + u, K)
+    memset(gs, 0, s.C * s.plane * sizeof(float))
+    for j in range(nsb):
+        p0 = j * sb
+        p1 = _min(P, p0 + sb)
+        _dcols_coord_f(gyn, G, Fg, wst, xs, mn, s, p0, p1, tw, tc, cp, goffn, gmn, pp)
+        for c in range(ncb):
+            ck_deform_scatter_f(cp, s.C, s.W, s.OG, s.Cg, s.KK, P, cblk[c], cblk[c + 1], p0, p1,
+                                tw, tb, gs)
+    ck_deform_crop_f(gs, s.C, s.H, s.W, 0, s.C, gxn)
+
+
+cdef void _transpose(const float* src, Py_ssize_t ld, Py_ssize_t R, Py_ssize_t L,
+                     float* dst) noexcept nogil:
+    """dst[l*R + r] = src[r*ld + l] for r < R, l < L."""
+    cdef Py_ssize_t r, l
+    for r in range(R):
+        for l in range(L):
+            dst[l * R + r] = src[r * ld + l]
+
+
 def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] off,
                    const floating[:, :, :, ::1] w, const floating[:, ::1] w2, floating[::1] wp,
                    const floating[::1] bias, bint has_bias,
@@ -276,21 +357,20 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                     floating[:, ::1] gw2, floating[:, :, :, ::1] gmask,
                     floating[::1] xpad, floating[::1] cols, floating[::1] tw, Py_ssize_t[::1] tb,
                     floating[::1] wpart, floating[::1] pan, Py_ssize_t[::1] boff,
-                    const floating[::1] wst, tuple params,
+                    floating[::1] gpad, const floating[::1] wst, tuple params,
                     Py_ssize_t chunk, Py_ssize_t pb, Py_ssize_t ub, Py_ssize_t cb,
                     Py_ssize_t KH, Py_ssize_t KW, int n_threads):
     """grad_x (gx), grad_offset (goff), grad_weight in w2's order (gw2, zero-filled by the
     caller) and, with has_mask, grad_mask (gmask); all OUT.  Scratch per chunk image: xpad
     C*(H+2)*(W+2), cols P*C*KK, tw 6*OG*KK*P, in tb OG*KK*P sampled corners per image, then
     as many offset gradient corners per image (at chunk*OG*KK*P), and wpart F*KK*Cg (the
-    image's grad_weight).  float32 on AVX2 (csrc/rowgemm.h, which reads the columns and the
-    weights in place): per thread, pan holds one task's gy in 4-row panels (Fg*P or pb*Fg
-    values) and a strip of 24 columns (24*P), max((Fg + 24)*P, pb*Fg) in all, boff the
-    row offsets (2*P + Fg: p*C*KK, f*24, then p*24), and wst the weights w2 in strips of 24
-    columns (per weight group, per strip: Fg rows of 24, the last strip zero-padded), which
-    the dL/dcols GEMM reads (w2's own rows lie 4*K bytes apart -- 2304 for a 64-channel 3x3
-    layer, which maps them onto a quarter of L1's sets); an empty pan: BLAS.  params as
-    deform_forward's."""
+    image's grad_weight).  float32 on AVX2: per thread, pan holds one task's gy in 4-row
+    panels (Fg*P) and a strip of 24 columns (24*P) for grad_weight's GEMM, or a block's gy
+    transposed (at most pb*Fg) for dL/dcols', max((Fg + 24)*P, pb*Fg) in all; boff the row
+    offsets (2*P + Fg: p*C*KK, f*24, then p*24); wst the weights w2 in panels of 16 columns
+    (per weight group, per panel: Fg rows of 16, the last panel zero-padded), which the
+    dL/dcols GEMM reads; gpad C*(H+2)*(W+2) per chunk image (grad_x's planes of the fused
+    (3)+(4); fewer: unfused).  An empty pan: BLAS.  params as deform_forward's."""
     cdef Py_ssize_t N = x.shape[0], F = w2.shape[0], K = w2.shape[1]
     cdef Py_ssize_t Wo = gy.shape[3], P = gy.shape[2] * Wo
     cdef Geom s = _geom(x.shape[1], x.shape[2], x.shape[3], off.shape[1] // (2 * KH * KW),
@@ -303,105 +383,129 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
     cdef Py_ssize_t n0, nc, t, n, slot, p0, p1, g, u0, u1, j, c0, c1
     cdef floating* cp
     cdef floating* xs
-    cdef Py_ssize_t q, q4, tid
+    cdef Py_ssize_t q
     cdef Py_ssize_t psz = pan.shape[0] // n_threads
-    cdef Py_ssize_t ns = (K + 23) // 24     # 24-column strips of w2 (wst) per weight group
+    cdef Py_ssize_t sb = _SB
+    cdef float* gs
+    # dL/dcols on ck_opt (float32, AVX2 kernels allowed); (3) and (4) fused with an image per
+    # thread (the sums' order does not change: the same bits either way)
     cdef bint rg = floating is float and _AVX2_GEMMS and ck_rowgemm_available() != 0 and psz > 0
+    cdef bint ot = rg and ck_deform_isa()
+    cdef bint fuse
     cdef floating* pp
     cdef const floating* mp
     for n0 in range(0, N, chunk):
         nc = _min(chunk, N - n0)
+        # per-image tasks where they share out evenly over the threads (else the phases' finer
+        # tasks; the same bits either way)
+        fuse = (ot and nc >= n_threads and (nc % n_threads == 0 or nc >= 3 * n_threads)
+                and Fg % 4 == 0 and psz >= (F + 24) * P and gpad.shape[0] >= nc * C * s.plane)
         with nogil:
-            # (1) bordered copies, tables and columns
             _pad_chunk(x, &s, n0, nc, &xpad[0], n_threads)
-            for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
-                slot = t // nb
-                p0 = (t - slot * nb) * pb
-                _table_cols(&xpad[0] + slot * C * s.plane, &off[n0 + slot, 0, 0, 0],
-                            &mask[n0 + slot, 0, 0, 0] if has_mask else <const floating*>NULL,
-                            &s, p0, _min(P, p0 + pb), &tw[0] + (slot * s.TP + p0) * 6,
-                            &tb[0] + slot * s.TP + p0, &tb[0] + (chunk + slot) * s.TP + p0, P,
-                            &cols[0] + slot * s.CKP + p0 * CKK)
-            # (2) grad_weight: each image's share (columns [u0, u1) of group g) into its slot
-            # of wpart, then added to gw2 images in order
-            for t in prange(nc * G * nub, schedule="dynamic", num_threads=n_threads):
-                slot = t // (G * nub)
-                g = (t - slot * G * nub) // nub
-                u0 = (t - slot * G * nub - g * nub) * ub
-                u1 = _min(K, u0 + ub)
-                if floating is float:
-                    if rg and Fg % 4 == 0:
-                        # gy[n]'s group in panels, then the columns in strips of 24 (rows
-                        # contiguous: in place, rows 2304 bytes apart share few cache sets)
-                        pp = &pan[0] + threadid() * psz
-                        _pack4(&gy[n0 + slot, g * Fg, 0, 0], P, 1, Fg, P, pp)
-                        for j in range(u0, u1, 24):
-                            q = _min(24, u1 - j)
-                            _strip(&cols[0] + slot * s.CKP + g * K + j, CKK, P, q,
-                                   pp + Fg * P)
-                            ck_rowgemm_kc_f(Fg, q, P, pp, pp + Fg * P, &boff[P + Fg],
-                                            &wpart[0] + (slot * F + g * Fg) * K + j, K,
-                                            _GW_KC)
-                        continue
-                gemm(False, False, Fg, u1 - u0, P, <floating>1, &gy[n0 + slot, g * Fg, 0, 0], P,
-                     &cols[0] + slot * s.CKP + g * K + u0, CKK, <floating>0,
-                     &wpart[0] + (slot * F + g * Fg) * K + u0, K)
+            if floating is float:
+                if fuse:
+                    # one task per image: all of its backward but the grad_weight sum
+                    # (_image_backward_f); the image's columns buffer holds one block's rows
+                    for t in prange(nc, schedule="dynamic", num_threads=n_threads):
+                        _image_backward_f(&gy[n0 + t, 0, 0, 0], &off[n0 + t, 0, 0, 0],
+                                          &mask[n0 + t, 0, 0, 0] if has_mask else <float*>NULL,
+                                          &s, G, Fg, &wst[0], &boff[0], &cblk[0], ncb, sb,
+                                          &xpad[0] + t * C * s.plane,
+                                          &gpad[0] + t * C * s.plane, &cols[0] + t * s.CKP,
+                                          &tw[0] + t * s.TP * 6, &tb[0] + t * s.TP,
+                                          &tb[0] + (chunk + t) * s.TP,
+                                          &pan[0] + threadid() * psz, &wpart[0] + t * F * K,
+                                          &goff[n0 + t, 0, 0, 0],
+                                          &gmask[n0 + t, 0, 0, 0] if has_mask else <float*>NULL,
+                                          &gx[n0 + t, 0, 0, 0])
+            if not fuse:
+                # (1) tables and columns
+                for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
+                    slot = t // nb
+                    p0 = (t - slot * nb) * pb
+                    _table_cols(&xpad[0] + slot * C * s.plane, &off[n0 + slot, 0, 0, 0],
+                                &mask[n0 + slot, 0, 0, 0] if has_mask else <const floating*>NULL,
+                                &s, p0, _min(P, p0 + pb), &tw[0] + (slot * s.TP + p0) * 6,
+                                &tb[0] + slot * s.TP + p0, &tb[0] + (chunk + slot) * s.TP + p0, P,
+                                &cols[0] + slot * s.CKP + p0 * CKK)
+                # (2) grad_weight: each image's share (columns [u0, u1) of group g) into its slot
+                # of wpart, then added to gw2 images in order
+                for t in prange(nc * G * nub, schedule="dynamic", num_threads=n_threads):
+                    slot = t // (G * nub)
+                    g = (t - slot * G * nub) // nub
+                    u0 = (t - slot * G * nub - g * nub) * ub
+                    u1 = _min(K, u0 + ub)
+                    if floating is float:
+                        if rg and Fg % 4 == 0:
+                            # gy[n]'s group in panels, then the columns in strips of 24 (rows
+                            # contiguous: in place, rows 2304 bytes apart share few cache sets)
+                            pp = &pan[0] + threadid() * psz
+                            _pack4(&gy[n0 + slot, g * Fg, 0, 0], P, 1, Fg, P, pp)
+                            for j in range(u0, u1, 24):
+                                q = _min(24, u1 - j)
+                                _strip(&cols[0] + slot * s.CKP + g * K + j, CKK, P, q,
+                                       pp + Fg * P)
+                                ck_rowgemm_kc_f(Fg, q, P, pp, pp + Fg * P, &boff[P + Fg],
+                                                &wpart[0] + (slot * F + g * Fg) * K + j, K,
+                                                _GW_KC)
+                            continue
+                    gemm(False, False, Fg, u1 - u0, P, <floating>1, &gy[n0 + slot, g * Fg, 0, 0], P,
+                         &cols[0] + slot * s.CKP + g * K + u0, CKK, <floating>0,
+                         &wpart[0] + (slot * F + g * Fg) * K + u0, K)
             for t in prange(F, schedule="static", num_threads=n_threads):
                 for j in range(nc):
                     for u0 in range(K):
                         gw2[t, u0] += wpart[(j * F + t) * K + u0]
-            # (3) dL/dcols = gy^T @ W, then the offset / mask gradients and dL/d(sample)
-            for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
-                slot = t // nb
-                n = n0 + slot
-                p0 = (t - slot * nb) * pb
-                p1 = _min(P, p0 + pb)
-                cp = &cols[0] + slot * s.CKP + p0 * CKK
-                xs = &xpad[0] + slot * C * s.plane
-                tid = threadid()
-                for g in range(G):
-                    q4 = 0      # rows in 4-row panels on csrc/rowgemm.h, the rest on BLAS
+            if not fuse:
+                # (3) dL/dcols = gy^T @ W, then the offset / mask gradients and dL/d(sample)
+                for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):
+                    slot = t // nb
+                    n = n0 + slot
+                    p0 = (t - slot * nb) * pb
+                    p1 = _min(P, p0 + pb)
+                    cp = &cols[0] + slot * s.CKP + p0 * CKK
+                    xs = &xpad[0] + slot * C * s.plane
+                    mp = &mask[n, 0, 0, 0] if has_mask else <const floating*>NULL
                     if floating is float:
-                        if rg:
-                            q4 = (p1 - p0) - (p1 - p0) % 4
-                            pp = &pan[0] + tid * psz
-                            _pack4(&gy[n, g * Fg, 0, 0] + p0, 1, P, q4, Fg, pp)
-                            for j in range(ns):
-                                ck_rowgemm_f(q4, _min(24, K - 24 * j), Fg, pp,
-                                             &wst[(g * ns + j) * Fg * 24], &boff[P],
-                                             cp + g * K + 24 * j, CKK)
-                    if q4 < p1 - p0:
-                        gemm(True, False, p1 - p0 - q4, K, Fg, <floating>1,
-                             &gy[n, g * Fg, 0, 0] + p0 + q4, P, &w2[g * Fg, 0], K, <floating>0,
-                             cp + q4 * CKK + g * K, CKK)
-                mp = &mask[n, 0, 0, 0] if has_mask else <const floating*>NULL
-                if floating is float:
-                    ck_deform_coord_f(xs, mp, C, s.W, OG, Cg, KK, P, p0, p1,
-                                      &tw[0] + (slot * s.TP + p0) * 6,
-                                      &tb[0] + (chunk + slot) * s.TP + p0, P, cp,
-                                      &goff[n, 0, 0, 0],
-                                      &gmask[n, 0, 0, 0] if has_mask else <float*>NULL)
-                else:
-                    ck_deform_coord_d(xs, mp, C, s.W, OG, Cg, KK, P, p0, p1,
-                                      &tw[0] + (slot * s.TP + p0) * 6,
-                                      &tb[0] + (chunk + slot) * s.TP + p0, P, cp,
-                                      &goff[n, 0, 0, 0],
-                                      &gmask[n, 0, 0, 0] if has_mask else <double*>NULL)
-            # (4) grad_x, one block of channels per task, accumulated in the (now free)
-            # bordered copy
-            for t in prange(nc * ncb, schedule="dynamic", num_threads=n_threads):
-                slot = t // ncb
-                c0 = cblk[t - slot * ncb]
-                c1 = cblk[t - slot * ncb + 1]
-                xs = &xpad[0] + slot * C * s.plane
-                for q in range(s.plane):
-                    for j in range(c0, c1):
-                        xs[q * C + j] = 0
-                if floating is float:
-                    ck_deform_scatter_f(&cols[0] + slot * s.CKP, C, s.W, OG, Cg, KK, P, c0, c1,
-                                        &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP, xs)
-                    ck_deform_crop_f(xs, C, s.H, s.W, c0, c1, &gx[n0 + slot, 0, 0, 0])
-                else:
-                    ck_deform_scatter_d(&cols[0] + slot * s.CKP, C, s.W, OG, Cg, KK, P, c0, c1,
-                                        &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP, xs)
-                    ck_deform_crop_d(xs, C, s.H, s.W, c0, c1, &gx[n0 + slot, 0, 0, 0])
+                        if ot:
+                            _dcols_coord_f(&gy[n, 0, 0, 0], G, Fg, &wst[0], xs, mp, &s, p0, p1,
+                                           &tw[0] + slot * s.TP * 6, &tb[0] + (chunk + slot) * s.TP,
+                                           cp, &goff[n, 0, 0, 0],
+                                           &gmask[n, 0, 0, 0] if has_mask else <float*>NULL,
+                                           &pan[0] + threadid() * psz)
+                            continue
+                    for g in range(G):
+                        gemm(True, False, p1 - p0, K, Fg, <floating>1, &gy[n, g * Fg, 0, 0] + p0, P,
+                             &w2[g * Fg, 0], K, <floating>0, cp + g * K, CKK)
+                    if floating is float:
+                        ck_deform_coord_f(xs, mp, C, s.W, OG, Cg, KK, P, p0, p1,
+                                          &tw[0] + (slot * s.TP + p0) * 6,
+                                          &tb[0] + (chunk + slot) * s.TP + p0, P, cp,
+                                          &goff[n, 0, 0, 0],
+                                          &gmask[n, 0, 0, 0] if has_mask else <float*>NULL)
+                    else:
+                        ck_deform_coord_d(xs, mp, C, s.W, OG, Cg, KK, P, p0, p1,
+                                          &tw[0] + (slot * s.TP + p0) * 6,
+                                          &tb[0] + (chunk + slot) * s.TP + p0, P, cp,
+                                          &goff[n, 0, 0, 0],
+                                          &gmask[n, 0, 0, 0] if has_mask else <double*>NULL)
+                # (4) grad_x, one block of channels per task, accumulated in the (now free)
+                # bordered copy
+                for t in prange(nc * ncb, schedule="dynamic", num_threads=n_threads):
+                    slot = t // ncb
+                    c0 = cblk[t - slot * ncb]
+                    c1 = cblk[t - slot * ncb + 1]
+                    xs = &xpad[0] + slot * C * s.plane
+                    for q in range(s.plane):
+                        for j in range(c0, c1):
+                            xs[q * C + j] = 0
+                    if floating is float:
+                        ck_deform_scatter_f(&cols[0] + slot * s.CKP, C, s.W, OG, Cg, KK, P, c0, c1,
+                                            0, P, &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP,
+                                            xs)
+                        ck_deform_crop_f(xs, C, s.H, s.W, c0, c1, &gx[n0 + slot, 0, 0, 0])
+                    else:
+                        ck_deform_scatter_d(&cols[0] + slot * s.CKP, C, s.W, OG, Cg, KK, P, c0, c1,
+                                            0, P, &tw[0] + slot * s.TP * 6, &tb[0] + slot * s.TP,
+                                            xs)
+                        ck_deform_crop_d(xs, C, s.H, s.W, c0, c1, &gx[n0 + slot, 0, 0, 0])

@@ -7,8 +7,8 @@ channels-last copy, the columns are stored one row per output position, and the 
 to the GEMMs permuted to (F, KH*KW*Cg) (grad_weight comes back in that order and is permuted
 back here).  float32 on AVX2 + FMA: the GEMMs read the columns in place (no BLAS packing):
 the forward's on ck_deform_opgemm_f (csrc/deform_conv.h; the weights packed there in panels
-of 16 filters), the backward's two on
-csrc/rowgemm.h (with the weights copied in strips of 24 columns, ``_strips``); elsewhere, and
+of 16 filters), the backward's grad_weight on csrc/rowgemm.h and its dL/dcols on
+ck_deform_opgemm_t_f (the weights copied in panels of 16 columns, ``_strips``); elsewhere, and
 for float64, they go to BLAS.
 
 The batch runs in chunks within ``convkit.get_workspace_limit()``: a chunk's zero-bordered
@@ -17,10 +17,12 @@ channels-last copies of x (C*(H+2)*(W+2) values per image) and, in the backward,
 weights and two indices per image) and grad_weight shares (one weight's size per image) are
 held at once; the forward keeps one task's columns and
 table per thread instead (and, float32 on AVX2, the weights in panels: their size rounded up
-to 16 filters per group), and the float32 backward on csrc/rowgemm.h (AVX2) one task's grad_y
-panels and a 24-column strip of the columns per thread ((F/groups + 24)*Ho*Wo values) and the
-rows' offsets.  A limit below one image is a MemoryError.  Deterministic: the same
-bits on every run and for any thread count (task sizes depend on the shapes only; no
+to 16 filters per group), and the float32 backward on csrc/rowgemm.h (AVX2) one image's grad_y
+in panels and a 24-column strip of the columns per thread ((F + 24)*Ho*Wo values), the rows'
+offsets and a second bordered plane per chunk image (grad_x's, filled while the first is
+still read).  A limit below one image is a MemoryError.  Deterministic: the same
+bits on every run and for any thread count (task sizes depend on the shapes only, or, where
+the backward runs one task per image, every sum keeps the order of its phases; no
 atomics).
 """
 from __future__ import annotations
@@ -68,11 +70,14 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
         cols, table = n_threads * C * KH * KW * pb, n_threads * RK * pb
     else:   # float32 on rowgemm: per thread one task's gy panels, and the rows' offsets
         Fg = weight.shape[0] // (C // weight.shape[1])
-        pan = max((Fg + 24) * P, _block(P, _POSITIONS) * Fg) if _rowgemm(x.dtype) else 0
+        pan = (max((weight.shape[0] + 24) * P, _block(P, _POSITIONS) * Fg)
+               if _rowgemm(x.dtype) else 0)
         K = weight.size // weight.shape[0]
         fixed = (n_threads * pan * item + (2 * P + Fg) * np.dtype(np.intp).itemsize * (pan > 0)
-                 + weight.shape[0] * -(-K // 24) * 24 * item * (pan > 0))     # + _strips(w2)
-        per_image = (C * plane + C * KH * KW * P + weight.size) * item + RK * P * entry
+                 + weight.shape[0] * -(-K // 16) * 16 * item * (pan > 0))     # + _strips(w2)
+        # (+ with rowgemm: a second plane per image, grad_x's, filled while the first is read)
+        per_image = ((C * plane * (2 if pan else 1) + C * KH * KW * P + weight.size) * item
+                     + RK * P * entry)
     limit = get_workspace_limit()
     if fixed + per_image > limit:
         raise MemoryError(f"{op}: one image's bordered planes, deformable columns and sample "
@@ -93,7 +98,9 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
                  _workspace(n_threads * pan, x.dtype, "deform_panels")[:n_threads * pan],
                  np.concatenate([np.arange(P, dtype=np.intp) * (C * KH * KW),
                                  np.arange(Fg, dtype=np.intp) * 24,
-                                 np.arange(P, dtype=np.intp) * 24]) if pan else _NO_ROWS)
+                                 np.arange(P, dtype=np.intp) * 24]) if pan else _NO_ROWS,
+                 _workspace(chunk * C * plane, x.dtype, "deform_gplanes") if pan else
+                 _NO_MASK[x.dtype].reshape(1))
     return chunk, bufs
 
 
@@ -101,13 +108,13 @@ _NO_ROWS = np.zeros(1, np.intp)
 
 
 def _strips(w2, Fg):
-    """w2 (F, K) -> per weight group, per 24 columns: its (Fg, 24) block, contiguous (the last
-    zero-padded); flat."""
+    """w2 (F, K) -> per weight group, per 16 columns: its (Fg, 16) block, contiguous (the last
+    zero-padded); flat (ck_deform_opgemm_t_f's panels)."""
     F, K = w2.shape
-    ns = -(-K // 24)
-    p = np.zeros((F // Fg, Fg, ns * 24), w2.dtype)
+    ns = -(-K // 16)
+    p = np.zeros((F // Fg, Fg, ns * 16), w2.dtype)
     p[:, :, :K] = w2.reshape(F // Fg, Fg, K)
-    return np.ascontiguousarray(p.reshape(F // Fg, Fg, ns, 24).transpose(0, 2, 1, 3)).reshape(-1)
+    return np.ascontiguousarray(p.reshape(F // Fg, Fg, ns, 16).transpose(0, 2, 1, 3)).reshape(-1)
 
 
 def _opgemm(dtype):

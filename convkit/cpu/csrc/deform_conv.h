@@ -160,22 +160,24 @@ ATTR static void ck_deform_cols_##SUF##_##ISA(const T* xn, const T* mask, ptrdif
                                                                                              \
 /* grad of channels [c0, c1) (within one offset group g and one weight group) of one image's \
    channels-last bordered plane gn (those channels zeroed by the caller): every sample of    \
-   dL/d(sample) gs (the columns' layout, all P rows) adds gs * weight at its four corners,   \
-   positions and taps in order (the same bits for any thread count).  What lands on the      \
-   border (corners outside the image, points outside the range or NaN) is cropped away. */   \
+   positions [p0, p1) of dL/d(sample) gs (the columns' layout, row p at gs + (p - p0)*C*KK)  \
+   adds gs * weight at its four corners, positions and taps in order (calls over consecutive \
+   position ranges in order give the bits of one call over them all, for any thread count).  \
+   What lands on the border (corners outside the image, points outside the range or NaN) is  \
+   cropped away. */                                                                          \
 ATTR static void ck_deform_scatter_##SUF##_##ISA(const T* gs, ptrdiff_t C, ptrdiff_t W,      \
         ptrdiff_t OG, ptrdiff_t Cg, ptrdiff_t KK, ptrdiff_t P, ptrdiff_t c0, ptrdiff_t c1,   \
-        const T* tw, const ptrdiff_t* tb, T* gn)                                             \
+        ptrdiff_t p0, ptrdiff_t p1, const T* tw, const ptrdiff_t* tb, T* gn)                 \
 {                                                                                            \
     const ptrdiff_t g = c0 / (C / OG), wg = c0 / Cg, K = Cg * KK, ldc = C * KK, Wp = W + 2;  \
     ptrdiff_t k, p, c;                                                                       \
-    for (p = 0; p < P; p++)                                                                  \
+    for (p = p0; p < p1; p++)                                                                \
         for (k = 0; k < KK; k++) {                                                           \
             const T* src = gs + wg * K + k * Cg - wg * Cg;                                   \
             const ptrdiff_t t = (g * KK + k) * P + p;                                        \
             const T* u = tw + 6 * t;                                                         \
             const T w0 = u[0], w1 = u[1], w2 = u[2], w3 = u[3];                              \
-            const T* CK_DEFORM_R e = src + p * ldc;                                          \
+            const T* CK_DEFORM_R e = src + (p - p0) * ldc;                                   \
             T* CK_DEFORM_R a0 = gn + tb[t] * C;                                              \
             T* CK_DEFORM_R a1 = a0 + C;                                                      \
             T* CK_DEFORM_R a2 = a0 + Wp * C;                                                 \
@@ -500,6 +502,35 @@ CK_OP_TARGET static void ck_op_avx2(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const
         }
     }
 }
+
+/* The backward's columns' gradient on the same tiles, stored transposed (ck_op_avx2's a and b
+   swapped in meaning): out[j*ldo + i] = (sum over k < K, in order, of a_ik * b[j*ldb + k]) for
+   i < M (columns of the weight group, a in panels of 16 of them), j < N (positions; b: grad_y
+   transposed, one row of K filters per position) -- a tile's 16 sums of one position are one
+   run of out's row.  Each sum is one FMA chain over k from 0, as on csrc/rowgemm.h (the same
+   bits).  Panels outermost: a panel (16*K values) stays in L1 while every row of b meets it. */
+CK_OP_TARGET static void ck_opt_avx2(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* ap,
+        const float* b, ptrdiff_t ldb, float* out, ptrdiff_t ldo)
+{
+    float s[96];
+    ptrdiff_t i0, j0, i, q, m, n;
+    for (i0 = 0; i0 < M; i0 += 16) {
+        m = M - i0 < 16 ? M - i0 : 16;
+        for (j0 = 0; j0 < N; j0 += 6) {
+            n = N - j0 < 6 ? N - j0 : 6;
+            ck_op_6x16(K, ap + i0 * K, b + j0 * ldb, ldb, n, s);
+            for (q = 0; q < n; q++) {
+                float* o = out + (j0 + q) * ldo + i0;
+                if (m == 16) {
+                    _mm256_storeu_ps(o, _mm256_loadu_ps(s + 16 * q));
+                    _mm256_storeu_ps(o + 8, _mm256_loadu_ps(s + 16 * q + 8));
+                } else {
+                    for (i = 0; i < m; i++) o[i] = s[16 * q + i];
+                }
+            }
+        }
+    }
+}
 #endif
 
 /* Panel q of weight group g of the weights w (F x Cg x KK, filters per group Fg) for
@@ -548,6 +579,21 @@ static int ck_deform_opgemm_f(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float
 #endif
     (void)M; (void)N; (void)K; (void)ap; (void)b; (void)ldb; (void)bias; (void)out;
     (void)ldo;
+    return 0;
+}
+
+/* out (N x M, row stride ldo) = b @ a^T by ck_opt_avx2 (ap: a in panels of 16) where the
+   AVX2+FMA kernels run; 0 (nothing done) elsewhere. */
+static int ck_deform_opgemm_t_f(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* ap,
+        const float* b, ptrdiff_t ldb, float* out, ptrdiff_t ldo)
+{
+#ifdef CK_DEFORM_X86
+    if (ck_deform_isa()) {
+        ck_opt_avx2(M, N, K, ap, b, ldb, out, ldo);
+        return 1;
+    }
+#endif
+    (void)M; (void)N; (void)K; (void)ap; (void)b; (void)ldb; (void)out; (void)ldo;
     return 0;
 }
 
