@@ -232,10 +232,21 @@ cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssi
                     ck_shift_d(x + n0 * img + c * H * W, img, nb,
                                (kh * dh - pt) * W + kw * dw - pl, masks + t * nv, nv, dst)
         return
-    _batch_pad(x, img, n0, nb, c0, c1, H, W, pt, pl, Hp, Wp, xp)
     # column stride 2 (_batch_geometry: idx[q] = j*Hp*Wp + h*rs + 2*i): the loops of _gather_s2
     s2 = not unit_stride and Wo > 1 and idx[1] - idx[0] == 2
     rs = idx[Wo] - idx[0] if s2 and HoWo > Wo else 0
+    if s2 and pt == 0 and pl == 0 and Hp <= H and Wp <= W:
+        # no padding and every tap inside x (the 1x1 stride-2 shortcuts): the padded planes
+        # would be x's top-left Hp x Wp corner, so gather from x itself (rows rs // Wp * W
+        # apart, images img apart), without the planes' zero fill and copy
+        for c in range(c0, c1):
+            for kh in range(KH):
+                for kw in range(KW):
+                    _gather_s2(cols + ((c - c0) * KH * KW + kh * KW + kw) * ldcols,
+                               x + n0 * img + c * H * W + kh * dh * W + kw * dw, nb, img,
+                               HoWo // Wo, Wo, rs // Wp * W)
+        return
+    _batch_pad(x, img, n0, nb, c0, c1, H, W, pt, pl, Hp, Wp, xp)
     for c in range(c0, c1):
         for kh in range(KH):
             for kw in range(KW):
