@@ -99,6 +99,68 @@ cdef inline void _scatter_add_row(floating* dst, const floating* src, Py_ssize_t
             dst[i * cs] += src[i]
 
 
+cdef inline void _gather_s2(floating* dst, const floating* src, Py_ssize_t nb, Py_ssize_t HpWp,
+                            Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t rs) noexcept nogil:
+    """dst[(j*Ho + h)*Wo + i] = src[j*HpWp + h*rs + 2*i]: one tap's columns of nb images at
+    column stride 2 (what _gather_row does per output row through the index table), as loops
+    with the small widths' trip counts fixed -- the table's loads and the per-row width tests
+    took ~6-12 instructions a value on the small ResNet's stride-2 convs."""
+    cdef Py_ssize_t j, h, i
+    cdef const floating* r
+    if Wo == 4:
+        for j in range(nb):
+            for h in range(Ho):
+                r = src + j * HpWp + h * rs
+                for i in range(4):
+                    dst[i] = r[2 * i]
+                dst += 4
+    elif Wo == 2:
+        for j in range(nb):
+            for h in range(Ho):
+                r = src + j * HpWp + h * rs
+                dst[0] = r[0]
+                dst[1] = r[2]
+                dst += 2
+    else:
+        for j in range(nb):
+            for h in range(Ho):
+                r = src + j * HpWp + h * rs
+                for i in range(Wo):
+                    dst[i] = r[2 * i]
+                dst += Wo
+
+
+cdef inline void _scatter_add_s2(floating* dst, const floating* src, Py_ssize_t nb,
+                                 Py_ssize_t HpWp, Py_ssize_t Ho, Py_ssize_t Wo,
+                                 Py_ssize_t rs) noexcept nogil:
+    """The adjoint of _gather_s2: dst[j*HpWp + h*rs + 2*i] += src[(j*Ho + h)*Wo + i].  Within
+    one tap no two columns meet the same value, so each value's sum keeps the taps' order (the
+    same bits as the table's loop)."""
+    cdef Py_ssize_t j, h, i
+    cdef floating* r
+    if Wo == 4:
+        for j in range(nb):
+            for h in range(Ho):
+                r = dst + j * HpWp + h * rs
+                for i in range(4):
+                    r[2 * i] += src[i]
+                src += 4
+    elif Wo == 2:
+        for j in range(nb):
+            for h in range(Ho):
+                r = dst + j * HpWp + h * rs
+                r[0] += src[0]
+                r[2] += src[1]
+                src += 2
+    else:
+        for j in range(nb):
+            for h in range(Ho):
+                r = dst + j * HpWp + h * rs
+                for i in range(Wo):
+                    r[2 * i] += src[i]
+                src += Wo
+
+
 cdef void _batch_pad(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssize_t nb,
                      Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t H, Py_ssize_t W, Py_ssize_t pt,
                      Py_ssize_t pl, Py_ssize_t Hp, Py_ssize_t Wp, floating* xp) noexcept nogil:
@@ -151,8 +213,8 @@ cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssi
     (a = kh*dh - pt, b = kw*dw - pl) or padding, so each tap's columns of an image are masked
     vector loads straight from x (masks[tap * nv + v]: which lanes of vector v read x) -- no
     padded planes, no index table."""
-    cdef bint shifted = masks != NULL
-    cdef Py_ssize_t lx = nb * Hp * Wp, c, kh, kw, q, j, HoWo = L // nb, cs
+    cdef bint shifted = masks != NULL, s2
+    cdef Py_ssize_t lx = nb * Hp * Wp, c, kh, kw, q, j, HoWo = L // nb, cs, rs
     cdef floating* dst
     cdef const floating* src
     cdef Py_ssize_t nv, t
@@ -170,6 +232,20 @@ cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssi
                     ck_shift_d(x + n0 * img + c * H * W, img, nb,
                                (kh * dh - pt) * W + kw * dw - pl, masks + t * nv, nv, dst)
         return
+    # column stride 2 (_batch_geometry: idx[q] = j*Hp*Wp + h*rs + 2*i): the loops of _gather_s2
+    s2 = not unit_stride and Wo > 1 and idx[1] - idx[0] == 2
+    rs = idx[Wo] - idx[0] if s2 and HoWo > Wo else 0
+    if s2 and pt == 0 and pl == 0 and Hp <= H and Wp <= W:
+        # no padding and every tap inside x (the 1x1 stride-2 shortcuts): the padded planes
+        # would be x's top-left Hp x Wp corner, so gather from x itself (rows rs // Wp * W
+        # apart, images img apart), without the planes' zero fill and copy
+        for c in range(c0, c1):
+            for kh in range(KH):
+                for kw in range(KW):
+                    _gather_s2(cols + ((c - c0) * KH * KW + kh * KW + kw) * ldcols,
+                               x + n0 * img + c * H * W + kh * dh * W + kw * dw, nb, img,
+                               HoWo // Wo, Wo, rs // Wp * W)
+        return
     _batch_pad(x, img, n0, nb, c0, c1, H, W, pt, pl, Hp, Wp, xp)
     for c in range(c0, c1):
         for kh in range(KH):
@@ -181,6 +257,8 @@ cdef void _batch_im2col(const floating* x, Py_ssize_t img, Py_ssize_t n0, Py_ssi
                     while q < L:
                         _copy_short(dst + q, src + idx[q], Wo)
                         q = q + Wo
+                elif s2:
+                    _gather_s2(dst, src, nb, Hp * Wp, HoWo // Wo, Wo, rs)
                 else:       # output rows of Wo columns, cs apart in the padded plane
                     cs = idx[1] - idx[0] if Wo > 1 else 1
                     q = 0
@@ -198,10 +276,13 @@ cdef void _batch_col2im(const floating* cols, Py_ssize_t L, Py_ssize_t nb, Py_ss
     is added into padded planes xp (C, nb*Hp*Wp) through the same index table, taps in order,
     then each image's planes are cropped into gx (image j at gx + j*img, channel c at c*H*W;
     input pixels no tap reads get 0).  Fixed order: the same bits every run."""
-    cdef Py_ssize_t HpWp = Hp * Wp, lx = nb * HpWp, c, kh, kw, q, j, h, r, lo, up, cs
+    cdef Py_ssize_t HpWp = Hp * Wp, lx = nb * HpWp, c, kh, kw, q, j, h, r, lo, up, cs, rs
+    cdef Py_ssize_t HoWo = L // nb
+    cdef bint s2 = not unit_stride and Wo > 1 and idx[1] - idx[0] == 2
     cdef floating* dst
     cdef const floating* src
     cdef floating* g
+    rs = idx[Wo] - idx[0] if s2 and HoWo > Wo else 0
     memset(xp, 0, C * lx * sizeof(floating))
     for c in range(C):
         for kh in range(KH):
@@ -213,6 +294,8 @@ cdef void _batch_col2im(const floating* cols, Py_ssize_t L, Py_ssize_t nb, Py_ss
                     while q < L:
                         _add_short(dst + idx[q], src + q, Wo)
                         q = q + Wo
+                elif s2:
+                    _scatter_add_s2(dst, src, nb, HpWp, HoWo // Wo, Wo, rs)
                 else:
                     cs = idx[1] - idx[0] if Wo > 1 else 1
                     q = 0

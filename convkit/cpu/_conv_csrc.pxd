@@ -4,7 +4,7 @@ by users; the public plane kernels are in _conv.pxd).  One header per kernel fam
 
     csrc/sgemm.h   the own float32 AVX-512 GEMM (declared in _blas.pxd)
     csrc/vsum.h    float32 sums, short row copies, im2col tap rows, stride-phase planes (AVX-512)
-    csrc/scan8.h   plane_sum's and all_moderate's loops on AVX2 (the same results)
+    csrc/scan8.h   plane_sum's loop on AVX2 (the same results)
     csrc/sdot.h    the dot-product weight gradient's tile loop (AVX-512)
     csrc/wino.h    Winograd F(2x2, 3x3) transforms, 16 tiles / filters per step (AVX-512)
     csrc/wino4.h   Winograd F(4x4, 3x3) row transforms (portable C; AVX2 build by CPUID)
@@ -35,7 +35,6 @@ cdef extern from "csrc/vsum.h" nogil:
 
 cdef extern from "csrc/scan8.h" nogil:
     int ck_sum8_f(const float* p, Py_ssize_t n, double* out)
-    int ck_any_big32(const unsigned int* u, Py_ssize_t n, unsigned int big, int* bad)
 
 
 cdef extern from "csrc/sdot.h" nogil:

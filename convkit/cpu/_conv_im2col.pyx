@@ -15,7 +15,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm, gemm_fixed, gemm_pk, ck_fgemm
-from ._conv_csrc cimport ck_sum_f, ck_sum8_f, ck_any_big32, ck_im2col_taps_f
+from ._conv_csrc cimport ck_sum_f, ck_sum8_f, ck_im2col_taps_f
 from ._conv_common cimport _row_copy, _min, _wo_range
 
 cnp.import_array()
@@ -413,33 +413,27 @@ cdef unsigned int _BIG32 = (127u + 35u) << 23
 cdef unsigned long long _BIG64 = (1023ull + 480ull) << 52
 
 
-cdef bint _any_big32(const unsigned int* u, Py_ssize_t n) noexcept nogil:
-    cdef unsigned int bad = 0
-    cdef Py_ssize_t i
-    cdef int big
-    if ck_any_big32(u, n, _BIG32, &big):      # AVX2 (csrc/scan8.h)
-        return big != 0
-    for i in range(n):
-        bad |= (u[i] & 0x7f800000u) >= _BIG32
-    return bad != 0
+cdef extern from "csrc/moderate.h" nogil:
+    int ck_any_big32(const unsigned int* u, Py_ssize_t n, unsigned int big)
+    int ck_any_big64(const unsigned long long* u, Py_ssize_t n, unsigned long long big)
 
 
-cdef bint _any_big64(const unsigned long long* u, Py_ssize_t n) noexcept nogil:
-    cdef unsigned long long bad = 0
-    cdef Py_ssize_t i
-    for i in range(n):
-        bad |= (u[i] & 0x7ff0000000000000ull) >= _BIG64
-    return bad != 0
+cdef inline bint _any_big32(const unsigned int* u, Py_ssize_t n) noexcept nogil:
+    return ck_any_big32(u, n, _BIG32) != 0
+
+
+cdef inline bint _any_big64(const unsigned long long* u, Py_ssize_t n) noexcept nogil:
+    return ck_any_big64(u, n, _BIG64) != 0
 
 
 def all_moderate(*arrays):
     """True when every value of every array is finite and below 2**35 in magnitude (2**480 for
     float64; the bound above): read as raw bits, the exponent field against a threshold -- NaN
     and inf have the all-ones exponent, so they fail too.  An integer OR-reduction the compiler
-    vectorises, with no floating-point status flags to raise warnings (numpy's sum under
-    np.errstate cost a small conv ~30 us), and one call for all of a conv's operands, reading
-    each array's buffer directly: the typed memoryviews and views this replaced cost more than
-    the scan on LeNet's small maps.  Arrays must be C-contiguous float32 or float64 (what the
+    vectorises (csrc/moderate.h), with no floating-point status flags to raise warnings
+    (numpy's sum under np.errstate cost a small conv ~30 us), and one call for all of a conv's
+    operands, reading each array's buffer directly: the typed memoryviews and views this
+    replaced cost more than the scan on LeNet's small maps.  Arrays must be C-contiguous float32 or float64 (what the
     boundary hands the hooks)."""
     cdef cnp.ndarray a
     cdef Py_ssize_t n

@@ -257,12 +257,32 @@ class BatchNorm2d(Module):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
+# ReLU's forward against a zero array, not the scalar 0: NumPy's maximum against a scalar runs a
+# loop about 2-3x slower than against an array ((64, 16, 8, 8) float32: 34 vs 15 us of one core),
+# and the values are the same bits (-0 gives +0, a NaN stays the same NaN).  One flat zero buffer
+# per array module, dtype and device; arrays above _ZEROS_MAX elements keep the scalar (no large
+# buffer is held).
+_ZEROS_MAX = 1 << 18
+_zero_buffers: dict = {}
+
+
+def _relu(xp, x):
+    n = x.size
+    if n > _ZEROS_MAX:
+        return xp.maximum(x, 0)
+    key = (xp.__name__, x.dtype.str, str(getattr(x, "device", "")))
+    z = _zero_buffers.get(key)
+    if z is None:
+        z = _zero_buffers[key] = xp.zeros(_ZEROS_MAX, x.dtype)
+    return xp.maximum(x, z[:n].reshape(x.shape))
+
+
 class ReLU(Module):
     """max(x, 0); the gradient at 0 is 0 (torch)."""
 
     def forward(self, x):
         check_float_input("ReLU", x)
-        y = self.xp.maximum(x, 0)    # NaN stays NaN, as in torch
+        y = _relu(self.xp, x)    # NaN stays NaN, as in torch
         self._push(y)
         return y
 
@@ -553,11 +573,13 @@ class ResidualBlock(Module):
     def forward(self, x):
         h = self.relu1.forward(self.bn1.forward(self.conv1.forward(x)))
         h = self.bn2.forward(self.conv2.forward(h))
-        return self.relu2.forward(h + self.shortcut.forward(x))
+        h += self.shortcut.forward(x)      # (h: batch norm's new output, no one else's array)
+        return self.relu2.forward(h)
 
     def backward(self, grad_y):
         g = self.relu2.backward(grad_y)
         gs = self.shortcut.backward(g)
         gm = self.conv1.backward(self.bn1.backward(self.relu1.backward(
             self.conv2.backward(self.bn2.backward(g)))))
-        return gm + gs
+        gm += gs            # (gm: the conv's new grad_x)
+        return gm

@@ -1,0 +1,56 @@
+"""ReLU's forward runs np.maximum against a cached zero array (faster than the scalar 0): the
+same bits as np.maximum(x, 0) for every value class, layout and size, and the residual block's
+in-place sums give the same bits as the out-of-place ones."""
+import numpy as np
+import pytest
+
+import convkit
+import convkit.nn as nn
+from convkit.nn import layers
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(64, 16, 8, 8), (3, 5), (1,), (0, 4), (700, 400)])
+def test_relu_forward_bits(dtype, shape):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    if x.size >= 6:
+        x.flat[:6] = [-0.0, 0.0, np.nan, -np.nan, np.inf, -np.inf]
+    for arr in (x, x.T, x[..., ::2]):
+        r = nn.ReLU()
+        y = r.forward(arr)
+        ref = np.maximum(arr, 0)
+        assert y.dtype == ref.dtype and y.shape == ref.shape
+        assert y.tobytes() == ref.tobytes()
+        g = rng.standard_normal(arr.shape).astype(dtype)
+        assert r.backward(g).tobytes() == (g * (ref != 0)).tobytes()
+    assert (x.size > layers._ZEROS_MAX) == (shape == (700, 400))
+
+
+def test_relu_zero_buffer_untouched():
+    x = -np.ones((4, 4), np.float32)
+    y = nn.ReLU().forward(x)
+    y += 5      # the caller owns y: the shared zero buffer must not change
+    assert all((z == 0).all() for z in layers._zero_buffers.values())
+
+
+def test_residual_block_bits_match_out_of_place():
+    """The block's forward / backward against the same children composed by hand with
+    out-of-place adds."""
+    with convkit.use_backend("cpu"):
+        rng = np.random.default_rng(1)
+        for cin, cout, stride in ((8, 8, 1), (8, 16, 2)):
+            blk = nn.ResidualBlock(cin, cout, stride, seed=3)
+            x = rng.standard_normal((4, cin, 8, 8)).astype(np.float32)
+            y = blk.forward(x)
+            gy = rng.standard_normal(y.shape).astype(np.float32)
+            gx = blk.backward(gy)
+            h = blk.relu1.forward(blk.bn1.forward(blk.conv1.forward(x)))
+            h = blk.bn2.forward(blk.conv2.forward(h))
+            y2 = np.maximum(h + blk.shortcut.forward(x), 0)
+            g = gy * (y2 != 0)
+            gs = blk.shortcut.backward(g)
+            gm = blk.conv1.backward(blk.bn1.backward(blk.relu1.backward(
+                blk.conv2.backward(blk.bn2.backward(g)))))
+            assert y.tobytes() == y2.tobytes()
+            assert gx.tobytes() == (gm + gs).tobytes()
