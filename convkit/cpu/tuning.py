@@ -308,6 +308,8 @@ SUBPIXEL_POSITIONS = 240
 # (computing a few dropped columns at the tile's speed beats rowgemm's narrow tail).
 SUBPIXEL_SHIFT_BYTES = 384 * 1024
 SUBPIXEL_TILE = 24
+# Taps per rowgemm pass of the shifted layout (its panels' shifted B rows take more of L1):
+# 128 and one pass (256) not told apart under load (bench/convt_subpixel_ab.py).
 SUBPIXEL_SHIFT_KC = 128
 
 # ----------------------------------------------------------------------------- dot weight gradient
