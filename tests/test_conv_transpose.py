@@ -438,6 +438,66 @@ def _pad4(p):
     return (ph, ph, pw, pw)
 
 
+# float32 with Cg a multiple of 4 on rowgemm: each phase reads its windows at its own shift
+# (conv_plan.subpixel_shifted) -- the same values as the common windows, bit for bit, on any
+# team and rows per task (short last tasks: a row's reads past its end must find zeros).
+SHIFTED = {
+    "k4_s2_p1": ((3, 6, 21, 17), 8, (4, 4), dict(stride=2, padding=1, output_padding=1)),
+    "k6x4_s3x2": ((2, 5, 9, 8), 4, (6, 4), dict(stride=(3, 2), padding=(4, 0))),
+    "groups2_s2x3": ((2, 8, 12, 13), 8, (4, 6), dict(stride=(2, 3), padding=(1, 2),
+                                                       output_padding=(1, 2), groups=2)),
+    "k8_s4_p5": ((2, 8, 9, 9), 4, (8, 8), dict(stride=4, padding=5, output_padding=3)),
+    "k1_s2": ((2, 4, 9, 10), 4, (1, 1), dict(stride=2, output_padding=1)),   # a phase no taps
+    "k3_s2_dil2": ((2, 4, 9, 10), 4, (3, 3), dict(stride=2, padding=1, dilation=2)),
+}
+
+
+@pytest.mark.parametrize("name", list(SHIFTED))
+def test_cpu_subpixel_shifted_layout_same_bits_as_common_windows(torch, any_waste, name):
+    from convkit.cpu import _conv_phases
+
+    if any_waste._OWN_SGEMM or not _conv_phases.rowgemm_available():
+        pytest.skip("the shifted layout runs on csrc/rowgemm.h (BLAS machines with AVX2)")
+    xs, cog, (kh, kw_), kw = SHIFTED[name]
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal((xs[1], cog, kh, kw_)).astype(np.float32)
+    b = rng.standard_normal(cog * kw.get("groups", 1)).astype(np.float32)
+    want = torch.nn.functional.conv_transpose2d(torch.tensor(x, dtype=torch.float64),
+                                                torch.tensor(w, dtype=torch.float64),
+                                                torch.tensor(b, dtype=torch.float64),
+                                                **kw).numpy()
+
+    def steps():
+        return [hit[3].grad_x for hit in any_waste._plans.values()
+                if hit[3].grad_x is not None and hit[3].grad_x.algo == "subpixel"]
+
+    ys = []
+    for n in (1, 2, 3):
+        convkit.set_num_threads(n)
+        any_waste._plans.clear()
+        y = run("cpu", F.conv_transpose2d_forward, x, w, b, **kw)
+        (step,) = steps()
+        srows = step.params["srows"]
+        assert srows > 0
+        np.testing.assert_allclose(y, want, **_tol(np.float32))
+        ys.append(y)
+        for r in range(1, srows + 1):                   # fewer rows per task: short tasks
+            step.params["srows"] = r
+            # (NaN in the scratch: a read the layout does not fill shows)
+            any_waste._workspace(4 * step.params["per_thread"], np.float32).fill(np.nan)
+            ys.append(run("cpu", F.conv_transpose2d_forward, x, w, b, **kw))
+        step.params["srows"] = 0                        # the common windows
+        ys.append(run("cpu", F.conv_transpose2d_forward, x, w, b, **kw))
+        step.params["srows"] = srows
+    for y in ys[1:]:
+        np.testing.assert_array_equal(y, ys[0])
+    # more rows per task than the planned workspace holds: refused, not overrun
+    step.params["srows"] = 10 ** 6
+    with pytest.raises(ValueError, match="ws holds"):
+        run("cpu", F.conv_transpose2d_forward, x, w, b, **kw)
+
+
 @pytest.mark.parametrize("xs, k, kw", [
     ((2, 6, 9, 10), 4, dict(stride=2, padding=1)),
     ((2, 5, 9, 11), 2, dict(stride=2, output_padding=1)),      # odd rows: one phase longer

@@ -146,6 +146,9 @@ cdef extern from "csrc/rowgemm.h" nogil:
     int ck_rowgemm_available()
     int ck_rowgemm_f(Py_ssize_t P, Py_ssize_t L, Py_ssize_t K, const float* wt, const float* b,
                      const Py_ssize_t* boff, float* out, Py_ssize_t ldo)
+    int ck_rowgemm_shift_f(Py_ssize_t P, Py_ssize_t L, Py_ssize_t K, const float* wt,
+                           const float* b, const Py_ssize_t* boff, const Py_ssize_t* pbase,
+                           float* out, Py_ssize_t ldo, Py_ssize_t kc)
     int ck_rowgemm_kc_f(Py_ssize_t P, Py_ssize_t L, Py_ssize_t K, const float* wt,
                         const float* b, const Py_ssize_t* boff, float* out, Py_ssize_t ldo,
                         Py_ssize_t kc)

@@ -15,6 +15,7 @@ from ._blas cimport ck_sgemm_apacked_rows, gemm_fixed
 from ._conv_csrc cimport (ck_phases_f, ck_rg_interleave2, ck_rg_pad_rows, ck_rg_panel4,
                           ck_rg_to_cl, ck_rowgemm_available,
                           ck_rowgemm_f, ck_rowgemm_kc_f, ck_rowgemm_pass_f,
+                          ck_rowgemm_shift_f,
                           ck_stem_forward_f, ck_stem_wdot_f, ck_stem_wino_filters,
                           ck_stem_wino_offsets, ck_stem_wino_floats,
                           ck_stem_wino_forward_f, ck_stem_wgrad_taps,
@@ -156,7 +157,9 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
                            Py_ssize_t vhi, const Py_ssize_t[::1] emin_h,
                            const Py_ssize_t[::1] emin_w, const Py_ssize_t[::1] boff,
                            Py_ssize_t rows, int n_threads, const floating[::1] bias,
-                           bint has_bias):
+                           bint has_bias, const Py_ssize_t[::1] pbase, Py_ssize_t Wd,
+                           Py_ssize_t srow0, Py_ssize_t scol0, Py_ssize_t sdeep,
+                           Py_ssize_t sslack, Py_ssize_t stile, Py_ssize_t skc):
     """grad_x (OUT: gx, every value written) of a strided conv from grad_y, by output phases.
 
     Phase (qh, qw) of gx -- gx[:, :, qh::sh, qw::sw] -- is a stride-1 correlation of grad_y:
@@ -177,39 +180,71 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
     for BLAS.  ws_per_thread >= Fg*(rows + Th - 1)*Wp + Tw - 1 + (Fg*Th*Tw + sh*sw*Cg)*rows*Wp
     (conv_plan.plan_subpixel).  has_bias: bias[channel] is added to each gx row as it is
     written (conv_transpose2d's bias; the same bits as adding it after).
+
+    Shifted (pbase not empty: float32 on rowgemm, Cg a multiple of 4; conv_plan
+    subpixel_shifted): the windows are not common.  The GEMM's columns are the phase
+    positions (i, j) themselves -- ulo = vlo = 0, emin_* zeros, [0, uhi) the phase rows,
+    [0, vhi) the phase columns -- computed Wd wide, panel p/4 reading the slab from its
+    phase's shift pbase[p/4]; the slab (rows + Th - 1 + sdeep rows of each of the Fg planes,
+    then sslack zeros) holds grad_y from row srow0 + i0, column scol0 (one row more where the
+    task is short: a row's reads past its end find the next row's first columns, zeros).  A
+    task's columns are rounded up to a multiple of stile (rowgemm's full tiles; the extra ones
+    dropped), its result rows that far apart.  Each value is the same chain of the same
+    products as in the common windows: the same bits, on fewer columns.
     """
     cdef Py_ssize_t N = gx.shape[0], H = gx.shape[2], W = gx.shape[3]
     cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3]
     cdef Py_ssize_t Fg = gy.shape[1] // G, Cg = gx.shape[1] // G
-    cdef Py_ssize_t Hu = uhi - ulo, Wu = vhi - vlo, Wp = Wu + Tw - 1
-    cdef Py_ssize_t SP = (rows + Th - 1) * Wp       # a slab plane
+    cdef bint shifted = pbase.shape[0] > 0
+    cdef Py_ssize_t Hu = uhi - ulo, Wu = vhi - vlo
+    cdef Py_ssize_t Wp = Wd if shifted else Wu + Tw - 1
+    cdef Py_ssize_t deep = Th - 1 + (sdeep if shifted else 0)      # slab rows past a task's
+    cdef Py_ssize_t slack = sslack if shifted else Tw - 1          # zeros past the slab
+    cdef Py_ssize_t SP = (rows + deep) * Wp         # a slab plane
     cdef Py_ssize_t nrb = (Hu + rows - 1) // rows
     cdef bint direct = floating is float and wpan.shape[0] > 0
-    cdef Py_ssize_t t, n, g, h0, hr, L, f, k, p, qh, c, r, i, ih, j
+    cdef Py_ssize_t t, n, g, h0, hr, L, ldo, nr, f, k, p, qh, c, r, i, ih, j
     cdef floating bv
     cdef floating* grow
     cdef floating* slab
     cdef floating* cols
     cdef floating* out
+    cdef Py_ssize_t need = Fg * SP + slack + (
+        P * ((rows * Wp + stile - 1) // stile * stile) if shifted else (K + P) * rows * Wp)
+    if ws_per_thread < need or ws.shape[0] < n_threads * ws_per_thread:
+        raise ValueError(f"conv2d_grad_x_subpixel: ws holds {ws.shape[0]} values, "
+                         f"{n_threads} threads need {need} each")
     with nogil:
         for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
             n = t // nrb
             h0 = (t - n * nrb) * rows               # window rows u = ulo + h0 + r
             hr = _min(rows, Hu - h0)
             L = hr * Wp
+            ldo = L
+            nr = hr + deep
+            if shifted:
+                ldo = (L + stile - 1) // stile * stile
+                nr = _min(nr + 1, rows + deep)
             slab = &ws[0] + threadid() * ws_per_thread
-            cols = slab + Fg * SP + Tw - 1
-            out = cols + K * L
-            memset(cols - (Tw - 1), 0, (Tw - 1) * sizeof(floating))
+            cols = slab + Fg * SP + slack
+            out = cols + (0 if shifted else K * L)
+            memset(cols - slack, 0, slack * sizeof(floating))
             for g in range(G):
                 for f in range(Fg):
-                    if direct:              # (float32 where csrc/rowgemm.h runs)
+                    if shifted:
+                        ck_rg_pad_rows(<const float*>&gy[n, g * Fg + f, 0, 0], Ho, Wo,
+                                       srow0 + h0, nr, scol0, Wp, <float*>slab + f * SP)
+                    elif direct:            # (float32 where csrc/rowgemm.h runs)
                         ck_rg_pad_rows(<const float*>&gy[n, g * Fg + f, 0, 0], Ho, Wo, ulo + h0,
                                        hr + Th - 1, vlo, Wp, <float*>slab + f * SP)
                     else:
                         _padded_rows(&gy[n, g * Fg + f, 0, 0], Ho, Wo, ulo + h0, hr + Th - 1,
                                      vlo, Wp, slab + f * SP)
-                if not (direct and _rowgemm(P, L, K, &wpan[g, 0], slab, &boff[0], out)):
+                if shifted:
+                    if floating is float:
+                        ck_rowgemm_shift_f(P, ldo, K, &wpan[g, 0], slab, &boff[0], &pbase[0],
+                                           out, ldo, skc)
+                elif not (direct and _rowgemm(P, L, K, &wpan[g, 0], slab, &boff[0], out)):
                     for k in range(K):
                         memcpy(cols + k * L, slab + boff[k], L * sizeof(floating))
                     gemm_fixed(False, False, P, L, K, <floating>1, &wsub[g, 0, 0], K, cols, L,
@@ -224,12 +259,13 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
                             continue
                         grow = &gx[n, g * Cg + c, ih, 0]
                         if direct and sw == 2 and _interleave2_f(
-                                <float*>grow, <const float*>out + (qh * sw * Cg + c) * L + r * Wp,
-                                Cg * L, W, Wu, vlo, &emin_w[0], has_bias,
+                                <float*>grow,
+                                <const float*>out + (qh * sw * Cg + c) * ldo + r * Wp,
+                                Cg * ldo, W, Wu, vlo, &emin_w[0], has_bias,
                                 <float>bias[g * Cg + c] if has_bias else 0):
                             continue                # (bias added on the way)
-                        _interleave_row(grow, out + (qh * sw * Cg + c) * L + r * Wp, Cg * L, sw,
-                                        W, Wu, vlo, &emin_w[0])
+                        _interleave_row(grow, out + (qh * sw * Cg + c) * ldo + r * Wp, Cg * ldo,
+                                        sw, W, Wu, vlo, &emin_w[0])
                         if has_bias:                # (the row is still in L1)
                             bv = bias[g * Cg + c]
                             for j in range(W):

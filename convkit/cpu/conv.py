@@ -301,6 +301,28 @@ def _subpixel_geometry(s):
     return Th, Tw, ulo, uhi, vlo, vhi, eh, ew, th, tw
 
 
+_NO_BASE = np.zeros(0, np.intp)
+
+
+@functools.lru_cache(maxsize=8)
+def _zeros_intp(n):
+    z = np.zeros(n, np.intp)
+    z.flags.writeable = False
+    return z
+
+
+@functools.lru_cache(maxsize=64)
+def _subpixel_bases(s):
+    """Per 4-row panel of the shifted sub-pixel GEMM (rows (qh, qw, c), Cg a multiple of 4):
+    the slab offset of its phase's shift (conv_plan.subpixel_shifted)."""
+    *_, eh, ew, _, _ = _subpixel_geometry(s)
+    _, _, Wd, eh_lo, ew_lo, _, _ = P.subpixel_shifted(s)
+    ph = np.arange(0, s.stride[0] * s.stride[1] * s.Cg, 4) // s.Cg
+    b = ((eh[ph // s.stride[1]] - eh_lo) * Wd + ew[ph % s.stride[1]] - ew_lo).astype(np.intp)
+    b.flags.writeable = False
+    return b
+
+
 @functools.lru_cache(maxsize=64)
 def _subpixel_offsets(Fg, Th, Tw, rows, Wp):
     """Offset of tap (f, dr, dc)'s run in a sub-pixel task's slab (Fg planes of rows + Th - 1
@@ -679,8 +701,15 @@ def _bwd_subpixel(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw, bias=N
     p = step.params
     G, P_, K = s.groups, s.stride[0] * s.stride[1] * s.Cg, (s.F // s.groups) * Th * Tw
     w0 = np.append(weight.reshape(-1), weight.dtype.type(0))
+    rows, Wp, pbase, shift = p["rows"], vhi - vlo + Tw - 1, _NO_BASE, (0, 0, 0, 0, 1, 1)
     if x.dtype == np.float32 and _ROWGEMM and P_ % 4 == 0:     # (csrc/rowgemm.h's panels)
         wpan, wsub = w0.take(_subpixel_index(s, True)), np.zeros((0, 1, 1), x.dtype)
+        if p["srows"]:                  # each phase at its own shift: fewer columns
+            I, J, Wd, eh_lo, ew_lo, deep, spread_w = P.subpixel_shifted(s)
+            pbase, eh, ew = _subpixel_bases(s), _zeros_intp(s.stride[0]), _zeros_intp(s.stride[1])
+            rows, Wp, ulo, uhi, vlo, vhi = p["srows"], Wd, 0, I, 0, J
+            tile = _T.SUBPIXEL_TILE
+            shift = (eh_lo, ew_lo, deep, spread_w + Tw - 1 + tile - 1, tile, p["skc"])
     else:
         wpan, wsub = _NO_PACK, w0.take(_subpixel_index(s, False))
     ws = _workspace(step.threads * p["per_thread"], x.dtype)
@@ -688,11 +717,11 @@ def _bwd_subpixel(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw, bias=N
     with _blas_pin(x.dtype) if wpan is _NO_PACK else _no_pin:
         _phases.conv2d_grad_x_subpixel(gy, G, P_, K, wsub, wpan, gx, ws, p["per_thread"],
                                        s.stride[0], s.stride[1], Th, Tw, ulo, uhi, vlo, vhi, eh, ew,
-                                       _subpixel_offsets(s.F // s.groups, Th, Tw, p["rows"],
-                                                         vhi - vlo + Tw - 1),
-                                       p["rows"], step.threads,
+                                       _subpixel_offsets(s.F // s.groups, Th, Tw,
+                                                         rows + shift[2], Wp),
+                                       rows, step.threads,
                                        bias if bias is not None else np.zeros(1, x.dtype),
-                                       bias is not None)
+                                       bias is not None, pbase, Wp, *shift)
 
 
 def _bwd_weight_dot(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):

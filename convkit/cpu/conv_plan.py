@@ -930,6 +930,63 @@ def subpixel_axis(n, k, s, p, d):
     return span, lo, hi, tuple(emin)
 
 
+def subpixel_shifted(s: ConvShape):
+    """The sub-pixel grad_x's layout where each phase reads its windows at its own shift
+    (csrc/rowgemm.h's per-panel bases: float32, Cg a multiple of 4): (I, J, Wd, eh_lo, ew_lo,
+    spread_h, spread_w).  The GEMM's columns are the I x J phase positions (i, j), rows
+    computed Wd wide; phase (qh, qw) reads grad_y from row i + emin_h[qh], column
+    j + emin_w[qw].  The slab starts at grad_y row i0 + eh_lo, column ew_lo (the least shifts;
+    spread_*: the largest less the least), so it is spread_h rows deeper than the common
+    windows.  Wd: J + spread_w + Tw - 1, less the z columns a row may read past its end into
+    the next row's first z -- zeros (columns left of grad_y) where its own would be zeros too
+    (right of grad_y): the common windows' edge rows and columns, which only some phases use
+    (29 x 30 positions for 28 x 28 on convt_28), become 28 x 29."""
+    out = []
+    for n, k, st, p, d, m in ((s.H, s.KH, s.stride[0], s.padding[0], s.dilation[0], s.out[0]),
+                              (s.W, s.KW, s.stride[1], s.padding[2], s.dilation[1], s.out[1])):
+        T, _, _, emin = subpixel_axis(n, k, st, p, d)
+        out.append((ceil_div(n, st), T, min(emin), max(emin) - min(emin), m))
+    (I, _, eh_lo, spread_h, _), (J, Tw, ew_lo, spread_w, Wo) = out
+    full = J + spread_w + Tw - 1
+    z = max(0, min(-ew_lo, full - max(J, Wo - ew_lo)))
+    return I, J, full - z, eh_lo, ew_lo, spread_h, spread_w
+
+
+def subpixel_shifted_floats(s: ConvShape, rows):
+    """Workspace floats per thread of the shifted sub-pixel grad_x at ``rows`` phase rows per
+    task: the slab (Fg planes), its zeros after (past the windows and the columns rounded up
+    to rowgemm's tile, tuning.SUBPIXEL_TILE), the GEMM's result (those columns)."""
+    _, _, Wd, _, _, spread_h, spread_w = subpixel_shifted(s)
+    Th, Tw = subpixel_axis(s.H, s.KH, s.stride[0], s.padding[0], s.dilation[0])[0], \
+        subpixel_axis(s.W, s.KW, s.stride[1], s.padding[2], s.dilation[1])[0]
+    return ((s.F // s.groups) * (rows + Th - 1 + spread_h) * Wd + spread_w + Tw - 1
+            + T.SUBPIXEL_TILE - 1
+            + s.stride[0] * s.stride[1] * s.Cg * ceil_div(rows * Wd, T.SUBPIXEL_TILE)
+            * T.SUBPIXEL_TILE)
+
+
+def subpixel_shifted_rows(s: ConvShape, n_threads):
+    """(phase rows per task, workspace floats per thread) of the shifted sub-pixel grad_x:
+    of the row counts whose task fits tuning.SUBPIXEL_SHIFT_BYTES and that leave
+    tuning.PHASES_TASKS_PER_THREAD tasks per thread (where the batch has them), the one that
+    computes the fewest columns, each task's rounded up to rowgemm's tile (the fewest rows
+    on a tie).  The columns are rowgemm's alone (each value one chain whatever the task): the
+    rows may follow the team."""
+    I, _, Wd, *_ = subpixel_shifted(s)
+    tile = T.SUBPIXEL_TILE
+    want = min(T.PHASES_TASKS_PER_THREAD * n_threads, s.N * I)
+    best = None
+    for r in range(1, I + 1):
+        nb = ceil_div(I, r)
+        if r > 1 and (s.N * nb < want
+                      or subpixel_shifted_floats(s, r) * 4 > T.SUBPIXEL_SHIFT_BYTES):
+            continue
+        cols = (I // r) * ceil_div(r * Wd, tile) + ceil_div((I % r) * Wd, tile)
+        if best is None or cols < best[0]:
+            best = (cols, r)
+    return best[1], subpixel_shifted_floats(s, best[1])
+
+
 def plan_subpixel(s: ConvShape, itemsize, own_gemm, pointwise, n_threads, limit):
     """(threads, window starts per task, workspace elements per thread) of the sub-pixel
     grad_x, or None where it does not apply or fit.  It runs the sh*sw phases of grad_x as one
@@ -937,7 +994,9 @@ def plan_subpixel(s: ConvShape, itemsize, own_gemm, pointwise, n_threads, limit)
     transposed conv's true multiplies when each phase has all of a window's taps (the kernel a
     multiple of the stride, dilation 1), and no col2im scatter; tuning.SUBPIXEL_MAX_WASTE
     bounds the window's zero taps.  On BLAS only (the own AVX-512 GEMM keeps im2col: not
-    measured there).  The rows per task are set by the layer alone (BLAS bits)."""
+    measured there).  The rows per task are set by the layer alone (BLAS bits).  Float32
+    with Cg a multiple of 4 may take the shifted layout (subpixel_shifted; rowgemm only, its
+    rows per task the 4th value): the workspace serves both."""
     sh, sw = s.stride
     if own_gemm or pointwise or s.stride == (1, 1) or s.H < 1 or s.W < 1:
         return None
@@ -952,9 +1011,13 @@ def plan_subpixel(s: ConvShape, itemsize, own_gemm, pointwise, n_threads, limit)
     Fg = s.F // s.groups
     # grad_y's rows padded, then the columns and the GEMM's result
     per = Fg * (rows + Th - 1) * Wp + Tw - 1 + (Fg * Th * Tw + sh * sw * s.Cg) * rows * Wp
+    srows = 0
+    if itemsize == 4 and s.Cg % 4 == 0:
+        srows, sper = subpixel_shifted_rows(s, n_threads)
+        per = max(per, sper)
     if per * itemsize > limit:
         return None
-    return fit_team(n_threads, per * itemsize, 0, limit), rows, per
+    return fit_team(n_threads, per * itemsize, 0, limit), rows, per, srows
 
 
 def plan_wide(s: ConvShape, Ho, Wo, itemsize, pointwise, limit):
@@ -1155,7 +1218,8 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         if gx is None and not batch_ok(Ho, Wo, pointwise):
             p = plan_subpixel(s, itemsize, own, pointwise, n, limit)
             if p is not None:
-                gx = Step("subpixel", p[0], {"rows": p[1], "per_thread": p[2]})
+                gx = Step("subpixel", p[0], {"rows": p[1], "per_thread": p[2], "srows": p[3],
+                                               "skc": T.SUBPIXEL_SHIFT_KC})
     gx_left = needs_input_grad and gx is None       # still to do by a backward kernel below
     gw = None
     if dot is not None:

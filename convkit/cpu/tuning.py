@@ -303,6 +303,14 @@ SUBPIXEL_MAX_WASTE = (1, 1)
 # GEMM columns (window positions, whole rows of them) per task: the task's slab of grad_y and
 # its result stay in L2.  Not measured in RESULTS.md.
 SUBPIXEL_POSITIONS = 240
+# The shifted layout (float32 on csrc/rowgemm.h, conv_plan.subpixel_shifted): a task's slab and
+# result within this many bytes (L2), its columns rounded up to rowgemm's 24-column tile
+# (computing a few dropped columns at the tile's speed beats rowgemm's narrow tail).
+SUBPIXEL_SHIFT_BYTES = 384 * 1024
+SUBPIXEL_TILE = 24
+# Taps per rowgemm pass of the shifted layout (its panels' shifted B rows take more of L1):
+# 128 and one pass (256) not told apart under load (bench/convt_subpixel_ab.py).
+SUBPIXEL_SHIFT_KC = 128
 
 # ----------------------------------------------------------------------------- dot weight gradient
 # Dot-product grad_weight (float32, own GEMM) up to this many taps per filter; above, the packed

@@ -56,8 +56,10 @@
 
 /* one 4-row panel, columns [j, j + 24), taps [0, K) of w / boff: twelve accumulators, named
  * (an array of them is kept in memory by GCC, a store per multiply-add); acc: go on from the
- * sums already in o (a float32 chain stored and reloaded is the same chain) */
-CK_RG_TARGET static inline void ck_rg_tile3(ptrdiff_t K, const float *w, const float *b,
+ * sums already in o (a float32 chain stored and reloaded is the same chain).  Not inlined:
+ * inlined into ck_rg_pass with per-panel bases, GCC kept the B pointer's parts on the stack
+ * (three more loads per tap) */
+CK_RG_TARGET __attribute__((noinline)) static void ck_rg_tile3(ptrdiff_t K, const float *w, const float *b,
                                             const ptrdiff_t *boff, float *o, ptrdiff_t ldo,
                                             int acc)
 {
@@ -121,33 +123,39 @@ CK_RG_TARGET static inline void ck_rg_narrow(ptrdiff_t K, int R, const float *w0
  * stored sums -- the same chain, so the same bits as one pass -- and each pass runs every
  * column block, so its KC rows of B are read once from memory (K = 0: one pass, zeros) */
 /* one pass: taps [k0, k0 + kc) of K, every panel and column block, going on from the sums in
- * out when k0 > 0 */
+ * out when k0 > 0; pbase (NULL: none): panel p/4 reads B from b + pbase[p/4] (the sub-pixel
+ * grad_x's phases, each its own window shift) */
 CK_RG_TARGET static void ck_rg_pass(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, ptrdiff_t k0,
                                     ptrdiff_t kc, const float *wt, const float *b,
-                                    const ptrdiff_t *boff, float *out, ptrdiff_t ldo)
+                                    const ptrdiff_t *boff, float *out, ptrdiff_t ldo,
+                                    const ptrdiff_t *pbase)
 {
     const int acc = k0 > 0;
     ptrdiff_t j = 0;
     for (; j + 24 <= L; j += 24)
         for (ptrdiff_t p = 0; p < P; p += 4)
-            ck_rg_tile3(kc, wt + p * K + 4 * k0, b + j, boff + k0, out + p * ldo + j, ldo, acc);
+            ck_rg_tile3(kc, wt + p * K + 4 * k0, b + (pbase ? pbase[p / 4] : 0) + j, boff + k0,
+                        out + p * ldo + j, ldo, acc);
     for (; j < L; j += 8) {
         const int n = L - j < 8 ? (int)(L - j) : 8;
-        for (ptrdiff_t p = 0; p < P; p += 8) {
-            const int R = P - p >= 8 ? 8 : 4;
-            ck_rg_narrow(kc, R, wt + p * K + 4 * k0, wt + (p + 4) * K + 4 * k0, b + j,
+        for (ptrdiff_t p = 0; p < P;) {
+            const ptrdiff_t s0 = pbase ? pbase[p / 4] : 0;
+            /* two panels share a B load where they read the same B */
+            const int R = P - p >= 8 && (!pbase || pbase[p / 4 + 1] == s0) ? 8 : 4;
+            ck_rg_narrow(kc, R, wt + p * K + 4 * k0, wt + (p + 4) * K + 4 * k0, b + s0 + j,
                          boff + k0, out + p * ldo + j, ldo, n, acc);
+            p += R;
         }
     }
 }
 
 CK_RG_TARGET static void ck_rowgemm_avx2(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt,
                                          const float *b, const ptrdiff_t *boff, float *out,
-                                         ptrdiff_t ldo, ptrdiff_t KC)
+                                         ptrdiff_t ldo, ptrdiff_t KC, const ptrdiff_t *pbase)
 {
     ptrdiff_t k0 = 0;
     do {
-        ck_rg_pass(P, L, K, k0, K - k0 < KC ? K - k0 : KC, wt, b, boff, out, ldo);
+        ck_rg_pass(P, L, K, k0, K - k0 < KC ? K - k0 : KC, wt, b, boff, out, ldo, pbase);
         k0 += KC;
     } while (k0 < K);
 }
@@ -298,7 +306,21 @@ static int ck_rowgemm_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt, 
 {
     if (P % 4 != 0 || !ck_rowgemm_available())
         return 0;
-    ck_rowgemm_avx2(P, L, K, wt, b, boff, out, ldo, K > 0 ? K : 1);
+    ck_rowgemm_avx2(P, L, K, wt, b, boff, out, ldo, K > 0 ? K : 1, NULL);
+    return 1;
+}
+
+/* ck_rowgemm_kc_f with panel p/4 reading B from b + pbase[p/4]:
+ *   out[p*ldo + j] = sum over k, in order, of wt[...] * b[pbase[p/4] + boff[k] + j]
+ * (each output the same chain as ck_rowgemm_f's on B shifted by its panel's base; the
+ * panels' shifted B rows of a column block take more of L1: kc taps per pass keep them there). */
+static int ck_rowgemm_shift_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt,
+                              const float *b, const ptrdiff_t *boff, const ptrdiff_t *pbase,
+                              float *out, ptrdiff_t ldo, ptrdiff_t kc)
+{
+    if (P % 4 != 0 || kc < 1 || !ck_rowgemm_available())
+        return 0;
+    ck_rowgemm_avx2(P, L, K, wt, b, boff, out, ldo, kc, pbase);
     return 1;
 }
 
@@ -310,7 +332,7 @@ static int ck_rowgemm_kc_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *w
 {
     if (P % 4 != 0 || kc < 1 || !ck_rowgemm_available())
         return 0;
-    ck_rowgemm_avx2(P, L, K, wt, b, boff, out, ldo, kc);
+    ck_rowgemm_avx2(P, L, K, wt, b, boff, out, ldo, kc, NULL);
     return 1;
 }
 
@@ -323,7 +345,7 @@ static int ck_rowgemm_pass_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, ptrdiff_t k0
 {
     if (P % 4 != 0 || kc < 1 || k0 < 0 || k0 + kc > K || !ck_rowgemm_available())
         return 0;
-    ck_rg_pass(P, L, K, k0, kc, wt, b, boff, out, ldo);
+    ck_rg_pass(P, L, K, k0, kc, wt, b, boff, out, ldo, NULL);
     return 1;
 }
 
@@ -378,6 +400,15 @@ static int ck_rowgemm_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt, 
                         const ptrdiff_t *boff, float *out, ptrdiff_t ldo)
 {
     (void)P; (void)L; (void)K; (void)wt; (void)b; (void)boff; (void)out; (void)ldo;
+    return 0;
+}
+
+static int ck_rowgemm_shift_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt,
+                              const float *b, const ptrdiff_t *boff, const ptrdiff_t *pbase,
+                              float *out, ptrdiff_t ldo, ptrdiff_t kc)
+{
+    (void)P; (void)L; (void)K; (void)wt; (void)b; (void)boff; (void)pbase; (void)out;
+    (void)ldo; (void)kc;
     return 0;
 }
 
