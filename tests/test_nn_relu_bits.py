@@ -1,5 +1,6 @@
 """ReLU's forward runs np.maximum against a cached zero array (faster than the scalar 0): the
-same bits as np.maximum(x, 0) for every value class, layout and size, and the residual block's
+same bits as np.maximum(x, 0) for every value class, layout and size; its backward is torch's
+select (0 where the output is 0, whatever the incoming gradient); and the residual block's
 in-place sums give the same bits as the out-of-place ones."""
 import numpy as np
 import pytest
@@ -23,7 +24,8 @@ def test_relu_forward_bits(dtype, shape):
         assert y.dtype == ref.dtype and y.shape == ref.shape
         assert y.tobytes() == ref.tobytes()
         g = rng.standard_normal(arr.shape).astype(dtype)
-        assert r.backward(g).tobytes() == (g * (ref != 0)).tobytes()
+        gx = r.backward(g)
+        assert gx.dtype == g.dtype and gx.tobytes() == np.where(ref != 0, g, 0).tobytes()
     assert (x.size > layers._ZEROS_MAX) == (shape == (700, 400))
 
 
@@ -54,3 +56,20 @@ def test_residual_block_bits_match_out_of_place():
                 blk.conv2.backward(blk.bn2.backward(g)))))
             assert y.tobytes() == y2.tobytes()
             assert gx.tobytes() == (gm + gs).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_backward_matches_torch_on_nonfinite(torch, dtype):
+    """torch's ReLU gradient is 0 wherever the output is 0 -- also for a NaN or inf incoming
+    gradient, and +0 for a negative one -- and passes the gradient where the input is NaN."""
+    x = np.array([-1.0, 0.0, -0.0, 2.0, np.nan, -3.0, 4.0, -5.0, 0.5], dtype)
+    g = np.array([np.nan, np.inf, -np.inf, 1.0, 5.0, -2.0, np.nan, -7.0, np.inf], dtype)
+    r = nn.ReLU()
+    r.forward(x)
+    got = r.backward(g)
+    xt = torch.tensor(x, requires_grad=True)
+    torch.relu(xt).backward(torch.tensor(g))
+    want = xt.grad.numpy()
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+    assert np.array_equal(np.signbit(got), np.signbit(want))

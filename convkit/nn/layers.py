@@ -288,7 +288,10 @@ class ReLU(Module):
 
     def backward(self, grad_y):
         y = self._pop()
-        return grad_y * (y != 0)    # y >= 0 or NaN; NaN passes the gradient, as in torch
+        # torch's rule (threshold_backward): 0 where y <= 0, else grad_y.  y is >= 0 or NaN, so
+        # that is a select on y != 0 -- not grad_y * mask, whose NaN or inf gradients at dead
+        # units gave NaN where torch gives 0 (and -0 where torch gives +0)
+        return self.xp.where(y != 0, grad_y, 0)
 
 
 class LeakyReLU(Module):
