@@ -73,3 +73,20 @@ def test_relu_backward_matches_torch_on_nonfinite(torch, dtype):
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(got, want)
     assert np.array_equal(np.signbit(got), np.signbit(want))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_relu_grad_bits_rule(dtype):
+    """_relu_grad against the select it implements, for every value class of y (+-0, NaN of
+    either sign, tiny and huge values) and of the gradient, float16 taking the select itself."""
+    vals = np.array([0.0, -0.0, np.nan, -np.nan, np.inf, 1e-40, 1e-7, 3.0, 6e4], np.float64)
+    y = np.abs(vals).astype(dtype)
+    y[1] = -0.0
+    y[3] = -np.nan
+    for g in (np.array([np.nan, np.inf, -np.inf, -1.0, -0.0, 2.0, np.nan, -np.inf, 5.0]),
+              -np.arange(9.0)):
+        g = g.astype(dtype)
+        got = layers._relu_grad(np, y, g)
+        want = np.where(y != 0, g, np.zeros((), dtype))
+        assert got.dtype == want.dtype
+        assert got.tobytes() == want.tobytes()
