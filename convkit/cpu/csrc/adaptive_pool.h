@@ -12,6 +12,7 @@
 #include <stddef.h>
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
+#include "cpufeat.h"
 #define CK_AP_SSE2 1
 #endif
 
@@ -118,12 +119,7 @@ CK_AP_AVX2_TARGET static void ck_run_sum8_f_avx2(const float* x, ptrdiff_t n, fl
 /* 1 where ck_run_sum8_f runs (the CPU has AVX2), else 0 */
 static int ck_run_sum8_ok(void)
 {
-    static int ok = -1;     /* (benign race: every thread computes the same value) */
-    if (ok < 0) {
-        __builtin_cpu_init();
-        ok = __builtin_cpu_supports("avx2") != 0;
-    }
-    return ok;
+    return ck_cpu_has_avx2();
 }
 
 static int ck_run_sum8_f(const float* x, ptrdiff_t n, float d, float* y)

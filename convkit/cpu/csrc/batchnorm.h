@@ -186,15 +186,11 @@ CK_BN_RUN_DEFINE(double, d)
    were computed and dropped; x - 0 is x, so the sum has the same bits. */
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
+#include "cpufeat.h"
 #define CK_BN_AVX2 __attribute__((target("avx2")))
 static int ck_bn_avx2_ok(void)
 {
-    static int ok = -1;     /* (benign race: every thread computes the same value) */
-    if (ok < 0) {
-        __builtin_cpu_init();
-        ok = __builtin_cpu_supports("avx2") != 0;
-    }
-    return ok;
+    return ck_cpu_has_avx2();
 }
 
 CK_BN_AVX2 static inline double ck_bn_tree4(__m256d a, __m256d b)

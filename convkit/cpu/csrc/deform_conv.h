@@ -44,6 +44,7 @@
 #define CK_DEFORM_X86 1
 #include <immintrin.h>
 #include "rowgemm.h"
+#include "cpufeat.h"
 #endif
 
 #define CK_DEFORM_BASE(T, SUF)                                                               \
@@ -555,12 +556,7 @@ static int ck_deform_cap = 1;   /* 0: the plain kernels even on AVX2 (tests run 
 static int ck_deform_isa(void)
 {
 #ifdef CK_DEFORM_X86
-    static int known = -1;
-    if (known < 0) {
-        __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return known && ck_deform_cap;
+    return ck_cpu_has_avx2_fma() && ck_deform_cap;
 #else
     return 0;
 #endif

@@ -40,6 +40,7 @@
 #include <immintrin.h>
 #include <pthread.h>
 #include "tr8.h"
+#include "cpufeat.h"
 #else
 #define CK_FG_BUILT 0
 #endif
@@ -85,9 +86,7 @@ static int ck_fgemm_available(void)
          * module has its own copy of this header's statics): BLAS, as on a CPU without AVX2,
          * for tests of that path */
         const char *off = getenv("CONVKIT_DISABLE_FGEMM");
-        __builtin_cpu_init();
-        known = (off != NULL && off[0] != '\0' && off[0] != '0') ? 0
-                : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        known = (off != NULL && off[0] != '\0' && off[0] != '0') ? 0 : ck_cpu_has_avx2_fma();
     }
     return known;
 }

@@ -20,6 +20,7 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#include "cpufeat.h"
 
 #define CK_RG_TARGET __attribute__((target("avx2,fma")))
 
@@ -293,12 +294,7 @@ CK_RG_TARGET static void ck_rg_pad_rows(const float *x, ptrdiff_t H, ptrdiff_t W
 
 static int ck_rowgemm_available(void)
 {
-    static int known = -1;
-    if (known < 0) {
-        __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return known;
+    return ck_cpu_has_avx2_fma();
 }
 
 static int ck_rowgemm_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *wt, const float *b,

@@ -10,15 +10,11 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
+#include "cpufeat.h"
 
 static int ck_scan8_avx2(void)
 {
-    static int known = -1;
-    if (known < 0) {
-        __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx2");
-    }
-    return known;
+    return ck_cpu_has_avx2();
 }
 
 __attribute__((target("avx2"))) static double ck_sum8_f_avx2(const float *p, ptrdiff_t n)

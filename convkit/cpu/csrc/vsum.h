@@ -189,6 +189,7 @@ static int ck_sum_f(const float *p, ptrdiff_t n, double *out)
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
+#include "cpufeat.h"
 /* ck_deinterleave2 on AVX2 (BLAS machines without AVX-512: rowphases' and the stem's planes):
  * 8 values from two loads, a shuffle and a lane permute; the stride-2 scalar loop took a fifth
  * of convt_28's grad_x.  Reads src[q] for q < 2n - 1 only, as ck_deinterleave2. */
@@ -208,12 +209,7 @@ __attribute__((target("avx2"))) static void ck_deinterleave2_avx2(float *dst, co
 
 static int ck_avx2_available(void)
 {
-    static int known = -1;
-    if (known < 0) {
-        __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx2");
-    }
-    return known;
+    return ck_cpu_has_avx2();
 }
 #define CK_DEINTERLEAVE2_AVX2 1
 #else

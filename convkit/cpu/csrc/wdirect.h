@@ -18,16 +18,12 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
+#include "cpufeat.h"
 #define CK_WDIRECT_BUILT 1
 
 static int ck_wdirect_available(void)
 {
-    static int known = -1;
-    if (known < 0) {
-        __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return known;
+    return ck_cpu_has_avx2_fma();
 }
 
 /* xp (C x Hp x Wp) of one image x (C x H x W): x[c, r - pt, q - pl], 0 outside */

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "fgemm.h"      /* ck_w4_gemm_pk's tiles */
+#include "cpufeat.h"
 
 /* B^T d for one column (rows scaled by 2, 2, 2, 1, 2, 2):
  *   2d0 - 3d1 - 4d2 + 3d3 + 2d4,   -2d1 + d2 + 5d3 + 2d4,   2d1 - 5d2 + d3 + 2d4,
@@ -503,18 +504,7 @@ CK_W4_WGRAD_DEFINE(double, d_avx2, 32, __attribute__((target("avx2"))))
 static int ck_w4_allow_avx2 = 1;    /* tests clear it to run the baseline build */
 
 static int ck_w4_avx2(void) {
-    static int known = -1;
-    if (!ck_w4_allow_avx2)
-        return 0;
-    if (known < 0) {
-#ifdef CK_W4_X86
-        __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx2") ? 1 : 0;
-#else
-        known = 0;
-#endif
-    }
-    return known;
+    return ck_w4_allow_avx2 && ck_cpu_has_avx2();
 }
 
 static int ck_w4_set_avx2(int allow) { int old = ck_w4_allow_avx2; ck_w4_allow_avx2 = allow; return old; }
