@@ -441,6 +441,51 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
     }
 #define CK_MA_FWD_ARGS const float* img, ptrdiff_t s0, ptrdiff_t s1, const ptrdiff_t* so,  \
     const float* sw, const int32_t* rel, ptrdiff_t c0, ptrdiff_t c1, float* tb, int32_t* ti
+/* a bin of exactly 4 samples (sampling_ratio 2), the samples unrolled: the same products,
+   sums and tests as CK_MA_FWD_STEP(X, 4, ..), without its per-sample loop and with the
+   bin's offsets and numbers read once; returns the channels done in blocks of 4 vectors */
+#define CK_MA_FWD4_SAMPLE(X, k, FIRST, TAKE, SEL)                                         \
+    {                                                                                     \
+        const float* p1 = im + o[4 * (k)];                                                \
+        const float* p2 = im + o[4 * (k) + 1];                                            \
+        const float* p3 = im + o[4 * (k) + 2];                                            \
+        const float* p4 = im + o[4 * (k) + 3];                                            \
+        const X##_V w1 = X##_SET1(w[4 * (k)]), w2 = X##_SET1(w[4 * (k) + 1]);             \
+        const X##_V w3 = X##_SET1(w[4 * (k) + 2]), w4 = X##_SET1(w[4 * (k) + 3]);         \
+        for (j = 0; j < 4; j++) {                                                         \
+            const X##_V v = CK_MA_FWD_VAL(X, j);                                          \
+            if (FIRST) {                                                                  \
+                bst[j] = v;                                                               \
+                bix[j] = X##_ISET1(0);                                                    \
+            } else {                                                                      \
+                const X##_M m = TAKE(v, bst[j]);                                          \
+                bst[j] = SEL(m, v, bst[j]);                                               \
+                bix[j] = X##_ISEL(m, X##_ISET1(rel[s0 + (k)]), bix[j]);                   \
+            }                                                                             \
+        }                                                                                 \
+    }
+#define CK_MA_FWD4_BODY(X, TAKE, SEL, IST)                                                \
+    {                                                                                     \
+        const ptrdiff_t* o = so + 4 * s0;                                                 \
+        const float* w = sw + 4 * s0;                                                     \
+        ptrdiff_t c;                                                                      \
+        (void)s1;                                                                         \
+        for (c = c0; c + 4 * X##_L <= c1; c += 4 * X##_L) {                               \
+            X##_V bst[4];                                                                 \
+            X##_IV bix[4];                                                                \
+            const float* im = img + c;                                                    \
+            int j;                                                                        \
+            CK_MA_FWD4_SAMPLE(X, 0, 1, TAKE, SEL)                                         \
+            CK_MA_FWD4_SAMPLE(X, 1, 0, TAKE, SEL)                                         \
+            CK_MA_FWD4_SAMPLE(X, 2, 0, TAKE, SEL)                                         \
+            CK_MA_FWD4_SAMPLE(X, 3, 0, TAKE, SEL)                                         \
+            for (j = 0; j < 4; j++) X##_ST(tb + (c - c0) + j * X##_L, bst[j]);            \
+            IST;                                                                          \
+        }                                                                                 \
+        return c;                                                                         \
+    }
+#define CK_MA_FWD4_IST32(X)                                                               \
+    for (j = 0; j < 4; j++) X##_IST(ti + (c - c0) + j * X##_L, bix[j])
 /* _f: for an image without NaN/inf, where no sample value is NaN (weights in [0, 1], so
    every product is finite, and a sum of finite terms that overflows stays one infinity):
    "greater" alone is the same test. */
@@ -453,6 +498,71 @@ __attribute__((target("avx2")))
 static ptrdiff_t ck_ma_fwd_y(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_MA_CK_Y_TAKE, CK_MA_SEL_Y)
 __attribute__((target("avx2")))
 static ptrdiff_t ck_ma_fwd_yf(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_Y_GT, CK_MA_MAX_Y)
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_fwd4_y(CK_MA_FWD_ARGS)
+    CK_MA_FWD4_BODY(CK_Y, CK_MA_CK_Y_TAKE, CK_MA_SEL_Y, CK_MA_FWD4_IST32(CK_Y))
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_fwd4_yf(CK_MA_FWD_ARGS)
+    CK_MA_FWD4_BODY(CK_Y, CK_Y_GT, CK_MA_MAX_Y, CK_MA_FWD4_IST32(CK_Y))
+/* _b: an int8 argmax's numbers (bs + the winner's, which fit an int8: packing never
+   saturates) straight into the bin's row of bytes t8 (channel c at c - c0) */
+#define CK_MA_FWD4_IST8                                                                   \
+    _mm256_storeu_si256(                                                                  \
+        (__m256i*)(t8 + (c - c0)),                                                        \
+        _mm256_permutevar8x32_epi32(                                                      \
+            _mm256_packs_epi16(                                                           \
+                _mm256_packs_epi32(_mm256_add_epi32(bv, bix[0]), _mm256_add_epi32(bv, bix[1])), \
+                _mm256_packs_epi32(_mm256_add_epi32(bv, bix[2]), _mm256_add_epi32(bv, bix[3]))), \
+            _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)))
+#define CK_MA_FWD4B_ARGS const float* img, ptrdiff_t s0, ptrdiff_t s1, const ptrdiff_t* so, \
+    const float* sw, const int32_t* rel, ptrdiff_t c0, ptrdiff_t c1, float* tb, int8_t* t8, \
+    int32_t bs
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_fwd4b_y(CK_MA_FWD4B_ARGS) {
+    const __m256i bv = _mm256_set1_epi32(bs);
+    CK_MA_FWD4_BODY(CK_Y, CK_MA_CK_Y_TAKE, CK_MA_SEL_Y, CK_MA_FWD4_IST8)
+}
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_fwd4b_yf(CK_MA_FWD4B_ARGS) {
+    const __m256i bv = _mm256_set1_epi32(bs);
+    CK_MA_FWD4_BODY(CK_Y, CK_Y_GT, CK_MA_MAX_Y, CK_MA_FWD4_IST8)
+}
+/* (C, nb) bytes from bin-major rows: dst[c*ldd + b] = src[b*lds + c], b < rows, c < cols;
+   blocks of 8 bins x 16 channels in SSE2 registers (three rounds of byte unpacks: vector k
+   ends as channels 2k, 2k+1, 8 bins each), the last block of bins overlapping the one
+   before (it rewrites the same bytes); VEX encodings (non-destructive unpacks, no copies) */
+__attribute__((target("avx2")))
+static void ck_ma_tr_b(const int8_t* src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
+                       int8_t* dst, ptrdiff_t ldd) {
+    ptrdiff_t c = 0, b, i;
+    if (rows >= 8)
+        for (; c + 16 <= cols; c += 16)
+            for (b = 0; b < rows; b += 8) {
+                const ptrdiff_t b8 = b + 8 <= rows ? b : rows - 8;
+                __m128i x[8], t[8], u[8];
+                for (i = 0; i < 8; i++)
+                    x[i] = _mm_loadu_si128((const __m128i*)(src + (b8 + i) * lds + c));
+                for (i = 0; i < 4; i++) {
+                    t[2 * i] = _mm_unpacklo_epi8(x[i], x[i + 4]);
+                    t[2 * i + 1] = _mm_unpackhi_epi8(x[i], x[i + 4]);
+                }
+                for (i = 0; i < 4; i++) {
+                    u[2 * i] = _mm_unpacklo_epi8(t[i], t[i + 4]);
+                    u[2 * i + 1] = _mm_unpackhi_epi8(t[i], t[i + 4]);
+                }
+                for (i = 0; i < 4; i++) {
+                    x[2 * i] = _mm_unpacklo_epi8(u[i], u[i + 4]);
+                    x[2 * i + 1] = _mm_unpackhi_epi8(u[i], u[i + 4]);
+                }
+                for (i = 0; i < 8; i++) {
+                    _mm_storel_epi64((__m128i*)(dst + (c + 2 * i) * ldd + b8), x[i]);
+                    _mm_storeh_pd((double*)(dst + (c + 2 * i + 1) * ldd + b8),
+                                  _mm_castsi128_pd(x[i]));
+                }
+            }
+    for (; c < cols; c++)
+        for (b = 0; b < rows; b++) dst[c * ldd + b] = src[b * lds + c];
+}
 #endif
 
 /* One RoI's sample table (see above) from its axis taps; sf: nb + 1 entries, so/sw: 4 per
@@ -589,25 +699,42 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
     int32_t* tri = (int32_t*)(ti + nb * CK_LD);
     int8_t* t8 = (int8_t*)(tri + nb * CK_CHUNK);
     float* tr = (float*)((int64_t*)(ti + nb * CK_LD) + nb * CK_CHUNK);
-    const int lv = ck_simd_level();
-    ptrdiff_t c0, c1, c, b, s, k;
+    /* an int8 argmax on AVX2 (narrow): the numbers go to rows of bytes (t8r, nb rows of
+       CK_LD bytes over ti), the 4-sample bins' straight from the scan, the others' through
+       one int32 row (tri's first CK_CHUNK), then ck_ma_tr_b */
+    int8_t* t8r = (int8_t*)ti;
+    const int lv = ck_simd_level(), narrow = lv >= 1 && aw == 1;
+    ptrdiff_t c0, c1, c, b, s, k, cs;
     void* amb;
     (void)lv;
     for (c0 = 0; c0 < C; c0 = c1) {
         c1 = C - c0 > CK_CHUNK ? c0 + CK_CHUNK : C;
         for (b = 0; b < nb; b++) {
             float* tbb = tb + b * CK_LD;
-            int32_t* tib = ti + b * CK_LD;
+            int32_t* tib = narrow ? tri : ti + b * CK_LD;
             if (sf[b + 1] <= sf[b]) {       /* no valid sample: 0 and base -1 + 0 */
                 for (c = 0; c < c1 - c0; c++) { tbb[c] = 0; tib[c] = 0; }
+                if (narrow) memset(t8r + b * CK_LD, -1, (size_t)(c1 - c0));
                 continue;
             }
-            c = c0;
+            c = cs = c0;
 #ifdef CK_ROI_WIDE
-            if (lv >= 1)
-                c = (finite ? ck_ma_fwd_yf : ck_ma_fwd_y)(img, sf[b], sf[b + 1], so, sw, rel, c0,
-                                                          c1, tbb, tib);
-            else
+            if (narrow && sf[b + 1] - sf[b] == 4)
+                c = cs = (finite ? ck_ma_fwd4b_yf : ck_ma_fwd4b_y)(
+                    img, sf[b], sf[b + 1], so, sw, rel, c0, c1, tbb, t8r + b * CK_LD, base[b]);
+            if (c < c1 && lv >= 1) {
+                if (!narrow && sf[b + 1] - sf[b] == 4) {
+                    c = (finite ? ck_ma_fwd4_yf : ck_ma_fwd4_y)(img, sf[b], sf[b + 1], so, sw,
+                                                                rel, c0, c1, tbb, tib);
+                    if (c < c1)
+                        c = (finite ? ck_ma_fwd_yf : ck_ma_fwd_y)(img, sf[b], sf[b + 1], so, sw,
+                                                                  rel, c, c1, tbb + (c - c0),
+                                                                  tib + (c - c0));
+                } else
+                    c = (finite ? ck_ma_fwd_yf : ck_ma_fwd_y)(img, sf[b], sf[b + 1], so, sw, rel,
+                                                              c, c1, tbb + (c - c0),
+                                                              tib + (c - c0));
+            } else if (lv < 1)
 #endif
 #ifdef CK_ROI_SSE2
             c = (finite ? ck_ma_fwd_xf : ck_ma_fwd_x)(img, sf[b], sf[b + 1], so, sw, rel, c0, c1,
@@ -626,6 +753,8 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
                 tbb[c - c0] = bst;
                 tib[c - c0] = bi;
             }
+            if (narrow)
+                for (c = cs; c < c1; c++) t8r[b * CK_LD + c - c0] = (int8_t)(base[b] + tib[c - c0]);
         }
         /* the block's rows of y and am are contiguous runs: built in scratch, streamed out */
         ck_transpose_f(tb, CK_LD, nb, c1 - c0, tr, nb);
@@ -633,7 +762,11 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
         amb = aw == 1 ? (void*)t8 : (void*)tri;
         c = 0;
 #ifdef CK_ROI_WIDE
-        if (lv >= 1) c = ck_ma_am8(ti, CK_LD, nb, c1 - c0, base, amb, aw, nb);
+        if (narrow) {
+            ck_ma_tr_b(t8r, CK_LD, nb, c1 - c0, t8, nb);
+            c = c1 - c0;
+        } else if (lv >= 1)
+            c = ck_ma_am8(ti, CK_LD, nb, c1 - c0, base, amb, aw, nb);
 #endif
         for (; c < c1 - c0; c++)
             for (k = 0; k < nb; k++) ck_am_put(amb, aw, c * nb + k, base[k] + ti[k * CK_LD + c]);
