@@ -1188,6 +1188,12 @@ static ptrdiff_t ck_ma_prep_y(const void* amv, int aw, const float* gyk, ptrdiff
 /* (the group bounds and the block's base pointer in locals: the extension is built with
    -fno-strict-aliasing, so the stores below would make the compiler reload gf[b + 1] and
    recompute each row's address per group) */
+/* the row pointer held in a register: GCC would rebuild it with an lea per vector */
+#if defined(__GNUC__) || defined(__clang__)
+#define CK_MA_IN_REG(p) __asm__("" : "+r"(p))
+#else
+#define CK_MA_IN_REG(p) (void)0
+#endif
 #define CK_MA_GRP_STEP(R)                                                                 \
     {                                                                                     \
         __m256 gz[R];                                                                     \
@@ -1200,7 +1206,8 @@ static ptrdiff_t ck_ma_prep_y(const void* amv, int aw, const float* gyk, ptrdiff
         if (ws == 4)                                                                      \
             for (g = g0; g < g1; g++) {                                                   \
                 const __m256 wt = _mm256_broadcast_ps((const __m128*)(gwt + 4 * g));      \
-                float* const r = gc + goff[g] * cb;                                       \
+                float* r = gc + goff[g] * cb;                                             \
+                CK_MA_IN_REG(r);                                                          \
                 for (v = 0; v < R; v++)                                                   \
                     _mm256_storeu_ps(r + 8 * v, _mm256_add_ps(_mm256_loadu_ps(r + 8 * v), \
                         _mm256_mul_ps(gz[v], _mm256_permutevar_ps(wt, dx[v]))));          \
@@ -1208,7 +1215,8 @@ static ptrdiff_t ck_ma_prep_y(const void* amv, int aw, const float* gyk, ptrdiff
         else                                                                              \
             for (g = g0; g < g1; g++) {                                                   \
                 const __m256 wt = _mm256_loadu_ps(gwt + 8 * g);                           \
-                float* const r = gc + goff[g] * cb;                                       \
+                float* r = gc + goff[g] * cb;                                             \
+                CK_MA_IN_REG(r);                                                          \
                 for (v = 0; v < R; v++)                                                   \
                     _mm256_storeu_ps(r + 8 * v, _mm256_add_ps(_mm256_loadu_ps(r + 8 * v), \
                         _mm256_mul_ps(gz[v], _mm256_permutevar8x32_ps(wt, dx[v]))));      \
