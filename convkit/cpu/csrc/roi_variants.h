@@ -441,6 +441,13 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
     }
 #define CK_MA_FWD_ARGS const float* img, ptrdiff_t s0, ptrdiff_t s1, const ptrdiff_t* so,  \
     const float* sw, const int32_t* rel, ptrdiff_t c0, ptrdiff_t c1, float* tb, int32_t* ti
+/* a zero the compiler cannot see (it would turn the blends of the second sample into a
+   compare and an and: two instructions for one) */
+#if defined(__GNUC__) || defined(__clang__)
+#define CK_MA_OPAQUE(v) __asm__("" : "+x"(v))
+#else
+#define CK_MA_OPAQUE(v) (void)0
+#endif
 /* a bin of exactly 4 samples (sampling_ratio 2), the samples unrolled: the same products,
    sums and tests as CK_MA_FWD_STEP(X, 4, ..), without its per-sample loop and with the
    bin's offsets and numbers read once; returns the channels done in blocks of 4 vectors */
@@ -456,7 +463,7 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
             const X##_V v = CK_MA_FWD_VAL(X, j);                                          \
             if (FIRST) {                                                                  \
                 bst[j] = v;                                                               \
-                bix[j] = X##_ISET1(0);                                                    \
+                bix[j] = z0;                                                              \
             } else {                                                                      \
                 const X##_M m = TAKE(v, bst[j]);                                          \
                 bst[j] = SEL(m, v, bst[j]);                                               \
@@ -472,9 +479,10 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
         (void)s1;                                                                         \
         for (c = c0; c + 4 * X##_L <= c1; c += 4 * X##_L) {                               \
             X##_V bst[4];                                                                 \
-            X##_IV bix[4];                                                                \
+            X##_IV bix[4], z0 = X##_ISET1(0);                                             \
             const float* im = img + c;                                                    \
             int j;                                                                        \
+            CK_MA_OPAQUE(z0);                                                             \
             CK_MA_FWD4_SAMPLE(X, 0, 1, TAKE, SEL)                                         \
             CK_MA_FWD4_SAMPLE(X, 1, 0, TAKE, SEL)                                         \
             CK_MA_FWD4_SAMPLE(X, 2, 0, TAKE, SEL)                                         \
