@@ -1230,6 +1230,26 @@ static ptrdiff_t ck_ma_prep_y(const void* amv, int aw, const float* gyk, ptrdiff
                         _mm256_mul_ps(gz[v], _mm256_permutevar8x32_ps(wt, dx[v]))));      \
             }                                                                             \
     }
+/* ws 4, 8 vectors (64 channels) a group: the grads in 8 registers, each lane's d read with
+   the permute (a memory operand; the pointer made opaque per group so the compiler does not
+   hoist the 8 index vectors into registers it has not got) */
+#define CK_MA_GRP_STEP8                                                                   \
+    {                                                                                     \
+        __m256 gz[8];                                                                     \
+        float* const gc = gb + c;                                                         \
+        for (v = 0; v < 8; v++) gz[v] = _mm256_loadu_ps(gr + c + 8 * v);                  \
+        for (g = g0; g < g1; g++) {                                                       \
+            const __m256 wt = _mm256_broadcast_ps((const __m128*)(gwt + 4 * g));          \
+            float* r = gc + goff[g] * cb;                                                 \
+            const int32_t* dc = db + c;                                                   \
+            CK_MA_IN_REG(r);                                                              \
+            CK_MA_IN_REG(dc);                                                             \
+            for (v = 0; v < 8; v++)                                                       \
+                _mm256_storeu_ps(r + 8 * v, _mm256_add_ps(_mm256_loadu_ps(r + 8 * v),     \
+                    _mm256_mul_ps(gz[v], _mm256_permutevar_ps(                            \
+                        wt, _mm256_loadu_si256((const __m256i*)(dc + 8 * v))))));         \
+        }                                                                                 \
+    }
 __attribute__((target("avx2"))) CK_MA_NO_LIBCALL
 static void ck_ma_bwd_grp_y(float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1,
                             const ptrdiff_t* gf, const ptrdiff_t* goff, const float* gwt,
@@ -1240,7 +1260,10 @@ static void ck_ma_bwd_grp_y(float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1,
         const int32_t* db = dt + b * cb;
         const float* gr = gt + b * cb;
         const ptrdiff_t g0 = gf[b], g1 = gf[b + 1];
-        for (c = 0; c + 32 <= cb; c += 32) CK_MA_GRP_STEP(4)
+        c = 0;
+        if (ws == 4)
+            for (; c + 64 <= cb; c += 64) CK_MA_GRP_STEP8
+        for (; c + 32 <= cb; c += 32) CK_MA_GRP_STEP(4)
         for (; c + 8 <= cb; c += 8) CK_MA_GRP_STEP(1)
         for (; c < cb; c++)
             for (g = g0; g < g1; g++)
