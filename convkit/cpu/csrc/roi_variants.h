@@ -1318,10 +1318,12 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
         b1 = b0 + (nb + 7) / 8 < nb ? b0 + (nb + 7) / 8 : nb;
 #if defined(__GNUC__) || defined(__clang__)
         /* one prefetch a line of each (the argmax's lines counted on their own: an int8
-           block has a quarter of the grad's) */
+           block has a quarter of the grad's), into L2 only (locality 1: prefetcht2): into
+           L1 they evicted the gradient block's rows the adds work on (one-thread CPU time
+           ~12 -> ~10.4 ms, bench/RESULTS.md) */
         if (gnext != NULL) {
-            for (; pf < ng * b1 / nb; pf += 64) __builtin_prefetch((const char*)gnext + pf, 0, 3);
-            for (; pa < na * b1 / nb; pa += 64) __builtin_prefetch((const char*)anext + pa, 0, 3);
+            for (; pf < ng * b1 / nb; pf += 64) __builtin_prefetch((const char*)gnext + pf, 0, 1);
+            for (; pa < na * b1 / nb; pa += 64) __builtin_prefetch((const char*)anext + pa, 0, 1);
         }
 #endif
         c = 0;
