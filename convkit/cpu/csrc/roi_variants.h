@@ -1319,7 +1319,7 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
 #if defined(__GNUC__) || defined(__clang__)
         /* one prefetch a line of each (the argmax's lines counted on their own: an int8
            block has a quarter of the grad's), into L2 only (locality 1: prefetcht2): into
-           L1 they evicted the gradient block's rows the adds work on (one-thread CPU time
+           L1 they evicted the grad_x block rows the adds work on (one-thread CPU time
            ~12 -> ~10.4 ms, bench/RESULTS.md) */
         if (gnext != NULL) {
             for (; pf < ng * b1 / nb; pf += 64) __builtin_prefetch((const char*)gnext + pf, 0, 1);
