@@ -694,8 +694,9 @@ static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdi
    bin-major scratch (tb floats, ti int32s, nb rows of CK_LD) by the widest vector path, the
    last channels one at a time, then transposed to the RoI's (C, nb) layout and streamed into
    y and am (written once, not read back: no need to fetch them into cache); an int8 argmax
-   (aw 1) is narrowed in the transpose (ck_ma_am8).  finite: the image holds no NaN/inf (the
-   scan then skips its NaN test). */
+   (aw 1) is narrowed in the transpose (ck_ma_am8), or on AVX2 before it: rows of bytes
+   (from the 4-sample scan itself) transposed by ck_ma_tr_b.  finite: the image holds no
+   NaN/inf (the scan then skips its NaN test). */
 static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
                                const ptrdiff_t* sf, const ptrdiff_t* so, const float* sw,
                                const int32_t* rel, const int32_t* base, int finite,
