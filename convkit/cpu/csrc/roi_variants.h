@@ -449,8 +449,9 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
 #define CK_MA_OPAQUE(v) (void)0
 #endif
 /* a bin of exactly 4 samples (sampling_ratio 2), the samples unrolled: the same products,
-   sums and tests as CK_MA_FWD_STEP(X, 4, ..), without its per-sample loop and with the
-   bin's offsets and numbers read once; returns the channels done in blocks of 4 vectors */
+   sums and tests as CK_MA_FWD_STEP(X, 4, ..), in the same order, without its per-sample
+   loop and per-block setup (a 4-sample bin spent over a third of its scan there); returns
+   the channels done in blocks of 4 vectors */
 #define CK_MA_FWD4_SAMPLE(X, k, FIRST, TAKE, SEL)                                         \
     {                                                                                     \
         const float* p1 = im + o[4 * (k)];                                                \
