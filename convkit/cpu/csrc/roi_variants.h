@@ -441,6 +441,60 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
     }
 #define CK_MA_FWD_ARGS const float* img, ptrdiff_t s0, ptrdiff_t s1, const ptrdiff_t* so,  \
     const float* sw, const int32_t* rel, ptrdiff_t c0, ptrdiff_t c1, float* tb, int32_t* ti
+/* a zero the compiler cannot see (it would turn the blends of the second sample into a
+   compare and an and: two instructions for one) */
+#if defined(__GNUC__) || defined(__clang__)
+#define CK_MA_OPAQUE(v) __asm__("" : "+x"(v))
+#else
+#define CK_MA_OPAQUE(v) (void)0
+#endif
+/* a bin of exactly 4 samples (sampling_ratio 2), the samples unrolled: the same products,
+   sums and tests as CK_MA_FWD_STEP(X, 4, ..), in the same order, without its per-sample
+   loop and per-block setup (a 4-sample bin spent over a third of its scan there); returns
+   the channels done in blocks of 4 vectors */
+#define CK_MA_FWD4_SAMPLE(X, k, FIRST, TAKE, SEL)                                         \
+    {                                                                                     \
+        const float* p1 = im + o[4 * (k)];                                                \
+        const float* p2 = im + o[4 * (k) + 1];                                            \
+        const float* p3 = im + o[4 * (k) + 2];                                            \
+        const float* p4 = im + o[4 * (k) + 3];                                            \
+        const X##_V w1 = X##_SET1(w[4 * (k)]), w2 = X##_SET1(w[4 * (k) + 1]);             \
+        const X##_V w3 = X##_SET1(w[4 * (k) + 2]), w4 = X##_SET1(w[4 * (k) + 3]);         \
+        for (j = 0; j < 4; j++) {                                                         \
+            const X##_V v = CK_MA_FWD_VAL(X, j);                                          \
+            if (FIRST) {                                                                  \
+                bst[j] = v;                                                               \
+                bix[j] = z0;                                                              \
+            } else {                                                                      \
+                const X##_M m = TAKE(v, bst[j]);                                          \
+                bst[j] = SEL(m, v, bst[j]);                                               \
+                bix[j] = X##_ISEL(m, X##_ISET1(rel[s0 + (k)]), bix[j]);                   \
+            }                                                                             \
+        }                                                                                 \
+    }
+#define CK_MA_FWD4_BODY(X, TAKE, SEL, IST)                                                \
+    {                                                                                     \
+        const ptrdiff_t* o = so + 4 * s0;                                                 \
+        const float* w = sw + 4 * s0;                                                     \
+        ptrdiff_t c;                                                                      \
+        (void)s1;                                                                         \
+        for (c = c0; c + 4 * X##_L <= c1; c += 4 * X##_L) {                               \
+            X##_V bst[4];                                                                 \
+            X##_IV bix[4], z0 = X##_ISET1(0);                                             \
+            const float* im = img + c;                                                    \
+            int j;                                                                        \
+            CK_MA_OPAQUE(z0);                                                             \
+            CK_MA_FWD4_SAMPLE(X, 0, 1, TAKE, SEL)                                         \
+            CK_MA_FWD4_SAMPLE(X, 1, 0, TAKE, SEL)                                         \
+            CK_MA_FWD4_SAMPLE(X, 2, 0, TAKE, SEL)                                         \
+            CK_MA_FWD4_SAMPLE(X, 3, 0, TAKE, SEL)                                         \
+            for (j = 0; j < 4; j++) X##_ST(tb + (c - c0) + j * X##_L, bst[j]);            \
+            IST;                                                                          \
+        }                                                                                 \
+        return c;                                                                         \
+    }
+#define CK_MA_FWD4_IST32(X)                                                               \
+    for (j = 0; j < 4; j++) X##_IST(ti + (c - c0) + j * X##_L, bix[j])
 /* _f: for an image without NaN/inf, where no sample value is NaN (weights in [0, 1], so
    every product is finite, and a sum of finite terms that overflows stays one infinity):
    "greater" alone is the same test. */
@@ -453,6 +507,71 @@ __attribute__((target("avx2")))
 static ptrdiff_t ck_ma_fwd_y(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_MA_CK_Y_TAKE, CK_MA_SEL_Y)
 __attribute__((target("avx2")))
 static ptrdiff_t ck_ma_fwd_yf(CK_MA_FWD_ARGS) CK_MA_FWD_BODY(CK_Y, CK_Y_GT, CK_MA_MAX_Y)
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_fwd4_y(CK_MA_FWD_ARGS)
+    CK_MA_FWD4_BODY(CK_Y, CK_MA_CK_Y_TAKE, CK_MA_SEL_Y, CK_MA_FWD4_IST32(CK_Y))
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_fwd4_yf(CK_MA_FWD_ARGS)
+    CK_MA_FWD4_BODY(CK_Y, CK_Y_GT, CK_MA_MAX_Y, CK_MA_FWD4_IST32(CK_Y))
+/* _b: an int8 argmax's numbers (bs + the winner's, which fit an int8: packing never
+   saturates) straight into the bin's row of bytes t8 (channel c at c - c0) */
+#define CK_MA_FWD4_IST8                                                                   \
+    _mm256_storeu_si256(                                                                  \
+        (__m256i*)(t8 + (c - c0)),                                                        \
+        _mm256_permutevar8x32_epi32(                                                      \
+            _mm256_packs_epi16(                                                           \
+                _mm256_packs_epi32(_mm256_add_epi32(bv, bix[0]), _mm256_add_epi32(bv, bix[1])), \
+                _mm256_packs_epi32(_mm256_add_epi32(bv, bix[2]), _mm256_add_epi32(bv, bix[3]))), \
+            _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)))
+#define CK_MA_FWD4B_ARGS const float* img, ptrdiff_t s0, ptrdiff_t s1, const ptrdiff_t* so, \
+    const float* sw, const int32_t* rel, ptrdiff_t c0, ptrdiff_t c1, float* tb, int8_t* t8, \
+    int32_t bs
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_fwd4b_y(CK_MA_FWD4B_ARGS) {
+    const __m256i bv = _mm256_set1_epi32(bs);
+    CK_MA_FWD4_BODY(CK_Y, CK_MA_CK_Y_TAKE, CK_MA_SEL_Y, CK_MA_FWD4_IST8)
+}
+__attribute__((target("avx2")))
+static ptrdiff_t ck_ma_fwd4b_yf(CK_MA_FWD4B_ARGS) {
+    const __m256i bv = _mm256_set1_epi32(bs);
+    CK_MA_FWD4_BODY(CK_Y, CK_Y_GT, CK_MA_MAX_Y, CK_MA_FWD4_IST8)
+}
+/* (C, nb) bytes from bin-major rows: dst[c*ldd + b] = src[b*lds + c], b < rows, c < cols;
+   blocks of 8 bins x 16 channels in SSE2 registers (three rounds of byte unpacks: vector k
+   ends as channels 2k, 2k+1, 8 bins each), the last block of bins overlapping the one
+   before (it rewrites the same bytes); VEX encodings (non-destructive unpacks, no copies) */
+__attribute__((target("avx2")))
+static void ck_ma_tr_b(const int8_t* src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff_t cols,
+                       int8_t* dst, ptrdiff_t ldd) {
+    ptrdiff_t c = 0, b, i;
+    if (rows >= 8)
+        for (; c + 16 <= cols; c += 16)
+            for (b = 0; b < rows; b += 8) {
+                const ptrdiff_t b8 = b + 8 <= rows ? b : rows - 8;
+                __m128i x[8], t[8], u[8];
+                for (i = 0; i < 8; i++)
+                    x[i] = _mm_loadu_si128((const __m128i*)(src + (b8 + i) * lds + c));
+                for (i = 0; i < 4; i++) {
+                    t[2 * i] = _mm_unpacklo_epi8(x[i], x[i + 4]);
+                    t[2 * i + 1] = _mm_unpackhi_epi8(x[i], x[i + 4]);
+                }
+                for (i = 0; i < 4; i++) {
+                    u[2 * i] = _mm_unpacklo_epi8(t[i], t[i + 4]);
+                    u[2 * i + 1] = _mm_unpackhi_epi8(t[i], t[i + 4]);
+                }
+                for (i = 0; i < 4; i++) {
+                    x[2 * i] = _mm_unpacklo_epi8(u[i], u[i + 4]);
+                    x[2 * i + 1] = _mm_unpackhi_epi8(u[i], u[i + 4]);
+                }
+                for (i = 0; i < 8; i++) {
+                    _mm_storel_epi64((__m128i*)(dst + (c + 2 * i) * ldd + b8), x[i]);
+                    _mm_storeh_pd((double*)(dst + (c + 2 * i + 1) * ldd + b8),
+                                  _mm_castsi128_pd(x[i]));
+                }
+            }
+    for (; c < cols; c++)
+        for (b = 0; b < rows; b++) dst[c * ldd + b] = src[b * lds + c];
+}
 #endif
 
 /* One RoI's sample table (see above) from its axis taps; sf: nb + 1 entries, so/sw: 4 per
@@ -576,8 +695,9 @@ static ptrdiff_t ck_ma_am8(const int32_t* ti, ptrdiff_t lds, ptrdiff_t nb, ptrdi
    bin-major scratch (tb floats, ti int32s, nb rows of CK_LD) by the widest vector path, the
    last channels one at a time, then transposed to the RoI's (C, nb) layout and streamed into
    y and am (written once, not read back: no need to fetch them into cache); an int8 argmax
-   (aw 1) is narrowed in the transpose (ck_ma_am8).  finite: the image holds no NaN/inf (the
-   scan then skips its NaN test). */
+   (aw 1) is narrowed in the transpose (ck_ma_am8), or on AVX2 before it: rows of bytes
+   (from the 4-sample scan itself) transposed by ck_ma_tr_b.  finite: the image holds no
+   NaN/inf (the scan then skips its NaN test). */
 static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
                                const ptrdiff_t* sf, const ptrdiff_t* so, const float* sw,
                                const int32_t* rel, const int32_t* base, int finite,
@@ -589,25 +709,42 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
     int32_t* tri = (int32_t*)(ti + nb * CK_LD);
     int8_t* t8 = (int8_t*)(tri + nb * CK_CHUNK);
     float* tr = (float*)((int64_t*)(ti + nb * CK_LD) + nb * CK_CHUNK);
-    const int lv = ck_simd_level();
-    ptrdiff_t c0, c1, c, b, s, k;
+    /* an int8 argmax on AVX2 (narrow): the numbers go to rows of bytes (t8r, nb rows of
+       CK_LD bytes over ti), the 4-sample bins' straight from the scan, the others' through
+       one int32 row (tri's first CK_CHUNK), then ck_ma_tr_b */
+    int8_t* t8r = (int8_t*)ti;
+    const int lv = ck_simd_level(), narrow = lv >= 1 && aw == 1;
+    ptrdiff_t c0, c1, c, b, s, k, cs;
     void* amb;
     (void)lv;
     for (c0 = 0; c0 < C; c0 = c1) {
         c1 = C - c0 > CK_CHUNK ? c0 + CK_CHUNK : C;
         for (b = 0; b < nb; b++) {
             float* tbb = tb + b * CK_LD;
-            int32_t* tib = ti + b * CK_LD;
+            int32_t* tib = narrow ? tri : ti + b * CK_LD;
             if (sf[b + 1] <= sf[b]) {       /* no valid sample: 0 and base -1 + 0 */
                 for (c = 0; c < c1 - c0; c++) { tbb[c] = 0; tib[c] = 0; }
+                if (narrow) memset(t8r + b * CK_LD, -1, (size_t)(c1 - c0));
                 continue;
             }
-            c = c0;
+            c = cs = c0;
 #ifdef CK_ROI_WIDE
-            if (lv >= 1)
-                c = (finite ? ck_ma_fwd_yf : ck_ma_fwd_y)(img, sf[b], sf[b + 1], so, sw, rel, c0,
-                                                          c1, tbb, tib);
-            else
+            if (narrow && sf[b + 1] - sf[b] == 4)
+                c = cs = (finite ? ck_ma_fwd4b_yf : ck_ma_fwd4b_y)(
+                    img, sf[b], sf[b + 1], so, sw, rel, c0, c1, tbb, t8r + b * CK_LD, base[b]);
+            if (c < c1 && lv >= 1) {
+                if (!narrow && sf[b + 1] - sf[b] == 4) {
+                    c = (finite ? ck_ma_fwd4_yf : ck_ma_fwd4_y)(img, sf[b], sf[b + 1], so, sw,
+                                                                rel, c0, c1, tbb, tib);
+                    if (c < c1)
+                        c = (finite ? ck_ma_fwd_yf : ck_ma_fwd_y)(img, sf[b], sf[b + 1], so, sw,
+                                                                  rel, c, c1, tbb + (c - c0),
+                                                                  tib + (c - c0));
+                } else
+                    c = (finite ? ck_ma_fwd_yf : ck_ma_fwd_y)(img, sf[b], sf[b + 1], so, sw, rel,
+                                                              c, c1, tbb + (c - c0),
+                                                              tib + (c - c0));
+            } else if (lv < 1)
 #endif
 #ifdef CK_ROI_SSE2
             c = (finite ? ck_ma_fwd_xf : ck_ma_fwd_x)(img, sf[b], sf[b + 1], so, sw, rel, c0, c1,
@@ -626,6 +763,8 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
                 tbb[c - c0] = bst;
                 tib[c - c0] = bi;
             }
+            if (narrow)
+                for (c = cs; c < c1; c++) t8r[b * CK_LD + c - c0] = (int8_t)(base[b] + tib[c - c0]);
         }
         /* the block's rows of y and am are contiguous runs: built in scratch, streamed out */
         ck_transpose_f(tb, CK_LD, nb, c1 - c0, tr, nb);
@@ -633,7 +772,11 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
         amb = aw == 1 ? (void*)t8 : (void*)tri;
         c = 0;
 #ifdef CK_ROI_WIDE
-        if (lv >= 1) c = ck_ma_am8(ti, CK_LD, nb, c1 - c0, base, amb, aw, nb);
+        if (narrow) {
+            ck_ma_tr_b(t8r, CK_LD, nb, c1 - c0, t8, nb);
+            c = c1 - c0;
+        } else if (lv >= 1)
+            c = ck_ma_am8(ti, CK_LD, nb, c1 - c0, base, amb, aw, nb);
 #endif
         for (; c < c1 - c0; c++)
             for (k = 0; k < nb; k++) ck_am_put(amb, aw, c * nb + k, base[k] + ti[k * CK_LD + c]);
@@ -1055,6 +1198,12 @@ static ptrdiff_t ck_ma_prep_y(const void* amv, int aw, const float* gyk, ptrdiff
 /* (the group bounds and the block's base pointer in locals: the extension is built with
    -fno-strict-aliasing, so the stores below would make the compiler reload gf[b + 1] and
    recompute each row's address per group) */
+/* the row pointer held in a register: GCC would rebuild it with an lea per vector */
+#if defined(__GNUC__) || defined(__clang__)
+#define CK_MA_IN_REG(p) __asm__("" : "+r"(p))
+#else
+#define CK_MA_IN_REG(p) (void)0
+#endif
 #define CK_MA_GRP_STEP(R)                                                                 \
     {                                                                                     \
         __m256 gz[R];                                                                     \
@@ -1067,7 +1216,8 @@ static ptrdiff_t ck_ma_prep_y(const void* amv, int aw, const float* gyk, ptrdiff
         if (ws == 4)                                                                      \
             for (g = g0; g < g1; g++) {                                                   \
                 const __m256 wt = _mm256_broadcast_ps((const __m128*)(gwt + 4 * g));      \
-                float* const r = gc + goff[g] * cb;                                       \
+                float* r = gc + goff[g] * cb;                                             \
+                CK_MA_IN_REG(r);                                                          \
                 for (v = 0; v < R; v++)                                                   \
                     _mm256_storeu_ps(r + 8 * v, _mm256_add_ps(_mm256_loadu_ps(r + 8 * v), \
                         _mm256_mul_ps(gz[v], _mm256_permutevar_ps(wt, dx[v]))));          \
@@ -1075,11 +1225,32 @@ static ptrdiff_t ck_ma_prep_y(const void* amv, int aw, const float* gyk, ptrdiff
         else                                                                              \
             for (g = g0; g < g1; g++) {                                                   \
                 const __m256 wt = _mm256_loadu_ps(gwt + 8 * g);                           \
-                float* const r = gc + goff[g] * cb;                                       \
+                float* r = gc + goff[g] * cb;                                             \
+                CK_MA_IN_REG(r);                                                          \
                 for (v = 0; v < R; v++)                                                   \
                     _mm256_storeu_ps(r + 8 * v, _mm256_add_ps(_mm256_loadu_ps(r + 8 * v), \
                         _mm256_mul_ps(gz[v], _mm256_permutevar8x32_ps(wt, dx[v]))));      \
             }                                                                             \
+    }
+/* ws 4, 8 vectors (64 channels) a group: the grads in 8 registers, each lane's d read with
+   the permute (a memory operand; the pointer made opaque per group so the compiler does not
+   hoist the 8 index vectors into registers it has not got) */
+#define CK_MA_GRP_STEP8                                                                   \
+    {                                                                                     \
+        __m256 gz[8];                                                                     \
+        float* const gc = gb + c;                                                         \
+        for (v = 0; v < 8; v++) gz[v] = _mm256_loadu_ps(gr + c + 8 * v);                  \
+        for (g = g0; g < g1; g++) {                                                       \
+            const __m256 wt = _mm256_broadcast_ps((const __m128*)(gwt + 4 * g));          \
+            float* r = gc + goff[g] * cb;                                                 \
+            const int32_t* dc = db + c;                                                   \
+            CK_MA_IN_REG(r);                                                              \
+            CK_MA_IN_REG(dc);                                                             \
+            for (v = 0; v < 8; v++)                                                       \
+                _mm256_storeu_ps(r + 8 * v, _mm256_add_ps(_mm256_loadu_ps(r + 8 * v),     \
+                    _mm256_mul_ps(gz[v], _mm256_permutevar_ps(                            \
+                        wt, _mm256_loadu_si256((const __m256i*)(dc + 8 * v))))));         \
+        }                                                                                 \
     }
 __attribute__((target("avx2"))) CK_MA_NO_LIBCALL
 static void ck_ma_bwd_grp_y(float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1,
@@ -1091,7 +1262,10 @@ static void ck_ma_bwd_grp_y(float* gb, ptrdiff_t cb, ptrdiff_t b0, ptrdiff_t b1,
         const int32_t* db = dt + b * cb;
         const float* gr = gt + b * cb;
         const ptrdiff_t g0 = gf[b], g1 = gf[b + 1];
-        for (c = 0; c + 32 <= cb; c += 32) CK_MA_GRP_STEP(4)
+        c = 0;
+        if (ws == 4)
+            for (; c + 64 <= cb; c += 64) CK_MA_GRP_STEP8
+        for (; c + 32 <= cb; c += 32) CK_MA_GRP_STEP(4)
         for (; c + 8 <= cb; c += 8) CK_MA_GRP_STEP(1)
         for (; c < cb; c++)
             for (g = g0; g < g1; g++)
@@ -1146,10 +1320,12 @@ static ptrdiff_t ck_max_align_bwd_blk_f(float* gb, ptrdiff_t cb, ptrdiff_t nb,
         b1 = b0 + (nb + 7) / 8 < nb ? b0 + (nb + 7) / 8 : nb;
 #if defined(__GNUC__) || defined(__clang__)
         /* one prefetch a line of each (the argmax's lines counted on their own: an int8
-           block has a quarter of the grad's) */
+           block has a quarter of the grad's), into L2 only (locality 1: prefetcht2): into
+           L1 they evicted the grad_x block rows the adds work on (one-thread CPU time
+           ~12 -> ~10.4 ms, bench/RESULTS.md) */
         if (gnext != NULL) {
-            for (; pf < ng * b1 / nb; pf += 64) __builtin_prefetch((const char*)gnext + pf, 0, 3);
-            for (; pa < na * b1 / nb; pa += 64) __builtin_prefetch((const char*)anext + pa, 0, 3);
+            for (; pf < ng * b1 / nb; pf += 64) __builtin_prefetch((const char*)gnext + pf, 0, 1);
+            for (; pa < na * b1 / nb; pa += 64) __builtin_prefetch((const char*)anext + pa, 0, 1);
         }
 #endif
         c = 0;
