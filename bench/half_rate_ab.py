@@ -10,6 +10,9 @@ process.  Prints each pass's algorithm under both and the medians over rounds.
 --clock cpu (default; for a loaded machine with --threads 1): per round, the process CPU time
 of ``--calls`` calls after one warm-up, per call; wall: their median wall time.
 --algos: the set "half" uses instead of tuning.HALF_RATE_AVX2 (to measure one algorithm alone).
+--f4-own: "half"'s F(4x4) Winograd with its GEMMs on the own AVX-512 kernel (plain filters,
+prepacked for it) instead of wino4.h's packed GEMMs on csrc/fgemm.h: the algorithm's gain
+apart from the GEMM's.
 convt_28 is the conv2d under conv_transpose2d's suite layer (x (8, 32, 56, 56), w (64, 32, 4, 4),
 stride 2, padding 1): its fwd is the transposed conv's grad_x, its gx the transposed forward,
 its gw the transposed grad_weight.  Needs a CPU with AVX-512F and AVX2 (both plans run here).
@@ -52,7 +55,11 @@ def main():
     ap.add_argument("--clock", default="cpu")
     ap.add_argument("--passes", default="fwd,gx,gw")
     ap.add_argument("--algos", default=None)
+    ap.add_argument("--f4-own", action="store_true")
     a = ap.parse_args()
+    if a.f4_own:
+        from convkit.cpu import conv_plan as P
+        P.winograd_gemm = lambda tile, own, fixed: (own, fixed)
     convkit.set_num_threads(a.threads)
     algos = T.HALF_RATE_AVX2 if a.algos is None else frozenset(a.algos.split(","))
     clock = time.process_time if a.clock == "cpu" else time.perf_counter
