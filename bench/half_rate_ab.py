@@ -12,7 +12,8 @@ of ``--calls`` calls after one warm-up, per call; wall: their median wall time.
 --algos: the set "half" uses instead of tuning.HALF_RATE_AVX2 (to measure one algorithm alone).
 --f4-own: "half"'s F(4x4) Winograd with its GEMMs on the own AVX-512 kernel (plain filters,
 prepacked for it) instead of wino4.h's packed GEMMs on csrc/fgemm.h: the algorithm's gain
-apart from the GEMM's.
+apart from the GEMM's.  --f4-gemm: instead of "full", "half" with --f4-own's F(4x4) (the
+first column), against "half" as it is: the GEMMs' difference alone.
 convt_28 is the conv2d under conv_transpose2d's suite layer (x (8, 32, 56, 56), w (64, 32, 4, 4),
 stride 2, padding 1): its fwd is the transposed conv's grad_x, its gx the transposed forward,
 its gw the transposed grad_weight.  Needs a CPU with AVX-512F and AVX2 (both plans run here).
@@ -38,7 +39,13 @@ def layer(name):
     return c.N, c.C, c.H, c.W, c.F, c.K, c.stride, c.pad, c.groups
 
 
-def set_mode(half, algos):
+def set_mode(half, algos, f4_gemm=None):
+    """half: the half-rate rule on; f4_gemm: (for half False) the F(4x4) GEMM choice to set
+    with the rule on (--f4-gemm)."""
+    from convkit.cpu import conv_plan as P
+    if f4_gemm is not None:
+        P.winograd_gemm = f4_gemm[0] if not half else f4_gemm[1]
+        half = True
     cc._FULL_RATE = not half
     T.HALF_RATE_AVX2 = algos
     cc._caps_by_level.clear()
@@ -56,10 +63,12 @@ def main():
     ap.add_argument("--passes", default="fwd,gx,gw")
     ap.add_argument("--algos", default=None)
     ap.add_argument("--f4-own", action="store_true")
+    ap.add_argument("--f4-gemm", action="store_true")
     a = ap.parse_args()
+    from convkit.cpu import conv_plan as P
+    f4_fgemm, f4_own = P.winograd_gemm, (lambda tile, own, fixed: (own, fixed))
     if a.f4_own:
-        from convkit.cpu import conv_plan as P
-        P.winograd_gemm = lambda tile, own, fixed: (own, fixed)
+        P.winograd_gemm = f4_own
     convkit.set_num_threads(a.threads)
     algos = T.HALF_RATE_AVX2 if a.algos is None else frozenset(a.algos.split(","))
     clock = time.process_time if a.clock == "cpu" else time.perf_counter
@@ -79,14 +88,14 @@ def main():
             t = {False: [], True: []}
             algo = {}
             for half in (False, True):
-                set_mode(half, algos)
+                set_mode(half, algos, (f4_own, f4_fgemm) if a.f4_gemm else None)
                 plan = cc._plan(x, w, st, pd, dl, g, q != "gw")[3]
                 step = {"fwd": plan.forward, "gx": plan.grad_x, "gw": plan.grad_weight}[q]
                 algo[half] = step.algo + (f"{step.params['tile']}" if "tile" in step.params
                                           else "")
             for _ in range(a.rounds):
                 for half in (False, True):
-                    set_mode(half, algos)
+                    set_mode(half, algos, (f4_own, f4_fgemm) if a.f4_gemm else None)
                     run[q]()
                     if a.clock == "cpu":
                         t0 = clock()
