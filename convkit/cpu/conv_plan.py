@@ -42,6 +42,12 @@ pointwise       1x1, stride 1, no padding: GEMMs straight on x                  
 im2col          everything else: im2col into a workspace, then GEMMs                    f, x, w
 =============== ====================================================================== ========
 
+"BLAS machines with AVX2" above: the float32 GEMMs off the own AVX-512 kernel -- and, beside it,
+a CPU whose 512-bit FMA runs at the 256-bit rate (AMD Zen 4: ConvCaps.avx512_full_rate False),
+for the algorithms tuning.HALF_RATE_AVX2 names (stem, stem_wino, weight_stem(_wino), rowphases,
+subpixel, weight_rowgemm, F(4x4) with its packed GEMMs on csrc/fgemm.h, weight_winograd):
+``avx2_algo``.  Full-rate AVX-512 CPUs keep the own GEMM's plans.
+
 grad_x by ``winograd`` or ``batch`` is the forward algorithm run on grad_y with the filters
 flipped and transposed (stride-1 convs only).  A step that cannot fit the workspace limit
 carries the MemoryError message its runner raises (``Step.error``).
@@ -470,7 +476,8 @@ def winograd_tile(C, F, Ho, Wo, own_gemm):
     counts are at least tuning.WINOGRAD4_MIN_CHANNELS and its multiplications, padding tiles
     included, are at most tuning.WINOGRAD4_MAX_MUL_RATIO of F(2x2)'s (36 per 4x4 tile against
     16 per 2x2 tile).  On the own AVX-512 GEMM F(2x2) stays (its transforms have AVX-512
-    versions there; F(4x4)'s were never measured there)."""
+    versions there) -- own_gemm False there too on a half-rate AVX-512 CPU (winograd_own),
+    where F(4x4) measured 1.0-1.3x F(2x2)'s speed (bench/half_rate_ab.py)."""
     if own_gemm or min(C, F) < T.WINOGRAD4_MIN_CHANNELS:
         return 2
     f4 = 36 * ceil_div(Ho, 4) * ceil_div(Wo, 4)
