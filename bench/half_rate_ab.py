@@ -8,7 +8,8 @@ process.  Prints each pass's algorithm under both and the medians over rounds.
         [--threads 1] [--clock cpu|wall] [--passes fwd,gx,gw] [--algos a,b,...]
 
 --clock cpu (default; for a loaded machine with --threads 1): per round, the process CPU time
-of ``--calls`` calls after one warm-up, per call; wall: their median wall time.
+of ``--calls`` calls after one warm-up, per call; wall: their median wall time; wallmin: their
+least wall time (on a loaded machine the call least held up by other load).
 --algos: the set "half" uses instead of tuning.HALF_RATE_AVX2 (to measure one algorithm alone).
 --f4-own: "half"'s F(4x4) Winograd with its GEMMs on the own AVX-512 kernel (plain filters,
 prepacked for it) instead of wino4.h's packed GEMMs on csrc/fgemm.h: the algorithm's gain
@@ -108,7 +109,8 @@ def main():
                             t0 = clock()
                             run[q]()
                             ts.append(clock() - t0)
-                        t[half].append(statistics.median(ts))
+                        t[half].append(min(ts) if a.clock == "wallmin" else
+                                       statistics.median(ts))
             f, h = statistics.median(t[False]) * 1e3, statistics.median(t[True]) * 1e3
             r = [x0 / x1 for x0, x1 in zip(t[False], t[True])]
             print(f"{name:10s} {q:3s} full {algo[False]:16s} {f:8.2f} ms  half "
