@@ -15,6 +15,18 @@ import convkit
 from convkit import functional as F
 from helpers import check_backward, run
 
+
+def _avx2(cc, algo):
+    """The AVX2 algorithm runs here: no own GEMM, or the half-rate rule names it
+    (conv_plan.avx2_algo)."""
+    from convkit.cpu import conv_plan as P
+    return P.avx2_algo(cc._caps(), algo)
+
+
+def _own_plan(cc, algo, dtype=np.float32):
+    """float32 on the own AVX-512 GEMM's plans for this algorithm's place (not the AVX2 one)."""
+    return cc._OWN_SGEMM and dtype == np.float32 and not _avx2(cc, algo)
+
 OPS = (F.conv_transpose2d_forward, F.conv_transpose2d_backward)
 
 # (N, C_in, H, W), C_out/groups, (KH, KW), kwargs
@@ -422,9 +434,7 @@ def test_cpu_subpixel_grad_x_matches_torch(torch, any_waste, name, dtype):
     gy = np.empty((xs[0], cog * ckw["groups"]) + want.shape[2:], dtype)
     step = any_waste._plan(gy, w.astype(dtype), _pair(ckw["stride"]), _pad4(ckw["padding"]),
                            _pair(ckw["dilation"]), ckw["groups"])[3].grad_x
-    # the own AVX-512 GEMM is float32 only: float64 stays on BLAS and its sub-pixel grad_x
-    assert step.algo == ("im2col" if any_waste._OWN_SGEMM and dtype == np.float32
-                         else "subpixel")
+    assert step.algo == ("im2col" if _own_plan(any_waste, "subpixel", dtype) else "subpixel")
     # conv2d_backward's grad_x runs the same step: the forward is it, bit for bit
     gx = run("cpu", F.conv2d_backward, x.astype(dtype), y, w.astype(dtype), **ckw,
              has_bias=False)[0]
@@ -458,8 +468,9 @@ SHIFTED = {
 def test_cpu_subpixel_shifted_layout_same_bits_as_common_windows(torch, any_waste, name):
     from convkit.cpu import _conv_phases
 
-    if any_waste._OWN_SGEMM or not _conv_phases.rowgemm_available():
-        pytest.skip("the shifted layout runs on csrc/rowgemm.h (BLAS machines with AVX2)")
+    if _own_plan(any_waste, "subpixel") or not _conv_phases.rowgemm_available():
+        pytest.skip("the shifted layout runs on csrc/rowgemm.h (BLAS machines with AVX2, or "
+                    "beside the own GEMM on a half-rate AVX-512 CPU)")
     xs, cog, (kh, kw_), kw = SHIFTED[name]
     rng = np.random.default_rng(5)
     x = rng.standard_normal(xs).astype(np.float32)
@@ -520,7 +531,7 @@ def test_cpu_subpixel_bias_is_added_once_per_value(torch, xs, k, kw):
     want = torch.nn.functional.conv_transpose2d(torch.tensor(x), torch.tensor(w),
                                                 torch.tensor(b), **kw).numpy()
     x32, w32, b32 = (a.astype(np.float32) for a in (x, w, b))
-    if not cc._OWN_SGEMM:
+    if not _own_plan(cc, "subpixel"):
         gy = np.empty((xs[0], 4) + want.shape[2:], np.float32)
         step = cc._plan(gy, w32, (2, 2), _pad4(kw.get("padding", 0)), (1, 1), 1)[3].grad_x
         assert step.algo == "subpixel"
@@ -578,6 +589,7 @@ def cpu_conv():
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("name", list(ROWPHASES))
 def test_cpu_rowphases_forward_matches_torch(torch, cpu_conv, name, bias):
+    from convkit.cpu import tuning
     xs, F_, ks, st, pd = ROWPHASES[name]
     rng = np.random.default_rng(13)
     x = rng.standard_normal(xs)
@@ -588,8 +600,10 @@ def test_cpu_rowphases_forward_matches_torch(torch, cpu_conv, name, bias):
     x32, w32 = x.astype(np.float32), w.astype(np.float32)
     b32 = None if b is None else b.astype(np.float32)
     step = cpu_conv._plan(x32, w32, st, (pd[0], pd[0], pd[1], pd[1]), (1, 1), 1)[3].forward
-    want_algo = ("phases" if cpu_conv._OWN_SGEMM else
-                 "rowphases" if cpu_conv._ROWGEMM else "im2col")
+    # (the own GEMM's phases from tuning.PHASES_MIN_WO output columns: these are narrower)
+    want_algo = ("rowphases" if _avx2(cpu_conv, "rowphases") else
+                 "phases" if cpu_conv._OWN_SGEMM and want.shape[3] >= tuning.PHASES_MIN_WO
+                 else "im2col")
     assert step.algo == want_algo, step
     results = []
     for n in (1, 2, 3):
@@ -691,7 +705,7 @@ def test_cpu_weight_rowgemm_matches_torch(torch, cpu_conv, monkeypatch, name):
     ty.backward(torch.tensor(gy))
     x32, w32, gy32 = (a.astype(np.float32) for a in (x, w, gy))
     plan = cpu_conv._plan(x32, w32, st, (pd[0], pd[0], pd[1], pd[1]), (1, 1), 1)[3]
-    rg = cpu_conv._ROWGEMM and not cpu_conv._OWN_SGEMM
+    rg = _avx2(cpu_conv, "weight_rowgemm")
     assert (plan.grad_weight.algo == "weight_rowgemm") == rg, plan
     results = []
     for n in (1, 2, 3):
@@ -751,5 +765,5 @@ def test_cpu_forward_adds_the_bias_as_after(name, dtype):
     ckw = _conv_kwargs(kw)
     s, p = ckw["stride"], ckw["padding"]
     step = cc._plan(np.empty(y.shape, dtype), w, (s, s), (p,) * 4, (1, 1), 1)[3].grad_x
-    assert step.algo == ("im2col" if name == "subpixel" and cc._OWN_SGEMM and
-                         dtype == np.float32 else name)
+    assert step.algo == ("im2col" if name == "subpixel" and _own_plan(cc, "subpixel", dtype)
+                         else name)

@@ -21,6 +21,7 @@ import pytest
 
 import convkit
 from convkit.cpu import conv as cc
+from convkit.cpu import conv_plan as P
 
 ok, why = convkit.backend_status("cpu")
 pytestmark = pytest.mark.skipif(not ok, reason=why[:300])
@@ -33,6 +34,16 @@ OWN_ONLY = ("phases and weight_dot run on the own AVX-512 float32 GEMM only; thi
 
 def _gw(own_algo, blas_algo="im2col"):
     return own_algo if OWN else blas_algo
+
+
+def _avx2(algo):
+    """The AVX2 algorithm runs here: no own GEMM, or the half-rate rule names it."""
+    return ok and P.avx2_algo(cc._caps(), algo)
+
+
+def _w4(own_algo, avx2_algo, name):
+    """F(4x4) and weight_winograd: on the own GEMM unless the half-rate rule takes them."""
+    return avx2_algo if not OWN or _avx2(name) else own_algo
 
 
 # (id, x shape, w shape, stride, padding, groups, {pass: algorithm on this machine}, own only)
@@ -60,21 +71,24 @@ CONV = [
     # 64 channels: F(4x4) on BLAS machines, grad_weight by its transposed form in two parts
     # (300 tiles); on the own AVX-512 GEMM F(2x2) and im2col
     ("weight_winograd", (12, 64, 20, 19), (64, 64, 3, 3), 1, 1, 1,
-     {"forward": _gw("winograd", "winograd4"), "grad_x": _gw("winograd", "winograd4"),
-      "grad_weight": _gw("im2col", "weight_winograd")}, False),
+     {"forward": _w4("winograd", "winograd4", "winograd4"),
+      "grad_x": _w4("winograd", "winograd4", "winograd4"),
+      "grad_weight": _w4("im2col", "weight_winograd", "weight_winograd")}, False),
     # F(4x4) tasks of 13 tile rows of 5 tiles on 2 threads (65 GEMM columns: fgemm's narrow
     # last panel), 10 of them; on 8 and 16 threads other tile rows (conv_plan.even_tile_rows);
     # grad_weight's 68 channels in blocks of 32, 32 and 4 (a narrow panel again), 3 parts: 324
     # tasks
     ("winograd4_narrow_panel", (10, 68, 52, 20), (64, 68, 3, 3), 1, 1, 1,
-     {"forward": _gw("winograd", "winograd4"), "grad_x": _gw("winograd", "winograd4"),
-      "grad_weight": _gw("im2col", "weight_winograd")}, False),
+     {"forward": _w4("winograd", "winograd4", "winograd4"),
+      "grad_x": _w4("winograd", "winograd4", "winograd4"),
+      "grad_weight": _w4("im2col", "weight_winograd", "weight_winograd")}, False),
     # F(4x4) on 8 images of 14x14 (4 tile rows of 4 tiles each): one task of 32 tiles on one
     # thread; on fgemm.h the two-region split on 2, 8 and 16 (shared V, then tile rows x 2 to 5
     # blocks of 6-filter strips, conv_plan.winograd4_split): the one-region bits
     ("winograd4_split", (2, 128, 14, 14), (96, 128, 3, 3), 1, 1, 1,
-     {"forward": _gw("winograd", "winograd4"), "grad_x": _gw("winograd", "winograd4"),
-      "grad_weight": _gw("im2col", "weight_winograd")}, False),
+     {"forward": _w4("winograd", "winograd4", "winograd4"),
+      "grad_x": _w4("winograd", "winograd4", "winograd4"),
+      "grad_weight": _w4("im2col", "weight_winograd", "weight_winograd")}, False),
     ("batch", (16, 16, 6, 6), (16, 16, 3, 3), 1, 1, 1,
      {"forward": "batch", "grad_x": "batch", "grad_weight": "batch"}, False),
     ("batch_strided", (16, 8, 8, 8), (16, 8, 3, 3), 2, 1, 1,
@@ -87,9 +101,9 @@ CONV = [
     # with AVX2 (30 tasks: filter x kernel row); 7x7 maps: a masked last chunk of 7 columns
     ("weight_direct", (16, 1, 8, 8), (6, 1, 5, 5), 1, 2, 1,
      {"forward": "batch", "grad_x": "batch",
-      "grad_weight": "weight_direct" if ok and cc._ROWGEMM and not OWN else "batch"}, False),
+      "grad_weight": "weight_direct" if _avx2("weight_direct") else "batch"}, False),
     ("weight_direct_tail", (8, 1, 7, 7), (6, 1, 5, 5), 1, 2, 1,
-     {"grad_weight": "weight_direct" if ok and cc._ROWGEMM and not OWN else "batch"}, False),
+     {"grad_weight": "weight_direct" if _avx2("weight_direct") else "batch"}, False),
     ("dense", (16, 32, 2, 2), (32, 32, 3, 3), 1, 1, 1,
      {"forward": "dense", "grad_x": "dense", "grad_weight": "dense"}, False),
     ("depthwise3x3", (4, 16, 12, 12), (16, 1, 3, 3), 1, 1, 16,
@@ -103,25 +117,25 @@ CONV = [
     # kernel 4 stride 2 (conv_transpose2d's grad_x): rowphases on BLAS machines with AVX2,
     # grad_x by sub-pixel phases on BLAS
     ("rowphases", (4, 8, 40, 40), (12, 8, 4, 4), 2, 1, 1,
-     {"forward": "im2col" if OWN else "rowphases" if ok and cc._ROWGEMM else "im2col",
-      "grad_x": _gw("im2col", "subpixel"),
-      "grad_weight": _gw("weight_dot", "weight_rowgemm" if ok and cc._ROWGEMM else "im2col")},
+     {"forward": "rowphases" if _avx2("rowphases") else "im2col",
+      "grad_x": "subpixel" if not OWN or _avx2("subpixel") else "im2col",
+      "grad_weight": "weight_rowgemm" if _avx2("weight_rowgemm") else _gw("weight_dot")},
      False),
     # 64 filters: weight_rowgemm's filter blocks shrink from 64 to 16 on 16 threads
     ("weight_rowgemm_blocks", (2, 8, 24, 24), (64, 8, 4, 4), 2, 1, 1,
-     {"grad_weight": _gw("weight_dot", "weight_rowgemm" if ok and cc._ROWGEMM else "im2col")},
+     {"grad_weight": "weight_rowgemm" if _avx2("weight_rowgemm") else _gw("weight_dot")},
      False),
     # 7x7 stride 2, 3 channels (the ResNet stem's rule): stem and weight_stem on BLAS machines
     # with AVX2 (Wo = 36 >= 32: phases on the own GEMM); 20 forward tasks, weight_stem's 20
     # (image, row block) slabs in 16 groups, some across two images
     ("stem", (4, 3, 72, 72), (8, 3, 7, 7), 2, 3, 1,
-     {"forward": "phases" if OWN else "stem" if ok and cc._ROWGEMM else "im2col",
-      "grad_weight": _gw("weight_dot", "weight_stem" if ok and cc._ROWGEMM else "im2col")},
+     {"forward": "stem" if _avx2("stem") else _gw("phases"),
+      "grad_weight": "weight_stem" if _avx2("weight_stem") else _gw("weight_dot")},
      False),
     # 16 filters: stem_wino and its weight gradient weight_stem_wino (20 slabs in 16 groups)
     ("stem_wino", (4, 3, 72, 72), (16, 3, 7, 7), 2, 3, 1,
-     {"forward": "phases" if OWN else "stem_wino" if ok and cc._ROWGEMM else "im2col",
-      "grad_weight": _gw("weight_dot", "weight_stem_wino" if ok and cc._ROWGEMM else "im2col")},
+     {"forward": "stem_wino" if _avx2("stem") else _gw("phases"),
+      "grad_weight": "weight_stem_wino" if _avx2("weight_stem") else _gw("weight_dot")},
      False),
     ("phases_and_weight_dot", (2, 3, 64, 64), (8, 3, 7, 7), 2, 3, 1,
      {"forward": "phases", "grad_weight": "weight_dot"}, True),
@@ -160,6 +174,8 @@ def test_each_conv_algorithm_gives_the_same_bits_on_1_2_8_16_threads(case, dtype
     name, xs, ws, stride, pad, groups, algos, own_only = case
     if own_only and not OWN:
         pytest.skip(OWN_ONLY)
+    if own_only and _avx2("stem"):
+        pytest.skip("the half-rate rule takes stem and weight_stem for this layer (the stem case)")
     if dtype == np.float64 and own_only:
         pytest.skip("phases and weight_dot are float32 kernels")
     rng = np.random.default_rng(16)
@@ -237,7 +253,10 @@ _SUMS_BLAS = {"im2col": ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nspl
 _CAPS = {"own_gemm": dict(own_sgemm=True, depthwise3x3_level=3),
          "blas": dict(own_sgemm=False, depthwise3x3_level=2),
          "blas_rowgemm_fgemm": dict(own_sgemm=False, depthwise3x3_level=2, rowgemm=True,
-                                    fixed_sgemm=True)}
+                                    fixed_sgemm=True),
+         # a Zen 4 (half-rate AVX-512 FMA): the own GEMM beside the AVX2 algorithms
+         "own_half_rate": dict(own_sgemm=True, depthwise3x3_level=3, rowgemm=True,
+                               fixed_sgemm=True, avx512_full_rate=False)}
 
 
 @pytest.mark.parametrize("machine", list(_CAPS))
@@ -254,6 +273,8 @@ def test_the_suite_plans_cut_their_sums_alike_on_1_to_64_threads(machine):
     caps = P.ConvCaps(**_CAPS[machine])
     own = caps.own_sgemm
     keys = _SUMS_OWN if own else _SUMS_BLAS
+    if own and not caps.avx512_full_rate:   # (the AVX2 algorithms' sums cut as on the EPYC)
+        keys = {**keys, **{k: v for k, v in _SUMS_BLAS.items() if k.startswith("weight_")}}
     if caps.fixed_sgemm:        # (F(4x4)'s GEMMs on csrc/fgemm.h: its tile rows cut no sum)
         keys = {k: v for k, v in keys.items() if k != "winograd"}
     algos = set()
@@ -274,8 +295,8 @@ def test_the_suite_plans_cut_their_sums_alike_on_1_to_64_threads(machine):
                 algos.add(st.algo)
         for label, cuts in seen.items():
             assert len(cuts) == 1, (c.name, label, cuts)
-    if machine == "blas_rowgemm_fgemm":     # (the caps reach the algorithms they exist for)
-        assert {"stem_wino", "weight_stem_wino", "weight_winograd"} <= algos, algos
+    if machine in ("blas_rowgemm_fgemm", "own_half_rate"):     # (the caps reach the algorithms
+        assert {"stem_wino", "weight_stem_wino", "weight_winograd"} <= algos, algos  # they are for)
 
 
 @pytest.mark.skipif(not ok or cc._OWN_SGEMM or not cc._FIXED_SGEMM,
@@ -389,9 +410,9 @@ def test_f4_two_region_split_where_tile_rows_leave_the_team_idle():
         assert u + (p.get("shared", 0) + team * p["per_thread"]) * 4 <= lim, (lim, tight)
 
 
-@pytest.mark.skipif(not ok or cc._OWN_SGEMM or not cc._FIXED_SGEMM,
+@pytest.mark.skipif(not ok or not cc._FIXED_SGEMM or (cc._OWN_SGEMM and not _avx2("winograd4")),
                     reason="F(4x4)'s GEMMs run on csrc/fgemm.h on AVX2 machines without the own "
-                           "AVX-512 GEMM only")
+                           "AVX-512 GEMM, and beside it on a half-rate AVX-512 CPU")
 def test_the_split_case_reaches_the_two_region_split():
     """The winograd4_split case above runs the one-region split on one thread and the
     two-region one on 2, 8 and 16 (forward and grad_x): checked on this machine's plan, so the

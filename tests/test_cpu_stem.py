@@ -48,9 +48,9 @@ CASES = {
 
 def _want_algos(cc):
     """(forward, grad_weight) this machine's plan gives a stem-rule conv."""
-    if cc._OWN_SGEMM:
+    if cc._OWN_SGEMM and not P.avx2_algo(cc._caps(), "stem"):
         return None                 # the AVX-512 plan (phases / weight_dot where they fit)
-    if cc._ROWGEMM:
+    if cc._ROWGEMM:                 # (also beside the own GEMM on a half-rate AVX-512 CPU)
         return "stem", "weight_stem"
     return "im2col", "im2col"
 

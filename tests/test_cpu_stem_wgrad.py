@@ -48,7 +48,7 @@ CASES = {
 
 
 def _want_algo(cc):
-    if cc._OWN_SGEMM:
+    if cc._OWN_SGEMM and not P.avx2_algo(cc._caps(), "weight_stem"):
         return None                 # the AVX-512 plan (weight_dot)
     return "weight_stem_wino" if cc._ROWGEMM else "im2col"
 

@@ -46,7 +46,7 @@ CASES = {
 
 
 def _want_algo(cc):
-    if cc._OWN_SGEMM:
+    if cc._OWN_SGEMM and not P.avx2_algo(cc._caps(), "stem"):
         return None                 # the AVX-512 plan (phases)
     return "stem_wino" if cc._ROWGEMM else "im2col"
 

@@ -18,6 +18,18 @@ def own_sgemm_active():
     return bool(CK_SGEMM_BUILT and ck_sgemm_available())
 
 
+cdef extern from "csrc/isa.h" nogil:
+    int ck_avx512_full_rate()
+
+
+def avx512_full_rate():
+    """False where the CPU's 512-bit FMA runs at the 256-bit rate (AMD family 0x19, Zen 4), so
+    the own AVX-512 GEMM brings no FMA throughput over AVX2 there (csrc/isa.h; read once,
+    CONVKIT_AVX512_FULL_RATE=0/1 overrides it).  The plan then takes the AVX2 algorithms that
+    measured faster (conv_plan.py ConvCaps.avx512_full_rate)."""
+    return bool(ck_avx512_full_rate())
+
+
 cdef extern from "csrc/fgemm.h" nogil:
     int ck_fgemm_available()
 

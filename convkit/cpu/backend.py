@@ -32,6 +32,13 @@ class CpuBackend(Backend, hook_modules=(conv, conv_transpose, deform_conv, pool,
             "convkit's fixed-order AVX2 kernel for conv forwards and grad_x (batch invariant), "
             "BLAS (scipy's) for the rest" if fixed_sgemm_active() else
             "BLAS (scipy's; this CPU or build has no AVX-512 or AVX2 kernel)")
+        if own_sgemm_active():  # the half-rate rule (tuning.HALF_RATE_AVX2)
+            from .conv import _caps
+            facts["AVX-512 FMA rate"] = (
+                "full: the AVX-512 conv plans" if _caps().avx512_full_rate else
+                "half (512-bit FMA as two 256-bit halves, e.g. AMD Zen 4): the AVX2 conv "
+                "algorithms of tuning.HALF_RATE_AVX2 beside the AVX-512 GEMM")
+            facts["AVX-512 FMA rate"] += " (CONVKIT_AVX512_FULL_RATE=0/1 overrides the CPUID test)"
         if avx512_emulated():   # a test build (setup.py CONVKIT_EMULATE_AVX512=1)
             facts["float32 GEMM"] += " (EMULATED)"
             facts["AVX-512"] = ("EMULATED: a test build whose AVX-512 code runs on SIMDe's "

@@ -66,6 +66,11 @@ _OWN_SGEMM = _gemm.own_sgemm_active()
 # an output's bits do not follow its GEMM's shape, so several images may share a GEMM
 _FIXED_SGEMM = _gemm.fixed_sgemm_active()
 _NO_PACK = np.zeros((0, 1), np.float32)
+# the CPU's 512-bit FMA at the full rate (csrc/isa.h's CPUID test, CONVKIT_AVX512_FULL_RATE):
+# where not, the plan takes the AVX2 algorithms of tuning.HALF_RATE_AVX2 beside the own GEMM --
+# not under CONVKIT_DISABLE_FGEMM=1 (a test switch for the BLAS paths: F(4x4)'s packed GEMMs
+# are fgemm.h's), which keeps the AVX-512 plans
+_FULL_RATE = _gemm.avx512_full_rate() or not _winograd.winograd4_packed_ok()
 
 
 def _packed_a(a3):
@@ -91,7 +96,8 @@ def _caps():
     if caps is None:
         caps = _caps_by_level[level] = P.ConvCaps(own_sgemm=_OWN_SGEMM,
                                                    depthwise3x3_level=level, rowgemm=_ROWGEMM,
-                                                   fixed_sgemm=_FIXED_SGEMM)
+                                                   fixed_sgemm=_FIXED_SGEMM,
+                                                   avx512_full_rate=_FULL_RATE)
     return caps
 
 

@@ -42,6 +42,12 @@ pointwise       1x1, stride 1, no padding: GEMMs straight on x                  
 im2col          everything else: im2col into a workspace, then GEMMs                    f, x, w
 =============== ====================================================================== ========
 
+"BLAS machines with AVX2" above: the float32 GEMMs off the own AVX-512 kernel -- and, beside it,
+a CPU whose 512-bit FMA runs at the 256-bit rate (AMD Zen 4: ConvCaps.avx512_full_rate False),
+for the algorithms tuning.HALF_RATE_AVX2 names (stem, stem_wino, weight_stem(_wino), rowphases,
+subpixel, weight_rowgemm, F(4x4) with its packed GEMMs on csrc/fgemm.h, weight_winograd):
+``avx2_algo``.  Full-rate AVX-512 CPUs keep the own GEMM's plans.
+
 grad_x by ``winograd`` or ``batch`` is the forward algorithm run on grad_y with the filters
 flipped and transposed (stride-1 convs only).  A step that cannot fit the workspace limit
 carries the MemoryError message its runner raises (``Step.error``).
@@ -133,11 +139,16 @@ class ConvCaps:
     images (batch invariance) and the BLAS plans' splits, which follow the batch, stay.
     depthwise3x3_level: the widest vector level of the 3x3 depthwise kernels (csrc/dw3x3.h):
     0 none, 1 16-byte vectors, 2 AVX2, 3 AVX-512.
-    rowgemm: csrc/rowgemm.h's float32 GEMM (B rows read in place) runs: AVX2 and FMA."""
+    rowgemm: csrc/rowgemm.h's float32 GEMM (B rows read in place) runs: AVX2 and FMA.
+    avx512_full_rate: the CPU's 512-bit FMA runs at the full rate (csrc/isa.h; False on AMD
+    family 0x19, Zen 4, whose 512-bit FMA is two 256-bit halves; CONVKIT_AVX512_FULL_RATE
+    overrides it).  Where it is False and own_sgemm, the AVX2 algorithms named in
+    tuning.HALF_RATE_AVX2 are planned beside the own GEMM (avx2_algo)."""
     own_sgemm: bool
     depthwise3x3_level: int
     rowgemm: bool = False   # csrc/rowgemm.h runs (AVX2 + FMA)
     fixed_sgemm: bool = False
+    avx512_full_rate: bool = True
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,17 @@ def team(op, n_threads, min_bytes, what, weight_bytes, limit, extra=0):
 
 
 # --------------------------------------------------------------------------- the rules
+def avx2_algo(caps: ConvCaps, algo: str) -> bool:
+    """Whether the AVX2 + FMA algorithm ``algo`` (on csrc/rowgemm.h, stem.h, wino4.h's packed
+    F(4x4), ...) may be planned for float32: AVX2 + FMA run (caps.rowgemm) and either the
+    float32 GEMMs go to BLAS / csrc/fgemm.h (no own GEMM: the machines they were tuned on), or
+    the own AVX-512 GEMM runs on a CPU whose 512-bit FMA has the 256-bit rate and
+    tuning.HALF_RATE_AVX2 names the algorithm (measured faster there).  Full-rate AVX-512 CPUs
+    keep their plans."""
+    return caps.rowgemm and (not caps.own_sgemm
+                             or (not caps.avx512_full_rate and algo in T.HALF_RATE_AVX2))
+
+
 def is_pointwise(KH, KW, stride, padding):
     return KH == 1 and KW == 1 and tuple(stride) == (1, 1) and tuple(padding) == (0, 0, 0, 0)
 
@@ -454,7 +476,8 @@ def winograd_tile(C, F, Ho, Wo, own_gemm):
     counts are at least tuning.WINOGRAD4_MIN_CHANNELS and its multiplications, padding tiles
     included, are at most tuning.WINOGRAD4_MAX_MUL_RATIO of F(2x2)'s (36 per 4x4 tile against
     16 per 2x2 tile).  On the own AVX-512 GEMM F(2x2) stays (its transforms have AVX-512
-    versions there; F(4x4)'s were never measured there)."""
+    versions there) -- own_gemm False there too on a half-rate AVX-512 CPU (winograd_own),
+    where F(4x4) measured 1.0-1.3x F(2x2)'s speed (bench/half_rate_ab.py)."""
     if own_gemm or min(C, F) < T.WINOGRAD4_MIN_CHANNELS:
         return 2
     f4 = 36 * ceil_div(Ho, 4) * ceil_div(Wo, 4)
@@ -514,6 +537,21 @@ def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, 
             tasks = ceil_div(tasks, n_threads) * n_threads
         trows = max(1, ceil_div(N * th, tasks))
     return n_threads, trows, trows * per_row // itemsize + 8 * (2 * tw + 2), {}
+
+
+def winograd_gemm(tile, own, fixed):
+    """(own, fixed) for plan_winograd at this tile: F(4x4) on a half-rate AVX-512 CPU runs as
+    on the AVX2 machines (the packed GEMMs on csrc/fgemm.h, blocks spanning images), F(2x2)
+    on the own GEMM."""
+    if tile == 4 and own:
+        return False, True
+    return own, fixed
+
+
+def winograd_own(own, caps: ConvCaps):
+    """The own-GEMM flag winograd_tile reads: off where the half-rate rule takes F(4x4)
+    (avx2_algo "winograd4")."""
+    return own and not avx2_algo(caps, "winograd4")
 
 
 def winograd_step(p, tile, own, fixed):
@@ -727,7 +765,7 @@ def plan_rowphases(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_t
     wide); each output is one fixed chain of multiply-adds, so the rows per task may follow
     the team (no bits change): lowered until each thread has tuning.PHASES_TASKS_PER_THREAD."""
     sh, sw = s.stride
-    if (not float32 or caps.own_sgemm or not caps.rowgemm or s.groups != 1 or pointwise
+    if (not float32 or not avx2_algo(caps, "rowphases") or s.groups != 1 or pointwise
             or s.stride == (1, 1) or s.F % 4 or s.dilation != (1, 1)
             or s.KH % sh or s.KW % sw or Wo < T.ROWPHASES_MIN_WO):
         return None
@@ -742,15 +780,16 @@ def plan_rowphases(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_t
     return rows, per
 
 
-def stem_ok(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise):
+def stem_ok(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, algo="stem"):
     """The stem rule (csrc/stem.h; tuning.STEM_*): float32 where the GEMMs go to BLAS and
     AVX2 + FMA run, a strided groups-1, dilation-1 conv of at most tuning.STEM_MAX_CHANNELS
     input channels whose kernel, of at least tuning.STEM_MIN_TAPS taps, is not a multiple of
     the stride (rowphases and weight_rowgemm take those), filters in whole 4-row panels,
-    output rows of at least tuning.STEM_MIN_WO, maps above the batch paths'.  The AVX-512
-    machines keep their plan (phases, weight_dot)."""
+    output rows of at least tuning.STEM_MIN_WO, maps above the batch paths'.  The full-rate
+    AVX-512 machines keep their plan (phases, weight_dot); algo: "stem" (the forward) or
+    "weight_stem" (avx2_algo, the half-rate rule)."""
     sh, sw = s.stride
-    return (float32 and not caps.own_sgemm and caps.rowgemm and s.groups == 1 and not pointwise
+    return (float32 and avx2_algo(caps, algo) and s.groups == 1 and not pointwise
             and s.stride != (1, 1) and s.dilation == (1, 1) and s.F % 4 == 0
             and s.C <= T.STEM_MAX_CHANNELS and s.KH * s.KW >= T.STEM_MIN_TAPS
             and (s.KH % sh != 0 or s.KW % sw != 0)
@@ -814,7 +853,7 @@ def plan_weight_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n
     in fixed groups of consecutive slabs, about tuning.STEM_W_TASKS of them (at most one group
     per slab, and no more than the workspace limit holds the groups' partial sums of) -- set by
     the layer, the batch and the limit alone, so no bits follow the team."""
-    if not stem_ok(s, Ho, Wo, float32, caps, pointwise):
+    if not stem_ok(s, Ho, Wo, float32, caps, pointwise, "weight_stem"):
         return None
     rows = min(Ho, T.STEM_W_ROWS)
     fchunk = min(s.F, T.STEM_W_FILTERS)
@@ -847,8 +886,8 @@ def plan_weight_stem_wino(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwi
     row block) slabs in fixed groups of consecutive slabs, about tuning.STEM_W_TASKS of them
     (at most one per slab, no more than the workspace limit holds the partial sums of) -- set
     by the layer, the batch and the limit alone, so no bits follow the team."""
-    if not (stem_ok(s, Ho, Wo, float32, caps, pointwise) and s.KW == 7 and s.stride[1] == 2
-            and s.F >= T.STEM_WINO_MIN_FILTERS):
+    if not (stem_ok(s, Ho, Wo, float32, caps, pointwise, "weight_stem") and s.KW == 7
+            and s.stride[1] == 2 and s.F >= T.STEM_WINO_MIN_FILTERS):
         return None
     rows = min(Ho, T.STEM_WINO_W_ROWS)
     per = stem_wino_floats(s, rows, Wo) + 7 * 8     # (csrc/stem_wgrad.h ck_stem_wgrad_floats)
@@ -872,7 +911,7 @@ def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise
     halve down to 16, then the kernel rows per task.  The tasks and the passes
     (tuning.WGRAD_RG_PASS taps) do not order any sum: no bits follow them."""
     sh, sw = s.stride
-    if (not float32 or caps.own_sgemm or not caps.rowgemm or s.groups != 1 or pointwise
+    if (not float32 or not avx2_algo(caps, "weight_rowgemm") or s.groups != 1 or pointwise
             or s.stride == (1, 1) or s.F % 4 or s.dilation != (1, 1)
             or s.KH % sh or s.KW % sw or s.KW * s.C < 24 or batch_ok(Ho, Wo, pointwise)):
         return None
@@ -901,7 +940,7 @@ def plan_weight_direct(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise,
     layer (1 -> 6, 5x5): the batch path's GEMM spent more on its columns' transposes and
     packing than on the multiplies.  A task per (filter, channel, kernel row), each sum's
     order fixed by the shapes: no bits follow the team."""
-    if (not float32 or caps.own_sgemm or not caps.rowgemm or s.groups != 1 or pointwise
+    if (not float32 or not avx2_algo(caps, "weight_direct") or s.groups != 1 or pointwise
             or s.stride != (1, 1) or s.dilation != (1, 1) or s.C > T.WDIRECT_MAX_CHANNELS
             or s.KW > 8 or s.KH * s.KW < T.WDIRECT_MIN_TAPS):
         return None
@@ -1109,22 +1148,22 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     if winograd is None:
         winograd = prefer_winograd(F, Cg, KH, KW, s.stride, s.dilation, s.groups, Ho, Wo)
     if winograd:
-        tile = winograd_tile(C, F, Ho, Wo, own)
-        p = plan_winograd(N, C, F, Ho, Wo, itemsize, n, wbytes, own, limit, tile, fixed)
+        tile = winograd_tile(C, F, Ho, Wo, winograd_own(own, caps))
+        wo, wf = winograd_gemm(tile, own, fixed)
+        p = plan_winograd(N, C, F, Ho, Wo, itemsize, n, wbytes, wo, limit, tile, wf)
         if p is None and tile == 4:     # (F(4x4)'s filters alone over the limit)
-            tile = 2
+            tile, wo, wf = 2, own, fixed
             p = plan_winograd(N, C, F, Ho, Wo, itemsize, n, wbytes, own, limit, tile, fixed)
         if p is not None:
-            return winograd_step(p, tile, own, fixed)
+            return winograd_step(p, tile, wo, wf)
     if batch_ok(Ho, Wo, pointwise):
         Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
         p = plan_batch_forward(N, C, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, limit, own,
                                    fixed)
         if p is not None:
             return Step("batch", p[0], {"imgs": p[1], "per_thread": p[2]})
-    p = plan_phases(s, Ho, Wo, f32, caps.own_sgemm, pointwise, n, limit)
-    if p is not None:
-        return Step("phases", n, {"rows": p[0], "per_thread": p[1]})
+    # (rowphases and stem before phases: on a half-rate AVX-512 CPU both may apply, and the
+    # AVX2 ones measured faster; elsewhere at most one of the three does)
     p = plan_rowphases(s, Ho, Wo, f32, caps, pointwise, n, limit)
     if p is not None:
         return Step("rowphases", n, {"rows": p[0], "per_thread": p[1],
@@ -1137,6 +1176,9 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             return Step("stem_wino", q[0], {"rows": q[1], "per_thread": q[2], "ufloats": q[3],
                                             "direct": stem})
         return stem
+    p = plan_phases(s, Ho, Wo, f32, caps.own_sgemm, pointwise, n, limit)
+    if p is not None:
+        return Step("phases", n, {"rows": p[0], "per_thread": p[1]})
     p = plan_wide(s, Ho, Wo, itemsize, pointwise, limit)
     if p is not None:
         return Step("wide", min(n, N), {"per_thread": p})
@@ -1196,19 +1238,23 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         step = Step("dense", n, dense_params(own, fixed))
         return (step if needs_input_grad else None), step, "sum", bias_n
     dot = plan_weight_dot(s, Ho, Wo, f32, caps.own_sgemm, pointwise, n, limit)
+    if dot is not None and (plan_weight_rowgemm(s, Ho, Wo, f32, caps, pointwise, n, limit)
+                            or plan_weight_stem(s, Ho, Wo, f32, caps, pointwise, n, limit)):
+        dot = None      # (a half-rate AVX-512 CPU: the AVX2 weight gradient measured faster)
     gx = None
     if needs_input_grad:
         if winograd is None:
             winograd = prefer_winograd(F, Cg, KH, KW, s.stride, s.dilation, G, Ho, Wo)
         if winograd:
             # the conv of grad_y (F channels) with the flipped, transposed filters (C out)
-            tile = winograd_tile(F, Cg, H, W, own)
-            p = plan_winograd(N, F, Cg, H, W, itemsize, n, wbytes, own, limit, tile, fixed)
+            tile = winograd_tile(F, Cg, H, W, winograd_own(own, caps))
+            wo, wf = winograd_gemm(tile, own, fixed)
+            p = plan_winograd(N, F, Cg, H, W, itemsize, n, wbytes, wo, limit, tile, wf)
             if p is None and tile == 4:
-                tile = 2
+                tile, wo, wf = 2, own, fixed
                 p = plan_winograd(N, F, Cg, H, W, itemsize, n, wbytes, own, limit, tile, fixed)
             if p is not None:
-                gx = winograd_step(p, tile, own, fixed)
+                gx = winograd_step(p, tile, wo, wf)
         if gx is None and s.stride == (1, 1) and batch_ok(H, W, pointwise):
             Hp, Wp = batch_padded(H, W, KH, KW, (1, 1), s.dilation)
             p = plan_batch_forward(N, F, C, KH * KW, Hp * Wp, H * W, itemsize, n, limit, own,
@@ -1216,7 +1262,8 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             if p is not None:
                 gx = Step("batch", p[0], {"imgs": p[1], "per_thread": p[2], "flipped": True})
         if gx is None and not batch_ok(Ho, Wo, pointwise):
-            p = plan_subpixel(s, itemsize, own, pointwise, n, limit)
+            p = plan_subpixel(s, itemsize, own and not avx2_algo(caps, "subpixel"), pointwise,
+                              n, limit)
             if p is not None:
                 gx = Step("subpixel", p[0], {"rows": p[1], "per_thread": p[2], "srows": p[3],
                                                "skc": T.SUBPIXEL_SHIFT_KC})
@@ -1236,10 +1283,11 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             if not gx_left:
                 return gx, gw, "sum", bias_n
         elif winograd is not False:     # (tests that force im2col force it here too)
-            p = plan_weight_winograd(s, Ho, Wo, itemsize, own, n, limit)
-            if p is not None:
+            wown = own and not avx2_algo(caps, "weight_winograd")
+            p = plan_weight_winograd(s, Ho, Wo, itemsize, wown, n, limit)
+            if p is not None:   # (its GEMMs on the fixed-order kernel: fgemm.h, or the own)
                 gw = Step("weight_winograd", n, {"trows": p[0], "cols": p[1], "parts": p[2],
-                                                 "floats": p[3], "fixed": fixed})
+                                                 "floats": p[3], "fixed": fixed or own})
                 if not gx_left:
                     return gx, gw, "sum", bias_n
         p = None if gw is not None else plan_weight_stem(s, Ho, Wo, f32, caps, pointwise, n,

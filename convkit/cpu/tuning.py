@@ -17,6 +17,22 @@ tests (tests/test_cpu_many_threads.py, tests/test_cpu_batch_invariance.py).
 # RESULTS.md "Conv plan tuning" / serial threshold (9.2k MACs even, 74k MACs 1.1x on 2).
 SERIAL_MACS = 1 << 15
 
+# ----------------------------------------------------------------------------- AVX-512 rate
+# The half-rate rule.  Where the CPU has AVX-512F the float32 GEMMs run on the own AVX-512 kernel
+# (csrc/sgemm.h) and the plans built on it (phases, weight_dot, F(2x2) Winograd, im2col);
+# the AVX2 + FMA algorithms (csrc/rowgemm.h, stem.h, stem_wino.h, wino4.h's packed F(4x4),
+# wdirect.h) were tuned on an AVX2-only machine and stay off there -- right where a 512-bit
+# FMA runs at twice the 256-bit rate (Intel Skylake-SP and later, AMD Zen 5 = family 0x1A:
+# their plans do not change).  AMD family 0x19 (Zen 4) runs a 512-bit FMA as two 256-bit
+# halves, so the own GEMM has no more FMA throughput than AVX2 there: on such a CPU
+# (ConvCaps.avx512_full_rate False: csrc/isa.h's CPUID test, read once;
+# CONVKIT_AVX512_FULL_RATE=0/1 in the environment overrides it, e.g. for tests) the plan takes
+# the AVX2 algorithms named here where their rules apply, beside the AVX-512 GEMM for the rest.
+# Each was measured per pass against the AVX-512 plan on the 2-core Zen 4 of the ninth session
+# (one-thread CPU time; RESULTS.md "ninth session (helper zen4 ...)").
+HALF_RATE_AVX2 = frozenset({"stem", "weight_stem", "rowphases", "subpixel", "weight_rowgemm",
+                            "winograd4", "weight_winograd"})
+
 # ----------------------------------------------------------------------------- workspaces
 # im2col piece per thread: twice the weight's bytes, clamped to [CHUNK_MIN, CHUNK_MAX]; small
 # pieces stay in cache, but each piece repacks the weight.

@@ -18,6 +18,45 @@
 #ifndef CONVKIT_ISA_H
 #define CONVKIT_ISA_H
 
+/* Whether this CPU's 512-bit FMA runs at the full rate (two 512-bit FMAs a cycle, or one at twice
+ * the 256-bit rate) -- read once: 0 on AMD family 0x19 (Zen 4), which splits a 512-bit FMA into
+ * two 256-bit halves, so the own AVX-512 GEMM has no more FMA throughput there than the AVX2
+ * kernels, and the plan may take the AVX2 algorithms where they measured faster
+ * (conv_plan.py ConvCaps.avx512_full_rate, tuning.py HALF_RATE_AVX2); 1 everywhere else (Intel
+ * Skylake-SP and later, AMD Zen 5 = family 0x1A, and CPUs without AVX-512, where it is moot).
+ * CONVKIT_AVX512_FULL_RATE=0/1 in the environment overrides it (tests, users). */
+#include <stdlib.h>
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <cpuid.h>
+static inline int ck_avx512_full_rate(void)
+{
+    static int known = -1;  /* benign race: every thread computes the same value */
+    if (known < 0) {
+        const char *env = getenv("CONVKIT_AVX512_FULL_RATE");
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        int rate = 1;
+        if (env != NULL && env[0] != '\0') {
+            rate = env[0] != '0';
+        } else if (__get_cpuid(0, &a, &b, &c, &d)
+                   && b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u  /* AuthenticAMD */
+                   && __get_cpuid(1, &a, &b, &c, &d)) {
+            unsigned family = (a >> 8) & 0xf;
+            if (family == 0xf)
+                family += (a >> 20) & 0xff;
+            rate = family != 0x19;
+        }
+        known = rate;
+    }
+    return known;
+}
+#else
+static inline int ck_avx512_full_rate(void)
+{
+    const char *env = getenv("CONVKIT_AVX512_FULL_RATE");
+    return !(env != NULL && env[0] == '0');
+}
+#endif
+
 #if !defined(CONVKIT_EMULATE_AVX512)
 
 #define CK_AVX512_EMULATED 0
