@@ -225,12 +225,15 @@ class SGD(Optimizer):
         mu = group["momentum"]
         states = [self.state[e[5]] for e in entries] if mu else None
         bufs = [st.get("momentum_buffer") for st in states] if mu else None
-        get_backend().sgd_update([e[1] for e in entries], [e[2] for e in entries], bufs,
-                                 group["lr"], mu, group["dampening"], group["weight_decay"],
-                                 group["nesterov"])
-        if mu:
-            for st, buf in zip(states, bufs):
-                st["momentum_buffer"] = buf
+        try:
+            get_backend().sgd_update([e[1] for e in entries], [e[2] for e in entries], bufs,
+                                     group["lr"], mu, group["dampening"],
+                                     group["weight_decay"], group["nesterov"])
+        finally:    # (buffers made before an error stay, as the parameters updated keep theirs)
+            if mu:
+                for st, buf in zip(states, bufs):
+                    if buf is not None:
+                        st["momentum_buffer"] = buf
 
 
 class Adam(Optimizer):
