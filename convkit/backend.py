@@ -155,6 +155,32 @@ class Backend(abc.ABC):
         e.g. seconds per kernel.  Backends with nothing to compile keep this default: ``{}``."""
         return {}
 
+    def sgd_update(self, params, grads, bufs, lr, momentum, dampening, weight_decay,
+                   nesterov) -> None:
+        """One ``torch.optim.SGD`` step over lists of parameters and their gradients, in place
+        (convkit.nn.SGD's work): ``d = g + weight_decay * p`` (if weight_decay); with momentum,
+        ``buf = d`` at the first step (``bufs[i]`` None: a new array is put in the list) and
+        ``buf = momentum * buf + (1 - dampening) * d`` after; ``d = d + momentum * buf``
+        (Nesterov) or ``buf``; ``p -= lr * d``.  Hyper-parameters are Python floats, checked
+        by the optimiser.  This default runs the arrays' own operators, so any backend's arrays
+        work; a backend may replace it with a fused kernel giving the same bits."""
+        for i, (p, g) in enumerate(zip(params, grads)):
+            d = g + weight_decay * p if weight_decay else g
+            if momentum:
+                buf = bufs[i]
+                if buf is None:     # (g's copy, not d's: d of a 0-d g is a scalar, no array)
+                    buf = bufs[i] = g.copy()
+                    if d is not g:
+                        buf[...] = d
+                else:
+                    buf *= momentum
+                    if dampening:
+                        buf += (1.0 - dampening) * d
+                    else:       # (1 - 0) * d is d: the same bits, one temporary less
+                        buf += d
+                d = d + momentum * buf if nesterov else buf
+            p -= lr * d
+
     # ------------------------------------------------------------ public ops
     # Each is the functional op of the same name run on this backend: same signature, same
     # checks, same results (see convkit.functional for the semantics).

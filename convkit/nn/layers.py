@@ -28,6 +28,8 @@ def _small_matmul(a, b):
     if a.size * b.shape[-1] > _SMALL_MACS:
         with blas_single_thread.released():     # inside a Sequential's pin
             return a @ b
+    if blas_single_thread.held():               # (a Sequential's pin: BLAS is on one thread)
+        return a @ b
     with blas_single_thread:
         return a @ b
 
@@ -438,14 +440,17 @@ class Linear(Module):
             self.add_param("bias", be.xp.zeros(out_features, dt))
 
     def forward(self, x):
-        check_float_input("Linear", x)
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"Linear: x must be 2-D (N, {self.in_features}), got shape "
-                             f"{tuple(x.shape)} (use Flatten() after a conv stack)")
-        self._active()
         w = self.params["weight"]
-        if x.dtype != w.dtype:
+        # (x of the layer's float dtype passes check_float_input: the checks in their order
+        # only when something is off)
+        if x.dtype != w.dtype or x.ndim != 2 or x.shape[1] != self.in_features:
+            check_float_input("Linear", x)
+            if x.ndim != 2 or x.shape[1] != self.in_features:
+                raise ValueError(f"Linear: x must be 2-D (N, {self.in_features}), got shape "
+                                 f"{tuple(x.shape)} (use Flatten() after a conv stack)")
+            self._active()
             raise TypeError(f"Linear: x is {x.dtype} but the layer is {w.dtype}")
+        self._active()
         y = _small_matmul(x, w.T) if self.training else _rows_matmul(x, w.T)
         if self.has_bias:
             y += self.params["bias"]
@@ -454,12 +459,12 @@ class Linear(Module):
 
     def backward(self, grad_y):
         x = self._pop()
-        w = self.params["weight"]
-        if "weight" not in self.frozen:
-            self.grads["weight"] += _small_matmul(grad_y.T, x)
-        if self.has_bias:
-            self._accumulate("bias", grad_y.sum(axis=0))
-        return _small_matmul(grad_y, w)
+        frozen, grads = self.frozen, self.grads
+        if "weight" not in frozen:
+            grads["weight"] += _small_matmul(grad_y.T, x)
+        if self.has_bias and "bias" not in frozen:
+            grads["bias"] += grad_y.sum(axis=0)
+        return _small_matmul(grad_y, self.params["weight"])
 
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}"

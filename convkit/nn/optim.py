@@ -220,23 +220,20 @@ class SGD(Optimizer):
         g["nesterov"] = bool(g["nesterov"])
 
     def _update(self, group, entries):
-        mu, wd, lr = group["momentum"], group["weight_decay"], group["lr"]
-        damp, nesterov = group["dampening"], group["nesterov"]
-        for _, p, g, _, _, i in entries:
-            d = g + wd * p if wd else g
+        # the active backend's sgd_update: a fused pass per parameter on the cpu backend, the
+        # arrays' own operators elsewhere (Backend.sgd_update); the same bits either way
+        mu = group["momentum"]
+        states = [self.state[e[5]] for e in entries] if mu else None
+        bufs = [st.get("momentum_buffer") for st in states] if mu else None
+        try:
+            get_backend().sgd_update([e[1] for e in entries], [e[2] for e in entries], bufs,
+                                     group["lr"], mu, group["dampening"],
+                                     group["weight_decay"], group["nesterov"])
+        finally:    # (buffers made before an error stay, as the parameters updated keep theirs)
             if mu:
-                st = self.state[i]
-                buf = st.get("momentum_buffer")
-                if buf is None:
-                    buf = st["momentum_buffer"] = d.copy()
-                else:
-                    buf *= mu
-                    if damp:
-                        buf += (1.0 - damp) * d
-                    else:       # (1 - 0) * d is d: the same bits, one temporary less
-                        buf += d
-                d = d + mu * buf if nesterov else buf
-            p -= lr * d
+                for st, buf in zip(states, bufs):
+                    if buf is not None:
+                        st["momentum_buffer"] = buf
 
 
 class Adam(Optimizer):
