@@ -155,11 +155,12 @@ class Backend(abc.ABC):
         e.g. seconds per kernel.  Backends with nothing to compile keep this default: ``{}``."""
         return {}
 
-    def sgd_update(self, params, grads, bufs, lr, momentum, dampening, weight_decay,
-                   nesterov) -> None:
-        """One ``torch.optim.SGD`` step over lists of parameters and their gradients, in place
-        (convkit.nn.SGD's work): ``d = g + weight_decay * p`` (if weight_decay); with momentum,
-        ``buf = d`` at the first step (``bufs[i]`` None: a new array is put in the list) and
+    def _sgd_update(self, params, grads, bufs, lr, momentum, dampening, weight_decay,
+                    nesterov) -> None:
+        """Protected hook (no checks: convkit.nn.SGD validates and is its only caller): one
+        ``torch.optim.SGD`` step over lists of parameters and their gradients, in place:
+        ``d = g + weight_decay * p`` (if weight_decay); with momentum, ``buf = d`` at the first
+        step (``bufs[i]`` None: a new array is put in the list) and
         ``buf = momentum * buf + (1 - dampening) * d`` after; ``d = d + momentum * buf``
         (Nesterov) or ``buf``; ``p -= lr * d``.  Hyper-parameters are Python floats, checked
         by the optimiser.  This default runs the arrays' own operators, so any backend's arrays

@@ -1,4 +1,4 @@
-"""The cpu backend's fused SGD update (csrc/sgd.h via Backend.sgd_update) against the Backend
+"""The cpu backend's fused SGD update (csrc/sgd.h via Backend._sgd_update) against the Backend
 default (numpy's operators, what nn.SGD ran before): the same bits for every option, both float
 types, non-finite values and signed zeros; the cases it declines fall back to the default; and
 nn.SGD on the cpu backend trains to the numpy backend's bits and follows torch.optim.SGD."""
@@ -57,7 +57,7 @@ def test_fused_sgd_same_bits_as_default(dtype, opts, special):
     ps, gs = _arrays(np.random.default_rng(1), dtype, special)
     with np.errstate(all="ignore"):
         got = _run(fused, ps, gs, 4, np.random.default_rng(2), opts)
-        want = _run(lambda *a: Backend.sgd_update(ref, *a), ps, gs, 4,
+        want = _run(lambda *a: Backend._sgd_update(ref, *a), ps, gs, 4,
                     np.random.default_rng(2), opts)
     for a, b in zip(got[0] + got[1], want[0] + want[1]):
         if b is None:
@@ -94,8 +94,8 @@ def test_fused_sgd_declines_to_the_default():
         a = [x.copy() for x in ps_gs[0]]
         b = [x.copy() for x in ps_gs[0]]
         ba, bb = [None], [None]
-        convkit.get_backend("cpu").sgd_update(a, ps_gs[1], ba, *opts)
-        Backend.sgd_update(convkit.get_backend("numpy"), b, ps_gs[1], bb, *opts)
+        convkit.get_backend("cpu")._sgd_update(a, ps_gs[1], ba, *opts)
+        Backend._sgd_update(convkit.get_backend("numpy"), b, ps_gs[1], bb, *opts)
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(ba[0], bb[0])
     # a read-only parameter is refused by the kernel and raises in numpy's in-place update
@@ -103,7 +103,7 @@ def test_fused_sgd_declines_to_the_default():
     ro.flags.writeable = False
     assert _optim.sgd_step([ro], [g], [None], *opts) is False
     with pytest.raises(ValueError):
-        convkit.get_backend("cpu").sgd_update([ro], [g], [None], *opts)
+        convkit.get_backend("cpu")._sgd_update([ro], [g], [None], *opts)
 
 
 def test_fused_sgd_grad_is_param():
@@ -115,8 +115,8 @@ def test_fused_sgd_grad_is_param():
         p2 = p1.copy()
         b1, b2 = [None], [None]
         for _ in range(3):
-            convkit.get_backend("cpu").sgd_update([p1], [p1], b1, *opts)
-            Backend.sgd_update(convkit.get_backend("numpy"), [p2], [p2], b2, *opts)
+            convkit.get_backend("cpu")._sgd_update([p1], [p1], b1, *opts)
+            Backend._sgd_update(convkit.get_backend("numpy"), [p2], [p2], b2, *opts)
         np.testing.assert_array_equal(p1, p2)
 
 

@@ -1,7 +1,7 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False
 # cython: language_level=3
 """The optimisers' fused updates (csrc/sgd.h): one pass per parameter instead of numpy's four
-ufunc calls and two temporaries, with the same roundings.  CpuBackend.sgd_update calls it and
+ufunc calls and two temporaries, with the same roundings.  CpuBackend._sgd_update calls it and
 runs the Backend default when it declines."""
 cimport numpy as cnp
 import numpy as np
@@ -53,7 +53,7 @@ cdef bint _f32_ok(double v):
 
 def sgd_step(list params, list grads, list bufs, double lr, double momentum, double dampening,
              double weight_decay, bint nesterov):
-    """Backend.sgd_update on host arrays, or False having changed nothing: every param, grad
+    """Backend._sgd_update on host arrays, or False having changed nothing: every param, grad
     and (non-None) buffer must be a C-contiguous numpy float32 or float64 array of its
     parameter's shape and type, the parameter and buffer writeable; a grad is the parameter's
     memory or apart from it; a buffer apart from both; and float32 must hold the

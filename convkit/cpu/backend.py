@@ -22,14 +22,14 @@ class CpuBackend(Backend, hook_modules=(conv, conv_transpose, deform_conv, pool,
     def asarray(self, a, dtype=None):
         return host_asarray(a, dtype, self.name)
 
-    def sgd_update(self, params, grads, bufs, lr, momentum, dampening, weight_decay,
-                   nesterov) -> None:
+    def _sgd_update(self, params, grads, bufs, lr, momentum, dampening, weight_decay,
+                    nesterov) -> None:
         # one fused pass per parameter (csrc/sgd.h), the default's bits; anything else
         # (other arrays, layouts, overlaps) takes the default
         if not _optim.sgd_step(params, grads, bufs, lr, momentum, dampening, weight_decay,
                                nesterov):
-            super().sgd_update(params, grads, bufs, lr, momentum, dampening, weight_decay,
-                               nesterov)
+            super()._sgd_update(params, grads, bufs, lr, momentum, dampening, weight_decay,
+                                nesterov)
 
     def info(self):
         from ._gemm import avx512_emulated, fixed_sgemm_active, own_sgemm_active

@@ -220,13 +220,13 @@ class SGD(Optimizer):
         g["nesterov"] = bool(g["nesterov"])
 
     def _update(self, group, entries):
-        # the active backend's sgd_update: a fused pass per parameter on the cpu backend, the
-        # arrays' own operators elsewhere (Backend.sgd_update); the same bits either way
+        # the active backend's _sgd_update: a fused pass per parameter on the cpu backend, the
+        # arrays' own operators elsewhere (Backend._sgd_update); the same bits either way
         mu = group["momentum"]
         states = [self.state[e[5]] for e in entries] if mu else None
         bufs = [st.get("momentum_buffer") for st in states] if mu else None
         try:
-            get_backend().sgd_update([e[1] for e in entries], [e[2] for e in entries], bufs,
+            get_backend()._sgd_update([e[1] for e in entries], [e[2] for e in entries], bufs,
                                      group["lr"], mu, group["dampening"],
                                      group["weight_decay"], group["nesterov"])
         finally:    # (buffers made before an error stay, as the parameters updated keep theirs)
