@@ -69,15 +69,19 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
         per_image = C * plane * item
         cols, table = n_threads * C * KH * KW * pb, n_threads * RK * pb
     else:   # float32 on rowgemm: per thread one task's gy panels, and the rows' offsets
-        Fg = weight.shape[0] // (C // weight.shape[1])
-        pan = (max((weight.shape[0] + 24) * P, _block(P, _POSITIONS) * Fg)
+        G = C // weight.shape[1]
+        Fg = weight.shape[0] // G
+        F16 = G * -(-Fg // 16) * 16         # filters in the fused backward's panels of 16
+        pan = (max((weight.shape[0] + 24) * P, F16 * P, _block(P, _POSITIONS) * Fg)
                if _rowgemm(x.dtype) else 0)
         K = weight.size // weight.shape[0]
+        # grad_weight's share per image (the fused tasks': panel-major, 16 filters a panel)
+        wsz = max(weight.size, F16 * K) if pan else weight.size
         fixed = (n_threads * pan * item + (2 * P + Fg) * np.dtype(np.intp).itemsize * (pan > 0)
                  + weight.shape[0] * -(-K // 16) * 16 * item * (pan > 0))     # + _strips(w2)
         # (+ with rowgemm: a second plane per image, grad_x's, filled while the first is read)
-        per_image = ((C * plane * (2 if pan else 1) + C * KH * KW * P + weight.size) * item
-                     + RK * P * entry)
+        per_image = ((C * plane * (2 if pan else 1) + C * KH * KW * P
+                      + wsz) * item + RK * P * entry)
     limit = get_workspace_limit()
     if fixed + per_image > limit:
         raise MemoryError(f"{op}: one image's bordered planes, deformable columns and sample "
@@ -93,8 +97,7 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
     if forward and _opgemm(x.dtype):     # the weights in panels of 16 filters
         bufs += (_workspace(npanel, x.dtype, "deform_panels16")[:npanel],)
     if not forward:     # per chunk image its grad_weight; the GEMM panels and row offsets
-        K = weight.size // weight.shape[0]
-        bufs += (_workspace(chunk * weight.size, x.dtype, "deform_wpart"),
+        bufs += (_workspace(chunk * wsz, x.dtype, "deform_wpart"),
                  _workspace(n_threads * pan, x.dtype, "deform_panels")[:n_threads * pan],
                  np.concatenate([np.arange(P, dtype=np.intp) * (C * KH * KW),
                                  np.arange(Fg, dtype=np.intp) * 24,

@@ -531,7 +531,97 @@ CK_OP_TARGET static void ck_opt_avx2(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, cons
         }
     }
 }
+
+/* grad_weight's share of np positions on the same tiles, the columns read in place:
+     o[16*q + i] (+)= sum over p < np, in order, of gp[16*p + i] * b[p*ldb + q]
+   for q < n <= 6 (six consecutive columns of the columns' rows, broadcast; columns n and past
+   repeat column n - 1, not stored), i < 16 (gp: 16 filters of grad_y, a run of 16 per
+   position).  acc: go on from the sums in o (else from 0).  Each sum is one FMA chain over
+   the positions in order, as on csrc/rowgemm.h (the same bits); o holds a tile's sums as
+   runs of 16 filters (the caller's panel-major grad_weight), so it loads and stores whole
+   vectors, and no strip of the columns is copied. */
+CK_OP_TARGET static void ck_wg_6x16(ptrdiff_t np, const float* gp, const float* b,
+        ptrdiff_t ldb, ptrdiff_t n, int acc, float* o)
+{
+    const float* b0 = b;
+    const float* b1 = b + (n > 1 ? 1 : n - 1);
+    const float* b2 = b + (n > 2 ? 2 : n - 1);
+    const float* b3 = b + (n > 3 ? 3 : n - 1);
+    const float* b4 = b + (n > 4 ? 4 : n - 1);
+    const float* b5 = b + (n > 5 ? 5 : n - 1);
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    ptrdiff_t p, k;
+    if (acc) {
+        c00 = _mm256_loadu_ps(o);      c01 = _mm256_loadu_ps(o + 8);
+        if (n > 1) { c10 = _mm256_loadu_ps(o + 16); c11 = _mm256_loadu_ps(o + 24); }
+        if (n > 2) { c20 = _mm256_loadu_ps(o + 32); c21 = _mm256_loadu_ps(o + 40); }
+        if (n > 3) { c30 = _mm256_loadu_ps(o + 48); c31 = _mm256_loadu_ps(o + 56); }
+        if (n > 4) { c40 = _mm256_loadu_ps(o + 64); c41 = _mm256_loadu_ps(o + 72); }
+        if (n > 5) { c50 = _mm256_loadu_ps(o + 80); c51 = _mm256_loadu_ps(o + 88); }
+    }
+    for (p = 0, k = 0; p < np; p++, k += ldb) {   /* k: row p's offset; CK_OP_ROW reads b##q + k */
+        const __m256 w0 = _mm256_loadu_ps(gp + 16 * p), w1 = _mm256_loadu_ps(gp + 16 * p + 8);
+        CK_OP_ROW(0, c00, c01);
+        CK_OP_ROW(1, c10, c11);
+        CK_OP_ROW(2, c20, c21);
+        CK_OP_ROW(3, c30, c31);
+        CK_OP_ROW(4, c40, c41);
+        CK_OP_ROW(5, c50, c51);
+    }
+    _mm256_storeu_ps(o, c00);      _mm256_storeu_ps(o + 8, c01);
+    if (n > 1) { _mm256_storeu_ps(o + 16, c10); _mm256_storeu_ps(o + 24, c11); }
+    if (n > 2) { _mm256_storeu_ps(o + 32, c20); _mm256_storeu_ps(o + 40, c21); }
+    if (n > 3) { _mm256_storeu_ps(o + 48, c30); _mm256_storeu_ps(o + 56, c31); }
+    if (n > 4) { _mm256_storeu_ps(o + 64, c40); _mm256_storeu_ps(o + 72, c41); }
+    if (n > 5) { _mm256_storeu_ps(o + 80, c50); _mm256_storeu_ps(o + 88, c51); }
+}
+
+CK_OP_TARGET static void ck_wg_avx2(ptrdiff_t n16, ptrdiff_t K, ptrdiff_t np, const float* gp,
+        ptrdiff_t ldp, const float* b, ptrdiff_t ldb, int acc, float* o)
+{
+    ptrdiff_t k0, q;
+    for (k0 = 0; k0 < K; k0 += 6)      /* six columns' rows (in L1) meet every panel */
+        for (q = 0; q < n16; q++)
+            ck_wg_6x16(np, gp + q * ldp, b + k0, ldb, K - k0 < 6 ? K - k0 : 6, acc,
+                       o + (q * K + k0) * 16);
+}
 #endif
+
+static int ck_deform_isa(void);
+
+/* dst[l*R + r] = src[r*ld + l] for r < R, l < L: 8 x 8 blocks transposed in registers
+   (csrc/rowgemm.h's ck_rg_to_cl) where the AVX2 kernels run, else one value at a time. */
+static void ck_deform_transpose_f(const float* src, ptrdiff_t ld, ptrdiff_t R, ptrdiff_t L,
+        float* dst)
+{
+    ptrdiff_t r, l;
+#ifdef CK_DEFORM_X86
+    if (ck_deform_isa()) {
+        ck_rg_to_cl(src, ld, R, L, dst);
+        return;
+    }
+#endif
+    for (r = 0; r < R; r++)
+        for (l = 0; l < L; l++) dst[l * R + r] = src[r * ld + l];
+}
+
+/* Panel q of grad_y's weight group g (gy: one image's F x P) for ck_deform_wgrad_f:
+   gp[16*p + i] = gy[(g*Fg + 16*q + i)*P + p], 0 for filters past the group's last. */
+static void ck_deform_gpanel16_f(const float* gy, ptrdiff_t Fg, ptrdiff_t P, ptrdiff_t g,
+        ptrdiff_t q, float* gp)
+{
+    const ptrdiff_t m = Fg - 16 * q < 16 ? Fg - 16 * q : 16;
+    const float* src = gy + (g * Fg + 16 * q) * P;
+    ptrdiff_t i, p;
+    if (m == 16) {
+        ck_deform_transpose_f(src, P, 16, P, gp);
+        return;
+    }
+    memset(gp, 0, (size_t)(16 * P) * sizeof(float));
+    for (p = 0; p < P; p++)
+        for (i = 0; i < m; i++) gp[16 * p + i] = src[i * P + p];
+}
 
 /* Panel q of weight group g of the weights w (F x Cg x KK, filters per group Fg) for
    ck_deform_opgemm_f: ap[16*(k*Cg + c) + i] = w[((g*Fg + 16*q + i)*Cg + c)*KK + k] (column
@@ -594,6 +684,24 @@ static int ck_deform_opgemm_t_f(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const flo
     }
 #endif
     (void)M; (void)N; (void)K; (void)ap; (void)b; (void)ldb; (void)out; (void)ldo;
+    return 0;
+}
+
+/* One weight group's grad_weight share of np positions by ck_wg_avx2 where the AVX2+FMA
+   kernels run: for each panel q < n16 of 16 filters and column k < K,
+     o[(q*K + k)*16 + i] (+)= sum over p < np, in order, of gp[q*ldp + 16*p + i] * b[p*ldb + k]
+   (gp: grad_y's panels from ck_deform_gpanel16_f, at the first position; b: the columns in
+   place; acc: go on from o's sums, else from 0); 0 (nothing done) elsewhere. */
+static int ck_deform_wgrad_f(ptrdiff_t n16, ptrdiff_t K, ptrdiff_t np, const float* gp,
+        ptrdiff_t ldp, const float* b, ptrdiff_t ldb, int acc, float* o)
+{
+#ifdef CK_DEFORM_X86
+    if (ck_deform_isa()) {
+        ck_wg_avx2(n16, K, np, gp, ldp, b, ldb, acc, o);
+        return 1;
+    }
+#endif
+    (void)n16; (void)K; (void)np; (void)gp; (void)ldp; (void)b; (void)ldb; (void)acc; (void)o;
     return 0;
 }
 
