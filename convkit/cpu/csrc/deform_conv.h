@@ -278,7 +278,10 @@ CK_DEFORM_COORD(double, d, plain, , double, 1, CK_DEFORM_LD, CK_DEFORM_ST, CK_DE
 /* (its cols kernel gives way to ck_deform_cols_f_avx2v below) */
 CK_DEFORM_KERNELS(float, f, avx2, __attribute__((target("avx2,fma"), unused)))
 CK_DEFORM_KERNELS(double, d, avx2, __attribute__((target("avx2,fma"))))
-CK_DEFORM_COORD(float, f, avx2, __attribute__((target("avx2,fma"))), __m256, 8, _mm256_loadu_ps,
+/* (gives way to ck_deform_coord_f_avx2v below; kept as the reference its bits are checked
+   against in bench/deform_bwd_split.c) */
+CK_DEFORM_COORD(float, f, avx2, __attribute__((target("avx2,fma"), unused)), __m256, 8,
+                _mm256_loadu_ps,
                 _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_sub_ps, _mm256_mul_ps)
 CK_DEFORM_COORD(double, d, avx2, __attribute__((target("avx2,fma"))), __m256d, 4,
                 _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd, _mm256_fmadd_pd,
@@ -344,6 +347,87 @@ __attribute__((target("avx2,fma"))) static void ck_deform_cols_f_avx2v(const flo
             }
         }
     }
+}
+
+/* ck_deform_coord_f_avx2 written out with the same float operations (so the same bits):
+   the four sums' lanes are added in order by one 4-wide chain (the lanes transposed in
+   registers; the generic build spills them and adds 32 scalars), and offset groups, taps and
+   weight groups are stepped instead of divided out per sample. */
+__attribute__((target("avx2,fma"))) static void ck_deform_coord_f_avx2v(const float* xn,
+        const float* mask, ptrdiff_t C, ptrdiff_t W, ptrdiff_t OG, ptrdiff_t Cg, ptrdiff_t KK,
+        ptrdiff_t P, ptrdiff_t p0, ptrdiff_t p1, const float* tw, const ptrdiff_t* tc,
+        ptrdiff_t ldt, float* gc, float* goff, float* gmask)
+{
+    const ptrdiff_t Cog = C / OG, K = Cg * KK, ldc = C * KK, Wp = W + 2;
+    ptrdiff_t g, k, p, c0, c1, wg, j;
+    for (p = p0; p < p1; p++)
+        for (g = 0; g < OG; g++) {
+            const ptrdiff_t wg0 = (g * Cog) / Cg, ce = (g + 1) * Cog;
+            for (k = 0; k < KK; k++) {
+                const ptrdiff_t r = g * KK + k, t = r * ldt + (p - p0);
+                const float* u = tw + 6 * t;
+                const float lh = u[4], lw = u[5], hh = 1 - lh, hw = 1 - lw;
+                const float m = mask ? mask[r * P + p] : 1.0f;
+                const __m256 vm = _mm256_set1_ps(m);
+                const float* a0 = xn + tc[t] * C;
+                __m256 s1 = _mm256_setzero_ps(), sa = s1, sb = s1, sc = s1;
+                __m256 q0, q1, q2, q3;
+                __m128 e;
+                float t1 = 0, ta = 0, tb_ = 0, tc_ = 0, e1, e21, e31, e4, ev[4];
+                for (c0 = g * Cog, wg = wg0; c0 < ce; c0 = c1, wg++) {
+                    float* d = gc + (p - p0) * ldc + wg * K + k * Cg - wg * Cg + c0;
+                    const float *b0 = a0 + c0, *b1 = b0 + C, *b2 = b0 + Wp * C, *b3 = b2 + C;
+                    ptrdiff_t n;
+                    c1 = (wg + 1) * Cg < ce ? (wg + 1) * Cg : ce;
+                    n = c1 - c0;
+                    for (j = 0; j + 8 <= n; j += 8) {
+                        const __m256 ej = _mm256_loadu_ps(d + j), v1 = _mm256_loadu_ps(b0 + j);
+                        const __m256 v3 = _mm256_loadu_ps(b2 + j);
+                        const __m256 va = _mm256_sub_ps(_mm256_loadu_ps(b1 + j), v1);
+                        s1 = _mm256_fmadd_ps(ej, v1, s1);
+                        sa = _mm256_fmadd_ps(ej, va, sa);
+                        sb = _mm256_fmadd_ps(ej, _mm256_sub_ps(v3, v1), sb);
+                        sc = _mm256_fmadd_ps(ej, _mm256_sub_ps(_mm256_sub_ps(
+                                                     _mm256_loadu_ps(b3 + j), v3), va), sc);
+                        _mm256_storeu_ps(d + j, _mm256_mul_ps(ej, vm));
+                    }
+                    for (; j < n; j++) {
+                        const float ej = d[j], v1 = b0[j], va = b1[j] - v1;
+                        t1 += ej * v1;
+                        ta += ej * va;
+                        tb_ += ej * (b2[j] - v1);
+                        tc_ += ej * ((b3[j] - b2[j]) - va);
+                        d[j] = ej * m;
+                    }
+                }
+                /* lane l of (s1, sa, sb, sc) as one 4-vector: q_l's low half (l < 4), high
+                   half (l >= 4) */
+                q0 = _mm256_unpacklo_ps(s1, sa);
+                q1 = _mm256_unpackhi_ps(s1, sa);
+                q2 = _mm256_unpacklo_ps(sb, sc);
+                q3 = _mm256_unpackhi_ps(sb, sc);
+                s1 = _mm256_shuffle_ps(q0, q2, 0x44);
+                sa = _mm256_shuffle_ps(q0, q2, 0xEE);
+                sb = _mm256_shuffle_ps(q1, q3, 0x44);
+                sc = _mm256_shuffle_ps(q1, q3, 0xEE);
+                e = _mm_add_ps(_mm_setzero_ps(), _mm256_castps256_ps128(s1));
+                e = _mm_add_ps(e, _mm256_castps256_ps128(sa));
+                e = _mm_add_ps(e, _mm256_castps256_ps128(sb));
+                e = _mm_add_ps(e, _mm256_castps256_ps128(sc));
+                e = _mm_add_ps(e, _mm256_extractf128_ps(s1, 1));
+                e = _mm_add_ps(e, _mm256_extractf128_ps(sa, 1));
+                e = _mm_add_ps(e, _mm256_extractf128_ps(sb, 1));
+                e = _mm_add_ps(e, _mm256_extractf128_ps(sc, 1));
+                _mm_storeu_ps(ev, _mm_add_ps(e, _mm_setr_ps(t1, ta, tb_, tc_)));
+                e1 = ev[0]; e21 = ev[1]; e31 = ev[2]; e4 = ev[3];
+                /* e21 = E2 - E1, e31 = E3 - E1, e4 = E4 - E3 - E2 + E1 */
+                goff[2 * r * P + p] = m * (lw * (e31 + e4) + hw * e31);
+                goff[(2 * r + 1) * P + p] = m * (lh * (e21 + e4) + hh * e21);
+                if (gmask)
+                    gmask[r * P + p] = u[0] * e1 + u[1] * (e1 + e21) + u[2] * (e1 + e31)
+                                       + u[3] * (e1 + e21 + e31 + e4);
+            }
+        }
 }
 
 /* ck_deform_table_f for AVX2 written out: eight positions a vector (the same float
@@ -727,7 +811,11 @@ static int ck_deform_wgrad_f(ptrdiff_t n16, ptrdiff_t K, ptrdiff_t np, const flo
 #define ck_deform_cols_f CK_DEFORM_PICK(ck_deform_cols, f)
 #endif
 #define ck_deform_cols_d CK_DEFORM_PICK(ck_deform_cols, d)
+#ifdef CK_DEFORM_X86
+#define ck_deform_coord_f (ck_deform_isa() ? ck_deform_coord_f_avx2v : ck_deform_coord_f_plain)
+#else
 #define ck_deform_coord_f CK_DEFORM_PICK(ck_deform_coord, f)
+#endif
 #define ck_deform_coord_d CK_DEFORM_PICK(ck_deform_coord, d)
 #define ck_deform_scatter_f CK_DEFORM_PICK(ck_deform_scatter, f)
 #define ck_deform_scatter_d CK_DEFORM_PICK(ck_deform_scatter, d)
