@@ -278,8 +278,7 @@ CK_DEFORM_COORD(double, d, plain, , double, 1, CK_DEFORM_LD, CK_DEFORM_ST, CK_DE
 /* (its cols kernel gives way to ck_deform_cols_f_avx2v below) */
 CK_DEFORM_KERNELS(float, f, avx2, __attribute__((target("avx2,fma"), unused)))
 CK_DEFORM_KERNELS(double, d, avx2, __attribute__((target("avx2,fma"))))
-/* (gives way to ck_deform_coord_f_avx2v below; kept as the reference its bits are checked
-   against in bench/deform_bwd_split.c) */
+/* (gives way to ck_deform_coord_f_avx2v below, which does the same float operations) */
 CK_DEFORM_COORD(float, f, avx2, __attribute__((target("avx2,fma"), unused)), __m256, 8,
                 _mm256_loadu_ps,
                 _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_sub_ps, _mm256_mul_ps)
