@@ -620,17 +620,19 @@ def test_cpu_batch_chunks_give_the_same_bits():
         convkit.set_workspace_limit(old)
 
 
-def test_cpu_float32_backward_per_image_tasks_give_the_bits_of_the_phases():
+@pytest.mark.parametrize("C,Fo", [(16, 16), (14, 40)])
+def test_cpu_float32_backward_per_image_tasks_give_the_bits_of_the_phases(C, Fo):
     """float32 on AVX2 runs the backward in one task per image where a chunk's images share
     out evenly over the threads (blocks of positions, each carried from its columns to its
     grad_x share while in cache: here 1 thread, 3 images or chunks of one), else in phases
     over blocks of positions (2 and 4 threads): both give the same bits, and they match the
-    float64 reference.  Filters per group 8 (rowgemm panels), positions 130 (blocks of 48, 48
-    and 34), two offset groups."""
+    float64 reference.  Filters per group 8 (rowgemm panels; one part-filled panel of 16 for
+    ck_deform_wgrad_f) or 20 (a full and a part-filled panel; 63 columns per group: a tile of
+    3 columns at the end), positions 130 (blocks of 48, 48 and 34), two offset groups."""
     import re
 
     rng = np.random.default_rng(17)
-    N, C, H, W, Fo, G, OG = 3, 16, 10, 13, 16, 2, 2
+    N, H, W, G, OG = 3, 10, 13, 2, 2
     c = dict(x=rng.standard_normal((N, C, H, W)).astype(np.float32),
              offset=(rng.standard_normal((N, 18 * OG, H, W)) * 2).astype(np.float32),
              weight=rng.standard_normal((Fo, C // G, 3, 3)).astype(np.float32),

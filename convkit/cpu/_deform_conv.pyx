@@ -29,7 +29,8 @@ panels (the columns copied in strips of 24, summed in passes of _GW_KC rows), (3
 ck_deform_opgemm_t_f (the forward's tiles, stored transposed; the weights in panels of 16
 columns, grad_y transposed per block); and where the chunk's images share out evenly over
 the threads, all of (1)-(4) but the grad_weight sum runs in one task per image
-(_image_backward_f), block by block of _SB positions, each block carried from its columns to
+(_image_backward_f; its grad_weight on ck_deform_wgrad_f, the same tiles again, reading the
+columns in place: the same FMA chains as rowgemm's), block by block of _SB positions, each block carried from its columns to
 its samples' shares of grad_x (into a second plane per image, gpad) while it is in cache --
 every sum in the order of the phases, so the same bits.
 """
@@ -43,13 +44,10 @@ from ._blas cimport gemm, gemm_pk
 from ._conv_common cimport _min
 from ._conv_csrc cimport ck_rowgemm_available, ck_rowgemm_kc_f, ck_rowgemm_pass_f
 
-cdef extern from "csrc/sgemm.h" nogil:
-    int CK_SGEMM_BUILT
-    int ck_sgemm_available()
-
-# The AVX2 kernels below stand in for BLAS; where the own AVX-512 GEMM runs (gemm / gemm_pk
-# take it) it stays, as before them (faster per core, and those machines' bits unchanged).
-cdef bint _AVX2_GEMMS = not (CK_SGEMM_BUILT and ck_sgemm_available())
+# The AVX2 kernels below stand in for BLAS, and also where the own AVX-512 GEMM runs
+# (gemm / gemm_pk take it): on the AVX-512 Zen 4 (512-bit FMAs as two 256-bit halves) they
+# took 9% less one-thread CPU time in the forward and 18% in the backward (bench/RESULTS.md,
+# ninth session), and every x86 machine with AVX2 now gives the same bits.
 
 
 cdef extern from "csrc/deform_conv.h" nogil:
@@ -60,6 +58,12 @@ cdef extern from "csrc/deform_conv.h" nogil:
                            Py_ssize_t ldo)
     int ck_deform_opgemm_t_f(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const float* ap,
                              const float* b, Py_ssize_t ldb, float* out, Py_ssize_t ldo)
+    int ck_deform_wgrad_f(Py_ssize_t n16, Py_ssize_t K, Py_ssize_t npos, const float* gp,
+                          Py_ssize_t ldp, const float* b, Py_ssize_t ldb, int acc, float* o)
+    void ck_deform_transpose_f(const float* src, Py_ssize_t ld, Py_ssize_t R, Py_ssize_t L,
+                               float* dst)
+    void ck_deform_gpanel16_f(const float* gy, Py_ssize_t Fg, Py_ssize_t P, Py_ssize_t g,
+                              Py_ssize_t q, float* gp)
     void ck_deform_panel16_f(const float* w, Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t KK,
                              Py_ssize_t g, Py_ssize_t q, float* ap)
     void ck_deform_pad_f_pick(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
@@ -126,8 +130,8 @@ def set_simd(bint on):
 
 def opgemm_available():
     """True where the forward's float32 GEMMs run on ck_deform_opgemm_f (AVX2 + FMA kernels
-    allowed, and no own AVX-512 GEMM, which stays where it runs); else BLAS (gemm_pk)."""
-    return bool(_AVX2_GEMMS and ck_deform_isa())
+    allowed); else BLAS or the own AVX-512 GEMM (gemm_pk)."""
+    return bool(ck_deform_isa())
 
 
 cdef struct Geom:
@@ -220,7 +224,7 @@ cdef void _dcols_coord_f(const float* gyn, Py_ssize_t G, Py_ssize_t Fg, const fl
     goff, gmask: the image's; tw, tc: its table (position 0 of tap 0); cols: row p0."""
     cdef Py_ssize_t g, K = s.Cg * s.KK, ns16 = (K + 15) // 16
     for g in range(G):
-        _transpose(gyn + g * Fg * s.P + p0, s.P, Fg, p1 - p0, pp)
+        ck_deform_transpose_f(gyn + g * Fg * s.P + p0, s.P, Fg, p1 - p0, pp)
         ck_deform_opgemm_t_f(K, p1 - p0, Fg, wst + g * ns16 * 16 * Fg, pp, Fg, cols + g * K,
                              s.CKK)
     ck_deform_coord_f(xs, mp, s.C, s.W, s.OG, s.Cg, s.KK, s.P, p0, p1, tw + p0 * 6, tc + p0,
@@ -229,34 +233,31 @@ cdef void _dcols_coord_f(const float* gyn, Py_ssize_t G, Py_ssize_t Fg, const fl
 
 cdef void _image_backward_f(const float* gyn, const float* offn, const float* mn, Geom* s,
                             Py_ssize_t G, Py_ssize_t Fg, const float* wst,
-                            const Py_ssize_t* boff, const Py_ssize_t* cblk, Py_ssize_t ncb,
+                            const Py_ssize_t* cblk, Py_ssize_t ncb,
                             Py_ssize_t sb, const float* xs, float* gs, float* cp, float* tw,
                             Py_ssize_t* tb, Py_ssize_t* tc, float* pp, float* wpart,
                             float* goffn, float* gmn, float* gxn) noexcept nogil:
     """The whole float32 backward of one image (AVX2), blocks of sb positions in order, each
     while it is in cache: (a) its table entries and columns (cp: sb rows), added to grad_weight
-    (wpart: the image's share, rowgemm passes over the block's positions: the chain of one
-    pass over them all); then (b) its dL/dcols, offset / mask gradients and dL/d(sample)
+    (wpart: the image's share, panel-major: per weight group, per 16 filters, per column a run
+    of 16; ck_deform_wgrad_f over the block's positions, reading the columns in place: the
+    FMA chain of csrc/rowgemm.h's one pass over them all); then (b) its dL/dcols, offset / mask gradients and dL/d(sample)
     (again in cp) and its samples' shares of grad_x, added into gs (a zeroed bordered plane)
     in the order of the unfused scatter, and cropped to gxn.  The same bits as the unfused
-    phases.  xs: the image's bordered copy; tw, tb, tc: its table; pp: (F + 24)*P scratch
-    (grad_y in 4-row panels per group, then a 24-column strip; later the block's grad_y
-    transposed); boff as deform_backward's."""
-    cdef Py_ssize_t K = s.Cg * s.KK, P = s.P, CKK = s.CKK, F = G * Fg
-    cdef Py_ssize_t nsb = (P + sb - 1) // sb, g, j, u, q, p0, p1, c
-    cdef float* strip = pp + F * P
+    phases.  xs: the image's bordered copy; tw, tb, tc: its table; pp: G*ceil(Fg/16)*16*P
+    scratch (grad_y in panels of 16 filters per group; later the block's grad_y transposed)."""
+    cdef Py_ssize_t K = s.Cg * s.KK, P = s.P, CKK = s.CKK, n16 = (Fg + 15) // 16
+    cdef Py_ssize_t nsb = (P + sb - 1) // sb, g, j, q, p0, p1, c
     for g in range(G):
-        _pack4(gyn + g * Fg * P, P, 1, Fg, P, pp + g * Fg * P)
+        for q in range(n16):
+            ck_deform_gpanel16_f(gyn, Fg, P, g, q, pp + (g * n16 + q) * 16 * P)
     for j in range(nsb):
         p0 = j * sb
         p1 = _min(P, p0 + sb)
         _table_cols(xs, offn, mn, s, p0, p1, tw + p0 * 6, tb + p0, tc + p0, P, cp)
         for g in range(G):
-            for u in range(0, K, 24):
-                q = _min(24, K - u)
-                _strip(cp + g * K + u, CKK, p1 - p0, q, strip + p0 * 24)
-                ck_rowgemm_pass_f(Fg, q, P, p0, p1 - p0, pp + g * Fg * P, strip, boff + P + Fg,
-                                  wpart + g * Fg * K + u, K)
+            ck_deform_wgrad_f(n16, K, p1 - p0, pp + g * n16 * 16 * P + 16 * p0, 16 * P,
+                              cp + g * K, CKK, p0 > 0, wpart + g * n16 * 16 * K)
     memset(gs, 0, s.C * s.plane * sizeof(float))
     for j in range(nsb):
         p0 = j * sb
@@ -268,13 +269,6 @@ cdef void _image_backward_f(const float* gyn, const float* offn, const float* mn
     ck_deform_crop_f(gs, s.C, s.H, s.W, 0, s.C, gxn)
 
 
-cdef void _transpose(const float* src, Py_ssize_t ld, Py_ssize_t R, Py_ssize_t L,
-                     float* dst) noexcept nogil:
-    """dst[l*R + r] = src[r*ld + l] for r < R, l < L."""
-    cdef Py_ssize_t r, l
-    for r in range(R):
-        for l in range(L):
-            dst[l * R + r] = src[r * ld + l]
 
 
 def deform_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] off,
@@ -370,7 +364,9 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
     offsets (2*P + Fg: p*C*KK, f*24, then p*24); wst the weights w2 in panels of 16 columns
     (per weight group, per panel: Fg rows of 16, the last panel zero-padded), which the
     dL/dcols GEMM reads; gpad C*(H+2)*(W+2) per chunk image (grad_x's planes of the fused
-    (3)+(4); fewer: unfused).  An empty pan: BLAS.  params as deform_forward's."""
+    (3)+(4); fewer: unfused).  The fused tasks need per thread G*ceil(Fg/16)*16*P of pan
+    (grad_y in panels of 16 filters) and per chunk image as many of wpart times K (its
+    grad_weight panel-major).  An empty pan: BLAS.  params as deform_forward's."""
     cdef Py_ssize_t N = x.shape[0], F = w2.shape[0], K = w2.shape[1]
     cdef Py_ssize_t Wo = gy.shape[3], P = gy.shape[2] * Wo
     cdef Geom s = _geom(x.shape[1], x.shape[2], x.shape[3], off.shape[1] // (2 * KH * KW),
@@ -386,10 +382,12 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
     cdef Py_ssize_t q
     cdef Py_ssize_t psz = pan.shape[0] // n_threads
     cdef Py_ssize_t sb = _SB
+    cdef Py_ssize_t n16 = (Fg + 15) // 16, lwp = G * n16 * 16 * K    # fused: wpart per image
+    cdef Py_ssize_t i, base
     cdef float* gs
     # dL/dcols on ck_opt (float32, AVX2 kernels allowed); (3) and (4) fused with an image per
     # thread (the sums' order does not change: the same bits either way)
-    cdef bint rg = floating is float and _AVX2_GEMMS and ck_rowgemm_available() != 0 and psz > 0
+    cdef bint rg = floating is float and ck_rowgemm_available() != 0 and psz > 0
     cdef bint ot = rg and ck_deform_isa()
     cdef bint fuse
     cdef floating* pp
@@ -399,7 +397,8 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
         # per-image tasks where they share out evenly over the threads (else the phases' finer
         # tasks; the same bits either way)
         fuse = (ot and nc >= n_threads and (nc % n_threads == 0 or nc >= 3 * n_threads)
-                and Fg % 4 == 0 and psz >= (F + 24) * P and gpad.shape[0] >= nc * C * s.plane)
+                and Fg % 4 == 0 and psz >= G * n16 * 16 * P and wpart.shape[0] >= nc * lwp
+                and gpad.shape[0] >= nc * C * s.plane)
         with nogil:
             _pad_chunk(x, &s, n0, nc, &xpad[0], n_threads)
             if floating is float:
@@ -409,12 +408,12 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                     for t in prange(nc, schedule="dynamic", num_threads=n_threads):
                         _image_backward_f(&gy[n0 + t, 0, 0, 0], &off[n0 + t, 0, 0, 0],
                                           &mask[n0 + t, 0, 0, 0] if has_mask else <float*>NULL,
-                                          &s, G, Fg, &wst[0], &boff[0], &cblk[0], ncb, sb,
+                                          &s, G, Fg, &wst[0], &cblk[0], ncb, sb,
                                           &xpad[0] + t * C * s.plane,
                                           &gpad[0] + t * C * s.plane, &cols[0] + t * s.CKP,
                                           &tw[0] + t * s.TP * 6, &tb[0] + t * s.TP,
                                           &tb[0] + (chunk + t) * s.TP,
-                                          &pan[0] + threadid() * psz, &wpart[0] + t * F * K,
+                                          &pan[0] + threadid() * psz, &wpart[0] + t * lwp,
                                           &goff[n0 + t, 0, 0, 0],
                                           &gmask[n0 + t, 0, 0, 0] if has_mask else <float*>NULL,
                                           &gx[n0 + t, 0, 0, 0])
@@ -454,8 +453,15 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
                          &wpart[0] + (slot * F + g * Fg) * K + u0, K)
             for t in prange(F, schedule="static", num_threads=n_threads):
                 for j in range(nc):
-                    for u0 in range(K):
-                        gw2[t, u0] += wpart[(j * F + t) * K + u0]
+                    if fuse:    # the fused tasks' panel-major shares
+                        g = t // Fg
+                        i = t - g * Fg
+                        base = j * lwp + (g * n16 + i // 16) * 16 * K + i % 16
+                        for u0 in range(K):
+                            gw2[t, u0] += wpart[base + 16 * u0]
+                    else:
+                        for u0 in range(K):
+                            gw2[t, u0] += wpart[(j * F + t) * K + u0]
             if not fuse:
                 # (3) dL/dcols = gy^T @ W, then the offset / mask gradients and dL/d(sample)
                 for t in prange(nc * nb, schedule="dynamic", num_threads=n_threads):

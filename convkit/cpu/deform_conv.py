@@ -7,20 +7,21 @@ channels-last copy, the columns are stored one row per output position, and the 
 to the GEMMs permuted to (F, KH*KW*Cg) (grad_weight comes back in that order and is permuted
 back here).  float32 on AVX2 + FMA: the GEMMs read the columns in place (no BLAS packing):
 the forward's on ck_deform_opgemm_f (csrc/deform_conv.h; the weights packed there in panels
-of 16 filters), the backward's grad_weight on csrc/rowgemm.h and its dL/dcols on
-ck_deform_opgemm_t_f (the weights copied in panels of 16 columns, ``_strips``); elsewhere, and
-for float64, they go to BLAS.
+of 16 filters), the backward's grad_weight on ck_deform_wgrad_f (one task per image) or
+csrc/rowgemm.h (the phases) and its dL/dcols on ck_deform_opgemm_t_f (the weights copied in
+panels of 16 columns, ``_strips``) -- also where the own AVX-512 GEMM runs (faster on the
+AVX-512 Zen 4, bench/RESULTS.md); elsewhere, and for float64, they go to BLAS.
 
 The batch runs in chunks within ``convkit.get_workspace_limit()``: a chunk's zero-bordered
 channels-last copies of x (C*(H+2)*(W+2) values per image) and, in the backward, its columns
 (C*KH*KW*Ho*Wo values per image), sample tables (offset_groups*KH*KW*Ho*Wo entries of six
-weights and two indices per image) and grad_weight shares (one weight's size per image) are
-held at once; the forward keeps one task's columns and
-table per thread instead (and, float32 on AVX2, the weights in panels: their size rounded up
-to 16 filters per group), and the float32 backward on csrc/rowgemm.h (AVX2) one image's grad_y
-in panels and a 24-column strip of the columns per thread ((F + 24)*Ho*Wo values), the rows'
-offsets and a second bordered plane per chunk image (grad_x's, filled while the first is
-still read).  A limit below one image is a MemoryError.  Deterministic: the same
+weights and two indices per image) and grad_weight shares (one weight's size per image; on
+AVX2 with its filters rounded up to 16 per group) are held at once; the forward keeps one
+task's columns and table per thread instead (and, float32 on AVX2, the weights in panels:
+their size rounded up to 16 filters per group), and the float32 backward on AVX2 one image's
+grad_y in panels and a 24-column strip of the columns per thread (the larger of (F + 24) and
+F rounded up to 16 per group, times Ho*Wo values), the rows' offsets and a second bordered
+plane per chunk image (grad_x's, filled while the first is still read).  A limit below one image is a MemoryError.  Deterministic: the same
 bits on every run and for any thread count (task sizes depend on the shapes only, or, where
 the backward runs one task per image, every sum keeps the order of its phases; no
 atomics).
@@ -69,15 +70,19 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
         per_image = C * plane * item
         cols, table = n_threads * C * KH * KW * pb, n_threads * RK * pb
     else:   # float32 on rowgemm: per thread one task's gy panels, and the rows' offsets
-        Fg = weight.shape[0] // (C // weight.shape[1])
-        pan = (max((weight.shape[0] + 24) * P, _block(P, _POSITIONS) * Fg)
+        G = C // weight.shape[1]
+        Fg = weight.shape[0] // G
+        F16 = G * -(-Fg // 16) * 16         # filters in the fused backward's panels of 16
+        pan = (max((weight.shape[0] + 24) * P, F16 * P, _block(P, _POSITIONS) * Fg)
                if _rowgemm(x.dtype) else 0)
         K = weight.size // weight.shape[0]
+        # grad_weight's share per image (the fused tasks': panel-major, 16 filters a panel)
+        wsz = max(weight.size, F16 * K) if pan else weight.size
         fixed = (n_threads * pan * item + (2 * P + Fg) * np.dtype(np.intp).itemsize * (pan > 0)
                  + weight.shape[0] * -(-K // 16) * 16 * item * (pan > 0))     # + _strips(w2)
         # (+ with rowgemm: a second plane per image, grad_x's, filled while the first is read)
-        per_image = ((C * plane * (2 if pan else 1) + C * KH * KW * P + weight.size) * item
-                     + RK * P * entry)
+        per_image = ((C * plane * (2 if pan else 1) + C * KH * KW * P
+                      + wsz) * item + RK * P * entry)
     limit = get_workspace_limit()
     if fixed + per_image > limit:
         raise MemoryError(f"{op}: one image's bordered planes, deformable columns and sample "
@@ -93,8 +98,7 @@ def _plan(op, x, offset, weight, Ho, Wo, n_threads, forward):
     if forward and _opgemm(x.dtype):     # the weights in panels of 16 filters
         bufs += (_workspace(npanel, x.dtype, "deform_panels16")[:npanel],)
     if not forward:     # per chunk image its grad_weight; the GEMM panels and row offsets
-        K = weight.size // weight.shape[0]
-        bufs += (_workspace(chunk * weight.size, x.dtype, "deform_wpart"),
+        bufs += (_workspace(chunk * wsz, x.dtype, "deform_wpart"),
                  _workspace(n_threads * pan, x.dtype, "deform_panels")[:n_threads * pan],
                  np.concatenate([np.arange(P, dtype=np.intp) * (C * KH * KW),
                                  np.arange(Fg, dtype=np.intp) * 24,

@@ -279,7 +279,9 @@ CK_DEFORM_COORD(double, d, plain, , double, 1, CK_DEFORM_LD, CK_DEFORM_ST, CK_DE
 /* (its cols kernel gives way to ck_deform_cols_f_avx2v below) */
 CK_DEFORM_KERNELS(float, f, avx2, __attribute__((target("avx2,fma"), unused)))
 CK_DEFORM_KERNELS(double, d, avx2, __attribute__((target("avx2,fma"))))
-CK_DEFORM_COORD(float, f, avx2, __attribute__((target("avx2,fma"))), __m256, 8, _mm256_loadu_ps,
+/* (gives way to ck_deform_coord_f_avx2v below, which does the same float operations) */
+CK_DEFORM_COORD(float, f, avx2, __attribute__((target("avx2,fma"), unused)), __m256, 8,
+                _mm256_loadu_ps,
                 _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_sub_ps, _mm256_mul_ps)
 CK_DEFORM_COORD(double, d, avx2, __attribute__((target("avx2,fma"))), __m256d, 4,
                 _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd, _mm256_fmadd_pd,
@@ -342,6 +344,127 @@ __attribute__((target("avx2,fma"))) static void ck_deform_cols_f_avx2v(const flo
                         d[c] = m * fmaf(u[3], a3[c], fmaf(u[2], a2[c], fmaf(u[1], a1[c],
                                                                              u[0] * a0[c])));
                 }
+            }
+        }
+    }
+}
+
+/* ck_deform_coord_f_avx2 written out with the same float operations (so the same bits):
+   the four sums' lanes are added in order by one 4-wide chain (the lanes transposed in
+   registers; the generic build spills them and adds 32 scalars), and offset groups, taps and
+   weight groups are stepped instead of divided out per sample. */
+__attribute__((target("avx2,fma"))) static void ck_deform_coord_f_avx2v(const float* xn,
+        const float* mask, ptrdiff_t C, ptrdiff_t W, ptrdiff_t OG, ptrdiff_t Cg, ptrdiff_t KK,
+        ptrdiff_t P, ptrdiff_t p0, ptrdiff_t p1, const float* tw, const ptrdiff_t* tc,
+        ptrdiff_t ldt, float* gc, float* goff, float* gmask)
+{
+    const ptrdiff_t Cog = C / OG, K = Cg * KK, ldc = C * KK, Wp = W + 2;
+    ptrdiff_t g, k, p, c0, c1, wg, j;
+    for (p = p0; p < p1; p++)
+        for (g = 0; g < OG; g++) {
+            const ptrdiff_t wg0 = (g * Cog) / Cg, ce = (g + 1) * Cog;
+            for (k = 0; k < KK; k++) {
+                const ptrdiff_t r = g * KK + k, t = r * ldt + (p - p0);
+                const float* u = tw + 6 * t;
+                const float lh = u[4], lw = u[5], hh = 1 - lh, hw = 1 - lw;
+                const float m = mask ? mask[r * P + p] : 1.0f;
+                const __m256 vm = _mm256_set1_ps(m);
+                const float* a0 = xn + tc[t] * C;
+                __m256 s1 = _mm256_setzero_ps(), sa = s1, sb = s1, sc = s1;
+                __m256 q0, q1, q2, q3;
+                __m128 e;
+                float t1 = 0, ta = 0, tb_ = 0, tc_ = 0, e1, e21, e31, e4, ev[4];
+                for (c0 = g * Cog, wg = wg0; c0 < ce; c0 = c1, wg++) {
+                    float* d = gc + (p - p0) * ldc + wg * K + k * Cg - wg * Cg + c0;
+                    const float *b0 = a0 + c0, *b1 = b0 + C, *b2 = b0 + Wp * C, *b3 = b2 + C;
+                    ptrdiff_t n;
+                    c1 = (wg + 1) * Cg < ce ? (wg + 1) * Cg : ce;
+                    n = c1 - c0;
+                    for (j = 0; j + 8 <= n; j += 8) {
+                        const __m256 ej = _mm256_loadu_ps(d + j), v1 = _mm256_loadu_ps(b0 + j);
+                        const __m256 v3 = _mm256_loadu_ps(b2 + j);
+                        const __m256 va = _mm256_sub_ps(_mm256_loadu_ps(b1 + j), v1);
+                        s1 = _mm256_fmadd_ps(ej, v1, s1);
+                        sa = _mm256_fmadd_ps(ej, va, sa);
+                        sb = _mm256_fmadd_ps(ej, _mm256_sub_ps(v3, v1), sb);
+                        sc = _mm256_fmadd_ps(ej, _mm256_sub_ps(_mm256_sub_ps(
+                                                     _mm256_loadu_ps(b3 + j), v3), va), sc);
+                        _mm256_storeu_ps(d + j, _mm256_mul_ps(ej, vm));
+                    }
+                    for (; j < n; j++) {
+                        const float ej = d[j], v1 = b0[j], va = b1[j] - v1;
+                        t1 += ej * v1;
+                        ta += ej * va;
+                        tb_ += ej * (b2[j] - v1);
+                        tc_ += ej * ((b3[j] - b2[j]) - va);
+                        d[j] = ej * m;
+                    }
+                }
+                /* lane l of (s1, sa, sb, sc) as one 4-vector: q_l's low half (l < 4), high
+                   half (l >= 4) */
+                q0 = _mm256_unpacklo_ps(s1, sa);
+                q1 = _mm256_unpackhi_ps(s1, sa);
+                q2 = _mm256_unpacklo_ps(sb, sc);
+                q3 = _mm256_unpackhi_ps(sb, sc);
+                s1 = _mm256_shuffle_ps(q0, q2, 0x44);
+                sa = _mm256_shuffle_ps(q0, q2, 0xEE);
+                sb = _mm256_shuffle_ps(q1, q3, 0x44);
+                sc = _mm256_shuffle_ps(q1, q3, 0xEE);
+                e = _mm_add_ps(_mm_setzero_ps(), _mm256_castps256_ps128(s1));
+                e = _mm_add_ps(e, _mm256_castps256_ps128(sa));
+                e = _mm_add_ps(e, _mm256_castps256_ps128(sb));
+                e = _mm_add_ps(e, _mm256_castps256_ps128(sc));
+                e = _mm_add_ps(e, _mm256_extractf128_ps(s1, 1));
+                e = _mm_add_ps(e, _mm256_extractf128_ps(sa, 1));
+                e = _mm_add_ps(e, _mm256_extractf128_ps(sb, 1));
+                e = _mm_add_ps(e, _mm256_extractf128_ps(sc, 1));
+                _mm_storeu_ps(ev, _mm_add_ps(e, _mm_setr_ps(t1, ta, tb_, tc_)));
+                e1 = ev[0]; e21 = ev[1]; e31 = ev[2]; e4 = ev[3];
+                /* e21 = E2 - E1, e31 = E3 - E1, e4 = E4 - E3 - E2 + E1 */
+                goff[2 * r * P + p] = m * (lw * (e31 + e4) + hw * e31);
+                goff[(2 * r + 1) * P + p] = m * (lh * (e21 + e4) + hh * e21);
+                if (gmask)
+                    gmask[r * P + p] = u[0] * e1 + u[1] * (e1 + e21) + u[2] * (e1 + e31)
+                                       + u[3] * (e1 + e21 + e31 + e4);
+            }
+        }
+}
+
+/* ck_deform_scatter_f_avx2 written out (the same operations, so the same bits: each add
+   fma(gs, weight, corner), the tails as the generic build): the generic build's vector loop
+   reloaded its pointers and weights around each run; here a position's taps step through
+   its row of gs.  bench/deform_bwd_split.c: scatter 0.69 -> 0.59 ms. */
+__attribute__((target("avx2,fma"))) static void ck_deform_scatter_f_avx2v(const float* gs,
+        ptrdiff_t C, ptrdiff_t W, ptrdiff_t OG, ptrdiff_t Cg, ptrdiff_t KK, ptrdiff_t P,
+        ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t p0, ptrdiff_t p1, const float* tw,
+        const ptrdiff_t* tb, float* gn)
+{
+    const ptrdiff_t g = c0 / (C / OG), wg = c0 / Cg, K = Cg * KK, ldc = C * KK, Wp = W + 2;
+    ptrdiff_t k, p, c;
+    for (p = p0; p < p1; p++) {
+        const float* e = gs + wg * K - wg * Cg + (p - p0) * ldc;
+        for (k = 0; k < KK; k++, e += Cg) {
+            const ptrdiff_t t = (g * KK + k) * P + p;
+            const float* u = tw + 6 * t;
+            const __m256 w0 = _mm256_set1_ps(u[0]), w1 = _mm256_set1_ps(u[1]);
+            const __m256 w2 = _mm256_set1_ps(u[2]), w3 = _mm256_set1_ps(u[3]);
+            float* a0 = gn + tb[t] * C;
+            float* a1 = a0 + C;
+            float* a2 = a0 + Wp * C;
+            float* a3 = a2 + C;
+            for (c = c0; c + 8 <= c1; c += 8) {
+                const __m256 v = _mm256_loadu_ps(e + c);
+                _mm256_storeu_ps(a0 + c, _mm256_fmadd_ps(v, w0, _mm256_loadu_ps(a0 + c)));
+                _mm256_storeu_ps(a1 + c, _mm256_fmadd_ps(v, w1, _mm256_loadu_ps(a1 + c)));
+                _mm256_storeu_ps(a2 + c, _mm256_fmadd_ps(v, w2, _mm256_loadu_ps(a2 + c)));
+                _mm256_storeu_ps(a3 + c, _mm256_fmadd_ps(v, w3, _mm256_loadu_ps(a3 + c)));
+            }
+            for (; c < c1; c++) {
+                const float v = e[c];
+                a0[c] += v * u[0];
+                a1[c] += v * u[1];
+                a2[c] += v * u[2];
+                a3[c] += v * u[3];
             }
         }
     }
@@ -532,7 +655,97 @@ CK_OP_TARGET static void ck_opt_avx2(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, cons
         }
     }
 }
+
+/* grad_weight's share of np positions on the same tiles, the columns read in place:
+     o[16*q + i] (+)= sum over p < np, in order, of gp[16*p + i] * b[p*ldb + q]
+   for q < n <= 6 (six consecutive columns of the columns' rows, broadcast; columns n and past
+   repeat column n - 1, not stored), i < 16 (gp: 16 filters of grad_y, a run of 16 per
+   position).  acc: go on from the sums in o (else from 0).  Each sum is one FMA chain over
+   the positions in order, as on csrc/rowgemm.h (the same bits); o holds a tile's sums as
+   runs of 16 filters (the caller's panel-major grad_weight), so it loads and stores whole
+   vectors, and no strip of the columns is copied. */
+CK_OP_TARGET static void ck_wg_6x16(ptrdiff_t np, const float* gp, const float* b,
+        ptrdiff_t ldb, ptrdiff_t n, int acc, float* o)
+{
+    const float* b0 = b;
+    const float* b1 = b + (n > 1 ? 1 : n - 1);
+    const float* b2 = b + (n > 2 ? 2 : n - 1);
+    const float* b3 = b + (n > 3 ? 3 : n - 1);
+    const float* b4 = b + (n > 4 ? 4 : n - 1);
+    const float* b5 = b + (n > 5 ? 5 : n - 1);
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+    ptrdiff_t p, k;
+    if (acc) {
+        c00 = _mm256_loadu_ps(o);      c01 = _mm256_loadu_ps(o + 8);
+        if (n > 1) { c10 = _mm256_loadu_ps(o + 16); c11 = _mm256_loadu_ps(o + 24); }
+        if (n > 2) { c20 = _mm256_loadu_ps(o + 32); c21 = _mm256_loadu_ps(o + 40); }
+        if (n > 3) { c30 = _mm256_loadu_ps(o + 48); c31 = _mm256_loadu_ps(o + 56); }
+        if (n > 4) { c40 = _mm256_loadu_ps(o + 64); c41 = _mm256_loadu_ps(o + 72); }
+        if (n > 5) { c50 = _mm256_loadu_ps(o + 80); c51 = _mm256_loadu_ps(o + 88); }
+    }
+    for (p = 0, k = 0; p < np; p++, k += ldb) {   /* k: row p's offset; CK_OP_ROW reads b##q + k */
+        const __m256 w0 = _mm256_loadu_ps(gp + 16 * p), w1 = _mm256_loadu_ps(gp + 16 * p + 8);
+        CK_OP_ROW(0, c00, c01);
+        CK_OP_ROW(1, c10, c11);
+        CK_OP_ROW(2, c20, c21);
+        CK_OP_ROW(3, c30, c31);
+        CK_OP_ROW(4, c40, c41);
+        CK_OP_ROW(5, c50, c51);
+    }
+    _mm256_storeu_ps(o, c00);      _mm256_storeu_ps(o + 8, c01);
+    if (n > 1) { _mm256_storeu_ps(o + 16, c10); _mm256_storeu_ps(o + 24, c11); }
+    if (n > 2) { _mm256_storeu_ps(o + 32, c20); _mm256_storeu_ps(o + 40, c21); }
+    if (n > 3) { _mm256_storeu_ps(o + 48, c30); _mm256_storeu_ps(o + 56, c31); }
+    if (n > 4) { _mm256_storeu_ps(o + 64, c40); _mm256_storeu_ps(o + 72, c41); }
+    if (n > 5) { _mm256_storeu_ps(o + 80, c50); _mm256_storeu_ps(o + 88, c51); }
+}
+
+CK_OP_TARGET static void ck_wg_avx2(ptrdiff_t n16, ptrdiff_t K, ptrdiff_t np, const float* gp,
+        ptrdiff_t ldp, const float* b, ptrdiff_t ldb, int acc, float* o)
+{
+    ptrdiff_t k0, q;
+    for (k0 = 0; k0 < K; k0 += 6)      /* six columns' rows (in L1) meet every panel */
+        for (q = 0; q < n16; q++)
+            ck_wg_6x16(np, gp + q * ldp, b + k0, ldb, K - k0 < 6 ? K - k0 : 6, acc,
+                       o + (q * K + k0) * 16);
+}
 #endif
+
+static int ck_deform_isa(void);
+
+/* dst[l*R + r] = src[r*ld + l] for r < R, l < L: 8 x 8 blocks transposed in registers
+   (csrc/rowgemm.h's ck_rg_to_cl) where the AVX2 kernels run, else one value at a time. */
+static void ck_deform_transpose_f(const float* src, ptrdiff_t ld, ptrdiff_t R, ptrdiff_t L,
+        float* dst)
+{
+    ptrdiff_t r, l;
+#ifdef CK_DEFORM_X86
+    if (ck_deform_isa()) {
+        ck_rg_to_cl(src, ld, R, L, dst);
+        return;
+    }
+#endif
+    for (r = 0; r < R; r++)
+        for (l = 0; l < L; l++) dst[l * R + r] = src[r * ld + l];
+}
+
+/* Panel q of grad_y's weight group g (gy: one image's F x P) for ck_deform_wgrad_f:
+   gp[16*p + i] = gy[(g*Fg + 16*q + i)*P + p], 0 for filters past the group's last. */
+static void ck_deform_gpanel16_f(const float* gy, ptrdiff_t Fg, ptrdiff_t P, ptrdiff_t g,
+        ptrdiff_t q, float* gp)
+{
+    const ptrdiff_t m = Fg - 16 * q < 16 ? Fg - 16 * q : 16;
+    const float* src = gy + (g * Fg + 16 * q) * P;
+    ptrdiff_t i, p;
+    if (m == 16) {
+        ck_deform_transpose_f(src, P, 16, P, gp);
+        return;
+    }
+    memset(gp, 0, (size_t)(16 * P) * sizeof(float));
+    for (p = 0; p < P; p++)
+        for (i = 0; i < m; i++) gp[16 * p + i] = src[i * P + p];
+}
 
 /* Panel q of weight group g of the weights w (F x Cg x KK, filters per group Fg) for
    ck_deform_opgemm_f: ap[16*(k*Cg + c) + i] = w[((g*Fg + 16*q + i)*Cg + c)*KK + k] (column
@@ -593,6 +806,24 @@ static int ck_deform_opgemm_t_f(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const flo
     return 0;
 }
 
+/* One weight group's grad_weight share of np positions by ck_wg_avx2 where the AVX2+FMA
+   kernels run: for each panel q < n16 of 16 filters and column k < K,
+     o[(q*K + k)*16 + i] (+)= sum over p < np, in order, of gp[q*ldp + 16*p + i] * b[p*ldb + k]
+   (gp: grad_y's panels from ck_deform_gpanel16_f, at the first position; b: the columns in
+   place; acc: go on from o's sums, else from 0); 0 (nothing done) elsewhere. */
+static int ck_deform_wgrad_f(ptrdiff_t n16, ptrdiff_t K, ptrdiff_t np, const float* gp,
+        ptrdiff_t ldp, const float* b, ptrdiff_t ldb, int acc, float* o)
+{
+#ifdef CK_DEFORM_X86
+    if (ck_deform_isa()) {
+        ck_wg_avx2(n16, K, np, gp, ldp, b, ldb, acc, o);
+        return 1;
+    }
+#endif
+    (void)n16; (void)K; (void)np; (void)gp; (void)ldp; (void)b; (void)ldb; (void)acc; (void)o;
+    return 0;
+}
+
 #ifdef CK_DEFORM_X86
 #define CK_DEFORM_PICK(NAME, SUF) (ck_deform_isa() ? NAME##_##SUF##_avx2 : NAME##_##SUF##_plain)
 #else
@@ -615,9 +846,18 @@ static int ck_deform_opgemm_t_f(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const flo
 #define ck_deform_cols_f CK_DEFORM_PICK(ck_deform_cols, f)
 #endif
 #define ck_deform_cols_d CK_DEFORM_PICK(ck_deform_cols, d)
+#ifdef CK_DEFORM_X86
+#define ck_deform_coord_f (ck_deform_isa() ? ck_deform_coord_f_avx2v : ck_deform_coord_f_plain)
+#else
 #define ck_deform_coord_f CK_DEFORM_PICK(ck_deform_coord, f)
+#endif
 #define ck_deform_coord_d CK_DEFORM_PICK(ck_deform_coord, d)
+#ifdef CK_DEFORM_X86
+#define ck_deform_scatter_f (ck_deform_isa() ? ck_deform_scatter_f_avx2v \
+                                             : ck_deform_scatter_f_plain)
+#else
 #define ck_deform_scatter_f CK_DEFORM_PICK(ck_deform_scatter, f)
+#endif
 #define ck_deform_scatter_d CK_DEFORM_PICK(ck_deform_scatter, d)
 
 #endif
