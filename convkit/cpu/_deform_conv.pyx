@@ -44,10 +44,16 @@ from ._blas cimport gemm, gemm_pk
 from ._conv_common cimport _min
 from ._conv_csrc cimport ck_rowgemm_available, ck_rowgemm_kc_f, ck_rowgemm_pass_f
 
-# The AVX2 kernels below stand in for BLAS, and also where the own AVX-512 GEMM runs
-# (gemm / gemm_pk take it): on the AVX-512 Zen 4 (512-bit FMAs as two 256-bit halves) they
-# took 9% less one-thread CPU time in the forward and 18% in the backward (bench/RESULTS.md,
-# ninth session), and every x86 machine with AVX2 now gives the same bits.
+cdef extern from "csrc/sgemm.h" nogil:
+    int CK_SGEMM_BUILT
+    int ck_sgemm_available()
+    int ck_avx512_full_rate()
+
+# The AVX2 kernels below stand in for BLAS, and also where the own AVX-512 GEMM runs (gemm /
+# gemm_pk take it) at half rate (csrc/isa.h: AMD Zen 4 splits a 512-bit FMA in two): there
+# they took 9% less one-thread CPU time in the forward and 18% in the backward (bench/RESULTS.md,
+# ninth session, deform9).  Full-rate AVX-512 CPUs keep the own GEMM (not measured against it).
+cdef bint _AVX2_GEMMS = not (CK_SGEMM_BUILT and ck_sgemm_available() and ck_avx512_full_rate())
 
 
 cdef extern from "csrc/deform_conv.h" nogil:
@@ -130,8 +136,9 @@ def set_simd(bint on):
 
 def opgemm_available():
     """True where the forward's float32 GEMMs run on ck_deform_opgemm_f (AVX2 + FMA kernels
-    allowed); else BLAS or the own AVX-512 GEMM (gemm_pk)."""
-    return bool(ck_deform_isa())
+    allowed, and no full-rate own AVX-512 GEMM, which stays where it runs); else BLAS or the
+    own AVX-512 GEMM (gemm_pk)."""
+    return bool(_AVX2_GEMMS and ck_deform_isa())
 
 
 cdef struct Geom:
@@ -387,7 +394,7 @@ def deform_backward(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1
     cdef float* gs
     # dL/dcols on ck_opt (float32, AVX2 kernels allowed); (3) and (4) fused with an image per
     # thread (the sums' order does not change: the same bits either way)
-    cdef bint rg = floating is float and ck_rowgemm_available() != 0 and psz > 0
+    cdef bint rg = floating is float and _AVX2_GEMMS and ck_rowgemm_available() != 0 and psz > 0
     cdef bint ot = rg and ck_deform_isa()
     cdef bint fuse
     cdef floating* pp

@@ -9,8 +9,9 @@ back here).  float32 on AVX2 + FMA: the GEMMs read the columns in place (no BLAS
 the forward's on ck_deform_opgemm_f (csrc/deform_conv.h; the weights packed there in panels
 of 16 filters), the backward's grad_weight on ck_deform_wgrad_f (one task per image) or
 csrc/rowgemm.h (the phases) and its dL/dcols on ck_deform_opgemm_t_f (the weights copied in
-panels of 16 columns, ``_strips``) -- also where the own AVX-512 GEMM runs (faster on the
-AVX-512 Zen 4, bench/RESULTS.md); elsewhere, and for float64, they go to BLAS.
+panels of 16 columns, ``_strips``) -- also where the own AVX-512 GEMM runs at half rate (AMD
+Zen 4, csrc/isa.h; faster there, bench/RESULTS.md); elsewhere, and for float64, they go to BLAS
+or the own AVX-512 GEMM.
 
 The batch runs in chunks within ``convkit.get_workspace_limit()``: a chunk's zero-bordered
 channels-last copies of x (C*(H+2)*(W+2) values per image) and, in the backward, its columns

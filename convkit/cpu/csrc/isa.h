@@ -24,8 +24,15 @@
  * kernels, and the plan may take the AVX2 algorithms where they measured faster
  * (conv_plan.py ConvCaps.avx512_full_rate, tuning.py HALF_RATE_AVX2); 1 everywhere else (Intel
  * Skylake-SP and later, AMD Zen 5 = family 0x1A, and CPUs without AVX-512, where it is moot).
- * CONVKIT_AVX512_FULL_RATE=0/1 in the environment overrides it (tests, users). */
+ * CONVKIT_AVX512_FULL_RATE=0/1 in the environment overrides it (tests, users).  The emulated
+ * build (CONVKIT_EMULATE_AVX512, below) counts as full rate: it exists to test the AVX-512 plans,
+ * and its host (an AVX2 CPU, maybe an AMD family 0x19 Zen 3) says nothing about a 512-bit FMA. */
 #include <stdlib.h>
+#if defined(CONVKIT_EMULATE_AVX512)
+#define CK_EMULATED_BUILD 1
+#else
+#define CK_EMULATED_BUILD 0
+#endif
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #include <cpuid.h>
 static inline int ck_avx512_full_rate(void)
@@ -37,7 +44,7 @@ static inline int ck_avx512_full_rate(void)
         int rate = 1;
         if (env != NULL && env[0] != '\0') {
             rate = env[0] != '0';
-        } else if (__get_cpuid(0, &a, &b, &c, &d)
+        } else if (!CK_EMULATED_BUILD && __get_cpuid(0, &a, &b, &c, &d)
                    && b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u  /* AuthenticAMD */
                    && __get_cpuid(1, &a, &b, &c, &d)) {
             unsigned family = (a >> 8) & 0xf;
