@@ -201,3 +201,11 @@ cdef extern from "csrc/stem_wgrad.h" nogil:
     void ck_stem_wgrad_fold(Py_ssize_t p, Py_ssize_t F, Py_ssize_t C, Py_ssize_t KH,
                             Py_ssize_t groups_n, float* part, Py_ssize_t ldgrp, float* gw,
                             float* gb)
+
+cdef extern from "csrc/winotiny.h" nogil:
+    Py_ssize_t ck_wt_scratch(Py_ssize_t H, Py_ssize_t W)
+    int ck_wt_available()
+    int ck_wt_input_f(const float* x, Py_ssize_t istride, int ng, Py_ssize_t H, Py_ssize_t W,
+                      float* v, Py_ssize_t vs, float* s)
+    int ck_wt_output_f(const float* m, Py_ssize_t ms, int ng, Py_ssize_t H, Py_ssize_t W,
+                       float bias, float* y, Py_ssize_t ostride, float* s)
