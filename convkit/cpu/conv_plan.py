@@ -12,6 +12,8 @@ depthwise3x3    3x3 stride-1 depthwise, one filter per channel: vector kernels  
 depthwise       any other depthwise conv (groups == C): a direct kernel per plane       f, x, w
 dense           plane no bigger than the kernel: one GEMM with the conv's dense matrix  f, x, w
 winograd        3x3 stride 1, >= 16 channels, maps > 64 positions: F(2x2) or F(4x4)     f, x
+                ("tiny": padded by 1, even maps <= 64 positions, float32 on AVX2: F(2x2)
+                with 8 images in a vector, csrc/winotiny.h; plan_winotiny)
 batch           maps <= 64 positions: the batch's columns side by side in one GEMM      f, x, w
 phases          strided, float32 on the own GEMM: polyphase planes, a GEMM per row      f
 rowphases       strided, float32 on BLAS machines with AVX2: the same planes, one      f
