@@ -15,6 +15,7 @@ by users; the public plane kernels are in _conv.pxd).  One header per kernel fam
     csrc/stem.h    the strided first-layer conv's forward and weight gradient (AVX2)
     csrc/stem_wino.h  the stem's forward by a 1-D Winograd F(4, 4) / F(4, 3) along rows (AVX2)
     csrc/stem_wgrad.h the stem's weight gradient by the transposed F(4, 4) / F(3, 4) (AVX2)
+    csrc/winotiny.h Winograd F(2x2, 3x3) transforms on tiny maps, 8 images a vector (AVX2)
 
 The AVX-512 bodies are compiled with target attributes and picked at run time, so every build
 carries them and a CPU without AVX-512 takes the portable paths.
