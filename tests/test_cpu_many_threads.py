@@ -89,8 +89,14 @@ CONV = [
      {"forward": _w4("winograd", "winograd4", "winograd4"),
       "grad_x": _w4("winograd", "winograd4", "winograd4"),
       "grad_weight": _w4("im2col", "weight_winograd", "weight_winograd")}, False),
-    ("batch", (16, 16, 6, 6), (16, 16, 3, 3), 1, 1, 1,
+    # (odd sides: not the tiny-map Winograd)
+    ("batch", (16, 16, 7, 7), (16, 16, 3, 3), 1, 1, 1,
      {"forward": "batch", "grad_x": "batch", "grad_weight": "batch"}, False),
+    # float32 on AVX2: Winograd F(2x2) with 8 images a vector (csrc/winotiny.h), 2 tasks of a
+    # full and a short group
+    ("winograd_tiny", (13, 16, 6, 6), (16, 16, 3, 3), 1, 1, 1,
+     {"forward": "winograd" if ok and cc._WINOTINY else "batch",
+      "grad_x": "winograd" if ok and cc._WINOTINY else "batch", "grad_weight": "batch"}, False),
     ("batch_strided", (16, 8, 8, 8), (16, 8, 3, 3), 2, 1, 1,
      {"forward": "batch", "grad_x": "batch", "grad_weight": "batch"}, False),
     # grad_weight's block of 36 columns (4 channels x 9 taps) for 64 filters: on fgemm (BLAS

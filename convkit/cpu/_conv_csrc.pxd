@@ -15,6 +15,7 @@ by users; the public plane kernels are in _conv.pxd).  One header per kernel fam
     csrc/stem.h    the strided first-layer conv's forward and weight gradient (AVX2)
     csrc/stem_wino.h  the stem's forward by a 1-D Winograd F(4, 4) / F(4, 3) along rows (AVX2)
     csrc/stem_wgrad.h the stem's weight gradient by the transposed F(4, 4) / F(3, 4) (AVX2)
+    csrc/winotiny.h Winograd F(2x2, 3x3) transforms on tiny maps, 8 images a vector (AVX2)
 
 The AVX-512 bodies are compiled with target attributes and picked at run time, so every build
 carries them and a CPU without AVX-512 takes the portable paths.
@@ -201,3 +202,11 @@ cdef extern from "csrc/stem_wgrad.h" nogil:
     void ck_stem_wgrad_fold(Py_ssize_t p, Py_ssize_t F, Py_ssize_t C, Py_ssize_t KH,
                             Py_ssize_t groups_n, float* part, Py_ssize_t ldgrp, float* gw,
                             float* gb)
+
+cdef extern from "csrc/winotiny.h" nogil:
+    Py_ssize_t ck_wt_scratch(Py_ssize_t H, Py_ssize_t W)
+    int ck_wt_available()
+    int ck_wt_input_f(const float* x, Py_ssize_t istride, int ng, Py_ssize_t H, Py_ssize_t W,
+                      float* v, Py_ssize_t vs, float* s)
+    int ck_wt_output_f(const float* m, Py_ssize_t ms, int ng, Py_ssize_t H, Py_ssize_t W,
+                       float bias, float* y, Py_ssize_t ostride, float* s)

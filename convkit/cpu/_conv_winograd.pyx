@@ -19,7 +19,8 @@ from ._conv_csrc cimport (ck_wino_input_row_f, ck_wino_output_row_f, ck_wino_fil
                           ck_w4_output_scratch, ck_w4_set_avx2, ck_w4_grad_row_f,
                           ck_w4_grad_row_d, ck_w4_wgrad_out_f, ck_w4_wgrad_out_d,
                           ck_w4_grad_scratch, ck_w4_filters_pk_f, ck_w4_gemm_pk, ck_w4_pk_rows,
-                          ck_fgemm_available)
+                          ck_fgemm_available, ck_wt_scratch, ck_wt_available,
+                          ck_wt_input_f, ck_wt_output_f)
 from ._conv_common cimport _min
 
 
@@ -586,3 +587,74 @@ cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, :
                 _wino4_output_rows(M + (f - f0) * P, (f1 - f0) * P, th, g0, nt, tw,
                                    bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
                                    F * Ho * Wo, Ho, Wo, M + 36 * (f1 - f0) * P)
+
+
+# ------------------------------------------------------------ F(2x2, 3x3) on tiny maps (float32)
+def winotiny_available():
+    """Whether conv2d_forward_winotiny runs here (csrc/winotiny.h: AVX2 + FMA, fgemm on)."""
+    return bool(ck_wt_available())
+
+
+def winotiny_floats(Py_ssize_t C, Py_ssize_t F, Py_ssize_t H, Py_ssize_t W, Py_ssize_t groups):
+    """Workspace floats of one conv2d_forward_winotiny task of ``groups`` groups of 8 images."""
+    cdef Py_ssize_t T = groups * (H // 2) * (W // 2) * 8 + 16
+    return 16 * (C + F) * T + ck_wt_scratch(H, W)
+
+
+def conv2d_forward_winotiny(const float[:, :, :, ::1] x, const float[:, :, ::1] U,
+                            const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
+                            float[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t groups,
+                            int n_threads):
+    """y = conv(x, w) + bias for a 3x3 stride-1 conv padded by 1 on every side, H and W even
+    (y as big as x), by Winograd F(2x2, 3x3) with the tiles of 8 images in a vector
+    (csrc/winotiny.h).  U (16, F, C): winograd_filters' transformed filters.
+
+    A task takes ``groups`` groups of 8 images (the last ones may be short): the input
+    transform of every channel into V (16, C, T), the 16 GEMMs M[e] = U[e] @ V[e] (F x T) on
+    the fixed-order GEMM (each output one FMA chain over the channels wherever its column
+    sits), then the output transform of every filter.  T = groups * (H/2)*(W/2) * 8 + 16 floats a row;
+    ws_per_thread >= winotiny_floats(C, F, H, W, groups).  Every value of an image depends on
+    that image alone: the same bits for any batch, block and thread count."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = y.shape[1]
+    cdef Py_ssize_t per = (H // 2) * (W // 2) * 8       # columns of one group of 8 images
+    # (rows 16 floats longer than the columns: rows a multiple of 1 KiB apart share a few L1
+    # sets, and the GEMM reads 16 of them at a time)
+    cdef Py_ssize_t T = groups * per + 16, nimg = groups * 8
+    cdef Py_ssize_t ntask = (N + nimg - 1) // nimg
+    cdef Py_ssize_t t, n0, g, c, e, f, ng, Tt
+    cdef float* V
+    cdef float* M
+    cdef float* S
+    if not ck_wt_available():
+        raise RuntimeError("conv2d_forward_winotiny needs AVX2 + FMA (csrc/winotiny.h)")
+    if H % 2 or W % 2 or y.shape[2] != H or y.shape[3] != W or y.shape[0] != N:
+        raise ValueError("conv2d_forward_winotiny: H, W even and y as big as x")
+    if U.shape[0] != 16 or U.shape[1] != F or U.shape[2] != C:
+        raise ValueError(f"U must be (16, {F}, {C}), got ({U.shape[0]}, {U.shape[1]}, {U.shape[2]})")
+    if groups < 1 or ws_per_thread < 16 * (C + F) * T + ck_wt_scratch(H, W) or \
+            ws.shape[0] < n_threads * ws_per_thread:
+        raise ValueError("conv2d_forward_winotiny: workspace too small")
+    with nogil:
+        for t in prange(ntask, schedule="dynamic", num_threads=n_threads):
+            V = &ws[0] + threadid() * ws_per_thread
+            M = V + 16 * C * T
+            S = M + 16 * F * T
+            n0 = t * nimg
+            Tt = ((_min(nimg, N - n0) + 7) // 8) * per      # the columns this task fills
+            memset(S, 0, (H + 2) * (W + 2) * 8 * sizeof(float))     # the zero borders
+            for g in range(0, _min(nimg, N - n0), 8):
+                ng = _min(8, N - n0 - g)
+                for c in range(C):
+                    ck_wt_input_f(&x[n0 + g, c, 0, 0], C * H * W, <int>ng, H, W,
+                                  V + c * T + (g // 8) * per, C * T, S)
+            for e in range(16):
+                gemm_fixed(False, False, F, Tt, C, <float>1, &U[e, 0, 0], C, V + e * C * T, T,
+                           <float>0, M + e * F * T, T)
+            for g in range(0, _min(nimg, N - n0), 8):
+                ng = _min(8, N - n0 - g)
+                for f in range(F):
+                    ck_wt_output_f(M + f * T + (g // 8) * per, F * T, <int>ng, H, W,
+                                   bias[f] if has_bias else <float>0, &y[n0 + g, f, 0, 0],
+                                   F * H * W, S)
+    return y

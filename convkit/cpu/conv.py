@@ -87,6 +87,7 @@ def _packed_a(a3):
 
 # --------------------------------------------------------------------------- the plan
 _caps_by_level = {}
+_WINOTINY = _winograd.winotiny_available()
 
 
 def _caps():
@@ -97,7 +98,8 @@ def _caps():
         caps = _caps_by_level[level] = P.ConvCaps(own_sgemm=_OWN_SGEMM,
                                                    depthwise3x3_level=level, rowgemm=_ROWGEMM,
                                                    fixed_sgemm=_FIXED_SGEMM,
-                                                   avx512_full_rate=_FULL_RATE)
+                                                   avx512_full_rate=_FULL_RATE,
+                                                   winotiny=_WINOTINY)
     return caps
 
 
@@ -442,6 +444,13 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
     C = x.shape[1]
     F = weight.shape[1] if transpose_flip else weight.shape[0]
     n, p = step.threads, step.params
+    if p.get("tiny"):       # (conv_plan.plan_winotiny: padded by 1, so grad_x's pt = pl = 1)
+        U = _workspace(16 * F * C, x.dtype, "winograd")[:16 * F * C].reshape(16, F, C)
+        _winograd.winograd_filters(weight, U, n, transpose_flip)
+        ws = _workspace(n * p["per_thread"], x.dtype)
+        _winograd.conv2d_forward_winotiny(x, U, b, has_bias, y, ws, p["per_thread"],
+                                          p["groups"], n)
+        return
     tile = p.get("tile", 2)
     packed = p.get("packed", False)
     E, Fp = (tile + 2) ** 2, P.winograd_filter_rows(F, packed)

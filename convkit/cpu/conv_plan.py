@@ -12,6 +12,8 @@ depthwise3x3    3x3 stride-1 depthwise, one filter per channel: vector kernels  
 depthwise       any other depthwise conv (groups == C): a direct kernel per plane       f, x, w
 dense           plane no bigger than the kernel: one GEMM with the conv's dense matrix  f, x, w
 winograd        3x3 stride 1, >= 16 channels, maps > 64 positions: F(2x2) or F(4x4)     f, x
+                ("tiny": padded by 1, even maps <= 64 positions, float32 on AVX2: F(2x2)
+                with 8 images in a vector, csrc/winotiny.h; plan_winotiny)
 batch           maps <= 64 positions: the batch's columns side by side in one GEMM      f, x, w
 phases          strided, float32 on the own GEMM: polyphase planes, a GEMM per row      f
 rowphases       strided, float32 on BLAS machines with AVX2: the same planes, one      f
@@ -143,12 +145,14 @@ class ConvCaps:
     avx512_full_rate: the CPU's 512-bit FMA runs at the full rate (csrc/isa.h; False on AMD
     family 0x19, Zen 4, whose 512-bit FMA is two 256-bit halves; CONVKIT_AVX512_FULL_RATE
     overrides it).  Where it is False and own_sgemm, the AVX2 algorithms named in
-    tuning.HALF_RATE_AVX2 are planned beside the own GEMM (avx2_algo)."""
+    tuning.HALF_RATE_AVX2 are planned beside the own GEMM (avx2_algo).
+    winotiny: csrc/winotiny.h's transforms run (AVX2 and FMA, csrc/fgemm.h not disabled)."""
     own_sgemm: bool
     depthwise3x3_level: int
     rowgemm: bool = False   # csrc/rowgemm.h runs (AVX2 + FMA)
     fixed_sgemm: bool = False
     avx512_full_rate: bool = True
+    winotiny: bool = False
 
 
 @dataclass(frozen=True)
@@ -258,6 +262,44 @@ def winograd_ok(F, Cg, KH, KW, stride, dilation, groups):
 def prefer_winograd(F, Cg, KH, KW, stride, dilation, groups, Ho, Wo):
     return (winograd_ok(F, Cg, KH, KW, stride, dilation, groups)
             and Ho * Wo > T.BATCH_MAX_HOWO)
+
+
+def winotiny_floats(C, F, H, W, groups):
+    """Workspace floats of one "tiny" Winograd task (_conv_winograd.winotiny_floats; a test
+    checks the two agree): V and M with rows 16 floats longer than their columns, then the
+    zero-bordered input block and the output block of 8 images."""
+    T = groups * (H // 2) * (W // 2) * 8 + 16
+    return 16 * (C + F) * T + 8 * ((H + 2) * (W + 2) + H * W)
+
+
+def plan_winotiny(s: ConvShape, f32, caps: ConvCaps, n_threads, limit, grad_x=False):
+    """(threads, groups of 8 images per task, workspace floats per thread) of Winograd F(2x2,
+    3x3) on a tiny map with the images in the vector lanes (csrc/winotiny.h), or None.  For
+    the 3x3 stride-1 convs padded by 1 on every side whose maps the batch path would take
+    (<= tuning.BATCH_MAX_HOWO positions) with even sides and >= WINOGRAD_MIN_CHANNELS channels
+    in and out, float32 on a fixed-order GEMM.  grad_x: the same conv of grad_y (F channels
+    in, C out; the flipped filters are padded by 1 too).  Tasks are blocks of whole groups of
+    8 images; every value of an image depends on that image alone (batch invariance)."""
+    if not (f32 and caps.winotiny and caps.fixed_sgemm):
+        return None
+    if (s.KH, s.KW, s.stride, s.dilation, s.groups) != (3, 3, (1, 1), (1, 1), 1) or \
+            tuple(s.padding) != (1, 1, 1, 1):
+        return None
+    if s.H % 2 or s.W % 2 or s.H * s.W > T.BATCH_MAX_HOWO or \
+            min(s.C, s.F) < T.WINOGRAD_MIN_CHANNELS:
+        return None
+    cin, cout = (s.F, s.C) if grad_x else (s.C, s.F)
+    groups = T.WINOTINY_GROUPS
+    per = winotiny_floats(cin, cout, s.H, s.W, groups)
+    if per * 4 > limit:
+        return None
+    n = max(1, min(n_threads, ceil_div(s.N, 8 * groups), limit // (per * 4)))
+    return n, groups, per
+
+
+def winotiny_step(p):
+    """The "winograd" Step of plan_winotiny's answer p."""
+    return Step("winograd", p[0], {"tile": 2, "tiny": True, "groups": p[1], "per_thread": p[2]})
 
 
 def row_blocks(own_gemm):
@@ -1146,6 +1188,9 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     if dense_ok(C, H, W, F, KH, KW, Ho, Wo, s.groups, limit):
         return Step("dense", n, dense_params(own, fixed))
     if winograd is None:
+        p = plan_winotiny(s, f32, caps, n, limit)
+        if p is not None:
+            return winotiny_step(p)
         winograd = prefer_winograd(F, Cg, KH, KW, s.stride, s.dilation, s.groups, Ho, Wo)
     if winograd:
         tile = winograd_tile(C, F, Ho, Wo, winograd_own(own, caps))
@@ -1244,8 +1289,11 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     gx = None
     if needs_input_grad:
         if winograd is None:
+            p = plan_winotiny(s, f32, caps, n, limit, grad_x=True)
+            if p is not None:
+                gx = winotiny_step(p)
             winograd = prefer_winograd(F, Cg, KH, KW, s.stride, s.dilation, G, Ho, Wo)
-        if winograd:
+        if winograd and gx is None:
             # the conv of grad_y (F channels) with the flipped, transposed filters (C out)
             tile = winograd_tile(F, Cg, H, W, winograd_own(own, caps))
             wo, wf = winograd_gemm(tile, own, fixed)

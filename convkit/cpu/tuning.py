@@ -181,6 +181,12 @@ WGRAD_WINO_COL_BLOCKS = 4
 # Up to this many output positions per image, the batch's columns go side by side into one GEMM
 # per block of images, preferred to Winograd.  RESULTS.md "Conv plan tuning" / batch-wide GEMMs.
 BATCH_MAX_HOWO = 64
+# Winograd F(2x2, 3x3) with 8 images in a vector (csrc/winotiny.h) for those of these maps that
+# are 3x3 stride-1 padded by 1 with even sides and >= WINOGRAD_MIN_CHANNELS channels, float32 on
+# AVX2: groups of 8 images per task.  1, 2 and 4 within 10 % (1 best on AVX2 at 8x8); one
+# thread, batch 64, 16->16 on 8x8: 155 / 136 us (AVX-512 / AVX2 stack) against the batch GEMM's
+# 268 / 271.  RESULTS.md, ninth session (helper resnet9).
+WINOTINY_GROUPS = 1
 # Blocks of images of the batch paths (two tasks per thread on 2 cores), set by the batch alone.
 # Not measured in RESULTS.md.
 BATCH_BLOCKS = 4
