@@ -879,7 +879,7 @@ def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise
             or s.KH % sh or s.KW % sw or s.KW * s.C < 24 or batch_ok(Ho, Wo, pointwise)):
         return None
     Hp, Wp = (Ho - 1) * sh + s.KH, (Wo - 1) * sw + s.KW
-    floats = s.N * Hp * Wp * s.C + s.F * s.N * Ho * Wo + s.F * s.KH * s.KW * s.C
+    floats = Hp * Wp * s.C + s.F * Ho * Wo + s.F * s.KH * s.KW * s.C    # (one image's)
     if floats * 4 > limit:
         return None
     filters, khs = min(s.F, T.WGRAD_RG_FILTERS), s.KH // sh
