@@ -300,13 +300,8 @@ STEM_WINO_W_ROWS = 8
 # plan_weight_rowgemm): 6.21 ms against 6.65 one kernel row per task (`python
 # bench/convt_passes.py --threads 1 --clock cpu --passes gw --rounds 9 --sweep
 # weight_rowgemm.khs=1,2`, load ~8, torch 6.38).  Not measured in RESULTS.md.
-# Passes image by image (ninth session, convt9): 392 taps (half of convt_28's 784 an image)
-# against 64, AVX2 stack on the Zen 4, one thread, CPU time, load ~15 (`python
-# bench/convt_passes.py --threads 1 --clock cpu --passes gw --rounds 5 --calls 7 --sweep
-# weight_rowgemm.kc=64,784,64,784,392`): 4.59 / 4.38 / 4.34 ms (torch 4.39); an earlier run
-# kc 64 / 112 / 196 / 784: 5.08 / 5.01 / 4.92 / 4.73.  Fewer stores and reloads of the sums.
 WGRAD_RG_FILTERS = 64
-WGRAD_RG_PASS = 392
+WGRAD_RG_PASS = 64
 
 # ----------------------------------------------------------------------------- sub-pixel grad_x
 # Strided grad_x (conv_transpose2d's forward) by its output phases as one stride-1 conv, on
