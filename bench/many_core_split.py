@@ -91,10 +91,10 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   N*ceil(Hu/rows) tasks of window rows, each rows*Wp*(sh*sw*Cg)*(Fg*Th*Tw) MACs over the groups
   + the grad_y slab (Fg*(rows + Th - 1)*Wp); dup: the Wp columns beyond the output's and the
   windows' zero taps (against the true C*KK*F*H*W/(sh*sw)... counted as the GEMM's own).
-- weight_rowgemm (conv2d_grad_weight_rowgemm): x channels-last (static, N*Hp rows of Wp*C),
-  grad_y in 4-row panels (static, F/4*N tasks of 4*HoWo), then ceil(F/filters) * sh *
-  ceil(KH/sh/khs) dynamic tasks of filters*khs*KW*C*N*HoWo MACs (a filter block's kernel rows
-  of one residue mod sh, up to khs of them), then a static copy of F filters.
+- weight_rowgemm (conv2d_grad_weight_rowgemm), per image: x channels-last (static, Hp rows
+  of Wp*C), grad_y in 4-row panels (static, F/4 tasks of 4*HoWo), then ceil(F/filters) * sh *
+  ceil(KH/sh/khs) dynamic tasks of filters*khs*KW*C*HoWo MACs (a filter block's kernel rows
+  of one residue mod sh, up to khs of them); then a static copy of F filters.
 - batch forward (_conv_batch.conv2d_forward_batch): ceil(N/imgs) tasks of imgs*HoWo*F*Cg*KK;
   BLAS repacks the weight per task.  backward: grad_y copied serially, a grad_weight region of
   G*ceil(Cg/chans_w)*nsplit tasks, the parts added serially, a grad_x region of
@@ -471,13 +471,14 @@ def backward_regions(algo, p, s, own, itemsize, which):
     if algo == "weight_rowgemm":
         sh, sw = s.stride
         Hp, Wp = (Ho - 1) * sh + KH, (Wo - 1) * sw + KW
+        # image by image: its channels-last x, its grad_y panels, then its taps' tasks
         main = Region("filter blocks x kernel rows",
-                      [fb * kr * KW * C * N * HoWo for fb in runs(F, p["filters"])
+                      [fb * kr * KW * C * HoWo for fb in runs(F, p["filters"])
                        for _ in range(sh) for kr in runs(KH // sh, p["khs"])])
-        xcl = Region("x channels-last", [Wp * C] * (N * Hp), "static")
-        gyp = Region("grad_y panels", [4 * HoWo] * (F // 4 * N), "static")
+        xcl = Region("x channels-last", [Wp * C] * Hp, "static")
+        gyp = Region("grad_y panels", [4 * HoWo] * (F // 4), "static")
         copy = Region("copy out", [C * KK] * F, "static")
-        return [main, xcl, gyp, copy], 0, 0, p["floats"] * itemsize
+        return [main, xcl, gyp] * N + [copy], 0, 0, p["floats"] * itemsize
     if algo == "weight_dot":
         ntf = cdiv(Fg, p["fchunk"])
         gn = p["groups_n"]

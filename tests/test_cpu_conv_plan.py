@@ -216,8 +216,15 @@ def test_rowphases_rule():
     step = fwd(_shape(8, 32, 56, 56, 64, 4, 2, 1))
     assert step.algo == "rowphases"
     rows, per = step.params["rows"], step.params["per_thread"]
-    assert rows == tuning.ROWPHASES_POSITIONS // 29
+    # the whole image per task: its 32 x 4 phase planes of 29 x 29 fit ROWPHASES_PLANE_BYTES
+    assert 32 * 4 * 29 * 29 * 4 <= tuning.ROWPHASES_PLANE_BYTES
+    assert rows == 28
     assert per == 32 * 4 * (rows + 1) * 29 + 1 + 64 * rows * 29
+    # planes that do not fit: as many rows as fit, never fewer than ROWPHASES_POSITIONS // Wq
+    wide = fwd(_shape(8, 256, 56, 56, 64, 4, 2, 1)).params["rows"]
+    assert wide == max(tuning.ROWPHASES_POSITIONS // 29,
+                       tuning.ROWPHASES_PLANE_BYTES // (4 * 256 * 4 * 29) - 1)
+    assert wide < 28
     assert fwd(_shape(8, 32, 56, 56, 64, 4, 2, 1), BLAS).algo == "im2col"
     assert fwd(_shape(8, 32, 56, 56, 64, 4, 2, 1), OWN).algo == "im2col"     # (Wo < 32)
     assert fwd(_shape(8, 32, 56, 56, 64, 4, 2, 1), dtype=np.float64).algo == "im2col"
@@ -241,7 +248,7 @@ def test_weight_rowgemm_rule():
     gw = plan.grad_weight
     assert gw.algo == "weight_rowgemm" and plan.grad_bias == "sum"
     assert gw.params == {"filters": 64, "khs": 2, "kc": tuning.WGRAD_RG_PASS,
-                         "floats": 8 * 58 * 58 * 32 + 64 * 8 * 28 * 28 + 64 * 16 * 32}
+                         "floats": 58 * 58 * 32 + 64 * 28 * 28 + 64 * 16 * 32}   # one image's
     assert P.plan_conv(convt, np.float32, 2, BLAS_RG, 4 * gw.params["floats"] - 4,
                        needs_input_grad=False).grad_weight.algo != "weight_rowgemm"
     for other in (_shape(8, 5, 56, 56, 64, 4, 2, 1),        # KW*C = 20

@@ -156,6 +156,9 @@ cdef extern from "csrc/rowgemm.h" nogil:
     int ck_rowgemm_pass_f(Py_ssize_t P, Py_ssize_t L, Py_ssize_t K, Py_ssize_t k0,
                           Py_ssize_t kc, const float* wt, const float* b, const Py_ssize_t* boff,
                           float* out, Py_ssize_t ldo)
+    int ck_rowgemm_pass_acc_f(Py_ssize_t P, Py_ssize_t L, Py_ssize_t K, Py_ssize_t k0,
+                              Py_ssize_t kc, int acc, const float* wt, const float* b,
+                              const Py_ssize_t* boff, float* out, Py_ssize_t ldo)
     void ck_rg_interleave2(float* dst, const float* s0, const float* s1, Py_ssize_t n0,
                            Py_ssize_t n1, int has_bias, float bias)
     void ck_rg_pad_rows(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,

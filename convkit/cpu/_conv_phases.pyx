@@ -14,7 +14,7 @@ from libc.string cimport memcpy, memset
 from ._blas cimport ck_sgemm_apacked_rows, gemm_fixed
 from ._conv_csrc cimport (ck_phases_f, ck_rg_interleave2, ck_rg_pad_rows, ck_rg_panel4,
                           ck_rg_to_cl, ck_rowgemm_available,
-                          ck_rowgemm_f, ck_rowgemm_kc_f, ck_rowgemm_pass_f,
+                          ck_rowgemm_f, ck_rowgemm_kc_f, ck_rowgemm_pass_acc_f,
                           ck_rowgemm_shift_f,
                           ck_stem_forward_f, ck_stem_wdot_f, ck_stem_wino_filters,
                           ck_stem_wino_offsets, ck_stem_wino_floats,
@@ -338,26 +338,29 @@ def conv2d_grad_weight_rowgemm(const float[:, :, :, ::1] gy, const float[:, :, :
     """grad_weight (OUT: gw, every value written) of a groups-1, dilation-1 conv, float32 on
     csrc/rowgemm.h (conv_plan "weight_rowgemm", BLAS machines with AVX2).
 
-    With x channels-last and zero-padded (xcl: N x Hp x Wp x C, Hp = (Ho-1)*sh + KH, Wp =
-    (Wo-1)*sw + KW), the KW*C values x[n, :, r, q + kw] for kw < KW of a tap row kh are ONE
-    run of xcl, so per kernel row kh
+    With an image's x channels-last and zero-padded (xcl: Hp x Wp x C, Hp = (Ho-1)*sh + KH,
+    Wp = (Wo-1)*sw + KW), the KW*C values x[n, :, r, q + kw] for kw < KW of a tap row kh are
+    ONE run of xcl, so per kernel row kh
         out[f, kh, kw, c] = sum over positions t = (n, i, j) of gy[n, f, i, j] *
-                            xcl[boff[t] + kh*Wp*C + kw*C + c],   boff[t] = ((n*Hp + i*sh)*Wp + j*sw)*C
-    is a rowgemm: F rows (gy in 4-row panels, gyp), KW*C columns, K = N*Ho*Wo taps read in
-    place, in passes of kc taps (the B rows of a column block stay in L1).  Tasks: (block of
-    prows filters, up to khs kernel rows kh = r, r + sh, ... of one residue r mod sh: those read
-    the xcl rows = r mod sh alone, KH a multiple of sh), each running its kernel rows pass by
-    pass (a pass's xcl rows serve the next kernel row from cache: one read of xcl from memory
-    per filter block, not one per kernel row).  Each output is one chain of multiply-adds over
-    the positions in order, so the bits do not depend on the split or the thread count.  Then
-    gw[f, c, kh, kw] = out.  xcl: N*Hp*Wp*C floats, gyp: F*N*Ho*Wo, out: F*KH*KW*C
+                            xcl_n[boff[t'] + kh*Wp*C + kw*C + c],   t' = (i, j),
+                            boff[t'] = (i*sh*Wp + j*sw)*C
+    is a rowgemm: F rows (the image's gy in 4-row panels, gyp), KW*C columns, the Ho*Wo taps of
+    image n read in place, in passes of kc taps (the B rows of a column block stay in L1), the
+    images in order, each going on from the sums of the ones before.  Image by image: its xcl
+    and gyp (one image's, so they stay in L2 for its passes: the whole batch's, built first,
+    were read back from L3 / memory), then tasks of (block of prows filters, up to khs kernel
+    rows kh = r, r + sh, ... of one residue r mod sh: those read the xcl rows = r mod sh alone,
+    KH a multiple of sh), each running its kernel rows pass by pass (a pass's xcl rows serve
+    the next kernel row from cache).  Each output is one chain of multiply-adds over the
+    positions in order, so the bits do not depend on the split or the thread count.  Then
+    gw[f, c, kh, kw] = out.  xcl: Hp*Wp*C floats, gyp: F*Ho*Wo, out: F*KH*KW*C, boff: Ho*Wo
     (conv_plan.plan_weight_rowgemm).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = gw.shape[0], KH = gw.shape[2], KW = gw.shape[3]
     cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo
     cdef Py_ssize_t Hp = (Ho - 1) * sh + KH, Wp = (Wo - 1) * sw + KW
-    cdef Py_ssize_t K = N * HoWo, L = KW * C, ldo = KH * KW * C
+    cdef Py_ssize_t L = KW * C, ldo = KH * KW * C
     cdef Py_ssize_t npb = (F + prows - 1) // prows, per = KH // sh
     cdef Py_ssize_t nmc = (per + khs - 1) // khs        # kernel row chunks per residue
     cdef Py_ssize_t t, n, r, hi, q, wi, c, p, f, i, kh, kw, p0, pr, m, m0, m1, k0, kn
@@ -365,41 +368,39 @@ def conv2d_grad_weight_rowgemm(const float[:, :, :, ::1] gy, const float[:, :, :
     cdef float* dst
     cdef const float* src
     with nogil:
-        for t in prange(N * Hp, schedule="static", num_threads=n_threads):   # xcl rows
-            n = t // Hp
-            r = t - n * Hp
-            hi = r - pt
-            dst = &xcl[0] + t * Wp * C
-            if hi < 0 or hi >= H:
-                memset(dst, 0, Wp * C * sizeof(float))
-                continue
-            # columns q = wi + pl: zeros where wi is outside [0, W), x's row transposed between
-            q = _min(pl, Wp)
-            memset(dst, 0, q * C * sizeof(float))
-            wi = _min(W, Wp - pl)
-            if wi > 0:
-                ck_rg_to_cl(&x[n, 0, hi, 0], H * W, C, wi, dst + pl * C)
-                q = pl + wi
-            memset(dst + q * C, 0, (Wp - q) * C * sizeof(float))
-        for t in prange((F // 4) * N, schedule="static", num_threads=n_threads):   # gy panels
-            p = t // N
-            n = t - p * N
-            ck_rg_panel4(&gy[n, 4 * p, 0, 0], HoWo, HoWo, &gyp[0] + p * 4 * K + 4 * n * HoWo)
-        for t in prange(npb * sh * nmc, schedule="dynamic", num_threads=n_threads):
-            p0 = (t // (sh * nmc)) * prows
-            pr = _min(prows, F - p0)
-            r = (t // nmc) % sh
-            m0 = (t % nmc) * khs
-            m1 = _min(per, m0 + khs)
-            for i in range((K + kc - 1) // kc):
-                k0 = i * kc
-                kn = _min(kc, K - k0)
-                for m in range(m0, m1):
-                    kh = r + m * sh
-                    if not ck_rowgemm_pass_f(pr, L, K, k0, kn, &gyp[0] + p0 * K,
-                                             &xcl[0] + kh * Wp * C, &boff[0],
-                                             &out[0] + p0 * ldo + kh * L, ldo):
-                        failed += 1     # (the plan picks this only where rowgemm runs)
+        for n in range(N):
+            for r in prange(Hp, schedule="static", num_threads=n_threads):   # xcl rows
+                hi = r - pt
+                dst = &xcl[0] + r * Wp * C
+                if hi < 0 or hi >= H:
+                    memset(dst, 0, Wp * C * sizeof(float))
+                    continue
+                # columns q = wi + pl: zeros where wi is outside [0, W), x's row transposed
+                q = _min(pl, Wp)
+                memset(dst, 0, q * C * sizeof(float))
+                wi = _min(W, Wp - pl)
+                if wi > 0:
+                    ck_rg_to_cl(&x[n, 0, hi, 0], H * W, C, wi, dst + pl * C)
+                    q = pl + wi
+                memset(dst + q * C, 0, (Wp - q) * C * sizeof(float))
+            for p in prange(F // 4, schedule="static", num_threads=n_threads):   # gy panels
+                ck_rg_panel4(&gy[n, 4 * p, 0, 0], HoWo, HoWo, &gyp[0] + p * 4 * HoWo)
+            for t in prange(npb * sh * nmc, schedule="dynamic", num_threads=n_threads):
+                p0 = (t // (sh * nmc)) * prows
+                pr = _min(prows, F - p0)
+                r = (t // nmc) % sh
+                m0 = (t % nmc) * khs
+                m1 = _min(per, m0 + khs)
+                for i in range((HoWo + kc - 1) // kc):
+                    k0 = i * kc
+                    kn = _min(kc, HoWo - k0)
+                    for m in range(m0, m1):
+                        kh = r + m * sh
+                        if not ck_rowgemm_pass_acc_f(pr, L, HoWo, k0, kn, n > 0 or k0 > 0,
+                                                     &gyp[0] + p0 * HoWo,
+                                                     &xcl[0] + kh * Wp * C, &boff[0],
+                                                     &out[0] + p0 * ldo + kh * L, ldo):
+                            failed += 1     # (the plan picks this only where rowgemm runs)
         for f in prange(F, schedule="static", num_threads=n_threads):
             for c in range(C):
                 for kh in range(KH):

@@ -766,11 +766,11 @@ def _bwd_weight_rowgemm(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     """grad_weight on csrc/rowgemm.h (conv_plan.plan_weight_rowgemm)."""
     p, (sh, sw), (Ho, Wo) = step.params, s.stride, gy.shape[2:]
     Hp, Wp = (Ho - 1) * sh + s.KH, (Wo - 1) * sw + s.KW
-    nx, ng = s.N * Hp * Wp * s.C, s.F * s.N * Ho * Wo
+    nx, ng = Hp * Wp * s.C, s.F * Ho * Wo
     ws = _workspace(p["floats"], np.float32, "weight_rowgemm")
     _phases.conv2d_grad_weight_rowgemm(gy, x, gw, ws[:nx], ws[nx:nx + ng],
                                        ws[nx + ng:p["floats"]],
-                                       _rowgemm_w_offsets(s.N, Ho, Wo, sh, sw, Hp, Wp, s.C),
+                                       _rowgemm_w_offsets(1, Ho, Wo, sh, sw, Hp, Wp, s.C),
                                        sh, sw, s.padding[0], s.padding[2], p["filters"],
                                        p["khs"], p["kc"], step.threads)
 

@@ -803,16 +803,18 @@ def plan_rowphases(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_t
     csrc/rowgemm.h, or None.  Where the float32 GEMMs go to BLAS and rowgemm runs, for strided
     groups-1 convs whose filter count fills its 4-row panels and whose kernel is a multiple of
     the stride, dilation 1 (conv_transpose2d's grad_x, the case measured: tuning.ROWPHASES_*).
-    A task computes about tuning.ROWPHASES_POSITIONS output positions (whole rows, each Wq
-    wide); each output is one fixed chain of multiply-adds, so the rows per task may follow
-    the team (no bits change): lowered until each thread has tuning.PHASES_TASKS_PER_THREAD."""
+    A task computes as many whole rows (each Wq wide) as its phase planes fit in
+    tuning.ROWPHASES_PLANE_BYTES, at least about tuning.ROWPHASES_POSITIONS positions; each
+    output is one fixed chain of multiply-adds, so the rows per task may follow the team (no
+    bits change): lowered until each thread has tuning.PHASES_TASKS_PER_THREAD."""
     sh, sw = s.stride
     if (not float32 or not avx2_algo(caps, "rowphases") or s.groups != 1 or pointwise
             or s.stride == (1, 1) or s.F % 4 or s.dilation != (1, 1)
             or s.KH % sh or s.KW % sw or Wo < T.ROWPHASES_MIN_WO):
         return None
     Wq = Wo + (s.KW - 1) // sw
-    rows = max(1, min(Ho, T.ROWPHASES_POSITIONS // Wq))
+    fit = T.ROWPHASES_PLANE_BYTES // (4 * s.C * sh * sw * Wq) - (s.KH - 1) // sh
+    rows = max(1, min(Ho, max(T.ROWPHASES_POSITIONS // Wq, fit)))
     if n_threads > 1 and s.N * ceil_div(Ho, rows) < T.PHASES_TASKS_PER_THREAD * n_threads:
         rows = max(1, ceil_div(Ho, ceil_div(T.PHASES_TASKS_PER_THREAD * n_threads, s.N)))
     Rq = rows + (s.KH - 1) // sh
@@ -958,7 +960,7 @@ def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise
             or s.KH % sh or s.KW % sw or s.KW * s.C < 24 or batch_ok(Ho, Wo, pointwise)):
         return None
     Hp, Wp = (Ho - 1) * sh + s.KH, (Wo - 1) * sw + s.KW
-    floats = s.N * Hp * Wp * s.C + s.F * s.N * Ho * Wo + s.F * s.KH * s.KW * s.C
+    floats = Hp * Wp * s.C + s.F * Ho * Wo + s.F * s.KH * s.KW * s.C    # (one image's)
     if floats * 4 > limit:
         return None
     filters, khs = min(s.F, T.WGRAD_RG_FILTERS), s.KH // sh

@@ -241,6 +241,15 @@ PHASES_TASKS_PER_THREAD = 4
 # 812 positions per task within the noise.  Not measured in RESULTS.md.
 ROWPHASES_POSITIONS = 240
 ROWPHASES_MIN_WO = 16
+# ... but more rows where a task's phase planes (C * sh * sw planes of rows + (KH-1)/sh rows of
+# Wq) fit in this many bytes (half the 1 MB L2 of the Zen 4 measured): convt_28 then computes an
+# image per task, 28 x 29 columns in one GEMM (planes 430 KB), where 8-row tasks ran 4 GEMMs of
+# 232 columns, each with a 16-20 column narrow tail and a plane row of halo rebuilt.  Zen 4
+# (AVX-512 machine, CONVKIT_DISABLE_AVX512=1), one thread, CPU time, load 16-18 (`python
+# bench/convt_passes.py --threads 1 --clock cpu --passes gx --rounds 5 --calls 7 --sweep
+# ROWPHASES_POSITIONS=240,812,240,812`): 5.06 / 4.66 / 5.06 / 4.66 ms, torch 4.51 (ninth
+# session, helper convt9, RESULTS.md).
+ROWPHASES_PLANE_BYTES = 512 * 1024
 # ... taps per rowgemm pass (csrc/rowgemm.h's kc; the same bits for any kc): a 24-column
 # block's kc rows of the planes stay in L1 while every filter panel reads them.  convt_28's
 # task GEMM alone (64 x 232, K = 512), in cache, one thread, three runs each (`gcc -O3 -I

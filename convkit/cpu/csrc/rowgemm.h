@@ -129,9 +129,8 @@ CK_RG_TARGET static inline void ck_rg_narrow(ptrdiff_t K, int R, const float *w0
 CK_RG_TARGET static void ck_rg_pass(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, ptrdiff_t k0,
                                     ptrdiff_t kc, const float *wt, const float *b,
                                     const ptrdiff_t *boff, float *out, ptrdiff_t ldo,
-                                    const ptrdiff_t *pbase)
+                                    const ptrdiff_t *pbase, int acc)
 {
-    const int acc = k0 > 0;
     ptrdiff_t j = 0;
     for (; j + 24 <= L; j += 24)
         for (ptrdiff_t p = 0; p < P; p += 4)
@@ -156,7 +155,8 @@ CK_RG_TARGET static void ck_rowgemm_avx2(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, 
 {
     ptrdiff_t k0 = 0;
     do {
-        ck_rg_pass(P, L, K, k0, K - k0 < KC ? K - k0 : KC, wt, b, boff, out, ldo, pbase);
+        ck_rg_pass(P, L, K, k0, K - k0 < KC ? K - k0 : KC, wt, b, boff, out, ldo, pbase,
+                   k0 > 0);
         k0 += KC;
     } while (k0 < K);
 }
@@ -341,11 +341,33 @@ static int ck_rowgemm_pass_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, ptrdiff_t k0
 {
     if (P % 4 != 0 || kc < 1 || k0 < 0 || k0 + kc > K || !ck_rowgemm_available())
         return 0;
-    ck_rg_pass(P, L, K, k0, kc, wt, b, boff, out, ldo, NULL);
+    ck_rg_pass(P, L, K, k0, kc, wt, b, boff, out, ldo, NULL, k0 > 0);
+    return 1;
+}
+
+/* ck_rowgemm_pass_f, going on from the sums in out where acc (else from zero) whatever k0:
+ * a chain longer than one wt / boff (the weight gradient's batch, one image's panels and
+ * offsets at a time) is these passes in order. */
+static int ck_rowgemm_pass_acc_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, ptrdiff_t k0,
+                                 ptrdiff_t kc, int acc, const float *wt, const float *b,
+                                 const ptrdiff_t *boff, float *out, ptrdiff_t ldo)
+{
+    if (P % 4 != 0 || kc < 1 || k0 < 0 || k0 + kc > K || !ck_rowgemm_available())
+        return 0;
+    ck_rg_pass(P, L, K, k0, kc, wt, b, boff, out, ldo, NULL, acc);
     return 1;
 }
 
 #else
+
+static int ck_rowgemm_pass_acc_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, ptrdiff_t k0,
+                                 ptrdiff_t kc, int acc, const float *wt, const float *b,
+                                 const ptrdiff_t *boff, float *out, ptrdiff_t ldo)
+{
+    (void)P; (void)L; (void)K; (void)k0; (void)kc; (void)acc; (void)wt; (void)b; (void)boff;
+    (void)out; (void)ldo;
+    return 0;
+}
 
 static int ck_rowgemm_pass_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, ptrdiff_t k0, ptrdiff_t kc,
                              const float *wt, const float *b, const ptrdiff_t *boff, float *out,
