@@ -193,17 +193,19 @@ def test_packed_grad_x_same_bits_as_plain_and_torch(pad):
 
 @PACKED
 @pytest.mark.parametrize("flip", [False, True])
-def test_packed_filters_are_the_plain_ones_in_strips(flip):
+@pytest.mark.parametrize("shape", [(13, 21), (7, 141)], ids=lambda s: "x".join(map(str, s)))
+def test_packed_filters_are_the_plain_ones_in_strips(flip, shape):
     """Plane e of the packed U: strip s (filters 6s .. 6s+5) at 6*s*C, channel c's 6 filters
     side by side at + 6c; rows past F zero -- the plain transform's values, same bits, both
-    builds."""
+    builds, written straight into U or through the task buffer (winograd4_stage_filters; 141
+    channels: a buffer of 128 and one of 13, a last block of 5)."""
     rng = np.random.default_rng(9)
-    w = rng.standard_normal((13, 21, 3, 3)).astype(np.float32)
-    F, C = (21, 13) if flip else (13, 21)
+    w = rng.standard_normal(shape + (3, 3)).astype(np.float32)
+    F, C = shape[::-1] if flip else shape
     plain = np.empty((36, F, C), np.float32)
     wg.winograd_filters(w, plain, 1, flip)
     Fp = wg.winograd4_packed_rows(F)
-    assert Fp == 18 if F == 13 else Fp == 24
+    assert Fp == -(-F // 6) * 6
     want = np.zeros((36, Fp, C), np.float32)
     want[:, :F] = plain
     real = np.zeros((36, Fp, C), bool)
@@ -213,15 +215,17 @@ def test_packed_filters_are_the_plain_ones_in_strips(flip):
         return a.reshape(36, Fp // 6, 6, C).transpose(0, 1, 3, 2).reshape(36, Fp, C)
     want, real = strips(want), strips(real)
     for avx2 in (True, False):
-        old = wg.winograd4_avx2(avx2)
-        try:
-            for threads in (1, 3):
-                U = np.full((36, Fp, C), np.nan, np.float32)
-                wg.winograd_filters(w, U, threads, flip, True)
-                assert np.array_equal(U.view(np.uint32)[real], want.view(np.uint32)[real])
-                assert (U[~real] == 0).all(), (avx2, threads)      # (zeros of either sign)
-        finally:
-            wg.winograd4_avx2(old)
+        for stage in (0, 1, -1):
+            old, old_stage = wg.winograd4_avx2(avx2), wg.winograd4_stage_filters(stage)
+            try:
+                for threads in (1, 3):
+                    U = np.full((36, Fp, C), np.nan, np.float32)
+                    wg.winograd_filters(w, U, threads, flip, True)
+                    assert np.array_equal(U.view(np.uint32)[real], want.view(np.uint32)[real])
+                    assert (U[~real] == 0).all(), (avx2, stage, threads)   # (either sign)
+            finally:
+                wg.winograd4_avx2(old)
+                wg.winograd4_stage_filters(old_stage)
 
 
 @PACKED

@@ -9,6 +9,7 @@ Part of the conv kernels laid out by algorithm: see convkit/cpu/_conv.pyx.
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm, gemm_fixed, gemm_pk
@@ -88,28 +89,62 @@ def winograd4_packed_ok():
     return bool(ck_fgemm_available())
 
 
+# A packed-filter task: a strip's _PK_CHANS channels (runs of 6 * _PK_CHANS per plane) into a
+# buffer (110 KB), then copied plane by plane, where U is large.  Written straight into U, its
+# 36 planes took 36 interleaved write streams of 192 bytes a block: 32 ns a filter for 256 x 256
+# filters (U 9.5 MB) against 23 through the buffer; where U stays in cache the copy costs more
+# (128 x 128: 10.8 ns straight, 13.5 through the buffer; bench/wino_filters_ab.py)
+cdef Py_ssize_t _PK_CHANS = 128
+cdef Py_ssize_t _PK_STAGE_MIN = 1 << 21    # elements of U (8 MiB) from which the buffer is used
+cdef int _pk_stage = -1                      # -1: by U's size; 0 / 1: never / always (tests)
+
+
+def winograd4_stage_filters(int mode):
+    """Set how packed F(4x4) filters are written (-1: through a buffer where U exceeds
+    _PK_STAGE_MIN elements, 0: straight into U, 1: always through the buffer); returns the old
+    mode.  The same values whichever way (tests, bench/wino_filters_ab.py)."""
+    global _pk_stage
+    cdef int old = _pk_stage
+    _pk_stage = mode
+    return old
+
+
 cdef _wino4_filters_packed(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int n_threads,
                            bint transpose_flip):
     cdef Py_ssize_t F = w.shape[1] if transpose_flip else w.shape[0]
     cdef Py_ssize_t C = w.shape[0] if transpose_flip else w.shape[1]
-    cdef Py_ssize_t ns = ck_w4_pk_rows(F) // 6, ncb = (C + 7) // 8
-    cdef Py_ssize_t it, s, c0
+    cdef Py_ssize_t ns = ck_w4_pk_rows(F) // 6, nch = (C + _PK_CHANS - 1) // _PK_CHANS
+    cdef Py_ssize_t it, s, c0, c1, cb, nc, e, us
+    cdef float* buf
+    cdef float* u
     if U.shape[0] != 36 or U.shape[1] != 6 * ns or U.shape[2] != C:
         raise ValueError(f"U must be (36, {6 * ns}, {C}) for packed filters, got "
                          f"{(U.shape[0], U.shape[1], U.shape[2])}")
+    cdef bint stage = _pk_stage == 1 or (_pk_stage < 0 and 36 * U.shape[1] * C > _PK_STAGE_MIN)
     if floating is float:
         with nogil:
-            for it in prange(ns * ncb, schedule="static", num_threads=n_threads):
-                s = it // ncb
-                c0 = (it % ncb) * 8
-                if transpose_flip:
-                    ck_w4_filters_pk_f(&w[c0, 6 * s, 0, 0], 9, w.shape[1] * 9, _min(6, F - 6 * s),
-                                       _min(8, C - c0), 1, &U[0, 0, 0] + 6 * (s * C + c0),
-                                       U.shape[1] * C)
-                else:
-                    ck_w4_filters_pk_f(&w[6 * s, c0, 0, 0], C * 9, 9, _min(6, F - 6 * s),
-                                       _min(8, C - c0), 0, &U[0, 0, 0] + 6 * (s * C + c0),
-                                       U.shape[1] * C)
+            for it in prange(ns * nch, schedule="static", num_threads=n_threads):
+                s = it // nch
+                c1 = (it % nch) * _PK_CHANS
+                nc = _min(_PK_CHANS, C - c1)
+                buf = <float*>malloc(36 * 6 * _PK_CHANS * sizeof(float)) if stage else NULL
+                us = 6 * _PK_CHANS
+                if buf == NULL:     # (no memory: straight into U, the same values)
+                    us = U.shape[1] * C
+                for cb in range(0, nc, 8):
+                    c0 = c1 + cb
+                    u = buf + 6 * cb if buf != NULL else &U[0, 0, 0] + 6 * (s * C + c0)
+                    if transpose_flip:
+                        ck_w4_filters_pk_f(&w[c0, 6 * s, 0, 0], 9, w.shape[1] * 9,
+                                           _min(6, F - 6 * s), _min(8, C - c0), 1, u, us)
+                    else:
+                        ck_w4_filters_pk_f(&w[6 * s, c0, 0, 0], C * 9, 9, _min(6, F - 6 * s),
+                                           _min(8, C - c0), 0, u, us)
+                if buf != NULL:
+                    for e in range(36):
+                        memcpy(&U[0, 0, 0] + e * U.shape[1] * C + 6 * (s * C + c1),
+                               buf + e * us, 6 * nc * sizeof(float))
+                    free(buf)
     else:
         raise ValueError("packed F(4x4) filters are float32 only")
 
