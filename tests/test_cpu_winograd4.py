@@ -47,10 +47,11 @@ def _close(got, want, dtype, what):
 
 
 def _kernel(x, w, pt, pl, Ho, Wo, trows, threads, flip=False, bias=None, packed=False,
-            fparts=0):
+            fparts=0, extra=0):
     """conv2d_forward_winograd with tile 4 called directly (any channel count); packed: the
     filters in ck_w4_gemm_pk's strips (float32 on csrc/fgemm.h); fparts: the two-region split
-    (a shared V, then tasks of trows tile rows x fparts blocks of 6-filter strips)."""
+    (a shared V, then tasks of trows tile rows x fparts blocks of 6-filter strips); extra:
+    elements more per thread (the planes' padding where they hold it)."""
     N, C = x.shape[:2]
     F = w.shape[1] if flip else w.shape[0]
     U = np.full((36, wg.winograd4_packed_rows(F) if packed else F, C), np.nan, x.dtype)
@@ -63,12 +64,48 @@ def _kernel(x, w, pt, pl, Ho, Wo, trows, threads, flip=False, bias=None, packed=
     else:
         per = 36 * (C + F) * trows * tw + wg.winograd4_scratch(trows, tw)
         shared = 0
+    per += extra
     ws = np.full(shared + threads * per, np.nan, x.dtype)   # (no stale scratch may be read)
     y = np.full((N, F, Ho, Wo), np.nan, x.dtype)
     b = np.zeros(F, x.dtype) if bias is None else bias
     wg.conv2d_forward_winograd(x, U, b, bias is not None, y, ws, per, trows, pt, pl, threads,
                                _NO_PACK, 4, False, packed, fparts)
     return y
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_padded_planes_same_bits(dtype):
+    """A slice with room for conv_plan.winograd_plane_pad's elements spaces V's and M's planes
+    (WINO_PLANE_PAD, the plan's figure) -- the same bits as without, F(4x4) (plain and packed)
+    and F(2x2), 1 and 3 threads; 256 channels x 64 tiles, res_14's task, among them."""
+    assert wg.WINO_PLANE_PAD == P.WINOGRAD_PLANE_PAD
+    rng = np.random.default_rng(11)
+    packs = [False] + ([True] if dtype == np.float32 and wg.winograd4_packed_ok() else [])
+    for N, C, H, F, trows in [(2, 17, 9, 20, 2), (4, 256, 14, 8, 16), (1, 9, 21, 5, 3)]:
+        x = rng.standard_normal((N, C, H, H)).astype(dtype)
+        w = rng.standard_normal((F, C, 3, 3)).astype(dtype)
+        want = _torch_conv(x, w, (1, 1, 1, 1))
+        for packed in packs:
+            for threads in (1, 3):
+                ref = _kernel(x, w, 1, 1, H, H, trows, threads, packed=packed)
+                _close(ref, want, dtype, f"F(4x4) {N}x{C}x{H}")
+                for extra in (P.winograd_plane_pad(4) - 1, P.winograd_plane_pad(4), 5000):
+                    y = _kernel(x, w, 1, 1, H, H, trows, threads, packed=packed, extra=extra)
+                    assert np.array_equal(ref, y), (N, C, packed, threads, extra)
+        # F(2x2): U (16, F, C), the slice V, M and 8 * (2tw + 2) of row scratch
+        U = np.empty((16, F, C), dtype)
+        wg.winograd_filters(w, U, 1)
+        tw = -(-H // 2)
+        ys = []
+        for extra in (0, P.winograd_plane_pad(2)):
+            per = 16 * (C + F) * trows * tw + 8 * (2 * tw + 2) + extra
+            ws = np.full(3 * per, np.nan, dtype)
+            y = np.full((N, F, H, H), np.nan, dtype)
+            wg.conv2d_forward_winograd(x, U, np.zeros(F, dtype), False, y, ws, per, trows, 1, 1,
+                                       3, _NO_PACK, 2, False, False, 0)
+            ys.append(y)
+        _close(ys[0], want, dtype, f"F(2x2) {N}x{C}x{H}")
+        assert np.array_equal(ys[0], ys[1])
 
 
 # (N, C, H, W, F, pt, pl, pb, pr): odd / even maps, maps not a multiple of 4, channels not a
@@ -193,17 +230,19 @@ def test_packed_grad_x_same_bits_as_plain_and_torch(pad):
 
 @PACKED
 @pytest.mark.parametrize("flip", [False, True])
-def test_packed_filters_are_the_plain_ones_in_strips(flip):
+@pytest.mark.parametrize("shape", [(13, 21), (7, 141)], ids=lambda s: "x".join(map(str, s)))
+def test_packed_filters_are_the_plain_ones_in_strips(flip, shape):
     """Plane e of the packed U: strip s (filters 6s .. 6s+5) at 6*s*C, channel c's 6 filters
     side by side at + 6c; rows past F zero -- the plain transform's values, same bits, both
-    builds."""
+    builds, written straight into U or through the task buffer (winograd4_stage_filters; 141
+    channels: a buffer of 128 and one of 13, a last block of 5)."""
     rng = np.random.default_rng(9)
-    w = rng.standard_normal((13, 21, 3, 3)).astype(np.float32)
-    F, C = (21, 13) if flip else (13, 21)
+    w = rng.standard_normal(shape + (3, 3)).astype(np.float32)
+    F, C = shape[::-1] if flip else shape
     plain = np.empty((36, F, C), np.float32)
     wg.winograd_filters(w, plain, 1, flip)
     Fp = wg.winograd4_packed_rows(F)
-    assert Fp == 18 if F == 13 else Fp == 24
+    assert Fp == -(-F // 6) * 6
     want = np.zeros((36, Fp, C), np.float32)
     want[:, :F] = plain
     real = np.zeros((36, Fp, C), bool)
@@ -213,15 +252,17 @@ def test_packed_filters_are_the_plain_ones_in_strips(flip):
         return a.reshape(36, Fp // 6, 6, C).transpose(0, 1, 3, 2).reshape(36, Fp, C)
     want, real = strips(want), strips(real)
     for avx2 in (True, False):
-        old = wg.winograd4_avx2(avx2)
-        try:
-            for threads in (1, 3):
-                U = np.full((36, Fp, C), np.nan, np.float32)
-                wg.winograd_filters(w, U, threads, flip, True)
-                assert np.array_equal(U.view(np.uint32)[real], want.view(np.uint32)[real])
-                assert (U[~real] == 0).all(), (avx2, threads)      # (zeros of either sign)
-        finally:
-            wg.winograd4_avx2(old)
+        for stage in (0, 1, -1):
+            old, old_stage = wg.winograd4_avx2(avx2), wg.winograd4_stage_filters(stage)
+            try:
+                for threads in (1, 3):
+                    U = np.full((36, Fp, C), np.nan, np.float32)
+                    wg.winograd_filters(w, U, threads, flip, True)
+                    assert np.array_equal(U.view(np.uint32)[real], want.view(np.uint32)[real])
+                    assert (U[~real] == 0).all(), (avx2, stage, threads)   # (either sign)
+            finally:
+                wg.winograd4_avx2(old)
+                wg.winograd4_stage_filters(old_stage)
 
 
 @PACKED
@@ -337,7 +378,8 @@ def test_the_plan_packs_f4_float32_on_the_fixed_gemm_only():
     # the packed filters' padded rows count against the limit: the smallest limit that fits
     # one row of tiles with plain filters does not with packed ones
     F = C = 64
-    one = 36 * (C + F) * 2 * 4 + P.winograd_scratch(4, 1, 2) * 4      # a row of 2 tiles
+    one = (36 * (C + F) * 2 + P.winograd_scratch(4, 1, 2) + P.winograd_plane_pad(4)) * 4  # a row
+    # of 2 tiles
     tight = 36 * C * F * 4 + one
     assert P._plan_winograd4(1, C, F, 8, 8, 4, 1, 0, tight, fixed=False) is not None
     assert P._plan_winograd4(1, C, F, 8, 8, 4, 1, 0, tight, fixed=True) is None
@@ -451,7 +493,8 @@ def test_api_workspace_limit(f4_plan):
     want = _torch_conv(x, w, (1, 1, 1, 1))
     old = convkit.get_workspace_limit()
     u_bytes = 36 * 64 * 64 * 8
-    row = 36 * 128 * 5 * 8 + P.winograd_scratch(4, 1, 5) * 8       # one row of 5 tiles
+    row = (36 * 128 * 5 + P.winograd_scratch(4, 1, 5) + P.winograd_plane_pad(4)) * 8  # one row
+    # of 5 tiles
     try:
         convkit.set_workspace_limit(u_bytes + row)
         plan = cc._plan(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1)[3]

@@ -9,11 +9,12 @@ Part of the conv kernels laid out by algorithm: see convkit/cpu/_conv.pyx.
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm, gemm_fixed, gemm_pk
 from ._conv_csrc cimport (ck_wino_input_row_f, ck_wino_output_row_f, ck_wino_filters_f,
-                          ck_w4_input_row_f, ck_w4_input_row_d, ck_w4_output_tiles_f,
+                          ck_w4_input_rows_f, ck_w4_input_rows_d, ck_w4_output_tiles_f,
                           ck_w4_output_tiles_d, ck_w4_store_row_f, ck_w4_store_row_d,
                           ck_w4_filters_f, ck_w4_filters_d, ck_w4_input_scratch,
                           ck_w4_output_scratch, ck_w4_set_avx2, ck_w4_grad_row_f,
@@ -89,28 +90,62 @@ def winograd4_packed_ok():
     return bool(ck_fgemm_available())
 
 
+# A packed-filter task: a strip's _PK_CHANS channels (runs of 6 * _PK_CHANS per plane) into a
+# buffer (110 KB), then copied plane by plane, where U is large.  Written straight into U, its
+# 36 planes took 36 interleaved write streams of 192 bytes a block: 32 ns a filter for 256 x 256
+# filters (U 9.5 MB) against 23 through the buffer; where U stays in cache the copy costs more
+# (128 x 128: 10.8 ns straight, 13.5 through the buffer; bench/wino_filters_ab.py)
+cdef Py_ssize_t _PK_CHANS = 128
+cdef Py_ssize_t _PK_STAGE_MIN = 1 << 21    # elements of U (8 MiB) from which the buffer is used
+cdef int _pk_stage = -1                      # -1: by U's size; 0 / 1: never / always (tests)
+
+
+def winograd4_stage_filters(int mode):
+    """Set how packed F(4x4) filters are written (-1: through a buffer where U exceeds
+    _PK_STAGE_MIN elements, 0: straight into U, 1: always through the buffer); returns the old
+    mode.  The same values whichever way (tests, bench/wino_filters_ab.py)."""
+    global _pk_stage
+    cdef int old = _pk_stage
+    _pk_stage = mode
+    return old
+
+
 cdef _wino4_filters_packed(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int n_threads,
                            bint transpose_flip):
     cdef Py_ssize_t F = w.shape[1] if transpose_flip else w.shape[0]
     cdef Py_ssize_t C = w.shape[0] if transpose_flip else w.shape[1]
-    cdef Py_ssize_t ns = ck_w4_pk_rows(F) // 6, ncb = (C + 7) // 8
-    cdef Py_ssize_t it, s, c0
+    cdef Py_ssize_t ns = ck_w4_pk_rows(F) // 6, nch = (C + _PK_CHANS - 1) // _PK_CHANS
+    cdef Py_ssize_t it, s, c0, c1, cb, nc, e, us
+    cdef float* buf
+    cdef float* u
     if U.shape[0] != 36 or U.shape[1] != 6 * ns or U.shape[2] != C:
         raise ValueError(f"U must be (36, {6 * ns}, {C}) for packed filters, got "
                          f"{(U.shape[0], U.shape[1], U.shape[2])}")
+    cdef bint stage = _pk_stage == 1 or (_pk_stage < 0 and 36 * U.shape[1] * C > _PK_STAGE_MIN)
     if floating is float:
         with nogil:
-            for it in prange(ns * ncb, schedule="static", num_threads=n_threads):
-                s = it // ncb
-                c0 = (it % ncb) * 8
-                if transpose_flip:
-                    ck_w4_filters_pk_f(&w[c0, 6 * s, 0, 0], 9, w.shape[1] * 9, _min(6, F - 6 * s),
-                                       _min(8, C - c0), 1, &U[0, 0, 0] + 6 * (s * C + c0),
-                                       U.shape[1] * C)
-                else:
-                    ck_w4_filters_pk_f(&w[6 * s, c0, 0, 0], C * 9, 9, _min(6, F - 6 * s),
-                                       _min(8, C - c0), 0, &U[0, 0, 0] + 6 * (s * C + c0),
-                                       U.shape[1] * C)
+            for it in prange(ns * nch, schedule="static", num_threads=n_threads):
+                s = it // nch
+                c1 = (it % nch) * _PK_CHANS
+                nc = _min(_PK_CHANS, C - c1)
+                buf = <float*>malloc(36 * 6 * _PK_CHANS * sizeof(float)) if stage else NULL
+                us = 6 * _PK_CHANS
+                if buf == NULL:     # (no memory: straight into U, the same values)
+                    us = U.shape[1] * C
+                for cb in range(0, nc, 8):
+                    c0 = c1 + cb
+                    u = buf + 6 * cb if buf != NULL else &U[0, 0, 0] + 6 * (s * C + c0)
+                    if transpose_flip:
+                        ck_w4_filters_pk_f(&w[c0, 6 * s, 0, 0], 9, w.shape[1] * 9,
+                                           _min(6, F - 6 * s), _min(8, C - c0), 1, u, us)
+                    else:
+                        ck_w4_filters_pk_f(&w[6 * s, c0, 0, 0], C * 9, 9, _min(6, F - 6 * s),
+                                           _min(8, C - c0), 0, u, us)
+                if buf != NULL:
+                    for e in range(36):
+                        memcpy(&U[0, 0, 0] + e * U.shape[1] * C + 6 * (s * C + c1),
+                               buf + e * us, 6 * nc * sizeof(float))
+                    free(buf)
     else:
         raise ValueError("packed F(4x4) filters are float32 only")
 
@@ -267,6 +302,10 @@ def winograd4_avx2(bint allow):
     return bool(ck_w4_set_avx2(allow))
 
 
+# conv2d_forward_winograd's extra distance between the planes of V and of M (elements)
+WINO_PLANE_PAD = 16
+
+
 def winograd4_scratch(Py_ssize_t trows, Py_ssize_t tw):
     """Scratch (elements) of the F(4x4) transforms for a task of trows rows of tw tiles."""
     return max(ck_w4_input_scratch(tw), ck_w4_output_scratch(trows * tw, tw))
@@ -275,19 +314,24 @@ def winograd4_scratch(Py_ssize_t trows, Py_ssize_t tw):
 cdef void _wino4_input_rows(const floating* x, Py_ssize_t img_stride, Py_ssize_t H,
                             Py_ssize_t W, Py_ssize_t th, Py_ssize_t g0, Py_ssize_t nt,
                             Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t tw, floating* v,
-                            Py_ssize_t vs, floating* scratch) noexcept nogil:
+                            Py_ssize_t vs, floating* scratch, Py_ssize_t nscratch) noexcept nogil:
     """The F(4x4) input transform of the batch's tile rows g0 .. g0+nt-1 of one channel (as
-    _wino_input_rows)."""
-    cdef Py_ssize_t k, n, i
-    for k in range(nt):
+    _wino_input_rows): an image's consecutive rows in one call, as many as nscratch elements of
+    scratch hold (ck_w4_input_rows_scratch; each input row split once, not in each of the two
+    or three tile rows it belongs to)."""
+    cdef Py_ssize_t k = 0, n, i, m
+    cdef Py_ssize_t most = max(1, (nscratch // (4 * tw + 4) - 9) // 4)
+    while k < nt:
         n = (g0 + k) // th
         i = g0 + k - n * th
+        m = _min(_min(th - i, nt - k), most)
         if floating is float:
-            ck_w4_input_row_f(x + n * img_stride, H, W, 4 * i - pt, pl, tw, v + k * tw, vs,
-                              scratch)
+            ck_w4_input_rows_f(x + n * img_stride, H, W, 4 * i - pt, m, pl, tw, v + k * tw, vs,
+                               scratch)
         else:
-            ck_w4_input_row_d(x + n * img_stride, H, W, 4 * i - pt, pl, tw, v + k * tw, vs,
-                              scratch)
+            ck_w4_input_rows_d(x + n * img_stride, H, W, 4 * i - pt, m, pl, tw, v + k * tw, vs,
+                               scratch)
+        k += m
 
 
 cdef void _wino4_output_rows(const floating* m, Py_ssize_t ms, Py_ssize_t th, Py_ssize_t g0,
@@ -391,7 +435,7 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] gy,
             nt = _min(trows, N * th - g0)
             if c < C:
                 _wino4_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
-                                  V + c * T + g0 * tw, C * T, S)
+                                  V + c * T + g0 * tw, C * T, S, per)
             else:
                 f = c - C
                 _wino4_grad_rows(&gy[0, f, 0, 0], F * Ho * Wo, Ho, Wo, th, g0, nt, tw,
@@ -481,7 +525,7 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     cdef Py_ssize_t th = (Ho + tile - 1) // tile, tw = (Wo + tile - 1) // tile
     cdef Py_ssize_t nri = (th + trows - 1) // trows      # blocks per image (per_image)
     cdef Py_ssize_t nrb = N * nri if per_image else (N * th + trows - 1) // trows
-    cdef Py_ssize_t t, g0, nt, P, c, e, f, n, r
+    cdef Py_ssize_t t, g0, nt, P, c, e, f, n, r, vs, ms
     cdef floating* V
     cdef floating* M
     if tile != 2 and tile != 4:
@@ -496,6 +540,14 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
         _wino4_forward_split(x, U, bias, has_bias, y, ws, ws_per_thread, trows, pt, pl,
                              n_threads, packed, fparts, tile, per_image)
         return y
+    # planes of V and of M WINO_PLANE_PAD elements further apart where the slice has the room
+    # (the plan gives it, conv_plan.winograd_plane_pad): C * tiles elements apart (res_14's
+    # 256 x 64 floats, 64 KiB) every plane's run and the row scratch share cache sets, and the
+    # input transform's stores miss L1 and L2 (the same arithmetic, the same bits, either way)
+    cdef Py_ssize_t pad = WINO_PLANE_PAD
+    cdef Py_ssize_t scr = 8 * (2 * tw + 2) if tile == 2 else winograd4_scratch(trows, tw)
+    if ws_per_thread < E * (C + F) * trows * tw + 2 * E * pad + scr:
+        pad = 0
     with nogil:
         for t in prange(nrb, schedule="dynamic", num_threads=n_threads):
             if per_image:
@@ -507,32 +559,34 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
                 g0 = t * trows
                 nt = _min(trows, N * th - g0)
             P = nt * tw
+            vs = C * P + pad
+            ms = F * P + pad
             V = &ws[0] + threadid() * ws_per_thread
-            M = V + E * C * P
+            M = V + E * vs
             for c in range(C):
                 if tile == 2:
                     _wino_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
-                                     V + c * P, C * P, M + E * F * P)
+                                     V + c * P, vs, M + E * ms)
                 else:
                     _wino4_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl,
-                                      tw, V + c * P, C * P, M + E * F * P)
+                                      tw, V + c * P, vs, M + E * ms, scr)
             for e in range(E):
                 if floating is float:
                     if packed:
-                        ck_w4_gemm_pk(F, P, C, &U[e, 0, 0], V + e * C * P, P, M + e * F * P, P)
+                        ck_w4_gemm_pk(F, P, C, &U[e, 0, 0], V + e * vs, P, M + e * ms, P)
                         continue
                 gemm_pk(False, False, F, P, C, &U[e, 0, 0], C,
                         &apk[e, 0] if apk.shape[0] > e else <const float*>NULL,
-                        V + e * C * P, P, <floating>0, M + e * F * P, P, <const floating*>NULL)
+                        V + e * vs, P, <floating>0, M + e * ms, P, <const floating*>NULL)
             for f in range(F):
                 if tile == 2:
-                    _wino_output_rows(M + f * P, F * P, th, g0, nt, tw,
+                    _wino_output_rows(M + f * P, ms, th, g0, nt, tw,
                                       bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
                                       F * Ho * Wo, Ho, Wo)
                 else:
-                    _wino4_output_rows(M + f * P, F * P, th, g0, nt, tw,
+                    _wino4_output_rows(M + f * P, ms, th, g0, nt, tw,
                                        bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
-                                       F * Ho * Wo, Ho, Wo, M + E * F * P)
+                                       F * Ho * Wo, Ho, Wo, M + E * ms)
     return y
 
 
@@ -566,7 +620,7 @@ cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, :
             g0 = (t - c * nrb) * trows
             nt = _min(trows, N * th - g0)
             _wino4_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
-                              V + c * T + g0 * tw, C * T, S)
+                              V + c * T + g0 * tw, C * T, S, ws_per_thread)
         for t in prange(nrb * fparts, schedule="dynamic", num_threads=n_threads):
             M = V + 36 * C * T + threadid() * ws_per_thread
             g0 = (t // fparts) * trows

@@ -548,6 +548,17 @@ def winograd_scratch(tile, trows, tw):
     return max(13 * (4 * tw + 4), 40 * trows * tw + 4 * tw)
 
 
+# conv2d_forward_winograd's extra distance between the planes of a task's V and of its M
+# (elements, _conv_winograd.WINO_PLANE_PAD): C * tiles apart (res_14's 256 x 64 floats) all
+# planes' runs share cache sets and the input transform's stores miss L1 and L2
+WINOGRAD_PLANE_PAD = 16
+
+
+def winograd_plane_pad(tile):
+    """Elements a task's slice holds past V, M and the row scratch: the planes' padding."""
+    return 2 * (tile + 2) ** 2 * WINOGRAD_PLANE_PAD
+
+
 def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, limit,
                   tile=2, fixed=False):
     """(threads, tile rows per task, workspace elements per thread, more params: F(4x4)'s
@@ -558,9 +569,10 @@ def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, 
     tw = (Wo + 1) // 2
     th = (Ho + 1) // 2
     per_row = 16 * (C + F) * tw * itemsize      # V and M of one row of 2x2 tiles
+    extra = 8 * (2 * tw + 2) + winograd_plane_pad(2)
     try:
         n_threads, budget = team("conv2d_forward", n_threads, per_row, "one row of tiles",
-                                 weight_bytes, limit, 8 * (2 * tw + 2) * itemsize)
+                                 weight_bytes, limit, extra * itemsize)
     except MemoryError:
         return None
     trows = min(N * th, budget // per_row)     # rows of tiles of the whole batch per task
@@ -578,7 +590,7 @@ def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, 
         if tasks < T.WINOGRAD_EVEN_TASKS * n_threads:
             tasks = ceil_div(tasks, n_threads) * n_threads
         trows = max(1, ceil_div(N * th, tasks))
-    return n_threads, trows, trows * per_row // itemsize + 8 * (2 * tw + 2), {}
+    return n_threads, trows, trows * per_row // itemsize + extra, {}
 
 
 def winograd_gemm(tile, own, fixed):
@@ -673,16 +685,18 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, f
     rows = N * th if fixed else th
     want = min(rows, ceil_div(T.WINOGRAD4_TASK_TILES, tw))
     want = ceil_div(rows, ceil_div(rows, want))     # equal tasks
-    extra = winograd_scratch(4, want, tw) * itemsize
-    if per_row + winograd_scratch(4, 1, tw) * itemsize > limit:
+    pad = winograd_plane_pad(4)
+    extra = (winograd_scratch(4, want, tw) + pad) * itemsize
+    if per_row + (winograd_scratch(4, 1, tw) + pad) * itemsize > limit:
         return None
     team = n_threads
     n_threads = max(1, min(n_threads, limit // (per_row * want + extra)))
     budget = limit // n_threads
     trows = even_tile_rows(rows, want, tw, per_row, n_threads) if fixed else want
-    while trows > 1 and trows * per_row + winograd_scratch(4, trows, tw) * itemsize > budget:
+    while (trows > 1 and trows * per_row + (winograd_scratch(4, trows, tw) + pad) * itemsize
+           > budget):
         trows -= 1
-    one = n_threads, trows, trows * per_row // itemsize + winograd_scratch(4, trows, tw), {}
+    one = n_threads, trows, trows * per_row // itemsize + winograd_scratch(4, trows, tw) + pad, {}
     num, den = T.WINOGRAD4_MAX_IDLE
     rounds = ceil_div(ceil_div(rows, trows), n_threads)
     idle = den * (1 - rows / (rounds * n_threads * trows)) > num

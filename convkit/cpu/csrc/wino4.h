@@ -142,25 +142,27 @@ static inline void ck_w4_join_d(const double* src, ptrdiff_t ps, ptrdiff_t n, do
 #define CK_W4_DEFINE(T, SUF, VB, ATTR)                                                     \
 typedef T ck_w4v_##SUF __attribute__((vector_size(VB)));                                  \
 typedef T ck_w4h_##SUF __attribute__((vector_size(16)));                                  \
-ATTR static void ck_w4_input_row_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0, \
-                                       ptrdiff_t pl, ptrdiff_t tw, T* v, ptrdiff_t vs,     \
-                                       T* scratch) {                                       \
+ATTR static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0, \
+                                        ptrdiff_t nt, ptrdiff_t pl, ptrdiff_t tw, T* v,    \
+                                        ptrdiff_t vs, T* scratch) {                        \
     typedef ck_w4v_##SUF V;                                                                \
-    const ptrdiff_t L = VB / sizeof(T), n1 = tw + 1, Wb = 4 * n1;                          \
+    const ptrdiff_t L = VB / sizeof(T), n1 = tw + 1, Wb = 4 * n1, nr = 4 * nt + 2;         \
     T* R = scratch;                 /* one zero-padded input row, columns -pl .. Wb-1-pl */ \
-    T* Q = scratch + Wb;            /* the 6 rows in phases (6 x Wb) */                   \
-    T* D = scratch + 7 * Wb;        /* B^T down the rows, in phases (6 x Wb) */           \
-    ptrdiff_t lo = pl > 0 ? pl : 0, up = pl + W < Wb ? pl + W : Wb, k, c, j;                \
-    for (k = 0; k < 6; k++) {                                                              \
+    T* Qa = scratch + Wb;           /* the nr rows in phases (nr x Wb) */                 \
+    T* D = Qa + nr * Wb;            /* B^T down a tile row's 6 rows, in phases (6 x Wb) */ \
+    ptrdiff_t lo = pl > 0 ? pl : 0, up = pl + W < Wb ? pl + W : Wb, k, c, j, i;             \
+    for (k = 0; k < nr; k++) {                                                             \
         if (r0 + k < 0 || r0 + k >= H || lo >= up) {                                       \
-            memset(Q + k * Wb, 0, Wb * sizeof(T));                                         \
+            memset(Qa + k * Wb, 0, Wb * sizeof(T));                                        \
             continue;                                                                      \
         }                                                                                  \
         if (lo > 0) memset(R, 0, lo * sizeof(T));                                          \
         memcpy(R + lo, x + (r0 + k) * W + lo - pl, (up - lo) * sizeof(T));                 \
         if (up < Wb) memset(R + up, 0, (Wb - up) * sizeof(T));                             \
-        ck_w4_split_##SUF##_(R, n1, Q + k * Wb);                                           \
+        ck_w4_split_##SUF##_(R, n1, Qa + k * Wb);                                          \
     }                                                                                      \
+    for (i = 0; i < nt; i++, v += tw) {     /* tile row i: rows 4i .. 4i+5 */              \
+    const T* Q = Qa + 4 * i * Wb;                                                          \
     for (c = 0; c + L <= Wb; c += L)                                                       \
         CK_W4_BDOWN(T, V);                                                                 \
     for (; c + 16 / (ptrdiff_t)sizeof(T) <= Wb; c += 16 / (ptrdiff_t)sizeof(T))           \
@@ -198,6 +200,12 @@ ATTR static void ck_w4_input_row_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptr
                     p[n1 + j + 1], o[j], o[vs + j], o[2 * vs + j], o[3 * vs + j],          \
                     o[4 * vs + j], o[5 * vs + j]);                                         \
     }                                                                                      \
+    }                                                                                      \
+}                                                                                          \
+ATTR static void ck_w4_input_row_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0, \
+                                       ptrdiff_t pl, ptrdiff_t tw, T* v, ptrdiff_t vs,     \
+                                       T* scratch) {                                       \
+    ck_w4_input_rows_##SUF(x, H, W, r0, 1, pl, tw, v, vs, scratch);                        \
 }                                                                                          \
 /* ck_w4_output_tiles: n tiles at once, Yp[(4r + q)*n + j] = (A^T m_j A)[r, q] + bias, m_j  \
    element e at m[e*ms + j]; S: 24*n elements of scratch */                               \
@@ -510,6 +518,8 @@ static int ck_w4_avx2(void) {
 static int ck_w4_set_avx2(int allow) { int old = ck_w4_allow_avx2; ck_w4_allow_avx2 = allow; return old; }
 
 static ptrdiff_t ck_w4_input_scratch(ptrdiff_t tw) { return 13 * (4 * tw + 4); }
+/* ck_w4_input_rows' for nt tile rows (13 * (4tw + 4) for one) */
+static ptrdiff_t ck_w4_input_rows_scratch(ptrdiff_t nt, ptrdiff_t tw) { return (4 * nt + 9) * (4 * tw + 4); }
 /* ck_w4_grad_row's rows of tw tiles */
 static ptrdiff_t ck_w4_grad_scratch(ptrdiff_t tw) { return 44 * tw; }
 /* ck_w4_output_tiles' S and Yp for n tiles, plus ck_w4_store_row's buf for rows of tw */
@@ -527,6 +537,11 @@ static void ck_w4_input_row_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_
                                   ptrdiff_t pl, ptrdiff_t tw, T* v, ptrdiff_t vs,          \
                                   T* scratch) {                                            \
     CK_W4_PICK(ck_w4_input_row, SUF, (x, H, W, r0, pl, tw, v, vs, scratch));               \
+}                                                                                          \
+static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0,     \
+                                   ptrdiff_t nt, ptrdiff_t pl, ptrdiff_t tw, T* v,         \
+                                   ptrdiff_t vs, T* scratch) {                             \
+    CK_W4_PICK(ck_w4_input_rows, SUF, (x, H, W, r0, nt, pl, tw, v, vs, scratch));          \
 }                                                                                          \
 static void ck_w4_output_tiles_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t n, T bias, T* S,  \
                                      T* Yp) {                                              \
