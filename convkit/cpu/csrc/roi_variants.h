@@ -47,8 +47,11 @@ static void ck_am_widen(const int8_t* s, int32_t* d, ptrdiff_t n) {
 
 /* roi_avg_pool forward, one RoI: bin (p, q) = pixels [hs[p], he[p]) x [ws[q], we[q]) of the
    NHWC image, summed row-major per channel, divided by their number; an empty bin gives 0.
-   y: the RoI's (C, ph*pw) output; acc: C scratch. */
+   y: the RoI's (C, ph*pw) output; acc: C scratch.  Its loops start on 64-byte lines: the
+   channel loop is ~26 bytes, and where the module's layout put it across a line the forward
+   ran ~35 % slower on Zen 4 (bench/RESULTS.md, ninth session). */
 #define CK_AVG_ROI(T, S)                                                                  \
+    __attribute__((optimize("align-loops=64")))                                           \
     static void ck_avg_roi_##S(const T* img, ptrdiff_t W, ptrdiff_t C, ptrdiff_t ph,      \
                                ptrdiff_t pw, const ptrdiff_t* hs, const ptrdiff_t* he,    \
                                const ptrdiff_t* ws, const ptrdiff_t* we, T* acc, T* y) {   \
