@@ -67,6 +67,9 @@ def test_the_cpuid_rule():
     if "vendor_id" not in fields or "cpu family" not in fields:
         pytest.skip("not an x86 /proc/cpuinfo")
     zen4 = fields["vendor_id"] == "AuthenticAMD" and int(fields["cpu family"]) == 0x19
+    from convkit.cpu import _gemm
+    if _gemm.avx512_emulated():     # the emulated build tests the full-rate plans (csrc/isa.h)
+        zen4 = False
     assert _probe(None)[0] is (not zen4)
 
 
