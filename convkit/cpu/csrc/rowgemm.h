@@ -332,22 +332,9 @@ static int ck_rowgemm_kc_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, const float *w
     return 1;
 }
 
-/* ck_rowgemm_kc_f's pass over taps [k0, k0 + kc) alone (0 < kc, k0 + kc <= K), going on from
- * the sums in out when k0 > 0: passes in order over [0, K) give ck_rowgemm_f's bits, whatever
- * else runs between them (the weight gradient interleaves kernel rows pass by pass). */
-static int ck_rowgemm_pass_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, ptrdiff_t k0, ptrdiff_t kc,
-                             const float *wt, const float *b, const ptrdiff_t *boff, float *out,
-                             ptrdiff_t ldo)
-{
-    if (P % 4 != 0 || kc < 1 || k0 < 0 || k0 + kc > K || !ck_rowgemm_available())
-        return 0;
-    ck_rg_pass(P, L, K, k0, kc, wt, b, boff, out, ldo, NULL, k0 > 0);
-    return 1;
-}
-
-/* ck_rowgemm_pass_f, going on from the sums in out where acc (else from zero) whatever k0:
- * a chain longer than one wt / boff (the weight gradient's batch, one image's panels and
- * offsets at a time) is these passes in order. */
+/* A pass over taps [k0, k0 + kc) alone (0 < kc, k0 + kc <= K), going on from the sums in out
+ * where acc (else from zero) whatever k0: a chain longer than one wt / boff (the weight
+ * gradient's batch, one image's panels and offsets at a time) is these passes in order. */
 static int ck_rowgemm_pass_acc_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, ptrdiff_t k0,
                                  ptrdiff_t kc, int acc, const float *wt, const float *b,
                                  const ptrdiff_t *boff, float *out, ptrdiff_t ldo)
@@ -357,6 +344,17 @@ static int ck_rowgemm_pass_acc_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, ptrdiff_
     ck_rg_pass(P, L, K, k0, kc, wt, b, boff, out, ldo, NULL, acc);
     return 1;
 }
+
+/* ck_rowgemm_kc_f's pass over taps [k0, k0 + kc) alone, going on from the sums in out when
+ * k0 > 0: passes in order over [0, K) give ck_rowgemm_f's bits, whatever else runs between
+ * them (the weight gradient interleaves kernel rows pass by pass). */
+static int ck_rowgemm_pass_f(ptrdiff_t P, ptrdiff_t L, ptrdiff_t K, ptrdiff_t k0, ptrdiff_t kc,
+                             const float *wt, const float *b, const ptrdiff_t *boff, float *out,
+                             ptrdiff_t ldo)
+{
+    return ck_rowgemm_pass_acc_f(P, L, K, k0, kc, k0 > 0, wt, b, boff, out, ldo);
+}
+
 
 #else
 
