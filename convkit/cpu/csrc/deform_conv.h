@@ -577,22 +577,34 @@ __attribute__((target("avx2,fma"))) static void ck_deform_table_f_avx2v(const fl
         B = _mm256_fmadd_ps(x_, w1, B);                                                      \
     } while (0)
 
-/* s[q*16 + i] = the sum of output (filter i of the panel ap, position row q of b), q < 6;
-   rows n and past repeat row n - 1 */
-CK_OP_TARGET static void ck_op_6x16(ptrdiff_t K, const float* ap, const float* b,
-        ptrdiff_t ldb, ptrdiff_t n, float* s)
+/* The 6 x 16 tile both passes share: o[16*q + i] (+)= sum over p < np, in order, of
+   ap[16*p + i] * b[q*rs + p*ps] for q < n <= 6 (rows n and past repeat row n - 1, not stored),
+   i < 16.  acc: go on from the sums in o (else from 0).  Each sum is one FMA chain over p from
+   0, as on csrc/rowgemm.h (the same bits).  Inlined into each caller, so rs / ps (1 for the
+   forward's rows, ldb for grad_weight's columns) fold into its addressing. */
+CK_OP_TARGET static inline __attribute__((always_inline)) void ck_tile_6x16(ptrdiff_t np,
+        const float* ap, const float* b, ptrdiff_t rs, ptrdiff_t ps, ptrdiff_t n, int acc,
+        float* o)
 {
     const float* b0 = b;
-    const float* b1 = b + (n > 1 ? 1 : n - 1) * ldb;
-    const float* b2 = b + (n > 2 ? 2 : n - 1) * ldb;
-    const float* b3 = b + (n > 3 ? 3 : n - 1) * ldb;
-    const float* b4 = b + (n > 4 ? 4 : n - 1) * ldb;
-    const float* b5 = b + (n > 5 ? 5 : n - 1) * ldb;
+    const float* b1 = b + (n > 1 ? 1 : n - 1) * rs;
+    const float* b2 = b + (n > 2 ? 2 : n - 1) * rs;
+    const float* b3 = b + (n > 3 ? 3 : n - 1) * rs;
+    const float* b4 = b + (n > 4 ? 4 : n - 1) * rs;
+    const float* b5 = b + (n > 5 ? 5 : n - 1) * rs;
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    ptrdiff_t k;
-    for (k = 0; k < K; k++) {
-        const __m256 w0 = _mm256_loadu_ps(ap + 16 * k), w1 = _mm256_loadu_ps(ap + 16 * k + 8);
+    ptrdiff_t p, k;
+    if (acc) {
+        c00 = _mm256_loadu_ps(o);      c01 = _mm256_loadu_ps(o + 8);
+        if (n > 1) { c10 = _mm256_loadu_ps(o + 16); c11 = _mm256_loadu_ps(o + 24); }
+        if (n > 2) { c20 = _mm256_loadu_ps(o + 32); c21 = _mm256_loadu_ps(o + 40); }
+        if (n > 3) { c30 = _mm256_loadu_ps(o + 48); c31 = _mm256_loadu_ps(o + 56); }
+        if (n > 4) { c40 = _mm256_loadu_ps(o + 64); c41 = _mm256_loadu_ps(o + 72); }
+        if (n > 5) { c50 = _mm256_loadu_ps(o + 80); c51 = _mm256_loadu_ps(o + 88); }
+    }
+    for (p = 0, k = 0; p < np; p++, k += ps) {    /* k: step p's offset; CK_OP_ROW reads b##q + k */
+        const __m256 w0 = _mm256_loadu_ps(ap + 16 * p), w1 = _mm256_loadu_ps(ap + 16 * p + 8);
         CK_OP_ROW(0, c00, c01);
         CK_OP_ROW(1, c10, c11);
         CK_OP_ROW(2, c20, c21);
@@ -600,12 +612,19 @@ CK_OP_TARGET static void ck_op_6x16(ptrdiff_t K, const float* ap, const float* b
         CK_OP_ROW(4, c40, c41);
         CK_OP_ROW(5, c50, c51);
     }
-    _mm256_storeu_ps(s, c00);      _mm256_storeu_ps(s + 8, c01);
-    _mm256_storeu_ps(s + 16, c10); _mm256_storeu_ps(s + 24, c11);
-    _mm256_storeu_ps(s + 32, c20); _mm256_storeu_ps(s + 40, c21);
-    _mm256_storeu_ps(s + 48, c30); _mm256_storeu_ps(s + 56, c31);
-    _mm256_storeu_ps(s + 64, c40); _mm256_storeu_ps(s + 72, c41);
-    _mm256_storeu_ps(s + 80, c50); _mm256_storeu_ps(s + 88, c51);
+    _mm256_storeu_ps(o, c00);      _mm256_storeu_ps(o + 8, c01);
+    if (n > 1) { _mm256_storeu_ps(o + 16, c10); _mm256_storeu_ps(o + 24, c11); }
+    if (n > 2) { _mm256_storeu_ps(o + 32, c20); _mm256_storeu_ps(o + 40, c21); }
+    if (n > 3) { _mm256_storeu_ps(o + 48, c30); _mm256_storeu_ps(o + 56, c31); }
+    if (n > 4) { _mm256_storeu_ps(o + 64, c40); _mm256_storeu_ps(o + 72, c41); }
+    if (n > 5) { _mm256_storeu_ps(o + 80, c50); _mm256_storeu_ps(o + 88, c51); }
+}
+
+/* s[q*16 + i] = the sum of output (filter i of the panel ap, position row q of b), q < n */
+CK_OP_TARGET static void ck_op_6x16(ptrdiff_t K, const float* ap, const float* b,
+        ptrdiff_t ldb, ptrdiff_t n, float* s)
+{
+    ck_tile_6x16(K, ap, b, ldb, 1, n, 0, s);
 }
 
 CK_OP_TARGET static void ck_op_avx2(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, const float* ap,
@@ -667,38 +686,7 @@ CK_OP_TARGET static void ck_opt_avx2(ptrdiff_t M, ptrdiff_t N, ptrdiff_t K, cons
 CK_OP_TARGET static void ck_wg_6x16(ptrdiff_t np, const float* gp, const float* b,
         ptrdiff_t ldb, ptrdiff_t n, int acc, float* o)
 {
-    const float* b0 = b;
-    const float* b1 = b + (n > 1 ? 1 : n - 1);
-    const float* b2 = b + (n > 2 ? 2 : n - 1);
-    const float* b3 = b + (n > 3 ? 3 : n - 1);
-    const float* b4 = b + (n > 4 ? 4 : n - 1);
-    const float* b5 = b + (n > 5 ? 5 : n - 1);
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-    __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    ptrdiff_t p, k;
-    if (acc) {
-        c00 = _mm256_loadu_ps(o);      c01 = _mm256_loadu_ps(o + 8);
-        if (n > 1) { c10 = _mm256_loadu_ps(o + 16); c11 = _mm256_loadu_ps(o + 24); }
-        if (n > 2) { c20 = _mm256_loadu_ps(o + 32); c21 = _mm256_loadu_ps(o + 40); }
-        if (n > 3) { c30 = _mm256_loadu_ps(o + 48); c31 = _mm256_loadu_ps(o + 56); }
-        if (n > 4) { c40 = _mm256_loadu_ps(o + 64); c41 = _mm256_loadu_ps(o + 72); }
-        if (n > 5) { c50 = _mm256_loadu_ps(o + 80); c51 = _mm256_loadu_ps(o + 88); }
-    }
-    for (p = 0, k = 0; p < np; p++, k += ldb) {   /* k: row p's offset; CK_OP_ROW reads b##q + k */
-        const __m256 w0 = _mm256_loadu_ps(gp + 16 * p), w1 = _mm256_loadu_ps(gp + 16 * p + 8);
-        CK_OP_ROW(0, c00, c01);
-        CK_OP_ROW(1, c10, c11);
-        CK_OP_ROW(2, c20, c21);
-        CK_OP_ROW(3, c30, c31);
-        CK_OP_ROW(4, c40, c41);
-        CK_OP_ROW(5, c50, c51);
-    }
-    _mm256_storeu_ps(o, c00);      _mm256_storeu_ps(o + 8, c01);
-    if (n > 1) { _mm256_storeu_ps(o + 16, c10); _mm256_storeu_ps(o + 24, c11); }
-    if (n > 2) { _mm256_storeu_ps(o + 32, c20); _mm256_storeu_ps(o + 40, c21); }
-    if (n > 3) { _mm256_storeu_ps(o + 48, c30); _mm256_storeu_ps(o + 56, c31); }
-    if (n > 4) { _mm256_storeu_ps(o + 64, c40); _mm256_storeu_ps(o + 72, c41); }
-    if (n > 5) { _mm256_storeu_ps(o + 80, c50); _mm256_storeu_ps(o + 88, c51); }
+    ck_tile_6x16(np, gp, b, 1, ldb, n, acc, o);
 }
 
 CK_OP_TARGET static void ck_wg_avx2(ptrdiff_t n16, ptrdiff_t K, ptrdiff_t np, const float* gp,
