@@ -1234,8 +1234,10 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         stem = Step("stem", p[0], {"rows": p[1], "per_thread": p[2]})
         q = plan_stem_wino(s, Ho, Wo, f32, caps, pointwise, n, limit)
         if q is not None:       # (the direct stem runs it where an operand is not finite)
+            # (y past the caches: its whole runs by non-temporal stores, csrc/stem_wino.h)
+            stream = s.N * s.F * Ho * Wo * 4 >= T.STEM_STREAM_BYTES
             return Step("stem_wino", q[0], {"rows": q[1], "per_thread": q[2], "ufloats": q[3],
-                                            "direct": stem})
+                                            "direct": stem, "stream": stream})
         return stem
     p = plan_phases(s, Ho, Wo, f32, caps.own_sgemm, pointwise, n, limit)
     if p is not None:

@@ -214,9 +214,11 @@ CK_ST_TARGET static void ck_sw_input_row(const float *r, ptrdiff_t pl, ptrdiff_t
 }
 
 /* 8 tiles of one output row: M's 7 rows (mk apart) -> y's outputs 4t .. 4t + 31 (+ bias) of
- * which the first ``left`` exist; the tiles' loads masked when m */
+ * which the first ``left`` exist; the tiles' loads masked when m; stream: 32 whole outputs on
+ * a 16-byte boundary go by non-temporal stores (ck_stem_wino_forward_f) */
 CK_ST_TARGET CK_ST_INLINE void ck_sw_out8(const int m, __m256i mask, const float *M,
-                                          ptrdiff_t mk, float *yo, ptrdiff_t left, __m256 bv)
+                                          ptrdiff_t mk, float *yo, ptrdiff_t left, __m256 bv,
+                                          int stream)
 {
     __m256 a[7];
     for (int k = 0; k < 7; ++k)
@@ -243,7 +245,16 @@ CK_ST_TARGET CK_ST_INLINE void ck_sw_out8(const int m, __m256i mask, const float
     o[1] = _mm256_permute2f128_ps(t26, t37, 0x20);
     o[2] = _mm256_permute2f128_ps(t04, t15, 0x31);
     o[3] = _mm256_permute2f128_ps(t26, t37, 0x31);
-    if (left >= 32) {
+    if (left >= 32 && stream && ((size_t)yo & 15) == 0) {
+        if (((size_t)yo & 31) == 0)
+            for (int j = 0; j < 4; ++j)
+                _mm256_stream_ps(yo + 8 * j, o[j]);
+        else            /* (numpy's large arrays start 16 bytes into a line) */
+            for (int j = 0; j < 4; ++j) {
+                _mm_stream_ps(yo + 8 * j, _mm256_castps256_ps128(o[j]));
+                _mm_stream_ps(yo + 8 * j + 4, _mm256_extractf128_ps(o[j], 1));
+            }
+    } else if (left >= 32) {
         for (int j = 0; j < 4; ++j)
             _mm256_storeu_ps(yo + 8 * j, o[j]);
     } else {
@@ -258,22 +269,23 @@ CK_ST_TARGET CK_ST_INLINE void ck_sw_out8(const int m, __m256i mask, const float
 
 /* one output row of a filter: M's 7 rows (mk apart, nt tiles) -> y's Wo values + bias */
 CK_ST_TARGET static void ck_sw_output_row(const float *M, ptrdiff_t mk, ptrdiff_t nt,
-                                          ptrdiff_t Wo, float *y, float bias)
+                                          ptrdiff_t Wo, float *y, float bias, int stream)
 {
     const __m256 bv = _mm256_set1_ps(bias);
     const __m256i none = _mm256_setzero_si256();
     ptrdiff_t t = 0;
     for (; t + 8 <= nt; t += 8)
-        ck_sw_out8(0, none, M + t, mk, y + 4 * t, Wo - 4 * t, bv);
+        ck_sw_out8(0, none, M + t, mk, y + 4 * t, Wo - 4 * t, bv, stream);
     if (t < nt)
-        ck_sw_out8(1, ck_st_mask(nt - t), M + t, mk, y + 4 * t, Wo - 4 * t, bv);
+        ck_sw_out8(1, ck_st_mask(nt - t), M + t, mk, y + 4 * t, Wo - 4 * t, bv, 0);
 }
 
 CK_ST_TARGET static void ck_stem_wino_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh,
                                            const float *U, const ptrdiff_t *boff, const float *x,
                                            ptrdiff_t H, ptrdiff_t W, ptrdiff_t pt, ptrdiff_t pl,
                                            ptrdiff_t h0, ptrdiff_t Ra, ptrdiff_t hr, ptrdiff_t Wo,
-                                           float *ws, float *y, ptrdiff_t ldy, const float *bias)
+                                           float *ws, float *y, ptrdiff_t ldy, const float *bias,
+                                           int stream)
 {
     const ptrdiff_t nt = (Wo + 3) / 4, W8 = nt + 1, L = hr * nt;
     const ptrdiff_t rows = hr + (KH - 1) / sh;          /* phase rows this block reads */
@@ -298,27 +310,33 @@ CK_ST_TARGET static void ck_stem_wino_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t K
         for (ptrdiff_t i = 0; i < 4; ++i) {
             const float b = bias ? bias[p + i] : 0.0f;
             if (4 * nt == Wo)       /* whole tiles: the block's rows are one run of outputs */
-                ck_sw_output_row(M + i * L, 4 * L, L, 4 * L, y + (p + i) * ldy, b);
+                ck_sw_output_row(M + i * L, 4 * L, L, 4 * L, y + (p + i) * ldy, b, stream);
             else
                 for (ptrdiff_t r = 0; r < hr; ++r)
                     ck_sw_output_row(M + i * L + r * nt, 4 * L, nt, Wo,
-                                     y + (p + i) * ldy + r * Wo, b);
+                                     y + (p + i) * ldy + r * Wo, b, stream);
         }
     }
+    if (stream)
+        _mm_sfence();       /* the non-temporal stores done before the team's barrier */
 }
 
 /* one task: output rows [h0, h0 + hr) of image x (C, H, W) into y (that image's row h0 of
  * filter 0; filters ldy apart, rows Wo apart); F a multiple of 4; U, boff: ck_stem_wino_filters
- * and ck_stem_wino_offsets (Ra = rows + (KH-1)/sh, nt = ceil(Wo/4)); ws: ck_stem_wino_floats */
+ * and ck_stem_wino_offsets (Ra = rows + (KH-1)/sh, nt = ceil(Wo/4)); ws: ck_stem_wino_floats.
+ * stream: y's whole 32-output runs by non-temporal stores (the same values): for a y past the
+ * caches, whose lines a plain store would first read from memory (tuning.STEM_STREAM_BYTES) */
 static int ck_stem_wino_forward_f(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh,
                                   const float *U, const ptrdiff_t *boff, const float *x,
                                   ptrdiff_t H, ptrdiff_t W, ptrdiff_t pt, ptrdiff_t pl,
                                   ptrdiff_t h0, ptrdiff_t Ra, ptrdiff_t hr, ptrdiff_t Wo,
-                                  float *ws, float *y, ptrdiff_t ldy, const float *bias)
+                                  float *ws, float *y, ptrdiff_t ldy, const float *bias,
+                                  int stream)
 {
     if (F % 4 != 0 || !ck_rowgemm_available())
         return 0;
-    ck_stem_wino_avx2(F, C, KH, sh, U, boff, x, H, W, pt, pl, h0, Ra, hr, Wo, ws, y, ldy, bias);
+    ck_stem_wino_avx2(F, C, KH, sh, U, boff, x, H, W, pt, pl, h0, Ra, hr, Wo, ws, y, ldy, bias,
+                      stream);
     return 1;
 }
 
@@ -328,9 +346,10 @@ static int ck_stem_wino_forward_f(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdif
                                   const float *U, const ptrdiff_t *boff, const float *x,
                                   ptrdiff_t H, ptrdiff_t W, ptrdiff_t pt, ptrdiff_t pl,
                                   ptrdiff_t h0, ptrdiff_t Ra, ptrdiff_t hr, ptrdiff_t Wo,
-                                  float *ws, float *y, ptrdiff_t ldy, const float *bias)
+                                  float *ws, float *y, ptrdiff_t ldy, const float *bias,
+                                  int stream)
 {
-    (void)F; (void)C; (void)KH; (void)sh; (void)U; (void)boff; (void)x; (void)H; (void)W;
+    (void)stream; (void)F; (void)C; (void)KH; (void)sh; (void)U; (void)boff; (void)x; (void)H; (void)W;
     (void)pt; (void)pl; (void)h0; (void)Ra; (void)hr; (void)Wo; (void)ws; (void)y; (void)ldy;
     (void)bias;
     return 0;
