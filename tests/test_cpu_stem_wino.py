@@ -225,8 +225,8 @@ def test_stem_wino_rule():
     rows = tuning.STEM_WINO_ROWS
     Ra, nt = rows + 3, 28
     assert fw.params["rows"] == rows
-    assert fw.params["per_thread"] == 3 * 2 * 8 * Ra * (nt + 1) + 64 * 4 \
-        + 7 * 3 * 2 * 2 * Ra * nt + 28 * rows * nt
+    assert fw.params["per_thread"] == 3 * 2 * 8 * (Ra * (nt + 1) + 8) + 64 * 4 \
+        + 7 * 3 * 2 * (2 * Ra * nt + 16) + 28 * rows * nt
     assert fw.params["ufloats"] == 64 * 13 * 3 * 7
     # y of 25.7 MB (past the caches) by non-temporal stores; one image's 3.2 MB by plain ones
     assert fw.params["stream"] is True and tuning.STEM_STREAM_BYTES > 64 * 112 * 112 * 4

@@ -875,11 +875,12 @@ def plan_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_thread
 def stem_wino_floats(s: ConvShape, rows, Wo):
     """Floats of a stem_wino task's scratch for ``rows`` output rows (csrc/stem_wino.h
     ck_stem_wino_floats): the stride-8 column phases R, a padded input row, the transformed
-    rows V (7 points) and one panel's products M."""
+    rows V (7 points) and one panel's products M; R's planes and V's blocks with 8 floats of
+    slack each (their rows are stored as whole vectors)."""
     nt = ceil_div(Wo, 4)
     Ra = rows + (s.KH - 1) // s.stride[0]
-    return (s.C * s.stride[0] * 8 * Ra * (nt + 1) + 64 * ((nt + 8) // 8)
-            + 7 * s.C * s.stride[0] * 2 * Ra * nt + 28 * rows * nt)
+    return (s.C * s.stride[0] * 8 * (Ra * (nt + 1) + 8) + 64 * ((nt + 8) // 8)
+            + 7 * s.C * s.stride[0] * 2 * (Ra * nt + 8) + 28 * rows * nt)
 
 
 def plan_stem_wino(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads, limit):
