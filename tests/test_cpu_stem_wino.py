@@ -125,6 +125,43 @@ def test_stem_wino_differs_from_the_direct_stem_and_is_as_accurate(torch, cpu_co
     assert ew < 2e-5 and ew < 8 * ed, (ew, ed)
 
 
+def _at(shape, off):
+    """a C-contiguous float32 array of ``shape`` starting ``off`` bytes past a 64-byte line"""
+    n = int(np.prod(shape))
+    raw = np.empty(n + 32, np.float32)
+    k = ((off - raw.ctypes.data) % 64) // 4
+    return raw[k:k + n].reshape(shape)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_stem_wino_streamed_stores_keep_the_bits(torch, cpu_conv, monkeypatch, name):
+    """y by non-temporal stores (tuning.STEM_STREAM_BYTES: a y past the caches; here forced on
+    these small maps) gives the plain stores' bits, into an ``out`` on a 32-byte boundary
+    (256-bit stores), 16 bytes past one (numpy's large arrays: 128-bit stores) or 4 (plain
+    stores), on 1 and 3 threads, and matches torch float64."""
+    if _want_algo(cpu_conv) != "stem_wino":
+        pytest.skip("stem_wino is not this machine's plan")
+    x, w, b, st, pd = _inputs(name, seed=33)
+    y64 = _torch_fwd(torch, x, w, b, st, pd)
+    x32, w32, b32 = _f32(x, w, b)
+    plain = run("cpu", F.conv2d_forward, x32, w32, b32, stride=st, padding=pd)
+    monkeypatch.setattr(tuning, "STEM_STREAM_BYTES", 0)
+    cpu_conv._plans.clear()
+    assert cpu_conv._plan(x32, w32, st, _pad4(pd), (1, 1), 1)[3].forward.params["stream"]
+    for n in (1, 3):
+        for off in (0, 16, 32, 48, 4):
+            y = _at(plain.shape, off)
+            y[...] = np.nan
+            convkit.set_num_threads(n)
+            try:
+                with convkit.use_backend("cpu"):
+                    F.conv2d_forward(x32, w32, b32, stride=st, padding=pd, out=y)
+            finally:
+                convkit.set_num_threads(None)
+            np.testing.assert_array_equal(y, plain, err_msg=f"{n} threads, offset {off}")
+    _close(y, y64)
+
+
 def test_stem_wino_is_batch_invariant(cpu_conv):
     x, w, b, st, pd = _inputs("odd_27")
     x32, w32, b32 = _f32(x, w, b)
@@ -188,9 +225,13 @@ def test_stem_wino_rule():
     rows = tuning.STEM_WINO_ROWS
     Ra, nt = rows + 3, 28
     assert fw.params["rows"] == rows
-    assert fw.params["per_thread"] == 3 * 2 * 8 * Ra * (nt + 1) + 64 * 4 \
-        + 7 * 3 * 2 * 2 * Ra * nt + 28 * rows * nt
+    assert fw.params["per_thread"] == 3 * 2 * 8 * (Ra * (nt + 1) + 8) + 64 * 4 \
+        + 7 * 3 * 2 * (2 * Ra * nt + 16) + 28 * rows * nt
     assert fw.params["ufloats"] == 64 * 13 * 3 * 7
+    # y of 25.7 MB (past the caches) by non-temporal stores; one image's 3.2 MB by plain ones
+    assert fw.params["stream"] is True and tuning.STEM_STREAM_BYTES > 64 * 112 * 112 * 4
+    assert P.plan_conv(_shape(1, 3, 224, 224, 64, 7), np.float32, 2, BLAS_RG,
+                       LIMIT).forward.params["stream"] is False
     # the direct stem rides along: the non-finite fallback
     direct = fw.params["direct"]
     assert direct.algo == "stem" and direct.params["rows"] == tuning.STEM_ROWS

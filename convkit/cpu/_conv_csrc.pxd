@@ -188,7 +188,8 @@ cdef extern from "csrc/stem_wino.h" nogil:
                                const float* U, const Py_ssize_t* boff, const float* x,
                                Py_ssize_t H, Py_ssize_t W, Py_ssize_t pt, Py_ssize_t pl,
                                Py_ssize_t h0, Py_ssize_t Ra, Py_ssize_t hr, Py_ssize_t Wo,
-                               float* ws, float* y, Py_ssize_t ldy, const float* bias)
+                               float* ws, float* y, Py_ssize_t ldy, const float* bias,
+                               int stream)
 
 
 cdef extern from "csrc/stem_wgrad.h" nogil:

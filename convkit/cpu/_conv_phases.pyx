@@ -473,7 +473,7 @@ def conv2d_forward_stem_wino(const float[:, :, :, ::1] x, const float[::1] U,
                              const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
                              float[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t KH,
                              Py_ssize_t sh, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t rows,
-                             int n_threads, const Py_ssize_t[::1] boff):
+                             int n_threads, const Py_ssize_t[::1] boff, bint stream=False):
     """groups 1, dilation 1, kernel width 7 at column stride 2, float32 where csrc/stem.h runs
     (conv_plan "stem_wino"): the stem forward by a 1-D Winograd F(4, 4) / F(4, 3) along the
     rows (csrc/stem_wino.h).  U: stem_wino_filters of the weights; boff: stem_wino_offsets for
@@ -481,6 +481,8 @@ def conv2d_forward_stem_wino(const float[:, :, :, ::1] x, const float[::1] U,
     rows), each from the stride-8 column phases of its input rows; every output is computed
     the same way in any task, so the bits follow neither the thread count nor the batch.
     Operands must be finite (the caller's rule).
+    stream: y's whole runs of 32 outputs by non-temporal stores (the same values; for a y past
+    the caches: conv_plan.plan_stem_wino).
     ws_per_thread >= conv_plan.stem_wino_floats (csrc/stem_wino.h ck_stem_wino_floats)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
@@ -502,7 +504,8 @@ def conv2d_forward_stem_wino(const float[:, :, :, ::1] x, const float[::1] U,
                                           pt, pl, h0, Ra, _min(rows, Ho - h0), Wo,
                                           &ws[0] + threadid() * ws_per_thread,
                                           &y[n, 0, h0, 0], Ho * Wo,
-                                          &bias[0] if has_bias else <const float*>NULL):
+                                          &bias[0] if has_bias else <const float*>NULL,
+                                          stream):
                 failed += 1             # (the plan picks this only where csrc/stem.h runs)
     if failed:
         raise RuntimeError("conv2d_forward_stem_wino: csrc/stem.h does not run on this CPU")

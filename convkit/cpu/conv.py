@@ -564,7 +564,8 @@ def _fwd_stem_wino(x, weight, b, has_bias, y, s, step):
     _phases.conv2d_forward_stem_wino(x, U, b, has_bias, y, ws, per, s.KH, sh, s.padding[0],
                                      s.padding[2], rows, step.threads,
                                      _stem_wino_offsets(s.C, s.KH, sh, rows + (s.KH - 1) // sh,
-                                                        -(-y.shape[3] // 4)))
+                                                        -(-y.shape[3] // 4)),
+                                     p.get("stream", False))
 
 
 @functools.lru_cache(maxsize=64)

@@ -875,11 +875,12 @@ def plan_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_thread
 def stem_wino_floats(s: ConvShape, rows, Wo):
     """Floats of a stem_wino task's scratch for ``rows`` output rows (csrc/stem_wino.h
     ck_stem_wino_floats): the stride-8 column phases R, a padded input row, the transformed
-    rows V (7 points) and one panel's products M."""
+    rows V (7 points) and one panel's products M; R's planes and V's blocks with 8 floats of
+    slack each (their rows are stored as whole vectors)."""
     nt = ceil_div(Wo, 4)
     Ra = rows + (s.KH - 1) // s.stride[0]
-    return (s.C * s.stride[0] * 8 * Ra * (nt + 1) + 64 * ((nt + 8) // 8)
-            + 7 * s.C * s.stride[0] * 2 * Ra * nt + 28 * rows * nt)
+    return (s.C * s.stride[0] * 8 * (Ra * (nt + 1) + 8) + 64 * ((nt + 8) // 8)
+            + 7 * s.C * s.stride[0] * 2 * (Ra * nt + 8) + 28 * rows * nt)
 
 
 def plan_stem_wino(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads, limit):
@@ -1234,8 +1235,10 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         stem = Step("stem", p[0], {"rows": p[1], "per_thread": p[2]})
         q = plan_stem_wino(s, Ho, Wo, f32, caps, pointwise, n, limit)
         if q is not None:       # (the direct stem runs it where an operand is not finite)
+            # (y past the caches: its whole runs by non-temporal stores, csrc/stem_wino.h)
+            stream = s.N * s.F * Ho * Wo * 4 >= T.STEM_STREAM_BYTES
             return Step("stem_wino", q[0], {"rows": q[1], "per_thread": q[2], "ufloats": q[3],
-                                            "direct": stem})
+                                            "direct": stem, "stream": stream})
         return stem
     p = plan_phases(s, Ho, Wo, f32, caps.own_sgemm, pointwise, n, limit)
     if p is not None:

@@ -304,6 +304,13 @@ STEM_WINO_MIN_FILTERS = 16
 # medians of 7 interleaved rounds, load ~6 (`python bench/stem_wino_ab.py --sweep
 # STEM_WINO_ROWS=4,8,16,28`): 4 rows 23.4 ms, 8 21.7, 16 20.9, 28 20.6.  Not in RESULTS.md.
 STEM_WINO_ROWS = 16
+# Outputs of at least this many bytes are written by stem_wino with non-temporal stores (the
+# same values): a plain store first reads each line of a y that the caches cannot hold from
+# memory.  stem_224's forward, one thread, CPU time, the output transform alone (a C copy of
+# the task with timers, bench/RESULTS.md tenth session, stem10): batch 8 (25.7 MB) 3.0 -> 1.5
+# ms of ~14, batch 4 1.7 -> 1.0, batch 2 0.8 -> 0.45, batch 1 (3.2 MB) 0.2 -> 0.2.  Kept
+# above a few MB so that a small y stays in the (32 MB here) L3 for the next layer to read.
+STEM_STREAM_BYTES = 8 << 20
 # Its weight gradient ("weight_stem_wino", csrc/stem_wgrad.h, same layers): output rows per slab
 # (a slab's transformed rows, one point's of them with a 4-filter panel's transformed grad_y in
 # L1 at 8 rows; each 4 x 3 tile's dot products run over rows * ceil(Wo/4) tiles).  The slab

@@ -81,7 +81,7 @@ static void ck_stem_wgrad_offsets(ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh, ptrdi
         for (ptrdiff_t ck = 0; ck < C * KH; ++ck) {
             const ptrdiff_t c = ck / KH, kh = ck % KH;
             for (ptrdiff_t pw = 0; pw < ck_sw_taps(k); ++pw)
-                boff[i++] = ((c * sh + kh % sh) * 2 + pw) * Ra * nt + (kh / sh) * nt;
+                boff[i++] = ((c * sh + kh % sh) * 2 + pw) * ck_sw_vblock(Ra, nt) + (kh / sh) * nt;
         }
         while (i < end)
             boff[i++] = 0;
@@ -258,16 +258,17 @@ CK_ST_TARGET static void ck_stem_wgrad_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t 
 {
     const ptrdiff_t nt = (Wo + 3) / 4, W8 = nt + 1, L = hr * nt;
     const ptrdiff_t rows = hr + (KH - 1) / sh;          /* phase rows this block reads */
-    const ptrdiff_t vblk = C * sh * 2 * Ra * nt, CK = C * KH, Kt = ck_stem_wgrad_taps(C, KH);
-    float *R = ws, *buf = R + C * sh * 8 * Ra * W8, *V = buf + 64 * ((nt + 8) / 8);
+    const ptrdiff_t rp = ck_sw_rplane(Ra, W8), vb = ck_sw_vblock(Ra, nt);
+    const ptrdiff_t vblk = C * sh * 2 * vb, CK = C * KH, Kt = ck_stem_wgrad_taps(C, KH);
+    float *R = ws, *buf = R + C * sh * 8 * rp, *V = buf + 64 * ((nt + 8) / 8);
     float *G = V + 7 * vblk;            /* the forward's M: 7 points x (4 x L + 8 slack) */
     const ptrdiff_t gk = 4 * L + 8;
     ck_sw_phases(x, C, H, W, sh, pt, pl, h0, Ra, W8, R, buf);
     for (ptrdiff_t c = 0; c < C; ++c)
         for (ptrdiff_t ph = 0; ph < sh; ++ph)
             for (ptrdiff_t a = 0; a < rows; ++a)
-                ck_sw_input_row(R + (c * sh + ph) * 8 * Ra * W8 + a * W8, Ra * W8, nt,
-                                V + (c * sh + ph) * 2 * Ra * nt + a * nt, vblk, Ra * nt);
+                ck_sw_input_row(R + (c * sh + ph) * 8 * rp + a * W8, rp, nt,
+                                V + (c * sh + ph) * 2 * vb + a * nt, vblk, vb);
     /* grad_y is read once, from memory: the next panel's rows (4 runs of hr*Wo floats) are
      * prefetched a few lines per tile while this panel's products run */
     const ptrdiff_t run = (hr * Wo * 4 + 63) / 64, lines = 4 * run, tiles = Kt / 3;

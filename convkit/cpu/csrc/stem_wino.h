@@ -102,8 +102,15 @@ static void ck_stem_wino_filters(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, const f
     }
 }
 
+/* a plane of R (Ra rows of W8 tiles) and a block of V (Ra rows of nt tiles), each followed by 8
+ * floats of slack: the rows are stored as whole vectors (a masked store costs AMD's cores ~10x),
+ * the last one's excess landing in the slack, every other one's in the next row, which is
+ * stored after it */
+static inline ptrdiff_t ck_sw_rplane(ptrdiff_t Ra, ptrdiff_t W8) { return Ra * W8 + 8; }
+static inline ptrdiff_t ck_sw_vblock(ptrdiff_t Ra, ptrdiff_t nt) { return Ra * nt + 8; }
+
 /* boff[13*C*KH]: tap (c, kh, pw) of point k reads V's block (c, kh % sh, pw) at its row kh / sh;
- * blocks of Ra rows of nt tiles */
+ * blocks of Ra rows of nt tiles (ck_sw_vblock apart) */
 static void ck_stem_wino_offsets(ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh, ptrdiff_t Ra,
                                  ptrdiff_t nt, ptrdiff_t *boff)
 {
@@ -112,31 +119,33 @@ static void ck_stem_wino_offsets(ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh, ptrdif
         for (ptrdiff_t ck = 0; ck < C * KH; ++ck) {
             const ptrdiff_t c = ck / KH, kh = ck % KH;
             for (ptrdiff_t pw = 0; pw < ck_sw_taps(k); ++pw)
-                boff[i++] = ((c * sh + kh % sh) * 2 + pw) * Ra * nt + (kh / sh) * nt;
+                boff[i++] = ((c * sh + kh % sh) * 2 + pw) * ck_sw_vblock(Ra, nt) + (kh / sh) * nt;
         }
 }
 
 /* floats of one task's scratch for ``rows`` output rows (conv_plan.stem_wino_floats): the
- * stride-8 column phases R (C*sh*8 planes of Ra rows x nt + 1), a padded input row (whole
- * 8 x 8 blocks), the transformed rows V (7 points x C*sh*2 blocks of Ra rows x nt) and one
- * panel's products M (7 points x 4 filters x rows*nt) */
+ * stride-8 column phases R (C*sh*8 planes of Ra rows x nt + 1, + 8 slack), a padded input row
+ * (whole 8 x 8 blocks), the transformed rows V (7 points x C*sh*2 blocks of Ra rows x nt, + 8
+ * slack) and one panel's products M (7 points x 4 filters x rows*nt) */
 static ptrdiff_t ck_stem_wino_floats(ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh, ptrdiff_t rows,
                                      ptrdiff_t Wo)
 {
     const ptrdiff_t nt = (Wo + 3) / 4, Ra = rows + (KH - 1) / sh;
-    return C * sh * 8 * Ra * (nt + 1) + 64 * ((nt + 8) / 8) + 7 * C * sh * 2 * Ra * nt
+    return C * sh * 8 * ck_sw_rplane(Ra, nt + 1) + 64 * ((nt + 8) / 8)
+           + 7 * C * sh * 2 * ck_sw_vblock(Ra, nt)
            + 28 * rows * nt;
 }
 
 #if CK_FG_BUILT
 
 /* R[c, ph, m][a, t] = P[c, (h0 + a)*sh + ph, 8t + m] for a < Ra, t < W8 (P: x zero-padded by
- * pt rows, pl columns): each input row into a padded row buf, then 8 x 8 transposes */
+ * pt rows, pl columns; planes ck_sw_rplane apart): each input row into a padded row buf, then
+ * 8 x 8 transposes, stored whole (up to 7 floats past a row: the next row's or the slack) */
 CK_ST_TARGET static void ck_sw_phases(const float *x, ptrdiff_t C, ptrdiff_t H, ptrdiff_t W,
                                       ptrdiff_t sh, ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t h0,
                                       ptrdiff_t Ra, ptrdiff_t W8, float *R, float *buf)
 {
-    const ptrdiff_t plane = Ra * W8, nb = (W8 + 7) / 8;
+    const ptrdiff_t plane = ck_sw_rplane(Ra, W8), nb = (W8 + 7) / 8;
     for (ptrdiff_t c = 0; c < C; ++c)
         for (ptrdiff_t ph = 0; ph < sh; ++ph)
             for (ptrdiff_t a = 0; a < Ra; ++a) {
@@ -162,21 +171,16 @@ CK_ST_TARGET static void ck_sw_phases(const float *x, ptrdiff_t C, ptrdiff_t H, 
                         o[i] = _mm256_loadu_ps(buf + 64 * b + 8 * i);
                     ck_fg_tr8(o);
                     const ptrdiff_t t = 8 * b;
-                    if (t + 8 <= W8) {
-                        for (int m = 0; m < 8; ++m)
-                            _mm256_storeu_ps(dst + m * plane + t, o[m]);
-                    } else {
-                        const __m256i mask = ck_st_mask(W8 - t);
-                        for (int m = 0; m < 8; ++m)
-                            _mm256_maskstore_ps(dst + m * plane + t, mask, o[m]);
-                    }
+                    for (int m = 0; m < 8; ++m)
+                        _mm256_storeu_ps(dst + m * plane + t, o[m]);
                 }
             }
 }
 
-/* B^T d (a x a, rows a apart) of one 8-tile vector: row k to o + pt[k]*vblk (masked when m) */
+/* B^T d (a x a, rows a apart) of one 8-tile vector: row k to o + pt[k]*vblk, whole (a row's
+ * last vector reaches into the next row or the block's slack) */
 CK_ST_TARGET CK_ST_INLINE void ck_sw_bt(const int a, const float *B, const __m256 *d, float *o,
-                                        const int *pt, ptrdiff_t vblk, int m, __m256i mask)
+                                        const int *pt, ptrdiff_t vblk)
 {
 #pragma GCC unroll 7
     for (int k = 0; k < a; ++k) {
@@ -185,13 +189,13 @@ CK_ST_TARGET CK_ST_INLINE void ck_sw_bt(const int a, const float *B, const __m25
         for (int j = 0; j < a; ++j)
             if (B[k * a + j] != 0.0f)
                 s = _mm256_fmadd_ps(_mm256_set1_ps(B[k * a + j]), d[j], s);
-        float *ok = o + pt[k] * vblk;
-        if (m) _mm256_maskstore_ps(ok, mask, s); else _mm256_storeu_ps(ok, s);
+        _mm256_storeu_ps(o + pt[k] * vblk, s);
     }
 }
 
 /* one phase row a of R's (c, ph) (8 planes pl apart, nt + 1 tiles each) into V's rows a of
- * blocks pw 0 and 1 at every point (points vblk apart, blocks pw apart) */
+ * blocks pw 0 and 1 at every point (points vblk apart, blocks pwo apart); called for the rows in
+ * order (each row's excess lands in the next, ck_sw_vblock) */
 CK_ST_TARGET static void ck_sw_input_row(const float *r, ptrdiff_t pl, ptrdiff_t nt, float *v0,
                                          ptrdiff_t vblk, ptrdiff_t pwo)
 {
@@ -208,15 +212,17 @@ CK_ST_TARGET static void ck_sw_input_row(const float *r, ptrdiff_t pl, ptrdiff_t
         const __m256 d4[7] = {e[0], e[2], e[4], e[6], n[0], n[2], n[4]};
         const __m256 d3[6] = {e[1], e[3], e[5], e[7], n[1], n[3]};
         static const int p4[7] = {0, 1, 2, 3, 4, 5, 6};
-        ck_sw_bt(7, &ck_sw_b4[0][0], d4, v0 + t, p4, vblk, m, mask);
-        ck_sw_bt(6, &ck_sw_b3[0][0], d3, v0 + pwo + t, ck_sw_p3, vblk, m, mask);
+        ck_sw_bt(7, &ck_sw_b4[0][0], d4, v0 + t, p4, vblk);
+        ck_sw_bt(6, &ck_sw_b3[0][0], d3, v0 + pwo + t, ck_sw_p3, vblk);
     }
 }
 
 /* 8 tiles of one output row: M's 7 rows (mk apart) -> y's outputs 4t .. 4t + 31 (+ bias) of
- * which the first ``left`` exist; the tiles' loads masked when m */
+ * which the first ``left`` exist; the tiles' loads masked when m; stream: 32 whole outputs on
+ * a 16-byte boundary go by non-temporal stores (ck_stem_wino_forward_f) */
 CK_ST_TARGET CK_ST_INLINE void ck_sw_out8(const int m, __m256i mask, const float *M,
-                                          ptrdiff_t mk, float *yo, ptrdiff_t left, __m256 bv)
+                                          ptrdiff_t mk, float *yo, ptrdiff_t left, __m256 bv,
+                                          int stream)
 {
     __m256 a[7];
     for (int k = 0; k < 7; ++k)
@@ -243,7 +249,16 @@ CK_ST_TARGET CK_ST_INLINE void ck_sw_out8(const int m, __m256i mask, const float
     o[1] = _mm256_permute2f128_ps(t26, t37, 0x20);
     o[2] = _mm256_permute2f128_ps(t04, t15, 0x31);
     o[3] = _mm256_permute2f128_ps(t26, t37, 0x31);
-    if (left >= 32) {
+    if (left >= 32 && stream && ((size_t)yo & 15) == 0) {
+        if (((size_t)yo & 31) == 0)
+            for (int j = 0; j < 4; ++j)
+                _mm256_stream_ps(yo + 8 * j, o[j]);
+        else            /* (numpy's large arrays start 16 bytes into a line) */
+            for (int j = 0; j < 4; ++j) {
+                _mm_stream_ps(yo + 8 * j, _mm256_castps256_ps128(o[j]));
+                _mm_stream_ps(yo + 8 * j + 4, _mm256_extractf128_ps(o[j], 1));
+            }
+    } else if (left >= 32) {
         for (int j = 0; j < 4; ++j)
             _mm256_storeu_ps(yo + 8 * j, o[j]);
     } else {
@@ -258,34 +273,36 @@ CK_ST_TARGET CK_ST_INLINE void ck_sw_out8(const int m, __m256i mask, const float
 
 /* one output row of a filter: M's 7 rows (mk apart, nt tiles) -> y's Wo values + bias */
 CK_ST_TARGET static void ck_sw_output_row(const float *M, ptrdiff_t mk, ptrdiff_t nt,
-                                          ptrdiff_t Wo, float *y, float bias)
+                                          ptrdiff_t Wo, float *y, float bias, int stream)
 {
     const __m256 bv = _mm256_set1_ps(bias);
     const __m256i none = _mm256_setzero_si256();
     ptrdiff_t t = 0;
     for (; t + 8 <= nt; t += 8)
-        ck_sw_out8(0, none, M + t, mk, y + 4 * t, Wo - 4 * t, bv);
+        ck_sw_out8(0, none, M + t, mk, y + 4 * t, Wo - 4 * t, bv, stream);
     if (t < nt)
-        ck_sw_out8(1, ck_st_mask(nt - t), M + t, mk, y + 4 * t, Wo - 4 * t, bv);
+        ck_sw_out8(1, ck_st_mask(nt - t), M + t, mk, y + 4 * t, Wo - 4 * t, bv, 0);
 }
 
 CK_ST_TARGET static void ck_stem_wino_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh,
                                            const float *U, const ptrdiff_t *boff, const float *x,
                                            ptrdiff_t H, ptrdiff_t W, ptrdiff_t pt, ptrdiff_t pl,
                                            ptrdiff_t h0, ptrdiff_t Ra, ptrdiff_t hr, ptrdiff_t Wo,
-                                           float *ws, float *y, ptrdiff_t ldy, const float *bias)
+                                           float *ws, float *y, ptrdiff_t ldy, const float *bias,
+                                           int stream)
 {
     const ptrdiff_t nt = (Wo + 3) / 4, W8 = nt + 1, L = hr * nt;
     const ptrdiff_t rows = hr + (KH - 1) / sh;          /* phase rows this block reads */
-    const ptrdiff_t vblk = C * sh * 2 * Ra * nt, CK = C * KH;
-    float *R = ws, *buf = R + C * sh * 8 * Ra * W8, *V = buf + 64 * ((nt + 8) / 8);
+    const ptrdiff_t rp = ck_sw_rplane(Ra, W8), vb = ck_sw_vblock(Ra, nt);
+    const ptrdiff_t vblk = C * sh * 2 * vb, CK = C * KH;
+    float *R = ws, *buf = R + C * sh * 8 * rp, *V = buf + 64 * ((nt + 8) / 8);
     float *M = V + 7 * vblk;
     ck_sw_phases(x, C, H, W, sh, pt, pl, h0, Ra, W8, R, buf);
     for (ptrdiff_t c = 0; c < C; ++c)
         for (ptrdiff_t ph = 0; ph < sh; ++ph)
             for (ptrdiff_t a = 0; a < rows; ++a)
-                ck_sw_input_row(R + (c * sh + ph) * 8 * Ra * W8 + a * W8, Ra * W8, nt,
-                                V + (c * sh + ph) * 2 * Ra * nt + a * nt, vblk, Ra * nt);
+                ck_sw_input_row(R + (c * sh + ph) * 8 * rp + a * W8, rp, nt,
+                                V + (c * sh + ph) * 2 * vb + a * nt, vblk, vb);
     for (ptrdiff_t p = 0; p < F; p += 4) {
         const float *up = U + p * 13 * CK;
         ptrdiff_t base = 0;
@@ -298,27 +315,33 @@ CK_ST_TARGET static void ck_stem_wino_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t K
         for (ptrdiff_t i = 0; i < 4; ++i) {
             const float b = bias ? bias[p + i] : 0.0f;
             if (4 * nt == Wo)       /* whole tiles: the block's rows are one run of outputs */
-                ck_sw_output_row(M + i * L, 4 * L, L, 4 * L, y + (p + i) * ldy, b);
+                ck_sw_output_row(M + i * L, 4 * L, L, 4 * L, y + (p + i) * ldy, b, stream);
             else
                 for (ptrdiff_t r = 0; r < hr; ++r)
                     ck_sw_output_row(M + i * L + r * nt, 4 * L, nt, Wo,
-                                     y + (p + i) * ldy + r * Wo, b);
+                                     y + (p + i) * ldy + r * Wo, b, stream);
         }
     }
+    if (stream)
+        _mm_sfence();       /* the non-temporal stores done before the team's barrier */
 }
 
 /* one task: output rows [h0, h0 + hr) of image x (C, H, W) into y (that image's row h0 of
  * filter 0; filters ldy apart, rows Wo apart); F a multiple of 4; U, boff: ck_stem_wino_filters
- * and ck_stem_wino_offsets (Ra = rows + (KH-1)/sh, nt = ceil(Wo/4)); ws: ck_stem_wino_floats */
+ * and ck_stem_wino_offsets (Ra = rows + (KH-1)/sh, nt = ceil(Wo/4)); ws: ck_stem_wino_floats.
+ * stream: y's whole 32-output runs by non-temporal stores (the same values): for a y past the
+ * caches, whose lines a plain store would first read from memory (tuning.STEM_STREAM_BYTES) */
 static int ck_stem_wino_forward_f(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh,
                                   const float *U, const ptrdiff_t *boff, const float *x,
                                   ptrdiff_t H, ptrdiff_t W, ptrdiff_t pt, ptrdiff_t pl,
                                   ptrdiff_t h0, ptrdiff_t Ra, ptrdiff_t hr, ptrdiff_t Wo,
-                                  float *ws, float *y, ptrdiff_t ldy, const float *bias)
+                                  float *ws, float *y, ptrdiff_t ldy, const float *bias,
+                                  int stream)
 {
     if (F % 4 != 0 || !ck_rowgemm_available())
         return 0;
-    ck_stem_wino_avx2(F, C, KH, sh, U, boff, x, H, W, pt, pl, h0, Ra, hr, Wo, ws, y, ldy, bias);
+    ck_stem_wino_avx2(F, C, KH, sh, U, boff, x, H, W, pt, pl, h0, Ra, hr, Wo, ws, y, ldy, bias,
+                      stream);
     return 1;
 }
 
@@ -328,9 +351,10 @@ static int ck_stem_wino_forward_f(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdif
                                   const float *U, const ptrdiff_t *boff, const float *x,
                                   ptrdiff_t H, ptrdiff_t W, ptrdiff_t pt, ptrdiff_t pl,
                                   ptrdiff_t h0, ptrdiff_t Ra, ptrdiff_t hr, ptrdiff_t Wo,
-                                  float *ws, float *y, ptrdiff_t ldy, const float *bias)
+                                  float *ws, float *y, ptrdiff_t ldy, const float *bias,
+                                  int stream)
 {
-    (void)F; (void)C; (void)KH; (void)sh; (void)U; (void)boff; (void)x; (void)H; (void)W;
+    (void)stream; (void)F; (void)C; (void)KH; (void)sh; (void)U; (void)boff; (void)x; (void)H; (void)W;
     (void)pt; (void)pl; (void)h0; (void)Ra; (void)hr; (void)Wo; (void)ws; (void)y; (void)ldy;
     (void)bias;
     return 0;
