@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not ok, reason=why[:300])
 # AVX-512 CPUs beside it: tuning.HALF_RATE_AVX2); its batch forward runs there only without the
 # own GEMM (the forward it replaces is fgemm.h's)
 DIRECT = ok and P.avx2_algo(cc._caps(), "weight_direct")
-DIRECT_FWD = ok and cc._ROWGEMM and not cc._OWN_SGEMM
+DIRECT_FWD = ok and cc._ROWGEMM and (not cc._OWN_SGEMM or DIRECT)
 
 # (x shape, filters, kernel, padding (rows, columns), needs_input_grad)
 CASES = {
@@ -217,6 +217,7 @@ def test_direct_forward_gives_the_batch_gemm_bits(monkeypatch, shape):
         return out
     direct = runs()
     monkeypatch.setattr(cc, "_DIRECT_FWD", False)
+    assert not cc._direct_forward(x, w, (1, 1), s)
     gemm = runs()
     for a, g in zip(direct, gemm):
         np.testing.assert_array_equal(a, g)
@@ -225,6 +226,17 @@ def test_direct_forward_gives_the_batch_gemm_bits(monkeypatch, shape):
         ref = convkit.conv2d_forward(x.astype(np.float64), w.astype(np.float64),
                                      b.astype(np.float64), 1, pd)
     np.testing.assert_allclose(direct[0], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_direct_forward_beside_the_own_gemm_up_to_one_k_block():
+    """Beside the own AVX-512 GEMM the direct forward gives its bits only while the taps fit
+    one of its k blocks (csrc/sgemm.h CK_KC = 192): 25 x 8 = 200 taps stay on the GEMM."""
+    for ws, want in (((3, 1, 24, 8), True), ((3, 1, 25, 8), False)):
+        x = np.zeros((2, 1, 30, 30), np.float32)
+        w = np.zeros(ws, np.float32)
+        s = cc._plan(x, w, (1, 1), (0, 0, 0, 0), (1, 1), 1)[0]
+        expect = DIRECT_FWD and cc._FIXED_SGEMM and (want or not cc._OWN_SGEMM)
+        assert cc._direct_forward(x, w, (1, 1), s) == expect, ws
 
 
 @pytest.mark.skipif(not DIRECT, reason="weight_direct runs on AVX2 machines without the own "
