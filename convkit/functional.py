@@ -69,6 +69,45 @@ def _c(be, a):
     return a if a is None or a.flags.c_contiguous else be.xp.ascontiguousarray(a)
 
 
+# The argument checks of the conv and max-pool ops read only metadata: the arrays' types,
+# shapes and dtypes and the plain parameters.  A training step repeats the same few
+# combinations each step, so one that passed is remembered (per op, at most _MEMO_MAX) with
+# what the checks derived, and a repeat skips re-deriving it: ~5-10 us a call at LeNet5's
+# sizes.  Any other combination -- a parameter that is not a plain int, str, None or pair of
+# ints (True == 1 and 2.0 == 2, but the checks refuse them), a backend whose is_native is not
+# the type test -- takes the full checks, so the errors are those of the checks, in their
+# order.
+_MEMO_MAX = 256
+_MEMO: dict = {}
+_TYPE_TEST = Backend.is_native
+
+
+def _plain(*params):
+    """Every parameter a plain int, str, None or pair of ints."""
+    for v in params:
+        t = type(v)
+        if not (t is int or t is str or v is None or (t is tuple and len(v) == 2
+                                                      and type(v[0]) is int
+                                                      and type(v[1]) is int)):
+            return False
+    return True
+
+
+def _memo_get(key):
+    """The value remembered for ``key`` (None: none, or an unhashable shape)."""
+    try:
+        return _MEMO.get(key)
+    except TypeError:
+        return None
+
+
+def _memo_put(key, value):
+    if key is not None:
+        if len(_MEMO) >= _MEMO_MAX:
+            _MEMO.clear()
+        _MEMO[key] = value
+
+
 # ---------------------------------------------------------------------------------------- conv
 def _conv_args(op, be, x, weight, stride, padding, dilation, groups):
     V.array(op, "x", x, be, 4, "(N, C, H, W)")
@@ -120,6 +159,18 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     """
     op = "conv2d_forward"
     be = _backend(backend)
+    key = hit = None
+    if out is None and type(be).is_native is _TYPE_TEST and _plain(stride, padding, dilation,
+                                                                    groups):
+        try:
+            key = (op, be, type(x), x.shape, x.dtype, type(weight), weight.shape, weight.dtype,
+                   None if bias is None else (type(bias), bias.shape, bias.dtype),
+                   stride, padding, dilation, groups)
+        except AttributeError:      # (not an array: the checks say so)
+            key = None
+        hit = _memo_get(key)
+    if hit is not None:
+        return be._conv2d_forward(_c(be, x), _c(be, weight), _c(be, bias), *hit, out=None)
     stride, pad4, dilation, groups, yshape = _conv_args(op, be, x, weight, stride, padding,
                                                         dilation, groups)
     if bias is not None:
@@ -134,6 +185,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         y = out if out is not None else xp.empty(yshape, dtype=dt)
         y[...] = 0 if bias is None else bias.reshape(1, -1, 1, 1)
         return y
+    _memo_put(key, (stride, pad4, dilation, groups))
     return be._conv2d_forward(_c(be, x), _c(be, weight), _c(be, bias), stride, pad4, dilation,
                              groups, out=out)
 
@@ -147,6 +199,17 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     """
     op = "conv2d_backward"
     be = _backend(backend)
+    key = hit = None
+    if type(be).is_native is _TYPE_TEST and _plain(stride, padding, dilation, groups):
+        try:
+            key = (op, be, type(grad_y), grad_y.shape, grad_y.dtype, type(x), x.shape, x.dtype,
+                   type(weight), weight.shape, weight.dtype, stride, padding, dilation, groups)
+        except AttributeError:
+            key = None
+        hit = _memo_get(key)
+    if hit is not None:
+        return be._conv2d_backward(_c(be, grad_y), _c(be, x), _c(be, weight), *hit,
+                                   bool(needs_input_grad), bool(has_bias))
     stride, pad4, dilation, groups, yshape = _conv_args(op, be, x, weight, stride, padding,
                                                         dilation, groups)
     V.array(op, "grad_y", grad_y, be, 4, "(N, F, Ho, Wo)")
@@ -154,6 +217,7 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     dt = V.float_dtype(op, grad_y=grad_y, x=x, weight=weight)
     if x.size == 0 or weight.size == 0:
         return _empty_conv_grads(be.xp, grad_y, x, weight, dt, needs_input_grad, has_bias)
+    _memo_put(key, (stride, pad4, dilation, groups))
     return be._conv2d_backward(_c(be, grad_y), _c(be, x), _c(be, weight), stride, pad4, dilation,
                               groups, bool(needs_input_grad), bool(has_bias))
 
@@ -204,6 +268,17 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
     """
     op = "max_pool2d_forward"
     be = _backend(backend)
+    key = hit = None
+    if (out is None and type(ceil_mode) is bool and type(be).is_native is _TYPE_TEST
+            and _plain(kernel_size, stride, padding, dilation)):
+        try:
+            key = (op, be, type(x), x.shape, x.dtype, kernel_size, stride, padding, dilation,
+                   ceil_mode)
+        except AttributeError:
+            key = None
+        hit = _memo_get(key)
+    if hit is not None:
+        return be._max_pool2d_forward(_c(be, x), *hit, out=None)
     k, s, p, d, ohw = _pool_args(op, be, x, kernel_size, stride, padding, dilation, ceil_mode)
     dt = V.float_dtype(op, x=x)
     N, C = x.shape[:2]
@@ -213,6 +288,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_
         xp = be.xp
         return (out if out is not None else xp.empty((N, C) + ohw, dt),
                 xp.empty((N, C) + ohw, xp.int64))
+    _memo_put(key, (k, s, p, d, ohw))
     return be._max_pool2d_forward(_c(be, x), k, s, p, d, ohw, out=out)
 
 
@@ -252,6 +328,18 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, backend=None):
     array.  indices: from :func:`max_pool2d_forward`; input_shape: x.shape."""
     op = "max_pool2d_backward"
     be = _backend(backend)
+    key = hit = None
+    if (type(input_shape) is tuple and len(input_shape) == 4
+            and type(be).is_native is _TYPE_TEST and _plain(*input_shape)):
+        try:
+            key = (op, be, type(grad_y), grad_y.shape, grad_y.dtype, type(indices),
+                   indices.shape, indices.dtype, input_shape)
+        except AttributeError:
+            key = None
+        hit = _memo_get(key)
+    if hit is not None:     # (the indices' values: checked by _indices on every call)
+        return be._max_pool2d_backward(
+            _c(be, grad_y), _indices(op, "indices", be, indices, 0, hit), input_shape)
     V.array(op, "grad_y", grad_y, be, 4, "(N, C, Ho, Wo)")
     V.array(op, "indices", indices, be, 4, "(N, C, Ho, Wo)")
     V.int_array(op, "indices", indices)
@@ -265,6 +353,7 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, backend=None):
     if grad_y.size == 0 or shape[2] * shape[3] == 0:
         return xp.zeros(shape, dt)
     indices = _indices(op, "indices", be, indices, 0, shape[2] * shape[3])
+    _memo_put(key, shape[2] * shape[3])
     return be._max_pool2d_backward(_c(be, grad_y), indices, shape)
 
 

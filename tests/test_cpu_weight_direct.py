@@ -21,7 +21,11 @@ from convkit.cpu import tuning
 
 ok, why = convkit.backend_status("cpu")
 pytestmark = pytest.mark.skipif(not ok, reason=why[:300])
-DIRECT = ok and cc._ROWGEMM and not cc._OWN_SGEMM
+# the plan takes weight_direct (AVX2 machines without the own AVX-512 GEMM, and half-rate
+# AVX-512 CPUs beside it: tuning.HALF_RATE_AVX2); its batch forward runs there only without the
+# own GEMM (the forward it replaces is fgemm.h's)
+DIRECT = ok and P.avx2_algo(cc._caps(), "weight_direct")
+DIRECT_FWD = ok and cc._ROWGEMM and (not cc._OWN_SGEMM or DIRECT)
 
 # (x shape, filters, kernel, padding (rows, columns), needs_input_grad)
 CASES = {
@@ -32,6 +36,9 @@ CASES = {
     "wo_13_k5x7": ((4, 1, 11, 13), 5, (5, 7), (1, 3), False),
     "no_pad_k8": ((2, 1, 20, 29), 3, (4, 8), (0, 0), False),
 }
+
+# the maps above the batch paths': weight_dot's where the own AVX-512 GEMM runs
+OWN_WEIGHT_DOT = {"lenet_c1_28", "wo_13_k5x7", "no_pad_k8"}
 
 
 def _inputs(name, seed=61):
@@ -70,8 +77,9 @@ def test_weight_direct_matches_torch_float64_on_any_team(torch, name):
     x, w, gy, pd, gx = _inputs(name)
     gx64, gw64, gb64 = _torch_grads(torch, x, w, gy, pd)
     x32, w32, gy32 = _f32(x, w, gy)
-    if DIRECT:
-        assert _algo(x32, w32, pd, gx) == "weight_direct"
+    if DIRECT:      # (beside the own GEMM, weight_dot goes first on the maps it takes)
+        want = "weight_dot" if cc._OWN_SGEMM and name in OWN_WEIGHT_DOT else "weight_direct"
+        assert _algo(x32, w32, pd, gx) == want
     runs = {}
     try:
         for nt in (1, 2, 3, 8, 16):
@@ -145,10 +153,21 @@ def test_weight_direct_rule():
     assert gw((64, 1, 8, 8), (16, 1, 3, 3), pad=1).algo != "weight_direct"   # the ResNet stem
     assert gw((4, 1, 12, 12), (6, 1, 3, 9), pad=0).algo != "weight_direct"   # 9 columns
     assert gw((4, 2, 12, 12), (6, 1, 5, 5), groups=2).algo != "weight_direct"
+    # beside the own AVX-512 GEMM: on a half-rate CPU (Zen 4: tuning.HALF_RATE_AVX2), not on a
+    # full-rate one, and not without AVX2 + FMA
+    half = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True, fixed_sgemm=True,
+                      avx512_full_rate=False)
+    assert gw((64, 1, 8, 8), (6, 1, 5, 5), caps=half).algo == "weight_direct"
+    assert gw((128, 1, 8, 8), (6, 1, 5, 5), caps=half, gx=True).algo == "weight_direct"
+    for caps in (P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True,
+                            fixed_sgemm=True, avx512_full_rate=True),
+                 P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=False,
+                            fixed_sgemm=True, avx512_full_rate=False)):
+        assert gw((64, 1, 8, 8), (6, 1, 5, 5), caps=caps).algo != "weight_direct", caps
 
 
 @pytest.mark.skipif(not DIRECT, reason="weight_direct runs on AVX2 machines without the own "
-                                       "AVX-512 GEMM")
+                                       "AVX-512 GEMM and on half-rate AVX-512 CPUs")
 def test_weight_direct_kernel_checks_its_arguments():
     from convkit.cpu import _conv_wdirect as wd
     x = np.zeros((2, 1, 8, 8), np.float32)
@@ -183,7 +202,7 @@ def test_direct_forward_gives_the_batch_gemm_bits(monkeypatch, shape):
     pad4 = (pd,) * 4 if np.isscalar(pd) else (pd[0], pd[0], pd[1], pd[1])
     s, _, _, plan = cc._plan(x, w, (1, 1), pad4, (1, 1), 1)
     assert plan.forward.algo == "batch"
-    assert cc._direct_forward(x, w, (1, 1), s) == (DIRECT and cc._FIXED_SGEMM)
+    assert cc._direct_forward(x, w, (1, 1), s) == (DIRECT_FWD and cc._FIXED_SGEMM)
 
     def runs():
         out = []
@@ -198,6 +217,7 @@ def test_direct_forward_gives_the_batch_gemm_bits(monkeypatch, shape):
         return out
     direct = runs()
     monkeypatch.setattr(cc, "_DIRECT_FWD", False)
+    assert not cc._direct_forward(x, w, (1, 1), s)
     gemm = runs()
     for a, g in zip(direct, gemm):
         np.testing.assert_array_equal(a, g)
@@ -208,8 +228,19 @@ def test_direct_forward_gives_the_batch_gemm_bits(monkeypatch, shape):
     np.testing.assert_allclose(direct[0], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
+def test_direct_forward_beside_the_own_gemm_up_to_one_k_block():
+    """Beside the own AVX-512 GEMM the direct forward gives its bits only while the taps fit
+    one of its k blocks (csrc/sgemm.h CK_KC = 192): 25 x 8 = 200 taps stay on the GEMM."""
+    for ws, want in (((3, 1, 24, 8), True), ((3, 1, 25, 8), False)):
+        x = np.zeros((2, 1, 30, 30), np.float32)
+        w = np.zeros(ws, np.float32)
+        s = cc._plan(x, w, (1, 1), (0, 0, 0, 0), (1, 1), 1)[0]
+        expect = DIRECT_FWD and cc._FIXED_SGEMM and (want or not cc._OWN_SGEMM)
+        assert cc._direct_forward(x, w, (1, 1), s) == expect, ws
+
+
 @pytest.mark.skipif(not DIRECT, reason="weight_direct runs on AVX2 machines without the own "
-                                       "AVX-512 GEMM")
+                                       "AVX-512 GEMM and on half-rate AVX-512 CPUs")
 def test_direct_forward_kernel_checks_its_arguments():
     from convkit.cpu import _conv_wdirect as wd
     x = np.zeros((2, 1, 8, 8), np.float32)

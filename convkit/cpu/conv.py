@@ -467,15 +467,22 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
 
 # weight_direct's layers (one input channel, >= 25 taps at most 8 wide, stride 1) take their
 # batch forward from csrc/wdirect.h where the batch GEMM runs on csrc/fgemm.h: the same chains
-# over the same taps, so the same bits, without building the columns (LeNet5's first layer)
-_DIRECT_FWD = _FIXED_SGEMM and not _OWN_SGEMM and _wdirect.available()
+# over the same taps, so the same bits, without building the columns (LeNet5's first layer).
+# Beside the own AVX-512 GEMM too where the plan takes weight_direct (a half-rate CPU): its
+# kernel sums k in one chain from zero within a block of CK_KC = 192 (csrc/sgemm.h) and adds
+# the bias after, so up to 192 taps the bits are its own (LeNet5's c1 forward, one thread:
+# 32 -> 29 us at batch 64, 57 -> 54 us at 128)
+_DIRECT_FWD = _FIXED_SGEMM and _wdirect.available()
+_SGEMM_KC = 192
 
 
 def _direct_forward(x, weight, stride, s):
     F, C, KH, KW = weight.shape
     return (_DIRECT_FWD and x.dtype == np.float32 and s.groups == 1 and stride == (1, 1)
             and s.dilation == (1, 1) and C == x.shape[1] and C <= _T.WDIRECT_MAX_CHANNELS
-            and KW <= 8 and KH * KW >= _T.WDIRECT_MIN_TAPS)
+            and KW <= 8 and KH * KW >= _T.WDIRECT_MIN_TAPS
+            and (not _OWN_SGEMM or (C * KH * KW <= _SGEMM_KC
+                                    and P.avx2_algo(_caps(), "weight_direct"))))
 
 
 def _fwd_batch(x, weight, b, has_bias, y, s, step, stride=None, pt=None, pl=None):

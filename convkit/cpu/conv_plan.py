@@ -38,7 +38,7 @@ weight_stem_wino  stem_wino's layers: the transposed F(4, 4) / F(3, 4) along the
 weight_winograd where the forward takes F(4x4, 3x3): the transposed F(4x4) -- 36 GEMMs    w
                 of transformed grad_y and x tiles, then the 3x3 filter transform
 weight_direct   stride 1, one input channel, >= 25 taps at most 8 wide, float32 on BLAS   w
-                machines with AVX2: dot products of grad_y rows with shifted rows of the
+                machines with AVX2 and half-rate AVX-512 CPUs: dot products of grad_y rows with shifted rows of the
                 padded x, a task per (filter, channel, kernel row) (csrc/wdirect.h)
 pointwise       1x1, stride 1, no padding: GEMMs straight on x                          f, x, w
 im2col          everything else: im2col into a workspace, then GEMMs                    f, x, w
@@ -993,8 +993,8 @@ def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise
 def plan_weight_direct(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
                        limit):
     """(threads, padded-input floats) of the direct weight gradient (csrc/wdirect.h), or None:
-    float32 on BLAS machines with AVX2 + FMA (caps.rowgemm; the AVX-512 machines keep their
-    plan), groups 1, stride 1, dilation 1, at most tuning.WDIRECT_MAX_CHANNELS input channels,
+    float32 on AVX2 + FMA where avx2_algo allows it (BLAS machines, and half-rate AVX-512
+    CPUs beside the own GEMM; full-rate ones keep their plan), groups 1, stride 1, dilation 1, at most tuning.WDIRECT_MAX_CHANNELS input channels,
     a kernel of at least tuning.WDIRECT_MIN_TAPS taps and at most 8 columns.  LeNet5's first
     layer (1 -> 6, 5x5): the batch path's GEMM spent more on its columns' transposes and
     packing than on the multiplies.  A task per (filter, channel, kernel row), each sum's

@@ -30,8 +30,11 @@ SERIAL_MACS = 1 << 15
 # the AVX2 algorithms named here where their rules apply, beside the AVX-512 GEMM for the rest.
 # Each was measured per pass against the AVX-512 plan on the 2-core Zen 4 of the ninth session
 # (one-thread CPU time; RESULTS.md "ninth session (helper zen4 ...)").
+# weight_direct (tenth session, helper lenet10): LeNet5's first layer's backward without grad_x
+# (64 / 128, 1, 8, 8) * (6, 1, 5, 5), one thread, 72 / 130 us on the AVX-512 batch path against
+# 46 / 79 on csrc/wdirect.h (bench/lenet_c1_wdirect_ab.py).
 HALF_RATE_AVX2 = frozenset({"stem", "weight_stem", "rowphases", "subpixel", "weight_rowgemm",
-                            "winograd4", "weight_winograd"})
+                            "winograd4", "weight_winograd", "weight_direct"})
 
 # ----------------------------------------------------------------------------- workspaces
 # im2col piece per thread: twice the weight's bytes, clamped to [CHUNK_MIN, CHUNK_MAX]; small
