@@ -13,7 +13,10 @@
  * contraction: intrinsics only); every value depends on its own image alone, so an image's
  * bits do not depend on its batch, its lane or the thread count (the GEMM between them is
  * csrc/fgemm.h / sgemm.h: one FMA chain over the channels per output).
- * Each function returns 0 when it did nothing (no AVX2 + FMA, or fgemm disabled).
+ * The weight gradient (conv_plan "weight_winotiny"): grad_y's tiles by ck_wt_grad_f, the
+ * products of a part of the batch by ck_wt_wgrad_dot_f, the parts' sums and G^T M G by
+ * ck_wt_wgrad_out_f (plain C, double).
+ * Each AVX2 function returns 0 when it did nothing (no AVX2 + FMA, or fgemm disabled).
  */
 #ifndef CONVKIT_WINOTINY_H
 #define CONVKIT_WINOTINY_H
