@@ -93,10 +93,16 @@ CONV = [
     ("batch", (16, 16, 7, 7), (16, 16, 3, 3), 1, 1, 1,
      {"forward": "batch", "grad_x": "batch", "grad_weight": "batch"}, False),
     # float32 on AVX2: Winograd F(2x2) with 8 images a vector (csrc/winotiny.h), 2 tasks of a
-    # full and a short group
+    # full and a short group; grad_weight by the transposed F(2x2) in one part of 2 groups
     ("winograd_tiny", (13, 16, 6, 6), (16, 16, 3, 3), 1, 1, 1,
      {"forward": "winograd" if ok and cc._WINOTINY else "batch",
-      "grad_x": "winograd" if ok and cc._WINOTINY else "batch", "grad_weight": "batch"}, False),
+      "grad_x": "winograd" if ok and cc._WINOTINY else "batch",
+      "grad_weight": "weight_winotiny" if ok and cc._WINOTINY else "batch"}, False),
+    # ... 5 parts of 4 groups (the last short) at 8x8
+    ("weight_winotiny", (150, 16, 8, 8), (16, 16, 3, 3), 1, 1, 1,
+     {"forward": "winograd" if ok and cc._WINOTINY else "batch",
+      "grad_x": "winograd" if ok and cc._WINOTINY else "batch",
+      "grad_weight": "weight_winotiny" if ok and cc._WINOTINY else "batch"}, False),
     ("batch_strided", (16, 8, 8, 8), (16, 8, 3, 3), 2, 1, 1,
      {"forward": "batch", "grad_x": "batch", "grad_weight": "batch"}, False),
     # grad_weight's block of 36 columns (4 channels x 9 taps) for 64 filters: on fgemm (BLAS
@@ -247,13 +253,15 @@ def test_pools_batch_norm_and_roi_ops_give_the_same_bits_on_1_2_8_16_threads():
 # The params that cut a sum, per algorithm: on the own GEMM only these (its sums run in a fixed
 # order whatever the block), on BLAS every block size too (OpenBLAS picks kernels by shape).
 _SUMS_OWN = {"im2col": ("rows_w", "rows_x", "nsplit"), "pointwise": ("rows_w", "rows_x", "nsplit"),
-             "batch": ("chans_w", "kimgs", "nsplit"), "weight_dot": ("groups_n", "rows", "kr")}
+             "batch": ("chans_w", "kimgs", "nsplit"), "weight_dot": ("groups_n", "rows", "kr"),
+             "weight_winotiny": ("part_groups", "chunk")}
 _SUMS_BLAS = {"im2col": ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit"),
               "pointwise": ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit"),
               "winograd": ("trows",), "batch": ("imgs", "chans_w", "kimgs", "nsplit"),
               "dense": ("row_blocks",), "weight_stem": ("rows", "fchunk", "groups_n"),
               "weight_stem_wino": ("rows", "groups_n"),
-              "weight_winograd": ("trows", "cols", "parts")}
+              "weight_winograd": ("trows", "cols", "parts"),
+              "weight_winotiny": ("part_groups", "chunk")}
 # the machines: the Xeon's own GEMM, BLAS alone, and this CI's EPYC (BLAS, csrc/rowgemm.h and
 # csrc/fgemm.h: stem, weight_stem(_wino), F(4x4) and weight_winograd)
 _CAPS = {"own_gemm": dict(own_sgemm=True, depthwise3x3_level=3),

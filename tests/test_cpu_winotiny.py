@@ -1,8 +1,10 @@
 """Winograd F(2x2, 3x3) on tiny maps with 8 images in the vector lanes (csrc/winotiny.h,
 _conv_winograd.conv2d_forward_winotiny; conv_plan.plan_winotiny): the 3x3 stride-1 convs padded
 by 1 whose maps (even sides, <= 64 positions) the batch GEMM took, float32 on AVX2 + FMA,
-forward and grad_x.  Checked against torch in float64, for the same bits on any batch, block
-and thread count, and for torch's NaN / inf element for element."""
+forward and grad_x; grad_weight by the transposed F(2x2) over the same tiles
+(conv2d_grad_weight_winotiny, plan_weight_winotiny).  Checked against torch in float64, for the
+same bits on any batch, block and thread count (grad_weight: any thread count), and for torch's
+NaN / inf element for element."""
 import numpy as np
 import pytest
 
@@ -107,6 +109,66 @@ def test_kernel_rejects_bad_arguments():
 def test_workspace_floats_agree_with_the_plan():
     for C, F, H, W, g in ((16, 16, 8, 8, 1), (32, 24, 4, 4, 3), (17, 40, 6, 2, 2)):
         assert P.winotiny_floats(C, F, H, W, g) == wg.winotiny_floats(C, F, H, W, g)
+    for N, C, F, H, W in ((64, 16, 16, 8, 8), (128, 32, 32, 4, 4), (13, 17, 40, 6, 2)):
+        s = P.ConvShape.of((N, C, H, W), (F, C, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+        caps = cc._caps()
+        n, pg, chunk, per, sums = P.plan_weight_winotiny(s, True, caps, 2, 1 << 30)
+        assert per == wg.winotiny_wgrad_floats(C, F, H, W, chunk)
+        assert sums == -(-(-(-N // 8)) // pg) * 16 * F * C
+
+
+def _wgrad_kernel(x, gy, part_groups, chunk, threads):
+    """conv2d_grad_weight_winotiny called directly, NaN in its workspace and output beforehand."""
+    N, C, H, W = x.shape
+    F = gy.shape[1]
+    per = wg.winotiny_wgrad_floats(C, F, H, W, chunk)
+    sums = -(-(-(-N // 8)) // part_groups) * 16 * F * C
+    ws = np.full(sums + threads * per + 3, np.nan, np.float32)[3:]     # (not 64-byte aligned)
+    gw = np.full((F, C, 3, 3), np.nan, np.float32)
+    wg.conv2d_grad_weight_winotiny(gy, x, gw, ws, per, part_groups, chunk, threads)
+    return gw
+
+
+# (N, C, F, H, W, part_groups, chunk): short last groups and parts, chunks that do not divide
+# the parts, odd filter counts and channels not a multiple of 4 (the 2 x 4 blocks' edges), more
+# than 64 channels (the final sum's channel blocks), non-square maps
+WGRAD_CASES = [(64, 16, 16, 8, 8, 4, 1), (13, 16, 16, 8, 8, 1, 1), (29, 24, 17, 8, 8, 3, 2),
+               (40, 32, 32, 4, 4, 4, 4), (33, 18, 21, 6, 6, 4, 2), (11, 80, 16, 4, 8, 1, 1),
+               (17, 16, 70, 2, 2, 2, 1)]
+
+
+@pytest.mark.parametrize("case", WGRAD_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_wgrad_kernel_matches_torch_float64_with_the_same_bits_on_any_thread_count(case):
+    N, C, F, H, W, pg, chunk = case
+    rng = np.random.default_rng(N * 100 + C + F)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    gy = rng.standard_normal((N, F, H, W)).astype(np.float32)
+    want = torch.nn.grad.conv2d_weight(torch.from_numpy(x).double(), (F, C, 3, 3),
+                                       torch.from_numpy(gy).double(), padding=1).numpy()
+    got = [_wgrad_kernel(x, gy, pg, chunk, n) for n in (1, 2, 3, 5)]
+    _close(got[0], want, "grad_weight")
+    for g in got[1:]:
+        assert np.array_equal(g.view(np.uint32), got[0].view(np.uint32))
+
+
+def test_wgrad_kernel_rejects_bad_arguments():
+    x = np.zeros((8, 16, 8, 8), np.float32)
+    gy = np.zeros((8, 16, 8, 8), np.float32)
+    gw = np.zeros((16, 16, 3, 3), np.float32)
+    per = wg.winotiny_wgrad_floats(16, 16, 8, 8, 1)
+    ws = np.zeros(16 * 16 * 16 + per, np.float32)
+    with pytest.raises(ValueError, match="workspace too small"):
+        wg.conv2d_grad_weight_winotiny(gy, x, gw, ws[:-1], per, 1, 1, 1)
+    with pytest.raises(ValueError, match="workspace too small"):
+        wg.conv2d_grad_weight_winotiny(gy, x, gw, ws, per - 1, 1, 1, 1)
+    with pytest.raises(ValueError, match="gw must be"):
+        wg.conv2d_grad_weight_winotiny(gy, x, np.zeros((16, 8, 3, 3), np.float32), ws, per, 1,
+                                       1, 1)
+    with pytest.raises(ValueError, match="H, W even"):
+        wg.conv2d_grad_weight_winotiny(gy[:, :, :7, :7].copy(), x[:, :, :7, :7].copy(), gw, ws,
+                                       per, 1, 1, 1)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        wg.conv2d_grad_weight_winotiny(gy, x, gw, ws, per, 0, 1, 1)
 
 
 def _plan(x, w, padding=1, needs_input_grad=True):
@@ -120,7 +182,9 @@ def test_the_plan_takes_it_where_the_rule_says():
     for N, C, F, H in ((64, 16, 16, 8), (128, 32, 32, 4), (5, 16, 24, 6)):
         plan = _plan(np.zeros((N, C, H, H), f32), np.zeros((F, C, 3, 3), f32))
         assert tiny(plan.forward) and tiny(plan.grad_x), (N, C, F, H)
-        assert plan.grad_weight.algo == "batch"       # (grad_weight keeps its plan)
+        assert plan.grad_weight.algo == "weight_winotiny"
+        assert _plan(np.zeros((N, C, H, H), f32), np.zeros((F, C, 3, 3), f32),
+                     needs_input_grad=False).grad_weight.algo == "weight_winotiny"
         assert plan.forward.threads <= -(-N // 8)
     not_tiny = [
         (np.zeros((8, 16, 8, 8), np.float64), np.zeros((16, 16, 3, 3)), 1),    # float64
@@ -133,6 +197,7 @@ def test_the_plan_takes_it_where_the_rule_says():
     for x, w, pad in not_tiny:
         plan = _plan(x, w, pad)
         assert not tiny(plan.forward) and not tiny(plan.grad_x), (x.shape, w.shape, pad)
+        assert plan.grad_weight.algo != "weight_winotiny", (x.shape, w.shape, pad)
 
 
 def _api(x, w, b, gy):
@@ -161,12 +226,14 @@ def test_api_matches_torch_and_keeps_its_bits_on_any_thread_count(case):
             convkit.set_num_threads(n)
             plan = _plan(x, w)
             assert plan.forward.params.get("tiny") and plan.grad_x.params.get("tiny")
+            assert plan.grad_weight.algo == "weight_winotiny"
             y, (gx, gw, gb) = _api(x, w, b, gy)
-            runs.append((y, gx))
+            runs.append((y, gx, gw))
     finally:
         convkit.set_num_threads(old)
     _close(runs[0][0], yt.detach().numpy(), "forward")
     _close(runs[0][1], xt.grad.numpy(), "grad_x")
+    _close(runs[0][2], wt.grad.numpy(), "grad_weight")
     for got in runs[1:]:
         for a, c in zip(runs[0], got):
             assert np.array_equal(a.view(np.uint32), c.view(np.uint32))

@@ -215,3 +215,10 @@ cdef extern from "csrc/winotiny.h" nogil:
                       float* v, Py_ssize_t vs, float* s)
     int ck_wt_output_f(const float* m, Py_ssize_t ms, int ng, Py_ssize_t H, Py_ssize_t W,
                        float bias, float* y, Py_ssize_t ostride, float* s)
+    int ck_wt_grad_f(const float* gy, Py_ssize_t istride, int ng, Py_ssize_t H, Py_ssize_t W,
+                     float* z, Py_ssize_t zs, float* s)
+    int ck_wt_wgrad_dot_f(const float* z, Py_ssize_t zs, const float* v, Py_ssize_t vs,
+                          Py_ssize_t K, Py_ssize_t F, Py_ssize_t C, float* m, Py_ssize_t ldm,
+                          int acc)
+    void ck_wt_wgrad_out_f(const float* m, Py_ssize_t es, Py_ssize_t parts, Py_ssize_t ps,
+                           Py_ssize_t C, float* gw)

@@ -712,3 +712,86 @@ def conv2d_forward_winotiny(const float[:, :, :, ::1] x, const float[:, :, ::1] 
                                    bias[f] if has_bias else <float>0, &y[n0 + g, f, 0, 0],
                                    F * H * W, S)
     return y
+
+
+# grad_weight of the same layers by the transposed F(2x2, 3x3) over the same 8-image tiles:
+# grad_weight[f, c] = G^T M[f, c] G, M_e = sum over the batch's tiles t of (A gy_t A^T)_e
+# (B^T x_t B)_e -- the forward's input tiles and grad_y's 2x2 blocks (csrc/winotiny.h).
+from ._conv_csrc cimport ck_wt_grad_f, ck_wt_wgrad_dot_f, ck_wt_wgrad_out_f
+
+
+def winotiny_wgrad_floats(Py_ssize_t C, Py_ssize_t F, Py_ssize_t H, Py_ssize_t W,
+                          Py_ssize_t chunk):
+    """Workspace floats of one conv2d_grad_weight_winotiny thread (``chunk`` groups of 8
+    images at a time): V, Z and the scratch blocks, and 16 to align them."""
+    cdef Py_ssize_t T = chunk * (H // 2) * (W // 2) * 8 + 16
+    return 16 * (C + F) * T + ck_wt_scratch(H, W) + 16
+
+
+def conv2d_grad_weight_winotiny(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
+                                float[:, :, :, ::1] gw, float[::1] ws, Py_ssize_t ws_per_thread,
+                                Py_ssize_t part_groups, Py_ssize_t chunk, int n_threads):
+    """grad_weight (OUT gw (F, C, 3, 3), any contents) of a 3x3 stride-1 conv padded by 1 on
+    every side, H and W even, gy (N, F, H, W), by the transposed F(2x2, 3x3) with 8 images in
+    a vector (csrc/winotiny.h).
+
+    The batch's groups of 8 images go in parts of ``part_groups`` groups, a task each (the
+    parts and their order are set by the layer: the bits do not depend on the thread count).
+    A task takes its part ``chunk`` groups at a time (the transforms stay in the cache): the
+    transforms of every channel of x into V (16, C, Tc) and of every filter of gy into Z (16,
+    F, Tc) (column = group * (H/2 * W/2 * 8) + tile * 8 + lane, missing images zero lanes; rows
+    Tc = chunk's columns + 16 floats apart, as the forward's), then M_e += Z_e @ V_e^T on the
+    fixed-order GEMM, one FMA chain per output through the part's chunks in order, into the
+    part's M (16, F, C).  Then gw[f] = G^T M[:, f] G, the parts added in double in order, one
+    task per filter.  ws: the parts' M (ceil(groups / part_groups) * 16 * F * C), then
+    n_threads slices of ws_per_thread >= winotiny_wgrad_floats(C, F, H, W, chunk)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = gy.shape[1]
+    cdef Py_ssize_t per = (H // 2) * (W // 2) * 8, G8 = (N + 7) // 8
+    cdef Py_ssize_t parts = (G8 + part_groups - 1) // part_groups if part_groups > 0 else 0
+    cdef Py_ssize_t Tc = chunk * per + 16, border = 8 * (H + 2) * (W + 2)
+    cdef Py_ssize_t p, q, g0, g1, k0, g, c, f, ng, e, nm = parts * 16 * F * C
+    cdef float* V
+    cdef float* Z
+    cdef float* S
+    cdef float* M = &ws[0]
+    if not ck_wt_available():
+        raise RuntimeError("conv2d_grad_weight_winotiny needs AVX2 + FMA (csrc/winotiny.h)")
+    if H % 2 or W % 2 or gy.shape[0] != N or gy.shape[2] != H or gy.shape[3] != W:
+        raise ValueError("conv2d_grad_weight_winotiny: H, W even and gy as big as x")
+    if gw.shape[0] != F or gw.shape[1] != C or gw.shape[2] != 3 or gw.shape[3] != 3:
+        raise ValueError(f"gw must be ({F}, {C}, 3, 3), got "
+                         f"{(gw.shape[0], gw.shape[1], gw.shape[2], gw.shape[3])}")
+    if part_groups < 1 or chunk < 1 or n_threads < 1:
+        raise ValueError(f"part_groups, chunk and n_threads must be >= 1, got {part_groups}, "
+                         f"{chunk}, {n_threads}")
+    if ws_per_thread < 16 * (C + F) * Tc + ck_wt_scratch(H, W) + 16 or \
+            ws.shape[0] < nm + n_threads * ws_per_thread:
+        raise ValueError("conv2d_grad_weight_winotiny: workspace too small")
+    with nogil:
+        for p in prange(parts, schedule="dynamic", num_threads=n_threads):
+            # (on a 64-byte line: loads split across two lines ran the products 1.5x slower)
+            V = M + nm + threadid() * ws_per_thread
+            V = V + (16 - (<size_t>V // sizeof(float)) % 16) % 16
+            Z = V + 16 * C * Tc
+            S = Z + 16 * F * Tc
+            memset(S, 0, border * sizeof(float))        # the input block's zero borders
+            g1 = _min(G8, (p + 1) * part_groups)
+            for q in range((g1 - p * part_groups + chunk - 1) // chunk):
+                g0 = p * part_groups + q * chunk
+                for g in range(g0, _min(g0 + chunk, g1)):
+                    ng = _min(8, N - 8 * g)
+                    k0 = (g - g0) * per
+                    for c in range(C):
+                        ck_wt_input_f(&x[8 * g, c, 0, 0], C * H * W, <int>ng, H, W,
+                                      V + c * Tc + k0, C * Tc, S)
+                    for f in range(F):  # (grad_y's block after the input block)
+                        ck_wt_grad_f(&gy[8 * g, f, 0, 0], F * H * W, <int>ng, H, W,
+                                     Z + f * Tc + k0, F * Tc, S + border)
+                for e in range(16):
+                    ck_wt_wgrad_dot_f(Z + e * F * Tc, Tc, V + e * C * Tc, Tc,
+                                      (_min(g0 + chunk, g1) - g0) * per, F, C,
+                                      M + (p * 16 + e) * F * C, C, q > 0)
+        for f in prange(F, schedule="static", num_threads=n_threads):
+            ck_wt_wgrad_out_f(M + f * C, F * C, parts, 16 * F * C, C, &gw[f, 0, 0, 0])
+    return gw

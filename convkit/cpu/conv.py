@@ -121,7 +121,7 @@ _MAX_PLANS = 256
 # its operands itself and falls back to the direct stem (_fwd_stem_wino); weight_stem_wino checks
 # its result and falls back to weight_stem (_bwd_weight_stem_wino).
 _MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel",
-                      "weight_winograd", "weight_direct"})
+                      "weight_winograd", "weight_direct", "weight_winotiny"})
 _MIXES_W = frozenset({"depthwise", "depthwise3x3"})
 
 
@@ -845,6 +845,15 @@ def _bwd_weight_winograd(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw)
                                               step.threads, p["fixed"])
 
 
+def _bwd_weight_winotiny(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
+    """grad_weight by the transposed F(2x2) over 8-image tiles (conv_plan.plan_weight_winotiny)."""
+    p = step.params
+    n = p["sums"] + step.threads * p["per_thread"]
+    ws = _workspace(n, np.float32, "weight_winotiny")
+    _winograd.conv2d_grad_weight_winotiny(gy, x, gw, ws[:n], p["per_thread"], p["part_groups"],
+                                          p["chunk"], step.threads)
+
+
 def _bwd_weight_direct(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     """grad_weight on csrc/wdirect.h (conv_plan.plan_weight_direct)."""
     xp = _workspace(step.params["floats"], np.float32, "weight_direct")
@@ -875,6 +884,7 @@ _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "de
              "subpixel": _bwd_subpixel, "weight_rowgemm": _bwd_weight_rowgemm,
              "weight_stem": _bwd_weight_stem, "weight_stem_wino": _bwd_weight_stem_wino,
              "weight_winograd": _bwd_weight_winograd, "weight_direct": _bwd_weight_direct,
+             "weight_winotiny": _bwd_weight_winotiny,
              "pointwise": _bwd_im2col, "im2col": _bwd_im2col}
 
 

@@ -37,6 +37,8 @@ weight_stem_wino  stem_wino's layers: the transposed F(4, 4) / F(3, 4) along the
                 a result that is not finite: weight_stem
 weight_winograd where the forward takes F(4x4, 3x3): the transposed F(4x4) -- 36 GEMMs    w
                 of transformed grad_y and x tiles, then the 3x3 filter transform
+weight_winotiny the "tiny" winograd layers: the transposed F(2x2) over the same 8-image      w
+                tiles, lane-wise dot products in fixed parts of the batch (csrc/winotiny.h)
 weight_direct   stride 1, one input channel, >= 25 taps at most 8 wide, float32 on BLAS   w
                 machines with AVX2 and half-rate AVX-512 CPUs: dot products of grad_y rows with shifted rows of the
                 padded x, a task per (filter, channel, kernel row) (csrc/wdirect.h)
@@ -295,6 +297,27 @@ def plan_winotiny(s: ConvShape, f32, caps: ConvCaps, n_threads, limit, grad_x=Fa
         return None
     n = max(1, min(n_threads, ceil_div(s.N, 8 * groups), limit // (per * 4)))
     return n, groups, per
+
+
+def plan_weight_winotiny(s: ConvShape, f32, caps: ConvCaps, n_threads, limit):
+    """(threads, groups of 8 images per part, groups per chunk, workspace floats per thread,
+    floats of the parts' sums) of grad_weight by the transposed F(2x2, 3x3) over
+    plan_winotiny's 8-image tiles (_conv_winograd.conv2d_grad_weight_winotiny), or None: for
+    the layers whose forward plan_winotiny takes.  The parts (tuning.WINOTINY_WGRAD_PART_GROUPS)
+    are set by the layer alone: the bits do not depend on the thread count."""
+    if plan_winotiny(s, f32, caps, n_threads, limit) is None:
+        return None
+    per = (s.H // 2) * (s.W // 2) * 8            # columns of a group of 8 images
+    chunk = max(1, T.WINOTINY_WGRAD_CHUNK_COLS // per)
+    pg = max(T.WINOTINY_WGRAD_PART_GROUPS, chunk)
+    parts = ceil_div(ceil_div(s.N, 8), pg)
+    # (_conv_winograd.winotiny_wgrad_floats: V, Z, the scratch blocks, 16 to align them)
+    wpt = 16 * (s.C + s.F) * (chunk * per + 16) + 8 * ((s.H + 2) * (s.W + 2) + s.H * s.W) + 16
+    sums = parts * 16 * s.F * s.C
+    n = max(1, min(n_threads, parts, (limit // 4 - sums) // wpt))
+    if (sums + n * wpt) * 4 > limit:
+        return None
+    return n, pg, chunk, wpt, sums
 
 
 def winotiny_step(p):
@@ -1273,6 +1296,7 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     Ho, Wo = s.out
     wbytes = F * Cg * KH * KW * itemsize
     n = threads_for(N * F * Cg * KH * KW * Ho * Wo, threads)
+    rule = winograd is None     # (else a test forces winograd or im2col: no tiny paths)
     bias_n = threads_for(N * F * Ho * Wo, threads)
     pointwise = is_pointwise(KH, KW, s.stride, s.padding)
     if exact:
@@ -1336,6 +1360,10 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
                                                "skc": T.SUBPIXEL_SHIFT_KC})
     gx_left = needs_input_grad and gx is None       # still to do by a backward kernel below
     gw = None
+    p = plan_weight_winotiny(s, f32, caps, n, limit) if rule and not gx_left else None
+    if p is not None:
+        return gx, Step("weight_winotiny", p[0], {"part_groups": p[1], "chunk": p[2],
+                                                 "per_thread": p[3], "sums": p[4]}), "sum", bias_n
     if dot is not None:
         rows, kr, fchunk, groups_n, floats = dot
         gw = Step("weight_dot", n, {"rows": rows, "kr": kr, "fchunk": fchunk,

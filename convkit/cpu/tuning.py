@@ -190,6 +190,15 @@ BATCH_MAX_HOWO = 64
 # thread, batch 64, 16->16 on 8x8: 155 / 136 us (AVX-512 / AVX2 stack) against the batch GEMM's
 # 268 / 271.  RESULTS.md, ninth session (helper resnet9).
 WINOTINY_GROUPS = 1
+# grad_weight of those layers by the transposed F(2x2) over the same tiles (conv_plan
+# "weight_winotiny"): the batch's groups of 8 images in parts of this many groups, a task and a
+# sum each (the parts added in double after), each taken in chunks of about this many columns
+# (tiles x 8 lanes: V and Z of a chunk stay in L2).  One thread, CPU time, median of 40 calls
+# at load 8 (batch 64 / 128, us): 16->16 8x8 part 4 x chunk 1 159 / 326 against the batch
+# path's 312 / 627; 32->32 4x4 part 4 x chunk 4 178 / 349 against 258 / 520; parts of 2 and 8
+# groups and chunks of 1-4 within 10 %.  RESULTS.md, tenth session (helper resnet10).
+WINOTINY_WGRAD_PART_GROUPS = 4
+WINOTINY_WGRAD_CHUNK_COLS = 128
 # Blocks of images of the batch paths (two tasks per thread on 2 cores), set by the batch alone.
 # Not measured in RESULTS.md.
 BATCH_BLOCKS = 4

@@ -40,3 +40,11 @@ cdef extern from "csrc/batchnorm.h":
     void ck_bnv_grad_d(const double* g, const double* x, double* o, Py_ssize_t L,
                        const double* kg, const double* m, const double* kx,
                        const double* b) noexcept nogil
+    void ck_bnvn_sum_f(const float* x, Py_ssize_t stride, Py_ssize_t N, Py_ssize_t L,
+                       double* s) noexcept nogil
+    void ck_bnvn_sum_d(const double* x, Py_ssize_t stride, Py_ssize_t N, Py_ssize_t L,
+                       double* s) noexcept nogil
+    void ck_bnvn_dev_f(const float* x, Py_ssize_t stride, Py_ssize_t N, Py_ssize_t L,
+                       const double* m, double* s, double* q) noexcept nogil
+    void ck_bnvn_dev_d(const double* x, Py_ssize_t stride, Py_ssize_t N, Py_ssize_t L,
+                       const double* m, double* s, double* q) noexcept nogil
