@@ -383,10 +383,12 @@ cdef void _wino4_output_rows(const floating* m, Py_ssize_t ms, Py_ssize_t th, Py
         n = (g0 + k) // th
         i = g0 + k - n * th
         if floating is float:
-            ck_w4_store_row_f(Yp + _w4_pos(th, g0, nt, k, last_apart) * tw, P, tw, y + n * img_stride + 4 * i * Wo, Wo,
+            ck_w4_store_row_f(Yp + _w4_pos(th, g0, nt, k, last_apart) * tw, P, tw,
+                              y + n * img_stride + 4 * i * Wo, Wo,
                               _min(4, Ho - 4 * i), buf)
         else:
-            ck_w4_store_row_d(Yp + _w4_pos(th, g0, nt, k, last_apart) * tw, P, tw, y + n * img_stride + 4 * i * Wo, Wo,
+            ck_w4_store_row_d(Yp + _w4_pos(th, g0, nt, k, last_apart) * tw, P, tw,
+                              y + n * img_stride + 4 * i * Wo, Wo,
                               _min(4, Ho - 4 * i), buf)
 
 
