@@ -30,7 +30,7 @@ int main(int argc, char **argv) {
                 if (getenv("ROWS"))
                 for (long k = 0; k < trows; ) {
                     long n = (g0 + k) / th, i = (g0 + k) % th, m = th - i < trows - k ? th - i : trows - k;
-                    ck_w4_input_rows_f(x + (n * C + c) * H * W, H, W, 4 * i - 1, m, 1, tw, V + c * P + k * tw, VS, S);
+                    ck_w4_input_rows_f(x + (n * C + c) * H * W, H, W, 4 * i - 1, m, 1, tw, V + c * P + k * tw, NULL, VS, S);
                     k += m;
                 }
                 else

@@ -59,11 +59,11 @@ cdef extern from "csrc/wino.h" nogil:
 
 cdef extern from "csrc/wino4.h" nogil:
     void ck_w4_input_rows_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
-                            Py_ssize_t nt, Py_ssize_t pl, Py_ssize_t tw, float* v, Py_ssize_t vs,
-                            float* scratch)
+                            Py_ssize_t nt, Py_ssize_t pl, Py_ssize_t tw, float* v, float* vlast,
+                            Py_ssize_t vs, float* scratch)
     void ck_w4_input_rows_d(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
                             Py_ssize_t nt, Py_ssize_t pl, Py_ssize_t tw, double* v,
-                            Py_ssize_t vs, double* scratch)
+                            double* vlast, Py_ssize_t vs, double* scratch)
     void ck_w4_output_tiles_f(const float* m, Py_ssize_t ms, Py_ssize_t n, float bias,
                               float* S, float* Yp)
     void ck_w4_output_tiles_d(const double* m, Py_ssize_t ms, Py_ssize_t n, double bias,

@@ -110,6 +110,19 @@ def winograd4_stage_filters(int mode):
     return old
 
 
+cdef bint _last_apart = True     # (winograd4_last_apart: A/B timing and tests)
+
+
+def winograd4_last_apart(bint on):
+    """Whether the packed F(4x4) forward skips the images' last tile rows in the GEMMs of the
+    six planes whose outputs those rows do not store (conv2d_forward_winograd, where Ho % 4);
+    returns the old setting.  The same bits either way."""
+    global _last_apart
+    cdef bint old = _last_apart
+    _last_apart = on
+    return old
+
+
 cdef _wino4_filters_packed(const floating[:, :, :, ::1] w, floating[:, :, ::1] U, int n_threads,
                            bint transpose_flip):
     cdef Py_ssize_t F = w.shape[1] if transpose_flip else w.shape[0]
@@ -311,35 +324,54 @@ def winograd4_scratch(Py_ssize_t trows, Py_ssize_t tw):
     return max(ck_w4_input_scratch(tw), ck_w4_output_scratch(trows * tw, tw))
 
 
+cdef inline Py_ssize_t _w4_pos(Py_ssize_t th, Py_ssize_t g0, Py_ssize_t nt, Py_ssize_t k,
+                               bint last_apart) noexcept nogil:
+    """The column block (of tw tiles) of a task's tile row k (batch row g0 + k): k, or with
+    last_apart the rows that are no image's last first, in order, then the images' last rows
+    (g // th counts the last rows before batch row g)."""
+    cdef Py_ssize_t before = (g0 + k) // th - g0 // th
+    if not last_apart:
+        return k
+    if (g0 + k) % th == th - 1:
+        return nt - ((g0 + nt) // th - g0 // th) + before
+    return k - before
+
+
 cdef void _wino4_input_rows(const floating* x, Py_ssize_t img_stride, Py_ssize_t H,
                             Py_ssize_t W, Py_ssize_t th, Py_ssize_t g0, Py_ssize_t nt,
                             Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t tw, floating* v,
-                            Py_ssize_t vs, floating* scratch, Py_ssize_t nscratch) noexcept nogil:
+                            Py_ssize_t vs, floating* scratch, Py_ssize_t nscratch,
+                            bint last_apart=False) noexcept nogil:
     """The F(4x4) input transform of the batch's tile rows g0 .. g0+nt-1 of one channel (as
     _wino_input_rows): an image's consecutive rows in one call, as many as nscratch elements of
     scratch hold (ck_w4_input_rows_scratch; each input row split once, not in each of the two
-    or three tile rows it belongs to)."""
+    or three tile rows it belongs to).  last_apart: tile row k's tiles at column block
+    _w4_pos(k), the images' last rows after the others."""
     cdef Py_ssize_t k = 0, n, i, m
     cdef Py_ssize_t most = max(1, (nscratch // (4 * tw + 4) - 9) // 4)
+    cdef floating* vl
     while k < nt:
         n = (g0 + k) // th
         i = g0 + k - n * th
         m = _min(_min(th - i, nt - k), most)
+        # (a run of rows ending on the image's last row: that one to its own place)
+        vl = v + _w4_pos(th, g0, nt, k + m - 1, True) * tw \
+            if last_apart and m > 1 and i + m == th else NULL
         if floating is float:
-            ck_w4_input_rows_f(x + n * img_stride, H, W, 4 * i - pt, m, pl, tw, v + k * tw, vs,
-                               scratch)
+            ck_w4_input_rows_f(x + n * img_stride, H, W, 4 * i - pt, m, pl, tw,
+                               v + _w4_pos(th, g0, nt, k, last_apart) * tw, vl, vs, scratch)
         else:
-            ck_w4_input_rows_d(x + n * img_stride, H, W, 4 * i - pt, m, pl, tw, v + k * tw, vs,
-                               scratch)
+            ck_w4_input_rows_d(x + n * img_stride, H, W, 4 * i - pt, m, pl, tw,
+                               v + _w4_pos(th, g0, nt, k, last_apart) * tw, vl, vs, scratch)
         k += m
 
 
 cdef void _wino4_output_rows(const floating* m, Py_ssize_t ms, Py_ssize_t th, Py_ssize_t g0,
                              Py_ssize_t nt, Py_ssize_t tw, floating bias, floating* y,
                              Py_ssize_t img_stride, Py_ssize_t Ho, Py_ssize_t Wo,
-                             floating* scratch) noexcept nogil:
+                             floating* scratch, bint last_apart=False) noexcept nogil:
     """The F(4x4) output transform of tile rows g0 .. g0+nt-1 of one filter: all nt*tw tiles
-    in one pass, then stored row by row."""
+    in one pass, then stored row by row (tile row k's tiles at column block _w4_pos(k))."""
     cdef Py_ssize_t k, n, i, P = nt * tw
     cdef floating* Yp = scratch + 24 * P
     cdef floating* buf = Yp + 16 * P
@@ -351,10 +383,12 @@ cdef void _wino4_output_rows(const floating* m, Py_ssize_t ms, Py_ssize_t th, Py
         n = (g0 + k) // th
         i = g0 + k - n * th
         if floating is float:
-            ck_w4_store_row_f(Yp + k * tw, P, tw, y + n * img_stride + 4 * i * Wo, Wo,
+            ck_w4_store_row_f(Yp + _w4_pos(th, g0, nt, k, last_apart) * tw, P, tw,
+                              y + n * img_stride + 4 * i * Wo, Wo,
                               _min(4, Ho - 4 * i), buf)
         else:
-            ck_w4_store_row_d(Yp + k * tw, P, tw, y + n * img_stride + 4 * i * Wo, Wo,
+            ck_w4_store_row_d(Yp + _w4_pos(th, g0, nt, k, last_apart) * tw, P, tw,
+                              y + n * img_stride + 4 * i * Wo, Wo,
                               _min(4, Ho - 4 * i), buf)
 
 
@@ -545,6 +579,15 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     # 256 x 64 floats, 64 KiB) every plane's run and the row scratch share cache sets, and the
     # input transform's stores miss L1 and L2 (the same arithmetic, the same bits, either way)
     cdef Py_ssize_t pad = WINO_PLANE_PAD
+    # F(4x4)'s output row r is A^T's row r times M, and only A^T's row 3 meets the sixth point
+    # (infinity): where Ho % 4, an image's last tile row stores rows 0 .. Ho % 4 - 1 only, so
+    # M's planes 30 .. 35 (the sixth row of the 6x6) are not needed there.  The task puts those
+    # tile rows after its others (_w4_pos) and those six GEMMs take the others' columns alone
+    # (res_14: 48 of 64).  On the fixed-order GEMM each output is one chain whatever the GEMM's
+    # width: the same bits.  Their M columns are zeroed (no stale values in the unstored rows).
+    cdef bint apart = (_last_apart and tile == 4 and packed and floating is float
+                       and Ho % 4 != 0)
+    cdef Py_ssize_t P1
     cdef Py_ssize_t scr = 8 * (2 * tw + 2) if tile == 2 else winograd4_scratch(trows, tw)
     if ws_per_thread < E * (C + F) * trows * tw + 2 * E * pad + scr:
         pad = 0
@@ -569,10 +612,16 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
                                      V + c * P, vs, M + E * ms)
                 else:
                     _wino4_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl,
-                                      tw, V + c * P, vs, M + E * ms, scr)
+                                      tw, V + c * P, vs, M + E * ms, scr, apart)
+            P1 = (nt - ((g0 + nt) // th - g0 // th)) * tw if apart else P
             for e in range(E):
                 if floating is float:
                     if packed:
+                        if e >= 30 and P1 < P:
+                            ck_w4_gemm_pk(F, P1, C, &U[e, 0, 0], V + e * vs, P, M + e * ms, P)
+                            for f in range(F):
+                                memset(M + e * ms + f * P + P1, 0, (P - P1) * sizeof(float))
+                            continue
                         ck_w4_gemm_pk(F, P, C, &U[e, 0, 0], V + e * vs, P, M + e * ms, P)
                         continue
                 gemm_pk(False, False, F, P, C, &U[e, 0, 0], C,
@@ -586,7 +635,7 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
                 else:
                     _wino4_output_rows(M + f * P, ms, th, g0, nt, tw,
                                        bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
-                                       F * Ho * Wo, Ho, Wo, M + E * ms)
+                                       F * Ho * Wo, Ho, Wo, M + E * ms, apart)
     return y
 
 

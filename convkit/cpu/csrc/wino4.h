@@ -116,6 +116,8 @@ static inline void ck_w4_join_d(const double* src, ptrdiff_t ps, ptrdiff_t n, do
 
 /* ck_w4_input_row: one row of tiles, v[e*vs + j] = (B^T d_j B)[e/6, e%6] for the tiles
  *   d_j = x[r0 : r0+6, 4j-pl : 4j-pl+6] (0 outside the H x W plane x), j < tw.
+ * ck_w4_input_rows: nt such rows, tile row i's at v + i*tw -- the last one's at vlast instead
+ *   where vlast is not NULL (the forward keeps the images' last tile rows apart).
  *   scratch: ck_w4_input_scratch(tw) elements.
  * ck_w4_output_tiles / ck_w4_store_row (below): the output transform, all of a task's tiles
  *   at once (rows of few tiles make short loops), then stored row by row.
@@ -144,7 +146,7 @@ typedef T ck_w4v_##SUF __attribute__((vector_size(VB)));                        
 typedef T ck_w4h_##SUF __attribute__((vector_size(16)));                                  \
 ATTR static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0, \
                                         ptrdiff_t nt, ptrdiff_t pl, ptrdiff_t tw, T* v,    \
-                                        ptrdiff_t vs, T* scratch) {                        \
+                                        T* vlast, ptrdiff_t vs, T* scratch) {              \
     typedef ck_w4v_##SUF V;                                                                \
     const ptrdiff_t L = VB / sizeof(T), n1 = tw + 1, Wb = 4 * n1, nr = 4 * nt + 2;         \
     T* R = scratch;                 /* one zero-padded input row, columns -pl .. Wb-1-pl */ \
@@ -163,6 +165,7 @@ ATTR static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, pt
     }                                                                                      \
     for (i = 0; i < nt; i++, v += tw) {     /* tile row i: rows 4i .. 4i+5 */              \
     const T* Q = Qa + 4 * i * Wb;                                                          \
+    T* vr = vlast && i == nt - 1 ? vlast : v;                                              \
     for (c = 0; c + L <= Wb; c += L)                                                       \
         CK_W4_BDOWN(T, V);                                                                 \
     for (; c + 16 / (ptrdiff_t)sizeof(T) <= Wb; c += 16 / (ptrdiff_t)sizeof(T))           \
@@ -173,7 +176,7 @@ ATTR static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, pt
                 D[4 * Wb + c], D[5 * Wb + c]);                                             \
     for (k = 0; k < 6; k++) {                                                              \
         const T* p = D + k * Wb;    /* phases p .. p + 3*n1 */                             \
-        T* o = v + (6 * k) * vs;                                                           \
+        T* o = vr + (6 * k) * vs;                                                          \
         for (j = 0; j + L <= tw; j += L) {                                                 \
             V o0, o1, o2, o3, o4, o5;                                                      \
             CK_W4_B(T, V, CK_W4_LD(V, p + j), CK_W4_LD(V, p + n1 + j),                     \
@@ -205,7 +208,7 @@ ATTR static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, pt
 ATTR static void ck_w4_input_row_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0, \
                                        ptrdiff_t pl, ptrdiff_t tw, T* v, ptrdiff_t vs,     \
                                        T* scratch) {                                       \
-    ck_w4_input_rows_##SUF(x, H, W, r0, 1, pl, tw, v, vs, scratch);                        \
+    ck_w4_input_rows_##SUF(x, H, W, r0, 1, pl, tw, v, NULL, vs, scratch);                  \
 }                                                                                          \
 /* ck_w4_output_tiles: n tiles at once, Yp[(4r + q)*n + j] = (A^T m_j A)[r, q] + bias, m_j  \
    element e at m[e*ms + j]; S: 24*n elements of scratch */                               \
@@ -540,8 +543,8 @@ static void ck_w4_input_row_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_
 }                                                                                          \
 static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0,     \
                                    ptrdiff_t nt, ptrdiff_t pl, ptrdiff_t tw, T* v,         \
-                                   ptrdiff_t vs, T* scratch) {                             \
-    CK_W4_PICK(ck_w4_input_rows, SUF, (x, H, W, r0, nt, pl, tw, v, vs, scratch));          \
+                                   T* vlast, ptrdiff_t vs, T* scratch) {                   \
+    CK_W4_PICK(ck_w4_input_rows, SUF, (x, H, W, r0, nt, pl, tw, v, vlast, vs, scratch));   \
 }                                                                                          \
 static void ck_w4_output_tiles_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t n, T bias, T* S,  \
                                      T* Yp) {                                              \
