@@ -974,9 +974,6 @@ def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise
             or s.KH % sh or s.KW % sw or s.KW * s.C < 24 or batch_ok(Ho, Wo, pointwise)):
         return None
     Hp, Wp = (Ho - 1) * sh + s.KH, (Wo - 1) * sw + s.KW
-    floats = Hp * Wp * s.C + s.F * Ho * Wo + s.F * s.KH * s.KW * s.C    # (one image's)
-    if floats * 4 > limit:
-        return None
     filters, khs = min(s.F, T.WGRAD_RG_FILTERS), s.KH // sh
 
     def tasks():
@@ -986,7 +983,12 @@ def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise
             filters = ceil_div(filters // 2, 4) * 4
         else:
             khs = ceil_div(khs, 2)
-    return filters, khs, T.WGRAD_RG_PASS, floats
+    # each thread of the team (one a task at most) its own image's xcl and panels; the sums
+    team = max(1, min(n_threads, tasks()))
+    floats = team * (Hp * Wp * s.C + s.F * Ho * Wo) + s.F * s.KH * s.KW * s.C
+    if floats * 4 > limit:
+        return None
+    return filters, khs, T.WGRAD_RG_PASS, floats, team
 
 
 def plan_weight_direct(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
@@ -1343,7 +1345,7 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         p = plan_weight_rowgemm(s, Ho, Wo, f32, caps, pointwise, n, limit)
         if p is not None:
             gw = Step("weight_rowgemm", n, {"filters": p[0], "khs": p[1], "kc": p[2],
-                                            "floats": p[3]})
+                                            "floats": p[3], "team": p[4]})
             if not gx_left:
                 return gx, gw, "sum", bias_n
         elif winograd is not False:     # (tests that force im2col force it here too)
