@@ -236,8 +236,16 @@ def test_rowphases_rule():
         assert fwd(other).algo != "rowphases", other
     assert fwd(_shape(8, 32, 56, 56, 64, 4, 2, 1), limit=4 * per).algo != "rowphases"
     # one image: rows lowered until each of the 2 threads has tuning.PHASES_TASKS_PER_THREAD
+    # (4 rows: 7 tasks, the last round half idle), then evened: 4 tasks of 7 rows
+    assert -(-28 // (2 * tuning.PHASES_TASKS_PER_THREAD)) == 4
     one = fwd(_shape(1, 32, 56, 56, 64, 4, 2, 1))
-    assert one.params["rows"] == -(-28 // (2 * tuning.PHASES_TASKS_PER_THREAD))
+    assert one.params["rows"] == 7
+    # many threads: 16 threads' 56 tasks of 4 rows left the last round half idle; 7 rows make
+    # 32 equal tasks (two a thread); 64 threads' 224 one-row tasks have no better split
+    rows_at = [P.plan_conv(_shape(8, 32, 56, 56, 64, 4, 2, 1), np.float32, nt, BLAS_RG,
+                           LIMIT).forward.params["rows"] for nt in (1, 2, 8, 16, 64)]
+    assert rows_at == [28, 28, 7, 7, 1]
+    assert P.even_rows(8, 28, 4, 28, 16) == 7 and P.even_rows(8, 28, 28, 28, 2) == 28
 
 
 def test_weight_rowgemm_rule():

@@ -812,6 +812,26 @@ def plan_phases(s: ConvShape, Ho, Wo, float32, own_sgemm, pointwise, n_threads, 
     return rows, per
 
 
+def even_rows(N, Ho, want, top, n_threads):
+    """Output rows per (image, row block) task where each output is one fixed chain (no bits
+    follow them): ``want``, unless its tasks leave more than tuning.WINOGRAD4_MAX_IDLE of the
+    team idle (dynamic list schedule, a task's cost its rows: convt_28's grad_x on 16 threads,
+    56 tasks of 4 rows, 12 %); then, of 1 .. top rows with at least two tasks per thread (some
+    slack for the dynamic schedule), the fewest idle, the most rows on a tie (fewer halo rows
+    rebuilt, fewer GEMM tails)."""
+    def idle(r):
+        return _list_idle([min(r, Ho - h) for h in range(0, Ho, r)] * N, n_threads)
+    num, den = T.WINOGRAD4_MAX_IDLE
+    if n_threads < 2 or den * idle(want) <= num:
+        return want
+    best = want
+    for r in range(1, top + 1):
+        if N * ceil_div(Ho, r) >= 2 * n_threads and (
+                idle(r) < idle(best) or (idle(r) == idle(best) and r > best)):
+            best = r
+    return best
+
+
 def plan_rowphases(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads, limit):
     """(output rows per task, workspace floats per thread) of the polyphase forward on
     csrc/rowgemm.h, or None.  Where the float32 GEMMs go to BLAS and rowgemm runs, for strided
@@ -820,7 +840,8 @@ def plan_rowphases(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_t
     A task computes as many whole rows (each Wq wide) as its phase planes fit in
     tuning.ROWPHASES_PLANE_BYTES, at least about tuning.ROWPHASES_POSITIONS positions; each
     output is one fixed chain of multiply-adds, so the rows per task may follow the team (no
-    bits change): lowered until each thread has tuning.PHASES_TASKS_PER_THREAD."""
+    bits change): lowered until each thread has tuning.PHASES_TASKS_PER_THREAD, then evened
+    (even_rows) where that leaves more than a tenth of the team idle."""
     sh, sw = s.stride
     if (not float32 or not avx2_algo(caps, "rowphases") or s.groups != 1 or pointwise
             or s.stride == (1, 1) or s.F % 4 or s.dilation != (1, 1)
@@ -828,9 +849,10 @@ def plan_rowphases(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_t
         return None
     Wq = Wo + (s.KW - 1) // sw
     fit = T.ROWPHASES_PLANE_BYTES // (4 * s.C * sh * sw * Wq) - (s.KH - 1) // sh
-    rows = max(1, min(Ho, max(T.ROWPHASES_POSITIONS // Wq, fit)))
+    top = rows = max(1, min(Ho, max(T.ROWPHASES_POSITIONS // Wq, fit)))
     if n_threads > 1 and s.N * ceil_div(Ho, rows) < T.PHASES_TASKS_PER_THREAD * n_threads:
         rows = max(1, ceil_div(Ho, ceil_div(T.PHASES_TASKS_PER_THREAD * n_threads, s.N)))
+        rows = even_rows(s.N, Ho, rows, top, n_threads)
     Rq = rows + (s.KH - 1) // sh
     per = s.C * sh * sw * Rq * Wq + (s.KW - 1) // sw + s.F * rows * Wq
     if per * 4 * n_threads > limit:
