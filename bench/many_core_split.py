@@ -155,7 +155,9 @@ EXTRA = [("small_16_8x8", 128, 16, 8, 8, 16, 3, 1, 1, 1),
          ("dense_2x2", 128, 64, 2, 2, 64, 3, 1, 1, 1),
          ("depthwise_mult2", 8, 32, 28, 28, 64, 3, 1, 1, 32),
          ("strided_14", 8, 64, 28, 28, 128, 3, 2, 1, 1),
-         ("k4s2_56", 8, 64, 56, 56, 64, 4, 2, 1, 1)]
+         ("k4s2_56", 8, 64, 56, 56, 64, 4, 2, 1, 1),
+         # convt_28's adjoint conv (its grad_x: this forward; its grad_weight: this one's)
+         ("convt28_adj", 8, 32, 56, 56, 64, 4, 2, 1, 1)]
 
 # Params that cut a sum (their change changes the bits): per algorithm, on the own GEMM / BLAS.
 SUM_PARAMS = {
