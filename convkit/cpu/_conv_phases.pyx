@@ -401,7 +401,8 @@ cdef void _wgrad_rg_thread(const float* gy, const float* x, float* gw, float* xc
                 for m in range(m0, m1):
                     kh = r + m * sh
                     for kw in range(KW):
-                        gw[((f * C + c) * KH + kh) * KW + kw] = out[f * ldo + (kh * KW + kw) * C + c]
+                        gw[((f * C + c) * KH + kh) * KW + kw] = \
+                            out[f * ldo + (kh * KW + kw) * C + c]
 
 
 def weight_rowgemm_team(Py_ssize_t F, Py_ssize_t KH, Py_ssize_t sh, Py_ssize_t prows,
