@@ -7,8 +7,9 @@ instruction counts per pass, or one-thread CPU time per pass:
 
 The passes as bench/convt_passes.py runs them: fwd = conv_transpose2d_forward, gx = the
 adjoint conv's forward on grad_y (conv2d_forward), gw = its grad_weight (conv2d_backward with
-no grad_x / grad_bias).  One thread; instrumentation starts after 2 warm-up calls.
-CONVKIT_DISABLE_AVX512=1 picks the AVX2 stack.
+no grad_x / grad_bias).  One thread (PASS_THREADS=2 ... for a team: with callgrind's
+--separate-threads=yes, each thread's instructions); instrumentation starts after 2 warm-up
+calls.  CONVKIT_DISABLE_AVX512=1 picks the AVX2 stack.
 """
 import os
 import statistics
@@ -23,7 +24,7 @@ from convkit.cpu import conv as cc
 
 which = sys.argv[1]
 calls = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-convkit.set_num_threads(1)
+convkit.set_num_threads(int(os.environ.get("PASS_THREADS", "1")))
 rng = np.random.default_rng(0)
 x = rng.standard_normal((8, 64, 28, 28)).astype(np.float32)
 w = (rng.standard_normal((64, 32, 4, 4)) * 0.05).astype(np.float32)

@@ -91,10 +91,12 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   N*ceil(Hu/rows) tasks of window rows, each rows*Wp*(sh*sw*Cg)*(Fg*Th*Tw) MACs over the groups
   + the grad_y slab (Fg*(rows + Th - 1)*Wp); dup: the Wp columns beyond the output's and the
   windows' zero taps (against the true C*KK*F*H*W/(sh*sw)... counted as the GEMM's own).
-- weight_rowgemm (conv2d_grad_weight_rowgemm), per image: x channels-last (static, Hp rows
-  of Wp*C), grad_y in 4-row panels (static, F/4 tasks of 4*HoWo), then ceil(F/filters) * sh *
-  ceil(KH/sh/khs) dynamic tasks of filters*khs*KW*C*HoWo MACs (a filter block's kernel rows
-  of one residue mod sh, up to khs of them); then a static copy of F filters.
+- weight_rowgemm (conv2d_grad_weight_rowgemm): ONE region, its T = ceil(F/filters) * sh *
+  ceil(KH/sh/khs) tasks (a filter block's kernel rows of one residue mod sh, up to khs of them:
+  filters*khs*KW*C*HoWo MACs an image) cut into fixed runs, one a thread (team min(threads,
+  T)); a thread's cost: its tasks' MACs over the batch, the xcl rows (Wp*C each) and grad_y
+  panels (HoWo a filter) they read, per image, built by itself (dup: rows or panels two
+  threads both build), and its sums' copy into gw.
 - batch forward (_conv_batch.conv2d_forward_batch): ceil(N/imgs) tasks of imgs*HoWo*F*Cg*KK;
   BLAS repacks the weight per task.  backward: grad_y copied serially, a grad_weight region of
   G*ceil(Cg/chans_w)*nsplit tasks, the parts added serially, a grad_x region of
@@ -153,7 +155,9 @@ EXTRA = [("small_16_8x8", 128, 16, 8, 8, 16, 3, 1, 1, 1),
          ("dense_2x2", 128, 64, 2, 2, 64, 3, 1, 1, 1),
          ("depthwise_mult2", 8, 32, 28, 28, 64, 3, 1, 1, 32),
          ("strided_14", 8, 64, 28, 28, 128, 3, 2, 1, 1),
-         ("k4s2_56", 8, 64, 56, 56, 64, 4, 2, 1, 1)]
+         ("k4s2_56", 8, 64, 56, 56, 64, 4, 2, 1, 1),
+         # convt_28's adjoint conv (its grad_x: this forward; its grad_weight: this one's)
+         ("convt28_adj", 8, 32, 56, 56, 64, 4, 2, 1, 1)]
 
 # Params that cut a sum (their change changes the bits): per algorithm, on the own GEMM / BLAS.
 SUM_PARAMS = {
@@ -471,14 +475,30 @@ def backward_regions(algo, p, s, own, itemsize, which):
     if algo == "weight_rowgemm":
         sh, sw = s.stride
         Hp, Wp = (Ho - 1) * sh + KH, (Wo - 1) * sw + KW
-        # image by image: its channels-last x, its grad_y panels, then its taps' tasks
-        main = Region("filter blocks x kernel rows",
-                      [fb * kr * KW * C * HoWo for fb in runs(F, p["filters"])
-                       for _ in range(sh) for kr in runs(KH // sh, p["khs"])])
-        xcl = Region("x channels-last", [Wp * C] * Hp, "static")
-        gyp = Region("grad_y panels", [4 * HoWo] * (F // 4), "static")
-        copy = Region("copy out", [C * KK] * F, "static")
-        return [main, xcl, gyp] * N + [copy], 0, 0, p["floats"] * itemsize
+        # one region: thread i of the team (a task each at most) a fixed run of the tasks
+        # (filter block, kernel rows of one residue mod sh), every image: the xcl rows and
+        # grad_y panels its tasks read (its own copies), their MACs, then their sums' copy out
+        per, fl, khs = KH // sh, p["filters"], p["khs"]
+        nmc = cdiv(per, khs)
+        ntask = cdiv(F, fl) * sh * nmc
+        team = max(1, min(p["_team"], ntask))
+        costs = []
+        for i in range(team):
+            ts = range(i * ntask // team, (i + 1) * ntask // team)
+            spans = [(t // (sh * nmc) * fl, (t // nmc) % sh, (t % nmc) * khs) for t in ts]
+            spans = [(f0, min(F, f0 + fl) - f0, r, m0, min(per, m0 + khs) - m0)
+                     for f0, r, m0 in spans]
+            rows = sum(1 for rr in range(Hp) if any(
+                rr % sh == r and m0 <= rr // sh < m0 + mk + Ho - 1
+                for _, _, r, m0, mk in spans))
+            f0, f1 = spans[0][0], spans[-1][0] + spans[-1][1]
+            costs.append(sum(N * fb * mk * KW * C * HoWo + fb * mk * KW * C
+                             for _, fb, _, _, mk in spans)
+                         + N * (rows * Wp * C + (f1 - f0) * HoWo))
+        useful = float(N * F * KH * KW * C * HoWo + F * KH * KW * C
+                       + N * (Hp * Wp * C + F * HoWo))
+        return ([Region("threads' runs of tasks", costs, "static", useful=useful)], 0, 0,
+                p["floats"] * itemsize)
     if algo == "weight_dot":
         ntf = cdiv(Fg, p["fchunk"])
         gn = p["groups_n"]

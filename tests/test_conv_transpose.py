@@ -727,6 +727,55 @@ def test_cpu_weight_rowgemm_matches_torch(torch, cpu_conv, monkeypatch, name):
     np.testing.assert_array_equal(gwt, results[0][1])
 
 
+@pytest.mark.parametrize("case", [
+    # x shape, F, (KH, KW), (sh, sw), (pt, pl), filters per task, kernel rows per task
+    ((2, 6, 30, 32), 24, (4, 4), (2, 2), (1, 1), 8, 1),     # 12 tasks: 3 blocks x 2 x 2
+    ((2, 5, 25, 23), 16, (6, 3), (3, 3), (2, 1), 4, 1),     # 24 tasks, residues mod 3
+    ((1, 8, 20, 21), 12, (4, 4), (2, 2), (3, 0), 12, 2),    # 2 tasks, padding past a phase
+])
+def test_cpu_weight_rowgemm_kernel_runs_of_tasks(cpu_conv, case):
+    """conv2d_grad_weight_rowgemm's one region: each thread a fixed run of consecutive tasks,
+    on its own xcl rows and panels (the rows its tasks read, built by itself), its sums
+    written by itself -- teams whose runs cross filter blocks, residues and kernel-row chunks,
+    and more threads than tasks: float64 numpy's values, the same bits on every team."""
+    from convkit.cpu import _conv_phases as ph
+    from convkit.cpu import conv as cc
+
+    if not ph.rowgemm_available():
+        pytest.skip("csrc/rowgemm.h needs AVX2 + FMA")
+    xs, F_, (KH, KW), (sh, sw), (pt, pl), prows, khs = case
+    N, C, H, W = xs
+    rng = np.random.default_rng(17)
+    Ho, Wo = (H + 2 * pt - KH) // sh + 1, (W + 2 * pl - KW) // sw + 1
+    x = rng.standard_normal(xs).astype(np.float32)
+    gy = rng.standard_normal((N, F_, Ho, Wo)).astype(np.float32)
+    Hp, Wp = (Ho - 1) * sh + KH, (Wo - 1) * sw + KW
+    xp = np.zeros((N, C, Hp + H, Wp + W))
+    xp[:, :, pt:pt + H, pl:pl + W] = x
+    want = np.zeros((F_, C, KH, KW))
+    for kh in range(KH):
+        for kw in range(KW):
+            win = xp[:, :, kh:kh + (Ho - 1) * sh + 1:sh, kw:kw + (Wo - 1) * sw + 1:sw]
+            want[:, :, kh, kw] = np.einsum("nfij,ncij->fc", gy.astype(np.float64), win)
+    boff = cc._rowgemm_w_offsets(1, Ho, Wo, sh, sw, Hp, Wp, C)
+    first = None
+    for nt in (1, 2, 3, 5, 7, 16, 40):
+        team = ph.weight_rowgemm_team(F_, KH, sh, prows, khs, nt)
+        gw = np.full((F_, C, KH, KW), np.nan, np.float32)
+        xcl = np.full(team * Hp * Wp * C, np.nan, np.float32)
+        gyp = np.full(team * F_ * Ho * Wo, np.nan, np.float32)
+        out = np.full(F_ * KH * KW * C, np.nan, np.float32)
+        ph.conv2d_grad_weight_rowgemm(gy, x, gw, xcl, gyp, out, boff, sh, sw, pt, pl, prows,
+                                      khs, 7, nt)
+        np.testing.assert_allclose(gw, want, rtol=1e-4, atol=1e-4, err_msg=f"{nt} threads")
+        if first is None:
+            first = gw
+        np.testing.assert_array_equal(gw, first, err_msg=f"{nt} threads")
+    with pytest.raises(ValueError):         # one thread's xcl short of a team of two's
+        ph.conv2d_grad_weight_rowgemm(gy, x, gw, xcl[:Hp * Wp * C], gyp, out, boff, sh, sw,
+                                      pt, pl, prows, khs, 7, 2)
+
+
 def test_cpu_weight_rowgemm_nonfinite_stays_in_its_sums(torch, cpu_conv):
     """weight_rowgemm sums each weight's own products (padding zeros included, as torch): a
     NaN / inf in x or grad_y reaches exactly torch's weights, with no fallback."""

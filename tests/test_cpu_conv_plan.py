@@ -236,8 +236,16 @@ def test_rowphases_rule():
         assert fwd(other).algo != "rowphases", other
     assert fwd(_shape(8, 32, 56, 56, 64, 4, 2, 1), limit=4 * per).algo != "rowphases"
     # one image: rows lowered until each of the 2 threads has tuning.PHASES_TASKS_PER_THREAD
+    # (4 rows: 7 tasks, the last round half idle), then evened: 4 tasks of 7 rows
+    assert -(-28 // (2 * tuning.PHASES_TASKS_PER_THREAD)) == 4
     one = fwd(_shape(1, 32, 56, 56, 64, 4, 2, 1))
-    assert one.params["rows"] == -(-28 // (2 * tuning.PHASES_TASKS_PER_THREAD))
+    assert one.params["rows"] == 7
+    # many threads: 16 threads' 56 tasks of 4 rows left the last round half idle; 7 rows make
+    # 32 equal tasks (two a thread); 64 threads' 224 one-row tasks have no better split
+    rows_at = [P.plan_conv(_shape(8, 32, 56, 56, 64, 4, 2, 1), np.float32, nt, BLAS_RG,
+                           LIMIT).forward.params["rows"] for nt in (1, 2, 8, 16, 64)]
+    assert rows_at == [28, 28, 7, 7, 1]
+    assert P.even_rows(8, 28, 4, 28, 16) == 7 and P.even_rows(8, 28, 28, 28, 2) == 28
 
 
 def test_weight_rowgemm_rule():
@@ -247,8 +255,9 @@ def test_weight_rowgemm_rule():
     plan = P.plan_conv(convt, np.float32, 2, BLAS_RG, LIMIT, needs_input_grad=False)
     gw = plan.grad_weight
     assert gw.algo == "weight_rowgemm" and plan.grad_bias == "sum"
-    assert gw.params == {"filters": 64, "khs": 2, "kc": tuning.WGRAD_RG_PASS,
-                         "floats": 58 * 58 * 32 + 64 * 28 * 28 + 64 * 16 * 32}   # one image's
+    assert gw.params == {"filters": 64, "khs": 2, "kc": tuning.WGRAD_RG_PASS, "team": 2,
+                         "floats": 2 * (58 * 58 * 32 + 64 * 28 * 28) + 64 * 16 * 32}
+    # (each of the 2 threads one image's xcl and panels, then the shared sums)
     assert P.plan_conv(convt, np.float32, 2, BLAS_RG, 4 * gw.params["floats"] - 4,
                        needs_input_grad=False).grad_weight.algo != "weight_rowgemm"
     for other in (_shape(8, 5, 56, 56, 64, 4, 2, 1),        # KW*C = 20
@@ -263,6 +272,9 @@ def test_weight_rowgemm_rule():
     assert [(lambda p: (p["filters"], p["khs"]))(
         P.plan_conv(convt, np.float32, nt, BLAS_RG, LIMIT).grad_weight.params)
         for nt in (1, 2, 4, 8, 16, 64)] == [(64, 2), (64, 2), (32, 2), (16, 2), (16, 1), (16, 1)]
+    # a thread per task at most: the workspace holds the team's xcl and panels, not 64 threads'
+    assert [P.plan_conv(convt, np.float32, nt, BLAS_RG, LIMIT).grad_weight.params["team"]
+            for nt in (1, 2, 4, 8, 16, 64)] == [1, 2, 4, 8, 16, 16]
     # unequal strides (a 4x6 kernel, stride 2 x 3): grad_x by subpixel beside it
     odd = P.ConvShape.of((8, 32, 56, 57), (64, 32, 4, 6), (2, 3), (1, 1, 1, 1), (1, 1), 1)
     plan = P.plan_conv(odd, np.float32, 2, BLAS_RG, LIMIT)

@@ -8,7 +8,8 @@ sh*sw output phases as one stride-1 conv of grad_y, then interleaved (conv_plan 
 Part of the conv kernels laid out by algorithm: see convkit/cpu/_conv.pyx.
 """
 from cython cimport floating
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
+cimport openmp
 from libc.string cimport memcpy, memset
 
 from ._blas cimport ck_sgemm_apacked_rows, gemm_fixed
@@ -330,6 +331,88 @@ def conv2d_forward_rowphases(const float[:, :, :, ::1] x, const float[::1] wpan,
     return y
 
 
+cdef void _wgrad_rg_thread(const float* gy, const float* x, float* gw, float* xcl, float* gyp,
+                           float* out, const Py_ssize_t* boff, Py_ssize_t N, Py_ssize_t C,
+                           Py_ssize_t H, Py_ssize_t W, Py_ssize_t F, Py_ssize_t KH,
+                           Py_ssize_t KW, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t sh,
+                           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t prows,
+                           Py_ssize_t khs, Py_ssize_t kc, Py_ssize_t t0, Py_ssize_t t1,
+                           Py_ssize_t* failed) noexcept nogil:
+    """conv2d_grad_weight_rowgemm's tasks [t0, t1), all images, on this thread's own xcl and gyp:
+    per image, the xcl rows and grad_y panels these tasks read, then their passes."""
+    cdef Py_ssize_t HoWo = Ho * Wo, Hp = (Ho - 1) * sh + KH, Wp = (Wo - 1) * sw + KW
+    cdef Py_ssize_t L = KW * C, ldo = KH * KW * C, per = KH // sh
+    cdef Py_ssize_t nmc = (per + khs - 1) // khs, tpb = sh * nmc    # tasks per filter block
+    cdef Py_ssize_t f0 = (t0 // tpb) * prows, f1 = _min(F, ((t1 - 1) // tpb + 1) * prows)
+    cdef Py_ssize_t n, rr, hi, q, wi, p, t, p0, pr, r, m, m0, m1, i, k0, kn, kh, kw, f, c
+    cdef bint need
+    cdef float* dst
+    cdef const float* xn
+    for n in range(N):
+        xn = x + n * C * H * W
+        for rr in range(Hp):        # the xcl rows a task reads: kh + i*sh, its kernel rows kh
+            need = False
+            for t in range(t0, t1):
+                r = (t // nmc) % sh
+                m0 = (t % nmc) * khs
+                m1 = _min(per, m0 + khs)
+                if rr % sh == r and m0 <= rr // sh < m1 + Ho - 1:
+                    need = True
+                    break
+            if not need:
+                continue
+            hi = rr - pt
+            dst = xcl + rr * Wp * C
+            if hi < 0 or hi >= H:
+                memset(dst, 0, Wp * C * sizeof(float))
+                continue
+            # columns q = wi + pl: zeros where wi is outside [0, W), x's row transposed
+            q = _min(pl, Wp)
+            memset(dst, 0, q * C * sizeof(float))
+            wi = _min(W, Wp - pl)
+            if wi > 0:
+                ck_rg_to_cl(xn + hi * W, H * W, C, wi, dst + pl * C)
+                q = pl + wi
+            memset(dst + q * C, 0, (Wp - q) * C * sizeof(float))
+        for p in range(f0 // 4, f1 // 4):                       # its filters' grad_y panels
+            ck_rg_panel4(gy + (n * F + 4 * p) * HoWo, HoWo, HoWo, gyp + p * 4 * HoWo)
+        for t in range(t0, t1):
+            p0 = (t // tpb) * prows
+            pr = _min(prows, F - p0)
+            r = (t // nmc) % sh
+            m0 = (t % nmc) * khs
+            m1 = _min(per, m0 + khs)
+            for i in range((HoWo + kc - 1) // kc):
+                k0 = i * kc
+                kn = _min(kc, HoWo - k0)
+                for m in range(m0, m1):
+                    kh = r + m * sh
+                    if not ck_rowgemm_pass_acc_f(pr, L, HoWo, k0, kn, n > 0 or k0 > 0,
+                                                 gyp + p0 * HoWo, xcl + kh * Wp * C, boff,
+                                                 out + p0 * ldo + kh * L, ldo):
+                        failed[0] = 1   # (the plan picks this only where rowgemm runs)
+    for t in range(t0, t1):         # its sums into gw (no other task writes them)
+        p0 = (t // tpb) * prows
+        r = (t // nmc) % sh
+        m0 = (t % nmc) * khs
+        m1 = _min(per, m0 + khs)
+        for f in range(p0, _min(F, p0 + prows)):
+            for c in range(C):
+                for m in range(m0, m1):
+                    kh = r + m * sh
+                    for kw in range(KW):
+                        gw[((f * C + c) * KH + kh) * KW + kw] = \
+                            out[f * ldo + (kh * KW + kw) * C + c]
+
+
+def weight_rowgemm_team(Py_ssize_t F, Py_ssize_t KH, Py_ssize_t sh, Py_ssize_t prows,
+                        Py_ssize_t khs, int n_threads):
+    """The threads conv2d_grad_weight_rowgemm runs: at most one a task (each thread takes a
+    fixed run of tasks), so the workspace holds that many threads' xcl and panels."""
+    cdef Py_ssize_t T = (F + prows - 1) // prows * sh * ((KH // sh + khs - 1) // khs)
+    return int(max(1, min(n_threads, T)))
+
+
 def conv2d_grad_weight_rowgemm(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
                                float[:, :, :, ::1] gw, float[::1] xcl, float[::1] gyp,
                                float[::1] out, const Py_ssize_t[::1] boff, Py_ssize_t sh,
@@ -346,66 +429,43 @@ def conv2d_grad_weight_rowgemm(const float[:, :, :, ::1] gy, const float[:, :, :
                             boff[t'] = (i*sh*Wp + j*sw)*C
     is a rowgemm: F rows (the image's gy in 4-row panels, gyp), KW*C columns, the Ho*Wo taps of
     image n read in place, in passes of kc taps (the B rows of a column block stay in L1), the
-    images in order, each going on from the sums of the ones before.  Image by image: its xcl
-    and gyp (one image's, so they stay in L2 for its passes: the whole batch's, built first,
-    were read back from L3 / memory), then tasks of (block of prows filters, up to khs kernel
-    rows kh = r, r + sh, ... of one residue r mod sh: those read the xcl rows = r mod sh alone,
-    KH a multiple of sh), each running its kernel rows pass by pass (a pass's xcl rows serve
-    the next kernel row from cache).  Each output is one chain of multiply-adds over the
-    positions in order, so the bits do not depend on the split or the thread count.  Then
-    gw[f, c, kh, kw] = out.  xcl: Hp*Wp*C floats, gyp: F*Ho*Wo, out: F*KH*KW*C, boff: Ho*Wo
+    images in order, each going on from the sums of the ones before.  Tasks: (block of prows
+    filters, up to khs kernel rows kh = r, r + sh, ... of one residue r mod sh: those read the
+    xcl rows = r mod sh alone, KH a multiple of sh), each running its kernel rows pass by pass
+    (a pass's xcl rows serve the next kernel row from cache).  ONE parallel region: thread tid
+    of the team (weight_rowgemm_team) takes a fixed run of consecutive tasks and, image by
+    image, builds in its own xcl and gyp (so they stay in its L2) the xcl rows and panels its
+    tasks read -- at 2 threads on a stride-2 kernel one residue's rows each, no row twice --
+    then runs their passes: no barrier per image (three regions per image before).  Each output
+    is one chain of multiply-adds over the positions in order, so the bits do not depend on the
+    split or the thread count.  Then each thread writes its tasks' gw[f, c, kh, kw] = out.
+    xcl: team*Hp*Wp*C floats, gyp: team*F*Ho*Wo, out: F*KH*KW*C, boff: Ho*Wo
     (conv_plan.plan_weight_rowgemm).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = gw.shape[0], KH = gw.shape[2], KW = gw.shape[3]
     cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo
     cdef Py_ssize_t Hp = (Ho - 1) * sh + KH, Wp = (Wo - 1) * sw + KW
-    cdef Py_ssize_t L = KW * C, ldo = KH * KW * C
-    cdef Py_ssize_t npb = (F + prows - 1) // prows, per = KH // sh
-    cdef Py_ssize_t nmc = (per + khs - 1) // khs        # kernel row chunks per residue
-    cdef Py_ssize_t t, n, r, hi, q, wi, c, p, f, i, kh, kw, p0, pr, m, m0, m1, k0, kn
+    cdef Py_ssize_t per = KH // sh, nmc = (per + khs - 1) // khs
+    cdef Py_ssize_t T = (F + prows - 1) // prows * sh * nmc
+    cdef int team = weight_rowgemm_team(F, KH, sh, prows, khs, n_threads)
+    cdef Py_ssize_t tid, nt
     cdef Py_ssize_t failed = 0
-    cdef float* dst
-    cdef const float* src
-    with nogil:
-        for n in range(N):
-            for r in prange(Hp, schedule="static", num_threads=n_threads):   # xcl rows
-                hi = r - pt
-                dst = &xcl[0] + r * Wp * C
-                if hi < 0 or hi >= H:
-                    memset(dst, 0, Wp * C * sizeof(float))
-                    continue
-                # columns q = wi + pl: zeros where wi is outside [0, W), x's row transposed
-                q = _min(pl, Wp)
-                memset(dst, 0, q * C * sizeof(float))
-                wi = _min(W, Wp - pl)
-                if wi > 0:
-                    ck_rg_to_cl(&x[n, 0, hi, 0], H * W, C, wi, dst + pl * C)
-                    q = pl + wi
-                memset(dst + q * C, 0, (Wp - q) * C * sizeof(float))
-            for p in prange(F // 4, schedule="static", num_threads=n_threads):   # gy panels
-                ck_rg_panel4(&gy[n, 4 * p, 0, 0], HoWo, HoWo, &gyp[0] + p * 4 * HoWo)
-            for t in prange(npb * sh * nmc, schedule="dynamic", num_threads=n_threads):
-                p0 = (t // (sh * nmc)) * prows
-                pr = _min(prows, F - p0)
-                r = (t // nmc) % sh
-                m0 = (t % nmc) * khs
-                m1 = _min(per, m0 + khs)
-                for i in range((HoWo + kc - 1) // kc):
-                    k0 = i * kc
-                    kn = _min(kc, HoWo - k0)
-                    for m in range(m0, m1):
-                        kh = r + m * sh
-                        if not ck_rowgemm_pass_acc_f(pr, L, HoWo, k0, kn, n > 0 or k0 > 0,
-                                                     &gyp[0] + p0 * HoWo,
-                                                     &xcl[0] + kh * Wp * C, &boff[0],
-                                                     &out[0] + p0 * ldo + kh * L, ldo):
-                            failed += 1     # (the plan picks this only where rowgemm runs)
-        for f in prange(F, schedule="static", num_threads=n_threads):
-            for c in range(C):
-                for kh in range(KH):
-                    for kw in range(KW):
-                        gw[f, c, kh, kw] = out[f * ldo + (kh * KW + kw) * C + c]
+    if KH % sh or prows % 4 or F % 4 or khs < 1 or kc < 1:
+        raise ValueError("conv2d_grad_weight_rowgemm: KH a multiple of sh, F and prows of 4 "
+                         "and khs, kc >= 1 needed")
+    if (xcl.shape[0] < team * Hp * Wp * C or gyp.shape[0] < team * F * HoWo
+            or out.shape[0] < F * KH * KW * C or boff.shape[0] < HoWo):
+        raise ValueError(f"conv2d_grad_weight_rowgemm: xcl, gyp must hold {team} threads' "
+                         f"({Hp * Wp * C}, {F * HoWo} floats), out {F * KH * KW * C}, "
+                         f"boff {HoWo}")
+    with nogil, parallel(num_threads=team):
+        tid = threadid()
+        nt = openmp.omp_get_num_threads()
+        _wgrad_rg_thread(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], &gw[0, 0, 0, 0],
+                         &xcl[0] + tid * Hp * Wp * C, &gyp[0] + tid * F * HoWo, &out[0],
+                         &boff[0], N, C, H, W, F, KH, KW, Ho, Wo, sh, sw, pt, pl, prows, khs,
+                         kc, tid * T // nt, (tid + 1) * T // nt, &failed)
     if failed:
         raise RuntimeError("conv2d_grad_weight_rowgemm: csrc/rowgemm.h does not run on this CPU")
     return gw

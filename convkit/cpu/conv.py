@@ -774,7 +774,7 @@ def _bwd_weight_rowgemm(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     """grad_weight on csrc/rowgemm.h (conv_plan.plan_weight_rowgemm)."""
     p, (sh, sw), (Ho, Wo) = step.params, s.stride, gy.shape[2:]
     Hp, Wp = (Ho - 1) * sh + s.KH, (Wo - 1) * sw + s.KW
-    nx, ng = Hp * Wp * s.C, s.F * Ho * Wo
+    nx, ng = p["team"] * Hp * Wp * s.C, p["team"] * s.F * Ho * Wo      # (per thread of it)
     ws = _workspace(p["floats"], np.float32, "weight_rowgemm")
     _phases.conv2d_grad_weight_rowgemm(gy, x, gw, ws[:nx], ws[nx:nx + ng],
                                        ws[nx + ng:p["floats"]],

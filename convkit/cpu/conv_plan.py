@@ -835,6 +835,26 @@ def plan_phases(s: ConvShape, Ho, Wo, float32, own_sgemm, pointwise, n_threads, 
     return rows, per
 
 
+def even_rows(N, Ho, want, top, n_threads):
+    """Output rows per (image, row block) task where each output is one fixed chain (no bits
+    follow them): ``want``, unless its tasks leave more than tuning.WINOGRAD4_MAX_IDLE of the
+    team idle (dynamic list schedule, a task's cost its rows: convt_28's grad_x on 16 threads,
+    56 tasks of 4 rows, 12 %); then, of 1 .. top rows with at least two tasks per thread (some
+    slack for the dynamic schedule), the fewest idle, the most rows on a tie (fewer halo rows
+    rebuilt, fewer GEMM tails)."""
+    def idle(r):
+        return _list_idle([min(r, Ho - h) for h in range(0, Ho, r)] * N, n_threads)
+    num, den = T.WINOGRAD4_MAX_IDLE
+    if n_threads < 2 or den * idle(want) <= num:
+        return want
+    best = want
+    for r in range(1, top + 1):
+        if N * ceil_div(Ho, r) >= 2 * n_threads and (
+                idle(r) < idle(best) or (idle(r) == idle(best) and r > best)):
+            best = r
+    return best
+
+
 def plan_rowphases(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads, limit):
     """(output rows per task, workspace floats per thread) of the polyphase forward on
     csrc/rowgemm.h, or None.  Where the float32 GEMMs go to BLAS and rowgemm runs, for strided
@@ -843,7 +863,8 @@ def plan_rowphases(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_t
     A task computes as many whole rows (each Wq wide) as its phase planes fit in
     tuning.ROWPHASES_PLANE_BYTES, at least about tuning.ROWPHASES_POSITIONS positions; each
     output is one fixed chain of multiply-adds, so the rows per task may follow the team (no
-    bits change): lowered until each thread has tuning.PHASES_TASKS_PER_THREAD."""
+    bits change): lowered until each thread has tuning.PHASES_TASKS_PER_THREAD, then evened
+    (even_rows) where that leaves more than a tenth of the team idle."""
     sh, sw = s.stride
     if (not float32 or not avx2_algo(caps, "rowphases") or s.groups != 1 or pointwise
             or s.stride == (1, 1) or s.F % 4 or s.dilation != (1, 1)
@@ -851,9 +872,10 @@ def plan_rowphases(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_t
         return None
     Wq = Wo + (s.KW - 1) // sw
     fit = T.ROWPHASES_PLANE_BYTES // (4 * s.C * sh * sw * Wq) - (s.KH - 1) // sh
-    rows = max(1, min(Ho, max(T.ROWPHASES_POSITIONS // Wq, fit)))
+    top = rows = max(1, min(Ho, max(T.ROWPHASES_POSITIONS // Wq, fit)))
     if n_threads > 1 and s.N * ceil_div(Ho, rows) < T.PHASES_TASKS_PER_THREAD * n_threads:
         rows = max(1, ceil_div(Ho, ceil_div(T.PHASES_TASKS_PER_THREAD * n_threads, s.N)))
+        rows = even_rows(s.N, Ho, rows, top, n_threads)
     Rq = rows + (s.KH - 1) // sh
     per = s.C * sh * sw * Rq * Wq + (s.KW - 1) // sw + s.F * rows * Wq
     if per * 4 * n_threads > limit:
@@ -998,9 +1020,6 @@ def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise
             or s.KH % sh or s.KW % sw or s.KW * s.C < 24 or batch_ok(Ho, Wo, pointwise)):
         return None
     Hp, Wp = (Ho - 1) * sh + s.KH, (Wo - 1) * sw + s.KW
-    floats = Hp * Wp * s.C + s.F * Ho * Wo + s.F * s.KH * s.KW * s.C    # (one image's)
-    if floats * 4 > limit:
-        return None
     filters, khs = min(s.F, T.WGRAD_RG_FILTERS), s.KH // sh
 
     def tasks():
@@ -1010,7 +1029,12 @@ def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise
             filters = ceil_div(filters // 2, 4) * 4
         else:
             khs = ceil_div(khs, 2)
-    return filters, khs, T.WGRAD_RG_PASS, floats
+    # each thread of the team (one a task at most) its own image's xcl and panels; the sums
+    team = max(1, min(n_threads, tasks()))
+    floats = team * (Hp * Wp * s.C + s.F * Ho * Wo) + s.F * s.KH * s.KW * s.C
+    if floats * 4 > limit:
+        return None
+    return filters, khs, T.WGRAD_RG_PASS, floats, team
 
 
 def plan_weight_direct(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
@@ -1374,7 +1398,7 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         p = plan_weight_rowgemm(s, Ho, Wo, f32, caps, pointwise, n, limit)
         if p is not None:
             gw = Step("weight_rowgemm", n, {"filters": p[0], "khs": p[1], "kc": p[2],
-                                            "floats": p[3]})
+                                            "floats": p[3], "team": p[4]})
             if not gx_left:
                 return gx, gw, "sum", bias_n
         elif winograd is not False:     # (tests that force im2col force it here too)
