@@ -12,7 +12,7 @@ from cython.parallel cimport prange, threadid
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from ._blas cimport gemm, gemm_fixed, gemm_pk
+from ._blas cimport gemm, gemm_fixed, gemm_pk, ck_fgemm
 from ._conv_csrc cimport (ck_wino_input_row_f, ck_wino_output_row_f, ck_wino_filters_f,
                           ck_w4_input_rows_f, ck_w4_input_rows_d, ck_w4_output_tiles_f,
                           ck_w4_output_tiles_d, ck_w4_store_row_f, ck_w4_store_row_d,
@@ -390,7 +390,7 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] gy,
                                 const floating[:, :, :, ::1] x, floating[:, :, :, ::1] gw,
                                 floating[::1] ws, Py_ssize_t pt, Py_ssize_t pl,
                                 Py_ssize_t trows, Py_ssize_t cols, Py_ssize_t parts,
-                                int n_threads, bint fixed=True):
+                                int n_threads, bint fixed=True, bint fgemm=False):
     """grad_weight (OUT gw (F, C, 3, 3), any contents) of a 3x3 stride-1 conv of x padded by pt
     on top and pl on the left, output gy (N, F, Ho, Wo), by the transposed F(4x4, 3x3).
 
@@ -405,7 +405,10 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] gy,
     3. gw[f] = G^T M[:, f] G, the parts added in double in order (double, rounded once), one
        task per filter.
     ws: winograd4_wgrad_floats' V, Z and M, then n_threads slices of its row scratch.  fixed:
-    float32 GEMMs on the fixed-order kernel (csrc/fgemm.h, AVX2 + FMA), else BLAS."""
+    float32 GEMMs on the fixed-order kernel (gemm_fixed: the own AVX-512 GEMM, else
+    csrc/fgemm.h), else BLAS.  fgemm (float32, with fixed): on csrc/fgemm.h even where the own
+    GEMM runs (a half-rate AVX-512 CPU, conv_plan's weight_winograd rule: its narrow GEMMs
+    measured faster there; both sum each output in one chain over k ascending: same bits)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = gy.shape[1], Ho = gy.shape[2], Wo = gy.shape[3]
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4, T = N * th * tw
@@ -416,6 +419,7 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] gy,
     cdef floating* Z
     cdef floating* M
     cdef floating* S
+    cdef bint fg = floating is float and fixed and fgemm
     if gw.shape[0] != F or gw.shape[1] != C or gw.shape[2] != 3 or gw.shape[3] != 3:
         raise ValueError(f"gw must be ({F}, {C}, 3, 3), got "
                          f"{(gw.shape[0], gw.shape[1], gw.shape[2], gw.shape[3])}")
@@ -447,7 +451,11 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] gy,
             nc = _min(cols, C - c0)
             k0 = p * T // parts
             k1 = (p + 1) * T // parts
-            if fixed:
+            if fg and ck_fgemm(False, True, F, nc, k1 - k0, 1, <float*>Z + e * F * T + k0, T,
+                               <float*>V + e * C * T + c0 * T + k0, T, 0,
+                               <float*>M + (p * 36 + e) * F * C + c0, C):
+                pass
+            elif fixed:
                 gemm_fixed(False, True, F, nc, k1 - k0, <floating>1, Z + e * F * T + k0, T,
                            V + e * C * T + c0 * T + k0, T, <floating>0,
                            M + (p * 36 + e) * F * C + c0, C)
