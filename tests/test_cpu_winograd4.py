@@ -655,7 +655,7 @@ def test_the_plan_takes_weight_winograd_where_the_forward_takes_f4():
     # 1568 tiles in 7 parts of <= 256; 64 channels in 4 blocks of 16; 16 tile rows per task
     assert vgg.algo == "weight_winograd" and vgg.params["fixed"]
     assert (vgg.params["parts"], vgg.params["cols"], vgg.params["trows"]) == (7, 16, 5)
-    assert vgg.params["floats"] == (36 * (64 * 1568 * 2 + 7 * 64 * 64)
+    assert vgg.params["floats"] == (36 * (64 * 1568 * 2 + 7 * 64 * 64 + (2 + 7) * 16)
                                     + 2 * wg.winograd4_wgrad_floats(8, 64, 64, 56, 56, 7)[1])
     for suite in [(8, 128, 28, 28, 128), (8, 256, 14, 14, 256), (1, 512, 38, 50, 512)]:
         assert gw(suite).algo == "weight_winograd"
