@@ -394,6 +394,8 @@ def test_scratch_sizes_agree_with_the_plan():
 def test_the_plan_picks_f4_where_the_rule_says():
     BLAS = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2)
     OWN = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3)
+    HALF = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True, fixed_sgemm=True,
+                      avx512_full_rate=False)
     lim = 256 * 2**20
 
     def tiles(shape, caps=BLAS, limit=lim, dtype=np.float32):
@@ -537,14 +539,15 @@ def test_api_non_finite_element_for_element(f4_plan, where):
 
 
 # ---------------------------------------------------------------- grad_weight (weight_winograd)
-def _wgrad_kernel(x, gy, pt, pl, trows, cols, parts, threads, fixed=True):
+def _wgrad_kernel(x, gy, pt, pl, trows, cols, parts, threads, fixed=True, fgemm=False):
     """conv2d_grad_weight_winograd called directly (stale NaN in its workspace and output)."""
     N, C, H, W = x.shape
     F, Ho, Wo = gy.shape[1:]
     big, per = wg.winograd4_wgrad_floats(N, C, F, Ho, Wo, parts)
     ws = np.full(big + threads * per, np.nan, x.dtype)
     gw = np.full((F, C, 3, 3), np.nan, x.dtype)
-    wg.conv2d_grad_weight_winograd(gy, x, gw, ws, pt, pl, trows, cols, parts, threads, fixed)
+    wg.conv2d_grad_weight_winograd(gy, x, gw, ws, pt, pl, trows, cols, parts, threads, fixed,
+                                   fgemm)
     return gw
 
 
@@ -594,6 +597,32 @@ def test_wgrad_avx2_and_baseline_transforms_give_the_same_bits(dtype):
     assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
 
 
+@pytest.mark.parametrize("shape", [(3, 24, 40, 40, 21), (2, 64, 23, 37, 80), (1, 70, 9, 13, 8)],
+                         ids=lambda c: "x".join(map(str, c)))
+def test_wgrad_fgemm_gives_the_fixed_gemms_bits(shape):
+    """fgemm=True (the half-rate rule's GEMMs on csrc/fgemm.h beside the own AVX-512 GEMM)
+    matches torch, over channel blocks and their narrow tails, and gives gemm_fixed's bits (the
+    own GEMM where it runs) where a part has at most 240 tiles: both sum each output in one FMA
+    chain over k ascending within one k block (the own GEMM's blocks: up to 240, then other
+    sums; fgemm.h's: 256 = tuning.WGRAD_WINO_PART_TILES).  float64 ignores it."""
+    N, C, H, W, F = shape
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    gy = rng.standard_normal((N, F, H, W)).astype(np.float32)
+    want = _torch_wgrad(x, gy, (1, 1, 1, 1))
+    T = N * -(-H // 4) * -(-W // 4)
+    for parts in sorted({1, min(2, T), min(3, T)}):
+        for cols in sorted({16, C}):
+            a = _wgrad_kernel(x, gy, 1, 1, 2, cols, parts, 2)
+            b = _wgrad_kernel(x, gy, 1, 1, 3, cols, parts, 3, fgemm=True)
+            _close(b, want, np.float32, f"parts {parts}, cols {cols}")
+            if -(-T // parts) <= 240:
+                assert np.array_equal(a.view(np.uint8), b.view(np.uint8)), (parts, cols)
+    xd, gyd = x.astype(np.float64), gy.astype(np.float64)
+    assert np.array_equal(_wgrad_kernel(xd, gyd, 1, 1, 2, 16, 1, 2),
+                          _wgrad_kernel(xd, gyd, 1, 1, 2, 16, 1, 2, fgemm=True))
+
+
 def test_wgrad_kernel_rejects_bad_arguments():
     x = np.zeros((1, 4, 6, 6), np.float32)
     gy = np.zeros((1, 5, 6, 6), np.float32)
@@ -613,6 +642,8 @@ def test_the_plan_takes_weight_winograd_where_the_forward_takes_f4():
     BLAS = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2)
     FIXED = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2, fixed_sgemm=True)
     OWN = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3)
+    HALF = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True, fixed_sgemm=True,
+                      avx512_full_rate=False)
     lim = 256 * 2**20
 
     def gw(shape, caps=FIXED, limit=lim, dtype=np.float32, needs_gx=True):
@@ -624,7 +655,7 @@ def test_the_plan_takes_weight_winograd_where_the_forward_takes_f4():
     # 1568 tiles in 7 parts of <= 256; 64 channels in 4 blocks of 16; 16 tile rows per task
     assert vgg.algo == "weight_winograd" and vgg.params["fixed"]
     assert (vgg.params["parts"], vgg.params["cols"], vgg.params["trows"]) == (7, 16, 5)
-    assert vgg.params["floats"] == (36 * (64 * 1568 * 2 + 7 * 64 * 64)
+    assert vgg.params["floats"] == (36 * (64 * 1568 * 2 + 7 * 64 * 64 + (2 + 7) * 16)
                                     + 2 * wg.winograd4_wgrad_floats(8, 64, 64, 56, 56, 7)[1])
     for suite in [(8, 128, 28, 28, 128), (8, 256, 14, 14, 256), (1, 512, 38, 50, 512)]:
         assert gw(suite).algo == "weight_winograd"
@@ -632,6 +663,10 @@ def test_the_plan_takes_weight_winograd_where_the_forward_takes_f4():
         assert gw(suite, BLAS).params["fixed"] is False
         assert gw(suite, dtype=np.float64).params["fixed"] is False
         assert gw(suite, OWN).algo == "im2col"          # the own AVX-512 GEMM: not measured
+        # a half-rate AVX-512 CPU: its GEMMs on fgemm.h (tuning.WGRAD_WINO_FGEMM), not the own
+        assert gw(suite, HALF).params["fgemm"] and gw(suite, HALF).params["fixed"]
+        assert not gw(suite).params["fgemm"]            # (no own GEMM: gemm_fixed is fgemm.h)
+        assert not gw(suite, HALF, dtype=np.float64).params["fgemm"]
     assert gw((8, 63, 28, 28, 128)).algo == "im2col"    # F(2x2) forward: im2col as before
     assert gw((8, 64, 9, 9, 64)).algo == "im2col"
     # its tiles over the limit: im2col

@@ -12,7 +12,7 @@ from cython.parallel cimport prange, threadid
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from ._blas cimport gemm, gemm_fixed, gemm_pk
+from ._blas cimport gemm, gemm_fixed, gemm_pk, ck_fgemm
 from ._conv_csrc cimport (ck_wino_input_row_f, ck_wino_output_row_f, ck_wino_filters_f,
                           ck_w4_input_rows_f, ck_w4_input_rows_d, ck_w4_output_tiles_f,
                           ck_w4_output_tiles_d, ck_w4_store_row_f, ck_w4_store_row_d,
@@ -396,12 +396,19 @@ cdef void _wino4_output_rows(const floating* m, Py_ssize_t ms, Py_ssize_t th, Py
 # The weight gradient by the transposed F(4x4, 3x3) (csrc/wino4.h, above ck_w4_grad_row):
 # grad_weight[f, c] = G^T M[f, c] G, M_e = sum over the batch's tiles t of
 # (A gy_t A^T)_e (B^T x_t B)_e -- the forward's input tiles and transform, grad_y's 4x4 tiles.
+# V's, Z's and M's planes this many elements further apart than their sizes: res_14's V plane
+# (256 x 128 tiles), vgg_56's (64 x 1568) and M's of 256 x 256 are whole multiples of 4 KiB, so
+# the 36 planes a transform writes (or a grad_weight entry reads) fell into the same cache sets.
+cdef enum:
+    _WG_PAD = 16
+
+
 def winograd4_wgrad_floats(Py_ssize_t N, Py_ssize_t C, Py_ssize_t F, Py_ssize_t Ho,
                            Py_ssize_t Wo, Py_ssize_t parts):
     """(elements of V, Z and the parts of M together, row scratch elements per thread) of
     conv2d_grad_weight_winograd."""
     cdef Py_ssize_t tw = (Wo + 3) // 4, T = N * ((Ho + 3) // 4) * tw
-    return (36 * (C * T + F * T + parts * F * C),
+    return (36 * (C * T + F * T + parts * F * C + (2 + parts) * _WG_PAD),
             max(ck_w4_input_scratch(tw), ck_w4_grad_scratch(tw)))
 
 
@@ -424,7 +431,7 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] gy,
                                 const floating[:, :, :, ::1] x, floating[:, :, :, ::1] gw,
                                 floating[::1] ws, Py_ssize_t pt, Py_ssize_t pl,
                                 Py_ssize_t trows, Py_ssize_t cols, Py_ssize_t parts,
-                                int n_threads, bint fixed=True):
+                                int n_threads, bint fixed=True, bint fgemm=False):
     """grad_weight (OUT gw (F, C, 3, 3), any contents) of a 3x3 stride-1 conv of x padded by pt
     on top and pl on the left, output gy (N, F, Ho, Wo), by the transposed F(4x4, 3x3).
 
@@ -438,8 +445,12 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] gy,
        channels: 36 * parts * ceil(C / cols) tasks, into M (parts, 36, F, C);
     3. gw[f] = G^T M[:, f] G, the parts added in double in order (double, rounded once), one
        task per filter.
-    ws: winograd4_wgrad_floats' V, Z and M, then n_threads slices of its row scratch.  fixed:
-    float32 GEMMs on the fixed-order kernel (csrc/fgemm.h, AVX2 + FMA), else BLAS."""
+    ws: winograd4_wgrad_floats' V, Z and M (planes _WG_PAD apart), then n_threads slices of
+    its row scratch.  fixed:
+    float32 GEMMs on the fixed-order kernel (gemm_fixed: the own AVX-512 GEMM, else
+    csrc/fgemm.h), else BLAS.  fgemm (float32, with fixed): on csrc/fgemm.h even where the own
+    GEMM runs (a half-rate AVX-512 CPU, conv_plan's weight_winograd rule: its narrow GEMMs
+    measured faster there; both sum each output in one chain over k ascending: same bits)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = gy.shape[1], Ho = gy.shape[2], Wo = gy.shape[3]
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4, T = N * th * tw
@@ -450,30 +461,32 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] gy,
     cdef floating* Z
     cdef floating* M
     cdef floating* S
+    cdef bint fg = floating is float and fixed and fgemm
     if gw.shape[0] != F or gw.shape[1] != C or gw.shape[2] != 3 or gw.shape[3] != 3:
         raise ValueError(f"gw must be ({F}, {C}, 3, 3), got "
                          f"{(gw.shape[0], gw.shape[1], gw.shape[2], gw.shape[3])}")
     if gy.shape[0] != N or trows < 1 or cols < 1 or parts < 1 or parts > T:
         raise ValueError(f"gy must hold {N} images, trows and cols be >= 1 and parts in 1 .. "
                          f"{T}, got {gy.shape[0]}, {trows}, {cols}, {parts}")
-    if ws.shape[0] < 36 * (C * T + F * T + parts * F * C) + n_threads * per:
+    cdef Py_ssize_t VS = C * T + _WG_PAD, ZS = F * T + _WG_PAD, MS = F * C + _WG_PAD
+    if ws.shape[0] < 36 * (VS + ZS + parts * MS) + n_threads * per:
         raise ValueError("conv2d_grad_weight_winograd: ws too small")
     V = &ws[0]
-    Z = V + 36 * C * T
-    M = Z + 36 * F * T
+    Z = V + 36 * VS
+    M = Z + 36 * ZS
     with nogil:
         for t in prange((C + F) * nrb, schedule="dynamic", num_threads=n_threads):
-            S = M + 36 * parts * F * C + threadid() * per
+            S = M + 36 * parts * MS + threadid() * per
             c = t // nrb
             g0 = (t - c * nrb) * trows
             nt = _min(trows, N * th - g0)
             if c < C:
                 _wino4_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
-                                  V + c * T + g0 * tw, C * T, S, per)
+                                  V + c * T + g0 * tw, VS, S, per)
             else:
                 f = c - C
                 _wino4_grad_rows(&gy[0, f, 0, 0], F * Ho * Wo, Ho, Wo, th, g0, nt, tw,
-                                 Z + f * T + g0 * tw, F * T, S)
+                                 Z + f * T + g0 * tw, ZS, S)
         for t in prange(36 * parts * ncb, schedule="dynamic", num_threads=n_threads):
             e = t // (parts * ncb)
             p = (t // ncb) % parts
@@ -481,19 +494,23 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] gy,
             nc = _min(cols, C - c0)
             k0 = p * T // parts
             k1 = (p + 1) * T // parts
-            if fixed:
-                gemm_fixed(False, True, F, nc, k1 - k0, <floating>1, Z + e * F * T + k0, T,
-                           V + e * C * T + c0 * T + k0, T, <floating>0,
-                           M + (p * 36 + e) * F * C + c0, C)
+            if fg and ck_fgemm(False, True, F, nc, k1 - k0, 1, <float*>Z + e * ZS + k0, T,
+                               <float*>V + e * VS + c0 * T + k0, T, 0,
+                               <float*>M + (p * 36 + e) * MS + c0, C):
+                pass
+            elif fixed:
+                gemm_fixed(False, True, F, nc, k1 - k0, <floating>1, Z + e * ZS + k0, T,
+                           V + e * VS + c0 * T + k0, T, <floating>0,
+                           M + (p * 36 + e) * MS + c0, C)
             else:
-                gemm(False, True, F, nc, k1 - k0, <floating>1, Z + e * F * T + k0, T,
-                     V + e * C * T + c0 * T + k0, T, <floating>0,
-                     M + (p * 36 + e) * F * C + c0, C)
+                gemm(False, True, F, nc, k1 - k0, <floating>1, Z + e * ZS + k0, T,
+                     V + e * VS + c0 * T + k0, T, <floating>0,
+                     M + (p * 36 + e) * MS + c0, C)
         for f in prange(F, schedule="static", num_threads=n_threads):
             if floating is float:
-                ck_w4_wgrad_out_f(M + f * C, F * C, parts, 36 * F * C, C, &gw[f, 0, 0, 0])
+                ck_w4_wgrad_out_f(M + f * C, MS, parts, 36 * MS, C, &gw[f, 0, 0, 0])
             else:
-                ck_w4_wgrad_out_d(M + f * C, F * C, parts, 36 * F * C, C, &gw[f, 0, 0, 0])
+                ck_w4_wgrad_out_d(M + f * C, MS, parts, 36 * MS, C, &gw[f, 0, 0, 0])
     return gw
 
 

@@ -842,7 +842,8 @@ def _bwd_weight_winograd(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw)
     with _no_pin if p["fixed"] else _blas_pin(x.dtype):
         _winograd.conv2d_grad_weight_winograd(gy, x, gw, ws[:p["floats"]], s.padding[0],
                                               s.padding[2], p["trows"], p["cols"], p["parts"],
-                                              step.threads, p["fixed"])
+                                              step.threads, p["fixed"],
+                                              p.get("fgemm", False))
 
 
 def _bwd_weight_winotiny(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):

@@ -1404,9 +1404,13 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         elif winograd is not False:     # (tests that force im2col force it here too)
             wown = own and not avx2_algo(caps, "weight_winograd")
             p = plan_weight_winograd(s, Ho, Wo, itemsize, wown, n, limit)
-            if p is not None:   # (its GEMMs on the fixed-order kernel: fgemm.h, or the own)
+            if p is not None:   # (its GEMMs on the fixed-order kernel: fgemm.h, or the own;
+                #  fgemm.h beside the own where the half-rate rule takes it: tuning.WGRAD_WINO_FGEMM)
                 gw = Step("weight_winograd", n, {"trows": p[0], "cols": p[1], "parts": p[2],
-                                                 "floats": p[3], "fixed": fixed or own})
+                                                 "floats": p[3], "fixed": fixed or own,
+                                                 "fgemm": (own and f32 and caps.fixed_sgemm
+                                                           and T.WGRAD_WINO_FGEMM
+                                                           and not wown)})
                 if not gx_left:
                     return gx, gw, "sum", bias_n
         p = None if gw is not None else plan_weight_stem(s, Ho, Wo, f32, caps, pointwise, n,

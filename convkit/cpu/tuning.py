@@ -179,6 +179,14 @@ WGRAD_WINO_PART_TILES = 256
 # csrc/fgemm.h): 36 planes x 4 blocks = 144 tasks per part, nine per thread on 16 threads
 # (36 alone would leave a quarter of 16 threads idle in the last round).  Not measured.
 WGRAD_WINO_COL_BLOCKS = 4
+# ... and on a half-rate AVX-512 CPU (Zen 4: HALF_RATE_AVX2 takes weight_winograd) its GEMMs on
+# csrc/fgemm.h, not the own AVX-512 GEMM: the same bits where a part has at most 240 tiles (the
+# own GEMM's one k block; the suite's parts: 128-224), fgemm.h's bits (the AVX2 stack's) above.
+# One thread, CPU time, load ~8 (`python bench/wgrad_wino_ab.py --configs
+# plan,planown,im2col,rowgemm`, ms fgemm / own / im2col / weight_rowgemm, torch 20.6 / 18.2 /
+# 19.7 / 94.7): vgg_56 17.1 / 20.1 / 24.1 / 19.4, res_28 13.8 / 15.1 / 20.9 / 23.3, res_14
+# 14.2 / 14.8 / 20.4 / 21.3, rpn_3x3 40.6 / 42.5 / 101.3 / 113.4.  RESULTS.md, tenth session.
+WGRAD_WINO_FGEMM = True
 
 # ----------------------------------------------------------------------------- small maps
 # Up to this many output positions per image, the batch's columns go side by side into one GEMM
