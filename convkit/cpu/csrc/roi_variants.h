@@ -688,7 +688,7 @@ static inline ptrdiff_t ck_max_align_table_sse_w(
             const ptrdiff_t k = p * pw + q, nx = xf[q + 1] - xf[q];
             sf[k] = n;
             base[k] = -1;
-            prod[k] = (uint8_t)(full && ny == 2 && nx == 2);
+            if (full) prod[k] = (uint8_t)(ny == 2 && nx == 2);   /* (only the forward reads it) */
             if (ny <= 0 || nx <= 0) continue;
             base[k] = (int32_t)(ya->r + xb->r);
             if (ny == 2 && nx == 2) {
