@@ -570,20 +570,37 @@ static ptrdiff_t ck_ma_fwd4b_yf(CK_MA_FWD4B_ARGS) {
     const __m256i bv = _mm256_set1_epi32(bs);
     CK_MA_FWD4_BODY(CK_Y, CK_Y_GT, CK_MA_MAX_Y, CK_MA_FWD4_IST8)
 }
-__attribute__((target("avx2")))
-static ptrdiff_t ck_ma_fwd4pb_y(CK_MA_FWD4B_ARGS) {
+__attribute__((target("avx2"), always_inline))
+static inline ptrdiff_t ck_ma_fwd4pb_y(CK_MA_FWD4B_ARGS) {
     const __m256i bv = _mm256_set1_epi32(bs);
     CK_MA_PROD_TERMS
     CK_MA_FWD4_BODY_P(CK_Y, CK_MA_CK_Y_TAKE, CK_MA_SEL_Y, CK_MA_FWD4_IST8, CK_MA_PT_PROD,
                       CK_MA_PT_PROD_INIT, CK_MA_PT_PROD_SET, CK_MA_PT_PROD_STEP(CK_Y))
 }
-__attribute__((target("avx2")))
-static ptrdiff_t ck_ma_fwd4pb_yf(CK_MA_FWD4B_ARGS) {
+__attribute__((target("avx2"), always_inline))
+static inline ptrdiff_t ck_ma_fwd4pb_yf(CK_MA_FWD4B_ARGS) {
     const __m256i bv = _mm256_set1_epi32(bs);
     CK_MA_PROD_TERMS
     CK_MA_FWD4_BODY_P(CK_Y, CK_Y_GT, CK_MA_MAX_Y, CK_MA_FWD4_IST8, CK_MA_PT_PROD,
                       CK_MA_PT_PROD_INIT, CK_MA_PT_PROD_SET, CK_MA_PT_PROD_STEP(CK_Y))
 }
+/* a run of 2 x 2 bins from bin b on (the scan of a block of channels that is a multiple of
+   32): the kernel inlined in the loop over bins, which saves a call and its ~40
+   instructions of arguments, prologue and epilogue a bin; returns the first bin it did not
+   scan */
+#define CK_MA_FWD4PB_RUN(NAME, KERNEL)                                                    \
+    __attribute__((target("avx2")))                                                       \
+    static ptrdiff_t NAME(const float* img, ptrdiff_t b, ptrdiff_t nb, const ptrdiff_t* sf, \
+                          const ptrdiff_t* so, const float* sw, const int32_t* rel,       \
+                          const int32_t* base, const uint8_t* prod, ptrdiff_t c0,         \
+                          ptrdiff_t c1, float* tb, int8_t* t8r) {                         \
+        for (; b < nb && prod[b] && sf[b + 1] - sf[b] == 4; b++)                          \
+            KERNEL(img, sf[b], sf[b + 1], so, sw, rel, c0, c1, tb + b * CK_LD,            \
+                   t8r + b * CK_LD, base[b]);                                             \
+        return b;                                                                         \
+    }
+CK_MA_FWD4PB_RUN(ck_ma_fwd4pb_run_y, ck_ma_fwd4pb_y)
+CK_MA_FWD4PB_RUN(ck_ma_fwd4pb_run_yf, ck_ma_fwd4pb_yf)
 /* (C, nb) bytes from bin-major rows: dst[c*ldd + b] = src[b*lds + c], b < rows, c < cols;
    blocks of 8 bins x 16 channels in SSE2 registers (three rounds of byte unpacks: vector k
    ends as channels 2k, 2k+1, 8 bins each), the last block of bins overlapping the one
@@ -886,8 +903,17 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
     for (c0 = 0; c0 < C; c0 = c1) {
         c1 = C - c0 > CK_CHUNK ? c0 + CK_CHUNK : C;
         for (b = 0; b < nb; b++) {
-            float* tbb = tb + b * CK_LD;
-            int32_t* tib = narrow ? tri : ti + b * CK_LD;
+            float* tbb;
+            int32_t* tib;
+#ifdef CK_ROI_WIDE
+            if (narrow && (c1 - c0) % 32 == 0 && prod[b]) {
+                b = (finite ? ck_ma_fwd4pb_run_yf : ck_ma_fwd4pb_run_y)(
+                    img, b, nb, sf, so, sw, rel, base, prod, c0, c1, tb, t8r);
+                if (b == nb) break;
+            }
+#endif
+            tbb = tb + b * CK_LD;
+            tib = narrow ? tri : ti + b * CK_LD;
             if (sf[b + 1] <= sf[b]) {       /* no valid sample: 0 and base -1 + 0 */
                 for (c = 0; c < c1 - c0; c++) { tbb[c] = 0; tib[c] = 0; }
                 if (narrow) memset(t8r + b * CK_LD, -1, (size_t)(c1 - c0));
