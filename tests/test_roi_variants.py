@@ -714,6 +714,29 @@ def test_cpu_max_align_nan_map_matches_the_oracle():
         np.testing.assert_allclose(gx, gx0, rtol=1e-5, atol=1e-5)
 
 
+def test_cpu_max_align_tables_of_every_tap_count_match_the_oracle():
+    """The float sample table's fills: 2 x 2 taps a bin unrolled (the forward then scans
+    with row and column terms, ck_ma_fwd4pb_*: 198 channels, a 128-channel block in runs
+    of such bins, then 70: two 32-channel blocks and a tail), other counts (3 x 3, bins
+    cut by the image's edge) bin by bin, and RoIs of over 64 taps on an axis (output 36 x 9 at sampling_ratio 2: 72 x taps) on the scalar fill;
+    forward and backward give the oracle's argmax and values."""
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((2, 198, 23, 29)).astype(np.float32)
+    xy = rng.uniform(-80, 400, (16, 2))
+    wh = rng.uniform(8, 400, (16, 2))
+    rois = np.c_[rng.integers(0, 2, 16), xy, xy + wh].astype(np.float32)
+    for out, sr in (((36, 9), 2), ((9, 36), 2), ((7, 7), 2), ((5, 6), 3)):
+        gy = rng.standard_normal((16, 198) + out).astype(np.float32)
+        y, am = run("cpu", F.roi_max_align_forward, x, rois, out, 1 / 16, sr, False)
+        gx = run("cpu", F.roi_max_align_backward, gy, am, rois, x.shape, out, 1 / 16, sr, False)
+        y0, am0 = run("numpy", F.roi_max_align_forward, x, rois, out, 1 / 16, sr, False)
+        gx0 = run("numpy", F.roi_max_align_backward, gy, am0, rois, x.shape, out, 1 / 16, sr,
+                  False)
+        np.testing.assert_array_equal(am, am0)
+        np.testing.assert_array_equal(y, y0)
+        np.testing.assert_allclose(gx, gx0, rtol=1e-5, atol=1e-5)
+
+
 def test_cpu_max_align_dense_grid_takes_the_per_bin_path():
     """A RoI with more samples than the cpu's per-RoI sample table holds (over 256 per bin
     on average) goes bin by bin in the forward and sends the backward plane by plane; both

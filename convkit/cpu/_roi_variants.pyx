@@ -300,7 +300,8 @@ cdef int _table_alloc(_Table* t, Py_ssize_t nb, bint scratch) noexcept nogil:
     t.sx = NULL
     t.gmem = NULL
     t.sf = <Py_ssize_t*>malloc((nb + 1) * sizeof(Py_ssize_t))
-    t.base = <int32_t*>malloc(nb * sizeof(int32_t) + 1)
+    # base: nb int32, then nb bytes of the table's 2 x 2 flags (ck_max_align_table_f)
+    t.base = <int32_t*>malloc(nb * sizeof(int32_t) + nb + 1)
     if scratch:
         t.scratch = ck_malloc64(ck_roi_scratch_bytes(nb))
     return t.sf != NULL and t.base != NULL and (t.scratch != NULL or not scratch)

@@ -448,19 +448,24 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
    compare and an and: two instructions for one) */
 #if defined(__GNUC__) || defined(__clang__)
 #define CK_MA_OPAQUE(v) __asm__("" : "+x"(v))
+/* a pointer the compiler cannot follow across loop turns (else it keeps every sum of a row
+   and a column term, times 4 vectors, as its own induction variable, spilled) */
+#define CK_MA_OPAQUE_P(p) __asm__("" : "+r"(p))
 #else
 #define CK_MA_OPAQUE(v) (void)0
+#define CK_MA_OPAQUE_P(p) (void)0
 #endif
 /* a bin of exactly 4 samples (sampling_ratio 2), the samples unrolled: the same products,
    sums and tests as CK_MA_FWD_STEP(X, 4, ..), in the same order, without its per-sample
    loop and per-block setup (a 4-sample bin spent over a third of its scan there); returns
    the channels done in blocks of 4 vectors */
-#define CK_MA_FWD4_SAMPLE(X, k, FIRST, TAKE, SEL)                                         \
+#define CK_MA_PT_TAB(k, i) (im + o[4 * (k) + (i)])
+#define CK_MA_FWD4_SAMPLE(X, k, FIRST, TAKE, SEL, PT)                                     \
     {                                                                                     \
-        const float* p1 = im + o[4 * (k)];                                                \
-        const float* p2 = im + o[4 * (k) + 1];                                            \
-        const float* p3 = im + o[4 * (k) + 2];                                            \
-        const float* p4 = im + o[4 * (k) + 3];                                            \
+        const float* p1 = PT(k, 0);                                                       \
+        const float* p2 = PT(k, 1);                                                       \
+        const float* p3 = PT(k, 2);                                                       \
+        const float* p4 = PT(k, 3);                                                       \
         const X##_V w1 = X##_SET1(w[4 * (k)]), w2 = X##_SET1(w[4 * (k) + 1]);             \
         const X##_V w3 = X##_SET1(w[4 * (k) + 2]), w4 = X##_SET1(w[4 * (k) + 3]);         \
         for (j = 0; j < 4; j++) {                                                         \
@@ -475,27 +480,53 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
             }                                                                             \
         }                                                                                 \
     }
-#define CK_MA_FWD4_BODY(X, TAKE, SEL, IST)                                                \
+#define CK_MA_FWD4_BODY_P(X, TAKE, SEL, IST, PT, PTINIT, PTSET, PTSTEP)                  \
     {                                                                                     \
         const ptrdiff_t* o = so + 4 * s0;                                                 \
         const float* w = sw + 4 * s0;                                                     \
         ptrdiff_t c;                                                                      \
+        PTINIT                                                                            \
         (void)s1;                                                                         \
-        for (c = c0; c + 4 * X##_L <= c1; c += 4 * X##_L) {                               \
+        (void)o;                                                                          \
+        for (c = c0; c + 4 * X##_L <= c1; c += 4 * X##_L, PTSTEP) {                       \
             X##_V bst[4];                                                                 \
             X##_IV bix[4], z0 = X##_ISET1(0);                                             \
             const float* im = img + c;                                                    \
             int j;                                                                        \
+            (void)im;                                                                     \
+            PTSET                                                                         \
             CK_MA_OPAQUE(z0);                                                             \
-            CK_MA_FWD4_SAMPLE(X, 0, 1, TAKE, SEL)                                         \
-            CK_MA_FWD4_SAMPLE(X, 1, 0, TAKE, SEL)                                         \
-            CK_MA_FWD4_SAMPLE(X, 2, 0, TAKE, SEL)                                         \
-            CK_MA_FWD4_SAMPLE(X, 3, 0, TAKE, SEL)                                         \
+            CK_MA_FWD4_SAMPLE(X, 0, 1, TAKE, SEL, PT)                                     \
+            CK_MA_FWD4_SAMPLE(X, 1, 0, TAKE, SEL, PT)                                     \
+            CK_MA_FWD4_SAMPLE(X, 2, 0, TAKE, SEL, PT)                                     \
+            CK_MA_FWD4_SAMPLE(X, 3, 0, TAKE, SEL, PT)                                     \
             for (j = 0; j < 4; j++) X##_ST(tb + (c - c0) + j * X##_L, bst[j]);            \
             IST;                                                                          \
         }                                                                                 \
         return c;                                                                         \
     }
+#define CK_MA_FWD4_BODY(X, TAKE, SEL, IST)                                                \
+    CK_MA_FWD4_BODY_P(X, TAKE, SEL, IST, CK_MA_PT_TAB, , , (void)0)
+/* a 2 x 2 bin (the table's flag): sample k = 2a + b reads corner i = 2h + l at row term
+   r[a][h] (so of sample 2a, corner 2h) plus column term d[b][l] (so[4b + l] - so[0]): the
+   same offsets as the table's, from 7 numbers held in registers across the channel blocks
+   instead of 16 loads a block */
+#define CK_MA_PT_PROD(k, i)                                                               \
+    (((k) >> 1 ? ((i) >> 1 ? q1h : q1l) : ((i) >> 1 ? q0h : q0l))                         \
+     + ((k) & 1 ? ((i) & 1 ? d1h : d1l) : ((i) & 1 ? d0h : 0)))
+/* the 4 row pointers step with the channel blocks */
+#define CK_MA_PT_PROD_INIT                                                                \
+    const float *q0l = img + c0 + r0l, *q0h = img + c0 + r0h;                             \
+    const float *q1l = img + c0 + r1l, *q1h = img + c0 + r1h;
+#define CK_MA_PT_PROD_SET                                                                 \
+    CK_MA_OPAQUE_P(q0l); CK_MA_OPAQUE_P(q0h); CK_MA_OPAQUE_P(q1l); CK_MA_OPAQUE_P(q1h);  \
+    CK_MA_OPAQUE_P(d0h); CK_MA_OPAQUE_P(d1l); CK_MA_OPAQUE_P(d1h);
+#define CK_MA_PT_PROD_STEP(X)                                                             \
+    q0l += 4 * X##_L, q0h += 4 * X##_L, q1l += 4 * X##_L, q1h += 4 * X##_L
+#define CK_MA_PROD_TERMS                                                                  \
+    const ptrdiff_t* so4 = so + 4 * s0;                                                   \
+    const ptrdiff_t r0l = so4[0], r0h = so4[2], r1l = so4[8], r1h = so4[10];              \
+    ptrdiff_t d0h = so4[1] - so4[0], d1l = so4[4] - so4[0], d1h = so4[5] - so4[0];
 #define CK_MA_FWD4_IST32(X)                                                               \
     for (j = 0; j < 4; j++) X##_IST(ti + (c - c0) + j * X##_L, bix[j])
 /* _f: for an image without NaN/inf, where no sample value is NaN (weights in [0, 1], so
@@ -539,6 +570,37 @@ static ptrdiff_t ck_ma_fwd4b_yf(CK_MA_FWD4B_ARGS) {
     const __m256i bv = _mm256_set1_epi32(bs);
     CK_MA_FWD4_BODY(CK_Y, CK_Y_GT, CK_MA_MAX_Y, CK_MA_FWD4_IST8)
 }
+__attribute__((target("avx2"), always_inline))
+static inline ptrdiff_t ck_ma_fwd4pb_y(CK_MA_FWD4B_ARGS) {
+    const __m256i bv = _mm256_set1_epi32(bs);
+    CK_MA_PROD_TERMS
+    CK_MA_FWD4_BODY_P(CK_Y, CK_MA_CK_Y_TAKE, CK_MA_SEL_Y, CK_MA_FWD4_IST8, CK_MA_PT_PROD,
+                      CK_MA_PT_PROD_INIT, CK_MA_PT_PROD_SET, CK_MA_PT_PROD_STEP(CK_Y))
+}
+__attribute__((target("avx2"), always_inline))
+static inline ptrdiff_t ck_ma_fwd4pb_yf(CK_MA_FWD4B_ARGS) {
+    const __m256i bv = _mm256_set1_epi32(bs);
+    CK_MA_PROD_TERMS
+    CK_MA_FWD4_BODY_P(CK_Y, CK_Y_GT, CK_MA_MAX_Y, CK_MA_FWD4_IST8, CK_MA_PT_PROD,
+                      CK_MA_PT_PROD_INIT, CK_MA_PT_PROD_SET, CK_MA_PT_PROD_STEP(CK_Y))
+}
+/* a run of 2 x 2 bins from bin b on (the scan of a block of channels that is a multiple of
+   32): the kernel inlined in the loop over bins, which saves a call and its ~40
+   instructions of arguments, prologue and epilogue a bin; returns the first bin it did not
+   scan */
+#define CK_MA_FWD4PB_RUN(NAME, KERNEL)                                                    \
+    __attribute__((target("avx2")))                                                       \
+    static ptrdiff_t NAME(const float* img, ptrdiff_t b, ptrdiff_t nb, const ptrdiff_t* sf, \
+                          const ptrdiff_t* so, const float* sw, const int32_t* rel,       \
+                          const int32_t* base, const uint8_t* prod, ptrdiff_t c0,         \
+                          ptrdiff_t c1, float* tb, int8_t* t8r) {                         \
+        for (; b < nb && prod[b] && sf[b + 1] - sf[b] == 4; b++)                          \
+            KERNEL(img, sf[b], sf[b + 1], so, sw, rel, c0, c1, tb + b * CK_LD,            \
+                   t8r + b * CK_LD, base[b]);                                             \
+        return b;                                                                         \
+    }
+CK_MA_FWD4PB_RUN(ck_ma_fwd4pb_run_y, ck_ma_fwd4pb_y)
+CK_MA_FWD4PB_RUN(ck_ma_fwd4pb_run_yf, ck_ma_fwd4pb_yf)
 /* (C, nb) bytes from bin-major rows: dst[c*ldd + b] = src[b*lds + c], b < rows, c < cols;
    blocks of 8 bins x 16 channels in SSE2 registers (three rounds of byte unpacks: vector k
    ends as channels 2k, 2k+1, 8 bins each), the last block of bins overlapping the one
@@ -577,11 +639,116 @@ static void ck_ma_tr_b(const int8_t* src, ptrdiff_t lds, ptrdiff_t rows, ptrdiff
 }
 #endif
 
+#if defined(CK_ROI_SSE2) && PTRDIFF_MAX == INT64_MAX
+/* ck_max_align_table_f's fill (after its checks) in SSE2 registers, for a RoI of at most
+   CK_MA_TAB_T taps on each axis: each tap's terms are formed once per RoI (x: the column
+   offsets (xlo*C, xhi*C), the weights (hx, lx, hx, lx), idx; y: the row offsets (ylo*W*C
+   twice, yhi*W*C twice), (hy, hy, ly, ly), idx*gw), so a sample is two 64-bit adds (the
+   same integers as (rl + cl) * C), one product (the same float products) and an add for
+   rel; a bin of 2 x 2 taps (sampling_ratio 2) is written unrolled.  The scalar fill spent
+   ~54 instructions a sample and ~30 more a row of a bin.  full 0: sf, rel, base only. */
+#define CK_MA_TAB_T 64
+typedef struct { __m128i o; __m128 w; int64_t r; } ck_ma_xtap;
+typedef struct { __m128i l, h; __m128 w; int64_t r; } ck_ma_ytap;
+/* sample i of a bin: y tap Y, x tap X; rel ry + X->r */
+#define CK_MA_TAB_SAMPLE(i, Y, X, ry)                                                     \
+    {                                                                                     \
+        if (full) {                                                                       \
+            _mm_storeu_si128((__m128i*)(o + 4 * (i)), _mm_add_epi64((Y)->l, (X)->o));     \
+            _mm_storeu_si128((__m128i*)(o + 4 * (i) + 2), _mm_add_epi64((Y)->h, (X)->o)); \
+            _mm_storeu_ps(w + 4 * (i), _mm_mul_ps((Y)->w, (X)->w));                       \
+        }                                                                                 \
+        r[i] = (int32_t)((ry) + (X)->r);                                                  \
+    }
+/* the bins of other tap counts (kept out of the 2 x 2 path's registers) */
+__attribute__((noinline))
+static void ck_ma_tab_bin(const ck_ma_ytap* yt, ptrdiff_t ny, const ck_ma_xtap* xt,
+                          ptrdiff_t nx, ptrdiff_t* o, float* w, int32_t* r, int full) {
+    ptrdiff_t a, b;
+    for (a = 0; a < ny; a++, o += 4 * nx, w += 4 * nx, r += nx) {
+        const int64_t ry = yt[a].r - yt[0].r - xt[0].r;
+        for (b = 0; b < nx; b++) CK_MA_TAB_SAMPLE(b, yt + a, xt + b, ry)
+    }
+}
+__attribute__((always_inline))
+static inline ptrdiff_t ck_max_align_table_sse_w(
+    ptrdiff_t W, ptrdiff_t C, ptrdiff_t ph, ptrdiff_t pw, const ptrdiff_t* yf,
+    const ptrdiff_t* ylo, const ptrdiff_t* yhi, const float* ywl, const float* ywh,
+    const ptrdiff_t* yidx, const ptrdiff_t* xf, const ptrdiff_t* xlo, const ptrdiff_t* xhi,
+    const float* xwl, const float* xwh, const ptrdiff_t* xidx, int64_t gw,
+    ptrdiff_t* sf, ptrdiff_t* so, float* sw, int32_t* rel, int32_t* base, int full) {
+    ck_ma_xtap xt[CK_MA_TAB_T];
+    ck_ma_ytap yt[CK_MA_TAB_T];
+    uint8_t* prod = (uint8_t*)(base + ph * pw);
+    const ptrdiff_t x0 = xf[0], y0 = yf[0];
+    ptrdiff_t p, q, a, b, n = 0;
+    for (b = 0; b < xf[pw] - x0; b++) {
+        if (full) {
+            xt[b].o = _mm_set_epi64x((long long)(xhi[x0 + b] * C), (long long)(xlo[x0 + b] * C));
+            xt[b].w = _mm_setr_ps(xwl[x0 + b], xwh[x0 + b], xwl[x0 + b], xwh[x0 + b]);
+        }
+        xt[b].r = (int64_t)xidx[x0 + b];
+    }
+    for (a = 0; a < yf[ph] - y0; a++) {
+        if (full) {
+            yt[a].l = _mm_set1_epi64x((long long)(ylo[y0 + a] * W * C));
+            yt[a].h = _mm_set1_epi64x((long long)(yhi[y0 + a] * W * C));
+            yt[a].w = _mm_setr_ps(ywl[y0 + a], ywl[y0 + a], ywh[y0 + a], ywh[y0 + a]);
+        }
+        yt[a].r = (int64_t)yidx[y0 + a] * gw;
+    }
+    for (p = 0; p < ph; p++) {
+        const ck_ma_ytap* ya = yt + (yf[p] - y0);
+        const ptrdiff_t ny = yf[p + 1] - yf[p];
+        for (q = 0; q < pw; q++) {
+            const ck_ma_xtap* xb = xt + (xf[q] - x0);
+            const ptrdiff_t k = p * pw + q, nx = xf[q + 1] - xf[q];
+            sf[k] = n;
+            base[k] = -1;
+            if (full) prod[k] = (uint8_t)(ny == 2 && nx == 2);   /* (only the forward reads it) */
+            if (ny <= 0 || nx <= 0) continue;
+            base[k] = (int32_t)(ya->r + xb->r);
+            if (ny == 2 && nx == 2) {
+                ptrdiff_t* o = so + 4 * n;
+                float* w = sw + 4 * n;
+                int32_t* r = rel + n;
+                const int64_t r1 = ya[1].r - ya[0].r;
+                r[0] = 0;
+                r[1] = (int32_t)(xb[1].r - xb[0].r);
+                r[2] = (int32_t)r1;
+                r[3] = (int32_t)(r1 + r[1]);
+                if (full) {
+                    _mm_storeu_si128((__m128i*)o, _mm_add_epi64(ya[0].l, xb[0].o));
+                    _mm_storeu_si128((__m128i*)(o + 2), _mm_add_epi64(ya[0].h, xb[0].o));
+                    _mm_storeu_si128((__m128i*)(o + 4), _mm_add_epi64(ya[0].l, xb[1].o));
+                    _mm_storeu_si128((__m128i*)(o + 6), _mm_add_epi64(ya[0].h, xb[1].o));
+                    _mm_storeu_si128((__m128i*)(o + 8), _mm_add_epi64(ya[1].l, xb[0].o));
+                    _mm_storeu_si128((__m128i*)(o + 10), _mm_add_epi64(ya[1].h, xb[0].o));
+                    _mm_storeu_si128((__m128i*)(o + 12), _mm_add_epi64(ya[1].l, xb[1].o));
+                    _mm_storeu_si128((__m128i*)(o + 14), _mm_add_epi64(ya[1].h, xb[1].o));
+                    _mm_storeu_ps(w, _mm_mul_ps(ya[0].w, xb[0].w));
+                    _mm_storeu_ps(w + 4, _mm_mul_ps(ya[0].w, xb[1].w));
+                    _mm_storeu_ps(w + 8, _mm_mul_ps(ya[1].w, xb[0].w));
+                    _mm_storeu_ps(w + 12, _mm_mul_ps(ya[1].w, xb[1].w));
+                }
+            } else
+                ck_ma_tab_bin(ya, ny, xb, nx, so + 4 * n, sw + 4 * n, rel + n, full);
+            n += ny * nx;
+        }
+    }
+    sf[ph * pw] = n;
+    return n;
+}
+#undef CK_MA_TAB_SAMPLE
+#endif
+
 /* One RoI's sample table (see above) from its axis taps; sf: nb + 1 entries, so/sw: 4 per
    sample, rel: 1 per sample, base: nb (-1 for a bin without samples).  Returns the number of
    samples n (written only when n <= cap), or -1 when a sample's number relative to its bin's
    first does not fit an int32 (the caller takes the per-bin path).  so NULL: sf, rel and
-   base only (so, sw are not written). */
+   base only (so, sw are not written).  base is followed by nb bytes (the caller allocates
+   them): 1 where bin b's 4 samples are 2 y taps x 2 x taps with so written (its offsets
+   then are row + column terms: ck_ma_fwd4p_*), else 0. */
 static ptrdiff_t ck_max_align_table_f(
     ptrdiff_t W, ptrdiff_t C, ptrdiff_t ph, ptrdiff_t pw, const ptrdiff_t* yf,
     const ptrdiff_t* ylo, const ptrdiff_t* yhi, const float* ywl, const float* ywh,
@@ -595,17 +762,28 @@ static ptrdiff_t ck_max_align_table_f(
             if (ny > 0 && nx > 0) {
                 const int64_t last = (int64_t)(yidx[yf[p + 1] - 1] - yidx[yf[p]]) * gw
                                      + (int64_t)(xidx[xf[q + 1] - 1] - xidx[xf[q]]);
-                if (ny > PTRDIFF_MAX / nx || last < 0 || last > INT32_MAX) return -1;
+                /* (a division per bin only for counts that could overflow) */
+                if (((ny | nx) >> 31 && ny > PTRDIFF_MAX / nx) || last < 0 || last > INT32_MAX)
+                    return -1;
                 n += ny * nx;
             }
         }
     if (n > cap) return n;
+#if defined(CK_ROI_SSE2) && PTRDIFF_MAX == INT64_MAX
+    if (xf[pw] - xf[0] <= CK_MA_TAB_T && yf[ph] - yf[0] <= CK_MA_TAB_T)
+        return so != NULL
+                   ? ck_max_align_table_sse_w(W, C, ph, pw, yf, ylo, yhi, ywl, ywh, yidx, xf, xlo,
+                                              xhi, xwl, xwh, xidx, gw, sf, so, sw, rel, base, 1)
+                   : ck_max_align_table_sse_w(W, C, ph, pw, yf, ylo, yhi, ywl, ywh, yidx, xf, xlo,
+                                              xhi, xwl, xwh, xidx, gw, sf, so, sw, rel, base, 0);
+#endif
     n = 0;
     for (p = 0; p < ph; p++)
         for (q = 0; q < pw; q++) {
             const ptrdiff_t k = p * pw + q;
             sf[k] = n;
             base[k] = -1;
+            ((uint8_t*)(base + ph * pw))[k] = 0;
             if (yf[p + 1] <= yf[p] || xf[q + 1] <= xf[q]) continue;
             base[k] = (int32_t)((int64_t)yidx[yf[p]] * gw + (int64_t)xidx[xf[q]]);
             for (a = yf[p]; a < yf[p + 1]; a++) {
@@ -717,14 +895,25 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
        one int32 row (tri's first CK_CHUNK), then ck_ma_tr_b */
     int8_t* t8r = (int8_t*)ti;
     const int lv = ck_simd_level(), narrow = lv >= 1 && aw == 1;
+    const uint8_t* prod = (const uint8_t*)(base + nb);   /* the table's 2 x 2 flags */
     ptrdiff_t c0, c1, c, b, s, k, cs;
     void* amb;
     (void)lv;
+    (void)prod;
     for (c0 = 0; c0 < C; c0 = c1) {
         c1 = C - c0 > CK_CHUNK ? c0 + CK_CHUNK : C;
         for (b = 0; b < nb; b++) {
-            float* tbb = tb + b * CK_LD;
-            int32_t* tib = narrow ? tri : ti + b * CK_LD;
+            float* tbb;
+            int32_t* tib;
+#ifdef CK_ROI_WIDE
+            if (narrow && (c1 - c0) % 32 == 0 && prod[b]) {
+                b = (finite ? ck_ma_fwd4pb_run_yf : ck_ma_fwd4pb_run_y)(
+                    img, b, nb, sf, so, sw, rel, base, prod, c0, c1, tb, t8r);
+                if (b == nb) break;
+            }
+#endif
+            tbb = tb + b * CK_LD;
+            tib = narrow ? tri : ti + b * CK_LD;
             if (sf[b + 1] <= sf[b]) {       /* no valid sample: 0 and base -1 + 0 */
                 for (c = 0; c < c1 - c0; c++) { tbb[c] = 0; tib[c] = 0; }
                 if (narrow) memset(t8r + b * CK_LD, -1, (size_t)(c1 - c0));
@@ -733,7 +922,8 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
             c = cs = c0;
 #ifdef CK_ROI_WIDE
             if (narrow && sf[b + 1] - sf[b] == 4)
-                c = cs = (finite ? ck_ma_fwd4b_yf : ck_ma_fwd4b_y)(
+                c = cs = (prod[b] ? (finite ? ck_ma_fwd4pb_yf : ck_ma_fwd4pb_y)
+                                  : (finite ? ck_ma_fwd4b_yf : ck_ma_fwd4b_y))(
                     img, sf[b], sf[b + 1], so, sw, rel, c0, c1, tbb, t8r + b * CK_LD, base[b]);
             if (c < c1 && lv >= 1) {
                 if (!narrow && sf[b + 1] - sf[b] == 4) {
