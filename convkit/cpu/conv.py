@@ -121,7 +121,7 @@ _MAX_PLANS = 256
 # its operands itself and falls back to the direct stem (_fwd_stem_wino); weight_stem_wino checks
 # its result and falls back to weight_stem (_bwd_weight_stem_wino).
 _MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel",
-                      "weight_winograd", "weight_direct"})
+                      "weight_winograd", "weight_direct", "polywino"})
 _MIXES_W = frozenset({"depthwise", "depthwise3x3"})
 
 
@@ -528,6 +528,32 @@ def _fwd_rowphases(x, weight, b, has_bias, y, s, step):
                                                     y.shape[3]), step.params["kc"])
 
 
+# Winograd F(4x4, 2x2)'s filter transform G g G^T (csrc/polywino.h), points 0, 1, -1, 1/2, inf
+_PW_G = np.array([[1, 0], [0.5, 0.5], [-1 / 6, 1 / 6], [-8 / 3, -4 / 3], [0, 0.5]])
+
+
+def polywino_filters(weight):
+    """U (25, 4 * C8, F8) float32 for conv2d_forward_polywino: U[k * 5 + l, (2p + q) * C8 + c,
+    f] = (G g G^T)[k, l], g[a, b] = weight[f, c, 2a + p, 2b + q] (the 2x2 sub-kernel of phase
+    (p, q)); computed in float64, rounded once; zero for the padded channels and filters."""
+    F, C = weight.shape[:2]
+    C8, F8 = -(-C // 8) * 8, -(-F // 8) * 8
+    g = weight.astype(np.float64).reshape(F, C, 2, 2, 2, 2)     # (f, c, a, p, b, q)
+    u = np.einsum("ka,lb,fcapbq->klpqcf", _PW_G, _PW_G, g, optimize=True)
+    U = np.zeros((25, 4, C8, F8), dtype=np.float32)
+    U[:, :, :C, :F] = u.reshape(25, 4, C, F)
+    return U.reshape(25, 4 * C8, F8)
+
+
+def _fwd_polywino(x, weight, b, has_bias, y, s, step):
+    """The 4x4 stride-2 forward by F(4x4, 2x2) over the phase planes (conv_plan.plan_polywino)."""
+    p = step.params
+    ws = _workspace(step.threads * p["per_thread"], np.float32, "polywino")
+    _winograd.conv2d_forward_polywino(x, polywino_filters(weight), b, has_bias, y, ws,
+                                      p["per_thread"], p["trows"], s.padding[0], s.padding[2],
+                                      step.threads)
+
+
 def _fwd_stem(x, weight, b, has_bias, y, s, step):
     """The stem forward on csrc/stem.h (conv_plan.plan_stem)."""
     rows, per = step.params["rows"], step.params["per_thread"]
@@ -602,7 +628,7 @@ def _fwd_im2col(x, weight, b, has_bias, y, s, step):
 _FORWARD = {"depthwise3x3": _fwd_depthwise3x3, "depthwise": _fwd_depthwise, "dense": _fwd_dense,
             "winograd": _fwd_winograd, "batch": _fwd_batch, "phases": _fwd_phases,
             "rowphases": _fwd_rowphases, "stem": _fwd_stem, "stem_wino": _fwd_stem_wino,
-            "wide": _fwd_wide,
+            "wide": _fwd_wide, "polywino": _fwd_polywino,
             "pointwise": _fwd_im2col, "im2col": _fwd_im2col}
 
 

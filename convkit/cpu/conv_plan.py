@@ -15,6 +15,9 @@ winograd        3x3 stride 1, >= 16 channels, maps > 64 positions: F(2x2) or F(4
                 ("tiny": padded by 1, even maps <= 64 positions, float32 on AVX2: F(2x2)
                 with 8 images in a vector, csrc/winotiny.h; plan_winotiny)
 batch           maps <= 64 positions: the batch's columns side by side in one GEMM      f, x, w
+polywino        4x4 stride 2, >= 16 channels, float32 on AVX2 (fgemm.h): Winograd F(4x4,   f
+                2x2) over the 4 input phase planes (a stride-1 2x2 conv of 4C channels),
+                8 channels / filters a vector (csrc/polywino.h)
 phases          strided, float32 on the own GEMM: polyphase planes, a GEMM per row      f
 rowphases       strided, float32 on BLAS machines with AVX2: the same planes, one      f
                 csrc/rowgemm.h GEMM per block of output rows (taps read in place)
@@ -47,7 +50,8 @@ im2col          everything else: im2col into a workspace, then GEMMs            
 "BLAS machines with AVX2" above: the float32 GEMMs off the own AVX-512 kernel -- and, beside it,
 a CPU whose 512-bit FMA runs at the 256-bit rate (AMD Zen 4: ConvCaps.avx512_full_rate False),
 for the algorithms tuning.HALF_RATE_AVX2 names (stem, stem_wino, weight_stem(_wino), rowphases,
-subpixel, weight_rowgemm, F(4x4) with its packed GEMMs on csrc/fgemm.h, weight_winograd):
+subpixel, weight_rowgemm, F(4x4) with its packed GEMMs on csrc/fgemm.h, weight_winograd,
+polywino):
 ``avx2_algo``.  Full-rate AVX-512 CPUs keep the own GEMM's plans.
 
 grad_x by ``winograd`` or ``batch`` is the forward algorithm run on grad_y with the filters
@@ -860,6 +864,38 @@ def stem_planes(s: ConvShape, rows, Wo):
     return s.C * sh * sw * (rows + (s.KH - 1) // sh) * (Wo + (s.KW - 1) // sw)
 
 
+def polywino_floats(C, F, trows, tw):
+    """Workspace floats of one polywino task (_conv_winograd.polywino_floats; a test checks
+    the two agree): V (25, tiles, 4 * C8), M (25, tiles, F8), the staged planes of 8 channels."""
+    C8, F8 = ceil_div(C, 8) * 8, ceil_div(F, 8) * 8
+    return 25 * trows * tw * (4 * C8 + F8) + 4 * (4 * trows + 1) * (4 * tw + 1) * 8
+
+
+def plan_polywino(s: ConvShape, Ho, Wo, f32, caps: ConvCaps, n_threads, limit):
+    """(threads, tile rows per task, workspace floats per thread) of Winograd F(4x4, 2x2)
+    over the 4 input phase planes of a 4x4 stride-2 conv (csrc/polywino.h), or None.  For
+    float32 on csrc/fgemm.h (caps.winotiny: AVX2 + FMA, fgemm on) where avx2_algo allows it,
+    groups 1, no dilation, >= tuning.POLYWINO_MIN_CHANNELS channels in and filters out.  Tasks
+    are POLYWINO_TASK_BYTES-sized blocks of whole tile rows (4 output rows) of one image, fewer
+    rows where the batch gives fewer tasks than threads; each output depends on its own tile
+    alone (any split, the same bits)."""
+    if not (f32 and caps.winotiny and avx2_algo(caps, "polywino")):
+        return None
+    if (s.KH, s.KW, s.stride, s.dilation, s.groups) != (4, 4, (2, 2), (1, 1), 1) or \
+            min(s.C, s.F) < T.POLYWINO_MIN_CHANNELS:
+        return None
+    th, tw = ceil_div(Ho, 4), ceil_div(Wo, 4)
+    rows = th
+    while rows > 1 and (polywino_floats(s.C, s.F, rows, tw) * 4 > T.POLYWINO_TASK_BYTES
+                        or s.N * ceil_div(th, rows) < n_threads):
+        rows -= 1
+    per = polywino_floats(s.C, s.F, rows, tw)
+    if per * 4 > limit:
+        return None
+    n = max(1, min(n_threads, s.N * ceil_div(th, rows), limit // (per * 4)))
+    return n, rows, per
+
+
 def plan_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads, limit):
     """(threads, output rows per task, workspace floats per thread) of the stem forward, or
     None.  Each output is one chain over the taps: the split may follow nothing else."""
@@ -1225,6 +1261,9 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             return Step("batch", p[0], {"imgs": p[1], "per_thread": p[2]})
     # (rowphases and stem before phases: on a half-rate AVX-512 CPU both may apply, and the
     # AVX2 ones measured faster; elsewhere at most one of the three does)
+    p = plan_polywino(s, Ho, Wo, f32, caps, n, limit)
+    if p is not None:
+        return Step("polywino", p[0], {"trows": p[1], "per_thread": p[2]})
     p = plan_rowphases(s, Ho, Wo, f32, caps, pointwise, n, limit)
     if p is not None:
         return Step("rowphases", n, {"rows": p[0], "per_thread": p[1],

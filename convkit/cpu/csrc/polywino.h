@@ -1,0 +1,220 @@
+/* Winograd F(4x4, 2x2) over the polyphase planes of a stride-2 4x4 conv (conv_plan
+ * "polywino"), float32 on AVX2 + FMA.
+ *
+ * Why: a stride-2 conv with a 4x4 kernel (conv_transpose2d's grad_x at stride 2, kernel 4)
+ * split into its 4 input phase planes Q_pq[r][c] = x[2r + p - pt][2c + q - pl] and its 4 2x2
+ * sub-kernels w[:, :, 2a + p, 2b + q] is a STRIDE-1 2x2 conv over 4*C channels:
+ *   y[o][i][j] = sum_{c, p, q, a, b} w[o][c][2a+p][2b+q] Q_pq[c][i+a][j+b].
+ * A direct kernel runs at the FMA peak and no faster; F(4x4, 2x2) takes 25 multiplies per 16
+ * outputs instead of 64 (2.56x fewer), the GEMMs over the 25 transformed positions on
+ * csrc/fgemm.h.  Interpolation points 0, 1, -1, 1/2 and infinity (bench/RESULTS.md, tenth
+ * session: max error 1.5e-6 of the largest output for 128 channels, F(4x4, 3x3)'s ... ):
+ *   B^T = [[1,-2,-1,2,0],[0,-1,1,2,0],[0,1,-3,2,0],[0,-1,0,1,0],[0,1,-2,-1,2]]
+ *   G   = [[1,0],[1/2,1/2],[-1/6,1/6],[-8/3,-4/3],[0,1/2]]   (the filters: Python, float64)
+ *   A^T = [[1,1,1,1,0],[0,1,-1,1/2,0],[0,1,1,1/4,0],[0,1,-1,1/8,1]]
+ * The vector lanes are 8 channels (input) or 8 filters (output): the planes of 8 channels are
+ * staged channels-last with zero borders, so a tile's transform is whole-vector arithmetic.
+ * Layouts: V[e][tile][k] (k = phase * Cp + channel, Cp channels rounded up to 8) and
+ * M[e][tile][f], so M[e] = V[e] @ U[e] (U[e]: k x f) is one row-major GEMM per position e.
+ * Every value of an output tile depends on that tile's inputs alone, in a fixed order (the
+ * GEMM: one FMA chain over k), so the bits do not depend on the task split or thread count.
+ * Each function returns 0 when it did nothing (no AVX2 + FMA, or fgemm disabled).
+ */
+#ifndef CONVKIT_POLYWINO_H
+#define CONVKIT_POLYWINO_H
+
+#include <stddef.h>
+#include <string.h>
+
+#include "fgemm.h"
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#include <immintrin.h>
+#define CK_PW_BUILT 1
+#define CK_PW_TARGET __attribute__((target("avx2,fma")))
+#else
+#define CK_PW_BUILT 0
+#endif
+
+/* floats of one task's staged block: 4 phases of (4 * trows + 1) rows of (4 * tw + 1) columns,
+ * 8 channels each */
+static inline ptrdiff_t ck_pw_stage_floats(ptrdiff_t trows, ptrdiff_t tw)
+{
+    return 4 * (4 * trows + 1) * (4 * tw + 1) * 8;
+}
+
+#if CK_PW_BUILT
+
+static int ck_pw_available(void) { return ck_fgemm_available(); }
+
+/* Stage nc <= 8 channels (channel i's plane at x + i * cstride, H x W) for the tile rows
+ * starting at phase row r0: s[((ph * nr + r - r0) * cols + c) * 8 + i] = Q_ph[r][c] of
+ * channel i, ph = 2p + q, rows r0 .. r0 + nr - 1, columns 0 .. cols - 1; zero outside x and
+ * in lanes >= nc.  Scalar copies: each element of x once. */
+static int ck_pw_stage_f(const float *x, ptrdiff_t cstride, int nc, ptrdiff_t H, ptrdiff_t W,
+                         ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t r0, ptrdiff_t nr, ptrdiff_t cols,
+                         float *s)
+{
+    if (!ck_pw_available())
+        return 0;
+    memset(s, 0, sizeof(float) * 4 * nr * cols * 8);
+    ptrdiff_t ylo = 2 * r0 - pt, yhi = 2 * (r0 + nr) - pt;   /* x rows r0 .. r0+nr-1 read */
+    if (ylo < 0)
+        ylo = 0;
+    if (yhi > H)
+        yhi = H;
+    ptrdiff_t xhi = 2 * cols - pl;
+    if (xhi > W)
+        xhi = W;
+    ptrdiff_t xlo = pl > 0 ? 0 : -pl;
+    for (ptrdiff_t yy = ylo; yy < yhi; ++yy) {
+        ptrdiff_t p = (yy + pt) & 1, r = ((yy + pt) >> 1) - r0;
+        for (int q = 0; q < 2; ++q) {
+            float *d = s + ((2 * p + q) * nr + r) * cols * 8;
+            /* x columns xx with (xx + pl) % 2 == q, plane column (xx + pl) / 2 */
+            ptrdiff_t x0 = xlo + (((xlo + pl) & 1) != q);
+            for (int i = 0; i < nc; ++i) {
+                const float *src = x + i * cstride + yy * W;
+                for (ptrdiff_t xx = x0; xx < xhi; xx += 2)
+                    d[((xx + pl) >> 1) * 8 + i] = src[xx];
+            }
+        }
+    }
+    return 1;
+}
+
+/* B^T of 5 vectors, in place (the additions in this order; 2a as a + a, exact) */
+#define CK_PW_BT(d0, d1, d2, d3, d4, o0, o1, o2, o3, o4)                                \
+    do {                                                                                 \
+        __m256 t_ = _mm256_sub_ps(d3, d1), u_ = _mm256_sub_ps(d3, d2);                    \
+        __m256 w_ = _mm256_sub_ps(d4, d2);                                                \
+        o0 = _mm256_add_ps(_mm256_sub_ps(d0, d2), _mm256_add_ps(t_, t_));                 \
+        o1 = _mm256_add_ps(_mm256_sub_ps(d2, d1), _mm256_add_ps(d3, d3));                 \
+        o2 = _mm256_add_ps(_mm256_sub_ps(d1, d2), _mm256_add_ps(u_, u_));                 \
+        o3 = t_;                                                                          \
+        o4 = _mm256_sub_ps(_mm256_add_ps(w_, w_), t_);                                    \
+    } while (0)
+
+/* The input tiles of a staged block (ck_pw_stage_f, nr = 4 * ntr + 1 rows, cols = 4 * tw + 1):
+ * v[e * es + (a * tw + j) * ts + ph * phs + lane] = (B^T d B)[e / 5][e % 5] of phase ph's tile
+ * at tile row a, column j (d: rows 4a .. 4a+4, columns 4j .. 4j+4 of the block). */
+CK_PW_TARGET static int ck_pw_input_f(const float *s, ptrdiff_t ntr, ptrdiff_t tw, float *v,
+                                      ptrdiff_t es, ptrdiff_t ts, ptrdiff_t phs)
+{
+    if (!ck_pw_available())
+        return 0;
+    const ptrdiff_t nr = 4 * ntr + 1, cols = 4 * tw + 1;
+    for (int ph = 0; ph < 4; ++ph)
+        for (ptrdiff_t a = 0; a < ntr; ++a)
+            for (ptrdiff_t j = 0; j < tw; ++j) {
+                const float *d = s + ((ph * nr + 4 * a) * cols + 4 * j) * 8;
+                float *o = v + (a * tw + j) * ts + ph * phs;
+                __m256 t[5][5];
+                for (int k = 0; k < 5; ++k) {   /* B^T down the 5 rows, column k */
+                    __m256 r0 = _mm256_loadu_ps(d + k * 8);
+                    __m256 r1 = _mm256_loadu_ps(d + (cols + k) * 8);
+                    __m256 r2 = _mm256_loadu_ps(d + (2 * cols + k) * 8);
+                    __m256 r3 = _mm256_loadu_ps(d + (3 * cols + k) * 8);
+                    __m256 r4 = _mm256_loadu_ps(d + (4 * cols + k) * 8);
+                    CK_PW_BT(r0, r1, r2, r3, r4, t[0][k], t[1][k], t[2][k], t[3][k], t[4][k]);
+                }
+                for (int k = 0; k < 5; ++k) {   /* B across the columns of row k */
+                    __m256 o0, o1, o2, o3, o4;
+                    CK_PW_BT(t[k][0], t[k][1], t[k][2], t[k][3], t[k][4], o0, o1, o2, o3, o4);
+                    _mm256_storeu_ps(o + (5 * k) * es, o0);
+                    _mm256_storeu_ps(o + (5 * k + 1) * es, o1);
+                    _mm256_storeu_ps(o + (5 * k + 2) * es, o2);
+                    _mm256_storeu_ps(o + (5 * k + 3) * es, o3);
+                    _mm256_storeu_ps(o + (5 * k + 4) * es, o4);
+                }
+            }
+    return 1;
+}
+
+/* A^T of 5 vectors: 4 outputs */
+#define CK_PW_AT(m0, m1, m2, m3, m4, y0, y1, y2, y3)                                      \
+    do {                                                                                 \
+        __m256 p_ = _mm256_add_ps(m1, m2), q_ = _mm256_sub_ps(m1, m2);                    \
+        y0 = _mm256_add_ps(_mm256_add_ps(m0, p_), m3);                                    \
+        y1 = _mm256_fmadd_ps(m3, _mm256_set1_ps(0.5f), q_);                               \
+        y2 = _mm256_fmadd_ps(m3, _mm256_set1_ps(0.25f), p_);                              \
+        y3 = _mm256_add_ps(_mm256_fmadd_ps(m3, _mm256_set1_ps(0.125f), q_), m4);          \
+    } while (0)
+
+/* Filters f0 .. f0 + nf - 1 (nf <= 8) of a task's ntr x tw tiles from the products
+ * m[e * es + tile * ts + lane] (m at filter f0): y[i * fstride + (4a + r) * Wo + 4j + q] =
+ * (A^T m A)[r][q] + bias[i] for the rows 4a + r < rows and columns 4j + q < Wo (y at row 0 of
+ * the task's first tile row, filter f0). */
+CK_PW_TARGET static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t ts,
+                                       ptrdiff_t ntr, ptrdiff_t tw, int nf, const float *bias,
+                                       float *y, ptrdiff_t fstride, ptrdiff_t rows, ptrdiff_t Wo)
+{
+    if (!ck_pw_available())
+        return 0;
+    float bb[8] = {0};
+    for (int i = 0; i < nf; ++i)
+        bb[i] = bias[i];
+    const __m256 b = _mm256_loadu_ps(bb);
+    float out[16][8];
+    for (ptrdiff_t a = 0; a < ntr; ++a)
+        for (ptrdiff_t j = 0; j < tw; ++j) {
+            const float *p = m + (a * tw + j) * ts;
+            __m256 t[4][5];
+            for (int k = 0; k < 5; ++k) {   /* A^T down the 5 rows, column k */
+                __m256 e0 = _mm256_loadu_ps(p + k * es), e1 = _mm256_loadu_ps(p + (5 + k) * es);
+                __m256 e2 = _mm256_loadu_ps(p + (10 + k) * es);
+                __m256 e3 = _mm256_loadu_ps(p + (15 + k) * es);
+                __m256 e4 = _mm256_loadu_ps(p + (20 + k) * es);
+                CK_PW_AT(e0, e1, e2, e3, e4, t[0][k], t[1][k], t[2][k], t[3][k]);
+            }
+            for (int r = 0; r < 4; ++r) {   /* A across the columns of row r */
+                __m256 y0, y1, y2, y3;
+                CK_PW_AT(t[r][0], t[r][1], t[r][2], t[r][3], t[r][4], y0, y1, y2, y3);
+                _mm256_storeu_ps(out[4 * r], _mm256_add_ps(y0, b));
+                _mm256_storeu_ps(out[4 * r + 1], _mm256_add_ps(y1, b));
+                _mm256_storeu_ps(out[4 * r + 2], _mm256_add_ps(y2, b));
+                _mm256_storeu_ps(out[4 * r + 3], _mm256_add_ps(y3, b));
+            }
+            ptrdiff_t nrow = rows - 4 * a, ncol = Wo - 4 * j;
+            if (nrow > 4)
+                nrow = 4;
+            if (ncol > 4)
+                ncol = 4;
+            for (int i = 0; i < nf; ++i) {
+                float *yo = y + i * fstride + 4 * a * Wo + 4 * j;
+                for (ptrdiff_t r = 0; r < nrow; ++r)
+                    for (ptrdiff_t q = 0; q < ncol; ++q)
+                        yo[r * Wo + q] = out[4 * r + q][i];
+            }
+        }
+    return 1;
+}
+
+#else  /* !CK_PW_BUILT */
+
+static int ck_pw_available(void) { return 0; }
+static int ck_pw_stage_f(const float *x, ptrdiff_t cstride, int nc, ptrdiff_t H, ptrdiff_t W,
+                         ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t r0, ptrdiff_t nr, ptrdiff_t cols,
+                         float *s)
+{
+    (void)x; (void)cstride; (void)nc; (void)H; (void)W; (void)pt; (void)pl; (void)r0;
+    (void)nr; (void)cols; (void)s;
+    return 0;
+}
+static int ck_pw_input_f(const float *s, ptrdiff_t ntr, ptrdiff_t tw, float *v, ptrdiff_t es,
+                         ptrdiff_t ts, ptrdiff_t phs)
+{
+    (void)s; (void)ntr; (void)tw; (void)v; (void)es; (void)ts; (void)phs;
+    return 0;
+}
+static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t ts, ptrdiff_t ntr,
+                          ptrdiff_t tw, int nf, const float *bias, float *y, ptrdiff_t fstride,
+                          ptrdiff_t rows, ptrdiff_t Wo)
+{
+    (void)m; (void)es; (void)ts; (void)ntr; (void)tw; (void)nf; (void)bias; (void)y;
+    (void)fstride; (void)rows; (void)Wo;
+    return 0;
+}
+
+#endif  /* CK_PW_BUILT */
+#endif  /* CONVKIT_POLYWINO_H */
