@@ -718,6 +718,12 @@ def conv2d_forward_winotiny(const float[:, :, :, ::1] x, const float[:, :, ::1] 
 # ------------------------------------------------------- Winograd F(4x4, 2x2) over phase planes
 # A stride-2 4x4 conv is a stride-1 2x2 conv over its 4 input phase planes (4*C channels):
 # F(4x4, 2x2) on it, csrc/polywino.h (conv_plan "polywino").
+cdef int _pw_skip = 0
+def pw_skip(int m):
+    global _pw_skip
+    _pw_skip = m
+
+
 def polywino_available():
     """Whether conv2d_forward_polywino runs here (csrc/polywino.h: AVX2 + FMA, fgemm on)."""
     return bool(ck_pw_available())
@@ -776,15 +782,21 @@ def conv2d_forward_polywino(const float[:, :, :, ::1] x, const float[:, :, ::1] 
             M = V + 25 * Tt * K
             S = M + 25 * Tt * F8
             for c0 in range(0, C8, 8):
-                ck_pw_stage_f(&x[n, _min(c0, C - 1), 0, 0], H * W, <int>_min(8, C - c0), H, W,
+                if not (_pw_skip & 1):
+                    ck_pw_stage_f(&x[n, _min(c0, C - 1), 0, 0], H * W, <int>_min(8, C - c0), H, W,
                               pt, pl, 4 * a0, 4 * ntr + 1, 4 * tw + 1, S)
-                ck_pw_input_f(S, ntr, tw, V + c0, Tt * K, K, C8)
+                if not (_pw_skip & 2):
+                    ck_pw_input_f(S, ntr, tw, V + c0, Tt * K, K, C8)
             for e in range(25):
+                if _pw_skip & 4:
+                    continue
                 if not ck_fgemm(0, 0, Tt, F8, K, <float>1, V + e * Tt * K, K, &U[e, 0, 0], F8,
                                 <float>0, M + e * Tt * F8, F8):     # (no memory: BLAS)
                     gemm(False, False, Tt, F8, K, <float>1, V + e * Tt * K, K, &U[e, 0, 0],
                          F8, <float>0, M + e * Tt * F8, F8)
             for f0 in range(0, F, 8):
+                if _pw_skip & 8:
+                    continue
                 ck_pw_output_f(M + f0, Tt * F8, F8, ntr, tw, <int>_min(8, F - f0),
                                &bias[f0] if has_bias else <const float*>zb,
                                &y[n, f0, 4 * a0, 0], Ho * Wo, Ho - 4 * a0, Wo)

@@ -50,10 +50,11 @@ static int ck_pw_available(void) { return ck_fgemm_available(); }
 /* Stage nc <= 8 channels (channel i's plane at x + i * cstride, H x W) for the tile rows
  * starting at phase row r0: s[((ph * nr + r - r0) * cols + c) * 8 + i] = Q_ph[r][c] of
  * channel i, ph = 2p + q, rows r0 .. r0 + nr - 1, columns 0 .. cols - 1; zero outside x and
- * in lanes >= nc.  Scalar copies: each element of x once. */
-static int ck_pw_stage_f(const float *x, ptrdiff_t cstride, int nc, ptrdiff_t H, ptrdiff_t W,
-                         ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t r0, ptrdiff_t nr, ptrdiff_t cols,
-                         float *s)
+ * in lanes >= nc.  Blocks of 16 x columns inside x: even and odd columns split, then 8 x 8
+ * transposes (channels to lanes); the columns at the edges one by one. */
+CK_PW_TARGET static int ck_pw_stage_f(const float *x, ptrdiff_t cstride, int nc, ptrdiff_t H,
+                                      ptrdiff_t W, ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t r0,
+                                      ptrdiff_t nr, ptrdiff_t cols, float *s)
 {
     if (!ck_pw_available())
         return 0;
@@ -66,17 +67,49 @@ static int ck_pw_stage_f(const float *x, ptrdiff_t cstride, int nc, ptrdiff_t H,
     ptrdiff_t xhi = 2 * cols - pl;
     if (xhi > W)
         xhi = W;
-    ptrdiff_t xlo = pl > 0 ? 0 : -pl;
+    /* plane columns [cb0, cb1) in whole blocks of 8 read x columns 2c - pl .. inside [0, W) */
+    const ptrdiff_t cb0 = (pl + 1) / 2;
+    ptrdiff_t nb = (xhi - (2 * cb0 - pl)) / 16;
+    if (nb < 0)
+        nb = 0;
+    const ptrdiff_t cb1 = cb0 + 8 * nb;
     for (ptrdiff_t yy = ylo; yy < yhi; ++yy) {
         ptrdiff_t p = (yy + pt) & 1, r = ((yy + pt) >> 1) - r0;
-        for (int q = 0; q < 2; ++q) {
-            float *d = s + ((2 * p + q) * nr + r) * cols * 8;
-            /* x columns xx with (xx + pl) % 2 == q, plane column (xx + pl) / 2 */
-            ptrdiff_t x0 = xlo + (((xlo + pl) & 1) != q);
-            for (int i = 0; i < nc; ++i) {
-                const float *src = x + i * cstride + yy * W;
-                for (ptrdiff_t xx = x0; xx < xhi; xx += 2)
-                    d[((xx + pl) >> 1) * 8 + i] = src[xx];
+        float *d0 = s + ((2 * p) * nr + r) * cols * 8, *d1 = d0 + nr * cols * 8;
+        for (ptrdiff_t cb = cb0; cb < cb1; cb += 8) {
+            __m256 ev[8], od[8];
+            const ptrdiff_t xs = 2 * cb - pl;
+            for (int i = 0; i < 8; ++i) {
+                if (i < nc) {
+                    const float *src = x + i * cstride + yy * W + xs;
+                    __m256 lo = _mm256_loadu_ps(src), hi = _mm256_loadu_ps(src + 8);
+                    __m256 e = _mm256_shuffle_ps(lo, hi, 0x88), o = _mm256_shuffle_ps(lo, hi, 0xDD);
+                    ev[i] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8));
+                    od[i] = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xD8));
+                } else {
+                    ev[i] = od[i] = _mm256_setzero_ps();
+                }
+            }
+            ck_fg_tr8(ev);
+            ck_fg_tr8(od);
+            /* x column xs + 2k + q is plane column cb + k of phase q ((xs + pl) even) */
+            for (int k = 0; k < 8; ++k) {
+                _mm256_storeu_ps(d0 + (cb + k) * 8, ev[k]);
+                _mm256_storeu_ps(d1 + (cb + k) * 8, od[k]);
+            }
+        }
+        for (int q = 0; q < 2; ++q) {   /* the columns outside the blocks */
+            float *d = q ? d1 : d0;
+            for (ptrdiff_t c = 0; c < cols; ++c) {
+                if (c == cb0 && cb1 > cb0)
+                    c = cb1;
+                ptrdiff_t xx = 2 * c + q - pl;
+                if (c >= cols || xx >= xhi)
+                    break;
+                if (xx < 0)
+                    continue;
+                for (int i = 0; i < nc; ++i)
+                    d[c * 8 + i] = x[i * cstride + yy * W + xx];
             }
         }
     }
