@@ -226,4 +226,4 @@ cdef extern from "csrc/polywino.h" nogil:
                       Py_ssize_t ts, Py_ssize_t phs)
     int ck_pw_output_f(const float* m, Py_ssize_t es, Py_ssize_t ts, Py_ssize_t ntr,
                        Py_ssize_t tw, int nf, const float* bias, float* y, Py_ssize_t fstride,
-                       Py_ssize_t rows, Py_ssize_t Wo)
+                       Py_ssize_t rows, Py_ssize_t Wo, float* ob)

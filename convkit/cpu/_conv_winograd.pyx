@@ -747,7 +747,7 @@ def conv2d_forward_polywino(const float[:, :, :, ::1] x, const float[:, :, ::1] 
     channels and filters).  A task is trows tile rows (4 output rows each) of one image: the
     staged planes and input transform of every 8 channels into V, the 25 GEMMs M[e] = V[e] @
     U[e] on csrc/fgemm.h (each output one FMA chain over the 4 * C8 channels), then the output
-    transform of every 8 filters.  Every output depends on its own tile alone: the same bits for
+    transform of every 8 filters (through the staging block, free by then).  Every output depends on its own tile alone: the same bits for
     any batch, task split and thread count.  ws_per_thread >= polywino_floats(C, F, trows, tw)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
@@ -799,5 +799,5 @@ def conv2d_forward_polywino(const float[:, :, :, ::1] x, const float[:, :, ::1] 
                     continue
                 ck_pw_output_f(M + f0, Tt * F8, F8, ntr, tw, <int>_min(8, F - f0),
                                &bias[f0] if has_bias else <const float*>zb,
-                               &y[n, f0, 4 * a0, 0], Ho * Wo, Ho - 4 * a0, Wo)
+                               &y[n, f0, 4 * a0, 0], Ho * Wo, Ho - 4 * a0, Wo, S)
     return y

@@ -177,10 +177,12 @@ CK_PW_TARGET static int ck_pw_input_f(const float *s, ptrdiff_t ntr, ptrdiff_t t
 /* Filters f0 .. f0 + nf - 1 (nf <= 8) of a task's ntr x tw tiles from the products
  * m[e * es + tile * ts + lane] (m at filter f0): y[i * fstride + (4a + r) * Wo + 4j + q] =
  * (A^T m A)[r][q] + bias[i] for the rows 4a + r < rows and columns 4j + q < Wo (y at row 0 of
- * the task's first tile row, filter f0). */
+ * the task's first tile row, filter f0).  A tile row's outputs go through ob (128 * tw
+ * floats, filters in the lanes), then out by 8 x 8 transposes, 8 columns at a time. */
 CK_PW_TARGET static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t ts,
                                        ptrdiff_t ntr, ptrdiff_t tw, int nf, const float *bias,
-                                       float *y, ptrdiff_t fstride, ptrdiff_t rows, ptrdiff_t Wo)
+                                       float *y, ptrdiff_t fstride, ptrdiff_t rows, ptrdiff_t Wo,
+                                       float *ob)
 {
     if (!ck_pw_available())
         return 0;
@@ -188,8 +190,8 @@ CK_PW_TARGET static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t t
     for (int i = 0; i < nf; ++i)
         bb[i] = bias[i];
     const __m256 b = _mm256_loadu_ps(bb);
-    float out[16][8];
-    for (ptrdiff_t a = 0; a < ntr; ++a)
+    const ptrdiff_t ow = 4 * tw;    /* ob: 4 rows of 4 * tw columns of 8 filters */
+    for (ptrdiff_t a = 0; a < ntr; ++a) {
         for (ptrdiff_t j = 0; j < tw; ++j) {
             const float *p = m + (a * tw + j) * ts;
             __m256 t[4][5];
@@ -203,23 +205,33 @@ CK_PW_TARGET static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t t
             for (int r = 0; r < 4; ++r) {   /* A across the columns of row r */
                 __m256 y0, y1, y2, y3;
                 CK_PW_AT(t[r][0], t[r][1], t[r][2], t[r][3], t[r][4], y0, y1, y2, y3);
-                _mm256_storeu_ps(out[4 * r], _mm256_add_ps(y0, b));
-                _mm256_storeu_ps(out[4 * r + 1], _mm256_add_ps(y1, b));
-                _mm256_storeu_ps(out[4 * r + 2], _mm256_add_ps(y2, b));
-                _mm256_storeu_ps(out[4 * r + 3], _mm256_add_ps(y3, b));
-            }
-            ptrdiff_t nrow = rows - 4 * a, ncol = Wo - 4 * j;
-            if (nrow > 4)
-                nrow = 4;
-            if (ncol > 4)
-                ncol = 4;
-            for (int i = 0; i < nf; ++i) {
-                float *yo = y + i * fstride + 4 * a * Wo + 4 * j;
-                for (ptrdiff_t r = 0; r < nrow; ++r)
-                    for (ptrdiff_t q = 0; q < ncol; ++q)
-                        yo[r * Wo + q] = out[4 * r + q][i];
+                float *o = ob + (r * ow + 4 * j) * 8;
+                _mm256_storeu_ps(o, _mm256_add_ps(y0, b));
+                _mm256_storeu_ps(o + 8, _mm256_add_ps(y1, b));
+                _mm256_storeu_ps(o + 16, _mm256_add_ps(y2, b));
+                _mm256_storeu_ps(o + 24, _mm256_add_ps(y3, b));
             }
         }
+        ptrdiff_t nrow = rows - 4 * a;
+        if (nrow > 4)
+            nrow = 4;
+        for (ptrdiff_t r = 0; r < nrow; ++r) {
+            float *yr = y + (4 * a + r) * Wo;
+            const float *orow = ob + r * ow * 8;
+            ptrdiff_t c = 0;
+            for (; c + 8 <= Wo; c += 8) {
+                __m256 v[8];
+                for (int k = 0; k < 8; ++k)
+                    v[k] = _mm256_loadu_ps(orow + (c + k) * 8);
+                ck_fg_tr8(v);
+                for (int i = 0; i < nf; ++i)
+                    _mm256_storeu_ps(yr + i * fstride + c, v[i]);
+            }
+            for (; c < Wo; ++c)
+                for (int i = 0; i < nf; ++i)
+                    yr[i * fstride + c] = orow[c * 8 + i];
+        }
+    }
     return 1;
 }
 
@@ -242,10 +254,10 @@ static int ck_pw_input_f(const float *s, ptrdiff_t ntr, ptrdiff_t tw, float *v, 
 }
 static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t ts, ptrdiff_t ntr,
                           ptrdiff_t tw, int nf, const float *bias, float *y, ptrdiff_t fstride,
-                          ptrdiff_t rows, ptrdiff_t Wo)
+                          ptrdiff_t rows, ptrdiff_t Wo, float *ob)
 {
     (void)m; (void)es; (void)ts; (void)ntr; (void)tw; (void)nf; (void)bias; (void)y;
-    (void)fstride; (void)rows; (void)Wo;
+    (void)fstride; (void)rows; (void)Wo; (void)ob;
     return 0;
 }
 
