@@ -547,6 +547,19 @@ def polywino_filters(weight):
     return U.reshape(25, 4 * C8, F8)
 
 
+def polywino_grad_filters(weight):
+    """U (25, F8, 4 * C8) float32 for conv2d_grad_input_polywino: U[k * 5 + l, f, (2P + Q) * C8
+    + c] = (G g G^T)[k, l], g[b, b'] = weight[f, c, 2(1 - b) + P, 2(1 - b') + Q] (output phase
+    (P, Q)'s flipped sub-kernel); float64, rounded once; zero for the padded channels."""
+    F, C = weight.shape[:2]
+    C8, F8 = -(-C // 8) * 8, -(-F // 8) * 8
+    g = weight.reshape(F, C, 2, 2, 2, 2)[:, :, ::-1, :, ::-1, :]      # (f, c, b, P, b', Q)
+    u = _PW_GG @ g.transpose(2, 4, 0, 3, 5, 1).reshape(4, 4 * C * F).astype(np.float64)
+    U = np.zeros((25, F8, 4, C8), dtype=np.float32)
+    U[:, :F, :, :C] = u.reshape(25, F, 4, C)
+    return U.reshape(25, F8, 4 * C8)
+
+
 def _fwd_polywino(x, weight, b, has_bias, y, s, step):
     """The 4x4 stride-2 forward by F(4x4, 2x2) over the phase planes (conv_plan.plan_polywino)."""
     p = step.params
@@ -737,6 +750,19 @@ def _bwd_batch(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                     step.threads, needs_gw, _T.BATCH_W_FGEMM_RATIO)
 
 
+def _bwd_polywino(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw, bias=None):
+    """grad_x of a 4x4 stride-2 conv by F(4x4, 2x2) on its output phases
+    (conv_plan.plan_polywino_grad_x); bias (C,): added to grad_x as it is written
+    (conv_transpose2d's forward)."""
+    p = step.params
+    ws = _workspace(step.threads * p["per_thread"], np.float32, "polywino")
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(1, np.float32)
+    _winograd.conv2d_grad_input_polywino(gy, polywino_grad_filters(weight), b, has_bias, gx, ws,
+                                         p["per_thread"], p["trows"], s.padding[0],
+                                         s.padding[2], step.threads)
+
+
 def _bwd_subpixel(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw, bias=None):
     """grad_x of a strided conv by its output phases (conv_plan.plan_subpixel); bias (C,):
     added to grad_x on the way (conv_transpose2d's forward)."""
@@ -893,6 +919,7 @@ def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
 _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "dense": _bwd_dense,
              "winograd": _bwd_winograd, "batch": _bwd_batch, "weight_dot": _bwd_weight_dot,
              "subpixel": _bwd_subpixel, "weight_rowgemm": _bwd_weight_rowgemm,
+             "polywino": _bwd_polywino,
              "weight_stem": _bwd_weight_stem, "weight_stem_wino": _bwd_weight_stem_wino,
              "weight_winograd": _bwd_weight_winograd, "weight_direct": _bwd_weight_direct,
              "pointwise": _bwd_im2col, "im2col": _bwd_im2col}
@@ -1000,8 +1027,8 @@ def _run_grad_input(grad_y, weight, gx, s, step, bias=None):
     x, gw = gx, np.empty_like(weight)     # (gw: written only by the _GW_ALWAYS runners)
     if step.algo in _GW_ALWAYS:
         x = np.zeros(gx.shape, dtype=gx.dtype)
-    if step.algo == "subpixel":
-        _bwd_subpixel(grad_y, x, weight, gx, gw, None, s, step, True, False, bias)
+    if step.algo in ("subpixel", "polywino"):     # (they add the bias as they write)
+        _BACKWARD[step.algo](grad_y, x, weight, gx, gw, None, s, step, True, False, bias)
         return gx
     _BACKWARD[step.algo](grad_y, x, weight, gx, gw, None, s, step, True, False)
     if bias is not None:

@@ -116,6 +116,44 @@ CK_PW_TARGET static int ck_pw_stage_f(const float *x, ptrdiff_t cstride, int nc,
     return 1;
 }
 
+/* Stage nc <= 8 channels of a plane read at stride 1 (conv2d's grad_x by F(4x4, 2x2), see
+ * ck_pw_output_d2s_f): s[((r - r0) * cols + c) * 8 + i] = x[i][r - pt][c - pl] for rows
+ * r0 .. r0 + nr - 1, columns 0 .. cols - 1; zero outside x and in lanes >= nc.  8 x 8
+ * transposes over the columns inside x, the rest one by one. */
+CK_PW_TARGET static int ck_pw_stage1_f(const float *x, ptrdiff_t cstride, int nc, ptrdiff_t H,
+                                       ptrdiff_t W, ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t r0,
+                                       ptrdiff_t nr, ptrdiff_t cols, float *s)
+{
+    if (!ck_pw_available())
+        return 0;
+    memset(s, 0, sizeof(float) * nr * cols * 8);
+    ptrdiff_t ylo = r0 - pt, yhi = r0 + nr - pt;
+    if (ylo < 0)
+        ylo = 0;
+    if (yhi > H)
+        yhi = H;
+    ptrdiff_t xhi = cols - pl;      /* x columns 0 .. xhi - 1 land in the block */
+    if (xhi > W)
+        xhi = W;
+    for (ptrdiff_t yy = ylo; yy < yhi; ++yy) {
+        float *d = s + ((yy + pt - r0) * cols + pl) * 8;
+        ptrdiff_t xx = 0;
+        for (; xx + 8 <= xhi; xx += 8) {
+            __m256 r[8];
+            for (int i = 0; i < 8; ++i)
+                r[i] = i < nc ? _mm256_loadu_ps(x + i * cstride + yy * W + xx)
+                              : _mm256_setzero_ps();
+            ck_fg_tr8(r);
+            for (int k = 0; k < 8; ++k)
+                _mm256_storeu_ps(d + (xx + k) * 8, r[k]);
+        }
+        for (; xx < xhi; ++xx)
+            for (int i = 0; i < nc; ++i)
+                d[xx * 8 + i] = x[i * cstride + yy * W + xx];
+    }
+    return 1;
+}
+
 /* B^T of 5 vectors, in place (the additions in this order; 2a as a + a, exact) */
 #define CK_PW_BT(d0, d1, d2, d3, d4, o0, o1, o2, o3, o4)                                \
     do {                                                                                 \
@@ -128,16 +166,17 @@ CK_PW_TARGET static int ck_pw_stage_f(const float *x, ptrdiff_t cstride, int nc,
         o4 = _mm256_sub_ps(_mm256_add_ps(w_, w_), t_);                                    \
     } while (0)
 
-/* The input tiles of a staged block (ck_pw_stage_f, nr = 4 * ntr + 1 rows, cols = 4 * tw + 1):
+/* The input tiles of a staged block of nph phases (ck_pw_stage_f: 4, ck_pw_stage1_f: 1;
+ * nr = 4 * ntr + 1 rows, cols = 4 * tw + 1):
  * v[e * es + (a * tw + j) * ts + ph * phs + lane] = (B^T d B)[e / 5][e % 5] of phase ph's tile
  * at tile row a, column j (d: rows 4a .. 4a+4, columns 4j .. 4j+4 of the block). */
 CK_PW_TARGET static int ck_pw_input_f(const float *s, ptrdiff_t ntr, ptrdiff_t tw, float *v,
-                                      ptrdiff_t es, ptrdiff_t ts, ptrdiff_t phs)
+                                      ptrdiff_t es, ptrdiff_t ts, ptrdiff_t phs, int nph)
 {
     if (!ck_pw_available())
         return 0;
     const ptrdiff_t nr = 4 * ntr + 1, cols = 4 * tw + 1;
-    for (int ph = 0; ph < 4; ++ph)
+    for (int ph = 0; ph < nph; ++ph)
         for (ptrdiff_t a = 0; a < ntr; ++a)
             for (ptrdiff_t j = 0; j < tw; ++j) {
                 const float *d = s + ((ph * nr + 4 * a) * cols + 4 * j) * 8;
@@ -174,6 +213,42 @@ CK_PW_TARGET static int ck_pw_input_f(const float *s, ptrdiff_t ntr, ptrdiff_t t
         y3 = _mm256_add_ps(_mm256_fmadd_ps(m3, _mm256_set1_ps(0.125f), q_), m4);          \
     } while (0)
 
+/* Tile row a of a task's tiles from the products m[e * es + tile * ts + lane]:
+ * ob[(r * 4tw + 4j + q) * 8 + lane] = (A^T m A)[r][q] of tile (a, j) + b */
+CK_PW_TARGET static inline void ck_pw_tilerow_f(const float *m, ptrdiff_t es, ptrdiff_t ts,
+                                                ptrdiff_t a, ptrdiff_t tw, __m256 b, float *ob)
+{
+    const ptrdiff_t ow = 4 * tw;    /* ob: 4 rows of 4 * tw columns of 8 filters */
+    for (ptrdiff_t j = 0; j < tw; ++j) {
+        const float *p = m + (a * tw + j) * ts;
+        __m256 t[4][5];
+        for (int k = 0; k < 5; ++k) {   /* A^T down the 5 rows, column k */
+            __m256 e0 = _mm256_loadu_ps(p + k * es), e1 = _mm256_loadu_ps(p + (5 + k) * es);
+            __m256 e2 = _mm256_loadu_ps(p + (10 + k) * es);
+            __m256 e3 = _mm256_loadu_ps(p + (15 + k) * es);
+            __m256 e4 = _mm256_loadu_ps(p + (20 + k) * es);
+            CK_PW_AT(e0, e1, e2, e3, e4, t[0][k], t[1][k], t[2][k], t[3][k]);
+        }
+        for (int r = 0; r < 4; ++r) {   /* A across the columns of row r */
+            __m256 y0, y1, y2, y3;
+            CK_PW_AT(t[r][0], t[r][1], t[r][2], t[r][3], t[r][4], y0, y1, y2, y3);
+            float *o = ob + (r * ow + 4 * j) * 8;
+            _mm256_storeu_ps(o, _mm256_add_ps(y0, b));
+            _mm256_storeu_ps(o + 8, _mm256_add_ps(y1, b));
+            _mm256_storeu_ps(o + 16, _mm256_add_ps(y2, b));
+            _mm256_storeu_ps(o + 24, _mm256_add_ps(y3, b));
+        }
+    }
+}
+
+CK_PW_TARGET static inline __m256 ck_pw_bias8(const float *bias, int nf)
+{
+    float bb[8] = {0};
+    for (int i = 0; i < nf; ++i)
+        bb[i] = bias[i];
+    return _mm256_loadu_ps(bb);
+}
+
 /* Filters f0 .. f0 + nf - 1 (nf <= 8) of a task's ntr x tw tiles from the products
  * m[e * es + tile * ts + lane] (m at filter f0): y[i * fstride + (4a + r) * Wo + 4j + q] =
  * (A^T m A)[r][q] + bias[i] for the rows 4a + r < rows and columns 4j + q < Wo (y at row 0 of
@@ -186,32 +261,10 @@ CK_PW_TARGET static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t t
 {
     if (!ck_pw_available())
         return 0;
-    float bb[8] = {0};
-    for (int i = 0; i < nf; ++i)
-        bb[i] = bias[i];
-    const __m256 b = _mm256_loadu_ps(bb);
-    const ptrdiff_t ow = 4 * tw;    /* ob: 4 rows of 4 * tw columns of 8 filters */
+    const __m256 b = ck_pw_bias8(bias, nf);
+    const ptrdiff_t ow = 4 * tw;
     for (ptrdiff_t a = 0; a < ntr; ++a) {
-        for (ptrdiff_t j = 0; j < tw; ++j) {
-            const float *p = m + (a * tw + j) * ts;
-            __m256 t[4][5];
-            for (int k = 0; k < 5; ++k) {   /* A^T down the 5 rows, column k */
-                __m256 e0 = _mm256_loadu_ps(p + k * es), e1 = _mm256_loadu_ps(p + (5 + k) * es);
-                __m256 e2 = _mm256_loadu_ps(p + (10 + k) * es);
-                __m256 e3 = _mm256_loadu_ps(p + (15 + k) * es);
-                __m256 e4 = _mm256_loadu_ps(p + (20 + k) * es);
-                CK_PW_AT(e0, e1, e2, e3, e4, t[0][k], t[1][k], t[2][k], t[3][k]);
-            }
-            for (int r = 0; r < 4; ++r) {   /* A across the columns of row r */
-                __m256 y0, y1, y2, y3;
-                CK_PW_AT(t[r][0], t[r][1], t[r][2], t[r][3], t[r][4], y0, y1, y2, y3);
-                float *o = ob + (r * ow + 4 * j) * 8;
-                _mm256_storeu_ps(o, _mm256_add_ps(y0, b));
-                _mm256_storeu_ps(o + 8, _mm256_add_ps(y1, b));
-                _mm256_storeu_ps(o + 16, _mm256_add_ps(y2, b));
-                _mm256_storeu_ps(o + 24, _mm256_add_ps(y3, b));
-            }
-        }
+        ck_pw_tilerow_f(m, es, ts, a, tw, b, ob);
         ptrdiff_t nrow = rows - 4 * a;
         if (nrow > 4)
             nrow = 4;
@@ -235,6 +288,44 @@ CK_PW_TARGET static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t t
     return 1;
 }
 
+/* conv2d's grad_x of a 4x4 stride-2 conv (conv_transpose2d's forward) by F(4x4, 2x2): output
+ * phase (P, Q) of grad_x is a 2x2 conv of grad_y (padded by 1) with the flipped sub-kernel
+ * w[:, :, 2(1-b) + P, 2(1-b') + Q], on one grid Z[u][v] (u, v from 0) for the 4 phases:
+ * y[i * fstride + Y * W + X] = Z[u][v] + bias[i], Y = 2u + P - pt, X = 2v + Q - pl, for the
+ * Y < H, X < W that are >= 0 (y at plane 0 of filter f0; m at phase (P, Q)'s filter f0; the
+ * task's tile rows start at grid row u0). */
+CK_PW_TARGET static int ck_pw_output_d2s_f(const float *m, ptrdiff_t es, ptrdiff_t ts,
+                                           ptrdiff_t ntr, ptrdiff_t tw, int nf,
+                                           const float *bias, float *y, ptrdiff_t fstride,
+                                           ptrdiff_t H, ptrdiff_t W, ptrdiff_t u0, int P, int Q,
+                                           ptrdiff_t pt, ptrdiff_t pl, float *ob)
+{
+    if (!ck_pw_available())
+        return 0;
+    const __m256 b = ck_pw_bias8(bias, nf);
+    const ptrdiff_t ow = 4 * tw;
+    ptrdiff_t v0 = (pl - Q + 1) / 2, v1 = (W - 1 + pl - Q) / 2 + 1;   /* 0 <= X < W */
+    if (v0 < 0)
+        v0 = 0;
+    if (v1 > ow)
+        v1 = ow;
+    for (ptrdiff_t a = 0; a < ntr; ++a) {
+        ck_pw_tilerow_f(m, es, ts, a, tw, b, ob);
+        for (int r = 0; r < 4; ++r) {
+            ptrdiff_t Y = 2 * (u0 + 4 * a + r) + P - pt;
+            if (Y < 0 || Y >= H)
+                continue;
+            const float *orow = ob + r * ow * 8;
+            for (int i = 0; i < nf; ++i) {
+                float *yr = y + i * fstride + Y * W + Q - pl;
+                for (ptrdiff_t v = v0; v < v1; ++v)
+                    yr[2 * v] = orow[v * 8 + i];
+            }
+        }
+    }
+    return 1;
+}
+
 #else  /* !CK_PW_BUILT */
 
 static int ck_pw_available(void) { return 0; }
@@ -247,9 +338,26 @@ static int ck_pw_stage_f(const float *x, ptrdiff_t cstride, int nc, ptrdiff_t H,
     return 0;
 }
 static int ck_pw_input_f(const float *s, ptrdiff_t ntr, ptrdiff_t tw, float *v, ptrdiff_t es,
-                         ptrdiff_t ts, ptrdiff_t phs)
+                         ptrdiff_t ts, ptrdiff_t phs, int nph)
 {
-    (void)s; (void)ntr; (void)tw; (void)v; (void)es; (void)ts; (void)phs;
+    (void)s; (void)ntr; (void)tw; (void)v; (void)es; (void)ts; (void)phs; (void)nph;
+    return 0;
+}
+static int ck_pw_stage1_f(const float *x, ptrdiff_t cstride, int nc, ptrdiff_t H, ptrdiff_t W,
+                          ptrdiff_t pt, ptrdiff_t pl, ptrdiff_t r0, ptrdiff_t nr, ptrdiff_t cols,
+                          float *s)
+{
+    (void)x; (void)cstride; (void)nc; (void)H; (void)W; (void)pt; (void)pl; (void)r0;
+    (void)nr; (void)cols; (void)s;
+    return 0;
+}
+static int ck_pw_output_d2s_f(const float *m, ptrdiff_t es, ptrdiff_t ts, ptrdiff_t ntr,
+                              ptrdiff_t tw, int nf, const float *bias, float *y,
+                              ptrdiff_t fstride, ptrdiff_t H, ptrdiff_t W, ptrdiff_t u0, int P,
+                              int Q, ptrdiff_t pt, ptrdiff_t pl, float *ob)
+{
+    (void)m; (void)es; (void)ts; (void)ntr; (void)tw; (void)nf; (void)bias; (void)y;
+    (void)fstride; (void)H; (void)W; (void)u0; (void)P; (void)Q; (void)pt; (void)pl; (void)ob;
     return 0;
 }
 static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t ts, ptrdiff_t ntr,
