@@ -227,10 +227,10 @@ cdef extern from "csrc/polywino.h" nogil:
     int ck_pw_stage1_f(const float* x, Py_ssize_t cstride, int nc, Py_ssize_t H, Py_ssize_t W,
                        Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t r0, Py_ssize_t nr,
                        Py_ssize_t cols, float* s)
-    int ck_pw_output_d2s_f(const float* m, Py_ssize_t es, Py_ssize_t ts, Py_ssize_t ntr,
-                           Py_ssize_t tw, int nf, const float* bias, float* y,
+    int ck_pw_output_d2s_f(const float* m, Py_ssize_t qoff, Py_ssize_t es, Py_ssize_t ts,
+                           Py_ssize_t ntr, Py_ssize_t tw, int nf, const float* bias, float* y,
                            Py_ssize_t fstride, Py_ssize_t H, Py_ssize_t W, Py_ssize_t u0, int P,
-                           int Q, Py_ssize_t pt, Py_ssize_t pl, float* ob)
+                           Py_ssize_t pt, Py_ssize_t pl, float* ob)
     int ck_pw_output_f(const float* m, Py_ssize_t es, Py_ssize_t ts, Py_ssize_t ntr,
                        Py_ssize_t tw, int nf, const float* bias, float* y, Py_ssize_t fstride,
                        Py_ssize_t rows, Py_ssize_t Wo, float* ob)

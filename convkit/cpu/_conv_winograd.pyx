@@ -856,11 +856,11 @@ def conv2d_grad_input_polywino(const float[:, :, :, ::1] gy, const float[:, :, :
                                4 * a0, 4 * ntr + 1, 4 * tw + 1, S)
                 ck_pw_input_f(S, ntr, tw, V + c0, Tt * F8, F8, 0, 1)
             _pw_gemms(V, U, M, Tt, F8, Fo)
-            for ph in range(4):
+            for ph in range(2):         # (row phase P; both column phases at once)
                 for c0 in range(0, C, 8):
-                    ck_pw_output_d2s_f(M + ph * C8 + c0, Tt * Fo, Fo, ntr, tw,
+                    ck_pw_output_d2s_f(M + 2 * ph * C8 + c0, C8, Tt * Fo, Fo, ntr, tw,
                                        <int>_min(8, C - c0),
                                        &bias[c0] if has_bias else <const float*>zb,
-                                       &gx[n, c0, 0, 0], H * W, H, W, 4 * a0, <int>(ph // 2),
-                                       <int>(ph % 2), pt, pl, S)
+                                       &gx[n, c0, 0, 0], H * W, H, W, 4 * a0, <int>ph, pt, pl,
+                                       S)
     return gx

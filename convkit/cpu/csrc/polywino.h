@@ -292,34 +292,64 @@ CK_PW_TARGET static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t t
  * phase (P, Q) of grad_x is a 2x2 conv of grad_y (padded by 1) with the flipped sub-kernel
  * w[:, :, 2(1-b) + P, 2(1-b') + Q], on one grid Z[u][v] (u, v from 0) for the 4 phases:
  * y[i * fstride + Y * W + X] = Z[u][v] + bias[i], Y = 2u + P - pt, X = 2v + Q - pl, for the
- * Y < H, X < W that are >= 0 (y at plane 0 of filter f0; m at phase (P, Q)'s filter f0; the
- * task's tile rows start at grid row u0). */
-CK_PW_TARGET static int ck_pw_output_d2s_f(const float *m, ptrdiff_t es, ptrdiff_t ts,
-                                           ptrdiff_t ntr, ptrdiff_t tw, int nf,
+ * Y < H, X < W that are >= 0 (y at plane 0 of filter f0; m at phase (P, 0)'s filter f0, phase
+ * (P, 1)'s qoff floats on; the task's tile rows start at grid row u0).  Both column phases of
+ * a tile row go through ob (256 * tw floats), then out as whole runs of 16 columns of y
+ * (8 x 8 transposes, the two phases interleaved); the columns at the edges one by one. */
+CK_PW_TARGET static int ck_pw_output_d2s_f(const float *m, ptrdiff_t qoff, ptrdiff_t es,
+                                           ptrdiff_t ts, ptrdiff_t ntr, ptrdiff_t tw, int nf,
                                            const float *bias, float *y, ptrdiff_t fstride,
-                                           ptrdiff_t H, ptrdiff_t W, ptrdiff_t u0, int P, int Q,
+                                           ptrdiff_t H, ptrdiff_t W, ptrdiff_t u0, int P,
                                            ptrdiff_t pt, ptrdiff_t pl, float *ob)
 {
     if (!ck_pw_available())
         return 0;
     const __m256 b = ck_pw_bias8(bias, nf);
     const ptrdiff_t ow = 4 * tw;
-    ptrdiff_t v0 = (pl - Q + 1) / 2, v1 = (W - 1 + pl - Q) / 2 + 1;   /* 0 <= X < W */
-    if (v0 < 0)
-        v0 = 0;
-    if (v1 > ow)
-        v1 = ow;
+    float *ob1 = ob + 4 * ow * 8;
+    /* runs of 8 grid columns v .. v+7 (both phases: X = 2v - pl .. 2v - pl + 15) inside y */
+    const ptrdiff_t vb0 = (pl + 1) / 2;
+    ptrdiff_t vb1 = vb0;
+    while (vb1 + 8 <= ow && 2 * (vb1 + 8) - pl <= W)
+        vb1 += 8;
     for (ptrdiff_t a = 0; a < ntr; ++a) {
         ck_pw_tilerow_f(m, es, ts, a, tw, b, ob);
+        ck_pw_tilerow_f(m + qoff, es, ts, a, tw, b, ob1);
         for (int r = 0; r < 4; ++r) {
             ptrdiff_t Y = 2 * (u0 + 4 * a + r) + P - pt;
             if (Y < 0 || Y >= H)
                 continue;
-            const float *orow = ob + r * ow * 8;
-            for (int i = 0; i < nf; ++i) {
-                float *yr = y + i * fstride + Y * W + Q - pl;
-                for (ptrdiff_t v = v0; v < v1; ++v)
-                    yr[2 * v] = orow[v * 8 + i];
+            const float *o0 = ob + r * ow * 8, *o1 = ob1 + r * ow * 8;
+            float *yr = y + Y * W - pl;     /* yr[2v + Q]: column X = 2v + Q - pl */
+            for (ptrdiff_t v = vb0; v < vb1; v += 8) {
+                __m256 e0[8], e1[8];
+                for (int k = 0; k < 8; ++k) {
+                    e0[k] = _mm256_loadu_ps(o0 + (v + k) * 8);
+                    e1[k] = _mm256_loadu_ps(o1 + (v + k) * 8);
+                }
+                ck_fg_tr8(e0);
+                ck_fg_tr8(e1);
+                for (int i = 0; i < nf; ++i) {
+                    __m256 lo = _mm256_unpacklo_ps(e0[i], e1[i]);
+                    __m256 hi = _mm256_unpackhi_ps(e0[i], e1[i]);
+                    float *d = yr + i * fstride + 2 * v;
+                    _mm256_storeu_ps(d, _mm256_permute2f128_ps(lo, hi, 0x20));
+                    _mm256_storeu_ps(d + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+                }
+            }
+            for (ptrdiff_t v = 0; v < ow; ++v) {
+                if (v == vb0 && vb1 > vb0)
+                    v = vb1;
+                if (v >= ow || 2 * v - pl >= W)
+                    break;
+                for (int q = 0; q < 2; ++q) {
+                    ptrdiff_t X = 2 * v + q - pl;
+                    if (X < 0 || X >= W)
+                        continue;
+                    const float *o = q ? o1 : o0;
+                    for (int i = 0; i < nf; ++i)
+                        yr[i * fstride + 2 * v + q] = o[v * 8 + i];
+                }
             }
         }
     }
@@ -351,13 +381,13 @@ static int ck_pw_stage1_f(const float *x, ptrdiff_t cstride, int nc, ptrdiff_t H
     (void)nr; (void)cols; (void)s;
     return 0;
 }
-static int ck_pw_output_d2s_f(const float *m, ptrdiff_t es, ptrdiff_t ts, ptrdiff_t ntr,
-                              ptrdiff_t tw, int nf, const float *bias, float *y,
+static int ck_pw_output_d2s_f(const float *m, ptrdiff_t qoff, ptrdiff_t es, ptrdiff_t ts,
+                              ptrdiff_t ntr, ptrdiff_t tw, int nf, const float *bias, float *y,
                               ptrdiff_t fstride, ptrdiff_t H, ptrdiff_t W, ptrdiff_t u0, int P,
-                              int Q, ptrdiff_t pt, ptrdiff_t pl, float *ob)
+                              ptrdiff_t pt, ptrdiff_t pl, float *ob)
 {
-    (void)m; (void)es; (void)ts; (void)ntr; (void)tw; (void)nf; (void)bias; (void)y;
-    (void)fstride; (void)H; (void)W; (void)u0; (void)P; (void)Q; (void)pt; (void)pl; (void)ob;
+    (void)m; (void)qoff; (void)es; (void)ts; (void)ntr; (void)tw; (void)nf; (void)bias;
+    (void)y; (void)fstride; (void)H; (void)W; (void)u0; (void)P; (void)pt; (void)pl; (void)ob;
     return 0;
 }
 static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t ts, ptrdiff_t ntr,
