@@ -119,8 +119,8 @@ def test_filters_are_the_phase_sub_kernels_transformed():
     G = cc._PW_G
     for f, c, p, q in ((0, 0, 0, 0), (9, 10, 1, 1), (4, 7, 0, 1), (3, 2, 1, 0)):
         g = w[f, c, p::2, q::2].astype(np.float64)
-        want = (G @ g @ G.T).ravel().astype(np.float32)
-        assert np.array_equal(U[:, (2 * p + q) * 16 + c, f], want)
+        want = (G @ g @ G.T).ravel()      # (float64: U's rounding, not its bits)
+        np.testing.assert_allclose(U[:, (2 * p + q) * 16 + c, f], want, rtol=1e-6, atol=1e-7)
     assert not U[:, :, 10:].any() and not U[:, 11:16].any()     # padded filters, channels
 
 
@@ -213,6 +213,124 @@ def test_api_non_finite_element_for_element(where):
     want = _torch_conv(x, w, None, 1)
     with convkit.use_backend("cpu"):
         y = convkit.conv2d_forward(x, w, None, stride=2, padding=1)
+    assert np.array_equal(np.isnan(y), np.isnan(want))
+    assert np.array_equal(np.isposinf(y), np.isposinf(want))
+    assert np.array_equal(np.isneginf(y), np.isneginf(want))
+    fin = np.isfinite(want)
+    _close(np.where(fin, y, 0), np.where(fin, want, 0), "finite outputs")
+
+
+# ------------------------------------------------- grad_x (conv_transpose2d k4 s2's forward)
+def _torch_convt(x, w, b, pad, out_hw):
+    """conv_transpose2d of x (N, F, Ho, Wo) with w (F, C, 4, 4), output cropped / padded to
+    out_hw by output_padding."""
+    Ho, Wo = x.shape[2:]
+    op = tuple(o - ((i - 1) * 2 - 2 * p + 4) for o, i, p in zip(out_hw, (Ho, Wo), pad))
+    return torch.nn.functional.conv_transpose2d(
+        torch.from_numpy(x).double(), torch.from_numpy(w).double(),
+        None if b is None else torch.from_numpy(b).double(), stride=2, padding=pad,
+        output_padding=op).numpy()
+
+
+def _gx_kernel(gy, w, hw, pad, trows, threads, bias=None):
+    N, F, Ho, Wo = gy.shape
+    C = w.shape[1]
+    H, W = hw
+    pt, pl = pad
+    U = cc.polywino_grad_filters(w)
+    tw = -(-((W - 1 + pl) // 2 + 1) // 4)
+    per = wg.polywino_gx_floats(F, C, trows, tw)
+    ws = np.full(threads * per, np.nan, np.float32)
+    gx = np.full((N, C, H, W), np.nan, np.float32)
+    b = np.zeros(C, np.float32) if bias is None else bias
+    wg.conv2d_grad_input_polywino(gy, U, b, bias is not None, gx, ws, per, trows, pt, pl,
+                                  threads)
+    return gx
+
+
+# (N, F, C, Ho, Wo, (H, W), (pt, pl)): convt_28's forward (28 -> 56), odd output sizes
+# (output_padding 1), C and F not multiples of 8, paddings 0 and 2
+GX_CASES = [(2, 64, 32, 28, 28, (56, 56), (1, 1)), (3, 20, 17, 15, 18, (31, 36), (1, 1)),
+            (1, 16, 24, 12, 9, (23, 19), (2, 1)), (2, 19, 9, 6, 11, (14, 24), (0, 0)),
+            (5, 33, 16, 7, 7, (14, 13), (1, 2))]
+
+
+@pytest.mark.parametrize("case", GX_CASES, ids=lambda c: "x".join(map(str, c[:5])))
+def test_grad_x_kernel_matches_torch_float64(case):
+    N, F, C, Ho, Wo, hw, pad = case
+    rng = np.random.default_rng(N * 10 + F + C)
+    gy = rng.standard_normal((N, F, Ho, Wo)).astype(np.float32)
+    w = (rng.standard_normal((F, C, 4, 4)) / np.sqrt(4 * F)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    want = _torch_convt(gy, w, b, pad, hw)
+    th = -(-((hw[0] - 1 + pad[0]) // 2 + 1) // 4)
+    ref = None
+    for trows, threads in sorted({(th, 1), (1, 2), (2, 3), (th, 16)}):
+        got = _gx_kernel(gy, w, hw, pad, trows, threads, bias=b)
+        _close(got, want, f"trows {trows}")
+        if ref is None:
+            ref = got
+        assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), (trows, threads)
+    alone = _gx_kernel(gy[N - 1:], w, hw, pad, th, 1, bias=b)      # batch invariance
+    assert np.array_equal(alone.view(np.uint32), ref[N - 1:].view(np.uint32))
+
+
+def test_grad_x_filters_are_the_flipped_phase_sub_kernels_transformed():
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((10, 11, 4, 4)).astype(np.float32)
+    U = cc.polywino_grad_filters(w)
+    assert U.shape == (25, 16, 4 * 16)
+    G = cc._PW_G
+    for f, c, p, q in ((0, 0, 0, 0), (9, 10, 1, 1), (4, 7, 0, 1), (3, 2, 1, 0)):
+        g = w[f, c, p::2, q::2][::-1, ::-1].astype(np.float64)
+        want = (G @ g @ G.T).ravel()
+        np.testing.assert_allclose(U[:, f, (2 * p + q) * 16 + c], want, rtol=1e-6, atol=1e-7)
+    assert not U[:, 10:].any() and not U.reshape(25, 16, 4, 16)[:, :, :, 11:].any()
+
+
+def test_grad_x_workspace_floats_agree_with_the_plan():
+    for F, C, tr, tw in ((64, 32, 8, 8), (17, 20, 3, 5), (9, 8, 1, 1)):
+        assert P.polywino_gx_floats(F, C, tr, tw) == wg.polywino_gx_floats(F, C, tr, tw)
+
+
+def test_conv_transpose_forward_plan_api_threads_and_bits():
+    """convt_28-like conv_transpose2d forward (= conv2d grad_x) on the plan, with bias, against
+    torch; the same bits on 1, 2, 8 and 16 threads and for an image alone."""
+    rng = np.random.default_rng(56)
+    x = rng.standard_normal((3, 32, 14, 13)).astype(np.float32)
+    w = (rng.standard_normal((32, 16, 4, 4)) / 8).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    want = _torch_convt(x, w, b, (1, 1), (28, 26))
+    plan = _plan(np.zeros((3, 16, 28, 26), np.float32), w)
+    if P.avx2_algo(cc._caps(), "polywino"):
+        assert plan.grad_x.algo == "polywino"
+    old = convkit.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 8, 16):
+            convkit.set_num_threads(n)
+            with convkit.use_backend("cpu"):
+                runs.append(convkit.conv_transpose2d_forward(x, w, b, stride=2, padding=1))
+    finally:
+        convkit.set_num_threads(old)
+    _close(runs[0], want, "conv_transpose2d forward")
+    for got in runs[1:]:
+        assert np.array_equal(got.view(np.uint32), runs[0].view(np.uint32))
+    with convkit.use_backend("cpu"):
+        alone = convkit.conv_transpose2d_forward(x[1:2], w, b, stride=2, padding=1)
+    assert np.array_equal(alone.view(np.uint32), runs[0][1:2].view(np.uint32))
+
+
+@pytest.mark.parametrize("where", ["x", "weight"])
+def test_conv_transpose_forward_non_finite_element_for_element(where):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 16, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 4, 4)).astype(np.float32)
+    {"x": x, "weight": w}[where][1, 3, 2, 1] = np.inf
+    {"x": x, "weight": w}[where][0, 5, 1, 2] = np.nan
+    want = _torch_convt(x, w, None, (1, 1), (20, 20))
+    with convkit.use_backend("cpu"):
+        y = convkit.conv_transpose2d_forward(x, w, None, stride=2, padding=1)
     assert np.array_equal(np.isnan(y), np.isnan(want))
     assert np.array_equal(np.isposinf(y), np.isposinf(want))
     assert np.array_equal(np.isneginf(y), np.isneginf(want))
