@@ -133,7 +133,7 @@ CONV = [
     # 12 of 2 (or 1) on 8, 20 of 1 on 16
     ("polywino", (4, 16, 40, 36), (24, 16, 4, 4), 2, 1, 1,
      {"forward": "polywino" if _avx2("polywino") and cc._WINOTINY
-      else ("rowphases" if _avx2("rowphases") else _gw("phases", "im2col")),
+      else ("rowphases" if _avx2("rowphases") else "im2col"),
       "grad_x": "polywino" if _avx2("polywino") and cc._WINOTINY
       else ("subpixel" if not OWN or _avx2("subpixel") else "im2col")}, False),
     # 64 filters: weight_rowgemm's filter blocks shrink from 64 to 16 on 16 threads
