@@ -87,8 +87,8 @@ images share its batch, on any thread count (tests/test_cpu_batch_invariance.py)
   above), so one large image still makes several tasks;
 - the own AVX-512 GEMM sums each output in a fixed k order whatever the GEMM's width and the
   output's place (csrc/sgemm.h): there blocks of images and rows may follow N and the team;
-- wide, phases, rowphases, stem and the depthwise kernels work on one image (plane) per task;
-  the non-finite fallback to im2col is taken per image (convkit/cpu/conv.py).
+- wide, phases, rowphases, stem, polywino and the depthwise kernels work on one image (plane)
+  per task; the non-finite fallback to im2col is taken per image (convkit/cpu/conv.py).
 grad_weight sums over the batch and is not batch invariant.  Not covered: a workspace limit
 below what a pass needs for the whole batch (the batch backward's grad_y side by side, the
 depthwise grad_x's zero stand-in for x) sends that batch, not a smaller one, to im2col.
