@@ -133,6 +133,15 @@ CONV = [
       "grad_x": "subpixel" if not OWN or _avx2("subpixel") else "im2col",
       "grad_weight": "weight_rowgemm" if _avx2("weight_rowgemm") else _gw("weight_dot")},
      False),
+    # >= 16 channels and filters: Winograd F(4x4, 2x2) over the phase planes (csrc/polywino.h)
+    # on AVX2 + FMA where the half-rate rule takes it; 20 tasks of one tile row on 8 and 16
+    # threads (ragged last tile column: Wo = 18): 4 tasks of 5 tile rows on 1 and 2 threads,
+    # 12 of 2 (or 1) on 8, 20 of 1 on 16
+    ("polywino", (4, 16, 40, 36), (24, 16, 4, 4), 2, 1, 1,
+     {"forward": "polywino" if _avx2("polywino") and cc._WINOTINY
+      else ("rowphases" if _avx2("rowphases") else "im2col"),
+      "grad_x": "polywino" if _avx2("polywino") and cc._WINOTINY
+      else ("subpixel" if not OWN or _avx2("subpixel") else "im2col")}, False),
     # 64 filters: weight_rowgemm's filter blocks shrink from 64 to 16 on 16 threads
     ("weight_rowgemm_blocks", (2, 8, 24, 24), (64, 8, 4, 4), 2, 1, 1,
      {"grad_weight": "weight_rowgemm" if _avx2("weight_rowgemm") else _gw("weight_dot")},

@@ -16,6 +16,7 @@ by users; the public plane kernels are in _conv.pxd).  One header per kernel fam
     csrc/stem_wino.h  the stem's forward by a 1-D Winograd F(4, 4) / F(4, 3) along rows (AVX2)
     csrc/stem_wgrad.h the stem's weight gradient by the transposed F(4, 4) / F(3, 4) (AVX2)
     csrc/winotiny.h Winograd F(2x2, 3x3) transforms on tiny maps, 8 images a vector (AVX2)
+    csrc/polywino.h Winograd F(4x4, 2x2) over the phase planes of stride-2 4x4 convs (AVX2)
 
 The AVX-512 bodies are compiled with target attributes and picked at run time, so every build
 carries them and a CPU without AVX-512 takes the portable paths.
@@ -222,3 +223,22 @@ cdef extern from "csrc/winotiny.h" nogil:
                           int acc)
     void ck_wt_wgrad_out_f(const float* m, Py_ssize_t es, Py_ssize_t parts, Py_ssize_t ps,
                            Py_ssize_t C, float* gw)
+
+cdef extern from "csrc/polywino.h" nogil:
+    Py_ssize_t ck_pw_stage_floats(Py_ssize_t trows, Py_ssize_t tw)
+    int ck_pw_available()
+    int ck_pw_stage_f(const float* x, Py_ssize_t cstride, int nc, Py_ssize_t H, Py_ssize_t W,
+                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t r0, Py_ssize_t nr,
+                      Py_ssize_t cols, float* s)
+    int ck_pw_input_f(const float* s, Py_ssize_t ntr, Py_ssize_t tw, float* v, Py_ssize_t es,
+                      Py_ssize_t ts, Py_ssize_t phs, int nph)
+    int ck_pw_stage1_f(const float* x, Py_ssize_t cstride, int nc, Py_ssize_t H, Py_ssize_t W,
+                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t r0, Py_ssize_t nr,
+                       Py_ssize_t cols, float* s)
+    int ck_pw_output_d2s_f(const float* m, Py_ssize_t qoff, Py_ssize_t es, Py_ssize_t ts,
+                           Py_ssize_t ntr, Py_ssize_t tw, int nf, const float* bias, float* y,
+                           Py_ssize_t fstride, Py_ssize_t H, Py_ssize_t W, Py_ssize_t u0, int P,
+                           Py_ssize_t pt, Py_ssize_t pl, float* ob)
+    int ck_pw_output_f(const float* m, Py_ssize_t es, Py_ssize_t ts, Py_ssize_t ntr,
+                       Py_ssize_t tw, int nf, const float* bias, float* y, Py_ssize_t fstride,
+                       Py_ssize_t rows, Py_ssize_t Wo, float* ob)

@@ -21,7 +21,9 @@ from ._conv_csrc cimport (ck_wino_input_row_f, ck_wino_output_row_f, ck_wino_fil
                           ck_w4_grad_row_d, ck_w4_wgrad_out_f, ck_w4_wgrad_out_d,
                           ck_w4_grad_scratch, ck_w4_filters_pk_f, ck_w4_gemm_pk, ck_w4_pk_rows,
                           ck_fgemm_available, ck_wt_scratch, ck_wt_available,
-                          ck_wt_input_f, ck_wt_output_f)
+                          ck_wt_input_f, ck_wt_output_f, ck_pw_stage_floats, ck_pw_available,
+                          ck_pw_stage_f, ck_pw_input_f, ck_pw_output_f, ck_pw_stage1_f,
+                          ck_pw_output_d2s_f)
 from ._conv_common cimport _min
 
 
@@ -861,3 +863,151 @@ def conv2d_grad_weight_winotiny(const float[:, :, :, ::1] gy, const float[:, :, 
         for f in prange(F, schedule="static", num_threads=n_threads):
             ck_wt_wgrad_out_f(M + f * C, F * C, parts, 16 * F * C, C, &gw[f, 0, 0, 0])
     return gw
+# ------------------------------------------------------- Winograd F(4x4, 2x2) over phase planes
+# A stride-2 4x4 conv is a stride-1 2x2 conv over its 4 input phase planes (4*C channels), and
+# its grad_x 4 stride-1 2x2 convs of grad_y (one per output phase, 4*C filters): F(4x4, 2x2) on
+# them, csrc/polywino.h (conv_plan "polywino").
+def polywino_available():
+    """Whether conv2d_forward_polywino runs here (csrc/polywino.h: AVX2 + FMA, fgemm on)."""
+    return bool(ck_pw_available())
+
+
+def polywino_floats(Py_ssize_t C, Py_ssize_t F, Py_ssize_t trows, Py_ssize_t tw):
+    """Workspace floats of one conv2d_forward_polywino task of trows tile rows of tw tiles:
+    V (25, tiles, 4 * C8), M (25, tiles, F8) and the staged block (C8, F8: C, F rounded up to
+    multiples of 8)."""
+    cdef Py_ssize_t C8 = (C + 7) // 8 * 8, F8 = (F + 7) // 8 * 8
+    return 25 * trows * tw * (4 * C8 + F8) + ck_pw_stage_floats(trows, tw)
+
+
+def polywino_gx_floats(Py_ssize_t F, Py_ssize_t C, Py_ssize_t trows, Py_ssize_t tw):
+    """Workspace floats of one conv2d_grad_input_polywino task (grad_y's F channels in, grad_x's
+    C out): V (25, tiles, F8), M (25, tiles, 4 * C8) and the staged block."""
+    cdef Py_ssize_t C8 = (C + 7) // 8 * 8, F8 = (F + 7) // 8 * 8
+    return 25 * trows * tw * (F8 + 4 * C8) + ck_pw_stage_floats(trows, tw)
+
+
+def conv2d_forward_polywino(const float[:, :, :, ::1] x, const float[:, :, ::1] U,
+                            const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
+                            float[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
+                            Py_ssize_t pt, Py_ssize_t pl, int n_threads):
+    """y = conv(x, w) + bias for a 4x4 stride-2 conv padded by pt on top and pl on the left,
+    by Winograd F(4x4, 2x2) over x's 4 phase planes (csrc/polywino.h).  U (25, 4 * C8, F8):
+    conv.polywino_filters' transformed filters (zero rows and columns for the padded
+    channels and filters).  A task is trows tile rows (4 output rows each) of one image: the
+    staged planes and input transform of every 8 channels into V, the 25 GEMMs M[e] = V[e] @
+    U[e] on csrc/fgemm.h (each output one FMA chain over the 4 * C8 channels), then the output
+    transform of every 8 filters (through the staging block, free by then).  Every output
+    depends on its own tile alone: the same bits for any batch, task split and thread count.
+    ws_per_thread >= polywino_floats(C, F, trows, tw)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t C8 = (C + 7) // 8 * 8, F8 = (F + 7) // 8 * 8, K = 4 * C8
+    cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4
+    cdef Py_ssize_t nb = (th + trows - 1) // trows if trows > 0 else 0
+    cdef Py_ssize_t t, n, a0, ntr, Tt, c0, f0, e
+    cdef float* V
+    cdef float* M
+    cdef float* S
+    cdef float zb[8]
+    if not ck_pw_available():
+        raise RuntimeError("conv2d_forward_polywino needs AVX2 + FMA (csrc/polywino.h)")
+    if y.shape[0] != N or trows < 1 or pt < 0 or pl < 0:
+        raise ValueError("conv2d_forward_polywino: bad shapes or padding")
+    if U.shape[0] != 25 or U.shape[1] != K or U.shape[2] != F8:
+        raise ValueError(f"U must be (25, {K}, {F8}), got ({U.shape[0]}, {U.shape[1]}, "
+                         f"{U.shape[2]})")
+    if ws_per_thread < polywino_floats(C, F, trows, tw) or \
+            ws.shape[0] < n_threads * ws_per_thread:
+        raise ValueError("conv2d_forward_polywino: workspace too small")
+    if has_bias and bias.shape[0] < F:
+        raise ValueError("conv2d_forward_polywino: bias too short")
+    memset(zb, 0, sizeof(zb))
+    with nogil:
+        for t in prange(N * nb, schedule="dynamic", num_threads=n_threads):
+            V = &ws[0] + threadid() * ws_per_thread
+            n = t // nb
+            a0 = (t % nb) * trows
+            ntr = _min(trows, th - a0)
+            Tt = ntr * tw
+            M = V + 25 * Tt * K
+            S = M + 25 * Tt * F8
+            for c0 in range(0, C8, 8):
+                ck_pw_stage_f(&x[n, c0, 0, 0], H * W, <int>_min(8, C - c0), H, W, pt, pl,
+                              4 * a0, 4 * ntr + 1, 4 * tw + 1, S)
+                ck_pw_input_f(S, ntr, tw, V + c0, Tt * K, K, C8, 4)
+            _pw_gemms(V, U, M, Tt, K, F8)
+            for f0 in range(0, F, 8):
+                ck_pw_output_f(M + f0, Tt * F8, F8, ntr, tw, <int>_min(8, F - f0),
+                               &bias[f0] if has_bias else <const float*>zb,
+                               &y[n, f0, 4 * a0, 0], Ho * Wo, Ho - 4 * a0, Wo, S)
+    return y
+
+
+cdef void _pw_gemms(const float* V, const float[:, :, ::1] U, float* M, Py_ssize_t Tt,
+                    Py_ssize_t K, Py_ssize_t Fn) noexcept nogil:
+    """M[e] = V[e] (Tt x K) @ U[e] (K x Fn) for the 25 positions, on csrc/fgemm.h."""
+    cdef Py_ssize_t e
+    for e in range(25):
+        if not ck_fgemm(0, 0, Tt, Fn, K, <float>1, V + e * Tt * K, K, &U[e, 0, 0], Fn,
+                        <float>0, M + e * Tt * Fn, Fn):     # (no memory: BLAS)
+            gemm(False, False, Tt, Fn, K, <float>1, V + e * Tt * K, K, &U[e, 0, 0], Fn,
+                 <float>0, M + e * Tt * Fn, Fn)
+
+
+def conv2d_grad_input_polywino(const float[:, :, :, ::1] gy, const float[:, :, ::1] U,
+                               const float[::1] bias, bint has_bias, float[:, :, :, ::1] gx,
+                               float[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
+                               Py_ssize_t pt, Py_ssize_t pl, int n_threads):
+    """gx = conv2d's grad_x of a 4x4 stride-2 conv padded by pt on top and pl on the left, from
+    gy (N, F, Ho, Wo), + bias (C,) -- conv_transpose2d's forward -- by F(4x4, 2x2): output
+    phase (P, Q) of gx is the 2x2 conv of gy padded by 1 with the flipped sub-kernel
+    w[:, :, 2(1-b) + P, 2(1-b') + Q]; the four share their input tiles, so one grid of
+    (H - 1 + pt) / 2 + 1 x (W - 1 + pl) / 2 + 1 outputs with 4 * C8 filters (csrc/polywino.h's
+    ck_pw_output_d2s_f).  U (25, F8, 4 * C8): conv.polywino_grad_filters.  Tasks, GEMMs and
+    bits as conv2d_forward_polywino's; ws_per_thread >= polywino_gx_floats(F, C, trows, tw)."""
+    cdef Py_ssize_t N = gy.shape[0], F = gy.shape[1], Ho = gy.shape[2], Wo = gy.shape[3]
+    cdef Py_ssize_t C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
+    cdef Py_ssize_t C8 = (C + 7) // 8 * 8, F8 = (F + 7) // 8 * 8, Fo = 4 * C8
+    cdef Py_ssize_t th = ((H - 1 + pt) // 2 + 4) // 4, tw = ((W - 1 + pl) // 2 + 4) // 4
+    cdef Py_ssize_t nb = (th + trows - 1) // trows if trows > 0 else 0
+    cdef Py_ssize_t t, n, a0, ntr, Tt, c0, ph
+    cdef float* V
+    cdef float* M
+    cdef float* S
+    cdef float zb[8]
+    if not ck_pw_available():
+        raise RuntimeError("conv2d_grad_input_polywino needs AVX2 + FMA (csrc/polywino.h)")
+    if gx.shape[0] != N or trows < 1 or pt < 0 or pl < 0:
+        raise ValueError("conv2d_grad_input_polywino: bad shapes or padding")
+    if U.shape[0] != 25 or U.shape[1] != F8 or U.shape[2] != Fo:
+        raise ValueError(f"U must be (25, {F8}, {Fo}), got ({U.shape[0]}, {U.shape[1]}, "
+                         f"{U.shape[2]})")
+    if ws_per_thread < polywino_gx_floats(F, C, trows, tw) or \
+            ws.shape[0] < n_threads * ws_per_thread:
+        raise ValueError("conv2d_grad_input_polywino: workspace too small")
+    if has_bias and bias.shape[0] < C:
+        raise ValueError("conv2d_grad_input_polywino: bias too short")
+    memset(zb, 0, sizeof(zb))
+    with nogil:
+        for t in prange(N * nb, schedule="dynamic", num_threads=n_threads):
+            V = &ws[0] + threadid() * ws_per_thread
+            n = t // nb
+            a0 = (t % nb) * trows
+            ntr = _min(trows, th - a0)
+            Tt = ntr * tw
+            M = V + 25 * Tt * F8
+            S = M + 25 * Tt * Fo
+            for c0 in range(0, F8, 8):      # grid row u reads gy rows u - 1 and u
+                ck_pw_stage1_f(&gy[n, c0, 0, 0], Ho * Wo, <int>_min(8, F - c0), Ho, Wo, 1, 1,
+                               4 * a0, 4 * ntr + 1, 4 * tw + 1, S)
+                ck_pw_input_f(S, ntr, tw, V + c0, Tt * F8, F8, 0, 1)
+            _pw_gemms(V, U, M, Tt, F8, Fo)
+            for ph in range(2):         # (row phase P; both column phases at once)
+                for c0 in range(0, C, 8):
+                    ck_pw_output_d2s_f(M + 2 * ph * C8 + c0, C8, Tt * Fo, Fo, ntr, tw,
+                                       <int>_min(8, C - c0),
+                                       &bias[c0] if has_bias else <const float*>zb,
+                                       &gx[n, c0, 0, 0], H * W, H, W, 4 * a0, <int>ph, pt, pl,
+                                       S)
+    return gx

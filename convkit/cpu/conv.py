@@ -121,7 +121,7 @@ _MAX_PLANS = 256
 # its operands itself and falls back to the direct stem (_fwd_stem_wino); weight_stem_wino checks
 # its result and falls back to weight_stem (_bwd_weight_stem_wino).
 _MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel",
-                      "weight_winograd", "weight_direct", "weight_winotiny"})
+                      "weight_winograd", "weight_direct", "weight_winotiny", "polywino"})
 _MIXES_W = frozenset({"depthwise", "depthwise3x3"})
 
 
@@ -535,6 +535,47 @@ def _fwd_rowphases(x, weight, b, has_bias, y, s, step):
                                                     y.shape[3]), step.params["kc"])
 
 
+# Winograd F(4x4, 2x2)'s filter transform G g G^T (csrc/polywino.h), points 0, 1, -1, 1/2, inf
+_PW_G = np.array([[1, 0], [0.5, 0.5], [-1 / 6, 1 / 6], [-8 / 3, -4 / 3], [0, 0.5]])
+_PW_GG = np.kron(_PW_G, _PW_G)      # [k * 5 + l, a * 2 + b] = G[k, a] * G[l, b]
+
+
+def polywino_filters(weight):
+    """U (25, 4 * C8, F8) float32 for conv2d_forward_polywino: U[k * 5 + l, (2p + q) * C8 + c,
+    f] = (G g G^T)[k, l], g[a, b] = weight[f, c, 2a + p, 2b + q] (the 2x2 sub-kernel of phase
+    (p, q)); computed in float64, rounded once; zero for the padded channels and filters."""
+    F, C = weight.shape[:2]
+    C8, F8 = -(-C // 8) * 8, -(-F // 8) * 8
+    # (one (25 x 4) @ (4 x 4CF) product in float64: einsum's path took 0.67 ms for convt_28)
+    g = weight.reshape(F, C, 2, 2, 2, 2).transpose(2, 4, 3, 5, 1, 0)    # (a, b, p, q, c, f)
+    u = _PW_GG @ g.reshape(4, 4 * C * F).astype(np.float64)
+    U = np.zeros((25, 4, C8, F8), dtype=np.float32)
+    U[:, :, :C, :F] = u.reshape(25, 4, C, F)
+    return U.reshape(25, 4 * C8, F8)
+
+
+def polywino_grad_filters(weight):
+    """U (25, F8, 4 * C8) float32 for conv2d_grad_input_polywino: U[k * 5 + l, f, (2P + Q) * C8
+    + c] = (G g G^T)[k, l], g[b, b'] = weight[f, c, 2(1 - b) + P, 2(1 - b') + Q] (output phase
+    (P, Q)'s flipped sub-kernel); float64, rounded once; zero for the padded channels."""
+    F, C = weight.shape[:2]
+    C8, F8 = -(-C // 8) * 8, -(-F // 8) * 8
+    g = weight.reshape(F, C, 2, 2, 2, 2)[:, :, ::-1, :, ::-1, :]      # (f, c, b, P, b', Q)
+    u = _PW_GG @ g.transpose(2, 4, 0, 3, 5, 1).reshape(4, 4 * C * F).astype(np.float64)
+    U = np.zeros((25, F8, 4, C8), dtype=np.float32)
+    U[:, :F, :, :C] = u.reshape(25, F, 4, C)
+    return U.reshape(25, F8, 4 * C8)
+
+
+def _fwd_polywino(x, weight, b, has_bias, y, s, step):
+    """The 4x4 stride-2 forward by F(4x4, 2x2) over the phase planes (conv_plan.plan_polywino)."""
+    p = step.params
+    ws = _workspace(step.threads * p["per_thread"], np.float32, "polywino")
+    _winograd.conv2d_forward_polywino(x, polywino_filters(weight), b, has_bias, y, ws,
+                                      p["per_thread"], p["trows"], s.padding[0], s.padding[2],
+                                      step.threads)
+
+
 def _fwd_stem(x, weight, b, has_bias, y, s, step):
     """The stem forward on csrc/stem.h (conv_plan.plan_stem)."""
     rows, per = step.params["rows"], step.params["per_thread"]
@@ -610,7 +651,7 @@ def _fwd_im2col(x, weight, b, has_bias, y, s, step):
 _FORWARD = {"depthwise3x3": _fwd_depthwise3x3, "depthwise": _fwd_depthwise, "dense": _fwd_dense,
             "winograd": _fwd_winograd, "batch": _fwd_batch, "phases": _fwd_phases,
             "rowphases": _fwd_rowphases, "stem": _fwd_stem, "stem_wino": _fwd_stem_wino,
-            "wide": _fwd_wide,
+            "wide": _fwd_wide, "polywino": _fwd_polywino,
             "pointwise": _fwd_im2col, "im2col": _fwd_im2col}
 
 
@@ -715,6 +756,19 @@ def _bwd_batch(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                     _shift_masks(s.H, s.W, Ho, Wo, KH, KW, s.stride, pt, pl,
                                                  s.dilation, x.itemsize), p["nsplit"], gwp,
                                     step.threads, needs_gw, _T.BATCH_W_FGEMM_RATIO)
+
+
+def _bwd_polywino(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw, bias=None):
+    """grad_x of a 4x4 stride-2 conv by F(4x4, 2x2) on its output phases
+    (conv_plan.plan_polywino_grad_x); bias (C,): added to grad_x as it is written
+    (conv_transpose2d's forward)."""
+    p = step.params
+    ws = _workspace(step.threads * p["per_thread"], np.float32, "polywino")
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(1, np.float32)
+    _winograd.conv2d_grad_input_polywino(gy, polywino_grad_filters(weight), b, has_bias, gx, ws,
+                                         p["per_thread"], p["trows"], s.padding[0],
+                                         s.padding[2], step.threads)
 
 
 def _bwd_subpixel(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw, bias=None):
@@ -883,6 +937,7 @@ def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
 _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "dense": _bwd_dense,
              "winograd": _bwd_winograd, "batch": _bwd_batch, "weight_dot": _bwd_weight_dot,
              "subpixel": _bwd_subpixel, "weight_rowgemm": _bwd_weight_rowgemm,
+             "polywino": _bwd_polywino,
              "weight_stem": _bwd_weight_stem, "weight_stem_wino": _bwd_weight_stem_wino,
              "weight_winograd": _bwd_weight_winograd, "weight_direct": _bwd_weight_direct,
              "weight_winotiny": _bwd_weight_winotiny,
@@ -991,8 +1046,8 @@ def _run_grad_input(grad_y, weight, gx, s, step, bias=None):
     x, gw = gx, np.empty_like(weight)     # (gw: written only by the _GW_ALWAYS runners)
     if step.algo in _GW_ALWAYS:
         x = np.zeros(gx.shape, dtype=gx.dtype)
-    if step.algo == "subpixel":
-        _bwd_subpixel(grad_y, x, weight, gx, gw, None, s, step, True, False, bias)
+    if step.algo in ("subpixel", "polywino"):     # (they add the bias as they write)
+        _BACKWARD[step.algo](grad_y, x, weight, gx, gw, None, s, step, True, False, bias)
         return gx
     _BACKWARD[step.algo](grad_y, x, weight, gx, gw, None, s, step, True, False)
     if bias is not None:

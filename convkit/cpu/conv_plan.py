@@ -15,6 +15,10 @@ winograd        3x3 stride 1, >= 16 channels, maps > 64 positions: F(2x2) or F(4
                 ("tiny": padded by 1, even maps <= 64 positions, float32 on AVX2: F(2x2)
                 with 8 images in a vector, csrc/winotiny.h; plan_winotiny)
 batch           maps <= 64 positions: the batch's columns side by side in one GEMM      f, x, w
+polywino        4x4 stride 2, >= 16 channels, float32 on AVX2 (fgemm.h): Winograd F(4x4,   f, x
+                2x2) over the 4 input phase planes (a stride-1 2x2 conv of 4C channels);
+                grad_x: its 4 output phases as 2x2 convs of grad_y on one grid (4C
+                filters); 8 channels / filters a vector (csrc/polywino.h)
 phases          strided, float32 on the own GEMM: polyphase planes, a GEMM per row      f
 rowphases       strided, float32 on BLAS machines with AVX2: the same planes, one      f
                 csrc/rowgemm.h GEMM per block of output rows (taps read in place)
@@ -49,7 +53,8 @@ im2col          everything else: im2col into a workspace, then GEMMs            
 "BLAS machines with AVX2" above: the float32 GEMMs off the own AVX-512 kernel -- and, beside it,
 a CPU whose 512-bit FMA runs at the 256-bit rate (AMD Zen 4: ConvCaps.avx512_full_rate False),
 for the algorithms tuning.HALF_RATE_AVX2 names (stem, stem_wino, weight_stem(_wino), rowphases,
-subpixel, weight_rowgemm, F(4x4) with its packed GEMMs on csrc/fgemm.h, weight_winograd):
+subpixel, weight_rowgemm, F(4x4) with its packed GEMMs on csrc/fgemm.h, weight_winograd,
+polywino):
 ``avx2_algo``.  Full-rate AVX-512 CPUs keep the own GEMM's plans.
 
 grad_x by ``winograd`` or ``batch`` is the forward algorithm run on grad_y with the filters
@@ -84,8 +89,8 @@ images share its batch, on any thread count (tests/test_cpu_batch_invariance.py)
   above), so one large image still makes several tasks;
 - the own AVX-512 GEMM sums each output in a fixed k order whatever the GEMM's width and the
   output's place (csrc/sgemm.h): there blocks of images and rows may follow N and the team;
-- wide, phases, rowphases, stem and the depthwise kernels work on one image (plane) per task;
-  the non-finite fallback to im2col is taken per image (convkit/cpu/conv.py).
+- wide, phases, rowphases, stem, polywino and the depthwise kernels work on one image (plane)
+  per task; the non-finite fallback to im2col is taken per image (convkit/cpu/conv.py).
 grad_weight sums over the batch and is not batch invariant.  Not covered: a workspace limit
 below what a pass needs for the whole batch (the batch backward's grad_y side by side, the
 depthwise grad_x's zero stand-in for x) sends that batch, not a smaller one, to im2col.
@@ -905,6 +910,67 @@ def stem_planes(s: ConvShape, rows, Wo):
     return s.C * sh * sw * (rows + (s.KH - 1) // sh) * (Wo + (s.KW - 1) // sw)
 
 
+def polywino_floats(C, F, trows, tw):
+    """Workspace floats of one polywino task (_conv_winograd.polywino_floats; a test checks
+    the two agree): V (25, tiles, 4 * C8), M (25, tiles, F8), the staged planes of 8 channels."""
+    C8, F8 = ceil_div(C, 8) * 8, ceil_div(F, 8) * 8
+    return 25 * trows * tw * (4 * C8 + F8) + 4 * (4 * trows + 1) * (4 * tw + 1) * 8
+
+
+def polywino_gx_floats(F, C, trows, tw):
+    """Workspace floats of one polywino grad_x task (_conv_winograd.polywino_gx_floats): V (25,
+    tiles, F8), M (25, tiles, 4 * C8), the staged planes of 8 channels."""
+    C8, F8 = ceil_div(C, 8) * 8, ceil_div(F, 8) * 8
+    return 25 * trows * tw * (F8 + 4 * C8) + 4 * (4 * trows + 1) * (4 * tw + 1) * 8
+
+
+def polywino_ok(s: ConvShape, f32, caps: ConvCaps):
+    """The polywino rule: a 4x4 stride-2 conv, no dilation, groups 1, >= tuning.
+    POLYWINO_MIN_CHANNELS channels in and filters out, float32 on csrc/fgemm.h (caps.winotiny:
+    AVX2 + FMA, fgemm on) where avx2_algo allows it."""
+    return (f32 and caps.winotiny and avx2_algo(caps, "polywino")
+            and (s.KH, s.KW, s.stride, s.dilation, s.groups) == (4, 4, (2, 2), (1, 1), 1)
+            and min(s.C, s.F) >= T.POLYWINO_MIN_CHANNELS)
+
+
+def _polywino_tasks(N, th, floats, n_threads, limit):
+    """(threads, tile rows per task, floats per thread): tasks of POLYWINO_TASK_BYTES-sized
+    blocks of whole tile rows of one image, fewer rows where the batch gives fewer tasks than
+    threads; None over the workspace limit."""
+    rows = th
+    while rows > 1 and (floats(rows) * 4 > T.POLYWINO_TASK_BYTES
+                        or N * ceil_div(th, rows) < n_threads):
+        rows -= 1
+    per = floats(rows)
+    if per * 4 > limit:
+        return None
+    return max(1, min(n_threads, N * ceil_div(th, rows), limit // (per * 4))), rows, per
+
+
+def plan_polywino(s: ConvShape, Ho, Wo, f32, caps: ConvCaps, n_threads, limit):
+    """(threads, tile rows per task, workspace floats per thread) of the forward by Winograd
+    F(4x4, 2x2) over the 4 input phase planes of a 4x4 stride-2 conv (csrc/polywino.h), or
+    None (polywino_ok; tasks _polywino_tasks).  Each output depends on its own tile alone
+    (any split, the same bits)."""
+    if not polywino_ok(s, f32, caps):
+        return None
+    tw = ceil_div(Wo, 4)
+    return _polywino_tasks(s.N, ceil_div(Ho, 4), lambda r: polywino_floats(s.C, s.F, r, tw),
+                           n_threads, limit)
+
+
+def plan_polywino_grad_x(s: ConvShape, f32, caps: ConvCaps, n_threads, limit):
+    """plan_polywino's answer for grad_x (conv_transpose2d's forward): the 4 output phases
+    of grad_x as 2x2 convs of grad_y on one grid of (H - 1 + pt) / 2 + 1 rows and
+    (W - 1 + pl) / 2 + 1 columns, 4 * C filters (conv2d_grad_input_polywino)."""
+    if not polywino_ok(s, f32, caps):
+        return None
+    th = ceil_div((s.H - 1 + s.padding[0]) // 2 + 1, 4)
+    tw = ceil_div((s.W - 1 + s.padding[2]) // 2 + 1, 4)
+    return _polywino_tasks(s.N, th, lambda r: polywino_gx_floats(s.F, s.C, r, tw), n_threads,
+                           limit)
+
+
 def plan_stem(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads, limit):
     """(threads, output rows per task, workspace floats per thread) of the stem forward, or
     None.  Each output is one chain over the taps: the split may follow nothing else."""
@@ -1273,6 +1339,9 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             return Step("batch", p[0], {"imgs": p[1], "per_thread": p[2]})
     # (rowphases and stem before phases: on a half-rate AVX-512 CPU both may apply, and the
     # AVX2 ones measured faster; elsewhere at most one of the three does)
+    p = plan_polywino(s, Ho, Wo, f32, caps, n, limit)
+    if p is not None:
+        return Step("polywino", p[0], {"trows": p[1], "per_thread": p[2]})
     p = plan_rowphases(s, Ho, Wo, f32, caps, pointwise, n, limit)
     if p is not None:
         return Step("rowphases", n, {"rows": p[0], "per_thread": p[1],
@@ -1376,6 +1445,10 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
                                    fixed)
             if p is not None:
                 gx = Step("batch", p[0], {"imgs": p[1], "per_thread": p[2], "flipped": True})
+        if gx is None and not batch_ok(Ho, Wo, pointwise):
+            p = plan_polywino_grad_x(s, f32, caps, n, limit)
+            if p is not None:
+                gx = Step("polywino", p[0], {"trows": p[1], "per_thread": p[2]})
         if gx is None and not batch_ok(Ho, Wo, pointwise):
             p = plan_subpixel(s, itemsize, own and not avx2_algo(caps, "subpixel"), pointwise,
                               n, limit)

@@ -34,7 +34,7 @@ SERIAL_MACS = 1 << 15
 # (64 / 128, 1, 8, 8) * (6, 1, 5, 5), one thread, 72 / 130 us on the AVX-512 batch path against
 # 46 / 79 on csrc/wdirect.h (bench/lenet_c1_wdirect_ab.py).
 HALF_RATE_AVX2 = frozenset({"stem", "weight_stem", "rowphases", "subpixel", "weight_rowgemm",
-                            "winograd4", "weight_winograd", "weight_direct"})
+                            "winograd4", "weight_winograd", "weight_direct", "polywino"})
 
 # ----------------------------------------------------------------------------- workspaces
 # im2col piece per thread: twice the weight's bytes, clamped to [CHUNK_MIN, CHUNK_MAX]; small
@@ -278,6 +278,13 @@ ROWPHASES_PLANE_BYTES = 512 * 1024
 # bench/convt_passes.py --threads 1 --clock cpu --passes gx --sweep ROWPHASES_KC=512,256,128,64`,
 # 7 rounds): 6.04 / 6.17 / 6.34 / 6.05 ms, within that run's noise.  Not in RESULTS.md.
 ROWPHASES_KC = 128
+# Winograd F(4x4, 2x2) over the phase planes of 4x4 stride-2 convs (conv_plan "polywino",
+# csrc/polywino.h; conv_transpose2d k4 s2's grad_x): at least this many channels in and filters
+# out (fewer: the transforms outweigh the GEMMs saved), and tasks of whole tile rows whose V, M
+# and staged planes fit in POLYWINO_TASK_BYTES (convt_28: a whole image, 7 tile rows, 970 KB).
+# RESULTS.md, tenth session (helper convtwino10).
+POLYWINO_MIN_CHANNELS = 16
+POLYWINO_TASK_BYTES = 1 << 20
 
 # The strided first layer on csrc/stem.h (BLAS machines with AVX2; conv_plan "stem" and
 # "weight_stem"): strided, groups 1, dilation 1, a kernel that is not a multiple of the stride

@@ -1,0 +1,338 @@
+"""Winograd F(4x4, 2x2) over the 4 input phase planes of a 4x4 stride-2 conv (csrc/polywino.h,
+_conv_winograd.conv2d_forward_polywino; conv_plan.plan_polywino): conv2d's forward of such
+convs, so conv_transpose2d k4 s2's grad_x, float32 on AVX2 + FMA.  Checked against torch in
+float64 (convt_28-like shapes, ragged last tiles, several batches, channel and filter counts not
+a multiple of 8, paddings), for the same bits on any task split, thread count and batch, for the
+plan's rule, and for torch's NaN / inf element for element (the exact fallback)."""
+import numpy as np
+import pytest
+
+import convkit
+from convkit.cpu import conv as cc
+from convkit.cpu import conv_plan as P
+from convkit.cpu import _conv_winograd as wg
+
+torch = pytest.importorskip("torch")
+
+ok, why = convkit.backend_status("cpu")
+pytestmark = [pytest.mark.skipif(not ok, reason=why[:300]),
+              pytest.mark.skipif(ok and not wg.polywino_available(),
+                                 reason="csrc/polywino.h needs AVX2 + FMA")]
+
+# F(4x4, 2x2)'s error here is 1-5e-6 of the largest output (points 0, +-1, 1/2: RESULTS.md,
+# tenth session; a direct float32 sum ~3e-7); a wrong tap or phase gives errors near 1
+REL = 2e-5
+
+
+def _close(got, want, what):
+    err = np.abs(got.astype(np.float64) - want).max() / max(np.abs(want).max(), 1e-30)
+    assert err <= REL, f"{what}: max error {err:.3g} of the largest value"
+
+
+def _torch_conv(x, w, b, pad):
+    return torch.nn.functional.conv2d(
+        torch.from_numpy(x).double(), torch.from_numpy(w).double(),
+        None if b is None else torch.from_numpy(b).double(), stride=2, padding=pad).numpy()
+
+
+def _kernel(x, w, pad, trows, threads, bias=None):
+    """conv2d_forward_polywino called directly, NaN in its workspace and output beforehand
+    (no stale value may be read; every output must be written)."""
+    N, C, H, W = x.shape
+    F = w.shape[0]
+    pt, pl = pad
+    Ho, Wo = (H + 2 * pt - 4) // 2 + 1, (W + 2 * pl - 4) // 2 + 1
+    U = cc.polywino_filters(w)
+    per = wg.polywino_floats(C, F, trows, -(-Wo // 4))
+    ws = np.full(threads * per, np.nan, np.float32)
+    y = np.full((N, F, Ho, Wo), np.nan, np.float32)
+    b = np.zeros(F, np.float32) if bias is None else bias
+    wg.conv2d_forward_polywino(x, U, b, bias is not None, y, ws, per, trows, pt, pl, threads)
+    return y
+
+
+# (N, C, F, H, W, (pt, pl)): convt_28's grad_x (56 -> 28: 7 tiles exactly), ragged last tile
+# rows and columns (Ho, Wo not multiples of 4), C and F not multiples of 8, paddings 0 and 2,
+# one image and odd batches
+KERNEL_CASES = [(2, 32, 64, 56, 56, (1, 1)), (3, 20, 17, 30, 22, (1, 1)),
+                (1, 16, 24, 13, 19, (2, 0)), (5, 19, 8, 10, 36, (0, 2)),
+                (4, 9, 33, 8, 8, (1, 1)), (1, 40, 16, 64, 18, (1, 1))]
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: "x".join(map(str, c[:5])))
+def test_kernel_matches_torch_float64(case):
+    N, C, F, H, W, pad = case
+    rng = np.random.default_rng(N * 100 + C + H)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = (rng.standard_normal((F, C, 4, 4)) / np.sqrt(16 * C)).astype(np.float32)
+    b = rng.standard_normal(F).astype(np.float32)
+    want = _torch_conv(x, w, b, pad)
+    th = -(-want.shape[2] // 4)
+    for trows in sorted({1, 2, th}):
+        _close(_kernel(x, w, pad, trows, 2, bias=b), want, f"trows {trows}")
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES[:4], ids=lambda c: "x".join(map(str, c[:5])))
+def test_kernel_bits_do_not_depend_on_the_split_threads_or_batch(case):
+    N, C, F, H, W, pad = case
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((F, C, 4, 4)).astype(np.float32)
+    th = -(-((H + 2 * pad[0] - 4) // 2 + 1) // 4)
+    ref = _kernel(x, w, pad, th, 1)
+    for trows, threads in ((1, 1), (2, 2), (1, 8), (th, 16), (3, 3)):
+        got = _kernel(x, w, pad, trows, threads)
+        assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), (trows, threads)
+    for i in (0, N - 1):        # an image alone has its bits in the batch
+        alone = _kernel(x[i:i + 1], w, pad, th, 1)
+        assert np.array_equal(alone.view(np.uint32), ref[i:i + 1].view(np.uint32)), i
+
+
+def test_kernel_rejects_bad_arguments():
+    x = np.zeros((2, 16, 16, 16), np.float32)
+    w = np.zeros((16, 16, 4, 4), np.float32)
+    U = cc.polywino_filters(w)
+    y = np.zeros((2, 16, 8, 8), np.float32)
+    b = np.zeros(16, np.float32)
+    per = wg.polywino_floats(16, 16, 2, 2)
+    ws = np.zeros(per, np.float32)
+    with pytest.raises(ValueError, match="workspace"):
+        wg.conv2d_forward_polywino(x, U, b, False, y, ws[:-1], per - 1, 2, 1, 1, 1)
+    with pytest.raises(ValueError, match="workspace"):
+        wg.conv2d_forward_polywino(x, U, b, False, y, ws, per, 2, 1, 1, 2)
+    with pytest.raises(ValueError, match="U must be"):
+        wg.conv2d_forward_polywino(x, np.ascontiguousarray(U[:, :32]), b, False, y, ws,
+                                   per, 2, 1, 1, 1)
+
+
+def test_workspace_floats_agree_with_the_plan():
+    for C, F, tr, tw in ((32, 64, 7, 7), (17, 20, 3, 5), (9, 8, 1, 1)):
+        assert P.polywino_floats(C, F, tr, tw) == wg.polywino_floats(C, F, tr, tw)
+
+
+def test_filters_are_the_phase_sub_kernels_transformed():
+    """U[e, ph * C8 + c, f] = (G g G^T)[e // 5, e % 5] with g the 2x2 sub-kernel of phase ph."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((10, 11, 4, 4)).astype(np.float32)
+    U = cc.polywino_filters(w)
+    assert U.shape == (25, 4 * 16, 16)
+    G = cc._PW_G
+    for f, c, p, q in ((0, 0, 0, 0), (9, 10, 1, 1), (4, 7, 0, 1), (3, 2, 1, 0)):
+        g = w[f, c, p::2, q::2].astype(np.float64)
+        want = (G @ g @ G.T).ravel()      # (float64: U's rounding, not its bits)
+        np.testing.assert_allclose(U[:, (2 * p + q) * 16 + c, f], want, rtol=1e-6, atol=1e-7)
+    assert not U[:, :, 10:].any() and not U[:, 11:16].any()     # padded filters, channels
+
+
+# (maps of <= 64 output positions keep the batch GEMM, which the rules try first)
+def _plan(x, w, pad=1, stride=2, dilation=1, groups=1):
+    return cc._plan(x, w, (stride, stride), (pad,) * 4, (dilation, dilation), groups)[3]
+
+
+def test_the_plan_takes_it_where_the_rule_says():
+    f32 = np.float32
+    half_rate_ok = P.avx2_algo(cc._caps(), "polywino")
+    for N, C, F, H in ((8, 32, 64, 56), (1, 16, 16, 20), (3, 64, 24, 30)):
+        plan = _plan(np.zeros((N, C, H, H), f32), np.zeros((F, C, 4, 4), f32))
+        assert (plan.forward.algo == "polywino") == half_rate_ok, (N, C, F, H)
+    if not half_rate_ok:
+        return
+    th = 7
+    plan = _plan(np.zeros((8, 32, 56, 56), f32), np.zeros((64, 32, 4, 4), f32))
+    assert plan.forward.params["trows"] == th       # convt_28: an image per task
+    not_it = [
+        (np.zeros((8, 32, 56, 56), np.float64), np.zeros((64, 32, 4, 4)), {}),   # float64
+        (np.zeros((8, 8, 56, 56), f32), np.zeros((64, 8, 4, 4), f32), {}),       # < 16 in
+        (np.zeros((8, 32, 56, 56), f32), np.zeros((12, 32, 4, 4), f32), {}),     # < 16 out
+        (np.zeros((8, 32, 56, 56), f32), np.zeros((64, 32, 3, 3), f32), {}),     # 3x3
+        (np.zeros((8, 32, 56, 56), f32), np.zeros((64, 32, 4, 4), f32), {"stride": 1}),
+        (np.zeros((8, 32, 56, 56), f32), np.zeros((64, 32, 4, 4), f32), {"dilation": 2}),
+        (np.zeros((8, 32, 56, 56), f32), np.zeros((64, 16, 4, 4), f32), {"groups": 2}),
+    ]
+    for x, w, kw in not_it:
+        assert _plan(x, w, **kw).forward.algo != "polywino", (x.shape, w.shape, kw)
+
+
+def test_the_plan_cuts_tasks_for_the_team_and_the_limit():
+    f32 = np.float32
+    if not P.avx2_algo(cc._caps(), "polywino"):
+        pytest.skip("the half-rate rule does not take polywino on this CPU")
+    s = P.ConvShape.of((1, 32, 56, 56), (64, 32, 4, 4), (2, 2), (1, 1, 1, 1), (1, 1), 1)
+    caps = cc._caps()
+    n, rows, per = P.plan_polywino(s, 28, 28, True, caps, 4, 1 << 30)
+    assert (n, rows) == (4, 2) and per == P.polywino_floats(32, 64, 2, 7)   # 4 tasks, 4 threads
+    assert P.plan_polywino(s, 28, 28, True, caps, 1, 4 * per - 4) is None
+    big = s._replace(H=256, W=256)      # 8 tile rows of 32 tiles in POLYWINO_TASK_BYTES: 3
+    n, rows, per = P.plan_polywino(big, 128, 128, True, caps, 2, 1 << 30)
+    assert per * 4 <= P.T.POLYWINO_TASK_BYTES < P.polywino_floats(32, 64, rows + 1, 32) * 4
+    wide = s._replace(H=512, W=512)     # one tile row is over it: tasks of one row
+    assert P.plan_polywino(wide, 256, 256, True, caps, 2, 1 << 30)[1] == 1
+
+
+def test_conv_transpose_grad_x_matches_torch_and_keeps_its_bits_on_any_thread_count():
+    """convt_28-like: conv_transpose2d k4 s2 p1, whose grad_x is this conv's forward."""
+    rng = np.random.default_rng(28)
+    x = rng.standard_normal((3, 24, 14, 14)).astype(np.float32)
+    w = (rng.standard_normal((24, 16, 4, 4)) / 8).astype(np.float32)
+    gy = rng.standard_normal((3, 16, 28, 28)).astype(np.float32)
+    xt = torch.from_numpy(x).double().requires_grad_()
+    yt = torch.nn.functional.conv_transpose2d(xt, torch.from_numpy(w).double(), stride=2,
+                                              padding=1)
+    yt.backward(torch.from_numpy(gy).double())
+    want = xt.grad.numpy()
+    assert _plan(gy, w).forward.algo == ("polywino" if P.avx2_algo(cc._caps(), "polywino")
+                                         else _plan(gy, w).forward.algo)
+    old = convkit.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 8, 16):
+            convkit.set_num_threads(n)
+            with convkit.use_backend("cpu"):
+                runs.append(convkit.conv_transpose2d_backward(gy, x, w, stride=2, padding=1,
+                                                              has_bias=False)[0])
+    finally:
+        convkit.set_num_threads(old)
+    _close(runs[0], want, "conv_transpose2d grad_x")
+    for got in runs[1:]:
+        assert np.array_equal(got.view(np.uint32), runs[0].view(np.uint32))
+    with convkit.use_backend("cpu"):     # batch invariance: the last image alone
+        alone = convkit.conv_transpose2d_backward(gy[2:], x[2:], w, stride=2, padding=1,
+                                                  has_bias=False)[0]
+    assert np.array_equal(alone.view(np.uint32), runs[0][2:].view(np.uint32))
+
+
+@pytest.mark.parametrize("where", ["x", "weight"])
+def test_api_non_finite_element_for_element(where):
+    """The transforms mix a 5x5 tile's phase inputs into all 16 of its outputs: a NaN or inf
+    must reach exactly the outputs torch's does (the plan's exact fallback)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 16, 20, 20)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 4, 4)).astype(np.float32)
+    {"x": x, "weight": w}[where][1, 3, 2, 1] = np.inf
+    {"x": x, "weight": w}[where][0, 5, 1, 2] = np.nan
+    want = _torch_conv(x, w, None, 1)
+    with convkit.use_backend("cpu"):
+        y = convkit.conv2d_forward(x, w, None, stride=2, padding=1)
+    assert np.array_equal(np.isnan(y), np.isnan(want))
+    assert np.array_equal(np.isposinf(y), np.isposinf(want))
+    assert np.array_equal(np.isneginf(y), np.isneginf(want))
+    fin = np.isfinite(want)
+    _close(np.where(fin, y, 0), np.where(fin, want, 0), "finite outputs")
+
+
+# ------------------------------------------------- grad_x (conv_transpose2d k4 s2's forward)
+def _torch_convt(x, w, b, pad, out_hw):
+    """conv_transpose2d of x (N, F, Ho, Wo) with w (F, C, 4, 4), output cropped / padded to
+    out_hw by output_padding."""
+    Ho, Wo = x.shape[2:]
+    op = tuple(o - ((i - 1) * 2 - 2 * p + 4) for o, i, p in zip(out_hw, (Ho, Wo), pad))
+    return torch.nn.functional.conv_transpose2d(
+        torch.from_numpy(x).double(), torch.from_numpy(w).double(),
+        None if b is None else torch.from_numpy(b).double(), stride=2, padding=pad,
+        output_padding=op).numpy()
+
+
+def _gx_kernel(gy, w, hw, pad, trows, threads, bias=None):
+    N, F, Ho, Wo = gy.shape
+    C = w.shape[1]
+    H, W = hw
+    pt, pl = pad
+    U = cc.polywino_grad_filters(w)
+    tw = -(-((W - 1 + pl) // 2 + 1) // 4)
+    per = wg.polywino_gx_floats(F, C, trows, tw)
+    ws = np.full(threads * per, np.nan, np.float32)
+    gx = np.full((N, C, H, W), np.nan, np.float32)
+    b = np.zeros(C, np.float32) if bias is None else bias
+    wg.conv2d_grad_input_polywino(gy, U, b, bias is not None, gx, ws, per, trows, pt, pl,
+                                  threads)
+    return gx
+
+
+# (N, F, C, Ho, Wo, (H, W), (pt, pl)): convt_28's forward (28 -> 56), odd output sizes
+# (output_padding 1), C and F not multiples of 8, paddings 0 and 2
+GX_CASES = [(2, 64, 32, 28, 28, (56, 56), (1, 1)), (3, 20, 17, 15, 18, (31, 36), (1, 1)),
+            (1, 16, 24, 12, 9, (23, 19), (2, 1)), (2, 19, 9, 6, 11, (14, 24), (0, 0)),
+            (5, 33, 16, 7, 7, (14, 13), (1, 2))]
+
+
+@pytest.mark.parametrize("case", GX_CASES, ids=lambda c: "x".join(map(str, c[:5])))
+def test_grad_x_kernel_matches_torch_float64(case):
+    N, F, C, Ho, Wo, hw, pad = case
+    rng = np.random.default_rng(N * 10 + F + C)
+    gy = rng.standard_normal((N, F, Ho, Wo)).astype(np.float32)
+    w = (rng.standard_normal((F, C, 4, 4)) / np.sqrt(4 * F)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    want = _torch_convt(gy, w, b, pad, hw)
+    th = -(-((hw[0] - 1 + pad[0]) // 2 + 1) // 4)
+    ref = None
+    for trows, threads in sorted({(th, 1), (1, 2), (2, 3), (th, 16)}):
+        got = _gx_kernel(gy, w, hw, pad, trows, threads, bias=b)
+        _close(got, want, f"trows {trows}")
+        if ref is None:
+            ref = got
+        assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), (trows, threads)
+    alone = _gx_kernel(gy[N - 1:], w, hw, pad, th, 1, bias=b)      # batch invariance
+    assert np.array_equal(alone.view(np.uint32), ref[N - 1:].view(np.uint32))
+
+
+def test_grad_x_filters_are_the_flipped_phase_sub_kernels_transformed():
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((10, 11, 4, 4)).astype(np.float32)
+    U = cc.polywino_grad_filters(w)
+    assert U.shape == (25, 16, 4 * 16)
+    G = cc._PW_G
+    for f, c, p, q in ((0, 0, 0, 0), (9, 10, 1, 1), (4, 7, 0, 1), (3, 2, 1, 0)):
+        g = w[f, c, p::2, q::2][::-1, ::-1].astype(np.float64)
+        want = (G @ g @ G.T).ravel()
+        np.testing.assert_allclose(U[:, f, (2 * p + q) * 16 + c], want, rtol=1e-6, atol=1e-7)
+    assert not U[:, 10:].any() and not U.reshape(25, 16, 4, 16)[:, :, :, 11:].any()
+
+
+def test_grad_x_workspace_floats_agree_with_the_plan():
+    for F, C, tr, tw in ((64, 32, 8, 8), (17, 20, 3, 5), (9, 8, 1, 1)):
+        assert P.polywino_gx_floats(F, C, tr, tw) == wg.polywino_gx_floats(F, C, tr, tw)
+
+
+def test_conv_transpose_forward_plan_api_threads_and_bits():
+    """convt_28-like conv_transpose2d forward (= conv2d grad_x) on the plan, with bias, against
+    torch; the same bits on 1, 2, 8 and 16 threads and for an image alone."""
+    rng = np.random.default_rng(56)
+    x = rng.standard_normal((3, 32, 14, 13)).astype(np.float32)
+    w = (rng.standard_normal((32, 16, 4, 4)) / 8).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    want = _torch_convt(x, w, b, (1, 1), (28, 26))
+    plan = _plan(np.zeros((3, 16, 28, 26), np.float32), w)
+    if P.avx2_algo(cc._caps(), "polywino"):
+        assert plan.grad_x.algo == "polywino"
+    old = convkit.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 8, 16):
+            convkit.set_num_threads(n)
+            with convkit.use_backend("cpu"):
+                runs.append(convkit.conv_transpose2d_forward(x, w, b, stride=2, padding=1))
+    finally:
+        convkit.set_num_threads(old)
+    _close(runs[0], want, "conv_transpose2d forward")
+    for got in runs[1:]:
+        assert np.array_equal(got.view(np.uint32), runs[0].view(np.uint32))
+    with convkit.use_backend("cpu"):
+        alone = convkit.conv_transpose2d_forward(x[1:2], w, b, stride=2, padding=1)
+    assert np.array_equal(alone.view(np.uint32), runs[0][1:2].view(np.uint32))
+
+
+@pytest.mark.parametrize("where", ["x", "weight"])
+def test_conv_transpose_forward_non_finite_element_for_element(where):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 16, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 4, 4)).astype(np.float32)
+    {"x": x, "weight": w}[where][1, 3, 2, 1] = np.inf
+    {"x": x, "weight": w}[where][0, 5, 1, 2] = np.nan
+    want = _torch_convt(x, w, None, (1, 1), (20, 20))
+    with convkit.use_backend("cpu"):
+        y = convkit.conv_transpose2d_forward(x, w, None, stride=2, padding=1)
+    assert np.array_equal(np.isnan(y), np.isnan(want))
+    assert np.array_equal(np.isposinf(y), np.isposinf(want))
+    assert np.array_equal(np.isneginf(y), np.isneginf(want))
+    fin = np.isfinite(want)
+    _close(np.where(fin, y, 0), np.where(fin, want, 0), "finite outputs")
