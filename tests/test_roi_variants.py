@@ -718,8 +718,8 @@ def test_cpu_max_align_tables_of_every_tap_count_match_the_oracle():
     """The float sample table's fills: 2 x 2 taps a bin unrolled (the forward then scans
     with row and column terms, ck_ma_fwd4pb_*: 198 channels, a 128-channel block in runs
     of such bins, then 70: two 32-channel blocks and a tail), other counts (3 x 3, bins
-    cut by the image's edge) bin by bin, and RoIs of over 64 taps on an axis (output 36 x 9 at sampling_ratio 2: 72 x taps) on the scalar fill;
-    forward and backward give the oracle's argmax and values."""
+    cut by the image's edge) bin by bin, and RoIs of over 64 taps on an axis (output 36 x 9
+    at sampling_ratio 2: 72 x taps) on the scalar fill; forward and backward give the oracle's argmax and values."""
     rng = np.random.default_rng(21)
     x = rng.standard_normal((2, 198, 23, 29)).astype(np.float32)
     xy = rng.uniform(-80, 400, (16, 2))

@@ -44,8 +44,9 @@ weight_winograd where the forward takes F(4x4, 3x3): the transposed F(4x4) -- 36
 weight_winotiny the "tiny" winograd layers: the transposed F(2x2) over the same 8-image      w
                 tiles, lane-wise dot products in fixed parts of the batch (csrc/winotiny.h)
 weight_direct   stride 1, one input channel, >= 25 taps at most 8 wide, float32 on BLAS   w
-                machines with AVX2 and half-rate AVX-512 CPUs: dot products of grad_y rows with shifted rows of the
-                padded x, a task per (filter, channel, kernel row) (csrc/wdirect.h)
+                machines with AVX2 and half-rate AVX-512 CPUs: dot products of grad_y
+                rows with shifted rows of the padded x, a task per (filter, channel,
+                kernel row) (csrc/wdirect.h)
 pointwise       1x1, stride 1, no padding: GEMMs straight on x                          f, x, w
 im2col          everything else: im2col into a workspace, then GEMMs                    f, x, w
 =============== ====================================================================== ========
@@ -1107,8 +1108,8 @@ def plan_weight_direct(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise,
                        limit):
     """(threads, padded-input floats) of the direct weight gradient (csrc/wdirect.h), or None:
     float32 on AVX2 + FMA where avx2_algo allows it (BLAS machines, and half-rate AVX-512
-    CPUs beside the own GEMM; full-rate ones keep their plan), groups 1, stride 1, dilation 1, at most tuning.WDIRECT_MAX_CHANNELS input channels,
-    a kernel of at least tuning.WDIRECT_MIN_TAPS taps and at most 8 columns.  LeNet5's first
+    CPUs beside the own GEMM; full-rate ones keep their plan), groups 1, stride 1, dilation
+    1, at most tuning.WDIRECT_MAX_CHANNELS input channels, a kernel of at least tuning.WDIRECT_MIN_TAPS taps and at most 8 columns.  LeNet5's first
     layer (1 -> 6, 5x5): the batch path's GEMM spent more on its columns' transposes and
     packing than on the multiplies.  A task per (filter, channel, kernel row), each sum's
     order fixed by the shapes: no bits follow the team."""
@@ -1477,8 +1478,9 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         elif winograd is not False:     # (tests that force im2col force it here too)
             wown = own and not avx2_algo(caps, "weight_winograd")
             p = plan_weight_winograd(s, Ho, Wo, itemsize, wown, n, limit)
-            if p is not None:   # (its GEMMs on the fixed-order kernel: fgemm.h, or the own;
-                #  fgemm.h beside the own where the half-rate rule takes it: tuning.WGRAD_WINO_FGEMM)
+            # (its GEMMs on the fixed-order kernel: fgemm.h, or the own; fgemm.h beside the own
+            #  where the half-rate rule takes it: tuning.WGRAD_WINO_FGEMM)
+            if p is not None:
                 gw = Step("weight_winograd", n, {"trows": p[0], "cols": p[1], "parts": p[2],
                                                  "floats": p[3], "fixed": fixed or own,
                                                  "fgemm": (own and f32 and caps.fixed_sgemm

@@ -354,8 +354,8 @@ static int ck_stem_wino_forward_f(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdif
                                   float *ws, float *y, ptrdiff_t ldy, const float *bias,
                                   int stream)
 {
-    (void)stream; (void)F; (void)C; (void)KH; (void)sh; (void)U; (void)boff; (void)x; (void)H; (void)W;
-    (void)pt; (void)pl; (void)h0; (void)Ra; (void)hr; (void)Wo; (void)ws; (void)y; (void)ldy;
+    (void)stream; (void)F; (void)C; (void)KH; (void)sh; (void)U; (void)boff; (void)x; (void)H;
+    (void)W; (void)pt; (void)pl; (void)h0; (void)Ra; (void)hr; (void)Wo; (void)ws; (void)y; (void)ldy;
     (void)bias;
     return 0;
 }
