@@ -1,19 +1,24 @@
 """How each cpu conv algorithm's work splits across many threads (issue 16): pure arithmetic on
 the plan, no timing.
 
-    python bench/many_core_split.py [--threads 2,16,64] [--caps avx512,epyc] [--extra]
+    python bench/many_core_split.py [--threads 2,16,64] [--caps avx512,epyc,zen4] [--extra]
         [--markdown]
 
 For every conv layer of the suite (convkit.benchmark.cases.CASES, family "conv", plain ConvCase:
 transposed and deformable convs, subclasses added by other issues, run the conv kernels in
 other roles and are left out; --extra adds
 the shapes that take the algorithms the suite does not: batch, dense, general depthwise, a
-strided im2col, a kernel-4 stride-2 conv) and each pass (forward, grad_x, grad_weight),
+strided im2col, a kernel-4 stride-2 conv, tiny 8x8 / 4x4 maps of batch 64) and each pass
+(forward, grad_x, grad_weight),
 ``plan_conv`` gives the step at each thread count for the machines -- ``avx512``:
 ConvCaps(own_sgemm=True, depthwise3x3_level=3), the Xeon the project was tuned on; ``epyc``:
 ConvCaps(False, 2, rowgemm=True, fixed_sgemm=True), the AMD EPYC without AVX-512 (float32 GEMMs
 on OpenBLAS, forwards' and grad_x's on csrc/fgemm.h, csrc/rowgemm.h and csrc/stem.h run);
-``blas``: ConvCaps(False, 2), BLAS alone (a CPU without AVX2) -- with the default workspace
+``blas``: ConvCaps(False, 2), BLAS alone (a CPU without AVX2); ``zen4``: the half-rate
+AVX-512 CPU (Zen 4) the project runs on now, ConvCaps(own_sgemm=True, 3, rowgemm=True,
+fixed_sgemm=True, avx512_full_rate=False, winotiny=True): the own GEMM beside the AVX2
+algorithms of tuning.HALF_RATE_AVX2 (conv_plan.avx2_algo; the EPYC and it run csrc/winotiny.h
+and csrc/polywino.h, caps.winotiny) -- with the default workspace
 limit, and the step's parallel regions are derived from its params and the kernels' prange
 loops as below.  --markdown prints the table as RESULTS.md's rows.
 
@@ -24,7 +29,9 @@ the pass's own -- operands repacked per task, phase planes rebuilt, the own GEMM
 panels, wide rows' extra columns -- as a share of its own work), lost (the whole pass: the
 share of team * (the regions' makespans + serial work) not spent on its own work -- idle
 threads in every region, serial work, partial panels and extra columns; repacks and rebuilt
-planes are in dup only), ws (workspace per thread, KiB).
+planes are in dup only), ws (workspace per thread, KiB).  Where the team is smaller than
+the threads asked (the plan found fewer tasks), --markdown adds "(team k: x of t)": the lost
+share of all t threads, the rest of them idle through the call.
 
 Work is counted in multiply-adds for GEMMs and transforms and in elements for copies, zeroing
 and reductions (one unit each).  A region's makespan is list scheduling of its tasks in order
@@ -68,6 +75,24 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   F*cols*(its part's tiles) MACs; the filter transform, a static region of F tasks (C*36*parts
   adds + 36*3*C).  Dup: on plain BLAS each column block repacks its part of Z (F*tiles per
   extra block); on fgemm none.  ws: V, Z and the parts' M (shared) + the row scratch, per thread.
+- winotiny (conv2d_forward_winotiny, Step "winograd" with params tiny; grad_x the same on
+  grad_y): ceil(N/(8*groups)) tasks of whole groups of 8 images (the vector lanes), each
+  column (a tile of one image) 16*F*C MACs + the transforms (4*16 per column and channel in,
+  per column and filter out); dup: a short last group's empty lanes.  The team is at most the
+  tasks: batch 64 gives 8 whatever the thread count.
+- weight_winotiny (conv2d_grad_weight_winotiny): a region of ceil(ceil(N/8)/part_groups)
+  parts (set by the layer: the bits), each column 64*(C + F) transforms + 16*F*C products;
+  then a static region of F filters adding the parts' M (16*C a part) and G^T M G.  ws: the
+  parts' sums over the team + the slice.
+- polywino (conv2d_forward_polywino / conv2d_grad_input_polywino, csrc/polywino.h): N*ceil(th/
+  trows) tasks of trows tile rows of one image, each the staged phase rows (4*trows + 1 per
+  phase, K of them), the input transform (4*25 per tile and K channel), the 25 GEMMs (tiles x
+  K x the filters rounded to 8) and the output transform (4*25 per tile and filter); forward K
+  = 4*C8, grad_x K = F8 on the (H - 1 + pt)/2 + 1 grid with 4*C8 filters out.  Dup: the halo
+  row per task, C and F rounded up to 8.
+- weight_direct (_conv_wdirect.conv2d_grad_weight_direct): x padded in a static region of N
+  images, then a static region of F*C*ceil(KH/kr) tasks (kr = 2 kernel rows up to 6 columns),
+  each N*kr*KW*Ho*Wo8 MACs (Wo8: Wo in 8 lanes; the tail's lanes dup).
 - stem (_conv_phases.conv2d_forward_stem, csrc/stem.h): N*ceil(Ho/rows) tasks, each
   rows*Wo*F*C*KK MACs + its phase planes (C*sh*sw*(rows + halo)*Wq); dup: the halo rows.
 - stem_wino (_conv_phases, csrc/stem_wino.h): N*ceil(Ho/rows) tasks, each rows*ceil(Wo/4) tiles
@@ -144,9 +169,12 @@ from convkit.cpu import tuning as T
 
 CAPS = {"avx512": P.ConvCaps(own_sgemm=True, depthwise3x3_level=3),
         "epyc": P.ConvCaps(own_sgemm=False, depthwise3x3_level=2, rowgemm=True,
-                           fixed_sgemm=True),
-        "blas": P.ConvCaps(own_sgemm=False, depthwise3x3_level=2)}
-CAPS_LABEL = {"avx512": "Xeon (own GEMM)", "epyc": "EPYC (BLAS + fgemm)", "blas": "BLAS only"}
+                           fixed_sgemm=True, winotiny=True),
+        "blas": P.ConvCaps(own_sgemm=False, depthwise3x3_level=2),
+        "zen4": P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True,
+                           fixed_sgemm=True, avx512_full_rate=False, winotiny=True)}
+CAPS_LABEL = {"avx512": "Xeon (own GEMM)", "epyc": "EPYC (BLAS + fgemm)", "blas": "BLAS only",
+              "zen4": "Zen 4 (own GEMM, half rate)"}
 LIMIT = 256 * 2**20                     # convkit's default workspace limit
 
 # Shapes taking the algorithms the suite's layers do not (--extra): (name, N, C, H, W, F, K,
@@ -157,7 +185,10 @@ EXTRA = [("small_16_8x8", 128, 16, 8, 8, 16, 3, 1, 1, 1),
          ("strided_14", 8, 64, 28, 28, 128, 3, 2, 1, 1),
          ("k4s2_56", 8, 64, 56, 56, 64, 4, 2, 1, 1),
          # convt_28's adjoint conv (its grad_x: this forward; its grad_weight: this one's)
-         ("convt28_adj", 8, 32, 56, 56, 64, 4, 2, 1, 1)]
+         ("convt28_adj", 8, 32, 56, 56, 64, 4, 2, 1, 1),
+         # SmallResNet-like tiny maps (winotiny / weight_winotiny where caps.winotiny)
+         ("tiny_16_8x8", 64, 16, 8, 8, 16, 3, 1, 1, 1),
+         ("tiny_32_4x4", 64, 32, 4, 4, 32, 3, 1, 1, 1)]
 
 # Params that cut a sum (their change changes the bits): per algorithm, on the own GEMM / BLAS.
 SUM_PARAMS = {
@@ -172,6 +203,7 @@ SUM_PARAMS = {
     "weight_stem": ((), ("rows", "fchunk", "groups_n")),
     "weight_stem_wino": ((), ("rows", "groups_n")),
     "weight_winograd": ((), ("trows", "cols", "parts")),
+    "weight_winotiny": (("part_groups", "chunk"), ("part_groups", "chunk")),
 }
 
 
@@ -249,6 +281,19 @@ def forward_regions(algo, p, s, own, itemsize):
         return ([Region("gemm", [c + C * KK * L * (algo != "pointwise")
                                  for c, L in zip(costs, Ls * N)], useful=useful + cols)],
                 wsz if own else 0, dup, p["per_thread"] * itemsize)
+    if algo == "winograd" and p.get("tiny"):
+        # winotiny (conv2d_forward_winotiny): ceil(N / (8 * groups)) tasks of whole groups of 8
+        # images, each column (a tile of one image) 16*F*C MACs + the transforms (4*16 per
+        # column and channel in, and per column and filter out) + the zero-bordered block
+        per = (H // 2) * (W // 2)
+        imgs = runs(N, 8 * p["groups"])
+        costs = [8 * cdiv(ni, 8) * per * (16 * F * C + 64 * (C + F)) + 8 * (H + 2) * (W + 2)
+                 for ni in imgs]
+        useful = float(N * per * (16 * F * C + 64 * (C + F)))  # (short groups' lanes: dup)
+        return [Region("groups of 8 images", costs, useful=useful)], 0, 0, \
+            p["per_thread"] * itemsize
+    if algo == "polywino":
+        return polywino_regions(s, p, itemsize, "f")
     if algo == "winograd":
         t = p.get("tile", 2)
         E = (t + 2) ** 2
@@ -327,6 +372,35 @@ def forward_regions(algo, p, s, own, itemsize):
     raise ValueError(algo)
 
 
+def polywino_regions(s, p, itemsize, which):
+    """polywino (csrc/polywino.h): N*ceil(th/trows) tasks of trows tile rows (4 outputs
+    each) of one image: the staged phase rows of every 8 channels (4*trows + 1 rows of
+    4*tw + 1 per phase: the + 1 the halo), the input transform (4*25 per tile and channel),
+    the 25 GEMMs (tiles x K x F8), the output transform (4*25 per tile and filter).  Forward: K
+    = 4*C8 (4 phases), 4 staged phases; grad_x: K = F8, 1 staged plane of grad_y, 4*C8
+    filters out (the 4 output phases).  Dup: the halo rows and C, F rounded up to 8 (the
+    useful work: one task an image, C and F unpadded)."""
+    N, C, H, W, F = s[:5]
+    Ho, Wo = s.out
+    if which == "f":
+        th, tw = cdiv(Ho, 4), cdiv(Wo, 4)
+    else:
+        th = cdiv((H - 1 + s.padding[0]) // 2 + 1, 4)
+        tw = cdiv((W - 1 + s.padding[2]) // 2 + 1, 4)
+
+    def cost(ntr, pad):
+        r8 = (lambda v: cdiv(v, 8) * 8) if pad else (lambda v: v)
+        # K (the GEMMs' depth = the staged and transformed channels), the GEMMs' columns, and
+        # the filters the output transform writes
+        kk, co, out = (4 * r8(C), r8(F), F) if which == "f" else (r8(F), 4 * r8(C), 4 * C)
+        tiles = ntr * tw
+        return (kk * (4 * ntr + 1) * (4 * tw + 1) + 4 * 25 * tiles * kk
+                + 25 * tiles * kk * co + 4 * 25 * tiles * out)
+    costs = [cost(r, True) for r in runs(th, p["trows"])] * N
+    useful = float(N * cost(th, False))
+    return [Region("tile rows", costs, useful=useful)], 0, 0, p["per_thread"] * itemsize
+
+
 def dense_regions(s, p, own, which):
     N, C, H, W, F = s[:5]
     Ho, Wo = s.out
@@ -392,6 +466,34 @@ def backward_regions(algo, p, s, own, itemsize, which):
         ntw = cdiv(Ug, p["units_w"])
         dup = G * ntw * Fg * N * HoWo                   # grad_y repacked per column block
         return regions, gwn * nsplit, dup, p["per_thread"] * itemsize
+    if algo == "polywino" and which == "x":
+        return polywino_regions(s, p, itemsize, "x")
+    if algo == "weight_winotiny":
+        # parts of part_groups groups of 8 images, a task each, in chunks: each column (a tile
+        # of one image) 64*C (x's transforms) + 64*F (grad_y's) + 16*F*C (the lane-wise dots)
+        # + the zero-bordered blocks; then a static region of F filters adding the parts' M
+        # (16*C each a part) and G^T M G (48*C); ws: the parts' sums (shared) + the slice
+        per, G8 = (H // 2) * (W // 2), cdiv(N, 8)
+        pg = p["part_groups"]
+        costs = [8 * g * per * (64 * (C + F) + 16 * F * C) + 16 * (H + 2) * (W + 2)
+                 for g in runs(G8, pg)]
+        useful = float(N * per * (64 * (C + F) + 16 * F * C))
+        fold = Region("filters", [C * (16 * len(costs) + 48)] * F, "static")
+        return ([Region("parts", costs, useful=useful), fold], 0, 0,
+                (p["sums"] / p["_team"] + p["per_thread"]) * itemsize)
+    if algo == "weight_direct":
+        # x padded in a static region of N images (C*Hp*Wp), then a static region of
+        # F*C*ceil(KH/kr) (filter, channel, kr kernel rows) tasks (kr = 2 up to 6 columns:
+        # csrc/wdirect.h ck_wdirect_rows), each N*rows*KW*Ho*Wo8 MACs (Wo8: Wo rounded up to
+        # 8 lanes, the tail's lanes dup); ws: the padded x (shared)
+        kr = 2 if KW <= 6 else 1
+        Wo8 = 8 * cdiv(Wo, 8)
+        Hp, Wp = Ho + KH - 1, Wo8 + KW - 1
+        main = Region("(filter, channel, kernel rows)",
+                      [N * r * KW * Ho * Wo8 for r in runs(KH, kr)] * (F * C), "static",
+                      useful=float(N * F * C * KH * KW * HoWo))
+        pad = Region("pad x", [C * Hp * Wp] * N, "static")
+        return [main, pad], 0, 0, p["floats"] * itemsize
     if algo in ("winograd", "batch") and which == "x" and (algo == "winograd"
                                                            or p.get("flipped")):
         return forward_regions(algo, p, flipped(s), own, itemsize)
@@ -540,7 +642,7 @@ def shapes(extra):
     return out
 
 
-def analyse(step, s, own, itemsize, which, fg=False, bias_sum=False):
+def analyse(step, s, own, itemsize, which, fg=False, bias_sum=False, threads=None):
     """dict of the columns for one pass."""
     p = dict(step.params, team=step.threads, _team=step.threads, _fg=fg)
     if which == "f":
@@ -548,30 +650,37 @@ def analyse(step, s, own, itemsize, which, fg=False, bias_sum=False):
     else:
         regions, serial, dup, ws = backward_regions(step.algo, p, s, own, itemsize, which)
     if which == "w" and bias_sum and step.algo in ("weight_winograd", "weight_rowgemm",
-                                                   "weight_dot", "dense", "depthwise"):
+                                                   "weight_dot", "dense", "depthwise",
+                                                   "weight_winotiny", "weight_direct"):
         Ho, Wo = s.out      # (grad_bias "sum": bias_grad's static region after the step)
         regions = regions + [Region("grad_bias", [s.N * Ho * Wo] * s.F, "static")]
     team = step.threads
     if step.algo in ("weight_dot", "weight_winograd", "weight_rowgemm", "weight_stem",
-                     "weight_stem_wino"):
+                     "weight_stem_wino", "weight_direct"):
         ws /= team          # (one buffer for the team: its share per thread)
     cost = sum(sum(r.costs) for r in regions) + serial
     span = sum(r.makespan(team) for r in regions) + serial
     work = sum(r.useful for r in regions) + serial
     lost = 1 - work / (team * span) if span else 0.0
+    asked = step.threads if threads is None else threads
+    # (against the threads asked: a team smaller than them leaves the rest idle)
+    lost_t = 1 - work / (max(asked, team) * span) if span else 0.0
     dup += cost - work          # (own GEMM: the partial panels' columns; wide: its extra ones)
     return {"algo": step.algo, "team": team, "regions": len(regions),
             "tasks": "+".join(str(len(r.costs)) for r in regions) or "-",
             "idle": regions[0].idle(team) if regions else 0.0, "lost": lost,
+            "lost_t": lost_t, "asked": asked,
             "dup": dup / work if work else 0.0, "ws": ws / 1024}
 
 
-def fixed(steps, own, fg=False):
+def fixed(steps, own, fg=False, half=False):
     """True when each step's sum-cutting params agree across the thread counts (fg: float32
     forwards and grad_x on csrc/fgemm.h, whose Winograd tile rows cut no sum)."""
     seen = {}
     for st in steps:
-        keys = SUM_PARAMS.get(st.algo, ((), ()))[0 if own else 1]
+        # (half: a half-rate AVX-512 CPU, whose AVX2 weight gradients cut sums as on BLAS)
+        keys = SUM_PARAMS.get(st.algo, ((), ()))[
+            0 if own and not (half and st.algo.startswith("weight_")) else 1]
         if fg and st.algo == "winograd":
             keys = ()
         seen.setdefault(st.algo, set()).add(tuple(st.params.get(k) for k in keys))
@@ -580,6 +689,8 @@ def fixed(steps, own, fg=False):
 
 def algo_name(step):
     """The step's algorithm, Winograd F(4x4) as winograd4."""
+    if step.params.get("tiny"):
+        return "winotiny"
     return step.algo + ("4" if step.params.get("tile") == 4 else "")
 
 
@@ -603,7 +714,11 @@ def markdown(rows, caps_names, threads, out=sys.stdout):
             algo, ok, res = cell[c]
             line += f" {algo}{'' if ok else ' (its sums follow the team!)'} |"
             for t in threads[1:]:
-                line += f" {res[t]['tasks']}, {res[t]['lost']:.0%} |"
+                r = res[t]
+                line += f" {r['tasks']}, {r['lost']:.0%}"
+                if r["team"] < t:       # (the rest of the threads idle: lost of all t)
+                    line += f" (team {r['team']}: {r['lost_t']:.0%} of {t})"
+                line += " |"
         w(line + "\n")
 
 
@@ -625,10 +740,11 @@ def table(caps_names, threads, extra, out=sys.stdout, md=False):
                     continue                     # (one pass with grad_x: see that row)
                 fg = caps.fixed_sgemm and not own
                 res = {t: analyse(st, s, own and st.algo != "depthwise3x3", 4, which, fg,
-                                  plans[t].grad_bias == "sum")
+                                  plans[t].grad_bias == "sum", t)
                        for t, st in steps.items()}
                 rows.append((cname, name, label, algo_name(steps[threads[0]]),
-                             fixed(steps.values(), own, fg), res))
+                             fixed(steps.values(), own, fg, not caps.avx512_full_rate),
+                             res))
     if md:
         markdown(rows, caps_names, threads, out)
         return rows
