@@ -248,6 +248,32 @@ def test_rowphases_rule():
     assert P.even_rows(8, 28, 4, 28, 16) == 7 and P.even_rows(8, 28, 28, 28, 2) == 28
 
 
+def test_polywino_tile_rows_even_out_the_team():
+    """polywino's tasks (whole tile rows of one image): on 16 threads convt_28's adjoint conv
+    (7 tile rows forward, 8 on grad_x's grid, 6 of them fit POLYWINO_TASK_BYTES) went in
+    blocks of 6 + 1 and 6 + 2 tile rows (42 / 33 % of the team idle: bench/many_core_split.py);
+    evened (even_rows, two tasks a thread): 2 + 2 + 2 + 1 (the 12.5 % that 56 tile rows on 16
+    threads cannot avoid) and 4 x 2.  k4s2_56's grad_x (64 channels: 3 + 3 + 2) takes 2 (32
+    equal tasks), never 1 (POLYWINO_SPLIT_MIN_TROWS).  1 and 2 threads keep their blocks."""
+    zen4 = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True, fixed_sgemm=True,
+                      avx512_full_rate=False, winotiny=True)
+    epyc = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2, rowgemm=True, fixed_sgemm=True,
+                      winotiny=True)
+
+    def trows(shape, caps, nt):
+        plan = P.plan_conv(shape, np.float32, nt, caps, LIMIT, needs_input_grad=True)
+        assert plan.forward.algo == plan.grad_x.algo == "polywino"
+        return plan.forward.params["trows"], plan.grad_x.params["trows"]
+    adj, k4 = _shape(8, 32, 56, 56, 64, 4, 2, 1), _shape(8, 64, 56, 56, 64, 4, 2, 1)
+    for caps in (zen4, epyc):
+        assert [trows(adj, caps, nt) for nt in (1, 2, 8, 16)] == [(7, 6), (7, 6), (7, 4),
+                                                                 (2, 2)]
+        assert trows(k4, caps, 16)[1] == 2 and trows(k4, caps, 2) == (4, 3)
+        assert min(trows(k4, caps, nt)[0] for nt in (8, 16, 32)) >= 2
+    assert P.even_rows(8, 7, 6, 6, 16, 2) == 2 and P.even_rows(8, 8, 3, 3, 16, 2) == 2
+    assert P.even_rows(8, 8, 3, 3, 64, 2) == 3       # (no 2-row split gives 128 tasks)
+
+
 def test_weight_rowgemm_rule():
     """weight_rowgemm: the rowphases rule, maps above the batch paths', KW*C >= 24; grad_bias
     is its own sum; with grad_x left to im2col, im2col makes grad_x only."""

@@ -841,11 +841,11 @@ def plan_phases(s: ConvShape, Ho, Wo, float32, own_sgemm, pointwise, n_threads, 
     return rows, per
 
 
-def even_rows(N, Ho, want, top, n_threads):
+def even_rows(N, Ho, want, top, n_threads, bottom=1):
     """Output rows per (image, row block) task where each output is one fixed chain (no bits
     follow them): ``want``, unless its tasks leave more than tuning.WINOGRAD4_MAX_IDLE of the
     team idle (dynamic list schedule, a task's cost its rows: convt_28's grad_x on 16 threads,
-    56 tasks of 4 rows, 12 %); then, of 1 .. top rows with at least two tasks per thread (some
+    56 tasks of 4 rows, 12 %); then, of bottom .. top rows with at least two tasks per thread (some
     slack for the dynamic schedule), the fewest idle, the most rows on a tie (fewer halo rows
     rebuilt, fewer GEMM tails)."""
     def idle(r):
@@ -854,7 +854,7 @@ def even_rows(N, Ho, want, top, n_threads):
     if n_threads < 2 or den * idle(want) <= num:
         return want
     best = want
-    for r in range(1, top + 1):
+    for r in range(bottom, top + 1):
         if N * ceil_div(Ho, r) >= 2 * n_threads and (
                 idle(r) < idle(best) or (idle(r) == idle(best) and r > best)):
             best = r
@@ -937,11 +937,15 @@ def polywino_ok(s: ConvShape, f32, caps: ConvCaps):
 def _polywino_tasks(N, th, floats, n_threads, limit):
     """(threads, tile rows per task, floats per thread): tasks of POLYWINO_TASK_BYTES-sized
     blocks of whole tile rows of one image, fewer rows where the batch gives fewer tasks than
-    threads; None over the workspace limit."""
+    threads, then evened where they leave the team idle (even_rows, at least POLYWINO_SPLIT_
+    MIN_TROWS: convt_28's 7 tile rows on 16 threads went in blocks of 6 and 1, 42 % of the team
+    idle); None over the workspace limit.  Each output is its own tile's: the rows change no
+    bits."""
     rows = th
     while rows > 1 and (floats(rows) * 4 > T.POLYWINO_TASK_BYTES
                         or N * ceil_div(th, rows) < n_threads):
         rows -= 1
+    rows = even_rows(N, th, rows, rows, n_threads, min(rows, T.POLYWINO_SPLIT_MIN_TROWS))
     per = floats(rows)
     if per * 4 > limit:
         return None

@@ -285,6 +285,12 @@ ROWPHASES_KC = 128
 # RESULTS.md, tenth session (helper convtwino10).
 POLYWINO_MIN_CHANNELS = 16
 POLYWINO_TASK_BYTES = 1 << 20
+# ... and where those tasks leave > WINOGRAD4_MAX_IDLE of the team idle, evened rows of at
+# least this many tile rows (conv_plan.even_rows): one tile row a task cost one core 10-30 %
+# more than 2 (`PYTHONPATH=. python bench/polywino_trows_cpu.py`, one thread, CPU time, load
+# ~2: convt28_adj fwd 3.18 / 2.65 / 2.75 / 2.36 ms at 1 / 2 / 4 / 7 rows, grad_x 4.39 / 3.40 /
+# 3.45 / 3.62 at 1 / 2 / 4 / 8).  RESULTS.md, tenth session (helper cores11).
+POLYWINO_SPLIT_MIN_TROWS = 2
 
 # The strided first layer on csrc/stem.h (BLAS machines with AVX2; conv_plan "stem" and
 # "weight_stem"): strided, groups 1, dilation 1, a kernel that is not a multiple of the stride
