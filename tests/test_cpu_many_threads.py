@@ -142,6 +142,13 @@ CONV = [
       else ("rowphases" if _avx2("rowphases") else "im2col"),
       "grad_x": "polywino" if _avx2("polywino") and cc._WINOTINY
       else ("subpixel" if not OWN or _avx2("subpixel") else "im2col")}, False),
+    # 7 tile rows forward, 8 on grad_x's grid: a whole image a task on 1 and 2 threads, blocks
+    # of 2 tile rows on 8 and 16 (conv_plan.even_rows: 6 + 1 left the team idle)
+    ("polywino_evened", (4, 16, 56, 24), (16, 16, 4, 4), 2, 1, 1,
+     {"forward": "polywino" if _avx2("polywino") and cc._WINOTINY
+      else ("rowphases" if _avx2("rowphases") else "im2col"),
+      "grad_x": "polywino" if _avx2("polywino") and cc._WINOTINY
+      else ("subpixel" if not OWN or _avx2("subpixel") else "im2col")}, False),
     # 64 filters: weight_rowgemm's filter blocks shrink from 64 to 16 on 16 threads
     ("weight_rowgemm_blocks", (2, 8, 24, 24), (64, 8, 4, 4), 2, 1, 1,
      {"grad_weight": "weight_rowgemm" if _avx2("weight_rowgemm") else _gw("weight_dot")},
