@@ -76,6 +76,28 @@ PUBLIC_OPS.update({op: "_" + op for op in EXTENSION_OPS})
 _NO_DEVICE = contextlib.nullcontext()    # reusable: it keeps no state
 
 
+# ReLU's forward against a zero array, not the scalar 0: NumPy's maximum against a scalar runs a
+# loop about 2-3x slower than against an array ((64, 16, 8, 8) float32: 34 vs 15 us of one core),
+# and the values are the same bits (-0 gives +0, a NaN stays the same NaN).  One flat zero buffer
+# per array module, dtype and device; arrays above _ZEROS_MAX elements keep the scalar (no large
+# buffer is held).
+_ZEROS_MAX = 1 << 18
+_zero_buffers: dict = {}
+
+
+def relu_max(xp, x):
+    """max(x, 0) as np.maximum gives it (-0 -> +0, a NaN stays the same NaN), against a
+    cached zero array."""
+    n = x.size
+    if n > _ZEROS_MAX:
+        return xp.maximum(x, 0)
+    key = (xp.__name__, x.dtype.str, str(getattr(x, "device", "")))
+    z = _zero_buffers.get(key)
+    if z is None:
+        z = _zero_buffers[key] = xp.zeros(_ZEROS_MAX, x.dtype)
+    return xp.maximum(x, z[:n].reshape(x.shape))
+
+
 _GRAD_BITS = {4: ("i4", 0x7FFFFFFF, 31), 8: ("i8", 0x7FFFFFFFFFFFFFFF, 63)}
 
 
@@ -201,6 +223,12 @@ class Backend(abc.ABC):
                         buf += d
                 d = d + momentum * buf if nesterov else buf
             p -= lr * d
+
+    def _relu_forward(self, x):
+        """Protected hook (no checks: convkit.nn.ReLU is its only caller): max(x, 0) as the
+        arrays' maximum gives it (relu_max: -0 gives +0, a NaN stays the same NaN); a backend
+        may replace it with a kernel giving the same bits."""
+        return relu_max(self.xp, x)
 
     def _relu_backward(self, y, grad_y):
         """Protected hook (no checks: convkit.nn.ReLU is its only caller): ReLU's gradient from

@@ -32,6 +32,12 @@ class CpuBackend(Backend, hook_modules=(conv, conv_transpose, deform_conv, pool,
             super()._sgd_update(params, grads, bufs, lr, momentum, dampening, weight_decay,
                                 nesterov)
 
+    def _relu_forward(self, x):
+        # one pass (csrc/relu.h) on the convkit thread count, np.maximum's bits; other arrays
+        # take the default
+        out = _activation.relu_forward(x, get_num_threads())
+        return super()._relu_forward(x) if out is None else out
+
     def _relu_backward(self, y, grad_y):
         # one pass (csrc/relu.h) on the convkit thread count, the default's bits; other arrays
         # (layouts, dtypes) take the default
