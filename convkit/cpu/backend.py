@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._config import get_num_threads
 from .._hostarray import host_asarray
 from ..backend import Backend
-from . import (_optim, adaptive_pool, batchnorm, boxes, conv, conv_transpose, deform_conv, pool,
-               psroi, roi, roi_variants)
+from . import (_activation, _optim, adaptive_pool, batchnorm, boxes, conv, conv_transpose,
+               deform_conv, pool, psroi, roi, roi_variants)
 
 
 class CpuBackend(Backend, hook_modules=(conv, conv_transpose, deform_conv, pool, adaptive_pool,
@@ -30,6 +31,18 @@ class CpuBackend(Backend, hook_modules=(conv, conv_transpose, deform_conv, pool,
                                nesterov):
             super()._sgd_update(params, grads, bufs, lr, momentum, dampening, weight_decay,
                                 nesterov)
+
+    def _relu_forward(self, x):
+        # one pass (csrc/relu.h) on the convkit thread count, np.maximum's bits; other arrays
+        # take the default
+        out = _activation.relu_forward(x, get_num_threads())
+        return super()._relu_forward(x) if out is None else out
+
+    def _relu_backward(self, y, grad_y):
+        # one pass (csrc/relu.h) on the convkit thread count, the default's bits; other arrays
+        # (layouts, dtypes) take the default
+        out = _activation.relu_backward(y, grad_y, get_num_threads())
+        return super()._relu_backward(y, grad_y) if out is None else out
 
     def info(self):
         from ._gemm import avx512_emulated, fixed_sgemm_active, own_sgemm_active

@@ -11,6 +11,7 @@ import numpy as np
 from .. import functional as F
 from .._config import blas_single_thread
 from .._registry import get_backend
+from ..backend import _ZEROS_MAX, _zero_buffers, relu_grad_bits, relu_max  # noqa: F401
 from .init import INITS, make_rng
 from .losses import sigmoid
 from .module import Module, Sequential, check_float_input
@@ -259,44 +260,10 @@ class BatchNorm2d(Module):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
-# ReLU's forward against a zero array, not the scalar 0: NumPy's maximum against a scalar runs a
-# loop about 2-3x slower than against an array ((64, 16, 8, 8) float32: 34 vs 15 us of one core),
-# and the values are the same bits (-0 gives +0, a NaN stays the same NaN).  One flat zero buffer
-# per array module, dtype and device; arrays above _ZEROS_MAX elements keep the scalar (no large
-# buffer is held).
-_ZEROS_MAX = 1 << 18
-_zero_buffers: dict = {}
-
-
-def _relu(xp, x):
-    n = x.size
-    if n > _ZEROS_MAX:
-        return xp.maximum(x, 0)
-    key = (xp.__name__, x.dtype.str, str(getattr(x, "device", "")))
-    z = _zero_buffers.get(key)
-    if z is None:
-        z = _zero_buffers[key] = xp.zeros(_ZEROS_MAX, x.dtype)
-    return xp.maximum(x, z[:n].reshape(x.shape))
-
-
-_GRAD_BITS = {4: ("i4", 0x7FFFFFFF, 31), 8: ("i8", 0x7FFFFFFFFFFFFFFF, 63)}
-
-
-def _relu_grad(xp, y, g):
-    """torch's ReLU gradient (threshold_backward): +0 where y <= 0, else g.  y is >= 0 or NaN,
-    so that is where |y| is 0.  grad * (y != 0) gives NaN for a NaN or inf g at a dead unit, and
-    np.where is ~10x slower than that product on a random mask, so the mask is built from y's
-    bits: |y|'s bits are 0 only for +-0, and their negation shifted right is all ones for the
-    rest; ANDed with g's bits it gives g or +0."""
-    spec = _GRAD_BITS.get(y.dtype.itemsize)
-    if spec is None or g.dtype != y.dtype or g.shape != y.shape or y.dtype.kind != "f":
-        return xp.where(y != 0, g, xp.zeros((), g.dtype))
-    it, absmask, shift = spec
-    m = y.view(it) & absmask
-    xp.negative(m, out=m)
-    m >>= shift
-    m &= g.view(it)
-    return m.view(y.dtype)
+# (the Backend defaults of ReLU's forward and backward; tests and bench/relu_grad_ab.py use them
+# by these names)
+_relu = relu_max
+_relu_grad = relu_grad_bits
 
 
 class ReLU(Module):
@@ -304,13 +271,13 @@ class ReLU(Module):
 
     def forward(self, x):
         check_float_input("ReLU", x)
-        y = _relu(self.xp, x)    # NaN stays NaN, as in torch
+        y = self.backend._relu_forward(x)    # NaN stays NaN, as in torch
         self._push(y)
         return y
 
     def backward(self, grad_y):
         y = self._pop()
-        return _relu_grad(self.xp, y, grad_y)
+        return self.backend._relu_backward(y, grad_y)
 
 
 class LeakyReLU(Module):
