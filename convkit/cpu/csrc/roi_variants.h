@@ -455,6 +455,10 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
 #define CK_MA_OPAQUE(v) (void)0
 #define CK_MA_OPAQUE_P(p) (void)0
 #endif
+#define CK_X_OPAQUE CK_MA_OPAQUE
+#define CK_Y_OPAQUE CK_MA_OPAQUE
+#define CK_V_OPAQUE CK_MA_OPAQUE
+#define CK_Z_OPAQUE CK_AVX512_PIN
 /* a bin of exactly 4 samples (sampling_ratio 2), the samples unrolled: the same products,
    sums and tests as CK_MA_FWD_STEP(X, 4, ..), in the same order, without its per-sample
    loop and per-block setup (a 4-sample bin spent over a third of its scan there); returns
@@ -511,7 +515,7 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
             int j;                                                                        \
             (void)im;                                                                     \
             PTSET                                                                         \
-            CK_MA_OPAQUE(z0);                                                             \
+            X##_OPAQUE(z0);                                                               \
             CK_MA_FWD4_SAMPLE_W(X, 0, 1, TAKE, SEL, PT, WT, RT)                           \
             CK_MA_FWD4_SAMPLE_W(X, 1, 0, TAKE, SEL, PT, WT, RT)                           \
             CK_MA_FWD4_SAMPLE_W(X, 2, 0, TAKE, SEL, PT, WT, RT)                           \
@@ -641,6 +645,26 @@ static inline ptrdiff_t ck_ma_fwd4pb_yf(CK_MA_FWD4B_ARGS) {
     }
 CK_MA_FWD4PV(ck_ma_fwd4pv_y, CK_MA_CK_V_TAKE, CK_MA_SEL_V)
 CK_MA_FWD4PV(ck_ma_fwd4pv_yf, CK_V_GT, CK_MA_MAX_Y)
+/* the same on zmm vectors (64-channel blocks: half the instructions of the ymm scan) */
+#define CK_MA_CK_Z_TAKE(v, b) ((__mmask16)(_mm512_cmp_ps_mask(v, b, _CMP_GT_OQ)              \
+                                           | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q)))
+#define CK_MA_SEL_Z(m, v, b) CK_Z_SEL(m, v, b)
+#define CK_MA_MAX_Z(m, v, b) _mm512_max_ps(v, b)
+#define CK_MA_FWD4_IST8Z                                                                  \
+    for (j = 0; j < 4; j++)                                                               \
+        _mm_storeu_si128((__m128i*)(t8 + (c - c0) + 16 * j),                             \
+                         _mm512_cvtepi32_epi8(_mm512_add_epi32(bv, bix[j])))
+#define CK_MA_FWD4PZ(NAME, TAKE, SEL)                                                     \
+    CK_AVX512_TARGET __attribute__((always_inline))                                       \
+    static inline ptrdiff_t NAME(CK_MA_FWD4B_ARGS) {                                      \
+        const __m512i bv = _mm512_set1_epi32(bs);                                         \
+        CK_MA_PROD_TERMS                                                                  \
+        CK_MA_FWD4_BODY_PW(CK_Z, TAKE, SEL, CK_MA_FWD4_IST8Z, CK_MA_PT_PROD,              \
+                           CK_MA_PT_PROD_INIT CK_MA_WV_INIT(CK_Z), CK_MA_PT_PROD_SET,     \
+                           CK_MA_PT_PROD_STEP(CK_Z), CK_MA_W_REG, CK_MA_R_REG)            \
+    }
+CK_MA_FWD4PZ(ck_ma_fwd4pz_y, CK_MA_CK_Z_TAKE, CK_MA_SEL_Z)
+CK_MA_FWD4PZ(ck_ma_fwd4pz_yf, CK_Z_GT, CK_MA_MAX_Z)
 /* a run of 2 x 2 bins from bin b on (the scan of a block of channels that is a multiple of
    32): the kernel inlined in the loop over bins, which saves a call and its ~40
    instructions of arguments, prologue and epilogue a bin; returns the first bin it did not
@@ -660,6 +684,8 @@ CK_MA_FWD4PB_RUN(ck_ma_fwd4pb_run_y, ck_ma_fwd4pb_y, __attribute__((target("avx2
 CK_MA_FWD4PB_RUN(ck_ma_fwd4pb_run_yf, ck_ma_fwd4pb_yf, __attribute__((target("avx2"))))
 CK_MA_FWD4PB_RUN(ck_ma_fwd4pv_run_y, ck_ma_fwd4pv_y, CK_AVX512VL_TARGET)
 CK_MA_FWD4PB_RUN(ck_ma_fwd4pv_run_yf, ck_ma_fwd4pv_yf, CK_AVX512VL_TARGET)
+CK_MA_FWD4PB_RUN(ck_ma_fwd4pz_run_y, ck_ma_fwd4pz_y, CK_AVX512_TARGET)
+CK_MA_FWD4PB_RUN(ck_ma_fwd4pz_run_yf, ck_ma_fwd4pz_yf, CK_AVX512_TARGET)
 /* 1 where the AVX-512VL scans may run: ck_simd_level 2 (AVX-512F, or the emulated build's
    AVX2 + FMA, which builds them as AVX2) and not CONVKIT_DISABLE_AVX512=1 (read once) */
 static int ck_ma_vl(void) {
@@ -981,7 +1007,8 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
             int32_t* tib;
 #ifdef CK_ROI_WIDE
             if (narrow && (c1 - c0) % 32 == 0 && prod[b]) {
-                b = (vl ? (finite ? ck_ma_fwd4pv_run_yf : ck_ma_fwd4pv_run_y)
+                b = (vl && (c1 - c0) % 64 == 0 ? (finite ? ck_ma_fwd4pz_run_yf : ck_ma_fwd4pz_run_y)
+                     : vl ? (finite ? ck_ma_fwd4pv_run_yf : ck_ma_fwd4pv_run_y)
                         : (finite ? ck_ma_fwd4pb_run_yf : ck_ma_fwd4pb_run_y))(
                     img, b, nb, sf, so, sw, rel, base, prod, c0, c1, tb, t8r);
                 if (b == nb) break;
