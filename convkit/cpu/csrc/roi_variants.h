@@ -645,7 +645,8 @@ static inline ptrdiff_t ck_ma_fwd4pb_yf(CK_MA_FWD4B_ARGS) {
     }
 CK_MA_FWD4PV(ck_ma_fwd4pv_y, CK_MA_CK_V_TAKE, CK_MA_SEL_V)
 CK_MA_FWD4PV(ck_ma_fwd4pv_yf, CK_V_GT, CK_MA_MAX_Y)
-/* the same on zmm vectors (64-channel blocks: half the instructions of the ymm scan) */
+/* the same on zmm vectors (64-channel blocks: half the instructions of the ymm scan); the
+   numbers narrowed with saturation as CK_MA_FWD4_IST8's packs do (SIMDe has vpmovsdb) */
 #define CK_MA_CK_Z_TAKE(v, b) ((__mmask16)(_mm512_cmp_ps_mask(v, b, _CMP_GT_OQ)              \
                                            | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q)))
 #define CK_MA_SEL_Z(m, v, b) CK_Z_SEL(m, v, b)
@@ -653,7 +654,7 @@ CK_MA_FWD4PV(ck_ma_fwd4pv_yf, CK_V_GT, CK_MA_MAX_Y)
 #define CK_MA_FWD4_IST8Z                                                                  \
     for (j = 0; j < 4; j++)                                                               \
         _mm_storeu_si128((__m128i*)(t8 + (c - c0) + 16 * j),                             \
-                         _mm512_cvtepi32_epi8(_mm512_add_epi32(bv, bix[j])))
+                         _mm512_cvtsepi32_epi8(_mm512_add_epi32(bv, bix[j])))
 #define CK_MA_FWD4PZ(NAME, TAKE, SEL)                                                     \
     CK_AVX512_TARGET __attribute__((always_inline))                                       \
     static inline ptrdiff_t NAME(CK_MA_FWD4B_ARGS) {                                      \
