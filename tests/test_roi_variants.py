@@ -779,6 +779,31 @@ def test_cpu_max_align_finite_and_inf_scans_match_the_oracle_bits():
         assert (np.signbit(y) & (y == 0)).any() and np.isneginf(y).any()
 
 
+def test_cpu_max_align_avx512_runs_of_2x2_bins_match_avx2_and_the_oracle():
+    """The forward's runs of 2 x 2 bins (sampling_ratio 2) on AVX-512: the zmm scan for a
+    128-channel block, the AVX-512VL ymm scan for the 96-channel block after it (a multiple
+    of 32, not of 64); on a finite map (the max scan) and one with +-inf (the NaN-aware scan,
+    NaN sample values): the same bits as the AVX2 and SSE2 scans (CONVKIT_DISABLE_AVX512=1
+    and set_simd_level(1) turn both off) and the oracle's winners and values."""
+    rng = np.random.default_rng(23)
+    x = np.round(rng.standard_normal((2, 224, 19, 23)) * 2).astype(np.float32)   # ties
+    m = rng.random((224, 19, 23))
+    x[1][m < 0.03] = np.inf
+    x[1][m > 0.97] = -np.inf
+    xy = rng.uniform(-20, 300, (20, 2))
+    wh = rng.uniform(20, 200, (20, 2))
+    rois = np.c_[rng.integers(0, 2, 20), xy, xy + wh].astype(np.float32)
+
+    def outputs():
+        return list(run("cpu", F.roi_max_align_forward, x, rois, 7, 1 / 16, 2, False))
+    assert_same_bits_at_every_roi_simd_level(outputs)
+    y, am = outputs()
+    y0, am0 = run("numpy", F.roi_max_align_forward, x, rois, 7, 1 / 16, 2, False)
+    np.testing.assert_array_equal(am, am0)
+    assert y.tobytes() == y0.tobytes()
+    assert np.isnan(y).any() and np.isposinf(y).any()
+
+
 def test_cpu_max_align_backward_nonfinite_grad_builds_its_table():
     """The backward's shared tables hold no offsets and weights where the merged (AVX2) path
     runs; a block whose grad is not finite takes the masked path on a table its task builds

@@ -77,6 +77,8 @@ static inline int ck_avx512_full_rate(void)
 #define CK_CPU_HAS_AVX512() __builtin_cpu_supports("avx512f")
 /* keeps a vector in a register (one load, not one per use) */
 #define CK_AVX512_PIN(v) __asm__("" : "+v"(v))
+/* 256-bit code with AVX-512VL's 32 registers (roi_variants.h); CPUID "avx512vl" */
+#define CK_AVX512VL_TARGET __attribute__((target("avx2,avx512f,avx512vl")))
 
 #else  /* CONVKIT_EMULATE_AVX512 */
 
@@ -89,6 +91,7 @@ static inline int ck_avx512_full_rate(void)
 #define CK_AVX512_CLONES
 #define CK_CPU_HAS_AVX512() (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
 #define CK_AVX512_PIN(v) ((void)0)   /* no 64-byte register to pin it in */
+#define CK_AVX512VL_TARGET __attribute__((target("avx2,fma")))
 
 #include <immintrin.h>   /* the native headers first: SIMDe's aliases are macros */
 #include <stdint.h>

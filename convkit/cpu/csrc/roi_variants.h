@@ -455,19 +455,37 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
 #define CK_MA_OPAQUE(v) (void)0
 #define CK_MA_OPAQUE_P(p) (void)0
 #endif
+#define CK_X_OPAQUE CK_MA_OPAQUE
+#define CK_Y_OPAQUE CK_MA_OPAQUE
+#define CK_V_OPAQUE CK_MA_OPAQUE
+#define CK_Z_OPAQUE CK_AVX512_PIN
 /* a bin of exactly 4 samples (sampling_ratio 2), the samples unrolled: the same products,
    sums and tests as CK_MA_FWD_STEP(X, 4, ..), in the same order, without its per-sample
    loop and per-block setup (a 4-sample bin spent over a third of its scan there); returns
    the channels done in blocks of 4 vectors */
 #define CK_MA_PT_TAB(k, i) (im + o[4 * (k) + (i)])
-#define CK_MA_FWD4_SAMPLE(X, k, FIRST, TAKE, SEL, PT)                                     \
+/* sample k's weight i and number as vectors (rv0: for the code of sample 0's unused branch): broadcast where used (a store into tb may alias
+   w, so the compiler reloads them every block), or read from the variables CK_MA_WV_INIT
+   broadcast once a bin (the AVX-512VL scan, which has the registers to keep them) */
+#define CK_MA_W_TAB(X, k, i) X##_SET1(w[4 * (k) + (i)])
+#define CK_MA_R_TAB(X, k) X##_ISET1(rel[s0 + (k)])
+#define CK_MA_W_REG(X, k, i) wv##k##i
+#define CK_MA_R_REG(X, k) rv##k
+#define CK_MA_WV_INIT4(X, k)                                                              \
+    const X##_V wv##k##0 = X##_SET1(w[4 * k]), wv##k##1 = X##_SET1(w[4 * k + 1]);         \
+    const X##_V wv##k##2 = X##_SET1(w[4 * k + 2]), wv##k##3 = X##_SET1(w[4 * k + 3]);
+#define CK_MA_WV_INIT(X)                                                                  \
+    CK_MA_WV_INIT4(X, 0) CK_MA_WV_INIT4(X, 1) CK_MA_WV_INIT4(X, 2) CK_MA_WV_INIT4(X, 3)  \
+    const X##_IV rv0 = X##_ISET1(rel[s0]), rv1 = X##_ISET1(rel[s0 + 1]);                  \
+    const X##_IV rv2 = X##_ISET1(rel[s0 + 2]), rv3 = X##_ISET1(rel[s0 + 3]);
+#define CK_MA_FWD4_SAMPLE_W(X, k, FIRST, TAKE, SEL, PT, WT, RT)                           \
     {                                                                                     \
         const float* p1 = PT(k, 0);                                                       \
         const float* p2 = PT(k, 1);                                                       \
         const float* p3 = PT(k, 2);                                                       \
         const float* p4 = PT(k, 3);                                                       \
-        const X##_V w1 = X##_SET1(w[4 * (k)]), w2 = X##_SET1(w[4 * (k) + 1]);             \
-        const X##_V w3 = X##_SET1(w[4 * (k) + 2]), w4 = X##_SET1(w[4 * (k) + 3]);         \
+        const X##_V w1 = WT(X, k, 0), w2 = WT(X, k, 1);                                   \
+        const X##_V w3 = WT(X, k, 2), w4 = WT(X, k, 3);                                   \
         for (j = 0; j < 4; j++) {                                                         \
             const X##_V v = CK_MA_FWD_VAL(X, j);                                          \
             if (FIRST) {                                                                  \
@@ -476,11 +494,13 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
             } else {                                                                      \
                 const X##_M m = TAKE(v, bst[j]);                                          \
                 bst[j] = SEL(m, v, bst[j]);                                               \
-                bix[j] = X##_ISEL(m, X##_ISET1(rel[s0 + (k)]), bix[j]);                   \
+                bix[j] = X##_ISEL(m, RT(X, k), bix[j]);                                   \
             }                                                                             \
         }                                                                                 \
     }
 #define CK_MA_FWD4_BODY_P(X, TAKE, SEL, IST, PT, PTINIT, PTSET, PTSTEP)                  \
+    CK_MA_FWD4_BODY_PW(X, TAKE, SEL, IST, PT, PTINIT, PTSET, PTSTEP, CK_MA_W_TAB, CK_MA_R_TAB)
+#define CK_MA_FWD4_BODY_PW(X, TAKE, SEL, IST, PT, PTINIT, PTSET, PTSTEP, WT, RT)          \
     {                                                                                     \
         const ptrdiff_t* o = so + 4 * s0;                                                 \
         const float* w = sw + 4 * s0;                                                     \
@@ -495,11 +515,11 @@ CK_MAX_ALIGN_BIN(double, int64_t, d)
             int j;                                                                        \
             (void)im;                                                                     \
             PTSET                                                                         \
-            CK_MA_OPAQUE(z0);                                                             \
-            CK_MA_FWD4_SAMPLE(X, 0, 1, TAKE, SEL, PT)                                     \
-            CK_MA_FWD4_SAMPLE(X, 1, 0, TAKE, SEL, PT)                                     \
-            CK_MA_FWD4_SAMPLE(X, 2, 0, TAKE, SEL, PT)                                     \
-            CK_MA_FWD4_SAMPLE(X, 3, 0, TAKE, SEL, PT)                                     \
+            X##_OPAQUE(z0);                                                               \
+            CK_MA_FWD4_SAMPLE_W(X, 0, 1, TAKE, SEL, PT, WT, RT)                           \
+            CK_MA_FWD4_SAMPLE_W(X, 1, 0, TAKE, SEL, PT, WT, RT)                           \
+            CK_MA_FWD4_SAMPLE_W(X, 2, 0, TAKE, SEL, PT, WT, RT)                           \
+            CK_MA_FWD4_SAMPLE_W(X, 3, 0, TAKE, SEL, PT, WT, RT)                           \
             for (j = 0; j < 4; j++) X##_ST(tb + (c - c0) + j * X##_L, bst[j]);            \
             IST;                                                                          \
         }                                                                                 \
@@ -574,22 +594,84 @@ __attribute__((target("avx2"), always_inline))
 static inline ptrdiff_t ck_ma_fwd4pb_y(CK_MA_FWD4B_ARGS) {
     const __m256i bv = _mm256_set1_epi32(bs);
     CK_MA_PROD_TERMS
-    CK_MA_FWD4_BODY_P(CK_Y, CK_MA_CK_Y_TAKE, CK_MA_SEL_Y, CK_MA_FWD4_IST8, CK_MA_PT_PROD,
-                      CK_MA_PT_PROD_INIT, CK_MA_PT_PROD_SET, CK_MA_PT_PROD_STEP(CK_Y))
+    CK_MA_FWD4_BODY_PW(CK_Y, CK_MA_CK_Y_TAKE, CK_MA_SEL_Y, CK_MA_FWD4_IST8, CK_MA_PT_PROD,
+                       CK_MA_PT_PROD_INIT, CK_MA_PT_PROD_SET, CK_MA_PT_PROD_STEP(CK_Y),
+                       CK_MA_W_TAB, CK_MA_R_TAB)
 }
 __attribute__((target("avx2"), always_inline))
 static inline ptrdiff_t ck_ma_fwd4pb_yf(CK_MA_FWD4B_ARGS) {
     const __m256i bv = _mm256_set1_epi32(bs);
     CK_MA_PROD_TERMS
-    CK_MA_FWD4_BODY_P(CK_Y, CK_Y_GT, CK_MA_MAX_Y, CK_MA_FWD4_IST8, CK_MA_PT_PROD,
-                      CK_MA_PT_PROD_INIT, CK_MA_PT_PROD_SET, CK_MA_PT_PROD_STEP(CK_Y))
+    CK_MA_FWD4_BODY_PW(CK_Y, CK_Y_GT, CK_MA_MAX_Y, CK_MA_FWD4_IST8, CK_MA_PT_PROD,
+                       CK_MA_PT_PROD_INIT, CK_MA_PT_PROD_SET, CK_MA_PT_PROD_STEP(CK_Y),
+                       CK_MA_W_TAB, CK_MA_R_TAB)
 }
+/* the same scans built for AVX-512VL (ymm vectors, EVEX encodings: 32 registers at the 256-bit
+   rate), the 16 weights and 3 numbers of a bin broadcast once into registers instead of once
+   a 32-channel block: the same operations in the same order, so the same bits */
+/* CK_V: the CK_Y operations, but the tests give a mask register (vcmpps k: no blendv, which
+   only reaches ymm0-15); the emulated build (no AVX-512 instruction) keeps CK_Y's */
+#define CK_V_L CK_Y_L
+#define CK_V_V CK_Y_V
+#define CK_V_IV CK_Y_IV
+#define CK_V_LD CK_Y_LD
+#define CK_V_ST CK_Y_ST
+#define CK_V_ADD CK_Y_ADD
+#define CK_V_MUL CK_Y_MUL
+#define CK_V_SET1 CK_Y_SET1
+#define CK_V_ISET1 CK_Y_ISET1
+#if CK_AVX512_EMULATED
+#define CK_V_M CK_Y_M
+#define CK_V_ISEL CK_Y_ISEL
+#define CK_MA_CK_V_TAKE CK_MA_CK_Y_TAKE
+#define CK_MA_SEL_V CK_MA_SEL_Y
+#define CK_V_GT CK_Y_GT
+#else
+#define CK_V_M __mmask8
+#define CK_V_ISEL(m, a, b) _mm256_mask_mov_epi32(b, m, a)
+#define CK_MA_CK_V_TAKE(v, b) ((__mmask8)(_mm256_cmp_ps_mask(v, b, _CMP_GT_OQ)               \
+                                          | _mm256_cmp_ps_mask(v, v, _CMP_UNORD_Q)))
+#define CK_MA_SEL_V(m, v, b) _mm256_mask_mov_ps(b, m, v)
+#define CK_V_GT(a, b) _mm256_cmp_ps_mask(a, b, _CMP_GT_OQ)
+#endif
+#define CK_MA_FWD4PV(NAME, TAKE, SEL)                                                     \
+    CK_AVX512VL_TARGET __attribute__((always_inline))                                     \
+    static inline ptrdiff_t NAME(CK_MA_FWD4B_ARGS) {                                      \
+        const __m256i bv = _mm256_set1_epi32(bs);                                         \
+        CK_MA_PROD_TERMS                                                                  \
+        CK_MA_FWD4_BODY_PW(CK_V, TAKE, SEL, CK_MA_FWD4_IST8, CK_MA_PT_PROD,               \
+                           CK_MA_PT_PROD_INIT CK_MA_WV_INIT(CK_V), CK_MA_PT_PROD_SET,     \
+                           CK_MA_PT_PROD_STEP(CK_V), CK_MA_W_REG, CK_MA_R_REG)            \
+    }
+CK_MA_FWD4PV(ck_ma_fwd4pv_y, CK_MA_CK_V_TAKE, CK_MA_SEL_V)
+CK_MA_FWD4PV(ck_ma_fwd4pv_yf, CK_V_GT, CK_MA_MAX_Y)
+/* the same on zmm vectors (64-channel blocks: half the instructions of the ymm scan); the
+   numbers narrowed with saturation as CK_MA_FWD4_IST8's packs do (SIMDe has vpmovsdb) */
+#define CK_MA_CK_Z_TAKE(v, b) ((__mmask16)(_mm512_cmp_ps_mask(v, b, _CMP_GT_OQ)              \
+                                           | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q)))
+#define CK_MA_SEL_Z(m, v, b) CK_Z_SEL(m, v, b)
+#define CK_MA_MAX_Z(m, v, b) _mm512_max_ps(v, b)
+#define CK_MA_FWD4_IST8Z                                                                  \
+    for (j = 0; j < 4; j++)                                                               \
+        _mm_storeu_si128((__m128i*)(t8 + (c - c0) + 16 * j),                             \
+                         _mm512_cvtsepi32_epi8(_mm512_add_epi32(bv, bix[j])))
+#define CK_MA_FWD4PZ(NAME, TAKE, SEL)                                                     \
+    CK_AVX512_TARGET __attribute__((always_inline))                                       \
+    static inline ptrdiff_t NAME(CK_MA_FWD4B_ARGS) {                                      \
+        const __m512i bv = _mm512_set1_epi32(bs);                                         \
+        CK_MA_PROD_TERMS                                                                  \
+        CK_MA_FWD4_BODY_PW(CK_Z, TAKE, SEL, CK_MA_FWD4_IST8Z, CK_MA_PT_PROD,              \
+                           CK_MA_PT_PROD_INIT CK_MA_WV_INIT(CK_Z), CK_MA_PT_PROD_SET,     \
+                           CK_MA_PT_PROD_STEP(CK_Z), CK_MA_W_REG, CK_MA_R_REG)            \
+    }
+CK_MA_FWD4PZ(ck_ma_fwd4pz_y, CK_MA_CK_Z_TAKE, CK_MA_SEL_Z)
+CK_MA_FWD4PZ(ck_ma_fwd4pz_yf, CK_Z_GT, CK_MA_MAX_Z)
 /* a run of 2 x 2 bins from bin b on (the scan of a block of channels that is a multiple of
    32): the kernel inlined in the loop over bins, which saves a call and its ~40
    instructions of arguments, prologue and epilogue a bin; returns the first bin it did not
    scan */
-#define CK_MA_FWD4PB_RUN(NAME, KERNEL)                                                    \
-    __attribute__((target("avx2")))                                                       \
+#define CK_MA_FWD4PB_RUN(NAME, KERNEL, TARGET)                                            \
+    TARGET                                                                                \
     static ptrdiff_t NAME(const float* img, ptrdiff_t b, ptrdiff_t nb, const ptrdiff_t* sf, \
                           const ptrdiff_t* so, const float* sw, const int32_t* rel,       \
                           const int32_t* base, const uint8_t* prod, ptrdiff_t c0,         \
@@ -599,8 +681,24 @@ static inline ptrdiff_t ck_ma_fwd4pb_yf(CK_MA_FWD4B_ARGS) {
                    t8r + b * CK_LD, base[b]);                                             \
         return b;                                                                         \
     }
-CK_MA_FWD4PB_RUN(ck_ma_fwd4pb_run_y, ck_ma_fwd4pb_y)
-CK_MA_FWD4PB_RUN(ck_ma_fwd4pb_run_yf, ck_ma_fwd4pb_yf)
+CK_MA_FWD4PB_RUN(ck_ma_fwd4pb_run_y, ck_ma_fwd4pb_y, __attribute__((target("avx2"))))
+CK_MA_FWD4PB_RUN(ck_ma_fwd4pb_run_yf, ck_ma_fwd4pb_yf, __attribute__((target("avx2"))))
+CK_MA_FWD4PB_RUN(ck_ma_fwd4pv_run_y, ck_ma_fwd4pv_y, CK_AVX512VL_TARGET)
+CK_MA_FWD4PB_RUN(ck_ma_fwd4pv_run_yf, ck_ma_fwd4pv_yf, CK_AVX512VL_TARGET)
+CK_MA_FWD4PB_RUN(ck_ma_fwd4pz_run_y, ck_ma_fwd4pz_y, CK_AVX512_TARGET)
+CK_MA_FWD4PB_RUN(ck_ma_fwd4pz_run_yf, ck_ma_fwd4pz_yf, CK_AVX512_TARGET)
+/* 1 where the AVX-512VL scans may run: ck_simd_level 2 (AVX-512F, or the emulated build's
+   AVX2 + FMA, which builds them as AVX2) and not CONVKIT_DISABLE_AVX512=1 (read once) */
+static int ck_ma_vl(void) {
+    static int known = -1;  /* benign race: every thread computes the same value */
+    if (known < 0) {
+        const char* off = getenv("CONVKIT_DISABLE_AVX512");
+        __builtin_cpu_init();
+        known = (CK_AVX512_EMULATED || __builtin_cpu_supports("avx512vl"))
+                && !(off != NULL && off[0] != '\0' && off[0] != '0');
+    }
+    return known && ck_simd_level() >= 2;
+}
 /* (C, nb) bytes from bin-major rows: dst[c*ldd + b] = src[b*lds + c], b < rows, c < cols;
    blocks of 8 bins x 16 channels in SSE2 registers (three rounds of byte unpacks: vector k
    ends as channels 2k, 2k+1, 8 bins each), the last block of bins overlapping the one
@@ -895,6 +993,9 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
        one int32 row (tri's first CK_CHUNK), then ck_ma_tr_b */
     int8_t* t8r = (int8_t*)ti;
     const int lv = ck_simd_level(), narrow = lv >= 1 && aw == 1;
+#ifdef CK_ROI_WIDE
+    const int vl = narrow && ck_ma_vl();   /* the 2 x 2 runs' AVX-512VL scan */
+#endif
     const uint8_t* prod = (const uint8_t*)(base + nb);   /* the table's 2 x 2 flags */
     ptrdiff_t c0, c1, c, b, s, k, cs;
     void* amb;
@@ -907,7 +1008,9 @@ static void ck_max_align_roi_f(const float* img, ptrdiff_t C, ptrdiff_t nb,
             int32_t* tib;
 #ifdef CK_ROI_WIDE
             if (narrow && (c1 - c0) % 32 == 0 && prod[b]) {
-                b = (finite ? ck_ma_fwd4pb_run_yf : ck_ma_fwd4pb_run_y)(
+                b = (vl && (c1 - c0) % 64 == 0 ? (finite ? ck_ma_fwd4pz_run_yf : ck_ma_fwd4pz_run_y)
+                     : vl ? (finite ? ck_ma_fwd4pv_run_yf : ck_ma_fwd4pv_run_y)
+                        : (finite ? ck_ma_fwd4pb_run_yf : ck_ma_fwd4pb_run_y))(
                     img, b, nb, sf, so, sw, rel, base, prod, c0, c1, tb, t8r);
                 if (b == nb) break;
             }
