@@ -326,3 +326,28 @@ def test_winograd_filter_transform_same_bits_as_portable(tmp_path):
     slow = _run_paths(tmp_path, True, _FILTERS_SCRIPT, "filters")
     for k in fast.files:
         np.testing.assert_array_equal(fast[k], slow[k], err_msg=k)
+
+
+_LEVELS_SCRIPT = """
+import sys
+from convkit.cpu import _roi_align, _roi_pool, _roi_variants
+print(_roi_align.set_simd_level(2), _roi_pool.set_simd_level(2), _roi_variants.set_simd_level(2))
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not _cpu_has_avx512f(),
+                    reason="needs a CPU (or an emulated build) that runs the AVX-512 paths")
+@pytest.mark.parametrize("value, level", [("1", 1), ("yes", 1), ("0", 2), ("", 2)])
+def test_disable_avx512_reaches_the_roi_modules(value, level):
+    """CONVKIT_DISABLE_AVX512 is one switch for the whole cpu backend (csrc/isa.h's
+    CK_CPU_HAS_AVX512): the RoI modules' vector level (roi_simd.h) follows it as the GEMM and
+    the depthwise kernels do -- before, they ran their AVX-512 kernels with it set."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env["CONVKIT_DISABLE_AVX512"] = value
+    out = subprocess.run([sys.executable, "-c", _LEVELS_SCRIPT], check=True, env=env,
+                         capture_output=True, text=True, timeout=120).stdout.split()
+    assert out == [str(level)] * 3, out

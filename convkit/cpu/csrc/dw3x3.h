@@ -336,13 +336,8 @@ static int ck_dw3_isa(void) {
     if (!known) {
 #ifdef CK_DW3_X86
         __builtin_cpu_init();
-        known = CK_CPU_HAS_AVX512() ? 3
+        known = CK_CPU_HAS_AVX512() ? 3      /* (CONVKIT_DISABLE_AVX512: isa.h) */
                 : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 2 : 1;
-        {   /* CONVKIT_DISABLE_AVX512=1: no AVX-512 anywhere in the cpu backend */
-            const char *off = getenv("CONVKIT_DISABLE_AVX512");
-            if (known == 3 && off != NULL && off[0] != '\0' && off[0] != '0')
-                known = 2;
-        }
 #else
         known = 1;
 #endif

@@ -28,6 +28,21 @@
  * build (CONVKIT_EMULATE_AVX512, below) counts as full rate: it exists to test the AVX-512 plans,
  * and its host (an AVX2 CPU, maybe an AMD family 0x19 Zen 3) says nothing about a 512-bit FMA. */
 #include <stdlib.h>
+
+/* 0 where CONVKIT_DISABLE_AVX512 is set to anything but "" or "0" (read once): then no AVX-512
+ * function of the cpu backend runs (BLAS, AVX2 and the portable loops instead: README), whichever
+ * header asks -- CK_CPU_HAS_AVX512() below includes it.  (batchnorm.h's target_clones are picked
+ * by the loader; they give the same bits at every level.) */
+static inline int ck_avx512_env_allows(void)
+{
+    static int known = -1;  /* benign race: every thread computes the same value */
+    if (known < 0) {
+        const char *off = getenv("CONVKIT_DISABLE_AVX512");
+        known = !(off != NULL && off[0] != '\0' && off[0] != '0');
+    }
+    return known;
+}
+
 #if defined(CONVKIT_EMULATE_AVX512)
 #define CK_EMULATED_BUILD 1
 #else
@@ -74,7 +89,7 @@ static inline int ck_avx512_full_rate(void)
 /* plain C built twice, picked at load time (batchnorm.h) */
 #define CK_AVX512_CLONES __attribute__((target_clones("avx512f", "default")))
 /* after __builtin_cpu_init(): may the AVX-512 functions run on this CPU */
-#define CK_CPU_HAS_AVX512() __builtin_cpu_supports("avx512f")
+#define CK_CPU_HAS_AVX512() (ck_avx512_env_allows() && __builtin_cpu_supports("avx512f"))
 /* keeps a vector in a register (one load, not one per use) */
 #define CK_AVX512_PIN(v) __asm__("" : "+v"(v))
 /* 256-bit code with AVX-512VL's 32 registers (roi_variants.h); CPUID "avx512vl" */
@@ -89,7 +104,8 @@ static inline int ck_avx512_full_rate(void)
 #define CK_AVX512_TARGET __attribute__((target("avx2,fma")))
 #define CK_AVX512_VEC_TARGET __attribute__((target("avx2,fma")))
 #define CK_AVX512_CLONES
-#define CK_CPU_HAS_AVX512() (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+#define CK_CPU_HAS_AVX512() \
+    (ck_avx512_env_allows() && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
 #define CK_AVX512_PIN(v) ((void)0)   /* no 64-byte register to pin it in */
 #define CK_AVX512VL_TARGET __attribute__((target("avx2,fma")))
 

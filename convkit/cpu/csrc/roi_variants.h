@@ -692,10 +692,9 @@ CK_MA_FWD4PB_RUN(ck_ma_fwd4pz_run_yf, ck_ma_fwd4pz_yf, CK_AVX512_TARGET)
 static int ck_ma_vl(void) {
     static int known = -1;  /* benign race: every thread computes the same value */
     if (known < 0) {
-        const char* off = getenv("CONVKIT_DISABLE_AVX512");
         __builtin_cpu_init();
         known = (CK_AVX512_EMULATED || __builtin_cpu_supports("avx512vl"))
-                && !(off != NULL && off[0] != '\0' && off[0] != '0');
+                && ck_avx512_env_allows();
     }
     return known && ck_simd_level() >= 2;
 }

@@ -75,12 +75,10 @@ static int ck_sgemm_available(void)
 {
     static int state = -1;  /* benign race: every thread computes the same value */
     if (state < 0) {
-        /* CONVKIT_DISABLE_AVX512=1 (read once): BLAS and the portable loops everywhere, for
-         * tests of those paths and for comparing against them */
-        const char *off = getenv("CONVKIT_DISABLE_AVX512");
+        /* (CONVKIT_DISABLE_AVX512=1, isa.h: BLAS and the portable loops everywhere, for
+         * tests of those paths and for comparing against them) */
         __builtin_cpu_init();
-        state = (off != NULL && off[0] != '\0' && off[0] != '0') ? 0
-                : CK_CPU_HAS_AVX512() ? 1 : 0;
+        state = CK_CPU_HAS_AVX512() ? 1 : 0;
     }
     return state;
 }
