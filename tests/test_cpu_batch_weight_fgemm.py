@@ -33,8 +33,9 @@ def _im2col(x, K, stride, pad):
 
 # (x shape, w shape, stride, padding): columns per block against filters
 CASES = [
-    ((64, 16, 8, 8), (16, 16, 3, 3), 1, 1),    # 144 columns, 16 filters: transposed, 6+ blocks
-    ((64, 32, 4, 4), (32, 32, 3, 3), 1, 1),    # 2 blocks of 16 channels, 144 / 32: transposed
+    # (odd maps: the even ones of these layers take weight_winotiny)
+    ((64, 16, 7, 7), (16, 16, 3, 3), 1, 1),    # 144 columns, 16 filters: transposed, 6+ blocks
+    ((64, 32, 5, 5), (32, 32, 3, 3), 1, 1),    # 2 blocks of 16 channels, 144 / 32: transposed
     ((16, 16, 8, 8), (32, 16, 1, 1), 2, 0),    # 16 / 32 (a 1x1 stride-2 shortcut): straight
     ((16, 32, 8, 8), (32, 32, 1, 1), 2, 0),    # 32 / 32, at the ratio: straight
     ((8, 3, 8, 8), (16, 3, 3, 3), 1, 1),       # 27 / 16: transposed
