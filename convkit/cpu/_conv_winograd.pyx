@@ -910,18 +910,9 @@ def conv2d_forward_polywino(const float[:, :, :, ::1] x, const float[:, :, ::1] 
     cdef float* M
     cdef float* S
     cdef float zb[8]
-    if not ck_pw_available():
-        raise RuntimeError("conv2d_forward_polywino needs AVX2 + FMA (csrc/polywino.h)")
-    if y.shape[0] != N or trows < 1 or pt < 0 or pl < 0:
-        raise ValueError("conv2d_forward_polywino: bad shapes or padding")
-    if U.shape[0] != 25 or U.shape[1] != K or U.shape[2] != F8:
-        raise ValueError(f"U must be (25, {K}, {F8}), got ({U.shape[0]}, {U.shape[1]}, "
-                         f"{U.shape[2]})")
-    if ws_per_thread < polywino_floats(C, F, trows, tw) or \
-            ws.shape[0] < n_threads * ws_per_thread:
-        raise ValueError("conv2d_forward_polywino: workspace too small")
-    if has_bias and bias.shape[0] < F:
-        raise ValueError("conv2d_forward_polywino: bias too short")
+    _pw_check("conv2d_forward_polywino", y.shape[0] == N, trows, pt, pl, U, K, F8,
+              polywino_floats(C, F, trows, tw), ws, ws_per_thread, n_threads,
+              has_bias and bias.shape[0] < F)
     memset(zb, 0, sizeof(zb))
     with nogil:
         for t in prange(N * nb, schedule="dynamic", num_threads=n_threads):
@@ -942,6 +933,24 @@ def conv2d_forward_polywino(const float[:, :, :, ::1] x, const float[:, :, ::1] 
                                &bias[f0] if has_bias else <const float*>zb,
                                &y[n, f0, 4 * a0, 0], Ho * Wo, Ho - 4 * a0, Wo, S)
     return y
+
+
+def _pw_check(str name, bint same_n, Py_ssize_t trows, Py_ssize_t pt, Py_ssize_t pl,
+              const float[:, :, ::1] U, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t need,
+              float[::1] ws, Py_ssize_t ws_per_thread, int n_threads, bint short_bias):
+    """The argument checks both polywino kernels make: U (25, rows, cols), the workspace
+    (n_threads slices of ws_per_thread >= need floats), the bias, the batch and the padding."""
+    if not ck_pw_available():
+        raise RuntimeError(f"{name} needs AVX2 + FMA (csrc/polywino.h)")
+    if not same_n or trows < 1 or pt < 0 or pl < 0:
+        raise ValueError(f"{name}: bad shapes or padding")
+    if U.shape[0] != 25 or U.shape[1] != rows or U.shape[2] != cols:
+        raise ValueError(f"U must be (25, {rows}, {cols}), got ({U.shape[0]}, {U.shape[1]}, "
+                         f"{U.shape[2]})")
+    if ws_per_thread < need or ws.shape[0] < n_threads * ws_per_thread:
+        raise ValueError(f"{name}: workspace too small")
+    if short_bias:
+        raise ValueError(f"{name}: bias too short")
 
 
 cdef void _pw_gemms(const float* V, const float[:, :, ::1] U, float* M, Py_ssize_t Tt,
@@ -976,18 +985,9 @@ def conv2d_grad_input_polywino(const float[:, :, :, ::1] gy, const float[:, :, :
     cdef float* M
     cdef float* S
     cdef float zb[8]
-    if not ck_pw_available():
-        raise RuntimeError("conv2d_grad_input_polywino needs AVX2 + FMA (csrc/polywino.h)")
-    if gx.shape[0] != N or trows < 1 or pt < 0 or pl < 0:
-        raise ValueError("conv2d_grad_input_polywino: bad shapes or padding")
-    if U.shape[0] != 25 or U.shape[1] != F8 or U.shape[2] != Fo:
-        raise ValueError(f"U must be (25, {F8}, {Fo}), got ({U.shape[0]}, {U.shape[1]}, "
-                         f"{U.shape[2]})")
-    if ws_per_thread < polywino_gx_floats(F, C, trows, tw) or \
-            ws.shape[0] < n_threads * ws_per_thread:
-        raise ValueError("conv2d_grad_input_polywino: workspace too small")
-    if has_bias and bias.shape[0] < C:
-        raise ValueError("conv2d_grad_input_polywino: bias too short")
+    _pw_check("conv2d_grad_input_polywino", gx.shape[0] == N, trows, pt, pl, U, F8, Fo,
+              polywino_gx_floats(F, C, trows, tw), ws, ws_per_thread, n_threads,
+              has_bias and bias.shape[0] < C)
     memset(zb, 0, sizeof(zb))
     with nogil:
         for t in prange(N * nb, schedule="dynamic", num_threads=n_threads):
