@@ -103,6 +103,22 @@ def test_kernel_rejects_bad_arguments():
     with pytest.raises(ValueError, match="U must be"):
         wg.conv2d_forward_polywino(x, np.ascontiguousarray(U[:, :32]), b, False, y, ws,
                                    per, 2, 1, 1, 1)
+    with pytest.raises(ValueError, match="bias too short"):
+        wg.conv2d_forward_polywino(x, U, b[:8], True, y, ws, per, 2, 1, 1, 1)
+    with pytest.raises(ValueError, match="bad shapes or padding"):
+        wg.conv2d_forward_polywino(x, U, b, False, y[:1], ws, per, 2, 1, 1, 1)
+    # grad_x's kernel (y of the conv is its input): the same checks, its own name
+    Ug = cc.polywino_grad_filters(w)
+    pg = wg.polywino_gx_floats(16, 16, 2, 3)
+    wsg = np.zeros(pg, np.float32)
+    with pytest.raises(ValueError, match="conv2d_grad_input_polywino: workspace"):
+        wg.conv2d_grad_input_polywino(y, Ug, b, False, x, wsg[:-1], pg - 1, 2, 1, 1, 1)
+    with pytest.raises(ValueError, match="U must be"):
+        wg.conv2d_grad_input_polywino(y, U, b, False, x, wsg, pg, 2, 1, 1, 1)
+    with pytest.raises(ValueError, match="conv2d_grad_input_polywino: bias too short"):
+        wg.conv2d_grad_input_polywino(y, Ug, b[:8], True, x, wsg, pg, 2, 1, 1, 1)
+    with pytest.raises(ValueError, match="conv2d_grad_input_polywino: bad shapes"):
+        wg.conv2d_grad_input_polywino(y, Ug, b, False, x, wsg, pg, 0, 1, 1, 1)
 
 
 def test_workspace_floats_agree_with_the_plan():
