@@ -24,6 +24,7 @@ asked at a time (grad_x / grad_weight / grad_bias), F.conv_transpose2d under no_
 forward, and torch.autograd.grad over the three for "fb" (the bench adapter's fwd_bwd).
 """
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -69,6 +70,7 @@ def main():
     ap.add_argument("--passes", default="fwd,gx,gw,gb,fb")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--sweep", default=None, help="NAME=v1,v2,... (a tuning constant)")
+    ap.add_argument("--json", default=None, help="with --sweep: every round's times (s) here")
     a = ap.parse_args()
     timer = _med if a.clock == "wall" else _cpu
     if a.threads:
@@ -145,6 +147,11 @@ def _set_param(algo, key, v):
 _RUN = {}
 
 
+def _grad_mode(q):
+    """torch's "fb" needs autograd; the single passes run without it."""
+    return contextlib.nullcontext() if q == "fb" else torch.no_grad()
+
+
 def sweep(a, passes, run, timer):
     from convkit.cpu import tuning
     name, vals = a.sweep.split("=")
@@ -161,10 +168,14 @@ def sweep(a, passes, run, timer):
                 else:
                     setattr(tuning, name, v)
                     cc._plans.clear()
-                with torch.no_grad():
+                with _grad_mode(q):
                     res[q, v].append(timer(run[q][0], a.calls))
-            with torch.no_grad():
+            with _grad_mode(q):
                 res[q, "torch"].append(timer(run[q][1], a.calls))
+    if a.json:
+        import json
+        with open(a.json, "w") as f:
+            json.dump({f"{q} {v}": t for (q, v), t in res.items()}, f)
     if not algo:
         setattr(tuning, name, keep)
     cc._plans.clear()
