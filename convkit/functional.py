@@ -76,7 +76,7 @@ def _c(be, a):
 # sizes.  Any other combination -- a parameter that is not a plain int, str, None or pair of
 # ints (True == 1 and 2.0 == 2, but the checks refuse them), a backend whose is_native is not
 # the type test -- takes the full checks, so the errors are those of the checks, in their
-# order.  Batch norm remembers its metadata checks the same way (momentum and eps plain
+# order.  Average pooling likewise.  Batch norm remembers its metadata checks the same way (momentum and eps plain
 # floats, training a bool); what depends on the arrays' memory -- the running statistics'
 # contiguity, writeability and overlap with the other arguments -- is checked on every call.
 _MEMO_MAX = 256
@@ -368,6 +368,17 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     """
     op = "avg_pool2d_forward"
     be = _backend(backend)
+    key = hit = None
+    if (out is None and type(ceil_mode) is bool and type(count_include_pad) is bool
+            and type(be).is_native is _TYPE_TEST and _plain(kernel_size, stride, padding)):
+        try:
+            key = (op, be, type(x), x.shape, x.dtype, kernel_size, stride, padding, ceil_mode,
+                   count_include_pad)
+        except AttributeError:
+            key = None
+        hit = _memo_get(key)
+    if hit is not None:
+        return be._avg_pool2d_forward(_c(be, x), *hit, count_include_pad, out=None)
     k, s, p, _, ohw = _pool_args(op, be, x, kernel_size, stride, padding, 1, ceil_mode)
     dt = V.float_dtype(op, x=x)
     N, C = x.shape[:2]
@@ -375,6 +386,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     V.no_overlap(op, be, out, x=x)
     if x.size == 0:
         return out if out is not None else be.xp.empty((N, C) + ohw, dt)
+    _memo_put(key, (k, s, p, ohw))
     return be._avg_pool2d_forward(_c(be, x), k, s, p, ohw, bool(count_include_pad), out=out)
 
 
@@ -383,6 +395,18 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     """Gradient of :func:`avg_pool2d_forward` with the same arguments; returns grad_x."""
     op = "avg_pool2d_backward"
     be = _backend(backend)
+    key = hit = None
+    if (type(input_shape) is tuple and len(input_shape) == 4 and type(ceil_mode) is bool
+            and type(count_include_pad) is bool and type(be).is_native is _TYPE_TEST
+            and _plain(kernel_size, stride, padding, *input_shape)):
+        try:
+            key = (op, be, type(grad_y), grad_y.shape, grad_y.dtype, input_shape, kernel_size,
+                   stride, padding, ceil_mode, count_include_pad)
+        except AttributeError:
+            key = None
+        hit = _memo_get(key)
+    if hit is not None:
+        return be._avg_pool2d_backward(_c(be, grad_y), *hit, count_include_pad)
     V.array(op, "grad_y", grad_y, be, 4, "(N, C, Ho, Wo)")
     shape = V.shape_tuple(op, "input_shape", input_shape)
     dt = V.float_dtype(op, grad_y=grad_y)
@@ -400,6 +424,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     V.grad_shape(op, "grad_y", grad_y, shape[:2] + ohw)
     if grad_y.size == 0 or shape[2] * shape[3] == 0:
         return be.xp.zeros(shape, dt)
+    _memo_put(key, (shape, k, s, p))
     return be._avg_pool2d_backward(_c(be, grad_y), shape, k, s, p, bool(count_include_pad))
 
 

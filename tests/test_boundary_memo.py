@@ -222,3 +222,48 @@ def test_batch_norm_backward_after_a_remembered_call(be):
         m.shape = (3, 1)        # the remembered array object, another shape
         with pytest.raises(ValueError, match="save_mean must be 1-D"):
             F.batch_norm_backward(gy, x, w, m, inv, True)
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("args", [(2, None, 0, False, True), (3, 2, 1, True, False),
+                                  (8, None, 0, False, True)])
+def test_avg_pool_repeat_equals_full_path(be, args):
+    x = rnd(2, 3, 8, 8)
+    with convkit.use_backend(be):
+        F._MEMO.clear()
+        y = F.avg_pool2d_forward(x, *args)
+        g = F.avg_pool2d_backward(rnd(*y.shape, seed=5), x.shape, *args)
+        assert len(F._MEMO) == 2
+        for _ in range(2):
+            assert same_bits(F.avg_pool2d_forward(x, *args), y)
+            assert same_bits(F.avg_pool2d_backward(rnd(*y.shape, seed=5), x.shape, *args), g)
+        assert len(F._MEMO) == 2
+        # equal arguments of other types: the full checks, the same results
+        k, s, p, cm, cip = args
+        assert same_bits(F.avg_pool2d_forward(x, k, s, p, cm, int(cip)), y)
+        assert same_bits(F.avg_pool2d_backward(rnd(*y.shape, seed=5), list(x.shape), k, s, p,
+                                               np.bool_(cm), cip), g)
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+def test_avg_pool_after_a_remembered_call(be):
+    x = rnd(2, 3, 8, 8)
+    with convkit.use_backend(be):
+        y = F.avg_pool2d_forward(x, 2)
+        F.avg_pool2d_backward(y, x.shape, 2)
+        with pytest.raises(TypeError, match="kernel_size"):
+            F.avg_pool2d_forward(x, True)
+        with pytest.raises(TypeError, match="kernel_size"):
+            F.avg_pool2d_backward(y, x.shape, 2.0)
+        with pytest.raises(TypeError, match="x must be float32 or float64"):
+            F.avg_pool2d_forward(x.astype(np.int32), 2)
+        with pytest.raises(TypeError, match="grad_y must be float32 or float64"):
+            F.avg_pool2d_backward(y.astype(np.int32), x.shape, 2)
+        with pytest.raises(ValueError, match="grad_y must have shape"):
+            F.avg_pool2d_backward(y[:, :, :3], x.shape, 2)
+        with pytest.raises(TypeError, match="input_shape"):
+            F.avg_pool2d_backward(y, (2, 3, 8.0, 8), 2)
+        with pytest.raises(ValueError, match="padding"):
+            F.avg_pool2d_forward(x, 2, None, 2)
+        x.shape = (2, 3, 4, 16)     # the remembered array object, another shape
+        assert F.avg_pool2d_forward(x, 2).shape == (2, 3, 2, 8)
