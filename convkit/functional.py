@@ -76,9 +76,10 @@ def _c(be, a):
 # sizes.  Any other combination -- a parameter that is not a plain int, str, None or pair of
 # ints (True == 1 and 2.0 == 2, but the checks refuse them), a backend whose is_native is not
 # the type test -- takes the full checks, so the errors are those of the checks, in their
-# order.  Average pooling likewise.  Batch norm remembers its metadata checks the same way (momentum and eps plain
-# floats, training a bool); what depends on the arrays' memory -- the running statistics'
-# contiguity, writeability and overlap with the other arguments -- is checked on every call.
+# order.  Average pooling likewise.  Batch norm remembers its metadata checks the same way
+# (momentum and eps plain floats, training a bool); what depends on the arrays' memory -- the
+# running statistics' contiguity, writeability and overlap with the other arguments -- is
+# checked on every call.
 _MEMO_MAX = 256
 _MEMO: dict = {}
 _TYPE_TEST = Backend.is_native
