@@ -76,7 +76,10 @@ def _c(be, a):
 # sizes.  Any other combination -- a parameter that is not a plain int, str, None or pair of
 # ints (True == 1 and 2.0 == 2, but the checks refuse them), a backend whose is_native is not
 # the type test -- takes the full checks, so the errors are those of the checks, in their
-# order.
+# order.  Average pooling likewise.  Batch norm remembers its metadata checks the same way
+# (momentum and eps plain floats, training a bool); what depends on the arrays' memory -- the
+# running statistics' contiguity, writeability and overlap with the other arguments -- is
+# checked on every call.
 _MEMO_MAX = 256
 _MEMO: dict = {}
 _TYPE_TEST = Backend.is_native
@@ -366,6 +369,17 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     """
     op = "avg_pool2d_forward"
     be = _backend(backend)
+    key = hit = None
+    if (out is None and type(ceil_mode) is bool and type(count_include_pad) is bool
+            and type(be).is_native is _TYPE_TEST and _plain(kernel_size, stride, padding)):
+        try:
+            key = (op, be, type(x), x.shape, x.dtype, kernel_size, stride, padding, ceil_mode,
+                   count_include_pad)
+        except AttributeError:
+            key = None
+        hit = _memo_get(key)
+    if hit is not None:
+        return be._avg_pool2d_forward(_c(be, x), *hit, count_include_pad, out=None)
     k, s, p, _, ohw = _pool_args(op, be, x, kernel_size, stride, padding, 1, ceil_mode)
     dt = V.float_dtype(op, x=x)
     N, C = x.shape[:2]
@@ -373,6 +387,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     V.no_overlap(op, be, out, x=x)
     if x.size == 0:
         return out if out is not None else be.xp.empty((N, C) + ohw, dt)
+    _memo_put(key, (k, s, p, ohw))
     return be._avg_pool2d_forward(_c(be, x), k, s, p, ohw, bool(count_include_pad), out=out)
 
 
@@ -381,6 +396,18 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     """Gradient of :func:`avg_pool2d_forward` with the same arguments; returns grad_x."""
     op = "avg_pool2d_backward"
     be = _backend(backend)
+    key = hit = None
+    if (type(input_shape) is tuple and len(input_shape) == 4 and type(ceil_mode) is bool
+            and type(count_include_pad) is bool and type(be).is_native is _TYPE_TEST
+            and _plain(kernel_size, stride, padding, *input_shape)):
+        try:
+            key = (op, be, type(grad_y), grad_y.shape, grad_y.dtype, input_shape, kernel_size,
+                   stride, padding, ceil_mode, count_include_pad)
+        except AttributeError:
+            key = None
+        hit = _memo_get(key)
+    if hit is not None:
+        return be._avg_pool2d_backward(_c(be, grad_y), *hit, count_include_pad)
     V.array(op, "grad_y", grad_y, be, 4, "(N, C, Ho, Wo)")
     shape = V.shape_tuple(op, "input_shape", input_shape)
     dt = V.float_dtype(op, grad_y=grad_y)
@@ -398,6 +425,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     V.grad_shape(op, "grad_y", grad_y, shape[:2] + ohw)
     if grad_y.size == 0 or shape[2] * shape[3] == 0:
         return be.xp.zeros(shape, dt)
+    _memo_put(key, (shape, k, s, p))
     return be._avg_pool2d_backward(_c(be, grad_y), shape, k, s, p, bool(count_include_pad))
 
 
@@ -411,6 +439,35 @@ def _vec(op, be, name, a, C):
     return a
 
 
+def _meta(a):
+    return None if a is None else (type(a), a.shape, a.dtype)
+
+
+def _bn_running_writable(op, running_mean, running_var, training):
+    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
+        if r is not None and not r.flags.c_contiguous:
+            raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place)")
+        if training:
+            V.writeable(op, name, r)
+
+
+def _bn_running_no_alias(op, be, x, weight, bias, running_mean, running_var, training):
+    # running stats are written in place while the kernels read the other arguments: a
+    # running_mean that is also the weight (or x, or running_var) would be read half-updated.
+    # (The pairs one by one, V.no_alias raising for the first that overlaps: it runs on every
+    # call, and its dicts cost as much as the batch norm of a small layer.)
+    if not training:
+        return
+    share = getattr(be.xp, "may_share_memory", None) or np.may_share_memory
+    for name, r, others in (("running_mean", running_mean, ("x", "weight", "bias", "running_var")),
+                            ("running_var", running_var, ("x", "weight", "bias"))):
+        if r is None:
+            continue
+        for other, a in zip(others, (x, weight, bias, running_var)):
+            if a is not None and share(r, a):
+                V.no_alias(op, be, name, r, **{other: a})
+
+
 def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1,
                        eps=1e-5, *, out=None, backend=None):
     """Spatial batch norm, ``torch.nn.functional.batch_norm`` semantics.
@@ -422,6 +479,20 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     """
     op = "batch_norm_forward"
     be = _backend(backend)
+    key = hit = None
+    if (out is None and type(be).is_native is _TYPE_TEST and type(training) is bool
+            and type(momentum) is float and type(eps) is float):
+        try:
+            key = (op, be, type(x), x.shape, x.dtype, _meta(weight), _meta(bias),
+                   _meta(running_mean), _meta(running_var), training, momentum, eps)
+        except AttributeError:      # (not an array: the checks say so)
+            key = None
+        hit = _memo_get(key)
+    if hit is not None:     # metadata checked before; the running stats' state on every call
+        _bn_running_writable(op, running_mean, running_var, training)
+        _bn_running_no_alias(op, be, x, weight, bias, running_mean, running_var, training)
+        return be._batch_norm_forward(_c(be, x), _c(be, weight), _c(be, bias), running_mean,
+                                     running_var, training, momentum, eps, out=None)
     V.array(op, "x", x, be, 4, "(N, C, H, W)")
     N, C, H, W = x.shape
     weight, bias = _vec(op, be, "weight", weight, C), _vec(op, be, "bias", bias, C)
@@ -429,11 +500,7 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     running_var = _vec(op, be, "running_var", running_var, C)
     dt = V.float_dtype(op, x=x, weight=weight, bias=bias, running_mean=running_mean,
                        running_var=running_var)
-    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
-        if r is not None and not r.flags.c_contiguous:
-            raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place)")
-        if training:
-            V.writeable(op, name, r)
+    _bn_running_writable(op, running_mean, running_var, training)
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: running_mean and running_var must both be given or both be None")
     training = bool(training)
@@ -450,15 +517,9 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
         # torch refuses it too (a constant channel would divide by zero); in eval the running
         # variance is the caller's, as in torch
         raise ValueError(f"{op}: eps must be > 0 in training, got {eps!r}")
-    # running stats are written in place while the kernels read the other arguments: a
-    # running_mean that is also the weight (or x, or running_var) would be read half-updated
-    for name, r in (("running_mean", running_mean), ("running_var", running_var)):
-        others = dict(x=x, weight=weight, bias=bias)
-        if name == "running_mean":
-            others["running_var"] = running_var
-        if r is not None and training:
-            V.no_alias(op, be, name, r, **others)
+    _bn_running_no_alias(op, be, x, weight, bias, running_mean, running_var, training)
     xp = be.xp
+    params = (weight, bias)
     if (weight is None) != (bias is None):   # one affine half given: complete it, as torch does
         weight = xp.ones(C, dt) if weight is None else weight
         bias = xp.zeros(C, dt) if bias is None else bias
@@ -469,6 +530,8 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
         inv = 1.0 / xp.sqrt(running_var + eps) if running_var is not None else xp.zeros(C, dt)
         mean = running_mean.copy() if running_mean is not None else xp.zeros(C, dt)
         return (out if out is not None else xp.empty(x.shape, dt)), mean, inv.astype(dt)
+    if weight is params[0] and bias is params[1]:   # (not an affine half completed above)
+        _memo_put(key, True)
     return be._batch_norm_forward(_c(be, x), _c(be, weight), _c(be, bias), running_mean,
                                  running_var, training, momentum, eps, out=out)
 
@@ -481,6 +544,17 @@ def batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, training, *, 
     """
     op = "batch_norm_backward"
     be = _backend(backend)
+    key = hit = None
+    if type(be).is_native is _TYPE_TEST and type(training) is bool:
+        try:
+            key = (op, be, type(grad_y), grad_y.shape, grad_y.dtype, type(x), x.shape, x.dtype,
+                   _meta(weight), _meta(save_mean), _meta(save_invstd), training)
+        except AttributeError:
+            key = None
+        hit = _memo_get(key)
+    if hit is not None:
+        return be._batch_norm_backward(_c(be, grad_y), _c(be, x), _c(be, weight),
+                                      _c(be, save_mean), _c(be, save_invstd), training)
     V.array(op, "x", x, be, 4, "(N, C, H, W)")
     V.array(op, "grad_y", grad_y, be, 4, "(N, C, H, W)")
     V.grad_shape(op, "grad_y", grad_y, x.shape)
@@ -497,6 +571,7 @@ def batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, training, *, 
         z = xp.zeros(C, dt)
         return xp.zeros(x.shape, dt), (z if weight is not None else None), \
             (z.copy() if weight is not None else None)
+    _memo_put(key, True)
     return be._batch_norm_backward(_c(be, grad_y), _c(be, x), _c(be, weight), _c(be, save_mean),
                                   _c(be, save_invstd), bool(training))
 

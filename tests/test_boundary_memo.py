@@ -126,3 +126,144 @@ def test_memo_is_bounded():
         for n in range(1, F._MEMO_MAX + 20):
             F.max_pool2d_forward(rnd(n, 1, 2, 2), 2)
             assert len(F._MEMO) <= F._MEMO_MAX
+
+
+def _bn_args(C=3, seed=0):
+    return (rnd(4, C, 5, 5, seed=seed), rnd(C, seed=seed + 1), rnd(C, seed=seed + 2),
+            rnd(C, seed=seed + 3), np.abs(rnd(C, seed=seed + 4)) + 0.5)
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_repeat_equals_full_path(be, training):
+    x, w, b, rm, rv = _bn_args()
+    gy = rnd(*x.shape, seed=9)
+    with convkit.use_backend(be):
+        F._MEMO.clear()
+        rm0, rv0 = rm.copy(), rv.copy()
+        full = F.batch_norm_forward(x, w, b, rm0, rv0, training, 0.1, 1e-5)
+        gfull = F.batch_norm_backward(gy, x, w, full[1], full[2], training)
+        assert len(F._MEMO) == 2
+        for _ in range(2):      # remembered: the same results and running statistics
+            rm1, rv1 = rm.copy(), rv.copy()
+            again = F.batch_norm_forward(x, w, b, rm1, rv1, training, 0.1, 1e-5)
+            gagain = F.batch_norm_backward(gy, x, w, again[1], again[2], training)
+            assert all(same_bits(a, c) for a, c in zip(full, again))
+            assert all(same_bits(a, c) for a, c in zip(gfull, gagain))
+            assert same_bits(rm1, rm0) and same_bits(rv1, rv0)
+        # a non-contiguous x is copied on the remembered path too
+        xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+        assert same_bits(F.batch_norm_forward(xt, w, b, rm.copy(), rv.copy(), training)[0],
+                         full[0])
+        assert same_bits(F.batch_norm_backward(gy, xt, w, full[1], full[2], training)[0],
+                         gfull[0])
+        assert len(F._MEMO) == 2
+        # one affine half: completed on every call (not remembered), as torch does
+        F._MEMO.clear()
+        y1 = F.batch_norm_forward(x, w, None, rm.copy(), rv.copy(), training)[0]
+        y2 = F.batch_norm_forward(x, w, None, rm.copy(), rv.copy(), training)[0]
+        assert same_bits(y1, y2) and len(F._MEMO) == 0
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+def test_batch_norm_running_stats_state_checked_after_a_remembered_call(be):
+    """Contiguity, writeability and overlap depend on the arrays, not their metadata: each
+    remembered call checks them again."""
+    x, w, b, rm, rv = _bn_args()
+    with convkit.use_backend(be):
+        F.batch_norm_forward(x, w, b, rm, rv, True, 0.1, 1e-5)
+        ro = rm.copy()
+        ro.flags.writeable = False
+        with pytest.raises(ValueError, match="running_mean must be writeable"):
+            F.batch_norm_forward(x, w, b, ro, rv, True, 0.1, 1e-5)
+        strided = np.zeros(6, f32)[::2]
+        with pytest.raises(ValueError, match="running_var must be C-contiguous"):
+            F.batch_norm_forward(x, w, b, rm, strided, True, 0.1, 1e-5)
+        for alias, other in ((w, "weight"), (b, "bias"), (rv, "running_var")):
+            with pytest.raises(ValueError, match=f"running_mean must not share memory with "
+                                                 f"{other}"):
+                F.batch_norm_forward(x, w, b, alias, rv, True, 0.1, 1e-5)
+        xv = x.copy()
+        with pytest.raises(ValueError, match="running_var must not share memory with x"):
+            F.batch_norm_forward(xv, w, b, rm, xv.reshape(-1)[:3], True, 0.1, 1e-5)
+        with pytest.raises(ValueError, match="running_var must not share memory with bias"):
+            F.batch_norm_forward(x, w, b, rm, b, True, 0.1, 1e-5)
+        # eval reads the running statistics only: a read-only one is fine there
+        F.batch_norm_forward(x, w, b, rm, rv, False, 0.1, 1e-5)
+        F.batch_norm_forward(x, w, b, ro, rv, False, 0.1, 1e-5)
+        # parameters of other types or values take the full checks
+        with pytest.raises(ValueError, match="momentum must be finite"):
+            F.batch_norm_forward(x, w, b, rm, rv, True, float("nan"), 1e-5)
+        with pytest.raises(ValueError, match="eps must be > 0"):
+            F.batch_norm_forward(x, w, b, rm, rv, True, 0.1, 0.0)
+        with pytest.raises(TypeError, match="momentum must be a real number"):
+            F.batch_norm_forward(x, w, b, rm, rv, True, True, 1e-5)
+        with pytest.raises(TypeError, match="share one dtype"):
+            F.batch_norm_forward(x, w, b, rm.astype(f64), rv, True, 0.1, 1e-5)
+        with pytest.raises(ValueError, match=r"weight must have shape \(3,\)"):
+            F.batch_norm_forward(x, rnd(4), b, rm, rv, True, 0.1, 1e-5)
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+def test_batch_norm_backward_after_a_remembered_call(be):
+    x, w, b, rm, rv = _bn_args()
+    gy = rnd(*x.shape, seed=9)
+    with convkit.use_backend(be):
+        _, m, inv = F.batch_norm_forward(x, w, b, rm, rv, True)
+        F.batch_norm_backward(gy, x, w, m, inv, True)
+        with pytest.raises(ValueError, match="grad_y must have shape"):
+            F.batch_norm_backward(gy[:3], x, w, m, inv, True)
+        with pytest.raises(TypeError, match="share one dtype"):
+            F.batch_norm_backward(gy.astype(f64), x, w, m, inv, True)
+        with pytest.raises(ValueError, match="save_mean and save_invstd are required"):
+            F.batch_norm_backward(gy, x, w, None, inv, True)
+        with pytest.raises(TypeError, match="ndarray"):
+            F.batch_norm_backward(gy, x, w.tolist(), m, inv, True)
+        m.shape = (3, 1)        # the remembered array object, another shape
+        with pytest.raises(ValueError, match="save_mean must be 1-D"):
+            F.batch_norm_backward(gy, x, w, m, inv, True)
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("args", [(2, None, 0, False, True), (3, 2, 1, True, False),
+                                  (8, None, 0, False, True)])
+def test_avg_pool_repeat_equals_full_path(be, args):
+    x = rnd(2, 3, 8, 8)
+    with convkit.use_backend(be):
+        F._MEMO.clear()
+        y = F.avg_pool2d_forward(x, *args)
+        g = F.avg_pool2d_backward(rnd(*y.shape, seed=5), x.shape, *args)
+        assert len(F._MEMO) == 2
+        for _ in range(2):
+            assert same_bits(F.avg_pool2d_forward(x, *args), y)
+            assert same_bits(F.avg_pool2d_backward(rnd(*y.shape, seed=5), x.shape, *args), g)
+        assert len(F._MEMO) == 2
+        # equal arguments of other types: the full checks, the same results
+        k, s, p, cm, cip = args
+        assert same_bits(F.avg_pool2d_forward(x, k, s, p, cm, int(cip)), y)
+        assert same_bits(F.avg_pool2d_backward(rnd(*y.shape, seed=5), list(x.shape), k, s, p,
+                                               np.bool_(cm), cip), g)
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+def test_avg_pool_after_a_remembered_call(be):
+    x = rnd(2, 3, 8, 8)
+    with convkit.use_backend(be):
+        y = F.avg_pool2d_forward(x, 2)
+        F.avg_pool2d_backward(y, x.shape, 2)
+        with pytest.raises(TypeError, match="kernel_size"):
+            F.avg_pool2d_forward(x, True)
+        with pytest.raises(TypeError, match="kernel_size"):
+            F.avg_pool2d_backward(y, x.shape, 2.0)
+        with pytest.raises(TypeError, match="x must be float32 or float64"):
+            F.avg_pool2d_forward(x.astype(np.int32), 2)
+        with pytest.raises(TypeError, match="grad_y must be float32 or float64"):
+            F.avg_pool2d_backward(y.astype(np.int32), x.shape, 2)
+        with pytest.raises(ValueError, match="grad_y must have shape"):
+            F.avg_pool2d_backward(y[:, :, :3], x.shape, 2)
+        with pytest.raises(TypeError, match="input_shape"):
+            F.avg_pool2d_backward(y, (2, 3, 8.0, 8), 2)
+        with pytest.raises(ValueError, match="padding"):
+            F.avg_pool2d_forward(x, 2, None, 2)
+        x.shape = (2, 3, 4, 16)     # the remembered array object, another shape
+        assert F.avg_pool2d_forward(x, 2).shape == (2, 3, 2, 8)
