@@ -204,6 +204,54 @@ CK_PW_TARGET static int ck_pw_input_f(const float *s, ptrdiff_t ntr, ptrdiff_t t
     return 1;
 }
 
+/* A (5 x 4, A^T's transpose) of 4 vectors: the weight gradient's grad_y side (the transposed
+ * F(4x4, 2x2): dw = G^T [(A dy A^T) . (B^T d B)] G, summed over the tiles); scales exact */
+#define CK_PW_A(g0, g1, g2, g3, o0, o1, o2, o3, o4)                                       \
+    do {                                                                                 \
+        __m256 p_ = _mm256_add_ps(g0, g2), q_ = _mm256_add_ps(g1, g3);                    \
+        o0 = g0;                                                                          \
+        o1 = _mm256_add_ps(p_, q_);                                                       \
+        o2 = _mm256_sub_ps(p_, q_);                                                       \
+        o3 = _mm256_fmadd_ps(g3, _mm256_set1_ps(0.125f),                                  \
+                             _mm256_fmadd_ps(g2, _mm256_set1_ps(0.25f),                   \
+                                             _mm256_fmadd_ps(g1, _mm256_set1_ps(0.5f), g0))); \
+        o4 = g3;                                                                          \
+    } while (0)
+
+/* The grad_y tiles of a block staged by ck_pw_stage1_f (nr = 4 * ntr rows, cols = 4 * tw,
+ * 8 filters in the lanes): z[e * es + (a * tw + j) * ts + lane] = (A g A^T)[e / 5][e % 5] of
+ * the 4 x 4 tile g at rows 4a .. 4a+3, columns 4j .. 4j+3 (zero beyond grad_y: no terms). */
+CK_PW_TARGET static int ck_pw_grad_input_f(const float *s, ptrdiff_t ntr, ptrdiff_t tw, float *z,
+                                           ptrdiff_t es, ptrdiff_t ts)
+{
+    if (!ck_pw_available())
+        return 0;
+    const ptrdiff_t cols = 4 * tw;
+    for (ptrdiff_t a = 0; a < ntr; ++a)
+        for (ptrdiff_t j = 0; j < tw; ++j) {
+            const float *d = s + (4 * a * cols + 4 * j) * 8;
+            float *o = z + (a * tw + j) * ts;
+            __m256 t[5][4];
+            for (int k = 0; k < 4; ++k) {   /* A down the 4 rows, column k */
+                __m256 r0 = _mm256_loadu_ps(d + k * 8);
+                __m256 r1 = _mm256_loadu_ps(d + (cols + k) * 8);
+                __m256 r2 = _mm256_loadu_ps(d + (2 * cols + k) * 8);
+                __m256 r3 = _mm256_loadu_ps(d + (3 * cols + k) * 8);
+                CK_PW_A(r0, r1, r2, r3, t[0][k], t[1][k], t[2][k], t[3][k], t[4][k]);
+            }
+            for (int k = 0; k < 5; ++k) {   /* A^T across the columns of row k */
+                __m256 o0, o1, o2, o3, o4;
+                CK_PW_A(t[k][0], t[k][1], t[k][2], t[k][3], o0, o1, o2, o3, o4);
+                _mm256_storeu_ps(o + (5 * k) * es, o0);
+                _mm256_storeu_ps(o + (5 * k + 1) * es, o1);
+                _mm256_storeu_ps(o + (5 * k + 2) * es, o2);
+                _mm256_storeu_ps(o + (5 * k + 3) * es, o3);
+                _mm256_storeu_ps(o + (5 * k + 4) * es, o4);
+            }
+        }
+    return 1;
+}
+
 /* A^T of 5 vectors: 4 outputs */
 #define CK_PW_AT(m0, m1, m2, m3, m4, y0, y1, y2, y3)                                      \
     do {                                                                                 \
@@ -389,6 +437,12 @@ static int ck_pw_output_d2s_f(const float *m, ptrdiff_t qoff, ptrdiff_t es, ptrd
 {
     (void)m; (void)qoff; (void)es; (void)ts; (void)ntr; (void)tw; (void)nf; (void)bias;
     (void)y; (void)fstride; (void)H; (void)W; (void)u0; (void)P; (void)pt; (void)pl; (void)ob;
+    return 0;
+}
+static int ck_pw_grad_input_f(const float *s, ptrdiff_t ntr, ptrdiff_t tw, float *z,
+                              ptrdiff_t es, ptrdiff_t ts)
+{
+    (void)s; (void)ntr; (void)tw; (void)z; (void)es; (void)ts;
     return 0;
 }
 static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t ts, ptrdiff_t ntr,
