@@ -59,8 +59,14 @@ CK_PW_TARGET static int ck_pw_stage_f(const float *x, ptrdiff_t cstride, int nc,
 {
     if (!ck_pw_available())
         return 0;
-    memset(s, 0, sizeof(float) * 4 * nr * cols * 8);
     ptrdiff_t ylo = 2 * r0 - pt, yhi = 2 * (r0 + nr) - pt;   /* x rows r0 .. r0+nr-1 read */
+    for (ptrdiff_t yy = ylo; yy < yhi; ++yy)        /* the rows outside x: zeros */
+        if (yy < 0 || yy >= H) {
+            ptrdiff_t p = (yy + pt) & 1, r = ((yy + pt) >> 1) - r0;
+            float *d0 = s + ((2 * p) * nr + r) * cols * 8;
+            memset(d0, 0, sizeof(float) * cols * 8);
+            memset(d0 + nr * cols * 8, 0, sizeof(float) * cols * 8);
+        }
     if (ylo < 0)
         ylo = 0;
     if (yhi > H)
@@ -99,18 +105,17 @@ CK_PW_TARGET static int ck_pw_stage_f(const float *x, ptrdiff_t cstride, int nc,
                 _mm256_storeu_ps(d1 + (cb + k) * 8, od[k]);
             }
         }
-        for (int q = 0; q < 2; ++q) {   /* the columns outside the blocks */
+        for (int q = 0; q < 2; ++q) {   /* the columns outside the blocks, zeros past x */
             float *d = q ? d1 : d0;
             for (ptrdiff_t c = 0; c < cols; ++c) {
                 if (c == cb0 && cb1 > cb0)
                     c = cb1;
-                ptrdiff_t xx = 2 * c + q - pl;
-                if (c >= cols || xx >= xhi)
+                if (c >= cols)
                     break;
-                if (xx < 0)
-                    continue;
-                for (int i = 0; i < nc; ++i)
-                    d[c * 8 + i] = x[i * cstride + yy * W + xx];
+                ptrdiff_t xx = 2 * c + q - pl;
+                int in = xx >= 0 && xx < xhi;
+                for (int i = 0; i < 8; ++i)
+                    d[c * 8 + i] = in && i < nc ? x[i * cstride + yy * W + xx] : 0.0f;
             }
         }
     }
@@ -127,15 +132,31 @@ CK_PW_TARGET static int ck_pw_stage1_f(const float *x, ptrdiff_t cstride, int nc
 {
     if (!ck_pw_available())
         return 0;
-    memset(s, 0, sizeof(float) * nr * cols * 8);
     ptrdiff_t ylo = r0 - pt, yhi = r0 + nr - pt;
     if (ylo < 0)
         ylo = 0;
     if (yhi > H)
         yhi = H;
+    if (yhi <= ylo) {               /* no row of x in the block */
+        memset(s, 0, sizeof(float) * nr * cols * 8);
+        return 1;
+    }
     ptrdiff_t xhi = cols - pl;      /* x columns 0 .. xhi - 1 land in the block */
     if (xhi > W)
         xhi = W;
+    if (xhi < 0)
+        xhi = 0;
+    /* zeros: the rows outside x, then in each row of x the columns left of and past it (a
+     * row's columns pl .. pl + xhi - 1 are all written below, every lane) */
+    memset(s, 0, sizeof(float) * (ylo + pt - r0) * cols * 8);
+    memset(s + (yhi + pt - r0) * cols * 8, 0, sizeof(float) * (nr - (yhi + pt - r0)) * cols * 8);
+    for (ptrdiff_t yy = ylo; yy < yhi; ++yy) {
+        float *row = s + (yy + pt - r0) * cols * 8;
+        ptrdiff_t left = pl < cols ? pl : cols;
+        memset(row, 0, sizeof(float) * left * 8);
+        if (left + xhi < cols)
+            memset(row + (left + xhi) * 8, 0, sizeof(float) * (cols - left - xhi) * 8);
+    }
     for (ptrdiff_t yy = ylo; yy < yhi; ++yy) {
         float *d = s + ((yy + pt - r0) * cols + pl) * 8;
         ptrdiff_t xx = 0;
@@ -149,8 +170,8 @@ CK_PW_TARGET static int ck_pw_stage1_f(const float *x, ptrdiff_t cstride, int nc
                 _mm256_storeu_ps(d + (xx + k) * 8, r[k]);
         }
         for (; xx < xhi; ++xx)
-            for (int i = 0; i < nc; ++i)
-                d[xx * 8 + i] = x[i * cstride + yy * W + xx];
+            for (int i = 0; i < 8; ++i)
+                d[xx * 8 + i] = i < nc ? x[i * cstride + yy * W + xx] : 0.0f;
     }
     return 1;
 }
