@@ -450,9 +450,9 @@ def test_wgrad_plan_takes_it_where_the_rule_says():
     if not it:
         return
     gw = P.plan_conv(convt, f32, 2, caps, 1 << 30, needs_input_grad=False).grad_weight
-    # 941 KB of V and Z an image: groups of 4 images in WGRAD_PW_GROUP_BYTES
-    assert gw.params == {"imgs": 4, "cols": P.T.WGRAD_PW_COLS,
-                         "floats": P.polywino_wgrad_floats(32, 64, 28, 28, 4, 2)}
+    # 941 KB of V and Z an image: groups of 2 images in WGRAD_PW_GROUP_BYTES (2 MiB)
+    assert gw.params == {"imgs": 2, "cols": P.T.WGRAD_PW_COLS,
+                         "floats": P.polywino_wgrad_floats(32, 64, 28, 28, 2, 2)}
     assert P.plan_conv(convt, f32, 2, caps, 4 * gw.params["floats"] - 4,
                        needs_input_grad=False).grad_weight.algo != "weight_polywino"
     for other in (convt._replace(C=8), convt._replace(F=12),

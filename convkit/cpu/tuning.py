@@ -368,8 +368,11 @@ WGRAD_RG_PASS = 64
 # weight_polywino (the transposed F(4x4, 2x2) grad_weight of 4x4 stride-2 convs): the images
 # whose transformed tiles (V and Z) fit this many bytes go in one group (two parallel loops a
 # group), and its GEMMs in tasks of this many columns of the 4 * C8 (no bits follow either).
-# RESULTS.md, eleventh session (helper convtgw11).
-WGRAD_PW_GROUP_BYTES = 4 << 20
+# convt_28 (941 KB an image), one thread, CPU time, load 7-10 (`python bench/convt_passes.py
+# --threads 1 --clock cpu --passes gw --rounds 11 --sweep WGRAD_PW_GROUP_BYTES=...`): groups
+# of 1 / 2 / 4 / 8 images 2.79 / 2.76 / 2.99 / 3.43 ms (torch 4.58); columns 32 / 64 / 128
+# within 4 %, 64: 50 tasks, even on 2 threads.  RESULTS.md, eleventh session (convtgw11).
+WGRAD_PW_GROUP_BYTES = 2 << 20
 WGRAD_PW_COLS = 64
 
 # ----------------------------------------------------------------------------- sub-pixel grad_x
