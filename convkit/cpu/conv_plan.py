@@ -29,6 +29,9 @@ subpixel        strided, kernel a multiple of the stride, on BLAS: the sh*sw out
                 phases of grad_x as one stride-1 conv of grad_y, then interleaved
 wide            stride 1, padded rows <= 5/4 of the output's: taps read in place        f
 weight_dot      <= 320 taps per filter, float32 on the own GEMM: dot products           w (+ b)
+weight_polywino polywino's rule: the transposed F(4x4, 2x2) over the phase planes -- 25   w
+                GEMMs of transformed grad_y and x tiles over the batch's tiles (groups
+                of images), then the 2x2 sub-kernels' transform (csrc/polywino.h)
 weight_rowgemm  strided, kernel a multiple of the stride, float32 on BLAS machines      w
                 with AVX2: x channels-last, a csrc/rowgemm.h GEMM per kernel row (a
                 task's rows of one residue mod the stride pass by pass)
@@ -55,7 +58,7 @@ im2col          everything else: im2col into a workspace, then GEMMs            
 a CPU whose 512-bit FMA runs at the 256-bit rate (AMD Zen 4: ConvCaps.avx512_full_rate False),
 for the algorithms tuning.HALF_RATE_AVX2 names (stem, stem_wino, weight_stem(_wino), rowphases,
 subpixel, weight_rowgemm, F(4x4) with its packed GEMMs on csrc/fgemm.h, weight_winograd,
-polywino):
+polywino, weight_polywino):
 ``avx2_algo``.  Full-rate AVX-512 CPUs keep the own GEMM's plans.
 
 grad_x by ``winograd`` or ``batch`` is the forward algorithm run on grad_y with the filters

@@ -19,6 +19,9 @@
  * M[e][tile][f], so M[e] = V[e] @ U[e] (U[e]: k x f) is one row-major GEMM per position e.
  * Every value of an output tile depends on that tile's inputs alone, in a fixed order (the
  * GEMM: one FMA chain over k), so the bits do not depend on the task split or thread count.
+ * grad_weight (conv_plan "weight_polywino"): the transposed algorithm, dw = G^T [(A dy A^T) .
+ * (B^T d B)] G summed over the tiles -- the forward's V, grad_y's 4x4 tiles by A
+ * (ck_pw_grad_input_f), the sums one chain over the batch's tiles a GEMM output.
  * Each function returns 0 when it did nothing (no AVX2 + FMA, or fgemm disabled).
  */
 #ifndef CONVKIT_POLYWINO_H
