@@ -1,8 +1,7 @@
 """convt_28's grad_weight: weight_polywino (the transposed F(4x4, 2x2), this branch) against
 weight_rowgemm (the plan before it), interleaved in one process, and each one's max error
-against torch float64.  The A/B switch: "weight_polywino" taken out of tuning.HALF_RATE_AVX2
-(so it works on a half-rate AVX-512 CPU such as this Zen 4, where avx2_algo reads that set;
-on an AVX2-only machine both sides would plan weight_polywino).
+against torch float64.  The A/B switch: conv_plan.plan_weight_polywino answering None (the
+planner then takes what it took before: weight_rowgemm on AVX2 and half-rate AVX-512 CPUs).
 
     python bench/convt_wgrad_pw_ab.py [--threads 1] [--clock cpu|wall] [--rounds 9]
         [--calls 7]
@@ -19,7 +18,7 @@ import torch
 
 import convkit
 from convkit.cpu import conv as cc
-from convkit.cpu import tuning
+from convkit.cpu import conv_plan as P
 from convt_passes import _cpu
 from wino_ab import _med
 
@@ -39,17 +38,17 @@ def main():
     w = (rng.standard_normal((64, 32, 4, 4)) * 0.05).astype(np.float32)
     gy = rng.standard_normal((8, 32, 56, 56)).astype(np.float32)
     pad4 = (1, 1, 1, 1)
-    with_pw = tuning.HALF_RATE_AVX2
-    without = frozenset(with_pw - {"weight_polywino"})
+    real = P.plan_weight_polywino
+    with_pw, without = real, (lambda *args, **kw: None)
 
     def side(rule):
         def f():
-            tuning.HALF_RATE_AVX2 = rule
+            P.plan_weight_polywino = rule
             return cc.conv2d_backward(x, gy, w, (2, 2), pad4, (1, 1), 1, False, False)[1]
         return f
 
     def algo(rule):
-        tuning.HALF_RATE_AVX2 = rule
+        P.plan_weight_polywino = rule
         cc._plans.clear()
         return cc._plan(gy, w, (2, 2), pad4, (1, 1), 1, False)[3].grad_weight.algo
 
@@ -76,7 +75,7 @@ def main():
             res[k].append(timer(side(rule), a.calls))
         with torch.no_grad():
             res["torch"].append(timer(t_gw, a.calls))
-    tuning.HALF_RATE_AVX2 = with_pw
+    P.plan_weight_polywino = real
     cc._plans.clear()
     print(f"threads {a.threads}, clock {a.clock}: " + "  ".join(
         f"{k} {statistics.median(v) * 1e3:.2f} ms" for k, v in res.items())
