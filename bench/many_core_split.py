@@ -75,6 +75,11 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   F*cols*(its part's tiles) MACs; the filter transform, a static region of F tasks (C*36*parts
   adds + 36*3*C).  Dup: on plain BLAS each column block repacks its part of Z (F*tiles per
   extra block); on fgemm none.  ws: V, Z and the parts' M (shared) + the row scratch, per thread.
+- weight_polywino (conv2d_grad_weight_polywino, csrc/polywino.h): per group of imgs images
+  two regions -- the transforms (an image and 8 channels of x: its staged phase planes and
+  4*25 per tile and channel; or 8 filters of grad_y) and 25*ceil(4*C8/cols) GEMMs of F8 x cols
+  x the group's tiles -- then a static region of F filters' G^T M G.  Dup: C, F rounded up to
+  8 in the GEMMs.  ws: V, Z of a group and M (shared), + the staging per thread.
 - winotiny (conv2d_forward_winotiny, Step "winograd" with params tiny; grad_x the same on
   grad_y): ceil(N/(8*groups)) tasks of whole groups of 8 images (the vector lanes), each
   column (a tile of one image) 16*F*C MACs + the transforms (4*16 per column and channel in,
@@ -203,6 +208,7 @@ SUM_PARAMS = {
     "weight_stem": ((), ("rows", "fchunk", "groups_n")),
     "weight_stem_wino": ((), ("rows", "groups_n")),
     "weight_winograd": ((), ("trows", "cols", "parts")),
+    "weight_polywino": ((), ("imgs", "cols")),
     "weight_winotiny": (("part_groups", "chunk"), ("part_groups", "chunk")),
 }
 
@@ -525,6 +531,27 @@ def backward_regions(algo, p, s, own, itemsize, which):
         out = Region("filter transform", [C * (36 * p["parts"] + 36 * 3)] * F, "static")
         dup = 0 if p["_fg"] else (len(cblocks) - 1) * 36 * F * T_
         return ([gemms, trans, out], 0, dup, p["floats"] * itemsize)   # (all: see analyse)
+    if algo == "weight_polywino":
+        # per group of imgs images: a region of transforms (an image and 8 channels of x: the
+        # staged phase planes + 4*25 a tile and channel; or 8 filters of grad_y), a region of
+        # 25*ceil(4*C8/cols) GEMMs (F8 x cols x the group's tiles); then a static region of F
+        # filters' G^T M G (4*C outputs of 2*25 + 2*5 each)
+        th, tw = cdiv(Ho, 4), cdiv(Wo, 4)
+        C8, F8 = cdiv(C, 8) * 8, cdiv(F, 8) * 8
+        stage = 4 * (4 * th + 1) * (4 * tw + 1) * 8
+        regions = []
+        for g in runs(N, p["imgs"]):
+            regions.append(Region("transforms", ([stage + 4 * 25 * th * tw * 8] * (C8 // 8)
+                                                 + [16 * th * tw * 8 + 4 * 25 * th * tw * 8]
+                                                 * (F8 // 8)) * g))
+            regions.append(Region("GEMMs", [F8 * nc * g * th * tw
+                                            for _ in range(25) for nc in runs(4 * C8,
+                                                                               p["cols"])]))
+        regions.append(Region("filter transform", [4 * C * 60] * F, "static"))
+        useful = float(25 * F * 4 * C * N * th * tw)
+        cost = sum(sum(r.costs) for r in regions)
+        return regions, 0, cost - useful - sum(sum(r.costs) for r in regions
+                                               if r.name != "GEMMs"), p["floats"] * itemsize
     if algo == "weight_stem":
         sh, sw = s.stride
         rows = p["rows"]
@@ -650,13 +677,14 @@ def analyse(step, s, own, itemsize, which, fg=False, bias_sum=False, threads=Non
     else:
         regions, serial, dup, ws = backward_regions(step.algo, p, s, own, itemsize, which)
     if which == "w" and bias_sum and step.algo in ("weight_winograd", "weight_rowgemm",
+                                                   "weight_polywino",
                                                    "weight_dot", "dense", "depthwise",
                                                    "weight_winotiny", "weight_direct"):
         Ho, Wo = s.out      # (grad_bias "sum": bias_grad's static region after the step)
         regions = regions + [Region("grad_bias", [s.N * Ho * Wo] * s.F, "static")]
     team = step.threads
     if step.algo in ("weight_dot", "weight_winograd", "weight_rowgemm", "weight_stem",
-                     "weight_stem_wino", "weight_direct"):
+                     "weight_stem_wino", "weight_direct", "weight_polywino"):
         ws /= team          # (one buffer for the team: its share per thread)
     cost = sum(sum(r.costs) for r in regions) + serial
     span = sum(r.makespan(team) for r in regions) + serial

@@ -352,3 +352,173 @@ def test_conv_transpose_forward_non_finite_element_for_element(where):
     assert np.array_equal(np.isneginf(y), np.isneginf(want))
     fin = np.isfinite(want)
     _close(np.where(fin, y, 0), np.where(fin, want, 0), "finite outputs")
+
+
+# ------------------------------------- grad_weight (conv_transpose2d k4 s2's grad_weight)
+def _torch_wgrad(x, gy, pad):
+    """conv2d's grad_weight of a 4x4 stride-2 conv in float64 (x padded by pad = (pt, pl) on
+    both sides; gy's size may leave x's last rows and columns unread)."""
+    xt = torch.from_numpy(x).double()
+    wt = torch.zeros((gy.shape[1], x.shape[1], 4, 4), dtype=torch.float64, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, stride=2, padding=pad)
+    yt[:, :, :gy.shape[2], :gy.shape[3]].backward(torch.from_numpy(gy).double())
+    return wt.grad.numpy()
+
+
+def _wgrad_kernel(x, gy, pad, imgs, cols, threads):
+    """conv2d_grad_weight_polywino called directly, NaN in its workspace and in gw beforehand
+    (no stale value may be read; every weight must be written)."""
+    C, F = x.shape[1], gy.shape[1]
+    a, per = wg.polywino_wgrad_floats(C, F, gy.shape[2], gy.shape[3], imgs)
+    ws = np.full(a + threads * per, np.nan, np.float32)
+    gw = np.full((F, C, 4, 4), np.nan, np.float32)
+    wg.conv2d_grad_weight_polywino(gy, x, gw, ws, pad[0], pad[1], imgs, cols, threads)
+    return gw
+
+
+# (N, C, F, H, W, (pt, pl)): convt_28's grad_weight (x 56 -> gy 28: 7 tiles exactly), ragged
+# last tile rows and columns, C and F not multiples of 8, paddings 0 and 2, one image
+WGRAD_CASES = [(3, 32, 64, 56, 56, (1, 1)), (3, 20, 17, 30, 22, (1, 1)),
+               (1, 16, 24, 13, 19, (2, 0)), (5, 19, 8, 10, 36, (0, 2)),
+               (4, 9, 33, 8, 8, (1, 1))]
+
+
+@pytest.mark.parametrize("case", WGRAD_CASES, ids=lambda c: "x".join(map(str, c[:5])))
+def test_wgrad_kernel_matches_torch_float64_and_keeps_its_bits(case):
+    """Against torch float64; the same bits for any image group, GEMM column block and thread
+    count (each weight one FMA chain over the batch's tiles in order)."""
+    N, C, F, H, W, pad = case
+    rng = np.random.default_rng(N * 1000 + C * 10 + F)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    Ho, Wo = (H + 2 * pad[0] - 4) // 2 + 1, (W + 2 * pad[1] - 4) // 2 + 1
+    gy = rng.standard_normal((N, F, Ho, Wo)).astype(np.float32)
+    want = _torch_wgrad(x, gy, pad)
+    ref = _wgrad_kernel(x, gy, pad, N, 64, 1)
+    _close(ref, want, "grad_weight")
+    K = 4 * (-(-C // 8) * 8)
+    for imgs, cols, threads in ((1, 8, 2), (2, K, 3), (N + 3, 24, 16), (max(1, N - 1), 40, 8)):
+        got = _wgrad_kernel(x, gy, pad, imgs, cols, threads)
+        assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), (imgs, cols, threads)
+
+
+def test_wgrad_kernel_reads_past_x_as_zeros():
+    """A grad_y larger than x's padded reach (conv_transpose2d's output_padding): the phase
+    planes' rows and columns past x are zeros, as torch's."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 16, 11, 13)).astype(np.float32)
+    gy = rng.standard_normal((2, 16, 7, 8)).astype(np.float32)     # torch gives 5 x 6
+    xp = np.zeros((2, 16, 16, 18), np.float32)
+    xp[:, :, :11, :13] = x          # (the zeros made explicit: torch reads them)
+    want = _torch_wgrad(xp, gy, (1, 1))
+    _close(_wgrad_kernel(x, gy, (1, 1), 1, 64, 2), want, "grad_weight past x")
+
+
+def test_wgrad_kernel_rejects_bad_arguments():
+    x = np.zeros((2, 16, 16, 16), np.float32)
+    gy = np.zeros((2, 24, 8, 8), np.float32)
+    a, per = wg.polywino_wgrad_floats(16, 24, 8, 8, 2)
+    ws = np.zeros(a + per, np.float32)
+    gw = np.zeros((24, 16, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="ws too small"):
+        wg.conv2d_grad_weight_polywino(gy, x, gw, ws[:-1], 1, 1, 2, 64, 1)
+    with pytest.raises(ValueError, match="ws too small"):
+        wg.conv2d_grad_weight_polywino(gy, x, gw, ws, 1, 1, 2, 64, 2)
+    with pytest.raises(ValueError, match="gw must be"):
+        wg.conv2d_grad_weight_polywino(gy, x, np.zeros((24, 8, 4, 4), np.float32), ws, 1, 1,
+                                       2, 64, 1)
+    with pytest.raises(ValueError, match="bad shapes"):
+        wg.conv2d_grad_weight_polywino(gy[:1], x, gw, ws, 1, 1, 2, 64, 1)
+    with pytest.raises(ValueError, match="bad shapes"):
+        wg.conv2d_grad_weight_polywino(gy, x, gw, ws, 1, 1, 2, 0, 1)
+
+
+def test_wgrad_workspace_floats_agree_with_the_plan():
+    for C, F, Ho, Wo, imgs, nt in ((32, 64, 28, 28, 4, 2), (17, 20, 9, 13, 3, 5),
+                                   (9, 8, 1, 1, 1, 1)):
+        a, per = wg.polywino_wgrad_floats(C, F, Ho, Wo, imgs)
+        assert P.polywino_wgrad_floats(C, F, Ho, Wo, imgs, nt) == a + nt * per
+
+
+def test_wgrad_plan_takes_it_where_the_rule_says():
+    f32 = np.float32
+    caps = cc._caps()
+    it = caps.winotiny and P.avx2_algo(caps, "weight_polywino")
+    convt = P.ConvShape.of((8, 32, 56, 56), (64, 32, 4, 4), (2, 2), (1, 1, 1, 1), (1, 1), 1)
+    for nt in (1, 2, 16):
+        plan = P.plan_conv(convt, f32, nt, caps, 1 << 30, needs_input_grad=False)
+        assert (plan.grad_weight.algo == "weight_polywino") == it, (nt, plan)
+    if not it:
+        return
+    gw = P.plan_conv(convt, f32, 2, caps, 1 << 30, needs_input_grad=False).grad_weight
+    # 941 KB of V and Z an image: groups of 2 images in WGRAD_PW_GROUP_BYTES (2 MiB)
+    assert gw.params == {"imgs": 2, "cols": P.T.WGRAD_PW_COLS,
+                         "floats": P.polywino_wgrad_floats(32, 64, 28, 28, 2, 2)}
+    assert P.plan_conv(convt, f32, 2, caps, 4 * gw.params["floats"] - 4,
+                       needs_input_grad=False).grad_weight.algo != "weight_polywino"
+    for other in (convt._replace(C=8), convt._replace(F=12),
+                  P.ConvShape.of((8, 32, 56, 56), (64, 32, 3, 3), (2, 2), (1, 1, 1, 1),
+                                 (1, 1), 1),
+                  P.ConvShape.of((8, 32, 56, 56), (64, 32, 4, 4), (2, 2), (1, 1, 1, 1),
+                                 (2, 2), 1),
+                  P.ConvShape.of((8, 32, 16, 16), (64, 32, 4, 4), (2, 2), (1, 1, 1, 1),
+                                 (1, 1), 1)):     # 8x8 maps: the batch path
+        assert P.plan_conv(other, f32, 2, caps, 1 << 30).grad_weight.algo != \
+            "weight_polywino", other
+    assert P.plan_conv(convt, np.float64, 2, caps, 1 << 30).grad_weight.algo != \
+        "weight_polywino"
+
+
+def test_conv_transpose_grad_weight_plan_api_threads_and_bits():
+    """convt_28-like conv_transpose2d's grad_weight (conv2d's with x and grad_y swapped) on the
+    plan against torch; the same bits on 1, 2, 8 and 16 threads."""
+    rng = np.random.default_rng(57)
+    x = rng.standard_normal((3, 32, 14, 13)).astype(np.float32)
+    w = (rng.standard_normal((32, 16, 4, 4)) / 8).astype(np.float32)
+    gy = rng.standard_normal((3, 16, 28, 26)).astype(np.float32)
+    xt = torch.from_numpy(x).double()
+    wt = torch.from_numpy(w).double().requires_grad_()
+    torch.nn.functional.conv_transpose2d(xt, wt, stride=2, padding=1).backward(
+        torch.from_numpy(gy).double())
+    want = wt.grad.numpy()
+    plan = cc._plan(gy, w, (2, 2), (1,) * 4, (1, 1), 1, False)[3]
+    if cc._caps().winotiny and P.avx2_algo(cc._caps(), "weight_polywino"):
+        assert plan.grad_weight.algo == "weight_polywino"
+    old = convkit.get_num_threads()
+    runs = []
+    try:
+        for n in (1, 2, 8, 16):
+            convkit.set_num_threads(n)
+            with convkit.use_backend("cpu"):
+                runs.append(convkit.conv_transpose2d_backward(gy, x, w, stride=2, padding=1,
+                                                              has_bias=True)[1])
+    finally:
+        convkit.set_num_threads(old)
+    _close(runs[0], want, "conv_transpose2d grad_weight")
+    for got in runs[1:]:
+        assert np.array_equal(got.view(np.uint32), runs[0].view(np.uint32))
+
+
+@pytest.mark.parametrize("where", ["x", "grad_y"])
+def test_conv_transpose_grad_weight_non_finite_element_for_element(where):
+    """The transforms mix a tile's values into all 16 weights of its (filter, channel): a NaN
+    or inf must reach exactly the weights torch's does (the plan's exact fallback)."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((3, 16, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((16, 24, 4, 4)).astype(np.float32)
+    gy = rng.standard_normal((3, 24, 20, 20)).astype(np.float32)
+    a = {"x": x, "grad_y": gy}[where]
+    a[1, 3, 2, 1] = np.inf
+    a[0, 5, 1, 2] = np.nan
+    xt = torch.from_numpy(x).double()
+    wt = torch.from_numpy(w).double().requires_grad_()
+    torch.nn.functional.conv_transpose2d(xt, wt, stride=2, padding=1).backward(
+        torch.from_numpy(gy).double())
+    want = wt.grad.numpy()
+    with convkit.use_backend("cpu"):
+        gw = convkit.conv_transpose2d_backward(gy, x, w, stride=2, padding=1,
+                                               has_bias=False)[1]
+    assert np.array_equal(np.isnan(gw), np.isnan(want))
+    assert np.array_equal(np.isposinf(gw), np.isposinf(want))
+    assert np.array_equal(np.isneginf(gw), np.isneginf(want))
+    fin = np.isfinite(want)
+    _close(np.where(fin, gw, 0), np.where(fin, want, 0), "finite weights")

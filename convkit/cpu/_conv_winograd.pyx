@@ -23,7 +23,7 @@ from ._conv_csrc cimport (ck_wino_input_row_f, ck_wino_output_row_f, ck_wino_fil
                           ck_fgemm_available, ck_wt_scratch, ck_wt_available,
                           ck_wt_input_f, ck_wt_output_f, ck_pw_stage_floats, ck_pw_available,
                           ck_pw_stage_f, ck_pw_input_f, ck_pw_output_f, ck_pw_stage1_f,
-                          ck_pw_output_d2s_f)
+                          ck_pw_output_d2s_f, ck_pw_grad_input_f)
 from ._conv_common cimport _min
 
 
@@ -1011,3 +1011,136 @@ def conv2d_grad_input_polywino(const float[:, :, :, ::1] gy, const float[:, :, :
                                        &gx[n, c0, 0, 0], H * W, H, W, 4 * a0, <int>ph, pt, pl,
                                        S)
     return gx
+
+
+# ---------------------------------------------------------------------------- polywino grad_weight
+# The weight gradient of a 4x4 stride-2 conv by the transposed F(4x4, 2x2) over x's 4 phase
+# planes: w[f, c, 2a + p, 2b + q] = sum over the batch's 4x4 tiles of grad_y of
+# (G^T [(A dy A^T) . (B^T d B)] G)[a, b], d the phase plane (p, q)'s 5x5 tile of x (the forward's
+# tiles and transform).  25 GEMMs over the tiles: 2.56x fewer multiplications than the direct
+# weight_rowgemm.  The planes of V, Z, M this many floats further apart than their sizes
+# (convt_28's V and Z planes are whole multiples of 4 KiB: the 25 a transform writes fell into
+# the same cache sets).
+cdef enum:
+    _PWG_PAD = 16
+
+
+def polywino_wgrad_floats(Py_ssize_t C, Py_ssize_t F, Py_ssize_t Ho, Py_ssize_t Wo,
+                          Py_ssize_t imgs):
+    """(floats of V, Z and M together, staging floats per thread) of
+    conv2d_grad_weight_polywino with groups of ``imgs`` images."""
+    cdef Py_ssize_t C8 = (C + 7) // 8 * 8, F8 = (F + 7) // 8 * 8
+    cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4, Tg = imgs * th * tw
+    return (25 * (Tg * 4 * C8 + Tg * F8 + F8 * 4 * C8 + 3 * _PWG_PAD),
+            ck_pw_stage_floats(th, tw))
+
+
+cdef void _pw_wgrad_out(const float* m, Py_ssize_t ms, Py_ssize_t C, Py_ssize_t C8,
+                        float* gw) noexcept nogil:
+    """gw[c, 2a + p, 2b + q] (one filter, (C, 4, 4)) = (G^T m G)[a, b] in double, rounded
+    once, m[e * ms + (2p + q) * C8 + c] the filter's 25 sums (points 0, 1, -1, 1/2, inf)."""
+    cdef double g0[5]
+    cdef double g1[5]
+    cdef double r0[5]
+    cdef double r1[5]
+    cdef double v
+    cdef Py_ssize_t ph, c, k, l
+    cdef const float* b
+    g0[0] = 1.0; g0[1] = 0.5; g0[2] = -1.0 / 6.0; g0[3] = -8.0 / 3.0; g0[4] = 0.0
+    g1[0] = 0.0; g1[1] = 0.5; g1[2] = 1.0 / 6.0; g1[3] = -4.0 / 3.0; g1[4] = 0.5
+    for ph in range(4):
+        for c in range(C):
+            b = m + ph * C8 + c
+            for l in range(5):          # R = G^T m, then R G
+                r0[l] = 0.0
+                r1[l] = 0.0
+                for k in range(5):
+                    v = b[(5 * k + l) * ms]
+                    r0[l] += g0[k] * v
+                    r1[l] += g1[k] * v
+            gw[c * 16 + (ph >> 1) * 4 + (ph & 1)] = <float>(
+                r0[0] + 0.5 * r0[1] + g0[2] * r0[2] + g0[3] * r0[3])
+            gw[c * 16 + (ph >> 1) * 4 + 2 + (ph & 1)] = <float>(
+                0.5 * r0[1] + g1[2] * r0[2] + g1[3] * r0[3] + 0.5 * r0[4])
+            gw[c * 16 + (2 + (ph >> 1)) * 4 + (ph & 1)] = <float>(
+                r1[0] + 0.5 * r1[1] + g0[2] * r1[2] + g0[3] * r1[3])
+            gw[c * 16 + (2 + (ph >> 1)) * 4 + 2 + (ph & 1)] = <float>(
+                0.5 * r1[1] + g1[2] * r1[2] + g1[3] * r1[3] + 0.5 * r1[4])
+
+
+def conv2d_grad_weight_polywino(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
+                                float[:, :, :, ::1] gw, float[::1] ws, Py_ssize_t pt,
+                                Py_ssize_t pl, Py_ssize_t imgs, Py_ssize_t cols,
+                                int n_threads):
+    """grad_weight (OUT gw (F, C, 4, 4), every value written) of a 4x4 stride-2 conv of x
+    padded by pt on top and pl on the left, output gy (N, F, Ho, Wo), by the transposed
+    F(4x4, 2x2) over x's 4 phase planes (csrc/polywino.h, conv_plan "weight_polywino").
+
+    The batch in groups of ``imgs`` images, two parallel loops a group:
+    1. the transforms, a task per image and 8 channels of x (staged phase planes, B^T d B into
+       V (25, tiles, 4 * C8): the forward's V) or 8 filters of gy (A dy A^T into Z (25, tiles,
+       F8));
+    2. M[e] (F8 x 4 * C8) (+)= Z[e]^T @ V[e] on csrc/fgemm.h, a task per position e and block
+       of ``cols`` columns, each output one FMA chain over the tiles in order that goes on from
+       the group before (fgemm's beta 1) -- one chain over the whole batch's tiles whatever
+       ``imgs``, split or thread count: the bits follow none of them;
+    then gw[f] = G^T M[:, f] G in double, rounded once, a task per filter.
+    ws >= the sum of polywino_wgrad_floats(C, F, Ho, Wo, imgs): V, Z, M, then n_threads
+    staging slices."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = gy.shape[1], Ho = gy.shape[2], Wo = gy.shape[3]
+    cdef Py_ssize_t C8 = (C + 7) // 8 * 8, F8 = (F + 7) // 8 * 8, K = 4 * C8
+    cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4, tt = th * tw
+    cdef Py_ssize_t cb = C8 // 8, nb = cb + F8 // 8, ncb
+    cdef Py_ssize_t t, n, gi, g0, ng, e, c0, nc, f, i
+    cdef Py_ssize_t VS, ZS, MS, per
+    cdef float* V
+    cdef float* Z
+    cdef float* M
+    cdef float* S
+    if not ck_pw_available():
+        raise RuntimeError("conv2d_grad_weight_polywino needs AVX2 + FMA (csrc/polywino.h)")
+    if gw.shape[0] != F or gw.shape[1] != C or gw.shape[2] != 4 or gw.shape[3] != 4:
+        raise ValueError(f"gw must be ({F}, {C}, 4, 4), got "
+                         f"{(gw.shape[0], gw.shape[1], gw.shape[2], gw.shape[3])}")
+    if gy.shape[0] != N or imgs < 1 or cols < 1 or pt < 0 or pl < 0:
+        raise ValueError("conv2d_grad_weight_polywino: bad shapes, padding, imgs or cols")
+    imgs = _min(imgs, N)
+    VS = imgs * tt * K + _PWG_PAD
+    ZS = imgs * tt * F8 + _PWG_PAD
+    MS = F8 * K + _PWG_PAD
+    per = ck_pw_stage_floats(th, tw)
+    if ws.shape[0] < 25 * (VS + ZS + MS) + n_threads * per:
+        raise ValueError("conv2d_grad_weight_polywino: ws too small")
+    ncb = (K + cols - 1) // cols
+    V = &ws[0]
+    Z = V + 25 * VS
+    M = Z + 25 * ZS
+    with nogil:
+        for gi in range((N + imgs - 1) // imgs):
+            g0 = gi * imgs
+            ng = _min(imgs, N - g0)
+            for t in prange(ng * nb, schedule="dynamic", num_threads=n_threads):
+                S = M + 25 * MS + threadid() * per
+                n = g0 + t // nb
+                i = t % nb
+                if i < cb:
+                    ck_pw_stage_f(&x[n, 8 * i, 0, 0], H * W, <int>_min(8, C - 8 * i), H, W,
+                                  pt, pl, 0, 4 * th + 1, 4 * tw + 1, S)
+                    ck_pw_input_f(S, th, tw, V + (n - g0) * tt * K + 8 * i, VS, K, C8, 4)
+                else:
+                    f = 8 * (i - cb)
+                    ck_pw_stage1_f(&gy[n, f, 0, 0], Ho * Wo, <int>_min(8, F - f), Ho, Wo, 0, 0,
+                                   0, 4 * th, 4 * tw, S)
+                    ck_pw_grad_input_f(S, th, tw, Z + (n - g0) * tt * F8 + f, ZS, F8)
+            for t in prange(25 * ncb, schedule="dynamic", num_threads=n_threads):
+                e = t // ncb
+                c0 = (t % ncb) * cols
+                nc = _min(cols, K - c0)
+                if not ck_fgemm(1, 0, F8, nc, ng * tt, <float>1, Z + e * ZS, F8,
+                                V + e * VS + c0, K, <float>(g0 > 0), M + e * MS + c0, K):
+                    gemm(True, False, F8, nc, ng * tt, <float>1, Z + e * ZS, F8,
+                         V + e * VS + c0, K, <float>(g0 > 0), M + e * MS + c0, K)
+        for f in prange(F, schedule="static", num_threads=n_threads):
+            _pw_wgrad_out(M + f * K, MS, C, C8, &gw[f, 0, 0, 0])
+    return gw

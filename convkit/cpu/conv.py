@@ -121,7 +121,8 @@ _MAX_PLANS = 256
 # its operands itself and falls back to the direct stem (_fwd_stem_wino); weight_stem_wino checks
 # its result and falls back to weight_stem (_bwd_weight_stem_wino).
 _MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel",
-                      "weight_winograd", "weight_direct", "weight_winotiny", "polywino"})
+                      "weight_winograd", "weight_direct", "weight_winotiny", "polywino",
+                      "weight_polywino"})
 _MIXES_W = frozenset({"depthwise", "depthwise3x3"})
 
 
@@ -900,6 +901,15 @@ def _bwd_weight_winograd(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw)
                                               p.get("fgemm", False))
 
 
+def _bwd_weight_polywino(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
+    """grad_weight of a 4x4 stride-2 conv by the transposed F(4x4, 2x2) over the phase planes
+    (conv_plan.plan_weight_polywino)."""
+    p = step.params
+    ws = _workspace(p["floats"], np.float32, "weight_polywino")
+    _winograd.conv2d_grad_weight_polywino(gy, x, gw, ws[:p["floats"]], s.padding[0],
+                                          s.padding[2], p["imgs"], p["cols"], step.threads)
+
+
 def _bwd_weight_winotiny(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     """grad_weight by the transposed F(2x2) over 8-image tiles (conv_plan.plan_weight_winotiny)."""
     p = step.params
@@ -941,6 +951,7 @@ _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "de
              "weight_stem": _bwd_weight_stem, "weight_stem_wino": _bwd_weight_stem_wino,
              "weight_winograd": _bwd_weight_winograd, "weight_direct": _bwd_weight_direct,
              "weight_winotiny": _bwd_weight_winotiny,
+             "weight_polywino": _bwd_weight_polywino,
              "pointwise": _bwd_im2col, "im2col": _bwd_im2col}
 
 

@@ -29,6 +29,9 @@ subpixel        strided, kernel a multiple of the stride, on BLAS: the sh*sw out
                 phases of grad_x as one stride-1 conv of grad_y, then interleaved
 wide            stride 1, padded rows <= 5/4 of the output's: taps read in place        f
 weight_dot      <= 320 taps per filter, float32 on the own GEMM: dot products           w (+ b)
+weight_polywino polywino's rule: the transposed F(4x4, 2x2) over the phase planes -- 25   w
+                GEMMs of transformed grad_y and x tiles over the batch's tiles (groups
+                of images), then the 2x2 sub-kernels' transform (csrc/polywino.h)
 weight_rowgemm  strided, kernel a multiple of the stride, float32 on BLAS machines      w
                 with AVX2: x channels-last, a csrc/rowgemm.h GEMM per kernel row (a
                 task's rows of one residue mod the stride pass by pass)
@@ -55,7 +58,7 @@ im2col          everything else: im2col into a workspace, then GEMMs            
 a CPU whose 512-bit FMA runs at the 256-bit rate (AMD Zen 4: ConvCaps.avx512_full_rate False),
 for the algorithms tuning.HALF_RATE_AVX2 names (stem, stem_wino, weight_stem(_wino), rowphases,
 subpixel, weight_rowgemm, F(4x4) with its packed GEMMs on csrc/fgemm.h, weight_winograd,
-polywino):
+polywino, weight_polywino):
 ``avx2_algo``.  Full-rate AVX-512 CPUs keep the own GEMM's plans.
 
 grad_x by ``winograd`` or ``batch`` is the forward algorithm run on grad_y with the filters
@@ -1074,6 +1077,38 @@ def plan_weight_stem_wino(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwi
     return fit_team(n_threads, per * 4, 0, limit - part * 4), rows, groups_n, per, part
 
 
+def polywino_wgrad_floats(C, F, Ho, Wo, imgs, n_threads):
+    """Workspace floats of conv2d_grad_weight_polywino (_conv_winograd.polywino_wgrad_floats
+    plus n_threads staging slices; a test checks the two agree): V (25, tiles, 4 * C8), Z (25,
+    tiles, F8) of a group of imgs images, M (25, F8, 4 * C8), planes 16 floats apart."""
+    C8, F8 = ceil_div(C, 8) * 8, ceil_div(F, 8) * 8
+    th, tw = ceil_div(Ho, 4), ceil_div(Wo, 4)
+    Tg = imgs * th * tw
+    return (25 * (Tg * 4 * C8 + Tg * F8 + F8 * 4 * C8 + 48)
+            + n_threads * 4 * (4 * th + 1) * (4 * tw + 1) * 8)
+
+
+def plan_weight_polywino(s: ConvShape, Ho, Wo, f32, caps: ConvCaps, pointwise, n_threads,
+                         limit):
+    """(images per group, GEMM columns per task, workspace floats) of the weight gradient of a
+    4x4 stride-2 conv by the transposed F(4x4, 2x2) over the phase planes (csrc/polywino.h,
+    _conv_winograd.conv2d_grad_weight_polywino), or None: polywino's rule under the name
+    "weight_polywino", maps above the batch paths'.  Groups of images whose transformed tiles
+    fit tuning.WGRAD_PW_GROUP_BYTES; GEMM tasks of tuning.WGRAD_PW_COLS columns.  Each weight
+    is one chain over the batch's tiles in order: neither changes the bits."""
+    if (not (f32 and caps.winotiny and avx2_algo(caps, "weight_polywino"))
+            or (s.KH, s.KW, s.stride, s.dilation, s.groups) != (4, 4, (2, 2), (1, 1), 1)
+            or min(s.C, s.F) < T.POLYWINO_MIN_CHANNELS or batch_ok(Ho, Wo, pointwise)):
+        return None
+    C8, F8 = ceil_div(s.C, 8) * 8, ceil_div(s.F, 8) * 8
+    per_img = 25 * ceil_div(Ho, 4) * ceil_div(Wo, 4) * (4 * C8 + F8) * 4
+    imgs = max(1, min(s.N, T.WGRAD_PW_GROUP_BYTES // per_img))
+    floats = polywino_wgrad_floats(s.C, s.F, Ho, Wo, imgs, n_threads)
+    if floats * 4 > limit:
+        return None
+    return imgs, T.WGRAD_PW_COLS, floats
+
+
 def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
                         limit):
     """(filters per task, kernel rows per task, taps per pass, workspace floats) of the
@@ -1424,7 +1459,8 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         step = Step("dense", n, dense_params(own, fixed))
         return (step if needs_input_grad else None), step, "sum", bias_n
     dot = plan_weight_dot(s, Ho, Wo, f32, caps.own_sgemm, pointwise, n, limit)
-    if dot is not None and (plan_weight_rowgemm(s, Ho, Wo, f32, caps, pointwise, n, limit)
+    if dot is not None and (plan_weight_polywino(s, Ho, Wo, f32, caps, pointwise, n, limit)
+                            or plan_weight_rowgemm(s, Ho, Wo, f32, caps, pointwise, n, limit)
                             or plan_weight_stem(s, Ho, Wo, f32, caps, pointwise, n, limit)):
         dot = None      # (a half-rate AVX-512 CPU: the AVX2 weight gradient measured faster)
     gx = None
@@ -1473,13 +1509,19 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         if not gx_left:
             return gx, gw, "fused", n
     else:
-        p = plan_weight_rowgemm(s, Ho, Wo, f32, caps, pointwise, n, limit)
+        p = plan_weight_polywino(s, Ho, Wo, f32, caps, pointwise, n, limit)
+        if p is not None:
+            gw = Step("weight_polywino", n, {"imgs": p[0], "cols": p[1], "floats": p[2]})
+            if not gx_left:
+                return gx, gw, "sum", bias_n
+        p = None if gw is not None else plan_weight_rowgemm(s, Ho, Wo, f32, caps, pointwise,
+                                                            n, limit)
         if p is not None:
             gw = Step("weight_rowgemm", n, {"filters": p[0], "khs": p[1], "kc": p[2],
                                             "floats": p[3], "team": p[4]})
             if not gx_left:
                 return gx, gw, "sum", bias_n
-        elif winograd is not False:     # (tests that force im2col force it here too)
+        elif gw is None and winograd is not False:  # (tests forcing im2col force it here too)
             wown = own and not avx2_algo(caps, "weight_winograd")
             p = plan_weight_winograd(s, Ho, Wo, itemsize, wown, n, limit)
             # (its GEMMs on the fixed-order kernel: fgemm.h, or the own; fgemm.h beside the own

@@ -34,7 +34,8 @@ SERIAL_MACS = 1 << 15
 # (64 / 128, 1, 8, 8) * (6, 1, 5, 5), one thread, 72 / 130 us on the AVX-512 batch path against
 # 46 / 79 on csrc/wdirect.h (bench/lenet_c1_wdirect_ab.py).
 HALF_RATE_AVX2 = frozenset({"stem", "weight_stem", "rowphases", "subpixel", "weight_rowgemm",
-                            "winograd4", "weight_winograd", "weight_direct", "polywino"})
+                            "winograd4", "weight_winograd", "weight_direct", "polywino",
+                            "weight_polywino"})
 
 # ----------------------------------------------------------------------------- workspaces
 # im2col piece per thread: twice the weight's bytes, clamped to [CHUNK_MIN, CHUNK_MAX]; small
@@ -364,6 +365,15 @@ STEM_WINO_W_ROWS = 8
 # weight_rowgemm.khs=1,2`, load ~8, torch 6.38).  Not measured in RESULTS.md.
 WGRAD_RG_FILTERS = 64
 WGRAD_RG_PASS = 64
+# weight_polywino (the transposed F(4x4, 2x2) grad_weight of 4x4 stride-2 convs): the images
+# whose transformed tiles (V and Z) fit this many bytes go in one group (two parallel loops a
+# group), and its GEMMs in tasks of this many columns of the 4 * C8 (no bits follow either).
+# convt_28 (941 KB an image), one thread, CPU time, load 7-10 (`python bench/convt_passes.py
+# --threads 1 --clock cpu --passes gw --rounds 11 --sweep WGRAD_PW_GROUP_BYTES=...`): groups
+# of 1 / 2 / 4 / 8 images 2.79 / 2.76 / 2.99 / 3.43 ms (torch 4.58); columns 32 / 64 / 128
+# within 4 %, 64: 50 tasks, even on 2 threads.  RESULTS.md, eleventh session (convtgw11).
+WGRAD_PW_GROUP_BYTES = 2 << 20
+WGRAD_PW_COLS = 64
 
 # ----------------------------------------------------------------------------- sub-pixel grad_x
 # Strided grad_x (conv_transpose2d's forward) by its output phases as one stride-1 conv, on

@@ -19,6 +19,9 @@
  * M[e][tile][f], so M[e] = V[e] @ U[e] (U[e]: k x f) is one row-major GEMM per position e.
  * Every value of an output tile depends on that tile's inputs alone, in a fixed order (the
  * GEMM: one FMA chain over k), so the bits do not depend on the task split or thread count.
+ * grad_weight (conv_plan "weight_polywino"): the transposed algorithm, dw = G^T [(A dy A^T) .
+ * (B^T d B)] G summed over the tiles -- the forward's V, grad_y's 4x4 tiles by A
+ * (ck_pw_grad_input_f), the sums one chain over the batch's tiles a GEMM output.
  * Each function returns 0 when it did nothing (no AVX2 + FMA, or fgemm disabled).
  */
 #ifndef CONVKIT_POLYWINO_H
@@ -59,8 +62,14 @@ CK_PW_TARGET static int ck_pw_stage_f(const float *x, ptrdiff_t cstride, int nc,
 {
     if (!ck_pw_available())
         return 0;
-    memset(s, 0, sizeof(float) * 4 * nr * cols * 8);
     ptrdiff_t ylo = 2 * r0 - pt, yhi = 2 * (r0 + nr) - pt;   /* x rows r0 .. r0+nr-1 read */
+    for (ptrdiff_t yy = ylo; yy < yhi; ++yy)        /* the rows outside x: zeros */
+        if (yy < 0 || yy >= H) {
+            ptrdiff_t p = (yy + pt) & 1, r = ((yy + pt) >> 1) - r0;
+            float *d0 = s + ((2 * p) * nr + r) * cols * 8;
+            memset(d0, 0, sizeof(float) * cols * 8);
+            memset(d0 + nr * cols * 8, 0, sizeof(float) * cols * 8);
+        }
     if (ylo < 0)
         ylo = 0;
     if (yhi > H)
@@ -99,18 +108,17 @@ CK_PW_TARGET static int ck_pw_stage_f(const float *x, ptrdiff_t cstride, int nc,
                 _mm256_storeu_ps(d1 + (cb + k) * 8, od[k]);
             }
         }
-        for (int q = 0; q < 2; ++q) {   /* the columns outside the blocks */
+        for (int q = 0; q < 2; ++q) {   /* the columns outside the blocks, zeros past x */
             float *d = q ? d1 : d0;
             for (ptrdiff_t c = 0; c < cols; ++c) {
                 if (c == cb0 && cb1 > cb0)
                     c = cb1;
-                ptrdiff_t xx = 2 * c + q - pl;
-                if (c >= cols || xx >= xhi)
+                if (c >= cols)
                     break;
-                if (xx < 0)
-                    continue;
-                for (int i = 0; i < nc; ++i)
-                    d[c * 8 + i] = x[i * cstride + yy * W + xx];
+                ptrdiff_t xx = 2 * c + q - pl;
+                int in = xx >= 0 && xx < xhi;
+                for (int i = 0; i < 8; ++i)
+                    d[c * 8 + i] = in && i < nc ? x[i * cstride + yy * W + xx] : 0.0f;
             }
         }
     }
@@ -127,15 +135,31 @@ CK_PW_TARGET static int ck_pw_stage1_f(const float *x, ptrdiff_t cstride, int nc
 {
     if (!ck_pw_available())
         return 0;
-    memset(s, 0, sizeof(float) * nr * cols * 8);
     ptrdiff_t ylo = r0 - pt, yhi = r0 + nr - pt;
     if (ylo < 0)
         ylo = 0;
     if (yhi > H)
         yhi = H;
+    if (yhi <= ylo) {               /* no row of x in the block */
+        memset(s, 0, sizeof(float) * nr * cols * 8);
+        return 1;
+    }
     ptrdiff_t xhi = cols - pl;      /* x columns 0 .. xhi - 1 land in the block */
     if (xhi > W)
         xhi = W;
+    if (xhi < 0)
+        xhi = 0;
+    /* zeros: the rows outside x, then in each row of x the columns left of and past it (a
+     * row's columns pl .. pl + xhi - 1 are all written below, every lane) */
+    memset(s, 0, sizeof(float) * (ylo + pt - r0) * cols * 8);
+    memset(s + (yhi + pt - r0) * cols * 8, 0, sizeof(float) * (nr - (yhi + pt - r0)) * cols * 8);
+    for (ptrdiff_t yy = ylo; yy < yhi; ++yy) {
+        float *row = s + (yy + pt - r0) * cols * 8;
+        ptrdiff_t left = pl < cols ? pl : cols;
+        memset(row, 0, sizeof(float) * left * 8);
+        if (left + xhi < cols)
+            memset(row + (left + xhi) * 8, 0, sizeof(float) * (cols - left - xhi) * 8);
+    }
     for (ptrdiff_t yy = ylo; yy < yhi; ++yy) {
         float *d = s + ((yy + pt - r0) * cols + pl) * 8;
         ptrdiff_t xx = 0;
@@ -149,8 +173,8 @@ CK_PW_TARGET static int ck_pw_stage1_f(const float *x, ptrdiff_t cstride, int nc
                 _mm256_storeu_ps(d + (xx + k) * 8, r[k]);
         }
         for (; xx < xhi; ++xx)
-            for (int i = 0; i < nc; ++i)
-                d[xx * 8 + i] = x[i * cstride + yy * W + xx];
+            for (int i = 0; i < 8; ++i)
+                d[xx * 8 + i] = i < nc ? x[i * cstride + yy * W + xx] : 0.0f;
     }
     return 1;
 }
@@ -201,6 +225,54 @@ CK_PW_TARGET static int ck_pw_input_f(const float *s, ptrdiff_t ntr, ptrdiff_t t
                     _mm256_storeu_ps(o + (5 * k + 4) * es, o4);
                 }
             }
+    return 1;
+}
+
+/* A (5 x 4, A^T's transpose) of 4 vectors: the weight gradient's grad_y side (the transposed
+ * F(4x4, 2x2): dw = G^T [(A dy A^T) . (B^T d B)] G, summed over the tiles); scales exact */
+#define CK_PW_A(g0, g1, g2, g3, o0, o1, o2, o3, o4)                                       \
+    do {                                                                                 \
+        __m256 p_ = _mm256_add_ps(g0, g2), q_ = _mm256_add_ps(g1, g3);                    \
+        o0 = g0;                                                                          \
+        o1 = _mm256_add_ps(p_, q_);                                                       \
+        o2 = _mm256_sub_ps(p_, q_);                                                       \
+        o3 = _mm256_fmadd_ps(g3, _mm256_set1_ps(0.125f),                                  \
+                             _mm256_fmadd_ps(g2, _mm256_set1_ps(0.25f),                   \
+                                             _mm256_fmadd_ps(g1, _mm256_set1_ps(0.5f), g0))); \
+        o4 = g3;                                                                          \
+    } while (0)
+
+/* The grad_y tiles of a block staged by ck_pw_stage1_f (nr = 4 * ntr rows, cols = 4 * tw,
+ * 8 filters in the lanes): z[e * es + (a * tw + j) * ts + lane] = (A g A^T)[e / 5][e % 5] of
+ * the 4 x 4 tile g at rows 4a .. 4a+3, columns 4j .. 4j+3 (zero beyond grad_y: no terms). */
+CK_PW_TARGET static int ck_pw_grad_input_f(const float *s, ptrdiff_t ntr, ptrdiff_t tw, float *z,
+                                           ptrdiff_t es, ptrdiff_t ts)
+{
+    if (!ck_pw_available())
+        return 0;
+    const ptrdiff_t cols = 4 * tw;
+    for (ptrdiff_t a = 0; a < ntr; ++a)
+        for (ptrdiff_t j = 0; j < tw; ++j) {
+            const float *d = s + (4 * a * cols + 4 * j) * 8;
+            float *o = z + (a * tw + j) * ts;
+            __m256 t[5][4];
+            for (int k = 0; k < 4; ++k) {   /* A down the 4 rows, column k */
+                __m256 r0 = _mm256_loadu_ps(d + k * 8);
+                __m256 r1 = _mm256_loadu_ps(d + (cols + k) * 8);
+                __m256 r2 = _mm256_loadu_ps(d + (2 * cols + k) * 8);
+                __m256 r3 = _mm256_loadu_ps(d + (3 * cols + k) * 8);
+                CK_PW_A(r0, r1, r2, r3, t[0][k], t[1][k], t[2][k], t[3][k], t[4][k]);
+            }
+            for (int k = 0; k < 5; ++k) {   /* A^T across the columns of row k */
+                __m256 o0, o1, o2, o3, o4;
+                CK_PW_A(t[k][0], t[k][1], t[k][2], t[k][3], o0, o1, o2, o3, o4);
+                _mm256_storeu_ps(o + (5 * k) * es, o0);
+                _mm256_storeu_ps(o + (5 * k + 1) * es, o1);
+                _mm256_storeu_ps(o + (5 * k + 2) * es, o2);
+                _mm256_storeu_ps(o + (5 * k + 3) * es, o3);
+                _mm256_storeu_ps(o + (5 * k + 4) * es, o4);
+            }
+        }
     return 1;
 }
 
@@ -389,6 +461,12 @@ static int ck_pw_output_d2s_f(const float *m, ptrdiff_t qoff, ptrdiff_t es, ptrd
 {
     (void)m; (void)qoff; (void)es; (void)ts; (void)ntr; (void)tw; (void)nf; (void)bias;
     (void)y; (void)fstride; (void)H; (void)W; (void)u0; (void)P; (void)pt; (void)pl; (void)ob;
+    return 0;
+}
+static int ck_pw_grad_input_f(const float *s, ptrdiff_t ntr, ptrdiff_t tw, float *z,
+                              ptrdiff_t es, ptrdiff_t ts)
+{
+    (void)s; (void)ntr; (void)tw; (void)z; (void)es; (void)ts;
     return 0;
 }
 static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t ts, ptrdiff_t ntr,
