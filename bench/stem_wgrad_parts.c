@@ -2,7 +2,9 @@
  * one thread, split into its sections: a copy of ck_stem_wgrad_avx2 with TSC timers, scaled to
  * the thread's CPU time of the whole pass (best of 15; synthetic x and grad_y; no fold).
  *   gcc -O3 -Iconvkit/cpu/csrc -o /tmp/wgrad_parts bench/stem_wgrad_parts.c && /tmp/wgrad_parts 8 [PF]
- * argument 1: the batch; 2: 1 (default) the next panel's grad_y prefetched as the kernel does, 0 not. */
+ * argument 1: the batch; 2: 1 (default) the next panel's grad_y (and in the last panel the next
+ * slab's first) prefetched into L1 as the kernel does, 2 the same into L2 (_MM_HINT_T1, the
+ * kernel before the eleventh session), 0 none. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -44,14 +46,18 @@ CK_ST_TARGET static void slab(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdiff_t 
                 ck_sww_dy_row(gy + (p + i) * ldg + r * Wo, Wo, nt, G + i * L + r * nt, gk);
         double a1 = now(); T[2] += a1 - a0, ++Nn[2];
         float *pp = part + p * Kt;
-        const char *next = pf && p + 4 < F ? (const char *)(gy + (p + 4) * ldg) : NULL;
+        const float *gnext = (h0 + 2 * hr) * Wo <= ldg ? gy + hr * Wo : NULL;
+        const char *next = !pf ? NULL : (const char *)(p + 4 < F ? gy + (p + 4) * ldg : gnext);
         ptrdiff_t base = 0, rem = 0, fi = 0, li = 0;
         for (int k = 0; k < CK_SW_PTS; ++k) {
             const ptrdiff_t nk = ck_sww_ptaps(k, CK);
             for (ptrdiff_t j = 0; j < nk; j += 3) {
                 if (next)
                     for (rem += lines; rem >= tiles; rem -= tiles) {
-                        _mm_prefetch(next + fi * ldg * 4 + li * 64, _MM_HINT_T1);
+                        if (pf == 2)
+                            _mm_prefetch(next + fi * ldg * 4 + li * 64, _MM_HINT_T1);
+                        else
+                            _mm_prefetch(next + fi * ldg * 4 + li * 64, _MM_HINT_T0);
                         if (++li == run)
                             li = 0, ++fi;
                     }
