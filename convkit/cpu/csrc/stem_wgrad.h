@@ -179,7 +179,8 @@ CK_ST_TARGET CK_ST_INLINE void ck_sww_tiles(const float *g, ptrdiff_t n, __m256 
     e[3] = _mm256_shuffle_ps(h01, h23, 0xEE);
 }
 
-/* one grad_y row's filter transform: Wo values -> nt tiles at each of the 7 points (o + k*ok):
+/* one grad_y row's filter transform (or a run of rows of whole tiles): Wo values -> nt tiles at
+ * each of the 7 points (o + k*ok):
  * the tile polynomial g0 + g1 x + g2 x^2 + g3 x^3 at 0, 1, -1, 2 and infinity (its top
  * coefficient), 8 times it at +-1/2 -- exact scalings, one rounding per add.  Whole vectors are
  * stored, up to 7 tiles past nt (masked stores cost AMD's cores ~10x): the caller writes the
@@ -278,8 +279,11 @@ CK_ST_TARGET static void ck_stem_wgrad_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t 
     const float *gnext = (h0 + 2 * hr) * Wo <= ldg ? gy + hr * Wo : NULL;
     for (ptrdiff_t p = 0; p < F; p += 4) {
         for (ptrdiff_t i = 0; i < 4; ++i)
-            for (ptrdiff_t r = 0; r < hr; ++r)
-                ck_sww_dy_row(gy + (p + i) * ldg + r * Wo, Wo, nt, G + i * L + r * nt, gk);
+            if (4 * nt == Wo)       /* whole tiles: the slab's rows are one run of tiles */
+                ck_sww_dy_row(gy + (p + i) * ldg, hr * Wo, L, G + i * L, gk);
+            else
+                for (ptrdiff_t r = 0; r < hr; ++r)
+                    ck_sww_dy_row(gy + (p + i) * ldg + r * Wo, Wo, nt, G + i * L + r * nt, gk);
         float *pp = part + p * Kt;
         const char *next = (const char *)(p + 4 < F ? gy + (p + 4) * ldg : gnext);
         /* tile i ends with (i + 1) * lines / tiles lines prefetched, counted without
