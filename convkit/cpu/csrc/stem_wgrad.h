@@ -277,7 +277,7 @@ CK_ST_TARGET static void ck_stem_wgrad_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t 
      * ~11 (bench/stem_wgrad_parts.c, RESULTS.md's eleventh session) */
     const ptrdiff_t run = (hr * Wo * 4 + 63) / 64, lines = 4 * run, tiles = Kt / 3;
     const float *gnext = (h0 + 2 * hr) * Wo <= ldg ? gy + hr * Wo : NULL;
-    ck_sw_xnext xn = ck_sw_xnext_of(C, H, W, sh, pt, h0, Ra, hr, F / 4);
+    const ck_sw_xnext xn = ck_sw_xnext_of(C, H, W, sh, pt, h0, Ra, hr, F / 4);
     for (ptrdiff_t p = 0; p < F; p += 4) {
         ck_sw_xprefetch(&xn, x, H, W, p / 4);
         for (ptrdiff_t i = 0; i < 4; ++i)

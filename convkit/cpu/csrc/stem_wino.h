@@ -332,9 +332,11 @@ CK_ST_TARGET static void ck_stem_wino_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t K
             for (ptrdiff_t a = 0; a < rows; ++a)
                 ck_sw_input_row(R + (c * sh + ph) * 8 * rp + a * W8, rp, nt,
                                 V + (c * sh + ph) * 2 * vb + a * nt, vblk, vb);
+    const ck_sw_xnext xn = ck_sw_xnext_of(C, H, W, sh, pt, h0, Ra, hr, F / 4);
     for (ptrdiff_t p = 0; p < F; p += 4) {
         const float *up = U + p * 13 * CK;
         ptrdiff_t base = 0;
+        ck_sw_xprefetch(&xn, x, H, W, p / 4);
         for (int k = 0; k < CK_SW_PTS; ++k) {
             const ptrdiff_t K = ck_sw_taps(k) * CK;
             ck_stem_forward_avx2(4, K, up + 4 * base, V + k * vblk, boff + base, L, 1, L,
