@@ -150,7 +150,7 @@ static inline ck_sw_xnext ck_sw_xnext_of(ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, 
     r0 = r0 < 0 ? 0 : r0 > H ? H : r0;
     r1 = r1 < r0 ? r0 : r1 > H ? H : r1;
     ck_sw_xnext n = {r0, ((r1 - r0) * W * 4 + 63) / 64, C, 0};
-    n.per = (C * n.lines + panels - 1) / panels;
+    n.per = panels > 0 ? (C * n.lines + panels - 1) / panels : 0;
     return n;
 }
 
