@@ -2,7 +2,10 @@
  * one thread, split into its sections: a copy of ck_stem_wgrad_avx2 with TSC timers, scaled to
  * the thread's CPU time of the whole pass (best of 15; synthetic x and grad_y; no fold).
  *   gcc -O3 -Iconvkit/cpu/csrc -o /tmp/wgrad_parts bench/stem_wgrad_parts.c && /tmp/wgrad_parts 8 [PF]
- * argument 1: the batch; 2: 1 (default) the next panel's grad_y prefetched as the kernel does, 0 not. */
+ * argument 1: the batch; 2: 1 (default) the next panel's grad_y (and in the last panel the next
+ * slab's first) prefetched into L1 as the kernel does, 2 the same into L2 (_MM_HINT_T1, the
+ * kernel before the eleventh session), 0 none.  ROWS=1 in the environment: grad_y's filter
+ * transform row by row (the kernel before the eleventh session; now one run per slab and filter). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -12,7 +15,7 @@ static double cpu(){struct timespec t;clock_gettime(CLOCK_THREAD_CPUTIME_ID,&t);
  * on a loaded machine); its reads (a system call, ~0.5 us) are counted and their cost taken off */
 static long reads; static double now(){++reads; return cpu();}
 #define NSEC 5
-double T[NSEC]; long Nn[NSEC];
+double T[NSEC]; long Nn[NSEC]; static int by_rows;
 CK_ST_TARGET static void slab(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh,
                                             const ptrdiff_t *boff, const float *x, ptrdiff_t H,
                                             ptrdiff_t W, ptrdiff_t pt, ptrdiff_t pl,
@@ -40,18 +43,25 @@ CK_ST_TARGET static void slab(ptrdiff_t F, ptrdiff_t C, ptrdiff_t KH, ptrdiff_t 
     for (ptrdiff_t p = 0; p < F; p += 4) {
         double a0 = now();
         for (ptrdiff_t i = 0; i < 4; ++i)
-            for (ptrdiff_t r = 0; r < hr; ++r)
-                ck_sww_dy_row(gy + (p + i) * ldg + r * Wo, Wo, nt, G + i * L + r * nt, gk);
+            if (4 * nt == Wo && !by_rows)
+                ck_sww_dy_row(gy + (p + i) * ldg, hr * Wo, L, G + i * L, gk);
+            else
+                for (ptrdiff_t r = 0; r < hr; ++r)
+                    ck_sww_dy_row(gy + (p + i) * ldg + r * Wo, Wo, nt, G + i * L + r * nt, gk);
         double a1 = now(); T[2] += a1 - a0, ++Nn[2];
         float *pp = part + p * Kt;
-        const char *next = pf && p + 4 < F ? (const char *)(gy + (p + 4) * ldg) : NULL;
+        const float *gnext = (h0 + 2 * hr) * Wo <= ldg ? gy + hr * Wo : NULL;
+        const char *next = !pf ? NULL : (const char *)(p + 4 < F ? gy + (p + 4) * ldg : gnext);
         ptrdiff_t base = 0, rem = 0, fi = 0, li = 0;
         for (int k = 0; k < CK_SW_PTS; ++k) {
             const ptrdiff_t nk = ck_sww_ptaps(k, CK);
             for (ptrdiff_t j = 0; j < nk; j += 3) {
                 if (next)
                     for (rem += lines; rem >= tiles; rem -= tiles) {
-                        _mm_prefetch(next + fi * ldg * 4 + li * 64, _MM_HINT_T1);
+                        if (pf == 2)
+                            _mm_prefetch(next + fi * ldg * 4 + li * 64, _MM_HINT_T1);
+                        else
+                            _mm_prefetch(next + fi * ldg * 4 + li * 64, _MM_HINT_T0);
                         if (++li == run)
                             li = 0, ++fi;
                     }
@@ -69,6 +79,7 @@ int main(int argc,char**argv){
   double c0=cpu(); for(int i=0;i<20000;i++) cpu(); const double rc=(cpu()-c0)/20000;
   ptrdiff_t N=atoi(argv[1]),C=3,H=224,W=224,F=64,KH=7,sh=2,Ho=112,Wo=112,hr=8, nt=28, Ra=hr+3;
   int pf = argc > 2 ? atoi(argv[2]) : 1;
+  by_rows = getenv("ROWS") != NULL;
   float *x = malloc(sizeof(float)*N*C*H*W), *gy = malloc(sizeof(float)*N*F*Ho*Wo);
   for (long i=0;i<N*C*H*W;i++) x[i] = (float)((i*7919)%1000)/1000.0f-0.5f;
   for (long i=0;i<N*F*Ho*Wo;i++) gy[i] = (float)((i*7907)%1000)/1000.0f-0.5f;

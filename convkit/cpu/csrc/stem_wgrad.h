@@ -179,7 +179,8 @@ CK_ST_TARGET CK_ST_INLINE void ck_sww_tiles(const float *g, ptrdiff_t n, __m256 
     e[3] = _mm256_shuffle_ps(h01, h23, 0xEE);
 }
 
-/* one grad_y row's filter transform: Wo values -> nt tiles at each of the 7 points (o + k*ok):
+/* one grad_y row's filter transform (or a run of rows of whole tiles): Wo values -> nt tiles at
+ * each of the 7 points (o + k*ok):
  * the tile polynomial g0 + g1 x + g2 x^2 + g3 x^3 at 0, 1, -1, 2 and infinity (its top
  * coefficient), 8 times it at +-1/2 -- exact scalings, one rounding per add.  Whole vectors are
  * stored, up to 7 tiles past nt (masked stores cost AMD's cores ~10x): the caller writes the
@@ -270,14 +271,23 @@ CK_ST_TARGET static void ck_stem_wgrad_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t 
                 ck_sw_input_row(R + (c * sh + ph) * 8 * rp + a * W8, rp, nt,
                                 V + (c * sh + ph) * 2 * vb + a * nt, vblk, vb);
     /* grad_y is read once, from memory: the next panel's rows (4 runs of hr*Wo floats) are
-     * prefetched a few lines per tile while this panel's products run */
+     * prefetched a few lines per tile while this panel's products run; during the last panel,
+     * the next slab's first (its rows follow these in the image: ldg / Wo rows).  Into L1
+     * (T0): on the Zen 4 a T1 / T2 prefetch left the transform ~0.8 ms slower of stem_224's
+     * ~11 (bench/stem_wgrad_parts.c, RESULTS.md's eleventh session) */
     const ptrdiff_t run = (hr * Wo * 4 + 63) / 64, lines = 4 * run, tiles = Kt / 3;
+    const float *gnext = (h0 + 2 * hr) * Wo <= ldg ? gy + hr * Wo : NULL;
+    const ck_sw_xnext xn = ck_sw_xnext_of(C, H, W, sh, pt, h0, Ra, hr, F / 4);
     for (ptrdiff_t p = 0; p < F; p += 4) {
+        ck_sw_xprefetch(&xn, x, H, W, p / 4);
         for (ptrdiff_t i = 0; i < 4; ++i)
-            for (ptrdiff_t r = 0; r < hr; ++r)
-                ck_sww_dy_row(gy + (p + i) * ldg + r * Wo, Wo, nt, G + i * L + r * nt, gk);
+            if (4 * nt == Wo)       /* whole tiles: the slab's rows are one run of tiles */
+                ck_sww_dy_row(gy + (p + i) * ldg, hr * Wo, L, G + i * L, gk);
+            else
+                for (ptrdiff_t r = 0; r < hr; ++r)
+                    ck_sww_dy_row(gy + (p + i) * ldg + r * Wo, Wo, nt, G + i * L + r * nt, gk);
         float *pp = part + p * Kt;
-        const char *next = p + 4 < F ? (const char *)(gy + (p + 4) * ldg) : NULL;
+        const char *next = (const char *)(p + 4 < F ? gy + (p + 4) * ldg : gnext);
         /* tile i ends with (i + 1) * lines / tiles lines prefetched, counted without
          * divisions: rem steps by lines, a line per tiles of it; line li of filter row fi */
         ptrdiff_t base = 0, rem = 0, fi = 0, li = 0;
@@ -286,7 +296,7 @@ CK_ST_TARGET static void ck_stem_wgrad_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t 
             for (ptrdiff_t j = 0; j < nk; j += 3) {
                 if (next)
                     for (rem += lines; rem >= tiles; rem -= tiles) {
-                        _mm_prefetch(next + fi * ldg * 4 + li * 64, _MM_HINT_T1);
+                        _mm_prefetch(next + fi * ldg * 4 + li * 64, _MM_HINT_T0);
                         if (++li == run)
                             li = 0, ++fi;
                     }

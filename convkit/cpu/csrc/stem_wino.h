@@ -136,7 +136,36 @@ static ptrdiff_t ck_stem_wino_floats(ptrdiff_t C, ptrdiff_t KH, ptrdiff_t sh, pt
            + 28 * rows * nt;
 }
 
+/* the next slab's (same image, hr rows further) input rows that this one does not read, rows
+ * [r0, r0 + rows) of each channel (lines: 64-byte lines of a channel's run), prefetched into L1
+ * a share per panel while this slab's products run (the read of x in ck_sw_phases then waits
+ * less: ~0.3 ms of stem_224's grad_weight, RESULTS.md's eleventh session) */
+typedef struct { ptrdiff_t r0, lines, C, per; } ck_sw_xnext;
+
+static inline ck_sw_xnext ck_sw_xnext_of(ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t sh,
+                                         ptrdiff_t pt, ptrdiff_t h0, ptrdiff_t Ra, ptrdiff_t hr,
+                                         ptrdiff_t panels)
+{
+    ptrdiff_t r0 = (h0 + Ra) * sh - pt, r1 = (h0 + hr + Ra) * sh - pt;
+    r0 = r0 < 0 ? 0 : r0 > H ? H : r0;
+    r1 = r1 < r0 ? r0 : r1 > H ? H : r1;
+    ck_sw_xnext n = {r0, ((r1 - r0) * W * 4 + 63) / 64, C, 0};
+    n.per = panels > 0 ? (C * n.lines + panels - 1) / panels : 0;
+    return n;
+}
+
 #if CK_FG_BUILT
+
+/* panel i's share of ck_sw_xnext's lines of x (C, H, W) */
+CK_ST_TARGET CK_ST_INLINE void ck_sw_xprefetch(const ck_sw_xnext *n, const float *x, ptrdiff_t H,
+                                               ptrdiff_t W, ptrdiff_t i)
+{
+    const ptrdiff_t end = (i + 1) * n->per < n->C * n->lines ? (i + 1) * n->per
+                                                             : n->C * n->lines;
+    for (ptrdiff_t l = i * n->per; l < end; ++l)
+        _mm_prefetch((const char *)(x + ((l / n->lines) * H + n->r0) * W) + (l % n->lines) * 64,
+                     _MM_HINT_T0);
+}
 
 /* R[c, ph, m][a, t] = P[c, (h0 + a)*sh + ph, 8t + m] for a < Ra, t < W8 (P: x zero-padded by
  * pt rows, pl columns; planes ck_sw_rplane apart): each input row into a padded row buf, then
@@ -303,9 +332,11 @@ CK_ST_TARGET static void ck_stem_wino_avx2(ptrdiff_t F, ptrdiff_t C, ptrdiff_t K
             for (ptrdiff_t a = 0; a < rows; ++a)
                 ck_sw_input_row(R + (c * sh + ph) * 8 * rp + a * W8, rp, nt,
                                 V + (c * sh + ph) * 2 * vb + a * nt, vblk, vb);
+    const ck_sw_xnext xn = ck_sw_xnext_of(C, H, W, sh, pt, h0, Ra, hr, F / 4);
     for (ptrdiff_t p = 0; p < F; p += 4) {
         const float *up = U + p * 13 * CK;
         ptrdiff_t base = 0;
+        ck_sw_xprefetch(&xn, x, H, W, p / 4);
         for (int k = 0; k < CK_SW_PTS; ++k) {
             const ptrdiff_t K = ck_sw_taps(k) * CK;
             ck_stem_forward_avx2(4, K, up + 4 * base, V + k * vblk, boff + base, L, 1, L,
