@@ -368,7 +368,7 @@ def test_narrow_last_panel_has_the_wide_panels_bits(m, n, k, ta, tb):
     """A column's bits do not depend on the columns after it: C (m x n) ends in a partial panel
     (n % 48 of 1-4 columns runs with the vectors along m) and must equal, bit for bit, the first
     n columns of the same product widened to whole 48-column panels (the full 8 x 48 tile) --
-    beta 0, 1 and 0.25 with alpha -0.5 -- and the float64 product."""
+    beta 0, 1 and 0.25 with alpha -0.5 -- and the float64 product (on BLAS the latter only)."""
     rng = np.random.default_rng(m * 7 + n * 3 + k)
     wide = -(-n // 48) * 48 + 48
     a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
@@ -380,7 +380,8 @@ def test_narrow_last_panel_has_the_wide_panels_bits(m, n, k, ta, tb):
         cw = cw0.copy()
         _gemm.gemm_into(ta, tb, alpha, a, b, beta, c)
         _gemm.gemm_into(ta, tb, alpha, a, bw, beta, cw)
-        np.testing.assert_array_equal(c, cw[:, :n])
+        if _gemm.own_sgemm_active():     # (BLAS's bits follow the shape: no such promise)
+            np.testing.assert_array_equal(c, cw[:, :n])
         want = _want(a, b, ta, tb, alpha, beta, cw0[:, :n])
         scale = np.sqrt(k) * (np.abs(a).max() * np.abs(b).max() + np.abs(cw0).max())
         np.testing.assert_allclose(c, want, rtol=0, atol=1.6e-6 * scale)
