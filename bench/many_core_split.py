@@ -38,7 +38,10 @@ and reductions (one unit each).  A region's makespan is list scheduling of its t
 (schedule="dynamic": each task goes to the first free thread) or OpenMP's static split
 (contiguous chunks, sizes differing by at most one task); for equal tasks the idle fraction is
 1 - tasks / (ceil(tasks / team) * team).  On the own GEMM a task of L columns costs whole
-48-column panels (tuning.GEMM_PANEL: a partial panel costs a whole one).
+48-column panels (tuning.GEMM_PANEL) and a last partial panel as csrc/sgemm.h runs it: 1-4
+columns as they are (ck_kernel_edge_m: vectors along m, every lane an output), 5-47 in
+16-column vectors (the edge tile).  (Before the eleventh session a partial panel counted as a
+whole one: pw_14's 196 positions as 240, its 4-position tasks on 16 threads as 48.)
 
 Formulas (N images, C / F channels in / out, G groups, Cg = C/G, Fg = F/G, KK = KH*KW taps,
 Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
@@ -242,9 +245,16 @@ class Region:
         return 1 - sum(self.costs) / (team * m) if m else 0.0
 
 
+EDGE_N = 4     # csrc/sgemm.h's CK_EDGE_N: a last panel of at most this many columns runs along m
+
+
 def panels(L, own):
-    """The columns a GEMM of L columns costs (own GEMM: whole panels)."""
-    return -(-L // T.GEMM_PANEL) * T.GEMM_PANEL if own else L
+    """The columns a GEMM of L columns costs (own GEMM: whole panels, then the partial one's
+    columns, rounded up to 16-column vectors past EDGE_N)."""
+    if not own:
+        return L
+    full, tail = divmod(L, T.GEMM_PANEL)
+    return full * T.GEMM_PANEL + (tail if tail <= EDGE_N else -(-tail // 16) * 16)
 
 
 def cdiv(a, b):

@@ -351,3 +351,72 @@ def test_disable_avx512_reaches_the_roi_modules(value, level):
     out = subprocess.run([sys.executable, "-c", _LEVELS_SCRIPT], check=True, env=env,
                          capture_output=True, text=True, timeout=120).stdout.split()
     assert out == [str(level)] * 3, out
+
+
+# (m, n, k): last panels of 1-4 columns (csrc/sgemm.h's ck_kernel_edge_m, vectors along m) and
+# of 5-47 around them; m under and over the one-pass limit (96 rows: B read in place / packed),
+# partial 8-row panels and partial groups of four panels; k over one block (C re-read, beta 1)
+_NARROW = [(m, n, k) for m, n, k in [
+    (1, 1, 3), (7, 2, 40), (8, 3, 193), (9, 4, 5), (31, 49, 300), (33, 50, 17), (96, 52, 410),
+    (97, 98, 250), (130, 196, 256), (256, 98, 1024), (1024, 196, 40), (18, 1900, 70),
+    (40, 5, 9), (64, 47, 64), (100, 147, 20)]]
+
+
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("m,n,k", _NARROW)
+def test_narrow_last_panel_has_the_wide_panels_bits(m, n, k, ta, tb):
+    """A column's bits do not depend on the columns after it: C (m x n) ends in a partial panel
+    (n % 48 of 1-4 columns runs with the vectors along m) and must equal, bit for bit, the first
+    n columns of the same product widened to whole 48-column panels (the full 8 x 48 tile) --
+    beta 0, 1 and 0.25 with alpha -0.5 -- and the float64 product (on BLAS the latter only)."""
+    rng = np.random.default_rng(m * 7 + n * 3 + k)
+    wide = -(-n // 48) * 48 + 48
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+    bw = rng.standard_normal((wide, k) if tb else (k, wide)).astype(np.float32)
+    b = np.ascontiguousarray(bw[:n] if tb else bw[:, :n])
+    cw0 = rng.standard_normal((m, wide)).astype(np.float32)
+    for alpha, beta in ((1.0, 0.0), (1.0, 1.0), (-0.5, 0.25)):
+        c = cw0[:, :n].copy()
+        cw = cw0.copy()
+        _gemm.gemm_into(ta, tb, alpha, a, b, beta, c)
+        _gemm.gemm_into(ta, tb, alpha, a, bw, beta, cw)
+        if _gemm.own_sgemm_active():     # (BLAS's bits follow the shape: no such promise)
+            np.testing.assert_array_equal(c, cw[:, :n])
+        want = _want(a, b, ta, tb, alpha, beta, cw0[:, :n])
+        scale = np.sqrt(k) * (np.abs(a).max() * np.abs(b).max() + np.abs(cw0).max())
+        np.testing.assert_allclose(c, want, rtol=0, atol=1.6e-6 * scale)
+
+
+@pytest.mark.parametrize("m,n,k", [(18, 1900, 70), (96, 4, 33), (130, 196, 300), (9, 1, 250),
+                                   (40, 98, 500)])
+def test_narrow_last_panel_with_offsets_prepacked_and_row_bias(m, n, k):
+    """The conv forward's calls (A prepacked, B's rows at offsets or in place, a bias per row
+    added as C is stored) with a narrow last panel: the bits of the widened product's columns,
+    and neighbouring columns of C untouched."""
+    if not _gemm.packed_a_floats(m, k):
+        pytest.skip("no own float32 GEMM on this CPU")
+    rng = np.random.default_rng(m + 3 * n + k)
+    wide = -(-n // 48) * 48 + 48
+    flat = rng.standard_normal(wide + 5 * k + 64).astype(np.float32)
+    boff = (np.arange(k) * 5 + rng.integers(0, 3, k)).astype(np.intp)
+    a = rng.standard_normal((1, m, k)).astype(np.float32)
+    apk = np.zeros((1, _gemm.packed_a_floats(m, k)), np.float32)
+    assert _gemm.pack_a(a, apk)
+    bias = rng.standard_normal(m).astype(np.float32)
+    big = np.full((m, n + 3), 7.0, np.float32)
+    cw = np.empty((m, wide), np.float32)
+    assert _gemm.gemm_rows_into(apk, flat, boff, 0.0, cw, bias)
+    c = np.empty((m, n), np.float32)
+    assert _gemm.gemm_rows_into(apk, flat, boff, 0.0, c, bias)
+    np.testing.assert_array_equal(c, cw[:, :n])
+    B = np.stack([flat[o:o + wide] for o in boff])
+    want = a[0].astype(np.float64) @ B[:, :n] + bias[:, None]
+    np.testing.assert_allclose(c, want, rtol=0, atol=1e-5 * np.sqrt(k) * 8)
+    for beta in (0.0, 1.0):     # B's rows in place (m <= 96) or packed; C just before other data
+        buf = np.full(m * n + 16, 7.0, np.float32)
+        c2 = buf[:m * n].reshape(m, n)
+        cw2 = np.full((m, wide), 7.0, np.float32)
+        _gemm.gemm_packed_into(apk, False, np.ascontiguousarray(B[:, :n]), beta, c2, k)
+        _gemm.gemm_packed_into(apk, False, B, beta, cw2, k)
+        np.testing.assert_array_equal(c2, cw2[:, :n])
+        np.testing.assert_array_equal(buf[m * n:], 7.0)

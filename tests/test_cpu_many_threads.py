@@ -511,6 +511,49 @@ def test_pointwise_blocks_on_fgemm_cut_no_sum(xs, ws, groups):
     assert np.abs(base_w[:, :, 0, 0] - ref).max() <= roundings * np.finfo(np.float32).eps * scale
 
 
+@pytest.mark.skipif(not ok or not cc._OWN_SGEMM, reason="no own AVX-512 GEMM: nothing prepacked")
+@pytest.mark.parametrize("xs,ws,groups", [((3, 96, 7, 7), (130, 96, 1, 1), 1),
+                                          ((2, 24, 9, 11), (60, 24, 1, 1), 1),
+                                          ((2, 32, 7, 9), (40, 8, 1, 1), 4)])
+def test_pointwise_grad_x_on_prepacked_weights(xs, ws, groups):
+    """A pointwise grad_x on the own GEMM reads w^T packed once per call (apk_x) where a task's
+    GEMM takes its group's every channel: the bits of packing it in each task (apk_x None), for
+    runs of positions that end in narrow panels (49, 99: 1 and 3 columns past whole 48-column
+    panels), on 1 and 3 threads; within float32 rounding of float64."""
+    from convkit.cpu import _conv_im2col as K
+    from convkit.cpu import tuning as T
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = (rng.standard_normal(ws) / np.sqrt(ws[1])).astype(np.float32)
+    N, C, H, W = xs
+    F, Cg = ws[:2]
+    Fg = F // groups
+    gy = rng.standard_normal((N, F, H, W)).astype(np.float32)
+    apk = cc._packed_a(w.reshape(groups, Fg, Cg), True).copy()
+    assert apk.shape[0] == groups
+
+    def run(pos_x, chans_x, threads, packed, pk=apk):
+        gx = np.full(xs, np.nan, np.float32)
+        K.conv2d_backward_gemm(gy, x, w, gx, np.zeros(ws, np.float32), np.zeros(1, np.float32), 0,
+                               Cg, H, chans_x, H, 1, 1, 0, 0, 1, 1, groups, True, True, False,
+                               threads, 1, np.zeros(1, np.float32), Fg, pos_x, True,
+                               T.PW_W_CHAIN, pk if packed else None)
+        return gx
+    base = run(0, Cg, 1, False)
+    # (the packed weights are what the tasks read: doubled, every whole-group task doubles)
+    assert run(0, Cg, 2, True, apk * 2).tobytes() == (base * 2).tobytes()
+    for px, cx, t in ((0, Cg, 1), (49, Cg, 3), (H * W // 2 + 1, Cg, 2), (7, 3, 3)):
+        assert run(px, cx, t, True).tobytes() == base.tobytes(), (px, cx, t)
+    with convkit.use_backend("cpu"):       # (the plan's own blocks, through the public op)
+        gx, _, _ = convkit.conv2d_backward(gy, x, w, groups=groups)
+    assert gx.tobytes() == base.tobytes()
+    w64, gy64 = w[:, :, 0, 0].astype(np.float64), gy.astype(np.float64)
+    ref = np.concatenate([np.einsum("fc,nfhw->nchw", w64[g * Fg:(g + 1) * Fg],
+                                    gy64[:, g * Fg:(g + 1) * Fg]) for g in range(groups)], 1)
+    scale = np.einsum("fc,nfhw->nchw", np.abs(w64[:Fg]), np.abs(gy64[:, :Fg])).max()
+    assert np.abs(base - ref).max() <= Fg * np.finfo(np.float32).eps * scale
+
+
 def test_pointwise_splits_leave_at_most_a_tenth_of_16_threads_idle():
     """issue 16's many cores: on the EPYC's caps (csrc/fgemm.h) the suite's pointwise layers'
     grad_x and grad_weight tasks -- equal sizes but for a last block -- fill 16 threads to within

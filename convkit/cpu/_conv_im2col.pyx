@@ -258,7 +258,7 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
                          bint pointwise, bint needs_input_grad, bint needs_weight_grad,
                          int n_threads, Py_ssize_t nsplit, floating[::1] gwp,
                          Py_ssize_t filters_w=0, Py_ssize_t pos_x=0, bint fgemm_w=False,
-                         Py_ssize_t kchain=256):
+                         Py_ssize_t kchain=256, const float[:, ::1] apk_x=None):
     """grad_weight into gw (OUT, zero-filled by the caller; when needs_weight_grad) and, when
     needs_input_grad, grad_x into gx (OUT, any contents) of conv2d_forward_gemm.
 
@@ -281,7 +281,9 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
     -- the same chains, so the same bits whatever the blocks; each chain at most ``kchain``
     positions of one image (near-equal runs), the runs added in order (_pw_weight_fg).
     pointwise grad_x: a task owns ``pos_x`` output positions of one image (0: all), every
-    channel of its group.
+    channel of its group; apk_x (float32 on the own GEMM, else None or no rows): row g holds
+    group g's w^T prepacked, read by every task whose block is the whole group (one pack per
+    call, not one per task: pw_14's 1 MiB of weights 16 times).
     """
     cdef Py_ssize_t N = x.shape[0], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
@@ -295,6 +297,7 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
     cdef Py_ssize_t px = pos_x if pointwise and pos_x > 0 else HoWo
     cdef Py_ssize_t npx = (HoWo + px - 1) // px if pointwise else 1
     cdef Py_ssize_t f0, nf, p0, failed = 0
+    cdef Py_ssize_t npk = apk_x.shape[0] if apk_x is not None else 0
     cdef Py_ssize_t kruns = (HoWo + kchain - 1) // kchain if kchain > 0 else 1
     cdef Py_ssize_t krun = (HoWo + kruns - 1) // kruns     # (near-equal runs: 238 of 1900)
     cdef Py_ssize_t nrw = (Ho + rows_w - 1) // rows_w, S = N * nrw, gwn = F * CgKK
@@ -370,9 +373,11 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
                 c0 = (t // npx - n * G * ntx - g * ntx) * chans_x
                 nc = _min(Cg - c0, chans_x)
                 if pointwise:
-                    gemm_fixed(True, False, nc, _min(px, HoWo - p0), Fg, <floating>1,
-                               &w[g * Fg, c0, 0, 0], CgKK, &gy[n, g * Fg, 0, 0] + p0, HoWo,
-                               <floating>0, &gx[n, g * Cg + c0, 0, 0] + p0, HoWo)
+                    gemm_pk(True, False, nc, _min(px, HoWo - p0), Fg, &w[g * Fg, c0, 0, 0],
+                            CgKK, &apk_x[g, 0] if c0 == 0 and nc == Cg and npk > g
+                            else <const float*>NULL, &gy[n, g * Fg, 0, 0] + p0, HoWo,
+                            <floating>0, &gx[n, g * Cg + c0, 0, 0] + p0, HoWo,
+                            <const floating*>NULL)
                     continue
                 buf = &ws[0] + threadid() * ws_per_thread
                 for c in range(nc):

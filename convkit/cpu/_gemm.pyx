@@ -89,16 +89,16 @@ def packed_a_floats(Py_ssize_t m, Py_ssize_t k):
     return ck_sgemm_packed_a_floats(m, k)
 
 
-def pack_a(const float[:, :, ::1] a, float[:, ::1] out):
-    """out[g] = a[g] (m x k) prepacked for gemm_pk, for each g; False when there is no own
-    kernel (out is then unused)."""
-    cdef Py_ssize_t g, G = a.shape[0], m = a.shape[1], k = a.shape[2]
+def pack_a(const float[:, :, ::1] a, float[:, ::1] out, bint ta=False):
+    """out[g] = a[g] (m x k; ta: a[g] is stored k x m and its transpose is packed) prepacked
+    for gemm_pk, for each g; False when there is no own kernel (out is then unused)."""
+    cdef Py_ssize_t g, G = a.shape[0], m = a.shape[2 if ta else 1], k = a.shape[1 if ta else 2]
     cdef int ok = 1
     if G == 0 or m == 0 or k == 0:
         return True
     with nogil:
         for g in range(G):
-            ok = ok and ck_sgemm_pack_a(0, m, k, &a[g, 0, 0], k, &out[g, 0])
+            ok = ok and ck_sgemm_pack_a(ta, m, k, &a[g, 0, 0], a.shape[2], &out[g, 0])
     return bool(ok)
 
 

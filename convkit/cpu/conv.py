@@ -73,16 +73,16 @@ _NO_PACK = np.zeros((0, 1), np.float32)
 _FULL_RATE = _gemm.avx512_full_rate() or not _winograd.winograd4_packed_ok()
 
 
-def _packed_a(a3):
-    """a3 (G, m, k): each a3[g] prepacked for the own float32 GEMM, in row g of the result --
-    a conv's weights are packed once per call, not once per task; an array with no rows when
-    the GEMMs go to BLAS."""
+def _packed_a(a3, ta=False):
+    """a3 (G, m, k; ta: G, k, m, its transposes packed): each a3[g] prepacked for the own
+    float32 GEMM, in row g of the result -- a conv's weights are packed once per call, not once
+    per task; an array with no rows when the GEMMs go to BLAS."""
     if a3.dtype != np.float32 or not _OWN_SGEMM:
         return _NO_PACK
-    G, m, k = a3.shape
+    G, m, k = (a3.shape[0], a3.shape[2], a3.shape[1]) if ta else a3.shape
     n = _gemm.packed_a_floats(m, k)
     out = _workspace(G * n, np.float32, "packed_a")[:G * n].reshape(G, n)
-    return out if _gemm.pack_a(np.ascontiguousarray(a3), out) else _NO_PACK
+    return out if _gemm.pack_a(np.ascontiguousarray(a3), out, ta) else _NO_PACK
 
 
 # --------------------------------------------------------------------------- the plan
@@ -941,7 +941,9 @@ def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                    s.padding[2], dh, dw, s.groups, step.algo == "pointwise",
                                    needs_gx, needs_gw, step.threads, nsplit, gwp,
                                    p.get("filters_w", 0), p.get("pos_x", 0),
-                                   p.get("fgemm_w", False), _T.PW_W_CHAIN)
+                                   p.get("fgemm_w", False), _T.PW_W_CHAIN,
+                                   _packed_a(weight.reshape(s.groups, s.F // s.groups, -1), True)
+                                   if needs_gx and step.algo == "pointwise" else _NO_PACK)
 
 
 _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "dense": _bwd_dense,

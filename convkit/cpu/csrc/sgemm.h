@@ -365,6 +365,111 @@ CK_TARGET static void ck_kernel_edge(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t kc, c
         ck_kernel_body(CK_MR, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
 }
 
+/* A last panel of at most CK_EDGE_N columns (pw_14's 196 positions = 4 x 48 + 4, a grad_x
+ * task's 98 = 2 x 48 + 2) runs with the vectors along m: one 8-row A panel a ymm, up to
+ * CK_EDGE_P panels at once, B broadcast once per column and k step.  The 8 x 16 edge tile spent
+ * 8 FMAs a k step on such a panel (a third of a full one) for at most 32 useful products; here
+ * they are 8-row ymm FMAs, every lane an output (Zen 4 runs two ymm FMAs a cycle).  Each output
+ * is still fma(a[i,p], b[p,j], acc) over the block's p ascending from 0, then * alpha, + beta *
+ * C, + rb[i]: the main tile's operations in its order, so its bits. */
+#ifndef CK_EDGE_N
+#define CK_EDGE_N 4
+#endif
+#define CK_EDGE_P 4  /* panels at once: 16 accumulators, 8 independent chains or more */
+/* (ymm FMAs: avx512f alone does not enable FMA's 256-bit forms in gcc) */
+#define CK_EDGE_TARGET CK_AVX512_VEC_TARGET
+
+CK_EDGE_TARGET static inline __attribute__((always_inline)) void
+ck_edge_m_body(int np, int nr, ptrdiff_t mrows, ptrdiff_t kc, const float *a, const float *b,
+               ptrdiff_t bs, const ptrdiff_t *boff, float *c, ptrdiff_t ldc, float alpha,
+               float beta, const float *rb)
+{
+    __m256 acc[CK_EDGE_P][CK_EDGE_N];
+#pragma GCC unroll 4
+    for (int q = 0; q < np; ++q)
+#pragma GCC unroll 4
+        for (int j = 0; j < CK_EDGE_N; ++j)
+            acc[q][j] = _mm256_setzero_ps();
+    for (ptrdiff_t p = 0; p < kc; ++p) {
+        const float *bp = boff != NULL ? b + boff[p] : b + p * bs;
+        if (bs != CK_NR)  /* B's own rows (a page apart): the row 8 ahead, as the tiles do */
+            _mm_prefetch((const char *)(boff != NULL ? (p + 8 < kc ? b + boff[p + 8] : bp)
+                                                     : bp + 8 * bs), _MM_HINT_T0);
+        __m256 av[CK_EDGE_P];
+#pragma GCC unroll 4
+        for (int q = 0; q < np; ++q)
+            av[q] = _mm256_loadu_ps(a + q * CK_MR * kc + p * CK_MR);
+#pragma GCC unroll 4
+        for (int j = 0; j < nr; ++j) {
+            __m256 bv = _mm256_broadcast_ss(bp + j);
+#pragma GCC unroll 4
+            for (int q = 0; q < np; ++q)
+                acc[q][j] = _mm256_fmadd_ps(av[q], bv, acc[q][j]);
+        }
+    }
+    /* 8 rows x 4 columns to rows: t[i] holds row i in its low half and row i + 4 in its high */
+    const __m128 va = _mm_set1_ps(alpha), vb = _mm_set1_ps(beta);
+    const __m128i cols = _mm_cmpgt_epi32(_mm_set1_epi32(nr), _mm_setr_epi32(0, 1, 2, 3));
+#pragma GCC unroll 4
+    for (int q = 0; q < np; ++q) {
+        __m256 u0 = _mm256_unpacklo_ps(acc[q][0], acc[q][1]);
+        __m256 u1 = _mm256_unpackhi_ps(acc[q][0], acc[q][1]);
+        __m256 u2 = _mm256_unpacklo_ps(acc[q][2], acc[q][3]);
+        __m256 u3 = _mm256_unpackhi_ps(acc[q][2], acc[q][3]);
+        __m256 t[4] = {_mm256_shuffle_ps(u0, u2, 0x44), _mm256_shuffle_ps(u0, u2, 0xEE),
+                       _mm256_shuffle_ps(u1, u3, 0x44), _mm256_shuffle_ps(u1, u3, 0xEE)};
+#pragma GCC unroll 8
+        for (int i = 0; i < CK_MR; ++i) {
+            ptrdiff_t r = (ptrdiff_t)q * CK_MR + i;
+            if (r >= mrows)
+                break;
+            __m128 x = i < 4 ? _mm256_castps256_ps128(t[i]) : _mm256_extractf128_ps(t[i - 4], 1);
+            float *cr = c + r * ldc;
+            __m128 y = _mm_mul_ps(x, va);
+            if (beta != 0.0f)
+                y = _mm_fmadd_ps(_mm_maskload_ps(cr, cols), vb, y);
+            if (rb != NULL)
+                y = _mm_add_ps(y, _mm_set1_ps(rb[r]));
+            _mm_maskstore_ps(cr, cols, y);
+        }
+    }
+}
+
+/* rows [0, mrows) of C (A's MR-tall panels from a, kc x MR each) x nr <= CK_EDGE_N columns:
+ * B packed (bs = CK_NR), its rows in place (bs = ldb) or at offsets (boff) */
+CK_EDGE_TARGET static void ck_kernel_edge_m(ptrdiff_t mrows, ptrdiff_t nr, ptrdiff_t kc,
+                                       const float *a, const float *b, ptrdiff_t bs,
+                                       const ptrdiff_t *boff, float *c, ptrdiff_t ldc,
+                                       float alpha, float beta, const float *rb)
+{
+    for (ptrdiff_t r0 = 0; r0 < mrows; r0 += CK_EDGE_P * CK_MR) {
+        ptrdiff_t rows = mrows - r0 < CK_EDGE_P * CK_MR ? mrows - r0 : CK_EDGE_P * CK_MR;
+        int np = (int)((rows + CK_MR - 1) / CK_MR);
+        const float *ap = a + r0 * kc;
+        float *cp = c + r0 * ldc;
+        const float *rbp = rb != NULL ? rb + r0 : NULL;
+#define CK_EDGE_M_CASE(NP, NR) \
+        ck_edge_m_body(NP, NR, rows, kc, ap, b, bs, boff, cp, ldc, alpha, beta, rbp)
+#define CK_EDGE_M_NR(NP)                                                                      \
+        do {                                                                                  \
+            if (nr == 1) CK_EDGE_M_CASE(NP, 1);                                               \
+            else if (nr == 2) CK_EDGE_M_CASE(NP, 2);                                          \
+            else if (nr == 3) CK_EDGE_M_CASE(NP, 3);                                          \
+            else CK_EDGE_M_CASE(NP, 4);                                                       \
+        } while (0)
+        if (np == 4)
+            CK_EDGE_M_NR(4);
+        else if (np == 3)
+            CK_EDGE_M_NR(3);
+        else if (np == 2)
+            CK_EDGE_M_NR(2);
+        else
+            CK_EDGE_M_NR(1);
+#undef CK_EDGE_M_NR
+#undef CK_EDGE_M_CASE
+    }
+}
+
 /* k in near-equal blocks of about CK_KC (at most CK_KC_MAX): k = 196 (a 14x14 map's
  * grad_weight) as one block of 196, not 192 + 4, whose second pass re-reads and re-writes C
  * for 4 products.  Returns the block length. */
@@ -434,6 +539,21 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                 for (ptrdiff_t jr = 0; jr < nc; jr += CK_NR) {
                     ptrdiff_t nr = nc - jr < CK_NR ? nc - jr : CK_NR;
                     float *bp = pb + (jr / CK_NR) * CK_NR * kc;
+                    if (nr <= CK_EDGE_N) {  /* a narrow last panel: vectors along m */
+                        const float *rb = rbias != NULL ? rbias + ic : NULL;
+                        float *cp = c + ic * ldc + jc + jr;
+                        if (direct)
+                            ck_kernel_edge_m(mc, nr, kc, pa, bsrc + jr, ldb, bo, cp, ldc, alpha,
+                                             bet, rb);
+                        else {
+                            if (ic == 0)
+                                ck_pack_b_block(tb, tb ? bsrc + jr * ldb : bsrc + jr, ldb, kc,
+                                                nr, bp, 0, bo);
+                            ck_kernel_edge_m(mc, nr, kc, pa, bp, CK_NR, NULL, cp, ldc, alpha,
+                                             bet, rb);
+                        }
+                        continue;
+                    }
                     if (direct) {
                         /* all rows of C in one pass (m <= MC): a packed B panel would serve
                          * this pass only, and the kernels read B's rows in place as fast as
