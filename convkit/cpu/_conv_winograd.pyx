@@ -457,8 +457,8 @@ cdef void _wino4_input_mix(const float* x, Py_ssize_t img_stride, Py_ssize_t H, 
         last = l2 and i + m == th
         ck_w4_input_mix_f(x + n * img_stride, H, W, 4 * i - pt, m, pl, tw, c2, l2,
                           v + lay[2] + q * lay[1], v + lay[3] + q,
-                          v + before * lay[1] if last else NULL, v + lay[4] + before, vs,
-                          scratch)
+                          v + before * lay[1] if last else NULL, v + lay[4] + before,
+                          v + lay[3], v + lay[2], vs, scratch)
         k += m
 
 

@@ -163,8 +163,8 @@ typedef T ck_w4v_##SUF __attribute__((vector_size(VB)));                        
 typedef T ck_w4h_##SUF __attribute__((vector_size(16)));                                  \
 ATTR static void ck_w4_input_mix_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0,  \
                                        ptrdiff_t nt, ptrdiff_t pl, ptrdiff_t tw, int c2,   \
-                                       int l2, T* vm, T* ve, T* vml, T* vel, ptrdiff_t vs, \
-                                       T* scratch) {                                       \
+                                       int l2, T* vm, T* ve, T* vml, T* vel, T* vend,      \
+                                       T* vlend, ptrdiff_t vs, T* scratch) {               \
     typedef ck_w4v_##SUF V;                                                                \
     const ptrdiff_t L = VB / sizeof(T), n1 = tw + 1, Wb = 4 * n1, nr = 4 * nt + 2;         \
     const ptrdiff_t tm = tw - (c2 ? 1 : 0);                                                \
@@ -187,6 +187,7 @@ ATTR static void ck_w4_input_mix_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptr
     const int last = vml && i == nt - 1, two = last && l2;                                 \
     T* vr = last ? vml : vm + i * tm;                                                      \
     T* er = last ? vel : ve + i;                                                           \
+    const T* end = last ? vlend : vend;   /* (plane 0's; the others' alike, vs apart) */   \
     if (two) {                      /* F(2)'s B^T down rows 4i .. 4i+3, into D's rows 0, 1, 2, 5 */ \
         for (c = 0; c + L <= Wb; c += L) {                                                 \
             V o0, o1, o2, o3;                                                              \
@@ -235,20 +236,20 @@ ATTR static void ck_w4_input_mix_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptr
             CK_W4_ST(o + 3 * vs + j, o3); CK_W4_ST(o + 4 * vs + j, o4);                    \
             CK_W4_ST(o + 5 * vs + j, o5);                                                  \
         }                                                                                  \
-        if (j < tm && j + 16 / (ptrdiff_t)sizeof(T) <= tw) {  /* the row's own tiles fill \
-            the lanes, the first tm - j kept (res_14's tm = 3 of 4) */                    \
+        if (j < tm && j + 16 / (ptrdiff_t)sizeof(T) <= tw && end                           \
+                && vr + j + 16 / (ptrdiff_t)sizeof(T) <= end) {                            \
+            /* (res_14's tm = 3 of 4: the row's own 4 tiles in the lanes, the 4th lane's     \
+               values on the next row's first slot, which that row writes later) */        \
             typedef ck_w4h_##SUF U;                                                        \
-            U o_[6];                                                                       \
-            ptrdiff_t l_, r_, nl_ = tm - j < 16 / (ptrdiff_t)sizeof(T) ? tm - j               \
-                                    : 16 / (ptrdiff_t)sizeof(T);                           \
+            U o0, o1, o2, o3, o4, o5;                                                      \
             CK_W4_B(T, U, CK_W4_LD(U, p + j), CK_W4_LD(U, p + n1 + j),                     \
                     CK_W4_LD(U, p + 2 * n1 + j), CK_W4_LD(U, p + 3 * n1 + j),              \
                     CK_W4_LD(U, p + j + 1), CK_W4_LD(U, p + n1 + j + 1),                   \
-                    o_[0], o_[1], o_[2], o_[3], o_[4], o_[5]);                             \
-            for (r_ = 0; r_ < 6; r_++)                                                     \
-                for (l_ = 0; l_ < nl_; l_++)                                               \
-                    o[r_ * vs + j + l_] = o_[r_][l_];                                      \
-            j += nl_;                                                                      \
+                    o0, o1, o2, o3, o4, o5);                                               \
+            CK_W4_ST(o + j, o0); CK_W4_ST(o + vs + j, o1); CK_W4_ST(o + 2 * vs + j, o2);   \
+            CK_W4_ST(o + 3 * vs + j, o3); CK_W4_ST(o + 4 * vs + j, o4);                    \
+            CK_W4_ST(o + 5 * vs + j, o5);                                                  \
+            j = tm;                                                                        \
         }                                                                                  \
         for (; j < tm; j++)                                                                \
             CK_W4_B(T, T, p[j], p[n1 + j], p[2 * n1 + j], p[3 * n1 + j], p[j + 1],         \
@@ -265,7 +266,8 @@ ATTR static void ck_w4_input_mix_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptr
 ATTR static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0, \
                                         ptrdiff_t nt, ptrdiff_t pl, ptrdiff_t tw, T* v,    \
                                         T* vlast, ptrdiff_t vs, T* scratch) {              \
-    ck_w4_input_mix_##SUF(x, H, W, r0, nt, pl, tw, 0, 0, v, NULL, vlast, NULL, vs, scratch); \
+    ck_w4_input_mix_##SUF(x, H, W, r0, nt, pl, tw, 0, 0, v, NULL, vlast, NULL, NULL, NULL,  \
+                          vs, scratch);                                                    \
 }                                                                                          \
 ATTR static void ck_w4_input_row_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0, \
                                        ptrdiff_t pl, ptrdiff_t tw, T* v, ptrdiff_t vs,     \
@@ -688,9 +690,10 @@ static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff
 }                                                                                          \
 static void ck_w4_input_mix_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0,      \
                                   ptrdiff_t nt, ptrdiff_t pl, ptrdiff_t tw, int c2, int l2, \
-                                  T* vm, T* ve, T* vml, T* vel, ptrdiff_t vs, T* scratch) { \
-    CK_W4_PICK(ck_w4_input_mix, SUF, (x, H, W, r0, nt, pl, tw, c2, l2, vm, ve, vml, vel, vs, \
-                                      scratch));                                           \
+                                  T* vm, T* ve, T* vml, T* vel, T* vend, T* vlend,         \
+                                  ptrdiff_t vs, T* scratch) {                              \
+    CK_W4_PICK(ck_w4_input_mix, SUF, (x, H, W, r0, nt, pl, tw, c2, l2, vm, ve, vml, vel,    \
+                                      vend, vlend, vs, scratch));                          \
 }                                                                                          \
 static void ck_w4_output_block_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t n, int a2, int b2, \
                                      T bias, T* S, T* Yp) {                                \
