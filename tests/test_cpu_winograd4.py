@@ -501,7 +501,7 @@ def test_api_workspace_limit(f4_plan):
         convkit.set_workspace_limit(u_bytes + row)
         plan = cc._plan(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1)[3]
         assert plan.forward.params == {"trows": 1, "per_thread": row // 8, "tile": 4,
-                                       "per_image": True, "packed": False}
+                                       "per_image": True, "packed": False, "mix_edges": False}
         assert plan.forward.threads == 1
         with convkit.use_backend("cpu"):
             _close(convkit.conv2d_forward(x, w, b, padding=1), want, np.float64, "one row")
@@ -794,7 +794,8 @@ def _edge_free(a):
 def test_mixed_edge_tiles(case):
     """mix_edges (the last tile row / column by F(2x2) where Ho % 4 / Wo % 4 is 1 or 2; 3 and 0:
     F(4x4) there): torch float64's values, forward and grad_x, for tasks of 1 .. all tile rows
-    (a task of last rows only, tasks spanning images) on 1 .. 3 threads with the same bits; the
+    (a task of last rows only, tasks spanning images) on 1 .. 3 threads and in the two-region
+    split (1 and all filter blocks) with the same bits; the
     outputs off those tiles keep the F(4x4) bits; the edge outputs no less accurate than F(4x4)'s
     (F(2)'s smaller coefficients); the workspace starts as NaN, so a column a plane's GEMM
     skipped, read into a stored output, would show."""
@@ -816,6 +817,10 @@ def test_mixed_edge_tiles(case):
                 y = _kernel(xx, w, a, b, Hy, Wy, trows, threads, flip=flip, bias=bb,
                             packed=True, mix=True)
                 assert np.array_equal(y.view(np.uint32), one.view(np.uint32)), (trows, threads)
+            for fp in {1, -(-(C if flip else F) // 6)}:     # the two-region split: same bits
+                y = _kernel(xx, w, a, b, Hy, Wy, trows, 2, flip=flip, bias=bb, packed=True,
+                            fparts=fp, mix=True)
+                assert np.array_equal(y.view(np.uint32), one.view(np.uint32)), (trows, fp)
             assert np.array_equal(_edge_free(one).view(np.uint32), _edge_free(f4).view(np.uint32))
             _close(one, ref, np.float32, f"mixed edges, trows {trows}, flip {flip}")
             scale = np.abs(ref).max()
@@ -828,12 +833,11 @@ def test_mixed_edge_tiles(case):
 def test_mixed_edges_plan_rule():
     """conv_plan.winograd4_mix_edges: the packed one-region F(4x4) where Ho % 4 or Wo % 4 is in
     tuning.WINOGRAD4_EDGE_F2 -- res_14 (14 x 14) and rpn_3x3 (38 x 50) yes, res_28 / vgg_56
-    (multiples of 4) and 15 x 15 no, nor the two-region split or the unpacked GEMMs."""
+    (multiples of 4) and 15 x 15 no, nor the unpacked GEMMs."""
     assert P.winograd4_mix_edges(4, True, 14, 14)
     assert P.winograd4_mix_edges(4, True, 38, 50)
     assert P.winograd4_mix_edges(4, True, 16, 13)
     assert not P.winograd4_mix_edges(4, True, 28, 28)
     assert not P.winograd4_mix_edges(4, True, 15, 15)
-    assert not P.winograd4_mix_edges(4, True, 14, 14, fparts=2)
     assert not P.winograd4_mix_edges(4, False, 14, 14)
     assert not P.winograd4_mix_edges(2, True, 14, 14)

@@ -520,6 +520,29 @@ cdef void _wino4_task_mix(const float[:, :, :, ::1] x, const float[:, :, ::1] U,
                           &y[0, f, 0, 0], F * Ho * Wo, Ho, Wo, M + 36 * ms)
 
 
+cdef void _wino4_block_mix(const float[:, :, ::1] U, const float[::1] bias, bint has_bias,
+                           float[:, :, :, ::1] y, const float* V, Py_ssize_t vs, Py_ssize_t ldv,
+                           float* M, Py_ssize_t th, Py_ssize_t tw, Py_ssize_t g0, Py_ssize_t nt,
+                           Py_ssize_t f0, Py_ssize_t f1, bint l2, bint c2) noexcept nogil:
+    """_wino4_forward_split's second-region task with mixed edges: filters f0 .. f1-1 of the
+    block's tile rows g0 .. g0+nt-1 (V: the block's first column of the shared V, planes vs
+    apart, rows of ldv), each plane's GEMM over its range of columns, the output transform."""
+    cdef Py_ssize_t C = U.shape[2], F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t P = nt * tw, nf = f1 - f0
+    cdef Py_ssize_t lay[6]
+    cdef Py_ssize_t e, f, lo, hi
+    _w4_mix_layout(th, g0, nt, tw, l2, c2, lay)
+    for e in range(36):
+        _w4_mix_range(e, lay, &lo, &hi)
+        if hi > lo:     # (strip s of the packed plane at 6 * s * C)
+            ck_w4_gemm_pk(nf, hi - lo, C, &U[e, 0, 0] + f0 * C, V + e * vs + lo, ldv,
+                          M + e * nf * P + lo, P)
+    for f in range(f0, f1):
+        _wino4_output_mix(M + (f - f0) * P, nf * P, th, g0, nt, tw, l2, c2,
+                          bias[f] if has_bias else 0, &y[0, f, 0, 0], F * Ho * Wo, Ho, Wo,
+                          M + 36 * nf * P)
+
+
 # ---------------------------------------------------------------------------- F(4x4) grad_weight
 # The weight gradient by the transposed F(4x4, 3x3) (csrc/wino4.h, above ck_w4_grad_row):
 # grad_weight[f, c] = G^T M[f, c] G, M_e = sum over the batch's tiles t of
@@ -719,7 +742,7 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
         raise ValueError(f"U's filters and channels do not match y's {F} and x's {C}")
     if fparts:
         _wino4_forward_split(x, U, bias, has_bias, y, ws, ws_per_thread, trows, pt, pl,
-                             n_threads, packed, fparts, tile, per_image)
+                             n_threads, packed, fparts, tile, per_image, mix_edges)
         return y
     # planes of V and of M WINO_PLANE_PAD elements further apart where the slice has the room
     # (the plan gives it, conv_plan.winograd_plane_pad): C * tiles elements apart (res_14's
@@ -798,8 +821,10 @@ cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, :
                           const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
                           floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
                           Py_ssize_t pt, Py_ssize_t pl, int n_threads, bint packed,
-                          Py_ssize_t fparts, int tile, bint per_image):
-    """conv2d_forward_winograd's two-region F(4x4) split (fparts > 0, see there)."""
+                          Py_ssize_t fparts, int tile, bint per_image, bint mix_edges):
+    """conv2d_forward_winograd's two-region F(4x4) split (fparts > 0, see there); mix_edges
+    as there, each block of trows tile rows laid out as a one-region task's (the same bits
+    as that split on any team)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4, T = N * th * tw
@@ -810,6 +835,8 @@ cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, :
     cdef floating* V = &ws[0]
     cdef floating* S
     cdef floating* M
+    cdef bint l2 = Ho % 4 == 1 or Ho % 4 == 2, c2 = Wo % 4 == 1 or Wo % 4 == 2
+    cdef bint mix = (_mix_edges and mix_edges and packed and floating is float and (l2 or c2))
     if tile != 4 or per_image:
         raise ValueError("fparts (the two-region split) needs tile 4 and per_image off")
     if trows < 1 or fparts < 1 or fparts > nu:
@@ -823,6 +850,11 @@ cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, :
             c = t // nrb
             g0 = (t - c * nrb) * trows
             nt = _min(trows, N * th - g0)
+            if floating is float:
+                if mix:
+                    _wino4_input_mix(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
+                                     l2, c2, V + c * T + g0 * tw, C * T, S, ws_per_thread)
+                    continue
             _wino4_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
                               V + c * T + g0 * tw, C * T, S, ws_per_thread)
         for t in prange(nrb * fparts, schedule="dynamic", num_threads=n_threads):
@@ -833,6 +865,11 @@ cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, :
             b = t % fparts
             f0 = 6 * (b * nu // fparts)
             f1 = _min(F, 6 * ((b + 1) * nu // fparts))
+            if floating is float:
+                if mix:
+                    _wino4_block_mix(U, bias, has_bias, y, V + g0 * tw, C * T, T, M, th, tw, g0,
+                                     nt, f0, f1, l2, c2)
+                    continue
             for e in range(36):
                 if floating is float:
                     if packed:      # (strip s of the packed plane at 6 * s * C)

@@ -637,11 +637,12 @@ def winograd_own(own, caps: ConvCaps):
     return own and not avx2_algo(caps, "winograd4")
 
 
-def winograd4_mix_edges(tile, fixed, Ho, Wo, fparts=0):
+def winograd4_mix_edges(tile, fixed, Ho, Wo):
     """Whether F(4x4)'s last tile row and / or column go by F(2x2) in that direction
-    (conv2d_forward_winograd's mix_edges): the packed one-region kernel, where Ho % 4 or Wo % 4
-    is in tuning.WINOGRAD4_EDGE_F2 (the edge tiles keep at most 2 of their 4 outputs there)."""
-    return (winograd_packed(tile, fixed) and not fparts
+    (conv2d_forward_winograd's mix_edges, one region or the split alike: the same bits on any
+    team): packed, where Ho % 4 or Wo % 4 is in tuning.WINOGRAD4_EDGE_F2 (the edge tiles keep at
+    most 2 of their 4 outputs there)."""
+    return (winograd_packed(tile, fixed)
             and (Ho % 4 in T.WINOGRAD4_EDGE_F2 or Wo % 4 in T.WINOGRAD4_EDGE_F2))
 
 
@@ -650,8 +651,7 @@ def winograd_step(p, tile, own, fixed, Ho=0, Wo=0):
     return Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile,
                                    "per_image": not (own or fixed),
                                    "packed": winograd_packed(tile, fixed),
-                                   "mix_edges": winograd4_mix_edges(tile, fixed, Ho, Wo,
-                                                                    p[3].get("fparts", 0)),
+                                   "mix_edges": winograd4_mix_edges(tile, fixed, Ho, Wo),
                                    **p[3]})
 
 
