@@ -4,7 +4,10 @@ against torch float64 (grad_weight: with F(4x4) the plan's transposed F(4x4), "w
 with F(2x2) and im2col, im2col): the largest error over the largest reference value, and the RMS error over the
 RMS reference value.
 
-    python bench/wino_accuracy.py [--layers vgg_56,res_28,res_14,rpn_3x3] [--seed 0]
+    python bench/wino_accuracy.py [--layers vgg_56,res_28,res_14,rpn_3x3] [--seed 0] [--no-mix]
+
+--no-mix: F(4x4)'s edge tiles by F(4x4) too (_conv_winograd.winograd4_mix_edges off; by default
+the plan takes the last tile row / column by F(2x2) where Ho % 4 / Wo % 4 is 1 or 2).
 
 Inputs are standard normal (x, w, grad_y).  The algorithm is forced through the plan
 (convkit.cpu.conv_plan.winograd_tile, the rule's choice of tile, and convkit.cpu.conv's
@@ -53,7 +56,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", default="vgg_56,res_28,res_14,rpn_3x3")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-mix", action="store_true")
     a = ap.parse_args()
+    if a.no_mix:
+        from convkit.cpu import _conv_winograd
+        _conv_winograd.winograd4_mix_edges(False)
     cases = {c.name: c for c in CASES}
     print("| layer | pass | F(2x2) max / rms | F(4x4) max / rms | im2col max / rms "
           "| torch f32 max / rms |")

@@ -47,7 +47,7 @@ def _close(got, want, dtype, what):
 
 
 def _kernel(x, w, pt, pl, Ho, Wo, trows, threads, flip=False, bias=None, packed=False,
-            fparts=0, extra=0):
+            fparts=0, extra=0, mix=False):
     """conv2d_forward_winograd with tile 4 called directly (any channel count); packed: the
     filters in ck_w4_gemm_pk's strips (float32 on csrc/fgemm.h); fparts: the two-region split
     (a shared V, then tasks of trows tile rows x fparts blocks of 6-filter strips); extra:
@@ -69,7 +69,7 @@ def _kernel(x, w, pt, pl, Ho, Wo, trows, threads, flip=False, bias=None, packed=
     y = np.full((N, F, Ho, Wo), np.nan, x.dtype)
     b = np.zeros(F, x.dtype) if bias is None else bias
     wg.conv2d_forward_winograd(x, U, b, bias is not None, y, ws, per, trows, pt, pl, threads,
-                               _NO_PACK, 4, False, packed, fparts)
+                               _NO_PACK, 4, False, packed, fparts, mix)
     return y
 
 
@@ -501,7 +501,7 @@ def test_api_workspace_limit(f4_plan):
         convkit.set_workspace_limit(u_bytes + row)
         plan = cc._plan(x, w, (1, 1), (1, 1, 1, 1), (1, 1), 1)[3]
         assert plan.forward.params == {"trows": 1, "per_thread": row // 8, "tile": 4,
-                                       "per_image": True, "packed": False}
+                                       "per_image": True, "packed": False, "mix_edges": False}
         assert plan.forward.threads == 1
         with convkit.use_backend("cpu"):
             _close(convkit.conv2d_forward(x, w, b, padding=1), want, np.float64, "one row")
@@ -775,3 +775,69 @@ def test_last_tile_rows_apart_same_bits(case):
             _close(y, want, np.float32, f"last rows apart, trows {trows}")
     finally:
         wg.winograd4_last_apart(old)
+
+
+def _edge_free(a):
+    """a's outputs off the tiles mix_edges takes by F(2x2) (the last tile row / column where
+    Ho % 4 / Wo % 4 is 1 or 2)"""
+    Ho, Wo = a.shape[2:]
+    return a[:, :, :Ho - Ho % 4 if Ho % 4 in (1, 2) else Ho, :Wo - Wo % 4 if Wo % 4 in (1, 2) else Wo]
+
+
+@pytest.mark.skipif(not wg.winograd4_packed_ok(), reason="packed filters need csrc/fgemm.h")
+@pytest.mark.parametrize("case", [(3, 19, 14, 14, 13, 1, 1, 1, 1), (2, 11, 13, 10, 8, 1, 1, 1, 1),
+                                  (2, 7, 7, 9, 9, 1, 1, 1, 1), (2, 20, 11, 15, 7, 1, 1, 1, 1),
+                                  (1, 300, 10, 18, 13, 1, 1, 1, 1), (2, 5, 16, 14, 6, 1, 1, 1, 1),
+                                  (2, 9, 14, 16, 12, 1, 1, 1, 1), (2, 8, 15, 15, 6, 1, 1, 1, 1),
+                                  (2, 6, 13, 13, 7, 0, 2, 1, 0), (1, 9, 38, 50, 10, 1, 1, 1, 1)],
+                         ids=lambda c: "x".join(map(str, c[:5])))
+def test_mixed_edge_tiles(case):
+    """mix_edges (the last tile row / column by F(2x2) where Ho % 4 / Wo % 4 is 1 or 2; 3 and 0:
+    F(4x4) there): torch float64's values, forward and grad_x, for tasks of 1 .. all tile rows
+    (a task of last rows only, tasks spanning images) on 1 .. 3 threads and in the two-region
+    split (1 and all filter blocks) with the same bits; the
+    outputs off those tiles keep the F(4x4) bits; the edge outputs no less accurate than F(4x4)'s
+    (F(2)'s smaller coefficients); the workspace starts as NaN, so a column a plane's GEMM
+    skipped, read into a stored output, would show."""
+    N, C, H, W, F, pt, pl, pb, pr = case
+    x, w, bias, want = _float32_case(case, 5)
+    Ho, Wo = want.shape[2:]
+    th = -(-Ho // 4)
+    gy = want.astype(np.float32)
+    gwant = _torch_conv(gy, np.ascontiguousarray(np.flip(w, (2, 3)).transpose(1, 0, 2, 3)),
+                        (2 - pt, 2 - pb, 2 - pl, 2 - pr))
+    for trows in sorted({1, 2, 3, th + 1, N * th}):
+        for flip, xx, a, b, Hy, Wy, ref in ((False, x, pt, pl, Ho, Wo, want),
+                                            (True, gy, 2 - pt, 2 - pl, H, W, gwant)):
+            bb = None if flip else bias
+            f4 = _kernel(xx, w, a, b, Hy, Wy, trows, 1, flip=flip, bias=bb, packed=True)
+            one = _kernel(xx, w, a, b, Hy, Wy, trows, 1, flip=flip, bias=bb, packed=True,
+                          mix=True)
+            for threads in (2, 3):
+                y = _kernel(xx, w, a, b, Hy, Wy, trows, threads, flip=flip, bias=bb,
+                            packed=True, mix=True)
+                assert np.array_equal(y.view(np.uint32), one.view(np.uint32)), (trows, threads)
+            for fp in {1, -(-(C if flip else F) // 6)}:     # the two-region split: same bits
+                y = _kernel(xx, w, a, b, Hy, Wy, trows, 2, flip=flip, bias=bb, packed=True,
+                            fparts=fp, mix=True)
+                assert np.array_equal(y.view(np.uint32), one.view(np.uint32)), (trows, fp)
+            assert np.array_equal(_edge_free(one).view(np.uint32), _edge_free(f4).view(np.uint32))
+            _close(one, ref, np.float32, f"mixed edges, trows {trows}, flip {flip}")
+            scale = np.abs(ref).max()
+            e4, e2 = (np.abs(v.astype(np.float64) - ref).max() / scale for v in (f4, one))
+            assert e2 <= e4 * 1.5, (e2, e4)
+            if Hy % 4 in (1, 2) or Wy % 4 in (1, 2):
+                assert not np.array_equal(one.view(np.uint32), f4.view(np.uint32))
+
+
+def test_mixed_edges_plan_rule():
+    """conv_plan.winograd4_mix_edges: the packed one-region F(4x4) where Ho % 4 or Wo % 4 is in
+    tuning.WINOGRAD4_EDGE_F2 -- res_14 (14 x 14) and rpn_3x3 (38 x 50) yes, res_28 / vgg_56
+    (multiples of 4) and 15 x 15 no, nor the unpacked GEMMs."""
+    assert P.winograd4_mix_edges(4, True, 14, 14)
+    assert P.winograd4_mix_edges(4, True, 38, 50)
+    assert P.winograd4_mix_edges(4, True, 16, 13)
+    assert not P.winograd4_mix_edges(4, True, 28, 28)
+    assert not P.winograd4_mix_edges(4, True, 15, 15)
+    assert not P.winograd4_mix_edges(4, False, 14, 14)
+    assert not P.winograd4_mix_edges(2, True, 14, 14)

@@ -65,6 +65,15 @@ cdef extern from "csrc/wino4.h" nogil:
     void ck_w4_input_rows_d(const double* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
                             Py_ssize_t nt, Py_ssize_t pl, Py_ssize_t tw, double* v,
                             double* vlast, Py_ssize_t vs, double* scratch)
+    void ck_w4_input_mix_f(const float* x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t r0,
+                           Py_ssize_t nt, Py_ssize_t pl, Py_ssize_t tw, int c2, int l2,
+                           float* vm, float* ve, float* vml, float* vel, float* vend,
+                           float* vlend, Py_ssize_t vs, float* scratch)
+    void ck_w4_output_block_f(const float* m, Py_ssize_t ms, Py_ssize_t n, int a2, int b2,
+                              float bias, float* S, float* Yp)
+    void ck_w4_store_mix_f(const float* Yp, Py_ssize_t n, Py_ssize_t tm, const float* Ye,
+                           Py_ssize_t ne, int c2, float* y, Py_ssize_t Wo, Py_ssize_t rows,
+                           float* buf)
     void ck_w4_output_tiles_f(const float* m, Py_ssize_t ms, Py_ssize_t n, float bias,
                               float* S, float* Yp)
     void ck_w4_output_tiles_d(const double* m, Py_ssize_t ms, Py_ssize_t n, double bias,

@@ -15,6 +15,7 @@ from libc.string cimport memcpy, memset
 from ._blas cimport gemm, gemm_fixed, gemm_pk, ck_fgemm
 from ._conv_csrc cimport (ck_wino_input_row_f, ck_wino_output_row_f, ck_wino_filters_f,
                           ck_w4_input_rows_f, ck_w4_input_rows_d, ck_w4_output_tiles_f,
+                          ck_w4_input_mix_f, ck_w4_output_block_f, ck_w4_store_mix_f,
                           ck_w4_output_tiles_d, ck_w4_store_row_f, ck_w4_store_row_d,
                           ck_w4_filters_f, ck_w4_filters_d, ck_w4_input_scratch,
                           ck_w4_output_scratch, ck_w4_set_avx2, ck_w4_grad_row_f,
@@ -122,6 +123,19 @@ def winograd4_last_apart(bint on):
     global _last_apart
     cdef bint old = _last_apart
     _last_apart = on
+    return old
+
+
+cdef bint _mix_edges = True      # (winograd4_mix_edges: A/B timing and tests)
+
+
+def winograd4_mix_edges(bint on):
+    """Whether the packed F(4x4) forward takes its edge tiles by F(2x2) where the plan asks for
+    it (conv2d_forward_winograd's mix_edges); returns the old setting.  Off: every tile by
+    F(4x4) (the edge outputs' bits differ, the others' do not)."""
+    global _mix_edges
+    cdef bint old = _mix_edges
+    _mix_edges = on
     return old
 
 
@@ -394,6 +408,141 @@ cdef void _wino4_output_rows(const floating* m, Py_ssize_t ms, Py_ssize_t th, Py
                               _min(4, Ho - 4 * i), buf)
 
 
+# Mixed edge tiles (conv2d_forward_winograd's mix_edges): where Ho % 4 (or Wo % 4) is 1 or 2
+# an image's last tile row (column) keeps at most 2 of its 4 outputs, and F(2x2)'s points are
+# F(4x4)'s planes 0, 1, 2, 5 (csrc/wino4.h, CK_W2_B): those tiles go by F(2) in that direction
+# on U's planes as they are, 4 planes instead of 6 (res_14: 484 products an image, not 576).
+# A task's columns (tiles) are laid out [R | I | Cc | K]: the images' last rows' other tiles,
+# the other rows' other tiles, the other rows' last tiles, the last rows' last tiles; then
+# every plane's GEMM takes one contiguous range of them (_w4_mix_range).  l2 / c2: the last
+# rows / columns go by F(2).  Each output is still one chain over the channels.
+cdef inline void _w4_mix_layout(Py_ssize_t th, Py_ssize_t g0, Py_ssize_t nt, Py_ssize_t tw,
+                                bint l2, bint c2, Py_ssize_t* lay) noexcept nogil:
+    """lay: nl (last rows by F(2)), tm (tiles a row by F(4) across), I0, C0, K0, P."""
+    cdef Py_ssize_t nl = (g0 + nt) // th - g0 // th if l2 else 0
+    cdef Py_ssize_t tm = tw - 1 if c2 else tw
+    lay[0] = nl
+    lay[1] = tm
+    lay[2] = nl * tm
+    lay[3] = lay[2] + (nt - nl) * tm
+    lay[4] = lay[3] + (nt - nl if c2 else 0)
+    lay[5] = nt * tw
+
+
+cdef inline void _w4_mix_range(Py_ssize_t e, const Py_ssize_t* lay, Py_ssize_t* lo,
+                               Py_ssize_t* hi) noexcept nogil:
+    """The columns plane e's GEMM needs: I always, R where e's row point is one of F(2)'s,
+    Cc where its column point is, K where both are."""
+    cdef bint ra = e // 6 < 3 or e // 6 == 5, cb = e % 6 < 3 or e % 6 == 5
+    lo[0] = 0 if ra else lay[2]
+    hi[0] = (lay[5] if ra else lay[4]) if cb else lay[3]
+
+
+cdef void _wino4_input_mix(const float* x, Py_ssize_t img_stride, Py_ssize_t H, Py_ssize_t W,
+                           Py_ssize_t th, Py_ssize_t g0, Py_ssize_t nt, Py_ssize_t pt,
+                           Py_ssize_t pl, Py_ssize_t tw, bint l2, bint c2, float* v,
+                           Py_ssize_t vs, float* scratch, Py_ssize_t nscratch) noexcept nogil:
+    """_wino4_input_rows for the mixed edges' layout (one channel, v: its column block)."""
+    cdef Py_ssize_t lay[6]
+    cdef Py_ssize_t k = 0, n, i, m, before, q
+    cdef Py_ssize_t most = max(1, (nscratch // (4 * tw + 4) - 9) // 4)
+    cdef bint last
+    _w4_mix_layout(th, g0, nt, tw, l2, c2, lay)
+    while k < nt:
+        n = (g0 + k) // th
+        i = g0 + k - n * th
+        m = _min(_min(th - i, nt - k), most)
+        before = (g0 + k) // th - g0 // th      # images' last rows before row k in the task
+        q = k - before if l2 else k
+        last = l2 and i + m == th
+        ck_w4_input_mix_f(x + n * img_stride, H, W, 4 * i - pt, m, pl, tw, c2, l2,
+                          v + lay[2] + q * lay[1], v + lay[3] + q,
+                          v + before * lay[1] if last else NULL, v + lay[4] + before,
+                          v + lay[3], v + lay[2], vs, scratch)
+        k += m
+
+
+cdef void _wino4_output_mix(const float* m, Py_ssize_t ms, Py_ssize_t th, Py_ssize_t g0,
+                            Py_ssize_t nt, Py_ssize_t tw, bint l2, bint c2, float bias,
+                            float* y, Py_ssize_t img_stride, Py_ssize_t Ho, Py_ssize_t Wo,
+                            float* scratch) noexcept nogil:
+    """_wino4_output_rows for the mixed edges' layout: the four blocks' transforms (block X's
+    outputs at Y + 16 * X0), then each tile row stored from its two blocks."""
+    cdef Py_ssize_t lay[6]
+    cdef Py_ssize_t k, n, i, before, q, P = nt * tw, nR, nI, nC, nK
+    cdef float* Y = scratch + 24 * P
+    cdef float* buf = Y + 16 * P
+    _w4_mix_layout(th, g0, nt, tw, l2, c2, lay)
+    nR, nI, nC, nK = lay[2], lay[3] - lay[2], lay[4] - lay[3], P - lay[4]
+    if nR:
+        ck_w4_output_block_f(m, ms, nR, 1, 0, bias, scratch, Y)
+    if nI:
+        ck_w4_output_block_f(m + lay[2], ms, nI, 0, 0, bias, scratch, Y + 16 * lay[2])
+    if nC:
+        ck_w4_output_block_f(m + lay[3], ms, nC, 0, 1, bias, scratch, Y + 16 * lay[3])
+    if nK:
+        ck_w4_output_block_f(m + lay[4], ms, nK, 1, 1, bias, scratch, Y + 16 * lay[4])
+    for k in range(nt):
+        n = (g0 + k) // th
+        i = g0 + k - n * th
+        before = (g0 + k) // th - g0 // th
+        if l2 and i == th - 1:
+            ck_w4_store_mix_f(Y + before * lay[1], nR, lay[1], Y + 16 * lay[4] + before, nK,
+                              c2, y + n * img_stride + 4 * i * Wo, Wo, _min(4, Ho - 4 * i), buf)
+        else:
+            q = k - before if l2 else k
+            ck_w4_store_mix_f(Y + 16 * lay[2] + q * lay[1], nI, lay[1], Y + 16 * lay[3] + q,
+                              nC, c2, y + n * img_stride + 4 * i * Wo, Wo, _min(4, Ho - 4 * i),
+                              buf)
+
+
+cdef void _wino4_task_mix(const float[:, :, :, ::1] x, const float[:, :, ::1] U,
+                          const float[::1] bias, bint has_bias, float[:, :, :, ::1] y, float* V,
+                          Py_ssize_t vs, float* M, Py_ssize_t ms, Py_ssize_t scr, Py_ssize_t th,
+                          Py_ssize_t tw, Py_ssize_t g0, Py_ssize_t nt, Py_ssize_t pt,
+                          Py_ssize_t pl, bint l2, bint c2) noexcept nogil:
+    """One task of conv2d_forward_winograd with mixed edges: the input transform, each
+    plane's GEMM over its range of columns, the output transform."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3], P = nt * tw
+    cdef Py_ssize_t lay[6]
+    cdef Py_ssize_t c, e, f, lo, hi
+    for c in range(C):
+        _wino4_input_mix(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw, l2, c2,
+                         V + c * P, vs, M + 36 * ms, scr)
+    _w4_mix_layout(th, g0, nt, tw, l2, c2, lay)
+    for e in range(36):
+        _w4_mix_range(e, lay, &lo, &hi)
+        if hi > lo:
+            ck_w4_gemm_pk(F, hi - lo, C, &U[e, 0, 0], V + e * vs + lo, P, M + e * ms + lo, P)
+    for f in range(F):
+        _wino4_output_mix(M + f * P, ms, th, g0, nt, tw, l2, c2, bias[f] if has_bias else 0,
+                          &y[0, f, 0, 0], F * Ho * Wo, Ho, Wo, M + 36 * ms)
+
+
+cdef void _wino4_block_mix(const float[:, :, ::1] U, const float[::1] bias, bint has_bias,
+                           float[:, :, :, ::1] y, const float* V, Py_ssize_t vs, Py_ssize_t ldv,
+                           float* M, Py_ssize_t th, Py_ssize_t tw, Py_ssize_t g0, Py_ssize_t nt,
+                           Py_ssize_t f0, Py_ssize_t f1, bint l2, bint c2) noexcept nogil:
+    """_wino4_forward_split's second-region task with mixed edges: filters f0 .. f1-1 of the
+    block's tile rows g0 .. g0+nt-1 (V: the block's first column of the shared V, planes vs
+    apart, rows of ldv), each plane's GEMM over its range of columns, the output transform."""
+    cdef Py_ssize_t C = U.shape[2], F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t P = nt * tw, nf = f1 - f0
+    cdef Py_ssize_t lay[6]
+    cdef Py_ssize_t e, f, lo, hi
+    _w4_mix_layout(th, g0, nt, tw, l2, c2, lay)
+    for e in range(36):
+        _w4_mix_range(e, lay, &lo, &hi)
+        if hi > lo:     # (strip s of the packed plane at 6 * s * C)
+            ck_w4_gemm_pk(nf, hi - lo, C, &U[e, 0, 0] + f0 * C, V + e * vs + lo, ldv,
+                          M + e * nf * P + lo, P)
+    for f in range(f0, f1):
+        _wino4_output_mix(M + (f - f0) * P, nf * P, th, g0, nt, tw, l2, c2,
+                          bias[f] if has_bias else 0, &y[0, f, 0, 0], F * Ho * Wo, Ho, Wo,
+                          M + 36 * nf * P)
+
+
 # ---------------------------------------------------------------------------- F(4x4) grad_weight
 # The weight gradient by the transposed F(4x4, 3x3) (csrc/wino4.h, above ck_w4_grad_row):
 # grad_weight[f, c] = G^T M[f, c] G, M_e = sum over the batch's tiles t of
@@ -547,7 +696,7 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
                             floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
                             Py_ssize_t pt, Py_ssize_t pl, int n_threads,
                             const float[:, ::1] apk, int tile=2, bint per_image=False,
-                            bint packed=False, Py_ssize_t fparts=0):
+                            bint packed=False, Py_ssize_t fparts=0, bint mix_edges=False):
     """3x3, stride 1, dilation 1, groups 1: y = conv(x, w) + bias by Winograd F(2x2, 3x3)
     (tile 2) or F(4x4, 3x3) (tile 4).  apk: U[e] prepacked for the own float32 GEMM in row e
     (no rows: none).
@@ -571,6 +720,8 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     more tasks where a layer has few tiles.  ws: V (36 * C * N*th*tw) first, then the threads'
     slices, ws_per_thread >= 36 * 6*ceil(ceil(F/6)/fparts) * trows*tw +
     winograd4_scratch(trows, tw).
+    mix_edges (packed, one region): where Ho % 4 or Wo % 4 is 1 or 2, the last tile row or
+    column by F(2x2) in that direction (above _w4_mix_layout; conv_plan.winograd4_mix_edges).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
@@ -591,7 +742,7 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
         raise ValueError(f"U's filters and channels do not match y's {F} and x's {C}")
     if fparts:
         _wino4_forward_split(x, U, bias, has_bias, y, ws, ws_per_thread, trows, pt, pl,
-                             n_threads, packed, fparts, tile, per_image)
+                             n_threads, packed, fparts, tile, per_image, mix_edges)
         return y
     # planes of V and of M WINO_PLANE_PAD elements further apart where the slice has the room
     # (the plan gives it, conv_plan.winograd_plane_pad): C * tiles elements apart (res_14's
@@ -604,8 +755,11 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     # tile rows after its others (_w4_pos) and those six GEMMs take the others' columns alone
     # (res_14: 48 of 64).  On the fixed-order GEMM each output is one chain whatever the GEMM's
     # width: the same bits.  Their M columns are zeroed (no stale values in the unstored rows).
+    cdef bint l2 = Ho % 4 == 1 or Ho % 4 == 2, c2 = Wo % 4 == 1 or Wo % 4 == 2
+    cdef bint mix = (_mix_edges and mix_edges and tile == 4 and packed and floating is float
+                     and (l2 or c2))
     cdef bint apart = (_last_apart and tile == 4 and packed and floating is float
-                       and Ho % 4 != 0)
+                       and Ho % 4 != 0 and not mix)
     cdef Py_ssize_t P1
     cdef Py_ssize_t scr = 8 * (2 * tw + 2) if tile == 2 else winograd4_scratch(trows, tw)
     if ws_per_thread < E * (C + F) * trows * tw + 2 * E * pad + scr:
@@ -625,6 +779,11 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
             ms = F * P + pad
             V = &ws[0] + threadid() * ws_per_thread
             M = V + E * vs
+            if floating is float:
+                if mix:
+                    _wino4_task_mix(x, U, bias, has_bias, y, V, vs, M, ms, scr, th, tw, g0, nt,
+                                    pt, pl, l2, c2)
+                    continue
             for c in range(C):
                 if tile == 2:
                     _wino_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
@@ -662,8 +821,10 @@ cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, :
                           const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
                           floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
                           Py_ssize_t pt, Py_ssize_t pl, int n_threads, bint packed,
-                          Py_ssize_t fparts, int tile, bint per_image):
-    """conv2d_forward_winograd's two-region F(4x4) split (fparts > 0, see there)."""
+                          Py_ssize_t fparts, int tile, bint per_image, bint mix_edges):
+    """conv2d_forward_winograd's two-region F(4x4) split (fparts > 0, see there); mix_edges
+    as there, each block of trows tile rows laid out as a one-region task's (the same bits
+    as that split on any team)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4, T = N * th * tw
@@ -674,6 +835,8 @@ cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, :
     cdef floating* V = &ws[0]
     cdef floating* S
     cdef floating* M
+    cdef bint l2 = Ho % 4 == 1 or Ho % 4 == 2, c2 = Wo % 4 == 1 or Wo % 4 == 2
+    cdef bint mix = (_mix_edges and mix_edges and packed and floating is float and (l2 or c2))
     if tile != 4 or per_image:
         raise ValueError("fparts (the two-region split) needs tile 4 and per_image off")
     if trows < 1 or fparts < 1 or fparts > nu:
@@ -687,6 +850,11 @@ cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, :
             c = t // nrb
             g0 = (t - c * nrb) * trows
             nt = _min(trows, N * th - g0)
+            if floating is float:
+                if mix:
+                    _wino4_input_mix(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
+                                     l2, c2, V + c * T + g0 * tw, C * T, S, ws_per_thread)
+                    continue
             _wino4_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
                               V + c * T + g0 * tw, C * T, S, ws_per_thread)
         for t in prange(nrb * fparts, schedule="dynamic", num_threads=n_threads):
@@ -697,6 +865,11 @@ cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, :
             b = t % fparts
             f0 = 6 * (b * nu // fparts)
             f1 = _min(F, 6 * ((b + 1) * nu // fparts))
+            if floating is float:
+                if mix:
+                    _wino4_block_mix(U, bias, has_bias, y, V + g0 * tw, C * T, T, M, th, tw, g0,
+                                     nt, f0, f1, l2, c2)
+                    continue
             for e in range(36):
                 if floating is float:
                     if packed:      # (strip s of the packed plane at 6 * s * C)

@@ -640,11 +640,22 @@ def winograd_own(own, caps: ConvCaps):
     return own and not avx2_algo(caps, "winograd4")
 
 
-def winograd_step(p, tile, own, fixed):
-    """The "winograd" Step of plan_winograd's answer p."""
+def winograd4_mix_edges(tile, fixed, Ho, Wo):
+    """Whether F(4x4)'s last tile row and / or column go by F(2x2) in that direction
+    (conv2d_forward_winograd's mix_edges, one region or the split alike: the same bits on any
+    team): packed, where Ho % 4 or Wo % 4 is in tuning.WINOGRAD4_EDGE_F2 (the edge tiles keep at
+    most 2 of their 4 outputs there)."""
+    return (winograd_packed(tile, fixed)
+            and (Ho % 4 in T.WINOGRAD4_EDGE_F2 or Wo % 4 in T.WINOGRAD4_EDGE_F2))
+
+
+def winograd_step(p, tile, own, fixed, Ho=0, Wo=0):
+    """The "winograd" Step of plan_winograd's answer p (for an output of Ho x Wo)."""
     return Step("winograd", p[0], {"trows": p[1], "per_thread": p[2], "tile": tile,
                                    "per_image": not (own or fixed),
-                                   "packed": winograd_packed(tile, fixed), **p[3]})
+                                   "packed": winograd_packed(tile, fixed),
+                                   "mix_edges": winograd4_mix_edges(tile, fixed, Ho, Wo),
+                                   **p[3]})
 
 
 def even_tile_rows(rows, want, tw, per_row, n_threads):
@@ -1370,7 +1381,7 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
             tile, wo, wf = 2, own, fixed
             p = plan_winograd(N, C, F, Ho, Wo, itemsize, n, wbytes, own, limit, tile, fixed)
         if p is not None:
-            return winograd_step(p, tile, wo, wf)
+            return winograd_step(p, tile, wo, wf, Ho, Wo)
     if batch_ok(Ho, Wo, pointwise):
         Hp, Wp = batch_padded(Ho, Wo, KH, KW, s.stride, s.dilation)
         p = plan_batch_forward(N, C, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, limit, own,
@@ -1479,7 +1490,7 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
                 tile, wo, wf = 2, own, fixed
                 p = plan_winograd(N, F, Cg, H, W, itemsize, n, wbytes, own, limit, tile, fixed)
             if p is not None:
-                gx = winograd_step(p, tile, wo, wf)
+                gx = winograd_step(p, tile, wo, wf, H, W)
         if gx is None and s.stride == (1, 1) and batch_ok(H, W, pointwise):
             Hp, Wp = batch_padded(H, W, KH, KW, (1, 1), s.dilation)
             p = plan_batch_forward(N, F, C, KH * KW, Hp * Wp, H * W, itemsize, n, limit, own,

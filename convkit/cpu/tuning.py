@@ -146,6 +146,11 @@ WINOGRAD4_MIN_CHANNELS = 64
 # at 64 tiles vs 19.6 at 32 and 18.8 at 128; vgg_56 flat from 56 to 196, rpn_3x3 54 ms at 130
 # vs 58 at 65 and 72 at 26.  RESULTS.md "Winograd F(4x4, 3x3)".
 WINOGRAD4_TASK_TILES = 64
+# F(4x4) (packed, one region): where Ho % 4 (Wo % 4) is one of these, the last tile row (column)
+# keeps 1 or 2 of its 4 outputs and goes by F(2x2) in that direction on U's planes 0, 1, 2, 5
+# (conv_plan.winograd4_mix_edges; csrc/wino4.h CK_W2_B): res_14 484 GEMM products an image
+# instead of 576 (552 with the last rows apart).  RESULTS.md "mixed edge tiles".
+WINOGRAD4_EDGE_F2 = frozenset({1, 2})
 # ... where the GEMMs sum each output in a fixed order (csrc/fgemm.h: the bits do not follow
 # the tiles per task), another task size when that one leaves more than this share of the team
 # idle in the last round (conv_plan.even_tile_rows), down to this many tiles per task (res_14

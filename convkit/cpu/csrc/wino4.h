@@ -41,6 +41,23 @@
     y3 = (b_ + ((T)0.125 * (m3) - (T)8 * (m4))) + (m5);                                    \
 } while (0)
 
+/* Edge tiles by F(2x2, 3x3) (conv2d_forward_winograd's mixed edges): F(2)'s points 0, 1, -1
+ * and infinity are F(4)'s planes 0, 1, 2 and 5, and those rows of F(4)'s G are F(2)'s G rows
+ * (_conv_winograd.pyx, above _wino_filter) times 1/2, 1/3, -1/3, 1/2.  So U's planes serve as
+ * they are, F(2)'s B^T rows taken times 2, 3, -3, 2 instead (small integers: the product's
+ * one extra rounding is a 3x, and F(2)'s outputs stay more accurate than F(4)'s):
+ *   2(d0 - d2),  3(d1 + d2),  3(d1 - d2),  2(d1 - d3);   A^T: m0 + m1 + m2,  m1 - m2 - m3 */
+#define CK_W2_B(T, d0, d1, d2, d3, o0, o1, o2, o3) do {                                   \
+    o0 = (T)2 * ((d0) - (d2));                                                             \
+    o1 = (T)3 * ((d1) + (d2));                                                             \
+    o2 = (T)3 * ((d1) - (d2));                                                             \
+    o3 = (T)2 * ((d1) - (d3));                                                             \
+} while (0)
+#define CK_W2_A(m0, m1, m2, m3, y0, y1) do {                                               \
+    y0 = ((m0) + (m1)) + (m2);                                                             \
+    y1 = ((m1) - (m2)) - (m3);                                                             \
+} while (0)
+
 /* Rows split into 4 phases and back (pure data movement: no bits change).  src: 4*n elements;
  * dst[p*n + j] = src[4j + p] (ck_w4_split) and the inverse (ck_w4_join).  SSE / SSE2 on x86
  * (the 64-bit baseline), plain loops elsewhere.  ck_w4_join reads phase p at src + p*ps. */
@@ -144,11 +161,13 @@ static inline void ck_w4_join_d(const double* src, ptrdiff_t ps, ptrdiff_t n, do
 #define CK_W4_DEFINE(T, SUF, VB, ATTR)                                                     \
 typedef T ck_w4v_##SUF __attribute__((vector_size(VB)));                                  \
 typedef T ck_w4h_##SUF __attribute__((vector_size(16)));                                  \
-ATTR static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0, \
-                                        ptrdiff_t nt, ptrdiff_t pl, ptrdiff_t tw, T* v,    \
-                                        T* vlast, ptrdiff_t vs, T* scratch) {              \
+ATTR static void ck_w4_input_mix_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0,  \
+                                       ptrdiff_t nt, ptrdiff_t pl, ptrdiff_t tw, int c2,   \
+                                       int l2, T* vm, T* ve, T* vml, T* vel, T* vend,      \
+                                       T* vlend, ptrdiff_t vs, T* scratch) {               \
     typedef ck_w4v_##SUF V;                                                                \
     const ptrdiff_t L = VB / sizeof(T), n1 = tw + 1, Wb = 4 * n1, nr = 4 * nt + 2;         \
+    const ptrdiff_t tm = tw - (c2 ? 1 : 0);                                                \
     T* R = scratch;                 /* one zero-padded input row, columns -pl .. Wb-1-pl */ \
     T* Qa = scratch + Wb;           /* the nr rows in phases (nr x Wb) */                 \
     T* D = Qa + nr * Wb;            /* B^T down a tile row's 6 rows, in phases (6 x Wb) */ \
@@ -163,9 +182,25 @@ ATTR static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, pt
         if (up < Wb) memset(R + up, 0, (Wb - up) * sizeof(T));                             \
         ck_w4_split_##SUF##_(R, n1, Qa + k * Wb);                                          \
     }                                                                                      \
-    for (i = 0; i < nt; i++, v += tw) {     /* tile row i: rows 4i .. 4i+5 */              \
+    for (i = 0; i < nt; i++) {      /* tile row i: rows 4i .. 4i+5 */                      \
     const T* Q = Qa + 4 * i * Wb;                                                          \
-    T* vr = vlast && i == nt - 1 ? vlast : v;                                              \
+    const int last = vml && i == nt - 1, two = last && l2;                                 \
+    T* vr = last ? vml : vm + i * tm;                                                      \
+    T* er = last ? vel : ve + i;                                                           \
+    const T* end = last ? vlend : vend;   /* (plane 0's; the others' alike, vs apart) */   \
+    if (two) {                      /* F(2)'s B^T down rows 4i .. 4i+3, into D's rows 0, 1, 2, 5 */ \
+        for (c = 0; c + L <= Wb; c += L) {                                                 \
+            V o0, o1, o2, o3;                                                              \
+            CK_W2_B(T, CK_W4_LD(V, Q + c), CK_W4_LD(V, Q + Wb + c),                        \
+                    CK_W4_LD(V, Q + 2 * Wb + c), CK_W4_LD(V, Q + 3 * Wb + c),              \
+                    o0, o1, o2, o3);                                                       \
+            CK_W4_ST(D + c, o0); CK_W4_ST(D + Wb + c, o1); CK_W4_ST(D + 2 * Wb + c, o2);   \
+            CK_W4_ST(D + 5 * Wb + c, o3);                                                  \
+        }                                                                                  \
+        for (; c < Wb; c++)                                                                \
+            CK_W2_B(T, Q[c], Q[Wb + c], Q[2 * Wb + c], Q[3 * Wb + c], D[c], D[Wb + c],      \
+                    D[2 * Wb + c], D[5 * Wb + c]);                                         \
+    } else {                                                                               \
     for (c = 0; c + L <= Wb; c += L)                                                       \
         CK_W4_BDOWN(T, V);                                                                 \
     for (; c + 16 / (ptrdiff_t)sizeof(T) <= Wb; c += 16 / (ptrdiff_t)sizeof(T))           \
@@ -174,10 +209,13 @@ ATTR static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, pt
         CK_W4_B(T, T, Q[c], Q[Wb + c], Q[2 * Wb + c], Q[3 * Wb + c], Q[4 * Wb + c],        \
                 Q[5 * Wb + c], D[c], D[Wb + c], D[2 * Wb + c], D[3 * Wb + c],              \
                 D[4 * Wb + c], D[5 * Wb + c]);                                             \
+    }                                                                                      \
     for (k = 0; k < 6; k++) {                                                              \
         const T* p = D + k * Wb;    /* phases p .. p + 3*n1 */                             \
         T* o = vr + (6 * k) * vs;                                                          \
-        for (j = 0; j + L <= tw; j += L) {                                                 \
+        if (two && (k == 3 || k == 4))                                                     \
+            continue;                                                                      \
+        for (j = 0; j + L <= tm; j += L) {                                                 \
             V o0, o1, o2, o3, o4, o5;                                                      \
             CK_W4_B(T, V, CK_W4_LD(V, p + j), CK_W4_LD(V, p + n1 + j),                     \
                     CK_W4_LD(V, p + 2 * n1 + j), CK_W4_LD(V, p + 3 * n1 + j),              \
@@ -187,7 +225,7 @@ ATTR static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, pt
             CK_W4_ST(o + 3 * vs + j, o3); CK_W4_ST(o + 4 * vs + j, o4);                    \
             CK_W4_ST(o + 5 * vs + j, o5);                                                  \
         }                                                                                  \
-        for (; j + 16 / (ptrdiff_t)sizeof(T) <= tw; j += 16 / (ptrdiff_t)sizeof(T)) {      \
+        for (; j + 16 / (ptrdiff_t)sizeof(T) <= tm; j += 16 / (ptrdiff_t)sizeof(T)) {      \
             typedef ck_w4h_##SUF U;                                                        \
             U o0, o1, o2, o3, o4, o5;                                                      \
             CK_W4_B(T, U, CK_W4_LD(U, p + j), CK_W4_LD(U, p + n1 + j),                     \
@@ -198,12 +236,38 @@ ATTR static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, pt
             CK_W4_ST(o + 3 * vs + j, o3); CK_W4_ST(o + 4 * vs + j, o4);                    \
             CK_W4_ST(o + 5 * vs + j, o5);                                                  \
         }                                                                                  \
-        for (; j < tw; j++)                                                                \
+        if (j < tm && j + 16 / (ptrdiff_t)sizeof(T) <= tw && end                           \
+                && vr + j + 16 / (ptrdiff_t)sizeof(T) <= end) {                            \
+            /* (res_14's tm = 3 of 4: the row's own 4 tiles in the lanes, the 4th lane's     \
+               values on the next row's first slot, which that row writes later) */        \
+            typedef ck_w4h_##SUF U;                                                        \
+            U o0, o1, o2, o3, o4, o5;                                                      \
+            CK_W4_B(T, U, CK_W4_LD(U, p + j), CK_W4_LD(U, p + n1 + j),                     \
+                    CK_W4_LD(U, p + 2 * n1 + j), CK_W4_LD(U, p + 3 * n1 + j),              \
+                    CK_W4_LD(U, p + j + 1), CK_W4_LD(U, p + n1 + j + 1),                   \
+                    o0, o1, o2, o3, o4, o5);                                               \
+            CK_W4_ST(o + j, o0); CK_W4_ST(o + vs + j, o1); CK_W4_ST(o + 2 * vs + j, o2);   \
+            CK_W4_ST(o + 3 * vs + j, o3); CK_W4_ST(o + 4 * vs + j, o4);                    \
+            CK_W4_ST(o + 5 * vs + j, o5);                                                  \
+            j = tm;                                                                        \
+        }                                                                                  \
+        for (; j < tm; j++)                                                                \
             CK_W4_B(T, T, p[j], p[n1 + j], p[2 * n1 + j], p[3 * n1 + j], p[j + 1],         \
                     p[n1 + j + 1], o[j], o[vs + j], o[2 * vs + j], o[3 * vs + j],          \
                     o[4 * vs + j], o[5 * vs + j]);                                         \
+        if (c2) {                   /* the last tile by F(2) across: columns 4tm .. 4tm+3 */ \
+            T* q = er + (6 * k) * vs;                                                      \
+            CK_W2_B(T, p[tm], p[n1 + tm], p[2 * n1 + tm], p[3 * n1 + tm], q[0], q[vs],     \
+                    q[2 * vs], q[5 * vs]);                                                 \
+        }                                                                                  \
     }                                                                                      \
     }                                                                                      \
+}                                                                                          \
+ATTR static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0, \
+                                        ptrdiff_t nt, ptrdiff_t pl, ptrdiff_t tw, T* v,    \
+                                        T* vlast, ptrdiff_t vs, T* scratch) {              \
+    ck_w4_input_mix_##SUF(x, H, W, r0, nt, pl, tw, 0, 0, v, NULL, vlast, NULL, NULL, NULL,  \
+                          vs, scratch);                                                    \
 }                                                                                          \
 ATTR static void ck_w4_input_row_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0, \
                                        ptrdiff_t pl, ptrdiff_t tw, T* v, ptrdiff_t vs,     \
@@ -211,15 +275,39 @@ ATTR static void ck_w4_input_row_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptr
     ck_w4_input_rows_##SUF(x, H, W, r0, 1, pl, tw, v, NULL, vs, scratch);                  \
 }                                                                                          \
 /* ck_w4_output_tiles: n tiles at once, Yp[(4r + q)*n + j] = (A^T m_j A)[r, q] + bias, m_j  \
-   element e at m[e*ms + j]; S: 24*n elements of scratch */                               \
-ATTR static void ck_w4_output_tiles_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t n, T bias,   \
-                                          T* S, T* Yp) {                                   \
+   element e at m[e*ms + j]; S: 24*n elements of scratch.                                  \
+   ck_w4_output_block: the same for edge tiles by F(2) down (a2: rows r < 2 from planes 0, 1, \
+   2, 5 of each column) and / or across (b2: columns q < 2 from columns 0, 1, 2, 5); only  \
+   those rows and columns of Yp written, only those planes read */                        \
+ATTR static void ck_w4_output_block_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t n, int a2,    \
+                                          int b2, T bias, T* S, T* Yp) {                   \
     typedef ck_w4v_##SUF V;                                                                \
-    const ptrdiff_t L = VB / sizeof(T);                                                    \
+    typedef ck_w4h_##SUF H;         /* (16-byte vectors for the blocks' tails) */          \
+    const ptrdiff_t L = VB / sizeof(T), nr = a2 ? 2 : 4;                                   \
     ptrdiff_t l, j, r;                                                                     \
     for (l = 0; l < 6; l++) {       /* A^T down: S[(6r + l)*n + j] */                     \
         const T* a = m + l * ms;                                                           \
         T* s = S + l * n;                                                                  \
+        if (b2 && (l == 3 || l == 4))                                                      \
+            continue;                                                                      \
+        if (a2) {                                                                          \
+            for (j = 0; j + L <= n; j += L) {                                              \
+                V s0, s1;                                                                  \
+                CK_W2_A(CK_W4_LD(V, a + j), CK_W4_LD(V, a + 6 * ms + j),                   \
+                        CK_W4_LD(V, a + 12 * ms + j), CK_W4_LD(V, a + 30 * ms + j), s0, s1); \
+                CK_W4_ST(s + j, s0); CK_W4_ST(s + 6 * n + j, s1);                          \
+            }                                                                              \
+            for (; j + 16 / (ptrdiff_t)sizeof(T) <= n; j += 16 / (ptrdiff_t)sizeof(T)) {  \
+                H s0, s1;                                                                  \
+                CK_W2_A(CK_W4_LD(H, a + j), CK_W4_LD(H, a + 6 * ms + j),                   \
+                        CK_W4_LD(H, a + 12 * ms + j), CK_W4_LD(H, a + 30 * ms + j), s0, s1); \
+                CK_W4_ST(s + j, s0); CK_W4_ST(s + 6 * n + j, s1);                          \
+            }                                                                              \
+            for (; j < n; j++)                                                             \
+                CK_W2_A(a[j], a[6 * ms + j], a[12 * ms + j], a[30 * ms + j], s[j],         \
+                        s[6 * n + j]);                                                     \
+            continue;                                                                      \
+        }                                                                                  \
         for (j = 0; j + L <= n; j += L) {                                                  \
             V s0, s1, s2, s3;                                                              \
             CK_W4_A(T, V, CK_W4_LD(V, a + j), CK_W4_LD(V, a + 6 * ms + j),                 \
@@ -229,19 +317,57 @@ ATTR static void ck_w4_output_tiles_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t n,
             CK_W4_ST(s + j, s0); CK_W4_ST(s + 6 * n + j, s1);                              \
             CK_W4_ST(s + 12 * n + j, s2); CK_W4_ST(s + 18 * n + j, s3);                    \
         }                                                                                  \
+        for (; j + 16 / (ptrdiff_t)sizeof(T) <= n; j += 16 / (ptrdiff_t)sizeof(T)) {      \
+            H s0, s1, s2, s3;                                                              \
+            CK_W4_A(T, H, CK_W4_LD(H, a + j), CK_W4_LD(H, a + 6 * ms + j),                 \
+                    CK_W4_LD(H, a + 12 * ms + j), CK_W4_LD(H, a + 18 * ms + j),            \
+                    CK_W4_LD(H, a + 24 * ms + j), CK_W4_LD(H, a + 30 * ms + j),            \
+                    s0, s1, s2, s3);                                                       \
+            CK_W4_ST(s + j, s0); CK_W4_ST(s + 6 * n + j, s1);                              \
+            CK_W4_ST(s + 12 * n + j, s2); CK_W4_ST(s + 18 * n + j, s3);                    \
+        }                                                                                  \
         for (; j < n; j++)                                                                 \
             CK_W4_A(T, T, a[j], a[6 * ms + j], a[12 * ms + j], a[18 * ms + j],             \
                     a[24 * ms + j], a[30 * ms + j], s[j], s[6 * n + j], s[12 * n + j],     \
                     s[18 * n + j]);                                                        \
     }                                                                                      \
-    for (r = 0; r < 4; r++) {       /* then A across */                                   \
+    for (r = 0; r < nr; r++) {      /* then A across */                                   \
         const T* s = S + 6 * r * n;                                                        \
         T* o = Yp + 4 * r * n;                                                             \
+        if (b2) {                                                                          \
+            for (j = 0; j + L <= n; j += L) {                                              \
+                V e0, e1;                                                                  \
+                CK_W2_A(CK_W4_LD(V, s + j), CK_W4_LD(V, s + n + j),                        \
+                        CK_W4_LD(V, s + 2 * n + j), CK_W4_LD(V, s + 5 * n + j), e0, e1);   \
+                CK_W4_ST(o + j, e0 + bias); CK_W4_ST(o + n + j, e1 + bias);                \
+            }                                                                              \
+            for (; j + 16 / (ptrdiff_t)sizeof(T) <= n; j += 16 / (ptrdiff_t)sizeof(T)) {  \
+                H e0, e1;                                                                  \
+                CK_W2_A(CK_W4_LD(H, s + j), CK_W4_LD(H, s + n + j),                        \
+                        CK_W4_LD(H, s + 2 * n + j), CK_W4_LD(H, s + 5 * n + j), e0, e1);   \
+                CK_W4_ST(o + j, e0 + bias); CK_W4_ST(o + n + j, e1 + bias);                \
+            }                                                                              \
+            for (; j < n; j++) {                                                           \
+                T e0, e1;                                                                  \
+                CK_W2_A(s[j], s[n + j], s[2 * n + j], s[5 * n + j], e0, e1);               \
+                o[j] = e0 + bias; o[n + j] = e1 + bias;                                    \
+            }                                                                              \
+            continue;                                                                      \
+        }                                                                                  \
         for (j = 0; j + L <= n; j += L) {                                                  \
             V e0, e1, e2, e3;                                                              \
             CK_W4_A(T, V, CK_W4_LD(V, s + j), CK_W4_LD(V, s + n + j),                      \
                     CK_W4_LD(V, s + 2 * n + j), CK_W4_LD(V, s + 3 * n + j),                \
                     CK_W4_LD(V, s + 4 * n + j), CK_W4_LD(V, s + 5 * n + j),                \
+                    e0, e1, e2, e3);                                                       \
+            CK_W4_ST(o + j, e0 + bias); CK_W4_ST(o + n + j, e1 + bias);                    \
+            CK_W4_ST(o + 2 * n + j, e2 + bias); CK_W4_ST(o + 3 * n + j, e3 + bias);        \
+        }                                                                                  \
+        for (; j + 16 / (ptrdiff_t)sizeof(T) <= n; j += 16 / (ptrdiff_t)sizeof(T)) {      \
+            H e0, e1, e2, e3;                                                              \
+            CK_W4_A(T, H, CK_W4_LD(H, s + j), CK_W4_LD(H, s + n + j),                      \
+                    CK_W4_LD(H, s + 2 * n + j), CK_W4_LD(H, s + 3 * n + j),                \
+                    CK_W4_LD(H, s + 4 * n + j), CK_W4_LD(H, s + 5 * n + j),                \
                     e0, e1, e2, e3);                                                       \
             CK_W4_ST(o + j, e0 + bias); CK_W4_ST(o + n + j, e1 + bias);                    \
             CK_W4_ST(o + 2 * n + j, e2 + bias); CK_W4_ST(o + 3 * n + j, e3 + bias);        \
@@ -254,19 +380,35 @@ ATTR static void ck_w4_output_tiles_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t n,
             o[2 * n + j] = e2 + bias; o[3 * n + j] = e3 + bias;                            \
         }                                                                                  \
     }                                                                                      \
+}                                                                                          \
+ATTR static void ck_w4_output_tiles_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t n, T bias,   \
+                                          T* S, T* Yp) {                                   \
+    ck_w4_output_block_##SUF(m, ms, n, 0, 0, bias, S, Yp);                                 \
 }
 
 /* ck_w4_store_row: rows r < rows of one row of tw tiles from ck_w4_output_tiles' Yp (tiles
  * at Yp[... + j], j < tw, rows of phases n apart) into y (rows Wo apart, Wo <= 4*tw);
- * buf: 4*tw elements */
+ * buf: 4*tw elements.  ck_w4_store_mix: the row's first tm tiles from Yp, and where c2 its
+ * last (an F(2) edge tile: columns 4tm, 4tm+1) from Ye, rows of phases ne apart */
 #define CK_W4_STORE(T, SUF)                                                                \
-static void ck_w4_store_row_##SUF(const T* Yp, ptrdiff_t n, ptrdiff_t tw, T* y,            \
-                                  ptrdiff_t Wo, ptrdiff_t rows, T* buf) {                  \
+static void ck_w4_store_mix_##SUF(const T* Yp, ptrdiff_t n, ptrdiff_t tm, const T* Ye,      \
+                                  ptrdiff_t ne, int c2, T* y, ptrdiff_t Wo, ptrdiff_t rows, \
+                                  T* buf) {                                                \
     ptrdiff_t r;                                                                           \
     for (r = 0; r < rows; r++) {                                                           \
-        ck_w4_join_##SUF(Yp + 4 * r * n, n, tw, buf);                                      \
+        /* (with c2 one tile more: its SSE transpose, the extra tile's lanes overwritten; \
+           it reads the next phase's or block's first tile, inside the output scratch) */ \
+        ck_w4_join_##SUF(Yp + 4 * r * n, n, c2 ? tm + 1 : tm, buf);                        \
+        if (c2) {                                                                          \
+            buf[4 * tm] = Ye[4 * r * ne];                                                  \
+            buf[4 * tm + 1] = Ye[(4 * r + 1) * ne];                                        \
+        }                                                                                  \
         memcpy(y + r * Wo, buf, Wo * sizeof(T));                                           \
     }                                                                                      \
+}                                                                                          \
+static void ck_w4_store_row_##SUF(const T* Yp, ptrdiff_t n, ptrdiff_t tw, T* y,            \
+                                  ptrdiff_t Wo, ptrdiff_t rows, T* buf) {                  \
+    ck_w4_store_mix_##SUF(Yp, n, tw, NULL, 0, 0, y, Wo, rows, buf);                        \
 }
 CK_W4_STORE(float, f)
 CK_W4_STORE(double, d)
@@ -545,6 +687,17 @@ static void ck_w4_input_rows_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff
                                    ptrdiff_t nt, ptrdiff_t pl, ptrdiff_t tw, T* v,         \
                                    T* vlast, ptrdiff_t vs, T* scratch) {                   \
     CK_W4_PICK(ck_w4_input_rows, SUF, (x, H, W, r0, nt, pl, tw, v, vlast, vs, scratch));   \
+}                                                                                          \
+static void ck_w4_input_mix_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptrdiff_t r0,      \
+                                  ptrdiff_t nt, ptrdiff_t pl, ptrdiff_t tw, int c2, int l2, \
+                                  T* vm, T* ve, T* vml, T* vel, T* vend, T* vlend,         \
+                                  ptrdiff_t vs, T* scratch) {                              \
+    CK_W4_PICK(ck_w4_input_mix, SUF, (x, H, W, r0, nt, pl, tw, c2, l2, vm, ve, vml, vel,    \
+                                      vend, vlend, vs, scratch));                          \
+}                                                                                          \
+static void ck_w4_output_block_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t n, int a2, int b2, \
+                                     T bias, T* S, T* Yp) {                                \
+    CK_W4_PICK(ck_w4_output_block, SUF, (m, ms, n, a2, b2, bias, S, Yp));                  \
 }                                                                                          \
 static void ck_w4_output_tiles_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t n, T bias, T* S,  \
                                      T* Yp) {                                              \
