@@ -2,7 +2,8 @@
 forward+backward on convkit's cpu backend (median of --calls calls, and the process's CPU time
 over wall time), then torch's (same), then each CPU's GEMM rate pinned to it (the median of
 core_probe's rounds, not its best: the best hides a vCPU taken away part of the time), then
-bench/host_gaps.c's lost wall clock per CPU.  Prints one line a block, then the medians of the
+bench/host_gaps.c's lost wall clock per CPU, and the GB/s of copying a 64 MB buffer (memory)
+and a 4 MB one (L3) on the process's threads (numpy, one thread).  Prints one line a block, then the medians of the
 blocks where convkit ran within 25 % of its fastest block ("fast") and the others ("slow").
 
     gcc -O2 -o /tmp/host_gaps bench/host_gaps.c -lpthread
@@ -66,6 +67,16 @@ def main():
             v.append(time.perf_counter() - t)
         return statistics.median(v) * 1e3, (time.process_time() - c0) / sum(v)
 
+    big, small = np.ones(16 << 20, np.float32), np.ones(1 << 20, np.float32)
+    big2, small2 = np.empty_like(big), np.empty_like(small)
+
+    def copy_rate(src, dst, reps):
+        np.copyto(dst, src)
+        t = time.perf_counter()
+        for _ in range(reps):
+            np.copyto(dst, src)
+        return 2 * src.nbytes * reps / (time.perf_counter() - t) / 1e9
+
     rows = []
     cpus = sorted(os.sched_getaffinity(0))
     for i in range(a.blocks):
@@ -76,6 +87,8 @@ def main():
             os.sched_setaffinity(0, {c})
             r[f"gemm{c}"] = _gemm_rate()
         os.sched_setaffinity(0, set(cpus))
+        r["mem GB/s"] = copy_rate(big, big2, 3)
+        r["L3 GB/s"] = copy_rate(small, small2, 40)
         if os.path.exists(a.gaps):
             out = subprocess.run([a.gaps, "0.3"], capture_output=True, text=True).stdout
             for m in re.finditer(r"cpu(\d+) lost ([\d.]+) %", out):
