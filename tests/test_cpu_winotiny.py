@@ -112,7 +112,8 @@ def test_workspace_floats_agree_with_the_plan():
     for N, C, F, H, W in ((64, 16, 16, 8, 8), (128, 32, 32, 4, 4), (13, 17, 40, 6, 2)):
         s = P.ConvShape.of((N, C, H, W), (F, C, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
         caps = cc._caps()
-        n, pg, chunk, per, sums = P.plan_weight_winotiny(s, True, caps, 2, 1 << 30)
+        n, pg, chunk, per, sums, more = P.plan_weight_winotiny(s, True, caps, 2, 1 << 30)
+        assert more == {}
         assert per == wg.winotiny_wgrad_floats(C, F, H, W, chunk)
         assert sums == -(-(-(-N // 8)) // pg) * 16 * F * C
 
