@@ -562,7 +562,8 @@ def test_winotiny_splits_only_where_the_groups_are_fewer_than_the_threads(caps):
     """Issue 16: batch 64's tiny maps take the two-region splits on 16 threads (forward /
     grad_x: 8 groups x 2 filter blocks; grad_weight: 2 parts x 16 points), losing <= 10 % of
     them by the plan's arithmetic; 1 and 2 threads keep their one-region plans exactly (the
-    SmallResNet's 2-thread step was measured on them), and so do 3-8 threads on batch 64."""
+    SmallResNet's 2-thread step was measured on them), and so does any team of more than half
+    the threads (the split costs one core more work)."""
     for N, C, H in ((64, 16, 8), (64, 32, 4), (128, 16, 8)):
         s = P.ConvShape.of((N, C, H, H), (C, C, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
         G8, cols = N // 8, (H // 2) ** 2 * 8
@@ -570,7 +571,7 @@ def test_winotiny_splits_only_where_the_groups_are_fewer_than_the_threads(caps):
             plan = P.plan_conv(s, np.float32, nt, caps, 256 * 2**20, True)
             fw, gx, gw = plan.forward, plan.grad_x, plan.grad_weight
             assert fw.params == gx.params and fw.threads == gx.threads
-            if nt < 3 or G8 >= nt:         # the one-region plans, as before the split
+            if nt < 3 or 2 * G8 > nt:      # the one-region plans, as before the split
                 assert (fw.algo, fw.threads, fw.params) == (
                     "winograd", min(nt, G8), {"tile": 2, "tiny": True, "groups": 1,
                                               "per_thread": P.winotiny_floats(C, C, H, H, 1)})
@@ -579,7 +580,7 @@ def test_winotiny_splits_only_where_the_groups_are_fewer_than_the_threads(caps):
                 assert P._list_idle([C // 2] * 2 * G8, nt) <= 0.1
             parts = -(-G8 // 4)
             assert gw.algo == "weight_winotiny" and gw.params["part_groups"] == 4
-            if nt < 3 or parts >= nt:
+            if nt < 3 or 2 * parts > nt:
                 assert gw.threads == min(nt, parts) and "split" not in gw.params
                 assert gw.params["per_thread"] == 16 * 2 * C * (max(1, 128 // cols) * cols + 16) \
                     + 8 * ((H + 2) ** 2 + H * H) + 16

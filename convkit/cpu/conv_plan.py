@@ -297,16 +297,16 @@ def winotiny_fparts(G8, F, n_threads):
 
 def plan_winotiny(s: ConvShape, f32, caps: ConvCaps, n_threads, limit, grad_x=False):
     """(threads, groups of 8 images per task, workspace floats per thread, more params: the
-    two-region split's "fparts" and "shared") of Winograd F(2x2,
-    3x3) on a tiny map with the images in the vector lanes (csrc/winotiny.h), or None.  For
+    two-region split's "fparts" and "shared") of Winograd F(2x2, 3x3) on a tiny map with the
+    images in the vector lanes (csrc/winotiny.h), or None.  For
     the 3x3 stride-1 convs padded by 1 on every side whose maps the batch path would take
     (<= tuning.BATCH_MAX_HOWO positions) with even sides and >= WINOGRAD_MIN_CHANNELS channels
     in and out, float32 on a fixed-order GEMM.  grad_x: the same conv of grad_y (F channels
     in, C out; the flipped filters are padded by 1 too).  Tasks are blocks of whole groups of
     8 images; every value of an image depends on that image alone (batch invariance).
-    Where those are fewer than the threads (batch 64 on 16 threads: 8 groups, half the
-    threads idle) and at least tuning.WINOTINY_SPLIT_MIN_THREADS are asked, the kernel's
-    two-region split (winotiny_fparts; the same bits): the batch's input transform shared
+    Where those leave at least half the threads idle (tuning.WINOTINY_SPLIT_TEAM; batch 64
+    on 16 threads: 8 groups) and at least tuning.WINOTINY_SPLIT_MIN_THREADS are asked, the
+    kernel's two-region split (winotiny_fparts; the same bits): the batch's input transform shared
     ahead of the threads' slices."""
     if not (f32 and caps.winotiny and caps.fixed_sgemm):
         return None
@@ -322,7 +322,7 @@ def plan_winotiny(s: ConvShape, f32, caps: ConvCaps, n_threads, limit, grad_x=Fa
     if per * 4 > limit:
         return None
     ntask = ceil_div(s.N, 8 * groups)
-    if T.WINOTINY_SPLIT_MIN_THREADS <= n_threads and ntask < n_threads:
+    if T.WINOTINY_SPLIT_MIN_THREADS <= n_threads and T.WINOTINY_SPLIT_TEAM * ntask <= n_threads:
         G8 = ceil_div(s.N, 8)
         fp = winotiny_fparts(G8, cout, n_threads)
         if fp > 1:      # (_conv_winograd.winotiny_split_floats)
@@ -342,8 +342,8 @@ def plan_weight_winotiny(s: ConvShape, f32, caps: ConvCaps, n_threads, limit):
     plan_winotiny's 8-image tiles (_conv_winograd.conv2d_grad_weight_winotiny), or None: for
     the layers whose forward plan_winotiny takes.  The parts (tuning.WINOTINY_WGRAD_PART_GROUPS)
     are set by the layer alone: the bits do not depend on the thread count.  Where the parts
-    are fewer than the threads (batch 64: 2 parts) and at least
-    tuning.WINOTINY_SPLIT_MIN_THREADS are asked, the kernel's split (the same bits): the
+    leave at least half the threads idle (batch 64: 2 parts; tuning.WINOTINY_SPLIT_TEAM) and
+    at least tuning.WINOTINY_SPLIT_MIN_THREADS are asked, the kernel's split (the same bits): the
     batch's transforms first (shared: V and Z), then 16 tasks a part, one per point; the
     last item then {"split": True, "shared": floats}, else {}."""
     if plan_winotiny(s, f32, caps, n_threads, limit) is None:
@@ -355,7 +355,7 @@ def plan_weight_winotiny(s: ConvShape, f32, caps: ConvCaps, n_threads, limit):
     # (_conv_winograd.winotiny_wgrad_floats: V, Z, the scratch blocks, 16 to align them)
     wpt = 16 * (s.C + s.F) * (chunk * per + 16) + 8 * ((s.H + 2) * (s.W + 2) + s.H * s.W) + 16
     sums = parts * 16 * s.F * s.C
-    if T.WINOTINY_SPLIT_MIN_THREADS <= n_threads and parts < n_threads:
+    if T.WINOTINY_SPLIT_MIN_THREADS <= n_threads and T.WINOTINY_SPLIT_TEAM * parts <= n_threads:
         # (_conv_winograd.winotiny_wgrad_split_floats; a thread's slice the scratch blocks)
         G8 = ceil_div(s.N, 8)
         shared = 16 * (s.C + s.F) * (G8 * per + 16) + 16
