@@ -87,11 +87,18 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   grad_y): ceil(N/(8*groups)) tasks of whole groups of 8 images (the vector lanes), each
   column (a tile of one image) 16*F*C MACs + the transforms (4*16 per column and channel in,
   per column and filter out); dup: a short last group's empty lanes.  The team is at most the
-  tasks: batch 64 gives 8 whatever the thread count.
+  tasks: batch 64 gives 8 whatever the thread count -- unless the plan's two-region split
+  (fparts, where the groups are fewer than 3+ threads): the input transform, G8*C (group,
+  channel) tasks (64 per column + the zero-bordered block), then G8*fparts (group, filter
+  block) tasks, each column 16*f*C MACs + 64*f (f its filters); ws: the shared V over the
+  team + the slice.
 - weight_winotiny (conv2d_grad_weight_winotiny): a region of ceil(ceil(N/8)/part_groups)
   parts (set by the layer: the bits), each column 64*(C + F) transforms + 16*F*C products;
   then a static region of F filters adding the parts' M (16*C a part) and G^T M G.  ws: the
-  parts' sums over the team + the slice.
+  parts' sums over the team + the slice.  With the plan's split (where the parts are fewer
+  than 3+ threads): the transforms, G8*(C + F) (group, channel / filter) tasks, then parts*16
+  (part, point) tasks of 8*g*per*F*C products each (g its groups), then the fold; ws: the
+  sums, V and Z over the team + the slice.
 - polywino (conv2d_forward_polywino / conv2d_grad_input_polywino, csrc/polywino.h): N*ceil(th/
   trows) tasks of trows tile rows of one image, each the staged phase rows (4*trows + 1 per
   phase, K of them), the input transform (4*25 per tile and K channel), the 25 GEMMs (tiles x
@@ -302,10 +309,23 @@ def forward_regions(algo, p, s, own, itemsize):
         # images, each column (a tile of one image) 16*F*C MACs + the transforms (4*16 per
         # column and channel in, and per column and filter out) + the zero-bordered block
         per = (H // 2) * (W // 2)
+        useful = float(N * per * (16 * F * C + 64 * (C + F)))  # (short groups' lanes: dup)
+        if p.get("fparts"):
+            # the two-region split (since the eleventh session): the batch's input transform,
+            # G8*C (group, channel) tasks (+ the zero-bordered block each), then G8*fparts
+            # (group, filter block) tasks: the 16 GEMMs of its f filters + their output
+            # transform; ws: the shared V over the team + the slice
+            G8, fp = cdiv(N, 8), p["fparts"]
+            fin = Region("input transform", [8 * per * 64 + 8 * (H + 2) * (W + 2)] * (G8 * C),
+                         useful=float(N * per * 64 * C))
+            fs = [(b + 1) * F // fp - b * F // fp for b in range(fp)]
+            gem = Region("groups x filter blocks",
+                         [8 * per * f * (16 * C + 64) for f in fs] * G8,
+                         useful=useful - N * per * 64 * C)
+            return [gem, fin], 0, 0, (p["shared"] / p["_team"] + p["per_thread"]) * itemsize
         imgs = runs(N, 8 * p["groups"])
         costs = [8 * cdiv(ni, 8) * per * (16 * F * C + 64 * (C + F)) + 8 * (H + 2) * (W + 2)
                  for ni in imgs]
-        useful = float(N * per * (16 * F * C + 64 * (C + F)))  # (short groups' lanes: dup)
         return [Region("groups of 8 images", costs, useful=useful)], 0, 0, \
             p["per_thread"] * itemsize
     if algo == "polywino":
@@ -491,10 +511,22 @@ def backward_regions(algo, p, s, own, itemsize, which):
         # (16*C each a part) and G^T M G (48*C); ws: the parts' sums (shared) + the slice
         per, G8 = (H // 2) * (W // 2), cdiv(N, 8)
         pg = p["part_groups"]
+        useful = float(N * per * (64 * (C + F) + 16 * F * C))
+        nparts = len(runs(G8, pg))
+        fold = Region("filters", [C * (16 * nparts + 48)] * F, "static")
+        if p.get("split"):
+            # the split (since the eleventh session): the batch's transforms, G8*(C + F)
+            # (group, channel / filter) tasks, then parts*16 (part, point) tasks of 8*g*per*F*C
+            # products (g: the part's groups), then the fold; ws: V, Z and the sums shared
+            tr = Region("transforms", [8 * per * 64 + 8 * (H + 2) * (W + 2)] * (G8 * C)
+                        + [8 * per * 64] * (G8 * F), useful=float(N * per * 64 * (C + F)))
+            dots = Region("parts x points", [8 * g * per * F * C for g in runs(G8, pg)
+                                             for _ in range(16)],
+                          useful=float(N * per * 16 * F * C))
+            return ([dots, tr, fold], 0, 0,
+                    ((p["sums"] + p["shared"]) / p["_team"] + p["per_thread"]) * itemsize)
         costs = [8 * g * per * (64 * (C + F) + 16 * F * C) + 16 * (H + 2) * (W + 2)
                  for g in runs(G8, pg)]
-        useful = float(N * per * (64 * (C + F) + 16 * F * C))
-        fold = Region("filters", [C * (16 * len(costs) + 48)] * F, "static")
         return ([Region("parts", costs, useful=useful), fold], 0, 0,
                 (p["sums"] / p["_team"] + p["per_thread"]) * itemsize)
     if algo == "weight_direct":

@@ -103,6 +103,22 @@ CONV = [
      {"forward": "winograd" if ok and cc._WINOTINY else "batch",
       "grad_x": "winograd" if ok and cc._WINOTINY else "batch",
       "grad_weight": "weight_winotiny" if ok and cc._WINOTINY else "batch"}, False),
+    # the SmallResNet's tiny maps (issue 16): batch 64's 8 groups / 2 parts are fewer tasks
+    # than 16 threads (8 for batch 32 ...), so 8 / 16 threads take the kernels' two-region
+    # splits (filter blocks after a shared input transform; grad_weight's (part, point) tasks
+    # after the batch's transforms) against 1 and 2 threads' one-region plans
+    ("tiny_16_8x8", (64, 16, 8, 8), (16, 16, 3, 3), 1, 1, 1,
+     {"forward": "winograd" if ok and cc._WINOTINY else "batch",
+      "grad_x": "winograd" if ok and cc._WINOTINY else "batch",
+      "grad_weight": "weight_winotiny" if ok and cc._WINOTINY else "batch"}, False),
+    ("tiny_32_4x4", (64, 32, 4, 4), (32, 32, 3, 3), 1, 1, 1,
+     {"forward": "winograd" if ok and cc._WINOTINY else "batch",
+      "grad_x": "winograd" if ok and cc._WINOTINY else "batch",
+      "grad_weight": "weight_winotiny" if ok and cc._WINOTINY else "batch"}, False),
+    ("small_16_8x8", (128, 16, 8, 8), (16, 16, 3, 3), 1, 1, 1,
+     {"forward": "winograd" if ok and cc._WINOTINY else "batch",
+      "grad_x": "winograd" if ok and cc._WINOTINY else "batch",
+      "grad_weight": "weight_winotiny" if ok and cc._WINOTINY else "batch"}, False),
     ("batch_strided", (16, 8, 8, 8), (16, 8, 3, 3), 2, 1, 1,
      {"forward": "batch", "grad_x": "batch", "grad_weight": "batch"}, False),
     # grad_weight's block of 36 columns (4 channels x 9 taps) for 64 filters: on fgemm (BLAS
@@ -579,3 +595,42 @@ def test_pointwise_splits_leave_at_most_a_tenth_of_16_threads_idle():
         for sizes in (sizes_w, sizes_x):
             rounds = -(-len(sizes) // 16)
             assert sum(sizes) / (16 * rounds * max(sizes)) >= 0.9, (xs, sizes)
+
+
+_ZEN4 = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True, fixed_sgemm=True,
+                   avx512_full_rate=False, winotiny=True)
+_EPYC = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2, rowgemm=True, fixed_sgemm=True,
+                   winotiny=True)
+
+
+@pytest.mark.parametrize("caps", [_ZEN4, _EPYC], ids=["zen4", "epyc"])
+def test_winotiny_splits_only_where_the_groups_are_fewer_than_the_threads(caps):
+    """Issue 16: batch 64's tiny maps take the two-region splits on 16 threads (forward /
+    grad_x: 8 groups x 2 filter blocks; grad_weight: 2 parts x 16 points), losing <= 10 % of
+    them by the plan's arithmetic; 1 and 2 threads keep their one-region plans exactly (the
+    SmallResNet's 2-thread step was measured on them), and so does any team of more than half
+    the threads (the split costs one core more work)."""
+    for N, C, H in ((64, 16, 8), (64, 32, 4), (128, 16, 8)):
+        s = P.ConvShape.of((N, C, H, H), (C, C, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+        G8, cols = N // 8, (H // 2) ** 2 * 8
+        for nt in (1, 2, 3, 8, 16):
+            plan = P.plan_conv(s, np.float32, nt, caps, 256 * 2**20, True)
+            fw, gx, gw = plan.forward, plan.grad_x, plan.grad_weight
+            assert fw.params == gx.params and fw.threads == gx.threads
+            if nt < 3 or 2 * G8 > nt:      # the one-region plans, as before the split
+                assert (fw.algo, fw.threads, fw.params) == (
+                    "winograd", min(nt, G8), {"tile": 2, "tiny": True, "groups": 1,
+                                              "per_thread": P.winotiny_floats(C, C, H, H, 1)})
+            else:
+                assert fw.threads == nt and fw.params["fparts"] == 2, (N, C, nt, fw)
+                assert P._list_idle([C // 2] * 2 * G8, nt) <= 0.1
+            parts = -(-G8 // 4)
+            assert gw.algo == "weight_winotiny" and gw.params["part_groups"] == 4
+            if nt < 3 or 2 * parts > nt:
+                assert gw.threads == min(nt, parts) and "split" not in gw.params
+                assert gw.params["per_thread"] == 16 * 2 * C * (max(1, 128 // cols) * cols + 16) \
+                    + 8 * ((H + 2) ** 2 + H * H) + 16
+            else:
+                assert gw.params["split"] and gw.threads == nt, (N, C, nt, gw)
+                if nt == 16:
+                    assert P._list_idle([1] * 16 * parts, nt) <= 0.1

@@ -87,6 +87,40 @@ def test_kernel_bits_do_not_depend_on_the_blocks_or_threads(case):
         assert np.array_equal(alone.view(np.uint32), ref[i:i + 1].view(np.uint32)), i
 
 
+def _split_kernel(x, w, fparts, threads, bias=None, flip=False):
+    """conv2d_forward_winotiny's two-region split (fparts > 0), NaN in its workspace (not on a
+    64-byte line) and output beforehand."""
+    N, C, H, W = x.shape
+    F = w.shape[1] if flip else w.shape[0]
+    U = np.full((16, F, C), np.nan, np.float32)
+    wg.winograd_filters(w, U, threads, flip)
+    shared, per = wg.winotiny_split_floats(C, F, H, W, N, fparts)
+    ws = np.full(shared + threads * per + 3, np.nan, np.float32)[3:]
+    y = np.full((N, F, H, W), np.nan, np.float32)
+    b = np.zeros(F, np.float32) if bias is None else bias
+    wg.conv2d_forward_winotiny(x, U, b, bias is not None, y, ws, per, 1, threads, fparts)
+    return y
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_split_kernel_gives_the_one_region_bits(case):
+    """Issue 16's two-region split (filter blocks after the batch's input transform): each
+    output the same chain, so the same bits for any filter blocks (uneven ones too) and
+    threads, forward and grad_x, with a bias."""
+    N, C, F, H, W = case
+    rng = np.random.default_rng(N + C + F)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((F, C, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(F).astype(np.float32)
+    gy = rng.standard_normal((N, F, H, W)).astype(np.float32)
+    ref, refx = _kernel(x, w, 1, 1, bias=b), _kernel(gy, w, 1, 1, flip=True)
+    for fparts, threads in ((1, 1), (2, 3), (3, 2), (F, 5), (5, 16)):
+        got = _split_kernel(x, w, fparts, threads, bias=b)
+        assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), (fparts, threads)
+        got = _split_kernel(gy, w, min(fparts, C), threads, flip=True)
+        assert np.array_equal(got.view(np.uint32), refx.view(np.uint32)), (fparts, threads)
+
+
 def test_kernel_rejects_bad_arguments():
     x = np.zeros((2, 16, 8, 8), np.float32)
     U = np.zeros((16, 16, 16), np.float32)
@@ -101,6 +135,14 @@ def test_kernel_rejects_bad_arguments():
     with pytest.raises(ValueError, match="even"):
         wg.conv2d_forward_winotiny(np.zeros((2, 16, 7, 7), np.float32), U, b, False,
                                    np.zeros((2, 16, 7, 7), np.float32), ws, per, 1, 1)
+    shared, sper = wg.winotiny_split_floats(16, 16, 8, 8, 2, 2)
+    sws = np.zeros(shared + 2 * sper, np.float32)
+    with pytest.raises(ValueError, match="too small for the split"):
+        wg.conv2d_forward_winotiny(x, U, b, False, y, sws[:-1], sper, 1, 2, 2)
+    with pytest.raises(ValueError, match="too small for the split"):
+        wg.conv2d_forward_winotiny(x, U, b, False, y, sws, sper, 1, 2, 1)  # (a block of 16)
+    with pytest.raises(ValueError, match="fparts must be"):
+        wg.conv2d_forward_winotiny(x, U, b, False, y, sws, sper, 1, 2, 17)
     with pytest.raises(ValueError, match="U must be"):
         wg.conv2d_forward_winotiny(x, np.zeros((16, 8, 16), np.float32), b, False, y, ws,
                                    per, 1, 1)
@@ -112,9 +154,22 @@ def test_workspace_floats_agree_with_the_plan():
     for N, C, F, H, W in ((64, 16, 16, 8, 8), (128, 32, 32, 4, 4), (13, 17, 40, 6, 2)):
         s = P.ConvShape.of((N, C, H, W), (F, C, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
         caps = cc._caps()
-        n, pg, chunk, per, sums = P.plan_weight_winotiny(s, True, caps, 2, 1 << 30)
+        n, pg, chunk, per, sums, more = P.plan_weight_winotiny(s, True, caps, 2, 1 << 30)
+        assert more == {}
         assert per == wg.winotiny_wgrad_floats(C, F, H, W, chunk)
         assert sums == -(-(-(-N // 8)) // pg) * 16 * F * C
+    # the splits' (issue 16): 16 threads on fewer groups / parts
+    caps = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2, fixed_sgemm=True, winotiny=True)
+    for N, C, F, H, W in ((64, 16, 16, 8, 8), (64, 32, 32, 4, 4), (13, 17, 40, 6, 2)):
+        s = P.ConvShape.of((N, C, H, W), (F, C, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+        for grad_x in (False, True):
+            cin, cout = (F, C) if grad_x else (C, F)
+            n, g, per, more = P.plan_winotiny(s, True, caps, 16, 1 << 30, grad_x)
+            assert (more["shared"], per) == wg.winotiny_split_floats(cin, cout, H, W, N,
+                                                                     more["fparts"])
+        n, pg, chunk, per, sums, more = P.plan_weight_winotiny(s, True, caps, 16, 1 << 30)
+        assert more["split"] and more["shared"] == wg.winotiny_wgrad_split_floats(C, F, H, W, N)
+        assert per == 8 * ((H + 2) * (W + 2) + H * W)
 
 
 def _wgrad_kernel(x, gy, part_groups, chunk, threads):
@@ -151,6 +206,34 @@ def test_wgrad_kernel_matches_torch_float64_with_the_same_bits_on_any_thread_cou
         assert np.array_equal(g.view(np.uint32), got[0].view(np.uint32))
 
 
+def _wgrad_split_kernel(x, gy, part_groups, chunk, threads):
+    """conv2d_grad_weight_winotiny's split: the batch's transforms first, then (part, point)
+    tasks; NaN in its workspace (not 64-byte aligned) and output beforehand."""
+    N, C, H, W = x.shape
+    F = gy.shape[1]
+    per = 8 * ((H + 2) * (W + 2) + H * W)       # (csrc/winotiny.h ck_wt_scratch)
+    sums = -(-(-(-N // 8)) // part_groups) * 16 * F * C
+    shared = wg.winotiny_wgrad_split_floats(C, F, H, W, N)
+    ws = np.full(sums + shared + threads * per + 3, np.nan, np.float32)[3:]
+    gw = np.full((F, C, 3, 3), np.nan, np.float32)
+    wg.conv2d_grad_weight_winotiny(gy, x, gw, ws, per, part_groups, chunk, threads, True)
+    return gw
+
+
+@pytest.mark.parametrize("case", WGRAD_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_wgrad_split_gives_the_parts_bits(case):
+    """Issue 16's split keeps every point's chain through its part's chunks: the one-region
+    kernel's bits on any thread count."""
+    N, C, F, H, W, pg, chunk = case
+    rng = np.random.default_rng(N + C + F)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    gy = rng.standard_normal((N, F, H, W)).astype(np.float32)
+    ref = _wgrad_kernel(x, gy, pg, chunk, 1)
+    for threads in (1, 3, 16):
+        got = _wgrad_split_kernel(x, gy, pg, chunk, threads)
+        assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), threads
+
+
 def test_wgrad_kernel_rejects_bad_arguments():
     x = np.zeros((8, 16, 8, 8), np.float32)
     gy = np.zeros((8, 16, 8, 8), np.float32)
@@ -169,6 +252,13 @@ def test_wgrad_kernel_rejects_bad_arguments():
                                        per, 1, 1, 1)
     with pytest.raises(ValueError, match="must be >= 1"):
         wg.conv2d_grad_weight_winotiny(gy, x, gw, ws, per, 0, 1, 1)
+    shared = wg.winotiny_wgrad_split_floats(16, 16, 8, 8, 8)
+    sper = 8 * (10 * 10 + 64)
+    sws = np.zeros(16 * 16 * 16 + shared + 2 * sper, np.float32)
+    with pytest.raises(ValueError, match="too small for the split"):
+        wg.conv2d_grad_weight_winotiny(gy, x, gw, sws[:-1], sper, 1, 1, 2, True)
+    with pytest.raises(ValueError, match="too small for the split"):
+        wg.conv2d_grad_weight_winotiny(gy, x, gw, sws, sper - 1, 1, 1, 2, True)
 
 
 def _plan(x, w, padding=1, needs_input_grad=True):
@@ -185,7 +275,8 @@ def test_the_plan_takes_it_where_the_rule_says():
         assert plan.grad_weight.algo == "weight_winotiny"
         assert _plan(np.zeros((N, C, H, H), f32), np.zeros((F, C, 3, 3), f32),
                      needs_input_grad=False).grad_weight.algo == "weight_winotiny"
-        assert plan.forward.threads <= -(-N // 8)
+        if "fparts" not in plan.forward.params:     # (the split: more tasks than groups)
+            assert plan.forward.threads <= -(-N // 8)
     not_tiny = [
         (np.zeros((8, 16, 8, 8), np.float64), np.zeros((16, 16, 3, 3)), 1),    # float64
         (np.zeros((8, 16, 7, 7), f32), np.zeros((16, 16, 3, 3), f32), 1),       # odd sides

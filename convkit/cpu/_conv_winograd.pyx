@@ -896,10 +896,20 @@ def winotiny_floats(Py_ssize_t C, Py_ssize_t F, Py_ssize_t H, Py_ssize_t W, Py_s
     return 16 * (C + F) * T + ck_wt_scratch(H, W)
 
 
+def winotiny_split_floats(Py_ssize_t C, Py_ssize_t F, Py_ssize_t H, Py_ssize_t W,
+                          Py_ssize_t N, Py_ssize_t fparts):
+    """(shared, per thread) workspace floats of conv2d_forward_winotiny's two-region split:
+    the batch's V (16, C, ceil(N/8) * per + 16), then a slice per thread of one filter block's
+    M (16, ceil(F/fparts), per + 16) and the scratch blocks."""
+    cdef Py_ssize_t per = (H // 2) * (W // 2) * 8
+    return (16 * C * (((N + 7) // 8) * per + 16),
+            16 * ((F + fparts - 1) // fparts) * (per + 16) + ck_wt_scratch(H, W))
+
+
 def conv2d_forward_winotiny(const float[:, :, :, ::1] x, const float[:, :, ::1] U,
                             const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
                             float[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t groups,
-                            int n_threads):
+                            int n_threads, Py_ssize_t fparts=0):
     """y = conv(x, w) + bias for a 3x3 stride-1 conv padded by 1 on every side, H and W even
     (y as big as x), by Winograd F(2x2, 3x3) with the tiles of 8 images in a vector
     (csrc/winotiny.h).  U (16, F, C): winograd_filters' transformed filters.
@@ -909,7 +919,14 @@ def conv2d_forward_winotiny(const float[:, :, :, ::1] x, const float[:, :, ::1] 
     the fixed-order GEMM (each output one FMA chain over the channels wherever its column
     sits), then the output transform of every filter.  T = groups * (H/2)*(W/2) * 8 + 16 floats a row;
     ws_per_thread >= winotiny_floats(C, F, H, W, groups).  Every value of an image depends on
-    that image alone: the same bits for any batch, block and thread count."""
+    that image alone: the same bits for any batch, block and thread count.
+
+    fparts > 0 (conv_plan.plan_winotiny where the groups alone are fewer tasks than the
+    threads): two regions -- the input transform of the whole batch into a shared V, a task
+    per (group of 8 images, channel); then (group, block of fparts near-equal filter blocks)
+    tasks, each the 16 GEMMs of its filters' rows and their output transform.  Each output is
+    the same FMA chain over the channels as with fparts 0 (the fixed-order GEMM): the same
+    bits.  ws: winotiny_split_floats's shared V, then n_threads slices of ws_per_thread."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = y.shape[1]
     cdef Py_ssize_t per = (H // 2) * (W // 2) * 8       # columns of one group of 8 images
@@ -927,6 +944,9 @@ def conv2d_forward_winotiny(const float[:, :, :, ::1] x, const float[:, :, ::1] 
         raise ValueError("conv2d_forward_winotiny: H, W even and y as big as x")
     if U.shape[0] != 16 or U.shape[1] != F or U.shape[2] != C:
         raise ValueError(f"U must be (16, {F}, {C}), got ({U.shape[0]}, {U.shape[1]}, {U.shape[2]})")
+    if fparts > 0:
+        _winotiny_forward_split(x, U, bias, has_bias, y, ws, ws_per_thread, fparts, n_threads)
+        return y
     if groups < 1 or ws_per_thread < 16 * (C + F) * T + ck_wt_scratch(H, W) or \
             ws.shape[0] < n_threads * ws_per_thread:
         raise ValueError("conv2d_forward_winotiny: workspace too small")
@@ -955,6 +975,50 @@ def conv2d_forward_winotiny(const float[:, :, :, ::1] x, const float[:, :, ::1] 
     return y
 
 
+cdef _winotiny_forward_split(const float[:, :, :, ::1] x, const float[:, :, ::1] U,
+                             const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
+                             float[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t fparts,
+                             int n_threads):
+    """conv2d_forward_winotiny's two-region split (fparts > 0, see there)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = y.shape[1]
+    cdef Py_ssize_t per = (H // 2) * (W // 2) * 8, G8 = (N + 7) // 8
+    cdef Py_ssize_t TT = G8 * per + 16, P = per + 16       # (rows 16 floats longer, as above)
+    cdef Py_ssize_t fb = (F + fparts - 1) // fparts
+    cdef Py_ssize_t t, g, c, e, f, f0, f1, ng, border = 8 * (H + 2) * (W + 2)
+    cdef float* V = &ws[0]
+    cdef float* M
+    cdef float* S
+    if fparts > F:
+        raise ValueError(f"fparts must be in 1 .. {F}, got {fparts}")
+    if ws_per_thread < 16 * fb * P + ck_wt_scratch(H, W) or \
+            ws.shape[0] < 16 * C * TT + n_threads * ws_per_thread:
+        raise ValueError("conv2d_forward_winotiny: workspace too small for the split")
+    with nogil:
+        for t in prange(G8 * C, schedule="dynamic", num_threads=n_threads):
+            S = V + 16 * C * TT + threadid() * ws_per_thread + 16 * fb * P
+            g = t // C
+            c = t - g * C
+            # (the zero borders; ~1/4 of a channel's transform at 8x8)
+            memset(S, 0, border * sizeof(float))
+            ck_wt_input_f(&x[8 * g, c, 0, 0], C * H * W, <int>_min(8, N - 8 * g), H, W,
+                          V + c * TT + g * per, C * TT, S)
+        for t in prange(G8 * fparts, schedule="dynamic", num_threads=n_threads):
+            M = V + 16 * C * TT + threadid() * ws_per_thread
+            S = M + 16 * fb * P
+            g = t // fparts
+            f0 = (t - g * fparts) * F // fparts
+            f1 = (t - g * fparts + 1) * F // fparts
+            ng = _min(8, N - 8 * g)
+            for e in range(16):
+                gemm_fixed(False, False, f1 - f0, per, C, <float>1, &U[e, f0, 0], C,
+                           V + e * C * TT + g * per, TT, <float>0, M + e * (f1 - f0) * P, P)
+            for f in range(f0, f1):
+                ck_wt_output_f(M + (f - f0) * P, (f1 - f0) * P, <int>ng, H, W,
+                               bias[f] if has_bias else <float>0, &y[8 * g, f, 0, 0],
+                               F * H * W, S)
+
+
 # grad_weight of the same layers by the transposed F(2x2, 3x3) over the same 8-image tiles:
 # grad_weight[f, c] = G^T M[f, c] G, M_e = sum over the batch's tiles t of (A gy_t A^T)_e
 # (B^T x_t B)_e -- the forward's input tiles and grad_y's 2x2 blocks (csrc/winotiny.h).
@@ -969,9 +1033,75 @@ def winotiny_wgrad_floats(Py_ssize_t C, Py_ssize_t F, Py_ssize_t H, Py_ssize_t W
     return 16 * (C + F) * T + ck_wt_scratch(H, W) + 16
 
 
+def winotiny_wgrad_split_floats(Py_ssize_t C, Py_ssize_t F, Py_ssize_t H, Py_ssize_t W,
+                                Py_ssize_t N):
+    """Shared floats of conv2d_grad_weight_winotiny's split: the batch's V and Z (rows
+    ceil(N/8) * per + 16 floats apart), and 16 to align them."""
+    return 16 * (C + F) * (((N + 7) // 8) * (H // 2) * (W // 2) * 8 + 16) + 16
+
+
+cdef _winotiny_wgrad_split(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
+                           float[:, :, :, ::1] gw, float[::1] ws, Py_ssize_t ws_per_thread,
+                           Py_ssize_t part_groups, Py_ssize_t chunk, int n_threads):
+    """conv2d_grad_weight_winotiny's split (see there)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = gy.shape[1]
+    cdef Py_ssize_t per = (H // 2) * (W // 2) * 8, G8 = (N + 7) // 8
+    cdef Py_ssize_t parts = (G8 + part_groups - 1) // part_groups if part_groups > 0 else 0
+    cdef Py_ssize_t TT = G8 * per + 16, border = 8 * (H + 2) * (W + 2)
+    cdef Py_ssize_t nm = parts * 16 * F * C, sh = winotiny_wgrad_split_floats(C, F, H, W, N)
+    cdef Py_ssize_t t, p, e, q, g, g0, g1, c, ng
+    cdef float* M = &ws[0]
+    cdef float* V
+    cdef float* Z
+    cdef float* S
+    if not ck_wt_available():
+        raise RuntimeError("conv2d_grad_weight_winotiny needs AVX2 + FMA (csrc/winotiny.h)")
+    if H % 2 or W % 2 or gy.shape[0] != N or gy.shape[2] != H or gy.shape[3] != W:
+        raise ValueError("conv2d_grad_weight_winotiny: H, W even and gy as big as x")
+    if gw.shape[0] != F or gw.shape[1] != C or gw.shape[2] != 3 or gw.shape[3] != 3:
+        raise ValueError(f"gw must be ({F}, {C}, 3, 3), got "
+                         f"{(gw.shape[0], gw.shape[1], gw.shape[2], gw.shape[3])}")
+    if part_groups < 1 or chunk < 1 or n_threads < 1:
+        raise ValueError(f"part_groups, chunk and n_threads must be >= 1, got {part_groups}, "
+                         f"{chunk}, {n_threads}")
+    if ws_per_thread < ck_wt_scratch(H, W) or ws.shape[0] < nm + sh + n_threads * ws_per_thread:
+        raise ValueError("conv2d_grad_weight_winotiny: workspace too small for the split")
+    # (V on a 64-byte line: loads split across two lines ran the products 1.5x slower)
+    V = M + nm
+    V = V + (16 - (<size_t>V // sizeof(float)) % 16) % 16
+    Z = V + 16 * C * TT
+    with nogil:
+        for t in prange(G8 * (C + F), schedule="dynamic", num_threads=n_threads):
+            S = M + nm + sh + threadid() * ws_per_thread
+            g = t // (C + F)
+            c = t - g * (C + F)
+            ng = _min(8, N - 8 * g)
+            if c < C:
+                memset(S, 0, border * sizeof(float))        # the input block's zero borders
+                ck_wt_input_f(&x[8 * g, c, 0, 0], C * H * W, <int>ng, H, W,
+                              V + c * TT + g * per, C * TT, S)
+            else:
+                ck_wt_grad_f(&gy[8 * g, c - C, 0, 0], F * H * W, <int>ng, H, W,
+                             Z + (c - C) * TT + g * per, F * TT, S)
+        for t in prange(parts * 16, schedule="dynamic", num_threads=n_threads):
+            p = t // 16
+            e = t - p * 16
+            g1 = _min(G8, (p + 1) * part_groups)
+            for q in range((g1 - p * part_groups + chunk - 1) // chunk):
+                g0 = p * part_groups + q * chunk
+                ck_wt_wgrad_dot_f(Z + e * F * TT + g0 * per, TT, V + e * C * TT + g0 * per, TT,
+                                  (_min(g0 + chunk, g1) - g0) * per, F, C,
+                                  M + (p * 16 + e) * F * C, C, q > 0)
+        for c in prange(F, schedule="static", num_threads=n_threads):
+            ck_wt_wgrad_out_f(M + c * C, F * C, parts, 16 * F * C, C, &gw[c, 0, 0, 0])
+    return gw
+
+
 def conv2d_grad_weight_winotiny(const float[:, :, :, ::1] gy, const float[:, :, :, ::1] x,
                                 float[:, :, :, ::1] gw, float[::1] ws, Py_ssize_t ws_per_thread,
-                                Py_ssize_t part_groups, Py_ssize_t chunk, int n_threads):
+                                Py_ssize_t part_groups, Py_ssize_t chunk, int n_threads,
+                                bint split=False):
     """grad_weight (OUT gw (F, C, 3, 3), any contents) of a 3x3 stride-1 conv padded by 1 on
     every side, H and W even, gy (N, F, H, W), by the transposed F(2x2, 3x3) with 8 images in
     a vector (csrc/winotiny.h).
@@ -985,7 +1115,17 @@ def conv2d_grad_weight_winotiny(const float[:, :, :, ::1] gy, const float[:, :, 
     fixed-order GEMM, one FMA chain per output through the part's chunks in order, into the
     part's M (16, F, C).  Then gw[f] = G^T M[:, f] G, the parts added in double in order, one
     task per filter.  ws: the parts' M (ceil(groups / part_groups) * 16 * F * C), then
-    n_threads slices of ws_per_thread >= winotiny_wgrad_floats(C, F, H, W, chunk)."""
+    n_threads slices of ws_per_thread >= winotiny_wgrad_floats(C, F, H, W, chunk).
+
+    split (conv_plan.plan_weight_winotiny where the parts are fewer tasks than the threads):
+    the transforms of the whole batch first, into a shared V and Z (a task per (group, channel
+    of x or filter of gy)), then a task per (part, point e): M_e's products through the part's
+    chunks in the same order -- the same calls on the same values: the same bits.  ws: the
+    parts' M, then winotiny_wgrad_split_floats(C, F, H, W, N) for V and Z, then n_threads
+    slices of ws_per_thread >= ck_wt_scratch(H, W) (the zero-bordered blocks)."""
+    if split:
+        _winotiny_wgrad_split(gy, x, gw, ws, ws_per_thread, part_groups, chunk, n_threads)
+        return gw
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = gy.shape[1]
     cdef Py_ssize_t per = (H // 2) * (W // 2) * 8, G8 = (N + 7) // 8

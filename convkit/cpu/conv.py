@@ -448,9 +448,9 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
     if p.get("tiny"):       # (conv_plan.plan_winotiny: padded by 1, so grad_x's pt = pl = 1)
         U = _workspace(16 * F * C, x.dtype, "winograd")[:16 * F * C].reshape(16, F, C)
         _winograd.winograd_filters(weight, U, n, transpose_flip)
-        ws = _workspace(n * p["per_thread"], x.dtype)
+        ws = _workspace(p.get("shared", 0) + n * p["per_thread"], x.dtype)
         _winograd.conv2d_forward_winotiny(x, U, b, has_bias, y, ws, p["per_thread"],
-                                          p["groups"], n)
+                                          p["groups"], n, p.get("fparts", 0))
         return
     tile = p.get("tile", 2)
     packed = p.get("packed", False)
@@ -914,10 +914,10 @@ def _bwd_weight_polywino(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw)
 def _bwd_weight_winotiny(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
     """grad_weight by the transposed F(2x2) over 8-image tiles (conv_plan.plan_weight_winotiny)."""
     p = step.params
-    n = p["sums"] + step.threads * p["per_thread"]
+    n = p["sums"] + p.get("shared", 0) + step.threads * p["per_thread"]
     ws = _workspace(n, np.float32, "weight_winotiny")
     _winograd.conv2d_grad_weight_winotiny(gy, x, gw, ws[:n], p["per_thread"], p["part_groups"],
-                                          p["chunk"], step.threads)
+                                          p["chunk"], step.threads, p.get("split", False))
 
 
 def _bwd_weight_direct(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):

@@ -283,14 +283,34 @@ def winotiny_floats(C, F, H, W, groups):
     return 16 * (C + F) * T + 8 * ((H + 2) * (W + 2) + H * W)
 
 
+def winotiny_fparts(G8, F, n_threads):
+    """Filter blocks of winotiny's two-region split (the kernel's fparts) for G8 groups of 8
+    images on n_threads: (group, block) tasks, a task's work its filters; the fewest blocks
+    (of at least tuning.WINOTINY_SPLIT_MIN_FILTERS filters) whose tasks leave at most
+    tuning.WINOGRAD4_MAX_IDLE of the threads idle, else the least idle."""
+    num, den = T.WINOGRAD4_MAX_IDLE
+    best = None
+    for fp in range(1, max(1, F // T.WINOTINY_SPLIT_MIN_FILTERS) + 1):
+        idle = _list_idle([(b + 1) * F // fp - b * F // fp for b in range(fp)] * G8, n_threads)
+        key = (den * idle > num, idle if den * idle > num else 0, fp)
+        if best is None or key < best[0]:
+            best = (key, fp)
+    return best[1]
+
+
 def plan_winotiny(s: ConvShape, f32, caps: ConvCaps, n_threads, limit, grad_x=False):
-    """(threads, groups of 8 images per task, workspace floats per thread) of Winograd F(2x2,
-    3x3) on a tiny map with the images in the vector lanes (csrc/winotiny.h), or None.  For
+    """(threads, groups of 8 images per task, workspace floats per thread, more params: the
+    two-region split's "fparts" and "shared") of Winograd F(2x2, 3x3) on a tiny map with the
+    images in the vector lanes (csrc/winotiny.h), or None.  For
     the 3x3 stride-1 convs padded by 1 on every side whose maps the batch path would take
     (<= tuning.BATCH_MAX_HOWO positions) with even sides and >= WINOGRAD_MIN_CHANNELS channels
     in and out, float32 on a fixed-order GEMM.  grad_x: the same conv of grad_y (F channels
     in, C out; the flipped filters are padded by 1 too).  Tasks are blocks of whole groups of
-    8 images; every value of an image depends on that image alone (batch invariance)."""
+    8 images; every value of an image depends on that image alone (batch invariance).
+    Where those leave at least half the threads idle (tuning.WINOTINY_SPLIT_TEAM; batch 64
+    on 16 threads: 8 groups) and at least tuning.WINOTINY_SPLIT_MIN_THREADS are asked, the
+    kernel's two-region split (winotiny_fparts; the same bits): the batch's input transform shared
+    ahead of the threads' slices."""
     if not (f32 and caps.winotiny and caps.fixed_sgemm):
         return None
     if (s.KH, s.KW, s.stride, s.dilation, s.groups) != (3, 3, (1, 1), (1, 1), 1) or \
@@ -304,8 +324,19 @@ def plan_winotiny(s: ConvShape, f32, caps: ConvCaps, n_threads, limit, grad_x=Fa
     per = winotiny_floats(cin, cout, s.H, s.W, groups)
     if per * 4 > limit:
         return None
-    n = max(1, min(n_threads, ceil_div(s.N, 8 * groups), limit // (per * 4)))
-    return n, groups, per
+    ntask = ceil_div(s.N, 8 * groups)
+    if T.WINOTINY_SPLIT_MIN_THREADS <= n_threads and T.WINOTINY_SPLIT_TEAM * ntask <= n_threads:
+        G8 = ceil_div(s.N, 8)
+        fp = winotiny_fparts(G8, cout, n_threads)
+        if fp > 1:      # (_conv_winograd.winotiny_split_floats)
+            cols = (s.H // 2) * (s.W // 2) * 8
+            shared = 16 * cin * (G8 * cols + 16)
+            wpt = 16 * ceil_div(cout, fp) * (cols + 16) + 8 * ((s.H + 2) * (s.W + 2) + s.H * s.W)
+            n = min(n_threads, G8 * fp, (limit // 4 - shared) // wpt)
+            if n > ntask:
+                return n, groups, wpt, {"fparts": fp, "shared": shared}
+    n = max(1, min(n_threads, ntask, limit // (per * 4)))
+    return n, groups, per, {}
 
 
 def plan_weight_winotiny(s: ConvShape, f32, caps: ConvCaps, n_threads, limit):
@@ -313,7 +344,11 @@ def plan_weight_winotiny(s: ConvShape, f32, caps: ConvCaps, n_threads, limit):
     floats of the parts' sums) of grad_weight by the transposed F(2x2, 3x3) over
     plan_winotiny's 8-image tiles (_conv_winograd.conv2d_grad_weight_winotiny), or None: for
     the layers whose forward plan_winotiny takes.  The parts (tuning.WINOTINY_WGRAD_PART_GROUPS)
-    are set by the layer alone: the bits do not depend on the thread count."""
+    are set by the layer alone: the bits do not depend on the thread count.  Where the parts
+    leave at least half the threads idle (batch 64: 2 parts; tuning.WINOTINY_SPLIT_TEAM) and
+    at least tuning.WINOTINY_SPLIT_MIN_THREADS are asked, the kernel's split (the same bits): the
+    batch's transforms first (shared: V and Z), then 16 tasks a part, one per point; the
+    last item then {"split": True, "shared": floats}, else {}."""
     if plan_winotiny(s, f32, caps, n_threads, limit) is None:
         return None
     per = (s.H // 2) * (s.W // 2) * 8            # columns of a group of 8 images
@@ -323,15 +358,24 @@ def plan_weight_winotiny(s: ConvShape, f32, caps: ConvCaps, n_threads, limit):
     # (_conv_winograd.winotiny_wgrad_floats: V, Z, the scratch blocks, 16 to align them)
     wpt = 16 * (s.C + s.F) * (chunk * per + 16) + 8 * ((s.H + 2) * (s.W + 2) + s.H * s.W) + 16
     sums = parts * 16 * s.F * s.C
+    if T.WINOTINY_SPLIT_MIN_THREADS <= n_threads and T.WINOTINY_SPLIT_TEAM * parts <= n_threads:
+        # (_conv_winograd.winotiny_wgrad_split_floats; a thread's slice the scratch blocks)
+        G8 = ceil_div(s.N, 8)
+        shared = 16 * (s.C + s.F) * (G8 * per + 16) + 16
+        spt = 8 * ((s.H + 2) * (s.W + 2) + s.H * s.W)
+        n = min(n_threads, G8 * (s.C + s.F), (limit // 4 - sums - shared) // spt)
+        if n > parts:
+            return n, pg, chunk, spt, sums, {"split": True, "shared": shared}
     n = max(1, min(n_threads, parts, (limit // 4 - sums) // wpt))
     if (sums + n * wpt) * 4 > limit:
         return None
-    return n, pg, chunk, wpt, sums
+    return n, pg, chunk, wpt, sums, {}
 
 
 def winotiny_step(p):
     """The "winograd" Step of plan_winotiny's answer p."""
-    return Step("winograd", p[0], {"tile": 2, "tiny": True, "groups": p[1], "per_thread": p[2]})
+    return Step("winograd", p[0], {"tile": 2, "tiny": True, "groups": p[1], "per_thread": p[2],
+                                   **p[3]})
 
 
 def row_blocks(own_gemm):
@@ -1512,7 +1556,8 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     p = plan_weight_winotiny(s, f32, caps, n, limit) if rule and not gx_left else None
     if p is not None:
         return gx, Step("weight_winotiny", p[0], {"part_groups": p[1], "chunk": p[2],
-                                                 "per_thread": p[3], "sums": p[4]}), "sum", bias_n
+                                                 "per_thread": p[3], "sums": p[4], **p[5]}), \
+            "sum", bias_n
     if dot is not None:
         rows, kr, fchunk, groups_n, floats = dot
         gw = Step("weight_dot", n, {"rows": rows, "kr": kr, "fchunk": fchunk,

@@ -213,6 +213,18 @@ WINOTINY_GROUPS = 1
 # groups and chunks of 1-4 within 10 %.  RESULTS.md, tenth session (helper resnet10).
 WINOTINY_WGRAD_PART_GROUPS = 4
 WINOTINY_WGRAD_CHUNK_COLS = 128
+# Where those tasks (groups of 8 images; grad_weight's parts) would leave the threads idle, both
+# kernels split the batch's transforms from the products (the same bits; issue 16: batch 64 on
+# 16 threads left 50 % / 88 % of them idle): from WINOTINY_SPLIT_MIN_THREADS threads (the 1-
+# and 2-thread plans stay the measured ones, SmallResNet's 2-thread step), where the tasks
+# times WINOTINY_SPLIT_TEAM are at most the threads -- the split's work costs one core 7-45 %
+# more (the batch's V / Z leave L2; one thread, CPU time, bench/winotiny_split_cpu.py), so a
+# team of more than half the threads would not gain.  The forward's filter blocks have at
+# least WINOTINY_SPLIT_MIN_FILTERS filters (rows of its GEMMs).  Not timed on many cores (this
+# machine has 2): RESULTS.md eleventh session (helper winotiny16).
+WINOTINY_SPLIT_MIN_THREADS = 3
+WINOTINY_SPLIT_TEAM = 2
+WINOTINY_SPLIT_MIN_FILTERS = 4
 # Blocks of images of the batch paths (two tasks per thread on 2 cores), set by the batch alone.
 # Not measured in RESULTS.md.
 BATCH_BLOCKS = 4
