@@ -3,10 +3,12 @@ forward+backward on convkit's cpu backend (median of --calls calls, and the proc
 over wall time), then torch's (same), then each CPU's GEMM rate pinned to it (the median of
 core_probe's rounds, not its best: the best hides a vCPU taken away part of the time), then
 bench/host_gaps.c's lost wall clock per CPU, and the GB/s of copying a 64 MB buffer (memory)
-and a 4 MB one (L3) on the process's threads (numpy, one thread).  Prints one line a block, then the medians of the
+and a 4 MB one (L3) on the process's threads (numpy, one thread), and bench/host_pingpong.c's
+round trip of a cache line between CPU 0 and CPU 1.  Prints one line a block, then the medians of the
 blocks where convkit ran within 25 % of its fastest block ("fast") and the others ("slow").
 
     gcc -O2 -o /tmp/host_gaps bench/host_gaps.c -lpthread
+    gcc -O2 -o /tmp/host_pingpong bench/host_pingpong.c -lpthread
     python bench/host_phases.py [--blocks 40] [--calls 5] [--gaps /tmp/host_gaps] [--no-torch]
 
 Run it with nothing else on the machine: anything else running is a "phase" too.
@@ -36,6 +38,7 @@ def main():
     ap.add_argument("--blocks", type=int, default=40)
     ap.add_argument("--calls", type=int, default=5)
     ap.add_argument("--gaps", default="/tmp/host_gaps")
+    ap.add_argument("--pingpong", default="/tmp/host_pingpong")
     ap.add_argument("--no-torch", action="store_true")
     a = ap.parse_args()
     set_mallopt()
@@ -93,6 +96,11 @@ def main():
             out = subprocess.run([a.gaps, "0.3"], capture_output=True, text=True).stdout
             for m in re.finditer(r"cpu(\d+) lost ([\d.]+) %", out):
                 r[f"lost{m.group(1)} %"] = float(m.group(2))
+        if os.path.exists(a.pingpong):
+            out = subprocess.run([a.pingpong, "3"], capture_output=True, text=True).stdout
+            m = re.search(r"round trip ([\d.]+) ns", out)
+            if m:
+                r["pingpong ns"] = float(m.group(1))
         rows.append(r)
         print("  ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                         for k, v in r.items()), flush=True)
