@@ -156,6 +156,18 @@ static inline void ck_w4_join_d(const double* src, ptrdiff_t ps, ptrdiff_t n, do
     CK_W4_ST(D + 5 * Wb + c, o5);                                                          \
 } while (0)
 
+/* B^T across one row of D (phases p .. p + 3*n1), tiles j .. j + lanes - 1, into o's planes */
+#define CK_W4_BACROSS(T, VT) do {                                                          \
+    VT o0, o1, o2, o3, o4, o5;                                                             \
+    CK_W4_B(T, VT, CK_W4_LD(VT, p + j), CK_W4_LD(VT, p + n1 + j),                          \
+            CK_W4_LD(VT, p + 2 * n1 + j), CK_W4_LD(VT, p + 3 * n1 + j),                    \
+            CK_W4_LD(VT, p + j + 1), CK_W4_LD(VT, p + n1 + j + 1),                         \
+            o0, o1, o2, o3, o4, o5);                                                       \
+    CK_W4_ST(o + j, o0); CK_W4_ST(o + vs + j, o1); CK_W4_ST(o + 2 * vs + j, o2);           \
+    CK_W4_ST(o + 3 * vs + j, o3); CK_W4_ST(o + 4 * vs + j, o4);                            \
+    CK_W4_ST(o + 5 * vs + j, o5);                                                          \
+} while (0)
+
 /* Vector loops (GCC / clang vector extensions, VB bytes) with a scalar tail doing the same
  * operations: lane j of a vector and element j of the tail round alike. */
 #define CK_W4_DEFINE(T, SUF, VB, ATTR)                                                     \
@@ -216,39 +228,18 @@ ATTR static void ck_w4_input_mix_##SUF(const T* x, ptrdiff_t H, ptrdiff_t W, ptr
         if (two && (k == 3 || k == 4))                                                     \
             continue;                                                                      \
         for (j = 0; j + L <= tm; j += L) {                                                 \
-            V o0, o1, o2, o3, o4, o5;                                                      \
-            CK_W4_B(T, V, CK_W4_LD(V, p + j), CK_W4_LD(V, p + n1 + j),                     \
-                    CK_W4_LD(V, p + 2 * n1 + j), CK_W4_LD(V, p + 3 * n1 + j),              \
-                    CK_W4_LD(V, p + j + 1), CK_W4_LD(V, p + n1 + j + 1),                   \
-                    o0, o1, o2, o3, o4, o5);                                               \
-            CK_W4_ST(o + j, o0); CK_W4_ST(o + vs + j, o1); CK_W4_ST(o + 2 * vs + j, o2);   \
-            CK_W4_ST(o + 3 * vs + j, o3); CK_W4_ST(o + 4 * vs + j, o4);                    \
-            CK_W4_ST(o + 5 * vs + j, o5);                                                  \
+            CK_W4_BACROSS(T, V);                                                           \
         }                                                                                  \
         for (; j + 16 / (ptrdiff_t)sizeof(T) <= tm; j += 16 / (ptrdiff_t)sizeof(T)) {      \
             typedef ck_w4h_##SUF U;                                                        \
-            U o0, o1, o2, o3, o4, o5;                                                      \
-            CK_W4_B(T, U, CK_W4_LD(U, p + j), CK_W4_LD(U, p + n1 + j),                     \
-                    CK_W4_LD(U, p + 2 * n1 + j), CK_W4_LD(U, p + 3 * n1 + j),              \
-                    CK_W4_LD(U, p + j + 1), CK_W4_LD(U, p + n1 + j + 1),                   \
-                    o0, o1, o2, o3, o4, o5);                                               \
-            CK_W4_ST(o + j, o0); CK_W4_ST(o + vs + j, o1); CK_W4_ST(o + 2 * vs + j, o2);   \
-            CK_W4_ST(o + 3 * vs + j, o3); CK_W4_ST(o + 4 * vs + j, o4);                    \
-            CK_W4_ST(o + 5 * vs + j, o5);                                                  \
+            CK_W4_BACROSS(T, U);                                                           \
         }                                                                                  \
         if (j < tm && j + 16 / (ptrdiff_t)sizeof(T) <= tw && end                           \
                 && vr + j + 16 / (ptrdiff_t)sizeof(T) <= end) {                            \
             /* (res_14's tm = 3 of 4: the row's own 4 tiles in the lanes, the 4th lane's     \
                values on the next row's first slot, which that row writes later) */        \
             typedef ck_w4h_##SUF U;                                                        \
-            U o0, o1, o2, o3, o4, o5;                                                      \
-            CK_W4_B(T, U, CK_W4_LD(U, p + j), CK_W4_LD(U, p + n1 + j),                     \
-                    CK_W4_LD(U, p + 2 * n1 + j), CK_W4_LD(U, p + 3 * n1 + j),              \
-                    CK_W4_LD(U, p + j + 1), CK_W4_LD(U, p + n1 + j + 1),                   \
-                    o0, o1, o2, o3, o4, o5);                                               \
-            CK_W4_ST(o + j, o0); CK_W4_ST(o + vs + j, o1); CK_W4_ST(o + 2 * vs + j, o2);   \
-            CK_W4_ST(o + 3 * vs + j, o3); CK_W4_ST(o + 4 * vs + j, o4);                    \
-            CK_W4_ST(o + 5 * vs + j, o5);                                                  \
+            CK_W4_BACROSS(T, U);                                                           \
             j = tm;                                                                        \
         }                                                                                  \
         for (; j < tm; j++)                                                                \
