@@ -1228,7 +1228,10 @@ def conv2d_forward_polywino(const float[:, :, :, ::1] x, const float[:, :, ::1] 
               has_bias and bias.shape[0] < F)
     memset(zb, 0, sizeof(zb))
     with nogil:
-        for t in prange(N * nb, schedule="dynamic", num_threads=n_threads):
+        # static: the same thread writes the same outputs every call.  Handed out dynamically,
+        # a task's output lines came from the other core's cache each call, which cost up to 2x
+        # when the host ran the two vCPUs on cores apart (bench/RESULTS.md, eleventh session)
+        for t in prange(N * nb, schedule="static", num_threads=n_threads):
             V = &ws[0] + threadid() * ws_per_thread
             n = t // nb
             a0 = (t % nb) * trows
@@ -1303,7 +1306,8 @@ def conv2d_grad_input_polywino(const float[:, :, :, ::1] gy, const float[:, :, :
               has_bias and bias.shape[0] < C)
     memset(zb, 0, sizeof(zb))
     with nogil:
-        for t in prange(N * nb, schedule="dynamic", num_threads=n_threads):
+        # (static: as conv2d_forward_polywino)
+        for t in prange(N * nb, schedule="static", num_threads=n_threads):
             V = &ws[0] + threadid() * ws_per_thread
             n = t // nb
             a0 = (t % nb) * trows
@@ -1433,7 +1437,9 @@ def conv2d_grad_weight_polywino(const float[:, :, :, ::1] gy, const float[:, :, 
         for gi in range((N + imgs - 1) // imgs):
             g0 = gi * imgs
             ng = _min(imgs, N - g0)
-            for t in prange(ng * nb, schedule="dynamic", num_threads=n_threads):
+            # (static, as conv2d_forward_polywino: a task's V / Z and M columns stay with one
+            # core from group to group and call to call)
+            for t in prange(ng * nb, schedule="static", num_threads=n_threads):
                 S = M + 25 * MS + threadid() * per
                 n = g0 + t // nb
                 i = t % nb
@@ -1446,7 +1452,7 @@ def conv2d_grad_weight_polywino(const float[:, :, :, ::1] gy, const float[:, :, 
                     ck_pw_stage1_f(&gy[n, f, 0, 0], Ho * Wo, <int>_min(8, F - f), Ho, Wo, 0, 0,
                                    0, 4 * th, 4 * tw, S)
                     ck_pw_grad_input_f(S, th, tw, Z + (n - g0) * tt * F8 + f, ZS, F8)
-            for t in prange(25 * ncb, schedule="dynamic", num_threads=n_threads):
+            for t in prange(25 * ncb, schedule="static", num_threads=n_threads):
                 e = t // ncb
                 c0 = (t % ncb) * cols
                 nc = _min(cols, K - c0)
