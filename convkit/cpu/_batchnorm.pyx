@@ -308,7 +308,7 @@ def batch_norm_train_forward(const floating[:, :, ::1] x, const floating[::1] we
         update_running(mean, var, running_mean, running_var, momentum, unbias)
         return
     with nogil:
-        for c in prange(C, schedule="dynamic", num_threads=n_threads):
+        for c in prange(C, schedule="static", num_threads=n_threads):
             bn_channel_stats(&x[0, c, 0], N, C * HW, HW, &mean[c], &var[c])
             invstd = 1.0 / sqrt(var[c] + eps)
             save_mean[c] = <floating>mean[c]
@@ -337,7 +337,7 @@ def batch_norm_eval_forward(const floating[:, :, ::1] x, const floating[::1] mea
                               &bias[c0] if affine else NULL, affine)
         return
     with nogil:
-        for c in prange(C, schedule="dynamic", num_threads=n_threads):
+        for c in prange(C, schedule="static", num_threads=n_threads):
             if affine:
                 bn_channel_apply(&x[0, c, 0], &y[0, c, 0], N, C * HW, HW, mean[c],
                                  invstd[c] * weight[c], bias[c])
@@ -368,7 +368,7 @@ def batch_norm_backward(const floating[:, :, ::1] gy, const floating[:, :, ::1] 
                                   &grad_bias[c0])
         return
     with nogil:
-        for c in prange(C, schedule="dynamic", num_threads=n_threads):
+        for c in prange(C, schedule="static", num_threads=n_threads):
             sg = 0      # assigned here so that Cython makes them thread-private
             sd = 0
             bn_channel_grad_sums(&gy[0, c, 0], &x[0, c, 0], N, C * HW, HW, mean[c], &sg, &sd)

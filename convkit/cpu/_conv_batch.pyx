@@ -355,7 +355,7 @@ def conv2d_forward_batch(const floating[:, :, :, ::1] x, const floating[:, :, :,
     cdef floating* dst
     cdef floating bv
     with nogil:
-        for t in prange(nblk, schedule="dynamic", num_threads=n_threads):
+        for t in prange(nblk, schedule="static", num_threads=n_threads):
             n0 = t * imgs
             nb = _min(imgs, N - n0)
             L = nb * HoWo
@@ -436,7 +436,7 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
         for n in range(N):
             for f in range(F):
                 _copy_short(&gyt[0] + f * LN + n * HoWo, &gy[n, f, 0, 0], HoWo)
-        for t in prange(G * ntw * nsplit if needs_weight_grad else 0, schedule="dynamic",
+        for t in prange(G * ntw * nsplit if needs_weight_grad else 0, schedule="static",
                         num_threads=n_threads):
             sp = t % nsplit
             tw = t // nsplit
@@ -492,7 +492,7 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
             for i in range(gwn):
                 gwf[i] = gwf[i] + gwp[(sp - 1) * gwn + i]
         if needs_input_grad:
-            for t in prange(nblk * G, schedule="dynamic", num_threads=n_threads):
+            for t in prange(nblk * G, schedule="static", num_threads=n_threads):
                 g = t // nblk
                 n0 = (t - g * nblk) * imgs
                 nb = _min(imgs, N - n0)
@@ -534,7 +534,7 @@ def conv2d_forward_wide(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     cdef floating* cols
     cdef floating* out
     with nogil:
-        for n in prange(N, schedule="dynamic", num_threads=n_threads):
+        for n in prange(N, schedule="static", num_threads=n_threads):
             xp = &ws[0] + threadid() * ws_per_thread
             cols = xp + C * HpWp + slack
             out = cols + CKK * Lw

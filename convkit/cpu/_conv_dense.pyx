@@ -32,7 +32,7 @@ def dense_weight(const floating[:, :, :, ::1] w, floating[:, ::1] wd, Py_ssize_t
     cdef Py_ssize_t HW = H * W, HoWo = Ho * Wo, c, f, kh, kw, ho, wo, hi, wi, o
     cdef floating* row
     with nogil:
-        for c in prange(C, schedule="dynamic", num_threads=n_threads):
+        for c in prange(C, schedule="static", num_threads=n_threads):
             memset(&wd[c * HW, 0], 0, HW * wd.shape[1] * sizeof(floating))
             for kh in range(KH):
                 for kw in range(KW):
@@ -60,7 +60,7 @@ def dense_fold(const floating[:, ::1] gwd, floating[:, :, :, ::1] gw, Py_ssize_t
     cdef bint first
     cdef const floating* row
     with nogil:
-        for c in prange(C, schedule="dynamic", num_threads=n_threads):
+        for c in prange(C, schedule="static", num_threads=n_threads):
             first = True        # (assigned in the loop body: thread-private)
             for kh in range(KH):
                 for kw in range(KW):
@@ -107,7 +107,7 @@ def gemm_rows(bint trans_a, bint trans_b, const floating[:, ::1] a, const floati
             gemm_fixed(trans_a, trans_b, m, n, k, <floating>1, &a[0, 0], lda, &b[0, 0], ldb,
                        <floating>0, &c[0, 0], n)
         else:
-            for t in prange(nblk, schedule="dynamic", num_threads=n_threads):
+            for t in prange(nblk, schedule="static", num_threads=n_threads):
                 i0 = t * rows
                 mb = _min(rows, m - i0)
                 gemm_fixed(trans_a, trans_b, mb, n, k, <floating>1,

@@ -293,7 +293,7 @@ def conv2d_forward_depthwise(const floating[:, :, :, ::1] x, const floating[:, :
     cdef Py_ssize_t it, n, c, f, j
     cdef floating* xp
     with nogil:
-        for it in prange(N * C, schedule="dynamic", num_threads=n_threads):
+        for it in prange(N * C, schedule="static", num_threads=n_threads):
             n = it // C
             c = it - n * C
             xp = &scratch[0] + threadid() * Hp * Wp
@@ -339,7 +339,7 @@ def conv2d_backward_depthwise(const floating[:, :, :, ::1] gy, const floating[:,
     cdef double* acc
     with nogil:
         if needs_input_grad:
-            for it in prange(N * C, schedule="dynamic", num_threads=n_threads):
+            for it in prange(N * C, schedule="static", num_threads=n_threads):
                 n = it // C
                 c = it - n * C
                 tmp = &scratch[0] + threadid() * S
@@ -359,7 +359,7 @@ def conv2d_backward_depthwise(const floating[:, :, :, ::1] gy, const floating[:,
                         depthwise_backward_input_plane(&gy[n, f, 0, 0], Ho, Wo, &w[f, 0, 0, 0],
                                                        KH, KW, sh, sw, pt, pl, dh, dw,
                                                        &gx[n, c, 0, 0], H, W)
-        for f in prange(F, schedule="dynamic", num_threads=n_threads):
+        for f in prange(F, schedule="static", num_threads=n_threads):
             tmp = &scratch[0] + threadid() * S
             acc = &accs[0] + threadid() * KK
             for k in range(KK):
@@ -392,7 +392,7 @@ def conv2d_forward_depthwise3x3(const floating[:, :, :, ::1] x, const floating[:
     cdef Py_ssize_t it, n, c
     cdef floating* xp
     with nogil:
-        for it in prange(N * C, schedule="dynamic", num_threads=n_threads):
+        for it in prange(N * C, schedule="static", num_threads=n_threads):
             n = it // C
             c = it - n * C
             if same:
@@ -431,7 +431,7 @@ def conv2d_backward_depthwise3x3(const floating[:, :, :, ::1] gy, const floating
     cdef floating* buf
     cdef double s
     with nogil:
-        for it in prange(N * C, schedule="dynamic", num_threads=n_threads):
+        for it in prange(N * C, schedule="static", num_threads=n_threads):
             n = it // C
             c = it - n * C
             if same:

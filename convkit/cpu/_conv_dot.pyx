@@ -58,7 +58,7 @@ def conv2d_backward_weight_dot(const float[:, :, :, ::1] gy, const float[:, :, :
         raise ValueError("conv2d_backward_weight_dot: workspace too small")
     parts = _align64(&ws[0] + n_threads * per_thread)
     with nogil:
-        for t in prange(CG * ntf * G, schedule="dynamic", num_threads=n_threads):
+        for t in prange(CG * ntf * G, schedule="static", num_threads=n_threads):
             cg = t // (ntf * G)                     # the conv group
             fi = (t // G) % ntf                     # its filter chunk
             f0 = cg * Fg + fi * fchunk

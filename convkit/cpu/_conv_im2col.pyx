@@ -152,8 +152,10 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     apk: group g's weights prepacked for the own float32 GEMM in row g (no rows: none).
 
     Tasks are (image, block of ``rows`` output rows), independent of each other: one parallel
-    region, no barrier inside, dynamic scheduling (a thread slowed by other load takes fewer
-    tasks; the results do not depend on who ran what).  A task writes its columns into its
+    region, no barrier inside, a static schedule (the same thread writes the same rows every
+    call: handed out dynamically, the rows moved between the cores' caches, up to ~2x slower
+    when the host runs the vCPUs on cores apart -- bench/RESULTS.md, eleventh session; the
+    results do not depend on who ran what).  A task writes its columns into its
     thread's slice of ws (ws_per_thread elements: the columns, then W + sw for _im2col_taps),
     then one GEMM per group writes y.
     pointwise (1x1 kernel, stride 1, no padding): the GEMMs read x in place, ``rows`` output
@@ -170,7 +172,7 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     cdef floating* buf
     cdef floating* yp
     with nogil:
-        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
+        for t in prange(N * nrb, schedule="static", num_threads=n_threads):
             n = t // nrb
             rb = t - n * nrb
             h0 = rb * rows
@@ -315,7 +317,7 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
         openmp.omp_init_lock(&lock)
     with nogil:
         for t in prange(G * nfw * ntw * nsplit if needs_weight_grad else 0,
-                        schedule="dynamic", num_threads=n_threads):
+                        schedule="static", num_threads=n_threads):
             sp = t % nsplit
             tw = t // nsplit
             g = tw // (nfw * ntw)
@@ -366,7 +368,7 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
         raise MemoryError("conv2d_backward: out of memory for a grad_weight block's sums")
     with nogil:
         if needs_input_grad:
-            for t in prange(N * G * ntx * npx, schedule="dynamic", num_threads=n_threads):
+            for t in prange(N * G * ntx * npx, schedule="static", num_threads=n_threads):
                 p0 = t % npx * px
                 n = t // npx // (G * ntx)
                 g = (t // npx - n * G * ntx) // ntx

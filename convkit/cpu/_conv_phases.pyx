@@ -52,7 +52,7 @@ def conv2d_forward_phases(const float[:, :, :, ::1] x, const float[::1] bias, bi
     cdef Py_ssize_t failed = 0
     cdef float* Q
     with nogil:
-        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
+        for t in prange(N * nrb, schedule="static", num_threads=n_threads):
             n = t // nrb
             h0 = (t - n * nrb) * rows
             hr = _min(rows, Ho - h0)
@@ -216,7 +216,7 @@ def conv2d_grad_x_subpixel(const floating[:, :, :, ::1] gy, Py_ssize_t G, Py_ssi
         raise ValueError(f"conv2d_grad_x_subpixel: ws holds {ws.shape[0]} values, "
                          f"{n_threads} threads need {need} each")
     with nogil:
-        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
+        for t in prange(N * nrb, schedule="static", num_threads=n_threads):
             n = t // nrb
             h0 = (t - n * nrb) * rows               # window rows u = ulo + h0 + r
             hr = _min(rows, Hu - h0)
@@ -304,7 +304,7 @@ def conv2d_forward_rowphases(const float[:, :, :, ::1] x, const float[::1] wpan,
     cdef float* src
     cdef float* dst
     with nogil:
-        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
+        for t in prange(N * nrb, schedule="static", num_threads=n_threads):
             n = t // nrb
             h0 = (t - n * nrb) * rows
             hr = _min(rows, Ho - h0)
@@ -494,7 +494,7 @@ def conv2d_forward_stem(const float[:, :, :, ::1] x, const float[::1] wpan,
     cdef Py_ssize_t failed = 0
     cdef float* Q
     with nogil:
-        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
+        for t in prange(N * nrb, schedule="static", num_threads=n_threads):
             n = t // nrb
             h0 = (t - n * nrb) * rows
             Q = &ws[0] + threadid() * ws_per_thread
@@ -557,7 +557,7 @@ def conv2d_forward_stem_wino(const float[:, :, :, ::1] x, const float[::1] U,
         raise ValueError("conv2d_forward_stem_wino: ws, U or boff too short, or F not a "
                          "multiple of 4")
     with nogil:
-        for t in prange(N * nrb, schedule="dynamic", num_threads=n_threads):
+        for t in prange(N * nrb, schedule="static", num_threads=n_threads):
             n = t // nrb
             h0 = (t - n * nrb) * rows
             if not ck_stem_wino_forward_f(F, C, KH, sh, &U[0], &boff[0], &x[n, 0, 0, 0], H, W,
@@ -613,7 +613,7 @@ def conv2d_grad_weight_stem(const float[:, :, :, ::1] gy, const float[:, :, :, :
                          f"part hold groups_n * {F * ldp} floats, got {groups_n}, "
                          f"{part.shape[0]}")
     with nogil:
-        for t in prange(nfc * groups_n, schedule="dynamic", num_threads=n_threads):
+        for t in prange(nfc * groups_n, schedule="static", num_threads=n_threads):
             fi = t // groups_n
             g = t - fi * groups_n
             f0 = fi * fchunk
@@ -706,7 +706,7 @@ def conv2d_grad_weight_stem_wino(const float[:, :, :, ::1] gy, const float[:, :,
         raise ValueError("conv2d_grad_weight_stem_wino: boff must be stem_wgrad_offsets' and "
                          "gb hold F values")
     with nogil:
-        for g in prange(groups_n, schedule="dynamic", num_threads=n_threads):
+        for g in prange(groups_n, schedule="static", num_threads=n_threads):
             P = &part[0] + g * ldgrp
             memset(P, 0, ldgrp * sizeof(float))
             Q = &ws[0] + threadid() * ws_per_thread

@@ -626,7 +626,7 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] gy,
     Z = V + 36 * VS
     M = Z + 36 * ZS
     with nogil:
-        for t in prange((C + F) * nrb, schedule="dynamic", num_threads=n_threads):
+        for t in prange((C + F) * nrb, schedule="static", num_threads=n_threads):
             S = M + 36 * parts * MS + threadid() * per
             c = t // nrb
             g0 = (t - c * nrb) * trows
@@ -638,7 +638,7 @@ def conv2d_grad_weight_winograd(const floating[:, :, :, ::1] gy,
                 f = c - C
                 _wino4_grad_rows(&gy[0, f, 0, 0], F * Ho * Wo, Ho, Wo, th, g0, nt, tw,
                                  Z + f * T + g0 * tw, ZS, S)
-        for t in prange(36 * parts * ncb, schedule="dynamic", num_threads=n_threads):
+        for t in prange(36 * parts * ncb, schedule="static", num_threads=n_threads):
             e = t // (parts * ncb)
             p = (t // ncb) % parts
             c0 = (t % ncb) * cols
@@ -704,7 +704,7 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     U (E, F, C), E = (tile + 2)**2: the transformed filters G w G^T.  The batch's rows of output
     tiles (N * ceil(Ho/tile) of them, numbered image after image) go in blocks of ``trows`` -- a
     block may span images, so small images still make wide GEMMs.  Blocks are independent tasks
-    (dynamic schedule, no barrier).  per_image: a block never spans images -- each image's rows
+    (static schedule, no barrier).  per_image: a block never spans images -- each image's rows
     are cut into blocks of ``trows`` (its last block shorter), so an image gets the same GEMMs
     whatever batch it is in (BLAS's bits follow a GEMM's shape and a column's place in it).
     A task's slice of ws holds V (E, C, tiles), M (E, F,
@@ -765,7 +765,7 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     if ws_per_thread < E * (C + F) * trows * tw + 2 * E * pad + scr:
         pad = 0
     with nogil:
-        for t in prange(nrb, schedule="dynamic", num_threads=n_threads):
+        for t in prange(nrb, schedule="static", num_threads=n_threads):
             if per_image:
                 n = t // nri
                 r = (t - n * nri) * trows
@@ -845,7 +845,7 @@ cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, :
             ws.shape[0] < 36 * C * T + n_threads * ws_per_thread:
         raise ValueError("conv2d_forward_winograd: ws too small for the split")
     with nogil:
-        for t in prange(C * nrb, schedule="dynamic", num_threads=n_threads):
+        for t in prange(C * nrb, schedule="static", num_threads=n_threads):
             S = V + 36 * C * T + threadid() * ws_per_thread
             c = t // nrb
             g0 = (t - c * nrb) * trows
@@ -857,7 +857,7 @@ cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, :
                     continue
             _wino4_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
                               V + c * T + g0 * tw, C * T, S, ws_per_thread)
-        for t in prange(nrb * fparts, schedule="dynamic", num_threads=n_threads):
+        for t in prange(nrb * fparts, schedule="static", num_threads=n_threads):
             M = V + 36 * C * T + threadid() * ws_per_thread
             g0 = (t // fparts) * trows
             nt = _min(trows, N * th - g0)
@@ -951,7 +951,7 @@ def conv2d_forward_winotiny(const float[:, :, :, ::1] x, const float[:, :, ::1] 
             ws.shape[0] < n_threads * ws_per_thread:
         raise ValueError("conv2d_forward_winotiny: workspace too small")
     with nogil:
-        for t in prange(ntask, schedule="dynamic", num_threads=n_threads):
+        for t in prange(ntask, schedule="static", num_threads=n_threads):
             V = &ws[0] + threadid() * ws_per_thread
             M = V + 16 * C * T
             S = M + 16 * F * T
@@ -995,7 +995,7 @@ cdef _winotiny_forward_split(const float[:, :, :, ::1] x, const float[:, :, ::1]
             ws.shape[0] < 16 * C * TT + n_threads * ws_per_thread:
         raise ValueError("conv2d_forward_winotiny: workspace too small for the split")
     with nogil:
-        for t in prange(G8 * C, schedule="dynamic", num_threads=n_threads):
+        for t in prange(G8 * C, schedule="static", num_threads=n_threads):
             S = V + 16 * C * TT + threadid() * ws_per_thread + 16 * fb * P
             g = t // C
             c = t - g * C
@@ -1003,7 +1003,7 @@ cdef _winotiny_forward_split(const float[:, :, :, ::1] x, const float[:, :, ::1]
             memset(S, 0, border * sizeof(float))
             ck_wt_input_f(&x[8 * g, c, 0, 0], C * H * W, <int>_min(8, N - 8 * g), H, W,
                           V + c * TT + g * per, C * TT, S)
-        for t in prange(G8 * fparts, schedule="dynamic", num_threads=n_threads):
+        for t in prange(G8 * fparts, schedule="static", num_threads=n_threads):
             M = V + 16 * C * TT + threadid() * ws_per_thread
             S = M + 16 * fb * P
             g = t // fparts
@@ -1072,7 +1072,7 @@ cdef _winotiny_wgrad_split(const float[:, :, :, ::1] gy, const float[:, :, :, ::
     V = V + (16 - (<size_t>V // sizeof(float)) % 16) % 16
     Z = V + 16 * C * TT
     with nogil:
-        for t in prange(G8 * (C + F), schedule="dynamic", num_threads=n_threads):
+        for t in prange(G8 * (C + F), schedule="static", num_threads=n_threads):
             S = M + nm + sh + threadid() * ws_per_thread
             g = t // (C + F)
             c = t - g * (C + F)
@@ -1084,7 +1084,7 @@ cdef _winotiny_wgrad_split(const float[:, :, :, ::1] gy, const float[:, :, :, ::
             else:
                 ck_wt_grad_f(&gy[8 * g, c - C, 0, 0], F * H * W, <int>ng, H, W,
                              Z + (c - C) * TT + g * per, F * TT, S)
-        for t in prange(parts * 16, schedule="dynamic", num_threads=n_threads):
+        for t in prange(parts * 16, schedule="static", num_threads=n_threads):
             p = t // 16
             e = t - p * 16
             g1 = _min(G8, (p + 1) * part_groups)
@@ -1150,7 +1150,7 @@ def conv2d_grad_weight_winotiny(const float[:, :, :, ::1] gy, const float[:, :, 
             ws.shape[0] < nm + n_threads * ws_per_thread:
         raise ValueError("conv2d_grad_weight_winotiny: workspace too small")
     with nogil:
-        for p in prange(parts, schedule="dynamic", num_threads=n_threads):
+        for p in prange(parts, schedule="static", num_threads=n_threads):
             # (on a 64-byte line: loads split across two lines ran the products 1.5x slower)
             V = M + nm + threadid() * ws_per_thread
             V = V + (16 - (<size_t>V // sizeof(float)) % 16) % 16

@@ -50,9 +50,10 @@ cdef inline bint _use_scratch(Py_ssize_t planes, Py_ssize_t plane_bytes) noexcep
 
 cdef inline Py_ssize_t _plane_chunk(Py_ssize_t planes, Py_ssize_t plane_elems,
                                     int n_threads) noexcept nogil:
-    """Planes per dynamic-schedule chunk: at least 4, and enough for ~16K elements, since every
-    chunk costs one trip through the OpenMP scheduler (4096 planes of 2x2 in chunks of 4 spent
-    most of a 130 us avg-pool forward there); capped so each thread still gets several chunks."""
+    """Planes per chunk of the static, round-robin schedule (the same thread writes the same
+    planes every call): at least 4, and enough for ~16K elements (under the dynamic schedule
+    used before, 4096 planes of 2x2 in chunks of 4 spent most of a 130 us avg-pool forward in
+    the OpenMP scheduler); capped so each thread still gets several chunks."""
     cdef Py_ssize_t c = 16384 // (plane_elems if plane_elems > 0 else 1)
     cdef Py_ssize_t cap = planes // (4 * n_threads)
     if c > cap:
@@ -315,7 +316,7 @@ def max_pool2d_forward(const floating[:, :, ::1] x, Py_ssize_t W,
     with nogil, parallel(num_threads=n_threads):
         accv = <floating*>malloc(Wo * sizeof(floating))
         accr = <floating*>malloc(Wo * sizeof(floating))
-        for p in prange(P, schedule="dynamic", chunksize=chunk):
+        for p in prange(P, schedule="static", chunksize=chunk):
             if floating is float and fast_k == -2:
                 ck_max2x2_plane_f(&x[p, 0, 0], W, Ho, Wo, &y[p, 0, 0], &idx[p, 0, 0])
             elif fast_k > 0 and accv != NULL and accr != NULL:
@@ -341,7 +342,7 @@ def max_pool2d_backward(const floating[:, ::1] gy, const int64_t[:, ::1] idx,
     chunk = _plane_chunk(P, HW, n_threads)
     with nogil, parallel(num_threads=n_threads):
         plane = <floating*>malloc(HW * sizeof(floating)) if scratch else NULL
-        for p in prange(P, schedule="dynamic", chunksize=chunk):
+        for p in prange(P, schedule="static", chunksize=chunk):
             if plane != NULL:
                 bad += max_pool2d_plane_backward(&gy[p, 0], &idx[p, 0], HoWo, plane, HW)
                 _stream_copy(&gx[p, 0], plane, HW)
@@ -363,7 +364,7 @@ def avg_pool2d_forward(const floating[:, :, ::1] x, Py_ssize_t W,
     chunk = _plane_chunk(P, x.shape[1] * x.shape[2], n_threads)
     with nogil, parallel(num_threads=n_threads):
         acc = <floating*>malloc(Wo * sizeof(floating))
-        for p in prange(P, schedule="dynamic", chunksize=chunk):
+        for p in prange(P, schedule="static", chunksize=chunk):
             if fast_k and acc != NULL:
                 avg_pool2d_s2_plane(&x[p, 0, 0], W, fast_k, &hbase[0], &h0[0], &h1[0],
                                     &wbase[0], &w0[0], &w1[0], &div[0, 0], &y[p, 0, 0],
@@ -390,7 +391,7 @@ def avg_pool2d_backward(const floating[:, :, ::1] gy, Py_ssize_t W,
     with nogil, parallel(num_threads=n_threads):
         e = <floating*>malloc((W + Wo) * sizeof(floating))
         plane = <floating*>malloc(HW * sizeof(floating)) if scratch else NULL
-        for p in prange(P, schedule="dynamic", chunksize=chunk):
+        for p in prange(P, schedule="static", chunksize=chunk):
             if e == NULL:
                 failed += 1
             elif plane != NULL:

@@ -724,7 +724,9 @@ def even_tile_rows(rows, want, tw, per_row, n_threads):
 
 def _list_idle(costs, n_threads):
     """The idle share of n_threads running these task costs in order, each task to the first
-    free thread (schedule="dynamic")."""
+    free thread (a list schedule: the kernels' loops are static since the eleventh session --
+    each thread a contiguous run, the same every call -- which gives the same makespan for
+    equal tasks; this stays the planners' estimate)."""
     free = [0] * min(n_threads, len(costs))
     for c in costs:
         heapq.heapreplace(free, free[0] + c)
