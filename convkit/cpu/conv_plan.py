@@ -906,7 +906,7 @@ def even_rows(N, Ho, want, top, n_threads, bottom=1):
     follow them): ``want``, unless its tasks leave more than tuning.WINOGRAD4_MAX_IDLE of the
     team idle (dynamic list schedule, a task's cost its rows: convt_28's grad_x on 16 threads,
     56 tasks of 4 rows, 12 %); then, of bottom .. top rows with at least two tasks per thread (some
-    slack for the dynamic schedule), the fewest idle, the most rows on a tie (fewer halo rows
+    slack for the schedule), the fewest idle, the most rows on a tie (fewer halo rows
     rebuilt, fewer GEMM tails)."""
     def idle(r):
         return _list_idle([min(r, Ho - h) for h in range(0, Ho, r)] * N, n_threads)
