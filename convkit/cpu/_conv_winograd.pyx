@@ -1033,6 +1033,20 @@ def winotiny_wgrad_floats(Py_ssize_t C, Py_ssize_t F, Py_ssize_t H, Py_ssize_t W
     return 16 * (C + F) * T + ck_wt_scratch(H, W) + 16
 
 
+def _wt_wgrad_check(bint gy_fits, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F, Py_ssize_t C,
+                    gw_shape, Py_ssize_t part_groups, Py_ssize_t chunk, int n_threads):
+    """The checks both conv2d_grad_weight_winotiny kernels (one region, split) make."""
+    if not ck_wt_available():
+        raise RuntimeError("conv2d_grad_weight_winotiny needs AVX2 + FMA (csrc/winotiny.h)")
+    if H % 2 or W % 2 or not gy_fits:
+        raise ValueError("conv2d_grad_weight_winotiny: H, W even and gy as big as x")
+    if tuple(gw_shape[:4]) != (F, C, 3, 3):
+        raise ValueError(f"gw must be ({F}, {C}, 3, 3), got {tuple(gw_shape[:4])}")
+    if part_groups < 1 or chunk < 1 or n_threads < 1:
+        raise ValueError(f"part_groups, chunk and n_threads must be >= 1, got {part_groups}, "
+                         f"{chunk}, {n_threads}")
+
+
 def winotiny_wgrad_split_floats(Py_ssize_t C, Py_ssize_t F, Py_ssize_t H, Py_ssize_t W,
                                 Py_ssize_t N):
     """Shared floats of conv2d_grad_weight_winotiny's split: the batch's V and Z (rows
@@ -1055,16 +1069,8 @@ cdef _winotiny_wgrad_split(const float[:, :, :, ::1] gy, const float[:, :, :, ::
     cdef float* V
     cdef float* Z
     cdef float* S
-    if not ck_wt_available():
-        raise RuntimeError("conv2d_grad_weight_winotiny needs AVX2 + FMA (csrc/winotiny.h)")
-    if H % 2 or W % 2 or gy.shape[0] != N or gy.shape[2] != H or gy.shape[3] != W:
-        raise ValueError("conv2d_grad_weight_winotiny: H, W even and gy as big as x")
-    if gw.shape[0] != F or gw.shape[1] != C or gw.shape[2] != 3 or gw.shape[3] != 3:
-        raise ValueError(f"gw must be ({F}, {C}, 3, 3), got "
-                         f"{(gw.shape[0], gw.shape[1], gw.shape[2], gw.shape[3])}")
-    if part_groups < 1 or chunk < 1 or n_threads < 1:
-        raise ValueError(f"part_groups, chunk and n_threads must be >= 1, got {part_groups}, "
-                         f"{chunk}, {n_threads}")
+    _wt_wgrad_check(gy.shape[0] == N and gy.shape[2] == H and gy.shape[3] == W, H, W, F, C,
+                    gw.shape, part_groups, chunk, n_threads)
     if ws_per_thread < ck_wt_scratch(H, W) or ws.shape[0] < nm + sh + n_threads * ws_per_thread:
         raise ValueError("conv2d_grad_weight_winotiny: workspace too small for the split")
     # (V on a 64-byte line: loads split across two lines ran the products 1.5x slower)
@@ -1136,16 +1142,8 @@ def conv2d_grad_weight_winotiny(const float[:, :, :, ::1] gy, const float[:, :, 
     cdef float* Z
     cdef float* S
     cdef float* M = &ws[0]
-    if not ck_wt_available():
-        raise RuntimeError("conv2d_grad_weight_winotiny needs AVX2 + FMA (csrc/winotiny.h)")
-    if H % 2 or W % 2 or gy.shape[0] != N or gy.shape[2] != H or gy.shape[3] != W:
-        raise ValueError("conv2d_grad_weight_winotiny: H, W even and gy as big as x")
-    if gw.shape[0] != F or gw.shape[1] != C or gw.shape[2] != 3 or gw.shape[3] != 3:
-        raise ValueError(f"gw must be ({F}, {C}, 3, 3), got "
-                         f"{(gw.shape[0], gw.shape[1], gw.shape[2], gw.shape[3])}")
-    if part_groups < 1 or chunk < 1 or n_threads < 1:
-        raise ValueError(f"part_groups, chunk and n_threads must be >= 1, got {part_groups}, "
-                         f"{chunk}, {n_threads}")
+    _wt_wgrad_check(gy.shape[0] == N and gy.shape[2] == H and gy.shape[3] == W, H, W, F, C,
+                    gw.shape, part_groups, chunk, n_threads)
     if ws_per_thread < 16 * (C + F) * Tc + ck_wt_scratch(H, W) + 16 or \
             ws.shape[0] < nm + n_threads * ws_per_thread:
         raise ValueError("conv2d_grad_weight_winotiny: workspace too small")
