@@ -102,6 +102,11 @@ def test_quick_json_has_every_op_pass_and_backend(quick_run):
     probe = doc["meta"]["core_probe_gflops"]
     assert len(probe) == 2
     assert all(v > 1 for v in probe)
+    # the placement reading beside it: two readings, each a round trip of 5 ns to 1 ms, or None
+    # where a 2-thread team could not run (one CPU; a budget that ran out)
+    pair = doc["meta"]["pair_round_trip_ns"]
+    assert len(pair) == 2
+    assert all(v is None or 5 < v < 1e6 for v in pair)
     got = {(r["op"], r["pass"]) for r in doc["results"]}
     want = {(c.name, pas) for c in B.QUICK_CASES if c.name in OPS for pas in c.passes}
     assert got == want
@@ -391,3 +396,19 @@ def test_numpy_reference_runs_with_blas_pinned_to_one_thread():
     finally:
         for (_, set_), n in zip(calls, saved):
             set_(n)
+
+
+def test_pair_round_trip_reads_a_plausible_latency_or_none():
+    """csrc/pingpong.h through convkit.cpu._omp: a number of ns on a machine with two CPUs (a
+    round trip through a cache line costs tens to hundreds of ns, never under 5), None where the
+    process may use one CPU, and bad arguments refused."""
+    import os
+
+    omp = pytest.importorskip("convkit.cpu._omp")
+    ns = omp.pair_round_trip_ns(2000, 3)
+    if len(os.sched_getaffinity(0)) < 2 or not omp.built_with_openmp():
+        assert ns is None
+    else:
+        assert ns is None or 5 < ns < 1e6     # None: the 50 ms budget ran out on a busy host
+    with pytest.raises(ValueError, match="reps and rounds"):
+        omp.pair_round_trip_ns(0, 1)

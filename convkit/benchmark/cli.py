@@ -14,7 +14,7 @@ from .adapters import TORCH_NAMES, _has_torchvision, _torch, is_gpu_backend, mak
 from .cases import CASES, FAMILIES, select_cases
 from .memory import measure_memory
 from .plot import save_plot
-from .probe import core_probe, machine_info, probe_kernel
+from .probe import core_probe, machine_info, pair_round_trip, probe_kernel
 from .report import markdown_report, print_report, print_summary
 from .summary import layer_targets, summarize, user_targets
 from .timing import measure, set_mallopt
@@ -156,6 +156,11 @@ def run(args) -> int:
           f"load {info.get('load_avg')}"
           + (f"; one-core probe {probe[0]} GFLOP/s ({probe_kernel()} 64x147x784)"
              if probe[0] is not None else ""))
+    pair = [pair_round_trip()]
+    if pair[0] is not None:
+        print(f"placement: a cache line's round trip between two threads {pair[0]} ns (50-100: "
+              f"cores sharing an L3; 200 and more: cores apart, where multi-threaded rows "
+              f"read lower)")
 
     steps = sum(len(c.passes) for c in cases)
     progress = Progress(steps, enabled=not args.no_progress, unit="op")
@@ -209,6 +214,9 @@ def run(args) -> int:
         print(f"one-core probe: {probe[0]} GFLOP/s at the start, {probe[1]} at the end (a drop "
               f"between runs means the host gave less arithmetic; compare ratios from runs "
               f"with similar readings)")
+    pair.append(pair_round_trip())
+    if pair[0] is not None and pair[1] is not None:
+        print(f"placement: {pair[0]} ns at the start, {pair[1]} at the end")
     if args.summary:
         print_summary(rows, backends, user, layer)
 
@@ -221,7 +229,8 @@ def run(args) -> int:
                         "repeat": args.repeat, "warmup": args.warmup,
                         "quick": args.quick, "device_sync": device_sync,
                         "allocator": None if args.no_mallopt else set_mallopt(),
-                        "notes": sorted(notes), "core_probe_gflops": probe, **info},
+                        "notes": sorted(notes), "core_probe_gflops": probe,
+                        "pair_round_trip_ns": pair, **info},
                "results": [r.to_json(backends) for r in rows],
                "summary": summary, "targets": targets, "memory": memory}
         with open(args.json, "w") as f:

@@ -57,6 +57,18 @@ def core_probe(rounds=7, calls=40):
     return round(2 * 64 * 147 * 784 * calls / best / 1e9, 1)
 
 
+def pair_round_trip() -> float | None:
+    """ns of a cache line's round trip between two threads (convkit.cpu._omp.pair_round_trip_ns):
+    where a shared host has put the two CPUs on cores that do not share an L3 it reads 200-400
+    instead of 50-100, and convkit's multi-threaded rows read lower than torch's
+    (bench/RESULTS.md, eleventh session); None without the cpu extension or two CPUs."""
+    try:
+        from convkit.cpu._omp import pair_round_trip_ns
+    except ImportError:
+        return None
+    return pair_round_trip_ns()
+
+
 def machine_info():
     info = {"python": platform.python_version(), "platform": platform.platform(),
             "numpy": np.__version__, "cpu_model": None, "logical_cpus": os.cpu_count(),
