@@ -168,6 +168,17 @@ static inline void ck_w4_join_d(const double* src, ptrdiff_t ps, ptrdiff_t n, do
     CK_W4_ST(o + 5 * vs + j, o5);                                                          \
 } while (0)
 
+/* A^T down the 6 rows of M (a, ms apart) for columns j .. j + lanes - 1: 4 rows of s (n apart) */
+#define CK_W4_ADOWN(T, VT) do {                                                            \
+    VT s0, s1, s2, s3;                                                                     \
+    CK_W4_A(T, VT, CK_W4_LD(VT, a + j), CK_W4_LD(VT, a + 6 * ms + j),                      \
+            CK_W4_LD(VT, a + 12 * ms + j), CK_W4_LD(VT, a + 18 * ms + j),                  \
+            CK_W4_LD(VT, a + 24 * ms + j), CK_W4_LD(VT, a + 30 * ms + j),                  \
+            s0, s1, s2, s3);                                                               \
+    CK_W4_ST(s + j, s0); CK_W4_ST(s + 6 * n + j, s1);                                      \
+    CK_W4_ST(s + 12 * n + j, s2); CK_W4_ST(s + 18 * n + j, s3);                            \
+} while (0)
+
 /* Vector loops (GCC / clang vector extensions, VB bytes) with a scalar tail doing the same
  * operations: lane j of a vector and element j of the tail round alike. */
 #define CK_W4_DEFINE(T, SUF, VB, ATTR)                                                     \
@@ -300,22 +311,10 @@ ATTR static void ck_w4_output_block_##SUF(const T* m, ptrdiff_t ms, ptrdiff_t n,
             continue;                                                                      \
         }                                                                                  \
         for (j = 0; j + L <= n; j += L) {                                                  \
-            V s0, s1, s2, s3;                                                              \
-            CK_W4_A(T, V, CK_W4_LD(V, a + j), CK_W4_LD(V, a + 6 * ms + j),                 \
-                    CK_W4_LD(V, a + 12 * ms + j), CK_W4_LD(V, a + 18 * ms + j),            \
-                    CK_W4_LD(V, a + 24 * ms + j), CK_W4_LD(V, a + 30 * ms + j),            \
-                    s0, s1, s2, s3);                                                       \
-            CK_W4_ST(s + j, s0); CK_W4_ST(s + 6 * n + j, s1);                              \
-            CK_W4_ST(s + 12 * n + j, s2); CK_W4_ST(s + 18 * n + j, s3);                    \
+            CK_W4_ADOWN(T, V);                                                             \
         }                                                                                  \
         for (; j + 16 / (ptrdiff_t)sizeof(T) <= n; j += 16 / (ptrdiff_t)sizeof(T)) {      \
-            H s0, s1, s2, s3;                                                              \
-            CK_W4_A(T, H, CK_W4_LD(H, a + j), CK_W4_LD(H, a + 6 * ms + j),                 \
-                    CK_W4_LD(H, a + 12 * ms + j), CK_W4_LD(H, a + 18 * ms + j),            \
-                    CK_W4_LD(H, a + 24 * ms + j), CK_W4_LD(H, a + 30 * ms + j),            \
-                    s0, s1, s2, s3);                                                       \
-            CK_W4_ST(s + j, s0); CK_W4_ST(s + 6 * n + j, s1);                              \
-            CK_W4_ST(s + 12 * n + j, s2); CK_W4_ST(s + 18 * n + j, s3);                    \
+            CK_W4_ADOWN(T, H);                                                             \
         }                                                                                  \
         for (; j < n; j++)                                                                 \
             CK_W4_A(T, T, a[j], a[6 * ms + j], a[12 * ms + j], a[18 * ms + j],             \
