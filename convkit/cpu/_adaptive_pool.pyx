@@ -23,7 +23,8 @@ from libc.stdlib cimport free, malloc
 
 from convkit.cpu.csrc.adaptive_pool cimport (ck_run_sum_f, ck_run_sum_d, ck_run_sum8_f,
                                              ck_run_sum8_ok, ck_colsum_f, ck_colsum_d,
-                                             ck_bin_max_f, ck_bin_max_d)
+                                             ck_bin_max_d, ck_adaptive_max_plane_f,
+                                             ck_global_max_f)
 
 
 cdef inline floating _run_sum(const floating* p, Py_ssize_t n) noexcept nogil:
@@ -96,22 +97,19 @@ cdef void adaptive_max_plane(const floating* x, Py_ssize_t W,
                              const Py_ssize_t* hs, const Py_ssize_t* hl,
                              const Py_ssize_t* ws, const Py_ssize_t* wl,
                              floating* y, int64_t* idx, Py_ssize_t oh, Py_ssize_t ow) noexcept nogil:
-    """y, idx (oh x ow) = each bin's maximum of plane x and its flat position h*W + w."""
+    """y, idx (oh x ow) = each bin's maximum of plane x and its flat position h*W + w.
+    float32 runs the loop in C (ck_adaptive_max_plane_f: one load of a bin of <= 64 values)."""
     cdef Py_ssize_t o, q, rows, cols, pos
-    cdef const floating* corner
-    cdef floating v
-    for o in range(oh):
-        for q in range(ow):
-            corner = x + hs[o] * W + ws[q]
-            rows, cols = hl[o], wl[q]
-            if cols == W:                   # whole rows: one contiguous run
-                rows, cols = 1, rows * W
-            if floating is float:
-                ck_bin_max_f(corner, W, rows, cols, &v, &pos)
-            else:
-                ck_bin_max_d(corner, W, rows, cols, &v, &pos)
-            y[o * ow + q] = v
-            idx[o * ow + q] = hs[o] * W + ws[q] + pos
+    if floating is float:
+        ck_adaptive_max_plane_f(x, W, hs, hl, ws, wl, y, idx, oh, ow, ck_run_sum8_ok())
+    else:
+        for o in range(oh):
+            for q in range(ow):
+                rows, cols = hl[o], wl[q]
+                if cols == W:                   # whole rows: one contiguous run
+                    rows, cols = 1, rows * W
+                ck_bin_max_d(x + hs[o] * W + ws[q], W, rows, cols, &y[o * ow + q], &pos)
+                idx[o * ow + q] = hs[o] * W + ws[q] + pos
 
 
 def adaptive_max_forward(const floating[:, :, ::1] x,
@@ -124,3 +122,17 @@ def adaptive_max_forward(const floating[:, :, ::1] x,
         for p in prange(P, schedule="static", num_threads=n_threads):
             adaptive_max_plane(&x[p, 0, 0], W, &hs[0], &hl[0], &ws[0], &wl[0], &y[p, 0, 0],
                                &idx[p, 0, 0], oh, ow)
+
+
+def global_max_forward(const float[:, ::1] x, float[::1] y, int64_t[::1] idx, int n_threads):
+    """y[p], idx[p] = the maximum of x[p, :] and its position (a 1x1 adaptive max, float32):
+    x (P, HW).  64 planes a task (ck_global_max_f loops over them in C: a plane of 49 values
+    on AVX2 ~65 instructions, a call per plane cost ~90 more); whole planes per task, so the
+    same bits for any thread count."""
+    cdef Py_ssize_t P = x.shape[0], n = x.shape[1], B = (P + 63) // 64, b, p0
+    cdef int fast = ck_run_sum8_ok()
+    with nogil:
+        for b in prange(B, schedule="static", num_threads=n_threads):
+            p0 = b * 64
+            ck_global_max_f(&x[p0, 0], 64 if P - p0 > 64 else P - p0, n, &y[p0], &idx[p0],
+                            fast)

@@ -112,6 +112,12 @@ def adaptive_max_pool2d_forward(x, out_hw):
     N, C, H, W = x.shape
     oh, ow = out_hw
     P = N * C
+    if (oh, ow) == (1, 1) and x.dtype == np.float32:
+        y = np.empty((N, C, 1, 1), x.dtype)
+        idx = np.empty((N, C, 1, 1), np.int64)
+        _adaptive_pool.global_max_forward(x.reshape(P, H * W), y.reshape(P), idx.reshape(P),
+                                          _threads(P, P * H * W))
+        return y, idx
     hb, _, hl, wb, _, wl, _ = _tables("adaptive_max_pool2d_forward", H, W, oh, ow,
                                       np.dtype(x.dtype))
     y = np.empty((N, C, oh, ow), x.dtype)

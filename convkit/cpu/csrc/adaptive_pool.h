@@ -10,6 +10,7 @@
 #define CK_ADAPTIVE_POOL_H
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #if defined(__SSE2__) || defined(_M_X64)
 #include <emmintrin.h>
 #include "cpufeat.h"
@@ -382,6 +383,92 @@ static void ck_bin_max_f(const float* x, ptrdiff_t W, ptrdiff_t rows, ptrdiff_t 
     else
         ck_bin_max_f_sse(x, W, rows, cols, val, pos);
 }
+
+/* One load of a bin of at most 64 values held as nch <= 8 chunks of 8 lanes -- chunk j at
+   x + j * stride, its first `lanes` values (the last chunk: `last`) -- so the search for the
+   position needs no second read: a maximum tree and a NaN test over the chunks, then every
+   chunk compared with the maximum, the compares packed to one bit per value in row-major
+   order (bit 8j + l: chunk j, lane l), the first set bit.  A 7 x 7 plane (the 1x1 head) is 7
+   chunks of a contiguous run, an 8 x 8 bin (56 -> 7) one chunk a row: ~60 instructions where
+   the two passes of ck_bin_max_f_narrow / _avx2 took ~160 plus ~45 in the Cython loop.  Lanes
+   past a chunk hold -inf and are masked out of the bits; a bin with a NaN takes a scalar
+   search for the last NaN (CK_BIN_MAX's rule).  The result is the element the rule picks:
+   the same bits as every other path.  nch is a constant at each call (ck_chunks8_switch), so
+   the chunk loops unroll. */
+CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) __m256
+ck_max_chunk8(const float* p, int lanes, __m256i mask, __m256 ninf)
+{
+    if (lanes == 8)
+        return _mm256_loadu_ps(p);
+    return _mm256_blendv_ps(ninf, _mm256_maskload_ps(p, mask), _mm256_castsi256_ps(mask));
+}
+
+/* the 32 compare bits of chunks c[0..3] (lane l of chunk j at bit 8j + l): two packs and a
+   permute put the bytes in order for one movemask */
+CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) unsigned
+ck_bits4x8(__m256i c0, __m256i c1, __m256i c2, __m256i c3)
+{
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(c0, c1), _mm256_packs_epi32(c2, c3));
+    return (unsigned)_mm256_movemask_epi8(_mm256_permutevar8x32_epi32(b, order));
+}
+
+CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) void
+ck_bin_max_chunks8_f(const float* x, ptrdiff_t stride, const int nch, int lanes, int last,
+                     float* val, ptrdiff_t* pos)
+{
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i lm = _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), iota),
+                  tm = _mm256_cmpgt_epi32(_mm256_set1_epi32(last), iota);
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    __m256 v[8], m, vt, nan;
+    __m256i c[8];
+    unsigned long long k;
+    int j, b;
+#pragma GCC unroll 8
+    for (j = 0; j < 8; j++)
+        v[j] = j < nch - 1 ? ck_max_chunk8(x + j * stride, lanes, lm, ninf)
+             : j == nch - 1 ? ck_max_chunk8(x + j * stride, last, tm, ninf) : ninf;
+    m = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(v[0], v[1]), _mm256_max_ps(v[2], v[3])),
+                      _mm256_max_ps(_mm256_max_ps(v[4], v[5]), _mm256_max_ps(v[6], v[7])));
+    /* unordered where either operand is NaN: four compares test the eight chunks */
+    nan = _mm256_or_ps(_mm256_or_ps(_mm256_cmp_ps(v[0], v[1], _CMP_UNORD_Q),
+                                    _mm256_cmp_ps(v[2], v[3], _CMP_UNORD_Q)),
+                       _mm256_or_ps(_mm256_cmp_ps(v[4], v[5], _CMP_UNORD_Q),
+                                    _mm256_cmp_ps(v[6], v[7], _CMP_UNORD_Q)));
+    if (__builtin_expect(_mm256_movemask_ps(nan) != 0, 0)) {
+        for (j = nch - 1; j >= 0; j--)          /* the last NaN in row-major order */
+            for (b = (j == nch - 1 ? last : lanes) - 1; b >= 0; b--)
+                if (x[j * stride + b] != x[j * stride + b]) {
+                    *val = x[j * stride + b]; *pos = j * stride + b; return;
+                }
+    }
+    vt = _mm256_set1_ps(ck_hmax8(m));     /* no NaN: the lanes hold plain maxima */
+#pragma GCC unroll 8
+    for (j = 0; j < 8; j++) {
+        c[j] = j < nch ? _mm256_castps_si256(_mm256_cmp_ps(v[j], vt, _CMP_EQ_OQ))
+                       : _mm256_setzero_si256();
+        if (j < nch - 1 && lanes != 8)
+            c[j] = _mm256_and_si256(c[j], lm);
+        if (j == nch - 1 && last != 8)
+            c[j] = _mm256_and_si256(c[j], tm);
+    }
+    k = ck_bits4x8(c[0], c[1], c[2], c[3]);
+    if (nch > 4)
+        k |= (unsigned long long)ck_bits4x8(c[4], c[5], c[6], c[7]) << 32;
+    b = __builtin_ctzll(k);     /* k != 0: the maximum is an element of the bin */
+    *pos = (b >> 3) * stride + (b & 7);
+    *val = x[*pos];
+}
+
+/* CALL(n) with n the constant nch (1..8) */
+#define CK_CHUNKS8_SWITCH(nch, CALL)                                                          \
+    switch (nch) {                                                                            \
+    case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break;                  \
+    case 4: CALL(4); break; case 5: CALL(5); break; case 6: CALL(6); break;                  \
+    case 7: CALL(7); break; default: CALL(8); break;                                         \
+    }
+#define CK_AP_CHUNKS8 1
 #else
 #define ck_bin_max_f ck_bin_max_f_sse
 #endif
@@ -404,4 +491,109 @@ static void ck_bin_max_##S(const T* x, ptrdiff_t W, ptrdiff_t rows, ptrdiff_t co
 CK_BIN_MAX_PLAIN(float, f)
 CK_BIN_MAX_PLAIN(double, d)
 #endif
+
+/* y, idx (oh x ow) = each bin's maximum of plane x (rows of W) and its flat position h*W + w;
+   bin (o, q) covers rows [hs[o], hs[o] + hl[o]) and columns [ws[q], ws[q] + wl[q]).  A bin of
+   whole rows is one contiguous run.  With fast (ck_run_sum8_ok()): runs of <= 64 values and
+   bins of <= 8 x 8 take ck_bin_max_chunks8_f, other bins ck_bin_max_f.  The loop is here, not
+   in Cython, for the ~45 instructions a bin it cost there. */
+#define CK_AMAX_PLANE(NAME, ATTR, CHUNKS)                                                     \
+ATTR static void NAME(const float* x, ptrdiff_t W, const ptrdiff_t* hs, const ptrdiff_t* hl,  \
+                      const ptrdiff_t* ws, const ptrdiff_t* wl, float* y, int64_t* idx,      \
+                      ptrdiff_t oh, ptrdiff_t ow)                                             \
+{                                                                                             \
+    ptrdiff_t o, q, rows, cols, pos;                                                          \
+    const float* corner;                                                                      \
+    for (o = 0; o < oh; o++)                                                                  \
+        for (q = 0; q < ow; q++) {                                                            \
+            corner = x + hs[o] * W + ws[q];                                                   \
+            rows = hl[o]; cols = wl[q];                                                       \
+            if (cols == W) {                                                                  \
+                cols = rows * W; rows = 1;                                                    \
+            }                                                                                 \
+            if (!CHUNKS(corner, W, rows, cols, &y[o * ow + q], &pos))                         \
+                ck_bin_max_f(corner, W, rows, cols, &y[o * ow + q], &pos);                    \
+            idx[o * ow + q] = hs[o] * W + ws[q] + pos;                                        \
+        }                                                                                     \
+}
+#define CK_AMAX_NO_CHUNKS(corner, W, rows, cols, val, pos) 0
+CK_AMAX_PLANE(ck_adaptive_max_plane_f_base, , CK_AMAX_NO_CHUNKS)
+#ifdef CK_AP_CHUNKS8
+/* 1 where the bin went through ck_bin_max_chunks8_f */
+CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) int
+ck_amax_chunks(const float* corner, ptrdiff_t W, ptrdiff_t rows, ptrdiff_t cols, float* val,
+               ptrdiff_t* pos)
+{
+    int nch, last;
+    if (rows == 1 && cols >= 1 && cols <= 64) {         /* a contiguous run */
+        nch = (int)((cols + 7) / 8);
+        last = (int)cols - 8 * (nch - 1);
+#define CK_AMAX_RUN(n) ck_bin_max_chunks8_f(corner, 8, n, 8, last, val, pos)
+        CK_CHUNKS8_SWITCH(nch, CK_AMAX_RUN)
+        return 1;
+    }
+    if (rows >= 1 && rows <= 8 && cols >= 1 && cols <= 8) {     /* a chunk a row */
+        nch = (int)rows;
+        last = (int)cols;
+#define CK_AMAX_ROWS8(n) ck_bin_max_chunks8_f(corner, W, n, 8, 8, val, pos)
+#define CK_AMAX_ROWS(n) ck_bin_max_chunks8_f(corner, W, n, last, last, val, pos)
+        if (cols == 8)
+            CK_CHUNKS8_SWITCH(nch, CK_AMAX_ROWS8)
+        else
+            CK_CHUNKS8_SWITCH(nch, CK_AMAX_ROWS)
+        return 1;
+    }
+    return 0;
+}
+CK_AMAX_PLANE(ck_adaptive_max_plane_f_avx2, CK_AP_AVX2_TARGET, ck_amax_chunks)
+#endif
+
+/* y[p], idx[p] = the maximum of plane p (n values at x + p * n) and its position, planes
+   [0, P): the 1x1 output (the classifier head) without a call per plane.  fast as below. */
+#ifdef CK_AP_CHUNKS8
+CK_AP_AVX2_TARGET static void ck_global_max_f_avx2(const float* x, ptrdiff_t P, ptrdiff_t n,
+                                                   float* y, int64_t* idx)
+{
+    const int nch = (int)((n + 7) / 8), last = (int)n - 8 * (nch - 1);
+    ptrdiff_t p, pos;
+#define CK_AMAX_PLANES(c)                                                                     \
+    for (p = 0; p < P; p++) {                                                                 \
+        ck_bin_max_chunks8_f(x + p * n, 8, c, 8, last, &y[p], &pos);                          \
+        idx[p] = pos;                                                                         \
+    }
+    CK_CHUNKS8_SWITCH(nch, CK_AMAX_PLANES)
+}
+#endif
+
+static void ck_global_max_f(const float* x, ptrdiff_t P, ptrdiff_t n, float* y, int64_t* idx,
+                            int fast)
+{
+    ptrdiff_t p, pos;
+#ifdef CK_AP_CHUNKS8
+    if (fast && n >= 1 && n <= 64) {
+        ck_global_max_f_avx2(x, P, n, y, idx);
+        return;
+    }
+#endif
+    (void)fast;
+    for (p = 0; p < P; p++) {
+        ck_bin_max_f(x + p * n, n, 1, n, &y[p], &pos);
+        idx[p] = pos;
+    }
+}
+
+static void ck_adaptive_max_plane_f(const float* x, ptrdiff_t W, const ptrdiff_t* hs,
+                                    const ptrdiff_t* hl, const ptrdiff_t* ws,
+                                    const ptrdiff_t* wl, float* y, int64_t* idx,
+                                    ptrdiff_t oh, ptrdiff_t ow, int fast)
+{
+#ifdef CK_AP_CHUNKS8
+    if (fast) {
+        ck_adaptive_max_plane_f_avx2(x, W, hs, hl, ws, wl, y, idx, oh, ow);
+        return;
+    }
+#endif
+    (void)fast;
+    ck_adaptive_max_plane_f_base(x, W, hs, hl, ws, wl, y, idx, oh, ow);
+}
 #endif

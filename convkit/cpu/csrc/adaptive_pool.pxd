@@ -1,6 +1,8 @@
 # cython: language_level=3
 """The C of csrc/adaptive_pool.h (run sums of average pooling, the bin maximum)."""
 
+from libc.stdint cimport int64_t
+
 cdef extern from "csrc/adaptive_pool.h":
     float ck_run_sum_f(const float* p, Py_ssize_t n) noexcept nogil
     double ck_run_sum_d(const double* p, Py_ssize_t n) noexcept nogil
@@ -12,3 +14,9 @@ cdef extern from "csrc/adaptive_pool.h":
                       float* val, Py_ssize_t* pos) noexcept nogil
     void ck_bin_max_d(const double* x, Py_ssize_t W, Py_ssize_t rows, Py_ssize_t cols,
                       double* val, Py_ssize_t* pos) noexcept nogil
+    void ck_adaptive_max_plane_f(const float* x, Py_ssize_t W, const Py_ssize_t* hs,
+                                 const Py_ssize_t* hl, const Py_ssize_t* ws,
+                                 const Py_ssize_t* wl, float* y, int64_t* idx,
+                                 Py_ssize_t oh, Py_ssize_t ow, int fast) noexcept nogil
+    void ck_global_max_f(const float* x, Py_ssize_t P, Py_ssize_t n, float* y, int64_t* idx,
+                         int fast) noexcept nogil
