@@ -99,9 +99,17 @@ cdef void adaptive_max_plane(const floating* x, Py_ssize_t W,
                              floating* y, int64_t* idx, Py_ssize_t oh, Py_ssize_t ow) noexcept nogil:
     """y, idx (oh x ow) = each bin's maximum of plane x and its flat position h*W + w.
     float32 runs the loop in C (ck_adaptive_max_plane_f: one load of a bin of <= 64 values)."""
+    _max_plane(x, W, hs, hl, ws, wl, y, idx, oh, ow, ck_run_sum8_ok())
+
+
+cdef inline void _max_plane(const floating* x, Py_ssize_t W,
+                            const Py_ssize_t* hs, const Py_ssize_t* hl,
+                            const Py_ssize_t* ws, const Py_ssize_t* wl,
+                            floating* y, int64_t* idx, Py_ssize_t oh, Py_ssize_t ow,
+                            int fast) noexcept nogil:
     cdef Py_ssize_t o, q, rows, cols, pos
     if floating is float:
-        ck_adaptive_max_plane_f(x, W, hs, hl, ws, wl, y, idx, oh, ow, ck_run_sum8_ok())
+        ck_adaptive_max_plane_f(x, W, hs, hl, ws, wl, y, idx, oh, ow, fast)
     else:
         for o in range(oh):
             for q in range(ow):
@@ -115,22 +123,27 @@ cdef void adaptive_max_plane(const floating* x, Py_ssize_t W,
 def adaptive_max_forward(const floating[:, :, ::1] x,
                          const Py_ssize_t[::1] hs, const Py_ssize_t[::1] hl,
                          const Py_ssize_t[::1] ws, const Py_ssize_t[::1] wl,
-                         floating[:, :, ::1] y, int64_t[:, :, ::1] idx, int n_threads):
-    """x (P, H, W) -> y, idx (P, oh, ow): bin starts hs/ws and lengths hl/wl."""
+                         floating[:, :, ::1] y, int64_t[:, :, ::1] idx, int n_threads,
+                         bint chunks=True):
+    """x (P, H, W) -> y, idx (P, oh, ow): bin starts hs/ws and lengths hl/wl.  chunks=False
+    (for the tests): float32 bins through ck_bin_max_f only, not ck_bin_max_chunks8_f."""
     cdef Py_ssize_t P = x.shape[0], W = x.shape[2], oh = y.shape[1], ow = y.shape[2], p
+    cdef int fast = ck_run_sum8_ok() and chunks
     with nogil:
         for p in prange(P, schedule="static", num_threads=n_threads):
-            adaptive_max_plane(&x[p, 0, 0], W, &hs[0], &hl[0], &ws[0], &wl[0], &y[p, 0, 0],
-                               &idx[p, 0, 0], oh, ow)
+            _max_plane(&x[p, 0, 0], W, &hs[0], &hl[0], &ws[0], &wl[0], &y[p, 0, 0],
+                       &idx[p, 0, 0], oh, ow, fast)
 
 
-def global_max_forward(const float[:, ::1] x, float[::1] y, int64_t[::1] idx, int n_threads):
+def global_max_forward(const float[:, ::1] x, float[::1] y, int64_t[::1] idx, int n_threads,
+                       bint chunks=True):
     """y[p], idx[p] = the maximum of x[p, :] and its position (a 1x1 adaptive max, float32):
     x (P, HW).  64 planes a task (ck_global_max_f loops over them in C: a plane of 49 values
     on AVX2 ~65 instructions, a call per plane cost ~90 more); whole planes per task, so the
-    same bits for any thread count."""
+    same bits for any thread count.  chunks=False (for the tests): ck_bin_max_f plane by
+    plane."""
     cdef Py_ssize_t P = x.shape[0], n = x.shape[1], B = (P + 63) // 64, b, p0
-    cdef int fast = ck_run_sum8_ok()
+    cdef int fast = ck_run_sum8_ok() and chunks
     with nogil:
         for b in prange(B, schedule="static", num_threads=n_threads):
             p0 = b * 64

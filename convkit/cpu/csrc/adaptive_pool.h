@@ -391,7 +391,7 @@ static void ck_bin_max_f(const float* x, ptrdiff_t W, ptrdiff_t rows, ptrdiff_t 
    order (bit 8j + l: chunk j, lane l), the first set bit.  A 7 x 7 plane (the 1x1 head) is 7
    chunks of a contiguous run, an 8 x 8 bin (56 -> 7) one chunk a row: ~60 instructions where
    the two passes of ck_bin_max_f_narrow / _avx2 took ~160 plus ~45 in the Cython loop.  Lanes
-   past a chunk hold -inf and are masked out of the bits; a bin with a NaN takes a scalar
+   past a chunk hold -inf (masked loads); a bin with a NaN takes a scalar
    search for the last NaN (CK_BIN_MAX's rule).  The result is the element the rule picks:
    the same bits as every other path.  nch is a constant at each call (ck_chunks8_switch), so
    the chunk loops unroll. */
@@ -444,15 +444,12 @@ ck_bin_max_chunks8_f(const float* x, ptrdiff_t stride, const int nch, int lanes,
                 }
     }
     vt = _mm256_set1_ps(ck_hmax8(m));     /* no NaN: the lanes hold plain maxima */
+    /* the -inf lanes past a chunk need no mask: they equal the maximum only when it is -inf,
+       and then so does the bin's first element, bit 0 */
 #pragma GCC unroll 8
-    for (j = 0; j < 8; j++) {
+    for (j = 0; j < 8; j++)
         c[j] = j < nch ? _mm256_castps_si256(_mm256_cmp_ps(v[j], vt, _CMP_EQ_OQ))
                        : _mm256_setzero_si256();
-        if (j < nch - 1 && lanes != 8)
-            c[j] = _mm256_and_si256(c[j], lm);
-        if (j == nch - 1 && last != 8)
-            c[j] = _mm256_and_si256(c[j], tm);
-    }
     k = ck_bits4x8(c[0], c[1], c[2], c[3]);
     if (nch > 4)
         k |= (unsigned long long)ck_bits4x8(c[4], c[5], c[6], c[7]) << 32;
