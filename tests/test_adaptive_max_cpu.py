@@ -188,3 +188,57 @@ def test_thread_counts_same_bits(shape, size):
         _same(y, out[0][0], f"{t} threads")
         np.testing.assert_array_equal(idx, out[0][1])
         _same(gx, out[0][2], f"{t} threads")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,size", [((4, 64, 7, 7), 1), ((2, 8, 56, 56), 7),
+                                        ((2, 5, 13, 10), (4, 3)), ((3, 4, 5, 9), (7, 11)),
+                                        ((1, 3, 6, 6), (6, 6))],
+                         ids=["head", "56to7", "overlap", "more_bins", "identity"])
+def test_backward_vs_torch(shape, size, dtype, torch):
+    """The plane-block backward against torch's autograd (float64 oracle), tiled and
+    overlapping bins (two bins sharing a maximum add), signed-zero gradients as torch's
+    0 + g."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(dtype)
+    x[0, 0] = 1.0                                   # ties: bins that overlap share a maximum
+    y, idx = _fwd(x, size)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gy[0, 1] = -0.0
+    gx = _bwd(gy, idx, x.shape)
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    yt, it = torch.nn.functional.adaptive_max_pool2d(xt, size, return_indices=True)
+    np.testing.assert_array_equal(idx, it.numpy())
+    yt.backward(torch.from_numpy(gy))
+    np.testing.assert_array_equal(gx, xt.grad.numpy())
+    np.testing.assert_array_equal(np.signbit(gx), np.signbit(xt.grad.numpy()))
+
+
+def test_backward_blocks_equal_streamed_kernel():
+    """adaptive_max_backward (plain stores, blocks of planes) and _pool's streamed kernel, used
+    past adaptive_pool._STREAM_ABOVE, give the same bits on every block layout."""
+    AP, _ = _modules()
+    from convkit.cpu import _pool
+    rng = np.random.default_rng(6)
+    for P, HW, HoWo in ((4096, 49, 1), (512, 3136, 49), (37, 130, 12), (5, 4, 9)):
+        gy = rng.standard_normal((P, HoWo)).astype(np.float32)
+        idx = rng.integers(0, HW, (P, HoWo))
+        for t in (1, 2, 3):
+            a = np.full((P, HW), np.nan, np.float32)
+            b = np.full((P, HW), np.nan, np.float32)
+            assert AP.adaptive_max_backward(gy, idx, a, t) == 0
+            assert _pool.max_pool2d_backward(gy, idx, b, t) == 0
+            _same(a, b, f"P={P} HW={HW} threads={t}")
+
+
+@pytest.mark.parametrize("shape,size", [((2, 70, 7, 7), 1), ((2, 3, 16, 16), 4)])
+def test_backward_bad_indices_raise(shape, size):
+    x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+    y, idx = _fwd(x, size)
+    gy = np.ones_like(y)
+    HW = shape[2] * shape[3]
+    for bad in (-1, HW, 2 ** 40):
+        b = idx.copy()
+        b[1, 2, 0, 0] = bad
+        with pytest.raises(ValueError, match=rf"indices must lie in \[0, {HW}\)"):
+            _bwd(gy, b, x.shape)
