@@ -25,6 +25,7 @@ from libc.string cimport memset
 from convkit.cpu.csrc.adaptive_pool cimport (ck_run_sum_f, ck_run_sum_d, ck_run_sum8_f,
                                              ck_run_sum8_ok, ck_colsum_f, ck_colsum_d,
                                              ck_bin_max_d, ck_adaptive_max_plane_f,
+                                             ck_adaptive_max_tiles_f,
                                              ck_global_max_f)
 
 
@@ -128,10 +129,20 @@ def adaptive_max_forward(const floating[:, :, ::1] x,
                          bint chunks=True):
     """x (P, H, W) -> y, idx (P, oh, ow): bin starts hs/ws and lengths hl/wl.  chunks=False
     (for the tests): float32 bins through ck_bin_max_f only, not ck_bin_max_chunks8_f."""
-    cdef Py_ssize_t P = x.shape[0], W = x.shape[2], oh = y.shape[1], ow = y.shape[2], p
+    cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2], oh = y.shape[1]
+    cdef Py_ssize_t ow = y.shape[2], p
     cdef int fast = ck_run_sum8_ok() and chunks
+    # bins of r x c tiling the plane (H, W multiples of oh, ow): float32 takes
+    # ck_adaptive_max_tiles_f where it applies (AVX2, r and c <= 8); bins of whole rows
+    # (ow == 1) stay contiguous runs, fewer chunks
+    cdef bint tiles = (floating is float and fast and H % oh == 0 and W % ow == 0
+                       and H // oh <= 8 and W // ow <= 8 and W // ow != W)
     with nogil:
         for p in prange(P, schedule="static", num_threads=n_threads):
+            if floating is float:
+                if tiles and ck_adaptive_max_tiles_f(&x[p, 0, 0], W, H // oh, W // ow,
+                                                     &y[p, 0, 0], &idx[p, 0, 0], oh, ow):
+                    continue
             _max_plane(&x[p, 0, 0], W, &hs[0], &hl[0], &ws[0], &wl[0], &y[p, 0, 0],
                        &idx[p, 0, 0], oh, ow, fast)
 

@@ -20,3 +20,5 @@ cdef extern from "csrc/adaptive_pool.h":
                                  Py_ssize_t oh, Py_ssize_t ow, int fast) noexcept nogil
     void ck_global_max_f(const float* x, Py_ssize_t P, Py_ssize_t n, float* y, int64_t* idx,
                          int fast) noexcept nogil
+    int ck_adaptive_max_tiles_f(const float* x, Py_ssize_t W, Py_ssize_t r, Py_ssize_t c,
+                                float* y, int64_t* idx, Py_ssize_t oh, Py_ssize_t ow) noexcept nogil
