@@ -12,7 +12,9 @@ window:
   input precision in a fixed order;
 * max: a branch-free maximum and NaN test per bin, then the position (ck_bin_max: torch's
   NaN and tie rules exactly; float32 on 8-lane vectors where the CPU has AVX2); a bin of
-  whole rows is one contiguous run.
+  whole rows is one contiguous run.  float32 bins of <= 64 values (a run, or <= 8 rows of
+  <= 8) are loaded once where the CPU has AVX2 (ck_bin_max_chunks8_f); the max backward is
+  adaptive_max_backward below (blocks of planes, plain stores) up to 16 MB of gradient.
 
 Each task owns whole planes of the output: the same bits on every run and for any thread count.
 """

@@ -6,7 +6,9 @@ An adaptive bin is a pooling window of its own size: output o pools input positi
 backward plane kernels of ``_pool.pyx`` compute it unchanged, one OpenMP task per (n, c) plane
 with additions in a fixed order (bit-identical for any thread count, though neighbouring bins
 overlap when out does not divide size; where they tile the plane the kernel writes each
-element once); the backward of a 1x1 average is a fill (``_pool.global_avg_backward``).  The forwards are ``_adaptive_pool.pyx``'s bin reductions
+element once); the backward of a 1x1 average is a fill (``_pool.global_avg_backward``).  The
+max backward up to 16 MB of gradient is ``_adaptive_pool.adaptive_max_backward`` (the same
+sums, written in blocks of planes with plain stores).  The forwards are ``_adaptive_pool.pyx``'s bin reductions
 (vectorised sums; a two-pass maximum with torch's NaN and tie rules).
 """
 from __future__ import annotations
