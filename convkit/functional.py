@@ -466,10 +466,12 @@ def _meta(a):
 
 def _bn_running_writable(op, running_mean, running_var, training):
     for name, r in (("running_mean", running_mean), ("running_var", running_var)):
-        if r is not None and not r.flags.c_contiguous:
-            raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place)")
-        if training:
-            V.writeable(op, name, r)
+        if r is not None:
+            flags = r.flags
+            if not flags.c_contiguous:
+                raise ValueError(f"{op}: {name} must be C-contiguous (it is updated in place)")
+            if training and not getattr(flags, "writeable", True):
+                V.writeable(op, name, r)    # (its error)
 
 
 def _bn_running_no_alias(op, be, x, weight, bias, running_mean, running_var, training):
@@ -479,12 +481,14 @@ def _bn_running_no_alias(op, be, x, weight, bias, running_mean, running_var, tra
     # call, and its dicts cost as much as the batch norm of a small layer.)
     if not training:
         return
-    share = getattr(be.xp, "may_share_memory", None) or np.may_share_memory
-    for name, r, others in (("running_mean", running_mean, ("x", "weight", "bias", "running_var")),
-                            ("running_var", running_var, ("x", "weight", "bias"))):
+    share = np.may_share_memory if be.xp is np else (
+        getattr(be.xp, "may_share_memory", None) or np.may_share_memory)
+    others = (("x", x), ("weight", weight), ("bias", bias), ("running_var", running_var))
+    for name, r, pairs in (("running_mean", running_mean, others),
+                           ("running_var", running_var, others[:3])):
         if r is None:
             continue
-        for other, a in zip(others, (x, weight, bias, running_var)):
+        for other, a in pairs:
             if a is not None and share(r, a):
                 V.no_alias(op, be, name, r, **{other: a})
 
