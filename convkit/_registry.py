@@ -170,6 +170,10 @@ def get_backend(name: str | None = None) -> Backend:
     """The Backend object named ``name``, or the active one when ``name`` is None."""
     if name is not None:
         return _pick(name, "explicit")[0]
+    if _override.get() is None and _global is None and not _env_backend():
+        inst = _instances.get("cpu")    # (every op asks: _resolve's default, once loaded)
+        if inst is not None:
+            return inst
     return _pick(*_resolve())[0]
 
 
