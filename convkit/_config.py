@@ -52,19 +52,60 @@ def _env_int(name: str) -> int | None:
     return n
 
 
-def get_num_threads() -> int:
-    """Threads the CPU kernels use: set_num_threads, else CONVKIT_NUM_THREADS, else
-    OMP_NUM_THREADS, else the usable physical cores; 1 in a child forked after convkit's
-    OpenMP kernels were loaded (see _forked_child)."""
-    if _forked_child:
-        return 1
-    if _num_threads is not None:
-        return _num_threads
-    for name in ("CONVKIT_NUM_THREADS", "OMP_NUM_THREADS"):
+def environ_key(name: str):
+    """``name`` as os.environ's own dict holds it (CPython's os._Environ), or None."""
+    try:
+        return os.environ.encodekey(name)
+    except AttributeError:  # pragma: no cover - another os.environ
+        return None
+
+
+def environ_raw(name: str, key):
+    """Environment variable ``name`` (``key``: environ_key(name)) as os.environ holds it now,
+    undecoded, or None.  os.environ.get encodes the name and raises and catches a KeyError for
+    an unset variable (~0.7 us); os.environ updates its own dict on every change, so one probe
+    of that dict is the same answer."""
+    data = getattr(os.environ, "_data", None)
+    if key is None or type(data) is not dict:   # pragma: no cover - another os.environ
+        return os.environ.get(name)
+    return data.get(key)
+
+
+_THREAD_VARS = ("CONVKIT_NUM_THREADS", "OMP_NUM_THREADS")
+_THREAD_KEYS = tuple(environ_key(n) for n in _THREAD_VARS)
+# (raw values of _THREAD_VARS, the count they gave): every CPU op asks for the thread count,
+# and parsing the two variables each time was ~1.8 us of a call; a changed value is parsed anew
+_env_threads: tuple = (object(), 0)
+
+
+def _threads_from_env() -> int:
+    for name in _THREAD_VARS:
         n = _env_int(name)
         if n is not None:
             return n
     return _physical_cores()
+
+
+def get_num_threads() -> int:
+    """Threads the CPU kernels use: set_num_threads, else CONVKIT_NUM_THREADS, else
+    OMP_NUM_THREADS, else the usable physical cores; 1 in a child forked after convkit's
+    OpenMP kernels were loaded (see _forked_child)."""
+    global _env_threads
+    if _forked_child:
+        return 1
+    if _num_threads is not None:
+        return _num_threads
+    data = getattr(os.environ, "_data", None)
+    if type(data) is dict and _THREAD_KEYS[0] is not None:     # (environ_raw, inlined)
+        raw = (data.get(_THREAD_KEYS[0]), data.get(_THREAD_KEYS[1]))
+    else:   # pragma: no cover - another os.environ
+        raw = tuple(environ_raw(n, k) for n, k in zip(_THREAD_VARS, _THREAD_KEYS))
+    seen = _env_threads
+    if seen[0] == raw:
+        return seen[1]
+    n = _threads_from_env()         # (a bad value raises here, every call: never remembered)
+    _env_threads = (raw, n)
+    return n
 
 
 def set_num_threads(n: int | None) -> None:

@@ -15,6 +15,7 @@ import threading
 import warnings
 from contextvars import ContextVar
 
+from ._config import environ_key, environ_raw
 from .backend import Backend
 
 _BUILTIN = {
@@ -114,22 +115,19 @@ def available_backends() -> list[str]:
     return [n for n in known_backends() if backend_status(n)[0]]
 
 
-try:    # os.environ's own store and key encoding (CPython's os._Environ)
-    _ENV_KEY = os.environ.encodekey("CONVKIT_BACKEND")
-except AttributeError:  # pragma: no cover - another os.environ
-    _ENV_KEY = None
+_ENV_VAR = "CONVKIT_BACKEND"
+_ENV_KEY = environ_key(_ENV_VAR)
 
 
 def _env_backend() -> str:
     """CONVKIT_BACKEND as os.environ holds it now, or "".  Every op asks: os.environ.get of
     an unset variable raises and catches a KeyError inside the mapping (1-2 us a call, a tenth
-    of a small op), where a lookup in os.environ's own dict is one dict probe -- the same
-    answer, os.environ updates that dict on every change."""
-    data = getattr(os.environ, "_data", None)
-    if _ENV_KEY is None or type(data) is not dict:
-        return os.environ.get("CONVKIT_BACKEND", "")
-    v = data.get(_ENV_KEY)
-    return "" if v is None else os.environ.decodevalue(v)
+    of a small op), where _config.environ_raw is one probe of os.environ's own dict -- the
+    same answer, os.environ updates that dict on every change."""
+    v = environ_raw(_ENV_VAR, _ENV_KEY)
+    if v is None or type(v) is str:
+        return v or ""
+    return os.environ.decodevalue(v)
 
 
 def _resolve() -> tuple[str, str]:
@@ -172,6 +170,10 @@ def get_backend(name: str | None = None) -> Backend:
     """The Backend object named ``name``, or the active one when ``name`` is None."""
     if name is not None:
         return _pick(name, "explicit")[0]
+    if _override.get() is None and _global is None and not _env_backend():
+        inst = _instances.get("cpu")    # (every op asks: _resolve's default, once loaded)
+        if inst is not None:
+            return inst
     return _pick(*_resolve())[0]
 
 

@@ -267,3 +267,126 @@ def test_avg_pool_after_a_remembered_call(be):
             F.avg_pool2d_forward(x, 2, None, 2)
         x.shape = (2, 3, 4, 16)     # the remembered array object, another shape
         assert F.avg_pool2d_forward(x, 2).shape == (2, 3, 2, 8)
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_adaptive_repeat_equals_full_path(be, kind):
+    x = rnd(2, 3, 9, 7)
+    fwd = getattr(F, f"adaptive_{kind}_pool2d_forward")
+    with convkit.use_backend(be):
+        F._MEMO.clear()
+        full = fwd(x, (4, None))
+        y = full[0] if kind == "max" else full
+        gy = rnd(*y.shape, seed=5)
+        if kind == "max":
+            g = F.adaptive_max_pool2d_backward(gy, full[1], x.shape)
+        else:
+            g = F.adaptive_avg_pool2d_backward(gy, x.shape)
+        assert len(F._MEMO) == 2
+        for _ in range(2):     # remembered: the same results
+            again = fwd(x, (4, None))
+            if kind == "max":
+                assert same_bits(again[0], full[0]) and same_bits(again[1], full[1])
+                assert same_bits(F.adaptive_max_pool2d_backward(gy, full[1], x.shape), g)
+            else:
+                assert same_bits(again, full)
+                assert same_bits(F.adaptive_avg_pool2d_backward(gy, x.shape), g)
+        # a non-contiguous x / grad_y is copied on the remembered path too
+        xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+        gt = np.ascontiguousarray(gy.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+        if kind == "max":
+            assert same_bits(fwd(xt, (4, None))[0], full[0])
+            assert same_bits(F.adaptive_max_pool2d_backward(gt, full[1], x.shape), g)
+        else:
+            assert same_bits(fwd(xt, (4, None)), full)
+            assert same_bits(F.adaptive_avg_pool2d_backward(gt, x.shape), g)
+        assert len(F._MEMO) == 2
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+def test_adaptive_after_a_remembered_call(be):
+    x = rnd(2, 3, 8, 8)
+    with convkit.use_backend(be):
+        y = F.adaptive_avg_pool2d_forward(x, 2)
+        ym, idx = F.adaptive_max_pool2d_forward(x, 2)
+        F.adaptive_avg_pool2d_backward(y, x.shape)
+        F.adaptive_max_pool2d_backward(ym, idx, x.shape)
+        for fwd in (F.adaptive_avg_pool2d_forward, F.adaptive_max_pool2d_forward):
+            with pytest.raises(TypeError, match="output_size"):
+                fwd(x, True)
+            with pytest.raises(TypeError, match="output_size"):
+                fwd(x, (2.0, 2))
+            with pytest.raises(TypeError, match="x must be float32 or float64"):
+                fwd(x.astype(np.int32), 2)
+            with pytest.raises(ValueError, match="x must be 4-D"):
+                fwd(x[0], 2)
+            with pytest.raises(TypeError, match="ndarray"):
+                fwd(x.tolist(), 2)
+            with pytest.raises(TypeError, match="numpy.matrix"):
+                fwd(np.asmatrix(x[0, 0]), 2)
+        for bwd, extra in ((F.adaptive_avg_pool2d_backward, ()),
+                           (F.adaptive_max_pool2d_backward, (idx,))):
+            with pytest.raises(TypeError, match="grad_y must be float32 or float64"):
+                bwd(y.astype(np.int32), *extra, x.shape)
+            with pytest.raises(TypeError, match="share one dtype|grad_y must be float"):
+                bwd(y.astype(f64).astype(np.float16), *extra, x.shape)
+            with pytest.raises(TypeError, match="input_shape"):
+                bwd(y, *extra, (2, 3, 8.0, 8))
+            with pytest.raises(TypeError, match="input_shape"):
+                bwd(y, *extra, (2, 3, True, 8))
+            with pytest.raises(ValueError, match=r"\(N, C\)"):
+                bwd(y, *extra, (2, 4, 8, 8))
+            with pytest.raises(ValueError, match="grad_y must be 4-D"):
+                bwd(y[0], *extra, x.shape)
+        # the indices' values are checked on every call, their dtype and shape too
+        bad = idx.copy()
+        bad[0, 0, 0, 0] = 64
+        with pytest.raises(ValueError, match=r"indices must lie in \[0, 64\)"):
+            F.adaptive_max_pool2d_backward(ym, bad, x.shape)
+        bad[0, 0, 0, 0] = -1
+        with pytest.raises(ValueError, match=r"indices must lie in \[0, 64\)"):
+            F.adaptive_max_pool2d_backward(ym, bad, x.shape)
+        with pytest.raises(TypeError, match="indices must be an integer"):
+            F.adaptive_max_pool2d_backward(ym, idx.astype(f32), x.shape)
+        with pytest.raises(ValueError, match="indices must have shape"):
+            F.adaptive_max_pool2d_backward(ym, idx[:, :, :1], x.shape)
+        # another layout of the same shape: taken, the same results as the contiguous one
+        assert same_bits(F.adaptive_max_pool2d_backward(ym, np.asfortranarray(idx), x.shape),
+                         F.adaptive_max_pool2d_backward(ym, idx, x.shape))
+        x.shape = (2, 3, 4, 16)     # the remembered array object, another shape
+        assert F.adaptive_avg_pool2d_forward(x, 2).shape == (2, 3, 2, 2)
+        assert same_bits(F.adaptive_avg_pool2d_forward(x, 2),
+                         F.adaptive_avg_pool2d_forward(x.copy(), 2))
+
+
+def test_thread_count_follows_the_environment_after_a_read(monkeypatch):
+    """get_num_threads remembers the parsed environment: a change must still take effect,
+    set_num_threads must win, and a bad value must raise on every call."""
+    monkeypatch.delenv("CONVKIT_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert convkit.get_num_threads() == 3 and convkit.get_num_threads() == 3
+    monkeypatch.setenv("CONVKIT_NUM_THREADS", "5")
+    assert convkit.get_num_threads() == 5
+    convkit.set_num_threads(2)
+    try:
+        assert convkit.get_num_threads() == 2
+    finally:
+        convkit.set_num_threads(None)
+    assert convkit.get_num_threads() == 5
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")      # CONVKIT_NUM_THREADS still wins
+    assert convkit.get_num_threads() == 5
+    monkeypatch.delenv("CONVKIT_NUM_THREADS")
+    assert convkit.get_num_threads() == 7
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="OMP_NUM_THREADS"):
+            convkit.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")
+    assert convkit.get_num_threads() == 4
+    # a kernel's thread count follows: the same bits on the new count
+    x = rnd(8, 64, 16, 16)
+    y = F.adaptive_avg_pool2d_forward(x, 3, backend="cpu")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert convkit.get_num_threads() == 1
+    assert same_bits(F.adaptive_avg_pool2d_forward(x, 3, backend="cpu"), y)
