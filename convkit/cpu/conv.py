@@ -115,9 +115,10 @@ _MAX_PLANS = 256
 # where torch's sums do not (_finite).  The depthwise kernels skip padding
 # taps instead of multiplying zeros, so only a non-finite weight (forward) or grad_y / weight
 # (backward) makes them differ from torch; x is not read twice for them.  im2col, pointwise,
-# wide, phases, rowphases and stem compute each output from its own window, and weight_rowgemm
-# and weight_stem each weight from its own products (the stem's padded taps and masked tails
-# read no other values), padding included, as torch does: no check, no cost.  stem_wino checks
+# wide, direct, phases, rowphases and stem compute each output from its own window, and
+# weight_rowgemm and weight_stem each weight from its own products (the stem's padded taps and
+# masked tails, direct's lanes past the image read no other values into kept outputs), padding
+# included, as torch does: no check, no cost.  stem_wino checks
 # its operands itself and falls back to the direct stem (_fwd_stem_wino); weight_stem_wino checks
 # its result and falls back to weight_stem (_bwd_weight_stem_wino).
 _MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel",
@@ -639,6 +640,13 @@ def _fwd_wide(x, weight, b, has_bias, y, s, step):
                                                 Wo + (s.KW - 1) * dw, dh, dw))
 
 
+def _fwd_direct(x, weight, b, has_bias, y, s, step):
+    p = step.params
+    ws = _workspace(p["per_thread"] * step.threads, np.float32, "direct")
+    _wdirect.conv2d_forward_flat(x, weight, b, has_bias, y, ws, s.padding[0], s.padding[2],
+                                 p["level"], step.threads)
+
+
 def _fwd_im2col(x, weight, b, has_bias, y, s, step):
     p = _check(step)
     (sh, sw), (dh, dw), G = s.stride, s.dilation, s.groups
@@ -653,7 +661,7 @@ def _fwd_im2col(x, weight, b, has_bias, y, s, step):
 _FORWARD = {"depthwise3x3": _fwd_depthwise3x3, "depthwise": _fwd_depthwise, "dense": _fwd_dense,
             "winograd": _fwd_winograd, "batch": _fwd_batch, "phases": _fwd_phases,
             "rowphases": _fwd_rowphases, "stem": _fwd_stem, "stem_wino": _fwd_stem_wino,
-            "wide": _fwd_wide, "polywino": _fwd_polywino,
+            "wide": _fwd_wide, "direct": _fwd_direct, "polywino": _fwd_polywino,
             "pointwise": _fwd_im2col, "im2col": _fwd_im2col}
 
 
