@@ -5,8 +5,8 @@ asymmetric sizes, padding 0 to 3, 1 to 16 filters (whole tiles of 6 and the shor
 position counts that end in a partial vector and in a partial tile, bias or none; the same bits
 as the exact im2col plan (each output the GEMM's chain over the taps, then the bias) at both
 vector levels and on 1, 2, 3, 8 and 16 threads; NaN / inf element for element (no operand check:
-every kept output reads its own window only); the rule, the workspace limit and the kernel's
-checks.  The kernel is called at each level the CPU runs, whatever the plan picks.
+every kept output reads its own window only); the other chain (the bias first / last) as
+accurate; the rule, the workspace limit and the kernel's checks.  The kernel is called at each level the CPU runs, whatever the plan picks.
 """
 import numpy as np
 import pytest
@@ -54,7 +54,9 @@ def _torch64(torch, x, w, b, pad):
                                       ).numpy()
 
 
-def _kernel(x, w, b, pad, level, threads):
+def _kernel(x, w, b, pad, level, threads, bias_first=None):
+    """The kernel's y; bias_first: as the plan (the chains of the GEMM it replaces)."""
+    bias_first = not cc._OWN_SGEMM if bias_first is None else bias_first
     N, F_ = x.shape[0], w.shape[0]
     Ho = x.shape[2] + pad[0] + pad[1] - w.shape[2] + 1
     Wo = x.shape[3] + pad[2] + pad[3] - w.shape[3] + 1
@@ -62,7 +64,7 @@ def _kernel(x, w, b, pad, level, threads):
     ws = np.full(threads * wd.direct_floats(1, Ho, Wo, w.shape[2], w.shape[3]), np.nan,
                  np.float32)       # (NaN: the kernel must write whatever it reads)
     wd.conv2d_forward_flat(x, w, np.zeros(F_, np.float32) if b is None else b, b is not None,
-                           y, ws, pad[0], pad[2], level, threads)
+                           y, ws, pad[0], pad[2], level, threads, bias_first)
     return y
 
 
@@ -86,11 +88,16 @@ def test_direct_matches_torch_float64_and_the_exact_plans_bits(torch, name, bias
         convkit.set_num_threads(None)
     for nt, y in runs.items():
         np.testing.assert_array_equal(y, exact, err_msg=f"plan, {nt} threads")
+    scale = np.abs(ref).max()
     for level in LEVELS:
         for nt in (1, 2, 3):
             np.testing.assert_array_equal(_kernel(x, w, b, pad, level, nt), exact,
                                           err_msg=f"level {level}, {nt} threads")
-    scale = np.abs(ref).max()
+        # (the other chain: the bias first on the own GEMM's machines, last elsewhere)
+        other = _kernel(x, w, b, pad, level, 2, cc._OWN_SGEMM)
+        assert np.abs(other - ref).max() / scale < 1e-6
+        if b is None:
+            np.testing.assert_array_equal(other, exact)
     assert np.abs(exact - ref).max() / scale < 1e-6
 
 
@@ -147,9 +154,10 @@ def test_direct_rule():
         return P.plan_forward(s, dtype, threads, caps, limit)
     st = fwd((64, 1, 28, 28), (6, 1, 5, 5))
     per = wd.direct_floats(1, 28, 28, 5, 5) if ok else 0
-    assert st.algo == "direct" and st.threads == 2 and st.params == {"level": 3,
-                                                                     "per_thread": per}
-    assert fwd((64, 1, 28, 28), (6, 1, 5, 5), caps=blas).params["level"] == 2
+    assert st.algo == "direct" and st.threads == 2 and st.params == {
+        "level": 3, "per_thread": per, "bias_first": False}
+    assert fwd((64, 1, 28, 28), (6, 1, 5, 5), caps=blas).params == {
+        "level": 2, "per_thread": per, "bias_first": True}
     assert fwd((1, 1, 28, 28), (6, 1, 5, 5), threads=16).threads == 1
     assert tuning.DIRECT_MAX_CHANNELS == 1 and tuning.DIRECT_MAX_TAPS == 192
     assert fwd((2, 1, 40, 40), (4, 1, 12, 16), pad=0).algo == "direct"        # 192 taps

@@ -474,7 +474,9 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
 # Beside the own AVX-512 GEMM too where the plan takes weight_direct (a half-rate CPU): its
 # kernel sums k in one chain from zero within a block of CK_KC = 192 (csrc/sgemm.h) and adds
 # the bias after, so up to 192 taps the bits are its own (LeNet5's c1 forward, one thread:
-# 32 -> 29 us at batch 64, 57 -> 54 us at 128)
+# 32 -> 29 us at batch 64, 57 -> 54 us at 128).  The kernel: the "direct" forward's
+# (ck_direct_forward, the CPU's widest level; 8x8 blocks before: 24.8 -> 21.5 us at batch 64,
+# 48.2 -> 42.4 at 128, one thread CPU time, the same bits)
 _DIRECT_FWD = _FIXED_SGEMM and _wdirect.available()
 _SGEMM_KC = 192
 
@@ -497,10 +499,10 @@ def _fwd_batch(x, weight, b, has_bias, y, s, step, stride=None, pt=None, pl=None
     pl = s.padding[2] if pl is None else pl
     n, p = step.threads, step.params
     if _direct_forward(x, weight, stride, s):
-        per = _wdirect.forward_floats(x.shape[1], Ho, Wo, KH, KW)
-        _wdirect.conv2d_forward_direct(x, weight, b, has_bias, y,
-                                       _workspace(n * per, np.float32, "weight_direct"), pt, pl,
-                                       n)
+        per = _wdirect.direct_floats(x.shape[1], Ho, Wo, KH, KW)
+        _wdirect.conv2d_forward_flat(x, weight, b, has_bias, y,
+                                     _workspace(n * per, np.float32, "weight_direct"), pt, pl,
+                                     _wdirect.direct_level(), n)
         return
     Hp, Wp, idx = _batch_geometry(N, Ho, Wo, KH, KW, stride, s.dilation)
     ws = _workspace(n * p["per_thread"], x.dtype)
@@ -644,7 +646,7 @@ def _fwd_direct(x, weight, b, has_bias, y, s, step):
     p = step.params
     ws = _workspace(p["per_thread"] * step.threads, np.float32, "direct")
     _wdirect.conv2d_forward_flat(x, weight, b, has_bias, y, ws, s.padding[0], s.padding[2],
-                                 p["level"], step.threads)
+                                 p["level"], step.threads, p["bias_first"])
 
 
 def _fwd_im2col(x, weight, b, has_bias, y, s, step):

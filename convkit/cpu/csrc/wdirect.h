@@ -113,85 +113,22 @@ __attribute__((target("avx2,fma"))) static void ck_wdirect_task(
     }
 }
 
-/* The forward of the same layers, one image: y[f, ho, wo] = (sum over (c, kh, kw) in that
- * order of w[f, c, kh, kw] * xp[c, ho + kh, wo + kw]) + bias[f], each output one FMA chain from
- * 0 over the taps in order, then the bias added -- exactly the batch path's csrc/fgemm.h GEMM
- * over its im2col columns (padding zeros included) and its bias pass, so the same bits, with
- * no columns built: 8 output rows of one 8-column chunk in 8 registers, a weight broadcast
- * once per tap.  xp: this image zero-padded, C x Hq x Wp with Hq = 8 * ceil(Ho / 8) + KH - 1
- * (the rows past Ho + KH - 1 are read, never stored) and Wp = 8 * ceil(Wo / 8) + KW - 1. */
-__attribute__((target("avx2,fma"), always_inline)) static inline void ck_wdirect_fwd_kw(
-    const float *xp, const float *w, const float *bias, float *y, ptrdiff_t C, ptrdiff_t F,
-    ptrdiff_t KH, const int KW, ptrdiff_t Hq, ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo)
-{
-    const int r = (int)(Wo % 8);
-    const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(r ? r : 8),
-                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    const ptrdiff_t KK = KH * KW;
-    for (ptrdiff_t f = 0; f < F; ++f) {
-        const float *wf = w + f * C * KK;
-        for (ptrdiff_t j = 0; j < Wo; j += 8) {
-            const int full = j + 8 <= Wo;
-            for (ptrdiff_t r0 = 0; r0 < Ho; r0 += 8) {
-                __m256 acc[8];
-                for (int q = 0; q < 8; ++q)
-                    acc[q] = _mm256_setzero_ps();
-                for (ptrdiff_t c = 0; c < C; ++c) {
-                    const float *rp[8];     /* the rows' starts; a tap: one offset o + kw */
-                    for (int q = 0; q < 8; ++q)
-                        rp[q] = xp + (c * Hq + r0 + q) * Wp + j;
-                    const float *wk = wf + c * KK;
-                    for (ptrdiff_t o = 0; o < KH * Wp; o += Wp, wk += KW)
-                        for (int kw = 0; kw < KW; ++kw) {     /* (KW constant: unrolled) */
-                            const __m256 wv = _mm256_broadcast_ss(wk + kw);
-                            for (int q = 0; q < 8; ++q)
-                                acc[q] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(rp[q] + o + kw),
-                                                         acc[q]);
-                        }
-                }
-                const __m256 bv = _mm256_set1_ps(bias != NULL ? bias[f] : 0.0f);
-                for (int q = 0; q < 8 && r0 + q < Ho; ++q) {
-                    __m256 v = bias != NULL ? _mm256_add_ps(acc[q], bv) : acc[q];
-                    float *dst = y + (f * Ho + r0 + q) * Wo + j;
-                    if (full)
-                        _mm256_storeu_ps(dst, v);
-                    else
-                        _mm256_maskstore_ps(dst, tail, v);
-                }
-            }
-        }
-    }
-}
-
-__attribute__((target("avx2,fma"))) static void ck_wdirect_forward(
-    const float *xp, const float *w, const float *bias, float *y, ptrdiff_t C, ptrdiff_t F,
-    ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hq, ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo)
-{
-    switch (KW) {   /* a constant KW each: the taps of a kernel row unrolled */
-    case 1: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 1, Hq, Wp, Ho, Wo); break;
-    case 2: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 2, Hq, Wp, Ho, Wo); break;
-    case 3: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 3, Hq, Wp, Ho, Wo); break;
-    case 4: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 4, Hq, Wp, Ho, Wo); break;
-    case 5: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 5, Hq, Wp, Ho, Wo); break;
-    case 6: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 6, Hq, Wp, Ho, Wo); break;
-    case 7: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 7, Hq, Wp, Ho, Wo); break;
-    default: ck_wdirect_fwd_kw(xp, w, bias, y, C, F, KH, 8, Hq, Wp, Ho, Wo); break;
-    }
-}
-
 /* The forward of a stride-1 conv with few input channels at any map size (conv_plan "direct":
  * lenet_c1, 1 -> 6, 5x5, padding 2 on 28x28 maps), one image per call, with the vectors laid
  * along the image's output positions taken flat (p = ho * Wo + wo), so that no lane is spent on
  * padded columns (the "wide" GEMM computed 32 columns per 28-wide row, 14 % of its work;
- * ck_wdirect_forward's 8 x 8 blocks 32 x 32 per 28 x 28).  With xp the image zero-padded
+ * the 8 x 8 blocks of the kernel it replaced 32 x 32 per 28 x 28).  The batch path runs it
+ * for the same layers' small maps (LeNet5's 8 x 8: conv.py _fwd_batch).  With xp the image
+ * zero-padded
  * (C x Hp x Wx, Hp = Ho + KH - 1, ck_wdirect_pad), the plane S[c, kw] holds xp's rows shifted
  * left by kw and cut to Wo columns, flat: S[c, kw][r * Wo + wo] = xp[c, r, wo + kw].  Tap
  * (c, kh, kw) of output p then reads S[c, kw][p + kh * Wo] -- one contiguous vector load for
  * L outputs whatever rows they span.  A tile of FB <= 6 filters x Q vectors keeps its FB * Q
  * sums in registers, each loaded vector serving the FB filters (weights broadcast).
- * Each output is one FMA chain over the taps (c, kh, kw) in order from 0, then + bias: the
- * chain of the own GEMM (within its CK_KC taps) and of csrc/fgemm.h over im2col's columns, so
- * the wide / im2col / batch plans' bits, at either vector width and any thread count.  Every
+ * Each output is one FMA chain over the taps (c, kh, kw) in order, from 0 and then + bias (the
+ * own GEMM's chain within its CK_KC taps; the batch path's on csrc/fgemm.h), or from the bias
+ * (bias_first: csrc/fgemm.h's im2col / wide GEMMs, whose chains go on from C = bias), so the
+ * bits of the plan it replaces, at either vector width and any thread count.  Every
  * output reads its own window only (padding zeros included, as torch): no operand check.
  * The sums are written acc += w * x on gcc's generic vectors, contracted to one FMA as isa.h
  * and dw3x3.h rely on (tests/test_cpu_gemm.py checks the contraction; the direct tests check
@@ -229,7 +166,7 @@ typedef int ck_diri##VB __attribute__((vector_size(VB)));                       
 ATTR static inline __attribute__((always_inline)) void ck_direct_tile##VB(                   \
     const float *S, ptrdiff_t plane, const float *w, const float *bias, float *y,            \
     ptrdiff_t P, ptrdiff_t C, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Wo, ptrdiff_t p0,        \
-    const int FB, const int Q)                                                               \
+    int bias_first, const int FB, const int Q)                                               \
 {                                                                                            \
     typedef ck_dirv##VB V;                                                                   \
     typedef ck_diri##VB I;                                                                   \
@@ -237,9 +174,11 @@ ATTR static inline __attribute__((always_inline)) void ck_direct_tile##VB(      
     const ptrdiff_t KK = KH * KW, CKK = C * KK;                                              \
     const V z = {0};                                                                         \
     V acc[6][4];                                                                             \
-    for (int f = 0; f < FB; ++f)                                                             \
+    for (int f = 0; f < FB; ++f) {                                                           \
+        const V a0 = bias_first ? __builtin_shuffle((V){bias[f]}, (I){0}) : z;               \
         for (int q = 0; q < Q; ++q)                                                          \
-            acc[f][q] = z;                                                                   \
+            acc[f][q] = a0;                                                                  \
+    }                                                                                        \
     for (ptrdiff_t c = 0; c < C; ++c)                                                        \
         for (ptrdiff_t kh = 0; kh < KH; ++kh) {                                              \
             const float *s = S + c * KW * plane + kh * Wo + p0;                              \
@@ -261,7 +200,7 @@ ATTR static inline __attribute__((always_inline)) void ck_direct_tile##VB(      
         float *yf = y + f * P;                                                               \
         for (int q = 0; q < Q; ++q) {                                                        \
             const ptrdiff_t p = p0 + q * L;                                                  \
-            const V v = bias != NULL ? acc[f][q] + bias[f] : acc[f][q];                      \
+            const V v = bias != NULL && !bias_first ? acc[f][q] + bias[f] : acc[f][q];       \
             if (p + L <= P) {                                                                \
                 CK_DIRECT_ST(yf + p, v);                                                     \
             } else if (p < P) {                                                              \
@@ -276,7 +215,7 @@ ATTR static inline __attribute__((always_inline)) void ck_direct_tile##VB(      
 ATTR static void ck_direct_image##VB(                                                        \
     const float *x, const float *w, const float *bias, float *y, ptrdiff_t C, ptrdiff_t H,   \
     ptrdiff_t W, ptrdiff_t F, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Ho, ptrdiff_t Wo,        \
-    ptrdiff_t pt, ptrdiff_t pl, float *ws)                                                   \
+    ptrdiff_t pt, ptrdiff_t pl, int bias_first, float *ws)                                   \
 {                                                                                            \
     typedef ck_dirv##VB V;                                                                   \
     enum { L = VB / 4 };                                                                     \
@@ -314,7 +253,7 @@ ATTR static void ck_direct_image##VB(                                           
 }
 
 #define CK_DIRECT_CALL(VB, FB, Q)                                                            \
-    ck_direct_tile##VB(S, plane, wf, bf, yf, P, C, KH, KW, Wo, p0, FB, Q); break;
+    ck_direct_tile##VB(S, plane, wf, bf, yf, P, C, KH, KW, Wo, p0, bias_first, FB, Q); break;
 #define CK_DIRECT_CASES(VB, QMAX, FB, K)                                                     \
     case K + 3: CK_DIRECT_CALL(VB, FB, (QMAX >= 4 ? 4 : QMAX))                               \
     case K + 2: CK_DIRECT_CALL(VB, FB, (QMAX >= 3 ? 3 : QMAX))                               \
@@ -335,12 +274,13 @@ static int ck_direct_level3(void)
 static void ck_direct_forward(const float *x, const float *w, const float *bias, float *y,
                               ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t F, ptrdiff_t KH,
                               ptrdiff_t KW, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t pt,
-                              ptrdiff_t pl, float *ws, int level)
+                              ptrdiff_t pl, float *ws, int level, int bias_first)
 {
+    bias_first = bias_first && bias != NULL;
     if (level >= 3)
-        ck_direct_image64(x, w, bias, y, C, H, W, F, KH, KW, Ho, Wo, pt, pl, ws);
+        ck_direct_image64(x, w, bias, y, C, H, W, F, KH, KW, Ho, Wo, pt, pl, bias_first, ws);
     else
-        ck_direct_image32(x, w, bias, y, C, H, W, F, KH, KW, Ho, Wo, pt, pl, ws);
+        ck_direct_image32(x, w, bias, y, C, H, W, F, KH, KW, Ho, Wo, pt, pl, bias_first, ws);
 }
 
 #else
@@ -372,14 +312,6 @@ static void ck_wdirect_task(const float *xp, const float *gy, ptrdiff_t N, ptrdi
     (void)KH; (void)KW; (void)f; (void)c; (void)kh; (void)out;
 }
 
-static void ck_wdirect_forward(const float *xp, const float *w, const float *bias, float *y,
-                               ptrdiff_t C, ptrdiff_t F, ptrdiff_t KH, ptrdiff_t KW, ptrdiff_t Hq,
-                               ptrdiff_t Wp, ptrdiff_t Ho, ptrdiff_t Wo)
-{
-    (void)xp; (void)w; (void)bias; (void)y; (void)C; (void)F; (void)KH; (void)KW; (void)Hq;
-    (void)Wp; (void)Ho; (void)Wo;
-}
-
 static int ck_direct_level3(void)
 {
     return 0;
@@ -395,8 +327,9 @@ static inline ptrdiff_t ck_direct_floats(ptrdiff_t C, ptrdiff_t Ho, ptrdiff_t Wo
 static void ck_direct_forward(const float *x, const float *w, const float *bias, float *y,
                               ptrdiff_t C, ptrdiff_t H, ptrdiff_t W, ptrdiff_t F, ptrdiff_t KH,
                               ptrdiff_t KW, ptrdiff_t Ho, ptrdiff_t Wo, ptrdiff_t pt,
-                              ptrdiff_t pl, float *ws, int level)
+                              ptrdiff_t pl, float *ws, int level, int bias_first)
 {
+    (void)bias_first;
     (void)x; (void)w; (void)bias; (void)y; (void)C; (void)H; (void)W; (void)F; (void)KH;
     (void)KW; (void)Ho; (void)Wo; (void)pt; (void)pl; (void)ws; (void)level;
 }
