@@ -119,9 +119,9 @@ __attribute__((target("avx2,fma"))) static void ck_wdirect_task(
  * padded columns (the "wide" GEMM computed 32 columns per 28-wide row, 14 % of its work;
  * the 8 x 8 blocks of the kernel it replaced 32 x 32 per 28 x 28).  The batch path runs it
  * for the same layers' small maps (LeNet5's 8 x 8: conv.py _fwd_batch).  With xp the image
- * zero-padded
- * (C x Hp x Wx, Hp = Ho + KH - 1, ck_wdirect_pad), the plane S[c, kw] holds xp's rows shifted
- * left by kw and cut to Wo columns, flat: S[c, kw][r * Wo + wo] = xp[c, r, wo + kw].  Tap
+ * zero-padded (C x Hp x Wx, Hp = Ho + KH - 1, ck_wdirect_pad), the plane S[c, kw] holds xp's
+ * rows shifted left by kw and cut to Wo columns, flat: S[c, kw][r * Wo + wo] =
+ * xp[c, r, wo + kw].  Tap
  * (c, kh, kw) of output p then reads S[c, kw][p + kh * Wo] -- one contiguous vector load for
  * L outputs whatever rows they span.  A tile of FB <= 6 filters x Q vectors keeps its FB * Q
  * sums in registers, each loaded vector serving the FB filters (weights broadcast).
