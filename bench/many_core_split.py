@@ -154,6 +154,11 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   (KH-1)*dh//sh halo phase rows beyond its own (the share of the phase building).
 - wide (_conv_batch.conv2d_forward_wide): N tasks (an image each), each F*C*KK*Ho*Wp MACs:
   dup: the Wp - Wo extra columns per row.
+- direct (_conv_wdirect.conv2d_forward_flat, csrc/wdirect.h ck_direct_forward): a static
+  region of N tasks (an image each), each F*C*KK*ceil(HoWo/L)*L MACs (L = 16 lanes at level 3,
+  8 at level 2: the vectors run along the flat positions) + the padded image (C*Hp*Wx, Wx =
+  Wo rounded up to 16 + KW - 1) and its C*KW shifted planes (C*KW*Hp*Wo); dup: the last
+  vector's lanes past HoWo.
 - weight_dot (_conv_dot, own GEMM only): G*ceil(Fg/fchunk)*groups_n tasks, each fchunk*Cg*KK
   MACs per output of its images; then a static region of F filters summing the groups' 16-lane
   partials.  Dup: the phase planes are built again for every filter chunk.
@@ -396,6 +401,13 @@ def forward_regions(algo, p, s, own, itemsize):
         main = Region("images", [F * C * KK * panels(Ho * Wp, own)] * N,
                       useful=float(F * C * KK * HoWo * N))     # (Wp - Wo columns per row extra)
         return [main], F * C * KK if own else 0, 0, p["per_thread"] * itemsize
+    if algo == "direct":
+        L = 16 if p["level"] >= 3 else 8
+        Hp, Wx = Ho + KH - 1, cdiv(Wo, 16) * 16 + KW - 1
+        planes = C * Hp * Wx + C * KW * Hp * Wo
+        main = Region("images", [F * C * KK * cdiv(HoWo, L) * L + planes] * N, "static",
+                      useful=float((F * C * KK * HoWo + planes) * N))
+        return [main], 0, 0, p["per_thread"] * itemsize
     if algo == "dense":
         return dense_regions(s, p, own, "f"), 0, 0, 0
     if algo in ("depthwise3x3", "depthwise"):

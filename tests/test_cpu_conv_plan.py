@@ -86,14 +86,15 @@ def test_suite_layers_take_their_plans(name, shape, own, blas):
     f64 = _algos(P.plan_conv(shape, np.float64, 2, OWN, LIMIT))
     assert not {"phases", "weight_dot"} & set(f64)
     # with csrc/rowgemm.h (AVX2 + FMA): only convt_28's forward (conv_transpose2d's grad_x) and
-    # grad_weight change, to rowphases and weight_rowgemm, and the stem's, to stem_wino and
-    # weight_stem_wino; float64 never takes them
+    # grad_weight change, to rowphases and weight_rowgemm, the stem's, to stem_wino and
+    # weight_stem_wino, and lenet_c1's forward, to direct; float64 never takes them
     rg = _algos(P.plan_conv(shape, np.float32, 2, BLAS_RG, LIMIT))
     rg_want = {"convt_28": ("rowphases", blas[1], "weight_rowgemm"),
-               "stem_224": ("stem_wino", blas[1], "weight_stem_wino")}
+               "stem_224": ("stem_wino", blas[1], "weight_stem_wino"),
+               "lenet_c1": ("direct", blas[1], blas[2])}
     assert rg == rg_want.get(name, blas)
     assert not {"rowphases", "weight_rowgemm", "stem", "stem_wino", "weight_stem",
-                "weight_stem_wino"} & set(
+                "weight_stem_wino", "direct"} & set(
         _algos(P.plan_conv(shape, np.float64, 2, BLAS_RG, LIMIT)))
 
 

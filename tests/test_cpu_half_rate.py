@@ -114,7 +114,8 @@ HALF_PLANS = {
     "rpn_3x3": (("winograd", 4, True), ("winograd", 4, True), ("weight_winograd", None, None)),
     "convt_28": (("rowphases", None, None), ("subpixel", None, None),
                  ("weight_rowgemm", None, None)),
-    "lenet_c1": None, "pw_14": None, "rpn_cls1x1": None, "dw_56": None,
+    "lenet_c1": (("direct", None, None), ("im2col", None, None), ("weight_dot", None, None)),
+    "pw_14": None, "rpn_cls1x1": None, "dw_56": None,
 }
 
 
@@ -175,6 +176,7 @@ LAYERS = {
     "stem": ((2, 3, 37, 53), 20, 7, 2, 3, ("stem_wino", "im2col", "weight_stem_wino")),
     "wino4": ((2, 64, 14, 13), 68, 3, 1, 1, ("winograd", "winograd", "weight_winograd")),
     "convt": ((2, 8, 40, 38), 16, 4, 2, 1, ("rowphases", "subpixel", "weight_rowgemm")),
+    "direct": ((3, 1, 28, 28), 6, 5, 1, 2, ("direct", "im2col", "weight_dot")),
 }
 
 
@@ -225,7 +227,8 @@ def test_the_half_rate_algorithms_run_beside_the_own_gemm(torch, rate, name):
             algos = (plan.forward.algo, plan.grad_x.algo, plan.grad_weight.algo)
             if rate:
                 assert not set(algos) & {"stem_wino", "weight_stem_wino", "rowphases",
-                                         "subpixel", "weight_rowgemm", "weight_winograd"}, algos
+                                         "subpixel", "weight_rowgemm", "weight_winograd",
+                                         "direct"}, algos
                 assert plan.forward.params.get("tile", 2) == 2
             else:
                 assert algos == LAYERS[name][5], algos

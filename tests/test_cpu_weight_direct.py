@@ -241,19 +241,16 @@ def test_direct_forward_beside_the_own_gemm_up_to_one_k_block():
 
 @pytest.mark.skipif(not DIRECT, reason="weight_direct runs on AVX2 machines without the own "
                                        "AVX-512 GEMM and on half-rate AVX-512 CPUs")
-def test_direct_forward_kernel_checks_its_arguments():
+def test_direct_forward_kernel_on_small_maps():
+    """The batch forward's kernel (the "direct" forward's, tests/test_cpu_direct_forward.py
+    checks its arguments) at each level on an 8x8 map, padding 2: 25 taps inside, 9 in a
+    corner."""
     from convkit.cpu import _conv_wdirect as wd
-    x = np.zeros((2, 1, 8, 8), np.float32)
-    w = np.zeros((6, 1, 5, 5), np.float32)
-    y = np.zeros((2, 6, 8, 8), np.float32)
-    n = wd.forward_floats(1, 8, 8, 5, 5)
-    b = np.zeros(6, np.float32)
-    with pytest.raises(ValueError, match="too small"):
-        wd.conv2d_forward_direct(x, w, b, True, y, np.zeros(2 * n - 1, np.float32), 2, 2, 2)
-    with pytest.raises(ValueError, match="too short"):
-        wd.conv2d_forward_direct(x, w, b[:5], True, y, np.zeros(n, np.float32), 2, 2, 1)
-    with pytest.raises(ValueError, match="do not match"):
-        wd.conv2d_forward_direct(x, w, b, True, np.zeros((2, 5, 8, 8), np.float32),
-                                 np.zeros(n, np.float32), 2, 2, 1)
-    wd.conv2d_forward_direct(x + 1, w + 1, b + 0.5, True, y, np.zeros(n, np.float32), 2, 2, 1)
-    assert y[0, 0, 3, 3] == 25.5 and y[0, 0, 0, 0] == 9.5
+    x = np.ones((2, 1, 8, 8), np.float32)
+    w = np.ones((6, 1, 5, 5), np.float32)
+    b = np.full(6, 0.5, np.float32)
+    n = wd.direct_floats(1, 8, 8, 5, 5)
+    for level in range(2, wd.direct_level() + 1):
+        y = np.zeros((2, 6, 8, 8), np.float32)
+        wd.conv2d_forward_flat(x, w, b, True, y, np.zeros(n, np.float32), 2, 2, level, 1)
+        assert y[0, 0, 3, 3] == 25.5 and y[0, 0, 0, 0] == 9.5 and y[1, 5, 7, 7] == 9.5

@@ -10,8 +10,9 @@ chooses among them, convkit/cpu/conv.py runs them):
     _conv_dot.pyx        weight gradients as dot products in the phase planes (own float32 GEMM)
     _conv_batch.pyx      batch-wide GEMMs for small maps, and the stride-1 wide-row forward
     _conv_dense.pyx      planes no bigger than the kernel as one dense GEMM
-    _conv_wdirect.pyx    one-channel stride-1 weight gradients as direct dot products, and
-                         their batch forward with the batch GEMM's bits (AVX2)
+    _conv_wdirect.pyx    one-channel stride-1 weight gradients as direct dot products,
+                         their batch forward with the batch GEMM's bits, and their forward on
+                         larger maps along the flat output positions ("direct"; AVX2/AVX-512)
     _conv_common.pxd     inline nogil helpers they share; _conv_csrc.pxd their C (csrc/*.h)
 
 This module re-exports their Python-level entry points, and _conv.pxd the nogil kernels others

@@ -1,8 +1,10 @@
 # cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 # cython: language_level=3
 """grad_weight of small-channel stride-1 convs by direct dot products on AVX2 + FMA
-(csrc/wdirect.h; conv_plan "weight_direct": LeNet5's first layer), and their forward with the
-batch path's bits (conv_plan "batch" runs it where it applies: conv.py _fwd_batch).
+(csrc/wdirect.h; conv_plan "weight_direct": LeNet5's first layer), and the forward of such
+convs with vectors along the flat output positions (conv_plan "direct": lenet_c1; the batch
+path runs it on the small maps of weight_direct's layers, with its GEMM's bits: conv.py
+_fwd_batch).
 
 Part of the conv kernels laid out by algorithm: see convkit/cpu/_conv.pyx.
 """
@@ -18,9 +20,13 @@ cdef extern from "csrc/wdirect.h" nogil:
                          Py_ssize_t Wo, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t f,
                          Py_ssize_t c, Py_ssize_t kh, float* out)
     Py_ssize_t ck_wdirect_rows(Py_ssize_t KW)
-    void ck_wdirect_forward(const float* xp, const float* w, const float* bias, float* y,
-                            Py_ssize_t C, Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW,
-                            Py_ssize_t Hq, Py_ssize_t Wp, Py_ssize_t Ho, Py_ssize_t Wo)
+    int ck_direct_level3()
+    Py_ssize_t ck_direct_floats(Py_ssize_t C, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t KH,
+                                Py_ssize_t KW)
+    void ck_direct_forward(const float* x, const float* w, const float* bias, float* y,
+                           Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t F,
+                           Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t Ho, Py_ssize_t Wo,
+                           Py_ssize_t pt, Py_ssize_t pl, float* ws, int level, int bias_first)
 
 
 def available():
@@ -66,35 +72,47 @@ def conv2d_grad_weight_direct(const float[:, :, :, ::1] gy, const float[:, :, :,
                             &gw[f, c, kh, 0])
 
 
-def forward_floats(Py_ssize_t C, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t KH, Py_ssize_t KW):
-    """Floats of one image's zero-padded input the forward reads (C x Hq x Wp)."""
-    return C * (8 * ((Ho + 7) // 8) + KH - 1) * (8 * ((Wo + 7) // 8) + KW - 1)
+def direct_level():
+    """The vector level conv2d_forward_flat runs at best here: 3 (64-byte vectors, AVX-512F and
+    CONVKIT_DISABLE_AVX512 unset), 2 (AVX2 + FMA) or 0 (neither)."""
+    if not ck_wdirect_available():
+        return 0
+    return 3 if ck_direct_level3() else 2
 
 
-def conv2d_forward_direct(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
-                          const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
-                          float[::1] ws, Py_ssize_t pt, Py_ssize_t pl, int n_threads):
-    """y (OUT) = conv(x, w) + bias for a groups-1, stride-1, dilation-1 float32 conv with
-    KW <= 8: each output the batch path's csrc/fgemm.h chain over the taps in order, then the
-    bias (the same bits).  One task per image; ws: n_threads * forward_floats(...) floats."""
+def direct_floats(Py_ssize_t C, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t KH, Py_ssize_t KW):
+    """Floats of one thread's workspace for conv2d_forward_flat (an image's padded copy and its
+    C*KW shifted planes)."""
+    return ck_direct_floats(C, Ho, Wo, KH, KW)
+
+
+def conv2d_forward_flat(const float[:, :, :, ::1] x, const float[:, :, :, ::1] w,
+                        const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
+                        float[::1] ws, Py_ssize_t pt, Py_ssize_t pl, int level, int n_threads,
+                        bint bias_first=False):
+    """y (OUT) = conv(x, w) + bias for a groups-1, stride-1, dilation-1 float32 conv
+    (csrc/wdirect.h ck_direct_forward, conv_plan "direct"): each output one FMA chain over the
+    taps in order from 0, then the bias -- the own GEMM's chain, and the batch path's -- or, with
+    bias_first, from the bias (csrc/fgemm.h's im2col and wide GEMMs): their bits at any level
+    and thread count.  One task per image (static); ws: n_threads * direct_floats(...) floats;
+    level 2 (AVX2 + FMA) or 3 (AVX-512F), at most direct_level()."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], KH = w.shape[2], KW = w.shape[3]
     cdef Py_ssize_t Ho = y.shape[2], Wo = y.shape[3]
-    cdef Py_ssize_t Hq = 8 * ((Ho + 7) // 8) + KH - 1, Wp = 8 * ((Wo + 7) // 8) + KW - 1
-    cdef Py_ssize_t per = C * Hq * Wp, n
+    cdef Py_ssize_t per = ck_direct_floats(C, Ho, Wo, KH, KW), n
     cdef const float* bp = &bias[0] if has_bias else NULL
-    cdef float* xp
-    if not ck_wdirect_available():
-        raise RuntimeError("conv2d_forward_direct: needs AVX2 and FMA")
-    if not (1 <= KW <= 8) or w.shape[1] != C or y.shape[0] != N or y.shape[1] != F:
-        raise ValueError("conv2d_forward_direct: shapes do not match (KW <= 8)")
+    if not (2 <= level <= direct_level()):
+        raise RuntimeError(f"conv2d_forward_flat: level {level} does not run here "
+                           f"(at most {direct_level()}, at least 2)")
+    if (w.shape[1] != C or y.shape[0] != N or y.shape[1] != F or Ho < 1 or Wo < 1 or pt < 0
+            or pl < 0):
+        raise ValueError("conv2d_forward_flat: shapes do not match")
     if ws.shape[0] < n_threads * per:
-        raise ValueError("conv2d_forward_direct: ws is too small")
+        raise ValueError("conv2d_forward_flat: ws is too small")
     if has_bias and bias.shape[0] < F:
-        raise ValueError("conv2d_forward_direct: bias is too short")
+        raise ValueError("conv2d_forward_flat: bias is too short")
     with nogil:
         for n in prange(N, schedule="static", num_threads=n_threads):
-            xp = &ws[0] + threadid() * per
-            ck_wdirect_pad(&x[n, 0, 0, 0], C, H, W, pt, pl, Hq, Wp, xp)
-            ck_wdirect_forward(xp, &w[0, 0, 0, 0], bp, &y[n, 0, 0, 0], C, F, KH, KW, Hq, Wp,
-                               Ho, Wo)
+            ck_direct_forward(&x[n, 0, 0, 0], &w[0, 0, 0, 0], bp, &y[n, 0, 0, 0], C, H, W, F,
+                              KH, KW, Ho, Wo, pt, pl, &ws[0] + threadid() * per, level,
+                              bias_first)

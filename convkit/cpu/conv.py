@@ -115,9 +115,10 @@ _MAX_PLANS = 256
 # where torch's sums do not (_finite).  The depthwise kernels skip padding
 # taps instead of multiplying zeros, so only a non-finite weight (forward) or grad_y / weight
 # (backward) makes them differ from torch; x is not read twice for them.  im2col, pointwise,
-# wide, phases, rowphases and stem compute each output from its own window, and weight_rowgemm
-# and weight_stem each weight from its own products (the stem's padded taps and masked tails
-# read no other values), padding included, as torch does: no check, no cost.  stem_wino checks
+# wide, direct, phases, rowphases and stem compute each output from its own window, and
+# weight_rowgemm and weight_stem each weight from its own products (the stem's padded taps and
+# masked tails, direct's lanes past the image read no other values into kept outputs), padding
+# included, as torch does: no check, no cost.  stem_wino checks
 # its operands itself and falls back to the direct stem (_fwd_stem_wino); weight_stem_wino checks
 # its result and falls back to weight_stem (_bwd_weight_stem_wino).
 _MIXES_X = frozenset({"winograd", "dense", "batch", "weight_dot", "subpixel",
@@ -473,7 +474,9 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
 # Beside the own AVX-512 GEMM too where the plan takes weight_direct (a half-rate CPU): its
 # kernel sums k in one chain from zero within a block of CK_KC = 192 (csrc/sgemm.h) and adds
 # the bias after, so up to 192 taps the bits are its own (LeNet5's c1 forward, one thread:
-# 32 -> 29 us at batch 64, 57 -> 54 us at 128)
+# 32 -> 29 us at batch 64, 57 -> 54 us at 128).  The kernel: the "direct" forward's
+# (ck_direct_forward, the CPU's widest level; 8x8 blocks before: 24.8 -> 21.5 us at batch 64,
+# 48.2 -> 42.4 at 128, one thread CPU time, the same bits)
 _DIRECT_FWD = _FIXED_SGEMM and _wdirect.available()
 _SGEMM_KC = 192
 
@@ -496,10 +499,10 @@ def _fwd_batch(x, weight, b, has_bias, y, s, step, stride=None, pt=None, pl=None
     pl = s.padding[2] if pl is None else pl
     n, p = step.threads, step.params
     if _direct_forward(x, weight, stride, s):
-        per = _wdirect.forward_floats(x.shape[1], Ho, Wo, KH, KW)
-        _wdirect.conv2d_forward_direct(x, weight, b, has_bias, y,
-                                       _workspace(n * per, np.float32, "weight_direct"), pt, pl,
-                                       n)
+        per = _wdirect.direct_floats(x.shape[1], Ho, Wo, KH, KW)
+        _wdirect.conv2d_forward_flat(x, weight, b, has_bias, y,
+                                     _workspace(n * per, np.float32, "weight_direct"), pt, pl,
+                                     _wdirect.direct_level(), n)
         return
     Hp, Wp, idx = _batch_geometry(N, Ho, Wo, KH, KW, stride, s.dilation)
     ws = _workspace(n * p["per_thread"], x.dtype)
@@ -639,6 +642,13 @@ def _fwd_wide(x, weight, b, has_bias, y, s, step):
                                                 Wo + (s.KW - 1) * dw, dh, dw))
 
 
+def _fwd_direct(x, weight, b, has_bias, y, s, step):
+    p = step.params
+    ws = _workspace(p["per_thread"] * step.threads, np.float32, "direct")
+    _wdirect.conv2d_forward_flat(x, weight, b, has_bias, y, ws, s.padding[0], s.padding[2],
+                                 p["level"], step.threads, p["bias_first"])
+
+
 def _fwd_im2col(x, weight, b, has_bias, y, s, step):
     p = _check(step)
     (sh, sw), (dh, dw), G = s.stride, s.dilation, s.groups
@@ -653,7 +663,7 @@ def _fwd_im2col(x, weight, b, has_bias, y, s, step):
 _FORWARD = {"depthwise3x3": _fwd_depthwise3x3, "depthwise": _fwd_depthwise, "dense": _fwd_dense,
             "winograd": _fwd_winograd, "batch": _fwd_batch, "phases": _fwd_phases,
             "rowphases": _fwd_rowphases, "stem": _fwd_stem, "stem_wino": _fwd_stem_wino,
-            "wide": _fwd_wide, "polywino": _fwd_polywino,
+            "wide": _fwd_wide, "direct": _fwd_direct, "polywino": _fwd_polywino,
             "pointwise": _fwd_im2col, "im2col": _fwd_im2col}
 
 

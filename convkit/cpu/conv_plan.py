@@ -27,6 +27,10 @@ stem            strided first layer (<= 4 channels, kernel not a multiple of the
                 output row straight into y by csrc/stem.h (taps read in place)
 subpixel        strided, kernel a multiple of the stride, on BLAS: the sh*sw output     x
                 phases of grad_x as one stride-1 conv of grad_y, then interleaved
+direct          stride 1, one input channel, maps > 64 positions, float32 on BLAS         f
+                machines with AVX2 and half-rate AVX-512 CPUs: vectors along the flat
+                output positions over an image's kernel-column-shifted planes, 6 filters
+                a tile (csrc/wdirect.h ck_direct_forward: no lane on padded columns)
 wide            stride 1, padded rows <= 5/4 of the output's: taps read in place        f
 weight_dot      <= 320 taps per filter, float32 on the own GEMM: dot products           w (+ b)
 weight_polywino polywino's rule: the transposed F(4x4, 2x2) over the phase planes -- 25   w
@@ -1328,6 +1332,28 @@ def plan_subpixel(s: ConvShape, itemsize, own_gemm, pointwise, n_threads, limit)
     return fit_team(n_threads, per * itemsize, 0, limit), rows, per, srows
 
 
+def plan_direct(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads, limit):
+    """(level, workspace floats per thread, bias first) of the direct forward (csrc/wdirect.h
+    ck_direct_forward), or None: float32 on AVX2 + FMA where avx2_algo allows it, groups 1,
+    stride 1, dilation 1, at most tuning.DIRECT_MAX_CHANNELS input channels and
+    tuning.DIRECT_MAX_TAPS taps per filter (the plan puts maps of <= 64 positions on the batch
+    path first).  lenet_c1 (1 -> 6, 5x5, 28x28): the wide plan's GEMM of 6 filters by 25 taps
+    ran at a third of the FMA peak, 4 of its 32 columns a row padding.  An image per task, each
+    output one chain over the taps in the GEMM's order: no bits follow the team or the level.
+    level 3 (64-byte vectors) where the CPU runs AVX-512 (caps.depthwise3x3_level), else 2;
+    the chains start from the bias where the GEMMs of the plan it replaces run on csrc/fgemm.h
+    (no own GEMM), from 0 with the bias added after on the own GEMM: the same bits."""
+    from ._conv_wdirect import direct_floats  # (a pure size computation, shared with the kernel)
+    if (not float32 or not avx2_algo(caps, "direct") or s.groups != 1 or pointwise
+            or s.stride != (1, 1) or s.dilation != (1, 1) or s.C > T.DIRECT_MAX_CHANNELS
+            or s.C * s.KH * s.KW > T.DIRECT_MAX_TAPS):
+        return None
+    per = direct_floats(s.C, Ho, Wo, s.KH, s.KW)
+    if min(n_threads, s.N) * per * 4 > limit:
+        return None
+    return (3 if caps.depthwise3x3_level >= 3 else 2), per, not caps.own_sgemm
+
+
 def plan_wide(s: ConvShape, Ho, Wo, itemsize, pointwise, limit):
     """Workspace elements per thread of the wide-row forward, or None when it does not apply."""
     if s.stride != (1, 1) or s.groups != 1 or pointwise:
@@ -1456,6 +1482,10 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     p = plan_phases(s, Ho, Wo, f32, caps.own_sgemm, pointwise, n, limit)
     if p is not None:
         return Step("phases", n, {"rows": p[0], "per_thread": p[1]})
+    p = plan_direct(s, Ho, Wo, f32, caps, pointwise, n, limit)
+    if p is not None:
+        return Step("direct", min(n, N), {"level": p[0], "per_thread": p[1],
+                                          "bias_first": p[2]})
     p = plan_wide(s, Ho, Wo, itemsize, pointwise, limit)
     if p is not None:
         return Step("wide", min(n, N), {"per_thread": p})

@@ -33,9 +33,12 @@ SERIAL_MACS = 1 << 15
 # weight_direct (tenth session, helper lenet10): LeNet5's first layer's backward without grad_x
 # (64 / 128, 1, 8, 8) * (6, 1, 5, 5), one thread, 72 / 130 us on the AVX-512 batch path against
 # 46 / 79 on csrc/wdirect.h (bench/lenet_c1_wdirect_ab.py).
+# direct (twelfth session, helper lenet12): lenet_c1's forward (64, 1, 28, 28) * (6, 1, 5, 5), one
+# thread, ~290 us on the AVX-512 wide plan against ~200 on csrc/wdirect.h's ck_direct_forward
+# at level 3 (bench/lenet_c1_fwd.py; RESULTS.md "twelfth session (helper lenet12 ...)").
 HALF_RATE_AVX2 = frozenset({"stem", "weight_stem", "rowphases", "subpixel", "weight_rowgemm",
                             "winograd4", "weight_winograd", "weight_direct", "polywino",
-                            "weight_polywino"})
+                            "weight_polywino", "direct"})
 
 # ----------------------------------------------------------------------------- workspaces
 # im2col piece per thread: twice the weight's bytes, clamped to [CHUNK_MIN, CHUNK_MAX]; small
@@ -438,3 +441,10 @@ DOT_MIN_TASKS = 32
 # 9 taps) stays on the batch path, not measured.
 WDIRECT_MAX_CHANNELS = 1
 WDIRECT_MIN_TAPS = 25
+
+# direct (conv_plan.plan_direct): the stride-1 forwards it takes -- at most this many input
+# channels (each adds KW shifted planes per image; measured on lenet_c1's one only) ...
+DIRECT_MAX_CHANNELS = 1
+# ... and at most this many taps per filter: the own GEMM's k block (csrc/sgemm.h CK_KC), within
+# which its chain is the kernel's, so the plans it replaces keep their bits.
+DIRECT_MAX_TAPS = 192
