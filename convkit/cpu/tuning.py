@@ -120,6 +120,11 @@ BLAS_TASK_COLS = 96
 # The own float32 GEMM computes C in panels of this many columns (a partial panel costs a whole
 # one): task blocks are rounded to whole panels.  RESULTS.md "The GEMM under every float32 conv".
 GEMM_PANEL = 48
+# ... and a GEMM of 6q rows not a multiple of 8 (rpn_cls1x1's 18 filters) in 6 x 64 tiles
+# (csrc/sgemm.h ck_m6_strip), its last panel of 1-4 columns as the others' (CK_EDGE_N, vectors
+# along m).  RESULTS.md, twelfth session, pw12.
+GEMM_PANEL_M6 = 64
+GEMM_EDGE_N = 4
 
 # ----------------------------------------------------------------------------- Winograd
 # Winograd F(2x2, 3x3) for 3x3 stride-1 convs with at least this many channels in and out
