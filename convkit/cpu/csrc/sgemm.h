@@ -344,12 +344,14 @@ CK_TARGET static void ck_kernel_direct(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t kc,
 
 #undef CK_DIRECT_CASE
 
-/* A GEMM of m = 6q rows that is not a multiple of MR (rpn_cls1x1's 18 filters: 8 + 8 + 2, the
- * 2-row panel in the 4-row tile, 60 FMAs a k step for 54 products at a low FMA share) runs in
- * 6-row x 64-column tiles read from B in place (the direct path): every FMA is a product, 24
- * accumulators as the 8 x 48 tile.  The tiles read A's MR-tall panels at lanes 0, 6, 4, 2
+/* A GEMM of m = 6q rows that is not a multiple of MR, all rows in one pass (rpn_cls1x1's 18
+ * filters: 8 + 8 + 2, the 2-row panel in the 4-row tile, 60 FMAs a k step for 54 products at a
+ * low FMA share) runs in 6-row tiles: 6 x 64 read from B in place (the direct path: 24
+ * accumulators as the 8 x 48 tile), 6 x 48 on a packed B panel (its grad_weight, B
+ * transposed).  Every FMA is a product.  The tiles read A's MR-tall panels at lanes 0, 6, 4, 2
  * (ck_kernel_body's l0); each output's chain is the 8 x 48 tile's: the same bits.  1 thread,
- * 18 x 512 x 1900: 92 -> 111 GFLOP/s (bench/RESULTS.md, twelfth session, pw12). */
+ * CPU time: 18 x 1900 x 512 in place 92 -> 108 GFLOP/s, 18 x 256 x 1900 (tb) 75 -> 80
+ * (bench/RESULTS.md, twelfth session, pw12). */
 #define CK_M6_NR 64
 #define CK_M6_NC 1024  /* the direct path's column block here: whole 64-column strips */
 
@@ -358,8 +360,9 @@ static inline int ck_m6_rows(ptrdiff_t m)
     return m % CK_MR != 0 && m % 6 == 0;
 }
 
-/* rows [0, m) (m a multiple of 6) x columns [0, nr) (CK_EDGE_N < nr <= 64) of C from the
- * prepacked panels a (kc x MR each) and B's rows in place (row stride bs, or at b + boff[p]) */
+/* rows [0, m) (m a multiple of 6) x columns [0, nr) (CK_EDGE_N < nr <= 64; <= NR packed) of
+ * C from the packed A panels a (kc x MR each) and B's rows: in place (row stride bs, or at
+ * b + boff[p]) or a packed panel (bs = CK_NR) */
 CK_TARGET static void ck_m6_strip(ptrdiff_t m, ptrdiff_t nr, ptrdiff_t kc, const float *a,
                                   const float *b, ptrdiff_t bs, const ptrdiff_t *boff, float *c,
                                   ptrdiff_t ldc, float alpha, float beta, const float *rb)
@@ -582,8 +585,8 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
     float *pa = ck_pack_a, *pb = ck_pack_b;
     ptrdiff_t kstep = ck_kstep(k), mp = ck_mpad(m);
     int direct = !tb && m <= CK_DIRECT_MAX_M;
-    int m6 = direct && ck_m6_rows(m);  /* 6-row tiles (ck_m6_strip) */
-    ptrdiff_t ncb = m6 ? CK_M6_NC : CK_NC;
+    int m6 = ck_m6_rows(m) && m <= CK_MC;  /* 6-row tiles (ck_m6_strip), all rows a pass */
+    ptrdiff_t ncb = m6 && direct ? CK_M6_NC : CK_NC;
     for (ptrdiff_t jc = 0; jc < n; jc += ncb) {
         ptrdiff_t nc = n - jc < ncb ? n - jc : ncb;
         for (ptrdiff_t pc = 0; pc < k; pc += kstep) {
@@ -599,7 +602,7 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                 else
                     ck_pack_a_block(ta, ta ? a + pc * lda + ic : a + ic * lda + pc, lda, mc, kc,
                                     pa);
-                ptrdiff_t nrb = m6 ? CK_M6_NR : CK_NR;
+                ptrdiff_t nrb = m6 && direct ? CK_M6_NR : CK_NR;
                 for (ptrdiff_t jr = 0; jr < nc; jr += nrb) {
                     ptrdiff_t nr = nc - jr < nrb ? nc - jr : nrb;
                     float *bp = pb + (jr / CK_NR) * CK_NR * kc;
@@ -618,7 +621,7 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                         }
                         continue;
                     }
-                    if (m6) {  /* (m <= MC: one pass, ic == 0) */
+                    if (m6 && direct) {  /* (m <= MC: one pass, ic == 0) */
                         ck_m6_strip(mc, nr, kc, pa, bsrc + jr, ldb, bo, c + jc + jr, ldc, alpha,
                                     bet, rbias);
                         continue;
@@ -642,6 +645,11 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                     if (ic == 0)  /* packed just before its first use: hot in L1 for this pass */
                         ck_pack_b_block(tb, tb ? bsrc + jr * ldb : bsrc + jr, ldb, kc, nr, bp,
                                         jr + CK_NR < nc, bo);
+                    if (m6) {  /* 6 x 48 tiles on the packed panel (grad_weight's 18 rows) */
+                        ck_m6_strip(mc, nr, kc, pa, bp, CK_NR, NULL, c + jc + jr, ldc, alpha,
+                                    bet, rbias);
+                        continue;
+                    }
                     for (ptrdiff_t ir = 0; ir < mc; ir += CK_MR) {
                         ptrdiff_t mr = mc - ir < CK_MR ? mc - ir : CK_MR;
                         const float *ap = pa + (ir / CK_MR) * CK_MR * kc;
