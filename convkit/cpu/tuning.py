@@ -48,8 +48,8 @@ CHUNK_MAX = 8 * 2**20
 KEEP_BYTES = 64 * 2**20
 
 # ----------------------------------------------------------------------------- task splits
-# im2col / pointwise forward on the own GEMM: at least this many tasks per thread (balance).
-# Not measured in RESULTS.md.
+# im2col forward on the own GEMM: at least this many tasks per thread (balance).  Not measured
+# in RESULTS.md.  (The pointwise forward's runs: conv_plan.pointwise_positions.)
 FORWARD_TASKS_PER_THREAD = 2
 # im2col forward and Winograd F(2x2) on BLAS: each image cut into at most this many tasks,
 # whatever the thread count and the batch (BLAS bits follow the block size).  Kept for the
