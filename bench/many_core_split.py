@@ -38,10 +38,13 @@ and reductions (one unit each).  A region's makespan is list scheduling of its t
 (schedule="dynamic": each task goes to the first free thread) or OpenMP's static split
 (contiguous chunks, sizes differing by at most one task); for equal tasks the idle fraction is
 1 - tasks / (ceil(tasks / team) * team).  On the own GEMM a task of L columns costs whole
-48-column panels (tuning.GEMM_PANEL) and a last partial panel as csrc/sgemm.h runs it: 1-4
-columns as they are (ck_kernel_edge_m: vectors along m, every lane an output), 5-47 in
-16-column vectors (the edge tile).  (Before the eleventh session a partial panel counted as a
-whole one: pw_14's 196 positions as 240, its 4-position tasks on 16 threads as 48.)
+48-column panels (tuning.GEMM_PANEL; 64 for a GEMM of 6q rows not a multiple of 8 in its
+6 x 64 tiles, tuning.GEMM_PANEL_M6) and a last partial panel as csrc/sgemm.h runs it: 1-4
+columns as they are (ck_kernel_edge_m: vectors along m, every lane an output), more in
+16-column vectors (the edge tile) -- conv_plan.gemm_columns.  (Before the eleventh session a
+partial panel counted as a whole one: pw_14's 196 positions as 240, its 4-position tasks on 16
+threads as 48.  Before the twelfth the im2col / pointwise forward's region was modelled as a
+dynamic one; its loop has been static since the eleventh.)
 
 Formulas (N images, C / F channels in / out, G groups, Cg = C/G, Fg = F/G, KK = KH*KW taps,
 Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
@@ -257,16 +260,11 @@ class Region:
         return 1 - sum(self.costs) / (team * m) if m else 0.0
 
 
-EDGE_N = 4     # csrc/sgemm.h's CK_EDGE_N: a last panel of at most this many columns runs along m
-
-
-def panels(L, own):
-    """The columns a GEMM of L columns costs (own GEMM: whole panels, then the partial one's
-    columns, rounded up to 16-column vectors past EDGE_N)."""
-    if not own:
-        return L
-    full, tail = divmod(L, T.GEMM_PANEL)
-    return full * T.GEMM_PANEL + (tail if tail <= EDGE_N else -(-tail // 16) * 16)
+def panels(L, own, m=8):
+    """The columns a GEMM of L columns and m rows costs (own GEMM: whole panels of
+    conv_plan.gemm_panel(m) columns, then the partial one's columns, rounded up to 16-column
+    vectors past tuning.GEMM_EDGE_N -- conv_plan.gemm_columns)."""
+    return P.gemm_columns(L, P.gemm_panel(m)) if own else L
 
 
 def cdiv(a, b):
@@ -302,12 +300,14 @@ def forward_regions(algo, p, s, own, itemsize):
             Ls = runs(HoWo, p["rows"])      # (runs of positions since issue 16; rows before)
         else:
             Ls = [r * Wo for r in runs(Ho, p["rows"])]
-        costs = [wsz * panels(L, own) for L in Ls] * N
+        costs = [wsz * panels(L, own, F // G) for L in Ls] * N
         useful = float(wsz * HoWo * N)
         dup = 0 if own else wsz * len(costs)
         cols = 0 if algo == "pointwise" else C * KK * HoWo * N      # im2col's copies
+        # (a static schedule since the eleventh session: contiguous chunks of tasks)
         return ([Region("gemm", [c + C * KK * L * (algo != "pointwise")
-                                 for c, L in zip(costs, Ls * N)], useful=useful + cols)],
+                                 for c, L in zip(costs, Ls * N)], "static",
+                        useful=useful + cols)],
                 wsz if own else 0, dup, p["per_thread"] * itemsize)
     if algo == "winograd" and p.get("tiny"):
         # winotiny (conv2d_forward_winotiny): ceil(N / (8 * groups)) tasks of whole groups of 8

@@ -1,7 +1,8 @@
 """Bits of the own GEMM's narrow last panel, saved for one checkout and compared with another's:
 the pointwise convs whose position counts leave a partial 48-column panel (pw_14: 196 = 4 x 48 +
-4; rpn_cls1x1: 1900 = 39 x 48 + 28; odd counts 1 .. 49), forward, grad_x and grad_weight on 1
-and 2 threads, and raw GEMMs (packed / in place, ta / tb, beta, prepacked A, rows at offsets).
+4; rpn_cls1x1: 1900 = 39 x 48 + 28; odd counts 1 .. 49; since the twelfth session filter
+counts of 6q, the 6-row tiles), forward, grad_x and grad_weight on 1, 2 and 16 threads, and raw
+GEMMs (packed / in place, ta / tb, beta, prepacked A, rows at offsets).
 
     PYTHONPATH=<checkout A> python bench/pw_bits.py a.npz
     PYTHONPATH=<checkout B> python bench/pw_bits.py b.npz
@@ -18,8 +19,9 @@ def snapshot(path):
     rng = np.random.default_rng(11)
     out = {}
     convs = [(8, 256, 14, 14, 1024), (1, 512, 38, 50, 18), (2, 40, 7, 7, 100), (3, 24, 1, 47, 130),
-             (2, 16, 7, 7, 9), (1, 33, 1, 1, 200), (2, 64, 5, 10, 96), (1, 20, 2, 26, 17)]
-    for t in (1, 2):
+             (2, 16, 7, 7, 9), (1, 33, 1, 1, 200), (2, 64, 5, 10, 96), (1, 20, 2, 26, 17),
+             (1, 64, 19, 25, 36), (2, 30, 9, 11, 6), (1, 40, 7, 13, 90), (3, 12, 5, 5, 54)]
+    for t in (1, 2, 16):
         ck.set_num_threads(t)
         for (N, C, H, W, F) in convs:
             x = rng.standard_normal((N, C, H, W)).astype(np.float32)
@@ -32,7 +34,8 @@ def snapshot(path):
             key = f"t{t}_{N}x{C}x{H}x{W}_{F}"
             out[key + "_y"], out[key + "_gx"], out[key + "_gw"] = y, gx, gw
     for m, n, k in [(1024, 196, 256), (256, 98, 1024), (18, 1900, 512), (100, 49, 300),
-                    (96, 4, 200), (97, 3, 33), (7, 2, 500), (130, 52, 410), (40, 1, 9)]:
+                    (96, 4, 200), (97, 3, 33), (7, 2, 500), (130, 52, 410), (40, 1, 9),
+                    (18, 65, 512), (36, 130, 100), (6, 1029, 77), (90, 67, 200), (12, 5, 40)]:
         for ta in (False, True):
             for tb in (False, True):
                 a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)

@@ -420,3 +420,61 @@ def test_narrow_last_panel_with_offsets_prepacked_and_row_bias(m, n, k):
         _gemm.gemm_packed_into(apk, False, B, beta, cw2, k)
         np.testing.assert_array_equal(c2, cw2[:, :n])
         np.testing.assert_array_equal(buf[m * n:], 7.0)
+
+
+# (m, n, k): GEMMs of 6q rows, not a multiple of 8, in one pass (csrc/sgemm.h's 6-row tiles,
+# ck_m6_strip: tiles at lanes 0, 6, 4, 2 of A's 8-row panels; 6 x 64 on B in place, 6 x 48 on
+# packed panels) -- whole and partial strips of 5-63 and 1-4 columns, past the 1024-column
+# block, k over one block (C re-read, beta 1)
+_SIX = [(6, 1900, 70), (18, 1900, 512), (18, 65, 193), (36, 130, 100), (90, 1029, 40),
+        (12, 68, 250), (54, 3, 17), (42, 127, 1)]
+
+
+@pytest.mark.parametrize("m,n,k", _SIX)
+def test_six_row_tiles_have_the_eight_row_tiles_bits(m, n, k):
+    """An output's bits do not depend on the tile that computes it: C of m = 6q rows (6-row
+    tiles) equals, bit for bit, the first m rows of the product with A widened to whole 8-row
+    panels (the 8 x 48 tiles) -- A and B plain and transposed, beta 0, 1 and 0.25 with alpha
+    -0.5, A prepacked with a bias per row, B's rows at offsets -- and the float64 product; the
+    floats after C are not written."""
+    rng = np.random.default_rng(m * 11 + n + k)
+    m8 = -(-m // 8) * 8
+    aw = rng.standard_normal((m8, k)).astype(np.float32)
+    bb = rng.standard_normal((k, n)).astype(np.float32)
+    cw0 = rng.standard_normal((m8, n)).astype(np.float32)
+    for ta, tb in ((False, False), (True, False), (False, True), (True, True)):
+        a = np.ascontiguousarray(aw[:m].T if ta else aw[:m])
+        a8 = np.ascontiguousarray(aw.T if ta else aw)
+        bt = np.ascontiguousarray(bb.T) if tb else bb     # (tb: B packed, 6 x 48 tiles)
+        for alpha, beta in ((1.0, 0.0), (1.0, 1.0), (-0.5, 0.25)):
+            buf = np.full(m * n + 16, 7.0, np.float32)     # (C just before other data)
+            c = buf[:m * n].reshape(m, n)
+            c[:] = cw0[:m]
+            cw = cw0.copy()
+            _gemm.gemm_into(ta, tb, alpha, a, bt, beta, c)
+            _gemm.gemm_into(ta, tb, alpha, a8, bt, beta, cw)
+            if _gemm.own_sgemm_active():
+                np.testing.assert_array_equal(c, cw[:m])
+            np.testing.assert_array_equal(buf[m * n:], 7.0)
+            want = _want(a, bt, ta, tb, alpha, beta, cw0[:m])
+            scale = np.sqrt(k) * (np.abs(aw).max() * np.abs(bb).max() + np.abs(cw0).max())
+            np.testing.assert_allclose(c, want, rtol=0, atol=1.6e-6 * scale)
+    if not _gemm.packed_a_floats(m, k):
+        return
+    bias = rng.standard_normal(m8).astype(np.float32)
+    apk = np.zeros((1, _gemm.packed_a_floats(m, k)), np.float32)
+    apk8 = np.zeros((1, _gemm.packed_a_floats(m8, k)), np.float32)
+    assert _gemm.pack_a(aw[None, :m], apk) and _gemm.pack_a(aw[None], apk8)
+    c = np.empty((m, n), np.float32)
+    cw = np.empty((m8, n), np.float32)
+    _gemm.gemm_packed_into(apk, False, bb, 0.0, c, k)
+    _gemm.gemm_packed_into(apk8, False, bb, 0.0, cw, k)
+    np.testing.assert_array_equal(c, cw[:m])
+    flat = rng.standard_normal(n + 3 * k + 64).astype(np.float32)
+    boff = (np.arange(k) * 3 + rng.integers(0, 3, k)).astype(np.intp)
+    assert _gemm.gemm_rows_into(apk, flat, boff, 0.0, c, bias[:m])
+    assert _gemm.gemm_rows_into(apk8, flat, boff, 0.0, cw, bias)
+    np.testing.assert_array_equal(c, cw[:m])
+    B = np.stack([flat[o:o + n] for o in boff])
+    want = aw[:m].astype(np.float64) @ B + bias[:m, None]
+    np.testing.assert_allclose(c, want, rtol=0, atol=1e-5 * np.sqrt(k) * 8)

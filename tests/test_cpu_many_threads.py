@@ -63,6 +63,10 @@ CONV = [
     # more channels than filters: on csrc/fgemm.h grad_weight's GEMMs transposed (x @ gy^T),
     # 3 channel blocks, each image's 400 positions in two chains of 200; grad_x in runs of
     # positions
+    # rpn_cls1x1's geometry: 18 filters (the own GEMM's 6-row x 64-column tiles), 1900
+    # positions in 2 runs on 2 threads, 15 of 128 on 16 (conv_plan.pointwise_positions)
+    ("pointwise_six_rows", (1, 40, 38, 50), (18, 40, 1, 1), 1, 0, 1,
+     {"forward": "pointwise", "grad_x": "pointwise", "grad_weight": "pointwise"}, False),
     ("pointwise_transposed_w", (3, 96, 20, 20), (8, 96, 1, 1), 1, 0, 1,
      {"forward": "pointwise", "grad_x": "pointwise", "grad_weight": "pointwise"}, False),
     # 16 channels: F(2x2) on every machine
@@ -599,6 +603,35 @@ def test_pointwise_splits_leave_at_most_a_tenth_of_16_threads_idle():
         for sizes in (sizes_w, sizes_x):
             rounds = -(-len(sizes) // 16)
             assert sum(sizes) / (16 * rounds * max(sizes)) >= 0.9, (xs, sizes)
+
+
+@pytest.mark.parametrize("machine", ["own_gemm", "own_half_rate"])
+def test_pointwise_forward_leaves_at_most_a_tenth_of_16_threads_idle(machine):
+    """issue 16's many cores: on the own GEMM the suite's pointwise forwards (runs of an
+    image's positions, a static schedule) fill 16 threads to within 10 % by the GEMM's cost
+    (conv_plan.gemm_columns: whole panels, a partial one's vectors) -- rpn_cls1x1 lost 18 % in
+    whole 48-column panels, pw_14 32 % -- and 2 threads to within 10 % too."""
+    from convkit.cpu import conv_plan as P
+    caps = P.ConvCaps(**_CAPS[machine])
+    for xs, ws in (((8, 256, 14, 14), (1024, 256, 1, 1)), ((1, 512, 38, 50), (18, 512, 1, 1))):
+        s = P.ConvShape.of(xs, ws, (1, 1), (0,) * 4, (1, 1), 1)
+        N, HoWo, panel = xs[0], xs[2] * xs[3], P.gemm_panel(ws[0])
+        for nt in (2, 16):
+            st = P.plan_conv(s, np.float32, nt, caps, 256 * 2**20).forward
+            assert st.algo == "pointwise" and st.threads == nt, st
+            L = st.params["rows"]
+            costs = [P.gemm_columns(min(L, HoWo - q), panel) for q in range(0, HoWo, L)] * N
+            assert N * HoWo / (nt * P.static_span(costs, nt)) >= 0.9, (xs, nt, L)
+
+
+def test_static_span_deals_contiguous_chunks():
+    """OpenMP's static schedule without a chunk: the first len % team threads one task more,
+    each a contiguous run."""
+    from convkit.cpu import conv_plan as P
+    assert P.static_span([1] * 5, 2) == 3
+    assert P.static_span([5, 1, 1, 1, 1], 2) == 7
+    assert P.static_span([1, 1, 1, 5], 2) == 6
+    assert P.static_span([3, 3], 4) == 3
 
 
 _ZEN4 = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True, fixed_sgemm=True,

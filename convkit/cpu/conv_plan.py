@@ -419,6 +419,52 @@ def panel_images(imgs, HoWo):
     return imgs // q * q if imgs >= q else imgs
 
 
+def gemm_panel(m):
+    """The columns a panel of the own float32 GEMM of m rows takes (csrc/sgemm.h: 6-row x
+    64-column tiles where m is a multiple of 6 but not of 8 and C's rows fit one pass)."""
+    return T.GEMM_PANEL_M6 if m % 8 and m % 6 == 0 and m <= 96 else T.GEMM_PANEL
+
+
+def gemm_columns(L, panel):
+    """The columns a GEMM of L columns costs on the own GEMM: whole panels, then the partial
+    one -- 1-4 columns as they are (vectors along m), more in 16-column vectors."""
+    full, tail = divmod(L, panel)
+    return full * panel + (tail if tail <= T.GEMM_EDGE_N else ceil_div(tail, 16) * 16)
+
+
+def static_span(costs, n_threads):
+    """The busiest thread's cost when OpenMP's static schedule deals ``costs`` (the tasks in
+    order) out in contiguous chunks, the first len % n_threads threads one task more."""
+    q, r = divmod(len(costs), n_threads)
+    span, i = 0, 0
+    for t in range(min(n_threads, len(costs))):
+        k = q + (t < r)
+        span = max(span, sum(costs[i:i + k]))
+        i += k
+    return span
+
+
+def pointwise_positions(N, HoWo, n_threads, panel):
+    """Positions per task of a pointwise forward on the own GEMM (tasks: runs of an image's
+    positions, image after image, a static schedule): of whole panels or an even split of the
+    image (a partial panel as gemm_columns costs it), the run whose busiest thread ends first,
+    the longer run on a tie.  The old rule (whole 48-column panels, about 2 tasks a thread)
+    left 18 % of 16 threads idle on rpn_cls1x1 and 32 % on pw_14 by the static split."""
+    panels = ceil_div(HoWo, panel)
+    runs = {min(HoWo, per * panel) for per in range(1, panels + 1)}
+    runs |= {ceil_div(HoWo, t) for t in range(1, 2 * ceil_div(n_threads, N) + 1)}
+    best = None
+    for L in sorted(runs, reverse=True):
+        if best is not None and N * ceil_div(HoWo, L) > 8 * n_threads:
+            break                                       # (finer runs only cost more)
+        full, tail = divmod(HoWo, L)
+        costs = ([gemm_columns(L, panel)] * full + ([gemm_columns(tail, panel)] if tail else []))
+        span = static_span(costs * N, n_threads)
+        if best is None or span < best[0]:
+            best = (span, L)
+    return best[1]
+
+
 # --------------------------------------------------------------------------- the planners
 def piece_bytes(min_bytes, weight_bytes, limit, extra):
     """The workspace piece a task's sums are cut by, set by the layer and the limit alone:
@@ -448,14 +494,15 @@ def weight_parts(tasks, N, Ho, Wo):
 
 
 def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise, weight_bytes,
-                        own_gemm, limit, fixed=False):
+                        own_gemm, limit, fixed=False, Fg=8):
     """(threads, output rows per task -- pointwise: output positions --, workspace elements per
     thread).  fixed (BLAS's splits on a fixed-order float32 GEMM): the splits may follow the
-    batch, as BLAS's did before the batch-invariance rule (fewer, wider GEMMs)."""
+    batch, as BLAS's did before the batch-invariance rule (fewer, wider GEMMs).  Fg: the
+    GEMM's rows (filters per group; the own GEMM's panel width, gemm_panel)."""
     if pointwise:
         # x is its own column matrix: a task is a run of an image's output positions, so one
-        # image still makes even tasks; on the own GEMM whole panels (a partial one costs a
-        # whole one), on BLAS a split set by the image alone (batch invariance)
+        # image still makes even tasks; on the own GEMM whole panels (pointwise_positions),
+        # on BLAS a split set by the image alone (batch invariance)
         HoWo = Ho * Wo
         if not own_gemm:    # (a power of two splits per image: even tasks on 2^k threads)
             most = min(ceil_div(T.BLAS_FORWARD_TASKS, N) if fixed else
@@ -464,9 +511,7 @@ def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
             return n_threads, ceil_div(HoWo, 1 << (max(1, most).bit_length() - 1)), 0
         if n_threads == 1:
             return 1, HoWo, 0
-        panels = ceil_div(HoWo, T.GEMM_PANEL)
-        per = max(1, panels // ceil_div(T.FORWARD_TASKS_PER_THREAD * n_threads, N))
-        return n_threads, min(HoWo, per * T.GEMM_PANEL), 0
+        return n_threads, pointwise_positions(N, HoWo, n_threads, gemm_panel(Fg)), 0
     per_row = C * KK * Wo * itemsize          # columns of one output row of one image
     extra = (W + sw) * itemsize
     n_threads, budget = team("conv2d_forward", n_threads, per_row,
@@ -1497,7 +1542,7 @@ def _plan_im2col_forward(s, N, C, KH, KW, Ho, Wo, W, itemsize, n, pointwise, wby
                          fixed):
     algo = "pointwise" if pointwise else "im2col"
     p, err = _or_error(plan_im2col_forward, N, C, KH * KW, Ho, Wo, W, s.stride[1],
-                         itemsize, n, pointwise, wbytes, own, limit, fixed)
+                         itemsize, n, pointwise, wbytes, own, limit, fixed, s.F // s.groups)
     if p is None:
         return Step(algo, n, error=err)
     return Step(algo, p[0], {"rows": p[1], "per_thread": p[2]})

@@ -51,8 +51,8 @@ CHUNK_MAX = 8 * 2**20
 KEEP_BYTES = 64 * 2**20
 
 # ----------------------------------------------------------------------------- task splits
-# im2col / pointwise forward on the own GEMM: at least this many tasks per thread (balance).
-# Not measured in RESULTS.md.
+# im2col forward on the own GEMM: at least this many tasks per thread (balance).  Not measured
+# in RESULTS.md.  (The pointwise forward's runs: conv_plan.pointwise_positions.)
 FORWARD_TASKS_PER_THREAD = 2
 # im2col forward and Winograd F(2x2) on BLAS: each image cut into at most this many tasks,
 # whatever the thread count and the batch (BLAS bits follow the block size).  Kept for the
@@ -123,6 +123,11 @@ BLAS_TASK_COLS = 96
 # The own float32 GEMM computes C in panels of this many columns (a partial panel costs a whole
 # one): task blocks are rounded to whole panels.  RESULTS.md "The GEMM under every float32 conv".
 GEMM_PANEL = 48
+# ... and a GEMM of 6q rows not a multiple of 8 (rpn_cls1x1's 18 filters) in 6 x 64 tiles
+# (csrc/sgemm.h ck_m6_strip), its last panel of 1-4 columns as the others' (CK_EDGE_N, vectors
+# along m).  RESULTS.md, twelfth session, pw12.
+GEMM_PANEL_M6 = 64
+GEMM_EDGE_N = 4
 
 # ----------------------------------------------------------------------------- Winograd
 # Winograd F(2x2, 3x3) for 3x3 stride-1 convs with at least this many channels in and out

@@ -227,22 +227,26 @@ CK_TARGET static void ck_pack_b_block(int tb, const float *b, ptrdiff_t ldb, ptr
  * when rb is not NULL), written for rows
  * r < mrows and, in the last vector of each row, the lanes in `last` only: the edges of C
  * need no scratch tile and no scalar copy.  Only the first mrc rows are computed (mrows <=
- * mrc <= MR: a last panel of 1-4 rows costs half a full one or less).  mrc and nv are
- * constants in each instance below, so the loops over the tile unroll fully and the
- * accumulators live in registers (no spills: MR*nv + nv + 1 <= 32). */
+ * mrc <= MR: a last panel of 1-4 rows costs half a full one or less).  l0: the lane of the
+ * tile's first row in its A panel (0 but for the 6-row tiles, ck_m6_strip); rows past lane
+ * MR - 1 are read from the next panel, MR * kc further.  mrc, nv and l0 are constants in each
+ * instance below, so the loops over the tile unroll fully and the accumulators live in
+ * registers (no spills: mrc*nv + nv + 1 <= 32). */
+#define CK_NV_MAX 4  /* vectors a tile row at most (the 6-row tiles: 6 x 64) */
 CK_TARGET static inline __attribute__((always_inline)) void
-ck_kernel_body(int mrc, int nv, ptrdiff_t kc, const float *a, const float *b, ptrdiff_t bs,
-               float *c, ptrdiff_t ldc, float alpha, float beta, const float *rb, int mrows,
-               __mmask16 last, const ptrdiff_t *boff)
+ck_kernel_body(int mrc, int nv, int l0, ptrdiff_t kc, const float *a, const float *b,
+               ptrdiff_t bs, float *c, ptrdiff_t ldc, float alpha, float beta, const float *rb,
+               int mrows, __mmask16 last, const ptrdiff_t *boff)
 {
-    __m512 acc[CK_MR][CK_NV];
+    __m512 acc[CK_MR][CK_NV_MAX];
+    const float *a2 = a + CK_MR * kc;  /* (the next panel: rows l0 + r >= MR) */
 #pragma GCC unroll 16
     for (int r = 0; r < mrc; ++r)
 #pragma GCC unroll 4
         for (int v = 0; v < nv; ++v)
             acc[r][v] = _mm512_setzero_ps();
     for (ptrdiff_t p = 0; p < kc; ++p) {
-        __m512 bv[CK_NV];
+        __m512 bv[CK_NV_MAX];
         const float *bp = boff != NULL ? b + boff[p] : b;
 #pragma GCC unroll 4
         for (int v = 0; v < nv; ++v)  /* (masked: a partial panel read in place ends there) */
@@ -260,12 +264,13 @@ ck_kernel_body(int mrc, int nv, ptrdiff_t kc, const float *a, const float *b, pt
         }
 #pragma GCC unroll 16
         for (int r = 0; r < mrc; ++r) {
-            __m512 av = _mm512_set1_ps(a[r]);
+            __m512 av = _mm512_set1_ps(l0 + r < CK_MR ? a[l0 + r] : a2[l0 + r - CK_MR]);
 #pragma GCC unroll 4
             for (int v = 0; v < nv; ++v)
                 acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
         }
         a += CK_MR;
+        a2 += CK_MR;
         if (boff == NULL)
             b += bs;
     }
@@ -294,10 +299,10 @@ CK_TARGET static void ck_kernel(ptrdiff_t kc, const float *a, const float *b, fl
                                 ptrdiff_t ldc, float alpha, float beta, const float *rb)
 {
     if (rb == NULL)
-        ck_kernel_body(CK_MR, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, NULL, CK_MR, 0xFFFF,
+        ck_kernel_body(CK_MR, CK_NV, 0, kc, a, b, CK_NR, c, ldc, alpha, beta, NULL, CK_MR, 0xFFFF,
                        NULL);
     else
-        ck_kernel_body(CK_MR, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, CK_MR, 0xFFFF,
+        ck_kernel_body(CK_MR, CK_NV, 0, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, CK_MR, 0xFFFF,
                        NULL);
 }
 
@@ -306,10 +311,10 @@ CK_TARGET static void ck_kernel(ptrdiff_t kc, const float *a, const float *b, fl
 #define CK_DIRECT_CASE(MRC, NVC)                                                             \
     do {                                                                                     \
         if (boff != NULL)                                                                    \
-            ck_kernel_body(MRC, NVC, kc, a, b, 0, c, ldc, alpha, beta, rb, (int)mr, last,    \
+            ck_kernel_body(MRC, NVC, 0, kc, a, b, 0, c, ldc, alpha, beta, rb, (int)mr, last,    \
                            boff);                                                            \
         else                                                                                 \
-            ck_kernel_body(MRC, NVC, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, last,   \
+            ck_kernel_body(MRC, NVC, 0, kc, a, b, bs, c, ldc, alpha, beta, rb, (int)mr, last,   \
                            NULL);                                                            \
     } while (0)
 
@@ -339,6 +344,65 @@ CK_TARGET static void ck_kernel_direct(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t kc,
 
 #undef CK_DIRECT_CASE
 
+/* A GEMM of m = 6q rows that is not a multiple of MR, all rows in one pass (rpn_cls1x1's 18
+ * filters: 8 + 8 + 2, the 2-row panel in the 4-row tile, 60 FMAs a k step for 54 products at a
+ * low FMA share) runs in 6-row tiles: 6 x 64 read from B in place (the direct path: 24
+ * accumulators as the 8 x 48 tile), 6 x 48 on a packed B panel (its grad_weight, B
+ * transposed).  Every FMA is a product.  The tiles read A's MR-tall panels at lanes 0, 6, 4, 2
+ * (ck_kernel_body's l0); each output's chain is the 8 x 48 tile's: the same bits.  1 thread,
+ * CPU time: 18 x 1900 x 512 in place 92 -> 108 GFLOP/s, 18 x 256 x 1900 (tb) 75 -> 80
+ * (bench/RESULTS.md, twelfth session, pw12). */
+#define CK_M6_NR 64
+#define CK_M6_NC 1024  /* the direct path's column block here: whole 64-column strips */
+
+static inline int ck_m6_rows(ptrdiff_t m)
+{
+    return m % CK_MR != 0 && m % 6 == 0;
+}
+
+/* rows [0, m) (m a multiple of 6) x columns [0, nr) (CK_EDGE_N < nr <= 64; <= NR packed) of
+ * C from the packed A panels a (kc x MR each) and B's rows: in place (row stride bs, or at
+ * b + boff[p]) or a packed panel (bs = CK_NR) */
+CK_TARGET static void ck_m6_strip(ptrdiff_t m, ptrdiff_t nr, ptrdiff_t kc, const float *a,
+                                  const float *b, ptrdiff_t bs, const ptrdiff_t *boff, float *c,
+                                  ptrdiff_t ldc, float alpha, float beta, const float *rb)
+{
+    int nv = (int)((nr + 15) / 16);
+    __mmask16 last = ck_mask(nr - 16 * (nv - 1));
+    for (ptrdiff_t r0 = 0; r0 < m; r0 += 6) {
+        const float *ap = a + (r0 / CK_MR) * CK_MR * kc;
+        float *cp = c + r0 * ldc;
+        const float *rbp = rb != NULL ? rb + r0 : NULL;
+        int l0 = (int)(r0 % CK_MR);
+#define CK_M6_CASE(L0, NV)                                                                    \
+        do {                                                                                  \
+            if (boff != NULL)                                                                 \
+                ck_kernel_body(6, NV, L0, kc, ap, b, 0, cp, ldc, alpha, beta, rbp, 6, last,   \
+                               boff);                                                         \
+            else                                                                              \
+                ck_kernel_body(6, NV, L0, kc, ap, b, bs, cp, ldc, alpha, beta, rbp, 6, last,  \
+                               NULL);                                                         \
+        } while (0)
+#define CK_M6_NV(L0)                                                                          \
+        do {                                                                                  \
+            if (nv == 4) CK_M6_CASE(L0, 4);                                                   \
+            else if (nv == 3) CK_M6_CASE(L0, 3);                                              \
+            else if (nv == 2) CK_M6_CASE(L0, 2);                                              \
+            else CK_M6_CASE(L0, 1);                                                           \
+        } while (0)
+        if (l0 == 0)
+            CK_M6_NV(0);
+        else if (l0 == 6)
+            CK_M6_NV(6);
+        else if (l0 == 4)
+            CK_M6_NV(4);
+        else
+            CK_M6_NV(2);
+#undef CK_M6_NV
+#undef CK_M6_CASE
+    }
+}
+
 /* an edge tile: mr <= MR rows, nr <= NR columns, with as few vectors per row as cover nr */
 CK_TARGET static void ck_kernel_edge(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t kc, const float *a,
                                      const float *b, float *c, ptrdiff_t ldc, float alpha,
@@ -348,21 +412,21 @@ CK_TARGET static void ck_kernel_edge(ptrdiff_t mr, ptrdiff_t nr, ptrdiff_t kc, c
     __mmask16 last = ck_mask(nr - 16 * (nv - 1));
     if (rows <= 4) {  /* a last panel of few rows: half the products (most of them padding) */
         if (nv == 1)
-            ck_kernel_body(4, 1, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
+            ck_kernel_body(4, 1, 0, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
 #if CK_NV > 2
         else if (nv == 2)
-            ck_kernel_body(4, 2, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
+            ck_kernel_body(4, 2, 0, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
 #endif
         else
-            ck_kernel_body(4, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
+            ck_kernel_body(4, CK_NV, 0, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
     } else if (nv == 1)
-        ck_kernel_body(CK_MR, 1, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
+        ck_kernel_body(CK_MR, 1, 0, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
 #if CK_NV > 2
     else if (nv == 2)
-        ck_kernel_body(CK_MR, 2, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
+        ck_kernel_body(CK_MR, 2, 0, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
 #endif
     else
-        ck_kernel_body(CK_MR, CK_NV, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
+        ck_kernel_body(CK_MR, CK_NV, 0, kc, a, b, CK_NR, c, ldc, alpha, beta, rb, rows, last, NULL);
 }
 
 /* A last panel of at most CK_EDGE_N columns (pw_14's 196 positions = 4 x 48 + 4, a grad_x
@@ -521,8 +585,10 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
     float *pa = ck_pack_a, *pb = ck_pack_b;
     ptrdiff_t kstep = ck_kstep(k), mp = ck_mpad(m);
     int direct = !tb && m <= CK_DIRECT_MAX_M;
-    for (ptrdiff_t jc = 0; jc < n; jc += CK_NC) {
-        ptrdiff_t nc = n - jc < CK_NC ? n - jc : CK_NC;
+    int m6 = ck_m6_rows(m) && m <= CK_MC;  /* 6-row tiles (ck_m6_strip), all rows a pass */
+    ptrdiff_t ncb = m6 && direct ? CK_M6_NC : CK_NC;
+    for (ptrdiff_t jc = 0; jc < n; jc += ncb) {
+        ptrdiff_t nc = n - jc < ncb ? n - jc : ncb;
         for (ptrdiff_t pc = 0; pc < k; pc += kstep) {
             ptrdiff_t kc = k - pc < kstep ? k - pc : kstep;
             float bet = pc == 0 ? beta : 1.0f;
@@ -536,8 +602,9 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                 else
                     ck_pack_a_block(ta, ta ? a + pc * lda + ic : a + ic * lda + pc, lda, mc, kc,
                                     pa);
-                for (ptrdiff_t jr = 0; jr < nc; jr += CK_NR) {
-                    ptrdiff_t nr = nc - jr < CK_NR ? nc - jr : CK_NR;
+                ptrdiff_t nrb = m6 && direct ? CK_M6_NR : CK_NR;
+                for (ptrdiff_t jr = 0; jr < nc; jr += nrb) {
+                    ptrdiff_t nr = nc - jr < nrb ? nc - jr : nrb;
                     float *bp = pb + (jr / CK_NR) * CK_NR * kc;
                     if (nr <= CK_EDGE_N) {  /* a narrow last panel: vectors along m */
                         const float *rb = rbias != NULL ? rbias + ic : NULL;
@@ -552,6 +619,11 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                             ck_kernel_edge_m(mc, nr, kc, pa, bp, CK_NR, NULL, cp, ldc, alpha,
                                              bet, rb);
                         }
+                        continue;
+                    }
+                    if (m6 && direct) {  /* (m <= MC: one pass, ic == 0) */
+                        ck_m6_strip(mc, nr, kc, pa, bsrc + jr, ldb, bo, c + jc + jr, ldc, alpha,
+                                    bet, rbias);
                         continue;
                     }
                     if (direct) {
@@ -573,6 +645,11 @@ CK_TARGET static int ck_sgemm_avx512(int ta, int tb, ptrdiff_t m, ptrdiff_t n, p
                     if (ic == 0)  /* packed just before its first use: hot in L1 for this pass */
                         ck_pack_b_block(tb, tb ? bsrc + jr * ldb : bsrc + jr, ldb, kc, nr, bp,
                                         jr + CK_NR < nc, bo);
+                    if (m6) {  /* 6 x 48 tiles on the packed panel (grad_weight's 18 rows) */
+                        ck_m6_strip(mc, nr, kc, pa, bp, CK_NR, NULL, c + jc + jr, ldc, alpha,
+                                    bet, rbias);
+                        continue;
+                    }
                     for (ptrdiff_t ir = 0; ir < mc; ir += CK_MR) {
                         ptrdiff_t mr = mc - ir < CK_MR ? mc - ir : CK_MR;
                         const float *ap = pa + (ir / CK_MR) * CK_MR * kc;
