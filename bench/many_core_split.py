@@ -79,8 +79,9 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   adds + 36*3*C).  Dup: on plain BLAS each column block repacks its part of Z (F*tiles per
   extra block); on fgemm none.  ws: V, Z and the parts' M (shared) + the row scratch, per thread.
 - weight_polywino (conv2d_grad_weight_polywino, csrc/polywino.h): per group of imgs images
-  two regions -- the transforms (an image and 8 channels of x: its staged phase planes and
-  4*25 per tile and channel; or 8 filters of grad_y) and 25*ceil(4*C8/cols) GEMMs of F8 x cols
+  two regions -- the transforms (static; an image and 8 channels of x: its staged phase planes
+  and 4*25 per tile and channel of its 4 phases; or 8 filters of grad_y, the two kinds spread
+  evenly over the tasks) and 25*ceil(4*C8/cols) GEMMs of F8 x cols
   x the group's tiles -- then a static region of F filters' G^T M G.  Dup: C, F rounded up to
   8 in the GEMMs.  ws: V, Z of a group and M (shared), + the staging per thread.
 - winotiny (conv2d_forward_winotiny, Step "winograd" with params tiny; grad_x the same on
@@ -218,7 +219,9 @@ SUM_PARAMS = {
     "weight_stem": ((), ("rows", "fchunk", "groups_n")),
     "weight_stem_wino": ((), ("rows", "groups_n")),
     "weight_winograd": ((), ("trows", "cols", "parts")),
-    "weight_polywino": ((), ("imgs", "cols")),
+    # (on csrc/fgemm.h alone -- caps.winotiny -- each weight one chain over the batch's tiles
+    # carried from group to group by beta 1: tests/test_cpu_polywino.py checks imgs and cols)
+    "weight_polywino": ((), ()),
     "weight_winotiny": (("part_groups", "chunk"), ("part_groups", "chunk")),
 }
 
@@ -582,10 +585,14 @@ def backward_regions(algo, p, s, own, itemsize, which):
         C8, F8 = cdiv(C, 8) * 8, cdiv(F, 8) * 8
         stage = 4 * (4 * th + 1) * (4 * tw + 1) * 8
         regions = []
+        cb, fb = C8 // 8, F8 // 8
+        xc, gc = stage + 4 * 4 * 25 * th * tw * 8, 16 * th * tw * 8 + 4 * 25 * th * tw * 8
+        # (static; since the twelfth session an image's cb tasks of x spread evenly among its
+        # fb of grad_y: task u is of x where u*cb//nb steps up at u + 1)
+        nb = cb + fb
+        order = [xc if (u + 1) * cb // nb > u * cb // nb else gc for u in range(nb)]
         for g in runs(N, p["imgs"]):
-            regions.append(Region("transforms", ([stage + 4 * 25 * th * tw * 8] * (C8 // 8)
-                                                 + [16 * th * tw * 8 + 4 * 25 * th * tw * 8]
-                                                 * (F8 // 8)) * g))
+            regions.append(Region("transforms", order * g, "static"))
             regions.append(Region("GEMMs", [F8 * nc * g * th * tw
                                             for _ in range(25) for nc in runs(4 * C8,
                                                                                p["cols"])]))

@@ -455,6 +455,16 @@ def test_wgrad_plan_takes_it_where_the_rule_says():
                          "floats": P.polywino_wgrad_floats(32, 64, 28, 28, 2, 2)}
     assert P.plan_conv(convt, f32, 2, caps, 4 * gw.params["floats"] - 4,
                        needs_input_grad=False).grad_weight.algo != "weight_polywino"
+    # 16 threads: one group of the 8 images (WGRAD_PW_THREAD_BYTES a thread), 2 parallel
+    # regions; GEMM tasks of 16 columns (50 of 64 would leave 22 % of the team idle, 200: 4 %)
+    gw16 = P.plan_conv(convt, f32, 16, caps, 1 << 30, needs_input_grad=False).grad_weight
+    assert gw16.params == {"imgs": 8, "cols": 16,
+                           "floats": P.polywino_wgrad_floats(32, 64, 28, 28, 8, 16)}
+    # ... back to groups of 2 where the whole batch's V and Z pass the limit
+    small = P.polywino_wgrad_floats(32, 64, 28, 28, 2, 16) * 4
+    assert P.plan_conv(convt, f32, 16, caps, small, needs_input_grad=False).grad_weight.params[
+        "imgs"] == 2
+    assert [P.wgrad_pw_cols(128, n) for n in (1, 2, 8, 16)] == [64, 64, 32, 16]
     for other in (convt._replace(C=8), convt._replace(F=12),
                   P.ConvShape.of((8, 32, 56, 56), (64, 32, 3, 3), (2, 2), (1, 1, 1, 1),
                                  (1, 1), 1),

@@ -1394,7 +1394,7 @@ def conv2d_grad_weight_polywino(const float[:, :, :, ::1] gy, const float[:, :, 
     The batch in groups of ``imgs`` images, two parallel loops a group:
     1. the transforms, a task per image and 8 channels of x (staged phase planes, B^T d B into
        V (25, tiles, 4 * C8): the forward's V) or 8 filters of gy (A dy A^T into Z (25, tiles,
-       F8));
+       F8)), an image's two kinds interleaved;
     2. M[e] (F8 x 4 * C8) (+)= Z[e]^T @ V[e] on csrc/fgemm.h, a task per position e and block
        of ``cols`` columns, each output one FMA chain over the tiles in order that goes on from
        the group before (fgemm's beta 1) -- one chain over the whole batch's tiles whatever
@@ -1407,7 +1407,7 @@ def conv2d_grad_weight_polywino(const float[:, :, :, ::1] gy, const float[:, :, 
     cdef Py_ssize_t C8 = (C + 7) // 8 * 8, F8 = (F + 7) // 8 * 8, K = 4 * C8
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4, tt = th * tw
     cdef Py_ssize_t cb = C8 // 8, nb = cb + F8 // 8, ncb
-    cdef Py_ssize_t t, n, gi, g0, ng, e, c0, nc, f, i
+    cdef Py_ssize_t t, n, gi, g0, ng, e, c0, nc, f, i, xi
     cdef Py_ssize_t VS, ZS, MS, per
     cdef float* V
     cdef float* Z
@@ -1436,17 +1436,23 @@ def conv2d_grad_weight_polywino(const float[:, :, :, ::1] gy, const float[:, :, 
             g0 = gi * imgs
             ng = _min(imgs, N - g0)
             # (static, as conv2d_forward_polywino: a task's V / Z and M columns stay with one
-            # core from group to group and call to call)
+            # core from group to group and call to call).  An image's cb tasks of x spread
+            # evenly among its nb - cb of grad_y (task u is x's block xi where u * cb // nb
+            # steps up at u + 1): on a team larger than the images, every thread's contiguous
+            # run holds the two kinds in about the same proportion (8 images on 16 threads:
+            # runs of 6 tasks, 2 of x and 4 of grad_y, not 4 of x or 6 of grad_y)
             for t in prange(ng * nb, schedule="static", num_threads=n_threads):
                 S = M + 25 * MS + threadid() * per
                 n = g0 + t // nb
                 i = t % nb
-                if i < cb:
+                xi = i * cb // nb
+                if (i + 1) * cb // nb > xi:
+                    i = xi
                     ck_pw_stage_f(&x[n, 8 * i, 0, 0], H * W, <int>_min(8, C - 8 * i), H, W,
                                   pt, pl, 0, 4 * th + 1, 4 * tw + 1, S)
                     ck_pw_input_f(S, th, tw, V + (n - g0) * tt * K + 8 * i, VS, K, C8, 4)
                 else:
-                    f = 8 * (i - cb)
+                    f = 8 * (i - xi)
                     ck_pw_stage1_f(&gy[n, f, 0, 0], Ho * Wo, <int>_min(8, F - f), Ho, Wo, 0, 0,
                                    0, 4 * th, 4 * tw, S)
                     ck_pw_grad_input_f(S, th, tw, Z + (n - g0) * tt * F8 + f, ZS, F8)

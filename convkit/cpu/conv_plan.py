@@ -1151,7 +1151,9 @@ def plan_weight_polywino(s: ConvShape, Ho, Wo, f32, caps: ConvCaps, pointwise, n
     4x4 stride-2 conv by the transposed F(4x4, 2x2) over the phase planes (csrc/polywino.h,
     _conv_winograd.conv2d_grad_weight_polywino), or None: polywino's rule under the name
     "weight_polywino", maps above the batch paths'.  Groups of images whose transformed tiles
-    fit tuning.WGRAD_PW_GROUP_BYTES; GEMM tasks of tuning.WGRAD_PW_COLS columns.  Each weight
+    fit tuning.WGRAD_PW_GROUP_BYTES, or tuning.WGRAD_PW_THREAD_BYTES per thread where the team
+    has more (fewer groups, fewer regions: each region's tail idles the team; the smaller
+    groups where the larger do not fit the limit); GEMM tasks of wgrad_pw_cols columns.  Each weight
     is one chain over the batch's tiles in order: neither changes the bits."""
     if (not (f32 and caps.winotiny and avx2_algo(caps, "weight_polywino"))
             or (s.KH, s.KW, s.stride, s.dilation, s.groups) != (4, 4, (2, 2), (1, 1), 1)
@@ -1159,11 +1161,31 @@ def plan_weight_polywino(s: ConvShape, Ho, Wo, f32, caps: ConvCaps, pointwise, n
         return None
     C8, F8 = ceil_div(s.C, 8) * 8, ceil_div(s.F, 8) * 8
     per_img = 25 * ceil_div(Ho, 4) * ceil_div(Wo, 4) * (4 * C8 + F8) * 4
-    imgs = max(1, min(s.N, T.WGRAD_PW_GROUP_BYTES // per_img))
+    group = max(T.WGRAD_PW_GROUP_BYTES, n_threads * T.WGRAD_PW_THREAD_BYTES)
+    imgs = max(1, min(s.N, group // per_img))
     floats = polywino_wgrad_floats(s.C, s.F, Ho, Wo, imgs, n_threads)
     if floats * 4 > limit:
-        return None
-    return imgs, T.WGRAD_PW_COLS, floats
+        imgs = max(1, min(s.N, T.WGRAD_PW_GROUP_BYTES // per_img))
+        floats = polywino_wgrad_floats(s.C, s.F, Ho, Wo, imgs, n_threads)
+        if floats * 4 > limit:
+            return None
+    return imgs, wgrad_pw_cols(4 * C8, n_threads), floats
+
+
+def wgrad_pw_cols(K, n_threads):
+    """GEMM columns per weight_polywino task: tuning.WGRAD_PW_COLS, halved (down to
+    tuning.WGRAD_PW_MIN_COLS) while the 25 * ceil(K / cols) equal tasks leave more than
+    tuning.WINOGRAD4_MAX_IDLE of the team idle (convt_28: 50 tasks of 64 on 16 threads, 22 %;
+    200 of 16, 4 %).  No bits follow the columns."""
+    num, den = T.WINOGRAD4_MAX_IDLE
+    cols = T.WGRAD_PW_COLS
+    while cols > T.WGRAD_PW_MIN_COLS:
+        tasks = 25 * ceil_div(K, cols)
+        if den * (ceil_div(tasks, n_threads) * n_threads - tasks) <= num * ceil_div(
+                tasks, n_threads) * n_threads:
+            break
+        cols //= 2
+    return cols
 
 
 def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
