@@ -101,7 +101,9 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   (part, point) tasks of 8*g*per*F*C products each (g its groups), then the fold; ws: the
   sums, V and Z over the team + the slice.
 - polywino (conv2d_forward_polywino / conv2d_grad_input_polywino, csrc/polywino.h): N*ceil(th/
-  trows) tasks of trows tile rows of one image, each the staged phase rows (4*trows + 1 per
+  trows) tasks of trows tile rows of one image (static; the forward, where those leave the
+  team idle, N*ceil(th*tw/run) runs of ``run`` tiles, row-major across row ends: each stages
+  and transforms its whole rows, multiplies and writes its own tiles), each the staged phase rows (4*trows + 1 per
   phase, K of them), the input transform (4*25 per tile and K channel), the 25 GEMMs (tiles x
   K x the filters rounded to 8) and the output transform (4*25 per tile and filter); forward K
   = 4*C8, grad_x K = F8 on the (H - 1 + pt)/2 + 1 grid with 4*C8 filters out.  Dup: the halo
@@ -427,17 +429,24 @@ def polywino_regions(s, p, itemsize, which):
         th = cdiv((H - 1 + s.padding[0]) // 2 + 1, 4)
         tw = cdiv((W - 1 + s.padding[2]) // 2 + 1, 4)
 
-    def cost(ntr, pad):
+    def cost(ntr, pad, tiles=None):
         r8 = (lambda v: cdiv(v, 8) * 8) if pad else (lambda v: v)
         # K (the GEMMs' depth = the staged and transformed channels), the GEMMs' columns, and
-        # the filters the output transform writes
+        # the filters the output transform writes; a run of tiles (forward, "run") stages and
+        # transforms its whole rows, multiplies and writes its own tiles
         kk, co, out = (4 * r8(C), r8(F), F) if which == "f" else (r8(F), 4 * r8(C), 4 * C)
-        tiles = ntr * tw
-        return (kk * (4 * ntr + 1) * (4 * tw + 1) + 4 * 25 * tiles * kk
+        tiles = ntr * tw if tiles is None else tiles
+        return (kk * (4 * ntr + 1) * (4 * tw + 1) + 4 * 25 * ntr * tw * kk
                 + 25 * tiles * kk * co + 4 * 25 * tiles * out)
-    costs = [cost(r, True) for r in runs(th, p["trows"])] * N
+    if p.get("run"):
+        R, T_ = p["run"], th * tw
+        costs = [cost((min(t0 + R, T_) - 1) // tw - t0 // tw + 1, True, min(R, T_ - t0))
+                 for t0 in range(0, T_, R)] * N
+    else:
+        costs = [cost(r, True) for r in runs(th, p["trows"])] * N
     useful = float(N * cost(th, False))
-    return [Region("tile rows", costs, useful=useful)], 0, 0, p["per_thread"] * itemsize
+    return [Region("tile rows", costs, "static", useful=useful)], 0, 0, \
+        p["per_thread"] * itemsize
 
 
 def dense_regions(s, p, own, which):
