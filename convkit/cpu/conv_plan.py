@@ -1024,7 +1024,10 @@ def plan_polywino(s: ConvShape, Ho, Wo, f32, caps: ConvCaps, n_threads, limit):
     p = _polywino_tasks(s.N, th, lambda r: polywino_floats(s.C, s.F, r, tw), n_threads, limit)
     if p is None:
         return None
-    run = polywino_run(s.N, th, tw, p[1], n_threads)
+    top = th        # (runs no longer than the tile rows that fit POLYWINO_TASK_BYTES)
+    while top > 1 and polywino_floats(s.C, s.F, top, tw) * 4 > T.POLYWINO_TASK_BYTES:
+        top -= 1
+    run = polywino_run(s.N, th, tw, p[1], n_threads, max(top, p[1]))
     if not run:
         return (*p, 0)
     per = polywino_floats(s.C, s.F, polywino_run_rows(th, tw, run), tw)
@@ -1047,13 +1050,14 @@ def _static_idle(costs, n_threads):
     return 1 - sum(costs) / (n_threads * most) if most else 0.0
 
 
-def polywino_run(N, th, tw, rows, n_threads):
+def polywino_run(N, th, tw, rows, n_threads, top=None):
     """Tiles per polywino forward task: 0 (tasks of ``rows`` whole tile rows), unless those
     leave more than tuning.WINOGRAD4_MAX_IDLE of the team idle (convt_28's grad_x on 16
     threads: 7 tile rows an image, blocks of 2, 2, 2, 1, 12 %); then the run of R tiles
     (row-major, across row ends; at least tuning.POLYWINO_SPLIT_MIN_TROWS rows' worth, at most
-    the image) whose tasks leave the fewest idle under the static schedule, the most tiles on
-    a tie (convt_28: runs of 25 and 24 tiles, 2 %).  Not where that is no better than rows."""
+    ``top`` rows' worth, the image by default) whose tasks leave the fewest idle under the
+    static schedule, the most tiles on a tie (convt_28: runs of 25 and 24 tiles, 2 %).  Not
+    where that is no better than rows."""
     num, den = T.WINOGRAD4_MAX_IDLE
     T_ = th * tw
 
@@ -1062,7 +1066,8 @@ def polywino_run(N, th, tw, rows, n_threads):
     if n_threads < 2 or den * idle(rows * tw) <= num:
         return 0
     best = rows * tw
-    for R in range(min(T_, T.POLYWINO_SPLIT_MIN_TROWS * tw), T_ + 1):
+    hi = T_ if top is None else min(T_, top * tw)
+    for R in range(min(hi, T.POLYWINO_SPLIT_MIN_TROWS * tw), hi + 1):
         if idle(R) < idle(best) - 1e-12 or (abs(idle(R) - idle(best)) <= 1e-12 and R > best):
             best = R
     return 0 if best == rows * tw else best
