@@ -82,8 +82,9 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   adds + 36*3*C).  Dup: on plain BLAS each column block repacks its part of Z (F*tiles per
   extra block); on fgemm none.  ws: V, Z and the parts' M (shared) + the row scratch, per thread.
 - weight_polywino (conv2d_grad_weight_polywino, csrc/polywino.h): per group of imgs images
-  two regions -- the transforms (an image and 8 channels of x: its staged phase planes and
-  4*25 per tile and channel; or 8 filters of grad_y) and 25*ceil(4*C8/cols) GEMMs of F8 x cols
+  two regions -- the transforms (static; an image and 8 channels of x: its staged phase planes
+  and 4*25 per tile and channel of its 4 phases; or 8 filters of grad_y, the two kinds spread
+  evenly over the tasks) and 25*ceil(4*C8/cols) GEMMs of F8 x cols
   x the group's tiles -- then a static region of F filters' G^T M G.  Dup: C, F rounded up to
   8 in the GEMMs.  ws: V, Z of a group and M (shared), + the staging per thread.
 - winotiny (conv2d_forward_winotiny, Step "winograd" with params tiny; grad_x the same on
@@ -103,7 +104,9 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   (part, point) tasks of 8*g*per*F*C products each (g its groups), then the fold; ws: the
   sums, V and Z over the team + the slice.
 - polywino (conv2d_forward_polywino / conv2d_grad_input_polywino, csrc/polywino.h): N*ceil(th/
-  trows) tasks of trows tile rows of one image, each the staged phase rows (4*trows + 1 per
+  trows) tasks of trows tile rows of one image (static; the forward, where those leave the
+  team idle, N*ceil(th*tw/run) runs of ``run`` tiles, row-major across row ends: each stages
+  and transforms its whole rows, multiplies and writes its own tiles), each the staged phase rows (4*trows + 1 per
   phase, K of them), the input transform (4*25 per tile and K channel), the 25 GEMMs (tiles x
   K x the filters rounded to 8) and the output transform (4*25 per tile and filter); forward K
   = 4*C8, grad_x K = F8 on the (H - 1 + pt)/2 + 1 grid with 4*C8 filters out.  Dup: the halo
@@ -226,7 +229,9 @@ SUM_PARAMS = {
     "weight_stem": ((), ("rows", "fchunk", "groups_n")),
     "weight_stem_wino": ((), ("rows", "groups_n")),
     "weight_winograd": ((), ("trows", "cols", "parts")),
-    "weight_polywino": ((), ("imgs", "cols")),
+    # (on csrc/fgemm.h alone -- caps.winotiny -- each weight one chain over the batch's tiles
+    # carried from group to group by beta 1: tests/test_cpu_polywino.py checks imgs and cols)
+    "weight_polywino": ((), ()),
     "weight_winotiny": (("part_groups", "chunk"), ("part_groups", "chunk")),
 }
 
@@ -436,17 +441,24 @@ def polywino_regions(s, p, itemsize, which):
         th = cdiv((H - 1 + s.padding[0]) // 2 + 1, 4)
         tw = cdiv((W - 1 + s.padding[2]) // 2 + 1, 4)
 
-    def cost(ntr, pad):
+    def cost(ntr, pad, tiles=None):
         r8 = (lambda v: cdiv(v, 8) * 8) if pad else (lambda v: v)
         # K (the GEMMs' depth = the staged and transformed channels), the GEMMs' columns, and
-        # the filters the output transform writes
+        # the filters the output transform writes; a run of tiles (forward, "run") stages and
+        # transforms its whole rows, multiplies and writes its own tiles
         kk, co, out = (4 * r8(C), r8(F), F) if which == "f" else (r8(F), 4 * r8(C), 4 * C)
-        tiles = ntr * tw
-        return (kk * (4 * ntr + 1) * (4 * tw + 1) + 4 * 25 * tiles * kk
+        tiles = ntr * tw if tiles is None else tiles
+        return (kk * (4 * ntr + 1) * (4 * tw + 1) + 4 * 25 * ntr * tw * kk
                 + 25 * tiles * kk * co + 4 * 25 * tiles * out)
-    costs = [cost(r, True) for r in runs(th, p["trows"])] * N
+    if p.get("run"):
+        R, T_ = p["run"], th * tw
+        costs = [cost((min(t0 + R, T_) - 1) // tw - t0 // tw + 1, True, min(R, T_ - t0))
+                 for t0 in range(0, T_, R)] * N
+    else:
+        costs = [cost(r, True) for r in runs(th, p["trows"])] * N
     useful = float(N * cost(th, False))
-    return [Region("tile rows", costs, useful=useful)], 0, 0, p["per_thread"] * itemsize
+    return [Region("tile rows", costs, "static", useful=useful)], 0, 0, \
+        p["per_thread"] * itemsize
 
 
 def dense_regions(s, p, own, which):
@@ -594,10 +606,14 @@ def backward_regions(algo, p, s, own, itemsize, which):
         C8, F8 = cdiv(C, 8) * 8, cdiv(F, 8) * 8
         stage = 4 * (4 * th + 1) * (4 * tw + 1) * 8
         regions = []
+        cb, fb = C8 // 8, F8 // 8
+        xc, gc = stage + 4 * 4 * 25 * th * tw * 8, 16 * th * tw * 8 + 4 * 25 * th * tw * 8
+        # (static; since the twelfth session an image's cb tasks of x spread evenly among its
+        # fb of grad_y: task u is of x where u*cb//nb steps up at u + 1)
+        nb = cb + fb
+        order = [xc if (u + 1) * cb // nb > u * cb // nb else gc for u in range(nb)]
         for g in runs(N, p["imgs"]):
-            regions.append(Region("transforms", ([stage + 4 * 25 * th * tw * 8] * (C8 // 8)
-                                                 + [16 * th * tw * 8 + 4 * 25 * th * tw * 8]
-                                                 * (F8 // 8)) * g))
+            regions.append(Region("transforms", order * g, "static"))
             regions.append(Region("GEMMs", [F8 * nc * g * th * tw
                                             for _ in range(25) for nc in runs(4 * C8,
                                                                                p["cols"])]))

@@ -255,7 +255,10 @@ def test_polywino_tile_rows_even_out_the_team():
     blocks of 6 + 1 and 6 + 2 tile rows (42 / 33 % of the team idle: bench/many_core_split.py);
     evened (even_rows, two tasks a thread): 2 + 2 + 2 + 1 (the 12.5 % that 56 tile rows on 16
     threads cannot avoid) and 4 x 2.  k4s2_56's grad_x (64 channels: 3 + 3 + 2) takes 2 (32
-    equal tasks), never 1 (POLYWINO_SPLIT_MIN_TROWS).  1 and 2 threads keep their blocks."""
+    equal tasks), never 1 (POLYWINO_SPLIT_MIN_TROWS).  1 and 2 threads keep their blocks.
+    Since the twelfth session the forward, whose 2 + 2 + 2 + 1 left 12 % idle, goes in runs of
+    25 tiles across row ends (conv_plan.polywino_run; 25 + 24 an image, spanning 4 tile rows),
+    the "trows" its workspace's rows; grad_x's 4 x 2 stay."""
     zen4 = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True, fixed_sgemm=True,
                       avx512_full_rate=False, winotiny=True)
     epyc = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2, rowgemm=True, fixed_sgemm=True,
@@ -264,12 +267,13 @@ def test_polywino_tile_rows_even_out_the_team():
     def trows(shape, caps, nt):
         plan = P.plan_conv(shape, np.float32, nt, caps, LIMIT, needs_input_grad=True)
         assert plan.forward.algo == plan.grad_x.algo == "polywino"
-        return plan.forward.params["trows"], plan.grad_x.params["trows"]
+        return (plan.forward.params["trows"], plan.forward.params["run"],
+                plan.grad_x.params["trows"])
     adj, k4 = _shape(8, 32, 56, 56, 64, 4, 2, 1), _shape(8, 64, 56, 56, 64, 4, 2, 1)
     for caps in (zen4, epyc):
-        assert [trows(adj, caps, nt) for nt in (1, 2, 8, 16)] == [(7, 6), (7, 6), (7, 4),
-                                                                 (2, 2)]
-        assert trows(k4, caps, 16)[1] == 2 and trows(k4, caps, 2) == (4, 3)
+        assert [trows(adj, caps, nt) for nt in (1, 2, 8, 16)] == [
+            (7, 0, 6), (7, 0, 6), (7, 0, 4), (4, 25, 2)]
+        assert trows(k4, caps, 16)[1:] == (25, 2) and trows(k4, caps, 2) == (4, 0, 3)
         assert min(trows(k4, caps, nt)[0] for nt in (8, 16, 32)) >= 2
     assert P.even_rows(8, 7, 6, 6, 16, 2) == 2 and P.even_rows(8, 8, 3, 3, 16, 2) == 2
     assert P.even_rows(8, 8, 3, 3, 64, 2) == 3       # (no 2-row split gives 128 tasks)

@@ -158,10 +158,11 @@ CONV = [
       "grad_weight": "weight_rowgemm" if _avx2("weight_rowgemm") else _gw("weight_dot")},
      False),
     # >= 16 channels and filters: Winograd F(4x4, 2x2) over the phase planes (csrc/polywino.h)
-    # on AVX2 + FMA where the half-rate rule takes it; 20 tasks of one tile row on 8 and 16
-    # threads (ragged last tile column: Wo = 18): 4 tasks of 5 tile rows on 1 and 2 threads,
-    # 12 of 2 (or 1) on 8, 20 of 1 on 16
-    # grad_weight by the transposed F(4x4, 2x2): one group of 4 images, 2 GEMM column blocks
+    # on AVX2 + FMA where the half-rate rule takes it (ragged last tile column: Wo = 18, 5 x 5
+    # tiles): the forward in 4 tasks of 5 tile rows on 1 and 2 threads, runs of 13 tiles across
+    # row ends on 8 (conv_plan.polywino_run), of 10 on 16
+    # grad_weight by the transposed F(4x4, 2x2): one group of 4 images, 1 GEMM column block of
+    # 64 on 1 and 2 threads, 4 of 16 on 8 and 16 (conv_plan.wgrad_pw_cols)
     ("polywino", (4, 16, 40, 36), (24, 16, 4, 4), 2, 1, 1,
      {"forward": "polywino" if _avx2("polywino") and cc._WINOTINY
       else ("rowphases" if _avx2("rowphases") else "im2col"),
@@ -169,8 +170,9 @@ CONV = [
       else ("subpixel" if not OWN or _avx2("subpixel") else "im2col"),
       "grad_weight": "weight_polywino" if _avx2("weight_polywino") and cc._WINOTINY
       else ("weight_rowgemm" if _avx2("weight_rowgemm") else _gw("weight_dot"))}, False),
-    # 7 tile rows forward, 8 on grad_x's grid: a whole image a task on 1 and 2 threads, blocks
-    # of 2 tile rows on 8 and 16 (conv_plan.even_rows: 6 + 1 left the team idle)
+    # 7 tile rows forward, 8 on grad_x's grid: a whole image a task on 1 and 2 threads; the
+    # forward in runs of 11 tiles (3 a row) on 8, blocks of 2 tile rows on 16 (conv_plan.
+    # even_rows: 6 + 1 left the team idle)
     ("polywino_evened", (4, 16, 56, 24), (16, 16, 4, 4), 2, 1, 1,
      {"forward": "polywino" if _avx2("polywino") and cc._WINOTINY
       else ("rowphases" if _avx2("rowphases") else "im2col"),

@@ -35,19 +35,23 @@ def _torch_conv(x, w, b, pad):
         None if b is None else torch.from_numpy(b).double(), stride=2, padding=pad).numpy()
 
 
-def _kernel(x, w, pad, trows, threads, bias=None):
+def _kernel(x, w, pad, trows, threads, bias=None, run=0):
     """conv2d_forward_polywino called directly, NaN in its workspace and output beforehand
-    (no stale value may be read; every output must be written)."""
+    (no stale value may be read; every output must be written); run > 0: tasks of runs of
+    that many tiles (trows ignored: the rows they span)."""
     N, C, H, W = x.shape
     F = w.shape[0]
     pt, pl = pad
     Ho, Wo = (H + 2 * pt - 4) // 2 + 1, (W + 2 * pl - 4) // 2 + 1
+    if run:
+        trows = wg.polywino_run_rows(-(-Ho // 4), -(-Wo // 4), run)
     U = cc.polywino_filters(w)
     per = wg.polywino_floats(C, F, trows, -(-Wo // 4))
     ws = np.full(threads * per, np.nan, np.float32)
     y = np.full((N, F, Ho, Wo), np.nan, np.float32)
     b = np.zeros(F, np.float32) if bias is None else bias
-    wg.conv2d_forward_polywino(x, U, b, bias is not None, y, ws, per, trows, pt, pl, threads)
+    wg.conv2d_forward_polywino(x, U, b, bias is not None, y, ws, per, trows, pt, pl, threads,
+                               run)
     return y
 
 
@@ -70,6 +74,9 @@ def test_kernel_matches_torch_float64(case):
     th = -(-want.shape[2] // 4)
     for trows in sorted({1, 2, th}):
         _close(_kernel(x, w, pad, trows, 2, bias=b), want, f"trows {trows}")
+    tw = -(-want.shape[3] // 4)
+    for run in sorted({1, 3, tw + 1, (th * tw + 1) // 2}):     # runs inside and across rows
+        _close(_kernel(x, w, pad, 0, 3, bias=b, run=run), want, f"run {run}")
 
 
 @pytest.mark.parametrize("case", KERNEL_CASES[:4], ids=lambda c: "x".join(map(str, c[:5])))
@@ -83,6 +90,10 @@ def test_kernel_bits_do_not_depend_on_the_split_threads_or_batch(case):
     for trows, threads in ((1, 1), (2, 2), (1, 8), (th, 16), (3, 3)):
         got = _kernel(x, w, pad, trows, threads)
         assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), (trows, threads)
+    tw = -(-((W + 2 * pad[1] - 4) // 2 + 1) // 4)
+    for run, threads in ((1, 2), (5, 16), (tw + 2, 8), (-(-th * tw // 2), 16)):
+        got = _kernel(x, w, pad, 0, threads, run=run)
+        assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), (run, threads)
     for i in (0, N - 1):        # an image alone has its bits in the batch
         alone = _kernel(x[i:i + 1], w, pad, th, 1)
         assert np.array_equal(alone.view(np.uint32), ref[i:i + 1].view(np.uint32)), i
@@ -107,6 +118,12 @@ def test_kernel_rejects_bad_arguments():
         wg.conv2d_forward_polywino(x, U, b[:8], True, y, ws, per, 2, 1, 1, 1)
     with pytest.raises(ValueError, match="bad shapes or padding"):
         wg.conv2d_forward_polywino(x, U, b, False, y[:1], ws, per, 2, 1, 1, 1)
+    # runs of 3 tiles of 2-wide tile rows: one spans 2 rows (tiles 3, 4, 5), not 1
+    assert wg.polywino_run_rows(4, 2, 3) == 2 and wg.polywino_run_rows(4, 2, 4) == 2
+    with pytest.raises(ValueError, match="span more than trows"):
+        wg.conv2d_forward_polywino(x, U, b, False, y, ws, per, 1, 1, 1, 1, 3)
+    with pytest.raises(ValueError, match="span more than trows"):
+        wg.conv2d_forward_polywino(x, U, b, False, y, ws, per, 2, 1, 1, 1, -1)
     # grad_x's kernel (y of the conv is its input): the same checks, its own name
     Ug = cc.polywino_grad_filters(w)
     pg = wg.polywino_gx_floats(16, 16, 2, 3)
@@ -175,14 +192,26 @@ def test_the_plan_cuts_tasks_for_the_team_and_the_limit():
         pytest.skip("the half-rate rule does not take polywino on this CPU")
     s = P.ConvShape.of((1, 32, 56, 56), (64, 32, 4, 4), (2, 2), (1, 1, 1, 1), (1, 1), 1)
     caps = cc._caps()
-    n, rows, per = P.plan_polywino(s, 28, 28, True, caps, 4, 1 << 30)
-    assert (n, rows) == (4, 2) and per == P.polywino_floats(32, 64, 2, 7)   # 4 tasks, 4 threads
+    n, rows, per, run = P.plan_polywino(s, 28, 28, True, caps, 4, 1 << 30)
+    assert (n, rows, run) == (4, 2, 0) and per == P.polywino_floats(32, 64, 2, 7)  # 4 tasks
     assert P.plan_polywino(s, 28, 28, True, caps, 1, 4 * per - 4) is None
     big = s._replace(H=256, W=256)      # 8 tile rows of 32 tiles in POLYWINO_TASK_BYTES: 3
-    n, rows, per = P.plan_polywino(big, 128, 128, True, caps, 2, 1 << 30)
+    n, rows, per, run = P.plan_polywino(big, 128, 128, True, caps, 2, 1 << 30)
     assert per * 4 <= P.T.POLYWINO_TASK_BYTES < P.polywino_floats(32, 64, rows + 1, 32) * 4
     wide = s._replace(H=512, W=512)     # one tile row is over it: tasks of one row
     assert P.plan_polywino(wide, 256, 256, True, caps, 2, 1 << 30)[1] == 1
+    # convt_28's grad_x (8 images of 7 x 7 tiles) on 16 threads: whole tile rows leave 12 %
+    # of the team idle (blocks of 2, 2, 2, 1), so runs of 25 tiles across row ends (25 + 24 an
+    # image, spanning 4 tile rows: 2 %); on 1, 2 and 8 threads a whole image a task, as before
+    convt = s._replace(N=8)
+    assert P.plan_polywino(convt, 28, 28, True, caps, 16, 1 << 30) == (
+        16, 4, P.polywino_floats(32, 64, 4, 7), 25)
+    for nt in (1, 2, 8):
+        assert P.plan_polywino(convt, 28, 28, True, caps, nt, 1 << 30) == (
+            nt, 7, P.polywino_floats(32, 64, 7, 7), 0)
+    assert P._static_idle([25, 24] * 8, 16) < 0.03 < 0.1 < P._static_idle([2, 2, 2, 1] * 8, 16)
+    assert [P.polywino_run_rows(7, 7, r) for r in (25, 7, 14, 8, 1)] == [4, 1, 2, 2, 1]
+    assert P.polywino_run_rows(5, 2, 3) == wg.polywino_run_rows(5, 2, 3) == 2
 
 
 def test_conv_transpose_grad_x_matches_torch_and_keeps_its_bits_on_any_thread_count():
@@ -455,6 +484,16 @@ def test_wgrad_plan_takes_it_where_the_rule_says():
                          "floats": P.polywino_wgrad_floats(32, 64, 28, 28, 2, 2)}
     assert P.plan_conv(convt, f32, 2, caps, 4 * gw.params["floats"] - 4,
                        needs_input_grad=False).grad_weight.algo != "weight_polywino"
+    # 16 threads: one group of the 8 images (WGRAD_PW_THREAD_BYTES a thread), 2 parallel
+    # regions; GEMM tasks of 16 columns (50 of 64 would leave 22 % of the team idle, 200: 4 %)
+    gw16 = P.plan_conv(convt, f32, 16, caps, 1 << 30, needs_input_grad=False).grad_weight
+    assert gw16.params == {"imgs": 8, "cols": 16,
+                           "floats": P.polywino_wgrad_floats(32, 64, 28, 28, 8, 16)}
+    # ... back to groups of 2 where the whole batch's V and Z pass the limit
+    small = P.polywino_wgrad_floats(32, 64, 28, 28, 2, 16) * 4
+    assert P.plan_conv(convt, f32, 16, caps, small, needs_input_grad=False).grad_weight.params[
+        "imgs"] == 2
+    assert [P.wgrad_pw_cols(128, n) for n in (1, 2, 8, 16)] == [64, 64, 32, 16]
     for other in (convt._replace(C=8), convt._replace(F=12),
                   P.ConvShape.of((8, 32, 56, 56), (64, 32, 3, 3), (2, 2), (1, 1, 1, 1),
                                  (1, 1), 1),

@@ -251,5 +251,6 @@ cdef extern from "csrc/polywino.h" nogil:
     int ck_pw_grad_input_f(const float* s, Py_ssize_t ntr, Py_ssize_t tw, float* z,
                            Py_ssize_t es, Py_ssize_t ts)
     int ck_pw_output_f(const float* m, Py_ssize_t es, Py_ssize_t ts, Py_ssize_t ntr,
-                       Py_ssize_t tw, int nf, const float* bias, float* y, Py_ssize_t fstride,
-                       Py_ssize_t rows, Py_ssize_t Wo, float* ob)
+                       Py_ssize_t tw, Py_ssize_t first, Py_ssize_t count, int nf,
+                       const float* bias, float* y, Py_ssize_t fstride, Py_ssize_t rows,
+                       Py_ssize_t Wo, float* ob)

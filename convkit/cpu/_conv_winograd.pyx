@@ -1198,25 +1198,38 @@ def polywino_gx_floats(Py_ssize_t F, Py_ssize_t C, Py_ssize_t trows, Py_ssize_t 
     return 25 * trows * tw * (F8 + 4 * C8) + ck_pw_stage_floats(trows, tw)
 
 
+def polywino_run_rows(Py_ssize_t th, Py_ssize_t tw, Py_ssize_t run):
+    """The most tile rows a task of conv2d_forward_polywino spans: runs of ``run`` tiles
+    (row-major) of an image's th x tw, the last one shorter."""
+    cdef Py_ssize_t t0, t1, most = 0
+    for t0 in range(0, th * tw, run):
+        t1 = _min(t0 + run, th * tw)
+        most = max(most, (t1 - 1) // tw - t0 // tw + 1)
+    return most
+
+
 def conv2d_forward_polywino(const float[:, :, :, ::1] x, const float[:, :, ::1] U,
                             const float[::1] bias, bint has_bias, float[:, :, :, ::1] y,
                             float[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
-                            Py_ssize_t pt, Py_ssize_t pl, int n_threads):
+                            Py_ssize_t pt, Py_ssize_t pl, int n_threads, Py_ssize_t run=0):
     """y = conv(x, w) + bias for a 4x4 stride-2 conv padded by pt on top and pl on the left,
     by Winograd F(4x4, 2x2) over x's 4 phase planes (csrc/polywino.h).  U (25, 4 * C8, F8):
     conv.polywino_filters' transformed filters (zero rows and columns for the padded
-    channels and filters).  A task is trows tile rows (4 output rows each) of one image: the
-    staged planes and input transform of every 8 channels into V, the 25 GEMMs M[e] = V[e] @
-    U[e] on csrc/fgemm.h (each output one FMA chain over the 4 * C8 channels), then the output
-    transform of every 8 filters (through the staging block, free by then).  Every output
-    depends on its own tile alone: the same bits for any batch, task split and thread count.
-    ws_per_thread >= polywino_floats(C, F, trows, tw)."""
+    channels and filters).  A task is trows tile rows (4 output rows each) of one image, or
+    where run > 0 a run of ``run`` tiles of one image, row-major (the last one shorter; it
+    spans polywino_run_rows(th, tw, run) <= trows tile rows): the staged planes and input
+    transform of every 8 channels of its tile rows into V, the 25 GEMMs M[e] = V[e] @ U[e] of
+    its tiles on csrc/fgemm.h (each output one FMA chain over the 4 * C8 channels), then the
+    output transform of every 8 filters (through the staging block, free by then).  Every
+    output depends on its own tile alone: the same bits for any batch, task split and thread
+    count.  ws_per_thread >= polywino_floats(C, F, trows, tw)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
     cdef Py_ssize_t C8 = (C + 7) // 8 * 8, F8 = (F + 7) // 8 * 8, K = 4 * C8
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4
-    cdef Py_ssize_t nb = (th + trows - 1) // trows if trows > 0 else 0
-    cdef Py_ssize_t t, n, a0, ntr, Tt, c0, f0, e
+    cdef Py_ssize_t R = run if run > 0 else trows * tw
+    cdef Py_ssize_t nb = (th * tw + R - 1) // R if R > 0 else 0
+    cdef Py_ssize_t t, n, t0, nt, a0, ntr, Tt, off, c0, f0, e
     cdef float* V
     cdef float* M
     cdef float* S
@@ -1224,6 +1237,8 @@ def conv2d_forward_polywino(const float[:, :, :, ::1] x, const float[:, :, ::1] 
     _pw_check("conv2d_forward_polywino", y.shape[0] == N, trows, pt, pl, U, K, F8,
               polywino_floats(C, F, trows, tw), ws, ws_per_thread, n_threads,
               has_bias and bias.shape[0] < F)
+    if run < 0 or (run > 0 and polywino_run_rows(th, tw, run) > trows):
+        raise ValueError("conv2d_forward_polywino: runs span more than trows tile rows")
     memset(zb, 0, sizeof(zb))
     with nogil:
         # static: the same thread writes the same outputs every call.  Handed out dynamically,
@@ -1232,18 +1247,21 @@ def conv2d_forward_polywino(const float[:, :, :, ::1] x, const float[:, :, ::1] 
         for t in prange(N * nb, schedule="static", num_threads=n_threads):
             V = &ws[0] + threadid() * ws_per_thread
             n = t // nb
-            a0 = (t % nb) * trows
-            ntr = _min(trows, th - a0)
-            Tt = ntr * tw
+            t0 = (t % nb) * R
+            nt = _min(R, th * tw - t0)
+            a0 = t0 // tw
+            ntr = (t0 + nt - 1) // tw + 1 - a0
+            off = t0 - a0 * tw          # the run's first tile among its rows' (whole rows
+            Tt = ntr * tw               # staged and transformed, its own tiles multiplied)
             M = V + 25 * Tt * K
             S = M + 25 * Tt * F8
             for c0 in range(0, C8, 8):
                 ck_pw_stage_f(&x[n, c0, 0, 0], H * W, <int>_min(8, C - c0), H, W, pt, pl,
                               4 * a0, 4 * ntr + 1, 4 * tw + 1, S)
                 ck_pw_input_f(S, ntr, tw, V + c0, Tt * K, K, C8, 4)
-            _pw_gemms(V, U, M, Tt, K, F8)
+            _pw_gemms(V + off * K, Tt * K, U, M + off * F8, Tt * F8, nt, K, F8)
             for f0 in range(0, F, 8):
-                ck_pw_output_f(M + f0, Tt * F8, F8, ntr, tw, <int>_min(8, F - f0),
+                ck_pw_output_f(M + f0, Tt * F8, F8, ntr, tw, off, nt, <int>_min(8, F - f0),
                                &bias[f0] if has_bias else <const float*>zb,
                                &y[n, f0, 4 * a0, 0], Ho * Wo, Ho - 4 * a0, Wo, S)
     return y
@@ -1267,15 +1285,16 @@ def _pw_check(str name, bint same_n, Py_ssize_t trows, Py_ssize_t pt, Py_ssize_t
         raise ValueError(f"{name}: bias too short")
 
 
-cdef void _pw_gemms(const float* V, const float[:, :, ::1] U, float* M, Py_ssize_t Tt,
-                    Py_ssize_t K, Py_ssize_t Fn) noexcept nogil:
-    """M[e] = V[e] (Tt x K) @ U[e] (K x Fn) for the 25 positions, on csrc/fgemm.h."""
+cdef void _pw_gemms(const float* V, Py_ssize_t vs, const float[:, :, ::1] U, float* M,
+                    Py_ssize_t ms, Py_ssize_t Tt, Py_ssize_t K, Py_ssize_t Fn) noexcept nogil:
+    """M[e] = V[e] (Tt x K) @ U[e] (K x Fn) for the 25 positions (V[e] at V + e * vs, M[e] at
+    M + e * ms), on csrc/fgemm.h."""
     cdef Py_ssize_t e
     for e in range(25):
-        if not ck_fgemm(0, 0, Tt, Fn, K, <float>1, V + e * Tt * K, K, &U[e, 0, 0], Fn,
-                        <float>0, M + e * Tt * Fn, Fn):     # (no memory: BLAS)
-            gemm(False, False, Tt, Fn, K, <float>1, V + e * Tt * K, K, &U[e, 0, 0], Fn,
-                 <float>0, M + e * Tt * Fn, Fn)
+        if not ck_fgemm(0, 0, Tt, Fn, K, <float>1, V + e * vs, K, &U[e, 0, 0], Fn,
+                        <float>0, M + e * ms, Fn):     # (no memory: BLAS)
+            gemm(False, False, Tt, Fn, K, <float>1, V + e * vs, K, &U[e, 0, 0], Fn,
+                 <float>0, M + e * ms, Fn)
 
 
 def conv2d_grad_input_polywino(const float[:, :, :, ::1] gy, const float[:, :, ::1] U,
@@ -1317,7 +1336,7 @@ def conv2d_grad_input_polywino(const float[:, :, :, ::1] gy, const float[:, :, :
                 ck_pw_stage1_f(&gy[n, c0, 0, 0], Ho * Wo, <int>_min(8, F - c0), Ho, Wo, 1, 1,
                                4 * a0, 4 * ntr + 1, 4 * tw + 1, S)
                 ck_pw_input_f(S, ntr, tw, V + c0, Tt * F8, F8, 0, 1)
-            _pw_gemms(V, U, M, Tt, F8, Fo)
+            _pw_gemms(V, Tt * F8, U, M, Tt * Fo, Tt, F8, Fo)
             for ph in range(2):         # (row phase P; both column phases at once)
                 for c0 in range(0, C, 8):
                     ck_pw_output_d2s_f(M + 2 * ph * C8 + c0, C8, Tt * Fo, Fo, ntr, tw,
@@ -1394,7 +1413,7 @@ def conv2d_grad_weight_polywino(const float[:, :, :, ::1] gy, const float[:, :, 
     The batch in groups of ``imgs`` images, two parallel loops a group:
     1. the transforms, a task per image and 8 channels of x (staged phase planes, B^T d B into
        V (25, tiles, 4 * C8): the forward's V) or 8 filters of gy (A dy A^T into Z (25, tiles,
-       F8));
+       F8)), an image's two kinds interleaved;
     2. M[e] (F8 x 4 * C8) (+)= Z[e]^T @ V[e] on csrc/fgemm.h, a task per position e and block
        of ``cols`` columns, each output one FMA chain over the tiles in order that goes on from
        the group before (fgemm's beta 1) -- one chain over the whole batch's tiles whatever
@@ -1407,7 +1426,7 @@ def conv2d_grad_weight_polywino(const float[:, :, :, ::1] gy, const float[:, :, 
     cdef Py_ssize_t C8 = (C + 7) // 8 * 8, F8 = (F + 7) // 8 * 8, K = 4 * C8
     cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4, tt = th * tw
     cdef Py_ssize_t cb = C8 // 8, nb = cb + F8 // 8, ncb
-    cdef Py_ssize_t t, n, gi, g0, ng, e, c0, nc, f, i
+    cdef Py_ssize_t t, n, gi, g0, ng, e, c0, nc, f, i, xi
     cdef Py_ssize_t VS, ZS, MS, per
     cdef float* V
     cdef float* Z
@@ -1436,17 +1455,23 @@ def conv2d_grad_weight_polywino(const float[:, :, :, ::1] gy, const float[:, :, 
             g0 = gi * imgs
             ng = _min(imgs, N - g0)
             # (static, as conv2d_forward_polywino: a task's V / Z and M columns stay with one
-            # core from group to group and call to call)
+            # core from group to group and call to call).  An image's cb tasks of x spread
+            # evenly among its nb - cb of grad_y (task u is x's block xi where u * cb // nb
+            # steps up at u + 1): on a team larger than the images, every thread's contiguous
+            # run holds the two kinds in about the same proportion (8 images on 16 threads:
+            # runs of 6 tasks, 2 of x and 4 of grad_y, not 4 of x or 6 of grad_y)
             for t in prange(ng * nb, schedule="static", num_threads=n_threads):
                 S = M + 25 * MS + threadid() * per
                 n = g0 + t // nb
                 i = t % nb
-                if i < cb:
+                xi = i * cb // nb
+                if (i + 1) * cb // nb > xi:
+                    i = xi
                     ck_pw_stage_f(&x[n, 8 * i, 0, 0], H * W, <int>_min(8, C - 8 * i), H, W,
                                   pt, pl, 0, 4 * th + 1, 4 * tw + 1, S)
                     ck_pw_input_f(S, th, tw, V + (n - g0) * tt * K + 8 * i, VS, K, C8, 4)
                 else:
-                    f = 8 * (i - cb)
+                    f = 8 * (i - xi)
                     ck_pw_stage1_f(&gy[n, f, 0, 0], Ho * Wo, <int>_min(8, F - f), Ho, Wo, 0, 0,
                                    0, 4 * th, 4 * tw, S)
                     ck_pw_grad_input_f(S, th, tw, Z + (n - g0) * tt * F8 + f, ZS, F8)

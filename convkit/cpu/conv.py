@@ -578,7 +578,7 @@ def _fwd_polywino(x, weight, b, has_bias, y, s, step):
     ws = _workspace(step.threads * p["per_thread"], np.float32, "polywino")
     _winograd.conv2d_forward_polywino(x, polywino_filters(weight), b, has_bias, y, ws,
                                       p["per_thread"], p["trows"], s.padding[0], s.padding[2],
-                                      step.threads)
+                                      step.threads, p["run"])
 
 
 def _fwd_stem(x, weight, b, has_bias, y, s, step):

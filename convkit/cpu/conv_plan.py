@@ -1062,15 +1062,70 @@ def _polywino_tasks(N, th, floats, n_threads, limit):
 
 
 def plan_polywino(s: ConvShape, Ho, Wo, f32, caps: ConvCaps, n_threads, limit):
-    """(threads, tile rows per task, workspace floats per thread) of the forward by Winograd
-    F(4x4, 2x2) over the 4 input phase planes of a 4x4 stride-2 conv (csrc/polywino.h), or
-    None (polywino_ok; tasks _polywino_tasks).  Each output depends on its own tile alone
-    (any split, the same bits)."""
+    """(threads, tile rows per task, workspace floats per thread, tiles per task) of the
+    forward by Winograd F(4x4, 2x2) over the 4 input phase planes of a 4x4 stride-2 conv
+    (csrc/polywino.h), or None (polywino_ok; tasks _polywino_tasks, or runs of tiles where
+    those leave the team idle: polywino_run; tiles 0: whole tile rows).  Each output depends
+    on its own tile alone (any split, the same bits)."""
     if not polywino_ok(s, f32, caps):
         return None
-    tw = ceil_div(Wo, 4)
-    return _polywino_tasks(s.N, ceil_div(Ho, 4), lambda r: polywino_floats(s.C, s.F, r, tw),
-                           n_threads, limit)
+    th, tw = ceil_div(Ho, 4), ceil_div(Wo, 4)
+    p = _polywino_tasks(s.N, th, lambda r: polywino_floats(s.C, s.F, r, tw), n_threads, limit)
+    if p is None:
+        return None
+    top = th        # (runs no longer than the tile rows that fit POLYWINO_TASK_BYTES)
+    while top > 1 and polywino_floats(s.C, s.F, top, tw) * 4 > T.POLYWINO_TASK_BYTES:
+        top -= 1
+    run = polywino_run(s.N, th, tw, p[1], n_threads, max(top, p[1]))
+    if not run:
+        return (*p, 0)
+    per = polywino_floats(s.C, s.F, polywino_run_rows(th, tw, run), tw)
+    if per * 4 > limit:
+        return (*p, 0)
+    tasks = s.N * ceil_div(th * tw, run)
+    return max(1, min(n_threads, tasks, limit // (per * 4))), \
+        polywino_run_rows(th, tw, run), per, run
+
+
+def _static_idle(costs, n_threads):
+    """The idle share of n_threads running these task costs as OpenMP's static schedule does
+    (contiguous runs, the first len % n_threads threads one task more)."""
+    q, r = divmod(len(costs), n_threads)
+    most, i = 0, 0
+    for k in range(n_threads):
+        j = i + q + (k < r)
+        most = max(most, sum(costs[i:j]))
+        i = j
+    return 1 - sum(costs) / (n_threads * most) if most else 0.0
+
+
+def polywino_run(N, th, tw, rows, n_threads, top=None):
+    """Tiles per polywino forward task: 0 (tasks of ``rows`` whole tile rows), unless those
+    leave more than tuning.WINOGRAD4_MAX_IDLE of the team idle (convt_28's grad_x on 16
+    threads: 7 tile rows an image, blocks of 2, 2, 2, 1, 12 %); then the run of R tiles
+    (row-major, across row ends; at least tuning.POLYWINO_SPLIT_MIN_TROWS rows' worth, at most
+    ``top`` rows' worth, the image by default) whose tasks leave the fewest idle under the
+    static schedule, the most tiles on a tie (convt_28: runs of 25 and 24 tiles, 2 %).  Not
+    where that is no better than rows."""
+    num, den = T.WINOGRAD4_MAX_IDLE
+    T_ = th * tw
+
+    def idle(R):
+        return _static_idle([min(R, T_ - t0) for t0 in range(0, T_, R)] * N, n_threads)
+    if n_threads < 2 or den * idle(rows * tw) <= num:
+        return 0
+    best = rows * tw
+    hi = T_ if top is None else min(T_, top * tw)
+    for R in range(min(hi, T.POLYWINO_SPLIT_MIN_TROWS * tw), hi + 1):
+        if idle(R) < idle(best) - 1e-12 or (abs(idle(R) - idle(best)) <= 1e-12 and R > best):
+            best = R
+    return 0 if best == rows * tw else best
+
+
+def polywino_run_rows(th, tw, run):
+    """The most tile rows a run of ``run`` tiles spans (_conv_winograd.polywino_run_rows)."""
+    return max((min(t0 + run, th * tw) - 1) // tw - t0 // tw + 1
+               for t0 in range(0, th * tw, run))
 
 
 def plan_polywino_grad_x(s: ConvShape, f32, caps: ConvCaps, n_threads, limit):
@@ -1200,7 +1255,9 @@ def plan_weight_polywino(s: ConvShape, Ho, Wo, f32, caps: ConvCaps, pointwise, n
     4x4 stride-2 conv by the transposed F(4x4, 2x2) over the phase planes (csrc/polywino.h,
     _conv_winograd.conv2d_grad_weight_polywino), or None: polywino's rule under the name
     "weight_polywino", maps above the batch paths'.  Groups of images whose transformed tiles
-    fit tuning.WGRAD_PW_GROUP_BYTES; GEMM tasks of tuning.WGRAD_PW_COLS columns.  Each weight
+    fit tuning.WGRAD_PW_GROUP_BYTES, or tuning.WGRAD_PW_THREAD_BYTES per thread where the team
+    has more (fewer groups, fewer regions: each region's tail idles the team; the smaller
+    groups where the larger do not fit the limit); GEMM tasks of wgrad_pw_cols columns.  Each weight
     is one chain over the batch's tiles in order: neither changes the bits."""
     if (not (f32 and caps.winotiny and avx2_algo(caps, "weight_polywino"))
             or (s.KH, s.KW, s.stride, s.dilation, s.groups) != (4, 4, (2, 2), (1, 1), 1)
@@ -1208,11 +1265,31 @@ def plan_weight_polywino(s: ConvShape, Ho, Wo, f32, caps: ConvCaps, pointwise, n
         return None
     C8, F8 = ceil_div(s.C, 8) * 8, ceil_div(s.F, 8) * 8
     per_img = 25 * ceil_div(Ho, 4) * ceil_div(Wo, 4) * (4 * C8 + F8) * 4
-    imgs = max(1, min(s.N, T.WGRAD_PW_GROUP_BYTES // per_img))
+    group = max(T.WGRAD_PW_GROUP_BYTES, n_threads * T.WGRAD_PW_THREAD_BYTES)
+    imgs = max(1, min(s.N, group // per_img))
     floats = polywino_wgrad_floats(s.C, s.F, Ho, Wo, imgs, n_threads)
     if floats * 4 > limit:
-        return None
-    return imgs, T.WGRAD_PW_COLS, floats
+        imgs = max(1, min(s.N, T.WGRAD_PW_GROUP_BYTES // per_img))
+        floats = polywino_wgrad_floats(s.C, s.F, Ho, Wo, imgs, n_threads)
+        if floats * 4 > limit:
+            return None
+    return imgs, wgrad_pw_cols(4 * C8, n_threads), floats
+
+
+def wgrad_pw_cols(K, n_threads):
+    """GEMM columns per weight_polywino task: tuning.WGRAD_PW_COLS, halved (down to
+    tuning.WGRAD_PW_MIN_COLS) while the 25 * ceil(K / cols) equal tasks leave more than
+    tuning.WINOGRAD4_MAX_IDLE of the team idle (convt_28: 50 tasks of 64 on 16 threads, 22 %;
+    200 of 16, 4 %).  No bits follow the columns."""
+    num, den = T.WINOGRAD4_MAX_IDLE
+    cols = T.WGRAD_PW_COLS
+    while cols > T.WGRAD_PW_MIN_COLS:
+        tasks = 25 * ceil_div(K, cols)
+        if den * (ceil_div(tasks, n_threads) * n_threads - tasks) <= num * ceil_div(
+                tasks, n_threads) * n_threads:
+            break
+        cols //= 2
+    return cols
 
 
 def plan_weight_rowgemm(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads,
@@ -1509,7 +1586,7 @@ def plan_forward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
     # AVX2 ones measured faster; elsewhere at most one of the three does)
     p = plan_polywino(s, Ho, Wo, f32, caps, n, limit)
     if p is not None:
-        return Step("polywino", p[0], {"trows": p[1], "per_thread": p[2]})
+        return Step("polywino", p[0], {"trows": p[1], "per_thread": p[2], "run": p[3]})
     p = plan_rowphases(s, Ho, Wo, f32, caps, pointwise, n, limit)
     if p is not None:
         return Step("rowphases", n, {"rows": p[0], "per_thread": p[1],

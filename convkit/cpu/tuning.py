@@ -399,6 +399,14 @@ WGRAD_RG_PASS = 64
 # within 4 %, 64: 50 tasks, even on 2 threads.  RESULTS.md, eleventh session (convtgw11).
 WGRAD_PW_GROUP_BYTES = 2 << 20
 WGRAD_PW_COLS = 64
+# ... on larger teams the group is this many bytes a thread (a core's L2 on Zen 4: the team's
+# caches hold the group): convt_28 on 16 threads goes in one group of 8 images, 2 parallel
+# regions and the filter transform instead of 8 + 1 (bench/many_core_split.py: 21 % of the team
+# lost -> see RESULTS.md twelfth session, helper poly12); and the GEMM columns are halved, down
+# to WGRAD_PW_MIN_COLS, where 25 * ceil(4 * C8 / cols) tasks leave more than
+# WINOGRAD4_MAX_IDLE of the team idle (conv_plan.wgrad_pw_cols).  Not timed on 16 cores.
+WGRAD_PW_THREAD_BYTES = 1 << 20
+WGRAD_PW_MIN_COLS = 16
 
 # ----------------------------------------------------------------------------- sub-pixel grad_x
 # Strided grad_x (conv_transpose2d's forward) by its output phases as one stride-1 conv, on

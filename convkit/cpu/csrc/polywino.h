@@ -286,13 +286,14 @@ CK_PW_TARGET static int ck_pw_grad_input_f(const float *s, ptrdiff_t ntr, ptrdif
         y3 = _mm256_add_ps(_mm256_fmadd_ps(m3, _mm256_set1_ps(0.125f), q_), m4);          \
     } while (0)
 
-/* Tile row a of a task's tiles from the products m[e * es + tile * ts + lane]:
- * ob[(r * 4tw + 4j + q) * 8 + lane] = (A^T m A)[r][q] of tile (a, j) + b */
+/* Tiles j0 .. j1 - 1 of tile row a of a task's tiles from the products m[e * es + tile * ts +
+ * lane]: ob[(r * 4tw + 4j + q) * 8 + lane] = (A^T m A)[r][q] of tile (a, j) + b */
 CK_PW_TARGET static inline void ck_pw_tilerow_f(const float *m, ptrdiff_t es, ptrdiff_t ts,
-                                                ptrdiff_t a, ptrdiff_t tw, __m256 b, float *ob)
+                                                ptrdiff_t a, ptrdiff_t tw, ptrdiff_t j0,
+                                                ptrdiff_t j1, __m256 b, float *ob)
 {
     const ptrdiff_t ow = 4 * tw;    /* ob: 4 rows of 4 * tw columns of 8 filters */
-    for (ptrdiff_t j = 0; j < tw; ++j) {
+    for (ptrdiff_t j = j0; j < j1; ++j) {
         const float *p = m + (a * tw + j) * ts;
         __m256 t[4][5];
         for (int k = 0; k < 5; ++k) {   /* A^T down the 5 rows, column k */
@@ -322,30 +323,38 @@ CK_PW_TARGET static inline __m256 ck_pw_bias8(const float *bias, int nf)
     return _mm256_loadu_ps(bb);
 }
 
-/* Filters f0 .. f0 + nf - 1 (nf <= 8) of a task's ntr x tw tiles from the products
- * m[e * es + tile * ts + lane] (m at filter f0): y[i * fstride + (4a + r) * Wo + 4j + q] =
- * (A^T m A)[r][q] + bias[i] for the rows 4a + r < rows and columns 4j + q < Wo (y at row 0 of
- * the task's first tile row, filter f0).  A tile row's outputs go through ob (128 * tw
- * floats, filters in the lanes), then out by 8 x 8 transposes, 8 columns at a time. */
+/* Filters f0 .. f0 + nf - 1 (nf <= 8) of tiles first .. first + count - 1 (row-major) of a
+ * task's ntr x tw tiles from the products m[e * es + tile * ts + lane] (m at filter f0):
+ * y[i * fstride + (4a + r) * Wo + 4j + q] = (A^T m A)[r][q] + bias[i] for the rows 4a + r <
+ * rows and columns 4j + q < Wo (y at row 0 of the task's first tile row, filter f0).  A tile
+ * row's outputs go through ob (128 * tw floats, filters in the lanes), then out by 8 x 8
+ * transposes, 8 columns at a time (a run of tiles may start and end inside a tile row:
+ * conv_plan's tile runs, where whole rows leave the team idle). */
 CK_PW_TARGET static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t ts,
-                                       ptrdiff_t ntr, ptrdiff_t tw, int nf, const float *bias,
-                                       float *y, ptrdiff_t fstride, ptrdiff_t rows, ptrdiff_t Wo,
+                                       ptrdiff_t ntr, ptrdiff_t tw, ptrdiff_t first,
+                                       ptrdiff_t count, int nf, const float *bias, float *y,
+                                       ptrdiff_t fstride, ptrdiff_t rows, ptrdiff_t Wo,
                                        float *ob)
 {
     if (!ck_pw_available())
         return 0;
     const __m256 b = ck_pw_bias8(bias, nf);
     const ptrdiff_t ow = 4 * tw;
-    for (ptrdiff_t a = 0; a < ntr; ++a) {
-        ck_pw_tilerow_f(m, es, ts, a, tw, b, ob);
-        ptrdiff_t nrow = rows - 4 * a;
+    for (ptrdiff_t a = first / tw; a < ntr && a * tw < first + count; ++a) {
+        ptrdiff_t j0 = first - a * tw, j1 = first + count - a * tw;
+        if (j0 < 0)
+            j0 = 0;
+        if (j1 > tw)
+            j1 = tw;
+        ck_pw_tilerow_f(m, es, ts, a, tw, j0, j1, b, ob);
+        ptrdiff_t nrow = rows - 4 * a, cend = 4 * j1 < Wo ? 4 * j1 : Wo;
         if (nrow > 4)
             nrow = 4;
         for (ptrdiff_t r = 0; r < nrow; ++r) {
             float *yr = y + (4 * a + r) * Wo;
             const float *orow = ob + r * ow * 8;
-            ptrdiff_t c = 0;
-            for (; c + 8 <= Wo; c += 8) {
+            ptrdiff_t c = 4 * j0;
+            for (; c + 8 <= cend; c += 8) {
                 __m256 v[8];
                 for (int k = 0; k < 8; ++k)
                     v[k] = _mm256_loadu_ps(orow + (c + k) * 8);
@@ -353,7 +362,7 @@ CK_PW_TARGET static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t t
                 for (int i = 0; i < nf; ++i)
                     _mm256_storeu_ps(yr + i * fstride + c, v[i]);
             }
-            for (; c < Wo; ++c)
+            for (; c < cend; ++c)
                 for (int i = 0; i < nf; ++i)
                     yr[i * fstride + c] = orow[c * 8 + i];
         }
@@ -386,8 +395,8 @@ CK_PW_TARGET static int ck_pw_output_d2s_f(const float *m, ptrdiff_t qoff, ptrdi
     while (vb1 + 8 <= ow && 2 * (vb1 + 8) - pl <= W)
         vb1 += 8;
     for (ptrdiff_t a = 0; a < ntr; ++a) {
-        ck_pw_tilerow_f(m, es, ts, a, tw, b, ob);
-        ck_pw_tilerow_f(m + qoff, es, ts, a, tw, b, ob1);
+        ck_pw_tilerow_f(m, es, ts, a, tw, 0, tw, b, ob);
+        ck_pw_tilerow_f(m + qoff, es, ts, a, tw, 0, tw, b, ob1);
         for (int r = 0; r < 4; ++r) {
             ptrdiff_t Y = 2 * (u0 + 4 * a + r) + P - pt;
             if (Y < 0 || Y >= H)
@@ -470,10 +479,12 @@ static int ck_pw_grad_input_f(const float *s, ptrdiff_t ntr, ptrdiff_t tw, float
     return 0;
 }
 static int ck_pw_output_f(const float *m, ptrdiff_t es, ptrdiff_t ts, ptrdiff_t ntr,
-                          ptrdiff_t tw, int nf, const float *bias, float *y, ptrdiff_t fstride,
-                          ptrdiff_t rows, ptrdiff_t Wo, float *ob)
+                          ptrdiff_t tw, ptrdiff_t first, ptrdiff_t count, int nf,
+                          const float *bias, float *y, ptrdiff_t fstride, ptrdiff_t rows,
+                          ptrdiff_t Wo, float *ob)
 {
-    (void)m; (void)es; (void)ts; (void)ntr; (void)tw; (void)nf; (void)bias; (void)y;
+    (void)m; (void)es; (void)ts; (void)ntr; (void)tw; (void)first; (void)count; (void)nf;
+    (void)bias; (void)y;
     (void)fstride; (void)rows; (void)Wo; (void)ob;
     return 0;
 }
