@@ -65,9 +65,9 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   N*ceil(th/trows) when per_image (plain BLAS: a task never spans images), each E*F*C*P MACs
   (P = its tiles) + the input and output transforms (counted as 4*E per tile and channel in,
   and per tile and filter out).  Dup: on BLAS every task repacks the E transformed filters
-  (E*F*C); on the own GEMM they are packed once (F(2x2): a static region of E plane tasks,
-  E*fparts block tasks with fparts, _conv_winograd.wino2_pack_filters; F(4x4): serially);
-  csrc/fgemm.h reads them in place
+  (E*F*C); on the own GEMM they are packed once, serially (F(2x2)'s split: in a static
+  region of E*fparts block tasks, _conv_winograd.wino2_pack_filters); csrc/fgemm.h reads them
+  in place
   (it packs only the task's own tiles).  grad_x is the same on grad_y (F in, C out, H x W).
   F(4x4) with fparts (conv_plan.winograd4_split, where the tile rows alone leave > 10 % of the
   team idle): the input transform in a region of C*ceil(N*th/trows) tasks (4*E per tile),
@@ -371,11 +371,7 @@ def forward_regions(algo, p, s, own, itemsize):
         main = Region("tiles", [E * F * C * panels(P_, own) + E * 4 * (C + F) * P_
                                 for P_ in tiles])
         dup = 0 if own or p["_fg"] else E * F * C * len(tiles)
-        # (on the own GEMM F(2x2)'s planes are packed in a static region of E tasks,
-        # _conv_winograd.wino2_pack_filters; F(4x4)'s serially, _packed_a)
-        pack = Region("filter packing", [F * C] * E, "static") if own and t == 2 else None
-        return ([main, filt] + ([pack] if pack else []), E * F * C if own and t != 2 else 0,
-                dup, p["per_thread"] * itemsize)
+        return [main, filt], E * F * C if own else 0, dup, p["per_thread"] * itemsize
     if algo in ("stem", "rowphases"):
         sh, sw = s.stride
         halo = (KH - 1) // sh

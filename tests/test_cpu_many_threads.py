@@ -724,12 +724,12 @@ def test_f2_two_region_split_where_tile_rows_leave_the_team_idle(monkeypatch):
 
 # (id, x shape, w shape, {threads: forward's / grad_x's fparts})
 F2_SPLIT = [
-    # 14 tile rows of 8 tiles: one region on 1 thread; 2 filter blocks (72 filters: 5 + 4
-    # strips, the last one short; grad_x 64: 4 + 4) on 2, 8 and 16
-    ("f2_split", (2, 64, 13, 15), (72, 64, 3, 3), {1: (1, 1), 2: (2, 2), 8: (2, 2),
+    # 14 tile rows of 8 tiles: one region on 1 and 2 threads (tuning.WINOGRAD_SPLIT_MIN_THREADS);
+    # 2 filter blocks (72 filters: 4 + 5 strips; grad_x 64: 4 + 4) on 8 and 16
+    ("f2_split", (2, 64, 13, 15), (72, 64, 3, 3), {1: (1, 1), 2: (1, 1), 8: (2, 2),
                                                    16: (2, 2)}),
     # forward: 3 blocks of 4 strips on 8 and 16 threads; grad_x (40 filters) one region
-    ("f2_split_3", (1, 40, 18, 22), (96, 40, 3, 3), {1: (1, 1), 2: (2, 1), 8: (3, 1),
+    ("f2_split_3", (1, 40, 18, 22), (96, 40, 3, 3), {1: (1, 1), 2: (1, 1), 8: (3, 1),
                                                      16: (3, 1)}),
 ]
 
@@ -739,8 +739,8 @@ F2_SPLIT = [
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", F2_SPLIT, ids=[c[0] for c in F2_SPLIT])
 def test_f2_split_gives_the_same_bits_on_1_2_8_16_threads(full_rate, torch, case, dtype, where):
-    """The full-rate plans of F(2x2) (float32: the one-region split on one thread, the
-    two-region split on 2, 8 and 16 as F2_SPLIT says; float64: per image on BLAS) give the same
+    """The full-rate plans of F(2x2) (float32: the one-region split on 1 and 2 threads, the
+    two-region split on 8 and 16 as F2_SPLIT says; float64: per image on BLAS) give the same
     bits for forward, grad_x, grad_weight and grad_bias; a NaN or inf in one image is NaN /
     inf exactly where torch's is (that image falls back, the other keeps the split)."""
     name, xs, ws, fps = case

@@ -903,9 +903,9 @@ def wino2_pack_filters(const float[:, :, ::1] U, float[:, ::1] out, Py_ssize_t f
                        int n_threads):
     """out[16 * b + e] = U[e]'s filter block b (wino2_filter_block) prepacked for the own
     float32 GEMM (gemm_pk's apk; fparts 1: each plane whole, as _gemm.pack_a), the 16 * fparts
-    blocks in a static parallel loop (packed serially they were the F(2x2) call's serial part:
-    res_14's 1M floats, 5 % of 64 threads' time by bench/many_core_split.py); False where
-    there is no own kernel."""
+    blocks in a static parallel loop (the split's many threads would wait for a serial
+    packing: res_14's 1M floats, 5 % of 64 threads' time by bench/many_core_split.py); False
+    where there is no own kernel."""
     cdef Py_ssize_t F = U.shape[1], C = U.shape[2], nu = (F + 7) // 8
     cdef Py_ssize_t t, b, e, f0, f1
     cdef int bad = 0

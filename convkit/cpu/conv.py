@@ -87,8 +87,11 @@ def _packed_a(a3, ta=False):
 
 def _packed_a_blocks(U, fparts, n_threads):
     """F(2x2)'s transformed filters U (16, F, C) prepacked for the own float32 GEMM by filter
-    block (_conv_winograd.wino2_pack_filters: block b's plane e in row 16 * b + e; fparts 1:
-    _packed_a(U)'s rows), on the team; no rows where the GEMMs do not run on it."""
+    block for its two-region split (_conv_winograd.wino2_pack_filters: block b's plane e in row
+    16 * b + e; fparts 1: _packed_a(U)'s rows), on the team -- many threads would wait for a
+    serial packing (5 % of 64 threads' time on res_14); the one-region split packs serially
+    (_packed_a): a region more cost one and two threads CPU time (spinning between regions,
+    bench/RESULTS.md twelfth session xwino12).  No rows where the GEMMs do not run on it."""
     if U.dtype != np.float32 or not _OWN_SGEMM:
         return _NO_PACK
     F, C = U.shape[1], U.shape[2]
@@ -473,8 +476,8 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
     ws = _workspace(p.get("shared", 0) + n * p["per_thread"], x.dtype)
     if packed:
         apk = _NO_PACK
-    elif tile == 2:     # (by filter block where F(2x2) takes its two-region split)
-        apk = _packed_a_blocks(U, p.get("fparts") or 1, n)
+    elif tile == 2 and p.get("fparts"):     # (F(2x2)'s two-region split: by filter block)
+        apk = _packed_a_blocks(U, p["fparts"], n)
     else:
         apk = _packed_a(U)
     with _blas_pin(x.dtype):

@@ -669,7 +669,8 @@ def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, 
         trows = max(1, ceil_div(N * th, tasks))
         # (the own GEMM sums each output in a fixed order: neither the tile rows per task nor
         # the filter blocks cut a sum)
-        split = winograd2_split(N * th, tw, C, F, trows, most, n_threads)
+        split = None if n_threads < T.WINOGRAD_SPLIT_MIN_THREADS else \
+            winograd2_split(N * th, tw, C, F, trows, most, n_threads)
         if split is not None and split[1] == 1:
             trows = split[0]
         elif split is not None:

@@ -140,6 +140,11 @@ WINOGRAD_EVEN_TASKS = 8
 WINOGRAD_MAX_IDLE = (1, 10)
 WINOGRAD_SPLIT_MIN_TILES = 48
 WINOGRAD_SPLIT_MIN_STRIPS = 4
+# ... from this many threads: one and two keep their one-region plans exactly.  The split adds
+# two parallel regions; one region more (the filters packed in a region of their own) cost
+# res_14's 2-thread forward 1.37x CPU time, rpn_3x3's 1.12x (`CONVKIT_AVX512_FULL_RATE=1
+# bench/ab_cpu_time.py --threads 2`, load ~10: threads spinning between regions).
+WINOGRAD_SPLIT_MIN_THREADS = 3
 # F(4x4, 3x3) instead of F(2x2) (GEMMs on BLAS) when its multiplications, padding tiles
 # included, are at most this fraction of F(2x2)'s.  Measured on the 2-core AMD EPYC (no
 # AVX-512, OpenBLAS), one thread, CPU time: F(4x4) faster at every suite layer, res_14 (ratio
