@@ -706,13 +706,14 @@ def winograd2_split(rows, tw, C, F, trows, most, n_threads):
     """(tile rows, filter blocks) for F(2x2) on the own GEMM (the kernel's fparts; 1: the
     one-region split with these tile rows), or None to keep ``trows``: where the one-region
     tasks of trows tile rows (tw tiles each) leave more than tuning.WINOGRAD_MAX_IDLE of the
-    team idle (res_14's 28 tasks on 16 threads, rpn_3x3's 19), tasks of tile rows (at least
-    tuning.WINOGRAD_SPLIT_MIN_TILES tiles where the batch has them; a thread's slice, V and M
-    or, V shared, one block's M, at most ``most`` elements as the one-region slice) x
-    near-equal blocks of whole 8-filter strips (at least tuning.WINOGRAD_SPLIT_MIN_STRIPS; _conv_winograd.wino2_filter_block): the fewest that lose
-    at most that share (idle threads and the own GEMM's partial panels, own_gemm_cols), then
-    the least data read again (each filter block reads the tiles' V, each tile-row block the
-    filters' U), then the least lost; else the least lost."""
+    team idle (res_14's 28 tasks on 16 threads, rpn_3x3's 19), equal blocks of tile rows (at
+    least tuning.WINOGRAD_SPLIT_MIN_TILES tiles where the batch has them; a thread's slice, V
+    and M or, V shared, one block's M, at most ``most`` elements as the one-region slice) x
+    near-equal blocks of whole 8-filter strips (at least tuning.WINOGRAD_SPLIT_MIN_STRIPS;
+    _conv_winograd.wino2_filter_block), at most tuning.WINOGRAD_EVEN_TASKS tasks a thread:
+    the fewest that lose at most that share (idle threads and the own GEMM's partial panels,
+    own_gemm_cols), then the least data read again (each filter block reads the tiles' V, each
+    tile-row block the filters' U), then the least lost; else the least lost."""
     num, den = T.WINOGRAD_MAX_IDLE
     nu = ceil_div(F, 8)
 
@@ -724,11 +725,13 @@ def winograd2_split(rows, tw, C, F, trows, most, n_threads):
     if den * _static_lost(one, sum(one), n_threads) <= num:
         return None
     best = None
-    for tr in range(min(rows, ceil_div(T.WINOGRAD_SPLIT_MIN_TILES, tw)), rows + 1):
+    lo = min(rows, ceil_div(T.WINOGRAD_SPLIT_MIN_TILES, tw))
+    for tr in sorted({ceil_div(rows, k) for k in range(1, rows + 1)}):     # (equal blocks)
         for fp in range(1, max(1, nu // T.WINOGRAD_SPLIT_MIN_STRIPS) + 1):
             # (a thread's slice: V and M where fp is 1, one block's M where V is shared)
-            if 16 * ((C + F) if fp == 1 else 8 * ceil_div(nu, fp)) * tr * tw > most \
-                    and tr > 1:
+            if tr < lo or ceil_div(rows, tr) * fp > T.WINOGRAD_EVEN_TASKS * n_threads or (
+                    16 * ((C + F) if fp == 1 else 8 * ceil_div(nu, fp)) * tr * tw > most
+                    and tr > 1):
                 continue
             c = costs(tr, fp)
             ls = _static_lost(c, rows * tw * F, n_threads)
