@@ -68,13 +68,19 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   N*ceil(th/trows) when per_image (plain BLAS: a task never spans images), each E*F*C*P MACs
   (P = its tiles) + the input and output transforms (counted as 4*E per tile and channel in,
   and per tile and filter out).  Dup: on BLAS every task repacks the E transformed filters
-  (E*F*C); on the own GEMM they are packed once, serially; csrc/fgemm.h reads them in place
+  (E*F*C); on the own GEMM they are packed once, serially (F(2x2)'s split: in a static
+  region of E*fparts block tasks, _conv_winograd.wino2_pack_filters); csrc/fgemm.h reads them
+  in place
   (it packs only the task's own tiles).  grad_x is the same on grad_y (F in, C out, H x W).
   F(4x4) with fparts (conv_plan.winograd4_split, where the tile rows alone leave > 10 % of the
   team idle): the input transform in a region of C*ceil(N*th/trows) tasks (4*E per tile),
   then ceil(N*th/trows)*fparts tasks of (tile rows, a block of whole 6-filter strips), each
   E*f*C*P MACs + the output transform (4*E*f*P; f its filters); dup: each block after the
   first packs the tiles' V again (E*C*tiles); ws: the shared V over the team + the slice.
+  F(2x2) with fparts (on the own GEMM, conv_plan.winograd2_split, where the one-region tasks
+  leave > 10 % of the team idle): the same two static regions, blocks of whole 8-filter strips,
+  a task's GEMM its panels as the one-region tasks'; dup only where a block has more than 96
+  filters (the own GEMM packs B past CK_MC rows: each block after the first packs V again).
 - weight_winograd (conv2d_grad_weight_winograd, grad_weight of the F(4x4) layers): three
   regions -- the transforms, (C + F)*ceil(N*th/trows) tasks of trows tile rows of one channel
   of x or one filter of grad_y (4*36 per tile); the GEMMs, 36*parts*ceil(C/cols) tasks, each
@@ -349,6 +355,18 @@ def forward_regions(algo, p, s, own, itemsize):
             tiles = [nt * tw for nt in runs(th, p["trows"])] * N
         else:
             tiles = [nt * tw for nt in runs(N * th, p["trows"])]
+        if p.get("fparts") and t == 2:      # F(2x2)'s split (conv_plan.winograd2_split)
+            nu, fp = cdiv(F, 8), p["fparts"]
+            fb = [min(F, 8 * ((b + 1) * nu // fp)) - 8 * (b * nu // fp) for b in range(fp)]
+            main = Region("tiles x filter blocks", [E * f * C * panels(P_, own) + E * 4 * f * P_
+                                                    for P_ in tiles for f in fb], "static")
+            trans = Region("input transform", [E * 4 * P_ for P_ in tiles] * C, "static")
+            # above 96 filters a block (csrc/sgemm.h's CK_MC) the GEMM packs its B panels:
+            # each filter block after the first packs the tiles' V again
+            dup = (fp - 1) * E * C * N * th * tw if max(fb) > 96 else 0
+            pack = Region("filter packing", [f * C for f in fb for _ in range(E)], "static")
+            return ([main, trans, filt] + ([pack] if own else []), 0, dup,
+                    (p["shared"] / p["team"] + p["per_thread"]) * itemsize)
         if p.get("fparts"):         # F(4x4)'s two-region split (conv_plan.winograd4_split)
             nu = cdiv(F, 6)
             fb = [min(F, 6 * ((b + 1) * nu // p["fparts"])) - 6 * (b * nu // p["fparts"])

@@ -673,3 +673,191 @@ def test_winotiny_splits_only_where_the_groups_are_fewer_than_the_threads(caps):
                 assert gw.params["split"] and gw.threads == nt, (N, C, nt, gw)
                 if nt == 16:
                     assert P._list_idle([1] * 16 * parts, nt) <= 0.1
+
+
+# ----------------------------------------------- F(2x2)'s two-region split (full-rate AVX-512)
+# A Xeon-like CPU (512-bit FMAs at the full rate) runs 3x3 layers by F(2x2) on the own GEMM;
+# where its tile-row tasks leave more than tuning.WINOGRAD_MAX_IDLE of the team idle the plan
+# splits in two regions (conv_plan.winograd2_split: a shared input transform, then tile rows x
+# blocks of 8-filter strips), each output the one-region chain.  The full-rate plans are forced
+# here (cc._FULL_RATE, as CONVKIT_AVX512_FULL_RATE=1): this Zen 4 host and the emulated AVX-512
+# CI (.ci/avx512_emulated runs this file whole) are half-rate or AVX2 CPUs otherwise.
+_FULL = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3)
+_SUITE_F2 = {"res_28": (8, 128, 28, 28, 128), "res_14": (8, 256, 14, 14, 256),
+             "rpn_3x3": (1, 512, 38, 50, 512), "vgg_56": (8, 64, 56, 56, 64)}
+
+
+@pytest.fixture
+def full_rate(monkeypatch):
+    """This machine's caps with the half-rate rule off (the Xeon's plans)."""
+    monkeypatch.setattr(cc, "_FULL_RATE", True)
+    cc._caps_by_level.clear()
+    cc._plans.clear()
+    yield
+    cc._caps_by_level.clear()
+    cc._plans.clear()
+
+
+def _f2_costs(rows, tw, F, tr, fp):
+    nu = -(-F // 8)
+    fb = [min(F, 8 * ((b + 1) * nu // fp)) - 8 * (b * nu // fp) for b in range(fp)]
+    return [P.own_gemm_cols(min(tr, rows - g) * tw) * f for g in range(0, rows, tr) for f in fb]
+
+
+def test_f2_two_region_split_where_tile_rows_leave_the_team_idle(monkeypatch):
+    """The suite's F(2x2) layers on the full-rate caps: on 16 and 64 threads res_28 (28 tasks:
+    12 % idle), res_14 (28: 12 %), rpn_3x3 (19: 41 %) and vgg_56 on 64 take the split, which
+    loses <= 10 % of the team (idle threads and partial GEMM panels) with blocks of >= 4
+    strips, its shared V and slices within the limit; 1 and 2 threads keep the one-region
+    plans they had (the rule replaced by None gives the same steps)."""
+    from convkit.cpu import tuning as T
+    from convkit.cpu._conv_winograd import wino2_split_floats
+    limit = 256 * 2**20
+    plans = {}
+    for name, (N, C, H, W, F) in _SUITE_F2.items():
+        s = P.ConvShape.of((N, C, H, W), (F, C, 3, 3), (1, 1), (1,) * 4, (1, 1), 1)
+        for nt in (1, 2, 16, 64):
+            plans[name, nt] = P.plan_conv(s, np.float32, nt, _FULL, limit)
+    monkeypatch.setattr(P, "winograd2_split", lambda *a: None)
+    for name, (N, C, H, W, F) in _SUITE_F2.items():
+        s = P.ConvShape.of((N, C, H, W), (F, C, 3, 3), (1, 1), (1,) * 4, (1, 1), 1)
+        rows, tw = N * -(-H // 2), -(-W // 2)
+        for nt in (1, 2, 16, 64):
+            plan = plans[name, nt]
+            old = P.plan_conv(s, np.float32, nt, _FULL, limit)
+            for st, was in ((plan.forward, old.forward), (plan.grad_x, old.grad_x)):
+                assert (st.algo, st.params["tile"], st.threads) == ("winograd", 2, nt), st
+                if nt <= 2:
+                    assert st == was, (name, nt, st, was)
+                    continue
+                tr = was.params["trows"]
+                one = _f2_costs(rows, tw, F, tr, 1)
+                idle = P._static_lost(one, sum(one), nt)
+                if idle <= 0.1:
+                    assert st == was, (name, nt, st)
+                    continue
+                assert name != "vgg_56" or nt == 64, (name, nt, idle)
+                fp, tr = st.params.get("fparts", 1), st.params["trows"]
+                assert fp <= max(1, -(-F // 8) // T.WINOGRAD_SPLIT_MIN_STRIPS)
+                assert min(tr * tw, rows * tw) >= min(rows * tw, T.WINOGRAD_SPLIT_MIN_TILES)
+                c = _f2_costs(rows, tw, F, tr, fp)
+                assert len(c) >= nt and P._static_lost(c, rows * tw * F, nt) <= 0.1, (name, st)
+                if fp > 1:
+                    shared, per = wino2_split_floats(N, C, F, H, W, tr, fp)
+                    assert (st.params["shared"], st.params["per_thread"]) == (shared, per)
+                    assert (shared + nt * per) * 4 <= limit
+        for nt in (16, 64):         # (the issue's three layers take the two regions)
+            if name != "vgg_56" or nt == 64:
+                assert plans[name, nt].forward.params.get("fparts", 1) > 1, (name, nt)
+    # below the split's workspace the one-region split (rpn_3x3, 16 threads)
+    monkeypatch.undo()
+    N, C, H, W, F = _SUITE_F2["rpn_3x3"]
+    s = P.ConvShape.of((N, C, H, W), (F, C, 3, 3), (1, 1), (1,) * 4, (1, 1), 1)
+    st = plans["rpn_3x3", 16].forward
+    need = (st.params["shared"] + 16 * st.params["per_thread"]) * 4
+    assert P.plan_conv(s, np.float32, 16, _FULL, need).forward == st
+    tight = P.plan_conv(s, np.float32, 16, _FULL, need - 4).forward
+    assert "fparts" not in tight.params and tight.threads * tight.params["per_thread"] * 4 \
+        <= need - 4, tight
+
+
+# (id, x shape, w shape, {threads: forward's / grad_x's fparts})
+F2_SPLIT = [
+    # 14 tile rows of 8 tiles: one region on 1 and 2 threads (tuning.WINOGRAD_SPLIT_MIN_THREADS);
+    # 2 filter blocks (72 filters: 4 + 5 strips; grad_x 64: 4 + 4) on 8 and 16
+    ("f2_split", (2, 64, 13, 15), (72, 64, 3, 3), {1: (1, 1), 2: (1, 1), 8: (2, 2),
+                                                   16: (2, 2)}),
+    # forward: 3 blocks of 4 strips on 8 and 16 threads; grad_x (40 filters) one region
+    ("f2_split_3", (1, 40, 18, 22), (96, 40, 3, 3), {1: (1, 1), 2: (1, 1), 8: (3, 1),
+                                                     16: (3, 1)}),
+]
+
+
+@pytest.mark.skipif(not OWN, reason=OWN_ONLY.replace("phases and weight_dot", "F(2x2)'s split"))
+@pytest.mark.parametrize("where", ["finite", "nan", "inf"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", F2_SPLIT, ids=[c[0] for c in F2_SPLIT])
+def test_f2_split_gives_the_same_bits_on_1_2_8_16_threads(full_rate, torch, case, dtype, where):
+    """The full-rate plans of F(2x2) (float32: the one-region split on 1 and 2 threads, the
+    two-region split on 8 and 16 as F2_SPLIT says; float64: per image on BLAS) give the same
+    bits for forward, grad_x, grad_weight and grad_bias; a NaN or inf in one image is NaN /
+    inf exactly where torch's is (that image falls back, the other keeps the split)."""
+    name, xs, ws, fps = case
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = (rng.standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    if where == "nan":
+        x[0, 3, 5, 7] = np.nan
+    elif where == "inf":
+        x[0, 2, 4, 4], x[0, 5, 1, 2] = np.inf, -np.inf
+    if dtype == np.float32 and where == "finite":
+        for nt in THREADS:
+            convkit.set_num_threads(nt)
+            plan = cc._plan(x, w, (1, 1), (1,) * 4, (1, 1), 1)[3]
+            got = tuple(st.params.get("fparts", 1) for st in (plan.forward, plan.grad_x))
+            assert (plan.forward.algo, plan.grad_x.algo, got) == ("winograd", "winograd",
+                                                                   fps[nt]), (nt, plan)
+        convkit.set_num_threads(None)
+    gy = np.random.default_rng(22).standard_normal(
+        (xs[0], ws[0], xs[2], xs[3])).astype(dtype)
+
+    def passes():
+        with convkit.use_backend("cpu"):
+            y = convkit.conv2d_forward(x, w, b, stride=1, padding=1)
+            g = convkit.conv2d_backward(gy, x, w, stride=1, padding=1, has_bias=True)
+            return (y,) + tuple(g)
+
+    runs = _on_threads(passes)
+    for nt in THREADS[1:]:
+        assert _bits(runs[nt]) == _bits(runs[1]), nt
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    wt = torch.tensor(w.astype(np.float64), requires_grad=True)
+    bt = torch.tensor(b.astype(np.float64), requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, bt, padding=1)
+    yt.backward(torch.tensor(gy.astype(np.float64)))
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for got, ref in zip(runs[1], (yt, xt.grad, wt.grad, bt.grad)):
+        ref = ref.detach().numpy()
+        for test in (np.isnan, np.isposinf, np.isneginf):
+            np.testing.assert_array_equal(test(got), test(ref))
+        fin = np.isfinite(ref)
+        scale = max(1.0, np.abs(ref[fin]).max())
+        assert np.abs(got[fin] - ref[fin]).max() <= tol * scale
+
+
+@pytest.mark.skipif(not ok or not (cc._OWN_SGEMM or cc._FIXED_SGEMM),
+                    reason="the fixed-order float32 GEMMs (own AVX-512 or csrc/fgemm.h)")
+@pytest.mark.parametrize("packed", [True, False], ids=["prepacked", "plain"])
+def test_f2_split_kernel_gives_the_one_region_bits(packed):
+    """conv2d_forward_winograd with tile 2 and fparts (the kernel itself, any tile rows,
+    filter blocks and team, F not a multiple of 8, odd sides, padding 0 to 2) against the
+    one-region split: the same bits (each output one chain over the channels on the own GEMM
+    or csrc/fgemm.h), filters prepacked by block (wino2_pack_filters) or read in place."""
+    from convkit.cpu import _conv_winograd as W
+    rng = np.random.default_rng(23)
+    for N, C, F, H, Wd, pad, trows, fparts, team in (
+            (2, 32, 40, 9, 11, 1, 2, 3, 4), (1, 64, 128, 14, 14, 1, 3, 4, 8),
+            (3, 16, 17, 7, 6, 0, 5, 2, 3), (1, 24, 200, 10, 10, 2, 1, 25, 16),
+            (2, 20, 8, 5, 5, 1, 6, 1, 2)):
+        x = rng.standard_normal((N, C, H, Wd)).astype(np.float32)
+        w = (rng.standard_normal((F, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+        b = rng.standard_normal(F).astype(np.float32)
+        Ho, Wo = H + 2 * pad - 2, Wd + 2 * pad - 2
+        U = np.zeros((16, F, C), np.float32)
+        W.winograd_filters(w, U, 1, False)
+        th, tw = (Ho + 1) // 2, (Wo + 1) // 2
+        per = 16 * (C + F) * N * th * tw + 8 * (2 * tw + 2)
+        one = np.zeros((N, F, Ho, Wo), np.float32)
+        W.conv2d_forward_winograd(x, U, b, True, one, np.zeros(per, np.float32), per, N * th,
+                                  pad, pad, 1, cc._packed_a(U) if packed else cc._NO_PACK)
+        shared, per = W.wino2_split_floats(N, C, F, Ho, Wo, trows, fparts)
+        ws = np.full(shared + team * per, np.nan, np.float32)       # (nothing read unwritten)
+        apk = cc._packed_a_blocks(U, fparts, team) if packed else cc._NO_PACK
+        two = np.full_like(one, np.nan)
+        W.conv2d_forward_winograd(x, U, b, True, two, ws, per, trows, pad, pad, team, apk,
+                                  fparts=fparts)
+        assert one.tobytes() == two.tobytes(), (N, C, F, H, Wd, trows, fparts, team)
+        with pytest.raises(ValueError, match="too small"):
+            W.conv2d_forward_winograd(x, U, b, True, two, ws[:-1], per, trows, pad, pad, team,
+                                      apk, fparts=fparts)

@@ -12,7 +12,8 @@ from cython.parallel cimport prange, threadid
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from ._blas cimport gemm, gemm_fixed, gemm_pk, ck_fgemm
+from ._blas cimport (gemm, gemm_fixed, gemm_pk, ck_fgemm, ck_sgemm_packed_a_floats,
+                     ck_sgemm_pack_a)
 from ._conv_csrc cimport (ck_wino_input_row_f, ck_wino_output_row_f, ck_wino_filters_f,
                           ck_w4_input_rows_f, ck_w4_input_rows_d, ck_w4_output_tiles_f,
                           ck_w4_input_mix_f, ck_w4_output_block_f, ck_w4_store_mix_f,
@@ -712,6 +713,8 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     + winograd4_scratch(trows, tw) (tile 4).
     packed (tile 4, float32): U from winograd_filters(packed=True), the GEMMs on ck_w4_gemm_pk
     (the same bits as on the plain layout).
+    fparts (tile 2: see wino2_split_floats; the same bits as the split above on the own
+    float32 GEMM or csrc/fgemm.h, whose outputs are each one chain over the channels)
     fparts (tile 4, not per_image; 0: the split above): two regions instead -- the input
     transform of the whole batch into one shared V (tasks of a channel's ``trows`` tile rows),
     then tasks of (``trows`` tile rows, one of ``fparts`` near-equal blocks of whole 6-filter
@@ -740,6 +743,10 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
         raise ValueError("packed filters need tile 4, float32 and csrc/fgemm.h's kernel")
     if U.shape[1] != (ck_w4_pk_rows(F) if packed else F) or U.shape[2] != C:
         raise ValueError(f"U's filters and channels do not match y's {F} and x's {C}")
+    if fparts and tile == 2:
+        _wino2_forward_split(x, U, bias, has_bias, y, ws, ws_per_thread, trows, pt, pl,
+                             n_threads, apk, fparts, per_image)
+        return y
     if fparts:
         _wino4_forward_split(x, U, bias, has_bias, y, ws, ws_per_thread, trows, pt, pl,
                              n_threads, packed, fparts, tile, per_image, mix_edges)
@@ -882,6 +889,118 @@ cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, :
                 _wino4_output_rows(M + (f - f0) * P, (f1 - f0) * P, th, g0, nt, tw,
                                    bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
                                    F * Ho * Wo, Ho, Wo, M + 36 * (f1 - f0) * P)
+
+
+def wino2_filter_block(Py_ssize_t F, Py_ssize_t fparts, Py_ssize_t b):
+    """(f0, f1): block b of F(2x2)'s two-region split, ``fparts`` near-equal blocks of whole
+    8-filter strips (the own GEMM's MR-row panels: no block ends in a partial panel but the
+    last)."""
+    cdef Py_ssize_t nu = (F + 7) // 8
+    return 8 * (b * nu // fparts), _min(F, 8 * ((b + 1) * nu // fparts))
+
+
+def wino2_pack_filters(const float[:, :, ::1] U, float[:, ::1] out, Py_ssize_t fparts,
+                       int n_threads):
+    """out[16 * b + e] = U[e]'s filter block b (wino2_filter_block) prepacked for the own
+    float32 GEMM (gemm_pk's apk; fparts 1: each plane whole, as _gemm.pack_a), the 16 * fparts
+    blocks in a static parallel loop (the split's many threads would wait for a serial
+    packing: res_14's 1M floats, 5 % of 64 threads' time by bench/many_core_split.py); False
+    where there is no own kernel."""
+    cdef Py_ssize_t F = U.shape[1], C = U.shape[2], nu = (F + 7) // 8
+    cdef Py_ssize_t t, b, e, f0, f1
+    cdef int bad = 0
+    if U.shape[0] != 16 or fparts < 1 or fparts > max(1, nu) or out.shape[0] != 16 * fparts \
+            or out.shape[1] < ck_sgemm_packed_a_floats(8 * ((nu + fparts - 1) // fparts), C):
+        raise ValueError("wino2_pack_filters: U (16, F, C) and out (16 * fparts, floats)")
+    if ck_sgemm_packed_a_floats(1, 1) == 0:
+        return False
+    if F == 0 or C == 0:
+        return True
+    with nogil:
+        for t in prange(16 * fparts, schedule="static", num_threads=n_threads):
+            b = t // 16
+            e = t - 16 * b
+            f0 = 8 * (b * nu // fparts)
+            f1 = _min(F, 8 * ((b + 1) * nu // fparts))
+            if not ck_sgemm_pack_a(0, f1 - f0, C, &U[e, f0, 0], C, &out[t, 0]):
+                bad += 1
+    return bad == 0
+
+
+def wino2_split_floats(Py_ssize_t N, Py_ssize_t C, Py_ssize_t F, Py_ssize_t Ho, Py_ssize_t Wo,
+                       Py_ssize_t trows, Py_ssize_t fparts):
+    """(shared, per thread) workspace elements of conv2d_forward_winograd's two-region F(2x2)
+    split (tile 2, fparts > 0): the batch's V (16 planes of C * N*th*tw, WINO_PLANE_PAD apart),
+    then a slice per thread of one (tile-row block, filter block) task's M (16 planes of the
+    block's filters x trows*tw tiles, WINO_PLANE_PAD apart) and the row scratch.
+
+    The split: the input transform of the whole batch into the shared V, tasks of (a channel,
+    ``trows`` tile rows); then tasks of (``trows`` tile rows, one of ``fparts`` filter blocks,
+    wino2_filter_block), each the block's 16 GEMMs and its output transform.  apk then holds
+    16 * fparts rows: block b's plane e prepacked in row 16 * b + e (no rows: not prepacked).
+    Each output is the one-region split's chain (the same bits where the GEMM sums in a fixed
+    order, the own float32 GEMM or csrc/fgemm.h); more tasks where a layer has few tile rows
+    (rpn_3x3's 19, res_14's 56 on 16 threads)."""
+    cdef Py_ssize_t th = (Ho + 1) // 2, tw = (Wo + 1) // 2, nu = (F + 7) // 8
+    cdef Py_ssize_t fb = 8 * ((nu + fparts - 1) // fparts)
+    return (16 * (C * N * th * tw + WINO_PLANE_PAD),
+            16 * (fb * trows * tw + WINO_PLANE_PAD) + 8 * (2 * tw + 2))
+
+
+cdef _wino2_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
+                          const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
+                          floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
+                          Py_ssize_t pt, Py_ssize_t pl, int n_threads, const float[:, ::1] apk,
+                          Py_ssize_t fparts, bint per_image):
+    """conv2d_forward_winograd's two-region F(2x2) split (tile 2, fparts > 0:
+    wino2_split_floats)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t th = (Ho + 1) // 2, tw = (Wo + 1) // 2, T = N * th * tw
+    cdef Py_ssize_t nrb = (N * th + trows - 1) // trows, nu = (F + 7) // 8
+    cdef Py_ssize_t pad = WINO_PLANE_PAD
+    cdef Py_ssize_t VS = C * T + pad
+    cdef Py_ssize_t t, c, g0, nt, P, b, f0, f1, e, f, ms
+    cdef Py_ssize_t shared, per
+    cdef floating* V = &ws[0]
+    cdef floating* M
+    cdef bint pk = apk.shape[0] > 0
+    if per_image:
+        raise ValueError("fparts (the two-region split) needs per_image off")
+    if trows < 1 or fparts < 1 or fparts > nu:
+        raise ValueError(f"trows must be >= 1 and fparts in 1 .. {nu}, got {trows}, {fparts}")
+    if pk and (floating is double or apk.shape[0] != 16 * fparts
+               or apk.shape[1] < ck_sgemm_packed_a_floats(8 * ((nu + fparts - 1) // fparts), C)):
+        raise ValueError(f"apk must hold 16 * fparts = {16 * fparts} prepacked filter blocks")
+    shared, per = wino2_split_floats(N, C, F, Ho, Wo, trows, fparts)
+    if ws_per_thread < per or ws.shape[0] < shared + n_threads * ws_per_thread:
+        raise ValueError("conv2d_forward_winograd: ws too small for the split")
+    with nogil:
+        for t in prange(C * nrb, schedule="static", num_threads=n_threads):
+            c = t // nrb
+            g0 = (t - c * nrb) * trows
+            nt = _min(trows, N * th - g0)
+            _wino_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, g0, nt, pt, pl, tw,
+                             V + c * T + g0 * tw, VS,
+                             V + shared + threadid() * ws_per_thread)
+        for t in prange(nrb * fparts, schedule="static", num_threads=n_threads):
+            M = V + shared + threadid() * ws_per_thread
+            g0 = (t // fparts) * trows
+            nt = _min(trows, N * th - g0)
+            P = nt * tw
+            b = t % fparts
+            f0 = 8 * (b * nu // fparts)
+            f1 = _min(F, 8 * ((b + 1) * nu // fparts))
+            ms = (f1 - f0) * P + pad
+            for e in range(16):
+                gemm_pk(False, False, f1 - f0, P, C, &U[e, f0, 0], C,
+                        &apk[16 * b + e, 0] if pk else <const float*>NULL,
+                        V + e * VS + g0 * tw, T, <floating>0, M + e * ms, P,
+                        <const floating*>NULL)
+            for f in range(f0, f1):
+                _wino_output_rows(M + (f - f0) * P, ms, th, g0, nt, tw,
+                                  bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
+                                  F * Ho * Wo, Ho, Wo)
 
 
 # ------------------------------------------------------------ F(2x2, 3x3) on tiny maps (float32)

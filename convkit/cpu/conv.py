@@ -85,6 +85,22 @@ def _packed_a(a3, ta=False):
     return out if _gemm.pack_a(np.ascontiguousarray(a3), out, ta) else _NO_PACK
 
 
+def _packed_a_blocks(U, fparts, n_threads):
+    """F(2x2)'s transformed filters U (16, F, C) prepacked for the own float32 GEMM by filter
+    block for its two-region split (_conv_winograd.wino2_pack_filters: block b's plane e in row
+    16 * b + e; fparts 1: _packed_a(U)'s rows), on the team -- many threads would wait for a
+    serial packing (5 % of 64 threads' time on res_14); the one-region split packs serially
+    (_packed_a): a region more cost one and two threads CPU time (spinning between regions,
+    bench/RESULTS.md twelfth session xwino12).  No rows where the GEMMs do not run on it."""
+    if U.dtype != np.float32 or not _OWN_SGEMM:
+        return _NO_PACK
+    F, C = U.shape[1], U.shape[2]
+    n = _gemm.packed_a_floats(8 * -(-(-(-F // 8)) // fparts), C)    # (the largest block)
+    out = _workspace(16 * fparts * n, np.float32, "packed_a")[:16 * fparts * n]
+    out = out.reshape(16 * fparts, n)
+    return out if _winograd.wino2_pack_filters(U, out, fparts, n_threads) else _NO_PACK
+
+
 # --------------------------------------------------------------------------- the plan
 _caps_by_level = {}
 _WINOTINY = _winograd.winotiny_available()
@@ -459,11 +475,16 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
     U = _workspace(E * Fp * C, x.dtype, "winograd")[:E * Fp * C].reshape(E, Fp, C)
     _winograd.winograd_filters(weight, U, n, transpose_flip, packed)
     ws = _workspace(p.get("shared", 0) + n * p["per_thread"], x.dtype)
+    if packed:
+        apk = _NO_PACK
+    elif tile == 2 and p.get("fparts"):     # (F(2x2)'s two-region split: by filter block)
+        apk = _packed_a_blocks(U, p["fparts"], n)
+    else:
+        apk = _packed_a(U)
     with _blas_pin(x.dtype):
         _winograd.conv2d_forward_winograd(x, U, b, has_bias, y, ws, p["per_thread"], p["trows"],
                                       s.padding[0] if pt is None else pt,
-                                      s.padding[2] if pl is None else pl, n,
-                                      _NO_PACK if packed else _packed_a(U), tile,
+                                      s.padding[2] if pl is None else pl, n, apk, tile,
                                       p.get("per_image", False), packed, p.get("fparts", 0),
                                       p.get("mix_edges", False))
 

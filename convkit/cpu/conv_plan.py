@@ -711,11 +711,85 @@ def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, 
         trows = max(1, min(trows, th, max(ceil_div(th, T.BLAS_TASKS),
                                           ceil_div(T.WINOGRAD4_TASK_TILES, tw))))
     elif n_threads > 1:
+        most = budget // itemsize      # (the elements of a task's V and M)
         tasks = max(ceil_div(N * th, trows), T.WINOGRAD_TASKS_PER_THREAD * n_threads)
         if tasks < T.WINOGRAD_EVEN_TASKS * n_threads:
             tasks = ceil_div(tasks, n_threads) * n_threads
         trows = max(1, ceil_div(N * th, tasks))
+        # (the own GEMM sums each output in a fixed order: neither the tile rows per task nor
+        # the filter blocks cut a sum)
+        split = None if n_threads < T.WINOGRAD_SPLIT_MIN_THREADS else \
+            winograd2_split(N * th, tw, C, F, trows, most, n_threads)
+        if split is not None and split[1] == 1:
+            trows = split[0]
+        elif split is not None:
+            from ._conv_winograd import wino2_split_floats     # (a pure size computation)
+            shared, per = wino2_split_floats(N, C, F, Ho, Wo, *split)
+            if (shared + n_threads * per) * itemsize <= limit:
+                return n_threads, split[0], per, {"fparts": split[1], "shared": shared}
     return n_threads, trows, trows * per_row // itemsize + extra, {}
+
+
+def own_gemm_cols(L):
+    """The columns a GEMM of L columns costs on the own AVX-512 GEMM (csrc/sgemm.h): whole
+    tuning.GEMM_PANEL panels, then a last partial one of at most 4 columns (CK_EDGE_N) as it
+    is, a longer one in whole 16-column vectors."""
+    full, tail = divmod(L, T.GEMM_PANEL)
+    return full * T.GEMM_PANEL + (tail if tail <= 4 else ceil_div(tail, 16) * 16)
+
+
+def _static_lost(costs, useful, n_threads):
+    """The share of n_threads x the makespan not spent on ``useful`` work (sum(costs): the
+    idle share alone), the tasks (of these costs, in order) under OpenMP's static schedule:
+    contiguous runs, the first len % n_threads threads one task more."""
+    q, r = divmod(len(costs), n_threads)
+    span, i = 0, 0
+    for t in range(min(n_threads, len(costs))):
+        k = q + (t < r)
+        span = max(span, sum(costs[i:i + k]))
+        i += k
+    return 1 - useful / (n_threads * span)
+
+
+def winograd2_split(rows, tw, C, F, trows, most, n_threads):
+    """(tile rows, filter blocks) for F(2x2) on the own GEMM (the kernel's fparts; 1: the
+    one-region split with these tile rows), or None to keep ``trows``: where the one-region
+    tasks of trows tile rows (tw tiles each) leave more than tuning.WINOGRAD_MAX_IDLE of the
+    team idle (res_14's 28 tasks on 16 threads, rpn_3x3's 19), equal blocks of tile rows (at
+    least tuning.WINOGRAD_SPLIT_MIN_TILES tiles where the batch has them; a thread's slice, V
+    and M or, V shared, one block's M, at most ``most`` elements as the one-region slice) x
+    near-equal blocks of whole 8-filter strips (at least tuning.WINOGRAD_SPLIT_MIN_STRIPS;
+    _conv_winograd.wino2_filter_block), at most tuning.WINOGRAD_EVEN_TASKS tasks a thread:
+    the fewest that lose at most that share (idle threads and the own GEMM's partial panels,
+    own_gemm_cols), then the least data read again (each filter block reads the tiles' V, each
+    tile-row block the filters' U), then the least lost; else the least lost."""
+    num, den = T.WINOGRAD_MAX_IDLE
+    nu = ceil_div(F, 8)
+
+    def costs(tr, fp):
+        fb = [min(F, 8 * ((b + 1) * nu // fp)) - 8 * (b * nu // fp) for b in range(fp)]
+        tiles = [min(tr, rows - g) * tw for g in range(0, rows, tr)]
+        return [own_gemm_cols(P) * f for P in tiles for f in fb]
+    one = costs(trows, 1)
+    if den * _static_lost(one, sum(one), n_threads) <= num:
+        return None
+    best = None
+    lo = min(rows, ceil_div(T.WINOGRAD_SPLIT_MIN_TILES, tw))
+    for tr in sorted({ceil_div(rows, k) for k in range(1, rows + 1)}):     # (equal blocks)
+        for fp in range(1, max(1, nu // T.WINOGRAD_SPLIT_MIN_STRIPS) + 1):
+            # (a thread's slice: V and M where fp is 1, one block's M where V is shared)
+            if tr < lo or ceil_div(rows, tr) * fp > T.WINOGRAD_EVEN_TASKS * n_threads or (
+                    16 * ((C + F) if fp == 1 else 8 * ceil_div(nu, fp)) * tr * tw > most
+                    and tr > 1):
+                continue
+            c = costs(tr, fp)
+            ls = _static_lost(c, rows * tw * F, n_threads)
+            over = den * ls > num
+            key = (over, ls if over else 0, len(c), fp * rows * tw + ceil_div(rows, tr) * F,
+                   ls, -tr)
+            if best is None or key < best[0]:
+                best = (key, tr, fp)
+    return None if best is None or best[1:] == (trows, 1) else best[1:]
 
 
 def winograd_gemm(tile, own, fixed):

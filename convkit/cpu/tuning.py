@@ -137,6 +137,22 @@ WINOGRAD_MIN_CHANNELS = 16
 # below WINOGRAD_EVEN_TASKS per thread.  Not measured in RESULTS.md.
 WINOGRAD_TASKS_PER_THREAD = 2
 WINOGRAD_EVEN_TASKS = 8
+# ... and where those tasks lose more than WINOGRAD_MAX_IDLE of the team (idle threads and
+# partial GEMM panels: res_14's 28 tasks of 14 tiles on 16 threads, 23 %; rpn_3x3's 19 tile
+# rows, 41 %), other tile rows or the two-region split (conv_plan.winograd2_split: a shared
+# input transform, then tasks of tile rows x blocks of 8-filter strips), its tasks at least
+# WINOGRAD_SPLIT_MIN_TILES tiles (one GEMM panel) where the batch has them and its blocks at
+# least WINOGRAD_SPLIT_MIN_STRIPS strips (32 filters; each block reads the tiles' V again: as
+# F(4x4)'s WINOGRAD4_SPLIT_MIN_STRIPS).  From bench/many_core_split.py's arithmetic; not timed
+# on 16 cores (this host has 2).
+WINOGRAD_MAX_IDLE = (1, 10)
+WINOGRAD_SPLIT_MIN_TILES = 48
+WINOGRAD_SPLIT_MIN_STRIPS = 4
+# ... from this many threads: one and two keep their one-region plans exactly.  The split adds
+# two parallel regions; one region more (the filters packed in a region of their own) cost
+# res_14's 2-thread forward 1.37x CPU time, rpn_3x3's 1.12x (`CONVKIT_AVX512_FULL_RATE=1
+# bench/ab_cpu_time.py --threads 2`, load ~10: threads spinning between regions).
+WINOGRAD_SPLIT_MIN_THREADS = 3
 # F(4x4, 3x3) instead of F(2x2) (GEMMs on BLAS) when its multiplications, padding tiles
 # included, are at most this fraction of F(2x2)'s.  Measured on the 2-core AMD EPYC (no
 # AVX-512, OpenBLAS), one thread, CPU time: F(4x4) faster at every suite layer, res_14 (ratio
