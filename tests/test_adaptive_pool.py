@@ -605,24 +605,38 @@ def test_cimport_plane_kernels(tmp_path):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cpu_tiled_average_backward_has_the_general_bits(dtype):
     """Where the bins tile the plane (out divides size: 56 -> 7, 8 -> 4, an axis of one bin) the
-    average backward writes each element once; the same bits as the general kernel's zero fill
-    and additions, a -0 gradient (which becomes +0) and NaN / inf included."""
+    average backward is a fill written once in place (_adaptive_pool.adaptive_avg_backward_tiled);
+    the same bits as the general kernel's zero fill and additions, a -0 gradient (which
+    becomes +0) and NaN / inf included, on 1, 2, 3, 8 and 16 threads (plane counts that do not
+    divide among them).  The 1x1 fill (global_avg_backward) against gy / HW, -0 kept."""
     ok, why = convkit.backend_status("cpu")
     if not ok:
         pytest.skip(why[:300])
-    from convkit.cpu import _pool, adaptive_pool as AP
+    from convkit.cpu import _adaptive_pool as K, _pool, adaptive_pool as AP
     rng = np.random.default_rng(5)
-    for (H, W, oh, ow) in ((56, 56, 7, 7), (8, 12, 4, 3), (5, 9, 1, 3), (6, 6, 6, 6), (7, 7, 1, 1)):
+    for (H, W, oh, ow) in ((56, 56, 7, 7), (8, 12, 4, 3), (5, 9, 1, 3), (6, 6, 6, 6), (7, 7, 1, 1),
+                           (9, 13, 3, 13), (3, 5, 3, 1), (12, 3, 4, 3)):
         assert AP._tiles(H, W, oh, ow)
-        gy = rng.standard_normal((3, oh, ow)).astype(dtype)
+        P = 11
+        gy = rng.standard_normal((P, oh, ow)).astype(dtype)
         gy.flat[0], gy.flat[-1] = -0.0, np.nan
         if gy.size > 2:
             gy.flat[1] = np.inf
         hb, h0, h1, wb, w0, w1, div = AP._tables("t", H, W, oh, ow, np.dtype(dtype))
-        out = {}
-        for fast in (0, -1):
-            gx = np.full((3, H * W), 7, dtype)
-            _pool.avg_pool2d_backward(gy, W, hb, h0, h1, wb, w0, w1, div, fast, gx, 2)
-            out[fast] = gx
-        assert out[0].tobytes() == out[-1].tobytes(), (H, W, oh, ow)
+        want = np.full((P, H * W), 7, dtype)
+        _pool.avg_pool2d_backward(gy, W, hb, h0, h1, wb, w0, w1, div, 0, want, 2)
+        for nt in (1, 2, 3, 8, 16):
+            gx = np.full((P, H, W), 7, dtype)
+            K.adaptive_avg_backward_tiled(gy, hb, h1, wb, w1, div, gx, nt)
+            assert gx.tobytes() == want.tobytes(), (H, W, oh, ow, nt)
+        got = AP.adaptive_avg_pool2d_backward(gy.reshape(1, P, oh, ow), (1, P, H, W))
+        if (oh, ow) != (1, 1):
+            assert got.tobytes() == want.tobytes(), (H, W, oh, ow)
+        else:       # the 1x1 fill: gy / HW as it is (a -0 stays -0)
+            g1 = gy.reshape(P) / dtype(H * W)
+            assert got.tobytes() == np.repeat(g1[:, None], H * W, 1).tobytes()
+            for nt in (1, 2, 3, 8, 16):
+                gx = np.full((P, H * W), 7, dtype)
+                K.global_avg_backward(gy.reshape(P), gx, nt)
+                assert gx.tobytes() == np.repeat(g1[:, None], H * W, 1).tobytes(), nt
     assert not AP._tiles(56, 56, 5, 7) and not AP._tiles(5, 5, 7, 5) and not AP._tiles(7, 7, 3, 7)

@@ -23,6 +23,8 @@ from libc.stdlib cimport free, malloc
 
 from convkit.cpu.csrc.adaptive_pool cimport (ck_run_sum_f, ck_run_sum_d, ck_run_sum8_f,
                                              ck_run_sum8_ok, ck_colsum_f, ck_colsum_d,
+                                             ck_avg_fill_f, ck_avg_fill_d,
+                                             ck_tile_fill_f, ck_tile_fill_d,
                                              ck_bin_max_f, ck_bin_max_d)
 
 
@@ -90,6 +92,60 @@ def global_avg_forward(const floating[:, ::1] x, floating[::1] y, int n_threads,
                 ck_run_sum8_f(<const float*>&x[8 * b, 0], HW, <float>d, <float*>&y[8 * b])
         for p in prange(P8, P, schedule="static", num_threads=n_threads):
             y[p] = _run_sum(&x[p, 0], HW) / d
+
+
+def global_avg_backward(const floating[::1] gy, floating[:, ::1] gx, int n_threads):
+    """gx[p, :] = gy[p] / HW: gy (P,), gx (P, HW) (csrc/adaptive_pool.h ck_avg_fill: the
+    vectorised fill, in place).  n_threads contiguous runs of planes, run t on thread t (a
+    static schedule: the same thread writes the same planes every call)."""
+    cdef Py_ssize_t P = gx.shape[0], HW = gx.shape[1], t, lo, hi
+    if P == 0 or HW == 0:
+        return
+    if n_threads > P:
+        n_threads = <int>P
+    with nogil:
+        for t in prange(n_threads, schedule="static", num_threads=n_threads):
+            lo = P * t // n_threads
+            hi = P * (t + 1) // n_threads
+            if floating is float:
+                ck_avg_fill_f(&gy[lo], hi - lo, HW, <float>HW, &gx[lo, 0])
+            else:
+                ck_avg_fill_d(&gy[lo], hi - lo, HW, <double>HW, &gx[lo, 0])
+
+
+def adaptive_avg_backward_tiled(const floating[:, :, ::1] gy,
+                                const Py_ssize_t[::1] hs, const Py_ssize_t[::1] hl,
+                                const Py_ssize_t[::1] ws, const Py_ssize_t[::1] wl,
+                                const floating[:, ::1] div, floating[:, :, ::1] gx,
+                                int n_threads):
+    """gy (P, oh, ow) -> gx (P, H, W) for bins that tile the plane (adaptive_pool._tiles):
+    each element = 0 + its bin's gradient / area, written once in place (ck_tile_fill).
+    Runs of planes as global_avg_backward's."""
+    cdef Py_ssize_t P = gx.shape[0], W = gx.shape[2], oh = gy.shape[1], ow = gy.shape[2]
+    cdef Py_ssize_t t, lo, hi, p, failed = 0
+    cdef floating* e
+    if P == 0 or W == 0 or gx.shape[1] == 0:
+        return
+    if n_threads > P:
+        n_threads = <int>P
+    with nogil:
+        for t in prange(n_threads, schedule="static", num_threads=n_threads):
+            lo = P * t // n_threads
+            hi = P * (t + 1) // n_threads
+            e = <floating*>malloc(W * sizeof(floating))
+            if e == NULL:
+                failed += 1
+            else:
+                for p in range(lo, hi):
+                    if floating is float:
+                        ck_tile_fill_f(&gy[p, 0, 0], W, &hs[0], &hl[0], &ws[0], &wl[0],
+                                       &div[0, 0], oh, ow, &gx[p, 0, 0], e)
+                    else:
+                        ck_tile_fill_d(&gy[p, 0, 0], W, &hs[0], &hl[0], &ws[0], &wl[0],
+                                       &div[0, 0], oh, ow, &gx[p, 0, 0], e)
+                free(e)
+    if failed:
+        raise MemoryError("adaptive_avg_pool2d_backward: out of memory for a row of scratch")
 
 
 cdef void adaptive_max_plane(const floating* x, Py_ssize_t W,

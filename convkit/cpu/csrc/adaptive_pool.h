@@ -218,6 +218,45 @@ static double ck_run_sum_d(const double* p, ptrdiff_t n) {
     return s;
 }
 
+/* Backward fills of an average whose bins tile the plane (each element in exactly one bin)
+   -- a gradient plane is a few broadcast values, so these are stores at cache bandwidth,
+   written in place (the gradient of a suite-sized layer stays in L2 / L3 for its consumer;
+   streaming it to memory cost 3x the fill).  Plain loops: GCC's AVX2 clone vectorises
+   the broadcasts and row copies, the same values on every path.
+
+   ck_avg_fill: a 1x1 output (global average): gx[p, :] = gy[p] / d for P planes of n. */
+#define CK_AVG_FILL(T, S)                                                                 \
+CK_AP_CLONES static void ck_avg_fill_##S(const T* __restrict gy, ptrdiff_t P, ptrdiff_t n, \
+                                         T d, T* __restrict gx) {                         \
+    for (ptrdiff_t p = 0; p < P; p++) {                                                   \
+        const T v = gy[p] / d;                                                            \
+        for (ptrdiff_t i = 0; i < n; i++) gx[p * n + i] = v;                              \
+    }                                                                                     \
+}
+CK_AVG_FILL(float, f)
+CK_AVG_FILL(double, d)
+
+/* ck_tile_fill: one plane of tiling bins (rows of W; bin (o, q) covers rows [hs[o], +hl[o])
+   and columns [ws[q], +wl[q]), area div[o*ow + q]): each output row's gradient row e (W
+   scratch values of the caller) is built once -- 0 + gy / area, as the general backward
+   kernel sums it (a -0 gradient gives +0) -- and copied to the bin rows. */
+#define CK_TILE_FILL(T, S)                                                                \
+CK_AP_CLONES static void ck_tile_fill_##S(const T* __restrict gy, ptrdiff_t W,            \
+        const ptrdiff_t* hs, const ptrdiff_t* hl, const ptrdiff_t* ws, const ptrdiff_t* wl, \
+        const T* div, ptrdiff_t oh, ptrdiff_t ow, T* __restrict gx, T* __restrict e) {    \
+    for (ptrdiff_t o = 0; o < oh; o++) {                                                  \
+        for (ptrdiff_t q = 0; q < ow; q++) {                                              \
+            T v = 0;                                                                      \
+            v = v + gy[o * ow + q] / div[o * ow + q];                                     \
+            for (ptrdiff_t w = ws[q]; w < ws[q] + wl[q]; w++) e[w] = v;                   \
+        }                                                                                 \
+        for (ptrdiff_t r = hs[o]; r < hs[o] + hl[o]; r++)                                 \
+            for (ptrdiff_t w = 0; w < W; w++) gx[r * W + w] = e[w];                       \
+    }                                                                                     \
+}
+CK_TILE_FILL(float, f)
+CK_TILE_FILL(double, d)
+
 /* Maximum of one bin -- `rows` runs of `cols` values, `W` apart -- by torch's rule: visit in
    row-major order from best = -inf, take v when v > best or v is NaN.  So the last NaN wins,
    else the first maximum, and a bin of -inf reports its first element.  Done in two passes:
