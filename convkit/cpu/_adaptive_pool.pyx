@@ -16,16 +16,19 @@ window:
 
 Each task owns whole planes of the output: the same bits on every run and for any thread count.
 """
+cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
-from convkit.cpu.csrc.adaptive_pool cimport (ck_run_sum_f, ck_run_sum_d, ck_run_sum8_f,
-                                             ck_run_sum8_ok, ck_colsum_f, ck_colsum_d,
+from convkit.cpu.csrc.adaptive_pool cimport (ck_run_sum_f, ck_run_sum_d, ck_colsum_f,
+                                             ck_colsum_d, ck_global_avg_f, ck_global_avg_d,
                                              ck_avg_fill_f, ck_avg_fill_d,
                                              ck_tile_fill_f, ck_tile_fill_d,
                                              ck_bin_max_f, ck_bin_max_d)
+
+cnp.import_array()
 
 
 cdef inline floating _run_sum(const floating* p, Py_ssize_t n) noexcept nogil:
@@ -74,31 +77,68 @@ def adaptive_avg_forward(const floating[:, :, ::1] x,
         raise MemoryError("adaptive_avg_pool2d_forward: out of memory for a row of scratch")
 
 
-def global_avg_forward(const floating[:, ::1] x, floating[::1] y, int n_threads,
-                       bint by_eight=False):
-    """y[p] = sum(x[p, :]) / HW: x (P, HW), y (P,), plane by plane (float32 on AVX2:
-    ck_run_sum_f_avx2, ~25 instructions for a plane of 49 values).  by_eight=True (for the
-    tests): float32 8 planes at a time where the CPU has AVX2 (ck_run_sum8_f, transposed in
-    registers: ~60 instructions a plane of 49), the planes past the last 8 one by one -- the
-    same bits."""
-    cdef Py_ssize_t P = x.shape[0], HW = x.shape[1], p, P8 = 0, b
-    cdef floating d = <floating>HW
-    if floating is float:
-        if by_eight and P >= 8 and HW > 0 and ck_run_sum8_ok():
-            P8 = P // 8 * 8
+def global_avg_forward(cnp.ndarray x, cnp.ndarray y, int n_threads, bint by_eight=True):
+    """y[p] = sum(x[p, :]) / HW: x (P, HW) and y (P,), or x (N, C, H, W) and y of N*C values
+    (P = N*C planes: no reshape views), C-contiguous, both float32 or both float64 (ValueError
+    else).  float32 8 planes at a time where the CPU has AVX2 (ck_run_sum8_f: each plane's
+    additions of the one-plane sum, the horizontal part shared, ~28 instructions a plane of 49
+    against ~60 one by one), the rest plane by plane -- the same bits; by_eight=False (for the
+    tests) sums every plane alone.  n_threads runs of whole 8-plane blocks, run t on thread t.
+    Plain ndarrays, not typed memoryviews: the fused-type dispatch and two buffer acquisitions
+    were ~1.5 us of a 10 us call."""
+    cdef int tx = cnp.PyArray_TYPE(x), nd = cnp.PyArray_NDIM(x)
+    cdef Py_ssize_t P = 0, n = 0, B, t, lo, hi
+    if nd == 2:
+        P, n = cnp.PyArray_DIM(x, 0), cnp.PyArray_DIM(x, 1)
+    elif nd == 4:
+        P = cnp.PyArray_DIM(x, 0) * cnp.PyArray_DIM(x, 1)
+        n = cnp.PyArray_DIM(x, 2) * cnp.PyArray_DIM(x, 3)
+    if ((nd != 2 and nd != 4) or (tx != cnp.NPY_FLOAT32 and tx != cnp.NPY_FLOAT64)
+            or cnp.PyArray_TYPE(y) != tx or cnp.PyArray_SIZE(y) != P
+            or not cnp.PyArray_IS_C_CONTIGUOUS(x) or not cnp.PyArray_IS_C_CONTIGUOUS(y)):
+        raise ValueError("global_avg_forward: x (P, HW) or (N, C, H, W) and y of P values must "
+                         "be C-contiguous float32 or float64 arrays of one dtype")
+    B = P // 8
+    cdef char* px = <char*>cnp.PyArray_DATA(x)
+    cdef char* py = <char*>cnp.PyArray_DATA(y)
+    cdef bint f32 = tx == cnp.NPY_FLOAT32
+    cdef int eight = by_eight
+    if P == 0:
+        return
+    if n_threads > B:
+        n_threads = <int>B if B > 0 else 1
     with nogil:
-        if P8:
-            for b in prange(P8 // 8, schedule="static", num_threads=n_threads):
-                ck_run_sum8_f(<const float*>&x[8 * b, 0], HW, <float>d, <float*>&y[8 * b])
-        for p in prange(P8, P, schedule="static", num_threads=n_threads):
-            y[p] = _run_sum(&x[p, 0], HW) / d
+        for t in prange(n_threads, schedule="static", num_threads=n_threads):
+            lo = 8 * (B * t // n_threads)
+            hi = 8 * (B * (t + 1) // n_threads) if t + 1 < n_threads else P
+            if f32:
+                ck_global_avg_f(<const float*>px + lo * n, hi - lo, n, <float>n,
+                                <float*>py + lo, eight)
+            else:
+                ck_global_avg_d(<const double*>px + lo * n, hi - lo, n, <double>n,
+                                <double*>py + lo)
 
 
-def global_avg_backward(const floating[::1] gy, floating[:, ::1] gx, int n_threads):
-    """gx[p, :] = gy[p] / HW: gy (P,), gx (P, HW) (csrc/adaptive_pool.h ck_avg_fill: the
-    vectorised fill, in place).  n_threads contiguous runs of planes, run t on thread t (a
-    static schedule: the same thread writes the same planes every call)."""
-    cdef Py_ssize_t P = gx.shape[0], HW = gx.shape[1], t, lo, hi
+def global_avg_backward(cnp.ndarray gy, cnp.ndarray gx, int n_threads):
+    """gx[p, :] = gy[p] / HW: gy of P values, gx (P, HW) or (N, C, H, W) with P = N*C (the
+    arrays' checks as global_avg_forward's), csrc/adaptive_pool.h ck_avg_fill: the vectorised
+    fill, in place.  n_threads contiguous runs of planes, run t on thread t (a static
+    schedule: the same thread writes the same planes every call)."""
+    cdef int tx = cnp.PyArray_TYPE(gx), nd = cnp.PyArray_NDIM(gx)
+    cdef Py_ssize_t P = 0, HW = 0, t, lo, hi
+    if nd == 2:
+        P, HW = cnp.PyArray_DIM(gx, 0), cnp.PyArray_DIM(gx, 1)
+    elif nd == 4:
+        P = cnp.PyArray_DIM(gx, 0) * cnp.PyArray_DIM(gx, 1)
+        HW = cnp.PyArray_DIM(gx, 2) * cnp.PyArray_DIM(gx, 3)
+    if ((nd != 2 and nd != 4) or (tx != cnp.NPY_FLOAT32 and tx != cnp.NPY_FLOAT64)
+            or cnp.PyArray_TYPE(gy) != tx or cnp.PyArray_SIZE(gy) != P
+            or not cnp.PyArray_IS_C_CONTIGUOUS(gx) or not cnp.PyArray_IS_C_CONTIGUOUS(gy)):
+        raise ValueError("global_avg_backward: gy of P values and gx (P, HW) or (N, C, H, W) "
+                         "must be C-contiguous float32 or float64 arrays of one dtype")
+    cdef char* pg = <char*>cnp.PyArray_DATA(gy)
+    cdef char* px = <char*>cnp.PyArray_DATA(gx)
+    cdef bint f32 = tx == cnp.NPY_FLOAT32
     if P == 0 or HW == 0:
         return
     if n_threads > P:
@@ -107,10 +147,12 @@ def global_avg_backward(const floating[::1] gy, floating[:, ::1] gx, int n_threa
         for t in prange(n_threads, schedule="static", num_threads=n_threads):
             lo = P * t // n_threads
             hi = P * (t + 1) // n_threads
-            if floating is float:
-                ck_avg_fill_f(&gy[lo], hi - lo, HW, <float>HW, &gx[lo, 0])
+            if f32:
+                ck_avg_fill_f(<const float*>pg + lo, hi - lo, HW, <float>HW,
+                              <float*>px + lo * HW)
             else:
-                ck_avg_fill_d(&gy[lo], hi - lo, HW, <double>HW, &gx[lo, 0])
+                ck_avg_fill_d(<const double*>pg + lo, hi - lo, HW, <double>HW,
+                              <double*>px + lo * HW)
 
 
 def adaptive_avg_backward_tiled(const floating[:, :, ::1] gy,

@@ -80,8 +80,7 @@ def adaptive_avg_pool2d_forward(x, out_hw):
     P = N * C
     if (oh, ow) == (1, 1):
         y = np.empty((N, C, 1, 1), x.dtype)
-        _adaptive_pool.global_avg_forward(x.reshape(P, H * W), y.reshape(P),
-                                          _threads(P, P * H * W))
+        _adaptive_pool.global_avg_forward(x, y, _threads(P, P * H * W))
         return y
     hb, _, hl, wb, _, wl, div = _tables("adaptive_avg_pool2d_forward", H, W, oh, ow,
                                         np.dtype(x.dtype))
@@ -97,8 +96,7 @@ def adaptive_avg_pool2d_backward(grad_y, input_shape):
     P = N * C
     if (oh, ow) == (1, 1):
         gx = np.empty(input_shape, grad_y.dtype)
-        _adaptive_pool.global_avg_backward(grad_y.reshape(P), gx.reshape(P, H * W),
-                                           _threads(P, P * H * W))
+        _adaptive_pool.global_avg_backward(grad_y, gx, _threads(P, P * H * W))
         return gx
     hb, h0, h1, wb, w0, w1, div = _tables("adaptive_avg_pool2d_backward", H, W, oh, ow,
                                           np.dtype(grad_y.dtype))

@@ -47,72 +47,55 @@ static float ck_run_sum_f_base(const float* p, ptrdiff_t n) {
 }
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#include "tr8.h"
+#include <immintrin.h>
 #define CK_AP_AVX2_TARGET __attribute__((target("avx2")))
 
 /* y[0..8) = the run sums of 8 planes of n floats (plane i at x + i * n) over d, where the CPU
-   has AVX2 (else 0: the caller sums plane by plane).  Lane i makes plane i's very additions of
+   has AVX2 (else 0: the caller sums plane by plane).  Each plane makes the very additions of
    ck_run_sum_f -- the same 16 partial sums (columns in ascending order), the same tree, the
-   tail added last in order, one division -- so the same bits; the planes are read 8 columns at
-   a time and transposed in registers: a global average pool's planes of 49 values took ~80
-   instructions each one at a time, the scalar tail and the tree most of them. */
-/* ck_run_sum_f's tree over the 16 partial sums: t[m] = (a[m] + a[4+m]) + (a[8+m] + a[12+m]),
-   then (t[0] + t[1]) + (t[2] + t[3]) */
-CK_AP_AVX2_TARGET static inline __m256 ck_run_tree8(__m256* a)
-{
-    __m256 t[4];
-    for (int m = 0; m < 4; m++)
-        t[m] = _mm256_add_ps(_mm256_add_ps(a[m], a[4 + m]), _mm256_add_ps(a[8 + m], a[12 + m]));
-    return _mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3]));
-}
+   tail added last in order, one division -- so the same bits; only the horizontal part is
+   shared: two planes' 4-lane trees in one vector, then the last two tree levels of all 8
+   planes in three hadds (a global average pool's plane of 49 values took ~60 instructions
+   one at a time, the reduction and the call most of them; the transpose of the inputs tried
+   before cost more than it saved).
 
-/* columns c0 .. c0 + w - 1 (w <= 8; columns past n not read) of the 8 planes, transposed:
-   r[q] = column c0 + q, lanes past w's columns 0 */
-CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) void
-ck_run_cols8(const float* x, ptrdiff_t n, ptrdiff_t c0, ptrdiff_t w, __m256* r)
+   ck_run_pair_t: [t(p) | t(q)] for planes p, q, t = (a0 + a.hi) + (b.lo + b.hi) -- a (b) the
+   partial sums 0..7 (8..15), a0 = a.lo plus the runs of 4 past the 16-column runs */
+CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) __m256
+ck_run_pair_t(const float* xp, const float* xq, ptrdiff_t n)
 {
-    if (w >= 8) {
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; i++)
-            r[i] = _mm256_loadu_ps(x + i * n + c0);
-    } else {
-        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)w),
-                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; i++)
-            r[i] = _mm256_maskload_ps(x + i * n + c0, mask);
+    __m256 ap = _mm256_setzero_ps(), bp = ap, aq = ap, bq = ap;
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        ap = _mm256_add_ps(ap, _mm256_loadu_ps(xp + i));
+        bp = _mm256_add_ps(bp, _mm256_loadu_ps(xp + i + 8));
+        aq = _mm256_add_ps(aq, _mm256_loadu_ps(xq + i));
+        bq = _mm256_add_ps(bq, _mm256_loadu_ps(xq + i + 8));
     }
-    ck_fg_tr8(r);
+    __m256 lo = _mm256_permute2f128_ps(ap, aq, 0x20), hi = _mm256_permute2f128_ps(ap, aq, 0x31);
+    for (; i + 4 <= n; i += 4)
+        lo = _mm256_add_ps(lo, _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(xp + i)),
+                                                    _mm_loadu_ps(xq + i), 1));
+    return _mm256_add_ps(_mm256_add_ps(lo, hi),
+                         _mm256_add_ps(_mm256_permute2f128_ps(bp, bq, 0x20),
+                                       _mm256_permute2f128_ps(bp, bq, 0x31)));
 }
 
+/* hadd(T01, T23) = [t0+t1, t2+t3 of planes 0, 2 | of planes 1, 3] (ck_run_sum_f's u), the
+   second hadd (t0+t1) + (t2+t3) in the order [0 2 4 6 | 1 3 5 7], permuted back; then the
+   tail columns, each plane's in order */
 CK_AP_AVX2_TARGET static void ck_run_sum8_f_avx2(const float* x, ptrdiff_t n, float d, float* y)
 {
-    ptrdiff_t n16 = n / 16 * 16, rem = n - n16, groups = rem / 4;
-    __m256 a[16], r[8], c[16], s;
-#pragma GCC unroll 16
-    for (int m = 0; m < 16; m++)
-        a[m] = _mm256_setzero_ps();
-    for (ptrdiff_t c0 = 0; c0 < n16; c0 += 16) {  /* the 16-column runs: partial sum m */
-        ck_run_cols8(x, n, c0, 8, r);
-#pragma GCC unroll 8
-        for (int q = 0; q < 8; q++)
-            a[q] = _mm256_add_ps(a[q], r[q]);
-        ck_run_cols8(x, n, c0 + 8, 8, r);
-#pragma GCC unroll 8
-        for (int q = 0; q < 8; q++)
-            a[8 + q] = _mm256_add_ps(a[8 + q], r[q]);
-    }
-    if (rem > 0)        /* the last < 16 columns: runs of 4 into partial sums 0..3, a tail */
-        ck_run_cols8(x, n, n16, rem, c);
-    if (rem > 8)
-        ck_run_cols8(x, n, n16 + 8, rem - 8, c + 8);
-    for (ptrdiff_t g = 0; g < groups; g++)
-#pragma GCC unroll 4
-        for (int m = 0; m < 4; m++)
-            a[m] = _mm256_add_ps(a[m], c[4 * g + m]);
-    s = ck_run_tree8(a);
-    for (ptrdiff_t j = 4 * groups; j < rem; j++)
-        s = _mm256_add_ps(s, c[j]);
+    const __m256 h0 = _mm256_hadd_ps(ck_run_pair_t(x, x + n, n),
+                                     ck_run_pair_t(x + 2 * n, x + 3 * n, n));
+    const __m256 h1 = _mm256_hadd_ps(ck_run_pair_t(x + 4 * n, x + 5 * n, n),
+                                     ck_run_pair_t(x + 6 * n, x + 7 * n, n));
+    __m256 s = _mm256_permutevar8x32_ps(_mm256_hadd_ps(h0, h1),
+                                        _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    for (ptrdiff_t j = n / 4 * 4; j < n; j++)
+        s = _mm256_add_ps(s, _mm256_setr_ps(x[j], x[n + j], x[2 * n + j], x[3 * n + j],
+                                            x[4 * n + j], x[5 * n + j], x[6 * n + j],
+                                            x[7 * n + j]));
     _mm256_storeu_ps(y, _mm256_div_ps(s, _mm256_set1_ps(d)));
 }
 
@@ -171,6 +154,19 @@ static int ck_run_sum8_f(const float* x, ptrdiff_t n, float d, float* y)
 }
 #endif
 
+/* y[p] = plane p's run sum / d, planes [0, P) of n floats at x: 8 at a time where the CPU has
+   AVX2 (unless by_eight is 0: the tests' reference), the rest one by one -- the same bits */
+static void ck_global_avg_f(const float* x, ptrdiff_t P, ptrdiff_t n, float d, float* y,
+                            int by_eight)
+{
+    ptrdiff_t p = 0;
+    if (by_eight && n > 0 && ck_run_sum8_ok())
+        for (; p + 8 <= P; p += 8)
+            ck_run_sum8_f(x + p * n, n, d, y + p);
+    for (; p < P; p++)
+        y[p] = ck_run_sum_f(x + p * n, n) / d;
+}
+
 /* out[w] = x[w] + x[W + w] + ... (rows rows of W, added in row order): the column sums of an
    average bin's rows.  Elementwise, so the vector width changes no bits; GCC builds it for
    AVX2 and the baseline and picks one at load time (the Cython loop ran on SSE2). */
@@ -216,6 +212,12 @@ static double ck_run_sum_d(const double* p, ptrdiff_t n) {
     s = t[0] + t[1];
     for (; i < n; i++) s += p[i];
     return s;
+}
+
+static void ck_global_avg_d(const double* x, ptrdiff_t P, ptrdiff_t n, double d, double* y)
+{
+    for (ptrdiff_t p = 0; p < P; p++)
+        y[p] = ck_run_sum_d(x + p * n, n) / d;
 }
 
 /* Backward fills of an average whose bins tile the plane (each element in exactly one bin)
