@@ -514,10 +514,11 @@ def test_cpu_bits_independent_of_thread_count(dtype, shape, size):
     np.testing.assert_allclose(results[0][0], avg_fwd("numpy", x, size), **tol(dtype))
 
 
-def _run_sum_order(p):
+def _run_sum_order(p, d=None):
     """csrc/adaptive_pool.h's float32 run sum in NumPy float32 (each + rounds as C's): 16
     partial sums (m holds p[16j + m]), runs of 4 into the first four, the tree
-    (a[m] + a[4+m]) + (a[8+m] + a[12+m]) then (t0 + t1) + (t2 + t3), the tail last in order."""
+    (a[m] + a[4+m]) + (a[8+m] + a[12+m]) then (t0 + t1) + (t2 + t3), the tail last in order;
+    over d (default: the length)."""
     a, i, n = np.zeros(16, np.float32), 0, len(p)
     with np.errstate(all="ignore"):
         while i + 16 <= n:
@@ -530,7 +531,7 @@ def _run_sum_order(p):
         s = (t[0] + t[1]) + (t[2] + t[3])
         for v in p[i:]:
             s = s + v
-        return s / np.float32(n)
+        return s / np.float32(n if d is None else d)
 
 
 def test_cpu_global_average_by_eight_planes_has_the_plane_by_plane_bits():
@@ -561,6 +562,44 @@ def test_cpu_global_average_by_eight_planes_has_the_plane_by_plane_bits():
     x = rng.standard_normal((3, 9, 7, 7)).astype(np.float32)
     np.testing.assert_allclose(avg_fwd("cpu", x, 1), x.astype(np.float64).mean((2, 3),
                                keepdims=True), rtol=2e-6, atol=1e-7)
+
+
+def test_cpu_average_bins_of_one_width_have_the_bin_by_bin_bits():
+    """Where ow divides W (56 -> 7) the float32 forward sums all bins of a plane 8 at a time
+    from consecutive rows of column sums (_avg_plane_runs_f): the bits of the bin-by-bin path
+    (by_rows=False) and of the documented order (column sums in row order, then
+    _run_sum_order), bin widths with and without 16-column runs, runs of 4 and a tail, rows
+    that overlap (H not divisible), NaN / inf / -0, on 1, 2, 3, 8 and 16 threads."""
+    ok, why = convkit.backend_status("cpu")
+    if not ok:
+        pytest.skip(why[:300])
+    from convkit.cpu import _adaptive_pool as K, adaptive_pool as AP
+    rng = np.random.default_rng(41)
+    for (H, W, oh, ow) in ((56, 56, 7, 7), (9, 12, 4, 3), (5, 16, 5, 2), (7, 7, 3, 7),
+                           (6, 40, 2, 5), (3, 48, 1, 3), (4, 52, 2, 4), (10, 66, 3, 2),
+                           (13, 9, 13, 1)):
+        assert W % ow == 0
+        P = 11
+        x = rng.standard_normal((P, H, W)) * rng.choice([1e-3, 1.0, 1e30], (P, H, W))
+        x = x.astype(np.float32)
+        x[1, H // 2, W // 3], x[2, 0, 0], x[3, -1, -1], x[4] = np.nan, np.inf, -np.inf, -0.0
+        hb, _, hl, wb, _, wl, div = AP._tables("t", H, W, oh, ow, np.dtype(np.float32))
+        ref = np.empty((P, oh, ow), np.float32)
+        K.adaptive_avg_forward(x, hb, hl, wb, wl, div, ref, 1, False)
+        for nt in (1, 2, 3, 8, 16):
+            y = np.full((P, oh, ow), 7, np.float32)
+            K.adaptive_avg_forward(x, hb, hl, wb, wl, div, y, nt)
+            assert y.tobytes() == ref.tobytes(), (H, W, oh, ow, nt)
+        want = np.empty_like(ref)
+        with np.errstate(all="ignore"):
+            for p in range(P):
+                for o in range(oh):
+                    cs = x[p, hb[o]].copy()
+                    for r in range(hb[o] + 1, hb[o] + hl[o]):
+                        cs = cs + x[p, r]
+                    for q in range(ow):
+                        want[p, o, q] = _run_sum_order(cs[wb[q]:wb[q] + wl[q]], div[o, q])
+        np.testing.assert_array_equal(ref, want, err_msg=str((H, W, oh, ow)))
 
 
 # ------------------------------------------------------------------- cimport (other Cython code)

@@ -81,10 +81,11 @@ ck_run_pair_t(const float* xp, const float* xq, ptrdiff_t n)
                                        _mm256_permute2f128_ps(bp, bq, 0x31)));
 }
 
-/* hadd(T01, T23) = [t0+t1, t2+t3 of planes 0, 2 | of planes 1, 3] (ck_run_sum_f's u), the
-   second hadd (t0+t1) + (t2+t3) in the order [0 2 4 6 | 1 3 5 7], permuted back; then the
-   tail columns, each plane's in order */
-CK_AP_AVX2_TARGET static void ck_run_sum8_f_avx2(const float* x, ptrdiff_t n, float d, float* y)
+/* the run sums of 8 runs of n floats (run i at x + i * n): hadd(T01, T23) = [t0+t1, t2+t3 of
+   runs 0, 2 | of runs 1, 3] (ck_run_sum_f's u), the second hadd (t0+t1) + (t2+t3) in the
+   order [0 2 4 6 | 1 3 5 7], permuted back; then the tail columns, each run's in order */
+CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) __m256
+ck_run_sums8(const float* x, ptrdiff_t n)
 {
     const __m256 h0 = _mm256_hadd_ps(ck_run_pair_t(x, x + n, n),
                                      ck_run_pair_t(x + 2 * n, x + 3 * n, n));
@@ -96,21 +97,13 @@ CK_AP_AVX2_TARGET static void ck_run_sum8_f_avx2(const float* x, ptrdiff_t n, fl
         s = _mm256_add_ps(s, _mm256_setr_ps(x[j], x[n + j], x[2 * n + j], x[3 * n + j],
                                             x[4 * n + j], x[5 * n + j], x[6 * n + j],
                                             x[7 * n + j]));
-    _mm256_storeu_ps(y, _mm256_div_ps(s, _mm256_set1_ps(d)));
+    return s;
 }
 
-/* 1 where ck_run_sum8_f runs (the CPU has AVX2), else 0 */
+/* 1 where the AVX2 run sums run (the CPU has AVX2), else 0 */
 static int ck_run_sum8_ok(void)
 {
     return ck_cpu_has_avx2();
-}
-
-static int ck_run_sum8_f(const float* x, ptrdiff_t n, float d, float* y)
-{
-    if (!ck_run_sum8_ok())
-        return 0;
-    ck_run_sum8_f_avx2(x, n, d, y);
-    return 1;
 }
 
 /* ck_run_sum_f_base's very additions with 8-lane vectors: partial sums 0..7 in the lanes of
@@ -138,6 +131,55 @@ CK_AP_AVX2_TARGET static float ck_run_sum_f_avx2(const float* p, ptrdiff_t n)
     return s;
 }
 
+/* ck_runs_avg_f where the CPU has AVX2: 8 runs at a time, the last < 8 one by one */
+CK_AP_AVX2_TARGET static void ck_runs_avg_f_avx2(const float* x, ptrdiff_t K, ptrdiff_t n,
+                                                 const float* div, int one_div, float* y)
+{
+    ptrdiff_t k = 0;
+    for (; k + 8 <= K; k += 8)
+        _mm256_storeu_ps(y + k, _mm256_div_ps(ck_run_sums8(x + k * n, n),
+                                              one_div ? _mm256_set1_ps(div[0])
+                                                      : _mm256_loadu_ps(div + k)));
+    for (; k < K; k++)
+        y[k] = ck_run_sum_f_avx2(x + k * n, n) / div[one_div ? 0 : k];
+}
+
+/* out[w] = x[w] + x[W + w] + ... (ck_colsum_f's order) with the sums of 32 (then 8) columns
+   in registers over all rows: the baseline loop stored and reloaded out[] for every row */
+CK_AP_AVX2_TARGET static void ck_colsum_f_avx2(const float* x, ptrdiff_t W, ptrdiff_t rows,
+                                               float* out)
+{
+    ptrdiff_t w = 0, i;
+    for (; w + 32 <= W; w += 32) {
+        const float* p = x + w;
+        __m256 a0 = _mm256_loadu_ps(p), a1 = _mm256_loadu_ps(p + 8),
+               a2 = _mm256_loadu_ps(p + 16), a3 = _mm256_loadu_ps(p + 24);
+        for (i = 1; i < rows; i++) {
+            p += W;
+            a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p));
+            a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + 8));
+            a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + 16));
+            a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + 24));
+        }
+        _mm256_storeu_ps(out + w, a0);
+        _mm256_storeu_ps(out + w + 8, a1);
+        _mm256_storeu_ps(out + w + 16, a2);
+        _mm256_storeu_ps(out + w + 24, a3);
+    }
+    for (; w + 8 <= W; w += 8) {
+        __m256 a = _mm256_loadu_ps(x + w);
+        for (i = 1; i < rows; i++)
+            a = _mm256_add_ps(a, _mm256_loadu_ps(x + i * W + w));
+        _mm256_storeu_ps(out + w, a);
+    }
+    for (; w < W; w++) {
+        float s = x[w];
+        for (i = 1; i < rows; i++)
+            s = s + x[i * W + w];
+        out[w] = s;
+    }
+}
+
 static float ck_run_sum_f(const float* p, ptrdiff_t n)
 {
     return ck_run_sum8_ok() ? ck_run_sum_f_avx2(p, n) : ck_run_sum_f_base(p, n);
@@ -146,25 +188,23 @@ static float ck_run_sum_f(const float* p, ptrdiff_t n)
 #else
 static float ck_run_sum_f(const float* p, ptrdiff_t n) { return ck_run_sum_f_base(p, n); }
 static int ck_run_sum8_ok(void) { return 0; }
-
-static int ck_run_sum8_f(const float* x, ptrdiff_t n, float d, float* y)
-{
-    (void)x; (void)n; (void)d; (void)y;
-    return 0;
-}
 #endif
 
-/* y[p] = plane p's run sum / d, planes [0, P) of n floats at x: 8 at a time where the CPU has
-   AVX2 (unless by_eight is 0: the tests' reference), the rest one by one -- the same bits */
-static void ck_global_avg_f(const float* x, ptrdiff_t P, ptrdiff_t n, float d, float* y,
-                            int by_eight)
+/* y[k] = the run sum of x[k*n, k*n + n) / div[k] (div[0] for every k where one_div) for K runs
+   of n floats one after another -- a global average's planes, or the bins of one width of
+   consecutive rows of column sums -- 8 at a time where the CPU has AVX2 (unless by_eight is
+   0: the tests' reference), the rest one by one: the same bits either way */
+static void ck_runs_avg_f(const float* x, ptrdiff_t K, ptrdiff_t n, const float* div,
+                          int one_div, float* y, int by_eight)
 {
-    ptrdiff_t p = 0;
-    if (by_eight && n > 0 && ck_run_sum8_ok())
-        for (; p + 8 <= P; p += 8)
-            ck_run_sum8_f(x + p * n, n, d, y + p);
-    for (; p < P; p++)
-        y[p] = ck_run_sum_f(x + p * n, n) / d;
+#ifdef CK_AP_AVX2
+    if (by_eight && n > 0 && ck_run_sum8_ok()) {
+        ck_runs_avg_f_avx2(x, K, n, div, one_div, y);
+        return;
+    }
+#endif
+    for (ptrdiff_t k = 0; k < K; k++)
+        y[k] = ck_run_sum_f(x + k * n, n) / div[one_div ? 0 : k];
 }
 
 /* out[w] = x[w] + x[W + w] + ... (rows rows of W, added in row order): the column sums of an
@@ -182,8 +222,19 @@ CK_AP_CLONES static void ck_colsum_##S(const T* __restrict x, ptrdiff_t W, ptrdi
     for (ptrdiff_t i = 1; i < rows; i++)                                                  \
         for (ptrdiff_t w = 0; w < W; w++) out[w] = out[w] + x[i * W + w];                 \
 }
-CK_COLSUM(float, f)
+CK_COLSUM(float, f_base)
 CK_COLSUM(double, d)
+
+static void ck_colsum_f(const float* x, ptrdiff_t W, ptrdiff_t rows, float* out)
+{
+#ifdef CK_AP_AVX2
+    if (ck_run_sum8_ok()) {
+        ck_colsum_f_avx2(x, W, rows, out);
+        return;
+    }
+#endif
+    ck_colsum_f_base(x, W, rows, out);
+}
 
 /* the same pattern for doubles: eight partial sums in four 2-lane groups */
 static double ck_run_sum_d(const double* p, ptrdiff_t n) {
