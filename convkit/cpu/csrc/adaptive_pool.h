@@ -131,48 +131,75 @@ CK_AP_AVX2_TARGET static float ck_run_sum_f_avx2(const float* p, ptrdiff_t n)
     return s;
 }
 
-/* ck_runs_avg_f where the CPU has AVX2: 8 runs at a time, the last < 8 one by one */
-CK_AP_AVX2_TARGET static void ck_runs_avg_f_avx2(const float* x, ptrdiff_t K, ptrdiff_t n,
-                                                 const float* div, int one_div, float* y)
+/* ck_runs_avg_f where the CPU has AVX2: 8 runs at a time, the last < 8 one by one.  The
+   common lengths -- 8 (56 -> 7 bins), 49 (a 7x7 global average) -- get the loops unrolled
+   for their constant n (a third of the instructions of an 8-run block) */
+CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) ptrdiff_t
+ck_runs_avg8_n(const float* x, ptrdiff_t K, ptrdiff_t n, const float* div, int one_div,
+               float* y)
 {
     ptrdiff_t k = 0;
     for (; k + 8 <= K; k += 8)
         _mm256_storeu_ps(y + k, _mm256_div_ps(ck_run_sums8(x + k * n, n),
                                               one_div ? _mm256_set1_ps(div[0])
                                                       : _mm256_loadu_ps(div + k)));
+    return k;
+}
+
+CK_AP_AVX2_TARGET static void ck_runs_avg_f_avx2(const float* x, ptrdiff_t K, ptrdiff_t n,
+                                                 const float* div, int one_div, float* y)
+{
+    ptrdiff_t k;
+    if (n == 8)
+        k = ck_runs_avg8_n(x, K, 8, div, one_div, y);
+    else if (n == 49)
+        k = ck_runs_avg8_n(x, K, 49, div, one_div, y);
+    else
+        k = ck_runs_avg8_n(x, K, n, div, one_div, y);
     for (; k < K; k++)
         y[k] = ck_run_sum_f_avx2(x + k * n, n) / div[one_div ? 0 : k];
 }
 
-/* out[w] = x[w] + x[W + w] + ... (ck_colsum_f's order) with the sums of 32 (then 8) columns
-   in registers over all rows: the baseline loop stored and reloaded out[] for every row */
+/* out[w] = x[w] + x[W + w] + ... (ck_colsum_f's order) for nv (constant after inlining) runs of
+   8 columns, their sums in registers over all rows: the baseline loop stored and reloaded
+   out[] for every row */
+CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) void
+ck_colsum_nv(const float* x, ptrdiff_t W, ptrdiff_t rows, float* out, const int nv)
+{
+    __m256 a[8];
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; v++)
+        a[v] = _mm256_loadu_ps(x + 8 * v);
+    for (ptrdiff_t i = 1; i < rows; i++) {
+        x += W;
+#pragma GCC unroll 8
+        for (int v = 0; v < nv; v++)
+            a[v] = _mm256_add_ps(a[v], _mm256_loadu_ps(x + 8 * v));
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; v++)
+        _mm256_storeu_ps(out + 8 * v, a[v]);
+}
+
+/* column blocks of 64 in one pass over the rows, the last < 64 (56 -> 7: all 56) in one more,
+   the last < 8 columns one by one */
 CK_AP_AVX2_TARGET static void ck_colsum_f_avx2(const float* x, ptrdiff_t W, ptrdiff_t rows,
                                                float* out)
 {
     ptrdiff_t w = 0, i;
-    for (; w + 32 <= W; w += 32) {
-        const float* p = x + w;
-        __m256 a0 = _mm256_loadu_ps(p), a1 = _mm256_loadu_ps(p + 8),
-               a2 = _mm256_loadu_ps(p + 16), a3 = _mm256_loadu_ps(p + 24);
-        for (i = 1; i < rows; i++) {
-            p += W;
-            a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p));
-            a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + 8));
-            a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + 16));
-            a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + 24));
-        }
-        _mm256_storeu_ps(out + w, a0);
-        _mm256_storeu_ps(out + w + 8, a1);
-        _mm256_storeu_ps(out + w + 16, a2);
-        _mm256_storeu_ps(out + w + 24, a3);
+    for (; w + 64 <= W; w += 64)
+        ck_colsum_nv(x + w, W, rows, out + w, 8);
+    switch ((W - w) / 8) {
+    case 7: ck_colsum_nv(x + w, W, rows, out + w, 7); break;
+    case 6: ck_colsum_nv(x + w, W, rows, out + w, 6); break;
+    case 5: ck_colsum_nv(x + w, W, rows, out + w, 5); break;
+    case 4: ck_colsum_nv(x + w, W, rows, out + w, 4); break;
+    case 3: ck_colsum_nv(x + w, W, rows, out + w, 3); break;
+    case 2: ck_colsum_nv(x + w, W, rows, out + w, 2); break;
+    case 1: ck_colsum_nv(x + w, W, rows, out + w, 1); break;
+    default: break;
     }
-    for (; w + 8 <= W; w += 8) {
-        __m256 a = _mm256_loadu_ps(x + w);
-        for (i = 1; i < rows; i++)
-            a = _mm256_add_ps(a, _mm256_loadu_ps(x + i * W + w));
-        _mm256_storeu_ps(out + w, a);
-    }
-    for (; w < W; w++) {
+    for (w += (W - w) / 8 * 8; w < W; w++) {
         float s = x[w];
         for (i = 1; i < rows; i++)
             s = s + x[i * W + w];
