@@ -32,6 +32,9 @@ parts = {
     "56to7 fwd (cpu module)": lambda: ap.adaptive_avg_pool2d_forward(x5, (7, 7)),
     "56to7 bwd (cpu module)": lambda: ap.adaptive_avg_pool2d_backward(g5, x5.shape),
     "head fwd (public)": lambda: convkit.adaptive_avg_pool2d_forward(xh, 1),
+    "head bwd (public)": lambda: convkit.adaptive_avg_pool2d_backward(gh, xh.shape),
+    "56to7 fwd (public)": lambda: convkit.adaptive_avg_pool2d_forward(x5, 7),
+    "56to7 bwd (public)": lambda: convkit.adaptive_avg_pool2d_backward(g5, x5.shape),
 }
 for name, f in parts.items():
     f()

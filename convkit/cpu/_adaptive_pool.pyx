@@ -1,15 +1,19 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
-"""Adaptive pooling forwards (torch's bins), one (n, c) plane per OpenMP task.
+"""Adaptive pooling forwards (torch's bins), one (n, c) plane per OpenMP task, and the average
+backwards whose bins tile the plane.
 
-The backwards run ``_pool.pyx``'s plane kernels on adaptive window tables (see
+The other backwards run ``_pool.pyx``'s plane kernels on adaptive window tables (see
 adaptive_pool.py).  The forwards are here because a bin can be reduced faster than window by
 window:
 
 * average: per output row, the column sums of the bin's input rows (an element-wise,
   vectorised add), then each bin's run of column sums (csrc/adaptive_pool.h, 8-lane vectors
   where the CPU has AVX2, the same bits); a 1x1 output -- global average pooling, the
-  classifier head -- is one run sum per plane.  Sums run in the
-  input precision in a fixed order;
+  classifier head -- is one run sum per plane.  Runs of one length (the planes of a global
+  average, float32 bins where ow divides W) are summed 8 at a time, each with its own
+  additions: the same bits.  Sums run in the input precision in a fixed order;
+* average backward where each element lies in one bin (and 1x1): a fill of broadcast values
+  written once, in place (ck_tile_fill, ck_avg_fill);
 * max: a branch-free maximum and NaN test per bin, then the position (ck_bin_max: torch's
   NaN and tie rules exactly; float32 on 8-lane vectors where the CPU has AVX2); a bin of
   whole rows is one contiguous run.

@@ -5,7 +5,10 @@
    no loop-carried add latency (a plain loop adds one value per 3-4 cycles: it cannot be
    reordered without -ffast-math) and a given length always adds in the same order.  The SSE2
    path (every x86-64 CPU) and the portable loop below it keep the very same partial sums, so
-   the result does not depend on the path.  NaN and inf propagate as in any sum. */
+   the result does not depend on the path.  NaN and inf propagate as in any sum.  Where the
+   CPU has AVX2, runs of one length are summed 8 at a time (ck_runs_avg_f), each run with its
+   own additions: the same bits.  The average backward's fills (bins that tile the plane, 1x1)
+   are the stores alone (ck_avg_fill, ck_tile_fill). */
 #ifndef CK_ADAPTIVE_POOL_H
 #define CK_ADAPTIVE_POOL_H
 #include <math.h>
