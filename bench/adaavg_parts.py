@@ -5,7 +5,9 @@ calls after a warm-up; robust to other processes on a loaded machine) and wall t
 
     CONVKIT_NUM_THREADS=1 PYTHONPATH=<checkout> python bench/adaavg_parts.py [CALLS] [THREADS]
 
-Prints one line per part: name, CPU us (min), wall us (min).
+Prints one line per part: name, CPU us (min), wall us (min); the suite's rows (public ops,
+forward and forward+backward as convkit/benchmark/adapters.py runs them) for convkit and for
+torch on the same number of threads.
 """
 import sys
 import time
@@ -35,7 +37,26 @@ parts = {
     "head bwd (public)": lambda: convkit.adaptive_avg_pool2d_backward(gh, xh.shape),
     "56to7 fwd (public)": lambda: convkit.adaptive_avg_pool2d_forward(x5, 7),
     "56to7 bwd (public)": lambda: convkit.adaptive_avg_pool2d_backward(g5, x5.shape),
+    "head fwd+bwd (public)": lambda: (convkit.adaptive_avg_pool2d_forward(xh, 1),
+                                      convkit.adaptive_avg_pool2d_backward(gh, xh.shape)),
+    "56to7 fwd+bwd (public)": lambda: (convkit.adaptive_avg_pool2d_forward(x5, 7),
+                                       convkit.adaptive_avg_pool2d_backward(g5, x5.shape)),
 }
+try:
+    import torch
+    import torch.nn.functional as tF
+    torch.set_num_threads(threads)
+    for nm, x, g, o in (("head", xh, gh, 1), ("56to7", x5, g5, 7)):
+        tx, tg = torch.from_numpy(x).requires_grad_(True), torch.from_numpy(g)
+
+        def tfwd(tx=tx, o=o):
+            with torch.no_grad():
+                return tF.adaptive_avg_pool2d(tx, o)
+        parts[f"torch {nm} fwd"] = tfwd
+        parts[f"torch {nm} fwd+bwd"] = (lambda tx=tx, tg=tg, o=o: torch.autograd.grad(
+            tF.adaptive_avg_pool2d(tx, o), [tx], tg))
+except ImportError:
+    pass
 for name, f in parts.items():
     f()
     bc = bw = float("inf")
