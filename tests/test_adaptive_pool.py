@@ -645,7 +645,8 @@ def test_cimport_plane_kernels(tmp_path):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cpu_tiled_average_backward_has_the_general_bits(dtype):
     """Where the bins tile the plane (out divides size: 56 -> 7, 8 -> 4, an axis of one bin) the
-    average backward is a fill written once in place (_adaptive_pool.adaptive_avg_backward_tiled);
+    average backward is a fill written once in place (_adaptive_pool.adaptive_avg_backward_tiled;
+    float32 rows of 8..64 columns, a multiple of 8, from AVX2 registers);
     the same bits as the general kernel's zero fill and additions, a -0 gradient (which
     becomes +0) and NaN / inf included, on 1, 2, 3, 8 and 16 threads (plane counts that do not
     divide among them).  The 1x1 fill (global_avg_backward) against gy / HW, -0 kept."""
@@ -655,7 +656,9 @@ def test_cpu_tiled_average_backward_has_the_general_bits(dtype):
     from convkit.cpu import _adaptive_pool as K, _pool, adaptive_pool as AP
     rng = np.random.default_rng(5)
     for (H, W, oh, ow) in ((56, 56, 7, 7), (8, 12, 4, 3), (5, 9, 1, 3), (6, 6, 6, 6), (7, 7, 1, 1),
-                           (9, 13, 3, 13), (3, 5, 3, 1), (12, 3, 4, 3)):
+                           (9, 13, 3, 13), (3, 5, 3, 1), (12, 3, 4, 3), (5, 24, 5, 2),
+                           (4, 24, 2, 4), (16, 64, 2, 8), (3, 8, 3, 1), (2, 40, 1, 5),
+                           (4, 72, 2, 9)):
         assert AP._tiles(H, W, oh, ow)
         P = 11
         gy = rng.standard_normal((P, oh, ow)).astype(dtype)

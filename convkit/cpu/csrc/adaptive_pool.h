@@ -337,8 +337,68 @@ CK_AP_CLONES static void ck_tile_fill_##S(const T* __restrict gy, ptrdiff_t W,  
             for (ptrdiff_t w = 0; w < W; w++) gx[r * W + w] = e[w];                       \
     }                                                                                     \
 }
-CK_TILE_FILL(float, f)
+CK_TILE_FILL(float, f_base)
 CK_TILE_FILL(double, d)
+
+#ifdef CK_AP_AVX2
+/* rows rows of W = 8*nv (nv <= 8, constant after inlining) = e, e held in registers */
+CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) void
+ck_tile_rows_nv(float* gx, ptrdiff_t W, ptrdiff_t rows, const float* e, const int nv)
+{
+    __m256 a[8];
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; v++)
+        a[v] = _mm256_loadu_ps(e + 8 * v);
+    for (ptrdiff_t r = 0; r < rows; r++, gx += W)
+#pragma GCC unroll 8
+        for (int v = 0; v < nv; v++)
+            _mm256_storeu_ps(gx + 8 * v, a[v]);
+}
+
+/* ck_tile_fill_f_base's values for W = 8..64, a multiple of 8 (56 -> 7): e's bins by
+   broadcast stores, the rows from registers (the plain loops took ~5 instructions a value) */
+CK_AP_AVX2_TARGET static void ck_tile_fill_f_avx2(const float* gy, ptrdiff_t W,
+        const ptrdiff_t* hs, const ptrdiff_t* hl, const ptrdiff_t* ws, const ptrdiff_t* wl,
+        const float* div, ptrdiff_t oh, ptrdiff_t ow, float* gx, float* e)
+{
+    for (ptrdiff_t o = 0; o < oh; o++) {
+        float* row = gx + hs[o] * W;
+        for (ptrdiff_t q = 0; q < ow; q++) {
+            float v = 0;
+            v = v + gy[o * ow + q] / div[o * ow + q];
+            const __m256 b = _mm256_set1_ps(v);
+            ptrdiff_t w = ws[q];
+            for (; w + 8 <= ws[q] + wl[q]; w += 8)
+                _mm256_storeu_ps(e + w, b);
+            for (; w < ws[q] + wl[q]; w++)
+                e[w] = v;
+        }
+        switch (W / 8) {
+        case 8: ck_tile_rows_nv(row, W, hl[o], e, 8); break;
+        case 7: ck_tile_rows_nv(row, W, hl[o], e, 7); break;
+        case 6: ck_tile_rows_nv(row, W, hl[o], e, 6); break;
+        case 5: ck_tile_rows_nv(row, W, hl[o], e, 5); break;
+        case 4: ck_tile_rows_nv(row, W, hl[o], e, 4); break;
+        case 3: ck_tile_rows_nv(row, W, hl[o], e, 3); break;
+        case 2: ck_tile_rows_nv(row, W, hl[o], e, 2); break;
+        default: ck_tile_rows_nv(row, W, hl[o], e, 1); break;
+        }
+    }
+}
+#endif
+
+static void ck_tile_fill_f(const float* gy, ptrdiff_t W, const ptrdiff_t* hs,
+                           const ptrdiff_t* hl, const ptrdiff_t* ws, const ptrdiff_t* wl,
+                           const float* div, ptrdiff_t oh, ptrdiff_t ow, float* gx, float* e)
+{
+#ifdef CK_AP_AVX2
+    if (W % 8 == 0 && W >= 8 && W <= 64 && ck_run_sum8_ok()) {
+        ck_tile_fill_f_avx2(gy, W, hs, hl, ws, wl, div, oh, ow, gx, e);
+        return;
+    }
+#endif
+    ck_tile_fill_f_base(gy, W, hs, hl, ws, wl, div, oh, ow, gx, e);
+}
 
 /* Maximum of one bin -- `rows` runs of `cols` values, `W` apart -- by torch's rule: visit in
    row-major order from best = -inf, take v when v > best or v is NaN.  So the last NaN wins,
