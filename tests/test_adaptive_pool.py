@@ -499,10 +499,11 @@ def test_cpu_bin_tables_count_against_the_workspace_limit():
                          ids=["overlap", "oh_gt_H", "global", "divisible"])
 def test_cpu_bits_independent_of_thread_count(dtype, shape, size):
     """Overlapping bins share input elements: the backwards gather per plane in a fixed order,
-    so 1, 2 and 3 threads give the same bits, forward and backward."""
+    so 1, 2, 3, 8 and 16 threads give the same bits, forward and backward (the global and the
+    divisible average: runs of 8-plane blocks, fills of whole planes)."""
     x = np.random.default_rng(13).standard_normal(shape).astype(dtype)
     results = []
-    for n in (1, 2, 3):
+    for n in (1, 2, 3, 8, 16):
         convkit.set_num_threads(n)
         a = avg_fwd("cpu", x, size)
         y, idx = max_fwd("cpu", x, size)
@@ -514,10 +515,11 @@ def test_cpu_bits_independent_of_thread_count(dtype, shape, size):
     np.testing.assert_allclose(results[0][0], avg_fwd("numpy", x, size), **tol(dtype))
 
 
-def _run_sum_order(p):
+def _run_sum_order(p, d=None):
     """csrc/adaptive_pool.h's float32 run sum in NumPy float32 (each + rounds as C's): 16
     partial sums (m holds p[16j + m]), runs of 4 into the first four, the tree
-    (a[m] + a[4+m]) + (a[8+m] + a[12+m]) then (t0 + t1) + (t2 + t3), the tail last in order."""
+    (a[m] + a[4+m]) + (a[8+m] + a[12+m]) then (t0 + t1) + (t2 + t3), the tail last in order;
+    over d (default: the length)."""
     a, i, n = np.zeros(16, np.float32), 0, len(p)
     with np.errstate(all="ignore"):
         while i + 16 <= n:
@@ -530,7 +532,7 @@ def _run_sum_order(p):
         s = (t[0] + t[1]) + (t[2] + t[3])
         for v in p[i:]:
             s = s + v
-        return s / np.float32(n)
+        return s / np.float32(n if d is None else d)
 
 
 def test_cpu_global_average_by_eight_planes_has_the_plane_by_plane_bits():
@@ -561,6 +563,44 @@ def test_cpu_global_average_by_eight_planes_has_the_plane_by_plane_bits():
     x = rng.standard_normal((3, 9, 7, 7)).astype(np.float32)
     np.testing.assert_allclose(avg_fwd("cpu", x, 1), x.astype(np.float64).mean((2, 3),
                                keepdims=True), rtol=2e-6, atol=1e-7)
+
+
+def test_cpu_average_bins_of_one_width_have_the_bin_by_bin_bits():
+    """Where ow divides W (56 -> 7) the float32 forward sums all bins of a plane 8 at a time
+    from consecutive rows of column sums (_avg_plane_runs_f): the bits of the bin-by-bin path
+    (by_rows=False) and of the documented order (column sums in row order, then
+    _run_sum_order), bin widths with and without 16-column runs, runs of 4 and a tail, rows
+    that overlap (H not divisible), NaN / inf / -0, on 1, 2, 3, 8 and 16 threads."""
+    ok, why = convkit.backend_status("cpu")
+    if not ok:
+        pytest.skip(why[:300])
+    from convkit.cpu import _adaptive_pool as K, adaptive_pool as AP
+    rng = np.random.default_rng(41)
+    for (H, W, oh, ow) in ((56, 56, 7, 7), (9, 12, 4, 3), (5, 16, 5, 2), (7, 7, 3, 7),
+                           (6, 40, 2, 5), (3, 48, 1, 3), (4, 52, 2, 4), (10, 66, 3, 2),
+                           (13, 9, 13, 1)):
+        assert W % ow == 0
+        P = 11
+        x = rng.standard_normal((P, H, W)) * rng.choice([1e-3, 1.0, 1e30], (P, H, W))
+        x = x.astype(np.float32)
+        x[1, H // 2, W // 3], x[2, 0, 0], x[3, -1, -1], x[4] = np.nan, np.inf, -np.inf, -0.0
+        hb, _, hl, wb, _, wl, div = AP._tables("t", H, W, oh, ow, np.dtype(np.float32))
+        ref = np.empty((P, oh, ow), np.float32)
+        K.adaptive_avg_forward(x, hb, hl, wb, wl, div, ref, 1, False)
+        for nt in (1, 2, 3, 8, 16):
+            y = np.full((P, oh, ow), 7, np.float32)
+            K.adaptive_avg_forward(x, hb, hl, wb, wl, div, y, nt)
+            assert y.tobytes() == ref.tobytes(), (H, W, oh, ow, nt)
+        want = np.empty_like(ref)
+        with np.errstate(all="ignore"):
+            for p in range(P):
+                for o in range(oh):
+                    cs = x[p, hb[o]].copy()
+                    for r in range(hb[o] + 1, hb[o] + hl[o]):
+                        cs = cs + x[p, r]
+                    for q in range(ow):
+                        want[p, o, q] = _run_sum_order(cs[wb[q]:wb[q] + wl[q]], div[o, q])
+        np.testing.assert_array_equal(ref, want, err_msg=str((H, W, oh, ow)))
 
 
 # ------------------------------------------------------------------- cimport (other Cython code)
@@ -605,24 +645,41 @@ def test_cimport_plane_kernels(tmp_path):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cpu_tiled_average_backward_has_the_general_bits(dtype):
     """Where the bins tile the plane (out divides size: 56 -> 7, 8 -> 4, an axis of one bin) the
-    average backward writes each element once; the same bits as the general kernel's zero fill
-    and additions, a -0 gradient (which becomes +0) and NaN / inf included."""
+    average backward is a fill written once in place (_adaptive_pool.adaptive_avg_backward_tiled;
+    float32 rows of 8..64 columns, a multiple of 8, from AVX2 registers);
+    the same bits as the general kernel's zero fill and additions, a -0 gradient (which
+    becomes +0) and NaN / inf included, on 1, 2, 3, 8 and 16 threads (plane counts that do not
+    divide among them).  The 1x1 fill (global_avg_backward) against gy / HW, -0 kept."""
     ok, why = convkit.backend_status("cpu")
     if not ok:
         pytest.skip(why[:300])
-    from convkit.cpu import _pool, adaptive_pool as AP
+    from convkit.cpu import _adaptive_pool as K, _pool, adaptive_pool as AP
     rng = np.random.default_rng(5)
-    for (H, W, oh, ow) in ((56, 56, 7, 7), (8, 12, 4, 3), (5, 9, 1, 3), (6, 6, 6, 6), (7, 7, 1, 1)):
+    for (H, W, oh, ow) in ((56, 56, 7, 7), (8, 12, 4, 3), (5, 9, 1, 3), (6, 6, 6, 6), (7, 7, 1, 1),
+                           (9, 13, 3, 13), (3, 5, 3, 1), (12, 3, 4, 3), (5, 24, 5, 2),
+                           (4, 24, 2, 4), (16, 64, 2, 8), (3, 8, 3, 1), (2, 40, 1, 5),
+                           (4, 72, 2, 9)):
         assert AP._tiles(H, W, oh, ow)
-        gy = rng.standard_normal((3, oh, ow)).astype(dtype)
+        P = 11
+        gy = rng.standard_normal((P, oh, ow)).astype(dtype)
         gy.flat[0], gy.flat[-1] = -0.0, np.nan
         if gy.size > 2:
             gy.flat[1] = np.inf
         hb, h0, h1, wb, w0, w1, div = AP._tables("t", H, W, oh, ow, np.dtype(dtype))
-        out = {}
-        for fast in (0, -1):
-            gx = np.full((3, H * W), 7, dtype)
-            _pool.avg_pool2d_backward(gy, W, hb, h0, h1, wb, w0, w1, div, fast, gx, 2)
-            out[fast] = gx
-        assert out[0].tobytes() == out[-1].tobytes(), (H, W, oh, ow)
+        want = np.full((P, H * W), 7, dtype)
+        _pool.avg_pool2d_backward(gy, W, hb, h0, h1, wb, w0, w1, div, 0, want, 2)
+        for nt in (1, 2, 3, 8, 16):
+            gx = np.full((P, H, W), 7, dtype)
+            K.adaptive_avg_backward_tiled(gy, hb, h1, wb, w1, div, gx, nt)
+            assert gx.tobytes() == want.tobytes(), (H, W, oh, ow, nt)
+        got = AP.adaptive_avg_pool2d_backward(gy.reshape(1, P, oh, ow), (1, P, H, W))
+        if (oh, ow) != (1, 1):
+            assert got.tobytes() == want.tobytes(), (H, W, oh, ow)
+        else:       # the 1x1 fill: gy / HW as it is (a -0 stays -0)
+            g1 = gy.reshape(P) / dtype(H * W)
+            assert got.tobytes() == np.repeat(g1[:, None], H * W, 1).tobytes()
+            for nt in (1, 2, 3, 8, 16):
+                gx = np.full((P, H * W), 7, dtype)
+                K.global_avg_backward(gy.reshape(P), gx, nt)
+                assert gx.tobytes() == np.repeat(g1[:, None], H * W, 1).tobytes(), nt
     assert not AP._tiles(56, 56, 5, 7) and not AP._tiles(5, 5, 7, 5) and not AP._tiles(7, 7, 3, 7)

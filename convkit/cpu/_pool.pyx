@@ -16,7 +16,7 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
 from libc.stdint cimport int64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 from libc.math cimport INFINITY
 
 from convkit.cpu.csrc.pool cimport (ck_max_row_f, ck_max_row_d, ck_avg_row_f, ck_avg_row_d,
@@ -241,22 +241,6 @@ cdef void avg_pool2d_plane_backward(const floating* gy, Py_ssize_t W, Py_ssize_t
     cdef Py_ssize_t flo = 0, fhi = Wo
     cdef floating* row
     cdef floating* base
-    cdef floating v
-    if fast_k == -1:
-        # windows that tile the plane (each element in exactly one: adaptive bins where the
-        # output size divides the input's): each element written once, 0 + g as the sums below
-        # make it (so the same bits: a -0 gradient gives +0), the window's first row copied
-        # to its others -- no zero fill, no read-modify-write of every row
-        for oh in range(Ho):
-            row = gx + (hbase[oh] + h0[oh]) * W
-            for ow in range(Wo):
-                v = 0
-                v = v + gy[oh * Wo + ow] / div[oh * Wo + ow]
-                for j in range(wbase[ow] + w0[ow], wbase[ow] + w1[ow]):
-                    row[j] = v
-            for i in range(h0[oh] + 1, h1[oh]):
-                memcpy(gx + (hbase[oh] + i) * W, row, W * sizeof(floating))
-        return
     memset(gx, 0, HW * sizeof(floating))
     clo = wbase[0] + w0[0]                 # columns any window touches: [clo, chi)
     chi = wbase[Wo - 1] + w1[Wo - 1]
@@ -381,7 +365,7 @@ def avg_pool2d_backward(const floating[:, :, ::1] gy, Py_ssize_t W,
                         const floating[:, ::1] div, Py_ssize_t fast_k, floating[:, ::1] gx,
                         int n_threads):
     """gy (P, Ho, Wo) -> gx (P, H*W).  fast_k: 2 or 3 for kernel width fast_k at column
-    stride 2; -1 where the windows tile the plane (every element in exactly one); else 0."""
+    stride 2, else 0 (adaptive bins that tile the plane take _adaptive_pool's fill)."""
     cdef Py_ssize_t P = gy.shape[0], Ho = gy.shape[1], Wo = gy.shape[2], HW = gx.shape[1], p, chunk
     cdef floating* e
     cdef floating* plane

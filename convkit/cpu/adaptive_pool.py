@@ -5,11 +5,12 @@ An adaptive bin is a pooling window of its own size: output o pools input positi
 ``_pool``'s window tables (base = start, first tap 0, stop = end - start, dilation 1) the
 backward plane kernels of ``_pool.pyx`` compute it unchanged, one OpenMP task per (n, c) plane
 with additions in a fixed order (bit-identical for any thread count, though neighbouring bins
-overlap when out does not divide size; where they tile the plane the kernel writes each
-element once); the backward of a 1x1 average is a fill (``_pool.global_avg_backward``).  The
-max backward up to 16 MB of gradient is ``_adaptive_pool.adaptive_max_backward`` (the same
-sums, written in blocks of planes with plain stores).  The forwards are ``_adaptive_pool.pyx``'s bin reductions
-(vectorised sums; a two-pass maximum with torch's NaN and tie rules).
+overlap when out does not divide size).  Where the bins tile the plane (and for a 1x1 output)
+the average's backward is a fill written in place (``_adaptive_pool.adaptive_avg_backward_tiled``,
+``global_avg_backward``): the same bits at store bandwidth.  The max backward up to 16 MB of
+gradient is ``_adaptive_pool.adaptive_max_backward`` (the same sums, written in blocks of planes
+with plain stores).  The forwards are ``_adaptive_pool.pyx``'s bin reductions (vectorised sums;
+a one-load or two-pass maximum with torch's NaN and tie rules).
 """
 from __future__ import annotations
 
@@ -86,8 +87,7 @@ def adaptive_avg_pool2d_forward(x, out_hw):
     P = N * C
     if (oh, ow) == (1, 1):
         y = np.empty((N, C, 1, 1), x.dtype)
-        _adaptive_pool.global_avg_forward(x.reshape(P, H * W), y.reshape(P),
-                                          _threads(P, P * H * W))
+        _adaptive_pool.global_avg_forward(x, y, _threads(P, P * H * W))
         return y
     hb, _, hl, wb, _, wl, div = _tables("adaptive_avg_pool2d_forward", H, W, oh, ow,
                                         np.dtype(x.dtype))
@@ -103,15 +103,21 @@ def adaptive_avg_pool2d_backward(grad_y, input_shape):
     P = N * C
     if (oh, ow) == (1, 1):
         gx = np.empty(input_shape, grad_y.dtype)
-        _pool.global_avg_backward(grad_y.reshape(P), gx.reshape(P, H * W), _threads(P, P * H * W))
+        _adaptive_pool.global_avg_backward(grad_y, gx, _threads(P, P * H * W))
         return gx
     hb, h0, h1, wb, w0, w1, div = _tables("adaptive_avg_pool2d_backward", H, W, oh, ow,
                                           np.dtype(grad_y.dtype))
     gx = np.empty(input_shape, grad_y.dtype)
+    if _tiles(H, W, oh, ow):
+        # each element in one bin: a fill of broadcast rows, in place
+        _adaptive_pool.adaptive_avg_backward_tiled(grad_y.reshape(P, oh, ow), hb, h1, wb, w1,
+                                                   div, gx.reshape(P, H, W),
+                                                   _threads(P, P * H * W))
+        return gx
     # each thread owns whole planes of gx and adds the bins of a plane in order: overlapping
     # bins cannot race, and the sums come out the same for any thread count
     _pool.avg_pool2d_backward(grad_y.reshape(P, oh, ow), W, hb, h0, h1, wb, w0, w1, div,
-                              -1 if _tiles(H, W, oh, ow) else 0, gx.reshape(P, H * W),
+                              0, gx.reshape(P, H * W),
                               _threads(P, P * _work(H, W, oh, ow)))
     return gx
 

@@ -5,7 +5,10 @@
    no loop-carried add latency (a plain loop adds one value per 3-4 cycles: it cannot be
    reordered without -ffast-math) and a given length always adds in the same order.  The SSE2
    path (every x86-64 CPU) and the portable loop below it keep the very same partial sums, so
-   the result does not depend on the path.  NaN and inf propagate as in any sum. */
+   the result does not depend on the path.  NaN and inf propagate as in any sum.  Where the
+   CPU has AVX2, runs of one length are summed 8 at a time (ck_runs_avg_f), each run with its
+   own additions: the same bits.  The average backward's fills (bins that tile the plane, 1x1)
+   are the stores alone (ck_avg_fill, ck_tile_fill). */
 #ifndef CK_ADAPTIVE_POOL_H
 #define CK_ADAPTIVE_POOL_H
 #include <math.h>
@@ -48,87 +51,63 @@ static float ck_run_sum_f_base(const float* p, ptrdiff_t n) {
 }
 
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#include "tr8.h"
+#include <immintrin.h>
 #define CK_AP_AVX2_TARGET __attribute__((target("avx2")))
 
 /* y[0..8) = the run sums of 8 planes of n floats (plane i at x + i * n) over d, where the CPU
-   has AVX2 (else 0: the caller sums plane by plane).  Lane i makes plane i's very additions of
+   has AVX2 (else 0: the caller sums plane by plane).  Each plane makes the very additions of
    ck_run_sum_f -- the same 16 partial sums (columns in ascending order), the same tree, the
-   tail added last in order, one division -- so the same bits; the planes are read 8 columns at
-   a time and transposed in registers: a global average pool's planes of 49 values took ~80
-   instructions each one at a time, the scalar tail and the tree most of them. */
-/* ck_run_sum_f's tree over the 16 partial sums: t[m] = (a[m] + a[4+m]) + (a[8+m] + a[12+m]),
-   then (t[0] + t[1]) + (t[2] + t[3]) */
-CK_AP_AVX2_TARGET static inline __m256 ck_run_tree8(__m256* a)
-{
-    __m256 t[4];
-    for (int m = 0; m < 4; m++)
-        t[m] = _mm256_add_ps(_mm256_add_ps(a[m], a[4 + m]), _mm256_add_ps(a[8 + m], a[12 + m]));
-    return _mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3]));
-}
+   tail added last in order, one division -- so the same bits; only the horizontal part is
+   shared: two planes' 4-lane trees in one vector, then the last two tree levels of all 8
+   planes in three hadds (a global average pool's plane of 49 values took ~60 instructions
+   one at a time, the reduction and the call most of them; the transpose of the inputs tried
+   before cost more than it saved).
 
-/* columns c0 .. c0 + w - 1 (w <= 8; columns past n not read) of the 8 planes, transposed:
-   r[q] = column c0 + q, lanes past w's columns 0 */
-CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) void
-ck_run_cols8(const float* x, ptrdiff_t n, ptrdiff_t c0, ptrdiff_t w, __m256* r)
+   ck_run_pair_t: [t(p) | t(q)] for planes p, q, t = (a0 + a.hi) + (b.lo + b.hi) -- a (b) the
+   partial sums 0..7 (8..15), a0 = a.lo plus the runs of 4 past the 16-column runs */
+CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) __m256
+ck_run_pair_t(const float* xp, const float* xq, ptrdiff_t n)
 {
-    if (w >= 8) {
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; i++)
-            r[i] = _mm256_loadu_ps(x + i * n + c0);
-    } else {
-        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)w),
-                                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; i++)
-            r[i] = _mm256_maskload_ps(x + i * n + c0, mask);
+    __m256 ap = _mm256_setzero_ps(), bp = ap, aq = ap, bq = ap;
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        ap = _mm256_add_ps(ap, _mm256_loadu_ps(xp + i));
+        bp = _mm256_add_ps(bp, _mm256_loadu_ps(xp + i + 8));
+        aq = _mm256_add_ps(aq, _mm256_loadu_ps(xq + i));
+        bq = _mm256_add_ps(bq, _mm256_loadu_ps(xq + i + 8));
     }
-    ck_fg_tr8(r);
+    __m256 lo = _mm256_permute2f128_ps(ap, aq, 0x20), hi = _mm256_permute2f128_ps(ap, aq, 0x31);
+    for (; i + 4 <= n; i += 4)
+        lo = _mm256_add_ps(lo, _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(xp + i)),
+                                                    _mm_loadu_ps(xq + i), 1));
+    return _mm256_add_ps(_mm256_add_ps(lo, hi),
+                         _mm256_add_ps(_mm256_permute2f128_ps(bp, bq, 0x20),
+                                       _mm256_permute2f128_ps(bp, bq, 0x31)));
 }
 
-CK_AP_AVX2_TARGET static void ck_run_sum8_f_avx2(const float* x, ptrdiff_t n, float d, float* y)
+/* the run sums of 8 runs of n floats (run i at x + i * n): hadd(T01, T23) = [t0+t1, t2+t3 of
+   runs 0, 2 | of runs 1, 3] (ck_run_sum_f's u), the second hadd (t0+t1) + (t2+t3) in the
+   order [0 2 4 6 | 1 3 5 7], permuted back; then the tail columns, each run's in order */
+CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) __m256
+ck_run_sums8(const float* x, ptrdiff_t n)
 {
-    ptrdiff_t n16 = n / 16 * 16, rem = n - n16, groups = rem / 4;
-    __m256 a[16], r[8], c[16], s;
-#pragma GCC unroll 16
-    for (int m = 0; m < 16; m++)
-        a[m] = _mm256_setzero_ps();
-    for (ptrdiff_t c0 = 0; c0 < n16; c0 += 16) {  /* the 16-column runs: partial sum m */
-        ck_run_cols8(x, n, c0, 8, r);
-#pragma GCC unroll 8
-        for (int q = 0; q < 8; q++)
-            a[q] = _mm256_add_ps(a[q], r[q]);
-        ck_run_cols8(x, n, c0 + 8, 8, r);
-#pragma GCC unroll 8
-        for (int q = 0; q < 8; q++)
-            a[8 + q] = _mm256_add_ps(a[8 + q], r[q]);
-    }
-    if (rem > 0)        /* the last < 16 columns: runs of 4 into partial sums 0..3, a tail */
-        ck_run_cols8(x, n, n16, rem, c);
-    if (rem > 8)
-        ck_run_cols8(x, n, n16 + 8, rem - 8, c + 8);
-    for (ptrdiff_t g = 0; g < groups; g++)
-#pragma GCC unroll 4
-        for (int m = 0; m < 4; m++)
-            a[m] = _mm256_add_ps(a[m], c[4 * g + m]);
-    s = ck_run_tree8(a);
-    for (ptrdiff_t j = 4 * groups; j < rem; j++)
-        s = _mm256_add_ps(s, c[j]);
-    _mm256_storeu_ps(y, _mm256_div_ps(s, _mm256_set1_ps(d)));
+    const __m256 h0 = _mm256_hadd_ps(ck_run_pair_t(x, x + n, n),
+                                     ck_run_pair_t(x + 2 * n, x + 3 * n, n));
+    const __m256 h1 = _mm256_hadd_ps(ck_run_pair_t(x + 4 * n, x + 5 * n, n),
+                                     ck_run_pair_t(x + 6 * n, x + 7 * n, n));
+    __m256 s = _mm256_permutevar8x32_ps(_mm256_hadd_ps(h0, h1),
+                                        _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    for (ptrdiff_t j = n / 4 * 4; j < n; j++)
+        s = _mm256_add_ps(s, _mm256_setr_ps(x[j], x[n + j], x[2 * n + j], x[3 * n + j],
+                                            x[4 * n + j], x[5 * n + j], x[6 * n + j],
+                                            x[7 * n + j]));
+    return s;
 }
 
-/* 1 where ck_run_sum8_f runs (the CPU has AVX2), else 0 */
+/* 1 where the AVX2 run sums run (the CPU has AVX2), else 0 */
 static int ck_run_sum8_ok(void)
 {
     return ck_cpu_has_avx2();
-}
-
-static int ck_run_sum8_f(const float* x, ptrdiff_t n, float d, float* y)
-{
-    if (!ck_run_sum8_ok())
-        return 0;
-    ck_run_sum8_f_avx2(x, n, d, y);
-    return 1;
 }
 
 /* ck_run_sum_f_base's very additions with 8-lane vectors: partial sums 0..7 in the lanes of
@@ -156,6 +135,82 @@ CK_AP_AVX2_TARGET static float ck_run_sum_f_avx2(const float* p, ptrdiff_t n)
     return s;
 }
 
+/* ck_runs_avg_f where the CPU has AVX2: 8 runs at a time, the last < 8 one by one.  The
+   common lengths -- 8 (56 -> 7 bins), 49 (a 7x7 global average) -- get the loops unrolled
+   for their constant n (a third of the instructions of an 8-run block) */
+CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) ptrdiff_t
+ck_runs_avg8_n(const float* x, ptrdiff_t K, ptrdiff_t n, const float* div, int one_div,
+               float* y)
+{
+    ptrdiff_t k = 0;
+    for (; k + 8 <= K; k += 8)
+        _mm256_storeu_ps(y + k, _mm256_div_ps(ck_run_sums8(x + k * n, n),
+                                              one_div ? _mm256_set1_ps(div[0])
+                                                      : _mm256_loadu_ps(div + k)));
+    return k;
+}
+
+CK_AP_AVX2_TARGET static void ck_runs_avg_f_avx2(const float* x, ptrdiff_t K, ptrdiff_t n,
+                                                 const float* div, int one_div, float* y)
+{
+    ptrdiff_t k;
+    if (n == 8)
+        k = ck_runs_avg8_n(x, K, 8, div, one_div, y);
+    else if (n == 49)
+        k = ck_runs_avg8_n(x, K, 49, div, one_div, y);
+    else
+        k = ck_runs_avg8_n(x, K, n, div, one_div, y);
+    for (; k < K; k++)
+        y[k] = ck_run_sum_f_avx2(x + k * n, n) / div[one_div ? 0 : k];
+}
+
+/* out[w] = x[w] + x[W + w] + ... (ck_colsum_f's order) for nv (constant after inlining) runs of
+   8 columns, their sums in registers over all rows: the baseline loop stored and reloaded
+   out[] for every row */
+CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) void
+ck_colsum_nv(const float* x, ptrdiff_t W, ptrdiff_t rows, float* out, const int nv)
+{
+    __m256 a[8];
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; v++)
+        a[v] = _mm256_loadu_ps(x + 8 * v);
+    for (ptrdiff_t i = 1; i < rows; i++) {
+        x += W;
+#pragma GCC unroll 8
+        for (int v = 0; v < nv; v++)
+            a[v] = _mm256_add_ps(a[v], _mm256_loadu_ps(x + 8 * v));
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; v++)
+        _mm256_storeu_ps(out + 8 * v, a[v]);
+}
+
+/* column blocks of 64 in one pass over the rows, the last < 64 (56 -> 7: all 56) in one more,
+   the last < 8 columns one by one */
+CK_AP_AVX2_TARGET static void ck_colsum_f_avx2(const float* x, ptrdiff_t W, ptrdiff_t rows,
+                                               float* out)
+{
+    ptrdiff_t w = 0, i;
+    for (; w + 64 <= W; w += 64)
+        ck_colsum_nv(x + w, W, rows, out + w, 8);
+    switch ((W - w) / 8) {
+    case 7: ck_colsum_nv(x + w, W, rows, out + w, 7); break;
+    case 6: ck_colsum_nv(x + w, W, rows, out + w, 6); break;
+    case 5: ck_colsum_nv(x + w, W, rows, out + w, 5); break;
+    case 4: ck_colsum_nv(x + w, W, rows, out + w, 4); break;
+    case 3: ck_colsum_nv(x + w, W, rows, out + w, 3); break;
+    case 2: ck_colsum_nv(x + w, W, rows, out + w, 2); break;
+    case 1: ck_colsum_nv(x + w, W, rows, out + w, 1); break;
+    default: break;
+    }
+    for (w += (W - w) / 8 * 8; w < W; w++) {
+        float s = x[w];
+        for (i = 1; i < rows; i++)
+            s = s + x[i * W + w];
+        out[w] = s;
+    }
+}
+
 static float ck_run_sum_f(const float* p, ptrdiff_t n)
 {
     return ck_run_sum8_ok() ? ck_run_sum_f_avx2(p, n) : ck_run_sum_f_base(p, n);
@@ -164,13 +219,24 @@ static float ck_run_sum_f(const float* p, ptrdiff_t n)
 #else
 static float ck_run_sum_f(const float* p, ptrdiff_t n) { return ck_run_sum_f_base(p, n); }
 static int ck_run_sum8_ok(void) { return 0; }
-
-static int ck_run_sum8_f(const float* x, ptrdiff_t n, float d, float* y)
-{
-    (void)x; (void)n; (void)d; (void)y;
-    return 0;
-}
 #endif
+
+/* y[k] = the run sum of x[k*n, k*n + n) / div[k] (div[0] for every k where one_div) for K runs
+   of n floats one after another -- a global average's planes, or the bins of one width of
+   consecutive rows of column sums -- 8 at a time where the CPU has AVX2 (unless by_eight is
+   0: the tests' reference), the rest one by one: the same bits either way */
+static void ck_runs_avg_f(const float* x, ptrdiff_t K, ptrdiff_t n, const float* div,
+                          int one_div, float* y, int by_eight)
+{
+#ifdef CK_AP_AVX2
+    if (by_eight && n > 0 && ck_run_sum8_ok()) {
+        ck_runs_avg_f_avx2(x, K, n, div, one_div, y);
+        return;
+    }
+#endif
+    for (ptrdiff_t k = 0; k < K; k++)
+        y[k] = ck_run_sum_f(x + k * n, n) / div[one_div ? 0 : k];
+}
 
 /* out[w] = x[w] + x[W + w] + ... (rows rows of W, added in row order): the column sums of an
    average bin's rows.  Elementwise, so the vector width changes no bits; GCC builds it for
@@ -187,8 +253,19 @@ CK_AP_CLONES static void ck_colsum_##S(const T* __restrict x, ptrdiff_t W, ptrdi
     for (ptrdiff_t i = 1; i < rows; i++)                                                  \
         for (ptrdiff_t w = 0; w < W; w++) out[w] = out[w] + x[i * W + w];                 \
 }
-CK_COLSUM(float, f)
+CK_COLSUM(float, f_base)
 CK_COLSUM(double, d)
+
+static void ck_colsum_f(const float* x, ptrdiff_t W, ptrdiff_t rows, float* out)
+{
+#ifdef CK_AP_AVX2
+    if (ck_run_sum8_ok()) {
+        ck_colsum_f_avx2(x, W, rows, out);
+        return;
+    }
+#endif
+    ck_colsum_f_base(x, W, rows, out);
+}
 
 /* the same pattern for doubles: eight partial sums in four 2-lane groups */
 static double ck_run_sum_d(const double* p, ptrdiff_t n) {
@@ -217,6 +294,111 @@ static double ck_run_sum_d(const double* p, ptrdiff_t n) {
     s = t[0] + t[1];
     for (; i < n; i++) s += p[i];
     return s;
+}
+
+static void ck_global_avg_d(const double* x, ptrdiff_t P, ptrdiff_t n, double d, double* y)
+{
+    for (ptrdiff_t p = 0; p < P; p++)
+        y[p] = ck_run_sum_d(x + p * n, n) / d;
+}
+
+/* Backward fills of an average whose bins tile the plane (each element in exactly one bin)
+   -- a gradient plane is a few broadcast values, so these are stores at cache bandwidth,
+   written in place (the gradient of a suite-sized layer stays in L2 / L3 for its consumer;
+   streaming it to memory cost 3x the fill).  Plain loops: GCC's AVX2 clone vectorises
+   the broadcasts and row copies, the same values on every path.
+
+   ck_avg_fill: a 1x1 output (global average): gx[p, :] = gy[p] / d for P planes of n. */
+#define CK_AVG_FILL(T, S)                                                                 \
+CK_AP_CLONES static void ck_avg_fill_##S(const T* __restrict gy, ptrdiff_t P, ptrdiff_t n, \
+                                         T d, T* __restrict gx) {                         \
+    for (ptrdiff_t p = 0; p < P; p++) {                                                   \
+        const T v = gy[p] / d;                                                            \
+        for (ptrdiff_t i = 0; i < n; i++) gx[p * n + i] = v;                              \
+    }                                                                                     \
+}
+CK_AVG_FILL(float, f)
+CK_AVG_FILL(double, d)
+
+/* ck_tile_fill: one plane of tiling bins (rows of W; bin (o, q) covers rows [hs[o], +hl[o])
+   and columns [ws[q], +wl[q]), area div[o*ow + q]): each output row's gradient row e (W
+   scratch values of the caller) is built once -- 0 + gy / area, as the general backward
+   kernel sums it (a -0 gradient gives +0) -- and copied to the bin rows. */
+#define CK_TILE_FILL(T, S)                                                                \
+CK_AP_CLONES static void ck_tile_fill_##S(const T* __restrict gy, ptrdiff_t W,            \
+        const ptrdiff_t* hs, const ptrdiff_t* hl, const ptrdiff_t* ws, const ptrdiff_t* wl, \
+        const T* div, ptrdiff_t oh, ptrdiff_t ow, T* __restrict gx, T* __restrict e) {    \
+    for (ptrdiff_t o = 0; o < oh; o++) {                                                  \
+        for (ptrdiff_t q = 0; q < ow; q++) {                                              \
+            T v = 0;                                                                      \
+            v = v + gy[o * ow + q] / div[o * ow + q];                                     \
+            for (ptrdiff_t w = ws[q]; w < ws[q] + wl[q]; w++) e[w] = v;                   \
+        }                                                                                 \
+        for (ptrdiff_t r = hs[o]; r < hs[o] + hl[o]; r++)                                 \
+            for (ptrdiff_t w = 0; w < W; w++) gx[r * W + w] = e[w];                       \
+    }                                                                                     \
+}
+CK_TILE_FILL(float, f_base)
+CK_TILE_FILL(double, d)
+
+#ifdef CK_AP_AVX2
+/* rows rows of W = 8*nv (nv <= 8, constant after inlining) = e, e held in registers */
+CK_AP_AVX2_TARGET static inline __attribute__((always_inline)) void
+ck_tile_rows_nv(float* gx, ptrdiff_t W, ptrdiff_t rows, const float* e, const int nv)
+{
+    __m256 a[8];
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; v++)
+        a[v] = _mm256_loadu_ps(e + 8 * v);
+    for (ptrdiff_t r = 0; r < rows; r++, gx += W)
+#pragma GCC unroll 8
+        for (int v = 0; v < nv; v++)
+            _mm256_storeu_ps(gx + 8 * v, a[v]);
+}
+
+/* ck_tile_fill_f_base's values for W = 8..64, a multiple of 8 (56 -> 7): e's bins by
+   broadcast stores, the rows from registers (the plain loops took ~5 instructions a value) */
+CK_AP_AVX2_TARGET static void ck_tile_fill_f_avx2(const float* gy, ptrdiff_t W,
+        const ptrdiff_t* hs, const ptrdiff_t* hl, const ptrdiff_t* ws, const ptrdiff_t* wl,
+        const float* div, ptrdiff_t oh, ptrdiff_t ow, float* gx, float* e)
+{
+    for (ptrdiff_t o = 0; o < oh; o++) {
+        float* row = gx + hs[o] * W;
+        for (ptrdiff_t q = 0; q < ow; q++) {
+            float v = 0;
+            v = v + gy[o * ow + q] / div[o * ow + q];
+            const __m256 b = _mm256_set1_ps(v);
+            ptrdiff_t w = ws[q];
+            for (; w + 8 <= ws[q] + wl[q]; w += 8)
+                _mm256_storeu_ps(e + w, b);
+            for (; w < ws[q] + wl[q]; w++)
+                e[w] = v;
+        }
+        switch (W / 8) {
+        case 8: ck_tile_rows_nv(row, W, hl[o], e, 8); break;
+        case 7: ck_tile_rows_nv(row, W, hl[o], e, 7); break;
+        case 6: ck_tile_rows_nv(row, W, hl[o], e, 6); break;
+        case 5: ck_tile_rows_nv(row, W, hl[o], e, 5); break;
+        case 4: ck_tile_rows_nv(row, W, hl[o], e, 4); break;
+        case 3: ck_tile_rows_nv(row, W, hl[o], e, 3); break;
+        case 2: ck_tile_rows_nv(row, W, hl[o], e, 2); break;
+        default: ck_tile_rows_nv(row, W, hl[o], e, 1); break;
+        }
+    }
+}
+#endif
+
+static void ck_tile_fill_f(const float* gy, ptrdiff_t W, const ptrdiff_t* hs,
+                           const ptrdiff_t* hl, const ptrdiff_t* ws, const ptrdiff_t* wl,
+                           const float* div, ptrdiff_t oh, ptrdiff_t ow, float* gx, float* e)
+{
+#ifdef CK_AP_AVX2
+    if (W % 8 == 0 && W >= 8 && W <= 64 && ck_run_sum8_ok()) {
+        ck_tile_fill_f_avx2(gy, W, hs, hl, ws, wl, div, oh, ow, gx, e);
+        return;
+    }
+#endif
+    ck_tile_fill_f_base(gy, W, hs, hl, ws, wl, div, oh, ow, gx, e);
 }
 
 /* Maximum of one bin -- `rows` runs of `cols` values, `W` apart -- by torch's rule: visit in
