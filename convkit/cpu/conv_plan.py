@@ -731,24 +731,15 @@ def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, 
 
 
 def own_gemm_cols(L):
-    """The columns a GEMM of L columns costs on the own AVX-512 GEMM (csrc/sgemm.h): whole
-    tuning.GEMM_PANEL panels, then a last partial one of at most 4 columns (CK_EDGE_N) as it
-    is, a longer one in whole 16-column vectors."""
-    full, tail = divmod(L, T.GEMM_PANEL)
-    return full * T.GEMM_PANEL + (tail if tail <= 4 else ceil_div(tail, 16) * 16)
+    """The columns a GEMM of L columns costs on the own AVX-512 GEMM's tuning.GEMM_PANEL
+    panels (gemm_columns)."""
+    return gemm_columns(L, T.GEMM_PANEL)
 
 
 def _static_lost(costs, useful, n_threads):
-    """The share of n_threads x the makespan not spent on ``useful`` work (sum(costs): the
-    idle share alone), the tasks (of these costs, in order) under OpenMP's static schedule:
-    contiguous runs, the first len % n_threads threads one task more."""
-    q, r = divmod(len(costs), n_threads)
-    span, i = 0, 0
-    for t in range(min(n_threads, len(costs))):
-        k = q + (t < r)
-        span = max(span, sum(costs[i:i + k]))
-        i += k
-    return 1 - useful / (n_threads * span)
+    """The share of n_threads x the makespan (static_span) not spent on ``useful`` work
+    (sum(costs): the idle share alone)."""
+    return 1 - useful / (n_threads * static_span(costs, n_threads))
 
 
 def winograd2_split(rows, tw, C, F, trows, most, n_threads):
@@ -1162,15 +1153,8 @@ def plan_polywino(s: ConvShape, Ho, Wo, f32, caps: ConvCaps, n_threads, limit):
 
 
 def _static_idle(costs, n_threads):
-    """The idle share of n_threads running these task costs as OpenMP's static schedule does
-    (contiguous runs, the first len % n_threads threads one task more)."""
-    q, r = divmod(len(costs), n_threads)
-    most, i = 0, 0
-    for k in range(n_threads):
-        j = i + q + (k < r)
-        most = max(most, sum(costs[i:j]))
-        i = j
-    return 1 - sum(costs) / (n_threads * most) if most else 0.0
+    """The idle share of n_threads running these task costs under OpenMP's static schedule."""
+    return _static_lost(costs, sum(costs), n_threads) if any(costs) else 0.0
 
 
 def polywino_run(N, th, tw, rows, n_threads, top=None):
