@@ -791,7 +791,8 @@ def analyse(step, s, own, itemsize, which, fg=False, bias_sum=False, threads=Non
 
 def fixed(steps, own, fg=False, half=False):
     """True when each step's sum-cutting params agree across the thread counts (fg: float32
-    forwards and grad_x on csrc/fgemm.h, whose Winograd tile rows cut no sum)."""
+    forwards and grad_x on csrc/fgemm.h, whose Winograd tile rows, im2col forward row blocks
+    and grad_x channel blocks cut no sum)."""
     seen = {}
     for st in steps:
         # (half: a half-rate AVX-512 CPU, whose AVX2 weight gradients cut sums as on BLAS)
@@ -799,6 +800,8 @@ def fixed(steps, own, fg=False, half=False):
             0 if own and not (half and st.algo.startswith("weight_")) else 1]
         if fg and st.algo == "winograd":
             keys = ()
+        elif fg and st.algo == "im2col":    # (fgemm: forward row blocks, grad_x channels)
+            keys = tuple(k for k in keys if k not in ("rows", "chans_x"))
         seen.setdefault(st.algo, set()).add(tuple(st.params.get(k) for k in keys))
     return all(len(v) == 1 for v in seen.values())
 

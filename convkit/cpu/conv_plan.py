@@ -465,6 +465,27 @@ def pointwise_positions(N, HoWo, n_threads, panel):
     return best[1]
 
 
+def im2col_rows(N, Ho, Wo, n_threads, most, panel):
+    """Output rows per task of an im2col forward from tuning.IM2COL_SPLIT_MIN_THREADS threads
+    (tasks: an image's blocks of rows, image after image, a static schedule): of 1..most rows
+    (the workspace piece), the block whose busiest thread ends first, the longer on a tie --
+    a task costs its GEMM's columns (on the own GEMM, panel > 0, as gemm_columns costs them;
+    the copies follow the columns).  The old rule (the piece's rows, cut to about 2 tasks a
+    thread) left 12-22 % of 16 threads idle on a batch of 8 (bench/many_core_split.py)."""
+    def cost(r):
+        return gemm_columns(r * Wo, panel) if panel else r * Wo
+    best = None
+    for rows in range(max(1, min(Ho, most)), 0, -1):
+        if best is not None and N * ceil_div(Ho, rows) > 8 * n_threads:
+            break                                       # (finer blocks only cost more)
+        full, tail = divmod(Ho, rows)
+        span = static_span(([cost(rows)] * full + ([cost(tail)] if tail else [])) * N,
+                           n_threads)
+        if best is None or span < best[0]:
+            best = (span, rows)
+    return best[1]
+
+
 # --------------------------------------------------------------------------- the planners
 def piece_bytes(min_bytes, weight_bytes, limit, extra):
     """The workspace piece a task's sums are cut by, set by the layer and the limit alone:
@@ -517,25 +538,35 @@ def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
     n_threads, budget = team("conv2d_forward", n_threads, per_row,
                              "one output row of one image", weight_bytes, limit, extra)
     if not own_gemm:    # (BLAS: blocks set by the image, not the batch or the threads)
-        rows = min(piece_bytes(per_row, weight_bytes, limit, extra) // per_row,
-                   min(Ho, ceil_div(Ho, ceil_div(T.BLAS_TASKS, N))) if fixed
-                   else image_rows(Ho, Wo))
+        most = piece_bytes(per_row, weight_bytes, limit, extra) // per_row
+        if fixed and n_threads >= T.IM2COL_SPLIT_MIN_THREADS:
+            # csrc/fgemm.h sums each output in one order whatever its block: the blocks may
+            # follow the team (BLAS_TASKS' blocks left 8 of 16 threads idle on a batch of 8)
+            rows = im2col_rows(N, Ho, Wo, n_threads, min(Ho, most), 0)
+        else:
+            rows = min(most, min(Ho, ceil_div(Ho, ceil_div(T.BLAS_TASKS, N))) if fixed
+                       else image_rows(Ho, Wo))
         n_threads = fit_team(n_threads, rows * per_row, extra, limit)
     else:
         rows = min(Ho, budget // per_row)
-        if n_threads > 1 and N * ceil_div(Ho, rows) < T.FORWARD_TASKS_PER_THREAD * n_threads:
+        if n_threads >= T.IM2COL_SPLIT_MIN_THREADS:
+            rows = im2col_rows(N, Ho, Wo, n_threads, rows, gemm_panel(Fg))
+        elif n_threads > 1 and N * ceil_div(Ho, rows) < T.FORWARD_TASKS_PER_THREAD * n_threads:
             rows = max(1, ceil_div(Ho, ceil_div(T.FORWARD_TASKS_PER_THREAD * n_threads, N)))
     return n_threads, rows, rows * per_row // itemsize + W + sw
 
 
-def grad_x_chans(Cg, G, KK, N=0):
+def grad_x_chans(Cg, G, KK, N=0, n_threads=1):
     """Channels per grad_x GEMM on BLAS (im2col, pointwise): the group's channels in
     tuning.BLAS_GRAD_X_TASKS blocks over the groups, each at least
     tuning.BLAS_GRAD_X_MIN_ROWS GEMM rows (channels x taps; each block repacks grad_y) -- set by
     the image's shape alone (batch invariance).  N > 0 (a fixed-order GEMM, where a block's bits
-    do not follow its shape): that many tasks over the whole batch of N images."""
+    do not follow its shape): that many tasks over the whole batch of N images -- from
+    tuning.IM2COL_SPLIT_MIN_THREADS threads at least one a thread (4 left 8 of 16 idle)."""
     if N > 0:
-        return ceil_div(Cg, ceil_div(T.BLAS_GRAD_X_TASKS, N * G))
+        tasks = max(T.BLAS_GRAD_X_TASKS,
+                    n_threads if n_threads >= T.IM2COL_SPLIT_MIN_THREADS else 0)
+        return ceil_div(Cg, ceil_div(tasks, N * G))
     return max(ceil_div(Cg, ceil_div(T.BLAS_GRAD_X_TASKS, G)),
                min(Cg, ceil_div(T.BLAS_GRAD_X_MIN_ROWS, KK)))
 
@@ -626,7 +657,8 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
         # row count, so a split that followed the thread count or the batch changed grad_x's
         # bits)
         chans_x = (ceil_div(Cg, ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G))
-                   if own_gemm else grad_x_chans(Cg, G, KH * KW, N if fixed else 0))
+                   if own_gemm else grad_x_chans(Cg, G, KH * KW, N if fixed else 0,
+                                                  n_threads))
         chans_x = max(1, min(chans_x, piece // (rows_x * unit_x)))
         if own_gemm:
             chans_x = max(1, min(chans_x, budget // (rows_x * unit_x)))
