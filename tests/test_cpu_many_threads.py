@@ -16,6 +16,8 @@ are small but above the sizes below which a call runs on one thread.  The last t
 pure plan for three machines up to 64 threads (every split that orders a sum stays put) and
 that the narrow-panel cases reach csrc/fgemm.h's narrow panel.
 """
+import io
+
 import numpy as np
 import pytest
 
@@ -861,3 +863,135 @@ def test_f2_split_kernel_gives_the_one_region_bits(packed):
         with pytest.raises(ValueError, match="too small"):
             W.conv2d_forward_winograd(x, U, b, True, two, ws[:-1], per, trows, pad, pad, team,
                                       apk, fparts=fparts)
+
+
+# ----------------------------------------------- the im2col forward's split (issue 16, im2col16)
+# From tuning.IM2COL_SPLIT_MIN_THREADS threads the im2col forward takes the rows per task whose
+# busiest thread ends first under the static schedule (conv_plan.im2col_rows) and grad_x on
+# csrc/fgemm.h at least a task a thread (conv_plan.grad_x_chans); many_core_split.py's EXTRA
+# shapes (a batch of 8): strided_14 and convt28_adj lost 24 % of 16 threads on the own GEMM,
+# strided_14 50 % (forward, grad_x) on the EPYC's caps.
+_IM2COL16 = {"strided_14": ((8, 64, 28, 28), (128, 64, 3, 3), 2, 1),
+             "convt28_adj": ((8, 32, 56, 56), (64, 32, 4, 4), 2, 1)}
+
+
+def _many_core_split():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "many_core_split.py"
+    spec = importlib.util.spec_from_file_location("many_core_split", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_im2col_split_leaves_at_most_a_tenth_of_16_threads_idle():
+    """By the plan's arithmetic (the own GEMM's panels as gemm_columns costs them, OpenMP's
+    static chunks; fgemm.h's columns as they are) the forwards of _IM2COL16 on the Xeon's and
+    Zen 4's caps, and strided_14's forward and grad_x on the EPYC's, lose <= 10 % of 16
+    threads -- here and in bench/many_core_split.py's model."""
+    machines = {"own_gemm": ("strided_14", "convt28_adj"), "own_half_rate": ("strided_14",),
+                "blas_rowgemm_fgemm": ("strided_14",)}
+    for machine, names in machines.items():
+        caps = P.ConvCaps(**_CAPS[machine])
+        for name in names:
+            xs, ws, st, pad = _IM2COL16[name]
+            s = P.ConvShape.of(xs, ws, (st, st), (pad,) * 4, (1, 1), 1)
+            N, (Ho, Wo) = xs[0], s.out
+            plan = P.plan_conv(s, np.float32, 16, caps, 256 * 2**20)
+            fw = plan.forward
+            assert fw.algo == "im2col" and fw.threads == 16, (machine, name, fw)
+            rows = fw.params["rows"]
+            L = [min(rows, Ho - h) * Wo for h in range(0, Ho, rows)] * N
+            costs = [P.gemm_columns(c, P.gemm_panel(ws[0])) for c in L] if caps.own_sgemm else L
+            assert N * Ho * Wo / (16 * P.static_span(costs, 16)) >= 0.9, (machine, name, rows)
+            if machine == "blas_rowgemm_fgemm":
+                gx = plan.grad_x
+                tasks = N * -(-xs[1] // gx.params["chans_x"])
+                assert gx.algo == "im2col" and tasks / (16 * -(-tasks // 16)) >= 0.9, gx
+    M = _many_core_split()
+    for cname in ("avx512", "zen4", "epyc"):
+        for _, name, label, algo, fixed, res in M.table([cname], [2, 16], True,
+                                                         out=io.StringIO(), md=True):
+            if name.rstrip("*") in _IM2COL16 and algo == "im2col" and (
+                    label == "forward" or (cname == "epyc" and label == "grad_x")):
+                assert fixed and res[16]["lost"] <= 0.10, (cname, name, label, res[16])
+
+
+@pytest.mark.parametrize("machine", list(_CAPS))
+def test_im2col_split_keeps_the_1_and_2_thread_plans(machine, monkeypatch):
+    """1 and 2 threads plan as before the split (the rule off: IM2COL_SPLIT_MIN_THREADS past
+    any team) for the suite's layers and _IM2COL16; 16 threads do not for _IM2COL16."""
+    from convkit.benchmark.cases import CASES, ConvCase
+    from convkit.cpu import tuning as T
+    caps = P.ConvCaps(**_CAPS[machine])
+    shapes = [(P.ConvShape.of((c.N, c.C, c.H, c.W), (c.F, c.C // c.groups, c.K, c.K),
+                              (c.stride,) * 2, (c.pad,) * 4, (1, 1), c.groups), False)
+              for c in CASES if type(c) is ConvCase]
+    shapes += [(P.ConvShape.of(xs, ws, (st, st), (pad,) * 4, (1, 1), 1), True)
+               for xs, ws, st, pad in _IM2COL16.values()]
+
+    def plans(nts):
+        return [P.plan_conv(s, dt, nt, caps, 256 * 2**20)
+                for s, _ in shapes for nt in nts for dt in (np.float32, np.float64)]
+    new = plans((1, 2))
+    new16 = [P.plan_conv(s, np.float32, 16, caps, 256 * 2**20) for s, x in shapes if x]
+    monkeypatch.setattr(T, "IM2COL_SPLIT_MIN_THREADS", 1 << 30)
+    assert plans((1, 2)) == new
+    old16 = [P.plan_conv(s, np.float32, 16, caps, 256 * 2**20) for s, x in shapes if x]
+    if machine != "blas":           # (plain BLAS: blocks set by the image alone, unchanged)
+        assert old16 != new16
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rate", ["this_cpu", "full_rate"])
+@pytest.mark.parametrize("name", list(_IM2COL16))
+def test_im2col_split_gives_the_same_bits_on_1_2_8_16_threads(monkeypatch, torch, name, rate,
+                                                              dtype):
+    """_IM2COL16's forward, grad_x, grad_weight and grad_bias give the same bits on 1, 2, 8 and
+    16 threads (float32 on the own GEMM or csrc/fgemm.h: the new row blocks at 8 and 16; the
+    full-rate plans forced as CONVKIT_AVX512_FULL_RATE=1 does), close to torch's float64."""
+    if rate == "full_rate":
+        monkeypatch.setattr(cc, "_FULL_RATE", True)
+    cc._caps_by_level.clear()
+    cc._plans.clear()
+    xs, ws, st, pad = _IM2COL16[name]
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = (rng.standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    try:
+        if dtype == np.float32 and (OWN or cc._FIXED_SGEMM):
+            rows = set()
+            for nt in THREADS:
+                convkit.set_num_threads(nt)
+                plan = cc._plan(x, w, (st, st), (pad,) * 4, (1, 1), 1)[3]
+                if plan.forward.algo != "im2col":
+                    pytest.skip(f"{name}'s forward takes {plan.forward.algo} here")
+                rows.add(plan.forward.params["rows"])
+            convkit.set_num_threads(None)
+            assert len(rows) > 1, rows          # (the split differs from 1 thread's)
+
+        def passes():
+            with convkit.use_backend("cpu"):
+                y = convkit.conv2d_forward(x, w, b, stride=st, padding=pad)
+                gy = np.random.default_rng(17).standard_normal(y.shape).astype(dtype)
+                g = convkit.conv2d_backward(gy, x, w, stride=st, padding=pad, has_bias=True)
+                return (y, gy) + tuple(g)
+
+        runs = _on_threads(passes)
+    finally:
+        cc._caps_by_level.clear()
+        cc._plans.clear()
+    for nt in THREADS[1:]:
+        assert _bits(runs[nt]) == _bits(runs[1]), nt
+    y, gy, gx, gw, gb = runs[1]
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    wt = torch.tensor(w.astype(np.float64), requires_grad=True)
+    bt = torch.tensor(b.astype(np.float64), requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, bt, stride=st, padding=pad)
+    yt.backward(torch.tensor(gy.astype(np.float64)))
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for got, ref in zip((y, gx, gw, gb), (yt, xt.grad, wt.grad, bt.grad)):
+        ref = ref.detach().numpy()
+        assert np.abs(got - ref).max() <= tol * max(1.0, np.abs(ref).max())
