@@ -870,9 +870,12 @@ def test_f2_split_kernel_gives_the_one_region_bits(packed):
 # busiest thread ends first under the static schedule (conv_plan.im2col_rows) and grad_x on
 # csrc/fgemm.h at least a task a thread (conv_plan.grad_x_chans); many_core_split.py's EXTRA
 # shapes (a batch of 8): strided_14 and convt28_adj lost 24 % of 16 threads on the own GEMM,
-# strided_14 50 % (forward, grad_x) on the EPYC's caps.
+# k4s2_56 13 % (now an even split in 8 blocks: the "blocks" param), strided_14 50 % (forward,
+# grad_x) on the EPYC's caps.
 _IM2COL16 = {"strided_14": ((8, 64, 28, 28), (128, 64, 3, 3), 2, 1),
-             "convt28_adj": ((8, 32, 56, 56), (64, 32, 4, 4), 2, 1)}
+             "convt28_adj": ((8, 32, 56, 56), (64, 32, 4, 4), 2, 1),
+             # 4-row pieces of 28 rows: 7 blocks (56 tasks, 13 % lost); 8 even blocks of 3 / 4
+             "k4s2_56": ((8, 64, 56, 56), (64, 64, 4, 4), 2, 1)}
 
 
 def _many_core_split():
@@ -890,7 +893,7 @@ def test_im2col_split_leaves_at_most_a_tenth_of_16_threads_idle():
     static chunks; fgemm.h's columns as they are) the forwards of _IM2COL16 on the Xeon's and
     Zen 4's caps, and strided_14's forward and grad_x on the EPYC's, lose <= 10 % of 16
     threads -- here and in bench/many_core_split.py's model."""
-    machines = {"own_gemm": ("strided_14", "convt28_adj"), "own_half_rate": ("strided_14",),
+    machines = {"own_gemm": tuple(_IM2COL16), "own_half_rate": ("strided_14",),
                 "blas_rowgemm_fgemm": ("strided_14",)}
     for machine, names in machines.items():
         caps = P.ConvCaps(**_CAPS[machine])
@@ -901,8 +904,10 @@ def test_im2col_split_leaves_at_most_a_tenth_of_16_threads_idle():
             plan = P.plan_conv(s, np.float32, 16, caps, 256 * 2**20)
             fw = plan.forward
             assert fw.algo == "im2col" and fw.threads == 16, (machine, name, fw)
-            rows = fw.params["rows"]
-            L = [min(rows, Ho - h) * Wo for h in range(0, Ho, rows)] * N
+            rows, k = fw.params["rows"], fw.params.get("blocks", 0)
+            assert bool(k) == (name == "k4s2_56"), fw
+            L = ([((b + 1) * Ho // k - b * Ho // k) * Wo for b in range(k)] if k else
+                 [min(rows, Ho - h) * Wo for h in range(0, Ho, rows)]) * N
             costs = [P.gemm_columns(c, P.gemm_panel(ws[0])) for c in L] if caps.own_sgemm else L
             assert N * Ho * Wo / (16 * P.static_span(costs, 16)) >= 0.9, (machine, name, rows)
             if machine == "blas_rowgemm_fgemm":
@@ -968,7 +973,7 @@ def test_im2col_split_gives_the_same_bits_on_1_2_8_16_threads(monkeypatch, torch
                 plan = cc._plan(x, w, (st, st), (pad,) * 4, (1, 1), 1)[3]
                 if plan.forward.algo != "im2col":
                     pytest.skip(f"{name}'s forward takes {plan.forward.algo} here")
-                rows.add(plan.forward.params["rows"])
+                rows.add((plan.forward.params["rows"], plan.forward.params.get("blocks")))
             convkit.set_num_threads(None)
             assert len(rows) > 1, rows          # (the split differs from 1 thread's)
 

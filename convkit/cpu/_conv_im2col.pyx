@@ -147,7 +147,7 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
                         floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t rows,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups, bint pointwise,
-                        int n_threads, const float[:, ::1] apk):
+                        int n_threads, const float[:, ::1] apk, Py_ssize_t blocks=0):
     """y = conv(x, w) + bias by im2col + GEMM (IN: x, w, bias; OUT: y; scratch: ws).
     apk: group g's weights prepacked for the own float32 GEMM in row g (no rows: none).
 
@@ -160,13 +160,16 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     then one GEMM per group writes y.
     pointwise (1x1 kernel, stride 1, no padding): the GEMMs read x in place, ``rows`` output
     positions (not rows) per task; ws is unused.
+    blocks > 0: each image in that many blocks of floor / ceil(span / blocks) rows (at most
+    ``rows``) instead -- even work where ``rows``-row blocks leave a short last one
+    (conv_plan.im2col_rows).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
     cdef Py_ssize_t Ho = y.shape[2], Wo = y.shape[3], HoWo = Ho * Wo
     cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
     cdef Py_ssize_t span = HoWo if pointwise else Ho       # what a task takes ``rows`` of
-    cdef Py_ssize_t nrb = (span + rows - 1) // rows
+    cdef Py_ssize_t nrb = blocks if blocks > 0 else (span + rows - 1) // rows
     cdef Py_ssize_t t, n, rb, h0, hr, L, ld, c, g, kh, p0
     cdef const floating* cols
     cdef floating* buf
@@ -175,8 +178,12 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
         for t in prange(N * nrb, schedule="static", num_threads=n_threads):
             n = t // nrb
             rb = t - n * nrb
-            h0 = rb * rows
-            hr = _min(rows, span - h0)
+            if blocks > 0:
+                h0 = rb * span // nrb
+                hr = (rb + 1) * span // nrb - h0
+            else:
+                h0 = rb * rows
+                hr = _min(rows, span - h0)
             L = hr if pointwise else hr * Wo
             p0 = h0 if pointwise else h0 * Wo               # its first output position
             if pointwise:

@@ -466,24 +466,33 @@ def pointwise_positions(N, HoWo, n_threads, panel):
 
 
 def im2col_rows(N, Ho, Wo, n_threads, most, panel):
-    """Output rows per task of an im2col forward from tuning.IM2COL_SPLIT_MIN_THREADS threads
-    (tasks: an image's blocks of rows, image after image, a static schedule): of 1..most rows
-    (the workspace piece), the block whose busiest thread ends first, the longer on a tie --
-    a task costs its GEMM's columns (on the own GEMM, panel > 0, as gemm_columns costs them;
-    the copies follow the columns).  The old rule (the piece's rows, cut to about 2 tasks a
-    thread) left 12-22 % of 16 threads idle on a batch of 8 (bench/many_core_split.py)."""
+    """(rows, blocks) of an im2col forward from tuning.IM2COL_SPLIT_MIN_THREADS threads (tasks:
+    an image's blocks of rows, image after image, a static schedule): of blocks of 1..most rows
+    (the workspace piece; blocks 0) and even splits of the image in k blocks of floor / ceil(Ho
+    / k) rows (blocks k, rows the ceiling), the split whose busiest thread ends first -- the
+    rows-row blocks before an even split, the longer on a tie.  A task costs its GEMM's
+    columns (on the own GEMM, panel > 0, as gemm_columns costs them; the copies follow the
+    columns).  The old rule (the piece's rows, cut to about 2 tasks a thread) left 12-22 % of
+    16 threads idle on a batch of 8 (bench/many_core_split.py)."""
     def cost(r):
         return gemm_columns(r * Wo, panel) if panel else r * Wo
+    most = max(1, min(Ho, most))
     best = None
-    for rows in range(max(1, min(Ho, most)), 0, -1):
+    for rows in range(most, 0, -1):
         if best is not None and N * ceil_div(Ho, rows) > 8 * n_threads:
             break                                       # (finer blocks only cost more)
         full, tail = divmod(Ho, rows)
         span = static_span(([cost(rows)] * full + ([cost(tail)] if tail else [])) * N,
                            n_threads)
         if best is None or span < best[0]:
-            best = (span, rows)
-    return best[1]
+            best = (span, rows, 0)
+    for k in range(ceil_div(Ho, most), min(Ho, ceil_div(8 * n_threads, N)) + 1):
+        if Ho % k:          # (else the rows-row blocks above)
+            span = static_span([cost((b + 1) * Ho // k - b * Ho // k) for b in range(k)] * N,
+                               n_threads)
+            if span < best[0]:
+                best = (span, ceil_div(Ho, k), k)
+    return best[1:]
 
 
 # --------------------------------------------------------------------------- the planners
@@ -517,7 +526,7 @@ def weight_parts(tasks, N, Ho, Wo):
 def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise, weight_bytes,
                         own_gemm, limit, fixed=False, Fg=8):
     """(threads, output rows per task -- pointwise: output positions --, workspace elements per
-    thread).  fixed (BLAS's splits on a fixed-order float32 GEMM): the splits may follow the
+    thread, blocks per image: 0, or the even split of im2col_rows).  fixed (BLAS's splits on a fixed-order float32 GEMM): the splits may follow the
     batch, as BLAS's did before the batch-invariance rule (fewer, wider GEMMs).  Fg: the
     GEMM's rows (filters per group; the own GEMM's panel width, gemm_panel)."""
     if pointwise:
@@ -529,12 +538,13 @@ def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
             most = min(ceil_div(T.BLAS_FORWARD_TASKS, N) if fixed else
                        min(T.BLAS_FORWARD_TASKS, HoWo // T.BLAS_MIN_POSITIONS),
                        HoWo * T.BLAS_POSITION_BYTES // max(1, weight_bytes))
-            return n_threads, ceil_div(HoWo, 1 << (max(1, most).bit_length() - 1)), 0
+            return n_threads, ceil_div(HoWo, 1 << (max(1, most).bit_length() - 1)), 0, 0
         if n_threads == 1:
-            return 1, HoWo, 0
-        return n_threads, pointwise_positions(N, HoWo, n_threads, gemm_panel(Fg)), 0
+            return 1, HoWo, 0, 0
+        return n_threads, pointwise_positions(N, HoWo, n_threads, gemm_panel(Fg)), 0, 0
     per_row = C * KK * Wo * itemsize          # columns of one output row of one image
     extra = (W + sw) * itemsize
+    blocks = 0
     n_threads, budget = team("conv2d_forward", n_threads, per_row,
                              "one output row of one image", weight_bytes, limit, extra)
     if not own_gemm:    # (BLAS: blocks set by the image, not the batch or the threads)
@@ -542,7 +552,7 @@ def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
         if fixed and n_threads >= T.IM2COL_SPLIT_MIN_THREADS:
             # csrc/fgemm.h sums each output in one order whatever its block: the blocks may
             # follow the team (BLAS_TASKS' blocks left 8 of 16 threads idle on a batch of 8)
-            rows = im2col_rows(N, Ho, Wo, n_threads, min(Ho, most), 0)
+            rows, blocks = im2col_rows(N, Ho, Wo, n_threads, min(Ho, most), 0)
         else:
             rows = min(most, min(Ho, ceil_div(Ho, ceil_div(T.BLAS_TASKS, N))) if fixed
                        else image_rows(Ho, Wo))
@@ -550,10 +560,10 @@ def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
     else:
         rows = min(Ho, budget // per_row)
         if n_threads >= T.IM2COL_SPLIT_MIN_THREADS:
-            rows = im2col_rows(N, Ho, Wo, n_threads, rows, gemm_panel(Fg))
+            rows, blocks = im2col_rows(N, Ho, Wo, n_threads, rows, gemm_panel(Fg))
         elif n_threads > 1 and N * ceil_div(Ho, rows) < T.FORWARD_TASKS_PER_THREAD * n_threads:
             rows = max(1, ceil_div(Ho, ceil_div(T.FORWARD_TASKS_PER_THREAD * n_threads, N)))
-    return n_threads, rows, rows * per_row // itemsize + W + sw
+    return n_threads, rows, rows * per_row // itemsize + W + sw, blocks
 
 
 def grad_x_chans(Cg, G, KK, N=0, n_threads=1):
@@ -1712,7 +1722,8 @@ def _plan_im2col_forward(s, N, C, KH, KW, Ho, Wo, W, itemsize, n, pointwise, wby
                          itemsize, n, pointwise, wbytes, own, limit, fixed, s.F // s.groups)
     if p is None:
         return Step(algo, n, error=err)
-    return Step(algo, p[0], {"rows": p[1], "per_thread": p[2]})
+    return Step(algo, p[0], {"rows": p[1], "per_thread": p[2],
+                             **({"blocks": p[3]} if p[3] else {})})
 
 
 def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
