@@ -7,9 +7,9 @@ minimum-of-calls CPU ms:
 
   one1   the 1-thread plan (the whole image per task where the piece holds it)
   oldT   the rows the T-thread plan took before the split (tuning.IM2COL_SPLIT_MIN_THREADS off)
-  newT   the T-thread plan
+  newT   the T-thread plan (rows/blocks: blocks > 0 is an even split of the image in that many)
 
-    python bench/im2col_split_cpu.py [--caps avx512|epyc] [--shapes strided_14,convt28_adj]
+    python bench/im2col_split_cpu.py [--caps avx512|epyc] [--shapes strided_14,convt28_adj,k4s2_56]
         [--plan-threads 16] [--rounds 7] [--calls 3] [--only CONFIG]
 
 --caps avx512 (default): the full-rate plans on the own AVX-512 GEMM (this process must have
@@ -63,15 +63,15 @@ def setup(name, caps, plan_threads):
 
         def call(p=p, ws=ws):
             I.conv2d_forward_gemm(x, w, b, False, y, ws, p["per_thread"], p["rows"], st, st,
-                                  pad, pad, 1, 1, 1, False, 1, apk)
-        calls[key] = (call, p["rows"])
+                                  pad, pad, 1, 1, 1, False, 1, apk, p.get("blocks", 0))
+        calls[key] = (call, "%d/%d" % (p["rows"], p.get("blocks", 0)))
     return calls
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--caps", default="avx512", choices=list(CAPS))
-    ap.add_argument("--shapes", default="strided_14,convt28_adj")
+    ap.add_argument("--shapes", default="strided_14,convt28_adj,k4s2_56")
     ap.add_argument("--plan-threads", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=3)
@@ -96,7 +96,7 @@ def main():
         base = statistics.median(times["one1"])
         for k, (call, rows) in calls.items():
             m = statistics.median(times[k])
-            print(f"{a.caps} {name:12s} {k:6s} rows {rows:3d}  {m:8.2f} ms  x{m / base:.3f}")
+            print(f"{a.caps} {name:12s} {k:6s} rows/blocks {rows:5s} {m:8.2f} ms  x{m / base:.3f}")
 
 
 if __name__ == "__main__":

@@ -51,12 +51,13 @@ CHUNK_MAX = 8 * 2**20
 KEEP_BYTES = 64 * 2**20
 
 # ----------------------------------------------------------------------------- task splits
-# im2col forward on the own GEMM: at least this many tasks per thread (balance).  Not measured
-# in RESULTS.md.  (The pointwise forward's runs: conv_plan.pointwise_positions.)
+# im2col forward on the own GEMM on 2 threads: at least this many tasks per thread (balance;
+# from IM2COL_SPLIT_MIN_THREADS conv_plan.im2col_rows instead).  Not measured in RESULTS.md.  (The pointwise forward's runs: conv_plan.pointwise_positions.)
 FORWARD_TASKS_PER_THREAD = 2
 # from this many threads the im2col forward's rows per task minimise the busiest thread's
 # work under the static schedule (conv_plan.im2col_rows) and grad_x on csrc/fgemm.h makes at
-# least a task a thread (conv_plan.grad_x_chans); 1 and 2 threads keep the rules as before
+# least a task a thread (conv_plan.grad_x_chans); 1 and 2 threads keep the rules as before.
+# RESULTS.md "helper im2col16"
 IM2COL_SPLIT_MIN_THREADS = 3
 # im2col forward and Winograd F(2x2) on BLAS: each image cut into at most this many tasks,
 # whatever the thread count and the batch (BLAS bits follow the block size).  Kept for the
