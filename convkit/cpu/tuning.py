@@ -52,7 +52,8 @@ KEEP_BYTES = 64 * 2**20
 
 # ----------------------------------------------------------------------------- task splits
 # im2col forward on the own GEMM on 2 threads: at least this many tasks per thread (balance;
-# from IM2COL_SPLIT_MIN_THREADS conv_plan.im2col_rows instead).  Not measured in RESULTS.md.  (The pointwise forward's runs: conv_plan.pointwise_positions.)
+# from IM2COL_SPLIT_MIN_THREADS conv_plan.im2col_rows instead).  Not measured in RESULTS.md.
+# (The pointwise forward's runs: conv_plan.pointwise_positions.)
 FORWARD_TASKS_PER_THREAD = 2
 # from this many threads the im2col forward's rows per task minimise the busiest thread's
 # work under the static schedule (conv_plan.im2col_rows) and grad_x on csrc/fgemm.h makes at
