@@ -52,8 +52,9 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
 - im2col / pointwise forward (_conv_im2col.conv2d_forward_gemm): one region of
   N*ceil(Ho/rows) tasks (pointwise: N*ceil(HoWo/rows), runs of positions; with "blocks" k,
   N*k tasks, an image's k blocks of floor / ceil(Ho/k) rows), each
-  F*Cg*KK*L MACs (L = its rows*Wo or positions).  From 3 threads (tuning.IM2COL_SPLIT_MIN_THREADS)
-  the rows (or blocks) are the ones whose busiest thread ends first (conv_plan.im2col_rows).  Dup: on BLAS every task's GEMM repacks the
+  F*Cg*KK*L MACs (L = its rows*Wo or positions).  From 3 threads
+  (tuning.IM2COL_SPLIT_MIN_THREADS) the rows (or blocks) are the ones whose busiest thread
+  ends first (conv_plan.im2col_rows).  Dup: on BLAS every task's GEMM repacks the
   weight (F*Cg*KK values); on the own GEMM the weight is packed once, serially (_packed_a).
 - im2col / pointwise backward (conv2d_backward_gemm): grad_weight region of G*ntw*nsplit tasks
   (ntw = ceil(Cg*KH/units_w) column blocks; nsplit parts of the N*ceil(Ho/rows_w) slabs), each
