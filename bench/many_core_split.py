@@ -406,7 +406,7 @@ def forward_regions(algo, p, s, own, itemsize):
                 p["per_thread"] * itemsize)
     if algo == "batch":
         blocks = runs(N, p["imgs"])
-        main = Region("gemm", [nb * HoWo * (wsz + C * KK) for nb in blocks])
+        main = Region("gemm", [nb * HoWo * (wsz + C * KK) for nb in blocks], "static")
         return [main], 0, 0 if own else wsz * len(blocks), p["per_thread"] * itemsize
     if algo == "phases":
         sh, sw = s.stride
@@ -592,16 +592,23 @@ def backward_regions(algo, p, s, own, itemsize, which):
         HpWp = Hp * Wp
         if which == "x":
             blocks = runs(N, p["imgs"])
-            return [Region("grad_x", [nb * HoWo * Cg * KK * (Fg + 1) for nb in blocks] * G)], \
+            return [Region("grad_x", [nb * HoWo * Cg * KK * (Fg + 1) for nb in blocks] * G,
+                           "static")], \
                 0, 0, p["per_thread"] * itemsize
         nsplit = p["nsplit"]
-        costs = []
-        for c in runs(Cg, p["chans_w"]):
-            for sp in range(nsplit):
-                imgs = (sp + 1) * N // nsplit - sp * N // nsplit
-                costs.append(Fg * c * KK * imgs * HoWo + c * (KK * HoWo + HpWp) * imgs)
-        regions = [Region("grad_weight", costs * G), Region("grad_bias", [N * HoWo] * F,
-                                                             "static")]
+        if own:     # (the own GEMM's panels; filter blocks on many threads: the kernel's order)
+            costs = P.batch_weight_costs(N, Cg, G, Fg, KK, HpWp, HoWo, p["chans_w"], nsplit,
+                                         p.get("filters_w", Fg))
+            useful = float(G * N * (Fg * Cg * KK * HoWo + Cg * (KK * HoWo + HpWp)))
+        else:
+            costs, useful = [], None
+            for c in runs(Cg, p["chans_w"]):
+                for sp in range(nsplit):
+                    imgs = (sp + 1) * N // nsplit - sp * N // nsplit
+                    costs.append(Fg * c * KK * imgs * HoWo + c * (KK * HoWo + HpWp) * imgs)
+            costs = costs * G
+        regions = [Region("grad_weight", costs, "static", useful=useful),
+                   Region("grad_bias", [N * HoWo] * F, "static")]
         return regions, F * N * HoWo + (nsplit - 1) * gwn, 0, p["per_thread"] * itemsize
     if algo == "weight_winograd":
         th, tw = cdiv(Ho, 4), cdiv(Wo, 4)

@@ -255,6 +255,15 @@ BATCH_BLOCKS = 4
 # Column blocks of the batch grad_weight (the batch is split in fixed parts below this).
 # Not measured in RESULTS.md.
 BATCH_W_BLOCKS = 2
+# Above 2 threads, where the batch paths' tasks would leave more than BATCH_MAX_IDLE of the
+# threads idle (the model's share: idle threads and the own GEMM's partial panels), the plans
+# split finer where no sum is cut: the forward / grad_x blocks of images (on a fixed-order GEMM
+# a column's sum does not depend on its block), grad_weight's column blocks and blocks of
+# BATCH_W_FILTER_ROWS filters (the own AVX-512 GEMM's 8-row tiles; each entry keeps its chain
+# over the parts' image blocks).  The 1- and 2-thread plans are the old ones.  RESULTS.md
+# twelfth session (helper batch16): the model at 16 threads and one-thread CPU time.
+BATCH_MAX_IDLE = (1, 10)
+BATCH_W_FILTER_ROWS = 8
 # Batch grad_weight, float32 on csrc/fgemm.h (AVX2 machines; the AVX-512 GEMM keeps its
 # place), not BLAS, which spent most of these small-m GEMMs packing; a block with more columns
 # (channels x taps) than this many times its filters computed transposed, columns @ grad_y^T
