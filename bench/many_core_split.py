@@ -599,7 +599,7 @@ def backward_regions(algo, p, s, own, itemsize, which):
         if own:     # (the own GEMM's panels; filter blocks on many threads: the kernel's order)
             costs = P.batch_weight_costs(N, Cg, G, Fg, KK, HpWp, HoWo, p["chans_w"], nsplit,
                                          p.get("filters_w", Fg))
-            useful = float(G * N * (Fg * Cg * KK * HoWo + Cg * (KK * HoWo + HpWp)))
+            useful = float(P.batch_weight_useful(N, Cg, G, Fg, KK, HpWp, HoWo))
         else:
             costs, useful = [], None
             for c in runs(Cg, p["chans_w"]):

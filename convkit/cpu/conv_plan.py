@@ -1032,8 +1032,11 @@ def plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_
 
 def batch_weight_costs(N, Cg, G, Fg, KK, HpWp, HoWo, chans_w, nsplit, filters_w):
     """The batch grad_weight's task costs in the kernel's order ((channel block, part, filter
-    block) within a group): a block's GEMM MACs on the own GEMM's columns (own_gemm_cols of its
-    channels x taps) and its columns built (im2col, again for each filter block)."""
+    block) within a group), in MACs: a block's GEMM on the own GEMM's columns (own_gemm_cols of
+    its channels x taps), and tuning.BATCH_W_COPY_MACS a value for what it copies -- its
+    columns built (im2col) and packed, again for each filter block, and its grad_y rows
+    packed, again for each channel block."""
+    e = T.BATCH_W_COPY_MACS
     costs = []
     for c0 in range(0, Cg, chans_w):
         c = min(chans_w, Cg - c0)
@@ -1042,8 +1045,14 @@ def batch_weight_costs(N, Cg, G, Fg, KK, HpWp, HoWo, chans_w, nsplit, filters_w)
             for f0 in range(0, Fg, filters_w):
                 nf = min(filters_w, Fg - f0)
                 costs.append(nf * own_gemm_cols(c * KK) * imgs * HoWo
-                             + c * (KK * HoWo + HpWp) * imgs)
+                             + e * (c * (2 * KK * HoWo + HpWp) + nf * HoWo) * imgs)
     return costs * G
+
+
+def batch_weight_useful(N, Cg, G, Fg, KK, HpWp, HoWo):
+    """batch_weight_costs' work without partial panels or anything built twice."""
+    return G * N * (Fg * Cg * KK * HoWo
+                    + T.BATCH_W_COPY_MACS * (Cg * (2 * KK * HoWo + HpWp) + Fg * HoWo))
 
 
 def batch_weight_blocks(N, Cg, G, Fg, KK, HpWp, HoWo, chans_w, nsplit, n_threads):
@@ -1051,25 +1060,29 @@ def batch_weight_blocks(N, Cg, G, Fg, KK, HpWp, HoWo, chans_w, nsplit, n_threads
     on more than 2 threads its G * ceil(Cg/chans_w) * nsplit tasks leave more than
     tuning.BATCH_MAX_IDLE of them idle (tiny_16_8x8: 2 parts, 88 % of 16 threads); then the
     channel blocks (at most chans_w) and filter blocks (whole tuning.BATCH_W_FILTER_ROWS-row
-    tiles, or all) that lose the least (idle threads, partial panels, columns built again per
-    filter block), the fewest tasks on a tie.  No sum is cut: an entry of gw is one GEMM row
-    and column, summed over its part's image blocks as before."""
+    tiles, or all) that lose the least (batch_weight_costs: idle threads, partial panels,
+    columns built again per filter block) among those whose work is at most
+    tuning.BATCH_W_MAX_EXTRA above the old blocks', the fewest tasks on a tie.  No sum is
+    cut: an entry of gw is one GEMM row and column, summed over its part's image blocks as
+    before."""
     num, den = T.BATCH_MAX_IDLE
-    useful = G * N * (Fg * Cg * KK * HoWo + Cg * (KK * HoWo + HpWp))
+    useful = batch_weight_useful(N, Cg, G, Fg, KK, HpWp, HoWo)
 
-    def lost(c, f):
-        return _static_lost(batch_weight_costs(N, Cg, G, Fg, KK, HpWp, HoWo, c, nsplit, f),
-                            useful, n_threads)
-    if n_threads <= 2 or den * lost(chans_w, Fg) <= num:
+    def costs(c, f):
+        return batch_weight_costs(N, Cg, G, Fg, KK, HpWp, HoWo, c, nsplit, f)
+    old = costs(chans_w, Fg)
+    if n_threads <= 2 or den * _static_lost(old, useful, n_threads) <= num:
         return chans_w, Fg
+    most = (1 + T.BATCH_W_MAX_EXTRA) * sum(old)
     rows = T.BATCH_W_FILTER_ROWS
-    best = (lost(chans_w, Fg), G * ceil_div(Cg, chans_w) * nsplit, chans_w, Fg)
+    best = (_static_lost(old, useful, n_threads), len(old), chans_w, Fg)
     for f in sorted({Fg} | set(range(rows, Fg, rows))):
         for c in range(1, chans_w + 1):
-            tasks = G * ceil_div(Cg, c) * nsplit * ceil_div(Fg, f)
-            if tasks > 4 * n_threads:
+            if G * ceil_div(Cg, c) * nsplit * ceil_div(Fg, f) > 4 * n_threads:
                 continue
-            best = min(best, (lost(c, f), tasks, c, f))
+            cs = costs(c, f)
+            if sum(cs) <= most:
+                best = min(best, (_static_lost(cs, useful, n_threads), len(cs), c, f))
     return best[2], best[3]
 
 

@@ -264,6 +264,14 @@ BATCH_W_BLOCKS = 2
 # twelfth session (helper batch16): the model at 16 threads and one-thread CPU time.
 BATCH_MAX_IDLE = (1, 10)
 BATCH_W_FILTER_ROWS = 8
+# The grad_weight blocks' cost model (conv_plan.batch_weight_costs): a value copied (im2col,
+# the GEMM's packing of the columns and of grad_y) costs this many MACs; and the finer blocks
+# may cost at most BATCH_W_MAX_EXTRA more work than the old (one-thread CPU time).  Fitted on
+# tiny_16_8x8 / tiny_32_4x4, one thread, CPU time (bench/batch_split_cpu.py): filter blocks of
+# 8 +31 % / +73 % (the columns built and packed per block), channel blocks of 8 +11 % / +13 %,
+# of 4 +26 % / +31 % (36-column partial panels).  RESULTS.md twelfth session (helper batch16).
+BATCH_W_COPY_MACS = 3
+BATCH_W_MAX_EXTRA = 0.25
 # Batch grad_weight, float32 on csrc/fgemm.h (AVX2 machines; the AVX-512 GEMM keeps its
 # place), not BLAS, which spent most of these small-m GEMMs packing; a block with more columns
 # (channels x taps) than this many times its filters computed transposed, columns @ grad_y^T
