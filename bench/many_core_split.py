@@ -204,9 +204,14 @@ CAPS = {"avx512": P.ConvCaps(own_sgemm=True, depthwise3x3_level=3),
                            fixed_sgemm=True, winotiny=True),
         "blas": P.ConvCaps(own_sgemm=False, depthwise3x3_level=2),
         "zen4": P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True,
-                           fixed_sgemm=True, avx512_full_rate=False, winotiny=True)}
+                           fixed_sgemm=True, avx512_full_rate=False, winotiny=True),
+        # a full-rate AVX-512 CPU with its AVX2 + FMA kernels too (what cc._caps() gives there:
+        # the tiny-map Winograd, direct at level 3 -- tuning.DIRECT_FULL_RATE)
+        "avx512_avx2": P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True,
+                                  fixed_sgemm=True, winotiny=True)}
 CAPS_LABEL = {"avx512": "Xeon (own GEMM)", "epyc": "EPYC (BLAS + fgemm)", "blas": "BLAS only",
-              "zen4": "Zen 4 (own GEMM, half rate)"}
+              "zen4": "Zen 4 (own GEMM, half rate)",
+              "avx512_avx2": "Xeon (own GEMM, AVX2 kernels too)"}
 LIMIT = 256 * 2**20                     # convkit's default workspace limit
 
 # Shapes taking the algorithms the suite's layers do not (--extra): (name, N, C, H, W, F, K,

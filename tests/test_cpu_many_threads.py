@@ -139,7 +139,8 @@ CONV = [
     # lenet_c1's layer on 28x28 maps: the direct forward, an image a task (20: 16 threads take
     # two on four of them), 7 filters (a tile of 6 and one of 1), 784 positions (a short tile)
     ("direct", (20, 1, 28, 28), (7, 1, 5, 5), 1, 2, 1,
-     {"forward": "direct" if _avx2("direct") else "wide", "grad_x": "im2col"}, False),
+     {"forward": "direct" if ok and P.direct_allowed(cc._caps()) else "wide",
+      "grad_x": "im2col"}, False),
     ("dense", (16, 32, 2, 2), (32, 32, 3, 3), 1, 1, 1,
      {"forward": "dense", "grad_x": "dense", "grad_weight": "dense"}, False),
     ("depthwise3x3", (4, 16, 12, 12), (16, 1, 3, 3), 1, 1, 16,

@@ -1600,6 +1600,14 @@ def plan_subpixel(s: ConvShape, itemsize, own_gemm, pointwise, n_threads, limit)
     return fit_team(n_threads, per * itemsize, 0, limit), rows, per, srows
 
 
+def direct_allowed(caps: ConvCaps) -> bool:
+    """Whether these caps may plan the direct forward: where avx2_algo allows it, and on a
+    full-rate AVX-512 CPU with AVX2 + FMA at level 3 (tuning.DIRECT_FULL_RATE)."""
+    return avx2_algo(caps, "direct") or (T.DIRECT_FULL_RATE and caps.rowgemm and caps.own_sgemm
+                                         and caps.avx512_full_rate
+                                         and caps.depthwise3x3_level >= 3)
+
+
 def plan_direct(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads, limit):
     """(level, workspace floats per thread, bias first) of the direct forward (csrc/wdirect.h
     ck_direct_forward), or None: float32 on AVX2 + FMA where avx2_algo allows it, groups 1,
@@ -1610,9 +1618,10 @@ def plan_direct(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_thre
     output one chain over the taps in the GEMM's order: no bits follow the team or the level.
     level 3 (64-byte vectors) where the CPU runs AVX-512 (caps.depthwise3x3_level), else 2;
     the chains start from the bias where the GEMMs of the plan it replaces run on csrc/fgemm.h
-    (no own GEMM), from 0 with the bias added after on the own GEMM: the same bits."""
+    (no own GEMM), from 0 with the bias added after on the own GEMM: the same bits.  On a
+    full-rate AVX-512 CPU too (tuning.DIRECT_FULL_RATE), at level 3."""
     from ._conv_wdirect import direct_floats  # (a pure size computation, shared with the kernel)
-    if (not float32 or not avx2_algo(caps, "direct") or s.groups != 1 or pointwise
+    if (not float32 or not direct_allowed(caps) or s.groups != 1 or pointwise
             or s.stride != (1, 1) or s.dilation != (1, 1) or s.C > T.DIRECT_MAX_CHANNELS
             or s.C * s.KH * s.KW > T.DIRECT_MAX_TAPS):
         return None

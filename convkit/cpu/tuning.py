@@ -39,6 +39,15 @@ SERIAL_MACS = 1 << 15
 HALF_RATE_AVX2 = frozenset({"stem", "weight_stem", "rowphases", "subpixel", "weight_rowgemm",
                             "winograd4", "weight_winograd", "weight_direct", "polywino",
                             "weight_polywino", "direct"})
+# direct on full-rate AVX-512 CPUs as well (level 3, 512-bit vectors, beside the own GEMM; an
+# exception to "full-rate CPUs keep their plans"): its level-3 kernel and the wide plan it
+# replaces both run 512-bit FMAs, so their ratio on the half-rate Zen 4 stands for the FMA and
+# instruction efficiency a full-rate CPU sees too -- lenet_c1's forward (64, 1, 28, 28) *
+# (6, 1, 5, 5) with the full-rate plans forced, one thread, CPU time: direct 0.85x wide (wide's
+# GEMM of 6 filters fills 6 of the own GEMM's 8-row tiles, 4 of each row's 32 columns are
+# padding), the same bits (the bias added after the chain on both).  Not timed on a full-rate
+# CPU.  RESULTS.md twelfth session (helper batch16), bench/direct_fullrate_cpu.py.
+DIRECT_FULL_RATE = True
 
 # ----------------------------------------------------------------------------- workspaces
 # im2col piece per thread: twice the weight's bytes, clamped to [CHUNK_MIN, CHUNK_MAX]; small
