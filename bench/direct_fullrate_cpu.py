@@ -1,6 +1,6 @@
 """lenet_c1's forward on the full-rate plans (cc._FULL_RATE, as CONVKIT_AVX512_FULL_RATE=1):
-the planned "wide" (own AVX-512 GEMM) against "direct" (csrc/wdirect.h, level 3 = AVX-512;
-conv_plan.avx2_algo let through for it) -- one thread, time.process_time per call,
+"wide" (own AVX-512 GEMM; tuning.DIRECT_FULL_RATE off) against "direct" (csrc/wdirect.h,
+level 3 = AVX-512; DIRECT_FULL_RATE on) -- one thread, time.process_time per call,
 interleaved A/B, medians; and whether the two give the same bits.  On this Zen 4 both run
 512-bit FMAs at half rate, so the ratio is indicative of instruction / FMA efficiency, not a
 full-rate CPU's timing.
@@ -14,14 +14,11 @@ import numpy as np
 
 import convkit
 from convkit.cpu import conv as cc
-from convkit.cpu import conv_plan as P
-
-_AVX2 = P.avx2_algo
+from convkit.cpu import tuning as T
 
 
 def use(direct):
-    P.avx2_algo = (lambda caps, algo: True if algo == "direct" else _AVX2(caps, algo)) \
-        if direct else _AVX2
+    T.DIRECT_FULL_RATE = bool(direct)
     cc._plans.clear()
 
 
