@@ -234,7 +234,9 @@ SUM_PARAMS = {
     "pointwise": (("rows_w", "rows_x", "nsplit"),
                   ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit")),
     "winograd": ((), ("trows",)),
-    "batch": (("chans_w", "kimgs", "nsplit"), ("imgs", "chans_w", "kimgs", "nsplit")),
+    # (own GEMM: an entry of gw is one row x column chain, k in blocks set by k alone, so the
+    # channel / filter blocks that follow the team since helper batch16 cut none)
+    "batch": (("kimgs", "nsplit"), ("imgs", "chans_w", "kimgs", "nsplit")),
     "weight_dot": (("groups_n", "rows", "kr"), ()),
     "dense": ((), ("row_blocks",)),
     "weight_stem": ((), ("rows", "fchunk", "groups_n")),
