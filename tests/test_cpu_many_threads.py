@@ -887,19 +887,23 @@ def full_rate_batch(monkeypatch, full_rate):
 
 
 @pytest.mark.skipif(not OWN, reason=OWN_ONLY.replace("phases and weight_dot", "the batch split"))
+@pytest.mark.parametrize("where", ["finite", "nonfinite"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", BATCH16, ids=[c[0] for c in BATCH16])
 def test_batch_many_thread_blocks_give_the_same_bits_on_1_2_8_16_threads(full_rate_batch, torch,
-                                                                         case, dtype):
+                                                                         case, dtype, where):
     """float32: 1 and 2 threads the old blocks, 8 and 16 finer image blocks and grad_weight
     (channel x filter) blocks -- the same bits for y, grad_x, grad_weight, grad_bias, and
-    torch float64's values; float64 (BLAS: an image a block) unchanged."""
+    torch float64's values (a NaN and infs in x: NaN / inf exactly where torch's are);
+    float64 (BLAS: an image a block) unchanged."""
     name, xs, ws = case
     rng = np.random.default_rng(31)
     x = rng.standard_normal(xs).astype(dtype)
     w = (rng.standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(dtype)
     b = rng.standard_normal(ws[0]).astype(dtype)
-    if dtype == np.float32:
+    if where == "nonfinite":
+        x[1, 2, 3, 1], x[xs[0] - 2, 0, 0, 2], x[xs[0] // 2, 5, 2, 2] = np.nan, np.inf, -np.inf
+    if dtype == np.float32 and where == "finite":
         blocks = {}
         for nt in THREADS:
             convkit.set_num_threads(nt)
@@ -930,7 +934,11 @@ def test_batch_many_thread_blocks_give_the_same_bits_on_1_2_8_16_threads(full_ra
     tol = 2e-4 if dtype == np.float32 else 1e-10
     for got, want in zip(runs[16], (yt, xt.grad, wt.grad, bt.grad)):
         want = want.detach().numpy()
-        assert np.abs(got - want).max() <= tol * max(1.0, np.abs(want).max()), name
+        for test in (np.isnan, np.isposinf, np.isneginf):
+            assert np.array_equal(test(got), test(want)), (name, test.__name__)
+        fin = np.isfinite(want)
+        assert np.abs(got[fin] - want[fin]).max(initial=0) <= \
+            tol * max(1.0, np.abs(want[fin]).max(initial=0)), name
 
 
 def test_batch_blocks_fill_16_threads_and_keep_the_1_2_thread_plans(monkeypatch):
