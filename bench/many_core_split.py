@@ -207,9 +207,14 @@ CAPS = {"avx512": P.ConvCaps(own_sgemm=True, depthwise3x3_level=3),
                            fixed_sgemm=True, winotiny=True),
         "blas": P.ConvCaps(own_sgemm=False, depthwise3x3_level=2),
         "zen4": P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True,
-                           fixed_sgemm=True, avx512_full_rate=False, winotiny=True)}
+                           fixed_sgemm=True, avx512_full_rate=False, winotiny=True),
+        # a full-rate AVX-512 CPU with its AVX2 + FMA kernels too (what cc._caps() gives there:
+        # the tiny-map Winograd, direct at level 3 -- tuning.DIRECT_FULL_RATE)
+        "avx512_avx2": P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True,
+                                  fixed_sgemm=True, winotiny=True)}
 CAPS_LABEL = {"avx512": "Xeon (own GEMM)", "epyc": "EPYC (BLAS + fgemm)", "blas": "BLAS only",
-              "zen4": "Zen 4 (own GEMM, half rate)"}
+              "zen4": "Zen 4 (own GEMM, half rate)",
+              "avx512_avx2": "Xeon (own GEMM, AVX2 kernels too)"}
 LIMIT = 256 * 2**20                     # convkit's default workspace limit
 
 # Shapes taking the algorithms the suite's layers do not (--extra): (name, N, C, H, W, F, K,
@@ -232,7 +237,9 @@ SUM_PARAMS = {
     "pointwise": (("rows_w", "rows_x", "nsplit"),
                   ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit")),
     "winograd": ((), ("trows",)),
-    "batch": (("chans_w", "kimgs", "nsplit"), ("imgs", "chans_w", "kimgs", "nsplit")),
+    # (own GEMM: an entry of gw is one row x column chain, k in blocks set by k alone, so the
+    # channel / filter blocks that follow the team since helper batch16 cut none)
+    "batch": (("kimgs", "nsplit"), ("imgs", "chans_w", "kimgs", "nsplit")),
     "weight_dot": (("groups_n", "rows", "kr"), ()),
     "dense": ((), ("row_blocks",)),
     "weight_stem": ((), ("rows", "fchunk", "groups_n")),
@@ -412,7 +419,7 @@ def forward_regions(algo, p, s, own, itemsize):
                 p["per_thread"] * itemsize)
     if algo == "batch":
         blocks = runs(N, p["imgs"])
-        main = Region("gemm", [nb * HoWo * (wsz + C * KK) for nb in blocks])
+        main = Region("gemm", [nb * HoWo * (wsz + C * KK) for nb in blocks], "static")
         return [main], 0, 0 if own else wsz * len(blocks), p["per_thread"] * itemsize
     if algo == "phases":
         sh, sw = s.stride
@@ -598,16 +605,23 @@ def backward_regions(algo, p, s, own, itemsize, which):
         HpWp = Hp * Wp
         if which == "x":
             blocks = runs(N, p["imgs"])
-            return [Region("grad_x", [nb * HoWo * Cg * KK * (Fg + 1) for nb in blocks] * G)], \
+            return [Region("grad_x", [nb * HoWo * Cg * KK * (Fg + 1) for nb in blocks] * G,
+                           "static")], \
                 0, 0, p["per_thread"] * itemsize
         nsplit = p["nsplit"]
-        costs = []
-        for c in runs(Cg, p["chans_w"]):
-            for sp in range(nsplit):
-                imgs = (sp + 1) * N // nsplit - sp * N // nsplit
-                costs.append(Fg * c * KK * imgs * HoWo + c * (KK * HoWo + HpWp) * imgs)
-        regions = [Region("grad_weight", costs * G), Region("grad_bias", [N * HoWo] * F,
-                                                             "static")]
+        if own:     # (the own GEMM's panels; filter blocks on many threads: the kernel's order)
+            costs = P.batch_weight_costs(N, Cg, G, Fg, KK, HpWp, HoWo, p["chans_w"], nsplit,
+                                         p.get("filters_w", Fg))
+            useful = float(P.batch_weight_useful(N, Cg, G, Fg, KK, HpWp, HoWo))
+        else:
+            costs, useful = [], None
+            for c in runs(Cg, p["chans_w"]):
+                for sp in range(nsplit):
+                    imgs = (sp + 1) * N // nsplit - sp * N // nsplit
+                    costs.append(Fg * c * KK * imgs * HoWo + c * (KK * HoWo + HpWp) * imgs)
+            costs = costs * G
+        regions = [Region("grad_weight", costs, "static", useful=useful),
+                   Region("grad_bias", [N * HoWo] * F, "static")]
         return regions, F * N * HoWo + (nsplit - 1) * gwn, 0, p["per_thread"] * itemsize
     if algo == "weight_winograd":
         th, tw = cdiv(Ho, 4), cdiv(Wo, 4)

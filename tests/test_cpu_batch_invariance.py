@@ -98,8 +98,8 @@ ALGOS = [
     ("depthwise", (5, 8, 12, 12), (16, 1, 3, 3), dict(padding=1, groups=8),
      ("depthwise", "depthwise")),
     ("wide", (5, 3, 24, 24), (8, 3, 5, 5), dict(padding=2), ("wide", "im2col")),
-    # one input channel (lenet_c1): direct where the half-rate rule or AVX2 without the own
-    # GEMM takes it (float32), else wide
+    # one input channel (lenet_c1): direct where conv_plan.direct_allowed (the half-rate rule,
+    # AVX2 without the own GEMM, a full-rate AVX-512 CPU with AVX2) takes it (float32), else wide
     ("direct", (5, 1, 28, 28), (6, 1, 5, 5), dict(padding=2), ("direct", "im2col")),
 ]
 
@@ -110,7 +110,7 @@ def test_each_algorithm_is_batch_invariant(case, dtype):
     name, xs, ws, kw, want = case
     x, w, b = _inputs(xs, ws, dtype, len(name))
     fwd, gx, tile = _algos(x, w, kw)
-    if name == "direct" and (dtype != np.float32 or not P.avx2_algo(cc._caps(), "direct")):
+    if name == "direct" and (dtype != np.float32 or not P.direct_allowed(cc._caps())):
         want = ("wide", "im2col")
     elif name == "direct":
         assert fwd == "direct"      # (beside the own GEMM too: the half-rate rule)

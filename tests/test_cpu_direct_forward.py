@@ -23,7 +23,7 @@ if ok:
     LEVELS = [lv for lv in (2, 3) if lv <= wd.direct_level()]
 else:
     LEVELS = []
-DIRECT = ok and P.avx2_algo(cc._caps(), "direct")
+DIRECT = ok and P.direct_allowed(cc._caps())
 
 # (x shape, filters, kernel (KH, KW), padding (top, bottom, left, right))
 CASES = {
@@ -143,7 +143,8 @@ def test_direct_float64_keeps_its_plan(torch):
 def test_direct_rule():
     """The layers it names, nothing else: several channels, strides, dilation, groups, 1x1,
     float64, more taps than the own GEMM's k block, maps of <= 64 positions (the batch path),
-    full-rate AVX-512 CPUs and CPUs without AVX2 + FMA, a limit below a team's planes."""
+    CPUs without AVX2 + FMA, a limit below a team's planes; full-rate AVX-512 CPUs at level
+    3 as the half-rate ones (tuning.DIRECT_FULL_RATE)."""
     half = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True, fixed_sgemm=True,
                       avx512_full_rate=False)
     blas = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2, rowgemm=True, fixed_sgemm=True)
@@ -161,9 +162,18 @@ def test_direct_rule():
     assert fwd((1, 1, 28, 28), (6, 1, 5, 5), threads=16).threads == 1
     assert tuning.DIRECT_MAX_CHANNELS == 1 and tuning.DIRECT_MAX_TAPS == 192
     assert fwd((2, 1, 40, 40), (4, 1, 12, 16), pad=0).algo == "direct"        # 192 taps
+    # full-rate AVX-512 with AVX2 + FMA: level 3 too (tuning.DIRECT_FULL_RATE; off: not)
+    full = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True, fixed_sgemm=True,
+                      avx512_full_rate=True)
+    assert fwd((64, 1, 28, 28), (6, 1, 5, 5), caps=full) == st
+    tuning.DIRECT_FULL_RATE = False
+    try:
+        assert fwd((64, 1, 28, 28), (6, 1, 5, 5), caps=full).algo == "wide"
+    finally:
+        tuning.DIRECT_FULL_RATE = True
     for kw in (dict(stride=2), dict(dil=2, pad=4), dict(dtype=np.float64),
-               dict(caps=P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, rowgemm=True,
-                                    fixed_sgemm=True, avx512_full_rate=True)),
+               dict(caps=P.ConvCaps(own_sgemm=True, depthwise3x3_level=3,
+                                    avx512_full_rate=True)),         # (no AVX2 + FMA)
                dict(caps=P.ConvCaps(own_sgemm=False, depthwise3x3_level=2)),
                dict(limit=2 * per * 4 - 4)):
         assert fwd((64, 1, 28, 28), (6, 1, 5, 5), **kw).algo != "direct", kw

@@ -96,13 +96,24 @@ def _algos(plan):
 @pytest.mark.parametrize("threads", [1, 2, 16])
 def test_full_rate_keeps_the_avx512_plans(monkeypatch, threads):
     """A full-rate AVX-512 CPU plans as the AVX-512 caps without AVX2 algorithms do, whatever
-    tuning.HALF_RATE_AVX2 names; a half-rate one with an empty set plans the same."""
+    tuning.HALF_RATE_AVX2 names -- but lenet_c1's forward, direct at level 3 where AVX2 + FMA
+    run too (tuning.DIRECT_FULL_RATE; off: wide); a half-rate one with an empty set plans as
+    the AVX-512 caps (direct is a full-rate exception, not a half-rate algorithm there)."""
     for name, (s, gx) in _suite_shapes().items():
         want = P.plan_conv(s, np.float32, threads, XEON, 256 * 2**20, gx)
-        assert P.plan_conv(s, np.float32, threads, FULL, 256 * 2**20, gx) == want, name
+        full = P.plan_conv(s, np.float32, threads, FULL, 256 * 2**20, gx)
         monkeypatch.setattr(tuning, "HALF_RATE_AVX2", frozenset())
-        assert P.plan_conv(s, np.float32, threads, HALF, 256 * 2**20, gx) == want, name
+        half = P.plan_conv(s, np.float32, threads, HALF, 256 * 2**20, gx)
+        monkeypatch.setattr(tuning, "DIRECT_FULL_RATE", False)
+        assert P.plan_conv(s, np.float32, threads, FULL, 256 * 2**20, gx) == want, name
         monkeypatch.undo()
+        assert half == want, name
+        if name == "lenet_c1":
+            assert (want.forward.algo, full.forward.algo, full.forward.params["level"]) == \
+                ("wide", "direct", 3), full
+            assert (full.grad_x, full.grad_weight) == (want.grad_x, want.grad_weight)
+        else:
+            assert full == want, name
 
 
 # (forward, grad_x, grad_weight) on a half-rate CPU; None: the full-rate plan's
@@ -129,11 +140,11 @@ def test_half_rate_plans(threads):
         s, gx = shapes[name]
         full = P.plan_conv(s, np.float32, threads, FULL, 256 * 2**20, gx)
         half = P.plan_conv(s, np.float32, threads, HALF, 256 * 2**20, gx)
-        if want is None:
+        if want is None or name == "lenet_c1":      # (direct on both: DIRECT_FULL_RATE)
             assert half == full, name
-        else:
+        if want is not None:
             assert _algos(half) == want, (name, half)
-            assert _algos(full) != want, name
+            assert _algos(full) != want or name == "lenet_c1", name
         assert (P.plan_conv(s, np.float64, threads, HALF, 256 * 2**20, gx)
                 == P.plan_conv(s, np.float64, threads, FULL, 256 * 2**20, gx)), name
     wino = P.plan_conv(shapes["vgg_56"][0], np.float32, threads, HALF, 256 * 2**20)
@@ -225,7 +236,9 @@ def test_the_half_rate_algorithms_run_beside_the_own_gemm(torch, rate, name):
             convkit.set_num_threads(n)
             plan = cc._plan(x32, w32, (st, st), (pd,) * 4, (1, 1), 1)[3]
             algos = (plan.forward.algo, plan.grad_x.algo, plan.grad_weight.algo)
-            if rate:
+            if rate and name == "direct":       # (tuning.DIRECT_FULL_RATE)
+                assert algos == LAYERS[name][5] and plan.forward.params["level"] == 3, algos
+            elif rate:
                 assert not set(algos) & {"stem_wino", "weight_stem_wino", "rowphases",
                                          "subpixel", "weight_rowgemm", "weight_winograd",
                                          "direct"}, algos

@@ -141,7 +141,8 @@ CONV = [
     # lenet_c1's layer on 28x28 maps: the direct forward, an image a task (20: 16 threads take
     # two on four of them), 7 filters (a tile of 6 and one of 1), 784 positions (a short tile)
     ("direct", (20, 1, 28, 28), (7, 1, 5, 5), 1, 2, 1,
-     {"forward": "direct" if _avx2("direct") else "wide", "grad_x": "im2col"}, False),
+     {"forward": "direct" if ok and P.direct_allowed(cc._caps()) else "wide",
+      "grad_x": "im2col"}, False),
     ("dense", (16, 32, 2, 2), (32, 32, 3, 3), 1, 1, 1,
      {"forward": "dense", "grad_x": "dense", "grad_weight": "dense"}, False),
     ("depthwise3x3", (4, 16, 12, 12), (16, 1, 3, 3), 1, 1, 16,
@@ -1000,3 +1001,130 @@ def test_im2col_split_gives_the_same_bits_on_1_2_8_16_threads(monkeypatch, torch
     for got, ref in zip((y, gx, gw, gb), (yt, xt.grad, wt.grad, bt.grad)):
         ref = ref.detach().numpy()
         assert np.abs(got - ref).max() <= tol * max(1.0, np.abs(ref).max())
+# ------------------------------------------------------------------ the batch path's many-thread
+# blocks (issue 16): on the full-rate caps (no tiny-map Winograd: cc._WINOTINY off, as a CPU
+# without it) the tiny maps take "batch"; its blocks of images (6 of 12 on 64 images: 67 % of 16
+# threads idle) and grad_weight's 2 parts (88 %) left most of 16 threads idle.  Above 2 threads
+# the plan splits finer where no sum is cut (conv_plan.batch_even_images, batch_weight_blocks).
+BATCH16 = [("tiny_16_8x8", (64, 16, 8, 8), (16, 16, 3, 3)),
+           ("tiny_32_4x4", (64, 32, 4, 4), (32, 32, 3, 3)),
+           ("small_16_8x8", (128, 16, 8, 8), (16, 16, 3, 3)),
+           ("odd_24_6x6", (37, 24, 6, 6), (24, 24, 3, 3))]     # ragged blocks, 3 filter tiles
+
+
+@pytest.fixture
+def full_rate_batch(monkeypatch, full_rate):
+    monkeypatch.setattr(cc, "_WINOTINY", False)
+    cc._caps_by_level.clear()
+    cc._plans.clear()
+    yield
+    monkeypatch.undo()
+    cc._caps_by_level.clear()
+    cc._plans.clear()
+
+
+@pytest.mark.skipif(not OWN, reason=OWN_ONLY.replace("phases and weight_dot", "the batch split"))
+@pytest.mark.parametrize("where", ["finite", "nonfinite"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", BATCH16, ids=[c[0] for c in BATCH16])
+def test_batch_many_thread_blocks_give_the_same_bits_on_1_2_8_16_threads(full_rate_batch, torch,
+                                                                         case, dtype, where):
+    """float32: 1 and 2 threads the old blocks, 8 and 16 finer image blocks and grad_weight
+    (channel x filter) blocks -- the same bits for y, grad_x, grad_weight, grad_bias, and
+    torch float64's values (a NaN and infs in x: NaN / inf exactly where torch's are);
+    float64 (BLAS: an image a block) unchanged."""
+    name, xs, ws = case
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = (rng.standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    if where == "nonfinite":
+        x[1, 2, 3, 1], x[xs[0] - 2, 0, 0, 2], x[xs[0] // 2, 5, 2, 2] = np.nan, np.inf, -np.inf
+    if dtype == np.float32 and where == "finite":
+        blocks = {}
+        for nt in THREADS:
+            convkit.set_num_threads(nt)
+            plan = cc._plan(x, w, (1, 1), (1,) * 4, (1, 1), 1)[3]
+            assert (plan.forward.algo, plan.grad_x.algo, plan.grad_weight.algo) == \
+                ("batch",) * 3, (nt, plan)
+            p = plan.grad_weight.params
+            blocks[nt] = (plan.forward.params["imgs"], p["chans_w"], p.get("filters_w"))
+        convkit.set_num_threads(None)
+        assert blocks[1] == blocks[2] and blocks[1][2] is None, blocks
+        for nt in (8, 16):      # (finer image blocks; channel or filter blocks)
+            assert blocks[nt][0] < blocks[1][0] and blocks[nt][1:] != blocks[1][1:], blocks
+    gy = np.random.default_rng(32).standard_normal((xs[0], ws[0], xs[2], xs[3])).astype(dtype)
+
+    def passes():
+        with convkit.use_backend("cpu"):
+            y = convkit.conv2d_forward(x, w, b, stride=1, padding=1)
+            g = convkit.conv2d_backward(gy, x, w, stride=1, padding=1, has_bias=True)
+            return (y,) + tuple(g)
+
+    runs = _on_threads(passes)
+    for nt in THREADS[1:]:
+        assert _bits(runs[nt]) == _bits(runs[1]), nt
+    xt, wt, gt = (torch.from_numpy(a.astype(np.float64)).requires_grad_(True) for a in (x, w, gy))
+    bt = torch.from_numpy(b.astype(np.float64)).requires_grad_(True)
+    yt = torch.nn.functional.conv2d(xt, wt, bt, padding=1)
+    yt.backward(gt)
+    tol = 2e-4 if dtype == np.float32 else 1e-10
+    for got, want in zip(runs[16], (yt, xt.grad, wt.grad, bt.grad)):
+        want = want.detach().numpy()
+        for test in (np.isnan, np.isposinf, np.isneginf):
+            assert np.array_equal(test(got), test(want)), (name, test.__name__)
+        fin = np.isfinite(want)
+        assert np.abs(got[fin] - want[fin]).max(initial=0) <= \
+            tol * max(1.0, np.abs(want[fin]).max(initial=0)), name
+
+
+def test_batch_blocks_fill_16_threads_and_keep_the_1_2_thread_plans(monkeypatch):
+    """The full-rate caps' batch plans: forward and grad_x lose <= 10 % of 8 / 16 / 64 threads
+    (static schedule, own_gemm_cols); grad_weight's blocks lose less than the old (tiny_16_8x8:
+    2 tasks, 88 % of 16 threads) within tuning.BATCH_W_MAX_EXTRA more work, the busiest
+    thread's work on 16 threads at most 0.3 of the old -- not 10 %: the parts fix the sums (no
+    finer cut of the batch), and finer channel / filter blocks cost partial panels and
+    columns built again; kimgs and nsplit (the sums' chains) as on 1 thread; 1 and 2 threads
+    the old plans (the rules replaced by identities give the same steps)."""
+    from convkit.cpu import tuning as T
+    caps = P.ConvCaps(own_sgemm=True, depthwise3x3_level=3, avx512_full_rate=True)
+    limit = 256 * 2**20
+    plans = {}
+    for _, xs, ws in BATCH16:
+        s = P.ConvShape.of(xs, ws, (1, 1), (1,) * 4, (1, 1), 1)
+        for nt in (1, 2, 8, 16, 64):
+            plans[xs, nt] = P.plan_conv(s, np.float32, nt, caps, limit)
+    monkeypatch.setattr(P, "batch_even_images", lambda N, imgs, HoWo, nt: imgs)
+    monkeypatch.setattr(P, "batch_weight_blocks", lambda *a: (a[7], a[3]))
+    for _, xs, ws in BATCH16:
+        s = P.ConvShape.of(xs, ws, (1, 1), (1,) * 4, (1, 1), 1)
+        N, C, H, W = xs
+        F, KK, HoWo, HpWp = ws[0], 9, H * W, (H + 2) * (W + 2)
+        one = plans[xs, 1].grad_weight.params
+        for nt in (1, 2, 8, 16, 64):
+            plan, old = plans[xs, nt], P.plan_conv(s, np.float32, nt, caps, limit)
+            assert plan.forward.algo == plan.grad_x.algo == plan.grad_weight.algo == "batch"
+            if nt <= 2:
+                assert plan == old, (xs, nt)
+                continue
+            def img_lost(i):
+                costs = [P.own_gemm_cols(min(i, N - n0) * HoWo) for n0 in range(0, N, i)]
+                return P._static_lost(costs, N * HoWo, nt)
+            for st, was in ((plan.forward, old.forward), (plan.grad_x, old.grad_x)):
+                i = st.params["imgs"]
+                # (odd_24_6x6's 36-position images: any block has a partial panel)
+                assert img_lost(i) <= (0.1 if N != 37 else img_lost(was.params["imgs"])), \
+                    (xs, nt, i)
+            p = plan.grad_weight.params
+            assert (p["kimgs"], p["nsplit"]) == (one["kimgs"], one["nsplit"]), (xs, nt)
+            fw = p.get("filters_w", F)
+            assert fw == F or fw % 8 == 0
+            args = (N, C, 1, F, KK, HpWp, HoWo)
+            useful = P.batch_weight_useful(*args)
+            new = P.batch_weight_costs(*args, p["chans_w"], p["nsplit"], fw)
+            prev = P.batch_weight_costs(*args, one["chans_w"], one["nsplit"], F)
+            assert P._static_lost(new, useful, nt) < P._static_lost(prev, useful, nt), (xs, nt)
+            assert sum(new) <= (1 + T.BATCH_W_MAX_EXTRA) * sum(prev), (xs, nt)
+            # (the busiest thread's work: at most 0.3 of the old on 16 threads)
+            assert nt != 16 or P.static_span(new, nt) <= 0.3 * P.static_span(prev, nt), xs
+            assert sum(new) <= (1 + T.BATCH_W_MAX_EXTRA) * sum(prev), (xs, nt)

@@ -395,7 +395,8 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                           Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups,
                           bint needs_input_grad, const unsigned short[::1] masks,
                           Py_ssize_t nsplit, floating[::1] gwp, int n_threads,
-                          bint needs_weight_grad=True, Py_ssize_t wt_ratio=-1):
+                          bint needs_weight_grad=True, Py_ssize_t wt_ratio=-1,
+                          Py_ssize_t filters_w=-1):
     """grad_weight into gw (OUT, any contents; when needs_weight_grad, else x is not read) and,
     when needs_input_grad, grad_x into gx (OUT, any contents) with batch-wide GEMMs.
 
@@ -403,6 +404,9 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
     [s*N/nsplit, (s+1)*N/nsplit)); part 0 sums into gw, part s > 0 into gwp[(s-1)*F*Cg*KK:]
     (laid out as gw), and the parts are added into gw in order after: the same bits for any
     thread count.
+    filters_w (-1: a group's Fg): grad_weight tasks own blocks of this many filters (rows of
+    gw[g]) too -- an entry's sum is the same GEMM row's chain whatever the block (the many-thread
+    plans, conv_plan.batch_weight_blocks).
 
     gyt (F, N*HoWo): gy with the images side by side (filled here).
     grad_weight: a task owns ``chans_w`` input channels of one group -- a column block of gw[g]
@@ -420,6 +424,8 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
     cdef Py_ssize_t Ho = gy.shape[2], Wo = gy.shape[3], HoWo = Ho * Wo, LN = N * HoWo
     cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
     cdef Py_ssize_t ntw = (Cg + chans_w - 1) // chans_w, nblk = (N + imgs - 1) // imgs
+    cdef Py_ssize_t nfw = Fg if filters_w <= 0 or filters_w > Fg else filters_w
+    cdef Py_ssize_t nfb = (Fg + nfw - 1) // nfw, f0, nf
     cdef Py_ssize_t t, n, f, g, c0, c1, n0, nb, L, j, c, sp, tw, na, nz, i
     cdef Py_ssize_t gwn = F * CgKK
     cdef const unsigned short* mp = &masks[0] if masks.shape[0] > 0 else NULL
@@ -436,16 +442,19 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
         for n in range(N):
             for f in range(F):
                 _copy_short(&gyt[0] + f * LN + n * HoWo, &gy[n, f, 0, 0], HoWo)
-        for t in prange(G * ntw * nsplit if needs_weight_grad else 0, schedule="static",
+        for t in prange(G * ntw * nsplit * nfb if needs_weight_grad else 0, schedule="static",
                         num_threads=n_threads):
-            sp = t % nsplit
-            tw = t // nsplit
+            f0 = (t % nfb) * nfw            # (filter block, part, channel block) within a group
+            nf = _min(nfw, Fg - f0)
+            sp = (t // nfb) % nsplit
+            tw = t // (nfb * nsplit)
             g = tw // ntw
             c0 = (tw - g * ntw) * chans_w
             c1 = _min(Cg, c0 + chans_w)
             na = sp * N // nsplit
             nz = (sp + 1) * N // nsplit
-            dst = (gwf if sp == 0 else &gwp[0] + (sp - 1) * gwn) + g * Fg * CgKK + c0 * KK
+            dst = ((gwf if sp == 0 else &gwp[0] + (sp - 1) * gwn) + (g * Fg + f0) * CgKK
+                   + c0 * KK)
             buf = &ws[0] + threadid() * ws_per_thread
             nck = (c1 - c0) * KK
             # float32 on csrc/fgemm.h (no AVX-512 GEMM): BLAS spent most of these small-m
@@ -456,8 +465,8 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
             use_fg = False
             if floating is float:
                 use_fg = wt_ratio >= 0 and not ck_sgemm_available() and ck_fgemm_available()
-                if use_fg and nck > wt_ratio * Fg:
-                    gwt = <floating*>malloc(nck * Fg * sizeof(floating))
+                if use_fg and nck > wt_ratio * nf:
+                    gwt = <floating*>malloc(nck * nf * sizeof(floating))
             n0 = na
             while n0 < nz:      # images in blocks of kimgs, summed in order
                 nb = _min(kimgs, nz - n0)
@@ -467,26 +476,27 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                               buf, buf + nck * L, L)
                 ok = 0
                 if gwt != NULL:
-                    ok = ck_fgemm(False, True, nck, Fg, L, 1, <float*>buf, L,
-                                  <float*>&gyt[0] + g * Fg * LN + n0 * HoWo, LN,
-                                  1 if n0 > na else 0, <float*>gwt, Fg)
+                    ok = ck_fgemm(False, True, nck, nf, L, 1, <float*>buf, L,
+                                  <float*>&gyt[0] + (g * Fg + f0) * LN + n0 * HoWo, LN,
+                                  1 if n0 > na else 0, <float*>gwt, nf)
                 elif use_fg:
-                    ok = ck_fgemm(False, True, Fg, nck, L, 1,
-                                  <float*>&gyt[0] + g * Fg * LN + n0 * HoWo, LN, <float*>buf, L,
+                    ok = ck_fgemm(False, True, nf, nck, L, 1,
+                                  <float*>&gyt[0] + (g * Fg + f0) * LN + n0 * HoWo, LN,
+                                  <float*>buf, L,
                                   1 if n0 > na else 0, <float*>dst, CgKK)
                 if not ok:  # (fgemm declines at a thread's first call or never: no memory)
                     if gwt != NULL:
                         free(gwt)
                         gwt = NULL
                     use_fg = False
-                    gemm(False, True, Fg, nck, L, <floating>1,
-                         &gyt[0] + g * Fg * LN + n0 * HoWo, LN, buf, L,
+                    gemm(False, True, nf, nck, L, <floating>1,
+                         &gyt[0] + (g * Fg + f0) * LN + n0 * HoWo, LN, buf, L,
                          <floating>(1 if n0 > na else 0), dst, CgKK)
                 n0 = n0 + nb
             if gwt != NULL:
-                for f in range(Fg):
+                for f in range(nf):
                     for j in range(nck):
-                        dst[f * CgKK + j] = gwt[j * Fg + f]
+                        dst[f * CgKK + j] = gwt[j * nf + f]
                 free(gwt)
         for sp in range(1, nsplit if needs_weight_grad else 1):     # the parts, in order
             for i in range(gwn):

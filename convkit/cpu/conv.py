@@ -789,7 +789,8 @@ def _bwd_batch(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                     needs_gx,
                                     _shift_masks(s.H, s.W, Ho, Wo, KH, KW, s.stride, pt, pl,
                                                  s.dilation, x.itemsize), p["nsplit"], gwp,
-                                    step.threads, needs_gw, _T.BATCH_W_FGEMM_RATIO)
+                                    step.threads, needs_gw, _T.BATCH_W_FGEMM_RATIO,
+                                    p.get("filters_w", -1))
 
 
 def _bwd_polywino(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw, bias=None):

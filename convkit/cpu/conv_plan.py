@@ -998,6 +998,28 @@ def batch_images(N, own_gemm, fixed=False):
     return ceil_div(N, T.BATCH_BLOCKS) if own_gemm or fixed else 1
 
 
+def batch_even_images(N, imgs, HoWo, n_threads):
+    """Images per batch forward / grad_x task: ``imgs``, unless on more than 2 threads its
+    blocks leave more than tuning.BATCH_MAX_IDLE of them idle (tiny_16_8x8's 64 images in 6
+    blocks of 12: 67 % of 16 threads, own_gemm_cols counting a block's partial panel); then
+    the most images a block that leave at most that share, else the fewest lost.  Only where
+    the GEMM sums a column in the same order in any block (own or fixed-order GEMM)."""
+    num, den = T.BATCH_MAX_IDLE
+
+    def lost(i):
+        return _static_lost([own_gemm_cols(min(i, N - n0) * HoWo) for n0 in range(0, N, i)],
+                            N * HoWo, n_threads)
+    if n_threads <= 2 or den * lost(imgs) <= num:
+        return imgs
+    best = imgs
+    for i in range(imgs - 1, 0, -1):
+        if lost(i) < lost(best):
+            best = i
+        if den * lost(best) <= num:
+            break
+    return best
+
+
 def plan_batch_forward(N, C, F, KK, HpWp, HoWo, itemsize, n_threads, limit, own_gemm=False,
                        fixed=False):
     """(threads, images per task, workspace elements per thread), or None when one image does
@@ -1007,20 +1029,24 @@ def plan_batch_forward(N, C, F, KK, HpWp, HoWo, itemsize, n_threads, limit, own_
         return None
     imgs = panel_images(min(batch_images(N, own_gemm, fixed), limit // per_img,
                             max(1, T.BATCH_CACHE // (C * KK * HoWo * itemsize))), HoWo)
+    if own_gemm or fixed:
+        imgs = batch_even_images(N, imgs, HoWo, n_threads)
     n_threads = max(1, min(n_threads, limit // (imgs * per_img), ceil_div(N, imgs)))
     return n_threads, imgs, imgs * per_img // itemsize
 
 
 def plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_gx, limit,
                         own_gemm=False, fixed=False):
-    """(threads, chans_w, kimgs, imgs, nsplit, workspace elements per thread), or None when it
-    does not fit (gy side by side, the partial grad_weights, plus one channel's columns and
+    """(threads, chans_w, kimgs, imgs, nsplit, workspace elements per thread, filters_w), or
+    None when it does not fit (gy side by side, the partial grad_weights, plus one channel's columns and
     padded plane of one image).
 
     grad_weight's column blocks (chans_w channels * KK taps) are whole GEMM panels where the
     channels allow; when that leaves fewer than tuning.BATCH_W_BLOCKS blocks, the batch is split
     into nsplit fixed parts summed separately and added after.  Neither depends on the thread
-    count.  grad_x's blocks of images: batch_images."""
+    count.  grad_x's blocks of images: batch_images.  On more than 2 threads, where those
+    tasks leave too many idle, finer blocks that cut no sum: batch_even_images,
+    batch_weight_blocks (filters_w: filters per grad_weight task; Fg: all)."""
     q = T.GEMM_PANEL // math.gcd(T.GEMM_PANEL, KK)      # channels per whole panel
     chans_w = min(Cg, ceil_div(ceil_div(Cg, T.BATCH_W_BLOCKS), q) * q)
     nsplit = max(1, min(N, T.BATCH_W_BLOCKS // (G * ceil_div(Cg, chans_w))))
@@ -1036,9 +1062,71 @@ def plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_
     kimgs = min(N, room // (chans_w * unit_w), max(1, T.BATCH_CACHE // (chans_w * unit_w)))
     imgs = panel_images(max(1, min(batch_images(N, own_gemm, fixed), room // unit_x,  # (1 if unused)
                                    max(1, T.BATCH_CACHE // (Cg * KK * HoWo * itemsize)))), HoWo)
+    filters_w = Fg = F // G
+    if own_gemm or fixed:
+        imgs = batch_even_images(N, imgs, HoWo, n_threads)
+    if own_gemm:    # (kimgs and nsplit, which fix the sums, stay those of the old blocks)
+        chans_w, filters_w = batch_weight_blocks(N, Cg, G, Fg, KK, HpWp, HoWo, chans_w, nsplit,
+                                                 n_threads)
     ws = max(chans_w * kimgs * unit_w, imgs * unit_x if needs_gx else 0)
     n_threads = max(1, min(n_threads, room // ws))
-    return n_threads, chans_w, kimgs, imgs, nsplit, ws // itemsize
+    return n_threads, chans_w, kimgs, imgs, nsplit, ws // itemsize, filters_w
+
+
+def batch_weight_costs(N, Cg, G, Fg, KK, HpWp, HoWo, chans_w, nsplit, filters_w):
+    """The batch grad_weight's task costs in the kernel's order ((channel block, part, filter
+    block) within a group), in MACs: a block's GEMM on the own GEMM's columns (own_gemm_cols of
+    its channels x taps), and tuning.BATCH_W_COPY_MACS a value for what it copies -- its
+    columns built (im2col) and packed, again for each filter block, and its grad_y rows
+    packed, again for each channel block."""
+    e = T.BATCH_W_COPY_MACS
+    costs = []
+    for c0 in range(0, Cg, chans_w):
+        c = min(chans_w, Cg - c0)
+        for sp in range(nsplit):
+            imgs = (sp + 1) * N // nsplit - sp * N // nsplit
+            for f0 in range(0, Fg, filters_w):
+                nf = min(filters_w, Fg - f0)
+                costs.append(nf * own_gemm_cols(c * KK) * imgs * HoWo
+                             + e * (c * (2 * KK * HoWo + HpWp) + nf * HoWo) * imgs)
+    return costs * G
+
+
+def batch_weight_useful(N, Cg, G, Fg, KK, HpWp, HoWo):
+    """batch_weight_costs' work without partial panels or anything built twice."""
+    return G * N * (Fg * Cg * KK * HoWo
+                    + T.BATCH_W_COPY_MACS * (Cg * (2 * KK * HoWo + HpWp) + Fg * HoWo))
+
+
+def batch_weight_blocks(N, Cg, G, Fg, KK, HpWp, HoWo, chans_w, nsplit, n_threads):
+    """(channels, filters) per batch grad_weight task on the own GEMM: (chans_w, Fg) unless
+    on more than 2 threads its G * ceil(Cg/chans_w) * nsplit tasks leave more than
+    tuning.BATCH_MAX_IDLE of them idle (tiny_16_8x8: 2 parts, 88 % of 16 threads); then the
+    channel blocks (at most chans_w) and filter blocks (whole tuning.BATCH_W_FILTER_ROWS-row
+    tiles, or all) that lose the least (batch_weight_costs: idle threads, partial panels,
+    columns built again per filter block) among those whose work is at most
+    tuning.BATCH_W_MAX_EXTRA above the old blocks', the fewest tasks on a tie.  No sum is
+    cut: an entry of gw is one GEMM row and column, summed over its part's image blocks as
+    before."""
+    num, den = T.BATCH_MAX_IDLE
+    useful = batch_weight_useful(N, Cg, G, Fg, KK, HpWp, HoWo)
+
+    def costs(c, f):
+        return batch_weight_costs(N, Cg, G, Fg, KK, HpWp, HoWo, c, nsplit, f)
+    old = costs(chans_w, Fg)
+    if n_threads <= 2 or den * _static_lost(old, useful, n_threads) <= num:
+        return chans_w, Fg
+    most = (1 + T.BATCH_W_MAX_EXTRA) * sum(old)
+    rows = T.BATCH_W_FILTER_ROWS
+    best = (_static_lost(old, useful, n_threads), len(old), chans_w, Fg)
+    for f in sorted({Fg} | set(range(rows, Fg, rows))):
+        for c in range(1, chans_w + 1):
+            if G * ceil_div(Cg, c) * nsplit * ceil_div(Fg, f) > 4 * n_threads:
+                continue
+            cs = costs(c, f)
+            if sum(cs) <= most:
+                best = min(best, (_static_lost(cs, useful, n_threads), len(cs), c, f))
+    return best[2], best[3]
 
 
 def plan_phases(s: ConvShape, Ho, Wo, float32, own_sgemm, pointwise, n_threads, limit):
@@ -1555,6 +1643,14 @@ def plan_subpixel(s: ConvShape, itemsize, own_gemm, pointwise, n_threads, limit)
     return fit_team(n_threads, per * itemsize, 0, limit), rows, per, srows
 
 
+def direct_allowed(caps: ConvCaps) -> bool:
+    """Whether these caps may plan the direct forward: where avx2_algo allows it, and on a
+    full-rate AVX-512 CPU with AVX2 + FMA at level 3 (tuning.DIRECT_FULL_RATE)."""
+    return avx2_algo(caps, "direct") or (T.DIRECT_FULL_RATE and caps.rowgemm and caps.own_sgemm
+                                         and caps.avx512_full_rate
+                                         and caps.depthwise3x3_level >= 3)
+
+
 def plan_direct(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_threads, limit):
     """(level, workspace floats per thread, bias first) of the direct forward (csrc/wdirect.h
     ck_direct_forward), or None: float32 on AVX2 + FMA where avx2_algo allows it, groups 1,
@@ -1565,9 +1661,10 @@ def plan_direct(s: ConvShape, Ho, Wo, float32, caps: ConvCaps, pointwise, n_thre
     output one chain over the taps in the GEMM's order: no bits follow the team or the level.
     level 3 (64-byte vectors) where the CPU runs AVX-512 (caps.depthwise3x3_level), else 2;
     the chains start from the bias where the GEMMs of the plan it replaces run on csrc/fgemm.h
-    (no own GEMM), from 0 with the bias added after on the own GEMM: the same bits."""
+    (no own GEMM), from 0 with the bias added after on the own GEMM: the same bits.  On a
+    full-rate AVX-512 CPU too (tuning.DIRECT_FULL_RATE), at level 3."""
     from ._conv_wdirect import direct_floats  # (a pure size computation, shared with the kernel)
-    if (not float32 or not avx2_algo(caps, "direct") or s.groups != 1 or pointwise
+    if (not float32 or not direct_allowed(caps) or s.groups != 1 or pointwise
             or s.stride != (1, 1) or s.dilation != (1, 1) or s.C > T.DIRECT_MAX_CHANNELS
             or s.C * s.KH * s.KW > T.DIRECT_MAX_TAPS):
         return None
@@ -1867,8 +1964,11 @@ def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,
         p = plan_batch_backward(N, Cg, G, F, KH * KW, Hp * Wp, Ho * Wo, itemsize, n, gx_left,
                                 limit, own, fixed)
         if p is not None:
-            step = Step("batch", p[0], {"chans_w": p[1], "kimgs": p[2], "imgs": p[3],
-                                        "nsplit": p[4], "per_thread": p[5]})
+            params = {"chans_w": p[1], "kimgs": p[2], "imgs": p[3], "nsplit": p[4],
+                      "per_thread": p[5]}
+            if p[6] != F // G:          # (filter blocks: only where the team would idle)
+                params["filters_w"] = p[6]
+            step = Step("batch", p[0], params)
             return (step if gx_left else gx), step, "sum", bias_n
     return _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointwise,
                                  gx_left, wbytes, own, limit, gx, gw, bias_n, fixed)

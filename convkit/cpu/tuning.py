@@ -39,6 +39,15 @@ SERIAL_MACS = 1 << 15
 HALF_RATE_AVX2 = frozenset({"stem", "weight_stem", "rowphases", "subpixel", "weight_rowgemm",
                             "winograd4", "weight_winograd", "weight_direct", "polywino",
                             "weight_polywino", "direct"})
+# direct on full-rate AVX-512 CPUs as well (level 3, 512-bit vectors, beside the own GEMM; an
+# exception to "full-rate CPUs keep their plans"): its level-3 kernel and the wide plan it
+# replaces both run 512-bit FMAs, so their ratio on the half-rate Zen 4 stands for the FMA and
+# instruction efficiency a full-rate CPU sees too -- lenet_c1's forward (64, 1, 28, 28) *
+# (6, 1, 5, 5) with the full-rate plans forced, one thread, CPU time: direct 0.85x wide (wide's
+# GEMM of 6 filters fills 6 of the own GEMM's 8-row tiles, 4 of each row's 32 columns are
+# padding), the same bits (the bias added after the chain on both).  Not timed on a full-rate
+# CPU.  RESULTS.md twelfth session (helper batch16), bench/direct_fullrate_cpu.py.
+DIRECT_FULL_RATE = True
 
 # ----------------------------------------------------------------------------- workspaces
 # im2col piece per thread: twice the weight's bytes, clamped to [CHUNK_MIN, CHUNK_MAX]; small
@@ -261,6 +270,23 @@ BATCH_BLOCKS = 4
 # Column blocks of the batch grad_weight (the batch is split in fixed parts below this).
 # Not measured in RESULTS.md.
 BATCH_W_BLOCKS = 2
+# Above 2 threads, where the batch paths' tasks would leave more than BATCH_MAX_IDLE of the
+# threads idle (the model's share: idle threads and the own GEMM's partial panels), the plans
+# split finer where no sum is cut: the forward / grad_x blocks of images (on a fixed-order GEMM
+# a column's sum does not depend on its block), grad_weight's column blocks and blocks of
+# BATCH_W_FILTER_ROWS filters (the own AVX-512 GEMM's 8-row tiles; each entry keeps its chain
+# over the parts' image blocks).  The 1- and 2-thread plans are the old ones.  RESULTS.md
+# twelfth session (helper batch16): the model at 16 threads and one-thread CPU time.
+BATCH_MAX_IDLE = (1, 10)
+BATCH_W_FILTER_ROWS = 8
+# The grad_weight blocks' cost model (conv_plan.batch_weight_costs): a value copied (im2col,
+# the GEMM's packing of the columns and of grad_y) costs this many MACs; and the finer blocks
+# may cost at most BATCH_W_MAX_EXTRA more work than the old (one-thread CPU time).  Fitted on
+# tiny_16_8x8 / tiny_32_4x4, one thread, CPU time (bench/batch_split_cpu.py): filter blocks of
+# 8 +31 % / +73 % (the columns built and packed per block), channel blocks of 8 +11 % / +13 %,
+# of 4 +26 % / +31 % (36-column partial panels).  RESULTS.md twelfth session (helper batch16).
+BATCH_W_COPY_MACS = 3
+BATCH_W_MAX_EXTRA = 0.25
 # Batch grad_weight, float32 on csrc/fgemm.h (AVX2 machines; the AVX-512 GEMM keeps its
 # place), not BLAS, which spent most of these small-m GEMMs packing; a block with more columns
 # (channels x taps) than this many times its filters computed transposed, columns @ grad_y^T
