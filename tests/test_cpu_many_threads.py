@@ -228,6 +228,13 @@ def _on_threads(fn):
     return out
 
 
+def _same_conv_passes(x, w, b, gy):
+    """(y, grad_x, grad_weight, grad_bias) of a 3x3 stride-1 'same' conv on the cpu backend."""
+    with convkit.use_backend("cpu"):
+        y = convkit.conv2d_forward(x, w, b, stride=1, padding=1)
+        return (y,) + tuple(convkit.conv2d_backward(gy, x, w, stride=1, padding=1, has_bias=True))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CONV, ids=[c[0] for c in CONV])
 def test_each_conv_algorithm_gives_the_same_bits_on_1_2_8_16_threads(case, dtype):
@@ -805,13 +812,7 @@ def test_f2_split_gives_the_same_bits_on_1_2_8_16_threads(full_rate, torch, case
     gy = np.random.default_rng(22).standard_normal(
         (xs[0], ws[0], xs[2], xs[3])).astype(dtype)
 
-    def passes():
-        with convkit.use_backend("cpu"):
-            y = convkit.conv2d_forward(x, w, b, stride=1, padding=1)
-            g = convkit.conv2d_backward(gy, x, w, stride=1, padding=1, has_bias=True)
-            return (y,) + tuple(g)
-
-    runs = _on_threads(passes)
+    runs = _on_threads(lambda: _same_conv_passes(x, w, b, gy))
     for nt in THREADS[1:]:
         assert _bits(runs[nt]) == _bits(runs[1]), nt
     xt = torch.tensor(x.astype(np.float64), requires_grad=True)
@@ -1055,13 +1056,7 @@ def test_batch_many_thread_blocks_give_the_same_bits_on_1_2_8_16_threads(full_ra
             assert blocks[nt][0] < blocks[1][0] and blocks[nt][1:] != blocks[1][1:], blocks
     gy = np.random.default_rng(32).standard_normal((xs[0], ws[0], xs[2], xs[3])).astype(dtype)
 
-    def passes():
-        with convkit.use_backend("cpu"):
-            y = convkit.conv2d_forward(x, w, b, stride=1, padding=1)
-            g = convkit.conv2d_backward(gy, x, w, stride=1, padding=1, has_bias=True)
-            return (y,) + tuple(g)
-
-    runs = _on_threads(passes)
+    runs = _on_threads(lambda: _same_conv_passes(x, w, b, gy))
     for nt in THREADS[1:]:
         assert _bits(runs[nt]) == _bits(runs[1]), nt
     xt, wt, gt = (torch.from_numpy(a.astype(np.float64)).requires_grad_(True) for a in (x, w, gy))

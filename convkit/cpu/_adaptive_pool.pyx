@@ -111,6 +111,22 @@ def adaptive_avg_forward(const floating[:, :, ::1] x,
         raise MemoryError("adaptive_avg_pool2d_forward: out of memory for a row of scratch")
 
 
+cdef bint _planes_and_values(cnp.ndarray a, cnp.ndarray v, Py_ssize_t* P, Py_ssize_t* n):
+    """The global pools' arguments: a of P planes of n values, (P, n) or (N, C, H, W), and v of
+    P values, both C-contiguous float32 or float64 of one dtype (False else); sets P and n."""
+    cdef int tx = cnp.PyArray_TYPE(a), nd = cnp.PyArray_NDIM(a)
+    if nd == 2:
+        P[0], n[0] = cnp.PyArray_DIM(a, 0), cnp.PyArray_DIM(a, 1)
+    elif nd == 4:
+        P[0] = cnp.PyArray_DIM(a, 0) * cnp.PyArray_DIM(a, 1)
+        n[0] = cnp.PyArray_DIM(a, 2) * cnp.PyArray_DIM(a, 3)
+    else:
+        return False
+    return ((tx == cnp.NPY_FLOAT32 or tx == cnp.NPY_FLOAT64) and cnp.PyArray_TYPE(v) == tx
+            and cnp.PyArray_SIZE(v) == P[0] and cnp.PyArray_IS_C_CONTIGUOUS(a)
+            and cnp.PyArray_IS_C_CONTIGUOUS(v))
+
+
 def global_avg_forward(cnp.ndarray x, cnp.ndarray y, int n_threads, bint by_eight=True):
     """y[p] = sum(x[p, :]) / HW: x (P, HW) and y (P,), or x (N, C, H, W) and y of N*C values
     (P = N*C planes: no reshape views), C-contiguous, both float32 or both float64 (ValueError
@@ -120,16 +136,9 @@ def global_avg_forward(cnp.ndarray x, cnp.ndarray y, int n_threads, bint by_eigh
     tests) sums every plane alone.  n_threads runs of whole 8-plane blocks, run t on thread t.
     Plain ndarrays, not typed memoryviews: the fused-type dispatch and two buffer acquisitions
     were ~1.5 us of a 10 us call."""
-    cdef int tx = cnp.PyArray_TYPE(x), nd = cnp.PyArray_NDIM(x)
+    cdef int tx = cnp.PyArray_TYPE(x)
     cdef Py_ssize_t P = 0, n = 0, B, t, lo, hi
-    if nd == 2:
-        P, n = cnp.PyArray_DIM(x, 0), cnp.PyArray_DIM(x, 1)
-    elif nd == 4:
-        P = cnp.PyArray_DIM(x, 0) * cnp.PyArray_DIM(x, 1)
-        n = cnp.PyArray_DIM(x, 2) * cnp.PyArray_DIM(x, 3)
-    if ((nd != 2 and nd != 4) or (tx != cnp.NPY_FLOAT32 and tx != cnp.NPY_FLOAT64)
-            or cnp.PyArray_TYPE(y) != tx or cnp.PyArray_SIZE(y) != P
-            or not cnp.PyArray_IS_C_CONTIGUOUS(x) or not cnp.PyArray_IS_C_CONTIGUOUS(y)):
+    if not _planes_and_values(x, y, &P, &n):
         raise ValueError("global_avg_forward: x (P, HW) or (N, C, H, W) and y of P values must "
                          "be C-contiguous float32 or float64 arrays of one dtype")
     B = P // 8
@@ -159,16 +168,9 @@ def global_avg_backward(cnp.ndarray gy, cnp.ndarray gx, int n_threads):
     arrays' checks as global_avg_forward's), csrc/adaptive_pool.h ck_avg_fill: the vectorised
     fill, in place.  n_threads contiguous runs of planes, run t on thread t (a static
     schedule: the same thread writes the same planes every call)."""
-    cdef int tx = cnp.PyArray_TYPE(gx), nd = cnp.PyArray_NDIM(gx)
+    cdef int tx = cnp.PyArray_TYPE(gx)
     cdef Py_ssize_t P = 0, HW = 0, t, lo, hi
-    if nd == 2:
-        P, HW = cnp.PyArray_DIM(gx, 0), cnp.PyArray_DIM(gx, 1)
-    elif nd == 4:
-        P = cnp.PyArray_DIM(gx, 0) * cnp.PyArray_DIM(gx, 1)
-        HW = cnp.PyArray_DIM(gx, 2) * cnp.PyArray_DIM(gx, 3)
-    if ((nd != 2 and nd != 4) or (tx != cnp.NPY_FLOAT32 and tx != cnp.NPY_FLOAT64)
-            or cnp.PyArray_TYPE(gy) != tx or cnp.PyArray_SIZE(gy) != P
-            or not cnp.PyArray_IS_C_CONTIGUOUS(gx) or not cnp.PyArray_IS_C_CONTIGUOUS(gy)):
+    if not _planes_and_values(gx, gy, &P, &HW):
         raise ValueError("global_avg_backward: gy of P values and gx (P, HW) or (N, C, H, W) "
                          "must be C-contiguous float32 or float64 arrays of one dtype")
     cdef char* pg = <char*>cnp.PyArray_DATA(gy)
