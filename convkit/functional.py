@@ -352,15 +352,8 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, backend=None):
     array.  indices: from :func:`max_pool2d_forward`; input_shape: x.shape."""
     op = "max_pool2d_backward"
     be = _backend(backend)
-    key = hit = None
-    if (type(input_shape) is tuple and len(input_shape) == 4
-            and type(be).is_native is _TYPE_TEST and _plain(*input_shape)):
-        try:
-            key = (op, be, type(grad_y), grad_y.shape, grad_y.dtype, type(indices),
-                   indices.shape, indices.dtype, input_shape)
-        except AttributeError:
-            key = None
-        hit = _memo_get(key)
+    key = _max_backward_key(op, be, grad_y, indices, input_shape)
+    hit = _memo_get(key)
     if hit is not None:     # (the indices' values: checked by _indices on every call)
         return be._max_pool2d_backward(
             _c(be, grad_y), _indices(op, "indices", be, indices, 0, hit), input_shape)
@@ -1491,6 +1484,18 @@ def _shape_key(input_shape):
     return None
 
 
+def _max_backward_key(op, be, grad_y, indices, input_shape):
+    """The boundary memo's key of a max-pool backward's metadata checks (the arrays' types,
+    shapes and dtypes, input_shape of plain ints), or None (full checks)."""
+    if type(be).is_native is not _TYPE_TEST or _shape_key(input_shape) is None:
+        return None
+    try:
+        return (op, be, type(grad_y), grad_y.shape, grad_y.dtype, type(indices),
+                indices.shape, indices.dtype, input_shape)
+    except AttributeError:
+        return None
+
+
 def _adaptive_backward_args(op, grad_y, input_shape):
     """input_shape as a tuple and the dtype, once grad_y (N, C, oh, ow) is known to be 4-D."""
     shape = V.shape_tuple(op, "input_shape", input_shape)
@@ -1561,17 +1566,11 @@ def adaptive_max_pool2d_backward(grad_y, indices, input_shape, *, backend=None):
     :func:`adaptive_max_pool2d_forward`) into an input-shaped zero array."""
     op = "adaptive_max_pool2d_backward"
     be = _backend(backend)
-    key = None
-    if type(be).is_native is _TYPE_TEST and _shape_key(input_shape) is not None:
-        try:
-            key = (op, be, type(grad_y), grad_y.shape, grad_y.dtype, type(indices),
-                   indices.shape, indices.dtype, input_shape)
-        except AttributeError:
-            key = None
-        hw = _memo_get(key)
-        if hw is not None:  # (the indices' values: checked by _indices on every call)
-            return be._adaptive_max_pool2d_backward(
-                _c(be, grad_y), _indices(op, "indices", be, indices, 0, hw), input_shape)
+    key = _max_backward_key(op, be, grad_y, indices, input_shape)
+    hw = _memo_get(key)
+    if hw is not None:  # (the indices' values: checked by _indices on every call)
+        return be._adaptive_max_pool2d_backward(
+            _c(be, grad_y), _indices(op, "indices", be, indices, 0, hw), input_shape)
     V.array(op, "grad_y", grad_y, be, 4, "(N, C, oh, ow)")
     V.array(op, "indices", indices, be, 4, "(N, C, oh, ow)")
     V.int_array(op, "indices", indices)
