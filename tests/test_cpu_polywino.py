@@ -63,6 +63,20 @@ KERNEL_CASES = [(2, 32, 64, 56, 56, (1, 1)), (3, 20, 17, 30, 22, (1, 1)),
                 (4, 9, 33, 8, 8, (1, 1)), (1, 40, 16, 64, 18, (1, 1))]
 
 
+def _on_1_2_8_16(fn):
+    """[fn() on 1, 2, 8, 16 threads] on the cpu backend, the thread count restored after."""
+    old = convkit.get_num_threads()
+    try:
+        out = []
+        for n in (1, 2, 8, 16):
+            convkit.set_num_threads(n)
+            with convkit.use_backend("cpu"):
+                out.append(fn())
+        return out
+    finally:
+        convkit.set_num_threads(old)
+
+
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: "x".join(map(str, c[:5])))
 def test_kernel_matches_torch_float64(case):
     N, C, F, H, W, pad = case
@@ -227,16 +241,8 @@ def test_conv_transpose_grad_x_matches_torch_and_keeps_its_bits_on_any_thread_co
     want = xt.grad.numpy()
     assert _plan(gy, w).forward.algo == ("polywino" if P.avx2_algo(cc._caps(), "polywino")
                                          else _plan(gy, w).forward.algo)
-    old = convkit.get_num_threads()
-    runs = []
-    try:
-        for n in (1, 2, 8, 16):
-            convkit.set_num_threads(n)
-            with convkit.use_backend("cpu"):
-                runs.append(convkit.conv_transpose2d_backward(gy, x, w, stride=2, padding=1,
-                                                              has_bias=False)[0])
-    finally:
-        convkit.set_num_threads(old)
+    runs = _on_1_2_8_16(lambda: convkit.conv_transpose2d_backward(
+        gy, x, w, stride=2, padding=1, has_bias=False)[0])
     _close(runs[0], want, "conv_transpose2d grad_x")
     for got in runs[1:]:
         assert np.array_equal(got.view(np.uint32), runs[0].view(np.uint32))
@@ -349,15 +355,7 @@ def test_conv_transpose_forward_plan_api_threads_and_bits():
     plan = _plan(np.zeros((3, 16, 28, 26), np.float32), w)
     if P.avx2_algo(cc._caps(), "polywino"):
         assert plan.grad_x.algo == "polywino"
-    old = convkit.get_num_threads()
-    runs = []
-    try:
-        for n in (1, 2, 8, 16):
-            convkit.set_num_threads(n)
-            with convkit.use_backend("cpu"):
-                runs.append(convkit.conv_transpose2d_forward(x, w, b, stride=2, padding=1))
-    finally:
-        convkit.set_num_threads(old)
+    runs = _on_1_2_8_16(lambda: convkit.conv_transpose2d_forward(x, w, b, stride=2, padding=1))
     _close(runs[0], want, "conv_transpose2d forward")
     for got in runs[1:]:
         assert np.array_equal(got.view(np.uint32), runs[0].view(np.uint32))
@@ -522,16 +520,8 @@ def test_conv_transpose_grad_weight_plan_api_threads_and_bits():
     plan = cc._plan(gy, w, (2, 2), (1,) * 4, (1, 1), 1, False)[3]
     if cc._caps().winotiny and P.avx2_algo(cc._caps(), "weight_polywino"):
         assert plan.grad_weight.algo == "weight_polywino"
-    old = convkit.get_num_threads()
-    runs = []
-    try:
-        for n in (1, 2, 8, 16):
-            convkit.set_num_threads(n)
-            with convkit.use_backend("cpu"):
-                runs.append(convkit.conv_transpose2d_backward(gy, x, w, stride=2, padding=1,
-                                                              has_bias=True)[1])
-    finally:
-        convkit.set_num_threads(old)
+    runs = _on_1_2_8_16(lambda: convkit.conv_transpose2d_backward(
+        gy, x, w, stride=2, padding=1, has_bias=True)[1])
     _close(runs[0], want, "conv_transpose2d grad_weight")
     for got in runs[1:]:
         assert np.array_equal(got.view(np.uint32), runs[0].view(np.uint32))
