@@ -697,7 +697,8 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
                             floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
                             Py_ssize_t pt, Py_ssize_t pl, int n_threads,
                             const float[:, ::1] apk, int tile=2, bint per_image=False,
-                            bint packed=False, Py_ssize_t fparts=0, bint mix_edges=False):
+                            bint packed=False, Py_ssize_t fparts=0, bint mix_edges=False,
+                            bint staged=False):
     """3x3, stride 1, dilation 1, groups 1: y = conv(x, w) + bias by Winograd F(2x2, 3x3)
     (tile 2) or F(4x4, 3x3) (tile 4).  apk: U[e] prepacked for the own float32 GEMM in row e
     (no rows: none).
@@ -725,6 +726,8 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     winograd4_scratch(trows, tw).
     mix_edges (packed, one region): where Ho % 4 or Wo % 4 is 1 or 2, the last tile row or
     column by F(2x2) in that direction (above _w4_mix_layout; conv_plan.winograd4_mix_edges).
+    staged (tile 4, per_image, not packed: the GEMMs on BLAS): three regions instead of one,
+    every GEMM call the one-region task's (winograd4_staged_floats).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
@@ -746,6 +749,10 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     if fparts and tile == 2:
         _wino2_forward_split(x, U, bias, has_bias, y, ws, ws_per_thread, trows, pt, pl,
                              n_threads, apk, fparts, per_image)
+        return y
+    if staged:
+        _wino4_forward_staged(x, U, bias, has_bias, y, ws, ws_per_thread, trows, pt, pl,
+                              n_threads, apk, tile, per_image, packed, fparts)
         return y
     if fparts:
         _wino4_forward_split(x, U, bias, has_bias, y, ws, ws_per_thread, trows, pt, pl,
@@ -822,6 +829,87 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
                                        bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
                                        F * Ho * Wo, Ho, Wo, M + E * ms, apart)
     return y
+
+
+
+def winograd4_staged_floats(Py_ssize_t N, Py_ssize_t C, Py_ssize_t F, Py_ssize_t Ho,
+                            Py_ssize_t Wo, Py_ssize_t trows):
+    """(shared, per thread) workspace elements of conv2d_forward_winograd's staged F(4x4) plan
+    (tile 4, per_image, staged): every block's V and M -- an image's blocks of ``trows`` tile
+    rows one after the other, each block laid out as a one-region task's slice (V's 36 planes
+    of C * P, then M's of F * P, P its tiles, planes WINO_PLANE_PAD apart), the images one
+    after the other -- then a row scratch per thread (winograd4_scratch).
+
+    The staged plan: (1) the input transforms, tasks of (block, channel); (2) the GEMMs, tasks
+    of (transform point, block), each the one-region task's GEMM of that point (same shape,
+    leading dimensions and operands: the same bits as the one-region plan on any team, on
+    BLAS too); (3) the output transforms, tasks of (block, filter).  For few blocks (rpn_3x3's
+    2, res_14's 8): 36x the GEMM tasks."""
+    cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4
+    cdef Py_ssize_t nri = (th + trows - 1) // trows
+    return (N * (36 * (C + F) * th * tw + nri * 72 * WINO_PLANE_PAD),
+            winograd4_scratch(trows, tw))
+
+
+cdef _wino4_forward_staged(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
+                           const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
+                           floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
+                           Py_ssize_t pt, Py_ssize_t pl, int n_threads, const float[:, ::1] apk,
+                           int tile, bint per_image, bint packed, Py_ssize_t fparts):
+    """conv2d_forward_winograd's staged F(4x4) plan (staged, see winograd4_staged_floats)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4
+    cdef Py_ssize_t nri = (th + trows - 1) // trows, nb = N * nri
+    cdef Py_ssize_t pad = WINO_PLANE_PAD
+    cdef Py_ssize_t img = 36 * (C + F) * th * tw + nri * 72 * pad   # (an image's blocks)
+    cdef Py_ssize_t blk = 36 * (C + F) * trows * tw + 72 * pad      # (a whole block)
+    cdef Py_ssize_t scr = winograd4_scratch(trows, tw)
+    cdef Py_ssize_t t, b, n, j, r, g0, nt, P, c, e, f
+    cdef floating* V
+    cdef floating* S
+    if tile != 4 or not per_image or packed or fparts:
+        raise ValueError("staged needs tile 4, per_image, and neither packed nor fparts")
+    if trows < 1 or ws_per_thread < scr or ws.shape[0] < N * img + n_threads * ws_per_thread:
+        raise ValueError("conv2d_forward_winograd: ws too small for the staged plan")
+    S = &ws[0] + N * img
+    with nogil:
+        for t in prange(nb * C, schedule="static", num_threads=n_threads):
+            b = t // C
+            c = t - b * C
+            n = b // nri
+            j = b - n * nri
+            r = j * trows
+            nt = _min(trows, th - r)
+            P = nt * tw
+            _wino4_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, n * th + r, nt, pt, pl, tw,
+                              &ws[0] + n * img + j * blk + c * P, C * P + pad,
+                              S + threadid() * ws_per_thread, scr)
+        # (point-major: a thread's run of GEMMs shares its planes of U)
+        for t in prange(36 * nb, schedule="static", num_threads=n_threads):
+            e = t // nb
+            b = t - e * nb
+            n = b // nri
+            j = b - n * nri
+            nt = _min(trows, th - j * trows)
+            P = nt * tw
+            V = &ws[0] + n * img + j * blk
+            gemm_pk(False, False, F, P, C, &U[e, 0, 0], C,
+                    &apk[e, 0] if apk.shape[0] > e else <const float*>NULL,
+                    V + e * (C * P + pad), P, <floating>0,
+                    V + 36 * (C * P + pad) + e * (F * P + pad), P, <const floating*>NULL)
+        for t in prange(nb * F, schedule="static", num_threads=n_threads):
+            b = t // F
+            f = t - b * F
+            n = b // nri
+            j = b - n * nri
+            r = j * trows
+            nt = _min(trows, th - r)
+            P = nt * tw
+            V = &ws[0] + n * img + j * blk
+            _wino4_output_rows(V + 36 * (C * P + pad) + f * P, F * P + pad, th, n * th + r, nt,
+                               tw, bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
+                               F * Ho * Wo, Ho, Wo, S + threadid() * ws_per_thread)
 
 
 cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,

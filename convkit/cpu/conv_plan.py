@@ -912,6 +912,31 @@ def winograd4_split(rows, tw, F, want, n_threads):
     return None if best is None or best[2] == 1 else best[1:]
 
 
+def winograd4_staged(N, C, F, Ho, Wo, trows, itemsize, n_threads, limit, n_one):
+    """F(4x4) on BLAS (per_image) in three regions (the kernel's staged), or None: from
+    tuning.WINOGRAD_SPLIT_MIN_THREADS threads, where the one-region tasks of ``trows`` tile
+    rows leave more than tuning.WINOGRAD4_MAX_IDLE of the team idle (rpn_3x3's 2 tasks, res_14's
+    8 on 16 threads) or the limit took threads from them: the input transforms in (block,
+    channel) tasks, the one-region tasks' GEMMs as they are in (point, block) tasks -- 36x the
+    tasks, each GEMM's shape, operands and bits unchanged -- and the output transforms in (block,
+    filter) tasks; where every block's V and M fit the limit with a scratch per thread
+    (_conv_winograd.winograd4_staged_floats) and the GEMMs' tasks idle fewer of the threads
+    than the one-region tasks on their team (n_one threads: fewer where the limit took some)."""
+    from ._conv_winograd import winograd4_staged_floats     # (a pure size computation)
+    if n_threads < T.WINOGRAD_SPLIT_MIN_THREADS:
+        return None
+    th, tw = ceil_div(Ho, 4), ceil_div(Wo, 4)
+    blocks = [min(trows, th - r) * tw for r in range(0, th, trows)] * N
+    shared, per = winograd4_staged_floats(N, C, F, Ho, Wo, trows)
+    if (shared + n_threads * per) * itemsize > limit:
+        return None
+    # (the one-region tasks on its team, n_one threads of the n_threads; the GEMMs point-major)
+    one = 1 - sum(blocks) / (n_threads * static_span(blocks, n_one))
+    if _static_lost(blocks * 36, 36 * sum(blocks), n_threads) >= one:
+        return None
+    return n_threads, trows, per, {"staged": True, "shared": shared}
+
+
 def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, fixed=False):
     """plan_winograd for F(4x4) on BLAS: about tuning.WINOGRAD4_TASK_TILES tiles per task (the
     36 GEMMs' column count), each image's tile rows cut into equal tasks (the kernel's
@@ -922,7 +947,9 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, f
     tile rows per task may follow the team (even_tile_rows), and where those leave more than
     tuning.WINOGRAD4_MAX_IDLE of the team idle (or the limit took threads from it), the
     two-region split takes over where its shared V fits (winograd4_split; the params "fparts"
-    and "shared", the V's elements ahead of the threads' slices).
+    and "shared", the V's elements ahead of the threads' slices).  Not fixed (BLAS), where the
+    image's tasks leave the team idle: the three-region split of the same GEMMs
+    (winograd4_staged; the params "staged" and "shared").
     The transformed filters U (36 * C * F elements, 4x the weight; F in whole strips of 6 when
     packed, winograd_packed) count against the limit."""
     limit -= 36 * C * winograd_filter_rows(F, winograd_packed(4, fixed)) * itemsize
@@ -946,7 +973,10 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, f
     num, den = T.WINOGRAD4_MAX_IDLE
     rounds = ceil_div(ceil_div(rows, trows), n_threads)
     idle = den * (1 - rows / (rounds * n_threads * trows)) > num
-    if not fixed or (n_threads == team and not idle):
+    if not fixed:
+        staged = winograd4_staged(N, C, F, Ho, Wo, trows, itemsize, team, limit, n_threads)
+        return one if staged is None or (n_threads == team and not idle) else staged
+    if n_threads == team and not idle:
         return one
     # (the split's smaller slices may fit more of the team the limit took from the one-region
     # split: the team, else halves of it down to the one-region's where that one idles)
