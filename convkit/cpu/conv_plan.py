@@ -912,29 +912,38 @@ def winograd4_split(rows, tw, F, want, n_threads):
     return None if best is None or best[2] == 1 else best[1:]
 
 
-def winograd4_staged(N, C, F, Ho, Wo, trows, itemsize, n_threads, limit, n_one):
-    """F(4x4) on BLAS (per_image) in three regions (the kernel's staged), or None: from
-    tuning.WINOGRAD_SPLIT_MIN_THREADS threads, where the one-region tasks of ``trows`` tile
-    rows leave more than tuning.WINOGRAD4_MAX_IDLE of the team idle (rpn_3x3's 2 tasks, res_14's
-    8 on 16 threads) or the limit took threads from them: the input transforms in (block,
-    channel) tasks, the one-region tasks' GEMMs as they are in (point, block) tasks -- 36x the
-    tasks, each GEMM's shape, operands and bits unchanged -- and the output transforms in (block,
-    filter) tasks; where every block's V and M fit the limit with a scratch per thread
-    (_conv_winograd.winograd4_staged_floats) and the GEMMs' tasks idle fewer of the threads
-    than the one-region tasks on their team (n_one threads: fewer where the limit took some)."""
+def winograd4_staged(N, C, F, Ho, Wo, one, itemsize, n_threads, limit):
+    """F(4x4) on BLAS (per_image) with the kernel's staged split, or None: from
+    tuning.WINOGRAD_SPLIT_MIN_THREADS threads, where ``one`` (the one-region plan: its team,
+    tile rows, slice) leaves more than tuning.WINOGRAD4_MAX_IDLE of the n_threads idle
+    (rpn_3x3's 2 tasks, res_14's 8, vgg_56's 24 on 16 threads) or the limit took threads from
+    it.  The blocks that fill whole rounds of the team stay one-region tasks (``lead``); the
+    others go in three regions: their input transforms in (block, channel) tasks, their GEMMs
+    as they are in (point, block) tasks -- 36x the tasks, each GEMM's shape, operands and bits
+    unchanged -- and their output transforms in (block, filter) tasks.  Staged blocks cost one
+    core up to tuning.WINOGRAD4_STAGED_COST of their one-region time (V and M round trips
+    through memory), so they are staged only where that many of them fit the team's round
+    (k blocks of cost r on the team: k*r/n_threads of a round, against one round); and where
+    their V and M fit the limit beside the threads' slices
+    (_conv_winograd.winograd4_staged_floats)."""
     from ._conv_winograd import winograd4_staged_floats     # (a pure size computation)
+    n_one, trows, per_one = one[:3]
     if n_threads < T.WINOGRAD_SPLIT_MIN_THREADS:
         return None
     th, tw = ceil_div(Ho, 4), ceil_div(Wo, 4)
     blocks = [min(trows, th - r) * tw for r in range(0, th, trows)] * N
-    shared, per = winograd4_staged_floats(N, C, F, Ho, Wo, trows)
+    num, den = T.WINOGRAD4_MAX_IDLE
+    if n_one == n_threads and den * _static_lost(blocks, sum(blocks), n_threads) <= num:
+        return None
+    lead = len(blocks) // n_threads * n_threads if n_one == n_threads else 0
+    cn, cd = T.WINOGRAD4_STAGED_COST
+    if (len(blocks) - lead) * cn > n_threads * cd:
+        return None
+    shared, per = winograd4_staged_floats(N, C, F, Ho, Wo, trows, lead)
+    per = per_one if lead else per
     if (shared + n_threads * per) * itemsize > limit:
         return None
-    # (the one-region tasks on its team, n_one threads of the n_threads; the GEMMs point-major)
-    one = 1 - sum(blocks) / (n_threads * static_span(blocks, n_one))
-    if _static_lost(blocks * 36, 36 * sum(blocks), n_threads) >= one:
-        return None
-    return n_threads, trows, per, {"staged": True, "shared": shared}
+    return n_threads, trows, per, {"staged": True, "lead": lead, "shared": shared}
 
 
 def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, fixed=False):
@@ -974,8 +983,7 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, f
     rounds = ceil_div(ceil_div(rows, trows), n_threads)
     idle = den * (1 - rows / (rounds * n_threads * trows)) > num
     if not fixed:
-        staged = winograd4_staged(N, C, F, Ho, Wo, trows, itemsize, team, limit, n_threads)
-        return one if staged is None or (n_threads == team and not idle) else staged
+        return winograd4_staged(N, C, F, Ho, Wo, one, itemsize, team, limit) or one
     if n_threads == team and not idle:
         return one
     # (the split's smaller slices may fit more of the team the limit took from the one-region
