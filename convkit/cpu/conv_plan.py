@@ -90,7 +90,8 @@ images share its batch, on any thread count (tests/test_cpu_batch_invariance.py)
   tuning.BLAS_MIN_POSITIONS positions); pointwise positions (tuning.BLAS_FORWARD_TASKS,
   BLAS_MIN_POSITIONS, BLAS_POSITION_BYTES); Winograd tasks within one image (the kernel's
   per_image; F(2x2) at most tuning.BLAS_TASKS blocks of an image, each at least
-  tuning.WINOGRAD4_TASK_TILES tiles; F(4x4) about that many tiles); the batch
+  tuning.WINOGRAD4_TASK_TILES tiles; F(4x4) about that many tiles, its staged split on many
+  threads the same GEMM calls, winograd4_staged); the batch
   paths one image per GEMM (``batch_images``); dense one image per GEMM (``dense_params``);
   grad_x's channel blocks ``grad_x_chans`` (tuning.BLAS_GRAD_X_TASKS, BLAS_GRAD_X_MIN_ROWS).
   The per-image cut is about the split a batch of one had before (with the least-work floors
@@ -730,7 +731,8 @@ def winograd_plane_pad(tile):
 def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, limit,
                   tile=2, fixed=False):
     """(threads, tile rows per task, workspace elements per thread, more params: F(4x4)'s
-    two-region split "fparts" and "shared", winograd4_split), or None when not even one tile
+    two-region split "fparts" and "shared", winograd4_split; on BLAS its staged split
+    "staged", "lead" and "shared", winograd4_staged), or None when not even one tile
     row per thread fits the workspace limit.  tile: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3))."""
     if tile == 4:
         return _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, fixed)
