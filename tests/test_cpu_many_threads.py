@@ -1169,6 +1169,10 @@ def test_f4_staged_kernel_gives_the_one_region_bits(dtype):
         with pytest.raises(ValueError, match="too small"):
             W.conv2d_forward_winograd(x, U, b, True, got, ws[:-1], per, trows, pad, pad, team,
                                       cc._NO_PACK, 4, True, staged=True, lead=lead)
+        nrb = N * -(-((Ho + 3) // 4) // trows)
+        with pytest.raises(ValueError, match="staged needs"):
+            W.conv2d_forward_winograd(x, U, b, True, got, ws, per, trows, pad, pad, team,
+                                      cc._NO_PACK, 4, True, staged=True, lead=nrb + 1)
 
 
 def test_f4_staged_where_blas_tasks_leave_the_team_idle():

@@ -749,13 +749,13 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
         raise ValueError("packed filters need tile 4, float32 and csrc/fgemm.h's kernel")
     if U.shape[1] != (ck_w4_pk_rows(F) if packed else F) or U.shape[2] != C:
         raise ValueError(f"U's filters and channels do not match y's {F} and x's {C}")
+    if staged and (tile != 4 or not per_image or packed or fparts or lead < 0 or lead > nrb):
+        raise ValueError("staged needs tile 4, per_image, neither packed nor fparts, and lead "
+                         f"in 0 .. {nrb}, got {lead}")
     if fparts and tile == 2:
         _wino2_forward_split(x, U, bias, has_bias, y, ws, ws_per_thread, trows, pt, pl,
                              n_threads, apk, fparts, per_image)
         return y
-    if staged and (tile != 4 or not per_image or packed or fparts or lead < 0 or lead > nrb):
-        raise ValueError("staged needs tile 4, per_image, neither packed nor fparts, and lead "
-                         f"in 0 .. {nrb}, got {lead}")
     if fparts:
         _wino4_forward_split(x, U, bias, has_bias, y, ws, ws_per_thread, trows, pt, pl,
                              n_threads, packed, fparts, tile, per_image, mix_edges)
@@ -836,7 +836,6 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
         _wino4_forward_staged(x, U, bias, has_bias, y, ws, ws_per_thread, trows, pt, pl,
                               n_threads, apk, lead)
     return y
-
 
 
 def winograd4_staged_floats(Py_ssize_t N, Py_ssize_t C, Py_ssize_t F, Py_ssize_t Ho,
