@@ -245,6 +245,7 @@ SUM_PARAMS = {
                ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit")),
     "pointwise": (("rows_w", "rows_x", "nsplit"),
                   ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit")),
+    # (BLAS: the staged split's lead follows the team -- its GEMMs are the one-region tasks')
     "winograd": ((), ("trows",)),
     # (own GEMM: an entry of gw is one row x column chain, k in blocks set by k alone, so the
     # channel / filter blocks that follow the team since helper batch16 cut none)
