@@ -80,6 +80,15 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   then ceil(N*th/trows)*fparts tasks of (tile rows, a block of whole 6-filter strips), each
   E*f*C*P MACs + the output transform (4*E*f*P; f its filters); dup: each block after the
   first packs the tiles' V again (E*C*tiles); ws: the shared V over the team + the slice.
+  F(4x4) staged (plain BLAS, per_image: conv_plan.winograd4_staged, where the image's tasks
+  leave > 10 % of 3+ threads idle and the blocks past the team's whole rounds, at
+  tuning.WINOGRAD4_STAGED_COST each, fit one round): the first ``lead`` blocks (whole rounds)
+  as above in a static region, then the other blocks in three static regions -- the input
+  transform, (block, channel) tasks of 4*E*P; the GEMMs, (point, block) tasks of F*C*P MACs
+  (E per block, point-major); the output transform, (block, filter) tasks of 4*E*P.  Dup as
+  the one-region tasks' (every GEMM repacks its plane of U); the staged blocks' V and M round
+  trips through memory are not counted (one core: 0.64-1.52x their one-region time,
+  bench/wino4_staged_ab.py).  ws: their V and M over the team + the slice.
   F(2x2) with fparts (on the own GEMM, conv_plan.winograd2_split, where the one-region tasks
   leave > 10 % of the team idle): the same two static regions, blocks of whole 8-filter strips,
   a task's GEMM its panels as the one-region tasks'; dup only where a block has more than 96
@@ -236,6 +245,7 @@ SUM_PARAMS = {
                ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit")),
     "pointwise": (("rows_w", "rows_x", "nsplit"),
                   ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit")),
+    # (BLAS: the staged split's lead follows the team -- its GEMMs are the one-region tasks')
     "winograd": ((), ("trows",)),
     # (own GEMM: an entry of gw is one row x column chain, k in blocks set by k alone, so the
     # channel / filter blocks that follow the team since helper batch16 cut none)
@@ -390,6 +400,18 @@ def forward_regions(algo, p, s, own, itemsize):
             # each filter block after the first packs the tiles' V again (fgemm.h's B panels)
             dup = (p["fparts"] - 1) * E * C * N * th * tw
             return ([main, trans, filt], 0, dup,
+                    (p["shared"] / p["team"] + p["per_thread"]) * itemsize)
+        if p.get("staged"):     # F(4x4) on BLAS past the team's rounds (winograd4_staged)
+            lead, rest = tiles[:p["lead"]], tiles[p["lead"]:]
+            main = Region("points x blocks", [F * C * P_ for P_ in rest] * E, "static")
+            trans = Region("input transform", [4 * E * P_ for P_ in rest for _ in range(C)],
+                           "static")
+            out = Region("output transform", [4 * E * P_ for P_ in rest for _ in range(F)],
+                         "static")
+            one = [Region("tiles", [E * F * C * P_ + E * 4 * (C + F) * P_ for P_ in lead],
+                          "static")] if lead else []
+            # (each GEMM repacks its plane of U on BLAS, as the one-region tasks')
+            return (one + [main, trans, out, filt], 0, E * F * C * len(tiles),
                     (p["shared"] / p["team"] + p["per_thread"]) * itemsize)
         main = Region("tiles", [E * F * C * panels(P_, own) + E * 4 * (C + F) * P_
                                 for P_ in tiles])

@@ -1123,3 +1123,139 @@ def test_batch_blocks_fill_16_threads_and_keep_the_1_2_thread_plans(monkeypatch)
             # (the busiest thread's work: at most 0.3 of the old on 16 threads)
             assert nt != 16 or P.static_span(new, nt) <= 0.3 * P.static_span(prev, nt), xs
             assert sum(new) <= (1 + T.BATCH_W_MAX_EXTRA) * sum(prev), (xs, nt)
+
+
+# ------------------------------------------ F(4x4) on BLAS, staged (issue 16, helper wino4blas13)
+# On BLAS (float64 everywhere; float32 without csrc/fgemm.h) F(4x4)'s tasks are tile rows of
+# one image (per_image: the GEMMs' shapes set by the image: the bits); where they leave > 10 % of
+# 3+ threads idle (rpn_3x3's 2 tasks, res_14's and res_28's 8, vgg_56's 24 on 16 threads) the
+# blocks past the team's whole rounds go in three regions of the same GEMM calls
+# (conv_plan.winograd4_staged, the kernel's staged and lead).
+_W4_LAYERS = {"vgg_56": (8, 64, 56, 56, 64), "res_28": (8, 128, 28, 28, 128),
+              "res_14": (8, 256, 14, 14, 256), "rpn_3x3": (1, 512, 38, 50, 512)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_f4_staged_kernel_gives_the_one_region_bits(dtype):
+    """conv2d_forward_winograd per_image with staged (the kernel itself, any lead, team, tile
+    rows, odd sides, padding 0 to 2, images of several blocks) against the one-region tasks:
+    the same bits (every GEMM the same call); nothing read that it did not write (ws NaN); a
+    workspace one element short raises."""
+    from convkit.cpu import _conv_winograd as W
+    rng = np.random.default_rng(31)
+    for N, C, F, H, Wd, pad, trows, lead, team in (
+            (2, 16, 24, 13, 11, 1, 2, 0, 4), (3, 20, 8, 10, 17, 0, 1, 4, 2),
+            (1, 32, 40, 22, 9, 2, 3, 1, 8), (2, 8, 12, 7, 7, 1, 5, 2, 3),
+            (2, 24, 16, 18, 18, 1, 2, 5, 16)):
+        x = rng.standard_normal((N, C, H, Wd)).astype(dtype)
+        w = (rng.standard_normal((F, C, 3, 3)) / np.sqrt(9 * C)).astype(dtype)
+        b = rng.standard_normal(F).astype(dtype)
+        Ho, Wo = H + 2 * pad - 2, Wd + 2 * pad - 2
+        U = np.zeros((36, F, C), dtype)
+        W.winograd_filters(w, U, 1, False)
+        tw = (Wo + 3) // 4
+        per = 36 * (C + F) * trows * tw + W.winograd4_scratch(trows, tw) + \
+            P.winograd_plane_pad(4)
+        one = np.zeros((N, F, Ho, Wo), dtype)
+        W.conv2d_forward_winograd(x, U, b, True, one, np.zeros(per, dtype), per, trows, pad,
+                                  pad, 1, cc._NO_PACK, 4, True)
+        shared, scr = W.winograd4_staged_floats(N, C, F, Ho, Wo, trows, lead)
+        per = per if lead else scr
+        ws = np.full(shared + team * per, np.nan, dtype)
+        got = np.full_like(one, np.nan)
+        W.conv2d_forward_winograd(x, U, b, True, got, ws, per, trows, pad, pad, team,
+                                  cc._NO_PACK, 4, True, staged=True, lead=lead)
+        assert one.tobytes() == got.tobytes(), (N, C, F, H, Wd, trows, lead, team)
+        with pytest.raises(ValueError, match="too small"):
+            W.conv2d_forward_winograd(x, U, b, True, got, ws[:-1], per, trows, pad, pad, team,
+                                      cc._NO_PACK, 4, True, staged=True, lead=lead)
+        nrb = N * -(-((Ho + 3) // 4) // trows)
+        with pytest.raises(ValueError, match="staged needs"):
+            W.conv2d_forward_winograd(x, U, b, True, got, ws, per, trows, pad, pad, team,
+                                      cc._NO_PACK, 4, True, staged=True, lead=nrb + 1)
+
+
+def test_f4_staged_where_blas_tasks_leave_the_team_idle():
+    """The suite's F(4x4) layers on BLAS (the "blas" caps' float32 plans and float64 on every
+    machine): one and two threads keep the one-region tasks; on 16 the forward and grad_x stage
+    the blocks past the team's whole rounds (vgg_56: 16 of 24 blocks one-region, 8 staged;
+    the others all), the same tile rows (the bits), and bench/many_core_split.py's model loses
+    at most a tenth of the 16 threads; under a limit that holds no staged V and M, the
+    one-region plan.  The fixed-order plans (zen4's float32) never stage."""
+    mcs = _many_core_split()
+    blas = P.ConvCaps(**_CAPS["blas"])
+    zen4 = P.ConvCaps(**_CAPS["own_half_rate"], winotiny=True)
+    limit = 256 * 2**20
+    leads = {"vgg_56": 16, "res_28": 0, "res_14": 0, "rpn_3x3": 0}
+    for name, (N, C, H, W, F) in _W4_LAYERS.items():
+        s = P.ConvShape.of((N, C, H, W), (F, C, 3, 3), (1, 1), (1,) * 4, (1, 1), 1)
+        for caps, dtype in ((blas, np.float32), (blas, np.float64), (zen4, np.float64)):
+            trows = None
+            for nt in (1, 2, 16):
+                plan = P.plan_conv(s, dtype, nt, caps, limit)
+                for st in (plan.forward, plan.grad_x):
+                    p = st.params
+                    assert (st.algo, p["tile"], p["per_image"]) == ("winograd", 4, True), st
+                    trows = trows or p["trows"]
+                    assert p["trows"] == trows, (name, nt, st)
+                    if nt <= 2:
+                        assert "staged" not in p and st.threads == nt, (name, nt, st)
+                        continue
+                    assert st.threads == 16 and p["staged"] and p["lead"] == leads[name], st
+            for st, which in ((plan.forward, "f"), (plan.grad_x, "x")):
+                row = mcs.analyse(st, s, False, np.dtype(dtype).itemsize, which)
+                assert row["lost"] <= 0.1 and row["lost_t"] <= 0.1, (name, which, row)
+        st = P.plan_conv(s, np.float64, 16, blas, limit).forward
+        u = 36 * C * F * 8
+        tight = P.plan_conv(s, np.float64, 16, blas,
+                            u + (st.params["shared"] + 16 * st.params["per_thread"]) * 8 - 8)
+        assert "staged" not in tight.forward.params, (name, tight.forward)
+    zs = P.ConvShape.of((8, 256, 14, 14), (256, 256, 3, 3), (1, 1), (1,) * 4, (1, 1), 1)
+    assert "staged" not in P.plan_conv(zs, np.float32, 16, zen4, limit).forward.params
+
+
+def test_f4_staged_float32_on_blas_gives_the_same_bits_on_1_2_8_16_threads():
+    """float32 with its GEMMs on OpenBLAS's sgemm (CONVKIT_DISABLE_AVX512=1
+    CONVKIT_DISABLE_FGEMM=1, in a fresh process: the switches are read once): 3x3 convs whose
+    forward and grad_x stage on 8 and / or 16 threads (lead 8 of 10 blocks; all of 2) give
+    the one-region bits of 1 and 2 threads; close to torch float64."""
+    import os
+    import subprocess
+    import sys
+    code = """
+import numpy as np, convkit
+from convkit.cpu import conv as cc
+assert not cc._OWN_SGEMM and not cc._FIXED_SGEMM
+import torch
+rng = np.random.default_rng(37)
+# (10 images: lead 8 of 10 blocks on 8 threads, one-region on 16 -- 10 staged blocks would not
+# fit a round at tuning.WINOGRAD4_STAGED_COST; 2 images: all staged on 8 and 16)
+for N, want in ((10, {1: None, 2: None, 8: 8, 16: None}), (2, {1: None, 2: None, 8: 0, 16: 0})):
+    x = rng.standard_normal((N, 68, 52, 20)).astype(np.float32)
+    w = (rng.standard_normal((64, 68, 3, 3)) / np.sqrt(9 * 68)).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    gy = rng.standard_normal((N, 64, 52, 20)).astype(np.float32)
+    runs, leads = {}, {}
+    for nt in (1, 2, 8, 16):
+        convkit.set_num_threads(nt)
+        plan = cc._plan(x, w, (1, 1), (1,) * 4, (1, 1), 1)[3]
+        leads[nt] = [(st.algo, st.params.get("tile"), st.params.get("lead"))
+                     for st in (plan.forward, plan.grad_x)]
+        with convkit.use_backend("cpu"):
+            y = convkit.conv2d_forward(x, w, b, stride=1, padding=1)
+            g = convkit.conv2d_backward(gy, x, w, stride=1, padding=1, has_bias=True)
+        runs[nt] = [np.ascontiguousarray(a).tobytes() for a in (y, g[0])]
+    for nt in (1, 2, 8, 16):
+        assert leads[nt] == [("winograd", 4, want[nt])] * 2, (N, leads)
+        assert runs[nt] == runs[1], (N, nt)
+    xt = torch.tensor(x.astype(np.float64))
+    yt = torch.nn.functional.conv2d(xt, torch.tensor(w.astype(np.float64)),
+                                    torch.tensor(b.astype(np.float64)), padding=1).numpy()
+    np.testing.assert_allclose(y, yt, rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+    env = dict(os.environ, CONVKIT_DISABLE_AVX512="1", CONVKIT_DISABLE_FGEMM="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["ok"], out.stdout

@@ -697,7 +697,8 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
                             floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
                             Py_ssize_t pt, Py_ssize_t pl, int n_threads,
                             const float[:, ::1] apk, int tile=2, bint per_image=False,
-                            bint packed=False, Py_ssize_t fparts=0, bint mix_edges=False):
+                            bint packed=False, Py_ssize_t fparts=0, bint mix_edges=False,
+                            bint staged=False, Py_ssize_t lead=0):
     """3x3, stride 1, dilation 1, groups 1: y = conv(x, w) + bias by Winograd F(2x2, 3x3)
     (tile 2) or F(4x4, 3x3) (tile 4).  apk: U[e] prepacked for the own float32 GEMM in row e
     (no rows: none).
@@ -725,6 +726,10 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     winograd4_scratch(trows, tw).
     mix_edges (packed, one region): where Ho % 4 or Wo % 4 is 1 or 2, the last tile row or
     column by F(2x2) in that direction (above _w4_mix_layout; conv_plan.winograd4_mix_edges).
+    staged (tile 4, per_image, not packed: the GEMMs on BLAS): the first ``lead`` blocks as
+    above (one region, the threads' slices first in ws), then the other blocks in three regions
+    (winograd4_staged_floats: their V and M after the slices), every GEMM call the one-region
+    task's: the same bits.  ws_per_thread >= winograd4_scratch(trows, tw) where lead is 0.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
@@ -733,6 +738,7 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     cdef Py_ssize_t nri = (th + trows - 1) // trows      # blocks per image (per_image)
     cdef Py_ssize_t nrb = N * nri if per_image else (N * th + trows - 1) // trows
     cdef Py_ssize_t t, g0, nt, P, c, e, f, n, r, vs, ms
+    cdef Py_ssize_t nrb1 = lead if staged else nrb        # (the one-region blocks)
     cdef floating* V
     cdef floating* M
     if tile != 2 and tile != 4:
@@ -743,6 +749,9 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
         raise ValueError("packed filters need tile 4, float32 and csrc/fgemm.h's kernel")
     if U.shape[1] != (ck_w4_pk_rows(F) if packed else F) or U.shape[2] != C:
         raise ValueError(f"U's filters and channels do not match y's {F} and x's {C}")
+    if staged and (tile != 4 or not per_image or packed or fparts or lead < 0 or lead > nrb):
+        raise ValueError("staged needs tile 4, per_image, neither packed nor fparts, and lead "
+                         f"in 0 .. {nrb}, got {lead}")
     if fparts and tile == 2:
         _wino2_forward_split(x, U, bias, has_bias, y, ws, ws_per_thread, trows, pt, pl,
                              n_threads, apk, fparts, per_image)
@@ -771,8 +780,10 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
     cdef Py_ssize_t scr = 8 * (2 * tw + 2) if tile == 2 else winograd4_scratch(trows, tw)
     if ws_per_thread < E * (C + F) * trows * tw + 2 * E * pad + scr:
         pad = 0
+    if staged and ws.shape[0] < n_threads * ws_per_thread:
+        raise ValueError("conv2d_forward_winograd: ws too small for the staged plan")
     with nogil:
-        for t in prange(nrb, schedule="static", num_threads=n_threads):
+        for t in prange(nrb1, schedule="static", num_threads=n_threads):
             if per_image:
                 n = t // nri
                 r = (t - n * nri) * trows
@@ -821,7 +832,96 @@ def conv2d_forward_winograd(const floating[:, :, :, ::1] x, const floating[:, :,
                     _wino4_output_rows(M + f * P, ms, th, g0, nt, tw,
                                        bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
                                        F * Ho * Wo, Ho, Wo, M + E * ms, apart)
+    if staged:
+        _wino4_forward_staged(x, U, bias, has_bias, y, ws, ws_per_thread, trows, pt, pl,
+                              n_threads, apk, lead)
     return y
+
+
+def winograd4_staged_floats(Py_ssize_t N, Py_ssize_t C, Py_ssize_t F, Py_ssize_t Ho,
+                            Py_ssize_t Wo, Py_ssize_t trows, Py_ssize_t lead=0):
+    """(shared, scratch) workspace elements of conv2d_forward_winograd's staged F(4x4) plan
+    (tile 4, per_image, staged): the V and M of every block from ``lead`` on -- an image's
+    blocks of ``trows`` tile rows one after the other, each laid out as a one-region task's
+    slice (V's 36 planes of C * P, then M's of F * P, P its tiles, planes WINO_PLANE_PAD
+    apart), the images one after the other -- and a thread's row scratch (winograd4_scratch,
+    in its slice: the slices come first, the shared V and M after them).
+
+    The staged plan: the blocks before ``lead`` as one-region tasks (where they fill whole
+    rounds of the team), then the others in three regions: (1) the input transforms, tasks of
+    (block, channel); (2) the GEMMs, tasks of (transform point, block), each the one-region
+    task's GEMM of that point (same shape, leading dimensions and operands: the same bits as
+    the one-region plan on any team, on BLAS too); (3) the output transforms, tasks of (block,
+    filter).  For few blocks (rpn_3x3's 2, res_14's 8): 36x the GEMM tasks."""
+    cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4
+    cdef Py_ssize_t nri = (th + trows - 1) // trows
+    cdef Py_ssize_t n = lead // nri, j = lead - n * nri
+    return (N * (36 * (C + F) * th * tw + nri * 72 * WINO_PLANE_PAD)
+            - n * (36 * (C + F) * th * tw + nri * 72 * WINO_PLANE_PAD)
+            - j * (36 * (C + F) * trows * tw + 72 * WINO_PLANE_PAD),
+            winograd4_scratch(trows, tw))
+
+
+cdef _wino4_forward_staged(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,
+                           const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
+                           floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t trows,
+                           Py_ssize_t pt, Py_ssize_t pl, int n_threads, const float[:, ::1] apk,
+                           Py_ssize_t lead):
+    """conv2d_forward_winograd's staged F(4x4) plan, blocks lead .. (winograd4_staged_floats);
+    the checks of the arguments they share are the caller's."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = y.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef Py_ssize_t th = (Ho + 3) // 4, tw = (Wo + 3) // 4
+    cdef Py_ssize_t nri = (th + trows - 1) // trows, nb = N * nri - lead
+    cdef Py_ssize_t pad = WINO_PLANE_PAD
+    cdef Py_ssize_t img = 36 * (C + F) * th * tw + nri * 72 * pad   # (an image's blocks)
+    cdef Py_ssize_t blk = 36 * (C + F) * trows * tw + 72 * pad      # (a whole block)
+    cdef Py_ssize_t scr = winograd4_scratch(trows, tw)
+    cdef Py_ssize_t shared = winograd4_staged_floats(N, C, F, Ho, Wo, trows, lead)[0]
+    cdef Py_ssize_t t, b, n, j, r, nt, P, c, e, f
+    cdef floating* V0
+    cdef floating* V
+    if ws_per_thread < scr or ws.shape[0] < n_threads * ws_per_thread + shared:
+        raise ValueError("conv2d_forward_winograd: ws too small for the staged plan")
+    # (block b's V at V0 + its offset from the first one's)
+    V0 = &ws[0] + n_threads * ws_per_thread - (lead // nri) * img - (lead % nri) * blk
+    with nogil:
+        for t in prange(nb * C, schedule="static", num_threads=n_threads):
+            b = lead + t // C
+            c = t % C
+            n = b // nri
+            j = b - n * nri
+            r = j * trows
+            nt = _min(trows, th - r)
+            P = nt * tw
+            _wino4_input_rows(&x[0, c, 0, 0], C * H * W, H, W, th, n * th + r, nt, pt, pl, tw,
+                              V0 + n * img + j * blk + c * P, C * P + pad,
+                              &ws[0] + threadid() * ws_per_thread, scr)
+        # (point-major: a thread's run of GEMMs shares its plane of U -- res_14's U is 36 x
+        # 512 KiB in float64, the one-region tasks read all of it each)
+        for t in prange(36 * nb, schedule="static", num_threads=n_threads):
+            e = t // nb
+            b = lead + t % nb
+            n = b // nri
+            j = b - n * nri
+            P = _min(trows, th - j * trows) * tw
+            V = V0 + n * img + j * blk
+            gemm_pk(False, False, F, P, C, &U[e, 0, 0], C,
+                    &apk[e, 0] if apk.shape[0] > e else <const float*>NULL,
+                    V + e * (C * P + pad), P, <floating>0,
+                    V + 36 * (C * P + pad) + e * (F * P + pad), P, <const floating*>NULL)
+        for t in prange(nb * F, schedule="static", num_threads=n_threads):
+            b = lead + t // F
+            f = t % F
+            n = b // nri
+            j = b - n * nri
+            r = j * trows
+            nt = _min(trows, th - r)
+            P = nt * tw
+            V = V0 + n * img + j * blk
+            _wino4_output_rows(V + 36 * (C * P + pad) + f * P, F * P + pad, th, n * th + r, nt,
+                               tw, bias[f] if has_bias else <floating>0, &y[0, f, 0, 0],
+                               F * Ho * Wo, Ho, Wo, &ws[0] + threadid() * ws_per_thread)
 
 
 cdef _wino4_forward_split(const floating[:, :, :, ::1] x, const floating[:, :, ::1] U,

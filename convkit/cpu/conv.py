@@ -486,7 +486,8 @@ def _fwd_winograd(x, weight, b, has_bias, y, s, step, pt=None, pl=None, transpos
                                       s.padding[0] if pt is None else pt,
                                       s.padding[2] if pl is None else pl, n, apk, tile,
                                       p.get("per_image", False), packed, p.get("fparts", 0),
-                                      p.get("mix_edges", False))
+                                      p.get("mix_edges", False), p.get("staged", False),
+                                      p.get("lead", 0))
 
 
 # weight_direct's layers (one input channel, >= 25 taps at most 8 wide, stride 1) take their

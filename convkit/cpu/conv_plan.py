@@ -90,7 +90,8 @@ images share its batch, on any thread count (tests/test_cpu_batch_invariance.py)
   tuning.BLAS_MIN_POSITIONS positions); pointwise positions (tuning.BLAS_FORWARD_TASKS,
   BLAS_MIN_POSITIONS, BLAS_POSITION_BYTES); Winograd tasks within one image (the kernel's
   per_image; F(2x2) at most tuning.BLAS_TASKS blocks of an image, each at least
-  tuning.WINOGRAD4_TASK_TILES tiles; F(4x4) about that many tiles); the batch
+  tuning.WINOGRAD4_TASK_TILES tiles; F(4x4) about that many tiles, its staged split on many
+  threads the same GEMM calls, winograd4_staged); the batch
   paths one image per GEMM (``batch_images``); dense one image per GEMM (``dense_params``);
   grad_x's channel blocks ``grad_x_chans`` (tuning.BLAS_GRAD_X_TASKS, BLAS_GRAD_X_MIN_ROWS).
   The per-image cut is about the split a batch of one had before (with the least-work floors
@@ -730,7 +731,8 @@ def winograd_plane_pad(tile):
 def plan_winograd(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, own_gemm, limit,
                   tile=2, fixed=False):
     """(threads, tile rows per task, workspace elements per thread, more params: F(4x4)'s
-    two-region split "fparts" and "shared", winograd4_split), or None when not even one tile
+    two-region split "fparts" and "shared", winograd4_split; on BLAS its staged split
+    "staged", "lead" and "shared", winograd4_staged), or None when not even one tile
     row per thread fits the workspace limit.  tile: 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3))."""
     if tile == 4:
         return _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, fixed)
@@ -912,6 +914,40 @@ def winograd4_split(rows, tw, F, want, n_threads):
     return None if best is None or best[2] == 1 else best[1:]
 
 
+def winograd4_staged(N, C, F, Ho, Wo, one, itemsize, n_threads, limit):
+    """F(4x4) on BLAS (per_image) with the kernel's staged split, or None: from
+    tuning.WINOGRAD_SPLIT_MIN_THREADS threads, where ``one`` (the one-region plan: its team,
+    tile rows, slice) leaves more than tuning.WINOGRAD4_MAX_IDLE of the n_threads idle
+    (rpn_3x3's 2 tasks, res_14's 8, vgg_56's 24 on 16 threads) or the limit took threads from
+    it.  The blocks that fill whole rounds of the team stay one-region tasks (``lead``); the
+    others go in three regions: their input transforms in (block, channel) tasks, their GEMMs
+    as they are in (point, block) tasks -- 36x the tasks, each GEMM's shape, operands and bits
+    unchanged -- and their output transforms in (block, filter) tasks.  Staged blocks cost one
+    core up to tuning.WINOGRAD4_STAGED_COST of their one-region time (V and M round trips
+    through memory), so they are staged only where that many of them fit the team's round
+    (k blocks of cost r on the team: k*r/n_threads of a round, against one round); and where
+    their V and M fit the limit beside the threads' slices
+    (_conv_winograd.winograd4_staged_floats)."""
+    from ._conv_winograd import winograd4_staged_floats     # (a pure size computation)
+    n_one, trows, per_one = one[:3]
+    if n_threads < T.WINOGRAD_SPLIT_MIN_THREADS:
+        return None
+    th, tw = ceil_div(Ho, 4), ceil_div(Wo, 4)
+    blocks = [min(trows, th - r) * tw for r in range(0, th, trows)] * N
+    num, den = T.WINOGRAD4_MAX_IDLE
+    if n_one == n_threads and den * _static_lost(blocks, sum(blocks), n_threads) <= num:
+        return None
+    lead = len(blocks) // n_threads * n_threads if n_one == n_threads else 0
+    cn, cd = T.WINOGRAD4_STAGED_COST
+    if (len(blocks) - lead) * cn > n_threads * cd:
+        return None
+    shared, per = winograd4_staged_floats(N, C, F, Ho, Wo, trows, lead)
+    per = per_one if lead else per
+    if (shared + n_threads * per) * itemsize > limit:
+        return None
+    return n_threads, trows, per, {"staged": True, "lead": lead, "shared": shared}
+
+
 def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, fixed=False):
     """plan_winograd for F(4x4) on BLAS: about tuning.WINOGRAD4_TASK_TILES tiles per task (the
     36 GEMMs' column count), each image's tile rows cut into equal tasks (the kernel's
@@ -922,7 +958,9 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, f
     tile rows per task may follow the team (even_tile_rows), and where those leave more than
     tuning.WINOGRAD4_MAX_IDLE of the team idle (or the limit took threads from it), the
     two-region split takes over where its shared V fits (winograd4_split; the params "fparts"
-    and "shared", the V's elements ahead of the threads' slices).
+    and "shared", the V's elements ahead of the threads' slices).  Not fixed (BLAS), where the
+    image's tasks leave the team idle: the three-region split of the same GEMMs
+    (winograd4_staged; the params "staged" and "shared").
     The transformed filters U (36 * C * F elements, 4x the weight; F in whole strips of 6 when
     packed, winograd_packed) count against the limit."""
     limit -= 36 * C * winograd_filter_rows(F, winograd_packed(4, fixed)) * itemsize
@@ -946,7 +984,9 @@ def _plan_winograd4(N, C, F, Ho, Wo, itemsize, n_threads, weight_bytes, limit, f
     num, den = T.WINOGRAD4_MAX_IDLE
     rounds = ceil_div(ceil_div(rows, trows), n_threads)
     idle = den * (1 - rows / (rounds * n_threads * trows)) > num
-    if not fixed or (n_threads == team and not idle):
+    if not fixed:
+        return winograd4_staged(N, C, F, Ho, Wo, one, itemsize, team, limit) or one
+    if n_threads == team and not idle:
         return one
     # (the split's smaller slices may fit more of the team the limit took from the one-region
     # split: the team, else halves of it down to the one-region's where that one idles)

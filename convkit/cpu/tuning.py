@@ -210,6 +210,16 @@ WINOGRAD4_TASK_BYTES = 36 * 4 * 64 * 512
 # `python bench/wino4_split_ab.py --layers res_14,rpn_3x3 --rounds 15 --configs
 # 8:0,8:1,8:4,8:8,16:4`).  Not timed on 16 cores.
 WINOGRAD4_SPLIT_MIN_STRIPS = 4
+# F(4x4) on BLAS (per image: float64, float32 without csrc/fgemm.h), where an image's tasks leave
+# > WINOGRAD4_MAX_IDLE of 3+ threads idle: the blocks past the team's whole rounds go in three
+# regions, the same GEMM calls (conv_plan.winograd4_staged), where those blocks times this cost
+# fit one round of the team.  The cost: the staged blocks' one-core CPU time over their
+# one-region time (V and M through memory), at most 1.63 on the suite's layers (two runs, load
+# 2-3: vgg_56 1.51-1.63 float64 / 1.43-1.52 float32, res_28 1.21-1.23 / 1.04-1.09, res_14
+# 0.66-0.70 / 0.64-0.65 -- U's planes read once for all blocks --, rpn_3x3 0.95 / 0.94:
+# `bench/wino4_staged_ab.py`, RESULTS.md thirteenth session "staged F(4x4) on BLAS").  Not
+# timed on 16 cores.
+WINOGRAD4_STAGED_COST = (5, 3)
 
 # grad_weight by the transposed F(4x4, 3x3) (conv_plan "weight_winograd": the layers whose
 # forward takes F(4x4)): its 36 GEMMs per part sum over runs of at most this many of the
