@@ -18,6 +18,7 @@ bench/many_core_split.py's arithmetic.
         [--shapes strided_14,k4s2_56,convt28_adj,s2_20,pw_300] [--passes f,x,w]
         [--rounds 9] [--calls 3] [--try "strided_14:48x4;strided_14:64x2"]
         [--xchans "s2_20:24;s2_20:48"]    (other grad_x channel blocks too)
+        [--error]     (each config's max error against torch's float64 too)
 
 CONVKIT_DISABLE_AVX512=1 sends float32 to OpenBLAS (plain BLAS's plans; the script asserts
 it); float64 is on OpenBLAS everywhere.
@@ -81,7 +82,7 @@ def setup(name, dt, passes, tries=(), xchans=()):
                                                    per_thread=p["per_thread"] * 2))
         for key, stp in (("f old", old), ("f new", new)):
             calls[key] = (lambda stp=stp: cc._fwd_im2col(x, w, b, False, y, s, stp),
-                          "rows %d/%d" % (stp.params["rows"], stp.params.get("blocks", 0)))
+                          "rows %d/%d" % (stp.params["rows"], stp.params.get("blocks", 0)), y)
     bw = dataclasses.replace(plan.grad_x, threads=1)
     if "x" in passes and bw.algo in ("im2col", "pointwise"):
         p = bw.params
@@ -93,7 +94,7 @@ def setup(name, dt, passes, tries=(), xchans=()):
         for key, stp in [("x old", old), ("x new", bw)] + others:
             calls[key] = (lambda stp=stp: cc._bwd_im2col(gy, x, w, gx, gw, None, s, stp,
                                                          True, False),
-                          "chans %d" % stp.params["chans_x"])
+                          "chans %d" % stp.params["chans_x"], gx)
     bw = dataclasses.replace(plan.grad_weight, threads=1)
     if "w" in passes and bw.algo == "im2col":
         keep = T.BLAS_W_IDLE
@@ -114,8 +115,21 @@ def setup(name, dt, passes, tries=(), xchans=()):
             calls[key] = (lambda stp=stp: cc._bwd_im2col(gy, x, w, gx, gw, None, s, stp,
                                                          False, True),
                           "u%d x%d r%d" % (stp.params["units_w"], stp.params["nsplit"],
-                                           stp.params["rows_w"]))
-    return calls
+                                           stp.params["rows_w"]), gw)
+    return calls, (x, w, gy, st, pad)
+
+
+def torch_refs(x, w, gy, st, pad):
+    """{"f": y, "x": grad_x, "w": grad_weight} of torch in float64 (None without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    wt = torch.tensor(w.astype(np.float64), requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, stride=st, padding=pad)
+    yt.backward(torch.tensor(gy.astype(np.float64)))
+    return {"f": yt.detach().numpy(), "x": xt.grad.numpy(), "w": wt.grad.numpy()}
 
 
 def main():
@@ -125,6 +139,9 @@ def main():
     ap.add_argument("--passes", default="f,x,w")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--error", action="store_true",
+                    help="also each config's max error against torch's float64 (relative to "
+                         "the largest value)")
     ap.add_argument("--xchans", default="", help="other grad_x channel blocks, NAME:C;...")
     ap.add_argument("--try", dest="tries", default="",
                     help="other grad_weight splits, NAME:UxP;NAME:UxP (units_w x nsplit)")
@@ -135,21 +152,30 @@ def main():
             tries = [t.split(":")[1] for t in a.tries.split(";") if t.startswith(name + ":")]
             xchans = [int(t.split(":")[1]) for t in a.xchans.split(";")
                       if t.startswith(name + ":")]
-            calls = setup(name, np.dtype(dtn), a.passes.split(","), tries, xchans)
+            calls, args = setup(name, np.dtype(dtn), a.passes.split(","), tries, xchans)
+            refs = torch_refs(*args) if a.error else None
             times = {k: [] for k in calls}
             for _ in range(a.rounds):
-                for k, (call, _) in calls.items():
+                for k, (call, _, _) in calls.items():
                     best = float("inf")
                     for _ in range(a.calls):
                         t0 = time.process_time()
                         call()
                         best = min(best, time.process_time() - t0)
                     times[k].append(best * 1e3)
-            for k, (_, what) in calls.items():
+            for k, (call, what, out) in calls.items():
                 m = statistics.median(times[k])
                 base = statistics.median(times[k[:2] + "old"])
+                err = ""
+                if refs is not None:    # (max |error| over max |torch float64|; bits as old's)
+                    call()
+                    ref = refs[k[0]]
+                    if k.endswith("old"):
+                        old_bits = out.tobytes()
+                    err = (f"  err {np.abs(out - ref).max() / np.abs(ref).max():.2e}"
+                           f"{'' if k.endswith('old') else ' bits ' + ('=' if out.tobytes() == old_bits else '!=') + ' old'}")
                 print(f"{dtn} {name:12s} {k:8s} {what:14s} {m:8.3f} ms  x{m / base:.3f}  "
-                      f"(rounds {min(times[k]):.3f}..{max(times[k]):.3f})", flush=True)
+                      f"(rounds {min(times[k]):.3f}..{max(times[k]):.3f}){err}", flush=True)
 
 
 if __name__ == "__main__":
