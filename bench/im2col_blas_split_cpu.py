@@ -170,10 +170,11 @@ def main():
                 if refs is not None:    # (max |error| over max |torch float64|; bits as old's)
                     call()
                     ref = refs[k[0]]
+                    err = f"  err {np.abs(out - ref).max() / np.abs(ref).max():.2e}"
                     if k.endswith("old"):
                         old_bits = out.tobytes()
-                    err = (f"  err {np.abs(out - ref).max() / np.abs(ref).max():.2e}"
-                           f"{'' if k.endswith('old') else ' bits ' + ('=' if out.tobytes() == old_bits else '!=') + ' old'}")
+                    else:
+                        err += " bits %s old" % ("=" if out.tobytes() == old_bits else "!=")
                 print(f"{dtn} {name:12s} {k:8s} {what:14s} {m:8.3f} ms  x{m / base:.3f}  "
                       f"(rounds {min(times[k]):.3f}..{max(times[k]):.3f}){err}", flush=True)
 

@@ -1085,7 +1085,8 @@ assert not t.cc._OWN_SGEMM
 for name in t._BLAS13:
     x, w, b, st, pad, seen = t._blas13_params(name, np.float32)
     if name == "strided_14":
-        want = {{"units_w", "nsplit"}} | ({{"blocks", "chans_x"}} if not t.cc._FIXED_SGEMM else set())
+        want = {{"units_w", "nsplit"}} | (set() if t.cc._FIXED_SGEMM else
+                                            {{"blocks", "chans_x"}})
         assert seen == want, seen
     t._same_bits_near_torch(x, w, b, st, pad, torch)
     print(name, sorted(seen))
