@@ -985,16 +985,17 @@ def test_im2col_split_gives_the_same_bits_on_1_2_8_16_threads(monkeypatch, torch
         cc._plans.clear()
 
 
-def _same_bits_near_torch(x, w, b, st, pad, torch):
+def _same_bits_near_torch(x, w, b, st, pad, torch, groups=1):
     """The forward, grad_x, grad_weight and grad_bias of conv(x, w, b) on 1, 2, 8 and 16
     threads: the same bits, close to torch's float64."""
     dtype = x.dtype
 
     def passes():
         with convkit.use_backend("cpu"):
-            y = convkit.conv2d_forward(x, w, b, stride=st, padding=pad)
+            y = convkit.conv2d_forward(x, w, b, stride=st, padding=pad, groups=groups)
             gy = np.random.default_rng(17).standard_normal(y.shape).astype(dtype)
-            g = convkit.conv2d_backward(gy, x, w, stride=st, padding=pad, has_bias=True)
+            g = convkit.conv2d_backward(gy, x, w, stride=st, padding=pad, groups=groups,
+                                        has_bias=True)
             return (y, gy) + tuple(g)
 
     runs = _on_threads(passes)
@@ -1004,7 +1005,7 @@ def _same_bits_near_torch(x, w, b, st, pad, torch):
     xt = torch.tensor(x.astype(np.float64), requires_grad=True)
     wt = torch.tensor(w.astype(np.float64), requires_grad=True)
     bt = torch.tensor(b.astype(np.float64), requires_grad=True)
-    yt = torch.nn.functional.conv2d(xt, wt, bt, stride=st, padding=pad)
+    yt = torch.nn.functional.conv2d(xt, wt, bt, stride=st, padding=pad, groups=groups)
     yt.backward(torch.tensor(gy.astype(np.float64)))
     tol = 1e-4 if dtype == np.float32 else 1e-10
     for got, ref in zip((y, gx, gw, gb), (yt, xt.grad, wt.grad, bt.grad)):
@@ -1019,17 +1020,21 @@ def _same_bits_near_torch(x, w, b, st, pad, torch):
 # threads idle: the forward in 5 / 7 row blocks an image (now a power of two of even ones,
 # conv_plan.image_blocks), grad_x in 29 + 29 + 6 channels (now 2 x 32, grad_x_chans),
 # grad_weight in 6 x 2, 11 x 7, 6 x 7 column blocks x parts (now 4 x 4, 8 x 2, 4 x 4:
-# blas_weight_split).  Expected params on BLAS (float64; float32 where the pass takes im2col).
+# blas_weight_split).  Expected params on BLAS (float64; float32 where the pass takes im2col);
+# g2_14: strided_14 in 2 groups (2 x 2 blocks of 48 x 4 parts in the kernel's group-major order).
 _BLAS13 = {"strided_14": {"blocks": 4, "chans_x": 32, "units_w": 48, "nsplit": 4},
            "k4s2_56": {"blocks": 8, "units_w": 32, "nsplit": 2},
-           "convt28_adj": {"blocks": 8, "units_w": 32, "nsplit": 4}}
+           "convt28_adj": {"blocks": 8, "units_w": 32, "nsplit": 4},
+           "g2_14": {"blocks": 4, "chans_x": 16, "units_w": 48, "nsplit": 4}}
+_BLAS13_SHAPES = dict({k: v + (1,) for k, v in _IM2COL16.items()},
+                      g2_14=((8, 64, 28, 28), (128, 32, 3, 3), 2, 1, 2))
 
 
 def _blas13_params(name, dtype):
     """Assert _BLAS13[name]'s params at every thread count for the passes that take im2col on
     BLAS in this process (float32's forward and grad_x on csrc/fgemm.h follow the team: not
-    checked); returns (x, w, b, stride, padding, the params seen)."""
-    xs, ws, st, pad = _IM2COL16[name]
+    checked); returns (x, w, b, stride, padding, groups, the params seen)."""
+    xs, ws, st, pad, groups = _BLAS13_SHAPES[name]
     rng = np.random.default_rng(13)
     x = rng.standard_normal(xs).astype(dtype)
     w = (rng.standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(dtype)
@@ -1040,14 +1045,14 @@ def _blas13_params(name, dtype):
         want.pop("chans_x", None)
     for nt in THREADS:
         convkit.set_num_threads(nt)
-        plan = cc._plan(x, w, (st, st), (pad,) * 4, (1, 1), 1)[3]
+        plan = cc._plan(x, w, (st, st), (pad,) * 4, (1, 1), groups)[3]
         for key, step in (("blocks", plan.forward), ("chans_x", plan.grad_x),
                           ("units_w", plan.grad_weight), ("nsplit", plan.grad_weight)):
             if key in want and step.algo == "im2col":
                 assert step.params.get(key) == want[key], (name, nt, key, step)
                 seen.add(key)
     convkit.set_num_threads(None)
-    return x, w, b, st, pad, seen
+    return x, w, b, st, pad, groups, seen
 
 
 @pytest.mark.parametrize("name", list(_BLAS13))
@@ -1057,9 +1062,9 @@ def test_blas_im2col_splits_give_the_same_bits_on_1_2_8_16_threads(name, torch):
     close to torch's float64."""
     cc._plans.clear()
     try:
-        x, w, b, st, pad, seen = _blas13_params(name, np.float64)
+        x, w, b, st, pad, groups, seen = _blas13_params(name, np.float64)
         assert seen == set(_BLAS13[name]), seen
-        _same_bits_near_torch(x, w, b, st, pad, torch)
+        _same_bits_near_torch(x, w, b, st, pad, torch, groups)
     finally:
         cc._plans.clear()
 
@@ -1083,12 +1088,12 @@ import torch
 import test_cpu_many_threads as t
 assert not t.cc._OWN_SGEMM
 for name in t._BLAS13:
-    x, w, b, st, pad, seen = t._blas13_params(name, np.float32)
-    if name == "strided_14":
+    x, w, b, st, pad, groups, seen = t._blas13_params(name, np.float32)
+    if name in ("strided_14", "g2_14"):
         want = {{"units_w", "nsplit"}} | (set() if t.cc._FIXED_SGEMM else
                                             {{"blocks", "chans_x"}})
         assert seen == want, seen
-    t._same_bits_near_torch(x, w, b, st, pad, torch)
+    t._same_bits_near_torch(x, w, b, st, pad, torch, groups)
     print(name, sorted(seen))
 """
     envs = dict(os.environ, **{k: "1" for k in env.split(",")})
@@ -1111,11 +1116,11 @@ def test_blas_im2col_splits_leave_at_most_a_tenth_of_16_threads_idle():
     for cname, name, label, algo, fixed, res in rows:
         assert fixed and res[16]["lost"] <= 0.10, (cname, name, label, res[16])
     for name, want in _BLAS13.items():
-        xs, ws, st, pad = _IM2COL16[name]
-        s = P.ConvShape.of(xs, ws, (st, st), (pad,) * 4, (1, 1), 1)
+        xs, ws, st, pad, g = _BLAS13_SHAPES[name]
+        s = P.ConvShape.of(xs, ws, (st, st), (pad,) * 4, (1, 1), g)
         p = P.plan_conv(s, np.float64, 16, P.ConvCaps(False, 2), 256 * 2**20).grad_weight.params
         Ho, Wo = s.out
-        costs = P.blas_weight_costs(xs[0], 1, ws[0], ws[1] * ws[2], ws[3], Ho, Wo,
+        costs = P.blas_weight_costs(xs[0], g, ws[0] // g, ws[1] * ws[2], ws[3], Ho, Wo,
                                     p["units_w"], p["nsplit"], p["rows_w"])
         for team in (2, 4, 8, 16):
             assert sum(costs) / (team * P.static_span(costs, team)) >= 0.9, (name, team)

@@ -681,8 +681,8 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
 
     Every split that orders a sum is set by the layer and the limit alone: grad_weight's rows
     per GEMM (rows_w) and grad_x's (rows_x) always; on BLAS also the column blocks (units_w),
-    the parts of the batch (nsplit, see weight_parts) and grad_x's channel blocks (chans_x),
-    whose widths pick OpenBLAS's kernels.  The own GEMM sums each output in a fixed order
+    the parts of the batch (nsplit; both blas_weight_split) and grad_x's channel blocks
+    (chans_x), whose widths pick OpenBLAS's kernels.  The own GEMM sums each output in a fixed order
     whatever the block, so there the blocks follow the team."""
     Ug = Cg * KH
     Fg = (weight_bytes // (Cg * KH * KW * itemsize) if F is None else F) // G
