@@ -54,14 +54,21 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   N*k tasks, an image's k blocks of floor / ceil(Ho/k) rows), each
   F*Cg*KK*L MACs (L = its rows*Wo or positions).  From 3 threads
   (tuning.IM2COL_SPLIT_MIN_THREADS) the rows (or blocks) are the ones whose busiest thread
-  ends first (conv_plan.im2col_rows).  Dup: on BLAS every task's GEMM repacks the
+  ends first (conv_plan.im2col_rows); on plain BLAS (set by the image, the bits) a power of
+  two of even blocks an image since the thirteenth session (conv_plan.image_blocks: 2^j
+  threads even; ceil(Ho/8) rows before).  Dup: on BLAS every task's GEMM repacks the
   weight (F*Cg*KK values); on the own GEMM the weight is packed once, serially (_packed_a).
-- im2col / pointwise backward (conv2d_backward_gemm): grad_weight region of G*ntw*nsplit tasks
-  (ntw = ceil(Cg*KH/units_w) column blocks; nsplit parts of the N*ceil(Ho/rows_w) slabs), each
+- im2col / pointwise backward (conv2d_backward_gemm): grad_weight a static region (the
+  kernel's prange: contiguous chunks; modelled as dynamic before the thirteenth session) of
+  G*ntw*nsplit tasks, a block's parts in a row (ntw = ceil(Cg*KH/units_w) column blocks;
+  nsplit parts of the N*ceil(Ho/rows_w) slabs; on BLAS set by the layer,
+  conv_plan.blas_weight_split: other blocks / parts where the old ones leave > 10 % of 16
+  threads idle, conv_plan.blas_weight_costs the same formulas), each
   Fg*units_w*KW*(its slabs' outputs) MACs, plus its columns (im2col, units_w*KW per output);
   when nsplit > 1 the task finishing a column block's last part adds the block's other parts
   into gw (Fg*units_w*KW*(nsplit-1) adds, counted on the block's last part: no extra region);
-  grad_x region of N*G*ceil(Cg/chans_x) tasks, each chans_x*KK*Fg*HoWo MACs + col2im.  Dup:
+  grad_x region of N*G*ceil(Cg/chans_x) tasks, each chans_x*KK*Fg*HoWo MACs + col2im (on
+  plain BLAS chans_x a power of two of near-equal blocks, conv_plan.grad_x_chans).  Dup:
   every grad_weight task repacks grad_y (Fg*L per slab), every grad_x task too (Fg*HoWo).
   Serial: gw and the parts zeroed (numpy).  grad_bias ("sum"): bias_grad's static region of F
   tasks (N*HoWo each), counted with grad_weight.
@@ -151,7 +158,8 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   output transform (C*KH*7*13).  Dup: halo rows' transforms, the padded taps.
 - rowphases (forward, csrc/rowgemm.h): N*ceil(Ho/rows) tasks of rows*Wq*F*C*KK MACs (the rows
   computed Wq wide) + planes; dup: the Wq - Wo columns and the halo rows.
-- subpixel (grad_x of a strided conv whose kernel is a multiple of the stride):
+- subpixel (grad_x of a strided conv whose kernel is a multiple of the stride): a static
+  region (the kernel's prange; dynamic before the thirteenth session) of
   N*ceil(Hu/rows) tasks of window rows, each rows*Wp*(sh*sw*Cg)*(Fg*Th*Tw) MACs over the groups
   + the grad_y slab (Fg*(rows + Th - 1)*Wp); dup: the Wp columns beyond the output's and the
   windows' zero taps (against the true C*KK*F*H*W/(sh*sw)... counted as the GEMM's own).
@@ -575,7 +583,8 @@ def backward_regions(algo, p, s, own, itemsize, which):
                 costs.append(Fg * u * KW * L + (0 if pw else u * KW * L)
                              + (Fg * u * KW * (nsplit - 1) if sp == nsplit - 1 else 0))
         costs *= G
-        regions = [Region("grad_weight", costs), Region("grad_bias", [N * HoWo] * F, "static")]
+        regions = [Region("grad_weight", costs, "static"),
+                   Region("grad_bias", [N * HoWo] * F, "static")]
         ntw = cdiv(Ug, p["units_w"])
         dup = G * ntw * Fg * N * HoWo                   # grad_y repacked per column block
         return regions, gwn * nsplit, dup, p["per_thread"] * itemsize
@@ -730,7 +739,8 @@ def backward_regions(algo, p, s, own, itemsize, which):
         costs = [r * Wp * sh * sw * Cg * Fg * Th * Tw * G + Fg * G * (r + Th - 1) * Wp
                  for r in rows] * N
         useful = float(N * C * KK * Fg * Ho * Wo + N * F * Ho * Wo)
-        return [Region("window rows", costs, useful=useful)], 0, 0, p["per_thread"] * itemsize
+        return ([Region("window rows", costs, "static", useful=useful)], 0, 0,
+                p["per_thread"] * itemsize)
     if algo == "weight_rowgemm":
         sh, sw = s.stride
         Hp, Wp = (Ho - 1) * sh + KH, (Wo - 1) * sw + KW

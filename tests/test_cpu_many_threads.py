@@ -979,29 +979,170 @@ def test_im2col_split_gives_the_same_bits_on_1_2_8_16_threads(monkeypatch, torch
             convkit.set_num_threads(None)
             assert len(rows) > 1, rows          # (the split differs from 1 thread's)
 
-        def passes():
-            with convkit.use_backend("cpu"):
-                y = convkit.conv2d_forward(x, w, b, stride=st, padding=pad)
-                gy = np.random.default_rng(17).standard_normal(y.shape).astype(dtype)
-                g = convkit.conv2d_backward(gy, x, w, stride=st, padding=pad, has_bias=True)
-                return (y, gy) + tuple(g)
-
-        runs = _on_threads(passes)
+        _same_bits_near_torch(x, w, b, st, pad, torch)
     finally:
         cc._caps_by_level.clear()
         cc._plans.clear()
+
+
+def _same_bits_near_torch(x, w, b, st, pad, torch, groups=1):
+    """The forward, grad_x, grad_weight and grad_bias of conv(x, w, b) on 1, 2, 8 and 16
+    threads: the same bits, close to torch's float64."""
+    dtype = x.dtype
+
+    def passes():
+        with convkit.use_backend("cpu"):
+            y = convkit.conv2d_forward(x, w, b, stride=st, padding=pad, groups=groups)
+            gy = np.random.default_rng(17).standard_normal(y.shape).astype(dtype)
+            g = convkit.conv2d_backward(gy, x, w, stride=st, padding=pad, groups=groups,
+                                        has_bias=True)
+            return (y, gy) + tuple(g)
+
+    runs = _on_threads(passes)
     for nt in THREADS[1:]:
         assert _bits(runs[nt]) == _bits(runs[1]), nt
     y, gy, gx, gw, gb = runs[1]
     xt = torch.tensor(x.astype(np.float64), requires_grad=True)
     wt = torch.tensor(w.astype(np.float64), requires_grad=True)
     bt = torch.tensor(b.astype(np.float64), requires_grad=True)
-    yt = torch.nn.functional.conv2d(xt, wt, bt, stride=st, padding=pad)
+    yt = torch.nn.functional.conv2d(xt, wt, bt, stride=st, padding=pad, groups=groups)
     yt.backward(torch.tensor(gy.astype(np.float64)))
     tol = 1e-4 if dtype == np.float32 else 1e-10
     for got, ref in zip((y, gx, gw, gb), (yt, xt.grad, wt.grad, bt.grad)):
         ref = ref.detach().numpy()
         assert np.abs(got - ref).max() <= tol * max(1.0, np.abs(ref).max())
+
+
+# ------------------------------------------ the BLAS im2col splits (issue 16, helper epyc13)
+# On BLAS (float64 on every machine; float32 without AVX2 -- CONVKIT_DISABLE_AVX512=1 +
+# CONVKIT_DISABLE_FGEMM=1 here -- and the EPYC's float32 grad_weight) every im2col split is set
+# by the layer (OpenBLAS's bits follow a GEMM's shape).  _IM2COL16's splits left 12-28 % of 16
+# threads idle: the forward in 5 / 7 row blocks an image (now a power of two of even ones,
+# conv_plan.image_blocks), grad_x in 29 + 29 + 6 channels (now 2 x 32, grad_x_chans),
+# grad_weight in 6 x 2, 11 x 7, 6 x 7 column blocks x parts (now 4 x 4, 8 x 2, 4 x 4:
+# blas_weight_split).  Expected params on BLAS (float64; float32 where the pass takes im2col);
+# g2_14: strided_14 in 2 groups (2 x 2 blocks of 48 x 4 parts in the kernel's group-major order).
+_BLAS13 = {"strided_14": {"blocks": 4, "chans_x": 32, "units_w": 48, "nsplit": 4},
+           "k4s2_56": {"blocks": 8, "units_w": 32, "nsplit": 2},
+           "convt28_adj": {"blocks": 8, "units_w": 32, "nsplit": 4},
+           "g2_14": {"blocks": 4, "chans_x": 16, "units_w": 48, "nsplit": 4}}
+_BLAS13_SHAPES = dict({k: v + (1,) for k, v in _IM2COL16.items()},
+                      g2_14=((8, 64, 28, 28), (128, 32, 3, 3), 2, 1, 2))
+
+
+def _blas13_params(name, dtype):
+    """Assert _BLAS13[name]'s params at every thread count for the passes that take im2col on
+    BLAS in this process (float32's forward and grad_x on csrc/fgemm.h follow the team: not
+    checked); returns (x, w, b, stride, padding, groups, the params seen)."""
+    xs, ws, st, pad, groups = _BLAS13_SHAPES[name]
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = (rng.standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    want, seen = dict(_BLAS13[name]), set()
+    if dtype == np.float32 and cc._FIXED_SGEMM:     # (forward, grad_x on csrc/fgemm.h)
+        want.pop("blocks", None)
+        want.pop("chans_x", None)
+    for nt in THREADS:
+        convkit.set_num_threads(nt)
+        plan = cc._plan(x, w, (st, st), (pad,) * 4, (1, 1), groups)[3]
+        for key, step in (("blocks", plan.forward), ("chans_x", plan.grad_x),
+                          ("units_w", plan.grad_weight), ("nsplit", plan.grad_weight)):
+            if key in want and step.algo == "im2col":
+                assert step.params.get(key) == want[key], (name, nt, key, step)
+                seen.add(key)
+    convkit.set_num_threads(None)
+    return x, w, b, st, pad, groups, seen
+
+
+@pytest.mark.parametrize("name", list(_BLAS13))
+def test_blas_im2col_splits_give_the_same_bits_on_1_2_8_16_threads(name, torch):
+    """float64 (OpenBLAS on every machine): _BLAS13's forward row blocks, grad_x channel
+    blocks and grad_weight blocks x parts at 1, 2, 8 and 16 threads, the same bits on each,
+    close to torch's float64."""
+    cc._plans.clear()
+    try:
+        x, w, b, st, pad, groups, seen = _blas13_params(name, np.float64)
+        assert seen == set(_BLAS13[name]), seen
+        _same_bits_near_torch(x, w, b, st, pad, torch, groups)
+    finally:
+        cc._plans.clear()
+
+
+@pytest.mark.parametrize("env", ["CONVKIT_DISABLE_AVX512", "CONVKIT_DISABLE_AVX512,"
+                                 "CONVKIT_DISABLE_FGEMM"])
+def test_blas_im2col_splits_in_float32_on_blas(env):
+    """float32 with the own GEMM off (the EPYC's plans: strided_14's grad_weight on OpenBLAS)
+    and with csrc/fgemm.h off too (a CPU without AVX2: every pass of strided_14 on OpenBLAS),
+    in a fresh process (the switches are read once): _BLAS13's splits where the pass takes
+    im2col, the same bits on 1, 2, 8 and 16 threads, close to torch's float64."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("torch")
+    code = f"""
+import sys
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+import numpy as np
+import torch
+import test_cpu_many_threads as t
+assert not t.cc._OWN_SGEMM
+for name in t._BLAS13:
+    x, w, b, st, pad, groups, seen = t._blas13_params(name, np.float32)
+    if name in ("strided_14", "g2_14"):
+        want = {{"units_w", "nsplit"}} | (set() if t.cc._FIXED_SGEMM else
+                                            {{"blocks", "chans_x"}})
+        assert seen == want, seen
+    t._same_bits_near_torch(x, w, b, st, pad, torch, groups)
+    print(name, sorted(seen))
+"""
+    envs = dict(os.environ, **{k: "1" for k in env.split(",")})
+    out = subprocess.run([sys.executable, "-c", code], env=envs, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("\n") == len(_BLAS13), out.stdout
+
+
+def test_blas_im2col_splits_leave_at_most_a_tenth_of_16_threads_idle():
+    """bench/many_core_split.py's model: _IM2COL16's im2col passes on the plain BLAS caps and
+    strided_14's on the EPYC's lose <= 10 % of 16 threads, their sums cut alike at 2 and 16
+    threads; blas_weight_split's new blocks x parts leave <= 10 % idle on 2, 4, 8, 16 threads
+    by its own costs.  (subpixel grad_x, k4s2_56 / convt28_adj's on BLAS, stays at 18 %: its
+    29 x 30 window positions per phase for a 28 x 28 output cost 10 % on one thread.)"""
+    M = _many_core_split()
+    rows = [r for r in M.table(["blas", "epyc"], [2, 16], True, out=io.StringIO(), md=True)
+            if r[1].rstrip("*") in _IM2COL16 and r[3] == "im2col"]
+    assert len(rows) == 3 + 2 + 2 + 3, [r[:4] for r in rows]     # (subpixel grad_x: not im2col)
+    for cname, name, label, algo, fixed, res in rows:
+        assert fixed and res[16]["lost"] <= 0.10, (cname, name, label, res[16])
+    for name, want in _BLAS13.items():
+        xs, ws, st, pad, g = _BLAS13_SHAPES[name]
+        s = P.ConvShape.of(xs, ws, (st, st), (pad,) * 4, (1, 1), g)
+        p = P.plan_conv(s, np.float64, 16, P.ConvCaps(False, 2), 256 * 2**20).grad_weight.params
+        Ho, Wo = s.out
+        costs = P.blas_weight_costs(xs[0], g, ws[0] // g, ws[1] * ws[2], ws[3], Ho, Wo,
+                                    p["units_w"], p["nsplit"], p["rows_w"])
+        for team in (2, 4, 8, 16):
+            assert sum(costs) / (team * P.static_span(costs, team)) >= 0.9, (name, team)
+
+
+@pytest.mark.parametrize("machine", list(_CAPS))
+def test_blas_weight_split_keeps_the_splits_that_fill_16_threads(machine, monkeypatch):
+    """The suite's layers keep their plans (1, 2, 16 threads, float32 and float64): the old
+    blocks and parts (tuning.BLAS_W_IDLE past any idle) are what the rule gives them."""
+    from convkit.benchmark.cases import CASES, ConvCase
+    from convkit.cpu import tuning as T
+    caps = P.ConvCaps(**_CAPS[machine])
+    shapes = [P.ConvShape.of((c.N, c.C, c.H, c.W), (c.F, c.C // c.groups, c.K, c.K),
+                             (c.stride,) * 2, (c.pad,) * 4, (1, 1), c.groups)
+              for c in CASES if type(c) is ConvCase]
+
+    def plans():
+        return [P.plan_conv(s, dt, nt, caps, 256 * 2**20)
+                for s in shapes for nt in (1, 2, 16) for dt in (np.float32, np.float64)]
+    new = plans()
+    monkeypatch.setattr(T, "BLAS_W_IDLE", 2.0)
+    assert plans() == new
 # ------------------------------------------------------------------ the batch path's many-thread
 # blocks (issue 16): on the full-rate caps (no tiny-map Winograd: cc._WINOTINY off, as a CPU
 # without it) the tiny maps take "batch"; its blocks of images (6 of 12 on 64 images: 67 % of 16

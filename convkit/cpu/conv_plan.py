@@ -86,8 +86,8 @@ images share its batch, on any thread count (tests/test_cpu_batch_invariance.py)
   differently for another GEMM shape and for another place in it (on this EPYC, rows 8-23 of a
   32-row sgemm differ from the same rows computed alone; float64 likewise in the other
   dimension), so no such GEMM holds two images and none is cut by N.  The cuts: im2col rows
-  per GEMM ``image_rows`` (at most tuning.BLAS_TASKS blocks of an image, each at least
-  tuning.BLAS_MIN_POSITIONS positions); pointwise positions (tuning.BLAS_FORWARD_TASKS,
+  per GEMM ``image_blocks`` (a power of two blocks of an image, at most tuning.BLAS_TASKS, each
+  at least tuning.BLAS_MIN_POSITIONS positions); pointwise positions (tuning.BLAS_FORWARD_TASKS,
   BLAS_MIN_POSITIONS, BLAS_POSITION_BYTES); Winograd tasks within one image (the kernel's
   per_image; F(2x2) at most tuning.BLAS_TASKS blocks of an image, each at least
   tuning.WINOGRAD4_TASK_TILES tiles; F(4x4) about that many tiles, its staged split on many
@@ -400,11 +400,18 @@ def dense_params(own_gemm, fixed=False):
             "image_rows": 0 if own_gemm or fixed else 1}
 
 
-def image_rows(Ho, Wo):
-    """Output rows per GEMM of a BLAS forward that cuts each image by rows (im2col): about
-    tuning.BLAS_TASKS blocks per image, but at least tuning.BLAS_MIN_POSITIONS positions per
-    block -- set by the image alone (batch invariance)."""
-    return max(1, min(Ho, max(ceil_div(Ho, T.BLAS_TASKS), ceil_div(T.BLAS_MIN_POSITIONS, Wo))))
+def image_blocks(Ho, Wo):
+    """(rows, blocks) of a BLAS forward that cuts each image by rows (im2col): the image in k
+    blocks of floor / ceil(Ho / k) rows (blocks k; 0 where k divides Ho: blocks of ``rows``),
+    k the largest power of two at most tuning.BLAS_TASKS with at least
+    tuning.BLAS_MIN_POSITIONS positions a block -- set by the image alone (batch invariance);
+    a power of two makes even tasks on 2^j threads (strided_14's 14 rows: 4 blocks of 3 / 4,
+    7 rows a pair, where 5 blocks of 3, 3, 3, 3, 2 left 22 % of 16 threads idle; the rows
+    before were ceil(Ho / BLAS_TASKS), at least BLAS_MIN_POSITIONS / Wo)."""
+    k = 1 << (max(1, min(T.BLAS_TASKS, Ho)).bit_length() - 1)
+    while k > 1 and Ho // k * Wo < T.BLAS_MIN_POSITIONS:
+        k //= 2
+    return ceil_div(Ho, k), (k if Ho % k else 0)
 
 
 def batch_padded(Ho, Wo, KH, KW, stride, dilation):
@@ -524,6 +531,64 @@ def weight_parts(tasks, N, Ho, Wo):
     return parts, ceil_div(Ho, ceil_div(parts, N))
 
 
+def blas_weight_costs(N, G, Fg, Ug, KW, Ho, Wo, units, nsplit, rows):
+    """The tasks' costs of a BLAS im2col grad_weight in the kernel's order (column block after
+    column block, its parts in order): a task's GEMM (Fg x units*KW x its slabs' outputs), its
+    columns (units*KW per output), grad_y repacked (Fg per output) and, on a block's last
+    part, the other parts added into gw -- bench/many_core_split.py's formulas."""
+    slabs = [min(rows, Ho - h) * Wo for h in range(0, Ho, rows)] * N
+    S = len(slabs)
+    parts = [sum(slabs[sp * S // nsplit:(sp + 1) * S // nsplit]) for sp in range(nsplit)]
+    costs = [(Fg + 1) * u * KW * L + Fg * L + (Fg * u * KW * (nsplit - 1) if sp == nsplit - 1
+                                               else 0)
+             for u0 in range(0, Ug, units) for u in (min(units, Ug - u0),)
+             for sp, L in enumerate(parts)]
+    return costs * G
+
+
+def blas_weight_split(N, G, Fg, Ug, KW, Ho, Wo, units, cap):
+    """(units_w, nsplit, rows_w) of a BLAS im2col grad_weight, set by the layer alone (the
+    bits): column blocks of ``units`` (channel, kh) tap rows (about tuning.BLAS_TASK_COLS
+    columns) and weight_parts' parts -- unless those tasks leave more than tuning.BLAS_W_IDLE
+    of tuning.BLAS_W_ALIGN threads idle (OpenMP's static chunks, blas_weight_costs).  Then,
+    of the blocks of ceil(Ug / k) rows (k from half the old count to it: never narrower --
+    OpenBLAS ran strided_14's 72-column blocks 4-5 % slower than its 96, 144 and 192 1-3 %
+    faster) and 1 to 1 + N*Ho*Wo // tuning.BLAS_W_SPLIT_MIN_K parts (a part ~0.6-0.8 % there,
+    bench/im2col_blas_split_cpu.py) whose tasks leave at most that idle on 2, 4, ...
+    BLAS_W_ALIGN threads (at most 4 * tuning.BLAS_W_TASKS tasks): the fewest tasks, then the
+    widest blocks, then the fewest parts.  None: the old split.  cap: the workspace piece's
+    tap rows of one output row."""
+    def rows_for(u, parts):
+        return max(1, min(Ho, cap // u, ceil_div(Ho, ceil_div(parts, N))))
+
+    def idle(u, parts, rows, team):
+        costs = blas_weight_costs(N, G, Fg, Ug, KW, Ho, Wo, u, parts, rows)
+        return 1 - sum(costs) / (team * static_span(costs, team))
+
+    nsplit, most = weight_parts(G * ceil_div(Ug, units), N, Ho, Wo)
+    rows = min(rows_for(units, 1), most)
+    if idle(units, nsplit, rows, T.BLAS_W_ALIGN) <= T.BLAS_W_IDLE:
+        return units, nsplit, rows
+    teams = [1 << i for i in range(1, T.BLAS_W_ALIGN.bit_length())]
+    top = max(1, min(1 + N * Ho * Wo // T.BLAS_W_SPLIT_MIN_K, N * Ho))
+    best = None
+    k0 = ceil_div(Ug, units)
+    for u in sorted({ceil_div(Ug, k) for k in range(ceil_div(k0, 2), k0 + 1)}):
+        if u > cap:
+            break
+        k = ceil_div(Ug, u)
+        for parts in range(1, top + 1):
+            if G * k * parts > (best[0][0] if best else 4 * T.BLAS_W_TASKS):
+                break           # (more tasks than the best, or than a search need try)
+            r = rows_for(u, parts)
+            if all(idle(u, parts, r, t) <= T.BLAS_W_IDLE for t in teams):
+                key = (G * k * parts, k, parts)
+                if best is None or key < best[0]:
+                    best = (key, (u, parts, r))
+                break           # (more parts: more tasks)
+    return best[1] if best else (units, nsplit, rows)
+
+
 def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise, weight_bytes,
                         own_gemm, limit, fixed=False, Fg=8):
     """(threads, output rows per task -- pointwise: output positions --, workspace elements per
@@ -555,9 +620,12 @@ def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
             # csrc/fgemm.h sums each output in one order whatever its block: the blocks may
             # follow the team (BLAS_TASKS' blocks left 8 of 16 threads idle on a batch of 8)
             rows, blocks = im2col_rows(N, Ho, Wo, n_threads, min(Ho, most), 0)
+        elif fixed:
+            rows = min(most, Ho, ceil_div(Ho, ceil_div(T.BLAS_TASKS, N)))
         else:
-            rows = min(most, min(Ho, ceil_div(Ho, ceil_div(T.BLAS_TASKS, N))) if fixed
-                       else image_rows(Ho, Wo))
+            rows, blocks = image_blocks(Ho, Wo)
+            if rows > most:             # (the piece's rows instead)
+                rows, blocks = most, 0
         n_threads = fit_team(n_threads, rows * per_row, extra, limit)
     else:
         rows = min(Ho, budget // per_row)
@@ -571,16 +639,22 @@ def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
 def grad_x_chans(Cg, G, KK, N=0, n_threads=1):
     """Channels per grad_x GEMM on BLAS (im2col, pointwise): the group's channels in
     tuning.BLAS_GRAD_X_TASKS blocks over the groups, each at least
-    tuning.BLAS_GRAD_X_MIN_ROWS GEMM rows (channels x taps; each block repacks grad_y) -- set by
-    the image's shape alone (batch invariance).  N > 0 (a fixed-order GEMM, where a block's bits
+    tuning.BLAS_GRAD_X_MIN_ROWS GEMM rows (channels x taps; each block repacks grad_y), that
+    count of blocks down to a power of two, of near-equal channels -- set by the image's
+    shape alone (batch invariance).  N > 0 (a fixed-order GEMM, where a block's bits
     do not follow its shape): that many tasks over the whole batch of N images -- from
     tuning.IM2COL_SPLIT_MIN_THREADS threads at least one a thread (4 left 8 of 16 idle)."""
     if N > 0:
         tasks = max(T.BLAS_GRAD_X_TASKS,
                     n_threads if n_threads >= T.IM2COL_SPLIT_MIN_THREADS else 0)
         return ceil_div(Cg, ceil_div(tasks, N * G))
-    return max(ceil_div(Cg, ceil_div(T.BLAS_GRAD_X_TASKS, G)),
+    rule = max(ceil_div(Cg, ceil_div(T.BLAS_GRAD_X_TASKS, G)),
                min(Cg, ceil_div(T.BLAS_GRAD_X_MIN_ROWS, KK)))
+    # (that rule's block count down to a power of two, the channels shared out evenly: even
+    # tasks on 2^j threads -- strided_14's 64 channels of 9 taps made 29 + 29 + 6, 22 % of
+    # 16 threads idle; now 2 x 32.  One block of 48 where 29 + 19 were cost float64 15 %)
+    k = ceil_div(Cg, rule)
+    return ceil_div(Cg, 1 << (k.bit_length() - 1))
 
 
 def pointwise_weight_blocks(Fg, Cg, G):
@@ -608,8 +682,8 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
 
     Every split that orders a sum is set by the layer and the limit alone: grad_weight's rows
     per GEMM (rows_w) and grad_x's (rows_x) always; on BLAS also the column blocks (units_w),
-    the parts of the batch (nsplit, see weight_parts) and grad_x's channel blocks (chans_x),
-    whose widths pick OpenBLAS's kernels.  The own GEMM sums each output in a fixed order
+    the parts of the batch (nsplit; both blas_weight_split) and grad_x's channel blocks
+    (chans_x), whose widths pick OpenBLAS's kernels.  The own GEMM sums each output in a fixed order
     whatever the block, so there the blocks follow the team."""
     Ug = Cg * KH
     Fg = (weight_bytes // (Cg * KH * KW * itemsize) if F is None else F) // G
@@ -646,9 +720,8 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
     rows_w = max(1, min(Ho, piece // (blas_units * unit_w)))
     nsplit = 1
     if not own_gemm:
-        units_w = blas_units
-        nsplit, most = weight_parts(G * ceil_div(Ug, units_w), N, Ho, Wo)
-        rows_w = min(rows_w, most)
+        units_w, nsplit, rows_w = blas_weight_split(N, G, Fg, Ug, KW, Ho, Wo, blas_units,
+                                                    piece // unit_w)
     else:
         units_w = ceil_div(Ug, ceil_div(n_threads, G))
         if n_threads > 1:

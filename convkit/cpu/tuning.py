@@ -101,6 +101,13 @@ BLAS_W_ALIGN = 16
 # ~40 products per weight: pw_14 measured ~3% per part on one core, res_14's one extra part
 # within the noise).  RESULTS.md "Many cores: how each conv algorithm splits (issue 16)".
 BLAS_W_PART_MIN_K = 1024
+# ... and where those column blocks and parts leave more than this share of BLAS_W_ALIGN
+# threads idle, other blocks and parts that do not (conv_plan.blas_weight_split: issue 16's
+# 10 %), at most one part per this many products per weight (half BLAS_W_PART_MIN_K:
+# strided_14's 4 parts of 392 measured ~0.6-0.8 % of one core a part).
+# RESULTS.md, thirteenth session (helper epyc13).
+BLAS_W_IDLE = 0.10
+BLAS_W_SPLIT_MIN_K = 512
 # pointwise grad_weight on BLAS: column blocks of this many channels (96 left pw_14 three tasks;
 # 64 measured the same on one core, 32 ~30% slower; 128-filter blocks cost ~20%, parts of the
 # batch ~3% each, so pw_14 keeps four tasks).  RESULTS.md "Many cores ... (issue 16)".
