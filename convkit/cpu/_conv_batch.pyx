@@ -498,9 +498,18 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                     for j in range(nck):
                         dst[f * CgKK + j] = gwt[j * nf + f]
                 free(gwt)
-        for sp in range(1, nsplit if needs_weight_grad else 1):     # the parts, in order
-            for i in range(gwn):
-                gwf[i] = gwf[i] + gwp[(sp - 1) * gwn + i]
+        if nsplit > 2 and needs_weight_grad:
+            # (BLAS's many parts, conv_plan.plan_batch_backward: the parts' sums over the team,
+            # a filter's row a task -- each entry still adds its parts in order: the same bits)
+            for f in prange(F, schedule="static", num_threads=n_threads):
+                for sp in range(1, nsplit):
+                    dst = &gwp[0] + (sp - 1) * gwn + f * CgKK
+                    for j in range(CgKK):
+                        gwf[f * CgKK + j] = gwf[f * CgKK + j] + dst[j]
+        else:
+            for sp in range(1, nsplit if needs_weight_grad else 1):     # the parts, in order
+                for i in range(gwn):
+                    gwf[i] = gwf[i] + gwp[(sp - 1) * gwn + i]
         if needs_input_grad:
             for t in prange(nblk * G, schedule="static", num_threads=n_threads):
                 g = t // nblk
