@@ -1,7 +1,8 @@
 """One-thread CPU time of the BLAS plans' many-core splits (thirteenth session, helper
 blasmisc13): each tuning constant at its old value (the plan before) against the new ones, on
 the layers of bench/many_core_split.py's rows that the constant changes, interleaved rounds in
-one process, time.process_time per call on ONE thread (convkit.set_num_threads(1)), medians.
+one process, time.process_time per call (the least of --calls) on ONE thread
+(convkit.set_num_threads(1); --threads 2: both threads' CPU time), medians over the rounds.
 Indicative only: a loaded 2-core host.
 
     PYTHONPATH=$PWD python bench/blas_split_cpu.py --dtype float64 [--rounds 9] [--only NAME]
@@ -29,9 +30,11 @@ CASES = [
     ("dense_2x2", (128, 64, 2, 2), (64, 64, 3, 3), 1, "gw", "BLAS_DENSE_W_BLOCKS", (4, 8, 16)),
     ("resnet_2x2_b64", (64, 64, 2, 2), (64, 64, 3, 3), 1, "gw", "BLAS_DENSE_W_BLOCKS",
      (4, 8, 16)),
-    ("lenet_c3_4x4", (64, 6, 4, 4), (16, 6, 5, 5), 2, "gw", "BLAS_DENSE_W_BLOCKS", (4, 8, 16)),
+    ("lenet_c3_4x4", (64, 6, 4, 4), (16, 6, 5, 5), 2, "gw", "BLAS_DENSE_W_BLOCKS", (4, 6, 8, 16)),
     ("tiny_16_8x8", (64, 16, 8, 8), (16, 16, 3, 3), 1, "gw", "BLAS_BATCH_W_TASKS", (2, 8, 16)),
-    ("tiny_32_4x4", (64, 32, 4, 4), (32, 32, 3, 3), 1, "gw", "BLAS_BATCH_W_TASKS", (2, 8, 16)),
+    ("tiny_32_4x4", (64, 32, 4, 4), (32, 32, 3, 3), 1, "gw", "",
+     ({"BLAS_BATCH_W_TASKS": 2}, {"BLAS_BATCH_W_TASKS": 16},     # (new: 4 parts, the floor)
+      {"BLAS_BATCH_W_TASKS": 16, "BLAS_BATCH_W_PART_MIN_K": 1})),    # (8 parts)
     ("small_16_8x8", (128, 16, 8, 8), (16, 16, 3, 3), 1, "gw", "BLAS_BATCH_W_TASKS",
      (2, 8, 16)),
     # (grad_x, not taken: GX_RUNS -- a stand-in, not a tuning constant -- cuts each image's
@@ -66,12 +69,14 @@ def main():
     ap.add_argument("--dtype", default="float64")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--calls", type=int, default=3, help="calls per round (the least counts)")
-    ap.add_argument("--only", default="")
+    ap.add_argument("--only", default="", help="a layer name or a pass (gw, gx)")
+    ap.add_argument("--threads", type=int, default=1, help="2: the team's CPU time, spin "
+                    "included")
     args = ap.parse_args()
     dt = np.dtype(args.dtype)
     cc._WINOTINY = False            # (the batch path on the tiny maps: the "blas" caps)
     cc._caps_by_level.clear()
-    convkit.set_num_threads(1)
+    convkit.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     for name, xs, ws, pad, which, const, values in CASES:
         if args.only and args.only not in (name, which):

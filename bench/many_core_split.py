@@ -11,16 +11,21 @@ the shapes that take the algorithms the suite does not: batch, dense, general de
 strided im2col, a kernel-4 stride-2 conv, tiny 8x8 / 4x4 maps of batch 64) and each pass
 (forward, grad_x, grad_weight),
 ``plan_conv`` gives the step at each thread count for the machines -- ``avx512``:
-ConvCaps(own_sgemm=True, depthwise3x3_level=3), the Xeon the project was tuned on; ``epyc``:
+ConvCaps(own_sgemm=True, depthwise3x3_level=3), the Xeon the project was tuned on, as its
+plans were before the AVX2 kernels ran beside the own GEMM (no CPU today: every AVX-512 CPU
+has AVX2, so a full-rate one plans as ``avx512_avx2``; ``avx512`` is what the AVX2 kernels
+switched off give); ``avx512_avx2``: that real full-rate class (the tiny-map Winograd, direct);
+``epyc``:
 ConvCaps(False, 2, rowgemm=True, fixed_sgemm=True), the AMD EPYC without AVX-512 (float32 GEMMs
 on OpenBLAS, forwards' and grad_x's on csrc/fgemm.h, csrc/rowgemm.h and csrc/stem.h run);
-``blas``: ConvCaps(False, 2), BLAS alone (a CPU without AVX2); ``zen4``: the half-rate
+``blas``: ConvCaps(False, 2), BLAS alone (a CPU without AVX2, and float64 on every machine); ``zen4``: the half-rate
 AVX-512 CPU (Zen 4) the project runs on now, ConvCaps(own_sgemm=True, 3, rowgemm=True,
 fixed_sgemm=True, avx512_full_rate=False, winotiny=True): the own GEMM beside the AVX2
 algorithms of tuning.HALF_RATE_AVX2 (conv_plan.avx2_algo; the EPYC and it run csrc/winotiny.h
 and csrc/polywino.h, caps.winotiny) -- with the default workspace
 limit, and the step's parallel regions are derived from its params and the kernels' prange
-loops as below.  --markdown prints the table as RESULTS.md's rows.
+loops as below.  The default --caps are the real classes (avx512_avx2, zen4, epyc, blas; the
+thirteenth session: was avx512,epyc).  --markdown prints the table as RESULTS.md's rows.
 
 Columns: team (the threads the step runs on), regions (parallel regions = barriers per call,
 the pass's own: an im2col backward makes grad_x and grad_weight in one call), tasks (per
@@ -922,7 +927,8 @@ def table(caps_names, threads, extra, out=sys.stdout, md=False):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="2,16,64")
-    ap.add_argument("--caps", default="avx512,epyc", help=f"from {','.join(CAPS)}")
+    ap.add_argument("--caps", default="avx512_avx2,zen4,epyc,blas",
+                    help=f"from {','.join(CAPS)} (avx512: no AVX2 kernels, not a real CPU)")
     ap.add_argument("--extra", action="store_true",
                     help="also the shapes of the algorithms the suite does not take (marked *)")
     ap.add_argument("--markdown", action="store_true", help="RESULTS.md's table")

@@ -1135,7 +1135,7 @@ def test_batch_blocks_fill_16_threads_and_keep_the_1_2_thread_plans(monkeypatch)
 BLAS16 = [("dense_rows", (32, 64, 2, 2), (64, 64, 3, 3), 1, "dense", {"row_blocks": 16}),
           ("batch_parts", (64, 16, 8, 8), (16, 16, 3, 3), 1, "batch", {"nsplit": 16}),
           ("batch_parts_columns", (64, 32, 4, 4), (32, 32, 3, 3), 1, "batch",
-           {"nsplit": 8, "chans_w": 16}),
+           {"nsplit": 4, "chans_w": 16}),
           ("pointwise_filter_blocks", (2, 256, 5, 5), (256, 256, 1, 1), 0, "pointwise",
            {"filters_w": 64, "units_w": 64, "nsplit": 1}),
           ("pointwise_parts", (1, 40, 38, 50), (18, 40, 1, 1), 0, "pointwise",
@@ -1200,14 +1200,15 @@ def test_blas_plans_leave_at_most_a_tenth_of_16_threads_idle():
     """By bench/many_core_split.py's model on the "blas" caps: the dense layer's passes, the
     tiny maps' batch grad_weight and the suite's pointwise grad_weights lose <= 10 % of 16
     threads (they lost 50-88 %), with the same sum-cutting params on 2 and 16 threads; the
-    pointwise grad_x (50 % / 88 %) is left as measured (one core 7-51 % slower cut finer)."""
+    pointwise grad_x (50 % / 88 %) is left as measured (one core 7-51 % slower cut finer), and
+    tiny_32_4x4's grad_weight takes 4 parts (8 tasks: two threads' CPU time grew with 8)."""
     M = _many_core_split()
     rows = {(name.rstrip("*"), label): (algo, fixed, res)
             for _, name, label, algo, fixed, res in M.table(["blas"], [2, 16], True,
                                                              out=io.StringIO(), md=True)}
     passes = [("dense_2x2", lb) for lb in ("forward", "grad_x", "grad_weight")]
-    passes += [(n, "grad_weight") for n in ("small_16_8x8", "tiny_16_8x8", "tiny_32_4x4",
-                                            "pw_14", "rpn_cls1x1")]
+    passes += [(n, "grad_weight") for n in ("small_16_8x8", "tiny_16_8x8", "pw_14",
+                                            "rpn_cls1x1")]
     for key in passes:
         algo, fixed, res = rows[key]
         assert fixed and res[16]["team"] == 16 and res[16]["lost"] <= 0.10, (key, res[16])

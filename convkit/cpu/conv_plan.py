@@ -1084,9 +1084,11 @@ def plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_
     chans_w = min(Cg, ceil_div(ceil_div(Cg, T.BATCH_W_BLOCKS), q) * q)
     nsplit = max(1, min(N, T.BATCH_W_BLOCKS // (G * ceil_div(Cg, chans_w))))
     if not own_gemm and not fixed:
-        # BLAS: the parts for about tuning.BLAS_BATCH_W_TASKS tasks (set by the layer: the
-        # bits follow the parts, not the team; tiny_16_8x8's 2 parts left 16 threads 88 % idle)
-        nsplit = max(nsplit, min(N, ceil_div(T.BLAS_BATCH_W_TASKS, G * ceil_div(Cg, chans_w))))
+        # BLAS: the parts for about tuning.BLAS_BATCH_W_TASKS tasks, each at least
+        # BLAS_BATCH_W_PART_MIN_K products per weight (set by the layer: the bits follow the
+        # parts, not the team; tiny_16_8x8's 2 parts left 16 threads 88 % idle)
+        nsplit = max(nsplit, min(N, ceil_div(T.BLAS_BATCH_W_TASKS, G * ceil_div(Cg, chans_w)),
+                                 N * HoWo // T.BLAS_BATCH_W_PART_MIN_K))
     unit_w = (KK * HoWo + HpWp) * itemsize              # one channel of one image
     unit_x = Cg * (KK * HoWo + HpWp) * itemsize          # all channels of one image
     room = limit - (F * N * HoWo + (nsplit - 1) * F * Cg * KK) * itemsize

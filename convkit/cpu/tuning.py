@@ -115,9 +115,13 @@ BLAS_POINTWISE_COLS = 64
 BLAS_PW_W_TASKS = 16
 BLAS_PW_MIN_FILTERS = 64
 BLAS_PW_PART_MIN_K = 1024
-# batch grad_weight on BLAS: parts of the batch for about this many tasks (2: as before).
-# RESULTS.md thirteenth session (helper blasmisc13).
+# batch grad_weight on BLAS: parts of the batch for about this many tasks (2: as before), each
+# part at least BLAS_BATCH_W_PART_MIN_K products per weight (its GEMMs' k): one and two threads'
+# CPU time within -6..+7 % of the old parts' on tiny_16_8x8 / small_16_8x8 (16 parts of 256 /
+# 512); tiny_32_4x4's 1024 products make 4 parts, not 8 (8: two threads +10-29 %).  RESULTS.md
+# thirteenth session (helper blasmisc13).
 BLAS_BATCH_W_TASKS = 16
+BLAS_BATCH_W_PART_MIN_K = 256
 # pointwise grad_weight, float32 on csrc/fgemm.h (conv_plan.pointwise_weight_blocks): about
 # this many (filter, channel) block tasks (pw_14: 8 x 4 = 32, none idle on 2 to 32 threads; was
 # 4 column blocks on BLAS, 16 threads 75 % idle) ...
