@@ -1212,3 +1212,24 @@ def test_blas_plans_leave_at_most_a_tenth_of_16_threads_idle():
     for key in passes:
         algo, fixed, res = rows[key]
         assert fixed and res[16]["team"] == 16 and res[16]["lost"] <= 0.10, (key, res[16])
+
+
+@pytest.mark.parametrize("machine", ["own_gemm", "blas_rowgemm_fgemm", "own_half_rate"])
+def test_blas_splits_leave_the_float32_plans_of_the_other_gemms(machine, monkeypatch):
+    """The thirteenth session's BLAS constants (their old values: 4 dense blocks, 2 batch
+    tasks, no pointwise filter blocks or parts) change no float32 plan of the own or the
+    fixed-order GEMM's caps -- the suite's layers and many_core_split's extra shapes, on 1, 2
+    and 16 threads -- and do change the "blas" caps' plans."""
+    from convkit.cpu import tuning as T
+    M = _many_core_split()
+    shapes = [s for _, s, _ in M.shapes(True)]
+
+    def plans(caps):
+        return [P.plan_conv(s, np.float32, nt, caps, 256 * 2**20) for s in shapes
+                for nt in (1, 2, 16)]
+    caps, blas = P.ConvCaps(**_CAPS[machine]), P.ConvCaps(**_CAPS["blas"])
+    new, new_blas = plans(caps), plans(blas)
+    for k, v in (("BLAS_DENSE_W_BLOCKS", 4), ("BLAS_BATCH_W_TASKS", 2), ("BLAS_PW_W_TASKS", 0)):
+        monkeypatch.setattr(T, k, v)
+    assert plans(caps) == new
+    assert plans(blas) != new_blas
