@@ -280,8 +280,8 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
     of gw[g], conv_plan.pointwise_weight_filters).  The task that finishes a (filter, column)
     block's last part (a counter per block, under a lock) adds its parts into gw in order: no
     extra parallel region, whose barrier costs a time slice whenever another process holds a
-    core.  Every sum runs in the same
-    order whatever the thread count and whoever adds (deterministic).
+    core.  Every sum runs in the same order whatever the thread count and whoever adds
+    (deterministic).
     grad_x: a task owns ``chans_x`` channels of one image: cols_grad = w^T @ gy, ``rows_x``
     output rows at a time, then col2im into those gx planes.
 

@@ -116,10 +116,10 @@ BLAS_PW_W_TASKS = 16
 BLAS_PW_MIN_FILTERS = 64
 BLAS_PW_PART_MIN_K = 1024
 # batch grad_weight on BLAS: parts of the batch for about this many tasks (2: as before), each
-# part at least BLAS_BATCH_W_PART_MIN_K products per weight (its GEMMs' k): one and two threads'
-# CPU time within -6..+7 % of the old parts' on tiny_16_8x8 / small_16_8x8 (16 parts of 256 /
-# 512); tiny_32_4x4's 1024 products make 4 parts, not 8 (8: two threads +10-29 %).  RESULTS.md
-# thirteenth session (helper blasmisc13).
+# part at least BLAS_BATCH_W_PART_MIN_K products per weight (its GEMMs' k): CPU time against
+# the old parts on tiny_16_8x8 / small_16_8x8 (16 parts of 256 / 512 products) one thread
+# x0.94-1.05, two x0.98-1.14; tiny_32_4x4's 1024 products make 4 parts, not 8 (8: two threads
+# x1.07-1.34 in most runs).  RESULTS.md thirteenth session (helper blasmisc13).
 BLAS_BATCH_W_TASKS = 16
 BLAS_BATCH_W_PART_MIN_K = 256
 # pointwise grad_weight, float32 on csrc/fgemm.h (conv_plan.pointwise_weight_blocks): about
@@ -286,8 +286,9 @@ WINOTINY_SPLIT_MIN_FILTERS = 4
 BATCH_BLOCKS = 4
 # The dense grad_weight's GEMM on BLAS (float64 everywhere, float32 without AVX2): its rows
 # (input pixels) in this many blocks, set by the layer (the bits follow a block's rows).  Was
-# BATCH_BLOCKS' 4 (16 threads three quarters idle on dense_2x2); measured one thread, CPU time:
-# see RESULTS.md thirteenth session (helper blasmisc13).
+# BATCH_BLOCKS' 4 (16 threads three quarters idle on dense_2x2).  CPU time against 4 blocks, one
+# and two threads: dense_2x2 and a ResNet 2x2 layer x0.79-1.06, a LeNet 4x4 layer (~0.1 ms)
+# x1.01-1.10.  RESULTS.md thirteenth session (helper blasmisc13).
 BLAS_DENSE_W_BLOCKS = 16
 # Column blocks of the batch grad_weight (the batch is split in fixed parts below this).
 # Not measured in RESULTS.md.
