@@ -11,16 +11,21 @@ the shapes that take the algorithms the suite does not: batch, dense, general de
 strided im2col, a kernel-4 stride-2 conv, tiny 8x8 / 4x4 maps of batch 64) and each pass
 (forward, grad_x, grad_weight),
 ``plan_conv`` gives the step at each thread count for the machines -- ``avx512``:
-ConvCaps(own_sgemm=True, depthwise3x3_level=3), the Xeon the project was tuned on; ``epyc``:
+ConvCaps(own_sgemm=True, depthwise3x3_level=3), the Xeon the project was tuned on, as its
+plans were before the AVX2 kernels ran beside the own GEMM (no CPU today: every AVX-512 CPU
+has AVX2, so a full-rate one plans as ``avx512_avx2``; ``avx512`` is what the AVX2 kernels
+switched off give); ``avx512_avx2``: that real full-rate class (the tiny-map Winograd, direct);
+``epyc``:
 ConvCaps(False, 2, rowgemm=True, fixed_sgemm=True), the AMD EPYC without AVX-512 (float32 GEMMs
 on OpenBLAS, forwards' and grad_x's on csrc/fgemm.h, csrc/rowgemm.h and csrc/stem.h run);
-``blas``: ConvCaps(False, 2), BLAS alone (a CPU without AVX2); ``zen4``: the half-rate
+``blas``: ConvCaps(False, 2), BLAS alone (a CPU without AVX2, and float64 on every machine); ``zen4``: the half-rate
 AVX-512 CPU (Zen 4) the project runs on now, ConvCaps(own_sgemm=True, 3, rowgemm=True,
 fixed_sgemm=True, avx512_full_rate=False, winotiny=True): the own GEMM beside the AVX2
 algorithms of tuning.HALF_RATE_AVX2 (conv_plan.avx2_algo; the EPYC and it run csrc/winotiny.h
 and csrc/polywino.h, caps.winotiny) -- with the default workspace
 limit, and the step's parallel regions are derived from its params and the kernels' prange
-loops as below.  --markdown prints the table as RESULTS.md's rows.
+loops as below.  The default --caps are the real classes (avx512_avx2, zen4, epyc, blas; the
+thirteenth session: was avx512,epyc).  --markdown prints the table as RESULTS.md's rows.
 
 Columns: team (the threads the step runs on), regions (parallel regions = barriers per call,
 the pass's own: an im2col backward makes grad_x and grad_weight in one call), tasks (per
@@ -65,6 +70,8 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   conv_plan.blas_weight_split: other blocks / parts where the old ones leave > 10 % of 16
   threads idle, conv_plan.blas_weight_costs the same formulas), each
   Fg*units_w*KW*(its slabs' outputs) MACs, plus its columns (im2col, units_w*KW per output);
+  pointwise on BLAS times ceil(Fg/filters_w) filter blocks (since the thirteenth session,
+  conv_plan.pointwise_weight_filters; dup: x's columns repacked per filter block);
   when nsplit > 1 the task finishing a column block's last part adds the block's other parts
   into gw (Fg*units_w*KW*(nsplit-1) adds, counted on the block's last part: no extra region);
   grad_x region of N*G*ceil(Cg/chans_x) tasks, each chans_x*KK*Fg*HoWo MACs + col2im (on
@@ -171,9 +178,10 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   threads both build), and its sums' copy into gw.
 - batch forward (_conv_batch.conv2d_forward_batch): ceil(N/imgs) tasks of imgs*HoWo*F*Cg*KK;
   BLAS repacks the weight per task.  backward: grad_y copied serially, a grad_weight region of
-  G*ceil(Cg/chans_w)*nsplit tasks, the parts added serially, a grad_x region of
-  ceil(N/imgs)*G tasks.  (float32 on the EPYC: grad_weight's GEMMs on csrc/fgemm.h, transposed
-  where the block has more columns than filters (tuning.BATCH_W_FGEMM_RATIO): the same tasks.)
+  G*ceil(Cg/chans_w)*nsplit tasks, the parts added serially -- or, past 2 parts (BLAS's
+  tuning.BLAS_BATCH_W_TASKS, since the thirteenth session), in a static region of F filters
+  ((nsplit-1)*Cg*KK adds each) --, a grad_x region of ceil(N/imgs)*G tasks.  (float32 on the
+  EPYC: grad_weight's GEMMs on csrc/fgemm.h, transposed where the block has more columns than filters (tuning.BATCH_W_FGEMM_RATIO): the same tasks.)
 - pointwise backward on csrc/fgemm.h (fgemm_w; float32 on the EPYC's caps): grad_weight a
   region of G*ceil(Fg/filters_w)*ceil(Cg/units_w) tasks, each nf*nu*N*HoWo MACs + the runs'
   additions into gw (nf*nu per run of at most tuning.PW_W_CHAIN positions); dup: the smaller
@@ -194,8 +202,11 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
 - weight_dot (_conv_dot, own GEMM only): G*ceil(Fg/fchunk)*groups_n tasks, each fchunk*Cg*KK
   MACs per output of its images; then a static region of F filters summing the groups' 16-lane
   partials.  Dup: the phase planes are built again for every filter chunk.
-- dense (_conv_dense): dense_weight over C (static), gemm_rows over row blocks (BLAS:
-  tuning.BATCH_BLOCKS, own: the team), dense_fold over C.
+- dense (_conv_dense): dense_weight over C (static), gemm_rows over row blocks (grad_weight on
+  BLAS: tuning.BLAS_DENSE_W_BLOCKS, 4 before the thirteenth session; own: the team; the
+  forward and grad_x on BLAS one image a task, image_rows), dense_fold over C.  (Before the
+  thirteenth session the model cut the BLAS forward and grad_x in grad_weight's row blocks
+  too: dense_2x2's 128 one-image tasks showed as 4, 75 % of 16 threads idle.)
 - depthwise3x3 / depthwise (_conv_depthwise): N*C plane tasks; the general backward adds a region
   of F filters (grad_weight over the batch); depthwise3x3's backward sums its per-plane parts
   serially (N*C*10).
@@ -252,7 +263,7 @@ SUM_PARAMS = {
     "im2col": (("rows_w", "rows_x", "nsplit"),
                ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit")),
     "pointwise": (("rows_w", "rows_x", "nsplit"),
-                  ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit")),
+                  ("rows", "units_w", "rows_w", "chans_x", "rows_x", "nsplit", "filters_w")),
     # (BLAS: the staged split's lead follows the team -- its GEMMs are the one-region tasks')
     "winograd": ((), ("trows",)),
     # (own GEMM: an entry of gw is one row x column chain, k in blocks set by k alone, so the
@@ -528,16 +539,16 @@ def dense_regions(s, p, own, which):
     HW, FO = H * W, F * Ho * Wo
     split = p["row_blocks"] or p["team"]      # (own GEMM: one block per thread)
 
-    def gemm_rows(m, n, k):
-        rows = cdiv(cdiv(m, split), 8) * 8
+    def gemm_rows(m, n, k, rows=0):
+        rows = rows or cdiv(cdiv(m, split), 8) * 8
         return Region("gemm_rows", [r * n * k for r in runs(m, rows)])
     build = Region("dense_weight", [HW * FO] * C, "static")
+    one = p.get("image_rows", 0)    # (BLAS forward / grad_x: one image per GEMM)
     if which == "f":
-        return [gemm_rows(N, FO, C * HW), build]
-    out = [gemm_rows(C * HW, FO, N), build, Region("dense_fold", [HW * FO] * C, "static")]
+        return [gemm_rows(N, FO, C * HW, one), build]
     if which == "x":
-        out = [gemm_rows(N, C * HW, FO)]
-    return out
+        return [gemm_rows(N, C * HW, FO, one)]
+    return [gemm_rows(C * HW, FO, N), build, Region("dense_fold", [HW * FO] * C, "static")]
 
 
 def backward_regions(algo, p, s, own, itemsize, which):
@@ -577,16 +588,20 @@ def backward_regions(algo, p, s, own, itemsize, which):
         S = len(slabs)
         parts = [sum(slabs[sp * S // nsplit:(sp + 1) * S // nsplit]) for sp in range(nsplit)]
         costs = []
-        for u in runs(Ug, p["units_w"]):
-            for sp, L in enumerate(parts):
-                # (the block's last part to finish adds the others into gw: counted on the last)
-                costs.append(Fg * u * KW * L + (0 if pw else u * KW * L)
-                             + (Fg * u * KW * (nsplit - 1) if sp == nsplit - 1 else 0))
+        fblocks = runs(Fg, p.get("filters_w") or Fg) if pw else [Fg]
+        for nf in fblocks:      # (pointwise on BLAS: filter blocks too, since the thirteenth)
+            for u in runs(Ug, p["units_w"]):
+                for sp, L in enumerate(parts):
+                    # (the block's last part to finish adds the others into gw: on the last)
+                    costs.append(nf * u * KW * L + (0 if pw else u * KW * L)
+                                 + (nf * u * KW * (nsplit - 1) if sp == nsplit - 1 else 0))
         costs *= G
         regions = [Region("grad_weight", costs, "static"),
                    Region("grad_bias", [N * HoWo] * F, "static")]
         ntw = cdiv(Ug, p["units_w"])
         dup = G * ntw * Fg * N * HoWo                   # grad_y repacked per column block
+        if len(fblocks) > 1:
+            dup += G * len(fblocks) * Ug * N * HoWo     # x's columns repacked per filter block
         return regions, gwn * nsplit, dup, p["per_thread"] * itemsize
     if algo == "polywino" and which == "x":
         return polywino_regions(s, p, itemsize, "x")
@@ -653,6 +668,9 @@ def backward_regions(algo, p, s, own, itemsize, which):
             costs = costs * G
         regions = [Region("grad_weight", costs, "static", useful=useful),
                    Region("grad_bias", [N * HoWo] * F, "static")]
+        if nsplit > 2:      # (BLAS's many parts: added in a static region of F filters)
+            regions.insert(1, Region("parts", [(nsplit - 1) * Cg * KK] * F, "static"))
+            return regions, F * N * HoWo, 0, p["per_thread"] * itemsize
         return regions, F * N * HoWo + (nsplit - 1) * gwn, 0, p["per_thread"] * itemsize
     if algo == "weight_winograd":
         th, tw = cdiv(Ho, 4), cdiv(Wo, 4)
@@ -941,7 +959,8 @@ def table(caps_names, threads, extra, out=sys.stdout, md=False):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="2,16,64")
-    ap.add_argument("--caps", default="avx512,epyc", help=f"from {','.join(CAPS)}")
+    ap.add_argument("--caps", default="avx512_avx2,zen4,epyc,blas",
+                    help=f"from {','.join(CAPS)} (avx512: no AVX2 kernels, not a real CPU)")
     ap.add_argument("--extra", action="store_true",
                     help="also the shapes of the algorithms the suite does not take (marked *)")
     ap.add_argument("--markdown", action="store_true", help="RESULTS.md's table")

@@ -1400,3 +1400,111 @@ print("ok")
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["ok"], out.stdout
+# ------------------------------------------------------------------ BLAS's many-core splits
+# (thirteenth session) on BLAS -- float64 on every machine, float32 without AVX2 (or with
+# CONVKIT_DISABLE_AVX512=1 CONVKIT_DISABLE_FGEMM=1): the dense grad_weight's row blocks
+# (tuning.BLAS_DENSE_W_BLOCKS), the batch grad_weight's parts (tuning.BLAS_BATCH_W_TASKS; past
+# 2 parts added over the team), the pointwise grad_weight's filter blocks (BLAS_PW_W_TASKS,
+# BLAS_PW_MIN_FILTERS) and parts of the batch (BLAS_PW_PART_MIN_K) -- all set by the layer.
+# (id, x shape, w shape, padding, grad_weight's algorithm, params it takes on BLAS)
+BLAS16 = [("dense_rows", (32, 64, 2, 2), (64, 64, 3, 3), 1, "dense", {"row_blocks": 16}),
+          ("batch_parts", (64, 16, 8, 8), (16, 16, 3, 3), 1, "batch", {"nsplit": 16}),
+          ("batch_parts_columns", (64, 32, 4, 4), (32, 32, 3, 3), 1, "batch",
+           {"nsplit": 4, "chans_w": 16}),
+          ("pointwise_filter_blocks", (2, 256, 5, 5), (256, 256, 1, 1), 0, "pointwise",
+           {"filters_w": 64, "units_w": 64, "nsplit": 1}),
+          ("pointwise_parts", (1, 40, 38, 50), (18, 40, 1, 1), 0, "pointwise",
+           {"filters_w": 18, "nsplit": 2, "rows_w": 19})]
+
+
+def _blas_float32():
+    """float32 runs on BLAS here (no own GEMM, no fixed-order GEMM: the switches above)."""
+    return ok and not cc._OWN_SGEMM and not cc._FIXED_SGEMM
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", BLAS16, ids=[c[0] for c in BLAS16])
+def test_blas_splits_give_the_same_bits_on_1_2_8_16_threads(monkeypatch, torch, case, dtype):
+    """BLAS16's grad_weight takes its layer-set blocks / parts on 1, 2, 8 and 16 threads alike,
+    and y, grad_x, grad_weight, grad_bias have the same bits on each, close to torch's float64
+    (float32 only where its GEMMs run on BLAS)."""
+    name, xs, ws, pad, algo, want = case
+    if dtype == np.float32 and not _blas_float32():
+        pytest.skip("float32 GEMMs here run on the own or fixed-order GEMM, not BLAS")
+    monkeypatch.setattr(cc, "_WINOTINY", False)     # (the batch path on the tiny maps)
+    cc._caps_by_level.clear()
+    cc._plans.clear()
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = (rng.standard_normal(ws) / np.sqrt(np.prod(ws[1:]))).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype)
+    try:
+        for nt in THREADS:
+            convkit.set_num_threads(nt)
+            st = cc._plan(x, w, (1, 1), (pad,) * 4, (1, 1), 1)[3].grad_weight
+            assert st.algo == algo and {k: st.params[k] for k in want} == want, (nt, st)
+        convkit.set_num_threads(None)
+
+        def passes():
+            with convkit.use_backend("cpu"):
+                y = convkit.conv2d_forward(x, w, b, padding=pad)
+                gy = np.random.default_rng(14).standard_normal(y.shape).astype(dtype)
+                return (y, gy) + tuple(convkit.conv2d_backward(gy, x, w, padding=pad,
+                                                               has_bias=True))
+
+        runs = _on_threads(passes)
+    finally:
+        monkeypatch.undo()
+        cc._caps_by_level.clear()
+        cc._plans.clear()
+    for nt in THREADS[1:]:
+        assert _bits(runs[nt]) == _bits(runs[1]), nt
+    y, gy, gx, gw, gb = runs[16]
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    wt = torch.tensor(w.astype(np.float64), requires_grad=True)
+    bt = torch.tensor(b.astype(np.float64), requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, bt, padding=pad)
+    yt.backward(torch.tensor(gy.astype(np.float64)))
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for got, ref in zip((y, gx, gw, gb), (yt, xt.grad, wt.grad, bt.grad)):
+        ref = ref.detach().numpy()
+        assert np.abs(got - ref).max() <= tol * max(1.0, np.abs(ref).max()), name
+
+
+def test_blas_plans_leave_at_most_a_tenth_of_16_threads_idle():
+    """By bench/many_core_split.py's model on the "blas" caps: the dense layer's passes, the
+    tiny maps' batch grad_weight and the suite's pointwise grad_weights lose <= 10 % of 16
+    threads (they lost 50-88 %), with the same sum-cutting params on 2 and 16 threads; the
+    pointwise grad_x (50 % / 88 %) is left as measured (one core 7-51 % slower cut finer), and
+    tiny_32_4x4's grad_weight takes 4 parts (8 tasks: two threads' CPU time grew with 8)."""
+    M = _many_core_split()
+    rows = {(name.rstrip("*"), label): (algo, fixed, res)
+            for _, name, label, algo, fixed, res in M.table(["blas"], [2, 16], True,
+                                                             out=io.StringIO(), md=True)}
+    passes = [("dense_2x2", lb) for lb in ("forward", "grad_x", "grad_weight")]
+    passes += [(n, "grad_weight") for n in ("small_16_8x8", "tiny_16_8x8", "pw_14",
+                                            "rpn_cls1x1")]
+    for key in passes:
+        algo, fixed, res = rows[key]
+        assert fixed and res[16]["team"] == 16 and res[16]["lost"] <= 0.10, (key, res[16])
+
+
+@pytest.mark.parametrize("machine", ["own_gemm", "blas_rowgemm_fgemm", "own_half_rate"])
+def test_blas_splits_leave_the_float32_plans_of_the_other_gemms(machine, monkeypatch):
+    """The thirteenth session's BLAS constants (their old values: 4 dense blocks, 2 batch
+    tasks, no pointwise filter blocks or parts) change no float32 plan of the own or the
+    fixed-order GEMM's caps -- the suite's layers and many_core_split's extra shapes, on 1, 2
+    and 16 threads -- and do change the "blas" caps' plans."""
+    from convkit.cpu import tuning as T
+    M = _many_core_split()
+    shapes = [s for _, s, _ in M.shapes(True)]
+
+    def plans(caps):
+        return [P.plan_conv(s, np.float32, nt, caps, 256 * 2**20) for s in shapes
+                for nt in (1, 2, 16)]
+    caps, blas = P.ConvCaps(**_CAPS[machine]), P.ConvCaps(**_CAPS["blas"])
+    new, new_blas = plans(caps), plans(blas)
+    for k, v in (("BLAS_DENSE_W_BLOCKS", 4), ("BLAS_BATCH_W_TASKS", 2), ("BLAS_PW_W_TASKS", 0)):
+        monkeypatch.setattr(T, k, v)
+    assert plans(caps) == new
+    assert plans(blas) != new_blas

@@ -402,8 +402,8 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
 
     nsplit: grad_weight tasks also split the batch into nsplit fixed parts (images
     [s*N/nsplit, (s+1)*N/nsplit)); part 0 sums into gw, part s > 0 into gwp[(s-1)*F*Cg*KK:]
-    (laid out as gw), and the parts are added into gw in order after: the same bits for any
-    thread count.
+    (laid out as gw), and the parts are added into gw in order after (past 2 parts in a
+    region of F filters' rows): the same bits for any thread count.
     filters_w (-1: a group's Fg): grad_weight tasks own blocks of this many filters (rows of
     gw[g]) too -- an entry's sum is the same GEMM row's chain whatever the block (the many-thread
     plans, conv_plan.batch_weight_blocks).
@@ -498,9 +498,20 @@ def conv2d_backward_batch(const floating[:, :, :, ::1] gy, const floating[:, :, 
                     for j in range(nck):
                         dst[f * CgKK + j] = gwt[j * nf + f]
                 free(gwt)
-        for sp in range(1, nsplit if needs_weight_grad else 1):     # the parts, in order
-            for i in range(gwn):
-                gwf[i] = gwf[i] + gwp[(sp - 1) * gwn + i]
+        if nsplit > 2 and needs_weight_grad:
+            # (BLAS's many parts, conv_plan.plan_batch_backward: the parts' sums over the team,
+            # a filter's row a task -- each entry still adds its parts in order: the same bits;
+            # the task that finishes a block's last part adding them, as im2col's, left 13 % of
+            # 16 threads idle by bench/many_core_split.py, 9 % this way)
+            for f in prange(F, schedule="static", num_threads=n_threads):
+                for sp in range(1, nsplit):
+                    dst = &gwp[0] + (sp - 1) * gwn + f * CgKK
+                    for j in range(CgKK):
+                        gwf[f * CgKK + j] = gwf[f * CgKK + j] + dst[j]
+        else:
+            for sp in range(1, nsplit if needs_weight_grad else 1):     # the parts, in order
+                for i in range(gwn):
+                    gwf[i] = gwf[i] + gwp[(sp - 1) * gwn + i]
         if needs_input_grad:
             for t in prange(nblk * G, schedule="static", num_threads=n_threads):
                 g = t // nblk

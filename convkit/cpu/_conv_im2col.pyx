@@ -276,10 +276,12 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
     slabs (image n, output rows [h0, h0 + rows_w)), numbered image after image: part s takes
     slabs [s*S/nsplit, (s+1)*S/nsplit).  It adds gy[n, g, slab] @ cols^T slab after slab in
     order, part 0 into gw, part s > 0 into gwp[(s-1)*F*Cg*KH*KW:] (laid out as gw, zero-filled
-    by the caller).  The task that finishes a column block's last part (a counter per block,
-    under a lock) adds its parts into gw in order: no extra parallel region, whose barrier
-    costs a time slice whenever another process holds a core.  Every sum runs in the same
-    order whatever the thread count and whoever adds (deterministic).
+    by the caller); pointwise on BLAS, ``filters_w`` (0: all) filters of the group too (rows
+    of gw[g], conv_plan.pointwise_weight_filters).  The task that finishes a (filter, column)
+    block's last part (a counter per block, under a lock) adds its parts into gw in order: no
+    extra parallel region, whose barrier costs a time slice whenever another process holds a
+    core.  Every sum runs in the same order whatever the thread count and whoever adds
+    (deterministic).
     grad_x: a task owns ``chans_x`` channels of one image: cols_grad = w^T @ gy, ``rows_x``
     output rows at a time, then col2im into those gx planes.
 
@@ -301,7 +303,7 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
     cdef Py_ssize_t Ug = Cg * KH, ntw = (Ug + units_w - 1) // units_w
     cdef Py_ssize_t ntx = (Cg + chans_x - 1) // chans_x
     cdef bint pwfg = pointwise and fgemm_w and floating is float
-    cdef Py_ssize_t fw = filters_w if pwfg and filters_w > 0 else Fg
+    cdef Py_ssize_t fw = filters_w if pointwise and filters_w > 0 else Fg
     cdef Py_ssize_t nfw = (Fg + fw - 1) // fw
     cdef Py_ssize_t px = pos_x if pointwise and pos_x > 0 else HoWo
     cdef Py_ssize_t npx = (HoWo + px - 1) // px if pointwise else 1
@@ -318,7 +320,7 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
     cdef openmp.omp_lock_t lock
     cdef Py_ssize_t* done = NULL
     if needs_weight_grad and nsplit > 1:
-        done = <Py_ssize_t*>calloc(G * ntw, sizeof(Py_ssize_t))
+        done = <Py_ssize_t*>calloc(G * nfw * ntw, sizeof(Py_ssize_t))
         if done == NULL:
             raise MemoryError("conv2d_backward: out of memory for the part counters")
         openmp.omp_init_lock(&lock)
@@ -330,23 +332,23 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
             g = tw // (nfw * ntw)
             u0 = (tw - g * nfw * ntw) % ntw * units_w
             u1 = _min(Ug, u0 + units_w)
+            f0 = g * Fg + (tw - g * nfw * ntw) // ntw * fw
+            nf = _min(fw, (g + 1) * Fg - f0)
             if pwfg:
-                f0 = g * Fg + (tw - g * nfw * ntw) // ntw * fw
-                nf = _min(fw, (g + 1) * Fg - f0)
                 if not _pw_weight_fg(&gy[0, 0, 0, 0], &x[0, 0, 0, 0], gwf, N, F, x.shape[1],
                                      HoWo, krun, f0, nf, g * Cg + u0, u1 - u0, CgKK, u0):
                     failed += 1
                 continue
             buf = &ws[0] + threadid() * ws_per_thread
-            dst = (gwf if sp == 0 else &gwp[0] + (sp - 1) * gwn) + g * Fg * CgKK
+            dst = (gwf if sp == 0 else &gwp[0] + (sp - 1) * gwn) + f0 * CgKK
             for j in range(sp * S // nsplit, (sp + 1) * S // nsplit):
                 n = j // nrw
                 h0 = (j - n * nrw) * rows_w
                 hr = _min(rows_w, Ho - h0)
                 L = hr * Wo
                 if pointwise:   # units are channels; x is its own column matrix
-                    gemm(False, True, Fg, u1 - u0, L, <floating>1,
-                         &gy[n, g * Fg, 0, 0] + h0 * Wo, HoWo,
+                    gemm(False, True, nf, u1 - u0, L, <floating>1,
+                         &gy[n, f0, 0, 0] + h0 * Wo, HoWo,
                          &x[n, g * Cg + u0, 0, 0] + h0 * Wo, HoWo, <floating>1, dst + u0, CgKK)
                     continue
                 for u in range(u0, u1):
@@ -362,7 +364,7 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
                 last = done[tw] == nsplit
                 openmp.omp_unset_lock(&lock)
                 if last:                        # this block's parts, in order
-                    for f in range(g * Fg, (g + 1) * Fg):
+                    for f in range(f0, f0 + nf):
                         row = gwf + f * CgKK + u0 * KW
                         for sp in range(1, nsplit):
                             dst = &gwp[0] + (sp - 1) * gwn + f * CgKK + u0 * KW

@@ -384,9 +384,10 @@ def winotiny_step(p):
 
 
 def row_blocks(own_gemm):
-    """Row blocks for gemm_rows: one per thread on the own GEMM (its bits do not depend on the
-    split); tuning.BATCH_BLOCKS on BLAS, whose kernels follow the row count."""
-    return 0 if own_gemm else T.BATCH_BLOCKS
+    """Row blocks for the dense grad_weight's gemm_rows: one per thread on the own GEMM (its
+    bits do not depend on the split); tuning.BLAS_DENSE_W_BLOCKS on BLAS, whose kernels follow
+    the row count (set by the layer alone)."""
+    return 0 if own_gemm else T.BLAS_DENSE_W_BLOCKS
 
 
 def dense_params(own_gemm, fixed=False):
@@ -517,15 +518,16 @@ def fit_team(n_threads, ws_bytes, extra, limit):
     return max(1, min(n_threads, limit // (ws_bytes + extra)))
 
 
-def weight_parts(tasks, N, Ho, Wo):
+def weight_parts(tasks, N, Ho, Wo, min_k=None):
     """(parts, rows per slab at most) of a BLAS grad_weight: its sum over the batch's (image,
     row block) slabs is cut into fixed parts, summed apart and added in order after, so that
     ``tasks`` column blocks make about tuning.BLAS_W_TASKS tasks (a multiple of
-    tuning.BLAS_W_ALIGN where the batch allows), one part more per
-    tuning.BLAS_W_PART_MIN_K products per weight.  Set by the layer alone."""
+    tuning.BLAS_W_ALIGN where the batch allows), one part more per ``min_k``
+    (tuning.BLAS_W_PART_MIN_K) products per weight.  Set by the layer alone."""
     q = T.BLAS_W_ALIGN // math.gcd(T.BLAS_W_ALIGN, tasks)
     want = ceil_div(ceil_div(T.BLAS_W_TASKS, tasks), q) * q
-    parts = max(1, min(want, 1 + N * Ho * Wo // T.BLAS_W_PART_MIN_K, N * Ho))
+    min_k = T.BLAS_W_PART_MIN_K if min_k is None else min_k
+    parts = max(1, min(want, 1 + N * Ho * Wo // min_k, N * Ho))
     if parts > q:
         parts = parts // q * q
     return parts, ceil_div(Ho, ceil_div(parts, N))
@@ -657,6 +659,28 @@ def grad_x_chans(Cg, G, KK, N=0, n_threads=1):
     return ceil_div(Cg, 1 << (k.bit_length() - 1))
 
 
+def pointwise_weight_parts(tasks, N, Ho, Wo):
+    """(parts, rows per slab) of a pointwise grad_weight on BLAS whose ``tasks`` (column and
+    filter blocks) are still fewer than tuning.BLAS_PW_W_TASKS: weight_parts with
+    tuning.BLAS_PW_PART_MIN_K products per weight a part (each part costs a pass over its
+    block of gw: pw_14 ~3 % on one core, where filter blocks cost nothing); else one part."""
+    if tasks >= T.BLAS_PW_W_TASKS:
+        return 1, Ho
+    return weight_parts(tasks, N, Ho, Wo, T.BLAS_PW_PART_MIN_K)
+
+
+def pointwise_weight_filters(Fg, tasks):
+    """Filters per task of a pointwise grad_weight on BLAS whose ``tasks`` (column blocks over
+    the groups) are fewer than tuning.BLAS_PW_W_TASKS: the group's filters in enough blocks to
+    reach it, whole 8-row blocks of at least tuning.BLAS_PW_MIN_FILTERS (each block's GEMMs
+    repack the columns of x: pw_14's 4 blocks of 256 cost one core nothing measurable); else
+    all.  Set by the layer alone."""
+    if tasks >= T.BLAS_PW_W_TASKS:
+        return Fg
+    nf = ceil_div(ceil_div(Fg, ceil_div(T.BLAS_PW_W_TASKS, tasks)), 8) * 8
+    return Fg if nf < T.BLAS_PW_MIN_FILTERS or nf >= Fg else nf
+
+
 def pointwise_weight_blocks(Fg, Cg, G):
     """(filters, channels) per task of a pointwise grad_weight on csrc/fgemm.h.  The larger of
     the two sides is the GEMM's rows, read in place; the smaller its columns, packed per GEMM
@@ -698,12 +722,20 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
                                     weight_bytes, False, limit, True)[1]
         return n_threads, units_w, Ho, Cg, Ho, 1, 0, filters_w, pos_x
     if pointwise:
-        # (no parts of the batch: pw_14's few products per weight made each part cost ~3%)
         units_w = ceil_div(Ug, ceil_div(n_threads, G) if own_gemm else
                            ceil_div(Ug, T.BLAS_POINTWISE_COLS))     # (see below)
-        chans_x = (ceil_div(Cg, ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G))
-                   if own_gemm else grad_x_chans(Cg, G, 1, 0))      # (see below)
-        return n_threads, units_w, Ho, chans_x, Ho, 1, 0, Fg, Ho * Wo
+        if own_gemm:
+            chans_x = ceil_div(Cg, ceil_div(T.GRAD_X_TASKS_PER_THREAD * n_threads, N * G))
+            return n_threads, units_w, Ho, chans_x, Ho, 1, 0, Fg, Ho * Wo
+        # BLAS: grad_x's channel blocks (see below); grad_weight's column blocks, filter blocks
+        # and parts of the batch's (image, row block) slabs -- all set by the layer
+        # (grad_x not cut finer: channel blocks or runs of positions for 16 tasks cost one
+        # core 7-39 % on pw_14 / rpn_cls1x1, RESULTS.md thirteenth session, blasmisc13)
+        chans_x = grad_x_chans(Cg, G, 1, 0)
+        filters_w = pointwise_weight_filters(Fg, G * ceil_div(Ug, units_w))
+        nsplit, rows_w = pointwise_weight_parts(G * ceil_div(Ug, units_w)
+                                                * ceil_div(Fg, filters_w), N, Ho, Wo)
+        return n_threads, units_w, rows_w, chans_x, Ho, nsplit, 0, filters_w, Ho * Wo
     unit_w = KW * Wo * itemsize                    # one (channel, kh) tap row, one output row
     unit_x = KH * KW * Wo * itemsize               # one channel's taps, one output row
     extra = (W + sw) * itemsize
@@ -1156,13 +1188,20 @@ def plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_
 
     grad_weight's column blocks (chans_w channels * KK taps) are whole GEMM panels where the
     channels allow; when that leaves fewer than tuning.BATCH_W_BLOCKS blocks, the batch is split
-    into nsplit fixed parts summed separately and added after.  Neither depends on the thread
-    count.  grad_x's blocks of images: batch_images.  On more than 2 threads, where those
-    tasks leave too many idle, finer blocks that cut no sum: batch_even_images,
-    batch_weight_blocks (filters_w: filters per grad_weight task; Fg: all)."""
+    into nsplit fixed parts summed separately and added after; on BLAS (float64, float32
+    without AVX2) into enough parts for about tuning.BLAS_BATCH_W_TASKS tasks.  Neither
+    depends on the thread count.  grad_x's blocks of images: batch_images.  On more than 2
+    threads, where those tasks leave too many idle, finer blocks that cut no sum:
+    batch_even_images, batch_weight_blocks (filters_w: filters per grad_weight task; Fg: all)."""
     q = T.GEMM_PANEL // math.gcd(T.GEMM_PANEL, KK)      # channels per whole panel
     chans_w = min(Cg, ceil_div(ceil_div(Cg, T.BATCH_W_BLOCKS), q) * q)
     nsplit = max(1, min(N, T.BATCH_W_BLOCKS // (G * ceil_div(Cg, chans_w))))
+    if not own_gemm and not fixed:
+        # BLAS: the parts for about tuning.BLAS_BATCH_W_TASKS tasks, each at least
+        # BLAS_BATCH_W_PART_MIN_K products per weight (set by the layer: the bits follow the
+        # parts, not the team; tiny_16_8x8's 2 parts left 16 threads 88 % idle)
+        nsplit = max(nsplit, min(N, ceil_div(T.BLAS_BATCH_W_TASKS, G * ceil_div(Cg, chans_w)),
+                                 N * HoWo // T.BLAS_BATCH_W_PART_MIN_K))
     unit_w = (KK * HoWo + HpWp) * itemsize              # one channel of one image
     unit_x = Cg * (KK * HoWo + HpWp) * itemsize          # all channels of one image
     room = limit - (F * N * HoWo + (nsplit - 1) * F * Cg * KK) * itemsize

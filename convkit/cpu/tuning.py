@@ -112,6 +112,23 @@ BLAS_W_SPLIT_MIN_K = 512
 # 64 measured the same on one core, 32 ~30% slower; 128-filter blocks cost ~20%, parts of the
 # batch ~3% each, so pw_14 keeps four tasks).  RESULTS.md "Many cores ... (issue 16)".
 BLAS_POINTWISE_COLS = 64
+# pointwise grad_weight on BLAS: where its column blocks make fewer than this many tasks,
+# blocks of filters (rows of gw) too, each at least BLAS_PW_MIN_FILTERS filters
+# (conv_plan.pointwise_weight_filters: pw_14's 4 blocks of 256, one core's CPU time as before);
+# where still fewer, parts of the batch as im2col's (weight_parts), one part more per
+# BLAS_PW_PART_MIN_K products per weight (rpn_cls1x1's 18 filters: 2 parts; each part costs a
+# pass over gw, pw_14 ~3 %).  0 tasks: one block, one part, as before.  RESULTS.md thirteenth
+# session (helper blasmisc13).
+BLAS_PW_W_TASKS = 16
+BLAS_PW_MIN_FILTERS = 64
+BLAS_PW_PART_MIN_K = 1024
+# batch grad_weight on BLAS: parts of the batch for about this many tasks (2: as before), each
+# part at least BLAS_BATCH_W_PART_MIN_K products per weight (its GEMMs' k): CPU time against
+# the old parts on tiny_16_8x8 / small_16_8x8 (16 parts of 256 / 512 products) one thread
+# x0.94-1.05, two x0.98-1.14; tiny_32_4x4's 1024 products make 4 parts, not 8 (8: two threads
+# x1.07-1.34 in most runs).  RESULTS.md thirteenth session (helper blasmisc13).
+BLAS_BATCH_W_TASKS = 16
+BLAS_BATCH_W_PART_MIN_K = 256
 # pointwise grad_weight, float32 on csrc/fgemm.h (conv_plan.pointwise_weight_blocks): about
 # this many (filter, channel) block tasks (pw_14: 8 x 4 = 32, none idle on 2 to 32 threads; was
 # 4 column blocks on BLAS, 16 threads 75 % idle) ...
@@ -284,6 +301,12 @@ WINOTINY_SPLIT_MIN_FILTERS = 4
 # Blocks of images of the batch paths (two tasks per thread on 2 cores), set by the batch alone.
 # Not measured in RESULTS.md.
 BATCH_BLOCKS = 4
+# The dense grad_weight's GEMM on BLAS (float64 everywhere, float32 without AVX2): its rows
+# (input pixels) in this many blocks, set by the layer (the bits follow a block's rows).  Was
+# BATCH_BLOCKS' 4 (16 threads three quarters idle on dense_2x2).  CPU time against 4 blocks, one
+# and two threads: dense_2x2 and a ResNet 2x2 layer x0.79-1.06, a LeNet 4x4 layer (~0.1 ms)
+# x1.01-1.10.  RESULTS.md thirteenth session (helper blasmisc13).
+BLAS_DENSE_W_BLOCKS = 16
 # Column blocks of the batch grad_weight (the batch is split in fixed parts below this).
 # Not measured in RESULTS.md.
 BATCH_W_BLOCKS = 2
