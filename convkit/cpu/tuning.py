@@ -120,6 +120,12 @@ BLAS_POINTWISE_COLS = 64
 # pass over gw, pw_14 ~3 %).  0 tasks: one block, one part, as before.  RESULTS.md thirteenth
 # session (helper blasmisc13).
 BLAS_PW_W_TASKS = 16
+# pointwise grad_x on BLAS with at most this many filters per group: csrc/smallk.h (each output
+# one chain over the filters; tasks follow the team) instead of OpenBLAS.  One core, CPU time
+# against OpenBLAS (512 channels, 38x50, whole image): float64 K=18 0.81, 32 0.89, 48 0.96,
+# 64 1.13-1.24; float32 18 0.79, 32 0.87, 48 0.94.  RESULTS.md thirteenth session (helper
+# pwx13).
+BLAS_PW_GX_SMALL_K = 32
 BLAS_PW_MIN_FILTERS = 64
 BLAS_PW_PART_MIN_K = 1024
 # batch grad_weight on BLAS: parts of the batch for about this many tasks (2: as before), each
