@@ -80,10 +80,13 @@ ALGOS = [
      ("im2col", "im2col")),
     ("im2col_grouped", (4, 8, 22, 22), (12, 4, 3, 3), dict(stride=2, padding=1, groups=2),
      ("im2col", "im2col")),
-    # 144 positions: several position blocks per image
+    # 144 positions: several position blocks per image (grad_x with 24 filters on BLAS:
+    # csrc/smallk.h, runs of positions that follow the batch and the team -- no sum cut)
     ("pointwise", (5, 16, 12, 12), (24, 16, 1, 1), {}, ("pointwise", "pointwise")),
-    # 512 channels: two grad_x channel blocks per image
+    # 512 channels: two grad_x channel blocks per image (BLAS: smallk's one block)
     ("pointwise_wide", (3, 512, 9, 9), (8, 512, 1, 1), {}, ("pointwise", "pointwise")),
+    # more filters than tuning.BLAS_PW_GX_SMALL_K: grad_x on OpenBLAS, per image
+    ("pointwise_many_filters", (4, 64, 9, 9), (40, 64, 1, 1), {}, ("pointwise", "pointwise")),
     ("pointwise_grouped", (4, 32, 9, 9), (32, 8, 1, 1), dict(groups=4),
      ("pointwise", "pointwise")),
     # F(2x2): 10 tile rows of 9 tiles, two blocks per image

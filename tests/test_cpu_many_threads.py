@@ -1508,3 +1508,108 @@ def test_blas_splits_leave_the_float32_plans_of_the_other_gemms(machine, monkeyp
         monkeypatch.setattr(T, k, v)
     assert plans(caps) == new
     assert plans(blas) != new_blas
+
+
+# ------------------------------------------------- csrc/smallk.h: pointwise grad_x, few filters
+def _smallk_gx(gy, w, chans, pos, smallk=True):
+    """grad_x of a pointwise conv by conv2d_backward_gemm alone (one thread, grad_x only)."""
+    from convkit.cpu import _conv_im2col as im
+    N, C, H, W = gy.shape[0], w.shape[1], gy.shape[2], gy.shape[3]
+    dt = gy.dtype
+    gx = np.full((N, C, H, W), np.nan, dt)
+    e1, eg = np.zeros(1, dt), np.zeros((1, 1, 1, 1), dt)
+    im.conv2d_backward_gemm(gy, np.zeros((N, C, H, W), dt), w, gx, eg, e1, 0, 1, H, chans, H, 1, 1, 0, 0, 1, 1, 1,
+                            True, True, False, 1, 1, e1, 0, pos, False, 256, None, smallk)
+    return gx
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 40, 5, 7, 18), (2, 13, 3, 11, 1), (1, 7, 4, 9, 32),
+                                   (2, 6, 1, 16, 5), (1, 512, 6, 5, 18)])
+def test_smallk_grad_x_cuts_no_sum(shape, dtype):
+    """csrc/smallk.h (pointwise grad_x with few filters on the BLAS plans): each output one chain
+    over the filters, so any blocks of channels (edge tiles of 1-5 rows) and runs of positions
+    (edge tiles of 1..15 lanes, via the stack) give the bits of the whole image; those bits
+    are close to float64 (a chain of K products); nothing outside grad_x's planes written."""
+    N, C, H, W, K = shape
+    rng = np.random.default_rng(K)
+    gy = rng.standard_normal((N, K, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C, 1, 1)).astype(dtype)
+    base = _smallk_gx(gy, w, C, 0)
+    ref = np.einsum("fc,nfp->ncp", w[:, :, 0, 0].astype(np.float64),
+                    gy.reshape(N, K, -1).astype(np.float64)).reshape(base.shape)
+    scale = np.einsum("fc,nfp->ncp", np.abs(w[:, :, 0, 0].astype(np.float64)),
+                      np.abs(gy.reshape(N, K, -1).astype(np.float64))).reshape(base.shape)
+    assert np.all(np.abs(base - ref) <= K * np.finfo(dtype).eps * scale)
+    for chans in (1, 5, 6, 7, C):
+        for pos in (1, 3, 8, 13, 17, 0):
+            got = _smallk_gx(gy, w, chans, pos)
+            assert got.tobytes() == base.tobytes(), (chans, pos)
+
+
+def test_smallk_grad_x_where_blas_left_the_team_idle():
+    """rpn_cls1x1's grad_x on BLAS (float64 on every machine, float32 without csrc/fgemm.h or the
+    own GEMM) runs on csrc/smallk.h up to tuning.BLAS_PW_GX_SMALL_K filters: one run on 1
+    thread, runs of positions that fill 16 threads to within 10 % (OpenBLAS's 2 image-set
+    channel blocks left 88 % idle); more filters stay on OpenBLAS; the own GEMM's and
+    csrc/fgemm.h's float32 plans take no smallk."""
+    from convkit.cpu import conv_plan as P
+    from convkit.cpu import tuning as T
+    blas = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2)
+    lim = 256 * 2**20
+    for F in (18, T.BLAS_PW_GX_SMALL_K, T.BLAS_PW_GX_SMALL_K + 1):
+        s = P.ConvShape.of((1, 512, 38, 50), (F, 512, 1, 1), (1, 1), (0,) * 4, (1, 1), 1)
+        for caps, dt in ((blas, np.float32), (blas, np.float64),
+                         (P.ConvCaps(**_CAPS["own_half_rate"]), np.float64),
+                         (_EPYC, np.float64)):
+            for nt in (1, 2, 16):
+                st = P.plan_conv(s, dt, nt, caps, lim).grad_x
+                assert st.algo == "pointwise" and st.threads == nt, st
+                if F > T.BLAS_PW_GX_SMALL_K:
+                    assert "smallk_x" not in st.params, st
+                    continue
+                assert st.params["smallk_x"] and st.params["chans_x"] == 512, st
+                L = st.params["pos_x"]
+                assert (L == 1900) if nt == 1 else (L % 16 == 0 or L == -(-1900 // nt)), st
+                costs = [-(-min(L, 1900 - q) // 16) * 16 for q in range(0, 1900, L)]
+                assert 1900 / (nt * P.static_span(costs, nt)) >= 0.9, (nt, L)
+        for caps in (_EPYC, P.ConvCaps(**_CAPS["own_half_rate"])):
+            for nt in (1, 2, 16):
+                assert "smallk_x" not in P.plan_conv(s, np.float32, nt, caps, lim).grad_x.params
+
+
+def test_smallk_float32_on_blas_gives_the_same_bits_on_1_2_8_16_threads():
+    """float32 on BLAS (CONVKIT_DISABLE_AVX512=1 CONVKIT_DISABLE_FGEMM=1, a fresh process):
+    rpn_cls1x1-like pointwise grad_x on csrc/smallk.h has the same bits on 1, 2, 8, 16 threads
+    and per image of the batch, close to torch float64."""
+    import os
+    import subprocess
+    import sys
+    code = """
+import numpy as np, convkit, torch
+from convkit.cpu import conv as cc
+assert not cc._OWN_SGEMM and not cc._FIXED_SGEMM
+rng = np.random.default_rng(5)
+x = rng.standard_normal((3, 40, 19, 25)).astype(np.float32)
+w = (rng.standard_normal((18, 40, 1, 1)) / np.sqrt(40)).astype(np.float32)
+gy = rng.standard_normal((3, 18, 19, 25)).astype(np.float32)
+runs = {}
+for nt in (1, 2, 8, 16):
+    convkit.set_num_threads(nt)
+    st = cc._plan(x, w, (1, 1), (0,) * 4, (1, 1), 1)[3].grad_x
+    assert st.algo == "pointwise" and st.params.get("smallk_x"), st
+    with convkit.use_backend("cpu"):
+        runs[nt] = convkit.conv2d_backward(gy, x, w)[0]
+        one = convkit.conv2d_backward(gy[1:2], x[1:2], w)[0]
+    assert one.tobytes() == runs[nt][1:2].tobytes(), nt
+    assert runs[nt].tobytes() == runs[1].tobytes(), nt
+ref = torch.nn.grad.conv2d_input(x.shape, torch.tensor(w.astype(np.float64)),
+                                 torch.tensor(gy.astype(np.float64))).numpy()
+np.testing.assert_allclose(runs[16], ref, rtol=1e-4, atol=1e-4)
+print("ok")
+"""
+    env = dict(os.environ, CONVKIT_DISABLE_AVX512="1", CONVKIT_DISABLE_FGEMM="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["ok"], out.stdout
