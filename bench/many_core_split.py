@@ -77,8 +77,9 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   grad_x region of N*G*ceil(Cg/chans_x) tasks, each chans_x*KK*Fg*HoWo MACs + col2im (on
   plain BLAS chans_x a power of two of near-equal blocks, conv_plan.grad_x_chans).  Dup:
   every grad_weight task repacks grad_y (Fg*L per slab), every grad_x task too (Fg*HoWo).
-  Pointwise grad_x on BLAS with few filters (smallk_x, conv_plan.pointwise_smallk, since the
-  thirteenth session, helper pwx13): csrc/smallk.h, no sum cut, so the tasks follow the team
+  Pointwise grad_x on BLAS with few filters (smallk_x, conv_plan.pointwise_smallk: <= 32
+  filters, >= 64 channels; since the thirteenth session, helper pwx13): csrc/smallk.h, no
+  sum cut, so the tasks follow the team
   as on fgemm -- N*G*ceil(HoWo/pos_x) runs of Cg*Fg*L MACs (pos_x: pointwise_positions with
   16-wide tiles; one run on 1 thread); dup grad_y's positions packed once (N*G*Fg*HoWo) and
   each task's weight tiles (Cg*Fg).

@@ -80,12 +80,13 @@ ALGOS = [
      ("im2col", "im2col")),
     ("im2col_grouped", (4, 8, 22, 22), (12, 4, 3, 3), dict(stride=2, padding=1, groups=2),
      ("im2col", "im2col")),
-    # 144 positions: several position blocks per image (grad_x with 24 filters on BLAS:
-    # csrc/smallk.h, runs of positions that follow the batch and the team -- no sum cut)
+    # 144 positions: several position blocks per image
     ("pointwise", (5, 16, 12, 12), (24, 16, 1, 1), {}, ("pointwise", "pointwise")),
-    # 512 channels: two grad_x channel blocks per image (BLAS: smallk's one block)
+    # 512 channels: two grad_x channel blocks per image (BLAS: 8 filters, csrc/smallk.h --
+    # runs of positions that follow the batch and the team, no sum cut)
     ("pointwise_wide", (3, 512, 9, 9), (8, 512, 1, 1), {}, ("pointwise", "pointwise")),
-    # more filters than tuning.BLAS_PW_GX_SMALL_K: grad_x on OpenBLAS, per image
+    # 64 channels, 24 filters: csrc/smallk.h on BLAS too; 40 filters: OpenBLAS, per image
+    ("pointwise_smallk", (5, 64, 12, 12), (24, 64, 1, 1), {}, ("pointwise", "pointwise")),
     ("pointwise_many_filters", (4, 64, 9, 9), (40, 64, 1, 1), {}, ("pointwise", "pointwise")),
     ("pointwise_grouped", (4, 32, 9, 9), (32, 8, 1, 1), dict(groups=4),
      ("pointwise", "pointwise")),

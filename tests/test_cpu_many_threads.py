@@ -1551,7 +1551,8 @@ def test_smallk_grad_x_where_blas_left_the_team_idle():
     """rpn_cls1x1's grad_x on BLAS (float64 on every machine, float32 without csrc/fgemm.h or the
     own GEMM) runs on csrc/smallk.h up to tuning.BLAS_PW_GX_SMALL_K filters: one run on 1
     thread, runs of positions that fill 16 threads to within 10 % (OpenBLAS's 2 image-set
-    channel blocks left 88 % idle); more filters stay on OpenBLAS; the own GEMM's and
+    channel blocks left 88 % idle); more filters, or fewer channels than
+    tuning.BLAS_PW_GX_SMALL_MIN_C, stay on OpenBLAS; the own GEMM's and
     csrc/fgemm.h's float32 plans take no smallk."""
     from convkit.cpu import conv_plan as P
     from convkit.cpu import tuning as T
@@ -1576,6 +1577,9 @@ def test_smallk_grad_x_where_blas_left_the_team_idle():
         for caps in (_EPYC, P.ConvCaps(**_CAPS["own_half_rate"])):
             for nt in (1, 2, 16):
                 assert "smallk_x" not in P.plan_conv(s, np.float32, nt, caps, lim).grad_x.params
+    s = P.ConvShape.of((1, T.BLAS_PW_GX_SMALL_MIN_C - 1, 38, 50),
+                       (18, T.BLAS_PW_GX_SMALL_MIN_C - 1, 1, 1), (1, 1), (0,) * 4, (1, 1), 1)
+    assert "smallk_x" not in P.plan_conv(s, np.float64, 16, blas, lim).grad_x.params
 
 
 def test_smallk_float32_on_blas_gives_the_same_bits_on_1_2_8_16_threads():
@@ -1590,8 +1594,8 @@ import numpy as np, convkit, torch
 from convkit.cpu import conv as cc
 assert not cc._OWN_SGEMM and not cc._FIXED_SGEMM
 rng = np.random.default_rng(5)
-x = rng.standard_normal((3, 40, 19, 25)).astype(np.float32)
-w = (rng.standard_normal((18, 40, 1, 1)) / np.sqrt(40)).astype(np.float32)
+x = rng.standard_normal((3, 64, 19, 25)).astype(np.float32)
+w = (rng.standard_normal((18, 64, 1, 1)) / np.sqrt(64)).astype(np.float32)
 gy = rng.standard_normal((3, 18, 19, 25)).astype(np.float32)
 runs = {}
 for nt in (1, 2, 8, 16):

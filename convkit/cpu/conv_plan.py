@@ -681,12 +681,14 @@ def pointwise_weight_filters(Fg, tasks):
     return Fg if nf < T.BLAS_PW_MIN_FILTERS or nf >= Fg else nf
 
 
-def pointwise_smallk(Fg, own_gemm, fixed):
+def pointwise_smallk(Fg, Cg, own_gemm, fixed):
     """Whether a pointwise grad_x on BLAS (not the own GEMM, not csrc/fgemm.h) runs on
     csrc/smallk.h: each output one chain over the filters in order, so its blocks may follow
     the team (rpn_cls1x1's 18 filters made 2 BLAS tasks, 88 % of 16 threads idle).  Up to
-    tuning.BLAS_PW_GX_SMALL_K filters, where it measured no slower than OpenBLAS on one core."""
-    return not own_gemm and not fixed and Fg <= T.BLAS_PW_GX_SMALL_K
+    tuning.BLAS_PW_GX_SMALL_K filters and from tuning.BLAS_PW_GX_SMALL_MIN_C channels, where it
+    measured no slower than OpenBLAS on one core."""
+    return (not own_gemm and not fixed and Fg <= T.BLAS_PW_GX_SMALL_K
+            and Cg >= T.BLAS_PW_GX_SMALL_MIN_C)
 
 
 def pointwise_weight_blocks(Fg, Cg, G):
@@ -740,11 +742,11 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
         # (grad_x not cut finer: channel blocks or runs of positions for 16 tasks cost one
         # core 7-39 % on pw_14 / rpn_cls1x1, RESULTS.md thirteenth session, blasmisc13)
         chans_x, pos_x = grad_x_chans(Cg, G, 1, 0), Ho * Wo
-        if pointwise_smallk(Fg, own_gemm, fixed) and n_threads > 1:
+        if pointwise_smallk(Fg, Cg, own_gemm, fixed) and n_threads > 1:
             # csrc/smallk.h: no sum cut, runs of positions as the team likes (whole 16-wide
             # tiles, or an even split of the image)
             chans_x, pos_x = Cg, pointwise_positions(N, Ho * Wo, n_threads, 16)
-        elif pointwise_smallk(Fg, own_gemm, fixed):
+        elif pointwise_smallk(Fg, Cg, own_gemm, fixed):
             chans_x = Cg
         filters_w = pointwise_weight_filters(Fg, G * ceil_div(Ug, units_w))
         nsplit, rows_w = pointwise_weight_parts(G * ceil_div(Ug, units_w)
@@ -2155,7 +2157,7 @@ def _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointw
                                  "rows_x": p[4], "nsplit": p[5], "per_thread": p[6],
                                  "filters_w": p[7], "pos_x": p[8],
                                  "fgemm_w": pointwise and fixed})
-        if pointwise and pointwise_smallk(s.F // G, own, fixed):
+        if pointwise and pointwise_smallk(s.F // G, Cg, own, fixed):
             step.params["smallk_x"] = True      # (grad_x on csrc/smallk.h)
     if gw is not None:       # grad_weight by another kernel: the im2col pass makes grad_x only
         if gw.algo == "weight_dot":

@@ -123,9 +123,11 @@ BLAS_PW_W_TASKS = 16
 # pointwise grad_x on BLAS with at most this many filters per group: csrc/smallk.h (each output
 # one chain over the filters; tasks follow the team) instead of OpenBLAS.  One core, CPU time
 # against OpenBLAS (512 channels, 38x50, whole image): float64 K=18 0.81, 32 0.89, 48 0.96,
-# 64 1.13-1.24; float32 18 0.79, 32 0.87, 48 0.94.  RESULTS.md thirteenth session (helper
-# pwx13).
+# 64 1.02-1.24; float32 18 0.79, 32 0.87, 48 0.94 -- and from BLAS_PW_GX_SMALL_MIN_C channels
+# (16 channels, 12x12: 1.16-1.39, a few microseconds; 64 channels 0.94-1.03).  RESULTS.md
+# thirteenth session (helper pwx13).
 BLAS_PW_GX_SMALL_K = 32
+BLAS_PW_GX_SMALL_MIN_C = 64
 BLAS_PW_MIN_FILTERS = 64
 BLAS_PW_PART_MIN_K = 1024
 # batch grad_weight on BLAS: parts of the batch for about this many tasks (2: as before), each
