@@ -136,7 +136,7 @@ BLAS_PW_PART_MIN_K = 1024
 # x0.94-1.05, two x0.98-1.14; tiny_32_4x4's 1024 products make 4 parts, not 8 (8: two threads
 # x1.07-1.34 in most runs).  RESULTS.md thirteenth session (helper blasmisc13).
 BLAS_BATCH_W_TASKS = 16
-BLAS_BATCH_W_PART_MIN_K = 256
+BLAS_BATCH_W_PART_MIN_K = 128
 # pointwise grad_weight, float32 on csrc/fgemm.h (conv_plan.pointwise_weight_blocks): about
 # this many (filter, channel) block tasks (pw_14: 8 x 4 = 32, none idle on 2 to 32 threads; was
 # 4 column blocks on BLAS, 16 threads 75 % idle) ...
