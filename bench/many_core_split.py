@@ -185,7 +185,9 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
 - batch forward (_conv_batch.conv2d_forward_batch): ceil(N/imgs) tasks of imgs*HoWo*F*Cg*KK;
   BLAS repacks the weight per task.  backward: grad_y copied serially, a grad_weight region of
   G*ceil(Cg/chans_w)*nsplit tasks, the parts added serially -- or, past 2 parts (BLAS's
-  tuning.BLAS_BATCH_W_TASKS, since the thirteenth session), in a static region of F filters
+  tuning.BLAS_BATCH_W_TASKS, since the thirteenth session; each part at least
+  BLAS_BATCH_W_PART_MIN_K products a weight, float64 BLAS_BATCH_W_PART_MIN_K_F64 since helper
+  pwx13: tiny_32_4x4 8 parts, not float32's 4), in a static region of F filters
   ((nsplit-1)*Cg*KK adds each) --, a grad_x region of ceil(N/imgs)*G tasks.  (float32 on the
   EPYC: grad_weight's GEMMs on csrc/fgemm.h, transposed where the block has more columns than filters (tuning.BATCH_W_FGEMM_RATIO): the same tasks.)
 - pointwise backward on csrc/fgemm.h (fgemm_w; float32 on the EPYC's caps): grad_weight a

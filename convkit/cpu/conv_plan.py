@@ -1216,8 +1216,11 @@ def plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_
         # BLAS: the parts for about tuning.BLAS_BATCH_W_TASKS tasks, each at least
         # BLAS_BATCH_W_PART_MIN_K products per weight (set by the layer: the bits follow the
         # parts, not the team; tiny_16_8x8's 2 parts left 16 threads 88 % idle)
+        # (float64: BLAS_BATCH_W_PART_MIN_K_F64, half as many products: tiny_32_4x4's 8 parts
+        # measured faster there, on float32 +3-9 %)
+        min_k = T.BLAS_BATCH_W_PART_MIN_K if itemsize <= 4 else T.BLAS_BATCH_W_PART_MIN_K_F64
         nsplit = max(nsplit, min(N, ceil_div(T.BLAS_BATCH_W_TASKS, G * ceil_div(Cg, chans_w)),
-                                 N * HoWo // T.BLAS_BATCH_W_PART_MIN_K))
+                                 N * HoWo // min_k))
     unit_w = (KK * HoWo + HpWp) * itemsize              # one channel of one image
     unit_x = Cg * (KK * HoWo + HpWp) * itemsize          # all channels of one image
     room = limit - (F * N * HoWo + (nsplit - 1) * F * Cg * KK) * itemsize

@@ -136,7 +136,11 @@ BLAS_PW_PART_MIN_K = 1024
 # x0.94-1.05, two x0.98-1.14; tiny_32_4x4's 1024 products make 4 parts, not 8 (8: two threads
 # x1.07-1.34 in most runs).  RESULTS.md thirteenth session (helper blasmisc13).
 BLAS_BATCH_W_TASKS = 16
-BLAS_BATCH_W_PART_MIN_K = 128
+BLAS_BATCH_W_PART_MIN_K = 256
+# ... float64's floor: tiny_32_4x4's 8 parts of 128 products (16 tasks; 51 -> 5 % of 16 threads
+# lost by the model) against 4, CPU time one thread x0.91-0.92, two x0.95 (float32, kept at
+# 256: x1.03-1.04 and x1.08-1.09).  RESULTS.md thirteenth session (helper pwx13).
+BLAS_BATCH_W_PART_MIN_K_F64 = 128
 # pointwise grad_weight, float32 on csrc/fgemm.h (conv_plan.pointwise_weight_blocks): about
 # this many (filter, channel) block tasks (pw_14: 8 x 4 = 32, none idle on 2 to 32 threads; was
 # 4 column blocks on BLAS, 16 threads 75 % idle) ...
