@@ -1523,8 +1523,9 @@ def _smallk_gx(gy, w, chans, pos, smallk=True):
     dt = gy.dtype
     gx = np.full((N, C, H, W), np.nan, dt)
     e1, eg = np.zeros(1, dt), np.zeros((1, 1, 1, 1), dt)
-    im.conv2d_backward_gemm(gy, np.zeros((N, C, H, W), dt), w, gx, eg, e1, 0, 1, H, chans, H, 1, 1, 0, 0, 1, 1, 1,
-                            True, True, False, 1, 1, e1, 0, pos, False, 256, None, smallk)
+    im.conv2d_backward_gemm(gy, np.zeros((N, C, H, W), dt), w, gx, eg, e1, 0, 1, H, chans, H,
+                            1, 1, 0, 0, 1, 1, 1, True, True, False, 1, 1, e1, 0, pos, False,
+                            256, None, smallk)
     return gx
 
 
