@@ -35,6 +35,9 @@ CASES = [
     ("tiny_32_4x4", (64, 32, 4, 4), (32, 32, 3, 3), 1, "gw", "",
      ({"BLAS_BATCH_W_TASKS": 2}, {"BLAS_BATCH_W_TASKS": 16},     # (new: 4 parts, the floor)
       {"BLAS_BATCH_W_TASKS": 16, "BLAS_BATCH_W_PART_MIN_K": 1})),    # (8 parts)
+    # (helper pwx13: 4 parts -- PART_MIN_K 256, blasmisc13's -- against 8, PART_MIN_K 128;
+    # the constant of the dtype timed: float64 has its own since)
+    ("tiny_32_4x4_parts", (64, 32, 4, 4), (32, 32, 3, 3), 1, "gw", "PART_MIN_K", (256, 128)),
     ("small_16_8x8", (128, 16, 8, 8), (16, 16, 3, 3), 1, "gw", "BLAS_BATCH_W_TASKS",
      (2, 8, 16)),
     # (grad_x, not taken: GX_RUNS -- a stand-in, not a tuning constant -- cuts each image's
@@ -87,6 +90,8 @@ def main():
         Ho = xs[2] + 2 * pad - ws[2] + 1
         Wo = xs[3] + 2 * pad - ws[3] + 1
         gy = rng.standard_normal((xs[0], ws[0], Ho, Wo)).astype(dt)
+        if const == "PART_MIN_K":
+            const = "BLAS_BATCH_W_PART_MIN_K" + ("_F64" if dt.itemsize == 8 else "")
         values = [v if isinstance(v, dict) else {const: v} for v in values]
         keys = sorted({k for v in values for k in v})
         old = {k: getattr(T, k) if k != "GX_RUNS" else 1 for k in keys}

@@ -77,6 +77,12 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   grad_x region of N*G*ceil(Cg/chans_x) tasks, each chans_x*KK*Fg*HoWo MACs + col2im (on
   plain BLAS chans_x a power of two of near-equal blocks, conv_plan.grad_x_chans).  Dup:
   every grad_weight task repacks grad_y (Fg*L per slab), every grad_x task too (Fg*HoWo).
+  Pointwise grad_x on BLAS with few filters (smallk_x, conv_plan.pointwise_smallk: <= 32
+  filters, >= 64 channels; since the thirteenth session, helper pwx13): csrc/smallk.h, no
+  sum cut, so the tasks follow the team
+  as on fgemm -- N*G*ceil(HoWo/pos_x) runs of Cg*Fg*L MACs (pos_x: pointwise_positions with
+  16-wide tiles; one run on 1 thread); dup grad_y's positions packed once (N*G*Fg*HoWo) and
+  each task's weight tiles (Cg*Fg).
   Serial: gw and the parts zeroed (numpy).  grad_bias ("sum"): bias_grad's static region of F
   tasks (N*HoWo each), counted with grad_weight.
 - winograd (_conv_winograd.conv2d_forward_winograd), tile t = 2 (F(2x2), E = 16 planes) or
@@ -179,7 +185,9 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
 - batch forward (_conv_batch.conv2d_forward_batch): ceil(N/imgs) tasks of imgs*HoWo*F*Cg*KK;
   BLAS repacks the weight per task.  backward: grad_y copied serially, a grad_weight region of
   G*ceil(Cg/chans_w)*nsplit tasks, the parts added serially -- or, past 2 parts (BLAS's
-  tuning.BLAS_BATCH_W_TASKS, since the thirteenth session), in a static region of F filters
+  tuning.BLAS_BATCH_W_TASKS, since the thirteenth session; each part at least
+  BLAS_BATCH_W_PART_MIN_K products a weight, float64 BLAS_BATCH_W_PART_MIN_K_F64 since helper
+  pwx13: tiny_32_4x4 8 parts, not float32's 4), in a static region of F filters
   ((nsplit-1)*Cg*KK adds each) --, a grad_x region of ceil(N/imgs)*G tasks.  (float32 on the
   EPYC: grad_weight's GEMMs on csrc/fgemm.h, transposed where the block has more columns than filters (tuning.BATCH_W_FGEMM_RATIO): the same tasks.)
 - pointwise backward on csrc/fgemm.h (fgemm_w; float32 on the EPYC's caps): grad_weight a
@@ -566,6 +574,9 @@ def backward_regions(algo, p, s, own, itemsize, which):
             Ls = runs(HoWo, p.get("pos_x") or HoWo) if pw else [HoWo]
             costs = [nc * KK * Fg * L + (0 if pw else nc * KK * L)
                      for nc in runs(Cg, p["chans_x"]) for L in Ls] * (N * G)
+            if p.get("smallk_x"):     # (csrc/smallk.h: grad_y's runs packed once, A per task)
+                return [Region("grad_x", costs)], 0, \
+                    N * G * Fg * HoWo + len(costs) * Cg * Fg, 0
             return [Region("grad_x", costs)], 0, N * G * ntx * Fg * HoWo, \
                 p["per_thread"] * itemsize
         if pw and p.get("fgemm_w"):

@@ -82,8 +82,12 @@ ALGOS = [
      ("im2col", "im2col")),
     # 144 positions: several position blocks per image
     ("pointwise", (5, 16, 12, 12), (24, 16, 1, 1), {}, ("pointwise", "pointwise")),
-    # 512 channels: two grad_x channel blocks per image
+    # 512 channels: two grad_x channel blocks per image (BLAS: 8 filters, csrc/smallk.h --
+    # runs of positions that follow the batch and the team, no sum cut)
     ("pointwise_wide", (3, 512, 9, 9), (8, 512, 1, 1), {}, ("pointwise", "pointwise")),
+    # 64 channels, 24 filters: csrc/smallk.h on BLAS too; 40 filters: OpenBLAS, per image
+    ("pointwise_smallk", (5, 64, 12, 12), (24, 64, 1, 1), {}, ("pointwise", "pointwise")),
+    ("pointwise_many_filters", (4, 64, 9, 9), (40, 64, 1, 1), {}, ("pointwise", "pointwise")),
     ("pointwise_grouped", (4, 32, 9, 9), (32, 8, 1, 1), dict(groups=4),
      ("pointwise", "pointwise")),
     # F(2x2): 10 tile rows of 9 tiles, two blocks per image
@@ -264,7 +268,9 @@ def test_blas_splits_keep_parallelism_for_one_large_image():
     assert stem.forward.algo == "im2col" and -(-112 // stem.forward.params["rows"]) >= 8
     rpn1 = plan((1, 512, 38, 50), (18, 512, 1, 1), 1, 0)
     assert rpn1.forward.algo == "pointwise" and -(-1900 // rpn1.forward.params["rows"]) >= 16
-    assert -(-512 // rpn1.grad_x.params["chans_x"]) >= 2
+    # (grad_x with 18 filters: csrc/smallk.h, runs of positions -- no sum cut)
+    gx = rpn1.grad_x.params
+    assert gx["smallk_x"] and -(-512 // gx["chans_x"]) * -(-1900 // gx["pos_x"]) >= 8
     rpn3 = plan((1, 512, 38, 50), (512, 512, 3, 3), 1, 1)
     assert rpn3.forward.algo == "winograd"
     assert -(-10 // rpn3.forward.params["trows"]) >= 2      # 10 rows of 4x4 tiles

@@ -1409,8 +1409,9 @@ print("ok")
 # (id, x shape, w shape, padding, grad_weight's algorithm, params it takes on BLAS)
 BLAS16 = [("dense_rows", (32, 64, 2, 2), (64, 64, 3, 3), 1, "dense", {"row_blocks": 16}),
           ("batch_parts", (64, 16, 8, 8), (16, 16, 3, 3), 1, "batch", {"nsplit": 16}),
+          # (tiny_32_4x4: float64 8 parts -- tuning.BLAS_BATCH_W_PART_MIN_K_F64 --, float32 4)
           ("batch_parts_columns", (64, 32, 4, 4), (32, 32, 3, 3), 1, "batch",
-           {"nsplit": 4, "chans_w": 16}),
+           {"nsplit": {4: 4, 8: 8}, "chans_w": 16}),
           ("pointwise_filter_blocks", (2, 256, 5, 5), (256, 256, 1, 1), 0, "pointwise",
            {"filters_w": 64, "units_w": 64, "nsplit": 1}),
           ("pointwise_parts", (1, 40, 38, 50), (18, 40, 1, 1), 0, "pointwise",
@@ -1429,6 +1430,8 @@ def test_blas_splits_give_the_same_bits_on_1_2_8_16_threads(monkeypatch, torch, 
     and y, grad_x, grad_weight, grad_bias have the same bits on each, close to torch's float64
     (float32 only where its GEMMs run on BLAS)."""
     name, xs, ws, pad, algo, want = case
+    want = {k: v[np.dtype(dtype).itemsize] if isinstance(v, dict) else v
+            for k, v in want.items()}    # (a value per itemsize)
     if dtype == np.float32 and not _blas_float32():
         pytest.skip("float32 GEMMs here run on the own or fixed-order GEMM, not BLAS")
     monkeypatch.setattr(cc, "_WINOTINY", False)     # (the batch path on the tiny maps)
@@ -1474,9 +1477,10 @@ def test_blas_splits_give_the_same_bits_on_1_2_8_16_threads(monkeypatch, torch, 
 def test_blas_plans_leave_at_most_a_tenth_of_16_threads_idle():
     """By bench/many_core_split.py's model on the "blas" caps: the dense layer's passes, the
     tiny maps' batch grad_weight and the suite's pointwise grad_weights lose <= 10 % of 16
-    threads (they lost 50-88 %), with the same sum-cutting params on 2 and 16 threads; the
-    pointwise grad_x (50 % / 88 %) is left as measured (one core 7-51 % slower cut finer), and
-    tiny_32_4x4's grad_weight takes 4 parts (8 tasks: two threads' CPU time grew with 8)."""
+    threads (they lost 50-88 %), with the same sum-cutting params on 2 and 16 threads, and
+    rpn_cls1x1's grad_x on csrc/smallk.h too (88 %); pw_14's grad_x (50 %) is left as measured
+    (one core 2-6 % slower in 2 channel blocks), and tiny_32_4x4's float32 grad_weight takes 4
+    parts (8 tasks: two threads' CPU time grew 7-9 % with 8; float64 takes 8)."""
     M = _many_core_split()
     rows = {(name.rstrip("*"), label): (algo, fixed, res)
             for _, name, label, algo, fixed, res in M.table(["blas"], [2, 16], True,
@@ -1484,6 +1488,7 @@ def test_blas_plans_leave_at_most_a_tenth_of_16_threads_idle():
     passes = [("dense_2x2", lb) for lb in ("forward", "grad_x", "grad_weight")]
     passes += [(n, "grad_weight") for n in ("small_16_8x8", "tiny_16_8x8", "pw_14",
                                             "rpn_cls1x1")]
+    passes += [("rpn_cls1x1", "grad_x")]
     for key in passes:
         algo, fixed, res = rows[key]
         assert fixed and res[16]["team"] == 16 and res[16]["lost"] <= 0.10, (key, res[16])
@@ -1508,3 +1513,132 @@ def test_blas_splits_leave_the_float32_plans_of_the_other_gemms(machine, monkeyp
         monkeypatch.setattr(T, k, v)
     assert plans(caps) == new
     assert plans(blas) != new_blas
+
+
+# ------------------------------------------------- csrc/smallk.h: pointwise grad_x, few filters
+def _smallk_gx(gy, w, chans, pos, smallk=True):
+    """grad_x of a pointwise conv by conv2d_backward_gemm alone (one thread, grad_x only)."""
+    from convkit.cpu import _conv_im2col as im
+    N, C, H, W = gy.shape[0], w.shape[1], gy.shape[2], gy.shape[3]
+    dt = gy.dtype
+    gx = np.full((N, C, H, W), np.nan, dt)
+    e1, eg = np.zeros(1, dt), np.zeros((1, 1, 1, 1), dt)
+    im.conv2d_backward_gemm(gy, np.zeros((N, C, H, W), dt), w, gx, eg, e1, 0, 1, H, chans, H,
+                            1, 1, 0, 0, 1, 1, 1, True, True, False, 1, 1, e1, 0, pos, False,
+                            256, None, smallk)
+    return gx
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 40, 5, 7, 18), (2, 13, 3, 11, 1), (1, 7, 4, 9, 32),
+                                   (2, 6, 1, 16, 5), (1, 512, 6, 5, 18)])
+def test_smallk_grad_x_cuts_no_sum(shape, dtype):
+    """csrc/smallk.h (pointwise grad_x with few filters on the BLAS plans): each output one chain
+    over the filters, so any blocks of channels (edge tiles of 1-5 rows) and runs of positions
+    (edge tiles of 1..15 lanes, via the stack) give the bits of the whole image; those bits
+    are close to float64 (a chain of K products); nothing outside grad_x's planes written."""
+    N, C, H, W, K = shape
+    rng = np.random.default_rng(K)
+    gy = rng.standard_normal((N, K, H, W)).astype(dtype)
+    w = rng.standard_normal((K, C, 1, 1)).astype(dtype)
+    base = _smallk_gx(gy, w, C, 0)
+    ref = np.einsum("fc,nfp->ncp", w[:, :, 0, 0].astype(np.float64),
+                    gy.reshape(N, K, -1).astype(np.float64)).reshape(base.shape)
+    scale = np.einsum("fc,nfp->ncp", np.abs(w[:, :, 0, 0].astype(np.float64)),
+                      np.abs(gy.reshape(N, K, -1).astype(np.float64))).reshape(base.shape)
+    assert np.all(np.abs(base - ref) <= K * np.finfo(dtype).eps * scale)
+    for chans in (1, 5, 6, 7, C):
+        for pos in (1, 3, 8, 13, 17, 0):
+            got = _smallk_gx(gy, w, chans, pos)
+            assert got.tobytes() == base.tobytes(), (chans, pos)
+
+
+def test_smallk_grad_x_where_blas_left_the_team_idle():
+    """rpn_cls1x1's grad_x on BLAS (float64 on every machine, float32 without csrc/fgemm.h or the
+    own GEMM) runs on csrc/smallk.h up to tuning.BLAS_PW_GX_SMALL_K filters: one run on 1
+    thread, runs of positions that fill 16 threads to within 10 % (OpenBLAS's 2 image-set
+    channel blocks left 88 % idle); more filters, or fewer channels than
+    tuning.BLAS_PW_GX_SMALL_MIN_C, stay on OpenBLAS; the own GEMM's and
+    csrc/fgemm.h's float32 plans take no smallk."""
+    from convkit.cpu import conv_plan as P
+    from convkit.cpu import tuning as T
+    blas = P.ConvCaps(own_sgemm=False, depthwise3x3_level=2)
+    lim = 256 * 2**20
+    for F in (18, T.BLAS_PW_GX_SMALL_K, T.BLAS_PW_GX_SMALL_K + 1):
+        s = P.ConvShape.of((1, 512, 38, 50), (F, 512, 1, 1), (1, 1), (0,) * 4, (1, 1), 1)
+        for caps, dt in ((blas, np.float32), (blas, np.float64),
+                         (P.ConvCaps(**_CAPS["own_half_rate"]), np.float64),
+                         (_EPYC, np.float64)):
+            for nt in (1, 2, 16):
+                st = P.plan_conv(s, dt, nt, caps, lim).grad_x
+                assert st.algo == "pointwise" and st.threads == nt, st
+                if F > T.BLAS_PW_GX_SMALL_K:
+                    assert "smallk_x" not in st.params, st
+                    continue
+                assert st.params["smallk_x"] and st.params["chans_x"] == 512, st
+                L = st.params["pos_x"]
+                assert (L == 1900) if nt == 1 else (L % 16 == 0 or L == -(-1900 // nt)), st
+                costs = [-(-min(L, 1900 - q) // 16) * 16 for q in range(0, 1900, L)]
+                assert 1900 / (nt * P.static_span(costs, nt)) >= 0.9, (nt, L)
+        for caps in (_EPYC, P.ConvCaps(**_CAPS["own_half_rate"])):
+            for nt in (1, 2, 16):
+                assert "smallk_x" not in P.plan_conv(s, np.float32, nt, caps, lim).grad_x.params
+    s = P.ConvShape.of((1, T.BLAS_PW_GX_SMALL_MIN_C - 1, 38, 50),
+                       (18, T.BLAS_PW_GX_SMALL_MIN_C - 1, 1, 1), (1, 1), (0,) * 4, (1, 1), 1)
+    assert "smallk_x" not in P.plan_conv(s, np.float64, 16, blas, lim).grad_x.params
+
+
+def test_smallk_on_blas_gives_the_same_bits_on_1_2_8_16_threads():
+    """float32 on BLAS (CONVKIT_DISABLE_AVX512=1 CONVKIT_DISABLE_FGEMM=1, a fresh process) and
+    float64: rpn_cls1x1-like pointwise grad_x on csrc/smallk.h has the same bits on 1, 2, 8,
+    16 threads and per image of the batch, close to torch float64."""
+    import os
+    import subprocess
+    import sys
+    code = """
+import numpy as np, convkit, torch
+from convkit.cpu import conv as cc
+assert not cc._OWN_SGEMM and not cc._FIXED_SGEMM
+rng = np.random.default_rng(5)
+for dt, tol in ((np.float32, 1e-4), (np.float64, 1e-10)):
+    x = rng.standard_normal((3, 64, 19, 25)).astype(dt)
+    w = (rng.standard_normal((18, 64, 1, 1)) / np.sqrt(64)).astype(dt)
+    gy = rng.standard_normal((3, 18, 19, 25)).astype(dt)
+    runs = {}
+    for nt in (1, 2, 8, 16):
+        convkit.set_num_threads(nt)
+        st = cc._plan(x, w, (1, 1), (0,) * 4, (1, 1), 1)[3].grad_x
+        assert st.algo == "pointwise" and st.params.get("smallk_x"), st
+        with convkit.use_backend("cpu"):
+            runs[nt] = convkit.conv2d_backward(gy, x, w)[0]
+            one = convkit.conv2d_backward(gy[1:2], x[1:2], w)[0]
+        assert one.tobytes() == runs[nt][1:2].tobytes(), nt
+        assert runs[nt].tobytes() == runs[1].tobytes(), nt
+    ref = torch.nn.grad.conv2d_input(x.shape, torch.tensor(w.astype(np.float64)),
+                                     torch.tensor(gy.astype(np.float64))).numpy()
+    np.testing.assert_allclose(runs[16], ref, rtol=tol, atol=tol)
+print("ok")
+"""
+    env = dict(os.environ, CONVKIT_DISABLE_AVX512="1", CONVKIT_DISABLE_FGEMM="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["ok"], out.stdout
+
+
+def test_float64_tiny_map_batch_parts_fill_16_threads():
+    """float64 (BLAS on every machine): tiny_32_4x4's batch grad_weight takes 8 parts of 8
+    images (tuning.BLAS_BATCH_W_PART_MIN_K_F64; 16 tasks) on 1, 2 and 16 threads alike -- the
+    model's 16-thread loss <= 10 % (51 % with 4) -- while float32 on BLAS keeps 4 parts."""
+    from convkit.cpu import conv_plan as P
+    M = _many_core_split()
+    s = P.ConvShape.of((64, 32, 4, 4), (32, 32, 3, 3), (1, 1), (1,) * 4, (1, 1), 1)
+    for caps in ("blas", "zen4", "epyc"):
+        for nt in (1, 2, 16):
+            st = P.plan_conv(s, np.float64, nt, M.CAPS[caps], M.LIMIT).grad_weight
+            assert st.algo == "batch" and st.params["nsplit"] == 8, (caps, nt, st)
+            if nt == 16:
+                assert M.analyse(st, s, False, 8, "w")["lost"] <= 0.10, (caps, st)
+    for nt in (1, 2, 16):
+        st = P.plan_conv(s, np.float32, nt, M.CAPS["blas"], M.LIMIT).grad_weight
+        assert st.algo == "batch" and st.params["nsplit"] == 4, (nt, st)

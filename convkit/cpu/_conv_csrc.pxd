@@ -17,6 +17,7 @@ by users; the public plane kernels are in _conv.pxd).  One header per kernel fam
     csrc/stem_wgrad.h the stem's weight gradient by the transposed F(4, 4) / F(3, 4) (AVX2)
     csrc/winotiny.h Winograd F(2x2, 3x3) transforms on tiny maps, 8 images a vector (AVX2)
     csrc/polywino.h Winograd F(4x4, 2x2) over the phase planes of stride-2 4x4 convs (AVX2)
+    csrc/smallk.h  a fixed-order A^T B with a short sum (pointwise grad_x, few filters; AVX2)
 
 The AVX-512 bodies are compiled with target attributes and picked at run time, so every build
 carries them and a CPU without AVX-512 takes the portable paths.
@@ -33,6 +34,15 @@ cdef extern from "csrc/vsum.h" nogil:
     void ck_phases_f(const float* x, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t sh,
                      Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t h0, Py_ssize_t Rq,
                      Py_ssize_t Wq, Py_ssize_t plane, float* Q)
+
+
+cdef extern from "csrc/smallk.h" nogil:
+    int ck_smallk_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double* a,
+                    Py_ssize_t lda,
+                      const double* b, Py_ssize_t ldb, double* c, Py_ssize_t ldc)
+    int ck_smallk_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* a,
+                    Py_ssize_t lda,
+                      const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc)
 
 
 cdef extern from "csrc/scan8.h" nogil:
@@ -89,7 +99,7 @@ cdef extern from "csrc/wino4.h" nogil:
     void ck_w4_filters_pk_f(const float* g, Py_ssize_t fs, Py_ssize_t cs, Py_ssize_t nf,
                             Py_ssize_t nc, int flip, float* u, Py_ssize_t us)
     int ck_w4_gemm_pk(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float* apk,
-                      const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc)
+                       const float* b, Py_ssize_t ldb, float* c, Py_ssize_t ldc)
     Py_ssize_t ck_w4_pk_rows(Py_ssize_t m)
     int ck_fgemm_available()
     void ck_w4_grad_row_f(const float* gy, Py_ssize_t Ho, Py_ssize_t Wo, Py_ssize_t r0,

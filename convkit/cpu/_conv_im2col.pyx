@@ -15,7 +15,7 @@ from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm, gemm_fixed, gemm_pk, ck_fgemm
-from ._conv_csrc cimport ck_sum_f, ck_sum8_f, ck_im2col_taps_f
+from ._conv_csrc cimport ck_sum_f, ck_sum8_f, ck_im2col_taps_f, ck_smallk_d, ck_smallk_f
 from ._conv_common cimport _row_copy, _min, _wo_range
 
 cnp.import_array()
@@ -267,7 +267,8 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
                          bint pointwise, bint needs_input_grad, bint needs_weight_grad,
                          int n_threads, Py_ssize_t nsplit, floating[::1] gwp,
                          Py_ssize_t filters_w=0, Py_ssize_t pos_x=0, bint fgemm_w=False,
-                         Py_ssize_t kchain=256, const float[:, ::1] apk_x=None):
+                         Py_ssize_t kchain=256, const float[:, ::1] apk_x=None,
+                         bint smallk_x=False):
     """grad_weight into gw (OUT, zero-filled by the caller; when needs_weight_grad) and, when
     needs_input_grad, grad_x into gx (OUT, any contents) of conv2d_forward_gemm.
 
@@ -294,7 +295,9 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
     pointwise grad_x: a task owns ``pos_x`` output positions of one image (0: all), every
     channel of its group; apk_x (float32 on the own GEMM, else None or no rows): row g holds
     group g's w^T prepacked, read by every task whose block is the whole group (one pack per
-    call, not one per task: pw_14's 1 MiB of weights 16 times).
+    call, not one per task: pw_14's 1 MiB of weights 16 times).  smallk_x (few filters, on
+    the BLAS plans): csrc/smallk.h instead of the GEMM -- each output one chain over the
+    filters in order, so the blocks (``chans_x``, ``pos_x``) cut no sum.
     """
     cdef Py_ssize_t N = x.shape[0], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
@@ -383,6 +386,16 @@ def conv2d_backward_gemm(const floating[:, :, :, ::1] gy, const floating[:, :, :
                 g = (t // npx - n * G * ntx) // ntx
                 c0 = (t // npx - n * G * ntx - g * ntx) * chans_x
                 nc = _min(Cg - c0, chans_x)
+                if pointwise and smallk_x:
+                    if floating is double:
+                        ck_smallk_d(nc, _min(px, HoWo - p0), Fg, &w[g * Fg, c0, 0, 0], CgKK,
+                                    &gy[n, g * Fg, 0, 0] + p0, HoWo,
+                                    &gx[n, g * Cg + c0, 0, 0] + p0, HoWo)
+                    else:
+                        ck_smallk_f(nc, _min(px, HoWo - p0), Fg, &w[g * Fg, c0, 0, 0], CgKK,
+                                    &gy[n, g * Fg, 0, 0] + p0, HoWo,
+                                    &gx[n, g * Cg + c0, 0, 0] + p0, HoWo)
+                    continue
                 if pointwise:
                     gemm_pk(True, False, nc, _min(px, HoWo - p0), Fg, &w[g * Fg, c0, 0, 0],
                             CgKK, &apk_x[g, 0] if c0 == 0 and nc == Cg and npk > g

@@ -978,7 +978,8 @@ def _bwd_im2col(gy, x, weight, gx, gw, gb, s, step, needs_gx, needs_gw):
                                    p.get("filters_w", 0), p.get("pos_x", 0),
                                    p.get("fgemm_w", False), _T.PW_W_CHAIN,
                                    _packed_a(weight.reshape(s.groups, s.F // s.groups, -1), True)
-                                   if needs_gx and step.algo == "pointwise" else _NO_PACK)
+                                   if needs_gx and step.algo == "pointwise" else _NO_PACK,
+                                   p.get("smallk_x", False))
 
 
 _BACKWARD = {"depthwise3x3": _bwd_depthwise3x3, "depthwise": _bwd_depthwise, "dense": _bwd_dense,

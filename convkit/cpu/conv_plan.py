@@ -681,6 +681,16 @@ def pointwise_weight_filters(Fg, tasks):
     return Fg if nf < T.BLAS_PW_MIN_FILTERS or nf >= Fg else nf
 
 
+def pointwise_smallk(Fg, Cg, own_gemm, fixed):
+    """Whether a pointwise grad_x on BLAS (not the own GEMM, not csrc/fgemm.h) runs on
+    csrc/smallk.h: each output one chain over the filters in order, so its blocks may follow
+    the team (rpn_cls1x1's 18 filters made 2 BLAS tasks, 88 % of 16 threads idle).  Up to
+    tuning.BLAS_PW_GX_SMALL_K filters and from tuning.BLAS_PW_GX_SMALL_MIN_C channels, where it
+    measured no slower than OpenBLAS on one core."""
+    return (not own_gemm and not fixed and Fg <= T.BLAS_PW_GX_SMALL_K
+            and Cg >= T.BLAS_PW_GX_SMALL_MIN_C)
+
+
 def pointwise_weight_blocks(Fg, Cg, G):
     """(filters, channels) per task of a pointwise grad_weight on csrc/fgemm.h.  The larger of
     the two sides is the GEMM's rows, read in place; the smaller its columns, packed per GEMM
@@ -731,11 +741,17 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
         # and parts of the batch's (image, row block) slabs -- all set by the layer
         # (grad_x not cut finer: channel blocks or runs of positions for 16 tasks cost one
         # core 7-39 % on pw_14 / rpn_cls1x1, RESULTS.md thirteenth session, blasmisc13)
-        chans_x = grad_x_chans(Cg, G, 1, 0)
+        chans_x, pos_x = grad_x_chans(Cg, G, 1, 0), Ho * Wo
+        if pointwise_smallk(Fg, Cg, own_gemm, fixed) and n_threads > 1:
+            # csrc/smallk.h: no sum cut, runs of positions as the team likes (whole 16-wide
+            # tiles, or an even split of the image)
+            chans_x, pos_x = Cg, pointwise_positions(N, Ho * Wo, n_threads, 16)
+        elif pointwise_smallk(Fg, Cg, own_gemm, fixed):
+            chans_x = Cg
         filters_w = pointwise_weight_filters(Fg, G * ceil_div(Ug, units_w))
         nsplit, rows_w = pointwise_weight_parts(G * ceil_div(Ug, units_w)
                                                 * ceil_div(Fg, filters_w), N, Ho, Wo)
-        return n_threads, units_w, rows_w, chans_x, Ho, nsplit, 0, filters_w, Ho * Wo
+        return n_threads, units_w, rows_w, chans_x, Ho, nsplit, 0, filters_w, pos_x
     unit_w = KW * Wo * itemsize                    # one (channel, kh) tap row, one output row
     unit_x = KH * KW * Wo * itemsize               # one channel's taps, one output row
     extra = (W + sw) * itemsize
@@ -1200,8 +1216,11 @@ def plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_
         # BLAS: the parts for about tuning.BLAS_BATCH_W_TASKS tasks, each at least
         # BLAS_BATCH_W_PART_MIN_K products per weight (set by the layer: the bits follow the
         # parts, not the team; tiny_16_8x8's 2 parts left 16 threads 88 % idle)
+        # (float64: BLAS_BATCH_W_PART_MIN_K_F64, half as many products: tiny_32_4x4's 8 parts
+        # measured faster there, on float32 +3-9 %)
+        min_k = T.BLAS_BATCH_W_PART_MIN_K if itemsize <= 4 else T.BLAS_BATCH_W_PART_MIN_K_F64
         nsplit = max(nsplit, min(N, ceil_div(T.BLAS_BATCH_W_TASKS, G * ceil_div(Cg, chans_w)),
-                                 N * HoWo // T.BLAS_BATCH_W_PART_MIN_K))
+                                 N * HoWo // min_k))
     unit_w = (KK * HoWo + HpWp) * itemsize              # one channel of one image
     unit_x = Cg * (KK * HoWo + HpWp) * itemsize          # all channels of one image
     room = limit - (F * N * HoWo + (nsplit - 1) * F * Cg * KK) * itemsize
@@ -2141,6 +2160,8 @@ def _plan_im2col_backward(s, N, C, Cg, G, KH, KW, Ho, Wo, W, itemsize, n, pointw
                                  "rows_x": p[4], "nsplit": p[5], "per_thread": p[6],
                                  "filters_w": p[7], "pos_x": p[8],
                                  "fgemm_w": pointwise and fixed})
+        if pointwise and pointwise_smallk(s.F // G, Cg, own, fixed):
+            step.params["smallk_x"] = True      # (grad_x on csrc/smallk.h)
     if gw is not None:       # grad_weight by another kernel: the im2col pass makes grad_x only
         if gw.algo == "weight_dot":
             return step, gw, "fused", n

@@ -120,6 +120,14 @@ BLAS_POINTWISE_COLS = 64
 # pass over gw, pw_14 ~3 %).  0 tasks: one block, one part, as before.  RESULTS.md thirteenth
 # session (helper blasmisc13).
 BLAS_PW_W_TASKS = 16
+# pointwise grad_x on BLAS with at most this many filters per group: csrc/smallk.h (each output
+# one chain over the filters; tasks follow the team) instead of OpenBLAS.  One core, CPU time
+# against OpenBLAS (512 channels, 38x50, whole image): float64 K=18 0.81, 32 0.89, 48 0.96,
+# 64 1.02-1.24; float32 18 0.79, 32 0.87, 48 0.94 -- and from BLAS_PW_GX_SMALL_MIN_C channels
+# (16 channels, 12x12: 1.16-1.39, a few microseconds; 64 channels 0.94-1.03).  RESULTS.md
+# thirteenth session (helper pwx13).
+BLAS_PW_GX_SMALL_K = 32
+BLAS_PW_GX_SMALL_MIN_C = 64
 BLAS_PW_MIN_FILTERS = 64
 BLAS_PW_PART_MIN_K = 1024
 # batch grad_weight on BLAS: parts of the batch for about this many tasks (2: as before), each
@@ -129,6 +137,10 @@ BLAS_PW_PART_MIN_K = 1024
 # x1.07-1.34 in most runs).  RESULTS.md thirteenth session (helper blasmisc13).
 BLAS_BATCH_W_TASKS = 16
 BLAS_BATCH_W_PART_MIN_K = 256
+# ... float64's floor: tiny_32_4x4's 8 parts of 128 products (16 tasks; 51 -> 5 % of 16 threads
+# lost by the model) against 4, CPU time one thread x0.91-0.92, two x0.95 (float32, kept at
+# 256: x1.03-1.04 and x1.08-1.09).  RESULTS.md thirteenth session (helper pwx13).
+BLAS_BATCH_W_PART_MIN_K_F64 = 128
 # pointwise grad_weight, float32 on csrc/fgemm.h (conv_plan.pointwise_weight_blocks): about
 # this many (filter, channel) block tasks (pw_14: 8 x 4 = 32, none idle on 2 to 32 threads; was
 # 4 column blocks on BLAS, 16 threads 75 % idle) ...
