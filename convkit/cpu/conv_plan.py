@@ -752,7 +752,8 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
         # BLAS: grad_x's channel blocks (see below); grad_weight's column blocks, filter blocks
         # and parts of the batch's (image, row block) slabs -- all set by the layer
         # (grad_x not cut finer: channel blocks or runs of positions for 16 tasks cost one
-        # core 7-39 % on pw_14 / rpn_cls1x1, RESULTS.md thirteenth session, blasmisc13)
+        # core 7-39 % on pw_14 / rpn_cls1x1, RESULTS.md thirteenth session, blasmisc13 --
+        # but float64's one block in two halves, pointwise_grad_x_chans: helper last13)
         chans_x, pos_x = pointwise_grad_x_chans(Cg, G, itemsize), Ho * Wo
         if pointwise_smallk(Fg, Cg, own_gemm, fixed) and n_threads > 1:
             # csrc/smallk.h: no sum cut, runs of positions as the team likes (whole 16-wide
