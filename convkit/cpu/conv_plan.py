@@ -663,7 +663,7 @@ def pointwise_grad_x_chans(Cg, G, itemsize):
     """Channels per grad_x GEMM of a pointwise conv on BLAS: grad_x_chans, except that float64
     cuts a group left whole in two blocks where each keeps at least
     tuning.BLAS_PW_GX_HALF_MIN_C_F64 channels (pw_14: 16 tasks on 8 images, not 8 -- half of 16
-    threads idle; each block repacks grad_y: one core x1.01-1.04 at 128 channels, float32
+    threads idle; each block repacks grad_y: one core x0.99-1.05 at 128 channels, float32
     x1.04-1.07, kept whole).  Set by the image's shape and the dtype alone."""
     chans = grad_x_chans(Cg, G, 1, 0)
     if itemsize == 8 and chans == Cg and Cg >= 2 * T.BLAS_PW_GX_HALF_MIN_C_F64:
