@@ -11,7 +11,7 @@ Indicative only: a loaded 2-core host.
 
 (float32 with those switches runs every GEMM on OpenBLAS: the "blas" caps; float64 is on
 BLAS on every machine.)  The pass timed: "gw" conv2d_backward without grad_x and bias, "gx"
-conv2d_grad_input.
+conv2d_grad_input, "f" conv2d_forward (no bias).
 """
 import argparse
 import time
@@ -33,10 +33,10 @@ CASES = [
     ("lenet_c3_4x4", (64, 6, 4, 4), (16, 6, 5, 5), 2, "gw", "BLAS_DENSE_W_BLOCKS", (4, 6, 8, 16)),
     ("tiny_16_8x8", (64, 16, 8, 8), (16, 16, 3, 3), 1, "gw", "BLAS_BATCH_W_TASKS", (2, 8, 16)),
     ("tiny_32_4x4", (64, 32, 4, 4), (32, 32, 3, 3), 1, "gw", "",
-     ({"BLAS_BATCH_W_TASKS": 2}, {"BLAS_BATCH_W_TASKS": 16},     # (new: 4 parts, the floor)
+     ({"BLAS_BATCH_W_TASKS": 2}, {"BLAS_BATCH_W_TASKS": 16},     # (4 parts then; 8 since last13)
       {"BLAS_BATCH_W_TASKS": 16, "BLAS_BATCH_W_PART_MIN_K": 1})),    # (8 parts)
     # (helper pwx13: 4 parts -- PART_MIN_K 256, blasmisc13's -- against 8, PART_MIN_K 128;
-    # the constant of the dtype timed: float64 has its own since)
+    # float64 had its own constant from pwx13 to last13, now one for both)
     ("tiny_32_4x4_parts", (64, 32, 4, 4), (32, 32, 3, 3), 1, "gw", "PART_MIN_K", (256, 128)),
     ("small_16_8x8", (128, 16, 8, 8), (16, 16, 3, 3), 1, "gw", "BLAS_BATCH_W_TASKS",
      (2, 8, 16)),
@@ -53,6 +53,18 @@ CASES = [
       {"BLAS_PW_W_TASKS": 16, "BLAS_PW_MIN_FILTERS": BIG},     # (parts alone: 2)
       {"BLAS_PW_W_TASKS": 16})),
     ("rpn_cls1x1", (1, 512, 38, 50), (18, 512, 1, 1), 0, "gw", "BLAS_PW_W_TASKS", (0, 16)),
+    # (helper last13: float64's pointwise grad_x in two channel blocks where one was left --
+    # BIG: the plan before; float32 takes none, whatever the constant)
+    # (helper last13, not taken: float64's pointwise forward in runs of 98 positions, as
+    # float32's -- pw_14's 2 MiB float64 weight makes one run an image by BLAS_POSITION_BYTES)
+    ("pw_14_fwd", (8, 256, 14, 14), (1024, 256, 1, 1), 0, "f", "BLAS_POSITION_BYTES",
+     (16 * 2**10, 32 * 2**10)),
+    ("pw_14_halves", (8, 256, 14, 14), (1024, 256, 1, 1), 0, "gx", "BLAS_PW_GX_HALF_MIN_C_F64",
+     (BIG, 128)),
+    ("pw_256_14_halves", (8, 256, 14, 14), (256, 256, 1, 1), 0, "gx",
+     "BLAS_PW_GX_HALF_MIN_C_F64", (BIG, 128)),
+    ("pw_256_28_halves", (8, 256, 28, 28), (64, 256, 1, 1), 0, "gx",
+     "BLAS_PW_GX_HALF_MIN_C_F64", (BIG, 128)),
 ]
 
 
@@ -91,7 +103,7 @@ def main():
         Wo = xs[3] + 2 * pad - ws[3] + 1
         gy = rng.standard_normal((xs[0], ws[0], Ho, Wo)).astype(dt)
         if const == "PART_MIN_K":
-            const = "BLAS_BATCH_W_PART_MIN_K" + ("_F64" if dt.itemsize == 8 else "")
+            const = "BLAS_BATCH_W_PART_MIN_K"   # (one constant for both dtypes since last13)
         values = [v if isinstance(v, dict) else {const: v} for v in values]
         keys = sorted({k for v in values for k in v})
         old = {k: getattr(T, k) if k != "GX_RUNS" else 1 for k in keys}
@@ -103,6 +115,8 @@ def main():
             if which == "gw":
                 return cc.conv2d_backward(gy, x, w, (1, 1), (pad,) * 4, (1, 1), 1, False,
                                           False)[1]
+            if which == "f":
+                return cc.conv2d_forward(x, w, None, (1, 1), (pad,) * 4, (1, 1), 1)
             return cc.conv2d_grad_input(gy, w, xs, (1, 1), (pad,) * 4, (1, 1), 1)
 
         try:
@@ -115,7 +129,8 @@ def main():
                             setattr(T, k, values[v].get(k, old[k]))
                     cc._plans.clear()
                     plan = cc._plan(x, w, (1, 1), (pad,) * 4, (1, 1), 1, which == "gx")[3]
-                    steps[v] = plan.grad_weight if which == "gw" else plan.grad_x
+                    steps[v] = (plan.grad_weight if which == "gw" else plan.forward
+                                if which == "f" else plan.grad_x)
                     best = float("inf")
                     for _ in range(args.calls):
                         t0 = time.process_time()
@@ -137,7 +152,7 @@ def main():
             err = np.abs(outs[v] - outs[0]).max() / np.abs(outs[0]).max()
             p = {k: steps[v].params[k] for k in ("row_blocks", "nsplit", "chans_w", "kimgs",
                                                  "units_w", "rows_w", "filters_w",
-                                                 "chans_x", "pos_x")
+                                                 "chans_x", "pos_x", "rows")
                  if k in steps[v].params}
             print(f"  {label[v]:>52s}: {m * 1e3:8.3f} ms  x{m / base:.3f}  "
                   f"(max rel diff vs old {err:.1e})  {steps[v].algo} {p}")

@@ -26,6 +26,8 @@ and csrc/polywino.h, caps.winotiny) -- with the default workspace
 limit, and the step's parallel regions are derived from its params and the kernels' prange
 loops as below.  The default --caps are the real classes (avx512_avx2, zen4, epyc, blas; the
 thirteenth session: was avx512,epyc).  --markdown prints the table as RESULTS.md's rows.
+--dtype float64 (since helper last13): the float64 plans and item size (BLAS on every caps:
+no own GEMM, no fgemm); the default float32.
 
 Columns: team (the threads the step runs on), regions (parallel regions = barriers per call,
 the pass's own: an im2col backward makes grad_x and grad_weight in one call), tasks (per
@@ -75,7 +77,9 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   when nsplit > 1 the task finishing a column block's last part adds the block's other parts
   into gw (Fg*units_w*KW*(nsplit-1) adds, counted on the block's last part: no extra region);
   grad_x region of N*G*ceil(Cg/chans_x) tasks, each chans_x*KK*Fg*HoWo MACs + col2im (on
-  plain BLAS chans_x a power of two of near-equal blocks, conv_plan.grad_x_chans).  Dup:
+  plain BLAS chans_x a power of two of near-equal blocks, conv_plan.grad_x_chans; pointwise
+  conv_plan.pointwise_grad_x_chans: float64 cuts one block of >= 256 channels in two, since
+  helper last13 -- pw_14 16 tasks).  Dup:
   every grad_weight task repacks grad_y (Fg*L per slab), every grad_x task too (Fg*HoWo).
   Pointwise grad_x on BLAS with few filters (smallk_x, conv_plan.pointwise_smallk: <= 32
   filters, >= 64 channels; since the thirteenth session, helper pwx13): csrc/smallk.h, no
@@ -186,8 +190,8 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   BLAS repacks the weight per task.  backward: grad_y copied serially, a grad_weight region of
   G*ceil(Cg/chans_w)*nsplit tasks, the parts added serially -- or, past 2 parts (BLAS's
   tuning.BLAS_BATCH_W_TASKS, since the thirteenth session; each part at least
-  BLAS_BATCH_W_PART_MIN_K products a weight, float64 BLAS_BATCH_W_PART_MIN_K_F64 since helper
-  pwx13: tiny_32_4x4 8 parts, not float32's 4), in a static region of F filters
+  BLAS_BATCH_W_PART_MIN_K products a weight: tiny_32_4x4 8 parts, float64 since helper pwx13,
+  float32 since last13), in a static region of F filters
   ((nsplit-1)*Cg*KK adds each) --, a grad_x region of ceil(N/imgs)*G tasks.  (float32 on the
   EPYC: grad_weight's GEMMs on csrc/fgemm.h, transposed where the block has more columns than filters (tuning.BATCH_W_FGEMM_RATIO): the same tasks.)
 - pointwise backward on csrc/fgemm.h (fgemm_w; float32 on the EPYC's caps): grad_weight a
@@ -922,13 +926,13 @@ def markdown(rows, caps_names, threads, out=sys.stdout):
         w(line + "\n")
 
 
-def table(caps_names, threads, extra, out=sys.stdout, md=False):
+def table(caps_names, threads, extra, out=sys.stdout, md=False, dtype=np.float32):
     rows = []
     for cname in caps_names:
         caps = CAPS[cname]
-        own = caps.own_sgemm
+        own = caps.own_sgemm and np.dtype(dtype) == np.float32   # (float64: BLAS)
         for name, s, gx in shapes(extra):
-            plans = {t: P.plan_conv(s, np.float32, t, caps, LIMIT, needs_input_grad=gx)
+            plans = {t: P.plan_conv(s, dtype, t, caps, LIMIT, needs_input_grad=gx)
                      for t in threads}
             for which, label in (("f", "forward"), ("x", "grad_x"), ("w", "grad_weight")):
                 steps = {t: (pl.forward if which == "f" else
@@ -938,8 +942,9 @@ def table(caps_names, threads, extra, out=sys.stdout, md=False):
                     continue
                 if which == "w" and steps[threads[0]].algo == "depthwise3x3":
                     continue                     # (one pass with grad_x: see that row)
-                fg = caps.fixed_sgemm and not own
-                res = {t: analyse(st, s, own and st.algo != "depthwise3x3", 4, which, fg,
+                fg = caps.fixed_sgemm and not own and np.dtype(dtype) == np.float32
+                res = {t: analyse(st, s, own and st.algo != "depthwise3x3",
+                                  np.dtype(dtype).itemsize, which, fg,
                                   plans[t].grad_bias == "sum", t)
                        for t, st in steps.items()}
                 rows.append((cname, name, label, algo_name(steps[threads[0]]),
@@ -975,9 +980,12 @@ def main(argv=None):
     ap.add_argument("--extra", action="store_true",
                     help="also the shapes of the algorithms the suite does not take (marked *)")
     ap.add_argument("--markdown", action="store_true", help="RESULTS.md's table")
+    ap.add_argument("--dtype", default="float32", help="float64: the plans float64 gets on "
+                    "every machine (BLAS; since helper last13)")
     args = ap.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
-    table(args.caps.split(","), threads, args.extra, md=args.markdown)
+    table(args.caps.split(","), threads, args.extra, md=args.markdown,
+          dtype=np.dtype(args.dtype).type)
     if args.markdown:
         return
     print("\nidle: the main region's idle fraction; lost: the whole pass's (all its regions' "

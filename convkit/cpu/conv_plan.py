@@ -659,6 +659,18 @@ def grad_x_chans(Cg, G, KK, N=0, n_threads=1):
     return ceil_div(Cg, 1 << (k.bit_length() - 1))
 
 
+def pointwise_grad_x_chans(Cg, G, itemsize):
+    """Channels per grad_x GEMM of a pointwise conv on BLAS: grad_x_chans, except that float64
+    cuts a group left whole in two blocks where each keeps at least
+    tuning.BLAS_PW_GX_HALF_MIN_C_F64 channels (pw_14: 16 tasks on 8 images, not 8 -- half of 16
+    threads idle; each block repacks grad_y: one core x0.99-1.05 at 128 channels, float32
+    x1.04-1.07, kept whole).  Set by the image's shape and the dtype alone."""
+    chans = grad_x_chans(Cg, G, 1, 0)
+    if itemsize == 8 and chans == Cg and Cg >= 2 * T.BLAS_PW_GX_HALF_MIN_C_F64:
+        chans = ceil_div(Cg, 2)
+    return chans
+
+
 def pointwise_weight_parts(tasks, N, Ho, Wo):
     """(parts, rows per slab) of a pointwise grad_weight on BLAS whose ``tasks`` (column and
     filter blocks) are still fewer than tuning.BLAS_PW_W_TASKS: weight_parts with
@@ -740,8 +752,9 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
         # BLAS: grad_x's channel blocks (see below); grad_weight's column blocks, filter blocks
         # and parts of the batch's (image, row block) slabs -- all set by the layer
         # (grad_x not cut finer: channel blocks or runs of positions for 16 tasks cost one
-        # core 7-39 % on pw_14 / rpn_cls1x1, RESULTS.md thirteenth session, blasmisc13)
-        chans_x, pos_x = grad_x_chans(Cg, G, 1, 0), Ho * Wo
+        # core 7-39 % on pw_14 / rpn_cls1x1, RESULTS.md thirteenth session, blasmisc13 --
+        # but float64's one block in two halves, pointwise_grad_x_chans: helper last13)
+        chans_x, pos_x = pointwise_grad_x_chans(Cg, G, itemsize), Ho * Wo
         if pointwise_smallk(Fg, Cg, own_gemm, fixed) and n_threads > 1:
             # csrc/smallk.h: no sum cut, runs of positions as the team likes (whole 16-wide
             # tiles, or an even split of the image)
@@ -1216,11 +1229,8 @@ def plan_batch_backward(N, Cg, G, F, KK, HpWp, HoWo, itemsize, n_threads, needs_
         # BLAS: the parts for about tuning.BLAS_BATCH_W_TASKS tasks, each at least
         # BLAS_BATCH_W_PART_MIN_K products per weight (set by the layer: the bits follow the
         # parts, not the team; tiny_16_8x8's 2 parts left 16 threads 88 % idle)
-        # (float64: BLAS_BATCH_W_PART_MIN_K_F64, half as many products: tiny_32_4x4's 8 parts
-        # measured faster there, on float32 +3-9 %)
-        min_k = T.BLAS_BATCH_W_PART_MIN_K if itemsize <= 4 else T.BLAS_BATCH_W_PART_MIN_K_F64
         nsplit = max(nsplit, min(N, ceil_div(T.BLAS_BATCH_W_TASKS, G * ceil_div(Cg, chans_w)),
-                                 N * HoWo // min_k))
+                                 N * HoWo // T.BLAS_BATCH_W_PART_MIN_K))
     unit_w = (KK * HoWo + HpWp) * itemsize              # one channel of one image
     unit_x = Cg * (KK * HoWo + HpWp) * itemsize          # all channels of one image
     room = limit - (F * N * HoWo + (nsplit - 1) * F * Cg * KK) * itemsize

@@ -94,6 +94,13 @@ BLAS_GRAD_X_TASKS = 4
 # once per narrow block (pw_14's 256 channels stay one block, as they were at batch 8).
 # Not measured in RESULTS.md.
 BLAS_GRAD_X_MIN_ROWS = 256
+# ... but a pointwise grad_x, float64, left one block per group (256 channels: pw_14, 8 tasks on
+# 8 images, half of 16 threads idle) is cut in two where each half keeps at least this many
+# channels (conv_plan.pointwise_grad_x_chans).  One core, CPU time, 2 blocks against 1
+# (bench/pw_gx_blocks_cpu.py, blas_split_cpu.py): 128 channels float64 x0.99-1.05, median
+# x1.02 (pw_14 x1.03-1.05), float32 on BLAS x1.04-1.07 (pw_14 x1.06-1.07: float32 keeps one
+# block); 32 channels x1.12-1.23.  RESULTS.md thirteenth session (helper last13).
+BLAS_PW_GX_HALF_MIN_C_F64 = 128
 # ... grad_weight's task count rounded up to a multiple of this where the batch allows (equal
 # tasks on 2, 4, 8 and 16 threads) ...
 BLAS_W_ALIGN = 16
@@ -133,14 +140,13 @@ BLAS_PW_PART_MIN_K = 1024
 # batch grad_weight on BLAS: parts of the batch for about this many tasks (2: as before), each
 # part at least BLAS_BATCH_W_PART_MIN_K products per weight (its GEMMs' k): CPU time against
 # the old parts on tiny_16_8x8 / small_16_8x8 (16 parts of 256 / 512 products) one thread
-# x0.94-1.05, two x0.98-1.14; tiny_32_4x4's 1024 products make 4 parts, not 8 (8: two threads
-# x1.07-1.34 in most runs).  RESULTS.md thirteenth session (helper blasmisc13).
+# x0.94-1.05, two x0.98-1.14 (RESULTS.md thirteenth session, helper blasmisc13).  128:
+# tiny_32_4x4's 8 parts (16 tasks; 51 -> 5 % of 16 threads lost by the model) against 4 of 256,
+# one thread float64 x0.91-0.92 (helper pwx13), float32 on BLAS x1.03 (helper last13: each
+# part's fixed work -- im2col set-up, grad_weight zeroed, its adds -- is the same per part for
+# both dtypes, float32's GEMMs half the time).  RESULTS.md thirteenth session (pwx13, last13).
 BLAS_BATCH_W_TASKS = 16
-BLAS_BATCH_W_PART_MIN_K = 256
-# ... float64's floor: tiny_32_4x4's 8 parts of 128 products (16 tasks; 51 -> 5 % of 16 threads
-# lost by the model) against 4, CPU time one thread x0.91-0.92, two x0.95 (float32, kept at
-# 256: x1.03-1.04 and x1.08-1.09).  RESULTS.md thirteenth session (helper pwx13).
-BLAS_BATCH_W_PART_MIN_K_F64 = 128
+BLAS_BATCH_W_PART_MIN_K = 128
 # pointwise grad_weight, float32 on csrc/fgemm.h (conv_plan.pointwise_weight_blocks): about
 # this many (filter, channel) block tasks (pw_14: 8 x 4 = 32, none idle on 2 to 32 threads; was
 # 4 column blocks on BLAS, 16 threads 75 % idle) ...
