@@ -594,7 +594,8 @@ def blas_weight_split(N, G, Fg, Ug, KW, Ho, Wo, units, cap):
 def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise, weight_bytes,
                         own_gemm, limit, fixed=False, Fg=8):
     """(threads, output rows per task -- pointwise: output positions --, workspace elements per
-    thread, blocks per image: 0, or the even split of im2col_rows).  fixed (BLAS's splits on
+    thread, blocks per image: 0, or the even split of im2col_rows, filter blocks: 1, or
+    pointwise_filter_blocks on BLAS -- helper pwf13).  fixed (BLAS's splits on
     a fixed-order float32 GEMM): the splits may follow the
     batch, as BLAS's did before the batch-invariance rule (fewer, wider GEMMs).  Fg: the
     GEMM's rows (filters per group; the own GEMM's panel width, gemm_panel)."""
