@@ -67,7 +67,8 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   weight (F*Cg*KK values); on the own GEMM the weight is packed once, serially (_packed_a).
   Pointwise on BLAS with "fblocks" k (since the thirteenth session, helper pwf13;
   conv_plan.pointwise_filter_blocks): each run of positions in k tasks of near-equal blocks
-  of each group's filters (floor / ceil(Fg/k)), nf*G*Cg*L MACs each; dup: each task repacks
+  of each group's filters (whole multiples of 8, min(Fg, 8*floor(b*ceil(Fg/8)/k)) the b-th's
+  start), nf*G*Cg*L MACs each; dup: each task repacks
   its block's weights (a run's blocks: the weight once) and the run of x (k*C*HoWo*N).
 - im2col / pointwise backward (conv2d_backward_gemm): grad_weight a static region (the
   kernel's prange: contiguous chunks; modelled as dynamic before the thirteenth session) of
@@ -370,7 +371,9 @@ def forward_regions(algo, p, s, own, itemsize):
         else:
             Ls = [r * Wo for r in runs(Ho, p["rows"])]
         k = p.get("fblocks", 1)     # (pointwise on BLAS: filter blocks, since pwf13)
-        nfs = [(b + 1) * (F // G) // k - b * (F // G) // k for b in range(k)]
+        u = cdiv(F // G, 8)         # (blocks of whole multiples of 8 filters, the rest last)
+        nfs = [min(F // G, (b + 1) * u // k * 8) - min(F // G, b * u // k * 8)
+               for b in range(k)]
         costs = [wsz * nf // (F // G) * panels(L, own, F // G) for L in Ls for nf in nfs] * N
         Ls = [L for L in Ls for _ in nfs]
         useful = float(wsz * HoWo * N)

@@ -1774,6 +1774,34 @@ def test_pointwise_forward_filter_blocks_give_the_same_bits_on_1_2_8_16_threads(
     assert np.abs(runs[16][0] - ref).max() <= 1e-12 * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("F,G,fblocks", [(520, 1, 2), (520, 1, 3), (1024, 1, 4), (13, 1, 2),
+                                         (96, 2, 2), (48, 3, 4)])
+def test_pointwise_forward_filter_blocks_cover_every_filter_once(F, G, fblocks, dtype):
+    """conv2d_forward_gemm's filter blocks (whole multiples of 8 filters of each group, the
+    last the rest; a block of none where 8-filter units run out): every output written once
+    with its own filter's bias, on 1 and 3 threads, equal to one block per group."""
+    from convkit.cpu import _conv_im2col as im
+    rng = np.random.default_rng(F + G + fblocks)
+    N, C, H, W = 2, 8 * G, 3, 5
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((F, C // G, 1, 1)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype)
+    nopk = np.zeros((0, 0), np.float32)
+
+    def run(k, nt):
+        y = np.full((N, F, H, W), np.nan, dtype)
+        im.conv2d_forward_gemm(x, w, b, True, y, np.zeros(1, dtype), 0, H * W, 1, 1, 0, 0, 1,
+                               1, G, True, nt, nopk, 0, k)
+        return y
+    ref = run(0, 1)
+    for nt in (1, 3):
+        y = run(fblocks, nt)
+        assert not np.isnan(y).any(), nt
+        np.testing.assert_allclose(y, ref, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                   atol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 def test_float32_blas_tiny_map_parts_give_the_same_bits_on_1_2_8_16_threads():
     """float32 on BLAS (CONVKIT_DISABLE_AVX512=1 CONVKIT_DISABLE_FGEMM=1, a fresh process):
     tiny_32_4x4's batch grad_weight in 8 parts (since helper last13) has the same bits on 1, 2,

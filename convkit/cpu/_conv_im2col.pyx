@@ -165,7 +165,8 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     ``rows``) instead -- even work where ``rows``-row blocks leave a short last one
     (conv_plan.im2col_rows).
     fblocks > 1 (pointwise on BLAS, no apk): each task also takes one of that many blocks of
-    a group's filters (near-equal, set by the layer: conv_plan.pointwise_filter_blocks) -- a
+    a group's filters (near-equal multiples of 8, set by the layer:
+    conv_plan.pointwise_filter_blocks) -- a
     block's GEMM repacks x's run and its own rows of w, not the whole weight, so an image of
     few position runs still makes several tasks (float64's pw_14: 8 tasks -> 16).
     """
@@ -185,8 +186,10 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
             n = t // (nrb * nfb)
             rb = (t - n * nrb * nfb) // nfb
             fb = t - (n * nrb + rb) * nfb
-            f0 = fb * Fg // nfb                             # the block's filters in a group
-            nf = (fb + 1) * Fg // nfb - f0
+            # the block's filters in a group: near-equal whole multiples of 8 (the last takes
+            # the rest), so BLAS's row kernels see no edge but the group's own
+            f0 = _min(Fg, fb * ((Fg + 7) // 8) // nfb * 8)
+            nf = _min(Fg, (fb + 1) * ((Fg + 7) // 8) // nfb * 8) - f0
             if blocks > 0:
                 h0 = rb * span // nrb
                 hr = (rb + 1) * span // nrb - h0
