@@ -59,6 +59,16 @@ CASES = [
     # float32's -- pw_14's 2 MiB float64 weight makes one run an image by BLAS_POSITION_BYTES)
     ("pw_14_fwd", (8, 256, 14, 14), (1024, 256, 1, 1), 0, "f", "BLAS_POSITION_BYTES",
      (16 * 2**10, 32 * 2**10)),
+    # (helper pwf13: the pointwise forward's filter blocks where an image keeps few runs --
+    # BLAS_PW_FWD_TASKS 1: the plan before; 2 / 4: up to that many tasks an image)
+    ("pw_14_fb", (8, 256, 14, 14), (1024, 256, 1, 1), 0, "f", "",
+     ({"BLAS_PW_FWD_TASKS": 1}, {"BLAS_PW_FWD_TASKS": 2}, {"BLAS_PW_FWD_TASKS": 4})),
+    ("pw_512_2048_7_fb", (8, 512, 7, 7), (2048, 512, 1, 1), 0, "f", "",
+     ({"BLAS_PW_FWD_TASKS": 1}, {"BLAS_PW_FWD_TASKS": 2}, {"BLAS_PW_FWD_TASKS": 4})),
+    ("pw_256_1024_28_fb", (8, 256, 28, 28), (1024, 256, 1, 1), 0, "f", "",
+     ({"BLAS_PW_FWD_TASKS": 1}, {"BLAS_PW_FWD_TASKS": 8})),
+    ("pw_1024_256_14_fb", (8, 1024, 14, 14), (256, 1024, 1, 1), 0, "f", "",
+     ({"BLAS_PW_FWD_TASKS": 1}, {"BLAS_PW_FWD_TASKS": 2, "BLAS_PW_FWD_MIN_FILTERS": 128})),
     ("pw_14_halves", (8, 256, 14, 14), (1024, 256, 1, 1), 0, "gx", "BLAS_PW_GX_HALF_MIN_C_F64",
      (BIG, 128)),
     ("pw_256_14_halves", (8, 256, 14, 14), (256, 256, 1, 1), 0, "gx",
@@ -152,7 +162,7 @@ def main():
             err = np.abs(outs[v] - outs[0]).max() / np.abs(outs[0]).max()
             p = {k: steps[v].params[k] for k in ("row_blocks", "nsplit", "chans_w", "kimgs",
                                                  "units_w", "rows_w", "filters_w",
-                                                 "chans_x", "pos_x", "rows")
+                                                 "chans_x", "pos_x", "rows", "fblocks")
                  if k in steps[v].params}
             print(f"  {label[v]:>52s}: {m * 1e3:8.3f} ms  x{m / base:.3f}  "
                   f"(max rel diff vs old {err:.1e})  {steps[v].algo} {p}")

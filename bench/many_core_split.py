@@ -65,6 +65,11 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   two of even blocks an image since the thirteenth session (conv_plan.image_blocks: 2^j
   threads even; ceil(Ho/8) rows before).  Dup: on BLAS every task's GEMM repacks the
   weight (F*Cg*KK values); on the own GEMM the weight is packed once, serially (_packed_a).
+  Pointwise on BLAS with "fblocks" k (since the thirteenth session, helper pwf13;
+  conv_plan.pointwise_filter_blocks): each run of positions in k tasks of near-equal blocks
+  of each group's filters (whole multiples of 8, min(Fg, 8*floor(b*ceil(Fg/8)/k)) the b-th's
+  start), nf*G*Cg*L MACs each; dup: each task repacks
+  its block's weights (a run's blocks: the weight once) and the run of x (k*C*HoWo*N).
 - im2col / pointwise backward (conv2d_backward_gemm): grad_weight a static region (the
   kernel's prange: contiguous chunks; modelled as dynamic before the thirteenth session) of
   G*ntw*nsplit tasks, a block's parts in a row (ntw = ceil(Cg*KH/units_w) column blocks;
@@ -365,9 +370,16 @@ def forward_regions(algo, p, s, own, itemsize):
             Ls = [((b + 1) * Ho // k - b * Ho // k) * Wo for b in range(k)]
         else:
             Ls = [r * Wo for r in runs(Ho, p["rows"])]
-        costs = [wsz * panels(L, own, F // G) for L in Ls] * N
+        k = p.get("fblocks", 1)     # (pointwise on BLAS: filter blocks, since pwf13)
+        u = cdiv(F // G, 8)         # (blocks of whole multiples of 8 filters, the rest last)
+        nfs = [min(F // G, (b + 1) * u // k * 8) - min(F // G, b * u // k * 8)
+               for b in range(k)]
+        costs = [wsz * nf // (F // G) * panels(L, own, F // G) for L in Ls for nf in nfs] * N
+        Ls = [L for L in Ls for _ in nfs]
         useful = float(wsz * HoWo * N)
-        dup = 0 if own else wsz * len(costs)
+        dup = 0 if own else wsz * N * len(Ls) // k
+        if k > 1:
+            dup += k * C * HoWo * N         # x's run repacked per filter block
         cols = 0 if algo == "pointwise" else C * KK * HoWo * N      # im2col's copies
         # (a static schedule since the eleventh session: contiguous chunks of tasks)
         return ([Region("gemm", [c + C * KK * L * (algo != "pointwise")

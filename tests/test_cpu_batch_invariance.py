@@ -61,6 +61,10 @@ def _check(x, w, b, kw, what):
         convkit.set_num_threads(None)
 
 
+def _plan_of(x, w):
+    return cc._plan(x, w, (1, 1), (0,) * 4, (1, 1), 1)[3]
+
+
 def _algos(x, w, kw):
     st = kw.get("stride", 1)
     pad = kw.get("padding", 0)
@@ -92,6 +96,9 @@ ALGOS = [
     ("pointwise_halves", (3, 256, 14, 14), (48, 256, 1, 1), {}, ("pointwise", "pointwise")),
     ("pointwise_grouped", (4, 32, 9, 9), (32, 8, 1, 1), dict(groups=4),
      ("pointwise", "pointwise")),
+    # 512 filters, one 36-position run an image: float64 takes 2 filter blocks of 256
+    # (conv_plan.pointwise_filter_blocks; OpenBLAS gives these blocks other bits than one GEMM)
+    ("pointwise_fblocks", (5, 64, 6, 6), (512, 64, 1, 1), {}, ("pointwise", "pointwise")),
     # F(2x2): 10 tile rows of 9 tiles, two blocks per image
     ("winograd2", (5, 16, 20, 18), (16, 16, 3, 3), dict(padding=1), ("winograd", "winograd")),
     ("winograd4", (3, 64, 14, 14), (64, 64, 3, 3), dict(padding=1), ("winograd", "winograd")),
@@ -122,6 +129,8 @@ def test_each_algorithm_is_batch_invariant(case, dtype):
         assert fwd == "direct"      # (beside the own GEMM too: the half-rate rule)
     if not OWN or dtype == np.float64:      # (the own GEMM's plans differ; see the plan tests)
         assert (fwd, gx) == want, (fwd, gx)
+    if name == "pointwise_fblocks" and dtype == np.float64:     # (BLAS on every machine)
+        assert _plan_of(x, w).forward.params.get("fblocks") == 2
         if name.startswith("winograd"):
             assert tile == int(name[-1]), tile
     _check(x, w, b, kw, name)
@@ -211,7 +220,7 @@ def test_non_finite_image_leaves_the_others_bits():
 # the parameters of each pass that shape an image's GEMMs on BLAS (the batch grad_weight's
 # chans_w / kimgs / nsplit sum over the batch and are no part of grad_x)
 _KEYS = {"im2col": {"forward": ("rows",), "grad_x": ("chans_x", "rows_x")},
-         "pointwise": {"forward": ("rows",), "grad_x": ("chans_x", "rows_x")},
+         "pointwise": {"forward": ("rows", "fblocks"), "grad_x": ("chans_x", "rows_x")},
          "winograd": {"forward": ("trows", "tile", "per_image"),
                       "grad_x": ("trows", "tile", "per_image")},
          "batch": {"forward": ("imgs",), "grad_x": ("imgs",)},

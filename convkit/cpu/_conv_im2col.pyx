@@ -147,7 +147,8 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
                         floating[::1] ws, Py_ssize_t ws_per_thread, Py_ssize_t rows,
                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t groups, bint pointwise,
-                        int n_threads, const float[:, ::1] apk, Py_ssize_t blocks=0):
+                        int n_threads, const float[:, ::1] apk, Py_ssize_t blocks=0,
+                        Py_ssize_t fblocks=0):
     """y = conv(x, w) + bias by im2col + GEMM (IN: x, w, bias; OUT: y; scratch: ws).
     apk: group g's weights prepacked for the own float32 GEMM in row g (no rows: none).
 
@@ -163,6 +164,11 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     blocks > 0: each image in that many blocks of floor / ceil(span / blocks) rows (at most
     ``rows``) instead -- even work where ``rows``-row blocks leave a short last one
     (conv_plan.im2col_rows).
+    fblocks > 1 (pointwise on BLAS, no apk): each task also takes one of that many blocks of
+    a group's filters (near-equal multiples of 8, set by the layer:
+    conv_plan.pointwise_filter_blocks) -- a
+    block's GEMM repacks x's run and its own rows of w, not the whole weight, so an image of
+    few position runs still makes several tasks (float64's pw_14: 8 tasks -> 16).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
@@ -170,14 +176,20 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     cdef Py_ssize_t G = groups, Fg = F // groups, KK = KH * KW, CgKK = Cg * KK
     cdef Py_ssize_t span = HoWo if pointwise else Ho       # what a task takes ``rows`` of
     cdef Py_ssize_t nrb = blocks if blocks > 0 else (span + rows - 1) // rows
-    cdef Py_ssize_t t, n, rb, h0, hr, L, ld, c, g, kh, p0
+    cdef Py_ssize_t nfb = fblocks if fblocks > 1 and pointwise else 1
+    cdef Py_ssize_t t, n, rb, h0, hr, L, ld, c, g, kh, p0, fb, f0, nf
     cdef const floating* cols
     cdef floating* buf
     cdef floating* yp
     with nogil:
-        for t in prange(N * nrb, schedule="static", num_threads=n_threads):
-            n = t // nrb
-            rb = t - n * nrb
+        for t in prange(N * nrb * nfb, schedule="static", num_threads=n_threads):
+            n = t // (nrb * nfb)
+            rb = (t - n * nrb * nfb) // nfb
+            fb = t - (n * nrb + rb) * nfb
+            # the block's filters in a group: near-equal whole multiples of 8 (the last takes
+            # the rest), so BLAS's row kernels see no edge but the group's own
+            f0 = _min(Fg, fb * ((Fg + 7) // 8) // nfb * 8)
+            nf = _min(Fg, (fb + 1) * ((Fg + 7) // 8) // nfb * 8) - f0
             if blocks > 0:
                 h0 = rb * span // nrb
                 hr = (rb + 1) * span // nrb - h0
@@ -199,11 +211,11 @@ def conv2d_forward_gemm(const floating[:, :, :, ::1] x, const floating[:, :, :, 
                 cols = buf
                 ld = L
             for g in range(G):
-                yp = &y[n, g * Fg, 0, 0] + p0
-                gemm_pk(False, False, Fg, L, CgKK, &w[g * Fg, 0, 0, 0], CgKK,
-                        &apk[g, 0] if apk.shape[0] > g else <const float*>NULL,
+                yp = &y[n, g * Fg + f0, 0, 0] + p0
+                gemm_pk(False, False, nf, L, CgKK, &w[g * Fg + f0, 0, 0, 0], CgKK,
+                        &apk[g, 0] if apk.shape[0] > g and nfb == 1 else <const float*>NULL,
                         cols + g * CgKK * ld, ld, <floating>0, yp, HoWo,
-                        &bias[g * Fg] if has_bias else <const floating*>NULL)
+                        &bias[g * Fg + f0] if has_bias else <const floating*>NULL)
     return y
 
 

@@ -680,7 +680,7 @@ def _fwd_im2col(x, weight, b, has_bias, y, s, step):
                                   sw, s.padding[0], s.padding[2], dh, dw, G,
                                   step.algo == "pointwise", step.threads,
                                   _packed_a(weight.reshape(G, s.F // G, -1)),
-                                  p.get("blocks", 0))
+                                  p.get("blocks", 0), p.get("fblocks", 0))
 
 
 _FORWARD = {"depthwise3x3": _fwd_depthwise3x3, "depthwise": _fwd_depthwise, "dense": _fwd_dense,

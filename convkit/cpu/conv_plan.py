@@ -594,7 +594,8 @@ def blas_weight_split(N, G, Fg, Ug, KW, Ho, Wo, units, cap):
 def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise, weight_bytes,
                         own_gemm, limit, fixed=False, Fg=8):
     """(threads, output rows per task -- pointwise: output positions --, workspace elements per
-    thread, blocks per image: 0, or the even split of im2col_rows).  fixed (BLAS's splits on
+    thread, blocks per image: 0, or the even split of im2col_rows, filter blocks: 1, or
+    pointwise_filter_blocks on BLAS -- helper pwf13).  fixed (BLAS's splits on
     a fixed-order float32 GEMM): the splits may follow the
     batch, as BLAS's did before the batch-invariance rule (fewer, wider GEMMs).  Fg: the
     GEMM's rows (filters per group; the own GEMM's panel width, gemm_panel)."""
@@ -607,10 +608,12 @@ def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
             most = min(ceil_div(T.BLAS_FORWARD_TASKS, N) if fixed else
                        min(T.BLAS_FORWARD_TASKS, HoWo // T.BLAS_MIN_POSITIONS),
                        HoWo * T.BLAS_POSITION_BYTES // max(1, weight_bytes))
-            return n_threads, ceil_div(HoWo, 1 << (max(1, most).bit_length() - 1)), 0, 0
+            runs = 1 << (max(1, most).bit_length() - 1)
+            fblocks = 1 if fixed else pointwise_filter_blocks(Fg, runs)
+            return n_threads, ceil_div(HoWo, runs), 0, 0, fblocks
         if n_threads == 1:
-            return 1, HoWo, 0, 0
-        return n_threads, pointwise_positions(N, HoWo, n_threads, gemm_panel(Fg)), 0, 0
+            return 1, HoWo, 0, 0, 1
+        return n_threads, pointwise_positions(N, HoWo, n_threads, gemm_panel(Fg)), 0, 0, 1
     per_row = C * KK * Wo * itemsize          # columns of one output row of one image
     extra = (W + sw) * itemsize
     blocks = 0
@@ -635,7 +638,18 @@ def plan_im2col_forward(N, C, KK, Ho, Wo, W, sw, itemsize, n_threads, pointwise,
             rows, blocks = im2col_rows(N, Ho, Wo, n_threads, rows, gemm_panel(Fg))
         elif n_threads > 1 and N * ceil_div(Ho, rows) < T.FORWARD_TASKS_PER_THREAD * n_threads:
             rows = max(1, ceil_div(Ho, ceil_div(T.FORWARD_TASKS_PER_THREAD * n_threads, N)))
-    return n_threads, rows, rows * per_row // itemsize + W + sw, blocks
+    return n_threads, rows, rows * per_row // itemsize + W + sw, blocks, 1
+
+
+def pointwise_filter_blocks(Fg, runs):
+    """Filter blocks of a pointwise forward on BLAS whose image makes ``runs`` runs of
+    positions: up to tuning.BLAS_PW_FWD_TASKS tasks an image, each block at least
+    tuning.BLAS_PW_FWD_MIN_FILTERS filters, a power of two of blocks (even tasks on 2^k
+    threads) -- set by the layer alone (bits, batch invariance).  A block's GEMM repacks the
+    run of x and its own filters' weights, where a run of positions repacks the whole weight
+    (float64's pw_14: one run an image, 8 tasks on 16 threads; 2 blocks: 16)."""
+    k = min(ceil_div(T.BLAS_PW_FWD_TASKS, runs), Fg // max(1, T.BLAS_PW_FWD_MIN_FILTERS))
+    return 1 << (max(1, k).bit_length() - 1)
 
 
 def grad_x_chans(Cg, G, KK, N=0, n_threads=1):
@@ -2002,7 +2016,8 @@ def _plan_im2col_forward(s, N, C, KH, KW, Ho, Wo, W, itemsize, n, pointwise, wby
     if p is None:
         return Step(algo, n, error=err)
     return Step(algo, p[0], {"rows": p[1], "per_thread": p[2],
-                             **({"blocks": p[3]} if p[3] else {})})
+                             **({"blocks": p[3]} if p[3] else {}),
+                             **({"fblocks": p[4]} if p[4] > 1 else {})})
 
 
 def plan_backward(s: ConvShape, dtype, threads: int, caps: ConvCaps, limit: int,

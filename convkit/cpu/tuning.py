@@ -165,6 +165,11 @@ PW_W_CHAIN = 256
 # output position per this many bytes of weight (pw_14's 1 MiB weight: 49-position tasks cost
 # 10-45% more on one core than 98 or 196).  RESULTS.md "Many cores ... (issue 16)".
 BLAS_POSITION_BYTES = 16 * 2**10
+# ... and where that leaves an image few runs (float64's pw_14: one), each run's filters in
+# blocks of at least BLAS_PW_FWD_MIN_FILTERS for up to BLAS_PW_FWD_TASKS tasks an image (a
+# block repacks x's run and its own weights only).  RESULTS.md thirteenth session, pwf13.
+BLAS_PW_FWD_TASKS = 2
+BLAS_PW_FWD_MIN_FILTERS = 256
 # im2col grad_weight on the own GEMM: aim for this many tasks per thread (res_14's two tasks
 # spent 15% of the backward in libgomp's barrier).  Not measured in RESULTS.md.
 GRAD_WEIGHT_TASKS_PER_THREAD = 4
