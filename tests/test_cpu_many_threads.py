@@ -1656,6 +1656,14 @@ def test_float64_tiny_map_batch_parts_fill_16_threads():
 
 
 # ------------------------------------------ pointwise grad_x on BLAS in two channel blocks
+def _pointwise_step(which, C, F, dtype, nt, caps="blas", N=8, H=14):
+    """(shape, Step) of a 1x1 conv's pass (``which``: "forward" or "grad_x") as planned for the
+    model's caps ``caps`` on nt threads."""
+    M = _many_core_split()
+    s = P.ConvShape.of((N, C, H, H), (F, C, 1, 1), (1, 1), (0,) * 4, (1, 1), 1)
+    return s, getattr(P.plan_conv(s, dtype, nt, M.CAPS[caps], M.LIMIT), which)
+
+
 def test_pointwise_grad_x_halves_where_float64_left_one_block():
     """float64 (BLAS on every machine): a pointwise grad_x whose group stayed one channel block
     (256 channels: pw_14, 8 tasks on 8 images) takes two of 128 on every thread count and
@@ -1663,12 +1671,10 @@ def test_pointwise_grad_x_halves_where_float64_left_one_block():
     16-thread loss 50 % -> <= 10 % --; float32 on BLAS keeps one block (x1.07 one core), 512
     channels keep their two blocks, 128 channels (halves under the floor) one, and csrc/smallk.h's
     few filters take no blocks."""
-    from convkit.cpu import conv_plan as P
     M = _many_core_split()
 
-    def gx(C, F, dtype, nt, caps="blas", N=8, H=14):
-        s = P.ConvShape.of((N, C, H, H), (F, C, 1, 1), (1, 1), (0,) * 4, (1, 1), 1)
-        return s, P.plan_conv(s, dtype, nt, M.CAPS[caps], M.LIMIT).grad_x
+    def gx(*args, **kw):
+        return _pointwise_step("grad_x", *args, **kw)
     for caps in ("blas", "zen4", "epyc", "avx512_avx2"):
         for nt in (1, 2, 8, 16):
             for N in (1, 8, 64):
@@ -1723,9 +1729,8 @@ def test_pointwise_forward_filter_blocks_where_an_image_keeps_one_run():
     images of several runs take none, and no float32 plan of zen4 / epyc / avx512_avx2 does."""
     M = _many_core_split()
 
-    def fwd(C, F, dtype, nt, caps="blas", N=8, H=14):
-        s = P.ConvShape.of((N, C, H, H), (F, C, 1, 1), (1, 1), (0,) * 4, (1, 1), 1)
-        return s, P.plan_conv(s, dtype, nt, M.CAPS[caps], M.LIMIT).forward
+    def fwd(*args, **kw):
+        return _pointwise_step("forward", *args, **kw)
     for caps in ("blas", "zen4", "epyc", "avx512_avx2"):
         for nt in (1, 2, 8, 16):
             for N in (1, 8, 64):
