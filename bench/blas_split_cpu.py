@@ -69,12 +69,12 @@ CASES = [
      ({"BLAS_PW_FWD_TASKS": 1}, {"BLAS_PW_FWD_TASKS": 8})),
     ("pw_1024_256_14_fb", (8, 1024, 14, 14), (256, 1024, 1, 1), 0, "f", "",
      ({"BLAS_PW_FWD_TASKS": 1}, {"BLAS_PW_FWD_TASKS": 2, "BLAS_PW_FWD_MIN_FILTERS": 128})),
-    ("pw_14_halves", (8, 256, 14, 14), (1024, 256, 1, 1), 0, "gx", "BLAS_PW_GX_HALF_MIN_C_F64",
+    ("pw_14_halves", (8, 256, 14, 14), (1024, 256, 1, 1), 0, "gx", "BLAS_PW_GX_HALF_MIN_C",
      (BIG, 128)),
     ("pw_256_14_halves", (8, 256, 14, 14), (256, 256, 1, 1), 0, "gx",
-     "BLAS_PW_GX_HALF_MIN_C_F64", (BIG, 128)),
+     "BLAS_PW_GX_HALF_MIN_C", (BIG, 128)),
     ("pw_256_28_halves", (8, 256, 28, 28), (64, 256, 1, 1), 0, "gx",
-     "BLAS_PW_GX_HALF_MIN_C_F64", (BIG, 128)),
+     "BLAS_PW_GX_HALF_MIN_C", (BIG, 128)),
 ]
 
 

@@ -83,8 +83,8 @@ Ho x Wo outputs, HoWo = Ho*Wo; params from the step):
   into gw (Fg*units_w*KW*(nsplit-1) adds, counted on the block's last part: no extra region);
   grad_x region of N*G*ceil(Cg/chans_x) tasks, each chans_x*KK*Fg*HoWo MACs + col2im (on
   plain BLAS chans_x a power of two of near-equal blocks, conv_plan.grad_x_chans; pointwise
-  conv_plan.pointwise_grad_x_chans: float64 cuts one block of >= 256 channels in two, since
-  helper last13 -- pw_14 16 tasks).  Dup:
+  conv_plan.pointwise_grad_x_chans: one block of >= 256 channels cut in two, since helper
+  last13 (float64) and the thirteenth session's end (float32) -- pw_14 16 tasks).  Dup:
   every grad_weight task repacks grad_y (Fg*L per slab), every grad_x task too (Fg*HoWo).
   Pointwise grad_x on BLAS with few filters (smallk_x, conv_plan.pointwise_smallk: <= 32
   filters, >= 64 channels; since the thirteenth session, helper pwx13): csrc/smallk.h, no

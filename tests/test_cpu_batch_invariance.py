@@ -92,7 +92,7 @@ ALGOS = [
     # 64 channels, 24 filters: csrc/smallk.h on BLAS too; 40 filters: OpenBLAS, per image
     ("pointwise_smallk", (5, 64, 12, 12), (24, 64, 1, 1), {}, ("pointwise", "pointwise")),
     ("pointwise_many_filters", (4, 64, 9, 9), (40, 64, 1, 1), {}, ("pointwise", "pointwise")),
-    # 256 channels, 40 filters: float64 cuts grad_x in two blocks of 128 (pointwise_grad_x_chans)
+    # 256 channels, 48 filters: BLAS cuts grad_x in two blocks of 128 (pointwise_grad_x_chans)
     ("pointwise_halves", (3, 256, 14, 14), (48, 256, 1, 1), {}, ("pointwise", "pointwise")),
     ("pointwise_grouped", (4, 32, 9, 9), (32, 8, 1, 1), dict(groups=4),
      ("pointwise", "pointwise")),

@@ -673,14 +673,14 @@ def grad_x_chans(Cg, G, KK, N=0, n_threads=1):
     return ceil_div(Cg, 1 << (k.bit_length() - 1))
 
 
-def pointwise_grad_x_chans(Cg, G, itemsize):
-    """Channels per grad_x GEMM of a pointwise conv on BLAS: grad_x_chans, except that float64
-    cuts a group left whole in two blocks where each keeps at least
-    tuning.BLAS_PW_GX_HALF_MIN_C_F64 channels (pw_14: 16 tasks on 8 images, not 8 -- half of 16
-    threads idle; each block repacks grad_y: one core x0.99-1.05 at 128 channels, float32
-    x1.04-1.07, kept whole).  Set by the image's shape and the dtype alone."""
+def pointwise_grad_x_chans(Cg, G):
+    """Channels per grad_x GEMM of a pointwise conv on BLAS: grad_x_chans, except that a group
+    left whole is cut in two blocks where each keeps at least tuning.BLAS_PW_GX_HALF_MIN_C
+    channels (pw_14: 16 tasks on 8 images, not 8 -- half of 16 threads idle; each block repacks
+    grad_y: one core x0.99-1.05 at 128 channels in float64, x1.04-1.07 in float32).  Set by the
+    image's shape alone."""
     chans = grad_x_chans(Cg, G, 1, 0)
-    if itemsize == 8 and chans == Cg and Cg >= 2 * T.BLAS_PW_GX_HALF_MIN_C_F64:
+    if chans == Cg and Cg >= 2 * T.BLAS_PW_GX_HALF_MIN_C:
         chans = ceil_div(Cg, 2)
     return chans
 
@@ -767,8 +767,8 @@ def plan_im2col_backward(N, C, Cg, G, KH, KW, Ho, Wo, W, sw, itemsize, n_threads
         # and parts of the batch's (image, row block) slabs -- all set by the layer
         # (grad_x not cut finer: channel blocks or runs of positions for 16 tasks cost one
         # core 7-39 % on pw_14 / rpn_cls1x1, RESULTS.md thirteenth session, blasmisc13 --
-        # but float64's one block in two halves, pointwise_grad_x_chans: helper last13)
-        chans_x, pos_x = pointwise_grad_x_chans(Cg, G, itemsize), Ho * Wo
+        # but one block in two halves, pointwise_grad_x_chans: helper last13)
+        chans_x, pos_x = pointwise_grad_x_chans(Cg, G), Ho * Wo
         if pointwise_smallk(Fg, Cg, own_gemm, fixed) and n_threads > 1:
             # csrc/smallk.h: no sum cut, runs of positions as the team likes (whole 16-wide
             # tiles, or an even split of the image)

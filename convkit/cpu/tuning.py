@@ -94,13 +94,15 @@ BLAS_GRAD_X_TASKS = 4
 # once per narrow block (pw_14's 256 channels stay one block, as they were at batch 8).
 # Not measured in RESULTS.md.
 BLAS_GRAD_X_MIN_ROWS = 256
-# ... but a pointwise grad_x, float64, left one block per group (256 channels: pw_14, 8 tasks on
-# 8 images, half of 16 threads idle) is cut in two where each half keeps at least this many
-# channels (conv_plan.pointwise_grad_x_chans).  One core, CPU time, 2 blocks against 1
+# ... but a pointwise grad_x left one block per group (256 channels: pw_14, 8 tasks on 8 images,
+# half of 16 threads idle) is cut in two where each half keeps at least this many channels
+# (conv_plan.pointwise_grad_x_chans).  One core, CPU time, 2 blocks against 1
 # (bench/pw_gx_blocks_cpu.py, blas_split_cpu.py): 128 channels float64 x0.99-1.05, median
-# x1.02 (pw_14 x1.03-1.05), float32 on BLAS x1.04-1.07 (pw_14 x1.06-1.07: float32 keeps one
-# block); 32 channels x1.12-1.23.  RESULTS.md thirteenth session (helper last13).
-BLAS_PW_GX_HALF_MIN_C_F64 = 128
+# x1.02 (pw_14 x1.03-1.05), float32 on BLAS x1.04-1.07 (pw_14 x1.06-1.07: taken all the same,
+# late in the thirteenth session -- issue 16 asks for the 16-thread split, and float32 reaches
+# BLAS only on a CPU without AVX2); 32 channels x1.12-1.23.  RESULTS.md thirteenth session
+# (helper last13).
+BLAS_PW_GX_HALF_MIN_C = 128
 # ... grad_weight's task count rounded up to a multiple of this where the batch allows (equal
 # tasks on 2, 4, 8 and 16 threads) ...
 BLAS_W_ALIGN = 16
