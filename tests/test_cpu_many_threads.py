@@ -176,9 +176,10 @@ CONV = [
     # 7 tile rows forward, 8 on grad_x's grid: a whole image a task on 1 and 2 threads; the
     # forward in runs of 11 tiles (3 a row) on 8, blocks of 2 tile rows on 16 (conv_plan.
     # even_rows: 6 + 1 left the team idle)
+    # (without polywino -- no csrc/fgemm.h -- the forward is im2col: 12 output columns are
+    # under tuning.ROWPHASES_MIN_WO)
     ("polywino_evened", (4, 16, 56, 24), (16, 16, 4, 4), 2, 1, 1,
-     {"forward": "polywino" if _avx2("polywino") and cc._WINOTINY
-      else ("rowphases" if _avx2("rowphases") else "im2col"),
+     {"forward": "polywino" if _avx2("polywino") and cc._WINOTINY else "im2col",
       "grad_x": "polywino" if _avx2("polywino") and cc._WINOTINY
       else ("subpixel" if not OWN or _avx2("subpixel") else "im2col")}, False),
     # 64 filters: weight_rowgemm's filter blocks shrink from 64 to 16 on 16 threads
